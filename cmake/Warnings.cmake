@@ -1,0 +1,22 @@
+# Project-wide compile flags. Applied through an interface target so that third-party
+# code pulled in by find_package keeps its own flags.
+add_library(airlock_flags INTERFACE)
+target_compile_options(airlock_flags INTERFACE -Wall -Wextra -Wpedantic -Wno-missing-field-initializers
+  $<$<BOOL:${AIRLOCK_WERROR}>:-Werror>)
+# Boost 1.74's coroutine support needs -fcoroutines on g++ 12 in C++23 mode.
+target_compile_options(airlock_flags INTERFACE $<$<CXX_COMPILER_ID:GNU>:-fcoroutines>)
+# g++ 12 misreports Asio's coroutine frames (allocated by its recycling allocator, freed by the
+# matching operator delete) as mismatched new/delete.
+target_compile_options(airlock_flags INTERFACE $<$<CXX_COMPILER_ID:GNU>:-Wno-mismatched-new-delete>)
+target_compile_definitions(airlock_flags INTERFACE
+  BOOST_ASIO_NO_DEPRECATED BOOST_BEAST_USE_STD_STRING_VIEW AIRLOCK_VERSION="${PROJECT_VERSION}")
+if(AIRLOCK_SANITIZE)
+  target_compile_options(airlock_flags INTERFACE -fsanitize=address,undefined -fno-omit-frame-pointer)
+  target_link_options(airlock_flags INTERFACE -fsanitize=address,undefined)
+endif()
+
+# Asio/Beast/json headers dominate compile time; share one precompiled header.
+function(airlock_pch target)
+  target_precompile_headers(${target} PRIVATE
+    <utility> <boost/asio.hpp> <boost/beast/core.hpp> <boost/beast/http.hpp> <nlohmann/json.hpp>)
+endfunction()

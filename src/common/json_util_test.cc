@@ -1,0 +1,53 @@
+#include "common/json_util.h"
+
+#include <gtest/gtest.h>
+
+namespace airlock {
+namespace {
+
+TEST(JsonUtilTest, ParsesObjectsAndRejectsOtherShapes) {
+  EXPECT_TRUE(ParseJsonObject(R"({"a":1})").has_value());
+  auto arr = ParseJsonObject("[1]");
+  ASSERT_FALSE(arr.has_value());
+  EXPECT_EQ(arr.error().code, ErrorCode::kInvalidArgument);
+}
+
+TEST(JsonUtilTest, ReportsTheOffsetOfASyntaxError) {
+  auto r = ParseJson(R"({"a": tru})");
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().message.find("at byte"), std::string::npos);
+}
+
+TEST(JsonUtilTest, RefusesDeepNestingButCountsOnlyOutsideStrings) {
+  EXPECT_FALSE(ParseJson(std::string(65, '[') + std::string(65, ']')).has_value());
+  EXPECT_TRUE(ParseJson(std::string(64, '[') + std::string(64, ']')).has_value());
+  // Brackets inside strings do not count.
+  EXPECT_TRUE(ParseJson("\"" + std::string(1000, '[') + "\"").has_value());
+  EXPECT_TRUE(ParseJson(R"(["\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["])").has_value());
+}
+
+TEST(JsonUtilTest, FieldAccessorsNameTheField) {
+  Json j = {{"s", "x"}, {"n", 3}, {"f", 1.5}, {"bad", true}};
+  EXPECT_EQ(*RequiredString(j, "s"), "x");
+  EXPECT_NE(RequiredString(j, "missing").error().message.find("\"missing\""), std::string::npos);
+  EXPECT_NE(OptionalString(j, "n").error().message.find("\"n\""), std::string::npos);
+  EXPECT_EQ(**OptionalInt(j, "n"), 3);
+  EXPECT_FALSE(OptionalInt(j, "f").has_value());
+  EXPECT_EQ(**OptionalNumber(j, "f"), 1.5);
+}
+
+TEST(JsonUtilTest, RejectUnknownKeysNamesThem) {
+  Json j = {{"ok", 1}, {"evil", 2}};
+  auto st = RejectUnknownKeys(j, {"ok"}, "thing");
+  ASSERT_FALSE(st.has_value());
+  EXPECT_NE(st.error().message.find("\"evil\""), std::string::npos);
+  EXPECT_TRUE(RejectUnknownKeys(j, {"ok", "evil"}, "thing").has_value());
+}
+
+TEST(JsonUtilTest, DumpReplacesInvalidUtf8InsteadOfThrowing) {
+  Json j = std::string("\xff\xfe ok");
+  EXPECT_NO_THROW(DumpJson(j));
+}
+
+}  // namespace
+}  // namespace airlock
