@@ -1,0 +1,1007 @@
+// The SQLite implementation of Store.
+//
+// Concurrency: one writer connection behind a mutex (SQLite allows one writer at a time anyway,
+// and serialising in-process avoids busy-waiting on the file lock) plus a small pool of
+// read-only connections. In WAL mode readers never block the writer nor each other, and each
+// read runs in its own snapshot. Every connection is used by one thread at a time, so the
+// connections are opened in SQLite's multi-thread mode (no per-connection mutex).
+//
+// Durability: every write is a `BEGIN IMMEDIATE ... COMMIT` that finishes before the method
+// returns. With WAL, synchronous=NORMAL survives a crash of the process (the commit is in the
+// OS page cache); synchronous=FULL also survives power loss.
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "common/time_util.h"
+#include "store/store.h"
+
+namespace airlock::store {
+namespace {
+
+// Schema steps, applied in order, each in its own transaction and recorded in
+// schema_migrations. Append new steps at the end; never edit a step that has shipped.
+struct Migration {
+  int version;
+  const char* sql;
+};
+
+constexpr Migration kMigrations[] = {
+    {1, R"sql(
+CREATE TABLE operator_keys (
+  name TEXT PRIMARY KEY,
+  hash TEXT NOT NULL UNIQUE,
+  created_at INTEGER NOT NULL
+);
+
+CREATE TABLE sessions (
+  id TEXT PRIMARY KEY,
+  state TEXT NOT NULL,
+  image TEXT NOT NULL,
+  backend TEXT NOT NULL,
+  model TEXT NOT NULL,
+  command TEXT NOT NULL DEFAULT '[]',
+  limits TEXT NOT NULL DEFAULT '{}',
+  metadata TEXT NOT NULL DEFAULT '{}',
+  token_hash TEXT NOT NULL DEFAULT '',
+  sandbox_handle TEXT NOT NULL DEFAULT '',
+  result TEXT,
+  input_tokens INTEGER NOT NULL DEFAULT 0,
+  output_tokens INTEGER NOT NULL DEFAULT 0,
+  llm_calls INTEGER NOT NULL DEFAULT 0,
+  cost_usd REAL NOT NULL DEFAULT 0,
+  next_event_seq INTEGER NOT NULL DEFAULT 1,
+  next_position INTEGER NOT NULL DEFAULT 1,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+-- Revoked tokens are stored as '': many sessions share it, and it must never match a lookup.
+CREATE UNIQUE INDEX sessions_token_hash ON sessions(token_hash) WHERE token_hash != '';
+-- (created_at, id) is the listing order; the state index also serves a filtered listing.
+CREATE INDEX sessions_created_at ON sessions(created_at, id);
+CREATE INDEX sessions_state ON sessions(state, created_at, id);
+
+CREATE TABLE messages (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+  position INTEGER,  -- NULL while pending in the inbox
+  body TEXT NOT NULL,
+  created_at INTEGER NOT NULL
+);
+-- Unique: two messages can never share a conversation position (NULLs are distinct).
+CREATE UNIQUE INDEX messages_session_position ON messages(session_id, position);
+CREATE INDEX messages_session_id ON messages(session_id, id);
+
+CREATE TABLE events (
+  session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+  seq INTEGER NOT NULL,
+  type TEXT NOT NULL,
+  data TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE usage (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+  model TEXT NOT NULL,
+  input_tokens INTEGER NOT NULL,
+  output_tokens INTEGER NOT NULL,
+  cost_usd REAL NOT NULL,
+  created_at INTEGER NOT NULL
+);
+CREATE INDEX usage_session ON usage(session_id, id);
+)sql"},
+};
+
+constexpr int kLatestVersion = kMigrations[std::size(kMigrations) - 1].version;
+
+constexpr int kMaxListSessions = 1000;
+
+// Maps a SQLite result code to the project's error codes. `what` names the operation; the
+// message carries sqlite3_errmsg, which holds no secret (the database holds only hashes).
+Error SqliteError(sqlite3* db, int rc, std::string_view what, int busy_timeout_ms) {
+  const int primary = rc & 0xff;
+  const char* msg = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) {
+    return Error{
+        ErrorCode::kUnavailable,
+        fmt::format("database is busy: still locked by another writer after {} ms ({}: {})",
+                    busy_timeout_ms, what, msg)};
+  }
+  if (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY) {
+    return Error{ErrorCode::kConflict, fmt::format("{}: {}", what, msg)};
+  }
+  if (primary == SQLITE_FULL) {
+    return Error{ErrorCode::kUnavailable, fmt::format("database disk is full ({}: {})", what, msg)};
+  }
+  return Error{ErrorCode::kInternal, fmt::format("sqlite error in {}: {}", what, msg)};
+}
+
+class Connection;
+
+// A cached prepared statement in use. Resets itself (and drops its bindings) when it goes out
+// of scope, so the statement holds no lock past its owner's scope and can be reused.
+class Stmt {
+ public:
+  Stmt(const Connection* conn, sqlite3_stmt* stmt) : conn_(conn), stmt_(stmt) {}
+  Stmt(Stmt&& other) noexcept
+      : conn_(other.conn_), stmt_(std::exchange(other.stmt_, nullptr)), bind_rc_(other.bind_rc_) {}
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+  Stmt& operator=(Stmt&&) = delete;
+  ~Stmt() {
+    if (stmt_ != nullptr) {
+      sqlite3_reset(stmt_);
+      sqlite3_clear_bindings(stmt_);
+    }
+  }
+
+  // Binds the arguments to ?1, ?2, ... in order.
+  template <typename... Args>
+  Stmt& Bind(const Args&... args) {
+    int index = 1;
+    (BindOne(index++, args), ...);
+    return *this;
+  }
+
+  // Steps once: true when a row is available, false when the statement is done.
+  Result<bool> Step();
+  // Steps to completion, ignoring rows.
+  Status Run();
+
+  bool IsNull(int col) const { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
+  int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
+  double Real(int col) const { return sqlite3_column_double(stmt_, col); }
+  std::string Text(int col) const {
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, col));
+    if (p == nullptr) {
+      return {};
+    }
+    return std::string(p, static_cast<size_t>(sqlite3_column_bytes(stmt_, col)));
+  }
+  Result<Json> JsonColumn(int col) const;
+
+ private:
+  void Check(int rc) {
+    if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) {
+      bind_rc_ = rc;
+    }
+  }
+  void BindOne(int i, int64_t v) { Check(sqlite3_bind_int64(stmt_, i, v)); }
+  void BindOne(int i, int v) { Check(sqlite3_bind_int64(stmt_, i, v)); }
+  void BindOne(int i, double v) { Check(sqlite3_bind_double(stmt_, i, v)); }
+  void BindOne(int i, std::string_view v) {
+    // TRANSIENT copies: callers bind temporaries such as DumpJson(...) results.
+    Check(sqlite3_bind_text64(stmt_, i, v.data(), v.size(), SQLITE_TRANSIENT, SQLITE_UTF8));
+  }
+  void BindOne(int i, const std::string& v) { BindOne(i, std::string_view(v)); }
+  void BindOne(int i, const char* v) { BindOne(i, std::string_view(v)); }
+  void BindOne(int i, std::nullopt_t) { Check(sqlite3_bind_null(stmt_, i)); }
+  void BindOne(int i, const std::optional<std::string>& v) {
+    if (v) {
+      BindOne(i, std::string_view(*v));
+    } else {
+      BindOne(i, std::nullopt);
+    }
+  }
+
+  const Connection* conn_;
+  sqlite3_stmt* stmt_;
+  int bind_rc_ = SQLITE_OK;
+};
+
+class Connection {
+ public:
+  static Result<std::unique_ptr<Connection>> Open(const std::string& path, bool read_only,
+                                                  int busy_timeout_ms) {
+    const int flags =
+        (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
+        SQLITE_OPEN_NOMUTEX;
+    sqlite3* db = nullptr;
+    const int rc = sqlite3_open_v2(path.c_str(), &db, flags, nullptr);
+    if (rc != SQLITE_OK) {
+      Error e = SqliteError(db, rc, fmt::format("opening {}", path), busy_timeout_ms);
+      sqlite3_close_v2(db);
+      return std::unexpected(std::move(e));
+    }
+    auto conn = std::unique_ptr<Connection>(new Connection(db, busy_timeout_ms));
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, busy_timeout_ms);
+    return conn;
+  }
+
+  ~Connection() {
+    for (auto& [sql, stmt] : cache_) {
+      sqlite3_finalize(stmt);
+    }
+    sqlite3_close_v2(db_);
+  }
+
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Returns the cached prepared statement for `sql`, preparing it on first use.
+  Result<Stmt> Prepare(const std::string& sql) {
+    auto it = cache_.find(sql);
+    if (it == cache_.end()) {
+      sqlite3_stmt* stmt = nullptr;
+      const char* tail = nullptr;
+      const int rc = sqlite3_prepare_v3(db_, sql.c_str(), static_cast<int>(sql.size() + 1),
+                                        SQLITE_PREPARE_PERSISTENT, &stmt, &tail);
+      if (rc != SQLITE_OK) {
+        return std::unexpected(Fail(rc, "preparing a statement"));
+      }
+      if (stmt == nullptr || (tail != nullptr && std::string_view(tail).find_first_not_of(
+                                                     " \t\r\n") != std::string_view::npos)) {
+        sqlite3_finalize(stmt);
+        return Errorf(ErrorCode::kInternal, "statement is not exactly one SQL statement: {}", sql);
+      }
+      it = cache_.emplace(sql, stmt).first;
+    } else if (sqlite3_stmt_busy(it->second)) {
+      // Two live uses of one cached statement would clobber each other's bindings and rows.
+      return Errorf(ErrorCode::kInternal, "statement already in use on this connection: {}", sql);
+    }
+    return Stmt(this, it->second);
+  }
+
+  // Runs SQL text that may hold several statements and returns no rows (schema, pragmas).
+  Status Exec(const char* sql, std::string_view what) {
+    const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) {
+      return std::unexpected(Fail(rc, what));
+    }
+    return Ok();
+  }
+
+  Status Run(const std::string& sql) {
+    AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, Prepare(sql));
+    return stmt.Run();
+  }
+
+  Error Fail(int rc, std::string_view what) const {
+    return SqliteError(db_, rc, what, busy_timeout_ms_);
+  }
+
+ private:
+  Connection(sqlite3* db, int busy_timeout_ms) : db_(db), busy_timeout_ms_(busy_timeout_ms) {}
+
+  sqlite3* db_;
+  int busy_timeout_ms_;
+  std::unordered_map<std::string, sqlite3_stmt*> cache_;
+};
+
+Result<bool> Stmt::Step() {
+  if (bind_rc_ != SQLITE_OK) {
+    return std::unexpected(conn_->Fail(bind_rc_, fmt::format("binding {}", sqlite3_sql(stmt_))));
+  }
+  const int rc = sqlite3_step(stmt_);
+  if (rc == SQLITE_ROW) {
+    return true;
+  }
+  if (rc == SQLITE_DONE) {
+    return false;
+  }
+  return std::unexpected(conn_->Fail(rc, sqlite3_sql(stmt_)));
+}
+
+Status Stmt::Run() {
+  for (;;) {
+    AIRLOCK_ASSIGN_OR_RETURN(bool row, Step());
+    if (!row) {
+      return Ok();
+    }
+  }
+}
+
+Result<Json> Stmt::JsonColumn(int col) const {
+  Json j = Json::parse(Text(col), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    return Errorf(ErrorCode::kInternal, "corrupt JSON in column {} of {}",
+                  sqlite3_column_name(stmt_, col), sqlite3_sql(stmt_));
+  }
+  return j;
+}
+
+// A fixed set of read-only connections; Acquire blocks until one is free.
+class ReadPool {
+ public:
+  class Lease {
+   public:
+    Lease(ReadPool* pool, Connection* conn) : pool_(pool), conn_(conn) {}
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    ~Lease() { pool_->Release(conn_); }
+    Connection& operator*() const { return *conn_; }
+
+   private:
+    ReadPool* pool_;
+    Connection* conn_;
+  };
+
+  void Add(std::unique_ptr<Connection> conn) {
+    std::lock_guard lock(mu_);
+    free_.push_back(conn.get());
+    all_.push_back(std::move(conn));
+  }
+
+  Lease Acquire() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return !free_.empty(); });
+    Connection* conn = free_.back();
+    free_.pop_back();
+    return Lease(this, conn);
+  }
+
+ private:
+  void Release(Connection* conn) {
+    {
+      std::lock_guard lock(mu_);
+      free_.push_back(conn);
+    }
+    cv_.notify_one();
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Connection*> free_;
+  std::vector<std::unique_ptr<Connection>> all_;
+};
+
+// Columns read by ReadSession, in its order.
+constexpr std::string_view kSessionColumns =
+    "id, state, image, backend, model, command, limits, metadata, token_hash, sandbox_handle, "
+    "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at";
+
+std::string SessionQuery(std::string_view where_and_rest) {
+  return fmt::format("SELECT {} FROM sessions {}", kSessionColumns, where_and_rest);
+}
+
+Result<Session> ReadSession(const Stmt& row) {
+  Session s;
+  s.id = row.Text(0);
+  const std::string state = row.Text(1);
+  auto parsed = ParseState(state);
+  if (!parsed) {
+    return Errorf(ErrorCode::kInternal, "session {} has unknown state '{}'", s.id, state);
+  }
+  s.state = *parsed;
+  s.image = row.Text(2);
+  s.backend = row.Text(3);
+  s.model = row.Text(4);
+  AIRLOCK_ASSIGN_OR_RETURN(s.command, row.JsonColumn(5));
+  AIRLOCK_ASSIGN_OR_RETURN(s.limits, row.JsonColumn(6));
+  AIRLOCK_ASSIGN_OR_RETURN(s.metadata, row.JsonColumn(7));
+  s.token_hash = row.Text(8);
+  s.sandbox_handle = row.Text(9);
+  if (!row.IsNull(10)) {
+    s.result = row.Text(10);
+  }
+  s.usage.input_tokens = row.Int(11);
+  s.usage.output_tokens = row.Int(12);
+  s.usage.llm_calls = row.Int(13);
+  s.usage.cost_usd = row.Real(14);
+  s.created_at = row.Int(15);
+  s.updated_at = row.Int(16);
+  return s;
+}
+
+Result<Message> ReadMessage(const Stmt& row) {
+  Message m;
+  m.id = row.Int(0);
+  if (!row.IsNull(1)) {
+    m.position = row.Int(1);
+  }
+  AIRLOCK_ASSIGN_OR_RETURN(m.body, row.JsonColumn(2));
+  m.created_at = row.Int(3);
+  return m;
+}
+
+Error SessionNotFound(std::string_view id) {
+  return Error{ErrorCode::kNotFound, fmt::format("session {} not found", id)};
+}
+
+Result<Session> SelectSession(Connection& c, std::string_view id) {
+  static const std::string kSql = SessionQuery("WHERE id = ?1");
+  AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare(kSql));
+  stmt.Bind(id);
+  AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) {
+    return std::unexpected(SessionNotFound(id));
+  }
+  return ReadSession(stmt);
+}
+
+Result<SessionState> SelectState(Connection& c, std::string_view id) {
+  AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("SELECT state FROM sessions WHERE id = ?1"));
+  stmt.Bind(id);
+  AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) {
+    return std::unexpected(SessionNotFound(id));
+  }
+  const std::string state = stmt.Text(0);
+  auto parsed = ParseState(state);
+  if (!parsed) {
+    return Errorf(ErrorCode::kInternal, "session {} has unknown state '{}'", id, state);
+  }
+  return *parsed;
+}
+
+Status RequireSession(Connection& c, std::string_view id) {
+  AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("SELECT 1 FROM sessions WHERE id = ?1"));
+  stmt.Bind(id);
+  AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) {
+    return std::unexpected(SessionNotFound(id));
+  }
+  return Ok();
+}
+
+// Reserves `count` conversation positions of a session and returns the first.
+Result<int64_t> ReservePositions(Connection& c, std::string_view id, int64_t count) {
+  AIRLOCK_ASSIGN_OR_RETURN(
+      Stmt stmt, c.Prepare("UPDATE sessions SET next_position = next_position + ?2 WHERE id = ?1 "
+                           "RETURNING next_position - ?2"));
+  stmt.Bind(id, count);
+  AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) {
+    return std::unexpected(SessionNotFound(id));
+  }
+  return stmt.Int(0);
+}
+
+// Appends an event with the session's next seq; runs inside the caller's write transaction.
+Result<Event> InsertEvent(Connection& c, std::string_view session_id, std::string_view type,
+                          const Json& data, int64_t now) {
+  Event e{std::string(session_id), 0, std::string(type), data, now};
+  {
+    AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
+                             c.Prepare("UPDATE sessions SET next_event_seq = next_event_seq + 1 "
+                                       "WHERE id = ?1 RETURNING next_event_seq - 1"));
+    stmt.Bind(session_id);
+    AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) {
+      return std::unexpected(SessionNotFound(session_id));
+    }
+    e.seq = stmt.Int(0);
+  }
+  AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
+                           c.Prepare("INSERT INTO events (session_id, seq, type, data, created_at) "
+                                     "VALUES (?1, ?2, ?3, ?4, ?5)"));
+  stmt.Bind(session_id, e.seq, type, DumpJson(data), now);
+  AIRLOCK_TRY(stmt.Run());
+  return e;
+}
+
+std::string JoinStates(const std::vector<SessionState>& states) {
+  if (states.empty()) {
+    return "(no state)";
+  }
+  std::string out;
+  for (size_t i = 0; i < states.size(); ++i) {
+    if (i > 0) {
+      out += i + 1 == states.size() ? " or " : ", ";
+    }
+    out += StateName(states[i]);
+  }
+  return out;
+}
+
+Status ValidateUsage(const Usage& u) {
+  if (u.input_tokens < 0 || u.output_tokens < 0 || u.llm_calls < 0 || !(u.cost_usd >= 0)) {
+    return MakeError(ErrorCode::kInvalidArgument, "usage counts and cost must be non-negative");
+  }
+  return Ok();
+}
+
+class SqliteStore final : public Store {
+ public:
+  explicit SqliteStore(std::unique_ptr<Connection> writer) : writer_(std::move(writer)) {}
+
+  void AddReader(std::unique_ptr<Connection> reader) { readers_.Add(std::move(reader)); }
+
+  Status Migrate() override {
+    std::lock_guard lock(writer_mu_);
+    Connection& c = *writer_;
+    AIRLOCK_TRY(
+        c.Exec("CREATE TABLE IF NOT EXISTS schema_migrations ("
+               "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+               "creating schema_migrations"));
+    {
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt, c.Prepare("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"));
+      AIRLOCK_TRY(stmt.Step());
+      const int64_t current = stmt.Int(0);
+      if (current > kLatestVersion) {
+        return Errorf(ErrorCode::kInternal,
+                      "database schema version {} is newer than this build supports ({}); "
+                      "refusing to run an older binary against it",
+                      current, kLatestVersion);
+      }
+    }
+    for (const Migration& m : kMigrations) {
+      // The check is inside the transaction so that two processes migrating at once cannot
+      // both apply a step.
+      auto applied = InTransaction(c, [&](Connection& tx) -> Result<bool> {
+        {
+          AIRLOCK_ASSIGN_OR_RETURN(
+              Stmt stmt, tx.Prepare("SELECT 1 FROM schema_migrations WHERE version = ?1"));
+          stmt.Bind(m.version);
+          AIRLOCK_ASSIGN_OR_RETURN(bool done, stmt.Step());
+          if (done) {
+            return false;
+          }
+        }
+        AIRLOCK_TRY(tx.Exec(m.sql, fmt::format("schema migration {}", m.version)));
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt,
+            tx.Prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)"));
+        stmt.Bind(m.version, NowMillis());
+        AIRLOCK_TRY(stmt.Run());
+        return true;
+      });
+      if (!applied) {
+        return std::unexpected(std::move(applied).error());
+      }
+    }
+    return Ok();
+  }
+
+  Status AddOperatorKey(const OperatorKey& key) override {
+    if (key.name.empty() || key.hash.empty()) {
+      return MakeError(ErrorCode::kInvalidArgument, "operator key needs a name and a hash");
+    }
+    const int64_t created_at = key.created_at > 0 ? key.created_at : NowMillis();
+    return Write([&](Connection& c) -> Status {
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
+                                 c.Prepare("SELECT 1 FROM operator_keys WHERE name = ?1"));
+        stmt.Bind(key.name);
+        AIRLOCK_ASSIGN_OR_RETURN(bool exists, stmt.Step());
+        if (exists) {
+          return Errorf(ErrorCode::kConflict, "operator key \"{}\" already exists", key.name);
+        }
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt,
+          c.Prepare("INSERT INTO operator_keys (name, hash, created_at) VALUES (?1, ?2, ?3)"));
+      stmt.Bind(key.name, key.hash, created_at);
+      auto done = stmt.Run();
+      if (!done && done.error().code == ErrorCode::kConflict) {
+        return MakeError(ErrorCode::kConflict, "another operator key has the same key value");
+      }
+      return done;
+    });
+  }
+
+  Result<std::vector<OperatorKey>> ListOperatorKeys() override {
+    return Read([&](Connection& c) -> Result<std::vector<OperatorKey>> {
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt, c.Prepare("SELECT name, hash, created_at FROM operator_keys ORDER BY name"));
+      std::vector<OperatorKey> keys;
+      for (;;) {
+        AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+        if (!row) {
+          break;
+        }
+        keys.push_back(OperatorKey{stmt.Text(0), stmt.Text(1), stmt.Int(2)});
+      }
+      return keys;
+    });
+  }
+
+  Status CreateSession(const Session& s, const Json& task_message) override {
+    if (s.id.empty()) {
+      return MakeError(ErrorCode::kInvalidArgument, "session id is empty");
+    }
+    const int64_t now = NowMillis();
+    const int64_t created_at = s.created_at > 0 ? s.created_at : now;
+    const int64_t updated_at = s.updated_at > 0 ? s.updated_at : created_at;
+    return Write([&](Connection& c) -> Status {
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt,
+            c.Prepare(
+                "INSERT INTO sessions (id, state, image, backend, model, command, limits, "
+                "metadata, token_hash, sandbox_handle, result, input_tokens, output_tokens, "
+                "llm_calls, cost_usd, created_at, updated_at) VALUES "
+                "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"));
+        stmt.Bind(s.id, StateName(s.state), s.image, s.backend, s.model, DumpJson(s.command),
+                  DumpJson(s.limits), DumpJson(s.metadata), s.token_hash, s.sandbox_handle,
+                  s.result, s.usage.input_tokens, s.usage.output_tokens, s.usage.llm_calls,
+                  s.usage.cost_usd, created_at, updated_at);
+        auto done = stmt.Run();
+        if (!done && done.error().code == ErrorCode::kConflict) {
+          // Either the id or the token hash is taken; neither is expected with random values.
+          return Errorf(ErrorCode::kConflict, "session {} or its token already exists", s.id);
+        }
+        AIRLOCK_TRY(done);
+      }
+      if (!task_message.is_null()) {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("INSERT INTO messages (session_id, position, body, created_at) "
+                                 "VALUES (?1, NULL, ?2, ?3)"));
+        stmt.Bind(s.id, DumpJson(task_message), now);
+        AIRLOCK_TRY(stmt.Run());
+      }
+      Json data = {{"image", s.image}, {"backend", s.backend}, {"model", s.model}};
+      AIRLOCK_TRY(InsertEvent(c, s.id, "session.created", data, now));
+      return Ok();
+    });
+  }
+
+  Result<Session> GetSession(std::string_view id) override {
+    return Read([&](Connection& c) { return SelectSession(c, id); });
+  }
+
+  Result<Session> GetSessionByTokenHash(std::string_view token_hash) override {
+    // Revoked sessions carry '', so an empty hash must never reach the query.
+    if (token_hash.empty()) {
+      return MakeError(ErrorCode::kNotFound, "no session has this token");
+    }
+    return Read([&](Connection& c) -> Result<Session> {
+      // The `!= ''` term repeats the partial index's condition so the planner can use it.
+      static const std::string kSql = SessionQuery("WHERE token_hash = ?1 AND token_hash != ''");
+      AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare(kSql));
+      stmt.Bind(token_hash);
+      AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) {
+        return MakeError(ErrorCode::kNotFound, "no session has this token");
+      }
+      return ReadSession(stmt);
+    });
+  }
+
+  Result<std::vector<Session>> ListSessions(const ListSessionsQuery& q) override {
+    const int limit = std::clamp(q.limit, 1, kMaxListSessions);
+    return Read([&](Connection& c) -> Result<std::vector<Session>> {
+      // The cursor is the (created_at, id) of the before_id session: newest first means the
+      // next page holds rows strictly below it in that order.
+      int64_t cursor_created = 0;
+      if (q.before_id) {
+        AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
+                                 c.Prepare("SELECT created_at FROM sessions WHERE id = ?1"));
+        stmt.Bind(*q.before_id);
+        AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+        if (!row) {
+          return Errorf(ErrorCode::kInvalidArgument, "before: no session {}", *q.before_id);
+        }
+        cursor_created = stmt.Int(0);
+      }
+      static const std::string kAll = SessionQuery("ORDER BY created_at DESC, id DESC LIMIT ?1");
+      static const std::string kByState =
+          SessionQuery("WHERE state = ?2 ORDER BY created_at DESC, id DESC LIMIT ?1");
+      static const std::string kBefore = SessionQuery(
+          "WHERE (created_at < ?3 OR (created_at = ?3 AND id < ?4)) "
+          "ORDER BY created_at DESC, id DESC LIMIT ?1");
+      static const std::string kByStateBefore = SessionQuery(
+          "WHERE state = ?2 AND (created_at < ?3 OR (created_at = ?3 AND id < ?4)) "
+          "ORDER BY created_at DESC, id DESC LIMIT ?1");
+      const std::string& sql =
+          q.state ? (q.before_id ? kByStateBefore : kByState) : (q.before_id ? kBefore : kAll);
+      AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare(sql));
+      std::optional<std::string> state;
+      if (q.state) {
+        state = std::string(StateName(*q.state));
+      }
+      if (q.before_id) {
+        stmt.Bind(limit, state, cursor_created, *q.before_id);
+      } else if (state) {
+        stmt.Bind(limit, *state);
+      } else {
+        stmt.Bind(limit);
+      }
+      std::vector<Session> out;
+      for (;;) {
+        AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+        if (!row) {
+          break;
+        }
+        AIRLOCK_ASSIGN_OR_RETURN(Session s, ReadSession(stmt));
+        out.push_back(std::move(s));
+      }
+      return out;
+    });
+  }
+
+  Result<Session> ChangeState(std::string_view id, const StateChange& change) override {
+    const int64_t now = NowMillis();
+    return Write([&](Connection& c) -> Result<Session> {
+      AIRLOCK_ASSIGN_OR_RETURN(SessionState current, SelectState(c, id));
+      if (std::find(change.from.begin(), change.from.end(), current) == change.from.end()) {
+        return Errorf(ErrorCode::kConflict, "session {} is {}; it can become {} only from {}", id,
+                      StateName(current), StateName(change.to), JoinStates(change.from));
+      }
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("UPDATE sessions SET state = ?2, updated_at = ?3, "
+                                 "result = CASE WHEN ?4 THEN ?5 ELSE result END, "
+                                 "token_hash = CASE WHEN ?6 THEN '' ELSE token_hash END, "
+                                 "sandbox_handle = CASE WHEN ?7 THEN ?8 ELSE sandbox_handle END "
+                                 "WHERE id = ?1"));
+        stmt.Bind(id, StateName(change.to), now, change.result.has_value() ? 1 : 0, change.result,
+                  change.revoke_token ? 1 : 0, change.sandbox_handle.has_value() ? 1 : 0,
+                  change.sandbox_handle);
+        AIRLOCK_TRY(stmt.Run());
+      }
+      Json data = {{"from", StateName(current)}, {"to", StateName(change.to)}};
+      if (change.result) {
+        data["result"] = *change.result;
+      }
+      AIRLOCK_TRY(InsertEvent(c, id, "session.state", data, now));
+      return SelectSession(c, id);
+    });
+  }
+
+  Result<int64_t> AddUserMessage(std::string_view session_id, const Json& message) override {
+    const int64_t now = NowMillis();
+    return Write([&](Connection& c) -> Result<int64_t> {
+      AIRLOCK_ASSIGN_OR_RETURN(SessionState state, SelectState(c, session_id));
+      if (IsTerminal(state)) {
+        return Errorf(ErrorCode::kConflict, "session {} is {} and takes no more messages",
+                      session_id, StateName(state));
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt, c.Prepare("INSERT INTO messages (session_id, position, body, created_at) "
+                               "VALUES (?1, NULL, ?2, ?3) RETURNING id"));
+      stmt.Bind(session_id, DumpJson(message), now);
+      AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) {
+        return MakeError(ErrorCode::kInternal, "insert returned no message id");
+      }
+      return stmt.Int(0);
+    });
+  }
+
+  Result<std::vector<Message>> TakeInbox(std::string_view session_id) override {
+    return Write([&](Connection& c) -> Result<std::vector<Message>> {
+      AIRLOCK_TRY(RequireSession(c, session_id));
+      std::vector<Message> pending;
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("SELECT id, position, body, created_at FROM messages "
+                                 "WHERE session_id = ?1 AND position IS NULL ORDER BY id"));
+        stmt.Bind(session_id);
+        for (;;) {
+          AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+          if (!row) {
+            break;
+          }
+          AIRLOCK_ASSIGN_OR_RETURN(Message m, ReadMessage(stmt));
+          pending.push_back(std::move(m));
+        }
+      }
+      if (pending.empty()) {
+        return pending;
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(
+          int64_t position, ReservePositions(c, session_id, static_cast<int64_t>(pending.size())));
+      for (Message& m : pending) {
+        m.position = position++;
+        AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
+                                 c.Prepare("UPDATE messages SET position = ?2 WHERE id = ?1"));
+        stmt.Bind(m.id, *m.position);
+        AIRLOCK_TRY(stmt.Run());
+      }
+      return pending;
+    });
+  }
+
+  Status AppendConversation(std::string_view session_id,
+                            const std::vector<Json>& messages) override {
+    const int64_t now = NowMillis();
+    return Write([&](Connection& c) -> Status {
+      if (messages.empty()) {
+        return RequireSession(c, session_id);
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(
+          int64_t position, ReservePositions(c, session_id, static_cast<int64_t>(messages.size())));
+      for (const Json& body : messages) {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("INSERT INTO messages (session_id, position, body, created_at) "
+                                 "VALUES (?1, ?2, ?3, ?4)"));
+        stmt.Bind(session_id, position++, DumpJson(body), now);
+        AIRLOCK_TRY(stmt.Run());
+      }
+      return Ok();
+    });
+  }
+
+  Result<std::vector<Message>> ListMessages(std::string_view session_id,
+                                            bool include_pending) override {
+    return Read([&](Connection& c) -> Result<std::vector<Message>> {
+      AIRLOCK_TRY(RequireSession(c, session_id));
+      std::vector<Message> out;
+      auto collect = [&](const std::string& sql) -> Status {
+        AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare(sql));
+        stmt.Bind(session_id);
+        for (;;) {
+          AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+          if (!row) {
+            return Ok();
+          }
+          AIRLOCK_ASSIGN_OR_RETURN(Message m, ReadMessage(stmt));
+          out.push_back(std::move(m));
+        }
+      };
+      AIRLOCK_TRY(
+          collect("SELECT id, position, body, created_at FROM messages "
+                  "WHERE session_id = ?1 AND position IS NOT NULL ORDER BY position"));
+      if (include_pending) {
+        AIRLOCK_TRY(
+            collect("SELECT id, position, body, created_at FROM messages "
+                    "WHERE session_id = ?1 AND position IS NULL ORDER BY id"));
+      }
+      return out;
+    });
+  }
+
+  Result<Event> AppendEvent(std::string_view session_id, std::string_view type,
+                            const Json& data) override {
+    const int64_t now = NowMillis();
+    return Write([&](Connection& c) { return InsertEvent(c, session_id, type, data, now); });
+  }
+
+  Result<std::vector<Event>> ListEvents(std::string_view session_id, int64_t after,
+                                        int limit) override {
+    return Read([&](Connection& c) -> Result<std::vector<Event>> {
+      AIRLOCK_TRY(RequireSession(c, session_id));
+      std::vector<Event> out;
+      if (limit <= 0) {
+        return out;
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt, c.Prepare("SELECT seq, type, data, created_at FROM events "
+                               "WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"));
+      stmt.Bind(session_id, after, limit);
+      for (;;) {
+        AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+        if (!row) {
+          break;
+        }
+        Event e{std::string(session_id), stmt.Int(0), stmt.Text(1), Json::object(), stmt.Int(3)};
+        AIRLOCK_ASSIGN_OR_RETURN(e.data, stmt.JsonColumn(2));
+        out.push_back(std::move(e));
+      }
+      return out;
+    });
+  }
+
+  Status RecordUsage(std::string_view session_id, std::string_view model,
+                     const Usage& usage) override {
+    AIRLOCK_TRY(ValidateUsage(usage));
+    const int64_t now = NowMillis();
+    return Write([&](Connection& c) -> Status {
+      {
+        // One call per record, whatever usage.llm_calls says: the contract is one metered call.
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("UPDATE sessions SET input_tokens = input_tokens + ?2, "
+                                 "output_tokens = output_tokens + ?3, llm_calls = llm_calls + 1, "
+                                 "cost_usd = cost_usd + ?4 WHERE id = ?1 RETURNING 1"));
+        stmt.Bind(session_id, usage.input_tokens, usage.output_tokens, usage.cost_usd);
+        AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+        if (!row) {
+          return std::unexpected(SessionNotFound(session_id));
+        }
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt,
+          c.Prepare("INSERT INTO usage (session_id, model, input_tokens, output_tokens, cost_usd, "
+                    "created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
+      stmt.Bind(session_id, model, usage.input_tokens, usage.output_tokens, usage.cost_usd, now);
+      return stmt.Run();
+    });
+  }
+
+ private:
+  // Runs `body` in a transaction on `c` (BEGIN IMMEDIATE for the writer, so the write lock is
+  // taken up front and a busy database shows up here, not halfway through). Commits when
+  // `body` succeeds, rolls back otherwise.
+  template <typename F>
+  static auto InTransaction(Connection& c, F&& body, bool write = true)
+      -> std::invoke_result_t<F, Connection&> {
+    AIRLOCK_TRY(c.Run(write ? "BEGIN IMMEDIATE" : "BEGIN"));
+    auto result = body(c);
+    if (result) {
+      auto committed = c.Run("COMMIT");
+      if (committed) {
+        return result;
+      }
+      result = std::unexpected(std::move(committed).error());
+    }
+    // A failed statement may already have ended the transaction; ignore "no transaction".
+    (void)c.Exec("ROLLBACK", "rollback");
+    return result;
+  }
+
+  template <typename F>
+  auto Write(F&& body) -> std::invoke_result_t<F, Connection&> {
+    std::lock_guard lock(writer_mu_);
+    return InTransaction(*writer_, std::forward<F>(body), /*write=*/true);
+  }
+
+  // Reads run in a deferred transaction so that a multi-statement read sees one snapshot.
+  template <typename F>
+  auto Read(F&& body) -> std::invoke_result_t<F, Connection&> {
+    auto lease = readers_.Acquire();
+    return InTransaction(*lease, std::forward<F>(body), /*write=*/false);
+  }
+
+  std::unique_ptr<Connection> writer_;
+  std::mutex writer_mu_;
+  ReadPool readers_;
+};
+
+// Connection set-up steps, in the order OpenSqliteStore runs them.
+Status ValidateOptions(const StoreOptions& options) {
+  if (options.path.empty() || options.path == ":memory:" || options.path.starts_with("file:")) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "store path must be a database file (readers open their own connections)");
+  }
+  if (options.synchronous != "normal" && options.synchronous != "full") {
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "store synchronous must be \"normal\" or \"full\", not \"{}\"",
+                  options.synchronous);
+  }
+  if (options.busy_timeout_ms < 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "store busy_timeout_ms must not be negative");
+  }
+  if (options.read_connections < 1 || options.read_connections > 64) {
+    return Errorf(ErrorCode::kInvalidArgument, "store read_connections must be 1..64, not {}",
+                  options.read_connections);
+  }
+  return Ok();
+}
+
+Status EnableWal(Connection& c) {
+  AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("PRAGMA journal_mode = WAL"));
+  AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  const std::string mode = row ? stmt.Text(0) : "";
+  if (mode != "wal") {
+    return Errorf(ErrorCode::kInternal, "could not switch the database to WAL (journal mode '{}')",
+                  mode);
+  }
+  return Ok();
+}
+
+Status ConfigureWriter(Connection& c, const StoreOptions& options) {
+  AIRLOCK_TRY(EnableWal(c));
+  AIRLOCK_TRY(c.Exec(
+      options.synchronous == "full" ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
+      "setting synchronous"));
+  AIRLOCK_TRY(c.Exec("PRAGMA foreign_keys = ON", "enabling foreign keys"));
+  return Ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> OpenSqliteStore(const StoreOptions& options) {
+  AIRLOCK_TRY(ValidateOptions(options));
+  AIRLOCK_ASSIGN_OR_RETURN(
+      auto writer, Connection::Open(options.path, /*read_only=*/false, options.busy_timeout_ms));
+  AIRLOCK_TRY(ConfigureWriter(*writer, options));
+  auto store = std::make_unique<SqliteStore>(std::move(writer));
+  AIRLOCK_TRY(store->Migrate());
+  // Readers open after the writer has created the file and its WAL, which a read-only
+  // connection cannot create.
+  for (int i = 0; i < options.read_connections; ++i) {
+    AIRLOCK_ASSIGN_OR_RETURN(
+        auto reader, Connection::Open(options.path, /*read_only=*/true, options.busy_timeout_ms));
+    store->AddReader(std::move(reader));
+  }
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+}  // namespace airlock::store

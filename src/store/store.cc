@@ -1,0 +1,29 @@
+#include "store/store.h"
+
+namespace airlock::store {
+
+std::string_view StateName(SessionState s) {
+  switch (s) {
+    case SessionState::kStarting: return "starting";
+    case SessionState::kRunning: return "running";
+    case SessionState::kSuspended: return "suspended";
+    case SessionState::kSucceeded: return "succeeded";
+    case SessionState::kFailed: return "failed";
+    case SessionState::kKilled: return "killed";
+  }
+  return "failed";
+}
+
+std::optional<SessionState> ParseState(std::string_view name) {
+  for (auto s : {SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended,
+                 SessionState::kSucceeded, SessionState::kFailed, SessionState::kKilled}) {
+    if (StateName(s) == name) return s;
+  }
+  return std::nullopt;
+}
+
+bool IsTerminal(SessionState s) {
+  return s == SessionState::kSucceeded || s == SessionState::kFailed || s == SessionState::kKilled;
+}
+
+}  // namespace airlock::store

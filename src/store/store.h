@@ -1,0 +1,144 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/json_util.h"
+#include "common/result.h"
+
+namespace airlock::store {
+
+// Session states of shared/API.md. Stored as their lowercase names.
+enum class SessionState { kStarting, kRunning, kSuspended, kSucceeded, kFailed, kKilled };
+
+std::string_view StateName(SessionState s);
+std::optional<SessionState> ParseState(std::string_view name);
+bool IsTerminal(SessionState s);
+
+struct Usage {
+  int64_t input_tokens = 0;
+  int64_t output_tokens = 0;
+  int64_t llm_calls = 0;
+  double cost_usd = 0;
+};
+
+struct Session {
+  std::string id;                // "ses_..."
+  SessionState state = SessionState::kStarting;
+  std::string image;
+  std::string backend;
+  std::string model;             // model alias
+  Json command = Json::array();  // [str...] or empty for the image's default
+  Json limits = Json::object();
+  Json metadata = Json::object();
+  std::string token_hash;        // hex SHA-256 of the session token; "" once revoked
+  std::string sandbox_handle;    // backend's opaque handle for reattach; "" when none
+  std::optional<std::string> result;
+  Usage usage;
+  int64_t created_at = 0;        // ms since epoch
+  int64_t updated_at = 0;
+};
+
+// One message of a session's conversation in the OpenAI chat shape ({"role", "content", ...}).
+// User messages posted by the operator start `pending` (in the inbox, not yet part of the
+// conversation). Taking them from the inbox gives them a conversation position, so the
+// conversation order is the order in which the agent saw them.
+struct Message {
+  int64_t id = 0;           // unique, increasing in insertion order
+  std::optional<int64_t> position;  // conversation position (1, 2, ...); empty while pending
+  Json body;                // the message object itself
+  int64_t created_at = 0;
+};
+
+struct Event {
+  std::string session_id;
+  int64_t seq = 0;          // 1, 2, 3... per session, no gaps
+  std::string type;
+  Json data = Json::object();
+  int64_t created_at = 0;
+};
+
+struct OperatorKey {
+  std::string name;
+  std::string hash;  // hex SHA-256 of the key
+  int64_t created_at = 0;
+};
+
+struct ListSessionsQuery {
+  std::optional<SessionState> state;
+  int limit = 100;
+  std::optional<std::string> before_id;  // pagination: sessions created before this one
+};
+
+struct StateChange {
+  std::vector<SessionState> from;  // the change applies only in one of these states
+  SessionState to;
+  std::optional<std::string> result;
+  bool revoke_token = false;       // clears token_hash in the same transaction
+  std::optional<std::string> sandbox_handle;  // set when present
+};
+
+// The control plane's whole state. Implementations are thread-safe and blocking; the control
+// plane calls them from a worker pool (common/blocking.h), never from the event loop.
+// Every method commits before it returns: a value returned is durable across a crash of
+// the process (kill -9). Errors: kNotFound for a missing session, kConflict for a state
+// change that does not apply, kUnavailable/kInternal for database failures.
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // Creates or upgrades the schema; idempotent.
+  virtual Status Migrate() = 0;
+
+  virtual Status AddOperatorKey(const OperatorKey& key) = 0;  // kConflict if the name exists
+  virtual Result<std::vector<OperatorKey>> ListOperatorKeys() = 0;
+
+  // Inserts the session, its task as the first pending user message, and a
+  // "session.created" event, in one transaction.
+  virtual Status CreateSession(const Session& session, const Json& task_message) = 0;
+  virtual Result<Session> GetSession(std::string_view id) = 0;
+  // kNotFound when no live session has this token hash (revoked tokens are not found).
+  virtual Result<Session> GetSessionByTokenHash(std::string_view token_hash) = 0;
+  virtual Result<std::vector<Session>> ListSessions(const ListSessionsQuery& q) = 0;
+  // Applies `change` if the session is in one of `change.from` (kConflict otherwise, with the
+  // current state in the message) and appends a "session.state" event {"from","to","result"?}.
+  // Returns the updated session.
+  virtual Result<Session> ChangeState(std::string_view id, const StateChange& change) = 0;
+
+  // Appends a pending user message (the inbox). Returns its id. kConflict if terminal.
+  virtual Result<int64_t> AddUserMessage(std::string_view session_id, const Json& message) = 0;
+  // Atomically moves every pending user message into the conversation, in id order, and
+  // returns them. Empty when none are pending.
+  virtual Result<std::vector<Message>> TakeInbox(std::string_view session_id) = 0;
+  // Appends messages (assistant replies, tool results) to the conversation, in order.
+  virtual Status AppendConversation(std::string_view session_id, const std::vector<Json>& messages) = 0;
+  // The conversation in position order; with `include_pending`, pending messages follow.
+  virtual Result<std::vector<Message>> ListMessages(std::string_view session_id,
+                                                    bool include_pending) = 0;
+
+  // Appends an event with the session's next seq and returns it.
+  virtual Result<Event> AppendEvent(std::string_view session_id, std::string_view type,
+                                    const Json& data) = 0;
+  // Events with seq > after, in seq order, at most `limit`.
+  virtual Result<std::vector<Event>> ListEvents(std::string_view session_id, int64_t after,
+                                                int limit) = 0;
+
+  // Records one metered LLM call and adds it to the session's totals.
+  virtual Status RecordUsage(std::string_view session_id, std::string_view model,
+                             const Usage& usage) = 0;
+};
+
+struct StoreOptions {
+  std::string path;                 // SQLite database file
+  std::string synchronous = "normal";  // "normal" (survives process crash) or "full" (power loss)
+  int busy_timeout_ms = 5000;
+  int read_connections = 4;
+};
+
+Result<std::unique_ptr<Store>> OpenSqliteStore(const StoreOptions& options);
+
+}  // namespace airlock::store
