@@ -1,0 +1,316 @@
+#include "controlplane/config.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+namespace airlock::controlplane {
+
+namespace {
+
+// Reads typed values from one TOML table and remembers which keys were consumed, so that
+// anything left over can be reported as unknown with its full dotted name.
+class TableReader {
+ public:
+  TableReader(const toml::table* table, std::string path) : table_(table), path_(std::move(path)) {}
+
+  std::string Key(std::string_view k) const { return path_.empty() ? std::string(k) : path_ + "." + std::string(k); }
+
+  Status String(std::string_view k, std::string* out) {
+    seen_.insert(std::string(k));
+    if (!table_) return Ok();
+    const toml::node* n = table_->get(k);
+    if (!n) return Ok();
+    auto v = n->value<std::string>();
+    if (!n->is_string() || !v) return Errorf(ErrorCode::kInvalidArgument, "{} must be a string", Key(k));
+    *out = *v;
+    return Ok();
+  }
+
+  Status Int(std::string_view k, int64_t* out, int64_t min, int64_t max) {
+    seen_.insert(std::string(k));
+    if (!table_) return Ok();
+    const toml::node* n = table_->get(k);
+    if (!n) return Ok();
+    if (!n->is_integer()) return Errorf(ErrorCode::kInvalidArgument, "{} must be an integer", Key(k));
+    int64_t v = *n->value<int64_t>();
+    if (v < min || v > max) {
+      return Errorf(ErrorCode::kInvalidArgument, "{} = {} is out of range [{}, {}]", Key(k), v, min, max);
+    }
+    *out = v;
+    return Ok();
+  }
+
+  template <typename T>
+  Status IntAs(std::string_view k, T* out, int64_t min, int64_t max) {
+    int64_t v = static_cast<int64_t>(*out);
+    AIRLOCK_TRY(Int(k, &v, min, max));
+    *out = static_cast<T>(v);
+    return Ok();
+  }
+
+  Status Double(std::string_view k, double* out, double min) {
+    seen_.insert(std::string(k));
+    if (!table_) return Ok();
+    const toml::node* n = table_->get(k);
+    if (!n) return Ok();
+    if (!n->is_number()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a number", Key(k));
+    double v = n->is_integer() ? static_cast<double>(*n->value<int64_t>()) : *n->value<double>();
+    if (v < min) return Errorf(ErrorCode::kInvalidArgument, "{} must be >= {}", Key(k), min);
+    *out = v;
+    return Ok();
+  }
+
+  Status Bool(std::string_view k, bool* out) {
+    seen_.insert(std::string(k));
+    if (!table_) return Ok();
+    const toml::node* n = table_->get(k);
+    if (!n) return Ok();
+    if (!n->is_boolean()) return Errorf(ErrorCode::kInvalidArgument, "{} must be true or false", Key(k));
+    *out = *n->value<bool>();
+    return Ok();
+  }
+
+  Status Millis(std::string_view k, std::chrono::milliseconds* out) {
+    double secs = static_cast<double>(out->count()) / 1000.0;
+    AIRLOCK_TRY(Double(k, &secs, 0.001));
+    *out = std::chrono::milliseconds(static_cast<int64_t>(secs * 1000));
+    return Ok();
+  }
+
+  // A sub-table; absent is fine (nullptr).
+  Result<const toml::table*> Table(std::string_view k) {
+    seen_.insert(std::string(k));
+    if (!table_) return nullptr;
+    const toml::node* n = table_->get(k);
+    if (!n) return nullptr;
+    if (!n->is_table()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a table", Key(k));
+    return n->as_table();
+  }
+
+  Status RejectUnknown() const {
+    if (!table_) return Ok();
+    std::vector<std::string> unknown;
+    for (const auto& [k, v] : *table_) {
+      if (!seen_.count(std::string(k.str()))) unknown.push_back(Key(k.str()));
+    }
+    if (unknown.empty()) return Ok();
+    std::string list;
+    for (const auto& u : unknown) list += (list.empty() ? "" : ", ") + u;
+    return Errorf(ErrorCode::kInvalidArgument, "unknown configuration key(s): {}", list);
+  }
+
+ private:
+  const toml::table* table_;
+  std::string path_;
+  std::set<std::string> seen_;
+};
+
+Status ParseServer(const toml::table* t, Config& c) {
+  TableReader r(t, "server");
+  std::string op, sb;
+  AIRLOCK_TRY(r.String("operator_listen", &op));
+  AIRLOCK_TRY(r.String("sandbox_listen", &sb));
+  if (!op.empty()) { AIRLOCK_ASSIGN_OR_RETURN(c.operator_listen, ParseHostPort(op)); }
+  if (!sb.empty()) { AIRLOCK_ASSIGN_OR_RETURN(c.sandbox_listen, ParseHostPort(sb)); }
+  AIRLOCK_TRY(r.String("sandbox_url", &c.sandbox_url));
+  AIRLOCK_TRY(r.IntAs("max_header_bytes", &c.limits.max_header_bytes, 1024, 1 << 20));
+  AIRLOCK_TRY(r.IntAs("max_body_bytes", &c.limits.max_body_bytes, 1024, int64_t{1} << 30));
+  AIRLOCK_TRY(r.IntAs("max_connections", &c.limits.max_connections, 1, 1'000'000));
+  AIRLOCK_TRY(r.Millis("idle_timeout_s", &c.limits.idle_timeout));
+  AIRLOCK_TRY(r.Millis("header_timeout_s", &c.limits.header_timeout));
+  AIRLOCK_TRY(r.Millis("body_timeout_s", &c.limits.body_timeout));
+  AIRLOCK_TRY(r.Millis("write_timeout_s", &c.limits.write_timeout));
+  AIRLOCK_TRY(r.IntAs("long_poll_max_s", &c.long_poll_max_s, 1, 3600));
+  AIRLOCK_TRY(r.IntAs("drain_timeout_s", &c.drain_timeout_s, 0, 3600));
+  AIRLOCK_TRY(r.IntAs("worker_threads", &c.worker_threads, 1, 256));
+  return r.RejectUnknown();
+}
+
+Status ParseStore(const toml::table* t, Config& c) {
+  TableReader r(t, "store");
+  AIRLOCK_TRY(r.String("kind", &c.store_kind));
+  AIRLOCK_TRY(r.String("path", &c.store_path));
+  AIRLOCK_TRY(r.String("synchronous", &c.store_synchronous));
+  AIRLOCK_TRY(r.IntAs("busy_timeout_ms", &c.store_busy_timeout_ms, 0, 600'000));
+  if (c.store_kind != "sqlite") {
+    return Errorf(ErrorCode::kInvalidArgument, "store.kind = \"{}\" is not supported (supported: sqlite)",
+                  c.store_kind);
+  }
+  if (c.store_synchronous != "normal" && c.store_synchronous != "full") {
+    return MakeError(ErrorCode::kInvalidArgument, "store.synchronous must be \"normal\" or \"full\"");
+  }
+  return r.RejectUnknown();
+}
+
+Status ParseAuth(const toml::table* t, Config& c) {
+  TableReader r(t, "auth");
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* keys, r.Table("operator_keys"));
+  if (keys) {
+    for (const auto& [name, node] : *keys) {
+      std::string key_path = "auth.operator_keys." + std::string(name.str());
+      if (!node.is_table()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a table", key_path);
+      TableReader kr(node.as_table(), key_path);
+      OperatorKeyConfig k;
+      AIRLOCK_TRY(kr.String("sha256", &k.sha256));
+      AIRLOCK_TRY(kr.String("key_env", &k.key_env));
+      AIRLOCK_TRY(kr.RejectUnknown());
+      if (k.sha256.empty() == k.key_env.empty()) {
+        return Errorf(ErrorCode::kInvalidArgument, "{} needs exactly one of sha256 or key_env", key_path);
+      }
+      if (!k.sha256.empty() &&
+          (k.sha256.size() != 64 || k.sha256.find_first_not_of("0123456789abcdef") != std::string::npos)) {
+        return Errorf(ErrorCode::kInvalidArgument, "{}.sha256 must be 64 lowercase hex characters", key_path);
+      }
+      c.operator_keys[std::string(name.str())] = k;
+    }
+  }
+  return r.RejectUnknown();
+}
+
+Status ParseSandbox(const toml::table* t, Config& c) {
+  TableReader r(t, "sandbox");
+  AIRLOCK_TRY(r.String("default_backend", &c.default_backend));
+  AIRLOCK_TRY(r.String("default_image", &c.default_image));
+  AIRLOCK_TRY(r.String("default_model", &c.default_model));
+  AIRLOCK_TRY(r.Bool("allow_unisolated_backends", &c.allow_unisolated_backends));
+  AIRLOCK_TRY(r.Int("max_task_bytes", &c.max_task_bytes, 1, 16 << 20));
+  AIRLOCK_TRY(r.Int("max_message_bytes", &c.max_message_bytes, 1, 16 << 20));
+  AIRLOCK_TRY(r.Int("max_event_bytes", &c.max_event_bytes, 1, 16 << 20));
+  return r.RejectUnknown();
+}
+
+Status ParseLog(const toml::table* t, Config& c) {
+  TableReader r(t, "log");
+  std::string level, format;
+  AIRLOCK_TRY(r.String("level", &level));
+  AIRLOCK_TRY(r.String("format", &format));
+  if (!level.empty() && !log::ParseLevel(level, &c.log_level)) {
+    return MakeError(ErrorCode::kInvalidArgument, "log.level must be debug, info, warn or error");
+  }
+  if (format == "json") c.log_format = log::Format::kJson;
+  else if (format == "text") c.log_format = log::Format::kText;
+  else if (!format.empty()) return MakeError(ErrorCode::kInvalidArgument, "log.format must be json or text");
+  return r.RejectUnknown();
+}
+
+Status ParseProviders(const toml::table* t, Config& c) {
+  if (!t) return Ok();
+  for (const auto& [name, node] : *t) {
+    std::string path = "providers." + std::string(name.str());
+    if (!node.is_table()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a table", path);
+    TableReader r(node.as_table(), path);
+    ProviderConfig p;
+    std::string inline_key;
+    AIRLOCK_TRY(r.String("kind", &p.kind));
+    AIRLOCK_TRY(r.String("base_url", &p.base_url));
+    AIRLOCK_TRY(r.String("api_key_env", &p.api_key_env));
+    AIRLOCK_TRY(r.String("api_key", &inline_key));
+    AIRLOCK_TRY(r.String("script", &p.script));
+    AIRLOCK_TRY(r.RejectUnknown());
+    p.api_key = Secret(std::move(inline_key));
+    if (p.kind != "openai" && p.kind != "anthropic" && p.kind != "scripted") {
+      return Errorf(ErrorCode::kInvalidArgument, "{}.kind must be openai, anthropic or scripted", path);
+    }
+    c.providers[std::string(name.str())] = std::move(p);
+  }
+  return Ok();
+}
+
+Status ParseModels(const toml::table* t, Config& c) {
+  if (!t) return Ok();
+  for (const auto& [name, node] : *t) {
+    std::string path = "models." + std::string(name.str());
+    if (!node.is_table()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a table", path);
+    TableReader r(node.as_table(), path);
+    ModelConfig m;
+    AIRLOCK_TRY(r.String("provider", &m.provider));
+    AIRLOCK_TRY(r.String("model", &m.model));
+    AIRLOCK_TRY(r.Double("input_usd_per_mtok", &m.input_usd_per_mtok, 0));
+    AIRLOCK_TRY(r.Double("output_usd_per_mtok", &m.output_usd_per_mtok, 0));
+    AIRLOCK_ASSIGN_OR_RETURN(const toml::table* params, r.Table("params"));
+    AIRLOCK_TRY(r.RejectUnknown());
+    if (params) {
+      std::ostringstream os;
+      os << toml::json_formatter(*params);
+      AIRLOCK_ASSIGN_OR_RETURN(m.params, ParseJson(os.str()));
+    }
+    if (!c.providers.count(m.provider)) {
+      return Errorf(ErrorCode::kInvalidArgument, "{}.provider = \"{}\" names no [providers.*] table", path,
+                    m.provider);
+    }
+    c.models[std::string(name.str())] = std::move(m);
+  }
+  return Ok();
+}
+
+}  // namespace
+
+Result<HostPort> ParseHostPort(std::string_view text) {
+  size_t colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) {
+    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" is not HOST:PORT", text);
+  }
+  HostPort hp;
+  hp.host = std::string(text.substr(0, colon));
+  if (hp.host.size() > 2 && hp.host.front() == '[' && hp.host.back() == ']') {
+    hp.host = hp.host.substr(1, hp.host.size() - 2);
+  }
+  std::string port(text.substr(colon + 1));
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoi(port) > 65535) {
+    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" has no valid port", text);
+  }
+  hp.port = static_cast<uint16_t>(std::stoi(port));
+  return hp;
+}
+
+std::string DefaultHome() {
+  if (const char* h = std::getenv("AIRLOCK_HOME"); h && *h) return h;
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : "/root") + "/.local/share/airlock";
+}
+
+Result<Config> ParseConfig(std::string_view toml_text, const std::string& home, std::string_view source_name) {
+  Config c;
+  c.home = home;
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, source_name);
+  } catch (const toml::parse_error& e) {
+    return Errorf(ErrorCode::kInvalidArgument, "{}:{}:{}: {}", source_name, e.source().begin.line,
+                  e.source().begin.column, e.description());
+  }
+  TableReader r(&root, "");
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* server, r.Table("server"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* store, r.Table("store"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* auth, r.Table("auth"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* sandbox, r.Table("sandbox"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* logt, r.Table("log"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* providers, r.Table("providers"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* models, r.Table("models"));
+  AIRLOCK_TRY(r.RejectUnknown());
+  AIRLOCK_TRY(ParseServer(server, c));
+  AIRLOCK_TRY(ParseStore(store, c));
+  AIRLOCK_TRY(ParseAuth(auth, c));
+  AIRLOCK_TRY(ParseSandbox(sandbox, c));
+  AIRLOCK_TRY(ParseLog(logt, c));
+  AIRLOCK_TRY(ParseProviders(providers, c));
+  AIRLOCK_TRY(ParseModels(models, c));
+  if (c.store_path.empty()) c.store_path = home + "/airlock.db";
+  return c;
+}
+
+Result<Config> LoadConfig(const std::optional<std::string>& path, const std::string& home) {
+  if (!path) return ParseConfig("", home);
+  std::ifstream f(*path);
+  if (!f) return Errorf(ErrorCode::kInvalidArgument, "cannot read config file {}", *path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ParseConfig(ss.str(), home, *path);
+}
+
+}  // namespace airlock::controlplane

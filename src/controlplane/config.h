@@ -1,0 +1,86 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/json_util.h"
+#include "common/log.h"
+#include "common/result.h"
+#include "common/secret.h"
+#include "controlplane/http_server.h"
+
+namespace airlock::controlplane {
+
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+};
+Result<HostPort> ParseHostPort(std::string_view text);
+
+struct ProviderConfig {
+  std::string kind;         // openai | anthropic | scripted
+  std::string base_url;
+  std::string api_key_env;  // read by the control plane only
+  Secret api_key;           // inline key (discouraged; api_key_env is preferred)
+  std::string script;       // scripted: path of the script file
+};
+
+struct ModelConfig {
+  std::string provider;
+  std::string model;
+  double input_usd_per_mtok = 0;
+  double output_usd_per_mtok = 0;
+  Json params = Json::object();
+};
+
+struct OperatorKeyConfig {
+  std::string sha256;   // hex SHA-256 of the key
+  std::string key_env;  // or: an environment variable holding the key
+};
+
+// Every setting of `airlock serve`, with its default. See docs/operators.md.
+struct Config {
+  std::string home;
+  HostPort operator_listen{"127.0.0.1", 7400};
+  HostPort sandbox_listen{"127.0.0.1", 7401};
+  std::string sandbox_url;  // CONTROL_PLANE_URL for TCP sandboxes; default from sandbox_listen
+  HttpLimits limits;
+  int long_poll_max_s = 60;
+  int drain_timeout_s = 10;
+  int worker_threads = 4;
+
+  std::string store_kind = "sqlite";
+  std::string store_path;  // default: <home>/airlock.db
+  std::string store_synchronous = "normal";
+  int store_busy_timeout_ms = 5000;
+
+  std::map<std::string, OperatorKeyConfig> operator_keys;
+
+  std::string default_backend = "oci";
+  std::string default_image = "base";
+  std::string default_model = "default";
+  bool allow_unisolated_backends = false;  // the "process" backend
+  int64_t max_task_bytes = 256 * 1024;
+  int64_t max_message_bytes = 256 * 1024;
+  int64_t max_event_bytes = 64 * 1024;
+
+  log::Level log_level = log::Level::kInfo;
+  log::Format log_format = log::Format::kJson;
+
+  std::map<std::string, ProviderConfig> providers;
+  std::map<std::string, ModelConfig> models;
+};
+
+// Default home: $AIRLOCK_HOME, else $HOME/.local/share/airlock.
+std::string DefaultHome();
+
+// Reads the TOML file at `path` (if given) over the defaults. Unknown keys, wrong types and
+// bad values are refused with a message naming the key.
+Result<Config> LoadConfig(const std::optional<std::string>& path, const std::string& home);
+Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
+                           std::string_view source_name = "config");
+
+}  // namespace airlock::controlplane

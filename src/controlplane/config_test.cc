@@ -1,0 +1,82 @@
+#include "controlplane/config.h"
+
+#include <gtest/gtest.h>
+
+namespace airlock::controlplane {
+namespace {
+
+TEST(ConfigTest, EmptyConfigGivesDefaults) {
+  auto c = ParseConfig("", "/h");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->operator_listen.port, 7400);
+  EXPECT_EQ(c->operator_listen.host, "127.0.0.1");
+  EXPECT_EQ(c->store_path, "/h/airlock.db");
+  EXPECT_EQ(c->default_backend, "oci");
+  EXPECT_FALSE(c->allow_unisolated_backends);
+}
+
+TEST(ConfigTest, AcceptsTheApiDocExample) {
+  auto c = ParseConfig(R"(
+[providers.main]
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+api_key_env = "OPENAI_API_KEY"
+[models.default]
+provider = "main"
+model = "gpt-4o-mini"
+)", "/h");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->models.at("default").model, "gpt-4o-mini");
+  EXPECT_EQ(c->providers.at("main").api_key_env, "OPENAI_API_KEY");
+}
+
+TEST(ConfigTest, RefusesUnknownKeysNamingEachWithItsPath) {
+  auto c = ParseConfig("[server]\nmax_body_bytes = 2048\ntypo_key = 1\n", "/h");
+  ASSERT_FALSE(c.has_value());
+  EXPECT_NE(c.error().message.find("server.typo_key"), std::string::npos) << c.error().message;
+  auto top = ParseConfig("[nonsense]\n", "/h");
+  ASSERT_FALSE(top.has_value());
+  EXPECT_NE(top.error().message.find("nonsense"), std::string::npos);
+  auto nested = ParseConfig("[providers.p]\nkind = \"openai\"\napi_kye = \"x\"\n", "/h");
+  ASSERT_FALSE(nested.has_value());
+  EXPECT_NE(nested.error().message.find("providers.p.api_kye"), std::string::npos);
+}
+
+TEST(ConfigTest, RefusesWrongTypesAndRanges) {
+  EXPECT_FALSE(ParseConfig("[server]\nmax_body_bytes = \"big\"\n", "/h").has_value());
+  EXPECT_FALSE(ParseConfig("[server]\nmax_connections = 0\n", "/h").has_value());
+  EXPECT_FALSE(ParseConfig("[server]\noperator_listen = \"nohost\"\n", "/h").has_value());
+  EXPECT_FALSE(ParseConfig("[store]\nsynchronous = \"off\"\n", "/h").has_value());
+  EXPECT_FALSE(ParseConfig("[models.m]\nprovider = \"missing\"\n", "/h").has_value());
+  auto syntax = ParseConfig("[server\n", "/h", "x.toml");
+  ASSERT_FALSE(syntax.has_value());
+  EXPECT_NE(syntax.error().message.find("x.toml:1"), std::string::npos);
+}
+
+TEST(ConfigTest, InlineProviderKeyIsASecretThatNeverPrints) {
+  auto c = ParseConfig("[providers.p]\nkind = \"anthropic\"\napi_key = \"sk-ant-123\"\n", "/h");
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(fmt::format("{}", c->providers.at("p").api_key), "***");
+  EXPECT_EQ(c->providers.at("p").api_key.Reveal(), "sk-ant-123");
+}
+
+TEST(ConfigTest, OperatorKeysNeedExactlyOneSource) {
+  EXPECT_TRUE(ParseConfig("[auth.operator_keys.ci]\nkey_env = \"CI_KEY\"\n", "/h").has_value());
+  EXPECT_TRUE(ParseConfig("[auth.operator_keys.ci]\nsha256 = \"" + std::string(64, 'a') + "\"\n", "/h").has_value());
+  EXPECT_FALSE(ParseConfig("[auth.operator_keys.ci]\n", "/h").has_value());
+  EXPECT_FALSE(ParseConfig("[auth.operator_keys.ci]\nsha256 = \"short\"\n", "/h").has_value());
+}
+
+TEST(ConfigTest, ParsesHostPort) {
+  auto hp = ParseHostPort("0.0.0.0:80");
+  ASSERT_TRUE(hp.has_value());
+  EXPECT_EQ(hp->host, "0.0.0.0");
+  EXPECT_EQ(hp->port, 80);
+  EXPECT_EQ(ParseHostPort("[::1]:7400")->host, "::1");
+  EXPECT_FALSE(ParseHostPort("host:99999").has_value());
+  EXPECT_FALSE(ParseHostPort("host:").has_value());
+  EXPECT_FALSE(ParseHostPort(":80").has_value());
+}
+
+}  // namespace
+}  // namespace airlock::controlplane

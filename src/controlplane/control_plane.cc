@@ -1,0 +1,379 @@
+#include "controlplane/control_plane.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "common/blocking.h"
+#include "common/crypto.h"
+#include "common/log.h"
+#include "common/time_util.h"
+#include "controlplane/validation.h"
+
+namespace airlock::controlplane {
+
+namespace fs = std::filesystem;
+using store::SessionState;
+
+namespace {
+
+std::string_view BearerToken(const Request& req) {
+  std::string_view h = req.Header("Authorization");
+  if (h.size() > 7 && beast::iequals(h.substr(0, 7), "Bearer ")) {
+    h.remove_prefix(7);
+    while (!h.empty() && h.front() == ' ') h.remove_prefix(1);
+    return h;
+  }
+  return {};
+}
+
+}  // namespace
+
+
+ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<store::Store> store,
+                           std::unique_ptr<sandbox::BackendRegistry> backends)
+    : config_(std::move(config)),
+      io_(io),
+      store_(std::move(store)),
+      backends_(std::move(backends)),
+      pool_(static_cast<size_t>(config_.worker_threads)),
+      http_metrics_(std::make_unique<HttpMetrics>(registry_)),
+      metrics_(std::make_unique<ControlPlaneMetrics>(registry_)),
+      inbox_(io),
+      events_(io),
+      reconcile_timer_(io) {
+  RegisterOperatorRoutes();
+  RegisterSandboxRoutes();
+  operator_server_ = std::make_unique<HttpServer>(
+      io_, "operator", config_.limits, [this](Request& r) { return operator_router_.Dispatch(r); },
+      *http_metrics_);
+  sandbox_server_ = std::make_unique<HttpServer>(
+      io_, "sandbox", config_.limits, [this](Request& r) { return sandbox_router_.Dispatch(r); },
+      *http_metrics_);
+}
+
+ControlPlane::~ControlPlane() {
+  stopping_ = true;
+  pool_.join();
+}
+
+std::string ControlPlane::ControlSocketDir(const std::string& session_id) const {
+  return config_.home + "/run/" + session_id;
+}
+
+std::string ControlPlane::SandboxUrl() const {
+  if (!config_.sandbox_url.empty()) return config_.sandbox_url;
+  auto addr = sandbox_endpoint_.address();
+  std::string host = addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string();
+  if (addr.is_unspecified()) host = "127.0.0.1";
+  return fmt::format("http://{}:{}", host, sandbox_endpoint_.port());
+}
+
+Status ControlPlane::EnsureOperatorKeys() {
+  std::string key_path = config_.home + "/operator.key";
+  std::string key;
+  int fd = ::open(key_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    Secret fresh = NewToken(kOperatorKeyPrefix);
+    std::string line = fresh.Reveal() + "\n";
+    bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) && ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok) return Errorf(ErrorCode::kInternal, "cannot write {}: {}", key_path, std::strerror(errno));
+    key = fresh.Reveal();
+    log::Info("created operator key", {{"path", key_path}});
+  } else if (errno == EEXIST) {
+    struct stat st {};
+    if (::stat(key_path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+      log::Warn("operator key file is readable by others; fixing its mode to 0600", {{"path", key_path}});
+      ::chmod(key_path.c_str(), 0600);
+    }
+    std::ifstream f(key_path);
+    std::getline(f, key);
+    if (key.empty()) return Errorf(ErrorCode::kInvalidArgument, "{} is empty", key_path);
+  } else {
+    return Errorf(ErrorCode::kInternal, "cannot create {}: {}", key_path, std::strerror(errno));
+  }
+
+  std::vector<store::OperatorKey> wanted = {{"default", Sha256Hex(key), NowMillis()}};
+  for (const auto& [name, k] : config_.operator_keys) {
+    if (!k.sha256.empty()) {
+      wanted.push_back({name, k.sha256, NowMillis()});
+      continue;
+    }
+    const char* v = std::getenv(k.key_env.c_str());
+    if (!v || !*v) {
+      return Errorf(ErrorCode::kInvalidArgument, "auth.operator_keys.{}: environment variable {} is not set",
+                    name, k.key_env);
+    }
+    wanted.push_back({name, Sha256Hex(v), NowMillis()});
+  }
+  AIRLOCK_ASSIGN_OR_RETURN(auto stored, store_->ListOperatorKeys());
+  for (const auto& w : wanted) {
+    bool present = false;
+    for (const auto& s : stored) present = present || s.hash == w.hash;
+    if (!present) {
+      store::OperatorKey k = w;
+      // A name may be taken by an older key (say the key file was replaced): keep both.
+      for (const auto& s : stored) {
+        if (s.name == k.name) k.name = k.name + "-" + HexEncode(RandomBytes(3));
+      }
+      AIRLOCK_TRY(store_->AddOperatorKey(k));
+    }
+  }
+  AIRLOCK_ASSIGN_OR_RETURN(stored, store_->ListOperatorKeys());
+  operator_key_hashes_.clear();
+  for (const auto& s : stored) operator_key_hashes_.push_back(s.hash);
+  return Ok();
+}
+
+Status ControlPlane::Start() {
+  std::error_code ec;
+  fs::create_directories(config_.home + "/run", ec);
+  if (ec) return Errorf(ErrorCode::kInternal, "cannot create {}: {}", config_.home, ec.message());
+  fs::create_directories(config_.home + "/sessions", ec);
+  ::chmod(config_.home.c_str(), 0700);
+  // Sandboxes run as other users and must reach their own socket under run/<id>/ but list
+  // nothing: run/ is searchable, not readable.
+  ::chmod((config_.home + "/run").c_str(), 0711);
+  AIRLOCK_TRY(EnsureOperatorKeys());
+
+  for (const auto& name : backends_->Names()) {
+    auto* b = backends_->Find(name);
+    if (!b->isolated()) {
+      log::Warn("backend without isolation is registered", {{"backend", name}, {"enabled", config_.allow_unisolated_backends}});
+    }
+  }
+
+  AIRLOCK_ASSIGN_OR_RETURN(operator_endpoint_,
+                           operator_server_->ListenTcp(config_.operator_listen.host, config_.operator_listen.port));
+  AIRLOCK_ASSIGN_OR_RETURN(sandbox_endpoint_,
+                           sandbox_server_->ListenTcp(config_.sandbox_listen.host, config_.sandbox_listen.port));
+  log::Info("listening", {{"operator", fmt::format("{}:{}", operator_endpoint_.address().to_string(),
+                                                   operator_endpoint_.port())},
+                          {"sandbox", SandboxUrl()},
+                          {"home", config_.home},
+                          {"store", config_.store_path},
+                          {"backends", backends_->Names()}});
+  asio::co_spawn(io_, ReattachAll(), asio::detached);
+  asio::co_spawn(io_, ReconcileLoop(), asio::detached);
+  return Ok();
+}
+
+awaitable<void> ControlPlane::DrainAndStop() {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(config_.drain_timeout_s);
+  asio::steady_timer t(io_);
+  while (operator_server_->active_connections() + sandbox_server_->active_connections() > 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    t.expires_after(std::chrono::milliseconds(20));
+    boost::system::error_code ec;
+    co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+  log::Info("stopped", {{"open_connections",
+                         operator_server_->active_connections() + sandbox_server_->active_connections()}});
+  io_.stop();
+}
+
+void ControlPlane::Shutdown() {
+  if (stopping_) return;
+  stopping_ = true;
+  log::Info("draining", {{"timeout_s", config_.drain_timeout_s}});
+  reconcile_timer_.cancel();
+  operator_server_->BeginDrain();
+  sandbox_server_->BeginDrain();
+  inbox_.NotifyAll();
+  events_.NotifyAll();
+  asio::co_spawn(io_, DrainAndStop(), asio::detached);
+}
+
+// ---------------------------------------------------------------- auth
+
+Result<void> ControlPlane::CheckOperator(const Request& req) const {
+  std::string_view token = BearerToken(req);
+  if (token.empty()) {
+    metrics_->auth_failures.With({"operator"}).Inc();
+    return MakeError(ErrorCode::kUnauthenticated, "missing \"Authorization: Bearer <operator key>\"");
+  }
+  std::string hash = Sha256Hex(token);
+  // Compare against every key without stopping early, so timing says nothing about which
+  // key (if any) matched.
+  bool match = false;
+  for (const auto& h : operator_key_hashes_) match |= ConstantTimeEquals(hash, h);
+  if (!match) {
+    metrics_->auth_failures.With({"operator"}).Inc();
+    return MakeError(ErrorCode::kUnauthenticated, "invalid operator key");
+  }
+  return Ok();
+}
+
+awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Request& req) {
+  std::string_view token = BearerToken(req);
+  auto refuse = [&](std::string msg) -> Result<store::Session> {
+    metrics_->auth_failures.With({"sandbox"}).Inc();
+    return MakeError(ErrorCode::kUnauthenticated, std::move(msg));
+  };
+  if (token.empty()) co_return refuse("missing \"Authorization: Bearer <SESSION_TOKEN>\"");
+  if (!token.starts_with(kSessionTokenPrefix) || token.size() > 128) {
+    co_return refuse("invalid, expired or revoked session token");
+  }
+  // Only the hash is stored; the lookup is by hash, so the token itself is never compared.
+  std::string hash = Sha256Hex(token);
+  auto s = co_await RunBlocking(pool_, [this, &hash] { return store_->GetSessionByTokenHash(hash); });
+  if (!s) {
+    if (s.error().code == ErrorCode::kNotFound) co_return refuse("invalid, expired or revoked session token");
+    co_return std::unexpected(s.error());
+  }
+  // A per-session socket serves its own session only: a token that leaked into another
+  // sandbox is useless there.
+  if (!req.bound_session.empty() && req.bound_session != s->id) {
+    co_return refuse("this token belongs to another session than this socket");
+  }
+  if (std::string_view claimed = req.Header("SESSION_ID"); !claimed.empty() && claimed != s->id) {
+    metrics_->auth_failures.With({"sandbox"}).Inc();
+    co_return MakeError(ErrorCode::kPermissionDenied, "SESSION_ID header does not match the token's session");
+  }
+  if (store::IsTerminal(s->state)) co_return refuse("invalid, expired or revoked session token");
+  co_return s;
+}
+
+// ---------------------------------------------------------------- helpers
+
+Json ControlPlane::SessionJson(const store::Session& s) const {
+  Json j = {{"id", s.id},
+            {"state", store::StateName(s.state)},
+            {"image", s.image},
+            {"backend", s.backend},
+            {"model", s.model},
+            {"command", s.command},
+            {"limits", s.limits},
+            {"metadata", s.metadata},
+            {"created_at", FormatTimestamp(s.created_at)},
+            {"updated_at", FormatTimestamp(s.updated_at)},
+            {"usage",
+             {{"input_tokens", s.usage.input_tokens},
+              {"output_tokens", s.usage.output_tokens},
+              {"llm_calls", s.usage.llm_calls},
+              {"cost_usd", s.usage.cost_usd}}}};
+  if (s.result) j["result"] = *s.result;
+  return j;
+}
+
+awaitable<void> ControlPlane::DestroySandbox(sandbox::Backend* backend, std::string id, std::string handle) {
+  auto st = co_await RunBlocking(pool_, [&] { return backend->Destroy(handle); });
+  if (!st) {
+    metrics_->sandbox_errors.With({std::string(backend->name()), "destroy"}).Inc();
+    log::Error("destroying sandbox failed", {{"session", id}, {"error", st.error().message}});
+  }
+}
+
+void ControlPlane::AfterSessionEnded(const store::Session& s) {
+  metrics_->sessions_ended.With({std::string(store::StateName(s.state))}).Inc();
+  sandbox_server_->CloseUnix(ControlSocketDir(s.id) + "/control.sock");
+  inbox_.Forget(s.id);
+  events_.Notify(s.id);
+  events_.Forget(s.id);
+  if (s.sandbox_handle.empty()) return;
+  auto* backend = backends_->Find(s.backend);
+  if (!backend) return;
+  // Destroying may take a while (a VM, a container runtime): the caller has its answer
+  // already, and the reconciler retries if this fails.
+  asio::co_spawn(io_, DestroySandbox(backend, s.id, s.sandbox_handle), asio::detached);
+}
+
+awaitable<Result<store::Session>> ControlPlane::EndSession(const std::string& id, SessionState to,
+                                                           std::optional<std::string> result) {
+  store::StateChange change{{SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended},
+                            to,
+                            std::move(result),
+                            /*revoke_token=*/true,
+                            std::nullopt};
+  auto s = co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); });
+  if (s) {
+    log::Info("session ended", {{"session", id}, {"state", store::StateName(s->state)}});
+    AfterSessionEnded(*s);
+  }
+  co_return s;
+}
+
+// ---------------------------------------------------------------- reconciler
+
+awaitable<void> ControlPlane::ReattachAll() {
+  for (auto state : {SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended}) {
+    store::ListSessionsQuery q;
+    q.state = state;
+    q.limit = 1000;
+    auto list = co_await RunBlocking(pool_, [this, &q] { return store_->ListSessions(q); });
+    if (!list) {
+      log::Error("reattach: cannot list sessions", {{"error", list.error().message}});
+      co_return;
+    }
+    for (const auto& s : *list) {
+      if (auto st = sandbox_server_->ListenUnix(ControlSocketDir(s.id) + "/control.sock", s.id); !st) {
+        log::Warn("reattach: cannot recreate the session socket", {{"session", s.id}, {"error", st.error().message}});
+      }
+      auto* backend = backends_->Find(s.backend);
+      if (!backend || s.sandbox_handle.empty()) continue;
+      auto status = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Reattach(h); });
+      log::Info("reattached", {{"session", s.id},
+                               {"sandbox", status ? std::string(sandbox::SandboxStateName(status->state))
+                                                  : status.error().message}});
+    }
+  }
+}
+
+awaitable<void> ControlPlane::ReconcileOnce() {
+  int64_t now = NowMillis();
+  for (auto state : {SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended}) {
+    store::ListSessionsQuery q;
+    q.state = state;
+    q.limit = 1000;
+    auto list = co_await RunBlocking(pool_, [this, &q] { return store_->ListSessions(q); });
+    if (!list) co_return;
+    for (const auto& s : *list) {
+      if (stopping_) co_return;
+      // Wall-clock budget of the session.
+      if (auto t = s.limits.find("timeout_s"); t != s.limits.end() && t->is_number() &&
+                                                now - s.created_at > static_cast<int64_t>(t->get<double>() * 1000)) {
+        co_await EndSession(s.id, SessionState::kFailed, "timeout: the session exceeded limits.timeout_s");
+        continue;
+      }
+      // A sandbox that exited without calling finish ends its session as failed.
+      auto* backend = backends_->Find(s.backend);
+      if (state != SessionState::kRunning || !backend || s.sandbox_handle.empty()) continue;
+      auto status = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
+      if (!status) continue;
+      if (status->state == sandbox::SandboxState::kExited || status->state == sandbox::SandboxState::kMissing) {
+        std::string why = status->state == sandbox::SandboxState::kMissing
+                              ? "the sandbox disappeared"
+                              : status->oom_killed ? "the sandbox was killed: out of memory"
+                              : status->signal     ? fmt::format("the sandbox was killed by signal {}", *status->signal)
+                                                   : fmt::format("the sandbox exited with code {} without finishing",
+                                                                 status->exit_code.value_or(-1));
+        co_await RunBlocking(pool_, [this, &id = s.id, &st = *status] {
+          Json data = {{"state", sandbox::SandboxStateName(st.state)}, {"oom_killed", st.oom_killed}};
+          if (st.exit_code) data["exit_code"] = *st.exit_code;
+          if (st.signal) data["signal"] = *st.signal;
+          return store_->AppendEvent(id, "session.sandbox_exit", data);
+        });
+        co_await EndSession(s.id, SessionState::kFailed, why);
+      }
+    }
+  }
+}
+
+awaitable<void> ControlPlane::ReconcileLoop() {
+  while (!stopping_) {
+    reconcile_timer_.expires_after(std::chrono::seconds(1));
+    boost::system::error_code ec;
+    co_await reconcile_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
+    if (stopping_) break;
+    co_await ReconcileOnce();
+  }
+}
+
+}  // namespace airlock::controlplane

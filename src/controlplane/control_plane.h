@@ -1,0 +1,135 @@
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/asio.h"
+#include "common/metrics.h"
+#include "common/secret.h"
+#include "controlplane/config.h"
+#include "controlplane/http_server.h"
+#include "controlplane/notifier.h"
+#include "controlplane/router.h"
+#include "sandbox/backend.h"
+#include "store/store.h"
+
+namespace airlock::controlplane {
+
+// Counters of the session logic (the HTTP layer has its own).
+struct ControlPlaneMetrics {
+  explicit ControlPlaneMetrics(metrics::Registry& r)
+      : sessions_created(r.AddCounter("airlock_sessions_created_total", "Sessions created.", {"backend"})),
+        sessions_ended(r.AddCounter("airlock_sessions_ended_total", "Sessions that reached a final state.",
+                                    {"state"})),
+        sandbox_errors(r.AddCounter("airlock_sandbox_errors_total", "Backend operations that failed.",
+                                    {"backend", "op"})),
+        events(r.AddCounter("airlock_events_total", "Events appended.", {"source"})),
+        auth_failures(r.AddCounter("airlock_auth_failures_total", "Refused credentials.", {"listener"})),
+        long_polls(r.AddGauge("airlock_inbox_waiting", "Sandbox inbox long-polls currently waiting.")),
+        streams(r.AddGauge("airlock_event_streams", "Open operator event streams.")) {}
+  metrics::Family<metrics::Counter>& sessions_created;
+  metrics::Family<metrics::Counter>& sessions_ended;
+  metrics::Family<metrics::Counter>& sandbox_errors;
+  metrics::Family<metrics::Counter>& events;
+  metrics::Family<metrics::Counter>& auth_failures;
+  metrics::Family<metrics::Gauge>& long_polls;
+  metrics::Family<metrics::Gauge>& streams;
+};
+
+// The control plane of one process: the operator and sandbox listeners, the session logic,
+// the reconciler. It keeps no state of its own that is not also in the store, so a restart
+// loses nothing and re-attaches to the sandboxes that are still running.
+//
+// Threading: everything runs on `io` (a single thread); store and backend calls are handed
+// to a worker pool so that the loop never blocks.
+class ControlPlane {
+ public:
+  ControlPlane(Config config, asio::io_context& io, std::unique_ptr<store::Store> store,
+               std::unique_ptr<sandbox::BackendRegistry> backends);
+  ~ControlPlane();
+
+  // Creates the home directory and the operator key, binds the listeners, re-attaches to
+  // live sandboxes and starts the reconciler. Call on the io thread before io.run(), or from
+  // a coroutine.
+  Status Start();
+  // Graceful stop: no new connections, idle ones closed, long-polls and streams answered,
+  // then the io_context is stopped once in-flight requests finish or the drain timeout ends.
+  void Shutdown();
+
+  const asio::ip::tcp::endpoint& operator_endpoint() const { return operator_endpoint_; }
+  const asio::ip::tcp::endpoint& sandbox_endpoint() const { return sandbox_endpoint_; }
+  const Config& config() const { return config_; }
+  metrics::Registry& metrics() { return registry_; }
+  // Where the per-session Unix socket of `session_id` lives on the host.
+  std::string ControlSocketDir(const std::string& session_id) const;
+
+ private:
+  struct SessionCtx;  // a session loaded and authorised for a sandbox route
+
+  void RegisterOperatorRoutes();
+  void RegisterSandboxRoutes();
+  Status EnsureOperatorKeys();
+
+  // Auth.
+  Result<void> CheckOperator(const Request& req) const;
+  awaitable<Result<store::Session>> AuthenticateSandbox(const Request& req);
+
+  // Operator handlers.
+  awaitable<Response> CreateSession(Request& req);
+  awaitable<Response> ListSessions(Request& req);
+  awaitable<Response> GetSession(Request& req);
+  awaitable<Response> PostMessage(Request& req);
+  awaitable<Response> GetMessages(Request& req);
+  awaitable<Response> GetEvents(Request& req);
+  awaitable<Response> Suspend(Request& req);
+  awaitable<Response> Resume(Request& req);
+  awaitable<Response> DeleteSession(Request& req);
+  awaitable<Response> GetLogs(Request& req);
+
+  // Sandbox handlers.
+  awaitable<Response> Inbox(Request& req);
+  awaitable<Response> SandboxEvent(Request& req);
+  awaitable<Response> History(Request& req);
+  awaitable<Response> Finish(Request& req);
+
+  // Session transitions shared by routes and the reconciler.
+  awaitable<Result<store::Session>> EndSession(const std::string& id, store::SessionState to,
+                                               std::optional<std::string> result);
+  void AfterSessionEnded(const store::Session& s);
+  awaitable<void> DestroySandbox(sandbox::Backend* backend, std::string id, std::string handle);
+  awaitable<void> DrainAndStop();
+  awaitable<void> ReconcileLoop();
+  awaitable<void> ReconcileOnce();
+  awaitable<void> ReattachAll();
+
+  Json SessionJson(const store::Session& s) const;
+  std::string SandboxUrl() const;
+
+  Config config_;
+  asio::io_context& io_;
+  std::unique_ptr<store::Store> store_;
+  std::unique_ptr<sandbox::BackendRegistry> backends_;
+  asio::thread_pool pool_;
+  metrics::Registry registry_;
+  std::unique_ptr<HttpMetrics> http_metrics_;
+  std::unique_ptr<ControlPlaneMetrics> metrics_;
+  Router operator_router_;
+  Router sandbox_router_;
+  std::unique_ptr<HttpServer> operator_server_;
+  std::unique_ptr<HttpServer> sandbox_server_;
+  Notifier inbox_;
+  Notifier events_;
+  std::vector<std::string> operator_key_hashes_;
+  asio::ip::tcp::endpoint operator_endpoint_;
+  asio::ip::tcp::endpoint sandbox_endpoint_;
+  asio::steady_timer reconcile_timer_;
+  bool stopping_ = false;
+};
+
+// `airlock serve`: builds the control plane from `config`, runs it until SIGTERM/SIGINT and
+// drains. Returns the process exit code.
+int RunServer(Config config);
+
+}  // namespace airlock::controlplane

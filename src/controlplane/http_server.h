@@ -1,0 +1,125 @@
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/asio.h"
+#include "common/json_util.h"
+#include "common/metrics.h"
+#include "common/result.h"
+
+namespace airlock::controlplane {
+
+// Limits that protect the server from slow, large and numerous clients.
+struct HttpLimits {
+  size_t max_header_bytes = 16 * 1024;
+  size_t max_body_bytes = 1024 * 1024;
+  std::chrono::milliseconds idle_timeout{60'000};    // keep-alive wait for the next request
+  std::chrono::milliseconds header_timeout{10'000};  // first byte -> end of headers
+  std::chrono::milliseconds body_timeout{30'000};    // end of headers -> end of body
+  std::chrono::milliseconds write_timeout{30'000};   // any single write
+  size_t max_connections = 20'000;
+};
+
+struct Request {
+  http::request<http::string_body> msg;
+  std::string request_id;
+  std::string listener;       // "operator" or "sandbox"
+  std::string bound_session;  // the session of a per-session Unix socket; "" for TCP
+  std::string path;           // target without the query string
+  std::string query;
+  std::string route = "unmatched";  // route pattern, set by the router (a metrics label)
+  std::map<std::string, std::string, std::less<>> params;
+
+  // Percent-decoded value of a query parameter.
+  std::optional<std::string> Query(std::string_view name) const;
+  std::string_view Header(std::string_view name) const;
+};
+
+// A chunked response body being written. Write() returns false once the peer is gone or a
+// write timed out; the producer must then stop.
+class ChunkSink {
+ public:
+  virtual ~ChunkSink() = default;
+  virtual awaitable<bool> Write(std::string_view data) = 0;
+};
+
+struct Response {
+  unsigned status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+  // When set, headers go out with Transfer-Encoding: chunked and this produces the body.
+  std::function<awaitable<void>(ChunkSink&)> stream;
+
+  static Response FromJson(unsigned status, const Json& j);
+  static Response Text(unsigned status, std::string body, std::string content_type = "text/plain; charset=utf-8");
+  // The API's error shape {"error":{"code","message"}} with the status of `e.code`.
+  static Response FromError(const Error& e);
+  static Response FromError(unsigned status, std::string_view code, std::string_view message);
+};
+
+unsigned HttpStatusFor(ErrorCode code);
+
+using Handler = std::function<awaitable<Response>(Request&)>;
+
+struct HttpMetrics {
+  explicit HttpMetrics(metrics::Registry& r);
+  metrics::Family<metrics::Counter>& requests;
+  metrics::Family<metrics::Histogram>& duration;
+  metrics::Family<metrics::Gauge>& connections;
+  metrics::Family<metrics::Counter>& rejected;
+};
+
+// An HTTP/1.1 server on one io_context: one coroutine per connection, keep-alive, the limits
+// above, and a graceful drain. All methods must be called on the io_context's thread.
+class HttpServer {
+ public:
+  HttpServer(asio::io_context& io, std::string name, HttpLimits limits, Handler handler,
+             HttpMetrics& metrics);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds and starts accepting. Port 0 picks a free port; the bound endpoint is returned.
+  Result<asio::ip::tcp::endpoint> ListenTcp(const std::string& host, uint16_t port);
+  // Listens on a Unix socket at `path` (replacing a stale file). Every request on it carries
+  // `bound_session`, so routes can refuse a token of any other session.
+  Status ListenUnix(const std::string& path, const std::string& bound_session, uint32_t mode = 0666);
+  void CloseUnix(const std::string& path);
+
+  // Stops accepting and closes idle keep-alive connections; requests in flight complete and
+  // their connections close after the response.
+  void BeginDrain();
+  bool draining() const { return draining_; }
+  size_t active_connections() const { return connections_.size(); }
+  const std::string& name() const { return name_; }
+
+  struct Connection;  // internal
+
+ private:
+  template <typename Stream>
+  awaitable<void> Serve(Stream stream, std::string bound_session);
+  awaitable<void> AcceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acceptor);
+  awaitable<void> AcceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acceptor,
+                             std::string bound_session);
+
+  asio::io_context& io_;
+  std::string name_;
+  HttpLimits limits_;
+  Handler handler_;
+  HttpMetrics& metrics_;
+  bool draining_ = false;
+  std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> tcp_acceptors_;
+  std::map<std::string, std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
+  std::list<Connection*> connections_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace airlock::controlplane

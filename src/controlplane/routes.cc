@@ -1,0 +1,483 @@
+// The HTTP routes of shared/API.md: operator routes and sandbox routes. Each handler
+// validates its input completely before touching the store, and answers every failure with
+// the JSON error shape.
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "common/blocking.h"
+#include "common/crypto.h"
+#include "common/log.h"
+#include "common/time_util.h"
+#include "controlplane/control_plane.h"
+#include "controlplane/validation.h"
+
+namespace airlock::controlplane {
+
+namespace fs = std::filesystem;
+using store::SessionState;
+
+namespace {
+
+constexpr auto kHeartbeat = std::chrono::seconds(15);
+
+Json EventJson(const store::Event& e) {
+  return Json{{"seq", e.seq}, {"type", e.type}, {"data", e.data}, {"created_at", FormatTimestamp(e.created_at)}};
+}
+
+std::string SseFrame(const store::Event& e) {
+  return fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.type, DumpJson(EventJson(e)));
+}
+
+}  // namespace
+
+// Handlers return through these so that an error anywhere becomes one JSON response.
+#define AIRLOCK_CO_TRY(expr)                                        \
+  do {                                                              \
+    auto airlock_co_try_ = (expr);                                  \
+    if (!airlock_co_try_) co_return Response::FromError(airlock_co_try_.error()); \
+  } while (0)
+#define AIRLOCK_CO_ASSIGN(lhs, expr) AIRLOCK_CO_ASSIGN_IMPL(AIRLOCK_CONCAT(airlock_co_, __LINE__), lhs, expr)
+#define AIRLOCK_CO_ASSIGN_IMPL(tmp, lhs, expr)                          \
+  auto tmp = (expr);                                                    \
+  if (!tmp) co_return Response::FromError(tmp.error());                 \
+  lhs = std::move(*tmp)
+
+void ControlPlane::RegisterOperatorRoutes() {
+  auto& r = operator_router_;
+  r.Add(http::verb::get, "/healthz", [](Request&) -> awaitable<Response> {
+    co_return Response::FromJson(200, Json{{"status", "ok"}});
+  });
+  r.Add(http::verb::get, "/metrics", [this](Request&) -> awaitable<Response> {
+    co_return Response::Text(200, registry_.Render(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  auto authed = [this](awaitable<Response> (ControlPlane::*fn)(Request&)) {
+    return [this, fn](Request& req) -> awaitable<Response> {
+      if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
+      if (auto it = req.params.find("id"); it != req.params.end() && !PlausibleSessionId(it->second)) {
+        co_return Response::FromError(404, "not_found", "no such session");
+      }
+      co_return co_await (this->*fn)(req);
+    };
+  };
+  r.Add(http::verb::post, "/v1/sessions", authed(&ControlPlane::CreateSession));
+  r.Add(http::verb::get, "/v1/sessions", authed(&ControlPlane::ListSessions));
+  r.Add(http::verb::get, "/v1/sessions/{id}", authed(&ControlPlane::GetSession));
+  r.Add(http::verb::delete_, "/v1/sessions/{id}", authed(&ControlPlane::DeleteSession));
+  r.Add(http::verb::post, "/v1/sessions/{id}/messages", authed(&ControlPlane::PostMessage));
+  r.Add(http::verb::get, "/v1/sessions/{id}/messages", authed(&ControlPlane::GetMessages));
+  r.Add(http::verb::get, "/v1/sessions/{id}/events", authed(&ControlPlane::GetEvents));
+  r.Add(http::verb::post, "/v1/sessions/{id}/suspend", authed(&ControlPlane::Suspend));
+  r.Add(http::verb::post, "/v1/sessions/{id}/resume", authed(&ControlPlane::Resume));
+  r.Add(http::verb::get, "/v1/sessions/{id}/logs", authed(&ControlPlane::GetLogs));
+  auto later = [this](std::string what) {
+    return [this, what](Request& req) -> awaitable<Response> {
+      if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
+      co_return Response::FromError(501, "not_implemented", what + " is not implemented in this version");
+    };
+  };
+  r.Add(http::verb::get, "/v1/sessions/{id}/files", later("files"));
+  r.Add(http::verb::get, "/v1/sessions/{id}/files/{name}", later("files"));
+  r.Add(http::verb::get, "/v1/usage", later("usage"));
+}
+
+void ControlPlane::RegisterSandboxRoutes() {
+  auto& r = sandbox_router_;
+  r.Add(http::verb::get, "/sandbox/v1/inbox", [this](Request& q) { return Inbox(q); });
+  r.Add(http::verb::post, "/sandbox/v1/events", [this](Request& q) { return SandboxEvent(q); });
+  r.Add(http::verb::get, "/sandbox/v1/history", [this](Request& q) { return History(q); });
+  r.Add(http::verb::post, "/sandbox/v1/finish", [this](Request& q) { return Finish(q); });
+  auto later = [this](std::string what) {
+    return [this, what](Request& req) -> awaitable<Response> {
+      AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+      (void)s;
+      co_return Response::FromError(501, "not_implemented", what + " is not implemented in this version");
+    };
+  };
+  r.Add(http::verb::post, "/sandbox/v1/llm/chat", later("the LLM proxy"));
+  r.Add(http::verb::post, "/sandbox/v1/files/presign", later("file presigning"));
+}
+
+// ---------------------------------------------------------------- operator routes
+
+awaitable<Response> ControlPlane::CreateSession(Request& req) {
+  AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
+  AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"task", "image", "command", "model", "backend", "limits", "metadata"},
+                                   "session"));
+  AIRLOCK_CO_ASSIGN(std::string task, RequiredString(body, "task"));
+  if (task.empty()) co_return Response::FromError(400, "invalid_argument", "\"task\" must not be empty");
+  if (static_cast<int64_t>(task.size()) > config_.max_task_bytes) {
+    co_return Response::FromError(413, "payload_too_large",
+                                  fmt::format("\"task\" exceeds {} bytes", config_.max_task_bytes));
+  }
+  store::Session s;
+  AIRLOCK_CO_ASSIGN(auto image, OptionalString(body, "image"));
+  AIRLOCK_CO_ASSIGN(auto model, OptionalString(body, "model"));
+  AIRLOCK_CO_ASSIGN(auto backend_name, OptionalString(body, "backend"));
+  s.image = image.value_or(config_.default_image);
+  s.model = model.value_or(config_.default_model);
+  s.backend = backend_name.value_or(config_.default_backend);
+  AIRLOCK_CO_TRY(ValidateName("image", s.image));
+  AIRLOCK_CO_TRY(ValidateName("model", s.model));
+  AIRLOCK_CO_TRY(ValidateName("backend", s.backend));
+  if (auto it = body.find("command"); it != body.end()) {
+    AIRLOCK_CO_TRY(ValidateCommand(*it));
+    if (it->is_array()) s.command = *it;
+  }
+  if (auto it = body.find("limits"); it != body.end()) {
+    AIRLOCK_CO_ASSIGN(s.limits, ParseLimits(*it));
+  }
+  if (auto it = body.find("metadata"); it != body.end() && !it->is_null()) {
+    if (!it->is_object() || DumpJson(*it).size() > 16 * 1024) {
+      co_return Response::FromError(400, "invalid_argument", "\"metadata\" must be an object of at most 16 KiB");
+    }
+    s.metadata = *it;
+  }
+  sandbox::Backend* backend = backends_->Find(s.backend);
+  if (!backend) {
+    std::string names;
+    for (const auto& n : backends_->Names()) {
+      auto* b = backends_->Find(n);
+      if (b->isolated() || config_.allow_unisolated_backends) names += (names.empty() ? "" : ", ") + n;
+    }
+    co_return Response::FromError(400, "invalid_argument",
+                                  fmt::format("backend \"{}\" is not available; available: {}", s.backend,
+                                              names.empty() ? "none" : names));
+  }
+  if (!backend->isolated() && !config_.allow_unisolated_backends) {
+    co_return Response::FromError(
+        403, "permission_denied",
+        fmt::format("backend \"{}\" does not isolate sandboxes; enable it with sandbox.allow_unisolated_backends",
+                    s.backend));
+  }
+
+  Secret token = NewToken(kSessionTokenPrefix);
+  s.id = NewId("ses_");
+  s.state = SessionState::kStarting;
+  s.token_hash = Sha256Hex(token.Reveal());
+  s.created_at = s.updated_at = NowMillis();
+  Json task_message = {{"role", "user"}, {"content", task}};
+  AIRLOCK_CO_TRY(co_await RunBlocking(pool_, [this, &s, &task_message] { return store_->CreateSession(s, task_message); }));
+  metrics_->sessions_created.With({s.backend}).Inc();
+
+  // The per-session socket lives in its own directory: the backend bind-mounts the
+  // directory, so the socket can be re-created after a restart without re-mounting.
+  std::string sock_dir = ControlSocketDir(s.id);
+  std::error_code ec;
+  fs::create_directories(sock_dir, ec);
+  ::chmod(sock_dir.c_str(), 0755);
+  std::string work_dir = config_.home + "/sessions/" + s.id;
+  fs::create_directories(work_dir, ec);
+  ::chmod(work_dir.c_str(), 0700);
+  Status listen = sandbox_server_->ListenUnix(sock_dir + "/control.sock", s.id);
+
+  sandbox::SandboxSpec spec{s.id, token, SandboxUrl(), sock_dir, work_dir, s.image, s.command, s.limits};
+  // No co_await inside a conditional expression: g++ 12 destroys its temporaries twice.
+  Result<std::string> handle = std::unexpected(Error{});
+  if (listen) {
+    handle = co_await RunBlocking(pool_, [&backend, &spec] { return backend->Create(spec); });
+  } else {
+    handle = std::unexpected(listen.error());
+  }
+  if (!handle) {
+    metrics_->sandbox_errors.With({s.backend, "create"}).Inc();
+    log::Warn("sandbox create failed", {{"session", s.id}, {"backend", s.backend}, {"error", handle.error().message}});
+    co_await EndSession(s.id, SessionState::kFailed, "sandbox failed to start: " + handle.error().message);
+    Error e = handle.error();
+    e.message = "sandbox failed to start: " + e.message;
+    co_return Response::FromError(e);
+  }
+  store::StateChange change{{SessionState::kStarting}, SessionState::kRunning, std::nullopt, false, *handle};
+  auto running = co_await RunBlocking(pool_, [this, &id = s.id, &change] { return store_->ChangeState(id, change); });
+  if (!running) {
+    // Ended meanwhile (the agent finished already, or it was deleted): report what is stored.
+    AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(pool_, [this, &id = s.id] { return store_->GetSession(id); }));
+    co_return Response::FromJson(201, SessionJson(now));
+  }
+  events_.Notify(s.id);
+  log::Info("session created", {{"session", s.id}, {"backend", s.backend}, {"image", s.image}});
+  co_return Response::FromJson(201, SessionJson(*running));
+}
+
+awaitable<Response> ControlPlane::ListSessions(Request& req) {
+  store::ListSessionsQuery q;
+  if (auto state = req.Query("state")) {
+    q.state = store::ParseState(*state);
+    if (!q.state) co_return Response::FromError(400, "invalid_argument", "unknown ?state=");
+  }
+  if (auto limit = req.Query("limit")) {
+    auto n = ParseNonNegative(*limit);
+    if (!n || *n < 1 || *n > 1000) co_return Response::FromError(400, "invalid_argument", "?limit= must be 1-1000");
+    q.limit = static_cast<int>(*n);
+  }
+  if (auto before = req.Query("before")) q.before_id = *before;
+  AIRLOCK_CO_ASSIGN(auto list, co_await RunBlocking(pool_, [this, &q] { return store_->ListSessions(q); }));
+  Json arr = Json::array();
+  for (const auto& s : list) arr.push_back(SessionJson(s));
+  co_return Response::FromJson(200, Json{{"sessions", arr}});
+}
+
+awaitable<Response> ControlPlane::GetSession(Request& req) {
+  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id = req.params["id"]] { return store_->GetSession(id); }));
+  co_return Response::FromJson(200, SessionJson(s));
+}
+
+awaitable<Response> ControlPlane::PostMessage(Request& req) {
+  std::string id = req.params["id"];
+  AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
+  AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"content"}, "message"));
+  AIRLOCK_CO_ASSIGN(std::string content, RequiredString(body, "content"));
+  if (content.empty()) co_return Response::FromError(400, "invalid_argument", "\"content\" must not be empty");
+  if (static_cast<int64_t>(content.size()) > config_.max_message_bytes) {
+    co_return Response::FromError(413, "payload_too_large",
+                                  fmt::format("\"content\" exceeds {} bytes", config_.max_message_bytes));
+  }
+  Json msg = {{"role", "user"}, {"content", content}};
+  AIRLOCK_CO_ASSIGN(int64_t msg_id, co_await RunBlocking(pool_, [this, &id, &msg]() -> Result<int64_t> {
+                      AIRLOCK_ASSIGN_OR_RETURN(int64_t mid, store_->AddUserMessage(id, msg));
+                      AIRLOCK_TRY(store_->AppendEvent(id, "session.message", {{"message_id", mid}}));
+                      return mid;
+                    }));
+  inbox_.Notify(id);
+  events_.Notify(id);
+  // A follow-up wakes a suspended sandbox.
+  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+  if (s.state == SessionState::kSuspended) {
+    auto resumed = co_await Resume(req);
+    if (resumed.status >= 400) {
+      log::Warn("resume on message failed", {{"session", id}, {"status", resumed.status}});
+    }
+  }
+  co_return Response::FromJson(202, Json{{"id", msg_id}, {"session", id}});
+}
+
+awaitable<Response> ControlPlane::GetMessages(Request& req) {
+  std::string id = req.params["id"];
+  AIRLOCK_CO_ASSIGN(auto msgs, co_await RunBlocking(pool_, [this, &id]() -> Result<std::vector<store::Message>> {
+                      AIRLOCK_TRY(store_->GetSession(id));
+                      return store_->ListMessages(id, /*include_pending=*/true);
+                    }));
+  Json conversation = Json::array(), pending = Json::array();
+  for (const auto& m : msgs) (m.position ? conversation : pending).push_back(m.body);
+  co_return Response::FromJson(200, Json{{"messages", conversation}, {"pending", pending}});
+}
+
+awaitable<Response> ControlPlane::GetEvents(Request& req) {
+  std::string id = req.params["id"];
+  int64_t after = 0;
+  std::optional<std::string> after_q = req.Query("after");
+  std::string_view last_id = req.Header("Last-Event-ID");
+  if (after_q || !last_id.empty()) {
+    auto n = ParseNonNegative(after_q ? std::string_view(*after_q) : last_id);
+    if (!n) co_return Response::FromError(400, "invalid_argument", "?after= must be a non-negative integer");
+    after = *n;
+  }
+  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+  if (req.Header("Accept").find("application/json") != std::string_view::npos) {
+    int limit = 1000;
+    if (auto l = req.Query("limit")) {
+      auto n = ParseNonNegative(*l);
+      if (!n || *n < 1 || *n > 10000) co_return Response::FromError(400, "invalid_argument", "?limit= must be 1-10000");
+      limit = static_cast<int>(*n);
+    }
+    AIRLOCK_CO_ASSIGN(auto evs, co_await RunBlocking(pool_, [this, &id, &after, &limit] {
+                        return store_->ListEvents(id, after, limit);
+                      }));
+    Json arr = Json::array();
+    for (const auto& e : evs) arr.push_back(EventJson(e));
+    co_return Response::FromJson(200, arr);
+  }
+  Response res;
+  res.content_type = "text/event-stream";
+  res.headers.emplace_back("X-Accel-Buffering", "no");
+  res.stream = [this, id, after](ChunkSink& sink) -> awaitable<void> {
+    auto& gauge = metrics_->streams.With({});
+    gauge.Add(1);
+    int64_t last = after;
+    if (!co_await sink.Write(": airlock event stream\n\n")) {
+      gauge.Add(-1);
+      co_return;
+    }
+    for (;;) {
+      uint64_t version = events_.Version(id);
+      auto evs = co_await RunBlocking(pool_, [this, &id, &last] { return store_->ListEvents(id, last, 500); });
+      if (!evs) break;
+      std::string out;
+      for (const auto& e : *evs) {
+        out += SseFrame(e);
+        last = e.seq;
+      }
+      if (!out.empty() && !co_await sink.Write(out)) break;
+      if (evs->size() == 500) continue;
+      auto sess = co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); });
+      if (!sess || store::IsTerminal(sess->state)) {
+        // Anything appended together with the final state change is already sent above
+        // unless it raced with this read: one more pass picks it up.
+        auto tail = co_await RunBlocking(pool_, [this, &id, &last] { return store_->ListEvents(id, last, 500); });
+        std::string rest;
+        if (tail) for (const auto& e : *tail) rest += SseFrame(e);
+        if (!rest.empty()) co_await sink.Write(rest);
+        break;
+      }
+      if (operator_server_->draining()) break;
+      bool woke = co_await events_.Wait(id, version, std::chrono::steady_clock::now() + kHeartbeat);
+      if (!woke && !co_await sink.Write(": keep-alive\n\n")) break;
+    }
+    gauge.Add(-1);
+  };
+  (void)s;
+  co_return res;
+}
+
+awaitable<Response> ControlPlane::Suspend(Request& req) {
+  std::string id = req.params["id"];
+  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+  if (s.state != SessionState::kRunning) {
+    co_return Response::FromError(409, "conflict",
+                                  fmt::format("cannot suspend a session that is {}", store::StateName(s.state)));
+  }
+  auto* backend = backends_->Find(s.backend);
+  if (backend && !s.sandbox_handle.empty()) {
+    auto st = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Suspend(h); });
+    if (!st) {
+      metrics_->sandbox_errors.With({s.backend, "suspend"}).Inc();
+      co_return Response::FromError(st.error());
+    }
+  }
+  store::StateChange change{{SessionState::kRunning}, SessionState::kSuspended, std::nullopt, false, std::nullopt};
+  AIRLOCK_CO_ASSIGN(auto out, co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); }));
+  events_.Notify(id);
+  co_return Response::FromJson(200, SessionJson(out));
+}
+
+awaitable<Response> ControlPlane::Resume(Request& req) {
+  std::string id = req.params["id"];
+  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+  if (s.state != SessionState::kSuspended) {
+    co_return Response::FromError(409, "conflict",
+                                  fmt::format("cannot resume a session that is {}", store::StateName(s.state)));
+  }
+  auto* backend = backends_->Find(s.backend);
+  if (backend && !s.sandbox_handle.empty()) {
+    auto st = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Resume(h); });
+    if (!st) {
+      metrics_->sandbox_errors.With({s.backend, "resume"}).Inc();
+      co_return Response::FromError(st.error());
+    }
+  }
+  store::StateChange change{{SessionState::kSuspended}, SessionState::kRunning, std::nullopt, false, std::nullopt};
+  AIRLOCK_CO_ASSIGN(auto out, co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); }));
+  events_.Notify(id);
+  co_return Response::FromJson(200, SessionJson(out));
+}
+
+awaitable<Response> ControlPlane::DeleteSession(Request& req) {
+  std::string id = req.params["id"];
+  auto ended = co_await EndSession(id, SessionState::kKilled, "killed by the operator");
+  if (!ended && ended.error().code == ErrorCode::kConflict) {
+    // Already over: deleting is idempotent.
+    AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+    co_return Response::FromJson(200, SessionJson(s));
+  }
+  AIRLOCK_CO_ASSIGN(auto s, std::move(ended));
+  co_return Response::FromJson(200, SessionJson(s));
+}
+
+awaitable<Response> ControlPlane::GetLogs(Request& req) {
+  std::string id = req.params["id"];
+  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+  auto* backend = backends_->Find(s.backend);
+  if (!backend || s.sandbox_handle.empty()) co_return Response::Text(200, "");
+  AIRLOCK_CO_ASSIGN(auto text, co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] {
+                      return backend->Logs(h, 0, 8 << 20);
+                    }));
+  co_return Response::Text(200, std::move(text));
+}
+
+// ---------------------------------------------------------------- sandbox routes
+
+awaitable<Response> ControlPlane::Inbox(Request& req) {
+  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  int64_t wait = 0;
+  if (auto w = req.Query("wait")) {
+    auto n = ParseNonNegative(*w);
+    if (!n) co_return Response::FromError(400, "invalid_argument", "?wait= must be a non-negative integer (seconds)");
+    wait = std::min<int64_t>(*n, config_.long_poll_max_s);
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
+  auto& gauge = metrics_->long_polls.With({});
+  for (;;) {
+    uint64_t version = inbox_.Version(s.id);
+    AIRLOCK_CO_ASSIGN(auto msgs, co_await RunBlocking(pool_, [this, &id = s.id] { return store_->TakeInbox(id); }));
+    if (!msgs.empty()) {
+      Json arr = Json::array();
+      for (const auto& m : msgs) arr.push_back(m.body);
+      co_return Response::FromJson(200, Json{{"messages", arr}});
+    }
+    if (std::chrono::steady_clock::now() >= deadline || sandbox_server_->draining()) break;
+    gauge.Add(1);
+    bool woke = co_await inbox_.Wait(s.id, version, deadline);
+    gauge.Add(-1);
+    if (!woke) break;
+    // Woken: a message, the session's end, or a drain. Find out which.
+    AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(pool_, [this, &id = s.id] { return store_->GetSession(id); }));
+    if (store::IsTerminal(now.state)) {
+      co_return Response::FromError(410, "gone", fmt::format("the session has ended ({})", store::StateName(now.state)));
+    }
+  }
+  Response r;
+  r.status = 204;
+  r.content_type = "application/json";
+  co_return r;
+}
+
+awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
+  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  if (static_cast<int64_t>(req.msg.body().size()) > config_.max_event_bytes) {
+    co_return Response::FromError(413, "payload_too_large", fmt::format("events are limited to {} bytes", config_.max_event_bytes));
+  }
+  AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
+  AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"type", "data"}, "event"));
+  AIRLOCK_CO_ASSIGN(std::string type, RequiredString(body, "type"));
+  AIRLOCK_CO_TRY(ValidateEventType(type));
+  Json data = Json::object();
+  if (auto it = body.find("data"); it != body.end() && !it->is_null()) {
+    if (!it->is_object()) co_return Response::FromError(400, "invalid_argument", "\"data\" must be an object");
+    data = *it;
+  }
+  AIRLOCK_CO_ASSIGN(auto ev, co_await RunBlocking(pool_, [this, &id = s.id, &type, &data] {
+                      return store_->AppendEvent(id, type, data);
+                    }));
+  metrics_->events.With({"sandbox"}).Inc();
+  events_.Notify(s.id);
+  co_return Response::FromJson(202, Json{{"seq", ev.seq}});
+}
+
+awaitable<Response> ControlPlane::History(Request& req) {
+  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(auto msgs, co_await RunBlocking(pool_, [this, &id = s.id] {
+                      return store_->ListMessages(id, /*include_pending=*/false);
+                    }));
+  Json arr = Json::array();
+  for (const auto& m : msgs) arr.push_back(m.body);
+  co_return Response::FromJson(200, Json{{"messages", arr}});
+}
+
+awaitable<Response> ControlPlane::Finish(Request& req) {
+  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
+  AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"status", "result"}, "finish"));
+  AIRLOCK_CO_ASSIGN(std::string status, RequiredString(body, "status"));
+  SessionState to;
+  if (status == "succeeded") to = SessionState::kSucceeded;
+  else if (status == "failed") to = SessionState::kFailed;
+  else co_return Response::FromError(400, "invalid_argument", "\"status\" must be \"succeeded\" or \"failed\"");
+  AIRLOCK_CO_ASSIGN(auto result, OptionalString(body, "result"));
+  if (result && result->size() > 64 * 1024) {
+    co_return Response::FromError(413, "payload_too_large", "\"result\" exceeds 65536 bytes");
+  }
+  AIRLOCK_CO_ASSIGN(auto ended, co_await EndSession(s.id, to, result));
+  co_return Response::FromJson(200, Json{{"id", ended.id}, {"state", store::StateName(ended.state)}});
+}
+
+}  // namespace airlock::controlplane

@@ -1,0 +1,31 @@
+#include "sandbox/backend.h"
+
+namespace airlock::sandbox {
+
+std::string_view SandboxStateName(SandboxState s) {
+  switch (s) {
+    case SandboxState::kRunning: return "running";
+    case SandboxState::kPaused: return "paused";
+    case SandboxState::kExited: return "exited";
+    case SandboxState::kMissing: return "missing";
+  }
+  return "missing";
+}
+
+void BackendRegistry::Register(std::unique_ptr<Backend> backend) {
+  std::string name(backend->name());
+  backends_[name] = std::move(backend);
+}
+
+Backend* BackendRegistry::Find(std::string_view name) const {
+  auto it = backends_.find(name);
+  return it == backends_.end() ? nullptr : it->second.get();
+}
+
+std::vector<std::string> BackendRegistry::Names() const {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : backends_) out.push_back(k);
+  return out;
+}
+
+}  // namespace airlock::sandbox
