@@ -1,0 +1,94 @@
+#include "cli/args.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+
+namespace airlock::cli {
+
+Result<std::pair<std::string, std::string>> SplitKeyValue(std::string_view arg,
+                                                          std::string_view flag) {
+  size_t eq = arg.find('=');
+  if (eq == std::string_view::npos || eq == 0) {
+    return Errorf(ErrorCode::kInvalidArgument, "{} \"{}\": expected key=value", flag, arg);
+  }
+  return std::pair<std::string, std::string>(std::string(arg.substr(0, eq)),
+                                             std::string(arg.substr(eq + 1)));
+}
+
+namespace {
+
+std::optional<Json> ParseNumber(std::string_view text) {
+  if (text.empty()) {
+    return std::nullopt;
+  }
+  const char* begin = text.data();
+  const char* end = text.data() + text.size();
+  int64_t i = 0;
+  if (auto [p, ec] = std::from_chars(begin, end, i); ec == std::errc() && p == end) {
+    return Json(i);
+  }
+  double d = 0;
+  if (auto [p, ec] = std::from_chars(begin, end, d);
+      ec == std::errc() && p == end && std::isfinite(d)) {
+    return Json(d);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+Result<Json> ParseLimitArgs(const std::vector<std::string>& args) {
+  Json limits = Json::object();
+  for (const auto& arg : args) {
+    AIRLOCK_ASSIGN_OR_RETURN(auto kv, SplitKeyValue(arg, "--limit"));
+    auto& [key, value] = kv;
+    if (limits.contains(key)) {
+      return Errorf(ErrorCode::kInvalidArgument, "--limit {} is given more than once", key);
+    }
+    std::optional<Json> number = ParseNumber(value);
+    if (!number) {
+      return Errorf(ErrorCode::kInvalidArgument, "--limit {}=\"{}\": the value must be a number",
+                    key, value);
+    }
+    limits[key] = *number;
+  }
+  return limits;
+}
+
+Result<Json> ParseMetadataArgs(const std::vector<std::string>& args) {
+  Json meta = Json::object();
+  for (const auto& arg : args) {
+    AIRLOCK_ASSIGN_OR_RETURN(auto kv, SplitKeyValue(arg, "--meta"));
+    if (meta.contains(kv.first)) {
+      return Errorf(ErrorCode::kInvalidArgument, "--meta {} is given more than once", kv.first);
+    }
+    meta[kv.first] = kv.second;
+  }
+  return meta;
+}
+
+SplitArgs SplitRunCommand(std::vector<std::string> argv) {
+  SplitArgs out;
+  // The subcommand is the first argument that is not an option (the top level has no options
+  // that take a value).
+  size_t sub = 1;
+  while (sub < argv.size() && argv[sub].starts_with("-")) {
+    ++sub;
+  }
+  if (sub < argv.size() && argv[sub] == "run") {
+    for (size_t i = sub + 1; i < argv.size(); ++i) {
+      if (argv[i] == "--") {
+        out.command.emplace(
+            std::make_move_iterator(argv.begin() + static_cast<std::ptrdiff_t>(i) + 1),
+            std::make_move_iterator(argv.end()));
+        argv.resize(i);
+        break;
+      }
+    }
+  }
+  out.args = std::move(argv);
+  return out;
+}
+
+}  // namespace airlock::cli

@@ -1,0 +1,1003 @@
+#include "cli/cli.h"
+
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include "cli/args.h"
+#include "cli/format.h"
+#include "cli/http_client.h"
+#include "common/json_util.h"
+#include "common/secret.h"
+#include "controlplane/config.h"
+#include "controlplane/control_plane.h"
+
+namespace airlock::cli {
+
+namespace {
+
+// The exit codes, also listed in the footer of `airlock --help`.
+constexpr int kExitOk = 0;
+constexpr int kExitSessionFailed = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitUnreachable = 3;
+constexpr int kExitAuth = 4;
+constexpr int kExitNotFound = 5;
+constexpr int kExitApi = 6;
+
+constexpr const char* kDefaultUrl = "http://127.0.0.1:7400";
+constexpr int kStreamRetries = 5;
+
+constexpr const char* kExitCodesFooter = R"(Exit codes:
+  0  ok
+  1  the session failed or was killed (airlock run)
+  2  usage or configuration error
+  3  cannot reach the server
+  4  authentication refused (HTTP 401/403)
+  5  not found (HTTP 404)
+  6  any other API error
+
+Environment:
+  AIRLOCK_URL           operator API base URL (default http://127.0.0.1:7400)
+  AIRLOCK_HOME          data directory (default ~/.local/share/airlock); the CLI reads
+                        the operator key from $AIRLOCK_HOME/operator.key
+  AIRLOCK_OPERATOR_KEY  operator key; overrides the key file
+
+Run `airlock COMMAND --help` for the options and examples of a command.)";
+
+// Why a command stopped, and with which exit code. Printed as "airlock: <message>".
+struct Failure {
+  int exit_code = kExitApi;
+  std::string message;
+};
+template <typename T>
+using CliResult = std::expected<T, Failure>;
+
+std::unexpected<Failure> Fail(int code, std::string message) {
+  return std::unexpected(Failure{code, std::move(message)});
+}
+
+// ------------------------------------------------------------------ output
+
+void Print(std::string_view text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+}
+void PrintLine(std::string_view text) {
+  std::string line(text);
+  line += '\n';
+  Print(line);
+}
+void PrintErr(std::string_view text) {
+  std::string line = fmt::format("airlock: {}\n", text);
+  std::fwrite(line.data(), 1, line.size(), stderr);
+  std::fflush(stderr);
+}
+
+// ------------------------------------------------------------------ errors
+
+Failure FromTransport(const Error& e) {
+  return Failure{e.code == ErrorCode::kInvalidArgument ? kExitUsage : kExitUnreachable, e.message};
+}
+
+int ExitCodeForStatus(int status) {
+  if (status == 401 || status == 403) {
+    return kExitAuth;
+  }
+  if (status == 404) {
+    return kExitNotFound;
+  }
+  return kExitApi;
+}
+
+// The API's error shape {"error":{"code","message"}} as "<message> (<code>, HTTP <status>)";
+// anything else (a proxy's HTML page, say) as its first line.
+Failure FromResponse(const HttpResponse& res) {
+  int code = ExitCodeForStatus(res.status);
+  if (auto j = ParseJson(res.body);
+      j && j->is_object() && j->contains("error") && (*j)["error"].is_object()) {
+    const Json& err = (*j)["error"];
+    std::string message = err.value("message", std::string("(no message)"));
+    std::string err_code = err.value("code", std::string("unknown"));
+    std::string text = fmt::format("{} ({}, HTTP {})", message, err_code, res.status);
+    if (res.status == 401) {
+      text += " — check the operator key (--home DIR or AIRLOCK_OPERATOR_KEY)";
+    }
+    return Failure{code, text};
+  }
+  std::string first = res.body.substr(0, res.body.find('\n'));
+  return Failure{
+      code, fmt::format("HTTP {}{}{}", res.status, first.empty() ? "" : ": ", OneLine(first, 200))};
+}
+
+// ------------------------------------------------------------------ the client side
+
+struct ClientFlags {
+  std::string url = kDefaultUrl;
+  std::string home;
+};
+
+void AddClientFlags(CLI::App* cmd, ClientFlags* flags) {
+  cmd->add_option("--url", flags->url, "Operator API base URL")
+      ->envname("AIRLOCK_URL")
+      ->capture_default_str()
+      ->type_name("URL");
+  cmd->add_option("--home", flags->home,
+                  "Data directory holding operator.key (default: $AIRLOCK_HOME, else "
+                  "~/.local/share/airlock)")
+      ->type_name("DIR");
+}
+
+std::string Trim(std::string s) {
+  size_t b = s.find_first_not_of(" \t\r\n");
+  size_t e = s.find_last_not_of(" \t\r\n");
+  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+CliResult<Secret> LoadOperatorKey(const std::string& home) {
+  if (const char* env = std::getenv("AIRLOCK_OPERATOR_KEY"); env && *env) {
+    Secret key(Trim(env));
+    if (key.empty()) {
+      return Fail(kExitUsage, "AIRLOCK_OPERATOR_KEY is blank");
+    }
+    return key;
+  }
+  std::string path = home + "/operator.key";
+  std::ifstream f(path);
+  if (!f) {
+    int err = errno;
+    if (err == ENOENT) {
+      return Fail(
+          kExitUsage,
+          fmt::format("no operator key at {}: start `airlock serve --home {}` once to create "
+                      "it, point --home (or AIRLOCK_HOME) at the server's data directory, or "
+                      "set AIRLOCK_OPERATOR_KEY",
+                      path, home));
+    }
+    return Fail(kExitUsage,
+                fmt::format("cannot read the operator key {}: {} — run as the user that "
+                            "runs `airlock serve`, or set AIRLOCK_OPERATOR_KEY",
+                            path, std::strerror(err)));
+  }
+  std::string line;
+  std::getline(f, line);
+  Secret key(Trim(std::move(line)));
+  if (key.empty()) {
+    return Fail(kExitUsage, fmt::format("the operator key file {} is empty", path));
+  }
+  return key;
+}
+
+CliResult<HttpClient> MakeClient(const ClientFlags& flags, HttpClientOptions options = {}) {
+  auto client = HttpClient::Create(flags.url, options);
+  if (!client) {
+    return Fail(kExitUsage, fmt::format("--url: {}", client.error().message));
+  }
+  std::string home = flags.home.empty() ? controlplane::DefaultHome() : flags.home;
+  auto key = LoadOperatorKey(home);
+  if (!key) {
+    return std::unexpected(key.error());
+  }
+  client->SetBearerToken(std::move(*key));
+  return std::move(*client);
+}
+
+// Percent-encodes a path segment, so that an id like "../x?y" cannot change the route.
+std::string Escape(std::string_view segment) {
+  std::string out;
+  for (unsigned char c : segment) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += fmt::format("%{:02X}", c);
+    }
+  }
+  return out;
+}
+
+std::string SessionPath(const std::string& id, std::string_view rest = "") {
+  return fmt::format("/v1/sessions/{}{}", Escape(id), rest);
+}
+
+// One API call whose answer is JSON.
+CliResult<Json> CallJson(const HttpClient& client, std::string_view method, const std::string& path,
+                         const std::optional<Json>& body = std::nullopt,
+                         const Headers& headers = {}) {
+  auto res = client.Do(method, path, body, headers);
+  if (!res) {
+    return std::unexpected(FromTransport(res.error()));
+  }
+  if (!res->ok()) {
+    return std::unexpected(FromResponse(*res));
+  }
+  if (res->body.empty()) {
+    return Json::object();
+  }
+  auto j = ParseJson(res->body);
+  if (!j) {
+    return Fail(kExitApi, fmt::format("{} {} answered with invalid JSON: {}", method, path,
+                                      j.error().message));
+  }
+  return std::move(*j);
+}
+
+bool IsTerminal(std::string_view state) {
+  return state == "succeeded" || state == "failed" || state == "killed";
+}
+
+std::string Str(const Json& obj, const char* key, std::string fallback = "") {
+  if (obj.is_object()) {
+    if (auto it = obj.find(key); it != obj.end()) {
+      if (it->is_string()) {
+        return it->get<std::string>();
+      }
+      if (!it->is_null()) {
+        return DumpJson(*it);
+      }
+    }
+  }
+  return fallback;
+}
+
+int64_t NowMillis() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// ------------------------------------------------------------------ following events
+
+struct FollowOutcome {
+  int64_t last_seq = 0;
+  std::string final_state;  // set when the session ended
+};
+
+// Prints the events of session `id` after `after` as they come (a progress line each, or JSON
+// lines) until the session ends. A dropped stream is resumed from the last event seen; a
+// few consecutive attempts without progress give up. `reachable` says the server has answered
+// already; until it has, a failure to connect ends at once (a wrong --url should not wait).
+CliResult<FollowOutcome> FollowEvents(const HttpClient& client, const std::string& id,
+                                      int64_t after, bool json, bool reachable) {
+  FollowOutcome out;
+  out.last_seq = after;
+  int failures = 0;
+  for (;;) {
+    bool progressed = false;
+    Headers headers;
+    if (out.last_seq > 0) {
+      headers.emplace_back("Last-Event-ID", std::to_string(out.last_seq));
+    }
+    auto res = client.StreamSse(
+        SessionPath(id, fmt::format("/events?after={}", out.last_seq)), headers,
+        [&](const SseEvent& ev) {
+          auto parsed = ParseJson(ev.data);
+          if (!parsed || !parsed->is_object()) {
+            PrintErr(fmt::format("skipping an event that is not a JSON object (id {})", ev.id));
+            return true;
+          }
+          const Json& e = *parsed;
+          if (auto it = e.find("seq"); it != e.end() && it->is_number_integer()) {
+            int64_t seq = it->get<int64_t>();
+            if (seq <= out.last_seq) {
+              return true;  // Already printed before a reconnect.
+            }
+            out.last_seq = seq;
+          }
+          progressed = true;
+          PrintLine(json ? DumpJson(e) : FormatEventLine(e));
+          if (Str(e, "type") == "session.state" && e.contains("data")) {
+            std::string to = Str(e["data"], "to");
+            if (IsTerminal(to)) {
+              out.final_state = to;
+              return false;
+            }
+          }
+          return true;
+        });
+    if (!out.final_state.empty()) {
+      return out;
+    }
+    if (res && !res->ok()) {
+      return std::unexpected(FromResponse(*res));
+    }
+    reachable = reachable || res.has_value() || progressed;
+    std::string why;
+    if (!res) {
+      if (!reachable && !progressed) {
+        return std::unexpected(FromTransport(res.error()));
+      }
+      why = res.error().message;
+    } else {
+      // The server ended the stream: it does so when the session is over, or when it shuts down.
+      auto session = CallJson(client, "GET", SessionPath(id));
+      if (session && IsTerminal(Str(*session, "state"))) {
+        out.final_state = Str(*session, "state");
+        return out;
+      }
+      if (!session && session.error().exit_code != kExitUnreachable) {
+        return std::unexpected(session.error());
+      }
+      why = session ? "the server ended the event stream" : session.error().message;
+    }
+    failures = progressed ? 1 : failures + 1;
+    if (failures > kStreamRetries) {
+      return Fail(kExitUnreachable,
+                  fmt::format("{} (gave up after {} attempts; the session may still be running: "
+                              "`airlock events {} --follow --after {}` picks up from here)",
+                              why, kStreamRetries, id, out.last_seq));
+    }
+    auto delay = std::chrono::milliseconds(std::min(250 << failures, 5000));
+    PrintErr(fmt::format("{} (reconnecting after event #{} in {} ms, attempt {} of {})", why,
+                         out.last_seq, delay.count(), failures, kStreamRetries));
+    std::this_thread::sleep_for(delay);
+  }
+}
+
+// ------------------------------------------------------------------ commands
+
+struct RunFlags {
+  ClientFlags client;
+  std::string task;
+  std::string image;
+  std::string backend;
+  std::string model;
+  std::vector<std::string> limits;
+  std::vector<std::string> meta;
+  bool detach = false;
+  bool json = false;
+  std::optional<std::vector<std::string>> command;
+};
+
+void PrintFinal(const Json& session, bool json) {
+  if (json) {
+    PrintLine(DumpJson(session));
+    return;
+  }
+  std::string line = fmt::format("{} {}", Str(session, "id"), Str(session, "state", "?"));
+  if (session.contains("usage") && session["usage"].is_object()) {
+    const Json& u = session["usage"];
+    if (u.value("llm_calls", 0) > 0) {
+      line += fmt::format(" (tokens in {} / out {}, {} LLM calls)", Str(u, "input_tokens", "0"),
+                          Str(u, "output_tokens", "0"), Str(u, "llm_calls", "0"));
+    }
+  }
+  PrintLine(line);
+  if (session.contains("result")) {
+    PrintLine("result: " + Str(session, "result"));
+  }
+}
+
+CliResult<int> CmdRun(const RunFlags& f) {
+  Json body = {{"task", f.task}};
+  if (!f.image.empty()) {
+    body["image"] = f.image;
+  }
+  if (!f.backend.empty()) {
+    body["backend"] = f.backend;
+  }
+  if (!f.model.empty()) {
+    body["model"] = f.model;
+  }
+  if (!f.limits.empty()) {
+    auto limits = ParseLimitArgs(f.limits);
+    if (!limits) {
+      return Fail(kExitUsage, limits.error().message);
+    }
+    body["limits"] = *limits;
+  }
+  if (!f.meta.empty()) {
+    auto meta = ParseMetadataArgs(f.meta);
+    if (!meta) {
+      return Fail(kExitUsage, meta.error().message);
+    }
+    body["metadata"] = *meta;
+  }
+  if (f.command) {
+    if (f.command->empty()) {
+      return Fail(kExitUsage, "nothing after \"--\": give the command to run, or drop the \"--\"");
+    }
+    body["command"] = *f.command;
+  }
+  auto client = MakeClient(f.client);
+  if (!client) {
+    return std::unexpected(client.error());
+  }
+  auto created = CallJson(*client, "POST", "/v1/sessions", body);
+  if (!created) {
+    return std::unexpected(created.error());
+  }
+  std::string id = Str(*created, "id");
+  if (id.empty()) {
+    return Fail(kExitApi, "POST /v1/sessions answered without a session id");
+  }
+  PrintLine(f.json ? DumpJson(*created) : id);
+  if (f.detach) {
+    return kExitOk;
+  }
+  auto followed = FollowEvents(*client, id, 0, f.json, /*reachable=*/true);
+  if (!followed) {
+    return std::unexpected(followed.error());
+  }
+  auto final_session = CallJson(*client, "GET", SessionPath(id));
+  if (!final_session) {
+    return std::unexpected(final_session.error());
+  }
+  PrintFinal(*final_session, f.json);
+  std::string state = Str(*final_session, "state", followed->final_state);
+  return state == "succeeded" ? kExitOk : kExitSessionFailed;
+}
+
+struct LsFlags {
+  ClientFlags client;
+  std::string state;
+  int limit = 0;
+  bool json = false;
+};
+
+std::string AgeOf(const Json& session, int64_t now) {
+  auto created = ParseTimestamp(Str(session, "created_at"));
+  return created ? FormatAge(now - *created) : "?";
+}
+
+CliResult<int> CmdLs(const LsFlags& f) {
+  auto client = MakeClient(f.client);
+  if (!client) {
+    return std::unexpected(client.error());
+  }
+  std::string query;
+  if (!f.state.empty()) {
+    query += fmt::format("{}state={}", query.empty() ? "?" : "&", Escape(f.state));
+  }
+  if (f.limit > 0) {
+    query += fmt::format("{}limit={}", query.empty() ? "?" : "&", f.limit);
+  }
+  auto res = CallJson(*client, "GET", "/v1/sessions" + query);
+  if (!res) {
+    return std::unexpected(res.error());
+  }
+  if (f.json) {
+    PrintLine(DumpJson(*res));
+    return kExitOk;
+  }
+  const Json sessions = res->value("sessions", Json::array());
+  if (!sessions.is_array() || sessions.empty()) {
+    PrintLine(f.state.empty() ? "no sessions" : fmt::format("no {} sessions", f.state));
+    return kExitOk;
+  }
+  int64_t now = NowMillis();
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& s : sessions) {
+    const Json usage = s.value("usage", Json::object());
+    rows.push_back(
+        {Str(s, "id"), Str(s, "state"), Str(s, "backend"), Str(s, "image"), AgeOf(s, now),
+         fmt::format("{}/{}", Str(usage, "input_tokens", "0"), Str(usage, "output_tokens", "0"))});
+  }
+  Print(FormatTable({"ID", "STATE", "BACKEND", "IMAGE", "AGE", "TOKENS"}, rows));
+  return kExitOk;
+}
+
+struct IdFlags {
+  ClientFlags client;
+  std::string id;
+  bool json = false;
+};
+
+std::string KeyValues(const Json& obj) {
+  if (!obj.is_object() || obj.empty()) {
+    return "-";
+  }
+  std::string out;
+  for (const auto& [k, v] : obj.items()) {
+    out += fmt::format("{}{}={}", out.empty() ? "" : " ", k,
+                       v.is_string() ? v.get<std::string>() : DumpJson(v));
+  }
+  return out;
+}
+
+CliResult<int> CmdShow(const IdFlags& f) {
+  auto client = MakeClient(f.client);
+  if (!client) {
+    return std::unexpected(client.error());
+  }
+  auto s = CallJson(*client, "GET", SessionPath(f.id));
+  if (!s) {
+    return std::unexpected(s.error());
+  }
+  if (f.json) {
+    PrintLine(DumpJson(*s));
+    return kExitOk;
+  }
+  auto messages = CallJson(*client, "GET", SessionPath(f.id, "/messages"));
+  if (!messages) {
+    return std::unexpected(messages.error());
+  }
+  int64_t now = NowMillis();
+  std::vector<std::pair<std::string, std::string>> rows;
+  rows.emplace_back("id", Str(*s, "id"));
+  rows.emplace_back("state", Str(*s, "state"));
+  if (s->contains("result")) {
+    rows.emplace_back("result", Str(*s, "result"));
+  }
+  rows.emplace_back("backend", Str(*s, "backend", "-"));
+  rows.emplace_back("image", Str(*s, "image", "-"));
+  rows.emplace_back("model", Str(*s, "model", "-"));
+  if (auto it = s->find("command"); it != s->end() && it->is_array() && !it->empty()) {
+    std::vector<std::string> words;
+    for (const auto& w : *it) {
+      words.push_back(w.is_string() ? w.get<std::string>() : DumpJson(w));
+    }
+    rows.emplace_back("command", ShellJoin(words));
+  } else {
+    rows.emplace_back("command", "(the image's entrypoint)");
+  }
+  rows.emplace_back("created", fmt::format("{} ({} ago)", Str(*s, "created_at"), AgeOf(*s, now)));
+  rows.emplace_back("updated", Str(*s, "updated_at"));
+  const Json usage = s->value("usage", Json::object());
+  double cost = usage.contains("cost_usd") && usage["cost_usd"].is_number()
+                    ? usage["cost_usd"].get<double>()
+                    : 0;
+  rows.emplace_back(
+      "usage",
+      fmt::format("tokens in {} / out {}, {} LLM calls, ${:.4f}", Str(usage, "input_tokens", "0"),
+                  Str(usage, "output_tokens", "0"), Str(usage, "llm_calls", "0"), cost));
+  rows.emplace_back("limits", KeyValues(s->value("limits", Json::object())));
+  rows.emplace_back("metadata", KeyValues(s->value("metadata", Json::object())));
+  const Json msgs = messages->value("messages", Json::array());
+  const Json pending = messages->value("pending", Json::array());
+  std::string count = std::to_string(msgs.is_array() ? msgs.size() : 0);
+  if (pending.is_array() && !pending.empty()) {
+    count += fmt::format(" (+{} not yet taken by the agent)", pending.size());
+  }
+  rows.emplace_back("messages", count);
+  std::string out;
+  for (const auto& [k, v] : rows) {
+    out += fmt::format("{:<10} {}\n", k + ":", v);
+  }
+  Print(out);
+  return kExitOk;
+}
+
+struct LogsFlags {
+  ClientFlags client;
+  std::string id;
+  bool follow = false;
+};
+
+CliResult<int> CmdLogs(const LogsFlags& f) {
+  HttpClientOptions options;
+  options.stream_idle_timeout = std::chrono::milliseconds(0);  // A quiet sandbox is not an error.
+  auto client = MakeClient(f.client, options);
+  if (!client) {
+    return std::unexpected(client.error());
+  }
+  if (!f.follow) {
+    auto res = client->Do("GET", SessionPath(f.id, "/logs"));
+    if (!res) {
+      return std::unexpected(FromTransport(res.error()));
+    }
+    if (!res->ok()) {
+      return std::unexpected(FromResponse(*res));
+    }
+    Print(res->body);
+    return kExitOk;
+  }
+  auto res =
+      client->StreamBody(SessionPath(f.id, "/logs?follow=1"), {}, [](std::string_view piece) {
+        Print(piece);
+        return true;
+      });
+  if (!res) {
+    return std::unexpected(FromTransport(res.error()));
+  }
+  if (!res->ok()) {
+    return std::unexpected(FromResponse(*res));
+  }
+  return kExitOk;
+}
+
+struct EventsFlags {
+  ClientFlags client;
+  std::string id;
+  int64_t after = 0;
+  bool follow = false;
+  bool json = false;
+};
+
+CliResult<int> CmdEvents(const EventsFlags& f) {
+  auto client = MakeClient(f.client);
+  if (!client) {
+    return std::unexpected(client.error());
+  }
+  if (f.follow) {
+    auto followed = FollowEvents(*client, f.id, f.after, f.json, /*reachable=*/false);
+    if (!followed) {
+      return std::unexpected(followed.error());
+    }
+    return kExitOk;
+  }
+  constexpr int kPage = 1000;
+  int64_t after = f.after;
+  for (;;) {
+    auto page = CallJson(*client, "GET",
+                         SessionPath(f.id, fmt::format("/events?after={}&limit={}", after, kPage)),
+                         std::nullopt, {{"Accept", "application/json"}});
+    if (!page) {
+      return std::unexpected(page.error());
+    }
+    if (!page->is_array()) {
+      return Fail(kExitApi, "GET events answered with something other than a JSON array");
+    }
+    std::string out;
+    for (const auto& e : *page) {
+      out += (f.json ? DumpJson(e) : FormatEventLine(e)) + "\n";
+      if (auto it = e.find("seq"); it != e.end() && it->is_number_integer()) {
+        after = std::max(after, it->get<int64_t>());
+      }
+    }
+    Print(out);
+    if (page->size() < static_cast<size_t>(kPage)) {
+      return kExitOk;
+    }
+  }
+}
+
+struct SendFlags {
+  ClientFlags client;
+  std::string id;
+  std::string message;
+  bool json = false;
+};
+
+CliResult<int> CmdSend(const SendFlags& f) {
+  if (f.message.empty()) {
+    return Fail(kExitUsage, "the message is empty");
+  }
+  auto client = MakeClient(f.client);
+  if (!client) {
+    return std::unexpected(client.error());
+  }
+  auto res =
+      CallJson(*client, "POST", SessionPath(f.id, "/messages"), Json{{"content", f.message}});
+  if (!res) {
+    return std::unexpected(res.error());
+  }
+  if (f.json) {
+    PrintLine(DumpJson(*res));
+  } else {
+    PrintLine(fmt::format("sent message {} to {}", Str(*res, "id", "?"), f.id));
+  }
+  return kExitOk;
+}
+
+// kill, suspend, resume: one call that answers with the session.
+CliResult<int> CmdTransition(const IdFlags& f, std::string_view method, std::string_view suffix) {
+  auto client = MakeClient(f.client);
+  if (!client) {
+    return std::unexpected(client.error());
+  }
+  auto s = CallJson(*client, method, SessionPath(f.id, suffix));
+  if (!s) {
+    return std::unexpected(s.error());
+  }
+  if (f.json) {
+    PrintLine(DumpJson(*s));
+    return kExitOk;
+  }
+  PrintLine(fmt::format("{} {}", Str(*s, "id", f.id), Str(*s, "state", "?")));
+  if (s->contains("result")) {
+    PrintLine("result: " + Str(*s, "result"));
+  }
+  return kExitOk;
+}
+
+struct ServeFlags {
+  std::string home;
+  std::string listen;
+  std::string sandbox_listen;
+  std::string config;
+};
+
+int CmdServe(const ServeFlags& f) {
+  std::string home = f.home.empty() ? controlplane::DefaultHome() : f.home;
+  std::optional<std::string> config_path;
+  if (!f.config.empty()) {
+    config_path = f.config;
+  }
+  auto config = controlplane::LoadConfig(config_path, home);
+  if (!config) {
+    PrintErr(config.error().message);
+    return kExitUsage;
+  }
+  if (!f.listen.empty()) {
+    auto hp = controlplane::ParseHostPort(f.listen);
+    if (!hp) {
+      PrintErr("--listen: " + hp.error().message);
+      return kExitUsage;
+    }
+    config->operator_listen = *hp;
+  }
+  if (!f.sandbox_listen.empty()) {
+    auto hp = controlplane::ParseHostPort(f.sandbox_listen);
+    if (!hp) {
+      PrintErr("--sandbox-listen: " + hp.error().message);
+      return kExitUsage;
+    }
+    config->sandbox_listen = *hp;
+  }
+  return controlplane::RunServer(std::move(*config));
+}
+
+// ------------------------------------------------------------------ the command line
+
+int Finish(const CliResult<int>& r) {
+  if (!r) {
+    PrintErr(r.error().message);
+    return r.error().exit_code;
+  }
+  return *r;
+}
+
+CLI::App* AddIdCommand(CLI::App& app, const char* name, const char* description, const char* footer,
+                       IdFlags* flags, bool with_json) {
+  CLI::App* cmd = app.add_subcommand(name, description);
+  cmd->add_option("ID", flags->id, "Session id (ses_...)")->required();
+  if (with_json) {
+    cmd->add_flag("--json", flags->json, "Print the session object as JSON");
+  }
+  AddClientFlags(cmd, &flags->client);
+  cmd->footer(footer);
+  return cmd;
+}
+
+int Main(int argc, char** argv) {
+  std::vector<std::string> raw(argv, argv + argc);
+  if (raw.empty()) {
+    raw.emplace_back("airlock");
+  }
+  SplitArgs split = SplitRunCommand(std::move(raw));
+
+  CLI::App app{"Airlock: run AI agents in sandboxes, and drive them from the command line."};
+  app.name("airlock");
+  app.require_subcommand(0, 1);
+  app.set_version_flag("--version", "airlock " AIRLOCK_VERSION);
+  app.footer(kExitCodesFooter);
+  app.get_formatter()->column_width(34);
+
+  // serve
+  ServeFlags serve;
+  CLI::App* serve_cmd =
+      app.add_subcommand("serve", "Run the control plane (operator and sandbox APIs)");
+  serve_cmd
+      ->add_option("--home", serve.home,
+                   "Data directory: database, operator.key, session files (default: "
+                   "$AIRLOCK_HOME, else ~/.local/share/airlock)")
+      ->type_name("DIR");
+  serve_cmd->add_option("--listen", serve.listen, "Operator API address (default 127.0.0.1:7400)")
+      ->type_name("HOST:PORT");
+  serve_cmd
+      ->add_option("--sandbox-listen", serve.sandbox_listen,
+                   "Sandbox API address (default 127.0.0.1:7401)")
+      ->type_name("HOST:PORT");
+  serve_cmd->add_option("--config", serve.config, "TOML configuration file; flags override it")
+      ->type_name("FILE");
+  serve_cmd->footer(R"(On first start it creates DIR, its database and DIR/operator.key (mode 0600),
+which the other commands read. It runs until SIGTERM or SIGINT, then drains.
+
+Examples:
+  airlock serve
+  airlock serve --home /var/lib/airlock --listen 127.0.0.1:7400 --config /etc/airlock.toml)");
+
+  // run
+  RunFlags run;
+  run.command = split.command;
+  CLI::App* run_cmd =
+      app.add_subcommand("run", "Start a session for TASK and follow it to the end");
+  run_cmd->add_option("TASK", run.task, "What the agent should do (the first user message)")
+      ->required();
+  run_cmd
+      ->add_option("--image", run.image,
+                   "Sandbox image: base, host or NAME:TAG (server default: base)")
+      ->type_name("IMAGE");
+  run_cmd
+      ->add_option("--backend", run.backend,
+                   "Sandbox backend, e.g. oci (server default from its config)")
+      ->type_name("NAME");
+  run_cmd
+      ->add_option("--model", run.model, "Model alias from the server's config (default: default)")
+      ->type_name("ALIAS");
+  run_cmd
+      ->add_option("--limit", run.limits,
+                   "A resource limit, repeatable: memory_mb, cpus, pids, disk_mb, timeout_s, "
+                   "idle_timeout_s, max_tokens, max_cost_usd")
+      ->type_name("KEY=VALUE")
+      ->allow_extra_args(false);
+  run_cmd->add_option("--meta", run.meta, "Metadata stored with the session, repeatable")
+      ->type_name("KEY=VALUE")
+      ->allow_extra_args(false);
+  run_cmd->add_flag("--detach,-d", run.detach, "Print the session id and return at once");
+  run_cmd->add_flag("--json", run.json,
+                    "JSON lines: the created session, each event, then the final session");
+  AddClientFlags(run_cmd, &run.client);
+  run_cmd->footer(R"(Everything after "--" is the command run in the sandbox instead of the image's
+entrypoint (the reference agent). Prints the session id, then one line per event
+until the session ends, then its final state and result. Ctrl-C stops following;
+the session keeps running (`airlock kill ID` stops it). Exits 0 if the session
+succeeded, 1 if it failed or was killed.
+
+Examples:
+  airlock run "summarise README.md"
+  airlock run --limit timeout_s=600 --limit memory_mb=512 --meta ticket=42 "fix the tests"
+  ID=$(airlock run --detach "long job") && airlock events "$ID" --follow
+  airlock run "hello" -- sh -c 'echo "$SESSION_ID"')");
+
+  // ls
+  LsFlags ls;
+  CLI::App* ls_cmd = app.add_subcommand("ls", "List sessions, newest first");
+  ls_cmd->add_option("--state", ls.state, "Only sessions in this state")
+      ->check(CLI::IsMember({"starting", "running", "suspended", "succeeded", "failed", "killed"}))
+      ->type_name("STATE");
+  ls_cmd->add_option("--limit", ls.limit, "At most N sessions")
+      ->check(CLI::Range(1, 1000))
+      ->type_name("N");
+  ls_cmd->add_flag("--json", ls.json, "Print the API's answer as JSON");
+  AddClientFlags(ls_cmd, &ls.client);
+  ls_cmd->footer(R"(Columns: ID, STATE, BACKEND, IMAGE, AGE (since creation), TOKENS (input/output).
+
+Examples:
+  airlock ls
+  airlock ls --state running --limit 20
+  airlock ls --json | jq -r '.sessions[].id')");
+
+  // show
+  IdFlags show;
+  AddIdCommand(app, "show", "Show one session", R"(Examples:
+  airlock show ses_abc...
+  airlock show ses_abc... --json | jq .usage)",
+               &show, true);
+
+  // logs
+  LogsFlags logs;
+  CLI::App* logs_cmd =
+      app.add_subcommand("logs", "Print a session's sandbox output (stdout and stderr)");
+  logs_cmd->add_option("ID", logs.id, "Session id (ses_...)")->required();
+  logs_cmd->add_flag("--follow,-f", logs.follow, "Keep printing output as it comes");
+  AddClientFlags(logs_cmd, &logs.client);
+  logs_cmd->footer(R"(Examples:
+  airlock logs ses_abc...
+  airlock logs -f ses_abc...)");
+
+  // events
+  EventsFlags events;
+  CLI::App* events_cmd = app.add_subcommand("events", "Print a session's events");
+  events_cmd->add_option("ID", events.id, "Session id (ses_...)")->required();
+  events_cmd->add_option("--after", events.after, "Only events after sequence number N")
+      ->check([](const std::string& v) -> std::string {
+        bool digits =
+            !v.empty() && v.size() <= 18 && v.find_first_not_of("0123456789") == std::string::npos;
+        return digits ? "" : "must be a non-negative integer";
+      })
+      ->type_name("N");
+  events_cmd->add_flag("--follow,-f", events.follow,
+                       "Keep printing new events until the session ends");
+  events_cmd->add_flag("--json", events.json, "One JSON object per line");
+  AddClientFlags(events_cmd, &events.client);
+  events_cmd->footer(R"(Each line: local time, sequence number, type, a summary of the data.
+
+Examples:
+  airlock events ses_abc...
+  airlock events ses_abc... --follow --after 12
+  airlock events ses_abc... --json | jq -c 'select(.type == "session.state")')");
+
+  // send
+  SendFlags send;
+  CLI::App* send_cmd = app.add_subcommand("send", "Send a follow-up message to a session's agent");
+  send_cmd->add_option("ID", send.id, "Session id (ses_...)")->required();
+  send_cmd->add_option("MESSAGE", send.message, "The message")->required();
+  send_cmd->add_flag("--json", send.json, "Print the API's answer as JSON");
+  AddClientFlags(send_cmd, &send.client);
+  send_cmd->footer(R"(A suspended session is resumed to take it.
+
+Examples:
+  airlock send ses_abc... "now also update the changelog")");
+
+  IdFlags kill, suspend, resume;
+  AddIdCommand(app, "kill", "Stop a session: destroy its sandbox, keep its history",
+               R"(Killing a session that has already ended changes nothing and prints its state.
+
+Examples:
+  airlock kill ses_abc...)",
+               &kill, true);
+  AddIdCommand(app, "suspend", "Pause a running session's sandbox", R"(Examples:
+  airlock suspend ses_abc...)",
+               &suspend, true);
+  AddIdCommand(app, "resume", "Resume a suspended session", R"(Examples:
+  airlock resume ses_abc...)",
+               &resume, true);
+
+  CLI::App* version_cmd = app.add_subcommand("version", "Print the version");
+
+  std::vector<char*> args;
+  for (auto& a : split.args) {
+    args.push_back(a.data());
+  }
+  try {
+    app.parse(static_cast<int>(args.size()), args.data());
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return kExitUsage;
+  }
+
+  if (split.command && !app.got_subcommand(run_cmd)) {
+    PrintErr("\"--\" followed by a command is only for `airlock run`");
+    return kExitUsage;
+  }
+  if (app.got_subcommand(serve_cmd)) {
+    return CmdServe(serve);
+  }
+  if (app.got_subcommand(run_cmd)) {
+    return Finish(CmdRun(run));
+  }
+  if (app.got_subcommand(ls_cmd)) {
+    return Finish(CmdLs(ls));
+  }
+  if (app.got_subcommand("show")) {
+    return Finish(CmdShow(show));
+  }
+  if (app.got_subcommand(logs_cmd)) {
+    return Finish(CmdLogs(logs));
+  }
+  if (app.got_subcommand(events_cmd)) {
+    return Finish(CmdEvents(events));
+  }
+  if (app.got_subcommand(send_cmd)) {
+    return Finish(CmdSend(send));
+  }
+  if (app.got_subcommand("kill")) {
+    return Finish(CmdTransition(kill, "DELETE", ""));
+  }
+  if (app.got_subcommand("suspend")) {
+    return Finish(CmdTransition(suspend, "POST", "/suspend"));
+  }
+  if (app.got_subcommand("resume")) {
+    return Finish(CmdTransition(resume, "POST", "/resume"));
+  }
+  if (app.got_subcommand(version_cmd)) {
+    PrintLine("airlock " AIRLOCK_VERSION);
+    return kExitOk;
+  }
+  std::fputs(app.help().c_str(), stderr);
+  return kExitUsage;
+}
+
+}  // namespace
+
+int RunCli(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    PrintErr(fmt::format("internal error: {}", e.what()));
+  } catch (...) {
+    PrintErr("internal error");
+  }
+  return kExitApi;
+}
+
+}  // namespace airlock::cli

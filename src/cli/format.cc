@@ -1,0 +1,281 @@
+#include "cli/format.h"
+
+#include <algorithm>
+#include <charconv>
+#include <ctime>
+
+#include <fmt/format.h>
+
+namespace airlock::cli {
+
+namespace {
+
+size_t Utf8Width(std::string_view s) {
+  return static_cast<size_t>(std::count_if(
+      s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+bool ParseDigits(std::string_view s, int* out) {
+  if (s.empty()) {
+    return false;
+  }
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+std::string StringOr(const Json& obj, const char* key, std::string fallback = "") {
+  if (obj.is_object()) {
+    if (auto it = obj.find(key); it != obj.end() && it->is_string()) {
+      return it->get<std::string>();
+    }
+  }
+  return fallback;
+}
+
+}  // namespace
+
+std::string FormatTable(const std::vector<std::string>& header,
+                        const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths(header.size(), 0);
+  auto measure = [&widths](const std::vector<std::string>& row) {
+    for (size_t i = 0; i < row.size() && i < widths.size(); ++i) {
+      widths[i] = std::max(widths[i], Utf8Width(row[i]));
+    }
+  };
+  measure(header);
+  for (const auto& row : rows) {
+    measure(row);
+  }
+  std::string out;
+  auto emit = [&](const std::vector<std::string>& row) {
+    std::string line;
+    for (size_t i = 0; i < widths.size(); ++i) {
+      const std::string cell = i < row.size() ? row[i] : "";
+      line += cell;
+      if (i + 1 < widths.size()) {
+        line.append(widths[i] - Utf8Width(cell) + 2, ' ');
+      }
+    }
+    while (!line.empty() && line.back() == ' ') {
+      line.pop_back();
+    }
+    out += line;
+    out += '\n';
+  };
+  emit(header);
+  for (const auto& row : rows) {
+    emit(row);
+  }
+  return out;
+}
+
+std::optional<int64_t> ParseTimestamp(std::string_view t) {
+  // YYYY-MM-DDTHH:MM:SS[.fff...](Z|+HH:MM|-HH:MM)
+  if (t.size() < 20 || t[4] != '-' || t[7] != '-' ||
+      (t[10] != 'T' && t[10] != 't' && t[10] != ' ') || t[13] != ':' || t[16] != ':') {
+    return std::nullopt;
+  }
+  std::tm tm{};
+  int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
+  if (!ParseDigits(t.substr(0, 4), &year) || !ParseDigits(t.substr(5, 2), &month) ||
+      !ParseDigits(t.substr(8, 2), &day) || !ParseDigits(t.substr(11, 2), &hour) ||
+      !ParseDigits(t.substr(14, 2), &minute) || !ParseDigits(t.substr(17, 2), &second)) {
+    return std::nullopt;
+  }
+  if (month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 60) {
+    return std::nullopt;
+  }
+  std::string_view rest = t.substr(19);
+  int64_t millis = 0;
+  if (!rest.empty() && rest.front() == '.') {
+    size_t n = 1;
+    int64_t scale = 100;
+    while (n < rest.size() && rest[n] >= '0' && rest[n] <= '9') {
+      millis += (rest[n] - '0') * scale;
+      scale /= 10;
+      ++n;
+    }
+    if (n == 1) {
+      return std::nullopt;
+    }
+    rest.remove_prefix(n);
+  }
+  int64_t offset_s = 0;
+  if (rest == "Z" || rest == "z") {
+    offset_s = 0;
+  } else if (rest.size() == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':') {
+    int oh = 0, om = 0;
+    if (!ParseDigits(rest.substr(1, 2), &oh) || !ParseDigits(rest.substr(4, 2), &om)) {
+      return std::nullopt;
+    }
+    offset_s = (oh * 3600 + om * 60) * (rest[0] == '-' ? -1 : 1);
+  } else {
+    return std::nullopt;
+  }
+  tm.tm_year = year - 1900;
+  tm.tm_mon = month - 1;
+  tm.tm_mday = day;
+  tm.tm_hour = hour;
+  tm.tm_min = minute;
+  tm.tm_sec = second;
+  time_t secs = ::timegm(&tm);
+  return (static_cast<int64_t>(secs) - offset_s) * 1000 + millis;
+}
+
+std::string FormatAge(int64_t millis) {
+  int64_t s = std::max<int64_t>(millis, 0) / 1000;
+  if (s < 60) {
+    return fmt::format("{}s", s);
+  }
+  if (s < 3600) {
+    return fmt::format("{}m", s / 60);
+  }
+  if (s < 86400) {
+    return fmt::format("{}h", s / 3600);
+  }
+  return fmt::format("{}d", s / 86400);
+}
+
+std::string FormatClock(std::string_view timestamp) {
+  auto millis = ParseTimestamp(timestamp);
+  if (!millis) {
+    return std::string(timestamp);
+  }
+  time_t secs = static_cast<time_t>(*millis / 1000);
+  std::tm local{};
+  if (!::localtime_r(&secs, &local)) {
+    return std::string(timestamp);
+  }
+  return fmt::format("{:02}:{:02}:{:02}", local.tm_hour, local.tm_min, local.tm_sec);
+}
+
+std::string OneLine(std::string_view text, size_t max_chars) {
+  std::string out;
+  size_t chars = 0;
+  for (size_t i = 0; i < text.size();) {
+    unsigned char c = static_cast<unsigned char>(text[i]);
+    size_t len = c < 0x80           ? 1
+                 : (c >> 5) == 0x6  ? 2
+                 : (c >> 4) == 0xE  ? 3
+                 : (c >> 3) == 0x1E ? 4
+                                    : 1;
+    len = std::min(len, text.size() - i);
+    if (chars == max_chars) {
+      if (!out.empty()) {
+        // Make room for the ellipsis by dropping the last code point.
+        while (!out.empty() && (static_cast<unsigned char>(out.back()) & 0xC0) == 0x80) {
+          out.pop_back();
+        }
+        if (!out.empty()) {
+          out.pop_back();
+        }
+      }
+      out += "…";
+      return out;
+    }
+    if (c == '\n') {
+      out += "⏎";
+    } else if (c == '\r') {
+      // Dropped: a CRLF shows as one break.
+      ++i;
+      continue;
+    } else if (c < 0x20 || c == 0x7F) {
+      out += ' ';
+    } else {
+      out.append(text.substr(i, len));
+    }
+    ++chars;
+    i += len;
+  }
+  return out;
+}
+
+std::string SummarizeEvent(const Json& event) {
+  std::string type = StringOr(event, "type");
+  const Json empty = Json::object();
+  const Json& data = event.is_object() && event.contains("data") ? event["data"] : empty;
+  constexpr size_t kMax = 100;
+  if (type == "session.state") {
+    std::string s = fmt::format("{} → {}", StringOr(data, "from", "?"), StringOr(data, "to", "?"));
+    if (std::string result = StringOr(data, "result"); !result.empty()) {
+      s += ": " + result;
+    }
+    return OneLine(s, kMax);
+  }
+  if (type == "session.created") {
+    std::string s;
+    for (const char* key : {"image", "backend", "model"}) {
+      if (std::string v = StringOr(data, key); !v.empty()) {
+        s += fmt::format("{}{}={}", s.empty() ? "" : " ", key, v);
+      }
+    }
+    return OneLine(s, kMax);
+  }
+  if (type == "session.message" && data.is_object() && data.contains("message_id")) {
+    return fmt::format("user message {}", DumpJson(data["message_id"]));
+  }
+  if (type == "session.sandbox_exit" && data.is_object()) {
+    std::string s = "sandbox " + StringOr(data, "state", "exited");
+    if (data.contains("exit_code")) {
+      s += ", exit code " + DumpJson(data["exit_code"]);
+    }
+    if (data.contains("signal")) {
+      s += ", signal " + DumpJson(data["signal"]);
+    }
+    if (data.value("oom_killed", false)) {
+      s += ", out of memory";
+    }
+    return s;
+  }
+  if (data.is_object() && data.empty()) {
+    return "";
+  }
+  if (data.is_string()) {
+    return OneLine(data.get<std::string>(), kMax);
+  }
+  return OneLine(DumpJson(data), kMax);
+}
+
+std::string FormatEventLine(const Json& event) {
+  std::string when = FormatClock(StringOr(event, "created_at"));
+  std::string seq =
+      event.is_object() && event.contains("seq") ? "#" + DumpJson(event["seq"]) : "#?";
+  std::string type = StringOr(event, "type", "?");
+  std::string summary = SummarizeEvent(event);
+  std::string line = fmt::format("{}  {:<5} {:<20}", when, seq, type);
+  if (!summary.empty()) {
+    line += " " + summary;
+  }
+  while (!line.empty() && line.back() == ' ') {
+    line.pop_back();
+  }
+  return line;
+}
+
+std::string ShellJoin(const std::vector<std::string>& words) {
+  std::string out;
+  for (const auto& w : words) {
+    if (!out.empty()) {
+      out += ' ';
+    }
+    bool plain = !w.empty() && w.find_first_not_of(
+                                   "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                   "0123456789-_./=:,@%+") == std::string::npos;
+    if (plain) {
+      out += w;
+      continue;
+    }
+    out += '\'';
+    for (char c : w) {
+      if (c == '\'') {
+        out += "'\\''";
+      } else {
+        out += c;
+      }
+    }
+    out += '\'';
+  }
+  return out;
+}
+
+}  // namespace airlock::cli
