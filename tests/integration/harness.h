@@ -1,0 +1,286 @@
+#pragma once
+
+// Test harness: a real control plane (real sockets, real SQLite in a temp dir) running on
+// its own thread, a test backend that hands the minted session token to the test so the
+// test can play the sandbox, and a small blocking HTTP client.
+
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "common/asio.h"
+#include "common/json_util.h"
+#include "controlplane/control_plane.h"
+#include "sandbox/backend.h"
+
+namespace airlock::testing {
+
+inline std::string MakeTempDir(const std::string& tag = "airlock-test") {
+  std::string tmpl = (std::filesystem::temp_directory_path() / (tag + "-XXXXXX")).string();
+  char* p = ::mkdtemp(tmpl.data());
+  if (!p) throw std::runtime_error("mkdtemp failed");
+  return tmpl;
+}
+
+inline void RaiseFdLimit() {
+  rlimit r{};
+  ::getrlimit(RLIMIT_NOFILE, &r);
+  r.rlim_cur = r.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &r);
+}
+
+// Plays the sandbox runtime: remembers each session's spec (with its token) and the calls
+// made to it.
+class TestBackend : public sandbox::Backend {
+ public:
+  struct Shared {
+    std::mutex mu;
+    std::map<std::string, sandbox::SandboxSpec> specs;
+    std::map<std::string, std::string> state;  // handle -> running/paused/destroyed
+    bool fail_create = false;
+  };
+  explicit TestBackend(std::shared_ptr<Shared> shared) : s_(std::move(shared)) {}
+  std::string_view name() const override { return "test"; }
+  bool isolated() const override { return true; }
+  Result<std::string> Create(const sandbox::SandboxSpec& spec) override {
+    std::lock_guard l(s_->mu);
+    if (s_->fail_create) return MakeError(ErrorCode::kUnavailable, "test backend told to fail");
+    s_->specs[spec.session_id] = spec;
+    s_->state["test:" + spec.session_id] = "running";
+    return "test:" + spec.session_id;
+  }
+  Status Suspend(const std::string& h) override { return Set(h, "paused"); }
+  Status Resume(const std::string& h) override { return Set(h, "running"); }
+  Status Destroy(const std::string& h) override { return Set(h, "destroyed"); }
+  Result<sandbox::SandboxStatus> Inspect(const std::string& h) override {
+    std::lock_guard l(s_->mu);
+    sandbox::SandboxStatus st;
+    auto it = s_->state.find(h);
+    st.state = it == s_->state.end() || it->second == "destroyed" ? sandbox::SandboxState::kMissing
+               : it->second == "paused"                             ? sandbox::SandboxState::kPaused
+                                                                    : sandbox::SandboxState::kRunning;
+    return st;
+  }
+  Result<sandbox::SandboxStatus> Reattach(const std::string& h) override { return Inspect(h); }
+  Result<std::string> Logs(const std::string&, int64_t, size_t) override { return std::string("test log\n"); }
+
+ private:
+  Status Set(const std::string& h, const char* st) {
+    std::lock_guard l(s_->mu);
+    s_->state[h] = st;
+    return Ok();
+  }
+  std::shared_ptr<Shared> s_;
+};
+
+struct HttpResult {
+  unsigned status = 0;
+  std::string body;
+  std::map<std::string, std::string> headers;
+  Json json() const {
+    auto j = ParseJson(body);
+    return j ? *j : Json();
+  }
+  std::string error_code() const {
+    auto j = json();
+    return j.is_object() && j.contains("error") ? j["error"].value("code", "") : "";
+  }
+};
+
+// One blocking HTTP/1.1 exchange on a fresh connection.
+inline HttpResult HttpCall(uint16_t port, http::verb method, const std::string& target,
+                           const std::string& bearer = "", const std::string& body = "",
+                           std::map<std::string, std::string> headers = {}) {
+  asio::io_context io;
+  beast::tcp_stream stream(io);
+  // A server that stops answering fails the test instead of hanging it.
+  stream.expires_after(std::chrono::seconds(90));
+  stream.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  http::request<http::string_body> req{method, target, 11};
+  req.set(http::field::host, "127.0.0.1");
+  if (!bearer.empty()) req.set(http::field::authorization, "Bearer " + bearer);
+  for (auto& [k, v] : headers) req.set(k, v);
+  if (!body.empty() || method == http::verb::post) {
+    req.set(http::field::content_type, "application/json");
+    req.body() = body;
+  }
+  req.prepare_payload();
+  http::write(stream, req);
+  beast::flat_buffer buf;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(64 << 20);
+  http::read(stream, buf, parser);
+  HttpResult r;
+  r.status = parser.get().result_int();
+  r.body = parser.get().body();
+  for (auto& f : parser.get()) r.headers[std::string(f.name_string())] = std::string(f.value());
+  beast::error_code ec;
+  stream.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+  return r;
+}
+
+// A raw connected socket, for tests that must misbehave at the byte level.
+inline int RawConnect(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+inline int RawConnectUnix(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", path.c_str());
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+inline bool WriteAll(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+// Reads until the peer closes or `timeout_ms` passes; returns what arrived.
+inline std::string ReadUntilClose(int fd, int timeout_ms = 10000) {
+  timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+// Reads one complete HTTP response (Content-Length framed) from a raw socket.
+inline std::string ReadOneResponse(int fd, int timeout_ms = 30000) {
+  timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    size_t hdr_end = out.find("\r\n\r\n");
+    if (hdr_end != std::string::npos) {
+      size_t cl = 0;
+      auto pos = out.find("Content-Length: ");
+      if (pos != std::string::npos && pos < hdr_end) cl = std::stoul(out.substr(pos + 16));
+      if (out.size() >= hdr_end + 4 + cl) return out.substr(0, hdr_end + 4 + cl);
+    }
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) return out;
+    out.append(buf, static_cast<size_t>(n));
+  }
+}
+
+class TestServer;
+bool WaitForMetric(TestServer& server, const std::string& needle, int timeout_ms = 20000);
+
+// A control plane on its own io thread, bound to 127.0.0.1:0 for both listeners.
+class TestServer {
+ public:
+  explicit TestServer(std::function<void(controlplane::Config&)> tweak = {}, std::string home = "")
+      : home_(home.empty() ? MakeTempDir() : home), backend_(std::make_shared<TestBackend::Shared>()) {
+    RaiseFdLimit();
+    controlplane::Config c = *controlplane::ParseConfig("", home_);
+    c.operator_listen = {"127.0.0.1", 0};
+    c.sandbox_listen = {"127.0.0.1", 0};
+    c.default_backend = "test";
+    c.log_level = log::Level::kWarn;
+    if (tweak) tweak(c);
+    log::Init(c.log_level, c.log_format);
+    store::StoreOptions so;
+    so.path = c.store_path;
+    auto st = store::OpenSqliteStore(so);
+    if (!st) throw std::runtime_error("store: " + st.error().message);
+    auto backends = std::make_unique<sandbox::BackendRegistry>();
+    backends->Register(std::make_unique<TestBackend>(backend_));
+    cp_ = std::make_unique<controlplane::ControlPlane>(std::move(c), io_, std::move(*st), std::move(backends));
+    auto started = cp_->Start();
+    if (!started) throw std::runtime_error("start: " + started.error().message);
+    std::ifstream f(home_ + "/operator.key");
+    std::getline(f, operator_key_);
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~TestServer() { Stop(); }
+
+  void Stop() {
+    if (!thread_.joinable()) return;
+    asio::post(io_, [this] { cp_->Shutdown(); });
+    thread_.join();
+    cp_.reset();
+  }
+
+  uint16_t op_port() const { return cp_->operator_endpoint().port(); }
+  uint16_t sb_port() const { return cp_->sandbox_endpoint().port(); }
+  const std::string& home() const { return home_; }
+  const std::string& key() const { return operator_key_; }
+  TestBackend::Shared& backend() { return *backend_; }
+  controlplane::ControlPlane& cp() { return *cp_; }
+
+  HttpResult Op(http::verb m, const std::string& target, const std::string& body = "",
+                std::map<std::string, std::string> headers = {}) {
+    return HttpCall(op_port(), m, target, operator_key_, body, std::move(headers));
+  }
+  HttpResult Sb(http::verb m, const std::string& target, const std::string& token, const std::string& body = "",
+                std::map<std::string, std::string> headers = {}) {
+    return HttpCall(sb_port(), m, target, token, body, std::move(headers));
+  }
+
+  // Creates a session and returns {id, token}.
+  std::pair<std::string, std::string> NewSession(const std::string& task = "do the thing") {
+    auto r = Op(http::verb::post, "/v1/sessions", DumpJson(Json{{"task", task}}));
+    if (r.status != 201) throw std::runtime_error("create session: " + std::to_string(r.status) + " " + r.body);
+    std::string id = r.json()["id"];
+    std::lock_guard l(backend_->mu);
+    return {id, backend_->specs.at(id).token.Reveal()};
+  }
+
+ private:
+  std::string home_;
+  std::shared_ptr<TestBackend::Shared> backend_;
+  asio::io_context io_{1};
+  std::unique_ptr<controlplane::ControlPlane> cp_;
+  std::string operator_key_;
+  std::thread thread_;
+};
+
+// Waits until the metrics page contains `needle` (an eventual condition, not a timing
+// assertion): false if it never shows up within `timeout_ms`.
+inline bool WaitForMetric(TestServer& server, const std::string& needle, int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (server.cp().metrics().Render().find(needle) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+}  // namespace airlock::testing
