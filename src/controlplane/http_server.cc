@@ -1,5 +1,6 @@
 #include "controlplane/http_server.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -45,6 +46,11 @@ std::string RequestId(std::string_view given) {
   }
   return fmt::format("{}-{:x}", kBoot, counter.fetch_add(1, std::memory_order_relaxed));
 }
+
+// Asio opens sockets without SOCK_CLOEXEC. Every listener and connection is marked here, so
+// no process the control plane starts (a runtime, an agent) inherits one: a sandbox holding
+// the operator listener could accept() connections and read operator keys.
+void SetCloseOnExec(int fd) { ::fcntl(fd, F_SETFD, FD_CLOEXEC); }
 
 template <typename Stream>
 class StreamChunkSink : public ChunkSink {
@@ -176,6 +182,7 @@ Result<asio::ip::tcp::endpoint> HttpServer::ListenTcp(const std::string& host, u
   asio::ip::tcp::endpoint ep(address, port);
   auto acceptor = std::make_shared<asio::ip::tcp::acceptor>(io_);
   acceptor->open(ep.protocol(), ec);
+  if (!ec) SetCloseOnExec(acceptor->native_handle());
   if (!ec) acceptor->set_option(asio::socket_base::reuse_address(true), ec);
   if (!ec) acceptor->bind(ep, ec);
   if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
@@ -185,7 +192,14 @@ Result<asio::ip::tcp::endpoint> HttpServer::ListenTcp(const std::string& host, u
   }
   auto bound = acceptor->local_endpoint();
   tcp_acceptors_.push_back(acceptor);
-  asio::co_spawn(io_, AcceptTcp(acceptor), asio::detached);
+  asio::co_spawn(io_,
+                 Accept(acceptor, std::string(),
+                        [](asio::ip::tcp::socket socket) {
+                          beast::error_code ignored;
+                          socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+                          return beast::tcp_stream(std::move(socket));
+                        }),
+                 asio::detached);
   return bound;
 }
 
@@ -201,13 +215,19 @@ Status HttpServer::ListenUnix(const std::string& path, const std::string& bound_
   auto acceptor = std::make_shared<asio::local::stream_protocol::acceptor>(io_);
   asio::local::stream_protocol::endpoint ep(path);
   acceptor->open(ep.protocol(), ec);
+  if (!ec) SetCloseOnExec(acceptor->native_handle());
   if (!ec) acceptor->bind(ep, ec);
   if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
   if (ec) return Errorf(ErrorCode::kUnavailable, "cannot listen on {}: {}", path, ec.message());
   // The sandbox's agent runs as an unprivileged user and must be able to connect.
   ::chmod(path.c_str(), mode);
   unix_acceptors_[path] = acceptor;
-  asio::co_spawn(io_, AcceptUnix(acceptor, bound_session), asio::detached);
+  asio::co_spawn(io_,
+                 Accept(acceptor, bound_session,
+                        [](asio::local::stream_protocol::socket socket) {
+                          return beast::basic_stream<asio::local::stream_protocol>(std::move(socket));
+                        }),
+                 asio::detached);
   return Ok();
 }
 
@@ -238,11 +258,13 @@ void HttpServer::BeginDrain() {
   for (auto* c : idle) c->close();
 }
 
-awaitable<void> HttpServer::AcceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acceptor) {
+template <typename Acceptor, typename MakeStream>
+awaitable<void> HttpServer::Accept(std::shared_ptr<Acceptor> acceptor, std::string bound_session,
+                                   MakeStream make_stream) {
   auto alive = alive_;
   for (;;) {
     beast::error_code ec;
-    asio::ip::tcp::socket socket = co_await acceptor->async_accept(asio::redirect_error(use_awaitable, ec));
+    auto socket = co_await acceptor->async_accept(asio::redirect_error(use_awaitable, ec));
     if (!*alive || draining_) co_return;
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
@@ -257,31 +279,8 @@ awaitable<void> HttpServer::AcceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> a
       socket.close(ec);
       continue;
     }
-    socket.set_option(asio::ip::tcp::no_delay(true), ec);
-    asio::co_spawn(io_, Serve(beast::tcp_stream(std::move(socket)), std::string()), asio::detached);
-  }
-}
-
-awaitable<void> HttpServer::AcceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acceptor,
-                                       std::string bound_session) {
-  using UnixStream = beast::basic_stream<asio::local::stream_protocol>;
-  auto alive = alive_;
-  for (;;) {
-    beast::error_code ec;
-    auto socket = co_await acceptor->async_accept(asio::redirect_error(use_awaitable, ec));
-    if (!*alive || draining_) co_return;
-    if (ec) {
-      if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
-      asio::steady_timer t(io_, std::chrono::milliseconds(50));
-      co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
-      continue;
-    }
-    if (connections_.size() >= limits_.max_connections) {
-      metrics_.rejected.With({name_, "max_connections"}).Inc();
-      socket.close(ec);
-      continue;
-    }
-    asio::co_spawn(io_, Serve(UnixStream(std::move(socket)), bound_session), asio::detached);
+    SetCloseOnExec(socket.native_handle());
+    asio::co_spawn(io_, Serve(make_stream(std::move(socket)), bound_session), asio::detached);
   }
 }
 

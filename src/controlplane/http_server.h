@@ -106,9 +106,10 @@ class HttpServer {
  private:
   template <typename Stream>
   awaitable<void> Serve(Stream stream, std::string bound_session);
-  awaitable<void> AcceptTcp(std::shared_ptr<asio::ip::tcp::acceptor> acceptor);
-  awaitable<void> AcceptUnix(std::shared_ptr<asio::local::stream_protocol::acceptor> acceptor,
-                             std::string bound_session);
+  // Accepts until the acceptor closes; `make_stream` turns a socket into a Beast stream.
+  template <typename Acceptor, typename MakeStream>
+  awaitable<void> Accept(std::shared_ptr<Acceptor> acceptor, std::string bound_session,
+                         MakeStream make_stream);
 
   asio::io_context& io_;
   std::string name_;
