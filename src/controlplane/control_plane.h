@@ -85,6 +85,7 @@ class ControlPlane {
   awaitable<Response> GetEvents(Request& req);
   awaitable<Response> Suspend(Request& req);
   awaitable<Response> Resume(Request& req);
+  awaitable<Response> SetSuspended(std::string id, bool suspend);
   awaitable<Response> DeleteSession(Request& req);
   awaitable<Response> GetLogs(Request& req);
 

@@ -233,17 +233,17 @@ awaitable<Response> ControlPlane::PostMessage(Request& req) {
                                   fmt::format("\"content\" exceeds {} bytes", config_.max_message_bytes));
   }
   Json msg = {{"role", "user"}, {"content", content}};
-  AIRLOCK_CO_ASSIGN(int64_t msg_id, co_await RunBlocking(pool_, [this, &id, &msg]() -> Result<int64_t> {
-                      AIRLOCK_ASSIGN_OR_RETURN(int64_t mid, store_->AddUserMessage(id, msg));
-                      AIRLOCK_TRY(store_->AppendEvent(id, "session.message", {{"message_id", mid}}));
-                      return mid;
+  int64_t msg_id = 0;
+  AIRLOCK_CO_ASSIGN(store::Session s, co_await RunBlocking(pool_, [this, &id, &msg, &msg_id]() -> Result<store::Session> {
+                      AIRLOCK_ASSIGN_OR_RETURN(msg_id, store_->AddUserMessage(id, msg));
+                      AIRLOCK_TRY(store_->AppendEvent(id, "session.message", {{"message_id", msg_id}}));
+                      return store_->GetSession(id);
                     }));
   inbox_.Notify(id);
   events_.Notify(id);
   // A follow-up wakes a suspended sandbox.
-  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
   if (s.state == SessionState::kSuspended) {
-    auto resumed = co_await Resume(req);
+    auto resumed = co_await SetSuspended(id, false);
     if (resumed.status >= 400) {
       log::Warn("resume on message failed", {{"session", id}, {"status", resumed.status}});
     }
@@ -329,43 +329,32 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
   co_return res;
 }
 
-awaitable<Response> ControlPlane::Suspend(Request& req) {
-  std::string id = req.params["id"];
-  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
-  if (s.state != SessionState::kRunning) {
-    co_return Response::FromError(409, "conflict",
-                                  fmt::format("cannot suspend a session that is {}", store::StateName(s.state)));
-  }
-  auto* backend = backends_->Find(s.backend);
-  if (backend && !s.sandbox_handle.empty()) {
-    auto st = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Suspend(h); });
-    if (!st) {
-      metrics_->sandbox_errors.With({s.backend, "suspend"}).Inc();
-      co_return Response::FromError(st.error());
-    }
-  }
-  store::StateChange change{{SessionState::kRunning}, SessionState::kSuspended, std::nullopt, false, std::nullopt};
-  AIRLOCK_CO_ASSIGN(auto out, co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); }));
-  events_.Notify(id);
-  co_return Response::FromJson(200, SessionJson(out));
-}
+awaitable<Response> ControlPlane::Suspend(Request& req) { co_return co_await SetSuspended(req.params["id"], true); }
 
-awaitable<Response> ControlPlane::Resume(Request& req) {
-  std::string id = req.params["id"];
+awaitable<Response> ControlPlane::Resume(Request& req) { co_return co_await SetSuspended(req.params["id"], false); }
+
+// running -> suspended (freeze the sandbox) or suspended -> running (thaw it); the backend
+// acts first, so the stored state never claims a sandbox is frozen when it is not.
+awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
+  const SessionState from = suspend ? SessionState::kRunning : SessionState::kSuspended;
+  const SessionState to = suspend ? SessionState::kSuspended : SessionState::kRunning;
+  const std::string op = suspend ? "suspend" : "resume";
   AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
-  if (s.state != SessionState::kSuspended) {
-    co_return Response::FromError(409, "conflict",
-                                  fmt::format("cannot resume a session that is {}", store::StateName(s.state)));
+  if (s.state != from) {
+    co_return Response::FromError(
+        409, "conflict", fmt::format("cannot {} a session that is {}", op, store::StateName(s.state)));
   }
   auto* backend = backends_->Find(s.backend);
   if (backend && !s.sandbox_handle.empty()) {
-    auto st = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Resume(h); });
+    auto st = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle, suspend] {
+      return suspend ? backend->Suspend(h) : backend->Resume(h);
+    });
     if (!st) {
-      metrics_->sandbox_errors.With({s.backend, "resume"}).Inc();
+      metrics_->sandbox_errors.With({s.backend, op}).Inc();
       co_return Response::FromError(st.error());
     }
   }
-  store::StateChange change{{SessionState::kSuspended}, SessionState::kRunning, std::nullopt, false, std::nullopt};
+  store::StateChange change{{from}, to, std::nullopt, false, std::nullopt};
   AIRLOCK_CO_ASSIGN(auto out, co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); }));
   events_.Notify(id);
   co_return Response::FromJson(200, SessionJson(out));
