@@ -33,6 +33,14 @@ std::string_view BearerToken(const Request& req) {
   return {};
 }
 
+// The "result" of a session whose sandbox ended without calling finish.
+std::string SandboxExitReason(const sandbox::SandboxStatus& st) {
+  if (st.state == sandbox::SandboxState::kMissing) return "the sandbox disappeared";
+  if (st.oom_killed) return "the sandbox was killed: out of memory";
+  if (st.signal) return fmt::format("the sandbox was killed by signal {}", *st.signal);
+  return fmt::format("the sandbox exited with code {} without finishing", st.exit_code.value_or(-1));
+}
+
 }  // namespace
 
 
@@ -302,66 +310,69 @@ awaitable<Result<store::Session>> ControlPlane::EndSession(const std::string& id
 
 // ---------------------------------------------------------------- reconciler
 
-awaitable<void> ControlPlane::ReattachAll() {
+Result<std::vector<store::Session>> ControlPlane::ListLiveSessions() {
+  std::vector<store::Session> out;
   for (auto state : {SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended}) {
     store::ListSessionsQuery q;
     q.state = state;
     q.limit = 1000;
-    auto list = co_await RunBlocking(pool_, [this, &q] { return store_->ListSessions(q); });
-    if (!list) {
-      log::Error("reattach: cannot list sessions", {{"error", list.error().message}});
-      co_return;
+    for (;;) {
+      AIRLOCK_ASSIGN_OR_RETURN(auto page, store_->ListSessions(q));
+      if (page.empty()) break;
+      q.before_id = page.back().id;
+      bool last = page.size() < static_cast<size_t>(q.limit);
+      out.insert(out.end(), std::make_move_iterator(page.begin()), std::make_move_iterator(page.end()));
+      if (last) break;
     }
-    for (const auto& s : *list) {
-      if (auto st = sandbox_server_->ListenUnix(ControlSocketDir(s.id) + "/control.sock", s.id); !st) {
-        log::Warn("reattach: cannot recreate the session socket", {{"session", s.id}, {"error", st.error().message}});
-      }
-      auto* backend = backends_->Find(s.backend);
-      if (!backend || s.sandbox_handle.empty()) continue;
-      auto status = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Reattach(h); });
-      log::Info("reattached", {{"session", s.id},
-                               {"sandbox", status ? std::string(sandbox::SandboxStateName(status->state))
-                                                  : status.error().message}});
+  }
+  return out;
+}
+
+awaitable<void> ControlPlane::ReattachAll() {
+  auto live = co_await RunBlocking(pool_, [this] { return ListLiveSessions(); });
+  if (!live) {
+    log::Error("reattach: cannot list sessions", {{"error", live.error().message}});
+    co_return;
+  }
+  for (const auto& s : *live) {
+    if (auto st = sandbox_server_->ListenUnix(ControlSocketDir(s.id) + "/control.sock", s.id); !st) {
+      log::Warn("reattach: cannot recreate the session socket", {{"session", s.id}, {"error", st.error().message}});
     }
+    auto* backend = backends_->Find(s.backend);
+    if (!backend || s.sandbox_handle.empty()) continue;
+    auto status = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Reattach(h); });
+    log::Info("reattached", {{"session", s.id},
+                             {"sandbox", status ? std::string(sandbox::SandboxStateName(status->state))
+                                                : status.error().message}});
   }
 }
 
 awaitable<void> ControlPlane::ReconcileOnce() {
   int64_t now = NowMillis();
-  for (auto state : {SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended}) {
-    store::ListSessionsQuery q;
-    q.state = state;
-    q.limit = 1000;
-    auto list = co_await RunBlocking(pool_, [this, &q] { return store_->ListSessions(q); });
-    if (!list) co_return;
-    for (const auto& s : *list) {
-      if (stopping_) co_return;
-      // Wall-clock budget of the session.
-      if (auto t = s.limits.find("timeout_s"); t != s.limits.end() && t->is_number() &&
-                                                now - s.created_at > static_cast<int64_t>(t->get<double>() * 1000)) {
-        co_await EndSession(s.id, SessionState::kFailed, "timeout: the session exceeded limits.timeout_s");
-        continue;
-      }
-      // A sandbox that exited without calling finish ends its session as failed.
-      auto* backend = backends_->Find(s.backend);
-      if (state != SessionState::kRunning || !backend || s.sandbox_handle.empty()) continue;
-      auto status = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
-      if (!status) continue;
-      if (status->state == sandbox::SandboxState::kExited || status->state == sandbox::SandboxState::kMissing) {
-        std::string why = status->state == sandbox::SandboxState::kMissing
-                              ? "the sandbox disappeared"
-                              : status->oom_killed ? "the sandbox was killed: out of memory"
-                              : status->signal     ? fmt::format("the sandbox was killed by signal {}", *status->signal)
-                                                   : fmt::format("the sandbox exited with code {} without finishing",
-                                                                 status->exit_code.value_or(-1));
-        co_await RunBlocking(pool_, [this, &id = s.id, &st = *status] {
-          Json data = {{"state", sandbox::SandboxStateName(st.state)}, {"oom_killed", st.oom_killed}};
-          if (st.exit_code) data["exit_code"] = *st.exit_code;
-          if (st.signal) data["signal"] = *st.signal;
-          return store_->AppendEvent(id, "session.sandbox_exit", data);
-        });
-        co_await EndSession(s.id, SessionState::kFailed, why);
-      }
+  auto live = co_await RunBlocking(pool_, [this] { return ListLiveSessions(); });
+  if (!live) co_return;
+  for (const auto& s : *live) {
+    if (stopping_) co_return;
+    // Wall-clock budget of the session.
+    if (auto t = s.limits.find("timeout_s"); t != s.limits.end() && t->is_number() &&
+                                              now - s.created_at > static_cast<int64_t>(t->get<double>() * 1000)) {
+      co_await EndSession(s.id, SessionState::kFailed, "timeout: the session exceeded limits.timeout_s");
+      continue;
+    }
+    // A sandbox that exited without calling finish ends its session as failed.
+    auto* backend = backends_->Find(s.backend);
+    if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty()) continue;
+    auto status = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
+    if (!status) continue;
+    if (status->state == sandbox::SandboxState::kExited || status->state == sandbox::SandboxState::kMissing) {
+      co_await RunBlocking(pool_, [this, &id = s.id, &st = *status] {
+        Json data = {{"state", sandbox::SandboxStateName(st.state)}, {"oom_killed", st.oom_killed}};
+        if (st.exit_code) data["exit_code"] = *st.exit_code;
+        if (st.signal) data["signal"] = *st.signal;
+        return store_->AppendEvent(id, "session.sandbox_exit", data);
+      });
+      std::string why = SandboxExitReason(*status);
+      co_await EndSession(s.id, SessionState::kFailed, why);
     }
   }
 }

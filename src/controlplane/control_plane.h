@@ -104,6 +104,8 @@ class ControlPlane {
   awaitable<void> ReconcileLoop();
   awaitable<void> ReconcileOnce();
   awaitable<void> ReattachAll();
+  // Every session in starting, running or suspended, all pages. Blocking: call on the pool.
+  Result<std::vector<store::Session>> ListLiveSessions();
 
   Json SessionJson(const store::Session& s) const;
   std::string SandboxUrl() const;

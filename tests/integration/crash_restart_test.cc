@@ -151,10 +151,18 @@ TEST(CrashRestartTest, NothingAcknowledgedIsLostAcrossKill9AndTheSandboxIsReatta
   Json msgs_json = msgs.json();
   for (const auto& m : msgs_json["pending"]) stored.insert(m["content"].get<std::string>());
   for (const auto& a : acked_messages) ASSERT_TRUE(stored.count(a)) << "lost message " << a << " in " << msgs.body.substr(0, 400);
-  auto events = server.Op(verb::get, "/v1/sessions/" + id + "/events", "", {{"Accept", "application/json"}});
-  responses.push_back(events.body);
+  // Page through every event (the JSON listing returns at most 1,000 per request).
   std::set<int64_t> seqs;
-  for (const auto& e : events.json()) seqs.insert(e["seq"].get<int64_t>());
+  for (int64_t after = 0;;) {
+    auto page = server.Op(verb::get, "/v1/sessions/" + id + "/events?after=" + std::to_string(after), "",
+                          {{"Accept", "application/json"}});
+    ASSERT_EQ(page.status, 200u) << page.body;
+    responses.push_back(page.body);
+    Json evs = page.json();
+    if (evs.empty()) break;
+    for (const auto& e : evs) seqs.insert(e["seq"].get<int64_t>());
+    after = evs.back()["seq"];
+  }
   for (int64_t s : acked_events) EXPECT_TRUE(seqs.count(s)) << "lost event " << s;
 
   // The sandbox kept running through the crash and its token still works.
