@@ -109,6 +109,21 @@ class TableReader {
   std::set<std::string> seen_;
 };
 
+// Walks a table of named tables ([providers.NAME], [models.NAME], ...): refuses an entry
+// that is not a table, and hands each one to `fn` with its name and a reader whose errors
+// carry the full dotted path.
+template <typename F>
+Status ForEachNamedTable(const toml::table* t, std::string_view prefix, F fn) {
+  if (!t) return Ok();
+  for (const auto& [name, node] : *t) {
+    std::string path = fmt::format("{}.{}", prefix, name.str());
+    if (!node.is_table()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a table", path);
+    TableReader r(node.as_table(), path);
+    AIRLOCK_TRY(fn(std::string(name.str()), path, r));
+  }
+  return Ok();
+}
+
 Status ParseServer(const toml::table* t, Config& c) {
   TableReader r(t, "server");
   std::string op, sb;
@@ -149,25 +164,22 @@ Status ParseStore(const toml::table* t, Config& c) {
 Status ParseAuth(const toml::table* t, Config& c) {
   TableReader r(t, "auth");
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* keys, r.Table("operator_keys"));
-  if (keys) {
-    for (const auto& [name, node] : *keys) {
-      std::string key_path = "auth.operator_keys." + std::string(name.str());
-      if (!node.is_table()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a table", key_path);
-      TableReader kr(node.as_table(), key_path);
-      OperatorKeyConfig k;
-      AIRLOCK_TRY(kr.String("sha256", &k.sha256));
-      AIRLOCK_TRY(kr.String("key_env", &k.key_env));
-      AIRLOCK_TRY(kr.RejectUnknown());
-      if (k.sha256.empty() == k.key_env.empty()) {
-        return Errorf(ErrorCode::kInvalidArgument, "{} needs exactly one of sha256 or key_env", key_path);
-      }
-      if (!k.sha256.empty() &&
-          (k.sha256.size() != 64 || k.sha256.find_first_not_of("0123456789abcdef") != std::string::npos)) {
-        return Errorf(ErrorCode::kInvalidArgument, "{}.sha256 must be 64 lowercase hex characters", key_path);
-      }
-      c.operator_keys[std::string(name.str())] = k;
+  AIRLOCK_TRY(ForEachNamedTable(keys, "auth.operator_keys",
+                                [&](const std::string& name, const std::string& key_path, TableReader& kr) -> Status {
+    OperatorKeyConfig k;
+    AIRLOCK_TRY(kr.String("sha256", &k.sha256));
+    AIRLOCK_TRY(kr.String("key_env", &k.key_env));
+    AIRLOCK_TRY(kr.RejectUnknown());
+    if (k.sha256.empty() == k.key_env.empty()) {
+      return Errorf(ErrorCode::kInvalidArgument, "{} needs exactly one of sha256 or key_env", key_path);
     }
-  }
+    if (!k.sha256.empty() &&
+        (k.sha256.size() != 64 || k.sha256.find_first_not_of("0123456789abcdef") != std::string::npos)) {
+      return Errorf(ErrorCode::kInvalidArgument, "{}.sha256 must be 64 lowercase hex characters", key_path);
+    }
+    c.operator_keys[name] = k;
+    return Ok();
+  }));
   return r.RejectUnknown();
 }
 
@@ -198,11 +210,8 @@ Status ParseLog(const toml::table* t, Config& c) {
 }
 
 Status ParseProviders(const toml::table* t, Config& c) {
-  if (!t) return Ok();
-  for (const auto& [name, node] : *t) {
-    std::string path = "providers." + std::string(name.str());
-    if (!node.is_table()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a table", path);
-    TableReader r(node.as_table(), path);
+  return ForEachNamedTable(t, "providers", [&](const std::string& name, const std::string& path,
+                                               TableReader& r) -> Status {
     ProviderConfig p;
     std::string inline_key;
     AIRLOCK_TRY(r.String("kind", &p.kind));
@@ -215,17 +224,14 @@ Status ParseProviders(const toml::table* t, Config& c) {
     if (p.kind != "openai" && p.kind != "anthropic" && p.kind != "scripted") {
       return Errorf(ErrorCode::kInvalidArgument, "{}.kind must be openai, anthropic or scripted", path);
     }
-    c.providers[std::string(name.str())] = std::move(p);
-  }
-  return Ok();
+    c.providers[name] = std::move(p);
+    return Ok();
+  });
 }
 
 Status ParseModels(const toml::table* t, Config& c) {
-  if (!t) return Ok();
-  for (const auto& [name, node] : *t) {
-    std::string path = "models." + std::string(name.str());
-    if (!node.is_table()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a table", path);
-    TableReader r(node.as_table(), path);
+  return ForEachNamedTable(t, "models", [&](const std::string& name, const std::string& path,
+                                            TableReader& r) -> Status {
     ModelConfig m;
     AIRLOCK_TRY(r.String("provider", &m.provider));
     AIRLOCK_TRY(r.String("model", &m.model));
@@ -242,9 +248,9 @@ Status ParseModels(const toml::table* t, Config& c) {
       return Errorf(ErrorCode::kInvalidArgument, "{}.provider = \"{}\" names no [providers.*] table", path,
                     m.provider);
     }
-    c.models[std::string(name.str())] = std::move(m);
-  }
-  return Ok();
+    c.models[name] = std::move(m);
+    return Ok();
+  });
 }
 
 }  // namespace
