@@ -1,0 +1,33 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "sys.h"
+
+namespace airlock::init {
+
+// What init takes from its environment. The token lives only here, in init's memory.
+struct SessionEnv {
+  std::string session_id;
+  std::string token;
+  std::string control_plane_url;
+  std::string path;  // empty when init got no PATH
+};
+
+// Copies the variables init needs out of `envp` (main's third argument), then empties the
+// process environment. clearenv() only empties libc's view: the kernel serves
+// /proc/<pid>/environ from the strings the process started with, so those are zeroed too.
+SessionEnv TakeEnvironment(char** envp);
+
+// Fails with a one-line reason when one of the three session variables is missing or empty.
+Status CheckSessionEnv(const SessionEnv& env);
+
+// The agent's whole environment, "NAME=value" strings: the three session variables, PATH,
+// HOME and LANG. Nothing else of init's environment reaches the agent.
+std::vector<std::string> AgentEnvironment(const SessionEnv& env, const std::string& home);
+
+// The PATH the agent gets.
+std::string AgentPath(const SessionEnv& env);
+
+}  // namespace airlock::init

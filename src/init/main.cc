@@ -1,0 +1,412 @@
+// airlock-init: the entrypoint injected into every sandbox (PID 1 of its pid namespace).
+//
+// It reads SESSION_ID, SESSION_TOKEN and CONTROL_PLANE_URL and scrubs them from its own
+// environment, serves CONTROL_PLANE_URL on 127.0.0.1 by relaying to the control plane's Unix
+// socket, starts the agent unprivileged, relays its output to the session log, forwards
+// signals, reaps every child, and reports the agent's exit to the control plane. The whole
+// sequence is Run() below, one named step per line.
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <optional>
+#include <string>
+
+#include "agent.h"
+#include "bridge.h"
+#include "cgroup.h"
+#include "environment.h"
+#include "log_relay.h"
+#include "options.h"
+#include "privileges.h"
+#include "reporter.h"
+#include "sys.h"
+
+namespace airlock::init {
+namespace {
+
+// Whether init runs in a user namespace other than the initial one: uid_map is then not
+// the identity map of the whole range.
+bool InUserNamespace() {
+  int fd = ::open("/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[256];
+  ssize_t n = ::read(fd, buf, sizeof(buf) - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  unsigned long inside = 1, outside = 1, count = 0;
+  if (std::sscanf(buf, "%lu %lu %lu", &inside, &outside, &count) != 3) return false;
+  return !(inside == 0 && outside == 0 && count == 4294967295UL);
+}
+
+// The exit status of init when it cannot do its job, as container runtimes use it.
+constexpr int kInitFailed = 125;
+// How long the agent's leftover processes get to die after the agent itself has exited.
+constexpr int64_t kStragglerWaitMs = 1000;
+
+constexpr int kForwardedSignals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH};
+
+// What the event loop watches.
+enum Source : uint64_t { kSignals = 1, kAgentOutput, kBridge };
+
+class Init {
+ public:
+  Init(Options opts, SessionEnv env) : opts_(std::move(opts)), env_(std::move(env)) {}
+
+  int Run() {
+    using Step = Status (Init::*)();
+    static constexpr Step kSetup[] = {
+        &Init::BecomeReaper,          // orphans come to init
+        &Init::TakeSignals,           // SIGCHLD and forwarded signals through a signalfd
+        &Init::RecordOomKills,        // the cgroup's OOM-kill counter before the agent runs
+        &Init::RaiseDescriptorLimit,  // room for many bridged connections
+        &Init::StartBridge,           // 127.0.0.1:<port> is served before the agent exists
+        &Init::StartAgent,            // fork, drop privileges, exec
+        &Init::DropOwnPrivileges,     // init keeps CAP_KILL only
+        &Init::WatchEvents,           // one epoll for signals, agent output and the bridge
+    };
+    for (Step step : kSetup) {
+      if (auto s = (this->*step)(); !s) {
+        return Abort(s.error());
+      }
+    }
+    while (!agent_status_) {
+      if (auto s = WaitAndDispatch(-1); !s) {
+        return Abort(s.error());
+      }
+    }
+    AgentExit exit = DescribeExit();
+    Report(exit);
+    KillLeftovers();
+    relay_->Drain();
+    return exit.signal != 0 ? 128 + exit.signal : exit.exit_code;
+  }
+
+ private:
+  int Abort(const std::string& reason) {
+    Log(reason);
+    if (agent_pid_ > 0 && !agent_status_) {
+      ::kill(-agent_pid_, SIGKILL);
+    }
+    return kInitFailed;
+  }
+
+  // Orphans of the agent are re-parented to the nearest subreaper. As PID 1 that is init
+  // anyway; run any other way (tests, debugging) init claims them explicitly.
+  Status BecomeReaper() {
+    if (::getpid() != 1 && ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) {
+      return FailErrno("PR_SET_CHILD_SUBREAPER", errno);
+    }
+    return {};
+  }
+
+  // SIGCHLD and the forwarded signals arrive through a signalfd; SIGPIPE is ignored (a
+  // closed peer shows up as EPIPE instead). The agent gets default handling back.
+  Status TakeSignals() {
+    sigset_t set;
+    ::sigemptyset(&set);
+    ::sigaddset(&set, SIGCHLD);
+    for (int sig : kForwardedSignals) {
+      ::sigaddset(&set, sig);
+    }
+    if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) {
+      return FailErrno("sigprocmask", errno);
+    }
+    signals_.Reset(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+    if (!signals_.valid()) {
+      return FailErrno("signalfd", errno);
+    }
+    ::signal(SIGPIPE, SIG_IGN);
+    return {};
+  }
+
+  // Read at start and at the agent's exit: a SIGKILL while the counter grew was the OOM killer.
+  Status RecordOomKills() {
+    oom_kills_at_start_ = ReadOomKills(opts_.cgroup_root);
+    return {};
+  }
+
+  // Each bridged connection takes two descriptors: use the whole hard limit. The agent gets
+  // the limit init started with.
+  Status RaiseDescriptorLimit() {
+    if (::getrlimit(RLIMIT_NOFILE, &nofile_) != 0) {
+      return FailErrno("getrlimit", errno);
+    }
+    rlimit raised = nofile_;
+    raised.rlim_cur = raised.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &raised);
+    return {};
+  }
+
+  // Listening before the agent exists means the agent never finds the port closed. The
+  // control plane's socket is connected per request, so a missing one is only a warning.
+  Status StartBridge() {
+    auto bridge = Bridge::Listen(opts_.port, opts_.socket_path);
+    if (!bridge) {
+      return Fail(bridge.error());
+    }
+    bridge_ = std::move(*bridge);
+    struct stat st {};
+    if (::stat(opts_.socket_path.c_str(), &st) != 0) {
+      Log(ErrnoMessage("warning: control-plane socket " + opts_.socket_path, errno));
+    }
+    return {};
+  }
+
+  Status StartAgent() {
+    int out[2];
+    if (::pipe2(out, O_CLOEXEC) != 0) {
+      return FailErrno("pipe", errno);
+    }
+    UniqueFd read_end(out[0]);
+    UniqueFd write_end(out[1]);
+    AgentSpec spec;
+    spec.command = opts_.command;
+    spec.env = AgentEnvironment(env_, opts_.home);
+    spec.path = AgentPath(env_);
+    spec.workdir = opts_.workdir;
+    spec.home = opts_.home;
+    spec.uid = opts_.uid;
+    spec.gid = opts_.gid;
+    // Switch only to a different identity. In a rootless sandbox with one mapped id the
+    // agent stays the namespace's root (without capabilities), and setgroups is denied there.
+    spec.switch_ids = ::geteuid() == 0 && (opts_.uid != 0 || opts_.gid != 0 || !InUserNamespace());
+    spec.output_fd = write_end.get();
+    spec.nofile = nofile_;
+    auto agent = SpawnAgent(spec);
+    if (!agent) {
+      return Fail("starting the agent: " + agent.error());
+    }
+    agent_pid_ = agent->pid;
+    start_error_ = agent->error;
+    if (!start_error_.empty()) {
+      Log("cannot start the agent: " + start_error_);
+    }
+    // Only the agent may hold the write end, so that EOF means the agent's side is done.
+    write_end.Reset();
+    int flags = ::fcntl(read_end.get(), F_GETFL);
+    ::fcntl(read_end.get(), F_SETFL, flags | O_NONBLOCK);
+    relay_.emplace(std::move(read_end), STDOUT_FILENO, opts_.log_limit);
+    return {};
+  }
+
+  // After the fork: init keeps only CAP_KILL, to signal the agent's uid.
+  Status DropOwnPrivileges() { return DropInitPrivileges(); }
+
+  Status WatchEvents() {
+    epoll_.Reset(::epoll_create1(EPOLL_CLOEXEC));
+    if (!epoll_.valid()) {
+      return FailErrno("epoll_create1", errno);
+    }
+    for (auto [fd, source] :
+         {std::pair{signals_.get(), kSignals}, std::pair{relay_->fd(), kAgentOutput},
+          std::pair{bridge_->fd(), kBridge}}) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.u64 = source;
+      if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+        return FailErrno("epoll_ctl", errno);
+      }
+    }
+    return {};
+  }
+
+  // Waits up to `timeout_ms` (-1: no limit) and handles what happened.
+  Status WaitAndDispatch(int timeout_ms) {
+    epoll_event events[8];
+    int n = ::epoll_wait(epoll_.get(), events, 8, timeout_ms);
+    if (n < 0 && errno != EINTR) {
+      return FailErrno("epoll_wait", errno);
+    }
+    for (int i = 0; i < n; ++i) {
+      switch (events[i].data.u64) {
+        case kSignals:
+          HandleSignals();
+          break;
+        case kAgentOutput:
+          // At EOF the relay closes the pipe, which also takes it out of the epoll set.
+          relay_->Drain();
+          break;
+        case kBridge:
+          bridge_->Process();
+          break;
+      }
+    }
+    return {};
+  }
+
+  void HandleSignals() {
+    signalfd_siginfo info;
+    while (::read(signals_.get(), &info, sizeof(info)) == sizeof(info)) {
+      int sig = static_cast<int>(info.ssi_signo);
+      if (sig == SIGCHLD) {
+        ReapChildren();
+      } else if (!agent_status_) {
+        // As PID 1 of the sandbox, forward only what comes from outside it (the runtime, the
+        // host: the kernel reports their pid as 0 in our namespace). A process inside that
+        // can signal init at all (a rootless sandbox's agent shares init's uid) must not be
+        // able to make init act for it.
+        if (::getpid() == 1 && info.ssi_pid != 0) continue;
+        // The agent leads its own process group: its children get the signal too.
+        ::kill(-agent_pid_, sig);
+      }
+    }
+  }
+
+  // Reaps every child that has exited: the agent, and any orphan re-parented to init.
+  void ReapChildren() {
+    int status = 0;
+    pid_t pid;
+    while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
+      if (pid == agent_pid_) {
+        agent_status_ = status;
+      }
+    }
+  }
+
+  AgentExit DescribeExit() {
+    AgentExit exit;
+    int status = *agent_status_;
+    if (WIFSIGNALED(status)) {
+      exit.signal = WTERMSIG(status);
+      if (exit.signal == SIGKILL) {
+        auto now = ReadOomKills(opts_.cgroup_root);
+        exit.oom_killed = oom_kills_at_start_ && now && *now > *oom_kills_at_start_;
+      }
+      Log("agent killed by " + SignalName(exit.signal) +
+          (exit.oom_killed ? " (out of memory)" : ""));
+    } else {
+      exit.exit_code = WEXITSTATUS(status);
+      exit.error = start_error_;
+      Log("agent exited with code " + std::to_string(exit.exit_code));
+    }
+    return exit;
+  }
+
+  void Report(const AgentExit& exit) {
+    // What the agent wrote before exiting belongs in the log before init's own lines.
+    relay_->Drain();
+    if (auto s = PostEvent(opts_.socket_path, env_.token, ExitEventJson(exit)); !s) {
+      Log(s.error());
+    }
+  }
+
+  // Kills what is left of the agent's process group, and any other child (an orphan that
+  // left the group), and reaps them for up to kStragglerWaitMs.
+  void KillLeftovers() {
+    ::kill(-agent_pid_, SIGKILL);
+    const int64_t deadline = MonotonicMs() + kStragglerWaitMs;
+    for (;;) {
+      KillChildren();
+      int status = 0;
+      pid_t pid;
+      do {
+        pid = ::waitpid(-1, &status, WNOHANG);
+      } while (pid > 0);
+      if (pid < 0 && errno == ECHILD) {
+        return;
+      }
+      int64_t left = deadline - MonotonicMs();
+      if (left <= 0) {
+        Log("leftover processes still running after " + std::to_string(kStragglerWaitMs) + " ms");
+        return;
+      }
+      if (!WaitAndDispatch(static_cast<int>(left))) {
+        return;
+      }
+    }
+  }
+
+  // SIGKILL to every child listed in /proc (a child cannot be reaped, so its pid cannot be
+  // reused, until init itself waits for it).
+  void KillChildren() {
+    std::string path = "/proc/self/task/" + std::to_string(::getpid()) + "/children";
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    char buf[4096];
+    ssize_t n = fd.valid() ? ::read(fd.get(), buf, sizeof(buf)) : -1;
+    const char* p = buf;
+    const char* end = buf + std::max<ssize_t>(n, 0);
+    while (p < end) {
+      pid_t pid = 0;
+      auto [next, ec] = std::from_chars(p, end, pid);
+      if (ec == std::errc() && pid > 1) {
+        ::kill(pid, SIGKILL);
+      }
+      p = next + 1;
+    }
+  }
+
+  Options opts_;
+  SessionEnv env_;
+  UniqueFd signals_;
+  UniqueFd epoll_;
+  rlimit nofile_{};
+  std::optional<uint64_t> oom_kills_at_start_;
+  std::unique_ptr<Bridge> bridge_;
+  std::optional<LogRelay> relay_;
+  pid_t agent_pid_ = -1;
+  std::string start_error_;
+  std::optional<int> agent_status_;
+};
+
+// Bad arguments and a missing session fail before init does anything.
+Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
+  auto opts = ParseOptions(argc, argv);
+  if (!opts || opts->help) {
+    return opts;
+  }
+  if (auto s = CheckSessionEnv(env); !s) {
+    return Fail(s.error());
+  }
+  if (opts->port == 0) {
+    auto port = PortFromUrl(env.control_plane_url);
+    if (!port) {
+      return Fail(port.error());
+    }
+    opts->port = *port;
+  }
+  // Rootless: init cannot change identity, so the agent must be meant to run as init's own.
+  if (::geteuid() != 0 && (opts->uid != ::geteuid() || opts->gid != ::getegid())) {
+    return Fail("running as uid " + std::to_string(::geteuid()) + " gid " +
+                std::to_string(::getegid()) + " (not root): cannot run the agent as uid " +
+                std::to_string(opts->uid) + " gid " + std::to_string(opts->gid));
+  }
+  return opts;
+}
+
+}  // namespace
+}  // namespace airlock::init
+
+int main(int argc, char** argv, char** envp) {
+  using namespace airlock::init;
+  // Init holds the token and the host's log file. Non-dumpable, no process without
+  // CAP_SYS_PTRACE can read its memory, environ or descriptors through /proc or ptrace it,
+  // whatever its uid: in a rootless sandbox the agent has init's uid, and this no longer
+  // rests on init keeping a capability the agent lacks. No core dump of init either. The
+  // agent's exec makes the agent dumpable again (for its own uid only).
+  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  // Then: the secrets leave the environment (and /proc/<pid>/environ).
+  SessionEnv env = TakeEnvironment(envp);
+  auto opts = Configure(argc, argv, env);
+  if (!opts) {
+    Log(opts.error());
+    return kInitFailed;
+  }
+  if (opts->help) {
+    std::fputs(Usage().c_str(), stdout);
+    return 0;
+  }
+  return Init(std::move(*opts), std::move(env)).Run();
+}

@@ -1,0 +1,42 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sys.h"
+
+namespace airlock::init {
+
+// The command line of airlock-init, as the `oci` backend writes it:
+//   /.airlock/init [--socket PATH] [--port N] [--uid U] [--gid G] [--home DIR]
+//                  [--log-limit BYTES] [--workdir DIR] [--cgroup-root DIR] -- command args...
+struct Options {
+  std::string socket_path = "/.airlock/run/control.sock";
+  int port = 0;  // 0: the port of CONTROL_PLANE_URL
+  uid_t uid = 1000;
+  gid_t gid = 1000;
+  std::string home = "/home/sandbox";
+  uint64_t log_limit = 8 * 1024 * 1024;
+  std::string workdir;  // empty: home
+  // Where the sandbox's cgroup is mounted; its OOM-kill counter tells an OOM kill from
+  // another SIGKILL.
+  std::string cgroup_root = "/sys/fs/cgroup";
+  std::vector<std::string> command;
+  bool help = false;
+};
+
+// Parses argv. Options take their value as the next argument or after '='; "--" or the first
+// argument that is not an option starts the command.
+Result<Options> ParseOptions(int argc, char** argv);
+
+// The text --help prints.
+std::string Usage();
+
+// The port of "http://127.0.0.1:<port>" (a trailing '/' is allowed).
+Result<int> PortFromUrl(std::string_view url);
+
+}  // namespace airlock::init
