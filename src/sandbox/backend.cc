@@ -22,6 +22,16 @@ Backend* BackendRegistry::Find(std::string_view name) const {
   return it == backends_.end() ? nullptr : it->second.get();
 }
 
+void BackendRegistry::MarkUnavailable(std::string name, std::string reason) {
+  unavailable_[std::move(name)] = std::move(reason);
+}
+
+std::optional<std::string> BackendRegistry::UnavailableReason(std::string_view name) const {
+  auto it = unavailable_.find(name);
+  if (it == unavailable_.end()) return std::nullopt;
+  return it->second;
+}
+
 std::vector<std::string> BackendRegistry::Names() const {
   std::vector<std::string> out;
   for (const auto& [k, v] : backends_) out.push_back(k);

@@ -68,9 +68,14 @@ class BackendRegistry {
   void Register(std::unique_ptr<Backend> backend);
   Backend* Find(std::string_view name) const;
   std::vector<std::string> Names() const;
+  // A backend that is configured but could not start (e.g. no OCI runtime installed):
+  // sessions asking for it get `reason` instead of "unknown backend".
+  void MarkUnavailable(std::string name, std::string reason);
+  std::optional<std::string> UnavailableReason(std::string_view name) const;
 
  private:
   std::map<std::string, std::unique_ptr<Backend>, std::less<>> backends_;
+  std::map<std::string, std::string, std::less<>> unavailable_;
 };
 
 }  // namespace airlock::sandbox

@@ -1,4 +1,5 @@
 #include "sandbox/backend_process.h"
+#include "sandbox/subprocess.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -64,18 +65,6 @@ std::optional<std::pair<uint64_t, char>> ProcStat(pid_t pid) {
     }
   }
   return std::make_pair(start, state);
-}
-
-// Closes every descriptor >= `first` except `keep`. Async-signal-safe: runs between fork
-// and exec.
-void CloseFdsFrom(int first, int keep) {
-  if (keep > first) ::syscall(SYS_close_range, first, keep - 1, 0);
-  if (::syscall(SYS_close_range, keep + 1, ~0U, 0) == 0) return;
-  // Kernels before 5.9: close one by one up to the descriptor limit.
-  long max = ::sysconf(_SC_OPEN_MAX);
-  for (long fd = first; fd < max; ++fd) {
-    if (fd != keep) ::close(static_cast<int>(fd));
-  }
 }
 
 class ProcessBackend : public Backend {

@@ -1,0 +1,486 @@
+#include "sandbox/backend_oci.h"
+
+#include <fcntl.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include <fmt/ranges.h>
+
+#include "common/log.h"
+#include "sandbox/cgroups.h"
+#include "sandbox/oci_spec.h"
+#include "sandbox/subprocess.h"
+
+namespace airlock::sandbox {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kIdPrefix = "airlock-";
+constexpr const char* kCgroupParent = "/airlock";
+
+// "<container id>:<session work dir>". The work dir outlives the container (it holds the
+// log), so logs stay readable after the sandbox is gone.
+struct Handle {
+  std::string id;
+  std::string work_dir;
+  std::string bundle() const { return work_dir + "/bundle"; }
+  std::string log_path() const { return work_dir + "/sandbox.log"; }
+  std::string runtime_log() const { return work_dir + "/runtime.log"; }
+};
+
+Result<Handle> Decode(const std::string& s) {
+  size_t colon = s.find(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= s.size() || s[colon + 1] != '/' ||
+      s.compare(0, std::strlen(kIdPrefix), kIdPrefix) != 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "bad oci sandbox handle");
+  }
+  return Handle{s.substr(0, colon), s.substr(colon + 1)};
+}
+
+std::string Tail(const std::string& path, size_t max) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return {};
+  f.seekg(0, std::ios::end);
+  auto size = static_cast<size_t>(std::max<std::streamoff>(f.tellg(), 0));
+  f.seekg(static_cast<std::streamoff>(size > max ? size - max : 0));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string s = ss.str();
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+Status WriteFileAtomic(const std::string& path, const std::string& content, mode_t mode) {
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+  if (fd < 0) return Errorf(ErrorCode::kInternal, "open {}: {}", tmp, std::strerror(errno));
+  size_t off = 0;
+  while (off < content.size()) {
+    ssize_t n = ::write(fd, content.data() + off, content.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      return Errorf(ErrorCode::kInternal, "write {}: {}", tmp, std::strerror(errno));
+    }
+    off += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return Errorf(ErrorCode::kInternal, "rename {}: {}", path, std::strerror(errno));
+  }
+  return Ok();
+}
+
+Result<std::vector<std::string>> StringArray(const Json& j, std::string_view what) {
+  std::vector<std::string> out;
+  if (j.is_null()) return out;
+  if (!j.is_array()) return Errorf(ErrorCode::kInvalidArgument, "\"{}\" must be an array of strings", what);
+  for (const auto& a : j) {
+    if (!a.is_string()) return Errorf(ErrorCode::kInvalidArgument, "\"{}\" must be an array of strings", what);
+    out.push_back(a.get<std::string>());
+  }
+  return out;
+}
+
+// The first range of /etc/subuid (or subgid) for `user`, if any.
+std::optional<IdMapping> SubordinateRange(const std::string& file, const std::string& user, uint32_t id) {
+  std::ifstream f(file);
+  std::string line;
+  while (std::getline(f, line)) {
+    auto a = line.find(':'), b = line.rfind(':');
+    if (a == std::string::npos || a == b) continue;
+    std::string who = line.substr(0, a);
+    if (who != user && who != std::to_string(id)) continue;
+    try {
+      return IdMapping{1, static_cast<uint32_t>(std::stoul(line.substr(a + 1, b - a - 1))),
+                       static_cast<uint32_t>(std::min<unsigned long>(std::stoul(line.substr(b + 1)), 65536))};
+    } catch (...) {
+      continue;
+    }
+  }
+  return std::nullopt;
+}
+
+constexpr int kCapSysResource = 24;
+
+// Whether this process holds capability `cap` in its effective set.
+bool HasCapability(int cap) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("CapEff:", 0) == 0) {
+      try {
+        return (std::stoull(line.substr(7), nullptr, 16) >> cap) & 1;
+      } catch (...) {
+        return false;
+      }
+    }
+  }
+  return false;
+}
+
+class OciBackend : public Backend {
+ public:
+  OciBackend(OciOptions o, CgroupLayout layout, std::string runtime_path)
+      : o_(std::move(o)), cgroups_(std::move(layout)), runtime_path_(std::move(runtime_path)) {
+    rootless_ = ::geteuid() != 0;
+    if (rootless_) SetUpRootless();
+    // v1 limits memory+swap only where the kernel accounts swap (memsw); v2 always can.
+    auto mem = cgroups_.v1_mounts.find("memory");
+    swap_limit_ = mem == cgroups_.v1_mounts.end() ? cgroups_.mode == CgroupMode::kV2
+                                                  : fs::exists(mem->second + "/memory.memsw.limit_in_bytes");
+    // The runtime, our child, mounts in the sandbox one v1 hierarchy per line of what is
+    // also our /proc/self/cgroup.
+    if (cgroups_.mode == CgroupMode::kV1 || cgroups_.mode == CgroupMode::kHybrid) {
+      cgroup_v1_dirs_ = V1HierarchyDirs(ReadSmall("/proc/self/cgroup"));
+    }
+  }
+
+  std::string_view name() const override { return "oci"; }
+  bool isolated() const override { return true; }
+
+  Result<std::string> Create(const SandboxSpec& spec) override {
+    if (!o_.resolve_image) return MakeError(ErrorCode::kInternal, "oci backend has no image store");
+    AIRLOCK_ASSIGN_OR_RETURN(OciImage image, o_.resolve_image(spec.image));
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> command, StringArray(spec.command, "command"));
+    if (command.empty()) {
+      command = image.entrypoint;
+      command.insert(command.end(), image.cmd.begin(), image.cmd.end());
+    }
+    if (command.empty()) {
+      return Errorf(ErrorCode::kInvalidArgument, "image \"{}\" has no entrypoint; give a \"command\"", spec.image);
+    }
+    Handle h{kIdPrefix + spec.session_id, spec.work_dir};
+    std::string path_var = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    for (const auto& e : image.env) {
+      if (e.starts_with("PATH=")) path_var = e;
+    }
+
+    OciBundleParams p;
+    p.rootfs = image.rootfs;
+    p.host_binds = image.host_binds;
+    p.init_host_path = o_.init_path;
+    p.channel_host_dir = spec.control_socket_dir;
+    p.command = std::move(command);
+    p.env = {"SESSION_ID=" + spec.session_id, "SESSION_TOKEN=" + spec.token.Reveal(),
+             fmt::format("CONTROL_PLANE_URL=http://127.0.0.1:{}", o_.bridge_port), path_var};
+    p.workdir = image.workdir;
+    p.bridge_port = o_.bridge_port;
+    p.agent_uid = agent_uid_;
+    p.agent_gid = agent_gid_;
+    p.log_limit_bytes = o_.log_limit_bytes;
+    if (can_protect_init_) p.init_oom_score_adj = -1000;
+    const Json& l = spec.limits.is_object() ? spec.limits : Json::object();
+    int64_t memory_mb = l.value("memory_mb", o_.default_memory_mb);
+    p.tmp_bytes = l.value("disk_mb", o_.default_disk_mb) << 20;
+    if (!rootless_) {
+      p.memory_bytes = memory_mb << 20;
+      p.limit_swap = swap_limit_;
+      p.pids = l.value("pids", o_.default_pids);
+      p.cpus = l.value("cpus", o_.default_cpus);
+      p.cgroups_path = fmt::format("{}/{}", kCgroupParent, h.id);
+      p.cgroup_v1_dirs = cgroup_v1_dirs_;
+    } else {
+      p.rootless = true;
+      p.uid_mappings = uid_map_;
+      p.gid_mappings = gid_map_;
+      p.mount_cgroupfs = false;
+    }
+
+    std::error_code ec;
+    fs::create_directories(h.bundle(), ec);
+    if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", h.bundle(), ec.message());
+    ::chmod(h.bundle().c_str(), 0700);
+    // The spec holds the session token: 0600 in a 0700 directory, removed with the sandbox.
+    AIRLOCK_TRY(WriteFileAtomic(h.bundle() + "/config.json", BuildOciConfig(p).dump(), 0600));
+
+    int log_fd = ::open(h.log_path().c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (log_fd < 0) return Errorf(ErrorCode::kInternal, "open {}: {}", h.log_path(), std::strerror(errno));
+    // A container of that name can only be a leftover of an earlier failed attempt.
+    if (fs::exists(o_.state_dir + "/" + h.id)) (void)Runtime({"delete", "--force", h.id});
+    CommandOptions co;
+    co.stdout_fd = log_fd;
+    co.stderr_fd = log_fd;
+    auto r = Runtime({"run", "--detach", "--bundle", h.bundle(), h.id}, co, h.runtime_log());
+    ::close(log_fd);
+    if (!r || r->exit_code != 0) {
+      std::string why = r ? Tail(h.runtime_log(), 2048) : r.error().message;
+      if (why.empty()) why = Tail(h.log_path(), 2048);
+      (void)Runtime({"delete", "--force", h.id});
+      fs::remove_all(h.bundle(), ec);
+      return Errorf(ErrorCode::kUnavailable, "{} run failed: {}", o_.runtime, why.empty() ? "no message" : why);
+    }
+    return h.id + ":" + h.work_dir;
+  }
+
+  // The cgroup v1 freezer freezes asynchronously: `pause` can return while the cgroup is
+  // still FREEZING and a task still runs. Suspended means frozen, so wait for it.
+  Status Suspend(const std::string& handle) override {
+    AIRLOCK_TRY(Simple(handle, "pause"));
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (auto pause = std::chrono::microseconds(200);; pause = std::min(pause * 2, std::chrono::microseconds(20'000))) {
+      Freezer f = ReadFreezer(h.id);
+      if (f == Freezer::kFrozen || f == Freezer::kUnknown) return Ok();  // unknown: the runtime's word stands
+      if (std::chrono::steady_clock::now() >= deadline) {
+        return Errorf(ErrorCode::kUnavailable,
+                      "sandbox {} did not finish freezing within 5 s (a task in uninterruptible sleep?)", h.id);
+      }
+      std::this_thread::sleep_for(pause);
+    }
+  }
+
+  Status Resume(const std::string& handle) override { return Simple(handle, "resume"); }
+
+  Status Destroy(const std::string& handle) override {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    if (fs::exists(o_.state_dir + "/" + h.id)) {
+      auto r = Runtime({"delete", "--force", h.id});
+      if (!r) return std::unexpected(r.error());
+      if (r->exit_code != 0 && fs::exists(o_.state_dir + "/" + h.id)) {
+        return Errorf(ErrorCode::kUnavailable, "{} delete {}: {}", o_.runtime, h.id, r->output);
+      }
+    }
+    std::error_code ec;
+    fs::remove_all(h.bundle(), ec);  // it holds the (now revoked) token
+    return Ok();
+  }
+
+  Result<SandboxStatus> Inspect(const std::string& handle) override {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    SandboxStatus s;
+    if (!fs::exists(o_.state_dir + "/" + h.id)) return s;  // kMissing
+    // The reconciler asks about every live sandbox every second: read the sandbox's own
+    // cgroup (a few small files) rather than spawn the runtime (~5 ms of CPU each).
+    if (auto fast = InspectCgroup(h.id)) return *fast;
+    auto r = Runtime({"state", h.id});
+    if (!r) return std::unexpected(r.error());
+    if (r->exit_code != 0) {
+      if (!fs::exists(o_.state_dir + "/" + h.id)) return s;
+      return Errorf(ErrorCode::kUnavailable, "{} state {}: {}", o_.runtime, h.id, r->output);
+    }
+    auto state = ParseJson(r->output);
+    std::string status = state && state->is_object() ? state->value("status", "") : "";
+    if (status == "running" || status == "created" || status == "creating") {
+      s.state = SandboxState::kRunning;
+    } else if (status == "paused" || status == "pausing") {
+      s.state = SandboxState::kPaused;
+    } else if (status == "stopped") {
+      s.state = SandboxState::kExited;
+      if (!rootless_) s.oom_killed = OomKillCount(cgroups_, fmt::format("{}/{}", kCgroupParent, h.id)) > 0;
+    } else {
+      return Errorf(ErrorCode::kUnavailable, "{} state {}: unexpected status \"{}\"", o_.runtime, h.id, status);
+    }
+    s.detail = status;
+    return s;
+  }
+
+  Result<SandboxStatus> Reattach(const std::string& handle) override { return Inspect(handle); }
+
+  // Running / paused / exited from the cgroup the backend put the sandbox in; nullopt when
+  // it cannot tell (rootless, no such cgroup), and the caller asks the runtime.
+  std::optional<SandboxStatus> InspectCgroup(const std::string& id) const {
+    if (rootless_) return std::nullopt;
+    std::string rel = fmt::format("{}/{}", kCgroupParent, id);
+    std::string procs;
+    if (auto pids = cgroups_.v1_mounts.find("pids"); pids != cgroups_.v1_mounts.end()) {
+      procs = pids->second + rel + "/cgroup.procs";
+    } else if (!cgroups_.v2_mount.empty() && cgroups_.mode == CgroupMode::kV2) {
+      procs = cgroups_.v2_mount + rel + "/cgroup.procs";
+    } else {
+      return std::nullopt;
+    }
+    // Freezing counts as paused: the sandbox was asked to stop and will not run on.
+    Freezer fz = ReadFreezer(id);
+    bool frozen = fz == Freezer::kFrozen || fz == Freezer::kFreezing;
+    int fd = ::open(procs.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return std::nullopt;
+    char c;
+    ssize_t n = ::read(fd, &c, 1);
+    ::close(fd);
+    if (n < 0) return std::nullopt;
+    SandboxStatus s;
+    if (n == 0) {
+      s.state = SandboxState::kExited;
+      s.oom_killed = OomKillCount(cgroups_, rel) > 0;
+      s.detail = "stopped";
+    } else {
+      s.state = frozen ? SandboxState::kPaused : SandboxState::kRunning;
+      s.detail = frozen ? "paused" : "running";
+    }
+    return s;
+  }
+
+  enum class Freezer { kUnknown, kThawed, kFreezing, kFrozen };
+
+  // The sandbox's freezer: v1 freezer.state, or v2 cgroup.freeze (asked) and cgroup.events
+  // (done).
+  Freezer ReadFreezer(const std::string& id) const {
+    if (rootless_) return Freezer::kUnknown;
+    std::string rel = fmt::format("{}/{}", kCgroupParent, id);
+    if (auto fz = cgroups_.v1_mounts.find("freezer"); fz != cgroups_.v1_mounts.end()) {
+      std::string st = ReadSmall(fz->second + rel + "/freezer.state");
+      if (st.starts_with("FROZEN")) return Freezer::kFrozen;
+      if (st.starts_with("FREEZING")) return Freezer::kFreezing;
+      if (st.starts_with("THAWED")) return Freezer::kThawed;
+      return Freezer::kUnknown;
+    }
+    if (!cgroups_.v2_mount.empty() && cgroups_.mode == CgroupMode::kV2) {
+      std::string events = ReadSmall(cgroups_.v2_mount + rel + "/cgroup.events");
+      if (events.empty()) return Freezer::kUnknown;
+      if (events.find("frozen 1") != std::string::npos) return Freezer::kFrozen;
+      return ReadSmall(cgroups_.v2_mount + rel + "/cgroup.freeze").starts_with("1") ? Freezer::kFreezing
+                                                                                     : Freezer::kThawed;
+    }
+    return Freezer::kUnknown;
+  }
+
+  static std::string ReadSmall(const std::string& path) {
+    std::ifstream f(path);
+    std::string line;
+    std::getline(f, line, '\0');
+    return line;
+  }
+
+  Result<std::string> Logs(const std::string& handle, int64_t offset, size_t max_bytes) override {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    int fd = ::open(h.log_path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      if (errno == ENOENT) return std::string();
+      return Errorf(ErrorCode::kInternal, "open log: {}", std::strerror(errno));
+    }
+    std::string out(max_bytes, '\0');
+    ssize_t n = ::pread(fd, out.data(), max_bytes, offset);
+    ::close(fd);
+    out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    return out;
+  }
+
+ private:
+  Result<CommandResult> Runtime(std::vector<std::string> args, CommandOptions co = {},
+                                const std::string& log_file = "") {
+    std::vector<std::string> argv = {runtime_path_, "--root", o_.state_dir};
+    if (!log_file.empty()) {
+      argv.push_back("--log");
+      argv.push_back(log_file);
+    }
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::vector<std::string> env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"};
+    return RunCommand(argv, env, co);
+  }
+
+  Status Simple(const std::string& handle, const char* verb) {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    auto r = Runtime({verb, h.id});
+    if (!r) return std::unexpected(r.error());
+    if (r->exit_code != 0) {
+      if (!fs::exists(o_.state_dir + "/" + h.id)) {
+        return Errorf(ErrorCode::kNotFound, "sandbox {} is gone", h.id);
+      }
+      std::string out = r->output;
+      while (!out.empty() && out.back() == '\n') out.pop_back();
+      return Errorf(ErrorCode::kConflict, "{} {} {}: {}", o_.runtime, verb, h.id, out);
+    }
+    return Ok();
+  }
+
+  // Rootless: the control plane's own uid is root inside; with a subordinate range from
+  // /etc/subuid (and newuidmap) the agent gets a real unprivileged uid, otherwise it runs
+  // as the (capability-less) namespace root, which is the host user.
+  void SetUpRootless() {
+    uid_t uid = ::geteuid();
+    gid_t gid = ::getegid();
+    uid_map_ = {{0, uid, 1}};
+    gid_map_ = {{0, gid, 1}};
+    std::string user;
+    if (passwd* pw = ::getpwuid(uid)) user = pw->pw_name;
+    auto su = SubordinateRange("/etc/subuid", user, uid);
+    auto sg = SubordinateRange("/etc/subgid", user, uid);
+    if (su && sg && !FindExecutable("newuidmap").empty() && !FindExecutable("newgidmap").empty() &&
+        su->size > o_.agent_uid && sg->size > o_.agent_gid) {
+      uid_map_.push_back(*su);
+      gid_map_.push_back(*sg);
+      agent_uid_ = o_.agent_uid;
+      agent_gid_ = o_.agent_gid;
+    } else {
+      agent_uid_ = 0;
+      agent_gid_ = 0;
+      log::Warn("rootless sandboxes: no subordinate uid range for this user (/etc/subuid) or no newuidmap; "
+                "the agent runs as the user namespace's root, without capabilities",
+                {{"user", user}});
+    }
+    log::Warn("rootless sandboxes: memory, pids and cpu limits are not enforced without a delegated cgroup",
+              {{"cgroups", std::string(CgroupModeName(cgroups_.mode))}});
+  }
+
+  OciOptions o_;
+  CgroupLayout cgroups_;
+  std::string runtime_path_;
+  bool rootless_ = false;
+  bool swap_limit_ = false;
+  std::vector<std::string> cgroup_v1_dirs_;
+  bool can_protect_init_ = HasCapability(kCapSysResource);
+  uint32_t agent_uid_ = o_.agent_uid;
+  uint32_t agent_gid_ = o_.agent_gid;
+  std::vector<IdMapping> uid_map_, gid_map_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> MakeOciBackend(OciOptions o) {
+  if (o.runtime != "crun" && o.runtime != "runc" && o.runtime != "runsc") {
+    return Errorf(ErrorCode::kInvalidArgument, "sandbox.oci.runtime must be crun, runc or runsc, not \"{}\"",
+                  o.runtime);
+  }
+  std::string runtime_path = FindExecutable(o.runtime_path.empty() ? o.runtime : o.runtime_path);
+  if (runtime_path.empty()) {
+    return Errorf(ErrorCode::kUnavailable,
+                  "the OCI runtime \"{}\" was not found (install it: apt-get install {}, or set "
+                  "sandbox.oci.runtime_path)",
+                  o.runtime_path.empty() ? o.runtime : o.runtime_path, o.runtime);
+  }
+  if (o.init_path.empty() || ::access(o.init_path.c_str(), X_OK) != 0) {
+    return Errorf(ErrorCode::kUnavailable,
+                  "airlock-init not found at \"{}\" (it is built beside the airlock binary; set sandbox.oci.init_path)",
+                  o.init_path);
+  }
+  if (o.state_dir.empty()) return MakeError(ErrorCode::kInvalidArgument, "oci backend: no state dir");
+  std::error_code ec;
+  fs::create_directories(o.state_dir, ec);
+  if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", o.state_dir, ec.message());
+  ::chmod(o.state_dir.c_str(), 0700);
+
+  CgroupLayout layout = DetectCgroups();
+  if (o.runtime == "crun" && layout.mode == CgroupMode::kHybrid && !layout.v2_controllers.empty()) {
+    if (::geteuid() != 0) {
+      return Errorf(ErrorCode::kUnavailable,
+                    "crun refuses this hybrid cgroup host while cgroup v2 holds controllers ({}); as root, mount "
+                    "a v1 hierarchy for each (airlock serve does it when run as root once), or use runc",
+                    fmt::join(layout.v2_controllers, ","));
+    }
+    AIRLOCK_ASSIGN_OR_RETURN(auto moved, MoveHybridControllersToV1(layout));
+    if (!moved.empty()) {
+      log::Info("cgroups: moved controllers off the v2 hierarchy so that crun accepts this hybrid host",
+                {{"controllers", fmt::format("{}", fmt::join(moved, ","))}});
+      layout = DetectCgroups();
+    }
+  }
+  log::Info("oci backend ready", {{"runtime", runtime_path},
+                                  {"cgroups", std::string(CgroupModeName(layout.mode))},
+                                  {"rootless", ::geteuid() != 0}});
+  return std::unique_ptr<Backend>(new OciBackend(std::move(o), std::move(layout), std::move(runtime_path)));
+}
+
+}  // namespace airlock::sandbox

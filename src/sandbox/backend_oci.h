@@ -1,0 +1,50 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sandbox/backend.h"
+
+namespace airlock::sandbox {
+
+// What the oci backend needs of an image: its unpacked tree and its defaults.
+struct OciImage {
+  std::string rootfs;                   // absolute, read-only, shared by every sandbox of the image
+  std::vector<std::string> host_binds;  // the `host` image: host dirs bound read-only
+  std::vector<std::string> entrypoint;
+  std::vector<std::string> cmd;
+  std::vector<std::string> env;         // only PATH is taken from it: nothing else enters
+  std::string workdir;
+};
+using ImageResolver = std::function<Result<OciImage>(const std::string& name)>;
+
+struct OciOptions {
+  std::string runtime = "crun";  // crun | runc | runsc (any runtime with runc's CLI)
+  std::string runtime_path;      // default: `runtime` looked up in PATH
+  std::string state_dir;         // the runtime's --root (its container state); required
+  std::string init_path;         // airlock-init on the host; required
+  uint16_t bridge_port = 7401;   // CONTROL_PLANE_URL inside = http://127.0.0.1:<port>
+  uint32_t agent_uid = 1000;
+  uint32_t agent_gid = 1000;
+  int64_t log_limit_bytes = 8 << 20;
+  // Used when the session's limits leave them out.
+  int64_t default_memory_mb = 512;
+  int64_t default_pids = 256;
+  double default_cpus = 1;
+  int64_t default_disk_mb = 256;
+  ImageResolver resolve_image;
+};
+
+// Runs each sandbox as an OCI bundle under crun (default), runc or runsc. As root: full
+// cgroup limits, the agent as an unprivileged user. As non-root: rootless (a user namespace),
+// where the host's cgroups may not be writable — see docs/operators.md.
+//
+// Creating the backend prepares the host once: on a hybrid cgroup host it moves controllers
+// off the v2 hierarchy (crun refuses otherwise). It fails with a clear message when the
+// runtime or airlock-init cannot be found.
+Result<std::unique_ptr<Backend>> MakeOciBackend(OciOptions options);
+
+}  // namespace airlock::sandbox

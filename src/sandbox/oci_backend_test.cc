@@ -1,0 +1,277 @@
+// The oci backend against the real crun (or runc) on this host, with a rootfs made of
+// busybox in a temp dir. Needs root; skips with the reason elsewhere.
+#include "sandbox/backend_oci.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "common/crypto.h"
+#include "sandbox/subprocess.h"
+
+namespace airlock::sandbox {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string SkipReason() {
+  if (::geteuid() != 0) return "needs root (cgroup limits, the agent's user)";
+  if (FindExecutable("crun").empty()) return "crun is not installed (scripts/install-deps.sh installs it)";
+  if (::access("/bin/busybox", X_OK) != 0) return "busybox-static is not installed";
+  return {};
+}
+
+// Answers every request on a session's control.sock with 202, as the control plane does
+// for airlock-init's exit report (without it init retries for seconds before it exits).
+class FakeControlSocket {
+ public:
+  explicit FakeControlSocket(const std::string& dir) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::string path = dir + "/control.sock";
+    std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    ::listen(fd_, 16);
+    thread_ = std::thread([this] {
+      for (int c; (c = ::accept(fd_, nullptr, nullptr)) >= 0; ::close(c)) {
+        char buf[4096];
+        timeval tv{1, 0};
+        ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        std::string req;
+        ssize_t n;
+        while (req.find("\r\n\r\n") == std::string::npos && (n = ::read(c, buf, sizeof(buf))) > 0) {
+          req.append(buf, static_cast<size_t>(n));
+        }
+        const char kReply[] = "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        [[maybe_unused]] auto w = ::write(c, kReply, sizeof(kReply) - 1);
+      }
+    });
+  }
+  ~FakeControlSocket() {
+    ::shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    ::close(fd_);
+  }
+
+ private:
+  int fd_ = -1;
+  std::thread thread_;
+};
+
+class OciBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (auto why = SkipReason(); !why.empty()) GTEST_SKIP() << why;
+    char tmpl[] = "/tmp/airlock-oci-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    rootfs_ = dir_ + "/rootfs";
+    for (const char* d : {"/bin", "/.airlock", "/proc", "/sys", "/dev", "/tmp", "/run", "/home/sandbox", "/etc"}) {
+      fs::create_directories(rootfs_ + d);
+    }
+    fs::copy_file("/bin/busybox", rootfs_ + "/bin/busybox");
+    for (const char* applet : {"sh", "echo", "id", "sleep", "cat", "date", "ls", "head", "wc"}) {
+      fs::create_symlink("busybox", rootfs_ + "/bin/" + applet);
+    }
+    backend_ = Make();
+  }
+  void TearDown() override {
+    for (const auto& h : handles_) {
+      if (backend_) (void)backend_->Destroy(h);
+    }
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+  std::unique_ptr<Backend> Make() {
+    OciOptions o;
+    o.state_dir = dir_ + "/state";
+    o.init_path = AIRLOCK_INIT_BIN;
+    o.resolve_image = [this](const std::string& name) -> Result<OciImage> {
+      if (name != "busybox") return Errorf(ErrorCode::kNotFound, "no image {}", name);
+      OciImage img;
+      img.rootfs = rootfs_;
+      img.entrypoint = {"/bin/sh", "-c", "echo from the entrypoint"};
+      return img;
+    };
+    auto b = MakeOciBackend(o);
+    EXPECT_TRUE(b.has_value()) << b.error().message;
+    return b ? std::move(*b) : nullptr;
+  }
+
+  std::string Create(Json command, Json limits = Json::object(), const std::string& image = "busybox") {
+    static int n = 0;
+    SandboxSpec spec;
+    spec.session_id = fmt::format("ses_test{}{}", ::getpid(), ++n);
+    spec.token = NewToken("ast_");
+    spec.control_plane_url = "unused";
+    spec.control_socket_dir = dir_ + "/run-" + spec.session_id;
+    spec.work_dir = dir_ + "/work-" + spec.session_id;
+    fs::create_directories(spec.control_socket_dir);
+    fs::create_directories(spec.work_dir);
+    control_sockets_.push_back(std::make_unique<FakeControlSocket>(spec.control_socket_dir));
+    spec.image = image;
+    spec.command = std::move(command);
+    spec.limits = std::move(limits);
+    auto h = backend_->Create(spec);
+    EXPECT_TRUE(h.has_value()) << h.error().message;
+    if (!h) return {};
+    handles_.push_back(*h);
+    return *h;
+  }
+
+  SandboxStatus WaitFor(const std::string& h, SandboxState want, int timeout_ms = 20000) {
+    SandboxStatus st;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto s = backend_->Inspect(h);
+      EXPECT_TRUE(s.has_value()) << s.error().message;
+      if (s) st = *s;
+      if (st.state == want) return st;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << "sandbox never reached state " << SandboxStateName(want) << "; last: "
+                  << SandboxStateName(st.state) << " logs: " << Log(h);
+    return st;
+  }
+
+  std::string Log(const std::string& h) {
+    auto l = backend_->Logs(h, 0, 1 << 20);
+    return l ? *l : "";
+  }
+
+  std::string dir_, rootfs_;
+  std::unique_ptr<Backend> backend_;
+  std::vector<std::string> handles_;
+  std::vector<std::unique_ptr<FakeControlSocket>> control_sockets_;
+};
+
+TEST_F(OciBackendTest, RunsTheCommandAsTheAgentUserAndCapturesItsOutput) {
+  std::string h = Create({"/bin/sh", "-c", "echo hello from the sandbox; id -u; echo to stderr >&2"});
+  ASSERT_FALSE(h.empty());
+  auto st = WaitFor(h, SandboxState::kExited);
+  std::string log = Log(h);
+  EXPECT_NE(log.find("hello from the sandbox"), std::string::npos) << log;
+  EXPECT_NE(log.find("\n1000\n"), std::string::npos) << log;
+  EXPECT_NE(log.find("to stderr"), std::string::npos) << log;
+  EXPECT_FALSE(st.oom_killed);
+  // Logs from an offset.
+  auto tail = backend_->Logs(h, 6, 1 << 20);
+  ASSERT_TRUE(tail.has_value());
+  EXPECT_EQ(*tail, log.substr(6));
+}
+
+TEST_F(OciBackendTest, TheImageEntrypointRunsWhenNoCommandIsGiven) {
+  std::string h = Create(Json::array());
+  WaitFor(h, SandboxState::kExited);
+  EXPECT_NE(Log(h).find("from the entrypoint"), std::string::npos) << Log(h);
+}
+
+TEST_F(OciBackendTest, SuspendFreezesAndResumeThaws) {
+  std::string h = Create({"/bin/sh", "-c", "while true; do echo tick; sleep 0.05; done"});
+  ASSERT_FALSE(h.empty());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (Log(h).find("tick") == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(backend_->Suspend(h).has_value());
+  EXPECT_EQ(backend_->Inspect(h)->state, SandboxState::kPaused);
+  size_t frozen = Log(h).size();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(Log(h).size(), frozen) << "a frozen sandbox wrote output";
+  ASSERT_TRUE(backend_->Resume(h).has_value());
+  EXPECT_EQ(backend_->Inspect(h)->state, SandboxState::kRunning);
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (Log(h).size() == frozen && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GT(Log(h).size(), frozen);
+}
+
+TEST_F(OciBackendTest, DestroyKillsRemovesTheBundleAndIsIdempotent) {
+  std::string h = Create({"/bin/sleep", "600"});
+  ASSERT_FALSE(h.empty());
+  WaitFor(h, SandboxState::kRunning);
+  std::string work = h.substr(h.find(':') + 1);
+  EXPECT_TRUE(fs::exists(work + "/bundle/config.json"));
+  EXPECT_EQ(fs::status(work + "/bundle/config.json").permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+  ASSERT_TRUE(backend_->Destroy(h).has_value());
+  EXPECT_EQ(backend_->Inspect(h)->state, SandboxState::kMissing);
+  EXPECT_FALSE(fs::exists(work + "/bundle")) << "the bundle holds the token and must go";
+  EXPECT_TRUE(backend_->Destroy(h).has_value());
+}
+
+TEST_F(OciBackendTest, ASecondBackendInstanceReattachesToARunningSandbox) {
+  std::string h = Create({"/bin/sleep", "600"});
+  ASSERT_FALSE(h.empty());
+  WaitFor(h, SandboxState::kRunning);
+  backend_.reset();  // the control plane went away; the sandbox did not
+  backend_ = Make();
+  auto st = backend_->Reattach(h);
+  ASSERT_TRUE(st.has_value()) << st.error().message;
+  EXPECT_EQ(st->state, SandboxState::kRunning);
+}
+
+TEST_F(OciBackendTest, InspectAgreesWithTheRuntime) {
+  // Inspect reads the sandbox's cgroup instead of running `crun state`; both must agree.
+  std::string h = Create({"/bin/sleep", "600"});
+  ASSERT_FALSE(h.empty());
+  WaitFor(h, SandboxState::kRunning);
+  std::string id = h.substr(0, h.find(':'));
+  auto runtime_status = [&] {
+    auto r = RunCommand({"crun", "--root", dir_ + "/state", "state", id}, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"});
+    return r ? r->output : std::string();
+  };
+  EXPECT_NE(runtime_status().find("\"running\""), std::string::npos);
+  ASSERT_TRUE(backend_->Suspend(h).has_value());
+  EXPECT_EQ(backend_->Inspect(h)->state, SandboxState::kPaused);
+  EXPECT_NE(runtime_status().find("\"paused\""), std::string::npos);
+  ASSERT_TRUE(backend_->Resume(h).has_value());
+  EXPECT_EQ(backend_->Inspect(h)->state, SandboxState::kRunning);
+  ASSERT_TRUE(RunCommand({"crun", "--root", dir_ + "/state", "kill", id, "KILL"}, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}));
+  WaitFor(h, SandboxState::kExited);
+  EXPECT_NE(runtime_status().find("\"stopped\""), std::string::npos);
+}
+
+TEST_F(OciBackendTest, CgroupLimitsAreApplied) {
+  std::string h = Create({"/bin/sh", "-c",
+                          "cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null "
+                          "|| cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/memory.max"},
+                         {{"memory_mb", 48}, {"pids", 33}});
+  WaitFor(h, SandboxState::kExited);
+  std::string log = Log(h);
+  EXPECT_NE(log.find("33\n"), std::string::npos) << log;
+  EXPECT_NE(log.find(std::to_string(48 << 20)), std::string::npos) << log;
+}
+
+TEST_F(OciBackendTest, ErrorsAreClear) {
+  SandboxSpec spec;
+  spec.session_id = "ses_bad";
+  spec.work_dir = dir_ + "/work-bad";
+  spec.control_socket_dir = dir_;
+  spec.image = "no-such-image";
+  auto r = backend_->Create(spec);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().message.find("no-such-image"), std::string::npos);
+  spec.image = "busybox";
+  spec.command = Json::array({"/bin/does-not-exist"});
+  fs::create_directories(spec.work_dir);
+  auto h = backend_->Create(spec);
+  if (h) {
+    handles_.push_back(*h);
+    WaitFor(*h, SandboxState::kExited);
+  }
+  EXPECT_EQ(backend_->Inspect("garbage").error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(backend_->Inspect("airlock-ses_gone:/tmp/nowhere")->state, SandboxState::kMissing);
+}
+
+}  // namespace
+}  // namespace airlock::sandbox

@@ -1,0 +1,67 @@
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/json_util.h"
+
+namespace airlock::sandbox {
+
+// Where airlock-init and the control-plane channel appear inside every sandbox. The image's
+// own /.airlock (created empty at import) is covered by a small tmpfs so the read-only
+// image tree shared by all sandboxes is never written.
+inline constexpr const char* kInitInSandbox = "/.airlock/init";
+inline constexpr const char* kChannelDirInSandbox = "/.airlock/run";
+inline constexpr const char* kSandboxHome = "/home/sandbox";
+
+struct IdMapping {
+  uint32_t container_id = 0;
+  uint32_t host_id = 0;
+  uint32_t size = 1;
+};
+
+// Everything one sandbox's OCI runtime spec depends on. Filled by the oci backend.
+struct OciBundleParams {
+  std::string rootfs;                   // absolute host path of the image's (read-only) tree
+  std::vector<std::string> host_binds;  // host dirs bound read-only at the same path (the host image)
+  std::string init_host_path;           // airlock-init on the host
+  std::string channel_host_dir;         // host dir holding the session's control.sock
+  std::vector<std::string> command;     // the agent's argv
+  std::vector<std::string> env;         // what init gets: the three variables and PATH
+  std::string workdir;                  // the agent's cwd; empty = its home
+  uint16_t bridge_port = 0;
+  uint32_t agent_uid = 1000;
+  uint32_t agent_gid = 1000;
+  int64_t log_limit_bytes = 8 << 20;
+  std::string hostname = "sandbox";
+  // init's oom_score_adj (-1000: never chosen); lowering it needs CAP_SYS_RESOURCE, which a
+  // control plane that itself runs in a container may lack. Either way init raises the
+  // agent's score, so the agent is the one the OOM killer takes.
+  std::optional<int> init_oom_score_adj;
+
+  // Limits. 0 = unlimited (only where the host cannot enforce it, e.g. rootless on v1).
+  int64_t memory_bytes = 0;
+  bool limit_swap = true;  // memory+swap = memory: the agent cannot page out to escape the cap
+  int64_t pids = 0;
+  double cpus = 0;
+  int64_t tmp_bytes = 256 << 20;   // /tmp and /home/sandbox, each
+  std::string cgroups_path;        // "/airlock/<id>"; empty = let the runtime decide / none
+  bool mount_cgroupfs = true;      // read-only /sys/fs/cgroup, so init can tell an OOM kill
+  // cgroup v1 hierarchies under /sys/fs/cgroup (V1HierarchyDirs), made read-only one by one.
+  std::vector<std::string> cgroup_v1_dirs;
+
+  bool rootless = false;           // adds a user namespace with these mappings
+  std::vector<IdMapping> uid_mappings;
+  std::vector<IdMapping> gid_mappings;
+};
+
+// The `config.json` of the bundle (OCI runtime-spec 1.0): new pid, net, ipc, uts, mount and
+// cgroup namespaces (plus user when rootless), read-only root, size-capped tmpfs for /tmp,
+// the home and /run, a minimal /dev, the runtime spec's masked and read-only /proc and /sys
+// paths, the seccomp allowlist, no_new_privs, and for init only the capabilities it needs to
+// drop to the agent's user (it then drops them; the agent has none).
+Json BuildOciConfig(const OciBundleParams& p);
+
+}  // namespace airlock::sandbox
