@@ -10,6 +10,7 @@ packages=(
   nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-format
+  libarchive-dev libseccomp-dev libcap-dev crun runc busybox-static
 )
 for arg in "$@"; do
   case "$arg" in
