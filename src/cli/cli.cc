@@ -20,9 +20,13 @@
 #include "cli/format.h"
 #include "cli/http_client.h"
 #include "common/json_util.h"
+#include "common/log.h"
 #include "common/secret.h"
+#include "common/time_util.h"
 #include "controlplane/config.h"
 #include "controlplane/control_plane.h"
+#include "images/image_name.h"
+#include "images/image_store.h"
 
 namespace airlock::cli {
 
@@ -739,6 +743,138 @@ int CmdServe(const ServeFlags& f) {
   return controlplane::RunServer(std::move(*config));
 }
 
+// ------------------------------------------------------------------ images (local)
+
+// `airlock image ...` works on the image store under the data directory directly, as
+// `airlock serve` does; it needs no running server.
+struct ImageFlags {
+  std::string home;
+  std::string path;   // import
+  std::string name;   // import --name; rm
+  bool json = false;  // ls
+};
+
+std::string HumanBytes(uint64_t bytes) {
+  constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  size_t unit = 0;
+  while (v >= 1024 && unit + 1 < std::size(kUnits)) {
+    v /= 1024;
+    ++unit;
+  }
+  return unit == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", v, kUnits[unit]);
+}
+
+Failure FromImageError(const Error& e) {
+  return Failure{e.code == ErrorCode::kNotFound ? kExitNotFound : kExitApi, e.message};
+}
+
+CliResult<images::ImageStore> OpenImages(const ImageFlags& f, bool show_progress) {
+  // The store's own log lines would repeat the progress; warnings (neutralised entries) stay.
+  log::Init(log::Level::kWarn, log::Format::kText);
+  images::ImageStoreOptions options;
+  std::string home = f.home.empty() ? controlplane::DefaultHome() : f.home;
+  options.root = home + "/images";
+  options.builtin_dir = images::DefaultBuiltinDir();
+  if (show_progress) {
+    options.on_progress = [](const images::ImportProgress& p) {
+      using Stage = images::ImportProgress::Stage;
+      switch (p.stage) {
+        case Stage::kStaging:
+          PrintErr("reading the archive");
+          break;
+        case Stage::kVerifying:
+          if (p.layer == 0) {
+            PrintErr(fmt::format("verifying {} layer{}", p.layers, p.layers == 1 ? "" : "s"));
+          }
+          break;
+        case Stage::kLayerDone:
+          PrintErr(fmt::format("layer {}/{} unpacked ({} in {} entries{})", p.layer + 1, p.layers,
+                               HumanBytes(p.bytes), p.entries,
+                               p.layer + 1 < p.layers ? " so far" : ""));
+          break;
+        case Stage::kReused:
+          PrintErr(fmt::format("{} is unpacked already; adding the name", p.digest));
+          break;
+        case Stage::kDone:
+          break;
+      }
+    };
+  }
+  auto store = images::ImageStore::Open(std::move(options));
+  if (!store) {
+    return Fail(kExitUsage, fmt::format("image store {}/images: {}", home, store.error().message));
+  }
+  return std::move(*store);
+}
+
+CliResult<int> CmdImageImport(const ImageFlags& f) {
+  std::optional<std::string> name;
+  if (!f.name.empty()) {
+    auto normalized = images::NormalizeImageName(f.name);
+    if (!normalized) {
+      return Fail(kExitUsage, "--name: " + normalized.error().message);
+    }
+    name = *normalized;
+  }
+  auto store = OpenImages(f, /*show_progress=*/true);
+  if (!store) {
+    return std::unexpected(store.error());
+  }
+  auto info = store->Import(f.path, name);
+  if (!info) {
+    return std::unexpected(FromImageError(info.error()));
+  }
+  PrintLine(fmt::format("{} {} ({} layer{}, {}{})", info->name, info->digest, info->layers,
+                        info->layers == 1 ? "" : "s", HumanBytes(info->size_bytes),
+                        info->reused ? ", reused" : ""));
+  return kExitOk;
+}
+
+CliResult<int> CmdImageLs(const ImageFlags& f) {
+  auto store = OpenImages(f, /*show_progress=*/false);
+  if (!store) {
+    return std::unexpected(store.error());
+  }
+  auto list = store->List();
+  if (!list) {
+    return std::unexpected(FromImageError(list.error()));
+  }
+  if (f.json) {
+    Json out = {{"images", Json::array()}};
+    for (const images::ImageInfo& i : *list) {
+      out["images"].push_back({{"name", i.name},
+                               {"digest", i.digest},
+                               {"format", i.format},
+                               {"layers", i.layers},
+                               {"size_bytes", i.size_bytes},
+                               {"imported_at", FormatTimestamp(i.imported_at_ms)}});
+    }
+    PrintLine(DumpJson(out));
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows;
+  int64_t now = NowMillis();
+  for (const images::ImageInfo& i : *list) {
+    rows.push_back({i.name, i.digest.substr(0, 19), std::to_string(i.layers),
+                    HumanBytes(i.size_bytes), FormatAge(now - i.imported_at_ms)});
+  }
+  Print(FormatTable({"NAME", "DIGEST", "LAYERS", "SIZE", "IMPORTED"}, rows));
+  return kExitOk;
+}
+
+CliResult<int> CmdImageRm(const ImageFlags& f) {
+  auto store = OpenImages(f, /*show_progress=*/false);
+  if (!store) {
+    return std::unexpected(store.error());
+  }
+  if (auto removed = store->Remove(f.name); !removed) {
+    return std::unexpected(FromImageError(removed.error()));
+  }
+  PrintLine("removed " + f.name);
+  return kExitOk;
+}
+
 // ------------------------------------------------------------------ the command line
 
 int Finish(const CliResult<int>& r) {
@@ -926,6 +1062,41 @@ Examples:
   airlock resume ses_abc...)",
                &resume, true);
 
+  // image
+  ImageFlags image;
+  CLI::App* image_cmd = app.add_subcommand("image", "Import, list and remove sandbox images");
+  image_cmd->require_subcommand(1);
+  auto add_home = [&image](CLI::App* cmd) {
+    cmd->add_option("--home", image.home,
+                    "Data directory; the images are in DIR/images (default: $AIRLOCK_HOME, "
+                    "else ~/.local/share/airlock)")
+        ->type_name("DIR");
+  };
+  image_cmd->footer(R"(These commands work on the local data directory; no server is needed. The
+built-in images need no import: "host" (the host's /usr, read-only) and "base"
+(busybox, imported on first use). A refused image (bad digest, an entry that
+escapes the image, over a size limit) exits 6; an unknown name exits 5.)");
+  CLI::App* image_import_cmd = image_cmd->add_subcommand(
+      "import", "Import an OCI image layout (directory or .tar) or a `docker save` tarball");
+  image_import_cmd->add_option("PATH", image.path, "Layout directory or archive")->required();
+  image_import_cmd
+      ->add_option("--name", image.name,
+                   "Name for the image (default: the name the archive gives it)")
+      ->type_name("NAME:TAG");
+  add_home(image_import_cmd);
+  image_import_cmd->footer(R"(Examples:
+  docker save python:3.12-slim -o python.tar && airlock image import python.tar
+  skopeo copy docker://alpine:3.20 oci-archive:alpine.tar && airlock image import alpine.tar --name alpine:3.20
+  airlock run --image alpine:3.20 "hello")");
+  CLI::App* image_ls_cmd = image_cmd->add_subcommand("ls", "List imported images");
+  image_ls_cmd->add_flag("--json", image.json, "Print {\"images\": [...]} as JSON");
+  add_home(image_ls_cmd);
+  CLI::App* image_rm_cmd = image_cmd->add_subcommand("rm", "Remove an image name");
+  image_rm_cmd->add_option("NAME", image.name, "Image name (NAME:TAG)")->required();
+  add_home(image_rm_cmd);
+  image_rm_cmd->footer(R"(The unpacked files go when no other name points at them. Sandboxes already
+running from the image keep it until they end.)");
+
   CLI::App* version_cmd = app.add_subcommand("version", "Print the version");
 
   std::vector<char*> args;
@@ -978,6 +1149,15 @@ Examples:
   }
   if (app.got_subcommand("resume")) {
     return Finish(CmdTransition(resume, "POST", "/resume"));
+  }
+  if (app.got_subcommand(image_cmd)) {
+    if (image_cmd->got_subcommand(image_import_cmd)) {
+      return Finish(CmdImageImport(image));
+    }
+    if (image_cmd->got_subcommand(image_ls_cmd)) {
+      return Finish(CmdImageLs(image));
+    }
+    return Finish(CmdImageRm(image));
   }
   if (app.got_subcommand(version_cmd)) {
     PrintLine("airlock " AIRLOCK_VERSION);

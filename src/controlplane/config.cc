@@ -192,7 +192,28 @@ Status ParseSandbox(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.Int("max_task_bytes", &c.max_task_bytes, 1, 16 << 20));
   AIRLOCK_TRY(r.Int("max_message_bytes", &c.max_message_bytes, 1, 16 << 20));
   AIRLOCK_TRY(r.Int("max_event_bytes", &c.max_event_bytes, 1, 16 << 20));
-  return r.RejectUnknown();
+  AIRLOCK_TRY(r.String("images_dir", &c.images_dir));
+  AIRLOCK_TRY(r.String("builtin_images_dir", &c.builtin_images_dir));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* oci, r.Table("oci"));
+  AIRLOCK_TRY(r.RejectUnknown());
+  TableReader o(oci, "sandbox.oci");
+  OciConfig& k = c.oci;
+  AIRLOCK_TRY(o.String("runtime", &k.runtime));
+  AIRLOCK_TRY(o.String("runtime_path", &k.runtime_path));
+  AIRLOCK_TRY(o.String("init_path", &k.init_path));
+  AIRLOCK_TRY(o.Int("bridge_port", &k.bridge_port, 1, 65535));
+  AIRLOCK_TRY(o.Int("agent_uid", &k.agent_uid, 1, 1 << 30));
+  AIRLOCK_TRY(o.Int("agent_gid", &k.agent_gid, 1, 1 << 30));
+  AIRLOCK_TRY(o.Int("log_limit_mb", &k.log_limit_mb, 1, 1 << 20));
+  AIRLOCK_TRY(o.Int("memory_mb", &k.memory_mb, 16, 1 << 20));
+  AIRLOCK_TRY(o.Int("pids", &k.pids, 1, 1 << 22));
+  AIRLOCK_TRY(o.Double("cpus", &k.cpus, 0.01));
+  AIRLOCK_TRY(o.Int("disk_mb", &k.disk_mb, 1, 1 << 24));
+  AIRLOCK_TRY(o.RejectUnknown());
+  if (k.runtime != "crun" && k.runtime != "runc" && k.runtime != "runsc") {
+    return MakeError(ErrorCode::kInvalidArgument, "sandbox.oci.runtime must be crun, runc or runsc");
+  }
+  return Ok();
 }
 
 Status ParseLog(const toml::table* t, Config& c) {
@@ -307,6 +328,7 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home, 
   AIRLOCK_TRY(ParseProviders(providers, c));
   AIRLOCK_TRY(ParseModels(models, c));
   if (c.store_path.empty()) c.store_path = home + "/airlock.db";
+  if (c.images_dir.empty()) c.images_dir = home + "/images";
   return c;
 }
 

@@ -41,6 +41,21 @@ struct OperatorKeyConfig {
   std::string key_env;  // or: an environment variable holding the key
 };
 
+// [sandbox.oci]: the local container backend. See docs/operators.md.
+struct OciConfig {
+  std::string runtime = "crun";  // crun | runc | runsc
+  std::string runtime_path;      // default: looked up in PATH
+  std::string init_path;         // default: airlock-init beside the airlock binary
+  int64_t bridge_port = 7401;    // CONTROL_PLANE_URL inside the sandbox: http://127.0.0.1:<port>
+  int64_t agent_uid = 1000;
+  int64_t agent_gid = 1000;
+  int64_t log_limit_mb = 8;
+  int64_t memory_mb = 512;  // defaults for sessions whose limits leave them out
+  int64_t pids = 256;
+  double cpus = 1;
+  int64_t disk_mb = 256;
+};
+
 // Every setting of `airlock serve`, with its default. See docs/operators.md.
 struct Config {
   std::string home;
@@ -63,6 +78,9 @@ struct Config {
   std::string default_image = "base";
   std::string default_model = "default";
   bool allow_unisolated_backends = false;  // the "process" backend
+  std::string images_dir;                  // default: <home>/images
+  std::string builtin_images_dir;          // default: images/ beside the airlock binary (base.tar)
+  OciConfig oci;
   int64_t max_task_bytes = 256 * 1024;
   int64_t max_message_bytes = 256 * 1024;
   int64_t max_event_bytes = 64 * 1024;

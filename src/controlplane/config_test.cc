@@ -67,6 +67,34 @@ TEST(ConfigTest, OperatorKeysNeedExactlyOneSource) {
   EXPECT_FALSE(ParseConfig("[auth.operator_keys.ci]\nsha256 = \"short\"\n", "/h").has_value());
 }
 
+TEST(ConfigTest, SandboxOciTable) {
+  auto c = ParseConfig(R"(
+[sandbox]
+images_dir = "/var/lib/airlock/images"
+[sandbox.oci]
+runtime = "runc"
+bridge_port = 8080
+memory_mb = 1024
+cpus = 0.5
+)", "/h");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->oci.runtime, "runc");
+  EXPECT_EQ(c->oci.bridge_port, 8080);
+  EXPECT_EQ(c->oci.memory_mb, 1024);
+  EXPECT_DOUBLE_EQ(c->oci.cpus, 0.5);
+  EXPECT_EQ(c->oci.pids, 256);
+  EXPECT_EQ(c->images_dir, "/var/lib/airlock/images");
+  EXPECT_EQ(ParseConfig("", "/h")->images_dir, "/h/images");
+
+  auto bad = ParseConfig("[sandbox.oci]\nruntime = \"docker\"\n", "/h");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.error().message.find("crun, runc or runsc"), std::string::npos);
+  bad = ParseConfig("[sandbox.oci]\nmemroy_mb = 5\n", "/h");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.error().message.find("sandbox.oci.memroy_mb"), std::string::npos) << bad.error().message;
+  EXPECT_FALSE(ParseConfig("[sandbox.oci]\nagent_uid = 0\n", "/h").has_value()) << "the agent is never root";
+}
+
 TEST(ConfigTest, ParsesHostPort) {
   auto hp = ParseHostPort("0.0.0.0:80");
   ASSERT_TRUE(hp.has_value());

@@ -37,8 +37,9 @@ std::string_view BearerToken(const Request& req) {
 std::string SandboxExitReason(const sandbox::SandboxStatus& st) {
   if (st.state == sandbox::SandboxState::kMissing) return "the sandbox disappeared";
   if (st.oom_killed) return "the sandbox was killed: out of memory";
-  if (st.signal) return fmt::format("the sandbox was killed by signal {}", *st.signal);
-  return fmt::format("the sandbox exited with code {} without finishing", st.exit_code.value_or(-1));
+  if (st.signal) return fmt::format("the agent was killed by signal {}", *st.signal);
+  if (!st.exit_code) return "the sandbox exited without finishing";
+  return fmt::format("the agent exited with code {} without finishing", *st.exit_code);
 }
 
 }  // namespace
@@ -51,6 +52,7 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       store_(std::move(store)),
       backends_(std::move(backends)),
       pool_(static_cast<size_t>(config_.worker_threads)),
+      sandbox_pool_(static_cast<size_t>(config_.worker_threads)),
       http_metrics_(std::make_unique<HttpMetrics>(registry_)),
       metrics_(std::make_unique<ControlPlaneMetrics>(registry_)),
       inbox_(io),
@@ -69,6 +71,7 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
 ControlPlane::~ControlPlane() {
   stopping_ = true;
   pool_.join();
+  sandbox_pool_.join();
 }
 
 std::string ControlPlane::ControlSocketDir(const std::string& session_id) const {
@@ -272,7 +275,7 @@ Json ControlPlane::SessionJson(const store::Session& s) const {
 }
 
 awaitable<void> ControlPlane::DestroySandbox(sandbox::Backend* backend, std::string id, std::string handle) {
-  auto st = co_await RunBlocking(pool_, [&] { return backend->Destroy(handle); });
+  auto st = co_await RunBlocking(sandbox_pool_, [&] { return backend->Destroy(handle); });
   if (!st) {
     metrics_->sandbox_errors.With({std::string(backend->name()), "destroy"}).Inc();
     log::Error("destroying sandbox failed", {{"session", id}, {"error", st.error().message}});
@@ -283,6 +286,7 @@ void ControlPlane::AfterSessionEnded(const store::Session& s) {
   metrics_->sessions_ended.With({std::string(store::StateName(s.state))}).Inc();
   sandbox_server_->CloseUnix(ControlSocketDir(s.id) + "/control.sock");
   inbox_.Forget(s.id);
+  agent_exits_.erase(s.id);
   events_.Notify(s.id);
   events_.Forget(s.id);
   if (s.sandbox_handle.empty()) return;
@@ -340,7 +344,7 @@ awaitable<void> ControlPlane::ReattachAll() {
     }
     auto* backend = backends_->Find(s.backend);
     if (!backend || s.sandbox_handle.empty()) continue;
-    auto status = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Reattach(h); });
+    auto status = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Reattach(h); });
     log::Info("reattached", {{"session", s.id},
                              {"sandbox", status ? std::string(sandbox::SandboxStateName(status->state))
                                                 : status.error().message}});
@@ -362,7 +366,7 @@ awaitable<void> ControlPlane::ReconcileOnce() {
     // A sandbox that exited without calling finish ends its session as failed.
     auto* backend = backends_->Find(s.backend);
     if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty()) continue;
-    auto status = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
+    auto status = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
     if (!status) continue;
     if (status->state == sandbox::SandboxState::kExited || status->state == sandbox::SandboxState::kMissing) {
       co_await RunBlocking(pool_, [this, &id = s.id, &st = *status] {
@@ -371,10 +375,27 @@ awaitable<void> ControlPlane::ReconcileOnce() {
         if (st.signal) data["signal"] = *st.signal;
         return store_->AppendEvent(id, "session.sandbox_exit", data);
       });
-      std::string why = SandboxExitReason(*status);
+      // The runtime does not keep the exit status (init is PID 1 of the sandbox and has no
+      // waiting parent); init reported it just before it exited.
+      sandbox::SandboxStatus st = *status;
+      if (auto it = agent_exits_.find(s.id); it != agent_exits_.end() && !st.exit_code && !st.signal) {
+        const Json& d = it->second;
+        if (auto c = d.find("exit_code"); c != d.end() && c->is_number_integer()) st.exit_code = c->get<int>();
+        if (auto g = d.find("signal"); g != d.end() && g->is_number_integer()) st.signal = g->get<int>();
+      }
+      agent_exits_.erase(s.id);
+      std::string why = SandboxExitReason(st);
       co_await EndSession(s.id, SessionState::kFailed, why);
     }
   }
+}
+
+awaitable<void> ControlPlane::ReconcileSoon() {
+  asio::steady_timer t(io_);
+  t.expires_after(std::chrono::milliseconds(100));
+  boost::system::error_code ec;
+  co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+  reconcile_timer_.cancel();  // the loop runs a pass now
 }
 
 awaitable<void> ControlPlane::ReconcileLoop() {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -88,6 +89,7 @@ class ControlPlane {
   awaitable<Response> SetSuspended(std::string id, bool suspend);
   awaitable<Response> DeleteSession(Request& req);
   awaitable<Response> GetLogs(Request& req);
+  awaitable<void> FollowLogs(std::string id, ChunkSink& sink);
 
   // Sandbox handlers.
   awaitable<Response> Inbox(Request& req);
@@ -103,6 +105,8 @@ class ControlPlane {
   awaitable<void> DrainAndStop();
   awaitable<void> ReconcileLoop();
   awaitable<void> ReconcileOnce();
+  // Runs the reconciler shortly: an agent said it exited, so its sandbox is about to stop.
+  awaitable<void> ReconcileSoon();
   awaitable<void> ReattachAll();
   // Every session in starting, running or suspended, all pages. Blocking: call on the pool.
   Result<std::vector<store::Session>> ListLiveSessions();
@@ -115,6 +119,10 @@ class ControlPlane {
   std::unique_ptr<store::Store> store_;
   std::unique_ptr<sandbox::BackendRegistry> backends_;
   asio::thread_pool pool_;
+  // Backend operations (a container runtime, a VM monitor, a remote API) take milliseconds to
+  // seconds: they get their own threads so a burst of creates never queues the store calls
+  // that agents' requests make.
+  asio::thread_pool sandbox_pool_;
   metrics::Registry registry_;
   std::unique_ptr<HttpMetrics> http_metrics_;
   std::unique_ptr<ControlPlaneMetrics> metrics_;
@@ -128,6 +136,10 @@ class ControlPlane {
   asio::ip::tcp::endpoint operator_endpoint_;
   asio::ip::tcp::endpoint sandbox_endpoint_;
   asio::steady_timer reconcile_timer_;
+  // What each sandbox's init reported when its agent exited ("agent.exited"): the exit
+  // code the reconciler puts in the session's result. Touched on the io thread only; a
+  // restart forgets it (the result then says less, nothing else changes).
+  std::map<std::string, Json> agent_exits_;
   bool stopping_ = false;
 };
 

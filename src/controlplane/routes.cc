@@ -20,6 +20,7 @@ using store::SessionState;
 namespace {
 
 constexpr auto kHeartbeat = std::chrono::seconds(15);
+constexpr size_t kMaxLogResponse = 16 << 20;  // the log file is capped well below this by init
 
 Json EventJson(const store::Event& e) {
   return Json{{"seq", e.seq}, {"type", e.type}, {"data", e.data}, {"created_at", FormatTimestamp(e.created_at)}};
@@ -135,6 +136,9 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
   }
   sandbox::Backend* backend = backends_->Find(s.backend);
   if (!backend) {
+    if (auto why = backends_->UnavailableReason(s.backend)) {
+      co_return Response::FromError(503, "unavailable", fmt::format("backend \"{}\" is not available: {}", s.backend, *why));
+    }
     std::string names;
     for (const auto& n : backends_->Names()) {
       auto* b = backends_->Find(n);
@@ -175,7 +179,7 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
   // No co_await inside a conditional expression: g++ 12 destroys its temporaries twice.
   Result<std::string> handle = std::unexpected(Error{});
   if (listen) {
-    handle = co_await RunBlocking(pool_, [&backend, &spec] { return backend->Create(spec); });
+    handle = co_await RunBlocking(sandbox_pool_, [&backend, &spec] { return backend->Create(spec); });
   } else {
     handle = std::unexpected(listen.error());
   }
@@ -187,11 +191,16 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
     e.message = "sandbox failed to start: " + e.message;
     co_return Response::FromError(e);
   }
+  // Record the sandbox first: the session may end while it starts (the agent can finish
+  // within milliseconds, or an operator deletes it), and whoever ends it must find it.
+  (void)co_await RunBlocking(pool_, [this, &id = s.id, &h = *handle] { return store_->SetSandboxHandle(id, h); });
   store::StateChange change{{SessionState::kStarting}, SessionState::kRunning, std::nullopt, false, *handle};
   auto running = co_await RunBlocking(pool_, [this, &id = s.id, &change] { return store_->ChangeState(id, change); });
   if (!running) {
-    // Ended meanwhile (the agent finished already, or it was deleted): report what is stored.
+    // Ended meanwhile: report what is stored, and make sure its sandbox goes (ending may
+    // have run before the handle was recorded; destroying twice is harmless).
     AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(pool_, [this, &id = s.id] { return store_->GetSession(id); }));
+    if (store::IsTerminal(now.state)) co_await DestroySandbox(backend, s.id, *handle);
     co_return Response::FromJson(201, SessionJson(now));
   }
   events_.Notify(s.id);
@@ -346,7 +355,7 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
   }
   auto* backend = backends_->Find(s.backend);
   if (backend && !s.sandbox_handle.empty()) {
-    auto st = co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle, suspend] {
+    auto st = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle, suspend] {
       return suspend ? backend->Suspend(h) : backend->Resume(h);
     });
     if (!st) {
@@ -375,12 +384,50 @@ awaitable<Response> ControlPlane::DeleteSession(Request& req) {
 awaitable<Response> ControlPlane::GetLogs(Request& req) {
   std::string id = req.params["id"];
   AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
-  auto* backend = backends_->Find(s.backend);
-  if (!backend || s.sandbox_handle.empty()) co_return Response::Text(200, "");
-  AIRLOCK_CO_ASSIGN(auto text, co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] {
-                      return backend->Logs(h, 0, 8 << 20);
-                    }));
-  co_return Response::Text(200, std::move(text));
+  std::optional<std::string> follow = req.Query("follow");
+  if (!follow || *follow == "0" || *follow == "false") {
+    auto* backend = backends_->Find(s.backend);
+    if (!backend || s.sandbox_handle.empty()) co_return Response::Text(200, "");
+    AIRLOCK_CO_ASSIGN(auto text, co_await RunBlocking(pool_, [&backend, &h = s.sandbox_handle] {
+                        return backend->Logs(h, 0, kMaxLogResponse);
+                      }));
+    co_return Response::Text(200, std::move(text));
+  }
+  Response res = Response::Text(200, "");
+  res.headers.emplace_back("X-Accel-Buffering", "no");
+  res.stream = [this, id](ChunkSink& sink) -> awaitable<void> { co_await FollowLogs(id, sink); };
+  co_return res;
+}
+
+// Streams the sandbox's log as it grows, until the session has ended and everything
+// written before that has been sent. The log is a file the sandbox appends to, so this
+// polls it (4 times a second) rather than waiting on a notification.
+awaitable<void> ControlPlane::FollowLogs(std::string id, ChunkSink& sink) {
+  constexpr size_t kChunk = 64 << 10;
+  int64_t offset = 0;
+  asio::steady_timer timer(io_);
+  for (bool last_pass = false;;) {
+    auto s = co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); });
+    if (!s) break;
+    bool ended = store::IsTerminal(s->state);
+    sandbox::Backend* backend = backends_->Find(s->backend);
+    if (backend && !s->sandbox_handle.empty()) {
+      for (;;) {
+        auto chunk = co_await RunBlocking(pool_, [&backend, &h = s->sandbox_handle, &offset] {
+          return backend->Logs(h, offset, kChunk);
+        });
+        if (!chunk || chunk->empty()) break;
+        offset += static_cast<int64_t>(chunk->size());
+        if (!co_await sink.Write(*chunk)) co_return;
+        if (chunk->size() < kChunk) break;
+      }
+    }
+    if (last_pass || operator_server_->draining()) break;
+    last_pass = ended;  // one more read after the end: the sandbox's last words
+    boost::system::error_code ec;
+    timer.expires_after(std::chrono::milliseconds(250));
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
 }
 
 // ---------------------------------------------------------------- sandbox routes
@@ -439,6 +486,10 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
                     }));
   metrics_->events.With({"sandbox"}).Inc();
   events_.Notify(s.id);
+  if (type == "agent.exited") {
+    agent_exits_[s.id] = data;
+    asio::co_spawn(io_, ReconcileSoon(), asio::detached);
+  }
   co_return Response::FromJson(202, Json{{"seq", ev.seq}});
 }
 

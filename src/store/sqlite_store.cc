@@ -745,6 +745,16 @@ class SqliteStore final : public Store {
     });
   }
 
+  Status SetSandboxHandle(std::string_view id, std::string_view handle) override {
+    return Write([&](Connection& c) -> Status {
+      AIRLOCK_ASSIGN_OR_RETURN(SessionState state, SelectState(c, id));
+      (void)state;  // only: does the session exist
+      AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("UPDATE sessions SET sandbox_handle = ?2 WHERE id = ?1"));
+      stmt.Bind(id, handle);
+      return stmt.Run();
+    });
+  }
+
   Result<int64_t> AddUserMessage(std::string_view session_id, const Json& message) override {
     const int64_t now = NowMillis();
     return Write([&](Connection& c) -> Result<int64_t> {

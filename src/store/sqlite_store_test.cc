@@ -168,6 +168,20 @@ TEST_F(SqliteStoreTest, RejectsInMemoryDatabase) {
   EXPECT_EQ(store.error().code, ErrorCode::kInvalidArgument);
 }
 
+TEST_F(SqliteStoreTest, SandboxHandleIsRecordedInAnyStateWithoutAnEvent) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_h", 1), UserMessage("x")));
+  ASSERT_OK(store->ChangeState("ses_h", StateChange{{SessionState::kStarting}, SessionState::kKilled, "gone", true, {}}));
+  ASSERT_OK(store->SetSandboxHandle("ses_h", "oci:late"));
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_h"));
+  EXPECT_EQ(s.sandbox_handle, "oci:late");
+  EXPECT_EQ(s.state, SessionState::kKilled);
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_h", 0, 100));
+  EXPECT_EQ(events.size(), 2u);  // created, state
+  EXPECT_EQ(store->SetSandboxHandle("ses_nope", "x").error().code, ErrorCode::kNotFound);
+}
+
 TEST_F(SqliteStoreTest, CreatedSessionRoundTripsWithTaskMessageAndCreatedEvent) {
   auto store = Open();
   ASSERT_NE(store, nullptr);

@@ -108,6 +108,9 @@ class Store {
   // current state in the message) and appends a "session.state" event {"from","to","result"?}.
   // Returns the updated session.
   virtual Result<Session> ChangeState(std::string_view id, const StateChange& change) = 0;
+  // Records the sandbox of a session in whatever state it is: a session can end while its
+  // sandbox is still being created, and whoever ends it must still find the sandbox.
+  virtual Status SetSandboxHandle(std::string_view id, std::string_view handle) = 0;
 
   // Appends a pending user message (the inbox). Returns its id. kConflict if terminal.
   virtual Result<int64_t> AddUserMessage(std::string_view session_id, const Json& message) = 0;

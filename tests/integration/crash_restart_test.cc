@@ -11,93 +11,16 @@
 #include <sstream>
 
 #include "tests/integration/harness.h"
+#include "tests/integration/server_process.h"
 
 namespace airlock::testing {
 namespace {
 
 using http::verb;
 
-uint16_t FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-class ServerProcess {
- public:
-  ServerProcess(std::string home, uint16_t op, uint16_t sb) : home_(std::move(home)), op_(op), sb_(sb) {
-    std::ofstream(home_ + "/airlock.toml") << "[sandbox]\ndefault_backend = \"process\"\n"
-                                              "allow_unisolated_backends = true\n";
-  }
-  ~ServerProcess() { Kill(SIGKILL); }
-
-  void Start() {
-    std::string log = home_ + "/server.log";
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-      ::dup2(fd, 2);
-      ::dup2(fd, 1);
-      std::string op = "127.0.0.1:" + std::to_string(op_), sb = "127.0.0.1:" + std::to_string(sb_);
-      std::string cfg = home_ + "/airlock.toml";
-      ::execl(AIRLOCK_BIN, AIRLOCK_BIN, "serve", "--home", home_.c_str(), "--listen", op.c_str(),
-              "--sandbox-listen", sb.c_str(), "--config", cfg.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    for (int i = 0; i < 1000; ++i) {
-      int fd = RawConnect(op_);
-      if (fd >= 0) {
-        ::close(fd);
-        std::ifstream f(home_ + "/operator.key");
-        std::getline(f, key_);
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    FAIL() << "server did not start; log:\n" << ReadFile(log);
-  }
-
-  void Kill(int sig) {
-    if (pid_ <= 0) return;
-    ::kill(pid_, sig);
-    int status;
-    ::waitpid(pid_, &status, 0);
-    pid_ = 0;
-  }
-
-  HttpResult Op(verb m, const std::string& target, const std::string& body = "",
-                std::map<std::string, std::string> h = {}) {
-    return HttpCall(op_, m, target, key_, body, std::move(h));
-  }
-  HttpResult Sb(verb m, const std::string& target, const std::string& token, const std::string& body = "") {
-    return HttpCall(sb_, m, target, token, body);
-  }
-  const std::string& key() const { return key_; }
-  std::string log() const { return ReadFile(home_ + "/server.log"); }
-
- private:
-  std::string home_;
-  uint16_t op_, sb_;
-  pid_t pid_ = 0;
-  std::string key_;
-};
-
 TEST(CrashRestartTest, NothingAcknowledgedIsLostAcrossKill9AndTheSandboxIsReattached) {
   std::string home = MakeTempDir();
-  ServerProcess server(home, FreePort(), FreePort());
+  ServerProcess server(home, FreePort(), FreePort(), kProcessBackendConfig);
   server.Start();
   std::string tokfile = home + "/token-seen-by-agent";
   Json create = {{"task", "survive"},
@@ -200,7 +123,7 @@ TEST(CrashRestartTest, NothingAcknowledgedIsLostAcrossKill9AndTheSandboxIsReatta
 
 TEST(CrashRestartTest, SigtermDrainsAndExitsCleanly) {
   std::string home = MakeTempDir();
-  ServerProcess server(home, FreePort(), FreePort());
+  ServerProcess server(home, FreePort(), FreePort(), kProcessBackendConfig);
   server.Start();
   EXPECT_EQ(server.Op(verb::get, "/healthz").status, 200u);
   server.Kill(SIGTERM);

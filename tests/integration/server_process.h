@@ -1,0 +1,115 @@
+#pragma once
+
+// The real `airlock serve` binary (AIRLOCK_BIN) as a child process of a test, with its own
+// home, ports and config, for tests that need the whole server: crash/restart, sandboxes.
+#include <fcntl.h>
+#include <signal.h>
+#include <grp.h>
+#include <sys/wait.h>
+
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include "tests/integration/harness.h"
+
+namespace airlock::testing {
+
+inline constexpr const char* kProcessBackendConfig =
+    "[sandbox]\ndefault_backend = \"process\"\nallow_unisolated_backends = true\n";
+
+inline uint16_t FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+class ServerProcess {
+ public:
+  ServerProcess(std::string home, uint16_t op, uint16_t sb, const std::string& config)
+      : home_(std::move(home)), op_(op), sb_(sb) {
+    std::ofstream(home_ + "/airlock.toml") << config;
+  }
+  ~ServerProcess() { Kill(SIGKILL); }
+
+  // Runs the server as this (non-root) uid and gid from the next Start(): rootless mode.
+  void RunAs(uid_t uid, gid_t gid) {
+    run_as_uid_ = uid;
+    run_as_gid_ = gid;
+  }
+
+  void Start() {
+    std::string log = home_ + "/server.log";
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      ::dup2(fd, 2);
+      ::dup2(fd, 1);
+      if (run_as_uid_ && (::setgroups(0, nullptr) != 0 || ::setresgid(*run_as_gid_, *run_as_gid_, *run_as_gid_) != 0 ||
+                          ::setresuid(*run_as_uid_, *run_as_uid_, *run_as_uid_) != 0)) {
+        ::_exit(126);
+      }
+      std::string op = "127.0.0.1:" + std::to_string(op_), sb = "127.0.0.1:" + std::to_string(sb_);
+      std::string cfg = home_ + "/airlock.toml";
+      ::execl(AIRLOCK_BIN, AIRLOCK_BIN, "serve", "--home", home_.c_str(), "--listen", op.c_str(),
+              "--sandbox-listen", sb.c_str(), "--config", cfg.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    for (int i = 0; i < 1000; ++i) {
+      int fd = RawConnect(op_);
+      if (fd >= 0) {
+        ::close(fd);
+        std::ifstream f(home_ + "/operator.key");
+        std::getline(f, key_);
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    FAIL() << "server did not start; log:\n" << ReadFile(log);
+  }
+
+  void Kill(int sig) {
+    if (pid_ <= 0) return;
+    ::kill(pid_, sig);
+    int status;
+    ::waitpid(pid_, &status, 0);
+    pid_ = 0;
+  }
+
+  HttpResult Op(http::verb m, const std::string& target, const std::string& body = "",
+                std::map<std::string, std::string> h = {}) {
+    return HttpCall(op_, m, target, key_, body, std::move(h));
+  }
+  HttpResult Sb(http::verb m, const std::string& target, const std::string& token, const std::string& body = "") {
+    return HttpCall(sb_, m, target, token, body);
+  }
+  const std::string& key() const { return key_; }
+  uint16_t operator_port() const { return op_; }
+  uint16_t sandbox_port() const { return sb_; }
+  const std::string& home() const { return home_; }
+  std::string log() const { return ReadFile(home_ + "/server.log"); }
+
+ private:
+  std::string home_;
+  uint16_t op_, sb_;
+  pid_t pid_ = 0;
+  std::optional<uid_t> run_as_uid_;
+  std::optional<gid_t> run_as_gid_;
+  std::string key_;
+};
+
+
+}  // namespace airlock::testing
