@@ -1,0 +1,184 @@
+// Sessions on real sandboxes through the real `airlock serve`: the log (captured, capped,
+// followed), suspend and resume, a follow-up message waking a suspended sandbox, and a
+// sandbox that survives a kill -9 of the control plane and is found again.
+#include <set>
+#include <thread>
+
+#include "tests/security/sandbox_fixture.h"
+
+namespace airlock::testing {
+namespace {
+
+using http::verb;
+
+class OciSessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    AIRLOCK_REQUIRE_SANDBOXES();
+    sbx_ = std::make_unique<SandboxServer>();
+    sbx_->Start();
+  }
+  std::string State(const std::string& id) {
+    auto r = sbx_->server().Op(verb::get, "/v1/sessions/" + id);
+    return r.status == 200 ? r.json().value("state", "") : "";
+  }
+  bool WaitForLog(const std::string& id, const std::string& needle, int timeout_s = 20) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (sbx_->Logs(id).find(needle) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
+  std::unique_ptr<SandboxServer> sbx_;
+};
+
+TEST_F(OciSessionTest, TheLogIsCappedAndTheAgentIsNotBlockedByIt) {
+  // 4 MiB of output against the default 8 MiB cap would fit; configure nothing and print
+  // 12 MiB: the log stops at the cap with one marker line, the agent still finishes.
+  std::string id = sbx_->Create({"/bin/sh", "-c", "head -c 12582912 /dev/zero | tr '\\0' x; echo; echo after"});
+  auto out = sbx_->WaitForEnd(id);
+  EXPECT_LE(out.logs.size(), (8u << 20) + 200);
+  EXPECT_GE(out.logs.size(), 8u << 20);
+  EXPECT_NE(out.logs.find("log limit"), std::string::npos);
+  EXPECT_EQ(out.logs.find("after"), std::string::npos);
+  EXPECT_NE(out.session.value("result", "").find("exited with code 0"), std::string::npos) << out.session.dump();
+}
+
+TEST_F(OciSessionTest, FollowStreamsTheLogUntilTheSessionEnds) {
+  std::string id = sbx_->Create({"/bin/sh", "-c", "for i in 1 2 3 4 5; do echo line-$i; sleep 0.2; done"});
+  // Opened while the agent is still writing; ends by itself after the session ended.
+  auto r = sbx_->server().Op(verb::get, "/v1/sessions/" + id + "/logs?follow=1");
+  EXPECT_EQ(r.status, 200u);
+  for (int i = 1; i <= 5; ++i) EXPECT_NE(r.body.find("line-" + std::to_string(i)), std::string::npos) << r.body;
+  EXPECT_NE(State(id), "running");
+}
+
+TEST_F(OciSessionTest, SuspendFreezesTheSandboxAndAMessageWakesIt) {
+  std::string id = sbx_->Create({"/bin/sh", "-c", "while true; do echo tick; sleep 0.05; done"});
+  ASSERT_TRUE(WaitForLog(id, "tick"));
+  auto s = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/suspend");
+  ASSERT_EQ(s.status, 200u) << s.body;
+  EXPECT_EQ(s.json()["state"], "suspended");
+  size_t frozen = sbx_->Logs(id).size();
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(sbx_->Logs(id).size(), frozen) << "a suspended sandbox kept running";
+  // The reconciler must not mistake a frozen sandbox for a dead one.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  EXPECT_EQ(State(id), "suspended");
+  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"wake up"})");
+  ASSERT_EQ(m.status, 202u) << m.body;
+  EXPECT_EQ(State(id), "running");
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (sbx_->Logs(id).size() == frozen && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GT(sbx_->Logs(id).size(), frozen);
+  auto d = sbx_->server().Op(verb::delete_, "/v1/sessions/" + id);
+  EXPECT_EQ(d.status, 200u);
+}
+
+TEST_F(OciSessionTest, ASandboxSurvivesAKill9OfTheControlPlaneAndIsFoundAgain) {
+  // The agent keeps polling its inbox through the bridge; after the restart it must get
+  // through again on the same socket path, with the same token.
+  std::string script =
+      "while true; do "
+      "wget -q -O - --header \"Authorization: Bearer $SESSION_TOKEN\" \"$CONTROL_PLANE_URL/sandbox/v1/inbox?wait=1\" "
+      "&& echo; sleep 0.1; done";
+  std::string id = sbx_->Create({"/bin/sh", "-c", script});
+  ASSERT_TRUE(WaitForLog(id, "security probe")) << sbx_->Logs(id);
+  sbx_->server().Kill(SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  sbx_->server().Start();
+  EXPECT_EQ(State(id), "running");
+  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"after the restart"})");
+  ASSERT_EQ(m.status, 202u) << m.body;
+  EXPECT_TRUE(WaitForLog(id, "after the restart")) << sbx_->Logs(id);
+  // A reconcile pass later it is still running: it was re-attached, not written off.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(State(id), "running");
+  EXPECT_EQ(sbx_->server().Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
+  auto ended = sbx_->WaitForEnd(id);
+  EXPECT_EQ(ended.session["state"], "killed");
+}
+
+TEST_F(OciSessionTest, DeletingASessionDestroysItsSandbox) {
+  std::string id = sbx_->Create({"/bin/sleep", "600"});
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (State(id) != "running" && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::string state_dir = sbx_->home() + "/run/oci/airlock-" + id;
+  EXPECT_TRUE(std::filesystem::exists(state_dir));
+  EXPECT_EQ(sbx_->server().Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  std::string bundle = sbx_->home() + "/sessions/" + id + "/bundle/config.json";
+  while ((std::filesystem::exists(state_dir) || std::filesystem::exists(bundle)) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_FALSE(std::filesystem::exists(state_dir)) << "the container outlived its session";
+  EXPECT_FALSE(std::filesystem::exists(bundle))
+      << "the bundle (it holds the token) outlived its session";
+}
+
+TEST_F(OciSessionTest, AnUnknownImageIsAClearError) {
+  Json body = {{"task", "x"}, {"image", "nope:latest"}, {"command", {"/bin/true"}}};
+  auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
+  EXPECT_GE(r.status, 400u);
+  EXPECT_NE(r.body.find("nope"), std::string::npos) << r.body;
+}
+
+// A control plane that is not root runs rootless sandboxes (a user namespace). On a host
+// without a subordinate id range for its user the agent is the namespace's root, which is
+// the unprivileged host user, with no capabilities, and cgroup limits are not enforced (the
+// server says so in its log).
+TEST(OciRootlessTest, ANonRootControlPlaneRunsRootlessSandboxes) {
+  AIRLOCK_REQUIRE_SANDBOXES();
+  if (::access("/proc/sys/user/max_user_namespaces", R_OK) != 0 ||
+      ReadFile("/proc/sys/user/max_user_namespaces").starts_with("0")) {
+    GTEST_SKIP() << "unprivileged user namespaces are disabled on this host";
+  }
+  constexpr uid_t kNobody = 65534;
+  SandboxServer sbx;
+  std::filesystem::path home = sbx.home();
+  for (const auto& e : std::filesystem::recursive_directory_iterator(home)) {
+    ::lchown(e.path().c_str(), kNobody, kNobody);
+  }
+  ::chown(home.c_str(), kNobody, kNobody);
+  sbx.server().RunAs(kNobody, kNobody);
+  sbx.Start();
+  auto out = sbx.WaitForEnd(sbx.Create(SandboxServer::Probe(
+      {"identity", "--", "env", "--", "syscalls", "--", "read", "/proc/1/environ", "/proc/1/mem", "/proc/1/fd/1"})));
+  Json id = out.Probe("identity");
+  ASSERT_FALSE(id.is_null()) << out.logs << sbx.server().log();
+  for (const char* cap : {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}) {
+    EXPECT_EQ(id[cap], "0000000000000000") << cap;
+  }
+  EXPECT_EQ(id["NoNewPrivs"], "1");
+  EXPECT_EQ(id["Seccomp"], "2");
+  Json syscalls = out.Probe("syscalls");
+  ASSERT_FALSE(syscalls.is_null()) << out.logs;
+  for (const auto& a : syscalls["attempts"]) {
+    // setuid(0)/setgid(0) are no-ops for the namespace's root: nothing is gained. It is also
+    // init's uid, so kill(1) is allowed; init ignores signals sent from inside the sandbox
+    // (and as its pid namespace's init, SIGKILL and SIGSTOP): the probe must survive it.
+    if (a["name"] == "setuid_root" || a["name"] == "setgid_root" || a["name"] == "kill_init") continue;
+    EXPECT_FALSE(a["succeeded"].get<bool>()) << a.dump();
+  }
+  EXPECT_GT(syscalls["attempts"].size(), 20u);
+  // Here the agent has init's uid: init's memory (the token) and descriptors (the host's log
+  // file, uncapped) must still be out of its reach.
+  Json reads = out.Probe("read");
+  ASSERT_FALSE(reads.is_null()) << out.logs;
+  for (const auto& r : reads["paths"]) EXPECT_FALSE(r["readable"].get<bool>()) << r.dump();
+  EXPECT_FALSE(out.Probe("done").is_null()) << "the probe did not survive its attempts: " << out.logs;
+  Json env = out.Probe("env");
+  ASSERT_FALSE(env.is_null()) << out.logs;
+  std::set<std::string> names(env["names"].begin(), env["names"].end());
+  EXPECT_EQ(names, (std::set<std::string>{"SESSION_ID", "SESSION_TOKEN", "CONTROL_PLANE_URL", "PATH", "HOME", "LANG"}));
+  EXPECT_NE(sbx.server().log().find("\"rootless\":true"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace airlock::testing

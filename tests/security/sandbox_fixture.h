@@ -1,0 +1,196 @@
+#pragma once
+
+// Real sandboxes for tests: the real `airlock serve` binary with a real backend (oci unless
+// AIRLOCK_TEST_BACKEND names another), the probe image imported with `airlock image import`,
+// and helpers to run one session to its end and read what its agent printed.
+//
+// The suite is backend-agnostic on purpose: everything goes through the operator API and the
+// session log, so it runs unchanged against any backend that runs images.
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "images/image_store.h"
+#include "tests/integration/server_process.h"
+
+namespace airlock::testing {
+
+inline std::string TestBackendName() {
+  const char* b = std::getenv("AIRLOCK_TEST_BACKEND");
+  return b && *b ? b : "oci";
+}
+
+// Why real sandboxes cannot run here, or empty when they can.
+inline std::string SandboxSkipReason() {
+  if (::geteuid() != 0) return "needs root: the oci backend sets cgroup limits and runs the agent as another user";
+  if (::access("/proc/self/ns/user", F_OK) != 0) return "no namespace support in this kernel";
+  const char* runtime = std::getenv("AIRLOCK_TEST_OCI_RUNTIME");
+  std::string rt = runtime && *runtime ? runtime : "crun";
+  if (TestBackendName() == "oci" && std::system(("command -v " + rt + " >/dev/null 2>&1").c_str()) != 0) {
+    return rt + " is not installed (scripts/install-deps.sh installs crun and runc)";
+  }
+  return {};
+}
+
+#define AIRLOCK_REQUIRE_SANDBOXES()                                   \
+  do {                                                                \
+    if (auto why = ::airlock::testing::SandboxSkipReason(); !why.empty()) GTEST_SKIP() << why; \
+  } while (0)
+
+// The host's first non-loopback IPv4 address, if any.
+inline std::string ExternalAddress() {
+  ifaddrs* list = nullptr;
+  std::string out;
+  if (::getifaddrs(&list) != 0) return out;
+  for (ifaddrs* i = list; i; i = i->ifa_next) {
+    if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK)) continue;
+    char buf[INET_ADDRSTRLEN];
+    ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof(buf));
+    out = buf;
+    break;
+  }
+  ::freeifaddrs(list);
+  return out;
+}
+
+inline int RunCommandLine(const std::string& cmd) {
+  int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+struct SessionOutcome {
+  Json session;              // GET /v1/sessions/{id} once it ended
+  std::string logs;          // the sandbox's stdout/stderr
+  Json events;               // every event, as a JSON array
+  std::vector<Json> probes;  // the PROBE lines of the log, parsed
+
+  // The probe line of `check`, or null.
+  Json Probe(const std::string& check) const {
+    for (const auto& p : probes) {
+      if (p.value("check", "") == check) return p;
+    }
+    return nullptr;
+  }
+  Json Event(const std::string& type) const {
+    for (const auto& e : events) {
+      if (e.value("type", "") == type) return e;
+    }
+    return nullptr;
+  }
+};
+
+class SandboxServer {
+ public:
+  static constexpr const char* kProbeImage = "airlock-probe:test";
+
+  explicit SandboxServer(std::string extra_config = "") : home_(MakeTempDir("airlock-sbx")) {
+    images::ImageStoreOptions o;
+    o.root = home_ + "/images";
+    auto store = images::ImageStore::Open(o);
+    auto imported = store ? store->Import(AIRLOCK_PROBE_IMAGE, std::string(kProbeImage))
+                          : Result<images::ImageInfo>(std::unexpected(store.error()));
+    import_error_ = imported ? "" : imported.error().message;
+    // AIRLOCK_TEST_OCI_RUNTIME=runc (or runsc) runs the same tests under another runtime.
+    const char* runtime = std::getenv("AIRLOCK_TEST_OCI_RUNTIME");
+    std::string config = fmt::format(
+        "[sandbox]\ndefault_backend = \"{}\"\ndefault_image = \"{}\"\n[sandbox.oci]\nbridge_port = 7401\n"
+        "runtime = \"{}\"\n{}",
+        TestBackendName(), kProbeImage, runtime && *runtime ? runtime : "crun", extra_config);
+    server_ = std::make_unique<ServerProcess>(home_, FreePort(), FreePort(), config);
+  }
+  ~SandboxServer() {
+    // Sandboxes outlive a killed server by design; a test cleans up its own.
+    for (const auto& id : sessions_) server_->Op(http::verb::delete_, "/v1/sessions/" + id);
+  }
+
+  void Start() {
+    ASSERT_EQ(import_error_, "") << "importing " << AIRLOCK_PROBE_IMAGE;
+    server_->Start();
+  }
+  ServerProcess& server() { return *server_; }
+  const std::string& home() const { return home_; }
+
+  // Starts a session whose agent is `command`; returns its id.
+  std::string Create(const Json& command, const Json& limits = Json::object(), const std::string& image = "") {
+    Json body = {{"task", "security probe"}, {"command", command}};
+    if (!limits.empty()) body["limits"] = limits;
+    if (!image.empty()) body["image"] = image;
+    auto r = server_->Op(http::verb::post, "/v1/sessions", DumpJson(body));
+    EXPECT_EQ(r.status, 201u) << r.body;
+    if (r.status != 201u) return {};
+    std::string id = r.json()["id"];
+    sessions_.push_back(id);
+    return id;
+  }
+
+  // The probe binary inside the probe image, with checks separated by "--".
+  static Json Probe(std::initializer_list<std::string> args) {
+    Json cmd = Json::array({"/usr/bin/airlock-probe"});
+    for (const auto& a : args) cmd.push_back(a);
+    return cmd;
+  }
+
+  // Waits (up to `timeout_s`) until the session has ended, then collects what it left.
+  SessionOutcome WaitForEnd(const std::string& id, int timeout_s = 60) {
+    SessionOutcome o;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    for (;;) {
+      auto r = server_->Op(http::verb::get, "/v1/sessions/" + id);
+      if (r.status == 200) {
+        o.session = r.json();
+        std::string st = o.session.value("state", "");
+        if (st == "succeeded" || st == "failed" || st == "killed") break;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        ADD_FAILURE() << "session " << id << " did not end within " << timeout_s << " s: " << r.body
+                      << "\nlogs:\n" << Logs(id);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    o.logs = Logs(id);
+    auto ev = server_->Op(http::verb::get, "/v1/sessions/" + id + "/events", "", {{"Accept", "application/json"}});
+    o.events = ev.status == 200 ? ev.json() : Json::array();
+    o.probes = ParseProbes(o.logs);
+    return o;
+  }
+
+  std::string Logs(const std::string& id) { return server_->Op(http::verb::get, "/v1/sessions/" + id + "/logs").body; }
+
+  // Polls the log until a probe line of `check` appears.
+  Json WaitForProbe(const std::string& id, const std::string& check, int timeout_s = 30) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    while (std::chrono::steady_clock::now() < deadline) {
+      for (const auto& p : ParseProbes(Logs(id))) {
+        if (p.value("check", "") == check) return p;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ADD_FAILURE() << "no PROBE " << check << " line from " << id << "; logs:\n" << Logs(id);
+    return nullptr;
+  }
+
+  static std::vector<Json> ParseProbes(const std::string& logs) {
+    std::vector<Json> out;
+    std::istringstream in(logs);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (!line.starts_with("PROBE ")) continue;
+      auto j = ParseJson(line.substr(6));
+      if (j) out.push_back(*j);
+    }
+    return out;
+  }
+
+ private:
+  std::string home_;
+  std::string import_error_;
+  std::unique_ptr<ServerProcess> server_;
+  std::vector<std::string> sessions_;
+};
+
+}  // namespace airlock::testing

@@ -1,0 +1,371 @@
+// The attacker's test suite: every test runs a real sandbox whose agent is airlock-probe
+// trying one way out, and asserts that the attempt failed cleanly. Runs against the `oci`
+// backend by default; AIRLOCK_TEST_BACKEND=<name> runs the same tests against another.
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <atomic>
+#include <cstddef>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "tests/security/sandbox_fixture.h"
+
+namespace airlock::testing {
+namespace {
+
+using http::verb;
+
+class SandboxSecurityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    AIRLOCK_REQUIRE_SANDBOXES();
+    sbx_ = std::make_unique<SandboxServer>();
+    sbx_->Start();
+  }
+  std::unique_ptr<SandboxServer> sbx_;
+};
+
+// A TCP listener on the host that counts the connections it gets: none may come.
+class Canary {
+ public:
+  explicit Canary(const std::string& address) : address_(address) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    ::inet_pton(AF_INET, address.c_str(), &a.sin_addr);
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0) << address;
+    ::listen(fd_, 64);
+    socklen_t len = sizeof(a);
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+  }
+  ~Canary() { ::close(fd_); }
+  std::string target() const { return address_ + ":" + std::to_string(port_); }
+  int Accepted() {
+    int n = 0;
+    for (int c; (c = ::accept(fd_, nullptr, nullptr)) >= 0; ++n) ::close(c);
+    return n;
+  }
+
+ private:
+  std::string address_;
+  int fd_ = -1;
+  uint16_t port_ = 0;
+};
+
+TEST_F(SandboxSecurityTest, TheAgentTalksToItsControlPlaneAndNothingElseOfItsOwn) {
+  // The one way out works: the agent takes its task and finishes through CONTROL_PLANE_URL.
+  std::string script =
+      "set -e; auth=\"Authorization: Bearer $SESSION_TOKEN\"; "
+      "wget -q -O - --header \"$auth\" \"$CONTROL_PLANE_URL/sandbox/v1/inbox?wait=5\"; echo; "
+      "wget -q -O - --header \"$auth\" --header 'Content-Type: application/json' "
+      "--post-data '{\"status\":\"succeeded\",\"result\":\"reached the control plane\"}' "
+      "\"$CONTROL_PLANE_URL/sandbox/v1/finish\"";
+  std::string id = sbx_->Create({"/bin/sh", "-c", script});
+  auto out = sbx_->WaitForEnd(id);
+  EXPECT_EQ(out.session["state"], "succeeded") << out.logs;
+  EXPECT_EQ(out.session.value("result", ""), "reached the control plane");
+  EXPECT_NE(out.logs.find("security probe"), std::string::npos) << "the task came through the inbox: " << out.logs;
+}
+
+TEST_F(SandboxSecurityTest, TheAgentEnvironmentHoldsOnlyTheThreeVariablesPathHomeAndLang) {
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"env"})));
+  Json env = out.Probe("env");
+  ASSERT_FALSE(env.is_null()) << out.logs;
+  std::set<std::string> names(env["names"].begin(), env["names"].end());
+  EXPECT_EQ(names, (std::set<std::string>{"SESSION_ID", "SESSION_TOKEN", "CONTROL_PLANE_URL", "PATH", "HOME", "LANG"}));
+  EXPECT_EQ(env["HOME"], "/home/sandbox");
+  EXPECT_EQ(env["LANG"], "C.UTF-8");
+  EXPECT_TRUE(env["CONTROL_PLANE_URL"].get<std::string>().starts_with("http://127.0.0.1:"));
+  EXPECT_EQ(env["SESSION_ID"], out.session["id"]);
+}
+
+TEST_F(SandboxSecurityTest, NoOtherProcessShowsTheTokenInItsEnviron) {
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"environ-others"})));
+  Json p = out.Probe("environ_others");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  bool saw_init = false;
+  for (const auto& proc : p["procs"]) {
+    EXPECT_FALSE(proc["has_token"].get<bool>()) << proc.dump();
+    EXPECT_FALSE(proc["readable"].get<bool>() && proc["has_session_vars"].get<bool>()) << proc.dump();
+    if (proc["pid"] == 1) {
+      saw_init = true;
+      EXPECT_TRUE(!proc["readable"].get<bool>() || !proc["nonempty"].get<bool>()) << "init's environ: " << proc.dump();
+    }
+  }
+  EXPECT_TRUE(saw_init) << "pid 1 (airlock-init) should be visible in the sandbox's own pid namespace";
+}
+
+TEST_F(SandboxSecurityTest, TheAgentIsUnprivileged) {
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"identity"})));
+  Json id = out.Probe("identity");
+  ASSERT_FALSE(id.is_null()) << out.logs;
+  EXPECT_NE(id["uid"], 0);
+  EXPECT_NE(id["euid"], 0);
+  EXPECT_NE(id["gid"], 0);
+  EXPECT_EQ(id["ngroups"], 0);
+  for (const char* cap : {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}) {
+    EXPECT_EQ(id[cap], "0000000000000000") << cap;
+  }
+  EXPECT_EQ(id["NoNewPrivs"], "1");
+  EXPECT_EQ(id["Seccomp"], "2");
+  EXPECT_EQ(id["hostname"], "sandbox\n");
+}
+
+TEST_F(SandboxSecurityTest, PrivilegedSyscallsAllFail) {
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"syscalls"})));
+  Json p = out.Probe("syscalls");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  std::set<std::string> tried;
+  for (const auto& a : p["attempts"]) {
+    tried.insert(a["name"]);
+    EXPECT_FALSE(a["succeeded"].get<bool>()) << a.dump();
+  }
+  for (const char* must : {"mount_tmpfs", "unshare_user", "unshare_mount", "setns_host_net", "clone_newuser",
+                           "ptrace_init", "ptrace_own_child", "bpf_map_create", "keyctl_session", "perf_event_open",
+                           "kexec_load", "socket_raw_icmp", "socket_packet", "socket_vsock", "setuid_root",
+                           "int80_getpid", "x32_getpid", "clone3_newuser", "kill_init", "clock_settime",
+                           "raise_core_limit", "tiocsti"}) {
+    EXPECT_TRUE(tried.count(must)) << must;
+  }
+  EXPECT_FALSE(out.Probe("done").is_null()) << "the probe survived its own attempts: " << out.logs;
+}
+
+TEST_F(SandboxSecurityTest, WritesToTheRootAndTheSystemFail) {
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"write-root"})));
+  Json p = out.Probe("write_root");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  for (const auto& w : p["paths"]) {
+    EXPECT_FALSE(w["wrote"].get<bool>()) << w.dump();
+    // The image's tree is shared by every sandbox of that image: read-only by mount, not
+    // only by ownership, so even a uid that owns a directory of it cannot leave files there.
+    std::string path = w["path"];
+    if (path == "/probe" || path == "/etc/probe" || path == "/bin/probe" || path == "/usr/probe") {
+      EXPECT_EQ(w["errno"], EROFS) << w.dump();
+    }
+  }
+  EXPECT_TRUE(p["tmp_writable"].get<bool>()) << "/tmp must stay writable";
+}
+
+TEST_F(SandboxSecurityTest, SystemMountsAreReadOnlyAndWritableOnesNosuid) {
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"mounts"})));
+  Json p = out.Probe("mounts");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  EXPECT_FALSE(p["has_token"].get<bool>());
+  // What the sandbox reaches at each mount point is the last mount made there.
+  std::map<std::string, Json> top;
+  for (const auto& m : p["mounts"]) top[m["point"]] = m;
+  auto read_only = [](const Json& m) { return m["options"].get<std::string>().starts_with("ro"); };
+  for (const auto& [point, m] : top) {
+    // /sys/fs/cgroup included: on cgroup v1 a writable hierarchy is one a uid 0 inside could
+    // raise its own limits in, or set the release_agent of.
+    if (point == "/" || point.starts_with("/sys") || point == "/proc/sys" || point.starts_with("/.airlock/")) {
+      EXPECT_TRUE(read_only(m)) << m.dump();
+    } else if (!read_only(m)) {
+      EXPECT_NE(m["options"].get<std::string>().find("nosuid"), std::string::npos) << m.dump();
+    }
+  }
+  EXPECT_TRUE(top.count("/"));
+  EXPECT_TRUE(top.count("/.airlock/run"));
+}
+
+TEST_F(SandboxSecurityTest, OnlyUnixInetAndNetlinkSocketsOpen) {
+  // Every other address family is kernel code the agent has no use for (AF_ALG, AF_TIPC,
+  // AF_RDS, AF_VSOCK, ...), often loaded on demand by the socket call itself.
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"socket-families"})));
+  Json p = out.Probe("socket_families");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  std::set<int> opened(p["opened"].begin(), p["opened"].end());
+  for (int family : opened) {
+    EXPECT_TRUE(family == AF_UNIX || family == AF_INET || family == AF_INET6 || family == AF_NETLINK) << family;
+  }
+  EXPECT_TRUE(opened.count(AF_UNIX) && opened.count(AF_INET)) << p.dump();
+}
+
+TEST_F(SandboxSecurityTest, TheAgentCannotTakeTheBridgePort) {
+  // init listens on CONTROL_PLANE_URL's port before the agent exists, so nothing in the
+  // sandbox can answer in the control plane's place.
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"listen", "7401", "0"})));
+  Json p = out.Probe("listen");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  EXPECT_FALSE(p["listening"].get<bool>()) << p.dump();
+}
+
+TEST_F(SandboxSecurityTest, HostFilesAndTheControlPlaneHomeAreInvisible) {
+  std::string canary = sbx_->home() + "/canary-secret.txt";
+  std::ofstream(canary) << "CANARY-5f1e9d";
+  ::chmod(canary.c_str(), 0644);  // even world-readable on the host
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe(
+      {"read", canary, "/proc/1/root" + canary, sbx_->home() + "/operator.key", sbx_->home() + "/airlock.db",
+       sbx_->home() + "/airlock.toml", "/etc/shadow", "/root/.bash_history", "/proc/1/environ", "/proc/1/mem",
+       // The host kernel's state, masked (world-readable ones included: timer_list).
+       "/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/latency_stats"})));
+  Json p = out.Probe("read");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  for (const auto& r : p["paths"]) {
+    EXPECT_FALSE(r["readable"].get<bool>() && !r["content"].get<std::string>().empty()) << r.dump();
+    EXPECT_EQ(r["content"].get<std::string>().find("CANARY"), std::string::npos);
+  }
+  EXPECT_EQ(out.logs.find("CANARY-5f1e9d"), std::string::npos);
+}
+
+TEST_F(SandboxSecurityTest, NoHostProcessIsVisible) {
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"procs"})));
+  Json p = out.Probe("procs");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  for (const auto& proc : p["procs"]) {
+    std::string cmd = proc["cmdline"];
+    EXPECT_TRUE(cmd.starts_with("/.airlock/init") || cmd.starts_with("/usr/bin/airlock-probe")) << cmd;
+  }
+  EXPECT_LE(p["procs"].size(), 2u);
+}
+
+TEST_F(SandboxSecurityTest, NoRouteOutOfTheSandbox) {
+  Canary loopback("127.0.0.1");
+  std::string external = ExternalAddress();
+  std::unique_ptr<Canary> outside;
+  if (!external.empty()) outside = std::make_unique<Canary>(external);
+  std::string op = std::to_string(sbx_->server().operator_port());
+  std::string sb = std::to_string(sbx_->server().sandbox_port());
+  std::vector<std::string> targets = {loopback.target(), "127.0.0.1:" + op, "127.0.0.1:" + sb,
+                                      "169.254.169.254:80", "10.0.2.2:80", "8.8.8.8:53", "1.1.1.1:443"};
+  if (outside) {
+    targets.push_back(outside->target());
+    targets.push_back(external + ":" + op);
+    targets.push_back(external + ":" + sb);
+  }
+  // Abstract Unix sockets belong to the network namespace: the host's must be out of reach.
+  std::string abstract = "airlock-canary-" + std::to_string(::getpid());
+  int unix_canary = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  sockaddr_un ua{};
+  ua.sun_family = AF_UNIX;
+  std::memcpy(ua.sun_path + 1, abstract.data(), abstract.size());
+  auto ua_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + abstract.size());
+  ASSERT_EQ(::bind(unix_canary, reinterpret_cast<sockaddr*>(&ua), ua_len), 0);
+  ::listen(unix_canary, 16);
+  Json cmd = Json::array({"/usr/bin/airlock-probe", "net"});
+  for (const auto& t : targets) cmd.push_back(t);
+  cmd.push_back("--");
+  cmd.push_back("unix-connect");
+  cmd.push_back("@" + abstract);
+  auto out = sbx_->WaitForEnd(sbx_->Create(cmd));
+  Json unix_out = out.Probe("unix_connect");
+  EXPECT_TRUE(!unix_out.is_null() && !unix_out["targets"][0]["connected"].get<bool>()) << out.logs;
+  EXPECT_EQ(::accept(unix_canary, nullptr, nullptr), -1);
+  ::close(unix_canary);
+  Json p = out.Probe("net");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  ASSERT_EQ(p["targets"].size(), targets.size());
+  for (const auto& t : p["targets"]) EXPECT_FALSE(t["connected"].get<bool>()) << t.dump();
+  EXPECT_EQ(loopback.Accepted(), 0);
+  if (outside) {
+    EXPECT_EQ(outside->Accepted(), 0);
+  }
+}
+
+TEST_F(SandboxSecurityTest, SetuidBinariesOfTheHostImageAreInert) {
+  // The host image binds the host's /usr, where su, mount and passwd are setuid root. The
+  // kernel must ignore the bits (nosuid mounts, and no_new_privs on top).
+  std::string script =
+      "grep NoNewPrivs /proc/self/status; "
+      "for f in /usr/bin/su /usr/bin/mount /usr/bin/passwd; do [ -u \"$f\" ] && echo \"SETUID $f\"; done; "
+      "/usr/bin/mount -t tmpfs none /tmp >/dev/null 2>&1 && echo MOUNT-SUCCEEDED; "
+      "/usr/bin/su -c 'echo SU-SUCCEEDED' root </dev/null >/dev/null 2>&1 && echo SU-SUCCEEDED; "
+      "grep ' /usr ' /proc/self/mountinfo; id -u";
+  auto out = sbx_->WaitForEnd(sbx_->Create({"/bin/sh", "-c", script}, Json::object(), "host"));
+  EXPECT_NE(out.logs.find("NoNewPrivs:\t1"), std::string::npos) << out.logs;
+  EXPECT_EQ(out.logs.find("MOUNT-SUCCEEDED"), std::string::npos) << out.logs;
+  EXPECT_EQ(out.logs.find("SU-SUCCEEDED"), std::string::npos) << out.logs;
+  if (out.logs.find("SETUID") != std::string::npos) {
+    // There are setuid files: their mount must be nosuid.
+    size_t usr = out.logs.find(" /usr ");
+    ASSERT_NE(usr, std::string::npos) << out.logs;
+    std::string line = out.logs.substr(usr, out.logs.find('\n', usr) - usr);
+    EXPECT_NE(line.find("nosuid"), std::string::npos) << line;
+  }
+}
+
+TEST_F(SandboxSecurityTest, AForkBombStopsAtThePidsLimitAndTheHostStaysResponsive) {
+  std::string id = sbx_->Create(SandboxServer::Probe({"forkbomb", "100000"}), {{"pids", 64}});
+  // While the bomb goes off the control plane keeps answering.
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(sbx_->server().Op(verb::get, "/healthz").status, 200u);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  auto out = sbx_->WaitForEnd(id);
+  Json p = out.Probe("forkbomb");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  EXPECT_LT(p["forked"].get<int>(), 64);
+  EXPECT_GT(p["forked"].get<int>(), 8) << "the limit, not something else, stopped it";
+  EXPECT_EQ(p["errno"], EAGAIN);
+}
+
+TEST_F(SandboxSecurityTest, AMemoryBombIsOomKilledAndReportedAsOom) {
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"membomb"}), {{"memory_mb", 64}}));
+  EXPECT_FALSE(out.Probe("membomb_start").is_null()) << out.logs;
+  EXPECT_TRUE(out.Probe("membomb").is_null()) << "malloc should not fail before the OOM killer acts: " << out.logs;
+  EXPECT_EQ(out.session["state"], "failed");
+  Json exited = out.Event("agent.exited");
+  ASSERT_FALSE(exited.is_null()) << out.events.dump();
+  EXPECT_EQ(exited["data"]["signal"], 9) << exited.dump();
+  EXPECT_EQ(exited["data"]["oom_killed"], true) << exited.dump();
+  EXPECT_NE(out.session.value("result", "").find("out of memory"), std::string::npos) << out.session.dump();
+}
+
+TEST_F(SandboxSecurityTest, TheAgentGetsOnlyItsCpuShare) {
+  // A busy loop is no proof within a test's time; the sandbox's own cgroup, as the sandbox
+  // sees it, is: quota / period = the cpus limit (cgroup v1 files, or v2's cpu.max).
+  auto out = sbx_->WaitForEnd(sbx_->Create(
+      SandboxServer::Probe({"read", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
+                            "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us",
+                            "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "/sys/fs/cgroup/cpu.max"}),
+      {{"cpus", 0.5}}));
+  Json p = out.Probe("read");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  auto content = [&](size_t i) { return p["paths"][i]["content"].get<std::string>(); };
+  std::string quota, period;
+  for (size_t v1 : {0u, 2u}) {
+    if (quota.empty() && !content(v1).empty()) {
+      quota = content(v1);
+      period = content(v1 + 1);
+    }
+  }
+  if (quota.empty()) std::istringstream(content(4)) >> quota >> period;
+  if (quota.empty()) GTEST_SKIP() << "this backend shows the sandbox no cgroup files: " << p.dump();
+  ASSERT_FALSE(quota.starts_with("-1") || quota.starts_with("max")) << "no cpu limit: " << p.dump();
+  EXPECT_DOUBLE_EQ(std::stod(quota) / std::stod(period), 0.5) << p.dump();
+}
+
+TEST_F(SandboxSecurityTest, FillingTmpEndsInEnospc) {
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"filltmp"}), {{"disk_mb", 16}}));
+  Json p = out.Probe("filltmp");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  EXPECT_EQ(p["errno"], ENOSPC);
+  EXPECT_LE(p["bytes"].get<int64_t>(), 16ll << 20);
+  EXPECT_GT(p["bytes"].get<int64_t>(), 8ll << 20);
+}
+
+TEST_F(SandboxSecurityTest, TwoSandboxesCannotSeeOrReachEachOther) {
+  std::string a = sbx_->Create(SandboxServer::Probe({"listen", "7777", "60"}));
+  Json listening = sbx_->WaitForProbe(a, "listen");
+  ASSERT_TRUE(!listening.is_null() && listening["listening"].get<bool>()) << sbx_->Logs(a);
+  auto out = sbx_->WaitForEnd(sbx_->Create(
+      SandboxServer::Probe({"net", "127.0.0.1:7777", "--", "read", "/tmp/probe-marker", "--", "procs"})));
+  Json net = out.Probe("net");
+  ASSERT_FALSE(net.is_null()) << out.logs;
+  EXPECT_FALSE(net["targets"][0]["connected"].get<bool>()) << net.dump();
+  EXPECT_FALSE(out.Probe("read")["paths"][0]["readable"].get<bool>());
+  Json procs = out.Probe("procs");  // a named value: a range over a temporary's member dangles
+  ASSERT_FALSE(procs.is_null()) << out.logs;
+  for (const auto& proc : procs["procs"]) {
+    EXPECT_EQ(proc["cmdline"].get<std::string>().find("listen"), std::string::npos) << proc.dump();
+  }
+  sbx_->server().Op(verb::delete_, "/v1/sessions/" + a);
+}
+
+}  // namespace
+}  // namespace airlock::testing
