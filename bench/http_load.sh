@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # HTTP load benchmark for the Airlock control plane (see BENCHMARKS.md).
-# Requires: built airlock (build/apps/airlock), wrk, curl, python3, nginx (baseline).
+# Requires: built airlock (build/bin/airlock), wrk, curl, python3, nginx (baseline).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-AIRLOCK="${AIRLOCK:-$ROOT/build/apps/airlock}"
+AIRLOCK="${AIRLOCK:-$ROOT/build/bin/airlock}"
 API=127.0.0.1:17500
 SBX=127.0.0.1:17501
 NGX=127.0.0.1:17502
