@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "cli/sse_parser.h"
+#include "common/sse_parser.h"
 #include "common/json_util.h"
 #include "common/result.h"
 #include "common/secret.h"

@@ -7,7 +7,7 @@
 
 #include "common/result.h"
 
-namespace airlock::cli {
+namespace airlock {
 
 // One dispatched Server-Sent Event. `id` is the stream's last event id at dispatch time (the
 // SSE rule: it persists across events until a new `id:` field changes it).
@@ -49,4 +49,4 @@ class SseParser {
   std::string last_id_;
 };
 
-}  // namespace airlock::cli
+}  // namespace airlock

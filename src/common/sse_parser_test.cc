@@ -1,11 +1,11 @@
-#include "cli/sse_parser.h"
+#include "common/sse_parser.h"
 
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
-namespace airlock::cli {
+namespace airlock {
 namespace {
 
 std::vector<SseEvent> ParseAll(const std::vector<std::string>& pieces) {
@@ -122,4 +122,4 @@ TEST(SseParser, RefusesOverlongLines) {
 }
 
 }  // namespace
-}  // namespace airlock::cli
+}  // namespace airlock

@@ -1,6 +1,6 @@
-#include "cli/sse_parser.h"
+#include "common/sse_parser.h"
 
-namespace airlock::cli {
+namespace airlock {
 
 Result<bool> SseParser::Feed(std::string_view bytes) {
   if (at_start_ && !bytes.empty()) {
@@ -101,4 +101,4 @@ Result<bool> SseParser::ProcessLine(std::string_view line) {
   return true;
 }
 
-}  // namespace airlock::cli
+}  // namespace airlock
