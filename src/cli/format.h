@@ -1,5 +1,7 @@
 #pragma once
 
+#include "common/time_util.h"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -15,9 +17,6 @@ namespace airlock::cli {
 std::string FormatTable(const std::vector<std::string>& header,
                         const std::vector<std::vector<std::string>>& rows);
 
-// "2026-11-23T11:24:00.123Z" (the API's timestamps; offsets like +02:00 are accepted too)
-// to milliseconds since the epoch.
-std::optional<int64_t> ParseTimestamp(std::string_view text);
 
 // A duration for humans: "12s", "3m", "5h", "2d". Negative durations (clock skew) show "0s".
 std::string FormatAge(int64_t millis);
