@@ -104,6 +104,11 @@ CREATE TABLE usage (
 );
 CREATE INDEX usage_session ON usage(session_id, id);
 )sql"},
+    {2, R"sql(
+-- The model aliases a session's sandbox may pick per call ('[]': only sessions.model).
+ALTER TABLE sessions ADD COLUMN models TEXT NOT NULL DEFAULT '[]';
+CREATE INDEX usage_created_at ON usage(created_at);
+)sql"},
 };
 
 constexpr int kLatestVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -363,7 +368,7 @@ class ReadPool {
 // Columns read by ReadSession, in its order.
 constexpr std::string_view kSessionColumns =
     "id, state, image, backend, model, command, limits, metadata, token_hash, sandbox_handle, "
-    "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at";
+    "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at, models";
 
 std::string SessionQuery(std::string_view where_and_rest) {
   return fmt::format("SELECT {} FROM sessions {}", kSessionColumns, where_and_rest);
@@ -395,6 +400,7 @@ Result<Session> ReadSession(const Stmt& row) {
   s.usage.cost_usd = row.Real(14);
   s.created_at = row.Int(15);
   s.updated_at = row.Int(16);
+  AIRLOCK_ASSIGN_OR_RETURN(s.models, row.JsonColumn(17));
   return s;
 }
 
@@ -616,12 +622,13 @@ class SqliteStore final : public Store {
             c.Prepare(
                 "INSERT INTO sessions (id, state, image, backend, model, command, limits, "
                 "metadata, token_hash, sandbox_handle, result, input_tokens, output_tokens, "
-                "llm_calls, cost_usd, created_at, updated_at) VALUES "
-                "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"));
+                "llm_calls, cost_usd, created_at, updated_at, models) VALUES "
+                "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"));
         stmt.Bind(s.id, StateName(s.state), s.image, s.backend, s.model, DumpJson(s.command),
                   DumpJson(s.limits), DumpJson(s.metadata), s.token_hash, s.sandbox_handle,
                   s.result, s.usage.input_tokens, s.usage.output_tokens, s.usage.llm_calls,
-                  s.usage.cost_usd, created_at, updated_at);
+                  s.usage.cost_usd, created_at, updated_at,
+                  DumpJson(s.models.is_array() ? s.models : Json::array()));
         auto done = stmt.Run();
         if (!done && done.error().code == ErrorCode::kConflict) {
           // Either the id or the token hash is taken; neither is expected with random values.
@@ -912,6 +919,79 @@ class SqliteStore final : public Store {
                     "created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
       stmt.Bind(session_id, model, usage.input_tokens, usage.output_tokens, usage.cost_usd, now);
       return stmt.Run();
+    });
+  }
+
+  Result<Usage> RecordChat(std::string_view session_id, const ChatRecord& r) override {
+    AIRLOCK_TRY(ValidateUsage(r.usage));
+    const int64_t now = NowMillis();
+    return Write([&](Connection& c) -> Result<Usage> {
+      AIRLOCK_ASSIGN_OR_RETURN(SessionState state, SelectState(c, session_id));
+      if (IsTerminal(state)) {
+        return Errorf(ErrorCode::kConflict, "session {} is {}", session_id, StateName(state));
+      }
+      if (!r.messages.empty()) {
+        AIRLOCK_ASSIGN_OR_RETURN(int64_t position,
+                                 ReservePositions(c, session_id, static_cast<int64_t>(r.messages.size())));
+        for (const Json& body : r.messages) {
+          AIRLOCK_ASSIGN_OR_RETURN(
+              Stmt stmt, c.Prepare("INSERT INTO messages (session_id, position, body, created_at) "
+                                   "VALUES (?1, ?2, ?3, ?4)"));
+          stmt.Bind(session_id, position++, DumpJson(body), now);
+          AIRLOCK_TRY(stmt.Run());
+        }
+      }
+      Usage totals;
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("UPDATE sessions SET input_tokens = input_tokens + ?2, "
+                                 "output_tokens = output_tokens + ?3, llm_calls = llm_calls + 1, "
+                                 "cost_usd = cost_usd + ?4, updated_at = ?5 WHERE id = ?1 "
+                                 "RETURNING input_tokens, output_tokens, llm_calls, cost_usd"));
+        stmt.Bind(session_id, r.usage.input_tokens, r.usage.output_tokens, r.usage.cost_usd, now);
+        AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+        if (!row) return std::unexpected(SessionNotFound(session_id));
+        totals = Usage{stmt.Int(0), stmt.Int(1), stmt.Int(2), stmt.Real(3)};
+      }
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt,
+            c.Prepare("INSERT INTO usage (session_id, model, input_tokens, output_tokens, cost_usd, "
+                      "created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
+        stmt.Bind(session_id, r.model, r.usage.input_tokens, r.usage.output_tokens, r.usage.cost_usd, now);
+        AIRLOCK_TRY(stmt.Run());
+      }
+      AIRLOCK_TRY(InsertEvent(c, session_id, "llm.call", r.event_data, now));
+      return totals;
+    });
+  }
+
+  Result<UsageReport> GetUsage(const UsageQuery& q) override {
+    return Read([&](Connection& c) -> Result<UsageReport> {
+      UsageReport rep;
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("SELECT model, SUM(input_tokens), SUM(output_tokens), COUNT(*), SUM(cost_usd) "
+                                 "FROM usage WHERE created_at >= ?1 AND created_at < ?2 GROUP BY model "
+                                 "ORDER BY model"));
+        stmt.Bind(q.since, q.until);
+        for (;;) {
+          AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+          if (!row) break;
+          Usage u{stmt.Int(1), stmt.Int(2), stmt.Int(3), stmt.Real(4)};
+          rep.total.input_tokens += u.input_tokens;
+          rep.total.output_tokens += u.output_tokens;
+          rep.total.llm_calls += u.llm_calls;
+          rep.total.cost_usd += u.cost_usd;
+          rep.by_model[stmt.Text(0)] = u;
+        }
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt, c.Prepare("SELECT COUNT(DISTINCT session_id) FROM usage WHERE created_at >= ?1 AND created_at < ?2"));
+      stmt.Bind(q.since, q.until);
+      AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (row) rep.sessions = stmt.Int(0);
+      return rep;
     });
   }
 

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,6 +33,7 @@ struct Session {
   std::string image;
   std::string backend;
   std::string model;             // model alias
+  Json models = Json::array();   // aliases the sandbox may pick per call; empty: only `model`
   Json command = Json::array();  // [str...] or empty for the image's default
   Json limits = Json::object();
   Json metadata = Json::object();
@@ -52,6 +54,26 @@ struct Message {
   std::optional<int64_t> position;  // conversation position (1, 2, ...); empty while pending
   Json body;                // the message object itself
   int64_t created_at = 0;
+};
+
+// One proxied LLM call, recorded at once: the sandbox's new messages followed by the reply
+// join the conversation, the call is metered, and its audit event is appended.
+struct ChatRecord {
+  std::vector<Json> messages;
+  std::string model;     // alias
+  Usage usage;           // this call's tokens and cost (llm_calls is ignored: one call)
+  Json event_data = Json::object();  // data of the "llm.call" event
+};
+
+struct UsageQuery {
+  int64_t since = 0;                  // ms since epoch, inclusive
+  int64_t until = INT64_MAX;          // exclusive
+};
+
+struct UsageReport {
+  Usage total;
+  int64_t sessions = 0;               // sessions with at least one metered call
+  std::map<std::string, Usage> by_model;
 };
 
 struct Event {
@@ -133,6 +155,11 @@ class Store {
   // Records one metered LLM call and adds it to the session's totals.
   virtual Status RecordUsage(std::string_view session_id, std::string_view model,
                              const Usage& usage) = 0;
+  // Applies `record` in one transaction (see ChatRecord) and returns the session's new
+  // totals. kConflict if the session has ended.
+  virtual Result<Usage> RecordChat(std::string_view session_id, const ChatRecord& record) = 0;
+  // Metered calls in [since, until), in total and per model alias.
+  virtual Result<UsageReport> GetUsage(const UsageQuery& q) = 0;
 };
 
 struct StoreOptions {
