@@ -1,0 +1,61 @@
+#pragma once
+
+// A provider makes one chat call for the control plane: an HTTP upstream speaking the OpenAI
+// or Anthropic wire format, or the scripted model (replies read from a file, for offline
+// runs and tests).
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "common/asio.h"
+#include "common/result.h"
+#include "common/secret.h"
+#include "llm/chat.h"
+#include "llm/upstream_client.h"
+
+namespace airlock::llm {
+
+// Receives the OpenAI-shaped chunks of a streamed reply as the provider produces them.
+// Returning false means the receiver is gone: the provider stops and cancels the upstream.
+class ChunkReceiver {
+ public:
+  virtual ~ChunkReceiver() = default;
+  virtual awaitable<bool> OnChunk(const Json& chunk) = 0;
+};
+
+// Why a call failed, for the sandbox (HTTP status), metrics and the audit event.
+enum class Outcome { kOk, kUpstreamError, kTimeout, kRefused, kCancelled, kReceiverGone };
+std::string_view OutcomeName(Outcome o);
+
+struct CallError {
+  Outcome outcome = Outcome::kUpstreamError;
+  std::string message;  // safe for the sandbox: no key, no upstream auth detail
+  unsigned upstream_status = 0;
+};
+
+template <typename T>
+using CallResult = std::expected<T, CallError>;
+
+class Provider {
+ public:
+  virtual ~Provider() = default;
+  virtual std::string_view kind() const = 0;  // "openai" | "anthropic" | "scripted"
+  // One call. With req.stream, every chunk goes to `receiver` (non-null) as it is produced.
+  virtual awaitable<CallResult<ChatResult>> Chat(const ChatRequest& req, ChunkReceiver* receiver,
+                                                 CallCancel& cancel) = 0;
+};
+
+// An upstream over HTTP(S). `client` must outlive the provider.
+std::unique_ptr<Provider> MakeHttpProvider(std::unique_ptr<WireFormat> format, Endpoint endpoint, Secret api_key,
+                                           UpstreamClient& client);
+
+// The scripted model: reply number N (counting the assistant messages already in the
+// history) is the N-th entry of the script, so a restarted agent that reloads its history
+// carries on where it stopped. Script file: {"replies": [assistant message, ...]} or a bare
+// array; each entry is an OpenAI-shaped assistant message ({"content"?, "tool_calls"?}) or a
+// string. Usage is estimated (4 bytes a token). Errors: kInvalidArgument naming the entry.
+Result<std::unique_ptr<Provider>> MakeScriptedProvider(const Json& script, std::string source_name);
+Result<std::unique_ptr<Provider>> LoadScriptedProvider(const std::string& path);
+
+}  // namespace airlock::llm
