@@ -1,4 +1,5 @@
 #include "controlplane/config.h"
+#include "llm/upstream_client.h"
 
 #include <cstdlib>
 #include <fstream>
@@ -240,10 +241,26 @@ Status ParseProviders(const toml::table* t, Config& c) {
     AIRLOCK_TRY(r.String("api_key_env", &p.api_key_env));
     AIRLOCK_TRY(r.String("api_key", &inline_key));
     AIRLOCK_TRY(r.String("script", &p.script));
+    AIRLOCK_TRY(r.String("ca_file", &p.ca_file));
+    AIRLOCK_TRY(r.Millis("connect_timeout_s", &p.connect_timeout));
+    AIRLOCK_TRY(r.Millis("first_byte_timeout_s", &p.first_byte_timeout));
+    AIRLOCK_TRY(r.Millis("timeout_s", &p.timeout));
+    AIRLOCK_TRY(r.IntAs("max_retries", &p.max_retries, 0, 10));
     AIRLOCK_TRY(r.RejectUnknown());
     p.api_key = Secret(std::move(inline_key));
     if (p.kind != "openai" && p.kind != "anthropic" && p.kind != "scripted") {
       return Errorf(ErrorCode::kInvalidArgument, "{}.kind must be openai, anthropic or scripted", path);
+    }
+    if (p.kind == "scripted") {
+      if (p.script.empty()) return Errorf(ErrorCode::kInvalidArgument, "{}: a scripted provider needs script = \"FILE\"", path);
+    } else {
+      if (p.base_url.empty()) {
+        p.base_url = p.kind == "openai" ? "https://api.openai.com/v1" : "https://api.anthropic.com";
+      }
+      if (auto ep = llm::ParseBaseUrl(p.base_url); !ep) {
+        return Errorf(ErrorCode::kInvalidArgument, "{}.{}", path, ep.error().message);
+      }
+      if (!p.script.empty()) return Errorf(ErrorCode::kInvalidArgument, "{}.script is only for kind = \"scripted\"", path);
     }
     c.providers[name] = std::move(p);
     return Ok();

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -26,6 +27,11 @@ struct ProviderConfig {
   std::string api_key_env;  // read by the control plane only
   Secret api_key;           // inline key (discouraged; api_key_env is preferred)
   std::string script;       // scripted: path of the script file
+  std::string ca_file;      // extra trust anchor for a self-hosted upstream (PEM); system store otherwise
+  std::chrono::milliseconds connect_timeout{10'000};
+  std::chrono::milliseconds first_byte_timeout{120'000};  // also the longest silence in a stream
+  std::chrono::milliseconds timeout{600'000};             // a whole call, retries included
+  int max_retries = 2;
 };
 
 struct ModelConfig {

@@ -57,6 +57,8 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       metrics_(std::make_unique<ControlPlaneMetrics>(registry_)),
       inbox_(io),
       events_(io),
+      conversations_(io),
+      llm_(std::make_unique<LlmProxy>(io, config_, *store_, pool_, events_, conversations_, registry_)),
       reconcile_timer_(io) {
   RegisterOperatorRoutes();
   RegisterSandboxRoutes();
@@ -161,6 +163,7 @@ Status ControlPlane::Start() {
     }
   }
 
+  llm_->Start();
   AIRLOCK_ASSIGN_OR_RETURN(operator_endpoint_,
                            operator_server_->ListenTcp(config_.operator_listen.host, config_.operator_listen.port));
   AIRLOCK_ASSIGN_OR_RETURN(sandbox_endpoint_,
@@ -260,6 +263,7 @@ Json ControlPlane::SessionJson(const store::Session& s) const {
             {"image", s.image},
             {"backend", s.backend},
             {"model", s.model},
+            {"models", s.models.empty() ? Json::array({s.model}) : s.models},
             {"command", s.command},
             {"limits", s.limits},
             {"metadata", s.metadata},
@@ -287,6 +291,7 @@ void ControlPlane::AfterSessionEnded(const store::Session& s) {
   sandbox_server_->CloseUnix(ControlSocketDir(s.id) + "/control.sock");
   inbox_.Forget(s.id);
   agent_exits_.erase(s.id);
+  llm_->CancelSession(s.id);
   events_.Notify(s.id);
   events_.Forget(s.id);
   if (s.sandbox_handle.empty()) return;

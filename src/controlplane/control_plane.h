@@ -11,6 +11,7 @@
 #include "common/secret.h"
 #include "controlplane/config.h"
 #include "controlplane/http_server.h"
+#include "controlplane/llm_proxy.h"
 #include "controlplane/notifier.h"
 #include "controlplane/router.h"
 #include "sandbox/backend.h"
@@ -96,6 +97,8 @@ class ControlPlane {
   awaitable<Response> SandboxEvent(Request& req);
   awaitable<Response> History(Request& req);
   awaitable<Response> Finish(Request& req);
+  awaitable<Response> LlmChat(Request& req);
+  awaitable<Response> GetUsage(Request& req);
 
   // Session transitions shared by routes and the reconciler.
   awaitable<Result<store::Session>> EndSession(const std::string& id, store::SessionState to,
@@ -132,6 +135,8 @@ class ControlPlane {
   std::unique_ptr<HttpServer> sandbox_server_;
   Notifier inbox_;
   Notifier events_;
+  ConversationLocks conversations_;
+  std::unique_ptr<LlmProxy> llm_;
   std::vector<std::string> operator_key_hashes_;
   asio::ip::tcp::endpoint operator_endpoint_;
   asio::ip::tcp::endpoint sandbox_endpoint_;

@@ -79,7 +79,7 @@ void ControlPlane::RegisterOperatorRoutes() {
   };
   r.Add(http::verb::get, "/v1/sessions/{id}/files", later("files"));
   r.Add(http::verb::get, "/v1/sessions/{id}/files/{name}", later("files"));
-  r.Add(http::verb::get, "/v1/usage", later("usage"));
+  r.Add(http::verb::get, "/v1/usage", authed(&ControlPlane::GetUsage));
 }
 
 void ControlPlane::RegisterSandboxRoutes() {
@@ -95,7 +95,7 @@ void ControlPlane::RegisterSandboxRoutes() {
       co_return Response::FromError(501, "not_implemented", what + " is not implemented in this version");
     };
   };
-  r.Add(http::verb::post, "/sandbox/v1/llm/chat", later("the LLM proxy"));
+  r.Add(http::verb::post, "/sandbox/v1/llm/chat", [this](Request& q) { return LlmChat(q); });
   r.Add(http::verb::post, "/sandbox/v1/files/presign", later("file presigning"));
 }
 
@@ -103,8 +103,8 @@ void ControlPlane::RegisterSandboxRoutes() {
 
 awaitable<Response> ControlPlane::CreateSession(Request& req) {
   AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
-  AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"task", "image", "command", "model", "backend", "limits", "metadata"},
-                                   "session"));
+  AIRLOCK_CO_TRY(RejectUnknownKeys(
+      body, {"task", "image", "command", "model", "models", "backend", "limits", "metadata"}, "session"));
   AIRLOCK_CO_ASSIGN(std::string task, RequiredString(body, "task"));
   if (task.empty()) co_return Response::FromError(400, "invalid_argument", "\"task\" must not be empty");
   if (static_cast<int64_t>(task.size()) > config_.max_task_bytes) {
@@ -121,6 +121,26 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
   AIRLOCK_CO_TRY(ValidateName("image", s.image));
   AIRLOCK_CO_TRY(ValidateName("model", s.model));
   AIRLOCK_CO_TRY(ValidateName("backend", s.backend));
+  // Model aliases named here must exist; the default alias may be configured later.
+  auto known_alias = [this](const std::string& a) -> Status {
+    if (config_.models.count(a)) return Ok();
+    std::string known;
+    for (const auto& [k, v] : config_.models) known += (known.empty() ? "" : ", ") + k;
+    return Errorf(ErrorCode::kInvalidArgument, "unknown model alias \"{}\" (configured: {})", a.substr(0, 64),
+                  known.empty() ? "none" : known);
+  };
+  if (model) AIRLOCK_CO_TRY(known_alias(s.model));
+  if (auto it = body.find("models"); it != body.end() && !it->is_null()) {
+    if (!it->is_array() || it->size() > 32) {
+      co_return Response::FromError(400, "invalid_argument",
+                                    "\"models\" must be an array of at most 32 model aliases the sandbox may pick");
+    }
+    for (const auto& a : *it) {
+      if (!a.is_string()) co_return Response::FromError(400, "invalid_argument", "\"models\" holds model aliases (strings)");
+      AIRLOCK_CO_TRY(known_alias(a.get<std::string>()));
+    }
+    s.models = *it;
+  }
   if (auto it = body.find("command"); it != body.end()) {
     AIRLOCK_CO_TRY(ValidateCommand(*it));
     if (it->is_array()) s.command = *it;
@@ -444,7 +464,11 @@ awaitable<Response> ControlPlane::Inbox(Request& req) {
   auto& gauge = metrics_->long_polls.With({});
   for (;;) {
     uint64_t version = inbox_.Version(s.id);
-    AIRLOCK_CO_ASSIGN(auto msgs, co_await RunBlocking(pool_, [this, &id = s.id] { return store_->TakeInbox(id); }));
+    // Taking the inbox appends to the conversation: not while an LLM call builds on it.
+    if (!co_await conversations_.Acquire(s.id, ConversationLocks::Holder::kInbox, deadline)) break;
+    auto taken = co_await RunBlocking(pool_, [this, &id = s.id] { return store_->TakeInbox(id); });
+    conversations_.Release(s.id);
+    AIRLOCK_CO_ASSIGN(auto msgs, std::move(taken));
     if (!msgs.empty()) {
       Json arr = Json::array();
       for (const auto& m : msgs) arr.push_back(m.body);
@@ -465,6 +489,42 @@ awaitable<Response> ControlPlane::Inbox(Request& req) {
   r.status = 204;
   r.content_type = "application/json";
   co_return r;
+}
+
+// GET /v1/usage[?since=&until=]: metered LLM calls, in total and per model alias. Times are
+// RFC 3339 (as the API prints them) or milliseconds since the epoch.
+awaitable<Response> ControlPlane::GetUsage(Request& req) {
+  store::UsageQuery q;
+  for (auto [name, field] : {std::pair{"since", &q.since}, std::pair{"until", &q.until}}) {
+    auto v = req.Query(name);
+    if (!v) continue;
+    if (auto n = ParseNonNegative(*v)) {
+      *field = *n;
+    } else if (auto t = ParseTimestamp(*v)) {
+      *field = *t;
+    } else {
+      co_return Response::FromError(400, "invalid_argument",
+                                    fmt::format("?{}= must be an RFC 3339 time or milliseconds since the epoch", name));
+    }
+  }
+  AIRLOCK_CO_ASSIGN(auto rep, co_await RunBlocking(pool_, [this, &q] { return store_->GetUsage(q); }));
+  auto usage_json = [](const store::Usage& u) {
+    return Json{{"input_tokens", u.input_tokens},
+                {"output_tokens", u.output_tokens},
+                {"llm_calls", u.llm_calls},
+                {"cost_usd", u.cost_usd}};
+  };
+  Json by_model = Json::object();
+  for (const auto& [m, u] : rep.by_model) by_model[m] = usage_json(u);
+  Json out = usage_json(rep.total);
+  out["sessions"] = rep.sessions;
+  out["by_model"] = std::move(by_model);
+  co_return Response::FromJson(200, out);
+}
+
+awaitable<Response> ControlPlane::LlmChat(Request& req) {
+  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  co_return co_await llm_->Chat(req, std::move(s));
 }
 
 awaitable<Response> ControlPlane::SandboxEvent(Request& req) {

@@ -1,0 +1,641 @@
+#include "controlplane/llm_proxy.h"
+
+#include <cstdlib>
+#include <deque>
+#include <set>
+
+#include "common/blocking.h"
+#include "common/log.h"
+
+namespace airlock::controlplane {
+
+using Clock = std::chrono::steady_clock;
+using llm::CallError;
+using llm::Outcome;
+
+namespace {
+
+constexpr size_t kMaxMessagesPerCall = 1000;
+constexpr size_t kMaxTools = 128;
+constexpr size_t kMaxToolCalls = 128;
+constexpr size_t kMaxBufferedStream = 4 << 20;  // bytes of chunks not yet written to the sandbox
+
+bool ValidName(const std::string& s, size_t max) {
+  if (s.empty() || s.size() > max) return false;
+  for (char ch : s) {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '_' && ch != '-') return false;
+  }
+  return true;
+}
+
+bool ValidId(const std::string& s) {
+  if (s.empty() || s.size() > 128) return false;
+  for (char ch : s) {
+    if (ch < 0x21 || ch > 0x7e) return false;
+  }
+  return true;
+}
+
+// content: a string, or OpenAI content parts (text; image_url for user messages).
+Result<Json> ValidateContent(const Json& c, const std::string& where, bool images_allowed) {
+  if (c.is_string()) return c;
+  if (!c.is_array() || c.empty()) {
+    return Errorf(ErrorCode::kInvalidArgument, "{}.content must be a string or a non-empty array of parts", where);
+  }
+  Json parts = Json::array();
+  for (size_t i = 0; i < c.size(); ++i) {
+    const Json& p = c[i];
+    std::string at = fmt::format("{}.content[{}]", where, i);
+    if (!p.is_object() || !p.contains("type") || !p["type"].is_string()) {
+      return Errorf(ErrorCode::kInvalidArgument, "{} must be an object with a \"type\"", at);
+    }
+    if (p["type"] == "text") {
+      if (!p.contains("text") || !p["text"].is_string()) return Errorf(ErrorCode::kInvalidArgument, "{}.text must be a string", at);
+      parts.push_back(Json{{"type", "text"}, {"text", p["text"]}});
+    } else if (p["type"] == "image_url" && images_allowed) {
+      const Json* img = p.contains("image_url") ? &p["image_url"] : nullptr;
+      if (!img || !img->is_object() || !img->contains("url") || !(*img)["url"].is_string()) {
+        return Errorf(ErrorCode::kInvalidArgument, "{}.image_url.url must be a string", at);
+      }
+      Json out{{"url", (*img)["url"]}};
+      if (img->contains("detail") && (*img)["detail"].is_string()) out["detail"] = (*img)["detail"];
+      parts.push_back(Json{{"type", "image_url"}, {"image_url", out}});
+    } else {
+      return Errorf(ErrorCode::kInvalidArgument, "{}: parts of type \"{}\" are not supported here", at,
+                    p["type"].get<std::string>());
+    }
+  }
+  return parts;
+}
+
+unsigned StatusFor(Outcome o) {
+  switch (o) {
+    case Outcome::kTimeout: return 504;
+    case Outcome::kRefused: return 400;
+    case Outcome::kCancelled: return 410;
+    default: return 502;
+  }
+}
+
+std::string CodeFor(Outcome o) {
+  switch (o) {
+    case Outcome::kTimeout: return "upstream_timeout";
+    case Outcome::kRefused: return "invalid_argument";
+    case Outcome::kCancelled: return "gone";
+    default: return "upstream_error";
+  }
+}
+
+// Why the session may not spend more, or nothing.
+std::optional<std::string> BudgetSpent(const store::Session& s) {
+  if (!s.limits.is_object()) return std::nullopt;
+  if (auto it = s.limits.find("max_tokens"); it != s.limits.end() && it->is_number()) {
+    int64_t used = s.usage.input_tokens + s.usage.output_tokens;
+    if (static_cast<double>(used) >= it->get<double>()) {
+      return fmt::format("the session's token budget is spent ({} of max_tokens {})", used, it->dump());
+    }
+  }
+  if (auto it = s.limits.find("max_cost_usd"); it != s.limits.end() && it->is_number()) {
+    if (s.usage.cost_usd >= it->get<double>()) {
+      return fmt::format("the session's cost budget is spent (${:.6f} of max_cost_usd {})", s.usage.cost_usd,
+                         it->dump());
+    }
+  }
+  return std::nullopt;
+}
+
+Json SessionUsageJson(const store::Usage& u) {
+  return Json{{"input_tokens", u.input_tokens},
+              {"output_tokens", u.output_tokens},
+              {"llm_calls", u.llm_calls},
+              {"cost_usd", u.cost_usd}};
+}
+
+std::string SseData(const Json& j) { return "data: " + DumpJson(j) + "\n\n"; }
+
+}  // namespace
+
+Result<Json> ValidateChatMessage(const Json& m, const std::string& where) {
+  if (!m.is_object()) return Errorf(ErrorCode::kInvalidArgument, "{} must be an object", where);
+  AIRLOCK_TRY(RejectUnknownKeys(m, {"role", "content", "name", "tool_calls", "tool_call_id"}, where));
+  if (!m.contains("role") || !m["role"].is_string()) {
+    return Errorf(ErrorCode::kInvalidArgument, "{}.role must be system, user, assistant or tool", where);
+  }
+  const std::string role = m["role"];
+  if (role != "system" && role != "user" && role != "assistant" && role != "tool") {
+    return Errorf(ErrorCode::kInvalidArgument, "{}.role must be system, user, assistant or tool, not \"{}\"", where,
+                  role.substr(0, 32));
+  }
+  Json out{{"role", role}};
+  if (m.contains("name")) {
+    if (!m["name"].is_string() || !ValidName(m["name"], 64)) {
+      return Errorf(ErrorCode::kInvalidArgument, "{}.name must be 1-64 letters, digits, _ or -", where);
+    }
+    out["name"] = m["name"];
+  }
+  bool has_calls = m.contains("tool_calls") && !m["tool_calls"].is_null();
+  if (has_calls) {
+    if (role != "assistant") return Errorf(ErrorCode::kInvalidArgument, "{}: only assistant messages hold tool_calls", where);
+    const Json& tcs = m["tool_calls"];
+    if (!tcs.is_array() || tcs.empty() || tcs.size() > kMaxToolCalls) {
+      return Errorf(ErrorCode::kInvalidArgument, "{}.tool_calls must be an array of 1-{} calls", where, kMaxToolCalls);
+    }
+    Json calls = Json::array();
+    for (size_t i = 0; i < tcs.size(); ++i) {
+      const Json& tc = tcs[i];
+      std::string at = fmt::format("{}.tool_calls[{}]", where, i);
+      if (!tc.is_object() || !tc.contains("id") || !tc["id"].is_string() || !ValidId(tc["id"])) {
+        return Errorf(ErrorCode::kInvalidArgument, "{}.id must be 1-128 printable characters", at);
+      }
+      if (tc.contains("type") && tc["type"] != "function") {
+        return Errorf(ErrorCode::kInvalidArgument, "{}.type must be \"function\"", at);
+      }
+      const Json* fn = tc.contains("function") ? &tc["function"] : nullptr;
+      if (!fn || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string() ||
+          !ValidName((*fn)["name"], 64)) {
+        return Errorf(ErrorCode::kInvalidArgument, "{}.function.name must be 1-64 letters, digits, _ or -", at);
+      }
+      if (!fn->contains("arguments") || !(*fn)["arguments"].is_string()) {
+        return Errorf(ErrorCode::kInvalidArgument, "{}.function.arguments must be a string (JSON text)", at);
+      }
+      calls.push_back(Json{{"id", tc["id"]},
+                           {"type", "function"},
+                           {"function", {{"name", (*fn)["name"]}, {"arguments", (*fn)["arguments"]}}}});
+    }
+    out["tool_calls"] = std::move(calls);
+  }
+  if (role == "tool") {
+    if (!m.contains("tool_call_id") || !m["tool_call_id"].is_string() || !ValidId(m["tool_call_id"])) {
+      return Errorf(ErrorCode::kInvalidArgument, "{}.tool_call_id must name the tool call this answers", where);
+    }
+    out["tool_call_id"] = m["tool_call_id"];
+  } else if (m.contains("tool_call_id")) {
+    return Errorf(ErrorCode::kInvalidArgument, "{}: only tool messages hold tool_call_id", where);
+  }
+  const bool content_optional = role == "assistant" && has_calls;
+  if (!m.contains("content") || m["content"].is_null()) {
+    if (!content_optional) return Errorf(ErrorCode::kInvalidArgument, "{}.content is required", where);
+    out["content"] = nullptr;
+  } else {
+    AIRLOCK_ASSIGN_OR_RETURN(out["content"], ValidateContent(m["content"], where, role == "user"));
+  }
+  return out;
+}
+
+Result<Json> ValidateChatTools(const Json& tools) {
+  if (!tools.is_array() || tools.size() > kMaxTools) {
+    return Errorf(ErrorCode::kInvalidArgument, "\"tools\" must be an array of at most {} tools", kMaxTools);
+  }
+  Json out = Json::array();
+  std::set<std::string> names;
+  for (size_t i = 0; i < tools.size(); ++i) {
+    const Json& t = tools[i];
+    std::string at = fmt::format("tools[{}]", i);
+    if (!t.is_object() || t.value("type", "") != "function" || !t.contains("function") || !t["function"].is_object()) {
+      return Errorf(ErrorCode::kInvalidArgument, "{} must be {{\"type\":\"function\",\"function\":{{...}}}}", at);
+    }
+    const Json& fn = t["function"];
+    AIRLOCK_TRY(RejectUnknownKeys(fn, {"name", "description", "parameters", "strict"}, at + ".function"));
+    if (!fn.contains("name") || !fn["name"].is_string() || !ValidName(fn["name"], 64)) {
+      return Errorf(ErrorCode::kInvalidArgument, "{}.function.name must be 1-64 letters, digits, _ or -", at);
+    }
+    if (!names.insert(fn["name"].get<std::string>()).second) {
+      return Errorf(ErrorCode::kInvalidArgument, "{}: two tools are named \"{}\"", at, fn["name"].get<std::string>());
+    }
+    Json f{{"name", fn["name"]}};
+    if (fn.contains("description")) {
+      if (!fn["description"].is_string()) return Errorf(ErrorCode::kInvalidArgument, "{}.function.description must be a string", at);
+      f["description"] = fn["description"];
+    }
+    if (fn.contains("parameters")) {
+      if (!fn["parameters"].is_object()) return Errorf(ErrorCode::kInvalidArgument, "{}.function.parameters must be a JSON schema object", at);
+      f["parameters"] = fn["parameters"];
+    }
+    if (fn.contains("strict") && fn["strict"].is_boolean()) f["strict"] = fn["strict"];
+    out.push_back(Json{{"type", "function"}, {"function", std::move(f)}});
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- ConversationLocks
+
+ConversationLocks::Holder ConversationLocks::holder(const std::string& id) const {
+  auto it = held_.find(id);
+  return it == held_.end() ? Holder::kNone : it->second;
+}
+
+awaitable<bool> ConversationLocks::Acquire(const std::string& id, Holder as, Clock::time_point deadline) {
+  while (held_.count(id)) {
+    uint64_t v = released_.Version(id);
+    if (!co_await released_.Wait(id, v, deadline) && held_.count(id)) co_return false;
+  }
+  held_[id] = as;
+  co_return true;
+}
+
+void ConversationLocks::Release(const std::string& id) {
+  held_.erase(id);
+  released_.Notify(id);
+  released_.Forget(id);
+}
+
+// ---------------------------------------------------------------- metrics
+
+LlmMetrics::LlmMetrics(metrics::Registry& r)
+    : calls(r.AddCounter("airlock_llm_calls_total", "LLM calls proxied, by model alias and outcome.",
+                         {"model", "outcome"})),
+      tokens(r.AddCounter("airlock_llm_tokens_total", "Tokens metered, by model alias and direction.",
+                          {"model", "direction"})),
+      cost(r.AddCounter("airlock_llm_cost_usd_total", "Cost metered in US dollars, by model alias.", {"model"})),
+      seconds(r.AddHistogram("airlock_llm_call_duration_seconds", "Latency of proxied LLM calls.", {"model"},
+                             {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300})),
+      budget_refusals(r.AddCounter("airlock_llm_budget_refusals_total", "Calls refused with 402: budget spent.")) {}
+
+// ---------------------------------------------------------------- the call
+
+struct LlmProxy::Call {
+  store::Session session;
+  std::string alias;
+  const ModelConfig* model = nullptr;
+  llm::Provider* provider = nullptr;
+  std::vector<Json> new_messages;
+  llm::ChatRequest request;
+  llm::CallCancel cancel;
+  Clock::time_point started = Clock::now();
+
+  std::optional<llm::ChatResult> result;
+  std::optional<CallError> error;
+  double cost_usd = 0;
+  store::Usage totals;
+  double latency_s = 0;
+
+  // Streaming: chunks wait here until the writer sends them to the sandbox.
+  std::deque<std::string> frames;
+  size_t frame_bytes = 0;
+  std::string final_frame;
+  bool done = false;
+  bool receiver_gone = false;
+  std::unique_ptr<asio::steady_timer> wake;     // the writer waits on it
+  std::unique_ptr<asio::steady_timer> drained;  // the producer waits on it when the buffer is full
+};
+
+namespace {
+
+// Timers used as condition variables on the io thread: a waiter waits until cancelled.
+awaitable<void> WaitOn(asio::steady_timer& t) {
+  t.expires_at(Clock::time_point::max());
+  beast::error_code ec;
+  co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+}
+
+}  // namespace
+
+class PumpReceiver : public llm::ChunkReceiver {
+ public:
+  explicit PumpReceiver(LlmProxy::Call& call) : call_(call) {}
+  awaitable<bool> OnChunk(const Json& chunk) override;
+
+ private:
+  LlmProxy::Call& call_;
+};
+
+awaitable<bool> PumpReceiver::OnChunk(const Json& chunk) {
+  if (call_.receiver_gone) co_return false;
+  std::string frame = SseData(chunk);
+  call_.frame_bytes += frame.size();
+  call_.frames.push_back(std::move(frame));
+  call_.wake->cancel();
+  while (call_.frame_bytes > kMaxBufferedStream && !call_.receiver_gone) co_await WaitOn(*call_.drained);
+  co_return !call_.receiver_gone;
+}
+
+LlmProxy::LlmProxy(asio::io_context& io, const Config& config, store::Store& store, asio::thread_pool& pool,
+                   Notifier& events, ConversationLocks& locks, metrics::Registry& registry)
+    : io_(io), config_(config), store_(store), pool_(pool), events_(events), locks_(locks), metrics_(registry) {}
+
+LlmProxy::~LlmProxy() = default;
+
+void LlmProxy::Start() {
+  for (const auto& [name, p] : config_.providers) {
+    ProviderSlot slot;
+    auto fail = [&](std::string why) {
+      slot.unavailable = fmt::format("provider \"{}\" is not available: {}", name, why);
+      log::Warn("llm provider not available", {{"provider", name}, {"kind", p.kind}, {"reason", why}});
+    };
+    if (p.kind == "scripted") {
+      auto sp = llm::LoadScriptedProvider(p.script);
+      if (sp) {
+        slot.provider = std::move(*sp);
+        log::Info("llm provider ready: the scripted model (replies from a script, no LLM)",
+                  {{"provider", name}, {"kind", "scripted"}, {"script", p.script}});
+      } else {
+        fail(sp.error().message);
+      }
+      providers_[name] = std::move(slot);
+      continue;
+    }
+    Secret key = p.api_key;
+    if (key.empty() && !p.api_key_env.empty()) {
+      const char* v = std::getenv(p.api_key_env.c_str());
+      if (v != nullptr) key = Secret(v);
+    }
+    auto ep = llm::ParseBaseUrl(p.base_url);
+    if (!ep) {
+      fail(ep.error().message);
+    } else if (key.empty() && !p.api_key_env.empty()) {
+      fail(fmt::format("the environment variable {} is not set in the control plane's environment", p.api_key_env));
+    } else if (key.empty() && p.kind == "anthropic") {
+      fail("no key: set api_key_env");
+    } else {
+      llm::UpstreamOptions o;
+      o.connect_timeout = p.connect_timeout;
+      o.first_byte_timeout = p.first_byte_timeout;
+      o.total_timeout = p.timeout;
+      o.max_retries = p.max_retries;
+      o.ca_file = p.ca_file;
+      auto client = llm::UpstreamClient::Make(io_, o);
+      if (!client) {
+        fail(client.error().message);
+      } else {
+        slot.client = std::move(*client);
+        auto format = p.kind == "openai" ? llm::MakeOpenAiFormat() : llm::MakeAnthropicFormat();
+        slot.provider = llm::MakeHttpProvider(std::move(format), *ep, std::move(key), *slot.client);
+        log::Info("llm provider ready", {{"provider", name}, {"kind", p.kind}, {"upstream", ep->Key()}});
+      }
+    }
+    providers_[name] = std::move(slot);
+  }
+}
+
+void LlmProxy::CancelSession(const std::string& id) {
+  if (auto it = in_flight_.find(id); it != in_flight_.end()) it->second->Cancel();
+}
+
+awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
+  auto body = ParseJsonObject(req.msg.body());
+  if (!body) co_return Response::FromError(body.error());
+  if (auto st = RejectUnknownKeys(*body, {"messages", "tools", "model", "stream"}, "chat request"); !st) {
+    co_return Response::FromError(400, "invalid_argument",
+                                  st.error().message + " (model parameters are set by the operator per model alias)");
+  }
+  auto call = std::make_shared<Call>();
+  call->session = std::move(s);
+  const store::Session& sess = call->session;
+
+  if (!body->contains("messages") || !(*body)["messages"].is_array()) {
+    co_return Response::FromError(400, "invalid_argument", "\"messages\" must be an array of the new messages");
+  }
+  const Json& msgs = (*body)["messages"];
+  if (msgs.size() > kMaxMessagesPerCall) {
+    co_return Response::FromError(400, "invalid_argument", fmt::format("at most {} new messages per call", kMaxMessagesPerCall));
+  }
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    auto m = ValidateChatMessage(msgs[i], fmt::format("messages[{}]", i));
+    if (!m) co_return Response::FromError(m.error());
+    if ((*m)["role"] == "assistant") {
+      co_return Response::FromError(400, "invalid_argument",
+                                    fmt::format("messages[{}]: assistant messages come from the model; the control "
+                                                "plane stores them itself",
+                                                i));
+    }
+    call->new_messages.push_back(std::move(*m));
+  }
+  if (body->contains("tools") && !(*body)["tools"].is_null()) {
+    auto t = ValidateChatTools((*body)["tools"]);
+    if (!t) co_return Response::FromError(t.error());
+    call->request.tools = std::move(*t);
+  }
+  if (body->contains("stream") && !(*body)["stream"].is_boolean()) {
+    co_return Response::FromError(400, "invalid_argument", "\"stream\" must be true or false");
+  }
+  call->request.stream = body->value("stream", false);
+
+  call->alias = sess.model;
+  if (body->contains("model") && !(*body)["model"].is_null()) {
+    if (!(*body)["model"].is_string()) co_return Response::FromError(400, "invalid_argument", "\"model\" must be a model alias");
+    call->alias = (*body)["model"];
+  }
+  bool allowed = call->alias == sess.model;
+  if (sess.models.is_array()) {
+    for (const auto& a : sess.models) allowed = allowed || a == call->alias;
+  }
+  if (!allowed) {
+    std::string list = sess.model;
+    if (sess.models.is_array()) {
+      for (const auto& a : sess.models) {
+        if (a.is_string() && a != sess.model) list += ", " + a.get<std::string>();
+      }
+    }
+    co_return Response::FromError(403, "permission_denied",
+                                  fmt::format("this session may use the model aliases: {}", list));
+  }
+  auto mit = config_.models.find(call->alias);
+  if (mit == config_.models.end()) {
+    co_return Response::FromError(503, "unavailable",
+                                  fmt::format("the model alias \"{}\" is not configured on this control plane",
+                                              call->alias.substr(0, 64)));
+  }
+  call->model = &mit->second;
+  auto pit = providers_.find(call->model->provider);
+  if (pit == providers_.end() || !pit->second.provider) {
+    co_return Response::FromError(503, "unavailable",
+                                  pit == providers_.end() ? "the model's provider is not configured"
+                                                          : pit->second.unavailable);
+  }
+  call->provider = pit->second.provider.get();
+
+  if (auto spent = BudgetSpent(sess)) {
+    metrics_.budget_refusals.With({}).Inc();
+    Json data{{"model", call->alias}, {"outcome", "budget_exhausted"}, {"error", *spent}};
+    co_await RunBlocking(pool_, [this, &sess, &data] { return store_.AppendEvent(sess.id, "llm.call", data); });
+    events_.Notify(sess.id);
+    co_return Response::FromError(402, "budget_exhausted", *spent);
+  }
+
+  if (locks_.holder(sess.id) == ConversationLocks::Holder::kChat) {
+    co_return Response::FromError(409, "conflict",
+                                  "another LLM call of this session is in progress; calls of one session are "
+                                  "made one at a time");
+  }
+  if (!co_await locks_.Acquire(sess.id, ConversationLocks::Holder::kChat, Clock::now() + std::chrono::seconds(30))) {
+    co_return Response::FromError(503, "unavailable", "the session's conversation stayed busy; try again");
+  }
+  if (locks_.holder(sess.id) != ConversationLocks::Holder::kChat || in_flight_.count(sess.id)) {
+    // Another call took it while this one waited for an inbox read to finish.
+    co_return Response::FromError(409, "conflict", "another LLM call of this session is in progress");
+  }
+  in_flight_[sess.id] = &call->cancel;
+
+  auto history = co_await RunBlocking(pool_, [this, &sess] { return store_.ListMessages(sess.id, false); });
+  if (!history) {
+    in_flight_.erase(sess.id);
+    locks_.Release(sess.id);
+    co_return Response::FromError(history.error());
+  }
+  for (auto& m : *history) call->request.messages.push_back(std::move(m.body));
+  for (const auto& m : call->new_messages) call->request.messages.push_back(m);
+  call->request.model = call->model->model;
+  call->request.params = call->model->params;
+  call->started = Clock::now();
+
+  if (!call->request.stream) {
+    auto r = co_await call->provider->Chat(call->request, nullptr, call->cancel);
+    if (r) {
+      call->result = std::move(*r);
+    } else {
+      call->error = std::move(r.error());
+    }
+    co_await Record(*call);
+    if (call->error) co_return Response::FromError(StatusFor(call->error->outcome), CodeFor(call->error->outcome), call->error->message);
+    Json out{{"message", call->result->message},
+             {"finish_reason", call->result->finish_reason},
+             {"model", call->alias},
+             {"usage", UsageJson(*call)},
+             {"session_usage", SessionUsageJson(call->totals)}};
+    co_return Response::FromJson(200, out);
+  }
+
+  call->wake = std::make_unique<asio::steady_timer>(io_);
+  call->drained = std::make_unique<asio::steady_timer>(io_);
+  asio::co_spawn(io_, RunStreamed(call), asio::detached);
+  // The status goes out with the first chunk: an upstream that fails before it still gets
+  // the sandbox a plain JSON error.
+  while (call->frames.empty() && !call->done) co_await WaitOn(*call->wake);
+  if (call->frames.empty() && call->error) {
+    co_return Response::FromError(StatusFor(call->error->outcome), CodeFor(call->error->outcome), call->error->message);
+  }
+  Response res;
+  res.content_type = "text/event-stream";
+  res.headers.emplace_back("Cache-Control", "no-cache");
+  res.headers.emplace_back("X-Accel-Buffering", "no");
+  res.stream = [call](ChunkSink& sink) -> awaitable<void> {
+    for (;;) {
+      while (!call->frames.empty()) {
+        std::string frame = std::move(call->frames.front());
+        call->frames.pop_front();
+        call->frame_bytes -= frame.size();
+        call->drained->cancel();
+        if (!co_await sink.Write(frame)) {
+          // The sandbox went away: stop the upstream; nothing of this call is stored.
+          call->receiver_gone = true;
+          call->cancel.Cancel();
+          call->drained->cancel();
+          co_return;
+        }
+      }
+      if (call->done) {
+        co_await sink.Write(call->final_frame);
+        co_return;
+      }
+      co_await WaitOn(*call->wake);
+    }
+  };
+  co_return res;
+}
+
+awaitable<void> LlmProxy::RunStreamed(std::shared_ptr<Call> call) {
+  PumpReceiver receiver(*call);
+  auto r = co_await call->provider->Chat(call->request, &receiver, call->cancel);
+  if (r) {
+    call->result = std::move(*r);
+  } else {
+    call->error = std::move(r.error());
+    if (call->receiver_gone) {
+      call->error = CallError{Outcome::kReceiverGone, "the sandbox went away during the call", 0};
+    }
+  }
+  co_await Record(*call);
+  if (call->error) {
+    call->final_frame = SseData(Json{{"error", {{"code", CodeFor(call->error->outcome)}, {"message", call->error->message}}}});
+  } else {
+    call->final_frame = "data: [DONE]\n\n";
+  }
+  call->done = true;
+  call->wake->cancel();
+}
+
+Json LlmProxy::UsageJson(const Call& call) const {
+  if (!call.result) return Json::object();
+  Json u{{"input_tokens", call.result->usage.input_tokens},
+         {"output_tokens", call.result->usage.output_tokens},
+         {"cost_usd", call.cost_usd}};
+  if (call.result->usage.estimated) u["estimated"] = true;
+  return u;
+}
+
+// Stores the outcome of a call — on success the new messages, the reply, the usage and the
+// event in one transaction; on failure only the event — then frees the conversation.
+awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
+  const std::string& id = call.session.id;
+  call.latency_s = std::chrono::duration<double>(Clock::now() - call.started).count();
+  Json data{{"model", call.alias},
+            {"upstream_model", call.model->model},
+            {"provider", std::string(call.provider->kind())},
+            {"stream", call.request.stream},
+            {"new_messages", call.new_messages.size()},
+            {"latency_ms", static_cast<int64_t>(call.latency_s * 1000)}};
+  std::optional<Error> failed;
+  if (call.result) {
+    const auto& u = call.result->usage;
+    call.cost_usd = (static_cast<double>(u.input_tokens) * call.model->input_usd_per_mtok +
+                     static_cast<double>(u.output_tokens) * call.model->output_usd_per_mtok) /
+                    1e6;
+    data["outcome"] = "ok";
+    data["input_tokens"] = u.input_tokens;
+    data["output_tokens"] = u.output_tokens;
+    data["cost_usd"] = call.cost_usd;
+    data["finish_reason"] = call.result->finish_reason;
+    if (u.estimated) data["estimated"] = true;
+    store::ChatRecord rec;
+    rec.messages = call.new_messages;
+    rec.messages.push_back(call.result->message);
+    rec.model = call.alias;
+    rec.usage = store::Usage{u.input_tokens, u.output_tokens, 1, call.cost_usd};
+    rec.event_data = data;
+    auto totals = co_await RunBlocking(pool_, [this, &id, &rec] { return store_.RecordChat(id, rec); });
+    if (totals) {
+      call.totals = *totals;
+    } else {
+      // The session ended while the provider answered: the reply is not stored.
+      failed = totals.error();
+      call.error = CallError{totals.error().code == ErrorCode::kConflict ? Outcome::kCancelled : Outcome::kUpstreamError,
+                             totals.error().code == ErrorCode::kConflict ? "the session ended during the call"
+                                                                         : "the reply could not be stored: " +
+                                                                               totals.error().message,
+                             0};
+      call.result.reset();
+    }
+  } else {
+    data["outcome"] = std::string(llm::OutcomeName(call.error->outcome));
+    data["error"] = call.error->message;
+    if (call.error->upstream_status != 0) data["upstream_status"] = call.error->upstream_status;
+    auto ev = co_await RunBlocking(pool_, [this, &id, &data] { return store_.AppendEvent(id, "llm.call", data); });
+    if (!ev) failed = ev.error();
+  }
+  events_.Notify(id);
+  in_flight_.erase(id);
+  locks_.Release(id);
+  CountOutcome(call);
+  log::Write(call.error ? log::Level::kWarn : log::Level::kInfo, "llm call",
+             {{"session", id},
+              {"model", call.alias},
+              {"outcome", call.error ? std::string(llm::OutcomeName(call.error->outcome)) : "ok"},
+              {"latency_ms", static_cast<int64_t>(call.latency_s * 1000)},
+              {"input_tokens", call.result ? call.result->usage.input_tokens : 0},
+              {"output_tokens", call.result ? call.result->usage.output_tokens : 0},
+              {"error", call.error ? call.error->message : ""}});
+  co_return failed;
+}
+
+void LlmProxy::CountOutcome(const Call& call) {
+  std::string outcome = call.error ? std::string(llm::OutcomeName(call.error->outcome)) : "ok";
+  metrics_.calls.With({call.alias, outcome}).Inc();
+  metrics_.seconds.With({call.alias}).Observe(call.latency_s);
+  if (call.result) {
+    metrics_.tokens.With({call.alias, "input"}).Inc(static_cast<double>(call.result->usage.input_tokens));
+    metrics_.tokens.With({call.alias, "output"}).Inc(static_cast<double>(call.result->usage.output_tokens));
+    metrics_.cost.With({call.alias}).Inc(call.cost_usd);
+  }
+}
+
+}  // namespace airlock::controlplane
