@@ -108,3 +108,51 @@ TEST(ConfigTest, ParsesHostPort) {
 
 }  // namespace
 }  // namespace airlock::controlplane
+
+namespace airlock::controlplane {
+namespace {
+
+TEST(ConfigTest, ProvidersGetTransportSettingsAndCheckedUrls) {
+  auto c = ParseConfig(R"(
+[providers.oa]
+kind = "openai"
+api_key_env = "OPENAI_API_KEY"
+timeout_s = 30
+first_byte_timeout_s = 5
+connect_timeout_s = 2
+max_retries = 0
+ca_file = "/etc/ssl/private-ca.pem"
+[providers.an]
+kind = "anthropic"
+api_key_env = "ANTHROPIC_API_KEY"
+[providers.local]
+kind = "openai"
+base_url = "http://127.0.0.1:8080/v1"
+[providers.demo]
+kind = "scripted"
+script = "demo.json"
+)", "/h");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->providers["oa"].base_url, "https://api.openai.com/v1");
+  EXPECT_EQ(c->providers["an"].base_url, "https://api.anthropic.com");
+  EXPECT_EQ(c->providers["oa"].timeout, std::chrono::seconds(30));
+  EXPECT_EQ(c->providers["oa"].first_byte_timeout, std::chrono::seconds(5));
+  EXPECT_EQ(c->providers["oa"].max_retries, 0);
+  EXPECT_EQ(c->providers["an"].max_retries, 2);
+  EXPECT_EQ(c->providers["local"].base_url, "http://127.0.0.1:8080/v1");
+
+  for (const char* bad : {"[providers.p]\nkind = \"openai\"\nbase_url = \"ftp://x\"\n",
+                          "[providers.p]\nkind = \"openai\"\nbase_url = \"https://user:pw@host/v1\"\n",
+                          "[providers.p]\nkind = \"openai\"\nbase_url = \"https://host:99999\"\n",
+                          "[providers.p]\nkind = \"scripted\"\n",
+                          "[providers.p]\nkind = \"openai\"\nscript = \"x.json\"\n",
+                          "[providers.p]\nkind = \"openai\"\nmax_retries = 99\n"}) {
+    EXPECT_FALSE(ParseConfig(bad, "/h").has_value()) << bad;
+  }
+  auto url = ParseConfig("[providers.p]\nkind = \"openai\"\nbase_url = \"api.openai.com\"\n", "/h");
+  ASSERT_FALSE(url.has_value());
+  EXPECT_NE(url.error().message.find("providers.p.base_url"), std::string::npos) << url.error().message;
+}
+
+}  // namespace
+}  // namespace airlock::controlplane

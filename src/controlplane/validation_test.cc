@@ -1,5 +1,7 @@
 #include "controlplane/validation.h"
 
+#include "controlplane/llm_proxy.h"
+
 #include <gtest/gtest.h>
 
 namespace airlock::controlplane {
@@ -49,6 +51,59 @@ TEST(ValidationTest, SessionIdsAndNumbers) {
   EXPECT_FALSE(ParseNonNegative("-1").has_value());
   EXPECT_FALSE(ParseNonNegative("1e3").has_value());
   EXPECT_FALSE(ParseNonNegative("9999999999999999999999").has_value());
+}
+
+}  // namespace
+}  // namespace airlock::controlplane
+
+
+namespace airlock::controlplane {
+namespace {
+
+TEST(ChatValidation, KeepsOnlyTheOpenAiFieldsAndChecksEachRole) {
+  auto tool = ValidateChatMessage(Json{{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "ok"}}, "m");
+  ASSERT_TRUE(tool.has_value());
+  EXPECT_EQ((*tool)["tool_call_id"], "c1");
+  auto calls = ValidateChatMessage(
+      Json{{"role", "assistant"},
+           {"content", nullptr},
+           {"tool_calls", Json::array({Json{{"id", "c1"}, {"type", "function"}, {"function", {{"name", "shell"}, {"arguments", "{}"}}}}})}},
+      "m");
+  ASSERT_TRUE(calls.has_value()) << calls.error().message;
+  auto parts = ValidateChatMessage(
+      Json{{"role", "user"}, {"content", Json::array({Json{{"type", "text"}, {"text", "hi"}}})}}, "m");
+  ASSERT_TRUE(parts.has_value());
+
+  const std::vector<Json> bad = {
+      Json{{"role", "user"}},
+      Json{{"role", "user"}, {"content", "x"}, {"token", "y"}},
+      Json{{"role", "tool"}, {"content", "x"}},
+      Json{{"role", "user"}, {"content", "x"}, {"tool_call_id", "c"}},
+      Json{{"role", "user"}, {"content", "x"}, {"tool_calls", Json::array()}},
+      Json{{"role", "system"}, {"content", Json::array({Json{{"type", "image_url"}, {"image_url", {{"url", "x"}}}}})}},
+      Json{{"role", "assistant"}, {"tool_calls", Json::array({Json{{"id", "c1"}, {"function", {{"name", "a b"}, {"arguments", "{}"}}}}})}},
+      Json{{"role", "assistant"}, {"tool_calls", Json::array({Json{{"id", "c1"}, {"function", {{"name", "a"}, {"arguments", Json::object()}}}}})}},
+      Json{{"role", "user"}, {"name", std::string(65, 'a')}, {"content", "x"}},
+      Json("just a string"),
+  };
+  for (const auto& m : bad) {
+    auto r = ValidateChatMessage(m, "messages[0]");
+    EXPECT_FALSE(r.has_value()) << m.dump();
+    if (!r) {
+      EXPECT_NE(r.error().message.find("messages[0]"), std::string::npos) << r.error().message;
+    }
+  }
+}
+
+TEST(ChatValidation, ToolsAreFunctionsWithUniqueNames) {
+  Json one = Json{{"type", "function"}, {"function", {{"name", "shell"}, {"parameters", {{"type", "object"}}}}}};
+  EXPECT_TRUE(ValidateChatTools(Json::array({one})).has_value());
+  EXPECT_FALSE(ValidateChatTools(Json::array({one, one})).has_value());
+  EXPECT_FALSE(ValidateChatTools(Json::array({Json{{"type", "retrieval"}}})).has_value());
+  EXPECT_FALSE(ValidateChatTools(Json::object()).has_value());
+  Json extra = one;
+  extra["function"]["endpoint"] = "http://x";
+  EXPECT_FALSE(ValidateChatTools(Json::array({extra})).has_value());
 }
 
 }  // namespace

@@ -488,6 +488,79 @@ TEST_F(SqliteStoreTest, RecordUsageAddsToSessionTotals) {
   EXPECT_EQ(negative.error().code, ErrorCode::kInvalidArgument);
 }
 
+TEST_F(SqliteStoreTest, RecordChatAppendsMetersAndLogsInOneStep) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  Session base = MakeSession("ses_a");
+  base.models = Json::array({"fast", "smart"});
+  ASSERT_OK(store->CreateSession(base, UserMessage("task")));
+  ASSERT_OK(store->TakeInbox("ses_a"));
+  ChatRecord rec;
+  rec.messages = {Json{{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "out"}},
+                  Json{{"role", "assistant"}, {"content", "done"}}};
+  rec.model = "fast";
+  rec.usage = Usage{100, 10, 1, 0.5};
+  rec.event_data = Json{{"outcome", "ok"}};
+  ASSERT_OK_AND_ASSIGN(Usage totals, store->RecordChat("ses_a", rec));
+  EXPECT_EQ(totals.input_tokens, 100);
+  EXPECT_EQ(totals.llm_calls, 1);
+  rec.messages = {Json{{"role", "assistant"}, {"content", "again"}}};
+  rec.model = "smart";
+  rec.usage = Usage{50, 5, 1, 0.25};
+  ASSERT_OK_AND_ASSIGN(totals, store->RecordChat("ses_a", rec));
+  EXPECT_EQ(totals.input_tokens, 150);
+  EXPECT_EQ(totals.llm_calls, 2);
+  EXPECT_DOUBLE_EQ(totals.cost_usd, 0.75);
+
+  ASSERT_OK_AND_ASSIGN(auto msgs, store->ListMessages("ses_a", false));
+  EXPECT_THAT(Contents(msgs), ElementsAre("task", "out", "done", "again"));
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100));
+  int calls = 0;
+  for (const auto& e : events) calls += e.type == "llm.call" ? 1 : 0;
+  EXPECT_EQ(calls, 2);
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_a"));
+  EXPECT_EQ(s.models, Json::array({"fast", "smart"}));
+
+  ASSERT_OK_AND_ASSIGN(UsageReport rep, store->GetUsage(UsageQuery{}));
+  EXPECT_EQ(rep.total.llm_calls, 2);
+  EXPECT_EQ(rep.sessions, 1);
+  EXPECT_EQ(rep.by_model.at("fast").input_tokens, 100);
+  EXPECT_EQ(rep.by_model.at("smart").output_tokens, 5);
+  ASSERT_OK_AND_ASSIGN(UsageReport none, store->GetUsage(UsageQuery{0, 1}));
+  EXPECT_EQ(none.total.llm_calls, 0);
+  EXPECT_TRUE(none.by_model.empty());
+
+  // A session that ended takes no more: nothing of the record is applied.
+  ASSERT_OK(store->ChangeState("ses_a", StateChange{{SessionState::kStarting}, SessionState::kKilled, std::nullopt,
+                                                    true, std::nullopt}));
+  auto late = store->RecordChat("ses_a", rec);
+  ASSERT_FALSE(late.has_value());
+  EXPECT_EQ(late.error().code, ErrorCode::kConflict);
+  ASSERT_OK_AND_ASSIGN(msgs, store->ListMessages("ses_a", false));
+  EXPECT_EQ(msgs.size(), 4u);
+  ASSERT_OK_AND_ASSIGN(s, store->GetSession("ses_a"));
+  EXPECT_EQ(s.usage.llm_calls, 2);
+  EXPECT_FALSE(store->RecordChat("ses_nope", rec).has_value());
+}
+
+TEST_F(SqliteStoreTest, AVersion1DatabaseIsUpgradedInPlace) {
+  // A database written before the models column existed: schema 1 only.
+  {
+    auto store = Open();
+    ASSERT_NE(store, nullptr);
+    ASSERT_OK(store->CreateSession(MakeSession("ses_old"), UserMessage("t")));
+  }
+  RawQuery(options_.path, "DELETE FROM schema_migrations WHERE version = 2");
+  RawQuery(options_.path, "DROP INDEX usage_created_at");
+  RawQuery(options_.path, "ALTER TABLE sessions DROP COLUMN models");
+  ASSERT_EQ(RawQuery(options_.path, "SELECT MAX(version) FROM schema_migrations"), "1");
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_old"));
+  EXPECT_EQ(s.models, Json::array());
+  EXPECT_EQ(RawQuery(options_.path, "SELECT MAX(version) FROM schema_migrations"), "2");
+}
+
 TEST_F(SqliteStoreTest, OperatorKeyNamesAndHashesAreUnique) {
   auto store = Open();
   ASSERT_NE(store, nullptr);
