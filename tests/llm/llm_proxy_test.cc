@@ -1,0 +1,625 @@
+// POST /sandbox/v1/llm/chat end to end: a real control plane (real sockets, real SQLite) in
+// front of fake upstreams that speak the real OpenAI and Anthropic wire formats
+// (tests/llm/fake_upstream.h documents the shapes). The test plays the sandbox with a session
+// token and asserts what the upstream received (the whole history in order, the key) and what
+// the sandbox received (never the key).
+#include <sys/socket.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+#include "tests/integration/harness.h"
+#include "tests/llm/fake_upstream.h"
+#include "tests/llm/test_tls.h"
+
+namespace airlock::testing {
+namespace {
+
+using fake::FakeUpstream;
+using fake::Reply;
+using http::verb;
+using namespace std::chrono_literals;
+
+constexpr const char* kKey = "sk-test-SECRET-0123456789abcdef";
+constexpr const char* kKeyEnv = "AIRLOCK_TEST_LLM_KEY";
+
+struct ProxyOptions {
+  std::string ca_file;
+  std::string base_url;  // default: the fake's
+  std::chrono::milliseconds first_byte_timeout{10'000};
+  int max_retries = 2;
+};
+
+class LlmProxyTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ::setenv(kKeyEnv, kKey, 1); }
+
+  void StartUpstream(fake::FakeUpstreamOptions o = {}) {
+    o.formats = fake::ServeFormats::kBoth;
+    o.expected_key = kKey;
+    up_ = std::make_unique<FakeUpstream>(o);
+    ASSERT_TRUE(up_->ok()) << up_->error();
+  }
+
+  void StartServer(ProxyOptions po = {}) {
+    std::string dir = MakeTempDir("airlock-llm");
+    script_ = dir + "/script.json";
+    std::ofstream(script_) << R"({"replies": [
+      {"content": "I will look around.", "tool_calls": [{"function": {"name": "shell", "arguments": {"cmd": "ls"}}}]},
+      "All done."
+    ]})";
+    std::string base = po.base_url.empty() ? up_->base_url() : po.base_url;
+    server_ = std::make_unique<TestServer>([&](controlplane::Config& c) {
+      controlplane::ProviderConfig oa;
+      oa.kind = "openai";
+      oa.base_url = base + "/v1";
+      oa.api_key_env = kKeyEnv;
+      oa.ca_file = po.ca_file;
+      oa.first_byte_timeout = po.first_byte_timeout;
+      oa.max_retries = po.max_retries;
+      controlplane::ProviderConfig an = oa;
+      an.kind = "anthropic";
+      an.base_url = base;
+      controlplane::ProviderConfig sc;
+      sc.kind = "scripted";
+      sc.script = script_;
+      c.providers = {{"oa", oa}, {"an", an}, {"sc", sc}};
+      controlplane::ModelConfig def{"oa", "gpt-test", 1.0, 2.0, Json::object()};
+      controlplane::ModelConfig claude{"an", "claude-test", 3.0, 15.0, Json{{"max_tokens", 1000}}};
+      controlplane::ModelConfig scripted{"sc", "scripted", 0, 0, Json::object()};
+      controlplane::ModelConfig other{"oa", "gpt-other", 1.0, 2.0, Json{{"temperature", 0.5}}};
+      c.models = {{"default", def}, {"claude", claude}, {"scripted", scripted}, {"other", other}};
+    });
+  }
+
+  void SetUpBoth() {
+    StartUpstream();
+    StartServer();
+  }
+
+  // A session with `body` (JSON) whose task the sandbox has already taken from the inbox.
+  std::pair<std::string, std::string> Session(
+      const std::string& body = R"({"task":"count the files"})") {
+    auto r = server_->Op(verb::post, "/v1/sessions", body);
+    EXPECT_EQ(r.status, 201u) << r.body;
+    std::string id = r.json()["id"];
+    std::string token;
+    {
+      std::lock_guard l(server_->backend().mu);
+      token = server_->backend().specs.at(id).token.Reveal();
+    }
+    auto inbox = server_->Sb(verb::get, "/sandbox/v1/inbox", token);
+    EXPECT_EQ(inbox.status, 200u);
+    return {id, token};
+  }
+
+  HttpResult Chat(const std::string& token, const Json& body) {
+    return server_->Sb(verb::post, "/sandbox/v1/llm/chat", token, DumpJson(body));
+  }
+
+  Json Conversation(const std::string& id) {
+    return server_->Op(verb::get, "/v1/sessions/" + id + "/messages").json()["messages"];
+  }
+
+  std::string Events(const std::string& id) {
+    return server_
+        ->Op(verb::get, "/v1/sessions/" + id + "/events", "", {{"Accept", "application/json"}})
+        .body;
+  }
+
+  std::unique_ptr<FakeUpstream> up_;
+  std::unique_ptr<TestServer> server_;
+  std::string script_;
+};
+
+Json UserMsg(const std::string& text) { return Json{{"role", "user"}, {"content", text}}; }
+
+TEST_F(LlmProxyTest, SendsTheWholeHistoryWithTheKeyAndStoresTheReply) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  auto r1 = Chat(token, Json{{"messages", Json::array()}});
+  ASSERT_EQ(r1.status, 200u) << r1.body;
+  EXPECT_EQ(r1.json()["message"]["role"], "assistant");
+  EXPECT_EQ(r1.json()["message"]["content"], "reply 1");
+  EXPECT_EQ(r1.body.find(kKey), std::string::npos);
+
+  auto r2 = Chat(token, Json{{"messages", Json::array({UserMsg("and the directories?")})}});
+  ASSERT_EQ(r2.status, 200u) << r2.body;
+  EXPECT_EQ(r2.json()["message"]["content"], "reply 2");
+
+  auto reqs = up_->requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(reqs[1].target, "/v1/chat/completions");
+  EXPECT_EQ(reqs[1].Header("authorization"), std::string("Bearer ") + kKey);
+  Json sent = reqs[1].Json();
+  EXPECT_EQ(sent["model"], "gpt-test");
+  ASSERT_EQ(sent["messages"].size(), 3u);
+  EXPECT_EQ(sent["messages"][0]["content"], "count the files");
+  EXPECT_EQ(sent["messages"][1]["content"], "reply 1");
+  EXPECT_EQ(sent["messages"][2]["content"], "and the directories?");
+
+  Json conv = Conversation(id);
+  ASSERT_EQ(conv.size(), 4u);
+  EXPECT_EQ(conv[3]["content"], "reply 2");
+
+  // Metered: the session's totals, the call's cost at the alias's prices, /v1/usage.
+  Json s = server_->Op(verb::get, "/v1/sessions/" + id).json();
+  EXPECT_EQ(s["usage"]["llm_calls"], 2);
+  int64_t in = s["usage"]["input_tokens"], out = s["usage"]["output_tokens"];
+  EXPECT_GT(in, 0);
+  EXPECT_GT(out, 0);
+  EXPECT_NEAR(s["usage"]["cost_usd"].get<double>(), (in * 1.0 + out * 2.0) / 1e6, 1e-12);
+  Json usage = server_->Op(verb::get, "/v1/usage").json();
+  EXPECT_EQ(usage["llm_calls"], 2);
+  EXPECT_EQ(usage["by_model"]["default"]["input_tokens"], in);
+  EXPECT_EQ(usage["sessions"], 1);
+  EXPECT_NE(Events(id).find("\"llm.call\""), std::string::npos);
+  EXPECT_TRUE(
+      WaitForMetric(*server_, "airlock_llm_calls_total{model=\"default\",outcome=\"ok\"} 2"));
+}
+
+TEST_F(LlmProxyTest, ToolCallsAndToolResultsRoundTripThroughOpenAi) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  up_->Enqueue(Reply::Tools({{"call_1", "shell", R"({"cmd":"ls -l"})"}}, "Let me look."));
+  Json tools = Json::array({Json{
+      {"type", "function"},
+      {"function",
+       {{"name", "shell"},
+        {"description", "run a command"},
+        {"parameters", {{"type", "object"}, {"properties", {{"cmd", {{"type", "string"}}}}}}}}}}});
+  auto r1 = Chat(token, Json{{"messages", Json::array()}, {"tools", tools}});
+  ASSERT_EQ(r1.status, 200u) << r1.body;
+  EXPECT_EQ(r1.json()["finish_reason"], "tool_calls");
+  Json call = r1.json()["message"]["tool_calls"][0];
+  EXPECT_EQ(call["id"], "call_1");
+  EXPECT_EQ(call["function"]["name"], "shell");
+  EXPECT_EQ(call["function"]["arguments"], R"({"cmd":"ls -l"})");
+
+  auto r2 = Chat(
+      token,
+      Json{{"messages", Json::array({Json{
+                            {"role", "tool"}, {"tool_call_id", "call_1"}, {"content", "a.txt"}}})},
+           {"tools", tools}});
+  ASSERT_EQ(r2.status, 200u) << r2.body;
+  Json sent = up_->requests().back().Json();
+  EXPECT_EQ(sent["tools"][0]["function"]["name"], "shell");
+  ASSERT_EQ(sent["messages"].size(), 3u);
+  EXPECT_EQ(sent["messages"][1]["tool_calls"][0]["id"], "call_1");
+  EXPECT_EQ(sent["messages"][2]["role"], "tool");
+  EXPECT_EQ(sent["messages"][2]["tool_call_id"], "call_1");
+}
+
+TEST_F(LlmProxyTest, AnthropicGetsItsOwnShapeAndTheSandboxGetsOpenAis) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"hi","model":"claude"})");
+  up_->Enqueue(Reply::Tools({{"toolu_1", "shell", R"({"cmd":"pwd"})"}}, "Checking."));
+  auto r1 = Chat(
+      token,
+      Json{{"messages", Json::array({Json{{"role", "system"}, {"content", "You are careful."}}})}});
+  ASSERT_EQ(r1.status, 200u) << r1.body;
+  Json msg = r1.json()["message"];
+  EXPECT_EQ(msg["content"], "Checking.");
+  EXPECT_EQ(msg["tool_calls"][0]["id"], "toolu_1");
+  EXPECT_EQ(ParseJson(msg["tool_calls"][0]["function"]["arguments"].get<std::string>()).value(),
+            Json({{"cmd", "pwd"}}));
+  EXPECT_EQ(r1.json()["finish_reason"], "tool_calls");
+
+  auto r2 = Chat(token, Json{{"messages", Json::array({Json{{"role", "tool"},
+                                                            {"tool_call_id", "toolu_1"},
+                                                            {"content", "/home"}}})}});
+  ASSERT_EQ(r2.status, 200u) << r2.body;
+  auto req = up_->requests().back();
+  EXPECT_EQ(req.target, "/v1/messages");
+  EXPECT_EQ(req.Header("x-api-key"), kKey);
+  EXPECT_FALSE(req.Header("anthropic-version").empty());
+  Json sent = req.Json();
+  EXPECT_EQ(sent["model"], "claude-test");
+  EXPECT_EQ(sent["max_tokens"], 1000);
+  EXPECT_EQ(sent["system"], "You are careful.");
+  ASSERT_EQ(sent["messages"].size(), 3u);
+  EXPECT_EQ(sent["messages"][0]["role"], "user");
+  EXPECT_EQ(sent["messages"][1]["role"], "assistant");
+  EXPECT_EQ(sent["messages"][1]["content"].back()["type"], "tool_use");
+  EXPECT_EQ(sent["messages"][2]["content"][0]["type"], "tool_result");
+  EXPECT_EQ(sent["messages"][2]["content"][0]["tool_use_id"], "toolu_1");
+}
+
+// The chunks of an SSE body, parsed: the JSON of every `data:` line but [DONE].
+std::vector<Json> SseChunks(const std::string& body, bool* done) {
+  std::vector<Json> out;
+  *done = false;
+  size_t pos = 0;
+  while ((pos = body.find("data: ", pos)) != std::string::npos) {
+    size_t end = body.find("\n\n", pos);
+    std::string data = body.substr(pos + 6, end - pos - 6);
+    if (data == "[DONE]") {
+      *done = true;
+    } else if (auto j = ParseJson(data)) {
+      out.push_back(*j);
+    }
+    pos = end;
+  }
+  return out;
+}
+
+TEST_F(LlmProxyTest, StreamingPassesChunksThroughAndStoresTheAssembledReply) {
+  for (const char* model : {"default", "claude"}) {
+    SCOPED_TRACE(model);
+    if (!up_) SetUpBoth();
+    auto [id, token] = Session(fmt::format(R"({{"task":"hi","model":"{}"}})", model));
+    up_->Enqueue(Reply::Text("one two three four five six").WithChunks(4));
+    auto r = Chat(token, Json{{"messages", Json::array()}, {"stream", true}, {"model", model}});
+    ASSERT_EQ(r.status, 200u) << r.body;
+    EXPECT_EQ(r.headers["Content-Type"], "text/event-stream");
+    EXPECT_EQ(r.body.find(kKey), std::string::npos);
+    bool done = false;
+    auto chunks = SseChunks(r.body, &done);
+    EXPECT_TRUE(done);
+    std::string text;
+    bool usage = false;
+    for (const auto& c : chunks) {
+      EXPECT_EQ(c["object"], "chat.completion.chunk");
+      for (const auto& ch : c["choices"]) {
+        if (ch["delta"].contains("content") && ch["delta"]["content"].is_string())
+          text += ch["delta"]["content"];
+      }
+      usage = usage || c.contains("usage");
+    }
+    EXPECT_GE(chunks.size(), 4u);
+    EXPECT_EQ(text, "one two three four five six");
+    EXPECT_TRUE(usage);
+    Json conv = Conversation(id);
+    EXPECT_EQ(conv.back()["content"], "one two three four five six");
+    EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + id).json()["usage"]["llm_calls"], 1);
+  }
+}
+
+TEST_F(LlmProxyTest, AnUpstreamAuthErrorNeverShowsTheKeyOrTheProvidersWords) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  up_->Enqueue(Reply::Error(
+      401, std::string("Incorrect API key provided: ") + kKey + ". You can find your key at ..."));
+  auto r = Chat(token, Json{{"messages", Json::array({UserMsg("hello")})}});
+  EXPECT_EQ(r.status, 502u);
+  EXPECT_EQ(r.error_code(), "upstream_error");
+  EXPECT_EQ(r.body.find(kKey), std::string::npos);
+  EXPECT_EQ(r.body.find("sk-test"), std::string::npos);
+  EXPECT_EQ(r.body.find("Incorrect API key"), std::string::npos);
+  EXPECT_NE(r.body.find("credentials"), std::string::npos);
+  std::string events = Events(id);
+  EXPECT_EQ(events.find("sk-test"), std::string::npos);
+  EXPECT_NE(events.find("upstream_error"), std::string::npos);
+  // Nothing of a failed call joins the conversation: a retry sends the same new messages.
+  EXPECT_EQ(Conversation(id).size(), 1u);
+  EXPECT_EQ(up_->request_count(), 1u) << "an auth error is not retried";
+}
+
+TEST_F(LlmProxyTest, ARefusedRequestTellsTheAgentWhyWithoutTheKey) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  up_->Enqueue(Reply::Error(
+      400, std::string("This model's maximum context length is 8192 tokens (key ") + kKey + ")"));
+  auto r = Chat(token, Json{{"messages", Json::array()}});
+  EXPECT_EQ(r.status, 502u);
+  EXPECT_NE(r.body.find("maximum context length"), std::string::npos) << r.body;
+  EXPECT_EQ(r.body.find(kKey), std::string::npos);
+  EXPECT_EQ(r.body.find("sk-test-S"), std::string::npos);
+}
+
+TEST_F(LlmProxyTest, RateLimitsAndServerErrorsAreRetriedHonouringRetryAfter) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  up_->Enqueue({Reply::RateLimited(1), Reply::Error(503, "busy")});
+  auto start = std::chrono::steady_clock::now();
+  auto r = Chat(token, Json{{"messages", Json::array()}});
+  ASSERT_EQ(r.status, 200u) << r.body;
+  EXPECT_EQ(up_->request_count(), 3u);
+  // Retry-After: 1 was honoured (an ordering fact, not a performance threshold).
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 1s);
+
+  up_->Enqueue({Reply::Error(500, "a"), Reply::Error(502, "b"), Reply::Error(500, "c")});
+  auto r2 = Chat(token, Json{{"messages", Json::array()}});
+  EXPECT_EQ(r2.status, 502u);
+  EXPECT_NE(r2.body.find("after 3 attempts"), std::string::npos) << r2.body;
+  EXPECT_EQ(up_->request_count(), 6u);
+}
+
+TEST_F(LlmProxyTest, ConnectionFailuresAreRetriedThenReportedAsBadGateway) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  up_->Enqueue(Reply::CloseBeforeResponse());
+  auto ok = Chat(token, Json{{"messages", Json::array()}});
+  EXPECT_EQ(ok.status, 200u) << ok.body;
+  // The first close lands on the pooled connection and reads as a stale keep-alive: a fresh
+  // connection at once, not a retry. The next three are the three attempts.
+  up_->Enqueue({Reply::CloseBeforeResponse(), Reply::CloseBeforeResponse(), Reply::Garbage(),
+                Reply::CloseBeforeResponse()});
+  auto bad = Chat(token, Json{{"messages", Json::array()}});
+  EXPECT_EQ(bad.status, 502u) << bad.body;
+  up_->Enqueue(Reply::NonJson());
+  auto garbage = Chat(token, Json{{"messages", Json::array()}});
+  EXPECT_EQ(garbage.status, 502u);
+  EXPECT_NE(garbage.body.find("malformed"), std::string::npos) << garbage.body;
+}
+
+TEST_F(LlmProxyTest, ASilentUpstreamIsAGatewayTimeout) {
+  StartUpstream();
+  StartServer(ProxyOptions{.first_byte_timeout = 300ms});
+  auto [id, token] = Session();
+  up_->Enqueue(Reply::Default().WithDelay(3s));
+  auto r = Chat(token, Json{{"messages", Json::array()}});
+  EXPECT_EQ(r.status, 504u) << r.body;
+  EXPECT_EQ(r.error_code(), "upstream_timeout");
+  // A stream that goes silent half way ends with an error event, not a hang.
+  up_->Enqueue(Reply::Text("a b c d e f").WithChunks(6).HangAfterEvents(2));
+  auto s = Chat(token, Json{{"messages", Json::array()}, {"stream", true}});
+  EXPECT_EQ(s.status, 200u);
+  bool done = false;
+  auto chunks = SseChunks(s.body, &done);
+  EXPECT_FALSE(done);
+  ASSERT_FALSE(chunks.empty());
+  EXPECT_EQ(chunks.back()["error"]["code"], "upstream_timeout") << s.body;
+  EXPECT_EQ(Conversation(id).size(), 1u);
+}
+
+TEST_F(LlmProxyTest, BudgetsStopTheSessionWith402) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"t","limits":{"max_tokens":5}})");
+  EXPECT_EQ(Chat(token, Json{{"messages", Json::array()}}).status, 200u);
+  auto r = Chat(token, Json{{"messages", Json::array()}});
+  EXPECT_EQ(r.status, 402u) << r.body;
+  EXPECT_EQ(r.error_code(), "budget_exhausted");
+  EXPECT_EQ(up_->request_count(), 1u);
+  EXPECT_NE(Events(id).find("budget_exhausted"), std::string::npos);
+
+  auto [id2, token2] = Session(R"({"task":"t","limits":{"max_cost_usd":0.000001}})");
+  EXPECT_EQ(Chat(token2, Json{{"messages", Json::array({UserMsg(std::string(200, 'x'))})}}).status,
+            200u);
+  EXPECT_EQ(Chat(token2, Json{{"messages", Json::array()}}).status, 402u);
+}
+
+TEST_F(LlmProxyTest, TwoCallsOfOneSessionNeverInterleave) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  up_->Enqueue(Reply::Default().WithDelay(1500ms));
+  HttpResult first;
+  std::thread t([&, token = token] {
+    first = Chat(token, Json{{"messages", Json::array({UserMsg("first")})}});
+  });
+  ASSERT_TRUE(up_->WaitForRequests(1));
+  auto second = Chat(token, Json{{"messages", Json::array({UserMsg("second")})}});
+  EXPECT_EQ(second.status, 409u) << second.body;
+  // An operator message arriving meanwhile is taken from the inbox only after the call.
+  EXPECT_EQ(
+      server_->Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"follow-up"})")
+          .status,
+      202u);
+  auto inbox = server_->Sb(verb::get, "/sandbox/v1/inbox?wait=10", token);
+  EXPECT_EQ(inbox.status, 200u);
+  t.join();
+  EXPECT_EQ(first.status, 200u) << first.body;
+  Json conv = Conversation(id);
+  ASSERT_EQ(conv.size(), 4u);
+  EXPECT_EQ(conv[1]["content"], "first");
+  EXPECT_EQ(conv[2]["role"], "assistant");
+  EXPECT_EQ(conv[3]["content"], "follow-up");
+}
+
+TEST_F(LlmProxyTest, ASessionTokenReachesOnlyItsOwnHistory) {
+  SetUpBoth();
+  auto [a, token_a] = Session(R"({"task":"secret task of A"})");
+  auto [b, token_b] = Session(R"({"task":"task of B"})");
+  ASSERT_EQ(Chat(token_a, Json{{"messages", Json::array({UserMsg("A's words")})}}).status, 200u);
+  ASSERT_EQ(Chat(token_b, Json{{"messages", Json::array()}}).status, 200u);
+  std::string sent_b = up_->requests().back().body;
+  EXPECT_EQ(sent_b.find("secret task of A"), std::string::npos);
+  EXPECT_EQ(sent_b.find("A's words"), std::string::npos);
+  // Naming the other session does not help: the session is always the token's.
+  auto forged = server_->Sb(verb::post, "/sandbox/v1/llm/chat", token_b, R"({"messages":[]})",
+                            {{"SESSION_ID", a}});
+  EXPECT_EQ(forged.status, 403u);
+  auto hist = server_->Sb(verb::get, "/sandbox/v1/history", token_b);
+  EXPECT_EQ(hist.body.find("secret task of A"), std::string::npos);
+  EXPECT_EQ(Conversation(a).size(), 3u) << "B's calls never extend A's history";
+  // A revoked token (the session ended) opens nothing.
+  EXPECT_EQ(server_->Op(verb::delete_, "/v1/sessions/" + a).status, 200u);
+  EXPECT_EQ(Chat(token_a, Json{{"messages", Json::array()}}).status, 401u);
+}
+
+TEST_F(LlmProxyTest, TheSandboxCannotPickTheUpstreamOrItsParameters) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  for (const char* body :
+       {R"({"messages":[],"base_url":"http://evil.example"})", R"({"messages":[],"temperature":2})",
+        R"({"messages":[],"api_key":"x"})"}) {
+    auto r = server_->Sb(verb::post, "/sandbox/v1/llm/chat", token, body);
+    EXPECT_EQ(r.status, 400u) << body;
+  }
+  auto other = Chat(token, Json{{"messages", Json::array()}, {"model", "other"}});
+  EXPECT_EQ(other.status, 403u) << "aliases the operator did not allow for this session";
+  // Aliases allowed at creation may be picked per call; the alias's params come from the operator.
+  auto [id2, token2] = Session(R"({"task":"t","models":["default","other"]})");
+  ASSERT_EQ(Chat(token2, Json{{"messages", Json::array()}, {"model", "other"}}).status, 200u);
+  Json sent = up_->requests().back().Json();
+  EXPECT_EQ(sent["model"], "gpt-other");
+  EXPECT_EQ(sent["temperature"], 0.5);
+  EXPECT_EQ(server_->Op(verb::post, "/v1/sessions", R"({"task":"t","model":"nope"})").status, 400u);
+  EXPECT_EQ(server_->Op(verb::post, "/v1/sessions", R"({"task":"t","models":["nope"]})").status,
+            400u);
+}
+
+TEST_F(LlmProxyTest, HostileBodiesGetClearErrorsAndChangeNothing) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  const std::vector<std::string> bodies = {
+      "not json",
+      "[]",
+      R"({})",
+      R"({"messages":{}})",
+      R"({"messages":[{"role":"root","content":"x"}]})",
+      R"({"messages":[{"role":"user"}]})",
+      R"({"messages":[{"role":"user","content":7}]})",
+      R"({"messages":[{"role":"assistant","content":"I say so"}]})",
+      R"({"messages":[{"role":"tool","content":"x"}]})",
+      R"({"messages":[{"role":"user","content":"x","extra":1}]})",
+      R"({"messages":[],"tools":[{"type":"function","function":{"name":"bad name!"}}]})",
+      R"({"messages":[],"stream":"yes"})",
+      R"({"messages":[],"model":7})",
+      std::string(R"({"messages":[)") + std::string(5000, '[') + "]}",
+  };
+  for (const auto& b : bodies) {
+    auto r = server_->Sb(verb::post, "/sandbox/v1/llm/chat", token, b);
+    EXPECT_EQ(r.status, 400u) << b.substr(0, 80) << " -> " << r.body;
+    EXPECT_FALSE(r.error_code().empty());
+  }
+  EXPECT_EQ(up_->request_count(), 0u);
+  EXPECT_EQ(Conversation(id).size(), 1u);
+}
+
+TEST_F(LlmProxyTest, DeletingTheSessionCancelsTheCallInFlight) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  up_->Enqueue(Reply::Hang());
+  HttpResult r;
+  std::thread t([&, token = token] { r = Chat(token, Json{{"messages", Json::array()}}); });
+  ASSERT_TRUE(up_->WaitForRequests(1));
+  EXPECT_EQ(server_->Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
+  t.join();
+  EXPECT_EQ(r.status, 410u) << r.body;
+  EXPECT_NE(Events(id).find("cancelled"), std::string::npos);
+}
+
+TEST_F(LlmProxyTest, ASandboxThatHangsUpMidStreamCancelsTheUpstreamAndStoresNothing) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  up_->Enqueue(Reply::Text("a b c d e f g h").WithChunks(8).WithEventDelay(200ms));
+  int fd = RawConnect(server_->sb_port());
+  ASSERT_GE(fd, 0);
+  std::string body = R"({"messages":[],"stream":true})";
+  std::string req =
+      "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
+      "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+      "\r\n\r\n" + body;
+  ASSERT_TRUE(WriteAll(fd, req));
+  char buf[512];
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string got;
+  while (got.find("chat.completion.chunk") == std::string::npos) {
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0);
+    got.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  // The control plane notices at its next write and records the outcome.
+  bool seen = false;
+  for (int i = 0; i < 200 && !seen; ++i) {
+    seen = Events(id).find("sandbox_gone") != std::string::npos;
+    if (!seen) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(seen) << Events(id);
+  EXPECT_EQ(Conversation(id).size(), 1u);
+  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + id).json()["usage"]["llm_calls"], 0);
+  // The session is free for the next call.
+  EXPECT_EQ(Chat(token, Json{{"messages", Json::array()}}).status, 200u);
+}
+
+TEST_F(LlmProxyTest, KeepAliveConnectionsArePooled) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  for (int i = 0; i < 5; ++i)
+    ASSERT_EQ(Chat(token, Json{{"messages", Json::array()}}).status, 200u);
+  EXPECT_EQ(up_->connections_accepted(), 1u);
+}
+
+TEST_F(LlmProxyTest, TlsUpstreamsAreVerified) {
+  std::string dir = MakeTempDir("airlock-pki");
+  auto pki = fake::MakeTestPki(dir);
+  ASSERT_TRUE(pki) << pki.error().message;
+  fake::FakeUpstreamOptions o;
+  o.cert_file = pki->cert_file;
+  o.key_file = pki->key_file;
+  StartUpstream(o);
+  ASSERT_TRUE(up_->base_url().starts_with("https://"));
+  {
+    // Trusting the test CA: by address and by name.
+    StartServer(ProxyOptions{.ca_file = pki->ca_file});
+    auto [id, token] = Session();
+    EXPECT_EQ(Chat(token, Json{{"messages", Json::array()}}).status, 200u);
+    server_.reset();
+    StartServer(ProxyOptions{.ca_file = pki->ca_file,
+                             .base_url = fmt::format("https://localhost:{}", up_->port())});
+    auto [id2, token2] = Session();
+    EXPECT_EQ(Chat(token2, Json{{"messages", Json::array()}}).status, 200u);
+    server_.reset();
+  }
+  {
+    // The system store does not know the test CA.
+    StartServer();
+    auto [id, token] = Session();
+    auto r = Chat(token, Json{{"messages", Json::array()}});
+    EXPECT_EQ(r.status, 502u);
+    EXPECT_NE(r.body.find("certificate verification failed"), std::string::npos) << r.body;
+    server_.reset();
+  }
+  {
+    // A certificate for another name.
+    auto wrong = fake::MakeTestPki(MakeTempDir("airlock-pki"), {"wrong.example"}, {});
+    ASSERT_TRUE(wrong);
+    o.cert_file = wrong->cert_file;
+    o.key_file = wrong->key_file;
+    StartUpstream(o);
+    StartServer(ProxyOptions{.ca_file = wrong->ca_file});
+    auto [id, token] = Session();
+    auto r = Chat(token, Json{{"messages", Json::array()}});
+    EXPECT_EQ(r.status, 502u);
+    EXPECT_NE(r.body.find("certificate verification failed"), std::string::npos) << r.body;
+  }
+  EXPECT_EQ(up_->request_count(), 0u);
+}
+
+TEST_F(LlmProxyTest, TheScriptedModelRepliesInOrderAndCarriesOnAfterARestart) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"t","model":"scripted"})");
+  auto r1 = Chat(token, Json{{"messages", Json::array()}});
+  ASSERT_EQ(r1.status, 200u) << r1.body;
+  EXPECT_EQ(r1.json()["message"]["tool_calls"][0]["function"]["name"], "shell");
+  EXPECT_EQ(r1.json()["message"]["tool_calls"][0]["function"]["arguments"], R"({"cmd":"ls"})");
+  EXPECT_TRUE(r1.json()["usage"]["estimated"].get<bool>());
+  std::string call_id = r1.json()["message"]["tool_calls"][0]["id"];
+  // Streamed, the second reply; the script position comes from the stored history.
+  auto r2 = Chat(
+      token,
+      Json{{"messages",
+            Json::array({Json{{"role", "tool"}, {"tool_call_id", call_id}, {"content", "a"}}})},
+           {"stream", true}});
+  ASSERT_EQ(r2.status, 200u);
+  bool done = false;
+  auto chunks = SseChunks(r2.body, &done);
+  EXPECT_TRUE(done);
+  EXPECT_EQ(chunks.front()["model"], "scripted");
+  EXPECT_EQ(Conversation(id).back()["content"], "All done.");
+  auto r3 = Chat(token, Json{{"messages", Json::array({UserMsg("more?")})}});
+  EXPECT_NE(r3.json()["message"]["content"].get<std::string>().find("scripted model"),
+            std::string::npos);
+  EXPECT_EQ(up_->request_count(), 0u);
+}
+
+TEST_F(LlmProxyTest, AProviderWithoutItsKeyAnswers503AndTheServerStillStarts) {
+  ::unsetenv(kKeyEnv);
+  StartUpstream();
+  StartServer();
+  auto [id, token] = Session();
+  auto r = Chat(token, Json{{"messages", Json::array()}});
+  EXPECT_EQ(r.status, 503u);
+  EXPECT_NE(r.body.find(kKeyEnv), std::string::npos) << r.body;
+  EXPECT_EQ(up_->request_count(), 0u);
+  // The scripted model needs no key.
+  auto [id2, token2] = Session(R"({"task":"t","model":"scripted"})");
+  EXPECT_EQ(Chat(token2, Json{{"messages", Json::array()}}).status, 200u);
+}
+
+}  // namespace
+}  // namespace airlock::testing
