@@ -224,13 +224,17 @@ ConversationLocks::Holder ConversationLocks::holder(const std::string& id) const
   return it == held_.end() ? Holder::kNone : it->second;
 }
 
-awaitable<bool> ConversationLocks::Acquire(const std::string& id, Holder as, Clock::time_point deadline) {
-  while (held_.count(id)) {
+awaitable<ConversationLocks::Holder> ConversationLocks::Acquire(const std::string& id, Holder as,
+                                                                Clock::time_point deadline) {
+  for (;;) {
+    Holder h = holder(id);
+    if (h == Holder::kNone) break;
+    if (as == Holder::kChat && h == Holder::kChat) co_return h;
     uint64_t v = released_.Version(id);
-    if (!co_await released_.Wait(id, v, deadline) && held_.count(id)) co_return false;
+    if (!co_await released_.Wait(id, v, deadline) && holder(id) != Holder::kNone) co_return holder(id);
   }
   held_[id] = as;
-  co_return true;
+  co_return Holder::kNone;
 }
 
 void ConversationLocks::Release(const std::string& id) {
@@ -452,17 +456,15 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
     co_return Response::FromError(402, "budget_exhausted", *spent);
   }
 
-  if (locks_.holder(sess.id) == ConversationLocks::Holder::kChat) {
+  auto blocked = co_await locks_.Acquire(sess.id, ConversationLocks::Holder::kChat,
+                                         Clock::now() + std::chrono::seconds(30));
+  if (blocked == ConversationLocks::Holder::kChat) {
     co_return Response::FromError(409, "conflict",
                                   "another LLM call of this session is in progress; calls of one session are "
                                   "made one at a time");
   }
-  if (!co_await locks_.Acquire(sess.id, ConversationLocks::Holder::kChat, Clock::now() + std::chrono::seconds(30))) {
+  if (blocked != ConversationLocks::Holder::kNone) {
     co_return Response::FromError(503, "unavailable", "the session's conversation stayed busy; try again");
-  }
-  if (locks_.holder(sess.id) != ConversationLocks::Holder::kChat || in_flight_.count(sess.id)) {
-    // Another call took it while this one waited for an inbox read to finish.
-    co_return Response::FromError(409, "conflict", "another LLM call of this session is in progress");
   }
   in_flight_[sess.id] = &call->cancel;
 

@@ -36,8 +36,10 @@ class ConversationLocks {
   enum class Holder { kNone, kChat, kInbox };
   explicit ConversationLocks(asio::io_context& io) : released_(io) {}
   Holder holder(const std::string& id) const;
-  // Waits until the conversation is free and takes it; false if `deadline` passed first.
-  awaitable<bool> Acquire(const std::string& id, Holder as, std::chrono::steady_clock::time_point deadline);
+  // Waits until the conversation is free and takes it: returns kNone. Otherwise returns the
+  // holder in the way: at once when an LLM call asks and another LLM call holds it (calls of
+  // one session are refused, not queued), or whoever still holds it at `deadline`.
+  awaitable<Holder> Acquire(const std::string& id, Holder as, std::chrono::steady_clock::time_point deadline);
   void Release(const std::string& id);
 
  private:

@@ -465,7 +465,10 @@ awaitable<Response> ControlPlane::Inbox(Request& req) {
   for (;;) {
     uint64_t version = inbox_.Version(s.id);
     // Taking the inbox appends to the conversation: not while an LLM call builds on it.
-    if (!co_await conversations_.Acquire(s.id, ConversationLocks::Holder::kInbox, deadline)) break;
+    if (co_await conversations_.Acquire(s.id, ConversationLocks::Holder::kInbox, deadline) !=
+        ConversationLocks::Holder::kNone) {
+      break;
+    }
     auto taken = co_await RunBlocking(pool_, [this, &id = s.id] { return store_->TakeInbox(id); });
     conversations_.Release(s.id);
     AIRLOCK_CO_ASSIGN(auto msgs, std::move(taken));
