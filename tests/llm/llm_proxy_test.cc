@@ -3,8 +3,11 @@
 // (tests/llm/fake_upstream.h documents the shapes). The test plays the sandbox with a session
 // token and asserts what the upstream received (the whole history in order, the key) and what
 // the sandbox received (never the key).
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <thread>
@@ -281,7 +284,22 @@ TEST_F(LlmProxyTest, AnUpstreamAuthErrorNeverShowsTheKeyOrTheProvidersWords) {
   auto [id, token] = Session();
   up_->Enqueue(Reply::Error(
       401, std::string("Incorrect API key provided: ") + kKey + ". You can find your key at ..."));
+  // The server logs to this process's stderr: capture it around the call.
+  std::string log_path = server_->home() + "/stderr.log";
+  std::fflush(stderr);
+  int saved = ::dup(2);
+  int f = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  ::dup2(f, 2);
   auto r = Chat(token, Json{{"messages", Json::array({UserMsg("hello")})}});
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  ::close(f);
+  std::ifstream lf(log_path);
+  std::string logged((std::istreambuf_iterator<char>(lf)), std::istreambuf_iterator<char>());
+  EXPECT_NE(logged.find("llm call"), std::string::npos) << "the failure is logged";
+  EXPECT_EQ(logged.find("sk-test"), std::string::npos) << logged;
+  EXPECT_EQ(logged.find("Incorrect API key"), std::string::npos) << logged;
   EXPECT_EQ(r.status, 502u);
   EXPECT_EQ(r.error_code(), "upstream_error");
   EXPECT_EQ(r.body.find(kKey), std::string::npos);
