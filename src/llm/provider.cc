@@ -141,6 +141,11 @@ class HttpProvider : public Provider {
             CallError{Outcome::kUpstreamError, "the model provider's answer is malformed: " + parsed.error().message,
                       r->status});
       }
+      // A provider that reports no usage (many local servers): the prompt is estimated too, or
+      // it would cost nothing against the session's budget.
+      if (parsed->usage.estimated && parsed->usage.input_tokens == 0) {
+        parsed->usage.input_tokens = EstimateTokens(req.messages) + EstimateTokens(req.tools);
+      }
       co_return std::move(*parsed);
     }
     auto translator = format_->NewStream(req);
