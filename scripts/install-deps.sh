@@ -11,6 +11,9 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-format
   libarchive-dev libseccomp-dev libcap-dev crun runc busybox-static
+  # The S3 blob store's tests run s3rver, an S3 emulator from the npm registry
+  # (tests/files/s3rver.sh), and make its TLS certificate with openssl.
+  nodejs npm openssl
 )
 for arg in "$@"; do
   case "$arg" in
@@ -21,6 +24,10 @@ done
 
 missing=()
 for p in "${packages[@]}"; do
+  # A NodeSource nodejs bundles npm and conflicts with Debian's npm package.
+  if [ "$p" = npm ] && command -v npm >/dev/null 2>&1; then
+    continue
+  fi
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi
