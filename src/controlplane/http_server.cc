@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cctype>
+#include <limits>
 
 #include "common/crypto.h"
 #include "common/log.h"
@@ -75,7 +76,57 @@ class StreamChunkSink : public ChunkSink {
   bool failed_ = false;
 };
 
+// Reads a request body piece by piece from the connection, under body_timeout per piece.
+template <typename Stream>
+class StreamBodyReader : public BodyReader {
+ public:
+  StreamBodyReader(Stream& stream, beast::flat_buffer& buffer, http::request_parser<http::buffer_body>& parser,
+                   std::chrono::milliseconds timeout)
+      : stream_(stream), buffer_(buffer), parser_(parser), timeout_(timeout), chunk_(new char[kChunk]) {}
+
+  awaitable<Result<std::string_view>> Read() override {
+    if (failed_) co_return MakeError(ErrorCode::kUnavailable, "the request body was cut off");
+    if (parser_.is_done()) co_return std::string_view();
+    parser_.get().body().data = chunk_.get();
+    parser_.get().body().size = kChunk;
+    beast::error_code ec;
+    stream_.expires_after(timeout_);
+    co_await http::async_read_some(stream_, buffer_, parser_, asio::redirect_error(use_awaitable, ec));
+    stream_.expires_never();
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) {
+      failed_ = true;
+      if (ec == beast::error::timeout) co_return MakeError(ErrorCode::kDeadlineExceeded, "the client stalled");
+      if (ec == http::error::partial_message || ec == http::error::end_of_stream || ec == asio::error::eof ||
+          ec == asio::error::connection_reset) {
+        co_return MakeError(ErrorCode::kUnavailable, "the client went away before the end of the body");
+      }
+      co_return MakeError(ErrorCode::kInvalidArgument, "malformed request body framing");
+    }
+    co_return std::string_view(chunk_.get(), kChunk - parser_.get().body().size);
+  }
+  std::optional<uint64_t> content_length() const override {
+    auto cl = parser_.content_length();
+    return cl ? std::optional<uint64_t>(*cl) : std::nullopt;
+  }
+  bool done() const override { return parser_.is_done(); }
+
+ private:
+  Stream& stream_;
+  beast::flat_buffer& buffer_;
+  http::request_parser<http::buffer_body>& parser_;
+  std::chrono::milliseconds timeout_;
+  bool failed_ = false;
+  // On the heap: this reader lives in every connection's coroutine frame.
+  static constexpr size_t kChunk = 64 << 10;
+  std::unique_ptr<char[]> chunk_;
+};
+
 }  // namespace
+
+FileBody::~FileBody() {
+  if (fd >= 0) ::close(fd);
+}
 
 std::optional<std::string> Request::Query(std::string_view name) const {
   std::string_view q = query;
@@ -324,6 +375,32 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       stream.expires_never();
       co_return !ec && keep_alive;
     }
+    if (r.file) {
+      http::response<http::empty_body> res{static_cast<http::status>(r.status), 11};
+      res.set(http::field::content_type, r.content_type);
+      if (req) res.set("X-Request-Id", req->request_id);
+      for (auto& [k, v] : r.headers) res.set(k, v);
+      res.content_length(r.file->length);
+      res.keep_alive(keep_alive);
+      http::response_serializer<http::empty_body> sr(res);
+      co_await http::async_write_header(stream, sr, asio::redirect_error(use_awaitable, ec));
+      if (ec) co_return false;
+      if (req && req->msg.method() == http::verb::head) co_return keep_alive;
+      // Page-cache reads of at most 256 KiB at a time: short enough not to stall the loop.
+      std::vector<char> chunk(256 << 10);
+      for (uint64_t sent = 0; sent < r.file->length;) {
+        size_t want = static_cast<size_t>(std::min<uint64_t>(chunk.size(), r.file->length - sent));
+        ssize_t n = ::pread(r.file->fd, chunk.data(), want, static_cast<off_t>(r.file->offset + sent));
+        if (n <= 0) co_return false;  // the file shrank: the client sees a short body and a close
+        stream.expires_after(limits_.write_timeout);
+        co_await asio::async_write(stream, asio::buffer(chunk.data(), static_cast<size_t>(n)),
+                                   asio::redirect_error(use_awaitable, ec));
+        if (ec) co_return false;
+        sent += static_cast<uint64_t>(n);
+      }
+      stream.expires_never();
+      co_return keep_alive;
+    }
     http::response<http::string_body> res{static_cast<http::status>(r.status), 11};
     res.set(http::field::content_type, r.content_type);
     if (req) res.set("X-Request-Id", req->request_id);
@@ -355,7 +432,10 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     auto started = Clock::now();
     http::request_parser<http::string_body> parser;
     parser.header_limit(static_cast<uint32_t>(limits_.max_header_bytes));
-    parser.body_limit(limits_.max_body_bytes);
+    // No body limit while reading the header (Beast would refuse a large Content-Length there,
+    // before the route is known): a streamed-body route has none, others get max_body_bytes below.
+    // (Not boost::none: Beast 1.74 compares a Content-Length against it as greater than none.)
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     stream.expires_after(limits_.header_timeout);
     co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
     Response early;
@@ -384,7 +464,22 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       early = Response::FromError(400, "bad_request", "malformed HTTP request");
       have_early = true;
     }
-    if (!have_early) {
+    std::optional<http::request_parser<http::buffer_body>> body_parser;
+    if (!have_early && stream_bodies_) {
+      std::string_view t = parser.get().target();
+      if (stream_bodies_(parser.get().method(), t.substr(0, t.find('?')))) {
+        if (beast::iequals(parser.get()[http::field::expect], "100-continue")) {
+          http::response<http::empty_body> cont{http::status::continue_, 11};
+          stream.expires_after(limits_.write_timeout);
+          co_await http::async_write(stream, cont, asio::redirect_error(use_awaitable, ec));
+          if (ec) break;
+        }
+        body_parser.emplace(std::move(parser));
+        body_parser->body_limit(std::numeric_limits<std::uint64_t>::max());
+      }
+    }
+    if (!have_early && !body_parser) {
+      parser.body_limit(limits_.max_body_bytes);
       auto& hdr = parser.get();
       if (auto cl = parser.content_length(); cl && *cl > limits_.max_body_bytes) {
         reject("body_too_large");
@@ -426,7 +521,14 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     }
 
     Request req;
-    req.msg = parser.release();
+    std::optional<StreamBodyReader<Stream>> body_reader;
+    if (body_parser) {
+      req.msg = http::request<http::string_body>(body_parser->get().base());
+      body_reader.emplace(stream, buffer, *body_parser, limits_.body_timeout);
+      req.body = &*body_reader;
+    } else {
+      req.msg = parser.release();
+    }
     req.request_id = RequestId(req.Header("X-Request-Id"));
     req.listener = name_;
     req.bound_session = bound_session;
@@ -445,6 +547,8 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       res = Response::FromError(500, "internal", "internal error");
     }
     if (!*alive) co_return;
+    // A streamed body the handler left unread cannot be skipped safely: close after answering.
+    if (body_reader && !body_reader->done()) keep_alive = false;
     unsigned status = res.status;
     bool streamed = static_cast<bool>(res.stream);
     bool ok = co_await write_response(&req, res, keep_alive && !draining_);

@@ -27,8 +27,22 @@ struct HttpLimits {
   size_t max_connections = 20'000;
 };
 
+// The body of a request the server did not read ahead (HttpServer::StreamBodies): the handler
+// pulls it piece by piece, so an upload of any size never sits in memory.
+class BodyReader {
+ public:
+  virtual ~BodyReader() = default;
+  // The next piece of the body; empty at its end. The view is valid until the next call.
+  // Errors: kDeadlineExceeded (the client stalled longer than body_timeout), kUnavailable (it
+  // went away), kInvalidArgument (broken framing).
+  virtual awaitable<Result<std::string_view>> Read() = 0;
+  virtual std::optional<uint64_t> content_length() const = 0;
+  virtual bool done() const = 0;
+};
+
 struct Request {
   http::request<http::string_body> msg;
+  BodyReader* body = nullptr;  // set, and msg's body empty, when the body is streamed
   std::string request_id;
   std::string listener;       // "operator" or "sandbox"
   std::string bound_session;  // the session of a per-session Unix socket; "" for TCP
@@ -50,6 +64,17 @@ class ChunkSink {
   virtual awaitable<bool> Write(std::string_view data) = 0;
 };
 
+// A byte range of an open file sent as a response body with a Content-Length.
+struct FileBody {
+  int fd = -1;  // owned: closed when the response is done
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  FileBody() = default;
+  FileBody(const FileBody&) = delete;
+  FileBody& operator=(const FileBody&) = delete;
+  ~FileBody();
+};
+
 struct Response {
   unsigned status = 200;
   std::string content_type = "application/json";
@@ -57,6 +82,8 @@ struct Response {
   std::vector<std::pair<std::string, std::string>> headers;
   // When set, headers go out with Transfer-Encoding: chunked and this produces the body.
   std::function<awaitable<void>(ChunkSink&)> stream;
+  // When set, the body is this part of a file (HEAD: headers only).
+  std::shared_ptr<FileBody> file;
 
   static Response FromJson(unsigned status, const Json& j);
   static Response Text(unsigned status, std::string body, std::string content_type = "text/plain; charset=utf-8");
@@ -93,6 +120,10 @@ class HttpServer {
   // `bound_session`, so routes can refuse a token of any other session.
   Status ListenUnix(const std::string& path, const std::string& bound_session, uint32_t mode = 0666);
   void CloseUnix(const std::string& path);
+  // Requests for which `pred(method, path)` holds get their body as a Request::body reader
+  // instead of read ahead into memory (and are not held to max_body_bytes: the handler
+  // enforces its own limit).
+  void StreamBodies(std::function<bool(http::verb, std::string_view)> pred) { stream_bodies_ = std::move(pred); }
 
   // Stops accepting and closes idle keep-alive connections; requests in flight complete and
   // their connections close after the response.
@@ -116,6 +147,7 @@ class HttpServer {
   HttpLimits limits_;
   Handler handler_;
   HttpMetrics& metrics_;
+  std::function<bool(http::verb, std::string_view)> stream_bodies_;
   bool draining_ = false;
   std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> tcp_acceptors_;
   std::map<std::string, std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
