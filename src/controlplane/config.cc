@@ -231,6 +231,43 @@ Status ParseLog(const toml::table* t, Config& c) {
   return r.RejectUnknown();
 }
 
+Status ParseFiles(const toml::table* t, Config& c) {
+  TableReader r(t, "files");
+  FilesConfig& f = c.files;
+  AIRLOCK_TRY(r.String("store", &f.store));
+  AIRLOCK_TRY(r.String("root", &f.root));
+  AIRLOCK_TRY(r.String("signing_keys", &f.signing_keys));
+  AIRLOCK_TRY(r.IntAs("default_expiry_s", &f.default_expiry_s, 1, 7 * 24 * 3600));
+  AIRLOCK_TRY(r.IntAs("max_expiry_s", &f.max_expiry_s, 1, 7 * 24 * 3600));
+  AIRLOCK_TRY(r.IntAs("max_file_mb", &f.max_file_mb, 1, int64_t{1} << 30));
+  AIRLOCK_TRY(r.IntAs("session_quota_mb", &f.session_quota_mb, 1, int64_t{1} << 30));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* s3, r.Table("s3"));
+  AIRLOCK_TRY(r.RejectUnknown());
+  if (s3) {
+    TableReader s(s3, "files.s3");
+    AIRLOCK_TRY(s.String("endpoint", &f.s3_endpoint));
+    AIRLOCK_TRY(s.String("region", &f.s3_region));
+    AIRLOCK_TRY(s.String("bucket", &f.s3_bucket));
+    AIRLOCK_TRY(s.Bool("path_style", &f.s3_path_style));
+    AIRLOCK_TRY(s.String("prefix", &f.s3_prefix));
+    AIRLOCK_TRY(s.String("access_key_env", &f.s3_access_key_env));
+    AIRLOCK_TRY(s.String("secret_key_env", &f.s3_secret_key_env));
+    AIRLOCK_TRY(s.String("session_token_env", &f.s3_session_token_env));
+    AIRLOCK_TRY(s.String("ca_file", &f.s3_ca_file));
+    AIRLOCK_TRY(s.RejectUnknown());
+  }
+  if (f.store != "local" && f.store != "s3") {
+    return MakeError(ErrorCode::kInvalidArgument, "files.store must be \"local\" or \"s3\"");
+  }
+  if (f.store == "s3" && (f.s3_endpoint.empty() || f.s3_bucket.empty())) {
+    return MakeError(ErrorCode::kInvalidArgument, "files.store = \"s3\" needs files.s3.endpoint and files.s3.bucket");
+  }
+  if (f.default_expiry_s > f.max_expiry_s) {
+    return MakeError(ErrorCode::kInvalidArgument, "files.default_expiry_s exceeds files.max_expiry_s");
+  }
+  return Ok();
+}
+
 Status ParseProviders(const toml::table* t, Config& c) {
   return ForEachNamedTable(t, "providers", [&](const std::string& name, const std::string& path,
                                                TableReader& r) -> Status {
@@ -336,6 +373,7 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home, 
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* logt, r.Table("log"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* providers, r.Table("providers"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* models, r.Table("models"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* files, r.Table("files"));
   AIRLOCK_TRY(r.RejectUnknown());
   AIRLOCK_TRY(ParseServer(server, c));
   AIRLOCK_TRY(ParseStore(store, c));
@@ -344,7 +382,10 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home, 
   AIRLOCK_TRY(ParseLog(logt, c));
   AIRLOCK_TRY(ParseProviders(providers, c));
   AIRLOCK_TRY(ParseModels(models, c));
+  AIRLOCK_TRY(ParseFiles(files, c));
   if (c.store_path.empty()) c.store_path = home + "/airlock.db";
+  if (c.files.root.empty()) c.files.root = home + "/files";
+  if (c.files.signing_keys.empty()) c.files.signing_keys = home + "/file-signing.keys";
   if (c.images_dir.empty()) c.images_dir = home + "/images";
   return c;
 }

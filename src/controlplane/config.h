@@ -62,6 +62,27 @@ struct OciConfig {
   int64_t disk_mb = 256;
 };
 
+// [files]: where sessions' files live and how URLs to them are bounded. See docs/operators.md.
+struct FilesConfig {
+  std::string store = "local";  // local | s3
+  std::string root;             // local: default <home>/files
+  std::string signing_keys;     // local: default <home>/file-signing.keys
+  int64_t default_expiry_s = 300;
+  int64_t max_expiry_s = 3600;
+  int64_t max_file_mb = 1024;
+  int64_t session_quota_mb = 2048;
+  // s3
+  std::string s3_endpoint;
+  std::string s3_region = "us-east-1";
+  std::string s3_bucket;
+  bool s3_path_style = true;
+  std::string s3_prefix = "sessions/";
+  std::string s3_access_key_env = "AWS_ACCESS_KEY_ID";
+  std::string s3_secret_key_env = "AWS_SECRET_ACCESS_KEY";
+  std::string s3_session_token_env;
+  std::string s3_ca_file;
+};
+
 // Every setting of `airlock serve`, with its default. See docs/operators.md.
 struct Config {
   std::string home;
@@ -87,6 +108,7 @@ struct Config {
   std::string images_dir;                  // default: <home>/images
   std::string builtin_images_dir;          // default: images/ beside the airlock binary (base.tar)
   OciConfig oci;
+  FilesConfig files;
   int64_t max_task_bytes = 256 * 1024;
   int64_t max_message_bytes = 256 * 1024;
   int64_t max_event_bytes = 64 * 1024;

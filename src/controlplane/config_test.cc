@@ -156,3 +156,35 @@ script = "demo.json"
 
 }  // namespace
 }  // namespace airlock::controlplane
+
+namespace airlock::controlplane {
+namespace {
+
+TEST(ConfigTest, FilesTable) {
+  auto c = ParseConfig("", "/h");
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->files.store, "local");
+  EXPECT_EQ(c->files.root, "/h/files");
+  EXPECT_EQ(c->files.signing_keys, "/h/file-signing.keys");
+  EXPECT_EQ(c->files.default_expiry_s, 300);
+  auto s3 = ParseConfig(R"(
+[files]
+store = "s3"
+session_quota_mb = 100
+[files.s3]
+endpoint = "https://s3.eu-west-1.amazonaws.com"
+region = "eu-west-1"
+bucket = "agent-files"
+path_style = false
+)", "/h");
+  ASSERT_TRUE(s3.has_value()) << s3.error().message;
+  EXPECT_EQ(s3->files.s3_bucket, "agent-files");
+  EXPECT_FALSE(s3->files.s3_path_style);
+  EXPECT_FALSE(ParseConfig("[files]\nstore = \"s3\"\n", "/h").has_value()) << "s3 needs endpoint and bucket";
+  EXPECT_FALSE(ParseConfig("[files]\nstore = \"ftp\"\n", "/h").has_value());
+  EXPECT_FALSE(ParseConfig("[files]\ndefault_expiry_s = 7200\nmax_expiry_s = 3600\n", "/h").has_value());
+  EXPECT_FALSE(ParseConfig("[files.s3]\nbuckit = \"x\"\n", "/h").has_value());
+}
+
+}  // namespace
+}  // namespace airlock::controlplane

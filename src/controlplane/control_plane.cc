@@ -59,6 +59,7 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       events_(io),
       conversations_(io),
       llm_(std::make_unique<LlmProxy>(io, config_, *store_, pool_, events_, conversations_, registry_)),
+      files_(std::make_unique<FileService>(config_, *store_, pool_, events_, registry_)),
       reconcile_timer_(io) {
   RegisterOperatorRoutes();
   RegisterSandboxRoutes();
@@ -68,6 +69,9 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
   sandbox_server_ = std::make_unique<HttpServer>(
       io_, "sandbox", config_.limits, [this](Request& r) { return sandbox_router_.Dispatch(r); },
       *http_metrics_);
+  // Uploads to signed file URLs are streamed to disk, never held in memory.
+  sandbox_server_->StreamBodies(
+      [](http::verb m, std::string_view path) { return m == http::verb::put && path.starts_with("/sandbox/v1/files/"); });
 }
 
 ControlPlane::~ControlPlane() {
@@ -164,6 +168,7 @@ Status ControlPlane::Start() {
   }
 
   llm_->Start();
+  AIRLOCK_TRY(files_->Start());
   AIRLOCK_ASSIGN_OR_RETURN(operator_endpoint_,
                            operator_server_->ListenTcp(config_.operator_listen.host, config_.operator_listen.port));
   AIRLOCK_ASSIGN_OR_RETURN(sandbox_endpoint_,

@@ -10,6 +10,7 @@
 #include "common/metrics.h"
 #include "common/secret.h"
 #include "controlplane/config.h"
+#include "controlplane/file_service.h"
 #include "controlplane/http_server.h"
 #include "controlplane/llm_proxy.h"
 #include "controlplane/notifier.h"
@@ -98,6 +99,9 @@ class ControlPlane {
   awaitable<Response> History(Request& req);
   awaitable<Response> Finish(Request& req);
   awaitable<Response> LlmChat(Request& req);
+  awaitable<Response> PresignFile(Request& req);
+  awaitable<Response> ListFiles(Request& req);
+  awaitable<Response> DownloadFile(Request& req);
   awaitable<Response> GetUsage(Request& req);
 
   // Session transitions shared by routes and the reconciler.
@@ -137,6 +141,7 @@ class ControlPlane {
   Notifier events_;
   ConversationLocks conversations_;
   std::unique_ptr<LlmProxy> llm_;
+  std::unique_ptr<FileService> files_;
   std::vector<std::string> operator_key_hashes_;
   asio::ip::tcp::endpoint operator_endpoint_;
   asio::ip::tcp::endpoint sandbox_endpoint_;

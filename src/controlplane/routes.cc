@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "common/time_util.h"
 #include "controlplane/control_plane.h"
+#include "controlplane/handler_util.h"
 #include "controlplane/validation.h"
 
 namespace airlock::controlplane {
@@ -31,18 +32,6 @@ std::string SseFrame(const store::Event& e) {
 }
 
 }  // namespace
-
-// Handlers return through these so that an error anywhere becomes one JSON response.
-#define AIRLOCK_CO_TRY(expr)                                        \
-  do {                                                              \
-    auto airlock_co_try_ = (expr);                                  \
-    if (!airlock_co_try_) co_return Response::FromError(airlock_co_try_.error()); \
-  } while (0)
-#define AIRLOCK_CO_ASSIGN(lhs, expr) AIRLOCK_CO_ASSIGN_IMPL(AIRLOCK_CONCAT(airlock_co_, __LINE__), lhs, expr)
-#define AIRLOCK_CO_ASSIGN_IMPL(tmp, lhs, expr)                          \
-  auto tmp = (expr);                                                    \
-  if (!tmp) co_return Response::FromError(tmp.error());                 \
-  lhs = std::move(*tmp)
 
 void ControlPlane::RegisterOperatorRoutes() {
   auto& r = operator_router_;
@@ -71,14 +60,9 @@ void ControlPlane::RegisterOperatorRoutes() {
   r.Add(http::verb::post, "/v1/sessions/{id}/suspend", authed(&ControlPlane::Suspend));
   r.Add(http::verb::post, "/v1/sessions/{id}/resume", authed(&ControlPlane::Resume));
   r.Add(http::verb::get, "/v1/sessions/{id}/logs", authed(&ControlPlane::GetLogs));
-  auto later = [this](std::string what) {
-    return [this, what](Request& req) -> awaitable<Response> {
-      if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
-      co_return Response::FromError(501, "not_implemented", what + " is not implemented in this version");
-    };
-  };
-  r.Add(http::verb::get, "/v1/sessions/{id}/files", later("files"));
-  r.Add(http::verb::get, "/v1/sessions/{id}/files/{name}", later("files"));
+  r.Add(http::verb::get, "/v1/sessions/{id}/files", authed(&ControlPlane::ListFiles));
+  r.Add(http::verb::get, "/v1/sessions/{id}/files/{name}", authed(&ControlPlane::DownloadFile));
+  r.Add(http::verb::head, "/v1/sessions/{id}/files/{name}", authed(&ControlPlane::DownloadFile));
   r.Add(http::verb::get, "/v1/usage", authed(&ControlPlane::GetUsage));
 }
 
@@ -88,15 +72,12 @@ void ControlPlane::RegisterSandboxRoutes() {
   r.Add(http::verb::post, "/sandbox/v1/events", [this](Request& q) { return SandboxEvent(q); });
   r.Add(http::verb::get, "/sandbox/v1/history", [this](Request& q) { return History(q); });
   r.Add(http::verb::post, "/sandbox/v1/finish", [this](Request& q) { return Finish(q); });
-  auto later = [this](std::string what) {
-    return [this, what](Request& req) -> awaitable<Response> {
-      AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
-      (void)s;
-      co_return Response::FromError(501, "not_implemented", what + " is not implemented in this version");
-    };
-  };
   r.Add(http::verb::post, "/sandbox/v1/llm/chat", [this](Request& q) { return LlmChat(q); });
-  r.Add(http::verb::post, "/sandbox/v1/files/presign", later("file presigning"));
+  r.Add(http::verb::post, "/sandbox/v1/files/presign", [this](Request& q) { return PresignFile(q); });
+  // The local store's signed URLs: the signature is the credential, no bearer token.
+  r.Add(http::verb::put, "/sandbox/v1/files/{session}/{name}", [this](Request& q) { return files_->Upload(q); });
+  r.Add(http::verb::get, "/sandbox/v1/files/{session}/{name}", [this](Request& q) { return files_->Fetch(q); });
+  r.Add(http::verb::head, "/sandbox/v1/files/{session}/{name}", [this](Request& q) { return files_->Fetch(q); });
 }
 
 // ---------------------------------------------------------------- operator routes
@@ -524,6 +505,15 @@ awaitable<Response> ControlPlane::GetUsage(Request& req) {
   out["by_model"] = std::move(by_model);
   co_return Response::FromJson(200, out);
 }
+
+awaitable<Response> ControlPlane::PresignFile(Request& req) {
+  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  co_return co_await files_->Presign(req, s);
+}
+
+awaitable<Response> ControlPlane::ListFiles(Request& req) { co_return co_await files_->List(req); }
+
+awaitable<Response> ControlPlane::DownloadFile(Request& req) { co_return co_await files_->OperatorDownload(req); }
 
 awaitable<Response> ControlPlane::LlmChat(Request& req) {
   AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));

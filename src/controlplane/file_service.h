@@ -1,0 +1,64 @@
+#pragma once
+
+// Session files: POST /sandbox/v1/files/presign, the local store's signed URLs
+// (PUT/GET/HEAD /sandbox/v1/files/{session}/{name}) and the operator's
+// GET /v1/sessions/{id}/files[/{name}].
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "common/asio.h"
+#include "common/metrics.h"
+#include "controlplane/config.h"
+#include "controlplane/http_server.h"
+#include "controlplane/notifier.h"
+#include "files/blob_store.h"
+#include "files/local_store.h"
+#include "store/store.h"
+
+namespace airlock::controlplane {
+
+// A single byte range of a Range header against a file of `size` bytes.
+struct ByteRange {
+  uint64_t first = 0;
+  uint64_t length = 0;
+};
+// nullopt: no usable Range (serve the whole file); an error: unsatisfiable (416).
+Result<std::optional<ByteRange>> ParseRange(std::string_view header, uint64_t size);
+
+class FileService {
+ public:
+  FileService(const Config& config, store::Store& store, asio::thread_pool& pool, Notifier& events,
+              metrics::Registry& registry);
+  ~FileService();
+
+  // Opens the configured blob store (creating the local signing keys on first use).
+  Status Start();
+
+  awaitable<Response> Presign(Request& req, const store::Session& s);
+  // Signed-URL routes of the local store; no bearer token, the signature is the credential.
+  awaitable<Response> Upload(Request& req);
+  awaitable<Response> Fetch(Request& req);
+  // Operator routes (the caller has checked the operator key).
+  awaitable<Response> List(Request& req);
+  awaitable<Response> OperatorDownload(Request& req);
+
+ private:
+  struct Terms;
+  Result<Terms> CheckUrl(const Request& req, std::string_view method) const;
+  awaitable<Result<store::Session>> LoadSession(const std::string& id);
+
+  const Config& config_;
+  store::Store& store_;
+  asio::thread_pool& pool_;
+  Notifier& events_;
+  std::unique_ptr<files::BlobStore> blobs_;
+  files::LocalBlobStore* local_ = nullptr;  // when the store is local
+  // Bytes promised to uploads in progress, per session: counted against the quota.
+  std::map<std::string, int64_t> reserved_;
+  metrics::Family<metrics::Counter>& bytes_;
+  metrics::Family<metrics::Counter>& refusals_;
+};
+
+}  // namespace airlock::controlplane

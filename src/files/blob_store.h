@@ -1,0 +1,67 @@
+#pragma once
+
+// Where sessions' files live. The sandbox never holds a storage credential: it asks the
+// control plane for a short-lived URL bound to its session, one name, one method, an expiry
+// and (for uploads) a size limit, and moves the bytes itself.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/result.h"
+
+namespace airlock::files {
+
+// A file name as sessions use it: 1-255 bytes, no '/', '\\' or control characters, not
+// starting with '.', not "." or "..". kInvalidArgument says what is wrong.
+Status ValidateFileName(std::string_view name);
+
+struct FileInfo {
+  std::string name;
+  int64_t size = 0;
+  int64_t created_at = 0;  // ms since epoch
+};
+
+struct PresignRequest {
+  std::string session_id;
+  std::string name;
+  std::string method;      // "PUT" or "GET"
+  int64_t max_bytes = 0;   // PUT: the largest body the URL accepts
+  std::optional<int64_t> exact_size;  // PUT: the size the client declared, when it did
+  std::string content_type;           // PUT: optional
+  int64_t expires_at = 0;  // unix seconds
+  std::string base_url;    // local store: the sandbox's CONTROL_PLANE_URL as it reached us
+};
+
+struct PresignedUrl {
+  std::string url;
+  std::string method;
+  std::vector<std::pair<std::string, std::string>> headers;  // the client must send these
+  int64_t expires_at = 0;                                      // unix seconds
+};
+
+// How an operator gets a file's bytes.
+struct OperatorDownload {
+  std::string path;          // local: a file to serve
+  std::string redirect_url;  // remote: a presigned GET to redirect to
+  int64_t size = 0;
+};
+
+// Implementations are thread-safe and blocking (call them from a worker pool).
+class BlobStore {
+ public:
+  virtual ~BlobStore() = default;
+  virtual std::string_view kind() const = 0;  // "local" | "s3"
+  virtual Result<PresignedUrl> Presign(const PresignRequest& r) = 0;
+  // The session's files, by name. Never lists partial uploads.
+  virtual Result<std::vector<FileInfo>> List(const std::string& session_id) = 0;
+  // kNotFound when there is no such file.
+  virtual Result<OperatorDownload> Download(const std::string& session_id, const std::string& name,
+                                            int expires_seconds) = 0;
+  // Bytes the session's files take, for its quota.
+  virtual Result<int64_t> UsedBytes(const std::string& session_id) = 0;
+};
+
+}  // namespace airlock::files

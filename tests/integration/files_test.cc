@@ -1,0 +1,244 @@
+// Session files through the embedded (local) blob store, over real sockets: the sandbox asks
+// for a presigned URL with its token and moves the bytes with nothing but that URL; every
+// tampered, expired or cross-session use is refused with the JSON error.
+#include <sys/socket.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "tests/integration/harness.h"
+
+namespace airlock::testing {
+namespace {
+
+using http::verb;
+using namespace std::chrono_literals;
+
+class FilesTest : public ::testing::Test {
+ protected:
+  explicit FilesTest(int64_t quota_mb = 2048) {
+    server_ = std::make_unique<TestServer>([quota_mb](controlplane::Config& c) { c.files.session_quota_mb = quota_mb; });
+  }
+
+  // POST /sandbox/v1/files/presign; returns the answer.
+  HttpResult Presign(const std::string& token, const Json& body) {
+    return server_->Sb(verb::post, "/sandbox/v1/files/presign", token, DumpJson(body));
+  }
+
+  // The path and query of a presigned URL (the test talks to the sandbox listener itself).
+  static std::string Target(const std::string& url) {
+    size_t p = url.find("/sandbox/v1/files/");
+    return url.substr(p);
+  }
+
+  std::string PutUrl(const std::string& token, const std::string& name, std::optional<int64_t> size = {}) {
+    Json body{{"name", name}, {"method", "PUT"}};
+    if (size) body["size"] = *size;
+    auto r = Presign(token, body);
+    EXPECT_EQ(r.status, 200u) << r.body;
+    return Target(r.json()["url"]);
+  }
+
+  std::string GetUrl(const std::string& token, const std::string& name) {
+    auto r = Presign(token, Json{{"name", name}, {"method", "GET"}});
+    EXPECT_EQ(r.status, 200u) << r.body;
+    return Target(r.json()["url"]);
+  }
+
+  HttpResult Put(const std::string& target, const std::string& body) {
+    return HttpCall(server_->sb_port(), verb::put, target, "", body);
+  }
+  HttpResult Get(const std::string& target, std::map<std::string, std::string> headers = {}) {
+    return HttpCall(server_->sb_port(), verb::get, target, "", "", std::move(headers));
+  }
+
+  std::unique_ptr<TestServer> server_;
+};
+
+// Replaces the value of query parameter `key` in `target`.
+std::string WithParam(std::string target, const std::string& key, const std::string& value) {
+  size_t at = target.find(key + "=");
+  size_t end = target.find('&', at);
+  return target.replace(at + key.size() + 1, (end == std::string::npos ? target.size() : end) - at - key.size() - 1, value);
+}
+
+TEST_F(FilesTest, UploadListDownloadWithPresignedUrls) {
+  auto [id, token] = server_->NewSession();
+  auto answer = Presign(token, Json{{"name", "report.md"}, {"method", "PUT"}, {"size", 11}});
+  ASSERT_EQ(answer.status, 200u) << answer.body;
+  Json j = answer.json();
+  EXPECT_EQ(j["method"], "PUT");
+  EXPECT_TRUE(j["url"].get<std::string>().starts_with("http://127.0.0.1")) << "the Host the sandbox used";
+  EXPECT_TRUE(j["headers"].is_object());
+  EXPECT_FALSE(j["expires_at"].get<std::string>().empty());
+  auto up = Put(Target(j["url"]), "hello world");
+  ASSERT_EQ(up.status, 201u) << up.body;
+  EXPECT_EQ(up.json()["size"], 11);
+
+  auto list = server_->Op(verb::get, "/v1/sessions/" + id + "/files");
+  ASSERT_EQ(list.status, 200u);
+  ASSERT_EQ(list.json()["files"].size(), 1u);
+  EXPECT_EQ(list.json()["files"][0]["name"], "report.md");
+  EXPECT_EQ(list.json()["files"][0]["size"], 11);
+
+  auto down = Get(GetUrl(token, "report.md"));
+  EXPECT_EQ(down.status, 200u);
+  EXPECT_EQ(down.body, "hello world");
+  auto op = server_->Op(verb::get, "/v1/sessions/" + id + "/files/report.md");
+  EXPECT_EQ(op.status, 200u);
+  EXPECT_EQ(op.body, "hello world");
+  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + id + "/files/nothing.txt").status, 404u);
+
+  auto part = Get(GetUrl(token, "report.md"), {{"Range", "bytes=6-"}});
+  EXPECT_EQ(part.status, 206u);
+  EXPECT_EQ(part.body, "world");
+  EXPECT_EQ(part.headers["Content-Range"], "bytes 6-10/11");
+  auto tail = Get(GetUrl(token, "report.md"), {{"Range", "bytes=-5"}});
+  EXPECT_EQ(tail.body, "world");
+  EXPECT_EQ(Get(GetUrl(token, "report.md"), {{"Range", "bytes=50-60"}}).status, 416u);
+  // Events tell the operator what happened.
+  auto events = server_->Op(verb::get, "/v1/sessions/" + id + "/events", "", {{"Accept", "application/json"}});
+  EXPECT_NE(events.body.find("file.uploaded"), std::string::npos);
+}
+
+TEST_F(FilesTest, TamperedUrlsAreRefusedWithTheJsonError) {
+  auto [id, token] = server_->NewSession();
+  std::string put = PutUrl(token, "a.txt", 5);
+  ASSERT_EQ(Put(put, "12345").status, 201u);
+  std::string get = GetUrl(token, "a.txt");
+  std::string sig = get.substr(get.find("sig=") + 4);
+  std::string flipped = sig;
+  flipped[0] = flipped[0] == 'a' ? 'b' : 'a';
+
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {"signature", WithParam(get, "sig", flipped)},
+      {"no signature", get.substr(0, get.find("&sig="))},
+      {"expiry", WithParam(get, "expires", "99999999999")},
+      {"size", WithParam(put, "max", "999999999")},
+      {"key id", WithParam(get, "kid", "00000000")},
+      {"name", [&] {
+         std::string t = get;
+         t.replace(t.find("a.txt"), 5, "b.txt");
+         return t;
+       }()},
+  };
+  for (const auto& [what, target] : cases) {
+    auto r = target.find("max=0") == std::string::npos ? Put(target, "12345") : Get(target);
+    EXPECT_EQ(r.status, 403u) << what << ": " << r.body;
+    EXPECT_EQ(r.error_code(), "permission_denied") << what;
+  }
+  // A GET URL does not upload, a PUT URL does not download.
+  EXPECT_EQ(Put(get, "xxxxx").status, 403u);
+  EXPECT_EQ(Get(put).status, 403u);
+  // Nothing was changed by any of it.
+  EXPECT_EQ(Get(GetUrl(token, "a.txt")).body, "12345");
+}
+
+TEST_F(FilesTest, ExpiredUrlsAreRefused) {
+  auto [id, token] = server_->NewSession();
+  auto r = Presign(token, Json{{"name", "late.txt"}, {"method", "PUT"}, {"expires_s", 1}});
+  ASSERT_EQ(r.status, 200u);
+  std::string put = Target(r.json()["url"]);
+  std::this_thread::sleep_for(2100ms);
+  auto late = Put(put, "x");
+  EXPECT_EQ(late.status, 403u);
+  EXPECT_NE(late.body.find("expired"), std::string::npos);
+  EXPECT_EQ(Presign(token, Json{{"name", "x"}, {"method", "GET"}, {"expires_s", 999999}}).status, 400u)
+      << "beyond files.max_expiry_s";
+}
+
+TEST_F(FilesTest, OneSessionsUrlIsUselessForAnothersFiles) {
+  auto [a, token_a] = server_->NewSession();
+  auto [b, token_b] = server_->NewSession();
+  std::string put_b = PutUrl(token_b, "secret.txt", 6);
+  ASSERT_EQ(Put(put_b, "b-data").status, 201u);
+  // A's URL with B's session swapped in.
+  std::string get_a = GetUrl(token_a, "secret.txt");
+  std::string forged = get_a;
+  forged.replace(forged.find(a), a.size(), b);
+  EXPECT_EQ(Get(forged).status, 403u);
+  // A presign always names the token's own session: A cannot reach B's file.
+  EXPECT_EQ(Get(get_a).status, 404u);
+  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + a + "/files").json()["files"].size(), 0u);
+}
+
+TEST_F(FilesTest, BadNamesAndBodiesAreRefused) {
+  auto [id, token] = server_->NewSession();
+  for (const char* name : {"", "..", ".hidden", "a/b", "a\\b", "tab\there"}) {
+    auto r = Presign(token, Json{{"name", name}, {"method", "PUT"}});
+    EXPECT_EQ(r.status, 400u) << name;
+  }
+  EXPECT_EQ(Presign(token, Json{{"name", std::string(256, 'a')}, {"method", "PUT"}}).status, 400u);
+  EXPECT_EQ(Presign(token, Json{{"name", "a"}, {"method", "DELETE"}}).status, 400u);
+  EXPECT_EQ(Presign(token, Json{{"name", "a"}, {"method", "PUT"}, {"size", -1}}).status, 413u);
+  EXPECT_EQ(Presign(token, Json{{"name", "a"}, {"method", "PUT"}, {"bucket", "x"}}).status, 400u);
+  EXPECT_EQ(server_->Sb(verb::post, "/sandbox/v1/files/presign", "", R"({"name":"a","method":"PUT"})").status, 401u);
+  // Percent-encoded names arrive intact.
+  std::string put = PutUrl(token, "my report (1).txt", 2);
+  EXPECT_NE(put.find("%20"), std::string::npos);
+  EXPECT_EQ(Put(put, "ok").status, 201u);
+  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + id + "/files").json()["files"][0]["name"], "my report (1).txt");
+}
+
+TEST_F(FilesTest, AnUploadLargerThanSignedIsCutOffAndLeavesNothing) {
+  auto [id, token] = server_->NewSession();
+  std::string put = PutUrl(token, "big.bin", 10);
+  auto r = Put(put, std::string(11, 'x'));
+  EXPECT_EQ(r.status, 413u);
+  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + id + "/files").json()["files"].size(), 0u);
+}
+
+TEST_F(FilesTest, AnInterruptedUploadLeavesNothingPartial) {
+  auto [id, token] = server_->NewSession();
+  std::string put = PutUrl(token, "half.bin");
+  int fd = RawConnect(server_->sb_port());
+  ASSERT_GE(fd, 0);
+  std::string head = "PUT " + put + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n";
+  ASSERT_TRUE(WriteAll(fd, head + std::string(300000, 'x')));
+  std::this_thread::sleep_for(200ms);
+  ::close(fd);
+  std::string dir = server_->home() + "/files/" + id;
+  // The server notices the close and removes the partial file.
+  for (int i = 0; i < 100 && std::filesystem::exists(dir) && !std::filesystem::is_empty(dir); ++i) {
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(!std::filesystem::exists(dir) || std::filesystem::is_empty(dir));
+  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + id + "/files").json()["files"].size(), 0u);
+  // The quota it had reserved is free again.
+  EXPECT_EQ(Put(PutUrl(token, "whole.bin", 3), "abc").status, 201u);
+}
+
+TEST_F(FilesTest, UploadsAreStreamedNotBuffered) {
+  // 24 MiB through a server whose request bodies are otherwise capped at 1 MiB.
+  auto [id, token] = server_->NewSession();
+  std::string data(24 << 20, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 7 + (i >> 12));
+  auto r = Put(PutUrl(token, "blob.bin", static_cast<int64_t>(data.size())), data);
+  ASSERT_EQ(r.status, 201u) << r.body;
+  auto back = Get(GetUrl(token, "blob.bin"));
+  EXPECT_EQ(back.status, 200u);
+  EXPECT_TRUE(back.body == data);
+}
+
+class SmallQuotaFilesTest : public FilesTest {
+ protected:
+  SmallQuotaFilesTest() : FilesTest(1) {}
+};
+
+TEST_F(SmallQuotaFilesTest, TheSessionQuotaIsEnforced) {
+  auto [id, token] = server_->NewSession();
+  auto too_big = Presign(token, Json{{"name", "big"}, {"method", "PUT"}, {"size", 2 << 20}});
+  EXPECT_EQ(too_big.status, 413u);
+  EXPECT_EQ(too_big.error_code(), "quota_exceeded");
+  ASSERT_EQ(Put(PutUrl(token, "a", 700000), std::string(700000, 'a')).status, 201u);
+  // Without a declared size the URL is capped at what is left.
+  std::string open_put = PutUrl(token, "b");
+  auto r = Put(open_put, std::string(500000, 'b'));
+  EXPECT_EQ(r.status, 413u) << r.body;
+  auto again = Presign(token, Json{{"name", "c"}, {"method", "PUT"}, {"size", 400000}});
+  EXPECT_EQ(again.status, 413u);
+  EXPECT_NE(again.body.find("quota"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace airlock::testing
