@@ -24,6 +24,7 @@
 #include "common/secret.h"
 #include "common/time_util.h"
 #include "controlplane/config.h"
+#include "files/local_store.h"
 #include "controlplane/control_plane.h"
 #include "images/image_name.h"
 #include "images/image_store.h"
@@ -1097,6 +1098,20 @@ escapes the image, over a size limit) exits 6; an unknown name exits 5.)");
   image_rm_cmd->footer(R"(The unpacked files go when no other name points at them. Sandboxes already
 running from the image keep it until they end.)");
 
+  // files
+  std::string files_home;
+  CLI::App* files_cmd = app.add_subcommand("files", "Manage the signing keys of file URLs");
+  files_cmd->require_subcommand(1);
+  CLI::App* rotate_cmd = files_cmd->add_subcommand(
+      "rotate-key", "Add a new key that signs file URLs from now on; older keys still verify");
+  rotate_cmd->add_option("--home", files_home,
+                         "Data directory; the keys are DIR/file-signing.keys (default: $AIRLOCK_HOME, "
+                         "else ~/.local/share/airlock)")
+      ->type_name("DIR");
+  rotate_cmd->footer(R"(Restart `airlock serve` to sign with the new key. URLs signed with an older key
+keep working until they expire; delete the old key's line from the file once they have (at
+most files.max_expiry_s later) to stop honouring them.)");
+
   CLI::App* version_cmd = app.add_subcommand("version", "Print the version");
 
   std::vector<char*> args;
@@ -1158,6 +1173,16 @@ running from the image keep it until they end.)");
       return Finish(CmdImageLs(image));
     }
     return Finish(CmdImageRm(image));
+  }
+  if (app.got_subcommand(files_cmd)) {
+    std::string path = (files_home.empty() ? controlplane::DefaultHome() : files_home) + "/file-signing.keys";
+    auto kid = files::RotateSigningKey(path);
+    if (!kid) {
+      PrintErr(kid.error().message);
+      return kExitUsage;
+    }
+    PrintLine(fmt::format("new signing key {} in {}", *kid, path));
+    return kExitOk;
   }
   if (app.got_subcommand(version_cmd)) {
     PrintLine("airlock " AIRLOCK_VERSION);
