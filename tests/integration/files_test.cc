@@ -89,6 +89,9 @@ TEST_F(FilesTest, UploadListDownloadWithPresignedUrls) {
   EXPECT_EQ(op.body, "hello world");
   EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + id + "/files/nothing.txt").status, 404u);
 
+  auto head = HttpCall(server_->sb_port(), verb::head, GetUrl(token, "report.md"));
+  EXPECT_EQ(head.status, 200u);
+  EXPECT_EQ(head.headers["Content-Length"], "11");
   auto part = Get(GetUrl(token, "report.md"), {{"Range", "bytes=6-"}});
   EXPECT_EQ(part.status, 206u);
   EXPECT_EQ(part.body, "world");

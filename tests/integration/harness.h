@@ -121,6 +121,7 @@ inline HttpResult HttpCall(uint16_t port, http::verb method, const std::string& 
   beast::flat_buffer buf;
   http::response_parser<http::string_body> parser;
   parser.body_limit(64 << 20);
+  if (method == http::verb::head) parser.skip(true);  // a HEAD answer has no body to wait for
   http::read(stream, buf, parser);
   HttpResult r;
   r.status = parser.get().result_int();
