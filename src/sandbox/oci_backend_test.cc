@@ -209,6 +209,34 @@ TEST_F(OciBackendTest, DestroyKillsRemovesTheBundleAndIsIdempotent) {
   EXPECT_TRUE(backend_->Destroy(h).has_value());
 }
 
+TEST_F(OciBackendTest, DestroyingASuspendedSandboxLeavesNoProcess) {
+  std::string h = Create({"/bin/sh", "-c", "while true; do echo tick; sleep 0.05; done"});
+  ASSERT_FALSE(h.empty());
+  WaitFor(h, SandboxState::kRunning);
+  std::string id = h.substr(0, h.find(':'));
+  auto pid_of = [&]() -> pid_t {
+    auto r = RunCommand({"crun", "--root", dir_ + "/state", "state", id}, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"});
+    auto j = r ? ParseJson(r->output) : Result<Json>(Json());
+    return j && j->is_object() ? j->value("pid", 0) : 0;
+  };
+  pid_t pid = pid_of();
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(backend_->Suspend(h).has_value());
+  ASSERT_TRUE(backend_->Destroy(h).has_value());
+  EXPECT_EQ(backend_->Inspect(h)->state, SandboxState::kMissing);
+  // The sandbox's init is gone (or a zombie waiting for the host's PID 1 to reap it).
+  bool alive = true;
+  for (int i = 0; i < 200 && alive; ++i) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    size_t close = line.rfind(')');
+    alive = !line.empty() && close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
+    if (alive) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_FALSE(alive) << "a destroyed suspended sandbox left its processes running";
+}
+
 TEST_F(OciBackendTest, ASecondBackendInstanceReattachesToARunningSandbox) {
   std::string h = Create({"/bin/sleep", "600"});
   ASSERT_FALSE(h.empty());
