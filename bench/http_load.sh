@@ -4,6 +4,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 AIRLOCK="${AIRLOCK:-$ROOT/build/bin/airlock}"
 API=127.0.0.1:17500
 SBX=127.0.0.1:17501
@@ -40,19 +42,10 @@ allow_unisolated_backends = true
 [log]
 level = "warn"
 TOML
-"$AIRLOCK" serve --home "$AHOME" --listen "$API" --sandbox-listen "$SBX" \
-  --config "$WORK/airlock.toml" >"$WORK/airlock.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 100); do curl -fs "http://$API/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fs "http://$API/healthz" >/dev/null || { cat "$WORK/airlock.log"; exit 1; }
-KEY="$(tr -d '\n' < "$AHOME/operator.key")"
+airlock_start "$AIRLOCK" "$AHOME" "$API" "$SBX" "$WORK/airlock.toml" "$WORK/airlock.log"
 
 TOKFILE="$WORK/token"
-BODY="$(python3 -c 'import json,sys; print(json.dumps({"task":"bench","command":["sh","-c","printf %s \"$SESSION_TOKEN\" > "+sys.argv[1]+"; exec sleep 3600"]}))' "$TOKFILE")"
-RESP="$(curl -fs -X POST -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$BODY" "http://$API/v1/sessions")"
-SID="$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d.get("id") or d["session"]["id"])' "$RESP")"
-for _ in $(seq 100); do [[ -s "$TOKFILE" ]] && break; sleep 0.1; done
-[[ -s "$TOKFILE" ]] || { echo "agent never wrote its token" >&2; cat "$WORK/airlock.log"; exit 1; }
+SID="$(airlock_session "$API" "$TOKFILE")"
 TOKEN="$(cat "$TOKFILE")"
 
 # ---------------------------------------------------------------- nginx baseline

@@ -1,0 +1,25 @@
+# Shared by the benchmark scripts (source it). Starts `airlock serve` and gets a session token
+# through the `process` backend, whose agent writes its SESSION_TOKEN to a file, as a sandbox
+# would hold it.
+
+# airlock_start AIRLOCK HOME API SBX CONFIG LOG: starts the server, waits for /healthz, sets
+# SERVER_PID and KEY (the operator key). Exits with the server's log on failure.
+airlock_start() {
+  local bin="$1" home="$2" api="$3" sbx="$4" config="$5" log="$6"
+  "$bin" serve --home "$home" --listen "$api" --sandbox-listen "$sbx" --config "$config" >"$log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 100); do curl -fs "http://$api/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fs "http://$api/healthz" >/dev/null || { cat "$log"; exit 1; }
+  KEY="$(tr -d '\n' < "$home/operator.key")"
+}
+
+# airlock_session API TOKFILE: creates a session whose agent writes its token to TOKFILE and
+# then sleeps; prints the session's id once the token is there.
+airlock_session() {
+  local api="$1" tokfile="$2" body resp
+  body="$(python3 -c 'import json,sys; print(json.dumps({"task":"bench","command":["sh","-c","printf %s \"$SESSION_TOKEN\" > "+sys.argv[1]+"; exec sleep 3600"]}))' "$tokfile")"
+  resp="$(curl -fs -X POST -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$body" "http://$api/v1/sessions")"
+  for _ in $(seq 100); do [[ -s "$tokfile" ]] && break; sleep 0.1; done
+  [[ -s "$tokfile" ]] || { echo "the agent never wrote its token" >&2; exit 1; }
+  python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$resp"
+}
