@@ -364,9 +364,10 @@ awaitable<Result<UpstreamResponse>> UpstreamClient::Attempt(const Endpoint& ep, 
       continue;
     }
     retryable = ec != beast::error::timeout;
-    co_return Errorf(ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-                     "{} {} the request to {}: {}", ec == beast::error::timeout ? "no answer to" : "lost",
-                     ec == beast::error::timeout ? "" : "connection during", where, Describe(ec));
+    if (ec == beast::error::timeout) {
+      co_return Errorf(ErrorCode::kDeadlineExceeded, "no answer to the request to {} in time", where);
+    }
+    co_return Errorf(ErrorCode::kUnavailable, "lost the connection to {} during the request: {}", where, Describe(ec));
   }
 
   UpstreamResponse out;
