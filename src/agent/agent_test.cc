@@ -1,0 +1,360 @@
+// The sandbox-side library against a real local HTTP server on a real socket: the HTTP
+// client's framing and failure kinds, the client's retries and chat bookkeeping, and the
+// tools (process groups, timeouts, output caps, the environment a tool sees).
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "src/agent/agent.h"
+#include "src/agent/http.h"
+#include "src/agent/sandbox_client.h"
+#include "src/agent/tools.h"
+
+namespace airlock::agent {
+namespace {
+
+struct SeenRequest {
+  std::string method, target, body, authorization;
+};
+
+// One-thread HTTP server: reads a request (head + Content-Length body) and writes whatever
+// the handler returns; an empty answer closes the connection without a response.
+class TinyServer {
+ public:
+  using Handler = std::function<std::string(const SeenRequest&)>;
+  explicit TinyServer(Handler h) : handler_(std::move(h)) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    ::listen(fd_, 16);
+    socklen_t len = sizeof(a);
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~TinyServer() {
+    stop_ = true;
+    ::shutdown(fd_, SHUT_RDWR);
+    ::close(fd_);
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::vector<SeenRequest> seen() {
+    std::lock_guard l(mu_);
+    return seen_;
+  }
+
+ private:
+  void Loop() {
+    while (!stop_) {
+      int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return;
+      std::string buf;
+      char tmp[4096];
+      size_t head_end;
+      while ((head_end = buf.find("\r\n\r\n")) == std::string::npos) {
+        ssize_t n = ::read(c, tmp, sizeof(tmp));
+        if (n <= 0) break;
+        buf.append(tmp, static_cast<size_t>(n));
+      }
+      SeenRequest r;
+      if (head_end != std::string::npos) {
+        std::string head = buf.substr(0, head_end);
+        r.method = head.substr(0, head.find(' '));
+        r.target = head.substr(head.find(' ') + 1, head.find(" HTTP/") - head.find(' ') - 1);
+        size_t length = 0;
+        std::string lower = head;
+        for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        if (auto p = lower.find("content-length: "); p != std::string::npos) length = std::stoul(lower.substr(p + 16));
+        if (auto p = lower.find("authorization: "); p != std::string::npos) {
+          r.authorization = head.substr(p + 15, head.find("\r\n", p) - p - 15);
+        }
+        std::string body = buf.substr(head_end + 4);
+        while (body.size() < length) {
+          ssize_t n = ::read(c, tmp, sizeof(tmp));
+          if (n <= 0) break;
+          body.append(tmp, static_cast<size_t>(n));
+        }
+        r.body = body;
+      }
+      {
+        std::lock_guard l(mu_);
+        seen_.push_back(r);
+      }
+      std::string answer = handler_(r);
+      if (!answer.empty()) (void)!::write(c, answer.data(), answer.size());
+      ::close(c);
+    }
+  }
+
+  Handler handler_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<SeenRequest> seen_;
+};
+
+std::string JsonAnswer(int status, const std::string& body) {
+  return "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Type: application/json\r\nContent-Length: " +
+         std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+ClientOptions Quick() {
+  ClientOptions o;
+  o.retry_deadline_ms = 3'000;
+  o.request_timeout_ms = 2'000;
+  o.chat_timeout_ms = 2'000;
+  return o;
+}
+
+TEST(HttpUrl, ParsesHttpAndRefusesHttps) {
+  auto u = ParseHttpUrl("http://127.0.0.1:7401/base");
+  ASSERT_TRUE(u);
+  EXPECT_EQ(u->host, "127.0.0.1");
+  EXPECT_EQ(u->port, 7401);
+  EXPECT_EQ(u->path, "/base");
+  EXPECT_EQ(ParseHttpUrl("http://[::1]:80")->host, "[::1]");
+  EXPECT_FALSE(ParseHttpUrl("https://cp.example.com"));
+  EXPECT_FALSE(ParseHttpUrl("http://user:pw@host/"));
+  EXPECT_FALSE(ParseHttpUrl("http://host:99999/"));
+  EXPECT_FALSE(ParseHttpUrl("ftp://host/"));
+}
+
+TEST(HttpFetch, ReadsLengthChunkedAndCloseDelimitedBodies) {
+  TinyServer s([](const SeenRequest& r) -> std::string {
+    if (r.target == "/len") return JsonAnswer(200, "{\"a\":1}");
+    if (r.target == "/chunked") {
+      return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;x=y\r\ndefg\r\n0\r\n\r\n";
+    }
+    return "HTTP/1.1 200 OK\r\n\r\nuntil the end";
+  });
+  auto url = *ParseHttpUrl(s.url());
+  HttpRequest req;
+  req.target = "/len";
+  EXPECT_EQ(HttpFetch(url, req, {})->body, "{\"a\":1}");
+  req.target = "/chunked";
+  EXPECT_EQ(HttpFetch(url, req, {})->body, "abcdefg");
+  req.target = "/close";
+  EXPECT_EQ(HttpFetch(url, req, {})->body, "until the end");
+}
+
+TEST(HttpFetch, TellsConnectFailuresFromBrokenExchanges) {
+  TinyServer s([](const SeenRequest&) { return std::string(); });  // hangs up without answering
+  HttpRequest req;
+  auto broken = HttpFetch(*ParseHttpUrl(s.url()), req, {});
+  ASSERT_FALSE(broken);
+  EXPECT_EQ(broken.error().kind, HttpError::Kind::kTransfer);
+
+  int port;
+  {
+    TinyServer gone([](const SeenRequest&) { return std::string(); });
+    port = std::stoi(gone.url().substr(gone.url().rfind(':') + 1));
+  }
+  auto refused = HttpFetch(*ParseHttpUrl("http://127.0.0.1:" + std::to_string(port)), req, {});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().kind, HttpError::Kind::kConnect);
+}
+
+TEST(HttpFetch, RefusesBodiesOverTheLimitAndMalformedAnswers) {
+  TinyServer s([](const SeenRequest& r) -> std::string {
+    if (r.target == "/big") return JsonAnswer(200, std::string(5000, 'x'));
+    if (r.target == "/garbage") return "SSH-2.0-OpenSSH\r\n\r\n";
+    return "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort";
+  });
+  auto url = *ParseHttpUrl(s.url());
+  HttpOptions o;
+  o.max_body = 1000;
+  HttpRequest req;
+  req.target = "/big";
+  EXPECT_FALSE(HttpFetch(url, req, o));
+  req.target = "/garbage";
+  EXPECT_FALSE(HttpFetch(url, req, o));
+  req.target = "/truncated";
+  EXPECT_FALSE(HttpFetch(url, req, o));
+}
+
+TEST(SandboxClient, RetriesUnavailableThenSucceedsAndSendsTheToken) {
+  std::atomic<int> n{0};
+  TinyServer s([&](const SeenRequest&) {
+    return ++n <= 2 ? JsonAnswer(503, R"({"error":{"code":"unavailable","message":"draining"}})") : JsonAnswer(202, "{}");
+  });
+  SandboxClient c(s.url(), "tok_secret", "ses_x", Quick());
+  int retries = 0;
+  c.on_retry = [&](const std::string&) { ++retries; };
+  ASSERT_TRUE(c.Event("agent.test", {{"k", 1}}));
+  EXPECT_EQ(retries, 2);
+  auto seen = s.seen();
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[2].authorization, "Bearer tok_secret");
+  EXPECT_EQ(seen[2].target, "/sandbox/v1/events");
+}
+
+TEST(SandboxClient, MapsStatusesToKinds) {
+  TinyServer s([](const SeenRequest& r) -> std::string {
+    if (r.target.starts_with("/sandbox/v1/finish")) return JsonAnswer(401, R"({"error":{"code":"unauthenticated","message":"revoked"}})");
+    if (r.target.starts_with("/sandbox/v1/llm")) return JsonAnswer(402, R"({"error":{"code":"budget_exhausted","message":"spent"}})");
+    return JsonAnswer(400, R"({"error":{"code":"invalid_argument","message":"bad name"}})");
+  });
+  SandboxClient c(s.url(), "t", "s", Quick());
+  EXPECT_EQ(c.Finish("succeeded", "").error().kind, ClientError::Kind::kSessionOver);
+  EXPECT_EQ(c.Chat(Json::array()).error().kind, ClientError::Kind::kBudget);
+  auto p = c.Presign("../x", "PUT", 1);
+  ASSERT_FALSE(p);
+  EXPECT_EQ(p.error().kind, ClientError::Kind::kRejected);
+  EXPECT_EQ(p.error().code, "invalid_argument");
+}
+
+TEST(SandboxClient, GivesUpWhenNothingAnswersWithinTheDeadline) {
+  int port;
+  {
+    TinyServer gone([](const SeenRequest&) { return std::string(); });
+    port = std::stoi(gone.url().substr(gone.url().rfind(':') + 1));
+  }
+  ClientOptions o = Quick();
+  o.retry_deadline_ms = 800;
+  SandboxClient c("http://127.0.0.1:" + std::to_string(port), "t", "s", o);
+  int retries = 0;
+  c.on_retry = [&](const std::string&) { ++retries; };
+  auto r = c.Event("x");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind, ClientError::Kind::kUnreachable);
+  EXPECT_GE(retries, 1);
+}
+
+TEST(SandboxClient, ChatSendsOnlyNewMessagesAndTracksInboxAsSent) {
+  TinyServer s([](const SeenRequest& r) -> std::string {
+    if (r.target.starts_with("/sandbox/v1/inbox")) return JsonAnswer(200, R"({"messages":[{"role":"user","content":"task"}]})");
+    if (r.target == "/sandbox/v1/llm/chat") {
+      return JsonAnswer(200, R"({"message":{"role":"assistant","content":"ok"},"usage":{"input_tokens":3}})");
+    }
+    return JsonAnswer(404, "{}");
+  });
+  SandboxClient c(s.url(), "t", "s", Quick());
+  ASSERT_EQ(c.Inbox(0)->size(), 1u);
+  EXPECT_EQ(c.pending(), 0u);
+  ASSERT_TRUE(c.Chat(Json::array()));
+  c.Add({{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "r"}});
+  ASSERT_TRUE(c.Chat(Json::array()));
+  auto seen = s.seen();
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(Json::parse(seen[1].body)["messages"].size(), 0u);  // the task went with the inbox
+  Json second = Json::parse(seen[2].body)["messages"];
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0]["role"], "tool");
+  EXPECT_EQ(c.history().size(), 4u);
+}
+
+TEST(SandboxClient, AfterAnAmbiguousChatAdoptsTheStoredReplyInsteadOfResending) {
+  std::atomic<int> chats{0};
+  TinyServer s([&](const SeenRequest& r) -> std::string {
+    if (r.target == "/sandbox/v1/llm/chat") {
+      ++chats;
+      return std::string();  // the call was stored, then the connection broke
+    }
+    if (r.target == "/sandbox/v1/history") {
+      return JsonAnswer(200, R"({"messages":[{"role":"user","content":"task"},{"role":"assistant","content":"stored"}]})");
+    }
+    return JsonAnswer(404, "{}");
+  });
+  SandboxClient c(s.url(), "t", "s", Quick());
+  c.Add({{"role", "user"}, {"content", "task"}});
+  auto reply = c.Chat(Json::array());
+  ASSERT_TRUE(reply) << reply.error().ToString();
+  EXPECT_EQ((*reply)["content"], "stored");
+  EXPECT_EQ(chats.load(), 1);
+  EXPECT_EQ(c.pending(), 0u);
+}
+
+TEST(SandboxClient, FromEnvironmentRemovesTheVariablesFromTheProcessAndItsChildren) {
+  ::setenv("SESSION_ID", "ses_envtest", 1);
+  ::setenv("SESSION_TOKEN", "tok_must_not_leak_123", 1);
+  ::setenv("CONTROL_PLANE_URL", "http://127.0.0.1:1", 1);
+  auto c = SandboxClient::FromEnvironment();
+  ASSERT_TRUE(c) << c.error();
+  EXPECT_EQ(c->session_id(), "ses_envtest");
+  EXPECT_EQ(std::getenv("SESSION_TOKEN"), nullptr);
+  EXPECT_EQ(std::getenv("SESSION_ID"), nullptr);
+  EXPECT_EQ(std::getenv("CONTROL_PLANE_URL"), nullptr);
+  auto out = RunShell("env; cat /proc/$PPID/environ 2>&1 | tr '\\0' '\\n'", 10, {});
+  EXPECT_EQ(out.text.find("tok_must_not_leak_123"), std::string::npos) << out.text;
+  EXPECT_EQ(out.text.find("SESSION_TOKEN"), std::string::npos) << out.text;
+}
+
+TEST(Tools, ShellReportsExitCodeAndMergesOutput) {
+  auto out = RunShell("echo out; echo err >&2; exit 3", 10, {});
+  EXPECT_FALSE(out.ok);
+  EXPECT_EQ(out.text.rfind("exit code 3\n", 0), 0u) << out.text;
+  EXPECT_NE(out.text.find("out"), std::string::npos);
+  EXPECT_NE(out.text.find("err"), std::string::npos);
+}
+
+TEST(Tools, ShellTimeoutKillsTheWholeProcessGroup) {
+  std::string marker = "/tmp/airlock-agent-test-" + std::to_string(::getpid());
+  std::filesystem::remove(marker);
+  // A background child that would write the marker after the timeout must die with it.
+  auto out = RunShell("(sleep 3; touch " + marker + ") & sleep 30", 1, {});
+  EXPECT_FALSE(out.ok);
+  EXPECT_EQ(out.text.rfind("killed: timeout after 1 s", 0), 0u) << out.text;
+  ::sleep(3);
+  EXPECT_FALSE(std::filesystem::exists(marker));
+}
+
+TEST(Tools, ShellOutputIsCappedAndTheRestCounted) {
+  ToolLimits l;
+  l.output_cap = 1000;
+  auto out = RunShell("head -c 100000 /dev/zero | tr '\\0' a", 10, l);
+  EXPECT_TRUE(out.ok);
+  EXPECT_NE(out.text.find("[output truncated: 100000 bytes, the first 1000 shown]"), std::string::npos);
+  EXPECT_LT(out.text.size(), 1200u);
+}
+
+TEST(Tools, FilesRoundTripAndBadInputIsAnAnswer) {
+  std::string dir = "/tmp/airlock-agent-files-" + std::to_string(::getpid());
+  auto w = WriteFileTool(dir + "/a/b.txt", "hello", {});
+  EXPECT_TRUE(w.ok);
+  auto r = ReadFileTool(dir + "/a/b.txt", 3);
+  EXPECT_TRUE(r.ok);
+  EXPECT_EQ(r.text.rfind("hel\n[truncated: the file has 5 bytes", 0), 0u) << r.text;
+  EXPECT_FALSE(ReadFileTool(dir + "/missing", 10).ok);
+  EXPECT_FALSE(ReadFileTool(dir, 10).ok);  // a directory
+  EXPECT_FALSE(ParseArguments(Json("{not json")));
+  EXPECT_FALSE(ParseArguments(Json("[1]")));
+  EXPECT_TRUE(ParseArguments(Json("{\"a\":1}")));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Agent, InterruptedToolCallsGetAnAnswer) {
+  std::vector<Json> h = {
+      {{"role", "user"}, {"content", "task"}},
+      {{"role", "assistant"},
+       {"content", nullptr},
+       {"tool_calls",
+        Json::array({{{"id", "a"}, {"type", "function"}, {"function", {{"name", "shell"}, {"arguments", "{}"}}}},
+                     {{"id", "b"}, {"type", "function"}, {"function", {{"name", "shell"}, {"arguments", "{}"}}}}})}},
+      {{"role", "tool"}, {"tool_call_id", "a"}, {"content", "done"}},
+  };
+  auto missing = InterruptedToolResults(h);
+  ASSERT_EQ(missing.size(), 1u);
+  EXPECT_EQ(missing[0]["tool_call_id"], "b");
+  h.push_back(missing[0]);
+  EXPECT_TRUE(InterruptedToolResults(h).empty());
+}
+
+}  // namespace
+}  // namespace airlock::agent
