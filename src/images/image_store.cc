@@ -34,6 +34,15 @@ constexpr const char* kBaseName = "base:latest";
 constexpr const char* kDefaultPath =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+constexpr const char* kBuiltinBaseMarker = "builtin-base.stamp";
+
+// "size:mtime" of the built-in base.tar, "" when there is none.
+std::string BuiltinStamp(const std::string& tar) {
+  struct stat st {};
+  if (tar.empty() || ::stat(tar.c_str(), &st) != 0) return {};
+  return fmt::format("{}:{}.{}", st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+}
+
 bool IsHostName(std::string_view name) { return name == "host" || name == "host:latest"; }
 
 bool PathExists(const std::string& path) {
@@ -502,6 +511,10 @@ Result<ImageInfo> ImageStore::Import(const std::string& path,
   if (name) {
     AIRLOCK_ASSIGN_OR_RETURN(wanted, NormalizeImageName(*name));
   }
+  if (wanted == kBaseName && (options_.builtin_dir.empty() || path != options_.builtin_dir + "/base.tar")) {
+    // Someone's own base: the built-in one must not replace it when the build changes.
+    ::unlink((options_.root + "/" + kBuiltinBaseMarker).c_str());
+  }
   AIRLOCK_ASSIGN_OR_RETURN(TempDir work, NewWorkDir(options_.root));
   AIRLOCK_ASSIGN_OR_RETURN(ImageLayout layout, OpenLayout(path, work, options_));
   AIRLOCK_ASSIGN_OR_RETURN(SourceImage source,
@@ -568,17 +581,25 @@ Result<ResolvedImage> ImageStore::Resolve(std::string_view name) {
   AIRLOCK_ASSIGN_OR_RETURN(std::string normalized, NormalizeImageName(name));
   AIRLOCK_ASSIGN_OR_RETURN(Refs refs, ReadRefs(options_.root));
   auto it = refs.find(normalized);
-  if (it == refs.end() && normalized == kBaseName) {
+  if (normalized == kBaseName) {
+    // The built-in base is imported from the build's base.tar on first use, and again when
+    // that file changed (a rebuilt reference agent), unless someone imported their own base.
     std::string tar = options_.builtin_dir.empty() ? "" : options_.builtin_dir + "/base.tar";
-    if (tar.empty() || !PathExists(tar)) {
+    std::string stamp = BuiltinStamp(tar);
+    std::string marker = options_.root + "/" + kBuiltinBaseMarker;
+    std::string seen = ReadFileBounded(marker, 256).value_or("");
+    if (it == refs.end() && stamp.empty()) {
       return Errorf(ErrorCode::kNotFound,
                     "the built-in image base is not available ({}); build it (the base_image "
                     "target) or import an image as base",
                     tar.empty() ? "no built-in image directory configured" : tar + " is missing");
     }
-    AIRLOCK_TRY(Import(tar, std::string(kBaseName)));
-    AIRLOCK_ASSIGN_OR_RETURN(refs, ReadRefs(options_.root));
-    it = refs.find(normalized);
+    if (!stamp.empty() && (it == refs.end() || (!seen.empty() && seen != stamp))) {
+      AIRLOCK_TRY(Import(tar, std::string(kBaseName)));
+      AIRLOCK_TRY(WriteFileAtomic(marker, stamp, 0644));
+      AIRLOCK_ASSIGN_OR_RETURN(refs, ReadRefs(options_.root));
+      it = refs.find(normalized);
+    }
   }
   if (it == refs.end()) {
     return Errorf(ErrorCode::kNotFound, "no image named {} (import it with `airlock image import`)",

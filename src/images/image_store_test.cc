@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -482,14 +483,16 @@ TEST_F(ImageStoreTest, HostImageIsASkeletonPlusReadOnlyBindsOfTheHostSystemDirec
   EXPECT_TRUE(store.List()->empty()) << "host is built in, not a stored name";
 }
 
-TEST_F(ImageStoreTest, TheBuiltBaseImageHasBusyboxAsItsShell) {
+TEST_F(ImageStoreTest, TheBuiltBaseImageRunsTheReferenceAgentWithBusyboxTools) {
   ImageStore store = Open();
   auto info = store.Import(AIRLOCK_BASE_IMAGE_TAR);
   ASSERT_TRUE(info) << info.error().message;
   EXPECT_EQ(info->name, "base:latest");
   auto base = store.Resolve("base");
   ASSERT_TRUE(base);
-  EXPECT_THAT(base->entrypoint, ElementsAre("/bin/sh"));
+  EXPECT_THAT(base->entrypoint, ElementsAre("/usr/bin/airlock-agent"));
+  ASSERT_TRUE(IsRegular(base->rootfs + "/usr/bin/airlock-agent"));
+  EXPECT_EQ(::access((base->rootfs + "/usr/bin/airlock-agent").c_str(), X_OK), 0);
   EXPECT_EQ(ReadLink(base->rootfs + "/bin/sh"), "/bin/busybox");
   std::string busybox = base->rootfs + "/bin/busybox";
   ASSERT_TRUE(IsRegular(busybox));
@@ -515,6 +518,31 @@ TEST_F(ImageStoreTest, BaseIsImportedFromTheBuiltinDirectoryOnFirstUse) {
   auto again = store.Resolve("base:latest");
   ASSERT_TRUE(again);
   EXPECT_EQ(again->digest, base->digest);
+}
+
+TEST_F(ImageStoreTest, ARebuiltBuiltinBaseIsImportedAgainButAnOwnBaseIsKept) {
+  std::string builtin = scratch_.path() + "/builtin";
+  ASSERT_TRUE(MakeDirs(builtin));
+  std::filesystem::copy_file(AIRLOCK_BASE_IMAGE_TAR, builtin + "/base.tar");
+  ImageStoreOptions o = Options();
+  o.builtin_dir = builtin;
+  ImageStore store = Open(o);
+  ASSERT_TRUE(store.Resolve("base"));
+  std::string marker = store.root() + "/builtin-base.stamp";
+  std::string first = Slurp(marker);
+  ASSERT_FALSE(first.empty());
+  // The build wrote base.tar again (a new reference agent): the next use imports it.
+  struct timespec times[2] = {{0, UTIME_OMIT}, {1234567, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (builtin + "/base.tar").c_str(), times, 0), 0);
+  ASSERT_TRUE(store.Resolve("base"));
+  EXPECT_NE(Slurp(marker), first);
+  // An operator's own base replaces the built-in one for good.
+  std::string tar = WriteOciTar(Simple("mine"), "own.tar");
+  ASSERT_TRUE(store.Import(tar, std::string("base")));
+  std::string digest = store.Resolve("base")->digest;
+  struct timespec later[2] = {{0, UTIME_OMIT}, {7654321, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (builtin + "/base.tar").c_str(), later, 0), 0);
+  EXPECT_EQ(store.Resolve("base")->digest, digest);
 }
 
 TEST_F(ImageStoreTest, BaseIsNotFoundWithoutABuiltinDirectory) {
