@@ -190,6 +190,7 @@ Status ParseSandbox(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.String("default_image", &c.default_image));
   AIRLOCK_TRY(r.String("default_model", &c.default_model));
   AIRLOCK_TRY(r.Bool("allow_unisolated_backends", &c.allow_unisolated_backends));
+  AIRLOCK_TRY(r.Int("max_restarts", &c.max_restarts, 0, 1000));
   AIRLOCK_TRY(r.Int("max_task_bytes", &c.max_task_bytes, 1, 16 << 20));
   AIRLOCK_TRY(r.Int("max_message_bytes", &c.max_message_bytes, 1, 16 << 20));
   AIRLOCK_TRY(r.Int("max_event_bytes", &c.max_event_bytes, 1, 16 << 20));
@@ -397,6 +398,65 @@ Result<Config> LoadConfig(const std::optional<std::string>& path, const std::str
   std::stringstream ss;
   ss << f.rdbuf();
   return ParseConfig(ss.str(), home, *path);
+}
+
+}  // namespace airlock::controlplane
+
+namespace airlock::controlplane {
+
+std::string ApplyDefaultModel(Config& c, const std::function<const char*(const char*)>& getenv) {
+  if (c.models.count(c.default_model)) return {};
+  auto set = [&](const char* name) {
+    const char* v = getenv(name);
+    return v != nullptr && *v != '\0';
+  };
+  const char* override_model = getenv("AIRLOCK_DEFAULT_MODEL");
+  auto model_or = [&](const char* fallback) {
+    return std::string(override_model != nullptr && *override_model != '\0' ? override_model : fallback);
+  };
+  ProviderConfig p;
+  ModelConfig m;
+  std::string provider;
+  std::string note;
+  if (set("OPENAI_API_KEY")) {
+    provider = "builtin-openai";
+    p.kind = "openai";
+    p.base_url = "https://api.openai.com/v1";
+    p.api_key_env = "OPENAI_API_KEY";
+    m.model = model_or("gpt-4o-mini");
+    if (m.model == "gpt-4o-mini") {
+      m.input_usd_per_mtok = 0.15;
+      m.output_usd_per_mtok = 0.60;
+    }
+    note = fmt::format("model alias \"{}\" is OpenAI {} (OPENAI_API_KEY is set and no [models.{}] is configured)",
+                       c.default_model, m.model, c.default_model);
+  } else if (set("ANTHROPIC_API_KEY")) {
+    provider = "builtin-anthropic";
+    p.kind = "anthropic";
+    p.base_url = "https://api.anthropic.com";
+    p.api_key_env = "ANTHROPIC_API_KEY";
+    m.model = model_or("claude-haiku-4-5");
+    if (m.model == "claude-haiku-4-5") {
+      m.input_usd_per_mtok = 1;
+      m.output_usd_per_mtok = 5;
+    }
+    note = fmt::format(
+        "model alias \"{}\" is Anthropic {} (ANTHROPIC_API_KEY is set and no [models.{}] is configured)",
+        c.default_model, m.model, c.default_model);
+  } else {
+    provider = "builtin-demo";
+    p.kind = "scripted";
+    p.builtin_demo = true;
+    m.model = "scripted-demo";
+    note = fmt::format(
+        "model alias \"{}\" is the built-in scripted demo, not an LLM: no [models.{}] is configured and neither "
+        "OPENAI_API_KEY nor ANTHROPIC_API_KEY is set in the control plane's environment",
+        c.default_model, c.default_model);
+  }
+  m.provider = provider;
+  c.providers[provider] = std::move(p);
+  c.models[c.default_model] = std::move(m);
+  return note;
 }
 
 }  // namespace airlock::controlplane

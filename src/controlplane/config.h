@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -27,6 +28,7 @@ struct ProviderConfig {
   std::string api_key_env;  // read by the control plane only
   Secret api_key;           // inline key (discouraged; api_key_env is preferred)
   std::string script;       // scripted: path of the script file
+  bool builtin_demo = false;  // scripted: the built-in demo script instead of a file
   std::string ca_file;      // extra trust anchor for a self-hosted upstream (PEM); system store otherwise
   std::chrono::milliseconds connect_timeout{10'000};
   std::chrono::milliseconds first_byte_timeout{120'000};  // also the longest silence in a stream
@@ -105,6 +107,9 @@ struct Config {
   std::string default_image = "base";
   std::string default_model = "default";
   bool allow_unisolated_backends = false;  // the "process" backend
+  // How often a session gets a fresh sandbox after its sandbox died (killed, out of memory,
+  // vanished) before the session fails. An agent that exits on its own is not restarted.
+  int64_t max_restarts = 3;
   std::string images_dir;                  // default: <home>/images
   std::string builtin_images_dir;          // default: images/ beside the airlock binary (base.tar)
   OciConfig oci;
@@ -128,5 +133,12 @@ std::string DefaultHome();
 Result<Config> LoadConfig(const std::optional<std::string>& path, const std::string& home);
 Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
                            std::string_view source_name = "config");
+
+// When the default model alias is not configured, defines it from what the control plane's
+// environment offers: OPENAI_API_KEY -> OpenAI (gpt-4o-mini), else ANTHROPIC_API_KEY ->
+// Anthropic (claude-haiku-4-5), else the built-in scripted demo. AIRLOCK_DEFAULT_MODEL names
+// another upstream model. Returns one sentence for the start-up log saying what the alias
+// is, or "" when the configuration defines it. `getenv` is injected for tests.
+std::string ApplyDefaultModel(Config& config, const std::function<const char*(const char*)>& getenv);
 
 }  // namespace airlock::controlplane

@@ -186,5 +186,42 @@ path_style = false
   EXPECT_FALSE(ParseConfig("[files.s3]\nbuckit = \"x\"\n", "/h").has_value());
 }
 
+TEST(ConfigTest, TheDefaultModelFollowsTheKeysInTheEnvironmentWhenNotConfigured) {
+  auto env = [](std::map<std::string, std::string> vars) {
+    return [vars](const char* name) -> const char* {
+      auto it = vars.find(name);
+      return it == vars.end() ? nullptr : it->second.c_str();
+    };
+  };
+  Config none = *ParseConfig("", "/h");
+  std::string note = ApplyDefaultModel(none, env({}));
+  EXPECT_NE(note.find("built-in scripted demo"), std::string::npos) << note;
+  ASSERT_TRUE(none.models.count("default"));
+  EXPECT_TRUE(none.providers.at(none.models.at("default").provider).builtin_demo);
+
+  Config openai = *ParseConfig("", "/h");
+  note = ApplyDefaultModel(openai, env({{"OPENAI_API_KEY", "sk-x"}, {"ANTHROPIC_API_KEY", "a"}}));
+  EXPECT_NE(note.find("OpenAI gpt-4o-mini"), std::string::npos) << note;
+  EXPECT_EQ(note.find("sk-x"), std::string::npos) << "a key never reaches a log line";
+  const ProviderConfig& op = openai.providers.at(openai.models.at("default").provider);
+  EXPECT_EQ(op.kind, "openai");
+  EXPECT_EQ(op.api_key_env, "OPENAI_API_KEY");
+  EXPECT_TRUE(op.api_key.empty()) << "the key is read from the environment by the proxy, not copied";
+
+  Config claude = *ParseConfig("", "/h");
+  note = ApplyDefaultModel(claude, env({{"ANTHROPIC_API_KEY", "a"}, {"AIRLOCK_DEFAULT_MODEL", "claude-sonnet-4-5"}}));
+  EXPECT_EQ(claude.providers.at(claude.models.at("default").provider).kind, "anthropic");
+  EXPECT_EQ(claude.models.at("default").model, "claude-sonnet-4-5");
+
+  // A configured default alias is left alone, keys or not.
+  Config configured = *ParseConfig(
+      "[providers.p]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n"
+      "[models.default]\nprovider = \"p\"\nmodel = \"m\"\n",
+      "/h");
+  EXPECT_EQ(ApplyDefaultModel(configured, env({{"OPENAI_API_KEY", "sk-x"}})), "");
+  EXPECT_EQ(configured.models.at("default").provider, "p");
+  EXPECT_EQ(configured.providers.size(), 1u);
+}
+
 }  // namespace
 }  // namespace airlock::controlplane

@@ -327,11 +327,12 @@ void LlmProxy::Start() {
       log::Warn("llm provider not available", {{"provider", name}, {"kind", p.kind}, {"reason", why}});
     };
     if (p.kind == "scripted") {
-      auto sp = llm::LoadScriptedProvider(p.script);
+      auto sp = p.builtin_demo ? llm::MakeScriptedProvider(llm::BuiltinDemoScript(), "the built-in demo script")
+                               : llm::LoadScriptedProvider(p.script);
       if (sp) {
         slot.provider = std::move(*sp);
         log::Info("llm provider ready: the scripted model (replies from a script, no LLM)",
-                  {{"provider", name}, {"kind", "scripted"}, {"script", p.script}});
+                  {{"provider", name}, {"kind", "scripted"}, {"script", p.builtin_demo ? "built-in demo" : p.script}});
       } else {
         fail(sp.error().message);
       }

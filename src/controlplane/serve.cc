@@ -1,6 +1,7 @@
 #include <csignal>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 
 #include "common/log.h"
@@ -75,6 +76,9 @@ void RegisterOci(const Config& config, std::shared_ptr<images::ImageStore> image
 
 int RunServer(Config config) {
   log::Init(config.log_level, config.log_format);
+  if (std::string note = ApplyDefaultModel(config, [](const char* n) { return std::getenv(n); }); !note.empty()) {
+    log::Info(note, {{"model", config.default_model}});
+  }
   std::error_code ec;
   std::filesystem::create_directories(config.home, ec);
   if (ec) {

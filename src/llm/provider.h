@@ -58,4 +58,8 @@ std::unique_ptr<Provider> MakeHttpProvider(std::unique_ptr<WireFormat> format, E
 Result<std::unique_ptr<Provider>> MakeScriptedProvider(const Json& script, std::string source_name);
 Result<std::unique_ptr<Provider>> LoadScriptedProvider(const std::string& path);
 
+// The script of the built-in demo model (demo_script.cc): the `default` alias when nothing
+// else is configured. It drives the reference agent through each of its tools and finishes.
+const Json& BuiltinDemoScript();
+
 }  // namespace airlock::llm
