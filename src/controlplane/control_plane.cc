@@ -296,6 +296,7 @@ void ControlPlane::AfterSessionEnded(const store::Session& s) {
   sandbox_server_->CloseUnix(ControlSocketDir(s.id) + "/control.sock");
   inbox_.Forget(s.id);
   agent_exits_.erase(s.id);
+  restarts_.erase(s.id);
   llm_->CancelSession(s.id);
   events_.Notify(s.id);
   events_.Forget(s.id);
@@ -373,31 +374,95 @@ awaitable<void> ControlPlane::ReconcileOnce() {
       co_await EndSession(s.id, SessionState::kFailed, "timeout: the session exceeded limits.timeout_s");
       continue;
     }
-    // A sandbox that exited without calling finish ends its session as failed.
-    auto* backend = backends_->Find(s.backend);
-    if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty()) continue;
-    auto status = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
-    if (!status) continue;
-    if (status->state == sandbox::SandboxState::kExited || status->state == sandbox::SandboxState::kMissing) {
-      co_await RunBlocking(pool_, [this, &id = s.id, &st = *status] {
-        Json data = {{"state", sandbox::SandboxStateName(st.state)}, {"oom_killed", st.oom_killed}};
-        if (st.exit_code) data["exit_code"] = *st.exit_code;
-        if (st.signal) data["signal"] = *st.signal;
-        return store_->AppendEvent(id, "session.sandbox_exit", data);
-      });
-      // The runtime does not keep the exit status (init is PID 1 of the sandbox and has no
-      // waiting parent); init reported it just before it exited.
-      sandbox::SandboxStatus st = *status;
-      if (auto it = agent_exits_.find(s.id); it != agent_exits_.end() && !st.exit_code && !st.signal) {
-        const Json& d = it->second;
-        if (auto c = d.find("exit_code"); c != d.end() && c->is_number_integer()) st.exit_code = c->get<int>();
-        if (auto g = d.find("signal"); g != d.end() && g->is_number_integer()) st.signal = g->get<int>();
-      }
-      agent_exits_.erase(s.id);
-      std::string why = SandboxExitReason(st);
-      co_await EndSession(s.id, SessionState::kFailed, why);
-    }
+    co_await CheckSandbox(s);
   }
+}
+
+awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
+  auto* backend = backends_->Find(s.backend);
+  if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty() || restarting_.count(s.id)) co_return;
+  auto status = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
+  if (!status) co_return;
+  if (status->state != sandbox::SandboxState::kExited && status->state != sandbox::SandboxState::kMissing) co_return;
+  co_await RunBlocking(pool_, [this, &id = s.id, &st = *status] {
+    Json data = {{"state", sandbox::SandboxStateName(st.state)}, {"oom_killed", st.oom_killed}};
+    if (st.exit_code) data["exit_code"] = *st.exit_code;
+    if (st.signal) data["signal"] = *st.signal;
+    return store_->AppendEvent(id, "session.sandbox_exit", data);
+  });
+  // The runtime does not keep the exit status (init is PID 1 of the sandbox and has no
+  // waiting parent); init reported it just before it exited.
+  sandbox::SandboxStatus st = *status;
+  if (auto it = agent_exits_.find(s.id); it != agent_exits_.end() && !st.exit_code && !st.signal) {
+    const Json& d = it->second;
+    if (auto c = d.find("exit_code"); c != d.end() && c->is_number_integer()) st.exit_code = c->get<int>();
+    if (auto g = d.find("signal"); g != d.end() && g->is_number_integer()) st.signal = g->get<int>();
+  }
+  agent_exits_.erase(s.id);
+  std::string why = SandboxExitReason(st);
+  // An agent that exited on its own, without finishing, gave up: the session fails. A
+  // sandbox that was killed or vanished took the agent with it mid-work: the conversation
+  // is in the store, so a fresh sandbox carries on.
+  if (st.exit_code && !st.signal && !st.oom_killed) {
+    co_await EndSession(s.id, SessionState::kFailed, why);
+    co_return;
+  }
+  co_await RestartSandbox(std::move(s), why);
+}
+
+sandbox::SandboxSpec ControlPlane::SpecFor(const store::Session& s, const Secret& token) const {
+  return sandbox::SandboxSpec{s.id, token, SandboxUrl(), ControlSocketDir(s.id), config_.home + "/sessions/" + s.id,
+                              s.image, s.command, s.limits};
+}
+
+awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) {
+  if (!restarting_.insert(s.id).second) co_return;
+  struct Unmark {
+    std::set<std::string>& set;
+    std::string id;
+    ~Unmark() { set.erase(id); }
+  } unmark{restarting_, s.id};
+  auto* backend = backends_->Find(s.backend);
+  if (!backend) co_return;
+  int64_t n = ++restarts_[s.id];
+  if (n > config_.max_restarts) {
+    co_await EndSession(s.id, SessionState::kFailed,
+                        fmt::format("{} (no fresh sandbox: sandbox.max_restarts = {} reached)", why, config_.max_restarts));
+    co_return;
+  }
+  // What is left of the old sandbox goes first; its token is replaced below.
+  if (!s.sandbox_handle.empty()) co_await DestroySandbox(backend, s.id, s.sandbox_handle);
+  llm_->CancelSession(s.id);
+  Secret token = NewToken(kSessionTokenPrefix);
+  std::string hash = Sha256Hex(token.Reveal());
+  Json data = {{"reason", why}, {"restart", n}, {"max_restarts", config_.max_restarts}};
+  auto restarted = co_await RunBlocking(pool_, [this, &id = s.id, &hash, &data] {
+    return store_->RestartSandbox(id, hash, data);
+  });
+  if (!restarted) {
+    log::Info("no fresh sandbox: the session changed meanwhile", {{"session", s.id}, {"error", restarted.error().message}});
+    co_return;
+  }
+  events_.Notify(s.id);
+  log::Warn("sandbox gone: starting a fresh one", {{"session", s.id}, {"reason", why}, {"restart", n}});
+  Status listen = sandbox_server_->ListenUnix(ControlSocketDir(s.id) + "/control.sock", s.id);
+  sandbox::SandboxSpec spec = SpecFor(*restarted, token);
+  Result<std::string> handle = std::unexpected(Error{});
+  if (listen) {
+    handle = co_await RunBlocking(sandbox_pool_, [&backend, &spec] { return backend->Create(spec); });
+  } else {
+    handle = std::unexpected(listen.error());
+  }
+  if (!handle) {
+    metrics_->sandbox_errors.With({s.backend, "create"}).Inc();
+    co_await EndSession(s.id, SessionState::kFailed, "sandbox failed to restart: " + handle.error().message);
+    co_return;
+  }
+  metrics_->sandbox_restarts.With({s.backend}).Inc();
+  (void)co_await RunBlocking(pool_, [this, &id = s.id, &h = *handle] { return store_->SetSandboxHandle(id, h); });
+  // Ended while the sandbox started (an operator's DELETE): whoever ended it saw no handle.
+  auto now = co_await RunBlocking(pool_, [this, &id = s.id] { return store_->GetSession(id); });
+  if (now && store::IsTerminal(now->state)) co_await DestroySandbox(backend, s.id, *handle);
 }
 
 awaitable<void> ControlPlane::ReconcileSoon() {

@@ -3,6 +3,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,8 @@ struct ControlPlaneMetrics {
                                     {"backend", "op"})),
         events(r.AddCounter("airlock_events_total", "Events appended.", {"source"})),
         auth_failures(r.AddCounter("airlock_auth_failures_total", "Refused credentials.", {"listener"})),
+        sandbox_restarts(r.AddCounter("airlock_sandbox_restarts_total",
+                                      "Fresh sandboxes started for live sessions whose sandbox died.", {"backend"})),
         long_polls(r.AddGauge("airlock_inbox_waiting", "Sandbox inbox long-polls currently waiting.")),
         streams(r.AddGauge("airlock_event_streams", "Open operator event streams.")) {}
   metrics::Family<metrics::Counter>& sessions_created;
@@ -37,6 +40,7 @@ struct ControlPlaneMetrics {
   metrics::Family<metrics::Counter>& sandbox_errors;
   metrics::Family<metrics::Counter>& events;
   metrics::Family<metrics::Counter>& auth_failures;
+  metrics::Family<metrics::Counter>& sandbox_restarts;
   metrics::Family<metrics::Gauge>& long_polls;
   metrics::Family<metrics::Gauge>& streams;
 };
@@ -109,6 +113,14 @@ class ControlPlane {
                                                std::optional<std::string> result);
   void AfterSessionEnded(const store::Session& s);
   awaitable<void> DestroySandbox(sandbox::Backend* backend, std::string id, std::string handle);
+  // Looks at the sandbox of a running session: one that is gone ends the session (its agent
+  // exited on its own) or gets a fresh sandbox (it was killed or vanished).
+  awaitable<void> CheckSandbox(store::Session s);
+  // A fresh sandbox with a new token for a live session whose sandbox is gone; the new agent
+  // reloads the conversation from /sandbox/v1/history. After sandbox.max_restarts the
+  // session fails instead.
+  awaitable<void> RestartSandbox(store::Session s, std::string why);
+  sandbox::SandboxSpec SpecFor(const store::Session& s, const Secret& token) const;
   awaitable<void> DrainAndStop();
   awaitable<void> ReconcileLoop();
   awaitable<void> ReconcileOnce();
@@ -150,6 +162,10 @@ class ControlPlane {
   // code the reconciler puts in the session's result. Touched on the io thread only; a
   // restart forgets it (the result then says less, nothing else changes).
   std::map<std::string, Json> agent_exits_;
+  // Fresh sandboxes started per session by this process (a restart of the control plane
+  // starts the count again), and the sessions getting one right now. io thread only.
+  std::map<std::string, int64_t> restarts_;
+  std::set<std::string> restarting_;
   bool stopping_ = false;
 };
 

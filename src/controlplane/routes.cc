@@ -176,7 +176,7 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
   ::chmod(work_dir.c_str(), 0700);
   Status listen = sandbox_server_->ListenUnix(sock_dir + "/control.sock", s.id);
 
-  sandbox::SandboxSpec spec{s.id, token, SandboxUrl(), sock_dir, work_dir, s.image, s.command, s.limits};
+  sandbox::SandboxSpec spec = SpecFor(s, token);
   // No co_await inside a conditional expression: g++ 12 destroys its temporaries twice.
   Result<std::string> handle = std::unexpected(Error{});
   if (listen) {
@@ -251,7 +251,9 @@ awaitable<Response> ControlPlane::PostMessage(Request& req) {
                     }));
   inbox_.Notify(id);
   events_.Notify(id);
-  // A follow-up wakes a suspended sandbox.
+  // A follow-up wakes a suspended sandbox, and one that is gone is replaced (the reconciler
+  // would notice within a second; the user who just wrote should not wait for it).
+  if (s.state == SessionState::kRunning) asio::co_spawn(io_, CheckSandbox(s), asio::detached);
   if (s.state == SessionState::kSuspended) {
     auto resumed = co_await SetSuspended(id, false);
     if (resumed.status >= 400) {
@@ -361,6 +363,14 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
     });
     if (!st) {
       metrics_->sandbox_errors.With({s.backend, op}).Inc();
+      // A suspended sandbox that is gone (the host rebooted, someone removed it) is replaced
+      // on resume: the session's conversation is in the store.
+      auto gone = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
+      if (!suspend && gone && (gone->state == sandbox::SandboxState::kMissing || gone->state == sandbox::SandboxState::kExited)) {
+        co_await RestartSandbox(s, "the suspended sandbox was gone at resume");
+        AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+        co_return Response::FromJson(200, SessionJson(now));
+      }
       co_return Response::FromError(st.error());
     }
   }

@@ -762,6 +762,29 @@ class SqliteStore final : public Store {
     });
   }
 
+  Result<Session> RestartSandbox(std::string_view id, std::string_view token_hash, const Json& data) override {
+    const int64_t now = NowMillis();
+    return Write([&](Connection& c) -> Result<Session> {
+      AIRLOCK_ASSIGN_OR_RETURN(SessionState current, SelectState(c, id));
+      if (current != SessionState::kRunning && current != SessionState::kSuspended) {
+        return Errorf(ErrorCode::kConflict, "session {} is {}; only a running or suspended session gets a new sandbox",
+                      id, StateName(current));
+      }
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("UPDATE sessions SET state = ?2, updated_at = ?3, token_hash = ?4, "
+                                                      "sandbox_handle = '' WHERE id = ?1"));
+        stmt.Bind(id, StateName(SessionState::kRunning), now, token_hash);
+        AIRLOCK_TRY(stmt.Run());
+      }
+      if (current != SessionState::kRunning) {
+        AIRLOCK_TRY(InsertEvent(c, id, "session.state",
+                                Json{{"from", StateName(current)}, {"to", StateName(SessionState::kRunning)}}, now));
+      }
+      AIRLOCK_TRY(InsertEvent(c, id, "session.sandbox_restart", data, now));
+      return SelectSession(c, id);
+    });
+  }
+
   Result<int64_t> AddUserMessage(std::string_view session_id, const Json& message) override {
     const int64_t now = NowMillis();
     return Write([&](Connection& c) -> Result<int64_t> {

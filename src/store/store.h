@@ -133,6 +133,11 @@ class Store {
   // Records the sandbox of a session in whatever state it is: a session can end while its
   // sandbox is still being created, and whoever ends it must still find the sandbox.
   virtual Status SetSandboxHandle(std::string_view id, std::string_view handle) = 0;
+  // A fresh sandbox for a live session whose sandbox is gone, in one transaction: the token
+  // hash is replaced (the old token stops working), the handle cleared, the state set to
+  // running (a "session.state" event if it was suspended) and a "session.sandbox_restart"
+  // event with `data` appended. kConflict unless the session is running or suspended.
+  virtual Result<Session> RestartSandbox(std::string_view id, std::string_view token_hash, const Json& data) = 0;
 
   // Appends a pending user message (the inbox). Returns its id. kConflict if terminal.
   virtual Result<int64_t> AddUserMessage(std::string_view session_id, const Json& message) = 0;
