@@ -1,5 +1,7 @@
 #include "cli/cli.h"
 
+#include <strings.h>
+
 #include <cctype>
 #include <cerrno>
 #include <chrono>
@@ -7,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <string>
@@ -362,6 +365,8 @@ struct RunFlags {
   std::vector<std::string> meta;
   bool detach = false;
   bool json = false;
+  std::string download_dir;  // the session's files are downloaded here at the end
+  bool show = false;         // and small text files printed
   std::optional<std::vector<std::string>> command;
 };
 
@@ -382,6 +387,93 @@ void PrintFinal(const Json& session, bool json) {
   if (session.contains("result")) {
     PrintLine("result: " + Str(session, "result"));
   }
+}
+
+// GET a session's file into `dest` ("-" = stdout): streamed to a temporary file beside it,
+// then renamed, so a broken download never leaves a partial file under the real name.
+CliResult<uint64_t> DownloadFile(const HttpClient& client, const std::string& id, const std::string& name,
+                                 const std::string& dest) {
+  const bool to_stdout = dest == "-";
+  std::string tmp = dest + ".part";
+  std::FILE* out = to_stdout ? stdout : std::fopen(tmp.c_str(), "wb");
+  if (out == nullptr) return Fail(kExitUsage, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+  uint64_t bytes = 0;
+  bool write_failed = false;
+  auto res = client.StreamBody(SessionPath(id, "/files/" + Escape(name)), {}, [&](std::string_view data) {
+    bytes += data.size();
+    write_failed = write_failed || std::fwrite(data.data(), 1, data.size(), out) != data.size();
+    return !write_failed;
+  });
+  bool closed = to_stdout ? std::fflush(out) == 0 : std::fclose(out) == 0;
+  auto cleanup = [&] {
+    if (!to_stdout) std::remove(tmp.c_str());
+  };
+  if (!res) {
+    cleanup();
+    return std::unexpected(FromTransport(res.error()));
+  }
+  if (res->status == 302 || res->status == 307) {
+    cleanup();
+    std::string location;
+    for (const auto& [k, v] : res->headers) {
+      if (k.size() == 8 && strncasecmp(k.c_str(), "location", 8) == 0) location = v;
+    }
+    return Fail(kExitApi, fmt::format("{} is in the object store; fetch it (the link expires soon): {}", name, location));
+  }
+  if (!res->ok()) {
+    cleanup();
+    return std::unexpected(FromResponse(*res));
+  }
+  if (write_failed || !closed || (!to_stdout && std::rename(tmp.c_str(), dest.c_str()) != 0)) {
+    cleanup();
+    return Fail(kExitUsage, fmt::format("cannot write {}: {}", dest, std::strerror(errno)));
+  }
+  return bytes;
+}
+
+// Text worth printing to a terminal: valid-looking UTF-8 without NULs or control codes other
+// than tab, newline and carriage return.
+bool LooksLikeText(const std::string& data) {
+  for (unsigned char c : data) {
+    if (c == 0 || (c < 0x20 && c != '\n' && c != '\t' && c != '\r') || c == 0x7f) return false;
+  }
+  return true;
+}
+
+// After `airlock run`: the session's files, downloaded into `dir`, the small text ones shown.
+CliResult<void> FetchArtifacts(const HttpClient& client, const std::string& id, const std::string& dir, bool show) {
+  auto listed = CallJson(client, "GET", SessionPath(id, "/files"));
+  if (!listed) return std::unexpected(listed.error());
+  const Json files = listed->value("files", Json::array());
+  if (!files.is_array() || files.empty()) {
+    PrintLine("no files: the agent uploaded nothing");
+    return {};
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Fail(kExitUsage, fmt::format("cannot create {}: {}", dir, ec.message()));
+  for (const auto& f : files) {
+    std::string name = Str(f, "name");
+    // The name was validated by the server (no '/', no leading '.'); check again before it
+    // becomes a local path.
+    if (name.empty() || name.find('/') != std::string::npos || name.front() == '.') continue;
+    std::string dest = dir + "/" + name;
+    auto bytes = DownloadFile(client, id, name, dest);
+    if (!bytes) {
+      PrintErr(bytes.error().message);
+      continue;
+    }
+    PrintLine(fmt::format("artifact: {} ({} bytes)", dest, *bytes));
+    if (!show || *bytes > 64 * 1024) continue;
+    std::ifstream in(dest, std::ios::binary);
+    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!LooksLikeText(content)) continue;
+    PrintLine(fmt::format("----- {} -----", name));
+    Print(content);
+    if (!content.empty() && content.back() != '\n') PrintLine("");
+    PrintLine(fmt::format("----- end of {} -----", name));
+  }
+  return {};
 }
 
 CliResult<int> CmdRun(const RunFlags& f) {
@@ -440,6 +532,9 @@ CliResult<int> CmdRun(const RunFlags& f) {
     return std::unexpected(final_session.error());
   }
   PrintFinal(*final_session, f.json);
+  if (!f.download_dir.empty() && !f.json) {
+    if (auto got = FetchArtifacts(*client, id, f.download_dir, f.show); !got) PrintErr(got.error().message);
+  }
   std::string state = Str(*final_session, "state", followed->final_state);
   return state == "succeeded" ? kExitOk : kExitSessionFailed;
 }
@@ -898,6 +993,47 @@ CLI::App* AddIdCommand(CLI::App& app, const char* name, const char* description,
   return cmd;
 }
 
+struct FilesFlags {
+  ClientFlags client;
+  std::string id;
+  std::string name;
+  std::string output;
+  bool json = false;
+};
+
+CliResult<int> CmdFilesLs(const FilesFlags& f) {
+  auto client = MakeClient(f.client);
+  if (!client) return std::unexpected(client.error());
+  auto res = CallJson(*client, "GET", SessionPath(f.id, "/files"));
+  if (!res) return std::unexpected(res.error());
+  if (f.json) {
+    PrintLine(DumpJson(*res));
+    return kExitOk;
+  }
+  const Json files = res->value("files", Json::array());
+  if (!files.is_array() || files.empty()) {
+    PrintLine("no files");
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& file : files) rows.push_back({Str(file, "name"), Str(file, "size"), Str(file, "created_at")});
+  Print(FormatTable({"NAME", "SIZE", "CREATED"}, rows));
+  return kExitOk;
+}
+
+CliResult<int> CmdFilesGet(const FilesFlags& f) {
+  auto client = MakeClient(f.client);
+  if (!client) return std::unexpected(client.error());
+  std::string dest = f.output.empty() ? f.name : f.output;
+  if (f.output.empty() && (f.name.find('/') != std::string::npos || f.name.starts_with("."))) {
+    return Fail(kExitUsage, "give -o PATH for this name");
+  }
+  auto bytes = DownloadFile(*client, f.id, f.name, dest);
+  if (!bytes) return std::unexpected(bytes.error());
+  if (dest != "-") PrintLine(fmt::format("{} ({} bytes)", dest, *bytes));
+  return kExitOk;
+}
+
 int Main(int argc, char** argv) {
   std::vector<std::string> raw(argv, argv + argc);
   if (raw.empty()) {
@@ -966,6 +1102,11 @@ Examples:
   run_cmd->add_flag("--detach,-d", run.detach, "Print the session id and return at once");
   run_cmd->add_flag("--json", run.json,
                     "JSON lines: the created session, each event, then the final session");
+  run_cmd
+      ->add_option("--download", run.download_dir,
+                   "At the end, download the session's files (the agent's artifacts) into DIR")
+      ->type_name("DIR");
+  run_cmd->add_flag("--show", run.show, "With --download: print the small text files too");
   AddClientFlags(run_cmd, &run.client);
   run_cmd->footer(R"(Everything after "--" is the command run in the sandbox instead of the image's
 entrypoint (the reference agent). Prints the session id, then one line per event
@@ -977,6 +1118,7 @@ Examples:
   airlock run "summarise README.md"
   airlock run --limit timeout_s=600 --limit memory_mb=512 --meta ticket=42 "fix the tests"
   ID=$(airlock run --detach "long job") && airlock events "$ID" --follow
+  airlock run --download out --show "write a haiku about sandboxes to haiku.txt and upload it"
   airlock run "hello" -- sh -c 'echo "$SESSION_ID"')");
 
   // ls
@@ -1100,8 +1242,22 @@ running from the image keep it until they end.)");
 
   // files
   std::string files_home;
-  CLI::App* files_cmd = app.add_subcommand("files", "Manage the signing keys of file URLs");
+  CLI::App* files_cmd = app.add_subcommand("files", "List and download a session's files; manage URL signing keys");
   files_cmd->require_subcommand(1);
+  FilesFlags files;
+  CLI::App* files_ls_cmd = files_cmd->add_subcommand("ls", "List a session's files");
+  files_ls_cmd->add_option("ID", files.id, "Session id (ses_...)")->required();
+  files_ls_cmd->add_flag("--json", files.json, "Print the API's answer as JSON");
+  AddClientFlags(files_ls_cmd, &files.client);
+  CLI::App* files_get_cmd = files_cmd->add_subcommand("get", "Download one of a session's files");
+  files_get_cmd->add_option("ID", files.id, "Session id (ses_...)")->required();
+  files_get_cmd->add_option("NAME", files.name, "File name")->required();
+  files_get_cmd->add_option("-o,--output", files.output, "Where to write it (default: ./NAME; - for stdout)")
+      ->type_name("PATH");
+  AddClientFlags(files_get_cmd, &files.client);
+  files_get_cmd->footer(R"(Examples:
+  airlock files ls ses_abc...
+  airlock files get ses_abc... report.md -o - | less)");
   CLI::App* rotate_cmd = files_cmd->add_subcommand(
       "rotate-key", "Add a new key that signs file URLs from now on; older keys still verify");
   rotate_cmd->add_option("--home", files_home,
@@ -1173,6 +1329,12 @@ most files.max_expiry_s later) to stop honouring them.)");
       return Finish(CmdImageLs(image));
     }
     return Finish(CmdImageRm(image));
+  }
+  if (app.got_subcommand(files_cmd) && files_cmd->got_subcommand(files_ls_cmd)) {
+    return Finish(CmdFilesLs(files));
+  }
+  if (app.got_subcommand(files_cmd) && files_cmd->got_subcommand(files_get_cmd)) {
+    return Finish(CmdFilesGet(files));
   }
   if (app.got_subcommand(files_cmd)) {
     std::string path = (files_home.empty() ? controlplane::DefaultHome() : files_home) + "/file-signing.keys";

@@ -24,6 +24,14 @@ std::string StringOr(const Json& obj, const char* key, std::string fallback = ""
   return fallback;
 }
 
+// A string field as it is, any other value as JSON text.
+std::string FieldText(const Json& obj, const char* key, std::string fallback = "?") {
+  if (!obj.is_object()) return fallback;
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return fallback;
+  return it->is_string() ? it->get<std::string>() : it->dump();
+}
+
 }  // namespace
 
 std::string FormatTable(const std::vector<std::string>& header,
@@ -165,6 +173,47 @@ std::string SummarizeEvent(const Json& event) {
       s += ", out of memory";
     }
     return s;
+  }
+  // The reference agent's steps (airlock-agent, examples/agents/python_agent.py).
+  if (type == "agent.started" && data.is_object()) {
+    if (!data.value("resumed", false)) return OneLine(StringOr(data, "agent", "agent") + " started", kMax);
+    std::string s = fmt::format("{} resumed after {} messages", StringOr(data, "agent", "agent"),
+                                data.contains("history") ? DumpJson(data["history"]) : "?");
+    if (data.value("interrupted_tool_calls", 0) > 0) {
+      s += fmt::format(" ({} tool call(s) cut off by the restart)", DumpJson(data["interrupted_tool_calls"]));
+    }
+    return OneLine(s, kMax);
+  }
+  if (type == "agent.llm" && data.is_object()) {
+    std::string calls;
+    if (data.contains("tool_calls") && data["tool_calls"].is_array()) {
+      for (const auto& c : data["tool_calls"]) calls += (calls.empty() ? "" : ", ") + (c.is_string() ? c.get<std::string>() : DumpJson(c));
+    }
+    std::string text = StringOr(data, "text");
+    std::string s = fmt::format("step {}: {}", data.contains("step") ? DumpJson(data["step"]) : "?",
+                                text.empty() ? "(no text)" : text);
+    s = OneLine(s, kMax);
+    return calls.empty() ? s + " → waits for the user" : s + " → " + calls;
+  }
+  if (type == "agent.tool" && data.is_object()) {
+    return OneLine(fmt::format("step {}: {} {}", data.contains("step") ? DumpJson(data["step"]) : "?",
+                               data.value("ok", false) ? "✓" : "✗", StringOr(data, "summary", StringOr(data, "tool"))),
+                   kMax + 40);
+  }
+  if (type == "agent.waiting") {
+    return "the agent waits for a message (airlock send ID TEXT)";
+  }
+  if (type == "llm.call" && data.is_object()) {
+    std::string outcome = StringOr(data, "outcome", "?");
+    if (outcome != "ok") return OneLine(fmt::format("{}: {} {}", StringOr(data, "model", "?"), outcome, StringOr(data, "error")), kMax);
+    return fmt::format("{}: {} in / {} out tokens{}", StringOr(data, "model", "?"), FieldText(data, "input_tokens"),
+                       FieldText(data, "output_tokens"), data.value("estimated", false) ? " (estimated)" : "");
+  }
+  if (type == "file.uploaded" && data.is_object()) {
+    return OneLine(fmt::format("{} ({} bytes)", StringOr(data, "name", "?"), FieldText(data, "size")), kMax);
+  }
+  if (type == "session.sandbox_restart" && data.is_object()) {
+    return OneLine(fmt::format("fresh sandbox #{}: {}", FieldText(data, "restart"), StringOr(data, "reason")), kMax);
   }
   if (data.is_object() && data.empty()) {
     return "";
