@@ -1,0 +1,286 @@
+// The whole path, end to end: the real `airlock serve`, real `oci` sandboxes of the built-in
+// `base` image running the reference agent (airlock-agent), and the scripted model, whose
+// replies drive the agent through tool calls that really run inside the sandbox.
+//
+// The scripted model answers reply N to a conversation holding N assistant messages (see
+// docs/operators.md); each test writes its own script into the server's configuration.
+
+#include <dirent.h>
+#include <signal.h>
+
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "tests/security/sandbox_fixture.h"
+
+namespace airlock::testing {
+namespace {
+
+using http::verb;
+
+Json Call(const std::string& name, Json args) {
+  return Json{{"function", {{"name", name}, {"arguments", std::move(args)}}}};
+}
+Json Reply(const std::string& text, std::vector<Json> calls) {
+  Json r = {{"content", text}};
+  if (!calls.empty()) r["tool_calls"] = calls;
+  return r;
+}
+
+class AgentE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override { AIRLOCK_REQUIRE_SANDBOXES(); }
+
+  // Starts a server whose `default` model plays `replies`.
+  void StartWithScript(const Json& replies) {
+    std::string dir = MakeTempDir("airlock-e2e-script");
+    script_path_ = dir + "/script.json";
+    std::ofstream(script_path_) << Json{{"replies", replies}}.dump();
+    sbx_ = std::make_unique<SandboxServer>(fmt::format(
+        "[providers.script]\nkind = \"scripted\"\nscript = \"{}\"\n[models.default]\nprovider = \"script\"\n"
+        "model = \"scripted\"\n",
+        script_path_));
+    sbx_->Start();
+  }
+
+  // A session of the base image with its default entrypoint: the reference agent.
+  std::string CreateAgentSession(const std::string& task, const Json& command = nullptr,
+                                 const std::string& image = "base") {
+    Json body = {{"task", task}, {"image", image}};
+    if (!command.is_null()) body["command"] = command;
+    auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
+    EXPECT_EQ(r.status, 201u) << r.body;
+    return r.status == 201u ? r.json()["id"].get<std::string>() : "";
+  }
+
+  Json Events(const std::string& id) {
+    auto r = sbx_->server().Op(verb::get, "/v1/sessions/" + id + "/events", "", {{"Accept", "application/json"}});
+    return r.status == 200 ? r.json() : Json::array();
+  }
+  Json Messages(const std::string& id) { return sbx_->server().Op(verb::get, "/v1/sessions/" + id + "/messages").json(); }
+
+  // Waits for an event of `type` (and, if given, whose data satisfies `pred`).
+  Json WaitForEvent(const std::string& id, const std::string& type, int timeout_s = 30) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    while (std::chrono::steady_clock::now() < deadline) {
+      for (const auto& e : Events(id)) {
+        if (e.value("type", "") == type) return e;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ADD_FAILURE() << "no " << type << " event; events: " << Events(id).dump() << "\nlogs:\n" << sbx_->Logs(id);
+    return nullptr;
+  }
+
+  static std::vector<std::string> Types(const Json& events) {
+    std::vector<std::string> out;
+    for (const auto& e : events) out.push_back(e.value("type", ""));
+    return out;
+  }
+
+  // The operator's copy of one of the session's files.
+  std::string Download(const std::string& id, const std::string& name) {
+    auto r = sbx_->server().Op(verb::get, "/v1/sessions/" + id + "/files/" + name);
+    EXPECT_EQ(r.status, 200u) << r.body;
+    return r.body;
+  }
+
+  // SIGKILL to every process of the session's sandbox (its cgroup names the session): the
+  // sandbox dies the way a crashed host process or an OOM of init would take it.
+  int KillSandbox(const std::string& id) {
+    int killed = 0;
+    DIR* d = ::opendir("/proc");
+    while (dirent* e = d ? ::readdir(d) : nullptr) {
+      int pid = std::atoi(e->d_name);
+      if (pid <= 1) continue;
+      std::ifstream f("/proc/" + std::string(e->d_name) + "/cgroup");
+      std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      if (text.find("airlock-" + id) != std::string::npos && ::kill(pid, SIGKILL) == 0) ++killed;
+    }
+    if (d) ::closedir(d);
+    return killed;
+  }
+
+  std::string script_path_;
+  std::unique_ptr<SandboxServer> sbx_;
+};
+
+// The tool results stored in the conversation, in order.
+std::vector<std::string> ToolResults(const Json& messages) {
+  std::vector<std::string> out;
+  for (const auto& m : messages["messages"]) {
+    if (m.value("role", "") == "tool") out.push_back(m.value("content", ""));
+  }
+  return out;
+}
+
+TEST_F(AgentE2eTest, TheAgentRunsEveryToolInItsSandboxUploadsAndFinishes) {
+  StartWithScript(Json::array({
+      Reply("Looking around.", {Call("shell", {{"command", "echo made-in-$(id -un) > notes.txt; id -u; cat notes.txt"}})}),
+      Reply("Writing.", {Call("write_file", {{"path", "out/report.md"}, {"content", "# Report\nline two\n"}})}),
+      Reply("Reading back.", {Call("read_file", {{"path", "out/report.md"}})}),
+      Reply("Uploading.", {Call("upload", {{"path", "out/report.md"}, {"name", "report.md"}}),
+                           Call("upload", {{"path", "notes.txt"}})}),
+      Reply("Done.", {Call("finish", {{"result", "report uploaded"}})}),
+  }));
+  std::string id = CreateAgentSession("write a report");
+  auto out = sbx_->WaitForEnd(id);
+  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+  EXPECT_EQ(out.session["result"], "report uploaded");
+  EXPECT_EQ(out.session["usage"]["llm_calls"], 5);
+
+  // The tools ran inside the sandbox, as the unprivileged agent user.
+  Json msgs = Messages(id);
+  auto results = ToolResults(msgs);
+  ASSERT_EQ(results.size(), 5u) << msgs.dump();
+  EXPECT_EQ(results[0], "exit code 0\n1000\nmade-in-sandbox\n");
+  EXPECT_EQ(results[1], "wrote 18 bytes to out/report.md");
+  EXPECT_EQ(results[2], "# Report\nline two\n");
+  EXPECT_EQ(results[3], "uploaded report.md (18 bytes)");
+  EXPECT_EQ(results[4], "uploaded notes.txt (16 bytes)");
+  // The conversation: the task once (taken from the inbox), then the loop, nothing twice.
+  ASSERT_FALSE(msgs["messages"].empty());
+  EXPECT_EQ(msgs["messages"][0]["content"], "write a report");
+  int users = 0;
+  for (const auto& m : msgs["messages"]) users += m.value("role", "") == "user" ? 1 : 0;
+  EXPECT_EQ(users, 1);
+  EXPECT_EQ(msgs["messages"].size(), 1u + 5u + 5u);
+
+  // The operator sees the artifacts, byte for byte.
+  auto files = sbx_->server().Op(verb::get, "/v1/sessions/" + id + "/files").json();
+  std::set<std::string> names;
+  for (const auto& f : files["files"]) names.insert(f["name"].get<std::string>());
+  EXPECT_EQ(names, (std::set<std::string>{"report.md", "notes.txt"}));
+  EXPECT_EQ(Download(id, "report.md"), "# Report\nline two\n");
+  EXPECT_EQ(Download(id, "notes.txt"), "made-in-sandbox\n");
+
+  // One event per step, in order.
+  auto types = Types(out.events);
+  auto at = [&](const std::string& t, size_t from = 0) {
+    return std::find(types.begin() + static_cast<std::ptrdiff_t>(from), types.end(), t) - types.begin();
+  };
+  EXPECT_LT(at("agent.started"), at("agent.llm"));
+  EXPECT_EQ(std::count(types.begin(), types.end(), "agent.llm"), 5);
+  EXPECT_EQ(std::count(types.begin(), types.end(), "agent.tool"), 5);
+  EXPECT_EQ(std::count(types.begin(), types.end(), "file.uploaded"), 2);
+  for (const auto& e : out.events) {
+    if (e["type"] == "agent.tool") {
+      EXPECT_TRUE(e["data"]["ok"].get<bool>()) << e.dump();
+    }
+  }
+}
+
+TEST_F(AgentE2eTest, AFollowUpMessageReachesTheWaitingAgent) {
+  StartWithScript(Json::array({
+      Reply("Which greeting should the file hold?", {}),
+      Reply("Writing it.", {Call("shell", {{"command", "echo hello-from-follow-up > greeting.txt"}}),
+                            Call("upload", {{"path", "greeting.txt"}})}),
+      Reply("Done.", {Call("finish", {{"result", "greeting uploaded"}})}),
+  }));
+  std::string id = CreateAgentSession("write a greeting file");
+  ASSERT_FALSE(WaitForEvent(id, "agent.waiting").is_null());
+  EXPECT_EQ(sbx_->server().Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
+  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"say hello"})");
+  ASSERT_EQ(m.status, 202u) << m.body;
+  auto out = sbx_->WaitForEnd(id);
+  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+  EXPECT_EQ(Download(id, "greeting.txt"), "hello-from-follow-up\n");
+  Json msgs = Messages(id)["messages"];
+  // task, question, follow-up, tool calls, 2 results, finish call
+  ASSERT_GE(msgs.size(), 4u) << msgs.dump();
+  EXPECT_EQ(msgs[1]["content"], "Which greeting should the file hold?");
+  EXPECT_EQ(msgs[2]["role"], "user");
+  EXPECT_EQ(msgs[2]["content"], "say hello");
+  int follow_ups = 0;
+  for (const auto& msg : msgs) follow_ups += msg.value("content", Json()) == "say hello" ? 1 : 0;
+  EXPECT_EQ(follow_ups, 1);
+}
+
+TEST_F(AgentE2eTest, ASandboxKilledMidRunIsReplacedAndTheNewAgentCompletesFromTheHistory) {
+  StartWithScript(Json::array({
+      Reply("A long step.", {Call("shell", {{"command", "echo step-one-ran; sleep 600"}, {"timeout_s", 600}})}),
+      Reply("The sandbox restarted; carrying on.",
+            {Call("shell", {{"command", "echo survived > after.txt"}}), Call("upload", {{"path", "after.txt"}})}),
+      Reply("Done.", {Call("finish", {{"result", "completed after a restart"}})}),
+  }));
+  std::string id = CreateAgentSession("survive a crash");
+  ASSERT_FALSE(WaitForEvent(id, "agent.llm").is_null());
+  // The agent is inside the long shell call now (its log says so before running it).
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (sbx_->Logs(id).find("shell: echo step-one-ran") == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GT(KillSandbox(id), 0) << "no process of the sandbox found";
+
+  auto out = sbx_->WaitForEnd(id, 90);
+  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+  EXPECT_EQ(out.session["result"], "completed after a restart");
+  EXPECT_EQ(Download(id, "after.txt"), "survived\n");
+  Json restart = out.Event("session.sandbox_restart");
+  ASSERT_FALSE(restart.is_null()) << out.events.dump();
+  EXPECT_EQ(restart["data"]["restart"], 1);
+
+  // Nothing lost, nothing twice: the task once, the first reply once, the cut-off call
+  // answered as interrupted, then the rest.
+  Json msgs = Messages(id)["messages"];
+  ASSERT_GE(msgs.size(), 4u) << msgs.dump();
+  EXPECT_EQ(msgs[0]["content"], "survive a crash");
+  EXPECT_EQ(msgs[1]["content"], "A long step.");
+  EXPECT_EQ(msgs[2]["role"], "tool");
+  EXPECT_EQ(msgs[2]["tool_call_id"], msgs[1]["tool_calls"][0]["id"]);
+  EXPECT_EQ(msgs[2]["content"].get<std::string>().rfind("interrupted:", 0), 0u) << msgs[2].dump();
+  EXPECT_EQ(msgs[3]["content"], "The sandbox restarted; carrying on.");
+  int tasks = 0;
+  for (const auto& m : msgs) tasks += m.value("content", Json()) == "survive a crash" ? 1 : 0;
+  EXPECT_EQ(tasks, 1);
+  // The second agent says it resumed.
+  int started = 0;
+  for (const auto& e : out.events) {
+    if (e["type"] == "agent.started") {
+      EXPECT_EQ(e["data"]["resumed"], started > 0) << e.dump();
+      ++started;
+    }
+  }
+  EXPECT_EQ(started, 2);
+}
+
+TEST_F(AgentE2eTest, TheAgentsChildProcessesCannotReadTheToken) {
+  // Everything a tool could try as the agent's user: its own environment, every process's
+  // environ and cmdline, the agent's memory and file descriptors.
+  const std::string probe =
+      "env; for p in /proc/[0-9]*; do echo \"== $p\"; tr '\\0' '\\n' < $p/environ 2>&1; tr '\\0' ' ' < $p/cmdline; "
+      "echo; done; ls -l /proc/$PPID/fd 2>&1; cat /proc/1/environ 2>&1; "
+      // The agent's heap, where the token lives: readable through /proc/<pid>/mem by its own
+      // user unless the agent made itself non-dumpable.
+      "heap=$(grep '\\[heap\\]' /proc/$PPID/maps 2>/dev/null | cut -d- -f1); echo \"heap at ${heap:-unreadable}\"; "
+      "[ -n \"$heap\" ] && dd if=/proc/$PPID/mem bs=4096 skip=$((0x$heap / 4096)) count=256 2>&1 | "
+      "grep -a -o 'ast_[A-Za-z0-9_-]*' | head -3; echo probe-done";
+  StartWithScript(Json::array({
+      Reply("Probing.", {Call("shell", {{"command", probe}})}),
+      Reply("Waiting for you.", {}),
+  }));
+  std::string id = CreateAgentSession("probe for the token");
+  ASSERT_FALSE(WaitForEvent(id, "agent.waiting").is_null());
+  // The token is in the sandbox's runtime spec on the host (root only); read it from there.
+  std::ifstream spec(sbx_->home() + "/sessions/" + id + "/bundle/config.json");
+  std::string text((std::istreambuf_iterator<char>(spec)), std::istreambuf_iterator<char>());
+  size_t at = text.find("SESSION_TOKEN=");
+  ASSERT_NE(at, std::string::npos) << "cannot find the token to look for";
+  std::string token = text.substr(at + 14, text.find('"', at) - at - 14);
+  ASSERT_GE(token.size(), 32u);
+
+  auto results = ToolResults(Messages(id));
+  ASSERT_EQ(results.size(), 1u);
+  const std::string& seen = results[0];
+  EXPECT_NE(seen.find("probe-done"), std::string::npos) << seen;
+  EXPECT_NE(seen.find("airlock-agent"), std::string::npos) << "the probe saw the agent's process: " << seen;
+  EXPECT_EQ(seen.find(token), std::string::npos) << seen;
+  EXPECT_EQ(seen.find("SESSION_TOKEN"), std::string::npos) << seen;
+  EXPECT_EQ(seen.find("CONTROL_PLANE_URL"), std::string::npos) << seen;
+  EXPECT_EQ(sbx_->Logs(id).find(token), std::string::npos);
+  EXPECT_EQ(sbx_->server().Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
+}
+
+}  // namespace
+}  // namespace airlock::testing
