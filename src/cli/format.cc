@@ -200,6 +200,11 @@ std::string SummarizeEvent(const Json& event) {
                                data.value("ok", false) ? "✓" : "✗", StringOr(data, "summary", StringOr(data, "tool"))),
                    kMax + 40);
   }
+  if (type == "agent.exited" && data.is_object()) {
+    if (data.value("oom_killed", false)) return "the agent was killed: out of memory";
+    if (data.contains("signal")) return fmt::format("the agent was killed by {}", FieldText(data, "signal_name", "signal " + FieldText(data, "signal")));
+    return "the agent exited with code " + FieldText(data, "exit_code");
+  }
   if (type == "agent.waiting") {
     return "the agent waits for a message (airlock send ID TEXT)";
   }

@@ -400,10 +400,11 @@ awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
   }
   agent_exits_.erase(s.id);
   std::string why = SandboxExitReason(st);
-  // An agent that exited on its own, without finishing, gave up: the session fails. A
-  // sandbox that was killed or vanished took the agent with it mid-work: the conversation
-  // is in the store, so a fresh sandbox carries on.
-  if (st.exit_code && !st.signal && !st.oom_killed) {
+  // An agent that exited on its own, without finishing, gave up, and one that ran out of
+  // memory hit the session's own limit (it would again): the session fails. A sandbox that
+  // was killed or vanished took the agent with it mid-work: the conversation is in the
+  // store, so a fresh sandbox carries on.
+  if ((st.exit_code && !st.signal) || st.oom_killed) {
     co_await EndSession(s.id, SessionState::kFailed, why);
     co_return;
   }
