@@ -281,6 +281,27 @@ TEST(SandboxClient, AfterAnAmbiguousChatAdoptsTheStoredReplyInsteadOfResending) 
   EXPECT_EQ(c.pending(), 0u);
 }
 
+TEST(SandboxClient, AnInboxAnswerLostOnTheWayIsFoundInTheHistory) {
+  std::atomic<int> polls{0};
+  TinyServer s([&](const SeenRequest& r) -> std::string {
+    if (r.target.starts_with("/sandbox/v1/inbox")) {
+      ++polls;
+      return std::string();  // the messages were taken, then the connection broke
+    }
+    if (r.target == "/sandbox/v1/history") {
+      return JsonAnswer(200, R"({"messages":[{"role":"user","content":"the task"}]})");
+    }
+    return JsonAnswer(404, "{}");
+  });
+  SandboxClient c(s.url(), "t", "s", Quick());
+  auto got = c.Inbox(0);
+  ASSERT_TRUE(got) << got.error().ToString();
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0]["content"], "the task");
+  EXPECT_EQ(polls.load(), 1);
+  EXPECT_EQ(c.pending(), 0u) << "taken messages are never sent again";
+}
+
 TEST(SandboxClient, FromEnvironmentRemovesTheVariablesFromTheProcessAndItsChildren) {
   ::setenv("SESSION_ID", "ses_envtest", 1);
   ::setenv("SESSION_TOKEN", "tok_must_not_leak_123", 1);

@@ -181,11 +181,31 @@ ClientResult<Json> SandboxClient::SendJson(const Call& call) {
 ClientResult<std::vector<Json>> SandboxClient::Inbox(int wait_s) {
   wait_s = std::clamp(wait_s, 0, 300);
   Call c{"GET", "/sandbox/v1/inbox?wait=" + std::to_string(wait_s), std::nullopt, (wait_s + 30) * 1000, false};
-  auto j = SendJson(c);
-  if (!j) return std::unexpected(j.error());
   std::vector<Json> out;
-  if (j->contains("messages") && (*j)["messages"].is_array()) {
-    for (auto& m : (*j)["messages"]) out.push_back(m);
+  for (int round = 0;; ++round) {
+    bool ambiguous = false;
+    auto res = Send(c, &ambiguous);
+    if (res) {
+      auto j = res->status == 204 || res->body.empty() ? Json::object() : Json::parse(res->body, nullptr, false);
+      if (j.is_discarded()) return Err(ClientError::Kind::kServer, "/sandbox/v1/inbox: the answer is not JSON", res->status);
+      if (j.contains("messages") && j["messages"].is_array()) {
+        for (auto& m : j["messages"]) out.push_back(m);
+      }
+      break;
+    }
+    if (!ambiguous || round >= kMaxAmbiguousChats) return std::unexpected(res.error());
+    // The answer was lost; the control plane may have handed the messages over (and
+    // appended them to the conversation) all the same. They are then in the history.
+    auto j = SendJson(Call{"GET", "/sandbox/v1/history", std::nullopt, 0, false});
+    if (!j) return std::unexpected(j.error());
+    const Json& server = (*j)["messages"];
+    if (server.is_array() && server.size() > sent_) {
+      for (size_t i = sent_; i < server.size(); ++i) {
+        if (server[i].is_object() && server[i].value("role", "") == "user") out.push_back(server[i]);
+      }
+      if (!out.empty()) break;
+    }
+    Backoff(round, "inbox: " + res.error().message);
   }
   // Taking them appended them to the conversation on the control plane's side.
   for (const auto& m : out) {

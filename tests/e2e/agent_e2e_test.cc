@@ -245,6 +245,28 @@ TEST_F(AgentE2eTest, ASandboxKilledMidRunIsReplacedAndTheNewAgentCompletesFromTh
   EXPECT_EQ(started, 2);
 }
 
+TEST_F(AgentE2eTest, AnAgentFrozenWhileWaitingCarriesOnWhenAMessageResumesIt) {
+  StartWithScript(Json::array({
+      Reply("Tell me when to go on.", {}),
+      Reply("Going on.", {Call("shell", {{"command", "echo thawed > thawed.txt"}}), Call("upload", {{"path", "thawed.txt"}})}),
+      Reply("Done.", {Call("finish", {{"result", "carried on after a suspend"}})}),
+  }));
+  // One-second long-polls: while the sandbox is frozen, answers pile up and time out on both
+  // sides; after the thaw the agent must simply carry on.
+  std::string id = CreateAgentSession("wait, then carry on", Json::array({"/usr/bin/airlock-agent", "--inbox-wait", "1"}));
+  ASSERT_FALSE(WaitForEvent(id, "agent.waiting").is_null());
+  auto s = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/suspend");
+  ASSERT_EQ(s.status, 200u) << s.body;
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_EQ(sbx_->server().Op(verb::get, "/v1/sessions/" + id).json()["state"], "suspended");
+  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"go on"})");
+  ASSERT_EQ(m.status, 202u) << m.body;
+  auto out = sbx_->WaitForEnd(id);
+  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+  EXPECT_EQ(Download(id, "thawed.txt"), "thawed\n");
+  EXPECT_TRUE(out.Event("session.sandbox_restart").is_null()) << "the same sandbox was resumed, not replaced";
+}
+
 TEST_F(AgentE2eTest, TheAgentsChildProcessesCannotReadTheToken) {
   // Everything a tool could try as the agent's user: its own environment, every process's
   // environ and cmdline, the agent's memory and file descriptors.
