@@ -1,8 +1,10 @@
 #!/bin/sh
-# A tiny agent written with nothing but busybox sh and wget, to show the sandbox API end to
-# end: it takes its task from the inbox, reports a few steps as events, reads its history
-# and finishes. The real reference agent (an LLM tool loop) replaces it when the LLM proxy
-# lands. It knows exactly three things: SESSION_ID, SESSION_TOKEN and CONTROL_PLANE_URL.
+# A tiny agent written with nothing but busybox sh and wget, to show the raw sandbox API end
+# to end: it takes its task from the inbox, reports a few steps as events, reads its history
+# and finishes, without an LLM. It knows exactly three things: SESSION_ID, SESSION_TOKEN and
+# CONTROL_PLANE_URL (and, being a shell script, hands them to every command it runs: a real
+# agent must not; see docs/agents.md). The reference agent is src/agent (airlock-agent).
+# Run it: airlock run "hello" -- /bin/sh -c "$(cat examples/agents/demo_agent.sh)"
 set -eu
 get() { wget -q -O - --header "Authorization: Bearer $SESSION_TOKEN" "$CONTROL_PLANE_URL$1"; }
 post() {
