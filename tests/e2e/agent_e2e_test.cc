@@ -7,7 +7,9 @@
 
 #include <dirent.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -265,6 +267,68 @@ TEST_F(AgentE2eTest, AnAgentFrozenWhileWaitingCarriesOnWhenAMessageResumesIt) {
   ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
   EXPECT_EQ(Download(id, "thawed.txt"), "thawed\n");
   EXPECT_TRUE(out.Event("session.sandbox_restart").is_null()) << "the same sandbox was resumed, not replaced";
+}
+
+// The Python example agent and SDK, carried into a `host`-image sandbox (the host's /usr,
+// so its python3) on the command line: argv entries are at most 8 KiB, so each file goes as
+// "PATH COUNT CHUNK...", and a bootstrap writes them under /tmp and runs the agent.
+Json PythonAgentCommand() {
+  static const char* kBootstrap =
+      "import os, sys, tempfile\n"
+      "a, d, i = sys.argv[1:], tempfile.mkdtemp(), 0\n"
+      "while i < len(a):\n"
+      "    path, n = a[i], int(a[i + 1])\n"
+      "    full = os.path.join(d, path)\n"
+      "    os.makedirs(os.path.dirname(full), exist_ok=True)\n"
+      "    with open(full, 'w', encoding='utf-8') as f:\n"
+      "        f.write(''.join(a[i + 2:i + 2 + n]))\n"
+      "    i += 2 + n\n"
+      "os.execv(sys.executable, [sys.executable, os.path.join(d, 'examples/agents/python_agent.py')])\n";
+  Json cmd = Json::array({"/usr/bin/python3", "-c", kBootstrap});
+  std::vector<std::string> files = {"examples/agents/python_agent.py"};
+  for (const auto& e : std::filesystem::directory_iterator(AIRLOCK_SOURCE_DIR "/sdk/python/airlock")) {
+    if (e.path().extension() == ".py") files.push_back("sdk/python/airlock/" + e.path().filename().string());
+  }
+  for (const auto& rel : files) {
+    std::ifstream f(AIRLOCK_SOURCE_DIR "/" + rel);
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::vector<std::string> chunks;
+    for (size_t at = 0; at < text.size();) {
+      size_t end = std::min(text.size(), at + 8000);
+      while (end < text.size() && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;  // whole UTF-8
+      chunks.push_back(text.substr(at, end - at));
+      at = end;
+    }
+    cmd.push_back(rel);
+    cmd.push_back(std::to_string(chunks.size()));
+    for (auto& c : chunks) cmd.push_back(c);
+  }
+  return cmd;
+}
+
+TEST_F(AgentE2eTest, ThePythonExampleAgentCompletesTheSameTask) {
+  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "no /usr/bin/python3 on this host for the host image";
+  StartWithScript(Json::array({
+      Reply("Looking around.", {Call("shell", {{"command", "echo made-in-$(id -un) > notes.txt; id -u; cat notes.txt"}})}),
+      Reply("Writing.", {Call("write_file", {{"path", "out/report.md"}, {"content", "# Report\nline two\n"}})}),
+      Reply("Reading back.", {Call("read_file", {{"path", "out/report.md"}})}),
+      Reply("Uploading.", {Call("upload", {{"path", "out/report.md"}, {"name", "report.md"}}),
+                           Call("upload", {{"path", "notes.txt"}})}),
+      Reply("Done.", {Call("finish", {{"result", "report uploaded"}})}),
+  }));
+  std::string id = CreateAgentSession("write a report", PythonAgentCommand(), "host");
+  auto out = sbx_->WaitForEnd(id, 90);
+  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+  EXPECT_EQ(out.session["result"], "report uploaded");
+  Json started = out.Event("agent.started");
+  ASSERT_FALSE(started.is_null());
+  EXPECT_EQ(started["data"]["agent"], "python-example");
+  EXPECT_EQ(Download(id, "report.md"), "# Report\nline two\n");
+  EXPECT_EQ(Download(id, "notes.txt"), "made-in-sandbox\n");
+  auto results = ToolResults(Messages(id));
+  ASSERT_EQ(results.size(), 5u);
+  EXPECT_NE(results[0].find("1000\nmade-in-sandbox"), std::string::npos) << results[0];
+  EXPECT_EQ(results[2], "# Report\nline two\n");
 }
 
 TEST_F(AgentE2eTest, TheAgentsChildProcessesCannotReadTheToken) {
