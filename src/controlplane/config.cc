@@ -421,19 +421,19 @@ std::string ApplyDefaultModel(Config& c, const std::function<const char*(const c
   if (set("OPENAI_API_KEY")) {
     provider = "builtin-openai";
     p.kind = "openai";
-    p.base_url = "https://api.openai.com/v1";
+    p.base_url = set("OPENAI_BASE_URL") ? getenv("OPENAI_BASE_URL") : "https://api.openai.com/v1";
     p.api_key_env = "OPENAI_API_KEY";
     m.model = model_or("gpt-4o-mini");
     if (m.model == "gpt-4o-mini") {
       m.input_usd_per_mtok = 0.15;
       m.output_usd_per_mtok = 0.60;
     }
-    note = fmt::format("model alias \"{}\" is OpenAI {} (OPENAI_API_KEY is set and no [models.{}] is configured)",
-                       c.default_model, m.model, c.default_model);
+    note = fmt::format("model alias \"{}\" is OpenAI {} at {} (OPENAI_API_KEY is set and no [models.{}] is configured)",
+                       c.default_model, m.model, p.base_url, c.default_model);
   } else if (set("ANTHROPIC_API_KEY")) {
     provider = "builtin-anthropic";
     p.kind = "anthropic";
-    p.base_url = "https://api.anthropic.com";
+    p.base_url = set("ANTHROPIC_BASE_URL") ? getenv("ANTHROPIC_BASE_URL") : "https://api.anthropic.com";
     p.api_key_env = "ANTHROPIC_API_KEY";
     m.model = model_or("claude-haiku-4-5");
     if (m.model == "claude-haiku-4-5") {
@@ -441,8 +441,8 @@ std::string ApplyDefaultModel(Config& c, const std::function<const char*(const c
       m.output_usd_per_mtok = 5;
     }
     note = fmt::format(
-        "model alias \"{}\" is Anthropic {} (ANTHROPIC_API_KEY is set and no [models.{}] is configured)",
-        c.default_model, m.model, c.default_model);
+        "model alias \"{}\" is Anthropic {} at {} (ANTHROPIC_API_KEY is set and no [models.{}] is configured)",
+        c.default_model, m.model, p.base_url, c.default_model);
   } else {
     provider = "builtin-demo";
     p.kind = "scripted";

@@ -137,7 +137,8 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
 // When the default model alias is not configured, defines it from what the control plane's
 // environment offers: OPENAI_API_KEY -> OpenAI (gpt-4o-mini), else ANTHROPIC_API_KEY ->
 // Anthropic (claude-haiku-4-5), else the built-in scripted demo. AIRLOCK_DEFAULT_MODEL names
-// another upstream model. Returns one sentence for the start-up log saying what the alias
+// another upstream model; OPENAI_BASE_URL / ANTHROPIC_BASE_URL (the names the providers' own
+// SDKs use) another endpoint, e.g. a compatible local server. Returns one sentence for the start-up log saying what the alias
 // is, or "" when the configuration defines it. `getenv` is injected for tests.
 std::string ApplyDefaultModel(Config& config, const std::function<const char*(const char*)>& getenv);
 

@@ -207,6 +207,10 @@ TEST(ConfigTest, TheDefaultModelFollowsTheKeysInTheEnvironmentWhenNotConfigured)
   EXPECT_EQ(op.kind, "openai");
   EXPECT_EQ(op.api_key_env, "OPENAI_API_KEY");
   EXPECT_TRUE(op.api_key.empty()) << "the key is read from the environment by the proxy, not copied";
+  EXPECT_EQ(op.base_url, "https://api.openai.com/v1");
+  Config local = *ParseConfig("", "/h");
+  ApplyDefaultModel(local, env({{"OPENAI_API_KEY", "k"}, {"OPENAI_BASE_URL", "http://127.0.0.1:8080/v1"}}));
+  EXPECT_EQ(local.providers.at(local.models.at("default").provider).base_url, "http://127.0.0.1:8080/v1");
 
   Config claude = *ParseConfig("", "/h");
   note = ApplyDefaultModel(claude, env({{"ANTHROPIC_API_KEY", "a"}, {"AIRLOCK_DEFAULT_MODEL", "claude-sonnet-4-5"}}));

@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "tests/llm/fake_upstream.h"
 #include "tests/security/sandbox_fixture.h"
 
 namespace airlock::testing {
@@ -43,6 +44,12 @@ class AgentE2eTest : public ::testing::Test {
         "[providers.script]\nkind = \"scripted\"\nscript = \"{}\"\n[models.default]\nprovider = \"script\"\n"
         "model = \"scripted\"\n",
         script_path_));
+    sbx_->Start();
+  }
+
+  // A server with no model configured: `default` comes from the environment.
+  void StartPlain() {
+    sbx_ = std::make_unique<SandboxServer>();
     sbx_->Start();
   }
 
@@ -267,6 +274,49 @@ TEST_F(AgentE2eTest, AnAgentFrozenWhileWaitingCarriesOnWhenAMessageResumesIt) {
   ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
   EXPECT_EQ(Download(id, "thawed.txt"), "thawed\n");
   EXPECT_TRUE(out.Event("session.sandbox_restart").is_null()) << "the same sandbox was resumed, not replaced";
+}
+
+// With OPENAI_API_KEY in the control plane's environment and no model configured, the agent
+// thinks with OpenAI's API: here a fake that speaks its wire format (tests/llm/fake_upstream.h),
+// reached through OPENAI_BASE_URL.
+TEST_F(AgentE2eTest, WithAnOpenAiKeyInTheEnvironmentTheAgentUsesThatProvider) {
+  const std::string key = "sk-e2e-only-the-control-plane-has-this";
+  fake::FakeUpstreamOptions o;
+  o.expected_key = key;
+  fake::FakeUpstream upstream(o);
+  ASSERT_TRUE(upstream.ok()) << upstream.error();
+  upstream.Enqueue(fake::Reply::Tools({{"", "shell", R"({"command":"env; echo hello > hi.txt"})"}}, "Let me check."));
+  upstream.Enqueue(fake::Reply::Tools({{"", "upload", R"({"path":"hi.txt"})"}}));
+  upstream.Enqueue(fake::Reply::Tools({{"", "finish", R"({"result":"done with a real provider"})"}}));
+  ::setenv("OPENAI_API_KEY", key.c_str(), 1);
+  ::setenv("OPENAI_BASE_URL", (upstream.base_url() + "/v1").c_str(), 1);
+  ::unsetenv("ANTHROPIC_API_KEY");
+  StartPlain();  // the server inherits the two variables
+  ::unsetenv("OPENAI_API_KEY");
+  ::unsetenv("OPENAI_BASE_URL");
+
+  std::string id = CreateAgentSession("say hello through OpenAI");
+  auto out = sbx_->WaitForEnd(id);
+  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+  EXPECT_EQ(out.session["result"], "done with a real provider");
+  EXPECT_EQ(Download(id, "hi.txt"), "hello\n");
+
+  auto reqs = upstream.requests();
+  ASSERT_EQ(reqs.size(), 3u);
+  for (const auto& r : reqs) {
+    EXPECT_EQ(r.Header("authorization"), "Bearer " + key);
+    EXPECT_EQ(r.Json()["model"], "gpt-4o-mini");
+    EXPECT_EQ(r.Json()["tools"].size(), 5u) << "the reference agent's tools";
+  }
+  // The upstream got the whole conversation each time, rebuilt by the control plane.
+  EXPECT_EQ(reqs[0].Json()["messages"].size(), 1u);
+  EXPECT_EQ(reqs[2].Json()["messages"].size(), 5u);
+  // The sandbox never saw the key: not in the tool's environment, not in the log.
+  auto results = ToolResults(Messages(id));
+  ASSERT_FALSE(results.empty());
+  EXPECT_NE(results[0].find("PATH="), std::string::npos) << results[0];
+  EXPECT_EQ(results[0].find(key), std::string::npos) << results[0];
+  EXPECT_EQ(out.logs.find(key), std::string::npos);
 }
 
 // The Python example agent and SDK, carried into a `host`-image sandbox (the host's /usr,
