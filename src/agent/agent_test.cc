@@ -302,6 +302,46 @@ TEST(SandboxClient, AnInboxAnswerLostOnTheWayIsFoundInTheHistory) {
   EXPECT_EQ(c.pending(), 0u) << "taken messages are never sent again";
 }
 
+TEST(SandboxClient, UploadsAndDownloadsThroughPresignedUrlsWithoutTheToken) {
+  std::string base;
+  TinyServer s([&](const SeenRequest& r) -> std::string {
+    if (r.target == "/sandbox/v1/files/presign") {
+      Json req = Json::parse(r.body);
+      std::string path = req["method"] == "PUT" ? "/blob-put?sig=1" : "/blob-get?sig=2";
+      return JsonAnswer(200, Json{{"url", base + path},
+                                  {"method", req["method"]},
+                                  {"headers", {{"Content-Type", "application/octet-stream"}}}}
+                                 .dump());
+    }
+    if (r.target == "/blob-put?sig=1") return "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+    if (r.target == "/blob-get?sig=2") return "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nfile content";
+    return JsonAnswer(404, "{}");
+  });
+  base = s.url();
+  std::string dir = "/tmp/airlock-agent-xfer-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  { std::ofstream(dir + "/up.txt") << "uploaded bytes"; }
+  SandboxClient c(s.url(), "tok_x", "s", Quick());
+  auto up = c.Upload(dir + "/up.txt", "up.txt");
+  ASSERT_TRUE(up) << up.error().ToString();
+  EXPECT_EQ(*up, 14u);
+  auto down = c.Download("report.md", dir + "/down.txt");
+  ASSERT_TRUE(down) << down.error().ToString();
+  std::ifstream in(dir + "/down.txt");
+  std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(got, "file content");
+  EXPECT_FALSE(std::filesystem::exists(dir + "/down.txt.airlock-download"));
+  auto seen = s.seen();
+  ASSERT_EQ(seen.size(), 4u);
+  EXPECT_EQ(Json::parse(seen[0].body)["size"], 14);
+  EXPECT_EQ(seen[1].method, "PUT");
+  EXPECT_EQ(seen[1].body, "uploaded bytes");
+  EXPECT_EQ(seen[1].authorization, "") << "a presigned URL carries its own signature; the token stays home";
+  EXPECT_EQ(seen[3].authorization, "");
+  EXPECT_FALSE(c.Upload(dir + "/missing", "x")) << "a missing file is a local error";
+  std::filesystem::remove_all(dir);
+}
+
 TEST(SandboxClient, FromEnvironmentRemovesTheVariablesFromTheProcessAndItsChildren) {
   ::setenv("SESSION_ID", "ses_envtest", 1);
   ::setenv("SESSION_TOKEN", "tok_must_not_leak_123", 1);
