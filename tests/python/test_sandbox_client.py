@@ -19,7 +19,7 @@ class FromEnvTest(unittest.TestCase):
     def test_reads_and_removes_the_variables(self):
         fake = {"SESSION_ID": "ses_test", "SESSION_TOKEN": "ast_not_a_real_token", "CONTROL_PLANE_URL": "http://127.0.0.1:9/"}
         with mock.patch.dict(os.environ, fake):
-            client = SandboxClient.from_env()
+            client = SandboxClient.from_env(harden=False)  # hardening: see the test below
             for name in fake:
                 self.assertNotIn(name, os.environ)
             # Not in what a child process inherits either (os.environ.pop unsets the variable).
@@ -33,6 +33,22 @@ class FromEnvTest(unittest.TestCase):
         self.assertEqual(client.url, "http://127.0.0.1:9")
         self.assertEqual(client.session_id, "ses_test")
         self.assertNotIn("ast_not_a_real_token", repr(client))
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "/proc and prctl are Linux")
+    def test_the_token_is_gone_from_proc_environ_and_the_process_is_not_dumpable(self):
+        code = (
+            "import ctypes, subprocess\n"
+            "from airlock.sandbox import SandboxClient\n"
+            "c = SandboxClient.from_env()\n"
+            "own = open('/proc/self/environ', 'rb').read()\n"
+            "child = subprocess.run(['/bin/sh', '-c', 'cat /proc/$PPID/environ'], capture_output=True).stdout\n"
+            "dumpable = ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)\n"  # PR_GET_DUMPABLE
+            "print(b'ast_probe_secret' in own, b'ast_probe_secret' in child, b'PATH=' in own, dumpable)\n"
+        )
+        env = dict(os.environ, SESSION_ID="ses_p", SESSION_TOKEN="ast_probe_secret_value", CONTROL_PLANE_URL="http://127.0.0.1:9")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.split(), ["False", "False", "True", "0"])
 
     def test_missing_variables_are_named(self):
         with mock.patch.dict(os.environ, {"SESSION_ID": "ses_x"}):

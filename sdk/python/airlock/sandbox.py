@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -83,10 +84,21 @@ class SandboxClient:
         self.session_usage: Optional[Dict[str, Any]] = None
 
     @classmethod
-    def from_env(cls, **kwargs: Any) -> "SandboxClient":
+    def from_env(cls, harden: bool = True, **kwargs: Any) -> "SandboxClient":
         """Builds a client from SESSION_ID, SESSION_TOKEN and CONTROL_PLANE_URL and removes
-        the three variables from ``os.environ``, so that child processes never see them."""
-        values = {name: os.environ.pop(name, None) for name in ENV_VARS}
+        the three variables from ``os.environ``, so that child processes never see them.
+
+        With ``harden`` (Linux), it also blanks their values in the environment block the
+        process started with (which ``/proc/<pid>/environ`` shows even after they are unset)
+        and makes the process non-dumpable, so that a tool running as the same user cannot
+        read the token out of ``/proc/<pid>/environ`` or ``/proc/<pid>/mem``. Non-dumpable
+        also means no core dumps and no attaching a debugger to the agent.
+        """
+        values = {name: os.environ.get(name) for name in ENV_VARS}
+        if harden:
+            _scrub_process_environment(ENV_VARS)
+        for name in ENV_VARS:
+            os.environ.pop(name, None)
         missing = [name for name in ("SESSION_TOKEN", "CONTROL_PLANE_URL") if not values[name]]
         if missing:
             raise AirlockError(
@@ -384,6 +396,28 @@ class SandboxClient:
             except AirlockError as e:
                 if e.status not in RETRY_STATUSES or not sleep_until_retry(tries, deadline):
                     raise
+
+
+def _scrub_process_environment(names: Tuple[str, ...]) -> None:
+    """Best effort: zero the values of ``names`` in the C environment and mark the process
+    non-dumpable (Linux, through ctypes; silently nothing elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        getenv = libc.getenv
+        getenv.restype = ctypes.c_void_p
+        getenv.argtypes = [ctypes.c_char_p]
+        for name in names:
+            value = getenv(name.encode())
+            if value:
+                ctypes.memset(value, 0, len(ctypes.string_at(value)))
+        pr_set_dumpable = 4
+        libc.prctl(pr_set_dumpable, 0, 0, 0, 0)
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 def check_url_scheme(url: str) -> None:
