@@ -345,33 +345,51 @@ def assistant_count(history):
 
 def run(client):
     client.load_history()
-    resumed = bool(client.history)
+    history = client.history
+    resumed = bool(history)
+    step = assistant_count(history)
     if not resumed:
         take_inbox(client)
-    for call in missing_tool_results(client.history):
+    # The previous sandbox died after the model asked to finish: finish now.
+    if resumed and history[-1].get("role") == "assistant":
+        for call in history[-1].get("tool_calls") or []:
+            if (call.get("function") or {}).get("name") == "finish":
+                result, ok, summary = run_tool(client, call)  # raises Finished unless refused
+    interrupted = missing_tool_results(history)
+    for call in interrupted:
         client.add({"role": "tool", "tool_call_id": call.get("id"), "content": INTERRUPTED})
-    client.event("agent.started", {"agent": AGENT_NAME, "resumed": resumed, "history": len(client.history)})
-    log(f"started ({'resumed with' if resumed else 'new,'} {len(client.history)} messages)")
+    client.event(
+        "agent.started",
+        {"agent": AGENT_NAME, "resumed": resumed, "history": len(history), "interrupted_tool_calls": len(interrupted)},
+    )
+    log(f"started ({'resumed with' if resumed else 'new,'} {len(history)} messages)")
 
     # A restart after the model had answered without tool calls: the next turn is the user's.
-    if client.history and client.history[-1].get("role") == "assistant" and not client.history[-1].get("tool_calls"):
-        client.event("agent.waiting", {})
+    if history and history[-1].get("role") == "assistant" and not client.unsent:
         take_inbox(client)
 
     while True:
+        started = time.monotonic()
         reply = client.chat(tools=TOOLS)
-        step = assistant_count(client.history)
+        step += 1
         calls = reply.get("tool_calls") or []
         content = reply.get("content")
         text = content if isinstance(content, str) else ""
         names = [(c.get("function") or {}).get("name", "") for c in calls]
-        client.event("agent.llm", {"step": step, "text": text[:200], "tool_calls": names})
+        client.event(
+            "agent.llm",
+            {"step": step, "text": text[:200], "tool_calls": names, "duration_ms": int((time.monotonic() - started) * 1000)},
+        )
         log(f"step {step}: {', '.join(names) if names else 'reply without tool calls'}")
         if not calls:
-            client.event("agent.waiting", {})
+            # The model answered the user: wait for what they say next.
+            client.event("agent.waiting", {"step": step})
             take_inbox(client)
             continue
-        for call in calls:
+        # finish last, once the other calls of the same reply have run.
+        ordered = [c for c in calls if (c.get("function") or {}).get("name") != "finish"]
+        ordered += [c for c in calls if (c.get("function") or {}).get("name") == "finish"]
+        for call in ordered:
             name = (call.get("function") or {}).get("name", "")
             started = time.monotonic()
             result, ok, summary = run_tool(client, call)  # raises Finished after finish

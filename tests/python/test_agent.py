@@ -73,9 +73,16 @@ class EveryToolTest(ServerTestCase):
             + [x for tool in ("shell", "write_file", "read_file", "upload") for x in (("agent.llm", None), ("agent.tool", tool))]
             + [("agent.llm", None)],
         )
-        self.assertEqual(mine[0]["data"], {"agent": "python-example", "resumed": False, "history": 1})
-        self.assertEqual(mine[1]["data"], {"step": 1, "text": "Looking around first.", "tool_calls": ["shell"]})
-        self.assertEqual(mine[-1]["data"], {"step": 5, "text": "", "tool_calls": ["finish"]})
+        self.assertEqual(
+            mine[0]["data"], {"agent": "python-example", "resumed": False, "history": 1, "interrupted_tool_calls": 0}
+        )
+        llm = [e["data"] for e in mine if e["type"] == "agent.llm"]
+        self.assertEqual([d["step"] for d in llm], [1, 2, 3, 4, 5])
+        self.assertEqual(llm[0]["text"], "Looking around first.")
+        self.assertEqual(llm[0]["tool_calls"], ["shell"])
+        self.assertEqual((llm[-1]["text"], llm[-1]["tool_calls"]), ("", ["finish"]))
+        for d in llm:
+            self.assertIsInstance(d["duration_ms"], int)
         for e in mine:
             if e["type"] == "agent.tool":
                 self.assertTrue(e["data"]["ok"], e)
@@ -102,6 +109,33 @@ class ShellEnvironmentTest(ServerTestCase):
             self.assertNotIn(name, out)
         self.assertNotIn("ast_", out)  # the token's prefix
         self.assertNotIn(self.server.sandbox_url, out)
+
+
+class TokenProbeTest(ServerTestCase):
+    REPLIES = [
+        {"tool_calls": [tool_call("shell", command="tr '\\0' '\\n' < /proc/$PPID/environ; echo probe-done")]},
+        {"tool_calls": [tool_call("finish", result="probed")]},
+    ]
+
+    def test_a_tool_cannot_read_the_token_from_the_agents_environ(self):
+        s, _, env = self.server.capture_session()
+        proc = subprocess.run(
+            [sys.executable, AGENT],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+            cwd=self.server.dir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr.decode())
+        (out,) = tool_results(self.op.messages(s["id"]))
+        self.assertIn("probe-done", out)
+        self.assertNotIn(env["SESSION_TOKEN"], out)
+        self.assertNotIn(env["CONTROL_PLANE_URL"], out)
+        if os.geteuid() == 0:
+            self.assertIn("PATH=", out)  # root reads any environ: the value itself must be gone
+        else:
+            self.assertIn("denied", out)  # the agent is not dumpable
 
 
 class ToolErrorsTest(ServerTestCase):
@@ -224,7 +258,78 @@ class ResumeTest(ServerTestCase):
         for t in tools:
             self.assertTrue(t["content"].startswith("interrupted: the sandbox restarted"), t["content"])
         started = [e for e in self.op.events(s["id"], follow=False) if e["type"] == "agent.started"]
-        self.assertEqual(started[0]["data"], {"agent": "python-example", "resumed": True, "history": 4})
+        self.assertEqual(
+            started[0]["data"], {"agent": "python-example", "resumed": True, "history": 4, "interrupted_tool_calls": 2}
+        )
+
+
+def run_agent(server, env, timeout=60):
+    """Runs the example agent as a replacement sandbox of a captured session."""
+    return subprocess.Popen(
+        [sys.executable, AGENT],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        cwd=server.dir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+class ResumeFinishTest(ServerTestCase):
+    REPLIES = [
+        {"tool_calls": [tool_call("finish", result="finished before the crash")]},
+        "the model should not be asked again",
+    ]
+
+    def test_a_finish_the_dead_sandbox_did_not_do_is_done(self):
+        s, client, env = self.server.capture_session()
+        client.inbox(wait=5)
+        client.chat()
+        proc = run_agent(self.server, env)
+        out, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 0, err.decode())
+        final = self.op.get_session(s["id"])
+        self.assertEqual((final["state"], final["result"]), ("succeeded", "finished before the crash"))
+        self.assertEqual(final["usage"]["llm_calls"], 1)
+
+
+class ResumeWaitingTest(ServerTestCase):
+    REPLIES = [
+        "Which colour?",
+        {"tool_calls": [tool_call("finish", result="blue it is")]},
+    ]
+
+    def test_a_conversation_left_with_the_user_waits_for_the_user(self):
+        s, client, env = self.server.capture_session()
+        client.inbox(wait=5)
+        client.chat()
+        proc = run_agent(self.server, env)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        wait_for(
+            lambda: any(e["type"] == "agent.started" for e in self.op.events(s["id"], follow=False)), 20, "agent.started"
+        )
+        time.sleep(0.5)
+        self.assertEqual(self.op.get_session(s["id"])["usage"]["llm_calls"], 1)  # no call without a user turn
+        self.op.send_message(s["id"], "blue")
+        out, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 0, err.decode())
+        final = self.op.get_session(s["id"])
+        self.assertEqual((final["state"], final["result"]), ("succeeded", "blue it is"))
+        self.assertEqual([m["role"] for m in self.op.messages(s["id"])], ["user", "assistant", "user", "assistant"])
+
+
+class FinishLastTest(ServerTestCase):
+    REPLIES = [
+        {"tool_calls": [tool_call("finish", result="wrote it"), tool_call("write_file", path="late.txt", content="x")]},
+    ]
+
+    def test_finish_runs_after_the_other_calls_of_its_reply(self):
+        s = self.agent_session("write then finish")
+        self.assertEqual(self.wait_session(s["id"])["result"], "wrote it")
+        tools = [e["data"]["tool"] for e in self.op.events(s["id"], follow=False) if e["type"] == "agent.tool"]
+        self.assertEqual(tools, ["write_file"])
+        with open(os.path.join(self.server.dir, "sessions", s["id"], "late.txt")) as f:
+            self.assertEqual(f.read(), "x")
 
 
 class AgentStartupTest(unittest.TestCase):
