@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <set>
 
+#include "clock.h"
+
 namespace airlock::agent {
 namespace {
 
@@ -16,11 +18,6 @@ void Log(const std::string& line) {
   (void)!::write(2, out.data(), out.size());
 }
 
-int64_t NowMs() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
-}
 
 std::string Clip(const std::string& s, size_t max) {
   if (s.size() <= max) return s;

@@ -15,17 +15,14 @@
 #include <charconv>
 #include <cstring>
 
+#include "clock.h"
+
 namespace airlock::agent {
 namespace {
 
 constexpr size_t kMaxHeaderBytes = 64 * 1024;
 constexpr size_t kMaxHeaders = 100;
 
-int64_t NowMs() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
-}
 
 std::string Lower(std::string_view s) {
   std::string out(s);
@@ -328,6 +325,20 @@ std::expected<HttpResponse, HttpError> HttpFetch(const HttpUrl& url, const HttpR
     return {};
   };
 
+  // Moves exactly `n` body bytes from the connection to `out`.
+  auto copy_body = [&](uint64_t n) -> std::expected<void, HttpError> {
+    while (n > 0) {
+      if (buf.empty()) {
+        if (auto r = read_more(); !r) return r;
+      }
+      size_t take = static_cast<size_t>(std::min<uint64_t>(n, buf.size()));
+      if (auto r = out.Put(std::string_view(buf).substr(0, take)); !r) return r;
+      buf.erase(0, take);
+      n -= take;
+    }
+    return {};
+  };
+
   if (Lower(res.Header("Transfer-Encoding")).find("chunked") != std::string::npos) {
     for (;;) {
       size_t eol;
@@ -341,16 +352,7 @@ std::expected<HttpResponse, HttpError> HttpFetch(const HttpUrl& url, const HttpR
       if (!size) return Fail(HttpError::Kind::kTransfer, "malformed chunk size");
       buf.erase(0, eol + 2);
       if (*size == 0) break;  // trailers, if any, are not needed: the connection closes
-      uint64_t left = *size;
-      while (left > 0) {
-        if (buf.empty()) {
-          if (auto r = read_more(); !r) return std::unexpected(r.error());
-        }
-        size_t take = static_cast<size_t>(std::min<uint64_t>(left, buf.size()));
-        if (auto r = out.Put(std::string_view(buf).substr(0, take)); !r) return std::unexpected(r.error());
-        buf.erase(0, take);
-        left -= take;
-      }
+      if (auto r = copy_body(*size); !r) return std::unexpected(r.error());
       while (buf.size() < 2) {
         if (auto r = read_more(); !r) return std::unexpected(r.error());
       }
@@ -367,16 +369,7 @@ std::expected<HttpResponse, HttpError> HttpFetch(const HttpUrl& url, const HttpR
     if (!to_sink && *length > options.max_body) {
       return Fail(HttpError::Kind::kTransfer, "response body exceeds " + std::to_string(options.max_body) + " bytes");
     }
-    uint64_t left = *length;
-    while (left > 0) {
-      if (buf.empty()) {
-        if (auto r = read_more(); !r) return std::unexpected(r.error());
-      }
-      size_t take = static_cast<size_t>(std::min<uint64_t>(left, buf.size()));
-      if (auto r = out.Put(std::string_view(buf).substr(0, take)); !r) return std::unexpected(r.error());
-      buf.erase(0, take);
-      left -= take;
-    }
+    if (auto r = copy_body(*length); !r) return std::unexpected(r.error());
     return res;
   }
 

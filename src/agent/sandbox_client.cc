@@ -12,6 +12,8 @@
 #include <cstring>
 #include <random>
 
+#include "clock.h"
+
 extern char** environ;
 
 namespace airlock::agent {
@@ -19,17 +21,7 @@ namespace {
 
 constexpr int kMaxAmbiguousChats = 5;
 
-int64_t NowMs() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
-}
 
-void SleepMs(int64_t ms) {
-  timespec ts{static_cast<time_t>(ms / 1000), static_cast<long>((ms % 1000) * 1'000'000)};
-  while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-}
 
 std::unexpected<ClientError> Err(ClientError::Kind kind, std::string message, int status = 0, std::string code = "") {
   return std::unexpected(ClientError{kind, status, std::move(code), std::move(message)});

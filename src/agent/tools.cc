@@ -14,6 +14,8 @@
 #include <expected>
 #include <filesystem>
 
+#include "clock.h"
+
 extern char** environ;
 
 namespace airlock::agent {
@@ -21,11 +23,6 @@ namespace {
 
 constexpr int64_t kDrainAfterExitMs = 200;
 
-int64_t NowMs() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
-}
 
 std::string FirstLine(const std::string& s, size_t max) {
   std::string line = s.substr(0, s.find('\n'));

@@ -414,37 +414,43 @@ std::string ApplyDefaultModel(Config& c, const std::function<const char*(const c
   auto model_or = [&](const char* fallback) {
     return std::string(override_model != nullptr && *override_model != '\0' ? override_model : fallback);
   };
+  // The providers a key in the environment selects, in order of preference.
+  struct Builtin {
+    const char* key_env;
+    const char* url_env;
+    const char* provider;
+    const char* kind;
+    const char* label;
+    const char* base_url;
+    const char* model;
+    double input_usd_per_mtok, output_usd_per_mtok;
+  };
+  static constexpr Builtin kBuiltins[] = {
+      {"OPENAI_API_KEY", "OPENAI_BASE_URL", "builtin-openai", "openai", "OpenAI", "https://api.openai.com/v1",
+       "gpt-4o-mini", 0.15, 0.60},
+      {"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "builtin-anthropic", "anthropic", "Anthropic",
+       "https://api.anthropic.com", "claude-haiku-4-5", 1, 5},
+  };
   ProviderConfig p;
   ModelConfig m;
-  std::string provider;
+  std::string provider = "builtin-demo";
   std::string note;
-  if (set("OPENAI_API_KEY")) {
-    provider = "builtin-openai";
-    p.kind = "openai";
-    p.base_url = set("OPENAI_BASE_URL") ? getenv("OPENAI_BASE_URL") : "https://api.openai.com/v1";
-    p.api_key_env = "OPENAI_API_KEY";
-    m.model = model_or("gpt-4o-mini");
-    if (m.model == "gpt-4o-mini") {
-      m.input_usd_per_mtok = 0.15;
-      m.output_usd_per_mtok = 0.60;
+  for (const auto& b : kBuiltins) {
+    if (!set(b.key_env)) continue;
+    provider = b.provider;
+    p.kind = b.kind;
+    p.base_url = set(b.url_env) ? getenv(b.url_env) : b.base_url;
+    p.api_key_env = b.key_env;
+    m.model = model_or(b.model);
+    if (m.model == b.model) {
+      m.input_usd_per_mtok = b.input_usd_per_mtok;
+      m.output_usd_per_mtok = b.output_usd_per_mtok;
     }
-    note = fmt::format("model alias \"{}\" is OpenAI {} at {} (OPENAI_API_KEY is set and no [models.{}] is configured)",
-                       c.default_model, m.model, p.base_url, c.default_model);
-  } else if (set("ANTHROPIC_API_KEY")) {
-    provider = "builtin-anthropic";
-    p.kind = "anthropic";
-    p.base_url = set("ANTHROPIC_BASE_URL") ? getenv("ANTHROPIC_BASE_URL") : "https://api.anthropic.com";
-    p.api_key_env = "ANTHROPIC_API_KEY";
-    m.model = model_or("claude-haiku-4-5");
-    if (m.model == "claude-haiku-4-5") {
-      m.input_usd_per_mtok = 1;
-      m.output_usd_per_mtok = 5;
-    }
-    note = fmt::format(
-        "model alias \"{}\" is Anthropic {} at {} (ANTHROPIC_API_KEY is set and no [models.{}] is configured)",
-        c.default_model, m.model, p.base_url, c.default_model);
-  } else {
-    provider = "builtin-demo";
+    note = fmt::format("model alias \"{}\" is {} {} at {} ({} is set and no [models.{}] is configured)",
+                       c.default_model, b.label, m.model, p.base_url, b.key_env, c.default_model);
+    break;
+  }
+  if (note.empty()) {
     p.kind = "scripted";
     p.builtin_demo = true;
     m.model = "scripted-demo";

@@ -416,6 +416,12 @@ sandbox::SandboxSpec ControlPlane::SpecFor(const store::Session& s, const Secret
                               s.image, s.command, s.limits};
 }
 
+awaitable<Result<std::string>> ControlPlane::StartSandbox(sandbox::Backend* backend, const sandbox::SandboxSpec& spec) {
+  Status listen = sandbox_server_->ListenUnix(spec.control_socket_dir + "/control.sock", spec.session_id);
+  if (!listen) co_return std::unexpected(listen.error());
+  co_return co_await RunBlocking(sandbox_pool_, [&backend, &spec] { return backend->Create(spec); });
+}
+
 awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) {
   if (!restarting_.insert(s.id).second) co_return;
   struct Unmark {
@@ -446,14 +452,8 @@ awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) 
   }
   events_.Notify(s.id);
   log::Warn("sandbox gone: starting a fresh one", {{"session", s.id}, {"reason", why}, {"restart", n}});
-  Status listen = sandbox_server_->ListenUnix(ControlSocketDir(s.id) + "/control.sock", s.id);
   sandbox::SandboxSpec spec = SpecFor(*restarted, token);
-  Result<std::string> handle = std::unexpected(Error{});
-  if (listen) {
-    handle = co_await RunBlocking(sandbox_pool_, [&backend, &spec] { return backend->Create(spec); });
-  } else {
-    handle = std::unexpected(listen.error());
-  }
+  Result<std::string> handle = co_await StartSandbox(backend, spec);
   if (!handle) {
     metrics_->sandbox_errors.With({s.backend, "create"}).Inc();
     co_await EndSession(s.id, SessionState::kFailed, "sandbox failed to restart: " + handle.error().message);

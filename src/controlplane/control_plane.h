@@ -121,6 +121,8 @@ class ControlPlane {
   // session fails instead.
   awaitable<void> RestartSandbox(store::Session s, std::string why);
   sandbox::SandboxSpec SpecFor(const store::Session& s, const Secret& token) const;
+  // Listens on the session's socket and asks the backend for its sandbox; the handle.
+  awaitable<Result<std::string>> StartSandbox(sandbox::Backend* backend, const sandbox::SandboxSpec& spec);
   awaitable<void> DrainAndStop();
   awaitable<void> ReconcileLoop();
   awaitable<void> ReconcileOnce();

@@ -174,16 +174,8 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
   std::string work_dir = config_.home + "/sessions/" + s.id;
   fs::create_directories(work_dir, ec);
   ::chmod(work_dir.c_str(), 0700);
-  Status listen = sandbox_server_->ListenUnix(sock_dir + "/control.sock", s.id);
-
   sandbox::SandboxSpec spec = SpecFor(s, token);
-  // No co_await inside a conditional expression: g++ 12 destroys its temporaries twice.
-  Result<std::string> handle = std::unexpected(Error{});
-  if (listen) {
-    handle = co_await RunBlocking(sandbox_pool_, [&backend, &spec] { return backend->Create(spec); });
-  } else {
-    handle = std::unexpected(listen.error());
-  }
+  Result<std::string> handle = co_await StartSandbox(backend, spec);
   if (!handle) {
     metrics_->sandbox_errors.With({s.backend, "create"}).Inc();
     log::Warn("sandbox create failed", {{"session", s.id}, {"backend", s.backend}, {"error", handle.error().message}});

@@ -115,6 +115,18 @@ class AgentE2eTest : public ::testing::Test {
   std::unique_ptr<SandboxServer> sbx_;
 };
 
+// Five replies that use every tool of the reference agent once and finish.
+Json EveryToolScript() {
+  return Json::array({
+      Reply("Looking around.", {Call("shell", {{"command", "echo made-in-$(id -un) > notes.txt; id -u; cat notes.txt"}})}),
+      Reply("Writing.", {Call("write_file", {{"path", "out/report.md"}, {"content", "# Report\nline two\n"}})}),
+      Reply("Reading back.", {Call("read_file", {{"path", "out/report.md"}})}),
+      Reply("Uploading.", {Call("upload", {{"path", "out/report.md"}, {"name", "report.md"}}),
+                           Call("upload", {{"path", "notes.txt"}})}),
+      Reply("Done.", {Call("finish", {{"result", "report uploaded"}})}),
+  });
+}
+
 // The tool results stored in the conversation, in order.
 std::vector<std::string> ToolResults(const Json& messages) {
   std::vector<std::string> out;
@@ -125,14 +137,7 @@ std::vector<std::string> ToolResults(const Json& messages) {
 }
 
 TEST_F(AgentE2eTest, TheAgentRunsEveryToolInItsSandboxUploadsAndFinishes) {
-  StartWithScript(Json::array({
-      Reply("Looking around.", {Call("shell", {{"command", "echo made-in-$(id -un) > notes.txt; id -u; cat notes.txt"}})}),
-      Reply("Writing.", {Call("write_file", {{"path", "out/report.md"}, {"content", "# Report\nline two\n"}})}),
-      Reply("Reading back.", {Call("read_file", {{"path", "out/report.md"}})}),
-      Reply("Uploading.", {Call("upload", {{"path", "out/report.md"}, {"name", "report.md"}}),
-                           Call("upload", {{"path", "notes.txt"}})}),
-      Reply("Done.", {Call("finish", {{"result", "report uploaded"}})}),
-  }));
+  StartWithScript(EveryToolScript());
   std::string id = CreateAgentSession("write a report");
   auto out = sbx_->WaitForEnd(id);
   ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
@@ -358,14 +363,7 @@ Json PythonAgentCommand() {
 
 TEST_F(AgentE2eTest, ThePythonExampleAgentCompletesTheSameTask) {
   if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "no /usr/bin/python3 on this host for the host image";
-  StartWithScript(Json::array({
-      Reply("Looking around.", {Call("shell", {{"command", "echo made-in-$(id -un) > notes.txt; id -u; cat notes.txt"}})}),
-      Reply("Writing.", {Call("write_file", {{"path", "out/report.md"}, {"content", "# Report\nline two\n"}})}),
-      Reply("Reading back.", {Call("read_file", {{"path", "out/report.md"}})}),
-      Reply("Uploading.", {Call("upload", {{"path", "out/report.md"}, {"name", "report.md"}}),
-                           Call("upload", {{"path", "notes.txt"}})}),
-      Reply("Done.", {Call("finish", {{"result", "report uploaded"}})}),
-  }));
+  StartWithScript(EveryToolScript());
   std::string id = CreateAgentSession("write a report", PythonAgentCommand(), "host");
   auto out = sbx_->WaitForEnd(id, 90);
   ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
