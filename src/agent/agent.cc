@@ -12,6 +12,18 @@ namespace airlock::agent {
 namespace {
 
 constexpr size_t kEventTextMax = 200;
+constexpr uint64_t kMaxReadBytes = 256 * 1024;
+
+// Sent once, with the first model call of a session, so that any model knows where it is and
+// how a session ends (a model that only ever answers in text would leave the session waiting).
+constexpr const char* kSystemPrompt =
+    "You are an agent working inside an isolated Linux sandbox: busybox tools, a writable working "
+    "directory and /tmp, no network except the control plane, no credentials. Use the tools to do the "
+    "user's task: `shell` runs commands, `read_file` and `write_file` handle files, `upload` hands a file "
+    "to the user as an artifact. Work step by step and check what you did. When the task is done, upload "
+    "what the user should get, then call `finish` with a short summary (status \"failed\" if it cannot be "
+    "done). If you need something from the user, answer in text without calling a tool: their reply "
+    "comes as the next message.";
 
 void Log(const std::string& line) {
   std::string out = "[airlock-agent] " + line + "\n";
@@ -55,7 +67,10 @@ class Agent {
     if (auto h = c_.LoadHistory(); !h) return Stop(h.error(), "loading the history");
     const bool resumed = !c_.history().empty();
     int assistants = 0;
-    for (const auto& m : c_.history()) assistants += Role(m) == "assistant" ? 1 : 0;
+    for (const auto& m : c_.history()) {
+      assistants += Role(m) == "assistant" ? 1 : 0;
+      has_system_prompt_ = has_system_prompt_ || Role(m) == "system";
+    }
     step_ = assistants;
     Log("session " + c_.session_id() + ": " +
         (resumed ? "resuming after " + std::to_string(c_.history().size()) + " messages" : "new session"));
@@ -93,6 +108,10 @@ class Agent {
       if (step_ >= o_.max_steps + assistants) {
         return FinishWith("failed", "stopped after " + std::to_string(o_.max_steps) + " model calls without finishing");
       }
+      if (!has_system_prompt_ && o_.system_prompt) {
+        c_.Add(Json{{"role", "system"}, {"content", kSystemPrompt}});
+        has_system_prompt_ = true;
+      }
       const int64_t started = NowMs();
       auto reply = c_.Chat(tools, o_.model);
       if (!reply) return Stop(reply.error(), "calling the model");
@@ -121,7 +140,8 @@ class Agent {
         }
         RunTool(call);
       }
-      if (finish) return RunFinish(*finish);
+      if (finish && ParseArguments(Arguments(*finish))) return RunFinish(*finish);
+      if (finish) RunTool(*finish);  // malformed arguments: the model gets the error and may retry
     }
   }
 
@@ -175,7 +195,9 @@ class Agent {
     if (name == "read_file") {
       size_t max = o_.limits.read_cap;
       if (auto m = args.find("max_bytes"); m != args.end() && m->is_number_unsigned() && m->get<uint64_t>() > 0) {
-        max = static_cast<size_t>(std::min<uint64_t>(m->get<uint64_t>(), 1 << 20));
+        // A tool result travels in one chat request, which the control plane bounds (1 MiB
+        // by default): stay well inside it.
+        max = static_cast<size_t>(std::min<uint64_t>(m->get<uint64_t>(), kMaxReadBytes));
       }
       return ReadFileTool(str("path"), max);
     }
@@ -249,6 +271,7 @@ class Agent {
   SandboxClient& c_;
   const AgentOptions& o_;
   int step_ = 0;
+  bool has_system_prompt_ = false;
 };
 
 }  // namespace

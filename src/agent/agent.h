@@ -21,6 +21,7 @@ struct AgentOptions {
   int max_steps = 100;    // LLM calls per sandbox run before the agent gives up (finish: failed)
   int inbox_wait_s = 30;  // one long-poll of the inbox
   std::string model;      // a model alias the session may use; empty = the session's
+  bool system_prompt = true;  // send the built-in system prompt with the first call
   ToolLimits limits;
 };
 

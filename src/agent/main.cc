@@ -29,6 +29,7 @@ Options:
   --shell-timeout S   default timeout of a shell command in seconds (default 60)
   --output-cap BYTES  shell output kept for the model (default 16384)
   --inbox-wait S      one long-poll of the inbox, in seconds (default 30)
+  --no-system-prompt  do not send the built-in system prompt (tools, sandbox, how to finish)
   -h, --help          this text
 )";
 
@@ -59,6 +60,8 @@ int main(int argc, char** argv) {
       return 0;
     } else if (a == "--max-steps" && ParseInt(value("--max-steps"), 1, 100000, &n)) {
       options.max_steps = n;
+    } else if (a == "--no-system-prompt") {
+      options.system_prompt = false;
     } else if (a == "--model") {
       options.model = value("--model");
     } else if (a == "--shell-timeout" && ParseInt(value("--shell-timeout"), 1, 86400, &n)) {

@@ -159,7 +159,8 @@ TEST_F(AgentE2eTest, TheAgentRunsEveryToolInItsSandboxUploadsAndFinishes) {
   int users = 0;
   for (const auto& m : msgs["messages"]) users += m.value("role", "") == "user" ? 1 : 0;
   EXPECT_EQ(users, 1);
-  EXPECT_EQ(msgs["messages"].size(), 1u + 5u + 5u);
+  EXPECT_EQ(msgs["messages"][1]["role"], "system") << "the agent's prompt goes with its first call";
+  EXPECT_EQ(msgs["messages"].size(), 1u + 1u + 5u + 5u);
 
   // The operator sees the artifacts, byte for byte.
   auto files = sbx_->server().Op(verb::get, "/v1/sessions/" + id + "/files").json();
@@ -203,9 +204,10 @@ TEST_F(AgentE2eTest, AFollowUpMessageReachesTheWaitingAgent) {
   Json msgs = Messages(id)["messages"];
   // task, question, follow-up, tool calls, 2 results, finish call
   ASSERT_GE(msgs.size(), 4u) << msgs.dump();
-  EXPECT_EQ(msgs[1]["content"], "Which greeting should the file hold?");
-  EXPECT_EQ(msgs[2]["role"], "user");
-  EXPECT_EQ(msgs[2]["content"], "say hello");
+  EXPECT_EQ(msgs[1]["role"], "system");
+  EXPECT_EQ(msgs[2]["content"], "Which greeting should the file hold?");
+  EXPECT_EQ(msgs[3]["role"], "user");
+  EXPECT_EQ(msgs[3]["content"], "say hello");
   int follow_ups = 0;
   for (const auto& msg : msgs) follow_ups += msg.value("content", Json()) == "say hello" ? 1 : 0;
   EXPECT_EQ(follow_ups, 1);
@@ -238,13 +240,17 @@ TEST_F(AgentE2eTest, ASandboxKilledMidRunIsReplacedAndTheNewAgentCompletesFromTh
   // Nothing lost, nothing twice: the task once, the first reply once, the cut-off call
   // answered as interrupted, then the rest.
   Json msgs = Messages(id)["messages"];
-  ASSERT_GE(msgs.size(), 4u) << msgs.dump();
+  ASSERT_GE(msgs.size(), 5u) << msgs.dump();
   EXPECT_EQ(msgs[0]["content"], "survive a crash");
-  EXPECT_EQ(msgs[1]["content"], "A long step.");
-  EXPECT_EQ(msgs[2]["role"], "tool");
-  EXPECT_EQ(msgs[2]["tool_call_id"], msgs[1]["tool_calls"][0]["id"]);
-  EXPECT_EQ(msgs[2]["content"].get<std::string>().rfind("interrupted:", 0), 0u) << msgs[2].dump();
-  EXPECT_EQ(msgs[3]["content"], "The sandbox restarted; carrying on.");
+  EXPECT_EQ(msgs[1]["role"], "system");
+  EXPECT_EQ(msgs[2]["content"], "A long step.");
+  EXPECT_EQ(msgs[3]["role"], "tool");
+  EXPECT_EQ(msgs[3]["tool_call_id"], msgs[2]["tool_calls"][0]["id"]);
+  EXPECT_EQ(msgs[3]["content"].get<std::string>().rfind("interrupted:", 0), 0u) << msgs[3].dump();
+  EXPECT_EQ(msgs[4]["content"], "The sandbox restarted; carrying on.");
+  int systems = 0;
+  for (const auto& m : msgs) systems += m.value("role", "") == "system" ? 1 : 0;
+  EXPECT_EQ(systems, 1) << "the restarted agent found the prompt in the history";
   int tasks = 0;
   for (const auto& m : msgs) tasks += m.value("content", Json()) == "survive a crash" ? 1 : 0;
   EXPECT_EQ(tasks, 1);
@@ -314,8 +320,8 @@ TEST_F(AgentE2eTest, WithAnOpenAiKeyInTheEnvironmentTheAgentUsesThatProvider) {
     EXPECT_EQ(r.Json()["tools"].size(), 5u) << "the reference agent's tools";
   }
   // The upstream got the whole conversation each time, rebuilt by the control plane.
-  EXPECT_EQ(reqs[0].Json()["messages"].size(), 1u);
-  EXPECT_EQ(reqs[2].Json()["messages"].size(), 5u);
+  EXPECT_EQ(reqs[0].Json()["messages"].size(), 2u);  // the task and the agent's system prompt
+  EXPECT_EQ(reqs[2].Json()["messages"].size(), 6u);
   // The sandbox never saw the key: not in the tool's environment, not in the log.
   auto results = ToolResults(Messages(id));
   ASSERT_FALSE(results.empty());
