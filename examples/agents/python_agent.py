@@ -38,6 +38,16 @@ INTERRUPTED = (
     " \u2014 run it again if it is still needed"
 )
 
+SYSTEM_PROMPT = (
+    "You are an agent working inside an isolated Linux sandbox: a writable working directory and /tmp, "
+    "no network except the control plane, no credentials. Use the tools to do the user's task: `shell` "
+    "runs commands, `read_file` and `write_file` handle files, `upload` hands a file to the user as an "
+    "artifact. Work step by step and check what you did. When the task is done, upload what the user "
+    "should get, then call `finish` with a short summary (status \"failed\" if it cannot be done). If you "
+    "need something from the user, answer in text without calling a tool: their reply comes as the next "
+    "message."
+)
+
 TOOLS = [
     {
         "type": "function",
@@ -367,6 +377,11 @@ def run(client):
     # A restart after the model had answered without tool calls: the next turn is the user's.
     if history and history[-1].get("role") == "assistant" and not client.unsent:
         take_inbox(client)
+
+    # The prompt goes with the first model call of a new conversation (a restart finds it
+    # stored; a conversation some other agent began is left as it is).
+    if not any(m.get("role") in ("system", "assistant") for m in client.history):
+        client.add({"role": "system", "content": SYSTEM_PROMPT})
 
     while True:
         started = time.monotonic()

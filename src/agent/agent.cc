@@ -69,7 +69,8 @@ class Agent {
     int assistants = 0;
     for (const auto& m : c_.history()) {
       assistants += Role(m) == "assistant" ? 1 : 0;
-      has_system_prompt_ = has_system_prompt_ || Role(m) == "system";
+      // A conversation that has a prompt, or that some agent already began, is left as it is.
+      has_system_prompt_ = has_system_prompt_ || Role(m) == "system" || Role(m) == "assistant";
     }
     step_ = assistants;
     Log("session " + c_.session_id() + ": " +

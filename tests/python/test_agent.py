@@ -208,8 +208,8 @@ class FollowUpTest(ServerTestCase):
         self.assertIn("agent.waiting", seen)
         self.assertLess(seen.index("agent.waiting"), seen.index("session.message"))
         messages = self.op.messages(sid)
-        self.assertEqual([m["role"] for m in messages], ["user", "assistant", "user", "assistant"])
-        self.assertEqual(messages[2]["content"], "markdown, please")
+        self.assertEqual([m["role"] for m in messages], ["user", "system", "assistant", "user", "assistant"])
+        self.assertEqual(messages[3]["content"], "markdown, please")
 
 
 class BudgetTest(ServerTestCase):
