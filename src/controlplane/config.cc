@@ -284,6 +284,7 @@ Status ParseProviders(const toml::table* t, Config& c) {
     AIRLOCK_TRY(r.Millis("first_byte_timeout_s", &p.first_byte_timeout));
     AIRLOCK_TRY(r.Millis("timeout_s", &p.timeout));
     AIRLOCK_TRY(r.IntAs("max_retries", &p.max_retries, 0, 10));
+    AIRLOCK_TRY(r.IntAs("max_idle_connections", &p.max_idle_connections, 0, 100000));
     AIRLOCK_TRY(r.RejectUnknown());
     p.api_key = Secret(std::move(inline_key));
     if (p.kind != "openai" && p.kind != "anthropic" && p.kind != "scripted") {

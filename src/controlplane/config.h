@@ -34,6 +34,9 @@ struct ProviderConfig {
   std::chrono::milliseconds first_byte_timeout{120'000};  // also the longest silence in a stream
   std::chrono::milliseconds timeout{600'000};             // a whole call, retries included
   int max_retries = 2;
+  // Keep-alive connections kept open to the upstream for reuse. Each one saved is a TLS
+  // handshake saved; size it to the number of calls in flight at peak.
+  int64_t max_idle_connections = 64;
 };
 
 struct ModelConfig {

@@ -121,6 +121,7 @@ timeout_s = 30
 first_byte_timeout_s = 5
 connect_timeout_s = 2
 max_retries = 0
+max_idle_connections = 512
 ca_file = "/etc/ssl/private-ca.pem"
 [providers.an]
 kind = "anthropic"
@@ -138,6 +139,8 @@ script = "demo.json"
   EXPECT_EQ(c->providers["oa"].timeout, std::chrono::seconds(30));
   EXPECT_EQ(c->providers["oa"].first_byte_timeout, std::chrono::seconds(5));
   EXPECT_EQ(c->providers["oa"].max_retries, 0);
+  EXPECT_EQ(c->providers["oa"].max_idle_connections, 512);
+  EXPECT_EQ(c->providers["an"].max_idle_connections, 64);
   EXPECT_EQ(c->providers["an"].max_retries, 2);
   EXPECT_EQ(c->providers["local"].base_url, "http://127.0.0.1:8080/v1");
 

@@ -357,6 +357,7 @@ void LlmProxy::Start() {
       o.first_byte_timeout = p.first_byte_timeout;
       o.total_timeout = p.timeout;
       o.max_retries = p.max_retries;
+      o.max_idle_per_host = static_cast<size_t>(p.max_idle_connections);
       o.ca_file = p.ca_file;
       auto client = llm::UpstreamClient::Make(io_, o);
       if (!client) {

@@ -32,6 +32,7 @@ struct ProxyOptions {
   std::string base_url;  // default: the fake's
   std::chrono::milliseconds first_byte_timeout{10'000};
   int max_retries = 2;
+  int64_t max_idle_connections = 64;
 };
 
 class LlmProxyTest : public ::testing::Test {
@@ -61,6 +62,7 @@ class LlmProxyTest : public ::testing::Test {
       oa.ca_file = po.ca_file;
       oa.first_byte_timeout = po.first_byte_timeout;
       oa.max_retries = po.max_retries;
+      oa.max_idle_connections = po.max_idle_connections;
       controlplane::ProviderConfig an = oa;
       an.kind = "anthropic";
       an.base_url = base;
@@ -550,6 +552,17 @@ TEST_F(LlmProxyTest, KeepAliveConnectionsArePooled) {
   for (int i = 0; i < 5; ++i)
     ASSERT_EQ(Chat(token, Json{{"messages", Json::array()}}).status, 200u);
   EXPECT_EQ(up_->connections_accepted(), 1u);
+}
+
+TEST_F(LlmProxyTest, AProviderWithoutIdleConnectionsOpensOnePerCall) {
+  StartUpstream();
+  ProxyOptions po;
+  po.max_idle_connections = 0;
+  StartServer(po);
+  auto [id, token] = Session();
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(Chat(token, Json{{"messages", Json::array()}}).status, 200u);
+  EXPECT_EQ(up_->connections_accepted(), 3u);
 }
 
 TEST_F(LlmProxyTest, TlsUpstreamsAreVerified) {
