@@ -182,6 +182,25 @@ TEST_F(SqliteStoreTest, SandboxHandleIsRecordedInAnyStateWithoutAnEvent) {
   EXPECT_EQ(store->SetSandboxHandle("ses_nope", "x").error().code, ErrorCode::kNotFound);
 }
 
+TEST_F(SqliteStoreTest, WalIsCheckpointedInTheBackgroundNotInsideCommits) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_w", 1), UserMessage("x")));
+  auto db_size = [&] { return std::filesystem::file_size(options_.path); };
+  // Enough writes to cross SQLite's automatic threshold (1000 pages) several times over.
+  std::string blob(2000, 'w');
+  for (int i = 0; i < 3000; ++i) ASSERT_OK(store->AppendEvent("ses_w", "t", Json{{"pad", blob}, {"i", i}}));
+  // The commits themselves copied nothing back; the checkpointer does, within a second.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  uintmax_t before = db_size();
+  while (db_size() < 5'000'000u && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_GE(db_size(), 5'000'000u) << "the data reached the database file (it was " << before << " bytes)";
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_w", 0, 5000));
+  EXPECT_EQ(events.size(), 3001u);
+}
+
 TEST_F(SqliteStoreTest, CreatedSessionRoundTripsWithTaskMessageAndCreatedEvent) {
   auto store = Open();
   ASSERT_NE(store, nullptr);
