@@ -49,26 +49,11 @@ SID="$(airlock_session "$API" "$TOKFILE")"
 TOKEN="$(cat "$TOKFILE")"
 
 # ---------------------------------------------------------------- nginx baseline
-mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx.conf" <<NGX
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx;
-  scgi_temp_path $WORK/nginx;
+nginx_conf "$WORK/nginx.conf" "$WORK" 1024 "" "
   server {
     listen $NGX;
-    location / { default_type application/json; return 200 '{"status":"ok"}'; }
-  }
-}
-NGX
+    location / { default_type application/json; return 200 '{\"status\":\"ok\"}'; }
+  }"
 "$NGINX_BIN" -c "$WORK/nginx.conf" -p "$WORK/nginx" &
 NGINX_PID=$!
 for _ in $(seq 50); do curl -fs "http://$NGX/" >/dev/null 2>&1 && break; sleep 0.1; done

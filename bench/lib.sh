@@ -23,3 +23,28 @@ airlock_session() {
   [[ -s "$tokfile" ]] || { echo "the agent never wrote its token" >&2; exit 1; }
   python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$resp"
 }
+
+# nginx_conf FILE WORK WORKER_CONNECTIONS MAIN_EXTRA HTTP_BODY: writes an nginx.conf for a
+# foreground nginx whose pid, logs and temp files stay under WORK/nginx (created); MAIN_EXTRA
+# goes to the main context, HTTP_BODY (upstreams, servers) into http { }.
+nginx_conf() {
+  local file="$1" work="$2" conns="$3" main_extra="$4" http_body="$5"
+  mkdir -p "$work/nginx"
+  cat >"$file" <<NGX
+worker_processes 1;
+$main_extra
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections $conns; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+$http_body
+}
+NGX
+}

@@ -128,20 +128,7 @@ UP="$(sed -n 's/^listening on //p' "$WORK/fake.out")"
 UP_URL="http://$UP/v1/chat/completions"
 
 # ---------------------------------------------------------------- nginx
-cat > "$WORK/nginx.conf" <<NGX
-worker_processes 1;
-worker_rlimit_nofile 16384;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx;
-  scgi_temp_path $WORK/nginx;
+nginx_conf "$WORK/nginx.conf" "$WORK" 8192 "worker_rlimit_nofile 16384;" "
   keepalive_requests 1000000;
   upstream fake {
     server $UP;
@@ -154,12 +141,10 @@ http {
     location / {
       proxy_pass http://fake;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection \"\";
       proxy_buffering off;
     }
-  }
-}
-NGX
+  }"
 "$NGINX_BIN" -c "$WORK/nginx.conf" -p "$WORK/nginx" &
 NGINX_PID=$!
 NGINX_WORKER=""
