@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <expected>
+#include <optional>
 #include <set>
 
 #include "clock.h"
@@ -81,21 +83,23 @@ class Agent {
     if (resumed && Role(c_.history().back()) == "assistant") {
       if (const Json* calls = ToolCalls(c_.history().back())) {
         for (const auto& call : *calls) {
-          if (Name(call) == "finish") return RunFinish(call);
+          if (Name(call) != "finish" || !FinishArguments(call)) continue;
+          if (auto done = TryFinish(call)) return *done;
         }
       }
     }
+    const size_t loaded = c_.history().size();
     auto interrupted = InterruptedToolResults(c_.history());
     for (auto& m : interrupted) c_.Add(std::move(m));
     Emit("agent.started", {{"agent", "airlock-agent"},
                            {"resumed", resumed},
-                           {"history", c_.history().size()},
+                           {"history", loaded},
                            {"interrupted_tool_calls", interrupted.size()}});
 
     // The model speaks next when the conversation ends with something for it to answer.
     bool need_input = c_.history().empty() || (Role(c_.history().back()) == "assistant" && c_.pending() == 0);
     bool announced_wait = false;
-    const Json tools = ToolSchemas();
+    const Json tools = ToolSchemas(o_.limits);
     for (;;) {
       if (need_input) {
         auto got = c_.Inbox(o_.inbox_wait_s);
@@ -141,8 +145,9 @@ class Agent {
         }
         RunTool(call);
       }
-      if (finish && ParseArguments(Arguments(*finish))) return RunFinish(*finish);
-      if (finish) RunTool(*finish);  // malformed arguments: the model gets the error and may retry
+      if (finish) {
+        if (auto done = TryFinish(*finish)) return *done;
+      }
     }
   }
 
@@ -225,14 +230,42 @@ class Agent {
             "unknown tool " + Clip(name, 64)};
   }
 
-  int RunFinish(const Json& call) {
+  struct FinishArgs {
+    std::string status;
+    std::string result;
+  };
+  // The arguments of a finish call, or the text that tells the model what is wrong with them.
+  static std::expected<FinishArgs, std::string> FinishArguments(const Json& call) {
     auto args = ParseArguments(Arguments(call));
-    std::string status = "succeeded", result;
-    if (args) {
-      if (auto s = args->find("status"); s != args->end() && s->is_string() && *s == "failed") status = "failed";
-      if (auto r = args->find("result"); r != args->end() && r->is_string()) result = r->get<std::string>();
+    if (!args) return std::unexpected(args.error());
+    FinishArgs f{"succeeded", ""};
+    if (auto s = args->find("status"); s != args->end() && !s->is_null()) {
+      if (!s->is_string() || (*s != "succeeded" && *s != "failed")) {
+        return std::unexpected("error: finish \"status\" is \"succeeded\" or \"failed\"");
+      }
+      f.status = s->get<std::string>();
     }
-    return FinishWith(status, result);
+    if (auto r = args->find("result"); r != args->end() && r->is_string()) f.result = r->get<std::string>();
+    return f;
+  }
+
+  // Ends the session with the model's finish call: the exit status, or nothing when the
+  // call was refused and the model was told why (bad arguments, a result the control plane
+  // will not take) and may call it again.
+  std::optional<int> TryFinish(const Json& call) {
+    const std::string id = call.is_object() ? call.value("id", "") : "";
+    auto refuse = [&](const std::string& why) -> std::optional<int> {
+      c_.Add(Json{{"role", "tool"}, {"tool_call_id", id}, {"content", why}});
+      Emit("agent.tool", {{"step", step_}, {"tool", "finish"}, {"ok", false}, {"summary", Clip(why, kEventTextMax)}, {"duration_ms", 0}});
+      return std::nullopt;
+    };
+    auto args = FinishArguments(call);
+    if (!args) return refuse(args.error());
+    Log("finishing: " + args->status);
+    auto f = c_.Finish(args->status, args->result);
+    if (f) return 0;
+    if (f.error().kind == ClientError::Kind::kRejected) return refuse("error: finish was refused: " + f.error().ToString());
+    return Stop(f.error(), "finishing");
   }
 
   int FinishWith(const std::string& status, const std::string& result) {

@@ -342,6 +342,33 @@ TEST(SandboxClient, UploadsAndDownloadsThroughPresignedUrlsWithoutTheToken) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(SandboxClient, AChatStillRunningAfterALostAnswerIsNotSentTwice) {
+  // 1st POST: the answer is lost while the call goes on; history: not stored yet; 2nd POST:
+  // 409, the first call still holds the conversation; history: now stored -> adopted.
+  std::atomic<int> chats{0}, histories{0};
+  TinyServer s([&](const SeenRequest& r) -> std::string {
+    if (r.target == "/sandbox/v1/llm/chat") {
+      return ++chats == 1 ? std::string()
+                          : JsonAnswer(409, R"({"error":{"code":"conflict","message":"another LLM call is in progress"}})");
+    }
+    if (r.target == "/sandbox/v1/history") {
+      // #1 is LoadHistory, #2 the check after the lost answer, #3 the check after the 409.
+      return ++histories <= 2
+                 ? JsonAnswer(200, R"({"messages":[{"role":"user","content":"task"}]})")
+                 : JsonAnswer(200, R"({"messages":[{"role":"user","content":"task"},{"role":"tool","tool_call_id":"c","content":"r"},{"role":"assistant","content":"late"}]})");
+    }
+    return JsonAnswer(404, "{}");
+  });
+  SandboxClient c(s.url(), "t", "s", Quick());
+  ASSERT_TRUE(c.LoadHistory());
+  c.Add({{"role", "tool"}, {"tool_call_id", "c"}, {"content", "r"}});
+  auto reply = c.Chat(Json::array());
+  ASSERT_TRUE(reply) << reply.error().ToString();
+  EXPECT_EQ((*reply)["content"], "late");
+  EXPECT_EQ(chats.load(), 2) << "the messages went out twice at most, and were stored once";
+  EXPECT_EQ(c.pending(), 0u);
+}
+
 TEST(SandboxClient, FromEnvironmentRemovesTheVariablesFromTheProcessAndItsChildren) {
   ::setenv("SESSION_ID", "ses_envtest", 1);
   ::setenv("SESSION_TOKEN", "tok_must_not_leak_123", 1);

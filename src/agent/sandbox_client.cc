@@ -139,9 +139,10 @@ ClientResult<HttpResponse> SandboxClient::Send(const Call& call, bool* ambiguous
       return res;
     } else {
       auto [code, message] = ErrorOf(*res);
-      bool again = Retryable(res->status) || (res->status == 409 && call.retry_conflict);
+      bool again = Retryable(res->status);
       if (!again) {
-        ClientError::Kind kind = res->status == 401   ? ClientError::Kind::kSessionOver
+        // 410: the session ended while the request was on its way (an upload, a long-poll).
+        ClientError::Kind kind = res->status == 401 || res->status == 410 ? ClientError::Kind::kSessionOver
                                  : res->status == 402 ? ClientError::Kind::kBudget
                                  : res->status < 500  ? ClientError::Kind::kRejected
                                                       : ClientError::Kind::kServer;
@@ -150,7 +151,7 @@ ClientResult<HttpResponse> SandboxClient::Send(const Call& call, bool* ambiguous
       why = call.method + " " + call.path.substr(0, call.path.find('?')) + ": " + message + " (HTTP " +
             std::to_string(res->status) + ")";
       if (NowMs() >= deadline) {
-        return Err(res->status == 409 ? ClientError::Kind::kRejected : ClientError::Kind::kServer, why, res->status, code);
+        return Err(ClientError::Kind::kServer, why, res->status, code);
       }
     }
     if (NowMs() >= deadline) {
@@ -172,7 +173,7 @@ ClientResult<Json> SandboxClient::SendJson(const Call& call) {
 
 ClientResult<std::vector<Json>> SandboxClient::Inbox(int wait_s) {
   wait_s = std::clamp(wait_s, 0, 300);
-  Call c{"GET", "/sandbox/v1/inbox?wait=" + std::to_string(wait_s), std::nullopt, (wait_s + 30) * 1000, false};
+  Call c{"GET", "/sandbox/v1/inbox?wait=" + std::to_string(wait_s), std::nullopt, (wait_s + 30) * 1000};
   std::vector<Json> out;
   for (int round = 0;; ++round) {
     bool ambiguous = false;
@@ -188,7 +189,7 @@ ClientResult<std::vector<Json>> SandboxClient::Inbox(int wait_s) {
     if (!ambiguous || round >= kMaxAmbiguousChats) return std::unexpected(res.error());
     // The answer was lost; the control plane may have handed the messages over (and
     // appended them to the conversation) all the same. They are then in the history.
-    auto j = SendJson(Call{"GET", "/sandbox/v1/history", std::nullopt, 0, false});
+    auto j = SendJson(Call{"GET", "/sandbox/v1/history", std::nullopt, 0});
     if (!j) return std::unexpected(j.error());
     const Json& server = (*j)["messages"];
     if (server.is_array() && server.size() > sent_) {
@@ -208,7 +209,7 @@ ClientResult<std::vector<Json>> SandboxClient::Inbox(int wait_s) {
 }
 
 ClientResult<void> SandboxClient::LoadHistory() {
-  auto j = SendJson(Call{"GET", "/sandbox/v1/history", std::nullopt, 0, false});
+  auto j = SendJson(Call{"GET", "/sandbox/v1/history", std::nullopt, 0});
   if (!j) return std::unexpected(j.error());
   if (!j->contains("messages") || !(*j)["messages"].is_array()) {
     return Err(ClientError::Kind::kServer, "/sandbox/v1/history: no \"messages\" array in the answer");
@@ -222,7 +223,7 @@ ClientResult<void> SandboxClient::LoadHistory() {
 void SandboxClient::Add(Json message) { history_.push_back(std::move(message)); }
 
 ClientResult<std::optional<Json>> SandboxClient::StoredReply(size_t expected_before) {
-  auto j = SendJson(Call{"GET", "/sandbox/v1/history", std::nullopt, 0, false});
+  auto j = SendJson(Call{"GET", "/sandbox/v1/history", std::nullopt, 0});
   if (!j) return std::unexpected(j.error());
   const Json& msgs = (*j)["messages"];
   if (!msgs.is_array()) return std::optional<Json>();
@@ -238,7 +239,11 @@ ClientResult<Json> SandboxClient::Chat(const Json& tools, const std::string& mod
   for (size_t i = sent_; i < history_.size(); ++i) body["messages"].push_back(history_[i]);
   if (!tools.is_null() && !tools.empty()) body["tools"] = tools;
   if (!model.empty()) body["model"] = model;
-  Call c{"POST", "/sandbox/v1/llm/chat", body, options_.chat_timeout_ms, true};
+  // 409 is not retried inside Send: it means a call of this session is still running, which
+  // after a lost answer may be this very call; the history says which before anything is
+  // sent again (sending it twice would store the new messages twice).
+  Call c{"POST", "/sandbox/v1/llm/chat", body, options_.chat_timeout_ms};
+  const int64_t deadline = NowMs() + options_.retry_deadline_ms;
   for (int round = 0;; ++round) {
     bool ambiguous = false;
     auto res = Send(c, &ambiguous);
@@ -252,9 +257,11 @@ ClientResult<Json> SandboxClient::Chat(const Json& tools, const std::string& mod
       sent_ = history_.size();
       return j["message"];
     }
-    if (!ambiguous || round >= kMaxAmbiguousChats) return std::unexpected(res.error());
-    // The request went out and no answer came back. The control plane stores the new
-    // messages and the reply in one transaction, or nothing: look before sending again.
+    const bool busy = res.error().status == 409;
+    if (!ambiguous && !busy) return std::unexpected(res.error());
+    if ((ambiguous && round >= kMaxAmbiguousChats) || NowMs() >= deadline) return std::unexpected(res.error());
+    // The control plane stores the new messages and the reply in one transaction, or
+    // nothing: look before sending again.
     if (on_retry) on_retry("chat: " + res.error().message + "; checking whether the call was stored");
     auto stored = StoredReply(history_.size());
     if (!stored) return std::unexpected(stored.error());
@@ -264,7 +271,7 @@ ClientResult<Json> SandboxClient::Chat(const Json& tools, const std::string& mod
       sent_ = history_.size();
       return **stored;
     }
-    Backoff(round, "chat: not stored");
+    Backoff(round, busy ? "chat: another call of this session is in progress" : "chat: not stored");
   }
 }
 
@@ -273,7 +280,7 @@ ClientResult<PresignedUrl> SandboxClient::Presign(const std::string& name, const
   Json body = {{"name", name}, {"method", method}};
   if (size) body["size"] = *size;
   if (!content_type.empty()) body["content_type"] = content_type;
-  auto j = SendJson(Call{"POST", "/sandbox/v1/files/presign", body, 0, false});
+  auto j = SendJson(Call{"POST", "/sandbox/v1/files/presign", body, 0});
   if (!j) return std::unexpected(j.error());
   PresignedUrl p;
   p.url = j->value("url", "");
@@ -368,7 +375,7 @@ ClientResult<uint64_t> SandboxClient::Download(const std::string& name, const st
 }
 
 ClientResult<void> SandboxClient::Event(const std::string& type, const Json& data) {
-  auto res = Send(Call{"POST", "/sandbox/v1/events", Json{{"type", type}, {"data", data}}, 0, false});
+  auto res = Send(Call{"POST", "/sandbox/v1/events", Json{{"type", type}, {"data", data}}, 0});
   if (!res) return std::unexpected(res.error());
   return {};
 }
@@ -378,7 +385,7 @@ ClientResult<void> SandboxClient::Finish(const std::string& status, const std::s
   if (!result.empty()) body["result"] = result;
   bool ambiguous = false;
   for (int round = 0;; ++round) {
-    auto res = Send(Call{"POST", "/sandbox/v1/finish", body, 0, false}, &ambiguous);
+    auto res = Send(Call{"POST", "/sandbox/v1/finish", body, 0}, &ambiguous);
     if (res) return {};
     // After an attempt that may have arrived, a 401 means it did: the session is over.
     if (res.error().kind == ClientError::Kind::kSessionOver && round > 0) return {};

@@ -115,7 +115,6 @@ class SandboxClient {
     std::string path;  // under the control plane URL, e.g. "/sandbox/v1/inbox?wait=30"
     std::optional<Json> body;
     int timeout_ms = 0;
-    bool retry_conflict = false;  // 409 means "try again shortly" (chat)
   };
   // One request with retries. On success the response (any status < 400, and 4xx the caller
   // asked to see are errors).

@@ -40,17 +40,20 @@ Json Function(const char* name, const char* description, Json properties, Json r
 
 }  // namespace
 
-Json ToolSchemas() {
+Json ToolSchemas(const ToolLimits& limits) {
+  const std::string shell = "Run a shell command (/bin/sh -c) in the sandbox's working directory. Output (stdout and "
+                            "stderr) is truncated to " + std::to_string(limits.output_cap) +
+                            " bytes. The sandbox has no network except the control plane.";
+  const std::string timeout = "kill it after this many seconds (default " + std::to_string(limits.default_timeout_s) +
+                              ", max " + std::to_string(limits.max_timeout_s) + ")";
+  const std::string read = "at most this many bytes (default " + std::to_string(limits.read_cap) + ")";
   return Json::array({
-      Function("shell",
-               "Run a shell command (/bin/sh -c) in the sandbox's working directory. Output (stdout and stderr) is "
-               "truncated to 16 KiB. The sandbox has no network except the control plane.",
+      Function("shell", shell.c_str(),
                {{"command", {{"type", "string"}, {"description", "the command line"}}},
-                {"timeout_s", {{"type", "number"}, {"description", "kill it after this many seconds (default 60, max 600)"}}}},
+                {"timeout_s", {{"type", "number"}, {"description", timeout}}}},
                {"command"}),
       Function("read_file", "Read a text file.",
-               {{"path", {{"type", "string"}}},
-                {"max_bytes", {{"type", "integer"}, {"description", "at most this many bytes (default 65536)"}}}},
+               {{"path", {{"type", "string"}}}, {"max_bytes", {{"type", "integer"}, {"description", read}}}},
                {"path"}),
       Function("write_file", "Write a text file, creating its directories; replaces an existing file.",
                {{"path", {{"type", "string"}}}, {"content", {{"type", "string"}}}}, {"path", "content"}),

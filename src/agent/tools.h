@@ -28,10 +28,11 @@ struct ToolOutcome {
   std::string summary;  // one line for the event stream
 };
 
-// The OpenAI function schemas of shell, read_file, write_file, upload and finish.
-Json ToolSchemas();
+// The OpenAI function schemas of shell, read_file, write_file, upload and finish; the
+// descriptions state `limits` (the model plans around timeouts and output caps).
+Json ToolSchemas(const ToolLimits& limits);
 
-// Runs `/bin/sh -c command` in `workdir` with stdin /dev/null, stdout and stderr merged into
+// Runs `/bin/sh -c command` in the current directory with stdin /dev/null, stdout and stderr merged into
 // one pipe, in its own process group, with the process's environment (which no longer holds
 // the session variables: SandboxClient::FromEnvironment removed them). At `timeout_s` the
 // whole group is killed. At most `limits.output_cap` bytes are kept (the start), the rest is

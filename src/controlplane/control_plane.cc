@@ -451,6 +451,7 @@ awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) 
     co_return;
   }
   events_.Notify(s.id);
+  inbox_.Notify(s.id);  // the dead sandbox's long-poll, if it is still parked, ends now
   log::Warn("sandbox gone: starting a fresh one", {{"session", s.id}, {"reason", why}, {"restart", n}});
   sandbox::SandboxSpec spec = SpecFor(*restarted, token);
   Result<std::string> handle = co_await StartSandbox(backend, spec);

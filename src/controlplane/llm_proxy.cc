@@ -596,16 +596,19 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
     rec.model = call.alias;
     rec.usage = store::Usage{u.input_tokens, u.output_tokens, 1, call.cost_usd};
     rec.event_data = data;
+    rec.token_hash = call.session.token_hash;
     auto totals = co_await RunBlocking(pool_, [this, &id, &rec] { return store_.RecordChat(id, rec); });
     if (totals) {
       call.totals = *totals;
     } else {
       // The session ended while the provider answered: the reply is not stored.
       failed = totals.error();
-      call.error = CallError{totals.error().code == ErrorCode::kConflict ? Outcome::kCancelled : Outcome::kUpstreamError,
-                             totals.error().code == ErrorCode::kConflict ? "the session ended during the call"
-                                                                         : "the reply could not be stored: " +
-                                                                               totals.error().message,
+      const ErrorCode code = totals.error().code;
+      call.error = CallError{code == ErrorCode::kConflict || code == ErrorCode::kUnauthenticated ? Outcome::kCancelled
+                                                                                                 : Outcome::kUpstreamError,
+                             code == ErrorCode::kConflict          ? "the session ended during the call"
+                             : code == ErrorCode::kUnauthenticated ? "a fresh sandbox replaced this one during the call"
+                                                                   : "the reply could not be stored: " + totals.error().message,
                              0};
       call.result.reset();
     }

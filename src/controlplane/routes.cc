@@ -452,7 +452,7 @@ awaitable<Response> ControlPlane::Inbox(Request& req) {
         ConversationLocks::Holder::kNone) {
       break;
     }
-    auto taken = co_await RunBlocking(pool_, [this, &id = s.id] { return store_->TakeInbox(id); });
+    auto taken = co_await RunBlocking(pool_, [this, &s] { return store_->TakeInbox(s.id, s.token_hash); });
     conversations_.Release(s.id);
     AIRLOCK_CO_ASSIGN(auto msgs, std::move(taken));
     if (!msgs.empty()) {
@@ -469,6 +469,10 @@ awaitable<Response> ControlPlane::Inbox(Request& req) {
     AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(pool_, [this, &id = s.id] { return store_->GetSession(id); }));
     if (store::IsTerminal(now.state)) {
       co_return Response::FromError(410, "gone", fmt::format("the session has ended ({})", store::StateName(now.state)));
+    }
+    if (now.token_hash != s.token_hash) {
+      // A fresh sandbox took over while this one waited (it died; this is its dangling poll).
+      co_return Response::FromError(401, "unauthenticated", "invalid, expired or revoked session token");
     }
   }
   Response r;

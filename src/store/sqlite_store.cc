@@ -449,6 +449,19 @@ Result<SessionState> SelectState(Connection& c, std::string_view id) {
   return *parsed;
 }
 
+// kUnauthenticated unless `token_hash` is empty or still the session's token hash.
+Status RequireTokenHash(Connection& c, std::string_view id, std::string_view token_hash) {
+  if (token_hash.empty()) return Ok();
+  AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("SELECT token_hash FROM sessions WHERE id = ?1"));
+  stmt.Bind(id);
+  AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return std::unexpected(SessionNotFound(id));
+  if (stmt.Text(0) != token_hash) {
+    return MakeError(ErrorCode::kUnauthenticated, "invalid, expired or revoked session token");
+  }
+  return Ok();
+}
+
 Status RequireSession(Connection& c, std::string_view id) {
   AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("SELECT 1 FROM sessions WHERE id = ?1"));
   stmt.Bind(id);
@@ -829,9 +842,10 @@ class SqliteStore final : public Store {
     });
   }
 
-  Result<std::vector<Message>> TakeInbox(std::string_view session_id) override {
+  Result<std::vector<Message>> TakeInbox(std::string_view session_id, std::string_view token_hash) override {
     return Write([&](Connection& c) -> Result<std::vector<Message>> {
       AIRLOCK_TRY(RequireSession(c, session_id));
+      AIRLOCK_TRY(RequireTokenHash(c, session_id, token_hash));
       std::vector<Message> pending;
       {
         AIRLOCK_ASSIGN_OR_RETURN(
@@ -977,6 +991,7 @@ class SqliteStore final : public Store {
       if (IsTerminal(state)) {
         return Errorf(ErrorCode::kConflict, "session {} is {}", session_id, StateName(state));
       }
+      AIRLOCK_TRY(RequireTokenHash(c, session_id, r.token_hash));
       if (!r.messages.empty()) {
         AIRLOCK_ASSIGN_OR_RETURN(int64_t position,
                                  ReservePositions(c, session_id, static_cast<int64_t>(r.messages.size())));

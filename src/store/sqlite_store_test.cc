@@ -262,7 +262,7 @@ TEST_F(SqliteStoreTest, UnknownSessionIsNotFoundEverywhere) {
                        "ses_x", {.from = {SessionState::kStarting}, .to = SessionState::kRunning}),
                    "ChangeState");
   expect_not_found(store->AddUserMessage("ses_x", UserMessage("hi")), "AddUserMessage");
-  expect_not_found(store->TakeInbox("ses_x"), "TakeInbox");
+  expect_not_found(store->TakeInbox("ses_x", ""), "TakeInbox");
   expect_not_found(store->AppendConversation("ses_x", {UserMessage("a")}), "AppendConversation");
   expect_not_found(store->AppendConversation("ses_x", {}), "AppendConversation (empty)");
   expect_not_found(store->ListMessages("ses_x", true), "ListMessages");
@@ -429,7 +429,7 @@ TEST_F(SqliteStoreTest, InboxMessagesAreTakenOnceInOrderAndLaterOnesFollowTheCon
   ASSERT_OK_AND_ASSIGN(int64_t id2, store->AddUserMessage("ses_a", UserMessage("two")));
   EXPECT_LT(id1, id2);
 
-  ASSERT_OK_AND_ASSIGN(auto taken, store->TakeInbox("ses_a"));
+  ASSERT_OK_AND_ASSIGN(auto taken, store->TakeInbox("ses_a", ""));
   EXPECT_THAT(Contents(taken), ElementsAre("task", "one", "two"));
   ASSERT_EQ(taken.size(), 3u);
   EXPECT_EQ(taken[0].position, 1);
@@ -437,7 +437,7 @@ TEST_F(SqliteStoreTest, InboxMessagesAreTakenOnceInOrderAndLaterOnesFollowTheCon
   EXPECT_EQ(taken[2].position, 3);
   EXPECT_EQ(taken[1].id, id1);
 
-  ASSERT_OK_AND_ASSIGN(auto second, store->TakeInbox("ses_a"));
+  ASSERT_OK_AND_ASSIGN(auto second, store->TakeInbox("ses_a", ""));
   EXPECT_TRUE(second.empty());
 
   ASSERT_OK(
@@ -453,7 +453,7 @@ TEST_F(SqliteStoreTest, InboxMessagesAreTakenOnceInOrderAndLaterOnesFollowTheCon
   EXPECT_FALSE(with_pending.back().position.has_value());
   EXPECT_EQ(with_pending[4].position, 5);
 
-  ASSERT_OK_AND_ASSIGN(auto third, store->TakeInbox("ses_a"));
+  ASSERT_OK_AND_ASSIGN(auto third, store->TakeInbox("ses_a", ""));
   ASSERT_EQ(third.size(), 1u);
   EXPECT_EQ(third[0].body, UserMessage("three"));
   EXPECT_EQ(third[0].position, 6);
@@ -513,7 +513,7 @@ TEST_F(SqliteStoreTest, RecordChatAppendsMetersAndLogsInOneStep) {
   Session base = MakeSession("ses_a");
   base.models = Json::array({"fast", "smart"});
   ASSERT_OK(store->CreateSession(base, UserMessage("task")));
-  ASSERT_OK(store->TakeInbox("ses_a"));
+  ASSERT_OK(store->TakeInbox("ses_a", ""));
   ChatRecord rec;
   rec.messages = {Json{{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "out"}},
                   Json{{"role", "assistant"}, {"content", "done"}}};
@@ -677,7 +677,7 @@ TEST_F(SqliteStoreTest, DataPersistsAfterCloseAndReopen) {
     ASSERT_NE(store, nullptr);
     ASSERT_OK(store->AddOperatorKey({"ci", "h1", 0}));
     ASSERT_OK(store->CreateSession(MakeSession("ses_a", 0, "tok"), UserMessage("task")));
-    ASSERT_OK(store->TakeInbox("ses_a"));
+    ASSERT_OK(store->TakeInbox("ses_a", ""));
     ASSERT_OK(store->AppendConversation("ses_a", {Json{{"role", "assistant"}, {"content", "ok"}}}));
     ASSERT_OK(store->AddUserMessage("ses_a", UserMessage("more")));
     ASSERT_OK(store->ChangeState(
@@ -696,7 +696,7 @@ TEST_F(SqliteStoreTest, DataPersistsAfterCloseAndReopen) {
   // Counters survive too: the next event and position continue where they stopped.
   ASSERT_OK_AND_ASSIGN(Event e, store->AppendEvent("ses_a", "tick", Json::object()));
   EXPECT_EQ(e.seq, 3);
-  ASSERT_OK_AND_ASSIGN(auto taken, store->TakeInbox("ses_a"));
+  ASSERT_OK_AND_ASSIGN(auto taken, store->TakeInbox("ses_a", ""));
   ASSERT_EQ(taken.size(), 1u);
   EXPECT_EQ(taken[0].position, 3);
 }

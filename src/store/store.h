@@ -63,6 +63,9 @@ struct ChatRecord {
   std::string model;     // alias
   Usage usage;           // this call's tokens and cost (llm_calls is ignored: one call)
   Json event_data = Json::object();  // data of the "llm.call" event
+  // When set, the call is stored only if this is still the session's token hash: a reply
+  // for a sandbox that was replaced meanwhile must not enter the new sandbox's conversation.
+  std::string token_hash;
 };
 
 struct UsageQuery {
@@ -143,7 +146,10 @@ class Store {
   virtual Result<int64_t> AddUserMessage(std::string_view session_id, const Json& message) = 0;
   // Atomically moves every pending user message into the conversation, in id order, and
   // returns them. Empty when none are pending.
-  virtual Result<std::vector<Message>> TakeInbox(std::string_view session_id) = 0;
+  // `token_hash` (when not empty) must still be the session's token hash, else
+  // kUnauthenticated and nothing is taken: a long-poll of a sandbox that was replaced while it
+  // waited must not take messages the new sandbox will never see.
+  virtual Result<std::vector<Message>> TakeInbox(std::string_view session_id, std::string_view token_hash) = 0;
   // Appends messages (assistant replies, tool results) to the conversation, in order.
   virtual Status AppendConversation(std::string_view session_id, const std::vector<Json>& messages) = 0;
   // The conversation in position order; with `include_pending`, pending messages follow.

@@ -265,6 +265,29 @@ TEST_F(AgentE2eTest, ASandboxKilledMidRunIsReplacedAndTheNewAgentCompletesFromTh
   EXPECT_EQ(started, 2);
 }
 
+TEST_F(AgentE2eTest, AFollowUpRightAfterARestartReachesTheNewAgentNotTheDeadOnesPoll) {
+  StartWithScript(Json::array({
+      Reply("What should I write?", {}),
+      Reply("Writing it.", {Call("shell", {{"command", "echo after-restart > late.txt"}}), Call("upload", {{"path", "late.txt"}})}),
+      Reply("Done.", {Call("finish", {{"result", "the follow-up arrived"}})}),
+  }));
+  std::string id = CreateAgentSession("wait for instructions");
+  ASSERT_FALSE(WaitForEvent(id, "agent.waiting").is_null());
+  // The dead sandbox's inbox long-poll is still parked on the control plane when the fresh
+  // sandbox starts; the message must not go to it.
+  ASSERT_GT(KillSandbox(id), 0);
+  ASSERT_FALSE(WaitForEvent(id, "session.sandbox_restart").is_null());
+  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"write late.txt"})");
+  ASSERT_EQ(m.status, 202u) << m.body;
+  auto out = sbx_->WaitForEnd(id, 60);
+  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+  EXPECT_EQ(Download(id, "late.txt"), "after-restart\n");
+  int copies = 0;
+  Json msgs = Messages(id)["messages"];
+  for (const auto& msg : msgs) copies += msg.value("content", Json()) == "write late.txt" ? 1 : 0;
+  EXPECT_EQ(copies, 1) << msgs.dump();
+}
+
 TEST_F(AgentE2eTest, AnAgentFrozenWhileWaitingCarriesOnWhenAMessageResumesIt) {
   StartWithScript(Json::array({
       Reply("Tell me when to go on.", {}),
@@ -383,6 +406,22 @@ TEST_F(AgentE2eTest, ThePythonExampleAgentCompletesTheSameTask) {
   ASSERT_EQ(results.size(), 5u);
   EXPECT_NE(results[0].find("1000\nmade-in-sandbox"), std::string::npos) << results[0];
   EXPECT_EQ(results[2], "# Report\nline two\n");
+}
+
+TEST_F(AgentE2eTest, AFinishTheControlPlaneCannotTakeGoesBackToTheModel) {
+  StartWithScript(Json::array({
+      Reply("Done?", {Call("finish", {{"status", "done"}, {"result", "x"}})}),           // not a status
+      Reply("Done!", {Call("finish", {{"result", std::string(80 * 1024, 'r')}})}),      // over the result limit
+      Reply("Done.", {Call("finish", {{"status", "succeeded"}, {"result", "third time"}})}),
+  }));
+  std::string id = CreateAgentSession("finish properly");
+  auto out = sbx_->WaitForEnd(id);
+  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+  EXPECT_EQ(out.session["result"], "third time");
+  auto results = ToolResults(Messages(id));
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_NE(results[0].find("\"succeeded\" or \"failed\""), std::string::npos) << results[0];
+  EXPECT_EQ(results[1].rfind("error: finish was refused", 0), 0u) << results[1];
 }
 
 TEST_F(AgentE2eTest, TheAgentsChildProcessesCannotReadTheToken) {
