@@ -233,8 +233,10 @@ std::string FormatEventLine(const Json& event) {
   std::string when = FormatClock(StringOr(event, "created_at"));
   std::string seq =
       event.is_object() && event.contains("seq") ? "#" + DumpJson(event["seq"]) : "#?";
-  std::string type = StringOr(event, "type", "?");
-  std::string summary = SummarizeEvent(event);
+  // Most of an event is the agent's to write, and the agent is untrusted: nothing it wrote may
+  // reach the terminal as a control sequence (OneLine turns control characters into spaces).
+  std::string type = OneLine(StringOr(event, "type", "?"), 64);
+  std::string summary = OneLine(SummarizeEvent(event), 400);
   std::string line = fmt::format("{}  {:<5} {:<20}", when, seq, type);
   if (!summary.empty()) {
     line += " " + summary;

@@ -52,6 +52,20 @@ TEST(ParseTimestamp, RefusesGarbage) {
   EXPECT_FALSE(ParseTimestamp("2026-11-23T11:24:00.Z").has_value());
 }
 
+TEST(FormatEventLine, NothingAnAgentWritesReachesTheTerminalAsAControlSequence) {
+  const std::string esc = "\x1b]0;owned\x07\x1b[2J";
+  Json llm = {{"seq", 7}, {"type", "agent.llm"}, {"created_at", "2026-11-23T10:00:00.000Z"},
+              {"data", {{"step", 1}, {"text", "hi" + esc}, {"tool_calls", Json::array({"shell" + esc})}}}};
+  Json forged = {{"seq", 8}, {"type", "agent.exited" + esc}, {"data", {{"signal", 9}, {"signal_name", esc}}}};
+  Json exited = {{"seq", 9}, {"type", "agent.exited"}, {"data", {{"signal", 9}, {"signal_name", "SIG" + esc}}}};
+  for (const Json& e : {llm, forged, exited}) {
+    std::string line = FormatEventLine(e);
+    EXPECT_EQ(line.find('\x1b'), std::string::npos) << line;
+    EXPECT_EQ(line.find('\x07'), std::string::npos) << line;
+  }
+  EXPECT_NE(FormatEventLine(llm).find("step 1: hi"), std::string::npos) << FormatEventLine(llm);
+}
+
 TEST(OneLine, ShowsLineBreaksAndCutsOnCodePoints) {
   EXPECT_EQ(OneLine("a\r\nb", 10), "a⏎b");
   EXPECT_EQ(OneLine("abcdef", 4), "abc…");
