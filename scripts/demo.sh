@@ -8,6 +8,8 @@
 # plane's LLM proxy: with OPENAI_API_KEY or ANTHROPIC_API_KEY in this environment it uses that
 # provider's model, otherwise the built-in scripted demo model, which walks the agent through
 # every tool. The script runs as root (cgroup limits); the agent runs unprivileged inside.
+# Knobs: AIRLOCK_DEMO_TASK (the task), AIRLOCK_DEMO_TIMEOUT_S (the session's wall-clock
+# budget, default 600), AIRLOCK_DEMO_PORT (default 7400), AIRLOCK_BUILD_DIR (default build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -46,6 +48,7 @@ fi
 
 status=0
 "$airlock" run --url "$url" --home "$home" --download "$home/artifacts" --show \
+  --limit "timeout_s=${AIRLOCK_DEMO_TIMEOUT_S:-600}" \
   "${AIRLOCK_DEMO_TASK:-Find out what this sandbox looks like from the inside (user, kernel, capabilities, network, environment), write it up in report.md, upload the report, and finish.}" ||
   status=$?
 echo >&2
