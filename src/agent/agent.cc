@@ -81,8 +81,9 @@ class Agent {
     // A sandbox that died between the model's tool calls and their results: if it was about
     // to finish, finish; otherwise tell the model which calls were cut off.
     if (resumed && Role(c_.history().back()) == "assistant") {
-      if (const Json* calls = ToolCalls(c_.history().back())) {
-        for (const auto& call : *calls) {
+      if (const Json* pending_calls = ToolCalls(c_.history().back())) {
+        const Json calls = *pending_calls;  // a copy: TryFinish may append to the history
+        for (const auto& call : calls) {
           if (Name(call) != "finish" || !FinishArguments(call)) continue;
           if (auto done = TryFinish(call)) return *done;
         }

@@ -380,7 +380,9 @@ awaitable<void> ControlPlane::ReconcileOnce() {
 
 awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
   auto* backend = backends_->Find(s.backend);
-  if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty() || restarting_.count(s.id)) co_return;
+  if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty()) co_return;
+  BusyMark mark(restarting_, s.id);
+  if (!mark.held()) co_return;
   auto status = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
   if (!status) co_return;
   if (status->state != sandbox::SandboxState::kExited && status->state != sandbox::SandboxState::kMissing) co_return;
@@ -423,12 +425,6 @@ awaitable<Result<std::string>> ControlPlane::StartSandbox(sandbox::Backend* back
 }
 
 awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) {
-  if (!restarting_.insert(s.id).second) co_return;
-  struct Unmark {
-    std::set<std::string>& set;
-    std::string id;
-    ~Unmark() { set.erase(id); }
-  } unmark{restarting_, s.id};
   auto* backend = backends_->Find(s.backend);
   if (!backend) co_return;
   int64_t n = ++restarts_[s.id];

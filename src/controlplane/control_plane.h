@@ -45,6 +45,26 @@ struct ControlPlaneMetrics {
   metrics::Family<metrics::Gauge>& streams;
 };
 
+// Marks a session as being looked after (its sandbox inspected or replaced) for as long as it
+// lives, so that the reconciler, a follow-up message and a resume do not do it twice at once.
+// io thread only; a coroutine frame holds it across its co_awaits.
+class BusyMark {
+ public:
+  BusyMark(std::set<std::string>& busy, std::string id)
+      : busy_(busy), id_(std::move(id)), held_(busy_.insert(id_).second) {}
+  ~BusyMark() {
+    if (held_) busy_.erase(id_);
+  }
+  BusyMark(const BusyMark&) = delete;
+  BusyMark& operator=(const BusyMark&) = delete;
+  bool held() const { return held_; }
+
+ private:
+  std::set<std::string>& busy_;
+  std::string id_;
+  bool held_;
+};
+
 // The control plane of one process: the operator and sandbox listeners, the session logic,
 // the reconciler. It keeps no state of its own that is not also in the store, so a restart
 // loses nothing and re-attaches to the sandboxes that are still running.
@@ -118,7 +138,7 @@ class ControlPlane {
   awaitable<void> CheckSandbox(store::Session s);
   // A fresh sandbox with a new token for a live session whose sandbox is gone; the new agent
   // reloads the conversation from /sandbox/v1/history. After sandbox.max_restarts the
-  // session fails instead.
+  // session fails instead. The caller holds the session's mark in restarting_.
   awaitable<void> RestartSandbox(store::Session s, std::string why);
   sandbox::SandboxSpec SpecFor(const store::Session& s, const Secret& token) const;
   // Listens on the session's socket and asks the backend for its sandbox; the handle.
@@ -165,7 +185,8 @@ class ControlPlane {
   // restart forgets it (the result then says less, nothing else changes).
   std::map<std::string, Json> agent_exits_;
   // Fresh sandboxes started per session by this process (a restart of the control plane
-  // starts the count again), and the sessions getting one right now. io thread only.
+  // starts the count again), and the sessions whose sandbox is being inspected or replaced
+  // right now. io thread only.
   std::map<std::string, int64_t> restarts_;
   std::set<std::string> restarting_;
   bool stopping_ = false;
