@@ -52,27 +52,22 @@ Ctrl-C.
 
 import argparse
 import datetime
-import http.client
 import json
-import math
 import os
-import platform
-import shlex
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (HOST, ROOT, ServerBench, exit_on_sigterm, find_airlock,  # noqa: E402
+                      machine_facts, mean, ms, now, pct, print_preamble, proc_ticks, require_root_and_crun)
+
 sys.path.insert(0, os.path.join(ROOT, "sdk", "python"))
 from airlock.operator import TERMINAL_STATES, OperatorClient  # noqa: E402
 
-HOST = "127.0.0.1"
 AGENT_PATH = "/usr/bin/airlock-agent"  # the base image's entrypoint
 
 
@@ -149,26 +144,6 @@ FINISH_WGET = ('wget -q -O /dev/null --header "Authorization: Bearer $SESSION_TO
                '"$CONTROL_PLANE_URL/sandbox/v1/finish"')
 
 
-def now():
-    return time.perf_counter()
-
-
-def pct(xs, p):
-    """Nearest-rank percentile."""
-    s = sorted(xs)
-    if not s:
-        return float("nan")
-    return s[max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))]
-
-
-def mean(xs):
-    return statistics.fmean(xs) if xs else float("nan")
-
-
-def ms(x):
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 1e3:.2f}ms"
-
-
 def parse_ts(s):
     """RFC 3339 UTC with milliseconds, as the API writes it -> epoch seconds."""
     for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
@@ -179,45 +154,21 @@ def parse_ts(s):
     raise ValueError(f"unexpected timestamp {s!r}")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def sh(*argv):
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
-
-
-def loadavg():
-    return " ".join(open("/proc/loadavg").read().split()[:3])
-
-
 def host_cpu_ticks():
     """(busy, steal) jiffies of the whole host from /proc/stat."""
     f = open("/proc/stat").readline().split()
     return int(f[1]) + int(f[2]) + int(f[3]), int(f[8])
 
 
-def proc_ticks(pid, children=False):
-    try:
-        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in (f[11:15] if children else f[11:13]))
-    except OSError:
-        return 0
+class Bench(ServerBench):
+    server_label = "server:  "
+    # Its own session: a Ctrl-C in the terminal reaches this script only, which then deletes the
+    # sessions before it stops the server.
+    own_session = True
 
-
-class Bench:
     def __init__(self, a):
-        self.a = a
-        self.tmp = tempfile.mkdtemp(prefix="airlock-agentloop-", dir="/tmp")
-        os.chmod(self.tmp, 0o755)  # the sandbox user must reach <home>/run/<id>/
-        self.home = os.path.join(self.tmp, "home")
-        self.server = None
+        super().__init__(a, "airlock-agentloop-")
         self.op = None
-        self.sessions = set()  # created and not known to have ended
-        self.problems = []
-        self.notes = []
 
     # ---------------------------------------------------------------- server
     def write_config(self):
@@ -252,81 +203,8 @@ allow_unisolated_backends = true   # baseline (c) runs on the process backend
 
     def start_server(self):
         self.write_config()
-        self.port, self.sport = free_port(), free_port()
-        self.log_path = os.path.join(self.tmp, "serve.log")
-        self.log = open(self.log_path, "w")
-        argv = [self.a.airlock, "serve", "--home", self.home, "--listen", f"{HOST}:{self.port}",
-                "--sandbox-listen", f"{HOST}:{self.sport}", "--config", self.config_path]
-        print("server:  ", " ".join(argv))
-        # Its own session: a Ctrl-C in the terminal reaches this script only, which then
-        # deletes the sessions before it stops the server.
-        self.server = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
-        deadline = time.monotonic() + 20
-        while True:
-            if self.server.poll() is not None:
-                raise RuntimeError(f"airlock serve exited with {self.server.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("airlock serve did not answer /healthz in 20 s:\n" + self.log_tail())
-            try:
-                c = http.client.HTTPConnection(HOST, self.port, timeout=1)
-                c.request("GET", "/healthz")
-                ok = c.getresponse().status == 200
-                c.close()
-                if ok and os.path.exists(os.path.join(self.home, "operator.key")):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.05)
-        key = open(os.path.join(self.home, "operator.key")).read().strip()
-        self.op = OperatorClient(url=f"http://{HOST}:{self.port}", key=key, timeout=60)
-        self.oci_root = os.path.join(self.home, "run", "oci")
-
-    def log_tail(self, n=30):
-        try:
-            return "".join(open(self.log_path).readlines()[-n:])
-        except OSError:
-            return ""
-
-    def log_offset(self):
-        self.log.flush()
-        return os.path.getsize(self.log_path)
-
-    def handler_times(self, start, end):
-        """Server-side handler times (seconds) by path, from the `http` log lines in [start, end)."""
-        out = {}
-        with open(self.log_path, "rb") as f:
-            f.seek(start)
-            data = f.read(end - start).decode(errors="replace")
-        for line in data.splitlines():
-            try:
-                j = json.loads(line)
-            except ValueError:
-                continue
-            if j.get("msg") == "http" and "ms" in j:
-                out.setdefault((j.get("method"), j.get("path")), []).append(j["ms"] / 1e3)
-        return out
-
-    def stop_server(self):
-        if not self.server or self.server.poll() is not None:
-            return
-        self.server.send_signal(signal.SIGTERM)
-        try:
-            self.server.wait(timeout=30)
-            if self.server.returncode != 0:
-                self.problems.append(f"airlock serve exited with code {self.server.returncode} on SIGTERM")
-        except subprocess.TimeoutExpired:
-            self.problems.append("airlock serve did not exit within 30 s of SIGTERM; killed")
-            self.server.kill()
-            self.server.wait()
-
-    def containers(self):
-        try:
-            out = subprocess.run(["crun", "--root", self.oci_root, "list", "--format", "json"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
-            return json.loads(out or "[]") or []
-        except (ValueError, OSError):
-            return []
+        super().start_server(["--config", self.config_path])
+        self.op = OperatorClient(url=f"http://{HOST}:{self.port}", key=self.key, timeout=60)
 
     # ---------------------------------------------------------------- sessions
     def create(self, task, **kw):
@@ -508,56 +386,18 @@ allow_unisolated_backends = true   # baseline (c) runs on the process backend
     # ---------------------------------------------------------------- cleanup
     def cleanup(self):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let a second Ctrl-C not cut the cleanup short
-        if self.sessions and self.server and self.server.poll() is None:
-            print(f"cleanup: deleting {len(self.sessions)} session(s)", file=sys.stderr)
-            for sid in list(self.sessions):
-                try:
-                    self.op.kill(sid)
-                    self.sessions.discard(sid)
-                except Exception as e:  # noqa: BLE001 - reported, not raised
-                    print(f"cleanup: DELETE {sid}: {e}", file=sys.stderr)
-            deadline = time.monotonic() + 60
-            while self.containers() and time.monotonic() < deadline:
-                time.sleep(0.1)
-        self.stop_server()
-        if hasattr(self, "oci_root"):
-            for c in self.containers():
-                self.problems.append(f"container {c.get('id')} survived the server; crun delete --force")
-                sh("crun", "--root", self.oci_root, "delete", "--force", c["id"])
-        if self.a.keep:
-            print(f"kept {self.tmp}")
-        elif hasattr(self, "oci_root") and self.containers():
-            print(f"not removing {self.tmp}: containers still use it", file=sys.stderr)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        super().cleanup()
+
+    def delete_sessions(self):
+        for sid in list(self.sessions):
+            try:
+                self.op.kill(sid)
+                self.sessions.discard(sid)
+            except Exception as e:  # noqa: BLE001 - reported, not raised
+                print(f"cleanup: DELETE {sid}: {e}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------ report
-def machine_facts():
-    cpu = ""
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem = next((int(l.split()[1]) // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal:")), 0)
-    rev = sh("git", "-C", ROOT, "rev-parse", "--short", "HEAD").strip()
-    dirty = " (+ uncommitted changes)" if sh("git", "-C", ROOT, "status", "--porcelain",
-                                              "--untracked-files=no").strip() else ""
-    mode = "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else (
-        "hybrid" if os.path.isdir("/sys/fs/cgroup/unified") else "v1")
-    return [
-        ("nproc", str(len(os.sched_getaffinity(0)))),
-        ("cpu", cpu),
-        ("memory", f"{mem} MiB"),
-        ("kernel", platform.release()),
-        ("crun", sh("crun", "--version").splitlines()[0] if shutil.which("crun") else "missing"),
-        ("cgroups", mode),
-        ("python", platform.python_version()),
-        ("loadavg", loadavg() + " (at start)"),
-        ("tree", f"git {rev}{dirty}"),
-    ]
-
-
 def row(name, xs, ref=None):
     """A table row: count, p50, p90, mean and, with `ref`, ref / p50 (the step's multiple)."""
     p50 = pct(xs, 50)
@@ -592,28 +432,13 @@ def main():
     a.chat_calls = a.chat_calls or a.steps
     if a.steps < 2 or a.sessions < 1 or a.rounds < 1 or a.warmup < 0 or not 1 <= a.chat_calls <= 5000:
         ap.error("need --steps >= 2, --sessions >= 1, --rounds >= 1, --warmup >= 0, 1 <= --chat-calls <= 5000")
-    if not a.airlock:
-        for c in (os.environ.get("AIRLOCK"), os.path.join(ROOT, "build/bin/airlock"),
-                  os.path.join(os.path.dirname(ROOT), "build/bin/airlock")):
-            if c and os.access(c, os.X_OK):
-                a.airlock = c
-                break
-    if not a.airlock or not os.access(a.airlock, os.X_OK):
-        sys.exit("airlock binary not found; pass --airlock")
-    if os.geteuid() != 0:
-        sys.exit("run as root: the oci backend needs it")
-    if not shutil.which("crun"):
-        sys.exit("crun missing (scripts/install-deps.sh)")
-
-    def on_term(*_):
-        raise SystemExit(143)
-    signal.signal(signal.SIGTERM, on_term)
+    a.airlock = find_airlock(a.airlock)
+    require_root_and_crun("the oci backend needs it")
+    exit_on_sigterm()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
 
     sys.stdout.reconfigure(line_buffering=True)  # keep stdout and the progress on stderr in order
-    print("$ " + " ".join(shlex.quote(x) for x in [sys.executable] + sys.argv))
-    for k, v in machine_facts():
-        print(f"{k + ':':<9} {v}")
+    print_preamble(machine_facts("(at start)", "tree"))
     print(f"binary:   {os.path.realpath(a.airlock)} (built {time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(a.airlock)))})")
     print(f"script:   {a.steps} x shell `true`, then finish; {a.sessions} timed agent sessions after {a.warmup} "
           f"warm-up; baselines: {a.steps * a.sessions} host calls, {a.rounds} x {a.steps} calls in one sandbox, "
@@ -711,11 +536,7 @@ def main():
           f"waited for {(srv1 - srv0) / hz:.1f} s; steal {(steal1 - steal0) / hz:.1f} s. On a quiet "
           f"2-vCPU VM the run alone kept about 0.75 cpu busy (client, server and sandbox take turns); much "
           f"more means other work on the host.")
-    print(f"loadavg at the end: {loadavg()}")
-    for note in b.notes:
-        print("note:", note)
-    for p in b.problems:
-        print("PROBLEM:", p)
+    b.print_footer()
 
 
 if __name__ == "__main__":

@@ -31,66 +31,26 @@ library only. Everything it starts is stopped on exit, also on errors and Ctrl-C
 import argparse
 import concurrent.futures as cf
 import json
-import math
 import os
-import platform
 import queue
 import resource
 import selectors
-import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOST = "127.0.0.1"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (HOST, ServerBench, exit_on_sigterm, find_airlock, machine_facts,  # noqa: E402
+                      meminfo, ms, now, pct, print_preamble, proc_ticks, require_root_and_crun, sh)
 
 HELLO = ('wget -q -O /dev/null --header "Authorization: Bearer $SESSION_TOKEN" '
          "--header 'Content-Type: application/json' "
          "--post-data '{\"type\":\"hello\",\"data\":{}}' "
          '"$CONTROL_PLANE_URL/sandbox/v1/events"')
 AGENT_CMD = ["/bin/sh", "-c", HELLO + "; exec sleep 600"]
-
-
-def now():
-    return time.perf_counter()
-
-
-def pct(xs, p):
-    """Nearest-rank percentile."""
-    s = sorted(xs)
-    if not s:
-        return float("nan")
-    return s[max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))]
-
-
-def ms(x):
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 1e3:.2f}ms"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def sh(*argv, check=False):
-    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit {r.returncode}: {r.stdout.strip()}")
-    return r.stdout
-
-
-def meminfo(key):
-    for line in open("/proc/meminfo"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1])  # KiB
-    return 0
 
 
 def proc_status(pid, key):
@@ -105,11 +65,7 @@ def proc_status(pid, key):
 
 def cpu_seconds(pid):
     """utime+stime of the process and of its reaped children (e.g. the crun it runs)."""
-    try:
-        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return float("nan")
+    return proc_ticks(pid, children=True, missing=float("nan")) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_window(pid, seconds):
@@ -262,76 +218,23 @@ class Watch:
 
 
 # ------------------------------------------------------------------------------ the bench
-class Bench:
+class Bench(ServerBench):
+    report_stop = True
+
     def __init__(self, args):
-        self.a = args
-        self.tmp = tempfile.mkdtemp(prefix="airlock-bench-", dir="/tmp")
-        os.chmod(self.tmp, 0o755)
-        self.home = os.path.join(self.tmp, "home")
+        super().__init__(args, "airlock-bench-")
         self.work = os.path.join(self.tmp, "work")
         os.makedirs(self.work)
-        self.server = None
+        self.log_path = os.path.join(self.work, "serve.log")
         self.api = None
-        self.sessions = set()  # created and not yet deleted
         self.baseline_cgroups = []
-        self.notes = []
-        self.problems = []
 
     # ---------------------------------------------------------------- server
     def start_server(self):
-        self.port, self.sport = free_port(), free_port()
-        self.log_path = os.path.join(self.work, "serve.log")
-        self.log = open(self.log_path, "w")
-        argv = [self.a.airlock, "serve", "--home", self.home, "--listen", f"{HOST}:{self.port}",
-                "--sandbox-listen", f"{HOST}:{self.sport}"]
-        print("server:", " ".join(argv))
-        self.server = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.server.poll() is not None:
-                raise RuntimeError(f"airlock serve exited with {self.server.returncode}:\n{self.log_tail()}")
-            try:
-                with socket.create_connection((HOST, self.port), timeout=0.2):
-                    if os.path.exists(os.path.join(self.home, "operator.key")):
-                        break
-            except OSError:
-                pass
-            time.sleep(0.05)
-        else:
-            raise RuntimeError("airlock serve did not come up in 20 s:\n" + self.log_tail())
-        self.api = Api(self.port, open(os.path.join(self.home, "operator.key")).read().strip())
-        self.oci_root = os.path.join(self.home, "run", "oci")
-
-    def log_tail(self, n=30):
-        try:
-            return "".join(open(self.log_path).readlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop_server(self):
-        if not self.server or self.server.poll() is not None:
-            return
-        t = now()
-        self.server.send_signal(signal.SIGTERM)
-        try:
-            self.server.wait(timeout=30)
-            print(f"server stopped by SIGTERM in {ms(now() - t)}, exit code {self.server.returncode}")
-            if self.server.returncode != 0:
-                self.problems.append(f"airlock serve exited with code {self.server.returncode} on SIGTERM")
-        except subprocess.TimeoutExpired:
-            self.problems.append("airlock serve did not exit within 30 s of SIGTERM; killed")
-            self.server.kill()
-            self.server.wait()
+        super().start_server()
+        self.api = Api(self.port, self.key)
 
     # ---------------------------------------------------------------- sessions
-    def containers(self):
-        try:
-            out = subprocess.run(["crun", "--root", self.oci_root, "list", "--format", "json"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
-            return json.loads(out or "[]") or []
-        except (ValueError, OSError):
-            return []
-
     def container_gone(self, sid, timeout=60):
         path = os.path.join(self.oci_root, "airlock-" + sid)
         deadline = time.monotonic() + timeout
@@ -385,7 +288,7 @@ class Bench:
             w = self.start_and_wait_hello()
             self.delete(w.sid)
             self.container_gone(w.sid)
-        log_off = os.path.getsize(self.log_path)
+        log_off = self.log_offset()
         watches, teardown = [], []
         for i in range(n):
             w = self.start_and_wait_hello()
@@ -397,29 +300,15 @@ class Bench:
             teardown.append(now() - t)
             print(f"\r  sequential: {i + 1}/{n}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
-        # Server-side handler times from its http log lines.
-        srv_create, srv_event = [], []
-        with open(self.log_path) as f:
-            f.seek(log_off)
-            for line in f:
-                try:
-                    j = json.loads(line)
-                except ValueError:
-                    continue
-                if j.get("msg") != "http":
-                    continue
-                if j.get("method") == "POST" and j.get("path") == "/v1/sessions":
-                    srv_create.append(j["ms"] / 1e3)
-                elif j.get("method") == "POST" and j.get("path") == "/sandbox/v1/events":
-                    srv_event.append(j["ms"] / 1e3)
+        h = self.handler_times(log_off, self.log_offset())
         return {
             "total": [w.t_hello - w.t0 for w in watches],
             "post": [w.t201 - w.t0 for w in watches],
             "after201": [w.t_hello - w.t201 for w in watches],
             "hello_first": sum(1 for w in watches if w.hello_before_running),
             "teardown": teardown,
-            "srv_create": srv_create,
-            "srv_event": srv_event,
+            "srv_create": h.get(("POST", "/v1/sessions"), []),
+            "srv_event": h.get(("POST", "/sandbox/v1/events"), []),
         }
 
     # ---------------------------------------------------------------- baselines
@@ -703,21 +592,14 @@ class Bench:
             return e
 
     # ---------------------------------------------------------------- cleanup
-    def cleanup(self):
-        if self.sessions and self.server and self.server.poll() is None:
-            print(f"cleanup: deleting {len(self.sessions)} session(s)", file=sys.stderr)
-            with cf.ThreadPoolExecutor(max_workers=16) as p:
-                for e in p.map(self.safe_delete, list(self.sessions)):
-                    if e:
-                        print(f"cleanup: {e!r}", file=sys.stderr)
-            deadline = time.monotonic() + 60
-            while self.containers() and time.monotonic() < deadline:
-                time.sleep(0.1)
-        self.stop_server()
-        if hasattr(self, "oci_root"):
-            for c in self.containers():
-                self.problems.append(f"container {c.get('id')} survived the server; crun delete --force")
-                sh("crun", "--root", self.oci_root, "delete", "--force", c["id"])
+    def delete_sessions(self):
+        with cf.ThreadPoolExecutor(max_workers=16) as p:
+            for e in p.map(self.safe_delete, list(self.sessions)):
+                if e:
+                    print(f"cleanup: {e!r}", file=sys.stderr)
+
+    def remove_leftovers(self):
+        """The baselines' crun runs and cgroups."""
         for st in (d for d in os.listdir(self.work) if d.startswith("crun-state-")) if os.path.isdir(self.work) else []:
             root = os.path.join(self.work, st)
             for c in json.loads(sh("crun", "--root", root, "list", "--format", "json") or "[]") or []:
@@ -730,12 +612,6 @@ class Bench:
                         os.rmdir(p)
                     except OSError:
                         pass
-        if self.a.keep:
-            print(f"kept {self.tmp}")
-        elif hasattr(self, "oci_root") and self.containers():
-            print(f"not removing {self.tmp}: containers still use it", file=sys.stderr)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class StubSocket:
@@ -809,33 +685,6 @@ def pid1_comm():
         return "?"
 
 
-def loadavg():
-    return " ".join(open("/proc/loadavg").read().split()[:3])
-
-
-def machine_facts():
-    cpu = ""
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    rev = sh("git", "-C", ROOT, "rev-parse", "--short", "HEAD").strip()
-    dirty = " (+ uncommitted changes)" if sh("git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no").strip() else ""
-    mode = "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else (
-        "hybrid" if os.path.isdir("/sys/fs/cgroup/unified") else "v1")
-    return [
-        ("nproc", str(len(os.sched_getaffinity(0)))),
-        ("cpu", cpu),
-        ("memory", f"{meminfo('MemTotal') // 1024} MiB"),
-        ("kernel", platform.release()),
-        ("crun", sh("crun", "--version").splitlines()[0] if shutil.which("crun") else "missing"),
-        ("cgroups", mode),
-        ("python", platform.python_version()),
-        ("loadavg", loadavg() + " (at start; other work on the host skews every figure)"),
-        ("airlock", f"git {rev}{dirty}"),
-    ]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -852,28 +701,14 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp home and logs")
     a = ap.parse_args()
     a.runs = a.runs or a.sessions
-    if not a.airlock:
-        for c in (os.environ.get("AIRLOCK"), os.path.join(ROOT, "build/bin/airlock"),
-                  os.path.join(os.path.dirname(ROOT), "build/bin/airlock")):
-            if c and os.access(c, os.X_OK):
-                a.airlock = c
-                break
-    if not a.airlock or not os.access(a.airlock, os.X_OK):
-        sys.exit("airlock binary not found; pass --airlock")
-    if os.geteuid() != 0:
-        sys.exit("run as root: the oci backend and bare crun run need it")
-    if not shutil.which("crun"):
-        sys.exit("crun missing (scripts/install-deps.sh)")
+    a.airlock = find_airlock(a.airlock)
+    require_root_and_crun("the oci backend and bare crun run need it")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    def on_term(*_):
-        raise SystemExit(143)
-    signal.signal(signal.SIGTERM, on_term)
+    exit_on_sigterm()
 
-    print("$ " + " ".join(shlex.quote(x) for x in [sys.executable] + sys.argv))
-    for k, v in machine_facts():
-        print(f"{k + ':':<9} {v}")
+    print_preamble(machine_facts("(at start; other work on the host skews every figure)", "airlock"))
     print(f"binary:   {a.airlock}")
 
     b = Bench(a)
@@ -985,11 +820,7 @@ def main():
             print(f"note: {len(c['sockets_left'])} session socket file(s) run/<id>/control.sock remain after delete")
         for e in c["errors"][:10]:
             print(f"error: {e}")
-    print(f"loadavg at the end: {loadavg()}")
-    for note in b.notes:
-        print("note:", note)
-    for p in b.problems:
-        print("PROBLEM:", p)
+    b.print_footer()
 
 
 if __name__ == "__main__":
