@@ -360,6 +360,24 @@ awaitable<void> ControlPlane::ReattachAll() {
                              {"sandbox", status ? std::string(sandbox::SandboxStateName(status->state))
                                                 : status.error().message}});
   }
+  // Sandboxes no live session owns: their session ended while this process was down or just
+  // before it died, before the destroy that follows the end had run. Nothing else would
+  // ever remove them (the reconciler looks at live sessions only).
+  std::set<std::string> live_ids;
+  for (const auto& s : *live) live_ids.insert(s.id);
+  for (const auto& name : backends_->Names()) {
+    auto* backend = backends_->Find(name);
+    auto listed = co_await RunBlocking(sandbox_pool_, [&backend] { return backend->List(); });
+    if (!listed) {
+      log::Warn("cannot list the backend's sandboxes", {{"backend", name}, {"error", listed.error().message}});
+      continue;
+    }
+    for (const auto& l : *listed) {
+      if (live_ids.count(l.session_id)) continue;
+      log::Info("destroying a sandbox whose session has ended", {{"session", l.session_id}, {"backend", name}});
+      co_await DestroySandbox(backend, l.session_id, l.handle);
+    }
+  }
 }
 
 awaitable<void> ControlPlane::ReconcileOnce() {

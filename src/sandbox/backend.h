@@ -39,6 +39,12 @@ struct SandboxStatus {
   std::string detail;
 };
 
+// A sandbox a backend holds, as List() reports it.
+struct ListedSandbox {
+  std::string session_id;
+  std::string handle;
+};
+
 // One way of running sandboxes (oci, microvm, ...). Implementations are thread-safe and may
 // block; the control plane calls them from its worker pool. A handle is an opaque string the
 // backend returns from Create and gets back later, also after a control-plane restart.
@@ -58,6 +64,11 @@ class Backend {
   virtual Result<SandboxStatus> Inspect(const std::string& handle) = 0;
   // Called once per live session after a control-plane restart: re-adopt the sandbox.
   virtual Result<SandboxStatus> Reattach(const std::string& handle) = 0;
+  // Every sandbox of this backend that still exists (running, paused, or stopped but not
+  // destroyed), so that the control plane can destroy those no live session owns (a session
+  // that ended while the control plane was down, or just before it died). Default: the
+  // backend keeps no such list.
+  virtual Result<std::vector<ListedSandbox>> List() { return std::vector<ListedSandbox>{}; }
   // Captured stdout/stderr from `offset`, at most `max_bytes`.
   virtual Result<std::string> Logs(const std::string& handle, int64_t offset, size_t max_bytes) = 0;
 };

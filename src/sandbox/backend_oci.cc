@@ -289,6 +289,27 @@ class OciBackend : public Backend {
 
   Result<SandboxStatus> Reattach(const std::string& handle) override { return Inspect(handle); }
 
+  // The runtime's own list of its containers under our --root (crun, runc and runsc all
+  // print id and bundle as JSON); ours are "airlock-<session>" with the bundle in the
+  // session's work dir.
+  Result<std::vector<ListedSandbox>> List() override {
+    std::vector<ListedSandbox> out;
+    if (!fs::exists(o_.state_dir)) return out;
+    auto r = Runtime({"list", "--format", "json"});
+    if (!r) return std::unexpected(r.error());
+    if (r->exit_code != 0) return Errorf(ErrorCode::kUnavailable, "{} list: {}", o_.runtime, r->output);
+    auto j = ParseJson(r->output);
+    if (!j || !j->is_array()) return out;  // runc prints "null" when there are none
+    for (const auto& c : *j) {
+      if (!c.is_object()) continue;
+      std::string id = c.value("id", ""), bundle = c.value("bundle", "");
+      const std::string suffix = "/bundle";
+      if (!id.starts_with(kIdPrefix) || !bundle.ends_with(suffix) || bundle.size() <= suffix.size()) continue;
+      out.push_back({id.substr(std::strlen(kIdPrefix)), id + ":" + bundle.substr(0, bundle.size() - suffix.size())});
+    }
+    return out;
+  }
+
   // Running / paused / exited from the cgroup the backend put the sandbox in; nullopt when
   // it cannot tell (rootless, no such cgroup), and the caller asks the runtime.
   std::optional<SandboxStatus> InspectCgroup(const std::string& id) const {

@@ -35,6 +35,21 @@ class AgentE2eTest : public ::testing::Test {
  protected:
   void SetUp() override { AIRLOCK_REQUIRE_SANDBOXES(); }
 
+  // Sessions a test left running are deleted, and their sandboxes awaited: a sandbox must not
+  // outlive its test (the server is killed when the fixture goes).
+  void TearDown() override {
+    if (!sbx_) return;
+    for (const auto& id : created_) sbx_->server().Op(verb::delete_, "/v1/sessions/" + id);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (const auto& id : created_) {
+      std::string state_dir = sbx_->home() + "/run/oci/airlock-" + id;
+      while (std::filesystem::exists(state_dir) && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      EXPECT_FALSE(std::filesystem::exists(state_dir)) << "the sandbox of " << id << " outlived its session";
+    }
+  }
+
   // Starts a server whose `default` model plays `replies`.
   void StartWithScript(const Json& replies) {
     std::string dir = MakeTempDir("airlock-e2e-script");
@@ -60,7 +75,9 @@ class AgentE2eTest : public ::testing::Test {
     if (!command.is_null()) body["command"] = command;
     auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
     EXPECT_EQ(r.status, 201u) << r.body;
-    return r.status == 201u ? r.json()["id"].get<std::string>() : "";
+    if (r.status != 201u) return "";
+    created_.push_back(r.json()["id"].get<std::string>());
+    return created_.back();
   }
 
   Json Events(const std::string& id) {
@@ -113,6 +130,7 @@ class AgentE2eTest : public ::testing::Test {
 
   std::string script_path_;
   std::unique_ptr<SandboxServer> sbx_;
+  std::vector<std::string> created_;
 };
 
 // Five replies that use every tool of the reference agent once and finish.

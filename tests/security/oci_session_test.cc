@@ -1,9 +1,11 @@
 // Sessions on real sandboxes through the real `airlock serve`: the log (captured, capped,
 // followed), suspend and resume, a follow-up message waking a suspended sandbox, and a
 // sandbox that survives a kill -9 of the control plane and is found again.
+#include <filesystem>
 #include <set>
 #include <thread>
 
+#include "store/store.h"
 #include "tests/security/sandbox_fixture.h"
 
 namespace airlock::testing {
@@ -100,6 +102,34 @@ TEST_F(OciSessionTest, ASandboxSurvivesAKill9OfTheControlPlaneAndIsFoundAgain) {
   EXPECT_EQ(sbx_->server().Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
   auto ended = sbx_->WaitForEnd(id);
   EXPECT_EQ(ended.session["state"], "killed");
+}
+
+TEST_F(OciSessionTest, ASandboxWhoseSessionEndedWhileTheControlPlaneWasDownIsDestroyedAtStart) {
+  std::string id = sbx_->Create({"/bin/sleep", "600"});
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (State(id) != "running" && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::string state_dir = sbx_->home() + "/run/oci/airlock-" + id;
+  ASSERT_TRUE(std::filesystem::exists(state_dir));
+  // The control plane dies; its session ends meanwhile (as if it had been deleted just
+  // before the crash, before the destroy ran).
+  sbx_->server().Kill(SIGKILL);
+  {
+    store::StoreOptions o;
+    o.path = sbx_->home() + "/airlock.db";
+    auto st = store::OpenSqliteStore(o);
+    ASSERT_TRUE(st) << st.error().message;
+    store::StateChange kill{{store::SessionState::kRunning}, store::SessionState::kKilled, "killed", true, std::nullopt};
+    ASSERT_TRUE((*st)->ChangeState(id, kill));
+  }
+  ASSERT_TRUE(std::filesystem::exists(state_dir)) << "the sandbox outlives the control plane";
+  sbx_->server().Start();
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::filesystem::exists(state_dir) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_FALSE(std::filesystem::exists(state_dir)) << "a sandbox no live session owns was left running";
 }
 
 TEST_F(OciSessionTest, DeletingASessionDestroysItsSandbox) {
