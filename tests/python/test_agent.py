@@ -13,6 +13,18 @@ CONTENT = "Ünïcode report\nline two\n"
 CONTENT_BYTES = CONTENT.encode("utf-8")
 
 
+
+def run_agent_here(cwd, env):
+    """Runs the example agent in this process's host with exactly `env` (+ PATH), to the end."""
+    return subprocess.run(
+        [sys.executable, AGENT],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+
 def tool_call(tool, **arguments):
     return {"function": {"name": tool, "arguments": arguments}}
 
@@ -119,14 +131,7 @@ class TokenProbeTest(ServerTestCase):
 
     def test_a_tool_cannot_read_the_token_from_the_agents_environ(self):
         s, _, env = self.server.capture_session()
-        proc = subprocess.run(
-            [sys.executable, AGENT],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
-            cwd=self.server.dir,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=60,
-        )
+        proc = run_agent_here(self.server.dir, env)
         self.assertEqual(proc.returncode, 0, proc.stderr.decode())
         (out,) = tool_results(self.op.messages(s["id"]))
         self.assertIn("probe-done", out)
@@ -239,14 +244,7 @@ class ResumeTest(ServerTestCase):
         reply = client.chat()
         self.assertEqual(len(reply["tool_calls"]), 2)
         # A fresh agent with the same session picks up from the stored history.
-        proc = subprocess.run(
-            [sys.executable, AGENT],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
-            cwd=self.server.dir,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=60,
-        )
+        proc = run_agent_here(self.server.dir, env)
         self.assertEqual(proc.returncode, 0, proc.stderr.decode())
         self.assertNotIn(env["SESSION_TOKEN"].encode(), proc.stderr + proc.stdout)
         final = self.op.get_session(s["id"])
