@@ -113,6 +113,10 @@ struct Config {
   // How often a session gets a fresh sandbox after its sandbox died (killed, out of memory,
   // vanished) before the session fails. An agent that exits on its own is not restarted.
   int64_t max_restarts = 3;
+  // A running session whose agent has waited on an empty inbox (and done nothing else) this
+  // long is suspended; a message resumes it. A session's limits.idle_timeout_s overrides it;
+  // 0 = never.
+  int64_t idle_timeout_s = 0;
   std::string images_dir;                  // default: <home>/images
   std::string builtin_images_dir;          // default: images/ beside the airlock binary (base.tar)
   OciConfig oci;

@@ -189,6 +189,17 @@ path_style = false
   EXPECT_FALSE(ParseConfig("[files.s3]\nbuckit = \"x\"\n", "/h").has_value());
 }
 
+TEST(ConfigTest, SandboxRestartAndIdleSettings) {
+  auto c = ParseConfig("[sandbox]\nmax_restarts = 0\nidle_timeout_s = 300\n", "/h");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->max_restarts, 0);
+  EXPECT_EQ(c->idle_timeout_s, 300);
+  auto d = ParseConfig("", "/h");
+  EXPECT_EQ(d->max_restarts, 3);
+  EXPECT_EQ(d->idle_timeout_s, 0) << "never suspended for idleness unless asked";
+  EXPECT_FALSE(ParseConfig("[sandbox]\nidle_timeout_s = -1\n", "/h").has_value());
+}
+
 TEST(ConfigTest, TheDefaultModelFollowsTheKeysInTheEnvironmentWhenNotConfigured) {
   auto env = [](std::map<std::string, std::string> vars) {
     return [vars](const char* name) -> const char* {

@@ -257,6 +257,8 @@ awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Reques
     co_return MakeError(ErrorCode::kPermissionDenied, "SESSION_ID header does not match the token's session");
   }
   if (store::IsTerminal(s->state)) co_return refuse("invalid, expired or revoked session token");
+  // Anything but waiting on the inbox is work: the session is not idle.
+  if (req.path != "/sandbox/v1/inbox") idle_since_.erase(s->id);
   co_return s;
 }
 
@@ -297,6 +299,7 @@ void ControlPlane::AfterSessionEnded(const store::Session& s) {
   inbox_.Forget(s.id);
   agent_exits_.erase(s.id);
   restarts_.erase(s.id);
+  idle_since_.erase(s.id);
   llm_->CancelSession(s.id);
   events_.Notify(s.id);
   events_.Forget(s.id);
@@ -393,7 +396,31 @@ awaitable<void> ControlPlane::ReconcileOnce() {
       continue;
     }
     co_await CheckSandbox(s);
+    co_await SuspendIfIdle(s, now);
   }
+}
+
+awaitable<void> ControlPlane::SuspendIfIdle(const store::Session& s, int64_t now) {
+  if (s.state != SessionState::kRunning) co_return;
+  int64_t idle_timeout_ms = config_.idle_timeout_s * 1000;
+  if (auto t = s.limits.find("idle_timeout_s"); t != s.limits.end() && t->is_number()) {
+    idle_timeout_ms = static_cast<int64_t>(t->get<double>() * 1000);
+  }
+  if (idle_timeout_ms <= 0) co_return;
+  auto since = idle_since_.find(s.id);
+  auto parked = parked_polls_.find(s.id);
+  if (since == idle_since_.end() || parked == parked_polls_.end() || parked->second <= 0) co_return;
+  if (now - since->second < idle_timeout_ms) co_return;
+  const int64_t idle_s = (now - since->second) / 1000;
+  BusyMark mark(restarting_, s.id);
+  if (!mark.held()) co_return;
+  auto res = co_await SetSuspended(s.id, true);
+  if (res.status >= 400) {
+    log::Warn("suspending an idle session failed", {{"session", s.id}, {"status", res.status}});
+    co_return;
+  }
+  idle_since_.erase(s.id);
+  log::Info("suspended an idle session", {{"session", s.id}, {"idle_s", idle_s}});
 }
 
 awaitable<void> ControlPlane::CheckSandbox(store::Session s) {

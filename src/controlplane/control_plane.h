@@ -136,6 +136,9 @@ class ControlPlane {
   // Looks at the sandbox of a running session: one that is gone ends the session (its agent
   // exited on its own) or gets a fresh sandbox (it was killed or vanished).
   awaitable<void> CheckSandbox(store::Session s);
+  // Suspends a running session whose agent has waited on an empty inbox, and done nothing
+  // else, for longer than its idle timeout (limits.idle_timeout_s, else sandbox.idle_timeout_s).
+  awaitable<void> SuspendIfIdle(const store::Session& s, int64_t now);
   // A fresh sandbox with a new token for a live session whose sandbox is gone; the new agent
   // reloads the conversation from /sandbox/v1/history. After sandbox.max_restarts the
   // session fails instead. The caller holds the session's mark in restarting_.
@@ -189,6 +192,11 @@ class ControlPlane {
   // right now. io thread only.
   std::map<std::string, int64_t> restarts_;
   std::set<std::string> restarting_;
+  // Idleness, for suspending idle sessions: since when each session's agent has only waited
+  // on its inbox (any other sandbox request, or messages taken, clears it), and how many of
+  // its inbox long-polls are parked right now. io thread only.
+  std::map<std::string, int64_t> idle_since_;
+  std::map<std::string, int> parked_polls_;
   bool stopping_ = false;
 };
 

@@ -457,13 +457,17 @@ awaitable<Response> ControlPlane::Inbox(Request& req) {
     conversations_.Release(s.id);
     AIRLOCK_CO_ASSIGN(auto msgs, std::move(taken));
     if (!msgs.empty()) {
+      idle_since_.erase(s.id);  // there is work again
       Json arr = Json::array();
       for (const auto& m : msgs) arr.push_back(m.body);
       co_return Response::FromJson(200, Json{{"messages", arr}});
     }
     if (std::chrono::steady_clock::now() >= deadline || sandbox_server_->draining()) break;
     gauge.Add(1);
+    idle_since_.emplace(s.id, NowMillis());  // kept if it was already waiting
+    ++parked_polls_[s.id];
     bool woke = co_await inbox_.Wait(s.id, version, deadline);
+    if (--parked_polls_[s.id] <= 0) parked_polls_.erase(s.id);
     gauge.Add(-1);
     if (!woke) break;
     // Woken: a message, the session's end, or a drain. Find out which.

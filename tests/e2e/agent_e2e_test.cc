@@ -442,6 +442,52 @@ TEST_F(AgentE2eTest, AFinishTheControlPlaneCannotTakeGoesBackToTheModel) {
   EXPECT_EQ(results[1].rfind("error: finish was refused", 0), 0u) << results[1];
 }
 
+TEST_F(AgentE2eTest, AnIdleSessionIsSuspendedAndAMessageWakesItUp) {
+  StartWithScript(Json::array({
+      Reply("Tell me when.", {}),
+      Reply("Now.", {Call("shell", {{"command", "echo woke > woke.txt"}}), Call("upload", {{"path", "woke.txt"}})}),
+      Reply("Done.", {Call("finish", {{"result", "woke up"}})}),
+  }));
+  Json body = {{"task", "wait for the user"}, {"image", "base"}, {"limits", {{"idle_timeout_s", 1}}}};
+  auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
+  ASSERT_EQ(r.status, 201u) << r.body;
+  std::string id = r.json()["id"];
+  created_.push_back(id);
+  ASSERT_FALSE(WaitForEvent(id, "agent.waiting").is_null());
+  // Waiting on an empty inbox and nothing else: suspended after about a second.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  std::string state;
+  while (std::chrono::steady_clock::now() < deadline) {
+    state = sbx_->server().Op(verb::get, "/v1/sessions/" + id).json().value("state", "");
+    if (state == "suspended") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(state, "suspended") << Events(id).dump();
+  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"now"})");
+  ASSERT_EQ(m.status, 202u) << m.body;
+  auto out = sbx_->WaitForEnd(id);
+  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+  EXPECT_EQ(Download(id, "woke.txt"), "woke\n");
+  EXPECT_TRUE(out.Event("session.sandbox_restart").is_null()) << "the same sandbox slept and woke";
+}
+
+TEST_F(AgentE2eTest, ABusySessionIsNotSuspendedForIdleness) {
+  StartWithScript(Json::array({
+      Reply("Working.", {Call("shell", {{"command", "sleep 3; echo busy > busy.txt"}}), Call("upload", {{"path", "busy.txt"}})}),
+      Reply("Done.", {Call("finish", {{"result", "stayed awake"}})}),
+  }));
+  Json body = {{"task", "work for a while"}, {"image", "base"}, {"limits", {{"idle_timeout_s", 1}}}};
+  auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
+  ASSERT_EQ(r.status, 201u) << r.body;
+  std::string id = r.json()["id"];
+  created_.push_back(id);
+  auto out = sbx_->WaitForEnd(id);
+  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump();
+  for (const auto& e : out.events) {
+    EXPECT_FALSE(e["type"] == "session.state" && e["data"]["to"] == "suspended") << e.dump();
+  }
+}
+
 TEST_F(AgentE2eTest, TheAgentsChildProcessesCannotReadTheToken) {
   // Everything a tool could try as the agent's user: its own environment, every process's
   // environ and cmdline, the agent's memory and file descriptors.
