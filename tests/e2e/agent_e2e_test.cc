@@ -70,9 +70,10 @@ class AgentE2eTest : public ::testing::Test {
 
   // A session of the base image with its default entrypoint: the reference agent.
   std::string CreateAgentSession(const std::string& task, const Json& command = nullptr,
-                                 const std::string& image = "base") {
+                                 const std::string& image = "base", const Json& limits = nullptr) {
     Json body = {{"task", task}, {"image", image}};
     if (!command.is_null()) body["command"] = command;
+    if (!limits.is_null()) body["limits"] = limits;
     auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
     EXPECT_EQ(r.status, 201u) << r.body;
     if (r.status != 201u) return "";
@@ -448,11 +449,8 @@ TEST_F(AgentE2eTest, AnIdleSessionIsSuspendedAndAMessageWakesItUp) {
       Reply("Now.", {Call("shell", {{"command", "echo woke > woke.txt"}}), Call("upload", {{"path", "woke.txt"}})}),
       Reply("Done.", {Call("finish", {{"result", "woke up"}})}),
   }));
-  Json body = {{"task", "wait for the user"}, {"image", "base"}, {"limits", {{"idle_timeout_s", 1}}}};
-  auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
-  ASSERT_EQ(r.status, 201u) << r.body;
-  std::string id = r.json()["id"];
-  created_.push_back(id);
+  std::string id = CreateAgentSession("wait for the user", nullptr, "base", {{"idle_timeout_s", 1}});
+  ASSERT_FALSE(id.empty());
   ASSERT_FALSE(WaitForEvent(id, "agent.waiting").is_null());
   // Waiting on an empty inbox and nothing else: suspended after about a second.
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
@@ -476,11 +474,8 @@ TEST_F(AgentE2eTest, ABusySessionIsNotSuspendedForIdleness) {
       Reply("Working.", {Call("shell", {{"command", "sleep 3; echo busy > busy.txt"}}), Call("upload", {{"path", "busy.txt"}})}),
       Reply("Done.", {Call("finish", {{"result", "stayed awake"}})}),
   }));
-  Json body = {{"task", "work for a while"}, {"image", "base"}, {"limits", {{"idle_timeout_s", 1}}}};
-  auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
-  ASSERT_EQ(r.status, 201u) << r.body;
-  std::string id = r.json()["id"];
-  created_.push_back(id);
+  std::string id = CreateAgentSession("work for a while", nullptr, "base", {{"idle_timeout_s", 1}});
+  ASSERT_FALSE(id.empty());
   auto out = sbx_->WaitForEnd(id);
   ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump();
   for (const auto& e : out.events) {
