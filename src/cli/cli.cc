@@ -26,6 +26,7 @@
 #include "common/log.h"
 #include "common/secret.h"
 #include "common/time_util.h"
+#include "common/url.h"
 #include "controlplane/config.h"
 #include "files/local_store.h"
 #include "controlplane/control_plane.h"
@@ -203,17 +204,7 @@ CliResult<HttpClient> MakeClient(const ClientFlags& flags, HttpClientOptions opt
 }
 
 // Percent-encodes a path segment, so that an id like "../x?y" cannot change the route.
-std::string Escape(std::string_view segment) {
-  std::string out;
-  for (unsigned char c : segment) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += fmt::format("%{:02X}", c);
-    }
-  }
-  return out;
-}
+std::string Escape(std::string_view segment) { return PercentEncode(segment); }
 
 std::string SessionPath(const std::string& id, std::string_view rest = "") {
   return fmt::format("/v1/sessions/{}{}", Escape(id), rest);

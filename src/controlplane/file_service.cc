@@ -14,6 +14,7 @@
 #include "common/crypto.h"
 #include "common/log.h"
 #include "common/time_util.h"
+#include "common/url.h"
 #include "controlplane/handler_util.h"
 #include "files/s3_store.h"
 
@@ -27,24 +28,6 @@ std::optional<int64_t> ParseInt(std::string_view s) {
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
   return v;
-}
-
-// Percent-decoding of one path segment ('+' stays '+').
-std::optional<std::string> DecodeSegment(std::string_view in) {
-  std::string out;
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] != '%') {
-      out += in[i];
-      continue;
-    }
-    if (i + 2 >= in.size() || !std::isxdigit(static_cast<unsigned char>(in[i + 1])) ||
-        !std::isxdigit(static_cast<unsigned char>(in[i + 2]))) {
-      return std::nullopt;
-    }
-    out += static_cast<char>(std::stoi(std::string(in.substr(i + 1, 2)), nullptr, 16));
-    i += 2;
-  }
-  return out;
 }
 
 Response Forbidden(std::string_view why) { return Response::FromError(403, "permission_denied", why); }
@@ -226,7 +209,7 @@ Result<FileService::Terms> FileService::CheckUrl(const Request& req, std::string
   if (it_s == req.params.end() || it_n == req.params.end()) return deny("malformed file URL");
   Terms t;
   t.session = it_s->second;
-  auto name = DecodeSegment(it_n->second);
+  auto name = PercentDecode(it_n->second, /*query=*/false);
   if (!name) return deny("malformed file URL");
   t.name = *name;
   if (!files::ValidateFileName(t.name)) return deny("malformed file URL");
@@ -405,7 +388,7 @@ awaitable<Response> FileService::List(Request& req) {
 
 awaitable<Response> FileService::OperatorDownload(Request& req) {
   std::string id = req.params["id"];
-  auto name = DecodeSegment(req.params["name"]);
+  auto name = PercentDecode(req.params["name"], /*query=*/false);
   if (!name) co_return Response::FromError(400, "invalid_argument", "malformed file name");
   AIRLOCK_CO_TRY(files::ValidateFileName(*name));
   AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(id));

@@ -10,29 +10,13 @@
 
 #include "common/crypto.h"
 #include "common/log.h"
+#include "common/url.h"
 
 namespace airlock::controlplane {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string PercentDecode(std::string_view in) {
-  std::string out;
-  out.reserve(in.size());
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] == '%' && i + 2 < in.size() && std::isxdigit(static_cast<unsigned char>(in[i + 1])) &&
-        std::isxdigit(static_cast<unsigned char>(in[i + 2]))) {
-      out += static_cast<char>(std::stoi(std::string(in.substr(i + 1, 2)), nullptr, 16));
-      i += 2;
-    } else if (in[i] == '+') {
-      out += ' ';
-    } else {
-      out += in[i];
-    }
-  }
-  return out;
-}
 
 // A request id is taken from X-Request-Id when it is short and plain, so that a caller can
 // correlate its own logs; otherwise (or when absent) one is made up.
@@ -134,8 +118,8 @@ std::optional<std::string> Request::Query(std::string_view name) const {
     size_t amp = q.find('&');
     std::string_view pair = q.substr(0, amp);
     size_t eq = pair.find('=');
-    if (PercentDecode(pair.substr(0, eq)) == name) {
-      return eq == std::string_view::npos ? std::string() : PercentDecode(pair.substr(eq + 1));
+    if (PercentDecode(pair.substr(0, eq), /*query=*/true) == name) {
+      return eq == std::string_view::npos ? std::string() : *PercentDecode(pair.substr(eq + 1), /*query=*/true);
     }
     if (amp == std::string_view::npos) break;
     q.remove_prefix(amp + 1);

@@ -13,6 +13,7 @@
 
 #include "common/crypto.h"
 #include "common/log.h"
+#include "common/url.h"
 
 namespace airlock::files {
 
@@ -135,15 +136,7 @@ Result<PresignedUrl> LocalBlobStore::Presign(const PresignRequest& r) {
   PresignedUrl out;
   out.method = r.method;
   out.expires_at = r.expires_at;
-  // Names are restricted to bytes that need no escaping but these few.
-  std::string name;
-  for (unsigned char ch : r.name) {
-    if (std::isalnum(ch) || ch == '-' || ch == '_' || ch == '.' || ch == '~') {
-      name += static_cast<char>(ch);
-    } else {
-      name += fmt::format("%{:02X}", ch);
-    }
-  }
+  const std::string name = PercentEncode(r.name);
   out.url = fmt::format("{}/sandbox/v1/files/{}/{}?method={}&expires={}&max={}&kid={}&sig={}", r.base_url,
                         r.session_id, name, r.method, r.expires_at, max, signer_.active_kid(), sig);
   return out;

@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 
 #include "common/crypto.h"
+#include "common/url.h"
 
 namespace airlock::files {
 namespace {
@@ -336,22 +337,7 @@ std::string HostForBucket(const S3Endpoint& endpoint, std::string_view bucket) {
   return out;
 }
 
-std::string UriEncode(std::string_view s, bool encode_slash) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(s.size() * 3);
-  for (char ch : s) {
-    auto c = static_cast<unsigned char>(ch);
-    if (IsUnreserved(c) || (c == '/' && !encode_slash)) {
-      out += ch;
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
-}
+std::string UriEncode(std::string_view s, bool encode_slash) { return PercentEncode(s, !encode_slash); }
 
 Result<std::string> FormatAmzDate(int64_t unix_seconds) {
   if (unix_seconds < 0 || unix_seconds > kMaxAmzDateUnix) {
