@@ -412,7 +412,7 @@ awaitable<void> ControlPlane::SuspendIfIdle(const store::Session& s, int64_t now
   if (since == idle_since_.end() || parked == parked_polls_.end() || parked->second <= 0) co_return;
   if (now - since->second < idle_timeout_ms) co_return;
   const int64_t idle_s = (now - since->second) / 1000;
-  BusyMark mark(restarting_, s.id);
+  BusyMark mark(sandbox_busy_, s.id);
   if (!mark.held()) co_return;
   auto res = co_await SetSuspended(s.id, true);
   if (res.status >= 400) {
@@ -426,7 +426,7 @@ awaitable<void> ControlPlane::SuspendIfIdle(const store::Session& s, int64_t now
 awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
   auto* backend = backends_->Find(s.backend);
   if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty()) co_return;
-  BusyMark mark(restarting_, s.id);
+  BusyMark mark(sandbox_busy_, s.id);
   if (!mark.held()) co_return;
   auto status = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
   if (!status) co_return;

@@ -141,7 +141,7 @@ class ControlPlane {
   awaitable<void> SuspendIfIdle(const store::Session& s, int64_t now);
   // A fresh sandbox with a new token for a live session whose sandbox is gone; the new agent
   // reloads the conversation from /sandbox/v1/history. After sandbox.max_restarts the
-  // session fails instead. The caller holds the session's mark in restarting_.
+  // session fails instead. The caller holds the session's mark in sandbox_busy_.
   awaitable<void> RestartSandbox(store::Session s, std::string why);
   sandbox::SandboxSpec SpecFor(const store::Session& s, const Secret& token) const;
   // Listens on the session's socket and asks the backend for its sandbox; the handle.
@@ -188,10 +188,10 @@ class ControlPlane {
   // restart forgets it (the result then says less, nothing else changes).
   std::map<std::string, Json> agent_exits_;
   // Fresh sandboxes started per session by this process (a restart of the control plane
-  // starts the count again), and the sessions whose sandbox is being inspected or replaced
-  // right now. io thread only.
+  // starts the count again), and the sessions whose sandbox is being inspected, replaced or
+  // suspended for idleness right now (see BusyMark). io thread only.
   std::map<std::string, int64_t> restarts_;
-  std::set<std::string> restarting_;
+  std::set<std::string> sandbox_busy_;
   // Idleness, for suspending idle sessions: since when each session's agent has only waited
   // on its inbox (any other sandbox request, or messages taken, clears it), and how many of
   // its inbox long-polls are parked right now. io thread only.

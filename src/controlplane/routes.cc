@@ -359,7 +359,7 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
       // on resume: the session's conversation is in the store.
       auto gone = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
       if (!suspend && gone && (gone->state == sandbox::SandboxState::kMissing || gone->state == sandbox::SandboxState::kExited)) {
-        BusyMark mark(restarting_, id);
+        BusyMark mark(sandbox_busy_, id);
         if (mark.held()) co_await RestartSandbox(s, "the suspended sandbox was gone at resume");
         AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
         co_return Response::FromJson(200, SessionJson(now));
