@@ -1,5 +1,6 @@
 // The operator and sandbox APIs over real sockets with a real SQLite store.
 #include <fstream>
+#include <thread>
 
 #include "tests/integration/harness.h"
 
@@ -320,6 +321,41 @@ TEST_F(ApiTest, RequestIdIsEchoedOrGenerated) {
   auto hostile = HttpCall(server_.op_port(), verb::get, "/healthz", "", "", {{"X-Request-Id", "a\"b{}"}});
   EXPECT_FALSE(hostile.headers["X-Request-Id"].empty());
   EXPECT_NE(hostile.headers["X-Request-Id"], "a\"b{}");
+}
+
+TEST_F(ApiTest, ADeadSandboxsParkedInboxPollCannotTakeMessagesMeantForItsReplacement) {
+  auto [id, old_token] = server_.NewSession();
+  ASSERT_EQ(server_.Sb(verb::get, "/sandbox/v1/inbox", old_token).status, 200u);  // the task
+  // The sandbox is waiting on its inbox when it dies; its poll stays parked on our side.
+  HttpResult old_poll;
+  std::thread poller([&, t = old_token] { old_poll = server_.Sb(verb::get, "/sandbox/v1/inbox?wait=20", t); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  {
+    std::lock_guard l(server_.backend().mu);
+    server_.backend().state["test:" + id] = "destroyed";
+  }
+  // The reconciler gives the session a fresh sandbox with a new token.
+  std::string new_token;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    {
+      std::lock_guard l(server_.backend().mu);
+      new_token = server_.backend().specs.at(id).token.Reveal();
+    }
+    if (new_token != old_token) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_NE(new_token, old_token) << "no fresh sandbox";
+  poller.join();
+  EXPECT_EQ(old_poll.status, 401u) << "the dead sandbox's poll must end, not wait for messages";
+  // A follow-up now waits for the new sandbox, and only it can take it.
+  ASSERT_EQ(server_.Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"for the new one"})").status, 202u);
+  EXPECT_EQ(server_.Sb(verb::get, "/sandbox/v1/inbox", old_token).status, 401u);
+  auto pending = server_.Op(verb::get, "/v1/sessions/" + id + "/messages").json()["pending"];
+  ASSERT_EQ(pending.size(), 1u) << pending.dump();
+  auto taken = server_.Sb(verb::get, "/sandbox/v1/inbox", new_token);
+  ASSERT_EQ(taken.status, 200u) << taken.body;
+  EXPECT_EQ(taken.json()["messages"][0]["content"], "for the new one");
 }
 
 }  // namespace
