@@ -205,8 +205,10 @@ Status ParseSandbox(const toml::table* t, Config& c) {
   AIRLOCK_TRY(o.String("runtime_path", &k.runtime_path));
   AIRLOCK_TRY(o.String("init_path", &k.init_path));
   AIRLOCK_TRY(o.Int("bridge_port", &k.bridge_port, 1, 65535));
-  AIRLOCK_TRY(o.Int("agent_uid", &k.agent_uid, 1, 1 << 30));
-  AIRLOCK_TRY(o.Int("agent_gid", &k.agent_gid, 1, 1 << 30));
+  AIRLOCK_TRY(o.Int("agent_uid", &k.agent_uid, 1, 4294967294));
+  AIRLOCK_TRY(o.Int("agent_gid", &k.agent_gid, 1, 4294967294));
+  AIRLOCK_TRY(o.Int("uid_range_start", &k.uid_range_start, 1, 4294967294));
+  AIRLOCK_TRY(o.Int("uid_range_size", &k.uid_range_size, 1, 1 << 24));
   AIRLOCK_TRY(o.Int("log_limit_mb", &k.log_limit_mb, 1, 1 << 20));
   AIRLOCK_TRY(o.Int("memory_mb", &k.memory_mb, 16, 1 << 20));
   AIRLOCK_TRY(o.Int("pids", &k.pids, 1, 1 << 22));

@@ -58,8 +58,10 @@ struct OciConfig {
   std::string runtime_path;      // default: looked up in PATH
   std::string init_path;         // default: airlock-init beside the airlock binary
   int64_t bridge_port = 7401;    // CONTROL_PLANE_URL inside the sandbox: http://127.0.0.1:<port>
-  int64_t agent_uid = 1000;
-  int64_t agent_gid = 1000;
+  int64_t agent_uid = 0;  // 0: each sandbox its own uid from the range below
+  int64_t agent_gid = 0;  // 0: the same number as the uid
+  int64_t uid_range_start = 2147000000;
+  int64_t uid_range_size = 65536;
   int64_t log_limit_mb = 8;
   int64_t memory_mb = 512;  // defaults for sessions whose limits leave them out
   int64_t pids = 256;

@@ -53,6 +53,8 @@ void RegisterOci(const Config& config, std::shared_ptr<images::ImageStore> image
   o.bridge_port = static_cast<uint16_t>(config.oci.bridge_port);
   o.agent_uid = static_cast<uint32_t>(config.oci.agent_uid);
   o.agent_gid = static_cast<uint32_t>(config.oci.agent_gid);
+  o.uid_range_start = static_cast<uint32_t>(config.oci.uid_range_start);
+  o.uid_range_size = static_cast<uint32_t>(config.oci.uid_range_size);
   o.log_limit_bytes = config.oci.log_limit_mb << 20;
   o.default_memory_mb = config.oci.memory_mb;
   o.default_pids = config.oci.pids;

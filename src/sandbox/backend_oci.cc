@@ -21,6 +21,7 @@
 #include "sandbox/cgroups.h"
 #include "sandbox/oci_spec.h"
 #include "sandbox/subprocess.h"
+#include "sandbox/uid_pool.h"
 
 namespace airlock::sandbox {
 namespace {
@@ -29,6 +30,8 @@ namespace fs = std::filesystem;
 
 constexpr const char* kIdPrefix = "airlock-";
 constexpr const char* kCgroupParent = "/airlock";
+// The agent's uid inside a rootless sandbox's user namespace (mapped into /etc/subuid).
+constexpr uint32_t kRootlessAgentId = 1000;
 
 // "<container id>:<session work dir>". The work dir outlives the container (it holds the
 // log), so logs stay readable after the sandbox is gone.
@@ -113,6 +116,40 @@ std::optional<IdMapping> SubordinateRange(const std::string& file, const std::st
   return std::nullopt;
 }
 
+// The image's /etc/passwd (or group) with the agent's entry put in: every line but one that
+// names "sandbox" or the agent's id, then `entry`. Empty when the image has no such regular
+// file (nothing to bind over then). Neither /etc nor the file may be a symlink: resolved here,
+// on the host, one could point at a host file.
+std::string WithAgentEntry(const std::string& rootfs, const char* name, uint32_t id, const std::string& entry) {
+  struct stat st;
+  if (::lstat((rootfs + "/etc").c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return {};
+  std::string path = rootfs + "/etc/" + name;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return {};
+  std::string content;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= (1 << 20)) {
+    content.resize(static_cast<size_t>(st.st_size));
+    ssize_t n = ::read(fd, content.data(), content.size());
+    content.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  } else {
+    ::close(fd);
+    return {};
+  }
+  ::close(fd);
+  std::istringstream in(content);
+  std::string out, line;
+  const std::string number = std::to_string(id);
+  while (std::getline(in, line)) {
+    // name:x:id:...
+    size_t first = line.find(':');
+    size_t second = first == std::string::npos ? first : line.find(':', first + 1);
+    std::string line_id = second == std::string::npos ? "" : line.substr(second + 1, line.find(':', second + 1) - second - 1);
+    if (line.substr(0, first) == "sandbox" || line_id == number) continue;
+    out += line + "\n";
+  }
+  return out + entry + "\n";
+}
+
 constexpr int kCapSysResource = 24;
 
 // Whether this process holds capability `cap` in its effective set.
@@ -141,6 +178,15 @@ class OciBackend : public Backend {
     auto mem = cgroups_.v1_mounts.find("memory");
     swap_limit_ = mem == cgroups_.v1_mounts.end() ? cgroups_.mode == CgroupMode::kV2
                                                   : fs::exists(mem->second + "/memory.memsw.limit_in_bytes");
+    // v1 leaves TCP buffers out of memory.limit_in_bytes; they are charged only where the
+    // runtime sets memory.kmem.tcp.limit_in_bytes (kernelTCP). v2 charges them to memory.max.
+    kernel_tcp_ = mem != cgroups_.v1_mounts.end() && fs::exists(mem->second + "/memory.kmem.tcp.limit_in_bytes");
+    if (!rootless_ && o_.agent_uid == 0) {
+      // Skipped: ids an account or group got since start-up, and uids some process still runs
+      // as (a sandbox of another control plane sharing the range).
+      uid_pool_ = std::make_unique<UidPool>(o_.uid_range_start, o_.uid_range_size,
+                                            [](uint32_t id) { return HostKnowsId(id) || UidHasProcesses(id); });
+    }
     // The runtime, our child, mounts in the sandbox one v1 hierarchy per line of what is
     // also our /proc/self/cgroup.
     if (cgroups_.mode == CgroupMode::kV1 || cgroups_.mode == CgroupMode::kHybrid) {
@@ -168,6 +214,18 @@ class OciBackend : public Backend {
       if (e.starts_with("PATH=")) path_var = e;
     }
 
+    uint32_t agent_uid = agent_uid_, agent_gid = agent_gid_;
+    if (uid_pool_) {
+      AIRLOCK_ASSIGN_OR_RETURN(agent_uid, uid_pool_->Acquire(h.id));
+      agent_gid = agent_uid;
+    }
+    auto started = Start(spec, image, std::move(command), path_var, h, agent_uid, agent_gid);
+    if (!started && uid_pool_) uid_pool_->Release(h.id);
+    return started;
+  }
+
+  Result<std::string> Start(const SandboxSpec& spec, const OciImage& image, std::vector<std::string> command,
+                            const std::string& path_var, const Handle& h, uint32_t agent_uid, uint32_t agent_gid) {
     OciBundleParams p;
     p.rootfs = image.rootfs;
     p.host_binds = image.host_binds;
@@ -178,8 +236,8 @@ class OciBackend : public Backend {
              fmt::format("CONTROL_PLANE_URL=http://127.0.0.1:{}", o_.bridge_port), path_var};
     p.workdir = image.workdir;
     p.bridge_port = o_.bridge_port;
-    p.agent_uid = agent_uid_;
-    p.agent_gid = agent_gid_;
+    p.agent_uid = agent_uid;
+    p.agent_gid = agent_gid;
     p.log_limit_bytes = o_.log_limit_bytes;
     if (can_protect_init_) p.init_oom_score_adj = -1000;
     const Json& l = spec.limits.is_object() ? spec.limits : Json::object();
@@ -188,6 +246,9 @@ class OciBackend : public Backend {
     if (!rootless_) {
       p.memory_bytes = memory_mb << 20;
       p.limit_swap = swap_limit_;
+      // As much TCP buffer memory as memory: what a sandbox holds in sockets is bounded like
+      // what it holds anywhere else, and not by the host-wide tcp_mem it would otherwise share.
+      if (kernel_tcp_) p.kernel_tcp_bytes = p.memory_bytes;
       p.pids = l.value("pids", o_.default_pids);
       p.cpus = l.value("cpus", o_.default_cpus);
       p.cgroups_path = fmt::format("{}/{}", kCgroupParent, h.id);
@@ -203,6 +264,22 @@ class OciBackend : public Backend {
     fs::create_directories(h.bundle(), ec);
     if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", h.bundle(), ec.message());
     ::chmod(h.bundle().c_str(), 0700);
+    if (!rootless_) {
+      // The agent's uid is no account of the image: give it the name `sandbox` inside.
+      std::string passwd = WithAgentEntry(image.rootfs, "passwd", agent_uid,
+                                          fmt::format("sandbox:x:{}:{}::{}:/bin/sh", agent_uid, agent_gid, kSandboxHome));
+      std::string group = WithAgentEntry(image.rootfs, "group", agent_gid, fmt::format("sandbox:x:{}:", agent_gid));
+      if (!passwd.empty()) {
+        AIRLOCK_TRY(WriteFileAtomic(h.bundle() + "/passwd", passwd, 0644));
+        ::chmod((h.bundle() + "/passwd").c_str(), 0644);
+        p.passwd_host_path = h.bundle() + "/passwd";
+      }
+      if (!group.empty()) {
+        AIRLOCK_TRY(WriteFileAtomic(h.bundle() + "/group", group, 0644));
+        ::chmod((h.bundle() + "/group").c_str(), 0644);
+        p.group_host_path = h.bundle() + "/group";
+      }
+    }
     // The spec holds the session token: 0600 in a 0700 directory, removed with the sandbox.
     AIRLOCK_TRY(WriteFileAtomic(h.bundle() + "/config.json", BuildOciConfig(p).dump(), 0600));
 
@@ -255,6 +332,8 @@ class OciBackend : public Backend {
     }
     std::error_code ec;
     fs::remove_all(h.bundle(), ec);  // it holds the (now revoked) token
+    // Only now, with every process of the sandbox gone, may another sandbox get its uid.
+    if (uid_pool_) uid_pool_->Release(h.id);
     return Ok();
   }
 
@@ -287,7 +366,26 @@ class OciBackend : public Backend {
     return s;
   }
 
-  Result<SandboxStatus> Reattach(const std::string& handle) override { return Inspect(handle); }
+  Result<SandboxStatus> Reattach(const std::string& handle) override {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    AdoptUid(h);
+    return Inspect(handle);
+  }
+
+  // After a restart: the uids of the sandboxes that outlived the last control plane stay
+  // theirs, whether or not a live session still owns them (those are destroyed later, which
+  // releases them).
+  void AdoptRunningUids() {
+    if (!uid_pool_) return;
+    auto listed = List();
+    if (!listed) {
+      log::Warn("cannot list the running sandboxes to recover their uids", {{"error", listed.error().message}});
+      return;
+    }
+    for (const auto& l : *listed) {
+      if (auto h = Decode(l.handle)) AdoptUid(*h);
+    }
+  }
 
   // The runtime's own list of its containers under our --root (crun, runc and runsc all
   // print id and bundle as JSON); ours are "airlock-<session>" with the bundle in the
@@ -417,6 +515,14 @@ class OciBackend : public Backend {
     return Ok();
   }
 
+  // The uid the sandbox's bundle gave its agent, taken back into the pool.
+  void AdoptUid(const Handle& h) {
+    if (!uid_pool_ || uid_pool_->Held(h.id)) return;
+    auto config = ParseJson(ReadSmall(h.bundle() + "/config.json"));
+    if (!config) return;
+    if (auto uid = AgentUidOf(*config)) uid_pool_->Adopt(h.id, *uid);
+  }
+
   // Rootless: the control plane's own uid is root inside; with a subordinate range from
   // /etc/subuid (and newuidmap) the agent gets a real unprivileged uid, otherwise it runs
   // as the (capability-less) namespace root, which is the host user.
@@ -429,12 +535,14 @@ class OciBackend : public Backend {
     if (passwd* pw = ::getpwuid(uid)) user = pw->pw_name;
     auto su = SubordinateRange("/etc/subuid", user, uid);
     auto sg = SubordinateRange("/etc/subgid", user, uid);
+    uint32_t inside_uid = o_.agent_uid ? o_.agent_uid : kRootlessAgentId;
+    uint32_t inside_gid = o_.agent_gid ? o_.agent_gid : inside_uid;
     if (su && sg && !FindExecutable("newuidmap").empty() && !FindExecutable("newgidmap").empty() &&
-        su->size > o_.agent_uid && sg->size > o_.agent_gid) {
+        su->size > inside_uid && sg->size > inside_gid) {
       uid_map_.push_back(*su);
       gid_map_.push_back(*sg);
-      agent_uid_ = o_.agent_uid;
-      agent_gid_ = o_.agent_gid;
+      agent_uid_ = inside_uid;
+      agent_gid_ = inside_gid;
     } else {
       agent_uid_ = 0;
       agent_gid_ = 0;
@@ -451,12 +559,36 @@ class OciBackend : public Backend {
   std::string runtime_path_;
   bool rootless_ = false;
   bool swap_limit_ = false;
+  bool kernel_tcp_ = false;
   std::vector<std::string> cgroup_v1_dirs_;
   bool can_protect_init_ = HasCapability(kCapSysResource);
+  // A fixed agent uid (sandbox.oci.agent_uid, or rootless); unused while uid_pool_ exists.
   uint32_t agent_uid_ = o_.agent_uid;
-  uint32_t agent_gid_ = o_.agent_gid;
+  uint32_t agent_gid_ = o_.agent_gid ? o_.agent_gid : o_.agent_uid;
+  std::unique_ptr<UidPool> uid_pool_;
   std::vector<IdMapping> uid_map_, gid_map_;
 };
+
+// The agent's host ids belong to nobody on the host: an account sharing them could signal and
+// ptrace the agent and read its /proc (its environment holds the session token), and would
+// share its per-user kernel quotas.
+Status CheckAgentIds(const OciOptions& o) {
+  HostIds host = ReadHostIds();
+  if (o.agent_uid == 0) {
+    return CheckIdRangeIsFree(o.uid_range_start, o.uid_range_size, host,
+                              fmt::format("sandbox.oci.uid_range_start = {}, uid_range_size = {}", o.uid_range_start,
+                                          o.uid_range_size));
+  }
+  uint32_t gid = o.agent_gid ? o.agent_gid : o.agent_uid;
+  std::string what = fmt::format(
+      "sandbox.oci.agent_uid = {} (leave it out to give each sandbox its own uid from sandbox.oci.uid_range_start)",
+      o.agent_uid);
+  // emplace: a name already read from the files stays.
+  if (HostKnowsId(o.agent_uid)) host.users.emplace(o.agent_uid, "(known to the name service)");
+  AIRLOCK_TRY(CheckIdRangeIsFree(o.agent_uid, 1, HostIds{host.users, {}, host.subordinate}, what));
+  if (HostKnowsId(gid)) host.groups.emplace(gid, "(known to the name service)");
+  return CheckIdRangeIsFree(gid, 1, HostIds{{}, host.groups, {}}, fmt::format("sandbox.oci.agent_gid = {}", gid));
+}
 
 }  // namespace
 
@@ -483,6 +615,8 @@ Result<std::unique_ptr<Backend>> MakeOciBackend(OciOptions o) {
   if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", o.state_dir, ec.message());
   ::chmod(o.state_dir.c_str(), 0700);
 
+  if (::geteuid() == 0) AIRLOCK_TRY(CheckAgentIds(o));
+
   CgroupLayout layout = DetectCgroups();
   if (o.runtime == "crun" && layout.mode == CgroupMode::kHybrid && !layout.v2_controllers.empty()) {
     if (::geteuid() != 0) {
@@ -501,7 +635,9 @@ Result<std::unique_ptr<Backend>> MakeOciBackend(OciOptions o) {
   log::Info("oci backend ready", {{"runtime", runtime_path},
                                   {"cgroups", std::string(CgroupModeName(layout.mode))},
                                   {"rootless", ::geteuid() != 0}});
-  return std::unique_ptr<Backend>(new OciBackend(std::move(o), std::move(layout), std::move(runtime_path)));
+  auto backend = std::make_unique<OciBackend>(std::move(o), std::move(layout), std::move(runtime_path));
+  backend->AdoptRunningUids();
+  return std::unique_ptr<Backend>(std::move(backend));
 }
 
 }  // namespace airlock::sandbox

@@ -27,8 +27,15 @@ struct OciOptions {
   std::string state_dir;         // the runtime's --root (its container state); required
   std::string init_path;         // airlock-init on the host; required
   uint16_t bridge_port = 7401;   // CONTROL_PLANE_URL inside = http://127.0.0.1:<port>
-  uint32_t agent_uid = 1000;
-  uint32_t agent_gid = 1000;
+  // As root, each sandbox's agent gets its own host uid (gid: the same number) from
+  // [uid_range_start, uid_range_start + uid_range_size), which no host account, group or
+  // subordinate range may touch (checked at start). A non-zero agent_uid instead runs every
+  // agent as that one uid, which must not be a host account either; agent_gid 0 = agent_uid.
+  // Rootless: the uid inside the user namespace (default 1000), mapped to /etc/subuid.
+  uint32_t agent_uid = 0;
+  uint32_t agent_gid = 0;
+  uint32_t uid_range_start = 2147000000;
+  uint32_t uid_range_size = 65536;
   int64_t log_limit_bytes = 8 << 20;
   // Used when the session's limits leave them out.
   int64_t default_memory_mb = 512;

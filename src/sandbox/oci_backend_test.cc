@@ -2,6 +2,7 @@
 // busybox in a temp dir. Needs root; skips with the reason elsewhere.
 #include "sandbox/backend_oci.h"
 
+#include <pwd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -79,9 +81,11 @@ class OciBackendTest : public ::testing::Test {
       fs::create_directories(rootfs_ + d);
     }
     fs::copy_file("/bin/busybox", rootfs_ + "/bin/busybox");
-    for (const char* applet : {"sh", "echo", "id", "sleep", "cat", "date", "ls", "head", "wc"}) {
+    for (const char* applet : {"sh", "echo", "id", "sleep", "cat", "date", "ls", "head", "wc", "touch", "stat"}) {
       fs::create_symlink("busybox", rootfs_ + "/bin/" + applet);
     }
+    std::ofstream(rootfs_ + "/etc/passwd") << "root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000::/home/sandbox:/bin/sh\n";
+    std::ofstream(rootfs_ + "/etc/group") << "root:x:0:\nsandbox:x:1000:\n";
     backend_ = Make();
   }
   void TearDown() override {
@@ -95,6 +99,8 @@ class OciBackendTest : public ::testing::Test {
     OciOptions o;
     o.state_dir = dir_ + "/state";
     o.init_path = AIRLOCK_INIT_BIN;
+    o.uid_range_start = range_start_;
+    o.uid_range_size = range_size_;
     o.resolve_image = [this](const std::string& name) -> Result<OciImage> {
       if (name != "busybox") return Errorf(ErrorCode::kNotFound, "no image {}", name);
       OciImage img;
@@ -149,10 +155,21 @@ class OciBackendTest : public ::testing::Test {
   }
 
   std::string dir_, rootfs_;
+  uint32_t range_start_ = 2147000000;
+  uint32_t range_size_ = 65536;
   std::unique_ptr<Backend> backend_;
   std::vector<std::string> handles_;
   std::vector<std::unique_ptr<FakeControlSocket>> control_sockets_;
 };
+
+// The uid the agent of `h` printed with `id -u` as its log's second line.
+uint32_t UidLine(const std::string& log) {
+  std::istringstream in(log);
+  std::string line;
+  std::getline(in, line);
+  std::getline(in, line);
+  return static_cast<uint32_t>(std::strtoul(line.c_str(), nullptr, 10));
+}
 
 TEST_F(OciBackendTest, RunsTheCommandAsTheAgentUserAndCapturesItsOutput) {
   std::string h = Create({"/bin/sh", "-c", "echo hello from the sandbox; id -u; echo to stderr >&2"});
@@ -160,7 +177,9 @@ TEST_F(OciBackendTest, RunsTheCommandAsTheAgentUserAndCapturesItsOutput) {
   auto st = WaitFor(h, SandboxState::kExited);
   std::string log = Log(h);
   EXPECT_NE(log.find("hello from the sandbox"), std::string::npos) << log;
-  EXPECT_NE(log.find("\n1000\n"), std::string::npos) << log;
+  // A uid of the default range, which no host account has.
+  EXPECT_GE(UidLine(log), 2147000000u) << log;
+  EXPECT_LT(UidLine(log), 2147000000u + 65536u) << log;
   EXPECT_NE(log.find("to stderr"), std::string::npos) << log;
   EXPECT_FALSE(st.oom_killed);
   // Logs from an offset.
@@ -246,6 +265,81 @@ TEST_F(OciBackendTest, ASecondBackendInstanceReattachesToARunningSandbox) {
   auto st = backend_->Reattach(h);
   ASSERT_TRUE(st.has_value()) << st.error().message;
   EXPECT_EQ(st->state, SandboxState::kRunning);
+}
+
+TEST_F(OciBackendTest, EachLiveSandboxHasItsOwnUidWithANameAndItsOwnFiles) {
+  std::string a = Create({"/bin/sh", "-c", "id -un; id -u; touch /tmp/f $HOME/f; stat -c %u /tmp/f $HOME/f; sleep 600"});
+  std::string b = Create({"/bin/sh", "-c", "id -un; id -u; sleep 600"});
+  ASSERT_FALSE(a.empty() || b.empty());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while ((Log(a).size() < 40 || Log(b).size() < 20) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::string la = Log(a), lb = Log(b);
+  uint32_t ua = UidLine(la), ub = UidLine(lb);
+  EXPECT_NE(ua, ub) << la << lb;
+  EXPECT_TRUE(la.starts_with("sandbox\n")) << "the uid has a name inside: " << la;
+  // The files the agent makes in /tmp and its home are its own.
+  EXPECT_NE(la.find(fmt::format("\n{}\n{}\n", ua, ua)), std::string::npos) << la;
+  // Destroyed, a's uid may go to a later sandbox; b's may not while b lives.
+  ASSERT_TRUE(backend_->Destroy(a).has_value());
+  std::string c = Create({"/bin/sh", "-c", "id -un; id -u; sleep 600"});
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (Log(c).size() < 20 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_NE(UidLine(Log(c)), ub) << Log(c);
+}
+
+TEST_F(OciBackendTest, ARestartedBackendKeepsTheUidsOfSandboxesNotYetDestroyed) {
+  // A range of two, and a sandbox that exited but was not destroyed: no process shows its
+  // uid any more, only its bundle does. A restarted backend must read it back from there.
+  range_start_ = 2147480000 + static_cast<uint32_t>(::getpid() % 1000) * 2;
+  range_size_ = 2;
+  backend_ = Make();
+  std::string a = Create({"/bin/sh", "-c", "id -un; id -u"});
+  ASSERT_FALSE(a.empty());
+  WaitFor(a, SandboxState::kExited);
+  uint32_t ua = UidLine(Log(a));
+  backend_.reset();  // the control plane restarts
+  backend_ = Make();
+  std::string b = Create({"/bin/sh", "-c", "id -un; id -u"});
+  ASSERT_FALSE(b.empty());
+  WaitFor(b, SandboxState::kExited);
+  EXPECT_NE(UidLine(Log(b)), ua) << Log(b);
+  SandboxSpec spec;
+  spec.session_id = "ses_third";
+  spec.work_dir = dir_ + "/work-third";
+  spec.control_socket_dir = dir_;
+  spec.image = "busybox";
+  fs::create_directories(spec.work_dir);
+  auto c = backend_->Create(spec);
+  ASSERT_FALSE(c.has_value()) << "both uids are held: " << *c;
+  EXPECT_NE(c.error().message.find("no free sandbox uid"), std::string::npos) << c.error().message;
+  // Destroying a gives its uid back.
+  ASSERT_TRUE(backend_->Destroy(a).has_value());
+  c = backend_->Create(spec);
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  handles_.push_back(*c);
+}
+
+TEST_F(OciBackendTest, AnAgentUidOfAHostAccountIsRefused) {
+  OciOptions o;
+  o.state_dir = dir_ + "/state2";
+  o.init_path = AIRLOCK_INIT_BIN;
+  o.agent_uid = 0;
+  o.uid_range_start = 0;  // root's
+  auto r = MakeOciBackend(o);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().message.find("root"), std::string::npos) << r.error().message;
+  o.uid_range_start = 2147000000;
+  passwd* pw = ::getpwnam("nobody");
+  if (!pw) GTEST_SKIP() << "no account \"nobody\" on this host";
+  o.agent_uid = pw->pw_uid;
+  r = MakeOciBackend(o);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().message.find("sandbox.oci.agent_uid"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("nobody"), std::string::npos) << r.error().message;
 }
 
 TEST_F(OciBackendTest, InspectAgreesWithTheRuntime) {

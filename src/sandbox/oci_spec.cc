@@ -1,5 +1,7 @@
 #include "sandbox/oci_spec.h"
 
+#include <charconv>
+
 #include "sandbox/seccomp_profile.h"
 
 namespace airlock::sandbox {
@@ -71,6 +73,12 @@ Json BuildOciConfig(const OciBundleParams& p) {
   for (const auto& dir : p.host_binds) {
     mounts.push_back(Mount(dir, "bind", dir, {"rbind", "ro", "nosuid", "nodev"}));
   }
+  if (!p.passwd_host_path.empty()) {
+    mounts.push_back(Mount("/etc/passwd", "bind", p.passwd_host_path, {"bind", "ro", "nosuid", "nodev", "noexec"}));
+  }
+  if (!p.group_host_path.empty()) {
+    mounts.push_back(Mount("/etc/group", "bind", p.group_host_path, {"bind", "ro", "nosuid", "nodev", "noexec"}));
+  }
   // /.airlock: a root-owned tmpfs holding the bind of init and of the channel directory.
   mounts.push_back(Mount("/.airlock", "tmpfs", "tmpfs", {"nosuid", "nodev", "mode=755", "size=64k"}));
   mounts.push_back(Mount(kInitInSandbox, "bind", p.init_host_path, {"bind", "ro", "nosuid", "nodev"}));
@@ -86,6 +94,10 @@ Json BuildOciConfig(const OciBundleParams& p) {
         "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"}},
       {"readonlyPaths", {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}},
       {"seccomp", SandboxSeccompProfile()},
+      // The sandbox's own network namespace: these bound each of its sockets only. The
+      // host-wide tcp_mem is not per namespace; the cgroup (kernel_tcp_bytes, or v2) bounds
+      // the sum.
+      {"sysctl", {{"net.ipv4.tcp_rmem", kSandboxTcpRmem}, {"net.ipv4.tcp_wmem", kSandboxTcpWmem}}},
   };
   if (!p.rootless && p.mount_cgroupfs) {
     // On cgroup v1 crun mounts /sys/fs/cgroup as a world-writable (1777) tmpfs holding the
@@ -108,6 +120,7 @@ Json BuildOciConfig(const OciBundleParams& p) {
   if (p.memory_bytes > 0) {
     resources["memory"] = {{"limit", p.memory_bytes}};
     if (p.limit_swap) resources["memory"]["swap"] = p.memory_bytes;
+    if (p.kernel_tcp_bytes > 0) resources["memory"]["kernelTCP"] = p.kernel_tcp_bytes;
   }
   if (p.pids > 0) resources["pids"] = {{"limit", p.pids}};
   if (p.cpus > 0) {
@@ -125,6 +138,23 @@ Json BuildOciConfig(const OciBundleParams& p) {
       {"mounts", mounts},
       {"linux", linux_},
   };
+}
+
+std::optional<uint32_t> AgentUidOf(const Json& config) {
+  if (!config.is_object() || !config.contains("process") || !config["process"].is_object()) return std::nullopt;
+  const Json& args = config["process"].value("args", Json::array());
+  if (!args.is_array()) return std::nullopt;
+  // init's options end at "--"; what follows is the agent's own argv.
+  for (size_t i = 0; i + 1 < args.size() && args[i] != "--"; ++i) {
+    if (args[i] != "--uid") continue;
+    if (!args[i + 1].is_string()) return std::nullopt;
+    const std::string& v = args[i + 1].get_ref<const std::string&>();
+    uint64_t uid = 0;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), uid);
+    if (v.empty() || ec != std::errc() || end != v.data() + v.size() || uid >= UINT32_MAX) return std::nullopt;
+    return static_cast<uint32_t>(uid);
+  }
+  return std::nullopt;
 }
 
 }  // namespace airlock::sandbox

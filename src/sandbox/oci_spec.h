@@ -34,6 +34,10 @@ struct OciBundleParams {
   uint16_t bridge_port = 0;
   uint32_t agent_uid = 1000;
   uint32_t agent_gid = 1000;
+  // Host files bound read-only over the image's /etc/passwd and /etc/group (empty: the
+  // image's own), so that the agent's uid, which is not 1000 any more, has a name inside.
+  std::string passwd_host_path;
+  std::string group_host_path;
   int64_t log_limit_bytes = 8 << 20;
   std::string hostname = "sandbox";
   // init's oom_score_adj (-1000: never chosen); lowering it needs CAP_SYS_RESOURCE, which a
@@ -44,6 +48,10 @@ struct OciBundleParams {
   // Limits. 0 = unlimited (only where the host cannot enforce it, e.g. rootless on v1).
   int64_t memory_bytes = 0;
   bool limit_swap = true;  // memory+swap = memory: the agent cannot page out to escape the cap
+  // cgroup v1 only (v2 charges socket buffers to `memory_bytes` by itself): the TCP buffer
+  // memory of the sandbox's sockets (memory.kmem.tcp.limit_in_bytes). 0 = not set, and then
+  // v1 does not account it at all.
+  int64_t kernel_tcp_bytes = 0;
   int64_t pids = 0;
   double cpus = 0;
   int64_t tmp_bytes = 256 << 20;   // /tmp and /home/sandbox, each
@@ -57,11 +65,22 @@ struct OciBundleParams {
   std::vector<IdMapping> gid_mappings;
 };
 
+// The per-socket TCP buffer bounds (min default max, bytes) set in every sandbox's own network
+// namespace. The kernel's defaults let one socket grow to 4 MiB (send) and 32 MiB (receive), for
+// long fat networks; a sandbox has only loopback, where 1 MiB a direction already fills the
+// pipe, and the smaller maximum bounds what each socket may hold before any cgroup limit acts.
+inline constexpr const char* kSandboxTcpRmem = "4096 131072 1048576";
+inline constexpr const char* kSandboxTcpWmem = "4096 16384 1048576";
+
 // The `config.json` of the bundle (OCI runtime-spec 1.0): new pid, net, ipc, uts, mount and
 // cgroup namespaces (plus user when rootless), read-only root, size-capped tmpfs for /tmp,
 // the home and /run, a minimal /dev, the runtime spec's masked and read-only /proc and /sys
 // paths, the seccomp allowlist, no_new_privs, and for init only the capabilities it needs to
 // drop to the agent's user (it then drops them; the agent has none).
 Json BuildOciConfig(const OciBundleParams& p);
+
+// The agent uid a config.json built by BuildOciConfig names (init's --uid), or nullopt. How a
+// restarted control plane learns which uids its running sandboxes hold.
+std::optional<uint32_t> AgentUidOf(const Json& config);
 
 }  // namespace airlock::sandbox

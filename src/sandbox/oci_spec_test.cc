@@ -103,6 +103,43 @@ TEST(OciSpec, Limits) {
   EXPECT_EQ(BuildOciConfig(Params())["linux"]["cgroupsPath"], "/airlock/airlock-ses_1");
 }
 
+TEST(OciSpec, TcpBuffersAreBoundedPerSocketAndChargedOnCgroupV1) {
+  auto p = Params();
+  Json s = BuildOciConfig(p);
+  EXPECT_EQ(s["linux"]["sysctl"]["net.ipv4.tcp_rmem"], kSandboxTcpRmem);
+  EXPECT_EQ(s["linux"]["sysctl"]["net.ipv4.tcp_wmem"], kSandboxTcpWmem);
+  EXPECT_FALSE(s["linux"]["resources"]["memory"].contains("kernelTCP")) << "v2: charged to memory by the kernel";
+  p.kernel_tcp_bytes = 256 << 20;
+  EXPECT_EQ(BuildOciConfig(p)["linux"]["resources"]["memory"]["kernelTCP"], 256 << 20);
+}
+
+TEST(OciSpec, TheAgentsUidIsReadBackFromTheConfig) {
+  auto p = Params();
+  p.agent_uid = 2147000042;
+  p.agent_gid = 2147000042;
+  p.command = {"/bin/prog", "--uid", "7"};  // the agent's own argv does not count
+  Json s = BuildOciConfig(p);
+  EXPECT_EQ(AgentUidOf(s), 2147000042u);
+  EXPECT_TRUE(Has((*FindMount(s, "/home/sandbox"))["options"], "uid=2147000042,gid=2147000042"));
+  EXPECT_FALSE(AgentUidOf(Json::object()).has_value());
+  EXPECT_FALSE(AgentUidOf(Json{{"process", {{"args", {"/.airlock/init", "--", "--uid", "7"}}}}}).has_value());
+  EXPECT_FALSE(AgentUidOf(Json{{"process", {{"args", {"/.airlock/init", "--uid", "x"}}}}}).has_value());
+}
+
+TEST(OciSpec, PasswdAndGroupAreBoundReadOnlyWhenGiven) {
+  auto p = Params();
+  EXPECT_EQ(FindMount(BuildOciConfig(p), "/etc/passwd"), nullptr);
+  p.passwd_host_path = "/work/ses_1/bundle/passwd";
+  p.group_host_path = "/work/ses_1/bundle/group";
+  Json s = BuildOciConfig(p);
+  for (const char* d : {"/etc/passwd", "/etc/group"}) {
+    const Json* m = FindMount(s, d);
+    ASSERT_NE(m, nullptr) << d;
+    EXPECT_TRUE(Has((*m)["options"], "ro"));
+  }
+  EXPECT_EQ((*FindMount(s, "/etc/passwd"))["source"], "/work/ses_1/bundle/passwd");
+}
+
 TEST(OciSpec, HostImageBindsAreReadOnly) {
   auto p = Params();
   p.host_binds = {"/usr", "/lib64"};
@@ -136,13 +173,17 @@ TEST(SeccompProfile, DeniesByDefaultAndLeavesOutTheDangerousCalls) {
     for (const auto& n : rule["names"]) allowed_unconditionally.insert(n);
   }
   EXPECT_TRUE(allowed_unconditionally.count("read"));
+  for (const char* own : {"fsync", "fdatasync", "sync_file_range"}) EXPECT_TRUE(allowed_unconditionally.count(own));
   for (const char* bad : {"mount", "umount2", "pivot_root", "chroot", "ptrace", "bpf", "keyctl", "add_key",
                           "request_key", "unshare", "setns", "kexec_load", "kexec_file_load", "perf_event_open",
                           "init_module", "finit_module", "delete_module", "open_by_handle_at", "userfaultfd",
                           "process_vm_readv", "process_vm_writev", "fsopen", "fsmount", "move_mount", "open_tree",
                           "io_uring_setup", "swapon", "reboot", "settimeofday", "clock_settime", "syslog", "acct",
                           "quotactl", "iopl", "ioperm", "clone", "clone3", "personality", "socket", "socketpair",
-                          "kcmp"}) {
+                          "kcmp",
+                          // Host-wide resources: the AIO contexts of fs.aio-max-nr, and writeback.
+                          "io_setup", "io_submit", "io_getevents", "io_pgetevents", "io_cancel", "io_destroy",
+                          "sync", "syncfs"}) {
     EXPECT_FALSE(allowed_unconditionally.count(bad)) << bad;
   }
   // socket: only AF_UNIX, AF_INET, AF_INET6, and AF_NETLINK for routes and socket diagnostics.

@@ -6,6 +6,11 @@ namespace airlock::sandbox {
 namespace {
 
 // Allowed without conditions. Sorted; keep it that way.
+//
+// Left out on purpose (EPERM through the default action), beyond Docker's list: the native AIO
+// family (io_setup and friends), whose contexts count against fs.aio-max-nr, one limit for the
+// whole host that one sandbox could take; and sync/syncfs, which make the host write back every
+// filesystem's dirty pages. fsync, fdatasync and sync_file_range only touch the caller's file.
 constexpr std::initializer_list<const char*> kAllowed = {
     "accept", "accept4", "access", "alarm", "arch_prctl", "bind", "brk", "capget", "capset", "chdir",
     "chmod", "chown", "clock_getres", "clock_gettime", "clock_nanosleep", "close", "close_range", "connect",
@@ -18,7 +23,7 @@ constexpr std::initializer_list<const char*> kAllowed = {
     "getpeername", "getpgid", "getpgrp", "getpid", "getppid", "getpriority", "getrandom", "getresgid",
     "getresuid", "getrlimit", "getrusage", "getsid", "getsockname", "getsockopt", "gettid", "gettimeofday",
     "getuid", "getxattr", "inotify_add_watch", "inotify_init", "inotify_init1", "inotify_rm_watch",
-    "io_cancel", "io_destroy", "io_getevents", "io_pgetevents", "io_setup", "io_submit", "ioctl",
+    "ioctl",
     "ioprio_get", "ioprio_set", "kill", "lchown", "lgetxattr", "link", "linkat", "listen", "listxattr",
     "llistxattr", "lremovexattr", "lseek", "lsetxattr", "lstat", "madvise", "membarrier", "memfd_create",
     "mincore", "mkdir", "mkdirat", "mknod", "mknodat", "mlock", "mlock2", "mlockall", "mmap", "mprotect",
@@ -37,7 +42,7 @@ constexpr std::initializer_list<const char*> kAllowed = {
     "setitimer", "setpgid", "setpriority", "setregid", "setresgid", "setresuid", "setreuid", "setrlimit",
     "setsid", "setsockopt", "setuid", "setxattr", "shmat", "shmctl", "shmdt", "shmget", "shutdown",
     "sigaltstack", "signalfd", "signalfd4", "splice", "stat", "statfs", "statx", "symlink",
-    "symlinkat", "sync", "sync_file_range", "syncfs", "sysinfo", "tee", "tgkill", "time", "timer_create",
+    "symlinkat", "sync_file_range", "sysinfo", "tee", "tgkill", "time", "timer_create",
     "timer_delete", "timer_getoverrun", "timer_gettime", "timer_settime", "timerfd_create",
     "timerfd_gettime", "timerfd_settime", "times", "tkill", "truncate", "umask", "uname", "unlink",
     "unlinkat", "utime", "utimensat", "utimes", "vfork", "vmsplice", "wait4", "waitid", "write", "writev",
