@@ -111,6 +111,23 @@ CREATE INDEX usage_session ON usage(session_id, id);
 ALTER TABLE sessions ADD COLUMN models TEXT NOT NULL DEFAULT '[]';
 CREATE INDEX usage_created_at ON usage(created_at);
 )sql"},
+    {3, R"sql(
+-- Event quotas: what each session's events take, kept with every append so the check is one
+-- row read; and whether the one "session.quota_exceeded" event was appended.
+ALTER TABLE sessions ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN event_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN event_quota_noticed INTEGER NOT NULL DEFAULT 0;
+-- Retention: when a session ended, and when its events and conversation were deleted.
+ALTER TABLE sessions ADD COLUMN ended_at INTEGER;
+ALTER TABLE sessions ADD COLUMN purged_at INTEGER;
+UPDATE sessions SET
+  event_count = (SELECT COUNT(*) FROM events e WHERE e.session_id = sessions.id),
+  event_bytes = (SELECT COALESCE(SUM(length(CAST(e.type AS BLOB)) + length(CAST(e.data AS BLOB))), 0)
+                 FROM events e WHERE e.session_id = sessions.id);
+-- A session's last update is its end: nothing changes a session once it has ended.
+UPDATE sessions SET ended_at = updated_at WHERE state IN ('succeeded', 'failed', 'killed');
+CREATE INDEX sessions_purgeable ON sessions(ended_at) WHERE ended_at IS NOT NULL AND purged_at IS NULL;
+)sql"},
 };
 
 constexpr int kLatestVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -372,7 +389,8 @@ class ReadPool {
 // Columns read by ReadSession, in its order.
 constexpr std::string_view kSessionColumns =
     "id, state, image, backend, model, command, limits, metadata, token_hash, sandbox_handle, "
-    "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at, models";
+    "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at, models, ended_at, "
+    "purged_at";
 
 std::string SessionQuery(std::string_view where_and_rest) {
   return fmt::format("SELECT {} FROM sessions {}", kSessionColumns, where_and_rest);
@@ -405,6 +423,12 @@ Result<Session> ReadSession(const Stmt& row) {
   s.created_at = row.Int(15);
   s.updated_at = row.Int(16);
   AIRLOCK_ASSIGN_OR_RETURN(s.models, row.JsonColumn(17));
+  if (!row.IsNull(18)) {
+    s.ended_at = row.Int(18);
+  }
+  if (!row.IsNull(19)) {
+    s.purged_at = row.Int(19);
+  }
   return s;
 }
 
@@ -485,15 +509,18 @@ Result<int64_t> ReservePositions(Connection& c, std::string_view id, int64_t cou
   return stmt.Int(0);
 }
 
-// Appends an event with the session's next seq; runs inside the caller's write transaction.
+// Appends an event with the session's next seq and adds it to the session's event totals;
+// runs inside the caller's write transaction.
 Result<Event> InsertEvent(Connection& c, std::string_view session_id, std::string_view type,
                           const Json& data, int64_t now) {
   Event e{std::string(session_id), 0, std::string(type), data, now};
+  const std::string text = DumpJson(data);
   {
     AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
-                             c.Prepare("UPDATE sessions SET next_event_seq = next_event_seq + 1 "
+                             c.Prepare("UPDATE sessions SET next_event_seq = next_event_seq + 1, "
+                                       "event_count = event_count + 1, event_bytes = event_bytes + ?2 "
                                        "WHERE id = ?1 RETURNING next_event_seq - 1"));
-    stmt.Bind(session_id);
+    stmt.Bind(session_id, static_cast<int64_t>(type.size() + text.size()));
     AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) {
       return std::unexpected(SessionNotFound(session_id));
@@ -503,7 +530,7 @@ Result<Event> InsertEvent(Connection& c, std::string_view session_id, std::strin
   AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
                            c.Prepare("INSERT INTO events (session_id, seq, type, data, created_at) "
                                      "VALUES (?1, ?2, ?3, ?4, ?5)"));
-  stmt.Bind(session_id, e.seq, type, DumpJson(data), now);
+  stmt.Bind(session_id, e.seq, type, text, now);
   AIRLOCK_TRY(stmt.Run());
   return e;
 }
@@ -773,11 +800,12 @@ class SqliteStore final : public Store {
             Stmt stmt, c.Prepare("UPDATE sessions SET state = ?2, updated_at = ?3, "
                                  "result = CASE WHEN ?4 THEN ?5 ELSE result END, "
                                  "token_hash = CASE WHEN ?6 THEN '' ELSE token_hash END, "
-                                 "sandbox_handle = CASE WHEN ?7 THEN ?8 ELSE sandbox_handle END "
+                                 "sandbox_handle = CASE WHEN ?7 THEN ?8 ELSE sandbox_handle END, "
+                                 "ended_at = CASE WHEN ?9 THEN ?3 ELSE ended_at END "
                                  "WHERE id = ?1"));
         stmt.Bind(id, StateName(change.to), now, change.result.has_value() ? 1 : 0, change.result,
                   change.revoke_token ? 1 : 0, change.sandbox_handle.has_value() ? 1 : 0,
-                  change.sandbox_handle);
+                  change.sandbox_handle, IsTerminal(change.to) ? 1 : 0);
         AIRLOCK_TRY(stmt.Run());
       }
       Json data = {{"from", StateName(current)}, {"to", StateName(change.to)}};
@@ -932,6 +960,47 @@ class SqliteStore final : public Store {
     return Write([&](Connection& c) { return InsertEvent(c, session_id, type, data, now); });
   }
 
+  Result<QuotaAppend> AppendEventWithinQuota(std::string_view session_id, std::string_view type,
+                                             const Json& data, const EventQuota& quota) override {
+    const int64_t now = NowMillis();
+    const int64_t size = static_cast<int64_t>(type.size() + DumpJson(data).size());
+    return Write([&](Connection& c) -> Result<QuotaAppend> {
+      QuotaAppend out;
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("SELECT event_count, event_bytes, event_quota_noticed FROM sessions "
+                                 "WHERE id = ?1"));
+        stmt.Bind(session_id);
+        AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+        if (!row) {
+          return std::unexpected(SessionNotFound(session_id));
+        }
+        if (quota.max_events > 0 && stmt.Int(0) + 1 > quota.max_events) {
+          out.exceeded = "events";
+          out.limit = quota.max_events;
+        } else if (quota.max_bytes > 0 && stmt.Int(1) + size > quota.max_bytes) {
+          out.exceeded = "bytes";
+          out.limit = quota.max_bytes;
+        }
+        out.noticed = !out.exceeded.empty() && stmt.Int(2) == 0;
+      }
+      if (out.exceeded.empty()) {
+        AIRLOCK_ASSIGN_OR_RETURN(Event e, InsertEvent(c, session_id, type, data, now));
+        out.event = std::move(e);
+        return out;
+      }
+      if (out.noticed) {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("UPDATE sessions SET event_quota_noticed = 1 WHERE id = ?1"));
+        stmt.Bind(session_id);
+        AIRLOCK_TRY(stmt.Run());
+        Json notice = {{"quota", out.exceeded}, {"limit", out.limit}, {"type", type}};
+        AIRLOCK_TRY(InsertEvent(c, session_id, "session.quota_exceeded", notice, now));
+      }
+      return out;
+    });
+  }
+
   Result<std::vector<Event>> ListEvents(std::string_view session_id, int64_t after,
                                         int limit) override {
     return Read([&](Connection& c) -> Result<std::vector<Event>> {
@@ -1057,6 +1126,119 @@ class SqliteStore final : public Store {
     });
   }
 
+  Result<std::vector<std::string>> ListPurgeable(int64_t ended_before, int limit) override {
+    return Read([&](Connection& c) -> Result<std::vector<std::string>> {
+      // The `IS NOT NULL` terms repeat the partial index's condition so the planner uses it.
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt, c.Prepare("SELECT id FROM sessions WHERE ended_at IS NOT NULL AND purged_at IS NULL "
+                               "AND ended_at < ?1 ORDER BY ended_at, id LIMIT ?2"));
+      stmt.Bind(ended_before, std::max(limit, 0));
+      std::vector<std::string> out;
+      for (;;) {
+        AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+        if (!row) {
+          break;
+        }
+        out.push_back(stmt.Text(0));
+      }
+      return out;
+    });
+  }
+
+  Result<SessionFootprint> Footprint(std::string_view session_id) override {
+    return Read([&](Connection& c) -> Result<SessionFootprint> {
+      SessionFootprint f;
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
+                                 c.Prepare("SELECT event_count, event_bytes FROM sessions WHERE id = ?1"));
+        stmt.Bind(session_id);
+        AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+        if (!row) {
+          return std::unexpected(SessionNotFound(session_id));
+        }
+        f.events = stmt.Int(0);
+        f.bytes = stmt.Int(1);
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt, c.Prepare("SELECT COUNT(*), COALESCE(SUM(length(CAST(body AS BLOB))), 0) "
+                               "FROM messages WHERE session_id = ?1"));
+      stmt.Bind(session_id);
+      AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (row) {
+        f.messages = stmt.Int(0);
+        f.bytes += stmt.Int(1);
+      }
+      return f;
+    });
+  }
+
+  Result<PurgeStep> PurgeSessionStep(std::string_view session_id, int max_rows) override {
+    if (max_rows < 1) {
+      return MakeError(ErrorCode::kInvalidArgument, "a purge step deletes at least one row");
+    }
+    const int64_t now = NowMillis();
+    return Write([&](Connection& c) -> Result<PurgeStep> {
+      AIRLOCK_ASSIGN_OR_RETURN(SessionState state, SelectState(c, session_id));
+      if (!IsTerminal(state)) {
+        return Errorf(ErrorCode::kConflict, "session {} is {}; only an ended session is purged", session_id,
+                      StateName(state));
+      }
+      PurgeStep step;
+      // Deletes up to `limit` rows with `sql` (which returns each row's size) and adds them up.
+      auto purge = [&](const std::string& sql, int64_t limit, int64_t* count) -> Status {
+        if (limit <= 0) {
+          return Ok();
+        }
+        AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare(sql));
+        stmt.Bind(session_id, limit);
+        for (;;) {
+          AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+          if (!row) {
+            return Ok();
+          }
+          ++*count;
+          step.deleted.bytes += stmt.Int(0);
+        }
+      };
+      AIRLOCK_TRY(purge("DELETE FROM events WHERE session_id = ?1 AND seq IN (SELECT seq FROM events "
+                        "WHERE session_id = ?1 ORDER BY seq LIMIT ?2) "
+                        "RETURNING length(CAST(type AS BLOB)) + length(CAST(data AS BLOB))",
+                        max_rows, &step.deleted.events));
+      AIRLOCK_TRY(purge("DELETE FROM messages WHERE id IN (SELECT id FROM messages "
+                        "WHERE session_id = ?1 ORDER BY id LIMIT ?2) RETURNING length(CAST(body AS BLOB))",
+                        max_rows - step.deleted.events, &step.deleted.messages));
+      if (step.deleted.events + step.deleted.messages < max_rows) {
+        // Nothing is left: the row stays as the session's record, without its contents.
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("UPDATE sessions SET purged_at = COALESCE(purged_at, ?2), event_count = 0, "
+                                 "event_bytes = 0 WHERE id = ?1"));
+        stmt.Bind(session_id, now);
+        AIRLOCK_TRY(stmt.Run());
+        step.done = true;
+      }
+      return step;
+    });
+  }
+
+  Result<int64_t> ReleaseFreePages(int64_t max_pages) override {
+    std::lock_guard lock(writer_mu_);
+    Connection& c = *writer_;
+    auto pragma_int = [&](const std::string& sql) -> Result<int64_t> {
+      AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare(sql));
+      AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      return row ? stmt.Int(0) : 0;
+    };
+    AIRLOCK_ASSIGN_OR_RETURN(int64_t mode, pragma_int("PRAGMA auto_vacuum"));
+    if (mode != 2 || max_pages <= 0) {  // 2: INCREMENTAL
+      return 0;
+    }
+    AIRLOCK_ASSIGN_OR_RETURN(int64_t before, pragma_int("PRAGMA freelist_count"));
+    // Not a cached statement: the page count is part of the pragma's text.
+    AIRLOCK_TRY(c.Exec(fmt::format("PRAGMA incremental_vacuum({})", max_pages).c_str(), "incremental vacuum"));
+    AIRLOCK_ASSIGN_OR_RETURN(int64_t after, pragma_int("PRAGMA freelist_count"));
+    return std::max<int64_t>(before - after, 0);
+  }
+
  private:
   // Runs `body` in a transaction on `c` (BEGIN IMMEDIATE for the writer, so the write lock is
   // taken up front and a busy database shows up here, not halfway through). Commits when
@@ -1155,6 +1337,10 @@ Status EnableWal(Connection& c) {
 }
 
 Status ConfigureWriter(Connection& c, const StoreOptions& options) {
+  // Lets retention give deleted space back to the file system (ReleaseFreePages). It takes
+  // effect only on a database that has no table yet: an older file keeps auto_vacuum off and
+  // reuses its free pages instead (docs/operators.md says how to convert it).
+  AIRLOCK_TRY(c.Exec("PRAGMA auto_vacuum = INCREMENTAL", "enabling incremental vacuum"));
   AIRLOCK_TRY(EnableWal(c));
   AIRLOCK_TRY(c.Exec(
       options.synchronous == "full" ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",

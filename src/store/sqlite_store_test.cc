@@ -569,7 +569,11 @@ TEST_F(SqliteStoreTest, AVersion1DatabaseIsUpgradedInPlace) {
     ASSERT_NE(store, nullptr);
     ASSERT_OK(store->CreateSession(MakeSession("ses_old"), UserMessage("t")));
   }
-  RawQuery(options_.path, "DELETE FROM schema_migrations WHERE version = 2");
+  RawQuery(options_.path, "DELETE FROM schema_migrations WHERE version >= 2");
+  RawQuery(options_.path, "DROP INDEX sessions_purgeable");
+  for (const char* col : {"event_count", "event_bytes", "event_quota_noticed", "ended_at", "purged_at"}) {
+    RawQuery(options_.path, std::string("ALTER TABLE sessions DROP COLUMN ") + col);
+  }
   RawQuery(options_.path, "DROP INDEX usage_created_at");
   RawQuery(options_.path, "ALTER TABLE sessions DROP COLUMN models");
   ASSERT_EQ(RawQuery(options_.path, "SELECT MAX(version) FROM schema_migrations"), "1");
@@ -577,7 +581,218 @@ TEST_F(SqliteStoreTest, AVersion1DatabaseIsUpgradedInPlace) {
   ASSERT_NE(store, nullptr);
   ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_old"));
   EXPECT_EQ(s.models, Json::array());
-  EXPECT_EQ(RawQuery(options_.path, "SELECT MAX(version) FROM schema_migrations"), "2");
+  EXPECT_EQ(RawQuery(options_.path, "SELECT MAX(version) FROM schema_migrations"), "3");
+}
+
+TEST_F(SqliteStoreTest, AVersion2DatabaseGetsEventTotalsAndEndTimesBackfilled) {
+  {
+    auto store = Open();
+    ASSERT_NE(store, nullptr);
+    ASSERT_OK(store->CreateSession(MakeSession("ses_old"), UserMessage("t")));
+    ASSERT_OK(store->AppendEvent("ses_old", "tick", {{"i", 1}}));
+    ASSERT_OK(store->ChangeState("ses_old", StateChange{{SessionState::kStarting}, SessionState::kKilled}));
+  }
+  // What a version-2 database holds: no totals, no end times.
+  RawQuery(options_.path, "DELETE FROM schema_migrations WHERE version = 3");
+  RawQuery(options_.path, "DROP INDEX sessions_purgeable");
+  for (const char* col : {"event_count", "event_bytes", "event_quota_noticed", "ended_at", "purged_at"}) {
+    RawQuery(options_.path, std::string("ALTER TABLE sessions DROP COLUMN ") + col);
+  }
+  const std::string bytes = RawQuery(
+      options_.path, "SELECT SUM(length(CAST(type AS BLOB)) + length(CAST(data AS BLOB))) FROM events");
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK_AND_ASSIGN(SessionFootprint f, store->Footprint("ses_old"));
+  EXPECT_EQ(f.events, 3);  // created, tick, state
+  EXPECT_EQ(f.messages, 1);
+  EXPECT_GT(f.bytes, std::stoll(bytes));  // the events' bytes plus the message's
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_old"));
+  ASSERT_TRUE(s.ended_at.has_value());
+  EXPECT_EQ(*s.ended_at, s.updated_at);
+}
+
+TEST_F(SqliteStoreTest, EventQuotaRefusesPastCountAndAppendsOneNotice) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_b"), UserMessage("t")));
+  const EventQuota quota{5, 0};
+  // session.created is the first of the five.
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_OK_AND_ASSIGN(QuotaAppend a, store->AppendEventWithinQuota("ses_a", "tick", {{"i", i}}, quota));
+    ASSERT_TRUE(a.event.has_value()) << i;
+    EXPECT_EQ(a.event->seq, i + 2);
+  }
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_OK_AND_ASSIGN(QuotaAppend a, store->AppendEventWithinQuota("ses_a", "tick", {{"i", i}}, quota));
+    EXPECT_FALSE(a.event.has_value());
+    EXPECT_EQ(a.exceeded, "events");
+    EXPECT_EQ(a.limit, 5);
+    EXPECT_EQ(a.noticed, i == 0);
+  }
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100));
+  ASSERT_EQ(events.size(), 6u);  // five, and the one notice
+  EXPECT_EQ(events.back().type, "session.quota_exceeded");
+  EXPECT_EQ(events.back().data, Json({{"quota", "events"}, {"limit", 5}, {"type", "tick"}}));
+  // Another session's budget is its own.
+  ASSERT_OK_AND_ASSIGN(QuotaAppend b, store->AppendEventWithinQuota("ses_b", "tick", Json::object(), quota));
+  EXPECT_TRUE(b.event.has_value());
+}
+
+TEST_F(SqliteStoreTest, EventQuotaCountsBytesOfEveryEventIncludingTheControlPlanes) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  ASSERT_OK_AND_ASSIGN(SessionFootprint start, store->Footprint("ses_a"));
+  const std::string big(1000, 'x');
+  const EventQuota quota{0, start.bytes + 2500};
+  ASSERT_OK_AND_ASSIGN(QuotaAppend a, store->AppendEventWithinQuota("ses_a", "blob", {{"b", big}}, quota));
+  ASSERT_TRUE(a.event.has_value());
+  // Appended without a quota (the control plane's own), still counted.
+  ASSERT_OK(store->AppendEvent("ses_a", "blob", {{"b", big}}));
+  ASSERT_OK_AND_ASSIGN(QuotaAppend refused,
+                       store->AppendEventWithinQuota("ses_a", "blob", {{"b", big}}, quota));
+  EXPECT_FALSE(refused.event.has_value());
+  EXPECT_EQ(refused.exceeded, "bytes");
+  EXPECT_TRUE(refused.noticed);
+  // A small one still fits under the byte bound.
+  ASSERT_OK_AND_ASSIGN(QuotaAppend small, store->AppendEventWithinQuota("ses_a", "s", Json::object(), quota));
+  EXPECT_TRUE(small.event.has_value());
+  ASSERT_OK_AND_ASSIGN(SessionFootprint f, store->Footprint("ses_a"));
+  const std::string stored = RawQuery(options_.path,
+                                      "SELECT SUM(length(CAST(type AS BLOB)) + length(CAST(data AS BLOB))) "
+                                      "FROM events WHERE session_id = 'ses_a'");
+  const std::string messages = RawQuery(options_.path,
+                                        "SELECT SUM(length(CAST(body AS BLOB))) FROM messages "
+                                        "WHERE session_id = 'ses_a'");
+  EXPECT_EQ(f.bytes, std::stoll(stored) + std::stoll(messages));
+}
+
+TEST_F(SqliteStoreTest, ConcurrentAppendsNeverOvershootTheQuota) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  const EventQuota quota{100, 0};
+  std::atomic<int> appended = 0, refused = 0, notices = 0, failures = 0;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        auto a = store->AppendEventWithinQuota("ses_a", "tick", {{"i", i}}, quota);
+        if (!a) {
+          ++failures;
+        } else if (a->event) {
+          ++appended;
+        } else {
+          ++refused;
+          notices += a->noticed ? 1 : 0;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(appended, 99);  // session.created took one
+  EXPECT_EQ(refused, 400 - 99);
+  EXPECT_EQ(notices, 1);
+  EXPECT_EQ(RawQuery(options_.path, "SELECT COUNT(*) FROM events WHERE session_id = 'ses_a'"), "101");
+}
+
+TEST_F(SqliteStoreTest, ListsOnlyEndedSessionsPastTheCutoffThatAreNotPurged) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  for (const char* id : {"ses_live", "ses_old", "ses_new"}) {
+    ASSERT_OK(store->CreateSession(MakeSession(id), UserMessage("t")));
+  }
+  ASSERT_OK(store->ChangeState("ses_old", StateChange{{SessionState::kStarting}, SessionState::kSucceeded}));
+  ASSERT_OK(store->ChangeState("ses_new", StateChange{{SessionState::kStarting}, SessionState::kFailed}));
+  ASSERT_OK_AND_ASSIGN(Session old_s, store->GetSession("ses_old"));
+  ASSERT_TRUE(old_s.ended_at.has_value());
+  ASSERT_OK_AND_ASSIGN(Session live, store->GetSession("ses_live"));
+  EXPECT_FALSE(live.ended_at.has_value());
+  RawQuery(options_.path, "UPDATE sessions SET ended_at = 1000 WHERE id = 'ses_old'");
+  ASSERT_OK_AND_ASSIGN(auto ids, store->ListPurgeable(2000, 10));
+  EXPECT_THAT(ids, ElementsAre("ses_old"));
+  ASSERT_OK_AND_ASSIGN(auto all, store->ListPurgeable(INT64_MAX, 10));
+  EXPECT_THAT(all, ElementsAre("ses_old", "ses_new"));
+  ASSERT_OK_AND_ASSIGN(auto one, store->ListPurgeable(INT64_MAX, 1));
+  EXPECT_THAT(one, ElementsAre("ses_old"));
+  ASSERT_OK_AND_ASSIGN(PurgeStep step, store->PurgeSessionStep("ses_old", 1000));
+  EXPECT_TRUE(step.done);
+  ASSERT_OK_AND_ASSIGN(auto rest, store->ListPurgeable(INT64_MAX, 10));
+  EXPECT_THAT(rest, ElementsAre("ses_new"));
+}
+
+TEST_F(SqliteStoreTest, PurgeDeletesContentsInBoundedStepsAndKeepsTheSessionRecord) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_b"), UserMessage("t")));
+  for (int i = 0; i < 25; ++i) {
+    ASSERT_OK(store->AppendEvent("ses_a", "tick", {{"i", i}}));
+    ASSERT_OK(store->AppendEvent("ses_b", "tick", {{"i", i}}));
+  }
+  ASSERT_OK(store->AppendConversation("ses_a", {UserMessage("q"), UserMessage("a")}));
+  ASSERT_OK(store->RecordUsage("ses_a", "fast", Usage{10, 20, 1, 0.5}));
+  EXPECT_EQ(store->PurgeSessionStep("ses_a", 10).error().code, ErrorCode::kConflict);  // live
+  ASSERT_OK(store->ChangeState("ses_a", StateChange{{SessionState::kStarting}, SessionState::kSucceeded,
+                                                    std::string("done")}));
+  ASSERT_OK_AND_ASSIGN(SessionFootprint before, store->Footprint("ses_a"));
+  EXPECT_EQ(before.events, 27);  // created, 25 ticks, state
+  EXPECT_EQ(before.messages, 3);
+  SessionFootprint total;
+  int steps = 0;
+  for (bool done = false; !done; ++steps) {
+    ASSERT_LT(steps, 20);
+    ASSERT_OK_AND_ASSIGN(PurgeStep step, store->PurgeSessionStep("ses_a", 10));
+    EXPECT_LE(step.deleted.events + step.deleted.messages, 10);
+    total.events += step.deleted.events;
+    total.messages += step.deleted.messages;
+    total.bytes += step.deleted.bytes;
+    done = step.done;
+  }
+  EXPECT_EQ(steps, 4);  // 30 rows: three full steps, and a fourth that finds nothing left
+  EXPECT_EQ(total.events, before.events);
+  EXPECT_EQ(total.messages, before.messages);
+  EXPECT_EQ(total.bytes, before.bytes);
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100));
+  EXPECT_TRUE(events.empty());
+  ASSERT_OK_AND_ASSIGN(auto msgs, store->ListMessages("ses_a", true));
+  EXPECT_TRUE(msgs.empty());
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_a"));
+  EXPECT_TRUE(s.purged_at.has_value());
+  EXPECT_EQ(s.state, SessionState::kSucceeded);
+  EXPECT_EQ(s.result, "done");
+  EXPECT_EQ(s.usage.llm_calls, 1);
+  ASSERT_OK_AND_ASSIGN(UsageReport usage, store->GetUsage(UsageQuery{}));
+  EXPECT_EQ(usage.total.input_tokens, 10);  // metered calls stay: usage reports stay right
+  ASSERT_OK_AND_ASSIGN(SessionFootprint after, store->Footprint("ses_a"));
+  EXPECT_EQ(after.events + after.messages + after.bytes, 0);
+  // The other session is untouched.
+  ASSERT_OK_AND_ASSIGN(auto b_events, store->ListEvents("ses_b", 0, 100));
+  EXPECT_EQ(b_events.size(), 26u);
+}
+
+TEST_F(SqliteStoreTest, PurgedSpaceIsGivenBackToTheFileSystem) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(RawQuery(options_.path, "PRAGMA auto_vacuum"), "2");
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  const std::string big(60000, 'x');
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_OK(store->AppendEvent("ses_a", "blob", {{"b", big}}));
+  }
+  ASSERT_OK(store->ChangeState("ses_a", StateChange{{SessionState::kStarting}, SessionState::kKilled}));
+  const int64_t pages_full = std::stoll(RawQuery(options_.path, "PRAGMA page_count"));
+  for (bool done = false; !done;) {
+    ASSERT_OK_AND_ASSIGN(PurgeStep step, store->PurgeSessionStep("ses_a", 50));
+    done = step.done;
+  }
+  ASSERT_OK_AND_ASSIGN(int64_t released, store->ReleaseFreePages(1 << 30));
+  EXPECT_GT(released, 0);
+  const int64_t pages_after = std::stoll(RawQuery(options_.path, "PRAGMA page_count"));
+  EXPECT_LT(pages_after * 10, pages_full);
+  EXPECT_EQ(RawQuery(options_.path, "PRAGMA freelist_count"), "0");
 }
 
 TEST_F(SqliteStoreTest, OperatorKeyNamesAndHashesAreUnique) {

@@ -43,6 +43,8 @@ struct Session {
   Usage usage;
   int64_t created_at = 0;        // ms since epoch
   int64_t updated_at = 0;
+  std::optional<int64_t> ended_at;   // when it reached a final state
+  std::optional<int64_t> purged_at;  // when retention deleted its events and conversation
 };
 
 // One message of a session's conversation in the OpenAI chat shape ({"role", "content", ...}).
@@ -85,6 +87,34 @@ struct Event {
   std::string type;
   Json data = Json::object();
   int64_t created_at = 0;
+};
+
+// Bounds on what a session may store as events (0 = no bound). Checked in the transaction of
+// the append, so concurrent appends cannot overshoot them.
+struct EventQuota {
+  int64_t max_events = 0;
+  int64_t max_bytes = 0;  // type + JSON text of the data, summed over the session's events
+};
+
+// What AppendEventWithinQuota did.
+struct QuotaAppend {
+  std::optional<Event> event;  // the appended event; empty when the quota refused it
+  std::string exceeded;        // refused: "events" or "bytes"
+  int64_t limit = 0;           // refused: the bound that was reached
+  bool noticed = false;        // refused, and this call appended the one "session.quota_exceeded"
+};
+
+// How much of the store a session takes (its events and conversation).
+struct SessionFootprint {
+  int64_t events = 0;
+  int64_t messages = 0;
+  int64_t bytes = 0;  // event type + data, message bodies (the JSON text)
+};
+
+// One bounded step of purging a session (see PurgeSessionStep).
+struct PurgeStep {
+  SessionFootprint deleted;
+  bool done = false;  // nothing was left: the session is now marked purged
 };
 
 struct OperatorKey {
@@ -159,6 +189,13 @@ class Store {
   // Appends an event with the session's next seq and returns it.
   virtual Result<Event> AppendEvent(std::string_view session_id, std::string_view type,
                                     const Json& data) = 0;
+  // Appends an event the sandbox caused (one it posted, a presign, a refused LLM call) unless
+  // it would take the session past `quota`. The first refusal of a session also appends one
+  // "session.quota_exceeded" event {"quota", "limit", "type"} (past the quota, so a reader
+  // learns why events stop; never a second one, so refusals cannot grow the table again).
+  // Every event, whatever appends it, counts towards the session's totals.
+  virtual Result<QuotaAppend> AppendEventWithinQuota(std::string_view session_id, std::string_view type,
+                                                     const Json& data, const EventQuota& quota) = 0;
   // Events with seq > after, in seq order, at most `limit`.
   virtual Result<std::vector<Event>> ListEvents(std::string_view session_id, int64_t after,
                                                 int limit) = 0;
@@ -171,6 +208,24 @@ class Store {
   virtual Result<Usage> RecordChat(std::string_view session_id, const ChatRecord& record) = 0;
   // Metered calls in [since, until), in total and per model alias.
   virtual Result<UsageReport> GetUsage(const UsageQuery& q) = 0;
+
+  // Retention. A purged session keeps its row (id, state, result, usage, metadata: what usage
+  // reports and `airlock ls` need) and its metered calls; its events and messages go.
+  //
+  // Ended sessions that ended before `ended_before` (ms since epoch) and are not purged yet,
+  // those that ended first first, at most `limit`.
+  virtual Result<std::vector<std::string>> ListPurgeable(int64_t ended_before, int limit) = 0;
+  // What purging the session would delete from the store now.
+  virtual Result<SessionFootprint> Footprint(std::string_view session_id) = 0;
+  // Deletes at most `max_rows` events and messages of an ended session in one short
+  // transaction (so a large session never holds the write lock for long); when none are
+  // left it marks the session purged and says done. kConflict for a live session.
+  virtual Result<PurgeStep> PurgeSessionStep(std::string_view session_id, int max_rows) = 0;
+  // Gives up to `max_pages` free pages of the database file back to the file system
+  // (incremental vacuum) and returns how many went. A database created before auto-vacuum
+  // was enabled returns 0: its free pages are reused by later writes instead (see
+  // docs/operators.md to convert it).
+  virtual Result<int64_t> ReleaseFreePages(int64_t max_pages) = 0;
 };
 
 struct StoreOptions {
