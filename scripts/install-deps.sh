@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages Airlock needs to build, test and run.
 # Idempotent: when everything is present it prints nothing and touches nothing.
-# Usage: scripts/install-deps.sh [--with-bench]
+# Usage: scripts/install-deps.sh [--with-bench] [--with-fuzz]
 set -euo pipefail
 
 packages=(
@@ -18,6 +18,8 @@ packages=(
 for arg in "$@"; do
   case "$arg" in
     --with-bench) packages+=(wrk nginx) ;;
+    # scripts/fuzz.sh: libFuzzer and the sanitizer runtimes come with clang (g++ has none).
+    --with-fuzz) packages+=(clang-16 libclang-rt-16-dev) ;;
     *) echo "install-deps: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
