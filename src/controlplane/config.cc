@@ -272,6 +272,34 @@ Status ParseFiles(const toml::table* t, Config& c) {
   return Ok();
 }
 
+Status ParseEvents(const toml::table* t, Config& c) {
+  TableReader r(t, "events");
+  EventLimitsConfig& e = c.events;
+  AIRLOCK_TRY(r.Int("max_per_session", &e.max_per_session, 0, int64_t{1} << 40));
+  AIRLOCK_TRY(r.Int("max_mb_per_session", &e.max_mb_per_session, 0, int64_t{1} << 30));
+  AIRLOCK_TRY(r.Double("rate_per_s", &e.rate_per_s, 0.001));
+  AIRLOCK_TRY(r.Int("burst", &e.burst, 1, 1'000'000));
+  return r.RejectUnknown();
+}
+
+Status ParseRetention(const toml::table* t, Config& c) {
+  TableReader r(t, "retention");
+  RetentionConfig& k = c.retention;
+  std::string after, interval;
+  AIRLOCK_TRY(r.String("ended_sessions_after", &after));
+  AIRLOCK_TRY(r.String("interval", &interval));
+  AIRLOCK_TRY(r.Int("batch_sessions", &k.batch_sessions, 1, 100'000));
+  AIRLOCK_TRY(r.RejectUnknown());
+  if (!after.empty()) {
+    AIRLOCK_ASSIGN_OR_RETURN(k.ended_sessions_after_s, ParseDuration(after, "retention.ended_sessions_after"));
+  }
+  if (!interval.empty()) {
+    AIRLOCK_ASSIGN_OR_RETURN(k.interval_s, ParseDuration(interval, "retention.interval"));
+    if (k.interval_s < 1) return MakeError(ErrorCode::kInvalidArgument, "retention.interval must be at least 1s");
+  }
+  return Ok();
+}
+
 Status ParseProviders(const toml::table* t, Config& c) {
   return ForEachNamedTable(t, "providers", [&](const std::string& name, const std::string& path,
                                                TableReader& r) -> Status {
@@ -354,6 +382,31 @@ Result<HostPort> ParseHostPort(std::string_view text) {
   return hp;
 }
 
+Result<int64_t> ParseDuration(std::string_view text, std::string_view what) {
+  auto bad = [&] {
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "{} must be a duration such as \"30d\", \"12h\", \"15m\" or \"3600s\", not \"{}\"", what,
+                  text.substr(0, 64));
+  };
+  if (text == "0") return int64_t{0};
+  if (text.size() < 2 || text.size() > 12) return bad();
+  int64_t unit = 0;
+  switch (text.back()) {
+    case 's': unit = 1; break;
+    case 'm': unit = 60; break;
+    case 'h': unit = 3600; break;
+    case 'd': unit = 86400; break;
+    default: return bad();
+  }
+  std::string_view digits = text.substr(0, text.size() - 1);
+  if (digits.find_first_not_of("0123456789") != std::string_view::npos) return bad();
+  int64_t n = std::stoll(std::string(digits));
+  if (n > (int64_t{100} * 365 * 86400) / unit) {
+    return Errorf(ErrorCode::kInvalidArgument, "{} is longer than 100 years", what);
+  }
+  return n * unit;
+}
+
 std::string DefaultHome() {
   if (const char* h = std::getenv("AIRLOCK_HOME"); h && *h) return h;
   const char* home = std::getenv("HOME");
@@ -379,6 +432,8 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home, 
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* providers, r.Table("providers"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* models, r.Table("models"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* files, r.Table("files"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* events, r.Table("events"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* retention, r.Table("retention"));
   AIRLOCK_TRY(r.RejectUnknown());
   AIRLOCK_TRY(ParseServer(server, c));
   AIRLOCK_TRY(ParseStore(store, c));
@@ -388,6 +443,8 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home, 
   AIRLOCK_TRY(ParseProviders(providers, c));
   AIRLOCK_TRY(ParseModels(models, c));
   AIRLOCK_TRY(ParseFiles(files, c));
+  AIRLOCK_TRY(ParseEvents(events, c));
+  AIRLOCK_TRY(ParseRetention(retention, c));
   if (c.store_path.empty()) c.store_path = home + "/airlock.db";
   if (c.files.root.empty()) c.files.root = home + "/files";
   if (c.files.signing_keys.empty()) c.files.signing_keys = home + "/file-signing.keys";

@@ -90,6 +90,27 @@ struct FilesConfig {
   std::string s3_ca_file;
 };
 
+// [events]: how much a session may store as events and how fast its sandbox may post them.
+// Sized for real agents: the reference agent appends a few events per LLM call, so 100k events
+// is hundreds of times a long run; 64 MiB bounds what one session costs the database.
+// See docs/operators.md.
+struct EventLimitsConfig {
+  int64_t max_per_session = 100'000;  // 0: no bound
+  int64_t max_mb_per_session = 64;    // 0: no bound
+  double rate_per_s = 50;             // sandbox-posted events, a token bucket per session
+  int64_t burst = 200;
+};
+
+// [retention]: what happens to ended sessions. Off (keep forever) unless set.
+struct RetentionConfig {
+  int64_t ended_sessions_after_s = 0;  // delete the contents of sessions ended this long ago; 0: never
+  int64_t interval_s = 300;            // how often the control plane applies it
+  int64_t batch_sessions = 100;        // sessions per pass, so a backlog never stalls the store
+};
+
+// "30d", "12h", "15m", "3600s" (or "0", off) as seconds; kInvalidArgument names `what`.
+Result<int64_t> ParseDuration(std::string_view text, std::string_view what);
+
 // Every setting of `airlock serve`, with its default. See docs/operators.md.
 struct Config {
   std::string home;
@@ -126,6 +147,8 @@ struct Config {
   int64_t max_task_bytes = 256 * 1024;
   int64_t max_message_bytes = 256 * 1024;
   int64_t max_event_bytes = 64 * 1024;
+  EventLimitsConfig events;
+  RetentionConfig retention;
 
   log::Level log_level = log::Level::kInfo;
   log::Format log_format = log::Format::kJson;

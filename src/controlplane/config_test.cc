@@ -241,5 +241,50 @@ TEST(ConfigTest, TheDefaultModelFollowsTheKeysInTheEnvironmentWhenNotConfigured)
   EXPECT_EQ(configured.providers.size(), 1u);
 }
 
+TEST(ConfigTest, EventLimitsAndRetentionHaveDefaultsAndParse) {
+  auto d = ParseConfig("", "/h");
+  ASSERT_TRUE(d.has_value()) << d.error().message;
+  EXPECT_EQ(d->events.max_per_session, 100000);
+  EXPECT_EQ(d->events.max_mb_per_session, 64);
+  EXPECT_EQ(d->events.rate_per_s, 50);
+  EXPECT_EQ(d->events.burst, 200);
+  EXPECT_EQ(d->retention.ended_sessions_after_s, 0);  // off: keep forever
+  auto c = ParseConfig(R"(
+[events]
+max_per_session = 10
+max_mb_per_session = 0
+rate_per_s = 2.5
+burst = 7
+[retention]
+ended_sessions_after = "30d"
+interval = "90s"
+batch_sessions = 5
+)", "/h");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->events.max_per_session, 10);
+  EXPECT_EQ(c->events.max_mb_per_session, 0);
+  EXPECT_EQ(c->events.rate_per_s, 2.5);
+  EXPECT_EQ(c->events.burst, 7);
+  EXPECT_EQ(c->retention.ended_sessions_after_s, 30 * 86400);
+  EXPECT_EQ(c->retention.interval_s, 90);
+  EXPECT_EQ(c->retention.batch_sessions, 5);
+}
+
+TEST(ConfigTest, RefusesUnknownEventAndRetentionKeysAndBadDurations) {
+  for (const char* bad : {"[events]\nmax_events = 1\n", "[retention]\nevents_after = \"1d\"\n",
+                          "[retention]\nended_sessions_after = \"30\"\n",
+                          "[retention]\nended_sessions_after = \"1w\"\n",
+                          "[retention]\nended_sessions_after = \"-1d\"\n",
+                          "[retention]\nended_sessions_after = 30\n", "[retention]\ninterval = \"0\"\n",
+                          "[events]\nburst = 0\n", "[events]\nrate_per_s = 0\n"}) {
+    EXPECT_FALSE(ParseConfig(bad, "/h").has_value()) << bad;
+  }
+  EXPECT_EQ(*ParseDuration("12h", "x"), 12 * 3600);
+  EXPECT_EQ(*ParseDuration("15m", "x"), 900);
+  EXPECT_EQ(*ParseDuration("3600s", "x"), 3600);
+  EXPECT_EQ(*ParseDuration("0", "x"), 0);
+  EXPECT_FALSE(ParseDuration("99999999999d", "x").has_value());
+}
+
 }  // namespace
 }  // namespace airlock::controlplane

@@ -169,6 +169,7 @@ Status ControlPlane::Start() {
 
   llm_->Start();
   AIRLOCK_TRY(files_->Start());
+  retention_ = std::make_unique<Retention>(config_, *store_, files_->blob_store());
   AIRLOCK_ASSIGN_OR_RETURN(operator_endpoint_,
                            operator_server_->ListenTcp(config_.operator_listen.host, config_.operator_listen.port));
   AIRLOCK_ASSIGN_OR_RETURN(sandbox_endpoint_,
@@ -181,6 +182,7 @@ Status ControlPlane::Start() {
                           {"backends", backends_->Names()}});
   asio::co_spawn(io_, ReattachAll(), asio::detached);
   asio::co_spawn(io_, ReconcileLoop(), asio::detached);
+  retention_->StartPeriodic(io_, pool_);
   return Ok();
 }
 

@@ -11,10 +11,12 @@
 #include "common/metrics.h"
 #include "common/secret.h"
 #include "controlplane/config.h"
+#include "controlplane/event_limits.h"
 #include "controlplane/file_service.h"
 #include "controlplane/http_server.h"
 #include "controlplane/llm_proxy.h"
 #include "controlplane/notifier.h"
+#include "controlplane/retention.h"
 #include "controlplane/router.h"
 #include "sandbox/backend.h"
 #include "store/store.h"
@@ -198,6 +200,13 @@ class ControlPlane {
   std::map<std::string, int64_t> idle_since_;
   std::map<std::string, int> parked_polls_;
   bool stopping_ = false;
+  // Events a sandbox posts: a rate per session (io thread only), and the refusals counted.
+  EventRateLimiter event_rate_{config_.events.rate_per_s, config_.events.burst};
+  metrics::Family<metrics::Counter>& event_refusals_{registry_.AddCounter(
+      "airlock_event_refusals_total", "Sandbox events refused: over the rate or the session's quota.", {"reason"})};
+  // Deletes what ended sessions left behind (retention.*, airlock gc). Made in Start(), once
+  // the blob store is open.
+  std::unique_ptr<Retention> retention_;
 };
 
 // `airlock serve`: builds the control plane from `config`, runs it until SIGTERM/SIGINT and

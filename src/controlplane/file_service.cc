@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/time_util.h"
 #include "common/url.h"
+#include "controlplane/event_limits.h"
 #include "controlplane/handler_util.h"
 #include "files/s3_store.h"
 
@@ -191,8 +192,17 @@ awaitable<Response> FileService::Presign(Request& req, const store::Session& s) 
   for (const auto& [k, v] : url.headers) headers[k] = v;
   Json data{{"name", name}, {"method", method}, {"expires_at", FormatTimestamp(url.expires_at * 1000)}};
   if (method == "PUT") data["max_bytes"] = pr.max_bytes;
-  co_await RunBlocking(pool_, [this, &s, &data] { return store_.AppendEvent(s.id, "file.presigned", data); });
+  // Every URL handed out is in the session's events, and those count against its event
+  // quota: past it, no URL (a sandbox must not grow the events table through presigns).
+  const store::EventQuota quota = EventQuotaFor(config_);
+  AIRLOCK_CO_ASSIGN(auto appended, co_await RunBlocking(pool_, [this, &s, &data, &quota] {
+                      return store_.AppendEventWithinQuota(s.id, "file.presigned", data, quota);
+                    }));
   events_.Notify(s.id);
+  if (!appended.event) {
+    refusals_.With({"event_quota"}).Inc();
+    co_return EventQuotaExceeded(appended);
+  }
   co_return Response::FromJson(200, Json{{"url", url.url},
                                          {"method", url.method},
                                          {"headers", headers},

@@ -35,6 +35,8 @@ class FileService {
 
   // Opens the configured blob store (creating the local signing keys on first use).
   Status Start();
+  // The blob store Start() opened (retention deletes ended sessions' files through it).
+  files::BlobStore* blob_store() { return blobs_.get(); }
 
   awaitable<Response> Presign(Request& req, const store::Session& s);
   // Signed-URL routes of the local store; no bearer token, the signature is the credential.

@@ -6,6 +6,7 @@
 
 #include "common/blocking.h"
 #include "common/log.h"
+#include "controlplane/event_limits.h"
 
 namespace airlock::controlplane {
 
@@ -453,7 +454,12 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
   if (auto spent = BudgetSpent(sess)) {
     metrics_.budget_refusals.With({}).Inc();
     Json data{{"model", call->alias}, {"outcome", "budget_exhausted"}, {"error", *spent}};
-    co_await RunBlocking(pool_, [this, &sess, &data] { return store_.AppendEvent(sess.id, "llm.call", data); });
+    // A sandbox can repeat a refused call as often as it likes: its audit events count
+    // against the session's event quota (past it the refusal is still answered, unrecorded).
+    const store::EventQuota quota = EventQuotaFor(config_);
+    co_await RunBlocking(pool_, [this, &sess, &data, &quota] {
+      return store_.AppendEventWithinQuota(sess.id, "llm.call", data, quota);
+    });
     events_.Notify(sess.id);
     co_return Response::FromError(402, "budget_exhausted", *spent);
   }

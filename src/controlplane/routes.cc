@@ -64,6 +64,18 @@ void ControlPlane::RegisterOperatorRoutes() {
   r.Add(http::verb::get, "/v1/sessions/{id}/files/{name}", authed(&ControlPlane::DownloadFile));
   r.Add(http::verb::head, "/v1/sessions/{id}/files/{name}", authed(&ControlPlane::DownloadFile));
   r.Add(http::verb::get, "/v1/usage", authed(&ControlPlane::GetUsage));
+  // POST /v1/admin/gc (docs/api-extensions.md): applies the retention policy now.
+  r.Add(http::verb::post, "/v1/admin/gc", [this](Request& req) -> awaitable<Response> {
+    if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
+    AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body().empty() ? std::string_view("{}") : req.msg.body()));
+    AIRLOCK_CO_ASSIGN(GcRequest gc, ParseGcRequest(body, config_.retention));
+    if (!retention_) co_return Response::FromError(503, "unavailable", "the control plane is starting");
+    AIRLOCK_CO_ASSIGN(GcReport report, co_await RunBlocking(pool_, [this, &gc] { return retention_->Run(gc, NowMillis()); }));
+    if (!gc.dry_run && report.sessions > 0) {
+      log::Info("gc", GcReportJson(gc, report));
+    }
+    co_return Response::FromJson(200, GcReportJson(gc, report));
+  });
 }
 
 void ControlPlane::RegisterSandboxRoutes() {
@@ -545,16 +557,34 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
     if (!it->is_object()) co_return Response::FromError(400, "invalid_argument", "\"data\" must be an object");
     data = *it;
   }
-  AIRLOCK_CO_ASSIGN(auto ev, co_await RunBlocking(pool_, [this, &id = s.id, &type, &data] {
-                      return store_->AppendEvent(id, type, data);
+  // What init reports when the agent exits goes into the session's result even when the
+  // agent spent the session's rate or quota first (one note per session, kept in memory).
+  if (type == "agent.exited") agent_exits_[s.id] = data;
+  if (auto retry_after = event_rate_.Take(s.id, EventRateLimiter::Clock::now())) {
+    event_refusals_.With({"rate"}).Inc();
+    Response r = Response::FromError(
+        429, "rate_limited",
+        fmt::format("events are limited to {} per second per session, bursts of {} (events.rate_per_s, events.burst)",
+                    config_.events.rate_per_s, config_.events.burst));
+    r.headers.emplace_back("Retry-After", std::to_string(*retry_after));
+    co_return r;
+  }
+  const store::EventQuota quota = EventQuotaFor(config_);
+  AIRLOCK_CO_ASSIGN(auto appended, co_await RunBlocking(pool_, [this, &id = s.id, &type, &data, &quota] {
+                      return store_->AppendEventWithinQuota(id, type, data, quota);
                     }));
+  if (!appended.event) {
+    event_refusals_.With({"quota"}).Inc();
+    if (appended.noticed) {
+      log::Warn("session event quota reached", {{"session", s.id}, {"quota", appended.exceeded}, {"limit", appended.limit}});
+      events_.Notify(s.id);
+    }
+    co_return EventQuotaExceeded(appended);
+  }
   metrics_->events.With({"sandbox"}).Inc();
   events_.Notify(s.id);
-  if (type == "agent.exited") {
-    agent_exits_[s.id] = data;
-    asio::co_spawn(io_, ReconcileSoon(), asio::detached);
-  }
-  co_return Response::FromJson(202, Json{{"seq", ev.seq}});
+  if (type == "agent.exited") asio::co_spawn(io_, ReconcileSoon(), asio::detached);
+  co_return Response::FromJson(202, Json{{"seq", appended.event->seq}});
 }
 
 awaitable<Response> ControlPlane::History(Request& req) {

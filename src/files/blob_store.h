@@ -49,6 +49,12 @@ struct OperatorDownload {
   int64_t size = 0;
 };
 
+// What deleting a session's files removed.
+struct DeletedFiles {
+  int64_t files = 0;
+  int64_t bytes = 0;
+};
+
 // Implementations are thread-safe and blocking (call them from a worker pool).
 class BlobStore {
  public:
@@ -62,6 +68,9 @@ class BlobStore {
                                             int expires_seconds) = 0;
   // Bytes the session's files take, for its quota.
   virtual Result<int64_t> UsedBytes(const std::string& session_id) = 0;
+  // Deletes every file of the session, partial uploads included (retention of ended sessions;
+  // a URL presigned earlier finds nothing afterwards). A session without files deletes nothing.
+  virtual Result<DeletedFiles> DeleteSession(const std::string& session_id) = 0;
 };
 
 }  // namespace airlock::files

@@ -179,6 +179,42 @@ Result<int64_t> LocalBlobStore::UsedBytes(const std::string& session_id) {
   return total;
 }
 
+Result<DeletedFiles> LocalBlobStore::DeleteSession(const std::string& session_id) {
+  // The id names a directory under the root: nothing that could climb out of it.
+  if (session_id.empty() || session_id.find_first_of("/\\") != std::string::npos || session_id.front() == '.') {
+    return Errorf(ErrorCode::kInvalidArgument, "not a session id: \"{}\"", session_id.substr(0, 64));
+  }
+  DeletedFiles out;
+  const std::string dir = SessionDir(session_id);
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    if (errno == ENOENT) return out;
+    return Errorf(ErrorCode::kInternal, "open files of {}: {}", session_id, std::strerror(errno));
+  }
+  std::string failed;
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    struct stat st {};
+    if (::fstatat(::dirfd(d), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    // Only the control plane writes here (regular files); anything else is removed as an entry.
+    if (::unlinkat(::dirfd(d), name.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0) != 0) {
+      if (failed.empty()) failed = fmt::format("{}: {}", name, std::strerror(errno));
+      continue;
+    }
+    if (S_ISREG(st.st_mode) && name.front() != '.') {
+      ++out.files;
+      out.bytes += static_cast<int64_t>(st.st_size);
+    }
+  }
+  ::closedir(d);
+  if (!failed.empty() || (::rmdir(dir.c_str()) != 0 && errno != ENOENT)) {
+    return Errorf(ErrorCode::kInternal, "delete files of {}: {}", session_id,
+                  failed.empty() ? std::string(std::strerror(errno)) : failed);
+  }
+  return out;
+}
+
 void LocalBlobStore::SweepPartialUploads() {
   std::error_code ec;
   for (const auto& session : fs::directory_iterator(o_.root, ec)) {

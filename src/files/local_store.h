@@ -51,6 +51,7 @@ class LocalBlobStore : public BlobStore {
   Result<OperatorDownload> Download(const std::string& session_id, const std::string& name,
                                     int expires_seconds) override;
   Result<int64_t> UsedBytes(const std::string& session_id) override;
+  Result<DeletedFiles> DeleteSession(const std::string& session_id) override;
 
   const UrlSigner& signer() const { return signer_; }
   std::string SessionDir(const std::string& session_id) const;

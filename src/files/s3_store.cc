@@ -428,6 +428,22 @@ class S3BlobStore final : public BlobStore {
     return total;
   }
 
+  Result<DeletedFiles> DeleteSession(const std::string& session_id) override {
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<FileInfo> files, List(session_id));
+    DeletedFiles out;
+    for (const FileInfo& f : files) {
+      AIRLOCK_ASSIGN_OR_RETURN(Reply reply, SignedRequest(http::verb::delete_, ObjectPath(KeyOf(session_id, f.name)),
+                                                          {}, false, 0));
+      // S3 answers 204 whether or not the key existed.
+      if (reply.status / 100 != 2 && reply.status != 404) {
+        return FailureOf("DeleteObject", reply);
+      }
+      ++out.files;
+      out.bytes += f.size;
+    }
+    return out;
+  }
+
  private:
   static Status ValidateContentType(std::string_view type) {
     bool ok =
