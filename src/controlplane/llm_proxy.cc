@@ -7,6 +7,7 @@
 #include "common/blocking.h"
 #include "common/log.h"
 #include "controlplane/event_limits.h"
+#include "llm/wire_util.h"
 
 namespace airlock::controlplane {
 
@@ -57,6 +58,12 @@ Result<Json> ValidateContent(const Json& c, const std::string& where, bool image
       const Json* img = p.contains("image_url") ? &p["image_url"] : nullptr;
       if (!img || !img->is_object() || !img->contains("url") || !(*img)["url"].is_string()) {
         return Errorf(ErrorCode::kInvalidArgument, "{}.image_url.url must be a string", at);
+      }
+      if (!llm::wire::IsDataUrl((*img)["url"].get_ref<const std::string&>())) {
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "{}.image_url.url must be a data: URL (data:image/png;base64,...): the control plane never "
+                      "lets a model provider fetch a URL named by the sandbox",
+                      at);
       }
       Json out{{"url", (*img)["url"]}};
       if (img->contains("detail") && (*img)["detail"].is_string()) out["detail"] = (*img)["detail"];
@@ -113,6 +120,12 @@ Json SessionUsageJson(const store::Usage& u) {
 }
 
 std::string SseData(const Json& j) { return "data: " + DumpJson(j) + "\n\n"; }
+
+double CostOf(const ModelConfig& model, const llm::TokenUsage& u) {
+  return (static_cast<double>(u.input_tokens) * model.input_usd_per_mtok +
+          static_cast<double>(u.output_tokens) * model.output_usd_per_mtok) /
+         1e6;
+}
 
 }  // namespace
 
@@ -270,6 +283,7 @@ struct LlmProxy::Call {
 
   std::optional<llm::ChatResult> result;
   std::optional<CallError> error;
+  std::optional<llm::TokenUsage> charged;  // a failed call's tokens that were charged anyway
   double cost_usd = 0;
   store::Usage totals;
   double latency_s = 0;
@@ -280,6 +294,7 @@ struct LlmProxy::Call {
   std::string final_frame;
   bool done = false;
   bool receiver_gone = false;
+  bool reply_complete = false;  // a chunk with a finish_reason was produced
   std::unique_ptr<asio::steady_timer> wake;     // the writer waits on it
   std::unique_ptr<asio::steady_timer> drained;  // the producer waits on it when the buffer is full
 };
@@ -306,6 +321,12 @@ class PumpReceiver : public llm::ChunkReceiver {
 
 awaitable<bool> PumpReceiver::OnChunk(const Json& chunk) {
   if (call_.receiver_gone) co_return false;
+  if (const auto* choices = llm::wire::Member(chunk, "choices"); choices != nullptr && choices->is_array()) {
+    for (const auto& choice : *choices) {
+      const auto* finish = llm::wire::Member(choice, "finish_reason");
+      if (finish != nullptr && !finish->is_null()) call_.reply_complete = true;
+    }
+  }
   std::string frame = SseData(chunk);
   call_.frame_bytes += frame.size();
   call_.frames.push_back(std::move(frame));
@@ -526,9 +547,11 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
         call->frame_bytes -= frame.size();
         call->drained->cancel();
         if (!co_await sink.Write(frame)) {
-          // The sandbox went away: stop the upstream; nothing of this call is stored.
+          // The sandbox went away: nothing of this call is stored, but what the upstream
+          // produced is charged. Mid-reply the upstream is stopped at once (the provider
+          // estimates the cost); after the finish_reason it is read to its end for its usage.
           call->receiver_gone = true;
-          call->cancel.Cancel();
+          if (!call->reply_complete) call->cancel.Cancel();
           call->drained->cancel();
           co_return;
         }
@@ -551,7 +574,8 @@ awaitable<void> LlmProxy::RunStreamed(std::shared_ptr<Call> call) {
   } else {
     call->error = std::move(r.error());
     if (call->receiver_gone) {
-      call->error = CallError{Outcome::kReceiverGone, "the sandbox went away during the call", 0};
+      call->error = CallError{Outcome::kReceiverGone, "the sandbox went away during the call", 0,
+                              std::move(call->error->spent)};
     }
   }
   co_await Record(*call);
@@ -563,6 +587,17 @@ awaitable<void> LlmProxy::RunStreamed(std::shared_ptr<Call> call) {
   call->done = true;
   call->wake->cancel();
 }
+
+namespace {
+
+// The tokens a call is metered for: its reply's, or those charged for a call that failed.
+const llm::TokenUsage* Metered(const LlmProxy::Call& call) {
+  if (call.result) return &call.result->usage;
+  if (call.charged) return &*call.charged;
+  return nullptr;
+}
+
+}  // namespace
 
 Json LlmProxy::UsageJson(const Call& call) const {
   if (!call.result) return Json::object();
@@ -587,15 +622,15 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
   std::optional<Error> failed;
   if (call.result) {
     const auto& u = call.result->usage;
-    call.cost_usd = (static_cast<double>(u.input_tokens) * call.model->input_usd_per_mtok +
-                     static_cast<double>(u.output_tokens) * call.model->output_usd_per_mtok) /
-                    1e6;
+    call.cost_usd = CostOf(*call.model, u);
     data["outcome"] = "ok";
     data["input_tokens"] = u.input_tokens;
     data["output_tokens"] = u.output_tokens;
     data["cost_usd"] = call.cost_usd;
     data["finish_reason"] = call.result->finish_reason;
     if (u.estimated) data["estimated"] = true;
+    // The sandbox hung up after the reply was complete: stored and charged all the same.
+    if (call.receiver_gone) data["sandbox_gone"] = true;
     store::ChatRecord rec;
     rec.messages = call.new_messages;
     rec.messages.push_back(call.result->message);
@@ -622,20 +657,49 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
     data["outcome"] = std::string(llm::OutcomeName(call.error->outcome));
     data["error"] = call.error->message;
     if (call.error->upstream_status != 0) data["upstream_status"] = call.error->upstream_status;
-    auto ev = co_await RunBlocking(pool_, [this, &id, &data] { return store_.AppendEvent(id, "llm.call", data); });
-    if (!ev) failed = ev.error();
+    const std::optional<llm::TokenUsage>& spent = call.error->spent;
+    bool recorded = false;
+    if (spent && spent->input_tokens + spent->output_tokens > 0) {
+      // A streamed reply the sandbox hung up on, or that broke off: the provider bills what it
+      // produced, so the session pays it, in the same transaction as the event. Nothing joins
+      // the conversation, and no token check: a sandbox replaced meanwhile still pays.
+      call.charged = *spent;
+      call.cost_usd = CostOf(*call.model, *spent);
+      data["input_tokens"] = spent->input_tokens;
+      data["output_tokens"] = spent->output_tokens;
+      data["cost_usd"] = call.cost_usd;
+      if (spent->estimated) data["estimated"] = true;
+      store::ChatRecord rec;
+      rec.model = call.alias;
+      rec.usage = store::Usage{spent->input_tokens, spent->output_tokens, 1, call.cost_usd};
+      rec.event_data = data;
+      auto totals = co_await RunBlocking(pool_, [this, &id, &rec] { return store_.RecordChat(id, rec); });
+      if (totals) {
+        call.totals = *totals;
+        recorded = true;
+      } else {
+        // The session has ended: its totals are final; the event and the metrics keep the tokens.
+        log::Warn("llm call: the tokens of an unfinished call could not be charged to its session",
+                  {{"session", id}, {"error", totals.error().message}});
+      }
+    }
+    if (!recorded) {
+      auto ev = co_await RunBlocking(pool_, [this, &id, &data] { return store_.AppendEvent(id, "llm.call", data); });
+      if (!ev) failed = ev.error();
+    }
   }
   events_.Notify(id);
   in_flight_.erase(id);
   locks_.Release(id);
   CountOutcome(call);
+  const llm::TokenUsage* metered = Metered(call);
   log::Write(call.error ? log::Level::kWarn : log::Level::kInfo, "llm call",
              {{"session", id},
               {"model", call.alias},
               {"outcome", call.error ? std::string(llm::OutcomeName(call.error->outcome)) : "ok"},
               {"latency_ms", static_cast<int64_t>(call.latency_s * 1000)},
-              {"input_tokens", call.result ? call.result->usage.input_tokens : 0},
-              {"output_tokens", call.result ? call.result->usage.output_tokens : 0},
+              {"input_tokens", metered ? metered->input_tokens : 0},
+              {"output_tokens", metered ? metered->output_tokens : 0},
               {"error", call.error ? call.error->message : ""}});
   co_return failed;
 }
@@ -644,9 +708,9 @@ void LlmProxy::CountOutcome(const Call& call) {
   std::string outcome = call.error ? std::string(llm::OutcomeName(call.error->outcome)) : "ok";
   metrics_.calls.With({call.alias, outcome}).Inc();
   metrics_.seconds.With({call.alias}).Observe(call.latency_s);
-  if (call.result) {
-    metrics_.tokens.With({call.alias, "input"}).Inc(static_cast<double>(call.result->usage.input_tokens));
-    metrics_.tokens.With({call.alias, "output"}).Inc(static_cast<double>(call.result->usage.output_tokens));
+  if (const llm::TokenUsage* u = Metered(call)) {
+    metrics_.tokens.With({call.alias, "input"}).Inc(static_cast<double>(u->input_tokens));
+    metrics_.tokens.With({call.alias, "output"}).Inc(static_cast<double>(u->output_tokens));
     metrics_.cost.With({call.alias}).Inc(call.cost_usd);
   }
 }

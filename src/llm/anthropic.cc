@@ -611,6 +611,12 @@ class AnthropicStream final : public StreamTranslator {
 
   bool finished() const override { return done_; }
 
+  bool reply_complete() const override { return done_ || stop_reason_.has_value(); }
+
+  // message_start already reported the prompt; the output is message_delta's count when it
+  // came, else estimated from what was streamed.
+  TokenUsage Spent() const override { return FinishUsage(usage_, input_estimate_, AssembledMessage()); }
+
   airlock::Result<ChatResult> Result() override {
     try {
       return Assemble();

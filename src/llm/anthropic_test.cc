@@ -721,6 +721,21 @@ TEST(AnthropicStream, EndingBeforeTheReplyIsCompleteIsAnError) {
   ASSERT_TRUE(nearly->Result().has_value());
 }
 
+TEST(AnthropicStream, SpentHasTheReportedPromptAndTheStreamedOutput) {
+  auto stream = MakeAnthropicFormat()->NewStream(Request(ToolHistory(), true));
+  Feed(*stream, {MessageStart(25), TextStart(0), TextDelta(0, "Half of a longer answer")});
+  EXPECT_FALSE(stream->reply_complete());
+  TokenUsage spent = stream->Spent();
+  EXPECT_TRUE(spent.estimated);
+  EXPECT_EQ(spent.input_tokens, 25);
+  EXPECT_EQ(spent.output_tokens, EstimateTokens(Json("Half of a longer answer")));
+  Feed(*stream, {BlockStop(0), MessageDelta("end_turn", 40)});
+  EXPECT_TRUE(stream->reply_complete());
+  spent = stream->Spent();
+  EXPECT_FALSE(spent.estimated);
+  EXPECT_EQ(spent.output_tokens, 40);
+}
+
 TEST(AnthropicStream, HostileEventsGiveCleanErrors) {
   const std::vector<std::pair<std::string, std::string>> events = {
       {"message_start", "not json"},

@@ -60,6 +60,13 @@ class StreamTranslator {
   virtual Status OnEvent(std::string_view event, std::string_view data, std::vector<Json>& out) = 0;
   // True once the provider signalled the end of the reply ([DONE], message_stop).
   virtual bool finished() const = 0;
+  // True once the reply itself is complete (a finish_reason / stop_reason arrived): what may
+  // still come is only the usage and the end of the stream, no more generated tokens.
+  virtual bool reply_complete() const = 0;
+  // What the stream has cost so far, for a call that ends early (the sandbox hung up, the
+  // upstream broke off): the usage the provider reported, with what it did not report
+  // estimated from the prompt and from the output streamed so far (`estimated` is then set).
+  virtual TokenUsage Spent() const = 0;
   // The assembled reply. kUnavailable if the stream ended before the reply was complete.
   virtual airlock::Result<ChatResult> Result() = 0;
 };

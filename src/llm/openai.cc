@@ -256,6 +256,22 @@ class OpenAiStream final : public StreamTranslator {
 
   bool finished() const override { return done_; }
 
+  bool reply_complete() const override { return done_ || saw_finish_; }
+
+  TokenUsage Spent() const override {
+    Json partial = Json::object();
+    partial["content"] = content_;
+    partial["refusal"] = refusal_;
+    Json calls = Json::array();
+    for (const ToolCall& call : tool_calls_) {
+      calls.push_back(Json{{"id", call.id}, {"function", {{"name", call.name}, {"arguments", call.arguments}}}});
+    }
+    if (!calls.empty()) {
+      partial["tool_calls"] = std::move(calls);
+    }
+    return FinishUsage(usage_, input_estimate_, partial);
+  }
+
   airlock::Result<ChatResult> Result() override {
     try {
       return Assemble();
@@ -468,6 +484,36 @@ class OpenAiStream final : public StreamTranslator {
   std::optional<Error> failure_;
 };
 
+// The same rule as the Anthropic translation, also for history stored before it existed:
+// image_url parts are passed through verbatim here, so only data: URLs may be among them.
+Status CheckImages(const Json& messages) {
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const Json* content = Member(messages[i], "content");
+    if (content == nullptr || !content->is_array()) {
+      continue;
+    }
+    for (const Json& part : *content) {
+      const std::string* type = StringMember(part, "type");
+      if (type == nullptr || *type != "image_url") {
+        continue;
+      }
+      const Json* image = Member(part, "image_url");
+      const std::string* url = nullptr;
+      if (image != nullptr && image->is_string()) {
+        url = image->get_ptr<const std::string*>();
+      } else if (image != nullptr) {
+        url = StringMember(*image, "url");
+      }
+      if (url == nullptr || !IsDataUrl(*url)) {
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "messages[{}]: images must be data: URLs; the provider is never asked to fetch a URL",
+                      i);
+      }
+    }
+  }
+  return Ok();
+}
+
 class OpenAiFormat final : public WireFormat {
  public:
   std::string_view kind() const override { return "openai"; }
@@ -532,6 +578,7 @@ class OpenAiFormat final : public WireFormat {
     if (!req.params.is_null() && !req.params.is_object()) {
       return MakeError(ErrorCode::kInvalidArgument, "the model alias's params must be an object");
     }
+    AIRLOCK_TRY(CheckImages(req.messages));
     // The operator's params go first so that the conversation's own fields win: an alias
     // can tune sampling but cannot swap the model, the history, the tools or the streaming.
     Json body = req.params.is_object() ? req.params : Json::object();

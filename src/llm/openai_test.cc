@@ -461,6 +461,42 @@ TEST(OpenAiStream, EndingBeforeTheReplyIsCompleteIsAnError) {
   EXPECT_FALSE(empty->Result().has_value());
 }
 
+TEST(OpenAiStream, SpentCountsWhatStreamedBeforeTheReplyWasComplete) {
+  ChatRequest req = Request(WeatherHistory(), true);
+  auto stream = MakeOpenAiFormat()->NewStream(req);
+  Feed(*stream, {Chunk(J(R"({"role":"assistant","content":"Half a sentence"})")).dump()});
+  EXPECT_FALSE(stream->reply_complete());
+  TokenUsage spent = stream->Spent();
+  EXPECT_TRUE(spent.estimated);
+  EXPECT_EQ(spent.input_tokens, EstimateTokens(req.messages));
+  EXPECT_GT(spent.output_tokens, 0);
+
+  Feed(*stream, {Chunk(Json::object(), "stop").dump()});
+  EXPECT_TRUE(stream->reply_complete());
+  EXPECT_FALSE(stream->finished());
+  // The usage chunk replaces the estimate.
+  Feed(*stream, {UsageChunk(1000, 900).dump()});
+  spent = stream->Spent();
+  EXPECT_FALSE(spent.estimated);
+  EXPECT_EQ(spent.input_tokens, 1000);
+  EXPECT_EQ(spent.output_tokens, 900);
+}
+
+TEST(OpenAiRequest, RefusesImagesThatAreNotDataUrls) {
+  for (const char* url : {"http://attacker.example/exfil?data=SECRET", "https://x.example/a.png",
+                          "//x.example/a.png", "file:///etc/passwd", " data:image/png;base64,AAAA"}) {
+    Json history = Json::array({{{"role", "user"},
+                                 {"content", Json::array({{{"type", "image_url"}, {"image_url", {{"url", url}}}}})}}});
+    auto call = MakeOpenAiFormat()->BuildRequest(Request(history), "k");
+    ASSERT_FALSE(call.has_value()) << url;
+    EXPECT_NE(call.error().message.find("data: URLs"), std::string::npos) << call.error().message;
+  }
+  Json ok = Json::array({{{"role", "user"},
+                          {"content", Json::array({{{"type", "image_url"},
+                                                    {"image_url", {{"url", "DATA:image/png;base64,AAAA"}}}}})}}});
+  EXPECT_TRUE(MakeOpenAiFormat()->BuildRequest(Request(ok), "k").has_value());
+}
+
 TEST(OpenAiStream, AnErrorPayloadFailsTheStreamWithoutItsMessage) {
   auto stream = MakeOpenAiFormat()->NewStream(Request(WeatherHistory(), true));
   std::vector<Json> out;

@@ -4,7 +4,9 @@
 // or Anthropic wire format, or the scripted model (replies read from a file, for offline
 // runs and tests).
 
+#include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -17,7 +19,9 @@
 namespace airlock::llm {
 
 // Receives the OpenAI-shaped chunks of a streamed reply as the provider produces them.
-// Returning false means the receiver is gone: the provider stops and cancels the upstream.
+// Returning false means the receiver is gone. Before the reply is complete the provider stops
+// and cancels the upstream (the call fails with kReceiverGone, `spent` estimated); once it is
+// complete (a chunk with a finish_reason was produced) the call completes without it.
 class ChunkReceiver {
  public:
   virtual ~ChunkReceiver() = default;
@@ -32,6 +36,9 @@ struct CallError {
   Outcome outcome = Outcome::kUpstreamError;
   std::string message;  // safe for the sandbox: no key, no upstream auth detail
   unsigned upstream_status = 0;
+  // What the upstream produced (and bills) before the call failed: set when a streamed reply
+  // had begun, so that a call the sandbox hangs up on is still charged to its session.
+  std::optional<TokenUsage> spent;
 };
 
 template <typename T>
@@ -42,9 +49,17 @@ class Provider {
   virtual ~Provider() = default;
   virtual std::string_view kind() const = 0;  // "openai" | "anthropic" | "scripted"
   // One call. With req.stream, every chunk goes to `receiver` (non-null) as it is produced.
+  // When the receiver is gone after the reply is complete (finish_reason seen), an HTTP
+  // provider keeps reading the upstream, bounded by kDrainTimeout and kMaxDrainBytes, for the
+  // usage it reports at the end, and returns the reply (usage estimated if none came).
+  // Messages of a CallError never hold the provider key in any encoding (KeyRedactor).
   virtual awaitable<CallResult<ChatResult>> Chat(const ChatRequest& req, ChunkReceiver* receiver,
                                                  CallCancel& cancel) = 0;
 };
+
+// Bounds on reading an upstream stream on after its receiver went away.
+inline constexpr std::chrono::milliseconds kDrainTimeout{10'000};
+inline constexpr size_t kMaxDrainBytes = 64 << 10;
 
 // An upstream over HTTP(S). `client` must outlive the provider.
 std::unique_ptr<Provider> MakeHttpProvider(std::unique_ptr<WireFormat> format, Endpoint endpoint, Secret api_key,

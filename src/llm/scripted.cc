@@ -124,10 +124,15 @@ class ScriptedProvider : public Provider {
                        {"completion_tokens", r.usage.output_tokens},
                        {"total_tokens", r.usage.input_tokens + r.usage.output_tokens}}}};
     chunks.push_back(std::move(usage_chunk));
-    for (const auto& c : chunks) {
+    const size_t finish_chunk = chunks.size() - 2;
+    for (size_t i = 0; i < chunks.size(); ++i) {
       if (cancel.cancelled()) co_return std::unexpected(CallError{Outcome::kCancelled, "the call was cancelled", 0});
-      if (!co_await receiver->OnChunk(c)) {
-        co_return std::unexpected(CallError{Outcome::kReceiverGone, "the sandbox went away during the call", 0});
+      if (!co_await receiver->OnChunk(chunks[i])) {
+        // As with an HTTP upstream: a receiver gone after the finish_reason leaves a complete
+        // call; before it, the call fails and costs what was made (the whole reply, here).
+        if (i >= finish_chunk) break;
+        co_return std::unexpected(
+            CallError{Outcome::kReceiverGone, "the sandbox went away during the call", 0, r.usage});
       }
     }
     co_return r;

@@ -89,6 +89,26 @@ inline std::string HttpStatusText(unsigned status) {
   return fmt::format("HTTP {} {}", status, reason);
 }
 
+// Images reach a provider only inline, as data: URLs. A URL that the provider (or a local
+// OpenAI-compatible server) would fetch is an outbound channel out of a sandbox that has no
+// network, and a way to make the model server request internal addresses: never sent.
+inline bool IsDataUrl(std::string_view url) {
+  constexpr std::string_view kData = "data:";
+  if (url.size() < kData.size()) {
+    return false;
+  }
+  for (size_t i = 0; i < kData.size(); ++i) {
+    char c = url[i];
+    if (c >= 'A' && c <= 'Z') {
+      c = static_cast<char>(c - 'A' + 'a');
+    }
+    if (c != kData[i]) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // A provider key goes into a header verbatim; one holding CR/LF would let it add headers.
 inline Status CheckHeaderValue(std::string_view value) {
   for (char c : value) {

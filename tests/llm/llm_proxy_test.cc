@@ -113,10 +113,119 @@ class LlmProxyTest : public ::testing::Test {
         .body;
   }
 
+  // Plays a sandbox that streams a call and hangs up as soon as it has read `until`: the close
+  // resets the connection, so the control plane's next write to it fails. Returns what it read.
+  std::string StreamAndHangUp(const std::string& token, const Json& body, const std::string& until) {
+    int fd = RawConnect(server_->sb_port());
+    EXPECT_GE(fd, 0);
+    const std::string b = DumpJson(body);
+    const std::string req = "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
+                            "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(b.size()) +
+                            "\r\n\r\n" + b;
+    EXPECT_TRUE(WriteAll(fd, req));
+    timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    std::string got;
+    char buf[512];
+    while (got.find(until) == std::string::npos) {
+      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<size_t>(n));
+    }
+    EXPECT_NE(got.find(until), std::string::npos) << got;
+    linger lg{1, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    ::close(fd);
+    return got;
+  }
+
+  // The data of the session's `llm.call` events, once there are `n` of them (or what there is
+  // after 10 s).
+  std::vector<Json> LlmCalls(const std::string& id, size_t n) {
+    std::vector<Json> calls;
+    for (int i = 0; i < 200; ++i) {
+      calls.clear();
+      auto evs = ParseJson(Events(id));
+      if (evs && evs->is_array()) {
+        for (const auto& e : *evs) {
+          if (e["type"] == "llm.call") calls.push_back(e["data"]);
+        }
+      }
+      if (calls.size() >= n) break;
+      std::this_thread::sleep_for(50ms);
+    }
+    return calls;
+  }
+
+  Json SessionUsage(const std::string& id) {
+    return server_->Op(verb::get, "/v1/sessions/" + id).json()["usage"];
+  }
+
   std::unique_ptr<FakeUpstream> up_;
   std::unique_ptr<TestServer> server_;
   std::string script_;
 };
+
+// Runs `fn` with this process's stderr (where the server logs) going to a file; returns what
+// was logged.
+template <typename F>
+std::string CaptureStderr(const std::string& path, F fn) {
+  std::fflush(stderr);
+  int saved = ::dup(2);
+  int f = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  ::dup2(f, 2);
+  fn();
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  ::close(f);
+  std::ifstream lf(path);
+  return std::string((std::istreambuf_iterator<char>(lf)), std::istreambuf_iterator<char>());
+}
+
+std::string Base64(std::string_view bytes) {
+  static constexpr std::string_view kAlphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    uint32_t v = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
+    for (int shift : {18, 12, 6, 0}) out += kAlphabet[(v >> shift) & 63];
+  }
+  if (bytes.size() - i == 1) {
+    uint32_t v = uint8_t(bytes[i]) << 16;
+    out += std::string{kAlphabet[(v >> 18) & 63], kAlphabet[(v >> 12) & 63], '=', '='};
+  } else if (bytes.size() - i == 2) {
+    uint32_t v = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8);
+    out += std::string{kAlphabet[(v >> 18) & 63], kAlphabet[(v >> 12) & 63], kAlphabet[(v >> 6) & 63], '='};
+  }
+  return out;
+}
+
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string Upper(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// What of the test key `text` holds: any 8 characters of it in any case, or 8 characters of
+// its base64 form; "" when nothing.
+std::string KeyLeak(const std::string& text) {
+  const std::string key = kKey;
+  const std::string lower = Lower(text);
+  for (size_t i = 0; i + 8 <= key.size(); ++i) {
+    if (lower.find(Lower(key.substr(i, 8))) != std::string::npos) return key.substr(i, 8);
+  }
+  const std::string b64 = Base64(key);
+  for (size_t i = 0; i + 8 <= b64.size() - 4; ++i) {
+    if (text.find(b64.substr(i, 8)) != std::string::npos) return "base64 " + b64.substr(i, 8);
+  }
+  return "";
+}
 
 Json UserMsg(const std::string& text) { return Json{{"role", "user"}, {"content", text}}; }
 
@@ -511,39 +620,152 @@ TEST_F(LlmProxyTest, DeletingTheSessionCancelsTheCallInFlight) {
   EXPECT_NE(Events(id).find("cancelled"), std::string::npos);
 }
 
-TEST_F(LlmProxyTest, ASandboxThatHangsUpMidStreamCancelsTheUpstreamAndStoresNothing) {
+// Finding 1 of the 2026-12 review: a sandbox that reads a streamed reply up to its
+// finish_reason and hangs up before the usage chunk was charged nothing, so budgets never
+// tripped. Whatever the upstream produced is charged now, and the budget holds.
+TEST_F(LlmProxyTest, ASandboxThatHangsUpAfterTheFinishReasonPaysForTheWholeReply) {
   SetUpBoth();
+  for (const char* model : {"default", "claude"}) {
+    SCOPED_TRACE(model);
+    auto [id, token] =
+        Session(fmt::format(R"({{"task":"t","model":"{}","limits":{{"max_tokens":2000}}}})", model));
+    // The upstream takes its time between events, as a real one does, so that the sandbox is
+    // gone before the usage arrives.
+    up_->Enqueue(Reply::Text("t0 t1 t2 t3 t4 t5 t6 t7 t8 t9")
+                     .WithChunks(10)
+                     .WithEventDelay(200ms)
+                     .WithUsage({.input_tokens = 1000, .output_tokens = 1000}));
+    std::string got = StreamAndHangUp(token, Json{{"messages", Json::array()}, {"stream", true}, {"model", model}},
+                                      R"("finish_reason":"stop")");
+    EXPECT_EQ(got.find("[DONE]"), std::string::npos);
+    auto calls = LlmCalls(id, 1);
+    ASSERT_EQ(calls.size(), 1u);
+    EXPECT_EQ(calls[0]["input_tokens"], 1000) << calls[0];
+    EXPECT_EQ(calls[0]["output_tokens"], 1000) << calls[0];
+    EXPECT_FALSE(calls[0].contains("estimated")) << "the upstream's own usage, read after the sandbox left";
+    Json usage = SessionUsage(id);
+    EXPECT_EQ(usage["input_tokens"], 1000);
+    EXPECT_EQ(usage["output_tokens"], 1000);
+    EXPECT_EQ(usage["llm_calls"], 1);
+    // The reply was complete: it is the conversation's next turn, as if the sandbox had read it all.
+    EXPECT_EQ(Conversation(id).back()["content"], "t0 t1 t2 t3 t4 t5 t6 t7 t8 t9");
+    // The budget is spent: the next call is refused and never reaches the upstream.
+    const size_t before = up_->request_count();
+    auto next = Chat(token, Json{{"messages", Json::array()}, {"model", model}});
+    EXPECT_EQ(next.status, 402u) << next.body;
+    EXPECT_EQ(next.error_code(), "budget_exhausted");
+    EXPECT_EQ(up_->request_count(), before);
+  }
+  EXPECT_TRUE(WaitForMetric(*server_, "airlock_llm_tokens_total{model=\"default\",direction=\"output\"} 1000"));
+  EXPECT_TRUE(WaitForMetric(*server_, "airlock_llm_tokens_total{model=\"claude\",direction=\"input\"} 1000"));
+}
+
+// A sandbox that hangs up in the middle of the reply stops the upstream; nothing joins the
+// conversation, but the prompt and what was streamed are charged as an estimate.
+TEST_F(LlmProxyTest, ASandboxThatHangsUpMidStreamStopsTheUpstreamAndPaysAnEstimate) {
+  SetUpBoth();
+  for (const char* model : {"default", "claude"}) {
+    SCOPED_TRACE(model);
+    auto [id, token] = Session(fmt::format(R"({{"task":"a task of some length","model":"{}"}})", model));
+    up_->Enqueue(Reply::Text("a b c d e f g h").WithChunks(8).WithEventDelay(200ms));
+    StreamAndHangUp(token,
+                    Json{{"messages", Json::array({UserMsg(std::string(400, 'x'))})}, {"stream", true}, {"model", model}},
+                    R"("content":"a)");
+    auto calls = LlmCalls(id, 1);
+    ASSERT_EQ(calls.size(), 1u);
+    EXPECT_EQ(calls[0]["outcome"], "sandbox_gone") << calls[0];
+    EXPECT_EQ(calls[0]["estimated"], true) << calls[0];
+    EXPECT_GE(calls[0]["input_tokens"].get<int64_t>(), 100) << "the prompt: 400 bytes of new message and more";
+    EXPECT_GT(calls[0]["output_tokens"].get<int64_t>(), 0) << calls[0];
+    Json usage = SessionUsage(id);
+    EXPECT_EQ(usage["llm_calls"], 1);
+    EXPECT_EQ(usage["input_tokens"], calls[0]["input_tokens"]);
+    EXPECT_EQ(usage["output_tokens"], calls[0]["output_tokens"]);
+    EXPECT_GT(usage["cost_usd"].get<double>(), 0);
+    EXPECT_EQ(Conversation(id).size(), 1u) << "half a reply is not stored";
+    // The session is free for the next call.
+    EXPECT_EQ(Chat(token, Json{{"messages", Json::array()}, {"model", model}}).status, 200u);
+  }
+}
+
+// Finding 7: an image URL would have the provider (or a local model server) fetch what the
+// sandbox names: an outbound channel from a sandbox without network. Only data: URLs pass.
+TEST_F(LlmProxyTest, ImagesMustBeDataUrlsForEveryProvider) {
+  SetUpBoth();
+  auto image = [](const std::string& url) {
+    return Json{{"role", "user"},
+                {"content", Json::array({Json{{"type", "text"}, {"text", "what is this?"}},
+                                         Json{{"type", "image_url"}, {"image_url", {{"url", url}}}}})}};
+  };
+  for (const char* model : {"default", "claude"}) {
+    SCOPED_TRACE(model);
+    auto [id, token] = Session(fmt::format(R"({{"task":"t","model":"{}"}})", model));
+    for (const char* url : {"http://attacker.example/exfil?data=SECRET", "HTTPS://attacker.example/x.png",
+                            "ftp://attacker.example/x.png", "//attacker.example/x.png"}) {
+      auto r = Chat(token, Json{{"messages", Json::array({image(url)})}, {"model", model}});
+      EXPECT_EQ(r.status, 400u) << url << " -> " << r.body;
+      EXPECT_EQ(r.error_code(), "invalid_argument");
+      EXPECT_NE(r.body.find("data: URL"), std::string::npos) << r.body;
+    }
+    EXPECT_EQ(up_->request_count(), 0u) << "nothing of a refused call reaches the upstream";
+    EXPECT_EQ(Conversation(id).size(), 1u);
+  }
   auto [id, token] = Session();
-  up_->Enqueue(Reply::Text("a b c d e f g h").WithChunks(8).WithEventDelay(200ms));
-  int fd = RawConnect(server_->sb_port());
-  ASSERT_GE(fd, 0);
-  std::string body = R"({"messages":[],"stream":true})";
-  std::string req =
-      "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
-      "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-      "\r\n\r\n" + body;
-  ASSERT_TRUE(WriteAll(fd, req));
-  char buf[512];
-  timeval tv{10, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  std::string got;
-  while (got.find("chat.completion.chunk") == std::string::npos) {
-    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    ASSERT_GT(n, 0);
-    got.append(buf, static_cast<size_t>(n));
+  auto ok = Chat(token, Json{{"messages", Json::array({image("data:image/png;base64,iVBORw0KGgo=")})}});
+  ASSERT_EQ(ok.status, 200u) << ok.body;
+  EXPECT_EQ(up_->requests().back().Json()["messages"][1]["content"][1]["image_url"]["url"],
+            "data:image/png;base64,iVBORw0KGgo=");
+  auto [id2, token2] = Session(R"({"task":"t","model":"claude"})");
+  auto ok2 = Chat(token2, Json{{"messages", Json::array({image("data:image/png;base64,iVBORw0KGgo=")})}});
+  ASSERT_EQ(ok2.status, 200u) << ok2.body;
+  EXPECT_EQ(up_->requests().back().Json()["messages"][0]["content"][2]["source"]["data"], "iVBORw0KGgo=");
+}
+
+// Finding 10: an upstream that echoes the key — as the 401's code, type or message, or in a
+// 400's message as a piece of it, base64-encoded or upper-cased, or as a 5xx's code — leaks
+// none of it to the sandbox, the log or the events.
+TEST_F(LlmProxyTest, AnUpstreamThatEchoesTheKeyInAnyFormLeaksNoneOfIt) {
+  StartUpstream();
+  StartServer(ProxyOptions{.max_retries = 0});
+  auto [id, token] = Session();
+  const std::string key = kKey;
+  struct Case {
+    Reply reply;
+    unsigned status;
+    std::string kept;  // what of the provider's words the agent still gets
+  };
+  const std::vector<Case> cases = {
+      {Reply::Error(401, "Incorrect API key provided: " + key).WithErrorType(key, key), 502, "(401)"},
+      {Reply::Error(403, key).WithErrorType(Upper(key), key.substr(3)), 502, "(403)"},
+      {Reply::Error(400, "maximum context length exceeded; key " + key.substr(3) + " b64 " + Base64(key) +
+                             " upper " + Upper(key)),
+       502, "maximum context length exceeded"},
+      {Reply::Error(422, "bad request for key=" + Base64("Bearer " + key)), 502, "bad request for key="},
+      {Reply::Error(500, "boom").WithErrorType("server_error", key), 502, "(500"},
+  };
+  std::vector<HttpResult> answers;
+  const std::string logged = CaptureStderr(server_->home() + "/stderr.log", [&] {
+    for (const auto& c : cases) {
+      up_->Enqueue(c.reply);
+      answers.push_back(Chat(token, Json{{"messages", Json::array({UserMsg("hello")})}}));
+    }
+  });
+  ASSERT_EQ(answers.size(), cases.size());
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(answers[i].status, cases[i].status) << answers[i].body;
+    EXPECT_EQ(KeyLeak(answers[i].body), "") << answers[i].body;
+    EXPECT_NE(answers[i].body.find(cases[i].kept), std::string::npos) << answers[i].body;
   }
-  ::close(fd);
-  // The control plane notices at its next write and records the outcome.
-  bool seen = false;
-  for (int i = 0; i < 200 && !seen; ++i) {
-    seen = Events(id).find("sandbox_gone") != std::string::npos;
-    if (!seen) std::this_thread::sleep_for(50ms);
-  }
-  EXPECT_TRUE(seen) << Events(id);
-  EXPECT_EQ(Conversation(id).size(), 1u);
-  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + id).json()["usage"]["llm_calls"], 0);
-  // The session is free for the next call.
-  EXPECT_EQ(Chat(token, Json{{"messages", Json::array()}}).status, 200u);
+  // 401/403: a fixed sentence with the status only, none of the upstream's words.
+  EXPECT_EQ(answers[0].body.find("Incorrect API key"), std::string::npos) << answers[0].body;
+  EXPECT_EQ(answers[0].body.find("[redacted]"), std::string::npos) << answers[0].body;
+  EXPECT_NE(logged.find("llm call"), std::string::npos) << "the failures are logged";
+  EXPECT_EQ(KeyLeak(logged), "") << logged;
+  const std::string events = Events(id);
+  EXPECT_EQ(KeyLeak(events), "") << events;
+  EXPECT_EQ(LlmCalls(id, cases.size()).size(), cases.size());
+  EXPECT_EQ(KeyLeak(server_->cp().metrics().Render()), "");
 }
 
 TEST_F(LlmProxyTest, KeepAliveConnectionsArePooled) {
