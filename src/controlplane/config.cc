@@ -253,6 +253,7 @@ Status ParseFiles(const toml::table* t, Config& c) {
     AIRLOCK_TRY(s.String("region", &f.s3_region));
     AIRLOCK_TRY(s.String("bucket", &f.s3_bucket));
     AIRLOCK_TRY(s.Bool("path_style", &f.s3_path_style));
+  AIRLOCK_TRY(r.Bool("get_urls_outlive_session", &f.get_urls_outlive_session));
     AIRLOCK_TRY(s.String("prefix", &f.s3_prefix));
     AIRLOCK_TRY(s.String("access_key_env", &f.s3_access_key_env));
     AIRLOCK_TRY(s.String("secret_key_env", &f.s3_secret_key_env));

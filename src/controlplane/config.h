@@ -78,6 +78,9 @@ struct FilesConfig {
   int64_t max_expiry_s = 3600;
   int64_t max_file_mb = 1024;
   int64_t session_quota_mb = 2048;
+  // false: a presigned GET stops working when its session ends (local store: 410; s3: its
+  // expiry is clamped to the session's limits.timeout_s, as S3 cannot revoke a URL).
+  bool get_urls_outlive_session = false;
   // s3
   std::string s3_endpoint;
   std::string s3_region = "us-east-1";

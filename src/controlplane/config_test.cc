@@ -187,6 +187,11 @@ path_style = false
   EXPECT_FALSE(ParseConfig("[files]\nstore = \"ftp\"\n", "/h").has_value());
   EXPECT_FALSE(ParseConfig("[files]\ndefault_expiry_s = 7200\nmax_expiry_s = 3600\n", "/h").has_value());
   EXPECT_FALSE(ParseConfig("[files.s3]\nbuckit = \"x\"\n", "/h").has_value());
+  EXPECT_FALSE(c->files.get_urls_outlive_session) << "a sandbox's GET URLs end with its session by default";
+  auto outlive = ParseConfig("[files]\nget_urls_outlive_session = true\n", "/h");
+  ASSERT_TRUE(outlive.has_value()) << outlive.error().message;
+  EXPECT_TRUE(outlive->files.get_urls_outlive_session);
+  EXPECT_FALSE(ParseConfig("[files]\nget_urls_outlive_session = 1\n", "/h").has_value());
 }
 
 TEST(ConfigTest, SandboxRestartAndIdleSettings) {

@@ -79,6 +79,23 @@ Result<std::optional<ByteRange>> ParseRange(std::string_view h, uint64_t size) {
   return std::optional<ByteRange>(ByteRange{static_cast<uint64_t>(*a), end - static_cast<uint64_t>(*a) + 1});
 }
 
+std::string ContentDisposition(std::string_view name) {
+  std::string fallback;
+  for (size_t i = 0; i < name.size(); ++i) {
+    auto ch = static_cast<unsigned char>(name[i]);
+    if (ch == '"' || ch == '\\') {
+      fallback += '\\';
+      fallback += static_cast<char>(ch);
+    } else if (ch >= 0x20 && ch < 0x7f && ch != '%') {
+      // '%' would make some browsers percent-decode the fallback (RFC 6266 appendix D).
+      fallback += static_cast<char>(ch);
+    } else if (ch < 0x80 || (ch & 0xC0) != 0x80 || i == 0 || static_cast<unsigned char>(name[i - 1]) < 0x80) {
+      fallback += '_';  // one '_' per control byte or UTF-8 sequence, not per byte
+    }
+  }
+  return fmt::format("attachment; filename=\"{}\"; filename*=UTF-8''{}", fallback, PercentEncode(name));
+}
+
 struct FileService::Terms {
   std::string session;
   std::string name;
@@ -163,6 +180,14 @@ awaitable<Response> FileService::Presign(Request& req, const store::Session& s) 
   pr.name = name;
   pr.method = method;
   pr.expires_at = UnixNow() + ttl;
+  // An S3 URL cannot be revoked when the session ends; the best bound there is the session's
+  // wall-clock limit. (Local URLs are checked against the session on every use instead.)
+  if (blobs_->kind() == "s3" && (method == "PUT" || !f.get_urls_outlive_session)) {
+    if (auto t = s.limits.find("timeout_s"); t != s.limits.end() && t->is_number()) {
+      int64_t deadline = s.created_at / 1000 + static_cast<int64_t>(t->get<double>());
+      pr.expires_at = std::max(UnixNow() + 1, std::min(pr.expires_at, deadline));
+    }
+  }
   pr.content_type = content_type.value_or("");
   auto base = BaseUrl(req);
   if (!base) co_return Response::FromError(400, "invalid_argument", "a plain Host header is required");
@@ -352,7 +377,7 @@ Response ServeFile(const Request& req, const std::string& path, const std::strin
   Response r;
   r.content_type = "application/octet-stream";
   r.headers.emplace_back("Accept-Ranges", "bytes");
-  r.headers.emplace_back("Content-Disposition", fmt::format("attachment; filename=\"{}\"", name));
+  r.headers.emplace_back("Content-Disposition", ContentDisposition(name));
   if (!range) {
     r = Response::FromError(416, "range_not_satisfiable", "the range is outside the file");
     r.headers.emplace_back("Content-Range", fmt::format("bytes */{}", size));
@@ -378,6 +403,17 @@ awaitable<Response> FileService::Fetch(Request& req) {
   if (!terms) {
     refusals_.With({"signature"}).Inc();
     co_return Forbidden(terms.error().message);
+  }
+  // A URL handed to a sandbox is revoked with the session: one that leaked (into a log, an
+  // artifact, another tenant's hands) must not keep serving the file for up to max_expiry_s.
+  // The operator's own route is not affected.
+  if (!config_.files.get_urls_outlive_session) {
+    AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(terms->session));
+    if (store::IsTerminal(s.state)) {
+      refusals_.With({"session_ended"}).Inc();
+      co_return Response::FromError(410, "gone",
+                                    "the session has ended; its file URLs are revoked (files.get_urls_outlive_session)");
+    }
   }
   Response r = ServeFile(req, local_->PathOf(terms->session, terms->name), terms->name);
   if (r.file && req.msg.method() != http::verb::head) bytes_.With({"out"}).Inc(static_cast<double>(r.file->length));

@@ -27,6 +27,12 @@ struct ByteRange {
 // nullopt: no usable Range (serve the whole file); an error: unsatisfiable (416).
 Result<std::optional<ByteRange>> ParseRange(std::string_view header, uint64_t size);
 
+// The Content-Disposition of a download of `name` (RFC 6266): an ASCII `filename` fallback
+// (`"` and `\` escaped, anything else outside printable ASCII and `%` as '_') and the exact
+// name as `filename*=UTF-8''<percent-encoded>`. The name is the sandbox's to choose: nothing in
+// it can end the quoted string or add a parameter or a header.
+std::string ContentDisposition(std::string_view name);
+
 class FileService {
  public:
   FileService(const Config& config, store::Store& store, asio::thread_pool& pool, Notifier& events,

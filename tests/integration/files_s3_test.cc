@@ -12,6 +12,7 @@
 
 #include <gmock/gmock.h>
 
+#include "common/time_util.h"
 #include "tests/files/s3rver_harness.h"
 #include "tests/integration/harness.h"
 
@@ -227,6 +228,41 @@ TEST_F(FilesS3Test, APresignAnswerCarriesTheKeyIdButNeverTheSecret) {
       EXPECT_EQ(S3Call(verb::put, r.json()["url"], Headers(r.json()["headers"]), "abc").status, 200u);
     }
   }
+}
+
+// S3 cannot revoke a presigned URL when the session ends (the local store answers 410
+// instead). The best bound there is the session's wall-clock limit: no URL handed to a sandbox
+// outlives limits.timeout_s, however long an expiry it asks for.
+TEST_F(FilesS3Test, UrlsOfASessionWithATimeoutExpireByItsEnd) {
+  auto created = server_->Op(verb::post, "/v1/sessions",
+                             DumpJson(Json{{"task", "t"}, {"limits", {{"timeout_s", 60}}}}));
+  ASSERT_EQ(created.status, 201u) << created.body;
+  const std::string id = created.json()["id"];
+  auto created_at = ParseTimestamp(created.json()["created_at"].get<std::string>());
+  ASSERT_TRUE(created_at.has_value());
+  std::string token;
+  {
+    std::lock_guard l(server_->backend().mu);
+    token = server_->backend().specs.at(id).token.Reveal();
+  }
+  for (const char* method : {"GET", "PUT"}) {
+    Json body{{"name", "r.txt"}, {"method", method}, {"expires_s", 3600}};
+    if (std::string(method) == "PUT") body["size"] = 2;
+    auto r = Presign(token, body);
+    ASSERT_EQ(r.status, 200u) << r.body;
+    auto expires_at = ParseTimestamp(r.json()["expires_at"].get<std::string>());
+    ASSERT_TRUE(expires_at.has_value());
+    EXPECT_LE(*expires_at, *created_at + 60'000 + 999) << method << ": " << r.body;
+    const std::string url = r.json()["url"];
+    size_t at = url.find("X-Amz-Expires=");
+    ASSERT_NE(at, std::string::npos) << url;
+    EXPECT_LE(std::stoll(url.substr(at + 14)), 60) << url;
+  }
+  // A session without a timeout keeps the expiry it asked for (up to files.max_expiry_s).
+  auto [open_id, open_token] = server_->NewSession();
+  auto r = Presign(open_token, Json{{"name", "r.txt"}, {"method", "GET"}, {"expires_s", 3600}});
+  ASSERT_EQ(r.status, 200u) << r.body;
+  EXPECT_NE(r.json()["url"].get<std::string>().find("X-Amz-Expires=3600"), std::string::npos) << r.body;
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <thread>
 
+#include "common/url.h"
+#include "controlplane/file_service.h"
 #include "tests/integration/harness.h"
 
 namespace airlock::testing {
@@ -16,8 +18,8 @@ using namespace std::chrono_literals;
 
 class FilesTest : public ::testing::Test {
  protected:
-  explicit FilesTest(int64_t quota_mb = 2048) {
-    server_ = std::make_unique<TestServer>([quota_mb](controlplane::Config& c) { c.files.session_quota_mb = quota_mb; });
+  explicit FilesTest(std::function<void(controlplane::Config&)> tweak = {}) {
+    server_ = std::make_unique<TestServer>(std::move(tweak));
   }
 
   // POST /sandbox/v1/files/presign; returns the answer.
@@ -223,9 +225,112 @@ TEST_F(FilesTest, UploadsAreStreamedNotBuffered) {
   EXPECT_TRUE(back.body == data);
 }
 
+// The sandbox names its files; the operator's download must not let that name end the
+// quoted filename, add a parameter (a browser would save `report"; filename*=…evil.html` as
+// evil.html) or a header.
+TEST_F(FilesTest, AHostileFileNameCannotShapeTheDownloadsContentDisposition) {
+  auto [id, token] = server_->NewSession();
+  const std::string hostile = "report\"; filename*=UTF-8''evil.html; x=\"";
+  const std::string bidi = "r\xc3\xa9sum\xc3\xa9 \xe2\x80\xae" "fdp.exe";  // accents and U+202E
+  for (const std::string& name : {hostile, bidi}) {
+    ASSERT_EQ(Put(PutUrl(token, name, 2), "ok").status, 201u) << name;
+  }
+  auto down = server_->Op(verb::get, "/v1/sessions/" + id + "/files/" + PercentEncode(hostile));
+  ASSERT_EQ(down.status, 200u) << down.body;
+  EXPECT_EQ(down.body, "ok");
+  EXPECT_EQ(down.headers["Content-Disposition"],
+            "attachment; filename=\"report\\\"; filename*=UTF-8''evil.html; x=\\\"\"; "
+            "filename*=UTF-8''report%22%3B%20filename%2A%3DUTF-8%27%27evil.html%3B%20x%3D%22");
+  // Read as a browser reads it (RFC 6266): the quoted string ends at the first unescaped '"',
+  // and what follows is exactly one filename* whose value decodes to the whole name.
+  const std::string cd = down.headers["Content-Disposition"];
+  const std::string head = "attachment; filename=\"";
+  ASSERT_TRUE(cd.starts_with(head)) << cd;
+  std::string quoted;
+  size_t i = head.size();
+  for (; i < cd.size() && cd[i] != '"'; ++i) quoted += cd[i] == '\\' ? cd[++i] : cd[i];
+  EXPECT_EQ(quoted, hostile);
+  const std::string rest = cd.substr(i + 1);
+  ASSERT_TRUE(rest.starts_with("; filename*=UTF-8''")) << rest;
+  const std::string value = rest.substr(19);
+  EXPECT_EQ(value.find_first_of(";\" "), std::string::npos) << "no further parameter: " << value;
+  EXPECT_EQ(PercentDecode(value, false), hostile);
+
+  auto other = server_->Op(verb::get, "/v1/sessions/" + id + "/files/" + PercentEncode(bidi));
+  ASSERT_EQ(other.status, 200u) << other.body;
+  EXPECT_EQ(other.headers["Content-Disposition"],
+            "attachment; filename=\"r_sum_ _fdp.exe\"; filename*=UTF-8''" + PercentEncode(bidi));
+
+  // Line breaks never become a name, so no header can be injected through one.
+  for (const char* name : {"a\r\nX-Injected: 1", "a\nb", "a\rb"}) {
+    EXPECT_EQ(Presign(token, Json{{"name", name}, {"method", "PUT"}}).status, 400u);
+    auto r = server_->Op(verb::get, "/v1/sessions/" + id + "/files/" + PercentEncode(name));
+    EXPECT_EQ(r.status, 400u) << r.body;
+    EXPECT_FALSE(r.headers.contains("X-Injected"));
+  }
+}
+
+TEST(ContentDisposition, EscapesQuotesAndBackslashesAndReplacesWhatIsNotPrintableAscii) {
+  EXPECT_EQ(controlplane::ContentDisposition("a.txt"), "attachment; filename=\"a.txt\"; filename*=UTF-8''a.txt");
+  EXPECT_EQ(controlplane::ContentDisposition("a\"b\\c"),
+            "attachment; filename=\"a\\\"b\\\\c\"; filename*=UTF-8''a%22b%5Cc");
+  EXPECT_EQ(controlplane::ContentDisposition("x\r\ny\x7f%"), "attachment; filename=\"x__y__\"; filename*=UTF-8''x%0D%0Ay%7F%25");
+  EXPECT_EQ(controlplane::ContentDisposition("\xe2\x80\xae" "a\xc2\x9b"),
+            "attachment; filename=\"_a_\"; filename*=UTF-8''%E2%80%AEa%C2%9B");
+}
+
+// A GET URL handed to a sandbox dies with its session (finding 14): a leaked URL cannot fetch
+// the file after the end, while the operator's own route still serves it, and another
+// session's URLs are untouched.
+TEST_F(FilesTest, ASignedGetUrlIsRevokedWhenItsSessionEnds) {
+  auto [id, token] = server_->NewSession();
+  auto [other, other_token] = server_->NewSession();
+  ASSERT_EQ(Put(PutUrl(token, "report.txt", 5), "hello").status, 201u);
+  ASSERT_EQ(Put(PutUrl(other_token, "mine.txt", 4), "mine").status, 201u);
+  auto presigned = Presign(token, Json{{"name", "report.txt"}, {"method", "GET"}, {"expires_s", 3600}});
+  ASSERT_EQ(presigned.status, 200u) << presigned.body;
+  const std::string url = Target(presigned.json()["url"]);
+  const std::string other_url = GetUrl(other_token, "mine.txt");
+  ASSERT_EQ(Get(url).status, 200u);
+
+  auto fin = server_->Sb(verb::post, "/sandbox/v1/finish", token, R"({"status":"succeeded","result":"done"})");
+  ASSERT_EQ(fin.status, 200u) << fin.body;
+  auto after = Get(url);
+  EXPECT_EQ(after.status, 410u) << after.body;
+  EXPECT_EQ(after.error_code(), "gone");
+  EXPECT_EQ(after.body.find("hello"), std::string::npos);
+  auto head = HttpCall(server_->sb_port(), verb::head, url);
+  EXPECT_EQ(head.status, 410u);
+  EXPECT_EQ(Get(url, {{"Range", "bytes=0-1"}}).status, 410u);
+
+  auto op = server_->Op(verb::get, "/v1/sessions/" + id + "/files/report.txt");
+  EXPECT_EQ(op.status, 200u) << op.body;
+  EXPECT_EQ(op.body, "hello");
+  auto still = Get(other_url);
+  EXPECT_EQ(still.status, 200u) << still.body;
+  EXPECT_EQ(still.body, "mine");
+}
+
+class LongLivedGetUrlsFilesTest : public FilesTest {
+ protected:
+  LongLivedGetUrlsFilesTest() : FilesTest([](controlplane::Config& c) { c.files.get_urls_outlive_session = true; }) {}
+};
+
+TEST_F(LongLivedGetUrlsFilesTest, AnOperatorCanLetGetUrlsOutliveTheSession) {
+  auto [id, token] = server_->NewSession();
+  ASSERT_EQ(Put(PutUrl(token, "report.txt", 5), "hello").status, 201u);
+  const std::string get = GetUrl(token, "report.txt");
+  const std::string put = PutUrl(token, "late.txt", 1);
+  ASSERT_EQ(server_->Sb(verb::post, "/sandbox/v1/finish", token, R"({"status":"succeeded"})").status, 200u);
+  auto after = Get(get);
+  EXPECT_EQ(after.status, 200u) << after.body;
+  EXPECT_EQ(after.body, "hello");
+  EXPECT_EQ(Put(put, "x").status, 410u) << "uploads still end with the session";
+}
+
 class SmallQuotaFilesTest : public FilesTest {
  protected:
-  SmallQuotaFilesTest() : FilesTest(1) {}
+  SmallQuotaFilesTest() : FilesTest([](controlplane::Config& c) { c.files.session_quota_mb = 1; }) {}
 };
 
 TEST_F(SmallQuotaFilesTest, TheSessionQuotaIsEnforced) {
