@@ -1,6 +1,7 @@
 #include "cli/cli.h"
 
 #include <strings.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <cerrno>
@@ -80,17 +81,24 @@ std::unexpected<Failure> Fail(int code, std::string message) {
 
 // ------------------------------------------------------------------ output
 
-void Print(std::string_view text) {
-  std::fwrite(text.data(), 1, text.size(), stdout);
+// Much of what the CLI prints was written by a sandbox (a result, file names, events, server
+// messages quoting them), and a sandbox is untrusted: everything printed for a human goes
+// through Inert, so no byte of it acts on the operator's terminal. Fields that must stay on
+// one line are made Inert one-line where they are formatted; this is the net under all of it.
+void PrintRaw(std::string_view bytes) {
+  std::fwrite(bytes.data(), 1, bytes.size(), stdout);
   std::fflush(stdout);
 }
+void Print(std::string_view text) { PrintRaw(Inert(text, /*multiline=*/true)); }
 void PrintLine(std::string_view text) {
   std::string line(text);
   line += '\n';
   Print(line);
 }
+// --json output: the same JSON value, with what a terminal would act on escaped as \uXXXX.
+void PrintJson(const Json& value) { PrintRaw(InertJson(DumpJson(value)) + "\n"); }
 void PrintErr(std::string_view text) {
-  std::string line = fmt::format("airlock: {}\n", text);
+  std::string line = fmt::format("airlock: {}\n", Inert(text, /*multiline=*/true));
   std::fwrite(line.data(), 1, line.size(), stderr);
   std::fflush(stderr);
 }
@@ -120,7 +128,8 @@ Failure FromResponse(const HttpResponse& res) {
     const Json& err = (*j)["error"];
     std::string message = err.value("message", std::string("(no message)"));
     std::string err_code = err.value("code", std::string("unknown"));
-    std::string text = fmt::format("{} ({}, HTTP {})", message, err_code, res.status);
+    // The message may quote what a sandbox wrote (a file name, a result): one line, inert.
+    std::string text = fmt::format("{} ({}, HTTP {})", Inert(message), Inert(err_code), res.status);
     if (res.status == 401) {
       text += " — check the operator key (--home DIR or AIRLOCK_OPERATOR_KEY)";
     }
@@ -295,7 +304,11 @@ CliResult<FollowOutcome> FollowEvents(const HttpClient& client, const std::strin
             out.last_seq = seq;
           }
           progressed = true;
-          PrintLine(json ? DumpJson(e) : FormatEventLine(e));
+          if (json) {
+            PrintJson(e);
+          } else {
+            PrintLine(FormatEventLine(e));
+          }
           if (Str(e, "type") == "session.state" && e.contains("data")) {
             std::string to = Str(e["data"], "to");
             if (IsTerminal(to)) {
@@ -363,7 +376,7 @@ struct RunFlags {
 
 void PrintFinal(const Json& session, bool json) {
   if (json) {
-    PrintLine(DumpJson(session));
+    PrintJson(session);
     return;
   }
   std::string line = fmt::format("{} {}", Str(session, "id"), Str(session, "state", "?"));
@@ -374,9 +387,9 @@ void PrintFinal(const Json& session, bool json) {
                           Str(u, "output_tokens", "0"), Str(u, "llm_calls", "0"));
     }
   }
-  PrintLine(line);
+  PrintLine(Inert(line));
   if (session.contains("result")) {
-    PrintLine("result: " + Str(session, "result"));
+    PrintLine("result: " + InertIndented(Str(session, "result"), 2));
   }
 }
 
@@ -390,11 +403,22 @@ CliResult<uint64_t> DownloadFile(const HttpClient& client, const std::string& id
   if (out == nullptr) return Fail(kExitUsage, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
   uint64_t bytes = 0;
   bool write_failed = false;
+  // `-o -` to a terminal: the file is the sandbox's, shown inert; into a pipe, byte for byte.
+  std::optional<InertStream> inert;
+  if (to_stdout && ::isatty(STDOUT_FILENO) == 1) inert.emplace();
+  auto write = [&](std::string_view data) {
+    write_failed = write_failed || std::fwrite(data.data(), 1, data.size(), out) != data.size();
+  };
   auto res = client.StreamBody(SessionPath(id, "/files/" + Escape(name)), {}, [&](std::string_view data) {
     bytes += data.size();
-    write_failed = write_failed || std::fwrite(data.data(), 1, data.size(), out) != data.size();
+    if (inert) {
+      write(inert->Feed(data));
+    } else {
+      write(data);
+    }
     return !write_failed;
   });
+  if (inert) write(inert->Finish());
   bool closed = to_stdout ? std::fflush(out) == 0 : std::fclose(out) == 0;
   auto cleanup = [&] {
     if (!to_stdout) std::remove(tmp.c_str());
@@ -409,7 +433,8 @@ CliResult<uint64_t> DownloadFile(const HttpClient& client, const std::string& id
     for (const auto& [k, v] : res->headers) {
       if (k.size() == 8 && strncasecmp(k.c_str(), "location", 8) == 0) location = v;
     }
-    return Fail(kExitApi, fmt::format("{} is in the object store; fetch it (the link expires soon): {}", name, location));
+    return Fail(kExitApi, fmt::format("{} is in the object store; fetch it (the link expires soon): {}", Inert(name),
+                                      Inert(location)));
   }
   if (!res->ok()) {
     cleanup();
@@ -454,15 +479,15 @@ CliResult<void> FetchArtifacts(const HttpClient& client, const std::string& id, 
       PrintErr(bytes.error().message);
       continue;
     }
-    PrintLine(fmt::format("artifact: {} ({} bytes)", dest, *bytes));
+    PrintLine(fmt::format("artifact: {} ({} bytes)", Inert(dest), *bytes));
     if (!show || *bytes > 64 * 1024) continue;
     std::ifstream in(dest, std::ios::binary);
     std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (!LooksLikeText(content)) continue;
-    PrintLine(fmt::format("----- {} -----", name));
+    PrintLine(fmt::format("----- {} -----", Inert(name)));
     Print(content);
     if (!content.empty() && content.back() != '\n') PrintLine("");
-    PrintLine(fmt::format("----- end of {} -----", name));
+    PrintLine(fmt::format("----- end of {} -----", Inert(name)));
   }
   return {};
 }
@@ -510,7 +535,11 @@ CliResult<int> CmdRun(const RunFlags& f) {
   if (id.empty()) {
     return Fail(kExitApi, "POST /v1/sessions answered without a session id");
   }
-  PrintLine(f.json ? DumpJson(*created) : id);
+  if (f.json) {
+    PrintJson(*created);
+  } else {
+    PrintLine(Inert(id));
+  }
   if (f.detach) {
     return kExitOk;
   }
@@ -559,7 +588,7 @@ CliResult<int> CmdLs(const LsFlags& f) {
     return std::unexpected(res.error());
   }
   if (f.json) {
-    PrintLine(DumpJson(*res));
+    PrintJson(*res);
     return kExitOk;
   }
   const Json sessions = res->value("sessions", Json::array());
@@ -607,7 +636,7 @@ CliResult<int> CmdShow(const IdFlags& f) {
     return std::unexpected(s.error());
   }
   if (f.json) {
-    PrintLine(DumpJson(*s));
+    PrintJson(*s);
     return kExitOk;
   }
   auto messages = CallJson(*client, "GET", SessionPath(f.id, "/messages"));
@@ -654,7 +683,8 @@ CliResult<int> CmdShow(const IdFlags& f) {
   rows.emplace_back("messages", count);
   std::string out;
   for (const auto& [k, v] : rows) {
-    out += fmt::format("{:<10} {}\n", k + ":", v);
+    // One line per field, but the result may span lines: indented under its value.
+    out += fmt::format("{:<10} {}\n", k + ":", k == "result" ? InertIndented(v, 11) : Inert(v));
   }
   Print(out);
   return kExitOk;
@@ -673,6 +703,9 @@ CliResult<int> CmdLogs(const LogsFlags& f) {
   if (!client) {
     return std::unexpected(client.error());
   }
+  // The sandbox's output goes out byte for byte into a pipe or a file; to a terminal it is
+  // shown inert, like everything else a sandbox wrote.
+  const bool terminal = ::isatty(STDOUT_FILENO) == 1;
   if (!f.follow) {
     auto res = client->Do("GET", SessionPath(f.id, "/logs"));
     if (!res) {
@@ -681,14 +714,16 @@ CliResult<int> CmdLogs(const LogsFlags& f) {
     if (!res->ok()) {
       return std::unexpected(FromResponse(*res));
     }
-    Print(res->body);
+    PrintRaw(terminal ? Inert(res->body, /*multiline=*/true) : res->body);
     return kExitOk;
   }
+  InertStream inert;
   auto res =
-      client->StreamBody(SessionPath(f.id, "/logs?follow=1"), {}, [](std::string_view piece) {
-        Print(piece);
+      client->StreamBody(SessionPath(f.id, "/logs?follow=1"), {}, [&](std::string_view piece) {
+        PrintRaw(terminal ? inert.Feed(piece) : std::string(piece));
         return true;
       });
+  PrintRaw(inert.Finish());
   if (!res) {
     return std::unexpected(FromTransport(res.error()));
   }
@@ -732,7 +767,7 @@ CliResult<int> CmdEvents(const EventsFlags& f) {
     }
     std::string out;
     for (const auto& e : *page) {
-      out += (f.json ? DumpJson(e) : FormatEventLine(e)) + "\n";
+      out += (f.json ? InertJson(DumpJson(e)) : FormatEventLine(e)) + "\n";
       if (auto it = e.find("seq"); it != e.end() && it->is_number_integer()) {
         after = std::max(after, it->get<int64_t>());
       }
@@ -765,9 +800,9 @@ CliResult<int> CmdSend(const SendFlags& f) {
     return std::unexpected(res.error());
   }
   if (f.json) {
-    PrintLine(DumpJson(*res));
+    PrintJson(*res);
   } else {
-    PrintLine(fmt::format("sent message {} to {}", Str(*res, "id", "?"), f.id));
+    PrintLine(Inert(fmt::format("sent message {} to {}", Str(*res, "id", "?"), f.id)));
   }
   return kExitOk;
 }
@@ -783,12 +818,12 @@ CliResult<int> CmdTransition(const IdFlags& f, std::string_view method, std::str
     return std::unexpected(s.error());
   }
   if (f.json) {
-    PrintLine(DumpJson(*s));
+    PrintJson(*s);
     return kExitOk;
   }
-  PrintLine(fmt::format("{} {}", Str(*s, "id", f.id), Str(*s, "state", "?")));
+  PrintLine(Inert(fmt::format("{} {}", Str(*s, "id", f.id), Str(*s, "state", "?"))));
   if (s->contains("result")) {
-    PrintLine("result: " + Str(*s, "result"));
+    PrintLine("result: " + InertIndented(Str(*s, "result"), 2));
   }
   return kExitOk;
 }
@@ -937,7 +972,7 @@ CliResult<int> CmdImageLs(const ImageFlags& f) {
                                {"size_bytes", i.size_bytes},
                                {"imported_at", FormatTimestamp(i.imported_at_ms)}});
     }
-    PrintLine(DumpJson(out));
+    PrintJson(out);
     return kExitOk;
   }
   std::vector<std::vector<std::string>> rows;
@@ -998,7 +1033,7 @@ CliResult<int> CmdFilesLs(const FilesFlags& f) {
   auto res = CallJson(*client, "GET", SessionPath(f.id, "/files"));
   if (!res) return std::unexpected(res.error());
   if (f.json) {
-    PrintLine(DumpJson(*res));
+    PrintJson(*res);
     return kExitOk;
   }
   const Json files = res->value("files", Json::array());
@@ -1021,7 +1056,7 @@ CliResult<int> CmdFilesGet(const FilesFlags& f) {
   }
   auto bytes = DownloadFile(*client, f.id, f.name, dest);
   if (!bytes) return std::unexpected(bytes.error());
-  if (dest != "-") PrintLine(fmt::format("{} ({} bytes)", dest, *bytes));
+  if (dest != "-") PrintLine(fmt::format("{} ({} bytes)", Inert(dest), *bytes));
   return kExitOk;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <ctime>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -32,7 +33,117 @@ std::string FieldText(const Json& obj, const char* key, std::string fallback = "
   return it->is_string() ? it->get<std::string>() : it->dump();
 }
 
+struct CodePoint {
+  uint32_t value = 0;
+  size_t length = 0;
+};
+
+// The code point at the front of `s`; nullopt when `s` does not start with well-formed UTF-8
+// (a stray continuation byte, an overlong form, a surrogate, beyond U+10FFFF, cut short).
+std::optional<CodePoint> DecodeUtf8(std::string_view s) {
+  auto byte = [&s](size_t i) { return static_cast<unsigned char>(s[i]); };
+  unsigned char c = byte(0);
+  if (c < 0x80) return CodePoint{c, 1};
+  size_t len = (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+  if (len == 0 || len > s.size()) return std::nullopt;
+  uint32_t v = c & (0x7F >> len);
+  for (size_t i = 1; i < len; ++i) {
+    if ((byte(i) & 0xC0) != 0x80) return std::nullopt;
+    v = (v << 6) | (byte(i) & 0x3F);
+  }
+  constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (v < kMin[len] || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return std::nullopt;
+  return CodePoint{v, len};
+}
+
+// Characters a terminal acts on or that change how the rest of the line is shown.
+bool IsUnsafe(uint32_t cp) {
+  return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x061C || cp == 0x200E || cp == 0x200F ||
+         (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069);
+}
+
+std::string Escape(uint32_t cp) {
+  switch (cp) {
+    case '\n':
+      return "\\n";
+    case '\r':
+      return "\\r";
+    case '\t':
+      return "\\t";
+    default:
+      return fmt::format("\\u{:04x}", cp);
+  }
+}
+
+constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+
+// How one piece of `text` at `i` is shown: `multiline` as for Inert; `out` gets it, and the
+// number of bytes consumed is returned.
+size_t ShowNext(std::string_view text, size_t i, bool multiline, std::string& out) {
+  auto cp = DecodeUtf8(text.substr(i));
+  if (!cp) {
+    out += kReplacement;
+    return 1;
+  }
+  if (!IsUnsafe(cp->value) || (multiline && (cp->value == '\n' || cp->value == '\t'))) {
+    out.append(text.substr(i, cp->length));
+  } else if (multiline && cp->value == '\r' && i + 1 < text.size() && text[i + 1] == '\n') {
+    // The CR of a CRLF: the LF that follows ends the line.
+  } else {
+    out += Escape(cp->value);
+  }
+  return cp->length;
+}
+
 }  // namespace
+
+std::string Inert(std::string_view text, bool multiline) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) i += ShowNext(text, i, multiline, out);
+  return out;
+}
+
+std::string InertIndented(std::string_view text, size_t indent) {
+  std::string out;
+  for (char c : Inert(text, /*multiline=*/true)) {
+    out += c;
+    if (c == '\n') out.append(indent, ' ');
+  }
+  return out;
+}
+
+std::string InertJson(std::string_view json_text) {
+  // In JSON text these characters can only stand inside strings, where "\uXXXX" means the same
+  // character; DumpJson has escaped every C0 control, so no line break is kept raw.
+  return Inert(json_text, /*multiline=*/true);
+}
+
+std::string InertStream::Feed(std::string_view piece) {
+  held_.append(piece);
+  // Hold back an unfinished UTF-8 sequence (at most 3 bytes) or a CR whose LF may follow.
+  size_t keep = 0;
+  if (!held_.empty() && held_.back() == '\r') {
+    keep = 1;
+  } else {
+    for (size_t back = 1; back <= 3 && back <= held_.size(); ++back) {
+      auto c = static_cast<unsigned char>(held_[held_.size() - back]);
+      if ((c & 0xC0) == 0x80) continue;  // a continuation byte: look further back
+      size_t len = (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
+      if (len > back) keep = back;
+      break;
+    }
+  }
+  std::string out = Inert(std::string_view(held_).substr(0, held_.size() - keep), /*multiline=*/true);
+  held_.erase(0, held_.size() - keep);
+  return out;
+}
+
+std::string InertStream::Finish() {
+  std::string out = Inert(held_, /*multiline=*/true);
+  held_.clear();
+  return out;
+}
 
 std::string FormatTable(const std::vector<std::string>& header,
                         const std::vector<std::vector<std::string>>& rows) {
@@ -43,8 +154,11 @@ std::string FormatTable(const std::vector<std::string>& header,
     }
   };
   measure(header);
+  std::vector<std::vector<std::string>> shown;
   for (const auto& row : rows) {
-    measure(row);
+    shown.emplace_back();
+    for (const auto& cell : row) shown.back().push_back(Inert(cell));
+    measure(shown.back());
   }
   std::string out;
   auto emit = [&](const std::vector<std::string>& row) {
@@ -63,7 +177,7 @@ std::string FormatTable(const std::vector<std::string>& header,
     out += '\n';
   };
   emit(header);
-  for (const auto& row : rows) {
+  for (const auto& row : shown) {
     emit(row);
   }
   return out;
@@ -99,40 +213,30 @@ std::string FormatClock(std::string_view timestamp) {
 std::string OneLine(std::string_view text, size_t max_chars) {
   std::string out;
   size_t chars = 0;
+  size_t last = 0;  // where the last shown character starts in `out`
   for (size_t i = 0; i < text.size();) {
     unsigned char c = static_cast<unsigned char>(text[i]);
-    size_t len = c < 0x80           ? 1
-                 : (c >> 5) == 0x6  ? 2
-                 : (c >> 4) == 0xE  ? 3
-                 : (c >> 3) == 0x1E ? 4
-                                    : 1;
-    len = std::min(len, text.size() - i);
+    if (c == '\r') {
+      ++i;  // Dropped: a CRLF shows as one break.
+      continue;
+    }
     if (chars == max_chars) {
-      if (!out.empty()) {
-        // Make room for the ellipsis by dropping the last code point.
-        while (!out.empty() && (static_cast<unsigned char>(out.back()) & 0xC0) == 0x80) {
-          out.pop_back();
-        }
-        if (!out.empty()) {
-          out.pop_back();
-        }
-      }
+      // Make room for the ellipsis by dropping the last character shown.
+      out.resize(last);
       out += "…";
       return out;
     }
+    last = out.size();
     if (c == '\n') {
       out += "⏎";
-    } else if (c == '\r') {
-      // Dropped: a CRLF shows as one break.
       ++i;
-      continue;
-    } else if (c < 0x20 || c == 0x7F) {
+    } else if (c == '\t') {
       out += ' ';
+      ++i;
     } else {
-      out.append(text.substr(i, len));
+      i += ShowNext(text, i, /*multiline=*/false, out);
     }
     ++chars;
-    i += len;
   }
   return out;
 }

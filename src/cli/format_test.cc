@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common/json_util.h"
+
 namespace airlock::cli {
 namespace {
 
@@ -64,6 +66,103 @@ TEST(FormatEventLine, NothingAnAgentWritesReachesTheTerminalAsAControlSequence) 
     EXPECT_EQ(line.find('\x07'), std::string::npos) << line;
   }
   EXPECT_NE(FormatEventLine(llm).find("step 1: hi"), std::string::npos) << FormatEventLine(llm);
+}
+
+// What a hostile sandbox writes into a result, a file name or an event.
+const std::string kEsc = "\x1b]0;PWNED\x07\x1b[2J";               // title change, screen clear
+const std::string kOsc52 = "\x1b]52;c;cHduZWQ=\x07";              // clipboard write
+const std::string kOsc8 = "\x1b]8;;http://evil/\x1b\\link\x1b]8;;\x1b\\";  // a hidden link
+const std::string kC1Csi = "\xc2\x9b" "2J";                        // U+009B: CSI in one character
+const std::string kRlo = "\xe2\x80\xae";                           // U+202E RIGHT-TO-LEFT OVERRIDE
+
+// True when `out` holds none of the bytes a terminal acts on, nor a bidi/invisible control.
+::testing::AssertionResult IsInert(const std::string& out) {
+  for (size_t i = 0; i < out.size(); ++i) {
+    auto c = static_cast<unsigned char>(out[i]);
+    if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
+      return ::testing::AssertionFailure() << "control byte " << int(c) << " at " << i << " in " << out;
+    }
+  }
+  for (const char* bad : {"\xc2\x80", "\xc2\x9b", "\xc2\x9f", "\xe2\x80\xae", "\xe2\x80\xaa", "\xe2\x81\xa6",
+                          "\xe2\x81\xa9", "\xe2\x80\x8e", "\xe2\x80\x8f", "\xd8\x9c", "\xe2\x80\xa8"}) {
+    if (out.find(bad) != std::string::npos) return ::testing::AssertionFailure() << "formatting control in " << out;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+TEST(Inert, EscapesC0C1DelAndBidiControlsVisibly) {
+  EXPECT_EQ(Inert(kEsc), "\\u001b]0;PWNED\\u0007\\u001b[2J");
+  EXPECT_EQ(Inert(kOsc52), "\\u001b]52;c;cHduZWQ=\\u0007");
+  EXPECT_TRUE(IsInert(Inert(kOsc8)));
+  EXPECT_EQ(Inert(kC1Csi), "\\u009b2J");
+  EXPECT_EQ(Inert("invoice" + kRlo + "fdp.exe"), "invoice\\u202efdp.exe");
+  EXPECT_EQ(Inert("a\x7f" "b\xc2\x85" "c\xd8\x9c" "d\xe2\x80\x8f" "e\xe2\x81\xa6" "f\xe2\x80\xa8"),
+            "a\\u007fb\\u0085c\\u061cd\\u200fe\\u2066f\\u2028");
+  // Plain text, accents, arrows, emoji and a zero-width joiner inside an emoji stay as they are.
+  const std::string fine = "r\xc3\xa9sum\xc3\xa9 \xe2\x86\x92 \xf0\x9f\x91\xa9\xe2\x80\x8d\xf0\x9f\x92\xbb ok";
+  EXPECT_EQ(Inert(fine), fine);
+}
+
+TEST(Inert, OneLineTextKeepsNoLineBreakMultilineKeepsNewlinesAndTabs) {
+  EXPECT_EQ(Inert("a\nb\tc\rd"), "a\\nb\\tc\\rd");
+  EXPECT_EQ(Inert("a\r\nb\tc\rd\n", /*multiline=*/true), "a\nb\tc\\rd\n");
+  EXPECT_EQ(Inert(kEsc + "\n" + kC1Csi, true), "\\u001b]0;PWNED\\u0007\\u001b[2J\n\\u009b2J");
+  EXPECT_EQ(InertIndented("one\ntwo" + kRlo + "\r\nthree", 2), "one\n  two\\u202e\n  three");
+}
+
+TEST(Inert, InvalidUtf8BecomesTheReplacementCharacter) {
+  const std::string r = "\xef\xbf\xbd";
+  EXPECT_EQ(Inert("a\xff" "b"), "a" + r + "b");
+  EXPECT_EQ(Inert("\xc2"), r) << "cut short";
+  EXPECT_EQ(Inert("\xc1\x9b"), r + r) << "an overlong CSI is not let through as ESC [";
+  EXPECT_EQ(Inert("\xe0\x80\x9b"), r + r + r) << "overlong";
+  EXPECT_EQ(Inert("\xed\xa0\x80"), r + r + r) << "surrogate";
+  EXPECT_EQ(Inert("\xf4\x90\x80\x80"), r + r + r + r) << "beyond U+10FFFF";
+  EXPECT_EQ(Inert("\x80x"), r + "x") << "stray continuation byte";
+}
+
+TEST(InertJson, IsTheSameJsonValueWithNothingATerminalActsOn) {
+  Json v = {{"result", kEsc + kOsc52 + kC1Csi + "\x7f" + kRlo + "\\" + kRlo},
+            {"files", Json::array({"invoice" + kRlo + "fdp.exe"})}};
+  std::string text = InertJson(DumpJson(v));
+  EXPECT_TRUE(IsInert(text)) << text;
+  EXPECT_EQ(text.find('\n'), std::string::npos);
+  auto back = ParseJson(text);
+  ASSERT_TRUE(back.has_value()) << text;
+  EXPECT_EQ(*back, v);
+  EXPECT_NE(text.find("invoice\\u202efdp.exe"), std::string::npos) << text;
+}
+
+TEST(InertStream, ASequenceCutBetweenPiecesIsShownWhole) {
+  const std::string text = "caf\xc3\xa9 " + kRlo + "x\r\ny" + kC1Csi + "\xf0\x9f\x91\xa9";
+  // Every way of cutting the text in two gives what Inert gives for the whole.
+  for (size_t cut = 0; cut <= text.size(); ++cut) {
+    InertStream s;
+    std::string out = s.Feed(text.substr(0, cut));
+    out += s.Feed(text.substr(cut));
+    out += s.Finish();
+    EXPECT_EQ(out, Inert(text, true)) << "cut at " << cut;
+  }
+  InertStream s;
+  EXPECT_EQ(s.Feed("a\xe2\x80"), "a");
+  EXPECT_EQ(s.Finish(), "\xef\xbf\xbd\xef\xbf\xbd") << "an unfinished sequence at the end is replaced";
+}
+
+TEST(FormatTable, CellsAreShownInertOnOneLine) {
+  std::string t = FormatTable({"NAME", "SIZE"}, {{"invoice" + kRlo + "fdp.exe", "1"}, {"a\nb" + kC1Csi, "2"}});
+  EXPECT_TRUE(IsInert(t)) << t;
+  EXPECT_EQ(t,
+            "NAME                  SIZE\n"
+            "invoice\\u202efdp.exe  1\n"
+            "a\\nb\\u009b2J          2\n");
+}
+
+TEST(FormatEventLine, C1AndBidiControlsInEventsAreEscapedToo) {
+  Json e = {{"seq", 3}, {"type", "agent.llm"},
+            {"data", {{"step", 1}, {"text", "x" + kC1Csi + kRlo + kOsc52}}}};
+  std::string line = FormatEventLine(e);
+  EXPECT_TRUE(IsInert(line)) << line;
+  EXPECT_NE(line.find("x\\u009b2J\\u202e"), std::string::npos) << line;
 }
 
 TEST(OneLine, ShowsLineBreaksAndCutsOnCodePoints) {
