@@ -287,6 +287,12 @@ class OciBackend : public Backend {
     if (log_fd < 0) return Errorf(ErrorCode::kInternal, "open {}: {}", h.log_path(), std::strerror(errno));
     // A container of that name can only be a leftover of an earlier failed attempt.
     if (fs::exists(o_.state_dir + "/" + h.id)) (void)Runtime({"delete", "--force", h.id});
+    if (p.kernel_tcp_bytes > 0) {
+      if (auto preset = PresetKernelTcp(h.id, p.kernel_tcp_bytes); !preset) {
+        ::close(log_fd);
+        return std::unexpected(preset.error());
+      }
+    }
     CommandOptions co;
     co.stdout_fd = log_fd;
     co.stderr_fd = log_fd;
@@ -498,6 +504,27 @@ class OciBackend : public Backend {
     argv.insert(argv.end(), args.begin(), args.end());
     std::vector<std::string> env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"};
     return RunCommand(argv, env, co);
+  }
+
+  // runc 1.1 ignores the spec's kernelTCP (crun applies it): write the sandbox's
+  // memory.kmem.tcp.limit_in_bytes before the runtime starts anything in its cgroup (a socket
+  // made before the limit is set is never charged). The runtime then joins the cgroup as is,
+  // and removes it with the sandbox.
+  Status PresetKernelTcp(const std::string& id, int64_t bytes) {
+    auto mem = cgroups_.v1_mounts.find("memory");
+    if (mem == cgroups_.v1_mounts.end()) return Ok();
+    std::string dir = fmt::format("{}{}/{}", mem->second, kCgroupParent, id);
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", dir, ec.message());
+    std::string file = dir + "/memory.kmem.tcp.limit_in_bytes";
+    int fd = ::open(file.c_str(), O_WRONLY | O_CLOEXEC);
+    std::string value = std::to_string(bytes);
+    bool ok = fd >= 0 && ::write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
+    int err = errno;
+    if (fd >= 0) ::close(fd);
+    if (!ok) return Errorf(ErrorCode::kInternal, "write {}: {}", file, std::strerror(err));
+    return Ok();
   }
 
   Status Simple(const std::string& handle, const char* verb) {
