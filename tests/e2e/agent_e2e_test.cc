@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -167,7 +168,8 @@ TEST_F(AgentE2eTest, TheAgentRunsEveryToolInItsSandboxUploadsAndFinishes) {
   Json msgs = Messages(id);
   auto results = ToolResults(msgs);
   ASSERT_EQ(results.size(), 5u) << msgs.dump();
-  EXPECT_EQ(results[0], "exit code 0\n1000\nmade-in-sandbox\n");
+  // The sandbox's own host uid (sandbox.oci.uid_range_start, 2147000000 on), named `sandbox` inside.
+  EXPECT_TRUE(std::regex_match(results[0], std::regex("exit code 0\n21470[0-9]{5}\nmade-in-sandbox\n"))) << results[0];
   EXPECT_EQ(results[1], "wrote 18 bytes to out/report.md");
   EXPECT_EQ(results[2], "# Report\nline two\n");
   EXPECT_EQ(results[3], "uploaded report.md (18 bytes)");
@@ -423,7 +425,7 @@ TEST_F(AgentE2eTest, ThePythonExampleAgentCompletesTheSameTask) {
   EXPECT_EQ(Download(id, "notes.txt"), "made-in-sandbox\n");
   auto results = ToolResults(Messages(id));
   ASSERT_EQ(results.size(), 5u);
-  EXPECT_NE(results[0].find("1000\nmade-in-sandbox"), std::string::npos) << results[0];
+  EXPECT_TRUE(std::regex_search(results[0], std::regex("21470[0-9]{5}\nmade-in-sandbox"))) << results[0];
   EXPECT_EQ(results[2], "# Report\nline two\n");
 }
 

@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -569,6 +570,165 @@ void FillTmp() {
   Emit(Obj().Str("check", "filltmp").Int("bytes", total).Int("errno", err));
 }
 
+// Native AIO contexts: fs.aio-max-nr is one limit for the whole host. Tries to reserve
+// `events` of them (in contexts of at most 65536) and keeps what it got.
+void Aio(long events) {
+  std::string before = ReadFile("/proc/sys/fs/aio-nr");
+  long reserved = 0;
+  int contexts = 0;
+  int err = 0;
+  while (reserved < events) {
+    unsigned long ctx = 0;
+    long n = std::min(events - reserved, 65536L);
+    if (::syscall(SYS_io_setup, n, &ctx) != 0) {
+      err = errno;
+      break;
+    }
+    ++contexts;
+    reserved += n;
+  }
+  Emit(Obj().Str("check", "aio").Int("contexts", contexts).Int("reserved", reserved).Int("errno", err)
+           .Str("aio_nr_before", before).Str("aio_nr_after", ReadFile("/proc/sys/fs/aio-nr")));
+}
+
+// Host-wide writeback: sync(2) and syncfs(2) on /tmp's filesystem.
+void Sync() {
+  std::vector<std::string> r;
+  r.push_back(Attempt("sync", [] { return ::syscall(SYS_sync); }));
+  r.push_back(Attempt("syncfs", [] {
+    int fd = ::open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    long rc = ::syscall(SYS_syncfs, fd);
+    int err = errno;
+    if (fd >= 0) ::close(fd);
+    errno = err;
+    return rc;
+  }));
+  r.push_back(Attempt("fsync_own_file", [] {
+    // What is still allowed: writing back one's own file.
+    int fd = ::open("/tmp/probe-fsync", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    long rc = fd < 0 ? -1 : ::fsync(fd);
+    int err = errno;
+    if (fd >= 0) ::close(fd);
+    errno = err;
+    return rc;
+  }));
+  std::string list = "[";
+  for (const auto& a : r) list += (list.size() > 1 ? "," : "") + a;
+  Emit(Obj().Str("check", "sync").Raw("attempts", list + "]"));
+}
+
+sockaddr_in Loopback(uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return a;
+}
+
+// A listener on 127.0.0.1 with a kernel-chosen port, or -1.
+int LoopbackListener(uint16_t* port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a = Loopback(0);
+  socklen_t len = sizeof(a);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(fd, 4096) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+// Writes until the socket will take no more (EAGAIN) or fails; the bytes it took.
+long long FillSocket(int fd, int* err) {
+  static char buf[1 << 16];
+  long long total = 0;
+  for (;;) {
+    ssize_t n = ::send(fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno != EAGAIN) *err = errno;
+      return total;
+    }
+    total += n;
+  }
+}
+
+// Finding 6: up to `pairs` loopback TCP connections, both directions written full and never
+// read, so every byte sits in kernel socket buffers. Keeps them open; reports what they hold
+// and, where the sandbox sees it, its cgroup's TCP accounting.
+void TcpFill(int pairs) {
+  uint16_t port = 0;
+  int listener = LoopbackListener(&port);
+  long long queued = 0;
+  int made = 0, err = 0, write_err = 0;
+  static std::vector<int> held;  // open until the process ends
+  for (; listener >= 0 && made < pairs; ++made) {
+    int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a = Loopback(port);
+    if (c < 0 || ::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+      err = errno;
+      if (c >= 0) ::close(c);
+      break;
+    }
+    int s = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    if (s < 0) {
+      err = errno;
+      ::close(c);
+      break;
+    }
+    held.push_back(c);
+    held.push_back(s);
+    queued += FillSocket(c, &write_err);
+    queued += FillSocket(s, &write_err);
+  }
+  const std::string cg = "/sys/fs/cgroup/memory/memory.kmem.tcp.";
+  Emit(Obj().Str("check", "tcpfill").Int("pairs", made).Int("queued", queued).Int("errno", err)
+           .Int("write_errno", write_err).Str("kmem_tcp_limit", ReadFile(cg + "limit_in_bytes"))
+           .Str("kmem_tcp_usage", ReadFile(cg + "usage_in_bytes")).Str("kmem_tcp_max_usage", ReadFile(cg + "max_usage_in_bytes"))
+           .Str("tcp_rmem", ReadFile("/proc/sys/net/ipv4/tcp_rmem")).Str("tcp_wmem", ReadFile("/proc/sys/net/ipv4/tcp_wmem")));
+}
+
+// An ordinary loopback connection: `bytes` sent by a child and counted by the parent.
+void TcpEcho(long long bytes) {
+  uint16_t port = 0;
+  int listener = LoopbackListener(&port);
+  pid_t child = listener < 0 ? -1 : ::fork();
+  if (child == 0) {
+    int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a = Loopback(port);
+    if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) ::_exit(1);
+    static char buf[1 << 16];
+    for (long long sent = 0; sent < bytes;) {
+      ssize_t n = ::write(c, buf, static_cast<size_t>(std::min<long long>(sizeof(buf), bytes - sent)));
+      if (n <= 0) ::_exit(2);
+      sent += n;
+    }
+    ::_exit(0);
+  }
+  long long got = 0;
+  int s = child > 0 ? ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC) : -1;
+  char buf[1 << 16];
+  for (ssize_t n; s >= 0 && (n = ::read(s, buf, sizeof(buf))) > 0;) got += n;
+  int status = 0;
+  if (child > 0) ::waitpid(child, &status, 0);
+  Emit(Obj().Str("check", "tcpecho").Int("received", got).Bool("ok", got == bytes && WIFEXITED(status) &&
+                                                                         WEXITSTATUS(status) == 0));
+}
+
+// Per-uid quota: inotify instances (fs.inotify.max_user_instances) until the kernel refuses,
+// at most `max`; kept open.
+void InotifyHold(int max) {
+  int made = 0, err = 0;
+  for (; made < max; ++made) {
+    if (::inotify_init1(IN_CLOEXEC) < 0) {
+      err = errno;
+      break;
+    }
+  }
+  Emit(Obj().Str("check", "inotify").Int("instances", made).Int("errno", err)
+           .Str("max_user_instances", ReadFile("/proc/sys/fs/inotify/max_user_instances")));
+}
+
 void Listen(int port, int seconds) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int one = 1;
@@ -598,7 +758,8 @@ int main(int argc, char** argv) {
                  "usage: airlock-probe CHECK [args] [-- CHECK ...]\n"
                  "checks: env identity environ-others syscalls setuid-files procs mounts socket-families write-root\n"
                  "        filltmp membomb | net HOST:PORT... | unix-connect PATH|@NAME... | read PATH...\n"
-                 "        forkbomb MAX | listen PORT SECONDS | sleep SECONDS\n");
+                 "        forkbomb MAX | listen PORT SECONDS | sleep SECONDS | aio EVENTS | sync\n"
+                 "        tcpfill PAIRS | tcpecho BYTES | inotify MAX\n");
     return 2;
   }
   // Checks are separated by "--" so each can take arguments.
@@ -627,6 +788,11 @@ int main(int argc, char** argv) {
     else if (name == "read") Read(args);
     else if (name == "forkbomb") ForkBomb(args.empty() ? 100000 : std::atol(args[0].c_str()));
     else if (name == "listen") Listen(std::atoi(args.at(0).c_str()), args.size() > 1 ? std::atoi(args[1].c_str()) : 30);
+    else if (name == "aio") Aio(std::atol(args.at(0).c_str()));
+    else if (name == "sync") Sync();
+    else if (name == "tcpfill") TcpFill(std::atoi(args.at(0).c_str()));
+    else if (name == "tcpecho") TcpEcho(std::atoll(args.at(0).c_str()));
+    else if (name == "inotify") InotifyHold(std::atoi(args.at(0).c_str()));
     else if (name == "sleep") ::sleep(static_cast<unsigned>(std::atoi(args.at(0).c_str())));
     else {
       std::fprintf(stderr, "airlock-probe: unknown check %s\n", name.c_str());

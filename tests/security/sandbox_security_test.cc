@@ -2,11 +2,18 @@
 // trying one way out, and asserts that the attempt failed cleanly. Runs against the `oci`
 // backend by default; AIRLOCK_TEST_BACKEND=<name> runs the same tests against another.
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 
 #include <atomic>
+#include <cctype>
 #include <cstddef>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <sstream>
@@ -56,6 +63,55 @@ class Canary {
   int fd_ = -1;
   uint16_t port_ = 0;
 };
+
+std::string ReadHostFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+int64_t HostAioNr() { return std::stoll(ReadHostFile("/proc/sys/fs/aio-nr")); }
+
+// The TCP "mem" of the host's /proc/net/sockstat, in bytes: every TCP socket's buffers in
+// every network namespace (tcp_mem is one pool for the host).
+int64_t HostTcpMemBytes() {
+  std::istringstream in(ReadHostFile("/proc/net/sockstat"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.starts_with("TCP:")) continue;
+    size_t at = line.find(" mem ");
+    if (at != std::string::npos) return std::stoll(line.substr(at + 5)) * ::sysconf(_SC_PAGESIZE);
+  }
+  return -1;
+}
+
+// Runs `fn` in a child process with the host identity uid/gid `id` (no groups); its exit code.
+// Only system calls in `fn`: the test process has threads.
+template <typename F>
+int AsHostUid(uid_t id, F fn) {
+  pid_t child = ::fork();
+  if (child == 0) {
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(id, id, id) != 0 || ::setresuid(id, id, id) != 0) ::_exit(100);
+    ::_exit(fn());
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// The host pid of the sandbox process running as `uid` whose command line starts with `argv0`.
+pid_t HostPidOf(uint32_t uid, const std::string& argv0) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
+    std::string status = ReadHostFile(e.path().string() + "/status");
+    size_t at = status.find("\nUid:\t");
+    if (at == std::string::npos || std::strtoul(status.c_str() + at + 6, nullptr, 10) != uid) continue;
+    if (ReadHostFile(e.path().string() + "/cmdline").starts_with(argv0)) return std::stoi(name);
+  }
+  return -1;
+}
 
 TEST_F(SandboxSecurityTest, TheAgentTalksToItsControlPlaneAndNothingElseOfItsOwn) {
   // The one way out works: the agent takes its task and finishes through CONTROL_PLANE_URL.
@@ -364,6 +420,125 @@ TEST_F(SandboxSecurityTest, TwoSandboxesCannotSeeOrReachEachOther) {
   for (const auto& proc : procs["procs"]) {
     EXPECT_EQ(proc["cmdline"].get<std::string>().find("listen"), std::string::npos) << proc.dump();
   }
+  sbx_->server().Op(verb::delete_, "/v1/sessions/" + a);
+}
+
+// Finding 8: io_setup would reserve the host's AIO events (fs.aio-max-nr, one limit for the
+// host) until root's own io_setup failed.
+TEST_F(SandboxSecurityTest, NativeAioIsRefusedAndTheHostKeepsItsAioEvents) {
+  int64_t before = HostAioNr();
+  std::string id = sbx_->Create(SandboxServer::Probe({"aio", "1000000", "--", "sleep", "60"}));
+  Json p = sbx_->WaitForProbe(id, "aio");
+  ASSERT_FALSE(p.is_null());
+  EXPECT_EQ(p["contexts"], 0) << p.dump();
+  EXPECT_EQ(p["errno"], EPERM) << p.dump();
+  // While the sandbox lives: the host's count has not grown, and root on the host still gets
+  // a context.
+  EXPECT_LE(HostAioNr(), before) << p.dump();
+  unsigned long ctx = 0;
+  EXPECT_EQ(::syscall(SYS_io_setup, 128, &ctx), 0) << std::strerror(errno);
+  if (ctx) ::syscall(SYS_io_destroy, ctx);
+  sbx_->server().Op(verb::delete_, "/v1/sessions/" + id);
+}
+
+// Finding 16: sync(2) and syncfs(2) make the host write back everything dirty.
+TEST_F(SandboxSecurityTest, HostWideWritebackIsRefusedButFsyncOfOwnFilesWorks) {
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"sync"})));
+  Json p = out.Probe("sync");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  std::map<std::string, Json> by_name;
+  for (const auto& a : p["attempts"]) by_name[a["name"]] = a;
+  for (const char* denied : {"sync", "syncfs"}) {
+    EXPECT_FALSE(by_name[denied]["succeeded"].get<bool>()) << by_name[denied].dump();
+    EXPECT_EQ(by_name[denied]["errno"], EPERM) << by_name[denied].dump();
+  }
+  EXPECT_TRUE(by_name["fsync_own_file"]["succeeded"].get<bool>()) << by_name["fsync_own_file"].dump();
+  EXPECT_FALSE(out.Probe("done").is_null()) << "refused, not killed: " << out.logs;
+}
+
+// Finding 6: loopback TCP pairs written full and never read. The buffers must count against
+// the sandbox's memory (cgroup v1 kernelTCP; v2 by itself), not only against the host-wide
+// tcp_mem every network namespace shares; and another sandbox's loopback TCP still works.
+TEST_F(SandboxSecurityTest, TcpBuffersCannotOutgrowTheSandboxMemoryLimit) {
+  constexpr int64_t kLimit = 64ll << 20;
+  constexpr int kPairs = 200;
+  int64_t host_before = HostTcpMemBytes();
+  std::string id = sbx_->Create(SandboxServer::Probe({"tcpfill", std::to_string(kPairs), "--", "sleep", "60"}),
+                                {{"memory_mb", kLimit >> 20}});
+  Json p = sbx_->WaitForProbe(id, "tcpfill");
+  ASSERT_FALSE(p.is_null());
+  int64_t host_during = HostTcpMemBytes();
+  // Every pair was made (the limit, not a lack of sockets, is what bounds the fill) ...
+  EXPECT_EQ(p["pairs"], kPairs) << p.dump();
+  // ... yet what they hold stays within the sandbox's memory limit, plus what the kernel
+  // force-charges past a full limit: one segment per socket (at most 64 KiB here).
+  int64_t slack = int64_t{kPairs} * 2 * (64 << 10);
+  EXPECT_LE(p["queued"].get<int64_t>(), kLimit + slack) << p.dump();
+  EXPECT_LE(host_during - host_before, kLimit + slack)
+      << "host sockstat TCP mem went from " << host_before << " to " << host_during << " bytes; " << p.dump();
+  // An ordinary connection in another sandbox, meanwhile.
+  auto other = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"tcpecho", std::to_string(8 << 20)})));
+  Json echo = other.Probe("tcpecho");
+  ASSERT_FALSE(echo.is_null()) << other.logs;
+  EXPECT_TRUE(echo["ok"].get<bool>()) << echo.dump();
+  sbx_->server().Op(verb::delete_, "/v1/sessions/" + id);
+}
+
+TEST_F(SandboxSecurityTest, AnOrdinaryLoopbackConnectionWorks) {
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"tcpecho", std::to_string(32 << 20)})));
+  Json p = out.Probe("tcpecho");
+  ASSERT_FALSE(p.is_null()) << out.logs;
+  EXPECT_TRUE(p["ok"].get<bool>()) << p.dump();
+  EXPECT_EQ(p["received"], 32 << 20);
+}
+
+// Finding 5: the agent ran as host uid 1000, a real account on most hosts, shared by every
+// sandbox: that account could read an agent's environment (its token), and one sandbox could
+// use up the per-uid quotas of all of them and of that user.
+TEST_F(SandboxSecurityTest, EachSandboxHasItsOwnHostUidThatNoHostAccountHas) {
+  std::string a = sbx_->Create(SandboxServer::Probe({"identity", "--", "inotify", "100000", "--", "sleep", "60"}));
+  Json held = sbx_->WaitForProbe(a, "inotify");
+  ASSERT_FALSE(held.is_null());
+  Json id_a = SandboxServer::ParseProbes(sbx_->Logs(a))[0];
+  ASSERT_EQ(id_a["check"], "identity");
+  // a holds every inotify instance its uid may have ...
+  EXPECT_EQ(std::to_string(held["instances"].get<int>()) + "\n", held["max_user_instances"]) << held.dump();
+  EXPECT_EQ(held["errno"], EMFILE) << held.dump();
+  // ... and another sandbox still gets one ...
+  auto b = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"identity", "--", "inotify", "1"})));
+  Json id_b = b.Probe("identity");
+  ASSERT_FALSE(id_b.is_null()) << b.logs;
+  EXPECT_EQ(b.Probe("inotify")["instances"], 1) << b.logs;
+  // ... and so does host uid 1000.
+  EXPECT_EQ(AsHostUid(1000, [] { return ::inotify_init1(IN_CLOEXEC) >= 0 ? 0 : 1; }), 0);
+
+  uint32_t ua = id_a["uid"], ub = id_b["uid"];
+  EXPECT_NE(ua, ub);
+  for (uint32_t u : {ua, ub}) {
+    EXPECT_NE(u, 0u);
+    EXPECT_NE(u, 1000u);
+    EXPECT_EQ(::getpwuid(u), nullptr) << u << " is a host account";
+    EXPECT_EQ(::getgrgid(u), nullptr) << u << " is a host group";
+    std::istringstream passwd(ReadHostFile("/etc/passwd"));
+    for (std::string line; std::getline(passwd, line);) {
+      EXPECT_EQ(line.find(":" + std::to_string(u) + ":"), std::string::npos) << line;
+    }
+  }
+  EXPECT_EQ(id_a["gid"], ua);
+
+  // Host uid 1000 (an ordinary account) cannot read the running agent's environment, which
+  // root can: the pid is right, and the token is there.
+  pid_t agent = HostPidOf(ua, "/usr/bin/airlock-probe");
+  ASSERT_GT(agent, 0);
+  std::string environ_path = "/proc/" + std::to_string(agent) + "/environ";
+  EXPECT_NE(ReadHostFile(environ_path).find("SESSION_TOKEN="), std::string::npos);
+  int err = AsHostUid(1000, [&] {
+    int fd = ::open(environ_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    char c;
+    return ::read(fd, &c, 1) == 1 ? 0 : errno;
+  });
+  EXPECT_EQ(err, EACCES) << "uid 1000 read " << environ_path;
   sbx_->server().Op(verb::delete_, "/v1/sessions/" + a);
 }
 
