@@ -688,6 +688,30 @@ TEST_F(LlmProxyTest, ASandboxThatHangsUpMidStreamStopsTheUpstreamAndPaysAnEstima
   }
 }
 
+// The non-streamed call of a sandbox that hangs up before the answer: the upstream answered,
+// so the reply is stored and charged (a regression guard beside the streamed cases above).
+TEST_F(LlmProxyTest, ANonStreamedCallTheSandboxHangsUpOnIsStillCharged) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"t","limits":{"max_tokens":2000}})");
+  up_->Enqueue(Reply::Text("done").WithDelay(500ms).WithUsage({.input_tokens = 1500, .output_tokens = 700}));
+  int fd = RawConnect(server_->sb_port());
+  ASSERT_GE(fd, 0);
+  const std::string b = R"({"messages":[]})";
+  ASSERT_TRUE(WriteAll(fd, "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
+                               "\r\nContent-Type: application/json\r\nContent-Length: " +
+                               std::to_string(b.size()) + "\r\n\r\n" + b));
+  ASSERT_TRUE(up_->WaitForRequests(1));
+  linger lg{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  ::close(fd);
+  auto calls = LlmCalls(id, 1);
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0]["outcome"], "ok");
+  EXPECT_EQ(SessionUsage(id)["input_tokens"], 1500);
+  EXPECT_EQ(SessionUsage(id)["output_tokens"], 700);
+  EXPECT_EQ(Chat(token, Json{{"messages", Json::array()}}).status, 402u);
+}
+
 // Finding 7: an image URL would have the provider (or a local model server) fetch what the
 // sandbox names: an outbound channel from a sandbox without network. Only data: URLs pass.
 TEST_F(LlmProxyTest, ImagesMustBeDataUrlsForEveryProvider) {
