@@ -136,6 +136,14 @@ Status ParseServer(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.IntAs("max_header_bytes", &c.limits.max_header_bytes, 1024, 1 << 20));
   AIRLOCK_TRY(r.IntAs("max_body_bytes", &c.limits.max_body_bytes, 1024, int64_t{1} << 30));
   AIRLOCK_TRY(r.IntAs("max_connections", &c.limits.max_connections, 1, 1'000'000));
+  AIRLOCK_TRY(r.IntAs("operator_max_connections", &c.operator_max_connections, 1, 1'000'000));
+  AIRLOCK_TRY(r.IntAs("max_connections_per_session", &c.limits.max_connections_per_session, 1, 100'000));
+  AIRLOCK_TRY(r.IntAs("max_buffered_body_bytes", &c.limits.max_buffered_body_bytes, 1024, int64_t{1} << 40));
+  AIRLOCK_TRY(r.IntAs("max_session_buffered_body_bytes", &c.limits.max_session_buffered_body_bytes, 1024,
+                      int64_t{1} << 40));
+  AIRLOCK_TRY(r.Millis("first_byte_timeout_s", &c.limits.first_byte_timeout));
+  AIRLOCK_TRY(r.Millis("linger_timeout_s", &c.limits.linger_timeout));
+  AIRLOCK_TRY(r.IntAs("linger_bytes", &c.limits.linger_bytes, 0, int64_t{1} << 40));
   AIRLOCK_TRY(r.Millis("idle_timeout_s", &c.limits.idle_timeout));
   AIRLOCK_TRY(r.Millis("header_timeout_s", &c.limits.header_timeout));
   AIRLOCK_TRY(r.Millis("body_timeout_s", &c.limits.body_timeout));
@@ -245,6 +253,7 @@ Status ParseFiles(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.IntAs("max_expiry_s", &f.max_expiry_s, 1, 7 * 24 * 3600));
   AIRLOCK_TRY(r.IntAs("max_file_mb", &f.max_file_mb, 1, int64_t{1} << 30));
   AIRLOCK_TRY(r.IntAs("session_quota_mb", &f.session_quota_mb, 1, int64_t{1} << 30));
+  AIRLOCK_TRY(r.Bool("get_urls_outlive_session", &f.get_urls_outlive_session));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* s3, r.Table("s3"));
   AIRLOCK_TRY(r.RejectUnknown());
   if (s3) {
@@ -253,7 +262,6 @@ Status ParseFiles(const toml::table* t, Config& c) {
     AIRLOCK_TRY(s.String("region", &f.s3_region));
     AIRLOCK_TRY(s.String("bucket", &f.s3_bucket));
     AIRLOCK_TRY(s.Bool("path_style", &f.s3_path_style));
-  AIRLOCK_TRY(r.Bool("get_urls_outlive_session", &f.get_urls_outlive_session));
     AIRLOCK_TRY(s.String("prefix", &f.s3_prefix));
     AIRLOCK_TRY(s.String("access_key_env", &f.s3_access_key_env));
     AIRLOCK_TRY(s.String("secret_key_env", &f.s3_secret_key_env));

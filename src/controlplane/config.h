@@ -120,7 +120,10 @@ struct Config {
   HostPort operator_listen{"127.0.0.1", 7400};
   HostPort sandbox_listen{"127.0.0.1", 7401};
   std::string sandbox_url;  // CONTROL_PLANE_URL for TCP sandboxes; default from sandbox_listen
-  HttpLimits limits;
+  HttpLimits limits;  // the sandbox listener's; the operator listener's differs in its connection cap
+  // Connections the operator listener accepts: its own share of the descriptors, which no
+  // number of sandbox connections can take.
+  int64_t operator_max_connections = 1024;
   int long_poll_max_s = 60;
   int drain_timeout_s = 10;
   int worker_threads = 4;

@@ -63,12 +63,16 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       reconcile_timer_(io) {
   RegisterOperatorRoutes();
   RegisterSandboxRoutes();
+  HttpLimits operator_limits = config_.limits;
+  operator_limits.max_connections = static_cast<size_t>(config_.operator_max_connections);
   operator_server_ = std::make_unique<HttpServer>(
-      io_, "operator", config_.limits, [this](Request& r) { return operator_router_.Dispatch(r); },
+      io_, "operator", operator_limits, [this](Request& r) { return operator_router_.Dispatch(r); },
       *http_metrics_);
   sandbox_server_ = std::make_unique<HttpServer>(
       io_, "sandbox", config_.limits, [this](Request& r) { return sandbox_router_.Dispatch(r); },
       *http_metrics_);
+  operator_server_->SetGate([this](Request& r) { return AdmitOperator(r); });
+  sandbox_server_->SetGate([this](Request& r) { return AdmitSandbox(r); });
   // Uploads to signed file URLs are streamed to disk, never held in memory.
   sandbox_server_->StreamBodies(
       [](http::verb m, std::string_view path) { return m == http::verb::put && path.starts_with("/sandbox/v1/files/"); });
@@ -213,6 +217,38 @@ void ControlPlane::Shutdown() {
 }
 
 // ---------------------------------------------------------------- auth
+
+awaitable<Admission> ControlPlane::AdmitOperator(Request& req) {
+  Admission a;
+  auto route = operator_router_.Find(req);
+  if (route) a.max_body_bytes = route->max_body_bytes;
+  // Every /v1/ route needs the operator key; without it nothing of the body is read.
+  if (route && req.path.starts_with("/v1/")) {
+    if (auto ok = CheckOperator(req); !ok) a.refuse = Response::FromError(ok.error());
+  }
+  co_return a;
+}
+
+awaitable<Admission> ControlPlane::AdmitSandbox(Request& req) {
+  Admission a;
+  auto route = sandbox_router_.Find(req);
+  if (!route) co_return a;  // 404 or 405, with a small body limit
+  a.max_body_bytes = route->max_body_bytes;
+  // Signed file URLs carry their credential in the query string; the file service checks it.
+  if (req.route.starts_with("/sandbox/v1/files/{session}/")) co_return a;
+  std::string_view token = BearerToken(req);
+  // Over TCP the connection is charged to the token it presents (its hash names it; one
+  // session has one live token), so a token's holder gets its share of connections and body
+  // memory and no more. A per-session Unix socket is charged to its session already.
+  if (req.bound_session.empty() && !token.empty()) a.charge_to = "token:" + Sha256Hex(token).substr(0, 32);
+  // A request with a body is authenticated before the body is read; one without is
+  // authenticated by its handler, which needs the session anyway.
+  if (req.body_expected) {
+    auto s = co_await AuthenticateSandbox(req);
+    if (!s) a.refuse = Response::FromError(s.error());
+  }
+  co_return a;
+}
 
 Result<void> ControlPlane::CheckOperator(const Request& req) const {
   std::string_view token = BearerToken(req);

@@ -101,7 +101,10 @@ class ControlPlane {
   void RegisterSandboxRoutes();
   Status EnsureOperatorKeys();
 
-  // Auth.
+  // Auth. The gates run on a request's headers, before its body is read: they refuse a
+  // request without valid credentials, size its body limit and charge it to its session.
+  awaitable<Admission> AdmitOperator(Request& req);
+  awaitable<Admission> AdmitSandbox(Request& req);
   Result<void> CheckOperator(const Request& req) const;
   awaitable<Result<store::Session>> AuthenticateSandbox(const Request& req);
 

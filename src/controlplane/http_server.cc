@@ -1,9 +1,11 @@
 #include "controlplane/http_server.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cctype>
 #include <limits>
@@ -71,23 +73,28 @@ class StreamBodyReader : public BodyReader {
   awaitable<Result<std::string_view>> Read() override {
     if (failed_) co_return MakeError(ErrorCode::kUnavailable, "the request body was cut off");
     if (parser_.is_done()) co_return std::string_view();
-    parser_.get().body().data = chunk_.get();
-    parser_.get().body().size = kChunk;
-    beast::error_code ec;
-    stream_.expires_after(timeout_);
-    co_await http::async_read_some(stream_, buffer_, parser_, asio::redirect_error(use_awaitable, ec));
-    stream_.expires_never();
-    if (ec == http::error::need_buffer) ec = {};
-    if (ec) {
-      failed_ = true;
-      if (ec == beast::error::timeout) co_return MakeError(ErrorCode::kDeadlineExceeded, "the client stalled");
-      if (ec == http::error::partial_message || ec == http::error::end_of_stream || ec == asio::error::eof ||
-          ec == asio::error::connection_reset) {
-        co_return MakeError(ErrorCode::kUnavailable, "the client went away before the end of the body");
+    // A read may consume only framing (a chunk header, a chunk's CRLF): go on until there is
+    // data or the body is complete, since an empty piece means "the end" to the caller.
+    for (;;) {
+      parser_.get().body().data = chunk_.get();
+      parser_.get().body().size = kChunk;
+      beast::error_code ec;
+      stream_.expires_after(timeout_);
+      co_await http::async_read_some(stream_, buffer_, parser_, asio::redirect_error(use_awaitable, ec));
+      stream_.expires_never();
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) {
+        failed_ = true;
+        if (ec == beast::error::timeout) co_return MakeError(ErrorCode::kDeadlineExceeded, "the client stalled");
+        if (ec == http::error::partial_message || ec == http::error::end_of_stream || ec == asio::error::eof ||
+            ec == asio::error::connection_reset) {
+          co_return MakeError(ErrorCode::kUnavailable, "the client went away before the end of the body");
+        }
+        co_return MakeError(ErrorCode::kInvalidArgument, "malformed request body framing");
       }
-      co_return MakeError(ErrorCode::kInvalidArgument, "malformed request body framing");
+      size_t got = kChunk - parser_.get().body().size;
+      if (got > 0 || parser_.is_done()) co_return std::string_view(chunk_.get(), got);
     }
-    co_return std::string_view(chunk_.get(), kChunk - parser_.get().body().size);
   }
   std::optional<uint64_t> content_length() const override {
     auto cl = parser_.content_length();
@@ -106,7 +113,97 @@ class StreamBodyReader : public BodyReader {
   std::unique_ptr<char[]> chunk_;
 };
 
+// What RFC 9112 refuses and Beast 1.74 lets through, found in the raw bytes of a header block:
+// a field line folded onto the one before (obs-fold, section 5.2), a CR without its LF and a
+// LF without its CR. A front proxy may frame such a request differently from this server.
+// Control characters other than HTAB cannot appear anywhere in a header: one is refused as
+// soon as it arrives (a TLS hello sent to the plain port, say), without waiting for the end of
+// a header that will never come. `from` is where the previous look stopped, so a header
+// arriving a byte at a time is scanned once.
+std::optional<std::string_view> RawHeaderProblem(std::string_view block, size_t from) {
+  for (size_t i = from; i < block.size(); ++i) {
+    char c = block[i];
+    auto u = static_cast<unsigned char>(c);
+    if ((u < 0x20 && c != '\t' && c != '\r' && c != '\n') || u == 0x7f) return "a control character in the header";
+    if (c == '\r' && i + 1 < block.size() && block[i + 1] != '\n') return "a CR without LF in the header";
+    if (c != '\n') continue;
+    if (i == 0 || block[i - 1] != '\r') return "a LF without CR in the header";
+    if (i + 1 < block.size() && (block[i + 1] == ' ' || block[i + 1] == '\t')) {
+      return "an obsolete folded header line (obs-fold)";
+    }
+  }
+  return std::nullopt;
+}
+
+// RFC 9112 section 6: chunked is the one transfer coding understood here and must come last;
+// a Transfer-Encoding next to a Content-Length, or in an HTTP/1.0 request, leaves the framing
+// ambiguous. Beast would frame "xchunked" with a Content-Length by the length.
+std::optional<Response> TransferEncodingProblem(const http::request_parser<http::string_body>& p) {
+  const auto& h = p.get();
+  std::vector<std::string> codings;
+  bool present = false;
+  for (const auto& f : h) {
+    if (f.name() != http::field::transfer_encoding) continue;
+    present = true;
+    std::string_view v = f.value();
+    while (!v.empty()) {
+      size_t comma = v.find(',');
+      std::string_view item = v.substr(0, comma);
+      while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+      while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+      if (!item.empty()) {
+        std::string lower(item);
+        for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        codings.push_back(std::move(lower));
+      }
+      if (comma == std::string_view::npos) break;
+      v.remove_prefix(comma + 1);
+    }
+  }
+  if (!present) return std::nullopt;
+  auto bad = [](std::string_view why) { return Response::FromError(400, "bad_request", why); };
+  if (h.version() < 11) return bad("Transfer-Encoding is not allowed in an HTTP/1.0 request");
+  if (h.count(http::field::content_length) > 0) {
+    return bad("a request may not have both Transfer-Encoding and Content-Length");
+  }
+  if (codings.empty() || codings.back() != "chunked") {
+    return bad("the last transfer coding of a request must be chunked");
+  }
+  if (codings.size() > 1) {
+    return Response::FromError(501, "not_implemented", "transfer codings other than chunked are not supported");
+  }
+  return std::nullopt;
+}
+
 }  // namespace
+
+// Request bodies held in memory, charged to the listener and to a session for as long as the
+// request is being served.
+class HttpServer::BodyBudget {
+ public:
+  BodyBudget(HttpServer& server, std::string session, size_t bytes)
+      : server_(server), session_(std::move(session)), bytes_(bytes) {
+    server_.buffered_body_bytes_ += bytes_;
+    server_.metrics_.buffered_body_bytes.With({server_.name_}).Add(static_cast<double>(bytes_));
+    if (!session_.empty()) server_.session_body_bytes_[session_] += bytes_;
+  }
+  ~BodyBudget() {
+    server_.buffered_body_bytes_ -= bytes_;
+    server_.metrics_.buffered_body_bytes.With({server_.name_}).Add(-static_cast<double>(bytes_));
+    if (!session_.empty()) {
+      auto it = server_.session_body_bytes_.find(session_);
+      if (it != server_.session_body_bytes_.end() && (it->second -= bytes_) == 0) server_.session_body_bytes_.erase(it);
+    }
+    server_.MaybeTrimHeap(bytes_);
+  }
+  BodyBudget(const BodyBudget&) = delete;
+  BodyBudget& operator=(const BodyBudget&) = delete;
+
+ private:
+  HttpServer& server_;
+  std::string session_;
+  size_t bytes_;
+};
 
 FileBody::~FileBody() {
   if (fd >= 0) ::close(fd);
@@ -186,16 +283,60 @@ HttpMetrics::HttpMetrics(metrics::Registry& r)
       connections(r.AddGauge("airlock_http_connections", "Open HTTP connections.", {"listener"})),
       rejected(r.AddCounter("airlock_http_connections_rejected_total",
                             "Connections closed before a response: over the limit, timed out, malformed.",
-                            {"listener", "reason"})) {}
+                            {"listener", "reason"})),
+      buffered_body_bytes(r.AddGauge("airlock_http_buffered_body_bytes",
+                                     "Request body bytes held in memory (reserved before a body is read).",
+                                     {"listener"})) {}
 
 struct HttpServer::Connection {
   bool idle = true;
   std::function<void()> close;
+  std::string session;  // the session it is charged to, if any
 };
+
+size_t HttpServer::session_connections(const std::string& session) const {
+  auto it = session_connections_.find(session);
+  return it == session_connections_.end() ? 0 : it->second;
+}
+
+bool HttpServer::ChargeConnection(Connection& conn, const std::string& session) {
+  if (session.empty() || conn.session == session) return true;
+  if (!conn.session.empty()) return true;  // charged already, to the first session it spoke for
+  size_t& n = session_connections_[session];
+  if (n >= limits_.max_connections_per_session) {
+    if (n == 0) session_connections_.erase(session);
+    return false;
+  }
+  ++n;
+  conn.session = session;
+  return true;
+}
+
+void HttpServer::ReleaseConnection(Connection& conn) {
+  if (conn.session.empty()) return;
+  auto it = session_connections_.find(conn.session);
+  if (it != session_connections_.end() && --it->second == 0) session_connections_.erase(it);
+  conn.session.clear();
+}
+
+void HttpServer::MaybeTrimHeap(size_t released) {
+  released_since_trim_ += released;
+  // glibc keeps freed memory in its arenas; after a burst of large bodies the process would
+  // stay at its peak size. Trim once the burst is over, and not more than once a second.
+  constexpr size_t kTrimAfter = size_t{32} << 20;
+  auto now = Clock::now();
+  if (buffered_body_bytes_ == 0 && released_since_trim_ >= kTrimAfter && now - last_trim_ >= std::chrono::seconds(1)) {
+    ::malloc_trim(0);
+    released_since_trim_ = 0;
+    last_trim_ = now;
+  }
+}
 
 HttpServer::HttpServer(asio::io_context& io, std::string name, HttpLimits limits, Handler handler,
                        HttpMetrics& metrics)
-    : io_(io), name_(std::move(name)), limits_(limits), handler_(std::move(handler)), metrics_(metrics) {}
+    : io_(io), name_(std::move(name)), limits_(limits), handler_(std::move(handler)), metrics_(metrics) {
+  metrics_.buffered_body_bytes.With({name_});  // shown as 0 from the start
+}
 
 HttpServer::~HttpServer() {
   *alive_ = false;
@@ -314,6 +455,11 @@ awaitable<void> HttpServer::Accept(std::shared_ptr<Acceptor> acceptor, std::stri
       socket.close(ec);
       continue;
     }
+    if (!bound_session.empty() && session_connections(bound_session) >= limits_.max_connections_per_session) {
+      metrics_.rejected.With({name_, "session_connections"}).Inc();
+      socket.close(ec);
+      continue;
+    }
     SetCloseOnExec(socket.native_handle());
     asio::co_spawn(io_, Serve(make_stream(std::move(socket)), bound_session), asio::detached);
   }
@@ -327,6 +473,7 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     beast::error_code ec;
     stream.socket().close(ec);
   };
+  ChargeConnection(conn, bound_session);  // Accept checked the session's share
   connections_.push_back(&conn);
   auto self_it = std::prev(connections_.end());
   auto& gauge = metrics_.connections.With({name_});
@@ -397,34 +544,94 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     co_return !ec && keep_alive;
   };
 
+  // After refusing a request without reading its body: say so, stop sending, and read and
+  // discard what the client still sends (bounded) before closing, as nginx's lingering close
+  // does; closing at once would reset the connection under a client still writing its body,
+  // which then sees a broken pipe instead of the answer.
+  auto linger = [&]() -> awaitable<void> {
+    beast::error_code ec;
+    stream.socket().shutdown(asio::socket_base::shutdown_send, ec);
+    auto until = Clock::now() + limits_.linger_timeout;
+    std::array<char, 16384> sink;
+    size_t discarded = buffer.size();
+    buffer.consume(buffer.size());
+    while (discarded < limits_.linger_bytes && Clock::now() < until) {
+      stream.expires_at(until);
+      size_t n = co_await stream.async_read_some(asio::buffer(sink), asio::redirect_error(use_awaitable, ec));
+      if (ec) break;
+      discarded += n;
+    }
+    stream.expires_never();
+  };
+  auto refuse = [&](Response& r, bool body_pending) -> awaitable<void> {
+    co_await write_response(nullptr, r, false);
+    if (body_pending) co_await linger();
+  };
+
+  bool first_request = true;
   for (;;) {
     conn.idle = true;
     if (draining_) break;
     beast::error_code ec;
-    // Wait for the first byte of the next request under the keep-alive timeout; from then on
-    // the whole header must arrive within header_timeout (a slow-loris client is cut off).
+    // Wait for the first byte of the next request (a new connection must send it soon, an idle
+    // keep-alive one within the idle timeout); from then on the whole header must arrive within
+    // header_timeout (a slow-loris client is cut off).
     if (buffer.size() == 0) {
-      stream.expires_after(limits_.idle_timeout);
+      stream.expires_after(first_request ? limits_.first_byte_timeout : limits_.idle_timeout);
       size_t n = co_await stream.async_read_some(buffer.prepare(4096), asio::redirect_error(use_awaitable, ec));
       if (ec) {
-        if (ec == beast::error::timeout) reject("idle_timeout");
+        if (ec == beast::error::timeout) reject(first_request ? "first_byte_timeout" : "idle_timeout");
         break;
       }
       buffer.commit(n);
     }
+    first_request = false;
     conn.idle = false;
     auto started = Clock::now();
+    Response early;
+    bool have_early = false;
+
+    // The raw header block first, checked for what RFC 9112 refuses, then Beast parses it
+    // from the buffer.
+    stream.expires_after(limits_.header_timeout);
+    for (size_t scanned = 0;;) {
+      std::string_view raw(static_cast<const char*>(buffer.data().data()), buffer.size());
+      size_t skip = 0;  // empty lines before a request line are ignored (RFC 9112 section 2.2)
+      while (raw.substr(skip, 2) == "\r\n") skip += 2;
+      size_t end = raw.find("\r\n\r\n", skip);
+      std::string_view block = raw.substr(skip, end == std::string_view::npos ? std::string_view::npos : end + 2 - skip);
+      if (auto problem = RawHeaderProblem(block, scanned > skip ? scanned - skip : 0)) {
+        reject("malformed");
+        early = Response::FromError(400, "bad_request", fmt::format("malformed HTTP request: {}", *problem));
+        have_early = true;
+        break;
+      }
+      if (end != std::string_view::npos) break;
+      scanned = raw.size() > 0 ? raw.size() - 1 : 0;  // a CR at the end may yet get its LF
+      if (raw.size() >= limits_.max_header_bytes) break;  // Beast answers 431 below
+      size_t room = std::min<size_t>(4096, buffer.max_size() - buffer.size());
+      if (room == 0) break;
+      size_t n = co_await stream.async_read_some(buffer.prepare(room), asio::redirect_error(use_awaitable, ec));
+      if (ec) break;
+      buffer.commit(n);
+    }
+    if (ec == beast::error::timeout) {
+      reject("header_timeout");
+      break;
+    }
+    if (ec) break;
+
     http::request_parser<http::string_body> parser;
     parser.header_limit(static_cast<uint32_t>(limits_.max_header_bytes));
     // No body limit while reading the header (Beast would refuse a large Content-Length there,
-    // before the route is known): a streamed-body route has none, others get max_body_bytes below.
+    // before the route is known); the route's limit is set below.
     // (Not boost::none: Beast 1.74 compares a Content-Length against it as greater than none.)
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
-    stream.expires_after(limits_.header_timeout);
-    co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
-    Response early;
-    bool have_early = false;
-    if (ec == beast::error::timeout) {
+    if (!have_early) {
+      co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+    }
+    if (have_early) {
+    } else if (ec == beast::error::timeout) {
       // Beast closes the socket when its deadline passes, so there is no one to answer:
       // a slow client is simply cut off (and counted).
       reject("header_timeout");
@@ -434,11 +641,6 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       early = Response::FromError(431, "headers_too_large",
                                   fmt::format("request headers exceed {} bytes", limits_.max_header_bytes));
       have_early = true;
-    } else if (ec == http::error::body_limit) {
-      reject("body_too_large");
-      early = Response::FromError(413, "payload_too_large",
-                                  fmt::format("request body exceeds {} bytes", limits_.max_body_bytes));
-      have_early = true;
     } else if (ec == http::error::end_of_stream || ec == asio::error::eof ||
                ec == asio::error::connection_reset || ec == asio::error::operation_aborted ||
                ec == asio::error::bad_descriptor) {
@@ -447,72 +649,21 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       reject("malformed");
       early = Response::FromError(400, "bad_request", "malformed HTTP request");
       have_early = true;
-    }
-    std::optional<http::request_parser<http::buffer_body>> body_parser;
-    if (!have_early && stream_bodies_) {
-      std::string_view t = parser.get().target();
-      if (stream_bodies_(parser.get().method(), t.substr(0, t.find('?')))) {
-        if (beast::iequals(parser.get()[http::field::expect], "100-continue")) {
-          http::response<http::empty_body> cont{http::status::continue_, 11};
-          stream.expires_after(limits_.write_timeout);
-          co_await http::async_write(stream, cont, asio::redirect_error(use_awaitable, ec));
-          if (ec) break;
-        }
-        body_parser.emplace(std::move(parser));
-        body_parser->body_limit(std::numeric_limits<std::uint64_t>::max());
-      }
-    }
-    if (!have_early && !body_parser) {
-      parser.body_limit(limits_.max_body_bytes);
-      auto& hdr = parser.get();
-      if (auto cl = parser.content_length(); cl && *cl > limits_.max_body_bytes) {
-        reject("body_too_large");
-        early = Response::FromError(413, "payload_too_large",
-                                    fmt::format("request body exceeds {} bytes", limits_.max_body_bytes));
-        have_early = true;
-      } else {
-        if (beast::iequals(hdr[http::field::expect], "100-continue")) {
-          http::response<http::empty_body> cont{http::status::continue_, 11};
-          stream.expires_after(limits_.write_timeout);
-          co_await http::async_write(stream, cont, asio::redirect_error(use_awaitable, ec));
-          if (ec) break;
-        }
-        stream.expires_after(limits_.body_timeout);
-        co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
-        if (ec == beast::error::timeout) {
-          reject("body_timeout");
-          break;
-        } else if (ec == http::error::body_limit) {
-          reject("body_too_large");
-          early = Response::FromError(413, "payload_too_large",
-                                      fmt::format("request body exceeds {} bytes", limits_.max_body_bytes));
-          have_early = true;
-        } else if (ec == http::error::end_of_stream || ec == asio::error::eof ||
-                   ec == asio::error::connection_reset) {
-          break;
-        } else if (ec) {
-          reject("malformed");
-          early = Response::FromError(400, "bad_request", "malformed HTTP request body");
-          have_early = true;
-        }
-      }
+    } else if (auto te = TransferEncodingProblem(parser)) {
+      reject("malformed");
+      early = std::move(*te);
+      have_early = true;
     }
     stream.expires_never();
     if (have_early) {
       // Best effort: the client may be gone, and the connection closes either way.
-      co_await write_response(nullptr, early, false);
+      co_await refuse(early, true);
       break;
     }
 
+    // The request as far as it is known: headers, no body yet.
     Request req;
-    std::optional<StreamBodyReader<Stream>> body_reader;
-    if (body_parser) {
-      req.msg = http::request<http::string_body>(body_parser->get().base());
-      body_reader.emplace(stream, buffer, *body_parser, limits_.body_timeout);
-      req.body = &*body_reader;
-    } else {
-      req.msg = parser.release();
-    }
+    req.msg = http::request<http::string_body>(parser.get().base());
     req.request_id = RequestId(req.Header("X-Request-Id"));
     req.listener = name_;
     req.bound_session = bound_session;
@@ -521,6 +672,100 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     req.path = std::string(target.substr(0, q));
     if (q != std::string_view::npos) req.query = std::string(target.substr(q + 1));
     bool keep_alive = req.msg.keep_alive();
+    bool has_body = parser.chunked() || parser.content_length().value_or(0) > 0;
+    req.body_expected = has_body;
+
+    // Who asks, and how large may the body be: decided on the headers, before reading it.
+    Admission admission;
+    admission.max_body_bytes = limits_.max_body_bytes;
+    if (gate_) {
+      try {
+        admission = co_await gate_(req);
+      } catch (const std::exception& e) {
+        log::Error("request gate threw", {{"request_id", req.request_id}, {"what", e.what()}});
+        admission.refuse = Response::FromError(500, "internal", "internal error");
+      }
+      if (!*alive) co_return;
+    }
+    size_t body_limit = std::min(admission.max_body_bytes, limits_.max_body_bytes);
+    std::string charged = !bound_session.empty() ? bound_session : admission.charge_to;
+    bool streamed_body = stream_bodies_ && stream_bodies_(req.msg.method(), req.path);
+    // A declared body over the route's limit is refused first, whoever sends it.
+    if (auto cl = parser.content_length(); !streamed_body && cl && *cl > body_limit) {
+      reject("body_too_large");
+      admission.refuse = Response::FromError(413, "payload_too_large",
+                                             fmt::format("request body exceeds {} bytes", body_limit));
+    }
+    if (!admission.refuse && !ChargeConnection(conn, charged)) {
+      reject("session_connections");
+      admission.refuse = Response::FromError(
+          429, "resource_exhausted",
+          fmt::format("this session already has {} open connections", limits_.max_connections_per_session));
+    }
+    // What this request will hold in memory, charged before it is read.
+    size_t reserve = streamed_body || !has_body ? 0 : static_cast<size_t>(parser.content_length().value_or(body_limit));
+    if (!admission.refuse && reserve > 0) {
+      auto it = session_body_bytes_.find(charged);
+      size_t session_held = charged.empty() || it == session_body_bytes_.end() ? 0 : it->second;
+      if (buffered_body_bytes_ + reserve > limits_.max_buffered_body_bytes) {
+        reject("buffered_bodies");
+        admission.refuse = Response::FromError(503, "unavailable", "too many request bodies in flight; retry shortly");
+        admission.refuse->headers.emplace_back("Retry-After", "1");
+      } else if (!charged.empty() && session_held + reserve > limits_.max_session_buffered_body_bytes) {
+        reject("session_buffered_bodies");
+        admission.refuse = Response::FromError(429, "resource_exhausted",
+                                               "this session has too many request bodies in flight; retry shortly");
+        admission.refuse->headers.emplace_back("Retry-After", "1");
+      }
+    }
+    if (admission.refuse) {
+      // The body is left unread: answer, drain what follows and close.
+      Response r = std::move(*admission.refuse);
+      co_await refuse(r, has_body);
+      if (!*alive) co_return;
+      metrics_.requests.With({name_, req.route, std::string(req.msg.method_string()), std::to_string(r.status)}).Inc();
+      break;
+    }
+    std::optional<BodyBudget> budget;
+    if (reserve > 0) budget.emplace(*this, charged, reserve);
+
+    std::optional<http::request_parser<http::buffer_body>> body_parser;
+    std::optional<StreamBodyReader<Stream>> body_reader;
+    if (beast::iequals(req.Header("Expect"), "100-continue") && has_body) {
+      http::response<http::empty_body> cont{http::status::continue_, 11};
+      stream.expires_after(limits_.write_timeout);
+      co_await http::async_write(stream, cont, asio::redirect_error(use_awaitable, ec));
+      stream.expires_never();
+      if (ec) break;
+    }
+    if (streamed_body) {
+      body_parser.emplace(std::move(parser));
+      body_parser->body_limit(std::numeric_limits<std::uint64_t>::max());
+      body_reader.emplace(stream, buffer, *body_parser, limits_.body_timeout);
+      req.body = &*body_reader;
+    } else if (has_body) {
+      parser.body_limit(body_limit);
+      stream.expires_after(limits_.body_timeout);
+      co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+      stream.expires_never();
+      if (ec == beast::error::timeout) {
+        reject("body_timeout");
+        break;
+      } else if (ec == http::error::body_limit) {
+        reject("body_too_large");
+        early = Response::FromError(413, "payload_too_large", fmt::format("request body exceeds {} bytes", body_limit));
+        co_await refuse(early, true);
+        break;
+      } else if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset) {
+        break;
+      } else if (ec) {
+        reject("malformed");
+        early = Response::FromError(400, "bad_request", "malformed HTTP request body");
+        co_await refuse(early, true);
+        break;
+      }
+      req.msg.body() = std::move(parser.get().body());
+    }
 
     Response res;
     try {
@@ -531,11 +776,15 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       res = Response::FromError(500, "internal", "internal error");
     }
     if (!*alive) co_return;
-    // A streamed body the handler left unread cannot be skipped safely: close after answering.
-    if (body_reader && !body_reader->done()) keep_alive = false;
+    // A streamed body the handler left unread cannot be skipped safely: close after answering,
+    // lingering so the client reads the answer rather than a reset.
+    bool unread_body = body_reader && !body_reader->done();
+    if (unread_body) keep_alive = false;
     unsigned status = res.status;
     bool streamed = static_cast<bool>(res.stream);
     bool ok = co_await write_response(&req, res, keep_alive && !draining_);
+    if (!*alive) co_return;
+    if (ok == false && unread_body) co_await linger();
     if (!*alive) co_return;
     double secs = std::chrono::duration<double>(Clock::now() - started).count();
     std::string method(req.msg.method_string());
@@ -554,6 +803,7 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     beast::error_code ec;
     stream.socket().shutdown(asio::socket_base::shutdown_both, ec);
     stream.socket().close(ec);
+    ReleaseConnection(conn);
     connections_.erase(self_it);
     gauge.Add(-1);
   }

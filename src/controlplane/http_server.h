@@ -19,12 +19,26 @@ namespace airlock::controlplane {
 // Limits that protect the server from slow, large and numerous clients.
 struct HttpLimits {
   size_t max_header_bytes = 16 * 1024;
+  // The largest body any route may have; each route has its own, smaller or equal, limit.
   size_t max_body_bytes = 1024 * 1024;
-  std::chrono::milliseconds idle_timeout{60'000};    // keep-alive wait for the next request
-  std::chrono::milliseconds header_timeout{10'000};  // first byte -> end of headers
-  std::chrono::milliseconds body_timeout{30'000};    // end of headers -> end of body
-  std::chrono::milliseconds write_timeout{30'000};   // any single write
+  std::chrono::milliseconds first_byte_timeout{5'000};  // connect -> first byte of the first request
+  std::chrono::milliseconds idle_timeout{60'000};       // keep-alive wait for the next request
+  std::chrono::milliseconds header_timeout{10'000};     // first byte -> end of headers
+  std::chrono::milliseconds body_timeout{30'000};       // end of headers -> end of body
+  std::chrono::milliseconds write_timeout{30'000};      // any single write
   size_t max_connections = 20'000;
+  // Connections one session may hold open at once (a per-session socket's, or those a token
+  // was presented on): one sandbox cannot take the listener's connections from the others.
+  size_t max_connections_per_session = 32;
+  // Request bodies held in memory at once, by the whole listener and by one session; a
+  // request over either is refused (503 / 429) before its body is read.
+  size_t max_buffered_body_bytes = size_t{256} << 20;
+  size_t max_session_buffered_body_bytes = size_t{8} << 20;
+  // After refusing a request whose body it did not read, the server reads and discards the
+  // body for up to this long and this many bytes before closing, so that a client writing the
+  // whole body before reading (Python's urllib, curl) sees the answer, not a broken pipe.
+  std::chrono::milliseconds linger_timeout{5'000};
+  size_t linger_bytes = size_t{64} << 20;
 };
 
 // The body of a request the server did not read ahead (HttpServer::StreamBodies): the handler
@@ -43,6 +57,7 @@ class BodyReader {
 struct Request {
   http::request<http::string_body> msg;
   BodyReader* body = nullptr;  // set, and msg's body empty, when the body is streamed
+  bool body_expected = false;  // the headers announce a body (chunked or a Content-Length > 0)
   std::string request_id;
   std::string listener;       // "operator" or "sandbox"
   std::string bound_session;  // the session of a per-session Unix socket; "" for TCP
@@ -96,12 +111,24 @@ unsigned HttpStatusFor(ErrorCode code);
 
 using Handler = std::function<awaitable<Response>(Request&)>;
 
+// The server's question to its owner once a request's headers are in and before any of its
+// body is read: may it go on, how large may its body be, and whom is it charged to.
+struct Admission {
+  std::optional<Response> refuse;  // answered at once; the body is never read into memory
+  size_t max_body_bytes = 4096;    // capped by HttpLimits::max_body_bytes
+  // The session the request is charged to, for the per-session connection and body caps;
+  // "" for none. A per-session Unix socket's connections are charged to its session anyway.
+  std::string charge_to;
+};
+using Gate = std::function<awaitable<Admission>(Request&)>;
+
 struct HttpMetrics {
   explicit HttpMetrics(metrics::Registry& r);
   metrics::Family<metrics::Counter>& requests;
   metrics::Family<metrics::Histogram>& duration;
   metrics::Family<metrics::Gauge>& connections;
   metrics::Family<metrics::Counter>& rejected;
+  metrics::Family<metrics::Gauge>& buffered_body_bytes;
 };
 
 // An HTTP/1.1 server on one io_context: one coroutine per connection, keep-alive, the limits
@@ -124,17 +151,31 @@ class HttpServer {
   // instead of read ahead into memory (and are not held to max_body_bytes: the handler
   // enforces its own limit).
   void StreamBodies(std::function<bool(http::verb, std::string_view)> pred) { stream_bodies_ = std::move(pred); }
+  // Asked about every request between its headers and its body (see Admission). Without a
+  // gate every route may have a body of max_body_bytes and nothing is charged to a session.
+  void SetGate(Gate gate) { gate_ = std::move(gate); }
 
   // Stops accepting and closes idle keep-alive connections; requests in flight complete and
   // their connections close after the response.
   void BeginDrain();
   bool draining() const { return draining_; }
   size_t active_connections() const { return connections_.size(); }
+  // Connections currently charged to `session`, and request body bytes held in memory.
+  size_t session_connections(const std::string& session) const;
+  size_t buffered_body_bytes() const { return buffered_body_bytes_; }
   const std::string& name() const { return name_; }
 
   struct Connection;  // internal
+  class BodyBudget;   // internal
 
  private:
+  // Charges `conn` to `session`; false when the session already holds its share.
+  bool ChargeConnection(Connection& conn, const std::string& session);
+  void ReleaseConnection(Connection& conn);
+  // Called when buffered body memory has been released: hands freed heap back to the kernel
+  // now and then, so a burst of large bodies does not leave the process at its peak size.
+  void MaybeTrimHeap(size_t released);
+
   template <typename Stream>
   awaitable<void> Serve(Stream stream, std::string bound_session);
   // Accepts until the acceptor closes; `make_stream` turns a socket into a Beast stream.
@@ -148,7 +189,13 @@ class HttpServer {
   Handler handler_;
   HttpMetrics& metrics_;
   std::function<bool(http::verb, std::string_view)> stream_bodies_;
+  Gate gate_;
   bool draining_ = false;
+  std::map<std::string, size_t, std::less<>> session_connections_;
+  std::map<std::string, size_t, std::less<>> session_body_bytes_;
+  size_t buffered_body_bytes_ = 0;
+  size_t released_since_trim_ = 0;
+  std::chrono::steady_clock::time_point last_trim_{};
   std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> tcp_acceptors_;
   std::map<std::string, std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
   std::list<Connection*> connections_;

@@ -21,8 +21,8 @@ std::vector<std::string_view> Split(std::string_view path) {
 
 }  // namespace
 
-void Router::Add(http::verb method, std::string pattern, Handler handler) {
-  Route r{method, pattern, {}, std::move(handler)};
+void Router::Add(http::verb method, std::string pattern, Handler handler, RouteOptions options) {
+  Route r{method, pattern, {}, std::move(handler), options};
   for (auto part : Split(pattern)) r.segments.emplace_back(part);
   routes_.push_back(std::move(r));
 }
@@ -43,6 +43,17 @@ bool Router::Match(const Route& r, const std::vector<std::string_view>& parts, R
     }
   }
   return true;
+}
+
+std::optional<RouteOptions> Router::Find(Request& req) const {
+  auto parts = Split(req.path);
+  for (const auto& r : routes_) {
+    if (r.method == req.msg.method() && Match(r, parts, &req)) {
+      req.route = r.pattern;
+      return r.options;
+    }
+  }
+  return std::nullopt;
 }
 
 awaitable<Response> Router::Dispatch(Request& req) const {

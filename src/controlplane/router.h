@@ -1,5 +1,6 @@
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -7,12 +8,23 @@
 
 namespace airlock::controlplane {
 
+// What a route accepts, known from the request line alone, so the server can refuse a body
+// before reading it.
+struct RouteOptions {
+  // The largest body read into memory for this route. A route that takes no body keeps the
+  // small default; a body the server streams to the handler is bounded by the handler.
+  size_t max_body_bytes = 4096;
+};
+
 // Maps "METHOD /path/{param}/..." to handlers. A path that matches a pattern under another
 // method answers 405 with an Allow header; anything else is a JSON 404.
 class Router {
  public:
-  void Add(http::verb method, std::string pattern, Handler handler);
+  void Add(http::verb method, std::string pattern, Handler handler, RouteOptions options = {});
   awaitable<Response> Dispatch(Request& req) const;
+  // The options of the route `req` goes to, with req.route and req.params filled in; nullopt
+  // when no route matches (Dispatch then answers 404 or 405).
+  std::optional<RouteOptions> Find(Request& req) const;
 
  private:
   struct Route {
@@ -20,6 +32,7 @@ class Router {
     std::string pattern;
     std::vector<std::string> segments;
     Handler handler;
+    RouteOptions options;
   };
   static bool Match(const Route& r, const std::vector<std::string_view>& parts, Request* req);
   std::vector<Route> routes_;

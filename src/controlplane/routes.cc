@@ -50,11 +50,14 @@ void ControlPlane::RegisterOperatorRoutes() {
       co_return co_await (this->*fn)(req);
     };
   };
-  r.Add(http::verb::post, "/v1/sessions", authed(&ControlPlane::CreateSession));
+  // The routes that take a body a user writes (a task, a message) may have up to
+  // server.max_body_bytes; every other route a small one. The key is checked before either.
+  const RouteOptions large{config_.limits.max_body_bytes};
+  r.Add(http::verb::post, "/v1/sessions", authed(&ControlPlane::CreateSession), large);
   r.Add(http::verb::get, "/v1/sessions", authed(&ControlPlane::ListSessions));
   r.Add(http::verb::get, "/v1/sessions/{id}", authed(&ControlPlane::GetSession));
   r.Add(http::verb::delete_, "/v1/sessions/{id}", authed(&ControlPlane::DeleteSession));
-  r.Add(http::verb::post, "/v1/sessions/{id}/messages", authed(&ControlPlane::PostMessage));
+  r.Add(http::verb::post, "/v1/sessions/{id}/messages", authed(&ControlPlane::PostMessage), large);
   r.Add(http::verb::get, "/v1/sessions/{id}/messages", authed(&ControlPlane::GetMessages));
   r.Add(http::verb::get, "/v1/sessions/{id}/events", authed(&ControlPlane::GetEvents));
   r.Add(http::verb::post, "/v1/sessions/{id}/suspend", authed(&ControlPlane::Suspend));
@@ -81,10 +84,16 @@ void ControlPlane::RegisterOperatorRoutes() {
 void ControlPlane::RegisterSandboxRoutes() {
   auto& r = sandbox_router_;
   r.Add(http::verb::get, "/sandbox/v1/inbox", [this](Request& q) { return Inbox(q); });
-  r.Add(http::verb::post, "/sandbox/v1/events", [this](Request& q) { return SandboxEvent(q); });
+  // Body limits sized to each route, enforced before a byte of the body is read: an event is
+  // not a megabyte. A finish's result may be 64 KiB of text, which JSON may escape to six
+  // times that; a chat carries new messages (tool output, images as data: URLs).
+  r.Add(http::verb::post, "/sandbox/v1/events", [this](Request& q) { return SandboxEvent(q); },
+        RouteOptions{static_cast<size_t>(config_.max_event_bytes)});
   r.Add(http::verb::get, "/sandbox/v1/history", [this](Request& q) { return History(q); });
-  r.Add(http::verb::post, "/sandbox/v1/finish", [this](Request& q) { return Finish(q); });
-  r.Add(http::verb::post, "/sandbox/v1/llm/chat", [this](Request& q) { return LlmChat(q); });
+  r.Add(http::verb::post, "/sandbox/v1/finish", [this](Request& q) { return Finish(q); },
+        RouteOptions{size_t{6 * 64 * 1024 + 4096}});
+  r.Add(http::verb::post, "/sandbox/v1/llm/chat", [this](Request& q) { return LlmChat(q); },
+        RouteOptions{config_.limits.max_body_bytes});
   r.Add(http::verb::post, "/sandbox/v1/files/presign", [this](Request& q) { return PresignFile(q); });
   // The local store's signed URLs: the signature is the credential, no bearer token.
   r.Add(http::verb::put, "/sandbox/v1/files/{session}/{name}", [this](Request& q) { return files_->Upload(q); });

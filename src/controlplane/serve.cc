@@ -1,3 +1,5 @@
+#include <sys/resource.h>
+
 #include <csignal>
 #include <unistd.h>
 
@@ -74,6 +76,34 @@ void RegisterOci(const Config& config, std::shared_ptr<images::ImageStore> image
   backends.Register(std::move(*backend));
 }
 
+// Raises the descriptor limit to its hard maximum and makes the listeners' caps fit in it:
+// the operator listener's connections and a reserve for everything else (the store, backend
+// runtimes, upstream connections, files being served) come first, and the sandbox listener
+// gets what is left, so no number of sandbox connections can starve the operator API.
+void ReserveDescriptors(Config& config) {
+  constexpr int64_t kReserve = 1024;
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlimit raised = rl;
+    raised.rlim_cur = rl.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+  }
+  int64_t fds = rl.rlim_cur == RLIM_INFINITY ? int64_t{1} << 20 : static_cast<int64_t>(rl.rlim_cur);
+  int64_t sandbox_share = fds - config.operator_max_connections - kReserve;
+  if (sandbox_share < static_cast<int64_t>(config.limits.max_connections)) {
+    int64_t capped = std::max<int64_t>(sandbox_share, 64);
+    log::Warn("the descriptor limit is too low for server.max_connections; lowering it",
+              {{"nofile", fds}, {"operator_max_connections", config.operator_max_connections},
+               {"reserve", kReserve}, {"max_connections", config.limits.max_connections},
+               {"now", capped}});
+    config.limits.max_connections = static_cast<size_t>(capped);
+  }
+  log::Info("descriptors", {{"nofile", fds}, {"sandbox_max_connections", config.limits.max_connections},
+                            {"operator_max_connections", config.operator_max_connections},
+                            {"max_connections_per_session", config.limits.max_connections_per_session}});
+}
+
 }  // namespace
 
 int RunServer(Config config) {
@@ -109,6 +139,7 @@ int RunServer(Config config) {
   }
   RegisterOci(config, image_store, *backends);
 
+  ReserveDescriptors(config);
   // A write to a client that has gone away must fail with EPIPE, not kill the server.
   std::signal(SIGPIPE, SIG_IGN);
   asio::io_context io(1);
