@@ -1079,13 +1079,10 @@ CliResult<int> CmdGc(const GcFlags& f) {
   auto r = CallJson(*client, "POST", "/v1/admin/gc", body);
   if (!r) return std::unexpected(r.error());
   if (f.json) {
-    PrintLine(DumpJson(*r));  // JSON escapes control characters
+    PrintLine(InertJson(DumpJson(*r)));
     return kExitOk;
   }
-  auto num = [&](const char* key) {
-    auto it = r->find(key);
-    return it != r->end() && it->is_number_integer() ? it->get<int64_t>() : int64_t{0};
-  };
+  auto num = [&](const char* key) { return r->value(key, int64_t{0}); };
   auto bytes = [&](const char* key) { return HumanBytes(static_cast<uint64_t>(std::max<int64_t>(num(key), 0))); };
   PrintLine(fmt::format("{} {} ended session(s): {} events and {} messages ({}) from the database, "
                         "{} file(s) ({}), {} of logs and working directories",
@@ -1095,19 +1092,14 @@ CliResult<int> CmdGc(const GcFlags& f) {
   if (!f.dry_run && num("released_pages") > 0) {
     PrintLine(fmt::format("the database file gave {} pages back to the file system", num("released_pages")));
   }
-  if (auto more = r->find("more"); more != r->end() && more->is_boolean() && more->get<bool>()) {
+  if (r->value("more", false)) {
     PrintLine("more sessions qualify: run it again (or raise --max-sessions)");
   }
   int exit_code = kExitOk;
   if (auto errors = r->find("errors"); errors != r->end() && errors->is_array()) {
     for (const auto& e : *errors) {
       if (!e.is_string()) continue;
-      // The server's text, which names paths: nothing in it may drive the terminal.
-      std::string line = e.get<std::string>();
-      for (char& c : line) {
-        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-      }
-      PrintErr("skipped " + line);
+      PrintErr("skipped " + Inert(e.get<std::string>()));
       exit_code = kExitApi;
     }
   }
@@ -1365,8 +1357,8 @@ most files.max_expiry_s later) to stop honouring them.)");
   AddClientFlags(gc_cmd, &gc.client);
   gc_cmd->footer(R"(The server applies retention.ended_sessions_after by itself every retention.interval;
 this runs a pass now, against the running server. Each session keeps its record (id, state,
-result, usage), so `airlock ls` and usage reports stay right; `airlock events` of it prints
-nothing any more. Live sessions are never touched.
+result, usage), so `airlock ls` and usage reports stay right; `airlock events` and
+`airlock show` of it find no events or messages any more. Live sessions are never touched.
 
 Examples:
   airlock gc --dry-run --older-than 30d
