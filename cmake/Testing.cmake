@@ -9,6 +9,9 @@ function(airlock_test name)
   add_executable(${name} ${T_SOURCES})
   target_link_libraries(${name} PRIVATE ${T_LIBS} GTest::gtest GTest::gmock GTest::gtest_main airlock_flags)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR})
+  foreach(label ${T_LABELS})
+    set_property(GLOBAL APPEND PROPERTY AIRLOCK_TESTS_${label} ${name})
+  endforeach()
   gtest_discover_tests(${name} PROPERTIES TIMEOUT 300 DISCOVERY_TIMEOUT 60)
   # Labels are set after discovery from the discovered list (<target>_TESTS): passed through
   # gtest_discover_tests(PROPERTIES LABELS a;b), a list loses all but its first element.

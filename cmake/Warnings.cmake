@@ -11,8 +11,23 @@ target_compile_options(airlock_flags INTERFACE $<$<CXX_COMPILER_ID:GNU>:-Wno-mis
 target_compile_definitions(airlock_flags INTERFACE
   BOOST_ASIO_NO_DEPRECATED BOOST_BEAST_USE_STD_STRING_VIEW AIRLOCK_VERSION="${PROJECT_VERSION}")
 if(AIRLOCK_SANITIZE)
-  target_compile_options(airlock_flags INTERFACE -fsanitize=address,undefined -fno-omit-frame-pointer)
-  target_link_options(airlock_flags INTERFACE -fsanitize=address,undefined)
+  # Any finding fails the test that made it (UBSan would otherwise print and go on).
+  target_compile_options(airlock_flags INTERFACE -fsanitize=address,undefined -fno-sanitize-recover=all
+                                                 -fno-omit-frame-pointer)
+  target_link_options(airlock_flags INTERFACE -fsanitize=address,undefined -fno-sanitize-recover=all)
+endif()
+if(AIRLOCK_TSAN)
+  if(AIRLOCK_SANITIZE)
+    message(FATAL_ERROR "AIRLOCK_TSAN and AIRLOCK_SANITIZE cannot be combined: build them in two directories")
+  endif()
+  target_compile_options(airlock_flags INTERFACE -fsanitize=thread -fno-omit-frame-pointer)
+  target_link_options(airlock_flags INTERFACE -fsanitize=thread)
+endif()
+
+# ccache can cache compilations that use a precompiled header only when g++ writes a
+# reference to it into the preprocessed output (and with the sloppiness scripts/test.sh sets).
+if(CMAKE_CXX_COMPILER_LAUNCHER MATCHES "ccache" AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+  target_compile_options(airlock_flags INTERFACE -fpch-preprocess)
 endif()
 
 # Asio/Beast/json headers dominate compile time; share one precompiled header.

@@ -1,11 +1,82 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: the README's test command and what CI runs.
-# Usage: scripts/test.sh [ctest arguments...]   e.g. scripts/test.sh -L unit
+#
+# Usage: scripts/test.sh                  every part below, in order
+#        scripts/test.sh [ctest args...]  the main build and its tests only, e.g. -L unit
+#        AIRLOCK_TEST_PARTS="main asan" scripts/test.sh   the parts named
+#
+# Parts (each builds in its own directory, once, and says how long it took):
+#   format  clang-format over the tree (scripts/check-format.sh)
+#   main    the release build (g++, -Werror) and every test: unit, integration, security, e2e, python
+#   asan    the unit and integration suites under AddressSanitizer + UndefinedBehaviorSanitizer
+#   tsan    the control plane's server and concurrency tests under ThreadSanitizer
+#   fuzz    every libFuzzer target for a bounded time, and their regression inputs (scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 jobs=$(nproc)
 build_dir=${AIRLOCK_BUILD_DIR:-build}
-cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIRLOCK_WERROR=ON >/dev/null
-cmake --build "$build_dir" -j "$jobs"
-ctest --test-dir "$build_dir" -j "$jobs" --output-on-failure --timeout 600 "$@"
+launcher=()
+# ccache, when present, keeps its cache in the home directory, never in the tree. Paths are
+# hashed relative to the checkout, so another clone of the same sources hits the same entries,
+# and the precompiled header does not make every compilation uncacheable.
+if command -v ccache >/dev/null 2>&1; then
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
+  export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+fi
+
+if [ $# -gt 0 ]; then
+  parts=${AIRLOCK_TEST_PARTS:-main}
+else
+  parts=${AIRLOCK_TEST_PARTS:-format main asan tsan fuzz}
+fi
+
+declare -a timings=()
+run_part() {
+  local name=$1
+  shift
+  local start=$SECONDS
+  echo "== $name" >&2
+  "$@"
+  timings+=("$name $((SECONDS - start)) s")
+  echo "== $name: done in $((SECONDS - start)) s" >&2
+}
+
+part_format() { scripts/check-format.sh; }
+
+part_main() {
+  cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIRLOCK_WERROR=ON "${launcher[@]}" >/dev/null
+  cmake --build "$build_dir" -j "$jobs"
+  ctest --test-dir "$build_dir" -j "$jobs" --output-on-failure --timeout 600 "$@"
+}
+
+# Sanitizer builds compile only the test executables they run (and what those need).
+part_asan() {
+  local dir=${build_dir}-asan
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIRLOCK_WERROR=ON -DAIRLOCK_SANITIZE=ON \
+    "${launcher[@]}" >/dev/null
+  cmake --build "$dir" -j "$jobs" --target tests-unit tests-integration
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir "$dir" -j "$jobs" --output-on-failure --timeout 900 -L 'unit|integration'
+}
+
+part_tsan() {
+  local dir=${build_dir}-tsan
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIRLOCK_WERROR=ON -DAIRLOCK_TSAN=ON \
+    "${launcher[@]}" >/dev/null
+  cmake --build "$dir" -j "$jobs" --target tests-tsan
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    ctest --test-dir "$dir" -j "$jobs" --output-on-failure --timeout 900 -L tsan
+}
+
+part_fuzz() { scripts/fuzz.sh "${AIRLOCK_FUZZ_SECONDS:-20}"; }
+
+for part in $parts; do
+  case "$part" in
+    main) run_part main part_main "$@" ;;
+    format | asan | tsan | fuzz) run_part "$part" "part_$part" ;;
+    *) echo "test.sh: unknown part: $part (parts: format main asan tsan fuzz)" >&2; exit 2 ;;
+  esac
+done
+echo "== time per part: $(IFS=,; echo "${timings[*]}")" >&2
