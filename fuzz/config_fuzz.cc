@@ -7,11 +7,12 @@
 #include "fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto config = airlock::controlplane::ParseConfig(airlock::fuzz::AsView(data, size), "/nonexistent/airlock-home",
-                                                   "fuzz.toml");
+  auto config = airlock::controlplane::ParseConfig(airlock::fuzz::AsView(data, size),
+                                                   "/nonexistent/airlock-home", "fuzz.toml");
   if (config) {
     // What the start-up path does next with a parsed config.
-    airlock::controlplane::ApplyDefaultModel(*config, [](const char*) -> const char* { return nullptr; });
+    airlock::controlplane::ApplyDefaultModel(*config,
+                                             [](const char*) -> const char* { return nullptr; });
   }
   return 0;
 }

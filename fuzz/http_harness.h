@@ -38,7 +38,8 @@ namespace airlock::fuzz {
 inline constexpr std::string_view kSessionId = "ses_aaaaaaaaaaaaaaaaaaaaaaaa";
 inline constexpr std::string_view kFileName = "hello.txt";
 inline constexpr std::string_view kSigningKid = "fz01";
-inline constexpr std::string_view kSigningKey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+inline constexpr std::string_view kSigningKey =
+    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 class HttpHarness {
  public:
@@ -48,7 +49,8 @@ class HttpHarness {
     log::Init(log::Level::kError, log::Format::kJson);
     const std::string home = ScratchDir() + "/home";
     fs::create_directories(home + "/files/" + std::string(kSessionId));
-    std::ofstream(home + "/files/" + std::string(kSessionId) + "/" + std::string(kFileName)) << "hello, world\n";
+    std::ofstream(home + "/files/" + std::string(kSessionId) + "/" + std::string(kFileName))
+        << "hello, world\n";
     std::ofstream(home + "/file-signing.keys") << kSigningKid << " " << kSigningKey << "\n";
     fs::permissions(home + "/file-signing.keys", fs::perms::owner_read | fs::perms::owner_write);
     auto config = controlplane::ParseConfig("", home);
@@ -71,13 +73,14 @@ class HttpHarness {
     store::StateChange running{{store::SessionState::kStarting}, store::SessionState::kRunning};
     if (auto r = store_->ChangeState(kSessionId, running); !r) Die("state", r.error().message);
 
-    files_ = std::make_unique<controlplane::FileService>(config_, *store_, pool_, events_, registry_);
+    files_ =
+        std::make_unique<controlplane::FileService>(config_, *store_, pool_, events_, registry_);
     if (auto st = files_->Start(); !st) Die("files", st.error().message);
     http_metrics_ = std::make_unique<controlplane::HttpMetrics>(registry_);
     AddRoutes();
     server_ = std::make_unique<controlplane::HttpServer>(
-        io_, "sandbox", config_.limits, [this](controlplane::Request& r) { return router_.Dispatch(r); },
-        *http_metrics_);
+        io_, "sandbox", config_.limits,
+        [this](controlplane::Request& r) { return router_.Dispatch(r); }, *http_metrics_);
     // As ControlPlane::AdmitSandbox: the route's body limit, known from the request line.
     server_->SetGate([this](controlplane::Request& r) -> awaitable<controlplane::Admission> {
       controlplane::Admission a;
@@ -102,7 +105,8 @@ class HttpHarness {
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
     std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", socket_path_.c_str());
-    if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) Die("connect", "");
+    if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0)
+      Die("connect", "");
     // Reads and writes interleave: a large answer must not block the server while this
     // side is still writing.
     std::string out;
@@ -113,7 +117,8 @@ class HttpHarness {
       for (;;) {
         ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) Die("exchange", "the server did not close the connection");
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+          Die("exchange", "the server did not close the connection");
         if (n <= 0) break;
         out.append(buf, static_cast<size_t>(n));
       }
@@ -148,14 +153,17 @@ class HttpHarness {
     auto& r = router_;
     const size_t large = config_.limits.max_body_bytes;
     auto body = [](BodyRoute route) {
-      return [route](Request& req) -> awaitable<Response> { co_return Answer(req, CheckBody(route, req.msg.body())); };
+      return [route](Request& req) -> awaitable<Response> {
+        co_return Answer(req, CheckBody(route, req.msg.body()));
+      };
     };
     // Query and path parameters as the handlers read them.
     auto reads = [](Request& req) -> awaitable<Response> {
       for (const char* name : {"after", "limit", "wait", "offset", "since", "state", "before"}) {
         if (auto v = req.Query(name)) (void)controlplane::ParseNonNegative(*v);
       }
-      if (auto it = req.params.find("id"); it != req.params.end()) (void)controlplane::PlausibleSessionId(it->second);
+      if (auto it = req.params.find("id"); it != req.params.end())
+        (void)controlplane::PlausibleSessionId(it->second);
       (void)controlplane::ParseNonNegative(req.Header("Last-Event-ID"));
       (void)req.Header("Authorization");
       co_return Answer(req, Ok());
@@ -166,7 +174,8 @@ class HttpHarness {
     r.Add(http::verb::get, "/v1/sessions", reads);
     r.Add(http::verb::get, "/v1/sessions/{id}", reads);
     r.Add(http::verb::delete_, "/v1/sessions/{id}", reads);
-    r.Add(http::verb::post, "/v1/sessions/{id}/messages", body(BodyRoute::kPostMessage), RouteOptions{large});
+    r.Add(http::verb::post, "/v1/sessions/{id}/messages", body(BodyRoute::kPostMessage),
+          RouteOptions{large});
     r.Add(http::verb::get, "/v1/sessions/{id}/messages", reads);
     r.Add(http::verb::get, "/v1/sessions/{id}/events", reads);
     r.Add(http::verb::post, "/v1/sessions/{id}/suspend", reads);
@@ -180,12 +189,16 @@ class HttpHarness {
     r.Add(http::verb::post, "/sandbox/v1/events", body(BodyRoute::kEvents),
           RouteOptions{static_cast<size_t>(config_.max_event_bytes)});
     r.Add(http::verb::get, "/sandbox/v1/history", reads);
-    r.Add(http::verb::post, "/sandbox/v1/finish", body(BodyRoute::kFinish), RouteOptions{size_t{6 * 64 * 1024 + 4096}});
+    r.Add(http::verb::post, "/sandbox/v1/finish", body(BodyRoute::kFinish),
+          RouteOptions{size_t{6 * 64 * 1024 + 4096}});
     r.Add(http::verb::post, "/sandbox/v1/llm/chat", body(BodyRoute::kChat), RouteOptions{large});
     r.Add(http::verb::post, "/sandbox/v1/files/presign", body(BodyRoute::kPresign));
-    r.Add(http::verb::put, "/sandbox/v1/files/{session}/{name}", [this](Request& q) { return files_->Upload(q); });
-    r.Add(http::verb::get, "/sandbox/v1/files/{session}/{name}", [this](Request& q) { return files_->Fetch(q); });
-    r.Add(http::verb::head, "/sandbox/v1/files/{session}/{name}", [this](Request& q) { return files_->Fetch(q); });
+    r.Add(http::verb::put, "/sandbox/v1/files/{session}/{name}",
+          [this](Request& q) { return files_->Upload(q); });
+    r.Add(http::verb::get, "/sandbox/v1/files/{session}/{name}",
+          [this](Request& q) { return files_->Fetch(q); });
+    r.Add(http::verb::head, "/sandbox/v1/files/{session}/{name}",
+          [this](Request& q) { return files_->Fetch(q); });
   }
 
   asio::io_context io_;

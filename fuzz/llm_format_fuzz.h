@@ -26,8 +26,9 @@ inline llm::ChatRequest ToolRequest(bool stream) {
   req.model = "m";
   req.stream = stream;
   req.messages = Json::array({Json{{"role", "user"}, {"content", "hi"}}});
-  req.tools = Json::array(
-      {Json{{"type", "function"}, {"function", {{"name", "run"}, {"parameters", {{"type", "object"}}}}}}});
+  req.tools =
+      Json::array({Json{{"type", "function"},
+                        {"function", {{"name", "run"}, {"parameters", {{"type", "object"}}}}}}});
   return req;
 }
 
@@ -50,8 +51,8 @@ inline int FuzzWireFormat(const llm::WireFormat& format, const uint8_t* data, si
       if (!parser.Feed(in)) break;
       for (const auto& e : events) {
         std::vector<Json> chunks;
-        auto st = translator->OnEvent(e.event == "message" ? std::string_view() : std::string_view(e.event), e.data,
-                                      chunks);
+        auto st = translator->OnEvent(
+            e.event == "message" ? std::string_view() : std::string_view(e.event), e.data, chunks);
         if (!st) return 0;
         for (const auto& c : chunks) (void)DumpJson(c);
       }

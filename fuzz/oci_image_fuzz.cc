@@ -24,7 +24,8 @@ namespace {
 
 void WriteFile(const fs::path& p, std::string_view bytes) {
   fs::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(p, std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 std::string Substitute(std::string_view text, const std::vector<std::string>& hex,
@@ -32,7 +33,8 @@ std::string Substitute(std::string_view text, const std::vector<std::string>& he
   std::string out;
   for (size_t i = 0; i < text.size(); ++i) {
     char c = text[i];
-    if ((c == '$' || c == '%' || c == '#') && i + 1 < text.size() && text[i + 1] >= '1' && text[i + 1] <= '9') {
+    if ((c == '$' || c == '%' || c == '#') && i + 1 < text.size() && text[i + 1] >= '1' &&
+        text[i + 1] <= '9') {
       size_t n = static_cast<size_t>(text[i + 1] - '0');
       if (n < hex.size() && !hex[n].empty()) {
         out += c == '$' ? "sha256:" + hex[n] : c == '%' ? hex[n] : std::to_string(sizes[n]);
@@ -82,7 +84,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     layout.emplace(dir.string(), std::map<std::string, std::string>{});
   }
   if (layout) {
-    for (const std::optional<std::string>& wanted : {std::optional<std::string>(), std::optional<std::string>("docker.io/library/fuzz:latest")}) {
+    for (const std::optional<std::string>& wanted :
+         {std::optional<std::string>(),
+          std::optional<std::string>("docker.io/library/fuzz:latest")}) {
       auto image = ReadSourceImage(*layout, wanted, limits);
       if (!image) continue;
       for (const auto& layer : image->layers) (void)OpenVerifiedBlob(*layout, layer);

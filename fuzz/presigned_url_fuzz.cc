@@ -74,7 +74,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string answer = harness->Exchange(req);
   if (answer.size() < 12 || !answer.starts_with("HTTP/1.1 ")) return 0;
   int status = std::atoi(answer.substr(9, 3).c_str());
-  bool refused = status == 400 || status == 403 || status == 404 || status == 405 || status == 413 || status == 431;
+  bool refused = status == 400 || status == 403 || status == 404 || status == 405 ||
+                 status == 413 || status == 431;
   if (!refused && !Signed(line.substr(space + 1))) {
     std::fprintf(stderr, "a file URL without a valid signature was answered %d\n", status);
     std::abort();

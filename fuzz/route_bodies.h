@@ -36,16 +36,19 @@ inline Status CheckFinish(std::string_view text) {
   AIRLOCK_ASSIGN_OR_RETURN(Json body, ParseJsonObject(text));
   AIRLOCK_TRY(RejectUnknownKeys(body, {"status", "result"}, "finish"));
   AIRLOCK_ASSIGN_OR_RETURN(std::string status, RequiredString(body, "status"));
-  if (status != "succeeded" && status != "failed") return MakeError(ErrorCode::kInvalidArgument, "bad status");
+  if (status != "succeeded" && status != "failed")
+    return MakeError(ErrorCode::kInvalidArgument, "bad status");
   AIRLOCK_ASSIGN_OR_RETURN(auto result, OptionalString(body, "result"));
-  if (result && result->size() > 64 * 1024) return MakeError(ErrorCode::kPayloadTooLarge, "result too large");
+  if (result && result->size() > 64 * 1024)
+    return MakeError(ErrorCode::kPayloadTooLarge, "result too large");
   return Ok();
 }
 
 // POST /sandbox/v1/files/presign (FileService::Presign).
 inline Status CheckPresign(std::string_view text) {
   AIRLOCK_ASSIGN_OR_RETURN(Json body, ParseJsonObject(text));
-  AIRLOCK_TRY(RejectUnknownKeys(body, {"name", "method", "size", "content_type", "expires_s"}, "presign request"));
+  AIRLOCK_TRY(RejectUnknownKeys(body, {"name", "method", "size", "content_type", "expires_s"},
+                                "presign request"));
   AIRLOCK_ASSIGN_OR_RETURN(std::string name, RequiredString(body, "name"));
   AIRLOCK_TRY(files::ValidateFileName(name));
   AIRLOCK_ASSIGN_OR_RETURN(std::string method, RequiredString(body, "method"));
@@ -55,7 +58,8 @@ inline Status CheckPresign(std::string_view text) {
   if (content_type && content_type->find_first_of("\r\n") != std::string::npos) {
     return MakeError(ErrorCode::kInvalidArgument, "bad content_type");
   }
-  if ((size && *size < 0) || (expires_s && *expires_s < 1)) return MakeError(ErrorCode::kInvalidArgument, "bad size");
+  if ((size && *size < 0) || (expires_s && *expires_s < 1))
+    return MakeError(ErrorCode::kInvalidArgument, "bad size");
   return Ok();
 }
 
@@ -68,7 +72,8 @@ inline Status CheckChat(std::string_view text) {
   }
   const Json& msgs = body["messages"];
   for (size_t i = 0; i < msgs.size(); ++i) {
-    AIRLOCK_ASSIGN_OR_RETURN(Json m, controlplane::ValidateChatMessage(msgs[i], "messages[" + std::to_string(i) + "]"));
+    AIRLOCK_ASSIGN_OR_RETURN(
+        Json m, controlplane::ValidateChatMessage(msgs[i], "messages[" + std::to_string(i) + "]"));
     (void)DumpJson(m);
   }
   if (body.contains("tools") && !body["tools"].is_null()) {
@@ -82,7 +87,8 @@ inline Status CheckChat(std::string_view text) {
 inline Status CheckCreateSession(std::string_view text) {
   AIRLOCK_ASSIGN_OR_RETURN(Json body, ParseJsonObject(text));
   AIRLOCK_TRY(RejectUnknownKeys(
-      body, {"task", "image", "command", "model", "models", "backend", "limits", "metadata"}, "session"));
+      body, {"task", "image", "command", "model", "models", "backend", "limits", "metadata"},
+      "session"));
   AIRLOCK_ASSIGN_OR_RETURN(std::string task, RequiredString(body, "task"));
   if (task.empty()) return MakeError(ErrorCode::kInvalidArgument, "empty task");
   AIRLOCK_ASSIGN_OR_RETURN(auto image, OptionalString(body, "image"));
@@ -91,7 +97,8 @@ inline Status CheckCreateSession(std::string_view text) {
   AIRLOCK_TRY(controlplane::ValidateName("image", image.value_or("base")));
   AIRLOCK_TRY(controlplane::ValidateName("model", model.value_or("default")));
   AIRLOCK_TRY(controlplane::ValidateName("backend", backend.value_or("oci")));
-  if (auto it = body.find("command"); it != body.end()) AIRLOCK_TRY(controlplane::ValidateCommand(*it));
+  if (auto it = body.find("command"); it != body.end())
+    AIRLOCK_TRY(controlplane::ValidateCommand(*it));
   if (auto it = body.find("limits"); it != body.end()) {
     AIRLOCK_ASSIGN_OR_RETURN(Json limits, controlplane::ParseLimits(*it));
     (void)DumpJson(limits);
@@ -110,13 +117,20 @@ inline Status CheckPostMessage(std::string_view text) {
 
 inline Status CheckBody(BodyRoute route, std::string_view text) {
   switch (route) {
-    case BodyRoute::kEvents: return CheckEvent(text);
-    case BodyRoute::kFinish: return CheckFinish(text);
-    case BodyRoute::kPresign: return CheckPresign(text);
-    case BodyRoute::kChat: return CheckChat(text);
-    case BodyRoute::kCreateSession: return CheckCreateSession(text);
-    case BodyRoute::kPostMessage: return CheckPostMessage(text);
-    case BodyRoute::kCount: break;
+    case BodyRoute::kEvents:
+      return CheckEvent(text);
+    case BodyRoute::kFinish:
+      return CheckFinish(text);
+    case BodyRoute::kPresign:
+      return CheckPresign(text);
+    case BodyRoute::kChat:
+      return CheckChat(text);
+    case BodyRoute::kCreateSession:
+      return CheckCreateSession(text);
+    case BodyRoute::kPostMessage:
+      return CheckPostMessage(text);
+    case BodyRoute::kCount:
+      break;
   }
   return Ok();
 }

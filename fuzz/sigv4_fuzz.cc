@@ -23,7 +23,8 @@ Params Lines(std::string_view text, char sep) {
     size_t nl = text.find('\n');
     std::string_view line = text.substr(0, nl);
     size_t at = line.find(sep);
-    out.emplace_back(std::string(line.substr(0, at)), at == std::string_view::npos ? "" : std::string(line.substr(at + 1)));
+    out.emplace_back(std::string(line.substr(0, at)),
+                     at == std::string_view::npos ? "" : std::string(line.substr(at + 1)));
     if (nl == std::string_view::npos) break;
     text.remove_prefix(nl + 1);
   }
@@ -36,7 +37,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace airlock::files;
   if (size == 0) return 0;
   std::string_view in = airlock::fuzz::AsView(data + 1, size - 1);
-  SigV4Credentials creds{"AKIDEXAMPLE", airlock::Secret("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"), ""};
+  SigV4Credentials creds{"AKIDEXAMPLE", airlock::Secret("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+                         ""};
   auto endpoint = ParseS3Endpoint("https://s3.eu-west-1.amazonaws.com", "eu-west-1", true);
   if (!endpoint) std::abort();
   constexpr int64_t kNow = 1767225600;  // 2026-01-01
@@ -76,7 +78,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::string path = parts.size() > 2 ? UriEncode(parts[2], false) : "/bucket";
       (void)CanonicalQueryString(query);
       if (auto canon = CanonicalizeHeaders(headers)) {
-        (void)CanonicalRequest("GET", path, CanonicalQueryString(query), *canon, "UNSIGNED-PAYLOAD");
+        (void)CanonicalRequest("GET", path, CanonicalQueryString(query), *canon,
+                               "UNSIGNED-PAYLOAD");
       }
       (void)SignHeaders(creds, *endpoint, "GET", path, query, headers, "UNSIGNED-PAYLOAD", kNow);
       break;

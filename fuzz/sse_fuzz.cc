@@ -28,7 +28,9 @@ Outcome Parse(std::string_view body, std::string_view piece_sizes, size_t max_li
       max_line);
   size_t k = 0;
   while (!body.empty()) {
-    size_t n = piece_sizes.empty() ? body.size() : 1 + static_cast<uint8_t>(piece_sizes[k++ % piece_sizes.size()]) % 16;
+    size_t n = piece_sizes.empty()
+                   ? body.size()
+                   : 1 + static_cast<uint8_t>(piece_sizes[k++ % piece_sizes.size()]) % 16;
     n = std::min(n, body.size());
     auto r = parser.Feed(body.substr(0, n));
     body.remove_prefix(n);

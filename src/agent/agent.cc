@@ -20,18 +20,22 @@ constexpr uint64_t kMaxReadBytes = 256 * 1024;
 // how a session ends (a model that only ever answers in text would leave the session waiting).
 constexpr const char* kSystemPrompt =
     "You are an agent working inside an isolated Linux sandbox: busybox tools, a writable working "
-    "directory and /tmp, no network except the control plane, no credentials. Use the tools to do the "
-    "user's task: `shell` runs commands, `read_file` and `write_file` handle files, `upload` hands a file "
-    "to the user as an artifact. Work step by step and check what you did. When the task is done, upload "
-    "what the user should get, then call `finish` with a short summary (status \"failed\" if it cannot be "
-    "done). If you need something from the user, answer in text without calling a tool: their reply "
+    "directory and /tmp, no network except the control plane, no credentials. Use the tools to do "
+    "the "
+    "user's task: `shell` runs commands, `read_file` and `write_file` handle files, `upload` hands "
+    "a file "
+    "to the user as an artifact. Work step by step and check what you did. When the task is done, "
+    "upload "
+    "what the user should get, then call `finish` with a short summary (status \"failed\" if it "
+    "cannot be "
+    "done). If you need something from the user, answer in text without calling a tool: their "
+    "reply "
     "comes as the next message.";
 
 void Log(const std::string& line) {
   std::string out = "[airlock-agent] " + line + "\n";
   (void)!::write(2, out.data(), out.size());
 }
-
 
 std::string Clip(const std::string& s, size_t max) {
   if (s.size() <= max) return s;
@@ -42,7 +46,8 @@ std::string Clip(const std::string& s, size_t max) {
 }
 
 std::string Text(const Json& message) {
-  if (message.contains("content") && message["content"].is_string()) return message["content"].get<std::string>();
+  if (message.contains("content") && message["content"].is_string())
+    return message["content"].get<std::string>();
   return {};
 }
 
@@ -54,7 +59,9 @@ const Json* ToolCalls(const Json& message) {
   return nullptr;
 }
 
-std::string Role(const Json& message) { return message.is_object() ? message.value("role", "") : ""; }
+std::string Role(const Json& message) {
+  return message.is_object() ? message.value("role", "") : "";
+}
 
 std::string BaseName(const std::string& path) {
   size_t slash = path.find_last_of('/');
@@ -76,7 +83,8 @@ class Agent {
     }
     step_ = assistants;
     Log("session " + c_.session_id() + ": " +
-        (resumed ? "resuming after " + std::to_string(c_.history().size()) + " messages" : "new session"));
+        (resumed ? "resuming after " + std::to_string(c_.history().size()) + " messages"
+                 : "new session"));
 
     // A sandbox that died between the model's tool calls and their results: if it was about
     // to finish, finish; otherwise tell the model which calls were cut off.
@@ -98,7 +106,8 @@ class Agent {
                            {"interrupted_tool_calls", interrupted.size()}});
 
     // The model speaks next when the conversation ends with something for it to answer.
-    bool need_input = c_.history().empty() || (Role(c_.history().back()) == "assistant" && c_.pending() == 0);
+    bool need_input =
+        c_.history().empty() || (Role(c_.history().back()) == "assistant" && c_.pending() == 0);
     bool announced_wait = false;
     const Json tools = ToolSchemas(o_.limits);
     for (;;) {
@@ -112,7 +121,8 @@ class Agent {
         continue;
       }
       if (step_ >= o_.max_steps + assistants) {
-        return FinishWith("failed", "stopped after " + std::to_string(o_.max_steps) + " model calls without finishing");
+        return FinishWith("failed", "stopped after " + std::to_string(o_.max_steps) +
+                                        " model calls without finishing");
       }
       if (!has_system_prompt_ && o_.system_prompt) {
         c_.Add(Json{{"role", "system"}, {"content", kSystemPrompt}});
@@ -193,15 +203,18 @@ class Agent {
     };
     if (name == "shell") {
       std::string command = str("command");
-      if (command.empty()) return {false, "error: shell needs \"command\" (a string)", "shell: no command"};
+      if (command.empty())
+        return {false, "error: shell needs \"command\" (a string)", "shell: no command"};
       int timeout = 0;
-      if (auto t = args.find("timeout_s"); t != args.end() && t->is_number()) timeout = static_cast<int>(t->get<double>());
+      if (auto t = args.find("timeout_s"); t != args.end() && t->is_number())
+        timeout = static_cast<int>(t->get<double>());
       Log("shell: " + Clip(command, 200));
       return RunShell(command, timeout, o_.limits);
     }
     if (name == "read_file") {
       size_t max = o_.limits.read_cap;
-      if (auto m = args.find("max_bytes"); m != args.end() && m->is_number_unsigned() && m->get<uint64_t>() > 0) {
+      if (auto m = args.find("max_bytes");
+          m != args.end() && m->is_number_unsigned() && m->get<uint64_t>() > 0) {
         // A tool result travels in one chat request, which the control plane bounds (1 MiB
         // by default): stay well inside it.
         max = static_cast<size_t>(std::min<uint64_t>(m->get<uint64_t>(), kMaxReadBytes));
@@ -221,13 +234,16 @@ class Agent {
       if (artifact.empty()) artifact = BaseName(path);
       auto size = c_.Upload(path, artifact);
       if (!size) {
-        return {false, "error: upload failed: " + size.error().ToString(), "upload " + artifact + " failed"};
+        return {false, "error: upload failed: " + size.error().ToString(),
+                "upload " + artifact + " failed"};
       }
       Log("uploaded " + artifact);
       return {true, "uploaded " + artifact + " (" + std::to_string(*size) + " bytes)",
               "uploaded " + artifact + " (" + std::to_string(*size) + " bytes)"};
     }
-    return {false, "error: unknown tool \"" + Clip(name, 64) + "\"; the tools are shell, read_file, write_file, upload, finish",
+    return {false,
+            "error: unknown tool \"" + Clip(name, 64) +
+                "\"; the tools are shell, read_file, write_file, upload, finish",
             "unknown tool " + Clip(name, 64)};
   }
 
@@ -246,7 +262,8 @@ class Agent {
       }
       f.status = s->get<std::string>();
     }
-    if (auto r = args->find("result"); r != args->end() && r->is_string()) f.result = r->get<std::string>();
+    if (auto r = args->find("result"); r != args->end() && r->is_string())
+      f.result = r->get<std::string>();
     return f;
   }
 
@@ -257,7 +274,11 @@ class Agent {
     const std::string id = call.is_object() ? call.value("id", "") : "";
     auto refuse = [&](const std::string& why) -> std::optional<int> {
       c_.Add(Json{{"role", "tool"}, {"tool_call_id", id}, {"content", why}});
-      Emit("agent.tool", {{"step", step_}, {"tool", "finish"}, {"ok", false}, {"summary", Clip(why, kEventTextMax)}, {"duration_ms", 0}});
+      Emit("agent.tool", {{"step", step_},
+                          {"tool", "finish"},
+                          {"ok", false},
+                          {"summary", Clip(why, kEventTextMax)},
+                          {"duration_ms", 0}});
       return std::nullopt;
     };
     auto args = FinishArguments(call);
@@ -265,7 +286,8 @@ class Agent {
     Log("finishing: " + args->status);
     auto f = c_.Finish(args->status, args->result);
     if (f) return 0;
-    if (f.error().kind == ClientError::Kind::kRejected) return refuse("error: finish was refused: " + f.error().ToString());
+    if (f.error().kind == ClientError::Kind::kRejected)
+      return refuse("error: finish was refused: " + f.error().ToString());
     return Stop(f.error(), "finishing");
   }
 
@@ -300,7 +322,8 @@ class Agent {
 
   void Emit(const std::string& type, const Json& data) {
     // Events are the operator's view of progress; losing one must not stop the work.
-    if (auto r = c_.Event(type, data); !r) Log("event " + type + " not recorded: " + r.error().ToString());
+    if (auto r = c_.Event(type, data); !r)
+      Log("event " + type + " not recorded: " + r.error().ToString());
   }
 
   SandboxClient& c_;
@@ -331,11 +354,12 @@ std::vector<Json> InterruptedToolResults(const std::vector<Json>& history) {
   for (const auto& call : *calls) {
     std::string id = call.is_object() ? call.value("id", "") : "";
     if (answered.count(id)) continue;
-    out.push_back(Json{{"role", "tool"},
-                       {"tool_call_id", id},
-                       {"content",
-                        "interrupted: the sandbox restarted before this tool call finished; files written by it "
-                        "may be lost. Run it again if it is still needed."}});
+    out.push_back(Json{
+        {"role", "tool"},
+        {"tool_call_id", id},
+        {"content",
+         "interrupted: the sandbox restarted before this tool call finished; files written by it "
+         "may be lost. Run it again if it is still needed."}});
   }
   return out;
 }

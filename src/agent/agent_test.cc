@@ -79,7 +79,8 @@ class TinyServer {
         size_t length = 0;
         std::string lower = head;
         for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-        if (auto p = lower.find("content-length: "); p != std::string::npos) length = std::stoul(lower.substr(p + 16));
+        if (auto p = lower.find("content-length: "); p != std::string::npos)
+          length = std::stoul(lower.substr(p + 16));
         if (auto p = lower.find("authorization: "); p != std::string::npos) {
           r.authorization = head.substr(p + 15, head.find("\r\n", p) - p - 15);
         }
@@ -111,8 +112,9 @@ class TinyServer {
 };
 
 std::string JsonAnswer(int status, const std::string& body) {
-  return "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Type: application/json\r\nContent-Length: " +
-         std::to_string(body.size()) + "\r\n\r\n" + body;
+  return "HTTP/1.1 " + std::to_string(status) +
+         " X\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\n\r\n" + body;
 }
 
 ClientOptions Quick() {
@@ -140,7 +142,8 @@ TEST(HttpFetch, ReadsLengthChunkedAndCloseDelimitedBodies) {
   TinyServer s([](const SeenRequest& r) -> std::string {
     if (r.target == "/len") return JsonAnswer(200, "{\"a\":1}");
     if (r.target == "/chunked") {
-      return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;x=y\r\ndefg\r\n0\r\n\r\n";
+      return "HTTP/1.1 200 OK\r\nTransfer-Encoding: "
+             "chunked\r\n\r\n3\r\nabc\r\n4;x=y\r\ndefg\r\n0\r\n\r\n";
     }
     return "HTTP/1.1 200 OK\r\n\r\nuntil the end";
   });
@@ -192,7 +195,8 @@ TEST(HttpFetch, RefusesBodiesOverTheLimitAndMalformedAnswers) {
 TEST(SandboxClient, RetriesUnavailableThenSucceedsAndSendsTheToken) {
   std::atomic<int> n{0};
   TinyServer s([&](const SeenRequest&) {
-    return ++n <= 2 ? JsonAnswer(503, R"({"error":{"code":"unavailable","message":"draining"}})") : JsonAnswer(202, "{}");
+    return ++n <= 2 ? JsonAnswer(503, R"({"error":{"code":"unavailable","message":"draining"}})")
+                    : JsonAnswer(202, "{}");
   });
   SandboxClient c(s.url(), "tok_secret", "ses_x", Quick());
   int retries = 0;
@@ -207,8 +211,10 @@ TEST(SandboxClient, RetriesUnavailableThenSucceedsAndSendsTheToken) {
 
 TEST(SandboxClient, MapsStatusesToKinds) {
   TinyServer s([](const SeenRequest& r) -> std::string {
-    if (r.target.starts_with("/sandbox/v1/finish")) return JsonAnswer(401, R"({"error":{"code":"unauthenticated","message":"revoked"}})");
-    if (r.target.starts_with("/sandbox/v1/llm")) return JsonAnswer(402, R"({"error":{"code":"budget_exhausted","message":"spent"}})");
+    if (r.target.starts_with("/sandbox/v1/finish"))
+      return JsonAnswer(401, R"({"error":{"code":"unauthenticated","message":"revoked"}})");
+    if (r.target.starts_with("/sandbox/v1/llm"))
+      return JsonAnswer(402, R"({"error":{"code":"budget_exhausted","message":"spent"}})");
     return JsonAnswer(400, R"({"error":{"code":"invalid_argument","message":"bad name"}})");
   });
   SandboxClient c(s.url(), "t", "s", Quick());
@@ -239,9 +245,11 @@ TEST(SandboxClient, GivesUpWhenNothingAnswersWithinTheDeadline) {
 
 TEST(SandboxClient, ChatSendsOnlyNewMessagesAndTracksInboxAsSent) {
   TinyServer s([](const SeenRequest& r) -> std::string {
-    if (r.target.starts_with("/sandbox/v1/inbox")) return JsonAnswer(200, R"({"messages":[{"role":"user","content":"task"}]})");
+    if (r.target.starts_with("/sandbox/v1/inbox"))
+      return JsonAnswer(200, R"({"messages":[{"role":"user","content":"task"}]})");
     if (r.target == "/sandbox/v1/llm/chat") {
-      return JsonAnswer(200, R"({"message":{"role":"assistant","content":"ok"},"usage":{"input_tokens":3}})");
+      return JsonAnswer(
+          200, R"({"message":{"role":"assistant","content":"ok"},"usage":{"input_tokens":3}})");
     }
     return JsonAnswer(404, "{}");
   });
@@ -268,7 +276,9 @@ TEST(SandboxClient, AfterAnAmbiguousChatAdoptsTheStoredReplyInsteadOfResending) 
       return std::string();  // the call was stored, then the connection broke
     }
     if (r.target == "/sandbox/v1/history") {
-      return JsonAnswer(200, R"({"messages":[{"role":"user","content":"task"},{"role":"assistant","content":"stored"}]})");
+      return JsonAnswer(
+          200,
+          R"({"messages":[{"role":"user","content":"task"},{"role":"assistant","content":"stored"}]})");
     }
     return JsonAnswer(404, "{}");
   });
@@ -314,7 +324,8 @@ TEST(SandboxClient, UploadsAndDownloadsThroughPresignedUrlsWithoutTheToken) {
                                  .dump());
     }
     if (r.target == "/blob-put?sig=1") return "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
-    if (r.target == "/blob-get?sig=2") return "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nfile content";
+    if (r.target == "/blob-get?sig=2")
+      return "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nfile content";
     return JsonAnswer(404, "{}");
   });
   base = s.url();
@@ -336,7 +347,8 @@ TEST(SandboxClient, UploadsAndDownloadsThroughPresignedUrlsWithoutTheToken) {
   EXPECT_EQ(Json::parse(seen[0].body)["size"], 14);
   EXPECT_EQ(seen[1].method, "PUT");
   EXPECT_EQ(seen[1].body, "uploaded bytes");
-  EXPECT_EQ(seen[1].authorization, "") << "a presigned URL carries its own signature; the token stays home";
+  EXPECT_EQ(seen[1].authorization, "")
+      << "a presigned URL carries its own signature; the token stays home";
   EXPECT_EQ(seen[3].authorization, "");
   EXPECT_FALSE(c.Upload(dir + "/missing", "x")) << "a missing file is a local error";
   std::filesystem::remove_all(dir);
@@ -348,14 +360,19 @@ TEST(SandboxClient, AChatStillRunningAfterALostAnswerIsNotSentTwice) {
   std::atomic<int> chats{0}, histories{0};
   TinyServer s([&](const SeenRequest& r) -> std::string {
     if (r.target == "/sandbox/v1/llm/chat") {
-      return ++chats == 1 ? std::string()
-                          : JsonAnswer(409, R"({"error":{"code":"conflict","message":"another LLM call is in progress"}})");
+      return ++chats == 1
+                 ? std::string()
+                 : JsonAnswer(
+                       409,
+                       R"({"error":{"code":"conflict","message":"another LLM call is in progress"}})");
     }
     if (r.target == "/sandbox/v1/history") {
       // #1 is LoadHistory, #2 the check after the lost answer, #3 the check after the 409.
       return ++histories <= 2
                  ? JsonAnswer(200, R"({"messages":[{"role":"user","content":"task"}]})")
-                 : JsonAnswer(200, R"({"messages":[{"role":"user","content":"task"},{"role":"tool","tool_call_id":"c","content":"r"},{"role":"assistant","content":"late"}]})");
+                 : JsonAnswer(
+                       200,
+                       R"({"messages":[{"role":"user","content":"task"},{"role":"tool","tool_call_id":"c","content":"r"},{"role":"assistant","content":"late"}]})");
     }
     return JsonAnswer(404, "{}");
   });
@@ -408,7 +425,8 @@ TEST(Tools, ShellOutputIsCappedAndTheRestCounted) {
   l.output_cap = 1000;
   auto out = RunShell("head -c 100000 /dev/zero | tr '\\0' a", 10, l);
   EXPECT_TRUE(out.ok);
-  EXPECT_NE(out.text.find("[output truncated: 100000 bytes, the first 1000 shown]"), std::string::npos);
+  EXPECT_NE(out.text.find("[output truncated: 100000 bytes, the first 1000 shown]"),
+            std::string::npos);
   EXPECT_LT(out.text.size(), 1200u);
 }
 
@@ -432,9 +450,12 @@ TEST(Agent, InterruptedToolCallsGetAnAnswer) {
       {{"role", "user"}, {"content", "task"}},
       {{"role", "assistant"},
        {"content", nullptr},
-       {"tool_calls",
-        Json::array({{{"id", "a"}, {"type", "function"}, {"function", {{"name", "shell"}, {"arguments", "{}"}}}},
-                     {{"id", "b"}, {"type", "function"}, {"function", {{"name", "shell"}, {"arguments", "{}"}}}}})}},
+       {"tool_calls", Json::array({{{"id", "a"},
+                                    {"type", "function"},
+                                    {"function", {{"name", "shell"}, {"arguments", "{}"}}}},
+                                   {{"id", "b"},
+                                    {"type", "function"},
+                                    {"function", {{"name", "shell"}, {"arguments", "{}"}}}}})}},
       {{"role", "tool"}, {"tool_call_id", "a"}, {"content", "done"}},
   };
   auto missing = InterruptedToolResults(h);

@@ -23,7 +23,6 @@ namespace {
 constexpr size_t kMaxHeaderBytes = 64 * 1024;
 constexpr size_t kMaxHeaders = 100;
 
-
 std::string Lower(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -33,7 +32,9 @@ std::string Lower(std::string_view s) {
 std::string ErrnoText(int err) { return std::strerror(err); }
 
 using Unexpected = std::unexpected<HttpError>;
-Unexpected Fail(HttpError::Kind kind, std::string message) { return Unexpected(HttpError{kind, std::move(message)}); }
+Unexpected Fail(HttpError::Kind kind, std::string message) {
+  return Unexpected(HttpError{kind, std::move(message)});
+}
 
 // Waits until `fd` is ready for `events`; fails with a reason at the deadline.
 std::expected<void, std::string> WaitReady(int fd, short events, int64_t deadline) {
@@ -99,19 +100,22 @@ class Conn {
   std::string buf_;
 };
 
-std::expected<int, HttpError> Connect(const HttpUrl& url, int64_t deadline, int connect_timeout_ms) {
+std::expected<int, HttpError> Connect(const HttpUrl& url, int64_t deadline,
+                                      int connect_timeout_ms) {
   // Numeric addresses need no resolver; "localhost" is answered here because a static binary
   // in an image without /etc/hosts or NSS modules cannot look it up.
   std::string host = url.host;
   if (host == "localhost") host = "127.0.0.1";
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
   std::string port = std::to_string(url.port);
   int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
-  if (rc != 0) return Fail(HttpError::Kind::kConnect, "cannot resolve " + host + ": " + ::gai_strerror(rc));
+  if (rc != 0)
+    return Fail(HttpError::Kind::kConnect, "cannot resolve " + host + ": " + ::gai_strerror(rc));
   std::string last = "no address";
   int64_t connect_deadline = std::min(deadline, NowMs() + connect_timeout_ms);
   for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
@@ -142,7 +146,8 @@ std::expected<int, HttpError> Connect(const HttpUrl& url, int64_t deadline, int 
     ::close(fd);
   }
   ::freeaddrinfo(res);
-  return Fail(HttpError::Kind::kConnect, "cannot connect to " + url.host + ":" + port + ": " + last);
+  return Fail(HttpError::Kind::kConnect,
+              "cannot connect to " + url.host + ":" + port + ": " + last);
 }
 
 // Parses "HTTP/1.x NNN reason\r\nName: value\r\n...\r\n" (without the final blank line).
@@ -167,9 +172,11 @@ std::expected<HttpResponse, std::string> ParseHead(std::string_view head) {
     pos = end + 2;
     if (line.empty()) continue;
     size_t colon = line.find(':');
-    if (colon == std::string_view::npos || colon == 0) return std::unexpected("malformed header line");
+    if (colon == std::string_view::npos || colon == 0)
+      return std::unexpected("malformed header line");
     std::string_view value = line.substr(colon + 1);
-    while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+      value.remove_prefix(1);
     while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
     res.headers.emplace_back(std::string(line.substr(0, colon)), std::string(value));
     if (res.headers.size() > kMaxHeaders) return std::unexpected("too many headers");
@@ -180,7 +187,8 @@ std::expected<HttpResponse, std::string> ParseHead(std::string_view head) {
 std::expected<uint64_t, std::string> ParseUint(std::string_view s, int base) {
   uint64_t v = 0;
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
-  if (s.empty() || ec != std::errc() || p != s.data() + s.size()) return std::unexpected("bad number");
+  if (s.empty() || ec != std::errc() || p != s.data() + s.size())
+    return std::unexpected("bad number");
   return v;
 }
 
@@ -196,14 +204,16 @@ class BodyOut {
       while (left > 0) {
         ssize_t n = ::write(sink_fd_, p, left);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return Fail(HttpError::Kind::kLocal, "writing the download: " + ErrnoText(errno));
+        if (n <= 0)
+          return Fail(HttpError::Kind::kLocal, "writing the download: " + ErrnoText(errno));
         p += n;
         left -= static_cast<size_t>(n);
       }
       return {};
     }
     if (res_.body_bytes > max_) {
-      return Fail(HttpError::Kind::kTransfer, "response body exceeds " + std::to_string(max_) + " bytes");
+      return Fail(HttpError::Kind::kTransfer,
+                  "response body exceeds " + std::to_string(max_) + " bytes");
     }
     res_.body.append(data);
     return {};
@@ -228,10 +238,12 @@ std::string HttpResponse::Header(std::string_view name) const {
 std::expected<HttpUrl, std::string> ParseHttpUrl(std::string_view url) {
   if (url.starts_with("https://")) {
     return std::unexpected(
-        "https URLs are not supported by the sandbox-side client; the control plane is reached over the "
+        "https URLs are not supported by the sandbox-side client; the control plane is reached "
+        "over the "
         "sandbox's own channel (http://127.0.0.1:PORT in an oci sandbox)");
   }
-  if (!url.starts_with("http://")) return std::unexpected("not an http:// URL: " + std::string(url.substr(0, 64)));
+  if (!url.starts_with("http://"))
+    return std::unexpected("not an http:// URL: " + std::string(url.substr(0, 64)));
   url.remove_prefix(7);
   size_t slash = url.find('/');
   std::string_view authority = url.substr(0, slash);
@@ -251,7 +263,8 @@ std::expected<HttpUrl, std::string> ParseHttpUrl(std::string_view url) {
   if (authority.empty()) return std::unexpected("URL without a host");
   out.host = std::string(authority);
   for (char c : out.path) {
-    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return std::unexpected("URL with spaces or control characters");
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f)
+      return std::unexpected("URL with spaces or control characters");
   }
   return out;
 }
@@ -260,9 +273,11 @@ std::expected<HttpResponse, HttpError> HttpFetch(const HttpUrl& url, const HttpR
                                                  const HttpOptions& options) {
   const int64_t deadline = NowMs() + options.timeout_ms;
   for (const auto& [k, v] : req.headers) {
-    if ((k + v).find_first_of("\r\n") != std::string::npos) return Fail(HttpError::Kind::kLocal, "header with a line break");
+    if ((k + v).find_first_of("\r\n") != std::string::npos)
+      return Fail(HttpError::Kind::kLocal, "header with a line break");
   }
-  if (req.target.empty() || req.target.front() != '/' || req.target.find_first_of(" \r\n") != std::string::npos) {
+  if (req.target.empty() || req.target.front() != '/' ||
+      req.target.find_first_of(" \r\n") != std::string::npos) {
     return Fail(HttpError::Kind::kLocal, "bad request target");
   }
   auto fd = Connect(url, deadline, options.connect_timeout_ms);
@@ -271,7 +286,8 @@ std::expected<HttpResponse, HttpError> HttpFetch(const HttpUrl& url, const HttpR
 
   uint64_t body_size = req.body_fd >= 0 ? req.body_size : req.body.size();
   std::string head = req.method + " " + req.target + " HTTP/1.1\r\nHost: " + url.host +
-                     (url.port == 80 ? "" : ":" + std::to_string(url.port)) + "\r\nConnection: close\r\n";
+                     (url.port == 80 ? "" : ":" + std::to_string(url.port)) +
+                     "\r\nConnection: close\r\n";
   for (const auto& [k, v] : req.headers) head += k + ": " + v + "\r\n";
   if (body_size > 0 || req.method == "POST" || req.method == "PUT") {
     head += "Content-Length: " + std::to_string(body_size) + "\r\n";
@@ -285,10 +301,12 @@ std::expected<HttpResponse, HttpError> HttpFetch(const HttpUrl& url, const HttpR
     uint64_t left = body_size;
     char chunk[65536];
     while (sent && left > 0) {
-      ssize_t n = ::read(req.body_fd, chunk, static_cast<size_t>(std::min<uint64_t>(left, sizeof(chunk))));
+      ssize_t n =
+          ::read(req.body_fd, chunk, static_cast<size_t>(std::min<uint64_t>(left, sizeof(chunk))));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return Fail(HttpError::Kind::kLocal, "reading the upload: " + ErrnoText(errno));
-      if (n == 0) return Fail(HttpError::Kind::kLocal, "the file to upload shrank while it was sent");
+      if (n == 0)
+        return Fail(HttpError::Kind::kLocal, "the file to upload shrank while it was sent");
       sent = conn.WriteAll(chunk, static_cast<size_t>(n));
       left -= static_cast<uint64_t>(n);
     }
@@ -299,12 +317,13 @@ std::expected<HttpResponse, HttpError> HttpFetch(const HttpUrl& url, const HttpR
   std::string& buf = conn.buf();
   size_t head_end;
   while ((head_end = buf.find("\r\n\r\n")) == std::string::npos) {
-    if (buf.size() > kMaxHeaderBytes) return Fail(HttpError::Kind::kTransfer, "response header too large");
+    if (buf.size() > kMaxHeaderBytes)
+      return Fail(HttpError::Kind::kTransfer, "response header too large");
     auto n = conn.ReadSome();
     if (!n || *n == 0) {
       std::string why = !send_error.empty() ? "sending the request: " + send_error
-                        : !n              ? "reading the response: " + n.error()
-                                          : "the server closed the connection without an answer";
+                        : !n                ? "reading the response: " + n.error()
+                                            : "the server closed the connection without an answer";
       return Fail(HttpError::Kind::kTransfer, why);
     }
   }
@@ -313,7 +332,8 @@ std::expected<HttpResponse, HttpError> HttpFetch(const HttpUrl& url, const HttpR
   HttpResponse res = std::move(*parsed);
   buf.erase(0, head_end + 4);
 
-  const bool no_body = req.method == "HEAD" || res.status == 204 || res.status == 304 || res.status < 200;
+  const bool no_body =
+      req.method == "HEAD" || res.status == 204 || res.status == 304 || res.status < 200;
   const bool to_sink = options.sink_fd >= 0 && res.status >= 200 && res.status < 300;
   BodyOut out(res, to_sink ? options.sink_fd : -1, options.max_body);
   if (no_body) return res;
@@ -321,7 +341,9 @@ std::expected<HttpResponse, HttpError> HttpFetch(const HttpUrl& url, const HttpR
   auto read_more = [&]() -> std::expected<void, HttpError> {
     auto n = conn.ReadSome();
     if (!n) return Fail(HttpError::Kind::kTransfer, "reading the response body: " + n.error());
-    if (*n == 0) return Fail(HttpError::Kind::kTransfer, "the connection closed in the middle of the response body");
+    if (*n == 0)
+      return Fail(HttpError::Kind::kTransfer,
+                  "the connection closed in the middle of the response body");
     return {};
   };
 
@@ -356,7 +378,8 @@ std::expected<HttpResponse, HttpError> HttpFetch(const HttpUrl& url, const HttpR
       while (buf.size() < 2) {
         if (auto r = read_more(); !r) return std::unexpected(r.error());
       }
-      if (buf.compare(0, 2, "\r\n") != 0) return Fail(HttpError::Kind::kTransfer, "malformed chunk end");
+      if (buf.compare(0, 2, "\r\n") != 0)
+        return Fail(HttpError::Kind::kTransfer, "malformed chunk end");
       buf.erase(0, 2);
     }
     return res;
@@ -367,7 +390,8 @@ std::expected<HttpResponse, HttpError> HttpFetch(const HttpUrl& url, const HttpR
     auto length = ParseUint(length_text, 10);
     if (!length) return Fail(HttpError::Kind::kTransfer, "malformed Content-Length");
     if (!to_sink && *length > options.max_body) {
-      return Fail(HttpError::Kind::kTransfer, "response body exceeds " + std::to_string(options.max_body) + " bytes");
+      return Fail(HttpError::Kind::kTransfer,
+                  "response body exceeds " + std::to_string(options.max_body) + " bytes");
     }
     if (auto r = copy_body(*length); !r) return std::unexpected(r.error());
     return res;

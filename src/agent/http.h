@@ -47,9 +47,9 @@ struct HttpResponse {
 
 struct HttpOptions {
   int connect_timeout_ms = 5'000;
-  int timeout_ms = 60'000;             // the whole request: connect, send, receive
-  uint64_t max_body = 64ull << 20;     // a larger body is an error
-  int sink_fd = -1;                    // a 2xx body is written here instead of kept
+  int timeout_ms = 60'000;          // the whole request: connect, send, receive
+  uint64_t max_body = 64ull << 20;  // a larger body is an error
+  int sink_fd = -1;                 // a 2xx body is written here instead of kept
 };
 
 struct HttpError {

@@ -72,7 +72,8 @@ int main(int argc, char** argv) {
     } else if (a == "--inbox-wait" && ParseInt(value("--inbox-wait"), 0, 300, &n)) {
       options.inbox_wait_s = n;
     } else {
-      std::fprintf(stderr, "airlock-agent: bad argument \"%.*s\" (see --help)\n", static_cast<int>(a.size()), a.data());
+      std::fprintf(stderr, "airlock-agent: bad argument \"%.*s\" (see --help)\n",
+                   static_cast<int>(a.size()), a.data());
       return 2;
     }
   }

@@ -21,9 +21,8 @@ namespace {
 
 constexpr int kMaxAmbiguousChats = 5;
 
-
-
-std::unexpected<ClientError> Err(ClientError::Kind kind, std::string message, int status = 0, std::string code = "") {
+std::unexpected<ClientError> Err(ClientError::Kind kind, std::string message, int status = 0,
+                                 std::string code = "") {
   return std::unexpected(ClientError{kind, status, std::move(code), std::move(message)});
 }
 
@@ -32,23 +31,28 @@ std::pair<std::string, std::string> ErrorOf(const HttpResponse& res) {
   auto j = Json::parse(res.body, nullptr, false);
   if (j.is_object() && j.contains("error") && j["error"].is_object()) {
     const Json& e = j["error"];
-    return {e.value("code", std::string("unknown")), e.value("message", std::string("(no message)"))};
+    return {e.value("code", std::string("unknown")),
+            e.value("message", std::string("(no message)"))};
   }
-  return {"", "HTTP " + std::to_string(res.status) + (res.body.empty() ? "" : ": " + res.body.substr(0, 200))};
+  return {"", "HTTP " + std::to_string(res.status) +
+                  (res.body.empty() ? "" : ": " + res.body.substr(0, 200))};
 }
 
-bool Retryable(int status) { return status == 429 || status == 502 || status == 503 || status == 504; }
+bool Retryable(int status) {
+  return status == 429 || status == 502 || status == 503 || status == 504;
+}
 
 }  // namespace
 
 std::string ClientError::ToString() const {
   std::string out = message;
-  if (status != 0) out += " (HTTP " + std::to_string(status) + (code.empty() ? "" : ", " + code) + ")";
+  if (status != 0)
+    out += " (HTTP " + std::to_string(status) + (code.empty() ? "" : ", " + code) + ")";
   return out;
 }
 
-SandboxClient::SandboxClient(std::string control_plane_url, std::string token, std::string session_id,
-                             ClientOptions options)
+SandboxClient::SandboxClient(std::string control_plane_url, std::string token,
+                             std::string session_id, ClientOptions options)
     : token_(std::move(token)), session_id_(std::move(session_id)), options_(options) {
   if (auto u = ParseHttpUrl(control_plane_url)) {
     base_ = std::move(*u);
@@ -87,14 +91,17 @@ std::expected<SandboxClient, std::string> SandboxClient::FromEnvironment(ClientO
   // cannot read it out.
   ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   if (id.empty()) return std::unexpected("SESSION_ID is not set: run me inside an Airlock sandbox");
-  if (token.empty()) return std::unexpected("SESSION_TOKEN is not set: run me inside an Airlock sandbox");
-  if (url.empty()) return std::unexpected("CONTROL_PLANE_URL is not set: run me inside an Airlock sandbox");
+  if (token.empty())
+    return std::unexpected("SESSION_TOKEN is not set: run me inside an Airlock sandbox");
+  if (url.empty())
+    return std::unexpected("CONTROL_PLANE_URL is not set: run me inside an Airlock sandbox");
   if (auto u = ParseHttpUrl(url); !u) return std::unexpected("CONTROL_PLANE_URL: " + u.error());
   return SandboxClient(std::move(url), std::move(token), std::move(id), options);
 }
 
 void SandboxClient::Backoff(int attempt, const std::string& why) {
-  static thread_local std::minstd_rand rng(static_cast<unsigned>(NowMs()) ^ static_cast<unsigned>(::getpid()));
+  static thread_local std::minstd_rand rng(static_cast<unsigned>(NowMs()) ^
+                                           static_cast<unsigned>(::getpid()));
   int64_t base = std::min<int64_t>(250LL << std::min(attempt, 5), 5'000);
   int64_t delay = base / 2 + static_cast<int64_t>(rng() % static_cast<unsigned>(base / 2 + 1));
   if (on_retry) on_retry(why + "; retrying in " + std::to_string(delay) + " ms");
@@ -129,7 +136,8 @@ ClientResult<HttpResponse> SandboxClient::Send(const Call& call, bool* ambiguous
     auto res = Once(call, &transport);
     std::string why;
     if (!res) {
-      if (transport.kind == HttpError::Kind::kLocal) return Err(ClientError::Kind::kLocal, transport.message);
+      if (transport.kind == HttpError::Kind::kLocal)
+        return Err(ClientError::Kind::kLocal, transport.message);
       if (ambiguous != nullptr && transport.kind == HttpError::Kind::kTransfer) {
         *ambiguous = true;
         return std::unexpected(res.error());
@@ -142,21 +150,25 @@ ClientResult<HttpResponse> SandboxClient::Send(const Call& call, bool* ambiguous
       bool again = Retryable(res->status);
       if (!again) {
         // 410: the session ended while the request was on its way (an upload, a long-poll).
-        ClientError::Kind kind = res->status == 401 || res->status == 410 ? ClientError::Kind::kSessionOver
+        ClientError::Kind kind = res->status == 401 || res->status == 410
+                                     ? ClientError::Kind::kSessionOver
                                  : res->status == 402 ? ClientError::Kind::kBudget
                                  : res->status < 500  ? ClientError::Kind::kRejected
                                                       : ClientError::Kind::kServer;
-        return Err(kind, call.method + " " + call.path.substr(0, call.path.find('?')) + ": " + message, res->status, code);
+        return Err(kind,
+                   call.method + " " + call.path.substr(0, call.path.find('?')) + ": " + message,
+                   res->status, code);
       }
-      why = call.method + " " + call.path.substr(0, call.path.find('?')) + ": " + message + " (HTTP " +
-            std::to_string(res->status) + ")";
+      why = call.method + " " + call.path.substr(0, call.path.find('?')) + ": " + message +
+            " (HTTP " + std::to_string(res->status) + ")";
       if (NowMs() >= deadline) {
         return Err(ClientError::Kind::kServer, why, res->status, code);
       }
     }
     if (NowMs() >= deadline) {
-      return Err(ClientError::Kind::kUnreachable,
-                 why + " (gave up after " + std::to_string(options_.retry_deadline_ms / 1000) + " s)");
+      return Err(
+          ClientError::Kind::kUnreachable,
+          why + " (gave up after " + std::to_string(options_.retry_deadline_ms / 1000) + " s)");
     }
     Backoff(attempt, why);
   }
@@ -167,20 +179,25 @@ ClientResult<Json> SandboxClient::SendJson(const Call& call) {
   if (!res) return std::unexpected(res.error());
   if (res->status == 204 || res->body.empty()) return Json::object();
   auto j = Json::parse(res->body, nullptr, false);
-  if (j.is_discarded()) return Err(ClientError::Kind::kServer, call.path + ": the answer is not JSON", res->status);
+  if (j.is_discarded())
+    return Err(ClientError::Kind::kServer, call.path + ": the answer is not JSON", res->status);
   return j;
 }
 
 ClientResult<std::vector<Json>> SandboxClient::Inbox(int wait_s) {
   wait_s = std::clamp(wait_s, 0, 300);
-  Call c{"GET", "/sandbox/v1/inbox?wait=" + std::to_string(wait_s), std::nullopt, (wait_s + 30) * 1000};
+  Call c{"GET", "/sandbox/v1/inbox?wait=" + std::to_string(wait_s), std::nullopt,
+         (wait_s + 30) * 1000};
   std::vector<Json> out;
   for (int round = 0;; ++round) {
     bool ambiguous = false;
     auto res = Send(c, &ambiguous);
     if (res) {
-      auto j = res->status == 204 || res->body.empty() ? Json::object() : Json::parse(res->body, nullptr, false);
-      if (j.is_discarded()) return Err(ClientError::Kind::kServer, "/sandbox/v1/inbox: the answer is not JSON", res->status);
+      auto j = res->status == 204 || res->body.empty() ? Json::object()
+                                                       : Json::parse(res->body, nullptr, false);
+      if (j.is_discarded())
+        return Err(ClientError::Kind::kServer, "/sandbox/v1/inbox: the answer is not JSON",
+                   res->status);
       if (j.contains("messages") && j["messages"].is_array()) {
         for (auto& m : j["messages"]) out.push_back(m);
       }
@@ -194,7 +211,8 @@ ClientResult<std::vector<Json>> SandboxClient::Inbox(int wait_s) {
     const Json& server = (*j)["messages"];
     if (server.is_array() && server.size() > sent_) {
       for (size_t i = sent_; i < server.size(); ++i) {
-        if (server[i].is_object() && server[i].value("role", "") == "user") out.push_back(server[i]);
+        if (server[i].is_object() && server[i].value("role", "") == "user")
+          out.push_back(server[i]);
       }
       if (!out.empty()) break;
     }
@@ -212,7 +230,8 @@ ClientResult<void> SandboxClient::LoadHistory() {
   auto j = SendJson(Call{"GET", "/sandbox/v1/history", std::nullopt, 0});
   if (!j) return std::unexpected(j.error());
   if (!j->contains("messages") || !(*j)["messages"].is_array()) {
-    return Err(ClientError::Kind::kServer, "/sandbox/v1/history: no \"messages\" array in the answer");
+    return Err(ClientError::Kind::kServer,
+               "/sandbox/v1/history: no \"messages\" array in the answer");
   }
   history_.clear();
   for (auto& m : (*j)["messages"]) history_.push_back(m);
@@ -228,7 +247,8 @@ ClientResult<std::optional<Json>> SandboxClient::StoredReply(size_t expected_bef
   const Json& msgs = (*j)["messages"];
   if (!msgs.is_array()) return std::optional<Json>();
   size_t want = expected_before + 1;
-  if (msgs.size() >= want && msgs[want - 1].is_object() && msgs[want - 1].value("role", "") == "assistant") {
+  if (msgs.size() >= want && msgs[want - 1].is_object() &&
+      msgs[want - 1].value("role", "") == "assistant") {
     return std::optional<Json>(msgs[want - 1]);
   }
   return std::optional<Json>();
@@ -250,7 +270,8 @@ ClientResult<Json> SandboxClient::Chat(const Json& tools, const std::string& mod
     if (res) {
       auto j = Json::parse(res->body, nullptr, false);
       if (j.is_discarded() || !j.contains("message") || !j["message"].is_object()) {
-        return Err(ClientError::Kind::kServer, "/sandbox/v1/llm/chat: no \"message\" in the answer", res->status);
+        return Err(ClientError::Kind::kServer, "/sandbox/v1/llm/chat: no \"message\" in the answer",
+                   res->status);
       }
       last_usage_ = j.value("usage", Json::object());
       history_.push_back(j["message"]);
@@ -259,10 +280,12 @@ ClientResult<Json> SandboxClient::Chat(const Json& tools, const std::string& mod
     }
     const bool busy = res.error().status == 409;
     if (!ambiguous && !busy) return std::unexpected(res.error());
-    if ((ambiguous && round >= kMaxAmbiguousChats) || NowMs() >= deadline) return std::unexpected(res.error());
+    if ((ambiguous && round >= kMaxAmbiguousChats) || NowMs() >= deadline)
+      return std::unexpected(res.error());
     // The control plane stores the new messages and the reply in one transaction, or
     // nothing: look before sending again.
-    if (on_retry) on_retry("chat: " + res.error().message + "; checking whether the call was stored");
+    if (on_retry)
+      on_retry("chat: " + res.error().message + "; checking whether the call was stored");
     auto stored = StoredReply(history_.size());
     if (!stored) return std::unexpected(stored.error());
     if (*stored) {
@@ -275,8 +298,10 @@ ClientResult<Json> SandboxClient::Chat(const Json& tools, const std::string& mod
   }
 }
 
-ClientResult<PresignedUrl> SandboxClient::Presign(const std::string& name, const std::string& method,
-                                                  std::optional<uint64_t> size, const std::string& content_type) {
+ClientResult<PresignedUrl> SandboxClient::Presign(const std::string& name,
+                                                  const std::string& method,
+                                                  std::optional<uint64_t> size,
+                                                  const std::string& content_type) {
   Json body = {{"name", name}, {"method", method}};
   if (size) body["size"] = *size;
   if (!content_type.empty()) body["content_type"] = content_type;
@@ -298,7 +323,8 @@ ClientResult<PresignedUrl> SandboxClient::Presign(const std::string& name, const
 namespace {
 
 // PUTs or GETs a presigned URL; the signature is the credential, so no token is sent.
-ClientResult<HttpResponse> Transfer(const PresignedUrl& p, int body_fd, uint64_t size, int sink_fd, int timeout_ms) {
+ClientResult<HttpResponse> Transfer(const PresignedUrl& p, int body_fd, uint64_t size, int sink_fd,
+                                    int timeout_ms) {
   auto url = ParseHttpUrl(p.url);
   if (!url) return Err(ClientError::Kind::kLocal, "presigned URL: " + url.error());
   HttpRequest req;
@@ -312,7 +338,8 @@ ClientResult<HttpResponse> Transfer(const PresignedUrl& p, int body_fd, uint64_t
   o.sink_fd = sink_fd;
   auto res = HttpFetch(*url, req, o);
   if (!res) {
-    return Err(res.error().kind == HttpError::Kind::kLocal ? ClientError::Kind::kLocal : ClientError::Kind::kUnreachable,
+    return Err(res.error().kind == HttpError::Kind::kLocal ? ClientError::Kind::kLocal
+                                                           : ClientError::Kind::kUnreachable,
                p.method + " of the file: " + res.error().message);
   }
   if (res->status >= 300) {
@@ -328,7 +355,8 @@ ClientResult<HttpResponse> Transfer(const PresignedUrl& p, int body_fd, uint64_t
 ClientResult<uint64_t> SandboxClient::Upload(const std::string& path, const std::string& name,
                                              const std::string& content_type) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Err(ClientError::Kind::kLocal, "cannot open " + path + ": " + std::strerror(errno));
+  if (fd < 0)
+    return Err(ClientError::Kind::kLocal, "cannot open " + path + ": " + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -362,14 +390,17 @@ ClientResult<uint64_t> SandboxClient::Download(const std::string& name, const st
     auto p = Presign(name, "GET");
     if (!p) return std::unexpected(p.error());
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return Err(ClientError::Kind::kLocal, "cannot create " + tmp + ": " + std::strerror(errno));
+    if (fd < 0)
+      return Err(ClientError::Kind::kLocal, "cannot create " + tmp + ": " + std::strerror(errno));
     auto res = Transfer(*p, -1, 0, fd, options_.transfer_timeout_ms);
     bool ok = res && ::fsync(fd) == 0;
     ::close(fd);
     if (ok && ::rename(tmp.c_str(), path.c_str()) == 0) return res->body_bytes;
     ::unlink(tmp.c_str());
-    if (res && !ok) return Err(ClientError::Kind::kLocal, "cannot write " + path + ": " + std::strerror(errno));
-    if (res.error().kind != ClientError::Kind::kUnreachable || NowMs() >= deadline) return std::unexpected(res.error());
+    if (res && !ok)
+      return Err(ClientError::Kind::kLocal, "cannot write " + path + ": " + std::strerror(errno));
+    if (res.error().kind != ClientError::Kind::kUnreachable || NowMs() >= deadline)
+      return std::unexpected(res.error());
     Backoff(attempt, res.error().message);
   }
 }

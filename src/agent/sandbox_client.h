@@ -39,8 +39,8 @@ struct ClientError {
     kLocal,        // a local file could not be read or written
   };
   Kind kind = Kind::kServer;
-  int status = 0;     // HTTP status, 0 when there was none
-  std::string code;   // the API's error code, e.g. "budget_exhausted"
+  int status = 0;    // HTTP status, 0 when there was none
+  std::string code;  // the API's error code, e.g. "budget_exhausted"
   std::string message;
   std::string ToString() const;
 };
@@ -49,9 +49,9 @@ template <typename T>
 using ClientResult = std::expected<T, ClientError>;
 
 struct ClientOptions {
-  int retry_deadline_ms = 120'000;   // how long a request is retried while nothing answers
-  int request_timeout_ms = 60'000;   // one attempt of an ordinary request
-  int chat_timeout_ms = 660'000;     // one LLM call (the control plane allows 600 s upstream)
+  int retry_deadline_ms = 120'000;      // how long a request is retried while nothing answers
+  int request_timeout_ms = 60'000;      // one attempt of an ordinary request
+  int chat_timeout_ms = 660'000;        // one LLM call (the control plane allows 600 s upstream)
   int transfer_timeout_ms = 3'600'000;  // one upload or download
 };
 

@@ -23,7 +23,6 @@ namespace {
 
 constexpr int64_t kDrainAfterExitMs = 200;
 
-
 std::string FirstLine(const std::string& s, size_t max) {
   std::string line = s.substr(0, s.find('\n'));
   if (line.size() > max) line = line.substr(0, max) + "…";
@@ -35,34 +34,45 @@ Json Function(const char* name, const char* description, Json properties, Json r
               {"function",
                {{"name", name},
                 {"description", description},
-                {"parameters", {{"type", "object"}, {"properties", std::move(properties)}, {"required", std::move(required)}}}}}};
+                {"parameters",
+                 {{"type", "object"},
+                  {"properties", std::move(properties)},
+                  {"required", std::move(required)}}}}}};
 }
 
 }  // namespace
 
 Json ToolSchemas(const ToolLimits& limits) {
-  const std::string shell = "Run a shell command (/bin/sh -c) in the sandbox's working directory. Output (stdout and "
-                            "stderr) is truncated to " + std::to_string(limits.output_cap) +
-                            " bytes. The sandbox has no network except the control plane.";
-  const std::string timeout = "kill it after this many seconds (default " + std::to_string(limits.default_timeout_s) +
-                              ", max " + std::to_string(limits.max_timeout_s) + ")";
-  const std::string read = "at most this many bytes (default " + std::to_string(limits.read_cap) + ")";
+  const std::string shell =
+      "Run a shell command (/bin/sh -c) in the sandbox's working directory. Output (stdout and "
+      "stderr) is truncated to " +
+      std::to_string(limits.output_cap) +
+      " bytes. The sandbox has no network except the control plane.";
+  const std::string timeout = "kill it after this many seconds (default " +
+                              std::to_string(limits.default_timeout_s) + ", max " +
+                              std::to_string(limits.max_timeout_s) + ")";
+  const std::string read =
+      "at most this many bytes (default " + std::to_string(limits.read_cap) + ")";
   return Json::array({
       Function("shell", shell.c_str(),
                {{"command", {{"type", "string"}, {"description", "the command line"}}},
                 {"timeout_s", {{"type", "number"}, {"description", timeout}}}},
                {"command"}),
       Function("read_file", "Read a text file.",
-               {{"path", {{"type", "string"}}}, {"max_bytes", {{"type", "integer"}, {"description", read}}}},
+               {{"path", {{"type", "string"}}},
+                {"max_bytes", {{"type", "integer"}, {"description", read}}}},
                {"path"}),
-      Function("write_file", "Write a text file, creating its directories; replaces an existing file.",
-               {{"path", {{"type", "string"}}}, {"content", {{"type", "string"}}}}, {"path", "content"}),
-      Function("upload",
-               "Upload a file as an artifact of this session, for the user to download.",
+      Function(
+          "write_file", "Write a text file, creating its directories; replaces an existing file.",
+          {{"path", {{"type", "string"}}}, {"content", {{"type", "string"}}}}, {"path", "content"}),
+      Function("upload", "Upload a file as an artifact of this session, for the user to download.",
                {{"path", {{"type", "string"}, {"description", "the file in the sandbox"}}},
-                {"name", {{"type", "string"}, {"description", "the artifact's name (default: the file's base name)"}}}},
+                {"name",
+                 {{"type", "string"},
+                  {"description", "the artifact's name (default: the file's base name)"}}}},
                {"path"}),
-      Function("finish", "End the session: the task is done (or cannot be done). Nothing runs after this.",
+      Function("finish",
+               "End the session: the task is done (or cannot be done). Nothing runs after this.",
                {{"result", {{"type", "string"}, {"description", "what was done, for the user"}}},
                 {"status", {{"type", "string"}, {"enum", {"succeeded", "failed"}}}}},
                {"result"}),
@@ -74,7 +84,8 @@ std::expected<Json, std::string> ParseArguments(const Json& arguments) {
   if (arguments.is_string()) {
     const std::string& text = arguments.get_ref<const std::string&>();
     args = text.empty() ? Json::object() : Json::parse(text, nullptr, false);
-    if (args.is_discarded()) return std::unexpected("error: the arguments are not valid JSON; send a JSON object");
+    if (args.is_discarded())
+      return std::unexpected("error: the arguments are not valid JSON; send a JSON object");
   }
   if (arguments.is_null()) args = Json::object();
   if (!args.is_object()) return std::unexpected("error: the arguments must be a JSON object");
@@ -84,9 +95,11 @@ std::expected<Json, std::string> ParseArguments(const Json& arguments) {
 ToolOutcome RunShell(const std::string& command, int timeout_s, const ToolLimits& limits) {
   ToolOutcome out;
   if (command.empty()) return {false, "error: \"command\" is empty", "empty command"};
-  timeout_s = std::clamp(timeout_s <= 0 ? limits.default_timeout_s : timeout_s, 1, limits.max_timeout_s);
+  timeout_s =
+      std::clamp(timeout_s <= 0 ? limits.default_timeout_s : timeout_s, 1, limits.max_timeout_s);
   int pipefd[2];
-  if (::pipe2(pipefd, O_CLOEXEC) != 0) return {false, std::string("error: pipe: ") + std::strerror(errno), "pipe failed"};
+  if (::pipe2(pipefd, O_CLOEXEC) != 0)
+    return {false, std::string("error: pipe: ") + std::strerror(errno), "pipe failed"};
   const int64_t started = NowMs();
   pid_t pid = ::fork();
   if (pid < 0) {
@@ -153,7 +166,8 @@ ToolOutcome RunShell(const std::string& command, int timeout_s, const ToolLimits
       break;
     }
     total += static_cast<uint64_t>(n);
-    if (kept.size() < limits.output_cap) kept.append(buf, std::min<size_t>(static_cast<size_t>(n), limits.output_cap - kept.size()));
+    if (kept.size() < limits.output_cap)
+      kept.append(buf, std::min<size_t>(static_cast<size_t>(n), limits.output_cap - kept.size()));
   }
   ::close(pipefd[0]);
   // A command that left processes behind in its group does not keep them: they would
@@ -174,11 +188,11 @@ ToolOutcome RunShell(const std::string& command, int timeout_s, const ToolLimits
   }
   out.text = head + "\n" + kept;
   if (total > kept.size()) {
-    out.text += "\n[output truncated: " + std::to_string(total) + " bytes, the first " + std::to_string(kept.size()) +
-                " shown]";
+    out.text += "\n[output truncated: " + std::to_string(total) + " bytes, the first " +
+                std::to_string(kept.size()) + " shown]";
   }
-  out.summary = "$ " + FirstLine(command, 80) + " -> " + head + " (" + std::to_string(ms) + " ms, " +
-                std::to_string(total) + " bytes of output)";
+  out.summary = "$ " + FirstLine(command, 80) + " -> " + head + " (" + std::to_string(ms) +
+                " ms, " + std::to_string(total) + " bytes of output)";
   return out;
 }
 
@@ -192,7 +206,8 @@ ToolOutcome ReadFileTool(const std::string& path, size_t max_bytes) {
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    return {false, "error: " + path + " is not a regular file", "read " + path + ": not a regular file"};
+    return {false, "error: " + path + " is not a regular file",
+            "read " + path + ": not a regular file"};
   }
   std::string data(std::min<uint64_t>(max_bytes, static_cast<uint64_t>(st.st_size)), '\0');
   size_t got = 0;
@@ -206,16 +221,18 @@ ToolOutcome ReadFileTool(const std::string& path, size_t max_bytes) {
   data.resize(got);
   std::string text = data;
   if (static_cast<uint64_t>(st.st_size) > got) {
-    text += "\n[truncated: the file has " + std::to_string(st.st_size) + " bytes, the first " + std::to_string(got) +
-            " shown]";
+    text += "\n[truncated: the file has " + std::to_string(st.st_size) + " bytes, the first " +
+            std::to_string(got) + " shown]";
   }
   return {true, text, "read " + path + " (" + std::to_string(st.st_size) + " bytes)"};
 }
 
-ToolOutcome WriteFileTool(const std::string& path, const std::string& content, const ToolLimits& limits) {
+ToolOutcome WriteFileTool(const std::string& path, const std::string& content,
+                          const ToolLimits& limits) {
   if (path.empty()) return {false, "error: \"path\" is empty", "write_file: empty path"};
   if (content.size() > limits.max_write) {
-    return {false, "error: content larger than " + std::to_string(limits.max_write) + " bytes", "write " + path + ": too large"};
+    return {false, "error: content larger than " + std::to_string(limits.max_write) + " bytes",
+            "write " + path + ": too large"};
   }
   std::error_code ec;
   auto parent = std::filesystem::path(path).parent_path();

@@ -17,9 +17,9 @@ using Json = nlohmann::json;
 struct ToolLimits {
   int default_timeout_s = 60;
   int max_timeout_s = 600;
-  size_t output_cap = 16 * 1024;     // shell output kept for the model
-  size_t read_cap = 64 * 1024;       // read_file default
-  size_t max_write = 8 << 20;        // write_file content
+  size_t output_cap = 16 * 1024;  // shell output kept for the model
+  size_t read_cap = 64 * 1024;    // read_file default
+  size_t max_write = 8 << 20;     // write_file content
 };
 
 struct ToolOutcome {
@@ -32,14 +32,15 @@ struct ToolOutcome {
 // descriptions state `limits` (the model plans around timeouts and output caps).
 Json ToolSchemas(const ToolLimits& limits);
 
-// Runs `/bin/sh -c command` in the current directory with stdin /dev/null, stdout and stderr merged into
-// one pipe, in its own process group, with the process's environment (which no longer holds
+// Runs `/bin/sh -c command` in the current directory with stdin /dev/null, stdout and stderr merged
+// into one pipe, in its own process group, with the process's environment (which no longer holds
 // the session variables: SandboxClient::FromEnvironment removed them). At `timeout_s` the
 // whole group is killed. At most `limits.output_cap` bytes are kept (the start), the rest is
 // counted.
 ToolOutcome RunShell(const std::string& command, int timeout_s, const ToolLimits& limits);
 ToolOutcome ReadFileTool(const std::string& path, size_t max_bytes);
-ToolOutcome WriteFileTool(const std::string& path, const std::string& content, const ToolLimits& limits);
+ToolOutcome WriteFileTool(const std::string& path, const std::string& content,
+                          const ToolLimits& limits);
 
 // Parses a tool call's "arguments" (a JSON text, as OpenAI sends them); an object or an
 // error text for the model.

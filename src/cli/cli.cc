@@ -29,8 +29,8 @@
 #include "common/time_util.h"
 #include "common/url.h"
 #include "controlplane/config.h"
-#include "files/local_store.h"
 #include "controlplane/control_plane.h"
+#include "files/local_store.h"
 #include "images/image_name.h"
 #include "images/image_store.h"
 
@@ -395,12 +395,13 @@ void PrintFinal(const Json& session, bool json) {
 
 // GET a session's file into `dest` ("-" = stdout): streamed to a temporary file beside it,
 // then renamed, so a broken download never leaves a partial file under the real name.
-CliResult<uint64_t> DownloadFile(const HttpClient& client, const std::string& id, const std::string& name,
-                                 const std::string& dest) {
+CliResult<uint64_t> DownloadFile(const HttpClient& client, const std::string& id,
+                                 const std::string& name, const std::string& dest) {
   const bool to_stdout = dest == "-";
   std::string tmp = dest + ".part";
   std::FILE* out = to_stdout ? stdout : std::fopen(tmp.c_str(), "wb");
-  if (out == nullptr) return Fail(kExitUsage, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+  if (out == nullptr)
+    return Fail(kExitUsage, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
   uint64_t bytes = 0;
   bool write_failed = false;
   // `-o -` to a terminal: the file is the sandbox's, shown inert; into a pipe, byte for byte.
@@ -409,15 +410,16 @@ CliResult<uint64_t> DownloadFile(const HttpClient& client, const std::string& id
   auto write = [&](std::string_view data) {
     write_failed = write_failed || std::fwrite(data.data(), 1, data.size(), out) != data.size();
   };
-  auto res = client.StreamBody(SessionPath(id, "/files/" + Escape(name)), {}, [&](std::string_view data) {
-    bytes += data.size();
-    if (inert) {
-      write(inert->Feed(data));
-    } else {
-      write(data);
-    }
-    return !write_failed;
-  });
+  auto res =
+      client.StreamBody(SessionPath(id, "/files/" + Escape(name)), {}, [&](std::string_view data) {
+        bytes += data.size();
+        if (inert) {
+          write(inert->Feed(data));
+        } else {
+          write(data);
+        }
+        return !write_failed;
+      });
   if (inert) write(inert->Finish());
   bool closed = to_stdout ? std::fflush(out) == 0 : std::fclose(out) == 0;
   auto cleanup = [&] {
@@ -433,8 +435,9 @@ CliResult<uint64_t> DownloadFile(const HttpClient& client, const std::string& id
     for (const auto& [k, v] : res->headers) {
       if (k.size() == 8 && strncasecmp(k.c_str(), "location", 8) == 0) location = v;
     }
-    return Fail(kExitApi, fmt::format("{} is in the object store; fetch it (the link expires soon): {}", Inert(name),
-                                      Inert(location)));
+    return Fail(kExitApi,
+                fmt::format("{} is in the object store; fetch it (the link expires soon): {}",
+                            Inert(name), Inert(location)));
   }
   if (!res->ok()) {
     cleanup();
@@ -457,7 +460,8 @@ bool LooksLikeText(const std::string& data) {
 }
 
 // After `airlock run`: the session's files, downloaded into `dir`, the small text ones shown.
-CliResult<void> FetchArtifacts(const HttpClient& client, const std::string& id, const std::string& dir, bool show) {
+CliResult<void> FetchArtifacts(const HttpClient& client, const std::string& id,
+                               const std::string& dir, bool show) {
   auto listed = CallJson(client, "GET", SessionPath(id, "/files"));
   if (!listed) return std::unexpected(listed.error());
   const Json files = listed->value("files", Json::array());
@@ -553,7 +557,8 @@ CliResult<int> CmdRun(const RunFlags& f) {
   }
   PrintFinal(*final_session, f.json);
   if (!f.download_dir.empty() && !f.json) {
-    if (auto got = FetchArtifacts(*client, id, f.download_dir, f.show); !got) PrintErr(got.error().message);
+    if (auto got = FetchArtifacts(*client, id, f.download_dir, f.show); !got)
+      PrintErr(got.error().message);
   }
   std::string state = Str(*final_session, "state", followed->final_state);
   return state == "succeeded" ? kExitOk : kExitSessionFailed;
@@ -1042,7 +1047,8 @@ CliResult<int> CmdFilesLs(const FilesFlags& f) {
     return kExitOk;
   }
   std::vector<std::vector<std::string>> rows;
-  for (const auto& file : files) rows.push_back({Str(file, "name"), Str(file, "size"), Str(file, "created_at")});
+  for (const auto& file : files)
+    rows.push_back({Str(file, "name"), Str(file, "size"), Str(file, "created_at")});
   Print(FormatTable({"NAME", "SIZE", "CREATED"}, rows));
   return kExitOk;
 }
@@ -1083,14 +1089,18 @@ CliResult<int> CmdGc(const GcFlags& f) {
     return kExitOk;
   }
   auto num = [&](const char* key) { return r->value(key, int64_t{0}); };
-  auto bytes = [&](const char* key) { return HumanBytes(static_cast<uint64_t>(std::max<int64_t>(num(key), 0))); };
-  PrintLine(fmt::format("{} {} ended session(s): {} events and {} messages ({}) from the database, "
-                        "{} file(s) ({}), {} of logs and working directories",
-                        f.dry_run ? "would delete the contents of" : "deleted the contents of", num("sessions"),
-                        num("events"), num("messages"), bytes("database_bytes"), num("files"), bytes("file_bytes"),
-                        bytes("log_bytes")));
+  auto bytes = [&](const char* key) {
+    return HumanBytes(static_cast<uint64_t>(std::max<int64_t>(num(key), 0)));
+  };
+  PrintLine(
+      fmt::format("{} {} ended session(s): {} events and {} messages ({}) from the database, "
+                  "{} file(s) ({}), {} of logs and working directories",
+                  f.dry_run ? "would delete the contents of" : "deleted the contents of",
+                  num("sessions"), num("events"), num("messages"), bytes("database_bytes"),
+                  num("files"), bytes("file_bytes"), bytes("log_bytes")));
   if (!f.dry_run && num("released_pages") > 0) {
-    PrintLine(fmt::format("the database file gave {} pages back to the file system", num("released_pages")));
+    PrintLine(fmt::format("the database file gave {} pages back to the file system",
+                          num("released_pages")));
   }
   if (r->value("more", false)) {
     PrintLine("more sessions qualify: run it again (or raise --max-sessions)");
@@ -1314,7 +1324,8 @@ running from the image keep it until they end.)");
 
   // files
   std::string files_home;
-  CLI::App* files_cmd = app.add_subcommand("files", "List and download a session's files; manage URL signing keys");
+  CLI::App* files_cmd =
+      app.add_subcommand("files", "List and download a session's files; manage URL signing keys");
   files_cmd->require_subcommand(1);
   FilesFlags files;
   CLI::App* files_ls_cmd = files_cmd->add_subcommand("ls", "List a session's files");
@@ -1324,7 +1335,8 @@ running from the image keep it until they end.)");
   CLI::App* files_get_cmd = files_cmd->add_subcommand("get", "Download one of a session's files");
   files_get_cmd->add_option("ID", files.id, "Session id (ses_...)")->required();
   files_get_cmd->add_option("NAME", files.name, "File name")->required();
-  files_get_cmd->add_option("-o,--output", files.output, "Where to write it (default: ./NAME; - for stdout)")
+  files_get_cmd
+      ->add_option("-o,--output", files.output, "Where to write it (default: ./NAME; - for stdout)")
       ->type_name("PATH");
   AddClientFlags(files_get_cmd, &files.client);
   files_get_cmd->footer(R"(Examples:
@@ -1332,11 +1344,13 @@ running from the image keep it until they end.)");
   airlock files get ses_abc... report.md -o - | less)");
   CLI::App* rotate_cmd = files_cmd->add_subcommand(
       "rotate-key", "Add a new key that signs file URLs from now on; older keys still verify");
-  rotate_cmd->add_option("--home", files_home,
-                         "Data directory; the keys are DIR/file-signing.keys (default: $AIRLOCK_HOME, "
-                         "else ~/.local/share/airlock)")
+  rotate_cmd
+      ->add_option("--home", files_home,
+                   "Data directory; the keys are DIR/file-signing.keys (default: $AIRLOCK_HOME, "
+                   "else ~/.local/share/airlock)")
       ->type_name("DIR");
-  rotate_cmd->footer(R"(Restart `airlock serve` to sign with the new key. URLs signed with an older key
+  rotate_cmd->footer(
+      R"(Restart `airlock serve` to sign with the new key. URLs signed with an older key
 keep working until they expire; delete the old key's line from the file once they have (at
 most files.max_expiry_s later) to stop honouring them.)");
 
@@ -1345,17 +1359,21 @@ most files.max_expiry_s later) to stop honouring them.)");
   CLI::App* gc_cmd = app.add_subcommand(
       "gc", "Delete what ended sessions left behind (events, conversation, files, logs) now");
   gc_cmd
-      ->add_option("--older-than", gc.older_than,
-                   "Sessions that ended at least this long ago, e.g. 30d, 12h, 3600s (default: the server's "
-                   "retention.ended_sessions_after)")
+      ->add_option(
+          "--older-than", gc.older_than,
+          "Sessions that ended at least this long ago, e.g. 30d, 12h, 3600s (default: the server's "
+          "retention.ended_sessions_after)")
       ->type_name("DURATION");
   gc_cmd->add_flag("--dry-run", gc.dry_run, "Only count what would be deleted");
-  gc_cmd->add_option("--max-sessions", gc.max_sessions, "At most this many sessions in one go (server default 1000)")
+  gc_cmd
+      ->add_option("--max-sessions", gc.max_sessions,
+                   "At most this many sessions in one go (server default 1000)")
       ->type_name("N")
       ->check(CLI::Range(1, 100000));
   gc_cmd->add_flag("--json", gc.json, "Print the API's answer as JSON");
   AddClientFlags(gc_cmd, &gc.client);
-  gc_cmd->footer(R"(The server applies retention.ended_sessions_after by itself every retention.interval;
+  gc_cmd->footer(
+      R"(The server applies retention.ended_sessions_after by itself every retention.interval;
 this runs a pass now, against the running server. Each session keeps its record (id, state,
 result, usage), so `airlock ls` and usage reports stay right; `airlock events` and
 `airlock show` of it find no events or messages any more. Live sessions are never touched.
@@ -1433,7 +1451,8 @@ Examples:
     return Finish(CmdFilesGet(files));
   }
   if (app.got_subcommand(files_cmd)) {
-    std::string path = (files_home.empty() ? controlplane::DefaultHome() : files_home) + "/file-signing.keys";
+    std::string path =
+        (files_home.empty() ? controlplane::DefaultHome() : files_home) + "/file-signing.keys";
     auto kid = files::RotateSigningKey(path);
     if (!kid) {
       PrintErr(kid.error().message);

@@ -134,7 +134,8 @@ std::string InertStream::Feed(std::string_view piece) {
       break;
     }
   }
-  std::string out = Inert(std::string_view(held_).substr(0, held_.size() - keep), /*multiline=*/true);
+  std::string out =
+      Inert(std::string_view(held_).substr(0, held_.size() - keep), /*multiline=*/true);
   held_.erase(0, held_.size() - keep);
   return out;
 }
@@ -280,18 +281,21 @@ std::string SummarizeEvent(const Json& event) {
   }
   // The reference agent's steps (airlock-agent, examples/agents/python_agent.py).
   if (type == "agent.started" && data.is_object()) {
-    if (!data.value("resumed", false)) return OneLine(StringOr(data, "agent", "agent") + " started", kMax);
+    if (!data.value("resumed", false))
+      return OneLine(StringOr(data, "agent", "agent") + " started", kMax);
     std::string s = fmt::format("{} resumed after {} messages", StringOr(data, "agent", "agent"),
                                 data.contains("history") ? DumpJson(data["history"]) : "?");
     if (data.value("interrupted_tool_calls", 0) > 0) {
-      s += fmt::format(" ({} tool call(s) cut off by the restart)", DumpJson(data["interrupted_tool_calls"]));
+      s += fmt::format(" ({} tool call(s) cut off by the restart)",
+                       DumpJson(data["interrupted_tool_calls"]));
     }
     return OneLine(s, kMax);
   }
   if (type == "agent.llm" && data.is_object()) {
     std::string calls;
     if (data.contains("tool_calls") && data["tool_calls"].is_array()) {
-      for (const auto& c : data["tool_calls"]) calls += (calls.empty() ? "" : ", ") + (c.is_string() ? c.get<std::string>() : DumpJson(c));
+      for (const auto& c : data["tool_calls"])
+        calls += (calls.empty() ? "" : ", ") + (c.is_string() ? c.get<std::string>() : DumpJson(c));
     }
     std::string text = StringOr(data, "text");
     std::string s = fmt::format("step {}: {}", data.contains("step") ? DumpJson(data["step"]) : "?",
@@ -300,13 +304,17 @@ std::string SummarizeEvent(const Json& event) {
     return calls.empty() ? s + " → waits for the user" : s + " → " + calls;
   }
   if (type == "agent.tool" && data.is_object()) {
-    return OneLine(fmt::format("step {}: {} {}", data.contains("step") ? DumpJson(data["step"]) : "?",
-                               data.value("ok", false) ? "✓" : "✗", StringOr(data, "summary", StringOr(data, "tool"))),
-                   kMax + 40);
+    return OneLine(
+        fmt::format("step {}: {} {}", data.contains("step") ? DumpJson(data["step"]) : "?",
+                    data.value("ok", false) ? "✓" : "✗",
+                    StringOr(data, "summary", StringOr(data, "tool"))),
+        kMax + 40);
   }
   if (type == "agent.exited" && data.is_object()) {
     if (data.value("oom_killed", false)) return "the agent was killed: out of memory";
-    if (data.contains("signal")) return fmt::format("the agent was killed by {}", FieldText(data, "signal_name", "signal " + FieldText(data, "signal")));
+    if (data.contains("signal"))
+      return fmt::format("the agent was killed by {}",
+                         FieldText(data, "signal_name", "signal " + FieldText(data, "signal")));
     return "the agent exited with code " + FieldText(data, "exit_code");
   }
   if (type == "agent.waiting") {
@@ -314,15 +322,22 @@ std::string SummarizeEvent(const Json& event) {
   }
   if (type == "llm.call" && data.is_object()) {
     std::string outcome = StringOr(data, "outcome", "?");
-    if (outcome != "ok") return OneLine(fmt::format("{}: {} {}", StringOr(data, "model", "?"), outcome, StringOr(data, "error")), kMax);
-    return fmt::format("{}: {} in / {} out tokens{}", StringOr(data, "model", "?"), FieldText(data, "input_tokens"),
-                       FieldText(data, "output_tokens"), data.value("estimated", false) ? " (estimated)" : "");
+    if (outcome != "ok")
+      return OneLine(
+          fmt::format("{}: {} {}", StringOr(data, "model", "?"), outcome, StringOr(data, "error")),
+          kMax);
+    return fmt::format("{}: {} in / {} out tokens{}", StringOr(data, "model", "?"),
+                       FieldText(data, "input_tokens"), FieldText(data, "output_tokens"),
+                       data.value("estimated", false) ? " (estimated)" : "");
   }
   if (type == "file.uploaded" && data.is_object()) {
-    return OneLine(fmt::format("{} ({} bytes)", StringOr(data, "name", "?"), FieldText(data, "size")), kMax);
+    return OneLine(
+        fmt::format("{} ({} bytes)", StringOr(data, "name", "?"), FieldText(data, "size")), kMax);
   }
   if (type == "session.sandbox_restart" && data.is_object()) {
-    return OneLine(fmt::format("fresh sandbox #{}: {}", FieldText(data, "restart"), StringOr(data, "reason")), kMax);
+    return OneLine(
+        fmt::format("fresh sandbox #{}: {}", FieldText(data, "restart"), StringOr(data, "reason")),
+        kMax);
   }
   if (data.is_object() && data.empty()) {
     return "";

@@ -17,7 +17,6 @@ namespace airlock::cli {
 std::string FormatTable(const std::vector<std::string>& header,
                         const std::vector<std::vector<std::string>>& rows);
 
-
 // A duration for humans: "12s", "3m", "5h", "2d". Negative durations (clock skew) show "0s".
 std::string FormatAge(int64_t millis);
 

@@ -56,10 +56,16 @@ TEST(ParseTimestamp, RefusesGarbage) {
 
 TEST(FormatEventLine, NothingAnAgentWritesReachesTheTerminalAsAControlSequence) {
   const std::string esc = "\x1b]0;owned\x07\x1b[2J";
-  Json llm = {{"seq", 7}, {"type", "agent.llm"}, {"created_at", "2026-11-23T10:00:00.000Z"},
-              {"data", {{"step", 1}, {"text", "hi" + esc}, {"tool_calls", Json::array({"shell" + esc})}}}};
-  Json forged = {{"seq", 8}, {"type", "agent.exited" + esc}, {"data", {{"signal", 9}, {"signal_name", esc}}}};
-  Json exited = {{"seq", 9}, {"type", "agent.exited"}, {"data", {{"signal", 9}, {"signal_name", "SIG" + esc}}}};
+  Json llm = {
+      {"seq", 7},
+      {"type", "agent.llm"},
+      {"created_at", "2026-11-23T10:00:00.000Z"},
+      {"data", {{"step", 1}, {"text", "hi" + esc}, {"tool_calls", Json::array({"shell" + esc})}}}};
+  Json forged = {
+      {"seq", 8}, {"type", "agent.exited" + esc}, {"data", {{"signal", 9}, {"signal_name", esc}}}};
+  Json exited = {{"seq", 9},
+                 {"type", "agent.exited"},
+                 {"data", {{"signal", 9}, {"signal_name", "SIG" + esc}}}};
   for (const Json& e : {llm, forged, exited}) {
     std::string line = FormatEventLine(e);
     EXPECT_EQ(line.find('\x1b'), std::string::npos) << line;
@@ -69,23 +75,28 @@ TEST(FormatEventLine, NothingAnAgentWritesReachesTheTerminalAsAControlSequence) 
 }
 
 // What a hostile sandbox writes into a result, a file name or an event.
-const std::string kEsc = "\x1b]0;PWNED\x07\x1b[2J";               // title change, screen clear
-const std::string kOsc52 = "\x1b]52;c;cHduZWQ=\x07";              // clipboard write
+const std::string kEsc = "\x1b]0;PWNED\x07\x1b[2J";   // title change, screen clear
+const std::string kOsc52 = "\x1b]52;c;cHduZWQ=\x07";  // clipboard write
 const std::string kOsc8 = "\x1b]8;;http://evil/\x1b\\link\x1b]8;;\x1b\\";  // a hidden link
-const std::string kC1Csi = "\xc2\x9b" "2J";                        // U+009B: CSI in one character
-const std::string kRlo = "\xe2\x80\xae";                           // U+202E RIGHT-TO-LEFT OVERRIDE
+const std::string kC1Csi =
+    "\xc2\x9b"
+    "2J";                                 // U+009B: CSI in one character
+const std::string kRlo = "\xe2\x80\xae";  // U+202E RIGHT-TO-LEFT OVERRIDE
 
 // True when `out` holds none of the bytes a terminal acts on, nor a bidi/invisible control.
 ::testing::AssertionResult IsInert(const std::string& out) {
   for (size_t i = 0; i < out.size(); ++i) {
     auto c = static_cast<unsigned char>(out[i]);
     if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
-      return ::testing::AssertionFailure() << "control byte " << int(c) << " at " << i << " in " << out;
+      return ::testing::AssertionFailure()
+             << "control byte " << int(c) << " at " << i << " in " << out;
     }
   }
-  for (const char* bad : {"\xc2\x80", "\xc2\x9b", "\xc2\x9f", "\xe2\x80\xae", "\xe2\x80\xaa", "\xe2\x81\xa6",
-                          "\xe2\x81\xa9", "\xe2\x80\x8e", "\xe2\x80\x8f", "\xd8\x9c", "\xe2\x80\xa8"}) {
-    if (out.find(bad) != std::string::npos) return ::testing::AssertionFailure() << "formatting control in " << out;
+  for (const char* bad :
+       {"\xc2\x80", "\xc2\x9b", "\xc2\x9f", "\xe2\x80\xae", "\xe2\x80\xaa", "\xe2\x81\xa6",
+        "\xe2\x81\xa9", "\xe2\x80\x8e", "\xe2\x80\x8f", "\xd8\x9c", "\xe2\x80\xa8"}) {
+    if (out.find(bad) != std::string::npos)
+      return ::testing::AssertionFailure() << "formatting control in " << out;
   }
   return ::testing::AssertionSuccess();
 }
@@ -96,10 +107,16 @@ TEST(Inert, EscapesC0C1DelAndBidiControlsVisibly) {
   EXPECT_TRUE(IsInert(Inert(kOsc8)));
   EXPECT_EQ(Inert(kC1Csi), "\\u009b2J");
   EXPECT_EQ(Inert("invoice" + kRlo + "fdp.exe"), "invoice\\u202efdp.exe");
-  EXPECT_EQ(Inert("a\x7f" "b\xc2\x85" "c\xd8\x9c" "d\xe2\x80\x8f" "e\xe2\x81\xa6" "f\xe2\x80\xa8"),
+  EXPECT_EQ(Inert("a\x7f"
+                  "b\xc2\x85"
+                  "c\xd8\x9c"
+                  "d\xe2\x80\x8f"
+                  "e\xe2\x81\xa6"
+                  "f\xe2\x80\xa8"),
             "a\\u007fb\\u0085c\\u061cd\\u200fe\\u2066f\\u2028");
   // Plain text, accents, arrows, emoji and a zero-width joiner inside an emoji stay as they are.
-  const std::string fine = "r\xc3\xa9sum\xc3\xa9 \xe2\x86\x92 \xf0\x9f\x91\xa9\xe2\x80\x8d\xf0\x9f\x92\xbb ok";
+  const std::string fine =
+      "r\xc3\xa9sum\xc3\xa9 \xe2\x86\x92 \xf0\x9f\x91\xa9\xe2\x80\x8d\xf0\x9f\x92\xbb ok";
   EXPECT_EQ(Inert(fine), fine);
 }
 
@@ -112,7 +129,9 @@ TEST(Inert, OneLineTextKeepsNoLineBreakMultilineKeepsNewlinesAndTabs) {
 
 TEST(Inert, InvalidUtf8BecomesTheReplacementCharacter) {
   const std::string r = "\xef\xbf\xbd";
-  EXPECT_EQ(Inert("a\xff" "b"), "a" + r + "b");
+  EXPECT_EQ(Inert("a\xff"
+                  "b"),
+            "a" + r + "b");
   EXPECT_EQ(Inert("\xc2"), r) << "cut short";
   EXPECT_EQ(Inert("\xc1\x9b"), r + r) << "an overlong CSI is not let through as ESC [";
   EXPECT_EQ(Inert("\xe0\x80\x9b"), r + r + r) << "overlong";
@@ -145,11 +164,13 @@ TEST(InertStream, ASequenceCutBetweenPiecesIsShownWhole) {
   }
   InertStream s;
   EXPECT_EQ(s.Feed("a\xe2\x80"), "a");
-  EXPECT_EQ(s.Finish(), "\xef\xbf\xbd\xef\xbf\xbd") << "an unfinished sequence at the end is replaced";
+  EXPECT_EQ(s.Finish(), "\xef\xbf\xbd\xef\xbf\xbd")
+      << "an unfinished sequence at the end is replaced";
 }
 
 TEST(FormatTable, CellsAreShownInertOnOneLine) {
-  std::string t = FormatTable({"NAME", "SIZE"}, {{"invoice" + kRlo + "fdp.exe", "1"}, {"a\nb" + kC1Csi, "2"}});
+  std::string t =
+      FormatTable({"NAME", "SIZE"}, {{"invoice" + kRlo + "fdp.exe", "1"}, {"a\nb" + kC1Csi, "2"}});
   EXPECT_TRUE(IsInert(t)) << t;
   EXPECT_EQ(t,
             "NAME                  SIZE\n"
@@ -158,7 +179,8 @@ TEST(FormatTable, CellsAreShownInertOnOneLine) {
 }
 
 TEST(FormatEventLine, C1AndBidiControlsInEventsAreEscapedToo) {
-  Json e = {{"seq", 3}, {"type", "agent.llm"},
+  Json e = {{"seq", 3},
+            {"type", "agent.llm"},
             {"data", {{"step", 1}, {"text", "x" + kC1Csi + kRlo + kOsc52}}}};
   std::string line = FormatEventLine(e);
   EXPECT_TRUE(IsInert(line)) << line;

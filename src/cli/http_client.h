@@ -9,10 +9,10 @@
 #include <utility>
 #include <vector>
 
-#include "common/sse_parser.h"
 #include "common/json_util.h"
 #include "common/result.h"
 #include "common/secret.h"
+#include "common/sse_parser.h"
 
 namespace airlock::cli {
 

@@ -16,15 +16,16 @@ struct RunBlockingInitiation {
   template <typename Handler, typename F>
   void operator()(Handler handler, std::unique_ptr<F> f) const {
     auto work = asio::make_work_guard(asio::get_associated_executor(handler));
-    asio::post(*pool, [handler = std::move(handler), f = std::move(f), work = std::move(work)]() mutable {
-      R result = (*f)();
-      f.reset();
-      auto ex = work.get_executor();
-      asio::post(ex, [handler = std::move(handler), result = std::move(result)]() mutable {
-        std::move(handler)(std::move(result));
-      });
-      work.reset();
-    });
+    asio::post(
+        *pool, [handler = std::move(handler), f = std::move(f), work = std::move(work)]() mutable {
+          R result = (*f)();
+          f.reset();
+          auto ex = work.get_executor();
+          asio::post(ex, [handler = std::move(handler), result = std::move(result)]() mutable {
+            std::move(handler)(std::move(result));
+          });
+          work.reset();
+        });
   }
 };
 
@@ -46,8 +47,8 @@ struct RunBlockingInitiation {
 // frame). So the callable travels on the heap, behind a unique_ptr.
 template <typename F, typename R = std::invoke_result_t<F>>
 awaitable<R> RunBlocking(asio::thread_pool& pool, F fn) {
-  return asio::async_initiate<decltype(use_awaitable), void(R)>(detail::RunBlockingInitiation<R>{&pool},
-                                                                use_awaitable, std::make_unique<F>(std::move(fn)));
+  return asio::async_initiate<decltype(use_awaitable), void(R)>(
+      detail::RunBlockingInitiation<R>{&pool}, use_awaitable, std::make_unique<F>(std::move(fn)));
 }
 
 }  // namespace airlock

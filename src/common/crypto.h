@@ -17,8 +17,8 @@ std::string RandomBytes(size_t n);
 std::string Base64UrlEncode(std::string_view bytes);
 std::string HexEncode(std::string_view bytes);
 
-std::string Sha256(std::string_view data);     // raw 32 bytes
-std::string Sha256Hex(std::string_view data);  // 64 lowercase hex chars
+std::string Sha256(std::string_view data);                            // raw 32 bytes
+std::string Sha256Hex(std::string_view data);                         // 64 lowercase hex chars
 std::string HmacSha256(std::string_view key, std::string_view data);  // raw 32 bytes
 
 // Compares two strings in time independent of where they differ (length is not hidden).

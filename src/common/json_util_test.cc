@@ -23,7 +23,9 @@ TEST(JsonUtilTest, RefusesDeepNestingButCountsOnlyOutsideStrings) {
   EXPECT_TRUE(ParseJson(std::string(64, '[') + std::string(64, ']')).has_value());
   // Brackets inside strings do not count.
   EXPECT_TRUE(ParseJson("\"" + std::string(1000, '[') + "\"").has_value());
-  EXPECT_TRUE(ParseJson(R"(["\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["])").has_value());
+  EXPECT_TRUE(
+      ParseJson(R"(["\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["])")
+          .has_value());
 }
 
 TEST(JsonUtilTest, FieldAccessorsNameTheField) {

@@ -30,10 +30,14 @@ std::shared_ptr<spdlog::logger> Logger() {
 
 std::string_view LevelName(Level level) {
   switch (level) {
-    case Level::kDebug: return "debug";
-    case Level::kInfo: return "info";
-    case Level::kWarn: return "warn";
-    case Level::kError: return "error";
+    case Level::kDebug:
+      return "debug";
+    case Level::kInfo:
+      return "info";
+    case Level::kWarn:
+      return "warn";
+    case Level::kError:
+      return "error";
   }
   return "info";
 }
@@ -41,7 +45,8 @@ std::string_view LevelName(Level level) {
 std::string Timestamp() {
   auto now = std::chrono::system_clock::now();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
-  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z", fmt::gmtime(std::chrono::system_clock::to_time_t(now)),
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z",
+                     fmt::gmtime(std::chrono::system_clock::to_time_t(now)),
                      static_cast<int>(ms.count()));
 }
 
@@ -54,11 +59,16 @@ void Init(Level level, Format format) {
 }
 
 bool ParseLevel(std::string_view text, Level* out) {
-  if (text == "debug") *out = Level::kDebug;
-  else if (text == "info") *out = Level::kInfo;
-  else if (text == "warn" || text == "warning") *out = Level::kWarn;
-  else if (text == "error") *out = Level::kError;
-  else return false;
+  if (text == "debug")
+    *out = Level::kDebug;
+  else if (text == "info")
+    *out = Level::kInfo;
+  else if (text == "warn" || text == "warning")
+    *out = Level::kWarn;
+  else if (text == "error")
+    *out = Level::kError;
+  else
+    return false;
   return true;
 }
 
@@ -80,9 +90,10 @@ void Write(Level level, std::string_view msg, const nlohmann::json& fields) {
     line = fmt::format("{} {:5} {}", Timestamp(), LevelName(level), msg);
     if (fields.is_object()) {
       for (const auto& [k, v] : fields.items()) {
-        line += fmt::format(" {}={}", k, v.is_string() ? v.get<std::string>()
-                                                        : v.dump(-1, ' ', false,
-                                                                 nlohmann::json::error_handler_t::replace));
+        line += fmt::format(" {}={}", k,
+                            v.is_string()
+                                ? v.get<std::string>()
+                                : v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
       }
     }
   }

@@ -17,10 +17,18 @@ bool ParseLevel(std::string_view text, Level* out);
 // be a JSON object. `Secret` has no JSON conversion, so a credential cannot be passed here.
 void Write(Level level, std::string_view msg, const nlohmann::json& fields = nullptr);
 
-inline void Debug(std::string_view msg, const nlohmann::json& f = nullptr) { Write(Level::kDebug, msg, f); }
-inline void Info(std::string_view msg, const nlohmann::json& f = nullptr) { Write(Level::kInfo, msg, f); }
-inline void Warn(std::string_view msg, const nlohmann::json& f = nullptr) { Write(Level::kWarn, msg, f); }
-inline void Error(std::string_view msg, const nlohmann::json& f = nullptr) { Write(Level::kError, msg, f); }
+inline void Debug(std::string_view msg, const nlohmann::json& f = nullptr) {
+  Write(Level::kDebug, msg, f);
+}
+inline void Info(std::string_view msg, const nlohmann::json& f = nullptr) {
+  Write(Level::kInfo, msg, f);
+}
+inline void Warn(std::string_view msg, const nlohmann::json& f = nullptr) {
+  Write(Level::kWarn, msg, f);
+}
+inline void Error(std::string_view msg, const nlohmann::json& f = nullptr) {
+  Write(Level::kError, msg, f);
+}
 
 bool Enabled(Level level);
 

@@ -52,10 +52,14 @@ void Histogram::Observe(double v) {
 std::string EscapeLabel(std::string_view v) {
   std::string out;
   for (char c : v) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out += c;
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"')
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
   }
   return out;
 }
@@ -63,13 +67,16 @@ std::string EscapeLabel(std::string_view v) {
 Family<Counter>& Registry::AddCounter(std::string name, std::string help,
                                       std::vector<std::string> labels) {
   std::lock_guard lock(mu_);
-  counters_.push_back(std::make_unique<Family<Counter>>(std::move(name), std::move(help), std::move(labels)));
+  counters_.push_back(
+      std::make_unique<Family<Counter>>(std::move(name), std::move(help), std::move(labels)));
   return *counters_.back();
 }
 
-Family<Gauge>& Registry::AddGauge(std::string name, std::string help, std::vector<std::string> labels) {
+Family<Gauge>& Registry::AddGauge(std::string name, std::string help,
+                                  std::vector<std::string> labels) {
   std::lock_guard lock(mu_);
-  gauges_.push_back(std::make_unique<Family<Gauge>>(std::move(name), std::move(help), std::move(labels)));
+  gauges_.push_back(
+      std::make_unique<Family<Gauge>>(std::move(name), std::move(help), std::move(labels)));
   return *gauges_.back();
 }
 
@@ -79,7 +86,7 @@ Family<Histogram>& Registry::AddHistogram(std::string name, std::string help,
   std::lock_guard lock(mu_);
   std::sort(bounds.begin(), bounds.end());
   histograms_.push_back(std::make_unique<Family<Histogram>>(std::move(name), std::move(help),
-                                                             std::move(labels), std::move(bounds)));
+                                                            std::move(labels), std::move(bounds)));
   return *histograms_.back();
 }
 
@@ -93,14 +100,16 @@ std::string Registry::Render() const {
     header(*f, "counter");
     std::lock_guard l(f->mu_);
     for (const auto& [values, c] : f->children_) {
-      out += fmt::format("{}{} {}\n", f->name_, Labels(f->labels_, values), FormatValue(c->Value()));
+      out +=
+          fmt::format("{}{} {}\n", f->name_, Labels(f->labels_, values), FormatValue(c->Value()));
     }
   }
   for (const auto& f : gauges_) {
     header(*f, "gauge");
     std::lock_guard l(f->mu_);
     for (const auto& [values, g] : f->children_) {
-      out += fmt::format("{}{} {}\n", f->name_, Labels(f->labels_, values), FormatValue(g->Value()));
+      out +=
+          fmt::format("{}{} {}\n", f->name_, Labels(f->labels_, values), FormatValue(g->Value()));
     }
   }
   for (const auto& f : histograms_) {
@@ -110,11 +119,13 @@ std::string Registry::Render() const {
       uint64_t cumulative = 0;
       for (size_t i = 0; i < f->bounds_.size(); ++i) {
         cumulative += h->buckets_[i].load(std::memory_order_relaxed);
-        out += fmt::format("{}_bucket{} {}\n", f->name_,
-                           Labels(f->labels_, values, "le", FormatValue(f->bounds_[i])), cumulative);
+        out +=
+            fmt::format("{}_bucket{} {}\n", f->name_,
+                        Labels(f->labels_, values, "le", FormatValue(f->bounds_[i])), cumulative);
       }
       uint64_t count = h->count_.load(std::memory_order_relaxed);
-      out += fmt::format("{}_bucket{} {}\n", f->name_, Labels(f->labels_, values, "le", "+Inf"), count);
+      out += fmt::format("{}_bucket{} {}\n", f->name_, Labels(f->labels_, values, "le", "+Inf"),
+                         count);
       out += fmt::format("{}_sum{} {}\n", f->name_, Labels(f->labels_, values),
                          FormatValue(h->sum_.load(std::memory_order_relaxed)));
       out += fmt::format("{}_count{} {}\n", f->name_, Labels(f->labels_, values), count);

@@ -50,7 +50,9 @@ class Family {
  public:
   Family(std::string name, std::string help, std::vector<std::string> labels,
          std::vector<double> bounds = {})
-      : name_(std::move(name)), help_(std::move(help)), labels_(std::move(labels)),
+      : name_(std::move(name)),
+        help_(std::move(help)),
+        labels_(std::move(labels)),
         bounds_(std::move(bounds)) {}
 
   // The metric for these label values (in the order of the family's label names).
@@ -81,7 +83,8 @@ class Family {
 
 class Registry {
  public:
-  Family<Counter>& AddCounter(std::string name, std::string help, std::vector<std::string> labels = {});
+  Family<Counter>& AddCounter(std::string name, std::string help,
+                              std::vector<std::string> labels = {});
   Family<Gauge>& AddGauge(std::string name, std::string help, std::vector<std::string> labels = {});
   Family<Histogram>& AddHistogram(std::string name, std::string help,
                                   std::vector<std::string> labels, std::vector<double> bounds);

@@ -52,12 +52,12 @@ inline Status Ok() { return {}; }
 }  // namespace airlock
 
 // Propagates the error of a Result/Status expression; evaluates to nothing.
-#define AIRLOCK_TRY(expr)                                      \
-  do {                                                         \
-    auto airlock_try_result_ = (expr);                         \
-    if (!airlock_try_result_) {                                \
+#define AIRLOCK_TRY(expr)                                             \
+  do {                                                                \
+    auto airlock_try_result_ = (expr);                                \
+    if (!airlock_try_result_) {                                       \
       return std::unexpected(std::move(airlock_try_result_).error()); \
-    }                                                          \
+    }                                                                 \
   } while (0)
 
 #define AIRLOCK_CONCAT_INNER(a, b) a##b
@@ -66,9 +66,9 @@ inline Status Ok() { return {}; }
 // AIRLOCK_ASSIGN_OR_RETURN(auto x, Foo()); binds the value or propagates the error.
 #define AIRLOCK_ASSIGN_OR_RETURN(lhs, expr) \
   AIRLOCK_ASSIGN_OR_RETURN_IMPL(AIRLOCK_CONCAT(airlock_aor_, __LINE__), lhs, expr)
-#define AIRLOCK_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr)  \
-  auto tmp = (expr);                                   \
-  if (!tmp) {                                          \
-    return std::unexpected(std::move(tmp).error());    \
-  }                                                    \
+#define AIRLOCK_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
+  auto tmp = (expr);                                  \
+  if (!tmp) {                                         \
+    return std::unexpected(std::move(tmp).error());   \
+  }                                                   \
   lhs = std::move(*tmp)

@@ -18,7 +18,9 @@ class TableReader {
  public:
   TableReader(const toml::table* table, std::string path) : table_(table), path_(std::move(path)) {}
 
-  std::string Key(std::string_view k) const { return path_.empty() ? std::string(k) : path_ + "." + std::string(k); }
+  std::string Key(std::string_view k) const {
+    return path_.empty() ? std::string(k) : path_ + "." + std::string(k);
+  }
 
   Status String(std::string_view k, std::string* out) {
     seen_.insert(std::string(k));
@@ -26,7 +28,8 @@ class TableReader {
     const toml::node* n = table_->get(k);
     if (!n) return Ok();
     auto v = n->value<std::string>();
-    if (!n->is_string() || !v) return Errorf(ErrorCode::kInvalidArgument, "{} must be a string", Key(k));
+    if (!n->is_string() || !v)
+      return Errorf(ErrorCode::kInvalidArgument, "{} must be a string", Key(k));
     *out = *v;
     return Ok();
   }
@@ -36,10 +39,12 @@ class TableReader {
     if (!table_) return Ok();
     const toml::node* n = table_->get(k);
     if (!n) return Ok();
-    if (!n->is_integer()) return Errorf(ErrorCode::kInvalidArgument, "{} must be an integer", Key(k));
+    if (!n->is_integer())
+      return Errorf(ErrorCode::kInvalidArgument, "{} must be an integer", Key(k));
     int64_t v = *n->value<int64_t>();
     if (v < min || v > max) {
-      return Errorf(ErrorCode::kInvalidArgument, "{} = {} is out of range [{}, {}]", Key(k), v, min, max);
+      return Errorf(ErrorCode::kInvalidArgument, "{} = {} is out of range [{}, {}]", Key(k), v, min,
+                    max);
     }
     *out = v;
     return Ok();
@@ -70,7 +75,8 @@ class TableReader {
     if (!table_) return Ok();
     const toml::node* n = table_->get(k);
     if (!n) return Ok();
-    if (!n->is_boolean()) return Errorf(ErrorCode::kInvalidArgument, "{} must be true or false", Key(k));
+    if (!n->is_boolean())
+      return Errorf(ErrorCode::kInvalidArgument, "{} must be true or false", Key(k));
     *out = *n->value<bool>();
     return Ok();
   }
@@ -130,17 +136,23 @@ Status ParseServer(const toml::table* t, Config& c) {
   std::string op, sb;
   AIRLOCK_TRY(r.String("operator_listen", &op));
   AIRLOCK_TRY(r.String("sandbox_listen", &sb));
-  if (!op.empty()) { AIRLOCK_ASSIGN_OR_RETURN(c.operator_listen, ParseHostPort(op)); }
-  if (!sb.empty()) { AIRLOCK_ASSIGN_OR_RETURN(c.sandbox_listen, ParseHostPort(sb)); }
+  if (!op.empty()) {
+    AIRLOCK_ASSIGN_OR_RETURN(c.operator_listen, ParseHostPort(op));
+  }
+  if (!sb.empty()) {
+    AIRLOCK_ASSIGN_OR_RETURN(c.sandbox_listen, ParseHostPort(sb));
+  }
   AIRLOCK_TRY(r.String("sandbox_url", &c.sandbox_url));
   AIRLOCK_TRY(r.IntAs("max_header_bytes", &c.limits.max_header_bytes, 1024, 1 << 20));
   AIRLOCK_TRY(r.IntAs("max_body_bytes", &c.limits.max_body_bytes, 1024, int64_t{1} << 30));
   AIRLOCK_TRY(r.IntAs("max_connections", &c.limits.max_connections, 1, 1'000'000));
   AIRLOCK_TRY(r.IntAs("operator_max_connections", &c.operator_max_connections, 1, 1'000'000));
-  AIRLOCK_TRY(r.IntAs("max_connections_per_session", &c.limits.max_connections_per_session, 1, 100'000));
-  AIRLOCK_TRY(r.IntAs("max_buffered_body_bytes", &c.limits.max_buffered_body_bytes, 1024, int64_t{1} << 40));
-  AIRLOCK_TRY(r.IntAs("max_session_buffered_body_bytes", &c.limits.max_session_buffered_body_bytes, 1024,
+  AIRLOCK_TRY(
+      r.IntAs("max_connections_per_session", &c.limits.max_connections_per_session, 1, 100'000));
+  AIRLOCK_TRY(r.IntAs("max_buffered_body_bytes", &c.limits.max_buffered_body_bytes, 1024,
                       int64_t{1} << 40));
+  AIRLOCK_TRY(r.IntAs("max_session_buffered_body_bytes", &c.limits.max_session_buffered_body_bytes,
+                      1024, int64_t{1} << 40));
   AIRLOCK_TRY(r.Millis("first_byte_timeout_s", &c.limits.first_byte_timeout));
   AIRLOCK_TRY(r.Millis("linger_timeout_s", &c.limits.linger_timeout));
   AIRLOCK_TRY(r.IntAs("linger_bytes", &c.limits.linger_bytes, 0, int64_t{1} << 40));
@@ -161,11 +173,12 @@ Status ParseStore(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.String("synchronous", &c.store_synchronous));
   AIRLOCK_TRY(r.IntAs("busy_timeout_ms", &c.store_busy_timeout_ms, 0, 600'000));
   if (c.store_kind != "sqlite") {
-    return Errorf(ErrorCode::kInvalidArgument, "store.kind = \"{}\" is not supported (supported: sqlite)",
-                  c.store_kind);
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "store.kind = \"{}\" is not supported (supported: sqlite)", c.store_kind);
   }
   if (c.store_synchronous != "normal" && c.store_synchronous != "full") {
-    return MakeError(ErrorCode::kInvalidArgument, "store.synchronous must be \"normal\" or \"full\"");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "store.synchronous must be \"normal\" or \"full\"");
   }
   return r.RejectUnknown();
 }
@@ -173,22 +186,26 @@ Status ParseStore(const toml::table* t, Config& c) {
 Status ParseAuth(const toml::table* t, Config& c) {
   TableReader r(t, "auth");
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* keys, r.Table("operator_keys"));
-  AIRLOCK_TRY(ForEachNamedTable(keys, "auth.operator_keys",
-                                [&](const std::string& name, const std::string& key_path, TableReader& kr) -> Status {
-    OperatorKeyConfig k;
-    AIRLOCK_TRY(kr.String("sha256", &k.sha256));
-    AIRLOCK_TRY(kr.String("key_env", &k.key_env));
-    AIRLOCK_TRY(kr.RejectUnknown());
-    if (k.sha256.empty() == k.key_env.empty()) {
-      return Errorf(ErrorCode::kInvalidArgument, "{} needs exactly one of sha256 or key_env", key_path);
-    }
-    if (!k.sha256.empty() &&
-        (k.sha256.size() != 64 || k.sha256.find_first_not_of("0123456789abcdef") != std::string::npos)) {
-      return Errorf(ErrorCode::kInvalidArgument, "{}.sha256 must be 64 lowercase hex characters", key_path);
-    }
-    c.operator_keys[name] = k;
-    return Ok();
-  }));
+  AIRLOCK_TRY(ForEachNamedTable(
+      keys, "auth.operator_keys",
+      [&](const std::string& name, const std::string& key_path, TableReader& kr) -> Status {
+        OperatorKeyConfig k;
+        AIRLOCK_TRY(kr.String("sha256", &k.sha256));
+        AIRLOCK_TRY(kr.String("key_env", &k.key_env));
+        AIRLOCK_TRY(kr.RejectUnknown());
+        if (k.sha256.empty() == k.key_env.empty()) {
+          return Errorf(ErrorCode::kInvalidArgument, "{} needs exactly one of sha256 or key_env",
+                        key_path);
+        }
+        if (!k.sha256.empty() &&
+            (k.sha256.size() != 64 ||
+             k.sha256.find_first_not_of("0123456789abcdef") != std::string::npos)) {
+          return Errorf(ErrorCode::kInvalidArgument,
+                        "{}.sha256 must be 64 lowercase hex characters", key_path);
+        }
+        c.operator_keys[name] = k;
+        return Ok();
+      }));
   return r.RejectUnknown();
 }
 
@@ -224,7 +241,8 @@ Status ParseSandbox(const toml::table* t, Config& c) {
   AIRLOCK_TRY(o.Int("disk_mb", &k.disk_mb, 1, 1 << 24));
   AIRLOCK_TRY(o.RejectUnknown());
   if (k.runtime != "crun" && k.runtime != "runc" && k.runtime != "runsc") {
-    return MakeError(ErrorCode::kInvalidArgument, "sandbox.oci.runtime must be crun, runc or runsc");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "sandbox.oci.runtime must be crun, runc or runsc");
   }
   return Ok();
 }
@@ -237,9 +255,12 @@ Status ParseLog(const toml::table* t, Config& c) {
   if (!level.empty() && !log::ParseLevel(level, &c.log_level)) {
     return MakeError(ErrorCode::kInvalidArgument, "log.level must be debug, info, warn or error");
   }
-  if (format == "json") c.log_format = log::Format::kJson;
-  else if (format == "text") c.log_format = log::Format::kText;
-  else if (!format.empty()) return MakeError(ErrorCode::kInvalidArgument, "log.format must be json or text");
+  if (format == "json")
+    c.log_format = log::Format::kJson;
+  else if (format == "text")
+    c.log_format = log::Format::kText;
+  else if (!format.empty())
+    return MakeError(ErrorCode::kInvalidArgument, "log.format must be json or text");
   return r.RejectUnknown();
 }
 
@@ -273,10 +294,12 @@ Status ParseFiles(const toml::table* t, Config& c) {
     return MakeError(ErrorCode::kInvalidArgument, "files.store must be \"local\" or \"s3\"");
   }
   if (f.store == "s3" && (f.s3_endpoint.empty() || f.s3_bucket.empty())) {
-    return MakeError(ErrorCode::kInvalidArgument, "files.store = \"s3\" needs files.s3.endpoint and files.s3.bucket");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "files.store = \"s3\" needs files.s3.endpoint and files.s3.bucket");
   }
   if (f.default_expiry_s > f.max_expiry_s) {
-    return MakeError(ErrorCode::kInvalidArgument, "files.default_expiry_s exceeds files.max_expiry_s");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "files.default_expiry_s exceeds files.max_expiry_s");
   }
   return Ok();
 }
@@ -300,74 +323,83 @@ Status ParseRetention(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.Int("batch_sessions", &k.batch_sessions, 1, 100'000));
   AIRLOCK_TRY(r.RejectUnknown());
   if (!after.empty()) {
-    AIRLOCK_ASSIGN_OR_RETURN(k.ended_sessions_after_s, ParseDuration(after, "retention.ended_sessions_after"));
+    AIRLOCK_ASSIGN_OR_RETURN(k.ended_sessions_after_s,
+                             ParseDuration(after, "retention.ended_sessions_after"));
   }
   if (!interval.empty()) {
     AIRLOCK_ASSIGN_OR_RETURN(k.interval_s, ParseDuration(interval, "retention.interval"));
-    if (k.interval_s < 1) return MakeError(ErrorCode::kInvalidArgument, "retention.interval must be at least 1s");
+    if (k.interval_s < 1)
+      return MakeError(ErrorCode::kInvalidArgument, "retention.interval must be at least 1s");
   }
   return Ok();
 }
 
 Status ParseProviders(const toml::table* t, Config& c) {
-  return ForEachNamedTable(t, "providers", [&](const std::string& name, const std::string& path,
-                                               TableReader& r) -> Status {
-    ProviderConfig p;
-    std::string inline_key;
-    AIRLOCK_TRY(r.String("kind", &p.kind));
-    AIRLOCK_TRY(r.String("base_url", &p.base_url));
-    AIRLOCK_TRY(r.String("api_key_env", &p.api_key_env));
-    AIRLOCK_TRY(r.String("api_key", &inline_key));
-    AIRLOCK_TRY(r.String("script", &p.script));
-    AIRLOCK_TRY(r.String("ca_file", &p.ca_file));
-    AIRLOCK_TRY(r.Millis("connect_timeout_s", &p.connect_timeout));
-    AIRLOCK_TRY(r.Millis("first_byte_timeout_s", &p.first_byte_timeout));
-    AIRLOCK_TRY(r.Millis("timeout_s", &p.timeout));
-    AIRLOCK_TRY(r.IntAs("max_retries", &p.max_retries, 0, 10));
-    AIRLOCK_TRY(r.IntAs("max_idle_connections", &p.max_idle_connections, 0, 100000));
-    AIRLOCK_TRY(r.RejectUnknown());
-    p.api_key = Secret(std::move(inline_key));
-    if (p.kind != "openai" && p.kind != "anthropic" && p.kind != "scripted") {
-      return Errorf(ErrorCode::kInvalidArgument, "{}.kind must be openai, anthropic or scripted", path);
-    }
-    if (p.kind == "scripted") {
-      if (p.script.empty()) return Errorf(ErrorCode::kInvalidArgument, "{}: a scripted provider needs script = \"FILE\"", path);
-    } else {
-      if (p.base_url.empty()) {
-        p.base_url = p.kind == "openai" ? "https://api.openai.com/v1" : "https://api.anthropic.com";
-      }
-      if (auto ep = llm::ParseBaseUrl(p.base_url); !ep) {
-        return Errorf(ErrorCode::kInvalidArgument, "{}.{}", path, ep.error().message);
-      }
-      if (!p.script.empty()) return Errorf(ErrorCode::kInvalidArgument, "{}.script is only for kind = \"scripted\"", path);
-    }
-    c.providers[name] = std::move(p);
-    return Ok();
-  });
+  return ForEachNamedTable(
+      t, "providers",
+      [&](const std::string& name, const std::string& path, TableReader& r) -> Status {
+        ProviderConfig p;
+        std::string inline_key;
+        AIRLOCK_TRY(r.String("kind", &p.kind));
+        AIRLOCK_TRY(r.String("base_url", &p.base_url));
+        AIRLOCK_TRY(r.String("api_key_env", &p.api_key_env));
+        AIRLOCK_TRY(r.String("api_key", &inline_key));
+        AIRLOCK_TRY(r.String("script", &p.script));
+        AIRLOCK_TRY(r.String("ca_file", &p.ca_file));
+        AIRLOCK_TRY(r.Millis("connect_timeout_s", &p.connect_timeout));
+        AIRLOCK_TRY(r.Millis("first_byte_timeout_s", &p.first_byte_timeout));
+        AIRLOCK_TRY(r.Millis("timeout_s", &p.timeout));
+        AIRLOCK_TRY(r.IntAs("max_retries", &p.max_retries, 0, 10));
+        AIRLOCK_TRY(r.IntAs("max_idle_connections", &p.max_idle_connections, 0, 100000));
+        AIRLOCK_TRY(r.RejectUnknown());
+        p.api_key = Secret(std::move(inline_key));
+        if (p.kind != "openai" && p.kind != "anthropic" && p.kind != "scripted") {
+          return Errorf(ErrorCode::kInvalidArgument,
+                        "{}.kind must be openai, anthropic or scripted", path);
+        }
+        if (p.kind == "scripted") {
+          if (p.script.empty())
+            return Errorf(ErrorCode::kInvalidArgument,
+                          "{}: a scripted provider needs script = \"FILE\"", path);
+        } else {
+          if (p.base_url.empty()) {
+            p.base_url =
+                p.kind == "openai" ? "https://api.openai.com/v1" : "https://api.anthropic.com";
+          }
+          if (auto ep = llm::ParseBaseUrl(p.base_url); !ep) {
+            return Errorf(ErrorCode::kInvalidArgument, "{}.{}", path, ep.error().message);
+          }
+          if (!p.script.empty())
+            return Errorf(ErrorCode::kInvalidArgument, "{}.script is only for kind = \"scripted\"",
+                          path);
+        }
+        c.providers[name] = std::move(p);
+        return Ok();
+      });
 }
 
 Status ParseModels(const toml::table* t, Config& c) {
-  return ForEachNamedTable(t, "models", [&](const std::string& name, const std::string& path,
-                                            TableReader& r) -> Status {
-    ModelConfig m;
-    AIRLOCK_TRY(r.String("provider", &m.provider));
-    AIRLOCK_TRY(r.String("model", &m.model));
-    AIRLOCK_TRY(r.Double("input_usd_per_mtok", &m.input_usd_per_mtok, 0));
-    AIRLOCK_TRY(r.Double("output_usd_per_mtok", &m.output_usd_per_mtok, 0));
-    AIRLOCK_ASSIGN_OR_RETURN(const toml::table* params, r.Table("params"));
-    AIRLOCK_TRY(r.RejectUnknown());
-    if (params) {
-      std::ostringstream os;
-      os << toml::json_formatter(*params);
-      AIRLOCK_ASSIGN_OR_RETURN(m.params, ParseJson(os.str()));
-    }
-    if (!c.providers.count(m.provider)) {
-      return Errorf(ErrorCode::kInvalidArgument, "{}.provider = \"{}\" names no [providers.*] table", path,
-                    m.provider);
-    }
-    c.models[name] = std::move(m);
-    return Ok();
-  });
+  return ForEachNamedTable(
+      t, "models", [&](const std::string& name, const std::string& path, TableReader& r) -> Status {
+        ModelConfig m;
+        AIRLOCK_TRY(r.String("provider", &m.provider));
+        AIRLOCK_TRY(r.String("model", &m.model));
+        AIRLOCK_TRY(r.Double("input_usd_per_mtok", &m.input_usd_per_mtok, 0));
+        AIRLOCK_TRY(r.Double("output_usd_per_mtok", &m.output_usd_per_mtok, 0));
+        AIRLOCK_ASSIGN_OR_RETURN(const toml::table* params, r.Table("params"));
+        AIRLOCK_TRY(r.RejectUnknown());
+        if (params) {
+          std::ostringstream os;
+          os << toml::json_formatter(*params);
+          AIRLOCK_ASSIGN_OR_RETURN(m.params, ParseJson(os.str()));
+        }
+        if (!c.providers.count(m.provider)) {
+          return Errorf(ErrorCode::kInvalidArgument,
+                        "{}.provider = \"{}\" names no [providers.*] table", path, m.provider);
+        }
+        c.models[name] = std::move(m);
+        return Ok();
+      });
 }
 
 }  // namespace
@@ -383,8 +415,8 @@ Result<HostPort> ParseHostPort(std::string_view text) {
     hp.host = hp.host.substr(1, hp.host.size() - 2);
   }
   std::string port(text.substr(colon + 1));
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-      std::stoi(port) > 65535) {
+  if (port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) > 65535) {
     return Errorf(ErrorCode::kInvalidArgument, "\"{}\" has no valid port", text);
   }
   hp.port = static_cast<uint16_t>(std::stoi(port));
@@ -393,19 +425,29 @@ Result<HostPort> ParseHostPort(std::string_view text) {
 
 Result<int64_t> ParseDuration(std::string_view text, std::string_view what) {
   auto bad = [&] {
-    return Errorf(ErrorCode::kInvalidArgument,
-                  "{} must be a duration such as \"30d\", \"12h\", \"15m\" or \"3600s\", not \"{}\"", what,
-                  text.substr(0, 64));
+    return Errorf(
+        ErrorCode::kInvalidArgument,
+        "{} must be a duration such as \"30d\", \"12h\", \"15m\" or \"3600s\", not \"{}\"", what,
+        text.substr(0, 64));
   };
   if (text == "0") return int64_t{0};
   if (text.size() < 2 || text.size() > 12) return bad();
   int64_t unit = 0;
   switch (text.back()) {
-    case 's': unit = 1; break;
-    case 'm': unit = 60; break;
-    case 'h': unit = 3600; break;
-    case 'd': unit = 86400; break;
-    default: return bad();
+    case 's':
+      unit = 1;
+      break;
+    case 'm':
+      unit = 60;
+      break;
+    case 'h':
+      unit = 3600;
+      break;
+    case 'd':
+      unit = 86400;
+      break;
+    default:
+      return bad();
   }
   std::string_view digits = text.substr(0, text.size() - 1);
   if (digits.find_first_not_of("0123456789") != std::string_view::npos) return bad();
@@ -422,7 +464,8 @@ std::string DefaultHome() {
   return std::string(home && *home ? home : "/root") + "/.local/share/airlock";
 }
 
-Result<Config> ParseConfig(std::string_view toml_text, const std::string& home, std::string_view source_name) {
+Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
+                           std::string_view source_name) {
   Config c;
   c.home = home;
   toml::table root;
@@ -482,7 +525,8 @@ std::string ApplyDefaultModel(Config& c, const std::function<const char*(const c
   };
   const char* override_model = getenv("AIRLOCK_DEFAULT_MODEL");
   auto model_or = [&](const char* fallback) {
-    return std::string(override_model != nullptr && *override_model != '\0' ? override_model : fallback);
+    return std::string(override_model != nullptr && *override_model != '\0' ? override_model
+                                                                            : fallback);
   };
   // The providers a key in the environment selects, in order of preference.
   struct Builtin {
@@ -496,8 +540,8 @@ std::string ApplyDefaultModel(Config& c, const std::function<const char*(const c
     double input_usd_per_mtok, output_usd_per_mtok;
   };
   static constexpr Builtin kBuiltins[] = {
-      {"OPENAI_API_KEY", "OPENAI_BASE_URL", "builtin-openai", "openai", "OpenAI", "https://api.openai.com/v1",
-       "gpt-4o-mini", 0.15, 0.60},
+      {"OPENAI_API_KEY", "OPENAI_BASE_URL", "builtin-openai", "openai", "OpenAI",
+       "https://api.openai.com/v1", "gpt-4o-mini", 0.15, 0.60},
       {"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "builtin-anthropic", "anthropic", "Anthropic",
        "https://api.anthropic.com", "claude-haiku-4-5", 1, 5},
   };
@@ -516,8 +560,9 @@ std::string ApplyDefaultModel(Config& c, const std::function<const char*(const c
       m.input_usd_per_mtok = b.input_usd_per_mtok;
       m.output_usd_per_mtok = b.output_usd_per_mtok;
     }
-    note = fmt::format("model alias \"{}\" is {} {} at {} ({} is set and no [models.{}] is configured)",
-                       c.default_model, b.label, m.model, p.base_url, b.key_env, c.default_model);
+    note = fmt::format(
+        "model alias \"{}\" is {} {} at {} ({} is set and no [models.{}] is configured)",
+        c.default_model, b.label, m.model, p.base_url, b.key_env, c.default_model);
     break;
   }
   if (note.empty()) {
@@ -525,7 +570,8 @@ std::string ApplyDefaultModel(Config& c, const std::function<const char*(const c
     p.builtin_demo = true;
     m.model = "scripted-demo";
     note = fmt::format(
-        "model alias \"{}\" is the built-in scripted demo, not an LLM: no [models.{}] is configured and neither "
+        "model alias \"{}\" is the built-in scripted demo, not an LLM: no [models.{}] is "
+        "configured and neither "
         "OPENAI_API_KEY nor ANTHROPIC_API_KEY is set in the control plane's environment",
         c.default_model, c.default_model);
   }

@@ -23,13 +23,14 @@ struct HostPort {
 Result<HostPort> ParseHostPort(std::string_view text);
 
 struct ProviderConfig {
-  std::string kind;         // openai | anthropic | scripted
+  std::string kind;  // openai | anthropic | scripted
   std::string base_url;
-  std::string api_key_env;  // read by the control plane only
-  Secret api_key;           // inline key (discouraged; api_key_env is preferred)
-  std::string script;       // scripted: path of the script file
+  std::string api_key_env;    // read by the control plane only
+  Secret api_key;             // inline key (discouraged; api_key_env is preferred)
+  std::string script;         // scripted: path of the script file
   bool builtin_demo = false;  // scripted: the built-in demo script instead of a file
-  std::string ca_file;      // extra trust anchor for a self-hosted upstream (PEM); system store otherwise
+  std::string
+      ca_file;  // extra trust anchor for a self-hosted upstream (PEM); system store otherwise
   std::chrono::milliseconds connect_timeout{10'000};
   std::chrono::milliseconds first_byte_timeout{120'000};  // also the longest silence in a stream
   std::chrono::milliseconds timeout{600'000};             // a whole call, retries included
@@ -58,8 +59,8 @@ struct OciConfig {
   std::string runtime_path;      // default: looked up in PATH
   std::string init_path;         // default: airlock-init beside the airlock binary
   int64_t bridge_port = 7401;    // CONTROL_PLANE_URL inside the sandbox: http://127.0.0.1:<port>
-  int64_t agent_uid = 0;  // 0: each sandbox its own uid from the range below
-  int64_t agent_gid = 0;  // 0: the same number as the uid
+  int64_t agent_uid = 0;         // 0: each sandbox its own uid from the range below
+  int64_t agent_gid = 0;         // 0: the same number as the uid
   int64_t uid_range_start = 2147000000;
   int64_t uid_range_size = 65536;
   int64_t log_limit_mb = 8;
@@ -106,9 +107,10 @@ struct EventLimitsConfig {
 
 // [retention]: what happens to ended sessions. Off (keep forever) unless set.
 struct RetentionConfig {
-  int64_t ended_sessions_after_s = 0;  // delete the contents of sessions ended this long ago; 0: never
-  int64_t interval_s = 300;            // how often the control plane applies it
-  int64_t batch_sessions = 100;        // sessions per pass, so a backlog never stalls the store
+  int64_t ended_sessions_after_s =
+      0;                         // delete the contents of sessions ended this long ago; 0: never
+  int64_t interval_s = 300;      // how often the control plane applies it
+  int64_t batch_sessions = 100;  // sessions per pass, so a backlog never stalls the store
 };
 
 // "30d", "12h", "15m", "3600s" (or "0", off) as seconds; kInvalidArgument names `what`.
@@ -120,7 +122,8 @@ struct Config {
   HostPort operator_listen{"127.0.0.1", 7400};
   HostPort sandbox_listen{"127.0.0.1", 7401};
   std::string sandbox_url;  // CONTROL_PLANE_URL for TCP sandboxes; default from sandbox_listen
-  HttpLimits limits;  // the sandbox listener's; the operator listener's differs in its connection cap
+  HttpLimits
+      limits;  // the sandbox listener's; the operator listener's differs in its connection cap
   // Connections the operator listener accepts: its own share of the descriptors, which no
   // number of sandbox connections can take.
   int64_t operator_max_connections = 1024;
@@ -146,8 +149,8 @@ struct Config {
   // long is suspended; a message resumes it. A session's limits.idle_timeout_s overrides it;
   // 0 = never.
   int64_t idle_timeout_s = 0;
-  std::string images_dir;                  // default: <home>/images
-  std::string builtin_images_dir;          // default: images/ beside the airlock binary (base.tar)
+  std::string images_dir;          // default: <home>/images
+  std::string builtin_images_dir;  // default: images/ beside the airlock binary (base.tar)
   OciConfig oci;
   FilesConfig files;
   int64_t max_task_bytes = 256 * 1024;
@@ -176,8 +179,10 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
 // environment offers: OPENAI_API_KEY -> OpenAI (gpt-4o-mini), else ANTHROPIC_API_KEY ->
 // Anthropic (claude-haiku-4-5), else the built-in scripted demo. AIRLOCK_DEFAULT_MODEL names
 // another upstream model; OPENAI_BASE_URL / ANTHROPIC_BASE_URL (the names the providers' own
-// SDKs use) another endpoint, e.g. a compatible local server. Returns one sentence for the start-up log saying what the alias
-// is, or "" when the configuration defines it. `getenv` is injected for tests.
-std::string ApplyDefaultModel(Config& config, const std::function<const char*(const char*)>& getenv);
+// SDKs use) another endpoint, e.g. a compatible local server. Returns one sentence for the start-up
+// log saying what the alias is, or "" when the configuration defines it. `getenv` is injected for
+// tests.
+std::string ApplyDefaultModel(Config& config,
+                              const std::function<const char*(const char*)>& getenv);
 
 }  // namespace airlock::controlplane

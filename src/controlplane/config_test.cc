@@ -24,7 +24,8 @@ api_key_env = "OPENAI_API_KEY"
 [models.default]
 provider = "main"
 model = "gpt-4o-mini"
-)", "/h");
+)",
+                       "/h");
   ASSERT_TRUE(c.has_value()) << c.error().message;
   EXPECT_EQ(c->models.at("default").model, "gpt-4o-mini");
   EXPECT_EQ(c->providers.at("main").api_key_env, "OPENAI_API_KEY");
@@ -62,7 +63,9 @@ TEST(ConfigTest, InlineProviderKeyIsASecretThatNeverPrints) {
 
 TEST(ConfigTest, OperatorKeysNeedExactlyOneSource) {
   EXPECT_TRUE(ParseConfig("[auth.operator_keys.ci]\nkey_env = \"CI_KEY\"\n", "/h").has_value());
-  EXPECT_TRUE(ParseConfig("[auth.operator_keys.ci]\nsha256 = \"" + std::string(64, 'a') + "\"\n", "/h").has_value());
+  EXPECT_TRUE(
+      ParseConfig("[auth.operator_keys.ci]\nsha256 = \"" + std::string(64, 'a') + "\"\n", "/h")
+          .has_value());
   EXPECT_FALSE(ParseConfig("[auth.operator_keys.ci]\n", "/h").has_value());
   EXPECT_FALSE(ParseConfig("[auth.operator_keys.ci]\nsha256 = \"short\"\n", "/h").has_value());
 }
@@ -76,7 +79,8 @@ runtime = "runc"
 bridge_port = 8080
 memory_mb = 1024
 cpus = 0.5
-)", "/h");
+)",
+                       "/h");
   ASSERT_TRUE(c.has_value()) << c.error().message;
   EXPECT_EQ(c->oci.runtime, "runc");
   EXPECT_EQ(c->oci.bridge_port, 8080);
@@ -91,8 +95,10 @@ cpus = 0.5
   EXPECT_NE(bad.error().message.find("crun, runc or runsc"), std::string::npos);
   bad = ParseConfig("[sandbox.oci]\nmemroy_mb = 5\n", "/h");
   ASSERT_FALSE(bad.has_value());
-  EXPECT_NE(bad.error().message.find("sandbox.oci.memroy_mb"), std::string::npos) << bad.error().message;
-  EXPECT_FALSE(ParseConfig("[sandbox.oci]\nagent_uid = 0\n", "/h").has_value()) << "the agent is never root";
+  EXPECT_NE(bad.error().message.find("sandbox.oci.memroy_mb"), std::string::npos)
+      << bad.error().message;
+  EXPECT_FALSE(ParseConfig("[sandbox.oci]\nagent_uid = 0\n", "/h").has_value())
+      << "the agent is never root";
 }
 
 TEST(ConfigTest, ParsesHostPort) {
@@ -132,7 +138,8 @@ base_url = "http://127.0.0.1:8080/v1"
 [providers.demo]
 kind = "scripted"
 script = "demo.json"
-)", "/h");
+)",
+                       "/h");
   ASSERT_TRUE(c.has_value()) << c.error().message;
   EXPECT_EQ(c->providers["oa"].base_url, "https://api.openai.com/v1");
   EXPECT_EQ(c->providers["an"].base_url, "https://api.anthropic.com");
@@ -144,17 +151,19 @@ script = "demo.json"
   EXPECT_EQ(c->providers["an"].max_retries, 2);
   EXPECT_EQ(c->providers["local"].base_url, "http://127.0.0.1:8080/v1");
 
-  for (const char* bad : {"[providers.p]\nkind = \"openai\"\nbase_url = \"ftp://x\"\n",
-                          "[providers.p]\nkind = \"openai\"\nbase_url = \"https://user:pw@host/v1\"\n",
-                          "[providers.p]\nkind = \"openai\"\nbase_url = \"https://host:99999\"\n",
-                          "[providers.p]\nkind = \"scripted\"\n",
-                          "[providers.p]\nkind = \"openai\"\nscript = \"x.json\"\n",
-                          "[providers.p]\nkind = \"openai\"\nmax_retries = 99\n"}) {
+  for (const char* bad :
+       {"[providers.p]\nkind = \"openai\"\nbase_url = \"ftp://x\"\n",
+        "[providers.p]\nkind = \"openai\"\nbase_url = \"https://user:pw@host/v1\"\n",
+        "[providers.p]\nkind = \"openai\"\nbase_url = \"https://host:99999\"\n",
+        "[providers.p]\nkind = \"scripted\"\n",
+        "[providers.p]\nkind = \"openai\"\nscript = \"x.json\"\n",
+        "[providers.p]\nkind = \"openai\"\nmax_retries = 99\n"}) {
     EXPECT_FALSE(ParseConfig(bad, "/h").has_value()) << bad;
   }
   auto url = ParseConfig("[providers.p]\nkind = \"openai\"\nbase_url = \"api.openai.com\"\n", "/h");
   ASSERT_FALSE(url.has_value());
-  EXPECT_NE(url.error().message.find("providers.p.base_url"), std::string::npos) << url.error().message;
+  EXPECT_NE(url.error().message.find("providers.p.base_url"), std::string::npos)
+      << url.error().message;
 }
 
 }  // namespace
@@ -179,15 +188,19 @@ endpoint = "https://s3.eu-west-1.amazonaws.com"
 region = "eu-west-1"
 bucket = "agent-files"
 path_style = false
-)", "/h");
+)",
+                        "/h");
   ASSERT_TRUE(s3.has_value()) << s3.error().message;
   EXPECT_EQ(s3->files.s3_bucket, "agent-files");
   EXPECT_FALSE(s3->files.s3_path_style);
-  EXPECT_FALSE(ParseConfig("[files]\nstore = \"s3\"\n", "/h").has_value()) << "s3 needs endpoint and bucket";
+  EXPECT_FALSE(ParseConfig("[files]\nstore = \"s3\"\n", "/h").has_value())
+      << "s3 needs endpoint and bucket";
   EXPECT_FALSE(ParseConfig("[files]\nstore = \"ftp\"\n", "/h").has_value());
-  EXPECT_FALSE(ParseConfig("[files]\ndefault_expiry_s = 7200\nmax_expiry_s = 3600\n", "/h").has_value());
+  EXPECT_FALSE(
+      ParseConfig("[files]\ndefault_expiry_s = 7200\nmax_expiry_s = 3600\n", "/h").has_value());
   EXPECT_FALSE(ParseConfig("[files.s3]\nbuckit = \"x\"\n", "/h").has_value());
-  EXPECT_FALSE(c->files.get_urls_outlive_session) << "a sandbox's GET URLs end with its session by default";
+  EXPECT_FALSE(c->files.get_urls_outlive_session)
+      << "a sandbox's GET URLs end with its session by default";
   auto outlive = ParseConfig("[files]\nget_urls_outlive_session = true\n", "/h");
   ASSERT_TRUE(outlive.has_value()) << outlive.error().message;
   EXPECT_TRUE(outlive->files.get_urls_outlive_session);
@@ -225,14 +238,18 @@ TEST(ConfigTest, TheDefaultModelFollowsTheKeysInTheEnvironmentWhenNotConfigured)
   const ProviderConfig& op = openai.providers.at(openai.models.at("default").provider);
   EXPECT_EQ(op.kind, "openai");
   EXPECT_EQ(op.api_key_env, "OPENAI_API_KEY");
-  EXPECT_TRUE(op.api_key.empty()) << "the key is read from the environment by the proxy, not copied";
+  EXPECT_TRUE(op.api_key.empty())
+      << "the key is read from the environment by the proxy, not copied";
   EXPECT_EQ(op.base_url, "https://api.openai.com/v1");
   Config local = *ParseConfig("", "/h");
-  ApplyDefaultModel(local, env({{"OPENAI_API_KEY", "k"}, {"OPENAI_BASE_URL", "http://127.0.0.1:8080/v1"}}));
-  EXPECT_EQ(local.providers.at(local.models.at("default").provider).base_url, "http://127.0.0.1:8080/v1");
+  ApplyDefaultModel(
+      local, env({{"OPENAI_API_KEY", "k"}, {"OPENAI_BASE_URL", "http://127.0.0.1:8080/v1"}}));
+  EXPECT_EQ(local.providers.at(local.models.at("default").provider).base_url,
+            "http://127.0.0.1:8080/v1");
 
   Config claude = *ParseConfig("", "/h");
-  note = ApplyDefaultModel(claude, env({{"ANTHROPIC_API_KEY", "a"}, {"AIRLOCK_DEFAULT_MODEL", "claude-sonnet-4-5"}}));
+  note = ApplyDefaultModel(
+      claude, env({{"ANTHROPIC_API_KEY", "a"}, {"AIRLOCK_DEFAULT_MODEL", "claude-sonnet-4-5"}}));
   EXPECT_EQ(claude.providers.at(claude.models.at("default").provider).kind, "anthropic");
   EXPECT_EQ(claude.models.at("default").model, "claude-sonnet-4-5");
 
@@ -264,7 +281,8 @@ burst = 7
 ended_sessions_after = "30d"
 interval = "90s"
 batch_sessions = 5
-)", "/h");
+)",
+                       "/h");
   ASSERT_TRUE(c.has_value()) << c.error().message;
   EXPECT_EQ(c->events.max_per_session, 10);
   EXPECT_EQ(c->events.max_mb_per_session, 0);
@@ -276,12 +294,12 @@ batch_sessions = 5
 }
 
 TEST(ConfigTest, RefusesUnknownEventAndRetentionKeysAndBadDurations) {
-  for (const char* bad : {"[events]\nmax_events = 1\n", "[retention]\nevents_after = \"1d\"\n",
-                          "[retention]\nended_sessions_after = \"30\"\n",
-                          "[retention]\nended_sessions_after = \"1w\"\n",
-                          "[retention]\nended_sessions_after = \"-1d\"\n",
-                          "[retention]\nended_sessions_after = 30\n", "[retention]\ninterval = \"0\"\n",
-                          "[events]\nburst = 0\n", "[events]\nrate_per_s = 0\n"}) {
+  for (const char* bad :
+       {"[events]\nmax_events = 1\n", "[retention]\nevents_after = \"1d\"\n",
+        "[retention]\nended_sessions_after = \"30\"\n",
+        "[retention]\nended_sessions_after = \"1w\"\n",
+        "[retention]\nended_sessions_after = \"-1d\"\n", "[retention]\nended_sessions_after = 30\n",
+        "[retention]\ninterval = \"0\"\n", "[events]\nburst = 0\n", "[events]\nrate_per_s = 0\n"}) {
     EXPECT_FALSE(ParseConfig(bad, "/h").has_value()) << bad;
   }
   EXPECT_EQ(*ParseDuration("12h", "x"), 12 * 3600);

@@ -44,7 +44,6 @@ std::string SandboxExitReason(const sandbox::SandboxStatus& st) {
 
 }  // namespace
 
-
 ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<store::Store> store,
                            std::unique_ptr<sandbox::BackendRegistry> backends)
     : config_(std::move(config)),
@@ -58,7 +57,8 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       inbox_(io),
       events_(io),
       conversations_(io),
-      llm_(std::make_unique<LlmProxy>(io, config_, *store_, pool_, events_, conversations_, registry_)),
+      llm_(std::make_unique<LlmProxy>(io, config_, *store_, pool_, events_, conversations_,
+                                      registry_)),
       files_(std::make_unique<FileService>(config_, *store_, pool_, events_, registry_)),
       reconcile_timer_(io) {
   RegisterOperatorRoutes();
@@ -74,8 +74,9 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
   operator_server_->SetGate([this](Request& r) { return AdmitOperator(r); });
   sandbox_server_->SetGate([this](Request& r) { return AdmitSandbox(r); });
   // Uploads to signed file URLs are streamed to disk, never held in memory.
-  sandbox_server_->StreamBodies(
-      [](http::verb m, std::string_view path) { return m == http::verb::put && path.starts_with("/sandbox/v1/files/"); });
+  sandbox_server_->StreamBodies([](http::verb m, std::string_view path) {
+    return m == http::verb::put && path.starts_with("/sandbox/v1/files/");
+  });
 }
 
 ControlPlane::~ControlPlane() {
@@ -103,15 +104,18 @@ Status ControlPlane::EnsureOperatorKeys() {
   if (fd >= 0) {
     Secret fresh = NewToken(kOperatorKeyPrefix);
     std::string line = fresh.Reveal() + "\n";
-    bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) && ::fsync(fd) == 0;
+    bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
+              ::fsync(fd) == 0;
     ::close(fd);
-    if (!ok) return Errorf(ErrorCode::kInternal, "cannot write {}: {}", key_path, std::strerror(errno));
+    if (!ok)
+      return Errorf(ErrorCode::kInternal, "cannot write {}: {}", key_path, std::strerror(errno));
     key = fresh.Reveal();
     log::Info("created operator key", {{"path", key_path}});
   } else if (errno == EEXIST) {
     struct stat st {};
     if (::stat(key_path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
-      log::Warn("operator key file is readable by others; fixing its mode to 0600", {{"path", key_path}});
+      log::Warn("operator key file is readable by others; fixing its mode to 0600",
+                {{"path", key_path}});
       ::chmod(key_path.c_str(), 0600);
     }
     std::ifstream f(key_path);
@@ -129,8 +133,8 @@ Status ControlPlane::EnsureOperatorKeys() {
     }
     const char* v = std::getenv(k.key_env.c_str());
     if (!v || !*v) {
-      return Errorf(ErrorCode::kInvalidArgument, "auth.operator_keys.{}: environment variable {} is not set",
-                    name, k.key_env);
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "auth.operator_keys.{}: environment variable {} is not set", name, k.key_env);
     }
     wanted.push_back({name, Sha256Hex(v), NowMillis()});
   }
@@ -167,23 +171,27 @@ Status ControlPlane::Start() {
   for (const auto& name : backends_->Names()) {
     auto* b = backends_->Find(name);
     if (!b->isolated()) {
-      log::Warn("backend without isolation is registered", {{"backend", name}, {"enabled", config_.allow_unisolated_backends}});
+      log::Warn("backend without isolation is registered",
+                {{"backend", name}, {"enabled", config_.allow_unisolated_backends}});
     }
   }
 
   llm_->Start();
   AIRLOCK_TRY(files_->Start());
   retention_ = std::make_unique<Retention>(config_, *store_, files_->blob_store());
-  AIRLOCK_ASSIGN_OR_RETURN(operator_endpoint_,
-                           operator_server_->ListenTcp(config_.operator_listen.host, config_.operator_listen.port));
-  AIRLOCK_ASSIGN_OR_RETURN(sandbox_endpoint_,
-                           sandbox_server_->ListenTcp(config_.sandbox_listen.host, config_.sandbox_listen.port));
-  log::Info("listening", {{"operator", fmt::format("{}:{}", operator_endpoint_.address().to_string(),
-                                                   operator_endpoint_.port())},
-                          {"sandbox", SandboxUrl()},
-                          {"home", config_.home},
-                          {"store", config_.store_path},
-                          {"backends", backends_->Names()}});
+  AIRLOCK_ASSIGN_OR_RETURN(
+      operator_endpoint_,
+      operator_server_->ListenTcp(config_.operator_listen.host, config_.operator_listen.port));
+  AIRLOCK_ASSIGN_OR_RETURN(
+      sandbox_endpoint_,
+      sandbox_server_->ListenTcp(config_.sandbox_listen.host, config_.sandbox_listen.port));
+  log::Info("listening",
+            {{"operator", fmt::format("{}:{}", operator_endpoint_.address().to_string(),
+                                      operator_endpoint_.port())},
+             {"sandbox", SandboxUrl()},
+             {"home", config_.home},
+             {"store", config_.store_path},
+             {"backends", backends_->Names()}});
   asio::co_spawn(io_, ReattachAll(), asio::detached);
   asio::co_spawn(io_, ReconcileLoop(), asio::detached);
   retention_->StartPeriodic(io_, pool_);
@@ -199,8 +207,8 @@ awaitable<void> ControlPlane::DrainAndStop() {
     boost::system::error_code ec;
     co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
   }
-  log::Info("stopped", {{"open_connections",
-                         operator_server_->active_connections() + sandbox_server_->active_connections()}});
+  log::Info("stopped", {{"open_connections", operator_server_->active_connections() +
+                                                 sandbox_server_->active_connections()}});
   io_.stop();
 }
 
@@ -240,7 +248,8 @@ awaitable<Admission> ControlPlane::AdmitSandbox(Request& req) {
   // Over TCP the connection is charged to the token it presents (its hash names it; one
   // session has one live token), so a token's holder gets its share of connections and body
   // memory and no more. A per-session Unix socket is charged to its session already.
-  if (req.bound_session.empty() && !token.empty()) a.charge_to = "token:" + Sha256Hex(token).substr(0, 32);
+  if (req.bound_session.empty() && !token.empty())
+    a.charge_to = "token:" + Sha256Hex(token).substr(0, 32);
   // A request with a body is authenticated before the body is read; one without is
   // authenticated by its handler, which needs the session anyway.
   if (req.body_expected) {
@@ -254,7 +263,8 @@ Result<void> ControlPlane::CheckOperator(const Request& req) const {
   std::string_view token = BearerToken(req);
   if (token.empty()) {
     metrics_->auth_failures.With({"operator"}).Inc();
-    return MakeError(ErrorCode::kUnauthenticated, "missing \"Authorization: Bearer <operator key>\"");
+    return MakeError(ErrorCode::kUnauthenticated,
+                     "missing \"Authorization: Bearer <operator key>\"");
   }
   std::string hash = Sha256Hex(token);
   // Compare against every key without stopping early, so timing says nothing about which
@@ -280,9 +290,11 @@ awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Reques
   }
   // Only the hash is stored; the lookup is by hash, so the token itself is never compared.
   std::string hash = Sha256Hex(token);
-  auto s = co_await RunBlocking(pool_, [this, &hash] { return store_->GetSessionByTokenHash(hash); });
+  auto s =
+      co_await RunBlocking(pool_, [this, &hash] { return store_->GetSessionByTokenHash(hash); });
   if (!s) {
-    if (s.error().code == ErrorCode::kNotFound) co_return refuse("invalid, expired or revoked session token");
+    if (s.error().code == ErrorCode::kNotFound)
+      co_return refuse("invalid, expired or revoked session token");
     co_return std::unexpected(s.error());
   }
   // A per-session socket serves its own session only: a token that leaked into another
@@ -292,7 +304,8 @@ awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Reques
   }
   if (std::string_view claimed = req.Header("SESSION_ID"); !claimed.empty() && claimed != s->id) {
     metrics_->auth_failures.With({"sandbox"}).Inc();
-    co_return MakeError(ErrorCode::kPermissionDenied, "SESSION_ID header does not match the token's session");
+    co_return MakeError(ErrorCode::kPermissionDenied,
+                        "SESSION_ID header does not match the token's session");
   }
   if (store::IsTerminal(s->state)) co_return refuse("invalid, expired or revoked session token");
   // Anything but waiting on the inbox is work: the session is not idle.
@@ -323,7 +336,8 @@ Json ControlPlane::SessionJson(const store::Session& s) const {
   return j;
 }
 
-awaitable<void> ControlPlane::DestroySandbox(sandbox::Backend* backend, std::string id, std::string handle) {
+awaitable<void> ControlPlane::DestroySandbox(sandbox::Backend* backend, std::string id,
+                                             std::string handle) {
   auto st = co_await RunBlocking(sandbox_pool_, [&] { return backend->Destroy(handle); });
   if (!st) {
     metrics_->sandbox_errors.With({std::string(backend->name()), "destroy"}).Inc();
@@ -351,12 +365,14 @@ void ControlPlane::AfterSessionEnded(const store::Session& s) {
 
 awaitable<Result<store::Session>> ControlPlane::EndSession(const std::string& id, SessionState to,
                                                            std::optional<std::string> result) {
-  store::StateChange change{{SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended},
-                            to,
-                            std::move(result),
-                            /*revoke_token=*/true,
-                            std::nullopt};
-  auto s = co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); });
+  store::StateChange change{
+      {SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended},
+      to,
+      std::move(result),
+      /*revoke_token=*/true,
+      std::nullopt};
+  auto s =
+      co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); });
   if (s) {
     log::Info("session ended", {{"session", id}, {"state", store::StateName(s->state)}});
     AfterSessionEnded(*s);
@@ -377,7 +393,8 @@ Result<std::vector<store::Session>> ControlPlane::ListLiveSessions() {
       if (page.empty()) break;
       q.before_id = page.back().id;
       bool last = page.size() < static_cast<size_t>(q.limit);
-      out.insert(out.end(), std::make_move_iterator(page.begin()), std::make_move_iterator(page.end()));
+      out.insert(out.end(), std::make_move_iterator(page.begin()),
+                 std::make_move_iterator(page.end()));
       if (last) break;
     }
   }
@@ -391,15 +408,19 @@ awaitable<void> ControlPlane::ReattachAll() {
     co_return;
   }
   for (const auto& s : *live) {
-    if (auto st = sandbox_server_->ListenUnix(ControlSocketDir(s.id) + "/control.sock", s.id); !st) {
-      log::Warn("reattach: cannot recreate the session socket", {{"session", s.id}, {"error", st.error().message}});
+    if (auto st = sandbox_server_->ListenUnix(ControlSocketDir(s.id) + "/control.sock", s.id);
+        !st) {
+      log::Warn("reattach: cannot recreate the session socket",
+                {{"session", s.id}, {"error", st.error().message}});
     }
     auto* backend = backends_->Find(s.backend);
     if (!backend || s.sandbox_handle.empty()) continue;
-    auto status = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Reattach(h); });
-    log::Info("reattached", {{"session", s.id},
-                             {"sandbox", status ? std::string(sandbox::SandboxStateName(status->state))
-                                                : status.error().message}});
+    auto status = co_await RunBlocking(
+        sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Reattach(h); });
+    log::Info("reattached",
+              {{"session", s.id},
+               {"sandbox", status ? std::string(sandbox::SandboxStateName(status->state))
+                                  : status.error().message}});
   }
   // Sandboxes no live session owns: their session ended while this process was down or just
   // before it died, before the destroy that follows the end had run. Nothing else would
@@ -410,12 +431,14 @@ awaitable<void> ControlPlane::ReattachAll() {
     auto* backend = backends_->Find(name);
     auto listed = co_await RunBlocking(sandbox_pool_, [&backend] { return backend->List(); });
     if (!listed) {
-      log::Warn("cannot list the backend's sandboxes", {{"backend", name}, {"error", listed.error().message}});
+      log::Warn("cannot list the backend's sandboxes",
+                {{"backend", name}, {"error", listed.error().message}});
       continue;
     }
     for (const auto& l : *listed) {
       if (live_ids.count(l.session_id)) continue;
-      log::Info("destroying a sandbox whose session has ended", {{"session", l.session_id}, {"backend", name}});
+      log::Info("destroying a sandbox whose session has ended",
+                {{"session", l.session_id}, {"backend", name}});
       co_await DestroySandbox(backend, l.session_id, l.handle);
     }
   }
@@ -428,9 +451,11 @@ awaitable<void> ControlPlane::ReconcileOnce() {
   for (const auto& s : *live) {
     if (stopping_) co_return;
     // Wall-clock budget of the session.
-    if (auto t = s.limits.find("timeout_s"); t != s.limits.end() && t->is_number() &&
-                                              now - s.created_at > static_cast<int64_t>(t->get<double>() * 1000)) {
-      co_await EndSession(s.id, SessionState::kFailed, "timeout: the session exceeded limits.timeout_s");
+    if (auto t = s.limits.find("timeout_s");
+        t != s.limits.end() && t->is_number() &&
+        now - s.created_at > static_cast<int64_t>(t->get<double>() * 1000)) {
+      co_await EndSession(s.id, SessionState::kFailed,
+                          "timeout: the session exceeded limits.timeout_s");
       continue;
     }
     co_await CheckSandbox(s);
@@ -466,9 +491,12 @@ awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
   if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty()) co_return;
   BusyMark mark(sandbox_busy_, s.id);
   if (!mark.held()) co_return;
-  auto status = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
+  auto status = co_await RunBlocking(
+      sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
   if (!status) co_return;
-  if (status->state != sandbox::SandboxState::kExited && status->state != sandbox::SandboxState::kMissing) co_return;
+  if (status->state != sandbox::SandboxState::kExited &&
+      status->state != sandbox::SandboxState::kMissing)
+    co_return;
   co_await RunBlocking(pool_, [this, &id = s.id, &st = *status] {
     Json data = {{"state", sandbox::SandboxStateName(st.state)}, {"oom_killed", st.oom_killed}};
     if (st.exit_code) data["exit_code"] = *st.exit_code;
@@ -480,8 +508,10 @@ awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
   sandbox::SandboxStatus st = *status;
   if (auto it = agent_exits_.find(s.id); it != agent_exits_.end() && !st.exit_code && !st.signal) {
     const Json& d = it->second;
-    if (auto c = d.find("exit_code"); c != d.end() && c->is_number_integer()) st.exit_code = c->get<int>();
-    if (auto g = d.find("signal"); g != d.end() && g->is_number_integer()) st.signal = g->get<int>();
+    if (auto c = d.find("exit_code"); c != d.end() && c->is_number_integer())
+      st.exit_code = c->get<int>();
+    if (auto g = d.find("signal"); g != d.end() && g->is_number_integer())
+      st.signal = g->get<int>();
   }
   agent_exits_.erase(s.id);
   std::string why = SandboxExitReason(st);
@@ -497,14 +527,18 @@ awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
 }
 
 sandbox::SandboxSpec ControlPlane::SpecFor(const store::Session& s, const Secret& token) const {
-  return sandbox::SandboxSpec{s.id, token, SandboxUrl(), ControlSocketDir(s.id), config_.home + "/sessions/" + s.id,
-                              s.image, s.command, s.limits};
+  return sandbox::SandboxSpec{
+      s.id,    token,     SandboxUrl(), ControlSocketDir(s.id), config_.home + "/sessions/" + s.id,
+      s.image, s.command, s.limits};
 }
 
-awaitable<Result<std::string>> ControlPlane::StartSandbox(sandbox::Backend* backend, const sandbox::SandboxSpec& spec) {
-  Status listen = sandbox_server_->ListenUnix(spec.control_socket_dir + "/control.sock", spec.session_id);
+awaitable<Result<std::string>> ControlPlane::StartSandbox(sandbox::Backend* backend,
+                                                          const sandbox::SandboxSpec& spec) {
+  Status listen =
+      sandbox_server_->ListenUnix(spec.control_socket_dir + "/control.sock", spec.session_id);
   if (!listen) co_return std::unexpected(listen.error());
-  co_return co_await RunBlocking(sandbox_pool_, [&backend, &spec] { return backend->Create(spec); });
+  co_return co_await RunBlocking(sandbox_pool_,
+                                 [&backend, &spec] { return backend->Create(spec); });
 }
 
 awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) {
@@ -513,7 +547,8 @@ awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) 
   int64_t n = ++restarts_[s.id];
   if (n > config_.max_restarts) {
     co_await EndSession(s.id, SessionState::kFailed,
-                        fmt::format("{} (no fresh sandbox: sandbox.max_restarts = {} reached)", why, config_.max_restarts));
+                        fmt::format("{} (no fresh sandbox: sandbox.max_restarts = {} reached)", why,
+                                    config_.max_restarts));
     co_return;
   }
   // What is left of the old sandbox goes first; its token is replaced below.
@@ -522,25 +557,28 @@ awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) 
   Secret token = NewToken(kSessionTokenPrefix);
   std::string hash = Sha256Hex(token.Reveal());
   Json data = {{"reason", why}, {"restart", n}, {"max_restarts", config_.max_restarts}};
-  auto restarted = co_await RunBlocking(pool_, [this, &id = s.id, &hash, &data] {
-    return store_->RestartSandbox(id, hash, data);
-  });
+  auto restarted = co_await RunBlocking(
+      pool_, [this, &id = s.id, &hash, &data] { return store_->RestartSandbox(id, hash, data); });
   if (!restarted) {
-    log::Info("no fresh sandbox: the session changed meanwhile", {{"session", s.id}, {"error", restarted.error().message}});
+    log::Info("no fresh sandbox: the session changed meanwhile",
+              {{"session", s.id}, {"error", restarted.error().message}});
     co_return;
   }
   events_.Notify(s.id);
   inbox_.Notify(s.id);  // the dead sandbox's long-poll, if it is still parked, ends now
-  log::Warn("sandbox gone: starting a fresh one", {{"session", s.id}, {"reason", why}, {"restart", n}});
+  log::Warn("sandbox gone: starting a fresh one",
+            {{"session", s.id}, {"reason", why}, {"restart", n}});
   sandbox::SandboxSpec spec = SpecFor(*restarted, token);
   Result<std::string> handle = co_await StartSandbox(backend, spec);
   if (!handle) {
     metrics_->sandbox_errors.With({s.backend, "create"}).Inc();
-    co_await EndSession(s.id, SessionState::kFailed, "sandbox failed to restart: " + handle.error().message);
+    co_await EndSession(s.id, SessionState::kFailed,
+                        "sandbox failed to restart: " + handle.error().message);
     co_return;
   }
   metrics_->sandbox_restarts.With({s.backend}).Inc();
-  (void)co_await RunBlocking(pool_, [this, &id = s.id, &h = *handle] { return store_->SetSandboxHandle(id, h); });
+  (void)co_await RunBlocking(
+      pool_, [this, &id = s.id, &h = *handle] { return store_->SetSandboxHandle(id, h); });
   // Ended while the sandbox started (an operator's DELETE): whoever ended it saw no handle.
   auto now = co_await RunBlocking(pool_, [this, &id = s.id] { return store_->GetSession(id); });
   if (now && store::IsTerminal(now->state)) co_await DestroySandbox(backend, s.id, *handle);

@@ -26,16 +26,20 @@ namespace airlock::controlplane {
 // Counters of the session logic (the HTTP layer has its own).
 struct ControlPlaneMetrics {
   explicit ControlPlaneMetrics(metrics::Registry& r)
-      : sessions_created(r.AddCounter("airlock_sessions_created_total", "Sessions created.", {"backend"})),
-        sessions_ended(r.AddCounter("airlock_sessions_ended_total", "Sessions that reached a final state.",
-                                    {"state"})),
-        sandbox_errors(r.AddCounter("airlock_sandbox_errors_total", "Backend operations that failed.",
-                                    {"backend", "op"})),
+      : sessions_created(
+            r.AddCounter("airlock_sessions_created_total", "Sessions created.", {"backend"})),
+        sessions_ended(r.AddCounter("airlock_sessions_ended_total",
+                                    "Sessions that reached a final state.", {"state"})),
+        sandbox_errors(r.AddCounter("airlock_sandbox_errors_total",
+                                    "Backend operations that failed.", {"backend", "op"})),
         events(r.AddCounter("airlock_events_total", "Events appended.", {"source"})),
-        auth_failures(r.AddCounter("airlock_auth_failures_total", "Refused credentials.", {"listener"})),
-        sandbox_restarts(r.AddCounter("airlock_sandbox_restarts_total",
-                                      "Fresh sandboxes started for live sessions whose sandbox died.", {"backend"})),
-        long_polls(r.AddGauge("airlock_inbox_waiting", "Sandbox inbox long-polls currently waiting.")),
+        auth_failures(
+            r.AddCounter("airlock_auth_failures_total", "Refused credentials.", {"listener"})),
+        sandbox_restarts(r.AddCounter(
+            "airlock_sandbox_restarts_total",
+            "Fresh sandboxes started for live sessions whose sandbox died.", {"backend"})),
+        long_polls(
+            r.AddGauge("airlock_inbox_waiting", "Sandbox inbox long-polls currently waiting.")),
         streams(r.AddGauge("airlock_event_streams", "Open operator event streams.")) {}
   metrics::Family<metrics::Counter>& sessions_created;
   metrics::Family<metrics::Counter>& sessions_ended;
@@ -150,7 +154,8 @@ class ControlPlane {
   awaitable<void> RestartSandbox(store::Session s, std::string why);
   sandbox::SandboxSpec SpecFor(const store::Session& s, const Secret& token) const;
   // Listens on the session's socket and asks the backend for its sandbox; the handle.
-  awaitable<Result<std::string>> StartSandbox(sandbox::Backend* backend, const sandbox::SandboxSpec& spec);
+  awaitable<Result<std::string>> StartSandbox(sandbox::Backend* backend,
+                                              const sandbox::SandboxSpec& spec);
   awaitable<void> DrainAndStop();
   awaitable<void> ReconcileLoop();
   awaitable<void> ReconcileOnce();
@@ -206,7 +211,8 @@ class ControlPlane {
   // Events a sandbox posts: a rate per session (io thread only), and the refusals counted.
   EventRateLimiter event_rate_{config_.events.rate_per_s, config_.events.burst};
   metrics::Family<metrics::Counter>& event_refusals_{registry_.AddCounter(
-      "airlock_event_refusals_total", "Sandbox events refused: over the rate or the session's quota.", {"reason"})};
+      "airlock_event_refusals_total",
+      "Sandbox events refused: over the rate or the session's quota.", {"reason"})};
   // Deletes what ended sessions left behind (retention.*, airlock gc). Made in Start(), once
   // the blob store is open.
   std::unique_ptr<Retention> retention_;

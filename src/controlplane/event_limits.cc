@@ -43,12 +43,14 @@ Response EventQuotaExceeded(const store::QuotaAppend& refused) {
   const bool events = refused.exceeded == "events";
   return Response::FromError(
       413, "quota_exceeded",
-      events ? fmt::format("the session has stored its quota of {} events (events.max_per_session); "
-                           "no more events are recorded for it",
-                           refused.limit)
-             : fmt::format("the session's events would exceed their quota of {} MiB (events.max_mb_per_session); "
-                           "no more events are recorded for it",
-                           refused.limit >> 20));
+      events
+          ? fmt::format("the session has stored its quota of {} events (events.max_per_session); "
+                        "no more events are recorded for it",
+                        refused.limit)
+          : fmt::format("the session's events would exceed their quota of {} MiB "
+                        "(events.max_mb_per_session); "
+                        "no more events are recorded for it",
+                        refused.limit >> 20));
 }
 
 }  // namespace airlock::controlplane

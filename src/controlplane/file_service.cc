@@ -31,7 +31,9 @@ std::optional<int64_t> ParseInt(std::string_view s) {
   return v;
 }
 
-Response Forbidden(std::string_view why) { return Response::FromError(403, "permission_denied", why); }
+Response Forbidden(std::string_view why) {
+  return Response::FromError(403, "permission_denied", why);
+}
 
 int64_t UnixNow() { return NowMillis() / 1000; }
 
@@ -41,8 +43,8 @@ std::optional<std::string> BaseUrl(const Request& req) {
   std::string_view host = req.Header("Host");
   if (host.empty() || host.size() > 255) return std::nullopt;
   for (char ch : host) {
-    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '-' && ch != ':' && ch != '[' &&
-        ch != ']') {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '-' && ch != ':' &&
+        ch != '[' && ch != ']') {
       return std::nullopt;
     }
   }
@@ -54,7 +56,8 @@ std::optional<std::string> BaseUrl(const Request& req) {
 Result<std::optional<ByteRange>> ParseRange(std::string_view h, uint64_t size) {
   if (h.empty()) return std::optional<ByteRange>();
   if (!h.starts_with("bytes=") || h.find(',') != std::string_view::npos) {
-    return std::optional<ByteRange>();  // other units and multiple ranges: the whole file (RFC 9110 allows it)
+    return std::optional<ByteRange>();  // other units and multiple ranges: the whole file (RFC 9110
+                                        // allows it)
   }
   std::string_view spec = h.substr(6);
   size_t dash = spec.find('-');
@@ -69,14 +72,16 @@ Result<std::optional<ByteRange>> ParseRange(std::string_view h, uint64_t size) {
   }
   auto a = ParseInt(first);
   if (!a || *a < 0) return std::optional<ByteRange>();
-  if (static_cast<uint64_t>(*a) >= size) return MakeError(ErrorCode::kInvalidArgument, "unsatisfiable range");
+  if (static_cast<uint64_t>(*a) >= size)
+    return MakeError(ErrorCode::kInvalidArgument, "unsatisfiable range");
   uint64_t end = size - 1;
   if (!last.empty()) {
     auto b = ParseInt(last);
     if (!b || *b < *a) return std::optional<ByteRange>();
     end = std::min<uint64_t>(static_cast<uint64_t>(*b), size - 1);
   }
-  return std::optional<ByteRange>(ByteRange{static_cast<uint64_t>(*a), end - static_cast<uint64_t>(*a) + 1});
+  return std::optional<ByteRange>(
+      ByteRange{static_cast<uint64_t>(*a), end - static_cast<uint64_t>(*a) + 1});
 }
 
 std::string ContentDisposition(std::string_view name) {
@@ -89,11 +94,13 @@ std::string ContentDisposition(std::string_view name) {
     } else if (ch >= 0x20 && ch < 0x7f && ch != '%') {
       // '%' would make some browsers percent-decode the fallback (RFC 6266 appendix D).
       fallback += static_cast<char>(ch);
-    } else if (ch < 0x80 || (ch & 0xC0) != 0x80 || i == 0 || static_cast<unsigned char>(name[i - 1]) < 0x80) {
+    } else if (ch < 0x80 || (ch & 0xC0) != 0x80 || i == 0 ||
+               static_cast<unsigned char>(name[i - 1]) < 0x80) {
       fallback += '_';  // one '_' per control byte or UTF-8 sequence, not per byte
     }
   }
-  return fmt::format("attachment; filename=\"{}\"; filename*=UTF-8''{}", fallback, PercentEncode(name));
+  return fmt::format("attachment; filename=\"{}\"; filename*=UTF-8''{}", fallback,
+                     PercentEncode(name));
 }
 
 struct FileService::Terms {
@@ -102,14 +109,16 @@ struct FileService::Terms {
   int64_t max_bytes = 0;
 };
 
-FileService::FileService(const Config& config, store::Store& store, asio::thread_pool& pool, Notifier& events,
-                         metrics::Registry& registry)
+FileService::FileService(const Config& config, store::Store& store, asio::thread_pool& pool,
+                         Notifier& events, metrics::Registry& registry)
     : config_(config),
       store_(store),
       pool_(pool),
       events_(events),
-      bytes_(registry.AddCounter("airlock_file_bytes_total", "Bytes moved through local file URLs.", {"direction"})),
-      refusals_(registry.AddCounter("airlock_file_refusals_total", "File requests refused.", {"reason"})) {}
+      bytes_(registry.AddCounter("airlock_file_bytes_total", "Bytes moved through local file URLs.",
+                                 {"direction"})),
+      refusals_(registry.AddCounter("airlock_file_refusals_total", "File requests refused.",
+                                    {"reason"})) {}
 
 FileService::~FileService() = default;
 
@@ -132,11 +141,12 @@ Status FileService::Start() {
     o.creds.session_token = env(f.s3_session_token_env);
     if (o.creds.access_key_id.empty() || o.creds.secret_access_key.empty()) {
       return Errorf(ErrorCode::kInvalidArgument,
-                    "files.store = \"s3\": set {} and {} in the control plane's environment", f.s3_access_key_env,
-                    f.s3_secret_key_env);
+                    "files.store = \"s3\": set {} and {} in the control plane's environment",
+                    f.s3_access_key_env, f.s3_secret_key_env);
     }
     AIRLOCK_ASSIGN_OR_RETURN(blobs_, files::MakeS3BlobStore(std::move(o)));
-    log::Info("file store ready", {{"store", "s3"}, {"endpoint", f.s3_endpoint}, {"bucket", f.s3_bucket}});
+    log::Info("file store ready",
+              {{"store", "s3"}, {"endpoint", f.s3_endpoint}, {"bucket", f.s3_bucket}});
     return Ok();
   }
   std::error_code ec;
@@ -144,11 +154,13 @@ Status FileService::Start() {
   if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", f.root, ec.message());
   ::chmod(f.root.c_str(), 0700);
   AIRLOCK_ASSIGN_OR_RETURN(auto signer, files::UrlSigner::LoadOrCreate(f.signing_keys));
-  auto local = std::make_unique<files::LocalBlobStore>(files::LocalStoreOptions{f.root}, std::move(signer));
+  auto local =
+      std::make_unique<files::LocalBlobStore>(files::LocalStoreOptions{f.root}, std::move(signer));
   local->SweepPartialUploads();
   local_ = local.get();
   blobs_ = std::move(local);
-  log::Info("file store ready", {{"store", "local"}, {"root", f.root}, {"key_id", local_->signer().active_kid()}});
+  log::Info("file store ready",
+            {{"store", "local"}, {"root", f.root}, {"key_id", local_->signer().active_kid()}});
   return Ok();
 }
 
@@ -158,22 +170,27 @@ awaitable<Result<store::Session>> FileService::LoadSession(const std::string& id
 
 awaitable<Response> FileService::Presign(Request& req, const store::Session& s) {
   AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
-  AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"name", "method", "size", "content_type", "expires_s"}, "presign request"));
+  AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"name", "method", "size", "content_type", "expires_s"},
+                                   "presign request"));
   AIRLOCK_CO_ASSIGN(std::string name, RequiredString(body, "name"));
   AIRLOCK_CO_TRY(files::ValidateFileName(name));
   AIRLOCK_CO_ASSIGN(std::string method, RequiredString(body, "method"));
-  if (method != "PUT" && method != "GET") co_return Response::FromError(400, "invalid_argument", "\"method\" is PUT or GET");
+  if (method != "PUT" && method != "GET")
+    co_return Response::FromError(400, "invalid_argument", "\"method\" is PUT or GET");
   AIRLOCK_CO_ASSIGN(auto size, OptionalInt(body, "size"));
   AIRLOCK_CO_ASSIGN(auto content_type, OptionalString(body, "content_type"));
   AIRLOCK_CO_ASSIGN(auto expires_s, OptionalInt(body, "expires_s"));
   const FilesConfig& f = config_.files;
   int64_t ttl = expires_s.value_or(f.default_expiry_s);
   if (ttl < 1 || ttl > f.max_expiry_s) {
-    co_return Response::FromError(400, "invalid_argument",
-                                  fmt::format("\"expires_s\" must be 1 to {} seconds", f.max_expiry_s));
+    co_return Response::FromError(
+        400, "invalid_argument",
+        fmt::format("\"expires_s\" must be 1 to {} seconds", f.max_expiry_s));
   }
-  if (content_type && (content_type->size() > 255 || content_type->find_first_of("\r\n") != std::string::npos)) {
-    co_return Response::FromError(400, "invalid_argument", "\"content_type\" is at most 255 bytes on one line");
+  if (content_type &&
+      (content_type->size() > 255 || content_type->find_first_of("\r\n") != std::string::npos)) {
+    co_return Response::FromError(400, "invalid_argument",
+                                  "\"content_type\" is at most 255 bytes on one line");
   }
   files::PresignRequest pr;
   pr.session_id = s.id;
@@ -190,24 +207,28 @@ awaitable<Response> FileService::Presign(Request& req, const store::Session& s) 
   }
   pr.content_type = content_type.value_or("");
   auto base = BaseUrl(req);
-  if (!base) co_return Response::FromError(400, "invalid_argument", "a plain Host header is required");
+  if (!base)
+    co_return Response::FromError(400, "invalid_argument", "a plain Host header is required");
   pr.base_url = *base;
   if (method == "PUT") {
     const int64_t max_file = f.max_file_mb << 20;
     if (size && (*size < 0 || *size > max_file)) {
       refusals_.With({"too_large"}).Inc();
-      co_return Response::FromError(413, "payload_too_large",
-                                    fmt::format("a file is at most {} MiB (files.max_file_mb)", f.max_file_mb));
+      co_return Response::FromError(
+          413, "payload_too_large",
+          fmt::format("a file is at most {} MiB (files.max_file_mb)", f.max_file_mb));
     }
-    AIRLOCK_CO_ASSIGN(int64_t used, co_await RunBlocking(pool_, [this, &s] { return blobs_->UsedBytes(s.id); }));
+    AIRLOCK_CO_ASSIGN(int64_t used,
+                      co_await RunBlocking(pool_, [this, &s] { return blobs_->UsedBytes(s.id); }));
     int64_t left = (f.session_quota_mb << 20) - used - reserved_[s.id];
     if (reserved_[s.id] == 0) reserved_.erase(s.id);
     if ((size && *size > left) || left <= 0) {
       refusals_.With({"quota"}).Inc();
       co_return Response::FromError(
           413, "quota_exceeded",
-          fmt::format("the session's files would exceed its quota of {} MiB ({} bytes used, {} left)",
-                      f.session_quota_mb, used, std::max<int64_t>(left, 0)));
+          fmt::format(
+              "the session's files would exceed its quota of {} MiB ({} bytes used, {} left)",
+              f.session_quota_mb, used, std::max<int64_t>(left, 0)));
     }
     pr.exact_size = size;
     pr.max_bytes = size ? *size : std::min(max_file, left);
@@ -215,7 +236,8 @@ awaitable<Response> FileService::Presign(Request& req, const store::Session& s) 
   AIRLOCK_CO_ASSIGN(auto url, blobs_->Presign(pr));
   Json headers = Json::object();
   for (const auto& [k, v] : url.headers) headers[k] = v;
-  Json data{{"name", name}, {"method", method}, {"expires_at", FormatTimestamp(url.expires_at * 1000)}};
+  Json data{
+      {"name", name}, {"method", method}, {"expires_at", FormatTimestamp(url.expires_at * 1000)}};
   if (method == "PUT") data["max_bytes"] = pr.max_bytes;
   // Every URL handed out is in the session's events, and those count against its event
   // quota: past it, no URL (a sandbox must not grow the events table through presigns).
@@ -236,8 +258,11 @@ awaitable<Response> FileService::Presign(Request& req, const store::Session& s) 
 
 // Checks a local URL's signature and terms against this request. The signature covers the
 // method, session, name, expiry and size limit, so changing any of them breaks it.
-Result<FileService::Terms> FileService::CheckUrl(const Request& req, std::string_view method) const {
-  auto deny = [](std::string why) { return MakeError(ErrorCode::kPermissionDenied, std::move(why)); };
+Result<FileService::Terms> FileService::CheckUrl(const Request& req,
+                                                 std::string_view method) const {
+  auto deny = [](std::string why) {
+    return MakeError(ErrorCode::kPermissionDenied, std::move(why));
+  };
   if (local_ == nullptr) return deny("file URLs of this control plane are not served here");
   auto it_s = req.params.find("session");
   auto it_n = req.params.find("name");
@@ -257,13 +282,15 @@ Result<FileService::Terms> FileService::CheckUrl(const Request& req, std::string
   auto exp = ParseInt(*q_exp);
   auto max = ParseInt(*q_max);
   if (!exp || !max || *max < 0) return deny("malformed file URL");
-  if (*q_method != method) return deny(fmt::format("this URL is for {}, not {}", q_method->substr(0, 8), method));
+  if (*q_method != method)
+    return deny(fmt::format("this URL is for {}, not {}", q_method->substr(0, 8), method));
   if (!local_->signer().Verify(*q_kid, *q_sig, *q_method, t.session, t.name, *exp, *max)) {
     return deny("the URL's signature does not match");
   }
   if (*exp < UnixNow()) return deny("the URL has expired");
   // A sandbox's own socket serves its own session only.
-  if (!req.bound_session.empty() && req.bound_session != t.session) return deny("this URL belongs to another session");
+  if (!req.bound_session.empty() && req.bound_session != t.session)
+    return deny("this URL belongs to another session");
   t.max_bytes = *max;
   return t;
 }
@@ -274,11 +301,13 @@ awaitable<Response> FileService::Upload(Request& req) {
     refusals_.With({"signature"}).Inc();
     co_return Forbidden(terms.error().message);
   }
-  if (req.body == nullptr) co_return Response::FromError(500, "internal", "upload body not streamed");
+  if (req.body == nullptr)
+    co_return Response::FromError(500, "internal", "upload body not streamed");
   const Terms& t = *terms;
   AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(t.session));
   if (store::IsTerminal(s.state)) {
-    co_return Response::FromError(410, "gone", "the session has ended; its files take no more uploads");
+    co_return Response::FromError(410, "gone",
+                                  "the session has ended; its files take no more uploads");
   }
   std::optional<uint64_t> declared = req.body->content_length();
   if (declared && static_cast<int64_t>(*declared) > t.max_bytes) {
@@ -288,14 +317,16 @@ awaitable<Response> FileService::Upload(Request& req) {
   }
   // The quota counts stored files and uploads in progress.
   const int64_t quota = config_.files.session_quota_mb << 20;
-  AIRLOCK_CO_ASSIGN(int64_t used, co_await RunBlocking(pool_, [this, &t] { return blobs_->UsedBytes(t.session); }));
+  AIRLOCK_CO_ASSIGN(int64_t used, co_await RunBlocking(
+                                      pool_, [this, &t] { return blobs_->UsedBytes(t.session); }));
   const int64_t promise = declared ? static_cast<int64_t>(*declared) : t.max_bytes;
   if (used + reserved_[t.session] + promise > quota) {
     if (reserved_[t.session] == 0) reserved_.erase(t.session);
     refusals_.With({"quota"}).Inc();
-    co_return Response::FromError(413, "quota_exceeded",
-                                  fmt::format("the session's files would exceed its quota of {} MiB",
-                                              config_.files.session_quota_mb));
+    co_return Response::FromError(
+        413, "quota_exceeded",
+        fmt::format("the session's files would exceed its quota of {} MiB",
+                    config_.files.session_quota_mb));
   }
   reserved_[t.session] += promise;
 
@@ -308,7 +339,8 @@ awaitable<Response> FileService::Upload(Request& req) {
   };
   if (fd < 0) {
     release();
-    co_return Response::FromError(500, "internal", fmt::format("cannot store the upload: {}", std::strerror(errno)));
+    co_return Response::FromError(500, "internal",
+                                  fmt::format("cannot store the upload: {}", std::strerror(errno)));
   }
   // Nothing partial ever shows: the bytes go to a hidden file that is renamed over the name
   // only once complete and on disk.
@@ -326,15 +358,16 @@ awaitable<Response> FileService::Upload(Request& req) {
     total += static_cast<int64_t>(piece->size());
     if (total > t.max_bytes) {
       refusals_.With({"too_large"}).Inc();
-      co_return abandon(Response::FromError(413, "payload_too_large",
-                                            fmt::format("this URL accepts at most {} bytes", t.max_bytes)));
+      co_return abandon(Response::FromError(
+          413, "payload_too_large", fmt::format("this URL accepts at most {} bytes", t.max_bytes)));
     }
     for (std::string_view rest = *piece; !rest.empty();) {
       ssize_t n = ::write(fd, rest.data(), rest.size());
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
-        co_return abandon(Response::FromError(507, "insufficient_storage",
-                                              fmt::format("cannot store the upload: {}", std::strerror(errno))));
+        co_return abandon(
+            Response::FromError(507, "insufficient_storage",
+                                fmt::format("cannot store the upload: {}", std::strerror(errno))));
       }
       rest.remove_prefix(static_cast<size_t>(n));
     }
@@ -343,7 +376,8 @@ awaitable<Response> FileService::Upload(Request& req) {
   std::string final_path = local_->PathOf(t.session, t.name);
   auto committed = co_await RunBlocking(pool_, [&fd, &tmp, &final_path, &dir]() -> Status {
     if (::fsync(fd) != 0) return Errorf(ErrorCode::kInternal, "fsync: {}", std::strerror(errno));
-    if (::rename(tmp.c_str(), final_path.c_str()) != 0) return Errorf(ErrorCode::kInternal, "rename: {}", std::strerror(errno));
+    if (::rename(tmp.c_str(), final_path.c_str()) != 0)
+      return Errorf(ErrorCode::kInternal, "rename: {}", std::strerror(errno));
     int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
       ::fsync(dfd);
@@ -351,11 +385,13 @@ awaitable<Response> FileService::Upload(Request& req) {
     }
     return Ok();
   });
-  if (!committed) co_return abandon(Response::FromError(500, "internal", committed.error().message));
+  if (!committed)
+    co_return abandon(Response::FromError(500, "internal", committed.error().message));
   ::close(fd);
   release();
   Json data{{"name", t.name}, {"size", total}};
-  co_await RunBlocking(pool_, [this, &t, &data] { return store_.AppendEvent(t.session, "file.uploaded", data); });
+  co_await RunBlocking(
+      pool_, [this, &t, &data] { return store_.AppendEvent(t.session, "file.uploaded", data); });
   events_.Notify(t.session);
   co_return Response::FromJson(201, data);
 }
@@ -411,22 +447,26 @@ awaitable<Response> FileService::Fetch(Request& req) {
     AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(terms->session));
     if (store::IsTerminal(s.state)) {
       refusals_.With({"session_ended"}).Inc();
-      co_return Response::FromError(410, "gone",
-                                    "the session has ended; its file URLs are revoked (files.get_urls_outlive_session)");
+      co_return Response::FromError(
+          410, "gone",
+          "the session has ended; its file URLs are revoked (files.get_urls_outlive_session)");
     }
   }
   Response r = ServeFile(req, local_->PathOf(terms->session, terms->name), terms->name);
-  if (r.file && req.msg.method() != http::verb::head) bytes_.With({"out"}).Inc(static_cast<double>(r.file->length));
+  if (r.file && req.msg.method() != http::verb::head)
+    bytes_.With({"out"}).Inc(static_cast<double>(r.file->length));
   co_return r;
 }
 
 awaitable<Response> FileService::List(Request& req) {
   std::string id = req.params["id"];
   AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(id));
-  AIRLOCK_CO_ASSIGN(auto list, co_await RunBlocking(pool_, [this, &id] { return blobs_->List(id); }));
+  AIRLOCK_CO_ASSIGN(auto list,
+                    co_await RunBlocking(pool_, [this, &id] { return blobs_->List(id); }));
   Json arr = Json::array();
   for (const auto& f : list) {
-    arr.push_back(Json{{"name", f.name}, {"size", f.size}, {"created_at", FormatTimestamp(f.created_at)}});
+    arr.push_back(
+        Json{{"name", f.name}, {"size", f.size}, {"created_at", FormatTimestamp(f.created_at)}});
   }
   (void)s;
   co_return Response::FromJson(200, Json{{"files", arr}});
@@ -440,7 +480,8 @@ awaitable<Response> FileService::OperatorDownload(Request& req) {
   AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(id));
   (void)s;
   AIRLOCK_CO_ASSIGN(auto dl, co_await RunBlocking(pool_, [this, &id, &name] {
-                      return blobs_->Download(id, *name, static_cast<int>(config_.files.default_expiry_s));
+                      return blobs_->Download(id, *name,
+                                              static_cast<int>(config_.files.default_expiry_s));
                     }));
   if (!dl.redirect_url.empty()) {
     Response r;
@@ -449,7 +490,8 @@ awaitable<Response> FileService::OperatorDownload(Request& req) {
     co_return r;
   }
   Response r = ServeFile(req, dl.path, *name);
-  if (r.file && req.msg.method() != http::verb::head) bytes_.With({"out"}).Inc(static_cast<double>(r.file->length));
+  if (r.file && req.msg.method() != http::verb::head)
+    bytes_.With({"out"}).Inc(static_cast<double>(r.file->length));
   co_return r;
 }
 

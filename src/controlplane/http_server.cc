@@ -25,8 +25,7 @@ using Clock = std::chrono::steady_clock;
 std::string RequestId(std::string_view given) {
   static const std::string kBoot = HexEncode(RandomBytes(4));
   static std::atomic<uint64_t> counter{0};
-  if (!given.empty() && given.size() <= 64 &&
-      std::all_of(given.begin(), given.end(), [](char c) {
+  if (!given.empty() && given.size() <= 64 && std::all_of(given.begin(), given.end(), [](char c) {
         return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
       })) {
     return std::string(given);
@@ -42,7 +41,8 @@ void SetCloseOnExec(int fd) { ::fcntl(fd, F_SETFD, FD_CLOEXEC); }
 template <typename Stream>
 class StreamChunkSink : public ChunkSink {
  public:
-  StreamChunkSink(Stream& stream, std::chrono::milliseconds timeout) : stream_(stream), timeout_(timeout) {}
+  StreamChunkSink(Stream& stream, std::chrono::milliseconds timeout)
+      : stream_(stream), timeout_(timeout) {}
   awaitable<bool> Write(std::string_view data) override {
     if (failed_) co_return false;
     if (data.empty()) co_return true;  // an empty chunk would end the body
@@ -66,9 +66,14 @@ class StreamChunkSink : public ChunkSink {
 template <typename Stream>
 class StreamBodyReader : public BodyReader {
  public:
-  StreamBodyReader(Stream& stream, beast::flat_buffer& buffer, http::request_parser<http::buffer_body>& parser,
+  StreamBodyReader(Stream& stream, beast::flat_buffer& buffer,
+                   http::request_parser<http::buffer_body>& parser,
                    std::chrono::milliseconds timeout)
-      : stream_(stream), buffer_(buffer), parser_(parser), timeout_(timeout), chunk_(new char[kChunk]) {}
+      : stream_(stream),
+        buffer_(buffer),
+        parser_(parser),
+        timeout_(timeout),
+        chunk_(new char[kChunk]) {}
 
   awaitable<Result<std::string_view>> Read() override {
     if (failed_) co_return MakeError(ErrorCode::kUnavailable, "the request body was cut off");
@@ -80,15 +85,18 @@ class StreamBodyReader : public BodyReader {
       parser_.get().body().size = kChunk;
       beast::error_code ec;
       stream_.expires_after(timeout_);
-      co_await http::async_read_some(stream_, buffer_, parser_, asio::redirect_error(use_awaitable, ec));
+      co_await http::async_read_some(stream_, buffer_, parser_,
+                                     asio::redirect_error(use_awaitable, ec));
       stream_.expires_never();
       if (ec == http::error::need_buffer) ec = {};
       if (ec) {
         failed_ = true;
-        if (ec == beast::error::timeout) co_return MakeError(ErrorCode::kDeadlineExceeded, "the client stalled");
-        if (ec == http::error::partial_message || ec == http::error::end_of_stream || ec == asio::error::eof ||
-            ec == asio::error::connection_reset) {
-          co_return MakeError(ErrorCode::kUnavailable, "the client went away before the end of the body");
+        if (ec == beast::error::timeout)
+          co_return MakeError(ErrorCode::kDeadlineExceeded, "the client stalled");
+        if (ec == http::error::partial_message || ec == http::error::end_of_stream ||
+            ec == asio::error::eof || ec == asio::error::connection_reset) {
+          co_return MakeError(ErrorCode::kUnavailable,
+                              "the client went away before the end of the body");
         }
         co_return MakeError(ErrorCode::kInvalidArgument, "malformed request body framing");
       }
@@ -124,8 +132,10 @@ std::optional<std::string_view> RawHeaderProblem(std::string_view block, size_t 
   for (size_t i = from; i < block.size(); ++i) {
     char c = block[i];
     auto u = static_cast<unsigned char>(c);
-    if ((u < 0x20 && c != '\t' && c != '\r' && c != '\n') || u == 0x7f) return "a control character in the header";
-    if (c == '\r' && i + 1 < block.size() && block[i + 1] != '\n') return "a CR without LF in the header";
+    if ((u < 0x20 && c != '\t' && c != '\r' && c != '\n') || u == 0x7f)
+      return "a control character in the header";
+    if (c == '\r' && i + 1 < block.size() && block[i + 1] != '\n')
+      return "a CR without LF in the header";
     if (c != '\n') continue;
     if (i == 0 || block[i - 1] != '\r') return "a LF without CR in the header";
     if (i + 1 < block.size() && (block[i + 1] == ' ' || block[i + 1] == '\t')) {
@@ -170,7 +180,8 @@ std::optional<Response> TransferEncodingProblem(const http::request_parser<http:
     return bad("the last transfer coding of a request must be chunked");
   }
   if (codings.size() > 1) {
-    return Response::FromError(501, "not_implemented", "transfer codings other than chunked are not supported");
+    return Response::FromError(501, "not_implemented",
+                               "transfer codings other than chunked are not supported");
   }
   return std::nullopt;
 }
@@ -192,7 +203,8 @@ class HttpServer::BodyBudget {
     server_.metrics_.buffered_body_bytes.With({server_.name_}).Add(-static_cast<double>(bytes_));
     if (!session_.empty()) {
       auto it = server_.session_body_bytes_.find(session_);
-      if (it != server_.session_body_bytes_.end() && (it->second -= bytes_) == 0) server_.session_body_bytes_.erase(it);
+      if (it != server_.session_body_bytes_.end() && (it->second -= bytes_) == 0)
+        server_.session_body_bytes_.erase(it);
     }
     server_.MaybeTrimHeap(bytes_);
   }
@@ -216,7 +228,8 @@ std::optional<std::string> Request::Query(std::string_view name) const {
     std::string_view pair = q.substr(0, amp);
     size_t eq = pair.find('=');
     if (PercentDecode(pair.substr(0, eq), /*query=*/true) == name) {
-      return eq == std::string_view::npos ? std::string() : *PercentDecode(pair.substr(eq + 1), /*query=*/true);
+      return eq == std::string_view::npos ? std::string()
+                                          : *PercentDecode(pair.substr(eq + 1), /*query=*/true);
     }
     if (amp == std::string_view::npos) break;
     q.remove_prefix(amp + 1);
@@ -231,19 +244,32 @@ std::string_view Request::Header(std::string_view name) const {
 
 unsigned HttpStatusFor(ErrorCode code) {
   switch (code) {
-    case ErrorCode::kInvalidArgument: return 400;
-    case ErrorCode::kUnauthenticated: return 401;
-    case ErrorCode::kPaymentRequired: return 402;
-    case ErrorCode::kPermissionDenied: return 403;
-    case ErrorCode::kNotFound: return 404;
-    case ErrorCode::kConflict: return 409;
-    case ErrorCode::kGone: return 410;
-    case ErrorCode::kPayloadTooLarge: return 413;
-    case ErrorCode::kResourceExhausted: return 429;
-    case ErrorCode::kUnimplemented: return 501;
-    case ErrorCode::kUnavailable: return 503;
-    case ErrorCode::kDeadlineExceeded: return 504;
-    case ErrorCode::kInternal: return 500;
+    case ErrorCode::kInvalidArgument:
+      return 400;
+    case ErrorCode::kUnauthenticated:
+      return 401;
+    case ErrorCode::kPaymentRequired:
+      return 402;
+    case ErrorCode::kPermissionDenied:
+      return 403;
+    case ErrorCode::kNotFound:
+      return 404;
+    case ErrorCode::kConflict:
+      return 409;
+    case ErrorCode::kGone:
+      return 410;
+    case ErrorCode::kPayloadTooLarge:
+      return 413;
+    case ErrorCode::kResourceExhausted:
+      return 429;
+    case ErrorCode::kUnimplemented:
+      return 501;
+    case ErrorCode::kUnavailable:
+      return 503;
+    case ErrorCode::kDeadlineExceeded:
+      return 504;
+    case ErrorCode::kInternal:
+      return 500;
   }
   return 500;
 }
@@ -275,18 +301,20 @@ Response Response::FromError(const Error& e) {
 HttpMetrics::HttpMetrics(metrics::Registry& r)
     : requests(r.AddCounter("airlock_http_requests_total", "HTTP requests answered.",
                             {"listener", "route", "method", "code"})),
-      duration(r.AddHistogram("airlock_http_request_duration_seconds",
-                              "Time from the end of the request headers to the end of the response.",
-                              {"listener", "route"},
-                              {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-                               2.5, 5, 10, 30, 60})),
+      duration(
+          r.AddHistogram("airlock_http_request_duration_seconds",
+                         "Time from the end of the request headers to the end of the response.",
+                         {"listener", "route"},
+                         {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                          5, 10, 30, 60})),
       connections(r.AddGauge("airlock_http_connections", "Open HTTP connections.", {"listener"})),
-      rejected(r.AddCounter("airlock_http_connections_rejected_total",
-                            "Connections closed before a response: over the limit, timed out, malformed.",
-                            {"listener", "reason"})),
-      buffered_body_bytes(r.AddGauge("airlock_http_buffered_body_bytes",
-                                     "Request body bytes held in memory (reserved before a body is read).",
-                                     {"listener"})) {}
+      rejected(r.AddCounter(
+          "airlock_http_connections_rejected_total",
+          "Connections closed before a response: over the limit, timed out, malformed.",
+          {"listener", "reason"})),
+      buffered_body_bytes(r.AddGauge(
+          "airlock_http_buffered_body_bytes",
+          "Request body bytes held in memory (reserved before a body is read).", {"listener"})) {}
 
 struct HttpServer::Connection {
   bool idle = true;
@@ -325,7 +353,8 @@ void HttpServer::MaybeTrimHeap(size_t released) {
   // stay at its peak size. Trim once the burst is over, and not more than once a second.
   constexpr size_t kTrimAfter = size_t{32} << 20;
   auto now = Clock::now();
-  if (buffered_body_bytes_ == 0 && released_since_trim_ >= kTrimAfter && now - last_trim_ >= std::chrono::seconds(1)) {
+  if (buffered_body_bytes_ == 0 && released_since_trim_ >= kTrimAfter &&
+      now - last_trim_ >= std::chrono::seconds(1)) {
     ::malloc_trim(0);
     released_since_trim_ = 0;
     last_trim_ = now;
@@ -334,7 +363,11 @@ void HttpServer::MaybeTrimHeap(size_t released) {
 
 HttpServer::HttpServer(asio::io_context& io, std::string name, HttpLimits limits, Handler handler,
                        HttpMetrics& metrics)
-    : io_(io), name_(std::move(name)), limits_(limits), handler_(std::move(handler)), metrics_(metrics) {
+    : io_(io),
+      name_(std::move(name)),
+      limits_(limits),
+      handler_(std::move(handler)),
+      metrics_(metrics) {
   metrics_.buffered_body_bytes.With({name_});  // shown as 0 from the start
 }
 
@@ -354,7 +387,8 @@ HttpServer::~HttpServer() {
 Result<asio::ip::tcp::endpoint> HttpServer::ListenTcp(const std::string& host, uint16_t port) {
   beast::error_code ec;
   auto address = asio::ip::make_address(host, ec);
-  if (ec) return Errorf(ErrorCode::kInvalidArgument, "{} listener: bad address \"{}\"", name_, host);
+  if (ec)
+    return Errorf(ErrorCode::kInvalidArgument, "{} listener: bad address \"{}\"", name_, host);
   asio::ip::tcp::endpoint ep(address, port);
   auto acceptor = std::make_shared<asio::ip::tcp::acceptor>(io_);
   acceptor->open(ep.protocol(), ec);
@@ -363,8 +397,8 @@ Result<asio::ip::tcp::endpoint> HttpServer::ListenTcp(const std::string& host, u
   if (!ec) acceptor->bind(ep, ec);
   if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
-    return Errorf(ErrorCode::kUnavailable, "{} listener: cannot listen on {}:{}: {}", name_, host, port,
-                  ec.message());
+    return Errorf(ErrorCode::kUnavailable, "{} listener: cannot listen on {}:{}: {}", name_, host,
+                  port, ec.message());
   }
   auto bound = acceptor->local_endpoint();
   tcp_acceptors_.push_back(acceptor);
@@ -379,10 +413,12 @@ Result<asio::ip::tcp::endpoint> HttpServer::ListenTcp(const std::string& host, u
   return bound;
 }
 
-Status HttpServer::ListenUnix(const std::string& path, const std::string& bound_session, uint32_t mode) {
+Status HttpServer::ListenUnix(const std::string& path, const std::string& bound_session,
+                              uint32_t mode) {
   if (path.size() >= sizeof(sockaddr_un::sun_path)) {
     return Errorf(ErrorCode::kInvalidArgument,
-                  "Unix socket path is {} bytes, over the kernel's limit of {}: use a shorter home directory ({})",
+                  "Unix socket path is {} bytes, over the kernel's limit of {}: use a shorter home "
+                  "directory ({})",
                   path.size(), sizeof(sockaddr_un::sun_path) - 1, path);
   }
   CloseUnix(path);
@@ -398,12 +434,13 @@ Status HttpServer::ListenUnix(const std::string& path, const std::string& bound_
   // The sandbox's agent runs as an unprivileged user and must be able to connect.
   ::chmod(path.c_str(), mode);
   unix_acceptors_[path] = acceptor;
-  asio::co_spawn(io_,
-                 Accept(acceptor, bound_session,
-                        [](asio::local::stream_protocol::socket socket) {
-                          return beast::basic_stream<asio::local::stream_protocol>(std::move(socket));
-                        }),
-                 asio::detached);
+  asio::co_spawn(
+      io_,
+      Accept(acceptor, bound_session,
+             [](asio::local::stream_protocol::socket socket) {
+               return beast::basic_stream<asio::local::stream_protocol>(std::move(socket));
+             }),
+      asio::detached);
   return Ok();
 }
 
@@ -455,7 +492,8 @@ awaitable<void> HttpServer::Accept(std::shared_ptr<Acceptor> acceptor, std::stri
       socket.close(ec);
       continue;
     }
-    if (!bound_session.empty() && session_connections(bound_session) >= limits_.max_connections_per_session) {
+    if (!bound_session.empty() &&
+        session_connections(bound_session) >= limits_.max_connections_per_session) {
       metrics_.rejected.With({name_, "session_connections"}).Inc();
       socket.close(ec);
       continue;
@@ -480,7 +518,9 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
   gauge.Add(1);
 
   beast::flat_buffer buffer(limits_.max_header_bytes + 64 * 1024);
-  auto reject = [&](std::string_view reason) { metrics_.rejected.With({name_, std::string(reason)}).Inc(); };
+  auto reject = [&](std::string_view reason) {
+    metrics_.rejected.With({name_, std::string(reason)}).Inc();
+  };
 
   // Writes a complete response; returns false when the connection must close.
   auto write_response = [&](Request* req, Response& r, bool keep_alive) -> awaitable<bool> {
@@ -502,7 +542,8 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       co_await r.stream(sink);
       if (sink.failed()) co_return false;
       stream.expires_after(limits_.write_timeout);
-      co_await asio::async_write(stream, http::make_chunk_last(), asio::redirect_error(use_awaitable, ec));
+      co_await asio::async_write(stream, http::make_chunk_last(),
+                                 asio::redirect_error(use_awaitable, ec));
       stream.expires_never();
       co_return !ec && keep_alive;
     }
@@ -521,7 +562,8 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       std::vector<char> chunk(256 << 10);
       for (uint64_t sent = 0; sent < r.file->length;) {
         size_t want = static_cast<size_t>(std::min<uint64_t>(chunk.size(), r.file->length - sent));
-        ssize_t n = ::pread(r.file->fd, chunk.data(), want, static_cast<off_t>(r.file->offset + sent));
+        ssize_t n =
+            ::pread(r.file->fd, chunk.data(), want, static_cast<off_t>(r.file->offset + sent));
         if (n <= 0) co_return false;  // the file shrank: the client sees a short body and a close
         stream.expires_after(limits_.write_timeout);
         co_await asio::async_write(stream, asio::buffer(chunk.data(), static_cast<size_t>(n)),
@@ -557,7 +599,8 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     buffer.consume(buffer.size());
     while (discarded < limits_.linger_bytes && Clock::now() < until) {
       stream.expires_at(until);
-      size_t n = co_await stream.async_read_some(asio::buffer(sink), asio::redirect_error(use_awaitable, ec));
+      size_t n = co_await stream.async_read_some(asio::buffer(sink),
+                                                 asio::redirect_error(use_awaitable, ec));
       if (ec) break;
       discarded += n;
     }
@@ -578,9 +621,11 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     // header_timeout (a slow-loris client is cut off).
     if (buffer.size() == 0) {
       stream.expires_after(first_request ? limits_.first_byte_timeout : limits_.idle_timeout);
-      size_t n = co_await stream.async_read_some(buffer.prepare(4096), asio::redirect_error(use_awaitable, ec));
+      size_t n = co_await stream.async_read_some(buffer.prepare(4096),
+                                                 asio::redirect_error(use_awaitable, ec));
       if (ec) {
-        if (ec == beast::error::timeout) reject(first_request ? "first_byte_timeout" : "idle_timeout");
+        if (ec == beast::error::timeout)
+          reject(first_request ? "first_byte_timeout" : "idle_timeout");
         break;
       }
       buffer.commit(n);
@@ -599,19 +644,22 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       size_t skip = 0;  // empty lines before a request line are ignored (RFC 9112 section 2.2)
       while (raw.substr(skip, 2) == "\r\n") skip += 2;
       size_t end = raw.find("\r\n\r\n", skip);
-      std::string_view block = raw.substr(skip, end == std::string_view::npos ? std::string_view::npos : end + 2 - skip);
+      std::string_view block =
+          raw.substr(skip, end == std::string_view::npos ? std::string_view::npos : end + 2 - skip);
       if (auto problem = RawHeaderProblem(block, scanned > skip ? scanned - skip : 0)) {
         reject("malformed");
-        early = Response::FromError(400, "bad_request", fmt::format("malformed HTTP request: {}", *problem));
+        early = Response::FromError(400, "bad_request",
+                                    fmt::format("malformed HTTP request: {}", *problem));
         have_early = true;
         break;
       }
       if (end != std::string_view::npos) break;
-      scanned = raw.size() > 0 ? raw.size() - 1 : 0;  // a CR at the end may yet get its LF
+      scanned = raw.size() > 0 ? raw.size() - 1 : 0;      // a CR at the end may yet get its LF
       if (raw.size() >= limits_.max_header_bytes) break;  // Beast answers 431 below
       size_t room = std::min<size_t>(4096, buffer.max_size() - buffer.size());
       if (room == 0) break;
-      size_t n = co_await stream.async_read_some(buffer.prepare(room), asio::redirect_error(use_awaitable, ec));
+      size_t n = co_await stream.async_read_some(buffer.prepare(room),
+                                                 asio::redirect_error(use_awaitable, ec));
       if (ec) break;
       buffer.commit(n);
     }
@@ -628,7 +676,8 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     // (Not boost::none: Beast 1.74 compares a Content-Length against it as greater than none.)
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     if (!have_early) {
-      co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+      co_await http::async_read_header(stream, buffer, parser,
+                                       asio::redirect_error(use_awaitable, ec));
     }
     if (have_early) {
     } else if (ec == beast::error::timeout) {
@@ -638,8 +687,9 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       break;
     } else if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
       reject("header_too_large");
-      early = Response::FromError(431, "headers_too_large",
-                                  fmt::format("request headers exceed {} bytes", limits_.max_header_bytes));
+      early = Response::FromError(
+          431, "headers_too_large",
+          fmt::format("request headers exceed {} bytes", limits_.max_header_bytes));
       have_early = true;
     } else if (ec == http::error::end_of_stream || ec == asio::error::eof ||
                ec == asio::error::connection_reset || ec == asio::error::operation_aborted ||
@@ -693,28 +743,34 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     // A declared body over the route's limit is refused first, whoever sends it.
     if (auto cl = parser.content_length(); !streamed_body && cl && *cl > body_limit) {
       reject("body_too_large");
-      admission.refuse = Response::FromError(413, "payload_too_large",
-                                             fmt::format("request body exceeds {} bytes", body_limit));
+      admission.refuse = Response::FromError(
+          413, "payload_too_large", fmt::format("request body exceeds {} bytes", body_limit));
     }
     if (!admission.refuse && !ChargeConnection(conn, charged)) {
       reject("session_connections");
-      admission.refuse = Response::FromError(
-          429, "resource_exhausted",
-          fmt::format("this session already has {} open connections", limits_.max_connections_per_session));
+      admission.refuse =
+          Response::FromError(429, "resource_exhausted",
+                              fmt::format("this session already has {} open connections",
+                                          limits_.max_connections_per_session));
     }
     // What this request will hold in memory, charged before it is read.
-    size_t reserve = streamed_body || !has_body ? 0 : static_cast<size_t>(parser.content_length().value_or(body_limit));
+    size_t reserve = streamed_body || !has_body
+                         ? 0
+                         : static_cast<size_t>(parser.content_length().value_or(body_limit));
     if (!admission.refuse && reserve > 0) {
       auto it = session_body_bytes_.find(charged);
       size_t session_held = charged.empty() || it == session_body_bytes_.end() ? 0 : it->second;
       if (buffered_body_bytes_ + reserve > limits_.max_buffered_body_bytes) {
         reject("buffered_bodies");
-        admission.refuse = Response::FromError(503, "unavailable", "too many request bodies in flight; retry shortly");
+        admission.refuse = Response::FromError(503, "unavailable",
+                                               "too many request bodies in flight; retry shortly");
         admission.refuse->headers.emplace_back("Retry-After", "1");
-      } else if (!charged.empty() && session_held + reserve > limits_.max_session_buffered_body_bytes) {
+      } else if (!charged.empty() &&
+                 session_held + reserve > limits_.max_session_buffered_body_bytes) {
         reject("session_buffered_bodies");
-        admission.refuse = Response::FromError(429, "resource_exhausted",
-                                               "this session has too many request bodies in flight; retry shortly");
+        admission.refuse = Response::FromError(
+            429, "resource_exhausted",
+            "this session has too many request bodies in flight; retry shortly");
         admission.refuse->headers.emplace_back("Retry-After", "1");
       }
     }
@@ -723,7 +779,9 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       Response r = std::move(*admission.refuse);
       co_await refuse(r, has_body);
       if (!*alive) co_return;
-      metrics_.requests.With({name_, req.route, std::string(req.msg.method_string()), std::to_string(r.status)}).Inc();
+      metrics_.requests
+          .With({name_, req.route, std::string(req.msg.method_string()), std::to_string(r.status)})
+          .Inc();
       break;
     }
     std::optional<BodyBudget> budget;
@@ -753,10 +811,12 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
         break;
       } else if (ec == http::error::body_limit) {
         reject("body_too_large");
-        early = Response::FromError(413, "payload_too_large", fmt::format("request body exceeds {} bytes", body_limit));
+        early = Response::FromError(413, "payload_too_large",
+                                    fmt::format("request body exceeds {} bytes", body_limit));
         co_await refuse(early, true);
         break;
-      } else if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset) {
+      } else if (ec == http::error::end_of_stream || ec == asio::error::eof ||
+                 ec == asio::error::connection_reset) {
         break;
       } else if (ec) {
         reject("malformed");
@@ -772,7 +832,8 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       res = co_await handler_(req);
     } catch (const std::exception& e) {
       // A handler bug must not take the process down; it is logged without request data.
-      log::Error("handler threw", {{"request_id", req.request_id}, {"route", req.route}, {"what", e.what()}});
+      log::Error("handler threw",
+                 {{"request_id", req.request_id}, {"route", req.route}, {"what", e.what()}});
       res = Response::FromError(500, "internal", "internal error");
     }
     if (!*alive) co_return;
@@ -792,8 +853,11 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     metrics_.duration.With({name_, req.route}).Observe(secs);
     if (log::Enabled(log::Level::kInfo)) {
       // The path only: query strings may carry signatures and are never logged.
-      log::Info("http", {{"request_id", req.request_id}, {"listener", name_}, {"method", method},
-                         {"path", req.path.substr(0, 256)}, {"status", status},
+      log::Info("http", {{"request_id", req.request_id},
+                         {"listener", name_},
+                         {"method", method},
+                         {"path", req.path.substr(0, 256)},
+                         {"status", status},
                          {"ms", static_cast<int64_t>(secs * 1000 * 1000) / 1000.0},
                          {"streamed", streamed}});
     }

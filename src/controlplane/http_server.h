@@ -21,11 +21,12 @@ struct HttpLimits {
   size_t max_header_bytes = 16 * 1024;
   // The largest body any route may have; each route has its own, smaller or equal, limit.
   size_t max_body_bytes = 1024 * 1024;
-  std::chrono::milliseconds first_byte_timeout{5'000};  // connect -> first byte of the first request
-  std::chrono::milliseconds idle_timeout{60'000};       // keep-alive wait for the next request
-  std::chrono::milliseconds header_timeout{10'000};     // first byte -> end of headers
-  std::chrono::milliseconds body_timeout{30'000};       // end of headers -> end of body
-  std::chrono::milliseconds write_timeout{30'000};      // any single write
+  std::chrono::milliseconds first_byte_timeout{
+      5'000};                                        // connect -> first byte of the first request
+  std::chrono::milliseconds idle_timeout{60'000};    // keep-alive wait for the next request
+  std::chrono::milliseconds header_timeout{10'000};  // first byte -> end of headers
+  std::chrono::milliseconds body_timeout{30'000};    // end of headers -> end of body
+  std::chrono::milliseconds write_timeout{30'000};   // any single write
   size_t max_connections = 20'000;
   // Connections one session may hold open at once (a per-session socket's, or those a token
   // was presented on): one sandbox cannot take the listener's connections from the others.
@@ -101,7 +102,8 @@ struct Response {
   std::shared_ptr<FileBody> file;
 
   static Response FromJson(unsigned status, const Json& j);
-  static Response Text(unsigned status, std::string body, std::string content_type = "text/plain; charset=utf-8");
+  static Response Text(unsigned status, std::string body,
+                       std::string content_type = "text/plain; charset=utf-8");
   // The API's error shape {"error":{"code","message"}} with the status of `e.code`.
   static Response FromError(const Error& e);
   static Response FromError(unsigned status, std::string_view code, std::string_view message);
@@ -145,12 +147,15 @@ class HttpServer {
   Result<asio::ip::tcp::endpoint> ListenTcp(const std::string& host, uint16_t port);
   // Listens on a Unix socket at `path` (replacing a stale file). Every request on it carries
   // `bound_session`, so routes can refuse a token of any other session.
-  Status ListenUnix(const std::string& path, const std::string& bound_session, uint32_t mode = 0666);
+  Status ListenUnix(const std::string& path, const std::string& bound_session,
+                    uint32_t mode = 0666);
   void CloseUnix(const std::string& path);
   // Requests for which `pred(method, path)` holds get their body as a Request::body reader
   // instead of read ahead into memory (and are not held to max_body_bytes: the handler
   // enforces its own limit).
-  void StreamBodies(std::function<bool(http::verb, std::string_view)> pred) { stream_bodies_ = std::move(pred); }
+  void StreamBodies(std::function<bool(http::verb, std::string_view)> pred) {
+    stream_bodies_ = std::move(pred);
+  }
   // Asked about every request between its headers and its body (see Admission). Without a
   // gate every route may have a body of max_body_bytes and nothing is charged to a session.
   void SetGate(Gate gate) { gate_ = std::move(gate); }

@@ -42,7 +42,8 @@ bool ValidId(const std::string& s) {
 Result<Json> ValidateContent(const Json& c, const std::string& where, bool images_allowed) {
   if (c.is_string()) return c;
   if (!c.is_array() || c.empty()) {
-    return Errorf(ErrorCode::kInvalidArgument, "{}.content must be a string or a non-empty array of parts", where);
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "{}.content must be a string or a non-empty array of parts", where);
   }
   Json parts = Json::array();
   for (size_t i = 0; i < c.size(); ++i) {
@@ -52,7 +53,8 @@ Result<Json> ValidateContent(const Json& c, const std::string& where, bool image
       return Errorf(ErrorCode::kInvalidArgument, "{} must be an object with a \"type\"", at);
     }
     if (p["type"] == "text") {
-      if (!p.contains("text") || !p["text"].is_string()) return Errorf(ErrorCode::kInvalidArgument, "{}.text must be a string", at);
+      if (!p.contains("text") || !p["text"].is_string())
+        return Errorf(ErrorCode::kInvalidArgument, "{}.text must be a string", at);
       parts.push_back(Json{{"type", "text"}, {"text", p["text"]}});
     } else if (p["type"] == "image_url" && images_allowed) {
       const Json* img = p.contains("image_url") ? &p["image_url"] : nullptr;
@@ -61,7 +63,8 @@ Result<Json> ValidateContent(const Json& c, const std::string& where, bool image
       }
       if (!llm::wire::IsDataUrl((*img)["url"].get_ref<const std::string&>())) {
         return Errorf(ErrorCode::kInvalidArgument,
-                      "{}.image_url.url must be a data: URL (data:image/png;base64,...): the control plane never "
+                      "{}.image_url.url must be a data: URL (data:image/png;base64,...): the "
+                      "control plane never "
                       "lets a model provider fetch a URL named by the sandbox",
                       at);
       }
@@ -69,8 +72,8 @@ Result<Json> ValidateContent(const Json& c, const std::string& where, bool image
       if (img->contains("detail") && (*img)["detail"].is_string()) out["detail"] = (*img)["detail"];
       parts.push_back(Json{{"type", "image_url"}, {"image_url", out}});
     } else {
-      return Errorf(ErrorCode::kInvalidArgument, "{}: parts of type \"{}\" are not supported here", at,
-                    p["type"].get<std::string>());
+      return Errorf(ErrorCode::kInvalidArgument, "{}: parts of type \"{}\" are not supported here",
+                    at, p["type"].get<std::string>());
     }
   }
   return parts;
@@ -78,19 +81,27 @@ Result<Json> ValidateContent(const Json& c, const std::string& where, bool image
 
 unsigned StatusFor(Outcome o) {
   switch (o) {
-    case Outcome::kTimeout: return 504;
-    case Outcome::kRefused: return 400;
-    case Outcome::kCancelled: return 410;
-    default: return 502;
+    case Outcome::kTimeout:
+      return 504;
+    case Outcome::kRefused:
+      return 400;
+    case Outcome::kCancelled:
+      return 410;
+    default:
+      return 502;
   }
 }
 
 std::string CodeFor(Outcome o) {
   switch (o) {
-    case Outcome::kTimeout: return "upstream_timeout";
-    case Outcome::kRefused: return "invalid_argument";
-    case Outcome::kCancelled: return "gone";
-    default: return "upstream_error";
+    case Outcome::kTimeout:
+      return "upstream_timeout";
+    case Outcome::kRefused:
+      return "invalid_argument";
+    case Outcome::kCancelled:
+      return "gone";
+    default:
+      return "upstream_error";
   }
 }
 
@@ -100,13 +111,14 @@ std::optional<std::string> BudgetSpent(const store::Session& s) {
   if (auto it = s.limits.find("max_tokens"); it != s.limits.end() && it->is_number()) {
     int64_t used = s.usage.input_tokens + s.usage.output_tokens;
     if (static_cast<double>(used) >= it->get<double>()) {
-      return fmt::format("the session's token budget is spent ({} of max_tokens {})", used, it->dump());
+      return fmt::format("the session's token budget is spent ({} of max_tokens {})", used,
+                         it->dump());
     }
   }
   if (auto it = s.limits.find("max_cost_usd"); it != s.limits.end() && it->is_number()) {
     if (s.usage.cost_usd >= it->get<double>()) {
-      return fmt::format("the session's cost budget is spent (${:.6f} of max_cost_usd {})", s.usage.cost_usd,
-                         it->dump());
+      return fmt::format("the session's cost budget is spent (${:.6f} of max_cost_usd {})",
+                         s.usage.cost_usd, it->dump());
     }
   }
   return std::nullopt;
@@ -131,28 +143,35 @@ double CostOf(const ModelConfig& model, const llm::TokenUsage& u) {
 
 Result<Json> ValidateChatMessage(const Json& m, const std::string& where) {
   if (!m.is_object()) return Errorf(ErrorCode::kInvalidArgument, "{} must be an object", where);
-  AIRLOCK_TRY(RejectUnknownKeys(m, {"role", "content", "name", "tool_calls", "tool_call_id"}, where));
+  AIRLOCK_TRY(
+      RejectUnknownKeys(m, {"role", "content", "name", "tool_calls", "tool_call_id"}, where));
   if (!m.contains("role") || !m["role"].is_string()) {
-    return Errorf(ErrorCode::kInvalidArgument, "{}.role must be system, user, assistant or tool", where);
+    return Errorf(ErrorCode::kInvalidArgument, "{}.role must be system, user, assistant or tool",
+                  where);
   }
   const std::string role = m["role"];
   if (role != "system" && role != "user" && role != "assistant" && role != "tool") {
-    return Errorf(ErrorCode::kInvalidArgument, "{}.role must be system, user, assistant or tool, not \"{}\"", where,
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "{}.role must be system, user, assistant or tool, not \"{}\"", where,
                   role.substr(0, 32));
   }
   Json out{{"role", role}};
   if (m.contains("name")) {
     if (!m["name"].is_string() || !ValidName(m["name"], 64)) {
-      return Errorf(ErrorCode::kInvalidArgument, "{}.name must be 1-64 letters, digits, _ or -", where);
+      return Errorf(ErrorCode::kInvalidArgument, "{}.name must be 1-64 letters, digits, _ or -",
+                    where);
     }
     out["name"] = m["name"];
   }
   bool has_calls = m.contains("tool_calls") && !m["tool_calls"].is_null();
   if (has_calls) {
-    if (role != "assistant") return Errorf(ErrorCode::kInvalidArgument, "{}: only assistant messages hold tool_calls", where);
+    if (role != "assistant")
+      return Errorf(ErrorCode::kInvalidArgument, "{}: only assistant messages hold tool_calls",
+                    where);
     const Json& tcs = m["tool_calls"];
     if (!tcs.is_array() || tcs.empty() || tcs.size() > kMaxToolCalls) {
-      return Errorf(ErrorCode::kInvalidArgument, "{}.tool_calls must be an array of 1-{} calls", where, kMaxToolCalls);
+      return Errorf(ErrorCode::kInvalidArgument, "{}.tool_calls must be an array of 1-{} calls",
+                    where, kMaxToolCalls);
     }
     Json calls = Json::array();
     for (size_t i = 0; i < tcs.size(); ++i) {
@@ -167,20 +186,25 @@ Result<Json> ValidateChatMessage(const Json& m, const std::string& where) {
       const Json* fn = tc.contains("function") ? &tc["function"] : nullptr;
       if (!fn || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string() ||
           !ValidName((*fn)["name"], 64)) {
-        return Errorf(ErrorCode::kInvalidArgument, "{}.function.name must be 1-64 letters, digits, _ or -", at);
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "{}.function.name must be 1-64 letters, digits, _ or -", at);
       }
       if (!fn->contains("arguments") || !(*fn)["arguments"].is_string()) {
-        return Errorf(ErrorCode::kInvalidArgument, "{}.function.arguments must be a string (JSON text)", at);
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "{}.function.arguments must be a string (JSON text)", at);
       }
-      calls.push_back(Json{{"id", tc["id"]},
-                           {"type", "function"},
-                           {"function", {{"name", (*fn)["name"]}, {"arguments", (*fn)["arguments"]}}}});
+      calls.push_back(
+          Json{{"id", tc["id"]},
+               {"type", "function"},
+               {"function", {{"name", (*fn)["name"]}, {"arguments", (*fn)["arguments"]}}}});
     }
     out["tool_calls"] = std::move(calls);
   }
   if (role == "tool") {
-    if (!m.contains("tool_call_id") || !m["tool_call_id"].is_string() || !ValidId(m["tool_call_id"])) {
-      return Errorf(ErrorCode::kInvalidArgument, "{}.tool_call_id must name the tool call this answers", where);
+    if (!m.contains("tool_call_id") || !m["tool_call_id"].is_string() ||
+        !ValidId(m["tool_call_id"])) {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "{}.tool_call_id must name the tool call this answers", where);
     }
     out["tool_call_id"] = m["tool_call_id"];
   } else if (m.contains("tool_call_id")) {
@@ -188,7 +212,8 @@ Result<Json> ValidateChatMessage(const Json& m, const std::string& where) {
   }
   const bool content_optional = role == "assistant" && has_calls;
   if (!m.contains("content") || m["content"].is_null()) {
-    if (!content_optional) return Errorf(ErrorCode::kInvalidArgument, "{}.content is required", where);
+    if (!content_optional)
+      return Errorf(ErrorCode::kInvalidArgument, "{}.content is required", where);
     out["content"] = nullptr;
   } else {
     AIRLOCK_ASSIGN_OR_RETURN(out["content"], ValidateContent(m["content"], where, role == "user"));
@@ -198,31 +223,40 @@ Result<Json> ValidateChatMessage(const Json& m, const std::string& where) {
 
 Result<Json> ValidateChatTools(const Json& tools) {
   if (!tools.is_array() || tools.size() > kMaxTools) {
-    return Errorf(ErrorCode::kInvalidArgument, "\"tools\" must be an array of at most {} tools", kMaxTools);
+    return Errorf(ErrorCode::kInvalidArgument, "\"tools\" must be an array of at most {} tools",
+                  kMaxTools);
   }
   Json out = Json::array();
   std::set<std::string> names;
   for (size_t i = 0; i < tools.size(); ++i) {
     const Json& t = tools[i];
     std::string at = fmt::format("tools[{}]", i);
-    if (!t.is_object() || t.value("type", "") != "function" || !t.contains("function") || !t["function"].is_object()) {
-      return Errorf(ErrorCode::kInvalidArgument, "{} must be {{\"type\":\"function\",\"function\":{{...}}}}", at);
+    if (!t.is_object() || t.value("type", "") != "function" || !t.contains("function") ||
+        !t["function"].is_object()) {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "{} must be {{\"type\":\"function\",\"function\":{{...}}}}", at);
     }
     const Json& fn = t["function"];
-    AIRLOCK_TRY(RejectUnknownKeys(fn, {"name", "description", "parameters", "strict"}, at + ".function"));
+    AIRLOCK_TRY(
+        RejectUnknownKeys(fn, {"name", "description", "parameters", "strict"}, at + ".function"));
     if (!fn.contains("name") || !fn["name"].is_string() || !ValidName(fn["name"], 64)) {
-      return Errorf(ErrorCode::kInvalidArgument, "{}.function.name must be 1-64 letters, digits, _ or -", at);
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "{}.function.name must be 1-64 letters, digits, _ or -", at);
     }
     if (!names.insert(fn["name"].get<std::string>()).second) {
-      return Errorf(ErrorCode::kInvalidArgument, "{}: two tools are named \"{}\"", at, fn["name"].get<std::string>());
+      return Errorf(ErrorCode::kInvalidArgument, "{}: two tools are named \"{}\"", at,
+                    fn["name"].get<std::string>());
     }
     Json f{{"name", fn["name"]}};
     if (fn.contains("description")) {
-      if (!fn["description"].is_string()) return Errorf(ErrorCode::kInvalidArgument, "{}.function.description must be a string", at);
+      if (!fn["description"].is_string())
+        return Errorf(ErrorCode::kInvalidArgument, "{}.function.description must be a string", at);
       f["description"] = fn["description"];
     }
     if (fn.contains("parameters")) {
-      if (!fn["parameters"].is_object()) return Errorf(ErrorCode::kInvalidArgument, "{}.function.parameters must be a JSON schema object", at);
+      if (!fn["parameters"].is_object())
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "{}.function.parameters must be a JSON schema object", at);
       f["parameters"] = fn["parameters"];
     }
     if (fn.contains("strict") && fn["strict"].is_boolean()) f["strict"] = fn["strict"];
@@ -245,7 +279,8 @@ awaitable<ConversationLocks::Holder> ConversationLocks::Acquire(const std::strin
     if (h == Holder::kNone) break;
     if (as == Holder::kChat && h == Holder::kChat) co_return h;
     uint64_t v = released_.Version(id);
-    if (!co_await released_.Wait(id, v, deadline) && holder(id) != Holder::kNone) co_return holder(id);
+    if (!co_await released_.Wait(id, v, deadline) && holder(id) != Holder::kNone)
+      co_return holder(id);
   }
   held_[id] = as;
   co_return Holder::kNone;
@@ -260,14 +295,16 @@ void ConversationLocks::Release(const std::string& id) {
 // ---------------------------------------------------------------- metrics
 
 LlmMetrics::LlmMetrics(metrics::Registry& r)
-    : calls(r.AddCounter("airlock_llm_calls_total", "LLM calls proxied, by model alias and outcome.",
-                         {"model", "outcome"})),
-      tokens(r.AddCounter("airlock_llm_tokens_total", "Tokens metered, by model alias and direction.",
-                          {"model", "direction"})),
-      cost(r.AddCounter("airlock_llm_cost_usd_total", "Cost metered in US dollars, by model alias.", {"model"})),
-      seconds(r.AddHistogram("airlock_llm_call_duration_seconds", "Latency of proxied LLM calls.", {"model"},
-                             {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300})),
-      budget_refusals(r.AddCounter("airlock_llm_budget_refusals_total", "Calls refused with 402: budget spent.")) {}
+    : calls(r.AddCounter("airlock_llm_calls_total",
+                         "LLM calls proxied, by model alias and outcome.", {"model", "outcome"})),
+      tokens(r.AddCounter("airlock_llm_tokens_total",
+                          "Tokens metered, by model alias and direction.", {"model", "direction"})),
+      cost(r.AddCounter("airlock_llm_cost_usd_total", "Cost metered in US dollars, by model alias.",
+                        {"model"})),
+      seconds(r.AddHistogram("airlock_llm_call_duration_seconds", "Latency of proxied LLM calls.",
+                             {"model"}, {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300})),
+      budget_refusals(r.AddCounter("airlock_llm_budget_refusals_total",
+                                   "Calls refused with 402: budget spent.")) {}
 
 // ---------------------------------------------------------------- the call
 
@@ -294,7 +331,7 @@ struct LlmProxy::Call {
   std::string final_frame;
   bool done = false;
   bool receiver_gone = false;
-  bool reply_complete = false;  // a chunk with a finish_reason was produced
+  bool reply_complete = false;                  // a chunk with a finish_reason was produced
   std::unique_ptr<asio::steady_timer> wake;     // the writer waits on it
   std::unique_ptr<asio::steady_timer> drained;  // the producer waits on it when the buffer is full
 };
@@ -321,7 +358,8 @@ class PumpReceiver : public llm::ChunkReceiver {
 
 awaitable<bool> PumpReceiver::OnChunk(const Json& chunk) {
   if (call_.receiver_gone) co_return false;
-  if (const auto* choices = llm::wire::Member(chunk, "choices"); choices != nullptr && choices->is_array()) {
+  if (const auto* choices = llm::wire::Member(chunk, "choices");
+      choices != nullptr && choices->is_array()) {
     for (const auto& choice : *choices) {
       const auto* finish = llm::wire::Member(choice, "finish_reason");
       if (finish != nullptr && !finish->is_null()) call_.reply_complete = true;
@@ -331,13 +369,21 @@ awaitable<bool> PumpReceiver::OnChunk(const Json& chunk) {
   call_.frame_bytes += frame.size();
   call_.frames.push_back(std::move(frame));
   call_.wake->cancel();
-  while (call_.frame_bytes > kMaxBufferedStream && !call_.receiver_gone) co_await WaitOn(*call_.drained);
+  while (call_.frame_bytes > kMaxBufferedStream && !call_.receiver_gone)
+    co_await WaitOn(*call_.drained);
   co_return !call_.receiver_gone;
 }
 
-LlmProxy::LlmProxy(asio::io_context& io, const Config& config, store::Store& store, asio::thread_pool& pool,
-                   Notifier& events, ConversationLocks& locks, metrics::Registry& registry)
-    : io_(io), config_(config), store_(store), pool_(pool), events_(events), locks_(locks), metrics_(registry) {}
+LlmProxy::LlmProxy(asio::io_context& io, const Config& config, store::Store& store,
+                   asio::thread_pool& pool, Notifier& events, ConversationLocks& locks,
+                   metrics::Registry& registry)
+    : io_(io),
+      config_(config),
+      store_(store),
+      pool_(pool),
+      events_(events),
+      locks_(locks),
+      metrics_(registry) {}
 
 LlmProxy::~LlmProxy() = default;
 
@@ -346,15 +392,19 @@ void LlmProxy::Start() {
     ProviderSlot slot;
     auto fail = [&](std::string why) {
       slot.unavailable = fmt::format("provider \"{}\" is not available: {}", name, why);
-      log::Warn("llm provider not available", {{"provider", name}, {"kind", p.kind}, {"reason", why}});
+      log::Warn("llm provider not available",
+                {{"provider", name}, {"kind", p.kind}, {"reason", why}});
     };
     if (p.kind == "scripted") {
-      auto sp = p.builtin_demo ? llm::MakeScriptedProvider(llm::BuiltinDemoScript(), "the built-in demo script")
+      auto sp = p.builtin_demo ? llm::MakeScriptedProvider(llm::BuiltinDemoScript(),
+                                                           "the built-in demo script")
                                : llm::LoadScriptedProvider(p.script);
       if (sp) {
         slot.provider = std::move(*sp);
         log::Info("llm provider ready: the scripted model (replies from a script, no LLM)",
-                  {{"provider", name}, {"kind", "scripted"}, {"script", p.builtin_demo ? "built-in demo" : p.script}});
+                  {{"provider", name},
+                   {"kind", "scripted"},
+                   {"script", p.builtin_demo ? "built-in demo" : p.script}});
       } else {
         fail(sp.error().message);
       }
@@ -370,7 +420,8 @@ void LlmProxy::Start() {
     if (!ep) {
       fail(ep.error().message);
     } else if (key.empty() && !p.api_key_env.empty()) {
-      fail(fmt::format("the environment variable {} is not set in the control plane's environment", p.api_key_env));
+      fail(fmt::format("the environment variable {} is not set in the control plane's environment",
+                       p.api_key_env));
     } else if (key.empty() && p.kind == "anthropic") {
       fail("no key: set api_key_env");
     } else {
@@ -388,7 +439,8 @@ void LlmProxy::Start() {
         slot.client = std::move(*client);
         auto format = p.kind == "openai" ? llm::MakeOpenAiFormat() : llm::MakeAnthropicFormat();
         slot.provider = llm::MakeHttpProvider(std::move(format), *ep, std::move(key), *slot.client);
-        log::Info("llm provider ready", {{"provider", name}, {"kind", p.kind}, {"upstream", ep->Key()}});
+        log::Info("llm provider ready",
+                  {{"provider", name}, {"kind", p.kind}, {"upstream", ep->Key()}});
       }
     }
     providers_[name] = std::move(slot);
@@ -402,29 +454,35 @@ void LlmProxy::CancelSession(const std::string& id) {
 awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
   auto body = ParseJsonObject(req.msg.body());
   if (!body) co_return Response::FromError(body.error());
-  if (auto st = RejectUnknownKeys(*body, {"messages", "tools", "model", "stream"}, "chat request"); !st) {
-    co_return Response::FromError(400, "invalid_argument",
-                                  st.error().message + " (model parameters are set by the operator per model alias)");
+  if (auto st = RejectUnknownKeys(*body, {"messages", "tools", "model", "stream"}, "chat request");
+      !st) {
+    co_return Response::FromError(
+        400, "invalid_argument",
+        st.error().message + " (model parameters are set by the operator per model alias)");
   }
   auto call = std::make_shared<Call>();
   call->session = std::move(s);
   const store::Session& sess = call->session;
 
   if (!body->contains("messages") || !(*body)["messages"].is_array()) {
-    co_return Response::FromError(400, "invalid_argument", "\"messages\" must be an array of the new messages");
+    co_return Response::FromError(400, "invalid_argument",
+                                  "\"messages\" must be an array of the new messages");
   }
   const Json& msgs = (*body)["messages"];
   if (msgs.size() > kMaxMessagesPerCall) {
-    co_return Response::FromError(400, "invalid_argument", fmt::format("at most {} new messages per call", kMaxMessagesPerCall));
+    co_return Response::FromError(
+        400, "invalid_argument",
+        fmt::format("at most {} new messages per call", kMaxMessagesPerCall));
   }
   for (size_t i = 0; i < msgs.size(); ++i) {
     auto m = ValidateChatMessage(msgs[i], fmt::format("messages[{}]", i));
     if (!m) co_return Response::FromError(m.error());
     if ((*m)["role"] == "assistant") {
-      co_return Response::FromError(400, "invalid_argument",
-                                    fmt::format("messages[{}]: assistant messages come from the model; the control "
-                                                "plane stores them itself",
-                                                i));
+      co_return Response::FromError(
+          400, "invalid_argument",
+          fmt::format("messages[{}]: assistant messages come from the model; the control "
+                      "plane stores them itself",
+                      i));
     }
     call->new_messages.push_back(std::move(*m));
   }
@@ -440,7 +498,8 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
 
   call->alias = sess.model;
   if (body->contains("model") && !(*body)["model"].is_null()) {
-    if (!(*body)["model"].is_string()) co_return Response::FromError(400, "invalid_argument", "\"model\" must be a model alias");
+    if (!(*body)["model"].is_string())
+      co_return Response::FromError(400, "invalid_argument", "\"model\" must be a model alias");
     call->alias = (*body)["model"];
   }
   bool allowed = call->alias == sess.model;
@@ -459,9 +518,10 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
   }
   auto mit = config_.models.find(call->alias);
   if (mit == config_.models.end()) {
-    co_return Response::FromError(503, "unavailable",
-                                  fmt::format("the model alias \"{}\" is not configured on this control plane",
-                                              call->alias.substr(0, 64)));
+    co_return Response::FromError(
+        503, "unavailable",
+        fmt::format("the model alias \"{}\" is not configured on this control plane",
+                    call->alias.substr(0, 64)));
   }
   call->model = &mit->second;
   auto pit = providers_.find(call->model->provider);
@@ -488,16 +548,19 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
   auto blocked = co_await locks_.Acquire(sess.id, ConversationLocks::Holder::kChat,
                                          Clock::now() + std::chrono::seconds(30));
   if (blocked == ConversationLocks::Holder::kChat) {
-    co_return Response::FromError(409, "conflict",
-                                  "another LLM call of this session is in progress; calls of one session are "
-                                  "made one at a time");
+    co_return Response::FromError(
+        409, "conflict",
+        "another LLM call of this session is in progress; calls of one session are "
+        "made one at a time");
   }
   if (blocked != ConversationLocks::Holder::kNone) {
-    co_return Response::FromError(503, "unavailable", "the session's conversation stayed busy; try again");
+    co_return Response::FromError(503, "unavailable",
+                                  "the session's conversation stayed busy; try again");
   }
   in_flight_[sess.id] = &call->cancel;
 
-  auto history = co_await RunBlocking(pool_, [this, &sess] { return store_.ListMessages(sess.id, false); });
+  auto history =
+      co_await RunBlocking(pool_, [this, &sess] { return store_.ListMessages(sess.id, false); });
   if (!history) {
     in_flight_.erase(sess.id);
     locks_.Release(sess.id);
@@ -517,7 +580,9 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
       call->error = std::move(r.error());
     }
     co_await Record(*call);
-    if (call->error) co_return Response::FromError(StatusFor(call->error->outcome), CodeFor(call->error->outcome), call->error->message);
+    if (call->error)
+      co_return Response::FromError(StatusFor(call->error->outcome), CodeFor(call->error->outcome),
+                                    call->error->message);
     Json out{{"message", call->result->message},
              {"finish_reason", call->result->finish_reason},
              {"model", call->alias},
@@ -533,7 +598,8 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
   // the sandbox a plain JSON error.
   while (call->frames.empty() && !call->done) co_await WaitOn(*call->wake);
   if (call->frames.empty() && call->error) {
-    co_return Response::FromError(StatusFor(call->error->outcome), CodeFor(call->error->outcome), call->error->message);
+    co_return Response::FromError(StatusFor(call->error->outcome), CodeFor(call->error->outcome),
+                                  call->error->message);
   }
   Response res;
   res.content_type = "text/event-stream";
@@ -580,7 +646,8 @@ awaitable<void> LlmProxy::RunStreamed(std::shared_ptr<Call> call) {
   }
   co_await Record(*call);
   if (call->error) {
-    call->final_frame = SseData(Json{{"error", {{"code", CodeFor(call->error->outcome)}, {"message", call->error->message}}}});
+    call->final_frame = SseData(Json{
+        {"error", {{"code", CodeFor(call->error->outcome)}, {"message", call->error->message}}}});
   } else {
     call->final_frame = "data: [DONE]\n\n";
   }
@@ -638,18 +705,21 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
     rec.usage = store::Usage{u.input_tokens, u.output_tokens, 1, call.cost_usd};
     rec.event_data = data;
     rec.token_hash = call.session.token_hash;
-    auto totals = co_await RunBlocking(pool_, [this, &id, &rec] { return store_.RecordChat(id, rec); });
+    auto totals =
+        co_await RunBlocking(pool_, [this, &id, &rec] { return store_.RecordChat(id, rec); });
     if (totals) {
       call.totals = *totals;
     } else {
       // The session ended while the provider answered: the reply is not stored.
       failed = totals.error();
       const ErrorCode code = totals.error().code;
-      call.error = CallError{code == ErrorCode::kConflict || code == ErrorCode::kUnauthenticated ? Outcome::kCancelled
-                                                                                                 : Outcome::kUpstreamError,
-                             code == ErrorCode::kConflict          ? "the session ended during the call"
-                             : code == ErrorCode::kUnauthenticated ? "a fresh sandbox replaced this one during the call"
-                                                                   : "the reply could not be stored: " + totals.error().message,
+      call.error = CallError{code == ErrorCode::kConflict || code == ErrorCode::kUnauthenticated
+                                 ? Outcome::kCancelled
+                                 : Outcome::kUpstreamError,
+                             code == ErrorCode::kConflict ? "the session ended during the call"
+                             : code == ErrorCode::kUnauthenticated
+                                 ? "a fresh sandbox replaced this one during the call"
+                                 : "the reply could not be stored: " + totals.error().message,
                              0};
       call.result.reset();
     }
@@ -673,7 +743,8 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
       rec.model = call.alias;
       rec.usage = store::Usage{spent->input_tokens, spent->output_tokens, 1, call.cost_usd};
       rec.event_data = data;
-      auto totals = co_await RunBlocking(pool_, [this, &id, &rec] { return store_.RecordChat(id, rec); });
+      auto totals =
+          co_await RunBlocking(pool_, [this, &id, &rec] { return store_.RecordChat(id, rec); });
       if (totals) {
         call.totals = *totals;
         recorded = true;
@@ -684,7 +755,8 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
       }
     }
     if (!recorded) {
-      auto ev = co_await RunBlocking(pool_, [this, &id, &data] { return store_.AppendEvent(id, "llm.call", data); });
+      auto ev = co_await RunBlocking(
+          pool_, [this, &id, &data] { return store_.AppendEvent(id, "llm.call", data); });
       if (!ev) failed = ev.error();
     }
   }

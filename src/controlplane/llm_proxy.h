@@ -39,7 +39,8 @@ class ConversationLocks {
   // Waits until the conversation is free and takes it: returns kNone. Otherwise returns the
   // holder in the way: at once when an LLM call asks and another LLM call holds it (calls of
   // one session are refused, not queued), or whoever still holds it at `deadline`.
-  awaitable<Holder> Acquire(const std::string& id, Holder as, std::chrono::steady_clock::time_point deadline);
+  awaitable<Holder> Acquire(const std::string& id, Holder as,
+                            std::chrono::steady_clock::time_point deadline);
   void Release(const std::string& id);
 
  private:

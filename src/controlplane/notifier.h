@@ -22,7 +22,8 @@ class Notifier {
   uint64_t Version(const std::string& key) const;
   void Notify(const std::string& key);
   // Returns true when notified (or already changed), false on deadline.
-  awaitable<bool> Wait(const std::string& key, uint64_t seen, std::chrono::steady_clock::time_point deadline);
+  awaitable<bool> Wait(const std::string& key, uint64_t seen,
+                       std::chrono::steady_clock::time_point deadline);
   // Drops a key's bookkeeping once nothing more will be published on it (a session ended).
   void Forget(const std::string& key);
   // Wakes every waiter (server drain).

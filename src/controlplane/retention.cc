@@ -24,7 +24,8 @@ constexpr int64_t kReleasePagesPerStep = 2048;  // 8 MiB of 4 KiB pages per writ
 std::string UnescapeMountPoint(std::string_view s) {
   std::string out;
   for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size() && s.substr(i + 1, 3).find_first_not_of("01234567") == std::string_view::npos) {
+    if (s[i] == '\\' && i + 3 < s.size() &&
+        s.substr(i + 1, 3).find_first_not_of("01234567") == std::string_view::npos) {
       out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
       i += 3;
     } else {
@@ -52,7 +53,8 @@ std::optional<std::string> MountBelow(const std::string& dir) {
 int64_t TreeBytes(const std::string& dir) {
   int64_t total = 0;
   std::error_code ec;
-  for (fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end;
+  for (fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec),
+       end;
        !ec && it != end; it.increment(ec)) {
     std::error_code ec2;
     auto st = it->symlink_status(ec2);
@@ -89,11 +91,13 @@ Result<GcRequest> ParseGcRequest(const Json& body, const RetentionConfig& config
   } else if (config.ended_sessions_after_s > 0) {
     r.older_than_s = config.ended_sessions_after_s;
   } else {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "no retention policy is configured (retention.ended_sessions_after): say \"older_than\"");
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "no retention policy is configured (retention.ended_sessions_after): say \"older_than\"");
   }
   if (auto it = body.find("dry_run"); it != body.end() && !it->is_null()) {
-    if (!it->is_boolean()) return MakeError(ErrorCode::kInvalidArgument, "\"dry_run\" must be true or false");
+    if (!it->is_boolean())
+      return MakeError(ErrorCode::kInvalidArgument, "\"dry_run\" must be true or false");
     r.dry_run = it->get<bool>();
   }
   AIRLOCK_ASSIGN_OR_RETURN(auto max_sessions, OptionalInt(body, "max_sessions"));
@@ -135,7 +139,8 @@ Retention::~Retention() {
 
 Status Retention::PurgeOne(const std::string& id, bool dry_run, GcReport& report) {
   if (id.empty() || id.find('/') != std::string::npos || id.front() == '.') {
-    return Errorf(ErrorCode::kInternal, "the store holds a session id that is not a name: \"{}\"", id.substr(0, 64));
+    return Errorf(ErrorCode::kInternal, "the store holds a session id that is not a name: \"{}\"",
+                  id.substr(0, 64));
   }
   const std::string dirs[] = {config_.home + "/sessions/" + id, config_.home + "/run/" + id};
   files::DeletedFiles files;
@@ -210,13 +215,15 @@ namespace {
 awaitable<void> ApplyPeriodically(std::shared_ptr<Retention::Loop> loop, Retention* retention,
                                   asio::thread_pool* pool, RetentionConfig config) {
   asio::steady_timer timer(co_await asio::this_coro::executor);
-  const GcRequest request{config.ended_sessions_after_s, false, static_cast<int>(config.batch_sessions)};
+  const GcRequest request{config.ended_sessions_after_s, false,
+                          static_cast<int>(config.batch_sessions)};
   for (;;) {
     timer.expires_after(std::chrono::seconds(config.interval_s));
     boost::system::error_code ec;
     co_await timer.async_wait(asio::redirect_error(use_awaitable, ec));
     if (loop->stopped) co_return;
-    auto report = co_await RunBlocking(*pool, [retention, &request] { return retention->Run(request, NowMillis()); });
+    auto report = co_await RunBlocking(
+        *pool, [retention, &request] { return retention->Run(request, NowMillis()); });
     if (loop->stopped) co_return;
     if (!report) {
       log::Warn("retention pass failed", {{"error", report.error().message}});

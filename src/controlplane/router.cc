@@ -71,9 +71,10 @@ awaitable<Response> Router::Dispatch(Request& req) const {
   }
   if (!allow.empty()) {
     req.route = "method_not_allowed";
-    auto res = Response::FromError(405, "method_not_allowed",
-                                   fmt::format("{} is not allowed here; allowed: {}",
-                                               std::string(req.msg.method_string()).substr(0, 16), allow));
+    auto res =
+        Response::FromError(405, "method_not_allowed",
+                            fmt::format("{} is not allowed here; allowed: {}",
+                                        std::string(req.msg.method_string()).substr(0, 16), allow));
     res.headers.emplace_back("Allow", allow);
     co_return res;
   }

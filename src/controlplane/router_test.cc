@@ -7,7 +7,9 @@ namespace {
 
 // A plain coroutine function, not a capturing lambda: the lambda object would be gone by
 // the time io.run() resumes it.
-awaitable<void> DispatchInto(const Router* r, Request* req, Response* res) { *res = co_await r->Dispatch(*req); }
+awaitable<void> DispatchInto(const Router* r, Request* req, Response* res) {
+  *res = co_await r->Dispatch(*req);
+}
 
 Response DispatchOnce(const Router& r, http::verb m, std::string path, Request* out = nullptr) {
   asio::io_context io;
@@ -26,9 +28,8 @@ Router MakeRouter() {
   r.Add(http::verb::get, "/v1/sessions/{id}", [](Request& q) -> awaitable<Response> {
     co_return Response::FromJson(200, Json{{"id", q.params["id"]}});
   });
-  r.Add(http::verb::delete_, "/v1/sessions/{id}", [](Request&) -> awaitable<Response> {
-    co_return Response::FromJson(200, Json::object());
-  });
+  r.Add(http::verb::delete_, "/v1/sessions/{id}",
+        [](Request&) -> awaitable<Response> { co_return Response::FromJson(200, Json::object()); });
   return r;
 }
 

@@ -24,7 +24,10 @@ constexpr auto kHeartbeat = std::chrono::seconds(15);
 constexpr size_t kMaxLogResponse = 16 << 20;  // the log file is capped well below this by init
 
 Json EventJson(const store::Event& e) {
-  return Json{{"seq", e.seq}, {"type", e.type}, {"data", e.data}, {"created_at", FormatTimestamp(e.created_at)}};
+  return Json{{"seq", e.seq},
+              {"type", e.type},
+              {"data", e.data},
+              {"created_at", FormatTimestamp(e.created_at)}};
 }
 
 std::string SseFrame(const store::Event& e) {
@@ -44,7 +47,8 @@ void ControlPlane::RegisterOperatorRoutes() {
   auto authed = [this](awaitable<Response> (ControlPlane::*fn)(Request&)) {
     return [this, fn](Request& req) -> awaitable<Response> {
       if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
-      if (auto it = req.params.find("id"); it != req.params.end() && !PlausibleSessionId(it->second)) {
+      if (auto it = req.params.find("id");
+          it != req.params.end() && !PlausibleSessionId(it->second)) {
         co_return Response::FromError(404, "not_found", "no such session");
       }
       co_return co_await (this->*fn)(req);
@@ -70,10 +74,14 @@ void ControlPlane::RegisterOperatorRoutes() {
   // POST /v1/admin/gc (docs/api-extensions.md): applies the retention policy now.
   r.Add(http::verb::post, "/v1/admin/gc", [this](Request& req) -> awaitable<Response> {
     if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
-    AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body().empty() ? std::string_view("{}") : req.msg.body()));
+    AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body().empty() ? std::string_view("{}")
+                                                                        : req.msg.body()));
     AIRLOCK_CO_ASSIGN(GcRequest gc, ParseGcRequest(body, config_.retention));
-    if (!retention_) co_return Response::FromError(503, "unavailable", "the control plane is starting");
-    AIRLOCK_CO_ASSIGN(GcReport report, co_await RunBlocking(pool_, [this, &gc] { return retention_->Run(gc, NowMillis()); }));
+    if (!retention_)
+      co_return Response::FromError(503, "unavailable", "the control plane is starting");
+    AIRLOCK_CO_ASSIGN(GcReport report, co_await RunBlocking(pool_, [this, &gc] {
+                        return retention_->Run(gc, NowMillis());
+                      }));
     if (!gc.dry_run && report.sessions > 0) {
       log::Info("gc", GcReportJson(gc, report));
     }
@@ -87,18 +95,25 @@ void ControlPlane::RegisterSandboxRoutes() {
   // Body limits sized to each route, enforced before a byte of the body is read: an event is
   // not a megabyte. A finish's result may be 64 KiB of text, which JSON may escape to six
   // times that; a chat carries new messages (tool output, images as data: URLs).
-  r.Add(http::verb::post, "/sandbox/v1/events", [this](Request& q) { return SandboxEvent(q); },
-        RouteOptions{static_cast<size_t>(config_.max_event_bytes)});
+  r.Add(
+      http::verb::post, "/sandbox/v1/events", [this](Request& q) { return SandboxEvent(q); },
+      RouteOptions{static_cast<size_t>(config_.max_event_bytes)});
   r.Add(http::verb::get, "/sandbox/v1/history", [this](Request& q) { return History(q); });
-  r.Add(http::verb::post, "/sandbox/v1/finish", [this](Request& q) { return Finish(q); },
-        RouteOptions{size_t{6 * 64 * 1024 + 4096}});
-  r.Add(http::verb::post, "/sandbox/v1/llm/chat", [this](Request& q) { return LlmChat(q); },
-        RouteOptions{config_.limits.max_body_bytes});
-  r.Add(http::verb::post, "/sandbox/v1/files/presign", [this](Request& q) { return PresignFile(q); });
+  r.Add(
+      http::verb::post, "/sandbox/v1/finish", [this](Request& q) { return Finish(q); },
+      RouteOptions{size_t{6 * 64 * 1024 + 4096}});
+  r.Add(
+      http::verb::post, "/sandbox/v1/llm/chat", [this](Request& q) { return LlmChat(q); },
+      RouteOptions{config_.limits.max_body_bytes});
+  r.Add(http::verb::post, "/sandbox/v1/files/presign",
+        [this](Request& q) { return PresignFile(q); });
   // The local store's signed URLs: the signature is the credential, no bearer token.
-  r.Add(http::verb::put, "/sandbox/v1/files/{session}/{name}", [this](Request& q) { return files_->Upload(q); });
-  r.Add(http::verb::get, "/sandbox/v1/files/{session}/{name}", [this](Request& q) { return files_->Fetch(q); });
-  r.Add(http::verb::head, "/sandbox/v1/files/{session}/{name}", [this](Request& q) { return files_->Fetch(q); });
+  r.Add(http::verb::put, "/sandbox/v1/files/{session}/{name}",
+        [this](Request& q) { return files_->Upload(q); });
+  r.Add(http::verb::get, "/sandbox/v1/files/{session}/{name}",
+        [this](Request& q) { return files_->Fetch(q); });
+  r.Add(http::verb::head, "/sandbox/v1/files/{session}/{name}",
+        [this](Request& q) { return files_->Fetch(q); });
 }
 
 // ---------------------------------------------------------------- operator routes
@@ -106,9 +121,11 @@ void ControlPlane::RegisterSandboxRoutes() {
 awaitable<Response> ControlPlane::CreateSession(Request& req) {
   AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
   AIRLOCK_CO_TRY(RejectUnknownKeys(
-      body, {"task", "image", "command", "model", "models", "backend", "limits", "metadata"}, "session"));
+      body, {"task", "image", "command", "model", "models", "backend", "limits", "metadata"},
+      "session"));
   AIRLOCK_CO_ASSIGN(std::string task, RequiredString(body, "task"));
-  if (task.empty()) co_return Response::FromError(400, "invalid_argument", "\"task\" must not be empty");
+  if (task.empty())
+    co_return Response::FromError(400, "invalid_argument", "\"task\" must not be empty");
   if (static_cast<int64_t>(task.size()) > config_.max_task_bytes) {
     co_return Response::FromError(413, "payload_too_large",
                                   fmt::format("\"task\" exceeds {} bytes", config_.max_task_bytes));
@@ -128,17 +145,20 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
     if (config_.models.count(a)) return Ok();
     std::string known;
     for (const auto& [k, v] : config_.models) known += (known.empty() ? "" : ", ") + k;
-    return Errorf(ErrorCode::kInvalidArgument, "unknown model alias \"{}\" (configured: {})", a.substr(0, 64),
-                  known.empty() ? "none" : known);
+    return Errorf(ErrorCode::kInvalidArgument, "unknown model alias \"{}\" (configured: {})",
+                  a.substr(0, 64), known.empty() ? "none" : known);
   };
   if (model) AIRLOCK_CO_TRY(known_alias(s.model));
   if (auto it = body.find("models"); it != body.end() && !it->is_null()) {
     if (!it->is_array() || it->size() > 32) {
-      co_return Response::FromError(400, "invalid_argument",
-                                    "\"models\" must be an array of at most 32 model aliases the sandbox may pick");
+      co_return Response::FromError(
+          400, "invalid_argument",
+          "\"models\" must be an array of at most 32 model aliases the sandbox may pick");
     }
     for (const auto& a : *it) {
-      if (!a.is_string()) co_return Response::FromError(400, "invalid_argument", "\"models\" holds model aliases (strings)");
+      if (!a.is_string())
+        co_return Response::FromError(400, "invalid_argument",
+                                      "\"models\" holds model aliases (strings)");
       AIRLOCK_CO_TRY(known_alias(a.get<std::string>()));
     }
     s.models = *it;
@@ -152,29 +172,32 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
   }
   if (auto it = body.find("metadata"); it != body.end() && !it->is_null()) {
     if (!it->is_object() || DumpJson(*it).size() > 16 * 1024) {
-      co_return Response::FromError(400, "invalid_argument", "\"metadata\" must be an object of at most 16 KiB");
+      co_return Response::FromError(400, "invalid_argument",
+                                    "\"metadata\" must be an object of at most 16 KiB");
     }
     s.metadata = *it;
   }
   sandbox::Backend* backend = backends_->Find(s.backend);
   if (!backend) {
     if (auto why = backends_->UnavailableReason(s.backend)) {
-      co_return Response::FromError(503, "unavailable", fmt::format("backend \"{}\" is not available: {}", s.backend, *why));
+      co_return Response::FromError(
+          503, "unavailable", fmt::format("backend \"{}\" is not available: {}", s.backend, *why));
     }
     std::string names;
     for (const auto& n : backends_->Names()) {
       auto* b = backends_->Find(n);
-      if (b->isolated() || config_.allow_unisolated_backends) names += (names.empty() ? "" : ", ") + n;
+      if (b->isolated() || config_.allow_unisolated_backends)
+        names += (names.empty() ? "" : ", ") + n;
     }
     co_return Response::FromError(400, "invalid_argument",
-                                  fmt::format("backend \"{}\" is not available; available: {}", s.backend,
-                                              names.empty() ? "none" : names));
+                                  fmt::format("backend \"{}\" is not available; available: {}",
+                                              s.backend, names.empty() ? "none" : names));
   }
   if (!backend->isolated() && !config_.allow_unisolated_backends) {
-    co_return Response::FromError(
-        403, "permission_denied",
-        fmt::format("backend \"{}\" does not isolate sandboxes; enable it with sandbox.allow_unisolated_backends",
-                    s.backend));
+    co_return Response::FromError(403, "permission_denied",
+                                  fmt::format("backend \"{}\" does not isolate sandboxes; enable "
+                                              "it with sandbox.allow_unisolated_backends",
+                                              s.backend));
   }
 
   Secret token = NewToken(kSessionTokenPrefix);
@@ -183,7 +206,8 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
   s.token_hash = Sha256Hex(token.Reveal());
   s.created_at = s.updated_at = NowMillis();
   Json task_message = {{"role", "user"}, {"content", task}};
-  AIRLOCK_CO_TRY(co_await RunBlocking(pool_, [this, &s, &task_message] { return store_->CreateSession(s, task_message); }));
+  AIRLOCK_CO_TRY(co_await RunBlocking(
+      pool_, [this, &s, &task_message] { return store_->CreateSession(s, task_message); }));
   metrics_->sessions_created.With({s.backend}).Inc();
 
   // The per-session socket lives in its own directory: the backend bind-mounts the
@@ -199,21 +223,27 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
   Result<std::string> handle = co_await StartSandbox(backend, spec);
   if (!handle) {
     metrics_->sandbox_errors.With({s.backend, "create"}).Inc();
-    log::Warn("sandbox create failed", {{"session", s.id}, {"backend", s.backend}, {"error", handle.error().message}});
-    co_await EndSession(s.id, SessionState::kFailed, "sandbox failed to start: " + handle.error().message);
+    log::Warn("sandbox create failed",
+              {{"session", s.id}, {"backend", s.backend}, {"error", handle.error().message}});
+    co_await EndSession(s.id, SessionState::kFailed,
+                        "sandbox failed to start: " + handle.error().message);
     Error e = handle.error();
     e.message = "sandbox failed to start: " + e.message;
     co_return Response::FromError(e);
   }
   // Record the sandbox first: the session may end while it starts (the agent can finish
   // within milliseconds, or an operator deletes it), and whoever ends it must find it.
-  (void)co_await RunBlocking(pool_, [this, &id = s.id, &h = *handle] { return store_->SetSandboxHandle(id, h); });
-  store::StateChange change{{SessionState::kStarting}, SessionState::kRunning, std::nullopt, false, *handle};
-  auto running = co_await RunBlocking(pool_, [this, &id = s.id, &change] { return store_->ChangeState(id, change); });
+  (void)co_await RunBlocking(
+      pool_, [this, &id = s.id, &h = *handle] { return store_->SetSandboxHandle(id, h); });
+  store::StateChange change{
+      {SessionState::kStarting}, SessionState::kRunning, std::nullopt, false, *handle};
+  auto running = co_await RunBlocking(
+      pool_, [this, &id = s.id, &change] { return store_->ChangeState(id, change); });
   if (!running) {
     // Ended meanwhile: report what is stored, and make sure its sandbox goes (ending may
     // have run before the handle was recorded; destroying twice is harmless).
-    AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(pool_, [this, &id = s.id] { return store_->GetSession(id); }));
+    AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(
+                                    pool_, [this, &id = s.id] { return store_->GetSession(id); }));
     if (store::IsTerminal(now.state)) co_await DestroySandbox(backend, s.id, *handle);
     co_return Response::FromJson(201, SessionJson(now));
   }
@@ -230,18 +260,22 @@ awaitable<Response> ControlPlane::ListSessions(Request& req) {
   }
   if (auto limit = req.Query("limit")) {
     auto n = ParseNonNegative(*limit);
-    if (!n || *n < 1 || *n > 1000) co_return Response::FromError(400, "invalid_argument", "?limit= must be 1-1000");
+    if (!n || *n < 1 || *n > 1000)
+      co_return Response::FromError(400, "invalid_argument", "?limit= must be 1-1000");
     q.limit = static_cast<int>(*n);
   }
   if (auto before = req.Query("before")) q.before_id = *before;
-  AIRLOCK_CO_ASSIGN(auto list, co_await RunBlocking(pool_, [this, &q] { return store_->ListSessions(q); }));
+  AIRLOCK_CO_ASSIGN(auto list,
+                    co_await RunBlocking(pool_, [this, &q] { return store_->ListSessions(q); }));
   Json arr = Json::array();
   for (const auto& s : list) arr.push_back(SessionJson(s));
   co_return Response::FromJson(200, Json{{"sessions", arr}});
 }
 
 awaitable<Response> ControlPlane::GetSession(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id = req.params["id"]] { return store_->GetSession(id); }));
+  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id = req.params["id"]] {
+                      return store_->GetSession(id);
+                    }));
   co_return Response::FromJson(200, SessionJson(s));
 }
 
@@ -250,18 +284,22 @@ awaitable<Response> ControlPlane::PostMessage(Request& req) {
   AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
   AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"content"}, "message"));
   AIRLOCK_CO_ASSIGN(std::string content, RequiredString(body, "content"));
-  if (content.empty()) co_return Response::FromError(400, "invalid_argument", "\"content\" must not be empty");
+  if (content.empty())
+    co_return Response::FromError(400, "invalid_argument", "\"content\" must not be empty");
   if (static_cast<int64_t>(content.size()) > config_.max_message_bytes) {
-    co_return Response::FromError(413, "payload_too_large",
-                                  fmt::format("\"content\" exceeds {} bytes", config_.max_message_bytes));
+    co_return Response::FromError(
+        413, "payload_too_large",
+        fmt::format("\"content\" exceeds {} bytes", config_.max_message_bytes));
   }
   Json msg = {{"role", "user"}, {"content", content}};
   int64_t msg_id = 0;
-  AIRLOCK_CO_ASSIGN(store::Session s, co_await RunBlocking(pool_, [this, &id, &msg, &msg_id]() -> Result<store::Session> {
-                      AIRLOCK_ASSIGN_OR_RETURN(msg_id, store_->AddUserMessage(id, msg));
-                      AIRLOCK_TRY(store_->AppendEvent(id, "session.message", {{"message_id", msg_id}}));
-                      return store_->GetSession(id);
-                    }));
+  AIRLOCK_CO_ASSIGN(
+      store::Session s,
+      co_await RunBlocking(pool_, [this, &id, &msg, &msg_id]() -> Result<store::Session> {
+        AIRLOCK_ASSIGN_OR_RETURN(msg_id, store_->AddUserMessage(id, msg));
+        AIRLOCK_TRY(store_->AppendEvent(id, "session.message", {{"message_id", msg_id}}));
+        return store_->GetSession(id);
+      }));
   inbox_.Notify(id);
   events_.Notify(id);
   // A follow-up wakes a suspended sandbox, and one that is gone is replaced (the reconciler
@@ -278,10 +316,11 @@ awaitable<Response> ControlPlane::PostMessage(Request& req) {
 
 awaitable<Response> ControlPlane::GetMessages(Request& req) {
   std::string id = req.params["id"];
-  AIRLOCK_CO_ASSIGN(auto msgs, co_await RunBlocking(pool_, [this, &id]() -> Result<std::vector<store::Message>> {
-                      AIRLOCK_TRY(store_->GetSession(id));
-                      return store_->ListMessages(id, /*include_pending=*/true);
-                    }));
+  AIRLOCK_CO_ASSIGN(
+      auto msgs, co_await RunBlocking(pool_, [this, &id]() -> Result<std::vector<store::Message>> {
+        AIRLOCK_TRY(store_->GetSession(id));
+        return store_->ListMessages(id, /*include_pending=*/true);
+      }));
   Json conversation = Json::array(), pending = Json::array();
   for (const auto& m : msgs) (m.position ? conversation : pending).push_back(m.body);
   co_return Response::FromJson(200, Json{{"messages", conversation}, {"pending", pending}});
@@ -294,15 +333,19 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
   std::string_view last_id = req.Header("Last-Event-ID");
   if (after_q || !last_id.empty()) {
     auto n = ParseNonNegative(after_q ? std::string_view(*after_q) : last_id);
-    if (!n) co_return Response::FromError(400, "invalid_argument", "?after= must be a non-negative integer");
+    if (!n)
+      co_return Response::FromError(400, "invalid_argument",
+                                    "?after= must be a non-negative integer");
     after = *n;
   }
-  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+  AIRLOCK_CO_ASSIGN(auto s,
+                    co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
   if (req.Header("Accept").find("application/json") != std::string_view::npos) {
     int limit = 1000;
     if (auto l = req.Query("limit")) {
       auto n = ParseNonNegative(*l);
-      if (!n || *n < 1 || *n > 10000) co_return Response::FromError(400, "invalid_argument", "?limit= must be 1-10000");
+      if (!n || *n < 1 || *n > 10000)
+        co_return Response::FromError(400, "invalid_argument", "?limit= must be 1-10000");
       limit = static_cast<int>(*n);
     }
     AIRLOCK_CO_ASSIGN(auto evs, co_await RunBlocking(pool_, [this, &id, &after, &limit] {
@@ -325,7 +368,8 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
     }
     for (;;) {
       uint64_t version = events_.Version(id);
-      auto evs = co_await RunBlocking(pool_, [this, &id, &last] { return store_->ListEvents(id, last, 500); });
+      auto evs = co_await RunBlocking(
+          pool_, [this, &id, &last] { return store_->ListEvents(id, last, 500); });
       if (!evs) break;
       std::string out;
       for (const auto& e : *evs) {
@@ -338,9 +382,11 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
       if (!sess || store::IsTerminal(sess->state)) {
         // Anything appended together with the final state change is already sent above
         // unless it raced with this read: one more pass picks it up.
-        auto tail = co_await RunBlocking(pool_, [this, &id, &last] { return store_->ListEvents(id, last, 500); });
+        auto tail = co_await RunBlocking(
+            pool_, [this, &id, &last] { return store_->ListEvents(id, last, 500); });
         std::string rest;
-        if (tail) for (const auto& e : *tail) rest += SseFrame(e);
+        if (tail)
+          for (const auto& e : *tail) rest += SseFrame(e);
         if (!rest.empty()) co_await sink.Write(rest);
         break;
       }
@@ -354,9 +400,13 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
   co_return res;
 }
 
-awaitable<Response> ControlPlane::Suspend(Request& req) { co_return co_await SetSuspended(req.params["id"], true); }
+awaitable<Response> ControlPlane::Suspend(Request& req) {
+  co_return co_await SetSuspended(req.params["id"], true);
+}
 
-awaitable<Response> ControlPlane::Resume(Request& req) { co_return co_await SetSuspended(req.params["id"], false); }
+awaitable<Response> ControlPlane::Resume(Request& req) {
+  co_return co_await SetSuspended(req.params["id"], false);
+}
 
 // running -> suspended (freeze the sandbox) or suspended -> running (thaw it); the backend
 // acts first, so the stored state never claims a sandbox is frozen when it is not.
@@ -364,10 +414,12 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
   const SessionState from = suspend ? SessionState::kRunning : SessionState::kSuspended;
   const SessionState to = suspend ? SessionState::kSuspended : SessionState::kRunning;
   const std::string op = suspend ? "suspend" : "resume";
-  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+  AIRLOCK_CO_ASSIGN(auto s,
+                    co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
   if (s.state != from) {
     co_return Response::FromError(
-        409, "conflict", fmt::format("cannot {} a session that is {}", op, store::StateName(s.state)));
+        409, "conflict",
+        fmt::format("cannot {} a session that is {}", op, store::StateName(s.state)));
   }
   auto* backend = backends_->Find(s.backend);
   if (backend && !s.sandbox_handle.empty()) {
@@ -378,18 +430,24 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
       metrics_->sandbox_errors.With({s.backend, op}).Inc();
       // A suspended sandbox that is gone (the host rebooted, someone removed it) is replaced
       // on resume: the session's conversation is in the store.
-      auto gone = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
-      if (!suspend && gone && (gone->state == sandbox::SandboxState::kMissing || gone->state == sandbox::SandboxState::kExited)) {
+      auto gone = co_await RunBlocking(
+          sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
+      if (!suspend && gone &&
+          (gone->state == sandbox::SandboxState::kMissing ||
+           gone->state == sandbox::SandboxState::kExited)) {
         BusyMark mark(sandbox_busy_, id);
         if (mark.held()) co_await RestartSandbox(s, "the suspended sandbox was gone at resume");
-        AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+        AIRLOCK_CO_ASSIGN(
+            auto now, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
         co_return Response::FromJson(200, SessionJson(now));
       }
       co_return Response::FromError(st.error());
     }
   }
   store::StateChange change{{from}, to, std::nullopt, false, std::nullopt};
-  AIRLOCK_CO_ASSIGN(auto out, co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); }));
+  AIRLOCK_CO_ASSIGN(auto out, co_await RunBlocking(pool_, [this, &id, &change] {
+                      return store_->ChangeState(id, change);
+                    }));
   events_.Notify(id);
   co_return Response::FromJson(200, SessionJson(out));
 }
@@ -399,7 +457,8 @@ awaitable<Response> ControlPlane::DeleteSession(Request& req) {
   auto ended = co_await EndSession(id, SessionState::kKilled, "killed by the operator");
   if (!ended && ended.error().code == ErrorCode::kConflict) {
     // Already over: deleting is idempotent.
-    AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+    AIRLOCK_CO_ASSIGN(auto s,
+                      co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
     co_return Response::FromJson(200, SessionJson(s));
   }
   AIRLOCK_CO_ASSIGN(auto s, std::move(ended));
@@ -408,7 +467,8 @@ awaitable<Response> ControlPlane::DeleteSession(Request& req) {
 
 awaitable<Response> ControlPlane::GetLogs(Request& req) {
   std::string id = req.params["id"];
-  AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
+  AIRLOCK_CO_ASSIGN(auto s,
+                    co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
   std::optional<std::string> follow = req.Query("follow");
   if (!follow || *follow == "0" || *follow == "false") {
     auto* backend = backends_->Find(s.backend);
@@ -462,7 +522,9 @@ awaitable<Response> ControlPlane::Inbox(Request& req) {
   int64_t wait = 0;
   if (auto w = req.Query("wait")) {
     auto n = ParseNonNegative(*w);
-    if (!n) co_return Response::FromError(400, "invalid_argument", "?wait= must be a non-negative integer (seconds)");
+    if (!n)
+      co_return Response::FromError(400, "invalid_argument",
+                                    "?wait= must be a non-negative integer (seconds)");
     wait = std::min<int64_t>(*n, config_.long_poll_max_s);
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
@@ -474,7 +536,8 @@ awaitable<Response> ControlPlane::Inbox(Request& req) {
         ConversationLocks::Holder::kNone) {
       break;
     }
-    auto taken = co_await RunBlocking(pool_, [this, &s] { return store_->TakeInbox(s.id, s.token_hash); });
+    auto taken =
+        co_await RunBlocking(pool_, [this, &s] { return store_->TakeInbox(s.id, s.token_hash); });
     conversations_.Release(s.id);
     AIRLOCK_CO_ASSIGN(auto msgs, std::move(taken));
     if (!msgs.empty()) {
@@ -492,13 +555,16 @@ awaitable<Response> ControlPlane::Inbox(Request& req) {
     gauge.Add(-1);
     if (!woke) break;
     // Woken: a message, the session's end, or a drain. Find out which.
-    AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(pool_, [this, &id = s.id] { return store_->GetSession(id); }));
+    AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(
+                                    pool_, [this, &id = s.id] { return store_->GetSession(id); }));
     if (store::IsTerminal(now.state)) {
-      co_return Response::FromError(410, "gone", fmt::format("the session has ended ({})", store::StateName(now.state)));
+      co_return Response::FromError(
+          410, "gone", fmt::format("the session has ended ({})", store::StateName(now.state)));
     }
     if (now.token_hash != s.token_hash) {
       // A fresh sandbox took over while this one waited (it died; this is its dangling poll).
-      co_return Response::FromError(401, "unauthenticated", "invalid, expired or revoked session token");
+      co_return Response::FromError(401, "unauthenticated",
+                                    "invalid, expired or revoked session token");
     }
   }
   Response r;
@@ -519,11 +585,13 @@ awaitable<Response> ControlPlane::GetUsage(Request& req) {
     } else if (auto t = ParseTimestamp(*v)) {
       *field = *t;
     } else {
-      co_return Response::FromError(400, "invalid_argument",
-                                    fmt::format("?{}= must be an RFC 3339 time or milliseconds since the epoch", name));
+      co_return Response::FromError(
+          400, "invalid_argument",
+          fmt::format("?{}= must be an RFC 3339 time or milliseconds since the epoch", name));
     }
   }
-  AIRLOCK_CO_ASSIGN(auto rep, co_await RunBlocking(pool_, [this, &q] { return store_->GetUsage(q); }));
+  AIRLOCK_CO_ASSIGN(auto rep,
+                    co_await RunBlocking(pool_, [this, &q] { return store_->GetUsage(q); }));
   auto usage_json = [](const store::Usage& u) {
     return Json{{"input_tokens", u.input_tokens},
                 {"output_tokens", u.output_tokens},
@@ -545,7 +613,9 @@ awaitable<Response> ControlPlane::PresignFile(Request& req) {
 
 awaitable<Response> ControlPlane::ListFiles(Request& req) { co_return co_await files_->List(req); }
 
-awaitable<Response> ControlPlane::DownloadFile(Request& req) { co_return co_await files_->OperatorDownload(req); }
+awaitable<Response> ControlPlane::DownloadFile(Request& req) {
+  co_return co_await files_->OperatorDownload(req);
+}
 
 awaitable<Response> ControlPlane::LlmChat(Request& req) {
   AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
@@ -555,7 +625,9 @@ awaitable<Response> ControlPlane::LlmChat(Request& req) {
 awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
   if (static_cast<int64_t>(req.msg.body().size()) > config_.max_event_bytes) {
-    co_return Response::FromError(413, "payload_too_large", fmt::format("events are limited to {} bytes", config_.max_event_bytes));
+    co_return Response::FromError(
+        413, "payload_too_large",
+        fmt::format("events are limited to {} bytes", config_.max_event_bytes));
   }
   AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
   AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"type", "data"}, "event"));
@@ -563,7 +635,8 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   AIRLOCK_CO_TRY(ValidateEventType(type));
   Json data = Json::object();
   if (auto it = body.find("data"); it != body.end() && !it->is_null()) {
-    if (!it->is_object()) co_return Response::FromError(400, "invalid_argument", "\"data\" must be an object");
+    if (!it->is_object())
+      co_return Response::FromError(400, "invalid_argument", "\"data\" must be an object");
     data = *it;
   }
   // What init reports when the agent exits goes into the session's result even when the
@@ -571,21 +644,23 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   if (type == "agent.exited") agent_exits_[s.id] = data;
   if (auto retry_after = event_rate_.Take(s.id, EventRateLimiter::Clock::now())) {
     event_refusals_.With({"rate"}).Inc();
-    Response r = Response::FromError(
-        429, "rate_limited",
-        fmt::format("events are limited to {} per second per session, bursts of {} (events.rate_per_s, events.burst)",
-                    config_.events.rate_per_s, config_.events.burst));
+    Response r = Response::FromError(429, "rate_limited",
+                                     fmt::format("events are limited to {} per second per session, "
+                                                 "bursts of {} (events.rate_per_s, events.burst)",
+                                                 config_.events.rate_per_s, config_.events.burst));
     r.headers.emplace_back("Retry-After", std::to_string(*retry_after));
     co_return r;
   }
   const store::EventQuota quota = EventQuotaFor(config_);
-  AIRLOCK_CO_ASSIGN(auto appended, co_await RunBlocking(pool_, [this, &id = s.id, &type, &data, &quota] {
+  AIRLOCK_CO_ASSIGN(auto appended,
+                    co_await RunBlocking(pool_, [this, &id = s.id, &type, &data, &quota] {
                       return store_->AppendEventWithinQuota(id, type, data, quota);
                     }));
   if (!appended.event) {
     event_refusals_.With({"quota"}).Inc();
     if (appended.noticed) {
-      log::Warn("session event quota reached", {{"session", s.id}, {"quota", appended.exceeded}, {"limit", appended.limit}});
+      log::Warn("session event quota reached",
+                {{"session", s.id}, {"quota", appended.exceeded}, {"limit", appended.limit}});
       events_.Notify(s.id);
     }
     co_return EventQuotaExceeded(appended);
@@ -612,15 +687,20 @@ awaitable<Response> ControlPlane::Finish(Request& req) {
   AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"status", "result"}, "finish"));
   AIRLOCK_CO_ASSIGN(std::string status, RequiredString(body, "status"));
   SessionState to;
-  if (status == "succeeded") to = SessionState::kSucceeded;
-  else if (status == "failed") to = SessionState::kFailed;
-  else co_return Response::FromError(400, "invalid_argument", "\"status\" must be \"succeeded\" or \"failed\"");
+  if (status == "succeeded")
+    to = SessionState::kSucceeded;
+  else if (status == "failed")
+    to = SessionState::kFailed;
+  else
+    co_return Response::FromError(400, "invalid_argument",
+                                  "\"status\" must be \"succeeded\" or \"failed\"");
   AIRLOCK_CO_ASSIGN(auto result, OptionalString(body, "result"));
   if (result && result->size() > 64 * 1024) {
     co_return Response::FromError(413, "payload_too_large", "\"result\" exceeds 65536 bytes");
   }
   AIRLOCK_CO_ASSIGN(auto ended, co_await EndSession(s.id, to, result));
-  co_return Response::FromJson(200, Json{{"id", ended.id}, {"state", store::StateName(ended.state)}});
+  co_return Response::FromJson(200,
+                               Json{{"id", ended.id}, {"state", store::StateName(ended.state)}});
 }
 
 }  // namespace airlock::controlplane

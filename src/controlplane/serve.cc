@@ -1,7 +1,7 @@
 #include <sys/resource.h>
 
-#include <csignal>
 #include <unistd.h>
+#include <csignal>
 
 #include <cstdlib>
 #include <filesystem>
@@ -26,7 +26,8 @@ std::string ExecutableDir() {
 std::string FindInit(const Config& config) {
   if (!config.oci.init_path.empty()) return config.oci.init_path;
   std::string dir = ExecutableDir();
-  for (const std::string& candidate : {dir + "/airlock-init", dir + "/../libexec/airlock/airlock-init"}) {
+  for (const std::string& candidate :
+       {dir + "/airlock-init", dir + "/../libexec/airlock/airlock-init"}) {
     if (::access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return dir + "/airlock-init";
@@ -94,27 +95,33 @@ void ReserveDescriptors(Config& config) {
   if (sandbox_share < static_cast<int64_t>(config.limits.max_connections)) {
     int64_t capped = std::max<int64_t>(sandbox_share, 64);
     log::Warn("the descriptor limit is too low for server.max_connections; lowering it",
-              {{"nofile", fds}, {"operator_max_connections", config.operator_max_connections},
-               {"reserve", kReserve}, {"max_connections", config.limits.max_connections},
+              {{"nofile", fds},
+               {"operator_max_connections", config.operator_max_connections},
+               {"reserve", kReserve},
+               {"max_connections", config.limits.max_connections},
                {"now", capped}});
     config.limits.max_connections = static_cast<size_t>(capped);
   }
-  log::Info("descriptors", {{"nofile", fds}, {"sandbox_max_connections", config.limits.max_connections},
-                            {"operator_max_connections", config.operator_max_connections},
-                            {"max_connections_per_session", config.limits.max_connections_per_session}});
+  log::Info("descriptors",
+            {{"nofile", fds},
+             {"sandbox_max_connections", config.limits.max_connections},
+             {"operator_max_connections", config.operator_max_connections},
+             {"max_connections_per_session", config.limits.max_connections_per_session}});
 }
 
 }  // namespace
 
 int RunServer(Config config) {
   log::Init(config.log_level, config.log_format);
-  if (std::string note = ApplyDefaultModel(config, [](const char* n) { return std::getenv(n); }); !note.empty()) {
+  if (std::string note = ApplyDefaultModel(config, [](const char* n) { return std::getenv(n); });
+      !note.empty()) {
     log::Info(note, {{"model", config.default_model}});
   }
   std::error_code ec;
   std::filesystem::create_directories(config.home, ec);
   if (ec) {
-    log::Error("cannot create the home directory", {{"home", config.home}, {"error", ec.message()}});
+    log::Error("cannot create the home directory",
+               {{"home", config.home}, {"error", ec.message()}});
     return 1;
   }
   store::StoreOptions so;
@@ -130,12 +137,14 @@ int RunServer(Config config) {
   backends->Register(sandbox::MakeProcessBackend());
   images::ImageStoreOptions io_opts;
   io_opts.root = config.images_dir;
-  io_opts.builtin_dir = config.builtin_images_dir.empty() ? images::DefaultBuiltinDir() : config.builtin_images_dir;
+  io_opts.builtin_dir =
+      config.builtin_images_dir.empty() ? images::DefaultBuiltinDir() : config.builtin_images_dir;
   std::shared_ptr<images::ImageStore> image_store;
   if (auto opened = images::ImageStore::Open(io_opts)) {
     image_store = std::make_shared<images::ImageStore>(std::move(*opened));
   } else {
-    log::Error("cannot open the image store", {{"path", io_opts.root}, {"error", opened.error().message}});
+    log::Error("cannot open the image store",
+               {{"path", io_opts.root}, {"error", opened.error().message}});
   }
   RegisterOci(config, image_store, *backends);
 

@@ -17,15 +17,16 @@ Status ValidateEventType(std::string_view type) {
 
 Result<Json> ParseLimits(const Json& limits) {
   if (limits.is_null()) return Json::object();
-  if (!limits.is_object()) return MakeError(ErrorCode::kInvalidArgument, "\"limits\" must be an object");
+  if (!limits.is_object())
+    return MakeError(ErrorCode::kInvalidArgument, "\"limits\" must be an object");
   struct Bound {
     const char* key;
     double min, max;
   };
   static constexpr Bound kBounds[] = {
-      {"memory_mb", 16, 1 << 20},  {"cpus", 0.01, 1024},       {"pids", 1, 1 << 22},
-      {"disk_mb", 1, 1 << 24},     {"timeout_s", 1, 30 * 86400}, {"idle_timeout_s", 1, 30 * 86400},
-      {"max_tokens", 1, 1e12},     {"max_cost_usd", 0, 1e9},
+      {"memory_mb", 16, 1 << 20}, {"cpus", 0.01, 1024},         {"pids", 1, 1 << 22},
+      {"disk_mb", 1, 1 << 24},    {"timeout_s", 1, 30 * 86400}, {"idle_timeout_s", 1, 30 * 86400},
+      {"max_tokens", 1, 1e12},    {"max_cost_usd", 0, 1e9},
   };
   Json out = Json::object();
   for (const auto& [k, v] : limits.items()) {
@@ -37,7 +38,8 @@ Result<Json> ParseLimits(const Json& limits) {
     if (!v.is_number()) return Errorf(ErrorCode::kInvalidArgument, "limits.{} must be a number", k);
     double d = v.get<double>();
     if (!(d >= b->min && d <= b->max)) {
-      return Errorf(ErrorCode::kInvalidArgument, "limits.{} must be between {} and {}", k, b->min, b->max);
+      return Errorf(ErrorCode::kInvalidArgument, "limits.{} must be between {} and {}", k, b->min,
+                    b->max);
     }
     out[k] = v;
   }
@@ -47,7 +49,8 @@ Result<Json> ParseLimits(const Json& limits) {
 Status ValidateCommand(const Json& cmd) {
   if (cmd.is_null()) return Ok();
   if (!cmd.is_array() || cmd.size() > 256) {
-    return MakeError(ErrorCode::kInvalidArgument, "\"command\" must be an array of at most 256 strings");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "\"command\" must be an array of at most 256 strings");
   }
   for (const auto& a : cmd) {
     if (!a.is_string() || a.get_ref<const std::string&>().size() > 8192 ||
@@ -66,19 +69,22 @@ Status ValidateName(std::string_view what, std::string_view v) {
   if (v.empty() || v.size() > 128 ||
       v.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:/@-") !=
           std::string_view::npos) {
-    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" must be 1-128 characters of [A-Za-z0-9._:/@-]", what);
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "\"{}\" must be 1-128 characters of [A-Za-z0-9._:/@-]", what);
   }
   // Names end up in paths (the image cache): no traversal, no absolute paths.
   if (v.front() == '/' || v.front() == '.' || v.find("..") != std::string_view::npos ||
       v.find("//") != std::string_view::npos) {
-    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" must not start with '/' or '.', or contain \"..\"", what);
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "\"{}\" must not start with '/' or '.', or contain \"..\"", what);
   }
   return Ok();
 }
 
 bool PlausibleSessionId(std::string_view id) {
   return id.size() == 28 && id.substr(0, 4) == "ses_" &&
-         id.substr(4).find_first_not_of("abcdefghijklmnopqrstuvwxyz234567") == std::string_view::npos;
+         id.substr(4).find_first_not_of("abcdefghijklmnopqrstuvwxyz234567") ==
+             std::string_view::npos;
 }
 
 std::optional<int64_t> ParseNonNegative(std::string_view s) {

@@ -56,22 +56,26 @@ TEST(ValidationTest, SessionIdsAndNumbers) {
 }  // namespace
 }  // namespace airlock::controlplane
 
-
 namespace airlock::controlplane {
 namespace {
 
 TEST(ChatValidation, KeepsOnlyTheOpenAiFieldsAndChecksEachRole) {
-  auto tool = ValidateChatMessage(Json{{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "ok"}}, "m");
+  auto tool =
+      ValidateChatMessage(Json{{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "ok"}}, "m");
   ASSERT_TRUE(tool.has_value());
   EXPECT_EQ((*tool)["tool_call_id"], "c1");
   auto calls = ValidateChatMessage(
       Json{{"role", "assistant"},
            {"content", nullptr},
-           {"tool_calls", Json::array({Json{{"id", "c1"}, {"type", "function"}, {"function", {{"name", "shell"}, {"arguments", "{}"}}}}})}},
+           {"tool_calls",
+            Json::array({Json{{"id", "c1"},
+                              {"type", "function"},
+                              {"function", {{"name", "shell"}, {"arguments", "{}"}}}}})}},
       "m");
   ASSERT_TRUE(calls.has_value()) << calls.error().message;
   auto parts = ValidateChatMessage(
-      Json{{"role", "user"}, {"content", Json::array({Json{{"type", "text"}, {"text", "hi"}}})}}, "m");
+      Json{{"role", "user"}, {"content", Json::array({Json{{"type", "text"}, {"text", "hi"}}})}},
+      "m");
   ASSERT_TRUE(parts.has_value());
 
   const std::vector<Json> bad = {
@@ -80,9 +84,16 @@ TEST(ChatValidation, KeepsOnlyTheOpenAiFieldsAndChecksEachRole) {
       Json{{"role", "tool"}, {"content", "x"}},
       Json{{"role", "user"}, {"content", "x"}, {"tool_call_id", "c"}},
       Json{{"role", "user"}, {"content", "x"}, {"tool_calls", Json::array()}},
-      Json{{"role", "system"}, {"content", Json::array({Json{{"type", "image_url"}, {"image_url", {{"url", "x"}}}}})}},
-      Json{{"role", "assistant"}, {"tool_calls", Json::array({Json{{"id", "c1"}, {"function", {{"name", "a b"}, {"arguments", "{}"}}}}})}},
-      Json{{"role", "assistant"}, {"tool_calls", Json::array({Json{{"id", "c1"}, {"function", {{"name", "a"}, {"arguments", Json::object()}}}}})}},
+      Json{{"role", "system"},
+           {"content", Json::array({Json{{"type", "image_url"}, {"image_url", {{"url", "x"}}}}})}},
+      Json{{"role", "assistant"},
+           {"tool_calls",
+            Json::array(
+                {Json{{"id", "c1"}, {"function", {{"name", "a b"}, {"arguments", "{}"}}}}})}},
+      Json{{"role", "assistant"},
+           {"tool_calls",
+            Json::array({Json{{"id", "c1"},
+                              {"function", {{"name", "a"}, {"arguments", Json::object()}}}}})}},
       Json{{"role", "user"}, {"name", std::string(65, 'a')}, {"content", "x"}},
       Json("just a string"),
   };
@@ -96,7 +107,8 @@ TEST(ChatValidation, KeepsOnlyTheOpenAiFieldsAndChecksEachRole) {
 }
 
 TEST(ChatValidation, ToolsAreFunctionsWithUniqueNames) {
-  Json one = Json{{"type", "function"}, {"function", {{"name", "shell"}, {"parameters", {{"type", "object"}}}}}};
+  Json one = Json{{"type", "function"},
+                  {"function", {{"name", "shell"}, {"parameters", {{"type", "object"}}}}}};
   EXPECT_TRUE(ValidateChatTools(Json::array({one})).has_value());
   EXPECT_FALSE(ValidateChatTools(Json::array({one, one})).has_value());
   EXPECT_FALSE(ValidateChatTools(Json::array({Json{{"type", "retrieval"}}})).has_value());

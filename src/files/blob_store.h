@@ -27,19 +27,19 @@ struct FileInfo {
 struct PresignRequest {
   std::string session_id;
   std::string name;
-  std::string method;      // "PUT" or "GET"
-  int64_t max_bytes = 0;   // PUT: the largest body the URL accepts
+  std::string method;                 // "PUT" or "GET"
+  int64_t max_bytes = 0;              // PUT: the largest body the URL accepts
   std::optional<int64_t> exact_size;  // PUT: the size the client declared, when it did
   std::string content_type;           // PUT: optional
-  int64_t expires_at = 0;  // unix seconds
-  std::string base_url;    // local store: the sandbox's CONTROL_PLANE_URL as it reached us
+  int64_t expires_at = 0;             // unix seconds
+  std::string base_url;  // local store: the sandbox's CONTROL_PLANE_URL as it reached us
 };
 
 struct PresignedUrl {
   std::string url;
   std::string method;
   std::vector<std::pair<std::string, std::string>> headers;  // the client must send these
-  int64_t expires_at = 0;                                      // unix seconds
+  int64_t expires_at = 0;                                    // unix seconds
 };
 
 // How an operator gets a file's bytes.

@@ -27,9 +27,11 @@ Status ValidateFileName(std::string_view name) {
     return MakeError(ErrorCode::kInvalidArgument, "a file name cannot start with '.'");
   }
   for (unsigned char ch : name) {
-    if (ch < 0x20 || ch == 0x7f) return MakeError(ErrorCode::kInvalidArgument, "a file name cannot hold control characters");
+    if (ch < 0x20 || ch == 0x7f)
+      return MakeError(ErrorCode::kInvalidArgument, "a file name cannot hold control characters");
     if (ch == '/' || ch == '\\') {
-      return MakeError(ErrorCode::kInvalidArgument, "a file name cannot hold '/' or '\\' (no directories)");
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "a file name cannot hold '/' or '\\' (no directories)");
     }
   }
   return Ok();
@@ -37,11 +39,11 @@ Status ValidateFileName(std::string_view name) {
 
 namespace {
 
-std::string Terms(std::string_view method, std::string_view session, std::string_view name, int64_t expires,
-                  int64_t max_bytes) {
+std::string Terms(std::string_view method, std::string_view session, std::string_view name,
+                  int64_t expires, int64_t max_bytes) {
   // Length-prefixed fields: no two different term sets share a message.
-  return fmt::format("airlock-file-url-v1\n{}:{}\n{}:{}\n{}:{}\n{}\n{}", method.size(), method, session.size(),
-                     session, name.size(), name, expires, max_bytes);
+  return fmt::format("airlock-file-url-v1\n{}:{}\n{}:{}\n{}:{}\n{}\n{}", method.size(), method,
+                     session.size(), session, name.size(), name, expires, max_bytes);
 }
 
 std::string NewKid() { return HexEncode(RandomBytes(4)); }
@@ -69,14 +71,16 @@ Result<UrlSigner> UrlSigner::LoadOrCreate(const std::string& path) {
     std::string kid, hex;
     ls >> kid >> hex;
     if (kid.empty() || kid.size() > 32 || hex.size() < 64) {
-      return Errorf(ErrorCode::kInvalidArgument, "{}: each line is \"<key id> <64+ hex digits>\"", path);
+      return Errorf(ErrorCode::kInvalidArgument, "{}: each line is \"<key id> <64+ hex digits>\"",
+                    path);
     }
     s.keys_.emplace_back(kid, Secret(hex));
   }
   if (s.keys_.empty()) return Errorf(ErrorCode::kInvalidArgument, "{} holds no key", path);
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
-    log::Warn("file signing key file is readable by others; fixing its mode to 0600", {{"path", path}});
+    log::Warn("file signing key file is readable by others; fixing its mode to 0600",
+              {{"path", path}});
     ::chmod(path.c_str(), 0600);
   }
   return s;
@@ -97,7 +101,8 @@ Result<std::string> RotateSigningKey(const std::string& path) {
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return Errorf(ErrorCode::kInternal, "create {}: {}", tmp, std::strerror(errno));
-  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) && ::fsync(fd) == 0;
+  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
+            ::fsync(fd) == 0;
   ::close(fd);
   if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
     ::unlink(tmp.c_str());
@@ -106,24 +111,30 @@ Result<std::string> RotateSigningKey(const std::string& path) {
   return kid;
 }
 
-std::string UrlSigner::Sign(std::string_view method, std::string_view session, std::string_view name,
-                            int64_t expires, int64_t max_bytes) const {
-  return HexEncode(HmacSha256(keys_.front().second.Reveal(), Terms(method, session, name, expires, max_bytes)));
+std::string UrlSigner::Sign(std::string_view method, std::string_view session,
+                            std::string_view name, int64_t expires, int64_t max_bytes) const {
+  return HexEncode(
+      HmacSha256(keys_.front().second.Reveal(), Terms(method, session, name, expires, max_bytes)));
 }
 
-bool UrlSigner::Verify(std::string_view kid, std::string_view sig, std::string_view method, std::string_view session,
-                       std::string_view name, int64_t expires, int64_t max_bytes) const {
+bool UrlSigner::Verify(std::string_view kid, std::string_view sig, std::string_view method,
+                       std::string_view session, std::string_view name, int64_t expires,
+                       int64_t max_bytes) const {
   for (const auto& [k, key] : keys_) {
     if (k != kid) continue;
-    std::string want = HexEncode(HmacSha256(key.Reveal(), Terms(method, session, name, expires, max_bytes)));
+    std::string want =
+        HexEncode(HmacSha256(key.Reveal(), Terms(method, session, name, expires, max_bytes)));
     return ConstantTimeEquals(want, sig);
   }
   return false;
 }
 
-LocalBlobStore::LocalBlobStore(LocalStoreOptions o, UrlSigner signer) : o_(std::move(o)), signer_(std::move(signer)) {}
+LocalBlobStore::LocalBlobStore(LocalStoreOptions o, UrlSigner signer)
+    : o_(std::move(o)), signer_(std::move(signer)) {}
 
-std::string LocalBlobStore::SessionDir(const std::string& session_id) const { return o_.root + "/" + session_id; }
+std::string LocalBlobStore::SessionDir(const std::string& session_id) const {
+  return o_.root + "/" + session_id;
+}
 
 std::string LocalBlobStore::PathOf(const std::string& session_id, const std::string& name) const {
   return SessionDir(session_id) + "/" + name;
@@ -137,8 +148,9 @@ Result<PresignedUrl> LocalBlobStore::Presign(const PresignRequest& r) {
   out.method = r.method;
   out.expires_at = r.expires_at;
   const std::string name = PercentEncode(r.name);
-  out.url = fmt::format("{}/sandbox/v1/files/{}/{}?method={}&expires={}&max={}&kid={}&sig={}", r.base_url,
-                        r.session_id, name, r.method, r.expires_at, max, signer_.active_kid(), sig);
+  out.url =
+      fmt::format("{}/sandbox/v1/files/{}/{}?method={}&expires={}&max={}&kid={}&sig={}", r.base_url,
+                  r.session_id, name, r.method, r.expires_at, max, signer_.active_kid(), sig);
   return out;
 }
 
@@ -153,16 +165,20 @@ Result<std::vector<FileInfo>> LocalBlobStore::List(const std::string& session_id
     std::string name = e->d_name;
     if (name.empty() || name.front() == '.') continue;  // ".", "..", partial uploads
     struct stat st {};
-    if (::fstatat(::dirfd(d), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) continue;
-    out.push_back(FileInfo{name, static_cast<int64_t>(st.st_size),
-                           static_cast<int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1'000'000});
+    if (::fstatat(::dirfd(d), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    out.push_back(
+        FileInfo{name, static_cast<int64_t>(st.st_size),
+                 static_cast<int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1'000'000});
   }
   ::closedir(d);
-  std::sort(out.begin(), out.end(), [](const FileInfo& a, const FileInfo& b) { return a.name < b.name; });
+  std::sort(out.begin(), out.end(),
+            [](const FileInfo& a, const FileInfo& b) { return a.name < b.name; });
   return out;
 }
 
-Result<OperatorDownload> LocalBlobStore::Download(const std::string& session_id, const std::string& name, int) {
+Result<OperatorDownload> LocalBlobStore::Download(const std::string& session_id,
+                                                  const std::string& name, int) {
   AIRLOCK_TRY(ValidateFileName(name));
   struct stat st {};
   std::string path = PathOf(session_id, name);
@@ -181,8 +197,10 @@ Result<int64_t> LocalBlobStore::UsedBytes(const std::string& session_id) {
 
 Result<DeletedFiles> LocalBlobStore::DeleteSession(const std::string& session_id) {
   // The id names a directory under the root: nothing that could climb out of it.
-  if (session_id.empty() || session_id.find_first_of("/\\") != std::string::npos || session_id.front() == '.') {
-    return Errorf(ErrorCode::kInvalidArgument, "not a session id: \"{}\"", session_id.substr(0, 64));
+  if (session_id.empty() || session_id.find_first_of("/\\") != std::string::npos ||
+      session_id.front() == '.') {
+    return Errorf(ErrorCode::kInvalidArgument, "not a session id: \"{}\"",
+                  session_id.substr(0, 64));
   }
   DeletedFiles out;
   const std::string dir = SessionDir(session_id);

@@ -24,12 +24,13 @@ class UrlSigner {
   static UrlSigner ForTest(std::vector<std::pair<std::string, Secret>> keys);
 
   // The signature of one URL's terms (hex), by the active key.
-  std::string Sign(std::string_view method, std::string_view session, std::string_view name, int64_t expires,
-                   int64_t max_bytes) const;
+  std::string Sign(std::string_view method, std::string_view session, std::string_view name,
+                   int64_t expires, int64_t max_bytes) const;
   const std::string& active_kid() const { return keys_.front().first; }
   // Checks `sig` against the key `kid` in constant time. False for an unknown kid.
-  bool Verify(std::string_view kid, std::string_view sig, std::string_view method, std::string_view session,
-              std::string_view name, int64_t expires, int64_t max_bytes) const;
+  bool Verify(std::string_view kid, std::string_view sig, std::string_view method,
+              std::string_view session, std::string_view name, int64_t expires,
+              int64_t max_bytes) const;
 
  private:
   std::vector<std::pair<std::string, Secret>> keys_;

@@ -45,17 +45,20 @@ TEST(UrlSigner, RotationKeepsOldUrlsValidUntilTheKeyIsDropped) {
   ASSERT_TRUE(second.has_value());
   EXPECT_EQ(second->active_kid(), *kid);
   EXPECT_NE(*kid, old_kid);
-  EXPECT_TRUE(second->Verify(old_kid, old_sig, "GET", "ses_a", "f", 5, 0)) << "old URLs still verify";
-  EXPECT_TRUE(second->Verify(*kid, second->Sign("GET", "ses_a", "f", 5, 0), "GET", "ses_a", "f", 5, 0));
+  EXPECT_TRUE(second->Verify(old_kid, old_sig, "GET", "ses_a", "f", 5, 0))
+      << "old URLs still verify";
+  EXPECT_TRUE(
+      second->Verify(*kid, second->Sign("GET", "ses_a", "f", 5, 0), "GET", "ses_a", "f", 5, 0));
 }
 
 TEST(FileNames, OnlyPlainNamesAreAllowed) {
   for (const char* ok : {"a", "report.md", "my file (1).txt", "ünïcode.txt", "a..b"}) {
     EXPECT_TRUE(ValidateFileName(ok).has_value()) << ok;
   }
-  for (std::string bad : {std::string(), std::string("."), std::string(".."), std::string(".hidden"),
-                          std::string("a/b"), std::string("a\\b"), std::string("a\nb"), std::string("a\x7f"),
-                          std::string(256, 'x'), std::string("nul\0byte", 8)}) {
+  for (std::string bad :
+       {std::string(), std::string("."), std::string(".."), std::string(".hidden"),
+        std::string("a/b"), std::string("a\\b"), std::string("a\nb"), std::string("a\x7f"),
+        std::string(256, 'x'), std::string("nul\0byte", 8)}) {
     EXPECT_FALSE(ValidateFileName(bad).has_value()) << bad;
   }
 }

@@ -432,8 +432,9 @@ class S3BlobStore final : public BlobStore {
     AIRLOCK_ASSIGN_OR_RETURN(std::vector<FileInfo> files, List(session_id));
     DeletedFiles out;
     for (const FileInfo& f : files) {
-      AIRLOCK_ASSIGN_OR_RETURN(Reply reply, SignedRequest(http::verb::delete_, ObjectPath(KeyOf(session_id, f.name)),
-                                                          {}, false, 0));
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Reply reply,
+          SignedRequest(http::verb::delete_, ObjectPath(KeyOf(session_id, f.name)), {}, false, 0));
       // S3 answers 204 whether or not the key existed.
       if (reply.status / 100 != 2 && reply.status != 404) {
         return FailureOf("DeleteObject", reply);

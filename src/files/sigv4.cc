@@ -337,7 +337,9 @@ std::string HostForBucket(const S3Endpoint& endpoint, std::string_view bucket) {
   return out;
 }
 
-std::string UriEncode(std::string_view s, bool encode_slash) { return PercentEncode(s, !encode_slash); }
+std::string UriEncode(std::string_view s, bool encode_slash) {
+  return PercentEncode(s, !encode_slash);
+}
 
 Result<std::string> FormatAmzDate(int64_t unix_seconds) {
   if (unix_seconds < 0 || unix_seconds > kMaxAmzDateUnix) {

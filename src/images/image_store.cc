@@ -511,7 +511,8 @@ Result<ImageInfo> ImageStore::Import(const std::string& path,
   if (name) {
     AIRLOCK_ASSIGN_OR_RETURN(wanted, NormalizeImageName(*name));
   }
-  if (wanted == kBaseName && (options_.builtin_dir.empty() || path != options_.builtin_dir + "/base.tar")) {
+  if (wanted == kBaseName &&
+      (options_.builtin_dir.empty() || path != options_.builtin_dir + "/base.tar")) {
     // Someone's own base: the built-in one must not replace it when the build changes.
     ::unlink((options_.root + "/" + kBuiltinBaseMarker).c_str());
   }

@@ -915,7 +915,8 @@ TEST_F(InitTest, RootlessAgentCannotReachIntoInitThoughItHasInitsUid) {
   Ids ids = RootlessIds();
   ::chown(home_.c_str(), ids.uid, ids.gid);
   Start({"/bin/sh", "-c",
-         "for f in environ mem fd/1; do cat /proc/$PPID/$f >/dev/null 2>&1 && echo \"read $f\"; done; "
+         "for f in environ mem fd/1; do cat /proc/$PPID/$f >/dev/null 2>&1 && echo \"read $f\"; "
+         "done; "
          "ls /proc/$PPID/fd >/dev/null 2>&1 && echo 'listed fd'; echo done"},
         {}, nullptr, IsRoot() ? std::optional<Ids>(ids) : std::nullopt);
   EXPECT_EQ(Wait(), 0) << Stderr();

@@ -615,7 +615,9 @@ class AnthropicStream final : public StreamTranslator {
 
   // message_start already reported the prompt; the output is message_delta's count when it
   // came, else estimated from what was streamed.
-  TokenUsage Spent() const override { return FinishUsage(usage_, input_estimate_, AssembledMessage()); }
+  TokenUsage Spent() const override {
+    return FinishUsage(usage_, input_estimate_, AssembledMessage());
+  }
 
   airlock::Result<ChatResult> Result() override {
     try {
@@ -659,7 +661,8 @@ class AnthropicStream final : public StreamTranslator {
     const std::string* type_field = StringMember(e, "type");
     const std::string_view type = type_field != nullptr ? std::string_view(*type_field) : event;
     if (type == "error" || event == "error") {
-      return Errorf(ErrorCode::kUnavailable, "upstream error: {}", ErrorType(e).value_or("unknown"));
+      return Errorf(ErrorCode::kUnavailable, "upstream error: {}",
+                    ErrorType(e).value_or("unknown"));
     }
     if (type == "message_start") {
       return OnMessageStart(e, out);
@@ -721,7 +724,8 @@ class AnthropicStream final : public StreamTranslator {
     const Json* index = Member(e, "index");
     if (index == nullptr || !index->is_number_integer() || index->get<int64_t>() < 0 ||
         index->get<int64_t>() >= kMaxContentBlocks) {
-      return std::unexpected(Unavailable("upstream content block index is missing or out of range"));
+      return std::unexpected(
+          Unavailable("upstream content block index is missing or out of range"));
     }
     return index->get<int64_t>();
   }
@@ -739,7 +743,8 @@ class AnthropicStream final : public StreamTranslator {
     Block& b = blocks_[index];
     if (*type == "text") {
       b.kind = BlockKind::kText;
-      if (const std::string* text = StringMember(*block, "text"); text != nullptr && !text->empty()) {
+      if (const std::string* text = StringMember(*block, "text");
+          text != nullptr && !text->empty()) {
         AppendText(*text, out);
       }
     } else if (*type == "tool_use") {
@@ -899,8 +904,8 @@ class AnthropicStream final : public StreamTranslator {
     if (!tool_calls_.empty()) {
       Json calls = Json::array();
       for (const ToolCall& call : tool_calls_) {
-        calls.push_back(OpenAiToolCall(call.id, call.name,
-                                       call.arguments.empty() ? "{}" : call.arguments));
+        calls.push_back(
+            OpenAiToolCall(call.id, call.name, call.arguments.empty() ? "{}" : call.arguments));
       }
       message["tool_calls"] = std::move(calls);
     }

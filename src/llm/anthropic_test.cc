@@ -190,7 +190,9 @@ std::pair<std::string, std::string> MessageDelta(std::string stop_reason, int ou
   return Event(e);
 }
 
-std::pair<std::string, std::string> MessageStop() { return {"message_stop", R"({"type":"message_stop"})"}; }
+std::pair<std::string, std::string> MessageStop() {
+  return {"message_stop", R"({"type":"message_stop"})"};
+}
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -240,7 +242,8 @@ TEST(AnthropicRequest, JoinsSystemMessagesIntoTheSystemField) {
     {"role":"system","content":"You are careful."},
     {"role":"user","content":"Hi"},
     {"role":"system","content":[{"type":"text","text":"Answer in French."}]}
-  ])")), "k"));
+  ])")),
+                                                       "k"));
   EXPECT_EQ(body["system"], "You are careful.\n\nAnswer in French.");
   EXPECT_EQ(body["messages"], J(R"([{"role":"user","content":"Hi"}])"));
 }
@@ -252,7 +255,8 @@ TEST(AnthropicRequest, MergesConsecutiveMessagesOfOneRole) {
     {"role":"assistant","content":"One."},
     {"role":"assistant","content":"Two."},
     {"role":"user","content":"Third."}
-  ])")), "k"));
+  ])")),
+                                                       "k"));
   EXPECT_EQ(body["messages"], J(R"([
     {"role":"user","content":[{"type":"text","text":"First."},{"type":"text","text":"Second."}]},
     {"role":"assistant","content":[{"type":"text","text":"One."},{"type":"text","text":"Two."}]},
@@ -291,7 +295,8 @@ TEST(AnthropicRequest, AssistantWithOnlyToolCallsHasNoTextBlock) {
     {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function",
       "function":{"name":"shell","arguments":"{\"cmd\":\"ls\"}"}}]},
     {"role":"tool","tool_call_id":"call_1","content":"a.txt"}
-  ])")), "k"));
+  ])")),
+                                                       "k"));
   EXPECT_EQ(body["messages"][1], J(R"({"role":"assistant","content":[
     {"type":"tool_use","id":"call_1","name":"shell","input":{"cmd":"ls"}}]})"));
 }
@@ -302,7 +307,8 @@ TEST(AnthropicRequest, MakesForeignToolIdsValidConsistently) {
     {"role":"assistant","content":"","tool_calls":[{"id":"call.1/x","type":"function",
       "function":{"name":"shell","arguments":""}}]},
     {"role":"tool","tool_call_id":"call.1/x","content":""}
-  ])")), "k"));
+  ])")),
+                                                       "k"));
   EXPECT_EQ(body["messages"][1]["content"][0]["id"], "call_1_x");
   EXPECT_EQ(body["messages"][1]["content"][0]["input"], Json::object());
   EXPECT_EQ(body["messages"][2]["content"][0],
@@ -314,7 +320,8 @@ TEST(AnthropicRequest, DropsEmptyAssistantTurns) {
     {"role":"user","content":"Hi"},
     {"role":"assistant","content":null},
     {"role":"user","content":"Still there?"}
-  ])")), "k"));
+  ])")),
+                                                       "k"));
   EXPECT_EQ(body["messages"], J(R"([{"role":"user","content":[
     {"type":"text","text":"Hi"},{"type":"text","text":"Still there?"}]}])"));
 }
@@ -329,9 +336,9 @@ TEST(AnthropicRequest, TranslatesContentPartsAndDataUrlImages) {
 }
 
 TEST(AnthropicRequest, RefusesImagesItCannotSendInline) {
-  for (std::string_view url : {"https://example.com/cat.png", "data:image/png,rawbytes",
-                               "data:image/svg+xml;base64,PHN2Zz4=", "data:image/png;base64,",
-                               "file:///etc/passwd"}) {
+  for (std::string_view url :
+       {"https://example.com/cat.png", "data:image/png,rawbytes",
+        "data:image/svg+xml;base64,PHN2Zz4=", "data:image/png;base64,", "file:///etc/passwd"}) {
     Json messages = J(R"([{"role":"user","content":[]}])");
     messages[0]["content"].push_back({{"type", "image_url"}, {"image_url", {{"url", url}}}});
     auto call = MakeAnthropicFormat()->BuildRequest(Request(messages), "k");
@@ -361,7 +368,8 @@ TEST(AnthropicRequest, RefusesAHistoryThatStartsWithTheAssistant) {
   auto call = MakeAnthropicFormat()->BuildRequest(Request(J(R"([
     {"role":"system","content":"Be brief."},
     {"role":"assistant","content":"Hello, how can I help?"},
-    {"role":"user","content":"Hi"}])")), "k");
+    {"role":"user","content":"Hi"}])")),
+                                                  "k");
   ASSERT_FALSE(call.has_value());
   EXPECT_EQ(call.error().code, ErrorCode::kInvalidArgument);
 }
@@ -429,7 +437,7 @@ TEST(AnthropicResponse, ReadsToolUseAsOpenAiToolCalls) {
 
 TEST(AnthropicResponse, MapsStopReasons) {
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"end_turn", "stop"},     {"stop_sequence", "stop"},  {"tool_use", "tool_calls"},
+      {"end_turn", "stop"},     {"stop_sequence", "stop"},     {"tool_use", "tool_calls"},
       {"max_tokens", "length"}, {"refusal", "content_filter"}, {"pause_turn", "stop"},
   };
   for (const auto& [anthropic, openai] : cases) {
@@ -531,9 +539,9 @@ TEST(AnthropicRoundTrip, AStreamedReplyGoesBackIntoTheNextRequest) {
   auto format = MakeAnthropicFormat();
   Json history = J(R"([{"role":"user","content":"List files"}])");
   auto stream = format->NewStream(Request(history, true));
-  Feed(*stream, {MessageStart(), ToolStart(0, "toolu_9", "shell"), JsonDelta(0, R"({"cmd":)"),
-                 JsonDelta(0, R"("ls -l"})"), BlockStop(0), MessageDelta("tool_use", 12),
-                 MessageStop()});
+  Feed(*stream,
+       {MessageStart(), ToolStart(0, "toolu_9", "shell"), JsonDelta(0, R"({"cmd":)"),
+        JsonDelta(0, R"("ls -l"})"), BlockStop(0), MessageDelta("tool_use", 12), MessageStop()});
   auto result = stream->Result();
   ASSERT_TRUE(result.has_value()) << result.error().message;
   history.push_back(result->message);
@@ -549,20 +557,20 @@ TEST(AnthropicRoundTrip, AStreamedReplyGoesBackIntoTheNextRequest) {
 TEST(AnthropicStream, TranslatesARecordedStreamToOpenAiChunks) {
   auto stream = MakeAnthropicFormat()->NewStream(Request(ToolHistory(), true));
   std::vector<Json> out = Feed(*stream, {
-      MessageStart(25, 100, 2000),
-      TextStart(0),
-      {"ping", R"({"type": "ping"})"},
-      TextDelta(0, "Let me "),
-      TextDelta(0, "check."),
-      BlockStop(0),
-      ToolStart(1, "toolu_01T1", "get_weather"),
-      JsonDelta(1, ""),
-      JsonDelta(1, R"({"city": "Par)"),
-      JsonDelta(1, R"(is"})"),
-      BlockStop(1),
-      MessageDelta("tool_use", 89),
-      MessageStop(),
-  });
+                                            MessageStart(25, 100, 2000),
+                                            TextStart(0),
+                                            {"ping", R"({"type": "ping"})"},
+                                            TextDelta(0, "Let me "),
+                                            TextDelta(0, "check."),
+                                            BlockStop(0),
+                                            ToolStart(1, "toolu_01T1", "get_weather"),
+                                            JsonDelta(1, ""),
+                                            JsonDelta(1, R"({"city": "Par)"),
+                                            JsonDelta(1, R"(is"})"),
+                                            BlockStop(1),
+                                            MessageDelta("tool_use", 89),
+                                            MessageStop(),
+                                        });
   const std::vector<Json> deltas = {
       J(R"({"role":"assistant","content":""})"),
       J(R"({"content":"Let me "})"),
@@ -609,10 +617,11 @@ TEST(AnthropicStream, ToolArgumentsSplitAnywhereAssembleIdentically) {
   for (size_t i = 0; i <= args.size(); ++i) {
     for (size_t j = i; j <= args.size(); ++j) {
       auto stream = MakeAnthropicFormat()->NewStream(Request(ToolHistory(), true));
-      std::vector<Json> out = Feed(*stream, {
-          MessageStart(), ToolStart(0, "toolu_1", "write"), JsonDelta(0, args.substr(0, i)),
-          JsonDelta(0, args.substr(i, j - i)), JsonDelta(0, args.substr(j)), BlockStop(0),
-          MessageDelta("tool_use", 10), MessageStop()});
+      std::vector<Json> out =
+          Feed(*stream,
+               {MessageStart(), ToolStart(0, "toolu_1", "write"), JsonDelta(0, args.substr(0, i)),
+                JsonDelta(0, args.substr(i, j - i)), JsonDelta(0, args.substr(j)), BlockStop(0),
+                MessageDelta("tool_use", 10), MessageStop()});
       auto result = stream->Result();
       ASSERT_TRUE(result.has_value()) << result.error().message;
       ASSERT_EQ(result->message["tool_calls"][0]["function"]["arguments"], args)
@@ -632,11 +641,11 @@ TEST(AnthropicStream, ToolArgumentsSplitAnywhereAssembleIdentically) {
 
 TEST(AnthropicStream, ToolsAreIndexedFromZeroAcrossTextBlocks) {
   auto stream = MakeAnthropicFormat()->NewStream(Request(ToolHistory(), true));
-  std::vector<Json> out = Feed(*stream, {
-      MessageStart(), TextStart(0), TextDelta(0, "Two calls."), BlockStop(0),
-      ToolStart(1, "toolu_a", "get_weather"), JsonDelta(1, R"({"city":"Paris"})"), BlockStop(1),
-      ToolStart(2, "toolu_b", "get_time"), BlockStop(2), MessageDelta("tool_use", 30),
-      MessageStop()});
+  std::vector<Json> out =
+      Feed(*stream, {MessageStart(), TextStart(0), TextDelta(0, "Two calls."), BlockStop(0),
+                     ToolStart(1, "toolu_a", "get_weather"), JsonDelta(1, R"({"city":"Paris"})"),
+                     BlockStop(1), ToolStart(2, "toolu_b", "get_time"), BlockStop(2),
+                     MessageDelta("tool_use", 30), MessageStop()});
   std::vector<Json> indices;
   for (const Json& chunk : out) {
     if (!chunk["choices"].empty() && chunk["choices"][0]["delta"].contains("tool_calls")) {
@@ -653,11 +662,14 @@ TEST(AnthropicStream, ToolsAreIndexedFromZeroAcrossTextBlocks) {
 TEST(AnthropicStream, MissingUsageIsEstimated) {
   ChatRequest req = Request(ToolHistory(), true);
   auto stream = MakeAnthropicFormat()->NewStream(req);
-  std::vector<Json> out = Feed(*stream, {
-      {"message_start", R"({"type":"message_start","message":{"id":"msg_2","model":"m"}})"},
-      TextStart(0), TextDelta(0, "Hello there"), BlockStop(0),
-      {"message_delta", R"({"type":"message_delta","delta":{"stop_reason":"end_turn"}})"},
-      MessageStop()});
+  std::vector<Json> out =
+      Feed(*stream,
+           {{"message_start", R"({"type":"message_start","message":{"id":"msg_2","model":"m"}})"},
+            TextStart(0),
+            TextDelta(0, "Hello there"),
+            BlockStop(0),
+            {"message_delta", R"({"type":"message_delta","delta":{"stop_reason":"end_turn"}})"},
+            MessageStop()});
   auto result = stream->Result();
   ASSERT_TRUE(result.has_value()) << result.error().message;
   EXPECT_TRUE(result->usage.estimated);
@@ -668,17 +680,23 @@ TEST(AnthropicStream, MissingUsageIsEstimated) {
 
 TEST(AnthropicStream, SkipsPingsThinkingAndUnknownEvents) {
   auto stream = MakeAnthropicFormat()->NewStream(Request(ToolHistory(), true));
-  std::vector<Json> out = Feed(*stream, {
-      MessageStart(), {"ping", ""}, {"ping", R"({"type":"ping"})"},
-      {"content_block_start", R"({"type":"content_block_start","index":0,
+  std::vector<Json> out =
+      Feed(*stream, {MessageStart(),
+                     {"ping", ""},
+                     {"ping", R"({"type":"ping"})"},
+                     {"content_block_start", R"({"type":"content_block_start","index":0,
          "content_block":{"type":"thinking","thinking":""}})"},
-      {"content_block_delta", R"({"type":"content_block_delta","index":0,
+                     {"content_block_delta", R"({"type":"content_block_delta","index":0,
          "delta":{"type":"thinking_delta","thinking":"secret plans"}})"},
-      {"content_block_delta", R"({"type":"content_block_delta","index":0,
+                     {"content_block_delta", R"({"type":"content_block_delta","index":0,
          "delta":{"type":"signature_delta","signature":"abc"}})"},
-      BlockStop(0), {"brand_new_event", R"({"type":"brand_new_event","x":1})"},
-      TextStart(1), TextDelta(1, "Done."), BlockStop(1), MessageDelta("end_turn", 5),
-      MessageStop()});
+                     BlockStop(0),
+                     {"brand_new_event", R"({"type":"brand_new_event","x":1})"},
+                     TextStart(1),
+                     TextDelta(1, "Done."),
+                     BlockStop(1),
+                     MessageDelta("end_turn", 5),
+                     MessageStop()});
   EXPECT_EQ(out.size(), 4u);  // role, text, finish, usage
   for (const Json& chunk : out) {
     EXPECT_EQ(chunk.dump().find("secret plans"), std::string::npos);
@@ -742,9 +760,11 @@ TEST(AnthropicStream, HostileEventsGiveCleanErrors) {
       {"message_start", "[]"},
       {"message_start", R"({"type":"message_start"})"},
       {"message_start", R"({"type":"message_start","message":{"id":7}})"},
-      {"message_start", R"({"type":"message_start","message":{"id":"m","usage":{"input_tokens":-4}}})"},
+      {"message_start",
+       R"({"type":"message_start","message":{"id":"m","usage":{"input_tokens":-4}}})"},
       {"message_start", R"({"type":"message_start","message":{"id":"m","usage":"big"}})"},
-      {"content_block_start", R"({"type":"content_block_start","index":0,"content_block":{"type":"text"}})"},
+      {"content_block_start",
+       R"({"type":"content_block_start","index":0,"content_block":{"type":"text"}})"},
       {"error", R"({"type":"error","error":"plain"})"},
       {"error", ""},
       {"message_start", std::string(5000, '[')},
@@ -762,14 +782,21 @@ TEST(AnthropicStream, HostileEventsGiveCleanErrors) {
   // After a good start, malformed block events.
   const std::vector<std::pair<std::string, std::string>> after_start = {
       {"content_block_start", R"({"type":"content_block_start","content_block":{"type":"text"}})"},
-      {"content_block_start", R"({"type":"content_block_start","index":-1,"content_block":{"type":"text"}})"},
-      {"content_block_start", R"({"type":"content_block_start","index":1099511627776,"content_block":{"type":"text"}})"},
-      {"content_block_start", R"({"type":"content_block_start","index":"0","content_block":{"type":"text"}})"},
+      {"content_block_start",
+       R"({"type":"content_block_start","index":-1,"content_block":{"type":"text"}})"},
+      {"content_block_start",
+       R"({"type":"content_block_start","index":1099511627776,"content_block":{"type":"text"}})"},
+      {"content_block_start",
+       R"({"type":"content_block_start","index":"0","content_block":{"type":"text"}})"},
       {"content_block_start", R"({"type":"content_block_start","index":0,"content_block":"text"})"},
-      {"content_block_start", R"({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","name":"f"}})"},
-      {"content_block_delta", R"({"type":"content_block_delta","index":5,"delta":{"type":"text_delta","text":"x"}})"},
-      {"content_block_delta", R"({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":1}})"},
-      {"content_block_delta", R"({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{"}})"},
+      {"content_block_start",
+       R"({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","name":"f"}})"},
+      {"content_block_delta",
+       R"({"type":"content_block_delta","index":5,"delta":{"type":"text_delta","text":"x"}})"},
+      {"content_block_delta",
+       R"({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":1}})"},
+      {"content_block_delta",
+       R"({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{"}})"},
       {"content_block_delta", R"({"type":"content_block_delta","index":0,"delta":"x"})"},
       {"content_block_stop", R"({"type":"content_block_stop","index":9})"},
       {"message_delta", R"({"type":"message_delta","delta":{"stop_reason":5}})"},
@@ -797,8 +824,8 @@ TEST(AnthropicStream, HostileEventsGiveCleanErrors) {
 
 TEST(AnthropicDescribeError, UsesTheErrorTypeButNeverTheMessage) {
   auto format = MakeAnthropicFormat();
-  const std::string described = format->DescribeError(
-      401, R"({"type":"error","error":{"type":"authentication_error",
+  const std::string described =
+      format->DescribeError(401, R"({"type":"error","error":{"type":"authentication_error",
               "message":"invalid x-api-key sk-test-SECRET"},"request_id":"req_011C"})");
   EXPECT_EQ(described, "authentication_error");
   EXPECT_EQ(described.find(kSecret), std::string::npos);
@@ -813,10 +840,11 @@ TEST(AnthropicDescribeError, FallsBackToTheStatusLine) {
             "HTTP 529 Overloaded");
   EXPECT_EQ(format->DescribeError(401, R"({"type":"error","error":{"message":"sk-test-SECRET"}})"),
             "HTTP 401 Unauthorized");
-  EXPECT_EQ(format->DescribeError(401, R"({"type":"error","error":{"type":"sk-test-SECRET is bad"}})"),
-            "HTTP 401 Unauthorized");
-  EXPECT_EQ(format->DescribeError(400, R"({"type":"error","error":{"type":")" +
-                                           std::string(1000, 'x') + R"("}})"),
+  EXPECT_EQ(
+      format->DescribeError(401, R"({"type":"error","error":{"type":"sk-test-SECRET is bad"}})"),
+      "HTTP 401 Unauthorized");
+  EXPECT_EQ(format->DescribeError(
+                400, R"({"type":"error","error":{"type":")" + std::string(1000, 'x') + R"("}})"),
             "HTTP 400 Bad Request");
   EXPECT_EQ(format->DescribeError(599, "[1"), "HTTP 599");
 }

@@ -30,8 +30,9 @@ struct ChatRequest {
   // OpenAI-shaped tool definitions: [{"type":"function","function":{"name","description"?,
   // "parameters"?}}]; empty when none.
   Json tools = Json::array();
-  std::string model;             // the upstream's model name (not the alias)
-  Json params = Json::object();  // operator-set parameters of the alias (temperature, max_tokens, ...)
+  std::string model;  // the upstream's model name (not the alias)
+  Json params =
+      Json::object();  // operator-set parameters of the alias (temperature, max_tokens, ...)
   bool stream = false;
 };
 
@@ -77,7 +78,8 @@ class WireFormat {
  public:
   virtual ~WireFormat() = default;
   virtual std::string_view kind() const = 0;
-  virtual airlock::Result<HttpCall> BuildRequest(const ChatRequest& req, const std::string& api_key) const = 0;
+  virtual airlock::Result<HttpCall> BuildRequest(const ChatRequest& req,
+                                                 const std::string& api_key) const = 0;
   virtual airlock::Result<ChatResult> ParseResponse(std::string_view body) const = 0;
   virtual std::unique_ptr<StreamTranslator> NewStream(const ChatRequest& req) const = 0;
   // A short description of an upstream error answer for logs and the sandbox, built only

@@ -23,38 +23,50 @@ const Json& BuiltinDemoScript() {
   static const Json script = Json{
       {"replies",
        Json::array({
-           Reply("(scripted demo: no LLM is configured, so these steps are canned.) First I look at the sandbox "
-                 "I am in.",
-                 Call("shell", {{"command",
-                                 "echo \"user: $(id)\"; echo \"kernel: $(uname -sr)\"; echo \"cwd: $(pwd)\"; "
-                                 "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; ls /"}})),
+           Reply(
+               "(scripted demo: no LLM is configured, so these steps are canned.) First I look at "
+               "the sandbox "
+               "I am in.",
+               Call("shell",
+                    {{"command",
+                      "echo \"user: $(id)\"; echo \"kernel: $(uname -sr)\"; echo \"cwd: $(pwd)\"; "
+                      "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; ls /"}})),
            Reply("I start a report in a file.",
-                 Call("write_file",
-                      {{"path", "report.md"},
-                       {"content",
-                        "# Airlock demo report\n\nWritten by the reference agent inside its sandbox. The model "
-                        "was the built-in scripted demo: set OPENAI_API_KEY or ANTHROPIC_API_KEY for the "
-                        "control plane to use a real one.\n\n## The sandbox, as seen from inside\n\n"}})),
-           Reply("Now I add facts measured inside the sandbox: who I am, my limits, and whether the network "
+                 Call("write_file", {{"path", "report.md"},
+                                     {"content",
+                                      "# Airlock demo report\n\nWritten by the reference agent "
+                                      "inside its sandbox. The model "
+                                      "was the built-in scripted demo: set OPENAI_API_KEY or "
+                                      "ANTHROPIC_API_KEY for the "
+                                      "control plane to use a real one.\n\n## The sandbox, as seen "
+                                      "from inside\n\n"}})),
+           Reply("Now I add facts measured inside the sandbox: who I am, my limits, and whether "
+                 "the network "
                  "reaches anything.",
-                 Call("shell",
-                      {{"command",
-                        "{ echo '```'; id; uname -sr; echo \"processes visible: $(ls -d /proc/[0-9]* | wc -l)\"; "
-                        "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
-                        "if wget -q -T 3 -O /dev/null http://1.1.1.1/ 2>/dev/null; then echo 'network: the "
-                        "internet is reachable'; else echo 'network: no route out (only the control plane "
-                        "channel)'; fi; "
-                        "if [ -z \"$SESSION_TOKEN\" ]; then echo 'SESSION_TOKEN: not in my environment'; else "
-                        "echo 'SESSION_TOKEN: visible (unexpected)'; fi; echo '```'; } >> report.md && wc -c "
-                        "report.md"}})),
-           Reply("Let me read the report back before I hand it over.", Call("read_file", {{"path", "report.md"}})),
+                 Call("shell", {{"command",
+                                 "{ echo '```'; id; uname -sr; echo \"processes visible: $(ls -d "
+                                 "/proc/[0-9]* | wc -l)\"; "
+                                 "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
+                                 "if wget -q -T 3 -O /dev/null http://1.1.1.1/ 2>/dev/null; then "
+                                 "echo 'network: the "
+                                 "internet is reachable'; else echo 'network: no route out (only "
+                                 "the control plane "
+                                 "channel)'; fi; "
+                                 "if [ -z \"$SESSION_TOKEN\" ]; then echo 'SESSION_TOKEN: not in "
+                                 "my environment'; else "
+                                 "echo 'SESSION_TOKEN: visible (unexpected)'; fi; echo '```'; } >> "
+                                 "report.md && wc -c "
+                                 "report.md"}})),
+           Reply("Let me read the report back before I hand it over.",
+                 Call("read_file", {{"path", "report.md"}})),
            Reply("It looks right. I upload it as the session's artifact.",
                  Call("upload", {{"path", "report.md"}, {"name", "report.md"}})),
            Reply("Done.",
-                 Call("finish", {{"status", "succeeded"},
-                                 {"result",
-                                  "Wrote report.md (what the sandbox looks like from inside: user, kernel, "
-                                  "capabilities, network, environment) and uploaded it."}})),
+                 Call("finish",
+                      {{"status", "succeeded"},
+                       {"result",
+                        "Wrote report.md (what the sandbox looks like from inside: user, kernel, "
+                        "capabilities, network, environment) and uploaded it."}})),
        })}};
   return script;
 }

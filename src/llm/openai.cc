@@ -65,12 +65,12 @@ std::string NormalizeFinishReason(const std::string& reason, bool has_tool_calls
 }
 
 std::string_view Trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r' ||
-                        s.front() == '\n')) {
+  while (!s.empty() &&
+         (s.front() == ' ' || s.front() == '\t' || s.front() == '\r' || s.front() == '\n')) {
     s.remove_prefix(1);
   }
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' ||
-                        s.back() == '\n')) {
+  while (!s.empty() &&
+         (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
     s.remove_suffix(1);
   }
   return s;
@@ -97,7 +97,8 @@ airlock::Result<Json> CleanToolCall(const Json& call, size_t position) {
     return std::unexpected(Unavailable("upstream tool call is not an object"));
   }
   const Json* type = Member(call, "type");
-  if (!IsAbsent(type) && !(type->is_string() && type->get_ref<const std::string&>() == "function")) {
+  if (!IsAbsent(type) &&
+      !(type->is_string() && type->get_ref<const std::string&>() == "function")) {
     return std::unexpected(Unavailable("upstream tool call is not of type \"function\""));
   }
   const Json* function = Member(call, "function");
@@ -220,8 +221,8 @@ airlock::Result<ChatResult> ParseReply(std::string_view body) {
   ChatResult result;
   AIRLOCK_ASSIGN_OR_RETURN(result.message, CleanMessage(*message));
   const std::string* finish = StringMember(choice, "finish_reason");
-  result.finish_reason =
-      NormalizeFinishReason(finish != nullptr ? *finish : "", result.message.contains("tool_calls"));
+  result.finish_reason = NormalizeFinishReason(finish != nullptr ? *finish : "",
+                                               result.message.contains("tool_calls"));
   UsageReport report;
   AIRLOCK_TRY(ReadUsage(Member(reply, "usage"), report));
   // Without the request the prompt cannot be estimated here; the caller, which has it, does
@@ -264,7 +265,8 @@ class OpenAiStream final : public StreamTranslator {
     partial["refusal"] = refusal_;
     Json calls = Json::array();
     for (const ToolCall& call : tool_calls_) {
-      calls.push_back(Json{{"id", call.id}, {"function", {{"name", call.name}, {"arguments", call.arguments}}}});
+      calls.push_back(Json{{"id", call.id},
+                           {"function", {{"name", call.name}, {"arguments", call.arguments}}}});
     }
     if (!calls.empty()) {
       partial["tool_calls"] = std::move(calls);
@@ -396,9 +398,9 @@ class OpenAiStream final : public StreamTranslator {
     } else {
       // A server that omits the index: a new id starts a new call, anything else continues
       // the last one.
-      const bool new_call = tool_calls_.empty() ||
-                            (id != nullptr && !id->empty() && !tool_calls_.back().id.empty() &&
-                             *id != tool_calls_.back().id);
+      const bool new_call =
+          tool_calls_.empty() || (id != nullptr && !id->empty() && !tool_calls_.back().id.empty() &&
+                                  *id != tool_calls_.back().id);
       if (new_call && static_cast<int64_t>(tool_calls_.size()) >= kMaxToolCalls) {
         return std::unexpected(Unavailable("upstream reply has too many tool calls"));
       }
@@ -409,7 +411,8 @@ class OpenAiStream final : public StreamTranslator {
     }
     ToolCall& target = tool_calls_[slot];
     const Json* type = Member(call, "type");
-    if (!IsAbsent(type) && !(type->is_string() && type->get_ref<const std::string&>() == "function")) {
+    if (!IsAbsent(type) &&
+        !(type->is_string() && type->get_ref<const std::string&>() == "function")) {
       return std::unexpected(Unavailable("upstream tool call is not of type \"function\""));
     }
     if (id != nullptr && target.id.empty()) {
@@ -422,7 +425,8 @@ class OpenAiStream final : public StreamTranslator {
     if (!function->is_object()) {
       return std::unexpected(Unavailable("upstream tool call's function is not an object"));
     }
-    if (const std::string* name = StringMember(*function, "name"); name != nullptr && target.name.empty()) {
+    if (const std::string* name = StringMember(*function, "name");
+        name != nullptr && target.name.empty()) {
       target.name = *name;
     }
     AIRLOCK_ASSIGN_OR_RETURN(std::string piece, ArgumentsText(Member(*function, "arguments")));
@@ -505,9 +509,10 @@ Status CheckImages(const Json& messages) {
         url = StringMember(*image, "url");
       }
       if (url == nullptr || !IsDataUrl(*url)) {
-        return Errorf(ErrorCode::kInvalidArgument,
-                      "messages[{}]: images must be data: URLs; the provider is never asked to fetch a URL",
-                      i);
+        return Errorf(
+            ErrorCode::kInvalidArgument,
+            "messages[{}]: images must be data: URLs; the provider is never asked to fetch a URL",
+            i);
       }
     }
   }

@@ -127,7 +127,8 @@ Json ToolDelta(Json call) {
 Json UsageChunk(int prompt, int completion) {
   Json chunk = J(R"({"id":"chatcmpl-1","object":"chat.completion.chunk","created":1718000000,
                     "model":"gpt-4o-mini","choices":[]})");
-  chunk["usage"] = {{"prompt_tokens", prompt}, {"completion_tokens", completion},
+  chunk["usage"] = {{"prompt_tokens", prompt},
+                    {"completion_tokens", completion},
                     {"total_tokens", prompt + completion}};
   return chunk;
 }
@@ -379,9 +380,9 @@ TEST(OpenAiStream, ToolArgumentsSplitAnywhereAssembleIdentically) {
   for (size_t i = 0; i <= args.size(); ++i) {
     for (size_t j = i; j <= args.size(); ++j) {
       auto stream = MakeOpenAiFormat()->NewStream(Request(WeatherHistory(), true));
-      std::vector<std::string> datas = {
-          ToolDelta(J(R"({"index":0,"id":"call_1","type":"function",
-                          "function":{"name":"write","arguments":""}})")).dump()};
+      std::vector<std::string> datas = {ToolDelta(J(R"({"index":0,"id":"call_1","type":"function",
+                          "function":{"name":"write","arguments":""}})"))
+                                            .dump()};
       for (std::string piece : {args.substr(0, i), args.substr(i, j - i), args.substr(j)}) {
         Json call = {{"index", 0}, {"function", {{"arguments", piece}}}};
         datas.push_back(ToolDelta(call).dump());
@@ -400,18 +401,20 @@ TEST(OpenAiStream, ToolArgumentsSplitAnywhereAssembleIdentically) {
 TEST(OpenAiStream, AssemblesParallelToolCallsByIndex) {
   auto stream = MakeOpenAiFormat()->NewStream(Request(WeatherHistory(), true));
   Feed(*stream, {
-      Chunk(J(R"({"role":"assistant","content":null})")).dump(),
-      ToolDelta(J(R"({"index":0,"id":"call_a","type":"function",
-                      "function":{"name":"get_weather","arguments":""}})")).dump(),
-      ToolDelta(J(R"({"index":0,"function":{"arguments":"{\"city\":"}})")).dump(),
-      ToolDelta(J(R"({"index":1,"id":"call_b","type":"function",
-                      "function":{"name":"get_time","arguments":"{\"tz\""}})")).dump(),
-      ToolDelta(J(R"({"index":0,"function":{"arguments":"\"Paris\"}"}})")).dump(),
-      ToolDelta(J(R"({"index":1,"function":{"arguments":":\"CET\"}"}})")).dump(),
-      Chunk(Json::object(), "tool_calls").dump(),
-      UsageChunk(90, 40).dump(),
-      "[DONE]",
-  });
+                    Chunk(J(R"({"role":"assistant","content":null})")).dump(),
+                    ToolDelta(J(R"({"index":0,"id":"call_a","type":"function",
+                      "function":{"name":"get_weather","arguments":""}})"))
+                        .dump(),
+                    ToolDelta(J(R"({"index":0,"function":{"arguments":"{\"city\":"}})")).dump(),
+                    ToolDelta(J(R"({"index":1,"id":"call_b","type":"function",
+                      "function":{"name":"get_time","arguments":"{\"tz\""}})"))
+                        .dump(),
+                    ToolDelta(J(R"({"index":0,"function":{"arguments":"\"Paris\"}"}})")).dump(),
+                    ToolDelta(J(R"({"index":1,"function":{"arguments":":\"CET\"}"}})")).dump(),
+                    Chunk(Json::object(), "tool_calls").dump(),
+                    UsageChunk(90, 40).dump(),
+                    "[DONE]",
+                });
   auto result = stream->Result();
   ASSERT_TRUE(result.has_value()) << result.error().message;
   EXPECT_EQ(result->message, J(R"({"role":"assistant","content":null,"tool_calls":[
@@ -483,17 +486,20 @@ TEST(OpenAiStream, SpentCountsWhatStreamedBeforeTheReplyWasComplete) {
 }
 
 TEST(OpenAiRequest, RefusesImagesThatAreNotDataUrls) {
-  for (const char* url : {"http://attacker.example/exfil?data=SECRET", "https://x.example/a.png",
-                          "//x.example/a.png", "file:///etc/passwd", " data:image/png;base64,AAAA"}) {
-    Json history = Json::array({{{"role", "user"},
-                                 {"content", Json::array({{{"type", "image_url"}, {"image_url", {{"url", url}}}}})}}});
+  for (const char* url :
+       {"http://attacker.example/exfil?data=SECRET", "https://x.example/a.png", "//x.example/a.png",
+        "file:///etc/passwd", " data:image/png;base64,AAAA"}) {
+    Json history = Json::array(
+        {{{"role", "user"},
+          {"content", Json::array({{{"type", "image_url"}, {"image_url", {{"url", url}}}}})}}});
     auto call = MakeOpenAiFormat()->BuildRequest(Request(history), "k");
     ASSERT_FALSE(call.has_value()) << url;
     EXPECT_NE(call.error().message.find("data: URLs"), std::string::npos) << call.error().message;
   }
-  Json ok = Json::array({{{"role", "user"},
-                          {"content", Json::array({{{"type", "image_url"},
-                                                    {"image_url", {{"url", "DATA:image/png;base64,AAAA"}}}}})}}});
+  Json ok = Json::array(
+      {{{"role", "user"},
+        {"content", Json::array({{{"type", "image_url"},
+                                  {"image_url", {{"url", "DATA:image/png;base64,AAAA"}}}}})}}});
   EXPECT_TRUE(MakeOpenAiFormat()->BuildRequest(Request(ok), "k").has_value());
 }
 
@@ -501,9 +507,10 @@ TEST(OpenAiStream, AnErrorPayloadFailsTheStreamWithoutItsMessage) {
   auto stream = MakeOpenAiFormat()->NewStream(Request(WeatherHistory(), true));
   std::vector<Json> out;
   ASSERT_TRUE(stream->OnEvent("", Chunk(J(R"({"content":"x"})")).dump(), out).has_value());
-  auto status = stream->OnEvent(
-      "", R"({"error":{"message":"Incorrect API key provided: sk-test-SECRET",
-              "type":"server_error","param":null,"code":null}})", out);
+  auto status =
+      stream->OnEvent("", R"({"error":{"message":"Incorrect API key provided: sk-test-SECRET",
+              "type":"server_error","param":null,"code":null}})",
+                      out);
   ASSERT_FALSE(status.has_value());
   EXPECT_EQ(status.error().code, ErrorCode::kUnavailable);
   EXPECT_NE(status.error().message.find("server_error"), std::string::npos);

@@ -10,12 +10,18 @@ namespace airlock::llm {
 
 std::string_view OutcomeName(Outcome o) {
   switch (o) {
-    case Outcome::kOk: return "ok";
-    case Outcome::kUpstreamError: return "upstream_error";
-    case Outcome::kTimeout: return "timeout";
-    case Outcome::kRefused: return "refused";
-    case Outcome::kCancelled: return "cancelled";
-    case Outcome::kReceiverGone: return "sandbox_gone";
+    case Outcome::kOk:
+      return "ok";
+    case Outcome::kUpstreamError:
+      return "upstream_error";
+    case Outcome::kTimeout:
+      return "timeout";
+    case Outcome::kRefused:
+      return "refused";
+    case Outcome::kCancelled:
+      return "cancelled";
+    case Outcome::kReceiverGone:
+      return "sandbox_gone";
   }
   return "unknown";
 }
@@ -37,33 +43,40 @@ std::string RefusalDetail(std::string_view body, const KeyRedactor& redactor) {
   auto j = ParseJson(body, 16);
   if (!j || !j->is_object()) return "";
   const Json* err = j->contains("error") ? &(*j)["error"] : nullptr;
-  if (err == nullptr || !err->is_object() || !err->contains("message") || !(*err)["message"].is_string()) return "";
+  if (err == nullptr || !err->is_object() || !err->contains("message") ||
+      !(*err)["message"].is_string())
+    return "";
   return redactor.Apply(Printable(redactor.Apply((*err)["message"].get<std::string>()), 300));
 }
 
 CallError FromTransport(const Error& e, const CallCancel& cancel) {
   if (cancel.cancelled()) return CallError{Outcome::kCancelled, "the call was cancelled", 0};
-  return CallError{e.code == ErrorCode::kDeadlineExceeded ? Outcome::kTimeout : Outcome::kUpstreamError,
-                   "the model provider could not be reached: " + e.message, 0};
+  return CallError{
+      e.code == ErrorCode::kDeadlineExceeded ? Outcome::kTimeout : Outcome::kUpstreamError,
+      "the model provider could not be reached: " + e.message, 0};
 }
 
-CallError FromStatus(unsigned status, const std::string& what, const std::string& detail, int attempts) {
+CallError FromStatus(unsigned status, const std::string& what, const std::string& detail,
+                     int attempts) {
   std::string tries = attempts > 1 ? fmt::format(" after {} attempts", attempts) : "";
   std::string code = what.empty() ? "" : " " + what;
   if (status == 401 || status == 403) {
     // Nothing of the answer: its code, type or message may be the key itself.
-    return CallError{Outcome::kUpstreamError,
-                     fmt::format("the model provider refused the control plane's credentials ({}); the operator "
-                                 "must check the provider's key",
-                                 status),
-                     status};
+    return CallError{
+        Outcome::kUpstreamError,
+        fmt::format("the model provider refused the control plane's credentials ({}); the operator "
+                    "must check the provider's key",
+                    status),
+        status};
   }
   if (status == 429) {
-    return CallError{Outcome::kUpstreamError,
-                     fmt::format("the model provider is rate limiting ({}{}){}", status, code, tries), status};
+    return CallError{
+        Outcome::kUpstreamError,
+        fmt::format("the model provider is rate limiting ({}{}){}", status, code, tries), status};
   }
   if (status >= 500) {
-    return CallError{Outcome::kUpstreamError, fmt::format("the model provider failed ({}{}){}", status, code, tries),
+    return CallError{Outcome::kUpstreamError,
+                     fmt::format("the model provider failed ({}{}){}", status, code, tries),
                      status};
   }
   return CallError{Outcome::kUpstreamError,
@@ -78,7 +91,10 @@ CallError FromStatus(unsigned status, const std::string& what, const std::string
 class StreamBridge : public BodySink {
  public:
   StreamBridge(StreamTranslator& translator, ChunkReceiver& receiver, CallCancel& cancel)
-      : translator_(translator), receiver_(receiver), cancel_(cancel), parser_([this](const SseEvent& e) {
+      : translator_(translator),
+        receiver_(receiver),
+        cancel_(cancel),
+        parser_([this](const SseEvent& e) {
           events_.push_back(e);
           return true;
         }) {}
@@ -94,13 +110,14 @@ class StreamBridge : public BodySink {
     events_.clear();
     auto fed = parser_.Feed(piece);
     if (!fed) {
-      error_ = CallError{Outcome::kUpstreamError, "the model provider's stream is malformed: " + fed.error().message, 0};
+      error_ = CallError{Outcome::kUpstreamError,
+                         "the model provider's stream is malformed: " + fed.error().message, 0};
       co_return false;
     }
     for (const auto& e : events_) {
       std::vector<Json> chunks;
-      auto st = translator_.OnEvent(e.event == "message" ? std::string_view() : std::string_view(e.event), e.data,
-                                    chunks);
+      auto st = translator_.OnEvent(
+          e.event == "message" ? std::string_view() : std::string_view(e.event), e.data, chunks);
       if (!st) {
         error_ = CallError{Outcome::kUpstreamError, st.error().message, 0};
         co_return false;
@@ -153,7 +170,8 @@ class StreamBridge : public BodySink {
 
 class HttpProvider : public Provider {
  public:
-  HttpProvider(std::unique_ptr<WireFormat> format, Endpoint endpoint, Secret key, UpstreamClient& client)
+  HttpProvider(std::unique_ptr<WireFormat> format, Endpoint endpoint, Secret key,
+               UpstreamClient& client)
       : format_(std::move(format)),
         endpoint_(std::move(endpoint)),
         key_(std::move(key)),
@@ -172,7 +190,8 @@ class HttpProvider : public Provider {
   }
 
  private:
-  awaitable<CallResult<ChatResult>> Call(const ChatRequest& req, ChunkReceiver* receiver, CallCancel& cancel) {
+  awaitable<CallResult<ChatResult>> Call(const ChatRequest& req, ChunkReceiver* receiver,
+                                         CallCancel& cancel) {
     auto call = format_->BuildRequest(req, key_.Reveal());
     if (!call) co_return std::unexpected(CallError{Outcome::kRefused, call.error().message, 0});
     if (!req.stream || receiver == nullptr) {
@@ -181,9 +200,9 @@ class HttpProvider : public Provider {
       if (r->status < 200 || r->status >= 300) co_return std::unexpected(StatusError(*r));
       auto parsed = format_->ParseResponse(r->body);
       if (!parsed) {
-        co_return std::unexpected(
-            CallError{Outcome::kUpstreamError, "the model provider's answer is malformed: " + parsed.error().message,
-                      r->status});
+        co_return std::unexpected(CallError{
+            Outcome::kUpstreamError,
+            "the model provider's answer is malformed: " + parsed.error().message, r->status});
       }
       // A provider that reports no usage (many local servers): the prompt is estimated too, or
       // it would cost nothing against the session's budget.
@@ -210,7 +229,8 @@ class HttpProvider : public Provider {
     } else if (r->status < 200 || r->status >= 300) {
       co_return std::unexpected(StatusError(*r));
     } else if (!translator->finished()) {
-      failure = CallError{Outcome::kUpstreamError, "the model provider's stream ended before the reply was complete", 0};
+      failure = CallError{Outcome::kUpstreamError,
+                          "the model provider's stream ended before the reply was complete", 0};
     }
     if (!failure) {
       auto result = translator->Result();
@@ -238,9 +258,10 @@ class HttpProvider : public Provider {
 
 }  // namespace
 
-std::unique_ptr<Provider> MakeHttpProvider(std::unique_ptr<WireFormat> format, Endpoint endpoint, Secret api_key,
-                                           UpstreamClient& client) {
-  return std::make_unique<HttpProvider>(std::move(format), std::move(endpoint), std::move(api_key), client);
+std::unique_ptr<Provider> MakeHttpProvider(std::unique_ptr<WireFormat> format, Endpoint endpoint,
+                                           Secret api_key, UpstreamClient& client) {
+  return std::make_unique<HttpProvider>(std::move(format), std::move(endpoint), std::move(api_key),
+                                        client);
 }
 
 }  // namespace airlock::llm

@@ -62,8 +62,8 @@ inline constexpr std::chrono::milliseconds kDrainTimeout{10'000};
 inline constexpr size_t kMaxDrainBytes = 64 << 10;
 
 // An upstream over HTTP(S). `client` must outlive the provider.
-std::unique_ptr<Provider> MakeHttpProvider(std::unique_ptr<WireFormat> format, Endpoint endpoint, Secret api_key,
-                                           UpstreamClient& client);
+std::unique_ptr<Provider> MakeHttpProvider(std::unique_ptr<WireFormat> format, Endpoint endpoint,
+                                           Secret api_key, UpstreamClient& client);
 
 // The scripted model: reply number N (counting the assistant messages already in the
 // history) is the N-th entry of the script, so a restarted agent that reloads its history

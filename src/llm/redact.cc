@@ -21,7 +21,8 @@ std::string Base64(std::string_view bytes) {
   std::string out;
   size_t i = 0;
   for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t v = (static_cast<uint8_t>(bytes[i]) << 16) | (static_cast<uint8_t>(bytes[i + 1]) << 8) |
+    const uint32_t v = (static_cast<uint8_t>(bytes[i]) << 16) |
+                       (static_cast<uint8_t>(bytes[i + 1]) << 8) |
                        static_cast<uint8_t>(bytes[i + 2]);
     for (int shift : {18, 12, 6, 0}) out += kAlphabet[(v >> shift) & 63];
   }
@@ -71,7 +72,8 @@ std::string KeyRedactor::Apply(std::string_view text) const {
   bool any = false;
   // Looks for the pieces in a lower-cased view of the text whose character i came from the
   // original range [from[i], to[i]).
-  auto mark = [&](const std::string& view, const std::vector<size_t>& from, const std::vector<size_t>& to) {
+  auto mark = [&](const std::string& view, const std::vector<size_t>& from,
+                  const std::vector<size_t>& to) {
     for (size_t i = 0; i + window_ <= view.size(); ++i) {
       if (!pieces_.contains(view.substr(i, window_))) continue;
       any = true;
@@ -93,10 +95,11 @@ std::string KeyRedactor::Apply(std::string_view text) const {
     from.clear();
     to.clear();
     for (size_t i = 0; i < text.size();) {
-      const bool escape =
-          text[i] == '%' && i + 2 < text.size() && HexValue(text[i + 1]) >= 0 && HexValue(text[i + 2]) >= 0;
+      const bool escape = text[i] == '%' && i + 2 < text.size() && HexValue(text[i + 1]) >= 0 &&
+                          HexValue(text[i + 2]) >= 0;
       const size_t len = escape ? 3 : 1;
-      view += Lower(escape ? static_cast<char>(HexValue(text[i + 1]) * 16 + HexValue(text[i + 2])) : text[i]);
+      view += Lower(escape ? static_cast<char>(HexValue(text[i + 1]) * 16 + HexValue(text[i + 2]))
+                           : text[i]);
       from.push_back(i);
       to.push_back(i + len);
       i += len;
@@ -115,6 +118,8 @@ std::string KeyRedactor::Apply(std::string_view text) const {
   return out;
 }
 
-std::string RedactKey(std::string_view text, std::string_view key) { return KeyRedactor(key).Apply(text); }
+std::string RedactKey(std::string_view text, std::string_view key) {
+  return KeyRedactor(key).Apply(text);
+}
 
 }  // namespace airlock::llm

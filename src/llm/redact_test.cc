@@ -14,8 +14,9 @@ namespace {
 constexpr std::string_view kKey = "sk-canary-REDTEAM-0123456789abcdef";
 
 std::string Base64Padded(std::string_view bytes, bool url_safe = false) {
-  const std::string alphabet = url_safe ? "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-                                        : "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  const std::string alphabet =
+      url_safe ? "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+               : "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   std::string out;
   size_t i = 0;
   for (; i + 2 < bytes.size(); i += 3) {
@@ -64,8 +65,8 @@ bool HoldsNoPiece(const std::string& text) {
 TEST(KeyRedactorTest, CutsTheWholeKeyAndAnyPieceOfEightOrMore) {
   KeyRedactor r(kKey);
   const std::string key(kKey);
-  for (const std::string& piece : {key, key.substr(3), key.substr(0, 8), key.substr(10, 8), key.substr(5, 20),
-                                   key.substr(key.size() - 8)}) {
+  for (const std::string& piece : {key, key.substr(3), key.substr(0, 8), key.substr(10, 8),
+                                   key.substr(5, 20), key.substr(key.size() - 8)}) {
     SCOPED_TRACE(piece);
     const std::string out = r.Apply("Incorrect API key provided: " + piece + ". See the docs.");
     EXPECT_TRUE(HoldsNoPiece(out)) << out;
@@ -89,7 +90,8 @@ TEST(KeyRedactorTest, CutsBase64OfTheKeyAtEveryAlignmentInBothAlphabets) {
   KeyRedactor r(kKey);
   const std::string key(kKey);
   for (bool url_safe : {false, true}) {
-    for (const std::string& before : {std::string(), std::string("B"), std::string("Be"), std::string("Bearer ")}) {
+    for (const std::string& before :
+         {std::string(), std::string("B"), std::string("Be"), std::string("Bearer ")}) {
       for (const std::string& piece : {key, key.substr(3), key.substr(1, 12)}) {
         const std::string encoded = Base64Padded(before + piece, url_safe);
         const std::string out = r.Apply("auth header was " + encoded + " (decoded)");
@@ -101,7 +103,8 @@ TEST(KeyRedactorTest, CutsBase64OfTheKeyAtEveryAlignmentInBothAlphabets) {
         const size_t last = (before.size() + piece.size()) / 3 * 4;
         const std::string core = encoded.substr(first, last - first);
         for (size_t i = 0; i + 8 <= core.size(); ++i) {
-          EXPECT_EQ(out.find(core.substr(i, 8)), std::string::npos) << core.substr(i, 8) << " in " << out;
+          EXPECT_EQ(out.find(core.substr(i, 8)), std::string::npos)
+              << core.substr(i, 8) << " in " << out;
         }
       }
     }
@@ -111,8 +114,9 @@ TEST(KeyRedactorTest, CutsBase64OfTheKeyAtEveryAlignmentInBothAlphabets) {
 TEST(KeyRedactorTest, CutsThePercentEncodedKey) {
   KeyRedactor r(kKey);
   const std::string key(kKey);
-  for (const std::string& form : {PercentAll(key), std::string("sk%2Dcanary%2DREDTEAM%2D0123456789abcdef"),
-                                  PercentAll(key.substr(3)) }) {
+  for (const std::string& form :
+       {PercentAll(key), std::string("sk%2Dcanary%2DREDTEAM%2D0123456789abcdef"),
+        PercentAll(key.substr(3))}) {
     const std::string out = r.Apply("GET /v1?key=" + form + "&x=1");
     EXPECT_EQ(out, "GET /v1?key=[redacted]&x=1") << form;
   }
@@ -125,8 +129,8 @@ TEST(KeyRedactorTest, LeavesOrdinaryProviderMessagesAlone) {
   for (const std::string& text :
        {std::string("This model's maximum context length is 8192 tokens. However, your messages "
                     "resulted in 9000 tokens."),
-        std::string("invalid_request_error"), std::string("rate_limit_exceeded"), std::string("50% done %zz"),
-        std::string("sk-other-key-zzzzzzzz"), std::string()}) {
+        std::string("invalid_request_error"), std::string("rate_limit_exceeded"),
+        std::string("50% done %zz"), std::string("sk-other-key-zzzzzzzz"), std::string()}) {
     EXPECT_EQ(r.Apply(text), text);
   }
 }

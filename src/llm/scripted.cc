@@ -40,14 +40,17 @@ Result<Json> NormaliseReply(const Json& entry, size_t index, const std::string& 
         std::string id = tc.is_object() && tc.contains("id") && tc["id"].is_string()
                              ? tc["id"].get<std::string>()
                              : fmt::format("call_scripted_{}_{}", index + 1, i + 1);
-        calls.push_back(Json{{"id", id}, {"type", "function"}, {"function", {{"name", (*fn)["name"]}, {"arguments", args}}}});
+        calls.push_back(Json{{"id", id},
+                             {"type", "function"},
+                             {"function", {{"name", (*fn)["name"]}, {"arguments", args}}}});
       }
       msg["tool_calls"] = std::move(calls);
     } else {
       return bad(fmt::format("unknown field \"{}\"", k));
     }
   }
-  if (msg["content"].is_null() && !msg.contains("tool_calls")) return bad("needs content or tool_calls");
+  if (msg["content"].is_null() && !msg.contains("tool_calls"))
+    return bad("needs content or tool_calls");
   return msg;
 }
 
@@ -69,21 +72,24 @@ std::vector<std::string> Pieces(const std::string& text) {
 
 class ScriptedProvider : public Provider {
  public:
-  ScriptedProvider(std::vector<Json> replies, std::string source) : replies_(std::move(replies)), source_(std::move(source)) {}
+  ScriptedProvider(std::vector<Json> replies, std::string source)
+      : replies_(std::move(replies)), source_(std::move(source)) {}
 
   std::string_view kind() const override { return "scripted"; }
 
   awaitable<CallResult<ChatResult>> Chat(const ChatRequest& req, ChunkReceiver* receiver,
                                          CallCancel& cancel) override {
     size_t n = 0;
-    for (const auto& m : req.messages) n += m.is_object() && m.value("role", "") == "assistant" ? 1 : 0;
+    for (const auto& m : req.messages)
+      n += m.is_object() && m.value("role", "") == "assistant" ? 1 : 0;
     ChatResult r;
     if (n < replies_.size()) {
       r.message = replies_[n];
     } else {
-      r.message = Json{{"role", "assistant"},
-                       {"content", fmt::format("(scripted model: the script {} has {} replies and all are used)",
-                                               source_, replies_.size())}};
+      r.message = Json{
+          {"role", "assistant"},
+          {"content", fmt::format("(scripted model: the script {} has {} replies and all are used)",
+                                  source_, replies_.size())}};
     }
     r.finish_reason = r.message.contains("tool_calls") ? "tool_calls" : "stop";
     r.usage = TokenUsage{EstimateTokens(req.messages), EstimateTokens(r.message), true};
@@ -94,17 +100,22 @@ class ScriptedProvider : public Provider {
       return Json{{"id", id},
                   {"object", "chat.completion.chunk"},
                   {"model", "scripted"},
-                  {"choices", Json::array({Json{{"index", 0}, {"delta", std::move(delta)}, {"finish_reason", std::move(finish)}}})}};
+                  {"choices", Json::array({Json{{"index", 0},
+                                                {"delta", std::move(delta)},
+                                                {"finish_reason", std::move(finish)}}})}};
     };
     std::vector<Json> chunks;
     chunks.push_back(chunk(Json{{"role", "assistant"}, {"content", ""}}, nullptr));
     if (r.message["content"].is_string()) {
-      for (auto& p : Pieces(r.message["content"].get<std::string>())) chunks.push_back(chunk(Json{{"content", p}}, nullptr));
+      for (auto& p : Pieces(r.message["content"].get<std::string>()))
+        chunks.push_back(chunk(Json{{"content", p}}, nullptr));
     }
     if (r.message.contains("tool_calls")) {
       int index = 0;
       for (const auto& tc : r.message["tool_calls"]) {
-        Json start{{"index", index}, {"id", tc["id"]}, {"type", "function"},
+        Json start{{"index", index},
+                   {"id", tc["id"]},
+                   {"type", "function"},
                    {"function", {{"name", tc["function"]["name"]}, {"arguments", ""}}}};
         chunks.push_back(chunk(Json{{"tool_calls", Json::array({start})}}, nullptr));
         std::string args = tc["function"]["arguments"];
@@ -118,7 +129,10 @@ class ScriptedProvider : public Provider {
       }
     }
     chunks.push_back(chunk(Json::object(), r.finish_reason));
-    Json usage_chunk{{"id", id}, {"object", "chat.completion.chunk"}, {"model", "scripted"}, {"choices", Json::array()},
+    Json usage_chunk{{"id", id},
+                     {"object", "chat.completion.chunk"},
+                     {"model", "scripted"},
+                     {"choices", Json::array()},
                      {"usage",
                       {{"prompt_tokens", r.usage.input_tokens},
                        {"completion_tokens", r.usage.output_tokens},
@@ -126,7 +140,8 @@ class ScriptedProvider : public Provider {
     chunks.push_back(std::move(usage_chunk));
     const size_t finish_chunk = chunks.size() - 2;
     for (size_t i = 0; i < chunks.size(); ++i) {
-      if (cancel.cancelled()) co_return std::unexpected(CallError{Outcome::kCancelled, "the call was cancelled", 0});
+      if (cancel.cancelled())
+        co_return std::unexpected(CallError{Outcome::kCancelled, "the call was cancelled", 0});
       if (!co_await receiver->OnChunk(chunks[i])) {
         // As with an HTTP upstream: a receiver gone after the finish_reason leaves a complete
         // call; before it, the call fails and costs what was made (the whole reply, here).
@@ -145,35 +160,44 @@ class ScriptedProvider : public Provider {
 
 }  // namespace
 
-Result<std::unique_ptr<Provider>> MakeScriptedProvider(const Json& script, std::string source_name) {
+Result<std::unique_ptr<Provider>> MakeScriptedProvider(const Json& script,
+                                                       std::string source_name) {
   const Json* list = &script;
   if (script.is_object()) {
     if (!script.contains("replies")) {
-      return Errorf(ErrorCode::kInvalidArgument, "{}: a script is {{\"replies\": [...]}} or an array", source_name);
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "{}: a script is {{\"replies\": [...]}} or an array", source_name);
     }
     list = &script["replies"];
   }
   if (!list->is_array()) {
-    return Errorf(ErrorCode::kInvalidArgument, "{}: \"replies\" must be an array of assistant messages", source_name);
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "{}: \"replies\" must be an array of assistant messages", source_name);
   }
   if (list->size() > kMaxReplies) {
-    return Errorf(ErrorCode::kInvalidArgument, "{}: more than {} replies", source_name, kMaxReplies);
+    return Errorf(ErrorCode::kInvalidArgument, "{}: more than {} replies", source_name,
+                  kMaxReplies);
   }
   std::vector<Json> replies;
   for (size_t i = 0; i < list->size(); ++i) {
     AIRLOCK_ASSIGN_OR_RETURN(Json m, NormaliseReply((*list)[i], i, source_name));
     replies.push_back(std::move(m));
   }
-  return std::unique_ptr<Provider>(new ScriptedProvider(std::move(replies), std::move(source_name)));
+  return std::unique_ptr<Provider>(
+      new ScriptedProvider(std::move(replies), std::move(source_name)));
 }
 
 Result<std::unique_ptr<Provider>> LoadScriptedProvider(const std::string& path) {
   std::ifstream f(path);
-  if (!f) return Errorf(ErrorCode::kInvalidArgument, "scripted model: cannot read the script \"{}\"", path);
+  if (!f)
+    return Errorf(ErrorCode::kInvalidArgument, "scripted model: cannot read the script \"{}\"",
+                  path);
   std::stringstream ss;
   ss << f.rdbuf();
   auto j = ParseJson(ss.str());
-  if (!j) return Errorf(ErrorCode::kInvalidArgument, "scripted model: script \"{}\": {}", path, j.error().message);
+  if (!j)
+    return Errorf(ErrorCode::kInvalidArgument, "scripted model: script \"{}\": {}", path,
+                  j.error().message);
   return MakeScriptedProvider(*j, path);
 }
 

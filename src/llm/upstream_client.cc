@@ -20,7 +20,9 @@ namespace ssl = asio::ssl;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-std::string Endpoint::Key() const { return fmt::format("{}://{}:{}", tls ? "https" : "http", host, port); }
+std::string Endpoint::Key() const {
+  return fmt::format("{}://{}:{}", tls ? "https" : "http", host, port);
+}
 
 Result<Endpoint> ParseBaseUrl(std::string_view url) {
   Endpoint ep;
@@ -32,19 +34,22 @@ Result<Endpoint> ParseBaseUrl(std::string_view url) {
     ep.port = 80;
     rest = url.substr(7);
   } else {
-    return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\" must start with http:// or https://", url);
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "base_url \"{}\" must start with http:// or https://", url);
   }
   size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
   std::string_view path = slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
-  if (authority.find('@') != std::string_view::npos || path.find_first_of("?#") != std::string_view::npos) {
-    return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": user info, query and fragment are not allowed",
-                  url);
+  if (authority.find('@') != std::string_view::npos ||
+      path.find_first_of("?#") != std::string_view::npos) {
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "base_url \"{}\": user info, query and fragment are not allowed", url);
   }
   std::string_view host = authority;
   if (authority.starts_with('[')) {  // [IPv6]:port
     size_t close = authority.find(']');
-    if (close == std::string_view::npos) return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad IPv6 host", url);
+    if (close == std::string_view::npos)
+      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad IPv6 host", url);
     host = authority.substr(1, close - 1);
     std::string_view after = authority.substr(close + 1);
     if (!after.empty() && !after.starts_with(':')) {
@@ -59,16 +64,19 @@ Result<Endpoint> ParseBaseUrl(std::string_view url) {
   }
   if (authority.starts_with(':')) {
     std::string_view digits = authority.substr(1);
-    if (digits.empty() || digits.size() > 5 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) {
+    if (digits.empty() || digits.size() > 5 ||
+        !std::all_of(digits.begin(), digits.end(), ::isdigit)) {
       return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad port", url);
     }
     int port = std::stoi(std::string(digits));
-    if (port < 1 || port > 65535) return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad port", url);
+    if (port < 1 || port > 65535)
+      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad port", url);
     ep.port = static_cast<uint16_t>(port);
   }
   if (host.empty()) return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\" has no host", url);
   for (char ch : host) {
-    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '-' && ch != ':' && ch != '_') {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '-' && ch != ':' &&
+        ch != '_') {
       return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad host", url);
     }
   }
@@ -121,7 +129,9 @@ bool RetryableStatus(unsigned status) { return status == 429 || (status >= 500 &
 // Interrupts the connection's pending operation on cancel; unregisters on scope exit.
 class CancelScope {
  public:
-  CancelScope(CallCancel& cancel, std::function<void()> hook) : cancel_(cancel) { cancel_.OnCancel(std::move(hook)); }
+  CancelScope(CallCancel& cancel, std::function<void()> hook) : cancel_(cancel) {
+    cancel_.OnCancel(std::move(hook));
+  }
   ~CancelScope() { cancel_.Clear(); }
   CancelScope(const CancelScope&) = delete;
   CancelScope& operator=(const CancelScope&) = delete;
@@ -148,7 +158,8 @@ bool IsIpLiteral(const std::string& host) {
 std::string Describe(const beast::error_code& ec) {
   if (ec == beast::error::timeout) return "timed out";
   if (ec == asio::error::operation_aborted) return "cancelled";
-  if (ec == http::error::end_of_stream || ec == asio::error::eof) return "connection closed by the provider";
+  if (ec == http::error::end_of_stream || ec == asio::error::eof)
+    return "connection closed by the provider";
   return ec.message();
 }
 
@@ -159,19 +170,22 @@ UpstreamClient::UpstreamClient(asio::io_context& io, UpstreamOptions options)
 
 UpstreamClient::~UpstreamClient() = default;
 
-Result<std::unique_ptr<UpstreamClient>> UpstreamClient::Make(asio::io_context& io, UpstreamOptions options) {
+Result<std::unique_ptr<UpstreamClient>> UpstreamClient::Make(asio::io_context& io,
+                                                             UpstreamOptions options) {
   std::unique_ptr<UpstreamClient> c(new UpstreamClient(io, std::move(options)));
   c->tls_ = std::make_unique<ssl::context>(ssl::context::tls_client);
   beast::error_code ec;
-  c->tls_->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
-                       ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+  c->tls_->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                       ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
   c->tls_->set_default_verify_paths(ec);
-  if (ec) return Errorf(ErrorCode::kUnavailable, "TLS: cannot load the system trust store: {}", ec.message());
+  if (ec)
+    return Errorf(ErrorCode::kUnavailable, "TLS: cannot load the system trust store: {}",
+                  ec.message());
   if (!c->options_.ca_file.empty()) {
     c->tls_->load_verify_file(c->options_.ca_file, ec);
     if (ec) {
-      return Errorf(ErrorCode::kInvalidArgument, "TLS: cannot load ca_file \"{}\": {}", c->options_.ca_file,
-                    ec.message());
+      return Errorf(ErrorCode::kInvalidArgument, "TLS: cannot load ca_file \"{}\": {}",
+                    c->options_.ca_file, ec.message());
     }
   }
   c->tls_->set_verify_mode(ssl::verify_peer);
@@ -220,8 +234,9 @@ awaitable<Result<std::unique_ptr<UpstreamClient::Connection>>> UpstreamClient::C
   }
   if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
   if (ec) {
-    co_return Errorf(ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-                     "cannot resolve {}: {}", ep.host, Describe(ec));
+    co_return Errorf(
+        ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
+        "cannot resolve {}: {}", ep.host, Describe(ec));
   }
   auto c = std::make_unique<Connection>();
   if (ep.tls) {
@@ -236,38 +251,45 @@ awaitable<Result<std::unique_ptr<UpstreamClient::Connection>>> UpstreamClient::C
   }
   if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
   if (ec) {
-    co_return Errorf(ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-                     "cannot connect to {}: {}", where, Describe(ec));
+    co_return Errorf(
+        ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
+        "cannot connect to {}: {}", where, Describe(ec));
   }
   c->lowest().socket().set_option(asio::ip::tcp::no_delay(true), ec);
   if (ep.tls) {
     SSL* s = c->tls->native_handle();
     X509_VERIFY_PARAM* param = SSL_get0_param(s);
     X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-    int ok = IsIpLiteral(ep.host) ? X509_VERIFY_PARAM_set1_ip_asc(param, ep.host.c_str())
-                                  : X509_VERIFY_PARAM_set1_host(param, ep.host.c_str(), ep.host.size());
-    if (ok != 1) co_return Errorf(ErrorCode::kUnavailable, "TLS: cannot verify host name {}", ep.host);
+    int ok = IsIpLiteral(ep.host)
+                 ? X509_VERIFY_PARAM_set1_ip_asc(param, ep.host.c_str())
+                 : X509_VERIFY_PARAM_set1_host(param, ep.host.c_str(), ep.host.size());
+    if (ok != 1)
+      co_return Errorf(ErrorCode::kUnavailable, "TLS: cannot verify host name {}", ep.host);
     if (!IsIpLiteral(ep.host)) SSL_set_tlsext_host_name(s, ep.host.c_str());
     {
       CancelScope scope(cancel, [conn = c.get()] { conn->lowest().cancel(); });
       c->lowest().expires_at(until);
-      co_await c->tls->async_handshake(ssl::stream_base::client, asio::redirect_error(use_awaitable, ec));
+      co_await c->tls->async_handshake(ssl::stream_base::client,
+                                       asio::redirect_error(use_awaitable, ec));
     }
     if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
     if (ec) {
       std::string why = Describe(ec);
       long verify = SSL_get_verify_result(s);
-      if (verify != X509_V_OK) why = fmt::format("certificate verification failed: {}", X509_verify_cert_error_string(verify));
-      co_return Errorf(ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-                       "TLS handshake with {} failed: {}", where, why);
+      if (verify != X509_V_OK)
+        why = fmt::format("certificate verification failed: {}",
+                          X509_verify_cert_error_string(verify));
+      co_return Errorf(
+          ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
+          "TLS handshake with {} failed: {}", where, why);
     }
   }
   ++stats_.connections_opened;
   co_return c;
 }
 
-awaitable<Result<UpstreamResponse>> UpstreamClient::Post(const Endpoint& ep, const HttpCall& call, BodySink* sink,
-                                                         CallCancel& cancel) {
+awaitable<Result<UpstreamResponse>> UpstreamClient::Post(const Endpoint& ep, const HttpCall& call,
+                                                         BodySink* sink, CallCancel& cancel) {
   const Clock::time_point deadline = Clock::now() + options_.total_timeout;
   static thread_local std::mt19937_64 rng{std::random_device{}()};
   for (int attempt = 0;; ++attempt) {
@@ -280,8 +302,10 @@ awaitable<Result<UpstreamResponse>> UpstreamClient::Post(const Endpoint& ep, con
     if (!r && !retryable) co_return r;
     if (attempt >= options_.max_retries) co_return r;
     // Exponential backoff with jitter, or what the provider asked for.
-    auto base = std::min<int64_t>(options_.backoff_max.count(), options_.backoff_initial.count() << std::min(attempt, 16));
-    milliseconds wait(std::uniform_int_distribution<int64_t>(base / 2, std::max<int64_t>(base / 2, base))(rng));
+    auto base = std::min<int64_t>(options_.backoff_max.count(), options_.backoff_initial.count()
+                                                                    << std::min(attempt, 16));
+    milliseconds wait(
+        std::uniform_int_distribution<int64_t>(base / 2, std::max<int64_t>(base / 2, base))(rng));
     if (r && !retry_after.empty()) {
       int64_t s = ParseRetryAfter(retry_after, static_cast<int64_t>(std::time(nullptr)));
       if (s >= 0) {
@@ -290,10 +314,11 @@ awaitable<Result<UpstreamResponse>> UpstreamClient::Post(const Endpoint& ep, con
       }
     }
     if (Clock::now() + wait >= deadline) co_return r;
-    log::Info("llm upstream: retrying", {{"upstream", ep.Key()},
-                                         {"attempt", attempt + 2},
-                                         {"after_ms", static_cast<int64_t>(wait.count())},
-                                         {"because", r ? fmt::format("status {}", r->status) : r.error().message}});
+    log::Info("llm upstream: retrying",
+              {{"upstream", ep.Key()},
+               {"attempt", attempt + 2},
+               {"after_ms", static_cast<int64_t>(wait.count())},
+               {"because", r ? fmt::format("status {}", r->status) : r.error().message}});
     ++stats_.retries;
     asio::steady_timer timer(io_);
     timer.expires_after(wait);
@@ -306,9 +331,9 @@ awaitable<Result<UpstreamResponse>> UpstreamClient::Post(const Endpoint& ep, con
   }
 }
 
-awaitable<Result<UpstreamResponse>> UpstreamClient::Attempt(const Endpoint& ep, const HttpCall& call, BodySink* sink,
-                                                            CallCancel& cancel, Clock::time_point deadline,
-                                                            bool& retryable, std::string& retry_after) {
+awaitable<Result<UpstreamResponse>> UpstreamClient::Attempt(
+    const Endpoint& ep, const HttpCall& call, BodySink* sink, CallCancel& cancel,
+    Clock::time_point deadline, bool& retryable, std::string& retry_after) {
   http::request<http::string_body> req{http::verb::post, ep.base_path + call.path, 11};
   req.set(http::field::host, HostHeader(ep));
   req.set(http::field::user_agent, "airlock");
@@ -331,8 +356,9 @@ awaitable<Result<UpstreamResponse>> UpstreamClient::Attempt(const Endpoint& ep, 
       auto fresh = co_await Connect(ep, cancel, deadline);
       if (!fresh) {
         // A certificate that does not verify will not verify on the next try either.
-        retryable = fresh.error().message.find("certificate verification failed") == std::string::npos &&
-                    fresh.error().code != ErrorCode::kDeadlineExceeded;
+        retryable =
+            fresh.error().message.find("certificate verification failed") == std::string::npos &&
+            fresh.error().code != ErrorCode::kDeadlineExceeded;
         co_return std::unexpected(fresh.error());
       }
       c = std::move(*fresh);
@@ -348,9 +374,11 @@ awaitable<Result<UpstreamResponse>> UpstreamClient::Attempt(const Endpoint& ep, 
       }
       if (!ec) {
         if (c->tls) {
-          co_await http::async_read_header(*c->tls, c->buffer, *head, asio::redirect_error(use_awaitable, ec));
+          co_await http::async_read_header(*c->tls, c->buffer, *head,
+                                           asio::redirect_error(use_awaitable, ec));
         } else {
-          co_await http::async_read_header(*c->plain, c->buffer, *head, asio::redirect_error(use_awaitable, ec));
+          co_await http::async_read_header(*c->plain, c->buffer, *head,
+                                           asio::redirect_error(use_awaitable, ec));
         }
       }
     }
@@ -365,9 +393,11 @@ awaitable<Result<UpstreamResponse>> UpstreamClient::Attempt(const Endpoint& ep, 
     }
     retryable = ec != beast::error::timeout;
     if (ec == beast::error::timeout) {
-      co_return Errorf(ErrorCode::kDeadlineExceeded, "no answer to the request to {} in time", where);
+      co_return Errorf(ErrorCode::kDeadlineExceeded, "no answer to the request to {} in time",
+                       where);
     }
-    co_return Errorf(ErrorCode::kUnavailable, "lost the connection to {} during the request: {}", where, Describe(ec));
+    co_return Errorf(ErrorCode::kUnavailable, "lost the connection to {} during the request: {}",
+                     where, Describe(ec));
   }
 
   UpstreamResponse out;
@@ -388,13 +418,16 @@ awaitable<Result<UpstreamResponse>> UpstreamClient::Attempt(const Endpoint& ep, 
         c->lowest().expires_at(Earliest(Clock::now() + options_.first_byte_timeout, deadline));
         // read_some: hand each piece on as it arrives, not once the buffer is full.
         if (c->tls) {
-          co_await http::async_read_some(*c->tls, c->buffer, body, asio::redirect_error(use_awaitable, ec));
+          co_await http::async_read_some(*c->tls, c->buffer, body,
+                                         asio::redirect_error(use_awaitable, ec));
         } else {
-          co_await http::async_read_some(*c->plain, c->buffer, body, asio::redirect_error(use_awaitable, ec));
+          co_await http::async_read_some(*c->plain, c->buffer, body,
+                                         asio::redirect_error(use_awaitable, ec));
         }
       }
       if (ec == http::error::need_buffer) ec = {};
-      if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
+      if (cancel.cancelled())
+        co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
       size_t n = sizeof(buf) - body.get().body().size;
       if (n > 0 && !co_await sink->OnData(std::string_view(buf, n))) {
         stopped = true;
@@ -402,8 +435,9 @@ awaitable<Result<UpstreamResponse>> UpstreamClient::Attempt(const Endpoint& ep, 
       }
       if (ec) {
         c->Close();
-        co_return Errorf(ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-                         "the answer from {} broke off: {}", where, Describe(ec));
+        co_return Errorf(
+            ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
+            "the answer from {} broke off: {}", where, Describe(ec));
       }
     }
     if (!stopped && body.keep_alive()) {
@@ -422,15 +456,17 @@ awaitable<Result<UpstreamResponse>> UpstreamClient::Attempt(const Endpoint& ep, 
     if (c->tls) {
       co_await http::async_read(*c->tls, c->buffer, body, asio::redirect_error(use_awaitable, ec));
     } else {
-      co_await http::async_read(*c->plain, c->buffer, body, asio::redirect_error(use_awaitable, ec));
+      co_await http::async_read(*c->plain, c->buffer, body,
+                                asio::redirect_error(use_awaitable, ec));
     }
   }
   if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
   if (ec) {
     c->Close();
-    co_return Errorf(ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-                     "the answer from {} broke off: {}", where,
-                     ec == http::error::body_limit ? "larger than the response limit" : Describe(ec));
+    co_return Errorf(
+        ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
+        "the answer from {} broke off: {}", where,
+        ec == http::error::body_limit ? "larger than the response limit" : Describe(ec));
   }
   out.body = std::move(body.get().body());
   if (body.keep_alive()) {

@@ -31,7 +31,7 @@ struct Endpoint {
   bool tls = true;
   std::string host;
   uint16_t port = 443;
-  std::string base_path;  // "/v1" or ""
+  std::string base_path;    // "/v1" or ""
   std::string Key() const;  // pool key: scheme://host:port
 };
 // Accepts http:// and https:// URLs with a host, an optional port and path; nothing else
@@ -39,17 +39,17 @@ struct Endpoint {
 Result<Endpoint> ParseBaseUrl(std::string_view url);
 
 struct UpstreamOptions {
-  std::chrono::milliseconds connect_timeout{10'000};     // DNS + TCP + TLS handshake
+  std::chrono::milliseconds connect_timeout{10'000};      // DNS + TCP + TLS handshake
   std::chrono::milliseconds first_byte_timeout{120'000};  // request sent -> response headers; also
-                                                         // the longest silence inside a stream
-  std::chrono::milliseconds total_timeout{600'000};      // the whole call, retries included
+                                                          // the longest silence inside a stream
+  std::chrono::milliseconds total_timeout{600'000};       // the whole call, retries included
   int max_retries = 2;                                    // attempts after the first
   std::chrono::milliseconds backoff_initial{500};
   std::chrono::milliseconds backoff_max{8'000};
-  std::chrono::milliseconds retry_after_max{60'000};      // longer Retry-After: give up at once
-  std::string ca_file;                                    // extra trust anchor (self-hosted upstreams)
+  std::chrono::milliseconds retry_after_max{60'000};  // longer Retry-After: give up at once
+  std::string ca_file;                                // extra trust anchor (self-hosted upstreams)
   size_t max_idle_per_host = 64;
-  size_t max_response_bytes = 32 << 20;                   // non-streamed bodies
+  size_t max_response_bytes = 32 << 20;  // non-streamed bodies
 };
 
 // Cancels one call (the sandbox went away, the session ended). Whatever the call is waiting
@@ -90,7 +90,8 @@ struct UpstreamStats {
 class UpstreamClient {
  public:
   // Errors: kInvalidArgument when `options.ca_file` cannot be loaded.
-  static Result<std::unique_ptr<UpstreamClient>> Make(asio::io_context& io, UpstreamOptions options);
+  static Result<std::unique_ptr<UpstreamClient>> Make(asio::io_context& io,
+                                                      UpstreamOptions options);
   ~UpstreamClient();
 
   // Sends `call` (POST) to `ep`. A 2xx answer's body goes to `sink` when given; any other
@@ -110,11 +111,12 @@ class UpstreamClient {
 
  private:
   UpstreamClient(asio::io_context& io, UpstreamOptions options);
-  awaitable<Result<UpstreamResponse>> Attempt(const Endpoint& ep, const HttpCall& call, BodySink* sink,
-                                              CallCancel& cancel, std::chrono::steady_clock::time_point deadline,
+  awaitable<Result<UpstreamResponse>> Attempt(const Endpoint& ep, const HttpCall& call,
+                                              BodySink* sink, CallCancel& cancel,
+                                              std::chrono::steady_clock::time_point deadline,
                                               bool& retryable, std::string& retry_after);
-  awaitable<Result<std::unique_ptr<Connection>>> Connect(const Endpoint& ep, CallCancel& cancel,
-                                                         std::chrono::steady_clock::time_point deadline);
+  awaitable<Result<std::unique_ptr<Connection>>> Connect(
+      const Endpoint& ep, CallCancel& cancel, std::chrono::steady_clock::time_point deadline);
   std::unique_ptr<Connection> TakeIdle(const std::string& key);
   void PutIdle(const std::string& key, std::unique_ptr<Connection> c);
 

@@ -19,7 +19,9 @@ namespace airlock::llm::wire {
 inline constexpr int64_t kMaxToolCalls = 128;
 inline constexpr int64_t kMaxTokenCount = int64_t{1} << 40;
 
-inline Error Unavailable(std::string message) { return Error{ErrorCode::kUnavailable, std::move(message)}; }
+inline Error Unavailable(std::string message) {
+  return Error{ErrorCode::kUnavailable, std::move(message)};
+}
 
 // The member `key` of `obj`, or nullptr when `obj` is not an object or has no such member.
 inline const Json* Member(const Json& obj, std::string_view key) {
@@ -66,22 +68,53 @@ inline airlock::Result<std::optional<int64_t>> TokenCount(const Json& usage, std
 inline std::string HttpStatusText(unsigned status) {
   std::string_view reason;
   switch (status) {
-    case 400: reason = "Bad Request"; break;
-    case 401: reason = "Unauthorized"; break;
-    case 402: reason = "Payment Required"; break;
-    case 403: reason = "Forbidden"; break;
-    case 404: reason = "Not Found"; break;
-    case 408: reason = "Request Timeout"; break;
-    case 409: reason = "Conflict"; break;
-    case 413: reason = "Payload Too Large"; break;
-    case 422: reason = "Unprocessable Entity"; break;
-    case 429: reason = "Too Many Requests"; break;
-    case 500: reason = "Internal Server Error"; break;
-    case 502: reason = "Bad Gateway"; break;
-    case 503: reason = "Service Unavailable"; break;
-    case 504: reason = "Gateway Timeout"; break;
-    case 529: reason = "Overloaded"; break;
-    default: break;
+    case 400:
+      reason = "Bad Request";
+      break;
+    case 401:
+      reason = "Unauthorized";
+      break;
+    case 402:
+      reason = "Payment Required";
+      break;
+    case 403:
+      reason = "Forbidden";
+      break;
+    case 404:
+      reason = "Not Found";
+      break;
+    case 408:
+      reason = "Request Timeout";
+      break;
+    case 409:
+      reason = "Conflict";
+      break;
+    case 413:
+      reason = "Payload Too Large";
+      break;
+    case 422:
+      reason = "Unprocessable Entity";
+      break;
+    case 429:
+      reason = "Too Many Requests";
+      break;
+    case 500:
+      reason = "Internal Server Error";
+      break;
+    case 502:
+      reason = "Bad Gateway";
+      break;
+    case 503:
+      reason = "Service Unavailable";
+      break;
+    case 504:
+      reason = "Gateway Timeout";
+      break;
+    case 529:
+      reason = "Overloaded";
+      break;
+    default:
+      break;
   }
   if (reason.empty()) {
     return fmt::format("HTTP {}", status);
@@ -114,7 +147,8 @@ inline Status CheckHeaderValue(std::string_view value) {
   for (char c : value) {
     const auto u = static_cast<unsigned char>(c);
     if (u < 0x20 || u == 0x7f) {
-      return MakeError(ErrorCode::kUnavailable, "the provider's API key is not a valid header value");
+      return MakeError(ErrorCode::kUnavailable,
+                       "the provider's API key is not a valid header value");
     }
   }
   return Ok();

@@ -4,10 +4,14 @@ namespace airlock::sandbox {
 
 std::string_view SandboxStateName(SandboxState s) {
   switch (s) {
-    case SandboxState::kRunning: return "running";
-    case SandboxState::kPaused: return "paused";
-    case SandboxState::kExited: return "exited";
-    case SandboxState::kMissing: return "missing";
+    case SandboxState::kRunning:
+      return "running";
+    case SandboxState::kPaused:
+      return "paused";
+    case SandboxState::kExited:
+      return "exited";
+    case SandboxState::kMissing:
+      return "missing";
   }
   return "missing";
 }

@@ -20,12 +20,12 @@ namespace airlock::sandbox {
 struct SandboxSpec {
   std::string session_id;
   Secret token;
-  std::string control_plane_url;  // as seen from inside the sandbox
-  std::string control_socket_dir; // host dir holding the per-session socket "control.sock"
-  std::string work_dir;           // host dir the backend may use for this session (bundle, logs)
+  std::string control_plane_url;   // as seen from inside the sandbox
+  std::string control_socket_dir;  // host dir holding the per-session socket "control.sock"
+  std::string work_dir;            // host dir the backend may use for this session (bundle, logs)
   std::string image;
-  Json command = Json::array();   // argv; empty = the image's default entrypoint
-  Json limits = Json::object();   // memory_mb, cpus, pids, disk_mb, ...
+  Json command = Json::array();  // argv; empty = the image's default entrypoint
+  Json limits = Json::object();  // memory_mb, cpus, pids, disk_mb, ...
 };
 
 enum class SandboxState { kRunning, kPaused, kExited, kMissing };

@@ -89,16 +89,19 @@ Status WriteFileAtomic(const std::string& path, const std::string& content, mode
 Result<std::vector<std::string>> StringArray(const Json& j, std::string_view what) {
   std::vector<std::string> out;
   if (j.is_null()) return out;
-  if (!j.is_array()) return Errorf(ErrorCode::kInvalidArgument, "\"{}\" must be an array of strings", what);
+  if (!j.is_array())
+    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" must be an array of strings", what);
   for (const auto& a : j) {
-    if (!a.is_string()) return Errorf(ErrorCode::kInvalidArgument, "\"{}\" must be an array of strings", what);
+    if (!a.is_string())
+      return Errorf(ErrorCode::kInvalidArgument, "\"{}\" must be an array of strings", what);
     out.push_back(a.get<std::string>());
   }
   return out;
 }
 
 // The first range of /etc/subuid (or subgid) for `user`, if any.
-std::optional<IdMapping> SubordinateRange(const std::string& file, const std::string& user, uint32_t id) {
+std::optional<IdMapping> SubordinateRange(const std::string& file, const std::string& user,
+                                          uint32_t id) {
   std::ifstream f(file);
   std::string line;
   while (std::getline(f, line)) {
@@ -107,8 +110,9 @@ std::optional<IdMapping> SubordinateRange(const std::string& file, const std::st
     std::string who = line.substr(0, a);
     if (who != user && who != std::to_string(id)) continue;
     try {
-      return IdMapping{1, static_cast<uint32_t>(std::stoul(line.substr(a + 1, b - a - 1))),
-                       static_cast<uint32_t>(std::min<unsigned long>(std::stoul(line.substr(b + 1)), 65536))};
+      return IdMapping{
+          1, static_cast<uint32_t>(std::stoul(line.substr(a + 1, b - a - 1))),
+          static_cast<uint32_t>(std::min<unsigned long>(std::stoul(line.substr(b + 1)), 65536))};
     } catch (...) {
       continue;
     }
@@ -120,7 +124,8 @@ std::optional<IdMapping> SubordinateRange(const std::string& file, const std::st
 // names "sandbox" or the agent's id, then `entry`. Empty when the image has no such regular
 // file (nothing to bind over then). Neither /etc nor the file may be a symlink: resolved here,
 // on the host, one could point at a host file.
-std::string WithAgentEntry(const std::string& rootfs, const char* name, uint32_t id, const std::string& entry) {
+std::string WithAgentEntry(const std::string& rootfs, const char* name, uint32_t id,
+                           const std::string& entry) {
   struct stat st;
   if (::lstat((rootfs + "/etc").c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return {};
   std::string path = rootfs + "/etc/" + name;
@@ -143,7 +148,9 @@ std::string WithAgentEntry(const std::string& rootfs, const char* name, uint32_t
     // name:x:id:...
     size_t first = line.find(':');
     size_t second = first == std::string::npos ? first : line.find(':', first + 1);
-    std::string line_id = second == std::string::npos ? "" : line.substr(second + 1, line.find(':', second + 1) - second - 1);
+    std::string line_id = second == std::string::npos
+                              ? ""
+                              : line.substr(second + 1, line.find(':', second + 1) - second - 1);
     if (line.substr(0, first) == "sandbox" || line_id == number) continue;
     out += line + "\n";
   }
@@ -176,16 +183,19 @@ class OciBackend : public Backend {
     if (rootless_) SetUpRootless();
     // v1 limits memory+swap only where the kernel accounts swap (memsw); v2 always can.
     auto mem = cgroups_.v1_mounts.find("memory");
-    swap_limit_ = mem == cgroups_.v1_mounts.end() ? cgroups_.mode == CgroupMode::kV2
-                                                  : fs::exists(mem->second + "/memory.memsw.limit_in_bytes");
+    swap_limit_ = mem == cgroups_.v1_mounts.end()
+                      ? cgroups_.mode == CgroupMode::kV2
+                      : fs::exists(mem->second + "/memory.memsw.limit_in_bytes");
     // v1 leaves TCP buffers out of memory.limit_in_bytes; they are charged only where the
     // runtime sets memory.kmem.tcp.limit_in_bytes (kernelTCP). v2 charges them to memory.max.
-    kernel_tcp_ = mem != cgroups_.v1_mounts.end() && fs::exists(mem->second + "/memory.kmem.tcp.limit_in_bytes");
+    kernel_tcp_ = mem != cgroups_.v1_mounts.end() &&
+                  fs::exists(mem->second + "/memory.kmem.tcp.limit_in_bytes");
     if (!rootless_ && o_.agent_uid == 0) {
       // Skipped: ids an account or group got since start-up, and uids some process still runs
       // as (a sandbox of another control plane sharing the range).
-      uid_pool_ = std::make_unique<UidPool>(o_.uid_range_start, o_.uid_range_size,
-                                            [](uint32_t id) { return HostKnowsId(id) || UidHasProcesses(id); });
+      uid_pool_ = std::make_unique<UidPool>(o_.uid_range_start, o_.uid_range_size, [](uint32_t id) {
+        return HostKnowsId(id) || UidHasProcesses(id);
+      });
     }
     // The runtime, our child, mounts in the sandbox one v1 hierarchy per line of what is
     // also our /proc/self/cgroup.
@@ -200,13 +210,15 @@ class OciBackend : public Backend {
   Result<std::string> Create(const SandboxSpec& spec) override {
     if (!o_.resolve_image) return MakeError(ErrorCode::kInternal, "oci backend has no image store");
     AIRLOCK_ASSIGN_OR_RETURN(OciImage image, o_.resolve_image(spec.image));
-    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> command, StringArray(spec.command, "command"));
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> command,
+                             StringArray(spec.command, "command"));
     if (command.empty()) {
       command = image.entrypoint;
       command.insert(command.end(), image.cmd.begin(), image.cmd.end());
     }
     if (command.empty()) {
-      return Errorf(ErrorCode::kInvalidArgument, "image \"{}\" has no entrypoint; give a \"command\"", spec.image);
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "image \"{}\" has no entrypoint; give a \"command\"", spec.image);
     }
     Handle h{kIdPrefix + spec.session_id, spec.work_dir};
     std::string path_var = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -224,8 +236,9 @@ class OciBackend : public Backend {
     return started;
   }
 
-  Result<std::string> Start(const SandboxSpec& spec, const OciImage& image, std::vector<std::string> command,
-                            const std::string& path_var, const Handle& h, uint32_t agent_uid, uint32_t agent_gid) {
+  Result<std::string> Start(const SandboxSpec& spec, const OciImage& image,
+                            std::vector<std::string> command, const std::string& path_var,
+                            const Handle& h, uint32_t agent_uid, uint32_t agent_gid) {
     OciBundleParams p;
     p.rootfs = image.rootfs;
     p.host_binds = image.host_binds;
@@ -266,9 +279,11 @@ class OciBackend : public Backend {
     ::chmod(h.bundle().c_str(), 0700);
     if (!rootless_) {
       // The agent's uid is no account of the image: give it the name `sandbox` inside.
-      std::string passwd = WithAgentEntry(image.rootfs, "passwd", agent_uid,
-                                          fmt::format("sandbox:x:{}:{}::{}:/bin/sh", agent_uid, agent_gid, kSandboxHome));
-      std::string group = WithAgentEntry(image.rootfs, "group", agent_gid, fmt::format("sandbox:x:{}:", agent_gid));
+      std::string passwd = WithAgentEntry(
+          image.rootfs, "passwd", agent_uid,
+          fmt::format("sandbox:x:{}:{}::{}:/bin/sh", agent_uid, agent_gid, kSandboxHome));
+      std::string group =
+          WithAgentEntry(image.rootfs, "group", agent_gid, fmt::format("sandbox:x:{}:", agent_gid));
       if (!passwd.empty()) {
         AIRLOCK_TRY(WriteFileAtomic(h.bundle() + "/passwd", passwd, 0644));
         ::chmod((h.bundle() + "/passwd").c_str(), 0644);
@@ -284,7 +299,8 @@ class OciBackend : public Backend {
     AIRLOCK_TRY(WriteFileAtomic(h.bundle() + "/config.json", BuildOciConfig(p).dump(), 0600));
 
     int log_fd = ::open(h.log_path().c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (log_fd < 0) return Errorf(ErrorCode::kInternal, "open {}: {}", h.log_path(), std::strerror(errno));
+    if (log_fd < 0)
+      return Errorf(ErrorCode::kInternal, "open {}: {}", h.log_path(), std::strerror(errno));
     // A container of that name can only be a leftover of an earlier failed attempt.
     if (fs::exists(o_.state_dir + "/" + h.id)) (void)Runtime({"delete", "--force", h.id});
     if (p.kernel_tcp_bytes > 0) {
@@ -303,7 +319,8 @@ class OciBackend : public Backend {
       if (why.empty()) why = Tail(h.log_path(), 2048);
       (void)Runtime({"delete", "--force", h.id});
       fs::remove_all(h.bundle(), ec);
-      return Errorf(ErrorCode::kUnavailable, "{} run failed: {}", o_.runtime, why.empty() ? "no message" : why);
+      return Errorf(ErrorCode::kUnavailable, "{} run failed: {}", o_.runtime,
+                    why.empty() ? "no message" : why);
     }
     return h.id + ":" + h.work_dir;
   }
@@ -314,12 +331,16 @@ class OciBackend : public Backend {
     AIRLOCK_TRY(Simple(handle, "pause"));
     AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    for (auto pause = std::chrono::microseconds(200);; pause = std::min(pause * 2, std::chrono::microseconds(20'000))) {
+    for (auto pause = std::chrono::microseconds(200);;
+         pause = std::min(pause * 2, std::chrono::microseconds(20'000))) {
       Freezer f = ReadFreezer(h.id);
-      if (f == Freezer::kFrozen || f == Freezer::kUnknown) return Ok();  // unknown: the runtime's word stands
+      if (f == Freezer::kFrozen || f == Freezer::kUnknown)
+        return Ok();  // unknown: the runtime's word stands
       if (std::chrono::steady_clock::now() >= deadline) {
-        return Errorf(ErrorCode::kUnavailable,
-                      "sandbox {} did not finish freezing within 5 s (a task in uninterruptible sleep?)", h.id);
+        return Errorf(
+            ErrorCode::kUnavailable,
+            "sandbox {} did not finish freezing within 5 s (a task in uninterruptible sleep?)",
+            h.id);
       }
       std::this_thread::sleep_for(pause);
     }
@@ -364,9 +385,11 @@ class OciBackend : public Backend {
       s.state = SandboxState::kPaused;
     } else if (status == "stopped") {
       s.state = SandboxState::kExited;
-      if (!rootless_) s.oom_killed = OomKillCount(cgroups_, fmt::format("{}/{}", kCgroupParent, h.id)) > 0;
+      if (!rootless_)
+        s.oom_killed = OomKillCount(cgroups_, fmt::format("{}/{}", kCgroupParent, h.id)) > 0;
     } else {
-      return Errorf(ErrorCode::kUnavailable, "{} state {}: unexpected status \"{}\"", o_.runtime, h.id, status);
+      return Errorf(ErrorCode::kUnavailable, "{} state {}: unexpected status \"{}\"", o_.runtime,
+                    h.id, status);
     }
     s.detail = status;
     return s;
@@ -385,7 +408,8 @@ class OciBackend : public Backend {
     if (!uid_pool_) return;
     auto listed = List();
     if (!listed) {
-      log::Warn("cannot list the running sandboxes to recover their uids", {{"error", listed.error().message}});
+      log::Warn("cannot list the running sandboxes to recover their uids",
+                {{"error", listed.error().message}});
       return;
     }
     for (const auto& l : *listed) {
@@ -401,15 +425,18 @@ class OciBackend : public Backend {
     if (!fs::exists(o_.state_dir)) return out;
     auto r = Runtime({"list", "--format", "json"});
     if (!r) return std::unexpected(r.error());
-    if (r->exit_code != 0) return Errorf(ErrorCode::kUnavailable, "{} list: {}", o_.runtime, r->output);
+    if (r->exit_code != 0)
+      return Errorf(ErrorCode::kUnavailable, "{} list: {}", o_.runtime, r->output);
     auto j = ParseJson(r->output);
     if (!j || !j->is_array()) return out;  // runc prints "null" when there are none
     for (const auto& c : *j) {
       if (!c.is_object()) continue;
       std::string id = c.value("id", ""), bundle = c.value("bundle", "");
       const std::string suffix = "/bundle";
-      if (!id.starts_with(kIdPrefix) || !bundle.ends_with(suffix) || bundle.size() <= suffix.size()) continue;
-      out.push_back({id.substr(std::strlen(kIdPrefix)), id + ":" + bundle.substr(0, bundle.size() - suffix.size())});
+      if (!id.starts_with(kIdPrefix) || !bundle.ends_with(suffix) || bundle.size() <= suffix.size())
+        continue;
+      out.push_back({id.substr(std::strlen(kIdPrefix)),
+                     id + ":" + bundle.substr(0, bundle.size() - suffix.size())});
     }
     return out;
   }
@@ -466,8 +493,9 @@ class OciBackend : public Backend {
       std::string events = ReadSmall(cgroups_.v2_mount + rel + "/cgroup.events");
       if (events.empty()) return Freezer::kUnknown;
       if (events.find("frozen 1") != std::string::npos) return Freezer::kFrozen;
-      return ReadSmall(cgroups_.v2_mount + rel + "/cgroup.freeze").starts_with("1") ? Freezer::kFreezing
-                                                                                     : Freezer::kThawed;
+      return ReadSmall(cgroups_.v2_mount + rel + "/cgroup.freeze").starts_with("1")
+                 ? Freezer::kFreezing
+                 : Freezer::kThawed;
     }
     return Freezer::kUnknown;
   }
@@ -502,7 +530,8 @@ class OciBackend : public Backend {
       argv.push_back(log_file);
     }
     argv.insert(argv.end(), args.begin(), args.end());
-    std::vector<std::string> env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"};
+    std::vector<std::string> env = {
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"};
     return RunCommand(argv, env, co);
   }
 
@@ -520,7 +549,8 @@ class OciBackend : public Backend {
     std::string file = dir + "/memory.kmem.tcp.limit_in_bytes";
     int fd = ::open(file.c_str(), O_WRONLY | O_CLOEXEC);
     std::string value = std::to_string(bytes);
-    bool ok = fd >= 0 && ::write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
+    bool ok =
+        fd >= 0 && ::write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
     int err = errno;
     if (fd >= 0) ::close(fd);
     if (!ok) return Errorf(ErrorCode::kInternal, "write {}: {}", file, std::strerror(err));
@@ -573,12 +603,16 @@ class OciBackend : public Backend {
     } else {
       agent_uid_ = 0;
       agent_gid_ = 0;
-      log::Warn("rootless sandboxes: no subordinate uid range for this user (/etc/subuid) or no newuidmap; "
-                "the agent runs as the user namespace's root, without capabilities",
-                {{"user", user}});
+      log::Warn(
+          "rootless sandboxes: no subordinate uid range for this user (/etc/subuid) or no "
+          "newuidmap; "
+          "the agent runs as the user namespace's root, without capabilities",
+          {{"user", user}});
     }
-    log::Warn("rootless sandboxes: memory, pids and cpu limits are not enforced without a delegated cgroup",
-              {{"cgroups", std::string(CgroupModeName(cgroups_.mode))}});
+    log::Warn(
+        "rootless sandboxes: memory, pids and cpu limits are not enforced without a delegated "
+        "cgroup",
+        {{"cgroups", std::string(CgroupModeName(cgroups_.mode))}});
   }
 
   OciOptions o_;
@@ -603,26 +637,28 @@ Status CheckAgentIds(const OciOptions& o) {
   HostIds host = ReadHostIds();
   if (o.agent_uid == 0) {
     return CheckIdRangeIsFree(o.uid_range_start, o.uid_range_size, host,
-                              fmt::format("sandbox.oci.uid_range_start = {}, uid_range_size = {}", o.uid_range_start,
-                                          o.uid_range_size));
+                              fmt::format("sandbox.oci.uid_range_start = {}, uid_range_size = {}",
+                                          o.uid_range_start, o.uid_range_size));
   }
   uint32_t gid = o.agent_gid ? o.agent_gid : o.agent_uid;
   std::string what = fmt::format(
-      "sandbox.oci.agent_uid = {} (leave it out to give each sandbox its own uid from sandbox.oci.uid_range_start)",
+      "sandbox.oci.agent_uid = {} (leave it out to give each sandbox its own uid from "
+      "sandbox.oci.uid_range_start)",
       o.agent_uid);
   // emplace: a name already read from the files stays.
   if (HostKnowsId(o.agent_uid)) host.users.emplace(o.agent_uid, "(known to the name service)");
   AIRLOCK_TRY(CheckIdRangeIsFree(o.agent_uid, 1, HostIds{host.users, {}, host.subordinate}, what));
   if (HostKnowsId(gid)) host.groups.emplace(gid, "(known to the name service)");
-  return CheckIdRangeIsFree(gid, 1, HostIds{{}, host.groups, {}}, fmt::format("sandbox.oci.agent_gid = {}", gid));
+  return CheckIdRangeIsFree(gid, 1, HostIds{{}, host.groups, {}},
+                            fmt::format("sandbox.oci.agent_gid = {}", gid));
 }
 
 }  // namespace
 
 Result<std::unique_ptr<Backend>> MakeOciBackend(OciOptions o) {
   if (o.runtime != "crun" && o.runtime != "runc" && o.runtime != "runsc") {
-    return Errorf(ErrorCode::kInvalidArgument, "sandbox.oci.runtime must be crun, runc or runsc, not \"{}\"",
-                  o.runtime);
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "sandbox.oci.runtime must be crun, runc or runsc, not \"{}\"", o.runtime);
   }
   std::string runtime_path = FindExecutable(o.runtime_path.empty() ? o.runtime : o.runtime_path);
   if (runtime_path.empty()) {
@@ -633,10 +669,12 @@ Result<std::unique_ptr<Backend>> MakeOciBackend(OciOptions o) {
   }
   if (o.init_path.empty() || ::access(o.init_path.c_str(), X_OK) != 0) {
     return Errorf(ErrorCode::kUnavailable,
-                  "airlock-init not found at \"{}\" (it is built beside the airlock binary; set sandbox.oci.init_path)",
+                  "airlock-init not found at \"{}\" (it is built beside the airlock binary; set "
+                  "sandbox.oci.init_path)",
                   o.init_path);
   }
-  if (o.state_dir.empty()) return MakeError(ErrorCode::kInvalidArgument, "oci backend: no state dir");
+  if (o.state_dir.empty())
+    return MakeError(ErrorCode::kInvalidArgument, "oci backend: no state dir");
   std::error_code ec;
   fs::create_directories(o.state_dir, ec);
   if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", o.state_dir, ec.message());
@@ -647,22 +685,26 @@ Result<std::unique_ptr<Backend>> MakeOciBackend(OciOptions o) {
   CgroupLayout layout = DetectCgroups();
   if (o.runtime == "crun" && layout.mode == CgroupMode::kHybrid && !layout.v2_controllers.empty()) {
     if (::geteuid() != 0) {
-      return Errorf(ErrorCode::kUnavailable,
-                    "crun refuses this hybrid cgroup host while cgroup v2 holds controllers ({}); as root, mount "
-                    "a v1 hierarchy for each (airlock serve does it when run as root once), or use runc",
-                    fmt::join(layout.v2_controllers, ","));
+      return Errorf(
+          ErrorCode::kUnavailable,
+          "crun refuses this hybrid cgroup host while cgroup v2 holds controllers ({}); as root, "
+          "mount "
+          "a v1 hierarchy for each (airlock serve does it when run as root once), or use runc",
+          fmt::join(layout.v2_controllers, ","));
     }
     AIRLOCK_ASSIGN_OR_RETURN(auto moved, MoveHybridControllersToV1(layout));
     if (!moved.empty()) {
-      log::Info("cgroups: moved controllers off the v2 hierarchy so that crun accepts this hybrid host",
-                {{"controllers", fmt::format("{}", fmt::join(moved, ","))}});
+      log::Info(
+          "cgroups: moved controllers off the v2 hierarchy so that crun accepts this hybrid host",
+          {{"controllers", fmt::format("{}", fmt::join(moved, ","))}});
       layout = DetectCgroups();
     }
   }
   log::Info("oci backend ready", {{"runtime", runtime_path},
                                   {"cgroups", std::string(CgroupModeName(layout.mode))},
                                   {"rootless", ::geteuid() != 0}});
-  auto backend = std::make_unique<OciBackend>(std::move(o), std::move(layout), std::move(runtime_path));
+  auto backend =
+      std::make_unique<OciBackend>(std::move(o), std::move(layout), std::move(runtime_path));
   backend->AdoptRunningUids();
   return std::unique_ptr<Backend>(std::move(backend));
 }

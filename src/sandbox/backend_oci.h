@@ -16,7 +16,7 @@ struct OciImage {
   std::vector<std::string> host_binds;  // the `host` image: host dirs bound read-only
   std::vector<std::string> entrypoint;
   std::vector<std::string> cmd;
-  std::vector<std::string> env;         // only PATH is taken from it: nothing else enters
+  std::vector<std::string> env;  // only PATH is taken from it: nothing else enters
   std::string workdir;
 };
 using ImageResolver = std::function<Result<OciImage>(const std::string& name)>;

@@ -28,7 +28,9 @@ struct Handle {
   std::string log_path;
 };
 
-std::string Encode(const Handle& h) { return fmt::format("{}:{}:{}", h.pid, h.start_time, h.log_path); }
+std::string Encode(const Handle& h) {
+  return fmt::format("{}:{}:{}", h.pid, h.start_time, h.log_path);
+}
 
 Result<Handle> Decode(const std::string& s) {
   Handle h;
@@ -79,7 +81,8 @@ class ProcessBackend : public Backend {
     }
     std::vector<std::string> argv;
     for (const auto& a : spec.command) {
-      if (!a.is_string()) return MakeError(ErrorCode::kInvalidArgument, "\"command\" must be strings");
+      if (!a.is_string())
+        return MakeError(ErrorCode::kInvalidArgument, "\"command\" must be strings");
       argv.push_back(a.get<std::string>());
     }
     std::string log_path = spec.work_dir + "/sandbox.log";
@@ -99,7 +102,8 @@ class ProcessBackend : public Backend {
     for (auto& e : env) cenv.push_back(e.data());
     cenv.push_back(nullptr);
     int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (log_fd < 0) return Errorf(ErrorCode::kInternal, "open {}: {}", log_path, std::strerror(errno));
+    if (log_fd < 0)
+      return Errorf(ErrorCode::kInternal, "open {}: {}", log_path, std::strerror(errno));
     int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     int pipefd[2];
     if (::pipe2(pipefd, O_CLOEXEC) != 0) {
@@ -144,8 +148,8 @@ class ProcessBackend : public Backend {
       ::waitpid(pid, nullptr, 0);
       static constexpr const char* kSteps[] = {"exec", "setsid", "redirect stdio", "chdir", "exec"};
       int step = report[0] >= 1 && report[0] <= 4 ? report[0] : 0;
-      return Errorf(ErrorCode::kInvalidArgument, "starting {}: {} failed: {}", argv[0], kSteps[step],
-                    std::strerror(report[1]));
+      return Errorf(ErrorCode::kInvalidArgument, "starting {}: {} failed: {}", argv[0],
+                    kSteps[step], std::strerror(report[1]));
     }
     auto st = ProcStat(pid);
     Handle h{pid, st ? st->first : 0, log_path};

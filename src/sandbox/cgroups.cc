@@ -71,10 +71,14 @@ int64_t OomKillField(const std::string& text) {
 
 std::string_view CgroupModeName(CgroupMode m) {
   switch (m) {
-    case CgroupMode::kNone: return "none";
-    case CgroupMode::kV1: return "v1";
-    case CgroupMode::kV2: return "v2";
-    case CgroupMode::kHybrid: return "hybrid";
+    case CgroupMode::kNone:
+      return "none";
+    case CgroupMode::kV1:
+      return "v1";
+    case CgroupMode::kV2:
+      return "v2";
+    case CgroupMode::kHybrid:
+      return "hybrid";
   }
   return "none";
 }
@@ -111,7 +115,10 @@ CgroupLayout ParseCgroupLayout(std::string_view mountinfo,
     }
   }
   bool v1 = !layout.v1_mounts.empty(), v2 = !layout.v2_mount.empty();
-  layout.mode = v1 && v2 ? CgroupMode::kHybrid : v1 ? CgroupMode::kV1 : v2 ? CgroupMode::kV2 : CgroupMode::kNone;
+  layout.mode = v1 && v2 ? CgroupMode::kHybrid
+                : v1     ? CgroupMode::kV1
+                : v2     ? CgroupMode::kV2
+                         : CgroupMode::kNone;
   return layout;
 }
 
@@ -131,16 +138,20 @@ Result<std::vector<std::string>> MoveHybridControllersToV1(const CgroupLayout& l
     if (layout.v1_mounts.count(c)) continue;
     std::string target = parent + "/" + c;
     if (::mkdir(target.c_str(), 0555) != 0 && errno != EEXIST) {
-      return Errorf(ErrorCode::kUnavailable,
-                    "cgroups: cannot create {} to move the \"{}\" controller off cgroup v2 (crun refuses "
-                    "hybrid hosts otherwise): {}",
-                    target, c, std::strerror(errno));
+      return Errorf(
+          ErrorCode::kUnavailable,
+          "cgroups: cannot create {} to move the \"{}\" controller off cgroup v2 (crun refuses "
+          "hybrid hosts otherwise): {}",
+          target, c, std::strerror(errno));
     }
-    if (::mount("cgroup", target.c_str(), "cgroup", MS_NOSUID | MS_NODEV | MS_NOEXEC, c.c_str()) != 0) {
-      return Errorf(ErrorCode::kUnavailable,
-                    "cgroups: cannot mount a v1 \"{}\" hierarchy on {} (crun refuses hybrid hosts whose "
-                    "cgroup v2 holds controllers; run the control plane as root once, or mount it by hand): {}",
-                    c, target, std::strerror(errno));
+    if (::mount("cgroup", target.c_str(), "cgroup", MS_NOSUID | MS_NODEV | MS_NOEXEC, c.c_str()) !=
+        0) {
+      return Errorf(
+          ErrorCode::kUnavailable,
+          "cgroups: cannot mount a v1 \"{}\" hierarchy on {} (crun refuses hybrid hosts whose "
+          "cgroup v2 holds controllers; run the control plane as root once, or mount it by hand): "
+          "{}",
+          c, target, std::strerror(errno));
     }
     moved.push_back(c);
   }
@@ -178,7 +189,8 @@ int64_t OomKillCount(const CgroupLayout& layout, const std::string& rel) {
   if (auto it = layout.v1_mounts.find("memory"); it != layout.v1_mounts.end()) {
     return OomKillField(ReadSmallFile(it->second + rel + "/memory.oom_control"));
   }
-  if (!layout.v2_mount.empty()) return OomKillField(ReadSmallFile(layout.v2_mount + rel + "/memory.events"));
+  if (!layout.v2_mount.empty())
+    return OomKillField(ReadSmallFile(layout.v2_mount + rel + "/memory.events"));
   return -1;
 }
 

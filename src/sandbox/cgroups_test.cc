@@ -35,7 +35,8 @@ TEST(CgroupLayout, HybridHostWithHugetlbOnV2) {
 }
 
 TEST(CgroupLayout, PureV2) {
-  auto layout = ParseCgroupLayout(kV2, [](const std::string&) { return std::string("cpuset cpu io memory pids\n"); });
+  auto layout = ParseCgroupLayout(
+      kV2, [](const std::string&) { return std::string("cpuset cpu io memory pids\n"); });
   EXPECT_EQ(layout.mode, CgroupMode::kV2);
   EXPECT_EQ(layout.v2_mount, "/sys/fs/cgroup");
   EXPECT_EQ(layout.v2_controllers.size(), 5u);
@@ -43,7 +44,8 @@ TEST(CgroupLayout, PureV2) {
 }
 
 TEST(CgroupLayout, NothingMountedAndGarbage) {
-  auto layout = ParseCgroupLayout("garbage\n\n1 2 3\n - -\n", [](const std::string&) { return std::string(); });
+  auto layout = ParseCgroupLayout("garbage\n\n1 2 3\n - -\n",
+                                  [](const std::string&) { return std::string(); });
   EXPECT_EQ(layout.mode, CgroupMode::kNone);
 }
 
@@ -64,9 +66,10 @@ TEST(CgroupLayout, MoveIsANoOpOffHybrid) {
 TEST(CgroupLayout, V1HierarchyDirsNameWhatTheRuntimeMounts) {
   // A joint mount gets its own directory and a symlink per part; named hierarchies lose
   // "name="; the v2 line is "unified".
-  auto dirs = V1HierarchyDirs("12:hugetlb:/\n11:cpu,cpuacct:/x\n3:name=systemd:/y\n2:memory:/\n0::/z\nbad\n");
-  EXPECT_EQ(dirs, (std::vector<std::string>{"cpu", "cpu,cpuacct", "cpuacct", "hugetlb", "memory", "systemd",
-                                            "unified"}));
+  auto dirs = V1HierarchyDirs(
+      "12:hugetlb:/\n11:cpu,cpuacct:/x\n3:name=systemd:/y\n2:memory:/\n0::/z\nbad\n");
+  EXPECT_EQ(dirs, (std::vector<std::string>{"cpu", "cpu,cpuacct", "cpuacct", "hugetlb", "memory",
+                                            "systemd", "unified"}));
   EXPECT_EQ(V1HierarchyDirs("0::/\n"), std::vector<std::string>{"unified"});
   EXPECT_TRUE(V1HierarchyDirs("").empty());
 }

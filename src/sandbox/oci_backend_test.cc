@@ -27,7 +27,8 @@ namespace fs = std::filesystem;
 
 std::string SkipReason() {
   if (::geteuid() != 0) return "needs root (cgroup limits, the agent's user)";
-  if (FindExecutable("crun").empty()) return "crun is not installed (scripts/install-deps.sh installs it)";
+  if (FindExecutable("crun").empty())
+    return "crun is not installed (scripts/install-deps.sh installs it)";
   if (::access("/bin/busybox", X_OK) != 0) return "busybox-static is not installed";
   return {};
 }
@@ -54,7 +55,8 @@ class FakeControlSocket {
         while (req.find("\r\n\r\n") == std::string::npos && (n = ::read(c, buf, sizeof(buf))) > 0) {
           req.append(buf, static_cast<size_t>(n));
         }
-        const char kReply[] = "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        const char kReply[] =
+            "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         [[maybe_unused]] auto w = ::write(c, kReply, sizeof(kReply) - 1);
       }
     });
@@ -77,14 +79,17 @@ class OciBackendTest : public ::testing::Test {
     char tmpl[] = "/tmp/airlock-oci-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     rootfs_ = dir_ + "/rootfs";
-    for (const char* d : {"/bin", "/.airlock", "/proc", "/sys", "/dev", "/tmp", "/run", "/home/sandbox", "/etc"}) {
+    for (const char* d :
+         {"/bin", "/.airlock", "/proc", "/sys", "/dev", "/tmp", "/run", "/home/sandbox", "/etc"}) {
       fs::create_directories(rootfs_ + d);
     }
     fs::copy_file("/bin/busybox", rootfs_ + "/bin/busybox");
-    for (const char* applet : {"sh", "echo", "id", "sleep", "cat", "date", "ls", "head", "wc", "touch", "stat"}) {
+    for (const char* applet :
+         {"sh", "echo", "id", "sleep", "cat", "date", "ls", "head", "wc", "touch", "stat"}) {
       fs::create_symlink("busybox", rootfs_ + "/bin/" + applet);
     }
-    std::ofstream(rootfs_ + "/etc/passwd") << "root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000::/home/sandbox:/bin/sh\n";
+    std::ofstream(rootfs_ + "/etc/passwd")
+        << "root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000::/home/sandbox:/bin/sh\n";
     std::ofstream(rootfs_ + "/etc/group") << "root:x:0:\nsandbox:x:1000:\n";
     backend_ = Make();
   }
@@ -113,7 +118,8 @@ class OciBackendTest : public ::testing::Test {
     return b ? std::move(*b) : nullptr;
   }
 
-  std::string Create(Json command, Json limits = Json::object(), const std::string& image = "busybox") {
+  std::string Create(Json command, Json limits = Json::object(),
+                     const std::string& image = "busybox") {
     static int n = 0;
     SandboxSpec spec;
     spec.session_id = fmt::format("ses_test{}{}", ::getpid(), ++n);
@@ -144,8 +150,8 @@ class OciBackendTest : public ::testing::Test {
       if (st.state == want) return st;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    ADD_FAILURE() << "sandbox never reached state " << SandboxStateName(want) << "; last: "
-                  << SandboxStateName(st.state) << " logs: " << Log(h);
+    ADD_FAILURE() << "sandbox never reached state " << SandboxStateName(want)
+                  << "; last: " << SandboxStateName(st.state) << " logs: " << Log(h);
     return st;
   }
 
@@ -172,7 +178,8 @@ uint32_t UidLine(const std::string& log) {
 }
 
 TEST_F(OciBackendTest, RunsTheCommandAsTheAgentUserAndCapturesItsOutput) {
-  std::string h = Create({"/bin/sh", "-c", "echo hello from the sandbox; id -u; echo to stderr >&2"});
+  std::string h =
+      Create({"/bin/sh", "-c", "echo hello from the sandbox; id -u; echo to stderr >&2"});
   ASSERT_FALSE(h.empty());
   auto st = WaitFor(h, SandboxState::kExited);
   std::string log = Log(h);
@@ -221,7 +228,8 @@ TEST_F(OciBackendTest, DestroyKillsRemovesTheBundleAndIsIdempotent) {
   WaitFor(h, SandboxState::kRunning);
   std::string work = h.substr(h.find(':') + 1);
   EXPECT_TRUE(fs::exists(work + "/bundle/config.json"));
-  EXPECT_EQ(fs::status(work + "/bundle/config.json").permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_EQ(fs::status(work + "/bundle/config.json").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
   ASSERT_TRUE(backend_->Destroy(h).has_value());
   EXPECT_EQ(backend_->Inspect(h)->state, SandboxState::kMissing);
   EXPECT_FALSE(fs::exists(work + "/bundle")) << "the bundle holds the token and must go";
@@ -234,7 +242,8 @@ TEST_F(OciBackendTest, DestroyingASuspendedSandboxLeavesNoProcess) {
   WaitFor(h, SandboxState::kRunning);
   std::string id = h.substr(0, h.find(':'));
   auto pid_of = [&]() -> pid_t {
-    auto r = RunCommand({"crun", "--root", dir_ + "/state", "state", id}, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"});
+    auto r = RunCommand({"crun", "--root", dir_ + "/state", "state", id},
+                        {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"});
     auto j = r ? ParseJson(r->output) : Result<Json>(Json());
     return j && j->is_object() ? j->value("pid", 0) : 0;
   };
@@ -250,7 +259,8 @@ TEST_F(OciBackendTest, DestroyingASuspendedSandboxLeavesNoProcess) {
     std::string line;
     std::getline(stat, line);
     size_t close = line.rfind(')');
-    alive = !line.empty() && close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
+    alive = !line.empty() && close != std::string::npos && close + 2 < line.size() &&
+            line[close + 2] != 'Z';
     if (alive) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_FALSE(alive) << "a destroyed suspended sandbox left its processes running";
@@ -268,11 +278,14 @@ TEST_F(OciBackendTest, ASecondBackendInstanceReattachesToARunningSandbox) {
 }
 
 TEST_F(OciBackendTest, EachLiveSandboxHasItsOwnUidWithANameAndItsOwnFiles) {
-  std::string a = Create({"/bin/sh", "-c", "id -un; id -u; touch /tmp/f $HOME/f; stat -c %u /tmp/f $HOME/f; sleep 600"});
+  std::string a =
+      Create({"/bin/sh", "-c",
+              "id -un; id -u; touch /tmp/f $HOME/f; stat -c %u /tmp/f $HOME/f; sleep 600"});
   std::string b = Create({"/bin/sh", "-c", "id -un; id -u; sleep 600"});
   ASSERT_FALSE(a.empty() || b.empty());
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while ((Log(a).size() < 40 || Log(b).size() < 20) && std::chrono::steady_clock::now() < deadline) {
+  while ((Log(a).size() < 40 || Log(b).size() < 20) &&
+         std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   std::string la = Log(a), lb = Log(b);
@@ -338,7 +351,8 @@ TEST_F(OciBackendTest, AnAgentUidOfAHostAccountIsRefused) {
   o.agent_uid = pw->pw_uid;
   r = MakeOciBackend(o);
   ASSERT_FALSE(r.has_value());
-  EXPECT_NE(r.error().message.find("sandbox.oci.agent_uid"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("sandbox.oci.agent_uid"), std::string::npos)
+      << r.error().message;
   EXPECT_NE(r.error().message.find("nobody"), std::string::npos) << r.error().message;
 }
 
@@ -349,7 +363,8 @@ TEST_F(OciBackendTest, InspectAgreesWithTheRuntime) {
   WaitFor(h, SandboxState::kRunning);
   std::string id = h.substr(0, h.find(':'));
   auto runtime_status = [&] {
-    auto r = RunCommand({"crun", "--root", dir_ + "/state", "state", id}, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"});
+    auto r = RunCommand({"crun", "--root", dir_ + "/state", "state", id},
+                        {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"});
     return r ? r->output : std::string();
   };
   EXPECT_NE(runtime_status().find("\"running\""), std::string::npos);
@@ -358,16 +373,18 @@ TEST_F(OciBackendTest, InspectAgreesWithTheRuntime) {
   EXPECT_NE(runtime_status().find("\"paused\""), std::string::npos);
   ASSERT_TRUE(backend_->Resume(h).has_value());
   EXPECT_EQ(backend_->Inspect(h)->state, SandboxState::kRunning);
-  ASSERT_TRUE(RunCommand({"crun", "--root", dir_ + "/state", "kill", id, "KILL"}, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}));
+  ASSERT_TRUE(RunCommand({"crun", "--root", dir_ + "/state", "kill", id, "KILL"},
+                         {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}));
   WaitFor(h, SandboxState::kExited);
   EXPECT_NE(runtime_status().find("\"stopped\""), std::string::npos);
 }
 
 TEST_F(OciBackendTest, CgroupLimitsAreApplied) {
-  std::string h = Create({"/bin/sh", "-c",
-                          "cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null "
-                          "|| cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/memory.max"},
-                         {{"memory_mb", 48}, {"pids", 33}});
+  std::string h = Create(
+      {"/bin/sh", "-c",
+       "cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null "
+       "|| cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/memory.max"},
+      {{"memory_mb", 48}, {"pids", 33}});
   WaitFor(h, SandboxState::kExited);
   std::string log = Log(h);
   EXPECT_NE(log.find("33\n"), std::string::npos) << log;

@@ -16,16 +16,18 @@ Json Mount(const std::string& destination, const std::string& type, const std::s
 
 Json Mappings(const std::vector<IdMapping>& ms) {
   Json a = Json::array();
-  for (const auto& m : ms) a.push_back({{"containerID", m.container_id}, {"hostID", m.host_id}, {"size", m.size}});
+  for (const auto& m : ms)
+    a.push_back({{"containerID", m.container_id}, {"hostID", m.host_id}, {"size", m.size}});
   return a;
 }
 
 }  // namespace
 
 Json BuildOciConfig(const OciBundleParams& p) {
-  Json args = Json::array({kInitInSandbox, "--port", std::to_string(p.bridge_port), "--uid",
-                           std::to_string(p.agent_uid), "--gid", std::to_string(p.agent_gid), "--home", kSandboxHome,
-                           "--log-limit", std::to_string(p.log_limit_bytes)});
+  Json args =
+      Json::array({kInitInSandbox, "--port", std::to_string(p.bridge_port), "--uid",
+                   std::to_string(p.agent_uid), "--gid", std::to_string(p.agent_gid), "--home",
+                   kSandboxHome, "--log-limit", std::to_string(p.log_limit_bytes)});
   if (!p.workdir.empty()) {
     args.push_back("--workdir");
     args.push_back(p.workdir);
@@ -43,7 +45,10 @@ Json BuildOciConfig(const OciBundleParams& p) {
       {"env", p.env},
       {"cwd", "/"},
       {"capabilities",
-       {{"bounding", caps}, {"effective", caps}, {"permitted", caps}, {"inheritable", Json::array()},
+       {{"bounding", caps},
+        {"effective", caps},
+        {"permitted", caps},
+        {"inheritable", Json::array()},
         {"ambient", Json::array()}}},
       {"rlimits", Json::array({{{"type", "RLIMIT_NOFILE"}, {"hard", 4096}, {"soft", 4096}},
                                {{"type", "RLIMIT_CORE"}, {"hard", 0}, {"soft", 0}}})},
@@ -55,8 +60,10 @@ Json BuildOciConfig(const OciBundleParams& p) {
   std::string home_opts = fmt::format("uid={},gid={}", p.agent_uid, p.agent_gid);
   Json mounts = Json::array();
   mounts.push_back(Mount("/proc", "proc", "proc", {"nosuid", "noexec", "nodev"}));
-  mounts.push_back(Mount("/dev", "tmpfs", "tmpfs", {"nosuid", "noexec", "strictatime", "mode=755", "size=64k"}));
-  mounts.push_back(Mount("/dev/shm", "tmpfs", "shm", {"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}));
+  mounts.push_back(
+      Mount("/dev", "tmpfs", "tmpfs", {"nosuid", "noexec", "strictatime", "mode=755", "size=64k"}));
+  mounts.push_back(
+      Mount("/dev/shm", "tmpfs", "shm", {"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}));
   if (p.rootless) {
     // A user namespace cannot mount sysfs for a network namespace it did not create first
     // on every kernel; a read-only bind of the host's is what rootless runtimes do.
@@ -64,34 +71,42 @@ Json BuildOciConfig(const OciBundleParams& p) {
   } else {
     mounts.push_back(Mount("/sys", "sysfs", "sysfs", {"nosuid", "noexec", "nodev", "ro"}));
     if (p.mount_cgroupfs) {
-      mounts.push_back(Mount("/sys/fs/cgroup", "cgroup", "cgroup", {"nosuid", "noexec", "nodev", "relatime", "ro"}));
+      mounts.push_back(Mount("/sys/fs/cgroup", "cgroup", "cgroup",
+                             {"nosuid", "noexec", "nodev", "relatime", "ro"}));
     }
   }
   mounts.push_back(Mount("/tmp", "tmpfs", "tmpfs", {"nosuid", "nodev", "mode=1777", tmp_size}));
-  mounts.push_back(Mount(kSandboxHome, "tmpfs", "tmpfs", {"nosuid", "nodev", "mode=700", tmp_size, home_opts}));
+  mounts.push_back(
+      Mount(kSandboxHome, "tmpfs", "tmpfs", {"nosuid", "nodev", "mode=700", tmp_size, home_opts}));
   mounts.push_back(Mount("/run", "tmpfs", "tmpfs", {"nosuid", "nodev", "mode=755", "size=16384k"}));
   for (const auto& dir : p.host_binds) {
     mounts.push_back(Mount(dir, "bind", dir, {"rbind", "ro", "nosuid", "nodev"}));
   }
   if (!p.passwd_host_path.empty()) {
-    mounts.push_back(Mount("/etc/passwd", "bind", p.passwd_host_path, {"bind", "ro", "nosuid", "nodev", "noexec"}));
+    mounts.push_back(Mount("/etc/passwd", "bind", p.passwd_host_path,
+                           {"bind", "ro", "nosuid", "nodev", "noexec"}));
   }
   if (!p.group_host_path.empty()) {
-    mounts.push_back(Mount("/etc/group", "bind", p.group_host_path, {"bind", "ro", "nosuid", "nodev", "noexec"}));
+    mounts.push_back(Mount("/etc/group", "bind", p.group_host_path,
+                           {"bind", "ro", "nosuid", "nodev", "noexec"}));
   }
   // /.airlock: a root-owned tmpfs holding the bind of init and of the channel directory.
-  mounts.push_back(Mount("/.airlock", "tmpfs", "tmpfs", {"nosuid", "nodev", "mode=755", "size=64k"}));
-  mounts.push_back(Mount(kInitInSandbox, "bind", p.init_host_path, {"bind", "ro", "nosuid", "nodev"}));
   mounts.push_back(
-      Mount(kChannelDirInSandbox, "bind", p.channel_host_dir, {"bind", "ro", "nosuid", "nodev", "noexec"}));
+      Mount("/.airlock", "tmpfs", "tmpfs", {"nosuid", "nodev", "mode=755", "size=64k"}));
+  mounts.push_back(
+      Mount(kInitInSandbox, "bind", p.init_host_path, {"bind", "ro", "nosuid", "nodev"}));
+  mounts.push_back(Mount(kChannelDirInSandbox, "bind", p.channel_host_dir,
+                         {"bind", "ro", "nosuid", "nodev", "noexec"}));
 
   Json namespaces = Json::array();
-  for (const char* ns : {"pid", "network", "ipc", "uts", "mount", "cgroup"}) namespaces.push_back({{"type", ns}});
+  for (const char* ns : {"pid", "network", "ipc", "uts", "mount", "cgroup"})
+    namespaces.push_back({{"type", ns}});
   Json linux_ = {
       {"namespaces", namespaces},
       {"maskedPaths",
-       {"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-        "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"}},
+       {"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+        "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+        "/sys/devices/virtual/powercap"}},
       {"readonlyPaths", {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}},
       {"seccomp", SandboxSeccompProfile()},
       // The sandbox's own network namespace: these bound each of its sockets only. The
@@ -141,7 +156,8 @@ Json BuildOciConfig(const OciBundleParams& p) {
 }
 
 std::optional<uint32_t> AgentUidOf(const Json& config) {
-  if (!config.is_object() || !config.contains("process") || !config["process"].is_object()) return std::nullopt;
+  if (!config.is_object() || !config.contains("process") || !config["process"].is_object())
+    return std::nullopt;
   const Json& args = config["process"].value("args", Json::array());
   if (!args.is_array()) return std::nullopt;
   // init's options end at "--"; what follows is the agent's own argv.
@@ -151,7 +167,8 @@ std::optional<uint32_t> AgentUidOf(const Json& config) {
     const std::string& v = args[i + 1].get_ref<const std::string&>();
     uint64_t uid = 0;
     auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), uid);
-    if (v.empty() || ec != std::errc() || end != v.data() + v.size() || uid >= UINT32_MAX) return std::nullopt;
+    if (v.empty() || ec != std::errc() || end != v.data() + v.size() || uid >= UINT32_MAX)
+      return std::nullopt;
     return static_cast<uint32_t>(uid);
   }
   return std::nullopt;

@@ -24,13 +24,14 @@ struct IdMapping {
 
 // Everything one sandbox's OCI runtime spec depends on. Filled by the oci backend.
 struct OciBundleParams {
-  std::string rootfs;                   // absolute host path of the image's (read-only) tree
-  std::vector<std::string> host_binds;  // host dirs bound read-only at the same path (the host image)
-  std::string init_host_path;           // airlock-init on the host
-  std::string channel_host_dir;         // host dir holding the session's control.sock
-  std::vector<std::string> command;     // the agent's argv
-  std::vector<std::string> env;         // what init gets: the three variables and PATH
-  std::string workdir;                  // the agent's cwd; empty = its home
+  std::string rootfs;  // absolute host path of the image's (read-only) tree
+  std::vector<std::string>
+      host_binds;                    // host dirs bound read-only at the same path (the host image)
+  std::string init_host_path;        // airlock-init on the host
+  std::string channel_host_dir;      // host dir holding the session's control.sock
+  std::vector<std::string> command;  // the agent's argv
+  std::vector<std::string> env;      // what init gets: the three variables and PATH
+  std::string workdir;               // the agent's cwd; empty = its home
   uint16_t bridge_port = 0;
   uint32_t agent_uid = 1000;
   uint32_t agent_gid = 1000;
@@ -54,13 +55,13 @@ struct OciBundleParams {
   int64_t kernel_tcp_bytes = 0;
   int64_t pids = 0;
   double cpus = 0;
-  int64_t tmp_bytes = 256 << 20;   // /tmp and /home/sandbox, each
-  std::string cgroups_path;        // "/airlock/<id>"; empty = let the runtime decide / none
-  bool mount_cgroupfs = true;      // read-only /sys/fs/cgroup, so init can tell an OOM kill
+  int64_t tmp_bytes = 256 << 20;  // /tmp and /home/sandbox, each
+  std::string cgroups_path;       // "/airlock/<id>"; empty = let the runtime decide / none
+  bool mount_cgroupfs = true;     // read-only /sys/fs/cgroup, so init can tell an OOM kill
   // cgroup v1 hierarchies under /sys/fs/cgroup (V1HierarchyDirs), made read-only one by one.
   std::vector<std::string> cgroup_v1_dirs;
 
-  bool rootless = false;           // adds a user namespace with these mappings
+  bool rootless = false;  // adds a user namespace with these mappings
   std::vector<IdMapping> uid_mappings;
   std::vector<IdMapping> gid_mappings;
 };

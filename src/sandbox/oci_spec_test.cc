@@ -15,7 +15,8 @@ OciBundleParams Params() {
   p.init_host_path = "/opt/airlock/airlock-init";
   p.channel_host_dir = "/home/airlock/run/ses_1";
   p.command = {"/bin/sh", "-c", "echo hi"};
-  p.env = {"SESSION_ID=ses_1", "SESSION_TOKEN=ast_secret", "CONTROL_PLANE_URL=http://127.0.0.1:7401", "PATH=/bin"};
+  p.env = {"SESSION_ID=ses_1", "SESSION_TOKEN=ast_secret",
+           "CONTROL_PLANE_URL=http://127.0.0.1:7401", "PATH=/bin"};
   p.bridge_port = 7401;
   p.memory_bytes = 256 << 20;
   p.pids = 64;
@@ -66,8 +67,9 @@ TEST(OciSpec, WritableOnlyWhereMeantAndCapped) {
     const Json* m = FindMount(s, dest);
     ASSERT_NE(m, nullptr) << dest;
     EXPECT_EQ((*m)["type"], "tmpfs");
-    bool sized = std::any_of((*m)["options"].begin(), (*m)["options"].end(),
-                             [](const Json& o) { return o.get<std::string>().starts_with("size="); });
+    bool sized = std::any_of((*m)["options"].begin(), (*m)["options"].end(), [](const Json& o) {
+      return o.get<std::string>().starts_with("size=");
+    });
     EXPECT_TRUE(sized) << dest;
     EXPECT_TRUE(Has((*m)["options"], "nosuid")) << dest;
   }
@@ -108,7 +110,8 @@ TEST(OciSpec, TcpBuffersAreBoundedPerSocketAndChargedOnCgroupV1) {
   Json s = BuildOciConfig(p);
   EXPECT_EQ(s["linux"]["sysctl"]["net.ipv4.tcp_rmem"], kSandboxTcpRmem);
   EXPECT_EQ(s["linux"]["sysctl"]["net.ipv4.tcp_wmem"], kSandboxTcpWmem);
-  EXPECT_FALSE(s["linux"]["resources"]["memory"].contains("kernelTCP")) << "v2: charged to memory by the kernel";
+  EXPECT_FALSE(s["linux"]["resources"]["memory"].contains("kernelTCP"))
+      << "v2: charged to memory by the kernel";
   p.kernel_tcp_bytes = 256 << 20;
   EXPECT_EQ(BuildOciConfig(p)["linux"]["resources"]["memory"]["kernelTCP"], 256 << 20);
 }
@@ -122,8 +125,10 @@ TEST(OciSpec, TheAgentsUidIsReadBackFromTheConfig) {
   EXPECT_EQ(AgentUidOf(s), 2147000042u);
   EXPECT_TRUE(Has((*FindMount(s, "/home/sandbox"))["options"], "uid=2147000042,gid=2147000042"));
   EXPECT_FALSE(AgentUidOf(Json::object()).has_value());
-  EXPECT_FALSE(AgentUidOf(Json{{"process", {{"args", {"/.airlock/init", "--", "--uid", "7"}}}}}).has_value());
-  EXPECT_FALSE(AgentUidOf(Json{{"process", {{"args", {"/.airlock/init", "--uid", "x"}}}}}).has_value());
+  EXPECT_FALSE(AgentUidOf(Json{{"process", {{"args", {"/.airlock/init", "--", "--uid", "7"}}}}})
+                   .has_value());
+  EXPECT_FALSE(
+      AgentUidOf(Json{{"process", {{"args", {"/.airlock/init", "--uid", "x"}}}}}).has_value());
 }
 
 TEST(OciSpec, PasswdAndGroupAreBoundReadOnlyWhenGiven) {
@@ -173,17 +178,19 @@ TEST(SeccompProfile, DeniesByDefaultAndLeavesOutTheDangerousCalls) {
     for (const auto& n : rule["names"]) allowed_unconditionally.insert(n);
   }
   EXPECT_TRUE(allowed_unconditionally.count("read"));
-  for (const char* own : {"fsync", "fdatasync", "sync_file_range"}) EXPECT_TRUE(allowed_unconditionally.count(own));
-  for (const char* bad : {"mount", "umount2", "pivot_root", "chroot", "ptrace", "bpf", "keyctl", "add_key",
-                          "request_key", "unshare", "setns", "kexec_load", "kexec_file_load", "perf_event_open",
-                          "init_module", "finit_module", "delete_module", "open_by_handle_at", "userfaultfd",
-                          "process_vm_readv", "process_vm_writev", "fsopen", "fsmount", "move_mount", "open_tree",
-                          "io_uring_setup", "swapon", "reboot", "settimeofday", "clock_settime", "syslog", "acct",
-                          "quotactl", "iopl", "ioperm", "clone", "clone3", "personality", "socket", "socketpair",
-                          "kcmp",
-                          // Host-wide resources: the AIO contexts of fs.aio-max-nr, and writeback.
-                          "io_setup", "io_submit", "io_getevents", "io_pgetevents", "io_cancel", "io_destroy",
-                          "sync", "syncfs"}) {
+  for (const char* own : {"fsync", "fdatasync", "sync_file_range"})
+    EXPECT_TRUE(allowed_unconditionally.count(own));
+  for (const char* bad :
+       {"mount", "umount2", "pivot_root", "chroot", "ptrace", "bpf", "keyctl", "add_key",
+        "request_key", "unshare", "setns", "kexec_load", "kexec_file_load", "perf_event_open",
+        "init_module", "finit_module", "delete_module", "open_by_handle_at", "userfaultfd",
+        "process_vm_readv", "process_vm_writev", "fsopen", "fsmount", "move_mount", "open_tree",
+        "io_uring_setup", "swapon", "reboot", "settimeofday", "clock_settime", "syslog", "acct",
+        "quotactl", "iopl", "ioperm", "clone", "clone3", "personality", "socket", "socketpair",
+        "kcmp",
+        // Host-wide resources: the AIO contexts of fs.aio-max-nr, and writeback.
+        "io_setup", "io_submit", "io_getevents", "io_pgetevents", "io_cancel", "io_destroy", "sync",
+        "syncfs"}) {
     EXPECT_FALSE(allowed_unconditionally.count(bad)) << bad;
   }
   // socket: only AF_UNIX, AF_INET, AF_INET6, and AF_NETLINK for routes and socket diagnostics.

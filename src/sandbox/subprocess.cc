@@ -29,9 +29,11 @@ void CloseFdsFrom(int first, int keep) {
 
 std::string FindExecutable(const std::string& name) {
   if (name.empty()) return {};
-  if (name.find('/') != std::string::npos) return ::access(name.c_str(), X_OK) == 0 ? name : std::string();
+  if (name.find('/') != std::string::npos)
+    return ::access(name.c_str(), X_OK) == 0 ? name : std::string();
   const char* path = std::getenv("PATH");
-  std::string p = path && *path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  std::string p =
+      path && *path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
   size_t start = 0;
   while (start <= p.size()) {
     size_t end = p.find(':', start);
@@ -43,8 +45,8 @@ std::string FindExecutable(const std::string& name) {
   return {};
 }
 
-Result<CommandResult> RunCommand(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-                                 const CommandOptions& opts) {
+Result<CommandResult> RunCommand(const std::vector<std::string>& argv,
+                                 const std::vector<std::string>& env, const CommandOptions& opts) {
   if (argv.empty()) return MakeError(ErrorCode::kInvalidArgument, "empty command");
   std::string exe = FindExecutable(argv[0]);
   if (exe.empty()) return Errorf(ErrorCode::kNotFound, "{}: not found in PATH", argv[0]);
@@ -57,7 +59,8 @@ Result<CommandResult> RunCommand(const std::vector<std::string>& argv, const std
   for (auto& e : envs) cenv.push_back(e.data());
   cenv.push_back(nullptr);
   int out[2] = {-1, -1};
-  if (::pipe2(out, O_CLOEXEC) != 0) return Errorf(ErrorCode::kInternal, "pipe: {}", std::strerror(errno));
+  if (::pipe2(out, O_CLOEXEC) != 0)
+    return Errorf(ErrorCode::kInternal, "pipe: {}", std::strerror(errno));
   int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   int stdout_fd = opts.stdout_fd >= 0 ? opts.stdout_fd : out[1];
   int stderr_fd = opts.stderr_fd >= 0 ? opts.stderr_fd : out[1];
@@ -69,7 +72,8 @@ Result<CommandResult> RunCommand(const std::vector<std::string>& argv, const std
     for (size_t i = 0; i < extra.size(); ++i) {
       if (::dup3(extra[i], base + static_cast<int>(i), O_CLOEXEC) < 0) ::_exit(126);
     }
-    if (::dup2(null_fd, 0) < 0 || ::dup2(stdout_fd, 1) < 0 || ::dup2(stderr_fd, 2) < 0) ::_exit(126);
+    if (::dup2(null_fd, 0) < 0 || ::dup2(stdout_fd, 1) < 0 || ::dup2(stderr_fd, 2) < 0)
+      ::_exit(126);
     for (size_t i = 0; i < extra.size(); ++i) {
       if (::dup2(base + static_cast<int>(i), 3 + static_cast<int>(i)) < 0) ::_exit(126);
     }
@@ -92,7 +96,8 @@ Result<CommandResult> RunCommand(const std::vector<std::string>& argv, const std
   bool timed_out = false;
   char buf[8192];
   for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       timed_out = true;
       break;
@@ -123,7 +128,8 @@ Result<CommandResult> RunCommand(const std::vector<std::string>& argv, const std
     }
     pid_t r = ::waitpid(pid, &status, WNOHANG);
     if (r == pid || (r < 0 && errno != EINTR)) break;
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       timed_out = true;
       continue;
@@ -138,10 +144,13 @@ Result<CommandResult> RunCommand(const std::vector<std::string>& argv, const std
   }
   if (pidfd >= 0) ::close(pidfd);
   if (timed_out) {
-    return Errorf(ErrorCode::kDeadlineExceeded, "{} did not finish within {} ms", argv[0], opts.timeout.count());
+    return Errorf(ErrorCode::kDeadlineExceeded, "{} did not finish within {} ms", argv[0],
+                  opts.timeout.count());
   }
-  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
-  else if (WIFSIGNALED(status)) result.exit_code = 128 + WTERMSIG(status);
+  if (WIFEXITED(status))
+    result.exit_code = WEXITSTATUS(status);
+  else if (WIFSIGNALED(status))
+    result.exit_code = 128 + WTERMSIG(status);
   if (result.exit_code == 126 || result.exit_code == 127) {
     if (result.output.empty()) result.output = fmt::format("cannot execute {}", exe);
   }

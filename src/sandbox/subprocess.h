@@ -31,7 +31,8 @@ struct CommandResult {
 // Runs argv[0] (looked up in PATH) with the control plane's environment minus nothing
 // secret: the child gets exactly `env`. Kills it (SIGKILL) when it outlives `timeout` and
 // returns kDeadlineExceeded. Thread-safe; blocks the calling (worker) thread.
-Result<CommandResult> RunCommand(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+Result<CommandResult> RunCommand(const std::vector<std::string>& argv,
+                                 const std::vector<std::string>& env,
                                  const CommandOptions& opts = {});
 
 // Looks `name` up in PATH (or returns it if it holds a '/'); empty when not found.

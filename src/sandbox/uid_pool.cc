@@ -17,7 +17,8 @@ namespace {
 std::optional<uint32_t> ParseId(std::string_view s) {
   uint64_t v = 0;
   auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (s.empty() || ec != std::errc() || end != s.data() + s.size() || v > UINT32_MAX) return std::nullopt;
+  if (s.empty() || ec != std::errc() || end != s.data() + s.size() || v > UINT32_MAX)
+    return std::nullopt;
   return static_cast<uint32_t>(v);
 }
 
@@ -25,7 +26,8 @@ std::vector<std::string_view> Fields(std::string_view line) {
   std::vector<std::string_view> out;
   for (size_t at = 0;;) {
     size_t colon = line.find(':', at);
-    out.push_back(line.substr(at, colon == std::string_view::npos ? std::string_view::npos : colon - at));
+    out.push_back(
+        line.substr(at, colon == std::string_view::npos ? std::string_view::npos : colon - at));
     if (colon == std::string_view::npos) return out;
     at = colon + 1;
   }
@@ -55,7 +57,9 @@ void ReadSubordinate(const std::string& path, std::vector<HostIds::Range>& out) 
   }
 }
 
-bool Overlaps(uint64_t a, uint64_t a_size, uint64_t b, uint64_t b_size) { return a < b + b_size && b < a + a_size; }
+bool Overlaps(uint64_t a, uint64_t a_size, uint64_t b, uint64_t b_size) {
+  return a < b + b_size && b < a + a_size;
+}
 
 }  // namespace
 
@@ -87,27 +91,32 @@ bool HostKnowsId(uint32_t id) {
   return false;
 }
 
-Status CheckIdRangeIsFree(uint32_t start, uint32_t size, const HostIds& host, const std::string& what) {
+Status CheckIdRangeIsFree(uint32_t start, uint32_t size, const HostIds& host,
+                          const std::string& what) {
   uint64_t end = uint64_t{start} + size;  // exclusive
   if (size == 0) return Errorf(ErrorCode::kInvalidArgument, "{}: the range is empty", what);
-  if (start == 0) return Errorf(ErrorCode::kInvalidArgument, "{}: uid 0 is root, never an agent", what);
+  if (start == 0)
+    return Errorf(ErrorCode::kInvalidArgument, "{}: uid 0 is root, never an agent", what);
   if (end > UINT32_MAX) {
-    return Errorf(ErrorCode::kInvalidArgument, "{}: the range {}..{} passes the last valid uid {}", what, start,
-                  end - 1, UINT32_MAX - 1);
+    return Errorf(ErrorCode::kInvalidArgument, "{}: the range {}..{} passes the last valid uid {}",
+                  what, start, end - 1, UINT32_MAX - 1);
   }
-  for (const auto& [ids, kind] : {std::pair{&host.users, "account"}, std::pair{&host.groups, "group"}}) {
+  for (const auto& [ids, kind] :
+       {std::pair{&host.users, "account"}, std::pair{&host.groups, "group"}}) {
     auto it = ids->lower_bound(start);
     if (it != ids->end() && it->first < end) {
-      return Errorf(ErrorCode::kInvalidArgument,
-                    "{}: {} {} is the host {} \"{}\"; an agent must not share an id with anyone on the host "
-                    "(choose ids no account, group or /etc/subuid range uses)",
-                    what, kind == std::string_view("account") ? "uid" : "gid", it->first, kind, it->second);
+      return Errorf(
+          ErrorCode::kInvalidArgument,
+          "{}: {} {} is the host {} \"{}\"; an agent must not share an id with anyone on the host "
+          "(choose ids no account, group or /etc/subuid range uses)",
+          what, kind == std::string_view("account") ? "uid" : "gid", it->first, kind, it->second);
     }
   }
   for (const auto& r : host.subordinate) {
     if (Overlaps(start, size, r.start, r.size)) {
       return Errorf(ErrorCode::kInvalidArgument,
-                    "{}: overlaps the subordinate range {}..{} of \"{}\" in {} (that user's containers run as "
+                    "{}: overlaps the subordinate range {}..{} of \"{}\" in {} (that user's "
+                    "containers run as "
                     "those uids)",
                     what, r.start, uint64_t{r.start} + r.size - 1, r.owner, r.file);
     }
@@ -154,10 +163,11 @@ Result<uint32_t> UidPool::Acquire(const std::string& owner) {
     by_owner_.emplace(owner, uid);
     return uid;
   }
-  return Errorf(ErrorCode::kUnavailable,
-                "no free sandbox uid: all {} of {}..{} belong to live sandboxes or host accounts (raise "
-                "sandbox.oci.uid_range_size)",
-                size_, start_, uint64_t{start_} + size_ - 1);
+  return Errorf(
+      ErrorCode::kUnavailable,
+      "no free sandbox uid: all {} of {}..{} belong to live sandboxes or host accounts (raise "
+      "sandbox.oci.uid_range_size)",
+      size_, start_, uint64_t{start_} + size_ - 1);
 }
 
 void UidPool::Adopt(const std::string& owner, uint32_t uid) {

@@ -44,7 +44,8 @@ bool UidHasProcesses(uint32_t uid);
 // OK when no host account, group or subordinate range uses any id of [start, start+size), and
 // the range is a usable one (not 0, not the invalid id -1); otherwise why not, naming the
 // account. `what` names the setting for the message.
-Status CheckIdRangeIsFree(uint32_t start, uint32_t size, const HostIds& host, const std::string& what);
+Status CheckIdRangeIsFree(uint32_t start, uint32_t size, const HostIds& host,
+                          const std::string& what);
 
 // One host uid per live sandbox, from a range no host account uses. A uid goes back to the pool
 // only when its sandbox is destroyed; until then it is not given to anyone else. Thread-safe.

@@ -60,13 +60,15 @@ TEST(UidRange, RefusesARangeHoldingAHostAccountGroupOrSubordinateRange) {
   auto user = CheckIdRangeIsFree(1000, 1, host, "sandbox.oci.agent_uid");
   ASSERT_FALSE(user.has_value());
   EXPECT_NE(user.error().message.find("cloudsdk"), std::string::npos) << user.error().message;
-  EXPECT_NE(user.error().message.find("sandbox.oci.agent_uid"), std::string::npos) << user.error().message;
+  EXPECT_NE(user.error().message.find("sandbox.oci.agent_uid"), std::string::npos)
+      << user.error().message;
   EXPECT_FALSE(CheckIdRangeIsFree(60000, 10000, host, "r").has_value()) << "nobody is inside";
   EXPECT_FALSE(CheckIdRangeIsFree(4242, 1, host, "r").has_value()) << "a group";
   auto sub = CheckIdRangeIsFree(150000, 10, host, "r");
   ASSERT_FALSE(sub.has_value());
   EXPECT_NE(sub.error().message.find("/etc/subuid"), std::string::npos) << sub.error().message;
-  EXPECT_TRUE(CheckIdRangeIsFree(165536, 10, host, "r").has_value()) << "just past the subordinate range";
+  EXPECT_TRUE(CheckIdRangeIsFree(165536, 10, host, "r").has_value())
+      << "just past the subordinate range";
   EXPECT_FALSE(CheckIdRangeIsFree(0, 10, {}, "r").has_value()) << "root";
   EXPECT_FALSE(CheckIdRangeIsFree(UINT32_MAX - 5, 10, {}, "r").has_value()) << "past the last uid";
   EXPECT_FALSE(CheckIdRangeIsFree(UINT32_MAX, 1, {}, "r").has_value()) << "(uid_t)-1 is not an id";

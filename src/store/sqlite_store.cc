@@ -389,7 +389,8 @@ class ReadPool {
 // Columns read by ReadSession, in its order.
 constexpr std::string_view kSessionColumns =
     "id, state, image, backend, model, command, limits, metadata, token_hash, sandbox_handle, "
-    "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at, models, ended_at, "
+    "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at, models, "
+    "ended_at, "
     "purged_at";
 
 std::string SessionQuery(std::string_view where_and_rest) {
@@ -516,10 +517,10 @@ Result<Event> InsertEvent(Connection& c, std::string_view session_id, std::strin
   Event e{std::string(session_id), 0, std::string(type), data, now};
   const std::string text = DumpJson(data);
   {
-    AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
-                             c.Prepare("UPDATE sessions SET next_event_seq = next_event_seq + 1, "
-                                       "event_count = event_count + 1, event_bytes = event_bytes + ?2 "
-                                       "WHERE id = ?1 RETURNING next_event_seq - 1"));
+    AIRLOCK_ASSIGN_OR_RETURN(
+        Stmt stmt, c.Prepare("UPDATE sessions SET next_event_seq = next_event_seq + 1, "
+                             "event_count = event_count + 1, event_bytes = event_bytes + ?2 "
+                             "WHERE id = ?1 RETURNING next_event_seq - 1"));
     stmt.Bind(session_id, static_cast<int64_t>(type.size() + text.size()));
     AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) {
@@ -683,11 +684,11 @@ class SqliteStore final : public Store {
       {
         AIRLOCK_ASSIGN_OR_RETURN(
             Stmt stmt,
-            c.Prepare(
-                "INSERT INTO sessions (id, state, image, backend, model, command, limits, "
-                "metadata, token_hash, sandbox_handle, result, input_tokens, output_tokens, "
-                "llm_calls, cost_usd, created_at, updated_at, models) VALUES "
-                "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"));
+            c.Prepare("INSERT INTO sessions (id, state, image, backend, model, command, limits, "
+                      "metadata, token_hash, sandbox_handle, result, input_tokens, output_tokens, "
+                      "llm_calls, cost_usd, created_at, updated_at, models) VALUES "
+                      "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, "
+                      "?17, ?18)"));
         stmt.Bind(s.id, StateName(s.state), s.image, s.backend, s.model, DumpJson(s.command),
                   DumpJson(s.limits), DumpJson(s.metadata), s.token_hash, s.sandbox_handle,
                   s.result, s.usage.input_tokens, s.usage.output_tokens, s.usage.llm_calls,
@@ -821,29 +822,35 @@ class SqliteStore final : public Store {
     return Write([&](Connection& c) -> Status {
       AIRLOCK_ASSIGN_OR_RETURN(SessionState state, SelectState(c, id));
       (void)state;  // only: does the session exist
-      AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("UPDATE sessions SET sandbox_handle = ?2 WHERE id = ?1"));
+      AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
+                               c.Prepare("UPDATE sessions SET sandbox_handle = ?2 WHERE id = ?1"));
       stmt.Bind(id, handle);
       return stmt.Run();
     });
   }
 
-  Result<Session> RestartSandbox(std::string_view id, std::string_view token_hash, const Json& data) override {
+  Result<Session> RestartSandbox(std::string_view id, std::string_view token_hash,
+                                 const Json& data) override {
     const int64_t now = NowMillis();
     return Write([&](Connection& c) -> Result<Session> {
       AIRLOCK_ASSIGN_OR_RETURN(SessionState current, SelectState(c, id));
       if (current != SessionState::kRunning && current != SessionState::kSuspended) {
-        return Errorf(ErrorCode::kConflict, "session {} is {}; only a running or suspended session gets a new sandbox",
+        return Errorf(ErrorCode::kConflict,
+                      "session {} is {}; only a running or suspended session gets a new sandbox",
                       id, StateName(current));
       }
       {
-        AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("UPDATE sessions SET state = ?2, updated_at = ?3, token_hash = ?4, "
-                                                      "sandbox_handle = '' WHERE id = ?1"));
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt,
+            c.Prepare("UPDATE sessions SET state = ?2, updated_at = ?3, token_hash = ?4, "
+                      "sandbox_handle = '' WHERE id = ?1"));
         stmt.Bind(id, StateName(SessionState::kRunning), now, token_hash);
         AIRLOCK_TRY(stmt.Run());
       }
       if (current != SessionState::kRunning) {
-        AIRLOCK_TRY(InsertEvent(c, id, "session.state",
-                                Json{{"from", StateName(current)}, {"to", StateName(SessionState::kRunning)}}, now));
+        AIRLOCK_TRY(InsertEvent(
+            c, id, "session.state",
+            Json{{"from", StateName(current)}, {"to", StateName(SessionState::kRunning)}}, now));
       }
       AIRLOCK_TRY(InsertEvent(c, id, "session.sandbox_restart", data, now));
       return SelectSession(c, id);
@@ -870,7 +877,8 @@ class SqliteStore final : public Store {
     });
   }
 
-  Result<std::vector<Message>> TakeInbox(std::string_view session_id, std::string_view token_hash) override {
+  Result<std::vector<Message>> TakeInbox(std::string_view session_id,
+                                         std::string_view token_hash) override {
     return Write([&](Connection& c) -> Result<std::vector<Message>> {
       AIRLOCK_TRY(RequireSession(c, session_id));
       AIRLOCK_TRY(RequireTokenHash(c, session_id, token_hash));
@@ -968,8 +976,9 @@ class SqliteStore final : public Store {
       QuotaAppend out;
       {
         AIRLOCK_ASSIGN_OR_RETURN(
-            Stmt stmt, c.Prepare("SELECT event_count, event_bytes, event_quota_noticed FROM sessions "
-                                 "WHERE id = ?1"));
+            Stmt stmt,
+            c.Prepare("SELECT event_count, event_bytes, event_quota_noticed FROM sessions "
+                      "WHERE id = ?1"));
         stmt.Bind(session_id);
         AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
         if (!row) {
@@ -1062,8 +1071,9 @@ class SqliteStore final : public Store {
       }
       AIRLOCK_TRY(RequireTokenHash(c, session_id, r.token_hash));
       if (!r.messages.empty()) {
-        AIRLOCK_ASSIGN_OR_RETURN(int64_t position,
-                                 ReservePositions(c, session_id, static_cast<int64_t>(r.messages.size())));
+        AIRLOCK_ASSIGN_OR_RETURN(
+            int64_t position,
+            ReservePositions(c, session_id, static_cast<int64_t>(r.messages.size())));
         for (const Json& body : r.messages) {
           AIRLOCK_ASSIGN_OR_RETURN(
               Stmt stmt, c.Prepare("INSERT INTO messages (session_id, position, body, created_at) "
@@ -1087,9 +1097,11 @@ class SqliteStore final : public Store {
       {
         AIRLOCK_ASSIGN_OR_RETURN(
             Stmt stmt,
-            c.Prepare("INSERT INTO usage (session_id, model, input_tokens, output_tokens, cost_usd, "
-                      "created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
-        stmt.Bind(session_id, r.model, r.usage.input_tokens, r.usage.output_tokens, r.usage.cost_usd, now);
+            c.Prepare(
+                "INSERT INTO usage (session_id, model, input_tokens, output_tokens, cost_usd, "
+                "created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
+        stmt.Bind(session_id, r.model, r.usage.input_tokens, r.usage.output_tokens,
+                  r.usage.cost_usd, now);
         AIRLOCK_TRY(stmt.Run());
       }
       AIRLOCK_TRY(InsertEvent(c, session_id, "llm.call", r.event_data, now));
@@ -1102,9 +1114,11 @@ class SqliteStore final : public Store {
       UsageReport rep;
       {
         AIRLOCK_ASSIGN_OR_RETURN(
-            Stmt stmt, c.Prepare("SELECT model, SUM(input_tokens), SUM(output_tokens), COUNT(*), SUM(cost_usd) "
-                                 "FROM usage WHERE created_at >= ?1 AND created_at < ?2 GROUP BY model "
-                                 "ORDER BY model"));
+            Stmt stmt,
+            c.Prepare(
+                "SELECT model, SUM(input_tokens), SUM(output_tokens), COUNT(*), SUM(cost_usd) "
+                "FROM usage WHERE created_at >= ?1 AND created_at < ?2 GROUP BY model "
+                "ORDER BY model"));
         stmt.Bind(q.since, q.until);
         for (;;) {
           AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
@@ -1117,8 +1131,8 @@ class SqliteStore final : public Store {
           rep.by_model[stmt.Text(0)] = u;
         }
       }
-      AIRLOCK_ASSIGN_OR_RETURN(
-          Stmt stmt, c.Prepare("SELECT COUNT(DISTINCT session_id) FROM usage WHERE created_at >= ?1 AND created_at < ?2"));
+      AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("SELECT COUNT(DISTINCT session_id) FROM usage "
+                                                    "WHERE created_at >= ?1 AND created_at < ?2"));
       stmt.Bind(q.since, q.until);
       AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
       if (row) rep.sessions = stmt.Int(0);
@@ -1130,8 +1144,9 @@ class SqliteStore final : public Store {
     return Read([&](Connection& c) -> Result<std::vector<std::string>> {
       // The `IS NOT NULL` terms repeat the partial index's condition so the planner uses it.
       AIRLOCK_ASSIGN_OR_RETURN(
-          Stmt stmt, c.Prepare("SELECT id FROM sessions WHERE ended_at IS NOT NULL AND purged_at IS NULL "
-                               "AND ended_at < ?1 ORDER BY ended_at, id LIMIT ?2"));
+          Stmt stmt,
+          c.Prepare("SELECT id FROM sessions WHERE ended_at IS NOT NULL AND purged_at IS NULL "
+                    "AND ended_at < ?1 ORDER BY ended_at, id LIMIT ?2"));
       stmt.Bind(ended_before, std::max(limit, 0));
       std::vector<std::string> out;
       for (;;) {
@@ -1149,8 +1164,8 @@ class SqliteStore final : public Store {
     return Read([&](Connection& c) -> Result<SessionFootprint> {
       SessionFootprint f;
       {
-        AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
-                                 c.Prepare("SELECT event_count, event_bytes FROM sessions WHERE id = ?1"));
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("SELECT event_count, event_bytes FROM sessions WHERE id = ?1"));
         stmt.Bind(session_id);
         AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
         if (!row) {
@@ -1180,8 +1195,8 @@ class SqliteStore final : public Store {
     return Write([&](Connection& c) -> Result<PurgeStep> {
       AIRLOCK_ASSIGN_OR_RETURN(SessionState state, SelectState(c, session_id));
       if (!IsTerminal(state)) {
-        return Errorf(ErrorCode::kConflict, "session {} is {}; only an ended session is purged", session_id,
-                      StateName(state));
+        return Errorf(ErrorCode::kConflict, "session {} is {}; only an ended session is purged",
+                      session_id, StateName(state));
       }
       PurgeStep step;
       // Deletes up to `limit` rows with `sql` (which returns each row's size) and adds them up.
@@ -1200,18 +1215,21 @@ class SqliteStore final : public Store {
           step.deleted.bytes += stmt.Int(0);
         }
       };
-      AIRLOCK_TRY(purge("DELETE FROM events WHERE session_id = ?1 AND seq IN (SELECT seq FROM events "
-                        "WHERE session_id = ?1 ORDER BY seq LIMIT ?2) "
-                        "RETURNING length(CAST(type AS BLOB)) + length(CAST(data AS BLOB))",
-                        max_rows, &step.deleted.events));
-      AIRLOCK_TRY(purge("DELETE FROM messages WHERE id IN (SELECT id FROM messages "
-                        "WHERE session_id = ?1 ORDER BY id LIMIT ?2) RETURNING length(CAST(body AS BLOB))",
-                        max_rows - step.deleted.events, &step.deleted.messages));
+      AIRLOCK_TRY(
+          purge("DELETE FROM events WHERE session_id = ?1 AND seq IN (SELECT seq FROM events "
+                "WHERE session_id = ?1 ORDER BY seq LIMIT ?2) "
+                "RETURNING length(CAST(type AS BLOB)) + length(CAST(data AS BLOB))",
+                max_rows, &step.deleted.events));
+      AIRLOCK_TRY(
+          purge("DELETE FROM messages WHERE id IN (SELECT id FROM messages "
+                "WHERE session_id = ?1 ORDER BY id LIMIT ?2) RETURNING length(CAST(body AS BLOB))",
+                max_rows - step.deleted.events, &step.deleted.messages));
       if (step.deleted.events + step.deleted.messages < max_rows) {
         // Nothing is left: the row stays as the session's record, without its contents.
         AIRLOCK_ASSIGN_OR_RETURN(
-            Stmt stmt, c.Prepare("UPDATE sessions SET purged_at = COALESCE(purged_at, ?2), event_count = 0, "
-                                 "event_bytes = 0 WHERE id = ?1"));
+            Stmt stmt,
+            c.Prepare("UPDATE sessions SET purged_at = COALESCE(purged_at, ?2), event_count = 0, "
+                      "event_bytes = 0 WHERE id = ?1"));
         stmt.Bind(session_id, now);
         AIRLOCK_TRY(stmt.Run());
         step.done = true;
@@ -1234,7 +1252,8 @@ class SqliteStore final : public Store {
     }
     AIRLOCK_ASSIGN_OR_RETURN(int64_t before, pragma_int("PRAGMA freelist_count"));
     // Not a cached statement: the page count is part of the pragma's text.
-    AIRLOCK_TRY(c.Exec(fmt::format("PRAGMA incremental_vacuum({})", max_pages).c_str(), "incremental vacuum"));
+    AIRLOCK_TRY(c.Exec(fmt::format("PRAGMA incremental_vacuum({})", max_pages).c_str(),
+                       "incremental vacuum"));
     AIRLOCK_ASSIGN_OR_RETURN(int64_t after, pragma_int("PRAGMA freelist_count"));
     return std::max<int64_t>(before - after, 0);
   }
@@ -1280,12 +1299,13 @@ class SqliteStore final : public Store {
       if (stopping_) break;
       lock.unlock();
       int log_pages = 0, checkpointed = 0;
-      int rc = sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &log_pages,
-                                         &checkpointed);
+      int rc = sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr,
+                                         SQLITE_CHECKPOINT_PASSIVE, &log_pages, &checkpointed);
       // Readers can keep the start of the WAL in use, so PASSIVE may never reset it: when it
       // is large and fully copied, restart it from the beginning (this waits for readers).
       if (rc == SQLITE_OK && log_pages > kTruncateWalPages && checkpointed == log_pages) {
-        sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+        sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_TRUNCATE,
+                                  nullptr, nullptr);
       }
       lock.lock();
     }
@@ -1346,7 +1366,8 @@ Status ConfigureWriter(Connection& c, const StoreOptions& options) {
       options.synchronous == "full" ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
       "setting synchronous"));
   AIRLOCK_TRY(c.Exec("PRAGMA foreign_keys = ON", "enabling foreign keys"));
-  // Checkpoints run on the store's own thread, not inside a commit (SqliteStore::StartCheckpointer).
+  // Checkpoints run on the store's own thread, not inside a commit
+  // (SqliteStore::StartCheckpointer).
   AIRLOCK_TRY(c.Exec("PRAGMA wal_autocheckpoint = 0", "disabling automatic checkpoints"));
   return Ok();
 }
@@ -1367,8 +1388,8 @@ Result<std::unique_ptr<Store>> OpenSqliteStore(const StoreOptions& options) {
         auto reader, Connection::Open(options.path, /*read_only=*/true, options.busy_timeout_ms));
     store->AddReader(std::move(reader));
   }
-  AIRLOCK_ASSIGN_OR_RETURN(
-      auto checkpointer, Connection::Open(options.path, /*read_only=*/false, options.busy_timeout_ms));
+  AIRLOCK_ASSIGN_OR_RETURN(auto checkpointer, Connection::Open(options.path, /*read_only=*/false,
+                                                               options.busy_timeout_ms));
   // A connection opens the database lazily; until it has read it, it does not know the file
   // is in WAL mode and a checkpoint on it does nothing.
   AIRLOCK_TRY(EnableWal(*checkpointer));

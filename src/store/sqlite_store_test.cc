@@ -172,7 +172,8 @@ TEST_F(SqliteStoreTest, SandboxHandleIsRecordedInAnyStateWithoutAnEvent) {
   auto store = Open();
   ASSERT_NE(store, nullptr);
   ASSERT_OK(store->CreateSession(MakeSession("ses_h", 1), UserMessage("x")));
-  ASSERT_OK(store->ChangeState("ses_h", StateChange{{SessionState::kStarting}, SessionState::kKilled, "gone", true, {}}));
+  ASSERT_OK(store->ChangeState(
+      "ses_h", StateChange{{SessionState::kStarting}, SessionState::kKilled, "gone", true, {}}));
   ASSERT_OK(store->SetSandboxHandle("ses_h", "oci:late"));
   ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_h"));
   EXPECT_EQ(s.sandbox_handle, "oci:late");
@@ -189,14 +190,16 @@ TEST_F(SqliteStoreTest, WalIsCheckpointedInTheBackgroundNotInsideCommits) {
   auto db_size = [&] { return std::filesystem::file_size(options_.path); };
   // Enough writes to cross SQLite's automatic threshold (1000 pages) several times over.
   std::string blob(2000, 'w');
-  for (int i = 0; i < 3000; ++i) ASSERT_OK(store->AppendEvent("ses_w", "t", Json{{"pad", blob}, {"i", i}}));
+  for (int i = 0; i < 3000; ++i)
+    ASSERT_OK(store->AppendEvent("ses_w", "t", Json{{"pad", blob}, {"i", i}}));
   // The commits themselves copied nothing back; the checkpointer does, within a second.
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   uintmax_t before = db_size();
   while (db_size() < 5'000'000u && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  EXPECT_GE(db_size(), 5'000'000u) << "the data reached the database file (it was " << before << " bytes)";
+  EXPECT_GE(db_size(), 5'000'000u)
+      << "the data reached the database file (it was " << before << " bytes)";
   ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_w", 0, 5000));
   EXPECT_EQ(events.size(), 3001u);
 }
@@ -550,8 +553,10 @@ TEST_F(SqliteStoreTest, RecordChatAppendsMetersAndLogsInOneStep) {
   EXPECT_TRUE(none.by_model.empty());
 
   // A session that ended takes no more: nothing of the record is applied.
-  ASSERT_OK(store->ChangeState("ses_a", StateChange{{SessionState::kStarting}, SessionState::kKilled, std::nullopt,
-                                                    true, std::nullopt}));
+  ASSERT_OK(store->ChangeState(
+      "ses_a",
+      StateChange{
+          {SessionState::kStarting}, SessionState::kKilled, std::nullopt, true, std::nullopt}));
   auto late = store->RecordChat("ses_a", rec);
   ASSERT_FALSE(late.has_value());
   EXPECT_EQ(late.error().code, ErrorCode::kConflict);
@@ -571,7 +576,8 @@ TEST_F(SqliteStoreTest, AVersion1DatabaseIsUpgradedInPlace) {
   }
   RawQuery(options_.path, "DELETE FROM schema_migrations WHERE version >= 2");
   RawQuery(options_.path, "DROP INDEX sessions_purgeable");
-  for (const char* col : {"event_count", "event_bytes", "event_quota_noticed", "ended_at", "purged_at"}) {
+  for (const char* col :
+       {"event_count", "event_bytes", "event_quota_noticed", "ended_at", "purged_at"}) {
     RawQuery(options_.path, std::string("ALTER TABLE sessions DROP COLUMN ") + col);
   }
   RawQuery(options_.path, "DROP INDEX usage_created_at");
@@ -590,16 +596,19 @@ TEST_F(SqliteStoreTest, AVersion2DatabaseGetsEventTotalsAndEndTimesBackfilled) {
     ASSERT_NE(store, nullptr);
     ASSERT_OK(store->CreateSession(MakeSession("ses_old"), UserMessage("t")));
     ASSERT_OK(store->AppendEvent("ses_old", "tick", {{"i", 1}}));
-    ASSERT_OK(store->ChangeState("ses_old", StateChange{{SessionState::kStarting}, SessionState::kKilled}));
+    ASSERT_OK(store->ChangeState("ses_old",
+                                 StateChange{{SessionState::kStarting}, SessionState::kKilled}));
   }
   // What a version-2 database holds: no totals, no end times.
   RawQuery(options_.path, "DELETE FROM schema_migrations WHERE version = 3");
   RawQuery(options_.path, "DROP INDEX sessions_purgeable");
-  for (const char* col : {"event_count", "event_bytes", "event_quota_noticed", "ended_at", "purged_at"}) {
+  for (const char* col :
+       {"event_count", "event_bytes", "event_quota_noticed", "ended_at", "purged_at"}) {
     RawQuery(options_.path, std::string("ALTER TABLE sessions DROP COLUMN ") + col);
   }
-  const std::string bytes = RawQuery(
-      options_.path, "SELECT SUM(length(CAST(type AS BLOB)) + length(CAST(data AS BLOB))) FROM events");
+  const std::string bytes =
+      RawQuery(options_.path,
+               "SELECT SUM(length(CAST(type AS BLOB)) + length(CAST(data AS BLOB))) FROM events");
   auto store = Open();
   ASSERT_NE(store, nullptr);
   ASSERT_OK_AND_ASSIGN(SessionFootprint f, store->Footprint("ses_old"));
@@ -619,12 +628,14 @@ TEST_F(SqliteStoreTest, EventQuotaRefusesPastCountAndAppendsOneNotice) {
   const EventQuota quota{5, 0};
   // session.created is the first of the five.
   for (int i = 0; i < 4; ++i) {
-    ASSERT_OK_AND_ASSIGN(QuotaAppend a, store->AppendEventWithinQuota("ses_a", "tick", {{"i", i}}, quota));
+    ASSERT_OK_AND_ASSIGN(QuotaAppend a,
+                         store->AppendEventWithinQuota("ses_a", "tick", {{"i", i}}, quota));
     ASSERT_TRUE(a.event.has_value()) << i;
     EXPECT_EQ(a.event->seq, i + 2);
   }
   for (int i = 0; i < 10; ++i) {
-    ASSERT_OK_AND_ASSIGN(QuotaAppend a, store->AppendEventWithinQuota("ses_a", "tick", {{"i", i}}, quota));
+    ASSERT_OK_AND_ASSIGN(QuotaAppend a,
+                         store->AppendEventWithinQuota("ses_a", "tick", {{"i", i}}, quota));
     EXPECT_FALSE(a.event.has_value());
     EXPECT_EQ(a.exceeded, "events");
     EXPECT_EQ(a.limit, 5);
@@ -635,7 +646,8 @@ TEST_F(SqliteStoreTest, EventQuotaRefusesPastCountAndAppendsOneNotice) {
   EXPECT_EQ(events.back().type, "session.quota_exceeded");
   EXPECT_EQ(events.back().data, Json({{"quota", "events"}, {"limit", 5}, {"type", "tick"}}));
   // Another session's budget is its own.
-  ASSERT_OK_AND_ASSIGN(QuotaAppend b, store->AppendEventWithinQuota("ses_b", "tick", Json::object(), quota));
+  ASSERT_OK_AND_ASSIGN(QuotaAppend b,
+                       store->AppendEventWithinQuota("ses_b", "tick", Json::object(), quota));
   EXPECT_TRUE(b.event.has_value());
 }
 
@@ -646,7 +658,8 @@ TEST_F(SqliteStoreTest, EventQuotaCountsBytesOfEveryEventIncludingTheControlPlan
   ASSERT_OK_AND_ASSIGN(SessionFootprint start, store->Footprint("ses_a"));
   const std::string big(1000, 'x');
   const EventQuota quota{0, start.bytes + 2500};
-  ASSERT_OK_AND_ASSIGN(QuotaAppend a, store->AppendEventWithinQuota("ses_a", "blob", {{"b", big}}, quota));
+  ASSERT_OK_AND_ASSIGN(QuotaAppend a,
+                       store->AppendEventWithinQuota("ses_a", "blob", {{"b", big}}, quota));
   ASSERT_TRUE(a.event.has_value());
   // Appended without a quota (the control plane's own), still counted.
   ASSERT_OK(store->AppendEvent("ses_a", "blob", {{"b", big}}));
@@ -656,12 +669,14 @@ TEST_F(SqliteStoreTest, EventQuotaCountsBytesOfEveryEventIncludingTheControlPlan
   EXPECT_EQ(refused.exceeded, "bytes");
   EXPECT_TRUE(refused.noticed);
   // A small one still fits under the byte bound.
-  ASSERT_OK_AND_ASSIGN(QuotaAppend small, store->AppendEventWithinQuota("ses_a", "s", Json::object(), quota));
+  ASSERT_OK_AND_ASSIGN(QuotaAppend small,
+                       store->AppendEventWithinQuota("ses_a", "s", Json::object(), quota));
   EXPECT_TRUE(small.event.has_value());
   ASSERT_OK_AND_ASSIGN(SessionFootprint f, store->Footprint("ses_a"));
-  const std::string stored = RawQuery(options_.path,
-                                      "SELECT SUM(length(CAST(type AS BLOB)) + length(CAST(data AS BLOB))) "
-                                      "FROM events WHERE session_id = 'ses_a'");
+  const std::string stored =
+      RawQuery(options_.path,
+               "SELECT SUM(length(CAST(type AS BLOB)) + length(CAST(data AS BLOB))) "
+               "FROM events WHERE session_id = 'ses_a'");
   const std::string messages = RawQuery(options_.path,
                                         "SELECT SUM(length(CAST(body AS BLOB))) FROM messages "
                                         "WHERE session_id = 'ses_a'");
@@ -695,7 +710,8 @@ TEST_F(SqliteStoreTest, ConcurrentAppendsNeverOvershootTheQuota) {
   EXPECT_EQ(appended, 99);  // session.created took one
   EXPECT_EQ(refused, 400 - 99);
   EXPECT_EQ(notices, 1);
-  EXPECT_EQ(RawQuery(options_.path, "SELECT COUNT(*) FROM events WHERE session_id = 'ses_a'"), "101");
+  EXPECT_EQ(RawQuery(options_.path, "SELECT COUNT(*) FROM events WHERE session_id = 'ses_a'"),
+            "101");
 }
 
 TEST_F(SqliteStoreTest, ListsOnlyEndedSessionsPastTheCutoffThatAreNotPurged) {
@@ -704,8 +720,10 @@ TEST_F(SqliteStoreTest, ListsOnlyEndedSessionsPastTheCutoffThatAreNotPurged) {
   for (const char* id : {"ses_live", "ses_old", "ses_new"}) {
     ASSERT_OK(store->CreateSession(MakeSession(id), UserMessage("t")));
   }
-  ASSERT_OK(store->ChangeState("ses_old", StateChange{{SessionState::kStarting}, SessionState::kSucceeded}));
-  ASSERT_OK(store->ChangeState("ses_new", StateChange{{SessionState::kStarting}, SessionState::kFailed}));
+  ASSERT_OK(store->ChangeState("ses_old",
+                               StateChange{{SessionState::kStarting}, SessionState::kSucceeded}));
+  ASSERT_OK(
+      store->ChangeState("ses_new", StateChange{{SessionState::kStarting}, SessionState::kFailed}));
   ASSERT_OK_AND_ASSIGN(Session old_s, store->GetSession("ses_old"));
   ASSERT_TRUE(old_s.ended_at.has_value());
   ASSERT_OK_AND_ASSIGN(Session live, store->GetSession("ses_live"));
@@ -735,8 +753,9 @@ TEST_F(SqliteStoreTest, PurgeDeletesContentsInBoundedStepsAndKeepsTheSessionReco
   ASSERT_OK(store->AppendConversation("ses_a", {UserMessage("q"), UserMessage("a")}));
   ASSERT_OK(store->RecordUsage("ses_a", "fast", Usage{10, 20, 1, 0.5}));
   EXPECT_EQ(store->PurgeSessionStep("ses_a", 10).error().code, ErrorCode::kConflict);  // live
-  ASSERT_OK(store->ChangeState("ses_a", StateChange{{SessionState::kStarting}, SessionState::kSucceeded,
-                                                    std::string("done")}));
+  ASSERT_OK(store->ChangeState(
+      "ses_a",
+      StateChange{{SessionState::kStarting}, SessionState::kSucceeded, std::string("done")}));
   ASSERT_OK_AND_ASSIGN(SessionFootprint before, store->Footprint("ses_a"));
   EXPECT_EQ(before.events, 27);  // created, 25 ticks, state
   EXPECT_EQ(before.messages, 3);
@@ -782,7 +801,8 @@ TEST_F(SqliteStoreTest, PurgedSpaceIsGivenBackToTheFileSystem) {
   for (int i = 0; i < 200; ++i) {
     ASSERT_OK(store->AppendEvent("ses_a", "blob", {{"b", big}}));
   }
-  ASSERT_OK(store->ChangeState("ses_a", StateChange{{SessionState::kStarting}, SessionState::kKilled}));
+  ASSERT_OK(
+      store->ChangeState("ses_a", StateChange{{SessionState::kStarting}, SessionState::kKilled}));
   const int64_t pages_full = std::stoll(RawQuery(options_.path, "PRAGMA page_count"));
   for (bool done = false; !done;) {
     ASSERT_OK_AND_ASSIGN(PurgeStep step, store->PurgeSessionStep("ses_a", 50));

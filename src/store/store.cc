@@ -4,12 +4,18 @@ namespace airlock::store {
 
 std::string_view StateName(SessionState s) {
   switch (s) {
-    case SessionState::kStarting: return "starting";
-    case SessionState::kRunning: return "running";
-    case SessionState::kSuspended: return "suspended";
-    case SessionState::kSucceeded: return "succeeded";
-    case SessionState::kFailed: return "failed";
-    case SessionState::kKilled: return "killed";
+    case SessionState::kStarting:
+      return "starting";
+    case SessionState::kRunning:
+      return "running";
+    case SessionState::kSuspended:
+      return "suspended";
+    case SessionState::kSucceeded:
+      return "succeeded";
+    case SessionState::kFailed:
+      return "failed";
+    case SessionState::kKilled:
+      return "killed";
   }
   return "failed";
 }

@@ -28,7 +28,7 @@ struct Usage {
 };
 
 struct Session {
-  std::string id;                // "ses_..."
+  std::string id;  // "ses_..."
   SessionState state = SessionState::kStarting;
   std::string image;
   std::string backend;
@@ -37,11 +37,11 @@ struct Session {
   Json command = Json::array();  // [str...] or empty for the image's default
   Json limits = Json::object();
   Json metadata = Json::object();
-  std::string token_hash;        // hex SHA-256 of the session token; "" once revoked
-  std::string sandbox_handle;    // backend's opaque handle for reattach; "" when none
+  std::string token_hash;      // hex SHA-256 of the session token; "" once revoked
+  std::string sandbox_handle;  // backend's opaque handle for reattach; "" when none
   std::optional<std::string> result;
   Usage usage;
-  int64_t created_at = 0;        // ms since epoch
+  int64_t created_at = 0;  // ms since epoch
   int64_t updated_at = 0;
   std::optional<int64_t> ended_at;   // when it reached a final state
   std::optional<int64_t> purged_at;  // when retention deleted its events and conversation
@@ -52,9 +52,9 @@ struct Session {
 // conversation). Taking them from the inbox gives them a conversation position, so the
 // conversation order is the order in which the agent saw them.
 struct Message {
-  int64_t id = 0;           // unique, increasing in insertion order
+  int64_t id = 0;                   // unique, increasing in insertion order
   std::optional<int64_t> position;  // conversation position (1, 2, ...); empty while pending
-  Json body;                // the message object itself
+  Json body;                        // the message object itself
   int64_t created_at = 0;
 };
 
@@ -62,8 +62,8 @@ struct Message {
 // join the conversation, the call is metered, and its audit event is appended.
 struct ChatRecord {
   std::vector<Json> messages;
-  std::string model;     // alias
-  Usage usage;           // this call's tokens and cost (llm_calls is ignored: one call)
+  std::string model;                 // alias
+  Usage usage;                       // this call's tokens and cost (llm_calls is ignored: one call)
   Json event_data = Json::object();  // data of the "llm.call" event
   // When set, the call is stored only if this is still the session's token hash: a reply
   // for a sandbox that was replaced meanwhile must not enter the new sandbox's conversation.
@@ -71,19 +71,19 @@ struct ChatRecord {
 };
 
 struct UsageQuery {
-  int64_t since = 0;                  // ms since epoch, inclusive
-  int64_t until = INT64_MAX;          // exclusive
+  int64_t since = 0;          // ms since epoch, inclusive
+  int64_t until = INT64_MAX;  // exclusive
 };
 
 struct UsageReport {
   Usage total;
-  int64_t sessions = 0;               // sessions with at least one metered call
+  int64_t sessions = 0;  // sessions with at least one metered call
   std::map<std::string, Usage> by_model;
 };
 
 struct Event {
   std::string session_id;
-  int64_t seq = 0;          // 1, 2, 3... per session, no gaps
+  int64_t seq = 0;  // 1, 2, 3... per session, no gaps
   std::string type;
   Json data = Json::object();
   int64_t created_at = 0;
@@ -133,7 +133,7 @@ struct StateChange {
   std::vector<SessionState> from;  // the change applies only in one of these states
   SessionState to;
   std::optional<std::string> result;
-  bool revoke_token = false;       // clears token_hash in the same transaction
+  bool revoke_token = false;                  // clears token_hash in the same transaction
   std::optional<std::string> sandbox_handle;  // set when present
 };
 
@@ -170,7 +170,8 @@ class Store {
   // hash is replaced (the old token stops working), the handle cleared, the state set to
   // running (a "session.state" event if it was suspended) and a "session.sandbox_restart"
   // event with `data` appended. kConflict unless the session is running or suspended.
-  virtual Result<Session> RestartSandbox(std::string_view id, std::string_view token_hash, const Json& data) = 0;
+  virtual Result<Session> RestartSandbox(std::string_view id, std::string_view token_hash,
+                                         const Json& data) = 0;
 
   // Appends a pending user message (the inbox). Returns its id. kConflict if terminal.
   virtual Result<int64_t> AddUserMessage(std::string_view session_id, const Json& message) = 0;
@@ -179,9 +180,11 @@ class Store {
   // `token_hash` (when not empty) must still be the session's token hash, else
   // kUnauthenticated and nothing is taken: a long-poll of a sandbox that was replaced while it
   // waited must not take messages the new sandbox will never see.
-  virtual Result<std::vector<Message>> TakeInbox(std::string_view session_id, std::string_view token_hash) = 0;
+  virtual Result<std::vector<Message>> TakeInbox(std::string_view session_id,
+                                                 std::string_view token_hash) = 0;
   // Appends messages (assistant replies, tool results) to the conversation, in order.
-  virtual Status AppendConversation(std::string_view session_id, const std::vector<Json>& messages) = 0;
+  virtual Status AppendConversation(std::string_view session_id,
+                                    const std::vector<Json>& messages) = 0;
   // The conversation in position order; with `include_pending`, pending messages follow.
   virtual Result<std::vector<Message>> ListMessages(std::string_view session_id,
                                                     bool include_pending) = 0;
@@ -194,8 +197,9 @@ class Store {
   // "session.quota_exceeded" event {"quota", "limit", "type"} (past the quota, so a reader
   // learns why events stop; never a second one, so refusals cannot grow the table again).
   // Every event, whatever appends it, counts towards the session's totals.
-  virtual Result<QuotaAppend> AppendEventWithinQuota(std::string_view session_id, std::string_view type,
-                                                     const Json& data, const EventQuota& quota) = 0;
+  virtual Result<QuotaAppend> AppendEventWithinQuota(std::string_view session_id,
+                                                     std::string_view type, const Json& data,
+                                                     const EventQuota& quota) = 0;
   // Events with seq > after, in seq order, at most `limit`.
   virtual Result<std::vector<Event>> ListEvents(std::string_view session_id, int64_t after,
                                                 int limit) = 0;
@@ -229,7 +233,7 @@ class Store {
 };
 
 struct StoreOptions {
-  std::string path;                 // SQLite database file
+  std::string path;                    // SQLite database file
   std::string synchronous = "normal";  // "normal" (survives process crash) or "full" (power loss)
   int busy_timeout_ms = 5000;
   int read_connections = 4;

@@ -47,7 +47,8 @@ class AgentE2eTest : public ::testing::Test {
       while (std::filesystem::exists(state_dir) && std::chrono::steady_clock::now() < deadline) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       }
-      EXPECT_FALSE(std::filesystem::exists(state_dir)) << "the sandbox of " << id << " outlived its session";
+      EXPECT_FALSE(std::filesystem::exists(state_dir))
+          << "the sandbox of " << id << " outlived its session";
     }
   }
 
@@ -56,10 +57,11 @@ class AgentE2eTest : public ::testing::Test {
     std::string dir = MakeTempDir("airlock-e2e-script");
     script_path_ = dir + "/script.json";
     std::ofstream(script_path_) << Json{{"replies", replies}}.dump();
-    sbx_ = std::make_unique<SandboxServer>(fmt::format(
-        "[providers.script]\nkind = \"scripted\"\nscript = \"{}\"\n[models.default]\nprovider = \"script\"\n"
-        "model = \"scripted\"\n",
-        script_path_));
+    sbx_ = std::make_unique<SandboxServer>(
+        fmt::format("[providers.script]\nkind = \"scripted\"\nscript = "
+                    "\"{}\"\n[models.default]\nprovider = \"script\"\n"
+                    "model = \"scripted\"\n",
+                    script_path_));
     sbx_->Start();
   }
 
@@ -83,10 +85,13 @@ class AgentE2eTest : public ::testing::Test {
   }
 
   Json Events(const std::string& id) {
-    auto r = sbx_->server().Op(verb::get, "/v1/sessions/" + id + "/events", "", {{"Accept", "application/json"}});
+    auto r = sbx_->server().Op(verb::get, "/v1/sessions/" + id + "/events", "",
+                               {{"Accept", "application/json"}});
     return r.status == 200 ? r.json() : Json::array();
   }
-  Json Messages(const std::string& id) { return sbx_->server().Op(verb::get, "/v1/sessions/" + id + "/messages").json(); }
+  Json Messages(const std::string& id) {
+    return sbx_->server().Op(verb::get, "/v1/sessions/" + id + "/messages").json();
+  }
 
   // Waits for an event of `type` (and, if given, whose data satisfies `pred`).
   Json WaitForEvent(const std::string& id, const std::string& type, int timeout_s = 30) {
@@ -97,7 +102,8 @@ class AgentE2eTest : public ::testing::Test {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    ADD_FAILURE() << "no " << type << " event; events: " << Events(id).dump() << "\nlogs:\n" << sbx_->Logs(id);
+    ADD_FAILURE() << "no " << type << " event; events: " << Events(id).dump() << "\nlogs:\n"
+                  << sbx_->Logs(id);
     return nullptr;
   }
 
@@ -138,8 +144,11 @@ class AgentE2eTest : public ::testing::Test {
 // Five replies that use every tool of the reference agent once and finish.
 Json EveryToolScript() {
   return Json::array({
-      Reply("Looking around.", {Call("shell", {{"command", "echo made-in-$(id -un) > notes.txt; id -u; cat notes.txt"}})}),
-      Reply("Writing.", {Call("write_file", {{"path", "out/report.md"}, {"content", "# Report\nline two\n"}})}),
+      Reply("Looking around.",
+            {Call("shell",
+                  {{"command", "echo made-in-$(id -un) > notes.txt; id -u; cat notes.txt"}})}),
+      Reply("Writing.",
+            {Call("write_file", {{"path", "out/report.md"}, {"content", "# Report\nline two\n"}})}),
       Reply("Reading back.", {Call("read_file", {{"path", "out/report.md"}})}),
       Reply("Uploading.", {Call("upload", {{"path", "out/report.md"}, {"name", "report.md"}}),
                            Call("upload", {{"path", "notes.txt"}})}),
@@ -168,8 +177,11 @@ TEST_F(AgentE2eTest, TheAgentRunsEveryToolInItsSandboxUploadsAndFinishes) {
   Json msgs = Messages(id);
   auto results = ToolResults(msgs);
   ASSERT_EQ(results.size(), 5u) << msgs.dump();
-  // The sandbox's own host uid (sandbox.oci.uid_range_start, 2147000000 on), named `sandbox` inside.
-  EXPECT_TRUE(std::regex_match(results[0], std::regex("exit code 0\n21470[0-9]{5}\nmade-in-sandbox\n"))) << results[0];
+  // The sandbox's own host uid (sandbox.oci.uid_range_start, 2147000000 on), named `sandbox`
+  // inside.
+  EXPECT_TRUE(
+      std::regex_match(results[0], std::regex("exit code 0\n21470[0-9]{5}\nmade-in-sandbox\n")))
+      << results[0];
   EXPECT_EQ(results[1], "wrote 18 bytes to out/report.md");
   EXPECT_EQ(results[2], "# Report\nline two\n");
   EXPECT_EQ(results[3], "uploaded report.md (18 bytes)");
@@ -194,7 +206,8 @@ TEST_F(AgentE2eTest, TheAgentRunsEveryToolInItsSandboxUploadsAndFinishes) {
   // One event per step, in order.
   auto types = Types(out.events);
   auto at = [&](const std::string& t, size_t from = 0) {
-    return std::find(types.begin() + static_cast<std::ptrdiff_t>(from), types.end(), t) - types.begin();
+    return std::find(types.begin() + static_cast<std::ptrdiff_t>(from), types.end(), t) -
+           types.begin();
   };
   EXPECT_LT(at("agent.started"), at("agent.llm"));
   EXPECT_EQ(std::count(types.begin(), types.end(), "agent.llm"), 5);
@@ -210,14 +223,16 @@ TEST_F(AgentE2eTest, TheAgentRunsEveryToolInItsSandboxUploadsAndFinishes) {
 TEST_F(AgentE2eTest, AFollowUpMessageReachesTheWaitingAgent) {
   StartWithScript(Json::array({
       Reply("Which greeting should the file hold?", {}),
-      Reply("Writing it.", {Call("shell", {{"command", "echo hello-from-follow-up > greeting.txt"}}),
-                            Call("upload", {{"path", "greeting.txt"}})}),
+      Reply("Writing it.",
+            {Call("shell", {{"command", "echo hello-from-follow-up > greeting.txt"}}),
+             Call("upload", {{"path", "greeting.txt"}})}),
       Reply("Done.", {Call("finish", {{"result", "greeting uploaded"}})}),
   }));
   std::string id = CreateAgentSession("write a greeting file");
   ASSERT_FALSE(WaitForEvent(id, "agent.waiting").is_null());
   EXPECT_EQ(sbx_->server().Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
-  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"say hello"})");
+  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages",
+                             R"({"content":"say hello"})");
   ASSERT_EQ(m.status, 202u) << m.body;
   auto out = sbx_->WaitForEnd(id);
   ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
@@ -236,16 +251,19 @@ TEST_F(AgentE2eTest, AFollowUpMessageReachesTheWaitingAgent) {
 
 TEST_F(AgentE2eTest, ASandboxKilledMidRunIsReplacedAndTheNewAgentCompletesFromTheHistory) {
   StartWithScript(Json::array({
-      Reply("A long step.", {Call("shell", {{"command", "echo step-one-ran; sleep 600"}, {"timeout_s", 600}})}),
+      Reply("A long step.",
+            {Call("shell", {{"command", "echo step-one-ran; sleep 600"}, {"timeout_s", 600}})}),
       Reply("The sandbox restarted; carrying on.",
-            {Call("shell", {{"command", "echo survived > after.txt"}}), Call("upload", {{"path", "after.txt"}})}),
+            {Call("shell", {{"command", "echo survived > after.txt"}}),
+             Call("upload", {{"path", "after.txt"}})}),
       Reply("Done.", {Call("finish", {{"result", "completed after a restart"}})}),
   }));
   std::string id = CreateAgentSession("survive a crash");
   ASSERT_FALSE(WaitForEvent(id, "agent.llm").is_null());
   // The agent is inside the long shell call now (its log says so before running it).
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (sbx_->Logs(id).find("shell: echo step-one-ran") == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+  while (sbx_->Logs(id).find("shell: echo step-one-ran") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   ASSERT_GT(KillSandbox(id), 0) << "no process of the sandbox found";
@@ -289,7 +307,8 @@ TEST_F(AgentE2eTest, ASandboxKilledMidRunIsReplacedAndTheNewAgentCompletesFromTh
 TEST_F(AgentE2eTest, AFollowUpRightAfterARestartReachesTheNewAgentNotTheDeadOnesPoll) {
   StartWithScript(Json::array({
       Reply("What should I write?", {}),
-      Reply("Writing it.", {Call("shell", {{"command", "echo after-restart > late.txt"}}), Call("upload", {{"path", "late.txt"}})}),
+      Reply("Writing it.", {Call("shell", {{"command", "echo after-restart > late.txt"}}),
+                            Call("upload", {{"path", "late.txt"}})}),
       Reply("Done.", {Call("finish", {{"result", "the follow-up arrived"}})}),
   }));
   std::string id = CreateAgentSession("wait for instructions");
@@ -298,7 +317,8 @@ TEST_F(AgentE2eTest, AFollowUpRightAfterARestartReachesTheNewAgentNotTheDeadOnes
   // sandbox starts; the message must not go to it.
   ASSERT_GT(KillSandbox(id), 0);
   ASSERT_FALSE(WaitForEvent(id, "session.sandbox_restart").is_null());
-  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"write late.txt"})");
+  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages",
+                             R"({"content":"write late.txt"})");
   ASSERT_EQ(m.status, 202u) << m.body;
   auto out = sbx_->WaitForEnd(id, 60);
   ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
@@ -312,23 +332,27 @@ TEST_F(AgentE2eTest, AFollowUpRightAfterARestartReachesTheNewAgentNotTheDeadOnes
 TEST_F(AgentE2eTest, AnAgentFrozenWhileWaitingCarriesOnWhenAMessageResumesIt) {
   StartWithScript(Json::array({
       Reply("Tell me when to go on.", {}),
-      Reply("Going on.", {Call("shell", {{"command", "echo thawed > thawed.txt"}}), Call("upload", {{"path", "thawed.txt"}})}),
+      Reply("Going on.", {Call("shell", {{"command", "echo thawed > thawed.txt"}}),
+                          Call("upload", {{"path", "thawed.txt"}})}),
       Reply("Done.", {Call("finish", {{"result", "carried on after a suspend"}})}),
   }));
   // One-second long-polls: while the sandbox is frozen, answers pile up and time out on both
   // sides; after the thaw the agent must simply carry on.
-  std::string id = CreateAgentSession("wait, then carry on", Json::array({"/usr/bin/airlock-agent", "--inbox-wait", "1"}));
+  std::string id = CreateAgentSession("wait, then carry on",
+                                      Json::array({"/usr/bin/airlock-agent", "--inbox-wait", "1"}));
   ASSERT_FALSE(WaitForEvent(id, "agent.waiting").is_null());
   auto s = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/suspend");
   ASSERT_EQ(s.status, 200u) << s.body;
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));
   EXPECT_EQ(sbx_->server().Op(verb::get, "/v1/sessions/" + id).json()["state"], "suspended");
-  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"go on"})");
+  auto m =
+      sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"go on"})");
   ASSERT_EQ(m.status, 202u) << m.body;
   auto out = sbx_->WaitForEnd(id);
   ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
   EXPECT_EQ(Download(id, "thawed.txt"), "thawed\n");
-  EXPECT_TRUE(out.Event("session.sandbox_restart").is_null()) << "the same sandbox was resumed, not replaced";
+  EXPECT_TRUE(out.Event("session.sandbox_restart").is_null())
+      << "the same sandbox was resumed, not replaced";
 }
 
 // With OPENAI_API_KEY in the control plane's environment and no model configured, the agent
@@ -340,9 +364,11 @@ TEST_F(AgentE2eTest, WithAnOpenAiKeyInTheEnvironmentTheAgentUsesThatProvider) {
   o.expected_key = key;
   fake::FakeUpstream upstream(o);
   ASSERT_TRUE(upstream.ok()) << upstream.error();
-  upstream.Enqueue(fake::Reply::Tools({{"", "shell", R"({"command":"env; echo hello > hi.txt"})"}}, "Let me check."));
+  upstream.Enqueue(fake::Reply::Tools({{"", "shell", R"({"command":"env; echo hello > hi.txt"})"}},
+                                      "Let me check."));
   upstream.Enqueue(fake::Reply::Tools({{"", "upload", R"({"path":"hi.txt"})"}}));
-  upstream.Enqueue(fake::Reply::Tools({{"", "finish", R"({"result":"done with a real provider"})"}}));
+  upstream.Enqueue(
+      fake::Reply::Tools({{"", "finish", R"({"result":"done with a real provider"})"}}));
   ::setenv("OPENAI_API_KEY", key.c_str(), 1);
   ::setenv("OPENAI_BASE_URL", (upstream.base_url() + "/v1").c_str(), 1);
   ::unsetenv("ANTHROPIC_API_KEY");
@@ -388,11 +414,14 @@ Json PythonAgentCommand() {
       "    with open(full, 'w', encoding='utf-8') as f:\n"
       "        f.write(''.join(a[i + 2:i + 2 + n]))\n"
       "    i += 2 + n\n"
-      "os.execv(sys.executable, [sys.executable, os.path.join(d, 'examples/agents/python_agent.py')])\n";
+      "os.execv(sys.executable, [sys.executable, os.path.join(d, "
+      "'examples/agents/python_agent.py')])\n";
   Json cmd = Json::array({"/usr/bin/python3", "-c", kBootstrap});
   std::vector<std::string> files = {"examples/agents/python_agent.py"};
-  for (const auto& e : std::filesystem::directory_iterator(AIRLOCK_SOURCE_DIR "/sdk/python/airlock")) {
-    if (e.path().extension() == ".py") files.push_back("sdk/python/airlock/" + e.path().filename().string());
+  for (const auto& e :
+       std::filesystem::directory_iterator(AIRLOCK_SOURCE_DIR "/sdk/python/airlock")) {
+    if (e.path().extension() == ".py")
+      files.push_back("sdk/python/airlock/" + e.path().filename().string());
   }
   for (const auto& rel : files) {
     std::ifstream f(AIRLOCK_SOURCE_DIR "/" + rel);
@@ -400,7 +429,8 @@ Json PythonAgentCommand() {
     std::vector<std::string> chunks;
     for (size_t at = 0; at < text.size();) {
       size_t end = std::min(text.size(), at + 8000);
-      while (end < text.size() && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;  // whole UTF-8
+      while (end < text.size() && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80)
+        --end;  // whole UTF-8
       chunks.push_back(text.substr(at, end - at));
       at = end;
     }
@@ -412,7 +442,8 @@ Json PythonAgentCommand() {
 }
 
 TEST_F(AgentE2eTest, ThePythonExampleAgentCompletesTheSameTask) {
-  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "no /usr/bin/python3 on this host for the host image";
+  if (::access("/usr/bin/python3", X_OK) != 0)
+    GTEST_SKIP() << "no /usr/bin/python3 on this host for the host image";
   StartWithScript(EveryToolScript());
   std::string id = CreateAgentSession("write a report", PythonAgentCommand(), "host");
   auto out = sbx_->WaitForEnd(id, 90);
@@ -425,14 +456,16 @@ TEST_F(AgentE2eTest, ThePythonExampleAgentCompletesTheSameTask) {
   EXPECT_EQ(Download(id, "notes.txt"), "made-in-sandbox\n");
   auto results = ToolResults(Messages(id));
   ASSERT_EQ(results.size(), 5u);
-  EXPECT_TRUE(std::regex_search(results[0], std::regex("21470[0-9]{5}\nmade-in-sandbox"))) << results[0];
+  EXPECT_TRUE(std::regex_search(results[0], std::regex("21470[0-9]{5}\nmade-in-sandbox")))
+      << results[0];
   EXPECT_EQ(results[2], "# Report\nline two\n");
 }
 
 TEST_F(AgentE2eTest, AFinishTheControlPlaneCannotTakeGoesBackToTheModel) {
   StartWithScript(Json::array({
-      Reply("Done?", {Call("finish", {{"status", "done"}, {"result", "x"}})}),           // not a status
-      Reply("Done!", {Call("finish", {{"result", std::string(80 * 1024, 'r')}})}),      // over the result limit
+      Reply("Done?", {Call("finish", {{"status", "done"}, {"result", "x"}})}),  // not a status
+      Reply("Done!",
+            {Call("finish", {{"result", std::string(80 * 1024, 'r')}})}),  // over the result limit
       Reply("Done.", {Call("finish", {{"status", "succeeded"}, {"result", "third time"}})}),
   }));
   std::string id = CreateAgentSession("finish properly");
@@ -448,10 +481,12 @@ TEST_F(AgentE2eTest, AFinishTheControlPlaneCannotTakeGoesBackToTheModel) {
 TEST_F(AgentE2eTest, AnIdleSessionIsSuspendedAndAMessageWakesItUp) {
   StartWithScript(Json::array({
       Reply("Tell me when.", {}),
-      Reply("Now.", {Call("shell", {{"command", "echo woke > woke.txt"}}), Call("upload", {{"path", "woke.txt"}})}),
+      Reply("Now.", {Call("shell", {{"command", "echo woke > woke.txt"}}),
+                     Call("upload", {{"path", "woke.txt"}})}),
       Reply("Done.", {Call("finish", {{"result", "woke up"}})}),
   }));
-  std::string id = CreateAgentSession("wait for the user", nullptr, "base", {{"idle_timeout_s", 1}});
+  std::string id =
+      CreateAgentSession("wait for the user", nullptr, "base", {{"idle_timeout_s", 1}});
   ASSERT_FALSE(id.empty());
   ASSERT_FALSE(WaitForEvent(id, "agent.waiting").is_null());
   // Waiting on an empty inbox and nothing else: suspended after about a second.
@@ -463,7 +498,8 @@ TEST_F(AgentE2eTest, AnIdleSessionIsSuspendedAndAMessageWakesItUp) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ASSERT_EQ(state, "suspended") << Events(id).dump();
-  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"now"})");
+  auto m =
+      sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"now"})");
   ASSERT_EQ(m.status, 202u) << m.body;
   auto out = sbx_->WaitForEnd(id);
   ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
@@ -473,7 +509,8 @@ TEST_F(AgentE2eTest, AnIdleSessionIsSuspendedAndAMessageWakesItUp) {
 
 TEST_F(AgentE2eTest, ABusySessionIsNotSuspendedForIdleness) {
   StartWithScript(Json::array({
-      Reply("Working.", {Call("shell", {{"command", "sleep 3; echo busy > busy.txt"}}), Call("upload", {{"path", "busy.txt"}})}),
+      Reply("Working.", {Call("shell", {{"command", "sleep 3; echo busy > busy.txt"}}),
+                         Call("upload", {{"path", "busy.txt"}})}),
       Reply("Done.", {Call("finish", {{"result", "stayed awake"}})}),
   }));
   std::string id = CreateAgentSession("work for a while", nullptr, "base", {{"idle_timeout_s", 1}});
@@ -489,11 +526,13 @@ TEST_F(AgentE2eTest, TheAgentsChildProcessesCannotReadTheToken) {
   // Everything a tool could try as the agent's user: its own environment, every process's
   // environ and cmdline, the agent's memory and file descriptors.
   const std::string probe =
-      "env; for p in /proc/[0-9]*; do echo \"== $p\"; tr '\\0' '\\n' < $p/environ 2>&1; tr '\\0' ' ' < $p/cmdline; "
+      "env; for p in /proc/[0-9]*; do echo \"== $p\"; tr '\\0' '\\n' < $p/environ 2>&1; tr '\\0' ' "
+      "' < $p/cmdline; "
       "echo; done; ls -l /proc/$PPID/fd 2>&1; cat /proc/1/environ 2>&1; "
       // The agent's heap, where the token lives: readable through /proc/<pid>/mem by its own
       // user unless the agent made itself non-dumpable.
-      "heap=$(grep '\\[heap\\]' /proc/$PPID/maps 2>/dev/null | cut -d- -f1); echo \"heap at ${heap:-unreadable}\"; "
+      "heap=$(grep '\\[heap\\]' /proc/$PPID/maps 2>/dev/null | cut -d- -f1); echo \"heap at "
+      "${heap:-unreadable}\"; "
       "[ -n \"$heap\" ] && dd if=/proc/$PPID/mem bs=4096 skip=$((0x$heap / 4096)) count=256 2>&1 | "
       "grep -a -o 'ast_[A-Za-z0-9_-]*' | head -3; echo probe-done";
   StartWithScript(Json::array({
@@ -514,7 +553,8 @@ TEST_F(AgentE2eTest, TheAgentsChildProcessesCannotReadTheToken) {
   ASSERT_EQ(results.size(), 1u);
   const std::string& seen = results[0];
   EXPECT_NE(seen.find("probe-done"), std::string::npos) << seen;
-  EXPECT_NE(seen.find("airlock-agent"), std::string::npos) << "the probe saw the agent's process: " << seen;
+  EXPECT_NE(seen.find("airlock-agent"), std::string::npos)
+      << "the probe saw the agent's process: " << seen;
   EXPECT_EQ(seen.find(token), std::string::npos) << seen;
   EXPECT_EQ(seen.find("SESSION_TOKEN"), std::string::npos) << seen;
   EXPECT_EQ(seen.find("CONTROL_PLANE_URL"), std::string::npos) << seen;

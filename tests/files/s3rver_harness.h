@@ -56,7 +56,8 @@ struct Emulator {
 };
 
 // `s3rver.sh install`: its exit status and everything it printed.
-inline std::pair<int, std::string> InstallS3rver(const std::string& script, const std::string& log) {
+inline std::pair<int, std::string> InstallS3rver(const std::string& script,
+                                                 const std::string& log) {
   pid_t pid = ::fork();
   if (pid == 0) {
     int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);

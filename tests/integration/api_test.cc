@@ -60,8 +60,9 @@ TEST_F(ApiTest, OperatorRoutesAreNotServedOnTheSandboxListener) {
 }
 
 TEST_F(ApiTest, CreatesSessionWithTokenOfAtLeast256Bits) {
-  auto r = server_.Op(verb::post, "/v1/sessions",
-                      R"({"task":"hello","limits":{"memory_mb":256,"timeout_s":600},"metadata":{"k":"v"}})");
+  auto r = server_.Op(
+      verb::post, "/v1/sessions",
+      R"({"task":"hello","limits":{"memory_mb":256,"timeout_s":600},"metadata":{"k":"v"}})");
   ASSERT_EQ(r.status, 201u) << r.body;
   Json s = r.json();
   EXPECT_EQ(s["state"], "running");
@@ -82,11 +83,17 @@ TEST_F(ApiTest, RejectsBadSessionBodies) {
   EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":""})").status, 400u);
   EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":5})").status, 400u);
   EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":"x","bogus":1})").status, 400u);
-  EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":"x","limits":{"memory_mb":-1}})").status, 400u);
-  EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":"x","limits":{"nope":1}})").status, 400u);
-  EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":"x","command":"sh -c x"})").status, 400u);
-  EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":"x","backend":"nope"})").status, 400u);
-  EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":"x","image":"../../etc"})").status, 400u);
+  EXPECT_EQ(
+      server_.Op(verb::post, "/v1/sessions", R"({"task":"x","limits":{"memory_mb":-1}})").status,
+      400u);
+  EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":"x","limits":{"nope":1}})").status,
+            400u);
+  EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":"x","command":"sh -c x"})").status,
+            400u);
+  EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":"x","backend":"nope"})").status,
+            400u);
+  EXPECT_EQ(server_.Op(verb::post, "/v1/sessions", R"({"task":"x","image":"../../etc"})").status,
+            400u);
   auto r = server_.Op(verb::post, "/v1/sessions", R"([1,2,3])");
   EXPECT_EQ(r.status, 400u);
   EXPECT_EQ(r.error_code(), "invalid_argument");
@@ -96,7 +103,8 @@ TEST_F(ApiTest, BackendFailureMarksSessionFailed) {
   server_.backend().fail_create = true;
   auto r = server_.Op(verb::post, "/v1/sessions", R"({"task":"x"})");
   EXPECT_EQ(r.status, 503u);
-  EXPECT_NE(r.json()["error"]["message"].get<std::string>().find("sandbox failed to start"), std::string::npos);
+  EXPECT_NE(r.json()["error"]["message"].get<std::string>().find("sandbox failed to start"),
+            std::string::npos);
   auto list = server_.Op(verb::get, "/v1/sessions?state=failed").json();
   ASSERT_EQ(list["sessions"].size(), 1u);
 }
@@ -127,7 +135,9 @@ TEST_F(ApiTest, InboxDeliversTaskOnceThenFollowUps) {
   ASSERT_EQ(first.json()["messages"].size(), 1u);
   EXPECT_EQ(first.json()["messages"][0]["content"], "the task");
   EXPECT_EQ(server_.Sb(verb::get, "/sandbox/v1/inbox?wait=0", token).status, 204u);
-  EXPECT_EQ(server_.Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"more"})").status, 202u);
+  EXPECT_EQ(
+      server_.Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"more"})").status,
+      202u);
   auto second = server_.Sb(verb::get, "/sandbox/v1/inbox?wait=5", token);
   ASSERT_EQ(second.status, 200u);
   EXPECT_EQ(second.json()["messages"][0]["content"], "more");
@@ -139,7 +149,8 @@ TEST_F(ApiTest, InboxDeliversTaskOnceThenFollowUps) {
 TEST_F(ApiTest, LongPollIsWokenByANewMessage) {
   auto [id, token] = server_.NewSession();
   server_.Sb(verb::get, "/sandbox/v1/inbox", token);
-  auto poll = std::async(std::launch::async, [&] { return server_.Sb(verb::get, "/sandbox/v1/inbox?wait=30", token); });
+  auto poll = std::async(std::launch::async,
+                         [&] { return server_.Sb(verb::get, "/sandbox/v1/inbox?wait=30", token); });
   // The poll must be parked before the message arrives for this to test the wake-up.
   ASSERT_TRUE(WaitForMetric(server_, "airlock_inbox_waiting 1"));
   server_.Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"wake"})");
@@ -152,7 +163,8 @@ TEST_F(ApiTest, LongPollIsWokenByANewMessage) {
 TEST_F(ApiTest, LongPollEndsWith410WhenTheSessionIsKilled) {
   auto [id, token] = server_.NewSession();
   server_.Sb(verb::get, "/sandbox/v1/inbox", token);
-  auto poll = std::async(std::launch::async, [&] { return server_.Sb(verb::get, "/sandbox/v1/inbox?wait=30", token); });
+  auto poll = std::async(std::launch::async,
+                         [&] { return server_.Sb(verb::get, "/sandbox/v1/inbox?wait=30", token); });
   ASSERT_TRUE(WaitForMetric(server_, "airlock_inbox_waiting 1"));
   server_.Op(verb::delete_, "/v1/sessions/" + id);
   auto r = poll.get();
@@ -162,8 +174,9 @@ TEST_F(ApiTest, LongPollEndsWith410WhenTheSessionIsKilled) {
 
 TEST_F(ApiTest, RejectsMissingMalformedAndUnknownSessionTokens) {
   server_.NewSession();
-  for (const std::string& tok : {std::string(""), std::string("garbage"), std::string("ast_"),
-                                 std::string("ast_") + std::string(43, 'A'), std::string(4000, 'a')}) {
+  for (const std::string& tok :
+       {std::string(""), std::string("garbage"), std::string("ast_"),
+        std::string("ast_") + std::string(43, 'A'), std::string(4000, 'a')}) {
     auto r = server_.Sb(verb::get, "/sandbox/v1/history", tok);
     EXPECT_EQ(r.status, 401u) << tok;
     EXPECT_EQ(r.error_code(), "unauthenticated");
@@ -172,11 +185,13 @@ TEST_F(ApiTest, RejectsMissingMalformedAndUnknownSessionTokens) {
 
 TEST_F(ApiTest, TokenIsRevokedWhenTheSessionFinishes) {
   auto [id, token] = server_.NewSession();
-  auto fin = server_.Sb(verb::post, "/sandbox/v1/finish", token, R"({"status":"succeeded","result":"ok"})");
+  auto fin = server_.Sb(verb::post, "/sandbox/v1/finish", token,
+                        R"({"status":"succeeded","result":"ok"})");
   ASSERT_EQ(fin.status, 200u) << fin.body;
   EXPECT_EQ(fin.json()["state"], "succeeded");
   EXPECT_EQ(server_.Sb(verb::get, "/sandbox/v1/history", token).status, 401u);
-  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/finish", token, R"({"status":"failed"})").status, 401u);
+  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/finish", token, R"({"status":"failed"})").status,
+            401u);
   auto s = server_.Op(verb::get, "/v1/sessions/" + id).json();
   EXPECT_EQ(s["state"], "succeeded");
   EXPECT_EQ(s["result"], "ok");
@@ -223,12 +238,15 @@ TEST_F(ApiTest, TokenOfOneSessionNeverReachesAnother) {
   EXPECT_EQ(claim.status, 403u);
   // A session id in the query or body is ignored: the token decides.
   server_.Sb(verb::post, "/sandbox/v1/events?session=" + b, ta, R"({"type":"probe","data":{}})");
-  auto evs_b = server_.Op(verb::get, "/v1/sessions/" + b + "/events", "", {{"Accept", "application/json"}}).json();
+  auto evs_b =
+      server_.Op(verb::get, "/v1/sessions/" + b + "/events", "", {{"Accept", "application/json"}})
+          .json();
   for (const auto& e : evs_b) EXPECT_NE(e["type"], "probe");
   // Finishing with a's token ends a only.
   server_.Sb(verb::post, "/sandbox/v1/finish", ta, R"({"status":"succeeded"})");
   EXPECT_EQ(server_.Op(verb::get, "/v1/sessions/" + b).json()["state"], "running");
-  EXPECT_EQ(server_.Sb(verb::get, "/sandbox/v1/inbox", tb).json()["messages"][0]["content"], "task of b");
+  EXPECT_EQ(server_.Sb(verb::get, "/sandbox/v1/inbox", tb).json()["messages"][0]["content"],
+            "task of b");
 }
 
 TEST_F(ApiTest, PerSessionSocketServesOnlyItsOwnSession) {
@@ -263,7 +281,9 @@ TEST_F(ApiTest, StateMachineRefusesBadTransitionsWith409) {
     EXPECT_EQ(server_.backend().state["test:" + id], "paused");
   }
   // A follow-up message resumes a suspended sandbox.
-  EXPECT_EQ(server_.Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"hi"})").status, 202u);
+  EXPECT_EQ(
+      server_.Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"hi"})").status,
+      202u);
   EXPECT_EQ(server_.Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
   server_.Op(verb::delete_, "/v1/sessions/" + id);
   EXPECT_EQ(server_.Op(verb::post, "/v1/sessions/" + id + "/suspend").status, 409u);
@@ -276,14 +296,25 @@ TEST_F(ApiTest, StateMachineRefusesBadTransitionsWith409) {
 TEST_F(ApiTest, SandboxEventsAreValidatedAndOrdered) {
   auto [id, token] = server_.NewSession();
   for (int i = 1; i <= 5; ++i) {
-    auto r = server_.Sb(verb::post, "/sandbox/v1/events", token, DumpJson(Json{{"type", "step"}, {"data", {{"i", i}}}}));
+    auto r = server_.Sb(verb::post, "/sandbox/v1/events", token,
+                        DumpJson(Json{{"type", "step"}, {"data", {{"i", i}}}}));
     ASSERT_EQ(r.status, 202u) << r.body;
   }
-  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"session.state","data":{}})").status, 400u);
-  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"llm.call"})").status, 400u);
-  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"Bad Type"})").status, 400u);
-  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"x","data":[1]})").status, 400u);
-  auto evs = server_.Op(verb::get, "/v1/sessions/" + id + "/events?after=0", "", {{"Accept", "application/json"}}).json();
+  EXPECT_EQ(
+      server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"session.state","data":{}})")
+          .status,
+      400u);
+  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"llm.call"})").status,
+            400u);
+  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"Bad Type"})").status,
+            400u);
+  EXPECT_EQ(
+      server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"x","data":[1]})").status,
+      400u);
+  auto evs = server_
+                 .Op(verb::get, "/v1/sessions/" + id + "/events?after=0", "",
+                     {{"Accept", "application/json"}})
+                 .json();
   std::vector<int> steps;
   int64_t prev = 0;
   for (const auto& e : evs) {
@@ -316,9 +347,11 @@ TEST_F(ApiTest, MetricsAreExposedInPrometheusFormat) {
 }
 
 TEST_F(ApiTest, RequestIdIsEchoedOrGenerated) {
-  auto given = HttpCall(server_.op_port(), verb::get, "/healthz", "", "", {{"X-Request-Id", "abc-123"}});
+  auto given =
+      HttpCall(server_.op_port(), verb::get, "/healthz", "", "", {{"X-Request-Id", "abc-123"}});
   EXPECT_EQ(given.headers["X-Request-Id"], "abc-123");
-  auto hostile = HttpCall(server_.op_port(), verb::get, "/healthz", "", "", {{"X-Request-Id", "a\"b{}"}});
+  auto hostile =
+      HttpCall(server_.op_port(), verb::get, "/healthz", "", "", {{"X-Request-Id", "a\"b{}"}});
   EXPECT_FALSE(hostile.headers["X-Request-Id"].empty());
   EXPECT_NE(hostile.headers["X-Request-Id"], "a\"b{}");
 }
@@ -328,7 +361,8 @@ TEST_F(ApiTest, ADeadSandboxsParkedInboxPollCannotTakeMessagesMeantForItsReplace
   ASSERT_EQ(server_.Sb(verb::get, "/sandbox/v1/inbox", old_token).status, 200u);  // the task
   // The sandbox is waiting on its inbox when it dies; its poll stays parked on our side.
   HttpResult old_poll;
-  std::thread poller([&, t = old_token] { old_poll = server_.Sb(verb::get, "/sandbox/v1/inbox?wait=20", t); });
+  std::thread poller(
+      [&, t = old_token] { old_poll = server_.Sb(verb::get, "/sandbox/v1/inbox?wait=20", t); });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   {
     std::lock_guard l(server_.backend().mu);
@@ -349,7 +383,10 @@ TEST_F(ApiTest, ADeadSandboxsParkedInboxPollCannotTakeMessagesMeantForItsReplace
   poller.join();
   EXPECT_EQ(old_poll.status, 401u) << "the dead sandbox's poll must end, not wait for messages";
   // A follow-up now waits for the new sandbox, and only it can take it.
-  ASSERT_EQ(server_.Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"for the new one"})").status, 202u);
+  ASSERT_EQ(
+      server_.Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"for the new one"})")
+          .status,
+      202u);
   EXPECT_EQ(server_.Sb(verb::get, "/sandbox/v1/inbox", old_token).status, 401u);
   auto pending = server_.Op(verb::get, "/v1/sessions/" + id + "/messages").json()["pending"];
   ASSERT_EQ(pending.size(), 1u) << pending.dump();

@@ -24,11 +24,13 @@ using namespace std::chrono_literals;
 const std::string kEsc = "\x1b]0;PWNED-TITLE\x07\x1b[2J";
 const std::string kOsc52 = "\x1b]52;c;cHduZWQ=\x07";
 const std::string kOsc8 = "\x1b]8;;http://evil.example/\x1b\\click\x1b]8;;\x1b\\";
-const std::string kC1Csi = "\xc2\x9b" "31m";
+const std::string kC1Csi =
+    "\xc2\x9b"
+    "31m";
 const std::string kRlo = "\xe2\x80\xae";
 const std::string kLri = "\xe2\x81\xa6";
-const std::string kHostileResult = "done" + kEsc + kOsc52 + kOsc8 + kC1Csi + kRlo + "txt.exe" + kLri +
-                                   "\nstate:     succeeded";
+const std::string kHostileResult =
+    "done" + kEsc + kOsc52 + kOsc8 + kC1Csi + kRlo + "txt.exe" + kLri + "\nstate:     succeeded";
 const std::string kBidiName = "invoice" + kRlo + "fdp.exe";
 const std::string kC1Name = "x" + kC1Csi + "y.txt";
 
@@ -50,9 +52,13 @@ std::string Slurp(const std::string& path) {
 Output RunCli(const TestServer& server, const std::vector<std::string>& args) {
   std::string dir = MakeTempDir("airlock-cli");
   std::string out_path = dir + "/out", err_path = dir + "/err";
-  std::vector<std::string> env_s = {"AIRLOCK_URL=http://127.0.0.1:" + std::to_string(server.op_port()),
-                                    "AIRLOCK_OPERATOR_KEY=" + server.key(), "AIRLOCK_HOME=" + dir, "HOME=" + dir,
-                                    "PATH=/usr/bin:/bin", "LANG=C.UTF-8"};
+  std::vector<std::string> env_s = {
+      "AIRLOCK_URL=http://127.0.0.1:" + std::to_string(server.op_port()),
+      "AIRLOCK_OPERATOR_KEY=" + server.key(),
+      "AIRLOCK_HOME=" + dir,
+      "HOME=" + dir,
+      "PATH=/usr/bin:/bin",
+      "LANG=C.UTF-8"};
   std::vector<std::string> argv_s = {AIRLOCK_BIN};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv, envp;
@@ -88,16 +94,17 @@ Output RunCli(const TestServer& server, const std::vector<std::string>& args) {
   for (size_t i = 0; i < out.size(); ++i) {
     auto c = static_cast<unsigned char>(out[i]);
     if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
-      return ::testing::AssertionFailure() << "control byte " << int(c) << " at " << i << " in:\n" << out;
+      return ::testing::AssertionFailure() << "control byte " << int(c) << " at " << i << " in:\n"
+                                           << out;
     }
     if (c == 0xc2 && i + 1 < out.size() && static_cast<unsigned char>(out[i + 1]) >= 0x80 &&
         static_cast<unsigned char>(out[i + 1]) <= 0x9f) {
       return ::testing::AssertionFailure() << "C1 control at " << i << " in:\n" << out;
     }
   }
-  for (const char* bad : {"\xe2\x80\xaa", "\xe2\x80\xab", "\xe2\x80\xac", "\xe2\x80\xad", "\xe2\x80\xae",
-                          "\xe2\x81\xa6", "\xe2\x81\xa7", "\xe2\x81\xa8", "\xe2\x81\xa9", "\xe2\x80\x8e",
-                          "\xe2\x80\x8f", "\xd8\x9c"}) {
+  for (const char* bad : {"\xe2\x80\xaa", "\xe2\x80\xab", "\xe2\x80\xac", "\xe2\x80\xad",
+                          "\xe2\x80\xae", "\xe2\x81\xa6", "\xe2\x81\xa7", "\xe2\x81\xa8",
+                          "\xe2\x81\xa9", "\xe2\x80\x8e", "\xe2\x80\x8f", "\xd8\x9c"}) {
     if (out.find(bad) != std::string::npos) {
       return ::testing::AssertionFailure() << "bidi/invisible control in:\n" << out;
     }
@@ -116,11 +123,13 @@ class CliOutputTest : public ::testing::Test {
                           DumpJson(Json{{"name", name}, {"method", "PUT"}, {"size", 2}}));
       EXPECT_EQ(p.status, 200u) << p.body;
       std::string url = p.json()["url"];
-      auto up = HttpCall(server_.sb_port(), verb::put, url.substr(url.find("/sandbox/v1/files/")), "", "ok");
+      auto up = HttpCall(server_.sb_port(), verb::put, url.substr(url.find("/sandbox/v1/files/")),
+                         "", "ok");
       EXPECT_EQ(up.status, 201u) << up.body;
     }
-    auto ev = server_.Sb(verb::post, "/sandbox/v1/events", token,
-                         DumpJson(Json{{"type", "agent.llm"}, {"data", {{"step", 1}, {"text", kHostileResult}}}}));
+    auto ev = server_.Sb(
+        verb::post, "/sandbox/v1/events", token,
+        DumpJson(Json{{"type", "agent.llm"}, {"data", {{"step", 1}, {"text", kHostileResult}}}}));
     EXPECT_EQ(ev.status, 202u) << ev.body;
     auto ev2 = server_.Sb(verb::post, "/sandbox/v1/events", token,
                           DumpJson(Json{{"type", "note"}, {"data", {{"text", kOsc52 + kRlo}}}}));
@@ -164,15 +173,18 @@ TEST_F(CliOutputTest, NothingASandboxWroteReachesTheTerminalAsAControlSequence) 
   // A multi-line result keeps its lines, indented: its second line cannot pass for a field.
   Output show = RunCli(server_, {"show", id});
   EXPECT_EQ(show.out.find("\nstate:     succeeded"), show.out.rfind("\nstate:"))
-      << "only the CLI's own state line starts a line:\n" << show.out;
+      << "only the CLI's own state line starts a line:\n"
+      << show.out;
   EXPECT_NE(show.out.find("\n           state:     succeeded"), std::string::npos) << show.out;
 }
 
 TEST_F(CliOutputTest, JsonOutputIsValidJsonWithTheSameValuesAndNothingATerminalActsOn) {
   const std::string id = HostileSession();
-  for (const std::vector<std::string>& args :
-       {std::vector<std::string>{"show", id, "--json"}, {"kill", id, "--json"}, {"files", "ls", id, "--json"},
-        {"events", id, "--json"}, {"ls", "--json"}}) {
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"show", id, "--json"},
+                                               {"kill", id, "--json"},
+                                               {"files", "ls", id, "--json"},
+                                               {"events", id, "--json"},
+                                               {"ls", "--json"}}) {
     Output o = RunCli(server_, args);
     SCOPED_TRACE(args[0]);
     ASSERT_EQ(o.exit_code, 0) << o.out << o.err;
@@ -187,7 +199,8 @@ TEST_F(CliOutputTest, JsonOutputIsValidJsonWithTheSameValuesAndNothingATerminalA
     const std::string want = args[0] == "files" ? Json(kBidiName).dump(-1, ' ', false)
                              : args[0] == "ls"  ? id
                                                 : Json(kHostileResult).dump(-1, ' ', false);
-    EXPECT_NE(everything.find(want), std::string::npos) << "the JSON values are the sandbox's, unchanged: " << o.out;
+    EXPECT_NE(everything.find(want), std::string::npos)
+        << "the JSON values are the sandbox's, unchanged: " << o.out;
   }
 }
 
@@ -200,19 +213,23 @@ TEST_F(CliOutputTest, AirlockRunShowsTheEventsAndTheFinalResultInert) {
     for (int i = 0; i < 2000 && token.empty(); ++i) {
       {
         std::lock_guard l(server_.backend().mu);
-        if (!server_.backend().specs.empty()) token = server_.backend().specs.begin()->second.token.Reveal();
+        if (!server_.backend().specs.empty())
+          token = server_.backend().specs.begin()->second.token.Reveal();
       }
       if (token.empty()) std::this_thread::sleep_for(5ms);
     }
     ASSERT_FALSE(token.empty()) << "airlock run created no session";
-    auto p = server_.Sb(verb::post, "/sandbox/v1/files/presign", token,
-                        DumpJson(Json{{"name", kBidiName}, {"method", "PUT"}, {"size", kArtifact.size()}}));
+    auto p = server_.Sb(
+        verb::post, "/sandbox/v1/files/presign", token,
+        DumpJson(Json{{"name", kBidiName}, {"method", "PUT"}, {"size", kArtifact.size()}}));
     ASSERT_EQ(p.status, 200u) << p.body;
     std::string url = p.json()["url"];
-    auto up = HttpCall(server_.sb_port(), verb::put, url.substr(url.find("/sandbox/v1/files/")), "", kArtifact);
+    auto up = HttpCall(server_.sb_port(), verb::put, url.substr(url.find("/sandbox/v1/files/")), "",
+                       kArtifact);
     EXPECT_EQ(up.status, 201u) << up.body;
-    server_.Sb(verb::post, "/sandbox/v1/events", token, DumpJson(Json{{"type", "agent.llm"},
-                                                                      {"data", {{"step", 1}, {"text", kHostileResult}}}}));
+    server_.Sb(
+        verb::post, "/sandbox/v1/events", token,
+        DumpJson(Json{{"type", "agent.llm"}, {"data", {{"step", 1}, {"text", kHostileResult}}}}));
     auto fin = server_.Sb(verb::post, "/sandbox/v1/finish", token,
                           DumpJson(Json{{"status", "succeeded"}, {"result", kHostileResult}}));
     EXPECT_EQ(fin.status, 200u) << fin.body;
@@ -223,8 +240,10 @@ TEST_F(CliOutputTest, AirlockRunShowsTheEventsAndTheFinalResultInert) {
   EXPECT_TRUE(IsInert(o.out));
   EXPECT_TRUE(IsInert(o.err));
   EXPECT_NE(o.out.find("result: done\\u001b]0;PWNED-TITLE\\u0007"), std::string::npos) << o.out;
-  EXPECT_NE(o.out.find("\\u202etxt.exe\\u2066\n  state:     succeeded"), std::string::npos) << o.out;
-  EXPECT_NE(o.out.find(fmt::format("artifact: {}/invoice\\u202efdp.exe ({} bytes)", dir, kArtifact.size())),
+  EXPECT_NE(o.out.find("\\u202etxt.exe\\u2066\n  state:     succeeded"), std::string::npos)
+      << o.out;
+  EXPECT_NE(o.out.find(fmt::format("artifact: {}/invoice\\u202efdp.exe ({} bytes)", dir,
+                                   kArtifact.size())),
             std::string::npos)
       << o.out;
   // The artifact itself is on disk byte for byte: only what is printed is made inert.

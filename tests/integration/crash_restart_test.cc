@@ -24,8 +24,10 @@ TEST(CrashRestartTest, NothingAcknowledgedIsLostAcrossKill9AndTheSandboxIsReatta
   server.Start();
   std::string tokfile = home + "/token-seen-by-agent";
   Json create = {{"task", "survive"},
-                 {"command", {"sh", "-c", "ls -l /proc/$$/fd > " + tokfile + ".fds; printf %s \"$SESSION_TOKEN\" > " + tokfile +
-                                      "; exec sleep 600"}}};
+                 {"command",
+                  {"sh", "-c",
+                   "ls -l /proc/$$/fd > " + tokfile + ".fds; printf %s \"$SESSION_TOKEN\" > " +
+                       tokfile + "; exec sleep 600"}}};
   auto created = server.Op(verb::post, "/v1/sessions", DumpJson(create));
   ASSERT_EQ(created.status, 201u) << created.body;
   std::string id = created.json()["id"];
@@ -50,9 +52,11 @@ TEST(CrashRestartTest, NothingAcknowledgedIsLostAcrossKill9AndTheSandboxIsReatta
     for (int i = 0; !stop; ++i) {
       try {
         std::string content = "msg-" + std::to_string(i);
-        auto m = server.Op(verb::post, "/v1/sessions/" + id + "/messages", DumpJson(Json{{"content", content}}));
+        auto m = server.Op(verb::post, "/v1/sessions/" + id + "/messages",
+                           DumpJson(Json{{"content", content}}));
         if (m.status == 202) acked_messages.push_back(content);
-        auto e = server.Sb(verb::post, "/sandbox/v1/events", token, DumpJson(Json{{"type", "tick"}, {"data", {{"i", i}}}}));
+        auto e = server.Sb(verb::post, "/sandbox/v1/events", token,
+                           DumpJson(Json{{"type", "tick"}, {"data", {{"i", i}}}}));
         if (e.status == 202) acked_events.push_back(e.json()["seq"]);
       } catch (const std::exception&) {
         break;  // the server is gone
@@ -73,12 +77,14 @@ TEST(CrashRestartTest, NothingAcknowledgedIsLostAcrossKill9AndTheSandboxIsReatta
   std::set<std::string> stored;
   Json msgs_json = msgs.json();
   for (const auto& m : msgs_json["pending"]) stored.insert(m["content"].get<std::string>());
-  for (const auto& a : acked_messages) ASSERT_TRUE(stored.count(a)) << "lost message " << a << " in " << msgs.body.substr(0, 400);
+  for (const auto& a : acked_messages)
+    ASSERT_TRUE(stored.count(a)) << "lost message " << a << " in " << msgs.body.substr(0, 400);
   // Page through every event (the JSON listing returns at most 1,000 per request).
   std::set<int64_t> seqs;
   for (int64_t after = 0;;) {
-    auto page = server.Op(verb::get, "/v1/sessions/" + id + "/events?after=" + std::to_string(after), "",
-                          {{"Accept", "application/json"}});
+    auto page =
+        server.Op(verb::get, "/v1/sessions/" + id + "/events?after=" + std::to_string(after), "",
+                  {{"Accept", "application/json"}});
     ASSERT_EQ(page.status, 200u) << page.body;
     responses.push_back(page.body);
     Json evs = page.json();
@@ -134,8 +140,10 @@ TEST(CrashRestartTest, SigtermDrainsAndExitsCleanly) {
 
 TEST(CrashRestartTest, ConfigWithUnknownKeysIsRefusedByName) {
   std::string home = MakeTempDir();
-  std::ofstream(home + "/bad.toml") << "[server]\noperator_listen = \"127.0.0.1:1\"\nbogus_key = 1\n[nope]\n";
-  std::string cmd = std::string(AIRLOCK_BIN) + " serve --home " + home + " --config " + home + "/bad.toml 2>&1";
+  std::ofstream(home + "/bad.toml")
+      << "[server]\noperator_listen = \"127.0.0.1:1\"\nbogus_key = 1\n[nope]\n";
+  std::string cmd =
+      std::string(AIRLOCK_BIN) + " serve --home " + home + " --config " + home + "/bad.toml 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   std::string out;
   char buf[512];

@@ -33,8 +33,8 @@ struct S3Reply {
 
 // The sandbox's side: sends `method` to `url` (plain HTTP) with exactly `headers` and `body`,
 // as a presigned URL's answer says, over a new connection.
-S3Reply S3Call(verb method, const std::string& url, const std::map<std::string, std::string>& headers,
-               const std::string& body = "") {
+S3Reply S3Call(verb method, const std::string& url,
+               const std::map<std::string, std::string>& headers, const std::string& body = "") {
   S3Reply r;
   const std::string scheme = "http://";
   EXPECT_THAT(url, StartsWith(scheme));
@@ -48,7 +48,8 @@ S3Reply S3Call(verb method, const std::string& url, const std::map<std::string, 
   beast::tcp_stream stream(io);
   stream.expires_after(std::chrono::seconds(30));
   beast::error_code ec;
-  stream.connect(asio::ip::tcp::endpoint(asio::ip::make_address(authority.substr(0, colon)), port), ec);
+  stream.connect(asio::ip::tcp::endpoint(asio::ip::make_address(authority.substr(0, colon)), port),
+                 ec);
   if (ec) {
     ADD_FAILURE() << "connect " << authority << ": " << ec.message();
     return r;
@@ -57,7 +58,8 @@ S3Reply S3Call(verb method, const std::string& url, const std::map<std::string, 
   req.set(http::field::host, authority);  // signed: exactly the URL's authority
   for (const auto& [k, v] : headers) req.set(k, v);
   if (!body.empty()) req.body() = body;
-  if (req.find(http::field::content_length) == req.end() && method == verb::put) req.prepare_payload();
+  if (req.find(http::field::content_length) == req.end() && method == verb::put)
+    req.prepare_payload();
   http::write(stream, req, ec);
   if (ec) {
     ADD_FAILURE() << "write: " << ec.message();
@@ -137,12 +139,13 @@ TEST_F(FilesS3Test, SandboxUploadsThroughAPresignedUrlAndTheOperatorListsAndDown
   auto [id, token] = server_->NewSession();
   const std::string data = Bytes(5000);
 
-  auto presigned = Presign(token, Json{{"name", "report.bin"}, {"method", "PUT"}, {"size", data.size()}});
+  auto presigned =
+      Presign(token, Json{{"name", "report.bin"}, {"method", "PUT"}, {"size", data.size()}});
   ASSERT_EQ(presigned.status, 200u) << presigned.body;
   Json answer = presigned.json();
   const std::string url = answer["url"];
-  EXPECT_THAT(url, StartsWith("http://127.0.0.1:" + std::to_string(emulator_->port) + "/" + kBucket +
-                              "/sessions/" + id + "/report.bin?"));
+  EXPECT_THAT(url, StartsWith("http://127.0.0.1:" + std::to_string(emulator_->port) + "/" +
+                              kBucket + "/sessions/" + id + "/report.bin?"));
   EXPECT_EQ(answer["method"], "PUT");
   auto headers = Headers(answer["headers"]);
   EXPECT_EQ(headers["Content-Length"], std::to_string(data.size()));
@@ -225,7 +228,8 @@ TEST_F(FilesS3Test, APresignAnswerCarriesTheKeyIdButNeverTheSecret) {
     rest.erase(at, credential.size());
     EXPECT_EQ(rest.find(kS3rverSecret), std::string::npos) << method << ": " << r.body;
     if (std::string(method) == "PUT") {
-      EXPECT_EQ(S3Call(verb::put, r.json()["url"], Headers(r.json()["headers"]), "abc").status, 200u);
+      EXPECT_EQ(S3Call(verb::put, r.json()["url"], Headers(r.json()["headers"]), "abc").status,
+                200u);
     }
   }
 }
@@ -262,7 +266,8 @@ TEST_F(FilesS3Test, UrlsOfASessionWithATimeoutExpireByItsEnd) {
   auto [open_id, open_token] = server_->NewSession();
   auto r = Presign(open_token, Json{{"name", "r.txt"}, {"method", "GET"}, {"expires_s", 3600}});
   ASSERT_EQ(r.status, 200u) << r.body;
-  EXPECT_NE(r.json()["url"].get<std::string>().find("X-Amz-Expires=3600"), std::string::npos) << r.body;
+  EXPECT_NE(r.json()["url"].get<std::string>().find("X-Amz-Expires=3600"), std::string::npos)
+      << r.body;
 }
 
 }  // namespace

@@ -33,7 +33,8 @@ class FilesTest : public ::testing::Test {
     return url.substr(p);
   }
 
-  std::string PutUrl(const std::string& token, const std::string& name, std::optional<int64_t> size = {}) {
+  std::string PutUrl(const std::string& token, const std::string& name,
+                     std::optional<int64_t> size = {}) {
     Json body{{"name", name}, {"method", "PUT"}};
     if (size) body["size"] = *size;
     auto r = Presign(token, body);
@@ -61,7 +62,9 @@ class FilesTest : public ::testing::Test {
 std::string WithParam(std::string target, const std::string& key, const std::string& value) {
   size_t at = target.find(key + "=");
   size_t end = target.find('&', at);
-  return target.replace(at + key.size() + 1, (end == std::string::npos ? target.size() : end) - at - key.size() - 1, value);
+  return target.replace(at + key.size() + 1,
+                        (end == std::string::npos ? target.size() : end) - at - key.size() - 1,
+                        value);
 }
 
 TEST_F(FilesTest, UploadListDownloadWithPresignedUrls) {
@@ -70,7 +73,8 @@ TEST_F(FilesTest, UploadListDownloadWithPresignedUrls) {
   ASSERT_EQ(answer.status, 200u) << answer.body;
   Json j = answer.json();
   EXPECT_EQ(j["method"], "PUT");
-  EXPECT_TRUE(j["url"].get<std::string>().starts_with("http://127.0.0.1")) << "the Host the sandbox used";
+  EXPECT_TRUE(j["url"].get<std::string>().starts_with("http://127.0.0.1"))
+      << "the Host the sandbox used";
   EXPECT_TRUE(j["headers"].is_object());
   EXPECT_FALSE(j["expires_at"].get<std::string>().empty());
   auto up = Put(Target(j["url"]), "hello world");
@@ -102,7 +106,8 @@ TEST_F(FilesTest, UploadListDownloadWithPresignedUrls) {
   EXPECT_EQ(tail.body, "world");
   EXPECT_EQ(Get(GetUrl(token, "report.md"), {{"Range", "bytes=50-60"}}).status, 416u);
   // Events tell the operator what happened.
-  auto events = server_->Op(verb::get, "/v1/sessions/" + id + "/events", "", {{"Accept", "application/json"}});
+  auto events = server_->Op(verb::get, "/v1/sessions/" + id + "/events", "",
+                            {{"Accept", "application/json"}});
   EXPECT_NE(events.body.find("file.uploaded"), std::string::npos);
 }
 
@@ -121,7 +126,8 @@ TEST_F(FilesTest, TamperedUrlsAreRefusedWithTheJsonError) {
       {"expiry", WithParam(get, "expires", "99999999999")},
       {"size", WithParam(put, "max", "999999999")},
       {"key id", WithParam(get, "kid", "00000000")},
-      {"name", [&] {
+      {"name",
+       [&] {
          std::string t = get;
          t.replace(t.find("a.txt"), 5, "b.txt");
          return t;
@@ -148,7 +154,8 @@ TEST_F(FilesTest, ExpiredUrlsAreRefused) {
   auto late = Put(put, "x");
   EXPECT_EQ(late.status, 403u);
   EXPECT_NE(late.body.find("expired"), std::string::npos);
-  EXPECT_EQ(Presign(token, Json{{"name", "x"}, {"method", "GET"}, {"expires_s", 999999}}).status, 400u)
+  EXPECT_EQ(Presign(token, Json{{"name", "x"}, {"method", "GET"}, {"expires_s", 999999}}).status,
+            400u)
       << "beyond files.max_expiry_s";
 }
 
@@ -177,12 +184,16 @@ TEST_F(FilesTest, BadNamesAndBodiesAreRefused) {
   EXPECT_EQ(Presign(token, Json{{"name", "a"}, {"method", "DELETE"}}).status, 400u);
   EXPECT_EQ(Presign(token, Json{{"name", "a"}, {"method", "PUT"}, {"size", -1}}).status, 413u);
   EXPECT_EQ(Presign(token, Json{{"name", "a"}, {"method", "PUT"}, {"bucket", "x"}}).status, 400u);
-  EXPECT_EQ(server_->Sb(verb::post, "/sandbox/v1/files/presign", "", R"({"name":"a","method":"PUT"})").status, 401u);
+  EXPECT_EQ(
+      server_->Sb(verb::post, "/sandbox/v1/files/presign", "", R"({"name":"a","method":"PUT"})")
+          .status,
+      401u);
   // Percent-encoded names arrive intact.
   std::string put = PutUrl(token, "my report (1).txt", 2);
   EXPECT_NE(put.find("%20"), std::string::npos);
   EXPECT_EQ(Put(put, "ok").status, 201u);
-  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + id + "/files").json()["files"][0]["name"], "my report (1).txt");
+  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + id + "/files").json()["files"][0]["name"],
+            "my report (1).txt");
 }
 
 TEST_F(FilesTest, AnUploadLargerThanSignedIsCutOffAndLeavesNothing) {
@@ -198,7 +209,8 @@ TEST_F(FilesTest, AnInterruptedUploadLeavesNothingPartial) {
   std::string put = PutUrl(token, "half.bin");
   int fd = RawConnect(server_->sb_port());
   ASSERT_GE(fd, 0);
-  std::string head = "PUT " + put + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n";
+  std::string head =
+      "PUT " + put + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n";
   ASSERT_TRUE(WriteAll(fd, head + std::string(300000, 'x')));
   std::this_thread::sleep_for(200ms);
   ::close(fd);
@@ -231,7 +243,9 @@ TEST_F(FilesTest, UploadsAreStreamedNotBuffered) {
 TEST_F(FilesTest, AHostileFileNameCannotShapeTheDownloadsContentDisposition) {
   auto [id, token] = server_->NewSession();
   const std::string hostile = "report\"; filename*=UTF-8''evil.html; x=\"";
-  const std::string bidi = "r\xc3\xa9sum\xc3\xa9 \xe2\x80\xae" "fdp.exe";  // accents and U+202E
+  const std::string bidi =
+      "r\xc3\xa9sum\xc3\xa9 \xe2\x80\xae"
+      "fdp.exe";  // accents and U+202E
   for (const std::string& name : {hostile, bidi}) {
     ASSERT_EQ(Put(PutUrl(token, name, 2), "ok").status, 201u) << name;
   }
@@ -271,11 +285,14 @@ TEST_F(FilesTest, AHostileFileNameCannotShapeTheDownloadsContentDisposition) {
 }
 
 TEST(ContentDisposition, EscapesQuotesAndBackslashesAndReplacesWhatIsNotPrintableAscii) {
-  EXPECT_EQ(controlplane::ContentDisposition("a.txt"), "attachment; filename=\"a.txt\"; filename*=UTF-8''a.txt");
+  EXPECT_EQ(controlplane::ContentDisposition("a.txt"),
+            "attachment; filename=\"a.txt\"; filename*=UTF-8''a.txt");
   EXPECT_EQ(controlplane::ContentDisposition("a\"b\\c"),
             "attachment; filename=\"a\\\"b\\\\c\"; filename*=UTF-8''a%22b%5Cc");
-  EXPECT_EQ(controlplane::ContentDisposition("x\r\ny\x7f%"), "attachment; filename=\"x__y__\"; filename*=UTF-8''x%0D%0Ay%7F%25");
-  EXPECT_EQ(controlplane::ContentDisposition("\xe2\x80\xae" "a\xc2\x9b"),
+  EXPECT_EQ(controlplane::ContentDisposition("x\r\ny\x7f%"),
+            "attachment; filename=\"x__y__\"; filename*=UTF-8''x%0D%0Ay%7F%25");
+  EXPECT_EQ(controlplane::ContentDisposition("\xe2\x80\xae"
+                                             "a\xc2\x9b"),
             "attachment; filename=\"_a_\"; filename*=UTF-8''%E2%80%AEa%C2%9B");
 }
 
@@ -287,13 +304,15 @@ TEST_F(FilesTest, ASignedGetUrlIsRevokedWhenItsSessionEnds) {
   auto [other, other_token] = server_->NewSession();
   ASSERT_EQ(Put(PutUrl(token, "report.txt", 5), "hello").status, 201u);
   ASSERT_EQ(Put(PutUrl(other_token, "mine.txt", 4), "mine").status, 201u);
-  auto presigned = Presign(token, Json{{"name", "report.txt"}, {"method", "GET"}, {"expires_s", 3600}});
+  auto presigned =
+      Presign(token, Json{{"name", "report.txt"}, {"method", "GET"}, {"expires_s", 3600}});
   ASSERT_EQ(presigned.status, 200u) << presigned.body;
   const std::string url = Target(presigned.json()["url"]);
   const std::string other_url = GetUrl(other_token, "mine.txt");
   ASSERT_EQ(Get(url).status, 200u);
 
-  auto fin = server_->Sb(verb::post, "/sandbox/v1/finish", token, R"({"status":"succeeded","result":"done"})");
+  auto fin = server_->Sb(verb::post, "/sandbox/v1/finish", token,
+                         R"({"status":"succeeded","result":"done"})");
   ASSERT_EQ(fin.status, 200u) << fin.body;
   auto after = Get(url);
   EXPECT_EQ(after.status, 410u) << after.body;
@@ -313,7 +332,8 @@ TEST_F(FilesTest, ASignedGetUrlIsRevokedWhenItsSessionEnds) {
 
 class LongLivedGetUrlsFilesTest : public FilesTest {
  protected:
-  LongLivedGetUrlsFilesTest() : FilesTest([](controlplane::Config& c) { c.files.get_urls_outlive_session = true; }) {}
+  LongLivedGetUrlsFilesTest()
+      : FilesTest([](controlplane::Config& c) { c.files.get_urls_outlive_session = true; }) {}
 };
 
 TEST_F(LongLivedGetUrlsFilesTest, AnOperatorCanLetGetUrlsOutliveTheSession) {
@@ -321,7 +341,9 @@ TEST_F(LongLivedGetUrlsFilesTest, AnOperatorCanLetGetUrlsOutliveTheSession) {
   ASSERT_EQ(Put(PutUrl(token, "report.txt", 5), "hello").status, 201u);
   const std::string get = GetUrl(token, "report.txt");
   const std::string put = PutUrl(token, "late.txt", 1);
-  ASSERT_EQ(server_->Sb(verb::post, "/sandbox/v1/finish", token, R"({"status":"succeeded"})").status, 200u);
+  ASSERT_EQ(
+      server_->Sb(verb::post, "/sandbox/v1/finish", token, R"({"status":"succeeded"})").status,
+      200u);
   auto after = Get(get);
   EXPECT_EQ(after.status, 200u) << after.body;
   EXPECT_EQ(after.body, "hello");
@@ -330,7 +352,8 @@ TEST_F(LongLivedGetUrlsFilesTest, AnOperatorCanLetGetUrlsOutliveTheSession) {
 
 class SmallQuotaFilesTest : public FilesTest {
  protected:
-  SmallQuotaFilesTest() : FilesTest([](controlplane::Config& c) { c.files.session_quota_mb = 1; }) {}
+  SmallQuotaFilesTest()
+      : FilesTest([](controlplane::Config& c) { c.files.session_quota_mb = 1; }) {}
 };
 
 TEST_F(SmallQuotaFilesTest, TheSessionQuotaIsEnforced) {

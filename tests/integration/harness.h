@@ -69,12 +69,14 @@ class TestBackend : public sandbox::Backend {
     sandbox::SandboxStatus st;
     auto it = s_->state.find(h);
     st.state = it == s_->state.end() || it->second == "destroyed" ? sandbox::SandboxState::kMissing
-               : it->second == "paused"                             ? sandbox::SandboxState::kPaused
-                                                                    : sandbox::SandboxState::kRunning;
+               : it->second == "paused"                           ? sandbox::SandboxState::kPaused
+                                                                  : sandbox::SandboxState::kRunning;
     return st;
   }
   Result<sandbox::SandboxStatus> Reattach(const std::string& h) override { return Inspect(h); }
-  Result<std::string> Logs(const std::string&, int64_t, size_t) override { return std::string("test log\n"); }
+  Result<std::string> Logs(const std::string&, int64_t, size_t) override {
+    return std::string("test log\n");
+  }
 
  private:
   Status Set(const std::string& h, const char* st) {
@@ -208,7 +210,8 @@ bool WaitForMetric(TestServer& server, const std::string& needle, int timeout_ms
 class TestServer {
  public:
   explicit TestServer(std::function<void(controlplane::Config&)> tweak = {}, std::string home = "")
-      : home_(home.empty() ? MakeTempDir() : home), backend_(std::make_shared<TestBackend::Shared>()) {
+      : home_(home.empty() ? MakeTempDir() : home),
+        backend_(std::make_shared<TestBackend::Shared>()) {
     RaiseFdLimit();
     controlplane::Config c = *controlplane::ParseConfig("", home_);
     c.operator_listen = {"127.0.0.1", 0};
@@ -223,7 +226,8 @@ class TestServer {
     if (!st) throw std::runtime_error("store: " + st.error().message);
     auto backends = std::make_unique<sandbox::BackendRegistry>();
     backends->Register(std::make_unique<TestBackend>(backend_));
-    cp_ = std::make_unique<controlplane::ControlPlane>(std::move(c), io_, std::move(*st), std::move(backends));
+    cp_ = std::make_unique<controlplane::ControlPlane>(std::move(c), io_, std::move(*st),
+                                                       std::move(backends));
     auto started = cp_->Start();
     if (!started) throw std::runtime_error("start: " + started.error().message);
     std::ifstream f(home_ + "/operator.key");
@@ -250,15 +254,16 @@ class TestServer {
                 std::map<std::string, std::string> headers = {}) {
     return HttpCall(op_port(), m, target, operator_key_, body, std::move(headers));
   }
-  HttpResult Sb(http::verb m, const std::string& target, const std::string& token, const std::string& body = "",
-                std::map<std::string, std::string> headers = {}) {
+  HttpResult Sb(http::verb m, const std::string& target, const std::string& token,
+                const std::string& body = "", std::map<std::string, std::string> headers = {}) {
     return HttpCall(sb_port(), m, target, token, body, std::move(headers));
   }
 
   // Creates a session and returns {id, token}.
   std::pair<std::string, std::string> NewSession(const std::string& task = "do the thing") {
     auto r = Op(http::verb::post, "/v1/sessions", DumpJson(Json{{"task", task}}));
-    if (r.status != 201) throw std::runtime_error("create session: " + std::to_string(r.status) + " " + r.body);
+    if (r.status != 201)
+      throw std::runtime_error("create session: " + std::to_string(r.status) + " " + r.body);
     std::string id = r.json()["id"];
     std::lock_guard l(backend_->mu);
     return {id, backend_->specs.at(id).token.Reveal()};

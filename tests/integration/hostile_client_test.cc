@@ -21,8 +21,9 @@ class HostileClientTest : public ::testing::Test {
 };
 
 TEST_F(HostileClientTest, MalformedJsonGets400WithJsonError) {
-  for (const std::string& body : {std::string("{"), std::string("{\"task\":}"), std::string("\xff\xfe"),
-                                  std::string("null"), std::string("{\"task\":\"a\"} trailing")}) {
+  for (const std::string& body :
+       {std::string("{"), std::string("{\"task\":}"), std::string("\xff\xfe"), std::string("null"),
+        std::string("{\"task\":\"a\"} trailing")}) {
     auto r = server_.Op(verb::post, "/v1/sessions", body);
     EXPECT_EQ(r.status, 400u) << body;
     EXPECT_EQ(r.error_code(), "invalid_argument") << r.body;
@@ -30,7 +31,8 @@ TEST_F(HostileClientTest, MalformedJsonGets400WithJsonError) {
 }
 
 TEST_F(HostileClientTest, DeeplyNestedJsonIsRefusedNotRecursed) {
-  std::string deep = "{\"task\":\"x\",\"metadata\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  std::string deep =
+      "{\"task\":\"x\",\"metadata\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
   auto r = server_.Op(verb::post, "/v1/sessions", deep.substr(0, 60000));
   EXPECT_EQ(r.status, 400u);
   EXPECT_NE(r.body.find("nested"), std::string::npos);
@@ -57,7 +59,8 @@ TEST_F(HostileClientTest, OversizedBodyIsRefusedBeforeItIsRead) {
 }
 
 TEST_F(HostileClientTest, OversizedHeadersGet431) {
-  auto r = HttpCall(server_.op_port(), verb::get, "/healthz", "", "", {{"X-Big", std::string(8000, 'h')}});
+  auto r = HttpCall(server_.op_port(), verb::get, "/healthz", "", "",
+                    {{"X-Big", std::string(8000, 'h')}});
   EXPECT_EQ(r.status, 431u);
   EXPECT_EQ(r.error_code(), "headers_too_large");
 }
@@ -140,7 +143,8 @@ TEST_F(HostileClientTest, KeepAliveServesManyRequestsOnOneConnection) {
   }
   // Pipelined.
   std::string two =
-      "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+      "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: "
+      "close\r\n\r\n";
   WriteAll(fd, two);
   // Both responses, in order, possibly in one segment; then the server closes.
   std::string both = ReadUntilClose(fd);
@@ -190,7 +194,8 @@ TEST(LongPollScaleTest, AThousandConcurrentLongPollsAreEachWokenWithTheirOwnMess
   for (const auto& [id, token] : sessions) {
     int fd = RawConnect(server.sb_port());
     ASSERT_GE(fd, 0);
-    WriteAll(fd, "GET /sandbox/v1/inbox?wait=60 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + "\r\n\r\n");
+    WriteAll(fd, "GET /sandbox/v1/inbox?wait=60 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                     token + "\r\n\r\n");
     fds.push_back(fd);
   }
   ASSERT_TRUE(WaitForMetric(server, "airlock_inbox_waiting " + std::to_string(kSessions)));
@@ -238,8 +243,8 @@ TEST_F(HostileClientTest, SseStreamsLiveEventsAndReplaysAfterReconnect) {
   auto [id, token] = server_.NewSession();
   auto open_stream = [&](const std::string& extra) {
     int fd = RawConnect(server_.op_port());
-    WriteAll(fd, "GET /v1/sessions/" + id + "/events" + extra + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
-                     server_.key() + "\r\n\r\n");
+    WriteAll(fd, "GET /v1/sessions/" + id + "/events" + extra +
+                     " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + server_.key() + "\r\n\r\n");
     return fd;
   };
   int fd = open_stream("");
@@ -247,13 +252,17 @@ TEST_F(HostileClientTest, SseStreamsLiveEventsAndReplaysAfterReconnect) {
   auto first = ReadSse(fd, 2);
   ASSERT_EQ(first.size(), 2u);
   EXPECT_EQ(first[0]["type"], "session.created");
-  for (int i = 0; i < 3; ++i) server_.Sb(verb::post, "/sandbox/v1/events", token, DumpJson(Json{{"type", "step"}, {"data", {{"i", i}}}}));
+  for (int i = 0; i < 3; ++i)
+    server_.Sb(verb::post, "/sandbox/v1/events", token,
+               DumpJson(Json{{"type", "step"}, {"data", {{"i", i}}}}));
   auto live = ReadSse(fd, 3);
   ASSERT_EQ(live.size(), 3u);
   EXPECT_EQ(live[2]["data"]["i"], 2);
   int64_t last_seen = live[1]["seq"];  // pretend the last one was lost with the connection
   ::close(fd);
-  for (int i = 3; i < 6; ++i) server_.Sb(verb::post, "/sandbox/v1/events", token, DumpJson(Json{{"type", "step"}, {"data", {{"i", i}}}}));
+  for (int i = 3; i < 6; ++i)
+    server_.Sb(verb::post, "/sandbox/v1/events", token,
+               DumpJson(Json{{"type", "step"}, {"data", {{"i", i}}}}));
   int fd2 = open_stream("?after=" + std::to_string(last_seen));
   auto replay = ReadSse(fd2, 4);
   ASSERT_EQ(replay.size(), 4u);
@@ -272,11 +281,14 @@ TEST_F(HostileClientTest, SseStreamsLiveEventsAndReplaysAfterReconnect) {
 TEST_F(HostileClientTest, SseHonoursLastEventId) {
   auto [id, token] = server_.NewSession();
   server_.Sb(verb::post, "/sandbox/v1/finish", token, R"({"status":"failed"})");
-  auto all = server_.Op(verb::get, "/v1/sessions/" + id + "/events", "", {{"Accept", "application/json"}}).json();
+  auto all =
+      server_.Op(verb::get, "/v1/sessions/" + id + "/events", "", {{"Accept", "application/json"}})
+          .json();
   ASSERT_GE(all.size(), 3u);
   int fd = RawConnect(server_.op_port());
   WriteAll(fd, "GET /v1/sessions/" + id + "/events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: " +
-                   std::to_string(all.size() - 1) + "\r\nAuthorization: Bearer " + server_.key() + "\r\n\r\n");
+                   std::to_string(all.size() - 1) + "\r\nAuthorization: Bearer " + server_.key() +
+                   "\r\n\r\n");
   auto evs = ReadSse(fd, 10);
   ::close(fd);
   ASSERT_EQ(evs.size(), 1u);
@@ -288,7 +300,8 @@ TEST(DrainTest, ShutdownAnswersParkedLongPollsAndClosesIdleConnections) {
   auto [id, token] = server.NewSession();
   server.Sb(verb::get, "/sandbox/v1/inbox", token);
   int poll = RawConnect(server.sb_port());
-  WriteAll(poll, "GET /sandbox/v1/inbox?wait=60 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + "\r\n\r\n");
+  WriteAll(poll, "GET /sandbox/v1/inbox?wait=60 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                     token + "\r\n\r\n");
   int idle = RawConnect(server.op_port());
   ASSERT_TRUE(WaitForMetric(server, "airlock_inbox_waiting 1"));
   server.Stop();

@@ -39,7 +39,7 @@ int64_t DatabaseBytes(const std::string& home) {
 // only way to make a session look as if it ended weeks ago).
 void RawExec(const std::string& home, const std::string& sql) {
   sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(( home + "/airlock.db").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_open((home + "/airlock.db").c_str(), &db), SQLITE_OK);
   sqlite3_busy_timeout(db, 10000);
   char* err = nullptr;
   EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
@@ -48,7 +48,8 @@ void RawExec(const std::string& home, const std::string& sql) {
 }
 
 Json Events(TestServer& s, const std::string& id) {
-  auto r = s.Op(verb::get, "/v1/sessions/" + id + "/events?limit=10000", "", {{"Accept", "application/json"}});
+  auto r = s.Op(verb::get, "/v1/sessions/" + id + "/events?limit=10000", "",
+                {{"Accept", "application/json"}});
   EXPECT_EQ(r.status, 200u) << r.body;
   return r.json();
 }
@@ -109,9 +110,11 @@ TEST(EventFloodTest, PastTheQuotaA64KiBFloodGets413OneNoticeAndTheDatabaseStaysB
   // Exactly as many as fit: the session's events take at most 1 MiB, and one more would not fit.
   int64_t stored = 0;
   for (const auto& e : events) {
-    if (e["type"] != "session.quota_exceeded") stored += std::string(e["type"]).size() + DumpJson(e["data"]).size();
+    if (e["type"] != "session.quota_exceeded")
+      stored += std::string(e["type"]).size() + DumpJson(e["data"]).size();
   }
-  const int64_t one = static_cast<int64_t>(std::string("flood").size() + DumpJson(Json{{"pad", std::string(60 << 10, 'x')}}).size());
+  const int64_t one = static_cast<int64_t>(
+      std::string("flood").size() + DumpJson(Json{{"pad", std::string(60 << 10, 'x')}}).size());
   EXPECT_LE(stored, 1 << 20);
   EXPECT_GT(stored + one, 1 << 20);
   EXPECT_GT(accepted, 10);
@@ -127,7 +130,8 @@ TEST(EventFloodTest, PastTheQuotaA64KiBFloodGets413OneNoticeAndTheDatabaseStaysB
   EXPECT_EQ(other.status, 202u) << other.body;
   // About 1 MiB of events (and its WAL); without the quota this is 60 MiB.
   EXPECT_LT(DatabaseBytes(server.home()) - before, 16 << 20);
-  EXPECT_TRUE(WaitForMetric(server, "airlock_event_refusals_total{reason=\"quota\"} " + std::to_string(refused)));
+  EXPECT_TRUE(WaitForMetric(
+      server, "airlock_event_refusals_total{reason=\"quota\"} " + std::to_string(refused)));
 }
 
 TEST(EventFloodTest, EventCountQuotaIsExactUnderConcurrentPosts) {
@@ -176,20 +180,24 @@ class RetentionTest : public ::testing::Test {
   Sess Populate(TestServer& server, const std::string& tag) {
     auto [id, token] = server.NewSession("task of " + tag);
     for (int i = 0; i < 10; ++i) {
-      EXPECT_EQ(server.Sb(verb::post, "/sandbox/v1/events", token, Event("work", 1000)).status, 202u);
+      EXPECT_EQ(server.Sb(verb::post, "/sandbox/v1/events", token, Event("work", 1000)).status,
+                202u);
     }
     auto presign = server.Sb(verb::post, "/sandbox/v1/files/presign", token,
                              DumpJson(Json{{"name", "out.txt"}, {"method", "PUT"}, {"size", 5}}));
     EXPECT_EQ(presign.status, 200u) << presign.body;
     std::string url = presign.json()["url"];
-    auto put = HttpCall(server.sb_port(), verb::put, url.substr(url.find("/sandbox/v1/files/")), "", "hello");
+    auto put = HttpCall(server.sb_port(), verb::put, url.substr(url.find("/sandbox/v1/files/")), "",
+                        "hello");
     EXPECT_EQ(put.status, 201u) << put.body;
     // The test backend writes no log; the OCI backend keeps it here.
     std::ofstream(server.home() + "/sessions/" + id + "/sandbox.log") << "the agent's output\n";
     return {id, token};
   }
 
-  void End(TestServer& server, const Sess& s) { ASSERT_EQ(server.Op(verb::delete_, "/v1/sessions/" + s.id).status, 200u); }
+  void End(TestServer& server, const Sess& s) {
+    ASSERT_EQ(server.Op(verb::delete_, "/v1/sessions/" + s.id).status, 200u);
+  }
 
   // Makes `s` look as if it ended `days` ago.
   void Age(TestServer& server, const Sess& s, int days) {
@@ -201,8 +209,9 @@ class RetentionTest : public ::testing::Test {
     Json events = Events(server, s.id);
     auto msgs = server.Op(verb::get, "/v1/sessions/" + s.id + "/messages").json();
     auto files = server.Op(verb::get, "/v1/sessions/" + s.id + "/files").json();
-    return CountType(events, "work") == 10 && msgs["messages"].size() + msgs["pending"].size() > 0 &&
-           files["files"].size() == 1 && fs::exists(server.home() + "/files/" + s.id + "/out.txt") &&
+    return CountType(events, "work") == 10 &&
+           msgs["messages"].size() + msgs["pending"].size() > 0 && files["files"].size() == 1 &&
+           fs::exists(server.home() + "/files/" + s.id + "/out.txt") &&
            fs::exists(server.home() + "/sessions/" + s.id + "/sandbox.log") &&
            fs::exists(server.home() + "/run/" + s.id);
   }
@@ -212,14 +221,15 @@ class RetentionTest : public ::testing::Test {
     auto files = server.Op(verb::get, "/v1/sessions/" + s.id + "/files").json();
     return Events(server, s.id).empty() && msgs["messages"].empty() && msgs["pending"].empty() &&
            files["files"].empty() && !fs::exists(server.home() + "/files/" + s.id) &&
-           !fs::exists(server.home() + "/sessions/" + s.id) && !fs::exists(server.home() + "/run/" + s.id);
+           !fs::exists(server.home() + "/sessions/" + s.id) &&
+           !fs::exists(server.home() + "/run/" + s.id);
   }
 };
 
 // Runs the real CLI against the server; returns {exit code, stdout+stderr}.
 std::pair<int, std::string> RunCli(TestServer& server, const std::string& args) {
-  std::string cmd = fmt::format("AIRLOCK_OPERATOR_KEY={} {} gc --url http://127.0.0.1:{} {} 2>&1", server.key(),
-                                AIRLOCK_BIN, server.op_port(), args);
+  std::string cmd = fmt::format("AIRLOCK_OPERATOR_KEY={} {} gc --url http://127.0.0.1:{} {} 2>&1",
+                                server.key(), AIRLOCK_BIN, server.op_port(), args);
   FILE* p = ::popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];
@@ -238,12 +248,14 @@ TEST_F(RetentionTest, GcDeletesOnlyWhatEndedLongAgoAndDryRunDeletesNothing) {
   Age(server, old_s, 40);
   Age(server, recent, 2);
   ASSERT_TRUE(Intact(server, old_s));
-  const std::string expect = fmt::format("contents of 1 ended session(s): {} events", Events(server, old_s.id).size());
+  const std::string expect =
+      fmt::format("contents of 1 ended session(s): {} events", Events(server, old_s.id).size());
 
   // No policy configured and no age given: refused, nothing deleted.
   auto none = server.Op(verb::post, "/v1/admin/gc", "{}");
   EXPECT_EQ(none.status, 400u) << none.body;
-  auto unauth = HttpCall(server.op_port(), verb::post, "/v1/admin/gc", "", R"({"older_than":"1s"})");
+  auto unauth =
+      HttpCall(server.op_port(), verb::post, "/v1/admin/gc", "", R"({"older_than":"1s"})");
   EXPECT_EQ(unauth.status, 401u);
 
   auto [dry_code, dry_out] = RunCli(server, "--dry-run --older-than 30d");

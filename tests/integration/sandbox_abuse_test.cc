@@ -10,10 +10,13 @@ namespace {
 
 using http::verb;
 
-std::string SocketOf(TestServer& server, const std::string& id) { return server.home() + "/run/" + id + "/control.sock"; }
+std::string SocketOf(TestServer& server, const std::string& id) {
+  return server.home() + "/run/" + id + "/control.sock";
+}
 
 std::string Get(const std::string& path, const std::string& token, std::string_view extra = "") {
-  return "GET " + path + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + "\r\n" + std::string(extra) + "\r\n";
+  return "GET " + path + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + "\r\n" +
+         std::string(extra) + "\r\n";
 }
 
 // True when the peer closed the connection without a byte (a refused connection).
@@ -54,7 +57,10 @@ TEST(SandboxAbuseTest, ASessionSocketHoldsOnlyItsShareOfConnectionsAndOthersAreS
     WriteAll(fd, Get("/sandbox/v1/history", victim_token, "Connection: close\r\n"));
     EXPECT_TRUE(ReadUntilClose(fd).starts_with("HTTP/1.1 200"));
     ::close(fd);
-    EXPECT_EQ(server.Sb(verb::post, "/sandbox/v1/events", victim_token, R"({"type":"work","data":{}})").status, 202u);
+    EXPECT_EQ(
+        server.Sb(verb::post, "/sandbox/v1/events", victim_token, R"({"type":"work","data":{}})")
+            .status,
+        202u);
     EXPECT_EQ(server.Op(verb::get, "/v1/sessions/" + victim).status, 200u);
   }
   // The attacker's own connections still work: the cap refuses, it does not break.
@@ -97,7 +103,9 @@ TEST(SandboxAbuseTest, ATokenOverTcpHoldsOnlyItsShareOfConnections) {
 }
 
 TEST(SandboxAbuseTest, AConnectionThatSendsNothingIsCutAtTheFirstByteTimeout) {
-  TestServer server([](controlplane::Config& c) { c.limits.first_byte_timeout = std::chrono::milliseconds(300); });
+  TestServer server([](controlplane::Config& c) {
+    c.limits.first_byte_timeout = std::chrono::milliseconds(300);
+  });
   auto [id, token] = server.NewSession();
   int unix_fd = RawConnectUnix(SocketOf(server, id));
   int tcp_fd = RawConnect(server.sb_port());
@@ -118,12 +126,16 @@ TEST(SandboxAbuseTest, ABodyIsNotReadBeforeItsCredentialsAreChecked) {
     std::string request;
   };
   std::vector<Case> cases = {
-      {server.sb_port(), "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sbx_forged\r\n"
-                         "Content-Length: 1048576\r\n\r\n"},
-      {server.sb_port(), "POST /sandbox/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"},
-      {server.op_port(), "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n"},
-      {server.op_port(), "POST /v1/sessions/" + id + "/messages HTTP/1.1\r\nHost: x\r\n"
-                         "Authorization: Bearer wrong\r\nContent-Length: 1000000\r\n\r\n"},
+      {server.sb_port(),
+       "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sbx_forged\r\n"
+       "Content-Length: 1048576\r\n\r\n"},
+      {server.sb_port(),
+       "POST /sandbox/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"},
+      {server.op_port(),
+       "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n"},
+      {server.op_port(), "POST /v1/sessions/" + id +
+                             "/messages HTTP/1.1\r\nHost: x\r\n"
+                             "Authorization: Bearer wrong\r\nContent-Length: 1000000\r\n\r\n"},
   };
   for (const auto& c : cases) {
     int fd = RawConnect(c.port);
@@ -148,7 +160,8 @@ TEST(SandboxAbuseTest, OneSessionCannotHoldMoreThanItsShareOfBodyMemory) {
   for (int i = 0; i < 40; ++i) {
     int fd = RawConnectUnix(SocketOf(server, attacker));
     ASSERT_GE(fd, 0);
-    WriteAll(fd, "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + attacker_token +
+    WriteAll(fd, "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                     attacker_token +
                      "\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n");
     fds.push_back(fd);
   }
@@ -163,9 +176,13 @@ TEST(SandboxAbuseTest, OneSessionCannotHoldMoreThanItsShareOfBodyMemory) {
     }
   }
   EXPECT_EQ(refused, 32);
-  EXPECT_TRUE(WaitForMetric(server, "airlock_http_buffered_body_bytes{listener=\"sandbox\"} 8388608"));
+  EXPECT_TRUE(
+      WaitForMetric(server, "airlock_http_buffered_body_bytes{listener=\"sandbox\"} 8388608"));
   // Another session's request with a body is admitted and served meanwhile.
-  EXPECT_EQ(server.Sb(verb::post, "/sandbox/v1/events", victim_token, R"({"type":"work","data":{}})").status, 202u);
+  EXPECT_EQ(
+      server.Sb(verb::post, "/sandbox/v1/events", victim_token, R"({"type":"work","data":{}})")
+          .status,
+      202u);
   for (int fd : fds) ::close(fd);
   EXPECT_TRUE(WaitForMetric(server, "airlock_http_buffered_body_bytes{listener=\"sandbox\"} 0"));
 }
@@ -181,8 +198,10 @@ TEST(SandboxAbuseTest, ARouteReadsNoMoreThanItsOwnBodyLimit) {
   auto inbox = server.Sb(verb::get, "/sandbox/v1/inbox", token, std::string(64 * 1024, ' '));
   EXPECT_EQ(inbox.status, 413u);
   // A chat may carry the server's whole limit.
-  auto chat = server.Sb(verb::post, "/sandbox/v1/llm/chat", token,
-                        DumpJson(Json{{"messages", Json::array({{{"role", "user"}, {"content", std::string(512 * 1024, 'a')}}})}}));
+  auto chat = server.Sb(
+      verb::post, "/sandbox/v1/llm/chat", token,
+      DumpJson(Json{{"messages", Json::array({{{"role", "user"},
+                                               {"content", std::string(512 * 1024, 'a')}}})}}));
   EXPECT_NE(chat.status, 413u) << chat.body;
 }
 
@@ -199,19 +218,27 @@ TEST(SandboxAbuseTest, ARefusedBodyIsAnsweredAndDrainedNotReset) {
     size_t size = std::string::npos;  // of the body; all of `big` by default
   };
   std::vector<Case> cases = {
-      {server.op_port(), "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + server.key() + "\r\n", "413"},
+      {server.op_port(),
+       "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + server.key() + "\r\n",
+       "413"},
       {server.op_port(), "POST /v1/sessions HTTP/1.1\r\nHost: x\r\n", "413"},
-      {server.sb_port(), "POST /sandbox/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + "\r\n", "413"},
+      {server.sb_port(),
+       "POST /sandbox/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + "\r\n",
+       "413"},
       // Within the limit but without credentials: refused unread, and drained the same way.
       {server.op_port(), "POST /v1/sessions HTTP/1.1\r\nHost: x\r\n", "401", 60 * 1024},
-      {server.sb_port(), "POST /sandbox/v1/finish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sbx_forged\r\n", "401", 60 * 1024},
+      {server.sb_port(),
+       "POST /sandbox/v1/finish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sbx_forged\r\n", "401",
+       60 * 1024},
   };
   for (const auto& c : cases) {
     int fd = RawConnect(c.port);
     std::string body = big.substr(0, c.size);
-    std::string req = c.head + "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+    std::string req = c.head + "Content-Type: application/json\r\nContent-Length: " +
+                      std::to_string(body.size()) + "\r\n\r\n";
     ASSERT_TRUE(WriteAll(fd, req));
-    EXPECT_TRUE(WriteAll(fd, body)) << c.head << ": the server reset the connection (" << std::strerror(errno) << ")";
+    EXPECT_TRUE(WriteAll(fd, body))
+        << c.head << ": the server reset the connection (" << std::strerror(errno) << ")";
     std::string resp = ReadUntilClose(fd, 10'000);
     EXPECT_TRUE(resp.starts_with("HTTP/1.1 " + c.want)) << c.head << "\n" << resp;
     ::close(fd);
@@ -227,14 +254,24 @@ TEST(SandboxAbuseTest, FramingThatAProxyCouldReadDifferentlyIsRefused) {
   };
   std::vector<Case> cases = {
       // obs-fold: the credential on a continuation line.
-      {"GET /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer\r\n " + server.key() + "\r\n\r\n", "400"},
+      {"GET /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer\r\n " + server.key() +
+           "\r\n\r\n",
+       "400"},
       {"GET /v1/sessions HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\tcontinued\r\n\r\n", "400"},
       // An unknown coding with a Content-Length: Beast framed it by the length.
-      {"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\nContent-Length: 2\r\n\r\n{}", "400"},
-      {"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "400"},
-      {"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", "400"},
-      {"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "501"},
-      {"POST /v1/sessions HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"},
+      {"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\nContent-Length: "
+       "2\r\n\r\n{}",
+       "400"},
+      {"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+       "xchunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+       "400"},
+      {"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, "
+       "identity\r\n\r\n0\r\n\r\n",
+       "400"},
+      {"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+       "501"},
+      {"POST /v1/sessions HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+       "400"},
       // A bare CR inside a field line.
       {"GET /healthz HTTP/1.1\r\nHost: x\rX-Evil: 1\r\n\r\n", "400"},
   };
@@ -253,7 +290,8 @@ TEST(SandboxAbuseTest, FramingThatAProxyCouldReadDifferentlyIsRefused) {
   std::snprintf(size, sizeof(size), "%zx", body.size());
   int fd = RawConnect(server.op_port());
   WriteAll(fd, "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + server.key() +
-                   "\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                   "\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: "
+                   "chunked\r\n\r\n" +
                    size + "\r\n" + body + "\r\n0\r\n\r\n");
   std::string resp = ReadUntilClose(fd);
   EXPECT_TRUE(resp.starts_with("HTTP/1.1 201")) << resp;
@@ -276,7 +314,9 @@ TEST(SandboxAbuseTest, ChunkedUploadsStoreExactlyTheBytesSent) {
   // a moment apart, so that the server sees reads holding nothing but framing.
   auto chunked_put = [&](const std::string& target, const std::vector<std::string>& pieces) {
     int fd = RawConnect(server.sb_port());
-    WriteAll(fd, "PUT " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n");
+    WriteAll(fd,
+             "PUT " + target +
+                 " HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n");
     for (const auto& p : pieces) {
       char size[16];
       std::snprintf(size, sizeof(size), "%zx\r\n", p.size());
@@ -291,7 +331,8 @@ TEST(SandboxAbuseTest, ChunkedUploadsStoreExactlyTheBytesSent) {
     ::close(fd);
     return resp;
   };
-  std::vector<std::string> pieces = {"hello", std::string(70000, 'a'), "", "x", std::string(3 << 20, 'z')};
+  std::vector<std::string> pieces = {"hello", std::string(70000, 'a'), "", "x",
+                                     std::string(3 << 20, 'z')};
   pieces.erase(pieces.begin() + 2);  // an empty chunk would end the body
   std::string whole;
   for (const auto& p : pieces) whole += p;

@@ -3,8 +3,8 @@
 // The real `airlock serve` binary (AIRLOCK_BIN) as a child process of a test, with its own
 // home, ports and config, for tests that need the whole server: crash/restart, sandboxes.
 #include <fcntl.h>
-#include <signal.h>
 #include <grp.h>
+#include <signal.h>
 #include <sys/wait.h>
 
 #include <fstream>
@@ -58,7 +58,8 @@ class ServerProcess {
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
       ::dup2(fd, 2);
       ::dup2(fd, 1);
-      if (run_as_uid_ && (::setgroups(0, nullptr) != 0 || ::setresgid(*run_as_gid_, *run_as_gid_, *run_as_gid_) != 0 ||
+      if (run_as_uid_ && (::setgroups(0, nullptr) != 0 ||
+                          ::setresgid(*run_as_gid_, *run_as_gid_, *run_as_gid_) != 0 ||
                           ::setresuid(*run_as_uid_, *run_as_uid_, *run_as_uid_) != 0)) {
         ::_exit(126);
       }
@@ -93,7 +94,8 @@ class ServerProcess {
                 std::map<std::string, std::string> h = {}) {
     return HttpCall(op_, m, target, key_, body, std::move(h));
   }
-  HttpResult Sb(http::verb m, const std::string& target, const std::string& token, const std::string& body = "") {
+  HttpResult Sb(http::verb m, const std::string& target, const std::string& token,
+                const std::string& body = "") {
     return HttpCall(sb_, m, target, token, body);
   }
   const std::string& key() const { return key_; }
@@ -110,6 +112,5 @@ class ServerProcess {
   std::optional<gid_t> run_as_gid_;
   std::string key_;
 };
-
 
 }  // namespace airlock::testing

@@ -115,13 +115,15 @@ class LlmProxyTest : public ::testing::Test {
 
   // Plays a sandbox that streams a call and hangs up as soon as it has read `until`: the close
   // resets the connection, so the control plane's next write to it fails. Returns what it read.
-  std::string StreamAndHangUp(const std::string& token, const Json& body, const std::string& until) {
+  std::string StreamAndHangUp(const std::string& token, const Json& body,
+                              const std::string& until) {
     int fd = RawConnect(server_->sb_port());
     EXPECT_GE(fd, 0);
     const std::string b = DumpJson(body);
-    const std::string req = "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
-                            "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(b.size()) +
-                            "\r\n\r\n" + b;
+    const std::string req =
+        "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
+        "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(b.size()) +
+        "\r\n\r\n" + b;
     EXPECT_TRUE(WriteAll(fd, req));
     timeval tv{10, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -197,7 +199,8 @@ std::string Base64(std::string_view bytes) {
     out += std::string{kAlphabet[(v >> 18) & 63], kAlphabet[(v >> 12) & 63], '=', '='};
   } else if (bytes.size() - i == 2) {
     uint32_t v = (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8);
-    out += std::string{kAlphabet[(v >> 18) & 63], kAlphabet[(v >> 12) & 63], kAlphabet[(v >> 6) & 63], '='};
+    out += std::string{kAlphabet[(v >> 18) & 63], kAlphabet[(v >> 12) & 63],
+                       kAlphabet[(v >> 6) & 63], '='};
   }
   return out;
 }
@@ -627,27 +630,30 @@ TEST_F(LlmProxyTest, ASandboxThatHangsUpAfterTheFinishReasonPaysForTheWholeReply
   SetUpBoth();
   for (const char* model : {"default", "claude"}) {
     SCOPED_TRACE(model);
-    auto [id, token] =
-        Session(fmt::format(R"({{"task":"t","model":"{}","limits":{{"max_tokens":2000}}}})", model));
+    auto [id, token] = Session(
+        fmt::format(R"({{"task":"t","model":"{}","limits":{{"max_tokens":2000}}}})", model));
     // The upstream takes its time between events, as a real one does, so that the sandbox is
     // gone before the usage arrives.
     up_->Enqueue(Reply::Text("t0 t1 t2 t3 t4 t5 t6 t7 t8 t9")
                      .WithChunks(10)
                      .WithEventDelay(200ms)
                      .WithUsage({.input_tokens = 1000, .output_tokens = 1000}));
-    std::string got = StreamAndHangUp(token, Json{{"messages", Json::array()}, {"stream", true}, {"model", model}},
-                                      R"("finish_reason":"stop")");
+    std::string got = StreamAndHangUp(
+        token, Json{{"messages", Json::array()}, {"stream", true}, {"model", model}},
+        R"("finish_reason":"stop")");
     EXPECT_EQ(got.find("[DONE]"), std::string::npos);
     auto calls = LlmCalls(id, 1);
     ASSERT_EQ(calls.size(), 1u);
     EXPECT_EQ(calls[0]["input_tokens"], 1000) << calls[0];
     EXPECT_EQ(calls[0]["output_tokens"], 1000) << calls[0];
-    EXPECT_FALSE(calls[0].contains("estimated")) << "the upstream's own usage, read after the sandbox left";
+    EXPECT_FALSE(calls[0].contains("estimated"))
+        << "the upstream's own usage, read after the sandbox left";
     Json usage = SessionUsage(id);
     EXPECT_EQ(usage["input_tokens"], 1000);
     EXPECT_EQ(usage["output_tokens"], 1000);
     EXPECT_EQ(usage["llm_calls"], 1);
-    // The reply was complete: it is the conversation's next turn, as if the sandbox had read it all.
+    // The reply was complete: it is the conversation's next turn, as if the sandbox had read it
+    // all.
     EXPECT_EQ(Conversation(id).back()["content"], "t0 t1 t2 t3 t4 t5 t6 t7 t8 t9");
     // The budget is spent: the next call is refused and never reaches the upstream.
     const size_t before = up_->request_count();
@@ -656,8 +662,10 @@ TEST_F(LlmProxyTest, ASandboxThatHangsUpAfterTheFinishReasonPaysForTheWholeReply
     EXPECT_EQ(next.error_code(), "budget_exhausted");
     EXPECT_EQ(up_->request_count(), before);
   }
-  EXPECT_TRUE(WaitForMetric(*server_, "airlock_llm_tokens_total{model=\"default\",direction=\"output\"} 1000"));
-  EXPECT_TRUE(WaitForMetric(*server_, "airlock_llm_tokens_total{model=\"claude\",direction=\"input\"} 1000"));
+  EXPECT_TRUE(WaitForMetric(
+      *server_, "airlock_llm_tokens_total{model=\"default\",direction=\"output\"} 1000"));
+  EXPECT_TRUE(WaitForMetric(*server_,
+                            "airlock_llm_tokens_total{model=\"claude\",direction=\"input\"} 1000"));
 }
 
 // A sandbox that hangs up in the middle of the reply stops the upstream; nothing joins the
@@ -666,16 +674,20 @@ TEST_F(LlmProxyTest, ASandboxThatHangsUpMidStreamStopsTheUpstreamAndPaysAnEstima
   SetUpBoth();
   for (const char* model : {"default", "claude"}) {
     SCOPED_TRACE(model);
-    auto [id, token] = Session(fmt::format(R"({{"task":"a task of some length","model":"{}"}})", model));
+    auto [id, token] =
+        Session(fmt::format(R"({{"task":"a task of some length","model":"{}"}})", model));
     up_->Enqueue(Reply::Text("a b c d e f g h").WithChunks(8).WithEventDelay(200ms));
     StreamAndHangUp(token,
-                    Json{{"messages", Json::array({UserMsg(std::string(400, 'x'))})}, {"stream", true}, {"model", model}},
+                    Json{{"messages", Json::array({UserMsg(std::string(400, 'x'))})},
+                         {"stream", true},
+                         {"model", model}},
                     R"("content":"a)");
     auto calls = LlmCalls(id, 1);
     ASSERT_EQ(calls.size(), 1u);
     EXPECT_EQ(calls[0]["outcome"], "sandbox_gone") << calls[0];
     EXPECT_EQ(calls[0]["estimated"], true) << calls[0];
-    EXPECT_GE(calls[0]["input_tokens"].get<int64_t>(), 100) << "the prompt: 400 bytes of new message and more";
+    EXPECT_GE(calls[0]["input_tokens"].get<int64_t>(), 100)
+        << "the prompt: 400 bytes of new message and more";
     EXPECT_GT(calls[0]["output_tokens"].get<int64_t>(), 0) << calls[0];
     Json usage = SessionUsage(id);
     EXPECT_EQ(usage["llm_calls"], 1);
@@ -693,13 +705,15 @@ TEST_F(LlmProxyTest, ASandboxThatHangsUpMidStreamStopsTheUpstreamAndPaysAnEstima
 TEST_F(LlmProxyTest, ANonStreamedCallTheSandboxHangsUpOnIsStillCharged) {
   SetUpBoth();
   auto [id, token] = Session(R"({"task":"t","limits":{"max_tokens":2000}})");
-  up_->Enqueue(Reply::Text("done").WithDelay(500ms).WithUsage({.input_tokens = 1500, .output_tokens = 700}));
+  up_->Enqueue(
+      Reply::Text("done").WithDelay(500ms).WithUsage({.input_tokens = 1500, .output_tokens = 700}));
   int fd = RawConnect(server_->sb_port());
   ASSERT_GE(fd, 0);
   const std::string b = R"({"messages":[]})";
-  ASSERT_TRUE(WriteAll(fd, "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
-                               "\r\nContent-Type: application/json\r\nContent-Length: " +
-                               std::to_string(b.size()) + "\r\n\r\n" + b));
+  ASSERT_TRUE(WriteAll(
+      fd, "POST /sandbox/v1/llm/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
+              "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(b.size()) +
+              "\r\n\r\n" + b));
   ASSERT_TRUE(up_->WaitForRequests(1));
   linger lg{1, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
@@ -717,15 +731,17 @@ TEST_F(LlmProxyTest, ANonStreamedCallTheSandboxHangsUpOnIsStillCharged) {
 TEST_F(LlmProxyTest, ImagesMustBeDataUrlsForEveryProvider) {
   SetUpBoth();
   auto image = [](const std::string& url) {
-    return Json{{"role", "user"},
-                {"content", Json::array({Json{{"type", "text"}, {"text", "what is this?"}},
-                                         Json{{"type", "image_url"}, {"image_url", {{"url", url}}}}})}};
+    return Json{
+        {"role", "user"},
+        {"content", Json::array({Json{{"type", "text"}, {"text", "what is this?"}},
+                                 Json{{"type", "image_url"}, {"image_url", {{"url", url}}}}})}};
   };
   for (const char* model : {"default", "claude"}) {
     SCOPED_TRACE(model);
     auto [id, token] = Session(fmt::format(R"({{"task":"t","model":"{}"}})", model));
-    for (const char* url : {"http://attacker.example/exfil?data=SECRET", "HTTPS://attacker.example/x.png",
-                            "ftp://attacker.example/x.png", "//attacker.example/x.png"}) {
+    for (const char* url :
+         {"http://attacker.example/exfil?data=SECRET", "HTTPS://attacker.example/x.png",
+          "ftp://attacker.example/x.png", "//attacker.example/x.png"}) {
       auto r = Chat(token, Json{{"messages", Json::array({image(url)})}, {"model", model}});
       EXPECT_EQ(r.status, 400u) << url << " -> " << r.body;
       EXPECT_EQ(r.error_code(), "invalid_argument");
@@ -735,14 +751,17 @@ TEST_F(LlmProxyTest, ImagesMustBeDataUrlsForEveryProvider) {
     EXPECT_EQ(Conversation(id).size(), 1u);
   }
   auto [id, token] = Session();
-  auto ok = Chat(token, Json{{"messages", Json::array({image("data:image/png;base64,iVBORw0KGgo=")})}});
+  auto ok =
+      Chat(token, Json{{"messages", Json::array({image("data:image/png;base64,iVBORw0KGgo=")})}});
   ASSERT_EQ(ok.status, 200u) << ok.body;
   EXPECT_EQ(up_->requests().back().Json()["messages"][1]["content"][1]["image_url"]["url"],
             "data:image/png;base64,iVBORw0KGgo=");
   auto [id2, token2] = Session(R"({"task":"t","model":"claude"})");
-  auto ok2 = Chat(token2, Json{{"messages", Json::array({image("data:image/png;base64,iVBORw0KGgo=")})}});
+  auto ok2 =
+      Chat(token2, Json{{"messages", Json::array({image("data:image/png;base64,iVBORw0KGgo=")})}});
   ASSERT_EQ(ok2.status, 200u) << ok2.body;
-  EXPECT_EQ(up_->requests().back().Json()["messages"][0]["content"][2]["source"]["data"], "iVBORw0KGgo=");
+  EXPECT_EQ(up_->requests().back().Json()["messages"][0]["content"][2]["source"]["data"],
+            "iVBORw0KGgo=");
 }
 
 // Finding 10: an upstream that echoes the key — as the 401's code, type or message, or in a
@@ -759,12 +778,14 @@ TEST_F(LlmProxyTest, AnUpstreamThatEchoesTheKeyInAnyFormLeaksNoneOfIt) {
     std::string kept;  // what of the provider's words the agent still gets
   };
   const std::vector<Case> cases = {
-      {Reply::Error(401, "Incorrect API key provided: " + key).WithErrorType(key, key), 502, "(401)"},
+      {Reply::Error(401, "Incorrect API key provided: " + key).WithErrorType(key, key), 502,
+       "(401)"},
       {Reply::Error(403, key).WithErrorType(Upper(key), key.substr(3)), 502, "(403)"},
-      {Reply::Error(400, "maximum context length exceeded; key " + key.substr(3) + " b64 " + Base64(key) +
-                             " upper " + Upper(key)),
+      {Reply::Error(400, "maximum context length exceeded; key " + key.substr(3) + " b64 " +
+                             Base64(key) + " upper " + Upper(key)),
        502, "maximum context length exceeded"},
-      {Reply::Error(422, "bad request for key=" + Base64("Bearer " + key)), 502, "bad request for key="},
+      {Reply::Error(422, "bad request for key=" + Base64("Bearer " + key)), 502,
+       "bad request for key="},
       {Reply::Error(500, "boom").WithErrorType("server_error", key), 502, "(500"},
   };
   std::vector<HttpResult> answers;

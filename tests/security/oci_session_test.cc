@@ -38,21 +38,25 @@ class OciSessionTest : public ::testing::Test {
 TEST_F(OciSessionTest, TheLogIsCappedAndTheAgentIsNotBlockedByIt) {
   // 4 MiB of output against the default 8 MiB cap would fit; configure nothing and print
   // 12 MiB: the log stops at the cap with one marker line, the agent still finishes.
-  std::string id = sbx_->Create({"/bin/sh", "-c", "head -c 12582912 /dev/zero | tr '\\0' x; echo; echo after"});
+  std::string id =
+      sbx_->Create({"/bin/sh", "-c", "head -c 12582912 /dev/zero | tr '\\0' x; echo; echo after"});
   auto out = sbx_->WaitForEnd(id);
   EXPECT_LE(out.logs.size(), (8u << 20) + 200);
   EXPECT_GE(out.logs.size(), 8u << 20);
   EXPECT_NE(out.logs.find("log limit"), std::string::npos);
   EXPECT_EQ(out.logs.find("after"), std::string::npos);
-  EXPECT_NE(out.session.value("result", "").find("exited with code 0"), std::string::npos) << out.session.dump();
+  EXPECT_NE(out.session.value("result", "").find("exited with code 0"), std::string::npos)
+      << out.session.dump();
 }
 
 TEST_F(OciSessionTest, FollowStreamsTheLogUntilTheSessionEnds) {
-  std::string id = sbx_->Create({"/bin/sh", "-c", "for i in 1 2 3 4 5; do echo line-$i; sleep 0.2; done"});
+  std::string id =
+      sbx_->Create({"/bin/sh", "-c", "for i in 1 2 3 4 5; do echo line-$i; sleep 0.2; done"});
   // Opened while the agent is still writing; ends by itself after the session ended.
   auto r = sbx_->server().Op(verb::get, "/v1/sessions/" + id + "/logs?follow=1");
   EXPECT_EQ(r.status, 200u);
-  for (int i = 1; i <= 5; ++i) EXPECT_NE(r.body.find("line-" + std::to_string(i)), std::string::npos) << r.body;
+  for (int i = 1; i <= 5; ++i)
+    EXPECT_NE(r.body.find("line-" + std::to_string(i)), std::string::npos) << r.body;
   EXPECT_NE(State(id), "running");
 }
 
@@ -68,7 +72,8 @@ TEST_F(OciSessionTest, SuspendFreezesTheSandboxAndAMessageWakesIt) {
   // The reconciler must not mistake a frozen sandbox for a dead one.
   std::this_thread::sleep_for(std::chrono::milliseconds(1200));
   EXPECT_EQ(State(id), "suspended");
-  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"wake up"})");
+  auto m =
+      sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"wake up"})");
   ASSERT_EQ(m.status, 202u) << m.body;
   EXPECT_EQ(State(id), "running");
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -85,7 +90,8 @@ TEST_F(OciSessionTest, ASandboxSurvivesAKill9OfTheControlPlaneAndIsFoundAgain) {
   // through again on the same socket path, with the same token.
   std::string script =
       "while true; do "
-      "wget -q -O - --header \"Authorization: Bearer $SESSION_TOKEN\" \"$CONTROL_PLANE_URL/sandbox/v1/inbox?wait=1\" "
+      "wget -q -O - --header \"Authorization: Bearer $SESSION_TOKEN\" "
+      "\"$CONTROL_PLANE_URL/sandbox/v1/inbox?wait=1\" "
       "&& echo; sleep 0.1; done";
   std::string id = sbx_->Create({"/bin/sh", "-c", script});
   ASSERT_TRUE(WaitForLog(id, "security probe")) << sbx_->Logs(id);
@@ -93,7 +99,8 @@ TEST_F(OciSessionTest, ASandboxSurvivesAKill9OfTheControlPlaneAndIsFoundAgain) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   sbx_->server().Start();
   EXPECT_EQ(State(id), "running");
-  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"after the restart"})");
+  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages",
+                             R"({"content":"after the restart"})");
   ASSERT_EQ(m.status, 202u) << m.body;
   EXPECT_TRUE(WaitForLog(id, "after the restart")) << sbx_->Logs(id);
   // A reconcile pass later it is still running: it was re-attached, not written off.
@@ -120,7 +127,11 @@ TEST_F(OciSessionTest, ASandboxWhoseSessionEndedWhileTheControlPlaneWasDownIsDes
     o.path = sbx_->home() + "/airlock.db";
     auto st = store::OpenSqliteStore(o);
     ASSERT_TRUE(st) << st.error().message;
-    store::StateChange kill{{store::SessionState::kRunning}, store::SessionState::kKilled, "killed", true, std::nullopt};
+    store::StateChange kill{{store::SessionState::kRunning},
+                            store::SessionState::kKilled,
+                            "killed",
+                            true,
+                            std::nullopt};
     ASSERT_TRUE((*st)->ChangeState(id, kill));
   }
   ASSERT_TRUE(std::filesystem::exists(state_dir)) << "the sandbox outlives the control plane";
@@ -129,7 +140,8 @@ TEST_F(OciSessionTest, ASandboxWhoseSessionEndedWhileTheControlPlaneWasDownIsDes
   while (std::filesystem::exists(state_dir) && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  EXPECT_FALSE(std::filesystem::exists(state_dir)) << "a sandbox no live session owns was left running";
+  EXPECT_FALSE(std::filesystem::exists(state_dir))
+      << "a sandbox no live session owns was left running";
 }
 
 TEST_F(OciSessionTest, DeletingASessionDestroysItsSandbox) {
@@ -178,8 +190,9 @@ TEST(OciRootlessTest, ANonRootControlPlaneRunsRootlessSandboxes) {
   ::chown(home.c_str(), kNobody, kNobody);
   sbx.server().RunAs(kNobody, kNobody);
   sbx.Start();
-  auto out = sbx.WaitForEnd(sbx.Create(SandboxServer::Probe(
-      {"identity", "--", "env", "--", "syscalls", "--", "read", "/proc/1/environ", "/proc/1/mem", "/proc/1/fd/1"})));
+  auto out = sbx.WaitForEnd(
+      sbx.Create(SandboxServer::Probe({"identity", "--", "env", "--", "syscalls", "--", "read",
+                                       "/proc/1/environ", "/proc/1/mem", "/proc/1/fd/1"})));
   Json id = out.Probe("identity");
   ASSERT_FALSE(id.is_null()) << out.logs << sbx.server().log();
   for (const char* cap : {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}) {
@@ -193,7 +206,8 @@ TEST(OciRootlessTest, ANonRootControlPlaneRunsRootlessSandboxes) {
     // setuid(0)/setgid(0) are no-ops for the namespace's root: nothing is gained. It is also
     // init's uid, so kill(1) is allowed; init ignores signals sent from inside the sandbox
     // (and as its pid namespace's init, SIGKILL and SIGSTOP): the probe must survive it.
-    if (a["name"] == "setuid_root" || a["name"] == "setgid_root" || a["name"] == "kill_init") continue;
+    if (a["name"] == "setuid_root" || a["name"] == "setgid_root" || a["name"] == "kill_init")
+      continue;
     EXPECT_FALSE(a["succeeded"].get<bool>()) << a.dump();
   }
   EXPECT_GT(syscalls["attempts"].size(), 20u);
@@ -202,11 +216,13 @@ TEST(OciRootlessTest, ANonRootControlPlaneRunsRootlessSandboxes) {
   Json reads = out.Probe("read");
   ASSERT_FALSE(reads.is_null()) << out.logs;
   for (const auto& r : reads["paths"]) EXPECT_FALSE(r["readable"].get<bool>()) << r.dump();
-  EXPECT_FALSE(out.Probe("done").is_null()) << "the probe did not survive its attempts: " << out.logs;
+  EXPECT_FALSE(out.Probe("done").is_null())
+      << "the probe did not survive its attempts: " << out.logs;
   Json env = out.Probe("env");
   ASSERT_FALSE(env.is_null()) << out.logs;
   std::set<std::string> names(env["names"].begin(), env["names"].end());
-  EXPECT_EQ(names, (std::set<std::string>{"SESSION_ID", "SESSION_TOKEN", "CONTROL_PLANE_URL", "PATH", "HOME", "LANG"}));
+  EXPECT_EQ(names, (std::set<std::string>{"SESSION_ID", "SESSION_TOKEN", "CONTROL_PLANE_URL",
+                                          "PATH", "HOME", "LANG"}));
   EXPECT_NE(sbx.server().log().find("\"rootless\":true"), std::string::npos);
 }
 

@@ -86,7 +86,8 @@ std::string ReadFile(const std::string& path, size_t max = 1 << 20) {
   std::string out;
   char buf[4096];
   ssize_t n;
-  while (out.size() < max && (n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
+  while (out.size() < max && (n = ::read(fd, buf, sizeof(buf))) > 0)
+    out.append(buf, static_cast<size_t>(n));
   ::close(fd);
   return out;
 }
@@ -122,11 +123,16 @@ void Env() {
 void Identity() {
   std::string status = ReadFile("/proc/self/status");
   Obj o;
-  o.Str("check", "identity").Int("uid", getuid()).Int("euid", geteuid()).Int("gid", getgid()).Int("egid", getegid());
+  o.Str("check", "identity")
+      .Int("uid", getuid())
+      .Int("euid", geteuid())
+      .Int("gid", getgid())
+      .Int("egid", getegid());
   gid_t groups[64];
   int n = getgroups(64, groups);
   o.Int("ngroups", n);
-  for (const char* f : {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"}) {
+  for (const char* f :
+       {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"}) {
     o.Str(f, StatusField(status, f));
   }
   o.Str("hostname", ReadFile("/proc/sys/kernel/hostname"));
@@ -155,7 +161,10 @@ void EnvironOthers() {
     }
     bool nonzero = content.find_first_not_of('\0') != std::string::npos;
     Obj o;
-    o.Int("pid", pid).Bool("readable", fd >= 0 && err == 0).Int("errno", err).Bool("nonempty", nonzero);
+    o.Int("pid", pid)
+        .Bool("readable", fd >= 0 && err == 0)
+        .Int("errno", err)
+        .Bool("nonempty", nonzero);
     o.Bool("has_token", !secret.empty() && content.find(secret) != std::string::npos);
     o.Bool("has_session_vars", content.find("SESSION_") != std::string::npos);
     list += (list.size() > 1 ? "," : "") + o.Json();
@@ -176,10 +185,13 @@ std::string Attempt(const char* name, F fn) {
 void Syscalls() {
   std::vector<std::string> r;
   ::mkdir("/tmp/probe-mnt", 0700);
-  r.push_back(Attempt("mount_tmpfs", [] { return ::mount("none", "/tmp/probe-mnt", "tmpfs", 0, nullptr); }));
-  r.push_back(Attempt("mount_proc", [] { return ::mount("proc", "/tmp/probe-mnt", "proc", 0, nullptr); }));
+  r.push_back(Attempt("mount_tmpfs",
+                      [] { return ::mount("none", "/tmp/probe-mnt", "tmpfs", 0, nullptr); }));
+  r.push_back(
+      Attempt("mount_proc", [] { return ::mount("proc", "/tmp/probe-mnt", "proc", 0, nullptr); }));
   r.push_back(Attempt("umount_proc", [] { return ::umount2("/proc", MNT_DETACH); }));
-  r.push_back(Attempt("remount_root_rw", [] { return ::mount(nullptr, "/", nullptr, MS_REMOUNT, nullptr); }));
+  r.push_back(Attempt("remount_root_rw",
+                      [] { return ::mount(nullptr, "/", nullptr, MS_REMOUNT, nullptr); }));
   r.push_back(Attempt("unshare_user", [] { return ::unshare(CLONE_NEWUSER); }));
   r.push_back(Attempt("unshare_mount", [] { return ::unshare(CLONE_NEWNS); }));
   r.push_back(Attempt("unshare_net", [] { return ::unshare(CLONE_NEWNET); }));
@@ -223,8 +235,11 @@ void Syscalls() {
     attr.max_entries = 1;
     return ::syscall(SYS_bpf, BPF_MAP_CREATE, &attr, sizeof(attr));
   }));
-  r.push_back(Attempt("keyctl_session", [] { return ::syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, nullptr); }));
-  r.push_back(Attempt("add_key", [] { return ::syscall(SYS_add_key, "user", "probe", "x", 1, KEY_SPEC_SESSION_KEYRING); }));
+  r.push_back(Attempt("keyctl_session",
+                      [] { return ::syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, nullptr); }));
+  r.push_back(Attempt("add_key", [] {
+    return ::syscall(SYS_add_key, "user", "probe", "x", 1, KEY_SPEC_SESSION_KEYRING);
+  }));
   r.push_back(Attempt("perf_event_open", [] {
     perf_event_attr attr;
     std::memset(&attr, 0, sizeof(attr));
@@ -235,13 +250,16 @@ void Syscalls() {
   }));
   r.push_back(Attempt("kexec_load", [] { return ::syscall(SYS_kexec_load, 0, 0, nullptr, 0); }));
   r.push_back(Attempt("init_module", [] { return ::syscall(SYS_init_module, nullptr, 0, ""); }));
-  r.push_back(Attempt("reboot", [] { return ::syscall(SYS_reboot, 0xfee1dead, 672274793, 0x4321fedc, nullptr); }));
+  r.push_back(Attempt(
+      "reboot", [] { return ::syscall(SYS_reboot, 0xfee1dead, 672274793, 0x4321fedc, nullptr); }));
   r.push_back(Attempt("swapon", [] { return ::syscall(SYS_swapon, "/tmp/none", 0); }));
   r.push_back(Attempt("chroot", [] { return ::chroot("/tmp"); }));
-  r.push_back(Attempt("pivot_root", [] { return ::syscall(SYS_pivot_root, "/tmp", "/tmp/probe-mnt"); }));
+  r.push_back(
+      Attempt("pivot_root", [] { return ::syscall(SYS_pivot_root, "/tmp", "/tmp/probe-mnt"); }));
   r.push_back(Attempt("setuid_root", [] { return ::setuid(0); }));
   r.push_back(Attempt("setgid_root", [] { return ::setgid(0); }));
-  r.push_back(Attempt("mknod_mem", [] { return ::mknod("/tmp/probe-mem", S_IFCHR | 0600, makedev(1, 1)); }));
+  r.push_back(Attempt("mknod_mem",
+                      [] { return ::mknod("/tmp/probe-mem", S_IFCHR | 0600, makedev(1, 1)); }));
   r.push_back(Attempt("socket_raw_icmp", [] {
     int fd = ::socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
     if (fd >= 0) ::close(fd);
@@ -346,8 +364,8 @@ void Syscalls() {
 void SetuidFiles() {
   std::string list = "[";
   int count = 0;
-  std::vector<std::string> dirs = {"/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/libexec",
-                                   "/usr/local/bin"};
+  std::vector<std::string> dirs = {"/bin",     "/sbin",        "/usr/bin",      "/usr/sbin",
+                                   "/usr/lib", "/usr/libexec", "/usr/local/bin"};
   while (!dirs.empty() && count < 200) {
     std::string dir = dirs.back();
     dirs.pop_back();
@@ -359,7 +377,8 @@ void SetuidFiles() {
       std::string path = dir + "/" + name;
       struct stat st;
       if (::lstat(path.c_str(), &st) != 0) continue;
-      if (S_ISDIR(st.st_mode) && dir.rfind("/usr/lib", 0) == 0 && dirs.size() < 1000) dirs.push_back(path);
+      if (S_ISDIR(st.st_mode) && dir.rfind("/usr/lib", 0) == 0 && dirs.size() < 1000)
+        dirs.push_back(path);
       if (!S_ISREG(st.st_mode) || !(st.st_mode & (S_ISUID | S_ISGID))) continue;
       struct statvfs vfs;
       bool nosuid = ::statvfs(path.c_str(), &vfs) == 0 && (vfs.f_flag & ST_NOSUID);
@@ -397,8 +416,12 @@ void Net(const std::vector<std::string>& targets) {
       }
     }
     ::close(fd);
-    list += (list.size() > 1 ? "," : "") +
-            Obj().Str("target", t).Bool("connected", connected).Int("errno", err).Str("error", std::strerror(err)).Json();
+    list += (list.size() > 1 ? "," : "") + Obj()
+                                               .Str("target", t)
+                                               .Bool("connected", connected)
+                                               .Int("errno", err)
+                                               .Str("error", std::strerror(err))
+                                               .Json();
   }
   Emit(Obj().Str("check", "net").Raw("targets", list + "]"));
 }
@@ -418,8 +441,12 @@ void Mounts() {
     while (f >> word && word != "-") {
     }
     f >> fstype;
-    list += (list.size() > 1 ? "," : "") +
-            Obj().Str("point", point).Str("options", options).Str("fstype", fstype).Str("root", root).Json();
+    list += (list.size() > 1 ? "," : "") + Obj()
+                                               .Str("point", point)
+                                               .Str("options", options)
+                                               .Str("fstype", fstype)
+                                               .Str("root", root)
+                                               .Json();
   }
   const char* token = std::getenv("SESSION_TOKEN");
   bool leak = token && *token && mountinfo.find(token) != std::string::npos;
@@ -456,7 +483,8 @@ void UnixConnect(const std::vector<std::string>& names) {
     bool connected = ::connect(fd, reinterpret_cast<sockaddr*>(&a), len) == 0;
     int err = connected ? 0 : errno;
     ::close(fd);
-    list += (list.size() > 1 ? "," : "") + Obj().Str("name", name).Bool("connected", connected).Int("errno", err).Json();
+    list += (list.size() > 1 ? "," : "") +
+            Obj().Str("name", name).Bool("connected", connected).Int("errno", err).Json();
   }
   Emit(Obj().Str("check", "unix_connect").Raw("targets", list + "]"));
 }
@@ -488,17 +516,21 @@ void Read(const std::vector<std::string>& paths) {
       if (n < 0) err = errno;
       ::close(fd);
     }
-    list += (list.size() > 1 ? "," : "") +
-            Obj().Str("path", p).Bool("readable", fd >= 0 && err == 0).Int("errno", err).Str("content", content).Json();
+    list += (list.size() > 1 ? "," : "") + Obj()
+                                               .Str("path", p)
+                                               .Bool("readable", fd >= 0 && err == 0)
+                                               .Int("errno", err)
+                                               .Str("content", content)
+                                               .Json();
   }
   Emit(Obj().Str("check", "read").Raw("paths", list + "]"));
 }
 
 void WriteRoot() {
   std::string list = "[";
-  for (const char* p : {"/probe", "/etc/probe", "/bin/probe", "/usr/probe", "/.airlock/probe", "/.airlock/init",
-                        "/.airlock/run/probe", "/proc/sys/kernel/hostname", "/proc/sysrq-trigger",
-                        "/sys/kernel/probe", "/sys/fs/cgroup/probe"}) {
+  for (const char* p : {"/probe", "/etc/probe", "/bin/probe", "/usr/probe", "/.airlock/probe",
+                        "/.airlock/init", "/.airlock/run/probe", "/proc/sys/kernel/hostname",
+                        "/proc/sysrq-trigger", "/sys/kernel/probe", "/sys/fs/cgroup/probe"}) {
     int fd = ::open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     int err = fd < 0 ? errno : 0;
     bool wrote = false;
@@ -507,7 +539,8 @@ void WriteRoot() {
       if (!wrote) err = errno;
       ::close(fd);
     }
-    list += (list.size() > 1 ? "," : "") + Obj().Str("path", p).Bool("wrote", wrote).Int("errno", err).Json();
+    list += (list.size() > 1 ? "," : "") +
+            Obj().Str("path", p).Bool("wrote", wrote).Int("errno", err).Json();
   }
   // The writable places do work, so the refusals above are not an accident.
   int fd = ::open("/tmp/probe-ok", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
@@ -533,7 +566,10 @@ void ForkBomb(long max) {
   }
   for (pid_t p : kids) ::kill(p, SIGKILL);
   for (pid_t p : kids) ::waitpid(p, nullptr, 0);
-  Emit(Obj().Str("check", "forkbomb").Int("forked", static_cast<long long>(kids.size())).Int("errno", err));
+  Emit(Obj()
+           .Str("check", "forkbomb")
+           .Int("forked", static_cast<long long>(kids.size()))
+           .Int("errno", err));
 }
 
 void MemBomb() {
@@ -543,7 +579,10 @@ void MemBomb() {
     constexpr size_t kChunk = 8 << 20;
     char* p = static_cast<char*>(std::malloc(kChunk));
     if (!p) {
-      Emit(Obj().Str("check", "membomb").Str("result", "malloc failed").Int("mb", static_cast<long long>(total >> 20)));
+      Emit(Obj()
+               .Str("check", "membomb")
+               .Str("result", "malloc failed")
+               .Int("mb", static_cast<long long>(total >> 20)));
       return;
     }
     std::memset(p, 0x5a, kChunk);
@@ -587,8 +626,13 @@ void Aio(long events) {
     ++contexts;
     reserved += n;
   }
-  Emit(Obj().Str("check", "aio").Int("contexts", contexts).Int("reserved", reserved).Int("errno", err)
-           .Str("aio_nr_before", before).Str("aio_nr_after", ReadFile("/proc/sys/fs/aio-nr")));
+  Emit(Obj()
+           .Str("check", "aio")
+           .Int("contexts", contexts)
+           .Int("reserved", reserved)
+           .Int("errno", err)
+           .Str("aio_nr_before", before)
+           .Str("aio_nr_after", ReadFile("/proc/sys/fs/aio-nr")));
 }
 
 // Host-wide writeback: sync(2) and syncfs(2) on /tmp's filesystem.
@@ -630,8 +674,8 @@ int LoopbackListener(uint16_t* port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a = Loopback(0);
   socklen_t len = sizeof(a);
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(fd, 4096) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      ::listen(fd, 4096) != 0 || ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
     if (fd >= 0) ::close(fd);
     return -1;
   }
@@ -682,10 +726,17 @@ void TcpFill(int pairs) {
     queued += FillSocket(s, &write_err);
   }
   const std::string cg = "/sys/fs/cgroup/memory/memory.kmem.tcp.";
-  Emit(Obj().Str("check", "tcpfill").Int("pairs", made).Int("queued", queued).Int("errno", err)
-           .Int("write_errno", write_err).Str("kmem_tcp_limit", ReadFile(cg + "limit_in_bytes"))
-           .Str("kmem_tcp_usage", ReadFile(cg + "usage_in_bytes")).Str("kmem_tcp_max_usage", ReadFile(cg + "max_usage_in_bytes"))
-           .Str("tcp_rmem", ReadFile("/proc/sys/net/ipv4/tcp_rmem")).Str("tcp_wmem", ReadFile("/proc/sys/net/ipv4/tcp_wmem")));
+  Emit(Obj()
+           .Str("check", "tcpfill")
+           .Int("pairs", made)
+           .Int("queued", queued)
+           .Int("errno", err)
+           .Int("write_errno", write_err)
+           .Str("kmem_tcp_limit", ReadFile(cg + "limit_in_bytes"))
+           .Str("kmem_tcp_usage", ReadFile(cg + "usage_in_bytes"))
+           .Str("kmem_tcp_max_usage", ReadFile(cg + "max_usage_in_bytes"))
+           .Str("tcp_rmem", ReadFile("/proc/sys/net/ipv4/tcp_rmem"))
+           .Str("tcp_wmem", ReadFile("/proc/sys/net/ipv4/tcp_wmem")));
 }
 
 // An ordinary loopback connection: `bytes` sent by a child and counted by the parent.
@@ -699,7 +750,8 @@ void TcpEcho(long long bytes) {
     if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) ::_exit(1);
     static char buf[1 << 16];
     for (long long sent = 0; sent < bytes;) {
-      ssize_t n = ::write(c, buf, static_cast<size_t>(std::min<long long>(sizeof(buf), bytes - sent)));
+      ssize_t n =
+          ::write(c, buf, static_cast<size_t>(std::min<long long>(sizeof(buf), bytes - sent)));
       if (n <= 0) ::_exit(2);
       sent += n;
     }
@@ -711,8 +763,10 @@ void TcpEcho(long long bytes) {
   for (ssize_t n; s >= 0 && (n = ::read(s, buf, sizeof(buf))) > 0;) got += n;
   int status = 0;
   if (child > 0) ::waitpid(child, &status, 0);
-  Emit(Obj().Str("check", "tcpecho").Int("received", got).Bool("ok", got == bytes && WIFEXITED(status) &&
-                                                                         WEXITSTATUS(status) == 0));
+  Emit(Obj()
+           .Str("check", "tcpecho")
+           .Int("received", got)
+           .Bool("ok", got == bytes && WIFEXITED(status) && WEXITSTATUS(status) == 0));
 }
 
 // Per-uid quota: inotify instances (fs.inotify.max_user_instances) until the kernel refuses,
@@ -725,7 +779,10 @@ void InotifyHold(int max) {
       break;
     }
   }
-  Emit(Obj().Str("check", "inotify").Int("instances", made).Int("errno", err)
+  Emit(Obj()
+           .Str("check", "inotify")
+           .Int("instances", made)
+           .Int("errno", err)
            .Str("max_user_instances", ReadFile("/proc/sys/fs/inotify/max_user_instances")));
 }
 
@@ -754,46 +811,72 @@ int main(int argc, char** argv) {
   // Unbuffered: a kill must not lose what was printed.
   std::setvbuf(stdout, nullptr, _IONBF, 0);
   if (argc < 2) {
-    std::fprintf(stderr,
-                 "usage: airlock-probe CHECK [args] [-- CHECK ...]\n"
-                 "checks: env identity environ-others syscalls setuid-files procs mounts socket-families write-root\n"
-                 "        filltmp membomb | net HOST:PORT... | unix-connect PATH|@NAME... | read PATH...\n"
-                 "        forkbomb MAX | listen PORT SECONDS | sleep SECONDS | aio EVENTS | sync\n"
-                 "        tcpfill PAIRS | tcpecho BYTES | inotify MAX\n");
+    std::fprintf(
+        stderr,
+        "usage: airlock-probe CHECK [args] [-- CHECK ...]\n"
+        "checks: env identity environ-others syscalls setuid-files procs mounts socket-families "
+        "write-root\n"
+        "        filltmp membomb | net HOST:PORT... | unix-connect PATH|@NAME... | read PATH...\n"
+        "        forkbomb MAX | listen PORT SECONDS | sleep SECONDS | aio EVENTS | sync\n"
+        "        tcpfill PAIRS | tcpecho BYTES | inotify MAX\n");
     return 2;
   }
   // Checks are separated by "--" so each can take arguments.
   std::vector<std::vector<std::string>> checks(1);
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--") == 0) checks.emplace_back();
-    else checks.back().push_back(argv[i]);
+    if (std::strcmp(argv[i], "--") == 0)
+      checks.emplace_back();
+    else
+      checks.back().push_back(argv[i]);
   }
   for (const auto& c : checks) {
     if (c.empty()) continue;
     const std::string& name = c[0];
     std::vector<std::string> args(c.begin() + 1, c.end());
-    if (name == "env") Env();
-    else if (name == "identity") Identity();
-    else if (name == "environ-others") EnvironOthers();
-    else if (name == "syscalls") Syscalls();
-    else if (name == "setuid-files") SetuidFiles();
-    else if (name == "procs") Procs();
-    else if (name == "mounts") Mounts();
-    else if (name == "socket-families") SocketFamilies();
-    else if (name == "unix-connect") UnixConnect(args);
-    else if (name == "write-root") WriteRoot();
-    else if (name == "filltmp") FillTmp();
-    else if (name == "membomb") MemBomb();
-    else if (name == "net") Net(args);
-    else if (name == "read") Read(args);
-    else if (name == "forkbomb") ForkBomb(args.empty() ? 100000 : std::atol(args[0].c_str()));
-    else if (name == "listen") Listen(std::atoi(args.at(0).c_str()), args.size() > 1 ? std::atoi(args[1].c_str()) : 30);
-    else if (name == "aio") Aio(std::atol(args.at(0).c_str()));
-    else if (name == "sync") Sync();
-    else if (name == "tcpfill") TcpFill(std::atoi(args.at(0).c_str()));
-    else if (name == "tcpecho") TcpEcho(std::atoll(args.at(0).c_str()));
-    else if (name == "inotify") InotifyHold(std::atoi(args.at(0).c_str()));
-    else if (name == "sleep") ::sleep(static_cast<unsigned>(std::atoi(args.at(0).c_str())));
+    if (name == "env")
+      Env();
+    else if (name == "identity")
+      Identity();
+    else if (name == "environ-others")
+      EnvironOthers();
+    else if (name == "syscalls")
+      Syscalls();
+    else if (name == "setuid-files")
+      SetuidFiles();
+    else if (name == "procs")
+      Procs();
+    else if (name == "mounts")
+      Mounts();
+    else if (name == "socket-families")
+      SocketFamilies();
+    else if (name == "unix-connect")
+      UnixConnect(args);
+    else if (name == "write-root")
+      WriteRoot();
+    else if (name == "filltmp")
+      FillTmp();
+    else if (name == "membomb")
+      MemBomb();
+    else if (name == "net")
+      Net(args);
+    else if (name == "read")
+      Read(args);
+    else if (name == "forkbomb")
+      ForkBomb(args.empty() ? 100000 : std::atol(args[0].c_str()));
+    else if (name == "listen")
+      Listen(std::atoi(args.at(0).c_str()), args.size() > 1 ? std::atoi(args[1].c_str()) : 30);
+    else if (name == "aio")
+      Aio(std::atol(args.at(0).c_str()));
+    else if (name == "sync")
+      Sync();
+    else if (name == "tcpfill")
+      TcpFill(std::atoi(args.at(0).c_str()));
+    else if (name == "tcpecho")
+      TcpEcho(std::atoll(args.at(0).c_str()));
+    else if (name == "inotify")
+      InotifyHold(std::atoi(args.at(0).c_str()));
+    else if (name == "sleep")
+      ::sleep(static_cast<unsigned>(std::atoi(args.at(0).c_str())));
     else {
       std::fprintf(stderr, "airlock-probe: unknown check %s\n", name.c_str());
       return 2;

@@ -26,18 +26,20 @@ inline std::string TestBackendName() {
 
 // Why real sandboxes cannot run here, or empty when they can.
 inline std::string SandboxSkipReason() {
-  if (::geteuid() != 0) return "needs root: the oci backend sets cgroup limits and runs the agent as another user";
+  if (::geteuid() != 0)
+    return "needs root: the oci backend sets cgroup limits and runs the agent as another user";
   if (::access("/proc/self/ns/user", F_OK) != 0) return "no namespace support in this kernel";
   const char* runtime = std::getenv("AIRLOCK_TEST_OCI_RUNTIME");
   std::string rt = runtime && *runtime ? runtime : "crun";
-  if (TestBackendName() == "oci" && std::system(("command -v " + rt + " >/dev/null 2>&1").c_str()) != 0) {
+  if (TestBackendName() == "oci" &&
+      std::system(("command -v " + rt + " >/dev/null 2>&1").c_str()) != 0) {
     return rt + " is not installed (scripts/install-deps.sh installs crun and runc)";
   }
   return {};
 }
 
-#define AIRLOCK_REQUIRE_SANDBOXES()                                   \
-  do {                                                                \
+#define AIRLOCK_REQUIRE_SANDBOXES()                                                            \
+  do {                                                                                         \
     if (auto why = ::airlock::testing::SandboxSkipReason(); !why.empty()) GTEST_SKIP() << why; \
   } while (0)
 
@@ -47,7 +49,8 @@ inline std::string ExternalAddress() {
   std::string out;
   if (::getifaddrs(&list) != 0) return out;
   for (ifaddrs* i = list; i; i = i->ifa_next) {
-    if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK)) continue;
+    if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK))
+      continue;
     char buf[INET_ADDRSTRLEN];
     ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof(buf));
     out = buf;
@@ -97,7 +100,8 @@ class SandboxServer {
     // AIRLOCK_TEST_OCI_RUNTIME=runc (or runsc) runs the same tests under another runtime.
     const char* runtime = std::getenv("AIRLOCK_TEST_OCI_RUNTIME");
     std::string config = fmt::format(
-        "[sandbox]\ndefault_backend = \"{}\"\ndefault_image = \"{}\"\n[sandbox.oci]\nbridge_port = 7401\n"
+        "[sandbox]\ndefault_backend = \"{}\"\ndefault_image = \"{}\"\n[sandbox.oci]\nbridge_port = "
+        "7401\n"
         "runtime = \"{}\"\n{}",
         TestBackendName(), kProbeImage, runtime && *runtime ? runtime : "crun", extra_config);
     server_ = std::make_unique<ServerProcess>(home_, FreePort(), FreePort(), config);
@@ -115,7 +119,8 @@ class SandboxServer {
   const std::string& home() const { return home_; }
 
   // Starts a session whose agent is `command`; returns its id.
-  std::string Create(const Json& command, const Json& limits = Json::object(), const std::string& image = "") {
+  std::string Create(const Json& command, const Json& limits = Json::object(),
+                     const std::string& image = "") {
     Json body = {{"task", "security probe"}, {"command", command}};
     if (!limits.empty()) body["limits"] = limits;
     if (!image.empty()) body["image"] = image;
@@ -147,19 +152,23 @@ class SandboxServer {
       }
       if (std::chrono::steady_clock::now() > deadline) {
         ADD_FAILURE() << "session " << id << " did not end within " << timeout_s << " s: " << r.body
-                      << "\nlogs:\n" << Logs(id);
+                      << "\nlogs:\n"
+                      << Logs(id);
         break;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     o.logs = Logs(id);
-    auto ev = server_->Op(http::verb::get, "/v1/sessions/" + id + "/events", "", {{"Accept", "application/json"}});
+    auto ev = server_->Op(http::verb::get, "/v1/sessions/" + id + "/events", "",
+                          {{"Accept", "application/json"}});
     o.events = ev.status == 200 ? ev.json() : Json::array();
     o.probes = ParseProbes(o.logs);
     return o;
   }
 
-  std::string Logs(const std::string& id) { return server_->Op(http::verb::get, "/v1/sessions/" + id + "/logs").body; }
+  std::string Logs(const std::string& id) {
+    return server_->Op(http::verb::get, "/v1/sessions/" + id + "/logs").body;
+  }
 
   // Polls the log until a probe line of `check` appears.
   Json WaitForProbe(const std::string& id, const std::string& check, int timeout_s = 30) {

@@ -92,7 +92,9 @@ template <typename F>
 int AsHostUid(uid_t id, F fn) {
   pid_t child = ::fork();
   if (child == 0) {
-    if (::setgroups(0, nullptr) != 0 || ::setresgid(id, id, id) != 0 || ::setresuid(id, id, id) != 0) ::_exit(100);
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(id, id, id) != 0 ||
+        ::setresuid(id, id, id) != 0)
+      ::_exit(100);
     ::_exit(fn());
   }
   int status = 0;
@@ -107,7 +109,8 @@ pid_t HostPidOf(uint32_t uid, const std::string& argv0) {
     if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
     std::string status = ReadHostFile(e.path().string() + "/status");
     size_t at = status.find("\nUid:\t");
-    if (at == std::string::npos || std::strtoul(status.c_str() + at + 6, nullptr, 10) != uid) continue;
+    if (at == std::string::npos || std::strtoul(status.c_str() + at + 6, nullptr, 10) != uid)
+      continue;
     if (ReadHostFile(e.path().string() + "/cmdline").starts_with(argv0)) return std::stoi(name);
   }
   return -1;
@@ -125,7 +128,8 @@ TEST_F(SandboxSecurityTest, TheAgentTalksToItsControlPlaneAndNothingElseOfItsOwn
   auto out = sbx_->WaitForEnd(id);
   EXPECT_EQ(out.session["state"], "succeeded") << out.logs;
   EXPECT_EQ(out.session.value("result", ""), "reached the control plane");
-  EXPECT_NE(out.logs.find("security probe"), std::string::npos) << "the task came through the inbox: " << out.logs;
+  EXPECT_NE(out.logs.find("security probe"), std::string::npos)
+      << "the task came through the inbox: " << out.logs;
 }
 
 TEST_F(SandboxSecurityTest, TheAgentEnvironmentHoldsOnlyTheThreeVariablesPathHomeAndLang) {
@@ -133,7 +137,8 @@ TEST_F(SandboxSecurityTest, TheAgentEnvironmentHoldsOnlyTheThreeVariablesPathHom
   Json env = out.Probe("env");
   ASSERT_FALSE(env.is_null()) << out.logs;
   std::set<std::string> names(env["names"].begin(), env["names"].end());
-  EXPECT_EQ(names, (std::set<std::string>{"SESSION_ID", "SESSION_TOKEN", "CONTROL_PLANE_URL", "PATH", "HOME", "LANG"}));
+  EXPECT_EQ(names, (std::set<std::string>{"SESSION_ID", "SESSION_TOKEN", "CONTROL_PLANE_URL",
+                                          "PATH", "HOME", "LANG"}));
   EXPECT_EQ(env["HOME"], "/home/sandbox");
   EXPECT_EQ(env["LANG"], "C.UTF-8");
   EXPECT_TRUE(env["CONTROL_PLANE_URL"].get<std::string>().starts_with("http://127.0.0.1:"));
@@ -147,13 +152,16 @@ TEST_F(SandboxSecurityTest, NoOtherProcessShowsTheTokenInItsEnviron) {
   bool saw_init = false;
   for (const auto& proc : p["procs"]) {
     EXPECT_FALSE(proc["has_token"].get<bool>()) << proc.dump();
-    EXPECT_FALSE(proc["readable"].get<bool>() && proc["has_session_vars"].get<bool>()) << proc.dump();
+    EXPECT_FALSE(proc["readable"].get<bool>() && proc["has_session_vars"].get<bool>())
+        << proc.dump();
     if (proc["pid"] == 1) {
       saw_init = true;
-      EXPECT_TRUE(!proc["readable"].get<bool>() || !proc["nonempty"].get<bool>()) << "init's environ: " << proc.dump();
+      EXPECT_TRUE(!proc["readable"].get<bool>() || !proc["nonempty"].get<bool>())
+          << "init's environ: " << proc.dump();
     }
   }
-  EXPECT_TRUE(saw_init) << "pid 1 (airlock-init) should be visible in the sandbox's own pid namespace";
+  EXPECT_TRUE(saw_init)
+      << "pid 1 (airlock-init) should be visible in the sandbox's own pid namespace";
 }
 
 TEST_F(SandboxSecurityTest, TheAgentIsUnprivileged) {
@@ -181,11 +189,13 @@ TEST_F(SandboxSecurityTest, PrivilegedSyscallsAllFail) {
     tried.insert(a["name"]);
     EXPECT_FALSE(a["succeeded"].get<bool>()) << a.dump();
   }
-  for (const char* must : {"mount_tmpfs", "unshare_user", "unshare_mount", "setns_host_net", "clone_newuser",
-                           "ptrace_init", "ptrace_own_child", "bpf_map_create", "keyctl_session", "perf_event_open",
-                           "kexec_load", "socket_raw_icmp", "socket_packet", "socket_vsock", "setuid_root",
-                           "int80_getpid", "x32_getpid", "clone3_newuser", "kill_init", "clock_settime",
-                           "raise_core_limit", "tiocsti"}) {
+  for (const char* must :
+       {"mount_tmpfs",      "unshare_user",    "unshare_mount",    "setns_host_net",
+        "clone_newuser",    "ptrace_init",     "ptrace_own_child", "bpf_map_create",
+        "keyctl_session",   "perf_event_open", "kexec_load",       "socket_raw_icmp",
+        "socket_packet",    "socket_vsock",    "setuid_root",      "int80_getpid",
+        "x32_getpid",       "clone3_newuser",  "kill_init",        "clock_settime",
+        "raise_core_limit", "tiocsti"}) {
     EXPECT_TRUE(tried.count(must)) << must;
   }
   EXPECT_FALSE(out.Probe("done").is_null()) << "the probe survived its own attempts: " << out.logs;
@@ -219,7 +229,8 @@ TEST_F(SandboxSecurityTest, SystemMountsAreReadOnlyAndWritableOnesNosuid) {
   for (const auto& [point, m] : top) {
     // /sys/fs/cgroup included: on cgroup v1 a writable hierarchy is one a uid 0 inside could
     // raise its own limits in, or set the release_agent of.
-    if (point == "/" || point.starts_with("/sys") || point == "/proc/sys" || point.starts_with("/.airlock/")) {
+    if (point == "/" || point.starts_with("/sys") || point == "/proc/sys" ||
+        point.starts_with("/.airlock/")) {
       EXPECT_TRUE(read_only(m)) << m.dump();
     } else if (!read_only(m)) {
       EXPECT_NE(m["options"].get<std::string>().find("nosuid"), std::string::npos) << m.dump();
@@ -237,7 +248,9 @@ TEST_F(SandboxSecurityTest, OnlyUnixInetAndNetlinkSocketsOpen) {
   ASSERT_FALSE(p.is_null()) << out.logs;
   std::set<int> opened(p["opened"].begin(), p["opened"].end());
   for (int family : opened) {
-    EXPECT_TRUE(family == AF_UNIX || family == AF_INET || family == AF_INET6 || family == AF_NETLINK) << family;
+    EXPECT_TRUE(family == AF_UNIX || family == AF_INET || family == AF_INET6 ||
+                family == AF_NETLINK)
+        << family;
   }
   EXPECT_TRUE(opened.count(AF_UNIX) && opened.count(AF_INET)) << p.dump();
 }
@@ -256,10 +269,12 @@ TEST_F(SandboxSecurityTest, HostFilesAndTheControlPlaneHomeAreInvisible) {
   std::ofstream(canary) << "CANARY-5f1e9d";
   ::chmod(canary.c_str(), 0644);  // even world-readable on the host
   auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe(
-      {"read", canary, "/proc/1/root" + canary, sbx_->home() + "/operator.key", sbx_->home() + "/airlock.db",
-       sbx_->home() + "/airlock.toml", "/etc/shadow", "/root/.bash_history", "/proc/1/environ", "/proc/1/mem",
+      {"read", canary, "/proc/1/root" + canary, sbx_->home() + "/operator.key",
+       sbx_->home() + "/airlock.db", sbx_->home() + "/airlock.toml", "/etc/shadow",
+       "/root/.bash_history", "/proc/1/environ", "/proc/1/mem",
        // The host kernel's state, masked (world-readable ones included: timer_list).
-       "/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/latency_stats"})));
+       "/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
+       "/proc/latency_stats"})));
   Json p = out.Probe("read");
   ASSERT_FALSE(p.is_null()) << out.logs;
   for (const auto& r : p["paths"]) {
@@ -275,7 +290,8 @@ TEST_F(SandboxSecurityTest, NoHostProcessIsVisible) {
   ASSERT_FALSE(p.is_null()) << out.logs;
   for (const auto& proc : p["procs"]) {
     std::string cmd = proc["cmdline"];
-    EXPECT_TRUE(cmd.starts_with("/.airlock/init") || cmd.starts_with("/usr/bin/airlock-probe")) << cmd;
+    EXPECT_TRUE(cmd.starts_with("/.airlock/init") || cmd.starts_with("/usr/bin/airlock-probe"))
+        << cmd;
   }
   EXPECT_LE(p["procs"].size(), 2u);
 }
@@ -287,8 +303,9 @@ TEST_F(SandboxSecurityTest, NoRouteOutOfTheSandbox) {
   if (!external.empty()) outside = std::make_unique<Canary>(external);
   std::string op = std::to_string(sbx_->server().operator_port());
   std::string sb = std::to_string(sbx_->server().sandbox_port());
-  std::vector<std::string> targets = {loopback.target(), "127.0.0.1:" + op, "127.0.0.1:" + sb,
-                                      "169.254.169.254:80", "10.0.2.2:80", "8.8.8.8:53", "1.1.1.1:443"};
+  std::vector<std::string> targets = {loopback.target(),    "127.0.0.1:" + op, "127.0.0.1:" + sb,
+                                      "169.254.169.254:80", "10.0.2.2:80",     "8.8.8.8:53",
+                                      "1.1.1.1:443"};
   if (outside) {
     targets.push_back(outside->target());
     targets.push_back(external + ":" + op);
@@ -328,7 +345,8 @@ TEST_F(SandboxSecurityTest, SetuidBinariesOfTheHostImageAreInert) {
   // kernel must ignore the bits (nosuid mounts, and no_new_privs on top).
   std::string script =
       "grep NoNewPrivs /proc/self/status; "
-      "for f in /usr/bin/su /usr/bin/mount /usr/bin/passwd; do [ -u \"$f\" ] && echo \"SETUID $f\"; done; "
+      "for f in /usr/bin/su /usr/bin/mount /usr/bin/passwd; do [ -u \"$f\" ] && echo \"SETUID "
+      "$f\"; done; "
       "/usr/bin/mount -t tmpfs none /tmp >/dev/null 2>&1 && echo MOUNT-SUCCEEDED; "
       "/usr/bin/su -c 'echo SU-SUCCEEDED' root </dev/null >/dev/null 2>&1 && echo SU-SUCCEEDED; "
       "grep ' /usr ' /proc/self/mountinfo; id -u";
@@ -363,22 +381,25 @@ TEST_F(SandboxSecurityTest, AForkBombStopsAtThePidsLimitAndTheHostStaysResponsiv
 TEST_F(SandboxSecurityTest, AMemoryBombIsOomKilledAndReportedAsOom) {
   auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"membomb"}), {{"memory_mb", 64}}));
   EXPECT_FALSE(out.Probe("membomb_start").is_null()) << out.logs;
-  EXPECT_TRUE(out.Probe("membomb").is_null()) << "malloc should not fail before the OOM killer acts: " << out.logs;
+  EXPECT_TRUE(out.Probe("membomb").is_null())
+      << "malloc should not fail before the OOM killer acts: " << out.logs;
   EXPECT_EQ(out.session["state"], "failed");
   Json exited = out.Event("agent.exited");
   ASSERT_FALSE(exited.is_null()) << out.events.dump();
   EXPECT_EQ(exited["data"]["signal"], 9) << exited.dump();
   EXPECT_EQ(exited["data"]["oom_killed"], true) << exited.dump();
-  EXPECT_NE(out.session.value("result", "").find("out of memory"), std::string::npos) << out.session.dump();
+  EXPECT_NE(out.session.value("result", "").find("out of memory"), std::string::npos)
+      << out.session.dump();
 }
 
 TEST_F(SandboxSecurityTest, TheAgentGetsOnlyItsCpuShare) {
   // A busy loop is no proof within a test's time; the sandbox's own cgroup, as the sandbox
   // sees it, is: quota / period = the cpus limit (cgroup v1 files, or v2's cpu.max).
   auto out = sbx_->WaitForEnd(sbx_->Create(
-      SandboxServer::Probe({"read", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
-                            "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us",
-                            "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "/sys/fs/cgroup/cpu.max"}),
+      SandboxServer::Probe(
+          {"read", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
+           "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us",
+           "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "/sys/fs/cgroup/cpu.max"}),
       {{"cpus", 0.5}}));
   Json p = out.Probe("read");
   ASSERT_FALSE(p.is_null()) << out.logs;
@@ -409,8 +430,8 @@ TEST_F(SandboxSecurityTest, TwoSandboxesCannotSeeOrReachEachOther) {
   std::string a = sbx_->Create(SandboxServer::Probe({"listen", "7777", "60"}));
   Json listening = sbx_->WaitForProbe(a, "listen");
   ASSERT_TRUE(!listening.is_null() && listening["listening"].get<bool>()) << sbx_->Logs(a);
-  auto out = sbx_->WaitForEnd(sbx_->Create(
-      SandboxServer::Probe({"net", "127.0.0.1:7777", "--", "read", "/tmp/probe-marker", "--", "procs"})));
+  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe(
+      {"net", "127.0.0.1:7777", "--", "read", "/tmp/probe-marker", "--", "procs"})));
   Json net = out.Probe("net");
   ASSERT_FALSE(net.is_null()) << out.logs;
   EXPECT_FALSE(net["targets"][0]["connected"].get<bool>()) << net.dump();
@@ -452,7 +473,8 @@ TEST_F(SandboxSecurityTest, HostWideWritebackIsRefusedButFsyncOfOwnFilesWorks) {
     EXPECT_FALSE(by_name[denied]["succeeded"].get<bool>()) << by_name[denied].dump();
     EXPECT_EQ(by_name[denied]["errno"], EPERM) << by_name[denied].dump();
   }
-  EXPECT_TRUE(by_name["fsync_own_file"]["succeeded"].get<bool>()) << by_name["fsync_own_file"].dump();
+  EXPECT_TRUE(by_name["fsync_own_file"]["succeeded"].get<bool>())
+      << by_name["fsync_own_file"].dump();
   EXPECT_FALSE(out.Probe("done").is_null()) << "refused, not killed: " << out.logs;
 }
 
@@ -463,8 +485,9 @@ TEST_F(SandboxSecurityTest, TcpBuffersCannotOutgrowTheSandboxMemoryLimit) {
   constexpr int64_t kLimit = 64ll << 20;
   constexpr int kPairs = 200;
   int64_t host_before = HostTcpMemBytes();
-  std::string id = sbx_->Create(SandboxServer::Probe({"tcpfill", std::to_string(kPairs), "--", "sleep", "60"}),
-                                {{"memory_mb", kLimit >> 20}});
+  std::string id =
+      sbx_->Create(SandboxServer::Probe({"tcpfill", std::to_string(kPairs), "--", "sleep", "60"}),
+                   {{"memory_mb", kLimit >> 20}});
   Json p = sbx_->WaitForProbe(id, "tcpfill");
   ASSERT_FALSE(p.is_null());
   int64_t host_during = HostTcpMemBytes();
@@ -475,9 +498,11 @@ TEST_F(SandboxSecurityTest, TcpBuffersCannotOutgrowTheSandboxMemoryLimit) {
   int64_t slack = int64_t{kPairs} * 2 * (64 << 10);
   EXPECT_LE(p["queued"].get<int64_t>(), kLimit + slack) << p.dump();
   EXPECT_LE(host_during - host_before, kLimit + slack)
-      << "host sockstat TCP mem went from " << host_before << " to " << host_during << " bytes; " << p.dump();
+      << "host sockstat TCP mem went from " << host_before << " to " << host_during << " bytes; "
+      << p.dump();
   // An ordinary connection in another sandbox, meanwhile.
-  auto other = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"tcpecho", std::to_string(8 << 20)})));
+  auto other =
+      sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"tcpecho", std::to_string(8 << 20)})));
   Json echo = other.Probe("tcpecho");
   ASSERT_FALSE(echo.is_null()) << other.logs;
   EXPECT_TRUE(echo["ok"].get<bool>()) << echo.dump();
@@ -485,7 +510,8 @@ TEST_F(SandboxSecurityTest, TcpBuffersCannotOutgrowTheSandboxMemoryLimit) {
 }
 
 TEST_F(SandboxSecurityTest, AnOrdinaryLoopbackConnectionWorks) {
-  auto out = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"tcpecho", std::to_string(32 << 20)})));
+  auto out =
+      sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"tcpecho", std::to_string(32 << 20)})));
   Json p = out.Probe("tcpecho");
   ASSERT_FALSE(p.is_null()) << out.logs;
   EXPECT_TRUE(p["ok"].get<bool>()) << p.dump();
@@ -496,13 +522,15 @@ TEST_F(SandboxSecurityTest, AnOrdinaryLoopbackConnectionWorks) {
 // sandbox: that account could read an agent's environment (its token), and one sandbox could
 // use up the per-uid quotas of all of them and of that user.
 TEST_F(SandboxSecurityTest, EachSandboxHasItsOwnHostUidThatNoHostAccountHas) {
-  std::string a = sbx_->Create(SandboxServer::Probe({"identity", "--", "inotify", "100000", "--", "sleep", "60"}));
+  std::string a = sbx_->Create(
+      SandboxServer::Probe({"identity", "--", "inotify", "100000", "--", "sleep", "60"}));
   Json held = sbx_->WaitForProbe(a, "inotify");
   ASSERT_FALSE(held.is_null());
   Json id_a = SandboxServer::ParseProbes(sbx_->Logs(a))[0];
   ASSERT_EQ(id_a["check"], "identity");
   // a holds every inotify instance its uid may have ...
-  EXPECT_EQ(std::to_string(held["instances"].get<int>()) + "\n", held["max_user_instances"]) << held.dump();
+  EXPECT_EQ(std::to_string(held["instances"].get<int>()) + "\n", held["max_user_instances"])
+      << held.dump();
   EXPECT_EQ(held["errno"], EMFILE) << held.dump();
   // ... and another sandbox still gets one ...
   auto b = sbx_->WaitForEnd(sbx_->Create(SandboxServer::Probe({"identity", "--", "inotify", "1"})));
