@@ -244,17 +244,19 @@ awaitable<Admission> ControlPlane::AdmitSandbox(Request& req) {
   a.max_body_bytes = route->max_body_bytes;
   // Signed file URLs carry their credential in the query string; the file service checks it.
   if (req.route.starts_with("/sandbox/v1/files/{session}/")) co_return a;
-  std::string_view token = BearerToken(req);
-  // Over TCP the connection is charged to the token it presents (its hash names it; one
-  // session has one live token), so a token's holder gets its share of connections and body
-  // memory and no more. A per-session Unix socket is charged to its session already.
-  if (req.bound_session.empty() && !token.empty())
-    a.charge_to = "token:" + Sha256Hex(token).substr(0, 32);
-  // A request with a body is authenticated before the body is read; one without is
-  // authenticated by its handler, which needs the session anyway.
-  if (req.body_expected) {
+  // Over TCP the connection is charged to the session of the token it presents, once that
+  // token is known to be good: a made-up token gets a 401 and a closed connection, not a
+  // share of its own. Every TCP request is therefore authenticated here; on a per-session
+  // Unix socket (charged to its session at accept) only one with a body needs to be, before
+  // the body is read; the others are authenticated by their handler, which needs the session
+  // anyway.
+  if (req.bound_session.empty() || req.body_expected) {
     auto s = co_await AuthenticateSandbox(req);
-    if (!s) a.refuse = Response::FromError(s.error());
+    if (!s) {
+      a.refuse = Response::FromError(s.error());
+    } else if (req.bound_session.empty()) {
+      a.charge_to = s->id;
+    }
   }
   co_return a;
 }

@@ -373,6 +373,21 @@ awaitable<Response> FileService::Upload(Request& req) {
     }
   }
   bytes_.With({"in"}).Inc(static_cast<double>(total));
+  // The upload's event counts against the session's event quota like every event a sandbox
+  // causes: a PUT URL may be used again until it expires, and repeating it must not grow the
+  // events table without bound. Past the quota the upload is refused and nothing replaces the
+  // name.
+  Json data{{"name", t.name}, {"size", total}};
+  const store::EventQuota event_quota = EventQuotaFor(config_);
+  auto appended = co_await RunBlocking(pool_, [this, &t, &data, &event_quota] {
+    return store_.AppendEventWithinQuota(t.session, "file.uploaded", data, event_quota);
+  });
+  if (!appended) co_return abandon(Response::FromError(appended.error()));
+  if (!appended->event) {
+    refusals_.With({"event_quota"}).Inc();
+    events_.Notify(t.session);
+    co_return abandon(EventQuotaExceeded(*appended));
+  }
   std::string final_path = local_->PathOf(t.session, t.name);
   auto committed = co_await RunBlocking(pool_, [&fd, &tmp, &final_path, &dir]() -> Status {
     if (::fsync(fd) != 0) return Errorf(ErrorCode::kInternal, "fsync: {}", std::strerror(errno));
@@ -389,9 +404,6 @@ awaitable<Response> FileService::Upload(Request& req) {
     co_return abandon(Response::FromError(500, "internal", committed.error().message));
   ::close(fd);
   release();
-  Json data{{"name", t.name}, {"size", total}};
-  co_await RunBlocking(
-      pool_, [this, &t, &data] { return store_.AppendEvent(t.session, "file.uploaded", data); });
   events_.Notify(t.session);
   co_return Response::FromJson(201, data);
 }

@@ -193,12 +193,15 @@ std::optional<Response> TransferEncodingProblem(const http::request_parser<http:
 class HttpServer::BodyBudget {
  public:
   BodyBudget(HttpServer& server, std::string session, size_t bytes)
-      : server_(server), session_(std::move(session)), bytes_(bytes) {
+      : server_(server), alive_(server.alive_), session_(std::move(session)), bytes_(bytes) {
     server_.buffered_body_bytes_ += bytes_;
     server_.metrics_.buffered_body_bytes.With({server_.name_}).Add(static_cast<double>(bytes_));
     if (!session_.empty()) server_.session_body_bytes_[session_] += bytes_;
   }
   ~BodyBudget() {
+    // A connection's coroutine frame may outlive the server (destroyed with the io_context
+    // after a drain that timed out): then there is nothing left to give the bytes back to.
+    if (!*alive_) return;
     server_.buffered_body_bytes_ -= bytes_;
     server_.metrics_.buffered_body_bytes.With({server_.name_}).Add(-static_cast<double>(bytes_));
     if (!session_.empty()) {
@@ -213,6 +216,7 @@ class HttpServer::BodyBudget {
 
  private:
   HttpServer& server_;
+  std::shared_ptr<bool> alive_;
   std::string session_;
   size_t bytes_;
 };

@@ -755,8 +755,13 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
       }
     }
     if (!recorded) {
-      auto ev = co_await RunBlocking(
-          pool_, [this, &id, &data] { return store_.AppendEvent(id, "llm.call", data); });
+      // A failed call's event counts against the session's event quota: a sandbox repeating
+      // calls that fail must not grow the events table without bound. Past the quota the
+      // call is still in the metrics and the log, not in the events.
+      const store::EventQuota quota = EventQuotaFor(config_);
+      auto ev = co_await RunBlocking(pool_, [this, &id, &data, &quota] {
+        return store_.AppendEventWithinQuota(id, "llm.call", data, quota);
+      });
       if (!ev) failed = ev.error();
     }
   }

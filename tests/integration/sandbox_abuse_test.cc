@@ -99,7 +99,49 @@ TEST(SandboxAbuseTest, ATokenOverTcpHoldsOnlyItsShareOfConnections) {
     ::close(fd);
   }
   EXPECT_EQ(server.Sb(verb::get, "/sandbox/v1/history", victim_token).status, 200u);
+  // Made-up tokens get no share of their own: each is refused and its connection closed.
+  for (int i = 0; i < 50; ++i) {
+    int fd = RawConnect(server.sb_port());
+    WriteAll(fd, Get("/sandbox/v1/history", "ast_madeup" + std::to_string(i)));
+    std::string resp = ReadUntilClose(fd);
+    EXPECT_TRUE(resp.starts_with("HTTP/1.1 401")) << resp;
+    ::close(fd);
+  }
   for (int fd : held) ::close(fd);
+}
+
+// A PUT URL may be used again until it expires (a client retries after a lost answer), but
+// repeating it cannot grow the events table past the session's event quota.
+TEST(SandboxAbuseTest, RepeatedUploadsToOneUrlStopAtTheEventQuota) {
+  TestServer server([](controlplane::Config& c) { c.events.max_per_session = 30; });
+  auto [id, token] = server.NewSession();
+  auto [other, other_token] = server.NewSession();
+  auto r = server.Sb(verb::post, "/sandbox/v1/files/presign", token,
+                     DumpJson(Json{{"name", "a.txt"}, {"method", "PUT"}, {"size", 1}}));
+  ASSERT_EQ(r.status, 200u) << r.body;
+  std::string url = r.json()["url"];
+  std::string target = url.substr(url.find("/sandbox/"));
+  int created = 0, refused = 0;
+  for (int i = 0; i < 100; ++i) {
+    auto put = HttpCall(server.sb_port(), verb::put, target, "", "x");
+    if (put.status == 201) ++created;
+    if (put.status == 413) {
+      ++refused;
+      EXPECT_EQ(put.error_code(), "quota_exceeded") << put.body;
+    }
+  }
+  EXPECT_GT(created, 0);
+  EXPECT_EQ(created + refused, 100);
+  auto evs = server
+                 .Op(verb::get, "/v1/sessions/" + id + "/events?limit=1000", "",
+                     {{"Accept", "application/json"}})
+                 .json();
+  EXPECT_LE(evs.size(), 31u);  // the quota, and the one notice past it
+  // The file is the last accepted upload, and another session is unaffected.
+  EXPECT_EQ(server.Op(verb::get, "/v1/sessions/" + id + "/files/a.txt").body, "x");
+  EXPECT_EQ(server.Sb(verb::post, "/sandbox/v1/events", other_token, R"({"type":"work","data":{}})")
+                .status,
+            202u);
 }
 
 TEST(SandboxAbuseTest, AConnectionThatSendsNothingIsCutAtTheFirstByteTimeout) {
