@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: the README's test command and what CI runs.
 #
-# Usage: scripts/test.sh                  every part below, in order
+# Usage: scripts/test.sh                  the default parts (format, main), in order
 #        scripts/test.sh [ctest args...]  the main build and its tests only, e.g. -L unit
-#        AIRLOCK_TEST_PARTS="main asan" scripts/test.sh   the parts named
+#        AIRLOCK_TEST_PARTS="format main asan tsan fuzz" scripts/test.sh   the parts named
 #
 # Parts (each builds in its own directory, once, and says how long it took):
 #   format  clang-format over the tree (scripts/check-format.sh)
@@ -29,7 +29,9 @@ fi
 if [ $# -gt 0 ]; then
   parts=${AIRLOCK_TEST_PARTS:-main}
 else
-  parts=${AIRLOCK_TEST_PARTS:-format main asan tsan fuzz}
+  # asan, tsan and fuzz are not on by default yet: each still needs one clean run on the
+  # final tree (issue 11's note says what is left).
+  parts=${AIRLOCK_TEST_PARTS:-format main}
 fi
 
 declare -a timings=()
