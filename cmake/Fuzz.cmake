@@ -11,12 +11,6 @@ endif()
 if(AIRLOCK_SANITIZE)
   message(FATAL_ERROR "AIRLOCK_FUZZ already instruments with ASan and UBSan: leave AIRLOCK_SANITIZE off")
 endif()
-# libstdc++ 12's <expected> (Result<T>) is guarded by __cpp_concepts >= 202002L, and clang 16
-# implements C++20 concepts but still reports 201907L because of a few corner cases
-# (P0848's conditionally trivial special members) that <expected> does not rely on. Declaring
-# the newer value makes <expected> available; -Wno-macro-redefined silences the redefinition
-# of the built-in macro. Clang 14 cannot compile <expected> even so.
-target_compile_options(airlock_flags INTERFACE -D__cpp_concepts=202002L -Wno-macro-redefined)
 # Boost 1.74 turns on co_await support for clang only with <experimental/coroutine>, which
 # libstdc++ 12 does not have; its <coroutine> (BOOST_ASIO_HAS_STD_COROUTINE, which Boost does
 # detect) is what clang 16 uses, so say that co_await is there.

@@ -3,6 +3,14 @@
 add_library(airlock_flags INTERFACE)
 target_compile_options(airlock_flags INTERFACE -Wall -Wextra -Wpedantic -Wno-missing-field-initializers
   $<$<BOOL:${AIRLOCK_WERROR}>:-Werror>)
+# libstdc++ 12's <expected> (Result<T>) is guarded by __cpp_concepts >= 202002L, and clang 16
+# implements C++20 concepts but still reports 201907L because of a few corner cases
+# (P0848's conditionally trivial special members) that <expected> does not rely on. Declaring
+# the newer value makes <expected> available; -Wno-macro-redefined silences the redefinition
+# of the built-in macro. Clang 14 cannot compile <expected> even so. airlock-init, which does
+# not take airlock_flags, uses the variable too.
+set(AIRLOCK_CLANG_EXPECTED "$<$<CXX_COMPILER_ID:Clang>:-D__cpp_concepts=202002L;-Wno-macro-redefined>")
+target_compile_options(airlock_flags INTERFACE ${AIRLOCK_CLANG_EXPECTED})
 # Boost 1.74's coroutine support needs -fcoroutines on g++ 12 in C++23 mode.
 target_compile_options(airlock_flags INTERFACE $<$<CXX_COMPILER_ID:GNU>:-fcoroutines>)
 # g++ 12 misreports Asio's coroutine frames (allocated by its recycling allocator, freed by the

@@ -73,7 +73,7 @@ TEST_F(ApiTest, CreatesSessionWithTokenOfAtLeast256Bits) {
   const auto& spec = server_.backend().specs.at(s["id"]);
   // "ast_" + base64url of 32 random bytes.
   EXPECT_GE(spec.token.Reveal().size(), 4u + 43u);
-  EXPECT_EQ(spec.session_id, s["id"]);
+  EXPECT_EQ(spec.session_id, s["id"].get<std::string>());
   EXPECT_TRUE(spec.control_plane_url.starts_with("http://127.0.0.1:"));
   EXPECT_EQ(r.body.find(spec.token.Reveal()), std::string::npos);
 }

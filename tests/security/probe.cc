@@ -572,6 +572,10 @@ void ForkBomb(long max) {
            .Int("errno", err));
 }
 
+// Each chunk escapes through this volatile pointer, or an optimiser may remove the allocation
+// and its memset altogether (clang does: the loop then allocates nothing and never ends).
+char* volatile membomb_sink = nullptr;
+
 void MemBomb() {
   Emit(Obj().Str("check", "membomb_start"));
   size_t total = 0;
@@ -586,6 +590,7 @@ void MemBomb() {
       return;
     }
     std::memset(p, 0x5a, kChunk);
+    membomb_sink = p;
     total += kChunk;
   }
 }

@@ -529,7 +529,8 @@ TEST_F(SandboxSecurityTest, EachSandboxHasItsOwnHostUidThatNoHostAccountHas) {
   Json id_a = SandboxServer::ParseProbes(sbx_->Logs(a))[0];
   ASSERT_EQ(id_a["check"], "identity");
   // a holds every inotify instance its uid may have ...
-  EXPECT_EQ(std::to_string(held["instances"].get<int>()) + "\n", held["max_user_instances"])
+  EXPECT_EQ(std::to_string(held["instances"].get<int>()) + "\n",
+            held["max_user_instances"].get<std::string>())
       << held.dump();
   EXPECT_EQ(held["errno"], EMFILE) << held.dump();
   // ... and another sandbox still gets one ...
