@@ -28,7 +28,11 @@ if(AIRLOCK_TSAN)
   if(AIRLOCK_SANITIZE)
     message(FATAL_ERROR "AIRLOCK_TSAN and AIRLOCK_SANITIZE cannot be combined: build them in two directories")
   endif()
-  target_compile_options(airlock_flags INTERFACE -fsanitize=thread -fno-omit-frame-pointer)
+  # g++ 12 warns (-Wtsan) that TSan does not model the atomic_thread_fence in Asio's
+  # std_fenced_block. Handlers pass between threads through the scheduler's mutex, which
+  # TSan does see, so the fence adds no edge a report could depend on.
+  target_compile_options(airlock_flags INTERFACE -fsanitize=thread -fno-omit-frame-pointer
+                                                 $<$<CXX_COMPILER_ID:GNU>:-Wno-tsan>)
   target_link_options(airlock_flags INTERFACE -fsanitize=thread)
 endif()
 
