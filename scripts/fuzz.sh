@@ -2,6 +2,7 @@
 # Builds the libFuzzer targets of fuzz/ (clang++-16, ASan + UBSan, in build-fuzz) and runs each
 # for a bounded time from its seed corpus, then replays every seed and regression input.
 # Fails on any crash, leak, timeout or sanitizer report and prints the reproducer's path.
+# Runs as many targets at once as there are cores (AIRLOCK_FUZZ_JOBS).
 #
 # Usage: scripts/fuzz.sh [seconds-per-target] [target...]     (default 30 s, every target)
 # Environment: AIRLOCK_FUZZ_BUILD (default <repo>/build-fuzz).
@@ -36,15 +37,33 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cd "$root/fuzz" && ls *_fuzz.cc | sed 's/\.cc$//')
 fi
-failed=()
-for t in "${targets[@]}"; do
+# One target per core at a time: each libFuzzer run is single-threaded. Every target's output
+# is kept in its own file and printed, in order, once all have finished.
+parallel=${AIRLOCK_FUZZ_JOBS:-$(nproc)}
+run_one() {
+  local t=$1 t0
   t0=$(date +%s)
   if "$root/fuzz/run-target.sh" replay "$build/fuzz/$t" "$root/fuzz" >/dev/null 2>"$build/fuzz/$t.replay.log" &&
       "$root/fuzz/run-target.sh" fuzz "$build/fuzz/$t" "$root/fuzz" "$seconds"; then
     echo "fuzz: $t ok ($(($(date +%s) - t0)) s)"
   else
-    [ -s "$build/fuzz/$t.replay.log" ] && tail -n 40 "$build/fuzz/$t.replay.log" >&2
-    echo "fuzz: $t FAILED" >&2
+    [ -s "$build/fuzz/$t.replay.log" ] && tail -n 40 "$build/fuzz/$t.replay.log"
+    echo "fuzz: $t FAILED"
+    return 1
+  fi
+}
+for t in "${targets[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do wait -n || true; done
+  rm -f "$build/fuzz/$t.status"
+  { if run_one "$t" >"$build/fuzz/$t.out" 2>&1; then echo 0; else echo 1; fi >"$build/fuzz/$t.status"; } &
+done
+wait
+failed=()
+for t in "${targets[@]}"; do
+  if [ "$(cat "$build/fuzz/$t.status" 2>/dev/null)" = 0 ]; then
+    cat "$build/fuzz/$t.out"
+  else
+    cat "$build/fuzz/$t.out" >&2
     failed+=("$t")
   fi
 done
