@@ -195,8 +195,7 @@ TEST_F(ApiTest, TokenIsRevokedWhenTheSessionFinishes) {
   auto s = server_.Op(verb::get, "/v1/sessions/" + id).json();
   EXPECT_EQ(s["state"], "succeeded");
   EXPECT_EQ(s["result"], "ok");
-  std::lock_guard l(server_.backend().mu);
-  EXPECT_EQ(server_.backend().state["test:" + id], "destroyed");
+  EXPECT_TRUE(server_.backend().WaitForState("test:" + id, "destroyed"));
 }
 
 TEST_F(ApiTest, TokenIsRevokedWhenTheOperatorKillsTheSession) {

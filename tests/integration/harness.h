@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -47,9 +48,21 @@ class TestBackend : public sandbox::Backend {
  public:
   struct Shared {
     std::mutex mu;
+    std::condition_variable changed;  // notified on every state change
     std::map<std::string, sandbox::SandboxSpec> specs;
     std::map<std::string, std::string> state;  // handle -> running/paused/destroyed
     bool fail_create = false;
+
+    // Waits until `handle` is in `want`. The control plane tears sandboxes down off the
+    // request path, so a test that saw a session end must wait for the destroy to land.
+    bool WaitForState(const std::string& handle, const std::string& want,
+                      std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+      std::unique_lock l(mu);
+      return changed.wait_for(l, timeout, [&] {
+        auto it = state.find(handle);
+        return it != state.end() && it->second == want;
+      });
+    }
   };
   explicit TestBackend(std::shared_ptr<Shared> shared) : s_(std::move(shared)) {}
   std::string_view name() const override { return "test"; }
@@ -59,6 +72,7 @@ class TestBackend : public sandbox::Backend {
     if (s_->fail_create) return MakeError(ErrorCode::kUnavailable, "test backend told to fail");
     s_->specs[spec.session_id] = spec;
     s_->state["test:" + spec.session_id] = "running";
+    s_->changed.notify_all();
     return "test:" + spec.session_id;
   }
   Status Suspend(const std::string& h) override { return Set(h, "paused"); }
@@ -82,6 +96,7 @@ class TestBackend : public sandbox::Backend {
   Status Set(const std::string& h, const char* st) {
     std::lock_guard l(s_->mu);
     s_->state[h] = st;
+    s_->changed.notify_all();
     return Ok();
   }
   std::shared_ptr<Shared> s_;
