@@ -161,6 +161,9 @@ Status ControlPlane::Start() {
   std::error_code ec;
   fs::create_directories(config_.home + "/run", ec);
   if (ec) return Errorf(ErrorCode::kInternal, "cannot create {}: {}", config_.home, ec.message());
+  if (!home_lock_.held()) {
+    AIRLOCK_ASSIGN_OR_RETURN(home_lock_, HomeLock::Acquire(config_.home));
+  }
   fs::create_directories(config_.home + "/sessions", ec);
   ::chmod(config_.home.c_str(), 0700);
   // Sandboxes run as other users and must reach their own socket under run/<id>/ but list

@@ -13,6 +13,7 @@
 #include "controlplane/config.h"
 #include "controlplane/event_limits.h"
 #include "controlplane/file_service.h"
+#include "controlplane/home_lock.h"
 #include "controlplane/http_server.h"
 #include "controlplane/llm_proxy.h"
 #include "controlplane/notifier.h"
@@ -83,10 +84,13 @@ class ControlPlane {
                std::unique_ptr<sandbox::BackendRegistry> backends);
   ~ControlPlane();
 
-  // Creates the home directory and the operator key, binds the listeners, re-attaches to
-  // live sandboxes and starts the reconciler. Call on the io thread before io.run(), or from
-  // a coroutine.
+  // Locks the home directory (one server per home: HomeLock), creates it and the operator
+  // key, binds the listeners, re-attaches to live sandboxes and starts the reconciler. Call on
+  // the io thread before io.run(), or from a coroutine.
   Status Start();
+  // Hands over a lock the caller took before it opened anything in the home (airlock serve
+  // does, before the store and the backends); Start then keeps it instead of taking its own.
+  void AdoptHomeLock(HomeLock lock) { home_lock_ = std::move(lock); }
   // Graceful stop: no new connections, idle ones closed, long-polls and streams answered,
   // then the io_context is stopped once in-flight requests finish or the drain timeout ends.
   void Shutdown();
@@ -208,6 +212,7 @@ class ControlPlane {
   std::map<std::string, int64_t> idle_since_;
   std::map<std::string, int> parked_polls_;
   bool stopping_ = false;
+  HomeLock home_lock_;
   // Events a sandbox posts: a rate per session (io thread only), and the refusals counted.
   EventRateLimiter event_rate_{config_.events.rate_per_s, config_.events.burst};
   metrics::Family<metrics::Counter>& event_refusals_{registry_.AddCounter(

@@ -124,6 +124,13 @@ int RunServer(Config config) {
                {{"home", config.home}, {"error", ec.message()}});
     return 1;
   }
+  // Before anything in the home is opened: a second server must not touch the first one's
+  // database, sockets or sandboxes, not even to reattach them.
+  auto home_lock = HomeLock::Acquire(config.home);
+  if (!home_lock) {
+    log::Error("cannot start", {{"error", home_lock.error().message}});
+    return 1;
+  }
   store::StoreOptions so;
   so.path = config.store_path;
   so.synchronous = config.store_synchronous;
@@ -153,6 +160,7 @@ int RunServer(Config config) {
   std::signal(SIGPIPE, SIG_IGN);
   asio::io_context io(1);
   ControlPlane cp(std::move(config), io, std::move(*store), std::move(backends));
+  cp.AdoptHomeLock(std::move(*home_lock));
   if (auto st = cp.Start(); !st) {
     log::Error("cannot start", {{"error", st.error().message}});
     return 1;

@@ -153,5 +153,40 @@ TEST(CrashRestartTest, ConfigWithUnknownKeysIsRefusedByName) {
   EXPECT_NE(out.find("nope"), std::string::npos) << out;
 }
 
+TEST(CrashRestartTest, ASecondServerOnTheSameHomeIsRefusedAndTheFirstCarriesOn) {
+  std::string home = MakeTempDir();
+  ServerProcess first(home, FreePort(), FreePort(), kProcessBackendConfig);
+  first.Start();
+  auto created = first.Op(verb::post, "/v1/sessions",
+                          DumpJson(Json{{"task", "stay"}, {"command", {"sleep", "600"}}}));
+  ASSERT_EQ(created.status, 201u) << created.body;
+  std::string id = created.json()["id"];
+
+  // The second server is told other ports, so only the home is shared. `timeout`: a server
+  // that is not refused runs on, and must fail this test rather than hang it.
+  std::string cmd = "timeout 30 " + std::string(AIRLOCK_BIN) + " serve --home " + home +
+                    " --listen 127.0.0.1:" + std::to_string(FreePort()) +
+                    " --sandbox-listen 127.0.0.1:" + std::to_string(FreePort()) + " --config " +
+                    home + "/airlock.toml 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[512];
+  while (size_t n = std::fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
+  int status = ::pclose(p);
+  EXPECT_EQ(WEXITSTATUS(status), 1) << out;
+  EXPECT_NE(out.find("another airlock serve (pid "), std::string::npos) << out;
+  EXPECT_NE(out.find(home), std::string::npos) << out;
+
+  // The first server still owns its session and its socket.
+  auto s = first.Op(verb::get, "/v1/sessions/" + id);
+  EXPECT_EQ(s.status, 200u);
+  EXPECT_EQ(s.json()["state"], "running");
+  std::string sock = home + "/run/" + id + "/control.sock";
+  int fd = RawConnectUnix(sock);
+  EXPECT_GE(fd, 0) << "the first server's session socket was taken over";
+  if (fd >= 0) ::close(fd);
+  first.Kill(SIGTERM);
+}
+
 }  // namespace
 }  // namespace airlock::testing
