@@ -28,9 +28,9 @@ TEST_F(HomeLockTest, ASecondHolderIsRefusedWithThePidOfTheFirst) {
   auto second = HomeLock::Acquire(home_);
   ASSERT_FALSE(second.has_value());
   EXPECT_EQ(second.error().code, ErrorCode::kConflict);
-  EXPECT_NE(second.error().message.find("another airlock serve (pid " +
-                                        std::to_string(::getpid()) + ")"),
-            std::string::npos)
+  EXPECT_NE(
+      second.error().message.find("another airlock serve (pid " + std::to_string(::getpid()) + ")"),
+      std::string::npos)
       << second.error().message;
   EXPECT_NE(second.error().message.find(home_), std::string::npos);
 }

@@ -11,6 +11,7 @@
 #include "common/time_util.h"
 #include "controlplane/control_plane.h"
 #include "controlplane/handler_util.h"
+#include "controlplane/readiness.h"
 #include "controlplane/validation.h"
 
 namespace airlock::controlplane {
@@ -40,6 +41,19 @@ void ControlPlane::RegisterOperatorRoutes() {
   auto& r = operator_router_;
   r.Add(http::verb::get, "/healthz", [](Request&) -> awaitable<Response> {
     co_return Response::FromJson(200, Json{{"status", "ok"}});
+  });
+  // Unauthenticated like /healthz, for load balancers and orchestrators: 200 when this
+  // replica should get traffic, else 503; the body says which check failed.
+  r.Add(http::verb::get, "/readyz", [this](Request&) -> awaitable<Response> {
+    ReadinessInputs in;
+    in.store = store_.get();
+    in.backends = backends_.get();
+    in.pool = &pool_;
+    in.default_backend = config_.default_backend;
+    in.allow_unisolated = config_.allow_unisolated_backends;
+    in.draining = stopping_;
+    Readiness r = co_await CheckReadiness(in);
+    co_return Response::FromJson(r.ready ? 200 : 503, r.body);
   });
   r.Add(http::verb::get, "/metrics", [this](Request&) -> awaitable<Response> {
     co_return Response::Text(200, registry_.Render(), "text/plain; version=0.0.4; charset=utf-8");

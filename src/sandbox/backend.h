@@ -71,6 +71,10 @@ class Backend {
   virtual Result<std::vector<ListedSandbox>> List() { return std::vector<ListedSandbox>{}; }
   // Captured stdout/stderr from `offset`, at most `max_bytes`.
   virtual Result<std::string> Logs(const std::string& handle, int64_t offset, size_t max_bytes) = 0;
+  // Whether this backend could create a sandbox now, without creating one (the readiness
+  // probe, /readyz, calls it every few seconds): cheap checks of what Create needs, with the
+  // reason when something is missing. Default: nothing to check.
+  virtual Status Probe() { return Ok(); }
 };
 
 // Backends registered by name; configuration picks one per session.

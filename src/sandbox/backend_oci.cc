@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <pwd.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -415,6 +416,30 @@ class OciBackend : public Backend {
     for (const auto& l : *listed) {
       if (auto h = Decode(l.handle)) AdoptUid(*h);
     }
+  }
+
+  // What Create needs that can go away while the server runs: the runtime and airlock-init
+  // (a package upgrade or removal), the state directory (a full or read-only file system),
+  // a uid for the next sandbox.
+  Status Probe() override {
+    for (const std::string* exe : {&runtime_path_, &o_.init_path}) {
+      if (::access(exe->c_str(), X_OK) != 0) {
+        return Errorf(ErrorCode::kUnavailable, "{} is not executable: {}", *exe,
+                      std::strerror(errno));
+      }
+    }
+    if (::access(o_.state_dir.c_str(), W_OK) != 0) {
+      return Errorf(ErrorCode::kUnavailable, "the state directory {} is not writable: {}",
+                    o_.state_dir, std::strerror(errno));
+    }
+    struct statvfs fs_stat {};
+    if (::statvfs(o_.state_dir.c_str(), &fs_stat) == 0 && fs_stat.f_bavail == 0) {
+      return Errorf(ErrorCode::kUnavailable, "the file system of {} is full", o_.state_dir);
+    }
+    if (uid_pool_ && uid_pool_->InUse() >= o_.uid_range_size) {
+      return Errorf(ErrorCode::kUnavailable, "every uid of sandbox.oci.uid_range is in use");
+    }
+    return Ok();
   }
 
   // The runtime's own list of its containers under our --root (crun, runc and runsc all

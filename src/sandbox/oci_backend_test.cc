@@ -103,7 +103,7 @@ class OciBackendTest : public ::testing::Test {
   std::unique_ptr<Backend> Make() {
     OciOptions o;
     o.state_dir = dir_ + "/state";
-    o.init_path = AIRLOCK_INIT_BIN;
+    o.init_path = init_path_;
     o.uid_range_start = range_start_;
     o.uid_range_size = range_size_;
     o.resolve_image = [this](const std::string& name) -> Result<OciImage> {
@@ -161,6 +161,7 @@ class OciBackendTest : public ::testing::Test {
   }
 
   std::string dir_, rootfs_;
+  std::string init_path_ = AIRLOCK_INIT_BIN;
   uint32_t range_start_ = 2147000000;
   uint32_t range_size_ = 65536;
   std::unique_ptr<Backend> backend_;
@@ -329,11 +330,33 @@ TEST_F(OciBackendTest, ARestartedBackendKeepsTheUidsOfSandboxesNotYetDestroyed) 
   auto c = backend_->Create(spec);
   ASSERT_FALSE(c.has_value()) << "both uids are held: " << *c;
   EXPECT_NE(c.error().message.find("no free sandbox uid"), std::string::npos) << c.error().message;
+  auto probe = backend_->Probe();  // the readiness probe sees it too
+  ASSERT_FALSE(probe.has_value());
+  EXPECT_NE(probe.error().message.find("every uid"), std::string::npos) << probe.error().message;
   // Destroying a gives its uid back.
   ASSERT_TRUE(backend_->Destroy(a).has_value());
+  EXPECT_TRUE(backend_->Probe().has_value());
   c = backend_->Create(spec);
   ASSERT_TRUE(c.has_value()) << c.error().message;
   handles_.push_back(*c);
+}
+
+TEST_F(OciBackendTest, ProbeSaysWhatCreateWouldMissWithoutCreatingASandbox) {
+  init_path_ = dir_ + "/airlock-init";
+  fs::copy_file(AIRLOCK_INIT_BIN, init_path_);
+  backend_ = Make();
+  ASSERT_TRUE(backend_);
+  auto ok = backend_->Probe();
+  EXPECT_TRUE(ok.has_value()) << ok.error().message;
+  // airlock-init loses its execute bit (a broken upgrade): the probe names it.
+  fs::permissions(init_path_, fs::perms::owner_read | fs::perms::owner_write);
+  auto broken = backend_->Probe();
+  ASSERT_FALSE(broken.has_value());
+  EXPECT_EQ(broken.error().code, ErrorCode::kUnavailable);
+  EXPECT_NE(broken.error().message.find(init_path_), std::string::npos) << broken.error().message;
+  fs::permissions(init_path_, fs::perms::owner_all);
+  EXPECT_TRUE(backend_->Probe().has_value());
+  EXPECT_TRUE(fs::is_empty(dir_ + "/state"));  // the runtime was never asked for a container
 }
 
 TEST_F(OciBackendTest, AnAgentUidOfAHostAccountIsRefused) {

@@ -148,6 +148,13 @@ class Store {
 
   // Creates or upgrades the schema; idempotent.
   virtual Status Migrate() = 0;
+  // Whether the store answers now (the readiness probe, /readyz): a cheap read. A store with
+  // a cheaper round trip than this default (SELECT 1) overrides it.
+  virtual Status Ping() {
+    auto keys = ListOperatorKeys();
+    if (!keys) return std::unexpected(keys.error());
+    return Ok();
+  }
 
   virtual Status AddOperatorKey(const OperatorKey& key) = 0;  // kConflict if the name exists
   virtual Result<std::vector<OperatorKey>> ListOperatorKeys() = 0;

@@ -172,6 +172,57 @@ TEST_F(ApiTest, LongPollEndsWith410WhenTheSessionIsKilled) {
   EXPECT_EQ(r.error_code(), "gone");
 }
 
+TEST_F(ApiTest, ReadyzSaysReadyWhenTheStoreAndTheDefaultBackendWork) {
+  auto r = HttpCall(server_.op_port(), verb::get, "/readyz");  // no credential needed
+  ASSERT_EQ(r.status, 200u) << r.body;
+  Json j = r.json();
+  EXPECT_EQ(j["status"], "ready");
+  EXPECT_EQ(j["checks"]["store"]["status"], "ok");
+  EXPECT_EQ(j["checks"]["backends"]["test"]["status"], "ok");
+  EXPECT_EQ(j["checks"]["backends"]["test"]["default"], true);
+}
+
+TEST_F(ApiTest, ReadyzIsNotReadyWhileTheDefaultBackendCannotCreateSandboxes) {
+  {
+    std::lock_guard l(server_.backend().mu);
+    server_.backend().probe_error = "the runtime went away";
+  }
+  auto r = HttpCall(server_.op_port(), verb::get, "/readyz");
+  EXPECT_EQ(r.status, 503u) << r.body;
+  EXPECT_EQ(r.json()["status"], "not_ready");
+  EXPECT_EQ(r.json()["checks"]["backends"]["test"]["status"], "failing");
+  EXPECT_EQ(r.json()["checks"]["backends"]["test"]["error"], "the runtime went away");
+  EXPECT_EQ(r.json()["checks"]["store"]["status"], "ok");
+  // Liveness is another question: the process is fine.
+  EXPECT_EQ(HttpCall(server_.op_port(), verb::get, "/healthz").status, 200u);
+  {
+    std::lock_guard l(server_.backend().mu);
+    server_.backend().probe_error.clear();
+  }
+  EXPECT_EQ(HttpCall(server_.op_port(), verb::get, "/readyz").status, 200u);
+}
+
+TEST_F(ApiTest, ReadyzAnswersInTimeWhenACheckHangsAndTheServerKeepsServing) {
+  {
+    std::lock_guard l(server_.backend().mu);
+    server_.backend().probe_hangs = true;
+  }
+  auto hung = std::async(std::launch::async,
+                         [&] { return HttpCall(server_.op_port(), verb::get, "/readyz"); });
+  // While the probe hangs on a worker, the event loop serves everyone else.
+  EXPECT_EQ(server_.Op(verb::get, "/v1/sessions").status, 200u);
+  auto r = hung.get();
+  EXPECT_EQ(r.status, 503u) << r.body;
+  EXPECT_EQ(r.json()["checks"]["backends"]["test"]["status"], "failing");
+  EXPECT_EQ(r.json()["checks"]["backends"]["test"]["error"], "no answer within 2000 ms");
+  {
+    std::lock_guard l(server_.backend().mu);
+    server_.backend().probe_hangs = false;
+  }
+  server_.backend().changed.notify_all();
+  EXPECT_EQ(HttpCall(server_.op_port(), verb::get, "/readyz").status, 200u);
+}
+
 TEST_F(ApiTest, RejectsMissingMalformedAndUnknownSessionTokens) {
   server_.NewSession();
   for (const std::string& tok :

@@ -52,6 +52,8 @@ class TestBackend : public sandbox::Backend {
     std::map<std::string, sandbox::SandboxSpec> specs;
     std::map<std::string, std::string> state;  // handle -> running/paused/destroyed
     bool fail_create = false;
+    std::string probe_error;   // Probe fails with this when set
+    bool probe_hangs = false;  // Probe blocks until this is cleared
 
     // Waits until `handle` is in `want`. The control plane tears sandboxes down off the
     // request path, so a test that saw a session end must wait for the destroy to land.
@@ -90,6 +92,12 @@ class TestBackend : public sandbox::Backend {
   Result<sandbox::SandboxStatus> Reattach(const std::string& h) override { return Inspect(h); }
   Result<std::string> Logs(const std::string&, int64_t, size_t) override {
     return std::string("test log\n");
+  }
+  Status Probe() override {
+    std::unique_lock l(s_->mu);
+    s_->changed.wait(l, [this] { return !s_->probe_hangs; });
+    if (!s_->probe_error.empty()) return MakeError(ErrorCode::kUnavailable, s_->probe_error);
+    return Ok();
   }
 
  private:
