@@ -3,7 +3,9 @@
 # Usage: scripts/check-format.sh [--fix]   --fix rewrites the files instead of reporting them
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t files < <(git ls-files '*.cc' '*.h')
+# Tracked files and new ones not yet added (but not ignored ones): a file is checked before
+# its first commit, not after.
+mapfile -t files < <(git ls-files --cached --others --exclude-standard '*.cc' '*.h' | sort -u)
 if [ "${1:-}" = --fix ]; then
   clang-format -i "${files[@]}"
   exit 0

@@ -10,8 +10,8 @@ namespace {
 // One check's answer: {"status": "ok"|"failing", "error"?, "latency_ms"}.
 Json CheckJson(const std::optional<Status>& outcome, std::chrono::steady_clock::time_point start,
                std::chrono::milliseconds limit) {
-  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-                  .count();
+  double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   Json j = {{"status", outcome && outcome->has_value() ? "ok" : "failing"},
             {"latency_ms", static_cast<int64_t>(ms * 10) / 10.0}};
   if (!outcome) {
@@ -66,7 +66,9 @@ awaitable<Readiness> CheckReadiness(ReadinessInputs in) {
 
   Readiness r;
   r.ready = ready && !in.draining;
-  r.body = {{"status", in.draining ? "draining" : ready ? "ready" : "not_ready"},
+  r.body = {{"status", in.draining ? "draining"
+                       : ready     ? "ready"
+                                   : "not_ready"},
             {"checks", std::move(checks)}};
   co_return r;
 }
