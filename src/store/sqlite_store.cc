@@ -6,9 +6,10 @@
 // read runs in its own snapshot. Every connection is used by one thread at a time, so the
 // connections are opened in SQLite's multi-thread mode (no per-connection mutex).
 //
-// Durability: every write is a `BEGIN IMMEDIATE ... COMMIT` that finishes before the method
-// returns. With WAL, synchronous=NORMAL survives a crash of the process (the commit is in the
-// OS page cache); synchronous=FULL also survives power loss.
+// Durability: every write is in a `BEGIN IMMEDIATE ... COMMIT` that finishes before the method
+// returns (writes that arrive together share one: group commit, see Write). With WAL,
+// synchronous=NORMAL survives a crash of the process (the commit is in the OS page cache);
+// synchronous=FULL also survives power loss.
 
 #include <sqlite3.h>
 
@@ -16,6 +17,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -1279,10 +1281,93 @@ class SqliteStore final : public Store {
     return result;
   }
 
+  // Group commit. Writes that arrive while another batch commits wait together, and the next
+  // of them to run commits them all in one transaction, each in a savepoint of its own: one
+  // write that fails rolls back alone, and every caller returns only after the COMMIT that
+  // holds its write (so what a method returns is still durable). Under load one commit then
+  // carries many writes (the pages they share are written to the WAL once, the write lock is
+  // taken once); alone, a write commits at once, as before.
   template <typename F>
   auto Write(F&& body) -> std::invoke_result_t<F, Connection&> {
-    std::lock_guard lock(writer_mu_);
-    return InTransaction(*writer_, std::forward<F>(body), /*write=*/true);
+    using R = std::invoke_result_t<F, Connection&>;
+    std::optional<R> result;
+    PendingWrite w;
+    w.run = [&](Connection& c) {
+      result.emplace(body(c));
+      return result->has_value();
+    };
+    RunInBatch(w);
+    if (w.failed) return std::unexpected(std::move(*w.failed));
+    return std::move(*result);
+  }
+
+  struct PendingWrite {
+    std::function<bool(Connection&)> run;  // runs the body; true when it succeeded
+    bool done = false;
+    std::optional<Error> failed;  // set when the batch's transaction failed as a whole
+  };
+  static constexpr size_t kMaxBatch = 256;
+
+  void RunInBatch(PendingWrite& w) {
+    std::unique_lock l(batch_mu_);
+    queue_.push_back(&w);
+    while (!w.done) {
+      if (leading_) {
+        batch_cv_.wait(l);
+        continue;
+      }
+      leading_ = true;
+      size_t n = std::min(queue_.size(), kMaxBatch);
+      std::vector<PendingWrite*> batch(queue_.begin(), queue_.begin() + static_cast<long>(n));
+      queue_.erase(queue_.begin(), queue_.begin() + static_cast<long>(n));
+      l.unlock();
+      {
+        std::lock_guard writer(writer_mu_);
+        CommitBatch(*writer_, batch);
+      }
+      l.lock();
+      for (PendingWrite* p : batch) p->done = true;
+      leading_ = false;
+      batch_cv_.notify_all();
+    }
+  }
+
+  // One transaction for the whole batch. A body that fails is rolled back to its savepoint.
+  // A failure that ends the transaction itself (the COMMIT, or an error SQLite answers by
+  // rolling everything back: a full disk, an I/O error) fails every write of the batch that
+  // had not failed on its own: none of them is in the database.
+  static void CommitBatch(Connection& c, const std::vector<PendingWrite*>& batch) {
+    auto fail_all = [&](const Error& e) {
+      for (PendingWrite* p : batch) p->failed = e;
+    };
+    if (auto begun = c.Run("BEGIN IMMEDIATE"); !begun) return fail_all(begun.error());
+    for (PendingWrite* p : batch) {
+      if (auto sp = c.Run("SAVEPOINT write"); !sp) {
+        (void)c.Exec("ROLLBACK", "rollback");
+        return fail_all(sp.error());
+      }
+      if (p->run(c)) {
+        (void)c.Run("RELEASE write");
+        continue;
+      }
+      // Its own error stays its answer. If the transaction survived, undo only this write.
+      if (sqlite3_get_autocommit(c.raw()) || !c.Run("ROLLBACK TO write") ||
+          !c.Run("RELEASE write")) {
+        Error aborted = MakeError(ErrorCode::kUnavailable,
+                                  "the write was rolled back with its batch: another write of the "
+                                  "same transaction failed the database")
+                            .error();
+        (void)c.Exec("ROLLBACK", "rollback");
+        for (PendingWrite* q : batch) {
+          if (q != p) q->failed = aborted;
+        }
+        return;
+      }
+    }
+    if (auto committed = c.Run("COMMIT"); !committed) {
+      (void)c.Exec("ROLLBACK", "rollback");
+      fail_all(committed.error());
+    }
   }
 
   // Reads run in a deferred transaction so that a multi-statement read sees one snapshot.
@@ -1316,6 +1401,11 @@ class SqliteStore final : public Store {
 
   std::unique_ptr<Connection> writer_;
   std::mutex writer_mu_;
+  // Group commit: writes waiting for the next batch, and whether one is being committed.
+  std::mutex batch_mu_;
+  std::condition_variable batch_cv_;
+  std::vector<PendingWrite*> queue_;
+  bool leading_ = false;
   ReadPool readers_;
   std::unique_ptr<Connection> checkpoint_conn_;
   std::thread checkpointer_;
