@@ -138,23 +138,40 @@ Status ControlPlane::EnsureOperatorKeys() {
     }
     wanted.push_back({name, Sha256Hex(v), NowMillis()});
   }
+  for (const auto& w : wanted) AIRLOCK_TRY(EnsureOperatorKey(w));
   AIRLOCK_ASSIGN_OR_RETURN(auto stored, store_->ListOperatorKeys());
-  for (const auto& w : wanted) {
-    bool present = false;
-    for (const auto& s : stored) present = present || s.hash == w.hash;
-    if (!present) {
-      store::OperatorKey k = w;
-      // A name may be taken by an older key (say the key file was replaced): keep both.
-      for (const auto& s : stored) {
-        if (s.name == k.name) k.name = k.name + "-" + HexEncode(RandomBytes(3));
-      }
-      AIRLOCK_TRY(store_->AddOperatorKey(k));
-    }
-  }
-  AIRLOCK_ASSIGN_OR_RETURN(stored, store_->ListOperatorKeys());
   operator_key_hashes_.clear();
   for (const auto& s : stored) operator_key_hashes_.push_back(s.hash);
   return Ok();
+}
+
+// Replicas that start together with the same configuration all add the same keys: the
+// insert of all but one fails on the name, and then the key is there, added by another.
+Status ControlPlane::EnsureOperatorKey(const store::OperatorKey& wanted) {
+  for (int attempt = 0;; ++attempt) {
+    AIRLOCK_ASSIGN_OR_RETURN(auto stored, store_->ListOperatorKeys());
+    store::OperatorKey k = wanted;
+    for (const auto& s : stored) {
+      if (s.hash == k.hash) return Ok();
+      // A name may be taken by an older key (say the key file was replaced): keep both.
+      if (s.name == k.name) k.name = k.name + "-" + HexEncode(RandomBytes(3));
+    }
+    auto added = store_->AddOperatorKey(k);
+    if (added || added.error().code != ErrorCode::kConflict || attempt == 3) return added;
+  }
+}
+
+awaitable<void> ControlPlane::RefreshOperatorKeys() {
+  auto now = std::chrono::steady_clock::now();
+  if (now - operator_keys_read_at_ < kOperatorKeyRefresh) co_return;
+  operator_keys_read_at_ = now;
+  auto stored = co_await RunBlocking(pool_, [this] { return store_->ListOperatorKeys(); });
+  if (!stored) {
+    log::Warn("cannot re-read the operator keys", {{"error", stored.error().message}});
+    co_return;
+  }
+  operator_key_hashes_.clear();
+  for (const auto& s : *stored) operator_key_hashes_.push_back(s.hash);
 }
 
 Status ControlPlane::Start() {
@@ -235,6 +252,12 @@ awaitable<Admission> ControlPlane::AdmitOperator(Request& req) {
   if (route) a.max_body_bytes = route->max_body_bytes;
   // Every /v1/ route needs the operator key; without it nothing of the body is read.
   if (route && req.path.starts_with("/v1/")) {
+    // A key this replica has not seen may have been added by another one since it read
+    // them: read them again, at most once per kOperatorKeyRefresh, so that a flood of wrong
+    // keys costs the store nothing.
+    if (std::string_view token = BearerToken(req); !token.empty() && !KnownOperatorKey(token)) {
+      co_await RefreshOperatorKeys();
+    }
     if (auto ok = CheckOperator(req); !ok) a.refuse = Response::FromError(ok.error());
   }
   co_return a;
@@ -264,6 +287,15 @@ awaitable<Admission> ControlPlane::AdmitSandbox(Request& req) {
   co_return a;
 }
 
+bool ControlPlane::KnownOperatorKey(std::string_view token) const {
+  std::string hash = Sha256Hex(token);
+  // Compare against every key without stopping early, so timing says nothing about which
+  // key (if any) matched.
+  bool match = false;
+  for (const auto& h : operator_key_hashes_) match |= ConstantTimeEquals(hash, h);
+  return match;
+}
+
 Result<void> ControlPlane::CheckOperator(const Request& req) const {
   std::string_view token = BearerToken(req);
   if (token.empty()) {
@@ -271,12 +303,7 @@ Result<void> ControlPlane::CheckOperator(const Request& req) const {
     return MakeError(ErrorCode::kUnauthenticated,
                      "missing \"Authorization: Bearer <operator key>\"");
   }
-  std::string hash = Sha256Hex(token);
-  // Compare against every key without stopping early, so timing says nothing about which
-  // key (if any) matched.
-  bool match = false;
-  for (const auto& h : operator_key_hashes_) match |= ConstantTimeEquals(hash, h);
-  if (!match) {
+  if (!KnownOperatorKey(token)) {
     metrics_->auth_failures.With({"operator"}).Inc();
     return MakeError(ErrorCode::kUnauthenticated, "invalid operator key");
   }

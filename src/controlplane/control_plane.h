@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <optional>
@@ -114,6 +115,9 @@ class ControlPlane {
   awaitable<Admission> AdmitOperator(Request& req);
   awaitable<Admission> AdmitSandbox(Request& req);
   Result<void> CheckOperator(const Request& req) const;
+  bool KnownOperatorKey(std::string_view token) const;
+  Status EnsureOperatorKey(const store::OperatorKey& wanted);
+  awaitable<void> RefreshOperatorKeys();
   awaitable<Result<store::Session>> AuthenticateSandbox(const Request& req);
 
   // Operator handlers.
@@ -194,6 +198,9 @@ class ControlPlane {
   std::unique_ptr<LlmProxy> llm_;
   std::unique_ptr<FileService> files_;
   std::vector<std::string> operator_key_hashes_;
+  // When the key hashes were last read from the store (io thread only).
+  std::chrono::steady_clock::time_point operator_keys_read_at_{};
+  static constexpr std::chrono::seconds kOperatorKeyRefresh{1};
   asio::ip::tcp::endpoint operator_endpoint_;
   asio::ip::tcp::endpoint sandbox_endpoint_;
   asio::steady_timer reconcile_timer_;
