@@ -1,6 +1,8 @@
 #include "controlplane/config.h"
 #include "llm/upstream_client.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <fstream>
 #include <set>
@@ -162,6 +164,8 @@ Status ParseServer(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.Millis("write_timeout_s", &c.limits.write_timeout));
   AIRLOCK_TRY(r.IntAs("long_poll_max_s", &c.long_poll_max_s, 1, 3600));
   AIRLOCK_TRY(r.IntAs("drain_timeout_s", &c.drain_timeout_s, 0, 3600));
+  AIRLOCK_TRY(r.String("node", &c.node));
+  AIRLOCK_TRY(r.IntAs("node_ttl_s", &c.node_ttl_s, 3, 3600));
   AIRLOCK_TRY(r.IntAs("worker_threads", &c.worker_threads, 1, 256));
   return r.RejectUnknown();
 }
@@ -498,6 +502,11 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
   AIRLOCK_TRY(ParseEvents(events, c));
   AIRLOCK_TRY(ParseRetention(retention, c));
   if (c.store_path.empty()) c.store_path = home + "/airlock.db";
+  if (c.node.empty()) {
+    char host[256] = {};
+    ::gethostname(host, sizeof(host) - 1);
+    c.node = std::string(host) + ":" + home;
+  }
   if (c.files.root.empty()) c.files.root = home + "/files";
   if (c.files.signing_keys.empty()) c.files.signing_keys = home + "/file-signing.keys";
   if (c.images_dir.empty()) c.images_dir = home + "/images";

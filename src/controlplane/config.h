@@ -130,6 +130,12 @@ struct Config {
   int long_poll_max_s = 60;
   int drain_timeout_s = 10;
   int worker_threads = 4;
+  // This replica's name in the store: the sessions whose sandboxes it runs carry it. Stable
+  // across restarts (so a restarted replica gets its sessions back); default
+  // "<hostname>:<home>". Another replica takes over the sessions of one whose heartbeat is
+  // older than node_ttl_s.
+  std::string node;
+  int node_ttl_s = 15;
 
   std::string store_kind = "sqlite";
   std::string store_path;  // default: <home>/airlock.db

@@ -187,6 +187,9 @@ Status ControlPlane::Start() {
   // nothing: run/ is searchable, not readable.
   ::chmod((config_.home + "/run").c_str(), 0711);
   AIRLOCK_TRY(EnsureOperatorKeys());
+  // Alive from the start: a replica with no heartbeat yet would look dead to the others,
+  // which would take over the first sessions it creates.
+  AIRLOCK_TRY(store_->Heartbeat(config_.node, NowMillis()));
 
   for (const auto& name : backends_->Names()) {
     auto* b = backends_->Find(name);
@@ -387,7 +390,8 @@ void ControlPlane::AfterSessionEnded(const store::Session& s) {
   llm_->CancelSession(s.id);
   events_.Notify(s.id);
   events_.Forget(s.id);
-  if (s.sandbox_handle.empty()) return;
+  // The replica that runs the sandbox destroys it (its next sweep, SweepOrphans).
+  if (s.sandbox_handle.empty() || !Owns(s)) return;
   auto* backend = backends_->Find(s.backend);
   if (!backend) return;
   // Destroying may take a while (a VM, a container runtime): the caller has its answer
@@ -439,7 +443,16 @@ awaitable<void> ControlPlane::ReattachAll() {
     log::Error("reattach: cannot list sessions", {{"error", live.error().message}});
     co_return;
   }
-  for (const auto& s : *live) {
+  for (auto& s : *live) {
+    if (!Owns(s)) continue;  // another replica runs it
+    if (s.node.empty()) {
+      // From before replicas had names: the first replica to start after the upgrade runs
+      // them, as the single server did.
+      auto adopted = co_await RunBlocking(
+          pool_, [this, &id = s.id] { return store_->AdoptSession(id, "", config_.node); });
+      if (!adopted) continue;
+      s.node = adopted->node;
+    }
     if (auto st = sandbox_server_->ListenUnix(ControlSocketDir(s.id) + "/control.sock", s.id);
         !st) {
       log::Warn("reattach: cannot recreate the session socket",
@@ -454,11 +467,18 @@ awaitable<void> ControlPlane::ReattachAll() {
                {"sandbox", status ? std::string(sandbox::SandboxStateName(status->state))
                                   : status.error().message}});
   }
-  // Sandboxes no live session owns: their session ended while this process was down or just
-  // before it died, before the destroy that follows the end had run. Nothing else would
-  // ever remove them (the reconciler looks at live sessions only).
-  std::set<std::string> live_ids;
-  for (const auto& s : *live) live_ids.insert(s.id);
+  co_await SweepOrphans(*live);
+}
+
+// Sandboxes no live session of this replica owns: their session ended while this process was
+// down or just before it died, before the destroy that follows the end had run; or it ended
+// through another replica; or another replica took it over while this one was away. Nothing
+// else would ever remove them (the reconciler looks at live sessions only).
+awaitable<void> ControlPlane::SweepOrphans(const std::vector<store::Session>& live) {
+  std::set<std::string> mine;
+  for (const auto& s : live) {
+    if (Owns(s)) mine.insert(s.id);
+  }
   for (const auto& name : backends_->Names()) {
     auto* backend = backends_->Find(name);
     auto listed = co_await RunBlocking(sandbox_pool_, [&backend] { return backend->List(); });
@@ -468,11 +488,56 @@ awaitable<void> ControlPlane::ReattachAll() {
       continue;
     }
     for (const auto& l : *listed) {
-      if (live_ids.count(l.session_id)) continue;
-      log::Info("destroying a sandbox whose session has ended",
+      if (mine.count(l.session_id)) continue;
+      // `live` may be older than the session: one created since has a sandbox and is not in
+      // it. Ask the store again before destroying anything.
+      auto now = co_await RunBlocking(
+          pool_, [this, &id = l.session_id] { return store_->GetSession(id); });
+      if (now && !store::IsTerminal(now->state) && Owns(*now)) continue;
+      if (!now && now.error().code != ErrorCode::kNotFound) continue;  // cannot tell: keep it
+      log::Info("destroying a sandbox whose session has ended or moved",
                 {{"session", l.session_id}, {"backend", name}});
+      sandbox_server_->CloseUnix(ControlSocketDir(l.session_id) + "/control.sock");
       co_await DestroySandbox(backend, l.session_id, l.handle);
     }
+  }
+}
+
+awaitable<void> ControlPlane::TakeOverDeadNodes(const std::vector<store::Session>& live,
+                                                int64_t now) {
+  const std::string& self = config_.node;
+  if (auto hb =
+          co_await RunBlocking(pool_, [this, &self, now] { return store_->Heartbeat(self, now); });
+      !hb) {
+    log::Warn("cannot record this replica's heartbeat", {{"error", hb.error().message}});
+  }
+  std::set<std::string> orphaned_nodes;
+  for (const auto& s : live) {
+    if (!Owns(s)) orphaned_nodes.insert(s.node);
+  }
+  if (orphaned_nodes.empty()) co_return;
+  auto nodes = co_await RunBlocking(pool_, [this] { return store_->ListNodes(); });
+  if (!nodes) co_return;
+  const int64_t ttl_ms = int64_t{config_.node_ttl_s} * 1000;
+  for (const auto& n : *nodes) {
+    if (now - n.heartbeat_at < ttl_ms) orphaned_nodes.erase(n.id);  // alive
+  }
+  for (const auto& s : live) {
+    if (stopping_) co_return;
+    if (Owns(s) || !orphaned_nodes.count(s.node)) continue;
+    auto adopted = co_await RunBlocking(pool_, [this, &id = s.id, &from = s.node, &self] {
+      return store_->AdoptSession(id, from, self);
+    });
+    if (!adopted) continue;  // another replica took it, or it ended meanwhile
+    log::Warn("took over a session of a replica that stopped answering",
+              {{"session", s.id}, {"from", s.node}, {"ttl_s", config_.node_ttl_s}});
+    store::Session here = *adopted;
+    // The old sandbox is beyond reach (its handle means something only on its own node); its
+    // token dies with the restart below, so it can no longer act if its node comes back.
+    here.sandbox_handle.clear();
+    if (here.state == SessionState::kSuspended) continue;  // resumed here when a message comes
+    co_await RestartSandbox(std::move(here),
+                            fmt::format("its replica \"{}\" stopped answering", s.node));
   }
 }
 
@@ -480,8 +545,12 @@ awaitable<void> ControlPlane::ReconcileOnce() {
   int64_t now = NowMillis();
   auto live = co_await RunBlocking(pool_, [this] { return ListLiveSessions(); });
   if (!live) co_return;
+  co_await TakeOverDeadNodes(*live, now);
+  // Sessions that ended through another replica leave their sandbox here: sweep now and then.
+  if (++reconcile_passes_ % kSweepEveryPasses == 0) co_await SweepOrphans(*live);
   for (const auto& s : *live) {
     if (stopping_) co_return;
+    if (!Owns(s)) continue;  // its own replica looks after it
     // Wall-clock budget of the session.
     if (auto t = s.limits.find("timeout_s");
         t != s.limits.end() && t->is_number() &&
@@ -493,6 +562,7 @@ awaitable<void> ControlPlane::ReconcileOnce() {
     co_await CheckSandbox(s);
     co_await SuspendIfIdle(s, now);
   }
+  metrics_->reconcile_passes.With({}).Inc();
 }
 
 awaitable<void> ControlPlane::SuspendIfIdle(const store::Session& s, int64_t now) {
@@ -520,7 +590,8 @@ awaitable<void> ControlPlane::SuspendIfIdle(const store::Session& s, int64_t now
 
 awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
   auto* backend = backends_->Find(s.backend);
-  if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty()) co_return;
+  if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty() || !Owns(s))
+    co_return;
   BusyMark mark(sandbox_busy_, s.id);
   if (!mark.held()) co_return;
   auto status = co_await RunBlocking(
@@ -566,6 +637,15 @@ sandbox::SandboxSpec ControlPlane::SpecFor(const store::Session& s, const Secret
 
 awaitable<Result<std::string>> ControlPlane::StartSandbox(sandbox::Backend* backend,
                                                           const sandbox::SandboxSpec& spec) {
+  // The per-session socket lives in its own directory: the backend bind-mounts the
+  // directory, so the socket can be re-created after a restart without re-mounting. Made
+  // here, not when the session is created: a session taken over from another replica gets
+  // its first sandbox on this one in a restart.
+  std::error_code ec;
+  fs::create_directories(spec.control_socket_dir, ec);
+  ::chmod(spec.control_socket_dir.c_str(), 0755);
+  fs::create_directories(spec.work_dir, ec);
+  ::chmod(spec.work_dir.c_str(), 0700);
   Status listen =
       sandbox_server_->ListenUnix(spec.control_socket_dir + "/control.sock", spec.session_id);
   if (!listen) co_return std::unexpected(listen.error());

@@ -40,6 +40,8 @@ struct ControlPlaneMetrics {
         sandbox_restarts(r.AddCounter(
             "airlock_sandbox_restarts_total",
             "Fresh sandboxes started for live sessions whose sandbox died.", {"backend"})),
+        reconcile_passes(r.AddCounter("airlock_reconcile_passes_total",
+                                      "Passes of the reconciler over the live sessions.", {})),
         long_polls(
             r.AddGauge("airlock_inbox_waiting", "Sandbox inbox long-polls currently waiting.")),
         streams(r.AddGauge("airlock_event_streams", "Open operator event streams.")) {}
@@ -49,6 +51,7 @@ struct ControlPlaneMetrics {
   metrics::Family<metrics::Counter>& events;
   metrics::Family<metrics::Counter>& auth_failures;
   metrics::Family<metrics::Counter>& sandbox_restarts;
+  metrics::Family<metrics::Counter>& reconcile_passes;
   metrics::Family<metrics::Gauge>& long_polls;
   metrics::Family<metrics::Gauge>& streams;
 };
@@ -116,6 +119,17 @@ class ControlPlane {
   awaitable<Admission> AdmitSandbox(Request& req);
   Result<void> CheckOperator(const Request& req) const;
   bool KnownOperatorKey(std::string_view token) const;
+  // Whether this replica runs the session's sandbox: only that one acts on it (inspects,
+  // restarts, suspends, destroys). A session of no node (made before replicas had names)
+  // belongs to whoever serves it.
+  bool Owns(const store::Session& s) const { return s.node.empty() || s.node == config_.node; }
+  // Records this replica's heartbeat and takes over the live sessions of replicas whose
+  // heartbeat is older than server.node_ttl_s: their sandboxes are beyond reach, so each gets
+  // a fresh one here and carries on from the stored conversation.
+  awaitable<void> TakeOverDeadNodes(const std::vector<store::Session>& live, int64_t now);
+  // Destroys the sandboxes this replica runs that no live session of its own has (ended,
+  // or moved to another replica while this one was away) and closes their sockets.
+  awaitable<void> SweepOrphans(const std::vector<store::Session>& live);
   Status EnsureOperatorKey(const store::OperatorKey& wanted);
   awaitable<void> RefreshOperatorKeys();
   awaitable<Result<store::Session>> AuthenticateSandbox(const Request& req);
@@ -204,6 +218,8 @@ class ControlPlane {
   asio::ip::tcp::endpoint operator_endpoint_;
   asio::ip::tcp::endpoint sandbox_endpoint_;
   asio::steady_timer reconcile_timer_;
+  int64_t reconcile_passes_ = 0;
+  static constexpr int kSweepEveryPasses = 10;
   // What each sandbox's init reported when its agent exited ("agent.exited"): the exit
   // code the reconciler puts in the session's result. Touched on the io thread only; a
   // restart forgets it (the result then says less, nothing else changes).

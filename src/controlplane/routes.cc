@@ -218,21 +218,13 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
   s.id = NewId("ses_");
   s.state = SessionState::kStarting;
   s.token_hash = Sha256Hex(token.Reveal());
+  s.node = config_.node;  // this replica runs the sandbox
   s.created_at = s.updated_at = NowMillis();
   Json task_message = {{"role", "user"}, {"content", task}};
   AIRLOCK_CO_TRY(co_await RunBlocking(
       pool_, [this, &s, &task_message] { return store_->CreateSession(s, task_message); }));
   metrics_->sessions_created.With({s.backend}).Inc();
 
-  // The per-session socket lives in its own directory: the backend bind-mounts the
-  // directory, so the socket can be re-created after a restart without re-mounting.
-  std::string sock_dir = ControlSocketDir(s.id);
-  std::error_code ec;
-  fs::create_directories(sock_dir, ec);
-  ::chmod(sock_dir.c_str(), 0755);
-  std::string work_dir = config_.home + "/sessions/" + s.id;
-  fs::create_directories(work_dir, ec);
-  ::chmod(work_dir.c_str(), 0700);
   sandbox::SandboxSpec spec = SpecFor(s, token);
   Result<std::string> handle = co_await StartSandbox(backend, spec);
   if (!handle) {
@@ -434,6 +426,11 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
     co_return Response::FromError(
         409, "conflict",
         fmt::format("cannot {} a session that is {}", op, store::StateName(s.state)));
+  }
+  if (!Owns(s)) {
+    co_return Response::FromError(
+        409, "conflict",
+        fmt::format("the session's sandbox runs on replica \"{}\"; send the {} there", s.node, op));
   }
   auto* backend = backends_->Find(s.backend);
   if (backend && !s.sandbox_handle.empty()) {

@@ -130,6 +130,14 @@ UPDATE sessions SET
 UPDATE sessions SET ended_at = updated_at WHERE state IN ('succeeded', 'failed', 'killed');
 CREATE INDEX sessions_purgeable ON sessions(ended_at) WHERE ended_at IS NOT NULL AND purged_at IS NULL;
 )sql"},
+    {4, R"sql(
+-- Replicas: which one runs each session's sandbox, and when each was last alive.
+ALTER TABLE sessions ADD COLUMN node TEXT NOT NULL DEFAULT '';
+CREATE TABLE nodes (
+  id TEXT PRIMARY KEY,
+  heartbeat_at INTEGER NOT NULL
+);
+)sql"},
 };
 
 constexpr int kLatestVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -392,8 +400,7 @@ class ReadPool {
 constexpr std::string_view kSessionColumns =
     "id, state, image, backend, model, command, limits, metadata, token_hash, sandbox_handle, "
     "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at, models, "
-    "ended_at, "
-    "purged_at";
+    "ended_at, purged_at, node";
 
 std::string SessionQuery(std::string_view where_and_rest) {
   return fmt::format("SELECT {} FROM sessions {}", kSessionColumns, where_and_rest);
@@ -432,6 +439,7 @@ Result<Session> ReadSession(const Stmt& row) {
   if (!row.IsNull(19)) {
     s.purged_at = row.Int(19);
   }
+  s.node = row.Text(20);
   return s;
 }
 
@@ -688,14 +696,14 @@ class SqliteStore final : public Store {
             Stmt stmt,
             c.Prepare("INSERT INTO sessions (id, state, image, backend, model, command, limits, "
                       "metadata, token_hash, sandbox_handle, result, input_tokens, output_tokens, "
-                      "llm_calls, cost_usd, created_at, updated_at, models) VALUES "
+                      "llm_calls, cost_usd, created_at, updated_at, models, node) VALUES "
                       "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, "
-                      "?17, ?18)"));
+                      "?17, ?18, ?19)"));
         stmt.Bind(s.id, StateName(s.state), s.image, s.backend, s.model, DumpJson(s.command),
                   DumpJson(s.limits), DumpJson(s.metadata), s.token_hash, s.sandbox_handle,
                   s.result, s.usage.input_tokens, s.usage.output_tokens, s.usage.llm_calls,
                   s.usage.cost_usd, created_at, updated_at,
-                  DumpJson(s.models.is_array() ? s.models : Json::array()));
+                  DumpJson(s.models.is_array() ? s.models : Json::array()), s.node);
         auto done = stmt.Run();
         if (!done && done.error().code == ErrorCode::kConflict) {
           // Either the id or the token hash is taken; neither is expected with random values.
@@ -855,6 +863,51 @@ class SqliteStore final : public Store {
             Json{{"from", StateName(current)}, {"to", StateName(SessionState::kRunning)}}, now));
       }
       AIRLOCK_TRY(InsertEvent(c, id, "session.sandbox_restart", data, now));
+      return SelectSession(c, id);
+    });
+  }
+
+  Status Heartbeat(std::string_view node, int64_t now_ms) override {
+    return Write([&](Connection& c) -> Status {
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt,
+          c.Prepare("INSERT INTO nodes (id, heartbeat_at) VALUES (?1, ?2) "
+                    "ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"));
+      stmt.Bind(node, now_ms);
+      return stmt.Run();
+    });
+  }
+
+  Result<std::vector<NodeInfo>> ListNodes() override {
+    return Read([&](Connection& c) -> Result<std::vector<NodeInfo>> {
+      AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
+                               c.Prepare("SELECT id, heartbeat_at FROM nodes ORDER BY id"));
+      std::vector<NodeInfo> out;
+      for (;;) {
+        AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+        if (!row) break;
+        out.push_back({stmt.Text(0), stmt.Int(1)});
+      }
+      return out;
+    });
+  }
+
+  Result<Session> AdoptSession(std::string_view id, std::string_view from,
+                               std::string_view to) override {
+    const int64_t now = NowMillis();
+    return Write([&](Connection& c) -> Result<Session> {
+      AIRLOCK_ASSIGN_OR_RETURN(Session s, SelectSession(c, id));
+      if (IsTerminal(s.state) || s.node != from) {
+        return Errorf(ErrorCode::kConflict, "session {} is {} on node \"{}\", not live on \"{}\"",
+                      id, StateName(s.state), s.node, from);
+      }
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("UPDATE sessions SET node = ?2, updated_at = ?3 WHERE id = ?1"));
+        stmt.Bind(id, to, now);
+        AIRLOCK_TRY(stmt.Run());
+      }
+      AIRLOCK_TRY(InsertEvent(c, id, "session.node", Json{{"from", from}, {"to", to}}, now));
       return SelectSession(c, id);
     });
   }

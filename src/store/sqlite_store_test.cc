@@ -59,6 +59,12 @@ std::string RawQuery(const std::string& path, const std::string& sql) {
   return out;
 }
 
+// Takes a database back to before schema version 4 (replicas: sessions.node, nodes).
+void UndoVersion4(const std::string& path) {
+  RawQuery(path, "DROP TABLE nodes");
+  RawQuery(path, "ALTER TABLE sessions DROP COLUMN node");
+}
+
 Session MakeSession(const std::string& id, int64_t created_at = 0,
                     const std::string& token_hash = "") {
   Session s;
@@ -575,6 +581,7 @@ TEST_F(SqliteStoreTest, AVersion1DatabaseIsUpgradedInPlace) {
     ASSERT_OK(store->CreateSession(MakeSession("ses_old"), UserMessage("t")));
   }
   RawQuery(options_.path, "DELETE FROM schema_migrations WHERE version >= 2");
+  UndoVersion4(options_.path);
   RawQuery(options_.path, "DROP INDEX sessions_purgeable");
   for (const char* col :
        {"event_count", "event_bytes", "event_quota_noticed", "ended_at", "purged_at"}) {
@@ -587,7 +594,7 @@ TEST_F(SqliteStoreTest, AVersion1DatabaseIsUpgradedInPlace) {
   ASSERT_NE(store, nullptr);
   ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_old"));
   EXPECT_EQ(s.models, Json::array());
-  EXPECT_EQ(RawQuery(options_.path, "SELECT MAX(version) FROM schema_migrations"), "3");
+  EXPECT_EQ(RawQuery(options_.path, "SELECT MAX(version) FROM schema_migrations"), "4");
 }
 
 TEST_F(SqliteStoreTest, AVersion2DatabaseGetsEventTotalsAndEndTimesBackfilled) {
@@ -600,7 +607,8 @@ TEST_F(SqliteStoreTest, AVersion2DatabaseGetsEventTotalsAndEndTimesBackfilled) {
                                  StateChange{{SessionState::kStarting}, SessionState::kKilled}));
   }
   // What a version-2 database holds: no totals, no end times.
-  RawQuery(options_.path, "DELETE FROM schema_migrations WHERE version = 3");
+  RawQuery(options_.path, "DELETE FROM schema_migrations WHERE version >= 3");
+  UndoVersion4(options_.path);
   RawQuery(options_.path, "DROP INDEX sessions_purgeable");
   for (const char* col :
        {"event_count", "event_bytes", "event_quota_noticed", "ended_at", "purged_at"}) {

@@ -45,6 +45,15 @@ struct Session {
   int64_t updated_at = 0;
   std::optional<int64_t> ended_at;   // when it reached a final state
   std::optional<int64_t> purged_at;  // when retention deleted its events and conversation
+  // The control plane (replica) that runs the session's sandbox and alone acts on it; ""
+  // for a session created before replicas had names (whoever serves it owns it).
+  std::string node;
+};
+
+// A control plane replica, as its heartbeat shows it.
+struct NodeInfo {
+  std::string id;
+  int64_t heartbeat_at = 0;  // ms since epoch
 };
 
 // One message of a session's conversation in the OpenAI chat shape ({"role", "content", ...}).
@@ -179,6 +188,16 @@ class Store {
   // event with `data` appended. kConflict unless the session is running or suspended.
   virtual Result<Session> RestartSandbox(std::string_view id, std::string_view token_hash,
                                          const Json& data) = 0;
+
+  // Replicas. Each records that it is alive (an upsert of its row); another takes over the
+  // sessions of one whose heartbeat is too old.
+  virtual Status Heartbeat(std::string_view node, int64_t now_ms) = 0;
+  virtual Result<std::vector<NodeInfo>> ListNodes() = 0;
+  // Moves a live session from node `from` to node `to` (compare-and-swap: kConflict when it
+  // is no longer on `from` or has ended, so of two replicas taking over only one does) and
+  // appends a "session.node" event {"from", "to"}. Returns the updated session.
+  virtual Result<Session> AdoptSession(std::string_view id, std::string_view from,
+                                       std::string_view to) = 0;
 
   // Appends a pending user message (the inbox). Returns its id. kConflict if terminal.
   virtual Result<int64_t> AddUserMessage(std::string_view session_id, const Json& message) = 0;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <condition_variable>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -92,6 +93,14 @@ class TestBackend : public sandbox::Backend {
   Result<sandbox::SandboxStatus> Reattach(const std::string& h) override { return Inspect(h); }
   Result<std::string> Logs(const std::string&, int64_t, size_t) override {
     return std::string("test log\n");
+  }
+  Result<std::vector<sandbox::ListedSandbox>> List() override {
+    std::lock_guard l(s_->mu);
+    std::vector<sandbox::ListedSandbox> out;
+    for (const auto& [h, st] : s_->state) {
+      if (st != "destroyed") out.push_back({h.substr(std::strlen("test:")), h});
+    }
+    return out;
   }
   Status Probe() override {
     std::unique_lock l(s_->mu);

@@ -62,5 +62,81 @@ TEST_F(ReplicasTest, ReplicasStartingTogetherWithTheSameConfiguredKeysAllStart) 
   }
 }
 
+// Waits until `server`'s reconciler has made `passes` more passes than when called.
+void WaitForReconcilePasses(TestServer& server, int passes) {
+  auto count = [&] {
+    std::string page = server.Op(verb::get, "/metrics").body;
+    const std::string name = "\nairlock_reconcile_passes_total ";
+    auto at = page.find(name);
+    return at == std::string::npos ? 0 : std::stoi(page.substr(at + name.size()));
+  };
+  int until = count() + passes;
+  ASSERT_TRUE(WaitForMetric(server, "airlock_reconcile_passes_total " + std::to_string(until)));
+}
+
+TEST_F(ReplicasTest, OnlyTheReplicaThatRunsASandboxEverActsOnIt) {
+  auto a = Replica();
+  auto b = Replica();
+  auto [id, token] = a->NewSession();
+  WaitForReconcilePasses(*b, 3);
+  {
+    std::lock_guard l(b->backend().mu);
+    EXPECT_EQ(b->backend().state.count("test:" + id), 0u) << "replica b touched a's sandbox";
+  }
+  {
+    std::lock_guard l(a->backend().mu);
+    EXPECT_EQ(a->backend().state["test:" + id], "running");
+  }
+  auto s = b->Op(verb::get, "/v1/sessions/" + id).json();
+  EXPECT_EQ(s["state"], "running");
+  // Suspending needs the sandbox: the replica that does not run it says which one does.
+  auto susp = b->Op(verb::post, "/v1/sessions/" + id + "/suspend");
+  EXPECT_EQ(susp.status, 409u);
+  EXPECT_NE(susp.body.find("runs on replica"), std::string::npos) << susp.body;
+  // The sandbox's token still works where it runs: nothing restarted it.
+  EXPECT_EQ(a->Sb(verb::get, "/sandbox/v1/history", token).status, 200u);
+}
+
+TEST_F(ReplicasTest, ASessionEndedThroughAnotherReplicaLosesItsSandboxOnItsOwn) {
+  auto a = Replica();
+  auto b = Replica();
+  auto [id, token] = a->NewSession();
+  EXPECT_EQ(b->Op(verb::delete_, "/v1/sessions/" + id).json()["state"], "killed");
+  EXPECT_EQ(a->Sb(verb::get, "/sandbox/v1/history", token).status, 401u);
+  // a's periodic sweep finds a sandbox whose session has ended.
+  EXPECT_TRUE(a->backend().WaitForState("test:" + id, "destroyed"));
+  std::lock_guard l(b->backend().mu);
+  EXPECT_EQ(b->backend().state.count("test:" + id), 0u);
+}
+
+TEST_F(ReplicasTest, ASessionOfAReplicaThatDiedGetsAFreshSandboxOnAnother) {
+  auto ttl = [](controlplane::Config& c) { c.node_ttl_s = 3; };
+  auto a = Replica(ttl);
+  auto [id, old_token] = a->NewSession();
+  a->Stop();  // no more heartbeats; its sessions stay live in the store
+  auto b = Replica(ttl);
+  ASSERT_TRUE(b->backend().WaitForState("test:" + id, "running"));
+  std::string new_token;
+  {
+    std::lock_guard l(b->backend().mu);
+    new_token = b->backend().specs.at(id).token.Reveal();
+  }
+  EXPECT_NE(new_token, old_token);
+  EXPECT_EQ(b->Sb(verb::get, "/sandbox/v1/history", old_token).status, 401u);
+  auto history = b->Sb(verb::get, "/sandbox/v1/history", new_token);
+  EXPECT_EQ(history.status, 200u) << history.body;
+  auto events = b->Op(verb::get, "/v1/sessions/" + id + "/events?after=0", "",
+                      {{"Accept", "application/json"}})
+                    .json();
+  bool moved = false, restarted = false;
+  for (const auto& e : events) {
+    moved |= e["type"] == "session.node";
+    restarted |= e["type"] == "session.sandbox_restart";
+  }
+  EXPECT_TRUE(moved) << events.dump();
+  EXPECT_TRUE(restarted) << events.dump();
+  EXPECT_EQ(b->Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
+}
+
 }  // namespace
 }  // namespace airlock::testing
