@@ -1,7 +1,7 @@
 #pragma once
 
 // The sandbox-side client library: everything an agent inside a sandbox does with the
-// control plane (shared/API.md, "Sandbox API"), with the bookkeeping that is easy to get
+// control plane (docs/api.md, "Sandbox API"), with the bookkeeping that is easy to get
 // wrong done once:
 //   - the three variables are read once and removed from the process, and the process is
 //     made non-dumpable, so that the programs an agent starts cannot find the token in their

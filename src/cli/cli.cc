@@ -1149,6 +1149,8 @@ int Main(int argc, char** argv) {
       ->type_name("FILE");
   serve_cmd->footer(R"(On first start it creates DIR, its database and DIR/operator.key (mode 0600),
 which the other commands read. It runs until SIGTERM or SIGINT, then drains.
+The HTTP API is described in docs/api.md; the operator listener serves its OpenAPI
+document at GET /openapi.json (no key needed).
 
 Examples:
   airlock serve

@@ -103,6 +103,9 @@ class ControlPlane {
   const asio::ip::tcp::endpoint& sandbox_endpoint() const { return sandbox_endpoint_; }
   const Config& config() const { return config_; }
   metrics::Registry& metrics() { return registry_; }
+  // The routes each listener serves (the tests hold docs/openapi.json against them).
+  std::vector<RouteInfo> OperatorRoutes() const { return operator_router_.Routes(); }
+  std::vector<RouteInfo> SandboxRoutes() const { return sandbox_router_.Routes(); }
   // Where the per-session Unix socket of `session_id` lives on the host.
   std::string ControlSocketDir(const std::string& session_id) const;
 

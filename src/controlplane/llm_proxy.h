@@ -2,7 +2,7 @@
 
 // POST /sandbox/v1/llm/chat: the sandbox sends only its new messages; the control plane
 // rebuilds the conversation from its store, adds the provider's key, calls the upstream of
-// the model alias, stores the reply, meters and caps the spend (shared/API.md).
+// the model alias, stores the reply, meters and caps the spend (docs/api.md).
 
 #include <chrono>
 #include <map>

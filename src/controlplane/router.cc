@@ -56,6 +56,13 @@ std::optional<RouteOptions> Router::Find(Request& req) const {
   return std::nullopt;
 }
 
+std::vector<RouteInfo> Router::Routes() const {
+  std::vector<RouteInfo> out;
+  out.reserve(routes_.size());
+  for (const auto& r : routes_) out.push_back({r.method, r.pattern});
+  return out;
+}
+
 awaitable<Response> Router::Dispatch(Request& req) const {
   auto parts = Split(req.path);
   std::string allow;

@@ -16,6 +16,12 @@ struct RouteOptions {
   size_t max_body_bytes = 4096;
 };
 
+// A registered route as the router matches it: "GET /v1/sessions/{id}".
+struct RouteInfo {
+  http::verb method;
+  std::string pattern;
+};
+
 // Maps "METHOD /path/{param}/..." to handlers. A path that matches a pattern under another
 // method answers 405 with an Allow header; anything else is a JSON 404.
 class Router {
@@ -25,6 +31,9 @@ class Router {
   // The options of the route `req` goes to, with req.route and req.params filled in; nullopt
   // when no route matches (Dispatch then answers 404 or 405).
   std::optional<RouteOptions> Find(Request& req) const;
+  // Every route, in the order added: what the listener serves, for tests that hold the API's
+  // documentation against it.
+  std::vector<RouteInfo> Routes() const;
 
  private:
   struct Route {

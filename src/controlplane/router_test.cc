@@ -58,5 +58,15 @@ TEST(RouterTest, UnknownPathIsJson404) {
   EXPECT_EQ(DispatchOnce(r, http::verb::get, "/").status, 404u);
 }
 
+TEST(RouterTest, ListsItsRoutesInTheOrderAdded) {
+  Router r = MakeRouter();
+  auto routes = r.Routes();
+  ASSERT_EQ(routes.size(), 2u);
+  EXPECT_EQ(routes[0].method, http::verb::get);
+  EXPECT_EQ(routes[0].pattern, "/v1/sessions/{id}");
+  EXPECT_EQ(routes[1].method, http::verb::delete_);
+  EXPECT_EQ(routes[1].pattern, "/v1/sessions/{id}");
+}
+
 }  // namespace
 }  // namespace airlock::controlplane

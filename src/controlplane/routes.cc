@@ -1,4 +1,4 @@
-// The HTTP routes of shared/API.md: operator routes and sandbox routes. Each handler
+// The HTTP routes of docs/api.md: operator routes and sandbox routes. Each handler
 // validates its input completely before touching the store, and answers every failure with
 // the JSON error shape.
 #include <sys/stat.h>
@@ -11,6 +11,7 @@
 #include "common/time_util.h"
 #include "controlplane/control_plane.h"
 #include "controlplane/handler_util.h"
+#include "controlplane/openapi.h"
 #include "controlplane/readiness.h"
 #include "controlplane/validation.h"
 
@@ -58,6 +59,12 @@ void ControlPlane::RegisterOperatorRoutes() {
   r.Add(http::verb::get, "/metrics", [this](Request&) -> awaitable<Response> {
     co_return Response::Text(200, registry_.Render(), "text/plain; version=0.0.4; charset=utf-8");
   });
+  // The API's OpenAPI document, without a key like /healthz: it describes the public API and
+  // holds nothing secret, and a client generator or a person exploring a server reads it
+  // before configuring a key. Every route of both listeners must be in it (openapi_test.cc).
+  r.Add(http::verb::get, "/openapi.json", [](Request&) -> awaitable<Response> {
+    co_return Response::Text(200, std::string(OpenApiDocument()), "application/json");
+  });
   auto authed = [this](awaitable<Response> (ControlPlane::*fn)(Request&)) {
     return [this, fn](Request& req) -> awaitable<Response> {
       if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
@@ -85,7 +92,7 @@ void ControlPlane::RegisterOperatorRoutes() {
   r.Add(http::verb::get, "/v1/sessions/{id}/files/{name}", authed(&ControlPlane::DownloadFile));
   r.Add(http::verb::head, "/v1/sessions/{id}/files/{name}", authed(&ControlPlane::DownloadFile));
   r.Add(http::verb::get, "/v1/usage", authed(&ControlPlane::GetUsage));
-  // POST /v1/admin/gc (docs/api-extensions.md): applies the retention policy now.
+  // POST /v1/admin/gc (docs/api.md): applies the retention policy now.
   r.Add(http::verb::post, "/v1/admin/gc", [this](Request& req) -> awaitable<Response> {
     if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
     AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body().empty() ? std::string_view("{}")

@@ -1,7 +1,7 @@
 #pragma once
 
 // The provider-neutral shape of one LLM call. The sandbox speaks the OpenAI Chat Completions
-// shape (shared/API.md); every provider translates from and to it.
+// shape (docs/api.md); every provider translates from and to it.
 
 #include <cstdint>
 #include <memory>

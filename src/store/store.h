@@ -13,7 +13,7 @@
 
 namespace airlock::store {
 
-// Session states of shared/API.md. Stored as their lowercase names.
+// Session states of docs/api.md. Stored as their lowercase names.
 enum class SessionState { kStarting, kRunning, kSuspended, kSucceeded, kFailed, kKilled };
 
 std::string_view StateName(SessionState s);
