@@ -1,7 +1,11 @@
 // The Store contract (store/store.h), run against every store: each test runs once per
 // implementation (INSTANTIATE_TEST_SUITE_P below). A store passes when it gives the same
 // answers, errors included, as every other. What is about one implementation alone stays in
-// its own test file (sqlite_store_test.cc).
+// its own test file (sqlite_store_test.cc, postgres_store_test.cc).
+//
+// The PostgreSQL instantiation runs on a private server that the first test needing it starts
+// (tests/support/postgres_server.h), a fresh database per test; it skips with the reason when
+// PostgreSQL is not installed.
 
 #include <signal.h>
 #include <sys/types.h>
@@ -25,7 +29,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "store/postgres_store.h"
 #include "store/store.h"
+#include "store/store_test_postgres.h"
 #include "store/store_test_util.h"
 
 namespace airlock::store {
@@ -37,6 +43,19 @@ using ::testing::HasSubstr;
 class StoreConformanceTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
+    if (GetParam() == "postgres") {
+      airlock::testing::PostgresServer& server = TestPostgres();
+      if (!server.skip.empty()) {
+        GTEST_SKIP() << server.skip;
+      }
+      ASSERT_TRUE(server.failure.empty()) << server.failure;
+      std::string error;
+      db_ = airlock::testing::CreatePostgresDatabase(server, &error);
+      ASSERT_TRUE(error.empty()) << error;
+      postgres_.url = server.Url(db_);
+      postgres_.password = Secret(server.password);
+      return;
+    }
     std::string tmpl = (std::filesystem::temp_directory_path() / "airlock_store_XXXXXX").string();
     ASSERT_NE(mkdtemp(tmpl.data()), nullptr) << "mkdtemp: " << errno;
     dir_ = tmpl;
@@ -50,7 +69,11 @@ class StoreConformanceTest : public ::testing::TestWithParam<std::string> {
     }
   }
 
-  Result<std::unique_ptr<Store>> TryOpen() { return OpenSqliteStore(sqlite_); }
+  bool postgres() const { return GetParam() == "postgres"; }
+
+  Result<std::unique_ptr<Store>> TryOpen() {
+    return postgres() ? OpenPostgresStore(postgres_) : OpenSqliteStore(sqlite_);
+  }
 
   std::unique_ptr<Store> Open() {
     auto store = TryOpen();
@@ -60,18 +83,28 @@ class StoreConformanceTest : public ::testing::TestWithParam<std::string> {
 
   // Runs one SQL statement on a connection of its own, apart from the Store, and returns the
   // first column of the first row as text ("" when there is no row).
-  std::string RawQuery(const std::string& sql) { return SqliteRawQuery(sqlite_.path, sql); }
+  std::string RawQuery(const std::string& sql) {
+    if (!postgres()) {
+      return SqliteRawQuery(sqlite_.path, sql);
+    }
+    std::string error;
+    std::string out = airlock::testing::PostgresQuery(TestPostgres(), db_, sql, &error);
+    EXPECT_TRUE(error.empty()) << sql << ": " << error;
+    return out;
+  }
 
   // SQL for the length in bytes of a text column.
   std::string ByteLength(const std::string& column) const {
-    return "length(CAST(" + column + " AS BLOB))";
+    return postgres() ? "octet_length(" + column + ")" : "length(CAST(" + column + " AS BLOB))";
   }
 
   std::string dir_;
   StoreOptions sqlite_;
+  std::string db_;
+  PostgresOptions postgres_;
 };
 
-INSTANTIATE_TEST_SUITE_P(Stores, StoreConformanceTest, ::testing::Values("sqlite"),
+INSTANTIATE_TEST_SUITE_P(Stores, StoreConformanceTest, ::testing::Values("sqlite", "postgres"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });
@@ -831,6 +864,37 @@ TEST_P(StoreConformanceTest, CommittedEventsSurviveSigkillOfTheProcess) {
   // And the store is usable after the crash: the next seq follows the last stored one.
   ASSERT_OK_AND_ASSIGN(Event next, store->AppendEvent("ses_a", "after", Json::object()));
   EXPECT_EQ(next.seq, static_cast<int64_t>(events.size()) + 1);
+}
+
+// Ids and names are listed in the order of their bytes ("B" before "a"), whatever collation
+// the database would otherwise use.
+TEST_P(StoreConformanceTest, ListingsOrderIdsAndNamesByTheirBytes) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  for (const char* id : {"ses_a", "ses_B", "ses_b", "ses_A"}) {
+    ASSERT_OK(store->CreateSession(MakeSession(id, 1000), UserMessage("t")));
+  }
+  ASSERT_OK_AND_ASSIGN(auto all, store->ListSessions({}));
+  EXPECT_THAT(Ids(all), ElementsAre("ses_b", "ses_a", "ses_B", "ses_A"));
+  ASSERT_OK_AND_ASSIGN(auto page, store->ListSessions({.limit = 2, .before_id = "ses_a"}));
+  EXPECT_THAT(Ids(page), ElementsAre("ses_B", "ses_A"));
+
+  for (const char* name : {"alice", "Zed", "bob"}) {
+    ASSERT_OK(store->AddOperatorKey({name, std::string("h-") + name, 0}));
+  }
+  ASSERT_OK_AND_ASSIGN(auto keys, store->ListOperatorKeys());
+  ASSERT_EQ(keys.size(), 3u);
+  EXPECT_EQ(keys[0].name, "Zed");
+  EXPECT_EQ(keys[1].name, "alice");
+  EXPECT_EQ(keys[2].name, "bob");
+
+  for (const char* id : {"ses_a", "ses_B", "ses_b", "ses_A"}) {
+    ASSERT_OK(
+        store->ChangeState(id, StateChange{{SessionState::kStarting}, SessionState::kKilled}));
+  }
+  RawQuery("UPDATE sessions SET ended_at = 5");
+  ASSERT_OK_AND_ASSIGN(auto purgeable, store->ListPurgeable(INT64_MAX, 10));
+  EXPECT_THAT(purgeable, ElementsAre("ses_A", "ses_B", "ses_a", "ses_b"));
 }
 
 }  // namespace
