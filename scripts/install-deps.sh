@@ -11,6 +11,10 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-format
   libarchive-dev libseccomp-dev libcap-dev crun runc busybox-static
+  # The PostgreSQL store (libpq); its tests start a private server with initdb and pg_ctl
+  # (tests/support/postgres_server.h), so Debian's own cluster is neither needed nor used.
+  # The replica tests put haproxy in front of several control planes.
+  libpq-dev postgresql haproxy
   # The S3 blob store's tests run s3rver, an S3 emulator from the npm registry
   # (tests/files/s3rver.sh), and make its TLS certificate with openssl.
   nodejs npm openssl

@@ -1,10 +1,12 @@
 #include "controlplane/config.h"
 #include "llm/upstream_client.h"
+#include "store/postgres_store.h"
 
 #include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <initializer_list>
 #include <set>
 #include <sstream>
 
@@ -176,13 +178,40 @@ Status ParseStore(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.String("path", &c.store_path));
   AIRLOCK_TRY(r.String("synchronous", &c.store_synchronous));
   AIRLOCK_TRY(r.IntAs("busy_timeout_ms", &c.store_busy_timeout_ms, 0, 600'000));
-  if (c.store_kind != "sqlite") {
+  AIRLOCK_TRY(r.String("url", &c.store_url));
+  AIRLOCK_TRY(r.String("password_env", &c.store_password_env));
+  AIRLOCK_TRY(r.IntAs("pool_size", &c.store_pool_size, 1, 256));
+  // A key of the other kind is a mistake (a PostgreSQL url under kind = "sqlite" would be
+  // silently ignored), so it is refused like an unknown one.
+  auto refuse_keys = [&](std::initializer_list<const char*> keys, const char* kind) -> Status {
+    for (const char* k : keys) {
+      if (t != nullptr && t->contains(k)) {
+        return Errorf(ErrorCode::kInvalidArgument, "store.{} is for kind = \"{}\"", k, kind);
+      }
+    }
+    return Ok();
+  };
+  if (c.store_kind == "sqlite") {
+    AIRLOCK_TRY(refuse_keys({"url", "password_env", "pool_size"}, "postgres"));
+    if (c.store_synchronous != "normal" && c.store_synchronous != "full") {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "store.synchronous must be \"normal\" or \"full\"");
+    }
+  } else if (c.store_kind == "postgres") {
+    AIRLOCK_TRY(refuse_keys({"path", "synchronous", "busy_timeout_ms"}, "sqlite"));
+    if (c.store_url.empty()) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "store.kind = \"postgres\" needs store.url = "
+                       "\"postgresql://user@host:port/dbname\"");
+    }
+    // Refuses a URL that holds a password here, before anything could log it.
+    if (auto target = store::ParsePostgresUrl(c.store_url); !target) {
+      return MakeError(ErrorCode::kInvalidArgument, target.error().message);
+    }
+  } else {
     return Errorf(ErrorCode::kInvalidArgument,
-                  "store.kind = \"{}\" is not supported (supported: sqlite)", c.store_kind);
-  }
-  if (c.store_synchronous != "normal" && c.store_synchronous != "full") {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "store.synchronous must be \"normal\" or \"full\"");
+                  "store.kind = \"{}\" is not supported (supported: sqlite, postgres)",
+                  c.store_kind);
   }
   return r.RejectUnknown();
 }
@@ -501,7 +530,7 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
   AIRLOCK_TRY(ParseFiles(files, c));
   AIRLOCK_TRY(ParseEvents(events, c));
   AIRLOCK_TRY(ParseRetention(retention, c));
-  if (c.store_path.empty()) c.store_path = home + "/airlock.db";
+  if (c.store_path.empty() && c.store_kind == "sqlite") c.store_path = home + "/airlock.db";
   if (c.node.empty()) {
     char host[256] = {};
     ::gethostname(host, sizeof(host) - 1);
@@ -511,6 +540,29 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
   if (c.files.signing_keys.empty()) c.files.signing_keys = home + "/file-signing.keys";
   if (c.images_dir.empty()) c.images_dir = home + "/images";
   return c;
+}
+
+Result<Secret> ReadStorePassword(const Config& c,
+                                 const std::function<const char*(const char*)>& getenv) {
+  if (c.store_password_env.empty()) return Secret();
+  const char* v = getenv(c.store_password_env.c_str());
+  if (v == nullptr) {
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "store.password_env names {}, which is not set in the environment",
+                  c.store_password_env);
+  }
+  if (*v == '\0') {
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "store.password_env names {}, which is empty in the environment",
+                  c.store_password_env);
+  }
+  return Secret(v);
+}
+
+std::string StoreDescription(const Config& c) {
+  if (c.store_kind != "postgres") return c.store_path;
+  auto target = store::ParsePostgresUrl(c.store_url);
+  return target ? "postgres " + target->Describe() : std::string("postgres");
 }
 
 Result<Config> LoadConfig(const std::optional<std::string>& path, const std::string& home) {

@@ -137,10 +137,15 @@ struct Config {
   std::string node;
   int node_ttl_s = 15;
 
-  std::string store_kind = "sqlite";
+  std::string store_kind = "sqlite";  // sqlite | postgres
+  // sqlite
   std::string store_path;  // default: <home>/airlock.db
   std::string store_synchronous = "normal";
   int store_busy_timeout_ms = 5000;
+  // postgres
+  std::string store_url;           // postgresql://user@host:port/dbname, never with a password
+  std::string store_password_env;  // the environment variable holding the password; "": none
+  int store_pool_size = 8;         // connections
 
   std::map<std::string, OperatorKeyConfig> operator_keys;
 
@@ -190,5 +195,13 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
 // tests.
 std::string ApplyDefaultModel(Config& config,
                               const std::function<const char*(const char*)>& getenv);
+
+// The PostgreSQL store's password, read at start from the variable store.password_env names
+// (an empty Secret when it names none). kInvalidArgument when that variable is unset or empty.
+Result<Secret> ReadStorePassword(const Config& c,
+                                 const std::function<const char*(const char*)>& getenv);
+// The store for log lines: the SQLite file, or "postgres host:port/dbname" (no user, no
+// password).
+std::string StoreDescription(const Config& c);
 
 }  // namespace airlock::controlplane

@@ -1,5 +1,8 @@
 #include "controlplane/config.h"
 
+#include <map>
+#include <string>
+
 #include <gtest/gtest.h>
 
 namespace airlock::controlplane {
@@ -307,6 +310,90 @@ TEST(ConfigTest, RefusesUnknownEventAndRetentionKeysAndBadDurations) {
   EXPECT_EQ(*ParseDuration("3600s", "x"), 3600);
   EXPECT_EQ(*ParseDuration("0", "x"), 0);
   EXPECT_FALSE(ParseDuration("99999999999d", "x").has_value());
+}
+
+TEST(ConfigTest, AcceptsAPostgresStore) {
+  auto c = ParseConfig(R"(
+[store]
+kind = "postgres"
+url = "postgresql://airlock@db.internal:5433/airlock"
+password_env = "AIRLOCK_PG_PASSWORD"
+pool_size = 16
+)",
+                       "/h");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->store_kind, "postgres");
+  EXPECT_EQ(c->store_url, "postgresql://airlock@db.internal:5433/airlock");
+  EXPECT_EQ(c->store_password_env, "AIRLOCK_PG_PASSWORD");
+  EXPECT_EQ(c->store_pool_size, 16);
+  EXPECT_EQ(c->store_path, "");  // no SQLite file in the home directory
+  EXPECT_EQ(StoreDescription(*c), "postgres db.internal:5433/airlock");
+
+  auto defaults = ParseConfig("[store]\nkind = \"postgres\"\nurl = \"postgres://u@h/d\"\n", "/h");
+  ASSERT_TRUE(defaults.has_value()) << defaults.error().message;
+  EXPECT_EQ(defaults->store_pool_size, 8);
+  EXPECT_EQ(defaults->store_password_env, "");
+  EXPECT_EQ(StoreDescription(*ParseConfig("", "/h")), "/h/airlock.db");
+}
+
+TEST(ConfigTest, RefusesPostgresStoreMisconfigurationsNamingTheKey) {
+  auto error = [](const std::string& store_table) {
+    auto c = ParseConfig("[store]\n" + store_table, "/h");
+    EXPECT_FALSE(c.has_value()) << store_table;
+    return c.has_value() ? std::string() : c.error().message;
+  };
+  EXPECT_NE(error("kind = \"postgres\"\n").find("store.url"), std::string::npos);
+  EXPECT_NE(error("kind = \"mysql\"\n").find("not supported"), std::string::npos);
+  EXPECT_NE(error("kind = \"postgres\"\nurl = \"mysql://u@h/d\"\n").find("postgresql://"),
+            std::string::npos);
+  EXPECT_NE(error("kind = \"postgres\"\nurl = \"postgres://u@h/d\"\npool_size = 0\n")
+                .find("store.pool_size"),
+            std::string::npos);
+  // Each kind's keys belong to it alone.
+  EXPECT_NE(error("kind = \"postgres\"\nurl = \"postgres://u@h/d\"\npath = \"/x.db\"\n")
+                .find("store.path is for kind = \"sqlite\""),
+            std::string::npos);
+  EXPECT_NE(error("url = \"postgres://u@h/d\"\n").find("store.url is for kind = \"postgres\""),
+            std::string::npos);
+  EXPECT_NE(error("password_env = \"X\"\n").find("store.password_env"), std::string::npos);
+  // A password in the URL is refused, and the message does not repeat it.
+  for (const std::string url : {"postgresql://airlock:s3cret-pw@db:5432/airlock",
+                                "postgresql://airlock@db:5432/airlock?password=s3cret-pw"}) {
+    const std::string message = error("kind = \"postgres\"\nurl = \"" + url + "\"\n");
+    EXPECT_NE(message.find("password"), std::string::npos) << message;
+    EXPECT_EQ(message.find("s3cret"), std::string::npos) << message;
+  }
+}
+
+TEST(ConfigTest, StorePasswordComesFromTheNamedEnvironmentVariable) {
+  auto c = ParseConfig(
+      "[store]\nkind = \"postgres\"\nurl = \"postgres://u@h/d\"\npassword_env = \"PGPW\"\n", "/h");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  std::map<std::string, std::string> env = {{"PGPW", "pw-123"}};
+  auto getenv = [&](const char* name) -> const char* {
+    auto it = env.find(name);
+    return it == env.end() ? nullptr : it->second.c_str();
+  };
+  auto password = ReadStorePassword(*c, getenv);
+  ASSERT_TRUE(password.has_value()) << password.error().message;
+  EXPECT_EQ(password->Reveal(), "pw-123");
+  EXPECT_EQ(fmt::format("{}", *password), "***");
+
+  env["PGPW"] = "";
+  auto empty = ReadStorePassword(*c, getenv);
+  ASSERT_FALSE(empty.has_value());
+  EXPECT_NE(empty.error().message.find("PGPW"), std::string::npos);
+  env.clear();
+  auto unset = ReadStorePassword(*c, getenv);
+  ASSERT_FALSE(unset.has_value());
+  EXPECT_EQ(unset.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(unset.error().message.find("PGPW"), std::string::npos);
+  EXPECT_NE(unset.error().message.find("not set"), std::string::npos);
+
+  c->store_password_env.clear();
+  auto none = ReadStorePassword(*c, [](const char*) -> const char* { return "unused"; });
+  ASSERT_TRUE(none.has_value());
+  EXPECT_TRUE(none->empty());
 }
 
 }  // namespace

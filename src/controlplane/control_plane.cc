@@ -213,7 +213,7 @@ Status ControlPlane::Start() {
                                       operator_endpoint_.port())},
              {"sandbox", SandboxUrl()},
              {"home", config_.home},
-             {"store", config_.store_path},
+             {"store", StoreDescription(config_)},
              {"backends", backends_->Names()}});
   asio::co_spawn(io_, ReattachAll(), asio::detached);
   asio::co_spawn(io_, ReconcileLoop(), asio::detached);

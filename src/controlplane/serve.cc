@@ -11,6 +11,7 @@
 #include "images/image_store.h"
 #include "sandbox/backend_oci.h"
 #include "sandbox/backend_process.h"
+#include "store/postgres_store.h"
 
 namespace airlock::controlplane {
 namespace {
@@ -109,6 +110,29 @@ void ReserveDescriptors(Config& config) {
              {"max_connections_per_session", config.limits.max_connections_per_session}});
 }
 
+// The store that [store] configures. The PostgreSQL password is read from the environment
+// here, at start, and goes nowhere but the store's connections.
+Result<std::unique_ptr<store::Store>> OpenStore(const Config& config) {
+  if (config.store_kind == "postgres") {
+    store::PostgresOptions po;
+    po.url = config.store_url;
+    po.pool_size = config.store_pool_size;
+    AIRLOCK_ASSIGN_OR_RETURN(
+        po.password, ReadStorePassword(config, [](const char* n) { return std::getenv(n); }));
+    AIRLOCK_ASSIGN_OR_RETURN(store::PostgresTarget target, store::ParsePostgresUrl(po.url));
+    log::Info("opening the PostgreSQL store", {{"host", target.host},
+                                               {"port", target.port},
+                                               {"dbname", target.dbname},
+                                               {"pool_size", po.pool_size}});
+    return store::OpenPostgresStore(po);
+  }
+  store::StoreOptions so;
+  so.path = config.store_path;
+  so.synchronous = config.store_synchronous;
+  so.busy_timeout_ms = config.store_busy_timeout_ms;
+  return store::OpenSqliteStore(so);
+}
+
 }  // namespace
 
 int RunServer(Config config) {
@@ -131,13 +155,10 @@ int RunServer(Config config) {
     log::Error("cannot start", {{"error", home_lock.error().message}});
     return 1;
   }
-  store::StoreOptions so;
-  so.path = config.store_path;
-  so.synchronous = config.store_synchronous;
-  so.busy_timeout_ms = config.store_busy_timeout_ms;
-  auto store = store::OpenSqliteStore(so);
+  auto store = OpenStore(config);
   if (!store) {
-    log::Error("cannot open the store", {{"path", so.path}, {"error", store.error().message}});
+    log::Error("cannot open the store",
+               {{"store", StoreDescription(config)}, {"error", store.error().message}});
     return 1;
   }
   auto backends = std::make_unique<sandbox::BackendRegistry>();

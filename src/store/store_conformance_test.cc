@@ -1,0 +1,970 @@
+// The Store contract (store/store.h), run against every store: each test runs once per
+// implementation (INSTANTIATE_TEST_SUITE_P below). A store passes when it gives the same
+// answers, errors included, as every other. What is about one implementation alone stays in
+// its own test file (sqlite_store_test.cc, postgres_store_test.cc).
+//
+// The PostgreSQL instantiation runs on a private server that the first test needing it starts
+// (tests/support/postgres_server.h), a fresh database per test; it skips with the reason when
+// PostgreSQL is not installed.
+
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "store/postgres_store.h"
+#include "store/store.h"
+#include "store/store_test_postgres.h"
+#include "store/store_test_util.h"
+
+namespace airlock::store {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+class StoreConformanceTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "postgres") {
+      airlock::testing::PostgresServer& server = TestPostgres();
+      if (!server.skip.empty()) {
+        GTEST_SKIP() << server.skip;
+      }
+      ASSERT_TRUE(server.failure.empty()) << server.failure;
+      std::string error;
+      db_ = airlock::testing::CreatePostgresDatabase(server, &error);
+      ASSERT_TRUE(error.empty()) << error;
+      postgres_.url = server.Url(db_);
+      postgres_.password = Secret(server.password);
+      return;
+    }
+    std::string tmpl = (std::filesystem::temp_directory_path() / "airlock_store_XXXXXX").string();
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr) << "mkdtemp: " << errno;
+    dir_ = tmpl;
+    sqlite_.path = dir_ + "/airlock.db";
+  }
+
+  void TearDown() override {
+    if (!dir_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+    }
+  }
+
+  bool postgres() const { return GetParam() == "postgres"; }
+
+  Result<std::unique_ptr<Store>> TryOpen() {
+    return postgres() ? OpenPostgresStore(postgres_) : OpenSqliteStore(sqlite_);
+  }
+
+  std::unique_ptr<Store> Open() {
+    auto store = TryOpen();
+    EXPECT_TRUE(store.has_value()) << store.error().message;
+    return store ? std::move(*store) : nullptr;
+  }
+
+  // Runs one SQL statement on a connection of its own, apart from the Store, and returns the
+  // first column of the first row as text ("" when there is no row).
+  std::string RawQuery(const std::string& sql) {
+    if (!postgres()) {
+      return SqliteRawQuery(sqlite_.path, sql);
+    }
+    std::string error;
+    std::string out = airlock::testing::PostgresQuery(TestPostgres(), db_, sql, &error);
+    EXPECT_TRUE(error.empty()) << sql << ": " << error;
+    return out;
+  }
+
+  // SQL for the length in bytes of a text column.
+  std::string ByteLength(const std::string& column) const {
+    return postgres() ? "octet_length(" + column + ")" : "length(CAST(" + column + " AS BLOB))";
+  }
+
+  std::string dir_;
+  StoreOptions sqlite_;
+  std::string db_;
+  PostgresOptions postgres_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Stores, StoreConformanceTest, ::testing::Values("sqlite", "postgres"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
+
+TEST_P(StoreConformanceTest, RefusesDatabaseWithNewerSchemaVersion) {
+  { ASSERT_NE(Open(), nullptr); }
+  RawQuery("INSERT INTO schema_migrations (version, applied_at) VALUES (9999, 0)");
+  auto store = TryOpen();
+  ASSERT_FALSE(store.has_value());
+  EXPECT_THAT(store.error().message, HasSubstr("9999"));
+}
+
+TEST_P(StoreConformanceTest, SandboxHandleIsRecordedInAnyStateWithoutAnEvent) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_h", 1), UserMessage("x")));
+  ASSERT_OK(store->ChangeState(
+      "ses_h", StateChange{{SessionState::kStarting}, SessionState::kKilled, "gone", true, {}}));
+  ASSERT_OK(store->SetSandboxHandle("ses_h", "oci:late"));
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_h"));
+  EXPECT_EQ(s.sandbox_handle, "oci:late");
+  EXPECT_EQ(s.state, SessionState::kKilled);
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_h", 0, 100));
+  EXPECT_EQ(events.size(), 2u);  // created, state
+  EXPECT_EQ(store->SetSandboxHandle("ses_nope", "x").error().code, ErrorCode::kNotFound);
+}
+
+TEST_P(StoreConformanceTest, CreatedSessionRoundTripsWithTaskMessageAndCreatedEvent) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  Session in = MakeSession("ses_a", 1234);
+  in.sandbox_handle = "crun:abc";
+  ASSERT_OK(store->CreateSession(in, UserMessage("do the thing")));
+
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_a"));
+  EXPECT_EQ(s.id, "ses_a");
+  EXPECT_EQ(s.state, SessionState::kStarting);
+  EXPECT_EQ(s.image, in.image);
+  EXPECT_EQ(s.backend, in.backend);
+  EXPECT_EQ(s.model, in.model);
+  EXPECT_EQ(s.command, in.command);
+  EXPECT_EQ(s.limits, in.limits);
+  EXPECT_EQ(s.metadata, in.metadata);
+  EXPECT_EQ(s.token_hash, in.token_hash);
+  EXPECT_EQ(s.sandbox_handle, "crun:abc");
+  EXPECT_FALSE(s.result.has_value());
+  EXPECT_EQ(s.created_at, 1234);
+  EXPECT_EQ(s.updated_at, 1234);
+  EXPECT_EQ(s.usage.llm_calls, 0);
+
+  ASSERT_OK_AND_ASSIGN(auto messages, store->ListMessages("ses_a", /*include_pending=*/true));
+  ASSERT_EQ(messages.size(), 1u);
+  EXPECT_FALSE(messages[0].position.has_value());
+  EXPECT_EQ(messages[0].body, UserMessage("do the thing"));
+
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100));
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].seq, 1);
+  EXPECT_EQ(events[0].type, "session.created");
+  EXPECT_EQ(events[0].data,
+            Json({{"image", "python:3.12"}, {"backend", "oci"}, {"model", "fast"}}));
+}
+
+TEST_P(StoreConformanceTest, CreatingSessionWithExistingIdIsConflictAndChangesNothing) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("first")));
+  auto again = store->CreateSession(MakeSession("ses_a", 0, "other-hash"), UserMessage("second"));
+  ASSERT_FALSE(again.has_value());
+  EXPECT_EQ(again.error().code, ErrorCode::kConflict);
+  ASSERT_OK_AND_ASSIGN(auto messages, store->ListMessages("ses_a", true));
+  EXPECT_THAT(Contents(messages), ElementsAre("first"));
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100));
+  EXPECT_EQ(events.size(), 1u);
+}
+
+TEST_P(StoreConformanceTest, UnknownSessionIsNotFoundEverywhere) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  auto expect_not_found = [](const auto& result, const char* what) {
+    ASSERT_FALSE(result.has_value()) << what;
+    EXPECT_EQ(result.error().code, ErrorCode::kNotFound) << what << ": " << result.error().message;
+  };
+  expect_not_found(store->GetSession("ses_x"), "GetSession");
+  expect_not_found(store->ChangeState(
+                       "ses_x", {.from = {SessionState::kStarting}, .to = SessionState::kRunning}),
+                   "ChangeState");
+  expect_not_found(store->AddUserMessage("ses_x", UserMessage("hi")), "AddUserMessage");
+  expect_not_found(store->TakeInbox("ses_x", ""), "TakeInbox");
+  expect_not_found(store->AppendConversation("ses_x", {UserMessage("a")}), "AppendConversation");
+  expect_not_found(store->AppendConversation("ses_x", {}), "AppendConversation (empty)");
+  expect_not_found(store->ListMessages("ses_x", true), "ListMessages");
+  expect_not_found(store->AppendEvent("ses_x", "t", Json::object()), "AppendEvent");
+  expect_not_found(store->ListEvents("ses_x", 0, 10), "ListEvents");
+  expect_not_found(store->RecordUsage("ses_x", "fast", Usage{1, 1, 1, 0.1}), "RecordUsage");
+}
+
+TEST_P(StoreConformanceTest, ListsSessionsNewestFirstWithStateFilterAndPagination) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  // Two sessions share created_at 3000: the id breaks the tie, descending.
+  ASSERT_OK(store->CreateSession(MakeSession("ses_1", 1000), UserMessage("t")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_2", 2000), UserMessage("t")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_3a", 3000), UserMessage("t")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_3b", 3000), UserMessage("t")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_4", 4000), UserMessage("t")));
+  for (const char* id : {"ses_1", "ses_3a", "ses_4"}) {
+    ASSERT_OK(
+        store->ChangeState(id, {.from = {SessionState::kStarting}, .to = SessionState::kRunning}));
+  }
+
+  ASSERT_OK_AND_ASSIGN(auto all, store->ListSessions({}));
+  EXPECT_THAT(Ids(all), ElementsAre("ses_4", "ses_3b", "ses_3a", "ses_2", "ses_1"));
+
+  ASSERT_OK_AND_ASSIGN(auto page1, store->ListSessions({.limit = 2}));
+  EXPECT_THAT(Ids(page1), ElementsAre("ses_4", "ses_3b"));
+  ASSERT_OK_AND_ASSIGN(auto page2, store->ListSessions({.limit = 2, .before_id = "ses_3b"}));
+  EXPECT_THAT(Ids(page2), ElementsAre("ses_3a", "ses_2"));
+  ASSERT_OK_AND_ASSIGN(auto page3, store->ListSessions({.limit = 2, .before_id = "ses_2"}));
+  EXPECT_THAT(Ids(page3), ElementsAre("ses_1"));
+
+  ASSERT_OK_AND_ASSIGN(auto running, store->ListSessions({.state = SessionState::kRunning}));
+  EXPECT_THAT(Ids(running), ElementsAre("ses_4", "ses_3a", "ses_1"));
+  ASSERT_OK_AND_ASSIGN(
+      auto running_page,
+      store->ListSessions({.state = SessionState::kRunning, .limit = 1, .before_id = "ses_3b"}));
+  EXPECT_THAT(Ids(running_page), ElementsAre("ses_3a"));
+  ASSERT_OK_AND_ASSIGN(auto starting, store->ListSessions({.state = SessionState::kStarting}));
+  EXPECT_THAT(Ids(starting), ElementsAre("ses_3b", "ses_2"));
+
+  ASSERT_OK_AND_ASSIGN(auto clamped_low, store->ListSessions({.limit = 0}));
+  EXPECT_EQ(clamped_low.size(), 1u);
+  ASSERT_OK_AND_ASSIGN(auto clamped_high, store->ListSessions({.limit = 1'000'000}));
+  EXPECT_EQ(clamped_high.size(), 5u);
+
+  auto bad_cursor = store->ListSessions({.before_id = "ses_nope"});
+  ASSERT_FALSE(bad_cursor.has_value());
+  EXPECT_EQ(bad_cursor.error().code, ErrorCode::kInvalidArgument);
+}
+
+TEST_P(StoreConformanceTest, FindsSessionByTokenHashUntilRevoked) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a", 0, "aaaa"), UserMessage("t")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_b", 0, "bbbb"), UserMessage("t")));
+
+  ASSERT_OK_AND_ASSIGN(Session found, store->GetSessionByTokenHash("bbbb"));
+  EXPECT_EQ(found.id, "ses_b");
+
+  ASSERT_OK_AND_ASSIGN(Session killed,
+                       store->ChangeState("ses_b", {.from = {SessionState::kStarting},
+                                                    .to = SessionState::kKilled,
+                                                    .revoke_token = true}));
+  EXPECT_EQ(killed.token_hash, "");
+  auto revoked = store->GetSessionByTokenHash("bbbb");
+  ASSERT_FALSE(revoked.has_value());
+  EXPECT_EQ(revoked.error().code, ErrorCode::kNotFound);
+
+  // Revoke the other one too: two sessions now hold '' and neither may match an empty lookup.
+  ASSERT_OK(store->ChangeState(
+      "ses_a",
+      {.from = {SessionState::kStarting}, .to = SessionState::kFailed, .revoke_token = true}));
+  auto empty = store->GetSessionByTokenHash("");
+  ASSERT_FALSE(empty.has_value());
+  EXPECT_EQ(empty.error().code, ErrorCode::kNotFound);
+}
+
+TEST_P(StoreConformanceTest, RejectsSecondSessionWithSameLiveTokenHash) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a", 0, "same"), UserMessage("t")));
+  auto dup = store->CreateSession(MakeSession("ses_b", 0, "same"), UserMessage("t"));
+  ASSERT_FALSE(dup.has_value());
+  EXPECT_EQ(dup.error().code, ErrorCode::kConflict);
+  EXPECT_FALSE(store->GetSession("ses_b").has_value());
+}
+
+TEST_P(StoreConformanceTest, ChangeStateUpdatesSessionAndAppendsStateEvent) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a", 1000), UserMessage("t")));
+
+  ASSERT_OK_AND_ASSIGN(Session running,
+                       store->ChangeState("ses_a", {.from = {SessionState::kStarting},
+                                                    .to = SessionState::kRunning,
+                                                    .sandbox_handle = "crun:ses_a"}));
+  EXPECT_EQ(running.state, SessionState::kRunning);
+  EXPECT_EQ(running.sandbox_handle, "crun:ses_a");
+  EXPECT_EQ(running.token_hash, "hash-ses_a");
+  EXPECT_GT(running.updated_at, 1000);
+
+  ASSERT_OK_AND_ASSIGN(
+      Session done,
+      store->ChangeState("ses_a", {.from = {SessionState::kRunning, SessionState::kSuspended},
+                                   .to = SessionState::kSucceeded,
+                                   .result = "all good"}));
+  EXPECT_EQ(done.state, SessionState::kSucceeded);
+  EXPECT_EQ(done.result, "all good");
+  EXPECT_EQ(done.sandbox_handle, "crun:ses_a");
+
+  ASSERT_OK_AND_ASSIGN(Session stored, store->GetSession("ses_a"));
+  EXPECT_EQ(stored.state, SessionState::kSucceeded);
+  EXPECT_EQ(stored.result, "all good");
+
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 1, 100));
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].type, "session.state");
+  EXPECT_EQ(events[0].data, Json({{"from", "starting"}, {"to", "running"}}));
+  EXPECT_EQ(events[1].data,
+            Json({{"from", "running"}, {"to", "succeeded"}, {"result", "all good"}}));
+}
+
+TEST_P(StoreConformanceTest, RejectsStateChangeFromTerminalStateNamingCurrentState) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  ASSERT_OK(store->ChangeState(
+      "ses_a", {.from = {SessionState::kStarting}, .to = SessionState::kSucceeded}));
+
+  auto again =
+      store->ChangeState("ses_a", {.from = {SessionState::kStarting, SessionState::kRunning},
+                                   .to = SessionState::kKilled,
+                                   .revoke_token = true});
+  ASSERT_FALSE(again.has_value());
+  EXPECT_EQ(again.error().code, ErrorCode::kConflict);
+  EXPECT_THAT(again.error().message, HasSubstr("succeeded"));
+
+  // Nothing of the refused change was applied.
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_a"));
+  EXPECT_EQ(s.state, SessionState::kSucceeded);
+  EXPECT_EQ(s.token_hash, "hash-ses_a");
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100));
+  EXPECT_EQ(events.size(), 2u);
+}
+
+TEST_P(StoreConformanceTest, AddUserMessageToTerminalSessionIsConflict) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  ASSERT_OK(store->ChangeState("ses_a",
+                               {.from = {SessionState::kStarting}, .to = SessionState::kFailed}));
+  auto added = store->AddUserMessage("ses_a", UserMessage("too late"));
+  ASSERT_FALSE(added.has_value());
+  EXPECT_EQ(added.error().code, ErrorCode::kConflict);
+  EXPECT_THAT(added.error().message, HasSubstr("failed"));
+}
+
+TEST_P(StoreConformanceTest, InboxMessagesAreTakenOnceInOrderAndLaterOnesFollowTheConversation) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("task")));
+  ASSERT_OK_AND_ASSIGN(int64_t id1, store->AddUserMessage("ses_a", UserMessage("one")));
+  ASSERT_OK_AND_ASSIGN(int64_t id2, store->AddUserMessage("ses_a", UserMessage("two")));
+  EXPECT_LT(id1, id2);
+
+  ASSERT_OK_AND_ASSIGN(auto taken, store->TakeInbox("ses_a", ""));
+  EXPECT_THAT(Contents(taken), ElementsAre("task", "one", "two"));
+  ASSERT_EQ(taken.size(), 3u);
+  EXPECT_EQ(taken[0].position, 1);
+  EXPECT_EQ(taken[1].position, 2);
+  EXPECT_EQ(taken[2].position, 3);
+  EXPECT_EQ(taken[1].id, id1);
+
+  ASSERT_OK_AND_ASSIGN(auto second, store->TakeInbox("ses_a", ""));
+  EXPECT_TRUE(second.empty());
+
+  ASSERT_OK(
+      store->AppendConversation("ses_a", {Json{{"role", "assistant"}, {"content", "reply"}},
+                                          Json{{"role", "tool"}, {"content", "tool output"}}}));
+  ASSERT_OK(store->AddUserMessage("ses_a", UserMessage("three")));
+
+  ASSERT_OK_AND_ASSIGN(auto conversation, store->ListMessages("ses_a", false));
+  EXPECT_THAT(Contents(conversation), ElementsAre("task", "one", "two", "reply", "tool output"));
+  ASSERT_OK_AND_ASSIGN(auto with_pending, store->ListMessages("ses_a", true));
+  EXPECT_THAT(Contents(with_pending),
+              ElementsAre("task", "one", "two", "reply", "tool output", "three"));
+  EXPECT_FALSE(with_pending.back().position.has_value());
+  EXPECT_EQ(with_pending[4].position, 5);
+
+  ASSERT_OK_AND_ASSIGN(auto third, store->TakeInbox("ses_a", ""));
+  ASSERT_EQ(third.size(), 1u);
+  EXPECT_EQ(third[0].body, UserMessage("three"));
+  EXPECT_EQ(third[0].position, 6);
+}
+
+TEST_P(StoreConformanceTest, EventSeqsCountFromOnePerSessionIndependently) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_b"), UserMessage("t")));
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_OK_AND_ASSIGN(Event a, store->AppendEvent("ses_a", "tick", {{"i", i}}));
+    EXPECT_EQ(a.seq, i + 2);
+    EXPECT_EQ(a.session_id, "ses_a");
+    if (i % 2 == 0) {
+      ASSERT_OK(store->AppendEvent("ses_b", "tock", {{"i", i}}));
+    }
+  }
+  ASSERT_OK_AND_ASSIGN(auto a_events, store->ListEvents("ses_a", 0, 100));
+  EXPECT_THAT(Seqs(a_events), ElementsAre(1, 2, 3, 4, 5, 6));
+  EXPECT_EQ(a_events[3].data, Json({{"i", 2}}));
+  ASSERT_OK_AND_ASSIGN(auto b_events, store->ListEvents("ses_b", 0, 100));
+  EXPECT_THAT(Seqs(b_events), ElementsAre(1, 2, 3, 4));
+  EXPECT_EQ(b_events[1].type, "tock");
+
+  ASSERT_OK_AND_ASSIGN(auto after, store->ListEvents("ses_a", 2, 3));
+  EXPECT_THAT(Seqs(after), ElementsAre(3, 4, 5));
+  ASSERT_OK_AND_ASSIGN(auto tail, store->ListEvents("ses_a", 5, 100));
+  EXPECT_THAT(Seqs(tail), ElementsAre(6));
+  ASSERT_OK_AND_ASSIGN(auto none, store->ListEvents("ses_a", 6, 100));
+  EXPECT_TRUE(none.empty());
+  ASSERT_OK_AND_ASSIGN(auto zero_limit, store->ListEvents("ses_a", 0, 0));
+  EXPECT_TRUE(zero_limit.empty());
+}
+
+TEST_P(StoreConformanceTest, RecordUsageAddsToSessionTotals) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  ASSERT_OK(store->RecordUsage("ses_a", "fast", Usage{100, 20, 1, 0.25}));
+  ASSERT_OK(store->RecordUsage("ses_a", "smart", Usage{50, 5, 1, 0.5}));
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_a"));
+  EXPECT_EQ(s.usage.input_tokens, 150);
+  EXPECT_EQ(s.usage.output_tokens, 25);
+  EXPECT_EQ(s.usage.llm_calls, 2);
+  EXPECT_DOUBLE_EQ(s.usage.cost_usd, 0.75);
+  EXPECT_EQ(RawQuery("SELECT COUNT(*) FROM usage WHERE session_id = 'ses_a'"), "2");
+
+  auto negative = store->RecordUsage("ses_a", "fast", Usage{-1, 0, 1, 0});
+  ASSERT_FALSE(negative.has_value());
+  EXPECT_EQ(negative.error().code, ErrorCode::kInvalidArgument);
+}
+
+TEST_P(StoreConformanceTest, RecordChatAppendsMetersAndLogsInOneStep) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  Session base = MakeSession("ses_a");
+  base.models = Json::array({"fast", "smart"});
+  ASSERT_OK(store->CreateSession(base, UserMessage("task")));
+  ASSERT_OK(store->TakeInbox("ses_a", ""));
+  ChatRecord rec;
+  rec.messages = {Json{{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "out"}},
+                  Json{{"role", "assistant"}, {"content", "done"}}};
+  rec.model = "fast";
+  rec.usage = Usage{100, 10, 1, 0.5};
+  rec.event_data = Json{{"outcome", "ok"}};
+  ASSERT_OK_AND_ASSIGN(Usage totals, store->RecordChat("ses_a", rec));
+  EXPECT_EQ(totals.input_tokens, 100);
+  EXPECT_EQ(totals.llm_calls, 1);
+  rec.messages = {Json{{"role", "assistant"}, {"content", "again"}}};
+  rec.model = "smart";
+  rec.usage = Usage{50, 5, 1, 0.25};
+  ASSERT_OK_AND_ASSIGN(totals, store->RecordChat("ses_a", rec));
+  EXPECT_EQ(totals.input_tokens, 150);
+  EXPECT_EQ(totals.llm_calls, 2);
+  EXPECT_DOUBLE_EQ(totals.cost_usd, 0.75);
+
+  ASSERT_OK_AND_ASSIGN(auto msgs, store->ListMessages("ses_a", false));
+  EXPECT_THAT(Contents(msgs), ElementsAre("task", "out", "done", "again"));
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100));
+  int calls = 0;
+  for (const auto& e : events) calls += e.type == "llm.call" ? 1 : 0;
+  EXPECT_EQ(calls, 2);
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_a"));
+  EXPECT_EQ(s.models, Json::array({"fast", "smart"}));
+
+  ASSERT_OK_AND_ASSIGN(UsageReport rep, store->GetUsage(UsageQuery{}));
+  EXPECT_EQ(rep.total.llm_calls, 2);
+  EXPECT_EQ(rep.sessions, 1);
+  EXPECT_EQ(rep.by_model.at("fast").input_tokens, 100);
+  EXPECT_EQ(rep.by_model.at("smart").output_tokens, 5);
+  ASSERT_OK_AND_ASSIGN(UsageReport none, store->GetUsage(UsageQuery{0, 1}));
+  EXPECT_EQ(none.total.llm_calls, 0);
+  EXPECT_TRUE(none.by_model.empty());
+
+  // A session that ended takes no more: nothing of the record is applied.
+  ASSERT_OK(store->ChangeState(
+      "ses_a",
+      StateChange{
+          {SessionState::kStarting}, SessionState::kKilled, std::nullopt, true, std::nullopt}));
+  auto late = store->RecordChat("ses_a", rec);
+  ASSERT_FALSE(late.has_value());
+  EXPECT_EQ(late.error().code, ErrorCode::kConflict);
+  ASSERT_OK_AND_ASSIGN(msgs, store->ListMessages("ses_a", false));
+  EXPECT_EQ(msgs.size(), 4u);
+  ASSERT_OK_AND_ASSIGN(s, store->GetSession("ses_a"));
+  EXPECT_EQ(s.usage.llm_calls, 2);
+  EXPECT_FALSE(store->RecordChat("ses_nope", rec).has_value());
+}
+
+TEST_P(StoreConformanceTest, EventQuotaRefusesPastCountAndAppendsOneNotice) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_b"), UserMessage("t")));
+  const EventQuota quota{5, 0};
+  // session.created is the first of the five.
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_OK_AND_ASSIGN(QuotaAppend a,
+                         store->AppendEventWithinQuota("ses_a", "tick", {{"i", i}}, quota));
+    ASSERT_TRUE(a.event.has_value()) << i;
+    EXPECT_EQ(a.event->seq, i + 2);
+  }
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_OK_AND_ASSIGN(QuotaAppend a,
+                         store->AppendEventWithinQuota("ses_a", "tick", {{"i", i}}, quota));
+    EXPECT_FALSE(a.event.has_value());
+    EXPECT_EQ(a.exceeded, "events");
+    EXPECT_EQ(a.limit, 5);
+    EXPECT_EQ(a.noticed, i == 0);
+  }
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100));
+  ASSERT_EQ(events.size(), 6u);  // five, and the one notice
+  EXPECT_EQ(events.back().type, "session.quota_exceeded");
+  EXPECT_EQ(events.back().data, Json({{"quota", "events"}, {"limit", 5}, {"type", "tick"}}));
+  // Another session's budget is its own.
+  ASSERT_OK_AND_ASSIGN(QuotaAppend b,
+                       store->AppendEventWithinQuota("ses_b", "tick", Json::object(), quota));
+  EXPECT_TRUE(b.event.has_value());
+}
+
+TEST_P(StoreConformanceTest, EventQuotaCountsBytesOfEveryEventIncludingTheControlPlanes) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  ASSERT_OK_AND_ASSIGN(SessionFootprint start, store->Footprint("ses_a"));
+  const std::string big(1000, 'x');
+  const EventQuota quota{0, start.bytes + 2500};
+  ASSERT_OK_AND_ASSIGN(QuotaAppend a,
+                       store->AppendEventWithinQuota("ses_a", "blob", {{"b", big}}, quota));
+  ASSERT_TRUE(a.event.has_value());
+  // Appended without a quota (the control plane's own), still counted.
+  ASSERT_OK(store->AppendEvent("ses_a", "blob", {{"b", big}}));
+  ASSERT_OK_AND_ASSIGN(QuotaAppend refused,
+                       store->AppendEventWithinQuota("ses_a", "blob", {{"b", big}}, quota));
+  EXPECT_FALSE(refused.event.has_value());
+  EXPECT_EQ(refused.exceeded, "bytes");
+  EXPECT_TRUE(refused.noticed);
+  // A small one still fits under the byte bound.
+  ASSERT_OK_AND_ASSIGN(QuotaAppend small,
+                       store->AppendEventWithinQuota("ses_a", "s", Json::object(), quota));
+  EXPECT_TRUE(small.event.has_value());
+  ASSERT_OK_AND_ASSIGN(SessionFootprint f, store->Footprint("ses_a"));
+  const std::string stored =
+      RawQuery("SELECT SUM(" + ByteLength("type") + " + " + ByteLength("data") +
+               ") FROM events WHERE session_id = 'ses_a'");
+  const std::string messages =
+      RawQuery("SELECT SUM(" + ByteLength("body") + ") FROM messages WHERE session_id = 'ses_a'");
+  EXPECT_EQ(f.bytes, std::stoll(stored) + std::stoll(messages));
+}
+
+TEST_P(StoreConformanceTest, ConcurrentAppendsNeverOvershootTheQuota) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  const EventQuota quota{100, 0};
+  std::atomic<int> appended = 0, refused = 0, notices = 0, failures = 0;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        auto a = store->AppendEventWithinQuota("ses_a", "tick", {{"i", i}}, quota);
+        if (!a) {
+          ++failures;
+        } else if (a->event) {
+          ++appended;
+        } else {
+          ++refused;
+          notices += a->noticed ? 1 : 0;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(appended, 99);  // session.created took one
+  EXPECT_EQ(refused, 400 - 99);
+  EXPECT_EQ(notices, 1);
+  EXPECT_EQ(RawQuery("SELECT COUNT(*) FROM events WHERE session_id = 'ses_a'"), "101");
+}
+
+TEST_P(StoreConformanceTest, ListsOnlyEndedSessionsPastTheCutoffThatAreNotPurged) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  for (const char* id : {"ses_live", "ses_old", "ses_new"}) {
+    ASSERT_OK(store->CreateSession(MakeSession(id), UserMessage("t")));
+  }
+  ASSERT_OK(store->ChangeState("ses_old",
+                               StateChange{{SessionState::kStarting}, SessionState::kSucceeded}));
+  ASSERT_OK(
+      store->ChangeState("ses_new", StateChange{{SessionState::kStarting}, SessionState::kFailed}));
+  ASSERT_OK_AND_ASSIGN(Session old_s, store->GetSession("ses_old"));
+  ASSERT_TRUE(old_s.ended_at.has_value());
+  ASSERT_OK_AND_ASSIGN(Session live, store->GetSession("ses_live"));
+  EXPECT_FALSE(live.ended_at.has_value());
+  RawQuery("UPDATE sessions SET ended_at = 1000 WHERE id = 'ses_old'");
+  ASSERT_OK_AND_ASSIGN(auto ids, store->ListPurgeable(2000, 10));
+  EXPECT_THAT(ids, ElementsAre("ses_old"));
+  ASSERT_OK_AND_ASSIGN(auto all, store->ListPurgeable(INT64_MAX, 10));
+  EXPECT_THAT(all, ElementsAre("ses_old", "ses_new"));
+  ASSERT_OK_AND_ASSIGN(auto one, store->ListPurgeable(INT64_MAX, 1));
+  EXPECT_THAT(one, ElementsAre("ses_old"));
+  ASSERT_OK_AND_ASSIGN(PurgeStep step, store->PurgeSessionStep("ses_old", 1000));
+  EXPECT_TRUE(step.done);
+  ASSERT_OK_AND_ASSIGN(auto rest, store->ListPurgeable(INT64_MAX, 10));
+  EXPECT_THAT(rest, ElementsAre("ses_new"));
+}
+
+TEST_P(StoreConformanceTest, PurgeDeletesContentsInBoundedStepsAndKeepsTheSessionRecord) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_b"), UserMessage("t")));
+  for (int i = 0; i < 25; ++i) {
+    ASSERT_OK(store->AppendEvent("ses_a", "tick", {{"i", i}}));
+    ASSERT_OK(store->AppendEvent("ses_b", "tick", {{"i", i}}));
+  }
+  ASSERT_OK(store->AppendConversation("ses_a", {UserMessage("q"), UserMessage("a")}));
+  ASSERT_OK(store->RecordUsage("ses_a", "fast", Usage{10, 20, 1, 0.5}));
+  EXPECT_EQ(store->PurgeSessionStep("ses_a", 10).error().code, ErrorCode::kConflict);  // live
+  ASSERT_OK(store->ChangeState(
+      "ses_a",
+      StateChange{{SessionState::kStarting}, SessionState::kSucceeded, std::string("done")}));
+  ASSERT_OK_AND_ASSIGN(SessionFootprint before, store->Footprint("ses_a"));
+  EXPECT_EQ(before.events, 27);  // created, 25 ticks, state
+  EXPECT_EQ(before.messages, 3);
+  SessionFootprint total;
+  int steps = 0;
+  for (bool done = false; !done; ++steps) {
+    ASSERT_LT(steps, 20);
+    ASSERT_OK_AND_ASSIGN(PurgeStep step, store->PurgeSessionStep("ses_a", 10));
+    EXPECT_LE(step.deleted.events + step.deleted.messages, 10);
+    total.events += step.deleted.events;
+    total.messages += step.deleted.messages;
+    total.bytes += step.deleted.bytes;
+    done = step.done;
+  }
+  EXPECT_EQ(steps, 4);  // 30 rows: three full steps, and a fourth that finds nothing left
+  EXPECT_EQ(total.events, before.events);
+  EXPECT_EQ(total.messages, before.messages);
+  EXPECT_EQ(total.bytes, before.bytes);
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100));
+  EXPECT_TRUE(events.empty());
+  ASSERT_OK_AND_ASSIGN(auto msgs, store->ListMessages("ses_a", true));
+  EXPECT_TRUE(msgs.empty());
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_a"));
+  EXPECT_TRUE(s.purged_at.has_value());
+  EXPECT_EQ(s.state, SessionState::kSucceeded);
+  EXPECT_EQ(s.result, "done");
+  EXPECT_EQ(s.usage.llm_calls, 1);
+  ASSERT_OK_AND_ASSIGN(UsageReport usage, store->GetUsage(UsageQuery{}));
+  EXPECT_EQ(usage.total.input_tokens, 10);  // metered calls stay: usage reports stay right
+  ASSERT_OK_AND_ASSIGN(SessionFootprint after, store->Footprint("ses_a"));
+  EXPECT_EQ(after.events + after.messages + after.bytes, 0);
+  // The other session is untouched.
+  ASSERT_OK_AND_ASSIGN(auto b_events, store->ListEvents("ses_b", 0, 100));
+  EXPECT_EQ(b_events.size(), 26u);
+}
+
+TEST_P(StoreConformanceTest, OperatorKeyNamesAndHashesAreUnique) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->AddOperatorKey({"ci", "h1", 10}));
+  ASSERT_OK(store->AddOperatorKey({"alice", "h2", 0}));
+  auto same_name = store->AddOperatorKey({"ci", "h3", 0});
+  ASSERT_FALSE(same_name.has_value());
+  EXPECT_EQ(same_name.error().code, ErrorCode::kConflict);
+  EXPECT_THAT(same_name.error().message, HasSubstr("ci"));
+  auto same_hash = store->AddOperatorKey({"bob", "h1", 0});
+  ASSERT_FALSE(same_hash.has_value());
+  EXPECT_EQ(same_hash.error().code, ErrorCode::kConflict);
+
+  ASSERT_OK_AND_ASSIGN(auto keys, store->ListOperatorKeys());
+  ASSERT_EQ(keys.size(), 2u);
+  EXPECT_EQ(keys[0].name, "alice");
+  EXPECT_GT(keys[0].created_at, 0);
+  EXPECT_EQ(keys[1].name, "ci");
+  EXPECT_EQ(keys[1].hash, "h1");
+  EXPECT_EQ(keys[1].created_at, 10);
+}
+
+TEST_P(StoreConformanceTest, ConcurrentAppendsYieldContiguousSeqsWithoutDuplicates) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 200;
+  std::vector<std::vector<int64_t>> seqs(kThreads);
+  std::atomic<int> failures = 0;
+  std::atomic<bool> writing = true;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        auto e = store->AppendEvent("ses_a", "tick", {{"t", t}, {"i", i}});
+        if (!e) {
+          ++failures;
+          continue;
+        }
+        seqs[t].push_back(e->seq);
+      }
+    });
+  }
+  // Readers run alongside and must always see a gap-free prefix.
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 3; ++r) {
+    readers.emplace_back([&] {
+      while (writing) {
+        auto events = store->ListEvents("ses_a", 0, 100000);
+        if (!events) {
+          ++failures;
+          continue;
+        }
+        for (size_t i = 0; i < events->size(); ++i) {
+          if ((*events)[i].seq != static_cast<int64_t>(i) + 1) {
+            ++failures;
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  writing = false;
+  for (auto& r : readers) {
+    r.join();
+  }
+  EXPECT_EQ(failures, 0);
+
+  std::vector<int64_t> all;
+  for (const auto& v : seqs) {
+    EXPECT_TRUE(std::is_sorted(v.begin(), v.end()));
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  std::sort(all.begin(), all.end());
+  // Seq 1 is the session.created event, so the appends hold 2..1601.
+  std::vector<int64_t> expected(kThreads * kPerThread);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    expected[i] = static_cast<int64_t>(i) + 2;
+  }
+  EXPECT_EQ(all, expected);
+
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100000));
+  ASSERT_EQ(events.size(), static_cast<size_t>(kThreads * kPerThread + 1));
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].seq, static_cast<int64_t>(i) + 1);
+  }
+}
+
+TEST_P(StoreConformanceTest, DataPersistsAfterCloseAndReopen) {
+  {
+    auto store = Open();
+    ASSERT_NE(store, nullptr);
+    ASSERT_OK(store->AddOperatorKey({"ci", "h1", 0}));
+    ASSERT_OK(store->CreateSession(MakeSession("ses_a", 0, "tok"), UserMessage("task")));
+    ASSERT_OK(store->TakeInbox("ses_a", ""));
+    ASSERT_OK(store->AppendConversation("ses_a", {Json{{"role", "assistant"}, {"content", "ok"}}}));
+    ASSERT_OK(store->AddUserMessage("ses_a", UserMessage("more")));
+    ASSERT_OK(store->ChangeState(
+        "ses_a", {.from = {SessionState::kStarting}, .to = SessionState::kRunning}));
+    ASSERT_OK(store->RecordUsage("ses_a", "fast", Usage{7, 3, 1, 0.01}));
+  }
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK_AND_ASSIGN(auto keys, store->ListOperatorKeys());
+  EXPECT_EQ(keys.size(), 1u);
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSessionByTokenHash("tok"));
+  EXPECT_EQ(s.state, SessionState::kRunning);
+  EXPECT_EQ(s.usage.input_tokens, 7);
+  ASSERT_OK_AND_ASSIGN(auto messages, store->ListMessages("ses_a", true));
+  EXPECT_THAT(Contents(messages), ElementsAre("task", "ok", "more"));
+  // Counters survive too: the next event and position continue where they stopped.
+  ASSERT_OK_AND_ASSIGN(Event e, store->AppendEvent("ses_a", "tick", Json::object()));
+  EXPECT_EQ(e.seq, 3);
+  ASSERT_OK_AND_ASSIGN(auto taken, store->TakeInbox("ses_a", ""));
+  ASSERT_EQ(taken.size(), 1u);
+  EXPECT_EQ(taken[0].position, 3);
+}
+
+// The child appends events and reports each seq on a pipe only after AppendEvent returned.
+// Whatever point the SIGKILL lands at, every reported seq must be in the file.
+TEST_P(StoreConformanceTest, CommittedEventsSurviveSigkillOfTheProcess) {
+  {
+    auto store = Open();
+    ASSERT_NE(store, nullptr);
+    ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  }
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    auto store = TryOpen();
+    if (!store) {
+      _exit(2);
+    }
+    for (int i = 0; i < 100000; ++i) {
+      auto e = (*store)->AppendEvent("ses_a", "tick", {{"i", i}});
+      if (!e) {
+        _exit(3);
+      }
+      const int64_t seq = e->seq;
+      if (write(fds[1], &seq, sizeof(seq)) != static_cast<ssize_t>(sizeof(seq))) {
+        _exit(4);
+      }
+    }
+    _exit(0);
+  }
+  close(fds[1]);
+
+  std::mt19937 rng(std::random_device{}());
+  const size_t kill_after = std::uniform_int_distribution<size_t>(1, 2000)(rng);
+  std::vector<int64_t> reported;
+  std::string buffer;
+  bool killed = false;
+  char chunk[4096];
+  for (;;) {
+    const ssize_t n = read(fds[0], chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      break;
+    }
+    buffer.append(chunk, static_cast<size_t>(n));
+    while (buffer.size() >= sizeof(int64_t)) {
+      int64_t seq;
+      std::memcpy(&seq, buffer.data(), sizeof(seq));
+      buffer.erase(0, sizeof(seq));
+      reported.push_back(seq);
+    }
+    if (!killed && reported.size() >= kill_after) {
+      kill(pid, SIGKILL);
+      killed = true;  // Keep reading: seqs written before the kill are still in the pipe.
+    }
+  }
+  close(fds[0]);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "child ended on its own, status " << status;
+  EXPECT_EQ(WTERMSIG(status), SIGKILL);
+  ASSERT_GE(reported.size(), kill_after);
+
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 1'000'000));
+  std::set<int64_t> stored;
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(events[i].seq, static_cast<int64_t>(i) + 1);
+    stored.insert(events[i].seq);
+  }
+  for (int64_t seq : reported) {
+    EXPECT_TRUE(stored.contains(seq)) << "lost seq " << seq;
+  }
+  // And the store is usable after the crash: the next seq follows the last stored one.
+  ASSERT_OK_AND_ASSIGN(Event next, store->AppendEvent("ses_a", "after", Json::object()));
+  EXPECT_EQ(next.seq, static_cast<int64_t>(events.size()) + 1);
+}
+
+// Ids and names are listed in the order of their bytes ("B" before "a"), whatever collation
+// the database would otherwise use.
+TEST_P(StoreConformanceTest, ListingsOrderIdsAndNamesByTheirBytes) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  for (const char* id : {"ses_a", "ses_B", "ses_b", "ses_A"}) {
+    ASSERT_OK(store->CreateSession(MakeSession(id, 1000), UserMessage("t")));
+  }
+  ASSERT_OK_AND_ASSIGN(auto all, store->ListSessions({}));
+  EXPECT_THAT(Ids(all), ElementsAre("ses_b", "ses_a", "ses_B", "ses_A"));
+  ASSERT_OK_AND_ASSIGN(auto page, store->ListSessions({.limit = 2, .before_id = "ses_a"}));
+  EXPECT_THAT(Ids(page), ElementsAre("ses_B", "ses_A"));
+
+  for (const char* name : {"alice", "Zed", "bob"}) {
+    ASSERT_OK(store->AddOperatorKey({name, std::string("h-") + name, 0}));
+  }
+  ASSERT_OK_AND_ASSIGN(auto keys, store->ListOperatorKeys());
+  ASSERT_EQ(keys.size(), 3u);
+  EXPECT_EQ(keys[0].name, "Zed");
+  EXPECT_EQ(keys[1].name, "alice");
+  EXPECT_EQ(keys[2].name, "bob");
+
+  for (const char* id : {"ses_a", "ses_B", "ses_b", "ses_A"}) {
+    ASSERT_OK(
+        store->ChangeState(id, StateChange{{SessionState::kStarting}, SessionState::kKilled}));
+  }
+  RawQuery("UPDATE sessions SET ended_at = 5");
+  ASSERT_OK_AND_ASSIGN(auto purgeable, store->ListPurgeable(INT64_MAX, 10));
+  EXPECT_THAT(purgeable, ElementsAre("ses_A", "ses_B", "ses_a", "ses_b"));
+}
+
+// A session as a replica named `node` creates it.
+Session NodeSession(const std::string& id, const std::string& node) {
+  Session s = MakeSession(id);
+  s.node = node;
+  return s;
+}
+
+TEST_P(StoreConformanceTest, HeartbeatsAreUpsertedPerNode) {
+  auto store_ = Open();
+  ASSERT_NE(store_, nullptr);
+  ASSERT_TRUE(store_->Heartbeat("a", 1000));
+  ASSERT_TRUE(store_->Heartbeat("b", 1500));
+  ASSERT_TRUE(store_->Heartbeat("a", 2000));
+  auto nodes = store_->ListNodes();
+  ASSERT_TRUE(nodes.has_value());
+  ASSERT_EQ(nodes->size(), 2u);
+  EXPECT_EQ((*nodes)[0].id, "a");
+  EXPECT_EQ((*nodes)[0].heartbeat_at, 2000);
+  EXPECT_EQ((*nodes)[1].id, "b");
+  EXPECT_EQ((*nodes)[1].heartbeat_at, 1500);
+}
+
+TEST_P(StoreConformanceTest, ASessionRemembersItsNodeAndMovesOnlyFromTheNodeItIsOn) {
+  auto store_ = Open();
+  ASSERT_NE(store_, nullptr);
+  ASSERT_TRUE(store_->CreateSession(NodeSession("ses_1", "a"), Json{{"content", "t"}}));
+  auto s = store_->GetSession("ses_1");
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->node, "a");
+  // Taking over from a node it is not on is refused and changes nothing.
+  auto wrong = store_->AdoptSession("ses_1", "b", "c");
+  ASSERT_FALSE(wrong.has_value());
+  EXPECT_EQ(wrong.error().code, ErrorCode::kConflict);
+  auto moved = store_->AdoptSession("ses_1", "a", "b");
+  ASSERT_TRUE(moved.has_value()) << moved.error().message;
+  EXPECT_EQ(moved->node, "b");
+  auto events = store_->ListEvents("ses_1", 0, 100);
+  ASSERT_TRUE(events.has_value());
+  EXPECT_EQ(events->back().type, "session.node");
+  EXPECT_EQ(events->back().data, (Json{{"from", "a"}, {"to", "b"}}));
+  // An ended session stays where it is.
+  ASSERT_TRUE(
+      store_->ChangeState("ses_1", StateChange{{SessionState::kStarting}, SessionState::kKilled}));
+  auto late = store_->AdoptSession("ses_1", "b", "a");
+  ASSERT_FALSE(late.has_value());
+  EXPECT_EQ(late.error().code, ErrorCode::kConflict);
+}
+
+TEST_P(StoreConformanceTest, OfReplicasTakingOverTogetherExactlyOneWins) {
+  auto store_ = Open();
+  ASSERT_NE(store_, nullptr);
+  ASSERT_TRUE(store_->CreateSession(NodeSession("ses_1", "dead"), Json{{"content", "t"}}));
+  std::vector<std::thread> takers;
+  std::atomic<int> won{0}, lost{0};
+  for (int i = 0; i < 6; ++i) {
+    takers.emplace_back([&, i] {
+      auto r = store_->AdoptSession("ses_1", "dead", "replica-" + std::to_string(i));
+      if (r) {
+        ++won;
+      } else if (r.error().code == ErrorCode::kConflict) {
+        ++lost;
+      }
+    });
+  }
+  for (auto& t : takers) t.join();
+  EXPECT_EQ(won.load(), 1);
+  EXPECT_EQ(lost.load(), 5);
+}
+
+}  // namespace
+}  // namespace airlock::store
