@@ -13,7 +13,7 @@ packages=(
   libarchive-dev libseccomp-dev libcap-dev crun runc busybox-static
   # The PostgreSQL store (libpq); its tests start a private server with initdb and pg_ctl
   # (tests/support/postgres_server.h), so Debian's own cluster is neither needed nor used.
-  # The replica tests put haproxy in front of several control planes.
+  # haproxy: for the replica chaos test (several control planes behind one address; issue 12).
   libpq-dev postgresql haproxy
   # The S3 blob store's tests run s3rver, an S3 emulator from the npm registry
   # (tests/files/s3rver.sh), and make its TLS certificate with openssl.
