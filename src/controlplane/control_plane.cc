@@ -190,6 +190,9 @@ Status ControlPlane::Start() {
   // Alive from the start: a replica with no heartbeat yet would look dead to the others,
   // which would take over the first sessions it creates.
   AIRLOCK_TRY(store_->Heartbeat(config_.node, NowMillis()));
+  // What other replicas commit wakes this one's waiters (a shared PostgreSQL store).
+  AIRLOCK_TRY(store_->WatchChanges(
+      [this](const store::Change& c) { asio::post(io_, [this, c] { OnStoreChange(c); }); }));
 
   for (const auto& name : backends_->Names()) {
     auto* b = backends_->Find(name);
@@ -397,6 +400,39 @@ void ControlPlane::AfterSessionEnded(const store::Session& s) {
   // Destroying may take a while (a VM, a container runtime): the caller has its answer
   // already, and the reconciler retries if this fails.
   asio::co_spawn(io_, DestroySandbox(backend, s.id, s.sandbox_handle), asio::detached);
+}
+
+void ControlPlane::OnStoreChange(const store::Change& c) {
+  if (c.session_id.empty()) {  // the feed was interrupted: anything may have changed
+    inbox_.NotifyAll();
+    events_.NotifyAll();
+    return;
+  }
+  switch (c.kind) {
+    case store::Change::Kind::kInbox:
+      inbox_.Notify(c.session_id);
+      break;
+    case store::Change::Kind::kEvents:
+      events_.Notify(c.session_id);
+      break;
+    case store::Change::Kind::kEnded:
+      // Ended through another replica: its LLM calls here stop, its waiters here wake and
+      // see the end, and if this replica runs its sandbox, the sandbox goes now.
+      llm_->CancelSession(c.session_id);
+      inbox_.Notify(c.session_id);
+      events_.Notify(c.session_id);
+      asio::co_spawn(io_, DestroyIfEndedHere(c.session_id), asio::detached);
+      break;
+  }
+}
+
+awaitable<void> ControlPlane::DestroyIfEndedHere(std::string id) {
+  auto s = co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); });
+  if (!s || !store::IsTerminal(s->state) || !Owns(*s) || s->sandbox_handle.empty()) co_return;
+  auto* backend = backends_->Find(s->backend);
+  if (!backend) co_return;
+  sandbox_server_->CloseUnix(ControlSocketDir(id) + "/control.sock");
+  co_await DestroySandbox(backend, id, s->sandbox_handle);
 }
 
 awaitable<Result<store::Session>> ControlPlane::EndSession(const std::string& id, SessionState to,

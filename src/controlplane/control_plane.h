@@ -133,6 +133,9 @@ class ControlPlane {
   // Destroys the sandboxes this replica runs that no live session of its own has (ended,
   // or moved to another replica while this one was away) and closes their sockets.
   awaitable<void> SweepOrphans(const std::vector<store::Session>& live);
+  // A change another replica committed (Store::WatchChanges), on the io thread.
+  void OnStoreChange(const store::Change& c);
+  awaitable<void> DestroyIfEndedHere(std::string id);
   Status EnsureOperatorKey(const store::OperatorKey& wanted);
   awaitable<void> RefreshOperatorKeys();
   awaitable<Result<store::Session>> AuthenticateSandbox(const Request& req);
@@ -252,5 +255,7 @@ class ControlPlane {
 // `airlock serve`: builds the control plane from `config`, runs it until SIGTERM/SIGINT and
 // drains. Returns the process exit code.
 int RunServer(Config config);
+// The store that [store] configures (SQLite or PostgreSQL).
+Result<std::unique_ptr<store::Store>> OpenStore(const Config& config);
 
 }  // namespace airlock::controlplane

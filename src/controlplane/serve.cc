@@ -110,6 +110,8 @@ void ReserveDescriptors(Config& config) {
              {"max_connections_per_session", config.limits.max_connections_per_session}});
 }
 
+}  // namespace
+
 // The store that [store] configures. The PostgreSQL password is read from the environment
 // here, at start, and goes nowhere but the store's connections.
 Result<std::unique_ptr<store::Store>> OpenStore(const Config& config) {
@@ -132,8 +134,6 @@ Result<std::unique_ptr<store::Store>> OpenStore(const Config& config) {
   so.busy_timeout_ms = config.store_busy_timeout_ms;
   return store::OpenSqliteStore(so);
 }
-
-}  // namespace
 
 int RunServer(Config config) {
   log::Init(config.log_level, config.log_format);

@@ -23,18 +23,23 @@
 #include "store/postgres_store.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <charconv>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
@@ -327,6 +332,7 @@ class Connection {
   }
 
   ~Connection() { PQfinish(conn_); }
+  PGconn* raw() { return conn_; }
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
@@ -613,6 +619,18 @@ Status InsertMessages(Connection& c, std::string_view session_id, int64_t positi
 // Appends an event with the session's next seq and adds it to the session's event totals, in
 // one statement; runs inside the caller's write transaction. The UPDATE holds the session's
 // row until commit, so seqs are handed out in commit order and a rollback gives its seq back.
+// The change feed (Store::WatchChanges): a NOTIFY on one channel inside the writing
+// transaction, so PostgreSQL delivers it to every listening replica when, and only if, the
+// transaction commits (and folds repeats of one payload within a transaction into one).
+// Payload: "<kind>:<session id>", kind i (inbox), e (events), x (ended).
+constexpr const char* kChangeChannel = "airlock_changes";
+
+Status NotifyChange(Connection& c, char kind, std::string_view session_id) {
+  std::string payload = std::string(1, kind) + ":" + std::string(session_id);
+  AIRLOCK_TRY(c.Query("SELECT pg_notify($1, $2)", kChangeChannel, payload));
+  return Ok();
+}
+
 Result<Event> InsertEvent(Connection& c, std::string_view session_id, std::string_view type,
                           const Json& data, int64_t now) {
   Event e{std::string(session_id), 0, std::string(type), data, now};
@@ -629,6 +647,7 @@ Result<Event> InsertEvent(Connection& c, std::string_view session_id, std::strin
     return std::unexpected(SessionNotFound(session_id));
   }
   e.seq = rows.Int(0, 0);
+  AIRLOCK_TRY(NotifyChange(c, 'e', session_id));
   return e;
 }
 
@@ -676,6 +695,22 @@ auto InTransaction(Connection& c, const char* begin, F&& body)
 class PostgresStore final : public Store {
  public:
   explicit PostgresStore(std::unique_ptr<ConnectParams> params) : params_(std::move(params)) {}
+  ~PostgresStore() override {
+    stop_watching_ = true;
+    if (watcher_.joinable()) watcher_.join();
+  }
+
+  Status WatchChanges(std::function<void(const Change&)> sink) override {
+    if (watcher_.joinable()) {
+      return MakeError(ErrorCode::kInternal, "WatchChanges is called once per store");
+    }
+    // The first LISTEN happens here, so a replica that starts watches before it serves.
+    AIRLOCK_ASSIGN_OR_RETURN(auto conn, Listen());
+    watcher_ = std::thread([this, sink = std::move(sink), conn = std::move(conn)]() mutable {
+      WatchLoop(std::move(conn), sink);
+    });
+    return Ok();
+  }
 
   const ConnectParams* params() const { return params_.get(); }
   void AddConnection(std::unique_ptr<Connection> conn) { pool_.Add(std::move(conn)); }
@@ -898,6 +933,7 @@ class PostgresStore final : public Store {
         data["result"] = *change.result;
       }
       AIRLOCK_TRY(InsertEvent(c, id, "session.state", data, now));
+      if (IsTerminal(change.to)) AIRLOCK_TRY(NotifyChange(c, 'x', id));
       return updated;
     });
   }
@@ -941,6 +977,7 @@ class PostgresStore final : public Store {
             now));
       }
       AIRLOCK_TRY(InsertEvent(c, id, "session.sandbox_restart", data, now));
+      AIRLOCK_TRY(NotifyChange(c, 'i', id));  // a long-poll of the old sandbox ends
       return updated;
     });
   }
@@ -1004,6 +1041,7 @@ class PostgresStore final : public Store {
       if (rows.empty()) {
         return MakeError(ErrorCode::kInternal, "insert returned no message id");
       }
+      AIRLOCK_TRY(NotifyChange(c, 'i', session_id));
       return rows.Int(0, 0);
     });
   }
@@ -1365,9 +1403,67 @@ class PostgresStore final : public Store {
     return Transact(Mode::kRead, std::forward<F>(body));
   }
 
+  // A connection of its own that LISTENs on the change channel (never in the pool: a pooled
+  // connection may be mid-transaction, and notifications arrive between transactions).
+  Result<std::unique_ptr<Connection>> Listen() {
+    AIRLOCK_ASSIGN_OR_RETURN(auto conn, Connection::Open(params_.get()));
+    AIRLOCK_TRY(conn->Simple("LISTEN airlock_changes", "listening for changes"));
+    return conn;
+  }
+
+  // Waits on the listening connection's socket (200 ms at a time, to notice the store going
+  // away) and hands each notification to `sink`. When the connection breaks, notifications
+  // may have been lost meanwhile: after reconnecting it says so with an empty session id, so
+  // that every waiter re-reads the store.
+  void WatchLoop(std::unique_ptr<Connection> conn, const std::function<void(const Change&)>& sink) {
+    int backoff_ms = 100;
+    while (!stop_watching_) {
+      if (!conn) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
+        auto again = Listen();
+        if (!again) {
+          backoff_ms = std::min(backoff_ms * 2, 5000);
+          continue;
+        }
+        conn = std::move(*again);
+        backoff_ms = 100;
+        log::Info("listening for store changes again", {});
+        sink(Change{Change::Kind::kEvents, ""});
+      }
+      PGconn* pg = conn->raw();
+      pollfd pfd{PQsocket(pg), POLLIN, 0};
+      int ready = ::poll(&pfd, 1, 200);
+      if (ready < 0 && errno != EINTR) {
+        conn.reset();
+        continue;
+      }
+      if (ready <= 0) continue;
+      if (PQconsumeInput(pg) == 0 || PQstatus(pg) != CONNECTION_OK) {
+        log::Warn("the store's change feed broke; reconnecting",
+                  {{"error", TrimMessage(PQerrorMessage(pg))}});
+        conn.reset();
+        continue;
+      }
+      while (PGnotify* n = PQnotifies(pg)) {
+        std::string_view payload(n->extra);
+        if (payload.size() > 2 && payload[1] == ':') {
+          Change c;
+          c.kind = payload[0] == 'i'   ? Change::Kind::kInbox
+                   : payload[0] == 'x' ? Change::Kind::kEnded
+                                       : Change::Kind::kEvents;
+          c.session_id = std::string(payload.substr(2));
+          sink(c);
+        }
+        PQfreemem(n);
+      }
+    }
+  }
+
   // Declared first so that it outlives the connections, which point at it.
   std::unique_ptr<ConnectParams> params_;
   Pool pool_;
+  std::atomic<bool> stop_watching_{false};
+  std::thread watcher_;
 };
 
 bool ICaseStartsWith(std::string_view text, std::string_view prefix) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -146,6 +147,15 @@ struct StateChange {
   std::optional<std::string> sandbox_handle;  // set when present
 };
 
+// A committed change that another replica's waiters may be parked on: an inbox long-poll
+// (kInbox), an event stream (kEvents), anything bound to a session that has ended (kEnded).
+// An empty session_id means "anything may have changed" (the feed was interrupted).
+struct Change {
+  enum class Kind { kInbox, kEvents, kEnded };
+  Kind kind = Kind::kEvents;
+  std::string session_id;
+};
+
 // The control plane's whole state. Implementations are thread-safe and blocking; the control
 // plane calls them from a worker pool (common/blocking.h), never from the event loop.
 // Every method commits before it returns: a value returned is durable across a crash of
@@ -157,6 +167,15 @@ class Store {
 
   // Creates or upgrades the schema; idempotent.
   virtual Status Migrate() = 0;
+  // Delivers the changes every writer commits (other replicas' included) to `sink`, from a
+  // thread of the store's, until the store is destroyed; call it once. At most once and
+  // unordered across sessions: a waiter re-reads the store when woken. The default delivers
+  // nothing: a store that only this process writes (SQLite) has nothing to tell it, since the
+  // process wakes its own waiters.
+  virtual Status WatchChanges(std::function<void(const Change&)> sink) {
+    (void)sink;
+    return Ok();
+  }
   // Whether the store answers now (the readiness probe, /readyz): a cheap read. A store with
   // a cheaper round trip than this default (SELECT 1) overrides it.
   virtual Status Ping() {

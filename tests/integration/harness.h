@@ -252,9 +252,7 @@ class TestServer {
     c.log_level = log::Level::kWarn;
     if (tweak) tweak(c);
     log::Init(c.log_level, c.log_format);
-    store::StoreOptions so;
-    so.path = c.store_path;
-    auto st = store::OpenSqliteStore(so);
+    auto st = controlplane::OpenStore(c);
     if (!st) throw std::runtime_error("store: " + st.error().message);
     auto backends = std::make_unique<sandbox::BackendRegistry>();
     backends->Register(std::make_unique<TestBackend>(backend_));

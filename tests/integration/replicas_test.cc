@@ -6,6 +6,7 @@
 
 #include "common/crypto.h"
 #include "tests/integration/harness.h"
+#include "tests/support/postgres_server.h"
 
 namespace airlock::testing {
 namespace {
@@ -136,6 +137,75 @@ TEST_F(ReplicasTest, ASessionOfAReplicaThatDiedGetsAFreshSandboxOnAnother) {
   EXPECT_TRUE(moved) << events.dump();
   EXPECT_TRUE(restarted) << events.dump();
   EXPECT_EQ(b->Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
+}
+
+// Replicas on a real PostgreSQL (a private server in a temporary directory): what one
+// replica commits wakes the waiters parked on another through LISTEN/NOTIFY.
+class PostgresReplicasTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { server_ = new PostgresServer(StartPostgres()); }
+  static void TearDownTestSuite() {
+    StopPostgres(*server_);
+    delete server_;
+  }
+  void SetUp() override {
+    if (!server_->skip.empty()) GTEST_SKIP() << server_->skip;
+    ASSERT_TRUE(server_->failure.empty()) << server_->failure;
+    std::string error;
+    db_ = CreatePostgresDatabase(*server_, &error);
+    ASSERT_TRUE(error.empty()) << error;
+    ::setenv("AIRLOCK_TEST_PG_PASSWORD", server_->password.c_str(), 1);
+  }
+  std::unique_ptr<TestServer> Replica() {
+    return std::make_unique<TestServer>([this](controlplane::Config& c) {
+      c.store_kind = "postgres";
+      c.store_url = server_->Url(db_);
+      c.store_password_env = "AIRLOCK_TEST_PG_PASSWORD";
+      c.store_pool_size = 4;
+    });
+  }
+  static PostgresServer* server_;
+  std::string db_;
+};
+PostgresServer* PostgresReplicasTest::server_ = nullptr;
+
+TEST_F(PostgresReplicasTest, AMessagePostedThroughOneReplicaWakesALongPollHeldByAnother) {
+  auto a = Replica();
+  auto b = Replica();
+  auto [id, token] = a->NewSession();
+  // The agent takes its task, then waits on its inbox through replica b.
+  auto first = b->Sb(verb::get, "/sandbox/v1/inbox", token);
+  ASSERT_EQ(first.status, 200u) << first.body;
+  auto poll = std::async(std::launch::async, [&, t = token] {
+    return b->Sb(verb::get, "/sandbox/v1/inbox?wait=30", t);
+  });
+  ASSERT_TRUE(WaitForMetric(*b, "airlock_inbox_waiting 1"));
+  auto posted = a->Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"from a"})");
+  ASSERT_EQ(posted.status, 202u) << posted.body;
+  // Without a wake-up from a, b would answer 204 when the 30 s wait ends.
+  auto woken = poll.get();
+  ASSERT_EQ(woken.status, 200u) << woken.body;
+  EXPECT_NE(woken.body.find("from a"), std::string::npos) << woken.body;
+}
+
+TEST_F(PostgresReplicasTest, AnEventStreamOnOneReplicaSeesEventsPostedThroughAnother) {
+  auto a = Replica();
+  auto b = Replica();
+  auto [id, token] = a->NewSession();
+  // An SSE stream on b that ends by itself once the session does.
+  auto stream = std::async(std::launch::async, [&, sid = id] {
+    return HttpCall(b->op_port(), verb::get, "/v1/sessions/" + sid + "/events?after=0", b->key(),
+                    "", {{"Accept", "text/event-stream"}});
+  });
+  ASSERT_TRUE(WaitForMetric(*b, "airlock_event_streams 1"));
+  ASSERT_EQ(
+      a->Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"step","data":{"n":7}})").status,
+      202u);
+  ASSERT_EQ(a->Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
+  auto r = stream.get();
+  EXPECT_EQ(r.status, 200u);
+  EXPECT_NE(r.body.find("\"n\":7"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("killed"), std::string::npos) << r.body;
 }
 
 }  // namespace
