@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Replicas benchmark (see BENCHMARKS.md, issue 12): POST /sandbox/v1/events on SQLite, and on
+# PostgreSQL with one and with three replicas behind HAProxy; pgbench's simple-update rate on
+# the same PostgreSQL and nginx's static rate as the baselines, in the same run; and how long a
+# message posted through one replica takes to wake a long-poll held by another.
+#
+# Requires: build/bin/airlock, wrk, curl, python3, nginx, haproxy, PostgreSQL 15 (initdb,
+# pg_ctl, pgbench): scripts/install-deps.sh --with-bench. Run as root or as a user that may run
+# PostgreSQL (as root, the server runs as the postgres user).
+# Knobs: DUR (wrk duration, 10s), SESSIONS (sessions the load is spread over, 16).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+AIRLOCK="${AIRLOCK:-$ROOT/build/bin/airlock}"
+DUR="${DUR:-10s}"
+SESSIONS="${SESSIONS:-16}"
+WORK="$(mktemp -d)"
+chmod 755 "$WORK"
+PIDS=()
+PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+PG_PORT=17600
+as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+cleanup() {
+  set +e
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+  [[ -d "$WORK/pg" ]] && as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg/data" stop -m fast >/dev/null 2>&1
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+for tool in wrk haproxy nginx; do
+  command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] ||
+    { echo "$tool missing (scripts/install-deps.sh --with-bench)" >&2; exit 1; }
+done
+
+# ---------------------------------------------------------------- PostgreSQL
+mkdir -p "$WORK/pg"
+[[ $(id -u) -eq 0 ]] && chown postgres "$WORK/pg"
+as_pg "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust >/dev/null
+as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/log" -w \
+  -o "-p $PG_PORT -k $WORK/pg -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+psql_() { as_pg psql -h "$WORK/pg" -p "$PG_PORT" -U postgres -qAt "$@"; }
+psql_ -c "CREATE DATABASE airlock" -c "CREATE DATABASE pgbench"
+as_pg pgbench -h "$WORK/pg" -p "$PG_PORT" -U postgres -i -s 10 -q pgbench >/dev/null 2>&1
+echo "== pgbench simple-update (-N), 16 clients" >&2
+as_pg pgbench -h "$WORK/pg" -p "$PG_PORT" -U postgres -N -c 16 -j 2 -T "${DUR%s}" pgbench \
+  > "$WORK/pgbench.out" 2>&1
+PG_URL="postgresql://postgres@127.0.0.1:$PG_PORT/airlock"
+
+# ---------------------------------------------------------------- control planes
+config() { # STORE_TOML -> a config on stdout
+  cat <<TOML
+[sandbox]
+default_backend = "process"
+allow_unisolated_backends = true
+[events]
+rate_per_s = 1000000
+burst = 1000000
+max_per_session = 0
+max_mb_per_session = 0
+[log]
+level = "warn"
+$1
+TOML
+}
+# start_replica NAME API SBX STORE_TOML: an airlock serve with its own home.
+start_replica() {
+  local name=$1 api=$2 sbx=$3
+  mkdir -p "$WORK/$name"
+  config "$4" > "$WORK/$name.toml"
+  airlock_start "$AIRLOCK" "$WORK/$name" "$api" "$sbx" "$WORK/$name.toml" "$WORK/$name.log"
+  PIDS+=("$SERVER_PID")
+}
+# sessions API DIR: SESSIONS sessions, their tokens in DIR/tok.N
+sessions() {
+  local api=$1 dir=$2
+  mkdir -p "$dir"
+  chmod 777 "$dir"
+  for i in $(seq "$SESSIONS"); do airlock_session "$api" "$dir/tok.$i" > "$dir/id.$i"; done
+}
+# A wrk script that spreads the events over the sessions' tokens.
+events_lua() { # DIR
+  python3 - "$1" "$SESSIONS" <<'PY'
+import sys
+d, n = sys.argv[1], int(sys.argv[2])
+toks = [open(f"{d}/tok.{i}").read().strip() for i in range(1, n + 1)]
+print("local tokens = {" + ",".join(f'"{t}"' for t in toks) + "}")
+print('''local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1]}, '{"type":"bench","data":{"i":1}}')
+end''')
+PY
+}
+run_wrk() { # NAME URL [wrk args]
+  local name=$1; shift
+  echo "== $name" >&2
+  wrk -t2 -c64 -d"$DUR" --latency "$@" > "$WORK/$name.out"
+}
+
+# nginx baseline
+nginx_conf "$WORK/nginx.conf" "$WORK" 1024 "" "
+  server { listen 127.0.0.1:17699; location / { default_type application/json; return 200 '{}'; } }"
+"$(command -v nginx || echo /usr/sbin/nginx)" -c "$WORK/nginx.conf" -p "$WORK/nginx" &
+PIDS+=($!)
+for _ in $(seq 50); do curl -fs http://127.0.0.1:17699/ >/dev/null 2>&1 && break; sleep 0.1; done
+run_wrk nginx http://127.0.0.1:17699/
+
+# SQLite, one replica
+start_replica sqlite 127.0.0.1:17610 127.0.0.1:17611 ""
+sessions 127.0.0.1:17610 "$WORK/tok-sqlite"
+events_lua "$WORK/tok-sqlite" > "$WORK/sqlite.lua"
+run_wrk sqlite_events -s "$WORK/sqlite.lua" http://127.0.0.1:17611/sandbox/v1/events
+kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+
+# PostgreSQL: replica 1 alone, then replicas 1-3 behind HAProxy
+PG_STORE="[store]
+kind = \"postgres\"
+url = \"$PG_URL\"
+pool_size = 8"
+start_replica pg1 127.0.0.1:17620 127.0.0.1:17621 "$PG_STORE"
+KEY1=$KEY
+sessions 127.0.0.1:17620 "$WORK/tok-pg"
+events_lua "$WORK/tok-pg" > "$WORK/pg.lua"
+run_wrk pg1_events -s "$WORK/pg.lua" http://127.0.0.1:17621/sandbox/v1/events
+start_replica pg2 127.0.0.1:17630 127.0.0.1:17631 "$PG_STORE"
+start_replica pg3 127.0.0.1:17640 127.0.0.1:17641 "$PG_STORE"
+cat > "$WORK/haproxy.cfg" <<CFG
+global
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+frontend sandbox
+  bind 127.0.0.1:17651
+  default_backend replicas
+backend replicas
+  balance roundrobin
+  server r1 127.0.0.1:17621
+  server r2 127.0.0.1:17631
+  server r3 127.0.0.1:17641
+CFG
+haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:17651/ && break; sleep 0.1; done
+run_wrk pg3_events -s "$WORK/pg.lua" http://127.0.0.1:17651/sandbox/v1/events
+
+# Cross-replica wake-up: a long-poll parked on replica 2, the message posted through replica 1;
+# the time from sending the POST to the poll's answer.
+python3 - "$WORK/tok-pg/tok.1" "$(cat "$WORK/tok-pg/id.1")" "$KEY1" > "$WORK/wakeup.out" <<'PY'
+import http.client, json, statistics, sys, threading, time
+token, sid, key = open(sys.argv[1]).read().strip(), sys.argv[2], sys.argv[3]
+def call(port, method, path, bearer, body=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request(method, path, body=body, headers={"Authorization": "Bearer " + bearer,
+                                                "Content-Type": "application/json"})
+    r = c.getresponse(); data = r.read(); c.close()
+    return r.status, data
+def waiting(port):
+    page = call(port, "GET", "/metrics", key)[1].decode()
+    return any(l.startswith("airlock_inbox_waiting ") and float(l.split()[1]) >= 1
+               for l in page.splitlines())
+call(17631, "GET", "/sandbox/v1/inbox", token)  # the task
+lat = []
+for i in range(50):
+    got = {}
+    def poll():
+        got["r"] = call(17631, "GET", "/sandbox/v1/inbox?wait=30", token)
+        got["t"] = time.monotonic()
+    th = threading.Thread(target=poll); th.start()
+    while not waiting(17630):
+        time.sleep(0.005)
+    t0 = time.monotonic()
+    st, _ = call(17620, "POST", f"/v1/sessions/{sid}/messages", key, json.dumps({"content": f"m{i}"}))
+    th.join()
+    assert st == 202 and got["r"][0] == 200, (st, got["r"])
+    lat.append((got["t"] - t0) * 1000)
+lat.sort()
+print(f"{statistics.median(lat):.2f} {lat[int(len(lat) * 0.99) - 1]:.2f} {len(lat)}")
+PY
+
+python3 - "$WORK" "$SESSIONS" <<'PY'
+import re, sys
+work, n = sys.argv[1], sys.argv[2]
+def wrk(name):
+    t = open(f"{work}/{name}.out").read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", t, re.M))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
+    return rps, lat.get("50", "?"), lat.get("99", "?"), bad.group(1) if bad else "0"
+tps = float(re.search(r"tps = ([\d.]+)", open(f"{work}/pgbench.out").read()).group(1))
+rows = [("nginx static (baseline)", wrk("nginx")),
+        ("events, SQLite, 1 replica", wrk("sqlite_events")),
+        ("events, PostgreSQL, 1 replica", wrk("pg1_events")),
+        ("events, PostgreSQL, 3 replicas + HAProxy", wrk("pg3_events"))]
+base = rows[0][1][0]
+print(f"\nPOST /sandbox/v1/events spread over {n} sessions; wrk -t2 -c64\n")
+print(f"| {'target':<42} | {'requests/s':>10} | {'p50':>8} | {'p99':>8} | {'vs nginx':>8} | {'vs pgbench':>10} |")
+print(f"|{'-'*44}|{'-'*12}|{'-'*10}|{'-'*10}|{'-'*10}|{'-'*12}|")
+for name, (rps, p50, p99, bad) in rows:
+    vs_pg = f"{rps / tps:.2f}x" if "PostgreSQL" in name else ""
+    print(f"| {name:<42} | {rps:>10.0f} | {p50:>8} | {p99:>8} | {rps / base:>7.2f}x | {vs_pg:>10} |")
+print(f"| {'pgbench -N (simple-update), 16 clients':<42} | {tps:>10.0f} | {'':>8} | {'':>8} | {tps / base:>7.2f}x | {'1.00x':>10} |")
+for name, (rps, p50, p99, bad) in rows:
+    if bad != "0":
+        print(f"note: {name}: {bad} non-2xx responses")
+p50, p99, count = open(f"{work}/wakeup.out").read().split()
+print(f"\ncross-replica wake-up (message posted through replica 1, long-poll on replica 2), "
+      f"{count} samples: p50 {p50} ms, p99 {p99} ms")
+PY
