@@ -705,8 +705,9 @@ awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) 
   Secret token = NewToken(kSessionTokenPrefix);
   std::string hash = Sha256Hex(token.Reveal());
   Json data = {{"reason", why}, {"restart", n}, {"max_restarts", config_.max_restarts}};
-  auto restarted = co_await RunBlocking(
-      pool_, [this, &id = s.id, &hash, &data] { return store_->RestartSandbox(id, hash, data); });
+  auto restarted = co_await RunBlocking(pool_, [this, &id = s.id, &node = s.node, &hash, &data] {
+    return store_->RestartSandbox(id, node, hash, data);
+  });
   if (!restarted) {
     log::Info("no fresh sandbox: the session changed meanwhile",
               {{"session", s.id}, {"error", restarted.error().message}});

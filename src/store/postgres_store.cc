@@ -950,8 +950,8 @@ class PostgresStore final : public Store {
     });
   }
 
-  Result<Session> RestartSandbox(std::string_view id, std::string_view token_hash,
-                                 const Json& data) override {
+  Result<Session> RestartSandbox(std::string_view id, std::string_view node,
+                                 std::string_view token_hash, const Json& data) override {
     const int64_t now = NowMillis();
     return Write([&](Connection& c) -> Result<Session> {
       AIRLOCK_ASSIGN_OR_RETURN(LockedSession current, LockSession(c, id));
@@ -959,6 +959,11 @@ class PostgresStore final : public Store {
         return Errorf(ErrorCode::kConflict,
                       "session {} is {}; only a running or suspended session gets a new sandbox",
                       id, StateName(current.state));
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(Rows on, c.Query("SELECT node FROM sessions WHERE id = $1", id));
+      if (on.empty() || on.Text(0, 0) != node) {
+        return Errorf(ErrorCode::kConflict, "session {} is on node \"{}\", not \"{}\"", id,
+                      on.empty() ? "" : on.Text(0, 0), node);
       }
       static const std::string kSql = fmt::format(
           "UPDATE sessions SET state = $2, updated_at = $3, token_hash = $4, "

@@ -839,15 +839,20 @@ class SqliteStore final : public Store {
     });
   }
 
-  Result<Session> RestartSandbox(std::string_view id, std::string_view token_hash,
-                                 const Json& data) override {
+  Result<Session> RestartSandbox(std::string_view id, std::string_view node,
+                                 std::string_view token_hash, const Json& data) override {
     const int64_t now = NowMillis();
     return Write([&](Connection& c) -> Result<Session> {
-      AIRLOCK_ASSIGN_OR_RETURN(SessionState current, SelectState(c, id));
+      AIRLOCK_ASSIGN_OR_RETURN(Session before, SelectSession(c, id));
+      const SessionState current = before.state;
       if (current != SessionState::kRunning && current != SessionState::kSuspended) {
         return Errorf(ErrorCode::kConflict,
                       "session {} is {}; only a running or suspended session gets a new sandbox",
                       id, StateName(current));
+      }
+      if (before.node != node) {
+        return Errorf(ErrorCode::kConflict, "session {} is on node \"{}\", not \"{}\"", id,
+                      before.node, node);
       }
       {
         AIRLOCK_ASSIGN_OR_RETURN(

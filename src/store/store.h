@@ -204,9 +204,11 @@ class Store {
   // A fresh sandbox for a live session whose sandbox is gone, in one transaction: the token
   // hash is replaced (the old token stops working), the handle cleared, the state set to
   // running (a "session.state" event if it was suspended) and a "session.sandbox_restart"
-  // event with `data` appended. kConflict unless the session is running or suspended.
-  virtual Result<Session> RestartSandbox(std::string_view id, std::string_view token_hash,
-                                         const Json& data) = 0;
+  // event with `data` appended. kConflict unless the session is running or suspended, and
+  // on `node`: a replica that decided to restart a sandbox just before another took the
+  // session over must not start a second one.
+  virtual Result<Session> RestartSandbox(std::string_view id, std::string_view node,
+                                         std::string_view token_hash, const Json& data) = 0;
 
   // Replicas. Each records that it is alive (an upsert of its row); another takes over the
   // sessions of one whose heartbeat is too old.

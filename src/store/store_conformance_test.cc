@@ -966,5 +966,25 @@ TEST_P(StoreConformanceTest, OfReplicasTakingOverTogetherExactlyOneWins) {
   EXPECT_EQ(lost.load(), 5);
 }
 
+TEST_P(StoreConformanceTest, AFreshSandboxReplacesTheTokenOnlyOnTheSessionsOwnNode) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(NodeSession("ses_1", "a"), UserMessage("t")));
+  ASSERT_OK(
+      store->ChangeState("ses_1", StateChange{{SessionState::kStarting}, SessionState::kRunning}));
+  // A replica that is no longer the session's (another took it over) is refused.
+  auto stale = store->RestartSandbox("ses_1", "b", "hash-new", Json{{"reason", "x"}});
+  ASSERT_FALSE(stale.has_value());
+  EXPECT_EQ(stale.error().code, ErrorCode::kConflict);
+  ASSERT_OK(store->GetSessionByTokenHash("hash-ses_1"));
+  ASSERT_OK_AND_ASSIGN(Session fresh,
+                       store->RestartSandbox("ses_1", "a", "hash-new", Json{{"reason", "x"}}));
+  EXPECT_EQ(fresh.token_hash, "hash-new");
+  EXPECT_EQ(fresh.state, SessionState::kRunning);
+  EXPECT_FALSE(store->GetSessionByTokenHash("hash-ses_1").has_value());
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_1", 0, 100));
+  EXPECT_EQ(events.back().type, "session.sandbox_restart");
+}
+
 }  // namespace
 }  // namespace airlock::store
