@@ -716,6 +716,11 @@ awaitable<Response> ControlPlane::Finish(Request& req) {
   if (result && result->size() > 64 * 1024) {
     co_return Response::FromError(413, "payload_too_large", "\"result\" exceeds 65536 bytes");
   }
+  // Stored as text, not JSON: PostgreSQL's text cannot hold a NUL, so no store takes one.
+  if (result && result->find('\0') != std::string::npos) {
+    co_return Response::FromError(400, "invalid_argument",
+                                  "\"result\" must not contain NUL characters (\\u0000)");
+  }
   AIRLOCK_CO_ASSIGN(auto ended, co_await EndSession(s.id, to, result));
   co_return Response::FromJson(200,
                                Json{{"id", ended.id}, {"state", store::StateName(ended.state)}});

@@ -249,6 +249,18 @@ TEST_F(ApiTest, TokenIsRevokedWhenTheSessionFinishes) {
   EXPECT_TRUE(server_.backend().WaitForState("test:" + id, "destroyed"));
 }
 
+TEST_F(ApiTest, AFinishResultWithANulIsRefusedAndTheSessionCarriesOn) {
+  auto [id, token] = server_.NewSession();
+  auto bad = server_.Sb(verb::post, "/sandbox/v1/finish", token,
+                        R"({"status":"succeeded","result":"a\u0000b"})");
+  EXPECT_EQ(bad.status, 400u) << bad.body;
+  EXPECT_EQ(bad.error_code(), "invalid_argument");
+  EXPECT_EQ(server_.Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
+  auto ok = server_.Sb(verb::post, "/sandbox/v1/finish", token,
+                       R"({"status":"succeeded","result":"ab"})");
+  EXPECT_EQ(ok.status, 200u) << ok.body;
+}
+
 TEST_F(ApiTest, TokenIsRevokedWhenTheOperatorKillsTheSession) {
   auto [id, token] = server_.NewSession();
   EXPECT_EQ(server_.Op(verb::delete_, "/v1/sessions/" + id).json()["state"], "killed");
