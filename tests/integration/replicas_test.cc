@@ -104,8 +104,9 @@ TEST_F(ReplicasTest, ASessionEndedThroughAnotherReplicaLosesItsSandboxOnItsOwn) 
   auto [id, token] = a->NewSession();
   EXPECT_EQ(b->Op(verb::delete_, "/v1/sessions/" + id).json()["state"], "killed");
   EXPECT_EQ(a->Sb(verb::get, "/sandbox/v1/history", token).status, 401u);
-  // a's periodic sweep finds a sandbox whose session has ended.
-  EXPECT_TRUE(a->backend().WaitForState("test:" + id, "destroyed"));
+  // a's periodic sweep (every ten passes of a second) finds a sandbox whose session has
+  // ended; the bound leaves room for a slow, sanitized build.
+  EXPECT_TRUE(a->backend().WaitForState("test:" + id, "destroyed", std::chrono::seconds(90)));
   std::lock_guard l(b->backend().mu);
   EXPECT_EQ(b->backend().state.count("test:" + id), 0u);
 }
@@ -116,7 +117,7 @@ TEST_F(ReplicasTest, ASessionOfAReplicaThatDiedGetsAFreshSandboxOnAnother) {
   auto [id, old_token] = a->NewSession();
   a->Stop();  // no more heartbeats; its sessions stay live in the store
   auto b = Replica(ttl);
-  ASSERT_TRUE(b->backend().WaitForState("test:" + id, "running"));
+  ASSERT_TRUE(b->backend().WaitForState("test:" + id, "running", std::chrono::seconds(90)));
   std::string new_token;
   {
     std::lock_guard l(b->backend().mu);
