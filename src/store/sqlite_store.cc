@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "common/time_util.h"
+#include "store/connection_pool.h"
 #include "store/store.h"
 
 namespace airlock::store {
@@ -351,50 +352,7 @@ Result<Json> Stmt::JsonColumn(int col) const {
   return j;
 }
 
-// A fixed set of read-only connections; Acquire blocks until one is free.
-class ReadPool {
- public:
-  class Lease {
-   public:
-    Lease(ReadPool* pool, Connection* conn) : pool_(pool), conn_(conn) {}
-    Lease(const Lease&) = delete;
-    Lease& operator=(const Lease&) = delete;
-    ~Lease() { pool_->Release(conn_); }
-    Connection& operator*() const { return *conn_; }
-
-   private:
-    ReadPool* pool_;
-    Connection* conn_;
-  };
-
-  void Add(std::unique_ptr<Connection> conn) {
-    std::lock_guard lock(mu_);
-    free_.push_back(conn.get());
-    all_.push_back(std::move(conn));
-  }
-
-  Lease Acquire() {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [this] { return !free_.empty(); });
-    Connection* conn = free_.back();
-    free_.pop_back();
-    return Lease(this, conn);
-  }
-
- private:
-  void Release(Connection* conn) {
-    {
-      std::lock_guard lock(mu_);
-      free_.push_back(conn);
-    }
-    cv_.notify_one();
-  }
-
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Connection*> free_;
-  std::vector<std::unique_ptr<Connection>> all_;
-};
+using ReadPool = ConnectionPool<Connection>;
 
 // Columns read by ReadSession, in its order.
 constexpr std::string_view kSessionColumns =
