@@ -186,17 +186,7 @@ TEST_F(PostgresStoreTest, AppendsThroughTwoPoolsGetGaplessUniqueSeqs) {
     t.join();
   }
   EXPECT_EQ(failures, 0);
-  std::vector<int64_t> all;
-  for (const auto& v : seqs) {
-    EXPECT_TRUE(std::is_sorted(v.begin(), v.end()));
-    all.insert(all.end(), v.begin(), v.end());
-  }
-  std::sort(all.begin(), all.end());
-  std::vector<int64_t> expected(kThreads * kPerThread);
-  for (size_t i = 0; i < expected.size(); ++i) {
-    expected[i] = static_cast<int64_t>(i) + 2;  // seq 1 is session.created
-  }
-  EXPECT_EQ(all, expected);
+  ExpectGaplessAppends(seqs, kThreads * kPerThread);
   EXPECT_EQ(RawQuery("SELECT next_event_seq FROM sessions WHERE id = 'ses_a'"),
             std::to_string(kThreads * kPerThread + 2));
 }

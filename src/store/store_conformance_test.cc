@@ -735,18 +735,8 @@ TEST_P(StoreConformanceTest, ConcurrentAppendsYieldContiguousSeqsWithoutDuplicat
   }
   EXPECT_EQ(failures, 0);
 
-  std::vector<int64_t> all;
-  for (const auto& v : seqs) {
-    EXPECT_TRUE(std::is_sorted(v.begin(), v.end()));
-    all.insert(all.end(), v.begin(), v.end());
-  }
-  std::sort(all.begin(), all.end());
   // Seq 1 is the session.created event, so the appends hold 2..1601.
-  std::vector<int64_t> expected(kThreads * kPerThread);
-  for (size_t i = 0; i < expected.size(); ++i) {
-    expected[i] = static_cast<int64_t>(i) + 2;
-  }
-  EXPECT_EQ(all, expected);
+  ExpectGaplessAppends(seqs, kThreads * kPerThread);
 
   ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100000));
   ASSERT_EQ(events.size(), static_cast<size_t>(kThreads * kPerThread + 1));

@@ -5,6 +5,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -84,6 +85,23 @@ inline std::vector<std::string> Contents(const std::vector<Message>& messages) {
     out.push_back(m.body.value("content", ""));
   }
   return out;
+}
+
+// What concurrent appends to one new session must give: each thread saw its seqs rising, and
+// together they hold 2..appends+1 once each (seq 1 is the session.created event).
+inline void ExpectGaplessAppends(const std::vector<std::vector<int64_t>>& per_thread,
+                                 size_t appends) {
+  std::vector<int64_t> all;
+  for (const auto& v : per_thread) {
+    EXPECT_TRUE(std::is_sorted(v.begin(), v.end()));
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  std::sort(all.begin(), all.end());
+  std::vector<int64_t> expected(appends);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    expected[i] = static_cast<int64_t>(i) + 2;
+  }
+  EXPECT_EQ(all, expected);
 }
 
 }  // namespace airlock::store
