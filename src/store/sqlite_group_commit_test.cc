@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "store/store.h"
+#include "store/store_test_util.h"
 
 namespace airlock::store {
 namespace {
@@ -27,16 +28,6 @@ class SqliteGroupCommitTest : public ::testing::Test {
     auto store = OpenSqliteStore(options_);
     EXPECT_TRUE(store.has_value()) << store.error().message;
     return store ? std::move(*store) : nullptr;
-  }
-
-  static Session MakeSession(const std::string& id) {
-    Session s;
-    s.id = id;
-    s.image = "busybox";
-    s.backend = "oci";
-    s.model = "fast";
-    s.token_hash = "hash-" + id;
-    return s;
   }
 
   std::string dir_;
