@@ -353,27 +353,6 @@ awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Reques
 
 // ---------------------------------------------------------------- helpers
 
-Json ControlPlane::SessionJson(const store::Session& s) const {
-  Json j = {{"id", s.id},
-            {"state", store::StateName(s.state)},
-            {"image", s.image},
-            {"backend", s.backend},
-            {"model", s.model},
-            {"models", s.models.empty() ? Json::array({s.model}) : s.models},
-            {"command", s.command},
-            {"limits", s.limits},
-            {"metadata", s.metadata},
-            {"created_at", FormatTimestamp(s.created_at)},
-            {"updated_at", FormatTimestamp(s.updated_at)},
-            {"usage",
-             {{"input_tokens", s.usage.input_tokens},
-              {"output_tokens", s.usage.output_tokens},
-              {"llm_calls", s.usage.llm_calls},
-              {"cost_usd", s.usage.cost_usd}}}};
-  if (s.result) j["result"] = *s.result;
-  return j;
-}
-
 awaitable<void> ControlPlane::DestroySandbox(sandbox::Backend* backend, std::string id,
                                              std::string handle) {
   auto st = co_await RunBlocking(sandbox_pool_, [&] { return backend->Destroy(handle); });

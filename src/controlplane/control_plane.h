@@ -193,7 +193,6 @@ class ControlPlane {
   // Every session in starting, running or suspended, all pages. Blocking: call on the pool.
   Result<std::vector<store::Session>> ListLiveSessions();
 
-  Json SessionJson(const store::Session& s) const;
   std::string SandboxUrl() const;
 
   Config config_;

@@ -7,6 +7,7 @@
 #include "common/blocking.h"
 #include "common/log.h"
 #include "controlplane/event_limits.h"
+#include "controlplane/views.h"
 #include "llm/wire_util.h"
 
 namespace airlock::controlplane {
@@ -122,13 +123,6 @@ std::optional<std::string> BudgetSpent(const store::Session& s) {
     }
   }
   return std::nullopt;
-}
-
-Json SessionUsageJson(const store::Usage& u) {
-  return Json{{"input_tokens", u.input_tokens},
-              {"output_tokens", u.output_tokens},
-              {"llm_calls", u.llm_calls},
-              {"cost_usd", u.cost_usd}};
 }
 
 std::string SseData(const Json& j) { return "data: " + DumpJson(j) + "\n\n"; }
@@ -587,7 +581,7 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
              {"finish_reason", call->result->finish_reason},
              {"model", call->alias},
              {"usage", UsageJson(*call)},
-             {"session_usage", SessionUsageJson(call->totals)}};
+             {"session_usage", UsageView(call->totals)}};
     co_return Response::FromJson(200, out);
   }
 

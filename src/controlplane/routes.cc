@@ -14,6 +14,7 @@
 #include "controlplane/openapi.h"
 #include "controlplane/readiness.h"
 #include "controlplane/validation.h"
+#include "controlplane/views.h"
 
 namespace airlock::controlplane {
 
@@ -24,17 +25,6 @@ namespace {
 
 constexpr auto kHeartbeat = std::chrono::seconds(15);
 constexpr size_t kMaxLogResponse = 16 << 20;  // the log file is capped well below this by init
-
-Json EventJson(const store::Event& e) {
-  return Json{{"seq", e.seq},
-              {"type", e.type},
-              {"data", e.data},
-              {"created_at", FormatTimestamp(e.created_at)}};
-}
-
-std::string SseFrame(const store::Event& e) {
-  return fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.type, DumpJson(EventJson(e)));
-}
 
 }  // namespace
 
@@ -258,11 +248,11 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
     AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(
                                     pool_, [this, &id = s.id] { return store_->GetSession(id); }));
     if (store::IsTerminal(now.state)) co_await DestroySandbox(backend, s.id, *handle);
-    co_return Response::FromJson(201, SessionJson(now));
+    co_return Response::FromJson(201, SessionView(now));
   }
   events_.Notify(s.id);
   log::Info("session created", {{"session", s.id}, {"backend", s.backend}, {"image", s.image}});
-  co_return Response::FromJson(201, SessionJson(*running));
+  co_return Response::FromJson(201, SessionView(*running));
 }
 
 awaitable<Response> ControlPlane::ListSessions(Request& req) {
@@ -281,7 +271,7 @@ awaitable<Response> ControlPlane::ListSessions(Request& req) {
   AIRLOCK_CO_ASSIGN(auto list,
                     co_await RunBlocking(pool_, [this, &q] { return store_->ListSessions(q); }));
   Json arr = Json::array();
-  for (const auto& s : list) arr.push_back(SessionJson(s));
+  for (const auto& s : list) arr.push_back(SessionView(s));
   co_return Response::FromJson(200, Json{{"sessions", arr}});
 }
 
@@ -289,7 +279,7 @@ awaitable<Response> ControlPlane::GetSession(Request& req) {
   AIRLOCK_CO_ASSIGN(auto s, co_await RunBlocking(pool_, [this, &id = req.params["id"]] {
                       return store_->GetSession(id);
                     }));
-  co_return Response::FromJson(200, SessionJson(s));
+  co_return Response::FromJson(200, SessionView(s));
 }
 
 awaitable<Response> ControlPlane::PostMessage(Request& req) {
@@ -334,9 +324,7 @@ awaitable<Response> ControlPlane::GetMessages(Request& req) {
         AIRLOCK_TRY(store_->GetSession(id));
         return store_->ListMessages(id, /*include_pending=*/true);
       }));
-  Json conversation = Json::array(), pending = Json::array();
-  for (const auto& m : msgs) (m.position ? conversation : pending).push_back(m.body);
-  co_return Response::FromJson(200, Json{{"messages", conversation}, {"pending", pending}});
+  co_return Response::FromJson(200, MessagesView(msgs));
 }
 
 awaitable<Response> ControlPlane::GetEvents(Request& req) {
@@ -365,7 +353,7 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
                         return store_->ListEvents(id, after, limit);
                       }));
     Json arr = Json::array();
-    for (const auto& e : evs) arr.push_back(EventJson(e));
+    for (const auto& e : evs) arr.push_back(EventView(e));
     co_return Response::FromJson(200, arr);
   }
   Response res;
@@ -386,7 +374,7 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
       if (!evs) break;
       std::string out;
       for (const auto& e : *evs) {
-        out += SseFrame(e);
+        out += EventFrame(e);
         last = e.seq;
       }
       if (!out.empty() && !co_await sink.Write(out)) break;
@@ -399,7 +387,7 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
             pool_, [this, &id, &last] { return store_->ListEvents(id, last, 500); });
         std::string rest;
         if (tail)
-          for (const auto& e : *tail) rest += SseFrame(e);
+          for (const auto& e : *tail) rest += EventFrame(e);
         if (!rest.empty()) co_await sink.Write(rest);
         break;
       }
@@ -457,7 +445,7 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
         if (mark.held()) co_await RestartSandbox(s, "the suspended sandbox was gone at resume");
         AIRLOCK_CO_ASSIGN(
             auto now, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
-        co_return Response::FromJson(200, SessionJson(now));
+        co_return Response::FromJson(200, SessionView(now));
       }
       co_return Response::FromError(st.error());
     }
@@ -467,7 +455,7 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
                       return store_->ChangeState(id, change);
                     }));
   events_.Notify(id);
-  co_return Response::FromJson(200, SessionJson(out));
+  co_return Response::FromJson(200, SessionView(out));
 }
 
 awaitable<Response> ControlPlane::DeleteSession(Request& req) {
@@ -477,10 +465,10 @@ awaitable<Response> ControlPlane::DeleteSession(Request& req) {
     // Already over: deleting is idempotent.
     AIRLOCK_CO_ASSIGN(auto s,
                       co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
-    co_return Response::FromJson(200, SessionJson(s));
+    co_return Response::FromJson(200, SessionView(s));
   }
   AIRLOCK_CO_ASSIGN(auto s, std::move(ended));
-  co_return Response::FromJson(200, SessionJson(s));
+  co_return Response::FromJson(200, SessionView(s));
 }
 
 awaitable<Response> ControlPlane::GetLogs(Request& req) {
@@ -610,18 +598,7 @@ awaitable<Response> ControlPlane::GetUsage(Request& req) {
   }
   AIRLOCK_CO_ASSIGN(auto rep,
                     co_await RunBlocking(pool_, [this, &q] { return store_->GetUsage(q); }));
-  auto usage_json = [](const store::Usage& u) {
-    return Json{{"input_tokens", u.input_tokens},
-                {"output_tokens", u.output_tokens},
-                {"llm_calls", u.llm_calls},
-                {"cost_usd", u.cost_usd}};
-  };
-  Json by_model = Json::object();
-  for (const auto& [m, u] : rep.by_model) by_model[m] = usage_json(u);
-  Json out = usage_json(rep.total);
-  out["sessions"] = rep.sessions;
-  out["by_model"] = std::move(by_model);
-  co_return Response::FromJson(200, out);
+  co_return Response::FromJson(200, UsageReportView(rep));
 }
 
 awaitable<Response> ControlPlane::PresignFile(Request& req) {
