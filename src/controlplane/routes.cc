@@ -10,10 +10,10 @@
 #include "common/log.h"
 #include "common/time_util.h"
 #include "controlplane/control_plane.h"
-#include "controlplane/handler_util.h"
 #include "controlplane/openapi.h"
 #include "controlplane/readiness.h"
 #include "controlplane/validation.h"
+#include "net/handler_util.h"
 
 namespace airlock::controlplane {
 
