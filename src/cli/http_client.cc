@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "common/asio.h"
+#include "net/url.h"
 
 namespace airlock::cli {
 
@@ -174,66 +175,47 @@ std::string Url::ToString() const {
   return fmt::format("http://{}:{}{}", h, port, base_path);
 }
 
+// An adapter of net::SplitUrl that keeps the CLI's own messages, which say what to do.
 Result<Url> ParseUrl(std::string_view text) {
-  std::string lower = Lower(text.substr(0, 8));
-  if (lower.starts_with("https://")) {
+  if (Lower(text.substr(0, 8)).starts_with("https://")) {
     return Errorf(
         ErrorCode::kInvalidArgument,
         "\"{}\": https is not supported by the CLI; use http:// (the operator API listens "
         "on loopback) or a local TLS-terminating proxy",
         text);
   }
-  if (!lower.starts_with("http://")) {
-    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" is not an http:// URL", text);
-  }
-  std::string_view rest = text.substr(7);
-  size_t slash = rest.find('/');
-  std::string_view authority = rest.substr(0, slash);
-  std::string_view path = slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
-  if (authority.find_first_of("@?#") != std::string_view::npos ||
-      path.find_first_of("?#") != std::string_view::npos) {
+  auto bad_shape = [text] {
     return Errorf(
         ErrorCode::kInvalidArgument,
         "\"{}\": the URL must be http://HOST[:PORT][/PATH] without user, query or fragment", text);
-  }
-  Url url;
-  std::string_view port;
-  if (authority.starts_with("[")) {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) {
-      return Errorf(ErrorCode::kInvalidArgument, "\"{}\": unterminated IPv6 address", text);
-    }
-    url.host = std::string(authority.substr(1, close - 1));
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after.front() != ':') {
+  };
+  auto parsed = net::SplitUrl(text);
+  if (!parsed) {
+    switch (parsed.error()) {
+      case net::UrlProblem::kNoScheme:
+      case net::UrlProblem::kScheme:
+        return Errorf(ErrorCode::kInvalidArgument, "\"{}\" is not an http:// URL", text);
+      case net::UrlProblem::kUserInfo:
+      case net::UrlProblem::kBadPath:
+        return bad_shape();
+      case net::UrlProblem::kNoHost:
+        return Errorf(ErrorCode::kInvalidArgument, "\"{}\": the URL has no host", text);
+      case net::UrlProblem::kIpv6Unclosed:
+        return Errorf(ErrorCode::kInvalidArgument, "\"{}\": unterminated IPv6 address", text);
+      case net::UrlProblem::kAfterIpv6:
+      case net::UrlProblem::kBadHost:
         return Errorf(ErrorCode::kInvalidArgument, "\"{}\": bad host", text);
-      }
-      port = after.substr(1);
-      if (port.empty()) {
+      case net::UrlProblem::kEmptyPort:
         return Errorf(ErrorCode::kInvalidArgument, "\"{}\": empty port", text);
-      }
-    }
-  } else {
-    size_t colon = authority.rfind(':');
-    url.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) {
-      port = authority.substr(colon + 1);
-      if (port.empty()) {
-        return Errorf(ErrorCode::kInvalidArgument, "\"{}\": empty port", text);
-      }
+      case net::UrlProblem::kBadPort:
+        return Errorf(ErrorCode::kInvalidArgument, "\"{}\": the port must be 1-65535", text);
     }
   }
-  if (url.host.empty()) {
-    return Errorf(ErrorCode::kInvalidArgument, "\"{}\": the URL has no host", text);
-  }
-  if (!port.empty()) {
-    if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos ||
-        std::stoi(std::string(port)) > 65535 || std::stoi(std::string(port)) == 0) {
-      return Errorf(ErrorCode::kInvalidArgument, "\"{}\": the port must be 1-65535", text);
-    }
-    url.port = static_cast<uint16_t>(std::stoi(std::string(port)));
-  }
+  if (parsed->has_query || parsed->has_fragment) return bad_shape();
+  Url url;
+  url.host = std::move(parsed->host);
+  url.port = parsed->port;
+  std::string_view path = parsed->path;
   while (!path.empty() && path.back() == '/') {
     path.remove_suffix(1);
   }

@@ -13,6 +13,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include "common/log.h"
+#include "net/url.h"
 
 namespace airlock::llm {
 
@@ -24,63 +25,42 @@ std::string Endpoint::Key() const {
   return fmt::format("{}://{}:{}", tls ? "https" : "http", host, port);
 }
 
+// An adapter of net::SplitUrl that keeps the messages configuration errors have always had.
 Result<Endpoint> ParseBaseUrl(std::string_view url) {
-  Endpoint ep;
-  std::string_view rest;
-  if (url.starts_with("https://")) {
-    rest = url.substr(8);
-  } else if (url.starts_with("http://")) {
-    ep.tls = false;
-    ep.port = 80;
-    rest = url.substr(7);
-  } else {
-    return Errorf(ErrorCode::kInvalidArgument,
-                  "base_url \"{}\" must start with http:// or https://", url);
+  auto parsed = net::SplitUrl(url);
+  if (!parsed) {
+    switch (parsed.error()) {
+      case net::UrlProblem::kNoScheme:
+      case net::UrlProblem::kScheme:
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "base_url \"{}\" must start with http:// or https://", url);
+      case net::UrlProblem::kUserInfo:
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "base_url \"{}\": user info, query and fragment are not allowed", url);
+      case net::UrlProblem::kNoHost:
+        return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\" has no host", url);
+      case net::UrlProblem::kIpv6Unclosed:
+        return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad IPv6 host", url);
+      case net::UrlProblem::kAfterIpv6:
+      case net::UrlProblem::kBadHost:
+        return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad host", url);
+      case net::UrlProblem::kEmptyPort:
+      case net::UrlProblem::kBadPort:
+        return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad port", url);
+      case net::UrlProblem::kBadPath:
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "base_url \"{}\": a space or a control character in the path", url);
+    }
   }
-  size_t slash = rest.find('/');
-  std::string_view authority = rest.substr(0, slash);
-  std::string_view path = slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
-  if (authority.find('@') != std::string_view::npos ||
-      path.find_first_of("?#") != std::string_view::npos) {
+  if (parsed->has_query || parsed->has_fragment) {
     return Errorf(ErrorCode::kInvalidArgument,
                   "base_url \"{}\": user info, query and fragment are not allowed", url);
   }
-  std::string_view host = authority;
-  if (authority.starts_with('[')) {  // [IPv6]:port
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos)
-      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad IPv6 host", url);
-    host = authority.substr(1, close - 1);
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty() && !after.starts_with(':')) {
-      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad host", url);
-    }
-    authority = after;
-  } else if (size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
-    host = authority.substr(0, colon);
-    authority = authority.substr(colon);
-  } else {
-    authority = {};
-  }
-  if (authority.starts_with(':')) {
-    std::string_view digits = authority.substr(1);
-    if (digits.empty() || digits.size() > 5 ||
-        !std::all_of(digits.begin(), digits.end(), ::isdigit)) {
-      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad port", url);
-    }
-    int port = std::stoi(std::string(digits));
-    if (port < 1 || port > 65535)
-      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad port", url);
-    ep.port = static_cast<uint16_t>(port);
-  }
-  if (host.empty()) return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\" has no host", url);
-  for (char ch : host) {
-    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '-' && ch != ':' &&
-        ch != '_') {
-      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad host", url);
-    }
-  }
-  ep.host = std::string(host);
+  Endpoint ep;
+  ep.tls = parsed->tls();
+  ep.host = std::move(parsed->host);
+  ep.port = parsed->port;
+  std::string_view path = parsed->path;
   while (path.ends_with('/')) path.remove_suffix(1);
   ep.base_path = std::string(path);
   return ep;
