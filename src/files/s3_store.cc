@@ -3,7 +3,6 @@
 #include "common/asio.h"
 
 #include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <cctype>
@@ -18,6 +17,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include "common/time_util.h"
+#include "net/tls.h"
 
 namespace airlock::files {
 namespace {
@@ -38,12 +38,6 @@ constexpr size_t kMaxContentTypeBytes = 255;
 constexpr int64_t kMaxSinglePutBytes = int64_t{5} << 30;
 
 int64_t UnixNow() { return static_cast<int64_t>(std::time(nullptr)); }
-
-bool IsIpLiteral(const std::string& host) {
-  beast::error_code ec;
-  asio::ip::make_address(host, ec);
-  return !ec;
-}
 
 std::string StripBrackets(std::string_view host) {
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
@@ -204,28 +198,14 @@ awaitable<Result<Reply>> Exchange(ssl::context& tls_context, const Target& t,
     co_return Errorf(CodeOf(ec), "cannot connect to S3 at {}: {}", where, Describe(ec));
   }
   SSL* ssl_handle = stream.native_handle();
-  X509_VERIFY_PARAM* param = SSL_get0_param(ssl_handle);
-  X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-  const bool ip = IsIpLiteral(t.tls_name);
-  int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(param, t.tls_name.c_str())
-              : X509_VERIFY_PARAM_set1_host(param, t.tls_name.c_str(), t.tls_name.size());
-  if (ok != 1) {
-    co_return Errorf(ErrorCode::kUnavailable, "TLS: cannot check the certificate for {}",
-                     t.tls_name);
-  }
-  if (!ip && SSL_set_tlsext_host_name(ssl_handle, t.tls_name.c_str()) != 1) {
-    co_return Errorf(ErrorCode::kUnavailable, "TLS: cannot send the server name {}", t.tls_name);
+  if (auto prepared = net::PrepareTlsClient(ssl_handle, t.tls_name); !prepared) {
+    co_return std::unexpected(prepared.error());
   }
   co_await stream.async_handshake(ssl::stream_base::client,
                                   asio::redirect_error(use_awaitable, ec));
   if (ec) {
-    std::string why = Describe(ec);
-    long verify = SSL_get_verify_result(ssl_handle);
-    if (verify != X509_V_OK) {
-      why =
-          fmt::format("certificate verification failed: {}", X509_verify_cert_error_string(verify));
-    }
-    co_return Errorf(CodeOf(ec), "TLS handshake with S3 at {} failed: {}", where, why);
+    co_return Errorf(CodeOf(ec), "TLS handshake with S3 at {} failed: {}", where,
+                     net::DescribeHandshakeError(ssl_handle, Describe(ec)));
   }
   co_return co_await Talk(stream, tcp, req, head, body_limit, deadline, where);
 }
@@ -281,7 +261,7 @@ std::unexpected<Error> FailureOf(std::string_view operation, const Reply& r) {
 class S3BlobStore final : public BlobStore {
  public:
   S3BlobStore(S3StoreOptions o, S3Endpoint endpoint, Target target,
-              std::unique_ptr<ssl::context> tls)
+              std::shared_ptr<ssl::context> tls)
       : o_(std::move(o)),
         endpoint_(std::move(endpoint)),
         host_(HostForBucket(endpoint_, o_.bucket)),
@@ -498,7 +478,7 @@ class S3BlobStore final : public BlobStore {
   const S3Endpoint endpoint_;
   const std::string host_;  // the Host header of every request: the bucket's host
   const Target target_;
-  const std::unique_ptr<ssl::context> tls_;
+  const std::shared_ptr<ssl::context> tls_;
 };
 
 Result<std::pair<std::string, std::string>> ParseConnectTo(std::string_view s) {
@@ -555,27 +535,14 @@ Result<std::unique_ptr<BlobStore>> MakeS3BlobStore(S3StoreOptions o) {
     target.connect_port = std::move(to.second);
   }
 
-  auto tls = std::make_unique<ssl::context>(ssl::context::tls_client);
-  beast::error_code ec;
-  tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                   ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-  tls->set_default_verify_paths(ec);
-  if (ec) {
-    return Errorf(ErrorCode::kUnavailable, "s3 store: cannot load the system trust store: {}",
-                  ec.message());
+  auto tls = net::MakeTlsClientContext(o.ca_file);
+  if (!tls) {
+    return Errorf(tls.error().code, "s3 store: {}", tls.error().message);
   }
-  if (!o.ca_file.empty()) {
-    tls->load_verify_file(o.ca_file, ec);
-    if (ec) {
-      return Errorf(ErrorCode::kInvalidArgument, "s3 store: cannot load ca_file \"{}\": {}",
-                    o.ca_file, ec.message());
-    }
-  }
-  tls->set_verify_mode(ssl::verify_peer);
 
   S3Endpoint ep = std::move(*endpoint);
   return std::make_unique<S3BlobStore>(std::move(o), std::move(ep), std::move(target),
-                                       std::move(tls));
+                                       std::move(*tls));
 }
 
 }  // namespace airlock::files

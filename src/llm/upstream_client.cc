@@ -1,7 +1,6 @@
 #include "llm/upstream_client.h"
 
 #include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <cctype>
@@ -13,6 +12,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include "common/log.h"
+#include "net/tls.h"
 #include "net/url.h"
 
 namespace airlock::llm {
@@ -128,12 +128,6 @@ std::string HostHeader(const Endpoint& ep) {
   return default_port ? host : fmt::format("{}:{}", host, ep.port);
 }
 
-bool IsIpLiteral(const std::string& host) {
-  beast::error_code ec;
-  asio::ip::make_address(host, ec);
-  return !ec;
-}
-
 // What went wrong on the wire, for a message: timeouts and cancellation named plainly.
 std::string Describe(const beast::error_code& ec) {
   if (ec == beast::error::timeout) return "timed out";
@@ -153,22 +147,9 @@ UpstreamClient::~UpstreamClient() = default;
 Result<std::unique_ptr<UpstreamClient>> UpstreamClient::Make(asio::io_context& io,
                                                              UpstreamOptions options) {
   std::unique_ptr<UpstreamClient> c(new UpstreamClient(io, std::move(options)));
-  c->tls_ = std::make_unique<ssl::context>(ssl::context::tls_client);
-  beast::error_code ec;
-  c->tls_->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                       ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-  c->tls_->set_default_verify_paths(ec);
-  if (ec)
-    return Errorf(ErrorCode::kUnavailable, "TLS: cannot load the system trust store: {}",
-                  ec.message());
-  if (!c->options_.ca_file.empty()) {
-    c->tls_->load_verify_file(c->options_.ca_file, ec);
-    if (ec) {
-      return Errorf(ErrorCode::kInvalidArgument, "TLS: cannot load ca_file \"{}\": {}",
-                    c->options_.ca_file, ec.message());
-    }
-  }
-  c->tls_->set_verify_mode(ssl::verify_peer);
+  auto tls = net::MakeTlsClientContext(c->options_.ca_file);
+  if (!tls) return Errorf(tls.error().code, "TLS: {}", tls.error().message);
+  c->tls_ = std::move(*tls);
   return c;
 }
 
@@ -238,14 +219,9 @@ awaitable<Result<std::unique_ptr<UpstreamClient::Connection>>> UpstreamClient::C
   c->lowest().socket().set_option(asio::ip::tcp::no_delay(true), ec);
   if (ep.tls) {
     SSL* s = c->tls->native_handle();
-    X509_VERIFY_PARAM* param = SSL_get0_param(s);
-    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-    int ok = IsIpLiteral(ep.host)
-                 ? X509_VERIFY_PARAM_set1_ip_asc(param, ep.host.c_str())
-                 : X509_VERIFY_PARAM_set1_host(param, ep.host.c_str(), ep.host.size());
-    if (ok != 1)
-      co_return Errorf(ErrorCode::kUnavailable, "TLS: cannot verify host name {}", ep.host);
-    if (!IsIpLiteral(ep.host)) SSL_set_tlsext_host_name(s, ep.host.c_str());
+    if (auto prepared = net::PrepareTlsClient(s, ep.host); !prepared) {
+      co_return std::unexpected(prepared.error());
+    }
     {
       CancelScope scope(cancel, [conn = c.get()] { conn->lowest().cancel(); });
       c->lowest().expires_at(until);
@@ -254,14 +230,9 @@ awaitable<Result<std::unique_ptr<UpstreamClient::Connection>>> UpstreamClient::C
     }
     if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
     if (ec) {
-      std::string why = Describe(ec);
-      long verify = SSL_get_verify_result(s);
-      if (verify != X509_V_OK)
-        why = fmt::format("certificate verification failed: {}",
-                          X509_verify_cert_error_string(verify));
       co_return Errorf(
           ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-          "TLS handshake with {} failed: {}", where, why);
+          "TLS handshake with {} failed: {}", where, net::DescribeHandshakeError(s, Describe(ec)));
     }
   }
   ++stats_.connections_opened;
@@ -336,9 +307,8 @@ awaitable<Result<UpstreamResponse>> UpstreamClient::Attempt(
       auto fresh = co_await Connect(ep, cancel, deadline);
       if (!fresh) {
         // A certificate that does not verify will not verify on the next try either.
-        retryable =
-            fresh.error().message.find("certificate verification failed") == std::string::npos &&
-            fresh.error().code != ErrorCode::kDeadlineExceeded;
+        retryable = !net::IsCertificateFailure(fresh.error().message) &&
+                    fresh.error().code != ErrorCode::kDeadlineExceeded;
         co_return std::unexpected(fresh.error());
       }
       c = std::move(*fresh);

@@ -122,7 +122,7 @@ class UpstreamClient {
 
   asio::io_context& io_;
   UpstreamOptions options_;
-  std::unique_ptr<asio::ssl::context> tls_;
+  std::shared_ptr<asio::ssl::context> tls_;
   std::map<std::string, std::vector<std::unique_ptr<Connection>>> idle_;
   UpstreamStats stats_;
 };
