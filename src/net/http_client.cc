@@ -104,6 +104,14 @@ class CancelScope {
 
 Clock::time_point Earliest(Clock::time_point a, Clock::time_point b) { return std::min(a, b); }
 
+// now + d, where kNoTimeout (or anything past the clock's range) is never.
+Clock::time_point After(Clock::time_point now, milliseconds d) {
+  if (d >= std::chrono::duration_cast<milliseconds>(Clock::time_point::max() - now)) {
+    return Clock::time_point::max();
+  }
+  return now + d;
+}
+
 std::string HostHeader(const Endpoint& ep) {
   std::string host = Bracketed(ep.host);
   return ep.port == DefaultPort(ep.tls) ? host : fmt::format("{}:{}", host, ep.port);
@@ -121,6 +129,8 @@ std::string Describe(const beast::error_code& ec) {
 ErrorCode CodeOf(const beast::error_code& ec) {
   return ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable;
 }
+
+using Stage = TransportFailure::Stage;
 
 template <typename Fields>
 Headers CopyHeaders(const Fields& fields) {
@@ -166,9 +176,21 @@ void HttpClient::PutIdle(const std::string& key, std::unique_ptr<Connection> c) 
   list.push_back(std::move(c));
 }
 
+std::unexpected<Error> HttpClient::Fail(Stage stage, const beast::error_code& ec,
+                                        const Endpoint& ep, std::string message) const {
+  if (options_.describe_failure) {
+    return std::unexpected(
+        options_.describe_failure(TransportFailure{stage, ec, ep, std::move(message)}));
+  }
+  return std::unexpected(Error{CodeOf(ec), std::move(message)});
+}
+
 awaitable<Result<std::unique_ptr<HttpClient::Connection>>> HttpClient::Connect(
-    const Endpoint& ep, CallCancel& cancel, Clock::time_point deadline) {
-  const Clock::time_point until = Earliest(Clock::now() + options_.connect_timeout, deadline);
+    const Endpoint& ep, CallCancel& cancel, Clock::time_point deadline, bool& retryable) {
+  const Clock::time_point until = Earliest(After(Clock::now(), options_.connect_timeout), deadline);
+  // A timeout has used the call's time; a certificate that does not verify will not verify
+  // on the next try either. Anything else may be worth another try.
+  retryable = false;
   const std::string where = ep.Where();
   const std::string& connect_host = ep.connect_host.empty() ? ep.host : ep.connect_host;
   const uint16_t connect_port = ep.connect_port != 0 ? ep.connect_port : ep.port;
@@ -192,7 +214,11 @@ awaitable<Result<std::unique_ptr<HttpClient::Connection>>> HttpClient::Connect(
     if (timed_out) ec = beast::error::timeout;
   }
   if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
-  if (ec) co_return Errorf(CodeOf(ec), "cannot resolve {}: {}", connect_host, Describe(ec));
+  if (ec) {
+    retryable = ec != beast::error::timeout;
+    co_return Fail(Stage::kResolve, ec, ep,
+                   fmt::format("cannot resolve {}: {}", connect_host, Describe(ec)));
+  }
   if (ep.tls && !tls_) co_return MakeError(ErrorCode::kInternal, "no TLS context for https");
   auto c = std::make_unique<Connection>();
   if (ep.tls) {
@@ -206,7 +232,11 @@ awaitable<Result<std::unique_ptr<HttpClient::Connection>>> HttpClient::Connect(
     co_await c->lowest().async_connect(endpoints, asio::redirect_error(use_awaitable, ec));
   }
   if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
-  if (ec) co_return Errorf(CodeOf(ec), "cannot connect to {}: {}", where, Describe(ec));
+  if (ec) {
+    retryable = ec != beast::error::timeout;
+    co_return Fail(Stage::kConnect, ec, ep,
+                   fmt::format("cannot connect to {}: {}", where, Describe(ec)));
+  }
   c->lowest().socket().set_option(asio::ip::tcp::no_delay(true), ec);
   if (ep.tls) {
     SSL* s = c->tls->native_handle();
@@ -221,8 +251,10 @@ awaitable<Result<std::unique_ptr<HttpClient::Connection>>> HttpClient::Connect(
     }
     if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
     if (ec) {
-      co_return Errorf(CodeOf(ec), "TLS handshake with {} failed: {}", where,
-                       DescribeHandshakeError(s, Describe(ec)));
+      std::string why = DescribeHandshakeError(s, Describe(ec));
+      retryable = ec != beast::error::timeout && !IsCertificateFailure(why);
+      co_return Fail(Stage::kHandshake, ec, ep,
+                     fmt::format("TLS handshake with {} failed: {}", where, why));
     }
   }
   ++stats_.connections_opened;
@@ -231,7 +263,7 @@ awaitable<Result<std::unique_ptr<HttpClient::Connection>>> HttpClient::Connect(
 
 awaitable<Result<HttpResponse>> HttpClient::Fetch(const Endpoint& ep, const HttpRequest& request,
                                                   BodySink* sink, CallCancel& cancel) {
-  const Clock::time_point deadline = Clock::now() + options_.total_timeout;
+  const Clock::time_point deadline = After(Clock::now(), options_.total_timeout);
   static thread_local std::mt19937_64 rng{std::random_device{}()};
 
   http::request<http::string_body> req{request.method, request.target, 11};
@@ -303,24 +335,21 @@ awaitable<Result<HttpResponse>> HttpClient::Attempt(const Endpoint& ep,
     // A reply to HEAD announces a body it does not carry.
     head->skip(head_only);
     if (!c) {
-      auto fresh = co_await Connect(ep, cancel, deadline);
-      if (!fresh) {
-        // A certificate that does not verify will not verify on the next try either.
-        retryable = !IsCertificateFailure(fresh.error().message) &&
-                    fresh.error().code != ErrorCode::kDeadlineExceeded;
-        co_return std::unexpected(fresh.error());
-      }
+      auto fresh = co_await Connect(ep, cancel, deadline, retryable);
+      if (!fresh) co_return std::unexpected(fresh.error());
       c = std::move(*fresh);
       reused = false;
     }
+    bool sent = false;
     {
       CancelScope scope(cancel, [conn = c.get()] { conn->lowest().cancel(); });
-      c->lowest().expires_at(Earliest(Clock::now() + options_.first_byte_timeout, deadline));
+      c->lowest().expires_at(Earliest(After(Clock::now(), options_.first_byte_timeout), deadline));
       if (c->tls) {
         co_await http::async_write(*c->tls, req, asio::redirect_error(use_awaitable, ec));
       } else {
         co_await http::async_write(*c->plain, req, asio::redirect_error(use_awaitable, ec));
       }
+      sent = !ec;
       if (!ec) {
         if (c->tls) {
           co_await http::async_read_header(*c->tls, c->buffer, *head,
@@ -341,12 +370,13 @@ awaitable<Result<HttpResponse>> HttpClient::Attempt(const Endpoint& ep,
       continue;
     }
     retryable = ec != beast::error::timeout;
+    const Stage stage = sent ? Stage::kReceive : Stage::kSend;
     if (ec == beast::error::timeout) {
-      co_return Errorf(ErrorCode::kDeadlineExceeded, "no answer to the request to {} in time",
-                       where);
+      co_return Fail(stage, ec, ep, fmt::format("no answer to the request to {} in time", where));
     }
-    co_return Errorf(ErrorCode::kUnavailable, "lost the connection to {} during the request: {}",
-                     where, Describe(ec));
+    co_return Fail(
+        stage, ec, ep,
+        fmt::format("lost the connection to {} during the request: {}", where, Describe(ec)));
   }
 
   HttpResponse out;
@@ -369,12 +399,15 @@ awaitable<Result<HttpResponse>> HttpClient::Attempt(const Endpoint& ep,
   // chunk by chunk against the limit set below).
   if (auto length = head->content_length(); !to_sink && length && *length > max_response_bytes) {
     c->Close();
-    co_return Errorf(ErrorCode::kUnavailable,
-                     "the answer from {} is larger than the response limit of {} bytes", where,
-                     max_response_bytes);
+    co_return Fail(Stage::kReceive, http::error::body_limit, ep,
+                   fmt::format("the answer from {} is larger than the response limit of {} bytes",
+                               where, max_response_bytes));
   }
 
   if (to_sink) {
+    const milliseconds sink_idle = options_.sink_idle_timeout.count() != 0
+                                       ? options_.sink_idle_timeout
+                                       : options_.first_byte_timeout;
     http::response_parser<http::buffer_body> body(std::move(*head));
     char buf[16 << 10];
     bool stopped = false;
@@ -383,7 +416,7 @@ awaitable<Result<HttpResponse>> HttpClient::Attempt(const Endpoint& ep,
       body.get().body().size = sizeof(buf);
       {
         CancelScope scope(cancel, [conn = c.get()] { conn->lowest().cancel(); });
-        c->lowest().expires_at(Earliest(Clock::now() + options_.first_byte_timeout, deadline));
+        c->lowest().expires_at(Earliest(After(Clock::now(), sink_idle), deadline));
         // read_some: hand each piece on as it arrives, not once the buffer is full.
         if (c->tls) {
           co_await http::async_read_some(*c->tls, c->buffer, body,
@@ -403,7 +436,8 @@ awaitable<Result<HttpResponse>> HttpClient::Attempt(const Endpoint& ep,
       }
       if (ec) {
         c->Close();
-        co_return Errorf(CodeOf(ec), "the answer from {} broke off: {}", where, Describe(ec));
+        co_return Fail(Stage::kReceive, ec, ep,
+                       fmt::format("the answer from {} broke off: {}", where, Describe(ec)));
       }
     }
     if (!stopped && body.keep_alive()) {
@@ -418,7 +452,7 @@ awaitable<Result<HttpResponse>> HttpClient::Attempt(const Endpoint& ep,
   body.body_limit(max_response_bytes);
   {
     CancelScope scope(cancel, [conn = c.get()] { conn->lowest().cancel(); });
-    c->lowest().expires_at(Earliest(Clock::now() + options_.first_byte_timeout, deadline));
+    c->lowest().expires_at(Earliest(After(Clock::now(), options_.first_byte_timeout), deadline));
     if (c->tls) {
       co_await http::async_read(*c->tls, c->buffer, body, asio::redirect_error(use_awaitable, ec));
     } else {
@@ -429,9 +463,10 @@ awaitable<Result<HttpResponse>> HttpClient::Attempt(const Endpoint& ep,
   if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
   if (ec) {
     c->Close();
-    co_return Errorf(
-        CodeOf(ec), "the answer from {} broke off: {}", where,
-        ec == http::error::body_limit ? "larger than the response limit" : Describe(ec));
+    co_return Fail(Stage::kReceive, ec, ep,
+                   fmt::format("the answer from {} broke off: {}", where,
+                               ec == http::error::body_limit ? "larger than the response limit"
+                                                             : Describe(ec)));
   }
   out.body = std::move(body.get().body());
   if (body.keep_alive()) {

@@ -70,12 +70,29 @@ struct HttpResponse {
   std::optional<std::string_view> Header(std::string_view name) const;
 };
 
+// A transport failure as the client saw it, for callers that word their own errors (a CLI
+// that tells its user what to check): where it happened, the socket's error, the endpoint,
+// and the client's own message.
+struct TransportFailure {
+  enum class Stage { kResolve, kConnect, kHandshake, kSend, kReceive };
+  Stage stage;
+  beast::error_code ec;
+  const Endpoint& endpoint;
+  std::string message;
+};
+
+// A timeout that never expires.
+inline constexpr std::chrono::milliseconds kNoTimeout = std::chrono::milliseconds::max();
+
 struct HttpClientOptions {
   std::chrono::milliseconds connect_timeout{10'000};      // DNS + TCP + TLS handshake
   std::chrono::milliseconds first_byte_timeout{120'000};  // request sent -> response headers; also
                                                           // the longest silence inside a body
   std::chrono::milliseconds total_timeout{600'000};       // the whole call, retries included
-  int max_retries = 2;                                    // attempts after the first
+  // The longest silence inside a 2xx body handed to a sink (a stream of events); zero: the
+  // first_byte_timeout. Any of these may be kNoTimeout.
+  std::chrono::milliseconds sink_idle_timeout{0};
+  int max_retries = 2;  // attempts after the first
   std::chrono::milliseconds backoff_initial{500};
   std::chrono::milliseconds backoff_max{8'000};
   std::chrono::milliseconds retry_after_max{60'000};  // longer Retry-After: give up at once
@@ -84,6 +101,9 @@ struct HttpClientOptions {
   size_t max_response_bytes = 32 << 20;  // bodies read into memory
   bool keep_alive = true;                // false: one connection per call, closed after it
   std::string log_name = "http client";  // names the client in its log lines
+  // When set, turns each transport failure into the call's error (instead of the client's
+  // message with kUnavailable, or kDeadlineExceeded for a timeout).
+  std::function<Error(const TransportFailure&)> describe_failure;
 };
 
 // Cancels one call (the sandbox went away, the session ended). Whatever the call is waiting
@@ -150,7 +170,10 @@ class HttpClient {
                                           std::chrono::steady_clock::time_point deadline,
                                           bool& retryable);
   awaitable<Result<std::unique_ptr<Connection>>> Connect(
-      const Endpoint& ep, CallCancel& cancel, std::chrono::steady_clock::time_point deadline);
+      const Endpoint& ep, CallCancel& cancel, std::chrono::steady_clock::time_point deadline,
+      bool& retryable);
+  std::unexpected<Error> Fail(TransportFailure::Stage stage, const beast::error_code& ec,
+                              const Endpoint& ep, std::string message) const;
   std::unique_ptr<Connection> TakeIdle(const std::string& key);
   void PutIdle(const std::string& key, std::unique_ptr<Connection> c);
 

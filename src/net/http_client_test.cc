@@ -423,6 +423,61 @@ TEST(HttpClientTest, FetchBlockingRunsACallFromAnotherThread) {
   EXPECT_EQ(streamed, "one\ntwo\nthree\n");
 }
 
+TEST(HttpClientTest, CallersMayWordTransportFailuresThemselves) {
+  asio::io_context io;
+  Hang hang(io);
+  LocalServer server(io, hang.handler());
+  std::vector<TransportFailure::Stage> stages;
+  HttpClientOptions o = NoRetries();
+  o.first_byte_timeout = std::chrono::milliseconds(100);
+  o.describe_failure = [&stages](const TransportFailure& f) {
+    stages.push_back(f.stage);
+    return Error{ErrorCode::kInternal,
+                 fmt::format("{} at {}", f.ec == beast::error::timeout, f.endpoint.Where())};
+  };
+  auto client = MakeClient(io, o);
+  auto silent = RunFetch(io, *client, server.endpoint(), HttpRequest{});
+  ASSERT_FALSE(silent.has_value());
+  EXPECT_EQ(silent.error().code, ErrorCode::kInternal);
+  EXPECT_EQ(silent.error().message, fmt::format("true at 127.0.0.1:{}", server.port()));
+  hang.Release();
+
+  Endpoint nowhere = server.endpoint();
+  nowhere.connect_port = 1;  // nothing listens on port 1 of loopback
+  auto refused = RunFetch(io, *client, nowhere, HttpRequest{});
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().message, "false at 127.0.0.1:1");
+  EXPECT_EQ(stages,
+            (std::vector{TransportFailure::Stage::kReceive, TransportFailure::Stage::kConnect}));
+}
+
+TEST(HttpClientTest, ASinkBodyHasItsOwnSilenceLimitAndNoTotalLimitIfAsked) {
+  asio::io_context io;
+  asio::steady_timer pause(io);
+  pause.expires_at(asio::steady_timer::time_point::max());
+  LocalServer server(io, [&pause](Request&) -> awaitable<Response> {
+    Response r;
+    r.stream = [&pause](ChunkSink& sink) -> awaitable<void> {
+      co_await sink.Write("first");
+      beast::error_code ec;
+      co_await pause.async_wait(asio::redirect_error(use_awaitable, ec));
+    };
+    co_return r;
+  });
+  HttpClientOptions o = NoRetries();
+  o.total_timeout = kNoTimeout;
+  o.sink_idle_timeout = std::chrono::milliseconds(100);
+  auto client = MakeClient(io, o);
+  CollectingSink sink;
+  auto r = RunFetch(io, *client, server.endpoint(), HttpRequest{}, &sink);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code, ErrorCode::kDeadlineExceeded);
+  EXPECT_NE(r.error().message.find("broke off"), std::string::npos) << r.error().message;
+  ASSERT_EQ(sink.pieces.size(), 1u);
+  EXPECT_EQ(sink.pieces[0], "first");
+  pause.cancel();
+}
+
 // ----- TLS, against the fake upstream with a CA made for the test -----
 
 class TlsTest : public ::testing::Test {
