@@ -51,7 +51,8 @@ struct HttpClientOptions {
   std::chrono::milliseconds stream_idle_timeout{60'000};
 };
 
-// A small synchronous HTTP/1.1 client for the operator API: one connection per request.
+// A small synchronous HTTP/1.1 client for the operator API: one connection per request, made
+// by the network module's client (net::FetchBlocking) with the CLI's own words for failures.
 //
 // Errors: a Result error always means the exchange failed at the transport level (cannot
 // connect, timed out, connection lost, not HTTP) and has code kUnavailable (or

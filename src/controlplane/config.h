@@ -12,7 +12,7 @@
 #include "common/log.h"
 #include "common/result.h"
 #include "common/secret.h"
-#include "controlplane/http_server.h"
+#include "controlplane/http.h"
 
 namespace airlock::controlplane {
 

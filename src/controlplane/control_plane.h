@@ -15,11 +15,10 @@
 #include "controlplane/event_limits.h"
 #include "controlplane/file_service.h"
 #include "controlplane/home_lock.h"
-#include "controlplane/http_server.h"
+#include "controlplane/http.h"
 #include "controlplane/llm_proxy.h"
 #include "controlplane/notifier.h"
 #include "controlplane/retention.h"
-#include "controlplane/router.h"
 #include "sandbox/backend.h"
 #include "store/store.h"
 

@@ -11,7 +11,7 @@
 #include <unordered_map>
 
 #include "controlplane/config.h"
-#include "controlplane/http_server.h"
+#include "controlplane/http.h"
 #include "store/store.h"
 
 namespace airlock::controlplane {

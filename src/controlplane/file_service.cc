@@ -16,8 +16,8 @@
 #include "common/time_util.h"
 #include "common/url.h"
 #include "controlplane/event_limits.h"
-#include "controlplane/handler_util.h"
 #include "files/s3_store.h"
+#include "net/handler_util.h"
 
 namespace airlock::controlplane {
 

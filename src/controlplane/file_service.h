@@ -11,7 +11,7 @@
 #include "common/asio.h"
 #include "common/metrics.h"
 #include "controlplane/config.h"
-#include "controlplane/http_server.h"
+#include "controlplane/http.h"
 #include "controlplane/notifier.h"
 #include "files/blob_store.h"
 #include "files/local_store.h"

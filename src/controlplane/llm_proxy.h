@@ -13,7 +13,7 @@
 #include "common/asio.h"
 #include "common/metrics.h"
 #include "controlplane/config.h"
-#include "controlplane/http_server.h"
+#include "controlplane/http.h"
 #include "controlplane/notifier.h"
 #include "llm/provider.h"
 #include "store/store.h"

@@ -10,11 +10,11 @@
 #include "common/log.h"
 #include "common/time_util.h"
 #include "controlplane/control_plane.h"
-#include "controlplane/handler_util.h"
 #include "controlplane/openapi.h"
 #include "controlplane/readiness.h"
 #include "controlplane/validation.h"
 #include "controlplane/views.h"
+#include "net/handler_util.h"
 
 namespace airlock::controlplane {
 

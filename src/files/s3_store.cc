@@ -1,32 +1,22 @@
 #include "files/s3_store.h"
 
-#include "common/asio.h"
-
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
-
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <ctime>
-#include <exception>
 #include <optional>
 #include <string_view>
 #include <vector>
 
-#include <boost/asio/ssl.hpp>
-#include <boost/beast/ssl.hpp>
-
+#include "common/asio.h"
 #include "common/time_util.h"
+#include "net/http_client.h"
+#include "net/tls.h"
 
 namespace airlock::files {
 namespace {
 
-namespace ssl = asio::ssl;
-using Clock = std::chrono::steady_clock;
-
 constexpr std::chrono::milliseconds kMaxConnectTime{10'000};
-constexpr uint32_t kMaxReplyHeaderBytes = 64 << 10;
 // A HEAD or an error reply carries no more than a short XML document.
 constexpr size_t kMaxSmallReplyBytes = 64 << 10;
 // 100 pages of up to 1000 keys: far more files than a session keeps.
@@ -38,12 +28,6 @@ constexpr size_t kMaxContentTypeBytes = 255;
 constexpr int64_t kMaxSinglePutBytes = int64_t{5} << 30;
 
 int64_t UnixNow() { return static_cast<int64_t>(std::time(nullptr)); }
-
-bool IsIpLiteral(const std::string& host) {
-  beast::error_code ec;
-  asio::ip::make_address(host, ec);
-  return !ec;
-}
 
 std::string StripBrackets(std::string_view host) {
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
@@ -82,15 +66,6 @@ Status ValidatePrefix(std::string_view prefix) {
   return Ok();
 }
 
-// Where one request is sent, and the name its certificate must carry.
-struct Target {
-  bool tls = false;
-  std::string connect_host;  // what is resolved and connected to (no brackets)
-  std::string connect_port;
-  std::string tls_name;  // the host name or IP address the certificate must name (no brackets)
-  std::string Where() const { return fmt::format("{}:{}", connect_host, connect_port); }
-};
-
 struct Reply {
   unsigned status = 0;
   std::string body;
@@ -98,157 +73,22 @@ struct Reply {
   std::string amz_error_code;  // the x-amz-error-code header, which some services send
 };
 
-ErrorCode CodeOf(const beast::error_code& ec) {
-  return ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable;
-}
-
-std::string Describe(const beast::error_code& ec) {
-  if (ec == beast::error::timeout) {
-    return "timed out";
+// The reply as the store reads it: S3's error code and the object's length come in headers.
+Reply ReplyOf(net::HttpResponse r) {
+  Reply out;
+  out.status = r.status;
+  if (auto code = r.Header("x-amz-error-code")) {
+    out.amz_error_code = std::string(*code);
   }
-  if (ec == http::error::body_limit) {
-    return "the reply is larger than the limit";
-  }
-  if (ec == http::error::end_of_stream || ec == asio::error::eof) {
-    return "connection closed";
-  }
-  return ec.message();
-}
-
-// Writes `req` over a connected stream (plain or TLS) and reads the whole reply.
-template <typename Stream>
-awaitable<Result<Reply>> Talk(Stream& stream, beast::tcp_stream& tcp,
-                              http::request<http::empty_body>& req, bool head, size_t body_limit,
-                              Clock::time_point deadline, const std::string& where) {
-  beast::error_code ec;
-  tcp.expires_at(deadline);
-  co_await http::async_write(stream, req, asio::redirect_error(use_awaitable, ec));
-  if (ec) {
-    co_return Errorf(CodeOf(ec), "S3 request to {} failed: {}", where, Describe(ec));
-  }
-  beast::flat_buffer buffer;
-  http::response_parser<http::string_body> parser;
-  parser.header_limit(kMaxReplyHeaderBytes);
-  parser.body_limit(body_limit);
-  // A reply to HEAD announces the object's length but carries no body.
-  parser.skip(head);
-  co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
-  if (ec) {
-    co_return Errorf(CodeOf(ec), "S3 reply from {} broke off: {}", where, Describe(ec));
-  }
-  Reply r;
-  r.status = parser.get().result_int();
-  if (auto it = parser.get().find("x-amz-error-code"); it != parser.get().end()) {
-    r.amz_error_code = std::string(it->value());
-  }
-  if (auto it = parser.get().find(http::field::content_length); it != parser.get().end()) {
+  if (auto length = r.Header("Content-Length")) {
     uint64_t n = 0;
-    std::string_view v = it->value();
-    auto [p, err] = std::from_chars(v.data(), v.data() + v.size(), n);
-    if (err == std::errc() && p == v.data() + v.size()) {
-      r.content_length = n;
+    auto [p, err] = std::from_chars(length->data(), length->data() + length->size(), n);
+    if (err == std::errc() && p == length->data() + length->size()) {
+      out.content_length = n;
     }
   }
-  r.body = std::move(parser.get().body());
-  co_return r;
-}
-
-awaitable<Result<Reply>> Exchange(ssl::context& tls_context, const Target& t,
-                                  http::request<http::empty_body>& req, bool head,
-                                  size_t body_limit, std::chrono::milliseconds timeout) {
-  auto ex = co_await asio::this_coro::executor;
-  const Clock::time_point start = Clock::now();
-  const Clock::time_point deadline = start + timeout;
-  const Clock::time_point connect_deadline = std::min(deadline, start + kMaxConnectTime);
-  const std::string where = t.Where();
-  beast::error_code ec;
-
-  asio::ip::tcp::resolver::results_type endpoints;
-  {
-    asio::ip::tcp::resolver resolver(ex);
-    asio::steady_timer timer(ex);
-    bool timed_out = false;
-    timer.expires_at(connect_deadline);
-    timer.async_wait([&resolver, &timed_out](beast::error_code tec) {
-      if (!tec) {
-        timed_out = true;
-        resolver.cancel();
-      }
-    });
-    endpoints = co_await resolver.async_resolve(t.connect_host, t.connect_port,
-                                                asio::redirect_error(use_awaitable, ec));
-    timer.cancel();
-    if (timed_out) {
-      ec = beast::error::timeout;
-    }
-  }
-  if (ec) {
-    co_return Errorf(CodeOf(ec), "cannot resolve S3 host {}: {}", t.connect_host, Describe(ec));
-  }
-
-  if (!t.tls) {
-    beast::tcp_stream tcp(ex);
-    tcp.expires_at(connect_deadline);
-    co_await tcp.async_connect(endpoints, asio::redirect_error(use_awaitable, ec));
-    if (ec) {
-      co_return Errorf(CodeOf(ec), "cannot connect to S3 at {}: {}", where, Describe(ec));
-    }
-    co_return co_await Talk(tcp, tcp, req, head, body_limit, deadline, where);
-  }
-
-  beast::ssl_stream<beast::tcp_stream> stream(ex, tls_context);
-  beast::tcp_stream& tcp = beast::get_lowest_layer(stream);
-  tcp.expires_at(connect_deadline);
-  co_await tcp.async_connect(endpoints, asio::redirect_error(use_awaitable, ec));
-  if (ec) {
-    co_return Errorf(CodeOf(ec), "cannot connect to S3 at {}: {}", where, Describe(ec));
-  }
-  SSL* ssl_handle = stream.native_handle();
-  X509_VERIFY_PARAM* param = SSL_get0_param(ssl_handle);
-  X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-  const bool ip = IsIpLiteral(t.tls_name);
-  int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(param, t.tls_name.c_str())
-              : X509_VERIFY_PARAM_set1_host(param, t.tls_name.c_str(), t.tls_name.size());
-  if (ok != 1) {
-    co_return Errorf(ErrorCode::kUnavailable, "TLS: cannot check the certificate for {}",
-                     t.tls_name);
-  }
-  if (!ip && SSL_set_tlsext_host_name(ssl_handle, t.tls_name.c_str()) != 1) {
-    co_return Errorf(ErrorCode::kUnavailable, "TLS: cannot send the server name {}", t.tls_name);
-  }
-  co_await stream.async_handshake(ssl::stream_base::client,
-                                  asio::redirect_error(use_awaitable, ec));
-  if (ec) {
-    std::string why = Describe(ec);
-    long verify = SSL_get_verify_result(ssl_handle);
-    if (verify != X509_V_OK) {
-      why =
-          fmt::format("certificate verification failed: {}", X509_verify_cert_error_string(verify));
-    }
-    co_return Errorf(CodeOf(ec), "TLS handshake with S3 at {} failed: {}", where, why);
-  }
-  co_return co_await Talk(stream, tcp, req, head, body_limit, deadline, where);
-}
-
-// Runs one request to completion on a private io_context: the store is called from worker
-// threads and blocks, so no event loop is shared.
-Result<Reply> Send(ssl::context& tls_context, const Target& t, http::request<http::empty_body>& req,
-                   bool head, size_t body_limit, std::chrono::milliseconds timeout) {
-  asio::io_context io;
-  std::optional<Result<Reply>> out;
-  asio::co_spawn(io, Exchange(tls_context, t, req, head, body_limit, timeout),
-                 [&out](std::exception_ptr e, Result<Reply> r) {
-                   if (e) {
-                     out = MakeError(ErrorCode::kInternal, "S3 request failed unexpectedly");
-                   } else {
-                     out = std::move(r);
-                   }
-                 });
-  io.run();
-  if (!out) {
-    return MakeError(ErrorCode::kInternal, "S3 request did not complete");
-  }
-  return std::move(*out);
+  out.body = std::move(r.body);
+  return out;
 }
 
 // S3's error Code from an error reply ("NoSuchBucket", "SignatureDoesNotMatch"), and nothing
@@ -280,13 +120,24 @@ std::unexpected<Error> FailureOf(std::string_view operation, const Reply& r) {
 
 class S3BlobStore final : public BlobStore {
  public:
-  S3BlobStore(S3StoreOptions o, S3Endpoint endpoint, Target target,
-              std::unique_ptr<ssl::context> tls)
+  S3BlobStore(S3StoreOptions o, S3Endpoint endpoint, net::Endpoint target,
+              std::shared_ptr<asio::ssl::context> tls)
       : o_(std::move(o)),
         endpoint_(std::move(endpoint)),
         host_(HostForBucket(endpoint_, o_.bucket)),
         target_(std::move(target)),
-        tls_(std::move(tls)) {}
+        tls_(std::move(tls)) {
+    // One attempt per request, on a connection of its own: the store is called on worker
+    // threads and blocks, so each request runs on a private io_context (FetchBlocking), with
+    // nothing to pool between them.
+    http_.connect_timeout = kMaxConnectTime;  // the total timeout bounds it too
+    http_.first_byte_timeout = o_.timeout;
+    http_.total_timeout = o_.timeout;
+    http_.max_retries = 0;
+    http_.keep_alive = false;
+    http_.max_response_bytes = kMaxSmallReplyBytes;
+    http_.log_name = "s3 store";
+  }
 
   std::string_view kind() const override { return "s3"; }
 
@@ -354,8 +205,8 @@ class S3BlobStore final : public BlobStore {
       if (!token.empty()) {
         query.emplace_back("continuation-token", token);
       }
-      AIRLOCK_ASSIGN_OR_RETURN(Reply reply, SignedRequest(http::verb::get, BucketPath(), query,
-                                                          false, kMaxListXmlBytes));
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Reply reply, SignedRequest(http::verb::get, BucketPath(), query, kMaxListXmlBytes));
       if (reply.status / 100 != 2) {
         return FailureOf("ListObjectsV2", reply);
       }
@@ -400,8 +251,7 @@ class S3BlobStore final : public BlobStore {
                     kMaxPresignExpirySeconds);
     }
     const std::string key = KeyOf(session_id, name);
-    AIRLOCK_ASSIGN_OR_RETURN(Reply head,
-                             SignedRequest(http::verb::head, ObjectPath(key), {}, true, 0));
+    AIRLOCK_ASSIGN_OR_RETURN(Reply head, SignedRequest(http::verb::head, ObjectPath(key), {}, 0));
     if (head.status == 404) {
       return Errorf(ErrorCode::kNotFound, "no file \"{}\" in session {}", name, session_id);
     }
@@ -434,7 +284,7 @@ class S3BlobStore final : public BlobStore {
     for (const FileInfo& f : files) {
       AIRLOCK_ASSIGN_OR_RETURN(
           Reply reply,
-          SignedRequest(http::verb::delete_, ObjectPath(KeyOf(session_id, f.name)), {}, false, 0));
+          SignedRequest(http::verb::delete_, ObjectPath(KeyOf(session_id, f.name)), {}, 0));
       // S3 answers 204 whether or not the key existed.
       if (reply.status / 100 != 2 && reply.status != 404) {
         return FailureOf("DeleteObject", reply);
@@ -473,7 +323,7 @@ class S3BlobStore final : public BlobStore {
 
   // Sends a request with an empty body, signed in the Authorization header.
   Result<Reply> SignedRequest(http::verb verb, const std::string& path, const Params& query,
-                              bool head, size_t body_limit) {
+                              size_t body_limit) {
     const std::string method(http::to_string(verb));
     auto auth = SignHeaders(o_.creds, endpoint_, method, path, query, Params{{"host", host_}},
                             kEmptyPayloadSha256, UnixNow());
@@ -484,24 +334,28 @@ class S3BlobStore final : public BlobStore {
     if (std::string q = CanonicalQueryString(query); !q.empty()) {
       target += "?" + q;
     }
-    http::request<http::empty_body> req{verb, target, 11};
-    req.set(http::field::host, host_);
-    for (const auto& [name, value] : *auth) {
-      req.set(name, value);
+    net::HttpRequest req;
+    req.method = verb;
+    req.target = std::move(target);
+    req.host = host_;
+    req.headers = std::move(*auth);
+    req.max_response_bytes = std::max(body_limit, kMaxSmallReplyBytes);
+    auto reply = net::FetchBlocking(tls_, http_, target_, req);
+    if (!reply) {
+      return Errorf(reply.error().code, "S3: {}", reply.error().message);
     }
-    req.set(http::field::user_agent, "airlock");
-    req.set(http::field::connection, "close");
-    return Send(*tls_, target_, req, head, std::max(body_limit, kMaxSmallReplyBytes), o_.timeout);
+    return ReplyOf(std::move(*reply));
   }
 
   const S3StoreOptions o_;
   const S3Endpoint endpoint_;
-  const std::string host_;  // the Host header of every request: the bucket's host
-  const Target target_;
-  const std::unique_ptr<ssl::context> tls_;
+  const std::string host_;      // the Host header of every request: the bucket's host
+  const net::Endpoint target_;  // where requests go, and the name the certificate must carry
+  const std::shared_ptr<asio::ssl::context> tls_;
+  net::HttpClientOptions http_;
 };
 
-Result<std::pair<std::string, std::string>> ParseConnectTo(std::string_view s) {
+Result<std::pair<std::string, uint16_t>> ParseConnectTo(std::string_view s) {
   size_t colon = s.rfind(':');
   if (colon == std::string_view::npos || colon == 0) {
     return MakeError(ErrorCode::kInvalidArgument, "s3 store: connect_to must be HOST:PORT");
@@ -513,7 +367,7 @@ Result<std::pair<std::string, std::string>> ParseConnectTo(std::string_view s) {
   if (err != std::errc() || p != port.data() + port.size() || n == 0 || n > 65535) {
     return MakeError(ErrorCode::kInvalidArgument, "s3 store: connect_to has a bad port");
   }
-  return std::make_pair(StripBrackets(host), std::string(port));
+  return std::make_pair(StripBrackets(host), static_cast<uint16_t>(n));
 }
 
 }  // namespace
@@ -543,39 +397,25 @@ Result<std::unique_ptr<BlobStore>> MakeS3BlobStore(S3StoreOptions o) {
     return MakeError(ErrorCode::kInvalidArgument, "s3 store: list_page_size must be 1..1000");
   }
 
-  Target target;
+  net::Endpoint target;
   target.tls = endpoint->scheme == "https";
-  target.tls_name = StripBrackets(o.path_style ? endpoint->host : o.bucket + "." + endpoint->host);
-  target.connect_host = target.tls_name;
-  target.connect_port =
-      std::to_string(endpoint->port != 0 ? endpoint->port : (target.tls ? 443 : 80));
+  // The name the certificate must carry (and SNI): the bucket's host, without brackets.
+  target.host = StripBrackets(o.path_style ? endpoint->host : o.bucket + "." + endpoint->host);
+  target.port = endpoint->port != 0 ? endpoint->port : (target.tls ? 443 : 80);
   if (!o.connect_to.empty()) {
     AIRLOCK_ASSIGN_OR_RETURN(auto to, ParseConnectTo(o.connect_to));
     target.connect_host = std::move(to.first);
-    target.connect_port = std::move(to.second);
+    target.connect_port = to.second;
   }
 
-  auto tls = std::make_unique<ssl::context>(ssl::context::tls_client);
-  beast::error_code ec;
-  tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                   ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-  tls->set_default_verify_paths(ec);
-  if (ec) {
-    return Errorf(ErrorCode::kUnavailable, "s3 store: cannot load the system trust store: {}",
-                  ec.message());
+  auto tls = net::MakeTlsClientContext(o.ca_file);
+  if (!tls) {
+    return Errorf(tls.error().code, "s3 store: {}", tls.error().message);
   }
-  if (!o.ca_file.empty()) {
-    tls->load_verify_file(o.ca_file, ec);
-    if (ec) {
-      return Errorf(ErrorCode::kInvalidArgument, "s3 store: cannot load ca_file \"{}\": {}",
-                    o.ca_file, ec.message());
-    }
-  }
-  tls->set_verify_mode(ssl::verify_peer);
 
   S3Endpoint ep = std::move(*endpoint);
   return std::make_unique<S3BlobStore>(std::move(o), std::move(ep), std::move(target),
-                                       std::move(tls));
+                                       std::move(*tls));
 }
 
 }  // namespace airlock::files

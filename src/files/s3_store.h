@@ -3,7 +3,8 @@
 // The S3 blob store: sessions' files are objects in one bucket of S3 or an S3-compatible
 // service, at <prefix><session_id>/<name>. The sandbox moves the bytes itself through SigV4
 // presigned URLs; the control plane only signs URLs and, for listings and existence checks,
-// sends its own header-signed requests over a small blocking HTTP/1.1 client.
+// sends its own header-signed requests through the network module's client (net/http_client.h),
+// one blocking request at a time.
 //
 // Security: a presigned URL names one key, one method and an expiry; an upload URL also signs
 // its Content-Length (and Content-Type when given), because S3 cannot cap a presigned PUT any

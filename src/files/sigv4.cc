@@ -12,6 +12,7 @@
 
 #include "common/crypto.h"
 #include "common/url.h"
+#include "net/url.h"
 
 namespace airlock::files {
 namespace {
@@ -257,69 +258,45 @@ bool HasHeader(const Params& headers, std::string_view lower_name) {
 
 }  // namespace
 
+// An adapter of net::SplitUrl that keeps the S3 store's messages; the S3-specific rules (a
+// lower-case host of DNS labels, a region, no IP address in virtual-hosted style) follow.
 Result<S3Endpoint> ParseS3Endpoint(std::string_view url, std::string region, bool path_style) {
-  size_t sep = url.find("://");
-  if (sep == std::string_view::npos) {
-    return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint must look like https://host[:port]");
+  auto parsed = net::SplitUrl(url);
+  if (!parsed) {
+    switch (parsed.error()) {
+      case net::UrlProblem::kNoScheme:
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "S3 endpoint must look like https://host[:port]");
+      case net::UrlProblem::kScheme:
+        return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint scheme must be http or https");
+      case net::UrlProblem::kUserInfo:
+        return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint must not carry user information");
+      case net::UrlProblem::kIpv6Unclosed:
+        return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint has an unclosed IPv6 literal");
+      case net::UrlProblem::kAfterIpv6:
+        return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint has text after its IPv6 literal");
+      case net::UrlProblem::kEmptyPort:
+        return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint port is empty");
+      case net::UrlProblem::kBadPort:
+        return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint port must be a number in 1..65535");
+      case net::UrlProblem::kNoHost:
+      case net::UrlProblem::kBadHost:
+        return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint host is not a valid host name");
+      case net::UrlProblem::kBadPath:
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "S3 endpoint must not have a path, a query or a fragment");
+    }
   }
-  S3Endpoint e;
-  e.scheme = Lower(url.substr(0, sep));
-  e.region = std::move(region);
-  e.path_style = path_style;
-  if (e.scheme != "https" && e.scheme != "http") {
-    return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint scheme must be http or https");
-  }
-  std::string_view rest = url.substr(sep + 3);
-  size_t authority_end = rest.find_first_of("/?#");
-  std::string_view authority = rest.substr(0, authority_end);
-  if (authority_end != std::string_view::npos && rest.substr(authority_end) != "/") {
+  if ((!parsed->path.empty() && parsed->path != "/") || parsed->has_query || parsed->has_fragment) {
     return Errorf(ErrorCode::kInvalidArgument,
                   "S3 endpoint must not have a path, a query or a fragment");
   }
-  if (authority.find('@') != std::string_view::npos) {
-    return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint must not carry user information");
-  }
-  std::string_view host = authority;
-  std::string_view port;
-  if (!authority.empty() && authority.front() == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) {
-      return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint has an unclosed IPv6 literal");
-    }
-    host = authority.substr(0, close + 1);
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after.front() != ':') {
-        return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint has text after its IPv6 literal");
-      }
-      port = after.substr(1);
-      if (port.empty()) {
-        return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint port is empty");
-      }
-    }
-  } else if (size_t colon = authority.find(':'); colon != std::string_view::npos) {
-    host = authority.substr(0, colon);
-    port = authority.substr(colon + 1);
-    if (port.empty()) {
-      return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint port is empty");
-    }
-  }
-  e.host = Lower(host);
-  if (!port.empty()) {
-    unsigned value = 0;
-    bool digits = port.size() <= 5 && std::all_of(port.begin(), port.end(),
-                                                  [](char c) { return c >= '0' && c <= '9'; });
-    if (digits) {
-      std::from_chars(port.data(), port.data() + port.size(), value);
-    }
-    if (!digits || value == 0 || value > 65535) {
-      return Errorf(ErrorCode::kInvalidArgument, "S3 endpoint port must be a number in 1..65535");
-    }
-    e.port = static_cast<uint16_t>(value);
-    if (e.port == DefaultPort(e.scheme)) {
-      e.port = 0;
-    }
-  }
+  S3Endpoint e;
+  e.scheme = parsed->scheme;
+  e.region = std::move(region);
+  e.path_style = path_style;
+  e.host = Lower(parsed->ipv6 ? "[" + parsed->host + "]" : parsed->host);
+  e.port = parsed->port_given && parsed->port != DefaultPort(e.scheme) ? parsed->port : 0;
   AIRLOCK_TRY(ValidateEndpoint(e));
   return e;
 }

@@ -1,480 +1,77 @@
 #include "llm/upstream_client.h"
 
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
+#include <string>
+#include <utility>
 
-#include <algorithm>
-#include <cctype>
-#include <ctime>
-#include <optional>
-#include <random>
-
-#include <boost/asio/ssl.hpp>
-#include <boost/beast/ssl.hpp>
-
-#include "common/log.h"
+#include "net/url.h"
 
 namespace airlock::llm {
-
-namespace ssl = asio::ssl;
-using Clock = std::chrono::steady_clock;
-using std::chrono::milliseconds;
 
 std::string Endpoint::Key() const {
   return fmt::format("{}://{}:{}", tls ? "https" : "http", host, port);
 }
 
+// An adapter of net::SplitUrl that keeps the messages configuration errors have always had.
 Result<Endpoint> ParseBaseUrl(std::string_view url) {
-  Endpoint ep;
-  std::string_view rest;
-  if (url.starts_with("https://")) {
-    rest = url.substr(8);
-  } else if (url.starts_with("http://")) {
-    ep.tls = false;
-    ep.port = 80;
-    rest = url.substr(7);
-  } else {
-    return Errorf(ErrorCode::kInvalidArgument,
-                  "base_url \"{}\" must start with http:// or https://", url);
+  auto parsed = net::SplitUrl(url);
+  if (!parsed) {
+    switch (parsed.error()) {
+      case net::UrlProblem::kNoScheme:
+      case net::UrlProblem::kScheme:
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "base_url \"{}\" must start with http:// or https://", url);
+      case net::UrlProblem::kUserInfo:
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "base_url \"{}\": user info, query and fragment are not allowed", url);
+      case net::UrlProblem::kNoHost:
+        return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\" has no host", url);
+      case net::UrlProblem::kIpv6Unclosed:
+        return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad IPv6 host", url);
+      case net::UrlProblem::kAfterIpv6:
+      case net::UrlProblem::kBadHost:
+        return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad host", url);
+      case net::UrlProblem::kEmptyPort:
+      case net::UrlProblem::kBadPort:
+        return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad port", url);
+      case net::UrlProblem::kBadPath:
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "base_url \"{}\": a space or a control character in the path", url);
+    }
   }
-  size_t slash = rest.find('/');
-  std::string_view authority = rest.substr(0, slash);
-  std::string_view path = slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
-  if (authority.find('@') != std::string_view::npos ||
-      path.find_first_of("?#") != std::string_view::npos) {
+  if (parsed->has_query || parsed->has_fragment) {
     return Errorf(ErrorCode::kInvalidArgument,
                   "base_url \"{}\": user info, query and fragment are not allowed", url);
   }
-  std::string_view host = authority;
-  if (authority.starts_with('[')) {  // [IPv6]:port
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos)
-      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad IPv6 host", url);
-    host = authority.substr(1, close - 1);
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty() && !after.starts_with(':')) {
-      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad host", url);
-    }
-    authority = after;
-  } else if (size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
-    host = authority.substr(0, colon);
-    authority = authority.substr(colon);
-  } else {
-    authority = {};
-  }
-  if (authority.starts_with(':')) {
-    std::string_view digits = authority.substr(1);
-    if (digits.empty() || digits.size() > 5 ||
-        !std::all_of(digits.begin(), digits.end(), ::isdigit)) {
-      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad port", url);
-    }
-    int port = std::stoi(std::string(digits));
-    if (port < 1 || port > 65535)
-      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad port", url);
-    ep.port = static_cast<uint16_t>(port);
-  }
-  if (host.empty()) return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\" has no host", url);
-  for (char ch : host) {
-    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '-' && ch != ':' &&
-        ch != '_') {
-      return Errorf(ErrorCode::kInvalidArgument, "base_url \"{}\": bad host", url);
-    }
-  }
-  ep.host = std::string(host);
+  Endpoint ep;
+  ep.tls = parsed->tls();
+  ep.host = std::move(parsed->host);
+  ep.port = parsed->port;
+  std::string_view path = parsed->path;
   while (path.ends_with('/')) path.remove_suffix(1);
   ep.base_path = std::string(path);
   return ep;
 }
 
-void CallCancel::Cancel() {
-  cancelled_ = true;
-  if (auto hook = std::move(hook_)) hook();
-  hook_ = nullptr;
-}
-
-int64_t ParseRetryAfter(std::string_view value, int64_t now_unix) {
-  while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
-  while (!value.empty() && value.back() == ' ') value.remove_suffix(1);
-  if (value.empty()) return -1;
-  if (std::all_of(value.begin(), value.end(), ::isdigit)) {
-    if (value.size() > 9) return -1;
-    return std::stoll(std::string(value));
-  }
-  // HTTP-date, IMF-fixdate form: "Wed, 21 Oct 2015 07:28:00 GMT".
-  std::tm tm{};
-  std::string text(value);
-  const char* end = ::strptime(text.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  if (end == nullptr || *end != '\0') return -1;
-  int64_t at = ::timegm(&tm);
-  return std::max<int64_t>(0, at - now_unix);
-}
-
-struct UpstreamClient::Connection {
-  std::unique_ptr<beast::tcp_stream> plain;
-  std::unique_ptr<beast::ssl_stream<beast::tcp_stream>> tls;
-  beast::flat_buffer buffer;
-
-  beast::tcp_stream& lowest() { return tls ? beast::get_lowest_layer(*tls) : *plain; }
-  void Close() {
-    beast::error_code ec;
-    lowest().socket().shutdown(asio::ip::tcp::socket::shutdown_both, ec);
-    lowest().close();
-  }
-};
-
-namespace {
-
-bool RetryableStatus(unsigned status) { return status == 429 || (status >= 500 && status <= 599); }
-
-// Interrupts the connection's pending operation on cancel; unregisters on scope exit.
-class CancelScope {
- public:
-  CancelScope(CallCancel& cancel, std::function<void()> hook) : cancel_(cancel) {
-    cancel_.OnCancel(std::move(hook));
-  }
-  ~CancelScope() { cancel_.Clear(); }
-  CancelScope(const CancelScope&) = delete;
-  CancelScope& operator=(const CancelScope&) = delete;
-
- private:
-  CallCancel& cancel_;
-};
-
-Clock::time_point Earliest(Clock::time_point a, Clock::time_point b) { return std::min(a, b); }
-
-std::string HostHeader(const Endpoint& ep) {
-  bool default_port = (ep.tls && ep.port == 443) || (!ep.tls && ep.port == 80);
-  std::string host = ep.host.find(':') != std::string::npos ? "[" + ep.host + "]" : ep.host;
-  return default_port ? host : fmt::format("{}:{}", host, ep.port);
-}
-
-bool IsIpLiteral(const std::string& host) {
-  beast::error_code ec;
-  asio::ip::make_address(host, ec);
-  return !ec;
-}
-
-// What went wrong on the wire, for a message: timeouts and cancellation named plainly.
-std::string Describe(const beast::error_code& ec) {
-  if (ec == beast::error::timeout) return "timed out";
-  if (ec == asio::error::operation_aborted) return "cancelled";
-  if (ec == http::error::end_of_stream || ec == asio::error::eof)
-    return "connection closed by the provider";
-  return ec.message();
-}
-
-}  // namespace
-
-UpstreamClient::UpstreamClient(asio::io_context& io, UpstreamOptions options)
-    : io_(io), options_(std::move(options)) {}
-
-UpstreamClient::~UpstreamClient() = default;
-
 Result<std::unique_ptr<UpstreamClient>> UpstreamClient::Make(asio::io_context& io,
                                                              UpstreamOptions options) {
-  std::unique_ptr<UpstreamClient> c(new UpstreamClient(io, std::move(options)));
-  c->tls_ = std::make_unique<ssl::context>(ssl::context::tls_client);
-  beast::error_code ec;
-  c->tls_->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                       ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-  c->tls_->set_default_verify_paths(ec);
-  if (ec)
-    return Errorf(ErrorCode::kUnavailable, "TLS: cannot load the system trust store: {}",
-                  ec.message());
-  if (!c->options_.ca_file.empty()) {
-    c->tls_->load_verify_file(c->options_.ca_file, ec);
-    if (ec) {
-      return Errorf(ErrorCode::kInvalidArgument, "TLS: cannot load ca_file \"{}\": {}",
-                    c->options_.ca_file, ec.message());
-    }
-  }
-  c->tls_->set_verify_mode(ssl::verify_peer);
-  return c;
-}
-
-std::unique_ptr<UpstreamClient::Connection> UpstreamClient::TakeIdle(const std::string& key) {
-  auto it = idle_.find(key);
-  if (it == idle_.end() || it->second.empty()) return nullptr;
-  auto c = std::move(it->second.back());
-  it->second.pop_back();
-  return c;
-}
-
-void UpstreamClient::PutIdle(const std::string& key, std::unique_ptr<Connection> c) {
-  auto& list = idle_[key];
-  if (list.size() >= options_.max_idle_per_host) {
-    c->Close();
-    return;
-  }
-  list.push_back(std::move(c));
-}
-
-awaitable<Result<std::unique_ptr<UpstreamClient::Connection>>> UpstreamClient::Connect(
-    const Endpoint& ep, CallCancel& cancel, Clock::time_point deadline) {
-  const Clock::time_point until = Earliest(Clock::now() + options_.connect_timeout, deadline);
-  const std::string where = fmt::format("{}:{}", ep.host, ep.port);
-  beast::error_code ec;
-  asio::ip::tcp::resolver::results_type endpoints;
-  {
-    asio::ip::tcp::resolver resolver(io_);
-    asio::steady_timer timer(io_);
-    timer.expires_at(until);
-    bool timed_out = false;
-    timer.async_wait([&resolver, &timed_out](beast::error_code tec) {
-      if (!tec) {
-        timed_out = true;
-        resolver.cancel();
-      }
-    });
-    CancelScope scope(cancel, [&resolver] { resolver.cancel(); });
-    endpoints = co_await resolver.async_resolve(ep.host, std::to_string(ep.port),
-                                                asio::redirect_error(use_awaitable, ec));
-    timer.cancel();
-    if (timed_out) ec = beast::error::timeout;
-  }
-  if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
-  if (ec) {
-    co_return Errorf(
-        ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-        "cannot resolve {}: {}", ep.host, Describe(ec));
-  }
-  auto c = std::make_unique<Connection>();
-  if (ep.tls) {
-    c->tls = std::make_unique<beast::ssl_stream<beast::tcp_stream>>(io_, *tls_);
-  } else {
-    c->plain = std::make_unique<beast::tcp_stream>(io_);
-  }
-  {
-    CancelScope scope(cancel, [conn = c.get()] { conn->lowest().cancel(); });
-    c->lowest().expires_at(until);
-    co_await c->lowest().async_connect(endpoints, asio::redirect_error(use_awaitable, ec));
-  }
-  if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
-  if (ec) {
-    co_return Errorf(
-        ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-        "cannot connect to {}: {}", where, Describe(ec));
-  }
-  c->lowest().socket().set_option(asio::ip::tcp::no_delay(true), ec);
-  if (ep.tls) {
-    SSL* s = c->tls->native_handle();
-    X509_VERIFY_PARAM* param = SSL_get0_param(s);
-    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-    int ok = IsIpLiteral(ep.host)
-                 ? X509_VERIFY_PARAM_set1_ip_asc(param, ep.host.c_str())
-                 : X509_VERIFY_PARAM_set1_host(param, ep.host.c_str(), ep.host.size());
-    if (ok != 1)
-      co_return Errorf(ErrorCode::kUnavailable, "TLS: cannot verify host name {}", ep.host);
-    if (!IsIpLiteral(ep.host)) SSL_set_tlsext_host_name(s, ep.host.c_str());
-    {
-      CancelScope scope(cancel, [conn = c.get()] { conn->lowest().cancel(); });
-      c->lowest().expires_at(until);
-      co_await c->tls->async_handshake(ssl::stream_base::client,
-                                       asio::redirect_error(use_awaitable, ec));
-    }
-    if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
-    if (ec) {
-      std::string why = Describe(ec);
-      long verify = SSL_get_verify_result(s);
-      if (verify != X509_V_OK)
-        why = fmt::format("certificate verification failed: {}",
-                          X509_verify_cert_error_string(verify));
-      co_return Errorf(
-          ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-          "TLS handshake with {} failed: {}", where, why);
-    }
-  }
-  ++stats_.connections_opened;
-  co_return c;
+  options.log_name = "llm upstream";
+  auto http = net::HttpClient::Make(io, std::move(options));
+  if (!http) return Errorf(http.error().code, "TLS: {}", http.error().message);
+  return std::unique_ptr<UpstreamClient>(new UpstreamClient(std::move(*http)));
 }
 
 awaitable<Result<UpstreamResponse>> UpstreamClient::Post(const Endpoint& ep, const HttpCall& call,
                                                          BodySink* sink, CallCancel& cancel) {
-  const Clock::time_point deadline = Clock::now() + options_.total_timeout;
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  for (int attempt = 0;; ++attempt) {
-    bool retryable = false;
-    std::string retry_after;
-    auto r = co_await Attempt(ep, call, sink, cancel, deadline, retryable, retry_after);
-    if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
-    if (r) r->attempts = attempt + 1;
-    if (r && !RetryableStatus(r->status)) co_return r;
-    if (!r && !retryable) co_return r;
-    if (attempt >= options_.max_retries) co_return r;
-    // Exponential backoff with jitter, or what the provider asked for.
-    auto base = std::min<int64_t>(options_.backoff_max.count(), options_.backoff_initial.count()
-                                                                    << std::min(attempt, 16));
-    milliseconds wait(
-        std::uniform_int_distribution<int64_t>(base / 2, std::max<int64_t>(base / 2, base))(rng));
-    if (r && !retry_after.empty()) {
-      int64_t s = ParseRetryAfter(retry_after, static_cast<int64_t>(std::time(nullptr)));
-      if (s >= 0) {
-        if (milliseconds(s * 1000) > options_.retry_after_max) co_return r;
-        wait = milliseconds(s * 1000);
-      }
-    }
-    if (Clock::now() + wait >= deadline) co_return r;
-    log::Info("llm upstream: retrying",
-              {{"upstream", ep.Key()},
-               {"attempt", attempt + 2},
-               {"after_ms", static_cast<int64_t>(wait.count())},
-               {"because", r ? fmt::format("status {}", r->status) : r.error().message}});
-    ++stats_.retries;
-    asio::steady_timer timer(io_);
-    timer.expires_after(wait);
-    beast::error_code ec;
-    {
-      CancelScope scope(cancel, [&timer] { timer.cancel(); });
-      co_await timer.async_wait(asio::redirect_error(use_awaitable, ec));
-    }
-    if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
-  }
-}
-
-awaitable<Result<UpstreamResponse>> UpstreamClient::Attempt(
-    const Endpoint& ep, const HttpCall& call, BodySink* sink, CallCancel& cancel,
-    Clock::time_point deadline, bool& retryable, std::string& retry_after) {
-  http::request<http::string_body> req{http::verb::post, ep.base_path + call.path, 11};
-  req.set(http::field::host, HostHeader(ep));
-  req.set(http::field::user_agent, "airlock");
-  for (const auto& [k, v] : call.headers) req.set(k, v);
-  req.keep_alive(true);
-  req.body() = call.body;
-  req.prepare_payload();
-
-  const std::string key = ep.Key();
-  const std::string where = fmt::format("{}:{}", ep.host, ep.port);
-  std::unique_ptr<Connection> c = TakeIdle(key);
-  bool reused = c != nullptr;
-  if (reused) ++stats_.connections_reused;
-  beast::error_code ec;
-  std::optional<http::response_parser<http::empty_body>> head;
-  for (;;) {
-    head.emplace();
-    head->header_limit(64 << 10);
-    if (!c) {
-      auto fresh = co_await Connect(ep, cancel, deadline);
-      if (!fresh) {
-        // A certificate that does not verify will not verify on the next try either.
-        retryable =
-            fresh.error().message.find("certificate verification failed") == std::string::npos &&
-            fresh.error().code != ErrorCode::kDeadlineExceeded;
-        co_return std::unexpected(fresh.error());
-      }
-      c = std::move(*fresh);
-      reused = false;
-    }
-    {
-      CancelScope scope(cancel, [conn = c.get()] { conn->lowest().cancel(); });
-      c->lowest().expires_at(Earliest(Clock::now() + options_.first_byte_timeout, deadline));
-      if (c->tls) {
-        co_await http::async_write(*c->tls, req, asio::redirect_error(use_awaitable, ec));
-      } else {
-        co_await http::async_write(*c->plain, req, asio::redirect_error(use_awaitable, ec));
-      }
-      if (!ec) {
-        if (c->tls) {
-          co_await http::async_read_header(*c->tls, c->buffer, *head,
-                                           asio::redirect_error(use_awaitable, ec));
-        } else {
-          co_await http::async_read_header(*c->plain, c->buffer, *head,
-                                           asio::redirect_error(use_awaitable, ec));
-        }
-      }
-    }
-    if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
-    if (!ec) break;
-    bool nothing_received = !head->got_some() && c->buffer.size() == 0;
-    c->Close();
-    c.reset();
-    if (reused && nothing_received && ec != beast::error::timeout) {
-      // The provider closed an idle pooled connection: a fresh one, at once, not a retry.
-      continue;
-    }
-    retryable = ec != beast::error::timeout;
-    if (ec == beast::error::timeout) {
-      co_return Errorf(ErrorCode::kDeadlineExceeded, "no answer to the request to {} in time",
-                       where);
-    }
-    co_return Errorf(ErrorCode::kUnavailable, "lost the connection to {} during the request: {}",
-                     where, Describe(ec));
-  }
-
-  UpstreamResponse out;
-  out.status = head->get().result_int();
-  if (auto it = head->get().find(http::field::retry_after); it != head->get().end()) {
-    retry_after = std::string(it->value());
-  }
-
-  if (sink != nullptr && out.status >= 200 && out.status < 300) {
-    http::response_parser<http::buffer_body> body(std::move(*head));
-    char buf[16 << 10];
-    bool stopped = false;
-    while (!body.is_done()) {
-      body.get().body().data = buf;
-      body.get().body().size = sizeof(buf);
-      {
-        CancelScope scope(cancel, [conn = c.get()] { conn->lowest().cancel(); });
-        c->lowest().expires_at(Earliest(Clock::now() + options_.first_byte_timeout, deadline));
-        // read_some: hand each piece on as it arrives, not once the buffer is full.
-        if (c->tls) {
-          co_await http::async_read_some(*c->tls, c->buffer, body,
-                                         asio::redirect_error(use_awaitable, ec));
-        } else {
-          co_await http::async_read_some(*c->plain, c->buffer, body,
-                                         asio::redirect_error(use_awaitable, ec));
-        }
-      }
-      if (ec == http::error::need_buffer) ec = {};
-      if (cancel.cancelled())
-        co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
-      size_t n = sizeof(buf) - body.get().body().size;
-      if (n > 0 && !co_await sink->OnData(std::string_view(buf, n))) {
-        stopped = true;
-        break;
-      }
-      if (ec) {
-        c->Close();
-        co_return Errorf(
-            ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-            "the answer from {} broke off: {}", where, Describe(ec));
-      }
-    }
-    if (!stopped && body.keep_alive()) {
-      PutIdle(key, std::move(c));
-    } else {
-      c->Close();
-    }
-    co_return out;
-  }
-
-  http::response_parser<http::string_body> body(std::move(*head));
-  body.body_limit(options_.max_response_bytes);
-  {
-    CancelScope scope(cancel, [conn = c.get()] { conn->lowest().cancel(); });
-    c->lowest().expires_at(Earliest(Clock::now() + options_.first_byte_timeout, deadline));
-    if (c->tls) {
-      co_await http::async_read(*c->tls, c->buffer, body, asio::redirect_error(use_awaitable, ec));
-    } else {
-      co_await http::async_read(*c->plain, c->buffer, body,
-                                asio::redirect_error(use_awaitable, ec));
-    }
-  }
-  if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
-  if (ec) {
-    c->Close();
-    co_return Errorf(
-        ec == beast::error::timeout ? ErrorCode::kDeadlineExceeded : ErrorCode::kUnavailable,
-        "the answer from {} broke off: {}", where,
-        ec == http::error::body_limit ? "larger than the response limit" : Describe(ec));
-  }
-  out.body = std::move(body.get().body());
-  if (body.keep_alive()) {
-    PutIdle(key, std::move(c));
-  } else {
-    c->Close();
-  }
-  co_return out;
+  net::Endpoint to;
+  to.tls = ep.tls;
+  to.host = ep.host;
+  to.port = ep.port;
+  net::HttpRequest request;
+  request.method = http::verb::post;
+  request.target = ep.base_path + call.path;
+  request.headers = call.headers;
+  request.body = call.body;
+  co_return co_await http_->Fetch(to, request, sink, cancel);
 }
 
 }  // namespace airlock::llm

@@ -4,9 +4,9 @@
 #include <string>
 #include <vector>
 
-#include "controlplane/http_server.h"
+#include "net/http_server.h"
 
-namespace airlock::controlplane {
+namespace airlock::net {
 
 // What a route accepts, known from the request line alone, so the server can refuse a body
 // before reading it.
@@ -47,4 +47,4 @@ class Router {
   std::vector<Route> routes_;
 };
 
-}  // namespace airlock::controlplane
+}  // namespace airlock::net

@@ -1,8 +1,8 @@
-#include "controlplane/router.h"
+#include "net/router.h"
 
 #include <gtest/gtest.h>
 
-namespace airlock::controlplane {
+namespace airlock::net {
 namespace {
 
 // A plain coroutine function, not a capturing lambda: the lambda object would be gone by
@@ -69,4 +69,4 @@ TEST(RouterTest, ListsItsRoutesInTheOrderAdded) {
 }
 
 }  // namespace
-}  // namespace airlock::controlplane
+}  // namespace airlock::net

@@ -1,6 +1,6 @@
-#include "controlplane/router.h"
+#include "net/router.h"
 
-namespace airlock::controlplane {
+namespace airlock::net {
 
 namespace {
 
@@ -89,4 +89,4 @@ awaitable<Response> Router::Dispatch(Request& req) const {
   co_return Response::FromError(404, "not_found", "no such route");
 }
 
-}  // namespace airlock::controlplane
+}  // namespace airlock::net

@@ -1,4 +1,4 @@
-#include "controlplane/http_server.h"
+#include "net/http_server.h"
 
 #include <fcntl.h>
 #include <malloc.h>
@@ -14,7 +14,7 @@
 #include "common/log.h"
 #include "common/url.h"
 
-namespace airlock::controlplane {
+namespace airlock::net {
 
 namespace {
 
@@ -877,4 +877,4 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
   }
 }
 
-}  // namespace airlock::controlplane
+}  // namespace airlock::net

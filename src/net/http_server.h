@@ -14,7 +14,7 @@
 #include "common/metrics.h"
 #include "common/result.h"
 
-namespace airlock::controlplane {
+namespace airlock::net {
 
 // Limits that protect the server from slow, large and numerous clients.
 struct HttpLimits {
@@ -207,4 +207,4 @@ class HttpServer {
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
-}  // namespace airlock::controlplane
+}  // namespace airlock::net
