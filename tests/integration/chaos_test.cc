@@ -242,8 +242,9 @@ backend operator
   }
 
   // An operator call through HAProxy. Reads are retried when the balancer had no answer for
-  // them (a replica dying under them); writes are not: the test must know whether each one
-  // was acknowledged.
+  // them (a replica dying under them). Writes only on HAProxy's own 503 (no server to send it
+  // to: not carried out, and not in the API's error shape): the test must know whether each
+  // write was acknowledged.
   HttpResult Op(verb method, const std::string& target, const std::string& body = "",
                 std::map<std::string, std::string> headers = {}) {
     for (int attempt = 0;; ++attempt) {
@@ -254,19 +255,28 @@ backend operator
         r.status = 0;
         r.body = e.what();
       }
-      const bool retry = method == verb::get && attempt < 20 &&
-                         (r.status == 0 || r.status == 502 || r.status == 503 || r.status == 504);
+      const bool retry =
+          attempt < 20 &&
+          ((r.status == 503 && r.error_code().empty()) ||
+           (method == verb::get && (r.status == 0 || r.status == 502 || r.status == 504)));
       if (!retry) return r;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   }
 
   // A sandbox call through HAProxy with `token`, as a sandbox makes it.
+  // A read, retried like Op's.
   unsigned SandboxStatus(const std::string& token, const std::string& target) {
-    try {
-      return HttpCall(hp_sandbox_, verb::get, target, token).status;
-    } catch (const std::exception&) {
-      return 0;
+    for (int attempt = 0;; ++attempt) {
+      unsigned status = 0;
+      try {
+        status = HttpCall(hp_sandbox_, verb::get, target, token).status;
+      } catch (const std::exception&) {
+      }
+      if (attempt >= 20 || (status != 0 && status != 502 && status != 503 && status != 504)) {
+        return status;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   }
 
