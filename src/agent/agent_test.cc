@@ -312,6 +312,78 @@ TEST(SandboxClient, AnInboxAnswerLostOnTheWayIsFoundInTheHistory) {
   EXPECT_EQ(c.pending(), 0u) << "taken messages are never sent again";
 }
 
+// What HAProxy answers when the replica it forwarded a request to dies before answering: a
+// 502 of its own, not the control plane's JSON error shape.
+std::string ProxyBadGateway() {
+  const std::string body =
+      "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete "
+      "response.\n</body></html>\n";
+  return "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: " +
+         std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+TEST(SandboxClient, AChatWhoseAnswerAProxyLostIsAdoptedNotSentTwice) {
+  std::atomic<int> chats{0};
+  TinyServer s([&](const SeenRequest& r) -> std::string {
+    if (r.target == "/sandbox/v1/llm/chat") {
+      ++chats;
+      return ProxyBadGateway();  // the replica stored the call, then died
+    }
+    if (r.target == "/sandbox/v1/history") {
+      return JsonAnswer(
+          200,
+          R"({"messages":[{"role":"user","content":"task"},{"role":"assistant","content":"stored"}]})");
+    }
+    return JsonAnswer(404, "{}");
+  });
+  SandboxClient c(s.url(), "t", "s", Quick());
+  c.Add({{"role", "user"}, {"content", "task"}});
+  auto reply = c.Chat(Json::array());
+  ASSERT_TRUE(reply) << reply.error().ToString();
+  EXPECT_EQ((*reply)["content"], "stored");
+  EXPECT_EQ(chats.load(), 1) << "sent again, the call would be stored twice";
+  EXPECT_EQ(c.pending(), 0u);
+}
+
+TEST(SandboxClient, AnInboxAnswerAProxyLostIsFoundInTheHistory) {
+  std::atomic<int> polls{0};
+  TinyServer s([&](const SeenRequest& r) -> std::string {
+    if (r.target.starts_with("/sandbox/v1/inbox")) {
+      return ++polls == 1 ? ProxyBadGateway() : JsonAnswer(204, "");
+    }
+    if (r.target == "/sandbox/v1/history") {
+      return JsonAnswer(200, R"({"messages":[{"role":"user","content":"the task"}]})");
+    }
+    return JsonAnswer(404, "{}");
+  });
+  SandboxClient c(s.url(), "t", "s", Quick());
+  auto got = c.Inbox(0);
+  ASSERT_TRUE(got) << got.error().ToString();
+  ASSERT_EQ(got->size(), 1u) << "the message the lost answer carried";
+  EXPECT_EQ((*got)[0]["content"], "the task");
+  EXPECT_EQ(polls.load(), 1);
+}
+
+TEST(SandboxClient, TheControlPlanesOwn502IsRetriedWithoutAsking) {
+  // An upstream model error: the control plane says so in its error shape and stored nothing.
+  std::atomic<int> chats{0}, histories{0};
+  TinyServer s([&](const SeenRequest& r) -> std::string {
+    if (r.target == "/sandbox/v1/llm/chat") {
+      return ++chats == 1
+                 ? JsonAnswer(502, R"({"error":{"code":"upstream_error","message":"it failed"}})")
+                 : JsonAnswer(200, R"({"message":{"role":"assistant","content":"ok"}})");
+    }
+    if (r.target == "/sandbox/v1/history") ++histories;
+    return JsonAnswer(404, "{}");
+  });
+  SandboxClient c(s.url(), "t", "s", Quick());
+  auto reply = c.Chat(Json::array());
+  ASSERT_TRUE(reply) << reply.error().ToString();
+  EXPECT_EQ((*reply)["content"], "ok");
+  EXPECT_EQ(chats.load(), 2);
+  EXPECT_EQ(histories.load(), 0);
+}
+
 TEST(SandboxClient, UploadsAndDownloadsThroughPresignedUrlsWithoutTheToken) {
   std::string base;
   TinyServer s([&](const SeenRequest& r) -> std::string {

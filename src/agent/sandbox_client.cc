@@ -147,6 +147,17 @@ ClientResult<HttpResponse> SandboxClient::Send(const Call& call, bool* ambiguous
       return res;
     } else {
       auto [code, message] = ErrorOf(*res);
+      // A 502 or 504 without the API's error shape comes from a proxy between the sandbox
+      // and the control plane (a load balancer in front of replicas): it may have forwarded
+      // the request to a replica that died before answering. Whether the call was carried
+      // out is then unknown, as after a broken connection.
+      if (ambiguous != nullptr && code.empty() && (res->status == 502 || res->status == 504)) {
+        *ambiguous = true;
+        return Err(ClientError::Kind::kUnreachable,
+                   call.method + " " + call.path.substr(0, call.path.find('?')) +
+                       ": a proxy lost the answer: " + message,
+                   res->status);
+      }
       bool again = Retryable(res->status);
       if (!again) {
         // 410: the session ended while the request was on its way (an upload, a long-poll).

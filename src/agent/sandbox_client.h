@@ -7,8 +7,9 @@
 //     made non-dumpable, so that the programs an agent starts cannot find the token in their
 //     environment, in /proc/<agent>/environ or in the agent's memory;
 //   - the conversation is tracked: Chat() sends only the messages added since the last call,
-//     and after an ambiguous failure asks the control plane whether the call was stored
-//     before sending anything again, so that nothing is lost or duplicated;
+//     and after an ambiguous failure (a broken connection, or a proxy's 502/504 without the
+//     API's error shape) asks the control plane whether the call was stored before sending
+//     anything again, so that nothing is lost or duplicated;
 //   - every request is retried with backoff while the control plane is unreachable (a restart,
 //     a sandbox that was frozen and thawed), within a deadline.
 //

@@ -102,6 +102,7 @@ class ServerProcess {
   uint16_t operator_port() const { return op_; }
   uint16_t sandbox_port() const { return sb_; }
   const std::string& home() const { return home_; }
+  pid_t pid() const { return pid_; }  // 0 when not running
   std::string log() const { return ReadFile(home_ + "/server.log"); }
 
  private:

@@ -236,7 +236,13 @@ class TcpProxy:
 
     def drop_answer(self, prefix, times=1):
         with self._lock:
-            self._drops.append([prefix.encode(), times])
+            self._drops.append([prefix.encode(), times, False])
+
+    def bad_gateway(self, prefix, times=1):
+        """Like ``drop_answer``, but the client gets what a load balancer sends when the server
+        it forwarded the request to dies before answering: its own 502, not the API's."""
+        with self._lock:
+            self._drops.append([prefix.encode(), times, True])
 
     def cut_all(self):
         with self._lock:
@@ -297,10 +303,12 @@ class TcpProxy:
             with self._lock:
                 self.requests.append(first.split(b"\r\n", 1)[0].decode("latin-1"))
                 drop = False
+                gateway = False
                 for d in self._drops:
                     if d[1] > 0 and first.startswith(d[0]):
                         d[1] -= 1
                         drop = True
+                        gateway = d[2]
                         break
             upstream.sendall(first)
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
@@ -312,6 +320,12 @@ class TcpProxy:
                 except OSError:
                     pass
                 time.sleep(0.1)
+                if gateway:
+                    body = b"<html><body><h1>502 Bad Gateway</h1></body></html>\n"
+                    client.sendall(
+                        b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
+                        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+                    )
                 with self._lock:
                     self.dropped += 1
                 return

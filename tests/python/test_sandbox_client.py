@@ -161,6 +161,27 @@ class SandboxClientTest(ServerTestCase):
         self.assertEqual(client.chat()["content"], "one")
         self.assertEqual([m["content"] for m in self.op.messages(self.sid)], ["captured task", "one"])
 
+    def test_a_chat_whose_answer_a_proxy_lost_is_not_sent_twice(self):
+        proxy = TcpProxy(self.server.sandbox_port)
+        self.addCleanup(proxy.close)
+        client = SandboxClient(proxy.url, self.env["SESSION_TOKEN"], retry_deadline_s=20)
+        client.inbox(wait=5)
+        client.add({"role": "user", "content": "only once"})
+        proxy.bad_gateway("POST /sandbox/v1/llm/chat")
+        self.assertEqual(client.chat()["content"], "one")
+        self.assertEqual(proxy.dropped, 1)
+        self.assertEqual(sum(1 for r in proxy.requests if r.startswith("POST /sandbox/v1/llm/chat")), 1)
+        self.assertEqual([m["content"] for m in self.op.messages(self.sid)], ["captured task", "only once", "one"])
+        self.assertEqual(self.op.get_session(self.sid)["usage"]["llm_calls"], 1)
+
+    def test_an_inbox_answer_a_proxy_lost_still_delivers_the_messages(self):
+        proxy = TcpProxy(self.server.sandbox_port)
+        self.addCleanup(proxy.close)
+        client = SandboxClient(proxy.url, self.env["SESSION_TOKEN"], retry_deadline_s=20)
+        proxy.bad_gateway("GET /sandbox/v1/inbox")
+        self.assertEqual(client.inbox(wait=5), [{"role": "user", "content": "captured task"}])
+        self.assertEqual(proxy.dropped, 1)
+
     def test_the_server_coming_up_late_is_retried(self):
         (port,) = free_ports(1)
         client = SandboxClient(f"http://127.0.0.1:{port}", self.env["SESSION_TOKEN"], retry_deadline_s=15)

@@ -17,7 +17,8 @@ inherits the token.
 
 Every call retries connection failures, timeouts, 502/503/504 and 409 with exponential
 backoff and jitter until ``retry_deadline_s`` has passed; other errors are raised at once as
-``AirlockError``. A 401 (the token was revoked: the session is over) and a 410 raise
+``AirlockError``. A 502/504 without the API's error shape (a load balancer's own) counts as a
+broken connection: the chat, the inbox and finish first check whether it was carried out. A 401 (the token was revoked: the session is over) and a 410 raise
 ``SessionEnded``.
 """
 
@@ -367,7 +368,14 @@ class SandboxClient:
         url = self.url + path
         status, _, raw = fetch(method, url, headers, data, timeout if timeout is not None else self.timeout)
         if not 200 <= status < 300:
-            raise self._error(status, raw)
+            err = self._error(status, raw)
+            if status in (502, 504) and err.code == f"http_{status}":
+                # Not the control plane's answer (it always sends its error shape) but that of a
+                # proxy in between (a load balancer in front of replicas), which may have
+                # forwarded the request to a replica that died before answering: as unknown as
+                # a connection that broke after the request went out.
+                raise TransportError(f"{method} {path.split('?')[0]}: {status} from a proxy: {err.message}", sent=True)
+            raise err
         return status, json_body(raw, f"{method} {path.split('?')[0]}")
 
     @staticmethod
