@@ -14,6 +14,7 @@
 #include "common/crypto.h"
 #include "common/log.h"
 #include "common/time_util.h"
+#include "controlplane/sandbox_spec.h"
 #include "controlplane/validation.h"
 
 namespace airlock::controlplane {
@@ -196,7 +197,7 @@ Status ControlPlane::Start() {
 
   for (const auto& name : backends_->Names()) {
     auto* b = backends_->Find(name);
-    if (!b->isolated()) {
+    if (!b->capabilities().isolated) {
       log::Warn("backend without isolation is registered",
                 {{"backend", name}, {"enabled", config_.allow_unisolated_backends}});
     }
@@ -666,9 +667,10 @@ awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
 }
 
 sandbox::SandboxSpec ControlPlane::SpecFor(const store::Session& s, const Secret& token) const {
-  return sandbox::SandboxSpec{
-      s.id,    token,     SandboxUrl(), ControlSocketDir(s.id), config_.home + "/sessions/" + s.id,
-      s.image, s.command, s.limits};
+  auto* backend = backends_->Find(s.backend);
+  return MakeSandboxSpec(
+      s, backend ? backend->capabilities() : sandbox::Capabilities{}, token,
+      {ControlSocketDir(s.id), config_.home + "/sessions/" + s.id, SandboxUrl()});
 }
 
 awaitable<Result<std::string>> ControlPlane::StartSandbox(sandbox::Backend* backend,
@@ -678,15 +680,18 @@ awaitable<Result<std::string>> ControlPlane::StartSandbox(sandbox::Backend* back
   // here, not when the session is created: a session taken over from another replica gets
   // its first sandbox on this one in a restart.
   std::error_code ec;
-  fs::create_directories(spec.control_socket_dir, ec);
-  ::chmod(spec.control_socket_dir.c_str(), 0755);
   fs::create_directories(spec.work_dir, ec);
   ::chmod(spec.work_dir.c_str(), 0700);
+  fs::create_directories(spec.channel.host_dir, ec);
+  ::chmod(spec.channel.host_dir.c_str(), 0755);
+  // The sandbox's id is its session's: the socket serves that session only.
   Status listen =
-      sandbox_server_->ListenUnix(spec.control_socket_dir + "/control.sock", spec.session_id);
+      sandbox_server_->ListenUnix(spec.channel.host_dir + "/control.sock", spec.sandbox_id);
   if (!listen) co_return std::unexpected(listen.error());
-  co_return co_await RunBlocking(sandbox_pool_,
-                                 [&backend, &spec] { return backend->Create(spec); });
+  auto started =
+      co_await RunBlocking(sandbox_pool_, [&backend, &spec] { return backend->Create(spec); });
+  if (!started) co_return std::unexpected(started.error());
+  co_return std::move(started->handle);
 }
 
 awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) {

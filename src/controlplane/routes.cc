@@ -207,14 +207,14 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
     std::string names;
     for (const auto& n : backends_->Names()) {
       auto* b = backends_->Find(n);
-      if (b->isolated() || config_.allow_unisolated_backends)
+      if (b->capabilities().isolated || config_.allow_unisolated_backends)
         names += (names.empty() ? "" : ", ") + n;
     }
     co_return Response::FromError(400, "invalid_argument",
                                   fmt::format("backend \"{}\" is not available; available: {}",
                                               s.backend, names.empty() ? "none" : names));
   }
-  if (!backend->isolated() && !config_.allow_unisolated_backends) {
+  if (!backend->capabilities().isolated && !config_.allow_unisolated_backends) {
     co_return Response::FromError(403, "permission_denied",
                                   fmt::format("backend \"{}\" does not isolate sandboxes; enable "
                                               "it with sandbox.allow_unisolated_backends",
@@ -440,10 +440,14 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
         fmt::format("the session's sandbox runs on replica \"{}\"; send the {} there", s.node, op));
   }
   auto* backend = backends_->Find(s.backend);
+  std::optional<std::string> resumed_handle;
   if (backend && !s.sandbox_handle.empty()) {
-    auto st = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle, suspend] {
-      return suspend ? backend->Suspend(h) : backend->Resume(h);
-    });
+    auto st = co_await RunBlocking(
+        sandbox_pool_, [&backend, &h = s.sandbox_handle, suspend, &resumed_handle]() -> Status {
+          if (suspend) return backend->Suspend(h);
+          AIRLOCK_ASSIGN_OR_RETURN(resumed_handle, backend->Resume(h));
+          return Ok();
+        });
     if (!st) {
       metrics_->sandbox_errors.With({s.backend, op}).Inc();
       // A suspended sandbox that is gone (the host rebooted, someone removed it) is replaced
@@ -462,7 +466,8 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
       co_return Response::FromError(st.error());
     }
   }
-  store::StateChange change{{from}, to, std::nullopt, false, std::nullopt};
+  // A backend that resumed from a snapshot may have made a new sandbox handle.
+  store::StateChange change{{from}, to, std::nullopt, false, resumed_handle};
   AIRLOCK_CO_ASSIGN(auto out, co_await RunBlocking(pool_, [this, &id, &change] {
                       return store_->ChangeState(id, change);
                     }));

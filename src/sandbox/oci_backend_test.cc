@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include "common/crypto.h"
+#include "common/json_util.h"
 #include "sandbox/subprocess.h"
 
 namespace airlock::sandbox {
@@ -122,22 +123,22 @@ class OciBackendTest : public ::testing::Test {
                      const std::string& image = "busybox") {
     static int n = 0;
     SandboxSpec spec;
-    spec.session_id = fmt::format("ses_test{}{}", ::getpid(), ++n);
-    spec.token = NewToken("ast_");
-    spec.control_plane_url = "unused";
-    spec.control_socket_dir = dir_ + "/run-" + spec.session_id;
-    spec.work_dir = dir_ + "/work-" + spec.session_id;
-    fs::create_directories(spec.control_socket_dir);
+    spec.sandbox_id = fmt::format("ses_test{}{}", ::getpid(), ++n);
+    spec.identity = Identity{spec.sandbox_id, NewToken("ast_"), "unused"};
+    spec.channel.host_dir = dir_ + "/run-" + spec.sandbox_id;
+    spec.work_dir = dir_ + "/work-" + spec.sandbox_id;
+    fs::create_directories(spec.channel.host_dir);
     fs::create_directories(spec.work_dir);
-    control_sockets_.push_back(std::make_unique<FakeControlSocket>(spec.control_socket_dir));
-    spec.image = image;
-    spec.command = std::move(command);
-    spec.limits = std::move(limits);
+    control_sockets_.push_back(std::make_unique<FakeControlSocket>(spec.channel.host_dir));
+    spec.image.name = image;
+    for (const auto& a : command) spec.command.argv.push_back(a.get<std::string>());
+    if (auto m = limits.find("memory_mb"); m != limits.end()) spec.limits.memory_mb = *m;
+    if (auto p = limits.find("pids"); p != limits.end()) spec.limits.pids = *p;
     auto h = backend_->Create(spec);
     EXPECT_TRUE(h.has_value()) << h.error().message;
     if (!h) return {};
-    handles_.push_back(*h);
-    return *h;
+    handles_.push_back(h->handle);
+    return h->handle;
   }
 
   SandboxStatus WaitFor(const std::string& h, SandboxState want, int timeout_ms = 20000) {
@@ -322,13 +323,13 @@ TEST_F(OciBackendTest, ARestartedBackendKeepsTheUidsOfSandboxesNotYetDestroyed) 
   WaitFor(b, SandboxState::kExited);
   EXPECT_NE(UidLine(Log(b)), ua) << Log(b);
   SandboxSpec spec;
-  spec.session_id = "ses_third";
+  spec.sandbox_id = "ses_third";
   spec.work_dir = dir_ + "/work-third";
-  spec.control_socket_dir = dir_;
-  spec.image = "busybox";
+  spec.channel.host_dir = dir_;
+  spec.image.name = "busybox";
   fs::create_directories(spec.work_dir);
   auto c = backend_->Create(spec);
-  ASSERT_FALSE(c.has_value()) << "both uids are held: " << *c;
+  ASSERT_FALSE(c.has_value()) << "both uids are held: " << c->handle;
   EXPECT_NE(c.error().message.find("no free sandbox uid"), std::string::npos) << c.error().message;
   auto probe = backend_->Probe();  // the readiness probe sees it too
   ASSERT_FALSE(probe.has_value());
@@ -338,7 +339,7 @@ TEST_F(OciBackendTest, ARestartedBackendKeepsTheUidsOfSandboxesNotYetDestroyed) 
   EXPECT_TRUE(backend_->Probe().has_value());
   c = backend_->Create(spec);
   ASSERT_TRUE(c.has_value()) << c.error().message;
-  handles_.push_back(*c);
+  handles_.push_back(c->handle);
 }
 
 TEST_F(OciBackendTest, ProbeSaysWhatCreateWouldMissWithoutCreatingASandbox) {
@@ -416,20 +417,20 @@ TEST_F(OciBackendTest, CgroupLimitsAreApplied) {
 
 TEST_F(OciBackendTest, ErrorsAreClear) {
   SandboxSpec spec;
-  spec.session_id = "ses_bad";
+  spec.sandbox_id = "ses_bad";
   spec.work_dir = dir_ + "/work-bad";
-  spec.control_socket_dir = dir_;
-  spec.image = "no-such-image";
+  spec.channel.host_dir = dir_;
+  spec.image.name = "no-such-image";
   auto r = backend_->Create(spec);
   ASSERT_FALSE(r.has_value());
   EXPECT_NE(r.error().message.find("no-such-image"), std::string::npos);
-  spec.image = "busybox";
-  spec.command = Json::array({"/bin/does-not-exist"});
+  spec.image.name = "busybox";
+  spec.command.argv = {"/bin/does-not-exist"};
   fs::create_directories(spec.work_dir);
   auto h = backend_->Create(spec);
   if (h) {
-    handles_.push_back(*h);
-    WaitFor(*h, SandboxState::kExited);
+    handles_.push_back(h->handle);
+    WaitFor(h->handle, SandboxState::kExited);
   }
   EXPECT_EQ(backend_->Inspect("garbage").error().code, ErrorCode::kInvalidArgument);
   EXPECT_EQ(backend_->Inspect("airlock-ses_gone:/tmp/nowhere")->state, SandboxState::kMissing);

@@ -47,10 +47,17 @@ inline void RaiseFdLimit() {
 // made to it.
 class TestBackend : public sandbox::Backend {
  public:
+  // A spec as Create got it, with the identity it carried spelled out.
+  struct Recorded {
+    sandbox::SandboxSpec spec;
+    std::string session_id;
+    Secret token;
+    std::string control_plane_url;
+  };
   struct Shared {
     std::mutex mu;
     std::condition_variable changed;  // notified on every state change
-    std::map<std::string, sandbox::SandboxSpec> specs;
+    std::map<std::string, Recorded> specs;
     std::map<std::string, std::string> state;  // handle -> running/paused/destroyed
     bool fail_create = false;
     std::string probe_error;   // Probe fails with this when set
@@ -69,17 +76,33 @@ class TestBackend : public sandbox::Backend {
   };
   explicit TestBackend(std::shared_ptr<Shared> shared) : s_(std::move(shared)) {}
   std::string_view name() const override { return "test"; }
-  bool isolated() const override { return true; }
-  Result<std::string> Create(const sandbox::SandboxSpec& spec) override {
+  sandbox::Capabilities capabilities() const override {
+    sandbox::Capabilities c;
+    c.isolated = true;
+    c.suspend = sandbox::Capabilities::Suspend::kFreeze;
+    c.channel = sandbox::Channel::Kind::kUnixDir;
+    c.identity = sandbox::Capabilities::IdentityDelivery::kInSpec;
+    return c;
+  }
+  Result<sandbox::Started> Create(const sandbox::SandboxSpec& spec) override {
     std::lock_guard l(s_->mu);
     if (s_->fail_create) return MakeError(ErrorCode::kUnavailable, "test backend told to fail");
-    s_->specs[spec.session_id] = spec;
-    s_->state["test:" + spec.session_id] = "running";
+    Recorded r{spec, spec.sandbox_id, Secret(), ""};
+    if (spec.identity) {
+      r.session_id = spec.identity->session_id;
+      r.token = spec.identity->token;
+      r.control_plane_url = spec.identity->control_plane_url;
+    }
+    s_->specs[spec.sandbox_id] = std::move(r);
+    s_->state["test:" + spec.sandbox_id] = "running";
     s_->changed.notify_all();
-    return "test:" + spec.session_id;
+    return sandbox::Started{"test:" + spec.sandbox_id, sandbox::SandboxState::kRunning};
   }
   Status Suspend(const std::string& h) override { return Set(h, "paused"); }
-  Status Resume(const std::string& h) override { return Set(h, "running"); }
+  Result<std::string> Resume(const std::string& h) override {
+    AIRLOCK_TRY(Set(h, "running"));
+    return h;
+  }
   Status Destroy(const std::string& h) override { return Set(h, "destroyed"); }
   Result<sandbox::SandboxStatus> Inspect(const std::string& h) override {
     std::lock_guard l(s_->mu);
