@@ -61,6 +61,8 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       llm_(std::make_unique<LlmProxy>(io, config_, *store_, pool_, events_, conversations_,
                                       registry_)),
       files_(std::make_unique<FileService>(config_, *store_, pool_, events_, registry_)),
+      identity_(
+          std::make_unique<IdentityService>(*store_, pool_, config_.node, events_, registry_)),
       reconcile_timer_(io) {
   RegisterOperatorRoutes();
   RegisterSandboxRoutes();
@@ -627,7 +629,9 @@ awaitable<void> ControlPlane::SuspendIfIdle(const store::Session& s, int64_t now
 
 awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
   auto* backend = backends_->Find(s.backend);
-  if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty() || !Owns(s))
+  // A starting session's sandbox waits for its identity (or is being made: no handle yet).
+  if ((s.state != SessionState::kRunning && s.state != SessionState::kStarting) || !backend ||
+      s.sandbox_handle.empty() || !Owns(s))
     co_return;
   BusyMark mark(sandbox_busy_, s.id);
   if (!mark.held()) co_return;
@@ -655,6 +659,12 @@ awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
   }
   agent_exits_.erase(s.id);
   std::string why = SandboxExitReason(st);
+  if (s.state == SessionState::kStarting) {
+    // Gone before it took its identity: no agent ever ran, so a fresh sandbox would most
+    // likely fail the same way (an image without a shell, a broken airlock-init).
+    co_await EndSession(s.id, SessionState::kFailed, why + " before its agent started");
+    co_return;
+  }
   // An agent that exited on its own, without finishing, gave up, and one that ran out of
   // memory hit the session's own limit (it would again): the session fails. A sandbox that
   // was killed or vanished took the agent with it mid-work: the conversation is in the
@@ -707,8 +717,12 @@ awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) 
   // What is left of the old sandbox goes first; its token is replaced below.
   if (!s.sandbox_handle.empty()) co_await DestroySandbox(backend, s.id, s.sandbox_handle);
   llm_->CancelSession(s.id);
-  Secret token = NewToken(kSessionTokenPrefix);
-  std::string hash = Sha256Hex(token.Reveal());
+  // A sandbox that takes its identity over its channel starts without a token: it gets one
+  // when it asks (IdentityService).
+  const bool in_spec =
+      backend->capabilities().identity == sandbox::Capabilities::IdentityDelivery::kInSpec;
+  Secret token = in_spec ? NewToken(kSessionTokenPrefix) : Secret();
+  std::string hash = in_spec ? Sha256Hex(token.Reveal()) : "";
   Json data = {{"reason", why}, {"restart", n}, {"max_restarts", config_.max_restarts}};
   auto restarted = co_await RunBlocking(pool_, [this, &id = s.id, &node = s.node, &hash, &data] {
     return store_->RestartSandbox(id, node, hash, data);

@@ -113,6 +113,8 @@ void ControlPlane::RegisterOperatorRoutes() {
 void ControlPlane::RegisterSandboxRoutes() {
   auto& r = sandbox_router_;
   r.Add(http::verb::get, "/sandbox/v1/inbox", [this](Request& q) { return Inbox(q); });
+  r.Add(http::verb::get, "/sandbox/v1/identity",
+        [this](Request& q) { return identity_->Fetch(q); });
   // Body limits sized to each route, enforced before a byte of the body is read: an event is
   // not a megabyte. A finish's result may be 64 KiB of text, which JSON may escape to six
   // times that; a chat carries new messages (tool output, images as data: URLs).
@@ -221,10 +223,14 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
                                               s.backend));
   }
 
-  Secret token = NewToken(kSessionTokenPrefix);
+  // A sandbox that takes its identity over its channel is made without a token; it gets one
+  // when it asks (IdentityService), and the session is starting until then.
+  const bool in_spec =
+      backend->capabilities().identity == sandbox::Capabilities::IdentityDelivery::kInSpec;
+  Secret token = in_spec ? NewToken(kSessionTokenPrefix) : Secret();
   s.id = NewId("ses_");
   s.state = SessionState::kStarting;
-  s.token_hash = Sha256Hex(token.Reveal());
+  s.token_hash = in_spec ? Sha256Hex(token.Reveal()) : "";
   s.node = config_.node;  // this replica runs the sandbox
   s.created_at = s.updated_at = NowMillis();
   Json task_message = {{"role", "user"}, {"content", task}};
@@ -250,9 +256,10 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
       pool_, [this, &id = s.id, &h = *handle] { return store_->SetSandboxHandle(id, h); });
   store::StateChange change{
       {SessionState::kStarting}, SessionState::kRunning, std::nullopt, false, *handle};
-  auto running = co_await RunBlocking(
-      pool_, [this, &id = s.id, &change] { return store_->ChangeState(id, change); });
-  if (!running) {
+  auto running = co_await RunBlocking(pool_, [this, &id = s.id, &change, in_spec] {
+    return in_spec ? store_->ChangeState(id, change) : store_->GetSession(id);
+  });
+  if (!running || store::IsTerminal(running->state)) {
     // Ended meanwhile: report what is stored, and make sure its sandbox goes (ending may
     // have run before the handle was recorded; destroying twice is harmless).
     AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(

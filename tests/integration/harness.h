@@ -60,6 +60,9 @@ class TestBackend : public sandbox::Backend {
     std::map<std::string, Recorded> specs;
     std::map<std::string, std::string> state;  // handle -> running/paused/destroyed
     bool fail_create = false;
+    // Declare IdentityDelivery::kOverChannel: sandboxes get no token in their spec and must
+    // ask for it on their socket (GET /sandbox/v1/identity), as oci's do.
+    bool identity_over_channel = false;
     std::string probe_error;   // Probe fails with this when set
     bool probe_hangs = false;  // Probe blocks until this is cleared
 
@@ -81,7 +84,9 @@ class TestBackend : public sandbox::Backend {
     c.isolated = true;
     c.suspend = sandbox::Capabilities::Suspend::kFreeze;
     c.channel = sandbox::Channel::Kind::kUnixDir;
-    c.identity = sandbox::Capabilities::IdentityDelivery::kInSpec;
+    std::lock_guard l(s_->mu);
+    c.identity = s_->identity_over_channel ? sandbox::Capabilities::IdentityDelivery::kOverChannel
+                                           : sandbox::Capabilities::IdentityDelivery::kInSpec;
     return c;
   }
   Result<sandbox::Started> Create(const sandbox::SandboxSpec& spec) override {
@@ -264,9 +269,12 @@ bool WaitForMetric(TestServer& server, const std::string& needle, int timeout_ms
 // A control plane on its own io thread, bound to 127.0.0.1:0 for both listeners.
 class TestServer {
  public:
-  explicit TestServer(std::function<void(controlplane::Config&)> tweak = {}, std::string home = "")
+  // `backend`: the sandboxes of an earlier server on the same home, which outlive it as real
+  // ones outlive a restart (default: none).
+  explicit TestServer(std::function<void(controlplane::Config&)> tweak = {}, std::string home = "",
+                      std::shared_ptr<TestBackend::Shared> backend = nullptr)
       : home_(home.empty() ? MakeTempDir() : home),
-        backend_(std::make_shared<TestBackend::Shared>()) {
+        backend_(backend ? std::move(backend) : std::make_shared<TestBackend::Shared>()) {
     RaiseFdLimit();
     controlplane::Config c = *controlplane::ParseConfig("", home_);
     c.operator_listen = {"127.0.0.1", 0};
@@ -301,6 +309,7 @@ class TestServer {
   const std::string& home() const { return home_; }
   const std::string& key() const { return operator_key_; }
   TestBackend::Shared& backend() { return *backend_; }
+  std::shared_ptr<TestBackend::Shared> shared_backend() { return backend_; }
   controlplane::ControlPlane& cp() { return *cp_; }
 
   HttpResult Op(http::verb m, const std::string& target, const std::string& body = "",
