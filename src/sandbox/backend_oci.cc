@@ -199,12 +199,19 @@ class OciBackend : public Backend {
     c.suspend = Capabilities::Suspend::kFreeze;
     c.node_local = true;
     c.channel = Channel::Kind::kUnixDir;
-    c.identity = Capabilities::IdentityDelivery::kInSpec;
+    // Nothing of the session is in the bundle: airlock-init asks for it once the container
+    // runs (--identity channel).
+    c.identity = Capabilities::IdentityDelivery::kOverChannel;
     return c;
   }
 
   Result<Started> Create(const SandboxSpec& spec) override {
     if (!o_.resolve_image) return MakeError(ErrorCode::kInternal, "oci backend has no image store");
+    if (spec.identity) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the oci backend takes the session's identity over its channel, not in "
+                       "its spec");
+    }
     if (spec.channel.kind != Channel::Kind::kUnixDir || spec.channel.host_dir.empty()) {
       return MakeError(ErrorCode::kInvalidArgument,
                        "the oci backend needs a Unix socket directory as its channel");
@@ -245,12 +252,10 @@ class OciBackend : public Backend {
     p.init_host_path = o_.init_path;
     p.channel_host_dir = spec.channel.host_dir;
     p.command = std::move(command);
-    if (spec.identity) {
-      p.env = {"SESSION_ID=" + spec.identity->session_id,
-               "SESSION_TOKEN=" + spec.identity->token.Reveal(),
-               fmt::format("CONTROL_PLANE_URL=http://127.0.0.1:{}", o_.bridge_port)};
-    }
-    p.env.push_back(path_var);
+    // Only PATH: whom the sandbox serves comes over the channel once it runs, so neither
+    // config.json nor the container's environment ever holds the token.
+    p.env = {path_var};
+    p.identity_over_channel = true;
     p.workdir = image.workdir;
     p.bridge_port = o_.bridge_port;
     p.agent_uid = agent_uid;
@@ -299,7 +304,8 @@ class OciBackend : public Backend {
         p.group_host_path = h.bundle() + "/group";
       }
     }
-    // The spec holds the session token: 0600 in a 0700 directory, removed with the sandbox.
+    // 0600 in a 0700 directory: it holds no secret, but names the agent's uid and the host's
+    // paths, which are nobody else's business.
     AIRLOCK_TRY(WriteFileAtomic(h.bundle() + "/config.json", BuildOciConfig(p).dump(), 0600));
 
     int log_fd = ::open(h.log_path().c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
@@ -365,7 +371,7 @@ class OciBackend : public Backend {
       }
     }
     std::error_code ec;
-    fs::remove_all(h.bundle(), ec);  // it holds the (now revoked) token
+    fs::remove_all(h.bundle(), ec);
     // Only now, with every process of the sandbox gone, may another sandbox get its uid.
     if (uid_pool_) uid_pool_->Release(h.id);
     return Ok();
