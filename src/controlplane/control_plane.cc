@@ -14,6 +14,7 @@
 #include "common/crypto.h"
 #include "common/log.h"
 #include "common/time_util.h"
+#include "controlplane/sandbox_spec.h"
 #include "controlplane/validation.h"
 
 namespace airlock::controlplane {
@@ -60,6 +61,8 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       llm_(std::make_unique<LlmProxy>(io, config_, *store_, pool_, events_, conversations_,
                                       registry_)),
       files_(std::make_unique<FileService>(config_, *store_, pool_, events_, registry_)),
+      identity_(
+          std::make_unique<IdentityService>(*store_, pool_, config_.node, events_, registry_)),
       reconcile_timer_(io) {
   RegisterOperatorRoutes();
   RegisterSandboxRoutes();
@@ -196,7 +199,7 @@ Status ControlPlane::Start() {
 
   for (const auto& name : backends_->Names()) {
     auto* b = backends_->Find(name);
-    if (!b->isolated()) {
+    if (!b->capabilities().isolated) {
       log::Warn("backend without isolation is registered",
                 {{"backend", name}, {"enabled", config_.allow_unisolated_backends}});
     }
@@ -605,7 +608,9 @@ awaitable<void> ControlPlane::SuspendIfIdle(const store::Session& s, int64_t now
 
 awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
   auto* backend = backends_->Find(s.backend);
-  if (s.state != SessionState::kRunning || !backend || s.sandbox_handle.empty() || !Owns(s))
+  // A starting session's sandbox waits for its identity (or is being made: no handle yet).
+  if ((s.state != SessionState::kRunning && s.state != SessionState::kStarting) || !backend ||
+      s.sandbox_handle.empty() || !Owns(s))
     co_return;
   BusyMark mark(sandbox_busy_, s.id);
   if (!mark.held()) co_return;
@@ -633,6 +638,12 @@ awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
   }
   agent_exits_.erase(s.id);
   std::string why = SandboxExitReason(st);
+  if (s.state == SessionState::kStarting) {
+    // Gone before it took its identity: no agent ever ran, so a fresh sandbox would most
+    // likely fail the same way (an image without a shell, a broken airlock-init).
+    co_await EndSession(s.id, SessionState::kFailed, why + " before its agent started");
+    co_return;
+  }
   // An agent that exited on its own, without finishing, gave up, and one that ran out of
   // memory hit the session's own limit (it would again): the session fails. A sandbox that
   // was killed or vanished took the agent with it mid-work: the conversation is in the
@@ -645,9 +656,10 @@ awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
 }
 
 sandbox::SandboxSpec ControlPlane::SpecFor(const store::Session& s, const Secret& token) const {
-  return sandbox::SandboxSpec{
-      s.id,    token,     SandboxUrl(), ControlSocketDir(s.id), config_.home + "/sessions/" + s.id,
-      s.image, s.command, s.limits};
+  auto* backend = backends_->Find(s.backend);
+  return MakeSandboxSpec(
+      s, backend ? backend->capabilities() : sandbox::Capabilities{}, token,
+      {ControlSocketDir(s.id), config_.home + "/sessions/" + s.id, SandboxUrl()});
 }
 
 awaitable<Result<std::string>> ControlPlane::StartSandbox(sandbox::Backend* backend,
@@ -657,15 +669,18 @@ awaitable<Result<std::string>> ControlPlane::StartSandbox(sandbox::Backend* back
   // here, not when the session is created: a session taken over from another replica gets
   // its first sandbox on this one in a restart.
   std::error_code ec;
-  fs::create_directories(spec.control_socket_dir, ec);
-  ::chmod(spec.control_socket_dir.c_str(), 0755);
   fs::create_directories(spec.work_dir, ec);
   ::chmod(spec.work_dir.c_str(), 0700);
+  fs::create_directories(spec.channel.host_dir, ec);
+  ::chmod(spec.channel.host_dir.c_str(), 0755);
+  // The sandbox's id is its session's: the socket serves that session only.
   Status listen =
-      sandbox_server_->ListenUnix(spec.control_socket_dir + "/control.sock", spec.session_id);
+      sandbox_server_->ListenUnix(spec.channel.host_dir + "/control.sock", spec.sandbox_id);
   if (!listen) co_return std::unexpected(listen.error());
-  co_return co_await RunBlocking(sandbox_pool_,
-                                 [&backend, &spec] { return backend->Create(spec); });
+  auto started =
+      co_await RunBlocking(sandbox_pool_, [&backend, &spec] { return backend->Create(spec); });
+  if (!started) co_return std::unexpected(started.error());
+  co_return std::move(started->handle);
 }
 
 awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) {
@@ -681,8 +696,12 @@ awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) 
   // What is left of the old sandbox goes first; its token is replaced below.
   if (!s.sandbox_handle.empty()) co_await DestroySandbox(backend, s.id, s.sandbox_handle);
   llm_->CancelSession(s.id);
-  Secret token = NewToken(kSessionTokenPrefix);
-  std::string hash = Sha256Hex(token.Reveal());
+  // A sandbox that takes its identity over its channel starts without a token: it gets one
+  // when it asks (IdentityService).
+  const bool in_spec =
+      backend->capabilities().identity == sandbox::Capabilities::IdentityDelivery::kInSpec;
+  Secret token = in_spec ? NewToken(kSessionTokenPrefix) : Secret();
+  std::string hash = in_spec ? Sha256Hex(token.Reveal()) : "";
   Json data = {{"reason", why}, {"restart", n}, {"max_restarts", config_.max_restarts}};
   auto restarted = co_await RunBlocking(pool_, [this, &id = s.id, &node = s.node, &hash, &data] {
     return store_->RestartSandbox(id, node, hash, data);

@@ -16,6 +16,7 @@
 #include "controlplane/file_service.h"
 #include "controlplane/home_lock.h"
 #include "controlplane/http.h"
+#include "controlplane/identity.h"
 #include "controlplane/llm_proxy.h"
 #include "controlplane/notifier.h"
 #include "controlplane/retention.h"
@@ -215,6 +216,7 @@ class ControlPlane {
   ConversationLocks conversations_;
   std::unique_ptr<LlmProxy> llm_;
   std::unique_ptr<FileService> files_;
+  std::unique_ptr<IdentityService> identity_;
   std::vector<std::string> operator_key_hashes_;
   // When the key hashes were last read from the store (io thread only).
   std::chrono::steady_clock::time_point operator_keys_read_at_{};

@@ -44,7 +44,7 @@ awaitable<Readiness> CheckReadiness(ReadinessInputs in) {
     sandbox::Backend* backend = in.backends->Find(name);
     if (!backend) {
       b = {{"status", "failing"}, {"error", *in.backends->UnavailableReason(name)}};
-    } else if (!backend->isolated() && !in.allow_unisolated) {
+    } else if (!backend->capabilities().isolated && !in.allow_unisolated) {
       b = {{"status", "disabled"},
            {"error", "not isolated; sandbox.allow_unisolated_backends is false"}};
     } else {

@@ -103,6 +103,8 @@ void ControlPlane::RegisterOperatorRoutes() {
 void ControlPlane::RegisterSandboxRoutes() {
   auto& r = sandbox_router_;
   r.Add(http::verb::get, "/sandbox/v1/inbox", [this](Request& q) { return Inbox(q); });
+  r.Add(http::verb::get, "/sandbox/v1/identity",
+        [this](Request& q) { return identity_->Fetch(q); });
   // Body limits sized to each route, enforced before a byte of the body is read: an event is
   // not a megabyte. A finish's result may be 64 KiB of text, which JSON may escape to six
   // times that; a chat carries new messages (tool output, images as data: URLs).
@@ -197,24 +199,28 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
     std::string names;
     for (const auto& n : backends_->Names()) {
       auto* b = backends_->Find(n);
-      if (b->isolated() || config_.allow_unisolated_backends)
+      if (b->capabilities().isolated || config_.allow_unisolated_backends)
         names += (names.empty() ? "" : ", ") + n;
     }
     co_return Response::FromError(400, "invalid_argument",
                                   fmt::format("backend \"{}\" is not available; available: {}",
                                               s.backend, names.empty() ? "none" : names));
   }
-  if (!backend->isolated() && !config_.allow_unisolated_backends) {
+  if (!backend->capabilities().isolated && !config_.allow_unisolated_backends) {
     co_return Response::FromError(403, "permission_denied",
                                   fmt::format("backend \"{}\" does not isolate sandboxes; enable "
                                               "it with sandbox.allow_unisolated_backends",
                                               s.backend));
   }
 
-  Secret token = NewToken(kSessionTokenPrefix);
+  // A sandbox that takes its identity over its channel is made without a token; it gets one
+  // when it asks (IdentityService), and the session is starting until then.
+  const bool in_spec =
+      backend->capabilities().identity == sandbox::Capabilities::IdentityDelivery::kInSpec;
+  Secret token = in_spec ? NewToken(kSessionTokenPrefix) : Secret();
   s.id = NewId("ses_");
   s.state = SessionState::kStarting;
-  s.token_hash = Sha256Hex(token.Reveal());
+  s.token_hash = in_spec ? Sha256Hex(token.Reveal()) : "";
   s.node = config_.node;  // this replica runs the sandbox
   s.created_at = s.updated_at = NowMillis();
   Json task_message = {{"role", "user"}, {"content", task}};
@@ -240,9 +246,10 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
       pool_, [this, &id = s.id, &h = *handle] { return store_->SetSandboxHandle(id, h); });
   store::StateChange change{
       {SessionState::kStarting}, SessionState::kRunning, std::nullopt, false, *handle};
-  auto running = co_await RunBlocking(
-      pool_, [this, &id = s.id, &change] { return store_->ChangeState(id, change); });
-  if (!running) {
+  auto running = co_await RunBlocking(pool_, [this, &id = s.id, &change, in_spec] {
+    return in_spec ? store_->ChangeState(id, change) : store_->GetSession(id);
+  });
+  if (!running || store::IsTerminal(running->state)) {
     // Ended meanwhile: report what is stored, and make sure its sandbox goes (ending may
     // have run before the handle was recorded; destroying twice is harmless).
     AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(
@@ -428,10 +435,14 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
         fmt::format("the session's sandbox runs on replica \"{}\"; send the {} there", s.node, op));
   }
   auto* backend = backends_->Find(s.backend);
+  std::optional<std::string> resumed_handle;
   if (backend && !s.sandbox_handle.empty()) {
-    auto st = co_await RunBlocking(sandbox_pool_, [&backend, &h = s.sandbox_handle, suspend] {
-      return suspend ? backend->Suspend(h) : backend->Resume(h);
-    });
+    auto st = co_await RunBlocking(
+        sandbox_pool_, [&backend, &h = s.sandbox_handle, suspend, &resumed_handle]() -> Status {
+          if (suspend) return backend->Suspend(h);
+          AIRLOCK_ASSIGN_OR_RETURN(resumed_handle, backend->Resume(h));
+          return Ok();
+        });
     if (!st) {
       metrics_->sandbox_errors.With({s.backend, op}).Inc();
       // A suspended sandbox that is gone (the host rebooted, someone removed it) is replaced
@@ -450,7 +461,8 @@ awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
       co_return Response::FromError(st.error());
     }
   }
-  store::StateChange change{{from}, to, std::nullopt, false, std::nullopt};
+  // A backend that resumed from a snapshot may have made a new sandbox handle.
+  store::StateChange change{{from}, to, std::nullopt, false, resumed_handle};
   AIRLOCK_CO_ASSIGN(auto out, co_await RunBlocking(pool_, [this, &id, &change] {
                       return store_->ChangeState(id, change);
                     }));

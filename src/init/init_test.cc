@@ -456,7 +456,10 @@ class InitTest : public ::testing::Test {
     for (int attempt = 0; attempt < 5; ++attempt) {
       port_ = PickPort();
       status_.reset();
-      pid_ = Spawn(Argv(options, command, as.value_or(AgentIds())), env ? env() : DefaultEnv(),
+      // "{port}" in an option stands for the port picked for this attempt.
+      std::vector<std::string> opts = options;
+      std::replace(opts.begin(), opts.end(), std::string("{port}"), std::to_string(port_));
+      pid_ = Spawn(Argv(opts, command, as.value_or(AgentIds())), env ? env() : DefaultEnv(),
                    OutPath(), ErrPath(), as);
       ASSERT_GT(pid_, 0);
       ASSERT_TRUE(WaitUntil([&] {
@@ -523,6 +526,52 @@ class InitTest : public ::testing::Test {
   std::unique_ptr<FakeControlPlane> server_;
 };
 
+// Plays the control plane for init's identity request: GET /sandbox/v1/identity gets
+// `status` and `body` (after `unavailable` answers of 503); anything else goes to Http.
+FakeControlPlane::Handler IdentityServer(std::string body, int status = 200, int unavailable = 0) {
+  auto left = std::make_shared<std::atomic<int>>(unavailable);
+  return [body = std::move(body), status, left](FakeControlPlane& self, int fd) {
+    std::string head;
+    char buf[4096];
+    for (;;) {
+      ssize_t n = ::recv(fd, buf, sizeof(buf), MSG_PEEK);
+      if (n <= 0) {
+        return;
+      }
+      head.assign(buf, static_cast<size_t>(n));
+      if (head.find("\r\n") != std::string::npos || n == sizeof(buf)) {
+        break;
+      }
+    }
+    if (!head.starts_with("GET /sandbox/v1/identity ")) {
+      FakeControlPlane::Http(self, fd);
+      return;
+    }
+    std::string data;
+    while (data.find("\r\n\r\n") == std::string::npos) {
+      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) {
+        return;
+      }
+      data.append(buf, static_cast<size_t>(n));
+    }
+    Request req;
+    req.method = "GET";
+    req.path = "/sandbox/v1/identity";
+    std::string lower = data;
+    std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
+    if (lower.find("\r\nauthorization:") != std::string::npos) {
+      req.headers["authorization"] = "(present)";
+    }
+    self.Record(req);
+    int code = --*left >= 0 ? 503 : status;
+    std::string reply = code == 503 ? std::string(R"({"error":{"code":"unavailable"}})") : body;
+    SendAll(fd, "HTTP/1.1 " + std::to_string(code) +
+                    " X\r\nContent-Type: application/json\r\nContent-Length: " +
+                    std::to_string(reply.size()) + "\r\nConnection: close\r\n\r\n" + reply);
+  };
+}
+
 #define SKIP_UNLESS_ROOT()                                                          \
   if (!IsRoot()) {                                                                  \
     GTEST_SKIP() << "needs root: init must switch the agent to another uid (1000)"; \
@@ -543,6 +592,99 @@ TEST_F(InitTest, AgentGetsExactlyTheSessionEnvironment) {
       "PATH=/usr/bin:/bin",        "HOME=" + home_,           "LANG=C.UTF-8"};
   EXPECT_EQ(got, want);
   EXPECT_EQ(lines.size(), want.size());
+}
+
+// --identity channel: init starts knowing nothing of the session and asks the control plane
+// over the socket; the agent then sees exactly what it would have seen otherwise.
+TEST_F(InitTest, TakesItsIdentityOverTheChannelWhenToldTo) {
+  StartServer(
+      IdentityServer(R"({"session_id":")" + session_id_ + R"(","token":")" + token_ + R"("})"));
+  Start({"/usr/bin/env"}, {"--identity", "channel", "--port", "{port}"},
+        [] { return std::vector<std::string>{"PATH=/usr/bin:/bin"}; });
+  ASSERT_EQ(Wait(), 0) << Stderr();
+  auto lines = Lines(Stdout());
+  std::set<std::string> got(lines.begin(), lines.end());
+  std::set<std::string> want = {
+      "SESSION_ID=" + session_id_, "SESSION_TOKEN=" + token_, "CONTROL_PLANE_URL=" + Url(),
+      "PATH=/usr/bin:/bin",        "HOME=" + home_,           "LANG=C.UTF-8"};
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(lines.size(), want.size());
+  // Asked once, without a credential; the exit report carries the token it was given.
+  int asked = 0;
+  for (const auto& r : server_->requests()) {
+    if (r.path == "/sandbox/v1/identity") {
+      ++asked;
+      EXPECT_EQ(r.headers.count("authorization"), 0u);
+    }
+  }
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ(ExitEvent().headers["authorization"], "Bearer " + token_);
+}
+
+TEST_F(InitTest, WaitsForItsIdentityWhileTheControlPlaneIsUnavailable) {
+  StartServer(IdentityServer(
+      R"({"token":")" + token_ + R"(","session_id":")" + session_id_ + R"("})", 200, 3));
+  Start({"/bin/sh", "-c", "echo \"$SESSION_ID\""}, {"--identity", "channel", "--port", "{port}"},
+        [] { return std::vector<std::string>{"PATH=/usr/bin:/bin"}; });
+  ASSERT_EQ(Wait(), 0) << Stderr();
+  EXPECT_EQ(Stdout(), session_id_ + "\n");
+  EXPECT_NE(Stderr().find("waiting for the session's identity"), std::string::npos) << Stderr();
+  size_t asked = 0;
+  for (const auto& r : server_->requests()) asked += r.path == "/sandbox/v1/identity";
+  EXPECT_EQ(asked, 4u);
+}
+
+TEST_F(InitTest, ARefusedOrMalformedIdentityStopsInitBeforeTheAgentStarts) {
+  const std::string started = dir_ + "/started";
+  struct Case {
+    std::string body;
+    int status;
+  };
+  const Case cases[] = {
+      {R"({"error":{"code":"conflict","message":"already handed out"}})", 409},
+      {R"({"session_id":"ses_1"})", 200},
+      {R"({"session_id":"ses_1","token":"ast_1","extra":"x"})", 200},
+      {R"({"session_id":"ses\"1","token":"ast_1"})", 200},
+      {R"({"session_id":"ses_1","token":"ast 1"})", 200},
+      {"not json", 200},
+  };
+  for (const auto& c : cases) {
+    StartServer(IdentityServer(c.body, c.status));
+    Start({"/bin/sh", "-c", "touch " + started}, {"--identity", "channel", "--port", "{port}"},
+          [] { return std::vector<std::string>{"PATH=/usr/bin:/bin"}; });
+    EXPECT_EQ(Wait(), 125) << c.body << ": " << Stderr();
+    EXPECT_FALSE(std::filesystem::exists(started)) << c.body;
+    EXPECT_TRUE(server_->events().empty()) << c.body;
+    server_.reset();
+  }
+}
+
+TEST_F(InitTest, ChannelIdentityNeedsAPortAndAnEnvironmentWithoutTheSession) {
+  const std::string bin = AIRLOCK_INIT_BIN;
+  const std::vector<std::string> cmd = {"--", "/bin/sh", "-c", "touch " + dir_ + "/started"};
+  auto with = [&](std::vector<std::string> head) {
+    head.insert(head.begin(), bin);
+    head.insert(head.end(), cmd.begin(), cmd.end());
+    return head;
+  };
+  struct Case {
+    std::vector<std::string> argv;
+    std::vector<std::string> env;
+  };
+  const std::vector<std::string> path = {"PATH=/usr/bin:/bin"};
+  const std::vector<Case> cases = {
+      {with({"--identity", "bogus", "--port", "7401"}), path},
+      {with({"--identity", "channel"}), path},
+      {with({"--identity", "channel", "--port", "7401"}), DefaultEnv()},
+  };
+  for (const auto& c : cases) {
+    pid_t pid = Spawn(c.argv, c.env, OutPath(), ErrPath(), std::nullopt);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 125) << Stderr();
+    EXPECT_TRUE(Stderr().starts_with("[airlock-init] ")) << Stderr();
+    EXPECT_FALSE(std::filesystem::exists(dir_ + "/started"));
+  }
 }
 
 TEST_F(InitTest, AgentGetsDefaultPathWhenInitHasNone) {

@@ -1,10 +1,11 @@
 // airlock-init: the entrypoint injected into every sandbox (PID 1 of its pid namespace).
 //
-// It reads SESSION_ID, SESSION_TOKEN and CONTROL_PLANE_URL and scrubs them from its own
-// environment, serves CONTROL_PLANE_URL on 127.0.0.1 by relaying to the control plane's Unix
-// socket, starts the agent unprivileged, relays its output to the session log, forwards
-// signals, reaps every child, and reports the agent's exit to the control plane. The whole
-// sequence is Run() below, one named step per line.
+// It takes SESSION_ID, SESSION_TOKEN and CONTROL_PLANE_URL, either from its environment
+// (scrubbed at once) or, with --identity channel, from the control plane over the sandbox's
+// socket once the sandbox has started; serves CONTROL_PLANE_URL on 127.0.0.1 by relaying to
+// the control plane's Unix socket, starts the agent unprivileged, relays its output to the session
+// log, forwards signals, reaps every child, and reports the agent's exit to the control plane. The
+// whole sequence is Run() below, one named step per line.
 
 #include <fcntl.h>
 #include <signal.h>
@@ -26,6 +27,7 @@
 #include "agent.h"
 #include "bridge.h"
 #include "cgroup.h"
+#include "channel.h"
 #include "environment.h"
 #include "log_relay.h"
 #include "options.h"
@@ -73,6 +75,7 @@ class Init {
         &Init::RecordOomKills,        // the cgroup's OOM-kill counter before the agent runs
         &Init::RaiseDescriptorLimit,  // room for many bridged connections
         &Init::StartBridge,           // 127.0.0.1:<port> is served before the agent exists
+        &Init::AwaitIdentity,         // --identity channel: whom this sandbox serves
         &Init::StartAgent,            // fork, drop privileges, exec
         &Init::DropOwnPrivileges,     // init keeps CAP_KILL only
         &Init::WatchEvents,           // one epoll for signals, agent output and the bridge
@@ -163,6 +166,23 @@ class Init {
       Log(ErrnoMessage("warning: control-plane socket " + opts_.socket_path, errno));
     }
     return {};
+  }
+
+  // With --identity channel the sandbox started without knowing its session: ask the control
+  // plane over the socket, waiting as long as it takes. The agent gets the same three
+  // variables as from the environment; CONTROL_PLANE_URL is the bridge init serves.
+  Status AwaitIdentity() {
+    if (opts_.identity != Options::IdentitySource::kChannel) {
+      return {};
+    }
+    auto identity = FetchIdentity(opts_.socket_path);
+    if (!identity) {
+      return Fail(identity.error());
+    }
+    env_.session_id = std::move(identity->session_id);
+    env_.token = std::move(identity->token);
+    env_.control_plane_url = "http://127.0.0.1:" + std::to_string(opts_.port);
+    return CheckSessionEnv(env_);
   }
 
   Status StartAgent() {
@@ -367,7 +387,16 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
   if (!opts || opts->help) {
     return opts;
   }
-  if (auto s = CheckSessionEnv(env); !s) {
+  if (opts->identity == Options::IdentitySource::kChannel) {
+    // Whom the sandbox serves comes later, over the socket; the environment must not hold it.
+    if (!env.session_id.empty() || !env.token.empty()) {
+      return Fail(
+          "--identity channel: SESSION_ID and SESSION_TOKEN must not be in the environment");
+    }
+    if (opts->port == 0) {
+      return Fail("--identity channel needs --port");
+    }
+  } else if (auto s = CheckSessionEnv(env); !s) {
     return Fail(s.error());
   }
   if (opts->port == 0) {

@@ -56,6 +56,14 @@ Status SetOption(Options& opts, std::string_view flag, std::string_view value) {
     opts.log_limit = *limit;
   } else if (flag == "--cgroup-root") {
     opts.cgroup_root = value;
+  } else if (flag == "--identity") {
+    if (value == "env") {
+      opts.identity = Options::IdentitySource::kEnvironment;
+    } else if (value == "channel") {
+      opts.identity = Options::IdentitySource::kChannel;
+    } else {
+      return Fail("--identity: expected env or channel, got \"" + std::string(value) + "\"");
+    }
   }
   return {};
 }
@@ -77,6 +85,9 @@ std::string Usage() {
          "  --workdir DIR       working directory of the command (default: HOME)\n"
          "  --log-limit BYTES   output of the command kept in the log (default 8388608)\n"
          "  --cgroup-root DIR   cgroup mount, for OOM detection (default /sys/fs/cgroup)\n"
+         "  --identity SOURCE   env: the three variables come from init's environment\n"
+         "                      (default); channel: init asks the control plane for them\n"
+         "                      over the socket (GET /sandbox/v1/identity); needs --port\n"
          "  --help              print this text\n"
          "\n"
          "Exit status: the command's, 128+N if it died of signal N, 125 if init failed.\n";
@@ -99,9 +110,9 @@ Result<Options> ParseOptions(int argc, char** argv) {
       return opts;
     }
     std::string_view flag = arg.substr(0, arg.find('='));
-    static constexpr std::string_view kFlags[] = {"--socket",    "--port",       "--uid",
-                                                  "--gid",       "--home",       "--workdir",
-                                                  "--log-limit", "--cgroup-root"};
+    static constexpr std::string_view kFlags[] = {"--socket",    "--port",        "--uid",
+                                                  "--gid",       "--home",        "--workdir",
+                                                  "--log-limit", "--cgroup-root", "--identity"};
     if (std::find(std::begin(kFlags), std::end(kFlags), flag) == std::end(kFlags)) {
       return Fail("unknown option " + std::string(flag) + " (see --help)");
     }

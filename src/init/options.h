@@ -13,10 +13,16 @@ namespace airlock::init {
 
 // The command line of airlock-init, as the `oci` backend writes it:
 //   /.airlock/init [--socket PATH] [--port N] [--uid U] [--gid G] [--home DIR]
-//                  [--log-limit BYTES] [--workdir DIR] [--cgroup-root DIR] -- command args...
+//                  [--log-limit BYTES] [--workdir DIR] [--cgroup-root DIR]
+//                  [--identity env|channel] -- command args...
 struct Options {
+  // Where the session's identity comes from: init's environment (SESSION_ID, SESSION_TOKEN,
+  // CONTROL_PLANE_URL), or the control plane over the socket once the sandbox has started
+  // (GET /sandbox/v1/identity), so that it is never in the sandbox's configuration.
+  enum class IdentitySource { kEnvironment, kChannel };
+  IdentitySource identity = IdentitySource::kEnvironment;
   std::string socket_path = "/.airlock/run/control.sock";
-  int port = 0;  // 0: the port of CONTROL_PLANE_URL
+  int port = 0;  // 0: the port of CONTROL_PLANE_URL (required with --identity channel)
   uid_t uid = 1000;
   gid_t gid = 1000;
   std::string home = "/home/sandbox";

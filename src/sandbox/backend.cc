@@ -4,6 +4,8 @@ namespace airlock::sandbox {
 
 std::string_view SandboxStateName(SandboxState s) {
   switch (s) {
+    case SandboxState::kStarting:
+      return "starting";
     case SandboxState::kRunning:
       return "running";
     case SandboxState::kPaused:

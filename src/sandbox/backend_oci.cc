@@ -87,19 +87,6 @@ Status WriteFileAtomic(const std::string& path, const std::string& content, mode
   return Ok();
 }
 
-Result<std::vector<std::string>> StringArray(const Json& j, std::string_view what) {
-  std::vector<std::string> out;
-  if (j.is_null()) return out;
-  if (!j.is_array())
-    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" must be an array of strings", what);
-  for (const auto& a : j) {
-    if (!a.is_string())
-      return Errorf(ErrorCode::kInvalidArgument, "\"{}\" must be an array of strings", what);
-    out.push_back(a.get<std::string>());
-  }
-  return out;
-}
-
 // The first range of /etc/subuid (or subgid) for `user`, if any.
 std::optional<IdMapping> SubordinateRange(const std::string& file, const std::string& user,
                                           uint32_t id) {
@@ -206,22 +193,40 @@ class OciBackend : public Backend {
   }
 
   std::string_view name() const override { return "oci"; }
-  bool isolated() const override { return true; }
+  Capabilities capabilities() const override {
+    Capabilities c;
+    c.isolated = true;
+    c.suspend = Capabilities::Suspend::kFreeze;
+    c.node_local = true;
+    c.channel = Channel::Kind::kUnixDir;
+    // Nothing of the session is in the bundle: airlock-init asks for it once the container
+    // runs (--identity channel).
+    c.identity = Capabilities::IdentityDelivery::kOverChannel;
+    return c;
+  }
 
-  Result<std::string> Create(const SandboxSpec& spec) override {
+  Result<Started> Create(const SandboxSpec& spec) override {
     if (!o_.resolve_image) return MakeError(ErrorCode::kInternal, "oci backend has no image store");
-    AIRLOCK_ASSIGN_OR_RETURN(OciImage image, o_.resolve_image(spec.image));
-    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> command,
-                             StringArray(spec.command, "command"));
+    if (spec.identity) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the oci backend takes the session's identity over its channel, not in "
+                       "its spec");
+    }
+    if (spec.channel.kind != Channel::Kind::kUnixDir || spec.channel.host_dir.empty()) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the oci backend needs a Unix socket directory as its channel");
+    }
+    AIRLOCK_ASSIGN_OR_RETURN(OciImage image, o_.resolve_image(spec.image.name));
+    std::vector<std::string> command = spec.command.argv;
     if (command.empty()) {
       command = image.entrypoint;
       command.insert(command.end(), image.cmd.begin(), image.cmd.end());
     }
     if (command.empty()) {
       return Errorf(ErrorCode::kInvalidArgument,
-                    "image \"{}\" has no entrypoint; give a \"command\"", spec.image);
+                    "image \"{}\" has no entrypoint; give a \"command\"", spec.image.name);
     }
-    Handle h{kIdPrefix + spec.session_id, spec.work_dir};
+    Handle h{kIdPrefix + spec.sandbox_id, spec.work_dir};
     std::string path_var = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     for (const auto& e : image.env) {
       if (e.starts_with("PATH=")) path_var = e;
@@ -234,7 +239,8 @@ class OciBackend : public Backend {
     }
     auto started = Start(spec, image, std::move(command), path_var, h, agent_uid, agent_gid);
     if (!started && uid_pool_) uid_pool_->Release(h.id);
-    return started;
+    if (!started) return std::unexpected(started.error());
+    return Started{*started, SandboxState::kRunning};
   }
 
   Result<std::string> Start(const SandboxSpec& spec, const OciImage& image,
@@ -244,27 +250,29 @@ class OciBackend : public Backend {
     p.rootfs = image.rootfs;
     p.host_binds = image.host_binds;
     p.init_host_path = o_.init_path;
-    p.channel_host_dir = spec.control_socket_dir;
+    p.channel_host_dir = spec.channel.host_dir;
     p.command = std::move(command);
-    p.env = {"SESSION_ID=" + spec.session_id, "SESSION_TOKEN=" + spec.token.Reveal(),
-             fmt::format("CONTROL_PLANE_URL=http://127.0.0.1:{}", o_.bridge_port), path_var};
+    // Only PATH: whom the sandbox serves comes over the channel once it runs, so neither
+    // config.json nor the container's environment ever holds the token.
+    p.env = {path_var};
+    p.identity_over_channel = true;
     p.workdir = image.workdir;
     p.bridge_port = o_.bridge_port;
     p.agent_uid = agent_uid;
     p.agent_gid = agent_gid;
     p.log_limit_bytes = o_.log_limit_bytes;
     if (can_protect_init_) p.init_oom_score_adj = -1000;
-    const Json& l = spec.limits.is_object() ? spec.limits : Json::object();
-    int64_t memory_mb = l.value("memory_mb", o_.default_memory_mb);
-    p.tmp_bytes = l.value("disk_mb", o_.default_disk_mb) << 20;
+    const Limits& l = spec.limits;
+    int64_t memory_mb = l.memory_mb.value_or(o_.default_memory_mb);
+    p.tmp_bytes = l.disk_mb.value_or(o_.default_disk_mb) << 20;
     if (!rootless_) {
       p.memory_bytes = memory_mb << 20;
       p.limit_swap = swap_limit_;
       // As much TCP buffer memory as memory: what a sandbox holds in sockets is bounded like
       // what it holds anywhere else, and not by the host-wide tcp_mem it would otherwise share.
       if (kernel_tcp_) p.kernel_tcp_bytes = p.memory_bytes;
-      p.pids = l.value("pids", o_.default_pids);
-      p.cpus = l.value("cpus", o_.default_cpus);
+      p.pids = l.pids.value_or(o_.default_pids);
+      p.cpus = l.cpus.value_or(o_.default_cpus);
       p.cgroups_path = fmt::format("{}/{}", kCgroupParent, h.id);
       p.cgroup_v1_dirs = cgroup_v1_dirs_;
     } else {
@@ -296,7 +304,8 @@ class OciBackend : public Backend {
         p.group_host_path = h.bundle() + "/group";
       }
     }
-    // The spec holds the session token: 0600 in a 0700 directory, removed with the sandbox.
+    // 0600 in a 0700 directory: it holds no secret, but names the agent's uid and the host's
+    // paths, which are nobody else's business.
     AIRLOCK_TRY(WriteFileAtomic(h.bundle() + "/config.json", BuildOciConfig(p).dump(), 0600));
 
     int log_fd = ::open(h.log_path().c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
@@ -347,7 +356,10 @@ class OciBackend : public Backend {
     }
   }
 
-  Status Resume(const std::string& handle) override { return Simple(handle, "resume"); }
+  Result<std::string> Resume(const std::string& handle) override {
+    AIRLOCK_TRY(Simple(handle, "resume"));
+    return handle;
+  }
 
   Status Destroy(const std::string& handle) override {
     AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
@@ -359,7 +371,7 @@ class OciBackend : public Backend {
       }
     }
     std::error_code ec;
-    fs::remove_all(h.bundle(), ec);  // it holds the (now revoked) token
+    fs::remove_all(h.bundle(), ec);
     // Only now, with every process of the sandbox gone, may another sandbox get its uid.
     if (uid_pool_) uid_pool_->Release(h.id);
     return Ok();

@@ -72,24 +72,33 @@ std::optional<std::pair<uint64_t, char>> ProcStat(pid_t pid) {
 class ProcessBackend : public Backend {
  public:
   std::string_view name() const override { return "process"; }
-  bool isolated() const override { return false; }
+  // Un-isolated, and reached over the sandbox listener's TCP port: the child is a process of
+  // the host, with no channel of its own.
+  Capabilities capabilities() const override {
+    Capabilities c;
+    c.isolated = false;
+    c.suspend = Capabilities::Suspend::kFreeze;  // SIGSTOP
+    c.node_local = true;
+    c.channel = Channel::Kind::kUrl;
+    c.identity = Capabilities::IdentityDelivery::kInSpec;
+    return c;
+  }
 
-  Result<std::string> Create(const SandboxSpec& spec) override {
-    if (!spec.command.is_array() || spec.command.empty()) {
+  Result<Started> Create(const SandboxSpec& spec) override {
+    if (spec.command.argv.empty()) {
       return MakeError(ErrorCode::kInvalidArgument,
                        "the process backend needs a \"command\" (it has no image entrypoint)");
     }
-    std::vector<std::string> argv;
-    for (const auto& a : spec.command) {
-      if (!a.is_string())
-        return MakeError(ErrorCode::kInvalidArgument, "\"command\" must be strings");
-      argv.push_back(a.get<std::string>());
+    if (!spec.identity) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the process backend takes the session's identity in its spec");
     }
+    std::vector<std::string> argv = spec.command.argv;
     std::string log_path = spec.work_dir + "/sandbox.log";
     std::vector<std::string> env = {
-        "SESSION_ID=" + spec.session_id,
-        "SESSION_TOKEN=" + spec.token.Reveal(),
-        "CONTROL_PLANE_URL=" + spec.control_plane_url,
+        "SESSION_ID=" + spec.identity->session_id,
+        "SESSION_TOKEN=" + spec.identity->token.Reveal(),
+        "CONTROL_PLANE_URL=" + spec.identity->control_plane_url,
         "PATH=/usr/local/bin:/usr/bin:/bin",
         "HOME=" + spec.work_dir,
         "LANG=C.UTF-8",
@@ -157,11 +166,14 @@ class ProcessBackend : public Backend {
       std::lock_guard lock(mu_);
       children_.insert(pid);
     }
-    return Encode(h);
+    return Started{Encode(h), SandboxState::kRunning};
   }
 
   Status Suspend(const std::string& handle) override { return Signal(handle, SIGSTOP); }
-  Status Resume(const std::string& handle) override { return Signal(handle, SIGCONT); }
+  Result<std::string> Resume(const std::string& handle) override {
+    AIRLOCK_TRY(Signal(handle, SIGCONT));
+    return handle;
+  }
 
   Status Destroy(const std::string& handle) override {
     AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));

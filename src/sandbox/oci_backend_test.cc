@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include "common/crypto.h"
+#include "common/json_util.h"
 #include "sandbox/subprocess.h"
 
 namespace airlock::sandbox {
@@ -33,11 +34,12 @@ std::string SkipReason() {
   return {};
 }
 
-// Answers every request on a session's control.sock with 202, as the control plane does
-// for airlock-init's exit report (without it init retries for seconds before it exits).
+// Plays the control plane on a sandbox's control.sock: answers airlock-init's request for
+// its identity with `identity` (a JSON body), and everything else with 202, as the control
+// plane does for init's exit report (without it init retries for seconds before it exits).
 class FakeControlSocket {
  public:
-  explicit FakeControlSocket(const std::string& dir) {
+  FakeControlSocket(const std::string& dir, std::string identity) {
     fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
@@ -45,7 +47,7 @@ class FakeControlSocket {
     std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
     EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
     ::listen(fd_, 16);
-    thread_ = std::thread([this] {
+    thread_ = std::thread([this, identity = std::move(identity)] {
       for (int c; (c = ::accept(fd_, nullptr, nullptr)) >= 0; ::close(c)) {
         char buf[4096];
         timeval tv{1, 0};
@@ -55,9 +57,13 @@ class FakeControlSocket {
         while (req.find("\r\n\r\n") == std::string::npos && (n = ::read(c, buf, sizeof(buf))) > 0) {
           req.append(buf, static_cast<size_t>(n));
         }
-        const char kReply[] =
-            "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        [[maybe_unused]] auto w = ::write(c, kReply, sizeof(kReply) - 1);
+        std::string reply =
+            req.starts_with("GET /sandbox/v1/identity ")
+                ? fmt::format(
+                      "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                      identity.size(), identity)
+                : "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        [[maybe_unused]] auto w = ::write(c, reply.data(), reply.size());
       }
     });
   }
@@ -122,22 +128,24 @@ class OciBackendTest : public ::testing::Test {
                      const std::string& image = "busybox") {
     static int n = 0;
     SandboxSpec spec;
-    spec.session_id = fmt::format("ses_test{}{}", ::getpid(), ++n);
-    spec.token = NewToken("ast_");
-    spec.control_plane_url = "unused";
-    spec.control_socket_dir = dir_ + "/run-" + spec.session_id;
-    spec.work_dir = dir_ + "/work-" + spec.session_id;
-    fs::create_directories(spec.control_socket_dir);
+    spec.sandbox_id = fmt::format("ses_test{}{}", ::getpid(), ++n);
+    spec.channel.host_dir = dir_ + "/run-" + spec.sandbox_id;
+    spec.work_dir = dir_ + "/work-" + spec.sandbox_id;
+    fs::create_directories(spec.channel.host_dir);
     fs::create_directories(spec.work_dir);
-    control_sockets_.push_back(std::make_unique<FakeControlSocket>(spec.control_socket_dir));
-    spec.image = image;
-    spec.command = std::move(command);
-    spec.limits = std::move(limits);
+    token_ = NewToken("ast_").Reveal();
+    control_sockets_.push_back(std::make_unique<FakeControlSocket>(
+        spec.channel.host_dir,
+        fmt::format(R"({{"session_id":"{}","token":"{}"}})", spec.sandbox_id, token_)));
+    spec.image.name = image;
+    for (const auto& a : command) spec.command.argv.push_back(a.get<std::string>());
+    if (auto m = limits.find("memory_mb"); m != limits.end()) spec.limits.memory_mb = *m;
+    if (auto p = limits.find("pids"); p != limits.end()) spec.limits.pids = *p;
     auto h = backend_->Create(spec);
     EXPECT_TRUE(h.has_value()) << h.error().message;
     if (!h) return {};
-    handles_.push_back(*h);
-    return *h;
+    handles_.push_back(h->handle);
+    return h->handle;
   }
 
   SandboxStatus WaitFor(const std::string& h, SandboxState want, int timeout_ms = 20000) {
@@ -161,6 +169,7 @@ class OciBackendTest : public ::testing::Test {
   }
 
   std::string dir_, rootfs_;
+  std::string token_;  // the token the last Create's sandbox was handed
   std::string init_path_ = AIRLOCK_INIT_BIN;
   uint32_t range_start_ = 2147000000;
   uint32_t range_size_ = 65536;
@@ -194,6 +203,35 @@ TEST_F(OciBackendTest, RunsTheCommandAsTheAgentUserAndCapturesItsOutput) {
   auto tail = backend_->Logs(h, 6, 1 << 20);
   ASSERT_TRUE(tail.has_value());
   EXPECT_EQ(*tail, log.substr(6));
+}
+
+// The sandbox starts knowing nothing of its session: the token is in neither its bundle nor
+// init's environment, read from the host while it runs, yet the agent gets it.
+TEST_F(OciBackendTest, TheTokenIsNeitherInTheBundleNorInInitsEnvironment) {
+  std::string h = Create({"/bin/sh", "-c", "echo \"token=$SESSION_TOKEN\"; exec sleep 600"});
+  ASSERT_FALSE(h.empty());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (Log(h).find("token=") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_NE(Log(h).find("token=" + token_ + "\n"), std::string::npos) << Log(h);
+  std::string id = h.substr(0, h.find(':'));
+  std::string work = h.substr(h.find(':') + 1);
+  std::ifstream config(work + "/bundle/config.json");
+  std::string spec((std::istreambuf_iterator<char>(config)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(spec.empty());
+  EXPECT_EQ(spec.find(token_), std::string::npos);
+  EXPECT_EQ(spec.find("SESSION_TOKEN="), std::string::npos);  // the agent's argv names it
+  auto state = RunCommand({"crun", "--root", dir_ + "/state", "state", id},
+                          {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"});
+  ASSERT_TRUE(state);
+  auto pid = ParseJson(state->output);
+  ASSERT_TRUE(pid && pid->contains("pid")) << state->output;
+  std::ifstream environ(fmt::format("/proc/{}/environ", (*pid)["pid"].get<int>()));
+  std::string env((std::istreambuf_iterator<char>(environ)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(env.find(token_), std::string::npos);
+  EXPECT_EQ(env.find("SESSION_TOKEN"), std::string::npos);
 }
 
 TEST_F(OciBackendTest, TheImageEntrypointRunsWhenNoCommandIsGiven) {
@@ -322,13 +360,13 @@ TEST_F(OciBackendTest, ARestartedBackendKeepsTheUidsOfSandboxesNotYetDestroyed) 
   WaitFor(b, SandboxState::kExited);
   EXPECT_NE(UidLine(Log(b)), ua) << Log(b);
   SandboxSpec spec;
-  spec.session_id = "ses_third";
+  spec.sandbox_id = "ses_third";
   spec.work_dir = dir_ + "/work-third";
-  spec.control_socket_dir = dir_;
-  spec.image = "busybox";
+  spec.channel.host_dir = dir_;
+  spec.image.name = "busybox";
   fs::create_directories(spec.work_dir);
   auto c = backend_->Create(spec);
-  ASSERT_FALSE(c.has_value()) << "both uids are held: " << *c;
+  ASSERT_FALSE(c.has_value()) << "both uids are held: " << c->handle;
   EXPECT_NE(c.error().message.find("no free sandbox uid"), std::string::npos) << c.error().message;
   auto probe = backend_->Probe();  // the readiness probe sees it too
   ASSERT_FALSE(probe.has_value());
@@ -338,7 +376,7 @@ TEST_F(OciBackendTest, ARestartedBackendKeepsTheUidsOfSandboxesNotYetDestroyed) 
   EXPECT_TRUE(backend_->Probe().has_value());
   c = backend_->Create(spec);
   ASSERT_TRUE(c.has_value()) << c.error().message;
-  handles_.push_back(*c);
+  handles_.push_back(c->handle);
 }
 
 TEST_F(OciBackendTest, ProbeSaysWhatCreateWouldMissWithoutCreatingASandbox) {
@@ -416,20 +454,24 @@ TEST_F(OciBackendTest, CgroupLimitsAreApplied) {
 
 TEST_F(OciBackendTest, ErrorsAreClear) {
   SandboxSpec spec;
-  spec.session_id = "ses_bad";
+  spec.sandbox_id = "ses_bad";
   spec.work_dir = dir_ + "/work-bad";
-  spec.control_socket_dir = dir_;
-  spec.image = "no-such-image";
+  spec.channel.host_dir = dir_;
+  spec.image.name = "no-such-image";
   auto r = backend_->Create(spec);
   ASSERT_FALSE(r.has_value());
   EXPECT_NE(r.error().message.find("no-such-image"), std::string::npos);
-  spec.image = "busybox";
-  spec.command = Json::array({"/bin/does-not-exist"});
+  spec.image.name = "busybox";
+  spec.command.argv = {"/bin/does-not-exist"};
   fs::create_directories(spec.work_dir);
+  spec.channel.host_dir = dir_ + "/run-bad";
+  fs::create_directories(spec.channel.host_dir);
+  control_sockets_.push_back(std::make_unique<FakeControlSocket>(
+      spec.channel.host_dir, R"({"session_id":"ses_bad","token":"ast_bad"})"));
   auto h = backend_->Create(spec);
   if (h) {
-    handles_.push_back(*h);
-    WaitFor(*h, SandboxState::kExited);
+    handles_.push_back(h->handle);
+    WaitFor(h->handle, SandboxState::kExited);
   }
   EXPECT_EQ(backend_->Inspect("garbage").error().code, ErrorCode::kInvalidArgument);
   EXPECT_EQ(backend_->Inspect("airlock-ses_gone:/tmp/nowhere")->state, SandboxState::kMissing);

@@ -32,6 +32,10 @@ Json BuildOciConfig(const OciBundleParams& p) {
     args.push_back("--workdir");
     args.push_back(p.workdir);
   }
+  if (p.identity_over_channel) {
+    args.push_back("--identity");
+    args.push_back("channel");
+  }
   args.push_back("--");
   for (const auto& a : p.command) args.push_back(a);
 

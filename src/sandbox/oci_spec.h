@@ -30,8 +30,11 @@ struct OciBundleParams {
   std::string init_host_path;        // airlock-init on the host
   std::string channel_host_dir;      // host dir holding the session's control.sock
   std::vector<std::string> command;  // the agent's argv
-  std::vector<std::string> env;      // what init gets: the three variables and PATH
-  std::string workdir;               // the agent's cwd; empty = its home
+  std::vector<std::string> env;      // what init gets: PATH (nothing of the session)
+  // init takes the session's identity over the channel (--identity channel) rather than from
+  // `env`.
+  bool identity_over_channel = false;
+  std::string workdir;  // the agent's cwd; empty = its home
   uint16_t bridge_port = 0;
   uint32_t agent_uid = 1000;
   uint32_t agent_gid = 1000;

@@ -131,6 +131,22 @@ TEST(OciSpec, TheAgentsUidIsReadBackFromTheConfig) {
       AgentUidOf(Json{{"process", {{"args", {"/.airlock/init", "--uid", "x"}}}}}).has_value());
 }
 
+TEST(OciSpec, InitAsksForItsIdentityOverTheChannelWhenToldTo) {
+  auto p = Params();
+  p.env = {"PATH=/bin"};
+  p.identity_over_channel = true;
+  Json s = BuildOciConfig(p);
+  Json args = s["process"]["args"];
+  auto flag = std::find(args.begin(), args.end(), Json("--identity"));
+  auto dd = std::find(args.begin(), args.end(), Json("--"));
+  ASSERT_NE(flag, args.end());
+  ASSERT_LT(flag, dd) << "an option of init's, not of the agent's argv";
+  EXPECT_EQ(*(flag + 1), "channel");
+  EXPECT_EQ(s["process"]["env"], Json({"PATH=/bin"}));
+  Json plain = BuildOciConfig(Params())["process"]["args"];
+  EXPECT_EQ(std::find(plain.begin(), plain.end(), Json("--identity")), plain.end());
+}
+
 TEST(OciSpec, PasswdAndGroupAreBoundReadOnlyWhenGiven) {
   auto p = Params();
   EXPECT_EQ(FindMount(BuildOciConfig(p), "/etc/passwd"), nullptr);

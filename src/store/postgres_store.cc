@@ -945,6 +945,42 @@ class PostgresStore final : public Store {
     });
   }
 
+  Result<Session> IssueToken(std::string_view id, std::string_view node,
+                             std::string_view token_hash) override {
+    const int64_t now = NowMillis();
+    return Write([&](Connection& c) -> Result<Session> {
+      // Locked first: of requests racing for the identity, the others wait here and then see
+      // the token set.
+      AIRLOCK_ASSIGN_OR_RETURN(LockedSession current, LockSession(c, id));
+      AIRLOCK_ASSIGN_OR_RETURN(Rows on, c.Query("SELECT node FROM sessions WHERE id = $1", id));
+      const std::string on_node = on.empty() ? "" : on.Text(0, 0);
+      if ((current.state != SessionState::kStarting && current.state != SessionState::kRunning) ||
+          !current.token_hash.empty() || on_node != node) {
+        return Errorf(ErrorCode::kConflict,
+                      "session {} is {} on node \"{}\"{}; no token is issued for it", id,
+                      StateName(current.state), on_node,
+                      current.token_hash.empty() ? "" : " and has its token");
+      }
+      static const std::string kSql = fmt::format(
+          "UPDATE sessions SET state = $2, updated_at = $3, token_hash = $4 WHERE id = $1 "
+          "RETURNING {}",
+          kSessionColumns);
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Rows rows, c.Query(kSql, id, StateName(SessionState::kRunning), now, token_hash));
+      if (rows.empty()) {
+        return std::unexpected(SessionNotFound(id));
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(Session updated, ReadSession(rows, 0));
+      if (current.state != SessionState::kRunning) {
+        AIRLOCK_TRY(InsertEvent(
+            c, id, "session.state",
+            Json{{"from", StateName(current.state)}, {"to", StateName(SessionState::kRunning)}},
+            now));
+      }
+      return updated;
+    });
+  }
+
   Status Heartbeat(std::string_view node, int64_t now_ms) override {
     return Write([&](Connection& c) -> Status {
       AIRLOCK_TRY(

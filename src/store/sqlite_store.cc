@@ -830,6 +830,35 @@ class SqliteStore final : public Store {
     });
   }
 
+  Result<Session> IssueToken(std::string_view id, std::string_view node,
+                             std::string_view token_hash) override {
+    const int64_t now = NowMillis();
+    return Write([&](Connection& c) -> Result<Session> {
+      AIRLOCK_ASSIGN_OR_RETURN(Session before, SelectSession(c, id));
+      const SessionState current = before.state;
+      if ((current != SessionState::kStarting && current != SessionState::kRunning) ||
+          !before.token_hash.empty() || before.node != node) {
+        return Errorf(ErrorCode::kConflict,
+                      "session {} is {} on node \"{}\"{}; no token is issued for it", id,
+                      StateName(current), before.node,
+                      before.token_hash.empty() ? "" : " and has its token");
+      }
+      {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("UPDATE sessions SET state = ?2, updated_at = ?3, token_hash = ?4 "
+                                 "WHERE id = ?1"));
+        stmt.Bind(id, StateName(SessionState::kRunning), now, token_hash);
+        AIRLOCK_TRY(stmt.Run());
+      }
+      if (current != SessionState::kRunning) {
+        AIRLOCK_TRY(InsertEvent(
+            c, id, "session.state",
+            Json{{"from", StateName(current)}, {"to", StateName(SessionState::kRunning)}}, now));
+      }
+      return SelectSession(c, id);
+    });
+  }
+
   Status Heartbeat(std::string_view node, int64_t now_ms) override {
     return Write([&](Connection& c) -> Status {
       AIRLOCK_ASSIGN_OR_RETURN(

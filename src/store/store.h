@@ -209,6 +209,14 @@ class Store {
   // session over must not start a second one.
   virtual Result<Session> RestartSandbox(std::string_view id, std::string_view node,
                                          std::string_view token_hash, const Json& data) = 0;
+  // The token of a session whose sandbox takes its identity over its channel, in one
+  // transaction: such a session is created (or restarted) without a token, and the first
+  // request for its identity gets one. Compare-and-swap: kConflict unless the session is
+  // starting or running, on `node`, and still has no token, so an identity is handed out once
+  // whoever asks again and however many ask at once. A starting session becomes running (a
+  // "session.state" event). Returns the updated session.
+  virtual Result<Session> IssueToken(std::string_view id, std::string_view node,
+                                     std::string_view token_hash) = 0;
 
   // Replicas. Each records that it is alive (an upsert of its row); another takes over the
   // sessions of one whose heartbeat is too old.

@@ -976,5 +976,83 @@ TEST_P(StoreConformanceTest, AFreshSandboxReplacesTheTokenOnlyOnTheSessionsOwnNo
   EXPECT_EQ(events.back().type, "session.sandbox_restart");
 }
 
+// A session whose sandbox takes its identity over its channel: created without a token.
+Session TokenlessSession(const std::string& id, const std::string& node) {
+  Session s = NodeSession(id, node);
+  s.token_hash.clear();
+  return s;
+}
+
+TEST_P(StoreConformanceTest, ATokenIsIssuedOnceToASessionThatHasNone) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(TokenlessSession("ses_1", "a"), UserMessage("t")));
+  // Not from another node.
+  auto elsewhere = store->IssueToken("ses_1", "b", "hash-1");
+  ASSERT_FALSE(elsewhere.has_value());
+  EXPECT_EQ(elsewhere.error().code, ErrorCode::kConflict);
+  ASSERT_OK_AND_ASSIGN(Session issued, store->IssueToken("ses_1", "a", "hash-1"));
+  EXPECT_EQ(issued.token_hash, "hash-1");
+  EXPECT_EQ(issued.state, SessionState::kRunning);
+  ASSERT_OK_AND_ASSIGN(Session found, store->GetSessionByTokenHash("hash-1"));
+  EXPECT_EQ(found.id, "ses_1");
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_1", 0, 100));
+  EXPECT_EQ(events.back().type, "session.state");
+  EXPECT_EQ(events.back().data, (Json{{"from", "starting"}, {"to", "running"}}));
+  // Asked again, it is refused and the first token stays.
+  auto again = store->IssueToken("ses_1", "a", "hash-2");
+  ASSERT_FALSE(again.has_value());
+  EXPECT_EQ(again.error().code, ErrorCode::kConflict);
+  ASSERT_OK_AND_ASSIGN(Session now, store->GetSession("ses_1"));
+  EXPECT_EQ(now.token_hash, "hash-1");
+  // A fresh sandbox without a token (restarted, still running) gets one again, once.
+  ASSERT_OK(store->RestartSandbox("ses_1", "a", "", Json{{"reason", "x"}}));
+  ASSERT_OK_AND_ASSIGN(Session reissued, store->IssueToken("ses_1", "a", "hash-3"));
+  EXPECT_EQ(reissued.token_hash, "hash-3");
+  EXPECT_FALSE(store->GetSessionByTokenHash("hash-1").has_value());
+}
+
+TEST_P(StoreConformanceTest, NoTokenIsIssuedToAnEndedOrSuspendedSession) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(TokenlessSession("ses_1", "a"), UserMessage("t")));
+  ASSERT_OK(store->ChangeState(
+      "ses_1",
+      StateChange{{SessionState::kStarting}, SessionState::kKilled, "killed", true, std::nullopt}));
+  auto ended = store->IssueToken("ses_1", "a", "hash-1");
+  ASSERT_FALSE(ended.has_value());
+  EXPECT_EQ(ended.error().code, ErrorCode::kConflict);
+  ASSERT_OK(store->CreateSession(TokenlessSession("ses_2", "a"), UserMessage("t")));
+  ASSERT_OK(
+      store->ChangeState("ses_2", StateChange{{SessionState::kStarting}, SessionState::kRunning}));
+  ASSERT_OK(
+      store->ChangeState("ses_2", StateChange{{SessionState::kRunning}, SessionState::kSuspended}));
+  auto suspended = store->IssueToken("ses_2", "a", "hash-2");
+  ASSERT_FALSE(suspended.has_value());
+  EXPECT_EQ(suspended.error().code, ErrorCode::kConflict);
+  EXPECT_EQ(store->IssueToken("ses_nope", "a", "hash-3").error().code, ErrorCode::kNotFound);
+}
+
+TEST_P(StoreConformanceTest, OfRequestsForOneIdentityExactlyOneGetsIt) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(TokenlessSession("ses_1", "a"), UserMessage("t")));
+  std::vector<std::thread> askers;
+  std::atomic<int> won{0}, lost{0};
+  for (int i = 0; i < 6; ++i) {
+    askers.emplace_back([&, i] {
+      auto r = store->IssueToken("ses_1", "a", "hash-" + std::to_string(i));
+      if (r) {
+        ++won;
+      } else if (r.error().code == ErrorCode::kConflict) {
+        ++lost;
+      }
+    });
+  }
+  for (auto& t : askers) t.join();
+  EXPECT_EQ(won.load(), 1);
+  EXPECT_EQ(lost.load(), 5);
+}
+
 }  // namespace
 }  // namespace airlock::store

@@ -6,6 +6,7 @@
 // docs/operators.md); each test writes its own script into the server's configuration.
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -30,6 +31,49 @@ Json Reply(const std::string& text, std::vector<Json> calls) {
   Json r = {{"content", text}};
   if (!calls.empty()) r["tool_calls"] = calls;
   return r;
+}
+
+// The token session `id`'s running agent holds, read as root from the host ("" if it cannot
+// be found). The agent took it from its environment and wiped that, so it is looked for in
+// the agent's writable memory: the sandbox's init is the container's process as its runtime
+// reports it, and the agent is init's child.
+std::string AgentToken(const std::string& home, const std::string& id) {
+  const char* runtime = std::getenv("AIRLOCK_TEST_OCI_RUNTIME");
+  std::string state_file = home + "/state-" + id + ".json";
+  if (RunCommandLine(fmt::format("{} --root {}/run/oci state airlock-{} > {}",
+                                 runtime && *runtime ? runtime : "crun", home, id, state_file)) !=
+      0) {
+    return "";
+  }
+  auto state = ParseJson(ReadFile(state_file));
+  if (!state || !state->contains("pid")) return "";
+  int init = (*state)["pid"].get<int>();
+  std::istringstream children(ReadFile(fmt::format("/proc/{0}/task/{0}/children", init)));
+  const std::regex token("ast_[A-Za-z0-9_-]{43}");
+  for (int pid; children >> pid;) {
+    std::istringstream maps(ReadFile(fmt::format("/proc/{}/maps", pid)));
+    int mem = ::open(fmt::format("/proc/{}/mem", pid).c_str(), O_RDONLY | O_CLOEXEC);
+    if (mem < 0) continue;
+    std::string found;
+    for (std::string line; found.empty() && std::getline(maps, line);) {
+      // "start-end rw-p ...": the heap and the anonymous mappings, where strings live.
+      unsigned long start = 0, end = 0;
+      char perms[5] = {};
+      if (std::sscanf(line.c_str(), "%lx-%lx %4s", &start, &end, perms) != 3 || perms[0] != 'r' ||
+          perms[1] != 'w' || end - start > (64ul << 20)) {
+        continue;
+      }
+      std::string bytes(end - start, '\0');
+      ssize_t n = ::pread(mem, bytes.data(), bytes.size(), static_cast<off_t>(start));
+      if (n <= 0) continue;
+      bytes.resize(static_cast<size_t>(n));
+      std::smatch m;
+      if (std::regex_search(bytes, m, token)) found = m.str();
+    }
+    ::close(mem);
+    if (!found.empty()) return found;
+  }
+  return "";
 }
 
 class AgentE2eTest : public ::testing::Test {
@@ -541,12 +585,10 @@ TEST_F(AgentE2eTest, TheAgentsChildProcessesCannotReadTheToken) {
   }));
   std::string id = CreateAgentSession("probe for the token");
   ASSERT_FALSE(WaitForEvent(id, "agent.waiting").is_null());
-  // The token is in the sandbox's runtime spec on the host (root only); read it from there.
-  std::ifstream spec(sbx_->home() + "/sessions/" + id + "/bundle/config.json");
-  std::string text((std::istreambuf_iterator<char>(spec)), std::istreambuf_iterator<char>());
-  size_t at = text.find("SESSION_TOKEN=");
-  ASSERT_NE(at, std::string::npos) << "cannot find the token to look for";
-  std::string token = text.substr(at + 14, text.find('"', at) - at - 14);
+  // The token is in no file on the host (identity after start): read it, as root, where the
+  // agent holds it, its memory.
+  std::string token = AgentToken(sbx_->home(), id);
+  ASSERT_NE(token, "") << "cannot find the token to look for";
   ASSERT_GE(token.size(), 32u);
 
   auto results = ToolResults(Messages(id));

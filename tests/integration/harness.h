@@ -47,12 +47,22 @@ inline void RaiseFdLimit() {
 // made to it.
 class TestBackend : public sandbox::Backend {
  public:
+  // A spec as Create got it, with the identity it carried spelled out.
+  struct Recorded {
+    sandbox::SandboxSpec spec;
+    std::string session_id;
+    Secret token;
+    std::string control_plane_url;
+  };
   struct Shared {
     std::mutex mu;
     std::condition_variable changed;  // notified on every state change
-    std::map<std::string, sandbox::SandboxSpec> specs;
+    std::map<std::string, Recorded> specs;
     std::map<std::string, std::string> state;  // handle -> running/paused/destroyed
     bool fail_create = false;
+    // Declare IdentityDelivery::kOverChannel: sandboxes get no token in their spec and must
+    // ask for it on their socket (GET /sandbox/v1/identity), as oci's do.
+    bool identity_over_channel = false;
     std::string probe_error;   // Probe fails with this when set
     bool probe_hangs = false;  // Probe blocks until this is cleared
 
@@ -69,17 +79,35 @@ class TestBackend : public sandbox::Backend {
   };
   explicit TestBackend(std::shared_ptr<Shared> shared) : s_(std::move(shared)) {}
   std::string_view name() const override { return "test"; }
-  bool isolated() const override { return true; }
-  Result<std::string> Create(const sandbox::SandboxSpec& spec) override {
+  sandbox::Capabilities capabilities() const override {
+    sandbox::Capabilities c;
+    c.isolated = true;
+    c.suspend = sandbox::Capabilities::Suspend::kFreeze;
+    c.channel = sandbox::Channel::Kind::kUnixDir;
+    std::lock_guard l(s_->mu);
+    c.identity = s_->identity_over_channel ? sandbox::Capabilities::IdentityDelivery::kOverChannel
+                                           : sandbox::Capabilities::IdentityDelivery::kInSpec;
+    return c;
+  }
+  Result<sandbox::Started> Create(const sandbox::SandboxSpec& spec) override {
     std::lock_guard l(s_->mu);
     if (s_->fail_create) return MakeError(ErrorCode::kUnavailable, "test backend told to fail");
-    s_->specs[spec.session_id] = spec;
-    s_->state["test:" + spec.session_id] = "running";
+    Recorded r{spec, spec.sandbox_id, Secret(), ""};
+    if (spec.identity) {
+      r.session_id = spec.identity->session_id;
+      r.token = spec.identity->token;
+      r.control_plane_url = spec.identity->control_plane_url;
+    }
+    s_->specs[spec.sandbox_id] = std::move(r);
+    s_->state["test:" + spec.sandbox_id] = "running";
     s_->changed.notify_all();
-    return "test:" + spec.session_id;
+    return sandbox::Started{"test:" + spec.sandbox_id, sandbox::SandboxState::kRunning};
   }
   Status Suspend(const std::string& h) override { return Set(h, "paused"); }
-  Status Resume(const std::string& h) override { return Set(h, "running"); }
+  Result<std::string> Resume(const std::string& h) override {
+    AIRLOCK_TRY(Set(h, "running"));
+    return h;
+  }
   Status Destroy(const std::string& h) override { return Set(h, "destroyed"); }
   Result<sandbox::SandboxStatus> Inspect(const std::string& h) override {
     std::lock_guard l(s_->mu);
@@ -241,9 +269,12 @@ bool WaitForMetric(TestServer& server, const std::string& needle, int timeout_ms
 // A control plane on its own io thread, bound to 127.0.0.1:0 for both listeners.
 class TestServer {
  public:
-  explicit TestServer(std::function<void(controlplane::Config&)> tweak = {}, std::string home = "")
+  // `backend`: the sandboxes of an earlier server on the same home, which outlive it as real
+  // ones outlive a restart (default: none).
+  explicit TestServer(std::function<void(controlplane::Config&)> tweak = {}, std::string home = "",
+                      std::shared_ptr<TestBackend::Shared> backend = nullptr)
       : home_(home.empty() ? MakeTempDir() : home),
-        backend_(std::make_shared<TestBackend::Shared>()) {
+        backend_(backend ? std::move(backend) : std::make_shared<TestBackend::Shared>()) {
     RaiseFdLimit();
     controlplane::Config c = *controlplane::ParseConfig("", home_);
     c.operator_listen = {"127.0.0.1", 0};
@@ -278,6 +309,7 @@ class TestServer {
   const std::string& home() const { return home_; }
   const std::string& key() const { return operator_key_; }
   TestBackend::Shared& backend() { return *backend_; }
+  std::shared_ptr<TestBackend::Shared> shared_backend() { return backend_; }
   controlplane::ControlPlane& cp() { return *cp_; }
 
   HttpResult Op(http::verb m, const std::string& target, const std::string& body = "",

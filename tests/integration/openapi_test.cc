@@ -111,10 +111,12 @@ TEST(OpenApiDocumentTest, EveryOperationNamesItsListenerAndItsCredential) {
       EXPECT_TRUE(key.path.starts_with("/sandbox/v1/")) << where;
       ASSERT_TRUE(item.contains("servers")) << where;
       EXPECT_NE(item["servers"][0]["url"].get<std::string>().find(":7401"), std::string::npos);
-      // Signed file URLs carry their credential in the query; the rest the session token.
-      Json want = key.path == "/sandbox/v1/files/{session}/{name}"
-                      ? Json::array()
-                      : Json::parse(R"([{"sessionToken": []}])");
+      // Signed file URLs carry their credential in the query, and a sandbox's own socket is
+      // the credential of its identity; the rest the session token.
+      Json want =
+          key.path == "/sandbox/v1/files/{session}/{name}" || key.path == "/sandbox/v1/identity"
+              ? Json::array()
+              : Json::parse(R"([{"sessionToken": []}])");
       EXPECT_EQ(op.value("security", Json()), want) << where;
     }
   }
@@ -404,6 +406,34 @@ TEST_F(OpenApiTest, EveryOperationAnswersAsDocumented) {
     ::close(fd);
     EXPECT_EQ(r.status, 200u);
     Record("sandbox", "GET", "/sandbox/v1/history", r);
+  }
+
+  // Identity after start: the sandbox of a backend that delivers it over the channel asks on
+  // its own socket, once; TCP is not a sandbox's channel.
+  {
+    {
+      std::lock_guard l(server_.backend().mu);
+      server_.backend().identity_over_channel = true;
+    }
+    auto created = Op(verb::post, "/v1/sessions", R"({"task":"who am I"})");
+    {
+      std::lock_guard l(server_.backend().mu);
+      server_.backend().identity_over_channel = false;
+    }
+    ASSERT_EQ(created.status, 201u) << created.body;
+    EXPECT_EQ(created.json()["state"], "starting");
+    const std::string e = created.json()["id"];
+    for (unsigned want : {200u, 409u}) {
+      int fd = RawConnectUnix(server_.home() + "/run/" + e + "/control.sock");
+      ASSERT_GE(fd, 0);
+      WriteAll(fd, "GET /sandbox/v1/identity HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+      auto r = ParseRaw(ReadUntilClose(fd));
+      ::close(fd);
+      EXPECT_EQ(r.status, want) << r.body;
+      Record("sandbox", "GET", "/sandbox/v1/identity", r);
+    }
+    EXPECT_EQ(Sb(verb::get, "/sandbox/v1/identity", ta).status, 403u);
+    EXPECT_EQ(Op(verb::delete_, "/v1/sessions/" + e).status, 200u);
   }
 
   // Finishing, and what answers after the end.

@@ -164,6 +164,54 @@ TEST_F(OciSessionTest, DeletingASessionDestroysItsSandbox) {
       << "the bundle (it holds the token) outlived its session";
 }
 
+// Identity after start: the sandbox is made knowing nothing of its session and init takes
+// the token over the socket once it runs. Read from the host while the sandbox lives: neither
+// its config.json nor init's environment holds the token the agent got.
+TEST_F(OciSessionTest, TheTokenIsInNeitherTheBundleNorInitsEnvironment) {
+  std::string id =
+      sbx_->Create({"/bin/sh", "-c", "echo \"token=$SESSION_TOKEN.\"; exec sleep 600"});
+  ASSERT_TRUE(WaitForLog(id, "token=")) << sbx_->Logs(id);
+  std::string logs = sbx_->Logs(id);
+  size_t at = logs.find("token=") + 6;
+  std::string token = logs.substr(at, logs.find('.', at) - at);
+  ASSERT_TRUE(token.starts_with("ast_")) << logs;
+  EXPECT_EQ(State(id), "running");
+  std::string config = ReadFile(sbx_->home() + "/sessions/" + id + "/bundle/config.json");
+  ASSERT_FALSE(config.empty());
+  EXPECT_EQ(config.find(token), std::string::npos) << "the token is in config.json";
+  EXPECT_EQ(config.find("SESSION_TOKEN="), std::string::npos);
+  // init is the container's process as its runtime reports it.
+  const char* runtime = std::getenv("AIRLOCK_TEST_OCI_RUNTIME");
+  std::string state_file = sbx_->home() + "/state.json";
+  ASSERT_EQ(RunCommandLine(fmt::format("{} --root {}/run/oci state airlock-{} > {}",
+                                       runtime && *runtime ? runtime : "crun", sbx_->home(), id,
+                                       state_file)),
+            0);
+  auto state = ParseJson(ReadFile(state_file));
+  ASSERT_TRUE(state && state->contains("pid")) << ReadFile(state_file);
+  std::string environ = ReadFile(fmt::format("/proc/{}/environ", (*state)["pid"].get<int>()));
+  EXPECT_EQ(environ.find(token), std::string::npos) << "the token is in init's environment";
+  EXPECT_EQ(environ.find("SESSION_TOKEN"), std::string::npos);
+  EXPECT_EQ(sbx_->server().Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
+}
+
+// The agent reaches the socket init took its identity from (through the bridge): asking
+// there again gets nothing.
+TEST_F(OciSessionTest, TheAgentCannotTakeTheIdentityAgain) {
+  std::string id = sbx_->Create(
+      {"/bin/sh", "-c",
+       "wget -q -O - \"$CONTROL_PLANE_URL/sandbox/v1/identity\"; echo \"identity-exit=$?\""});
+  auto out = sbx_->WaitForEnd(id);
+  EXPECT_NE(out.logs.find("identity-exit=1"), std::string::npos) << out.logs;
+  EXPECT_EQ(out.logs.find("\"token\""), std::string::npos) << out.logs;
+  std::string metrics = sbx_->server().Op(verb::get, "/metrics").body;
+  EXPECT_NE(metrics.find("airlock_identity_requests_total{outcome=\"again\"} 1"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("airlock_identity_requests_total{outcome=\"delivered\"} 1"),
+            std::string::npos)
+      << metrics;
+}
+
 TEST_F(OciSessionTest, AnUnknownImageIsAClearError) {
   Json body = {{"task", "x"}, {"image", "nope:latest"}, {"command", {"/bin/true"}}};
   auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));

@@ -1,0 +1,71 @@
+#include "controlplane/identity.h"
+
+#include "common/blocking.h"
+#include "common/crypto.h"
+#include "common/log.h"
+#include "controlplane/validation.h"
+
+namespace airlock::controlplane {
+
+IdentityService::IdentityService(store::Store& store, asio::thread_pool& pool, std::string node,
+                                 Notifier& events, metrics::Registry& registry)
+    : store_(store),
+      pool_(pool),
+      node_(std::move(node)),
+      events_(events),
+      requests_(registry.AddCounter(
+          "airlock_identity_requests_total",
+          "Requests of sandboxes for their identity (GET /sandbox/v1/identity), by outcome.",
+          {"outcome"})) {}
+
+Response IdentityService::Refuse(const char* reason, unsigned status, std::string_view code,
+                                 std::string_view message) {
+  requests_.With({reason}).Inc();
+  return Response::FromError(status, code, message);
+}
+
+awaitable<Response> IdentityService::Fetch(const Request& req) {
+  // Over TCP anyone with a route to the listener could ask; a sandbox's own socket is bound
+  // to its session when the control plane creates it.
+  if (req.bound_session.empty()) {
+    co_return Refuse("not_a_channel", 403, "permission_denied",
+                     "the identity is handed out only on a sandbox's own socket");
+  }
+  const std::string& id = req.bound_session;
+  auto s = co_await RunBlocking(pool_, [this, &id] { return store_.GetSession(id); });
+  if (!s) co_return Response::FromError(s.error());
+  if (store::IsTerminal(s->state)) {
+    co_return Refuse("ended", 410, "gone",
+                     fmt::format("the session has ended ({})", store::StateName(s->state)));
+  }
+  // Only the node that runs the sandbox answers for it: a replica that lost the session to
+  // another (its socket not yet swept) must not issue a token the new node's sandbox lacks.
+  if (!s->node.empty() && s->node != node_) {
+    co_return Refuse("moved", 409, "conflict",
+                     fmt::format("the session's sandbox runs on replica \"{}\"", s->node));
+  }
+  if (!s->token_hash.empty()) {
+    log::Warn("a sandbox asked again for the identity it was given",
+              {{"session", id}, {"request_id", req.request_id}});
+    co_return Refuse("again", 409, "conflict", "this sandbox's identity was already handed out");
+  }
+  Secret token = NewToken(kSessionTokenPrefix);
+  std::string hash = Sha256Hex(token.Reveal());
+  auto issued = co_await RunBlocking(
+      pool_, [this, &id, &node = s->node, &hash] { return store_.IssueToken(id, node, hash); });
+  if (!issued) {
+    if (issued.error().code == ErrorCode::kConflict) {
+      // Another request got it first, the session ended, was suspended or moved meanwhile.
+      co_return Refuse("again", 409, "conflict", "this sandbox's identity is not available");
+    }
+    co_return Response::FromError(issued.error());
+  }
+  requests_.With({"delivered"}).Inc();
+  events_.Notify(id);
+  log::Info("identity handed to the sandbox", {{"session", id}});
+  Response r = Response::FromJson(200, Json{{"session_id", id}, {"token", token.Reveal()}});
+  r.headers.emplace_back("Cache-Control", "no-store");
+  co_return r;
+}
+
+}  // namespace airlock::controlplane

@@ -1,0 +1,44 @@
+#pragma once
+
+#include <string>
+
+#include "common/asio.h"
+#include "common/metrics.h"
+#include "controlplane/http.h"
+#include "controlplane/notifier.h"
+#include "store/store.h"
+
+namespace airlock::controlplane {
+
+// GET /sandbox/v1/identity: whom a sandbox serves, for a backend that delivers the identity
+// over the sandbox's channel (Capabilities::IdentityDelivery::kOverChannel). Such a sandbox
+// is created, or restarted, for a session that has no token yet; airlock-init asks here once
+// it has started, and the token is minted at that moment. Only its hash is stored, and
+// nothing of it is held in memory in between: a control-plane restart before the request
+// loses nothing (init retries until it gets through), and any node that can resolve the
+// sandbox's socket could answer.
+//
+// Security: answered only on a sandbox's own Unix socket, which the control plane binds to its
+// session (the request needs no credential: the socket is the credential), never over TCP;
+// and only while the session has no token (Store::IssueToken is a compare-and-swap), so the
+// agent, which reaches the same socket through init's bridge once init has its identity,
+// cannot fetch it again, and of racing requests exactly one gets it.
+class IdentityService {
+ public:
+  IdentityService(store::Store& store, asio::thread_pool& pool, std::string node, Notifier& events,
+                  metrics::Registry& registry);
+
+  awaitable<Response> Fetch(const Request& req);
+
+ private:
+  Response Refuse(const char* reason, unsigned status, std::string_view code,
+                  std::string_view message);
+
+  store::Store& store_;
+  asio::thread_pool& pool_;
+  std::string node_;
+  Notifier& events_;
+  metrics::Family<metrics::Counter>& requests_;
+};
+
+}  // namespace airlock::controlplane
