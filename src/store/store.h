@@ -149,6 +149,8 @@ struct StateChange {
 
 // A committed change that another replica's waiters may be parked on: an inbox long-poll
 // (kInbox), an event stream (kEvents), anything bound to a session that has ended (kEnded).
+// A fresh sandbox (RestartSandbox: the session's token replaced) is announced as kInbox: the
+// old sandbox's long-poll must end, and a replica that remembers the old token must forget it.
 // An empty session_id means "anything may have changed" (the feed was interrupted).
 struct Change {
   enum class Kind { kInbox, kEvents, kEnded };
