@@ -61,6 +61,7 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
                                       registry_)),
       files_(std::make_unique<FileService>(config_, *store_, pool_, events_, registry_)),
       tokens_(MakeTokenCache(config_)),
+      sandbox_events_(*store_, pool_, EventQuotaFor(config_)),
       reconcile_timer_(io) {
   RegisterOperatorRoutes();
   RegisterSandboxRoutes();

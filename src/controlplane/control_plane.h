@@ -12,6 +12,7 @@
 #include "common/metrics.h"
 #include "common/secret.h"
 #include "controlplane/config.h"
+#include "controlplane/event_appender.h"
 #include "controlplane/event_limits.h"
 #include "controlplane/file_service.h"
 #include "controlplane/home_lock.h"
@@ -228,6 +229,8 @@ class ControlPlane {
   std::vector<std::string> operator_key_hashes_;
   // Which session each recently seen sandbox token belongs to (io thread only).
   TokenCache tokens_;
+  // The events sandboxes post, committed in groups.
+  EventAppender sandbox_events_;
   // When the key hashes were last read from the store (io thread only).
   std::chrono::steady_clock::time_point operator_keys_read_at_{};
   static constexpr std::chrono::seconds kOperatorKeyRefresh{1};

@@ -669,11 +669,7 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
     r.headers.emplace_back("Retry-After", std::to_string(*retry_after));
     co_return r;
   }
-  const store::EventQuota quota = EventQuotaFor(config_);
-  AIRLOCK_CO_ASSIGN(auto appended,
-                    co_await RunBlocking(pool_, [this, &id, &type, &data, &quota] {
-                      return store_->AppendEventWithinQuota(id, type, data, quota);
-                    }));
+  AIRLOCK_CO_ASSIGN(auto appended, co_await sandbox_events_.Append(id, type, std::move(data)));
   if (!appended.event) {
     event_refusals_.With({"quota"}).Inc();
     if (appended.noticed) {

@@ -1,0 +1,52 @@
+#pragma once
+
+// Group commit of the events sandboxes post (POST /sandbox/v1/events). Each request used to be
+// its own trip to the worker pool and its own store transaction; under load, most of a
+// request's time went to the trip and the commit, not to the event. Here the requests that
+// arrive while a group is being committed wait together, and the next group takes them all to
+// the store in one call (Store::AppendEventsWithinQuota: one trip, and one transaction where
+// the store can). Each request is answered only after the commit that holds its event, so an
+// acknowledged event is as durable as before. A request that arrives when nothing is being
+// committed goes at once: alone, an event waits for no one.
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/asio.h"
+#include "common/json_util.h"
+#include "common/result.h"
+#include "store/store.h"
+
+namespace airlock::controlplane {
+
+// io thread only (Append is called and resumes there); the store runs on `pool`.
+class EventAppender {
+ public:
+  // At most `max_batch` events per store call; `quota` is every append's.
+  EventAppender(store::Store& store, asio::thread_pool& pool, store::EventQuota quota,
+                size_t max_batch = 256);
+
+  // What Store::AppendEventWithinQuota(session_id, type, data, quota) answers, once committed.
+  awaitable<Result<store::QuotaAppend>> Append(std::string session_id, std::string type, Json data);
+
+ private:
+  struct Pending;
+  using Batch = std::vector<std::shared_ptr<Pending>>;
+
+  // Sends the front of the queue to the store; when it answers, wakes its requests and sends
+  // whatever queued meanwhile.
+  void StartBatch(const asio::any_io_executor& ex);
+  void Finish(const asio::any_io_executor& ex, const Batch& batch,
+              std::vector<Result<store::QuotaAppend>> results);
+
+  store::Store& store_;
+  asio::thread_pool& pool_;
+  store::EventQuota quota_;
+  size_t max_batch_;
+  Batch queue_;
+  bool in_flight_ = false;
+};
+
+}  // namespace airlock::controlplane
