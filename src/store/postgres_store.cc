@@ -590,8 +590,9 @@ Status NotifyChange(Connection& c, char kind, std::string_view session_id) {
   return Ok();
 }
 
+// `notify` false: the caller sends the session's e: NOTIFY itself (once for many events).
 Result<Event> InsertEvent(Connection& c, std::string_view session_id, std::string_view type,
-                          const Json& data, int64_t now) {
+                          const Json& data, int64_t now, bool notify = true) {
   Event e{std::string(session_id), 0, std::string(type), data, now};
   const std::string text = DumpJson(data);
   AIRLOCK_ASSIGN_OR_RETURN(
@@ -606,7 +607,7 @@ Result<Event> InsertEvent(Connection& c, std::string_view session_id, std::strin
     return std::unexpected(SessionNotFound(session_id));
   }
   e.seq = rows.Int(0, 0);
-  AIRLOCK_TRY(NotifyChange(c, 'e', session_id));
+  if (notify) AIRLOCK_TRY(NotifyChange(c, 'e', session_id));
   return e;
 }
 
@@ -1104,12 +1105,19 @@ class PostgresStore final : public Store {
       out.assign(events.size(), std::unexpected(Error{ErrorCode::kInternal, "not appended"}));
       aborted = false;
       for (size_t i : order) {
-        out[i] =
-            AppendWithinQuota(c, events[i].session_id, events[i].type, *events[i].data, quota, now);
+        out[i] = AppendWithinQuota(c, events[i].session_id, events[i].type, *events[i].data, quota,
+                                   now, /*notify=*/false);
         if (!out[i] && PQtransactionStatus(c.raw()) == PQTRANS_INERROR) {
           aborted = !c.broken() && !c.retryable();
           return std::unexpected(out[i].error());
         }
+      }
+      // One e: per session (PostgreSQL would fold the repeats, but each is a round trip);
+      // `order` keeps a session's appends together.
+      for (size_t k = 0; k < order.size(); ++k) {
+        const std::string_view id = events[order[k]].session_id;
+        if (k > 0 && events[order[k - 1]].session_id == id) continue;
+        AIRLOCK_TRY(NotifyChange(c, 'e', id));
       }
       return Ok();
     });
@@ -1123,7 +1131,8 @@ class PostgresStore final : public Store {
 
   static Result<QuotaAppend> AppendWithinQuota(Connection& c, std::string_view session_id,
                                                std::string_view type, const Json& data,
-                                               const EventQuota& quota, int64_t now) {
+                                               const EventQuota& quota, int64_t now,
+                                               bool notify = true) {
     const int64_t size = static_cast<int64_t>(type.size() + DumpJson(data).size());
     // Locked, so concurrent appends see each other's totals and cannot overshoot together.
     AIRLOCK_ASSIGN_OR_RETURN(LockedSession s, LockSession(c, session_id));
@@ -1137,7 +1146,7 @@ class PostgresStore final : public Store {
     }
     out.noticed = !out.exceeded.empty() && !s.quota_noticed;
     if (out.exceeded.empty()) {
-      AIRLOCK_ASSIGN_OR_RETURN(Event e, InsertEvent(c, session_id, type, data, now));
+      AIRLOCK_ASSIGN_OR_RETURN(Event e, InsertEvent(c, session_id, type, data, now, notify));
       out.event = std::move(e);
       return out;
     }
@@ -1145,7 +1154,7 @@ class PostgresStore final : public Store {
       AIRLOCK_TRY(
           c.Query("UPDATE sessions SET event_quota_noticed = true WHERE id = $1", session_id));
       Json notice = {{"quota", out.exceeded}, {"limit", out.limit}, {"type", type}};
-      AIRLOCK_TRY(InsertEvent(c, session_id, "session.quota_exceeded", notice, now));
+      AIRLOCK_TRY(InsertEvent(c, session_id, "session.quota_exceeded", notice, now, notify));
     }
     return out;
   }
