@@ -16,8 +16,12 @@ struct EventAppender::Pending {
 };
 
 EventAppender::EventAppender(store::Store& store, asio::thread_pool& pool, store::EventQuota quota,
-                             size_t max_batch)
-    : store_(store), pool_(pool), quota_(quota), max_batch_(std::max<size_t>(max_batch, 1)) {}
+                             size_t max_batch, size_t max_in_flight)
+    : store_(store),
+      pool_(pool),
+      quota_(quota),
+      max_batch_(std::max<size_t>(max_batch, 1)),
+      max_in_flight_(std::max<size_t>(max_in_flight, 1)) {}
 
 awaitable<Result<store::QuotaAppend>> EventAppender::Append(std::string session_id,
                                                             std::string type, Json data) {
@@ -27,7 +31,7 @@ awaitable<Result<store::QuotaAppend>> EventAppender::Append(std::string session_
   p->type = std::move(type);
   p->data = std::move(data);
   queue_.push_back(p);
-  if (!in_flight_) StartBatch(ex);
+  if (in_flight_ < max_in_flight_) StartBatch(ex);
   // The answer comes in a handler posted to this thread, so not before the wait has begun.
   if (!p->result) {
     p->done.expires_at(asio::steady_timer::time_point::max());
@@ -38,7 +42,7 @@ awaitable<Result<store::QuotaAppend>> EventAppender::Append(std::string session_
 }
 
 void EventAppender::StartBatch(const asio::any_io_executor& ex) {
-  in_flight_ = true;
+  ++in_flight_;
   const auto n = static_cast<long>(std::min(queue_.size(), max_batch_));
   auto batch = std::make_shared<Batch>(queue_.begin(), queue_.begin() + n);
   queue_.erase(queue_.begin(), queue_.begin() + n);
@@ -67,7 +71,7 @@ void EventAppender::Finish(const asio::any_io_executor& ex, const Batch& batch,
     }
     p.done.cancel();
   }
-  in_flight_ = false;
+  --in_flight_;
   if (!queue_.empty()) StartBatch(ex);
 }
 

@@ -6,8 +6,10 @@
 // arrive while a group is being committed wait together, and the next group takes them all to
 // the store in one call (Store::AppendEventsWithinQuota: one trip, and one transaction where
 // the store can). Each request is answered only after the commit that holds its event, so an
-// acknowledged event is as durable as before. A request that arrives when nothing is being
-// committed goes at once: alone, an event waits for no one.
+// acknowledged event is as durable as before. A request that arrives when a call is free goes
+// at once: alone, an event waits for no one. Two calls may be in flight: while one commits, the
+// next is on its way (PostgreSQL runs them on two connections; SQLite's own group commit joins
+// them); more would take the pool threads that other store calls need.
 
 #include <cstddef>
 #include <memory>
@@ -24,9 +26,10 @@ namespace airlock::controlplane {
 // io thread only (Append is called and resumes there); the store runs on `pool`.
 class EventAppender {
  public:
-  // At most `max_batch` events per store call; `quota` is every append's.
+  // At most `max_batch` events per store call and `max_in_flight` calls at once; `quota` is
+  // every append's.
   EventAppender(store::Store& store, asio::thread_pool& pool, store::EventQuota quota,
-                size_t max_batch = 256);
+                size_t max_batch = 256, size_t max_in_flight = 2);
 
   // What Store::AppendEventWithinQuota(session_id, type, data, quota) answers, once committed.
   awaitable<Result<store::QuotaAppend>> Append(std::string session_id, std::string type, Json data);
@@ -45,8 +48,9 @@ class EventAppender {
   asio::thread_pool& pool_;
   store::EventQuota quota_;
   size_t max_batch_;
+  size_t max_in_flight_;
   Batch queue_;
-  bool in_flight_ = false;
+  size_t in_flight_ = 0;
 };
 
 }  // namespace airlock::controlplane
