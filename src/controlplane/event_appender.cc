@@ -43,6 +43,7 @@ awaitable<Result<store::QuotaAppend>> EventAppender::Append(std::string session_
 
 void EventAppender::StartBatch(const asio::any_io_executor& ex) {
   ++in_flight_;
+  ++calls_;
   const auto n = static_cast<long>(std::min(queue_.size(), max_batch_));
   auto batch = std::make_shared<Batch>(queue_.begin(), queue_.begin() + n);
   queue_.erase(queue_.begin(), queue_.begin() + n);

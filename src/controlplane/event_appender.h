@@ -33,6 +33,8 @@ class EventAppender {
 
   // What Store::AppendEventWithinQuota(session_id, type, data, quota) answers, once committed.
   awaitable<Result<store::QuotaAppend>> Append(std::string session_id, std::string type, Json data);
+  // Store calls made so far (each carried one group).
+  size_t calls() const { return calls_; }
 
  private:
   struct Pending;
@@ -51,6 +53,7 @@ class EventAppender {
   size_t max_in_flight_;
   Batch queue_;
   size_t in_flight_ = 0;
+  size_t calls_ = 0;
 };
 
 }  // namespace airlock::controlplane
