@@ -13,9 +13,10 @@ namespace {
 class EventAppenderTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char dir[] = "/tmp/airlock-appender-XXXXXX";
-    ASSERT_NE(::mkdtemp(dir), nullptr);
-    dir_ = dir;
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / "airlock-appender-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
     store::StoreOptions o;
     o.path = dir_ + "/airlock.db";
     auto opened = store::OpenSqliteStore(o);
