@@ -89,6 +89,15 @@ sessions() {
   chmod 777 "$dir"
   for i in $(seq "$SESSIONS"); do airlock_session "$api" "$dir/tok.$i" > "$dir/id.$i"; done
 }
+# end_sessions API DIR: deletes the sessions `sessions` made, so their agents (`sleep 3600`
+# under the process backend, which outlive a stopped server by design) go with them.
+end_sessions() {
+  local api=$1 dir=$2
+  for i in $(seq "$SESSIONS"); do
+    curl -fs -o /dev/null -X DELETE -H "Authorization: Bearer $KEY" \
+      "http://$api/v1/sessions/$(cat "$dir/id.$i")" || true
+  done
+}
 # A wrk script that spreads the events over the sessions' tokens.
 events_lua() { # DIR
   python3 - "$1" "$SESSIONS" <<'PY'
@@ -138,6 +147,7 @@ sessions 127.0.0.1:17610 "$WORK/tok-sqlite"
 events_lua "$WORK/tok-sqlite" > "$WORK/sqlite.lua"
 run_wrk sqlite_events -s "$WORK/sqlite.lua" http://127.0.0.1:17611/sandbox/v1/events
 run_create sqlite_create http://127.0.0.1:17610/v1/sessions "$KEY"
+end_sessions 127.0.0.1:17610 "$WORK/tok-sqlite"
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
 # PostgreSQL: replica 1 alone, then replicas 1-3 behind HAProxy
@@ -219,6 +229,7 @@ lat.sort()
 print(f"{statistics.median(lat):.2f} {lat[int(len(lat) * 0.99) - 1]:.2f} {len(lat)}")
 PY
 
+KEY=$KEY1 end_sessions 127.0.0.1:17620 "$WORK/tok-pg"
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$WORK" "$SESSIONS" "$CREATE_CONNS" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
 import re, sys
