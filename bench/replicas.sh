@@ -7,7 +7,11 @@
 # Requires: build/bin/airlock, wrk, curl, python3, nginx, haproxy, PostgreSQL 15 (initdb,
 # pg_ctl, pgbench): scripts/install-deps.sh --with-bench. Run as root or as a user that may run
 # PostgreSQL (as root, the server runs as the postgres user).
-# Knobs: DUR (wrk duration, 10s), SESSIONS (sessions the load is spread over, 16).
+# Also session creation (POST /v1/sessions) on each: the `process` backend with the command
+# `true`, so a sandbox costs one fork and exec and its agent exits at once (the reconciler ends
+# the session within a second); what is measured is the control plane's create path.
+# Knobs: DUR (wrk duration, 10s), SESSIONS (sessions the load is spread over, 16), CREATE_DUR
+# (wrk duration of the creation runs, 5s), CREATE_CONNS (their connections, 8).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,7 +20,11 @@ source "$ROOT/bench/lib.sh"
 AIRLOCK="${AIRLOCK:-$ROOT/build/bin/airlock}"
 DUR="${DUR:-10s}"
 SESSIONS="${SESSIONS:-16}"
+CREATE_DUR="${CREATE_DUR:-5s}"
+CREATE_CONNS="${CREATE_CONNS:-8}"
 WORK="$(mktemp -d)"
+# Other work on the machine skews every number: the load average goes into the report.
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 chmod 755 "$WORK"
 PIDS=()
 PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
@@ -81,6 +89,15 @@ sessions() {
   chmod 777 "$dir"
   for i in $(seq "$SESSIONS"); do airlock_session "$api" "$dir/tok.$i" > "$dir/id.$i"; done
 }
+# end_sessions API DIR: deletes the sessions `sessions` made, so their agents (`sleep 3600`
+# under the process backend, which outlive a stopped server by design) go with them.
+end_sessions() {
+  local api=$1 dir=$2
+  for i in $(seq "$SESSIONS"); do
+    curl -fs -o /dev/null -X DELETE -H "Authorization: Bearer $KEY" \
+      "http://$api/v1/sessions/$(cat "$dir/id.$i")" || true
+  done
+}
 # A wrk script that spreads the events over the sessions' tokens.
 events_lua() { # DIR
   python3 - "$1" "$SESSIONS" <<'PY'
@@ -101,6 +118,20 @@ run_wrk() { # NAME URL [wrk args]
   echo "== $name" >&2
   wrk -t2 -c64 -d"$DUR" --latency "$@" > "$WORK/$name.out"
 }
+# A wrk script that creates sessions with the operator KEY.
+create_lua() { # KEY
+  cat <<LUA
+wrk.method = "POST"
+wrk.body = '{"task":"bench","command":["true"]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $1"
+LUA
+}
+run_create() { # NAME URL KEY
+  echo "== $1" >&2
+  create_lua "$3" > "$WORK/$1.lua"
+  wrk -t2 -c"$CREATE_CONNS" -d"$CREATE_DUR" --latency -s "$WORK/$1.lua" "$2" > "$WORK/$1.out"
+}
 
 # nginx baseline
 nginx_conf "$WORK/nginx.conf" "$WORK" 1024 "" "
@@ -115,6 +146,8 @@ start_replica sqlite 127.0.0.1:17610 127.0.0.1:17611 ""
 sessions 127.0.0.1:17610 "$WORK/tok-sqlite"
 events_lua "$WORK/tok-sqlite" > "$WORK/sqlite.lua"
 run_wrk sqlite_events -s "$WORK/sqlite.lua" http://127.0.0.1:17611/sandbox/v1/events
+run_create sqlite_create http://127.0.0.1:17610/v1/sessions "$KEY"
+end_sessions 127.0.0.1:17610 "$WORK/tok-sqlite"
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
 # PostgreSQL: replica 1 alone, then replicas 1-3 behind HAProxy
@@ -127,6 +160,7 @@ KEY1=$KEY
 sessions 127.0.0.1:17620 "$WORK/tok-pg"
 events_lua "$WORK/tok-pg" > "$WORK/pg.lua"
 run_wrk pg1_events -s "$WORK/pg.lua" http://127.0.0.1:17621/sandbox/v1/events
+run_create pg1_create http://127.0.0.1:17620/v1/sessions "$KEY1"
 start_replica pg2 127.0.0.1:17630 127.0.0.1:17631 "$PG_STORE"
 start_replica pg3 127.0.0.1:17640 127.0.0.1:17641 "$PG_STORE"
 cat > "$WORK/haproxy.cfg" <<CFG
@@ -145,11 +179,21 @@ backend replicas
   server r1 127.0.0.1:17621
   server r2 127.0.0.1:17631
   server r3 127.0.0.1:17641
+frontend operator
+  bind 127.0.0.1:17650
+  default_backend operators
+backend operators
+  balance roundrobin
+  server r1 127.0.0.1:17620
+  server r2 127.0.0.1:17630
+  server r3 127.0.0.1:17640
 CFG
 haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:17651/ && break; sleep 0.1; done
 run_wrk pg3_events -s "$WORK/pg.lua" http://127.0.0.1:17651/sandbox/v1/events
+# Replica 1's key works on every replica (keys live in the store).
+run_create pg3_create http://127.0.0.1:17650/v1/sessions "$KEY1"
 
 # Cross-replica wake-up: a long-poll parked on replica 2, the message posted through replica 1;
 # the time from sending the POST to the poll's answer.
@@ -185,9 +229,11 @@ lat.sort()
 print(f"{statistics.median(lat):.2f} {lat[int(len(lat) * 0.99) - 1]:.2f} {len(lat)}")
 PY
 
-python3 - "$WORK" "$SESSIONS" <<'PY'
+KEY=$KEY1 end_sessions 127.0.0.1:17620 "$WORK/tok-pg"
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$WORK" "$SESSIONS" "$CREATE_CONNS" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
 import re, sys
-work, n = sys.argv[1], sys.argv[2]
+work, n, cc, load_before, load_after = sys.argv[1:6]
 def wrk(name):
     t = open(f"{work}/{name}.out").read()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
@@ -210,7 +256,20 @@ print(f"| {'pgbench -N (simple-update), 16 clients':<42} | {tps:>10.0f} | {'':>8
 for name, (rps, p50, p99, bad) in rows:
     if bad != "0":
         print(f"note: {name}: {bad} non-2xx responses")
+creates = [("sessions, SQLite, 1 replica", wrk("sqlite_create")),
+           ("sessions, PostgreSQL, 1 replica", wrk("pg1_create")),
+           ("sessions, PostgreSQL, 3 replicas + HAProxy", wrk("pg3_create"))]
+print(f"\nPOST /v1/sessions (backend process, command [\"true\"]); wrk -t2 -c{cc}\n")
+print(f"| {'target':<42} | {'requests/s':>10} | {'p50':>8} | {'p99':>8} | {'vs pgbench':>10} |")
+print(f"|{'-'*44}|{'-'*12}|{'-'*10}|{'-'*10}|{'-'*12}|")
+for name, (rps, p50, p99, bad) in creates:
+    vs_pg = f"{rps / tps:.2f}x" if "PostgreSQL" in name else ""
+    print(f"| {name:<42} | {rps:>10.0f} | {p50:>8} | {p99:>8} | {vs_pg:>10} |")
+for name, (rps, p50, p99, bad) in creates:
+    if bad != "0":
+        print(f"note: {name}: {bad} non-2xx responses")
 p50, p99, count = open(f"{work}/wakeup.out").read().split()
 print(f"\ncross-replica wake-up (message posted through replica 1, long-poll on replica 2), "
       f"{count} samples: p50 {p50} ms, p99 {p99} ms")
+print(f"\nload average (1, 5, 15 min) before the run: {load_before}; after: {load_after}")
 PY

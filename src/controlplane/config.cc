@@ -169,6 +169,7 @@ Status ParseServer(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.String("node", &c.node));
   AIRLOCK_TRY(r.IntAs("node_ttl_s", &c.node_ttl_s, 3, 3600));
   AIRLOCK_TRY(r.IntAs("worker_threads", &c.worker_threads, 1, 256));
+  AIRLOCK_TRY(r.IntAs("token_cache_ms", &c.token_cache_ms, 0, 3'600'000));
   return r.RejectUnknown();
 }
 

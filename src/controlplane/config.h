@@ -130,6 +130,10 @@ struct Config {
   int long_poll_max_s = 60;
   int drain_timeout_s = 10;
   int worker_threads = 4;
+  // How long a replica trusts its memory of which session a sandbox token belongs to
+  // (TokenCache) before it asks the store again; 0: it asks every time. Revocations reach the
+  // cache at once; this only bounds what a change feed that failed silently could leave.
+  int64_t token_cache_ms = 1000;
   // This replica's name in the store: the sessions whose sandboxes it runs carry it. Stable
   // across restarts (so a restarted replica gets its sessions back); default
   // "<hostname>:<home>". Another replica takes over the sessions of one whose heartbeat is

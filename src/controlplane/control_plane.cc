@@ -63,6 +63,8 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       files_(std::make_unique<FileService>(config_, *store_, pool_, events_, registry_)),
       identity_(
           std::make_unique<IdentityService>(*store_, pool_, config_.node, events_, registry_)),
+      tokens_(MakeTokenCache(config_)),
+      sandbox_events_(*store_, pool_, EventQuotaFor(config_)),
       reconcile_timer_(io) {
   RegisterOperatorRoutes();
   RegisterSandboxRoutes();
@@ -286,11 +288,11 @@ awaitable<Admission> ControlPlane::AdmitSandbox(Request& req) {
   // the body is read; the others are authenticated by their handler, which needs the session
   // anyway.
   if (req.bound_session.empty() || req.body_expected) {
-    auto s = co_await AuthenticateSandbox(req);
-    if (!s) {
-      a.refuse = Response::FromError(s.error());
+    auto id = co_await IdentifySandbox(req);
+    if (!id) {
+      a.refuse = Response::FromError(id.error());
     } else if (req.bound_session.empty()) {
-      a.charge_to = s->id;
+      a.charge_to = *id;
     }
   }
   co_return a;
@@ -331,6 +333,7 @@ awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Reques
   }
   // Only the hash is stored; the lookup is by hash, so the token itself is never compared.
   std::string hash = Sha256Hex(token);
+  const uint64_t epoch = tokens_.epoch();  // before the read: see TokenCache::Insert
   auto s =
       co_await RunBlocking(pool_, [this, &hash] { return store_->GetSessionByTokenHash(hash); });
   if (!s) {
@@ -338,20 +341,43 @@ awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Reques
       co_return refuse("invalid, expired or revoked session token");
     co_return std::unexpected(s.error());
   }
+  if (auto claims = CheckSandboxClaims(req, s->id); !claims)
+    co_return std::unexpected(claims.error());
+  if (store::IsTerminal(s->state)) co_return refuse("invalid, expired or revoked session token");
+  tokens_.Insert(epoch, std::move(hash), s->id, TokenCache::Clock::now());
+  co_return s;
+}
+
+awaitable<Result<std::string>> ControlPlane::IdentifySandbox(const Request& req) {
+  std::string_view token = BearerToken(req);
+  if (tokens_.enabled() && token.starts_with(kSessionTokenPrefix) && token.size() <= 128) {
+    if (auto id = tokens_.Find(Sha256Hex(token), TokenCache::Clock::now())) {
+      if (auto claims = CheckSandboxClaims(req, *id); !claims)
+        co_return std::unexpected(claims.error());
+      co_return std::move(*id);
+    }
+  }
+  auto s = co_await AuthenticateSandbox(req);
+  if (!s) co_return std::unexpected(s.error());
+  co_return std::move(s->id);
+}
+
+Result<void> ControlPlane::CheckSandboxClaims(const Request& req, const std::string& id) {
   // A per-session socket serves its own session only: a token that leaked into another
   // sandbox is useless there.
-  if (!req.bound_session.empty() && req.bound_session != s->id) {
-    co_return refuse("this token belongs to another session than this socket");
-  }
-  if (std::string_view claimed = req.Header("SESSION_ID"); !claimed.empty() && claimed != s->id) {
+  if (!req.bound_session.empty() && req.bound_session != id) {
     metrics_->auth_failures.With({"sandbox"}).Inc();
-    co_return MakeError(ErrorCode::kPermissionDenied,
-                        "SESSION_ID header does not match the token's session");
+    return MakeError(ErrorCode::kUnauthenticated,
+                     "this token belongs to another session than this socket");
   }
-  if (store::IsTerminal(s->state)) co_return refuse("invalid, expired or revoked session token");
+  if (std::string_view claimed = req.Header("SESSION_ID"); !claimed.empty() && claimed != id) {
+    metrics_->auth_failures.With({"sandbox"}).Inc();
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "SESSION_ID header does not match the token's session");
+  }
   // Anything but waiting on the inbox is work: the session is not idle.
-  if (req.path != "/sandbox/v1/inbox") idle_since_.erase(s->id);
-  co_return s;
+  if (req.path != "/sandbox/v1/inbox") idle_since_.erase(id);
+  return Ok();
 }
 
 // ---------------------------------------------------------------- helpers
@@ -386,12 +412,14 @@ void ControlPlane::AfterSessionEnded(const store::Session& s) {
 
 void ControlPlane::OnStoreChange(const store::Change& c) {
   if (c.session_id.empty()) {  // the feed was interrupted: anything may have changed
+    tokens_.Clear();
     inbox_.NotifyAll();
     events_.NotifyAll();
     return;
   }
   switch (c.kind) {
     case store::Change::Kind::kInbox:
+      tokens_.Forget(c.session_id);  // a fresh sandbox (a new token) is announced so
       inbox_.Notify(c.session_id);
       break;
     case store::Change::Kind::kEvents:
@@ -399,7 +427,9 @@ void ControlPlane::OnStoreChange(const store::Change& c) {
       break;
     case store::Change::Kind::kEnded:
       // Ended through another replica: its LLM calls here stop, its waiters here wake and
-      // see the end, and if this replica runs its sandbox, the sandbox goes now.
+      // see the end, its token is refused at once, and if this replica runs its sandbox, the
+      // sandbox goes now.
+      tokens_.Forget(c.session_id);
       llm_->CancelSession(c.session_id);
       inbox_.Notify(c.session_id);
       events_.Notify(c.session_id);
@@ -425,8 +455,12 @@ awaitable<Result<store::Session>> ControlPlane::EndSession(const std::string& id
       std::move(result),
       /*revoke_token=*/true,
       std::nullopt};
+  // The token is revoked below: from now on every request with it asks the store, and what a
+  // read before the commit learned is forgotten once it is in.
+  tokens_.Forget(id);
   auto s =
       co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); });
+  tokens_.Forget(id);
   if (s) {
     log::Info("session ended", {{"session", id}, {"state", store::StateName(s->state)}});
     AfterSessionEnded(*s);
@@ -703,9 +737,11 @@ awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) 
   Secret token = in_spec ? NewToken(kSessionTokenPrefix) : Secret();
   std::string hash = in_spec ? Sha256Hex(token.Reveal()) : "";
   Json data = {{"reason", why}, {"restart", n}, {"max_restarts", config_.max_restarts}};
+  tokens_.Forget(s.id);  // the old token is replaced below (see EndSession)
   auto restarted = co_await RunBlocking(pool_, [this, &id = s.id, &node = s.node, &hash, &data] {
     return store_->RestartSandbox(id, node, hash, data);
   });
+  tokens_.Forget(s.id);
   if (!restarted) {
     log::Info("no fresh sandbox: the session changed meanwhile",
               {{"session", s.id}, {"error", restarted.error().message}});

@@ -12,6 +12,7 @@
 #include "common/metrics.h"
 #include "common/secret.h"
 #include "controlplane/config.h"
+#include "controlplane/event_appender.h"
 #include "controlplane/event_limits.h"
 #include "controlplane/file_service.h"
 #include "controlplane/home_lock.h"
@@ -20,6 +21,7 @@
 #include "controlplane/llm_proxy.h"
 #include "controlplane/notifier.h"
 #include "controlplane/retention.h"
+#include "controlplane/token_cache.h"
 #include "sandbox/backend.h"
 #include "store/store.h"
 
@@ -139,6 +141,13 @@ class ControlPlane {
   Status EnsureOperatorKey(const store::OperatorKey& wanted);
   awaitable<void> RefreshOperatorKeys();
   awaitable<Result<store::Session>> AuthenticateSandbox(const Request& req);
+  // The id of the session a sandbox request's token belongs to, for what needs no more of the
+  // session: from tokens_ when it knows the token, else as AuthenticateSandbox. The same
+  // refusals either way.
+  awaitable<Result<std::string>> IdentifySandbox(const Request& req);
+  // What a request says besides its token (the socket it came through, a SESSION_ID header),
+  // held against the token's session `id`.
+  Result<void> CheckSandboxClaims(const Request& req, const std::string& id);
 
   // Operator handlers.
   awaitable<Response> CreateSession(Request& req);
@@ -218,6 +227,10 @@ class ControlPlane {
   std::unique_ptr<FileService> files_;
   std::unique_ptr<IdentityService> identity_;
   std::vector<std::string> operator_key_hashes_;
+  // Which session each recently seen sandbox token belongs to (io thread only).
+  TokenCache tokens_;
+  // The events sandboxes post, committed in groups.
+  EventAppender sandbox_events_;
   // When the key hashes were last read from the store (io thread only).
   std::chrono::steady_clock::time_point operator_keys_read_at_{};
   static constexpr std::chrono::seconds kOperatorKeyRefresh{1};

@@ -630,7 +630,7 @@ awaitable<Response> ControlPlane::LlmChat(Request& req) {
 }
 
 awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(std::string id, co_await IdentifySandbox(req));
   if (static_cast<int64_t>(req.msg.body().size()) > config_.max_event_bytes) {
     co_return Response::FromError(
         413, "payload_too_large",
@@ -648,8 +648,8 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   }
   // What init reports when the agent exits goes into the session's result even when the
   // agent spent the session's rate or quota first (one note per session, kept in memory).
-  if (type == "agent.exited") agent_exits_[s.id] = data;
-  if (auto retry_after = event_rate_.Take(s.id, EventRateLimiter::Clock::now())) {
+  if (type == "agent.exited") agent_exits_[id] = data;
+  if (auto retry_after = event_rate_.Take(id, EventRateLimiter::Clock::now())) {
     event_refusals_.With({"rate"}).Inc();
     Response r = Response::FromError(429, "rate_limited",
                                      fmt::format("events are limited to {} per second per session, "
@@ -658,22 +658,18 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
     r.headers.emplace_back("Retry-After", std::to_string(*retry_after));
     co_return r;
   }
-  const store::EventQuota quota = EventQuotaFor(config_);
-  AIRLOCK_CO_ASSIGN(auto appended,
-                    co_await RunBlocking(pool_, [this, &id = s.id, &type, &data, &quota] {
-                      return store_->AppendEventWithinQuota(id, type, data, quota);
-                    }));
+  AIRLOCK_CO_ASSIGN(auto appended, co_await sandbox_events_.Append(id, type, std::move(data)));
   if (!appended.event) {
     event_refusals_.With({"quota"}).Inc();
     if (appended.noticed) {
       log::Warn("session event quota reached",
-                {{"session", s.id}, {"quota", appended.exceeded}, {"limit", appended.limit}});
-      events_.Notify(s.id);
+                {{"session", id}, {"quota", appended.exceeded}, {"limit", appended.limit}});
+      events_.Notify(id);
     }
     co_return EventQuotaExceeded(appended);
   }
   metrics_->events.With({"sandbox"}).Inc();
-  events_.Notify(s.id);
+  events_.Notify(id);
   if (type == "agent.exited") asio::co_spawn(io_, ReconcileSoon(), asio::detached);
   co_return Response::FromJson(202, Json{{"seq", appended.event->seq}});
 }

@@ -36,6 +36,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -589,8 +590,9 @@ Status NotifyChange(Connection& c, char kind, std::string_view session_id) {
   return Ok();
 }
 
+// `notify` false: the caller sends the session's e: NOTIFY itself (once for many events).
 Result<Event> InsertEvent(Connection& c, std::string_view session_id, std::string_view type,
-                          const Json& data, int64_t now) {
+                          const Json& data, int64_t now, bool notify = true) {
   Event e{std::string(session_id), 0, std::string(type), data, now};
   const std::string text = DumpJson(data);
   AIRLOCK_ASSIGN_OR_RETURN(
@@ -605,7 +607,7 @@ Result<Event> InsertEvent(Connection& c, std::string_view session_id, std::strin
     return std::unexpected(SessionNotFound(session_id));
   }
   e.seq = rows.Int(0, 0);
-  AIRLOCK_TRY(NotifyChange(c, 'e', session_id));
+  if (notify) AIRLOCK_TRY(NotifyChange(c, 'e', session_id));
   return e;
 }
 
@@ -1115,32 +1117,82 @@ class PostgresStore final : public Store {
   Result<QuotaAppend> AppendEventWithinQuota(std::string_view session_id, std::string_view type,
                                              const Json& data, const EventQuota& quota) override {
     const int64_t now = NowMillis();
-    const int64_t size = static_cast<int64_t>(type.size() + DumpJson(data).size());
-    return Write([&](Connection& c) -> Result<QuotaAppend> {
-      // Locked, so concurrent appends see each other's totals and cannot overshoot together.
-      AIRLOCK_ASSIGN_OR_RETURN(LockedSession s, LockSession(c, session_id));
-      QuotaAppend out;
-      if (quota.max_events > 0 && s.event_count + 1 > quota.max_events) {
-        out.exceeded = "events";
-        out.limit = quota.max_events;
-      } else if (quota.max_bytes > 0 && s.event_bytes + size > quota.max_bytes) {
-        out.exceeded = "bytes";
-        out.limit = quota.max_bytes;
-      }
-      out.noticed = !out.exceeded.empty() && !s.quota_noticed;
-      if (out.exceeded.empty()) {
-        AIRLOCK_ASSIGN_OR_RETURN(Event e, InsertEvent(c, session_id, type, data, now));
-        out.event = std::move(e);
-        return out;
-      }
-      if (out.noticed) {
-        AIRLOCK_TRY(
-            c.Query("UPDATE sessions SET event_quota_noticed = true WHERE id = $1", session_id));
-        Json notice = {{"quota", out.exceeded}, {"limit", out.limit}, {"type", type}};
-        AIRLOCK_TRY(InsertEvent(c, session_id, "session.quota_exceeded", notice, now));
-      }
-      return out;
+    return Write(
+        [&](Connection& c) { return AppendWithinQuota(c, session_id, type, data, quota, now); });
+  }
+
+  // One transaction for all of them: one WAL flush instead of one per event. The sessions'
+  // rows are locked in the order of their ids (a stable sort keeps each session's appends in
+  // order), so two such transactions, on two replicas, can never wait for each other in a
+  // cycle. An append that fails without failing the transaction (a session that is not there)
+  // fails alone; one whose statement fails aborts the transaction, and then every append is
+  // tried again on its own, so that it fails alone after all.
+  std::vector<Result<QuotaAppend>> AppendEventsWithinQuota(const std::vector<EventAppend>& events,
+                                                           const EventQuota& quota) override {
+    const int64_t now = NowMillis();
+    std::vector<size_t> order(events.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) {
+      return events[x].session_id < events[y].session_id;
     });
+    std::vector<Result<QuotaAppend>> out;
+    bool aborted = false;
+    Status done = Write([&](Connection& c) -> Status {
+      out.assign(events.size(), std::unexpected(Error{ErrorCode::kInternal, "not appended"}));
+      aborted = false;
+      for (size_t i : order) {
+        out[i] = AppendWithinQuota(c, events[i].session_id, events[i].type, *events[i].data, quota,
+                                   now, /*notify=*/false);
+        if (!out[i] && PQtransactionStatus(c.raw()) == PQTRANS_INERROR) {
+          aborted = !c.broken() && !c.retryable();
+          return std::unexpected(out[i].error());
+        }
+      }
+      // One e: per session (PostgreSQL would fold the repeats, but each is a round trip);
+      // `order` keeps a session's appends together.
+      for (size_t k = 0; k < order.size(); ++k) {
+        const std::string_view id = events[order[k]].session_id;
+        if (k > 0 && events[order[k - 1]].session_id == id) continue;
+        AIRLOCK_TRY(NotifyChange(c, 'e', id));
+      }
+      return Ok();
+    });
+    if (done) return out;
+    if (aborted) return Store::AppendEventsWithinQuota(events, quota);
+    // The transaction as a whole failed (the connection broke, the COMMIT failed): it is the
+    // answer of every append.
+    out.assign(events.size(), std::unexpected(done.error()));
+    return out;
+  }
+
+  static Result<QuotaAppend> AppendWithinQuota(Connection& c, std::string_view session_id,
+                                               std::string_view type, const Json& data,
+                                               const EventQuota& quota, int64_t now,
+                                               bool notify = true) {
+    const int64_t size = static_cast<int64_t>(type.size() + DumpJson(data).size());
+    // Locked, so concurrent appends see each other's totals and cannot overshoot together.
+    AIRLOCK_ASSIGN_OR_RETURN(LockedSession s, LockSession(c, session_id));
+    QuotaAppend out;
+    if (quota.max_events > 0 && s.event_count + 1 > quota.max_events) {
+      out.exceeded = "events";
+      out.limit = quota.max_events;
+    } else if (quota.max_bytes > 0 && s.event_bytes + size > quota.max_bytes) {
+      out.exceeded = "bytes";
+      out.limit = quota.max_bytes;
+    }
+    out.noticed = !out.exceeded.empty() && !s.quota_noticed;
+    if (out.exceeded.empty()) {
+      AIRLOCK_ASSIGN_OR_RETURN(Event e, InsertEvent(c, session_id, type, data, now, notify));
+      out.event = std::move(e);
+      return out;
+    }
+    if (out.noticed) {
+      AIRLOCK_TRY(
+          c.Query("UPDATE sessions SET event_quota_noticed = true WHERE id = $1", session_id));
+      Json notice = {{"quota", out.exceeded}, {"limit", out.limit}, {"type", type}};
+      AIRLOCK_TRY(InsertEvent(c, session_id, "session.quota_exceeded", notice, now, notify));
+    }
+    return out;
   }
 
   Result<std::vector<Event>> ListEvents(std::string_view session_id, int64_t after,

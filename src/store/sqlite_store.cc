@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -1018,43 +1019,57 @@ class SqliteStore final : public Store {
   Result<QuotaAppend> AppendEventWithinQuota(std::string_view session_id, std::string_view type,
                                              const Json& data, const EventQuota& quota) override {
     const int64_t now = NowMillis();
-    const int64_t size = static_cast<int64_t>(type.size() + DumpJson(data).size());
-    return Write([&](Connection& c) -> Result<QuotaAppend> {
-      QuotaAppend out;
-      {
-        AIRLOCK_ASSIGN_OR_RETURN(
-            Stmt stmt,
-            c.Prepare("SELECT event_count, event_bytes, event_quota_noticed FROM sessions "
-                      "WHERE id = ?1"));
-        stmt.Bind(session_id);
-        AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
-        if (!row) {
-          return std::unexpected(SessionNotFound(session_id));
-        }
-        if (quota.max_events > 0 && stmt.Int(0) + 1 > quota.max_events) {
-          out.exceeded = "events";
-          out.limit = quota.max_events;
-        } else if (quota.max_bytes > 0 && stmt.Int(1) + size > quota.max_bytes) {
-          out.exceeded = "bytes";
-          out.limit = quota.max_bytes;
-        }
-        out.noticed = !out.exceeded.empty() && stmt.Int(2) == 0;
-      }
-      if (out.exceeded.empty()) {
-        AIRLOCK_ASSIGN_OR_RETURN(Event e, InsertEvent(c, session_id, type, data, now));
-        out.event = std::move(e);
-        return out;
-      }
-      if (out.noticed) {
-        AIRLOCK_ASSIGN_OR_RETURN(
-            Stmt stmt, c.Prepare("UPDATE sessions SET event_quota_noticed = 1 WHERE id = ?1"));
-        stmt.Bind(session_id);
-        AIRLOCK_TRY(stmt.Run());
-        Json notice = {{"quota", out.exceeded}, {"limit", out.limit}, {"type", type}};
-        AIRLOCK_TRY(InsertEvent(c, session_id, "session.quota_exceeded", notice, now));
-      }
-      return out;
+    return Write(
+        [&](Connection& c) { return AppendWithinQuota(c, session_id, type, data, quota, now); });
+  }
+
+  // Every append joins the same group commit (see Write), so they share its transactions.
+  std::vector<Result<QuotaAppend>> AppendEventsWithinQuota(const std::vector<EventAppend>& events,
+                                                           const EventQuota& quota) override {
+    const int64_t now = NowMillis();
+    return WriteEach(events.size(), [&](Connection& c, size_t i) {
+      return AppendWithinQuota(c, events[i].session_id, events[i].type, *events[i].data, quota,
+                               now);
     });
+  }
+
+  static Result<QuotaAppend> AppendWithinQuota(Connection& c, std::string_view session_id,
+                                               std::string_view type, const Json& data,
+                                               const EventQuota& quota, int64_t now) {
+    const int64_t size = static_cast<int64_t>(type.size() + DumpJson(data).size());
+    QuotaAppend out;
+    {
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt, c.Prepare("SELECT event_count, event_bytes, event_quota_noticed FROM sessions "
+                               "WHERE id = ?1"));
+      stmt.Bind(session_id);
+      AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) {
+        return std::unexpected(SessionNotFound(session_id));
+      }
+      if (quota.max_events > 0 && stmt.Int(0) + 1 > quota.max_events) {
+        out.exceeded = "events";
+        out.limit = quota.max_events;
+      } else if (quota.max_bytes > 0 && stmt.Int(1) + size > quota.max_bytes) {
+        out.exceeded = "bytes";
+        out.limit = quota.max_bytes;
+      }
+      out.noticed = !out.exceeded.empty() && stmt.Int(2) == 0;
+    }
+    if (out.exceeded.empty()) {
+      AIRLOCK_ASSIGN_OR_RETURN(Event e, InsertEvent(c, session_id, type, data, now));
+      out.event = std::move(e);
+      return out;
+    }
+    if (out.noticed) {
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt stmt, c.Prepare("UPDATE sessions SET event_quota_noticed = 1 WHERE id = ?1"));
+      stmt.Bind(session_id);
+      AIRLOCK_TRY(stmt.Run());
+      Json notice = {{"quota", out.exceeded}, {"limit", out.limit}, {"type", type}};
+      AIRLOCK_TRY(InsertEvent(c, session_id, "session.quota_exceeded", notice, now));
+    }
+    return out;
   }
 
   Result<std::vector<Event>> ListEvents(std::string_view session_id, int64_t after,
@@ -1341,9 +1356,39 @@ class SqliteStore final : public Store {
       result.emplace(body(c));
       return result->has_value();
     };
-    RunInBatch(w);
+    PendingWrite* one[] = {&w};
+    RunInBatch(one);
     if (w.failed) return std::unexpected(std::move(*w.failed));
     return std::move(*result);
+  }
+
+  // `n` writes at once, body(c, i) for each, queued together: as if `n` callers had called
+  // Write at the same moment. Answer i is write i's.
+  template <typename F>
+  auto WriteEach(size_t n, F&& body) -> std::vector<std::invoke_result_t<F, Connection&, size_t>> {
+    using R = std::invoke_result_t<F, Connection&, size_t>;
+    std::vector<std::optional<R>> results(n);
+    std::vector<PendingWrite> writes(n);
+    std::vector<PendingWrite*> queued;
+    queued.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      writes[i].run = [&, i](Connection& c) {
+        results[i].emplace(body(c, i));
+        return results[i]->has_value();
+      };
+      queued.push_back(&writes[i]);
+    }
+    if (n > 0) RunInBatch(queued);
+    std::vector<R> out;
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (writes[i].failed) {
+        out.push_back(std::unexpected(std::move(*writes[i].failed)));
+      } else {
+        out.push_back(std::move(*results[i]));
+      }
+    }
+    return out;
   }
 
   struct PendingWrite {
@@ -1353,10 +1398,13 @@ class SqliteStore final : public Store {
   };
   static constexpr size_t kMaxBatch = 256;
 
-  void RunInBatch(PendingWrite& w) {
+  // Queues `writes` (in order, together) and returns once all of them are committed or failed.
+  void RunInBatch(std::span<PendingWrite* const> writes) {
     std::unique_lock l(batch_mu_);
-    queue_.push_back(&w);
-    while (!w.done) {
+    queue_.insert(queue_.end(), writes.begin(), writes.end());
+    // Batches take the queue from its front, so the last of them is done last.
+    PendingWrite& last = *writes.back();
+    while (!last.done) {
       if (leading_) {
         batch_cv_.wait(l);
         continue;

@@ -28,6 +28,16 @@ std::optional<SessionState> ParseState(std::string_view name) {
   return std::nullopt;
 }
 
+std::vector<Result<QuotaAppend>> Store::AppendEventsWithinQuota(
+    const std::vector<EventAppend>& events, const EventQuota& quota) {
+  std::vector<Result<QuotaAppend>> out;
+  out.reserve(events.size());
+  for (const EventAppend& e : events) {
+    out.push_back(AppendEventWithinQuota(e.session_id, e.type, *e.data, quota));
+  }
+  return out;
+}
+
 bool IsTerminal(SessionState s) {
   return s == SessionState::kSucceeded || s == SessionState::kFailed || s == SessionState::kKilled;
 }

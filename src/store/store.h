@@ -106,6 +106,13 @@ struct EventQuota {
   int64_t max_bytes = 0;  // type + JSON text of the data, summed over the session's events
 };
 
+// One append of AppendEventsWithinQuota; the views must outlive the call.
+struct EventAppend {
+  std::string_view session_id;
+  std::string_view type;
+  const Json* data = nullptr;
+};
+
 // What AppendEventWithinQuota did.
 struct QuotaAppend {
   std::optional<Event> event;  // the appended event; empty when the quota refused it
@@ -149,6 +156,8 @@ struct StateChange {
 
 // A committed change that another replica's waiters may be parked on: an inbox long-poll
 // (kInbox), an event stream (kEvents), anything bound to a session that has ended (kEnded).
+// A fresh sandbox (RestartSandbox: the session's token replaced) is announced as kInbox: the
+// old sandbox's long-poll must end, and a replica that remembers the old token must forget it.
 // An empty session_id means "anything may have changed" (the feed was interrupted).
 struct Change {
   enum class Kind { kInbox, kEvents, kEnded };
@@ -255,6 +264,12 @@ class Store {
   virtual Result<QuotaAppend> AppendEventWithinQuota(std::string_view session_id,
                                                      std::string_view type, const Json& data,
                                                      const EventQuota& quota) = 0;
+  // Many AppendEventWithinQuota calls at once: element i of the answer is what call i would
+  // have answered, and an append that fails fails alone. Appends of one session keep their
+  // order. A store that can commits them together (one transaction, one flush) and returns
+  // once that commit is done; this default appends them one by one.
+  virtual std::vector<Result<QuotaAppend>> AppendEventsWithinQuota(
+      const std::vector<EventAppend>& events, const EventQuota& quota);
   // Events with seq > after, in seq order, at most `limit`.
   virtual Result<std::vector<Event>> ListEvents(std::string_view session_id, int64_t after,
                                                 int limit) = 0;

@@ -526,6 +526,51 @@ TEST_P(StoreConformanceTest, EventQuotaRefusesPastCountAndAppendsOneNotice) {
   EXPECT_TRUE(b.event.has_value());
 }
 
+// AppendEventsWithinQuota is many AppendEventWithinQuota calls at once: each answer is its
+// own call's, in order; one that fails (no such session) fails alone; a session's appends keep
+// their order and the quota counts the batch's own appends too.
+TEST_P(StoreConformanceTest, ABatchOfAppendsAnswersEachAsItsOwnCallWould) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_b"), UserMessage("t")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  const EventQuota quota{4, 0};  // session.created is the first of the four
+  std::vector<Json> data;
+  for (int i = 0; i < 7; ++i) data.push_back(Json{{"i", i}});
+  const std::vector<EventAppend> batch = {
+      {"ses_b", "tick", &data[0]}, {"ses_a", "tick", &data[1]}, {"ses_nope", "tick", &data[2]},
+      {"ses_b", "tick", &data[3]}, {"ses_b", "tick", &data[4]}, {"ses_b", "tick", &data[5]},
+      {"ses_a", "tock", &data[6]}};
+  auto answers = store->AppendEventsWithinQuota(batch, quota);
+  ASSERT_EQ(answers.size(), batch.size());
+  auto seq_of = [&](size_t i) -> int64_t {
+    if (!answers[i] || !answers[i]->event) return -1;
+    return answers[i]->event->seq;
+  };
+  EXPECT_EQ(seq_of(0), 2);
+  EXPECT_EQ(seq_of(1), 2);
+  ASSERT_FALSE(answers[2].has_value());
+  EXPECT_EQ(answers[2].error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(seq_of(3), 3);
+  EXPECT_EQ(seq_of(4), 4);
+  ASSERT_TRUE(answers[5].has_value()) << answers[5].error().message;
+  EXPECT_FALSE(answers[5]->event.has_value());
+  EXPECT_EQ(answers[5]->exceeded, "events");
+  EXPECT_TRUE(answers[5]->noticed);
+  EXPECT_EQ(seq_of(6), 3);
+  ASSERT_OK_AND_ASSIGN(auto b_events, store->ListEvents("ses_b", 0, 100));
+  ASSERT_EQ(b_events.size(), 5u);  // created, three ticks, the notice
+  EXPECT_EQ(b_events[1].data, data[0]);
+  EXPECT_EQ(b_events[2].data, data[3]);
+  EXPECT_EQ(b_events[3].data, data[4]);
+  EXPECT_EQ(b_events[4].type, "session.quota_exceeded");
+  ASSERT_OK_AND_ASSIGN(auto a_events, store->ListEvents("ses_a", 0, 100));
+  ASSERT_EQ(a_events.size(), 3u);
+  EXPECT_EQ(a_events[1].type, "tick");
+  EXPECT_EQ(a_events[2].type, "tock");
+  EXPECT_TRUE(store->AppendEventsWithinQuota({}, quota).empty());
+}
+
 TEST_P(StoreConformanceTest, EventQuotaCountsBytesOfEveryEventIncludingTheControlPlanes) {
   auto store = Open();
   ASSERT_NE(store, nullptr);

@@ -457,5 +457,51 @@ TEST_F(ApiTest, ADeadSandboxsParkedInboxPollCannotTakeMessagesMeantForItsReplace
   EXPECT_EQ(taken.json()["messages"][0]["content"], "for the new one");
 }
 
+// The token cache (controlplane/token_cache.h) must never let a revoked token through. Its
+// entries here live an hour, so only the invalidation can make these refusals happen.
+class TokenCacheApiTest : public ::testing::Test {
+ protected:
+  TestServer server_{[](controlplane::Config& c) { c.token_cache_ms = 3'600'000; }};
+};
+
+TEST_F(TokenCacheApiTest, AKilledSessionsTokenIsRefusedAtOnceThoughItWasJustUsed) {
+  auto [id, token] = server_.NewSession();
+  ASSERT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"x"})").status, 202u);
+  ASSERT_EQ(server_.Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
+  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"x"})").status, 401u);
+}
+
+TEST_F(TokenCacheApiTest, AFinishedSessionsTokenIsRefusedAtOnceThoughItWasJustUsed) {
+  auto [id, token] = server_.NewSession();
+  ASSERT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"x"})").status, 202u);
+  ASSERT_EQ(server_.Sb(verb::post, "/sandbox/v1/finish", token, R"({"status":"succeeded"})").status,
+            200u);
+  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"x"})").status, 401u);
+}
+
+TEST_F(TokenCacheApiTest, ARestartedSandboxsOldTokenIsRefusedAtOnceThoughItWasJustUsed) {
+  auto [id, old_token] = server_.NewSession();
+  ASSERT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", old_token, R"({"type":"x"})").status,
+            202u);
+  {
+    std::lock_guard l(server_.backend().mu);
+    server_.backend().state["test:" + id] = "destroyed";
+  }
+  // The reconciler gives the session a fresh sandbox; its token reaches the backend after the
+  // old one was revoked.
+  std::string new_token = old_token;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (new_token == old_token && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::lock_guard l(server_.backend().mu);
+    new_token = server_.backend().specs.at(id).token.Reveal();
+  }
+  ASSERT_NE(new_token, old_token) << "no fresh sandbox";
+  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", old_token, R"({"type":"x"})").status,
+            401u);
+  EXPECT_EQ(server_.Sb(verb::post, "/sandbox/v1/events", new_token, R"({"type":"x"})").status,
+            202u);
+}
+
 }  // namespace
 }  // namespace airlock::testing

@@ -140,6 +140,18 @@ TEST_F(ReplicasTest, ASessionOfAReplicaThatDiedGetsAFreshSandboxOnAnother) {
   EXPECT_EQ(b->Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
 }
 
+// A replica remembers which session a token belongs to only when every revocation reaches
+// it; through a shared SQLite file none of the others' do, so it must ask the store each time.
+TEST_F(ReplicasTest, ATokenEndedThroughAnotherReplicaIsRefusedAtOnceOnASharedSqliteFile) {
+  auto long_cache = [](controlplane::Config& c) { c.token_cache_ms = 3'600'000; };
+  auto a = Replica(long_cache);
+  auto b = Replica(long_cache);
+  auto [id, token] = a->NewSession();
+  ASSERT_EQ(a->Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"x"})").status, 202u);
+  ASSERT_EQ(b->Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
+  EXPECT_EQ(a->Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"x"})").status, 401u);
+}
+
 // Replicas on a real PostgreSQL (a private server in a temporary directory): what one
 // replica commits wakes the waiters parked on another through LISTEN/NOTIFY.
 class PostgresReplicasTest : public ::testing::Test {
@@ -157,12 +169,13 @@ class PostgresReplicasTest : public ::testing::Test {
     ASSERT_TRUE(error.empty()) << error;
     ::setenv("AIRLOCK_TEST_PG_PASSWORD", server_->password.c_str(), 1);
   }
-  std::unique_ptr<TestServer> Replica() {
-    return std::make_unique<TestServer>([this](controlplane::Config& c) {
+  std::unique_ptr<TestServer> Replica(std::function<void(controlplane::Config&)> more = {}) {
+    return std::make_unique<TestServer>([this, more](controlplane::Config& c) {
       c.store_kind = "postgres";
       c.store_url = server_->Url(db_);
       c.store_password_env = "AIRLOCK_TEST_PG_PASSWORD";
       c.store_pool_size = 4;
+      if (more) more(c);
     });
   }
   static PostgresServer* server_;
@@ -210,6 +223,44 @@ TEST_F(PostgresReplicasTest, AnEventStreamOnOneReplicaShowsWhatAnotherAppendedAn
   EXPECT_EQ(r.status, 200u);
   EXPECT_NE(r.body.find("\"n\":7"), std::string::npos) << r.body;
   EXPECT_NE(r.body.find("killed"), std::string::npos) << r.body;
+}
+
+// The token cache's entries live an hour here: only the change feed can make these refusals
+// happen. A long-poll parked on the replica that remembers the token shows when the feed has
+// delivered (it wakes in the same handling of the notification that forgets the token).
+TEST_F(PostgresReplicasTest, ATokenEndedThroughAnotherReplicaIsRefusedOnceTheFeedDelivers) {
+  auto long_cache = [](controlplane::Config& c) { c.token_cache_ms = 3'600'000; };
+  auto a = Replica(long_cache);
+  auto b = Replica(long_cache);
+  auto [id, token] = a->NewSession();
+  ASSERT_EQ(a->Sb(verb::get, "/sandbox/v1/inbox", token).status, 200u);  // the task
+  ASSERT_EQ(a->Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"x"})").status, 202u);
+  auto poll = std::async(std::launch::async, [&, t = token] {
+    return a->Sb(verb::get, "/sandbox/v1/inbox?wait=30", t);
+  });
+  ASSERT_TRUE(WaitForMetric(*a, "airlock_inbox_waiting 1"));
+  ASSERT_EQ(b->Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
+  ASSERT_EQ(poll.get().status, 410u);
+  EXPECT_EQ(a->Sb(verb::post, "/sandbox/v1/events", token, R"({"type":"x"})").status, 401u);
+}
+
+TEST_F(PostgresReplicasTest, ATokenReplacedByAnotherReplicaIsRefusedOnceTheFeedDelivers) {
+  auto long_cache = [](controlplane::Config& c) { c.token_cache_ms = 3'600'000; };
+  auto a = Replica(long_cache);
+  auto b = Replica(long_cache);
+  auto [id, old_token] = a->NewSession();
+  ASSERT_EQ(b->Sb(verb::get, "/sandbox/v1/inbox", old_token).status, 200u);  // the task
+  ASSERT_EQ(b->Sb(verb::post, "/sandbox/v1/events", old_token, R"({"type":"x"})").status, 202u);
+  auto poll = std::async(std::launch::async, [&, t = old_token] {
+    return b->Sb(verb::get, "/sandbox/v1/inbox?wait=30", t);
+  });
+  ASSERT_TRUE(WaitForMetric(*b, "airlock_inbox_waiting 1"));
+  {
+    std::lock_guard l(a->backend().mu);
+    a->backend().state["test:" + id] = "destroyed";  // a's reconciler restarts it
+  }
+  ASSERT_EQ(poll.get().status, 401u);  // woken by the restart: its token is no longer the one
+  EXPECT_EQ(b->Sb(verb::post, "/sandbox/v1/events", old_token, R"({"type":"x"})").status, 401u);
 }
 
 }  // namespace

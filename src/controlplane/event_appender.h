@@ -1,0 +1,59 @@
+#pragma once
+
+// Group commit of the events sandboxes post (POST /sandbox/v1/events). Each request used to be
+// its own trip to the worker pool and its own store transaction; under load, most of a
+// request's time went to the trip and the commit, not to the event. Here the requests that
+// arrive while a group is being committed wait together, and the next group takes them all to
+// the store in one call (Store::AppendEventsWithinQuota: one trip, and one transaction where
+// the store can). Each request is answered only after the commit that holds its event, so an
+// acknowledged event is as durable as before. A request that arrives when a call is free goes
+// at once: alone, an event waits for no one. Two calls may be in flight: while one commits, the
+// next is on its way (PostgreSQL runs them on two connections; SQLite's own group commit joins
+// them); more would take the pool threads that other store calls need.
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/asio.h"
+#include "common/json_util.h"
+#include "common/result.h"
+#include "store/store.h"
+
+namespace airlock::controlplane {
+
+// io thread only (Append is called and resumes there); the store runs on `pool`.
+class EventAppender {
+ public:
+  // At most `max_batch` events per store call and `max_in_flight` calls at once; `quota` is
+  // every append's.
+  EventAppender(store::Store& store, asio::thread_pool& pool, store::EventQuota quota,
+                size_t max_batch = 256, size_t max_in_flight = 2);
+
+  // What Store::AppendEventWithinQuota(session_id, type, data, quota) answers, once committed.
+  awaitable<Result<store::QuotaAppend>> Append(std::string session_id, std::string type, Json data);
+  // Store calls made so far (each carried one group).
+  size_t calls() const { return calls_; }
+
+ private:
+  struct Pending;
+  using Batch = std::vector<std::shared_ptr<Pending>>;
+
+  // Sends the front of the queue to the store; when it answers, wakes its requests and sends
+  // whatever queued meanwhile.
+  void StartBatch(const asio::any_io_executor& ex);
+  void Finish(const asio::any_io_executor& ex, const Batch& batch,
+              std::vector<Result<store::QuotaAppend>> results);
+
+  store::Store& store_;
+  asio::thread_pool& pool_;
+  store::EventQuota quota_;
+  size_t max_batch_;
+  size_t max_in_flight_;
+  Batch queue_;
+  size_t in_flight_ = 0;
+  size_t calls_ = 0;
+};
+
+}  // namespace airlock::controlplane
