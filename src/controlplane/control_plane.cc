@@ -46,7 +46,8 @@ std::string SandboxExitReason(const sandbox::SandboxStatus& st) {
 }  // namespace
 
 ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<store::Store> store,
-                           std::unique_ptr<sandbox::BackendRegistry> backends)
+                           std::unique_ptr<sandbox::BackendRegistry> backends,
+                           std::shared_ptr<const Clock> clock)
     : config_(std::move(config)),
       io_(io),
       store_(std::move(store)),
@@ -65,7 +66,10 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
           std::make_unique<IdentityService>(*store_, pool_, config_.node, events_, registry_)),
       tokens_(MakeTokenCache(config_)),
       sandbox_events_(*store_, pool_, EventQuotaFor(config_)),
-      reconcile_timer_(io) {
+      clock_(clock ? std::move(clock) : std::make_shared<RealClock>()),
+      reconciler_(std::make_unique<Reconciler>(
+          Reconciler::Deps{config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_, *this,
+                           metrics_->reconcile_passes})) {
   RegisterOperatorRoutes();
   RegisterSandboxRoutes();
   HttpLimits operator_limits = config_.limits;
@@ -194,7 +198,7 @@ Status ControlPlane::Start() {
   AIRLOCK_TRY(EnsureOperatorKeys());
   // Alive from the start: a replica with no heartbeat yet would look dead to the others,
   // which would take over the first sessions it creates.
-  AIRLOCK_TRY(store_->Heartbeat(config_.node, NowMillis()));
+  AIRLOCK_TRY(store_->Heartbeat(config_.node, clock_->NowMillis()));
   // What other replicas commit wakes this one's waiters (a shared PostgreSQL store).
   AIRLOCK_TRY(store_->WatchChanges(
       [this](const store::Change& c) { asio::post(io_, [this, c] { OnStoreChange(c); }); }));
@@ -223,8 +227,7 @@ Status ControlPlane::Start() {
              {"home", config_.home},
              {"store", StoreDescription(config_)},
              {"backends", backends_->Names()}});
-  asio::co_spawn(io_, ReattachAll(), asio::detached);
-  asio::co_spawn(io_, ReconcileLoop(), asio::detached);
+  reconciler_->Start();
   retention_->StartPeriodic(io_, pool_);
   return Ok();
 }
@@ -247,7 +250,7 @@ void ControlPlane::Shutdown() {
   if (stopping_) return;
   stopping_ = true;
   log::Info("draining", {{"timeout_s", config_.drain_timeout_s}});
-  reconcile_timer_.cancel();
+  reconciler_->Stop();
   operator_server_->BeginDrain();
   sandbox_server_->BeginDrain();
   inbox_.NotifyAll();
@@ -292,7 +295,7 @@ awaitable<Admission> ControlPlane::AdmitSandbox(Request& req) {
     if (!id) {
       a.refuse = Response::FromError(id.error());
     } else if (req.bound_session.empty()) {
-      a.charge_to = *id;
+      a.charge_to = std::move(id->session_id);
     }
   }
   co_return a;
@@ -348,18 +351,19 @@ awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Reques
   co_return s;
 }
 
-awaitable<Result<std::string>> ControlPlane::IdentifySandbox(const Request& req) {
+awaitable<Result<ControlPlane::SandboxIdentity>> ControlPlane::IdentifySandbox(const Request& req) {
   std::string_view token = BearerToken(req);
   if (tokens_.enabled() && token.starts_with(kSessionTokenPrefix) && token.size() <= 128) {
-    if (auto id = tokens_.Find(Sha256Hex(token), TokenCache::Clock::now())) {
+    std::string hash = Sha256Hex(token);
+    if (auto id = tokens_.Find(hash, TokenCache::Clock::now())) {
       if (auto claims = CheckSandboxClaims(req, *id); !claims)
         co_return std::unexpected(claims.error());
-      co_return std::move(*id);
+      co_return SandboxIdentity{std::move(*id), std::move(hash)};
     }
   }
   auto s = co_await AuthenticateSandbox(req);
   if (!s) co_return std::unexpected(s.error());
-  co_return std::move(s->id);
+  co_return SandboxIdentity{std::move(s->id), std::move(s->token_hash)};
 }
 
 Result<void> ControlPlane::CheckSandboxClaims(const Request& req, const std::string& id) {
@@ -393,7 +397,7 @@ awaitable<void> ControlPlane::DestroySandbox(sandbox::Backend* backend, std::str
 
 void ControlPlane::AfterSessionEnded(const store::Session& s) {
   metrics_->sessions_ended.With({std::string(store::StateName(s.state))}).Inc();
-  sandbox_server_->CloseUnix(ControlSocketDir(s.id) + "/control.sock");
+  CloseChannel(s.id);
   inbox_.Forget(s.id);
   agent_exits_.erase(s.id);
   restarts_.erase(s.id);
@@ -443,7 +447,7 @@ awaitable<void> ControlPlane::DestroyIfEndedHere(std::string id) {
   if (!s || !store::IsTerminal(s->state) || !Owns(*s) || s->sandbox_handle.empty()) co_return;
   auto* backend = backends_->Find(s->backend);
   if (!backend) co_return;
-  sandbox_server_->CloseUnix(ControlSocketDir(id) + "/control.sock");
+  CloseChannel(id);
   co_await DestroySandbox(backend, id, s->sandbox_handle);
 }
 
@@ -468,176 +472,31 @@ awaitable<Result<store::Session>> ControlPlane::EndSession(const std::string& id
   co_return s;
 }
 
-// ---------------------------------------------------------------- reconciler
+// ---------------------------------------------------------------- for the reconciler
 
-Result<std::vector<store::Session>> ControlPlane::ListLiveSessions() {
-  std::vector<store::Session> out;
-  for (auto state : {SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended}) {
-    store::ListSessionsQuery q;
-    q.state = state;
-    q.limit = 1000;
-    for (;;) {
-      AIRLOCK_ASSIGN_OR_RETURN(auto page, store_->ListSessions(q));
-      if (page.empty()) break;
-      q.before_id = page.back().id;
-      bool last = page.size() < static_cast<size_t>(q.limit);
-      out.insert(out.end(), std::make_move_iterator(page.begin()),
-                 std::make_move_iterator(page.end()));
-      if (last) break;
-    }
-  }
-  return out;
+std::optional<int64_t> ControlPlane::IdleSince(const std::string& id) const {
+  auto since = idle_since_.find(id);
+  auto parked = parked_polls_.find(id);
+  if (since == idle_since_.end() || parked == parked_polls_.end() || parked->second <= 0)
+    return std::nullopt;
+  return since->second;
 }
 
-awaitable<void> ControlPlane::ReattachAll() {
-  auto live = co_await RunBlocking(pool_, [this] { return ListLiveSessions(); });
-  if (!live) {
-    log::Error("reattach: cannot list sessions", {{"error", live.error().message}});
-    co_return;
-  }
-  for (auto& s : *live) {
-    if (!Owns(s)) continue;  // another replica runs it
-    if (s.node.empty()) {
-      // From before replicas had names: the first replica to start after the upgrade runs
-      // them, as the single server did.
-      auto adopted = co_await RunBlocking(
-          pool_, [this, &id = s.id] { return store_->AdoptSession(id, "", config_.node); });
-      if (!adopted) continue;
-      s.node = adopted->node;
-    }
-    if (auto st = sandbox_server_->ListenUnix(ControlSocketDir(s.id) + "/control.sock", s.id);
-        !st) {
-      log::Warn("reattach: cannot recreate the session socket",
-                {{"session", s.id}, {"error", st.error().message}});
-    }
-    auto* backend = backends_->Find(s.backend);
-    if (!backend || s.sandbox_handle.empty()) continue;
-    auto status = co_await RunBlocking(
-        sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Reattach(h); });
-    log::Info("reattached",
-              {{"session", s.id},
-               {"sandbox", status ? std::string(sandbox::SandboxStateName(status->state))
-                                  : status.error().message}});
-  }
-  co_await SweepOrphans(*live);
+awaitable<Result<bool>> ControlPlane::SuspendIdle(const std::string& id) {
+  BusyMark mark(sandbox_busy_, id);
+  if (!mark.held()) co_return false;
+  auto suspended = co_await SetSuspended(id, true);
+  if (!suspended) co_return std::unexpected(suspended.error());
+  idle_since_.erase(id);
+  co_return true;
 }
 
-// Sandboxes no live session of this replica owns: their session ended while this process was
-// down or just before it died, before the destroy that follows the end had run; or it ended
-// through another replica; or another replica took it over while this one was away. Nothing
-// else would ever remove them (the reconciler looks at live sessions only).
-awaitable<void> ControlPlane::SweepOrphans(const std::vector<store::Session>& live) {
-  std::set<std::string> mine;
-  for (const auto& s : live) {
-    if (Owns(s)) mine.insert(s.id);
-  }
-  for (const auto& name : backends_->Names()) {
-    auto* backend = backends_->Find(name);
-    auto listed = co_await RunBlocking(sandbox_pool_, [&backend] { return backend->List(); });
-    if (!listed) {
-      log::Warn("cannot list the backend's sandboxes",
-                {{"backend", name}, {"error", listed.error().message}});
-      continue;
-    }
-    for (const auto& l : *listed) {
-      if (mine.count(l.session_id)) continue;
-      // `live` may be older than the session: one created since has a sandbox and is not in
-      // it. Ask the store again before destroying anything.
-      auto now = co_await RunBlocking(
-          pool_, [this, &id = l.session_id] { return store_->GetSession(id); });
-      if (now && !store::IsTerminal(now->state) && Owns(*now)) continue;
-      if (!now && now.error().code != ErrorCode::kNotFound) continue;  // cannot tell: keep it
-      log::Info("destroying a sandbox whose session has ended or moved",
-                {{"session", l.session_id}, {"backend", name}});
-      sandbox_server_->CloseUnix(ControlSocketDir(l.session_id) + "/control.sock");
-      co_await DestroySandbox(backend, l.session_id, l.handle);
-    }
-  }
+Status ControlPlane::OpenChannel(const std::string& id) {
+  return sandbox_server_->ListenUnix(ControlSocketDir(id) + "/control.sock", id);
 }
 
-awaitable<void> ControlPlane::TakeOverDeadNodes(const std::vector<store::Session>& live,
-                                                int64_t now) {
-  const std::string& self = config_.node;
-  if (auto hb =
-          co_await RunBlocking(pool_, [this, &self, now] { return store_->Heartbeat(self, now); });
-      !hb) {
-    log::Warn("cannot record this replica's heartbeat", {{"error", hb.error().message}});
-  }
-  std::set<std::string> orphaned_nodes;
-  for (const auto& s : live) {
-    if (!Owns(s)) orphaned_nodes.insert(s.node);
-  }
-  if (orphaned_nodes.empty()) co_return;
-  auto nodes = co_await RunBlocking(pool_, [this] { return store_->ListNodes(); });
-  if (!nodes) co_return;
-  const int64_t ttl_ms = int64_t{config_.node_ttl_s} * 1000;
-  for (const auto& n : *nodes) {
-    if (now - n.heartbeat_at < ttl_ms) orphaned_nodes.erase(n.id);  // alive
-  }
-  for (const auto& s : live) {
-    if (stopping_) co_return;
-    if (Owns(s) || !orphaned_nodes.count(s.node)) continue;
-    auto adopted = co_await RunBlocking(pool_, [this, &id = s.id, &from = s.node, &self] {
-      return store_->AdoptSession(id, from, self);
-    });
-    if (!adopted) continue;  // another replica took it, or it ended meanwhile
-    log::Warn("took over a session of a replica that stopped answering",
-              {{"session", s.id}, {"from", s.node}, {"ttl_s", config_.node_ttl_s}});
-    store::Session here = *adopted;
-    // The old sandbox is beyond reach (its handle means something only on its own node); its
-    // token dies with the restart below, so it can no longer act if its node comes back.
-    here.sandbox_handle.clear();
-    if (here.state == SessionState::kSuspended) continue;  // resumed here when a message comes
-    co_await RestartSandbox(std::move(here),
-                            fmt::format("its replica \"{}\" stopped answering", s.node));
-  }
-}
-
-awaitable<void> ControlPlane::ReconcileOnce() {
-  int64_t now = NowMillis();
-  auto live = co_await RunBlocking(pool_, [this] { return ListLiveSessions(); });
-  if (!live) co_return;
-  co_await TakeOverDeadNodes(*live, now);
-  // Sessions that ended through another replica leave their sandbox here: sweep now and then.
-  if (++reconcile_passes_ % kSweepEveryPasses == 0) co_await SweepOrphans(*live);
-  for (const auto& s : *live) {
-    if (stopping_) co_return;
-    if (!Owns(s)) continue;  // its own replica looks after it
-    // Wall-clock budget of the session.
-    if (auto t = s.limits.find("timeout_s");
-        t != s.limits.end() && t->is_number() &&
-        now - s.created_at > static_cast<int64_t>(t->get<double>() * 1000)) {
-      co_await EndSession(s.id, SessionState::kFailed,
-                          "timeout: the session exceeded limits.timeout_s");
-      continue;
-    }
-    co_await CheckSandbox(s);
-    co_await SuspendIfIdle(s, now);
-  }
-  metrics_->reconcile_passes.With({}).Inc();
-}
-
-awaitable<void> ControlPlane::SuspendIfIdle(const store::Session& s, int64_t now) {
-  if (s.state != SessionState::kRunning) co_return;
-  int64_t idle_timeout_ms = config_.idle_timeout_s * 1000;
-  if (auto t = s.limits.find("idle_timeout_s"); t != s.limits.end() && t->is_number()) {
-    idle_timeout_ms = static_cast<int64_t>(t->get<double>() * 1000);
-  }
-  if (idle_timeout_ms <= 0) co_return;
-  auto since = idle_since_.find(s.id);
-  auto parked = parked_polls_.find(s.id);
-  if (since == idle_since_.end() || parked == parked_polls_.end() || parked->second <= 0) co_return;
-  if (now - since->second < idle_timeout_ms) co_return;
-  const int64_t idle_s = (now - since->second) / 1000;
-  BusyMark mark(sandbox_busy_, s.id);
-  if (!mark.held()) co_return;
-  auto res = co_await SetSuspended(s.id, true);
-  if (res.status >= 400) {
-    log::Warn("suspending an idle session failed", {{"session", s.id}, {"status", res.status}});
-    co_return;
-  }
-  idle_since_.erase(s.id);
-  log::Info("suspended an idle session", {{"session", s.id}, {"idle_s", idle_s}});
+void ControlPlane::CloseChannel(const std::string& id) {
+  sandbox_server_->CloseUnix(ControlSocketDir(id) + "/control.sock");
 }
 
 awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
@@ -765,24 +624,6 @@ awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) 
   // Ended while the sandbox started (an operator's DELETE): whoever ended it saw no handle.
   auto now = co_await RunBlocking(pool_, [this, &id = s.id] { return store_->GetSession(id); });
   if (now && store::IsTerminal(now->state)) co_await DestroySandbox(backend, s.id, *handle);
-}
-
-awaitable<void> ControlPlane::ReconcileSoon() {
-  asio::steady_timer t(io_);
-  t.expires_after(std::chrono::milliseconds(100));
-  boost::system::error_code ec;
-  co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
-  reconcile_timer_.cancel();  // the loop runs a pass now
-}
-
-awaitable<void> ControlPlane::ReconcileLoop() {
-  while (!stopping_) {
-    reconcile_timer_.expires_after(std::chrono::seconds(1));
-    boost::system::error_code ec;
-    co_await reconcile_timer_.async_wait(asio::redirect_error(use_awaitable, ec));
-    if (stopping_) break;
-    co_await ReconcileOnce();
-  }
 }
 
 }  // namespace airlock::controlplane

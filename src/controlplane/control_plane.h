@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/asio.h"
+#include "common/clock.h"
 #include "common/metrics.h"
 #include "common/secret.h"
 #include "controlplane/config.h"
@@ -20,6 +21,7 @@
 #include "controlplane/identity.h"
 #include "controlplane/llm_proxy.h"
 #include "controlplane/notifier.h"
+#include "controlplane/reconciler.h"
 #include "controlplane/retention.h"
 #include "controlplane/token_cache.h"
 #include "sandbox/backend.h"
@@ -84,11 +86,14 @@ class BusyMark {
 //
 // Threading: everything runs on `io` (a single thread); store and backend calls are handed
 // to a worker pool so that the loop never blocks.
-class ControlPlane {
+class ControlPlane : private SessionLifecycle {
  public:
+  // `clock`: what the session logic and the reconciler read the time from (default: the
+  // real one; tests pass a ManualClock).
   ControlPlane(Config config, asio::io_context& io, std::unique_ptr<store::Store> store,
-               std::unique_ptr<sandbox::BackendRegistry> backends);
-  ~ControlPlane();
+               std::unique_ptr<sandbox::BackendRegistry> backends,
+               std::shared_ptr<const Clock> clock = nullptr);
+  ~ControlPlane() override;
 
   // Locks the home directory (one server per home: HomeLock), creates it and the operator
   // key, binds the listeners, re-attaches to live sandboxes and starts the reconciler. Call on
@@ -127,14 +132,9 @@ class ControlPlane {
   // Whether this replica runs the session's sandbox: only that one acts on it (inspects,
   // restarts, suspends, destroys). A session of no node (made before replicas had names)
   // belongs to whoever serves it.
-  bool Owns(const store::Session& s) const { return s.node.empty() || s.node == config_.node; }
-  // Records this replica's heartbeat and takes over the live sessions of replicas whose
-  // heartbeat is older than server.node_ttl_s: their sandboxes are beyond reach, so each gets
-  // a fresh one here and carries on from the stored conversation.
-  awaitable<void> TakeOverDeadNodes(const std::vector<store::Session>& live, int64_t now);
-  // Destroys the sandboxes this replica runs that no live session of its own has (ended,
-  // or moved to another replica while this one was away) and closes their sockets.
-  awaitable<void> SweepOrphans(const std::vector<store::Session>& live);
+  bool Owns(const store::Session& s) const override {
+    return s.node.empty() || s.node == config_.node;
+  }
   // A change another replica committed (Store::WatchChanges), on the io thread.
   void OnStoreChange(const store::Change& c);
   awaitable<void> DestroyIfEndedHere(std::string id);
@@ -144,7 +144,11 @@ class ControlPlane {
   // The id of the session a sandbox request's token belongs to, for what needs no more of the
   // session: from tokens_ when it knows the token, else as AuthenticateSandbox. The same
   // refusals either way.
-  awaitable<Result<std::string>> IdentifySandbox(const Request& req);
+  struct SandboxIdentity {
+    std::string session_id;
+    std::string token_hash;  // of the token the request presented
+  };
+  awaitable<Result<SandboxIdentity>> IdentifySandbox(const Request& req);
   // What a request says besides its token (the socket it came through, a SESSION_ID header),
   // held against the token's session `id`.
   Result<void> CheckSandboxClaims(const Request& req, const std::string& id);
@@ -158,7 +162,8 @@ class ControlPlane {
   awaitable<Response> GetEvents(Request& req);
   awaitable<Response> Suspend(Request& req);
   awaitable<Response> Resume(Request& req);
-  awaitable<Response> SetSuspended(std::string id, bool suspend);
+  // running -> suspended or suspended -> running.
+  awaitable<Result<store::Session>> SetSuspended(std::string id, bool suspend);
   awaitable<Response> DeleteSession(Request& req);
   awaitable<Response> GetLogs(Request& req);
   awaitable<void> FollowLogs(std::string id, ChunkSink& sink);
@@ -176,31 +181,27 @@ class ControlPlane {
 
   // Session transitions shared by routes and the reconciler.
   awaitable<Result<store::Session>> EndSession(const std::string& id, store::SessionState to,
-                                               std::optional<std::string> result);
+                                               std::optional<std::string> result) override;
   void AfterSessionEnded(const store::Session& s);
-  awaitable<void> DestroySandbox(sandbox::Backend* backend, std::string id, std::string handle);
+  awaitable<void> DestroySandbox(sandbox::Backend* backend, std::string id,
+                                 std::string handle) override;
   // Looks at the sandbox of a running session: one that is gone ends the session (its agent
   // exited on its own) or gets a fresh sandbox (it was killed or vanished).
-  awaitable<void> CheckSandbox(store::Session s);
-  // Suspends a running session whose agent has waited on an empty inbox, and done nothing
-  // else, for longer than its idle timeout (limits.idle_timeout_s, else sandbox.idle_timeout_s).
-  awaitable<void> SuspendIfIdle(const store::Session& s, int64_t now);
+  awaitable<void> CheckSandbox(store::Session s) override;
+  std::optional<int64_t> IdleSince(const std::string& id) const override;
+  awaitable<Result<bool>> SuspendIdle(const std::string& id) override;
+  // The session's socket, which its sandbox reaches the control plane through.
+  Status OpenChannel(const std::string& id) override;
+  void CloseChannel(const std::string& id) override;
   // A fresh sandbox with a new token for a live session whose sandbox is gone; the new agent
   // reloads the conversation from /sandbox/v1/history. After sandbox.max_restarts the
   // session fails instead. The caller holds the session's mark in sandbox_busy_.
-  awaitable<void> RestartSandbox(store::Session s, std::string why);
+  awaitable<void> RestartSandbox(store::Session s, std::string why) override;
   sandbox::SandboxSpec SpecFor(const store::Session& s, const Secret& token) const;
   // Listens on the session's socket and asks the backend for its sandbox; the handle.
   awaitable<Result<std::string>> StartSandbox(sandbox::Backend* backend,
                                               const sandbox::SandboxSpec& spec);
   awaitable<void> DrainAndStop();
-  awaitable<void> ReconcileLoop();
-  awaitable<void> ReconcileOnce();
-  // Runs the reconciler shortly: an agent said it exited, so its sandbox is about to stop.
-  awaitable<void> ReconcileSoon();
-  awaitable<void> ReattachAll();
-  // Every session in starting, running or suspended, all pages. Blocking: call on the pool.
-  Result<std::vector<store::Session>> ListLiveSessions();
 
   std::string SandboxUrl() const;
 
@@ -236,9 +237,6 @@ class ControlPlane {
   static constexpr std::chrono::seconds kOperatorKeyRefresh{1};
   asio::ip::tcp::endpoint operator_endpoint_;
   asio::ip::tcp::endpoint sandbox_endpoint_;
-  asio::steady_timer reconcile_timer_;
-  int64_t reconcile_passes_ = 0;
-  static constexpr int kSweepEveryPasses = 10;
   // What each sandbox's init reported when its agent exited ("agent.exited"): the exit
   // code the reconciler puts in the session's result. Touched on the io thread only; a
   // restart forgets it (the result then says less, nothing else changes).
@@ -263,6 +261,8 @@ class ControlPlane {
   // Deletes what ended sessions left behind (retention.*, airlock gc). Made in Start(), once
   // the blob store is open.
   std::unique_ptr<Retention> retention_;
+  std::shared_ptr<const Clock> clock_;
+  std::unique_ptr<Reconciler> reconciler_;
 };
 
 // `airlock serve`: builds the control plane from `config`, runs it until SIGTERM/SIGINT and

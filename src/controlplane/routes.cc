@@ -222,7 +222,7 @@ awaitable<Response> ControlPlane::CreateSession(Request& req) {
   s.state = SessionState::kStarting;
   s.token_hash = in_spec ? Sha256Hex(token.Reveal()) : "";
   s.node = config_.node;  // this replica runs the sandbox
-  s.created_at = s.updated_at = NowMillis();
+  s.created_at = s.updated_at = clock_->NowMillis();
   Json task_message = {{"role", "user"}, {"content", task}};
   AIRLOCK_CO_TRY(co_await RunBlocking(
       pool_, [this, &s, &task_message] { return store_->CreateSession(s, task_message); }));
@@ -316,9 +316,8 @@ awaitable<Response> ControlPlane::PostMessage(Request& req) {
   // would notice within a second; the user who just wrote should not wait for it).
   if (s.state == SessionState::kRunning) asio::co_spawn(io_, CheckSandbox(s), asio::detached);
   if (s.state == SessionState::kSuspended) {
-    auto resumed = co_await SetSuspended(id, false);
-    if (resumed.status >= 400) {
-      log::Warn("resume on message failed", {{"session", id}, {"status", resumed.status}});
+    if (auto resumed = co_await SetSuspended(id, false); !resumed) {
+      log::Warn("resume on message failed", {{"session", id}, {"error", resumed.error().message}});
     }
   }
   co_return Response::FromJson(202, Json{{"id", msg_id}, {"session", id}});
@@ -409,65 +408,63 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
 }
 
 awaitable<Response> ControlPlane::Suspend(Request& req) {
-  co_return co_await SetSuspended(req.params["id"], true);
+  AIRLOCK_CO_ASSIGN(auto s, co_await SetSuspended(req.params["id"], true));
+  co_return Response::FromJson(200, SessionView(s));
 }
 
 awaitable<Response> ControlPlane::Resume(Request& req) {
-  co_return co_await SetSuspended(req.params["id"], false);
+  AIRLOCK_CO_ASSIGN(auto s, co_await SetSuspended(req.params["id"], false));
+  co_return Response::FromJson(200, SessionView(s));
 }
 
 // running -> suspended (freeze the sandbox) or suspended -> running (thaw it); the backend
 // acts first, so the stored state never claims a sandbox is frozen when it is not.
-awaitable<Response> ControlPlane::SetSuspended(std::string id, bool suspend) {
+awaitable<Result<store::Session>> ControlPlane::SetSuspended(std::string id, bool suspend) {
   const SessionState from = suspend ? SessionState::kRunning : SessionState::kSuspended;
   const SessionState to = suspend ? SessionState::kSuspended : SessionState::kRunning;
   const std::string op = suspend ? "suspend" : "resume";
-  AIRLOCK_CO_ASSIGN(auto s,
-                    co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
-  if (s.state != from) {
-    co_return Response::FromError(
-        409, "conflict",
-        fmt::format("cannot {} a session that is {}", op, store::StateName(s.state)));
+  auto s = co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); });
+  if (!s) co_return s;
+  if (s->state != from) {
+    co_return Errorf(ErrorCode::kConflict, "cannot {} a session that is {}", op,
+                     store::StateName(s->state));
   }
-  if (!Owns(s)) {
-    co_return Response::FromError(
-        409, "conflict",
-        fmt::format("the session's sandbox runs on replica \"{}\"; send the {} there", s.node, op));
+  if (!Owns(*s)) {
+    co_return Errorf(ErrorCode::kConflict,
+                     "the session's sandbox runs on replica \"{}\"; send the {} there", s->node,
+                     op);
   }
-  auto* backend = backends_->Find(s.backend);
+  auto* backend = backends_->Find(s->backend);
   std::optional<std::string> resumed_handle;
-  if (backend && !s.sandbox_handle.empty()) {
+  if (backend && !s->sandbox_handle.empty()) {
     auto st = co_await RunBlocking(
-        sandbox_pool_, [&backend, &h = s.sandbox_handle, suspend, &resumed_handle]() -> Status {
+        sandbox_pool_, [&backend, &h = s->sandbox_handle, suspend, &resumed_handle]() -> Status {
           if (suspend) return backend->Suspend(h);
           AIRLOCK_ASSIGN_OR_RETURN(resumed_handle, backend->Resume(h));
           return Ok();
         });
     if (!st) {
-      metrics_->sandbox_errors.With({s.backend, op}).Inc();
+      metrics_->sandbox_errors.With({s->backend, op}).Inc();
       // A suspended sandbox that is gone (the host rebooted, someone removed it) is replaced
       // on resume: the session's conversation is in the store.
       auto gone = co_await RunBlocking(
-          sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
+          sandbox_pool_, [&backend, &h = s->sandbox_handle] { return backend->Inspect(h); });
       if (!suspend && gone &&
           (gone->state == sandbox::SandboxState::kMissing ||
            gone->state == sandbox::SandboxState::kExited)) {
         BusyMark mark(sandbox_busy_, id);
-        if (mark.held()) co_await RestartSandbox(s, "the suspended sandbox was gone at resume");
-        AIRLOCK_CO_ASSIGN(
-            auto now, co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
-        co_return Response::FromJson(200, SessionView(now));
+        if (mark.held()) co_await RestartSandbox(*s, "the suspended sandbox was gone at resume");
+        co_return co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); });
       }
-      co_return Response::FromError(st.error());
+      co_return std::unexpected(st.error());
     }
   }
   // A backend that resumed from a snapshot may have made a new sandbox handle.
   store::StateChange change{{from}, to, std::nullopt, false, resumed_handle};
-  AIRLOCK_CO_ASSIGN(auto out, co_await RunBlocking(pool_, [this, &id, &change] {
-                      return store_->ChangeState(id, change);
-                    }));
-  events_.Notify(id);
-  co_return Response::FromJson(200, SessionView(out));
+  auto out =
+      co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); });
+  if (out) events_.Notify(id);
+  co_return out;
 }
 
 awaitable<Response> ControlPlane::DeleteSession(Request& req) {
@@ -566,7 +563,7 @@ awaitable<Response> ControlPlane::Inbox(Request& req) {
     }
     if (std::chrono::steady_clock::now() >= deadline || sandbox_server_->draining()) break;
     gauge.Add(1);
-    idle_since_.emplace(s.id, NowMillis());  // kept if it was already waiting
+    idle_since_.emplace(s.id, clock_->NowMillis());  // kept if it was already waiting
     ++parked_polls_[s.id];
     bool woke = co_await inbox_.Wait(s.id, version, deadline);
     if (--parked_polls_[s.id] <= 0) parked_polls_.erase(s.id);
@@ -630,7 +627,8 @@ awaitable<Response> ControlPlane::LlmChat(Request& req) {
 }
 
 awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
-  AIRLOCK_CO_ASSIGN(std::string id, co_await IdentifySandbox(req));
+  AIRLOCK_CO_ASSIGN(SandboxIdentity who, co_await IdentifySandbox(req));
+  const std::string& id = who.session_id;
   if (static_cast<int64_t>(req.msg.body().size()) > config_.max_event_bytes) {
     co_return Response::FromError(
         413, "payload_too_large",
@@ -658,7 +656,10 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
     r.headers.emplace_back("Retry-After", std::to_string(*retry_after));
     co_return r;
   }
-  AIRLOCK_CO_ASSIGN(auto appended, co_await sandbox_events_.Append(id, type, std::move(data)));
+  // The token is checked again in the transaction that appends: the cache, or a read just
+  // before, may predate a fresh sandbox taking over (its restart replaces the token).
+  AIRLOCK_CO_ASSIGN(auto appended,
+                    co_await sandbox_events_.Append(id, type, std::move(data), who.token_hash));
   if (!appended.event) {
     event_refusals_.With({"quota"}).Inc();
     if (appended.noticed) {
@@ -670,7 +671,7 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   }
   metrics_->events.With({"sandbox"}).Inc();
   events_.Notify(id);
-  if (type == "agent.exited") asio::co_spawn(io_, ReconcileSoon(), asio::detached);
+  if (type == "agent.exited") reconciler_->Soon();
   co_return Response::FromJson(202, Json{{"seq", appended.event->seq}});
 }
 

@@ -271,8 +271,10 @@ class TestServer {
  public:
   // `backend`: the sandboxes of an earlier server on the same home, which outlive it as real
   // ones outlive a restart (default: none).
+  // `clock`: the time the control plane decides by (default: the real clock).
   explicit TestServer(std::function<void(controlplane::Config&)> tweak = {}, std::string home = "",
-                      std::shared_ptr<TestBackend::Shared> backend = nullptr)
+                      std::shared_ptr<TestBackend::Shared> backend = nullptr,
+                      std::shared_ptr<const Clock> clock = nullptr)
       : home_(home.empty() ? MakeTempDir() : home),
         backend_(backend ? std::move(backend) : std::make_shared<TestBackend::Shared>()) {
     RaiseFdLimit();
@@ -288,7 +290,7 @@ class TestServer {
     auto backends = std::make_unique<sandbox::BackendRegistry>();
     backends->Register(std::make_unique<TestBackend>(backend_));
     cp_ = std::make_unique<controlplane::ControlPlane>(std::move(c), io_, std::move(*st),
-                                                       std::move(backends));
+                                                       std::move(backends), std::move(clock));
     auto started = cp_->Start();
     if (!started) throw std::runtime_error("start: " + started.error().message);
     std::ifstream f(home_ + "/operator.key");

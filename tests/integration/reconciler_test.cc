@@ -1,0 +1,113 @@
+// The reconciler's decisions that depend on time (a session's timeout, its idleness, a
+// replica's missed heartbeats), on a ManualClock: each test shows that nothing happens before
+// the time and that it happens after, without waiting for either. What is still waited for
+// is the reconciler's one-second tick, which paces the work and decides nothing.
+#include "common/clock.h"
+#include "tests/integration/harness.h"
+
+namespace airlock::testing {
+namespace {
+
+using http::verb;
+
+// Waits until `server`'s reconciler has made `passes` more passes than when called.
+void WaitForPasses(TestServer& server, int passes) {
+  auto count = [&] {
+    std::string page = server.cp().metrics().Render();
+    const std::string name = "\nairlock_reconcile_passes_total ";
+    auto at = page.find(name);
+    return at == std::string::npos ? 0 : std::stoi(page.substr(at + name.size()));
+  };
+  int until = count() + passes;
+  ASSERT_TRUE(WaitForMetric(server, "airlock_reconcile_passes_total " + std::to_string(until)));
+}
+
+std::string StateOf(TestServer& server, const std::string& id) {
+  return server.Op(verb::get, "/v1/sessions/" + id).json()["state"];
+}
+
+bool WaitForSessionState(TestServer& server, const std::string& id, const std::string& want) {
+  for (int i = 0; i < 200; ++i) {
+    if (StateOf(server, id) == want) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+constexpr int64_t kHour = 3'600'000;
+
+TEST(ReconcilerTest, ASessionFailsOnceTheClockPassesItsTimeoutAndNotBefore) {
+  auto clock = std::make_shared<ManualClock>();
+  TestServer server({}, "", nullptr, clock);
+  auto r = server.Op(verb::post, "/v1/sessions", R"({"task":"x","limits":{"timeout_s":3600}})");
+  ASSERT_EQ(r.status, 201u) << r.body;
+  std::string id = r.json()["id"];
+  clock->Advance(kHour - 1000);
+  WaitForPasses(server, 2);
+  EXPECT_EQ(StateOf(server, id), "running");
+  clock->Advance(2000);
+  ASSERT_TRUE(WaitForSessionState(server, id, "failed"));
+  auto s = server.Op(verb::get, "/v1/sessions/" + id).json();
+  EXPECT_NE(s["result"].get<std::string>().find("limits.timeout_s"), std::string::npos) << s;
+}
+
+TEST(ReconcilerTest, AnIdleSessionIsSuspendedOnlyAfterItsIdleTimeoutAndAMessageWakesIt) {
+  auto clock = std::make_shared<ManualClock>();
+  TestServer server({}, "", nullptr, clock);
+  auto r = server.Op(verb::post, "/v1/sessions", R"({"task":"x","limits":{"idle_timeout_s":600}})");
+  ASSERT_EQ(r.status, 201u) << r.body;
+  std::string id = r.json()["id"];
+  std::string token;
+  {
+    std::lock_guard l(server.backend().mu);
+    token = server.backend().specs.at(id).token.Reveal();
+  }
+  ASSERT_EQ(server.Sb(verb::get, "/sandbox/v1/inbox", token).status, 200u);  // the task
+  // The agent waits for more work: from now on it is idle.
+  auto poll = std::async(std::launch::async,
+                         [&] { return server.Sb(verb::get, "/sandbox/v1/inbox?wait=60", token); });
+  ASSERT_TRUE(WaitForMetric(server, "airlock_inbox_waiting 1"));
+  clock->Advance(599'000);
+  WaitForPasses(server, 2);
+  EXPECT_EQ(StateOf(server, id), "running");
+  clock->Advance(2000);
+  ASSERT_TRUE(WaitForSessionState(server, id, "suspended"));
+  {
+    std::lock_guard l(server.backend().mu);
+    EXPECT_EQ(server.backend().state["test:" + id], "paused");
+  }
+  // A message resumes the sandbox, and the waiting agent gets it.
+  ASSERT_EQ(
+      server.Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"more"})").status,
+      202u);
+  auto got = poll.get();
+  ASSERT_EQ(got.status, 200u) << got.body;
+  EXPECT_EQ(got.json()["messages"][0]["content"], "more");
+  EXPECT_EQ(StateOf(server, id), "running");
+}
+
+TEST(ReconcilerTest, AReplicaIsTakenOverOnlyOnceItsHeartbeatIsOlderThanTheTtl) {
+  auto clock = std::make_shared<ManualClock>();
+  const std::string db = MakeTempDir("airlock-shared") + "/airlock.db";
+  auto config = [&db](controlplane::Config& c) {
+    c.store_path = db;
+    c.node_ttl_s = 3600;
+  };
+  auto a = std::make_unique<TestServer>(config, "", nullptr, clock);
+  auto [id, token] = a->NewSession();
+  a->Stop();  // no more heartbeats; its session stays live in the store
+  TestServer b(config, "", nullptr, clock);
+  clock->Advance(kHour - 1000);
+  WaitForPasses(b, 2);
+  {
+    std::lock_guard l(b.backend().mu);
+    EXPECT_EQ(b.backend().state.count("test:" + id), 0u) << "taken over before the ttl";
+  }
+  clock->Advance(2000);
+  ASSERT_TRUE(b.backend().WaitForState("test:" + id, "running"));
+  EXPECT_EQ(StateOf(b, id), "running");
+  EXPECT_EQ(b.Sb(verb::get, "/sandbox/v1/history", token).status, 401u);  // the old token died
+}
+
+}  // namespace
+}  // namespace airlock::testing
