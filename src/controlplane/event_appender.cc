@@ -11,6 +11,7 @@ struct EventAppender::Pending {
   std::string session_id;
   std::string type;
   Json data;
+  std::string token_hash;
   std::optional<Result<store::QuotaAppend>> result;
   asio::steady_timer done;  // cancelled once `result` is set
 };
@@ -24,12 +25,14 @@ EventAppender::EventAppender(store::Store& store, asio::thread_pool& pool, store
       max_in_flight_(std::max<size_t>(max_in_flight, 1)) {}
 
 awaitable<Result<store::QuotaAppend>> EventAppender::Append(std::string session_id,
-                                                            std::string type, Json data) {
+                                                            std::string type, Json data,
+                                                            std::string token_hash) {
   auto ex = co_await asio::this_coro::executor;
   auto p = std::make_shared<Pending>(ex);
   p->session_id = std::move(session_id);
   p->type = std::move(type);
   p->data = std::move(data);
+  p->token_hash = std::move(token_hash);
   queue_.push_back(p);
   if (in_flight_ < max_in_flight_) StartBatch(ex);
   // The answer comes in a handler posted to this thread, so not before the wait has begun.
@@ -52,7 +55,8 @@ void EventAppender::StartBatch(const asio::any_io_executor& ex) {
   asio::post(pool_, [this, ex, batch, work = std::move(work)]() mutable {
     std::vector<store::EventAppend> appends;
     appends.reserve(batch->size());
-    for (const auto& p : *batch) appends.push_back({p->session_id, p->type, &p->data});
+    for (const auto& p : *batch)
+      appends.push_back({p->session_id, p->type, &p->data, p->token_hash});
     auto results = store_.AppendEventsWithinQuota(appends, quota_);
     asio::post(ex, [this, ex, batch, results = std::move(results)]() mutable {
       Finish(ex, *batch, std::move(results));

@@ -31,8 +31,10 @@ class EventAppender {
   EventAppender(store::Store& store, asio::thread_pool& pool, store::EventQuota quota,
                 size_t max_batch = 256, size_t max_in_flight = 2);
 
-  // What Store::AppendEventWithinQuota(session_id, type, data, quota) answers, once committed.
-  awaitable<Result<store::QuotaAppend>> Append(std::string session_id, std::string type, Json data);
+  // What Store::AppendEventWithinQuota(session_id, type, data, quota) answers, once committed;
+  // with a `token_hash`, refused unless it is still the session's then (store::EventAppend).
+  awaitable<Result<store::QuotaAppend>> Append(std::string session_id, std::string type, Json data,
+                                               std::string token_hash = "");
   // Store calls made so far (each carried one group).
   size_t calls() const { return calls_; }
 

@@ -1142,7 +1142,7 @@ class PostgresStore final : public Store {
       aborted = false;
       for (size_t i : order) {
         out[i] = AppendWithinQuota(c, events[i].session_id, events[i].type, *events[i].data, quota,
-                                   now, /*notify=*/false);
+                                   now, /*notify=*/false, events[i].token_hash);
         if (!out[i] && PQtransactionStatus(c.raw()) == PQTRANS_INERROR) {
           aborted = !c.broken() && !c.retryable();
           return std::unexpected(out[i].error());
@@ -1158,7 +1158,15 @@ class PostgresStore final : public Store {
       return Ok();
     });
     if (done) return out;
-    if (aborted) return Store::AppendEventsWithinQuota(events, quota);
+    if (aborted) {
+      for (size_t i = 0; i < events.size(); ++i) {
+        out[i] = Write([&](Connection& c) {
+          return AppendWithinQuota(c, events[i].session_id, events[i].type, *events[i].data, quota,
+                                   now, /*notify=*/true, events[i].token_hash);
+        });
+      }
+      return out;
+    }
     // The transaction as a whole failed (the connection broke, the COMMIT failed): it is the
     // answer of every append.
     out.assign(events.size(), std::unexpected(done.error()));
@@ -1168,10 +1176,15 @@ class PostgresStore final : public Store {
   static Result<QuotaAppend> AppendWithinQuota(Connection& c, std::string_view session_id,
                                                std::string_view type, const Json& data,
                                                const EventQuota& quota, int64_t now,
-                                               bool notify = true) {
+                                               bool notify = true,
+                                               std::string_view token_hash = {}) {
     const int64_t size = static_cast<int64_t>(type.size() + DumpJson(data).size());
-    // Locked, so concurrent appends see each other's totals and cannot overshoot together.
+    // Locked, so concurrent appends see each other's totals and cannot overshoot together,
+    // and a token replaced by another replica's restart is seen here (EventAppend).
     AIRLOCK_ASSIGN_OR_RETURN(LockedSession s, LockSession(c, session_id));
+    if (!token_hash.empty() && s.token_hash != token_hash) {
+      return RevokedTokenError();
+    }
     QuotaAppend out;
     if (quota.max_events > 0 && s.event_count + 1 > quota.max_events) {
       out.exceeded = "events";

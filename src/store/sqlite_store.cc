@@ -1028,24 +1028,29 @@ class SqliteStore final : public Store {
                                                            const EventQuota& quota) override {
     const int64_t now = NowMillis();
     return WriteEach(events.size(), [&](Connection& c, size_t i) {
-      return AppendWithinQuota(c, events[i].session_id, events[i].type, *events[i].data, quota,
-                               now);
+      return AppendWithinQuota(c, events[i].session_id, events[i].type, *events[i].data, quota, now,
+                               events[i].token_hash);
     });
   }
 
+  // `token_hash`: see EventAppend.
   static Result<QuotaAppend> AppendWithinQuota(Connection& c, std::string_view session_id,
                                                std::string_view type, const Json& data,
-                                               const EventQuota& quota, int64_t now) {
+                                               const EventQuota& quota, int64_t now,
+                                               std::string_view token_hash = {}) {
     const int64_t size = static_cast<int64_t>(type.size() + DumpJson(data).size());
     QuotaAppend out;
     {
       AIRLOCK_ASSIGN_OR_RETURN(
-          Stmt stmt, c.Prepare("SELECT event_count, event_bytes, event_quota_noticed FROM sessions "
-                               "WHERE id = ?1"));
+          Stmt stmt, c.Prepare("SELECT event_count, event_bytes, event_quota_noticed, token_hash "
+                               "FROM sessions WHERE id = ?1"));
       stmt.Bind(session_id);
       AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
       if (!row) {
         return std::unexpected(SessionNotFound(session_id));
+      }
+      if (!token_hash.empty() && stmt.Text(3) != token_hash) {
+        return RevokedTokenError();
       }
       if (quota.max_events > 0 && stmt.Int(0) + 1 > quota.max_events) {
         out.exceeded = "events";

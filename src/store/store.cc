@@ -28,11 +28,26 @@ std::optional<SessionState> ParseState(std::string_view name) {
   return std::nullopt;
 }
 
+std::unexpected<Error> RevokedTokenError() {
+  return MakeError(ErrorCode::kUnauthenticated, "invalid, expired or revoked session token");
+}
+
 std::vector<Result<QuotaAppend>> Store::AppendEventsWithinQuota(
     const std::vector<EventAppend>& events, const EventQuota& quota) {
   std::vector<Result<QuotaAppend>> out;
   out.reserve(events.size());
   for (const EventAppend& e : events) {
+    if (!e.token_hash.empty()) {
+      auto s = GetSession(e.session_id);
+      if (!s) {
+        out.push_back(std::unexpected(s.error()));
+        continue;
+      }
+      if (s->token_hash != e.token_hash) {
+        out.push_back(RevokedTokenError());
+        continue;
+      }
+    }
     out.push_back(AppendEventWithinQuota(e.session_id, e.type, *e.data, quota));
   }
   return out;

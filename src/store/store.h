@@ -21,6 +21,10 @@ std::string_view StateName(SessionState s);
 std::optional<SessionState> ParseState(std::string_view name);
 bool IsTerminal(SessionState s);
 
+// What an append with a token hash that is no longer the session's answers (EventAppend); the
+// same words the sandbox listener uses for any token it refuses.
+std::unexpected<Error> RevokedTokenError();
+
 struct Usage {
   int64_t input_tokens = 0;
   int64_t output_tokens = 0;
@@ -111,6 +115,11 @@ struct EventAppend {
   std::string_view session_id;
   std::string_view type;
   const Json* data = nullptr;
+  // When set, the append is refused (kUnauthenticated) unless this is still the session's
+  // token hash when it commits: an event from a sandbox whose token was revoked or replaced
+  // (a fresh sandbox took over) is never stored after the change, however recently its
+  // token was checked.
+  std::string_view token_hash;
 };
 
 // What AppendEventWithinQuota did.
@@ -267,7 +276,8 @@ class Store {
   // Many AppendEventWithinQuota calls at once: element i of the answer is what call i would
   // have answered, and an append that fails fails alone. Appends of one session keep their
   // order. A store that can commits them together (one transaction, one flush) and returns
-  // once that commit is done; this default appends them one by one.
+  // once that commit is done, checking each `token_hash` in that transaction; this default
+  // appends them one by one, and checks a token hash just before (not atomically).
   virtual std::vector<Result<QuotaAppend>> AppendEventsWithinQuota(
       const std::vector<EventAppend>& events, const EventQuota& quota);
   // Events with seq > after, in seq order, at most `limit`.

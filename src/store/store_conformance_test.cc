@@ -571,6 +571,38 @@ TEST_P(StoreConformanceTest, ABatchOfAppendsAnswersEachAsItsOwnCallWould) {
   EXPECT_TRUE(store->AppendEventsWithinQuota({}, quota).empty());
 }
 
+// An append that names the token it was authenticated with is stored only if that token is
+// still the session's when it commits: after a restart (a fresh sandbox, a new token) or the
+// end of the session, the old sandbox's event is refused, however recently its token passed.
+TEST_P(StoreConformanceTest, AnAppendWithAReplacedTokenIsRefusedInItsOwnTransaction) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  Session s = MakeSession("ses_a", 1, "hash-old");
+  s.node = "n1";
+  ASSERT_OK(store->CreateSession(s, UserMessage("t")));
+  ASSERT_OK(
+      store->ChangeState("ses_a", StateChange{{SessionState::kStarting}, SessionState::kRunning}));
+  const Json data = {{"i", 1}};
+  const EventQuota quota{};
+  auto current = store->AppendEventsWithinQuota({{"ses_a", "tick", &data, "hash-old"}}, quota);
+  ASSERT_TRUE(current[0].has_value()) << current[0].error().message;
+  EXPECT_TRUE(current[0]->event.has_value());
+  ASSERT_OK(store->RestartSandbox("ses_a", "n1", "hash-new", Json::object()));
+  auto stale = store->AppendEventsWithinQuota(
+      {{"ses_a", "tick", &data, "hash-old"}, {"ses_a", "tock", &data, "hash-new"}}, quota);
+  ASSERT_FALSE(stale[0].has_value());
+  EXPECT_EQ(stale[0].error().code, ErrorCode::kUnauthenticated);
+  ASSERT_TRUE(stale[1].has_value()) << stale[1].error().message;
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100));
+  int ticks = 0, tocks = 0;
+  for (const auto& e : events) {
+    ticks += e.type == "tick";
+    tocks += e.type == "tock";
+  }
+  EXPECT_EQ(ticks, 1);
+  EXPECT_EQ(tocks, 1);
+}
+
 TEST_P(StoreConformanceTest, EventQuotaCountsBytesOfEveryEventIncludingTheControlPlanes) {
   auto store = Open();
   ASSERT_NE(store, nullptr);
