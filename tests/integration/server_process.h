@@ -9,6 +9,7 @@
 
 #include <fstream>
 #include <optional>
+#include <random>
 #include <sstream>
 
 #include "tests/integration/harness.h"
@@ -18,16 +19,24 @@ namespace airlock::testing {
 inline constexpr const char* kProcessBackendConfig =
     "[sandbox]\ndefault_backend = \"process\"\nallow_unisolated_backends = true\n";
 
+// A port for a server another process will bind later, taken from below the kernel's
+// ephemeral range (32768 and up by default): a port the kernel picked for a bind to port 0 may
+// be handed to another test's listener or outgoing connection before the server binds it,
+// which made the chaos test's HAProxy fail to start now and then under parallel tests.
 inline uint16_t FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
+  static thread_local std::mt19937 rng(std::random_device{}());
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    const auto port = static_cast<uint16_t>(20000 + rng() % 12000);
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+    ::close(fd);
+    if (free) return port;
+  }
+  return 0;
 }
 
 inline std::string ReadFile(const std::string& path) {
