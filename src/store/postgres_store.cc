@@ -925,26 +925,39 @@ class PostgresStore final : public Store {
         return Errorf(ErrorCode::kConflict, "session {} is on node \"{}\", not \"{}\"", id,
                       on.empty() ? "" : on.Text(0, 0), node);
       }
-      static const std::string kSql = fmt::format(
-          "UPDATE sessions SET state = $2, updated_at = $3, token_hash = $4, "
-          "sandbox_handle = '' WHERE id = $1 RETURNING {}",
-          kSessionColumns);
-      AIRLOCK_ASSIGN_OR_RETURN(
-          Rows rows, c.Query(kSql, id, StateName(SessionState::kRunning), now, token_hash));
-      if (rows.empty()) {
-        return std::unexpected(SessionNotFound(id));
-      }
-      AIRLOCK_ASSIGN_OR_RETURN(Session updated, ReadSession(rows, 0));
-      if (current.state != SessionState::kRunning) {
-        AIRLOCK_TRY(InsertEvent(
-            c, id, "session.state",
-            Json{{"from", StateName(current.state)}, {"to", StateName(SessionState::kRunning)}},
-            now));
-      }
+      AIRLOCK_ASSIGN_OR_RETURN(Session updated, RunWithToken(c, id, current.state, token_hash,
+                                                             /*clear_handle=*/true, now));
       AIRLOCK_TRY(InsertEvent(c, id, "session.sandbox_restart", data, now));
       AIRLOCK_TRY(NotifyChange(c, 'i', id));  // a long-poll of the old sandbox ends
       return updated;
     });
+  }
+
+  // The session running with the token `token_hash` (RestartSandbox, IssueToken), and its
+  // change of state recorded if it was not running; `clear_handle` for a fresh sandbox.
+  static Result<Session> RunWithToken(Connection& c, std::string_view id, SessionState current,
+                                      std::string_view token_hash, bool clear_handle, int64_t now) {
+    static const std::string kFresh = fmt::format(
+        "UPDATE sessions SET state = $2, updated_at = $3, token_hash = $4, "
+        "sandbox_handle = '' WHERE id = $1 RETURNING {}",
+        kSessionColumns);
+    static const std::string kSame = fmt::format(
+        "UPDATE sessions SET state = $2, updated_at = $3, token_hash = $4 WHERE id = $1 "
+        "RETURNING {}",
+        kSessionColumns);
+    AIRLOCK_ASSIGN_OR_RETURN(
+        Rows rows, c.Query(clear_handle ? kFresh : kSame, id, StateName(SessionState::kRunning),
+                           now, token_hash));
+    if (rows.empty()) {
+      return std::unexpected(SessionNotFound(id));
+    }
+    AIRLOCK_ASSIGN_OR_RETURN(Session updated, ReadSession(rows, 0));
+    if (current != SessionState::kRunning) {
+      AIRLOCK_TRY(InsertEvent(
+          c, id, "session.state",
+          Json{{"from", StateName(current)}, {"to", StateName(SessionState::kRunning)}}, now));
+    }
+    return updated;
   }
 
   Result<Session> IssueToken(std::string_view id, std::string_view node,
@@ -963,23 +976,7 @@ class PostgresStore final : public Store {
                       StateName(current.state), on_node,
                       current.token_hash.empty() ? "" : " and has its token");
       }
-      static const std::string kSql = fmt::format(
-          "UPDATE sessions SET state = $2, updated_at = $3, token_hash = $4 WHERE id = $1 "
-          "RETURNING {}",
-          kSessionColumns);
-      AIRLOCK_ASSIGN_OR_RETURN(
-          Rows rows, c.Query(kSql, id, StateName(SessionState::kRunning), now, token_hash));
-      if (rows.empty()) {
-        return std::unexpected(SessionNotFound(id));
-      }
-      AIRLOCK_ASSIGN_OR_RETURN(Session updated, ReadSession(rows, 0));
-      if (current.state != SessionState::kRunning) {
-        AIRLOCK_TRY(InsertEvent(
-            c, id, "session.state",
-            Json{{"from", StateName(current.state)}, {"to", StateName(SessionState::kRunning)}},
-            now));
-      }
-      return updated;
+      return RunWithToken(c, id, current.state, token_hash, /*clear_handle=*/false, now);
     });
   }
 

@@ -813,22 +813,29 @@ class SqliteStore final : public Store {
         return Errorf(ErrorCode::kConflict, "session {} is on node \"{}\", not \"{}\"", id,
                       before.node, node);
       }
-      {
-        AIRLOCK_ASSIGN_OR_RETURN(
-            Stmt stmt,
-            c.Prepare("UPDATE sessions SET state = ?2, updated_at = ?3, token_hash = ?4, "
-                      "sandbox_handle = '' WHERE id = ?1"));
-        stmt.Bind(id, StateName(SessionState::kRunning), now, token_hash);
-        AIRLOCK_TRY(stmt.Run());
-      }
-      if (current != SessionState::kRunning) {
-        AIRLOCK_TRY(InsertEvent(
-            c, id, "session.state",
-            Json{{"from", StateName(current)}, {"to", StateName(SessionState::kRunning)}}, now));
-      }
+      AIRLOCK_TRY(RunWithToken(c, id, current, token_hash, /*clear_handle=*/true, now));
       AIRLOCK_TRY(InsertEvent(c, id, "session.sandbox_restart", data, now));
       return SelectSession(c, id);
     });
+  }
+
+  // The session running with the token `token_hash` (RestartSandbox, IssueToken), and its
+  // change of state recorded if it was not running; `clear_handle` for a fresh sandbox.
+  static Status RunWithToken(Connection& c, std::string_view id, SessionState current,
+                             std::string_view token_hash, bool clear_handle, int64_t now) {
+    AIRLOCK_ASSIGN_OR_RETURN(
+        Stmt stmt, c.Prepare(clear_handle ? "UPDATE sessions SET state = ?2, updated_at = ?3, "
+                                            "token_hash = ?4, sandbox_handle = '' WHERE id = ?1"
+                                          : "UPDATE sessions SET state = ?2, updated_at = ?3, "
+                                            "token_hash = ?4 WHERE id = ?1"));
+    stmt.Bind(id, StateName(SessionState::kRunning), now, token_hash);
+    AIRLOCK_TRY(stmt.Run());
+    if (current != SessionState::kRunning) {
+      AIRLOCK_TRY(InsertEvent(
+          c, id, "session.state",
+          Json{{"from", StateName(current)}, {"to", StateName(SessionState::kRunning)}}, now));
+    }
+    return Ok();
   }
 
   Result<Session> IssueToken(std::string_view id, std::string_view node,
@@ -844,18 +851,7 @@ class SqliteStore final : public Store {
                       StateName(current), before.node,
                       before.token_hash.empty() ? "" : " and has its token");
       }
-      {
-        AIRLOCK_ASSIGN_OR_RETURN(
-            Stmt stmt, c.Prepare("UPDATE sessions SET state = ?2, updated_at = ?3, token_hash = ?4 "
-                                 "WHERE id = ?1"));
-        stmt.Bind(id, StateName(SessionState::kRunning), now, token_hash);
-        AIRLOCK_TRY(stmt.Run());
-      }
-      if (current != SessionState::kRunning) {
-        AIRLOCK_TRY(InsertEvent(
-            c, id, "session.state",
-            Json{{"from", StateName(current)}, {"to", StateName(SessionState::kRunning)}}, now));
-      }
+      AIRLOCK_TRY(RunWithToken(c, id, current, token_hash, /*clear_handle=*/false, now));
       return SelectSession(c, id);
     });
   }
