@@ -8,6 +8,8 @@
 #include "common/log.h"
 #include "controlplane/event_limits.h"
 #include "controlplane/views.h"
+#include "llm/http_provider.h"
+#include "llm/scripted.h"
 #include "llm/wire_util.h"
 
 namespace airlock::controlplane {
@@ -430,9 +432,9 @@ void LlmProxy::Start() {
       if (!client) {
         fail(client.error().message);
       } else {
-        slot.client = std::move(*client);
         auto format = p.kind == "openai" ? llm::MakeOpenAiFormat() : llm::MakeAnthropicFormat();
-        slot.provider = llm::MakeHttpProvider(std::move(format), *ep, std::move(key), *slot.client);
+        slot.provider =
+            llm::MakeHttpProvider(std::move(format), *ep, std::move(key), std::move(*client));
         log::Info("llm provider ready",
                   {{"provider", name}, {"kind", p.kind}, {"upstream", ep->Key()}});
       }

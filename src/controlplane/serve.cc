@@ -12,6 +12,7 @@
 #include "sandbox/backend_oci.h"
 #include "sandbox/backend_process.h"
 #include "store/postgres_store.h"
+#include "store/sqlite_store.h"
 
 namespace airlock::controlplane {
 namespace {
