@@ -30,7 +30,7 @@
 #include "controlplane/validation.h"
 #include "fuzz/fuzz_util.h"
 #include "fuzz/route_bodies.h"
-#include "store/store.h"
+#include "store/sqlite_store.h"
 
 namespace airlock::fuzz {
 

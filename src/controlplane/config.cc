@@ -1,4 +1,6 @@
 #include "controlplane/config.h"
+#include "controlplane/config_reader.h"
+#include "controlplane/plug_points.h"
 #include "llm/upstream_client.h"
 #include "store/postgres_store.h"
 
@@ -6,7 +8,6 @@
 
 #include <cstdlib>
 #include <fstream>
-#include <initializer_list>
 #include <set>
 #include <sstream>
 
@@ -15,110 +16,6 @@
 namespace airlock::controlplane {
 
 namespace {
-
-// Reads typed values from one TOML table and remembers which keys were consumed, so that
-// anything left over can be reported as unknown with its full dotted name.
-class TableReader {
- public:
-  TableReader(const toml::table* table, std::string path) : table_(table), path_(std::move(path)) {}
-
-  std::string Key(std::string_view k) const {
-    return path_.empty() ? std::string(k) : path_ + "." + std::string(k);
-  }
-
-  Status String(std::string_view k, std::string* out) {
-    seen_.insert(std::string(k));
-    if (!table_) return Ok();
-    const toml::node* n = table_->get(k);
-    if (!n) return Ok();
-    auto v = n->value<std::string>();
-    if (!n->is_string() || !v)
-      return Errorf(ErrorCode::kInvalidArgument, "{} must be a string", Key(k));
-    *out = *v;
-    return Ok();
-  }
-
-  Status Int(std::string_view k, int64_t* out, int64_t min, int64_t max) {
-    seen_.insert(std::string(k));
-    if (!table_) return Ok();
-    const toml::node* n = table_->get(k);
-    if (!n) return Ok();
-    if (!n->is_integer())
-      return Errorf(ErrorCode::kInvalidArgument, "{} must be an integer", Key(k));
-    int64_t v = *n->value<int64_t>();
-    if (v < min || v > max) {
-      return Errorf(ErrorCode::kInvalidArgument, "{} = {} is out of range [{}, {}]", Key(k), v, min,
-                    max);
-    }
-    *out = v;
-    return Ok();
-  }
-
-  template <typename T>
-  Status IntAs(std::string_view k, T* out, int64_t min, int64_t max) {
-    int64_t v = static_cast<int64_t>(*out);
-    AIRLOCK_TRY(Int(k, &v, min, max));
-    *out = static_cast<T>(v);
-    return Ok();
-  }
-
-  Status Double(std::string_view k, double* out, double min) {
-    seen_.insert(std::string(k));
-    if (!table_) return Ok();
-    const toml::node* n = table_->get(k);
-    if (!n) return Ok();
-    if (!n->is_number()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a number", Key(k));
-    double v = n->is_integer() ? static_cast<double>(*n->value<int64_t>()) : *n->value<double>();
-    if (v < min) return Errorf(ErrorCode::kInvalidArgument, "{} must be >= {}", Key(k), min);
-    *out = v;
-    return Ok();
-  }
-
-  Status Bool(std::string_view k, bool* out) {
-    seen_.insert(std::string(k));
-    if (!table_) return Ok();
-    const toml::node* n = table_->get(k);
-    if (!n) return Ok();
-    if (!n->is_boolean())
-      return Errorf(ErrorCode::kInvalidArgument, "{} must be true or false", Key(k));
-    *out = *n->value<bool>();
-    return Ok();
-  }
-
-  Status Millis(std::string_view k, std::chrono::milliseconds* out) {
-    double secs = static_cast<double>(out->count()) / 1000.0;
-    AIRLOCK_TRY(Double(k, &secs, 0.001));
-    *out = std::chrono::milliseconds(static_cast<int64_t>(secs * 1000));
-    return Ok();
-  }
-
-  // A sub-table; absent is fine (nullptr).
-  Result<const toml::table*> Table(std::string_view k) {
-    seen_.insert(std::string(k));
-    if (!table_) return nullptr;
-    const toml::node* n = table_->get(k);
-    if (!n) return nullptr;
-    if (!n->is_table()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a table", Key(k));
-    return n->as_table();
-  }
-
-  Status RejectUnknown() const {
-    if (!table_) return Ok();
-    std::vector<std::string> unknown;
-    for (const auto& [k, v] : *table_) {
-      if (!seen_.count(std::string(k.str()))) unknown.push_back(Key(k.str()));
-    }
-    if (unknown.empty()) return Ok();
-    std::string list;
-    for (const auto& u : unknown) list += (list.empty() ? "" : ", ") + u;
-    return Errorf(ErrorCode::kInvalidArgument, "unknown configuration key(s): {}", list);
-  }
-
- private:
-  const toml::table* table_;
-  std::string path_;
-  std::set<std::string> seen_;
-};
 
 // Walks a table of named tables ([providers.NAME], [models.NAME], ...): refuses an entry
 // that is not a table, and hands each one to `fn` with its name and a reader whose errors
@@ -131,6 +28,35 @@ Status ForEachNamedTable(const toml::table* t, std::string_view prefix, F fn) {
     if (!node.is_table()) return Errorf(ErrorCode::kInvalidArgument, "{} must be a table", path);
     TableReader r(node.as_table(), path);
     AIRLOCK_TRY(fn(std::string(name.str()), path, r));
+  }
+  return Ok();
+}
+
+// The sections of the kinds of a plug point that have settings: [<parent>.<kind>], each
+// absent (nullptr) or a table.
+template <typename Interface, typename Context>
+using KindSectionList =
+    std::vector<std::pair<const PlugKind<Interface, Context>*, const toml::table*>>;
+
+template <typename Interface, typename Context>
+Result<KindSectionList<Interface, Context>> KindSections(TableReader& parent,
+                                                         PlugTable<Interface, Context> table) {
+  KindSectionList<Interface, Context> sections;
+  for (const auto& kind : table) {
+    if (kind.parse == nullptr) continue;
+    AIRLOCK_ASSIGN_OR_RETURN(const toml::table* t, parent.Table(kind.name));
+    sections.emplace_back(&kind, t);
+  }
+  return sections;
+}
+
+// Has each kind read its section, present or not (absent: its defaults, checked).
+template <typename Interface, typename Context>
+Status ParseKindSections(const KindSectionList<Interface, Context>& sections,
+                         std::string_view parent, Config& c) {
+  for (const auto& [kind, t] : sections) {
+    TableReader section(t, fmt::format("{}.{}", parent, kind->name));
+    AIRLOCK_TRY(kind->parse(section, c));
   }
   return Ok();
 }
@@ -176,43 +102,23 @@ Status ParseServer(const toml::table* t, Config& c) {
 Status ParseStore(const toml::table* t, Config& c) {
   TableReader r(t, "store");
   AIRLOCK_TRY(r.String("kind", &c.store_kind));
-  AIRLOCK_TRY(r.String("path", &c.store_path));
-  AIRLOCK_TRY(r.String("synchronous", &c.store_synchronous));
-  AIRLOCK_TRY(r.IntAs("busy_timeout_ms", &c.store_busy_timeout_ms, 0, 600'000));
-  AIRLOCK_TRY(r.String("url", &c.store_url));
-  AIRLOCK_TRY(r.String("password_env", &c.store_password_env));
-  AIRLOCK_TRY(r.IntAs("pool_size", &c.store_pool_size, 1, 256));
+  AIRLOCK_ASSIGN_OR_RETURN(const StoreKind* kind,
+                           FindKind(StoreKinds(), "store.kind", c.store_kind));
+  AIRLOCK_TRY(kind->parse(r, c));
   // A key of the other kind is a mistake (a PostgreSQL url under kind = "sqlite" would be
-  // silently ignored), so it is refused like an unknown one.
-  auto refuse_keys = [&](std::initializer_list<const char*> keys, const char* kind) -> Status {
-    for (const char* k : keys) {
-      if (t != nullptr && t->contains(k)) {
-        return Errorf(ErrorCode::kInvalidArgument, "store.{} is for kind = \"{}\"", k, kind);
+  // silently ignored), so it is refused naming its kind rather than as unknown. Which keys a
+  // kind has is what its parser reads (into a scratch config: its verdict does not matter).
+  for (const StoreKind& other : StoreKinds()) {
+    if (&other == kind || t == nullptr) continue;
+    TableReader probe(t, "store");
+    Config scratch;
+    (void)other.parse(probe, scratch);
+    for (const auto& [k, v] : *t) {
+      if (!r.Read(k.str()) && probe.Read(k.str())) {
+        return Errorf(ErrorCode::kInvalidArgument, "store.{} is for kind = \"{}\"", k.str(),
+                      other.name);
       }
     }
-    return Ok();
-  };
-  if (c.store_kind == "sqlite") {
-    AIRLOCK_TRY(refuse_keys({"url", "password_env", "pool_size"}, "postgres"));
-    if (c.store_synchronous != "normal" && c.store_synchronous != "full") {
-      return MakeError(ErrorCode::kInvalidArgument,
-                       "store.synchronous must be \"normal\" or \"full\"");
-    }
-  } else if (c.store_kind == "postgres") {
-    AIRLOCK_TRY(refuse_keys({"path", "synchronous", "busy_timeout_ms"}, "sqlite"));
-    if (c.store_url.empty()) {
-      return MakeError(ErrorCode::kInvalidArgument,
-                       "store.kind = \"postgres\" needs store.url = "
-                       "\"postgresql://user@host:port/dbname\"");
-    }
-    // Refuses a URL that holds a password here, before anything could log it.
-    if (auto target = store::ParsePostgresUrl(c.store_url); !target) {
-      return MakeError(ErrorCode::kInvalidArgument, target.error().message);
-    }
-  } else {
-    return Errorf(ErrorCode::kInvalidArgument,
-                  "store.kind = \"{}\" is not supported (supported: sqlite, postgres)",
-                  c.store_kind);
   }
   return r.RejectUnknown();
 }
@@ -256,29 +162,9 @@ Status ParseSandbox(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.Int("max_event_bytes", &c.max_event_bytes, 1, 16 << 20));
   AIRLOCK_TRY(r.String("images_dir", &c.images_dir));
   AIRLOCK_TRY(r.String("builtin_images_dir", &c.builtin_images_dir));
-  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* oci, r.Table("oci"));
+  AIRLOCK_ASSIGN_OR_RETURN(auto sections, KindSections(r, BackendKinds()));
   AIRLOCK_TRY(r.RejectUnknown());
-  TableReader o(oci, "sandbox.oci");
-  OciConfig& k = c.oci;
-  AIRLOCK_TRY(o.String("runtime", &k.runtime));
-  AIRLOCK_TRY(o.String("runtime_path", &k.runtime_path));
-  AIRLOCK_TRY(o.String("init_path", &k.init_path));
-  AIRLOCK_TRY(o.Int("bridge_port", &k.bridge_port, 1, 65535));
-  AIRLOCK_TRY(o.Int("agent_uid", &k.agent_uid, 1, 4294967294));
-  AIRLOCK_TRY(o.Int("agent_gid", &k.agent_gid, 1, 4294967294));
-  AIRLOCK_TRY(o.Int("uid_range_start", &k.uid_range_start, 1, 4294967294));
-  AIRLOCK_TRY(o.Int("uid_range_size", &k.uid_range_size, 1, 1 << 24));
-  AIRLOCK_TRY(o.Int("log_limit_mb", &k.log_limit_mb, 1, 1 << 20));
-  AIRLOCK_TRY(o.Int("memory_mb", &k.memory_mb, 16, 1 << 20));
-  AIRLOCK_TRY(o.Int("pids", &k.pids, 1, 1 << 22));
-  AIRLOCK_TRY(o.Double("cpus", &k.cpus, 0.01));
-  AIRLOCK_TRY(o.Int("disk_mb", &k.disk_mb, 1, 1 << 24));
-  AIRLOCK_TRY(o.RejectUnknown());
-  if (k.runtime != "crun" && k.runtime != "runc" && k.runtime != "runsc") {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "sandbox.oci.runtime must be crun, runc or runsc");
-  }
-  return Ok();
+  return ParseKindSections(sections, "sandbox", c);
 }
 
 Status ParseLog(const toml::table* t, Config& c) {
@@ -309,28 +195,10 @@ Status ParseFiles(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.IntAs("max_file_mb", &f.max_file_mb, 1, int64_t{1} << 30));
   AIRLOCK_TRY(r.IntAs("session_quota_mb", &f.session_quota_mb, 1, int64_t{1} << 30));
   AIRLOCK_TRY(r.Bool("get_urls_outlive_session", &f.get_urls_outlive_session));
-  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* s3, r.Table("s3"));
+  AIRLOCK_ASSIGN_OR_RETURN(auto sections, KindSections(r, BlobStoreKinds()));
   AIRLOCK_TRY(r.RejectUnknown());
-  if (s3) {
-    TableReader s(s3, "files.s3");
-    AIRLOCK_TRY(s.String("endpoint", &f.s3_endpoint));
-    AIRLOCK_TRY(s.String("region", &f.s3_region));
-    AIRLOCK_TRY(s.String("bucket", &f.s3_bucket));
-    AIRLOCK_TRY(s.Bool("path_style", &f.s3_path_style));
-    AIRLOCK_TRY(s.String("prefix", &f.s3_prefix));
-    AIRLOCK_TRY(s.String("access_key_env", &f.s3_access_key_env));
-    AIRLOCK_TRY(s.String("secret_key_env", &f.s3_secret_key_env));
-    AIRLOCK_TRY(s.String("session_token_env", &f.s3_session_token_env));
-    AIRLOCK_TRY(s.String("ca_file", &f.s3_ca_file));
-    AIRLOCK_TRY(s.RejectUnknown());
-  }
-  if (f.store != "local" && f.store != "s3") {
-    return MakeError(ErrorCode::kInvalidArgument, "files.store must be \"local\" or \"s3\"");
-  }
-  if (f.store == "s3" && (f.s3_endpoint.empty() || f.s3_bucket.empty())) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "files.store = \"s3\" needs files.s3.endpoint and files.s3.bucket");
-  }
+  AIRLOCK_TRY(FindKind(BlobStoreKinds(), "files.store", f.store));
+  AIRLOCK_TRY(ParseKindSections(sections, "files", c));
   if (f.default_expiry_s > f.max_expiry_s) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "files.default_expiry_s exceeds files.max_expiry_s");
@@ -387,10 +255,7 @@ Status ParseProviders(const toml::table* t, Config& c) {
         AIRLOCK_TRY(r.IntAs("max_idle_connections", &p.max_idle_connections, 0, 100000));
         AIRLOCK_TRY(r.RejectUnknown());
         p.api_key = Secret(std::move(inline_key));
-        if (p.kind != "openai" && p.kind != "anthropic" && p.kind != "scripted") {
-          return Errorf(ErrorCode::kInvalidArgument,
-                        "{}.kind must be openai, anthropic or scripted", path);
-        }
+        AIRLOCK_TRY(FindKind(ProviderKinds(), path + ".kind", p.kind));
         if (p.kind == "scripted") {
           if (p.script.empty())
             return Errorf(ErrorCode::kInvalidArgument,
@@ -531,7 +396,6 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
   AIRLOCK_TRY(ParseFiles(files, c));
   AIRLOCK_TRY(ParseEvents(events, c));
   AIRLOCK_TRY(ParseRetention(retention, c));
-  if (c.store_path.empty() && c.store_kind == "sqlite") c.store_path = home + "/airlock.db";
   if (c.node.empty()) {
     char host[256] = {};
     ::gethostname(host, sizeof(host) - 1);

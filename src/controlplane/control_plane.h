@@ -268,7 +268,5 @@ class ControlPlane : private SessionLifecycle {
 // `airlock serve`: builds the control plane from `config`, runs it until SIGTERM/SIGINT and
 // drains. Returns the process exit code.
 int RunServer(Config config);
-// The store that [store] configures (SQLite or PostgreSQL).
-Result<std::unique_ptr<store::Store>> OpenStore(const Config& config);
 
 }  // namespace airlock::controlplane

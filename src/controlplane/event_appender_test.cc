@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <map>
 
+#include "store/sqlite_store.h"
+
 namespace airlock::controlplane {
 namespace {
 

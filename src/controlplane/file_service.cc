@@ -6,9 +6,7 @@
 
 #include <cerrno>
 #include <charconv>
-#include <cstdlib>
 #include <cstring>
-#include <filesystem>
 
 #include "common/blocking.h"
 #include "common/crypto.h"
@@ -16,7 +14,7 @@
 #include "common/time_util.h"
 #include "common/url.h"
 #include "controlplane/event_limits.h"
-#include "files/s3_store.h"
+#include "controlplane/plug_points.h"
 #include "net/handler_util.h"
 
 namespace airlock::controlplane {
@@ -123,44 +121,10 @@ FileService::FileService(const Config& config, store::Store& store, asio::thread
 FileService::~FileService() = default;
 
 Status FileService::Start() {
-  const FilesConfig& f = config_.files;
-  if (f.store == "s3") {
-    files::S3StoreOptions o;
-    o.endpoint = f.s3_endpoint;
-    o.region = f.s3_region;
-    o.bucket = f.s3_bucket;
-    o.path_style = f.s3_path_style;
-    o.prefix = f.s3_prefix;
-    o.ca_file = f.s3_ca_file;
-    auto env = [](const std::string& name) -> std::string {
-      const char* v = name.empty() ? nullptr : std::getenv(name.c_str());
-      return v ? v : "";
-    };
-    o.creds.access_key_id = env(f.s3_access_key_env);
-    o.creds.secret_access_key = Secret(env(f.s3_secret_key_env));
-    o.creds.session_token = env(f.s3_session_token_env);
-    if (o.creds.access_key_id.empty() || o.creds.secret_access_key.empty()) {
-      return Errorf(ErrorCode::kInvalidArgument,
-                    "files.store = \"s3\": set {} and {} in the control plane's environment",
-                    f.s3_access_key_env, f.s3_secret_key_env);
-    }
-    AIRLOCK_ASSIGN_OR_RETURN(blobs_, files::MakeS3BlobStore(std::move(o)));
-    log::Info("file store ready",
-              {{"store", "s3"}, {"endpoint", f.s3_endpoint}, {"bucket", f.s3_bucket}});
-    return Ok();
-  }
-  std::error_code ec;
-  std::filesystem::create_directories(f.root, ec);
-  if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", f.root, ec.message());
-  ::chmod(f.root.c_str(), 0700);
-  AIRLOCK_ASSIGN_OR_RETURN(auto signer, files::UrlSigner::LoadOrCreate(f.signing_keys));
-  auto local =
-      std::make_unique<files::LocalBlobStore>(files::LocalStoreOptions{f.root}, std::move(signer));
-  local->SweepPartialUploads();
-  local_ = local.get();
-  blobs_ = std::move(local);
-  log::Info("file store ready",
-            {{"store", "local"}, {"root", f.root}, {"key_id", local_->signer().active_kid()}});
+  AIRLOCK_ASSIGN_OR_RETURN(blobs_, OpenBlobStore(config_.files));
+  // The local store's URLs point at this control plane, whose routes serve them from the
+  // store's files: those routes need the local store itself, not only the interface.
+  local_ = dynamic_cast<files::LocalBlobStore*>(blobs_.get());
   return Ok();
 }
 

@@ -1,12 +1,12 @@
 #include "controlplane/llm_proxy.h"
 
-#include <cstdlib>
 #include <deque>
 #include <set>
 
 #include "common/blocking.h"
 #include "common/log.h"
 #include "controlplane/event_limits.h"
+#include "controlplane/plug_points.h"
 #include "controlplane/views.h"
 #include "llm/wire_util.h"
 
@@ -384,58 +384,14 @@ LlmProxy::~LlmProxy() = default;
 void LlmProxy::Start() {
   for (const auto& [name, p] : config_.providers) {
     ProviderSlot slot;
-    auto fail = [&](std::string why) {
+    auto provider = MakeProvider({.name = name, .config = p, .io = io_});
+    if (provider) {
+      slot.provider = std::move(*provider);
+    } else {
+      const std::string& why = provider.error().message;
       slot.unavailable = fmt::format("provider \"{}\" is not available: {}", name, why);
       log::Warn("llm provider not available",
                 {{"provider", name}, {"kind", p.kind}, {"reason", why}});
-    };
-    if (p.kind == "scripted") {
-      auto sp = p.builtin_demo ? llm::MakeScriptedProvider(llm::BuiltinDemoScript(),
-                                                           "the built-in demo script")
-                               : llm::LoadScriptedProvider(p.script);
-      if (sp) {
-        slot.provider = std::move(*sp);
-        log::Info("llm provider ready: the scripted model (replies from a script, no LLM)",
-                  {{"provider", name},
-                   {"kind", "scripted"},
-                   {"script", p.builtin_demo ? "built-in demo" : p.script}});
-      } else {
-        fail(sp.error().message);
-      }
-      providers_[name] = std::move(slot);
-      continue;
-    }
-    Secret key = p.api_key;
-    if (key.empty() && !p.api_key_env.empty()) {
-      const char* v = std::getenv(p.api_key_env.c_str());
-      if (v != nullptr) key = Secret(v);
-    }
-    auto ep = llm::ParseBaseUrl(p.base_url);
-    if (!ep) {
-      fail(ep.error().message);
-    } else if (key.empty() && !p.api_key_env.empty()) {
-      fail(fmt::format("the environment variable {} is not set in the control plane's environment",
-                       p.api_key_env));
-    } else if (key.empty() && p.kind == "anthropic") {
-      fail("no key: set api_key_env");
-    } else {
-      llm::UpstreamOptions o;
-      o.connect_timeout = p.connect_timeout;
-      o.first_byte_timeout = p.first_byte_timeout;
-      o.total_timeout = p.timeout;
-      o.max_retries = p.max_retries;
-      o.max_idle_per_host = static_cast<size_t>(p.max_idle_connections);
-      o.ca_file = p.ca_file;
-      auto client = llm::UpstreamClient::Make(io_, o);
-      if (!client) {
-        fail(client.error().message);
-      } else {
-        slot.client = std::move(*client);
-        auto format = p.kind == "openai" ? llm::MakeOpenAiFormat() : llm::MakeAnthropicFormat();
-        slot.provider = llm::MakeHttpProvider(std::move(format), *ep, std::move(key), *slot.client);
-        log::Info("llm provider ready",
-                  {{"provider", name}, {"kind", p.kind}, {"upstream", ep->Key()}});
-      }
     }
     providers_[name] = std::move(slot);
   }

@@ -78,7 +78,6 @@ class LlmProxy {
 
  private:
   struct ProviderSlot {
-    std::unique_ptr<llm::UpstreamClient> client;
     std::unique_ptr<llm::Provider> provider;
     std::string unavailable;  // why it could not start
   };

@@ -1,6 +1,5 @@
 #include <sys/resource.h>
 
-#include <unistd.h>
 #include <csignal>
 
 #include <cstdlib>
@@ -8,75 +7,11 @@
 
 #include "common/log.h"
 #include "controlplane/control_plane.h"
+#include "controlplane/plug_points.h"
 #include "images/image_store.h"
-#include "sandbox/backend_oci.h"
-#include "sandbox/backend_process.h"
-#include "store/postgres_store.h"
 
 namespace airlock::controlplane {
 namespace {
-
-std::string ExecutableDir() {
-  std::error_code ec;
-  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  return ec ? std::string(".") : exe.parent_path().string();
-}
-
-// airlock-init: configured, else beside the airlock binary (the build tree, or bin/ of an
-// install), else in libexec/airlock of an install.
-std::string FindInit(const Config& config) {
-  if (!config.oci.init_path.empty()) return config.oci.init_path;
-  std::string dir = ExecutableDir();
-  for (const std::string& candidate :
-       {dir + "/airlock-init", dir + "/../libexec/airlock/airlock-init"}) {
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return dir + "/airlock-init";
-}
-
-sandbox::OciImage ToOciImage(images::ResolvedImage r) {
-  sandbox::OciImage o;
-  o.rootfs = std::move(r.rootfs);
-  o.host_binds = std::move(r.host_binds);
-  o.entrypoint = std::move(r.entrypoint);
-  o.cmd = std::move(r.cmd);
-  o.env = std::move(r.env);
-  o.workdir = std::move(r.workdir);
-  return o;
-}
-
-// The oci backend, or the reason it cannot run on this host (then sessions asking for it
-// get that reason, and the server still serves everything else).
-void RegisterOci(const Config& config, std::shared_ptr<images::ImageStore> images,
-                 sandbox::BackendRegistry& backends) {
-  sandbox::OciOptions o;
-  o.runtime = config.oci.runtime;
-  o.runtime_path = config.oci.runtime_path;
-  o.state_dir = config.home + "/run/oci";
-  o.init_path = FindInit(config);
-  o.bridge_port = static_cast<uint16_t>(config.oci.bridge_port);
-  o.agent_uid = static_cast<uint32_t>(config.oci.agent_uid);
-  o.agent_gid = static_cast<uint32_t>(config.oci.agent_gid);
-  o.uid_range_start = static_cast<uint32_t>(config.oci.uid_range_start);
-  o.uid_range_size = static_cast<uint32_t>(config.oci.uid_range_size);
-  o.log_limit_bytes = config.oci.log_limit_mb << 20;
-  o.default_memory_mb = config.oci.memory_mb;
-  o.default_pids = config.oci.pids;
-  o.default_cpus = config.oci.cpus;
-  o.default_disk_mb = config.oci.disk_mb;
-  o.resolve_image = [images](const std::string& name) -> Result<sandbox::OciImage> {
-    if (!images) return MakeError(ErrorCode::kUnavailable, "the image store could not be opened");
-    AIRLOCK_ASSIGN_OR_RETURN(auto resolved, images->Resolve(name));
-    return ToOciImage(std::move(resolved));
-  };
-  auto backend = sandbox::MakeOciBackend(std::move(o));
-  if (!backend) {
-    log::Warn("the oci backend is not available", {{"error", backend.error().message}});
-    backends.MarkUnavailable("oci", backend.error().message);
-    return;
-  }
-  backends.Register(std::move(*backend));
-}
 
 // Raises the descriptor limit to its hard maximum and makes the listeners' caps fit in it:
 // the operator listener's connections and a reserve for everything else (the store, backend
@@ -112,29 +47,6 @@ void ReserveDescriptors(Config& config) {
 
 }  // namespace
 
-// The store that [store] configures. The PostgreSQL password is read from the environment
-// here, at start, and goes nowhere but the store's connections.
-Result<std::unique_ptr<store::Store>> OpenStore(const Config& config) {
-  if (config.store_kind == "postgres") {
-    store::PostgresOptions po;
-    po.url = config.store_url;
-    po.pool_size = config.store_pool_size;
-    AIRLOCK_ASSIGN_OR_RETURN(
-        po.password, ReadStorePassword(config, [](const char* n) { return std::getenv(n); }));
-    AIRLOCK_ASSIGN_OR_RETURN(store::PostgresTarget target, store::ParsePostgresUrl(po.url));
-    log::Info("opening the PostgreSQL store", {{"host", target.host},
-                                               {"port", target.port},
-                                               {"dbname", target.dbname},
-                                               {"pool_size", po.pool_size}});
-    return store::OpenPostgresStore(po);
-  }
-  store::StoreOptions so;
-  so.path = config.store_path;
-  so.synchronous = config.store_synchronous;
-  so.busy_timeout_ms = config.store_busy_timeout_ms;
-  return store::OpenSqliteStore(so);
-}
-
 int RunServer(Config config) {
   log::Init(config.log_level, config.log_format);
   if (std::string note = ApplyDefaultModel(config, [](const char* n) { return std::getenv(n); });
@@ -161,8 +73,6 @@ int RunServer(Config config) {
                {{"store", StoreDescription(config)}, {"error", store.error().message}});
     return 1;
   }
-  auto backends = std::make_unique<sandbox::BackendRegistry>();
-  backends->Register(sandbox::MakeProcessBackend());
   images::ImageStoreOptions io_opts;
   io_opts.root = config.images_dir;
   io_opts.builtin_dir =
@@ -174,7 +84,8 @@ int RunServer(Config config) {
     log::Error("cannot open the image store",
                {{"path", io_opts.root}, {"error", opened.error().message}});
   }
-  RegisterOci(config, image_store, *backends);
+  auto backends = std::make_unique<sandbox::BackendRegistry>();
+  RegisterBackends({config, image_store}, *backends);
 
   ReserveDescriptors(config);
   // A write to a client that has gone away must fail with EPIPE, not kill the server.

@@ -4,7 +4,7 @@
 // bare `airlock serve` show the whole path - model, tools in the sandbox, an artifact, the
 // finish - on a machine that cannot reach any LLM.
 
-#include "llm/provider.h"
+#include "llm/scripted.h"
 
 namespace airlock::llm {
 namespace {

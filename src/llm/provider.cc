@@ -1,4 +1,4 @@
-#include "llm/provider.h"
+#include "llm/http_provider.h"
 
 #include <algorithm>
 #include <vector>
@@ -171,12 +171,12 @@ class StreamBridge : public BodySink {
 class HttpProvider : public Provider {
  public:
   HttpProvider(std::unique_ptr<WireFormat> format, Endpoint endpoint, Secret key,
-               UpstreamClient& client)
+               std::unique_ptr<UpstreamClient> client)
       : format_(std::move(format)),
         endpoint_(std::move(endpoint)),
         key_(std::move(key)),
         redactor_(key_.Reveal()),
-        client_(client) {}
+        client_(std::move(client)) {}
 
   std::string_view kind() const override { return format_->kind(); }
 
@@ -195,7 +195,7 @@ class HttpProvider : public Provider {
     auto call = format_->BuildRequest(req, key_.Reveal());
     if (!call) co_return std::unexpected(CallError{Outcome::kRefused, call.error().message, 0});
     if (!req.stream || receiver == nullptr) {
-      auto r = co_await client_.Post(endpoint_, *call, nullptr, cancel);
+      auto r = co_await client_->Post(endpoint_, *call, nullptr, cancel);
       if (!r) co_return std::unexpected(FromTransport(r.error(), cancel));
       if (r->status < 200 || r->status >= 300) co_return std::unexpected(StatusError(*r));
       auto parsed = format_->ParseResponse(r->body);
@@ -213,7 +213,7 @@ class HttpProvider : public Provider {
     }
     auto translator = format_->NewStream(req);
     StreamBridge bridge(*translator, *receiver, cancel);
-    auto r = co_await client_.Post(endpoint_, *call, &bridge, cancel);
+    auto r = co_await client_->Post(endpoint_, *call, &bridge, cancel);
     std::optional<CallError> failure;
     if (bridge.draining()) {
       // The receiver left after the whole reply: the call is complete. Its usage is the
@@ -253,15 +253,15 @@ class HttpProvider : public Provider {
   Endpoint endpoint_;
   Secret key_;
   KeyRedactor redactor_;
-  UpstreamClient& client_;
+  std::unique_ptr<UpstreamClient> client_;
 };
 
 }  // namespace
 
 std::unique_ptr<Provider> MakeHttpProvider(std::unique_ptr<WireFormat> format, Endpoint endpoint,
-                                           Secret api_key, UpstreamClient& client) {
+                                           Secret api_key, std::unique_ptr<UpstreamClient> client) {
   return std::make_unique<HttpProvider>(std::move(format), std::move(endpoint), std::move(api_key),
-                                        client);
+                                        std::move(client));
 }
 
 }  // namespace airlock::llm

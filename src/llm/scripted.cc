@@ -5,7 +5,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "llm/provider.h"
+#include "llm/scripted.h"
 
 namespace airlock::llm {
 namespace {

@@ -32,7 +32,7 @@
 
 #include "common/time_util.h"
 #include "store/connection_pool.h"
-#include "store/store.h"
+#include "store/sqlite_store.h"
 
 namespace airlock::store {
 namespace {

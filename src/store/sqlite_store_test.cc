@@ -16,7 +16,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "store/store.h"
+#include "store/sqlite_store.h"
 #include "store/store_test_util.h"
 
 namespace airlock::store {

@@ -312,13 +312,4 @@ class Store {
   virtual Result<int64_t> ReleaseFreePages(int64_t max_pages) = 0;
 };
 
-struct StoreOptions {
-  std::string path;                    // SQLite database file
-  std::string synchronous = "normal";  // "normal" (survives process crash) or "full" (power loss)
-  int busy_timeout_ms = 5000;
-  int read_connections = 4;
-};
-
-Result<std::unique_ptr<Store>> OpenSqliteStore(const StoreOptions& options);
-
 }  // namespace airlock::store

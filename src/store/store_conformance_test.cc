@@ -30,7 +30,7 @@
 #include <gtest/gtest.h>
 
 #include "store/postgres_store.h"
-#include "store/store.h"
+#include "store/sqlite_store.h"
 #include "store/store_test_postgres.h"
 #include "store/store_test_util.h"
 

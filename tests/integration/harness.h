@@ -25,6 +25,7 @@
 #include "common/asio.h"
 #include "common/json_util.h"
 #include "controlplane/control_plane.h"
+#include "controlplane/plug_points.h"
 #include "sandbox/backend.h"
 
 namespace airlock::testing {

@@ -5,7 +5,7 @@
 #include <set>
 #include <thread>
 
-#include "store/store.h"
+#include "store/sqlite_store.h"
 #include "tests/security/sandbox_fixture.h"
 
 namespace airlock::testing {
