@@ -288,11 +288,13 @@ awaitable<Admission> ControlPlane::AdmitSandbox(Request& req) {
   // the body is read; the others are authenticated by their handler, which needs the session
   // anyway.
   if (req.bound_session.empty() || req.body_expected) {
-    auto id = co_await IdentifySandbox(req);
-    if (!id) {
-      a.refuse = Response::FromError(id.error());
+    // The cache's answer without a coroutine frame; the store's when it has none.
+    std::optional<Result<std::string>> id = IdentifyCached(req);
+    if (!id) id = co_await IdentifySandbox(req);
+    if (!*id) {
+      a.refuse = Response::FromError(id->error());
     } else if (req.bound_session.empty()) {
-      a.charge_to = *id;
+      a.charge_to = **id;
     }
   }
   co_return a;
@@ -332,7 +334,7 @@ awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Reques
     co_return refuse("invalid, expired or revoked session token");
   }
   // Only the hash is stored; the lookup is by hash, so the token itself is never compared.
-  std::string hash = Sha256Hex(token);
+  std::string hash = TokenHash(req, token);
   const uint64_t epoch = tokens_.epoch();  // before the read: see TokenCache::Insert
   auto s =
       co_await RunBlocking(pool_, [this, &hash] { return store_->GetSessionByTokenHash(hash); });
@@ -348,15 +350,24 @@ awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Reques
   co_return s;
 }
 
-awaitable<Result<std::string>> ControlPlane::IdentifySandbox(const Request& req) {
+const std::string& ControlPlane::TokenHash(const Request& req, std::string_view token) {
+  if (req.bearer_hash.empty()) req.bearer_hash = Sha256Hex(token);
+  return req.bearer_hash;
+}
+
+std::optional<Result<std::string>> ControlPlane::IdentifyCached(const Request& req) {
   std::string_view token = BearerToken(req);
-  if (tokens_.enabled() && token.starts_with(kSessionTokenPrefix) && token.size() <= 128) {
-    if (auto id = tokens_.Find(Sha256Hex(token), TokenCache::Clock::now())) {
-      if (auto claims = CheckSandboxClaims(req, *id); !claims)
-        co_return std::unexpected(claims.error());
-      co_return std::move(*id);
-    }
-  }
+  if (!tokens_.enabled() || !token.starts_with(kSessionTokenPrefix) || token.size() > 128)
+    return std::nullopt;
+  auto id = tokens_.Find(TokenHash(req, token), TokenCache::Clock::now());
+  if (!id) return std::nullopt;
+  if (auto claims = CheckSandboxClaims(req, *id); !claims)
+    return Result<std::string>(std::unexpected(claims.error()));
+  return Result<std::string>(std::move(*id));
+}
+
+awaitable<Result<std::string>> ControlPlane::IdentifySandbox(const Request& req) {
+  if (auto id = IdentifyCached(req)) co_return std::move(*id);
   auto s = co_await AuthenticateSandbox(req);
   if (!s) co_return std::unexpected(s.error());
   co_return std::move(s->id);

@@ -630,7 +630,10 @@ awaitable<Response> ControlPlane::LlmChat(Request& req) {
 }
 
 awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
-  AIRLOCK_CO_ASSIGN(std::string id, co_await IdentifySandbox(req));
+  // The gate identified the token already: the cache answers again without a coroutine frame.
+  std::optional<Result<std::string>> identified = IdentifyCached(req);
+  if (!identified) identified = co_await IdentifySandbox(req);
+  AIRLOCK_CO_ASSIGN(std::string id, std::move(*identified));
   if (static_cast<int64_t>(req.msg.body().size()) > config_.max_event_bytes) {
     co_return Response::FromError(
         413, "payload_too_large",
@@ -644,7 +647,7 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   if (auto it = body.find("data"); it != body.end() && !it->is_null()) {
     if (!it->is_object())
       co_return Response::FromError(400, "invalid_argument", "\"data\" must be an object");
-    data = *it;
+    data = std::move(*it);
   }
   // What init reports when the agent exits goes into the session's result even when the
   // agent spent the session's rate or quota first (one note per session, kept in memory).
@@ -668,10 +671,15 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
     }
     co_return EventQuotaExceeded(appended);
   }
-  metrics_->events.With({"sandbox"}).Inc();
+  if (!sandbox_events_total_) sandbox_events_total_ = &metrics_->events.With({"sandbox"});
+  sandbox_events_total_->Inc();
   events_.Notify(id);
   if (type == "agent.exited") asio::co_spawn(io_, ReconcileSoon(), asio::detached);
-  co_return Response::FromJson(202, Json{{"seq", appended.event->seq}});
+  // What Response::FromJson(202, {"seq": n}) writes, without building and dumping a document.
+  Response accepted;
+  accepted.status = 202;
+  accepted.body = fmt::format("{{\"seq\":{}}}\n", appended.event->seq);
+  co_return accepted;
 }
 
 awaitable<Response> ControlPlane::History(Request& req) {

@@ -66,6 +66,9 @@ struct Request {
   std::string query;
   std::string route = "unmatched";  // route pattern, set by the router (a metrics label)
   std::map<std::string, std::string, std::less<>> params;
+  // The SHA-256 (hex) of the bearer token, kept by whoever hashed it first (the sandbox gate),
+  // so that the handler authenticating the same request does not hash it again.
+  mutable std::string bearer_hash;
 
   // Percent-decoded value of a query parameter.
   std::optional<std::string> Query(std::string_view name) const;
