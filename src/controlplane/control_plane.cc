@@ -291,11 +291,13 @@ awaitable<Admission> ControlPlane::AdmitSandbox(Request& req) {
   // the body is read; the others are authenticated by their handler, which needs the session
   // anyway.
   if (req.bound_session.empty() || req.body_expected) {
-    auto id = co_await IdentifySandbox(req);
-    if (!id) {
-      a.refuse = Response::FromError(id.error());
+    // The cache's answer without a coroutine frame; the store's when it has none.
+    std::optional<Result<std::string>> id = IdentifyCached(req);
+    if (!id) id = co_await IdentifySandbox(req);
+    if (!*id) {
+      a.refuse = Response::FromError(id->error());
     } else if (req.bound_session.empty()) {
-      a.charge_to = std::move(id->session_id);
+      a.charge_to = std::move((*id)->session_id);
     }
   }
   co_return a;
@@ -335,7 +337,7 @@ awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Reques
     co_return refuse("invalid, expired or revoked session token");
   }
   // Only the hash is stored; the lookup is by hash, so the token itself is never compared.
-  std::string hash = Sha256Hex(token);
+  std::string hash = TokenHash(req, token);
   const uint64_t epoch = tokens_.epoch();  // before the read: see TokenCache::Insert
   auto s =
       co_await RunBlocking(pool_, [this, &hash] { return store_->GetSessionByTokenHash(hash); });
@@ -351,16 +353,26 @@ awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Reques
   co_return s;
 }
 
-awaitable<Result<ControlPlane::SandboxIdentity>> ControlPlane::IdentifySandbox(const Request& req) {
+const std::string& ControlPlane::TokenHash(const Request& req, std::string_view token) {
+  if (req.bearer_hash.empty()) req.bearer_hash = Sha256Hex(token);
+  return req.bearer_hash;
+}
+
+std::optional<Result<ControlPlane::SandboxIdentity>> ControlPlane::IdentifyCached(
+    const Request& req) {
   std::string_view token = BearerToken(req);
-  if (tokens_.enabled() && token.starts_with(kSessionTokenPrefix) && token.size() <= 128) {
-    std::string hash = Sha256Hex(token);
-    if (auto id = tokens_.Find(hash, TokenCache::Clock::now())) {
-      if (auto claims = CheckSandboxClaims(req, *id); !claims)
-        co_return std::unexpected(claims.error());
-      co_return SandboxIdentity{std::move(*id), std::move(hash)};
-    }
-  }
+  if (!tokens_.enabled() || !token.starts_with(kSessionTokenPrefix) || token.size() > 128)
+    return std::nullopt;
+  const std::string& hash = TokenHash(req, token);
+  auto id = tokens_.Find(hash, TokenCache::Clock::now());
+  if (!id) return std::nullopt;
+  if (auto claims = CheckSandboxClaims(req, *id); !claims)
+    return Result<SandboxIdentity>(std::unexpected(claims.error()));
+  return Result<SandboxIdentity>(SandboxIdentity{std::move(*id), hash});
+}
+
+awaitable<Result<ControlPlane::SandboxIdentity>> ControlPlane::IdentifySandbox(const Request& req) {
+  if (auto id = IdentifyCached(req)) co_return std::move(*id);
   auto s = co_await AuthenticateSandbox(req);
   if (!s) co_return std::unexpected(s.error());
   co_return SandboxIdentity{std::move(s->id), std::move(s->token_hash)};

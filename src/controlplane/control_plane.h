@@ -149,6 +149,11 @@ class ControlPlane : private SessionLifecycle {
     std::string token_hash;  // of the token the request presented
   };
   awaitable<Result<SandboxIdentity>> IdentifySandbox(const Request& req);
+  // IdentifySandbox's answer when the token cache has one (no store read, no coroutine frame);
+  // nullopt when the store must be asked.
+  std::optional<Result<SandboxIdentity>> IdentifyCached(const Request& req);
+  // The SHA-256 (hex) of `token`, the request's bearer token, computed once per request.
+  static const std::string& TokenHash(const Request& req, std::string_view token);
   // What a request says besides its token (the socket it came through, a SESSION_ID header),
   // held against the token's session `id`.
   Result<void> CheckSandboxClaims(const Request& req, const std::string& id);
@@ -232,6 +237,8 @@ class ControlPlane : private SessionLifecycle {
   TokenCache tokens_;
   // The events sandboxes post, committed in groups.
   EventAppender sandbox_events_;
+  // metrics_->events{source="sandbox"}, looked up at the first event rather than at each.
+  metrics::Counter* sandbox_events_total_ = nullptr;
   // When the key hashes were last read from the store (io thread only).
   std::chrono::steady_clock::time_point operator_keys_read_at_{};
   static constexpr std::chrono::seconds kOperatorKeyRefresh{1};

@@ -627,7 +627,10 @@ awaitable<Response> ControlPlane::LlmChat(Request& req) {
 }
 
 awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
-  AIRLOCK_CO_ASSIGN(SandboxIdentity who, co_await IdentifySandbox(req));
+  // The gate identified the token already: the cache answers again without a coroutine frame.
+  std::optional<Result<SandboxIdentity>> identified = IdentifyCached(req);
+  if (!identified) identified = co_await IdentifySandbox(req);
+  AIRLOCK_CO_ASSIGN(SandboxIdentity who, std::move(*identified));
   const std::string& id = who.session_id;
   if (static_cast<int64_t>(req.msg.body().size()) > config_.max_event_bytes) {
     co_return Response::FromError(
@@ -642,7 +645,7 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   if (auto it = body.find("data"); it != body.end() && !it->is_null()) {
     if (!it->is_object())
       co_return Response::FromError(400, "invalid_argument", "\"data\" must be an object");
-    data = *it;
+    data = std::move(*it);
   }
   // What init reports when the agent exits goes into the session's result even when the
   // agent spent the session's rate or quota first (one note per session, kept in memory).
@@ -669,10 +672,15 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
     }
     co_return EventQuotaExceeded(appended);
   }
-  metrics_->events.With({"sandbox"}).Inc();
+  if (!sandbox_events_total_) sandbox_events_total_ = &metrics_->events.With({"sandbox"});
+  sandbox_events_total_->Inc();
   events_.Notify(id);
   if (type == "agent.exited") reconciler_->Soon();
-  co_return Response::FromJson(202, Json{{"seq", appended.event->seq}});
+  // What Response::FromJson(202, {"seq": n}) writes, without building and dumping a document.
+  Response accepted;
+  accepted.status = 202;
+  accepted.body = fmt::format("{{\"seq\":{}}}\n", appended.event->seq);
+  co_return accepted;
 }
 
 awaitable<Response> ControlPlane::History(Request& req) {

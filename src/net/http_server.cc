@@ -195,7 +195,7 @@ class HttpServer::BodyBudget {
   BodyBudget(HttpServer& server, std::string session, size_t bytes)
       : server_(server), alive_(server.alive_), session_(std::move(session)), bytes_(bytes) {
     server_.buffered_body_bytes_ += bytes_;
-    server_.metrics_.buffered_body_bytes.With({server_.name_}).Add(static_cast<double>(bytes_));
+    server_.buffered_gauge_->Add(static_cast<double>(bytes_));
     if (!session_.empty()) server_.session_body_bytes_[session_] += bytes_;
   }
   ~BodyBudget() {
@@ -203,7 +203,7 @@ class HttpServer::BodyBudget {
     // after a drain that timed out): then there is nothing left to give the bytes back to.
     if (!*alive_) return;
     server_.buffered_body_bytes_ -= bytes_;
-    server_.metrics_.buffered_body_bytes.With({server_.name_}).Add(-static_cast<double>(bytes_));
+    server_.buffered_gauge_->Add(-static_cast<double>(bytes_));
     if (!session_.empty()) {
       auto it = server_.session_body_bytes_.find(session_);
       if (it != server_.session_body_bytes_.end() && (it->second -= bytes_) == 0)
@@ -371,8 +371,27 @@ HttpServer::HttpServer(asio::io_context& io, std::string name, HttpLimits limits
       name_(std::move(name)),
       limits_(limits),
       handler_(std::move(handler)),
-      metrics_(metrics) {
-  metrics_.buffered_body_bytes.With({name_});  // shown as 0 from the start
+      metrics_(metrics),
+      buffered_gauge_(&metrics_.buffered_body_bytes.With({name_})) {}  // shown as 0 from the start
+
+HttpServer::RequestMetrics HttpServer::MetricsFor(std::string_view route, http::verb method,
+                                                  std::string_view method_name, unsigned status) {
+  auto make = [&] {
+    std::string r(route);
+    return RequestMetrics{
+        &metrics_.requests.With({name_, r, std::string(method_name), std::to_string(status)}),
+        &metrics_.duration.With({name_, r})};
+  };
+  // An unknown method's label is its text, which the verb does not tell apart.
+  if (method == http::verb::unknown) return make();
+  // Family::With builds a vector of label strings, takes a lock and compares vectors: once per
+  // (route, method, status) here, not once per request. Routes are the router's patterns and a
+  // few fixed names, so the map stays small.
+  auto it = request_metrics_.find(MetricsKeyView{status, method, route});
+  if (it == request_metrics_.end()) {
+    it = request_metrics_.emplace(MetricsKey{status, method, std::string(route)}, make()).first;
+  }
+  return it->second;
 }
 
 HttpServer::~HttpServer() {
@@ -526,6 +545,7 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     metrics_.rejected.With({name_, std::string(reason)}).Inc();
   };
 
+  std::string head;  // a response's status line and header fields; reused
   // Writes a complete response; returns false when the connection must close.
   auto write_response = [&](Request* req, Response& r, bool keep_alive) -> awaitable<bool> {
     beast::error_code ec;
@@ -577,6 +597,23 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       }
       stream.expires_never();
       co_return keep_alive;
+    }
+    if (r.headers.empty() && r.status >= 200 && r.status <= 999 && r.status != 204 &&
+        r.status != 304) {
+      // The common case, written by hand into the connection's reused buffer in one write: the
+      // same bytes as Beast's serialiser below (fields in the order they are set there, then
+      // Connection: close when the connection ends, then Content-Length) without building a
+      // fields container (an allocation per field) and the serialiser's buffer sequences.
+      head.clear();
+      fmt::format_to(std::back_inserter(head), "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n", r.status,
+                     http::obsolete_reason(static_cast<http::status>(r.status)), r.content_type);
+      if (req) fmt::format_to(std::back_inserter(head), "X-Request-Id: {}\r\n", req->request_id);
+      if (!keep_alive) head += "Connection: close\r\n";
+      fmt::format_to(std::back_inserter(head), "Content-Length: {}\r\n\r\n", r.body.size());
+      std::array<asio::const_buffer, 2> bufs{asio::buffer(head), asio::buffer(r.body)};
+      co_await asio::async_write(stream, bufs, asio::redirect_error(use_awaitable, ec));
+      stream.expires_never();
+      co_return !ec && keep_alive;
     }
     http::response<http::string_body> res{static_cast<http::status>(r.status), 11};
     res.set(http::field::content_type, r.content_type);
@@ -643,6 +680,7 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     // The raw header block first, checked for what RFC 9112 refuses, then Beast parses it
     // from the buffer.
     stream.expires_after(limits_.header_timeout);
+    bool header_in_buffer = false;
     for (size_t scanned = 0;;) {
       std::string_view raw(static_cast<const char*>(buffer.data().data()), buffer.size());
       size_t skip = 0;  // empty lines before a request line are ignored (RFC 9112 section 2.2)
@@ -657,7 +695,10 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
         have_early = true;
         break;
       }
-      if (end != std::string_view::npos) break;
+      if (end != std::string_view::npos) {
+        header_in_buffer = true;
+        break;
+      }
       scanned = raw.size() > 0 ? raw.size() - 1 : 0;      // a CR at the end may yet get its LF
       if (raw.size() >= limits_.max_header_bytes) break;  // Beast answers 431 below
       size_t room = std::min<size_t>(4096, buffer.max_size() - buffer.size());
@@ -680,8 +721,18 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     // (Not boost::none: Beast 1.74 compares a Content-Length against it as greater than none.)
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     if (!have_early) {
-      co_await http::async_read_header(stream, buffer, parser,
-                                       asio::redirect_error(use_awaitable, ec));
+      // Usually the whole header block is in the buffer already (the scan above found its end):
+      // parse it here instead of through Beast's composed read, which would complete through
+      // a post to the io_context. What the parser does not finish goes the usual way.
+      if (header_in_buffer) {
+        size_t used = parser.put(buffer.data(), ec);
+        buffer.consume(used);
+        if (ec == http::error::need_more) ec = {};
+      }
+      if (!ec && !parser.is_header_done()) {
+        co_await http::async_read_header(stream, buffer, parser,
+                                         asio::redirect_error(use_awaitable, ec));
+      }
     }
     if (have_early) {
     } else if (ec == beast::error::timeout) {
@@ -717,7 +768,9 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
 
     // The request as far as it is known: headers, no body yet.
     Request req;
-    req.msg = http::request<http::string_body>(parser.get().base());
+    // The header is moved, not copied (one allocation per field): from here on the parser needs
+    // only its own state (framing, content length) to read the body into its message's body.
+    req.msg.base() = std::move(parser.get().base());
     req.request_id = RequestId(req.Header("X-Request-Id"));
     req.listener = name_;
     req.bound_session = bound_session;
@@ -783,9 +836,7 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       Response r = std::move(*admission.refuse);
       co_await refuse(r, has_body);
       if (!*alive) co_return;
-      metrics_.requests
-          .With({name_, req.route, std::string(req.msg.method_string()), std::to_string(r.status)})
-          .Inc();
+      MetricsFor(req.route, req.msg.method(), req.msg.method_string(), r.status).requests->Inc();
       break;
     }
     std::optional<BodyBudget> budget;
@@ -807,9 +858,19 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       req.body = &*body_reader;
     } else if (has_body) {
       parser.body_limit(body_limit);
-      stream.expires_after(limits_.body_timeout);
-      co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
-      stream.expires_never();
+      // The part of the body already in the buffer (often all of it) is parsed here; Beast's
+      // composed read, which completes through a post, reads the rest.
+      while (!parser.is_done() && buffer.size() > 0) {
+        size_t used = parser.put(buffer.data(), ec);
+        buffer.consume(used);
+        if (ec == http::error::need_more) ec = {};
+        if (ec || used == 0) break;
+      }
+      if (!ec && !parser.is_done()) {
+        stream.expires_after(limits_.body_timeout);
+        co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+        stream.expires_never();
+      }
       if (ec == beast::error::timeout) {
         reject("body_timeout");
         break;
@@ -852,14 +913,14 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     if (ok == false && unread_body) co_await linger();
     if (!*alive) co_return;
     double secs = std::chrono::duration<double>(Clock::now() - started).count();
-    std::string method(req.msg.method_string());
-    metrics_.requests.With({name_, req.route, method, std::to_string(status)}).Inc();
-    metrics_.duration.With({name_, req.route}).Observe(secs);
+    auto m = MetricsFor(req.route, req.msg.method(), req.msg.method_string(), status);
+    m.requests->Inc();
+    m.duration->Observe(secs);
     if (log::Enabled(log::Level::kInfo)) {
       // The path only: query strings may carry signatures and are never logged.
       log::Info("http", {{"request_id", req.request_id},
                          {"listener", name_},
-                         {"method", method},
+                         {"method", std::string(req.msg.method_string())},
                          {"path", req.path.substr(0, 256)},
                          {"status", status},
                          {"ms", static_cast<int64_t>(secs * 1000 * 1000) / 1000.0},

@@ -66,6 +66,9 @@ struct Request {
   std::string query;
   std::string route = "unmatched";  // route pattern, set by the router (a metrics label)
   std::map<std::string, std::string, std::less<>> params;
+  // The SHA-256 (hex) of the bearer token, kept by whoever hashed it first (the sandbox gate),
+  // so that the handler authenticating the same request does not hash it again.
+  mutable std::string bearer_hash;
 
   // Percent-decoded value of a query parameter.
   std::optional<std::string> Query(std::string_view name) const;
@@ -181,6 +184,33 @@ class HttpServer {
   // now and then, so a burst of large bodies does not leave the process at its peak size.
   void MaybeTrimHeap(size_t released);
 
+  // The request counter and duration histogram of one (route, method, status).
+  struct RequestMetrics {
+    metrics::Counter* requests;
+    metrics::Histogram* duration;
+  };
+  RequestMetrics MetricsFor(std::string_view route, http::verb method, std::string_view method_name,
+                            unsigned status);
+  struct MetricsKey {
+    unsigned status;
+    http::verb method;
+    std::string route;
+  };
+  struct MetricsKeyView {
+    unsigned status;
+    http::verb method;
+    std::string_view route;
+  };
+  struct MetricsKeyLess {
+    using is_transparent = void;
+    template <typename A, typename B>
+    bool operator()(const A& a, const B& b) const {
+      if (a.status != b.status) return a.status < b.status;
+      if (a.method != b.method) return a.method < b.method;
+      return std::string_view(a.route) < std::string_view(b.route);
+    }
+  };
+
   template <typename Stream>
   awaitable<void> Serve(Stream stream, std::string bound_session);
   // Accepts until the acceptor closes; `make_stream` turns a socket into a Beast stream.
@@ -205,6 +235,8 @@ class HttpServer {
   std::map<std::string, std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
   std::list<Connection*> connections_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  metrics::Gauge* buffered_gauge_;  // metrics_.buffered_body_bytes of this listener
+  std::map<MetricsKey, RequestMetrics, MetricsKeyLess> request_metrics_;
 };
 
 }  // namespace airlock::net

@@ -481,10 +481,12 @@ Result<int64_t> ReservePositions(Connection& c, std::string_view id, int64_t cou
 
 // Appends an event with the session's next seq and adds it to the session's event totals;
 // runs inside the caller's write transaction.
+// `text` is DumpJson(data), when the caller has it already.
 Result<Event> InsertEvent(Connection& c, std::string_view session_id, std::string_view type,
-                          const Json& data, int64_t now) {
+                          const Json& data, int64_t now, const std::string* dumped = nullptr) {
   Event e{std::string(session_id), 0, std::string(type), data, now};
-  const std::string text = DumpJson(data);
+  const std::string own = dumped ? std::string() : DumpJson(data);
+  const std::string& text = dumped ? *dumped : own;
   {
     AIRLOCK_ASSIGN_OR_RETURN(
         Stmt stmt, c.Prepare("UPDATE sessions SET next_event_seq = next_event_seq + 1, "
@@ -1034,7 +1036,8 @@ class SqliteStore final : public Store {
                                                std::string_view type, const Json& data,
                                                const EventQuota& quota, int64_t now,
                                                std::string_view token_hash = {}) {
-    const int64_t size = static_cast<int64_t>(type.size() + DumpJson(data).size());
+    const std::string text = DumpJson(data);  // dumped once: for the size and the row
+    const int64_t size = static_cast<int64_t>(type.size() + text.size());
     QuotaAppend out;
     {
       AIRLOCK_ASSIGN_OR_RETURN(
@@ -1058,7 +1061,7 @@ class SqliteStore final : public Store {
       out.noticed = !out.exceeded.empty() && stmt.Int(2) == 0;
     }
     if (out.exceeded.empty()) {
-      AIRLOCK_ASSIGN_OR_RETURN(Event e, InsertEvent(c, session_id, type, data, now));
+      AIRLOCK_ASSIGN_OR_RETURN(Event e, InsertEvent(c, session_id, type, data, now, &text));
       out.event = std::move(e);
       return out;
     }
