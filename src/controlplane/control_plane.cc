@@ -292,7 +292,7 @@ awaitable<Admission> ControlPlane::AdmitSandbox(Request& req) {
   // anyway.
   if (req.bound_session.empty() || req.body_expected) {
     // The cache's answer without a coroutine frame; the store's when it has none.
-    std::optional<Result<std::string>> id = IdentifyCached(req);
+    std::optional<Result<SandboxIdentity>> id = IdentifyCached(req);
     if (!id) id = co_await IdentifySandbox(req);
     if (!*id) {
       a.refuse = Response::FromError(id->error());
