@@ -571,6 +571,41 @@ TEST_P(StoreConformanceTest, ABatchOfAppendsAnswersEachAsItsOwnCallWould) {
   EXPECT_TRUE(store->AppendEventsWithinQuota({}, quota).empty());
 }
 
+// What a batch appends counts for what comes after it: the sessions' event and byte totals and
+// the quota notice are written back with the batch.
+TEST_P(StoreConformanceTest, ABatchLeavesTheQuotaWhereItsAppendsPutIt) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  const Json data = {{"i", 1}};
+  const EventQuota quota{4, 0};
+  auto first = store->AppendEventsWithinQuota({{"ses_a", "tick", &data},
+                                               {"ses_a", "tick", &data},
+                                               {"ses_a", "tick", &data},
+                                               {"ses_a", "tick", &data},
+                                               {"ses_a", "tick", &data}},
+                                              quota);
+  ASSERT_EQ(first.size(), 5u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(first[i].has_value() && first[i]->event) << i;
+  ASSERT_TRUE(first[3].has_value());
+  EXPECT_EQ(first[3]->exceeded, "events");
+  EXPECT_TRUE(first[3]->noticed);
+  ASSERT_TRUE(first[4].has_value());
+  EXPECT_EQ(first[4]->exceeded, "events");
+  EXPECT_FALSE(first[4]->noticed);  // one notice per session, within a batch too
+  ASSERT_OK_AND_ASSIGN(QuotaAppend later,
+                       store->AppendEventWithinQuota("ses_a", "tick", data, quota));
+  EXPECT_FALSE(later.event.has_value());
+  EXPECT_FALSE(later.noticed);
+  ASSERT_OK_AND_ASSIGN(SessionFootprint f, store->Footprint("ses_a"));
+  EXPECT_EQ(f.events, 5);  // created, three ticks, the notice
+  // A larger quota lets the next append in, numbered after the notice.
+  ASSERT_OK_AND_ASSIGN(QuotaAppend more,
+                       store->AppendEventWithinQuota("ses_a", "tock", data, EventQuota{10, 0}));
+  ASSERT_TRUE(more.event.has_value());
+  EXPECT_EQ(more.event->seq, 6);
+}
+
 // An append that names the token it was authenticated with is stored only if that token is
 // still the session's when it commits: after a restart (a fresh sandbox, a new token) or the
 // end of the session, the old sandbox's event is refused, however recently its token passed.
