@@ -152,6 +152,7 @@ Status ParseAuth(const toml::table* t, Config& c) {
 Status ParseSandbox(const toml::table* t, Config& c) {
   TableReader r(t, "sandbox");
   AIRLOCK_TRY(r.String("default_backend", &c.default_backend));
+  AIRLOCK_TRY(FindKind(BackendKinds(), "sandbox.default_backend", c.default_backend));
   AIRLOCK_TRY(r.String("default_image", &c.default_image));
   AIRLOCK_TRY(r.String("default_model", &c.default_model));
   AIRLOCK_TRY(r.Bool("allow_unisolated_backends", &c.allow_unisolated_backends));

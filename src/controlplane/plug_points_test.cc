@@ -73,6 +73,9 @@ TEST(PlugPointsTest, ConfigRefusesAnUnknownKindListingTheTable) {
   EXPECT_EQ(error("[providers.p]\nkind = \"gemini\"\n"),
             "providers.p.kind = \"gemini\" is not supported (supported: openai, anthropic, "
             "scripted)");
+  // Before, a misspelt default backend was accepted and every session that named none failed.
+  EXPECT_EQ(error("[sandbox]\ndefault_backend = \"firecracker\"\n"),
+            "sandbox.default_backend = \"firecracker\" is not supported (supported: process, oci)");
 }
 
 class PlugPointsDirTest : public ::testing::Test {
