@@ -609,6 +609,32 @@ TEST_P(StoreConformanceTest, ABatchLeavesTheQuotaWhereItsAppendsPutIt) {
 // An append that names the token it was authenticated with is stored only if that token is
 // still the session's when it commits: after a restart (a fresh sandbox, a new token) or the
 // end of the session, the old sandbox's event is refused, however recently its token passed.
+// A state change that names the token it was authenticated with (a sandbox's finish) applies
+// only while that token is still the session's.
+TEST_P(StoreConformanceTest, AChangeWithAReplacedTokenIsRefusedInItsOwnTransaction) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  Session s = MakeSession("ses_a", 1, "hash-old");
+  s.node = "n1";
+  ASSERT_OK(store->CreateSession(s, UserMessage("t")));
+  ASSERT_OK(
+      store->ChangeState("ses_a", StateChange{{SessionState::kStarting}, SessionState::kRunning}));
+  ASSERT_OK(store->RestartSandbox("ses_a", "n1", "hash-new", Json::object()));
+  StateChange finish{{SessionState::kRunning}, SessionState::kSucceeded, "done"};
+  finish.revoke_token = true;
+  finish.token_hash = "hash-old";
+  auto stale = store->ChangeState("ses_a", finish);
+  ASSERT_FALSE(stale.has_value());
+  EXPECT_EQ(stale.error().code, ErrorCode::kUnauthenticated);
+  ASSERT_OK_AND_ASSIGN(Session still, store->GetSession("ses_a"));
+  EXPECT_EQ(still.state, SessionState::kRunning);
+  EXPECT_FALSE(still.result.has_value());
+  finish.token_hash = "hash-new";
+  ASSERT_OK_AND_ASSIGN(Session ended, store->ChangeState("ses_a", finish));
+  EXPECT_EQ(ended.state, SessionState::kSucceeded);
+  EXPECT_EQ(ended.result, "done");
+}
+
 TEST_P(StoreConformanceTest, AnAppendWithAReplacedTokenIsRefusedInItsOwnTransaction) {
   auto store = Open();
   ASSERT_NE(store, nullptr);
