@@ -113,10 +113,31 @@ request = function()
 end''')
 PY
 }
-run_wrk() { # NAME URL [wrk args]
+# CPU ticks (1/100 s) the processes PIDS have used so far, summed over their threads.
+ticks() {
+  local t=0 p
+  for p in "$@"; do
+    [[ -r /proc/$p/stat ]] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+pg_pids() { # the private PostgreSQL's processes
+  local m
+  m="$(head -1 "$WORK/pg/data/postmaster.pid")"
+  echo "$m" $(pgrep -P "$m")
+}
+# run_wrk NAME URL [wrk args]. On two cores the load generator and the server share the CPU,
+# so the rate follows the CPU each request costs: NAME.cpu gets the ticks the server
+# processes (the pids in $SERVER_CPU) and PostgreSQL took during the run, NAME.time wrk's own.
+run_wrk() {
   local name=$1; shift
   echo "== $name" >&2
-  wrk -t2 -c64 -d"$DUR" --latency "$@" > "$WORK/$name.out"
+  local s0 p0
+  s0="$(ticks $SERVER_CPU)"
+  p0="$(ticks $(pg_pids))"
+  /usr/bin/time -f "%U %S" -o "$WORK/$name.time" wrk -t2 -c64 -d"$DUR" --latency "$@" \
+    > "$WORK/$name.out"
+  echo "$(($(ticks $SERVER_CPU) - s0)) $(($(ticks $(pg_pids)) - p0))" > "$WORK/$name.cpu"
 }
 # A wrk script that creates sessions with the operator KEY.
 create_lua() { # KEY
@@ -139,12 +160,14 @@ nginx_conf "$WORK/nginx.conf" "$WORK" 1024 "" "
 "$(command -v nginx || echo /usr/sbin/nginx)" -c "$WORK/nginx.conf" -p "$WORK/nginx" &
 PIDS+=($!)
 for _ in $(seq 50); do curl -fs http://127.0.0.1:17699/ >/dev/null 2>&1 && break; sleep 0.1; done
+SERVER_CPU="$(pgrep -P "${PIDS[-1]}" | tr '\n' ' ')"  # nginx's worker
 run_wrk nginx http://127.0.0.1:17699/
 
 # SQLite, one replica
 start_replica sqlite 127.0.0.1:17610 127.0.0.1:17611 ""
 sessions 127.0.0.1:17610 "$WORK/tok-sqlite"
 events_lua "$WORK/tok-sqlite" > "$WORK/sqlite.lua"
+SERVER_CPU=$SERVER_PID
 run_wrk sqlite_events -s "$WORK/sqlite.lua" http://127.0.0.1:17611/sandbox/v1/events
 run_create sqlite_create http://127.0.0.1:17610/v1/sessions "$KEY"
 end_sessions 127.0.0.1:17610 "$WORK/tok-sqlite"
@@ -159,6 +182,7 @@ start_replica pg1 127.0.0.1:17620 127.0.0.1:17621 "$PG_STORE"
 KEY1=$KEY
 sessions 127.0.0.1:17620 "$WORK/tok-pg"
 events_lua "$WORK/tok-pg" > "$WORK/pg.lua"
+SERVER_CPU=$SERVER_PID
 run_wrk pg1_events -s "$WORK/pg.lua" http://127.0.0.1:17621/sandbox/v1/events
 run_create pg1_create http://127.0.0.1:17620/v1/sessions "$KEY1"
 start_replica pg2 127.0.0.1:17630 127.0.0.1:17631 "$PG_STORE"
@@ -190,6 +214,7 @@ backend operators
 CFG
 haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
 PIDS+=($!)
+SERVER_CPU="${PIDS[-4]} ${PIDS[-3]} ${PIDS[-2]} ${PIDS[-1]}"  # the three replicas and HAProxy
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:17651/ && break; sleep 0.1; done
 run_wrk pg3_events -s "$WORK/pg.lua" http://127.0.0.1:17651/sandbox/v1/events
 # Replica 1's key works on every replica (keys live in the store).
@@ -256,6 +281,23 @@ print(f"| {'pgbench -N (simple-update), 16 clients':<42} | {tps:>10.0f} | {'':>8
 for name, (rps, p50, p99, bad) in rows:
     if bad != "0":
         print(f"note: {name}: {bad} non-2xx responses")
+# CPU per request: the machine is shared by wrk and the server, so these explain the rates.
+names = {"nginx static (baseline)": "nginx", "events, SQLite, 1 replica": "sqlite_events",
+         "events, PostgreSQL, 1 replica": "pg1_events",
+         "events, PostgreSQL, 3 replicas + HAProxy": "pg3_events"}
+print(f"\nCPU per request (microseconds; server: the control plane(s), with HAProxy for three "
+      f"replicas, or nginx's worker)\n")
+print(f"| {'target':<42} | {'server':>8} | {'PostgreSQL':>10} | {'wrk':>8} |")
+print(f"|{'-'*44}|{'-'*10}|{'-'*12}|{'-'*10}|")
+for name, _ in rows:
+    key = names[name]
+    t = open(f"{work}/{key}.out").read()
+    count = int(re.search(r"(\d+) requests in", t).group(1))
+    server, pg = (int(x) for x in open(f"{work}/{key}.cpu").read().split())
+    user, system = (float(x) for x in open(f"{work}/{key}.time").read().split()[-2:])
+    pg_cell = f"{pg * 1e4 / count:.1f}" if "PostgreSQL" in name else ""
+    print(f"| {name:<42} | {server * 1e4 / count:>8.1f} | {pg_cell:>10} | "
+          f"{(user + system) * 1e6 / count:>8.1f} |")
 creates = [("sessions, SQLite, 1 replica", wrk("sqlite_create")),
            ("sessions, PostgreSQL, 1 replica", wrk("pg1_create")),
            ("sessions, PostgreSQL, 3 replicas + HAProxy", wrk("pg3_create"))]
