@@ -609,6 +609,31 @@ TEST_P(StoreConformanceTest, ABatchLeavesTheQuotaWhereItsAppendsPutIt) {
 // An append that names the token it was authenticated with is stored only if that token is
 // still the session's when it commits: after a restart (a fresh sandbox, a new token) or the
 // end of the session, the old sandbox's event is refused, however recently its token passed.
+// An append the database itself refuses (PostgreSQL's text takes no NUL) fails alone: the
+// others of its batch are stored, in order. SQLite stores it; either answer is that call's own.
+TEST_P(StoreConformanceTest, AnAppendTheDatabaseRefusesFailsAloneInItsBatch) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("t")));
+  const Json data = {{"text", std::string("nul \0 inside", 13)}};
+  const std::string nul_type("bad\0type", 8);
+  auto answers = store->AppendEventsWithinQuota(
+      {{"ses_a", "tick", &data}, {"ses_a", nul_type, &data}, {"ses_a", "tock", &data}},
+      EventQuota{});
+  ASSERT_EQ(answers.size(), 3u);
+  ASSERT_TRUE(answers[0].has_value()) << answers[0].error().message;
+  ASSERT_TRUE(answers[2].has_value()) << answers[2].error().message;
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 0, 100));
+  std::vector<std::string> types;
+  for (const auto& e : events) types.push_back(e.type);
+  if (answers[1].has_value()) {
+    EXPECT_EQ(types, (std::vector<std::string>{"session.created", "tick", nul_type, "tock"}));
+  } else {
+    EXPECT_EQ(types, (std::vector<std::string>{"session.created", "tick", "tock"}));
+  }
+  EXPECT_EQ(events.back().data, data);  // the NUL inside the data survives the trip
+}
+
 // A state change that names the token it was authenticated with (a sandbox's finish) applies
 // only while that token is still the session's.
 TEST_P(StoreConformanceTest, AChangeWithAReplacedTokenIsRefusedInItsOwnTransaction) {
