@@ -98,18 +98,24 @@ end_sessions() {
       "http://$api/v1/sessions/$(cat "$dir/id.$i")" || true
   done
 }
-# A wrk script that spreads the events over the sessions' tokens.
+# A wrk script that spreads the events over the sessions' tokens. The requests are formatted
+# once, as wrk does for the nginx run without a script: formatting each request in Lua cost
+# wrk about 5 us more per request, on the same two cores as the server.
 events_lua() { # DIR
   python3 - "$1" "$SESSIONS" <<'PY'
 import sys
 d, n = sys.argv[1], int(sys.argv[2])
 toks = [open(f"{d}/tok.{i}").read().strip() for i in range(1, n + 1)]
 print("local tokens = {" + ",".join(f'"{t}"' for t in toks) + "}")
-print('''local i = 0
+print('''local requests = {}
+for k, token in ipairs(tokens) do
+  requests[k] = wrk.format("POST", nil, {["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. token}, '{"type":"bench","data":{"i":1}}')
+end
+local i = 0
 request = function()
   i = i + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json",
-    ["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1]}, '{"type":"bench","data":{"i":1}}')
+  return requests[(i % #requests) + 1]
 end''')
 PY
 }
