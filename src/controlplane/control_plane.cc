@@ -14,13 +14,11 @@
 #include "common/crypto.h"
 #include "common/log.h"
 #include "common/time_util.h"
-#include "controlplane/sandbox_spec.h"
 #include "controlplane/validation.h"
 
 namespace airlock::controlplane {
 
 namespace fs = std::filesystem;
-using store::SessionState;
 
 namespace {
 
@@ -32,15 +30,6 @@ std::string_view BearerToken(const Request& req) {
     return h;
   }
   return {};
-}
-
-// The "result" of a session whose sandbox ended without calling finish.
-std::string SandboxExitReason(const sandbox::SandboxStatus& st) {
-  if (st.state == sandbox::SandboxState::kMissing) return "the sandbox disappeared";
-  if (st.oom_killed) return "the sandbox was killed: out of memory";
-  if (st.signal) return fmt::format("the agent was killed by signal {}", *st.signal);
-  if (!st.exit_code) return "the sandbox exited without finishing";
-  return fmt::format("the agent exited with code {} without finishing", *st.exit_code);
 }
 
 }  // namespace
@@ -67,9 +56,12 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       tokens_(MakeTokenCache(config_)),
       sandbox_events_(*store_, pool_, EventQuotaFor(config_)),
       clock_(clock ? std::move(clock) : std::make_shared<RealClock>()),
+      sessions_(std::make_unique<SessionService>(
+          SessionService::Deps{config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_,
+                               *metrics_, inbox_, events_, conversations_, *llm_, tokens_, *this})),
       reconciler_(std::make_unique<Reconciler>(
-          Reconciler::Deps{config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_, *this,
-                           metrics_->reconcile_passes})) {
+          Reconciler::Deps{config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_,
+                           *sessions_, metrics_->reconcile_passes})) {
   RegisterOperatorRoutes();
   RegisterSandboxRoutes();
   HttpLimits operator_limits = config_.limits;
@@ -92,10 +84,6 @@ ControlPlane::~ControlPlane() {
   stopping_ = true;
   pool_.join();
   sandbox_pool_.join();
-}
-
-std::string ControlPlane::ControlSocketDir(const std::string& session_id) const {
-  return config_.home + "/run/" + session_id;
 }
 
 std::string ControlPlane::SandboxUrl() const {
@@ -392,39 +380,11 @@ Result<void> ControlPlane::CheckSandboxClaims(const Request& req, const std::str
                      "SESSION_ID header does not match the token's session");
   }
   // Anything but waiting on the inbox is work: the session is not idle.
-  if (req.path != "/sandbox/v1/inbox") idle_since_.erase(id);
+  if (req.path != "/sandbox/v1/inbox") sessions_->NoteWork(id);
   return Ok();
 }
 
-// ---------------------------------------------------------------- helpers
-
-awaitable<void> ControlPlane::DestroySandbox(sandbox::Backend* backend, std::string id,
-                                             std::string handle) {
-  auto st = co_await RunBlocking(sandbox_pool_, [&] { return backend->Destroy(handle); });
-  if (!st) {
-    metrics_->sandbox_errors.With({std::string(backend->name()), "destroy"}).Inc();
-    log::Error("destroying sandbox failed", {{"session", id}, {"error", st.error().message}});
-  }
-}
-
-void ControlPlane::AfterSessionEnded(const store::Session& s) {
-  metrics_->sessions_ended.With({std::string(store::StateName(s.state))}).Inc();
-  CloseChannel(s.id);
-  inbox_.Forget(s.id);
-  agent_exits_.erase(s.id);
-  restarts_.erase(s.id);
-  idle_since_.erase(s.id);
-  llm_->CancelSession(s.id);
-  events_.Notify(s.id);
-  events_.Forget(s.id);
-  // The replica that runs the sandbox destroys it (its next sweep, SweepOrphans).
-  if (s.sandbox_handle.empty() || !Owns(s)) return;
-  auto* backend = backends_->Find(s.backend);
-  if (!backend) return;
-  // Destroying may take a while (a VM, a container runtime): the caller has its answer
-  // already, and the reconciler retries if this fails.
-  asio::co_spawn(io_, DestroySandbox(backend, s.id, s.sandbox_handle), asio::detached);
-}
+// ---------------------------------------------------------------- store changes
 
 void ControlPlane::OnStoreChange(const store::Change& c) {
   if (c.session_id.empty()) {  // the feed was interrupted: anything may have changed
@@ -449,193 +409,9 @@ void ControlPlane::OnStoreChange(const store::Change& c) {
       llm_->CancelSession(c.session_id);
       inbox_.Notify(c.session_id);
       events_.Notify(c.session_id);
-      asio::co_spawn(io_, DestroyIfEndedHere(c.session_id), asio::detached);
+      asio::co_spawn(io_, sessions_->DestroyIfEndedHere(c.session_id), asio::detached);
       break;
   }
-}
-
-awaitable<void> ControlPlane::DestroyIfEndedHere(std::string id) {
-  auto s = co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); });
-  if (!s || !store::IsTerminal(s->state) || !Owns(*s) || s->sandbox_handle.empty()) co_return;
-  auto* backend = backends_->Find(s->backend);
-  if (!backend) co_return;
-  CloseChannel(id);
-  co_await DestroySandbox(backend, id, s->sandbox_handle);
-}
-
-awaitable<Result<store::Session>> ControlPlane::EndSession(const std::string& id, SessionState to,
-                                                           std::optional<std::string> result) {
-  store::StateChange change{
-      {SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended},
-      to,
-      std::move(result),
-      /*revoke_token=*/true,
-      std::nullopt};
-  // The token is revoked below: from now on every request with it asks the store, and what a
-  // read before the commit learned is forgotten once it is in.
-  tokens_.Forget(id);
-  auto s =
-      co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); });
-  tokens_.Forget(id);
-  if (s) {
-    log::Info("session ended", {{"session", id}, {"state", store::StateName(s->state)}});
-    AfterSessionEnded(*s);
-  }
-  co_return s;
-}
-
-// ---------------------------------------------------------------- for the reconciler
-
-std::optional<int64_t> ControlPlane::IdleSince(const std::string& id) const {
-  auto since = idle_since_.find(id);
-  auto parked = parked_polls_.find(id);
-  if (since == idle_since_.end() || parked == parked_polls_.end() || parked->second <= 0)
-    return std::nullopt;
-  return since->second;
-}
-
-awaitable<Result<bool>> ControlPlane::SuspendIdle(const std::string& id) {
-  BusyMark mark(sandbox_busy_, id);
-  if (!mark.held()) co_return false;
-  auto suspended = co_await SetSuspended(id, true);
-  if (!suspended) co_return std::unexpected(suspended.error());
-  idle_since_.erase(id);
-  co_return true;
-}
-
-Status ControlPlane::OpenChannel(const std::string& id) {
-  return sandbox_server_->ListenUnix(ControlSocketDir(id) + "/control.sock", id);
-}
-
-void ControlPlane::CloseChannel(const std::string& id) {
-  sandbox_server_->CloseUnix(ControlSocketDir(id) + "/control.sock");
-}
-
-awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
-  auto* backend = backends_->Find(s.backend);
-  // A starting session's sandbox waits for its identity (or is being made: no handle yet).
-  if ((s.state != SessionState::kRunning && s.state != SessionState::kStarting) || !backend ||
-      s.sandbox_handle.empty() || !Owns(s))
-    co_return;
-  BusyMark mark(sandbox_busy_, s.id);
-  if (!mark.held()) co_return;
-  auto status = co_await RunBlocking(
-      sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
-  if (!status) co_return;
-  if (status->state != sandbox::SandboxState::kExited &&
-      status->state != sandbox::SandboxState::kMissing)
-    co_return;
-  co_await RunBlocking(pool_, [this, &id = s.id, &st = *status] {
-    Json data = {{"state", sandbox::SandboxStateName(st.state)}, {"oom_killed", st.oom_killed}};
-    if (st.exit_code) data["exit_code"] = *st.exit_code;
-    if (st.signal) data["signal"] = *st.signal;
-    return store_->AppendEvent(id, "session.sandbox_exit", data);
-  });
-  // The runtime does not keep the exit status (init is PID 1 of the sandbox and has no
-  // waiting parent); init reported it just before it exited.
-  sandbox::SandboxStatus st = *status;
-  if (auto it = agent_exits_.find(s.id); it != agent_exits_.end() && !st.exit_code && !st.signal) {
-    const Json& d = it->second;
-    if (auto c = d.find("exit_code"); c != d.end() && c->is_number_integer())
-      st.exit_code = c->get<int>();
-    if (auto g = d.find("signal"); g != d.end() && g->is_number_integer())
-      st.signal = g->get<int>();
-  }
-  agent_exits_.erase(s.id);
-  std::string why = SandboxExitReason(st);
-  if (s.state == SessionState::kStarting) {
-    // Gone before it took its identity: no agent ever ran, so a fresh sandbox would most
-    // likely fail the same way (an image without a shell, a broken airlock-init).
-    co_await EndSession(s.id, SessionState::kFailed, why + " before its agent started");
-    co_return;
-  }
-  // An agent that exited on its own, without finishing, gave up, and one that ran out of
-  // memory hit the session's own limit (it would again): the session fails. A sandbox that
-  // was killed or vanished took the agent with it mid-work: the conversation is in the
-  // store, so a fresh sandbox carries on.
-  if ((st.exit_code && !st.signal) || st.oom_killed) {
-    co_await EndSession(s.id, SessionState::kFailed, why);
-    co_return;
-  }
-  co_await RestartSandbox(std::move(s), why);
-}
-
-sandbox::SandboxSpec ControlPlane::SpecFor(const store::Session& s, const Secret& token) const {
-  auto* backend = backends_->Find(s.backend);
-  return MakeSandboxSpec(
-      s, backend ? backend->capabilities() : sandbox::Capabilities{}, token,
-      {ControlSocketDir(s.id), config_.home + "/sessions/" + s.id, SandboxUrl()});
-}
-
-awaitable<Result<std::string>> ControlPlane::StartSandbox(sandbox::Backend* backend,
-                                                          const sandbox::SandboxSpec& spec) {
-  // The per-session socket lives in its own directory: the backend bind-mounts the
-  // directory, so the socket can be re-created after a restart without re-mounting. Made
-  // here, not when the session is created: a session taken over from another replica gets
-  // its first sandbox on this one in a restart.
-  std::error_code ec;
-  fs::create_directories(spec.work_dir, ec);
-  ::chmod(spec.work_dir.c_str(), 0700);
-  fs::create_directories(spec.channel.host_dir, ec);
-  ::chmod(spec.channel.host_dir.c_str(), 0755);
-  // The sandbox's id is its session's: the socket serves that session only.
-  Status listen =
-      sandbox_server_->ListenUnix(spec.channel.host_dir + "/control.sock", spec.sandbox_id);
-  if (!listen) co_return std::unexpected(listen.error());
-  auto started =
-      co_await RunBlocking(sandbox_pool_, [&backend, &spec] { return backend->Create(spec); });
-  if (!started) co_return std::unexpected(started.error());
-  co_return std::move(started->handle);
-}
-
-awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) {
-  auto* backend = backends_->Find(s.backend);
-  if (!backend) co_return;
-  int64_t n = ++restarts_[s.id];
-  if (n > config_.max_restarts) {
-    co_await EndSession(s.id, SessionState::kFailed,
-                        fmt::format("{} (no fresh sandbox: sandbox.max_restarts = {} reached)", why,
-                                    config_.max_restarts));
-    co_return;
-  }
-  // What is left of the old sandbox goes first; its token is replaced below.
-  if (!s.sandbox_handle.empty()) co_await DestroySandbox(backend, s.id, s.sandbox_handle);
-  llm_->CancelSession(s.id);
-  // A sandbox that takes its identity over its channel starts without a token: it gets one
-  // when it asks (IdentityService).
-  const bool in_spec =
-      backend->capabilities().identity == sandbox::Capabilities::IdentityDelivery::kInSpec;
-  Secret token = in_spec ? NewToken(kSessionTokenPrefix) : Secret();
-  std::string hash = in_spec ? Sha256Hex(token.Reveal()) : "";
-  Json data = {{"reason", why}, {"restart", n}, {"max_restarts", config_.max_restarts}};
-  tokens_.Forget(s.id);  // the old token is replaced below (see EndSession)
-  auto restarted = co_await RunBlocking(pool_, [this, &id = s.id, &node = s.node, &hash, &data] {
-    return store_->RestartSandbox(id, node, hash, data);
-  });
-  tokens_.Forget(s.id);
-  if (!restarted) {
-    log::Info("no fresh sandbox: the session changed meanwhile",
-              {{"session", s.id}, {"error", restarted.error().message}});
-    co_return;
-  }
-  events_.Notify(s.id);
-  inbox_.Notify(s.id);  // the dead sandbox's long-poll, if it is still parked, ends now
-  log::Warn("sandbox gone: starting a fresh one",
-            {{"session", s.id}, {"reason", why}, {"restart", n}});
-  sandbox::SandboxSpec spec = SpecFor(*restarted, token);
-  Result<std::string> handle = co_await StartSandbox(backend, spec);
-  if (!handle) {
-    metrics_->sandbox_errors.With({s.backend, "create"}).Inc();
-    co_await EndSession(s.id, SessionState::kFailed,
-                        "sandbox failed to restart: " + handle.error().message);
-    co_return;
-  }
-  metrics_->sandbox_restarts.With({s.backend}).Inc();
-  (void)co_await RunBlocking(
-      pool_, [this, &id = s.id, &h = *handle] { return store_->SetSandboxHandle(id, h); });
-  // Ended while the sandbox started (an operator's DELETE): whoever ended it saw no handle.
-  auto now = co_await RunBlocking(pool_, [this, &id = s.id] { return store_->GetSession(id); });
-  if (now && store::IsTerminal(now->state)) co_await DestroySandbox(backend, s.id, *handle);
 }
 
 }  // namespace airlock::controlplane
