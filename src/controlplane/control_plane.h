@@ -10,6 +10,7 @@
 #include "common/clock.h"
 #include "common/metrics.h"
 #include "common/secret.h"
+#include "controlplane/authenticator.h"
 #include "controlplane/config.h"
 #include "controlplane/event_appender.h"
 #include "controlplane/event_limits.h"
@@ -22,7 +23,6 @@
 #include "controlplane/reconciler.h"
 #include "controlplane/retention.h"
 #include "controlplane/session_service.h"
-#include "controlplane/token_cache.h"
 #include "sandbox/backend.h"
 #include "store/store.h"
 
@@ -72,35 +72,8 @@ class ControlPlane : private SandboxChannels {
 
   void RegisterOperatorRoutes();
   void RegisterSandboxRoutes();
-  Status EnsureOperatorKeys();
-
-  // Auth. The gates run on a request's headers, before its body is read: they refuse a
-  // request without valid credentials, size its body limit and charge it to its session.
-  awaitable<Admission> AdmitOperator(Request& req);
-  awaitable<Admission> AdmitSandbox(Request& req);
-  Result<void> CheckOperator(const Request& req) const;
-  bool KnownOperatorKey(std::string_view token) const;
   // A change another replica committed (Store::WatchChanges), on the io thread.
   void OnStoreChange(const store::Change& c);
-  Status EnsureOperatorKey(const store::OperatorKey& wanted);
-  awaitable<void> RefreshOperatorKeys();
-  awaitable<Result<store::Session>> AuthenticateSandbox(const Request& req);
-  // The id of the session a sandbox request's token belongs to, for what needs no more of the
-  // session: from tokens_ when it knows the token, else as AuthenticateSandbox. The same
-  // refusals either way.
-  struct SandboxIdentity {
-    std::string session_id;
-    std::string token_hash;  // of the token the request presented
-  };
-  awaitable<Result<SandboxIdentity>> IdentifySandbox(const Request& req);
-  // IdentifySandbox's answer when the token cache has one (no store read, no coroutine frame);
-  // nullopt when the store must be asked.
-  std::optional<Result<SandboxIdentity>> IdentifyCached(const Request& req);
-  // The SHA-256 (hex) of `token`, the request's bearer token, computed once per request.
-  static const std::string& TokenHash(const Request& req, std::string_view token);
-  // What a request says besides its token (the socket it came through, a SESSION_ID header),
-  // held against the token's session `id`.
-  Result<void> CheckSandboxClaims(const Request& req, const std::string& id);
 
   // Operator handlers.
   awaitable<Response> CreateSession(Request& req);
@@ -158,16 +131,12 @@ class ControlPlane : private SandboxChannels {
   std::unique_ptr<LlmProxy> llm_;
   std::unique_ptr<FileService> files_;
   std::unique_ptr<IdentityService> identity_;
-  std::vector<std::string> operator_key_hashes_;
-  // Which session each recently seen sandbox token belongs to (io thread only).
-  TokenCache tokens_;
+  // Operator keys, sandbox tokens and the listeners' gates.
+  std::unique_ptr<Authenticator> auth_;
   // The events sandboxes post, committed in groups.
   EventAppender sandbox_events_;
   // metrics_->events{source="sandbox"}, looked up at the first event rather than at each.
   metrics::Counter* sandbox_events_total_ = nullptr;
-  // When the key hashes were last read from the store (io thread only).
-  std::chrono::steady_clock::time_point operator_keys_read_at_{};
-  static constexpr std::chrono::seconds kOperatorKeyRefresh{1};
   asio::ip::tcp::endpoint operator_endpoint_;
   asio::ip::tcp::endpoint sandbox_endpoint_;
   bool stopping_ = false;

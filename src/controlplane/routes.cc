@@ -53,7 +53,7 @@ void ControlPlane::RegisterOperatorRoutes() {
   });
   auto authed = [this](awaitable<Response> (ControlPlane::*fn)(Request&)) {
     return [this, fn](Request& req) -> awaitable<Response> {
-      if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
+      if (auto ok = auth_->CheckOperator(req); !ok) co_return Response::FromError(ok.error());
       if (auto it = req.params.find("id");
           it != req.params.end() && !PlausibleSessionId(it->second)) {
         co_return Response::FromError(Error{ErrorCode::kNotFound, "no such session"});
@@ -80,7 +80,7 @@ void ControlPlane::RegisterOperatorRoutes() {
   r.Add(http::verb::get, "/v1/usage", authed(&ControlPlane::GetUsage));
   // POST /v1/admin/gc (docs/api.md): applies the retention policy now.
   r.Add(http::verb::post, "/v1/admin/gc", [this](Request& req) -> awaitable<Response> {
-    if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
+    if (auto ok = auth_->CheckOperator(req); !ok) co_return Response::FromError(ok.error());
     AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body().empty() ? std::string_view("{}")
                                                                         : req.msg.body()));
     AIRLOCK_CO_ASSIGN(GcRequest gc, ParseGcRequest(body, config_.retention));
@@ -324,7 +324,7 @@ awaitable<void> ControlPlane::FollowLogs(std::string id, ChunkSink& sink) {
 // ---------------------------------------------------------------- sandbox routes
 
 awaitable<Response> ControlPlane::Inbox(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
   int64_t wait = 0;
   if (auto w = req.Query("wait")) {
     auto n = ParseNonNegative(*w);
@@ -365,7 +365,7 @@ awaitable<Response> ControlPlane::GetUsage(Request& req) {
 }
 
 awaitable<Response> ControlPlane::PresignFile(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
   co_return co_await files_->Presign(req, s);
 }
 
@@ -376,15 +376,15 @@ awaitable<Response> ControlPlane::DownloadFile(Request& req) {
 }
 
 awaitable<Response> ControlPlane::LlmChat(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
   co_return co_await llm_->Chat(req, std::move(s));
 }
 
 awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   // The gate identified the token already: the cache answers again without a coroutine frame.
-  std::optional<Result<SandboxIdentity>> identified = IdentifyCached(req);
-  if (!identified) identified = co_await IdentifySandbox(req);
-  AIRLOCK_CO_ASSIGN(SandboxIdentity who, std::move(*identified));
+  std::optional<Result<Authenticator::SandboxIdentity>> identified = auth_->IdentifyCached(req);
+  if (!identified) identified = co_await auth_->IdentifySandbox(req);
+  AIRLOCK_CO_ASSIGN(Authenticator::SandboxIdentity who, std::move(*identified));
   const std::string& id = who.session_id;
   if (static_cast<int64_t>(req.msg.body().size()) > config_.max_event_bytes) {
     co_return Response::FromError(
@@ -438,7 +438,7 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
 }
 
 awaitable<Response> ControlPlane::History(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
   AIRLOCK_CO_ASSIGN(auto msgs, co_await RunBlocking(pool_, [this, &id = s.id] {
                       return store_->ListMessages(id, /*include_pending=*/false);
                     }));
@@ -446,7 +446,7 @@ awaitable<Response> ControlPlane::History(Request& req) {
 }
 
 awaitable<Response> ControlPlane::Finish(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
   AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
   AIRLOCK_CO_ASSIGN(FinishRequest finish, ParseFinish(body));
   AIRLOCK_CO_ASSIGN(auto ended, co_await sessions_->Finish(s.id, std::move(finish)));
