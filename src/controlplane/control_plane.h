@@ -1,8 +1,6 @@
 #pragma once
 
-#include <chrono>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -68,8 +66,6 @@ class ControlPlane : private SandboxChannels {
   }
 
  private:
-  struct SessionCtx;  // a session loaded and authorised for a sandbox route
-
   void RegisterOperatorRoutes();
   void RegisterSandboxRoutes();
   // A change another replica committed (Store::WatchChanges), on the io thread.
