@@ -1,6 +1,8 @@
 #pragma once
 
+#include <cstdint>
 #include <expected>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -9,8 +11,9 @@
 
 namespace airlock {
 
-// The reasons an operation can fail. One place (controlplane/http_errors.cc) maps them
-// to HTTP statuses, so a module never needs to know about HTTP to report an error.
+// The reasons an operation can fail. One place (net::Response::FromError(const Error&)) maps
+// them to HTTP statuses and the API's error body, so a module never needs to know about HTTP
+// to report an error.
 enum class ErrorCode {
   kInvalidArgument,    // 400: the caller sent something malformed or out of range
   kUnauthenticated,    // 401: missing or unknown credential
@@ -32,6 +35,11 @@ std::string_view ErrorCodeName(ErrorCode code);
 struct Error {
   ErrorCode code = ErrorCode::kInternal;
   std::string message;
+  // The machine-readable code the API answers with, when it is more precise than the default
+  // name of `code` (a 429 that says "rate_limited" rather than "resource_exhausted").
+  std::string api_code;
+  // Seconds after which a retry may succeed; the response then carries a Retry-After header.
+  std::optional<int64_t> retry_after_s;
 };
 
 template <typename T>

@@ -1,49 +1,16 @@
 #include "controlplane/control_plane.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 
 #include "common/blocking.h"
-#include "common/crypto.h"
 #include "common/log.h"
 #include "common/time_util.h"
-#include "controlplane/sandbox_spec.h"
-#include "controlplane/validation.h"
 
 namespace airlock::controlplane {
 
 namespace fs = std::filesystem;
-using store::SessionState;
-
-namespace {
-
-std::string_view BearerToken(const Request& req) {
-  std::string_view h = req.Header("Authorization");
-  if (h.size() > 7 && beast::iequals(h.substr(0, 7), "Bearer ")) {
-    h.remove_prefix(7);
-    while (!h.empty() && h.front() == ' ') h.remove_prefix(1);
-    return h;
-  }
-  return {};
-}
-
-// The "result" of a session whose sandbox ended without calling finish.
-std::string SandboxExitReason(const sandbox::SandboxStatus& st) {
-  if (st.state == sandbox::SandboxState::kMissing) return "the sandbox disappeared";
-  if (st.oom_killed) return "the sandbox was killed: out of memory";
-  if (st.signal) return fmt::format("the agent was killed by signal {}", *st.signal);
-  if (!st.exit_code) return "the sandbox exited without finishing";
-  return fmt::format("the agent exited with code {} without finishing", *st.exit_code);
-}
-
-}  // namespace
 
 ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<store::Store> store,
                            std::unique_ptr<sandbox::BackendRegistry> backends,
@@ -64,12 +31,17 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       files_(std::make_unique<FileService>(config_, *store_, pool_, events_, registry_)),
       identity_(
           std::make_unique<IdentityService>(*store_, pool_, config_.node, events_, registry_)),
-      tokens_(MakeTokenCache(config_)),
+      auth_(std::make_unique<Authenticator>(Authenticator::Deps{
+          config_, *store_, pool_, operator_router_, sandbox_router_, metrics_->auth_failures,
+          [this](const std::string& id) { sessions_->NoteWork(id); }})),
       sandbox_events_(*store_, pool_, EventQuotaFor(config_)),
       clock_(clock ? std::move(clock) : std::make_shared<RealClock>()),
+      sessions_(std::make_unique<SessionService>(SessionService::Deps{
+          config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_, *metrics_, inbox_,
+          events_, conversations_, *llm_, auth_->tokens(), *this})),
       reconciler_(std::make_unique<Reconciler>(
-          Reconciler::Deps{config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_, *this,
-                           metrics_->reconcile_passes})) {
+          Reconciler::Deps{config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_,
+                           *sessions_, metrics_->reconcile_passes})) {
   RegisterOperatorRoutes();
   RegisterSandboxRoutes();
   HttpLimits operator_limits = config_.limits;
@@ -80,8 +52,8 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
   sandbox_server_ = std::make_unique<HttpServer>(
       io_, "sandbox", config_.limits, [this](Request& r) { return sandbox_router_.Dispatch(r); },
       *http_metrics_);
-  operator_server_->SetGate([this](Request& r) { return AdmitOperator(r); });
-  sandbox_server_->SetGate([this](Request& r) { return AdmitSandbox(r); });
+  operator_server_->SetGate([this](Request& r) { return auth_->AdmitOperator(r); });
+  sandbox_server_->SetGate([this](Request& r) { return auth_->AdmitSandbox(r); });
   // Uploads to signed file URLs are streamed to disk, never held in memory.
   sandbox_server_->StreamBodies([](http::verb m, std::string_view path) {
     return m == http::verb::put && path.starts_with("/sandbox/v1/files/");
@@ -94,93 +66,12 @@ ControlPlane::~ControlPlane() {
   sandbox_pool_.join();
 }
 
-std::string ControlPlane::ControlSocketDir(const std::string& session_id) const {
-  return config_.home + "/run/" + session_id;
-}
-
 std::string ControlPlane::SandboxUrl() const {
   if (!config_.sandbox_url.empty()) return config_.sandbox_url;
   auto addr = sandbox_endpoint_.address();
   std::string host = addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string();
   if (addr.is_unspecified()) host = "127.0.0.1";
   return fmt::format("http://{}:{}", host, sandbox_endpoint_.port());
-}
-
-Status ControlPlane::EnsureOperatorKeys() {
-  std::string key_path = config_.home + "/operator.key";
-  std::string key;
-  int fd = ::open(key_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd >= 0) {
-    Secret fresh = NewToken(kOperatorKeyPrefix);
-    std::string line = fresh.Reveal() + "\n";
-    bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) &&
-              ::fsync(fd) == 0;
-    ::close(fd);
-    if (!ok)
-      return Errorf(ErrorCode::kInternal, "cannot write {}: {}", key_path, std::strerror(errno));
-    key = fresh.Reveal();
-    log::Info("created operator key", {{"path", key_path}});
-  } else if (errno == EEXIST) {
-    struct stat st {};
-    if (::stat(key_path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
-      log::Warn("operator key file is readable by others; fixing its mode to 0600",
-                {{"path", key_path}});
-      ::chmod(key_path.c_str(), 0600);
-    }
-    std::ifstream f(key_path);
-    std::getline(f, key);
-    if (key.empty()) return Errorf(ErrorCode::kInvalidArgument, "{} is empty", key_path);
-  } else {
-    return Errorf(ErrorCode::kInternal, "cannot create {}: {}", key_path, std::strerror(errno));
-  }
-
-  std::vector<store::OperatorKey> wanted = {{"default", Sha256Hex(key), NowMillis()}};
-  for (const auto& [name, k] : config_.operator_keys) {
-    if (!k.sha256.empty()) {
-      wanted.push_back({name, k.sha256, NowMillis()});
-      continue;
-    }
-    const char* v = std::getenv(k.key_env.c_str());
-    if (!v || !*v) {
-      return Errorf(ErrorCode::kInvalidArgument,
-                    "auth.operator_keys.{}: environment variable {} is not set", name, k.key_env);
-    }
-    wanted.push_back({name, Sha256Hex(v), NowMillis()});
-  }
-  for (const auto& w : wanted) AIRLOCK_TRY(EnsureOperatorKey(w));
-  AIRLOCK_ASSIGN_OR_RETURN(auto stored, store_->ListOperatorKeys());
-  operator_key_hashes_.clear();
-  for (const auto& s : stored) operator_key_hashes_.push_back(s.hash);
-  return Ok();
-}
-
-// Replicas that start together with the same configuration all add the same keys: the
-// insert of all but one fails on the name, and then the key is there, added by another.
-Status ControlPlane::EnsureOperatorKey(const store::OperatorKey& wanted) {
-  for (int attempt = 0;; ++attempt) {
-    AIRLOCK_ASSIGN_OR_RETURN(auto stored, store_->ListOperatorKeys());
-    store::OperatorKey k = wanted;
-    for (const auto& s : stored) {
-      if (s.hash == k.hash) return Ok();
-      // A name may be taken by an older key (say the key file was replaced): keep both.
-      if (s.name == k.name) k.name = k.name + "-" + HexEncode(RandomBytes(3));
-    }
-    auto added = store_->AddOperatorKey(k);
-    if (added || added.error().code != ErrorCode::kConflict || attempt == 3) return added;
-  }
-}
-
-awaitable<void> ControlPlane::RefreshOperatorKeys() {
-  auto now = std::chrono::steady_clock::now();
-  if (now - operator_keys_read_at_ < kOperatorKeyRefresh) co_return;
-  operator_keys_read_at_ = now;
-  auto stored = co_await RunBlocking(pool_, [this] { return store_->ListOperatorKeys(); });
-  if (!stored) {
-    log::Warn("cannot re-read the operator keys", {{"error", stored.error().message}});
-    co_return;
-  }
-  operator_key_hashes_.clear();
-  for (const auto& s : *stored) operator_key_hashes_.push_back(s.hash);
 }
 
 Status ControlPlane::Start() {
@@ -195,7 +86,7 @@ Status ControlPlane::Start() {
   // Sandboxes run as other users and must reach their own socket under run/<id>/ but list
   // nothing: run/ is searchable, not readable.
   ::chmod((config_.home + "/run").c_str(), 0711);
-  AIRLOCK_TRY(EnsureOperatorKeys());
+  AIRLOCK_TRY(auth_->EnsureOperatorKeys());
   // Alive from the start: a replica with no heartbeat yet would look dead to the others,
   // which would take over the first sessions it creates.
   AIRLOCK_TRY(store_->Heartbeat(config_.node, clock_->NowMillis()));
@@ -258,184 +149,18 @@ void ControlPlane::Shutdown() {
   asio::co_spawn(io_, DrainAndStop(), asio::detached);
 }
 
-// ---------------------------------------------------------------- auth
-
-awaitable<Admission> ControlPlane::AdmitOperator(Request& req) {
-  Admission a;
-  auto route = operator_router_.Find(req);
-  if (route) a.max_body_bytes = route->max_body_bytes;
-  // Every /v1/ route needs the operator key; without it nothing of the body is read.
-  if (route && req.path.starts_with("/v1/")) {
-    // A key this replica has not seen may have been added by another one since it read
-    // them: read them again, at most once per kOperatorKeyRefresh, so that a flood of wrong
-    // keys costs the store nothing.
-    if (std::string_view token = BearerToken(req); !token.empty() && !KnownOperatorKey(token)) {
-      co_await RefreshOperatorKeys();
-    }
-    if (auto ok = CheckOperator(req); !ok) a.refuse = Response::FromError(ok.error());
-  }
-  co_return a;
-}
-
-awaitable<Admission> ControlPlane::AdmitSandbox(Request& req) {
-  Admission a;
-  auto route = sandbox_router_.Find(req);
-  if (!route) co_return a;  // 404 or 405, with a small body limit
-  a.max_body_bytes = route->max_body_bytes;
-  // Signed file URLs carry their credential in the query string; the file service checks it.
-  if (req.route.starts_with("/sandbox/v1/files/{session}/")) co_return a;
-  // Over TCP the connection is charged to the session of the token it presents, once that
-  // token is known to be good: a made-up token gets a 401 and a closed connection, not a
-  // share of its own. Every TCP request is therefore authenticated here; on a per-session
-  // Unix socket (charged to its session at accept) only one with a body needs to be, before
-  // the body is read; the others are authenticated by their handler, which needs the session
-  // anyway.
-  if (req.bound_session.empty() || req.body_expected) {
-    // The cache's answer without a coroutine frame; the store's when it has none.
-    std::optional<Result<SandboxIdentity>> id = IdentifyCached(req);
-    if (!id) id = co_await IdentifySandbox(req);
-    if (!*id) {
-      a.refuse = Response::FromError(id->error());
-    } else if (req.bound_session.empty()) {
-      a.charge_to = std::move((*id)->session_id);
-    }
-  }
-  co_return a;
-}
-
-bool ControlPlane::KnownOperatorKey(std::string_view token) const {
-  std::string hash = Sha256Hex(token);
-  // Compare against every key without stopping early, so timing says nothing about which
-  // key (if any) matched.
-  bool match = false;
-  for (const auto& h : operator_key_hashes_) match |= ConstantTimeEquals(hash, h);
-  return match;
-}
-
-Result<void> ControlPlane::CheckOperator(const Request& req) const {
-  std::string_view token = BearerToken(req);
-  if (token.empty()) {
-    metrics_->auth_failures.With({"operator"}).Inc();
-    return MakeError(ErrorCode::kUnauthenticated,
-                     "missing \"Authorization: Bearer <operator key>\"");
-  }
-  if (!KnownOperatorKey(token)) {
-    metrics_->auth_failures.With({"operator"}).Inc();
-    return MakeError(ErrorCode::kUnauthenticated, "invalid operator key");
-  }
-  return Ok();
-}
-
-awaitable<Result<store::Session>> ControlPlane::AuthenticateSandbox(const Request& req) {
-  std::string_view token = BearerToken(req);
-  auto refuse = [&](std::string msg) -> Result<store::Session> {
-    metrics_->auth_failures.With({"sandbox"}).Inc();
-    return MakeError(ErrorCode::kUnauthenticated, std::move(msg));
-  };
-  if (token.empty()) co_return refuse("missing \"Authorization: Bearer <SESSION_TOKEN>\"");
-  if (!token.starts_with(kSessionTokenPrefix) || token.size() > 128) {
-    co_return refuse("invalid, expired or revoked session token");
-  }
-  // Only the hash is stored; the lookup is by hash, so the token itself is never compared.
-  std::string hash = TokenHash(req, token);
-  const uint64_t epoch = tokens_.epoch();  // before the read: see TokenCache::Insert
-  auto s =
-      co_await RunBlocking(pool_, [this, &hash] { return store_->GetSessionByTokenHash(hash); });
-  if (!s) {
-    if (s.error().code == ErrorCode::kNotFound)
-      co_return refuse("invalid, expired or revoked session token");
-    co_return std::unexpected(s.error());
-  }
-  if (auto claims = CheckSandboxClaims(req, s->id); !claims)
-    co_return std::unexpected(claims.error());
-  if (store::IsTerminal(s->state)) co_return refuse("invalid, expired or revoked session token");
-  tokens_.Insert(epoch, std::move(hash), s->id, TokenCache::Clock::now());
-  co_return s;
-}
-
-const std::string& ControlPlane::TokenHash(const Request& req, std::string_view token) {
-  if (req.bearer_hash.empty()) req.bearer_hash = Sha256Hex(token);
-  return req.bearer_hash;
-}
-
-std::optional<Result<ControlPlane::SandboxIdentity>> ControlPlane::IdentifyCached(
-    const Request& req) {
-  std::string_view token = BearerToken(req);
-  if (!tokens_.enabled() || !token.starts_with(kSessionTokenPrefix) || token.size() > 128)
-    return std::nullopt;
-  const std::string& hash = TokenHash(req, token);
-  auto id = tokens_.Find(hash, TokenCache::Clock::now());
-  if (!id) return std::nullopt;
-  if (auto claims = CheckSandboxClaims(req, *id); !claims)
-    return Result<SandboxIdentity>(std::unexpected(claims.error()));
-  return Result<SandboxIdentity>(SandboxIdentity{std::move(*id), hash});
-}
-
-awaitable<Result<ControlPlane::SandboxIdentity>> ControlPlane::IdentifySandbox(const Request& req) {
-  if (auto id = IdentifyCached(req)) co_return std::move(*id);
-  auto s = co_await AuthenticateSandbox(req);
-  if (!s) co_return std::unexpected(s.error());
-  co_return SandboxIdentity{std::move(s->id), std::move(s->token_hash)};
-}
-
-Result<void> ControlPlane::CheckSandboxClaims(const Request& req, const std::string& id) {
-  // A per-session socket serves its own session only: a token that leaked into another
-  // sandbox is useless there.
-  if (!req.bound_session.empty() && req.bound_session != id) {
-    metrics_->auth_failures.With({"sandbox"}).Inc();
-    return MakeError(ErrorCode::kUnauthenticated,
-                     "this token belongs to another session than this socket");
-  }
-  if (std::string_view claimed = req.Header("SESSION_ID"); !claimed.empty() && claimed != id) {
-    metrics_->auth_failures.With({"sandbox"}).Inc();
-    return MakeError(ErrorCode::kPermissionDenied,
-                     "SESSION_ID header does not match the token's session");
-  }
-  // Anything but waiting on the inbox is work: the session is not idle.
-  if (req.path != "/sandbox/v1/inbox") idle_since_.erase(id);
-  return Ok();
-}
-
-// ---------------------------------------------------------------- helpers
-
-awaitable<void> ControlPlane::DestroySandbox(sandbox::Backend* backend, std::string id,
-                                             std::string handle) {
-  auto st = co_await RunBlocking(sandbox_pool_, [&] { return backend->Destroy(handle); });
-  if (!st) {
-    metrics_->sandbox_errors.With({std::string(backend->name()), "destroy"}).Inc();
-    log::Error("destroying sandbox failed", {{"session", id}, {"error", st.error().message}});
-  }
-}
-
-void ControlPlane::AfterSessionEnded(const store::Session& s) {
-  metrics_->sessions_ended.With({std::string(store::StateName(s.state))}).Inc();
-  CloseChannel(s.id);
-  inbox_.Forget(s.id);
-  agent_exits_.erase(s.id);
-  restarts_.erase(s.id);
-  idle_since_.erase(s.id);
-  llm_->CancelSession(s.id);
-  events_.Notify(s.id);
-  events_.Forget(s.id);
-  // The replica that runs the sandbox destroys it (its next sweep, SweepOrphans).
-  if (s.sandbox_handle.empty() || !Owns(s)) return;
-  auto* backend = backends_->Find(s.backend);
-  if (!backend) return;
-  // Destroying may take a while (a VM, a container runtime): the caller has its answer
-  // already, and the reconciler retries if this fails.
-  asio::co_spawn(io_, DestroySandbox(backend, s.id, s.sandbox_handle), asio::detached);
-}
+// ---------------------------------------------------------------- store changes
 
 void ControlPlane::OnStoreChange(const store::Change& c) {
   if (c.session_id.empty()) {  // the feed was interrupted: anything may have changed
-    tokens_.Clear();
+    auth_->tokens().Clear();
     inbox_.NotifyAll();
     events_.NotifyAll();
     return;
   }
   switch (c.kind) {
     case store::Change::Kind::kInbox:
-      tokens_.Forget(c.session_id);  // a fresh sandbox (a new token) is announced so
+      auth_->tokens().Forget(c.session_id);  // a fresh sandbox (a new token) is announced so
       inbox_.Notify(c.session_id);
       break;
     case store::Change::Kind::kEvents:
@@ -445,197 +170,13 @@ void ControlPlane::OnStoreChange(const store::Change& c) {
       // Ended through another replica: its LLM calls here stop, its waiters here wake and
       // see the end, its token is refused at once, and if this replica runs its sandbox, the
       // sandbox goes now.
-      tokens_.Forget(c.session_id);
+      auth_->tokens().Forget(c.session_id);
       llm_->CancelSession(c.session_id);
       inbox_.Notify(c.session_id);
       events_.Notify(c.session_id);
-      asio::co_spawn(io_, DestroyIfEndedHere(c.session_id), asio::detached);
+      asio::co_spawn(io_, sessions_->DestroyIfEndedHere(c.session_id), asio::detached);
       break;
   }
-}
-
-awaitable<void> ControlPlane::DestroyIfEndedHere(std::string id) {
-  auto s = co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); });
-  if (!s || !store::IsTerminal(s->state) || !Owns(*s) || s->sandbox_handle.empty()) co_return;
-  auto* backend = backends_->Find(s->backend);
-  if (!backend) co_return;
-  CloseChannel(id);
-  co_await DestroySandbox(backend, id, s->sandbox_handle);
-}
-
-awaitable<Result<store::Session>> ControlPlane::EndSession(const std::string& id, SessionState to,
-                                                           std::optional<std::string> result) {
-  store::StateChange change{
-      {SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended},
-      to,
-      std::move(result),
-      /*revoke_token=*/true,
-      std::nullopt};
-  // The token is revoked below: from now on every request with it asks the store, and what a
-  // read before the commit learned is forgotten once it is in.
-  tokens_.Forget(id);
-  auto s =
-      co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); });
-  tokens_.Forget(id);
-  if (s) {
-    log::Info("session ended", {{"session", id}, {"state", store::StateName(s->state)}});
-    AfterSessionEnded(*s);
-  }
-  co_return s;
-}
-
-// ---------------------------------------------------------------- for the reconciler
-
-std::optional<int64_t> ControlPlane::IdleSince(const std::string& id) const {
-  auto since = idle_since_.find(id);
-  auto parked = parked_polls_.find(id);
-  if (since == idle_since_.end() || parked == parked_polls_.end() || parked->second <= 0)
-    return std::nullopt;
-  return since->second;
-}
-
-awaitable<Result<bool>> ControlPlane::SuspendIdle(const std::string& id) {
-  BusyMark mark(sandbox_busy_, id);
-  if (!mark.held()) co_return false;
-  auto suspended = co_await SetSuspended(id, true);
-  if (!suspended) co_return std::unexpected(suspended.error());
-  idle_since_.erase(id);
-  co_return true;
-}
-
-Status ControlPlane::OpenChannel(const std::string& id) {
-  return sandbox_server_->ListenUnix(ControlSocketDir(id) + "/control.sock", id);
-}
-
-void ControlPlane::CloseChannel(const std::string& id) {
-  sandbox_server_->CloseUnix(ControlSocketDir(id) + "/control.sock");
-}
-
-awaitable<void> ControlPlane::CheckSandbox(store::Session s) {
-  auto* backend = backends_->Find(s.backend);
-  // A starting session's sandbox waits for its identity (or is being made: no handle yet).
-  if ((s.state != SessionState::kRunning && s.state != SessionState::kStarting) || !backend ||
-      s.sandbox_handle.empty() || !Owns(s))
-    co_return;
-  BusyMark mark(sandbox_busy_, s.id);
-  if (!mark.held()) co_return;
-  auto status = co_await RunBlocking(
-      sandbox_pool_, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
-  if (!status) co_return;
-  if (status->state != sandbox::SandboxState::kExited &&
-      status->state != sandbox::SandboxState::kMissing)
-    co_return;
-  co_await RunBlocking(pool_, [this, &id = s.id, &st = *status] {
-    Json data = {{"state", sandbox::SandboxStateName(st.state)}, {"oom_killed", st.oom_killed}};
-    if (st.exit_code) data["exit_code"] = *st.exit_code;
-    if (st.signal) data["signal"] = *st.signal;
-    return store_->AppendEvent(id, "session.sandbox_exit", data);
-  });
-  // The runtime does not keep the exit status (init is PID 1 of the sandbox and has no
-  // waiting parent); init reported it just before it exited.
-  sandbox::SandboxStatus st = *status;
-  if (auto it = agent_exits_.find(s.id); it != agent_exits_.end() && !st.exit_code && !st.signal) {
-    const Json& d = it->second;
-    if (auto c = d.find("exit_code"); c != d.end() && c->is_number_integer())
-      st.exit_code = c->get<int>();
-    if (auto g = d.find("signal"); g != d.end() && g->is_number_integer())
-      st.signal = g->get<int>();
-  }
-  agent_exits_.erase(s.id);
-  std::string why = SandboxExitReason(st);
-  if (s.state == SessionState::kStarting) {
-    // Gone before it took its identity: no agent ever ran, so a fresh sandbox would most
-    // likely fail the same way (an image without a shell, a broken airlock-init).
-    co_await EndSession(s.id, SessionState::kFailed, why + " before its agent started");
-    co_return;
-  }
-  // An agent that exited on its own, without finishing, gave up, and one that ran out of
-  // memory hit the session's own limit (it would again): the session fails. A sandbox that
-  // was killed or vanished took the agent with it mid-work: the conversation is in the
-  // store, so a fresh sandbox carries on.
-  if ((st.exit_code && !st.signal) || st.oom_killed) {
-    co_await EndSession(s.id, SessionState::kFailed, why);
-    co_return;
-  }
-  co_await RestartSandbox(std::move(s), why);
-}
-
-sandbox::SandboxSpec ControlPlane::SpecFor(const store::Session& s, const Secret& token) const {
-  auto* backend = backends_->Find(s.backend);
-  return MakeSandboxSpec(
-      s, backend ? backend->capabilities() : sandbox::Capabilities{}, token,
-      {ControlSocketDir(s.id), config_.home + "/sessions/" + s.id, SandboxUrl()});
-}
-
-awaitable<Result<std::string>> ControlPlane::StartSandbox(sandbox::Backend* backend,
-                                                          const sandbox::SandboxSpec& spec) {
-  // The per-session socket lives in its own directory: the backend bind-mounts the
-  // directory, so the socket can be re-created after a restart without re-mounting. Made
-  // here, not when the session is created: a session taken over from another replica gets
-  // its first sandbox on this one in a restart.
-  std::error_code ec;
-  fs::create_directories(spec.work_dir, ec);
-  ::chmod(spec.work_dir.c_str(), 0700);
-  fs::create_directories(spec.channel.host_dir, ec);
-  ::chmod(spec.channel.host_dir.c_str(), 0755);
-  // The sandbox's id is its session's: the socket serves that session only.
-  Status listen =
-      sandbox_server_->ListenUnix(spec.channel.host_dir + "/control.sock", spec.sandbox_id);
-  if (!listen) co_return std::unexpected(listen.error());
-  auto started =
-      co_await RunBlocking(sandbox_pool_, [&backend, &spec] { return backend->Create(spec); });
-  if (!started) co_return std::unexpected(started.error());
-  co_return std::move(started->handle);
-}
-
-awaitable<void> ControlPlane::RestartSandbox(store::Session s, std::string why) {
-  auto* backend = backends_->Find(s.backend);
-  if (!backend) co_return;
-  int64_t n = ++restarts_[s.id];
-  if (n > config_.max_restarts) {
-    co_await EndSession(s.id, SessionState::kFailed,
-                        fmt::format("{} (no fresh sandbox: sandbox.max_restarts = {} reached)", why,
-                                    config_.max_restarts));
-    co_return;
-  }
-  // What is left of the old sandbox goes first; its token is replaced below.
-  if (!s.sandbox_handle.empty()) co_await DestroySandbox(backend, s.id, s.sandbox_handle);
-  llm_->CancelSession(s.id);
-  // A sandbox that takes its identity over its channel starts without a token: it gets one
-  // when it asks (IdentityService).
-  const bool in_spec =
-      backend->capabilities().identity == sandbox::Capabilities::IdentityDelivery::kInSpec;
-  Secret token = in_spec ? NewToken(kSessionTokenPrefix) : Secret();
-  std::string hash = in_spec ? Sha256Hex(token.Reveal()) : "";
-  Json data = {{"reason", why}, {"restart", n}, {"max_restarts", config_.max_restarts}};
-  tokens_.Forget(s.id);  // the old token is replaced below (see EndSession)
-  auto restarted = co_await RunBlocking(pool_, [this, &id = s.id, &node = s.node, &hash, &data] {
-    return store_->RestartSandbox(id, node, hash, data);
-  });
-  tokens_.Forget(s.id);
-  if (!restarted) {
-    log::Info("no fresh sandbox: the session changed meanwhile",
-              {{"session", s.id}, {"error", restarted.error().message}});
-    co_return;
-  }
-  events_.Notify(s.id);
-  inbox_.Notify(s.id);  // the dead sandbox's long-poll, if it is still parked, ends now
-  log::Warn("sandbox gone: starting a fresh one",
-            {{"session", s.id}, {"reason", why}, {"restart", n}});
-  sandbox::SandboxSpec spec = SpecFor(*restarted, token);
-  Result<std::string> handle = co_await StartSandbox(backend, spec);
-  if (!handle) {
-    metrics_->sandbox_errors.With({s.backend, "create"}).Inc();
-    co_await EndSession(s.id, SessionState::kFailed,
-                        "sandbox failed to restart: " + handle.error().message);
-    co_return;
-  }
-  metrics_->sandbox_restarts.With({s.backend}).Inc();
-  (void)co_await RunBlocking(
-      pool_, [this, &id = s.id, &h = *handle] { return store_->SetSandboxHandle(id, h); });
-  // Ended while the sandbox started (an operator's DELETE): whoever ended it saw no handle.
-  auto now = co_await RunBlocking(pool_, [this, &id = s.id] { return store_->GetSession(id); });
-  if (now && store::IsTerminal(now->state)) co_await DestroySandbox(backend, s.id, *handle);
 }
 
 }  // namespace airlock::controlplane

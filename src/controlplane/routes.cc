@@ -1,25 +1,21 @@
 // The HTTP routes of docs/api.md: operator routes and sandbox routes. Each handler
-// validates its input completely before touching the store, and answers every failure with
-// the JSON error shape.
-#include <sys/stat.h>
-
-#include <filesystem>
+// validates its input completely before touching the store (the request bodies into the typed
+// values of requests.h), leaves what changes a session to SessionService, renders with
+// views.h, and answers every failure with the JSON error shape (Response::FromError).
+#include <algorithm>
 
 #include "common/blocking.h"
-#include "common/crypto.h"
 #include "common/log.h"
 #include "common/time_util.h"
 #include "controlplane/control_plane.h"
 #include "controlplane/openapi.h"
 #include "controlplane/readiness.h"
+#include "controlplane/requests.h"
 #include "controlplane/validation.h"
 #include "controlplane/views.h"
 #include "net/handler_util.h"
 
 namespace airlock::controlplane {
-
-namespace fs = std::filesystem;
-using store::SessionState;
 
 namespace {
 
@@ -57,10 +53,10 @@ void ControlPlane::RegisterOperatorRoutes() {
   });
   auto authed = [this](awaitable<Response> (ControlPlane::*fn)(Request&)) {
     return [this, fn](Request& req) -> awaitable<Response> {
-      if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
+      if (auto ok = auth_->CheckOperator(req); !ok) co_return Response::FromError(ok.error());
       if (auto it = req.params.find("id");
           it != req.params.end() && !PlausibleSessionId(it->second)) {
-        co_return Response::FromError(404, "not_found", "no such session");
+        co_return Response::FromError(Error{ErrorCode::kNotFound, "no such session"});
       }
       co_return co_await (this->*fn)(req);
     };
@@ -84,12 +80,13 @@ void ControlPlane::RegisterOperatorRoutes() {
   r.Add(http::verb::get, "/v1/usage", authed(&ControlPlane::GetUsage));
   // POST /v1/admin/gc (docs/api.md): applies the retention policy now.
   r.Add(http::verb::post, "/v1/admin/gc", [this](Request& req) -> awaitable<Response> {
-    if (auto ok = CheckOperator(req); !ok) co_return Response::FromError(ok.error());
+    if (auto ok = auth_->CheckOperator(req); !ok) co_return Response::FromError(ok.error());
     AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body().empty() ? std::string_view("{}")
                                                                         : req.msg.body()));
     AIRLOCK_CO_ASSIGN(GcRequest gc, ParseGcRequest(body, config_.retention));
     if (!retention_)
-      co_return Response::FromError(503, "unavailable", "the control plane is starting");
+      co_return Response::FromError(
+          Error{ErrorCode::kUnavailable, "the control plane is starting"});
     AIRLOCK_CO_ASSIGN(GcReport report, co_await RunBlocking(pool_, [this, &gc] {
                         return retention_->Run(gc, NowMillis());
                       }));
@@ -133,145 +130,22 @@ void ControlPlane::RegisterSandboxRoutes() {
 
 awaitable<Response> ControlPlane::CreateSession(Request& req) {
   AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
-  AIRLOCK_CO_TRY(RejectUnknownKeys(
-      body, {"task", "image", "command", "model", "models", "backend", "limits", "metadata"},
-      "session"));
-  AIRLOCK_CO_ASSIGN(std::string task, RequiredString(body, "task"));
-  if (task.empty())
-    co_return Response::FromError(400, "invalid_argument", "\"task\" must not be empty");
-  if (static_cast<int64_t>(task.size()) > config_.max_task_bytes) {
-    co_return Response::FromError(413, "payload_too_large",
-                                  fmt::format("\"task\" exceeds {} bytes", config_.max_task_bytes));
-  }
-  store::Session s;
-  AIRLOCK_CO_ASSIGN(auto image, OptionalString(body, "image"));
-  AIRLOCK_CO_ASSIGN(auto model, OptionalString(body, "model"));
-  AIRLOCK_CO_ASSIGN(auto backend_name, OptionalString(body, "backend"));
-  s.image = image.value_or(config_.default_image);
-  s.model = model.value_or(config_.default_model);
-  s.backend = backend_name.value_or(config_.default_backend);
-  AIRLOCK_CO_TRY(ValidateName("image", s.image));
-  AIRLOCK_CO_TRY(ValidateName("model", s.model));
-  AIRLOCK_CO_TRY(ValidateName("backend", s.backend));
-  // Model aliases named here must exist; the default alias may be configured later.
-  auto known_alias = [this](const std::string& a) -> Status {
-    if (config_.models.count(a)) return Ok();
-    std::string known;
-    for (const auto& [k, v] : config_.models) known += (known.empty() ? "" : ", ") + k;
-    return Errorf(ErrorCode::kInvalidArgument, "unknown model alias \"{}\" (configured: {})",
-                  a.substr(0, 64), known.empty() ? "none" : known);
-  };
-  if (model) AIRLOCK_CO_TRY(known_alias(s.model));
-  if (auto it = body.find("models"); it != body.end() && !it->is_null()) {
-    if (!it->is_array() || it->size() > 32) {
-      co_return Response::FromError(
-          400, "invalid_argument",
-          "\"models\" must be an array of at most 32 model aliases the sandbox may pick");
-    }
-    for (const auto& a : *it) {
-      if (!a.is_string())
-        co_return Response::FromError(400, "invalid_argument",
-                                      "\"models\" holds model aliases (strings)");
-      AIRLOCK_CO_TRY(known_alias(a.get<std::string>()));
-    }
-    s.models = *it;
-  }
-  if (auto it = body.find("command"); it != body.end()) {
-    AIRLOCK_CO_TRY(ValidateCommand(*it));
-    if (it->is_array()) s.command = *it;
-  }
-  if (auto it = body.find("limits"); it != body.end()) {
-    AIRLOCK_CO_ASSIGN(s.limits, ParseLimits(*it));
-  }
-  if (auto it = body.find("metadata"); it != body.end() && !it->is_null()) {
-    if (!it->is_object() || DumpJson(*it).size() > 16 * 1024) {
-      co_return Response::FromError(400, "invalid_argument",
-                                    "\"metadata\" must be an object of at most 16 KiB");
-    }
-    s.metadata = *it;
-  }
-  sandbox::Backend* backend = backends_->Find(s.backend);
-  if (!backend) {
-    if (auto why = backends_->UnavailableReason(s.backend)) {
-      co_return Response::FromError(
-          503, "unavailable", fmt::format("backend \"{}\" is not available: {}", s.backend, *why));
-    }
-    std::string names;
-    for (const auto& n : backends_->Names()) {
-      auto* b = backends_->Find(n);
-      if (b->capabilities().isolated || config_.allow_unisolated_backends)
-        names += (names.empty() ? "" : ", ") + n;
-    }
-    co_return Response::FromError(400, "invalid_argument",
-                                  fmt::format("backend \"{}\" is not available; available: {}",
-                                              s.backend, names.empty() ? "none" : names));
-  }
-  if (!backend->capabilities().isolated && !config_.allow_unisolated_backends) {
-    co_return Response::FromError(403, "permission_denied",
-                                  fmt::format("backend \"{}\" does not isolate sandboxes; enable "
-                                              "it with sandbox.allow_unisolated_backends",
-                                              s.backend));
-  }
-
-  // A sandbox that takes its identity over its channel is made without a token; it gets one
-  // when it asks (IdentityService), and the session is starting until then.
-  const bool in_spec =
-      backend->capabilities().identity == sandbox::Capabilities::IdentityDelivery::kInSpec;
-  Secret token = in_spec ? NewToken(kSessionTokenPrefix) : Secret();
-  s.id = NewId("ses_");
-  s.state = SessionState::kStarting;
-  s.token_hash = in_spec ? Sha256Hex(token.Reveal()) : "";
-  s.node = config_.node;  // this replica runs the sandbox
-  s.created_at = s.updated_at = clock_->NowMillis();
-  Json task_message = {{"role", "user"}, {"content", task}};
-  AIRLOCK_CO_TRY(co_await RunBlocking(
-      pool_, [this, &s, &task_message] { return store_->CreateSession(s, task_message); }));
-  metrics_->sessions_created.With({s.backend}).Inc();
-
-  sandbox::SandboxSpec spec = SpecFor(s, token);
-  Result<std::string> handle = co_await StartSandbox(backend, spec);
-  if (!handle) {
-    metrics_->sandbox_errors.With({s.backend, "create"}).Inc();
-    log::Warn("sandbox create failed",
-              {{"session", s.id}, {"backend", s.backend}, {"error", handle.error().message}});
-    co_await EndSession(s.id, SessionState::kFailed,
-                        "sandbox failed to start: " + handle.error().message);
-    Error e = handle.error();
-    e.message = "sandbox failed to start: " + e.message;
-    co_return Response::FromError(e);
-  }
-  // Record the sandbox first: the session may end while it starts (the agent can finish
-  // within milliseconds, or an operator deletes it), and whoever ends it must find it.
-  (void)co_await RunBlocking(
-      pool_, [this, &id = s.id, &h = *handle] { return store_->SetSandboxHandle(id, h); });
-  store::StateChange change{
-      {SessionState::kStarting}, SessionState::kRunning, std::nullopt, false, *handle};
-  auto running = co_await RunBlocking(pool_, [this, &id = s.id, &change, in_spec] {
-    return in_spec ? store_->ChangeState(id, change) : store_->GetSession(id);
-  });
-  if (!running || store::IsTerminal(running->state)) {
-    // Ended meanwhile: report what is stored, and make sure its sandbox goes (ending may
-    // have run before the handle was recorded; destroying twice is harmless).
-    AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(
-                                    pool_, [this, &id = s.id] { return store_->GetSession(id); }));
-    if (store::IsTerminal(now.state)) co_await DestroySandbox(backend, s.id, *handle);
-    co_return Response::FromJson(201, SessionView(now));
-  }
-  events_.Notify(s.id);
-  log::Info("session created", {{"session", s.id}, {"backend", s.backend}, {"image", s.image}});
-  co_return Response::FromJson(201, SessionView(*running));
+  AIRLOCK_CO_ASSIGN(CreateSessionRequest create, ParseCreateSession(body, config_));
+  AIRLOCK_CO_ASSIGN(auto s, co_await sessions_->Create(std::move(create)));
+  co_return Response::FromJson(201, SessionView(s));
 }
 
 awaitable<Response> ControlPlane::ListSessions(Request& req) {
   store::ListSessionsQuery q;
   if (auto state = req.Query("state")) {
     q.state = store::ParseState(*state);
-    if (!q.state) co_return Response::FromError(400, "invalid_argument", "unknown ?state=");
+    if (!q.state)
+      co_return Response::FromError(Error{ErrorCode::kInvalidArgument, "unknown ?state="});
   }
   if (auto limit = req.Query("limit")) {
     auto n = ParseNonNegative(*limit);
     if (!n || *n < 1 || *n > 1000)
-      co_return Response::FromError(400, "invalid_argument", "?limit= must be 1-1000");
+      co_return Response::FromError(Error{ErrorCode::kInvalidArgument, "?limit= must be 1-1000"});
     q.limit = static_cast<int>(*n);
   }
   if (auto before = req.Query("before")) q.before_id = *before;
@@ -292,34 +166,8 @@ awaitable<Response> ControlPlane::GetSession(Request& req) {
 awaitable<Response> ControlPlane::PostMessage(Request& req) {
   std::string id = req.params["id"];
   AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
-  AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"content"}, "message"));
-  AIRLOCK_CO_ASSIGN(std::string content, RequiredString(body, "content"));
-  if (content.empty())
-    co_return Response::FromError(400, "invalid_argument", "\"content\" must not be empty");
-  if (static_cast<int64_t>(content.size()) > config_.max_message_bytes) {
-    co_return Response::FromError(
-        413, "payload_too_large",
-        fmt::format("\"content\" exceeds {} bytes", config_.max_message_bytes));
-  }
-  Json msg = {{"role", "user"}, {"content", content}};
-  int64_t msg_id = 0;
-  AIRLOCK_CO_ASSIGN(
-      store::Session s,
-      co_await RunBlocking(pool_, [this, &id, &msg, &msg_id]() -> Result<store::Session> {
-        AIRLOCK_ASSIGN_OR_RETURN(msg_id, store_->AddUserMessage(id, msg));
-        AIRLOCK_TRY(store_->AppendEvent(id, "session.message", {{"message_id", msg_id}}));
-        return store_->GetSession(id);
-      }));
-  inbox_.Notify(id);
-  events_.Notify(id);
-  // A follow-up wakes a suspended sandbox, and one that is gone is replaced (the reconciler
-  // would notice within a second; the user who just wrote should not wait for it).
-  if (s.state == SessionState::kRunning) asio::co_spawn(io_, CheckSandbox(s), asio::detached);
-  if (s.state == SessionState::kSuspended) {
-    if (auto resumed = co_await SetSuspended(id, false); !resumed) {
-      log::Warn("resume on message failed", {{"session", id}, {"error", resumed.error().message}});
-    }
-  }
+  AIRLOCK_CO_ASSIGN(std::string content, ParsePostMessage(body, config_));
+  AIRLOCK_CO_ASSIGN(int64_t msg_id, co_await sessions_->PostMessage(id, std::move(content)));
   co_return Response::FromJson(202, Json{{"id", msg_id}, {"session", id}});
 }
 
@@ -341,8 +189,8 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
   if (after_q || !last_id.empty()) {
     auto n = ParseNonNegative(after_q ? std::string_view(*after_q) : last_id);
     if (!n)
-      co_return Response::FromError(400, "invalid_argument",
-                                    "?after= must be a non-negative integer");
+      co_return Response::FromError(
+          Error{ErrorCode::kInvalidArgument, "?after= must be a non-negative integer"});
     after = *n;
   }
   AIRLOCK_CO_ASSIGN(auto s,
@@ -352,7 +200,8 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
     if (auto l = req.Query("limit")) {
       auto n = ParseNonNegative(*l);
       if (!n || *n < 1 || *n > 10000)
-        co_return Response::FromError(400, "invalid_argument", "?limit= must be 1-10000");
+        co_return Response::FromError(
+            Error{ErrorCode::kInvalidArgument, "?limit= must be 1-10000"});
       limit = static_cast<int>(*n);
     }
     AIRLOCK_CO_ASSIGN(auto evs, co_await RunBlocking(pool_, [this, &id, &after, &limit] {
@@ -408,75 +257,17 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
 }
 
 awaitable<Response> ControlPlane::Suspend(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await SetSuspended(req.params["id"], true));
+  AIRLOCK_CO_ASSIGN(auto s, co_await sessions_->SetSuspended(req.params["id"], true));
   co_return Response::FromJson(200, SessionView(s));
 }
 
 awaitable<Response> ControlPlane::Resume(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await SetSuspended(req.params["id"], false));
+  AIRLOCK_CO_ASSIGN(auto s, co_await sessions_->SetSuspended(req.params["id"], false));
   co_return Response::FromJson(200, SessionView(s));
 }
 
-// running -> suspended (freeze the sandbox) or suspended -> running (thaw it); the backend
-// acts first, so the stored state never claims a sandbox is frozen when it is not.
-awaitable<Result<store::Session>> ControlPlane::SetSuspended(std::string id, bool suspend) {
-  const SessionState from = suspend ? SessionState::kRunning : SessionState::kSuspended;
-  const SessionState to = suspend ? SessionState::kSuspended : SessionState::kRunning;
-  const std::string op = suspend ? "suspend" : "resume";
-  auto s = co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); });
-  if (!s) co_return s;
-  if (s->state != from) {
-    co_return Errorf(ErrorCode::kConflict, "cannot {} a session that is {}", op,
-                     store::StateName(s->state));
-  }
-  if (!Owns(*s)) {
-    co_return Errorf(ErrorCode::kConflict,
-                     "the session's sandbox runs on replica \"{}\"; send the {} there", s->node,
-                     op);
-  }
-  auto* backend = backends_->Find(s->backend);
-  std::optional<std::string> resumed_handle;
-  if (backend && !s->sandbox_handle.empty()) {
-    auto st = co_await RunBlocking(
-        sandbox_pool_, [&backend, &h = s->sandbox_handle, suspend, &resumed_handle]() -> Status {
-          if (suspend) return backend->Suspend(h);
-          AIRLOCK_ASSIGN_OR_RETURN(resumed_handle, backend->Resume(h));
-          return Ok();
-        });
-    if (!st) {
-      metrics_->sandbox_errors.With({s->backend, op}).Inc();
-      // A suspended sandbox that is gone (the host rebooted, someone removed it) is replaced
-      // on resume: the session's conversation is in the store.
-      auto gone = co_await RunBlocking(
-          sandbox_pool_, [&backend, &h = s->sandbox_handle] { return backend->Inspect(h); });
-      if (!suspend && gone &&
-          (gone->state == sandbox::SandboxState::kMissing ||
-           gone->state == sandbox::SandboxState::kExited)) {
-        BusyMark mark(sandbox_busy_, id);
-        if (mark.held()) co_await RestartSandbox(*s, "the suspended sandbox was gone at resume");
-        co_return co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); });
-      }
-      co_return std::unexpected(st.error());
-    }
-  }
-  // A backend that resumed from a snapshot may have made a new sandbox handle.
-  store::StateChange change{{from}, to, std::nullopt, false, resumed_handle};
-  auto out =
-      co_await RunBlocking(pool_, [this, &id, &change] { return store_->ChangeState(id, change); });
-  if (out) events_.Notify(id);
-  co_return out;
-}
-
 awaitable<Response> ControlPlane::DeleteSession(Request& req) {
-  std::string id = req.params["id"];
-  auto ended = co_await EndSession(id, SessionState::kKilled, "killed by the operator");
-  if (!ended && ended.error().code == ErrorCode::kConflict) {
-    // Already over: deleting is idempotent.
-    AIRLOCK_CO_ASSIGN(auto s,
-                      co_await RunBlocking(pool_, [this, &id] { return store_->GetSession(id); }));
-    co_return Response::FromJson(200, SessionView(s));
-  }
-  AIRLOCK_CO_ASSIGN(auto s, std::move(ended));
+  AIRLOCK_CO_ASSIGN(auto s, co_await sessions_->Cancel(req.params["id"]));
   co_return Response::FromJson(200, SessionView(s));
 }
 
@@ -533,55 +324,18 @@ awaitable<void> ControlPlane::FollowLogs(std::string id, ChunkSink& sink) {
 // ---------------------------------------------------------------- sandbox routes
 
 awaitable<Response> ControlPlane::Inbox(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
   int64_t wait = 0;
   if (auto w = req.Query("wait")) {
     auto n = ParseNonNegative(*w);
-    if (!n)
-      co_return Response::FromError(400, "invalid_argument",
-                                    "?wait= must be a non-negative integer (seconds)");
+    if (!n) {
+      co_return Response::FromError(
+          Error{ErrorCode::kInvalidArgument, "?wait= must be a non-negative integer (seconds)"});
+    }
     wait = std::min<int64_t>(*n, config_.long_poll_max_s);
   }
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
-  auto& gauge = metrics_->long_polls.With({});
-  for (;;) {
-    uint64_t version = inbox_.Version(s.id);
-    // Taking the inbox appends to the conversation: not while an LLM call builds on it.
-    if (co_await conversations_.Acquire(s.id, ConversationLocks::Holder::kInbox, deadline) !=
-        ConversationLocks::Holder::kNone) {
-      break;
-    }
-    auto taken =
-        co_await RunBlocking(pool_, [this, &s] { return store_->TakeInbox(s.id, s.token_hash); });
-    conversations_.Release(s.id);
-    AIRLOCK_CO_ASSIGN(auto msgs, std::move(taken));
-    if (!msgs.empty()) {
-      idle_since_.erase(s.id);  // there is work again
-      Json arr = Json::array();
-      for (const auto& m : msgs) arr.push_back(m.body);
-      co_return Response::FromJson(200, Json{{"messages", arr}});
-    }
-    if (std::chrono::steady_clock::now() >= deadline || sandbox_server_->draining()) break;
-    gauge.Add(1);
-    idle_since_.emplace(s.id, clock_->NowMillis());  // kept if it was already waiting
-    ++parked_polls_[s.id];
-    bool woke = co_await inbox_.Wait(s.id, version, deadline);
-    if (--parked_polls_[s.id] <= 0) parked_polls_.erase(s.id);
-    gauge.Add(-1);
-    if (!woke) break;
-    // Woken: a message, the session's end, or a drain. Find out which.
-    AIRLOCK_CO_ASSIGN(auto now, co_await RunBlocking(
-                                    pool_, [this, &id = s.id] { return store_->GetSession(id); }));
-    if (store::IsTerminal(now.state)) {
-      co_return Response::FromError(
-          410, "gone", fmt::format("the session has ended ({})", store::StateName(now.state)));
-    }
-    if (now.token_hash != s.token_hash) {
-      // A fresh sandbox took over while this one waited (it died; this is its dangling poll).
-      co_return Response::FromError(401, "unauthenticated",
-                                    "invalid, expired or revoked session token");
-    }
-  }
+  AIRLOCK_CO_ASSIGN(auto msgs, co_await sessions_->WaitForInbox(std::move(s), wait));
+  if (!msgs.empty()) co_return Response::FromJson(200, MessageBodiesView(msgs));
   Response r;
   r.status = 204;
   r.content_type = "application/json";
@@ -600,9 +354,9 @@ awaitable<Response> ControlPlane::GetUsage(Request& req) {
     } else if (auto t = ParseTimestamp(*v)) {
       *field = *t;
     } else {
-      co_return Response::FromError(
-          400, "invalid_argument",
-          fmt::format("?{}= must be an RFC 3339 time or milliseconds since the epoch", name));
+      co_return Response::FromError(Error{
+          ErrorCode::kInvalidArgument,
+          fmt::format("?{}= must be an RFC 3339 time or milliseconds since the epoch", name)});
     }
   }
   AIRLOCK_CO_ASSIGN(auto rep,
@@ -611,7 +365,7 @@ awaitable<Response> ControlPlane::GetUsage(Request& req) {
 }
 
 awaitable<Response> ControlPlane::PresignFile(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
   co_return co_await files_->Presign(req, s);
 }
 
@@ -622,15 +376,15 @@ awaitable<Response> ControlPlane::DownloadFile(Request& req) {
 }
 
 awaitable<Response> ControlPlane::LlmChat(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
   co_return co_await llm_->Chat(req, std::move(s));
 }
 
 awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   // The gate identified the token already: the cache answers again without a coroutine frame.
-  std::optional<Result<SandboxIdentity>> identified = IdentifyCached(req);
-  if (!identified) identified = co_await IdentifySandbox(req);
-  AIRLOCK_CO_ASSIGN(SandboxIdentity who, std::move(*identified));
+  std::optional<Result<Authenticator::SandboxIdentity>> identified = auth_->IdentifyCached(req);
+  if (!identified) identified = co_await auth_->IdentifySandbox(req);
+  AIRLOCK_CO_ASSIGN(Authenticator::SandboxIdentity who, std::move(*identified));
   const std::string& id = who.session_id;
   if (static_cast<int64_t>(req.msg.body().size()) > config_.max_event_bytes) {
     co_return Response::FromError(
@@ -649,7 +403,7 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   }
   // What init reports when the agent exits goes into the session's result even when the
   // agent spent the session's rate or quota first (one note per session, kept in memory).
-  if (type == "agent.exited") agent_exits_[id] = data;
+  if (type == "agent.exited") sessions_->NoteAgentExit(id, data);
   if (auto retry_after = event_rate_.Take(id, EventRateLimiter::Clock::now())) {
     event_refusals_.With({"rate"}).Inc();
     Response r = Response::FromError(429, "rate_limited",
@@ -684,38 +438,18 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
 }
 
 awaitable<Response> ControlPlane::History(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
   AIRLOCK_CO_ASSIGN(auto msgs, co_await RunBlocking(pool_, [this, &id = s.id] {
                       return store_->ListMessages(id, /*include_pending=*/false);
                     }));
-  Json arr = Json::array();
-  for (const auto& m : msgs) arr.push_back(m.body);
-  co_return Response::FromJson(200, Json{{"messages", arr}});
+  co_return Response::FromJson(200, MessageBodiesView(msgs));
 }
 
 awaitable<Response> ControlPlane::Finish(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await AuthenticateSandbox(req));
+  AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
   AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
-  AIRLOCK_CO_TRY(RejectUnknownKeys(body, {"status", "result"}, "finish"));
-  AIRLOCK_CO_ASSIGN(std::string status, RequiredString(body, "status"));
-  SessionState to;
-  if (status == "succeeded")
-    to = SessionState::kSucceeded;
-  else if (status == "failed")
-    to = SessionState::kFailed;
-  else
-    co_return Response::FromError(400, "invalid_argument",
-                                  "\"status\" must be \"succeeded\" or \"failed\"");
-  AIRLOCK_CO_ASSIGN(auto result, OptionalString(body, "result"));
-  if (result && result->size() > 64 * 1024) {
-    co_return Response::FromError(413, "payload_too_large", "\"result\" exceeds 65536 bytes");
-  }
-  // Stored as text, not JSON: PostgreSQL's text cannot hold a NUL, so no store takes one.
-  if (result && result->find('\0') != std::string::npos) {
-    co_return Response::FromError(400, "invalid_argument",
-                                  "\"result\" must not contain NUL characters (\\u0000)");
-  }
-  AIRLOCK_CO_ASSIGN(auto ended, co_await EndSession(s.id, to, result));
+  AIRLOCK_CO_ASSIGN(FinishRequest finish, ParseFinish(body));
+  AIRLOCK_CO_ASSIGN(auto ended, co_await sessions_->Finish(s.id, std::move(finish)));
   co_return Response::FromJson(200,
                                Json{{"id", ended.id}, {"state", store::StateName(ended.state)}});
 }

@@ -56,4 +56,10 @@ Json MessagesView(const std::vector<store::Message>& messages) {
   return Json{{"messages", conversation}, {"pending", pending}};
 }
 
+Json MessageBodiesView(const std::vector<store::Message>& messages) {
+  Json bodies = Json::array();
+  for (const auto& m : messages) bodies.push_back(m.body);
+  return Json{{"messages", bodies}};
+}
+
 }  // namespace airlock::controlplane

@@ -21,5 +21,7 @@ Json EventView(const store::Event& e);
 std::string EventFrame(const store::Event& e);
 // GET /v1/sessions/{id}/messages: the conversation, and what the agent has not taken yet.
 Json MessagesView(const std::vector<store::Message>& messages);
+// GET /sandbox/v1/inbox and /sandbox/v1/history: the messages themselves, in order.
+Json MessageBodiesView(const std::vector<store::Message>& messages);
 
 }  // namespace airlock::controlplane

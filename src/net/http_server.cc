@@ -299,7 +299,10 @@ Response Response::FromError(unsigned status, std::string_view code, std::string
 }
 
 Response Response::FromError(const Error& e) {
-  return FromError(HttpStatusFor(e.code), ErrorCodeName(e.code), e.message);
+  Response r = FromError(HttpStatusFor(e.code),
+                         e.api_code.empty() ? ErrorCodeName(e.code) : e.api_code, e.message);
+  if (e.retry_after_s) r.headers.emplace_back("Retry-After", std::to_string(*e.retry_after_s));
+  return r;
 }
 
 HttpMetrics::HttpMetrics(metrics::Registry& r)

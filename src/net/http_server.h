@@ -107,7 +107,9 @@ struct Response {
   static Response FromJson(unsigned status, const Json& j);
   static Response Text(unsigned status, std::string body,
                        std::string content_type = "text/plain; charset=utf-8");
-  // The API's error shape {"error":{"code","message"}} with the status of `e.code`.
+  // The API's error shape {"error":{"code","message"}} with the status of `e.code`: the one
+  // place an Error becomes a response. The body's code is `e.api_code` when set, else the
+  // name of `e.code`; `e.retry_after_s` becomes a Retry-After header.
   static Response FromError(const Error& e);
   static Response FromError(unsigned status, std::string_view code, std::string_view message);
 };

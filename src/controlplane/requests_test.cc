@@ -1,0 +1,154 @@
+#include "controlplane/requests.h"
+
+#include <gtest/gtest.h>
+
+namespace airlock::controlplane {
+namespace {
+
+Config TestConfig() {
+  Config c;
+  c.default_image = "base";
+  c.default_model = "default";
+  c.default_backend = "oci";
+  c.max_task_bytes = 16;
+  c.max_message_bytes = 8;
+  c.models["fast"] = ModelConfig{};
+  c.models["smart"] = ModelConfig{};
+  return c;
+}
+
+// The refusal of `body`, which must be refused.
+Error CreateRefusal(const Json& body) {
+  auto r = ParseCreateSession(body, TestConfig());
+  EXPECT_FALSE(r.has_value()) << body;
+  return r ? Error{} : r.error();
+}
+
+TEST(ParseCreateSessionTest, FillsTheConfiguredDefaultsForWhatTheBodyLeavesOut) {
+  auto r = ParseCreateSession(Json{{"task", "fix it"}}, TestConfig());
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->task, "fix it");
+  EXPECT_EQ(r->image, "base");
+  EXPECT_EQ(r->model, "default");
+  EXPECT_EQ(r->backend, "oci");
+  EXPECT_EQ(r->models, Json::array());
+  EXPECT_EQ(r->command, Json::array());
+  EXPECT_EQ(r->limits, Json::object());
+  EXPECT_EQ(r->metadata, Json::object());
+}
+
+TEST(ParseCreateSessionTest, TakesEveryFieldItIsGiven) {
+  Json body = {{"task", "fix it"},
+               {"image", "python"},
+               {"model", "fast"},
+               {"models", {"fast", "smart"}},
+               {"backend", "process"},
+               {"command", {"python3", "agent.py"}},
+               {"limits", {{"timeout_s", 60}}},
+               {"metadata", {{"ticket", "T-1"}}}};
+  auto r = ParseCreateSession(body, TestConfig());
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->image, "python");
+  EXPECT_EQ(r->model, "fast");
+  EXPECT_EQ(r->models, (Json{"fast", "smart"}));
+  EXPECT_EQ(r->backend, "process");
+  EXPECT_EQ(r->command, (Json{"python3", "agent.py"}));
+  EXPECT_EQ(r->limits["timeout_s"], 60);
+  EXPECT_EQ(r->metadata["ticket"], "T-1");
+}
+
+TEST(ParseCreateSessionTest, RefusesUnknownFields) {
+  Error e = CreateRefusal({{"task", "x"}, {"tusk", "x"}});
+  EXPECT_EQ(e.code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(e.message, "unknown field(s) in session: \"tusk\"");
+}
+
+TEST(ParseCreateSessionTest, RefusesAMissingOrEmptyTask) {
+  Error missing = CreateRefusal(Json::object());
+  EXPECT_EQ(missing.code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(missing.message, "\"task\" is required");
+  Error empty = CreateRefusal({{"task", ""}});
+  EXPECT_EQ(empty.code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(empty.message, "\"task\" must not be empty");
+}
+
+TEST(ParseCreateSessionTest, RefusesATaskOverTheLimitAsTooLarge) {
+  Error e = CreateRefusal({{"task", std::string(17, 'x')}});
+  EXPECT_EQ(e.code, ErrorCode::kPayloadTooLarge);
+  EXPECT_EQ(e.message, "\"task\" exceeds 16 bytes");
+  EXPECT_TRUE(ParseCreateSession({{"task", std::string(16, 'x')}}, TestConfig()));
+}
+
+TEST(ParseCreateSessionTest, RefusesABadName) {
+  Error e = CreateRefusal({{"task", "x"}, {"image", "../etc"}});
+  EXPECT_EQ(e.code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(e.message.find("image"), std::string::npos) << e.message;
+}
+
+TEST(ParseCreateSessionTest, RefusesModelAliasesThatAreNotConfigured) {
+  Error model = CreateRefusal({{"task", "x"}, {"model", "slow"}});
+  EXPECT_EQ(model.code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(model.message, "unknown model alias \"slow\" (configured: fast, smart)");
+  Error models = CreateRefusal({{"task", "x"}, {"models", {"fast", "slow"}}});
+  EXPECT_EQ(models.message, "unknown model alias \"slow\" (configured: fast, smart)");
+}
+
+TEST(ParseCreateSessionTest, RefusesModelsThatAreNotAListOfAliases) {
+  Error not_array = CreateRefusal({{"task", "x"}, {"models", "fast"}});
+  EXPECT_EQ(not_array.code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(not_array.message,
+            "\"models\" must be an array of at most 32 model aliases the sandbox may pick");
+  Error not_strings = CreateRefusal({{"task", "x"}, {"models", {1}}});
+  EXPECT_EQ(not_strings.message, "\"models\" holds model aliases (strings)");
+}
+
+TEST(ParseCreateSessionTest, RefusesABadCommandOrLimits) {
+  EXPECT_EQ(CreateRefusal({{"task", "x"}, {"command", {""}}}).code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(CreateRefusal({{"task", "x"}, {"limits", {{"nonsense", 1}}}}).code,
+            ErrorCode::kInvalidArgument);
+}
+
+TEST(ParseCreateSessionTest, RefusesMetadataThatIsNotAnObject) {
+  Error e = CreateRefusal({{"task", "x"}, {"metadata", {1, 2}}});
+  EXPECT_EQ(e.code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(e.message, "\"metadata\" must be an object of at most 16 KiB");
+}
+
+TEST(ParsePostMessageTest, TakesTheContentAndRefusesItEmptyOrTooLarge) {
+  auto ok = ParsePostMessage({{"content", "more"}}, TestConfig());
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(*ok, "more");
+  auto empty = ParsePostMessage({{"content", ""}}, TestConfig());
+  ASSERT_FALSE(empty);
+  EXPECT_EQ(empty.error().message, "\"content\" must not be empty");
+  auto large = ParsePostMessage({{"content", "123456789"}}, TestConfig());
+  ASSERT_FALSE(large);
+  EXPECT_EQ(large.error().code, ErrorCode::kPayloadTooLarge);
+  EXPECT_EQ(large.error().message, "\"content\" exceeds 8 bytes");
+}
+
+TEST(ParseFinishTest, TakesTheOutcomeAndTheResult) {
+  auto r = ParseFinish({{"status", "failed"}, {"result", "gave up"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->state, store::SessionState::kFailed);
+  EXPECT_EQ(r->result, "gave up");
+  auto no_result = ParseFinish({{"status", "succeeded"}});
+  ASSERT_TRUE(no_result);
+  EXPECT_EQ(no_result->state, store::SessionState::kSucceeded);
+  EXPECT_FALSE(no_result->result);
+}
+
+TEST(ParseFinishTest, RefusesAnUnknownStatusALargeResultAndANul) {
+  auto status = ParseFinish({{"status", "done"}});
+  ASSERT_FALSE(status);
+  EXPECT_EQ(status.error().message, "\"status\" must be \"succeeded\" or \"failed\"");
+  auto large = ParseFinish({{"status", "succeeded"}, {"result", std::string(65537, 'x')}});
+  ASSERT_FALSE(large);
+  EXPECT_EQ(large.error().code, ErrorCode::kPayloadTooLarge);
+  auto nul = ParseFinish({{"status", "succeeded"}, {"result", std::string("a\0b", 3)}});
+  ASSERT_FALSE(nul);
+  EXPECT_EQ(nul.error().message, "\"result\" must not contain NUL characters (\\u0000)");
+}
+
+}  // namespace
+}  // namespace airlock::controlplane
