@@ -449,7 +449,7 @@ awaitable<Response> ControlPlane::Finish(Request& req) {
   AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
   AIRLOCK_CO_ASSIGN(Json body, ParseJsonObject(req.msg.body()));
   AIRLOCK_CO_ASSIGN(FinishRequest finish, ParseFinish(body));
-  AIRLOCK_CO_ASSIGN(auto ended, co_await sessions_->Finish(s.id, std::move(finish)));
+  AIRLOCK_CO_ASSIGN(auto ended, co_await sessions_->Finish(s.id, s.token_hash, std::move(finish)));
   co_return Response::FromJson(200,
                                Json{{"id", ended.id}, {"state", store::StateName(ended.state)}});
 }

@@ -17,6 +17,17 @@ using store::SessionState;
 
 namespace {
 
+// A live session's end: from any live state to `to`, its token revoked in the same commit.
+store::StateChange EndingChange(SessionState to, std::optional<std::string> result) {
+  return store::StateChange{
+      {SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended},
+      to,
+      std::move(result),
+      /*revoke_token=*/true,
+      std::nullopt,
+      {}};
+}
+
 // The "result" of a session whose sandbox ended without calling finish.
 std::string SandboxExitReason(const sandbox::SandboxStatus& st) {
   if (st.state == sandbox::SandboxState::kMissing) return "the sandbox disappeared";
@@ -196,8 +207,12 @@ awaitable<Result<store::Session>> SessionService::Cancel(std::string id) {
   co_return ended;
 }
 
-awaitable<Result<store::Session>> SessionService::Finish(const std::string& id, FinishRequest req) {
-  co_return co_await EndSession(id, req.state, std::move(req.result));
+awaitable<Result<store::Session>> SessionService::Finish(const std::string& id,
+                                                         const std::string& token_hash,
+                                                         FinishRequest req) {
+  store::StateChange change = EndingChange(req.state, std::move(req.result));
+  change.token_hash = token_hash;
+  co_return co_await End(id, std::move(change));
 }
 
 awaitable<Result<std::vector<store::Message>>> SessionService::WaitForInbox(store::Session s,
@@ -284,12 +299,11 @@ awaitable<void> SessionService::DestroyIfEndedHere(std::string id) {
 
 awaitable<Result<store::Session>> SessionService::EndSession(const std::string& id, SessionState to,
                                                              std::optional<std::string> result) {
-  store::StateChange change{
-      {SessionState::kStarting, SessionState::kRunning, SessionState::kSuspended},
-      to,
-      std::move(result),
-      /*revoke_token=*/true,
-      std::nullopt};
+  co_return co_await End(id, EndingChange(to, std::move(result)));
+}
+
+awaitable<Result<store::Session>> SessionService::End(const std::string& id,
+                                                      store::StateChange change) {
   // The token is revoked below: from now on every request with it asks the store, and what a
   // read before the commit learned is forgotten once it is in.
   d_.tokens.Forget(id);

@@ -126,8 +126,11 @@ class SessionService : public SessionLifecycle {
   awaitable<Result<store::Session>> SetSuspended(std::string id, bool suspend);
   // Kills a live session (its sandbox goes); a session already over is returned as it is.
   awaitable<Result<store::Session>> Cancel(std::string id);
-  // The agent's own end of its session `id`.
-  awaitable<Result<store::Session>> Finish(const std::string& id, FinishRequest req);
+  // The agent's own end of its session `id`, whose sandbox presented the token whose hash is
+  // `token_hash`: refused (kUnauthenticated) if a fresh sandbox has replaced that token by the
+  // time the end commits.
+  awaitable<Result<store::Session>> Finish(const std::string& id, const std::string& token_hash,
+                                           FinishRequest req);
   // The messages in the inbox of `s` (whose sandbox presented the token `s.token_hash`),
   // waiting up to `wait_s` seconds for one; empty when none came. Refused when the session
   // ended or a fresh sandbox took over meanwhile.
@@ -150,6 +153,8 @@ class SessionService : public SessionLifecycle {
   }
   awaitable<Result<store::Session>> EndSession(const std::string& id, store::SessionState to,
                                                std::optional<std::string> result) override;
+  // EndSession's work for a change already made (Finish adds the token it was asked with).
+  awaitable<Result<store::Session>> End(const std::string& id, store::StateChange change);
   awaitable<void> DestroySandbox(sandbox::Backend* backend, std::string id,
                                  std::string handle) override;
   // Looks at the sandbox of a running session: one that is gone ends the session (its agent

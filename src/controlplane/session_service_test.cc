@@ -294,15 +294,33 @@ TEST_F(SessionServiceTest, CancelKillsTheSessionAndIsIdempotent) {
 
 TEST_F(SessionServiceTest, FinishEndsTheSessionWithTheAgentsResultAndRevokesItsToken) {
   store::Session s = Create();
-  auto done = Run(service_->Finish(s.id, FinishRequest{SessionState::kSucceeded, "42 files"}));
+  auto done = Run(
+      service_->Finish(s.id, s.token_hash, FinishRequest{SessionState::kSucceeded, "42 files"}));
   ASSERT_TRUE(done) << done.error().message;
   EXPECT_EQ(done->state, SessionState::kSucceeded);
   EXPECT_EQ(done->result, "42 files");
   EXPECT_EQ(done->token_hash, "");
   EXPECT_EQ(backend_->StateOf(s.id), "destroyed");
-  auto late = Run(service_->Finish(s.id, FinishRequest{SessionState::kFailed, std::nullopt}));
+  auto late =
+      Run(service_->Finish(s.id, s.token_hash, FinishRequest{SessionState::kFailed, std::nullopt}));
   ASSERT_FALSE(late);
   EXPECT_EQ(late.error().code, ErrorCode::kConflict);
+}
+
+// A sandbox that was replaced (its token with it) cannot end the session its successor runs.
+TEST_F(SessionServiceTest, FinishWithAReplacedTokenIsRefusedAndTheSessionRunsOn) {
+  store::Session s = Create();
+  ASSERT_TRUE(backend_->Destroy("fake:" + s.id));
+  Run(service_->CheckSandbox(Stored(s.id)));
+  ASSERT_NE(Stored(s.id).token_hash, s.token_hash);
+  auto stale = Run(service_->Finish(
+      s.id, s.token_hash, FinishRequest{SessionState::kSucceeded, "from the old sandbox"}));
+  ASSERT_FALSE(stale);
+  EXPECT_EQ(stale.error().code, ErrorCode::kUnauthenticated);
+  store::Session now = Stored(s.id);
+  EXPECT_EQ(now.state, SessionState::kRunning);
+  EXPECT_FALSE(now.result.has_value());
+  EXPECT_EQ(backend_->StateOf(s.id), "running");
 }
 
 TEST_F(SessionServiceTest, AVanishedSandboxIsReplacedWithAFreshTokenUntilMaxRestarts) {

@@ -866,12 +866,12 @@ class PostgresStore final : public Store {
     const int64_t now = NowMillis();
     return Write([&](Connection& c) -> Result<Session> {
       AIRLOCK_ASSIGN_OR_RETURN(LockedSession current, LockSession(c, id));
-      if (!change.token_hash.empty() && current.token_hash != change.token_hash) {
-        return RevokedTokenError();
-      }
       if (std::find(change.from.begin(), change.from.end(), current.state) == change.from.end()) {
         return Errorf(ErrorCode::kConflict, "session {} is {}; it can become {} only from {}", id,
                       StateName(current.state), StateName(change.to), JoinStates(change.from));
+      }
+      if (!change.token_hash.empty() && current.token_hash != change.token_hash) {
+        return RevokedTokenError();
       }
       // The events appended below change no column of Session, so the row returned here is
       // the session as the transaction leaves it.

@@ -768,16 +768,16 @@ class SqliteStore final : public Store {
     const int64_t now = NowMillis();
     return Write([&](Connection& c) -> Result<Session> {
       AIRLOCK_ASSIGN_OR_RETURN(SessionState current, SelectState(c, id));
+      if (std::find(change.from.begin(), change.from.end(), current) == change.from.end()) {
+        return Errorf(ErrorCode::kConflict, "session {} is {}; it can become {} only from {}", id,
+                      StateName(current), StateName(change.to), JoinStates(change.from));
+      }
       if (!change.token_hash.empty()) {
         AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
                                  c.Prepare("SELECT token_hash FROM sessions WHERE id = ?1"));
         stmt.Bind(id);
         AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
         if (!row || stmt.Text(0) != change.token_hash) return RevokedTokenError();
-      }
-      if (std::find(change.from.begin(), change.from.end(), current) == change.from.end()) {
-        return Errorf(ErrorCode::kConflict, "session {} is {}; it can become {} only from {}", id,
-                      StateName(current), StateName(change.to), JoinStates(change.from));
       }
       {
         AIRLOCK_ASSIGN_OR_RETURN(

@@ -162,9 +162,9 @@ struct StateChange {
   bool revoke_token = false;                  // clears token_hash in the same transaction
   std::optional<std::string> sandbox_handle;  // set when present
   // When set, the change applies only while this is still the session's token hash (else
-  // kUnauthenticated), checked in the change's own transaction: a sandbox that ends its
-  // session (finish) cannot do so once a fresh sandbox has replaced its token, however
-  // recently the token was checked. As EventAppend.token_hash.
+  // kUnauthenticated; a session no longer in `from` is kConflict first), checked in the change's
+  // own transaction: a sandbox that ends its session (finish) cannot do so once a fresh sandbox has
+  // replaced its token, however recently the token was checked. As EventAppend.token_hash.
   std::string token_hash;
 };
 
