@@ -153,8 +153,6 @@ class SessionService : public SessionLifecycle {
   }
   awaitable<Result<store::Session>> EndSession(const std::string& id, store::SessionState to,
                                                std::optional<std::string> result) override;
-  // EndSession's work for a change already made (Finish adds the token it was asked with).
-  awaitable<Result<store::Session>> End(const std::string& id, store::StateChange change);
   awaitable<void> DestroySandbox(sandbox::Backend* backend, std::string id,
                                  std::string handle) override;
   // Looks at the sandbox of a running session: one that is gone ends the session (its agent
@@ -171,6 +169,8 @@ class SessionService : public SessionLifecycle {
   awaitable<void> RestartSandbox(store::Session s, std::string why) override;
 
  private:
+  // EndSession's work for a change already made (Finish adds the token it was asked with).
+  awaitable<Result<store::Session>> End(const std::string& id, store::StateChange change);
   void AfterSessionEnded(const store::Session& s);
   sandbox::SandboxSpec SpecFor(const store::Session& s, const Secret& token) const;
   // Listens on the session's socket and asks the backend for its sandbox; the handle.
