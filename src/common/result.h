@@ -15,19 +15,22 @@ namespace airlock {
 // them to HTTP statuses and the API's error body, so a module never needs to know about HTTP
 // to report an error.
 enum class ErrorCode {
-  kInvalidArgument,    // 400: the caller sent something malformed or out of range
-  kUnauthenticated,    // 401: missing or unknown credential
-  kPaymentRequired,    // 402: the session's budget is spent
-  kPermissionDenied,   // 403: credential valid but not for this
-  kNotFound,           // 404
-  kConflict,           // 409: the state does not allow it (bad state transition, ...)
-  kGone,               // 410: the thing existed but has ended (a finished session)
-  kPayloadTooLarge,    // 413
-  kResourceExhausted,  // 429: limits, quotas
-  kUnimplemented,      // 501
-  kUnavailable,        // 503: a dependency is down or not configured
-  kDeadlineExceeded,   // 504
-  kInternal,           // 500
+  kInvalidArgument,      // 400: the caller sent something malformed or out of range
+  kUnauthenticated,      // 401: missing or unknown credential
+  kPaymentRequired,      // 402: the session's budget is spent
+  kPermissionDenied,     // 403: credential valid but not for this
+  kNotFound,             // 404
+  kMethodNotAllowed,     // 405: the route exists, not with this method
+  kConflict,             // 409: the state does not allow it (bad state transition, ...)
+  kGone,                 // 410: the thing existed but has ended (a finished session)
+  kPayloadTooLarge,      // 413
+  kRangeNotSatisfiable,  // 416: a byte range outside the thing asked for
+  kResourceExhausted,    // 429: limits, quotas
+  kInsufficientStorage,  // 507: no room to store what was sent
+  kUnimplemented,        // 501
+  kUnavailable,          // 503: a dependency is down or not configured
+  kDeadlineExceeded,     // 504
+  kInternal,             // 500
 };
 
 std::string_view ErrorCodeName(ErrorCode code);

@@ -41,8 +41,8 @@ store::EventQuota EventQuotaFor(const Config& config) {
 
 Response EventQuotaExceeded(const store::QuotaAppend& refused) {
   const bool events = refused.exceeded == "events";
-  return Response::FromError(
-      413, "quota_exceeded",
+  return Response::FromError(Error{
+      ErrorCode::kPayloadTooLarge,
       events
           ? fmt::format("the session has stored its quota of {} events (events.max_per_session); "
                         "no more events are recorded for it",
@@ -50,7 +50,8 @@ Response EventQuotaExceeded(const store::QuotaAppend& refused) {
           : fmt::format("the session's events would exceed their quota of {} MiB "
                         "(events.max_mb_per_session); "
                         "no more events are recorded for it",
-                        refused.limit >> 20));
+                        refused.limit >> 20),
+      "quota_exceeded"});
 }
 
 }  // namespace airlock::controlplane

@@ -30,7 +30,7 @@ std::optional<int64_t> ParseInt(std::string_view s) {
 }
 
 Response Forbidden(std::string_view why) {
-  return Response::FromError(403, "permission_denied", why);
+  return Response::FromError(Error{ErrorCode::kPermissionDenied, std::string(why)});
 }
 
 int64_t UnixNow() { return NowMillis() / 1000; }
@@ -140,7 +140,7 @@ awaitable<Response> FileService::Presign(Request& req, const store::Session& s) 
   AIRLOCK_CO_TRY(files::ValidateFileName(name));
   AIRLOCK_CO_ASSIGN(std::string method, RequiredString(body, "method"));
   if (method != "PUT" && method != "GET")
-    co_return Response::FromError(400, "invalid_argument", "\"method\" is PUT or GET");
+    co_return Response::FromError(Error{ErrorCode::kInvalidArgument, "\"method\" is PUT or GET"});
   AIRLOCK_CO_ASSIGN(auto size, OptionalInt(body, "size"));
   AIRLOCK_CO_ASSIGN(auto content_type, OptionalString(body, "content_type"));
   AIRLOCK_CO_ASSIGN(auto expires_s, OptionalInt(body, "expires_s"));
@@ -148,13 +148,13 @@ awaitable<Response> FileService::Presign(Request& req, const store::Session& s) 
   int64_t ttl = expires_s.value_or(f.default_expiry_s);
   if (ttl < 1 || ttl > f.max_expiry_s) {
     co_return Response::FromError(
-        400, "invalid_argument",
-        fmt::format("\"expires_s\" must be 1 to {} seconds", f.max_expiry_s));
+        Error{ErrorCode::kInvalidArgument,
+              fmt::format("\"expires_s\" must be 1 to {} seconds", f.max_expiry_s)});
   }
   if (content_type &&
       (content_type->size() > 255 || content_type->find_first_of("\r\n") != std::string::npos)) {
-    co_return Response::FromError(400, "invalid_argument",
-                                  "\"content_type\" is at most 255 bytes on one line");
+    co_return Response::FromError(
+        Error{ErrorCode::kInvalidArgument, "\"content_type\" is at most 255 bytes on one line"});
   }
   files::PresignRequest pr;
   pr.session_id = s.id;
@@ -172,15 +172,16 @@ awaitable<Response> FileService::Presign(Request& req, const store::Session& s) 
   pr.content_type = content_type.value_or("");
   auto base = BaseUrl(req);
   if (!base)
-    co_return Response::FromError(400, "invalid_argument", "a plain Host header is required");
+    co_return Response::FromError(
+        Error{ErrorCode::kInvalidArgument, "a plain Host header is required"});
   pr.base_url = *base;
   if (method == "PUT") {
     const int64_t max_file = f.max_file_mb << 20;
     if (size && (*size < 0 || *size > max_file)) {
       refusals_.With({"too_large"}).Inc();
       co_return Response::FromError(
-          413, "payload_too_large",
-          fmt::format("a file is at most {} MiB (files.max_file_mb)", f.max_file_mb));
+          Error{ErrorCode::kPayloadTooLarge,
+                fmt::format("a file is at most {} MiB (files.max_file_mb)", f.max_file_mb)});
     }
     AIRLOCK_CO_ASSIGN(int64_t used,
                       co_await RunBlocking(pool_, [this, &s] { return blobs_->UsedBytes(s.id); }));
@@ -189,10 +190,11 @@ awaitable<Response> FileService::Presign(Request& req, const store::Session& s) 
     if ((size && *size > left) || left <= 0) {
       refusals_.With({"quota"}).Inc();
       co_return Response::FromError(
-          413, "quota_exceeded",
-          fmt::format(
-              "the session's files would exceed its quota of {} MiB ({} bytes used, {} left)",
-              f.session_quota_mb, used, std::max<int64_t>(left, 0)));
+          Error{ErrorCode::kPayloadTooLarge,
+                fmt::format(
+                    "the session's files would exceed its quota of {} MiB ({} bytes used, {} left)",
+                    f.session_quota_mb, used, std::max<int64_t>(left, 0)),
+                "quota_exceeded"});
     }
     pr.exact_size = size;
     pr.max_bytes = size ? *size : std::min(max_file, left);
@@ -266,18 +268,19 @@ awaitable<Response> FileService::Upload(Request& req) {
     co_return Forbidden(terms.error().message);
   }
   if (req.body == nullptr)
-    co_return Response::FromError(500, "internal", "upload body not streamed");
+    co_return Response::FromError(Error{ErrorCode::kInternal, "upload body not streamed"});
   const Terms& t = *terms;
   AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(t.session));
   if (store::IsTerminal(s.state)) {
-    co_return Response::FromError(410, "gone",
-                                  "the session has ended; its files take no more uploads");
+    co_return Response::FromError(
+        Error{ErrorCode::kGone, "the session has ended; its files take no more uploads"});
   }
   std::optional<uint64_t> declared = req.body->content_length();
   if (declared && static_cast<int64_t>(*declared) > t.max_bytes) {
     refusals_.With({"too_large"}).Inc();
-    co_return Response::FromError(413, "payload_too_large",
-                                  fmt::format("this URL accepts at most {} bytes", t.max_bytes));
+    co_return Response::FromError(
+        Error{ErrorCode::kPayloadTooLarge,
+              fmt::format("this URL accepts at most {} bytes", t.max_bytes)});
   }
   // The quota counts stored files and uploads in progress.
   const int64_t quota = config_.files.session_quota_mb << 20;
@@ -288,9 +291,10 @@ awaitable<Response> FileService::Upload(Request& req) {
     if (reserved_[t.session] == 0) reserved_.erase(t.session);
     refusals_.With({"quota"}).Inc();
     co_return Response::FromError(
-        413, "quota_exceeded",
-        fmt::format("the session's files would exceed its quota of {} MiB",
-                    config_.files.session_quota_mb));
+        Error{ErrorCode::kPayloadTooLarge,
+              fmt::format("the session's files would exceed its quota of {} MiB",
+                          config_.files.session_quota_mb),
+              "quota_exceeded"});
   }
   reserved_[t.session] += promise;
 
@@ -303,8 +307,8 @@ awaitable<Response> FileService::Upload(Request& req) {
   };
   if (fd < 0) {
     release();
-    co_return Response::FromError(500, "internal",
-                                  fmt::format("cannot store the upload: {}", std::strerror(errno)));
+    co_return Response::FromError(Error{
+        ErrorCode::kInternal, fmt::format("cannot store the upload: {}", std::strerror(errno))});
   }
   // Nothing partial ever shows: the bytes go to a hidden file that is renamed over the name
   // only once complete and on disk.
@@ -323,15 +327,16 @@ awaitable<Response> FileService::Upload(Request& req) {
     if (total > t.max_bytes) {
       refusals_.With({"too_large"}).Inc();
       co_return abandon(Response::FromError(
-          413, "payload_too_large", fmt::format("this URL accepts at most {} bytes", t.max_bytes)));
+          Error{ErrorCode::kPayloadTooLarge,
+                fmt::format("this URL accepts at most {} bytes", t.max_bytes)}));
     }
     for (std::string_view rest = *piece; !rest.empty();) {
       ssize_t n = ::write(fd, rest.data(), rest.size());
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
-        co_return abandon(
-            Response::FromError(507, "insufficient_storage",
-                                fmt::format("cannot store the upload: {}", std::strerror(errno))));
+        co_return abandon(Response::FromError(
+            Error{ErrorCode::kInsufficientStorage,
+                  fmt::format("cannot store the upload: {}", std::strerror(errno))}));
       }
       rest.remove_prefix(static_cast<size_t>(n));
     }
@@ -365,7 +370,7 @@ awaitable<Response> FileService::Upload(Request& req) {
     return Ok();
   });
   if (!committed)
-    co_return abandon(Response::FromError(500, "internal", committed.error().message));
+    co_return abandon(Response::FromError(Error{ErrorCode::kInternal, committed.error().message}));
   ::close(fd);
   release();
   events_.Notify(t.session);
@@ -380,7 +385,7 @@ Response ServeFile(const Request& req, const std::string& path, const std::strin
   struct stat st {};
   if (fd < 0 || ::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     if (fd >= 0) ::close(fd);
-    return Response::FromError(404, "not_found", "no such file");
+    return Response::FromError(Error{ErrorCode::kNotFound, "no such file"});
   }
   auto file = std::make_shared<FileBody>();
   file->fd = fd;
@@ -391,7 +396,8 @@ Response ServeFile(const Request& req, const std::string& path, const std::strin
   r.headers.emplace_back("Accept-Ranges", "bytes");
   r.headers.emplace_back("Content-Disposition", ContentDisposition(name));
   if (!range) {
-    r = Response::FromError(416, "range_not_satisfiable", "the range is outside the file");
+    r = Response::FromError(
+        Error{ErrorCode::kRangeNotSatisfiable, "the range is outside the file"});
     r.headers.emplace_back("Content-Range", fmt::format("bytes */{}", size));
     return r;
   }
@@ -423,9 +429,9 @@ awaitable<Response> FileService::Fetch(Request& req) {
     AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(terms->session));
     if (store::IsTerminal(s.state)) {
       refusals_.With({"session_ended"}).Inc();
-      co_return Response::FromError(
-          410, "gone",
-          "the session has ended; its file URLs are revoked (files.get_urls_outlive_session)");
+      co_return Response::FromError(Error{
+          ErrorCode::kGone,
+          "the session has ended; its file URLs are revoked (files.get_urls_outlive_session)"});
     }
   }
   Response r = ServeFile(req, local_->PathOf(terms->session, terms->name), terms->name);
@@ -451,7 +457,8 @@ awaitable<Response> FileService::List(Request& req) {
 awaitable<Response> FileService::OperatorDownload(Request& req) {
   std::string id = req.params["id"];
   auto name = PercentDecode(req.params["name"], /*query=*/false);
-  if (!name) co_return Response::FromError(400, "invalid_argument", "malformed file name");
+  if (!name)
+    co_return Response::FromError(Error{ErrorCode::kInvalidArgument, "malformed file name"});
   AIRLOCK_CO_TRY(files::ValidateFileName(*name));
   AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(id));
   (void)s;

@@ -398,7 +398,8 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   Json data = Json::object();
   if (auto it = body.find("data"); it != body.end() && !it->is_null()) {
     if (!it->is_object())
-      co_return Response::FromError(400, "invalid_argument", "\"data\" must be an object");
+      co_return Response::FromError(
+          Error{ErrorCode::kInvalidArgument, "\"data\" must be an object"});
     data = std::move(*it);
   }
   // What init reports when the agent exits goes into the session's result even when the
@@ -406,12 +407,12 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   if (type == "agent.exited") sessions_->NoteAgentExit(id, data);
   if (auto retry_after = event_rate_.Take(id, EventRateLimiter::Clock::now())) {
     event_refusals_.With({"rate"}).Inc();
-    Response r = Response::FromError(429, "rate_limited",
-                                     fmt::format("events are limited to {} per second per session, "
-                                                 "bursts of {} (events.rate_per_s, events.burst)",
-                                                 config_.events.rate_per_s, config_.events.burst));
-    r.headers.emplace_back("Retry-After", std::to_string(*retry_after));
-    co_return r;
+    co_return Response::FromError(
+        Error{ErrorCode::kResourceExhausted,
+              fmt::format("events are limited to {} per second per session, "
+                          "bursts of {} (events.rate_per_s, events.burst)",
+                          config_.events.rate_per_s, config_.events.burst),
+              "rate_limited", static_cast<int64_t>(*retry_after)});
   }
   // The token is checked again in the transaction that appends: the cache, or a read just
   // before, may predate a fresh sandbox taking over (its restart replaces the token).

@@ -258,14 +258,20 @@ unsigned HttpStatusFor(ErrorCode code) {
       return 403;
     case ErrorCode::kNotFound:
       return 404;
+    case ErrorCode::kMethodNotAllowed:
+      return 405;
     case ErrorCode::kConflict:
       return 409;
     case ErrorCode::kGone:
       return 410;
     case ErrorCode::kPayloadTooLarge:
       return 413;
+    case ErrorCode::kRangeNotSatisfiable:
+      return 416;
     case ErrorCode::kResourceExhausted:
       return 429;
+    case ErrorCode::kInsufficientStorage:
+      return 507;
     case ErrorCode::kUnimplemented:
       return 501;
     case ErrorCode::kUnavailable:

@@ -79,15 +79,15 @@ awaitable<Response> Router::Dispatch(Request& req) const {
   }
   if (!allow.empty()) {
     req.route = "method_not_allowed";
-    auto res =
-        Response::FromError(405, "method_not_allowed",
-                            fmt::format("{} is not allowed here; allowed: {}",
-                                        std::string(req.msg.method_string()).substr(0, 16), allow));
+    auto res = Response::FromError(
+        Error{ErrorCode::kMethodNotAllowed,
+              fmt::format("{} is not allowed here; allowed: {}",
+                          std::string(req.msg.method_string()).substr(0, 16), allow)});
     res.headers.emplace_back("Allow", allow);
     co_return res;
   }
   req.route = "not_found";
-  co_return Response::FromError(404, "not_found", "no such route");
+  co_return Response::FromError(Error{ErrorCode::kNotFound, "no such route"});
 }
 
 }  // namespace airlock::net
