@@ -49,6 +49,7 @@
 #include "common/log.h"
 #include "common/time_util.h"
 #include "store/connection_pool.h"
+#include "store/event_group.h"
 
 namespace airlock::store {
 namespace {
@@ -492,10 +493,6 @@ Result<std::vector<Message>> ReadMessages(const Rows& rows) {
     out.push_back(std::move(m));
   }
   return out;
-}
-
-Error SessionNotFound(std::string_view id) {
-  return Error{ErrorCode::kNotFound, fmt::format("session {} not found", id)};
 }
 
 Result<Session> SelectSession(Connection& c, std::string_view id) {
@@ -1165,15 +1162,7 @@ class PostgresStore final : public Store {
   static Status AppendGroup(Connection& c, const std::vector<EventAppend>& events,
                             const EventQuota& quota, int64_t now,
                             std::vector<Result<QuotaAppend>>& out) {
-    struct Counters {
-      std::string token_hash;
-      int64_t count = 0;
-      int64_t bytes = 0;
-      int64_t next_seq = 0;
-      bool noticed = false;
-      bool changed = false;
-    };
-    std::unordered_map<std::string_view, std::optional<Counters>> sessions;  // nullopt: none
+    GroupSessions sessions;
     Json ids = Json::array();
     for (const EventAppend& e : events) {
       if (sessions.try_emplace(e.session_id).second) ids.push_back(e.session_id);
@@ -1187,52 +1176,15 @@ class PostgresStore final : public Store {
     for (int r = 0; r < locked.size(); ++r) {
       auto it = sessions.find(locked.Text(r, 0));
       if (it == sessions.end()) continue;
-      it->second = Counters{locked.Text(r, 1), locked.Int(r, 2),  locked.Int(r, 3),
-                            locked.Int(r, 5),  locked.Bool(r, 4), false};
+      it->second = EventCounters{locked.Text(r, 1), locked.Int(r, 2),  locked.Int(r, 3),
+                                 locked.Int(r, 5),  locked.Bool(r, 4), false};
     }
+    const std::vector<EventRow> planned = PlanEventGroup(events, quota, now, sessions, out);
+    if (planned.empty()) return Ok();
     Json rows = Json::array();
-    auto append = [&](std::string_view id, Counters& s, std::string_view type, const Json& data,
-                      std::string text) {
-      Event e{std::string(id), s.next_seq++, std::string(type), data, now};
-      ++s.count;
-      s.bytes += static_cast<int64_t>(type.size() + text.size());
-      s.changed = true;
-      rows.push_back({{"s", id}, {"q", e.seq}, {"t", type}, {"d", std::move(text)}});
-      return e;
-    };
-    for (size_t i = 0; i < events.size(); ++i) {
-      const EventAppend& ev = events[i];
-      std::optional<Counters>& found = sessions[ev.session_id];
-      if (!found) {
-        out[i] = std::unexpected(SessionNotFound(ev.session_id));
-        continue;
-      }
-      Counters& s = *found;
-      if (!ev.token_hash.empty() && s.token_hash != ev.token_hash) {
-        out[i] = RevokedTokenError();
-        continue;
-      }
-      std::string text = DumpJson(*ev.data);
-      const int64_t size = static_cast<int64_t>(ev.type.size() + text.size());
-      QuotaAppend a;
-      if (quota.max_events > 0 && s.count + 1 > quota.max_events) {
-        a.exceeded = "events";
-        a.limit = quota.max_events;
-      } else if (quota.max_bytes > 0 && s.bytes + size > quota.max_bytes) {
-        a.exceeded = "bytes";
-        a.limit = quota.max_bytes;
-      }
-      if (a.exceeded.empty()) {
-        a.event = append(ev.session_id, s, ev.type, *ev.data, std::move(text));
-      } else if (!s.noticed) {
-        a.noticed = true;
-        s.noticed = true;
-        Json notice = {{"quota", a.exceeded}, {"limit", a.limit}, {"type", ev.type}};
-        append(ev.session_id, s, "session.quota_exceeded", notice, DumpJson(notice));
-      }
-      out[i] = std::move(a);
+    for (const EventRow& r : planned) {
+      rows.push_back({{"s", r.session_id}, {"q", r.seq}, {"t", r.type}, {"d", r.data}});
     }
-    if (rows.empty()) return Ok();
     AIRLOCK_TRY(
         c.Query("INSERT INTO events (session_id, seq, type, data, created_at) "
                 "SELECT x.s, x.q, x.t, x.d, $2::bigint "

@@ -32,6 +32,7 @@
 
 #include "common/time_util.h"
 #include "store/connection_pool.h"
+#include "store/event_group.h"
 #include "store/sqlite_store.h"
 
 namespace airlock::store {
@@ -418,10 +419,6 @@ Result<Message> ReadMessage(const Stmt& row) {
   AIRLOCK_ASSIGN_OR_RETURN(m.body, row.JsonColumn(2));
   m.created_at = row.Int(3);
   return m;
-}
-
-Error SessionNotFound(std::string_view id) {
-  return Error{ErrorCode::kNotFound, fmt::format("session {} not found", id)};
 }
 
 Result<Session> SelectSession(Connection& c, std::string_view id) {
@@ -1036,27 +1033,17 @@ class SqliteStore final : public Store {
   std::vector<Result<QuotaAppend>> AppendEventsWithinQuota(const std::vector<EventAppend>& events,
                                                            const EventQuota& quota) override {
     const int64_t now = NowMillis();
-    std::vector<std::optional<Result<QuotaAppend>>> results(events.size());
+    std::vector<Result<QuotaAppend>> results;
     PendingWrite group;
     group.run = [&](Connection& c) {
       Status done = AppendGroup(c, events, quota, now, results);
-      if (!done) {
-        for (auto& r : results) r = std::unexpected(done.error());
-      }
+      if (!done) results.assign(events.size(), std::unexpected(done.error()));
       return done.has_value();
     };
     PendingWrite* const one[] = {&group};
     if (!events.empty()) RunInBatch(one);
-    std::vector<Result<QuotaAppend>> out;
-    out.reserve(events.size());
-    for (auto& r : results) {
-      if (group.failed) {
-        out.push_back(std::unexpected(*group.failed));
-      } else {
-        out.push_back(std::move(*r));
-      }
-    }
-    return out;
+    if (group.failed) results.assign(events.size(), std::unexpected(*group.failed));
+    return results;
   }
 
   // The events of one group, in one write: each session's counters are read once, its events
@@ -1066,74 +1053,28 @@ class SqliteStore final : public Store {
   // before it left it). An error of the database itself fails the whole group.
   static Status AppendGroup(Connection& c, const std::vector<EventAppend>& events,
                             const EventQuota& quota, int64_t now,
-                            std::vector<std::optional<Result<QuotaAppend>>>& results) {
-    struct Counters {
-      std::string token_hash;
-      int64_t count = 0;
-      int64_t bytes = 0;
-      int64_t next_seq = 0;
-      bool noticed = false;
-      bool changed = false;
-    };
-    // nullopt: no such session.
-    std::unordered_map<std::string_view, std::optional<Counters>> sessions;
+                            std::vector<Result<QuotaAppend>>& answers) {
+    GroupSessions sessions;
+    for (const EventAppend& ev : events) {
+      auto [it, fresh] = sessions.try_emplace(ev.session_id);
+      if (!fresh) continue;
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Stmt read, c.Prepare("SELECT event_count, event_bytes, event_quota_noticed, token_hash, "
+                               "next_event_seq FROM sessions WHERE id = ?1"));
+      read.Bind(ev.session_id);
+      AIRLOCK_ASSIGN_OR_RETURN(bool row, read.Step());
+      if (row) {
+        it->second = EventCounters{read.Text(3), read.Int(0),      read.Int(1),
+                                   read.Int(4),  read.Int(2) != 0, false};
+      }
+    }
+    const std::vector<EventRow> rows = PlanEventGroup(events, quota, now, sessions, answers);
     AIRLOCK_ASSIGN_OR_RETURN(
         Stmt insert, c.Prepare("INSERT INTO events (session_id, seq, type, data, created_at) "
                                "VALUES (?1, ?2, ?3, ?4, ?5)"));
-    auto append = [&](std::string_view id, Counters& s, std::string_view type, const Json& data,
-                      const std::string& text) -> Result<Event> {
-      Event e{std::string(id), s.next_seq, std::string(type), data, now};
-      insert.Reset().Bind(id, e.seq, type, text, now);
+    for (const EventRow& r : rows) {
+      insert.Reset().Bind(r.session_id, r.seq, r.type, r.data, now);
       AIRLOCK_TRY(insert.Run());
-      ++s.next_seq;
-      ++s.count;
-      s.bytes += static_cast<int64_t>(type.size() + text.size());
-      s.changed = true;
-      return e;
-    };
-    for (size_t i = 0; i < events.size(); ++i) {
-      const EventAppend& ev = events[i];
-      auto [it, fresh] = sessions.try_emplace(ev.session_id);
-      if (fresh) {
-        AIRLOCK_ASSIGN_OR_RETURN(
-            Stmt read,
-            c.Prepare("SELECT event_count, event_bytes, event_quota_noticed, token_hash, "
-                      "next_event_seq FROM sessions WHERE id = ?1"));
-        read.Bind(ev.session_id);
-        AIRLOCK_ASSIGN_OR_RETURN(bool row, read.Step());
-        if (row) {
-          it->second = Counters{read.Text(3), read.Int(0),      read.Int(1),
-                                read.Int(4),  read.Int(2) != 0, false};
-        }
-      }
-      if (!it->second) {
-        results[i] = std::unexpected(SessionNotFound(ev.session_id));
-        continue;
-      }
-      Counters& s = *it->second;
-      if (!ev.token_hash.empty() && s.token_hash != ev.token_hash) {
-        results[i] = RevokedTokenError();
-        continue;
-      }
-      const std::string text = DumpJson(*ev.data);
-      const int64_t size = static_cast<int64_t>(ev.type.size() + text.size());
-      QuotaAppend out;
-      if (quota.max_events > 0 && s.count + 1 > quota.max_events) {
-        out.exceeded = "events";
-        out.limit = quota.max_events;
-      } else if (quota.max_bytes > 0 && s.bytes + size > quota.max_bytes) {
-        out.exceeded = "bytes";
-        out.limit = quota.max_bytes;
-      }
-      if (out.exceeded.empty()) {
-        AIRLOCK_ASSIGN_OR_RETURN(out.event, append(ev.session_id, s, ev.type, *ev.data, text));
-      } else if (!s.noticed) {
-        out.noticed = true;
-        s.noticed = true;
-        Json notice = {{"quota", out.exceeded}, {"limit", out.limit}, {"type", ev.type}};
-        AIRLOCK_TRY(append(ev.session_id, s, "session.quota_exceeded", notice, DumpJson(notice)));
-      }
-      results[i] = std::move(out);
     }
     AIRLOCK_ASSIGN_OR_RETURN(
         Stmt update,

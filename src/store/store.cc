@@ -28,6 +28,10 @@ std::optional<SessionState> ParseState(std::string_view name) {
   return std::nullopt;
 }
 
+Error SessionNotFound(std::string_view id) {
+  return Error{ErrorCode::kNotFound, fmt::format("session {} not found", id)};
+}
+
 std::unexpected<Error> RevokedTokenError() {
   return MakeError(ErrorCode::kUnauthenticated, "invalid, expired or revoked session token");
 }

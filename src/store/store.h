@@ -21,6 +21,8 @@ std::string_view StateName(SessionState s);
 std::optional<SessionState> ParseState(std::string_view name);
 bool IsTerminal(SessionState s);
 
+// kNotFound for the session `id`.
+Error SessionNotFound(std::string_view id);
 // What an append with a token hash that is no longer the session's answers (EventAppend); the
 // same words the sandbox listener uses for any token it refuses.
 std::unexpected<Error> RevokedTokenError();
