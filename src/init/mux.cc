@@ -285,9 +285,6 @@ bool Mux::Accept() {
       PauseAccepting(true);
       break;
     }
-    if (OutPending() >= kOutHighWater) {
-      break;  // accept_ready_ stays set: tried again once the port drains
-    }
     UniqueFd client(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!client.valid()) {
       if (errno == EINTR || errno == ECONNABORTED) {
@@ -720,8 +717,8 @@ void Mux::End(std::string reason) {
     return;
   }
   reason_ = std::move(reason);
-  // Closing every local socket tells each client and server; what was queued for the port is
-  // dropped with it (the peer sees the port close, or a framing error of ours).
+  // Closing every local socket tells each client and server. What was queued for the port is
+  // dropped: the owner destroys the Mux next, which closes the port, and the peer ends on that.
   streams_.clear();
   read_queue_.clear();
   PauseAccepting(true);

@@ -98,7 +98,8 @@ class Mux {
   // Handles what is ready, without blocking. False once the mux has ended (see reason()).
   bool Process();
 
-  // Processes until the port closes or fails, a protocol error, or Stop(); returns why.
+  // Processes until the port closes or fails, a protocol error, or Stop(); returns why. Every
+  // stream is closed by then; destroying the Mux closes the port (and the guest's listener).
   std::string Run();
 
   // Makes Run() (or the next Process()) end with "stopped". Safe from any thread.

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -115,12 +116,17 @@ struct Received {
   bool closed = false;
 };
 
-Received ReadToEnd(int fd) {
+Received ReadToEnd(int fd, Clock::time_point deadline = Clock::now() + kDeadline) {
   Received out;
   char buf[65536];
   for (;;) {
-    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n < 0 && errno == EINTR) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    pollfd p{fd, POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) == 0) {
+      return out;  // timed out: `closed` stays false
+    }
+    ssize_t n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
       continue;
     }
     if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE))) {
@@ -183,6 +189,7 @@ class Server {
     Listen();
   }
   ~Server() {
+    Release();
     StopListening();
     std::lock_guard lock(mu_);
     for (auto& t : handlers_) {
@@ -209,6 +216,19 @@ class Server {
 
   size_t accepted() const { return accepted_; }
 
+  // What 'G' connections read after their own EOF, each once the client's EOF came.
+  std::vector<std::string> heard() {
+    std::lock_guard lock(hold_mu_);
+    return heard_;
+  }
+
+  // Lets 'H' connections read.
+  void Release() {
+    std::lock_guard lock(hold_mu_);
+    released_ = true;
+    hold_cv_.notify_all();
+  }
+
  private:
   void AcceptLoop() {
     while (!stop_) {
@@ -230,6 +250,25 @@ class Server {
     SetTimeouts(fd.get());
     char first = 0;
     if (::recv(fd.get(), &first, 1, 0) != 1) {
+      return;
+    }
+    if (first == 'G') {
+      // Says its piece and ends its side first, then listens to the end.
+      SendAll(fd.get(), "hi");
+      ::shutdown(fd.get(), SHUT_WR);
+      Received rest = ReadToEnd(fd.get());
+      std::lock_guard lock(hold_mu_);
+      heard_.push_back(rest.data);
+      return;
+    }
+    if (first == 'H') {
+      // Ends its side at once, then takes nothing until Release(): the host keeps the bytes.
+      ::shutdown(fd.get(), SHUT_WR);
+      {
+        std::unique_lock lock(hold_mu_);
+        hold_cv_.wait(lock, [this] { return released_; });
+      }
+      ReadToEnd(fd.get());
       return;
     }
     if (first == 'P') {
@@ -268,6 +307,10 @@ class Server {
   std::thread acceptor_;
   std::mutex mu_;
   std::vector<std::thread> handlers_;
+  std::mutex hold_mu_;
+  std::condition_variable hold_cv_;
+  bool released_ = false;
+  std::vector<std::string> heard_;
 };
 
 // A guest and a host Mux on threads of their own, joined by a socketpair.
@@ -356,8 +399,9 @@ TEST(Mux, ManyConcurrentConnectionsEchoTheirOwnData) {
   for (int i = 0; i < kClients; ++i) {
     ::shutdown(clients[i].get(), SHUT_WR);
   }
+  auto deadline = Clock::now() + kDeadline;  // one for all: a hang fails once, not 200 times
   for (int i = 0; i < kClients; ++i) {
-    Received got = ReadToEnd(clients[i].get());
+    Received got = ReadToEnd(clients[i].get(), deadline);
     EXPECT_TRUE(got.closed) << "client " << i;
     EXPECT_EQ(got.data, sent[i] + "<eof>") << "client " << i;
   }
@@ -436,6 +480,22 @@ TEST(Mux, HalfCloseStillReceivesTheReply) {
   EXPECT_EQ(got.data, "<eof>");
 }
 
+TEST(Mux, HalfCloseTheOtherWayServerEndsFirst) {
+  MuxPair pair;
+  Server server(pair.server_path());
+  UniqueFd client = pair.Connect();
+  ASSERT_TRUE(SendAll(client.get(), "G"));
+  // The server's FIN reaches the client as EOF while the client's side stays open...
+  Received got = ReadToEnd(client.get());
+  EXPECT_TRUE(got.closed);
+  EXPECT_EQ(got.data, "hi");
+  // ... and what the client sends afterwards still reaches the server.
+  ASSERT_TRUE(SendAll(client.get(), "still here"));
+  ::shutdown(client.get(), SHUT_WR);
+  ASSERT_TRUE(WaitUntil([&] { return !server.heard().empty(); }));
+  EXPECT_EQ(server.heard()[0], "still here");
+}
+
 TEST(Mux, AStalledReaderDoesNotBlockOtherStreams) {
   constexpr size_t kPush = 16 << 20;
   MuxPair pair;
@@ -478,6 +538,7 @@ TEST(Mux, AGuestAtTheCapIsNeverRefused) {
   options.max_streams = 4;
   MuxPair pair(options);
   Server server(pair.server_path());
+  auto deadline = Clock::now() + kDeadline;
   for (int round = 0; round < 5; ++round) {
     std::vector<UniqueFd> clients;
     for (int i = 0; i < 20; ++i) {
@@ -486,7 +547,7 @@ TEST(Mux, AGuestAtTheCapIsNeverRefused) {
       ::shutdown(clients.back().get(), SHUT_WR);
     }
     for (int i = 0; i < 20; ++i) {
-      Received got = ReadToEnd(clients[i].get());
+      Received got = ReadToEnd(clients[i].get(), deadline);
       EXPECT_TRUE(got.closed);
       EXPECT_EQ(got.data, "c" + std::to_string(i) + "<eof>");
     }
@@ -495,6 +556,33 @@ TEST(Mux, AGuestAtTheCapIsNeverRefused) {
   EXPECT_EQ(pair.host().stats().refused, 0u);
   EXPECT_EQ(pair.host().stats().opened, 100u);
   EXPECT_EQ(pair.guest().stats().resets_received, 0u);
+}
+
+TEST(Mux, AStreamTheHostStillHoldsKeepsItsSlot) {
+  // Both FINs have crossed, but the host still holds bytes its local reader has not taken:
+  // the stream still counts on the host, so the guest must not count it free either.
+  Mux::Options options;
+  options.max_streams = 1;
+  MuxPair pair(options);
+  Server server(pair.server_path());
+  UniqueFd held = pair.Connect();
+  ASSERT_TRUE(SendAll(held.get(), "H" + std::string(250 * 1024, 'h')));
+  ::shutdown(held.get(), SHUT_WR);
+  Received got = ReadToEnd(held.get());
+  ASSERT_TRUE(got.closed);  // the server's FIN: the guest has finished both directions
+  UniqueFd next = pair.Connect();
+  ASSERT_TRUE(SendAll(next.get(), "next"));
+  ::shutdown(next.get(), SHUT_WR);
+  // Not a condition of passing, only a chance for a guest that freed the slot too early to
+  // open the stream (and have it refused) before the server is released.
+  pollfd p{next.get(), POLLIN, 0};
+  ::poll(&p, 1, 300);
+  server.Release();
+  got = ReadToEnd(next.get());
+  EXPECT_TRUE(got.closed);
+  EXPECT_EQ(got.data, "next<eof>");
+  pair.Stop();
+  EXPECT_EQ(pair.host().stats().refused, 0u);
 }
 
 TEST(Mux, UnreachableControlPlaneClosesOnlyThatConnection) {
@@ -603,6 +691,15 @@ class HostileGuest {
       }
     }
     EXPECT_EQ(sent, bytes.size());
+  }
+
+  // One non-blocking send; consumes what went out from the front of `bytes`.
+  ssize_t SendSome(std::string& bytes) {
+    ssize_t n = ::send(raw_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      bytes.erase(0, static_cast<size_t>(n));
+    }
+    return n;
   }
 
   // Runs the host until `done` holds, or it ended, or the deadline.
@@ -795,6 +892,36 @@ TEST(MuxHostile, OpenFloodBeyondTheCapIsRefusedAndMemoryStaysBounded) {
   ASSERT_TRUE(g.RunUntil([&] { return g.DataOf(1) == "ping"; }));
   EXPECT_EQ(g.host().stats().dropped_frames, 1u);
   EXPECT_LE(g.host().buffered(), options.max_streams * size_t{options.window} + (2u << 20));
+}
+
+TEST(MuxHostile, AGuestThatNeverReadsThePortStallsOnlyItself) {
+  // Every OPEN beyond the cap makes the host answer with a RESET. A guest that floods them and
+  // never reads would grow the host's output without end; the host stops reading instead.
+  Mux::Options options;
+  options.max_streams = 4;
+  HostileGuest g(options);
+  std::string chunk;
+  uint32_t id = 0;
+  size_t sent = 0;
+  constexpr size_t kFlood = 8 << 20;  // far more than the host may queue
+  for (;;) {
+    if (chunk.empty()) {
+      for (int i = 0; i < 4096; ++i) {
+        chunk += HostileGuest::Encode(F::kOpen, ++id);
+      }
+    }
+    ssize_t n = g.SendSome(chunk);
+    g.host().Process();
+    if (n <= 0 && g.SendSome(chunk) <= 0) {
+      break;  // a Process() came and went and the port is still full: the host stopped reading
+    }
+    sent += static_cast<size_t>(std::max<ssize_t>(n, 0));
+    ASSERT_LT(sent, kFlood) << "the host kept reading a guest that never reads";
+  }
+  EXPECT_FALSE(g.host().ended()) << g.host().reason();
+  EXPECT_LE(g.host().buffered(), options.max_streams * size_t{options.window} + (2u << 20));
+  // It did take a good part of the flood first (one RESET answers each refused OPEN).
+  EXPECT_GT(g.host().stats().refused, 64u * 1024);
 }
 
 TEST(MuxHostile, FullWindowsOnEveryStreamStayWithinTheBound) {
