@@ -18,6 +18,9 @@ packages=(
   # The S3 blob store's tests run s3rver, an S3 emulator from the npm registry
   # (tests/files/s3rver.sh), and make its TLS certificate with openssl.
   nodejs npm openssl
+  # The microvm backend: QEMU, mkfs.erofs for the images' disks, lz4 to unpack Debian's guest
+  # kernel (scripts/guest-kernel.sh, run below).
+  qemu-system-x86 erofs-utils lz4
 )
 for arg in "$@"; do
   case "$arg" in
@@ -39,7 +42,9 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# The microvm guest kernel comes from Debian's packages too, unpacked outside the tree.
+guest_kernel() { "$(dirname "$0")/guest-kernel.sh"; }
+[ ${#missing[@]} -eq 0 ] && { guest_kernel; exit 0; }
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: missing packages: ${missing[*]}; run as root (or install them)" >&2
@@ -49,3 +54,4 @@ echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+guest_kernel
