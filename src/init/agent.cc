@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <linux/close_range.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -20,6 +22,7 @@ enum class ChildStep : int {
   kSetsid = 1,
   kStdio,
   kDrop,
+  kSeccomp,
   kExec,
 };
 
@@ -119,6 +122,16 @@ void RaiseOomScore() {
       break;
     }
   }
+  // Last, with no_new_privs already set: from here on only what the filter allows, and
+  // execve is allowed.
+  if (!spec.seccomp_filter.empty()) {
+    sock_fprog prog{};
+    prog.len = static_cast<unsigned short>(spec.seccomp_filter.size() / sizeof(sock_filter));
+    prog.filter = reinterpret_cast<sock_filter*>(const_cast<char*>(spec.seccomp_filter.data()));
+    if (::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+      ChildFail(status_fd, ChildStep::kSeccomp, 0, errno);
+    }
+  }
   // Like execvp: remember EACCES over "not found", so the error names the real problem.
   int err = ENOENT;
   for (const char* candidate : p.candidate_ptrs) {
@@ -143,6 +156,8 @@ std::string DescribeFailure(const AgentSpec& spec, const ChildReport& report) {
       }
       return ErrnoMessage("dropping privileges: " + step, report.err);
     }
+    case ChildStep::kSeccomp:
+      return ErrnoMessage("installing the seccomp filter", report.err);
     case ChildStep::kExec:
       return ErrnoMessage("exec " + spec.command[0], report.err);
   }

@@ -21,6 +21,10 @@ struct AgentSpec {
   bool switch_ids = true;  // false only when init already runs as uid/gid (rootless)
   int output_fd = -1;      // becomes the agent's stdout and stderr
   rlimit nofile{};         // the descriptor limit init started with, restored for the agent
+  // A seccomp filter (a BPF program: struct sock_filter[]) installed just before the exec.
+  // Empty in a container, whose runtime installs the same filter itself; a micro-VM's init
+  // gets it from the host (guest.h), compiled from the same profile.
+  std::string seccomp_filter;
 };
 
 struct SpawnedAgent {

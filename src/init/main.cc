@@ -23,12 +23,14 @@
 #include <cstdio>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "agent.h"
 #include "bridge.h"
 #include "cgroup.h"
 #include "channel.h"
 #include "environment.h"
+#include "guest.h"
 #include "log_relay.h"
 #include "options.h"
 #include "privileges.h"
@@ -91,10 +93,20 @@ class Init {
       }
     }
     AgentExit exit = DescribeExit();
+    oom_killed_ = exit.oom_killed;
     Report(exit);
     KillLeftovers();
     relay_->Drain();
     return exit.signal != 0 ? 128 + exit.signal : exit.exit_code;
+  }
+
+  // Whether the agent that Run() waited for was killed for lack of memory.
+  bool oom_killed() const { return oom_killed_; }
+  // PID 1 of a micro-VM: init powers it off at the end, and installs the sandbox's seccomp
+  // filter itself (there is no container runtime to do it).
+  void set_vm(std::string seccomp_filter) {
+    in_vm_ = true;
+    seccomp_filter_ = std::move(seccomp_filter);
   }
 
  private:
@@ -205,6 +217,7 @@ class Init {
     spec.switch_ids = ::geteuid() == 0 && (opts_.uid != 0 || opts_.gid != 0 || !InUserNamespace());
     spec.output_fd = write_end.get();
     spec.nofile = nofile_;
+    spec.seccomp_filter = seccomp_filter_;
     auto agent = SpawnAgent(spec);
     if (!agent) {
       return Fail("starting the agent: " + agent.error());
@@ -222,8 +235,11 @@ class Init {
     return {};
   }
 
-  // After the fork: init keeps only CAP_KILL, to signal the agent's uid.
-  Status DropOwnPrivileges() { return DropInitPrivileges(); }
+  // After the fork: init keeps only CAP_KILL, to signal the agent's uid (and in a VM
+  // CAP_SYS_BOOT, to power it off at the end).
+  Status DropOwnPrivileges() {
+    return DropInitPrivileges(/*keep_sys_boot=*/::getpid() == 1 && in_vm_);
+  }
 
   Status WatchEvents() {
     epoll_.Reset(::epoll_create1(EPOLL_CLOEXEC));
@@ -379,6 +395,9 @@ class Init {
   pid_t agent_pid_ = -1;
   std::string start_error_;
   std::optional<int> agent_status_;
+  bool oom_killed_ = false;
+  bool in_vm_ = false;
+  std::string seccomp_filter_;
 };
 
 // Bad arguments and a missing session fail before init does anything.
@@ -415,6 +434,36 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
   return opts;
 }
 
+// PID 1 of a micro-VM: set the VM up as a container would be (guest.h), serve the channel,
+// run as in a container, report how the agent ended and power off. PID 1 must never exit:
+// the kernel would panic, and the backend would learn nothing.
+[[noreturn]] void RunVm(char** envp) {
+  auto boot = BootVm();
+  if (!boot) {
+    Log("cannot set the VM up: " + boot.error());
+    PowerOff(-1, kInitFailed, false);
+  }
+  std::vector<std::string> args = std::move(boot->args);
+  args.insert(args.begin(), {"airlock-init", "--cgroup-root", boot->cgroup});
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  SessionEnv env = TakeEnvironment(envp);
+  auto opts = Configure(static_cast<int>(args.size()), argv.data(), env);
+  if (!opts || opts->help) {
+    Log(opts ? "--help is not a way to run a VM" : opts.error());
+    PowerOff(boot->status.get(), kInitFailed, false);
+  }
+  if (auto s = ServeChannel(std::move(boot->channel), opts->socket_path); !s) {
+    Log(s.error());
+    PowerOff(boot->status.get(), kInitFailed, false);
+  }
+  Init init(std::move(*opts), std::move(env));
+  init.set_vm(std::move(boot->seccomp_filter));
+  int code = init.Run();
+  PowerOff(boot->status.get(), code, init.oom_killed());
+}
+
 }  // namespace
 }  // namespace airlock::init
 
@@ -426,6 +475,9 @@ int main(int argc, char** argv, char** envp) {
   // rests on init keeping a capability the agent lacks. No core dump of init either. The
   // agent's exec makes the agent dumpable again (for its own uid only).
   ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  if (IsVmBoot()) {
+    RunVm(envp);
+  }
   // Then: the secrets leave the environment (and /proc/<pid>/environ).
   SessionEnv env = TakeEnvironment(envp);
   auto opts = Configure(argc, argv, env);

@@ -50,9 +50,9 @@ constexpr uint64_t Bit(int cap) { return uint64_t{1} << cap; }
 // capabilities than our headers, so this walks up until PR_CAPBSET_DROP says EINVAL. Without
 // CAP_SETPCAP in the effective set no drop is possible; that is not an error when
 // `tolerate_eperm` (a rootless init holds no capability anyway).
-bool DropBoundingSet(int keep, bool tolerate_eperm) {
+bool DropBoundingSet(uint64_t keep, bool tolerate_eperm) {
   for (int cap = 0; cap < 64; ++cap) {
-    if (cap == keep) {
+    if ((keep & Bit(cap)) != 0) {
       continue;
     }
     if (::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
@@ -98,7 +98,7 @@ const char* DropStepName(DropStep step) {
 
 DropStep DropAgentPrivileges(uid_t uid, gid_t gid, bool switch_ids) {
   // A rootless init cannot (and need not) empty the bounding set: it has no capabilities.
-  if (!DropBoundingSet(/*keep=*/-1, /*tolerate_eperm=*/!switch_ids)) {
+  if (!DropBoundingSet(/*keep=*/0, /*tolerate_eperm=*/!switch_ids)) {
     return DropStep::kBoundingSet;
   }
   if (!ClearAmbient()) {
@@ -133,19 +133,20 @@ DropStep DropAgentPrivileges(uid_t uid, gid_t gid, bool switch_ids) {
   return DropStep::kNone;
 }
 
-Status DropInitPrivileges() {
+Status DropInitPrivileges(bool keep_sys_boot) {
   CapSets caps;
   if (!GetCaps(&caps)) {
     return FailErrno("capget", errno);
   }
   bool has_setpcap = (caps.effective & Bit(CAP_SETPCAP)) != 0;
-  if (!DropBoundingSet(CAP_KILL, /*tolerate_eperm=*/!has_setpcap)) {
+  uint64_t wanted = Bit(CAP_KILL) | (keep_sys_boot ? Bit(CAP_SYS_BOOT) : 0);
+  if (!DropBoundingSet(wanted, /*tolerate_eperm=*/!has_setpcap)) {
     return FailErrno("dropping the capability bounding set", errno);
   }
   if (!ClearAmbient()) {
     return FailErrno("clearing ambient capabilities", errno);
   }
-  uint64_t keep = caps.permitted & Bit(CAP_KILL);
+  uint64_t keep = caps.permitted & wanted;
   if (!SetCaps(CapSets{keep, keep, 0})) {
     return FailErrno("capset", errno);
   }

@@ -31,8 +31,10 @@ const char* DropStepName(DropStep step);
 DropStep DropAgentPrivileges(uid_t uid, gid_t gid, bool switch_ids);
 
 // Leaves init itself with CAP_KILL alone (to signal the agent's uid) in its bounding,
-// permitted and effective sets. Without CAP_SETPCAP (rootless) the bounding set stays as it
-// is: init then holds no capability to lose.
-Status DropInitPrivileges();
+// permitted and effective sets, and CAP_SYS_BOOT with `keep_sys_boot` (PID 1 of a micro-VM
+// powers it off when the agent is done; ending its own VM is nothing the agent could not do
+// by exiting). Without CAP_SETPCAP (rootless) the bounding set stays as it is: init then
+// holds no capability to lose.
+Status DropInitPrivileges(bool keep_sys_boot = false);
 
 }  // namespace airlock::init

@@ -1,0 +1,422 @@
+#include "guest.h"
+
+#include "mux.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <string_view>
+#include <thread>
+
+namespace airlock::init {
+namespace {
+
+constexpr const char* kArgsFile = "/airlock/args";
+constexpr const char* kVmFile = "/airlock/vm";
+constexpr const char* kModulesDir = "/airlock/modules";
+constexpr const char* kSeccompFile = "/airlock/seccomp.bpf";
+constexpr const char* kNewRoot = "/root";
+// How long the virtio devices get to appear after their modules loaded.
+constexpr int64_t kDeviceWaitMs = 5000;
+
+Result<std::string> ReadFile(const std::string& path, size_t max) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return FailErrno("open " + path, errno);
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return FailErrno("read " + path, errno);
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > max) return Fail(path + ": larger than expected");
+  }
+  return out;
+}
+
+Status Mount(const char* source, const std::string& target, const char* type, unsigned long flags,
+             const std::string& data = {}) {
+  if (::mount(source, target.c_str(), type, flags, data.empty() ? nullptr : data.c_str()) != 0) {
+    return FailErrno(
+        std::string("mount ") + (type != nullptr ? type : "(remount)") + " on " + target, errno);
+  }
+  return {};
+}
+
+Status MakeDir(const std::string& path, mode_t mode) {
+  if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST) return FailErrno("mkdir " + path, errno);
+  return {};
+}
+
+Status WriteSmall(const std::string& path, std::string_view text) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd.valid() || !WriteAll(fd.get(), text.data(), text.size())) {
+    return FailErrno("write " + path, errno);
+  }
+  return {};
+}
+
+// Loads /airlock/modules/*.ko in name order (the backend numbers them by dependency). The
+// kernel takes virtio_mmio's devices from ACPI, so no module needs parameters.
+Status LoadModules() {
+  DIR* dir = ::opendir(kModulesDir);
+  if (dir == nullptr) return FailErrno(std::string("open ") + kModulesDir, errno);
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(dir)) {
+    std::string_view name = e->d_name;
+    if (name.ends_with(".ko")) names.emplace_back(name);
+  }
+  ::closedir(dir);
+  std::sort(names.begin(), names.end());
+  for (const auto& name : names) {
+    std::string path = std::string(kModulesDir) + "/" + name;
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return FailErrno("open " + path, errno);
+    if (::syscall(SYS_finit_module, fd.get(), "", 0) != 0 && errno != EEXIST) {
+      return FailErrno("load module " + name, errno);
+    }
+    // The module's memory is the kernel's now: free the initramfs copy.
+    ::unlink(path.c_str());
+  }
+  return {};
+}
+
+// The /dev node of the virtio-serial port named `name` (/sys/class/virtio-ports/*/name).
+std::string FindPort(std::string_view name) {
+  DIR* dir = ::opendir("/sys/class/virtio-ports");
+  if (dir == nullptr) return {};
+  std::string found;
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    auto text = ReadFile(std::string("/sys/class/virtio-ports/") + e->d_name + "/name", 256);
+    if (text && std::string_view(*text).substr(0, text->find('\n')) == name) {
+      found = std::string("/dev/") + e->d_name;
+      break;
+    }
+  }
+  ::closedir(dir);
+  return found;
+}
+
+// Devices appear asynchronously once their driver is bound: wait for all of them.
+Result<std::vector<std::string>> AwaitDevices() {
+  static constexpr std::string_view kPorts[] = {"airlock.channel", "airlock.log", "airlock.status"};
+  int64_t deadline = MonotonicMs() + kDeviceWaitMs;
+  for (;;) {
+    std::vector<std::string> paths;
+    for (auto port : kPorts) {
+      std::string path = FindPort(port);
+      struct stat st {};
+      if (!path.empty() && ::stat(path.c_str(), &st) == 0) paths.push_back(path);
+    }
+    struct stat disk {};
+    if (paths.size() == std::size(kPorts) && ::stat("/dev/vda", &disk) == 0) return paths;
+    if (MonotonicMs() >= deadline) {
+      return Fail("the VM's devices did not appear (found " + std::to_string(paths.size()) +
+                  " of 3 ports" + (::stat("/dev/vda", &disk) == 0 ? "" : ", no /dev/vda") + ")");
+    }
+    SleepMs(5);
+  }
+}
+
+// "key value" lines; unknown keys are ignored (an older init with a newer backend).
+uint64_t VmSetting(const std::string& text, std::string_view key, uint64_t fallback) {
+  std::string_view rest = text;
+  while (!rest.empty()) {
+    size_t nl = rest.find('\n');
+    std::string_view line = rest.substr(0, nl);
+    rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+    if (line.size() > key.size() && line.starts_with(key) && line[key.size()] == ' ') {
+      uint64_t v = 0;
+      std::string_view value = line.substr(key.size() + 1);
+      if (std::from_chars(value.data(), value.data() + value.size(), v).ec == std::errc()) {
+        return v;
+      }
+    }
+  }
+  return fallback;
+}
+
+Status MakeNode(const std::string& path, mode_t mode, unsigned major, unsigned minor) {
+  if (::mknod(path.c_str(), S_IFCHR | mode, makedev(major, minor)) != 0) {
+    return FailErrno("mknod " + path, errno);
+  }
+  ::chmod(path.c_str(), mode);  // mknod applies the umask
+  return {};
+}
+
+// What a container's /dev holds, and nothing else: the disk and the ports stay out of the
+// agent's reach (init holds its descriptors of the ports already).
+Status MinimalDev(const std::string& dev) {
+  if (auto s = Mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k"); !s)
+    return s;
+  struct Node {
+    const char* name;
+    unsigned major, minor;
+  };
+  static constexpr Node kNodes[] = {{"null", 1, 3},   {"zero", 1, 5},    {"full", 1, 7},
+                                    {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}};
+  for (const auto& n : kNodes) {
+    if (auto s = MakeNode(dev + "/" + n.name, 0666, n.major, n.minor); !s) return s;
+  }
+  if (auto s = MakeDir(dev + "/pts", 0755); !s) return s;
+  if (auto s = Mount("devpts", dev + "/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+                     "newinstance,ptmxmode=0666,mode=0620");
+      !s) {
+    return s;
+  }
+  if (::symlink("pts/ptmx", (dev + "/ptmx").c_str()) != 0) return FailErrno("symlink ptmx", errno);
+  if (auto s = MakeDir(dev + "/shm", 01777); !s) return s;
+  return Mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV,
+               "mode=1777,size=65536k");
+}
+
+// The agent's cgroup: cgroup2 at /sys/fs/cgroup as in a container, the agent (and init,
+// until it forks) in "sandbox", whose memory.events counts the OOM kills. Read-only once set
+// up, like the rest of /sys.
+Result<std::string> AgentCgroup(const std::string& root, uint64_t pids) {
+  std::string mount_point = root + "/sys/fs/cgroup";
+  constexpr unsigned long kFlags = MS_NOSUID | MS_NOEXEC | MS_NODEV;
+  if (auto s = Mount("cgroup2", mount_point, "cgroup2", kFlags); !s)
+    return std::unexpected(s.error());
+  if (auto s = WriteSmall(mount_point + "/cgroup.subtree_control", "+memory +pids"); !s) {
+    return std::unexpected(s.error());
+  }
+  std::string group = mount_point + "/sandbox";
+  if (auto s = MakeDir(group, 0755); !s) return std::unexpected(s.error());
+  if (pids > 0) {
+    if (auto s = WriteSmall(group + "/pids.max", std::to_string(pids)); !s) {
+      return std::unexpected(s.error());
+    }
+  }
+  if (auto s = WriteSmall(group + "/cgroup.procs", "0"); !s) return std::unexpected(s.error());
+  if (auto s = Mount(nullptr, mount_point, nullptr, MS_REMOUNT | MS_RDONLY | kFlags); !s) {
+    return std::unexpected(s.error());
+  }
+  return std::string("/sys/fs/cgroup/sandbox");
+}
+
+// The image's tree, read-only, with the container's tmpfs mounts over it.
+Status MountRoot(const std::string& vm_settings) {
+  const std::string root = kNewRoot;
+  uint64_t tmp_bytes = VmSetting(vm_settings, "tmp_bytes", 256ull << 20);
+  std::string tmp_size = "size=" + std::to_string(tmp_bytes);
+  if (auto s = Mount("/dev/vda", root, "erofs", MS_RDONLY | MS_NODEV); !s) return s;
+  struct Tmpfs {
+    const char* path;
+    unsigned long flags;
+    std::string data;
+  };
+  const Tmpfs kTmpfs[] = {
+      {"/tmp", MS_NOSUID | MS_NODEV, "mode=1777," + tmp_size},
+      {"/home/sandbox", MS_NOSUID | MS_NODEV, "mode=700," + tmp_size},
+      {"/run", MS_NOSUID | MS_NODEV, "mode=755,size=16384k"},
+      {"/.airlock", MS_NOSUID | MS_NODEV, "mode=755,size=64k"},
+  };
+  for (const auto& t : kTmpfs) {
+    if (auto s = Mount("tmpfs", root + t.path, "tmpfs", t.flags, t.data); !s) return s;
+  }
+  // The channel's socket: made read-only once ServeChannel has bound it (what is under
+  // /.airlock is init's, not the agent's).
+  if (auto s = MakeDir(root + "/.airlock/run", 0755); !s) return s;
+  if (auto s = Mount("tmpfs", root + "/.airlock/run", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                     "mode=755,size=16k");
+      !s) {
+    return s;
+  }
+  if (auto s = Mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV); !s)
+    return s;
+  if (auto s = Mount("sysfs", root + "/sys", "sysfs", MS_NOSUID | MS_NOEXEC | MS_NODEV | MS_RDONLY);
+      !s) {
+    return s;
+  }
+  return MinimalDev(root + "/dev");
+}
+
+// The initramfs's contents are freed and the image becomes "/", as switch_root does.
+Status SwitchRoot() {
+  if (::chdir(kNewRoot) != 0) return FailErrno("chdir new root", errno);
+  if (::mount(".", "/", nullptr, MS_MOVE, nullptr) != 0) return FailErrno("move new root", errno);
+  if (::chroot(".") != 0) return FailErrno("chroot", errno);
+  if (::chdir("/") != 0) return FailErrno("chdir /", errno);
+  return {};
+}
+
+// The bridge serves CONTROL_PLANE_URL on 127.0.0.1: a fresh kernel has "lo" down.
+Status LoopbackUp() {
+  UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!sock.valid()) return FailErrno("socket", errno);
+  ifreq req{};
+  std::strncpy(req.ifr_name, "lo", IFNAMSIZ - 1);
+  if (::ioctl(sock.get(), SIOCGIFFLAGS, &req) != 0) return FailErrno("SIOCGIFFLAGS lo", errno);
+  req.ifr_flags = static_cast<short>(req.ifr_flags | IFF_UP);
+  if (::ioctl(sock.get(), SIOCSIFFLAGS, &req) != 0) return FailErrno("bring lo up", errno);
+  return {};
+}
+
+}  // namespace
+
+bool IsVmBoot() { return ::getpid() == 1 && ::access(kArgsFile, R_OK) == 0; }
+
+Result<VmBoot> BootVm() {
+  VmBoot boot;
+  // The console, for what goes wrong before the log port is found.
+  if (auto s = Mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID); !s)
+    return std::unexpected(s.error());
+  if (UniqueFd console(::open("/dev/console", O_WRONLY | O_CLOEXEC)); console.valid()) {
+    ::dup2(console.get(), STDOUT_FILENO);
+    ::dup2(console.get(), STDERR_FILENO);
+  }
+  if (auto s = MakeDir("/proc", 0555); !s) return std::unexpected(s.error());
+  if (auto s = MakeDir("/sys", 0555); !s) return std::unexpected(s.error());
+  if (auto s = Mount("proc", "/proc", "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV); !s) {
+    return std::unexpected(s.error());
+  }
+  if (auto s = Mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NOEXEC | MS_NODEV); !s) {
+    return std::unexpected(s.error());
+  }
+  // The limits a container's runtime sets (oci_spec.cc): no core dumps, and a descriptor
+  // limit the agent cannot raise. Set here, they are what init and the agent inherit.
+  const rlimit core{0, 0}, nofile{4096, 4096};
+  if (::setrlimit(RLIMIT_CORE, &core) != 0 || ::setrlimit(RLIMIT_NOFILE, &nofile) != 0) {
+    return FailErrno("setrlimit", errno);
+  }
+  auto args = ReadFile(kArgsFile, 256 * 1024);
+  if (!args) return std::unexpected(args.error());
+  for (size_t start = 0; start < args->size();) {
+    size_t end = args->find('\0', start);
+    if (end == std::string::npos) end = args->size();
+    boot.args.push_back(args->substr(start, end - start));
+    start = end + 1;
+  }
+  std::string vm = ReadFile(kVmFile, 4096).value_or("");
+  auto filter = ReadFile(kSeccompFile, 1 << 20);
+  if (!filter || filter->empty() || filter->size() % 8 != 0) {
+    return Fail("no usable seccomp filter at " + std::string(kSeccompFile) + ": " +
+                (filter ? "bad size" : filter.error()));
+  }
+  boot.seccomp_filter = std::move(*filter);
+  // The agent sees the same host name as in a container.
+  if (::sethostname("sandbox", 7) != 0) return FailErrno("sethostname", errno);
+  if (auto s = LoadModules(); !s) return std::unexpected(s.error());
+  auto ports = AwaitDevices();
+  if (!ports) return std::unexpected(ports.error());
+  boot.channel.Reset(::open((*ports)[0].c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK));
+  UniqueFd log(::open((*ports)[1].c_str(), O_WRONLY | O_CLOEXEC));
+  boot.status.Reset(::open((*ports)[2].c_str(), O_WRONLY | O_CLOEXEC));
+  if (!boot.channel.valid() || !log.valid() || !boot.status.valid()) {
+    return FailErrno("open the VM's ports", errno);
+  }
+  // From here on everything init and the agent write goes to the session log.
+  ::dup2(log.get(), STDOUT_FILENO);
+  ::dup2(log.get(), STDERR_FILENO);
+  if (auto s = MakeDir(kNewRoot, 0755); !s) return std::unexpected(s.error());
+  if (auto s = MountRoot(vm); !s) return std::unexpected(s.error());
+  auto cgroup = AgentCgroup(kNewRoot, VmSetting(vm, "pids", 0));
+  if (!cgroup) return std::unexpected(cgroup.error());
+  boot.cgroup = *cgroup;
+  // The initramfs's /proc, /sys and /dev go with it.
+  ::umount2("/proc", MNT_DETACH);
+  ::umount2("/sys", MNT_DETACH);
+  ::umount2("/dev", MNT_DETACH);
+  if (auto s = SwitchRoot(); !s) return std::unexpected(s.error());
+  if (auto s = LoopbackUp(); !s) return std::unexpected(s.error());
+  return boot;
+}
+
+Status ServeChannel(UniqueFd channel, const std::string& socket_path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (socket_path.size() >= sizeof(addr.sun_path))
+    return Fail("socket path too long: " + socket_path);
+  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!listener.valid()) return FailErrno("socket", errno);
+  ::unlink(socket_path.c_str());
+  if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return FailErrno("bind " + socket_path, errno);
+  }
+  // Only init (root) connects to it: the agent reaches the control plane through the bridge.
+  ::chmod(socket_path.c_str(), 0600);
+  if (::listen(listener.get(), 128) != 0) return FailErrno("listen " + socket_path, errno);
+  // Connecting to a socket needs no write access to its file system.
+  std::string dir = socket_path.substr(0, socket_path.rfind('/'));
+  if (::mount(nullptr, dir.c_str(), nullptr,
+              MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) {
+    return FailErrno("make " + dir + " read-only", errno);
+  }
+  // The mux owns what it is given and closes it when it ends; the thread keeps the originals
+  // to start a new one when the host comes back.
+  UniqueFd port(::dup(channel.get()));
+  UniqueFd own_listener(::dup(listener.get()));
+  if (!port.valid() || !own_listener.valid()) return FailErrno("dup", errno);
+  auto mux = Mux::Guest(std::move(channel), std::move(own_listener), Mux::Options{});
+  if (!mux) return Fail(mux.error());
+  // The thread blocks every signal: init takes SIGCHLD and the forwarded signals through a
+  // signalfd, which sees only signals that no thread lets through; a thread with SIGCHLD
+  // unblocked would swallow the agent's exit (its default action is to ignore it).
+  sigset_t all, old;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  std::thread([mux = std::move(*mux), port = std::move(port),
+               listener = std::move(listener)]() mutable {
+    for (auto current = std::move(mux);;) {
+      std::string why = current->Run();
+      Log("the channel to the control plane ended (" + why + "); waiting for it to come back");
+      current.reset();
+      // While no one holds the host end (the control plane restarting), the port reads as
+      // hung up; connections to the socket wait in its backlog meanwhile.
+      for (;;) {
+        pollfd p{port.get(), POLLIN, 0};
+        if (::poll(&p, 1, 0) >= 0 && (p.revents & POLLHUP) == 0) break;
+        SleepMs(50);
+      }
+      auto next =
+          Mux::Guest(UniqueFd(::dup(port.get())), UniqueFd(::dup(listener.get())), Mux::Options{});
+      if (!next) {
+        Log("cannot restart the channel: " + next.error());
+        return;
+      }
+      current = std::move(*next);
+    }
+  }).detach();
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return {};
+}
+
+void PowerOff(int status_fd, int exit_code, bool oom_killed) {
+  if (status_fd >= 0) {
+    std::string line =
+        exit_code > 128 && exit_code < 128 + 65
+            ? "signal " + std::to_string(exit_code - 128) + (oom_killed ? " oom\n" : "\n")
+            : "exit " + std::to_string(exit_code) + "\n";
+    WriteAll(status_fd, line.data(), line.size());
+    ::fsync(status_fd);
+  }
+  ::sync();
+  // QEMU runs with -no-reboot: a reboot request ends it, and the kernel's reboot=t makes the
+  // request a triple fault, which needs no ACPI.
+  ::reboot(RB_AUTOBOOT);
+  for (;;) ::pause();
+}
+
+}  // namespace airlock::init

@@ -1,0 +1,55 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "sys.h"
+
+namespace airlock::init {
+
+// airlock-init as PID 1 of a micro-VM (the `microvm` backend).
+//
+// The kernel starts init from an initramfs the backend built: /init (this binary),
+// /airlock/modules/NN-name.ko (the virtio and erofs modules of Debian's cloud kernel, loaded
+// in the order of their names), /airlock/seccomp.bpf (the sandbox's seccomp filter, compiled
+// on the host from the profile crun gets) and /airlock/args (init's command line,
+// NUL-separated, the same options a container's init gets). The VM has three virtio-serial ports
+// and one disk:
+//   airlock.channel  the only way out: streams to the control plane (see mux.h)
+//   airlock.log      init's and the agent's output (the session log)
+//   airlock.status   one line, "exit N" or "signal N", written when the agent has exited
+//   /dev/vda         the image's tree, erofs, read-only
+// Nothing else: no network device, so no route anywhere.
+//
+// BootVm() turns that into what crun gives init in a container: the image's tree as a
+// read-only root, tmpfs for /tmp, the home, /run and /.airlock (size-capped, from
+// --tmp-bytes), a minimal /dev, /proc, a read-only /sys, and the agent in a cgroup of its
+// own (OOM kills are told from its memory.events). The channel socket
+// /.airlock/run/control.sock is served by a multiplexer over airlock.channel, so the rest of
+// init runs exactly as in a container.
+struct VmBoot {
+  std::vector<std::string> args;  // init's command line from /airlock/args
+  UniqueFd channel;               // the airlock.channel port
+  UniqueFd status;                // the airlock.status port
+  std::string cgroup;             // the agent's cgroup (for --cgroup-root)
+  std::string seccomp_filter;     // /airlock/seccomp.bpf: the agent's filter (agent.h)
+};
+
+// Whether this process is PID 1 of a micro-VM's initramfs.
+bool IsVmBoot();
+
+// Mounts, loads modules, finds the ports, pivots into the image. On failure the reason is
+// already logged to the console; the caller powers the VM off.
+Result<VmBoot> BootVm();
+
+// Writes how the agent ended to the status port ("exit N", "signal N" or "signal N oom",
+// one line), flushes the disks and powers off (QEMU runs with -no-reboot, so a reboot ends
+// it). Never returns.
+[[noreturn]] void PowerOff(int status_fd, int exit_code, bool oom_killed);
+
+// Serves the control-plane socket at `socket_path` inside the VM from a thread of its own:
+// each connection to it becomes a stream over `channel` (see mux.h). The thread runs until
+// the VM powers off.
+Status ServeChannel(UniqueFd channel, const std::string& socket_path);
+
+}  // namespace airlock::init
