@@ -70,6 +70,18 @@ struct OciConfig {
   int64_t disk_mb = 256;
 };
 
+// [sandbox.microvm]: the QEMU micro-VM backend. See docs/operators.md.
+struct MicrovmConfig {
+  std::string qemu_path;       // default: qemu-system-x86_64 in PATH
+  std::string kernel_dir;      // default: where scripts/guest-kernel.sh puts it
+  std::string accel = "auto";  // auto | kvm | tcg
+  int64_t log_limit_mb = 8;
+  int64_t memory_mb = 256;  // the guest's RAM, for sessions whose limits leave it out
+  int64_t pids = 256;
+  double cpus = 1;
+  int64_t disk_mb = 256;
+};
+
 // [files]: where sessions' files live and how URLs to them are bounded. See docs/operators.md.
 struct FilesConfig {
   std::string store = "local";  // local | s3
@@ -167,6 +179,7 @@ struct Config {
   std::string images_dir;          // default: <home>/images
   std::string builtin_images_dir;  // default: images/ beside the airlock binary (base.tar)
   OciConfig oci;
+  MicrovmConfig microvm;
   FilesConfig files;
   int64_t max_task_bytes = 256 * 1024;
   int64_t max_message_bytes = 256 * 1024;

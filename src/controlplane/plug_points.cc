@@ -13,6 +13,7 @@
 #include "files/s3_store.h"
 #include "llm/http_provider.h"
 #include "llm/scripted.h"
+#include "sandbox/backend_microvm.h"
 #include "sandbox/backend_oci.h"
 #include "sandbox/backend_process.h"
 #include "store/postgres_store.h"
@@ -117,6 +118,15 @@ sandbox::OciImage ToOciImage(images::ResolvedImage r) {
   return o;
 }
 
+// The local backends' view of the image store.
+sandbox::ImageResolver ImagesOf(const BackendContext& context) {
+  return [images = context.images](const std::string& name) -> Result<sandbox::OciImage> {
+    if (!images) return MakeError(ErrorCode::kUnavailable, "the image store could not be opened");
+    AIRLOCK_ASSIGN_OR_RETURN(auto resolved, images->Resolve(name));
+    return ToOciImage(std::move(resolved));
+  };
+}
+
 Status ParseOci(TableReader& o, Config& c) {
   OciConfig& k = c.oci;
   AIRLOCK_TRY(o.String("runtime", &k.runtime));
@@ -157,19 +167,54 @@ Result<std::unique_ptr<sandbox::Backend>> MakeOci(const BackendContext& context)
   o.default_pids = config.oci.pids;
   o.default_cpus = config.oci.cpus;
   o.default_disk_mb = config.oci.disk_mb;
-  o.resolve_image = [images =
-                         context.images](const std::string& name) -> Result<sandbox::OciImage> {
-    if (!images) return MakeError(ErrorCode::kUnavailable, "the image store could not be opened");
-    AIRLOCK_ASSIGN_OR_RETURN(auto resolved, images->Resolve(name));
-    return ToOciImage(std::move(resolved));
-  };
+  o.resolve_image = ImagesOf(context);
   return sandbox::MakeOciBackend(std::move(o));
+}
+
+Status ParseMicrovm(TableReader& t, Config& c) {
+  MicrovmConfig& k = c.microvm;
+  AIRLOCK_TRY(t.String("qemu_path", &k.qemu_path));
+  AIRLOCK_TRY(t.String("kernel_dir", &k.kernel_dir));
+  AIRLOCK_TRY(t.String("accel", &k.accel));
+  AIRLOCK_TRY(t.Int("log_limit_mb", &k.log_limit_mb, 1, 1 << 20));
+  AIRLOCK_TRY(t.Int("memory_mb", &k.memory_mb, 128, 1 << 20));
+  AIRLOCK_TRY(t.Int("pids", &k.pids, 1, 1 << 22));
+  AIRLOCK_TRY(t.Double("cpus", &k.cpus, 0.01));
+  AIRLOCK_TRY(t.Int("disk_mb", &k.disk_mb, 1, 1 << 24));
+  AIRLOCK_TRY(t.RejectUnknown());
+  if (k.accel != "auto" && k.accel != "kvm" && k.accel != "tcg") {
+    return MakeError(ErrorCode::kInvalidArgument, "sandbox.microvm.accel must be auto, kvm or tcg");
+  }
+  return Ok();
+}
+
+Result<std::unique_ptr<sandbox::Backend>> MakeMicrovm(const BackendContext& context) {
+  const Config& config = context.config;
+  sandbox::MicrovmOptions o;
+  o.qemu_path = config.microvm.qemu_path;
+  o.kernel_dir = config.microvm.kernel_dir.empty() ? sandbox::DefaultGuestKernelDir()
+                                                   : config.microvm.kernel_dir;
+  o.init_path = FindInit(config);
+  o.cache_dir = config.home + "/cache/microvm";
+  o.state_dir = config.home + "/run/microvm";
+  o.accel = config.microvm.accel;
+  o.bridge_port = static_cast<uint16_t>(config.oci.bridge_port);
+  o.uid_range_start = static_cast<uint32_t>(config.oci.uid_range_start);
+  o.uid_range_size = static_cast<uint32_t>(config.oci.uid_range_size);
+  o.log_limit_bytes = config.microvm.log_limit_mb << 20;
+  o.default_memory_mb = config.microvm.memory_mb;
+  o.default_pids = config.microvm.pids;
+  o.default_cpus = config.microvm.cpus;
+  o.default_disk_mb = config.microvm.disk_mb;
+  o.resolve_image = ImagesOf(context);
+  return sandbox::MakeMicrovmBackend(std::move(o));
 }
 
 constexpr std::array kBackendKinds = {
     BackendKind{"process", "a host process, not isolated (needs allow_unisolated_backends)",
                 MakeProcess},
     BackendKind{"oci", "a container run by crun, runc or runsc", MakeOci, ParseOci},
+    BackendKind{"microvm", "a QEMU micro-VM with its own kernel", MakeMicrovm, ParseMicrovm},
 };
 
 // ---- LLM providers

@@ -40,7 +40,7 @@ sandbox::SandboxSpec MakeSandboxSpec(const store::Session& s, const sandbox::Cap
       break;
     case sandbox::Channel::Kind::kVirtioPort:
       // The VMM relays the port to the per-session socket.
-      spec.channel.port_name = "airlock.control";
+      spec.channel.port_name = "airlock.channel";
       break;
     case sandbox::Channel::Kind::kUrl:
       spec.channel.url = place.sandbox_url;

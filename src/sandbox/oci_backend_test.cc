@@ -19,6 +19,7 @@
 
 #include "common/crypto.h"
 #include "common/json_util.h"
+#include "sandbox/fake_control_socket.h"
 #include "sandbox/subprocess.h"
 
 namespace airlock::sandbox {
@@ -33,50 +34,6 @@ std::string SkipReason() {
   if (::access("/bin/busybox", X_OK) != 0) return "busybox-static is not installed";
   return {};
 }
-
-// Plays the control plane on a sandbox's control.sock: answers airlock-init's request for
-// its identity with `identity` (a JSON body), and everything else with 202, as the control
-// plane does for init's exit report (without it init retries for seconds before it exits).
-class FakeControlSocket {
- public:
-  FakeControlSocket(const std::string& dir, std::string identity) {
-    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::string path = dir + "/control.sock";
-    std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
-    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-    ::listen(fd_, 16);
-    thread_ = std::thread([this, identity = std::move(identity)] {
-      for (int c; (c = ::accept(fd_, nullptr, nullptr)) >= 0; ::close(c)) {
-        char buf[4096];
-        timeval tv{1, 0};
-        ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        std::string req;
-        ssize_t n;
-        while (req.find("\r\n\r\n") == std::string::npos && (n = ::read(c, buf, sizeof(buf))) > 0) {
-          req.append(buf, static_cast<size_t>(n));
-        }
-        std::string reply =
-            req.starts_with("GET /sandbox/v1/identity ")
-                ? fmt::format(
-                      "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                      identity.size(), identity)
-                : "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        [[maybe_unused]] auto w = ::write(c, reply.data(), reply.size());
-      }
-    });
-  }
-  ~FakeControlSocket() {
-    ::shutdown(fd_, SHUT_RDWR);
-    thread_.join();
-    ::close(fd_);
-  }
-
- private:
-  int fd_ = -1;
-  std::thread thread_;
-};
 
 class OciBackendTest : public ::testing::Test {
  protected:

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 namespace airlock::sandbox {
 
@@ -25,6 +26,70 @@ void CloseFdsFrom(int first, int keep) {
   for (long fd = first; fd < max; ++fd) {
     if (fd != keep) ::close(static_cast<int>(fd));
   }
+}
+
+Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                          const std::string& log_path) {
+  if (argv.empty() || argv[0].empty() || argv[0][0] != '/') {
+    return MakeError(ErrorCode::kInvalidArgument, "SpawnDaemon needs an absolute path");
+  }
+  // Everything is prepared before fork: between fork and exec only async-signal-safe calls.
+  std::vector<std::string> args = argv, envs = env;
+  std::vector<char*> cargv, cenv;
+  for (auto& a : args) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  for (auto& e : envs) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+  int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (log_fd < 0)
+    return Errorf(ErrorCode::kInternal, "open {}: {}", log_path, std::strerror(errno));
+  int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  // The daemon's pid comes back from the middle process through this pipe.
+  int pipefd[2];
+  if (null_fd < 0 || ::pipe2(pipefd, O_CLOEXEC) != 0) {
+    int err = errno;
+    ::close(log_fd);
+    if (null_fd >= 0) ::close(null_fd);
+    return Errorf(ErrorCode::kInternal, "pipe: {}", std::strerror(err));
+  }
+  static constexpr char kExecFailed[] = "exec failed\n";
+  pid_t middle = ::fork();
+  if (middle == 0) {
+    ::setsid();
+    pid_t daemon = ::fork();
+    if (daemon != 0) {
+      [[maybe_unused]] auto n = ::write(pipefd[1], &daemon, sizeof(daemon));
+      ::_exit(daemon > 0 ? 0 : 1);
+    }
+    ::dup2(null_fd, 0);
+    ::dup2(log_fd, 1);
+    ::dup2(log_fd, 2);
+    CloseFdsFrom(3, -1);
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, nullptr);
+    ::execve(cargv[0], cargv.data(), cenv.data());
+    [[maybe_unused]] auto n = ::write(2, kExecFailed, sizeof(kExecFailed) - 1);
+    ::_exit(127);
+  }
+  ::close(pipefd[1]);
+  ::close(log_fd);
+  ::close(null_fd);
+  if (middle < 0) {
+    ::close(pipefd[0]);
+    return Errorf(ErrorCode::kUnavailable, "fork: {}", std::strerror(errno));
+  }
+  pid_t daemon = -1;
+  ssize_t n;
+  do {
+    n = ::read(pipefd[0], &daemon, sizeof(daemon));
+  } while (n < 0 && errno == EINTR);
+  ::close(pipefd[0]);
+  ::waitpid(middle, nullptr, 0);
+  if (n != sizeof(daemon) || daemon <= 0) {
+    return MakeError(ErrorCode::kUnavailable, "fork of the daemon failed");
+  }
+  return daemon;
 }
 
 std::string FindExecutable(const std::string& name) {

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <string>
 #include <vector>
@@ -34,6 +36,15 @@ struct CommandResult {
 Result<CommandResult> RunCommand(const std::vector<std::string>& argv,
                                  const std::vector<std::string>& env,
                                  const CommandOptions& opts = {});
+
+// Starts argv[0] (an absolute path) as a daemon: in a session of its own, re-parented away
+// from the control plane (a double fork), so that it outlives a control-plane restart and
+// leaves no zombie. stdin is /dev/null; stdout and stderr go to `log_path` (appended). The
+// child gets exactly `env` and no descriptor of ours. Returns the daemon's pid. A failed exec
+// is written to the log (the caller watches the daemon, e.g. for its sockets, and reads the
+// log when it dies early).
+Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                          const std::string& log_path);
 
 // Looks `name` up in PATH (or returns it if it holds a '/'); empty when not found.
 std::string FindExecutable(const std::string& name);

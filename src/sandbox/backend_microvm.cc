@@ -1,0 +1,654 @@
+#include "sandbox/backend_microvm.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "common/crypto.h"
+#include "common/json_util.h"
+#include "common/log.h"
+#include "sandbox/cpio.h"
+#include "sandbox/qmp.h"
+#include "sandbox/seccomp_bpf.h"
+#include "sandbox/seccomp_profile.h"
+#include "sandbox/subprocess.h"
+#include "sandbox/uid_pool.h"
+#include "sandbox/vm_relay.h"
+
+namespace airlock::sandbox {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kIdPrefix = "airlock-vm-";
+// The kernel's command line. quiet: the serial console is slow under TCG. pci=off: microvm
+// has no PCI bus (virtio-mmio devices come from ACPI). tsc=reliable, no_timer_check: skip
+// clock checks that take long under emulation. reboot=t, panic=-1: a reboot or a panic ends
+// QEMU (-no-reboot) instead of hanging. KernelArgs() adds the clock's rate.
+constexpr const char* kKernelArgs =
+    "console=ttyS0 quiet mitigations=off pci=off tsc=reliable no_timer_check reboot=t panic=-1 "
+    "rdinit=/init";
+// Guest RAM below this cannot boot Debian's kernel and an initramfs.
+constexpr int64_t kMinMemoryMb = 128;
+
+// What a handle names: "airlock-vm-<sandbox id>:<work dir>". Everything of a VM lives in its
+// work dir, so the handle survives a control-plane restart.
+struct Handle {
+  std::string id;
+  std::string dir;
+  std::string file(const char* name) const { return dir + "/vm/" + name; }
+};
+
+Result<Handle> Decode(const std::string& s) {
+  size_t colon = s.find(':');
+  if (!s.starts_with(kIdPrefix) || colon == std::string::npos || colon + 1 >= s.size() ||
+      s[colon + 1] != '/') {
+    return MakeError(ErrorCode::kInvalidArgument, "bad microvm handle");
+  }
+  return Handle{s.substr(0, colon), s.substr(colon + 1)};
+}
+
+std::string ReadSmallFile(const std::string& path, size_t max = 4096) {
+  std::ifstream f(path, std::ios::binary);
+  std::string out(max, '\0');
+  f.read(out.data(), static_cast<std::streamsize>(max));
+  out.resize(static_cast<size_t>(f.gcount()));
+  return out;
+}
+
+Status WriteFile(const std::string& path, std::string_view data, mode_t mode) {
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) return Errorf(ErrorCode::kInternal, "create {}: {}", tmp, std::strerror(errno));
+  bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size());
+  ok = ::fsync(fd) == 0 && ok;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return Errorf(ErrorCode::kInternal, "write {}: {}", path, std::strerror(errno));
+  }
+  return Ok();
+}
+
+// The pid QEMU wrote, if that process is still a QEMU of this VM (a recycled pid is not).
+std::optional<pid_t> LivePid(const Handle& h) {
+  std::string text = ReadSmallFile(h.file("qemu.pid"), 64);
+  pid_t pid = 0;
+  try {
+    pid = static_cast<pid_t>(std::stol(text));
+  } catch (...) {
+    return std::nullopt;
+  }
+  if (pid <= 1) return std::nullopt;
+  std::string cmdline = ReadSmallFile(fmt::format("/proc/{}/cmdline", pid), 1 << 16);
+  if (cmdline.find(h.id) == std::string::npos) return std::nullopt;
+  std::string stat = ReadSmallFile(fmt::format("/proc/{}/stat", pid), 1024);
+  size_t close = stat.rfind(')');
+  if (close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z') {
+    return std::nullopt;  // a zombie is as good as gone
+  }
+  return pid;
+}
+
+// The real uid of `pid` (the "Uid:" line of its status).
+uint32_t ProcessUid(pid_t pid) {
+  std::ifstream status(fmt::format("/proc/{}/status", pid));
+  for (std::string line; std::getline(status, line);) {
+    if (line.starts_with("Uid:"))
+      return static_cast<uint32_t>(std::strtoul(line.c_str() + 4, nullptr, 10));
+  }
+  return 0;
+}
+
+// "exit N", "signal N" or "signal N oom", as the guest's init writes it (guest.h).
+void ParseStatus(const std::string& text, SandboxStatus& s) {
+  std::istringstream in(text);
+  std::string kind, extra;
+  int n = 0;
+  if (!(in >> kind >> n)) return;
+  in >> extra;
+  if (kind == "exit") s.exit_code = n;
+  if (kind == "signal") {
+    s.signal = n;
+    s.exit_code = 128 + n;
+    s.oom_killed = extra == "oom";
+  }
+}
+
+// Whether KVM can boot the guest kernel here. A /dev/kvm that opens is not enough: a
+// software-nested KVM starts trivial guests but hangs or dies on Linux's first unusual
+// instruction. So boot the real kernel with init alone as the initramfs: init, not in a VM it
+// knows, exits at once; PID 1 exiting panics the kernel, and the panic reboots, which ends
+// QEMU (-no-reboot). A kernel that gets that far under KVM does so well within the deadline.
+// Once per process and kernel: the answer does not change while the control plane runs.
+// The guest's TSC ticks at the host's rate (TCG reads the host's; KVM passes it through).
+// Calibrating it needs a reference timer, and microvm's PIT is the only one: under TCG on a
+// busy host calibration sometimes fails, and then the kernel hangs for good waiting on the
+// delay loop's calibration. So the rate is given (tsc_early_khz) and so is the delay loop
+// (lpj = loops per jiffy: the TSC's ticks per jiffy). The rate is the host's "cpu MHz",
+// which is the TSC's on CPUs with an invariant TSC (every x86 server CPU of the last decade).
+std::string ClockArgs(const std::string& kernel_dir) {
+  int64_t khz = 0;
+  {
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    for (std::string line; khz == 0 && std::getline(cpuinfo, line);) {
+      if (!line.starts_with("cpu MHz")) continue;
+      size_t colon = line.find(':');
+      if (colon != std::string::npos)
+        khz = std::llround(std::atof(line.c_str() + colon + 1) * 1000);
+    }
+  }
+  int64_t hz = 250;  // Debian's kernels
+  {
+    std::ifstream config(kernel_dir + "/config");
+    for (std::string line; std::getline(config, line);) {
+      if (line.starts_with("CONFIG_HZ=")) hz = std::max<int64_t>(1, std::atoll(line.c_str() + 10));
+    }
+  }
+  if (khz <= 0) return {};
+  return fmt::format(" tsc_early_khz={} lpj={}", khz, khz * 1000 / hz);
+}
+
+bool KvmBoots(const std::string& qemu, const std::string& kernel_dir, const std::string& init_path,
+              const std::string& cache_dir) {
+  static std::mutex mu;
+  static std::map<std::string, bool> known;
+  std::lock_guard lock(mu);
+  std::string key = qemu + "\n" + kernel_dir;
+  if (auto it = known.find(key); it != known.end()) return it->second;
+  bool boots = false;
+  if (int fd = ::open("/dev/kvm", O_RDWR | O_CLOEXEC); fd >= 0) {
+    ::close(fd);
+    CpioWriter cpio;
+    cpio.AddFile("init", ReadSmallFile(init_path, 64 << 20), 0755);
+    std::string probe = cache_dir + "/kvm-probe.cpio";
+    std::error_code ec;
+    fs::create_directories(cache_dir, ec);
+    if (WriteFile(probe, cpio.Finish(), 0644)) {
+      CommandOptions co;
+      co.timeout = std::chrono::seconds(5);
+      auto r =
+          RunCommand({qemu, "-machine", "microvm,x-option-roms=off,rtc=on", "-accel", "kvm", "-m",
+                      "128", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+                      "-kernel", kernel_dir + "/vmlinux", "-initrd", probe, "-append",
+                      std::string(kKernelArgs) + ClockArgs(kernel_dir), "-serial", "stdio"},
+                     {}, co);
+      boots = r && r->exit_code == 0 && r->output.find("Kernel panic") != std::string::npos;
+    }
+  }
+  known[key] = boots;
+  return boots;
+}
+
+class MicrovmBackend : public Backend {
+ public:
+  MicrovmBackend(MicrovmOptions o, std::string qemu)
+      : o_(std::move(o)),
+        qemu_(std::move(qemu)),
+        kernel_args_(kKernelArgs + ClockArgs(o_.kernel_dir)) {
+    if (::geteuid() == 0) {
+      // The same range as oci's, like two control planes on one host: a uid some process
+      // runs as is skipped.
+      uid_pool_ = std::make_unique<UidPool>(o_.uid_range_start, o_.uid_range_size, [](uint32_t id) {
+        return HostKnowsId(id) || UidHasProcesses(id);
+      });
+    }
+  }
+
+  std::string_view name() const override { return "microvm"; }
+  Capabilities capabilities() const override {
+    Capabilities c;
+    c.isolated = true;
+    c.suspend = Capabilities::Suspend::kFreeze;  // QMP stop: the guest keeps its memory
+    c.node_local = true;
+    c.channel = Channel::Kind::kVirtioPort;
+    c.identity = Capabilities::IdentityDelivery::kOverChannel;
+    return c;
+  }
+
+  // Decided at the first sandbox, not at start: finding out may take a test boot.
+  std::string Accelerator() {
+    std::lock_guard lock(build_mu_);
+    if (!accel_.empty()) return accel_;
+    accel_ = o_.accel;
+    if (accel_ == "auto") {
+      accel_ = KvmBoots(qemu_, o_.kernel_dir, o_.init_path, o_.cache_dir) ? "kvm" : "tcg";
+    }
+    if (accel_ == "tcg") {
+      log::Warn(
+          "microvm: KVM cannot boot the guest here, guests run under TCG (software "
+          "emulation): starts take seconds, not milliseconds",
+          {{"accel", o_.accel}});
+    }
+    return accel_;
+  }
+
+  Status Probe() override {
+    if (auto why = MicrovmUnavailableReason(o_); !why.empty()) {
+      return MakeError(ErrorCode::kUnavailable, why);
+    }
+    return Ok();
+  }
+
+  Result<Started> Create(const SandboxSpec& spec) override {
+    if (!o_.resolve_image)
+      return MakeError(ErrorCode::kInternal, "microvm backend has no image store");
+    if (spec.identity) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the microvm backend takes the session's identity over its channel");
+    }
+    if (spec.channel.host_dir.empty() || spec.work_dir.empty()) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the microvm backend needs the session's socket directory and work dir");
+    }
+    AIRLOCK_ASSIGN_OR_RETURN(OciImage image, o_.resolve_image(spec.image.name));
+    if (!image.host_binds.empty()) {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "image \"{}\" binds host directories, which a VM cannot share; use an "
+                    "imported image or \"base\" with the microvm backend",
+                    spec.image.name);
+    }
+    std::vector<std::string> command = spec.command.argv;
+    if (command.empty()) {
+      command = image.entrypoint;
+      command.insert(command.end(), image.cmd.begin(), image.cmd.end());
+    }
+    if (command.empty()) {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "image \"{}\" has no entrypoint; give a \"command\"", spec.image.name);
+    }
+    Handle h{kIdPrefix + spec.sandbox_id, spec.work_dir};
+    std::error_code ec;
+    fs::create_directories(h.dir + "/vm", ec);
+    if (ec) return Errorf(ErrorCode::kInternal, "create {}/vm: {}", h.dir, ec.message());
+    ::chmod((h.dir + "/vm").c_str(), 0700);
+
+    AIRLOCK_ASSIGN_OR_RETURN(std::string disk, ImageDisk(image.rootfs));
+    std::string accel = Accelerator();
+    AIRLOCK_ASSIGN_OR_RETURN(std::string base, BaseInitramfs());
+    AIRLOCK_TRY(WriteInitrd(h, base, image, command, spec.limits));
+    AIRLOCK_TRY(WriteFile(h.file("channel_dir"), spec.channel.host_dir, 0600));
+
+    std::optional<uint32_t> uid;
+    if (uid_pool_) {
+      AIRLOCK_ASSIGN_OR_RETURN(uid, uid_pool_->Acquire(h.id));
+    }
+    auto started = Start(spec, h, disk, accel, uid);
+    if (!started && uid_pool_) uid_pool_->Release(h.id);
+    return started;
+  }
+
+  Result<Started> Start(const SandboxSpec& spec, const Handle& h, const std::string& disk,
+                        const std::string& accel, std::optional<uint32_t> uid) {
+    const Limits& l = spec.limits;
+    int64_t memory_mb = std::max(l.memory_mb.value_or(o_.default_memory_mb), kMinMemoryMb);
+    int cpus = std::max(1, static_cast<int>(std::ceil(l.cpus.value_or(o_.default_cpus))));
+    std::vector<std::string> argv = {
+        qemu_,
+        "-name",
+        h.id,
+        "-machine",
+        "microvm,x-option-roms=off,rtc=on",
+        "-accel",
+        accel,
+        "-m",
+        std::to_string(memory_mb),
+        "-smp",
+        std::to_string(cpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+        o_.kernel_dir + "/vmlinux",
+        "-initrd",
+        h.file("initrd"),
+        "-append",
+        kernel_args_,
+        "-serial",
+        "file:" + h.file("console.log"),
+        "-device",
+        "virtio-serial-device,max_ports=4",
+        "-chardev",
+        fmt::format("socket,id=channel,path={},server=on,wait=off", h.file("channel.sock")),
+        "-device",
+        "virtserialport,chardev=channel,name=airlock.channel",
+        "-chardev",
+        fmt::format("file,id=log,path={},append=on", LogPath(h)),
+        "-device",
+        "virtserialport,chardev=log,name=airlock.log",
+        "-chardev",
+        fmt::format("file,id=status,path={}", h.file("status")),
+        "-device",
+        "virtserialport,chardev=status,name=airlock.status",
+        "-drive",
+        fmt::format("id=root,file={},format=raw,if=none,readonly=on", disk),
+        "-device",
+        "virtio-blk-device,drive=root",
+        "-qmp",
+        fmt::format("unix:{},server=on,wait=off", h.file("qmp.sock")),
+        "-pidfile",
+        h.file("qemu.pid"),
+        // QEMU's own seccomp filter: no obsolete syscalls, no set*uid, no fork/exec, no
+        // scheduler or resource changes, for whatever a guest might make QEMU do.
+        "-sandbox",
+        "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
+    };
+    if (uid) {
+      // QEMU opens every file and socket as root, then becomes a host uid of its own that no
+      // account has, before the guest runs: what escapes the guest into QEMU is that uid,
+      // with no capability, apart from every other VM. (Not elevateprivileges=deny: QEMU's
+      // filter goes on before -runas, and would forbid it; a process that left uid 0 for
+      // good cannot go back anyway.)
+      argv.push_back("-runas");
+      argv.push_back(fmt::format("{}:{}", *uid, *uid));
+    }
+    for (const char* stale : {"status", "qemu.pid", "qemu.log", "channel.sock", "qmp.sock"}) {
+      ::unlink(h.file(stale).c_str());
+    }
+    // Not -daemonize: QEMU forks for it, which its own seccomp filter (spawn=deny) forbids.
+    AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, SpawnDaemon(argv, {}, h.file("qemu.log")));
+    AIRLOCK_TRY(AwaitQemu(h, pid));
+    std::string handle = h.id + ":" + h.dir;
+    AIRLOCK_TRY(WriteFile(o_.state_dir + "/" + h.id, handle, 0600));
+    AIRLOCK_TRY(
+        relay_.Attach(h.id, h.file("channel.sock"), spec.channel.host_dir + "/control.sock"));
+    return Started{handle, SandboxState::kRunning};
+  }
+
+  Status Suspend(const std::string& handle) override {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    return Qmp(h, "stop");
+  }
+
+  Result<std::string> Resume(const std::string& handle) override {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    AIRLOCK_TRY(Qmp(h, "cont"));
+    return handle;
+  }
+
+  Status Destroy(const std::string& handle) override {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    relay_.Detach(h.id);
+    if (auto pid = LivePid(h)) {
+      ::kill(*pid, SIGKILL);
+      // QEMU is not our child (-daemonize): wait for its /proc entry to go.
+      for (int i = 0; i < 500 && fs::exists(fmt::format("/proc/{}", *pid)); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    }
+    std::error_code ec;
+    fs::remove_all(h.dir + "/vm", ec);
+    fs::remove(o_.state_dir + "/" + h.id, ec);
+    // Only now, with QEMU gone, may another sandbox get its uid.
+    if (uid_pool_) uid_pool_->Release(h.id);
+    return Ok();
+  }
+
+  Result<SandboxStatus> Inspect(const std::string& handle) override {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    SandboxStatus s;
+    if (!fs::exists(h.dir + "/vm")) return s;  // kMissing
+    if (LivePid(h)) {
+      s.state = SandboxState::kRunning;
+      // Paused only by our Suspend; ask QEMU only when it could be.
+      auto status = QmpQuery(h, "query-status");
+      if (status && status->is_object() && status->value("status", "") == "paused") {
+        s.state = SandboxState::kPaused;
+      }
+      s.detail = s.state == SandboxState::kPaused ? "paused" : "running";
+      return s;
+    }
+    s.state = SandboxState::kExited;
+    ParseStatus(ReadSmallFile(h.file("status"), 256), s);
+    if (!s.exit_code) {
+      // Init never reported: the guest died (a kernel panic, QEMU killed).
+      s.exit_code = 125;
+      s.detail = "the VM stopped without a report from init; its console: " + ConsoleTail(h);
+    } else {
+      s.detail = "stopped";
+    }
+    return s;
+  }
+
+  Result<SandboxStatus> Reattach(const std::string& handle) override {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    auto s = Inspect(handle);
+    if (s && (s->state == SandboxState::kRunning || s->state == SandboxState::kPaused)) {
+      if (auto pid = LivePid(h); pid && uid_pool_) uid_pool_->Adopt(h.id, ProcessUid(*pid));
+      // The control plane's session socket is new: relay to it again.
+      (void)relay_.Attach(h.id, h.file("channel.sock"), ChannelDirOf(h) + "/control.sock");
+    }
+    return s;
+  }
+
+  Result<std::vector<ListedSandbox>> List() override {
+    std::vector<ListedSandbox> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(o_.state_dir, ec)) {
+      std::string name = e.path().filename().string();
+      if (!name.starts_with(kIdPrefix) || name.ends_with(".tmp")) continue;
+      std::string handle = ReadSmallFile(e.path().string(), 4096);
+      if (!Decode(handle)) continue;
+      out.push_back({name.substr(std::strlen(kIdPrefix)), handle});
+    }
+    return out;
+  }
+
+  Result<std::string> Logs(const std::string& handle, int64_t offset, size_t max_bytes) override {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    std::ifstream f(LogPath(h), std::ios::binary);
+    if (!f) return std::string();
+    f.seekg(offset);
+    std::string out(max_bytes, '\0');
+    f.read(out.data(), static_cast<std::streamsize>(max_bytes));
+    out.resize(static_cast<size_t>(std::max<std::streamsize>(f.gcount(), 0)));
+    return out;
+  }
+
+ private:
+  // Beside the VM's files, not among them: the log outlives the sandbox (Destroy).
+  static std::string LogPath(const Handle& h) { return h.dir + "/sandbox.log"; }
+  static std::string ConsoleTail(const Handle& h) {
+    std::string text = ReadSmallFile(h.file("console.log"), 1 << 20);
+    return text.size() > 1024 ? text.substr(text.size() - 1024) : text;
+  }
+  // Recorded by WriteInitrd: where the session's control.sock is.
+  static std::string ChannelDirOf(const Handle& h) { return ReadSmallFile(h.file("channel_dir")); }
+
+  // QEMU listens on its sockets before it starts the guest: once the monitor answers, the
+  // channel's socket is there too. A QEMU that dies first says why in its log.
+  Status AwaitQemu(const Handle& h, pid_t pid) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (auto pause = std::chrono::milliseconds(1);;
+         pause = std::min(pause * 2, std::chrono::milliseconds(50))) {
+      if (QmpQuery(h, "query-status")) return Ok();
+      bool alive = fs::exists(fmt::format("/proc/{}", pid));
+      if (!alive || std::chrono::steady_clock::now() >= deadline) {
+        if (alive) ::kill(pid, SIGKILL);
+        std::string log = ReadSmallFile(h.file("qemu.log"), 4096);
+        return Errorf(ErrorCode::kUnavailable, "qemu {}: {}",
+                      alive ? "did not start within 30 s" : "failed to start",
+                      log.empty() ? "no message" : log);
+      }
+      std::this_thread::sleep_for(pause);
+    }
+  }
+
+  Status Qmp(const Handle& h, const std::string& command) {
+    AIRLOCK_ASSIGN_OR_RETURN(Json reply, QmpQuery(h, command));
+    (void)reply;
+    return Ok();
+  }
+  Result<Json> QmpQuery(const Handle& h, const std::string& command) {
+    return QmpExecute(h.file("qmp.sock"), command, std::chrono::seconds(5));
+  }
+
+  // The image's tree as an erofs disk, built once per tree (trees are content-addressed and
+  // never change once unpacked) and kept in the cache.
+  Result<std::string> ImageDisk(const std::string& rootfs) {
+    std::string path =
+        fmt::format("{}/disks/{}.erofs", o_.cache_dir, Sha256Hex(rootfs).substr(0, 32));
+    std::lock_guard lock(build_mu_);
+    if (fs::exists(path)) return path;
+    std::error_code ec;
+    fs::create_directories(o_.cache_dir + "/disks", ec);
+    std::string tmp = path + ".tmp";
+    // -T0 and --all-root: the same bytes for the same tree; root owns everything as in the
+    // image's layers (the agent's uid is not in the image).
+    std::vector<std::string> argv = {"mkfs.erofs", "--quiet", "-T0", "--all-root", tmp, rootfs};
+    CommandOptions co;
+    co.timeout = std::chrono::minutes(10);
+    auto r = RunCommand(argv, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, co);
+    if (!r || r->exit_code != 0) {
+      ::unlink(tmp.c_str());
+      return Errorf(ErrorCode::kUnavailable, "mkfs.erofs {}: {}", rootfs,
+                    r ? r->output : r.error().message);
+    }
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+      return Errorf(ErrorCode::kInternal, "rename {}: {}", tmp, std::strerror(errno));
+    }
+    return path;
+  }
+
+  // init and the kernel's modules as one cpio archive, rebuilt when either changes.
+  Result<std::string> BaseInitramfs() {
+    std::lock_guard lock(build_mu_);
+    if (!base_initramfs_.empty()) return base_initramfs_;
+    CpioWriter cpio;
+    cpio.AddDirectory("airlock", 0755);
+    cpio.AddDirectory("airlock/modules", 0755);
+    std::string init = ReadSmallFile(o_.init_path, 64 << 20);
+    if (init.empty()) return Errorf(ErrorCode::kUnavailable, "cannot read {}", o_.init_path);
+    cpio.AddFile("init", init, 0755);
+    AIRLOCK_ASSIGN_OR_RETURN(std::string filter, CompileSeccompProfile(SandboxSeccompProfile()));
+    cpio.AddFile("airlock/seccomp.bpf", filter, 0644);
+    std::error_code ec;
+    std::vector<fs::path> modules;
+    for (const auto& e : fs::directory_iterator(o_.kernel_dir + "/modules", ec)) {
+      if (e.path().extension() == ".ko") modules.push_back(e.path());
+    }
+    if (modules.empty()) {
+      return Errorf(ErrorCode::kUnavailable,
+                    "no modules in {}/modules (run scripts/guest-kernel.sh)", o_.kernel_dir);
+    }
+    std::sort(modules.begin(), modules.end());
+    for (const auto& m : modules) {
+      cpio.AddFile("airlock/modules/" + m.filename().string(), ReadSmallFile(m, 64 << 20), 0644);
+    }
+    std::string bytes = cpio.Finish();
+    std::string path =
+        fmt::format("{}/initramfs-{}.cpio", o_.cache_dir, Sha256Hex(bytes).substr(0, 32));
+    fs::create_directories(o_.cache_dir, ec);
+    if (!fs::exists(path)) AIRLOCK_TRY(WriteFile(path, bytes, 0644));
+    base_initramfs_ = path;
+    return path;
+  }
+
+  // The VM's initramfs: the base, then a second archive with what is this sandbox's own
+  // (the kernel unpacks concatenated archives in order).
+  Status WriteInitrd(const Handle& h, const std::string& base, const OciImage& image,
+                     const std::vector<std::string>& command, const Limits& limits) {
+    std::vector<std::string> args = {"--port",      std::to_string(o_.bridge_port),
+                                     "--identity",  "channel",
+                                     "--uid",       "1000",
+                                     "--gid",       "1000",
+                                     "--home",      "/home/sandbox",
+                                     "--log-limit", std::to_string(o_.log_limit_bytes)};
+    if (!image.workdir.empty()) {
+      args.push_back("--workdir");
+      args.push_back(image.workdir);
+    }
+    args.push_back("--");
+    args.insert(args.end(), command.begin(), command.end());
+    std::string joined;
+    for (const auto& a : args) {
+      joined += a;
+      joined.push_back('\0');
+    }
+    std::string vm =
+        fmt::format("tmp_bytes {}\npids {}\n", limits.disk_mb.value_or(o_.default_disk_mb) << 20,
+                    limits.pids.value_or(o_.default_pids));
+    CpioWriter own;
+    own.AddDirectory("airlock", 0755);
+    own.AddFile("airlock/args", joined, 0600);
+    own.AddFile("airlock/vm", vm, 0600);
+    std::string bytes = ReadSmallFile(base, 256 << 20) + own.Finish();
+    return WriteFile(h.file("initrd"), bytes, 0600);
+  }
+
+  MicrovmOptions o_;
+  std::string qemu_;
+  const std::string kernel_args_;
+  std::string accel_;
+  std::mutex build_mu_;
+  std::string base_initramfs_;
+  std::unique_ptr<UidPool> uid_pool_;  // as root: one host uid per QEMU
+  VmRelay relay_;
+};
+
+}  // namespace
+
+std::string DefaultGuestKernelDir() {
+  if (const char* dir = std::getenv("AIRLOCK_GUEST_KERNEL_DIR"); dir != nullptr && *dir != '\0') {
+    return dir;
+  }
+  if (::geteuid() == 0) return "/var/lib/airlock/guest-kernel";
+  if (const char* cache = std::getenv("XDG_CACHE_HOME"); cache != nullptr && *cache != '\0') {
+    return std::string(cache) + "/airlock/guest-kernel";
+  }
+  const char* home = std::getenv("HOME");
+  return std::string(home != nullptr ? home : "") + "/.cache/airlock/guest-kernel";
+}
+
+std::string MicrovmUnavailableReason(const MicrovmOptions& o) {
+  std::string qemu = o.qemu_path.empty() ? FindExecutable("qemu-system-x86_64") : o.qemu_path;
+  if (qemu.empty()) return "qemu-system-x86_64 is not installed (scripts/install-deps.sh)";
+  if (FindExecutable("mkfs.erofs").empty()) return "mkfs.erofs is not installed (erofs-utils)";
+  if (o.kernel_dir.empty() || !fs::exists(o.kernel_dir + "/vmlinux")) {
+    return fmt::format("no guest kernel at {}/vmlinux (scripts/guest-kernel.sh makes it)",
+                       o.kernel_dir.empty() ? "<sandbox.microvm.kernel_dir>" : o.kernel_dir);
+  }
+  if (o.init_path.empty() || ::access(o.init_path.c_str(), R_OK) != 0) {
+    return "airlock-init not found at " + o.init_path;
+  }
+  return {};
+}
+
+Result<std::unique_ptr<Backend>> MakeMicrovmBackend(MicrovmOptions o) {
+  if (auto why = MicrovmUnavailableReason(o); !why.empty()) {
+    return MakeError(ErrorCode::kUnavailable, "microvm: " + why);
+  }
+  if (o.cache_dir.empty() || o.state_dir.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument, "microvm: cache_dir and state_dir are required");
+  }
+  std::error_code ec;
+  fs::create_directories(o.state_dir, ec);
+  if (ec)
+    return Errorf(ErrorCode::kUnavailable, "microvm: create {}: {}", o.state_dir, ec.message());
+  ::chmod(o.state_dir.c_str(), 0700);
+  if (o.accel != "auto" && o.accel != "kvm" && o.accel != "tcg") {
+    return MakeError(ErrorCode::kInvalidArgument, "microvm: accel must be auto, kvm or tcg");
+  }
+  std::string qemu = o.qemu_path.empty() ? FindExecutable("qemu-system-x86_64") : o.qemu_path;
+  return std::unique_ptr<Backend>(std::make_unique<MicrovmBackend>(std::move(o), std::move(qemu)));
+}
+
+}  // namespace airlock::sandbox

@@ -1,0 +1,54 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "sandbox/backend.h"
+#include "sandbox/backend_oci.h"
+
+namespace airlock::sandbox {
+
+struct MicrovmOptions {
+  std::string qemu_path;  // default: qemu-system-x86_64 in PATH
+  // The guest kernel as scripts/guest-kernel.sh leaves it: `vmlinux` (an uncompressed PVH
+  // ELF, which QEMU's microvm boots without firmware) and `modules/NN-name.ko`, the modules
+  // the guest needs, numbered in load order.
+  std::string kernel_dir;
+  std::string init_path;  // airlock-init on the host; required
+  // Built once and reused: the erofs of each image, the initramfs of each (init, kernel).
+  std::string cache_dir;
+  // One file per VM this backend started and has not destroyed (its handle), so that List()
+  // finds them after a restart, as crun's state directory does for oci; required.
+  std::string state_dir;
+  // auto: KVM where /dev/kvm can be opened, else TCG (with a warning); or kvm, tcg.
+  std::string accel = "auto";
+  uint16_t bridge_port = 7401;  // CONTROL_PLANE_URL inside = http://127.0.0.1:<port>
+  // As root, each QEMU runs as its own host uid from this range (the oci backend's; see
+  // OciOptions), which no host account may use.
+  uint32_t uid_range_start = 2147000000;
+  uint32_t uid_range_size = 65536;
+  int64_t log_limit_bytes = 8 << 20;
+  // Used when the session's limits leave them out. memory_mb is the guest's RAM.
+  int64_t default_memory_mb = 256;
+  int64_t default_pids = 256;
+  double default_cpus = 1;
+  int64_t default_disk_mb = 256;
+  ImageResolver resolve_image;  // the same image store as oci
+};
+
+// Runs each sandbox as a QEMU `microvm` guest: the image's tree as a read-only erofs disk,
+// airlock-init as PID 1, and one virtio-serial port as the only way out (relayed to the
+// session's control.sock by the control plane; see src/init/mux.h). No network device.
+// Pausing stops the guest's vCPUs (QMP stop/cont). See docs/sandbox.md.
+Result<std::unique_ptr<Backend>> MakeMicrovmBackend(MicrovmOptions options);
+
+// Where scripts/guest-kernel.sh puts the kernel by default: $AIRLOCK_GUEST_KERNEL_DIR, else
+// /var/lib/airlock/guest-kernel as root, else ~/.cache/airlock/guest-kernel.
+std::string DefaultGuestKernelDir();
+
+// Why the microvm backend cannot run here ("" when it can): QEMU, the guest kernel and
+// airlock-init must be there. Tests skip with this.
+std::string MicrovmUnavailableReason(const MicrovmOptions& options);
+
+}  // namespace airlock::sandbox

@@ -1,0 +1,221 @@
+// The microvm backend against the real QEMU and Debian's cloud kernel on this host (under TCG
+// where KVM cannot boot Linux), with an image made of busybox in a temp dir. Skips with the
+// reason where QEMU, mkfs.erofs or the guest kernel (scripts/guest-kernel.sh) are missing.
+#include "sandbox/backend_microvm.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "common/crypto.h"
+#include "common/json_util.h"
+#include "sandbox/fake_control_socket.h"
+
+namespace airlock::sandbox {
+namespace {
+
+namespace fs = std::filesystem;
+
+MicrovmOptions BaseOptions() {
+  MicrovmOptions o;
+  o.kernel_dir = DefaultGuestKernelDir();
+  o.init_path = AIRLOCK_INIT_BIN;
+  return o;
+}
+
+class MicrovmBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (auto why = MicrovmUnavailableReason(BaseOptions()); !why.empty()) GTEST_SKIP() << why;
+    if (::access("/bin/busybox", X_OK) != 0) GTEST_SKIP() << "busybox-static is not installed";
+    char tmpl[] = "/tmp/airlock-vm-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    rootfs_ = dir_ + "/rootfs";
+    for (const char* d :
+         {"/bin", "/.airlock", "/proc", "/sys", "/dev", "/tmp", "/run", "/home/sandbox", "/etc"}) {
+      fs::create_directories(rootfs_ + d);
+    }
+    fs::copy_file("/bin/busybox", rootfs_ + "/bin/busybox");
+    for (const char* applet : {"sh", "echo", "id", "sleep", "cat", "ls", "head", "wget", "tr",
+                               "grep", "mount", "ip", "nc", "cut"}) {
+      fs::create_symlink("busybox", rootfs_ + "/bin/" + applet);
+    }
+    std::ofstream(rootfs_ + "/etc/passwd")
+        << "root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000::/home/sandbox:/bin/sh\n";
+    std::ofstream(rootfs_ + "/etc/group") << "root:x:0:\nsandbox:x:1000:\n";
+    backend_ = Make();
+  }
+  void TearDown() override {
+    for (const auto& h : handles_) {
+      if (backend_) (void)backend_->Destroy(h);
+    }
+    control_sockets_.clear();
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+  std::unique_ptr<Backend> Make() {
+    MicrovmOptions o = BaseOptions();
+    o.cache_dir = dir_ + "/cache";
+    o.state_dir = dir_ + "/state";
+    o.resolve_image = [this](const std::string& name) -> Result<OciImage> {
+      if (name == "host") {
+        OciImage img;
+        img.rootfs = rootfs_;
+        img.host_binds = {"/usr"};
+        return img;
+      }
+      if (name != "busybox") return Errorf(ErrorCode::kNotFound, "no image {}", name);
+      OciImage img;
+      img.rootfs = rootfs_;
+      img.entrypoint = {"/bin/sh", "-c", "echo from the entrypoint"};
+      return img;
+    };
+    auto b = MakeMicrovmBackend(o);
+    EXPECT_TRUE(b.has_value()) << b.error().message;
+    return b ? std::move(*b) : nullptr;
+  }
+
+  Result<Started> TryCreate(std::vector<std::string> command, Limits limits = {},
+                            const std::string& image = "busybox") {
+    static int n = 0;
+    SandboxSpec spec;
+    spec.sandbox_id = fmt::format("ses_vm{}{}", ::getpid(), ++n);
+    spec.channel.kind = Channel::Kind::kVirtioPort;
+    spec.channel.host_dir = dir_ + "/run-" + spec.sandbox_id;
+    spec.work_dir = dir_ + "/work-" + spec.sandbox_id;
+    fs::create_directories(spec.channel.host_dir);
+    fs::create_directories(spec.work_dir);
+    session_id_ = spec.sandbox_id;
+    token_ = NewToken("ast_").Reveal();
+    control_sockets_.push_back(std::make_unique<FakeControlSocket>(
+        spec.channel.host_dir,
+        fmt::format(R"({{"session_id":"{}","token":"{}"}})", spec.sandbox_id, token_)));
+    spec.image.name = image;
+    spec.command.argv = std::move(command);
+    spec.limits = limits;
+    auto started = backend_->Create(spec);
+    if (started) handles_.push_back(started->handle);
+    return started;
+  }
+
+  std::string Create(std::vector<std::string> command, Limits limits = {}) {
+    auto started = TryCreate(std::move(command), limits);
+    EXPECT_TRUE(started.has_value()) << started.error().message;
+    return started ? started->handle : "";
+  }
+
+  // Under TCG a boot takes seconds: generous deadlines, which only bound a hang.
+  SandboxStatus WaitFor(const std::string& h, SandboxState want, int timeout_ms = 90000) {
+    SandboxStatus st;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto s = backend_->Inspect(h);
+      EXPECT_TRUE(s.has_value()) << s.error().message;
+      if (s) st = *s;
+      if (st.state == want) return st;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ADD_FAILURE() << "sandbox never reached state " << SandboxStateName(want)
+                  << "; last: " << SandboxStateName(st.state) << " logs: " << Log(h);
+    return st;
+  }
+
+  bool WaitForLog(const std::string& h, const std::string& text, int timeout_ms = 90000) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (Log(h).find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  std::string Log(const std::string& h) {
+    auto l = backend_->Logs(h, 0, 1 << 20);
+    return l ? *l : "";
+  }
+
+  std::string dir_, rootfs_;
+  std::string session_id_, token_;  // what the last Create's sandbox was handed
+  std::unique_ptr<Backend> backend_;
+  std::vector<std::string> handles_;
+  std::vector<std::unique_ptr<FakeControlSocket>> control_sockets_;
+};
+
+// One boot shows the whole path: init as PID 1 sets the VM up, fetches the identity over the
+// channel, runs the agent unprivileged with the three variables, the agent's request reaches
+// the control plane's socket through the bridge and the multiplexer, its output reaches the
+// log, and its exit code and init's report come back.
+TEST_F(MicrovmBackendTest, RunsTheAgentAndItsRequestsCrossTheChannel) {
+  std::string h = Create(
+      {"/bin/sh", "-c",
+       "echo \"uid=$(id -u) session=$SESSION_ID token=$SESSION_TOKEN url=$CONTROL_PLANE_URL\"; "
+       "echo \"reply=$(wget -q -O- $CONTROL_PLANE_URL/echo/through-the-port)\"; "
+       "echo \"nics=$(ls /sys/class/net | tr '\\n' ' ')\"; "
+       "echo to stderr >&2; exit 7"});
+  ASSERT_FALSE(h.empty());
+  auto st = WaitFor(h, SandboxState::kExited);
+  std::string log = Log(h);
+  EXPECT_EQ(st.exit_code, 7) << st.detail << "\n" << log;
+  EXPECT_FALSE(st.oom_killed);
+  EXPECT_NE(log.find(fmt::format("uid=1000 session={} token={} url=http://127.0.0.1:7401",
+                                 session_id_, token_)),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("reply=through-the-port"), std::string::npos) << log;
+  // No network device but loopback: the port is the only way out.
+  EXPECT_NE(log.find("nics=lo \n"), std::string::npos) << log;
+  EXPECT_NE(log.find("to stderr"), std::string::npos) << log;
+  EXPECT_GE(control_sockets_.back()->events(), 1) << "init's exit report never arrived";
+  // The token never sits in what the VM was started from.
+  std::string work = h.substr(h.find(':') + 1);
+  for (const auto& e : fs::recursive_directory_iterator(work)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream f(e.path(), std::ios::binary);
+    std::string content((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (e.path().filename() == "sandbox.log") continue;  // the agent printed it on purpose
+    EXPECT_EQ(content.find(token_), std::string::npos) << e.path();
+  }
+}
+
+TEST_F(MicrovmBackendTest, PausesResumesAndDestroys) {
+  std::string h = Create({"/bin/sh", "-c", "echo started; exec sleep 600"});
+  ASSERT_FALSE(h.empty());
+  ASSERT_TRUE(WaitForLog(h, "started")) << Log(h);
+  ASSERT_TRUE(backend_->Suspend(h).has_value());
+  EXPECT_EQ(WaitFor(h, SandboxState::kPaused).state, SandboxState::kPaused);
+  auto resumed = backend_->Resume(h);
+  ASSERT_TRUE(resumed.has_value()) << resumed.error().message;
+  EXPECT_EQ(*resumed, h);
+  EXPECT_EQ(WaitFor(h, SandboxState::kRunning).state, SandboxState::kRunning);
+  // A control plane that restarts finds the VM where it left it.
+  auto again = Make();
+  ASSERT_TRUE(again);
+  auto reattached = again->Reattach(h);
+  ASSERT_TRUE(reattached.has_value()) << reattached.error().message;
+  EXPECT_EQ(reattached->state, SandboxState::kRunning);
+  // What a restarted control plane sweeps: every VM not yet destroyed.
+  auto listed = again->List();
+  ASSERT_TRUE(listed.has_value());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].handle, h);
+  EXPECT_EQ("airlock-vm-" + (*listed)[0].session_id, h.substr(0, h.find(':')));
+  ASSERT_TRUE(backend_->Destroy(h).has_value());
+  EXPECT_EQ(WaitFor(h, SandboxState::kMissing).state, SandboxState::kMissing);
+  EXPECT_TRUE(again->List()->empty());
+  EXPECT_TRUE(backend_->Destroy(h).has_value()) << "destroy is idempotent";
+}
+
+TEST_F(MicrovmBackendTest, RefusesImagesThatBindHostDirectories) {
+  auto started = TryCreate({"/bin/true"}, {}, "host");
+  ASSERT_FALSE(started.has_value());
+  EXPECT_NE(started.error().message.find("binds host directories"), std::string::npos)
+      << started.error().message;
+}
+
+}  // namespace
+}  // namespace airlock::sandbox
