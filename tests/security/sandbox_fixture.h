@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "images/image_store.h"
+#include "sandbox/backend_microvm.h"
 #include "tests/integration/server_process.h"
 
 namespace airlock::testing {
@@ -22,6 +23,13 @@ namespace airlock::testing {
 inline std::string TestBackendName() {
   const char* b = std::getenv("AIRLOCK_TEST_BACKEND");
   return b && *b ? b : "oci";
+}
+
+// Where the backend keeps what says that the sandbox of session `id` exists (crun's state
+// directory for oci; the microvm backend's own record of the VM).
+inline std::string SandboxStatePath(const std::string& home, const std::string& id) {
+  return TestBackendName() == "microvm" ? home + "/run/microvm/airlock-vm-" + id
+                                        : home + "/run/oci/airlock-" + id;
 }
 
 // Why real sandboxes cannot run here, or empty when they can.
@@ -34,6 +42,13 @@ inline std::string SandboxSkipReason() {
   if (TestBackendName() == "oci" &&
       std::system(("command -v " + rt + " >/dev/null 2>&1").c_str()) != 0) {
     return rt + " is not installed (scripts/install-deps.sh installs crun and runc)";
+  }
+  if (TestBackendName() == "microvm") {
+    sandbox::MicrovmOptions o;
+    o.kernel_dir = sandbox::DefaultGuestKernelDir();
+    std::string bin = AIRLOCK_BIN;
+    o.init_path = bin.substr(0, bin.rfind('/')) + "/airlock-init";
+    if (auto why = sandbox::MicrovmUnavailableReason(o); !why.empty()) return why;
   }
   return {};
 }
