@@ -55,7 +55,7 @@ TEST(PlugPointsTest, UnknownKindIsRefusedListingTheKnownOnes) {
 TEST(PlugPointsTest, TablesHoldTheKindsTheConfigurationNames) {
   auto names = [](auto table) { return KindNames(table); };
   EXPECT_EQ(names(StoreKinds()), "sqlite, postgres");
-  EXPECT_EQ(names(BackendKinds()), "process, oci");
+  EXPECT_EQ(names(BackendKinds()), "process, oci, microvm");
   EXPECT_EQ(names(ProviderKinds()), "openai, anthropic, scripted");
   EXPECT_EQ(names(BlobStoreKinds()), "local, s3");
 }
@@ -75,7 +75,8 @@ TEST(PlugPointsTest, ConfigRefusesAnUnknownKindListingTheTable) {
             "scripted)");
   // Before, a misspelt default backend was accepted and every session that named none failed.
   EXPECT_EQ(error("[sandbox]\ndefault_backend = \"firecracker\"\n"),
-            "sandbox.default_backend = \"firecracker\" is not supported (supported: process, oci)");
+            "sandbox.default_backend = \"firecracker\" is not supported (supported: process, oci, "
+            "microvm)");
 }
 
 class PlugPointsDirTest : public ::testing::Test {

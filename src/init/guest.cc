@@ -228,7 +228,9 @@ Status MountRoot(const std::string& vm_settings) {
   };
   const Tmpfs kTmpfs[] = {
       {"/tmp", MS_NOSUID | MS_NODEV, "mode=1777," + tmp_size},
-      {"/home/sandbox", MS_NOSUID | MS_NODEV, "mode=700," + tmp_size},
+      {"/home/sandbox", MS_NOSUID | MS_NODEV,
+       "mode=700," + tmp_size + ",uid=" + std::to_string(VmSetting(vm_settings, "uid", 1000)) +
+           ",gid=" + std::to_string(VmSetting(vm_settings, "gid", 1000))},
       {"/run", MS_NOSUID | MS_NODEV, "mode=755,size=16384k"},
       {"/.airlock", MS_NOSUID | MS_NODEV, "mode=755,size=64k"},
   };

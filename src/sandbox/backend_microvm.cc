@@ -65,6 +65,13 @@ Result<Handle> Decode(const std::string& s) {
   return Handle{s.substr(0, colon), s.substr(colon + 1)};
 }
 
+// Whether `path` exists; false also when it cannot be told (a directory we may not search):
+// a backend that cannot run here must say so, not throw out of the server's start.
+bool Exists(const std::string& path) {
+  std::error_code ec;
+  return fs::exists(path, ec);
+}
+
 std::string ReadSmallFile(const std::string& path, size_t max = 4096) {
   std::ifstream f(path, std::ios::binary);
   std::string out(max, '\0');
@@ -390,7 +397,7 @@ class MicrovmBackend : public Backend {
     if (auto pid = LivePid(h)) {
       ::kill(*pid, SIGKILL);
       // QEMU is not our child (-daemonize): wait for its /proc entry to go.
-      for (int i = 0; i < 500 && fs::exists(fmt::format("/proc/{}", *pid)); ++i) {
+      for (int i = 0; i < 500 && Exists(fmt::format("/proc/{}", *pid)); ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
       }
     }
@@ -405,7 +412,7 @@ class MicrovmBackend : public Backend {
   Result<SandboxStatus> Inspect(const std::string& handle) override {
     AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
     SandboxStatus s;
-    if (!fs::exists(h.dir + "/vm")) return s;  // kMissing
+    if (!Exists(h.dir + "/vm")) return s;  // kMissing
     if (LivePid(h)) {
       s.state = SandboxState::kRunning;
       // Paused only by our Suspend; ask QEMU only when it could be.
@@ -480,7 +487,7 @@ class MicrovmBackend : public Backend {
     for (auto pause = std::chrono::milliseconds(1);;
          pause = std::min(pause * 2, std::chrono::milliseconds(50))) {
       if (QmpQuery(h, "query-status")) return Ok();
-      bool alive = fs::exists(fmt::format("/proc/{}", pid));
+      bool alive = Exists(fmt::format("/proc/{}", pid));
       if (!alive || std::chrono::steady_clock::now() >= deadline) {
         if (alive) ::kill(pid, SIGKILL);
         std::string log = ReadSmallFile(h.file("qemu.log"), 4096);
@@ -507,7 +514,7 @@ class MicrovmBackend : public Backend {
     std::string path =
         fmt::format("{}/disks/{}.erofs", o_.cache_dir, Sha256Hex(rootfs).substr(0, 32));
     std::lock_guard lock(build_mu_);
-    if (fs::exists(path)) return path;
+    if (Exists(path)) return path;
     std::error_code ec;
     fs::create_directories(o_.cache_dir + "/disks", ec);
     std::string tmp = path + ".tmp";
@@ -557,7 +564,7 @@ class MicrovmBackend : public Backend {
     std::string path =
         fmt::format("{}/initramfs-{}.cpio", o_.cache_dir, Sha256Hex(bytes).substr(0, 32));
     fs::create_directories(o_.cache_dir, ec);
-    if (!fs::exists(path)) AIRLOCK_TRY(WriteFile(path, bytes, 0644));
+    if (!Exists(path)) AIRLOCK_TRY(WriteFile(path, bytes, 0644));
     base_initramfs_ = path;
     return path;
   }
@@ -583,9 +590,10 @@ class MicrovmBackend : public Backend {
       joined += a;
       joined.push_back('\0');
     }
-    std::string vm =
-        fmt::format("tmp_bytes {}\npids {}\n", limits.disk_mb.value_or(o_.default_disk_mb) << 20,
-                    limits.pids.value_or(o_.default_pids));
+    // The agent's uid and gid (its home is theirs), as --uid and --gid above.
+    std::string vm = fmt::format("tmp_bytes {}\npids {}\nuid 1000\ngid 1000\n",
+                                 limits.disk_mb.value_or(o_.default_disk_mb) << 20,
+                                 limits.pids.value_or(o_.default_pids));
     CpioWriter own;
     own.AddDirectory("airlock", 0755);
     own.AddFile("airlock/args", joined, 0600);
@@ -622,7 +630,7 @@ std::string MicrovmUnavailableReason(const MicrovmOptions& o) {
   std::string qemu = o.qemu_path.empty() ? FindExecutable("qemu-system-x86_64") : o.qemu_path;
   if (qemu.empty()) return "qemu-system-x86_64 is not installed (scripts/install-deps.sh)";
   if (FindExecutable("mkfs.erofs").empty()) return "mkfs.erofs is not installed (erofs-utils)";
-  if (o.kernel_dir.empty() || !fs::exists(o.kernel_dir + "/vmlinux")) {
+  if (o.kernel_dir.empty() || !Exists(o.kernel_dir + "/vmlinux")) {
     return fmt::format("no guest kernel at {}/vmlinux (scripts/guest-kernel.sh makes it)",
                        o.kernel_dir.empty() ? "<sandbox.microvm.kernel_dir>" : o.kernel_dir);
   }

@@ -156,6 +156,7 @@ TEST_F(MicrovmBackendTest, RunsTheAgentAndItsRequestsCrossTheChannel) {
        "echo \"uid=$(id -u) session=$SESSION_ID token=$SESSION_TOKEN url=$CONTROL_PLANE_URL\"; "
        "echo \"reply=$(wget -q -O- $CONTROL_PLANE_URL/echo/through-the-port)\"; "
        "echo \"nics=$(ls /sys/class/net | tr '\\n' ' ')\"; "
+       "echo mine > $HOME/file && echo \"home=$(cat $HOME/file) cwd=$(pwd)\"; "
        "echo to stderr >&2; exit 7"});
   ASSERT_FALSE(h.empty());
   auto st = WaitFor(h, SandboxState::kExited);
@@ -169,6 +170,8 @@ TEST_F(MicrovmBackendTest, RunsTheAgentAndItsRequestsCrossTheChannel) {
   EXPECT_NE(log.find("reply=through-the-port"), std::string::npos) << log;
   // No network device but loopback: the port is the only way out.
   EXPECT_NE(log.find("nics=lo \n"), std::string::npos) << log;
+  // The home is the agent's, and where it starts (the image names no working directory).
+  EXPECT_NE(log.find("home=mine cwd=/home/sandbox\n"), std::string::npos) << log;
   EXPECT_NE(log.find("to stderr"), std::string::npos) << log;
   EXPECT_GE(control_sockets_.back()->events(), 1) << "init's exit report never arrived";
   // The token never sits in what the VM was started from.
