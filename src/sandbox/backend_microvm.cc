@@ -272,15 +272,7 @@ class MicrovmBackend : public Backend {
                     "imported image or \"base\" with the microvm backend",
                     spec.image.name);
     }
-    std::vector<std::string> command = spec.command.argv;
-    if (command.empty()) {
-      command = image.entrypoint;
-      command.insert(command.end(), image.cmd.begin(), image.cmd.end());
-    }
-    if (command.empty()) {
-      return Errorf(ErrorCode::kInvalidArgument,
-                    "image \"{}\" has no entrypoint; give a \"command\"", spec.image.name);
-    }
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> command, AgentCommand(spec, image));
     Handle h{kIdPrefix + spec.sandbox_id, spec.work_dir};
     std::error_code ec;
     fs::create_directories(h.dir + "/vm", ec);

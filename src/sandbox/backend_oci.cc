@@ -217,15 +217,7 @@ class OciBackend : public Backend {
                        "the oci backend needs a Unix socket directory as its channel");
     }
     AIRLOCK_ASSIGN_OR_RETURN(OciImage image, o_.resolve_image(spec.image.name));
-    std::vector<std::string> command = spec.command.argv;
-    if (command.empty()) {
-      command = image.entrypoint;
-      command.insert(command.end(), image.cmd.begin(), image.cmd.end());
-    }
-    if (command.empty()) {
-      return Errorf(ErrorCode::kInvalidArgument,
-                    "image \"{}\" has no entrypoint; give a \"command\"", spec.image.name);
-    }
+    AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> command, AgentCommand(spec, image));
     Handle h{kIdPrefix + spec.sandbox_id, spec.work_dir};
     std::string path_var = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     for (const auto& e : image.env) {
@@ -691,6 +683,19 @@ Status CheckAgentIds(const OciOptions& o) {
 }
 
 }  // namespace
+
+Result<std::vector<std::string>> AgentCommand(const SandboxSpec& spec, const OciImage& image) {
+  std::vector<std::string> command = spec.command.argv;
+  if (command.empty()) {
+    command = image.entrypoint;
+    command.insert(command.end(), image.cmd.begin(), image.cmd.end());
+  }
+  if (command.empty()) {
+    return Errorf(ErrorCode::kInvalidArgument, "image \"{}\" has no entrypoint; give a \"command\"",
+                  spec.image.name);
+  }
+  return command;
+}
 
 Result<std::unique_ptr<Backend>> MakeOciBackend(OciOptions o) {
   if (o.runtime != "crun" && o.runtime != "runc" && o.runtime != "runsc") {

@@ -21,6 +21,10 @@ struct OciImage {
 };
 using ImageResolver = std::function<Result<OciImage>(const std::string& name)>;
 
+// What the agent runs: the spec's command, else the image's entrypoint and cmd; an error
+// naming the image when there is neither. Shared by the backends that run images.
+Result<std::vector<std::string>> AgentCommand(const SandboxSpec& spec, const OciImage& image);
+
 struct OciOptions {
   std::string runtime = "crun";  // crun | runc | runsc (any runtime with runc's CLI)
   std::string runtime_path;      // default: `runtime` looked up in PATH

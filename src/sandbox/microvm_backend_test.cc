@@ -14,7 +14,7 @@
 
 #include "common/crypto.h"
 #include "common/json_util.h"
-#include "sandbox/fake_control_socket.h"
+#include "sandbox/backend_test_support.h"
 
 namespace airlock::sandbox {
 namespace {
@@ -36,18 +36,8 @@ class MicrovmBackendTest : public ::testing::Test {
     char tmpl[] = "/tmp/airlock-vm-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     rootfs_ = dir_ + "/rootfs";
-    for (const char* d :
-         {"/bin", "/.airlock", "/proc", "/sys", "/dev", "/tmp", "/run", "/home/sandbox", "/etc"}) {
-      fs::create_directories(rootfs_ + d);
-    }
-    fs::copy_file("/bin/busybox", rootfs_ + "/bin/busybox");
-    for (const char* applet : {"sh", "echo", "id", "sleep", "cat", "ls", "head", "wget", "tr",
-                               "grep", "mount", "ip", "nc", "cut"}) {
-      fs::create_symlink("busybox", rootfs_ + "/bin/" + applet);
-    }
-    std::ofstream(rootfs_ + "/etc/passwd")
-        << "root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000::/home/sandbox:/bin/sh\n";
-    std::ofstream(rootfs_ + "/etc/group") << "root:x:0:\nsandbox:x:1000:\n";
+    MakeBusyboxRootfs(rootfs_, {"sh", "echo", "id", "sleep", "cat", "ls", "head", "wget", "tr",
+                                "grep", "mount", "ip", "nc", "cut"});
     backend_ = Make();
   }
   void TearDown() override {
@@ -111,18 +101,7 @@ class MicrovmBackendTest : public ::testing::Test {
 
   // Under TCG a boot takes seconds: generous deadlines, which only bound a hang.
   SandboxStatus WaitFor(const std::string& h, SandboxState want, int timeout_ms = 90000) {
-    SandboxStatus st;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      auto s = backend_->Inspect(h);
-      EXPECT_TRUE(s.has_value()) << s.error().message;
-      if (s) st = *s;
-      if (st.state == want) return st;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ADD_FAILURE() << "sandbox never reached state " << SandboxStateName(want)
-                  << "; last: " << SandboxStateName(st.state) << " logs: " << Log(h);
-    return st;
+    return WaitForState(*backend_, h, want, timeout_ms, 50);
   }
 
   bool WaitForLog(const std::string& h, const std::string& text, int timeout_ms = 90000) {
@@ -134,10 +113,7 @@ class MicrovmBackendTest : public ::testing::Test {
     return false;
   }
 
-  std::string Log(const std::string& h) {
-    auto l = backend_->Logs(h, 0, 1 << 20);
-    return l ? *l : "";
-  }
+  std::string Log(const std::string& h) { return SandboxLog(*backend_, h); }
 
   std::string dir_, rootfs_;
   std::string session_id_, token_;  // what the last Create's sandbox was handed

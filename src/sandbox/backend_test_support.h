@@ -1,17 +1,24 @@
 #pragma once
 
-// Test support for the backend tests: a stand-in for the control plane on a session's socket.
+// Test support for the backend tests: a stand-in for the control plane on a session's
+// socket, a busybox image tree, and waiting for a sandbox's state.
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
 #include <string>
 #include <thread>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include "sandbox/backend.h"
 
 namespace airlock::sandbox {
 
@@ -70,5 +77,45 @@ class FakeControlSocket {
   std::atomic<int> events_{0};
   std::thread thread_;
 };
+
+// An image tree at `rootfs`: the host's static busybox with `applets` linked to it, the mount
+// points the backends need, and the `sandbox` user (1000).
+inline void MakeBusyboxRootfs(const std::string& rootfs,
+                              std::initializer_list<const char*> applets) {
+  namespace fs = std::filesystem;
+  for (const char* d :
+       {"/bin", "/.airlock", "/proc", "/sys", "/dev", "/tmp", "/run", "/home/sandbox", "/etc"}) {
+    fs::create_directories(rootfs + d);
+  }
+  fs::copy_file("/bin/busybox", rootfs + "/bin/busybox");
+  for (const char* applet : applets) fs::create_symlink("busybox", rootfs + "/bin/" + applet);
+  std::ofstream(rootfs + "/etc/passwd")
+      << "root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000::/home/sandbox:/bin/sh\n";
+  std::ofstream(rootfs + "/etc/group") << "root:x:0:\nsandbox:x:1000:\n";
+}
+
+// What the sandbox `h` has written so far ("" when it cannot be read).
+inline std::string SandboxLog(Backend& backend, const std::string& h) {
+  auto l = backend.Logs(h, 0, 1 << 20);
+  return l ? *l : "";
+}
+
+// Polls Inspect every `poll_ms` until `h` is in state `want`, at most `timeout_ms` (which only
+// bounds a hang); a test failure naming the last state and the log otherwise.
+inline SandboxStatus WaitForState(Backend& backend, const std::string& h, SandboxState want,
+                                  int timeout_ms, int poll_ms) {
+  SandboxStatus st;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto s = backend.Inspect(h);
+    EXPECT_TRUE(s.has_value()) << s.error().message;
+    if (s) st = *s;
+    if (st.state == want) return st;
+    std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
+  }
+  ADD_FAILURE() << "sandbox never reached state " << SandboxStateName(want)
+                << "; last: " << SandboxStateName(st.state) << " logs: " << SandboxLog(backend, h);
+  return st;
+}
 
 }  // namespace airlock::sandbox
