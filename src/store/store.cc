@@ -28,6 +28,25 @@ std::optional<SessionState> ParseState(std::string_view name) {
   return std::nullopt;
 }
 
+std::string_view TierName(SuspendTier t) {
+  switch (t) {
+    case SuspendTier::kActive:
+      return "active";
+    case SuspendTier::kPaused:
+      return "paused";
+    case SuspendTier::kHibernated:
+      return "hibernated";
+  }
+  return "active";
+}
+
+std::optional<SuspendTier> ParseTier(std::string_view name) {
+  for (auto t : {SuspendTier::kActive, SuspendTier::kPaused, SuspendTier::kHibernated}) {
+    if (TierName(t) == name) return t;
+  }
+  return std::nullopt;
+}
+
 Error SessionNotFound(std::string_view id) {
   return Error{ErrorCode::kNotFound, fmt::format("session {} not found", id)};
 }

@@ -21,6 +21,12 @@ std::string_view StateName(SessionState s);
 std::optional<SessionState> ParseState(std::string_view name);
 bool IsTerminal(SessionState s);
 
+// How a suspended session's sandbox waits (docs/api.md, "Idle tiers"). Stored as their names:
+// "active", "paused", "hibernated".
+enum class SuspendTier { kActive, kPaused, kHibernated };
+std::string_view TierName(SuspendTier t);
+std::optional<SuspendTier> ParseTier(std::string_view name);
+
 // kNotFound for the session `id`.
 Error SessionNotFound(std::string_view id);
 // What an append with a token hash that is no longer the session's answers (EventAppend); the
@@ -55,6 +61,11 @@ struct Session {
   // The control plane (replica) that runs the session's sandbox and alone acts on it; ""
   // for a session created before replicas had names (whoever serves it owns it).
   std::string node;
+  // While suspended, how (the idle tier): kPaused keeps the sandbox's memory, kHibernated has
+  // written it to disk or let the sandbox go (see docs/sandbox.md). kActive otherwise.
+  SuspendTier tier = SuspendTier::kActive;
+  // When the session entered its current state and tier (ms since epoch).
+  int64_t state_since = 0;
 };
 
 // A control plane replica, as its heartbeat shows it.
@@ -160,6 +171,9 @@ struct ListSessionsQuery {
 struct StateChange {
   std::vector<SessionState> from;  // the change applies only in one of these states
   SessionState to;
+  // The tier a change to kSuspended leaves the session in (suspended -> suspended moves it
+  // from paused to hibernated). Any other state is kActive.
+  SuspendTier tier = SuspendTier::kActive;
   std::optional<std::string> result;
   bool revoke_token = false;                  // clears token_hash in the same transaction
   std::optional<std::string> sandbox_handle;  // set when present
