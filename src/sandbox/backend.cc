@@ -18,6 +18,10 @@ std::string_view SandboxStateName(SandboxState s) {
   return "missing";
 }
 
+Status Backend::Hibernate(const std::string&) {
+  return Errorf(ErrorCode::kUnimplemented, "the {} backend cannot hibernate a sandbox", name());
+}
+
 void BackendRegistry::Register(std::unique_ptr<Backend> backend) {
   std::string name(backend->name());
   backends_[name] = std::move(backend);

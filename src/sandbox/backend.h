@@ -63,10 +63,13 @@ struct Capabilities {
   // Whether sandboxes are isolated from the host. The server refuses un-isolated backends
   // unless the operator enabled them explicitly.
   bool isolated = false;
-  // How Suspend works: kFreeze keeps the memory (cgroup freezer, SIGSTOP, a paused VM);
-  // kSnapshot writes it out and frees it.
-  enum class Suspend { kNone, kFreeze, kSnapshot };
+  // How Suspend works: kFreeze keeps the memory (cgroup freezer, SIGSTOP, a paused VM).
+  enum class Suspend { kNone, kFreeze };
   Suspend suspend = Suspend::kNone;
+  // Whether Hibernate works: the sandbox's memory goes to disk and the sandbox holds none
+  // until Resume restores it. Without it the control plane hibernates a session by letting
+  // its sandbox go, and starts a fresh one at wake.
+  bool hibernate = false;
   // Whether the backend can keep sandboxes started ahead of any session (they wait for an
   // identity over their channel; see kOverChannel).
   bool warm_pool = false;
@@ -134,8 +137,13 @@ class Backend {
 
   virtual Result<Started> Create(const SandboxSpec& spec) = 0;
   virtual Status Suspend(const std::string& handle) = 0;
-  // The handle of the resumed sandbox: a backend that resumes from a snapshot may make a new
-  // one; the control plane records whatever comes back.
+  // Writes a running or suspended sandbox's whole state to disk and frees everything it held
+  // in memory (Capabilities::hibernate); Inspect says kPaused, "hibernated", until Resume
+  // restores it. Idempotent. Default: kUnimplemented.
+  virtual Status Hibernate(const std::string& handle);
+  // Resumes a suspended or hibernated sandbox. The handle of the resumed sandbox: a backend
+  // that resumes from a snapshot may make a new one; the control plane records whatever
+  // comes back.
   virtual Result<std::string> Resume(const std::string& handle) = 0;
   // Idempotent: destroying a sandbox that is already gone succeeds.
   virtual Status Destroy(const std::string& handle) = 0;

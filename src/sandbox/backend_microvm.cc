@@ -21,6 +21,7 @@
 #include <sstream>
 #include <thread>
 
+#include "../init/sys.h"
 #include "common/crypto.h"
 #include "common/json_util.h"
 #include "common/log.h"
@@ -36,6 +37,7 @@ namespace airlock::sandbox {
 namespace {
 
 namespace fs = std::filesystem;
+using init::UniqueFd;
 
 constexpr const char* kIdPrefix = "airlock-vm-";
 // The kernel's command line. quiet: the serial console is slow under TCG. pci=off: microvm
@@ -224,6 +226,7 @@ class MicrovmBackend : public Backend {
     Capabilities c;
     c.isolated = true;
     c.suspend = Capabilities::Suspend::kFreeze;  // QMP stop: the guest keeps its memory
+    c.hibernate = true;                          // QEMU's migration stream, to a file
     c.node_local = true;
     c.channel = Channel::Kind::kVirtioPort;
     c.identity = Capabilities::IdentityDelivery::kOverChannel;
@@ -350,6 +353,21 @@ class MicrovmBackend : public Backend {
         "-sandbox",
         "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
     };
+    // A restore (Resume after Hibernate) starts QEMU again with the same machine.
+    AIRLOCK_TRY(WriteFile(h.file("qemu.argv"), Json(argv).dump(), 0600));
+    AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, Spawn(h, argv, uid, -1));
+    (void)pid;
+    std::string handle = h.id + ":" + h.dir;
+    AIRLOCK_TRY(WriteFile(o_.state_dir + "/" + h.id, handle, 0600));
+    AIRLOCK_TRY(
+        relay_.Attach(h.id, h.file("channel.sock"), spec.channel.host_dir + "/control.sock"));
+    return Started{handle, SandboxState::kRunning};
+  }
+
+  // Starts QEMU with `argv` as uid `uid` (when root) and waits for its monitor. `incoming`
+  // >= 0: a snapshot to restore, read from that descriptor.
+  Result<pid_t> Spawn(const Handle& h, std::vector<std::string> argv, std::optional<uint32_t> uid,
+                      int incoming) {
     if (uid) {
       // QEMU opens every file and socket as root, then becomes a host uid of its own that no
       // account has, before the guest runs: what escapes the guest into QEMU is that uid,
@@ -359,26 +377,84 @@ class MicrovmBackend : public Backend {
       argv.push_back("-runas");
       argv.push_back(fmt::format("{}:{}", *uid, *uid));
     }
+    if (incoming >= 0) {
+      // QEMU cannot open the file itself (it runs as that uid, and spawn=deny rules out
+      // "exec:"): it inherits it.
+      argv.push_back("-incoming");
+      argv.push_back("fd:3");
+    }
     for (const char* stale : {"status", "qemu.pid", "qemu.log", "channel.sock", "qmp.sock"}) {
       ::unlink(h.file(stale).c_str());
     }
     // Not -daemonize: QEMU forks for it, which its own seccomp filter (spawn=deny) forbids.
-    AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, SpawnDaemon(argv, {}, h.file("qemu.log")));
+    AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, SpawnDaemon(argv, {}, h.file("qemu.log"), incoming));
     AIRLOCK_TRY(AwaitQemu(h, pid));
-    std::string handle = h.id + ":" + h.dir;
-    AIRLOCK_TRY(WriteFile(o_.state_dir + "/" + h.id, handle, 0600));
-    AIRLOCK_TRY(
-        relay_.Attach(h.id, h.file("channel.sock"), spec.channel.host_dir + "/control.sock"));
-    return Started{handle, SandboxState::kRunning};
+    return pid;
   }
 
   Status Suspend(const std::string& handle) override {
     AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    if (Hibernated(h)) return Ok();  // already holds less than a pause would
     return Qmp(h, "stop");
+  }
+
+  // The guest is stopped, its devices' and memory's state written by QEMU's migration
+  // stream into vm/snapshot, and QEMU quits: the VM holds no memory and no process until
+  // Resume starts a QEMU that reads it back. The guest never notices, apart from its clock
+  // and its channel, which it sees close and come back (in-flight requests fail and are
+  // retried, as across a control-plane restart).
+  Status Hibernate(const std::string& handle) override {
+    AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    if (Hibernated(h)) return Ok();
+    auto pid = LivePid(h);
+    if (!pid) return Errorf(ErrorCode::kConflict, "{} is not running", h.id);
+    // Writing the guest's RAM takes a moment per 100 MiB under TCG; a stuck QEMU fails it.
+    AIRLOCK_ASSIGN_OR_RETURN(QmpSession qmp,
+                             QmpSession::Connect(h.file("qmp.sock"), std::chrono::minutes(5)));
+    AIRLOCK_ASSIGN_OR_RETURN(Json before, qmp.Execute("query-status"));
+    const bool was_running = before.is_object() && before.value("running", false);
+    relay_.Detach(h.id);
+    auto undo = [&](const Error& e) -> Status {
+      ::unlink(h.file("snapshot.tmp").c_str());
+      if (was_running) (void)qmp.Execute("cont");
+      (void)relay_.Attach(h.id, h.file("channel.sock"), ChannelDirOf(h) + "/control.sock");
+      return std::unexpected(e);
+    };
+    if (auto st = qmp.Execute("stop"); !st) return undo(st.error());
+    UniqueFd out(
+        ::open(h.file("snapshot.tmp").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!out.valid()) {
+      return undo(Error{ErrorCode::kInternal, fmt::format("create {}: {}", h.file("snapshot.tmp"),
+                                                          std::strerror(errno))});
+    }
+    if (auto st = qmp.Execute("getfd", {{"fdname", "snapshot"}}, out.get()); !st) {
+      return undo(st.error());
+    }
+    if (auto st = qmp.Execute("migrate", {{"uri", "fd:snapshot"}}); !st) return undo(st.error());
+    AIRLOCK_ASSIGN_OR_RETURN(std::string outcome, AwaitMigration(qmp));
+    if (outcome != "completed") {
+      return undo(Error{ErrorCode::kUnavailable,
+                        fmt::format("qemu could not write {}'s snapshot: {}", h.id, outcome)});
+    }
+    if (::fsync(out.get()) != 0 ||
+        ::rename(h.file("snapshot.tmp").c_str(), h.file("snapshot").c_str()) != 0) {
+      return undo(Error{ErrorCode::kInternal,
+                        fmt::format("keep {}'s snapshot: {}", h.id, std::strerror(errno))});
+    }
+    (void)qmp.Execute("quit");
+    AwaitExit(*pid);
+    if (LivePid(h)) {
+      ::kill(*pid, SIGKILL);
+      AwaitExit(*pid);
+    }
+    // Its uid is free until it wakes: a restored QEMU may run as another.
+    if (uid_pool_) uid_pool_->Release(h.id);
+    return Ok();
   }
 
   Result<std::string> Resume(const std::string& handle) override {
     AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
+    if (Hibernated(h)) AIRLOCK_TRY(Restore(h));
     AIRLOCK_TRY(Qmp(h, "cont"));
     return handle;
   }
@@ -388,10 +464,7 @@ class MicrovmBackend : public Backend {
     relay_.Detach(h.id);
     if (auto pid = LivePid(h)) {
       ::kill(*pid, SIGKILL);
-      // QEMU is not our child (-daemonize): wait for its /proc entry to go.
-      for (int i = 0; i < 500 && Exists(fmt::format("/proc/{}", *pid)); ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      }
+      AwaitExit(*pid);
     }
     std::error_code ec;
     fs::remove_all(h.dir + "/vm", ec);
@@ -405,6 +478,11 @@ class MicrovmBackend : public Backend {
     AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
     SandboxStatus s;
     if (!Exists(h.dir + "/vm")) return s;  // kMissing
+    if (Hibernated(h)) {
+      s.state = SandboxState::kPaused;
+      s.detail = "hibernated";
+      return s;
+    }
     if (LivePid(h)) {
       s.state = SandboxState::kRunning;
       // Paused only by our Suspend; ask QEMU only when it could be.
@@ -430,8 +508,9 @@ class MicrovmBackend : public Backend {
   Result<SandboxStatus> Reattach(const std::string& handle) override {
     AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
     auto s = Inspect(handle);
-    if (s && (s->state == SandboxState::kRunning || s->state == SandboxState::kPaused)) {
-      if (auto pid = LivePid(h); pid && uid_pool_) uid_pool_->Adopt(h.id, ProcessUid(*pid));
+    auto pid = LivePid(h);
+    if (s && pid && (s->state == SandboxState::kRunning || s->state == SandboxState::kPaused)) {
+      if (uid_pool_) uid_pool_->Adopt(h.id, ProcessUid(*pid));
       // The control plane's session socket is new: relay to it again.
       (void)relay_.Attach(h.id, h.file("channel.sock"), ChannelDirOf(h) + "/control.sock");
     }
@@ -489,6 +568,69 @@ class MicrovmBackend : public Backend {
       }
       std::this_thread::sleep_for(pause);
     }
+  }
+
+  // A hibernated VM: its snapshot is on disk and no QEMU runs it.
+  static bool Hibernated(const Handle& h) { return Exists(h.file("snapshot")) && !LivePid(h); }
+
+  // QEMU is not our child (SpawnDaemon): wait for its /proc entry to go.
+  static void AwaitExit(pid_t pid) {
+    for (int i = 0; i < 2500 && Exists(fmt::format("/proc/{}", pid)); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+
+  // "completed", or what went wrong, once QEMU's migration has ended either way.
+  static Result<std::string> AwaitMigration(QmpSession& qmp) {
+    for (auto pause = std::chrono::milliseconds(1);;
+         pause = std::min(pause * 2, std::chrono::milliseconds(20))) {
+      AIRLOCK_ASSIGN_OR_RETURN(Json m, qmp.Execute("query-migrate"));
+      std::string status = m.is_object() ? m.value("status", "") : "";
+      if (status == "completed") return status;
+      if (status == "failed" || status == "cancelled") {
+        return status + (m.contains("error-desc") ? ": " + m.value("error-desc", "") : "");
+      }
+      std::this_thread::sleep_for(pause);
+    }
+  }
+
+  // Starts QEMU with the VM's machine and its snapshot as the incoming migration, waits for
+  // it to be read (the guest stays stopped), and relays its channel again; the snapshot goes
+  // once QEMU holds the guest.
+  Status Restore(const Handle& h) {
+    auto argv_json = ParseJson(ReadSmallFile(h.file("qemu.argv"), 64 * 1024));
+    if (!argv_json || !argv_json->is_array()) {
+      return Errorf(ErrorCode::kInternal, "{} has no usable qemu.argv to restore with", h.id);
+    }
+    std::vector<std::string> argv = argv_json->get<std::vector<std::string>>();
+    UniqueFd in(::open(h.file("snapshot").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!in.valid()) {
+      return Errorf(ErrorCode::kInternal, "open {}: {}", h.file("snapshot"), std::strerror(errno));
+    }
+    std::optional<uint32_t> uid;
+    if (uid_pool_) {
+      AIRLOCK_ASSIGN_OR_RETURN(uid, uid_pool_->Acquire(h.id));
+    }
+    auto restored = [&]() -> Status {
+      AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, Spawn(h, argv, uid, in.get()));
+      AIRLOCK_ASSIGN_OR_RETURN(QmpSession qmp,
+                               QmpSession::Connect(h.file("qmp.sock"), std::chrono::minutes(5)));
+      auto outcome = AwaitMigration(qmp);
+      if (!outcome || *outcome != "completed") {
+        ::kill(pid, SIGKILL);
+        AwaitExit(pid);
+        return Errorf(ErrorCode::kUnavailable, "qemu could not restore {}: {} {}", h.id,
+                      outcome ? *outcome : outcome.error().message,
+                      ReadSmallFile(h.file("qemu.log"), 2048));
+      }
+      return relay_.Attach(h.id, h.file("channel.sock"), ChannelDirOf(h) + "/control.sock");
+    }();
+    if (!restored) {
+      if (uid_pool_) uid_pool_->Release(h.id);
+      return restored;
+    }
+    ::unlink(h.file("snapshot").c_str());
+    return Ok();
   }
 
   Status Qmp(const Handle& h, const std::string& command) {

@@ -28,6 +28,11 @@ MicrovmOptions BaseOptions() {
   return o;
 }
 
+std::string ReadFileOr(const std::string& path) {
+  std::ifstream f(path);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
 class MicrovmBackendTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -187,6 +192,64 @@ TEST_F(MicrovmBackendTest, PausesResumesAndDestroys) {
   EXPECT_EQ(WaitFor(h, SandboxState::kMissing).state, SandboxState::kMissing);
   EXPECT_TRUE(again->List()->empty());
   EXPECT_TRUE(backend_->Destroy(h).has_value()) << "destroy is idempotent";
+}
+
+// Scale to zero: a hibernated VM has no QEMU and holds no memory, only a snapshot on disk,
+// and a process inside it carries on where it stopped, its memory (the shell's counter)
+// intact, and reaches the control plane again over a channel that came back.
+TEST_F(MicrovmBackendTest, HibernatesToDiskAndWakesWithItsMemory) {
+  std::string h = Create({"/bin/sh", "-c",
+                          "i=0; while :; do i=$((i+1)); "
+                          "echo \"tick $i $(wget -q -O- $CONTROL_PLANE_URL/echo/c$i)\"; "
+                          "sleep 0.2; done"});
+  ASSERT_FALSE(h.empty());
+  ASSERT_TRUE(WaitForLog(h, "tick 3 c3\n")) << Log(h);
+  const std::string vm = h.substr(h.find(':') + 1) + "/vm";
+  std::string pid = ReadFileOr(vm + "/qemu.pid");
+  ASSERT_FALSE(pid.empty());
+  pid.erase(pid.find_last_not_of(" \n") + 1);
+
+  auto hibernated = backend_->Hibernate(h);
+  ASSERT_TRUE(hibernated.has_value()) << hibernated.error().message;
+  EXPECT_FALSE(fs::exists("/proc/" + pid)) << "QEMU still runs";
+  ASSERT_TRUE(fs::exists(vm + "/snapshot"));
+  EXPECT_GT(fs::file_size(vm + "/snapshot"), 0u);
+  auto st = backend_->Inspect(h);
+  ASSERT_TRUE(st.has_value());
+  EXPECT_EQ(st->state, SandboxState::kPaused);
+  EXPECT_EQ(st->detail, "hibernated");
+  EXPECT_TRUE(backend_->Hibernate(h).has_value()) << "hibernate is idempotent";
+  // Nothing runs while it sleeps.
+  std::string asleep = Log(h);
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  EXPECT_EQ(Log(h), asleep);
+  int last = 0;
+  for (size_t at = 0; (at = asleep.find("tick ", at)) != std::string::npos; at += 5) {
+    last = std::atoi(asleep.c_str() + at + 5);
+  }
+  ASSERT_GE(last, 3);
+
+  // A control plane that restarts meanwhile finds it hibernated, and wakes it.
+  backend_ = Make();
+  ASSERT_TRUE(backend_);
+  auto reattached = backend_->Reattach(h);
+  ASSERT_TRUE(reattached.has_value()) << reattached.error().message;
+  EXPECT_EQ(reattached->detail, "hibernated");
+  auto resumed = backend_->Resume(h);
+  ASSERT_TRUE(resumed.has_value()) << resumed.error().message;
+  EXPECT_EQ(*resumed, h);
+  EXPECT_FALSE(fs::exists(vm + "/snapshot")) << "the snapshot goes once QEMU holds the guest";
+  const int later = last + 3;
+  ASSERT_TRUE(WaitForLog(h, fmt::format("tick {} c{}\n", later, later))) << Log(h);
+  std::string log = Log(h);
+  EXPECT_EQ(log.find("tick 1 "), log.rfind("tick 1 ")) << "the counter started again:\n" << log;
+  EXPECT_EQ(WaitFor(h, SandboxState::kRunning).state, SandboxState::kRunning);
+
+  // Destroying a hibernated VM leaves nothing of it.
+  ASSERT_TRUE(backend_->Hibernate(h).has_value());
+  ASSERT_TRUE(backend_->Destroy(h).has_value());
+  EXPECT_FALSE(fs::exists(vm));
+  EXPECT_EQ(WaitFor(h, SandboxState::kMissing).state, SandboxState::kMissing);
 }
 
 TEST_F(MicrovmBackendTest, RefusesImagesThatBindHostDirectories) {

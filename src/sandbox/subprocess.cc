@@ -29,9 +29,12 @@ void CloseFdsFrom(int first, int keep) {
 }
 
 Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-                          const std::string& log_path) {
+                          const std::string& log_path, int pass_fd) {
   if (argv.empty() || argv[0].empty() || argv[0][0] != '/') {
     return MakeError(ErrorCode::kInvalidArgument, "SpawnDaemon needs an absolute path");
+  }
+  if (pass_fd >= 0 && pass_fd <= 2) {
+    return MakeError(ErrorCode::kInvalidArgument, "SpawnDaemon passes a descriptor above 2 only");
   }
   // Everything is prepared before fork: between fork and exec only async-signal-safe calls.
   std::vector<std::string> args = argv, envs = env;
@@ -64,7 +67,15 @@ Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vecto
     ::dup2(null_fd, 0);
     ::dup2(log_fd, 1);
     ::dup2(log_fd, 2);
-    CloseFdsFrom(3, -1);
+    if (pass_fd >= 0) {
+      // dup2 onto itself would keep close-on-exec.
+      if (pass_fd == 3) {
+        ::fcntl(3, F_SETFD, 0);
+      } else {
+        ::dup2(pass_fd, 3);
+      }
+    }
+    CloseFdsFrom(pass_fd >= 0 ? 4 : 3, -1);
     sigset_t all;
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, nullptr);

@@ -42,9 +42,10 @@ Result<CommandResult> RunCommand(const std::vector<std::string>& argv,
 // leaves no zombie. stdin is /dev/null; stdout and stderr go to `log_path` (appended). The
 // child gets exactly `env` and no descriptor of ours. Returns the daemon's pid. A failed exec
 // is written to the log (the caller watches the daemon, e.g. for its sockets, and reads the
-// log when it dies early).
+// log when it dies early). `pass_fd` >= 0 is the one exception: the daemon gets it as fd 3
+// (QEMU's "-incoming fd:3").
 Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-                          const std::string& log_path);
+                          const std::string& log_path, int pass_fd = -1);
 
 // Looks `name` up in PATH (or returns it if it holds a '/'); empty when not found.
 std::string FindExecutable(const std::string& name);
