@@ -813,12 +813,15 @@ CliResult<int> CmdSend(const SendFlags& f) {
 }
 
 // kill, suspend, resume: one call that answers with the session.
-CliResult<int> CmdTransition(const IdFlags& f, std::string_view method, std::string_view suffix) {
+// `body`: what to send, none when null.
+CliResult<int> CmdTransition(const IdFlags& f, std::string_view method, std::string_view suffix,
+                             const Json& body = nullptr) {
   auto client = MakeClient(f.client);
   if (!client) {
     return std::unexpected(client.error());
   }
-  auto s = CallJson(*client, method, SessionPath(f.id, suffix));
+  auto s = body.is_null() ? CallJson(*client, method, SessionPath(f.id, suffix))
+                          : CallJson(*client, method, SessionPath(f.id, suffix), body);
   if (!s) {
     return std::unexpected(s.error());
   }
@@ -826,7 +829,9 @@ CliResult<int> CmdTransition(const IdFlags& f, std::string_view method, std::str
     PrintJson(*s);
     return kExitOk;
   }
-  PrintLine(Inert(fmt::format("{} {}", Str(*s, "id", f.id), Str(*s, "state", "?"))));
+  std::string tier = Str(*s, "tier", "active");
+  PrintLine(Inert(fmt::format("{} {}{}", Str(*s, "id", f.id), Str(*s, "state", "?"),
+                              tier == "active" ? "" : " (" + tier + ")")));
   if (s->contains("result")) {
     PrintLine("result: " + InertIndented(Str(*s, "result"), 2));
   }
@@ -1282,9 +1287,20 @@ Examples:
 Examples:
   airlock kill ses_abc...)",
                &kill, true);
-  AddIdCommand(app, "suspend", "Pause a running session's sandbox", R"(Examples:
-  airlock suspend ses_abc...)",
-               &suspend, true);
+  bool hibernate = false;
+  CLI::App* suspend_cmd = AddIdCommand(
+      app, "suspend", "Pause a running session's sandbox, or hibernate it",
+      R"(Paused: no CPU, memory kept, wakes in milliseconds. Hibernated: a microvm's memory goes
+to disk and its QEMU exits; an oci sandbox is let go, and the next message starts a fresh
+one that carries on from the stored conversation (what its agent kept in memory is lost).
+A message or `airlock resume` wakes either.
+
+Examples:
+  airlock suspend ses_abc...
+  airlock suspend --hibernate ses_abc...)",
+      &suspend, true);
+  suspend_cmd->add_flag("--hibernate", hibernate,
+                        "Hibernate instead of pausing (also a session already paused)");
   AddIdCommand(app, "resume", "Resume a suspended session", R"(Examples:
   airlock resume ses_abc...)",
                &resume, true);
@@ -1432,7 +1448,8 @@ Examples:
     return Finish(CmdTransition(kill, "DELETE", ""));
   }
   if (app.got_subcommand("suspend")) {
-    return Finish(CmdTransition(suspend, "POST", "/suspend"));
+    return Finish(CmdTransition(suspend, "POST", "/suspend",
+                                Json{{"mode", hibernate ? "hibernate" : "pause"}}));
   }
   if (app.got_subcommand("resume")) {
     return Finish(CmdTransition(resume, "POST", "/resume"));

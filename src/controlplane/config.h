@@ -176,6 +176,11 @@ struct Config {
   // long is suspended; a message resumes it. A session's limits.idle_timeout_s overrides it;
   // 0 = never.
   int64_t idle_timeout_s = 0;
+  // An idle session (as above) is hibernated once it has been idle this long, paused or not:
+  // a microvm is snapshotted to disk and its QEMU exits, an oci sandbox is destroyed and the
+  // next message starts a fresh one. A session's limits.hibernate_after_s overrides it;
+  // 0 = never.
+  int64_t hibernate_after_s = 0;
   std::string images_dir;          // default: <home>/images
   std::string builtin_images_dir;  // default: images/ beside the airlock binary (base.tar)
   OciConfig oci;

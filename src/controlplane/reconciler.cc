@@ -185,23 +185,51 @@ awaitable<void> Reconciler::Once() {
   d_.passes.With({}).Inc();
 }
 
-awaitable<void> Reconciler::SuspendIfIdle(const store::Session& s, int64_t now) {
-  if (s.state != SessionState::kRunning) co_return;
-  int64_t idle_timeout_ms = d_.config.idle_timeout_s * 1000;
-  if (auto t = s.limits.find("idle_timeout_s"); t != s.limits.end() && t->is_number()) {
-    idle_timeout_ms = static_cast<int64_t>(t->get<double>() * 1000);
+namespace {
+
+// A session's limit `key` in ms (limits.<key>, else the configured default in s).
+int64_t LimitMillis(const store::Session& s, const char* key, int64_t default_s) {
+  if (auto t = s.limits.find(key); t != s.limits.end() && t->is_number()) {
+    return static_cast<int64_t>(t->get<double>() * 1000);
   }
-  if (idle_timeout_ms <= 0) co_return;
-  std::optional<int64_t> since = d_.sessions.IdleSince(s.id);
-  if (!since || now - *since < idle_timeout_ms) co_return;
-  auto suspended = co_await d_.sessions.SuspendIdle(s.id);
-  if (!suspended) {
-    log::Warn("suspending an idle session failed",
-              {{"session", s.id}, {"error", suspended.error().message}});
+  return default_s * 1000;
+}
+
+}  // namespace
+
+awaitable<void> Reconciler::SuspendIfIdle(const store::Session& s, int64_t now) {
+  using store::SuspendTier;
+  const int64_t pause_ms = LimitMillis(s, "idle_timeout_s", d_.config.idle_timeout_s);
+  const int64_t hibernate_ms = LimitMillis(s, "hibernate_after_s", d_.config.hibernate_after_s);
+  SuspendTier tier = SuspendTier::kActive;
+  int64_t idle_ms = 0;
+  if (s.state == SessionState::kRunning) {
+    std::optional<int64_t> since = d_.sessions.IdleSince(s.id);
+    if (!since) co_return;
+    idle_ms = now - *since;
+    if (hibernate_ms > 0 && idle_ms >= hibernate_ms) {
+      tier = SuspendTier::kHibernated;
+    } else if (pause_ms > 0 && idle_ms >= pause_ms) {
+      tier = SuspendTier::kPaused;
+    }
+  } else if (s.state == SessionState::kSuspended && s.tier == SuspendTier::kPaused &&
+             hibernate_ms > 0) {
+    // Its agent had been idle for the pause timeout when it was paused (or an operator paused
+    // it): hibernate_after_s counts the whole idle time.
+    idle_ms = now - s.state_since + std::max<int64_t>(pause_ms, 0);
+    if (idle_ms >= hibernate_ms) tier = SuspendTier::kHibernated;
+  }
+  if (tier == SuspendTier::kActive) co_return;
+  auto moved = co_await d_.sessions.SuspendIdle(s.id, tier);
+  if (!moved) {
+    log::Warn(
+        "suspending an idle session failed",
+        {{"session", s.id}, {"tier", store::TierName(tier)}, {"error", moved.error().message}});
     co_return;
   }
-  if (!*suspended) co_return;
-  log::Info("suspended an idle session", {{"session", s.id}, {"idle_s", (now - *since) / 1000}});
+  if (!*moved) co_return;
+  log::Info(tier == SuspendTier::kPaused ? "paused an idle session" : "hibernated an idle session",
+            {{"session", s.id}, {"idle_s", idle_ms / 1000}});
 }
 
 }  // namespace airlock::controlplane

@@ -33,8 +33,9 @@ class SessionLifecycle {
   // Since when the session's agent has only waited on its inbox, while it is waiting there
   // right now; nullopt when it is working (or not connected).
   virtual std::optional<int64_t> IdleSince(const std::string& id) const = 0;
-  // Suspends a session found idle; false when something else is looking after it right now.
-  virtual awaitable<Result<bool>> SuspendIdle(const std::string& id) = 0;
+  // Moves a session found idle to the idle tier `tier` (paused or hibernated); false when
+  // something else is looking after it right now.
+  virtual awaitable<Result<bool>> SuspendIdle(const std::string& id, store::SuspendTier tier) = 0;
   virtual Status OpenChannel(const std::string& id) = 0;
   virtual void CloseChannel(const std::string& id) = 0;
 };

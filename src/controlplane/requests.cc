@@ -106,4 +106,12 @@ Result<FinishRequest> ParseFinish(const Json& body) {
   return r;
 }
 
+Result<store::SuspendTier> ParseSuspend(const Json& body) {
+  AIRLOCK_TRY(RejectUnknownKeys(body, {"mode"}, "suspend"));
+  AIRLOCK_ASSIGN_OR_RETURN(std::optional<std::string> mode, OptionalString(body, "mode"));
+  if (!mode || *mode == "pause") return store::SuspendTier::kPaused;
+  if (*mode == "hibernate") return store::SuspendTier::kHibernated;
+  return MakeError(ErrorCode::kInvalidArgument, "\"mode\" must be \"pause\" or \"hibernate\"");
+}
+
 }  // namespace airlock::controlplane

@@ -38,4 +38,8 @@ struct FinishRequest {
 };
 Result<FinishRequest> ParseFinish(const Json& body);
 
+// POST /v1/sessions/{id}/suspend: {"mode": "pause" | "hibernate"}, pause when left out; the
+// tier the session is to be in.
+Result<store::SuspendTier> ParseSuspend(const Json& body);
+
 }  // namespace airlock::controlplane

@@ -150,5 +150,24 @@ TEST(ParseFinishTest, RefusesAnUnknownStatusALargeResultAndANul) {
   EXPECT_EQ(nul.error().message, "\"result\" must not contain NUL characters (\\u0000)");
 }
 
+TEST(ParseSuspendTest, PausesUnlessAskedToHibernate) {
+  EXPECT_EQ(ParseSuspend(Json::object()), store::SuspendTier::kPaused);
+  EXPECT_EQ(ParseSuspend({{"mode", "pause"}}), store::SuspendTier::kPaused);
+  EXPECT_EQ(ParseSuspend({{"mode", "hibernate"}}), store::SuspendTier::kHibernated);
+}
+
+TEST(ParseSuspendTest, RefusesAnUnknownModeAndUnknownKeys) {
+  auto mode = ParseSuspend({{"mode", "sleep"}});
+  ASSERT_FALSE(mode);
+  EXPECT_EQ(mode.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(mode.error().message, "\"mode\" must be \"pause\" or \"hibernate\"");
+  auto not_text = ParseSuspend({{"mode", 2}});
+  ASSERT_FALSE(not_text);
+  EXPECT_EQ(not_text.error().code, ErrorCode::kInvalidArgument);
+  auto unknown = ParseSuspend({{"tier", "paused"}});
+  ASSERT_FALSE(unknown);
+  EXPECT_EQ(unknown.error().code, ErrorCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace airlock::controlplane

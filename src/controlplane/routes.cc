@@ -257,12 +257,19 @@ awaitable<Response> ControlPlane::GetEvents(Request& req) {
 }
 
 awaitable<Response> ControlPlane::Suspend(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await sessions_->SetSuspended(req.params["id"], true));
+  // The body is optional: no body pauses, as before there were tiers.
+  Json body = Json::object();
+  if (!req.msg.body().empty()) {
+    AIRLOCK_CO_ASSIGN(body, ParseJsonObject(req.msg.body()));
+  }
+  AIRLOCK_CO_ASSIGN(store::SuspendTier tier, ParseSuspend(body));
+  AIRLOCK_CO_ASSIGN(auto s, co_await sessions_->SetSuspended(req.params["id"], tier));
   co_return Response::FromJson(200, SessionView(s));
 }
 
 awaitable<Response> ControlPlane::Resume(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await sessions_->SetSuspended(req.params["id"], false));
+  AIRLOCK_CO_ASSIGN(
+      auto s, co_await sessions_->SetSuspended(req.params["id"], store::SuspendTier::kActive));
   co_return Response::FromJson(200, SessionView(s));
 }
 

@@ -141,24 +141,35 @@ awaitable<Result<int64_t>> SessionService::PostMessage(std::string id, std::stri
   // would notice within a second; the user who just wrote should not wait for it).
   if (s->state == SessionState::kRunning) asio::co_spawn(d_.io, CheckSandbox(*s), asio::detached);
   if (s->state == SessionState::kSuspended) {
-    if (auto resumed = co_await SetSuspended(id, false); !resumed) {
+    if (auto resumed = co_await SetSuspended(id, store::SuspendTier::kActive); !resumed) {
       log::Warn("resume on message failed", {{"session", id}, {"error", resumed.error().message}});
     }
   }
   co_return msg_id;
 }
 
-// running -> suspended (freeze the sandbox) or suspended -> running (thaw it); the backend
-// acts first, so the stored state never claims a sandbox is frozen when it is not.
-awaitable<Result<store::Session>> SessionService::SetSuspended(std::string id, bool suspend) {
-  const SessionState from = suspend ? SessionState::kRunning : SessionState::kSuspended;
-  const SessionState to = suspend ? SessionState::kSuspended : SessionState::kRunning;
-  const std::string op = suspend ? "suspend" : "resume";
+// The backend acts first, so the stored state never claims a sandbox is frozen or on disk
+// when it is not; a sandbox let go at hibernation goes after the state says so, so that the
+// reconciler, which looks only at running sessions, never takes it for a dead one.
+awaitable<Result<store::Session>> SessionService::SetSuspended(std::string id,
+                                                               store::SuspendTier tier) {
+  using store::SuspendTier;
+  const std::string op = tier == SuspendTier::kActive   ? "resume"
+                         : tier == SuspendTier::kPaused ? "suspend"
+                                                        : "hibernate";
   auto s = co_await RunBlocking(d_.pool, [this, &id] { return d_.store.GetSession(id); });
   if (!s) co_return s;
-  if (s->state != from) {
-    co_return Errorf(ErrorCode::kConflict, "cannot {} a session that is {}", op,
-                     store::StateName(s->state));
+  // Which moves there are: running -> paused, running or paused -> hibernated, and back.
+  const bool allowed = tier == SuspendTier::kActive ? s->state == SessionState::kSuspended
+                                                    : s->state == SessionState::kRunning ||
+                                                          (s->state == SessionState::kSuspended &&
+                                                           s->tier == SuspendTier::kPaused &&
+                                                           tier == SuspendTier::kHibernated);
+  if (!allowed) {
+    std::string now = s->state == SessionState::kSuspended && s->tier == SuspendTier::kHibernated
+                          ? "hibernated"
+                          : std::string(store::StateName(s->state));
+    co_return Errorf(ErrorCode::kConflict, "cannot {} a session that is {}", op, now);
   }
   if (!Owns(*s)) {
     co_return Errorf(ErrorCode::kConflict,
@@ -166,35 +177,82 @@ awaitable<Result<store::Session>> SessionService::SetSuspended(std::string id, b
                      op);
   }
   auto* backend = d_.backends.Find(s->backend);
+  if (!backend) co_return Errorf(ErrorCode::kUnavailable, "backend \"{}\" is gone", s->backend);
+  co_return co_await MoveSandbox(backend, std::move(*s), tier);
+}
+
+awaitable<Result<store::Session>> SessionService::MoveSandbox(sandbox::Backend* backend,
+                                                              store::Session s,
+                                                              store::SuspendTier tier) {
+  using store::SuspendTier;
+  const std::string id = s.id;
+  auto stored = [this, &id] {
+    return RunBlocking(d_.pool, [this, &id] { return d_.store.GetSession(id); });
+  };
+  // A session whose sandbox was let go (hibernated on a backend that cannot keep one on
+  // disk, or taken over from a replica that died) wakes in a fresh one.
+  if (tier == SuspendTier::kActive && s.sandbox_handle.empty()) {
+    BusyMark mark(sandbox_busy_, id);
+    if (!mark.held()) co_return MakeError(ErrorCode::kConflict, "the session is being woken");
+    co_await FreshSandbox(s, "woken from hibernation", /*counted=*/false);
+    co_return co_await stored();
+  }
+  const bool let_go = tier == SuspendTier::kHibernated && !backend->capabilities().hibernate;
+  store::StateChange change{{s.state}, SessionState::kSuspended};
+  change.tier = tier;
+  if (tier == SuspendTier::kActive) change.to = SessionState::kRunning;
+  if (let_go) {
+    // The sandbox goes with what its agent kept in memory; its token with it.
+    change.revoke_token = true;
+    change.sandbox_handle = "";
+    d_.tokens.Forget(id);
+    auto out = co_await RunBlocking(
+        d_.pool, [this, &id, &change] { return d_.store.ChangeState(id, change); });
+    d_.tokens.Forget(id);
+    if (!out) co_return out;
+    d_.llm.CancelSession(id);
+    d_.inbox.Notify(id);  // its agent's long-poll ends now
+    d_.events.Notify(id);
+    co_await DestroySandbox(backend, id, s.sandbox_handle);
+    idle_since_.erase(id);
+    log::Info("hibernated a session: its sandbox is gone until a message wakes it",
+              {{"session", id}, {"backend", s.backend}});
+    co_return out;
+  }
   std::optional<std::string> resumed_handle;
-  if (backend && !s->sandbox_handle.empty()) {
-    auto st = co_await RunBlocking(
-        d_.sandbox_pool, [&backend, &h = s->sandbox_handle, suspend, &resumed_handle]() -> Status {
-          if (suspend) return backend->Suspend(h);
-          AIRLOCK_ASSIGN_OR_RETURN(resumed_handle, backend->Resume(h));
-          return Ok();
-        });
-    if (!st) {
-      d_.metrics.sandbox_errors.With({s->backend, op}).Inc();
-      // A suspended sandbox that is gone (the host rebooted, someone removed it) is replaced
-      // on resume: the session's conversation is in the store.
-      auto gone = co_await RunBlocking(
-          d_.sandbox_pool, [&backend, &h = s->sandbox_handle] { return backend->Inspect(h); });
-      if (!suspend && gone &&
-          (gone->state == sandbox::SandboxState::kMissing ||
-           gone->state == sandbox::SandboxState::kExited)) {
-        BusyMark mark(sandbox_busy_, id);
-        if (mark.held()) co_await RestartSandbox(*s, "the suspended sandbox was gone at resume");
-        co_return co_await RunBlocking(d_.pool, [this, &id] { return d_.store.GetSession(id); });
-      }
-      co_return std::unexpected(st.error());
+  auto st = co_await RunBlocking(
+      d_.sandbox_pool, [&backend, &h = s.sandbox_handle, tier, &resumed_handle]() -> Status {
+        if (tier == SuspendTier::kPaused) return backend->Suspend(h);
+        if (tier == SuspendTier::kHibernated) return backend->Hibernate(h);
+        AIRLOCK_ASSIGN_OR_RETURN(resumed_handle, backend->Resume(h));
+        return Ok();
+      });
+  const std::string op = tier == SuspendTier::kActive ? "resume" : "suspend";
+  if (!st) {
+    d_.metrics.sandbox_errors.With({s.backend, op}).Inc();
+    // A suspended sandbox that is gone (the host rebooted, someone removed it) is replaced
+    // on resume: the session's conversation is in the store.
+    auto gone = co_await RunBlocking(
+        d_.sandbox_pool, [&backend, &h = s.sandbox_handle] { return backend->Inspect(h); });
+    if (tier == SuspendTier::kActive && gone &&
+        (gone->state == sandbox::SandboxState::kMissing ||
+         gone->state == sandbox::SandboxState::kExited)) {
+      BusyMark mark(sandbox_busy_, id);
+      if (mark.held()) co_await RestartSandbox(s, "the suspended sandbox was gone at resume");
+      co_return co_await stored();
     }
+    co_return std::unexpected(st.error());
   }
   // A backend that resumed from a snapshot may have made a new sandbox handle.
-  store::StateChange change{{from}, to, std::nullopt, false, resumed_handle};
+  change.sandbox_handle = resumed_handle;
   auto out = co_await RunBlocking(
       d_.pool, [this, &id, &change] { return d_.store.ChangeState(id, change); });
-  if (out) d_.events.Notify(id);
+  if (out) {
+    if (tier != SuspendTier::kActive) idle_since_.erase(id);
+    d_.events.Notify(id);
+    log::Info("session changed tier",
+              {{"session", id}, {"tier", store::TierName(tier)}, {"backend", s.backend}});
+  }
   co_return out;
 }
 
@@ -325,10 +383,11 @@ std::optional<int64_t> SessionService::IdleSince(const std::string& id) const {
   return since->second;
 }
 
-awaitable<Result<bool>> SessionService::SuspendIdle(const std::string& id) {
+awaitable<Result<bool>> SessionService::SuspendIdle(const std::string& id,
+                                                    store::SuspendTier tier) {
   BusyMark mark(sandbox_busy_, id);
   if (!mark.held()) co_return false;
-  auto suspended = co_await SetSuspended(id, true);
+  auto suspended = co_await SetSuspended(id, tier);
   if (!suspended) co_return std::unexpected(suspended.error());
   idle_since_.erase(id);
   co_return true;
@@ -418,10 +477,10 @@ awaitable<Result<std::string>> SessionService::StartSandbox(sandbox::Backend* ba
   co_return std::move(started->handle);
 }
 
-awaitable<void> SessionService::RestartSandbox(store::Session s, std::string why) {
+awaitable<void> SessionService::FreshSandbox(store::Session s, std::string why, bool counted) {
   auto* backend = d_.backends.Find(s.backend);
   if (!backend) co_return;
-  int64_t n = ++restarts_[s.id];
+  int64_t n = counted ? ++restarts_[s.id] : restarts_[s.id];
   if (n > d_.config.max_restarts) {
     co_await EndSession(s.id, SessionState::kFailed,
                         fmt::format("{} (no fresh sandbox: sandbox.max_restarts = {} reached)", why,
@@ -438,6 +497,7 @@ awaitable<void> SessionService::RestartSandbox(store::Session s, std::string why
   Secret token = in_spec ? NewToken(kSessionTokenPrefix) : Secret();
   std::string hash = in_spec ? Sha256Hex(token.Reveal()) : "";
   Json data = {{"reason", why}, {"restart", n}, {"max_restarts", d_.config.max_restarts}};
+  if (!counted) data = {{"reason", why}};
   d_.tokens.Forget(s.id);  // the old token is replaced below (see EndSession)
   auto restarted = co_await RunBlocking(d_.pool, [this, &id = s.id, &node = s.node, &hash, &data] {
     return d_.store.RestartSandbox(id, node, hash, data);
@@ -450,8 +510,12 @@ awaitable<void> SessionService::RestartSandbox(store::Session s, std::string why
   }
   d_.events.Notify(s.id);
   d_.inbox.Notify(s.id);  // the dead sandbox's long-poll, if it is still parked, ends now
-  log::Warn("sandbox gone: starting a fresh one",
-            {{"session", s.id}, {"reason", why}, {"restart", n}});
+  if (counted) {
+    log::Warn("sandbox gone: starting a fresh one",
+              {{"session", s.id}, {"reason", why}, {"restart", n}});
+  } else {
+    log::Info("starting a fresh sandbox", {{"session", s.id}, {"reason", why}});
+  }
   sandbox::SandboxSpec spec = SpecFor(*restarted, token);
   Result<std::string> handle = co_await StartSandbox(backend, spec);
   if (!handle) {
@@ -460,7 +524,7 @@ awaitable<void> SessionService::RestartSandbox(store::Session s, std::string why
                         "sandbox failed to restart: " + handle.error().message);
     co_return;
   }
-  d_.metrics.sandbox_restarts.With({s.backend}).Inc();
+  if (counted) d_.metrics.sandbox_restarts.With({s.backend}).Inc();
   (void)co_await RunBlocking(
       d_.pool, [this, &id = s.id, &h = *handle] { return d_.store.SetSandboxHandle(id, h); });
   // Ended while the sandbox started (an operator's DELETE): whoever ended it saw no handle.

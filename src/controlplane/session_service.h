@@ -122,8 +122,12 @@ class SessionService : public SessionLifecycle {
   // Queues a user message in the session's inbox; the message's id. A suspended session is
   // resumed and a running one's sandbox looked at, so the message finds an agent.
   awaitable<Result<int64_t>> PostMessage(std::string id, std::string content);
-  // running -> suspended or suspended -> running.
-  awaitable<Result<store::Session>> SetSuspended(std::string id, bool suspend);
+  // Moves a live session between the idle tiers (docs/api.md, "Idle tiers"): kPaused and
+  // kHibernated suspend it (running -> paused, running or paused -> hibernated), kActive
+  // resumes it. A backend that cannot hibernate (Capabilities::hibernate) loses its sandbox
+  // at hibernation, and the session gets a fresh one at wake whose agent carries on from the
+  // stored conversation.
+  awaitable<Result<store::Session>> SetSuspended(std::string id, store::SuspendTier tier);
   // Kills a live session (its sandbox goes); a session already over is returned as it is.
   awaitable<Result<store::Session>> Cancel(std::string id);
   // The agent's own end of its session `id`, whose sandbox presented the token whose hash is
@@ -159,16 +163,24 @@ class SessionService : public SessionLifecycle {
   // exited on its own) or gets a fresh sandbox (it was killed or vanished).
   awaitable<void> CheckSandbox(store::Session s) override;
   std::optional<int64_t> IdleSince(const std::string& id) const override;
-  awaitable<Result<bool>> SuspendIdle(const std::string& id) override;
+  awaitable<Result<bool>> SuspendIdle(const std::string& id, store::SuspendTier tier) override;
   // The session's socket, which its sandbox reaches the control plane through.
   Status OpenChannel(const std::string& id) override;
   void CloseChannel(const std::string& id) override;
   // A fresh sandbox with a new token for a live session whose sandbox is gone; the new agent
   // reloads the conversation from /sandbox/v1/history. After sandbox.max_restarts the
   // session fails instead. The caller holds the session's mark in sandbox_busy_.
-  awaitable<void> RestartSandbox(store::Session s, std::string why) override;
+  awaitable<void> RestartSandbox(store::Session s, std::string why) override {
+    co_await FreshSandbox(std::move(s), std::move(why), /*counted=*/true);
+  }
 
  private:
+  // RestartSandbox's work; `counted`: it counts towards sandbox.max_restarts (a sandbox that
+  // died), or it does not (waking a session whose sandbox was let go at hibernation).
+  awaitable<void> FreshSandbox(store::Session s, std::string why, bool counted);
+  // The backend's part of SetSuspended: suspend, hibernate or resume the sandbox of `s`.
+  awaitable<Result<store::Session>> MoveSandbox(sandbox::Backend* backend, store::Session s,
+                                                store::SuspendTier tier);
   // EndSession's work for a change already made (Finish adds the token it was asked with).
   awaitable<Result<store::Session>> End(const std::string& id, store::StateChange change);
   void AfterSessionEnded(const store::Session& s);

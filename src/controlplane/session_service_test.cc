@@ -23,6 +23,7 @@ class FakeBackend : public sandbox::Backend {
     sandbox::Capabilities c;
     c.isolated = isolated;
     c.suspend = sandbox::Capabilities::Suspend::kFreeze;
+    c.hibernate = hibernate;
     return c;
   }
   Result<sandbox::Started> Create(const sandbox::SandboxSpec& spec) override {
@@ -33,6 +34,10 @@ class FakeBackend : public sandbox::Backend {
     return sandbox::Started{"fake:" + spec.sandbox_id, sandbox::SandboxState::kRunning};
   }
   Status Suspend(const std::string& h) override { return Set(h, "paused"); }
+  Status Hibernate(const std::string& h) override {
+    if (!hibernate) return Backend::Hibernate(h);
+    return Set(h, "hibernated");
+  }
   Result<std::string> Resume(const std::string& h) override {
     AIRLOCK_TRY(Set(h, "running"));
     return h;
@@ -44,8 +49,9 @@ class FakeBackend : public sandbox::Backend {
     auto it = state.find(h);
     st.state = it == state.end() || it->second == "destroyed" ? sandbox::SandboxState::kMissing
                : it->second == "exited"                       ? sandbox::SandboxState::kExited
-               : it->second == "paused"                       ? sandbox::SandboxState::kPaused
-                                                              : sandbox::SandboxState::kRunning;
+               : it->second == "paused" || it->second == "hibernated"
+                   ? sandbox::SandboxState::kPaused
+                   : sandbox::SandboxState::kRunning;
     return st;
   }
   Result<sandbox::SandboxStatus> Reattach(const std::string& h) override { return Inspect(h); }
@@ -67,6 +73,7 @@ class FakeBackend : public sandbox::Backend {
   std::map<std::string, std::string> tokens;  // session id -> the token its sandbox got
   bool isolated = true;
   bool fail_create = false;
+  bool hibernate = false;  // Capabilities::hibernate
 
  private:
   Status Set(const std::string& h, std::string to) {
@@ -238,24 +245,91 @@ TEST_F(SessionServiceTest, ASandboxThatFailsToStartFailsItsSession) {
 
 TEST_F(SessionServiceTest, SuspendFreezesTheSandboxAndOnlyARunningSessionCanBeSuspended) {
   store::Session s = Create();
-  auto suspended = Run(service_->SetSuspended(s.id, true));
+  auto suspended = Run(service_->SetSuspended(s.id, store::SuspendTier::kPaused));
   ASSERT_TRUE(suspended) << suspended.error().message;
   EXPECT_EQ(suspended->state, SessionState::kSuspended);
   EXPECT_EQ(backend_->StateOf(s.id), "paused");
-  auto twice = Run(service_->SetSuspended(s.id, true));
+  auto twice = Run(service_->SetSuspended(s.id, store::SuspendTier::kPaused));
   ASSERT_FALSE(twice);
   EXPECT_EQ(twice.error().code, ErrorCode::kConflict);
   EXPECT_EQ(twice.error().message, "cannot suspend a session that is suspended");
-  auto resumed = Run(service_->SetSuspended(s.id, false));
+  auto resumed = Run(service_->SetSuspended(s.id, store::SuspendTier::kActive));
   ASSERT_TRUE(resumed);
   EXPECT_EQ(resumed->state, SessionState::kRunning);
   EXPECT_EQ(backend_->StateOf(s.id), "running");
 }
 
+// The session object tells the tier and since when; both tiers are left by a resume.
+TEST_F(SessionServiceTest, ASessionIsPausedThenHibernatedAndTheTierIsStored) {
+  backend_->hibernate = true;
+  store::Session s = Create();
+  EXPECT_EQ(s.tier, store::SuspendTier::kActive);
+  auto paused = Run(service_->SetSuspended(s.id, store::SuspendTier::kPaused));
+  ASSERT_TRUE(paused) << paused.error().message;
+  EXPECT_EQ(paused->state, SessionState::kSuspended);
+  EXPECT_EQ(paused->tier, store::SuspendTier::kPaused);
+  auto hibernated = Run(service_->SetSuspended(s.id, store::SuspendTier::kHibernated));
+  ASSERT_TRUE(hibernated) << hibernated.error().message;
+  EXPECT_EQ(hibernated->state, SessionState::kSuspended);
+  EXPECT_EQ(hibernated->tier, store::SuspendTier::kHibernated);
+  EXPECT_GE(hibernated->state_since, paused->state_since);
+  EXPECT_EQ(backend_->StateOf(s.id), "hibernated");
+  EXPECT_EQ(hibernated->sandbox_handle, "fake:" + s.id) << "the same sandbox, on disk";
+  // Hibernated is below paused: no way back down, and not twice.
+  for (auto tier : {store::SuspendTier::kPaused, store::SuspendTier::kHibernated}) {
+    auto refused = Run(service_->SetSuspended(s.id, tier));
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, ErrorCode::kConflict);
+    EXPECT_NE(refused.error().message.find("a session that is hibernated"), std::string::npos)
+        << refused.error().message;
+  }
+  auto woke = Run(service_->PostMessage(s.id, "wake up"));
+  ASSERT_TRUE(woke) << woke.error().message;
+  store::Session now = Stored(s.id);
+  EXPECT_EQ(now.state, SessionState::kRunning);
+  EXPECT_EQ(now.tier, store::SuspendTier::kActive);
+  EXPECT_EQ(backend_->StateOf(s.id), "running");
+  EXPECT_EQ(backend_->tokens.size(), 1u) << "woken from its snapshot, not started again";
+}
+
+// A backend that cannot keep a sandbox on disk lets it go: nothing of it is left, its token
+// is revoked, and the next message starts a fresh sandbox with a new token, which does not
+// count as a restart of a sandbox that died.
+TEST_F(SessionServiceTest, HibernatingWithoutSnapshotsLetsTheSandboxGoAndAMessageStartsAFreshOne) {
+  store::Session s = Create();
+  const std::string first_token = backend_->tokens[s.id];
+  auto hibernated = Run(service_->SetSuspended(s.id, store::SuspendTier::kHibernated));
+  ASSERT_TRUE(hibernated) << hibernated.error().message;
+  EXPECT_EQ(hibernated->state, SessionState::kSuspended);
+  EXPECT_EQ(hibernated->tier, store::SuspendTier::kHibernated);
+  EXPECT_EQ(hibernated->sandbox_handle, "");
+  EXPECT_EQ(hibernated->token_hash, "") << "no sandbox holds the token any more";
+  EXPECT_EQ(backend_->StateOf(s.id), "destroyed");
+  // The old sandbox's token opens nothing now.
+  auto old_poll = Run(service_->WaitForInbox(s, 0));
+  EXPECT_FALSE(old_poll);
+  // max_restarts is 1 here: two wakes would end the session if they counted.
+  for (int round = 0; round < 2; ++round) {
+    auto woke = Run(service_->PostMessage(s.id, "wake up"));
+    ASSERT_TRUE(woke) << woke.error().message;
+    store::Session now = Stored(s.id);
+    ASSERT_EQ(now.state, SessionState::kRunning) << now.result.value_or("");
+    EXPECT_EQ(now.tier, store::SuspendTier::kActive);
+    EXPECT_EQ(backend_->StateOf(s.id), "running");
+    EXPECT_NE(backend_->tokens[s.id], first_token);
+    EXPECT_FALSE(now.token_hash.empty());
+    // The fresh agent finds the messages it has not seen.
+    auto msgs = Run(service_->WaitForInbox(now, 0));
+    ASSERT_TRUE(msgs) << msgs.error().message;
+    EXPECT_FALSE(msgs->empty());
+    ASSERT_TRUE(Run(service_->SetSuspended(s.id, store::SuspendTier::kHibernated)));
+  }
+}
+
 TEST_F(SessionServiceTest, AnotherReplicasSessionIsNotSuspendedHere) {
   store::Session s = Create();
   config_.node = "node-b";
-  auto refused = Run(service_->SetSuspended(s.id, true));
+  auto refused = Run(service_->SetSuspended(s.id, store::SuspendTier::kPaused));
   ASSERT_FALSE(refused);
   EXPECT_EQ(refused.error().code, ErrorCode::kConflict);
   EXPECT_EQ(refused.error().message,
@@ -264,7 +338,7 @@ TEST_F(SessionServiceTest, AnotherReplicasSessionIsNotSuspendedHere) {
 
 TEST_F(SessionServiceTest, AMessageToASuspendedSessionResumesIt) {
   store::Session s = Create();
-  ASSERT_TRUE(Run(service_->SetSuspended(s.id, true)));
+  ASSERT_TRUE(Run(service_->SetSuspended(s.id, store::SuspendTier::kPaused)));
   auto posted = Run(service_->PostMessage(s.id, "one more thing"));
   ASSERT_TRUE(posted) << posted.error().message;
   EXPECT_GT(*posted, 0);

@@ -24,9 +24,15 @@ Result<Json> ParseLimits(const Json& limits) {
     double min, max;
   };
   static constexpr Bound kBounds[] = {
-      {"memory_mb", 16, 1 << 20}, {"cpus", 0.01, 1024},         {"pids", 1, 1 << 22},
-      {"disk_mb", 1, 1 << 24},    {"timeout_s", 1, 30 * 86400}, {"idle_timeout_s", 1, 30 * 86400},
-      {"max_tokens", 1, 1e12},    {"max_cost_usd", 0, 1e9},
+      {"memory_mb", 16, 1 << 20},
+      {"cpus", 0.01, 1024},
+      {"pids", 1, 1 << 22},
+      {"disk_mb", 1, 1 << 24},
+      {"timeout_s", 1, 30 * 86400},
+      {"idle_timeout_s", 1, 30 * 86400},
+      {"hibernate_after_s", 1, 30 * 86400},
+      {"max_tokens", 1, 1e12},
+      {"max_cost_usd", 0, 1e9},
   };
   Json out = Json::object();
   for (const auto& [k, v] : limits.items()) {

@@ -26,6 +26,11 @@ Json SessionView(const store::Session& s) {
             {"created_at", FormatTimestamp(s.created_at)},
             {"updated_at", FormatTimestamp(s.updated_at)},
             {"usage", UsageView(s.usage)}};
+  // The idle tier of a live session, and since when (a session that ended has none).
+  if (!store::IsTerminal(s.state)) {
+    j["tier"] = store::TierName(s.tier);
+    if (s.state_since > 0) j["tier_since"] = FormatTimestamp(s.state_since);
+  }
   if (s.result) j["result"] = *s.result;
   return j;
 }

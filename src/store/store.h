@@ -171,9 +171,6 @@ struct ListSessionsQuery {
 struct StateChange {
   std::vector<SessionState> from;  // the change applies only in one of these states
   SessionState to;
-  // The tier a change to kSuspended leaves the session in (suspended -> suspended moves it
-  // from paused to hibernated). Any other state is kActive.
-  SuspendTier tier = SuspendTier::kActive;
   std::optional<std::string> result;
   bool revoke_token = false;                  // clears token_hash in the same transaction
   std::optional<std::string> sandbox_handle;  // set when present
@@ -182,6 +179,9 @@ struct StateChange {
   // own transaction: a sandbox that ends its session (finish) cannot do so once a fresh sandbox has
   // replaced its token, however recently the token was checked. As EventAppend.token_hash.
   std::string token_hash;
+  // The tier a change to kSuspended leaves the session in (suspended -> suspended moves it
+  // from paused to hibernated). Any other state is kActive.
+  SuspendTier tier = SuspendTier::kActive;
 };
 
 // A committed change that another replica's waiters may be parked on: an inbox long-poll

@@ -86,6 +86,67 @@ TEST(ReconcilerTest, AnIdleSessionIsSuspendedOnlyAfterItsIdleTimeoutAndAMessageW
   EXPECT_EQ(StateOf(server, id), "running");
 }
 
+// The two idle tiers in turn: paused after idle_timeout_s, hibernated once the agent has been
+// idle for hibernate_after_s in all (the pause counts), and not a moment before either. The
+// test backend cannot hibernate: its sandbox goes, and a message starts a fresh one.
+TEST(ReconcilerTest, AnIdleSessionIsPausedThenHibernatedAtItsTimesAndAMessageWakesIt) {
+  auto clock = std::make_shared<ManualClock>();
+  TestServer server({}, "", nullptr, clock);
+  auto r = server.Op(verb::post, "/v1/sessions",
+                     R"({"task":"x","limits":{"idle_timeout_s":600,"hibernate_after_s":3600}})");
+  ASSERT_EQ(r.status, 201u) << r.body;
+  std::string id = r.json()["id"];
+  std::string token;
+  {
+    std::lock_guard l(server.backend().mu);
+    token = server.backend().specs.at(id).token.Reveal();
+  }
+  ASSERT_EQ(server.Sb(verb::get, "/sandbox/v1/inbox", token).status, 200u);  // the task
+  auto poll = std::async(std::launch::async,
+                         [&] { return server.Sb(verb::get, "/sandbox/v1/inbox?wait=60", token); });
+  ASSERT_TRUE(WaitForMetric(server, "airlock_inbox_waiting 1"));
+  clock->Advance(601'000);
+  ASSERT_TRUE(WaitForSessionState(server, id, "suspended"));
+  auto paused = server.Op(verb::get, "/v1/sessions/" + id).json();
+  EXPECT_EQ(paused["tier"], "paused");
+  // Idle for 600 + 2998 s: still paused.
+  clock->Advance(2'998'000);
+  WaitForPasses(server, 2);
+  EXPECT_EQ(server.Op(verb::get, "/v1/sessions/" + id).json()["tier"], "paused");
+  clock->Advance(2'000);
+  for (int i = 0;
+       i < 200 && server.Op(verb::get, "/v1/sessions/" + id).json()["tier"] != "hibernated"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  auto hibernated = server.Op(verb::get, "/v1/sessions/" + id).json();
+  EXPECT_EQ(hibernated["state"], "suspended");
+  ASSERT_EQ(hibernated["tier"], "hibernated") << hibernated;
+  {
+    std::lock_guard l(server.backend().mu);
+    EXPECT_EQ(server.backend().state["test:" + id], "destroyed");
+  }
+  // The old sandbox's poll ended, and its token opens nothing now.
+  auto ended_poll = poll.get();
+  EXPECT_NE(ended_poll.status, 200u) << ended_poll.body;
+  EXPECT_EQ(server.Sb(verb::get, "/sandbox/v1/inbox", token).status, 401u);
+  // A message wakes it in a fresh sandbox with a new token, which finds the message.
+  ASSERT_EQ(
+      server.Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"more"})").status,
+      202u);
+  auto woke = server.Op(verb::get, "/v1/sessions/" + id).json();
+  EXPECT_EQ(woke["state"], "running");
+  EXPECT_EQ(woke["tier"], "active");
+  std::string fresh;
+  {
+    std::lock_guard l(server.backend().mu);
+    fresh = server.backend().specs.at(id).token.Reveal();
+  }
+  ASSERT_NE(fresh, token);
+  auto got = server.Sb(verb::get, "/sandbox/v1/inbox", fresh);
+  ASSERT_EQ(got.status, 200u) << got.body;
+  EXPECT_EQ(got.json()["messages"][0]["content"], "more");
+}
+
 TEST(ReconcilerTest, AReplicaIsTakenOverOnlyOnceItsHeartbeatIsOlderThanTheTtl) {
   auto clock = std::make_shared<ManualClock>();
   const std::string db = MakeTempDir("airlock-shared") + "/airlock.db";

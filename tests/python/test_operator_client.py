@@ -77,6 +77,12 @@ class OperatorClientTest(ServerTestCase):
             self.op.suspend(s["id"])
         self.assertEqual(cm.exception.status, 409)
         self.assertEqual(self.op.resume(s["id"])["state"], "running")
+        hibernated = self.op.suspend(s["id"], mode="hibernate")
+        self.assertEqual((hibernated["state"], hibernated["tier"]), ("suspended", "hibernated"))
+        with self.assertRaises(AirlockError) as cm:
+            self.op.suspend(s["id"], mode="doze")
+        self.assertEqual(cm.exception.status, 400)
+        self.assertEqual(self.op.resume(s["id"])["tier"], "active")
         self.assertEqual(self.op.kill(s["id"])["state"], "killed")
         self.assertEqual(self.op.wait(s["id"], timeout=5)["state"], "killed")
 

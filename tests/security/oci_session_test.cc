@@ -85,6 +85,53 @@ TEST_F(OciSessionTest, SuspendFreezesTheSandboxAndAMessageWakesIt) {
   EXPECT_EQ(d.status, 200u);
 }
 
+// Hibernation, for real: a microvm goes to disk and wakes with its memory (the shell's
+// counter carries on); an oci sandbox is let go and the message that wakes the session
+// starts a fresh one (its counter starts again: what the agent kept in memory is lost, as
+// docs/api.md says). Either way the session waits, suspended, through reconcile passes, and
+// the waking message reaches the agent.
+TEST_F(OciSessionTest, HibernationKeepsTheSessionAndAMessageWakesIt) {
+  std::string script =
+      "i=0; while true; do i=$((i+1)); echo \"tick $i\"; "
+      "wget -q -O - --header \"Authorization: Bearer $SESSION_TOKEN\" "
+      "\"$CONTROL_PLANE_URL/sandbox/v1/inbox?wait=0\" && echo; sleep 0.2; done";
+  std::string id = sbx_->Create({"/bin/sh", "-c", script});
+  ASSERT_TRUE(WaitForLog(id, "tick 3\n", 120)) << sbx_->Logs(id);
+  auto h =
+      sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/suspend", R"({"mode":"hibernate"})");
+  ASSERT_EQ(h.status, 200u) << h.body;
+  EXPECT_EQ(h.json()["state"], "suspended");
+  EXPECT_EQ(h.json()["tier"], "hibernated");
+  EXPECT_TRUE(h.json().contains("tier_since")) << h.body;
+  std::string asleep = sbx_->Logs(id);
+  int last = 0;
+  for (size_t at = 0; (at = asleep.find("tick ", at)) != std::string::npos; at += 5) {
+    last = std::atoi(asleep.c_str() + at + 5);
+  }
+  // The reconciler must not take a hibernated sandbox for a dead one.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  auto still = sbx_->server().Op(verb::get, "/v1/sessions/" + id).json();
+  EXPECT_EQ(still["state"], "suspended");
+  EXPECT_EQ(still["tier"], "hibernated");
+  EXPECT_EQ(sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/suspend").status, 409u)
+      << "a hibernated session is not paused";
+  auto m = sbx_->server().Op(verb::post, "/v1/sessions/" + id + "/messages",
+                             R"({"content":"wake up and carry on"})");
+  ASSERT_EQ(m.status, 202u) << m.body;
+  auto woke = sbx_->server().Op(verb::get, "/v1/sessions/" + id).json();
+  EXPECT_EQ(woke["state"], "running");
+  EXPECT_EQ(woke["tier"], "active");
+  ASSERT_TRUE(WaitForLog(id, "wake up and carry on", 120)) << sbx_->Logs(id);
+  if (TestBackendName() == "microvm") {
+    ASSERT_TRUE(WaitForLog(id, fmt::format("tick {}\n", last + 2), 60)) << sbx_->Logs(id);
+    std::string log = sbx_->Logs(id);
+    EXPECT_EQ(log.find("tick 1\n"), log.rfind("tick 1\n")) << "the VM booted again:\n" << log;
+  }
+  EXPECT_EQ(sbx_->server().Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
+  auto ended = sbx_->WaitForEnd(id);
+  EXPECT_EQ(ended.session["state"], "killed");
+}
+
 TEST_F(OciSessionTest, ASandboxSurvivesAKill9OfTheControlPlaneAndIsFoundAgain) {
   // The agent keeps polling its inbox through the bridge; after the restart it must get
   // through again on the same socket path, with the same token.

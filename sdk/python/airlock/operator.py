@@ -126,8 +126,12 @@ class OperatorClient:
         """The session's conversation as the control plane stores it."""
         return self._json("GET", self._session_path(id) + "/messages").get("messages", [])
 
-    def suspend(self, id: str) -> Dict[str, Any]:
-        return self._json("POST", self._session_path(id) + "/suspend")
+    def suspend(self, id: str, mode: str = "pause") -> Dict[str, Any]:
+        """Moves the session to an idle tier: "pause" (memory kept, wakes in
+        milliseconds) or "hibernate" (a microvm's memory goes to disk; an oci
+        sandbox is let go and a fresh one carries on at wake). A message or
+        resume() wakes either."""
+        return self._json("POST", self._session_path(id) + "/suspend", {"mode": mode})
 
     def resume(self, id: str) -> Dict[str, Any]:
         return self._json("POST", self._session_path(id) + "/resume")
