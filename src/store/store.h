@@ -171,9 +171,6 @@ struct ListSessionsQuery {
 struct StateChange {
   std::vector<SessionState> from;  // the change applies only in one of these states
   SessionState to;
-  // The tier a change to kSuspended leaves the session in (suspended -> suspended moves it
-  // from paused to hibernated). Any other state is kActive.
-  SuspendTier tier = SuspendTier::kActive;
   std::optional<std::string> result;
   bool revoke_token = false;                  // clears token_hash in the same transaction
   std::optional<std::string> sandbox_handle;  // set when present
@@ -182,6 +179,10 @@ struct StateChange {
   // own transaction: a sandbox that ends its session (finish) cannot do so once a fresh sandbox has
   // replaced its token, however recently the token was checked. As EventAppend.token_hash.
   std::string token_hash;
+  // The tier a change to kSuspended leaves the session in (suspended -> suspended moves it
+  // from paused to hibernated). Any other state is kActive. Last, so that positional
+  // initializers ({from, to, result, ...}) keep their meaning.
+  SuspendTier tier = SuspendTier::kActive;
 };
 
 // A committed change that another replica's waiters may be parked on: an inbox long-poll
@@ -234,8 +235,10 @@ class Store {
   virtual Result<Session> GetSessionByTokenHash(std::string_view token_hash) = 0;
   virtual Result<std::vector<Session>> ListSessions(const ListSessionsQuery& q) = 0;
   // Applies `change` if the session is in one of `change.from` (kConflict otherwise, with the
-  // current state in the message) and appends a "session.state" event {"from","to","result"?}.
-  // Returns the updated session.
+  // current state in the message) and appends a "session.state" event {"from","to","result"?,
+  // "tier"? (when `to` is kSuspended)}. A suspended session may change to kSuspended again (a
+  // new tier). state_since moves to now when the state or the tier changes. Returns the updated
+  // session.
   virtual Result<Session> ChangeState(std::string_view id, const StateChange& change) = 0;
   // Records the sandbox of a session in whatever state it is: a session can end while its
   // sandbox is still being created, and whoever ends it must still find the sandbox.
