@@ -152,6 +152,16 @@ CREATE TABLE nodes (
   heartbeat_at BIGINT NOT NULL
 );
 )sql"},
+    {3, R"sql(
+-- Idle tiers: how a suspended session's sandbox waits ('paused', 'hibernated'; 'active' in any
+-- other state), and when the session entered its current state and tier.
+ALTER TABLE sessions ADD COLUMN tier TEXT COLLATE "C" NOT NULL DEFAULT 'active';
+ALTER TABLE sessions ADD COLUMN state_since BIGINT NOT NULL DEFAULT 0;
+-- Before tiers a suspended sandbox was paused; the last update is the best guess of when the
+-- session entered its state.
+UPDATE sessions SET state_since = updated_at,
+  tier = CASE WHEN state = 'suspended' THEN 'paused' ELSE 'active' END;
+)sql"},
 };
 
 constexpr int kLatestVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -437,7 +447,7 @@ using Pool = ConnectionPool<Connection>;
 constexpr std::string_view kSessionColumns =
     "id, state, image, backend, model, command, limits, metadata, token_hash, sandbox_handle, "
     "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at, models, "
-    "ended_at, purged_at, node";
+    "ended_at, purged_at, node, tier, state_since";
 
 std::string SessionQuery(std::string_view where_and_rest) {
   return fmt::format("SELECT {} FROM sessions {}", kSessionColumns, where_and_rest);
@@ -477,6 +487,13 @@ Result<Session> ReadSession(const Rows& rows, int row) {
     s.purged_at = rows.Int(row, 19);
   }
   s.node = rows.Text(row, 20);
+  const std::string tier = rows.Text(row, 21);
+  auto parsed_tier = ParseTier(tier);
+  if (!parsed_tier) {
+    return Errorf(ErrorCode::kInternal, "session {} has unknown tier '{}'", s.id, tier);
+  }
+  s.tier = *parsed_tier;
+  s.state_since = rows.Int(row, 22);
   return s;
 }
 
@@ -768,13 +785,14 @@ class PostgresStore final : public Store {
       auto inserted = c.Query(
           "INSERT INTO sessions (id, state, image, backend, model, command, limits, metadata, "
           "token_hash, sandbox_handle, result, input_tokens, output_tokens, llm_calls, "
-          "cost_usd, created_at, updated_at, models, node) VALUES "
+          "cost_usd, created_at, updated_at, models, node, tier, state_since) VALUES "
           "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, "
-          "$19)",
+          "$19, $20, $16)",
           s.id, StateName(s.state), s.image, s.backend, s.model, DumpJson(s.command),
           DumpJson(s.limits), DumpJson(s.metadata), s.token_hash, s.sandbox_handle, s.result,
           s.usage.input_tokens, s.usage.output_tokens, s.usage.llm_calls, s.usage.cost_usd,
-          created_at, updated_at, DumpJson(s.models.is_array() ? s.models : Json::array()), s.node);
+          created_at, updated_at, DumpJson(s.models.is_array() ? s.models : Json::array()), s.node,
+          TierName(SuspendTier::kActive));
       if (!inserted && inserted.error().code == ErrorCode::kConflict) {
         // Either the id or the token hash is taken; neither is expected with random values.
         return Errorf(ErrorCode::kConflict, "session {} or its token already exists", s.id);
@@ -870,20 +888,25 @@ class PostgresStore final : public Store {
       if (!change.token_hash.empty() && current.token_hash != change.token_hash) {
         return RevokedTokenError();
       }
+      const SuspendTier tier =
+          change.to == SessionState::kSuspended ? change.tier : SuspendTier::kActive;
       // The events appended below change no column of Session, so the row returned here is
-      // the session as the transaction leaves it.
+      // the session as the transaction leaves it. The right-hand sides see the row as it was:
+      // state_since moves only when the state or the tier changes.
       static const std::string kSql = fmt::format(
           "UPDATE sessions SET state = $2, updated_at = $3::bigint, "
           "result = CASE WHEN $4::boolean THEN $5::text ELSE result END, "
           "token_hash = CASE WHEN $6::boolean THEN '' ELSE token_hash END, "
           "sandbox_handle = CASE WHEN $7::boolean THEN $8::text ELSE sandbox_handle END, "
-          "ended_at = CASE WHEN $9::boolean THEN $3::bigint ELSE ended_at END "
+          "ended_at = CASE WHEN $9::boolean THEN $3::bigint ELSE ended_at END, "
+          "state_since = CASE WHEN state != $2 OR tier != $10::text THEN $3::bigint "
+          "ELSE state_since END, tier = $10::text "
           "WHERE id = $1 RETURNING {}",
           kSessionColumns);
       AIRLOCK_ASSIGN_OR_RETURN(
           Rows rows, c.Query(kSql, id, StateName(change.to), now, change.result.has_value(),
                              change.result, change.revoke_token, change.sandbox_handle.has_value(),
-                             change.sandbox_handle, IsTerminal(change.to)));
+                             change.sandbox_handle, IsTerminal(change.to), TierName(tier)));
       if (rows.empty()) {
         return std::unexpected(SessionNotFound(id));
       }
@@ -891,6 +914,9 @@ class PostgresStore final : public Store {
       Json data = {{"from", StateName(current.state)}, {"to", StateName(change.to)}};
       if (change.result) {
         data["result"] = *change.result;
+      }
+      if (change.to == SessionState::kSuspended) {
+        data["tier"] = TierName(tier);
       }
       AIRLOCK_TRY(InsertEvent(c, id, "session.state", data, now));
       if (IsTerminal(change.to)) AIRLOCK_TRY(NotifyChange(c, 'x', id));
@@ -933,21 +959,24 @@ class PostgresStore final : public Store {
     });
   }
 
-  // The session running with the token `token_hash` (RestartSandbox, IssueToken), and its
-  // change of state recorded if it was not running; `clear_handle` for a fresh sandbox.
+  // The session running (so tier active) with the token `token_hash` (RestartSandbox,
+  // IssueToken), and its change of state recorded if it was not running; `clear_handle` for a
+  // fresh sandbox. state_since moves when the state or the tier changes.
   static Result<Session> RunWithToken(Connection& c, std::string_view id, SessionState current,
                                       std::string_view token_hash, bool clear_handle, int64_t now) {
     static const std::string kFresh = fmt::format(
         "UPDATE sessions SET state = $2, updated_at = $3, token_hash = $4, "
-        "sandbox_handle = '' WHERE id = $1 RETURNING {}",
+        "sandbox_handle = '', state_since = CASE WHEN state != $2 OR tier != $5 THEN $3 "
+        "ELSE state_since END, tier = $5 WHERE id = $1 RETURNING {}",
         kSessionColumns);
     static const std::string kSame = fmt::format(
-        "UPDATE sessions SET state = $2, updated_at = $3, token_hash = $4 WHERE id = $1 "
-        "RETURNING {}",
+        "UPDATE sessions SET state = $2, updated_at = $3, token_hash = $4, "
+        "state_since = CASE WHEN state != $2 OR tier != $5 THEN $3 ELSE state_since END, "
+        "tier = $5 WHERE id = $1 RETURNING {}",
         kSessionColumns);
     AIRLOCK_ASSIGN_OR_RETURN(
         Rows rows, c.Query(clear_handle ? kFresh : kSame, id, StateName(SessionState::kRunning),
-                           now, token_hash));
+                           now, token_hash, TierName(SuspendTier::kActive)));
     if (rows.empty()) {
       return std::unexpected(SessionNotFound(id));
     }

@@ -141,6 +141,16 @@ CREATE TABLE nodes (
   heartbeat_at INTEGER NOT NULL
 );
 )sql"},
+    {5, R"sql(
+-- Idle tiers: how a suspended session's sandbox waits ('paused', 'hibernated'; 'active' in any
+-- other state), and when the session entered its current state and tier.
+ALTER TABLE sessions ADD COLUMN tier TEXT NOT NULL DEFAULT 'active';
+ALTER TABLE sessions ADD COLUMN state_since INTEGER NOT NULL DEFAULT 0;
+-- Before tiers a suspended sandbox was paused; the last update is the best guess of when the
+-- session entered its state.
+UPDATE sessions SET state_since = updated_at,
+  tier = CASE WHEN state = 'suspended' THEN 'paused' ELSE 'active' END;
+)sql"},
 };
 
 constexpr int kLatestVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -367,7 +377,7 @@ using ReadPool = ConnectionPool<Connection>;
 constexpr std::string_view kSessionColumns =
     "id, state, image, backend, model, command, limits, metadata, token_hash, sandbox_handle, "
     "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at, models, "
-    "ended_at, purged_at, node";
+    "ended_at, purged_at, node, tier, state_since";
 
 std::string SessionQuery(std::string_view where_and_rest) {
   return fmt::format("SELECT {} FROM sessions {}", kSessionColumns, where_and_rest);
@@ -407,6 +417,13 @@ Result<Session> ReadSession(const Stmt& row) {
     s.purged_at = row.Int(19);
   }
   s.node = row.Text(20);
+  const std::string tier = row.Text(21);
+  auto parsed_tier = ParseTier(tier);
+  if (!parsed_tier) {
+    return Errorf(ErrorCode::kInternal, "session {} has unknown tier '{}'", s.id, tier);
+  }
+  s.tier = *parsed_tier;
+  s.state_since = row.Int(22);
   return s;
 }
 
@@ -659,14 +676,16 @@ class SqliteStore final : public Store {
             Stmt stmt,
             c.Prepare("INSERT INTO sessions (id, state, image, backend, model, command, limits, "
                       "metadata, token_hash, sandbox_handle, result, input_tokens, output_tokens, "
-                      "llm_calls, cost_usd, created_at, updated_at, models, node) VALUES "
+                      "llm_calls, cost_usd, created_at, updated_at, models, node, tier, "
+                      "state_since) VALUES "
                       "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, "
-                      "?17, ?18, ?19)"));
+                      "?17, ?18, ?19, ?20, ?16)"));
         stmt.Bind(s.id, StateName(s.state), s.image, s.backend, s.model, DumpJson(s.command),
                   DumpJson(s.limits), DumpJson(s.metadata), s.token_hash, s.sandbox_handle,
                   s.result, s.usage.input_tokens, s.usage.output_tokens, s.usage.llm_calls,
                   s.usage.cost_usd, created_at, updated_at,
-                  DumpJson(s.models.is_array() ? s.models : Json::array()), s.node);
+                  DumpJson(s.models.is_array() ? s.models : Json::array()), s.node,
+                  TierName(SuspendTier::kActive));
         auto done = stmt.Run();
         if (!done && done.error().code == ErrorCode::kConflict) {
           // Either the id or the token hash is taken; neither is expected with random values.
@@ -776,22 +795,31 @@ class SqliteStore final : public Store {
         AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
         if (!row || stmt.Text(0) != change.token_hash) return RevokedTokenError();
       }
+      const SuspendTier tier =
+          change.to == SessionState::kSuspended ? change.tier : SuspendTier::kActive;
       {
+        // The right-hand sides see the row as it was: state_since moves only when the state
+        // or the tier changes.
         AIRLOCK_ASSIGN_OR_RETURN(
             Stmt stmt, c.Prepare("UPDATE sessions SET state = ?2, updated_at = ?3, "
                                  "result = CASE WHEN ?4 THEN ?5 ELSE result END, "
                                  "token_hash = CASE WHEN ?6 THEN '' ELSE token_hash END, "
                                  "sandbox_handle = CASE WHEN ?7 THEN ?8 ELSE sandbox_handle END, "
-                                 "ended_at = CASE WHEN ?9 THEN ?3 ELSE ended_at END "
+                                 "ended_at = CASE WHEN ?9 THEN ?3 ELSE ended_at END, "
+                                 "state_since = CASE WHEN state != ?2 OR tier != ?10 THEN ?3 "
+                                 "ELSE state_since END, tier = ?10 "
                                  "WHERE id = ?1"));
         stmt.Bind(id, StateName(change.to), now, change.result.has_value() ? 1 : 0, change.result,
                   change.revoke_token ? 1 : 0, change.sandbox_handle.has_value() ? 1 : 0,
-                  change.sandbox_handle, IsTerminal(change.to) ? 1 : 0);
+                  change.sandbox_handle, IsTerminal(change.to) ? 1 : 0, TierName(tier));
         AIRLOCK_TRY(stmt.Run());
       }
       Json data = {{"from", StateName(current)}, {"to", StateName(change.to)}};
       if (change.result) {
         data["result"] = *change.result;
+      }
+      if (change.to == SessionState::kSuspended) {
+        data["tier"] = TierName(tier);
       }
       AIRLOCK_TRY(InsertEvent(c, id, "session.state", data, now));
       return SelectSession(c, id);
@@ -830,16 +858,22 @@ class SqliteStore final : public Store {
     });
   }
 
-  // The session running with the token `token_hash` (RestartSandbox, IssueToken), and its
-  // change of state recorded if it was not running; `clear_handle` for a fresh sandbox.
+  // The session running (so tier active) with the token `token_hash` (RestartSandbox,
+  // IssueToken), and its change of state recorded if it was not running; `clear_handle` for a
+  // fresh sandbox. state_since moves when the state or the tier changes.
   static Status RunWithToken(Connection& c, std::string_view id, SessionState current,
                              std::string_view token_hash, bool clear_handle, int64_t now) {
     AIRLOCK_ASSIGN_OR_RETURN(
-        Stmt stmt, c.Prepare(clear_handle ? "UPDATE sessions SET state = ?2, updated_at = ?3, "
-                                            "token_hash = ?4, sandbox_handle = '' WHERE id = ?1"
-                                          : "UPDATE sessions SET state = ?2, updated_at = ?3, "
-                                            "token_hash = ?4 WHERE id = ?1"));
-    stmt.Bind(id, StateName(SessionState::kRunning), now, token_hash);
+        Stmt stmt,
+        c.Prepare(clear_handle
+                      ? "UPDATE sessions SET state = ?2, updated_at = ?3, token_hash = ?4, "
+                        "sandbox_handle = '', state_since = CASE WHEN state != ?2 OR tier != ?5 "
+                        "THEN ?3 ELSE state_since END, tier = ?5 WHERE id = ?1"
+                      : "UPDATE sessions SET state = ?2, updated_at = ?3, token_hash = ?4, "
+                        "state_since = CASE WHEN state != ?2 OR tier != ?5 THEN ?3 "
+                        "ELSE state_since END, tier = ?5 WHERE id = ?1"));
+    stmt.Bind(id, StateName(SessionState::kRunning), now, token_hash,
+              TierName(SuspendTier::kActive));
     AIRLOCK_TRY(stmt.Run());
     if (current != SessionState::kRunning) {
       AIRLOCK_TRY(InsertEvent(

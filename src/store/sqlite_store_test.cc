@@ -29,8 +29,15 @@ std::string RawQuery(const std::string& path, const std::string& sql) {
   return SqliteRawQuery(path, sql);
 }
 
+// Takes a database back to before schema version 5 (idle tiers: sessions.tier, state_since).
+void UndoVersion5(const std::string& path) {
+  RawQuery(path, "ALTER TABLE sessions DROP COLUMN state_since");
+  RawQuery(path, "ALTER TABLE sessions DROP COLUMN tier");
+}
+
 // Takes a database back to before schema version 4 (replicas: sessions.node, nodes).
 void UndoVersion4(const std::string& path) {
+  UndoVersion5(path);
   RawQuery(path, "DROP TABLE nodes");
   RawQuery(path, "ALTER TABLE sessions DROP COLUMN node");
 }
@@ -136,7 +143,7 @@ TEST_F(SqliteStoreTest, AVersion1DatabaseIsUpgradedInPlace) {
   ASSERT_NE(store, nullptr);
   ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_old"));
   EXPECT_EQ(s.models, Json::array());
-  EXPECT_EQ(RawQuery(options_.path, "SELECT MAX(version) FROM schema_migrations"), "4");
+  EXPECT_EQ(RawQuery(options_.path, "SELECT MAX(version) FROM schema_migrations"), "5");
 }
 
 TEST_F(SqliteStoreTest, AVersion2DatabaseGetsEventTotalsAndEndTimesBackfilled) {

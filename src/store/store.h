@@ -180,7 +180,8 @@ struct StateChange {
   // replaced its token, however recently the token was checked. As EventAppend.token_hash.
   std::string token_hash;
   // The tier a change to kSuspended leaves the session in (suspended -> suspended moves it
-  // from paused to hibernated). Any other state is kActive.
+  // from paused to hibernated). Any other state is kActive. Last, so that positional
+  // initializers ({from, to, result, ...}) keep their meaning.
   SuspendTier tier = SuspendTier::kActive;
 };
 
@@ -234,8 +235,10 @@ class Store {
   virtual Result<Session> GetSessionByTokenHash(std::string_view token_hash) = 0;
   virtual Result<std::vector<Session>> ListSessions(const ListSessionsQuery& q) = 0;
   // Applies `change` if the session is in one of `change.from` (kConflict otherwise, with the
-  // current state in the message) and appends a "session.state" event {"from","to","result"?}.
-  // Returns the updated session.
+  // current state in the message) and appends a "session.state" event {"from","to","result"?,
+  // "tier"? (when `to` is kSuspended)}. A suspended session may change to kSuspended again (a
+  // new tier). state_since moves to now when the state or the tier changes. Returns the updated
+  // session.
   virtual Result<Session> ChangeState(std::string_view id, const StateChange& change) = 0;
   // Records the sandbox of a session in whatever state it is: a session can end while its
   // sandbox is still being created, and whoever ends it must still find the sandbox.

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -1215,6 +1216,199 @@ TEST_P(StoreConformanceTest, OfRequestsForOneIdentityExactlyOneGetsIt) {
   for (auto& t : askers) t.join();
   EXPECT_EQ(won.load(), 1);
   EXPECT_EQ(lost.load(), 5);
+}
+
+// Idle tiers. The stores take the time from the wall clock, so a test waits a little between
+// changes it wants to tell apart by state_since.
+void Tick() { std::this_thread::sleep_for(std::chrono::milliseconds(3)); }
+
+TEST_P(StoreConformanceTest, ANewSessionIsActiveSinceItWasCreated) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a", 1000), UserMessage("t")));
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_a"));
+  EXPECT_EQ(s.state, SessionState::kStarting);
+  EXPECT_EQ(s.tier, SuspendTier::kActive);
+  EXPECT_EQ(s.state_since, 1000);
+  ASSERT_OK_AND_ASSIGN(auto listed, store->ListSessions({}));
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].tier, SuspendTier::kActive);
+  EXPECT_EQ(listed[0].state_since, 1000);
+}
+
+TEST_P(StoreConformanceTest, ASuspendedSessionKeepsItsTierAndSinceWhen) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a", 1000), UserMessage("t")));
+  ASSERT_OK_AND_ASSIGN(Session running,
+                       store->ChangeState("ses_a", {.from = {SessionState::kStarting},
+                                                    .to = SessionState::kRunning}));
+  EXPECT_EQ(running.tier, SuspendTier::kActive);
+  EXPECT_GT(running.state_since, 1000);
+
+  // Neither the state nor the tier changes: since when stays.
+  Tick();
+  ASSERT_OK_AND_ASSIGN(Session again, store->ChangeState("ses_a", {.from = {SessionState::kRunning},
+                                                                   .to = SessionState::kRunning}));
+  EXPECT_EQ(again.state_since, running.state_since);
+  EXPECT_GT(again.updated_at, running.state_since);
+
+  Tick();
+  ASSERT_OK_AND_ASSIGN(Session paused,
+                       store->ChangeState("ses_a", {.from = {SessionState::kRunning},
+                                                    .to = SessionState::kSuspended,
+                                                    .tier = SuspendTier::kPaused}));
+  EXPECT_EQ(paused.state, SessionState::kSuspended);
+  EXPECT_EQ(paused.tier, SuspendTier::kPaused);
+  EXPECT_GT(paused.state_since, running.state_since);
+
+  // Suspended to suspended: from paused to hibernated.
+  Tick();
+  ASSERT_OK_AND_ASSIGN(Session hibernated,
+                       store->ChangeState("ses_a", {.from = {SessionState::kSuspended},
+                                                    .to = SessionState::kSuspended,
+                                                    .tier = SuspendTier::kHibernated}));
+  EXPECT_EQ(hibernated.state, SessionState::kSuspended);
+  EXPECT_EQ(hibernated.tier, SuspendTier::kHibernated);
+  EXPECT_GT(hibernated.state_since, paused.state_since);
+  ASSERT_OK_AND_ASSIGN(Session stored, store->GetSession("ses_a"));
+  EXPECT_EQ(stored.tier, SuspendTier::kHibernated);
+  EXPECT_EQ(stored.state_since, hibernated.state_since);
+
+  // The same tier again changes nothing of since when.
+  Tick();
+  ASSERT_OK_AND_ASSIGN(Session still,
+                       store->ChangeState("ses_a", {.from = {SessionState::kSuspended},
+                                                    .to = SessionState::kSuspended,
+                                                    .tier = SuspendTier::kHibernated}));
+  EXPECT_EQ(still.state_since, hibernated.state_since);
+
+  Tick();
+  ASSERT_OK_AND_ASSIGN(Session resumed,
+                       store->ChangeState("ses_a", {.from = {SessionState::kSuspended},
+                                                    .to = SessionState::kRunning}));
+  EXPECT_EQ(resumed.state, SessionState::kRunning);
+  EXPECT_EQ(resumed.tier, SuspendTier::kActive);
+  EXPECT_GT(resumed.state_since, hibernated.state_since);
+
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 1, 100));
+  ASSERT_EQ(events.size(), 6u);
+  EXPECT_EQ(events[2].data, Json({{"from", "running"}, {"to", "suspended"}, {"tier", "paused"}}));
+  EXPECT_EQ(events[3].type, "session.state");
+  EXPECT_EQ(events[3].data,
+            Json({{"from", "suspended"}, {"to", "suspended"}, {"tier", "hibernated"}}));
+  EXPECT_EQ(events[5].data, Json({{"from", "suspended"}, {"to", "running"}}));
+}
+
+TEST_P(StoreConformanceTest, AnEndedSessionIsActiveSinceItEnded) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a", 1000), UserMessage("t")));
+  ASSERT_OK(store->ChangeState("ses_a", {.from = {SessionState::kStarting},
+                                         .to = SessionState::kSuspended,
+                                         .tier = SuspendTier::kPaused}));
+  Tick();
+  // A tier given for any other target state is not stored.
+  ASSERT_OK_AND_ASSIGN(Session ended,
+                       store->ChangeState("ses_a", {.from = {SessionState::kSuspended},
+                                                    .to = SessionState::kKilled,
+                                                    .tier = SuspendTier::kPaused}));
+  EXPECT_EQ(ended.tier, SuspendTier::kActive);
+  ASSERT_TRUE(ended.ended_at.has_value());
+  EXPECT_EQ(ended.state_since, *ended.ended_at);
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 2, 100));
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].data, Json({{"from", "suspended"}, {"to", "killed"}}));
+}
+
+TEST_P(StoreConformanceTest, ARestartedSandboxLeavesAHibernatedSessionRunningAndActive) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(NodeSession("ses_a", "n1"), UserMessage("t")));
+  ASSERT_OK(store->ChangeState("ses_a",
+                               {.from = {SessionState::kStarting}, .to = SessionState::kRunning}));
+  ASSERT_OK_AND_ASSIGN(Session hibernated,
+                       store->ChangeState("ses_a", {.from = {SessionState::kRunning},
+                                                    .to = SessionState::kSuspended,
+                                                    .tier = SuspendTier::kHibernated}));
+  Tick();
+  ASSERT_OK_AND_ASSIGN(Session restarted,
+                       store->RestartSandbox("ses_a", "n1", "hash-new", Json{{"reason", "x"}}));
+  EXPECT_EQ(restarted.state, SessionState::kRunning);
+  EXPECT_EQ(restarted.tier, SuspendTier::kActive);
+  EXPECT_GT(restarted.state_since, hibernated.state_since);
+  ASSERT_OK_AND_ASSIGN(Session stored, store->GetSession("ses_a"));
+  EXPECT_EQ(stored.tier, SuspendTier::kActive);
+  EXPECT_EQ(stored.state_since, restarted.state_since);
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 3, 100));
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].data, Json({{"from", "suspended"}, {"to", "running"}}));
+  EXPECT_EQ(events[1].type, "session.sandbox_restart");
+
+  // A restart of a running session changes neither state nor tier.
+  Tick();
+  ASSERT_OK_AND_ASSIGN(Session again,
+                       store->RestartSandbox("ses_a", "n1", "hash-newer", Json{{"reason", "y"}}));
+  EXPECT_EQ(again.tier, SuspendTier::kActive);
+  EXPECT_EQ(again.state_since, restarted.state_since);
+}
+
+TEST_P(StoreConformanceTest, AnIssuedTokenMakesAStartingSessionRunningSinceThen) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  Session in = TokenlessSession("ses_1", "a");
+  in.created_at = 1000;
+  ASSERT_OK(store->CreateSession(in, UserMessage("t")));
+  ASSERT_OK_AND_ASSIGN(Session issued, store->IssueToken("ses_1", "a", "hash-1"));
+  EXPECT_EQ(issued.state, SessionState::kRunning);
+  EXPECT_EQ(issued.tier, SuspendTier::kActive);
+  EXPECT_GT(issued.state_since, 1000);
+  EXPECT_EQ(issued.state_since, issued.updated_at);
+}
+
+// A database from before idle tiers: a suspended session was paused, since its last update.
+TEST_P(StoreConformanceTest, ASuspendedSessionFromBeforeTiersReadsAsPausedSinceItsLastUpdate) {
+  {
+    auto store = Open();
+    ASSERT_NE(store, nullptr);
+    ASSERT_OK(store->CreateSession(MakeSession("ses_s", 1000), UserMessage("t")));
+    ASSERT_OK(store->ChangeState("ses_s", {.from = {SessionState::kStarting},
+                                           .to = SessionState::kSuspended,
+                                           .tier = SuspendTier::kHibernated}));
+    ASSERT_OK(store->CreateSession(MakeSession("ses_r", 1000), UserMessage("t")));
+    ASSERT_OK(store->ChangeState(
+        "ses_r", {.from = {SessionState::kStarting}, .to = SessionState::kRunning}));
+  }
+  const std::string latest = RawQuery("SELECT MAX(version) FROM schema_migrations");
+  const std::string tiers = postgres() ? "3" : "5";  // each store's idle-tier step
+  ASSERT_EQ(latest, tiers);
+  RawQuery("DELETE FROM schema_migrations WHERE version = " + tiers);
+  RawQuery("ALTER TABLE sessions DROP COLUMN tier");
+  RawQuery("ALTER TABLE sessions DROP COLUMN state_since");
+  RawQuery("UPDATE sessions SET updated_at = 5000 WHERE id = 'ses_s'");
+  RawQuery("UPDATE sessions SET updated_at = 6000 WHERE id = 'ses_r'");
+
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(RawQuery("SELECT MAX(version) FROM schema_migrations"), latest);
+  ASSERT_OK_AND_ASSIGN(Session suspended, store->GetSession("ses_s"));
+  EXPECT_EQ(suspended.state, SessionState::kSuspended);
+  EXPECT_EQ(suspended.tier, SuspendTier::kPaused);
+  EXPECT_EQ(suspended.state_since, 5000);
+  ASSERT_OK_AND_ASSIGN(Session running, store->GetSession("ses_r"));
+  EXPECT_EQ(running.tier, SuspendTier::kActive);
+  EXPECT_EQ(running.state_since, 6000);
+}
+
+TEST_P(StoreConformanceTest, AnUnknownTierIsAnInternalError) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a", 1000), UserMessage("t")));
+  RawQuery("UPDATE sessions SET tier = 'frozen' WHERE id = 'ses_a'");
+  auto s = store->GetSession("ses_a");
+  ASSERT_FALSE(s.has_value());
+  EXPECT_EQ(s.error().code, ErrorCode::kInternal);
+  EXPECT_THAT(s.error().message, HasSubstr("frozen"));
 }
 
 }  // namespace
