@@ -200,6 +200,7 @@ awaitable<Result<store::Session>> SessionService::MoveSandbox(sandbox::Backend* 
   const bool let_go = tier == SuspendTier::kHibernated && !backend->capabilities().hibernate;
   store::StateChange change{{s.state}, SessionState::kSuspended};
   change.tier = tier;
+  change.at = d_.clock.NowMillis();
   if (tier == SuspendTier::kActive) change.to = SessionState::kRunning;
   if (let_go) {
     // The sandbox goes with what its agent kept in memory; its token with it.

@@ -899,14 +899,15 @@ class PostgresStore final : public Store {
           "token_hash = CASE WHEN $6::boolean THEN '' ELSE token_hash END, "
           "sandbox_handle = CASE WHEN $7::boolean THEN $8::text ELSE sandbox_handle END, "
           "ended_at = CASE WHEN $9::boolean THEN $3::bigint ELSE ended_at END, "
-          "state_since = CASE WHEN state != $2 OR tier != $10::text THEN $3::bigint "
+          "state_since = CASE WHEN state != $2 OR tier != $10::text THEN $11::bigint "
           "ELSE state_since END, tier = $10::text "
           "WHERE id = $1 RETURNING {}",
           kSessionColumns);
       AIRLOCK_ASSIGN_OR_RETURN(
-          Rows rows, c.Query(kSql, id, StateName(change.to), now, change.result.has_value(),
-                             change.result, change.revoke_token, change.sandbox_handle.has_value(),
-                             change.sandbox_handle, IsTerminal(change.to), TierName(tier)));
+          Rows rows,
+          c.Query(kSql, id, StateName(change.to), now, change.result.has_value(), change.result,
+                  change.revoke_token, change.sandbox_handle.has_value(), change.sandbox_handle,
+                  IsTerminal(change.to), TierName(tier), change.at > 0 ? change.at : now));
       if (rows.empty()) {
         return std::unexpected(SessionNotFound(id));
       }

@@ -806,12 +806,13 @@ class SqliteStore final : public Store {
                                  "token_hash = CASE WHEN ?6 THEN '' ELSE token_hash END, "
                                  "sandbox_handle = CASE WHEN ?7 THEN ?8 ELSE sandbox_handle END, "
                                  "ended_at = CASE WHEN ?9 THEN ?3 ELSE ended_at END, "
-                                 "state_since = CASE WHEN state != ?2 OR tier != ?10 THEN ?3 "
+                                 "state_since = CASE WHEN state != ?2 OR tier != ?10 THEN ?11 "
                                  "ELSE state_since END, tier = ?10 "
                                  "WHERE id = ?1"));
         stmt.Bind(id, StateName(change.to), now, change.result.has_value() ? 1 : 0, change.result,
                   change.revoke_token ? 1 : 0, change.sandbox_handle.has_value() ? 1 : 0,
-                  change.sandbox_handle, IsTerminal(change.to) ? 1 : 0, TierName(tier));
+                  change.sandbox_handle, IsTerminal(change.to) ? 1 : 0, TierName(tier),
+                  change.at > 0 ? change.at : now);
         AIRLOCK_TRY(stmt.Run());
       }
       Json data = {{"from", StateName(current)}, {"to", StateName(change.to)}};

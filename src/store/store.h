@@ -183,6 +183,10 @@ struct StateChange {
   // from paused to hibernated). Any other state is kActive. Last, so that positional
   // initializers ({from, to, result, ...}) keep their meaning.
   SuspendTier tier = SuspendTier::kActive;
+  // When the change happened by the control plane's clock (ms since epoch), which the
+  // reconciler measures a paused session's idleness against: the session's state_since when
+  // the state or the tier changes. 0: the store's own clock.
+  int64_t at = 0;
 };
 
 // A committed change that another replica's waiters may be parked on: an inbox long-poll

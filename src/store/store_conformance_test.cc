@@ -1291,8 +1291,19 @@ TEST_P(StoreConformanceTest, ASuspendedSessionKeepsItsTierAndSinceWhen) {
   EXPECT_EQ(resumed.tier, SuspendTier::kActive);
   EXPECT_GT(resumed.state_since, hibernated.state_since);
 
+  // A change made at a time of the control plane's clock is since then.
+  ASSERT_OK_AND_ASSIGN(Session at, store->ChangeState("ses_a", {.from = {SessionState::kRunning},
+                                                                .to = SessionState::kSuspended,
+                                                                .tier = SuspendTier::kPaused,
+                                                                .at = 77'000}));
+  EXPECT_EQ(at.state_since, 77'000);
+  ASSERT_OK_AND_ASSIGN(Session back,
+                       store->ChangeState("ses_a", {.from = {SessionState::kSuspended},
+                                                    .to = SessionState::kRunning}));
+  EXPECT_GT(back.state_since, 77'000);
+
   ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_a", 1, 100));
-  ASSERT_EQ(events.size(), 6u);
+  ASSERT_EQ(events.size(), 8u);
   EXPECT_EQ(events[2].data, Json({{"from", "running"}, {"to", "suspended"}, {"tier", "paused"}}));
   EXPECT_EQ(events[3].type, "session.state");
   EXPECT_EQ(events[3].data,
