@@ -68,6 +68,7 @@ struct OciConfig {
   int64_t pids = 256;
   double cpus = 1;
   int64_t disk_mb = 256;
+  bool templates = true;  // sandboxes from template snapshots (docs/sandbox.md)
 };
 
 // [sandbox.microvm]: the QEMU micro-VM backend. See docs/operators.md.

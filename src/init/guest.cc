@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/random.h>
 #include <net/if.h>
 #include <poll.h>
 #include <pthread.h>
@@ -17,6 +18,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -119,7 +121,8 @@ std::string FindPort(std::string_view name) {
 
 // Devices appear asynchronously once their driver is bound: wait for all of them.
 Result<std::vector<std::string>> AwaitDevices() {
-  static constexpr std::string_view kPorts[] = {"airlock.channel", "airlock.log", "airlock.status"};
+  static constexpr std::string_view kPorts[] = {"airlock.channel", "airlock.log", "airlock.status",
+                                                "airlock.launch"};
   int64_t deadline = MonotonicMs() + kDeviceWaitMs;
   for (;;) {
     std::vector<std::string> paths;
@@ -132,7 +135,7 @@ Result<std::vector<std::string>> AwaitDevices() {
     if (paths.size() == std::size(kPorts) && ::stat("/dev/vda", &disk) == 0) return paths;
     if (MonotonicMs() >= deadline) {
       return Fail("the VM's devices did not appear (found " + std::to_string(paths.size()) +
-                  " of 3 ports" + (::stat("/dev/vda", &disk) == 0 ? "" : ", no /dev/vda") + ")");
+                  " of 4 ports" + (::stat("/dev/vda", &disk) == 0 ? "" : ", no /dev/vda") + ")");
     }
     SleepMs(5);
   }
@@ -275,9 +278,108 @@ Status LoopbackUp() {
   return {};
 }
 
+// Reads the launch message the backend writes to airlock.launch once it restored this VM
+// from its template (see guest.h): "launch N\n" and N bytes of "key value" lines, then
+// "args\n" and init's command line, NUL-separated. Waits as long as it takes: a template
+// sits here, snapshotted, until a session restores it.
+Result<std::string> AwaitLaunch(int port) {
+  std::string buf;
+  size_t want = 0;  // header and payload, once the header is in
+  for (;;) {
+    pollfd p{port, POLLIN, 0};
+    int r = ::poll(&p, 1, 1000);
+    if (r < 0 && errno != EINTR) return FailErrno("poll airlock.launch", errno);
+    // Hung up while no one holds the host end: the template, before any restore.
+    if (r <= 0 || (p.revents & POLLHUP) != 0) {
+      if (r > 0) SleepMs(5);
+      continue;
+    }
+    char chunk[4096];
+    ssize_t n = ::read(port, chunk, sizeof(chunk));
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) {
+      SleepMs(2);
+      continue;
+    }
+    buf.append(chunk, static_cast<size_t>(n));
+    if (want == 0) {
+      size_t nl = buf.find('\n');
+      if (nl == std::string::npos) {
+        if (buf.size() > 64) return Fail("airlock.launch: no header");
+        continue;
+      }
+      uint64_t size = 0;
+      std::string_view header(buf.data(), nl);
+      if (!header.starts_with("launch ") ||
+          std::from_chars(header.data() + 7, header.data() + header.size(), size).ec !=
+              std::errc() ||
+          size > (1 << 20)) {
+        return Fail("airlock.launch: bad header");
+      }
+      want = nl + 1 + size;
+    }
+    if (buf.size() > want) return Fail("airlock.launch: more than announced");
+    if (buf.size() == want) return buf.substr(buf.find('\n') + 1);
+  }
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+// Every VM restored from one template starts with the template's kernel random state: the
+// host's fresh bytes are mixed in, credited, and the kernel's generator reseeded from them
+// before anything of the session runs, so no two sandboxes share a random number.
+Status Reseed(std::string_view hex) {
+  struct {
+    int entropy_count;
+    int buf_size;
+    unsigned char buf[64];
+  } pool{};
+  if (hex.size() != 2 * sizeof(pool.buf)) return Fail("airlock.launch: no entropy");
+  for (size_t i = 0; i < sizeof(pool.buf); ++i) {
+    int hi = HexValue(hex[2 * i]), lo = HexValue(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return Fail("airlock.launch: bad entropy");
+    pool.buf[i] = static_cast<unsigned char>(hi * 16 + lo);
+  }
+  pool.entropy_count = 8 * sizeof(pool.buf);
+  pool.buf_size = sizeof(pool.buf);
+  UniqueFd random(::open("/dev/urandom", O_RDWR | O_CLOEXEC));
+  if (!random.valid()) return FailErrno("open /dev/urandom", errno);
+  if (::ioctl(random.get(), RNDADDENTROPY, &pool) != 0) return FailErrno("RNDADDENTROPY", errno);
+  if (::ioctl(random.get(), RNDRESEEDCRNG) != 0) return FailErrno("RNDRESEEDCRNG", errno);
+  return {};
+}
+
+// The line "key value" of `text` as text ("" when there is none).
+std::string_view LaunchValue(std::string_view text, std::string_view key) {
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
+    if (line.size() > key.size() && line.starts_with(key) && line[key.size()] == ' ') {
+      return line.substr(key.size() + 1);
+    }
+  }
+  return {};
+}
+
+std::vector<std::string> SplitArgs(std::string_view joined) {
+  std::vector<std::string> out;
+  for (size_t start = 0; start < joined.size();) {
+    size_t end = joined.find('\0', start);
+    if (end == std::string_view::npos) end = joined.size();
+    out.emplace_back(joined.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
 }  // namespace
 
-bool IsVmBoot() { return ::getpid() == 1 && ::access(kArgsFile, R_OK) == 0; }
+bool IsVmBoot() { return ::getpid() == 1 && ::access(kSeccompFile, R_OK) == 0; }
 
 Result<VmBoot> BootVm() {
   VmBoot boot;
@@ -302,15 +404,16 @@ Result<VmBoot> BootVm() {
   if (::setrlimit(RLIMIT_CORE, &core) != 0 || ::setrlimit(RLIMIT_NOFILE, &nofile) != 0) {
     return FailErrno("setrlimit", errno);
   }
-  auto args = ReadFile(kArgsFile, 256 * 1024);
-  if (!args) return std::unexpected(args.error());
-  for (size_t start = 0; start < args->size();) {
-    size_t end = args->find('\0', start);
-    if (end == std::string::npos) end = args->size();
-    boot.args.push_back(args->substr(start, end - start));
-    start = end + 1;
+  // A VM booted for a session has its arguments in the initramfs; a template's come over
+  // airlock.launch once a session restores it.
+  const bool from_template = ::access(kArgsFile, R_OK) != 0;
+  std::string vm;
+  if (!from_template) {
+    auto args = ReadFile(kArgsFile, 256 * 1024);
+    if (!args) return std::unexpected(args.error());
+    boot.args = SplitArgs(*args);
+    vm = ReadFile(kVmFile, 4096).value_or("");
   }
-  std::string vm = ReadFile(kVmFile, 4096).value_or("");
   auto filter = ReadFile(kSeccompFile, 1 << 20);
   if (!filter || filter->empty() || filter->size() % 8 != 0) {
     return Fail("no usable seccomp filter at " + std::string(kSeccompFile) + ": " +
@@ -325,12 +428,31 @@ Result<VmBoot> BootVm() {
   boot.channel.Reset(::open((*ports)[0].c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK));
   UniqueFd log(::open((*ports)[1].c_str(), O_WRONLY | O_CLOEXEC));
   boot.status.Reset(::open((*ports)[2].c_str(), O_WRONLY | O_CLOEXEC));
-  if (!boot.channel.valid() || !log.valid() || !boot.status.valid()) {
+  UniqueFd launch(::open((*ports)[3].c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK));
+  if (!boot.channel.valid() || !log.valid() || !boot.status.valid() || !launch.valid()) {
     return FailErrno("open the VM's ports", errno);
   }
   // From here on everything init and the agent write goes to the session log.
   ::dup2(log.get(), STDOUT_FILENO);
   ::dup2(log.get(), STDERR_FILENO);
+  if (from_template) {
+    // What a template saves: the kernel booted, the modules loaded, the devices found. The
+    // backend snapshots it once this line is in the status port's file.
+    if (!WriteAll(boot.status.get(), "ready\n", 6)) return FailErrno("write ready", errno);
+    auto message = AwaitLaunch(launch.get());
+    if (!message) return std::unexpected(message.error());
+    size_t args_at = message->find("args\n");
+    if (args_at == std::string::npos) return Fail("airlock.launch: no args");
+    vm = message->substr(0, args_at);
+    boot.args = SplitArgs(std::string_view(*message).substr(args_at + 5));
+    // The template's clock stopped when it was saved.
+    uint64_t ms = VmSetting(vm, "time_ms", 0);
+    timespec now{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1000000};
+    if (ms == 0 || ::clock_settime(CLOCK_REALTIME, &now) != 0)
+      return FailErrno("set the clock", errno);
+    if (auto s = Reseed(LaunchValue(vm, "entropy")); !s) return std::unexpected(s.error());
+    if (!WriteAll(launch.get(), "launched\n", 9)) return FailErrno("write launched", errno);
+  }
   if (auto s = MakeDir(kNewRoot, 0755); !s) return std::unexpected(s.error());
   if (auto s = MountRoot(vm); !s) return std::unexpected(s.error());
   auto cgroup = AgentCgroup(kNewRoot, VmSetting(vm, "pids", 0));

@@ -13,12 +13,20 @@ namespace airlock::init {
 // /airlock/modules/NN-name.ko (the virtio and erofs modules of Debian's cloud kernel, loaded
 // in the order of their names), /airlock/seccomp.bpf (the sandbox's seccomp filter, compiled
 // on the host from the profile crun gets) and /airlock/args (init's command line,
-// NUL-separated, the same options a container's init gets). The VM has three virtio-serial ports
-// and one disk:
+// NUL-separated, the same options a container's init gets) with /airlock/vm (settings:
+// "key value" lines). The VM has four virtio-serial ports and one disk:
 //   airlock.channel  the only way out: streams to the control plane (see mux.h)
 //   airlock.log      init's and the agent's output (the session log)
 //   airlock.status   one line, "exit N" or "signal N", written when the agent has exited
+//   airlock.launch   from the host, for a template (below)
 //   /dev/vda         the image's tree, erofs, read-only
+//
+// A template is booted without /airlock/args: init loads the modules, finds the devices,
+// writes "ready" to airlock.status and waits on airlock.launch, where the backend snapshots
+// it. Each VM restored from that snapshot gets its own launch message there ("launch N\n",
+// then N bytes: the settings, including the host's time and 64 fresh random bytes, then
+// "args\n" and the command line), sets the clock, reseeds the kernel's random generator,
+// answers "launched" and goes on as a VM booted with its arguments would.
 // Nothing else: no network device, so no route anywhere.
 //
 // BootVm() turns that into what crun gives init in a container: the image's tree as a

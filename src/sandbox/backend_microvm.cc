@@ -1,6 +1,7 @@
 #include "sandbox/backend_microvm.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/socket.h>
@@ -25,6 +26,7 @@
 #include "common/crypto.h"
 #include "common/json_util.h"
 #include "common/log.h"
+#include "common/time_util.h"
 #include "sandbox/cpio.h"
 #include "sandbox/qmp.h"
 #include "sandbox/seccomp_bpf.h"
@@ -283,26 +285,220 @@ class MicrovmBackend : public Backend {
     ::chmod((h.dir + "/vm").c_str(), 0700);
 
     AIRLOCK_ASSIGN_OR_RETURN(std::string disk, ImageDisk(image.rootfs));
-    std::string accel = Accelerator();
     AIRLOCK_ASSIGN_OR_RETURN(std::string base, BaseInitramfs());
-    AIRLOCK_TRY(WriteInitrd(h, base, image, command, spec.limits));
     AIRLOCK_TRY(WriteFile(h.file("channel_dir"), spec.channel.host_dir, 0600));
+    Machine m;
+    m.disk = disk;
+    m.accel = Accelerator();
+    m.initrd = base;
+    m.memory_mb = std::max(spec.limits.memory_mb.value_or(o_.default_memory_mb), kMinMemoryMb);
+    m.cpus = std::max(1, static_cast<int>(std::ceil(spec.limits.cpus.value_or(o_.default_cpus))));
+    Launch launch = LaunchOf(image, command, spec.limits);
 
     std::optional<uint32_t> uid;
     if (uid_pool_) {
       AIRLOCK_ASSIGN_OR_RETURN(uid, uid_pool_->Acquire(h.id));
     }
-    auto started = Start(spec, h, disk, accel, uid);
-    if (!started && uid_pool_) uid_pool_->Release(h.id);
-    return started;
+    std::optional<Result<pid_t>> started;
+    if (o_.templates) {
+      auto tpl = Template(m);
+      if (!tpl) {
+        // A template that cannot be made leaves the cold boot, which says more when it
+        // fails the same way.
+        log::Warn("microvm: no template, booting instead", {{"error", tpl.error().message}});
+      } else if (started = FromTemplate(h, m, *tpl, launch, uid); !*started) {
+        log::Warn("microvm: restoring the template failed, booting instead",
+                  {{"sandbox", h.id}, {"error", (*started).error().message}});
+        started.reset();
+      }
+    }
+    if (!started) started = Boot(h, m, launch, uid);
+    if (!*started) {
+      if (uid_pool_) uid_pool_->Release(h.id);
+      return std::unexpected((*started).error());
+    }
+    std::string handle = h.id + ":" + h.dir;
+    AIRLOCK_TRY(WriteFile(o_.state_dir + "/" + h.id, handle, 0600));
+    return Started{handle, SandboxState::kRunning};
   }
 
-  Result<Started> Start(const SandboxSpec& spec, const Handle& h, const std::string& disk,
-                        const std::string& accel, std::optional<uint32_t> uid) {
-    const Limits& l = spec.limits;
-    int64_t memory_mb = std::max(l.memory_mb.value_or(o_.default_memory_mb), kMinMemoryMb);
-    int cpus = std::max(1, static_cast<int>(std::ceil(l.cpus.value_or(o_.default_cpus))));
+  // What makes two VMs interchangeable for QEMU's migration: the same machine.
+  struct Machine {
+    std::string disk, accel, initrd;
+    int64_t memory_mb = 0;
+    int cpus = 1;
+  };
+  // What init of one sandbox gets: its command line and its settings.
+  struct Launch {
+    std::string args;      // NUL-separated
+    std::string settings;  // "key value" lines
+  };
+
+  // A cold boot: the sandbox's launch in its initramfs.
+  Result<pid_t> Boot(const Handle& h, const Machine& m, const Launch& launch,
+                     std::optional<uint32_t> uid) {
+    CpioWriter own;
+    own.AddDirectory("airlock", 0755);
+    own.AddFile("airlock/args", launch.args, 0600);
+    own.AddFile("airlock/vm", launch.settings, 0600);
+    AIRLOCK_TRY(
+        WriteFile(h.file("initrd"), ReadSmallFile(m.initrd, 256 << 20) + own.Finish(), 0600));
+    Machine booted = m;
+    booted.initrd = h.file("initrd");
+    std::vector<std::string> argv = MachineArgs(h, booted);
+    // A restore (Resume after Hibernate) starts QEMU again with the same machine.
+    AIRLOCK_TRY(WriteFile(h.file("qemu.argv"), Json(argv).dump(), 0600));
+    AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, Spawn(h, argv, uid, -1));
+    AIRLOCK_TRY(relay_.Attach(h.id, h.file("channel.sock"), ChannelDirOf(h) + "/control.sock"));
+    return pid;
+  }
+
+  // The template of machine `m` (its directory in the cache), made now if there is none:
+  // a VM booted without a launch, saved once its init waits for one.
+  Result<std::string> Template(const Machine& m) {
+    const std::string key =
+        Sha256Hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}", m.disk, m.accel, m.initrd,
+                              m.memory_mb, m.cpus, kernel_args_, KernelStamp(), qemu_))
+            .substr(0, 32);
+    const std::string dir = o_.cache_dir + "/templates/" + key;
+    std::lock_guard lock(template_mu_);  // one build at a time; the rest wait for it
+    if (Exists(dir + "/snapshot")) return dir;
+    Handle t{"airlock-tpl-" + key.substr(0, 12), dir};
+    std::error_code ec;
+    fs::remove_all(dir + "/vm", ec);
+    fs::create_directories(dir + "/vm", ec);
+    if (ec) return Errorf(ErrorCode::kInternal, "create {}/vm: {}", dir, ec.message());
+    ::chmod((dir + "/vm").c_str(), 0700);
+    std::optional<uint32_t> uid;
+    if (uid_pool_) {
+      AIRLOCK_ASSIGN_OR_RETURN(uid, uid_pool_->Acquire(t.id));
+    }
+    auto made = [&]() -> Status {
+      AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, Spawn(t, MachineArgs(t, m), uid, -1));
+      auto saved = [&]() -> Status {
+        // Init writes "ready" once it waits for its launch; a boot takes seconds under TCG.
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
+        while (ReadSmallFile(t.file("status"), 64) != "ready\n") {
+          if (!Exists(fmt::format("/proc/{}", pid)) ||
+              std::chrono::steady_clock::now() >= deadline) {
+            return Errorf(ErrorCode::kUnavailable,
+                          "the template VM did not reach its launch; its console: {}",
+                          ConsoleTail(t));
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        AIRLOCK_ASSIGN_OR_RETURN(QmpSession qmp,
+                                 QmpSession::Connect(t.file("qmp.sock"), std::chrono::minutes(5)));
+        AIRLOCK_TRY(SaveSnapshot(qmp, t.file("snapshot.tmp")));
+        if (::rename(t.file("snapshot.tmp").c_str(), (dir + "/snapshot").c_str()) != 0) {
+          return Errorf(ErrorCode::kInternal, "keep the template: {}", std::strerror(errno));
+        }
+        (void)qmp.Execute("quit");
+        return Ok();
+      }();
+      ::kill(pid, SIGKILL);
+      AwaitExit(pid);
+      return saved;
+    }();
+    if (uid_pool_) uid_pool_->Release(t.id);
+    fs::remove_all(dir + "/vm", ec);
+    if (!made) return std::unexpected(made.error());
+    log::Info("microvm: made a template", {{"template", key}, {"memory_mb", m.memory_mb}});
+    return dir;
+  }
+
+  // A sandbox restored from the template in `tpl`: QEMU reads the snapshot, init gets this
+  // sandbox's launch over airlock.launch and answers once it has it.
+  Result<pid_t> FromTemplate(const Handle& h, const Machine& m, const std::string& tpl,
+                             const Launch& launch, std::optional<uint32_t> uid) {
+    std::vector<std::string> argv = MachineArgs(h, m);
+    AIRLOCK_TRY(WriteFile(h.file("qemu.argv"), Json(argv).dump(), 0600));
+    UniqueFd in(::open((tpl + "/snapshot").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!in.valid()) {
+      return Errorf(ErrorCode::kInternal, "open {}/snapshot: {}", tpl, std::strerror(errno));
+    }
+    AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, Spawn(h, argv, uid, in.get()));
+    auto launched = [&]() -> Status {
+      AIRLOCK_ASSIGN_OR_RETURN(QmpSession qmp,
+                               QmpSession::Connect(h.file("qmp.sock"), std::chrono::minutes(1)));
+      AIRLOCK_ASSIGN_OR_RETURN(std::string outcome, AwaitMigration(qmp));
+      if (outcome != "completed") {
+        return Errorf(ErrorCode::kUnavailable, "qemu could not restore the template: {} {}",
+                      outcome, ReadSmallFile(h.file("qemu.log"), 2048));
+      }
+      AIRLOCK_TRY(relay_.Attach(h.id, h.file("channel.sock"), ChannelDirOf(h) + "/control.sock"));
+      return SendLaunch(h, qmp, launch);
+    }();
+    if (!launched) {
+      relay_.Detach(h.id);
+      ::kill(pid, SIGKILL);
+      AwaitExit(pid);
+      return std::unexpected(launched.error());
+    }
+    return pid;
+  }
+
+  // Writes the launch to the restored guest's airlock.launch, lets the guest run, and waits
+  // for init's "launched".
+  Status SendLaunch(const Handle& h, QmpSession& qmp, const Launch& launch) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = h.file("launch.sock");
+    if (path.size() >= sizeof(addr.sun_path)) {
+      return Errorf(ErrorCode::kInternal, "socket path too long: {}", path);
+    }
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    UniqueFd sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!sock.valid() ||
+        ::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      return Errorf(ErrorCode::kUnavailable, "connect {}: {}", path, std::strerror(errno));
+    }
+    std::string body = fmt::format("time_ms {}\nentropy {}\n{}args\n{}", NowMillis(),
+                                   HexEncode(RandomBytes(64)), launch.settings, launch.args);
+    std::string message = fmt::format("launch {}\n", body.size()) + body;
+    if (::send(sock.get(), message.data(), message.size(), MSG_NOSIGNAL) !=
+        static_cast<ssize_t>(message.size())) {
+      return Errorf(ErrorCode::kUnavailable, "write the launch: {}", std::strerror(errno));
+    }
+    AIRLOCK_TRY(qmp.Execute("cont"));
+    std::string answer;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (answer.find('\n') == std::string::npos && answer.size() < 64) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      pollfd p{sock.get(), POLLIN, 0};
+      if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+        return MakeError(ErrorCode::kUnavailable, "the restored guest did not take its launch");
+      }
+      char buf[64];
+      ssize_t n = ::recv(sock.get(), buf, sizeof(buf), 0);
+      if (n <= 0) {
+        return MakeError(ErrorCode::kUnavailable, "the restored guest closed its launch port");
+      }
+      answer.append(buf, static_cast<size_t>(n));
+    }
+    if (answer != "launched\n") {
+      return Errorf(ErrorCode::kUnavailable, "the restored guest answered its launch with {:?}",
+                    answer.substr(0, 64));
+    }
+    return Ok();
+  }
+
+  // What identifies the guest kernel: a new one makes new templates.
+  std::string KernelStamp() const {
+    std::error_code ec;
+    auto size = fs::file_size(o_.kernel_dir + "/vmlinux", ec);
+    return ReadSmallFile(o_.kernel_dir + "/VERSION", 256) + ":" + std::to_string(ec ? 0 : size);
+  }
+
+  // QEMU's command line for machine `m` with the files of `h`.
+  std::vector<std::string> MachineArgs(const Handle& h, const Machine& m) {
+    const int64_t memory_mb = m.memory_mb;
+    const int cpus = m.cpus;
+    const std::string& accel = m.accel;
+    const std::string& disk = m.disk;
     std::vector<std::string> argv = {
+
         qemu_,
         "-name",
         h.id,
@@ -321,13 +517,13 @@ class MicrovmBackend : public Backend {
         "-kernel",
         o_.kernel_dir + "/vmlinux",
         "-initrd",
-        h.file("initrd"),
+        m.initrd,
         "-append",
         kernel_args_,
         "-serial",
         "file:" + h.file("console.log"),
         "-device",
-        "virtio-serial-device,max_ports=4",
+        "virtio-serial-device,max_ports=8",
         "-chardev",
         fmt::format("socket,id=channel,path={},server=on,wait=off", h.file("channel.sock")),
         "-device",
@@ -340,6 +536,10 @@ class MicrovmBackend : public Backend {
         fmt::format("file,id=status,path={}", h.file("status")),
         "-device",
         "virtserialport,chardev=status,name=airlock.status",
+        "-chardev",
+        fmt::format("socket,id=launch,path={},server=on,wait=off", h.file("launch.sock")),
+        "-device",
+        "virtserialport,chardev=launch,name=airlock.launch",
         "-drive",
         fmt::format("id=root,file={},format=raw,if=none,readonly=on", disk),
         "-device",
@@ -353,15 +553,7 @@ class MicrovmBackend : public Backend {
         "-sandbox",
         "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
     };
-    // A restore (Resume after Hibernate) starts QEMU again with the same machine.
-    AIRLOCK_TRY(WriteFile(h.file("qemu.argv"), Json(argv).dump(), 0600));
-    AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, Spawn(h, argv, uid, -1));
-    (void)pid;
-    std::string handle = h.id + ":" + h.dir;
-    AIRLOCK_TRY(WriteFile(o_.state_dir + "/" + h.id, handle, 0600));
-    AIRLOCK_TRY(
-        relay_.Attach(h.id, h.file("channel.sock"), spec.channel.host_dir + "/control.sock"));
-    return Started{handle, SandboxState::kRunning};
+    return argv;
   }
 
   // Starts QEMU with `argv` as uid `uid` (when root) and waits for its monitor. `incoming`
@@ -383,7 +575,8 @@ class MicrovmBackend : public Backend {
       argv.push_back("-incoming");
       argv.push_back("fd:3");
     }
-    for (const char* stale : {"status", "qemu.pid", "qemu.log", "channel.sock", "qmp.sock"}) {
+    for (const char* stale :
+         {"status", "qemu.pid", "qemu.log", "channel.sock", "qmp.sock", "launch.sock"}) {
       ::unlink(h.file(stale).c_str());
     }
     // Not -daemonize: QEMU forks for it, which its own seccomp filter (spawn=deny) forbids.
@@ -420,24 +613,8 @@ class MicrovmBackend : public Backend {
       (void)relay_.Attach(h.id, h.file("channel.sock"), ChannelDirOf(h) + "/control.sock");
       return std::unexpected(e);
     };
-    if (auto st = qmp.Execute("stop"); !st) return undo(st.error());
-    UniqueFd out(
-        ::open(h.file("snapshot.tmp").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!out.valid()) {
-      return undo(Error{ErrorCode::kInternal, fmt::format("create {}: {}", h.file("snapshot.tmp"),
-                                                          std::strerror(errno))});
-    }
-    if (auto st = qmp.Execute("getfd", {{"fdname", "snapshot"}}, out.get()); !st) {
-      return undo(st.error());
-    }
-    if (auto st = qmp.Execute("migrate", {{"uri", "fd:snapshot"}}); !st) return undo(st.error());
-    AIRLOCK_ASSIGN_OR_RETURN(std::string outcome, AwaitMigration(qmp));
-    if (outcome != "completed") {
-      return undo(Error{ErrorCode::kUnavailable,
-                        fmt::format("qemu could not write {}'s snapshot: {}", h.id, outcome)});
-    }
-    if (::fsync(out.get()) != 0 ||
-        ::rename(h.file("snapshot.tmp").c_str(), h.file("snapshot").c_str()) != 0) {
+    if (auto st = SaveSnapshot(qmp, h.file("snapshot.tmp")); !st) return undo(st.error());
+    if (::rename(h.file("snapshot.tmp").c_str(), h.file("snapshot").c_str()) != 0) {
       return undo(Error{ErrorCode::kInternal,
                         fmt::format("keep {}'s snapshot: {}", h.id, std::strerror(errno))});
     }
@@ -580,7 +757,29 @@ class MicrovmBackend : public Backend {
     }
   }
 
+  // Stops the guest and writes QEMU's migration stream of it (RAM and every device) to
+  // `path`, which QEMU gets as a descriptor: it can open no file itself.
+  static Status SaveSnapshot(QmpSession& qmp, const std::string& path) {
+    AIRLOCK_TRY(qmp.Execute("stop"));
+    UniqueFd out(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!out.valid()) {
+      return Errorf(ErrorCode::kInternal, "create {}: {}", path, std::strerror(errno));
+    }
+    AIRLOCK_TRY(qmp.Execute("getfd", {{"fdname", "snapshot"}}, out.get()));
+    AIRLOCK_TRY(qmp.Execute("migrate", {{"uri", "fd:snapshot"}}));
+    AIRLOCK_ASSIGN_OR_RETURN(std::string outcome, AwaitMigration(qmp));
+    if (outcome != "completed") {
+      ::unlink(path.c_str());
+      return Errorf(ErrorCode::kUnavailable, "qemu could not write the snapshot: {}", outcome);
+    }
+    if (::fsync(out.get()) != 0) {
+      return Errorf(ErrorCode::kInternal, "fsync {}: {}", path, std::strerror(errno));
+    }
+    return Ok();
+  }
+
   // "completed", or what went wrong, once QEMU's migration has ended either way.
+
   static Result<std::string> AwaitMigration(QmpSession& qmp) {
     for (auto pause = std::chrono::milliseconds(1);;
          pause = std::min(pause * 2, std::chrono::milliseconds(20))) {
@@ -703,10 +902,11 @@ class MicrovmBackend : public Backend {
     return path;
   }
 
-  // The VM's initramfs: the base, then a second archive with what is this sandbox's own
-  // (the kernel unpacks concatenated archives in order).
-  Status WriteInitrd(const Handle& h, const std::string& base, const OciImage& image,
-                     const std::vector<std::string>& command, const Limits& limits) {
+  // What init of this sandbox is told: in the initramfs of a VM that boots (a second
+  // archive after the base; the kernel unpacks concatenated archives in order), over
+  // airlock.launch to one restored from a template.
+  Launch LaunchOf(const OciImage& image, const std::vector<std::string>& command,
+                  const Limits& limits) const {
     std::vector<std::string> args = {"--port",      std::to_string(o_.bridge_port),
                                      "--identity",  "channel",
                                      "--uid",       "1000",
@@ -719,21 +919,16 @@ class MicrovmBackend : public Backend {
     }
     args.push_back("--");
     args.insert(args.end(), command.begin(), command.end());
-    std::string joined;
+    Launch out;
     for (const auto& a : args) {
-      joined += a;
-      joined.push_back('\0');
+      out.args += a;
+      out.args.push_back('\0');
     }
     // The agent's uid and gid (its home is theirs), as --uid and --gid above.
-    std::string vm = fmt::format("tmp_bytes {}\npids {}\nuid 1000\ngid 1000\n",
-                                 limits.disk_mb.value_or(o_.default_disk_mb) << 20,
-                                 limits.pids.value_or(o_.default_pids));
-    CpioWriter own;
-    own.AddDirectory("airlock", 0755);
-    own.AddFile("airlock/args", joined, 0600);
-    own.AddFile("airlock/vm", vm, 0600);
-    std::string bytes = ReadSmallFile(base, 256 << 20) + own.Finish();
-    return WriteFile(h.file("initrd"), bytes, 0600);
+    out.settings = fmt::format("tmp_bytes {}\npids {}\nuid 1000\ngid 1000\n",
+                               limits.disk_mb.value_or(o_.default_disk_mb) << 20,
+                               limits.pids.value_or(o_.default_pids));
+    return out;
   }
 
   MicrovmOptions o_;
@@ -742,6 +937,7 @@ class MicrovmBackend : public Backend {
   std::string accel_;
   std::mutex build_mu_;
   std::string base_initramfs_;
+  std::mutex template_mu_;
   std::unique_ptr<UidPool> uid_pool_;  // as root: one host uid per QEMU
   VmRelay relay_;
 };

@@ -35,6 +35,11 @@ struct MicrovmOptions {
   double default_cpus = 1;
   int64_t default_disk_mb = 256;
   ImageResolver resolve_image;  // the same image store as oci
+  // Start sandboxes from template snapshots: a VM of each (image, memory, CPUs) is booted
+  // once, to where init waits for its launch, and saved in the cache; a sandbox is then a
+  // restore of it plus its launch (its arguments, the clock, fresh randomness), not a boot.
+  // Off: every sandbox boots.
+  bool templates = true;
 };
 
 // Runs each sandbox as a QEMU `microvm` guest: the image's tree as a read-only erofs disk,

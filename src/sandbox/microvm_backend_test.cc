@@ -42,7 +42,7 @@ class MicrovmBackendTest : public ::testing::Test {
     dir_ = ::mkdtemp(tmpl);
     rootfs_ = dir_ + "/rootfs";
     MakeBusyboxRootfs(rootfs_, {"sh", "echo", "id", "sleep", "cat", "ls", "head", "wget", "tr",
-                                "grep", "mount", "ip", "nc", "cut"});
+                                "grep", "mount", "ip", "nc", "cut", "od", "date"});
     backend_ = Make();
   }
   void TearDown() override {
@@ -57,6 +57,7 @@ class MicrovmBackendTest : public ::testing::Test {
     MicrovmOptions o = BaseOptions();
     o.cache_dir = dir_ + "/cache";
     o.state_dir = dir_ + "/state";
+    o.templates = templates_;
     o.resolve_image = [this](const std::string& name) -> Result<OciImage> {
       if (name == "host") {
         OciImage img;
@@ -120,6 +121,7 @@ class MicrovmBackendTest : public ::testing::Test {
 
   std::string Log(const std::string& h) { return SandboxLog(*backend_, h); }
 
+  bool templates_ = true;  // the default: sandboxes from template snapshots
   std::string dir_, rootfs_;
   std::string session_id_, token_;  // what the last Create's sandbox was handed
   std::unique_ptr<Backend> backend_;
@@ -164,6 +166,64 @@ TEST_F(MicrovmBackendTest, RunsTheAgentAndItsRequestsCrossTheChannel) {
     if (e.path().filename() == "sandbox.log") continue;  // the agent printed it on purpose
     EXPECT_EQ(content.find(token_), std::string::npos) << e.path();
   }
+}
+
+// Without templates every sandbox boots, with its launch in its initramfs.
+TEST_F(MicrovmBackendTest, BootsWithoutATemplate) {
+  templates_ = false;
+  backend_ = Make();
+  std::string h = Create(
+      {"/bin/sh", "-c", "echo \"reply=$(wget -q -O- $CONTROL_PLANE_URL/echo/booted)\"; exit 3"});
+  ASSERT_FALSE(h.empty());
+  auto st = WaitFor(h, SandboxState::kExited);
+  EXPECT_EQ(st.exit_code, 3) << st.detail << "\n" << Log(h);
+  EXPECT_NE(Log(h).find("reply=booted"), std::string::npos) << Log(h);
+  EXPECT_FALSE(fs::exists(dir_ + "/cache/templates"));
+}
+
+// Two sandboxes restored from one template share nothing of it that matters: each has its
+// own identity, the host's time (not the template's), and its own random numbers (the
+// kernel's generator is reseeded at launch, or every clone would draw the same ones).
+TEST_F(MicrovmBackendTest, SandboxesFromOneTemplateHaveTheirOwnIdentityClockAndRandomness) {
+  const std::vector<std::string> command = {
+      "/bin/sh", "-c",
+      "echo \"rand=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n') "
+      "time=$(date +%s) session=$SESSION_ID "
+      "reply=$(wget -q -O- $CONTROL_PLANE_URL/echo/restored)\""};
+  std::string a = Create(command);
+  ASSERT_FALSE(a.empty());
+  const std::string a_session = session_id_;
+  EXPECT_EQ(WaitFor(a, SandboxState::kExited).exit_code, 0) << Log(a);
+  int templates = 0;
+  for (const auto& e : fs::directory_iterator(dir_ + "/cache/templates")) {
+    templates += fs::exists(e.path() / "snapshot") ? 1 : 0;
+  }
+  ASSERT_EQ(templates, 1) << "the first sandbox made the template";
+  // Later than the template was saved: a clock left at the template's would show it.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  std::string b = Create(command);
+  ASSERT_FALSE(b.empty());
+  EXPECT_EQ(WaitFor(b, SandboxState::kExited).exit_code, 0) << Log(b);
+  const int64_t host_now = std::chrono::duration_cast<std::chrono::seconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+  auto field = [](const std::string& log, const std::string& key) {
+    size_t at = log.find(key + "=");
+    if (at == std::string::npos) return std::string();
+    at += key.size() + 1;
+    return log.substr(at, log.find_first_of(" \n", at) - at);
+  };
+  std::string la = Log(a), lb = Log(b);
+  EXPECT_EQ(field(la, "session"), a_session) << la;
+  EXPECT_EQ(field(lb, "session"), session_id_) << lb;
+  EXPECT_EQ(field(la, "reply"), "restored") << la;
+  EXPECT_EQ(field(lb, "reply"), "restored") << lb;
+  ASSERT_EQ(field(la, "rand").size(), 32u) << la;
+  ASSERT_EQ(field(lb, "rand").size(), 32u) << lb;
+  EXPECT_NE(field(la, "rand"), field(lb, "rand"));
+  // Within a few seconds of the host's clock (a boot takes seconds under TCG; the test's
+  // own pauses are 3 s).
+  EXPECT_NEAR(std::stoll("0" + field(lb, "time")), host_now, 30) << lb;
 }
 
 TEST_F(MicrovmBackendTest, PausesResumesAndDestroys) {
