@@ -68,7 +68,6 @@ struct OciConfig {
   int64_t pids = 256;
   double cpus = 1;
   int64_t disk_mb = 256;
-  bool templates = true;  // sandboxes from template snapshots (docs/sandbox.md)
 };
 
 // [sandbox.microvm]: the QEMU micro-VM backend. See docs/operators.md.
@@ -81,6 +80,7 @@ struct MicrovmConfig {
   int64_t pids = 256;
   double cpus = 1;
   int64_t disk_mb = 256;
+  bool templates = true;  // sandboxes from template snapshots (docs/sandbox.md)
 };
 
 // [files]: where sessions' files live and how URLs to them are bounded. See docs/operators.md.

@@ -79,6 +79,15 @@ TEST(PlugPointsTest, ConfigRefusesAnUnknownKindListingTheTable) {
             "microvm)");
 }
 
+TEST(PlugPointsTest, MicrovmSettingsAreParsedByTheirKind) {
+  auto c = ParseConfig("[sandbox.microvm]\ntemplates = false\nmemory_mb = 192\n", "/h");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_FALSE(c->microvm.templates);
+  EXPECT_EQ(c->microvm.memory_mb, 192);
+  EXPECT_TRUE(ParseConfig("", "/h")->microvm.templates) << "templates are the default";
+  EXPECT_FALSE(ParseConfig("[sandbox.microvm]\ntemplates = 1\n", "/h").has_value());
+}
+
 class PlugPointsDirTest : public ::testing::Test {
  protected:
   void SetUp() override {
