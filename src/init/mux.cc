@@ -473,6 +473,18 @@ Mux::Stream* Mux::Known(uint32_t id, Frame type) {
   if (it != streams_.end()) {
     return it->second.get();
   }
+  // A host mux may be new to a guest that still has streams of an earlier one: the control
+  // plane restarted, or the VM was restored from hibernation before it saw its port close.
+  // Frames for those (before the first OPEN this mux saw, or below its id) are answered with
+  // RESET, which makes the guest forget them, instead of ending the channel.
+  if (!opener_ && type != Frame::kOpen && (first_id_ == 0 || id < first_id_)) {
+    ++stats_.dropped_frames;
+    if (type != Frame::kReset) {
+      ++stats_.resets_sent;
+      AppendFrame(Frame::kReset, id, nullptr, 0);
+    }
+    return nullptr;
+  }
   if (id > last_id_) {
     End(std::string("protocol error: ") + Name(type) + " for stream " + std::to_string(id) +
         ", never opened");
@@ -490,6 +502,7 @@ void Mux::OnOpen(uint32_t id) {
     return;
   }
   last_id_ = id;
+  if (first_id_ == 0) first_id_ = id;
   if (streams_.size() >= options_.max_streams) {
     // Security: the cap is what bounds the host's memory; a guest that keeps to the protocol
     // never gets here (it counts a stream until CLOSE).

@@ -52,7 +52,10 @@ namespace airlock::init {
 // errors (unknown type, bad length, id 0) and contradictions of the stream state the peer
 // itself created (an OPEN of an id not above the last one, frames for an id never opened, a
 // frame only the other role sends) end the whole mux: the byte stream can no longer be
-// trusted. Frames for a stream already closed are dropped: they race with our RESET. The
+// trusted. One exception on the host: a guest may still hold streams of an earlier host mux
+// (the control plane restarted, or the VM was restored from hibernation before it noticed its
+// port close), so frames before the first OPEN, or for ids below it, are answered with
+// RESET and dropped. Frames for a stream already closed are dropped: they race with our RESET. The
 // guest applies the same checks to the host, so neither end crashes on bad input.
 class Mux {
  public:
@@ -173,6 +176,9 @@ class Mux {
   std::deque<uint32_t> read_queue_;
   // The highest id opened so far (by us as guest, by the peer as host).
   uint32_t last_id_ = 0;
+  // Host: the first stream the guest opened to this mux (0: none yet). A guest's frames for
+  // ids below it belong to an earlier host mux (see Known).
+  uint32_t first_id_ = 0;
 
   std::string reason_;
   Stats stats_;

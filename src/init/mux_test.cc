@@ -835,6 +835,27 @@ TEST(MuxHostile, DataBeyondTheWindowResetsOnlyThatStream) {
   EXPECT_LE(g.host().buffered(), 2u << 20);
 }
 
+// A VM restored from hibernation may carry streams of the host mux that was there before;
+// this host resets them (the guest forgets them) and goes on. Above its first OPEN the rule
+// holds again.
+TEST(MuxHostile, AHostNewToTheGuestResetsTheGuestsEarlierStreams) {
+  HostileGuest g;
+  g.Send(HostileGuest::Encode(F::kFin, 5));
+  g.Send(HostileGuest::Encode(F::kData, 6, "stale"));
+  ASSERT_TRUE(g.RunUntil([&] { return g.Got(F::kReset, 5) && g.Got(F::kReset, 6); }));
+  EXPECT_FALSE(g.host().ended()) << g.host().reason();
+  g.Send(HostileGuest::Encode(F::kOpen, 9));
+  g.Send(HostileGuest::Encode(F::kData, 9, "fresh"));
+  ASSERT_TRUE(g.RunUntil([&] { return g.DataOf(9) == "fresh"; }));
+  g.Send(HostileGuest::Encode(F::kWindow, 7, std::string("\0\0\x10\0", 4)));
+  ASSERT_TRUE(g.RunUntil([&] { return g.Got(F::kReset, 7); }));
+  EXPECT_FALSE(g.host().ended()) << g.host().reason();
+  EXPECT_EQ(g.host().streams(), 1u) << "nothing was made for the stale streams";
+  g.Send(HostileGuest::Encode(F::kData, 1000, "who?"));
+  ASSERT_TRUE(g.RunUntil([&] { return g.host().ended(); }));
+  EXPECT_EQ(g.host().reason(), "protocol error: DATA for stream 1000, never opened");
+}
+
 TEST(MuxHostile, FramesForAStreamNeverOpenedEndTheMux) {
   HostileGuest g;
   g.Send(HostileGuest::Encode(F::kOpen, 1));

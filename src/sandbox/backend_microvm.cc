@@ -232,6 +232,7 @@ class MicrovmBackend : public Backend {
     c.node_local = true;
     c.channel = Channel::Kind::kVirtioPort;
     c.identity = Capabilities::IdentityDelivery::kOverChannel;
+    c.warm_pool = true;
     return c;
   }
 
@@ -359,8 +360,9 @@ class MicrovmBackend : public Backend {
     const std::string key =
         Sha256Hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}", m.disk, m.accel, m.initrd,
                               m.memory_mb, m.cpus, kernel_args_, KernelStamp(), qemu_))
-            .substr(0, 32);
-    const std::string dir = o_.cache_dir + "/templates/" + key;
+            .substr(0, 16);
+    // Short: QEMU's sockets live in it, and a Unix socket's path has at most 107 bytes.
+    const std::string dir = o_.cache_dir + "/tpl/" + key;
     std::lock_guard lock(template_mu_);  // one build at a time; the rest wait for it
     if (Exists(dir + "/snapshot")) return dir;
     Handle t{"airlock-tpl-" + key.substr(0, 12), dir};
@@ -606,6 +608,10 @@ class MicrovmBackend : public Backend {
                              QmpSession::Connect(h.file("qmp.sock"), std::chrono::minutes(5)));
     AIRLOCK_ASSIGN_OR_RETURN(Json before, qmp.Execute("query-status"));
     const bool was_running = before.is_object() && before.value("running", false);
+    // Stopped before its channel goes, so that what the guest holds is the same whatever the
+    // timing: streams of the host mux that is about to go, which the one after the wake
+    // resets (mux.h), never a half-noticed close.
+    AIRLOCK_TRY(qmp.Execute("stop"));
     relay_.Detach(h.id);
     auto undo = [&](const Error& e) -> Status {
       ::unlink(h.file("snapshot.tmp").c_str());

@@ -46,6 +46,12 @@ class FakeControlSocket {
           req.append(buf, static_cast<size_t>(n));
         }
         if (req.starts_with("POST /sandbox/v1/events ")) ++events_;
+        // GET /hold: no answer, the connection kept open until the socket goes (a request in
+        // flight for as long as a test needs one).
+        if (req.starts_with("GET /hold ")) {
+          held_.push_back(::dup(c));
+          continue;
+        }
         // GET /echo/<word>: <word> back, to show a request from the agent got through.
         std::string echo =
             req.starts_with("GET /echo/") ? req.substr(10, req.find(' ', 10) - 10) : "";
@@ -67,6 +73,7 @@ class FakeControlSocket {
     ::shutdown(fd_, SHUT_RDWR);
     thread_.join();
     ::close(fd_);
+    for (int h : held_) ::close(h);
   }
 
   // The events init posted (its report of the agent's exit).
@@ -76,6 +83,7 @@ class FakeControlSocket {
   int fd_ = -1;
   std::atomic<int> events_{0};
   std::thread thread_;
+  std::vector<int> held_;  // GET /hold connections (the accept thread's until it ends)
 };
 
 // An image tree at `rootfs`: the host's static busybox with `applets` linked to it, the mount
