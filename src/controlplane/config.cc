@@ -279,6 +279,23 @@ Status ParseProviders(const toml::table* t, Config& c) {
       });
 }
 
+Status ParsePools(const toml::table* t, Config& c) {
+  return ForEachNamedTable(
+      t, "pools", [&](const std::string& name, const std::string& path, TableReader& r) -> Status {
+        PoolConfig p;
+        p.image = c.default_image;
+        p.backend = c.default_backend;
+        AIRLOCK_TRY(r.String("image", &p.image));
+        AIRLOCK_TRY(r.String("backend", &p.backend));
+        AIRLOCK_TRY(r.Strings("command", &p.command));
+        AIRLOCK_TRY(r.Int("size", &p.size, 1, 1024));
+        AIRLOCK_TRY(r.RejectUnknown());
+        AIRLOCK_TRY(FindKind(BackendKinds(), path + ".backend", p.backend));
+        c.pools[name] = std::move(p);
+        return Ok();
+      });
+}
+
 Status ParseModels(const toml::table* t, Config& c) {
   return ForEachNamedTable(
       t, "models", [&](const std::string& name, const std::string& path, TableReader& r) -> Status {
@@ -384,6 +401,7 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* logt, r.Table("log"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* providers, r.Table("providers"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* models, r.Table("models"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* pools, r.Table("pools"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* files, r.Table("files"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* events, r.Table("events"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* retention, r.Table("retention"));
@@ -395,6 +413,7 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
   AIRLOCK_TRY(ParseLog(logt, c));
   AIRLOCK_TRY(ParseProviders(providers, c));
   AIRLOCK_TRY(ParseModels(models, c));
+  AIRLOCK_TRY(ParsePools(pools, c));
   AIRLOCK_TRY(ParseFiles(files, c));
   AIRLOCK_TRY(ParseEvents(events, c));
   AIRLOCK_TRY(ParseRetention(retention, c));

@@ -48,6 +48,16 @@ struct ModelConfig {
   Json params = Json::object();
 };
 
+// [pools.NAME]: sandboxes kept started and waiting for a session (docs/operators.md).
+struct PoolConfig {
+  std::string image;    // default: sandbox.default_image
+  std::string backend;  // default: sandbox.default_backend
+  // What its sandboxes run; empty: the image's entrypoint and command. A session takes one
+  // only if it asks for the same.
+  std::vector<std::string> command;
+  int64_t size = 1;  // how many wait at any time
+};
+
 struct OperatorKeyConfig {
   std::string sha256;   // hex SHA-256 of the key
   std::string key_env;  // or: an environment variable holding the key
@@ -186,6 +196,7 @@ struct Config {
   std::string builtin_images_dir;  // default: images/ beside the airlock binary (base.tar)
   OciConfig oci;
   MicrovmConfig microvm;
+  std::map<std::string, PoolConfig> pools;
   FilesConfig files;
   int64_t max_task_bytes = 256 * 1024;
   int64_t max_message_bytes = 256 * 1024;

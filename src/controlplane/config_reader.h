@@ -74,6 +74,26 @@ class TableReader {
     return Ok();
   }
 
+  // An array of strings.
+  Status Strings(std::string_view k, std::vector<std::string>* out) {
+    seen_.insert(std::string(k));
+    if (!table_) return Ok();
+    const toml::node* n = table_->get(k);
+    if (!n) return Ok();
+    const toml::array* a = n->as_array();
+    if (!a) return Errorf(ErrorCode::kInvalidArgument, "{} must be an array of strings", Key(k));
+    std::vector<std::string> v;
+    for (const auto& item : *a) {
+      auto s = item.value<std::string>();
+      if (!item.is_string() || !s) {
+        return Errorf(ErrorCode::kInvalidArgument, "{} must be an array of strings", Key(k));
+      }
+      v.push_back(*s);
+    }
+    *out = std::move(v);
+    return Ok();
+  }
+
   Status Bool(std::string_view k, bool* out) {
     seen_.insert(std::string(k));
     if (!table_) return Ok();

@@ -29,8 +29,10 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       llm_(std::make_unique<LlmProxy>(io, config_, *store_, pool_, events_, conversations_,
                                       registry_)),
       files_(std::make_unique<FileService>(config_, *store_, pool_, events_, registry_)),
-      identity_(
-          std::make_unique<IdentityService>(*store_, pool_, config_.node, events_, registry_)),
+      pools_(std::make_unique<PoolManager>(
+          PoolManager::Deps{config_, io_, *backends_, sandbox_pool_, *this, registry_})),
+      identity_(std::make_unique<IdentityService>(*store_, pool_, config_.node, events_, registry_,
+                                                  pools_.get())),
       auth_(std::make_unique<Authenticator>(Authenticator::Deps{
           config_, *store_, pool_, operator_router_, sandbox_router_, metrics_->auth_failures,
           [this](const std::string& id) { sessions_->NoteWork(id); }})),
@@ -38,10 +40,11 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       clock_(clock ? std::move(clock) : std::make_shared<RealClock>()),
       sessions_(std::make_unique<SessionService>(SessionService::Deps{
           config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_, *metrics_, inbox_,
-          events_, conversations_, *llm_, auth_->tokens(), *this})),
+          events_, conversations_, *llm_, auth_->tokens(), *this, pools_.get()})),
       reconciler_(std::make_unique<Reconciler>(
           Reconciler::Deps{config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_,
-                           *sessions_, metrics_->reconcile_passes})) {
+                           *sessions_, metrics_->reconcile_passes,
+                           [this](const std::string& id) { return pools_->Knows(id); }})) {
   RegisterOperatorRoutes();
   RegisterSandboxRoutes();
   HttpLimits operator_limits = config_.limits;
@@ -102,6 +105,7 @@ Status ControlPlane::Start() {
     }
   }
 
+  AIRLOCK_TRY(pools_->Check());
   llm_->Start();
   AIRLOCK_TRY(files_->Start());
   retention_ = std::make_unique<Retention>(config_, *store_, files_->blob_store());
@@ -119,12 +123,15 @@ Status ControlPlane::Start() {
              {"store", StoreDescription(config_)},
              {"backends", backends_->Names()}});
   reconciler_->Start();
+  pools_->Start();
   retention_->StartPeriodic(io_, pool_);
   return Ok();
 }
 
 awaitable<void> ControlPlane::DrainAndStop() {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(config_.drain_timeout_s);
+  // Sandboxes that wait for a session hold memory and serve nobody once this process is gone.
+  co_await pools_->Stop();
   asio::steady_timer t(io_);
   while (operator_server_->active_connections() + sandbox_server_->active_connections() > 0 &&
          std::chrono::steady_clock::now() < deadline) {

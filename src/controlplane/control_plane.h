@@ -18,6 +18,7 @@
 #include "controlplane/identity.h"
 #include "controlplane/llm_proxy.h"
 #include "controlplane/notifier.h"
+#include "controlplane/pools.h"
 #include "controlplane/reconciler.h"
 #include "controlplane/retention.h"
 #include "controlplane/session_service.h"
@@ -126,6 +127,8 @@ class ControlPlane : private SandboxChannels {
   ConversationLocks conversations_;
   std::unique_ptr<LlmProxy> llm_;
   std::unique_ptr<FileService> files_;
+  // Warm pools: sandboxes waiting for a session (before identity_, which answers them).
+  std::unique_ptr<PoolManager> pools_;
   std::unique_ptr<IdentityService> identity_;
   // Operator keys, sandbox tokens and the listeners' gates.
   std::unique_ptr<Authenticator> auth_;

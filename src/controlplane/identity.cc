@@ -3,12 +3,13 @@
 #include "common/blocking.h"
 #include "common/crypto.h"
 #include "common/log.h"
+#include "controlplane/pools.h"
 #include "controlplane/validation.h"
 
 namespace airlock::controlplane {
 
 IdentityService::IdentityService(store::Store& store, asio::thread_pool& pool, std::string node,
-                                 Notifier& events, metrics::Registry& registry)
+                                 Notifier& events, metrics::Registry& registry, PoolManager* pools)
     : store_(store),
       pool_(pool),
       node_(std::move(node)),
@@ -16,7 +17,8 @@ IdentityService::IdentityService(store::Store& store, asio::thread_pool& pool, s
       requests_(registry.AddCounter(
           "airlock_identity_requests_total",
           "Requests of sandboxes for their identity (GET /sandbox/v1/identity), by outcome.",
-          {"outcome"})) {}
+          {"outcome"})),
+      pools_(pools) {}
 
 Response IdentityService::Refuse(const char* reason, unsigned status, std::string_view code,
                                  std::string_view message) {
@@ -31,7 +33,22 @@ awaitable<Response> IdentityService::Fetch(const Request& req) {
     co_return Refuse("not_a_channel", 403, "permission_denied",
                      "the identity is handed out only on a sandbox's own socket");
   }
-  const std::string& id = req.bound_session;
+  std::string id = req.bound_session;
+  if (PoolManager::IsPoolSandboxId(id)) {
+    // A warm pool's sandbox: whom it serves is known once a session claims it. Held for less
+    // than init's 10 s read timeout.
+    // (Not a co_await inside ?:, which GCC 12 miscompiles: the result is destroyed twice.)
+    std::optional<std::string> claimed;
+    if (pools_) {
+      claimed = co_await pools_->AwaitClaim(
+          id, std::chrono::steady_clock::now() + std::chrono::seconds(5));
+    }
+    if (!claimed) {
+      requests_.With({"unclaimed"}).Inc();
+      co_return Response::Text(204, "");
+    }
+    id = *claimed;
+  }
   auto s = co_await RunBlocking(pool_, [this, &id] { return store_.GetSession(id); });
   if (!s) co_return Response::FromError(s.error());
   if (store::IsTerminal(s->state)) {

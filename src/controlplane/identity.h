@@ -23,10 +23,15 @@ namespace airlock::controlplane {
 // and only while the session has no token (Store::IssueToken is a compare-and-swap), so the
 // agent, which reaches the same socket through init's bridge once init has its identity,
 // cannot fetch it again, and of racing requests exactly one gets it.
+//
+// A warm pool's sandbox (pools.h) asks before any session is its own: its request is held
+// until a session claims the sandbox, then answered with that session's identity; after a
+// few seconds without one it gets 204 No Content, and init asks again at once.
+class PoolManager;
 class IdentityService {
  public:
   IdentityService(store::Store& store, asio::thread_pool& pool, std::string node, Notifier& events,
-                  metrics::Registry& registry);
+                  metrics::Registry& registry, PoolManager* pools = nullptr);
 
   awaitable<Response> Fetch(const Request& req);
 
@@ -39,6 +44,7 @@ class IdentityService {
   std::string node_;
   Notifier& events_;
   metrics::Family<metrics::Counter>& requests_;
+  PoolManager* pools_;
 };
 
 }  // namespace airlock::controlplane

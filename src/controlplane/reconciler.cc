@@ -95,9 +95,12 @@ awaitable<void> Reconciler::ReattachAll() {
 // through another replica; or another replica took it over while this one was away. Nothing
 // else would ever remove them (the reconciler looks at live sessions only).
 awaitable<void> Reconciler::SweepOrphans(const std::vector<store::Session>& live) {
-  std::set<std::string> mine;
+  std::set<std::string> mine, handles;
   for (const auto& s : live) {
-    if (d_.sessions.Owns(s)) mine.insert(s.id);
+    if (!d_.sessions.Owns(s)) continue;
+    mine.insert(s.id);
+    // A sandbox a session took from a warm pool has the pool's id, not the session's.
+    if (!s.sandbox_handle.empty()) handles.insert(s.sandbox_handle);
   }
   for (const auto& name : d_.backends.Names()) {
     auto* backend = d_.backends.Find(name);
@@ -108,7 +111,8 @@ awaitable<void> Reconciler::SweepOrphans(const std::vector<store::Session>& live
       continue;
     }
     for (const auto& l : *listed) {
-      if (mine.count(l.session_id)) continue;
+      if (mine.count(l.session_id) || handles.count(l.handle)) continue;
+      if (d_.pooled && d_.pooled(l.session_id)) continue;
       // `live` may be older than the session: one created since has a sandbox and is not in
       // it. Ask the store again before destroying anything.
       auto now = co_await RunBlocking(

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -59,6 +60,8 @@ class Reconciler {
     const Clock& clock;
     SessionLifecycle& sessions;
     metrics::Family<metrics::Counter>& passes;
+    // Sandboxes that belong to no session and are not orphans: a warm pool's (pools.h).
+    std::function<bool(const std::string& sandbox_id)> pooled = nullptr;
   };
   explicit Reconciler(Deps d) : d_(d), timer_(d.io) {}
 

@@ -7,6 +7,7 @@
 #include "common/blocking.h"
 #include "common/crypto.h"
 #include "common/log.h"
+#include "controlplane/pools.h"
 #include "controlplane/sandbox_spec.h"
 #include "controlplane/validation.h"
 
@@ -93,7 +94,14 @@ awaitable<Result<store::Session>> SessionService::Create(CreateSessionRequest re
   d_.metrics.sessions_created.With({s.backend}).Inc();
 
   sandbox::SandboxSpec spec = SpecFor(s, token);
-  Result<std::string> handle = co_await StartSandbox(backend, spec);
+  Result<std::string> handle = MakeError(ErrorCode::kInternal, "no sandbox");
+  auto claimed = !in_spec && d_.pools ? d_.pools->Claim(s.image, s.backend, s.command, s.limits)
+                                      : std::nullopt;
+  if (claimed) {
+    handle = TakeWaitingSandbox(s.id, *claimed);
+  } else {
+    handle = co_await StartSandbox(backend, spec);
+  }
   if (!handle) {
     d_.metrics.sandbox_errors.With({s.backend, "create"}).Inc();
     log::Warn("sandbox create failed",
@@ -456,6 +464,24 @@ sandbox::SandboxSpec SessionService::SpecFor(const store::Session& s, const Secr
   return MakeSandboxSpec(
       s, backend ? backend->capabilities() : sandbox::Capabilities{}, token,
       {ControlSocketDir(s.id), d_.config.home + "/sessions/" + s.id, d_.channels.SandboxUrl()});
+}
+
+// A sandbox of a warm pool becomes session `id`'s: the session's socket directory is a link
+// to the sandbox's, and its socket serves the session from now on. The sandbox's init,
+// which has been asking for its identity, gets the session's (IdentityService).
+Result<std::string> SessionService::TakeWaitingSandbox(const std::string& id,
+                                                       const WaitingSandbox& w) {
+  const std::string dir = ControlSocketDir(id);
+  std::error_code ec;
+  fs::remove(dir, ec);
+  fs::create_symlink(w.dir.substr(w.dir.rfind('/') + 1), dir, ec);
+  if (ec) return Errorf(ErrorCode::kInternal, "link {} to {}: {}", dir, w.dir, ec.message());
+  d_.channels.CloseUnix(w.dir + "/control.sock");
+  AIRLOCK_TRY(d_.channels.ListenUnix(dir + "/control.sock", id));
+  d_.pools->Resolve(w, id);
+  log::Info("session took a sandbox from a warm pool",
+            {{"session", id}, {"pool", w.pool}, {"sandbox", w.id}});
+  return w.handle;
 }
 
 awaitable<Result<std::string>> SessionService::StartSandbox(sandbox::Backend* backend,

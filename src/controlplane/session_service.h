@@ -93,6 +93,15 @@ class SandboxChannels {
 // each operation returns its result or a typed Error, which the handlers map to HTTP.
 //
 // Threading: io thread only; store and backend calls go to the worker pools.
+class PoolManager;
+// A sandbox of a warm pool, started before any session and waiting for one (pools.h).
+struct WaitingSandbox {
+  std::string pool;
+  std::string id;      // "wrm_..."
+  std::string handle;  // the backend's
+  std::string dir;     // its socket's directory, run/<id>
+};
+
 class SessionService : public SessionLifecycle {
  public:
   struct Deps {
@@ -112,6 +121,8 @@ class SessionService : public SessionLifecycle {
     // Forgotten for a session whenever its token is revoked or replaced.
     TokenCache& tokens;
     SandboxChannels& channels;
+    // Warm pools a create may take a sandbox from; none when null.
+    PoolManager* pools = nullptr;
   };
   explicit SessionService(Deps d) : d_(d) {}
 
@@ -185,6 +196,8 @@ class SessionService : public SessionLifecycle {
   awaitable<Result<store::Session>> End(const std::string& id, store::StateChange change);
   void AfterSessionEnded(const store::Session& s);
   sandbox::SandboxSpec SpecFor(const store::Session& s, const Secret& token) const;
+  // A warm pool's sandbox made session `id`'s; the handle.
+  Result<std::string> TakeWaitingSandbox(const std::string& id, const WaitingSandbox& w);
   // Listens on the session's socket and asks the backend for its sandbox; the handle.
   awaitable<Result<std::string>> StartSandbox(sandbox::Backend* backend,
                                               const sandbox::SandboxSpec& spec);

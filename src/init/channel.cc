@@ -170,6 +170,12 @@ Result<Identity> FetchIdentity(const std::string& socket_path) {
   int64_t backoff = 50;
   for (int attempt = 1;; ++attempt) {
     Exchange ex = ExchangeOnce(socket_path, kRequest, 10'000);
+    if (ex.kind == Exchange::kOk && ex.status == 204) {
+      // A warm pool's sandbox that no session has claimed yet: the control plane held the
+      // request a while. Ask again at once, so that a claim is answered without delay.
+      backoff = 50;
+      continue;
+    }
     if (ex.kind == Exchange::kOk) {
       return ParseIdentity(ex.body);
     }

@@ -202,6 +202,7 @@ class OciBackend : public Backend {
     // Nothing of the session is in the bundle: airlock-init asks for it once the container
     // runs (--identity channel).
     c.identity = Capabilities::IdentityDelivery::kOverChannel;
+    c.warm_pool = true;
     return c;
   }
 

@@ -88,6 +88,7 @@ class TestBackend : public sandbox::Backend {
     std::lock_guard l(s_->mu);
     c.identity = s_->identity_over_channel ? sandbox::Capabilities::IdentityDelivery::kOverChannel
                                            : sandbox::Capabilities::IdentityDelivery::kInSpec;
+    c.warm_pool = s_->identity_over_channel;  // a sandbox that waits for its identity
     return c;
   }
   Result<sandbox::Started> Create(const sandbox::SandboxSpec& spec) override {

@@ -132,6 +132,40 @@ TEST_F(OciSessionTest, HibernationKeepsTheSessionAndAMessageWakesIt) {
   EXPECT_EQ(ended.session["state"], "killed");
 }
 
+// A warm pool on a real backend: its sandboxes start before any session and wait for an
+// identity; a session with the pool's command takes one, its agent runs as that session,
+// and the pool starts another.
+TEST(OciPoolTest, ASessionTakesAWaitingSandboxAndItsAgentRunsAsThatSession) {
+  AIRLOCK_REQUIRE_SANDBOXES();
+  const std::string command = R"(["/bin/sh","-c","echo pooled session=$SESSION_ID; sleep 600"])";
+  SandboxServer sbx("[pools.p]\nsize = 1\ncommand = " + command + "\n");
+  sbx.Start();
+  auto metric = [&](const std::string& needle) {
+    for (int i = 0; i < 1200; ++i) {
+      if (sbx.server().Op(verb::get, "/metrics").body.find(needle) != std::string::npos)
+        return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  };
+  ASSERT_TRUE(metric("airlock_pool_ready{pool=\"p\"} 1"));
+  std::string id = sbx.Create(Json::parse(command));
+  ASSERT_FALSE(id.empty());
+  EXPECT_TRUE(metric("airlock_pool_claims_total{pool=\"p\"} 1"));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (sbx.Logs(id).find("pooled session=") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_NE(sbx.Logs(id).find("pooled session=" + id + "\n"), std::string::npos) << sbx.Logs(id);
+  EXPECT_EQ(sbx.server().Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
+  // The pool refills; the session ends as any other, its sandbox destroyed.
+  EXPECT_TRUE(metric("airlock_pool_ready{pool=\"p\"} 1"));
+  EXPECT_EQ(sbx.server().Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
+  auto ended = sbx.WaitForEnd(id);
+  EXPECT_EQ(ended.session["state"], "killed");
+}
+
 TEST_F(OciSessionTest, ASandboxSurvivesAKill9OfTheControlPlaneAndIsFoundAgain) {
   // The agent keeps polling its inbox through the bridge; after the restart it must get
   // through again on the same socket path, with the same token.

@@ -1,0 +1,191 @@
+#include "controlplane/pools.h"
+
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "common/blocking.h"
+#include "common/crypto.h"
+#include "common/log.h"
+#include "controlplane/sandbox_spec.h"
+
+namespace airlock::controlplane {
+
+namespace fs = std::filesystem;
+
+namespace {
+// A pool whose backend fails to start a sandbox tries again after this long, not at once.
+constexpr auto kRetryAfterFailure = std::chrono::seconds(5);
+// How long a claim is remembered: longer than a reconciler's list of live sessions is old
+// when it sweeps, and than init's held identity request.
+constexpr auto kClaimMemory = std::chrono::seconds(60);
+}  // namespace
+
+PoolManager::PoolManager(Deps d)
+    : d_(d),
+      claims_(d.io),
+      ready_(
+          d.registry.AddGauge("airlock_pool_ready", "Sandboxes waiting in a warm pool.", {"pool"})),
+      claims_total_(d.registry.AddCounter(
+          "airlock_pool_claims_total", "Sessions that took a sandbox from a warm pool.", {"pool"})),
+      errors_(d.registry.AddCounter("airlock_pool_errors_total",
+                                    "Sandboxes a warm pool failed to start.", {"pool"})) {
+  for (const auto& [name, config] : d_.config.pools) {
+    pools_[name] = Pool{name, config, {}, 0};
+    ready_.With({name}).Set(0);
+  }
+}
+
+Status PoolManager::Check() const {
+  for (const auto& [name, pool] : pools_) {
+    const auto* backend = d_.backends.Find(pool.config.backend);
+    if (!backend) {
+      return Errorf(ErrorCode::kInvalidArgument, "pools.{}: backend \"{}\" is not available{}",
+                    name, pool.config.backend,
+                    d_.backends.UnavailableReason(pool.config.backend)
+                        ? ": " + *d_.backends.UnavailableReason(pool.config.backend)
+                        : std::string());
+    }
+    const auto caps = backend->capabilities();
+    if (!caps.warm_pool || caps.identity != sandbox::Capabilities::IdentityDelivery::kOverChannel) {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "pools.{}: backend \"{}\" cannot keep sandboxes waiting for a session", name,
+                    pool.config.backend);
+    }
+  }
+  return Ok();
+}
+
+void PoolManager::Start() {
+  for (auto& [name, pool] : pools_) asio::co_spawn(d_.io, Refill(pool), asio::detached);
+}
+
+awaitable<void> PoolManager::Refill(Pool& pool) {
+  while (!stopping_ &&
+         static_cast<int64_t>(pool.waiting.size()) + pool.starting < pool.config.size) {
+    ++pool.starting;
+    auto made = co_await StartOne(pool);
+    --pool.starting;
+    if (!made) {
+      errors_.With({pool.name}).Inc();
+      log::Warn("a warm pool could not start a sandbox",
+                {{"pool", pool.name}, {"error", made.error().message}});
+      asio::steady_timer wait(d_.io, kRetryAfterFailure);
+      co_await wait.async_wait(asio::use_awaitable);
+      continue;
+    }
+    if (stopping_) {
+      auto* backend = d_.backends.Find(pool.config.backend);
+      co_await RunBlocking(d_.sandbox_pool, [&] { return backend->Destroy(made->handle); });
+      co_return;
+    }
+    pool.waiting.push_back(std::move(*made));
+    ready_.With({pool.name}).Set(static_cast<double>(pool.waiting.size()));
+  }
+}
+
+awaitable<Result<PoolManager::Waiting>> PoolManager::StartOne(Pool& pool) {
+  auto* backend = d_.backends.Find(pool.config.backend);
+  if (!backend) co_return Errorf(ErrorCode::kUnavailable, "no backend {}", pool.config.backend);
+  Waiting w;
+  w.pool = pool.name;
+  w.id = NewId("wrm_");
+  w.dir = d_.config.home + "/run/" + w.id;
+  const std::string work_dir = d_.config.home + "/sessions/" + w.id;
+  // As a session's sandbox is made (SessionService::StartSandbox), for a session of this id.
+  store::Session s;
+  s.id = w.id;
+  s.image = pool.config.image;
+  s.backend = pool.config.backend;
+  s.command = Json(pool.config.command);
+  sandbox::SandboxSpec spec = MakeSandboxSpec(s, backend->capabilities(), Secret(),
+                                              {w.dir, work_dir, d_.channels.SandboxUrl()});
+  std::error_code ec;
+  fs::create_directories(work_dir, ec);
+  ::chmod(work_dir.c_str(), 0700);
+  fs::create_directories(w.dir, ec);
+  ::chmod(w.dir.c_str(), 0755);
+  made_.insert(w.id);
+  if (auto listen = d_.channels.ListenUnix(w.dir + "/control.sock", w.id); !listen) {
+    made_.erase(w.id);
+    co_return std::unexpected(listen.error());
+  }
+  auto started =
+      co_await RunBlocking(d_.sandbox_pool, [&backend, &spec] { return backend->Create(spec); });
+  if (!started) {
+    d_.channels.CloseUnix(w.dir + "/control.sock");
+    made_.erase(w.id);
+    co_return std::unexpected(started.error());
+  }
+  w.handle = started->handle;
+  log::Info("warm pool: a sandbox waits for a session",
+            {{"pool", pool.name}, {"sandbox", w.id}, {"backend", pool.config.backend}});
+  co_return w;
+}
+
+std::optional<PoolManager::Waiting> PoolManager::Claim(const std::string& image,
+                                                       const std::string& backend,
+                                                       const Json& command, const Json& limits) {
+  if (stopping_) return std::nullopt;
+  for (const char* resource : {"memory_mb", "cpus", "pids", "disk_mb"}) {
+    if (limits.is_object() && limits.contains(resource)) return std::nullopt;
+  }
+  const Json empty = Json::array();
+  for (auto& [name, pool] : pools_) {
+    if (pool.config.image != image || pool.config.backend != backend || pool.waiting.empty() ||
+        Json(pool.config.command) != (command.is_array() ? command : empty)) {
+      continue;
+    }
+    Waiting w = std::move(pool.waiting.front());
+    pool.waiting.pop_front();
+    ready_.With({name}).Set(static_cast<double>(pool.waiting.size()));
+    claims_total_.With({name}).Inc();
+    asio::co_spawn(d_.io, Refill(pool), asio::detached);
+    return w;
+  }
+  return std::nullopt;
+}
+
+void PoolManager::Resolve(const Waiting& w, const std::string& session_id) {
+  auto now = std::chrono::steady_clock::now();
+  std::erase_if(claimed_, [&](const auto& c) { return now - c.second.at > kClaimMemory; });
+  made_.erase(w.id);
+  claimed_[w.id] = Claimed{session_id, now};
+  claims_.Notify(w.id);
+  claims_.Forget(w.id);
+}
+
+bool PoolManager::Knows(const std::string& sandbox_id) const {
+  if (made_.count(sandbox_id)) return true;
+  auto it = claimed_.find(sandbox_id);
+  return it != claimed_.end() && std::chrono::steady_clock::now() - it->second.at <= kClaimMemory;
+}
+
+awaitable<std::optional<std::string>> PoolManager::AwaitClaim(
+    const std::string& id, std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    uint64_t version = claims_.Version(id);
+    if (auto it = claimed_.find(id); it != claimed_.end()) co_return it->second.session_id;
+    if (stopping_ || !made_.count(id)) co_return std::nullopt;
+    if (!co_await claims_.Wait(id, version, deadline)) co_return std::nullopt;
+  }
+}
+
+awaitable<void> PoolManager::Stop() {
+  stopping_ = true;
+  claims_.NotifyAll();
+  for (auto& [name, pool] : pools_) {
+    auto* backend = d_.backends.Find(pool.config.backend);
+    while (!pool.waiting.empty()) {
+      Waiting w = std::move(pool.waiting.front());
+      pool.waiting.pop_front();
+      d_.channels.CloseUnix(w.dir + "/control.sock");
+      if (backend) {
+        co_await RunBlocking(d_.sandbox_pool, [&] { return backend->Destroy(w.handle); });
+      }
+    }
+    ready_.With({name}).Set(0);
+  }
+}
+
+}  // namespace airlock::controlplane

@@ -1,0 +1,102 @@
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "common/asio.h"
+#include "common/metrics.h"
+#include "controlplane/config.h"
+#include "controlplane/notifier.h"
+#include "controlplane/session_service.h"
+#include "sandbox/backend.h"
+
+namespace airlock::controlplane {
+
+// Warm pools ([pools.NAME] image, backend, size): sandboxes started before any session asks,
+// each waiting for an identity, so that a create that matches a pool claims one instead of
+// starting one, and the pool starts a replacement in the background.
+//
+// A waiting sandbox is made like a session's, for a session that does not exist yet: its id
+// is "wrm_..." and its socket, run/<id>/control.sock, is bound to that id. Its init asks for
+// its identity there at once; the request is held (AwaitClaim) until a session claims the
+// sandbox, then answered with that session's identity and a fresh token (IdentityService).
+// Until then the sandbox holds no token, its agent has not started (init runs it only once it
+// has an identity), and its socket answers nothing but that one request.
+//
+// At a claim, run/<session id> becomes a symbolic link to the sandbox's directory and the
+// socket is bound to the session from then on, so that everything that finds a session's
+// socket by its id (a restart, the reconciler) finds this one.
+//
+// Pools belong to the replica that runs them. Sandboxes left waiting by a stopped control
+// plane are orphans at the next start and swept; Knows() keeps this process's own from the
+// sweep.
+//
+// Threading: io thread only; backend calls go to the sandbox pool.
+class PoolManager {
+ public:
+  struct Deps {
+    const Config& config;
+    asio::io_context& io;
+    sandbox::BackendRegistry& backends;
+    asio::thread_pool& sandbox_pool;
+    SandboxChannels& channels;
+    metrics::Registry& registry;
+  };
+  explicit PoolManager(Deps d);
+
+  // Refuses pools whose backend is missing or cannot keep sandboxes waiting (no
+  // Capabilities::warm_pool, or an identity in the spec).
+  Status Check() const;
+  // Starts filling every pool in the background.
+  void Start();
+  // Destroys the sandboxes still waiting (server shutdown).
+  awaitable<void> Stop();
+
+  using Waiting = WaitingSandbox;
+  // A waiting sandbox for a session with this image, backend, command and limits, if a pool
+  // has one: only a session that runs the pool's command with the backend's default
+  // resources can take one (its sandbox was made with those). The pool refills behind it.
+  std::optional<Waiting> Claim(const std::string& image, const std::string& backend,
+                               const Json& command, const Json& limits);
+  // The claimed sandbox `w` now serves `session_id`: its held identity request is answered.
+  void Resolve(const Waiting& w, const std::string& session_id);
+  // For IdentityService: the session that claimed the waiting sandbox `id`, waiting until
+  // `deadline` for a claim; nullopt if none came by then.
+  awaitable<std::optional<std::string>> AwaitClaim(const std::string& id,
+                                                   std::chrono::steady_clock::time_point deadline);
+  // Whether `sandbox_id` is a sandbox this process made for a pool that is waiting, or was
+  // claimed so recently that a list of live sessions taken before may miss it (the
+  // reconciler's sweep leaves these alone).
+  bool Knows(const std::string& sandbox_id) const;
+  static bool IsPoolSandboxId(std::string_view id) { return id.starts_with("wrm_"); }
+
+ private:
+  struct Pool {
+    std::string name;
+    PoolConfig config;
+    std::deque<Waiting> waiting;
+    int starting = 0;
+  };
+  awaitable<void> Refill(Pool& pool);
+  awaitable<Result<Waiting>> StartOne(Pool& pool);
+
+  Deps d_;
+  std::map<std::string, Pool> pools_;
+  std::set<std::string> made_;  // started or waiting, not claimed
+  struct Claimed {
+    std::string session_id;
+    std::chrono::steady_clock::time_point at;
+  };
+  std::map<std::string, Claimed> claimed_;  // by the waiting sandbox's id, for a minute
+  Notifier claims_;
+  bool stopping_ = false;
+  metrics::Family<metrics::Gauge>& ready_;
+  metrics::Family<metrics::Counter>& claims_total_;
+  metrics::Family<metrics::Counter>& errors_;
+};
+
+}  // namespace airlock::controlplane
