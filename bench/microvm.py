@@ -34,6 +34,11 @@ other starts, so that neither's VMs run beside the other's). In one run it measu
     PSS/RSS per session (/proc/PID/smaps_rollup of the QEMU whose command line has the session
     id), QEMU CPU while idle, QEMU processes left, and the disk each hibernated VM holds (its
     vm/snapshot file).
+ 5. warm pools: server "templates" has `[pools.oci]` and `[pools.microvm]` (size 2, image base,
+    the idle agent under a command line of their own so that no other part takes from them):
+    --sessions sessions on each, each created once its pool is full again, timed as in 1
+    (create -> hello): a claim of a waiting sandbox, whose init's held identity request is
+    answered at the claim. Printed with part 1.
 
 It prints every parameter, machine facts, tables with p50/p90/max and ratios, the load average
 at the start and the end, and the warnings and errors of the servers' logs; it asserts no
@@ -63,6 +68,10 @@ IDLE_CMD = ["/bin/sh", "-c", HELLO + "; " + SLEEP]
 TICK = HELLO.replace('"hello"', '"tick"')
 LOOP_CMD = ["/bin/sh", "-c", HELLO + "; while true; do " + TICK + "; sleep 0.2; done"]
 MARKER = "AIRLOCK-BENCH-MARKER"
+# What the warm pools' sandboxes run: the idle agent under another command line, so that no
+# other part's sessions (IDLE_CMD) take a pool's sandbox.
+POOL_CMD = ["/bin/sh", "-c", ": pooled; " + HELLO + "; " + SLEEP]
+POOL_SIZE = 2
 
 
 # ------------------------------------------------------------------------------ processes
@@ -237,6 +246,36 @@ class Server(ServerBench):
         return {"first": first, "total": totals, "post": posts,
                 "after201": [t - p for t, p in zip(totals, posts)], "teardown": teardown}
 
+    def pool_ready(self, pool):
+        st, text = self.api.request("GET", "/metrics")
+        needle = f'airlock_pool_ready{{pool="{pool}"}} '
+        for line in (text if isinstance(text, str) else "").splitlines():
+            if line.startswith(needle):
+                return float(line[len(needle):])
+        return 0.0
+
+    def from_pool(self, backend, n, label):
+        """n sessions that each take a waiting sandbox of the pool `backend` (the pool is full
+        again before each create); each deleted after."""
+        totals, posts = [], []
+        for i in range(n):
+            deadline = time.monotonic() + 300
+            while self.pool_ready(backend) < POOL_SIZE:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"pool {backend} did not fill within 300 s:\n{self.log_tail(15)}")
+                time.sleep(0.05)
+            sid, p, t, _ = self.start_and_wait(backend, command=POOL_CMD)
+            posts.append(p)
+            totals.append(t)
+            self.delete(sid)
+            self.gone(sid, backend)
+            print(f"\r  {label}: {i + 1}/{n}", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        st, text = self.api.request("GET", "/metrics")
+        claims = [ln for ln in (text if isinstance(text, str) else "").splitlines()
+                  if ln.startswith("airlock_pool_claims_total")]
+        return {"total": totals, "post": posts, "claims": claims}
+
     def snapshots(self, sid=None):
         """{path: bytes} of the files named `snapshot` under the home (of session `sid` only)."""
         out = {}
@@ -251,7 +290,7 @@ class Server(ServerBench):
         return out
 
     def template_files(self):
-        d = os.path.join(self.home, "cache", "microvm", "templates")
+        d = os.path.join(self.home, "cache", "microvm", "tpl")
         out = {}
         for root, _, files in os.walk(d):
             for f in files:
@@ -641,7 +680,9 @@ def main():
 
     base_cfg = f"[sandbox.microvm]\nmemory_mb = {a.memory_mb}\nkernel_dir = \"{a.kernel_dir}\"\n"
     cold = Server(a, "cold", base_cfg + "templates = false\n")
-    tmpl = Server(a, "templates", base_cfg + "templates = true\n")
+    pools = "".join(f"[pools.{b}]\nimage = \"base\"\nbackend = \"{b}\"\nsize = {POOL_SIZE}\n"
+                    f"command = {json.dumps(POOL_CMD)}\n" for b in ("oci", "microvm"))
+    tmpl = Server(a, "templates", base_cfg + "templates = true\n" + pools)
     bare = None
     res = {}
     load_mid = {}
@@ -669,6 +710,11 @@ def main():
         # 1d: oci
         load_mid["oci"] = loadavg()
         res["oci"] = tmpl.sequential("oci", a.sessions, "oci")
+        # 5: warm pools (before the idle parts, whose many sandboxes would slow the refills)
+        load_mid["pools"] = loadavg()
+        res["pool_oci"] = tmpl.from_pool("oci", a.sessions, "oci from its pool")
+        res["pool_vm"] = tmpl.from_pool("microvm", a.sessions, "microvm from its pool")
+        res["pool_claims"] = res["pool_vm"]["claims"]
         # 2
         load_mid["rounds"] = loadavg()
         res["rounds"] = tmpl.tiers_rounds(a.rounds) if a.rounds > 0 else None
@@ -706,6 +752,11 @@ def main():
     print(row("  start -> QEMU exited (poweroff)", b["exit"]))
     print(row("oci (crun): POST -> hello seen", o["total"], ref))
     print(row("  of which POST -> 201", o["post"]))
+    pv, po_ = res["pool_vm"], res["pool_oci"]
+    print(row("microvm from a warm pool: POST -> hello seen", pv["total"], ref))
+    print(row("  of which POST -> 201", pv["post"]))
+    print(row("oci from a warm pool: POST -> hello seen", po_["total"], ref))
+    print(row("  of which POST -> 201", po_["post"]))
     print()
     print(f"template made (first microvm session of the templates server, includes importing base.tar, "
           f"making the erofs disk, booting the template VM and saving it, then the first restore): {ms(t['first'])}")
@@ -725,6 +776,10 @@ def main():
     print(f"  cold boot / bare qemu boot:     {pc / ref:.2f}x")
     print(f"  microvm template / oci:         {pt / po:.1f}x")
     print(f"  microvm cold boot / oci:        {pc / po:.1f}x")
+    print(f"  oci from pool / oci:            {pct(po_['total'], 50) / po:.2f}x")
+    print(f"  microvm from pool / template:   {pct(pv['total'], 50) / pt:.2f}x")
+    print(f"  microvm from pool / oci:        {pct(pv['total'], 50) / po:.1f}x")
+    print("pool claims: " + "; ".join(res["pool_claims"]))
     print()
     print(f"bare QEMU's arguments ({bare.source}; the initramfs is busybox + an /init script that echoes "
           f"the marker and runs `poweroff -f`):")
