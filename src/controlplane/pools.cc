@@ -65,7 +65,15 @@ awaitable<void> PoolManager::Refill(Pool& pool) {
          static_cast<int64_t>(pool.waiting.size()) + pool.starting < pool.config.size) {
     ++pool.starting;
     auto made = co_await StartOne(pool);
+    if (made && stopping_) {
+      // Stop() waits for this: a sandbox started while the control plane stops would
+      // otherwise outlive it.
+      d_.channels.CloseUnix(made->dir + "/control.sock");
+      auto* backend = d_.backends.Find(pool.config.backend);
+      co_await RunBlocking(d_.sandbox_pool, [&] { return backend->Destroy(made->handle); });
+    }
     --pool.starting;
+    if (stopping_) co_return;
     if (!made) {
       errors_.With({pool.name}).Inc();
       log::Warn("a warm pool could not start a sandbox",
@@ -73,11 +81,6 @@ awaitable<void> PoolManager::Refill(Pool& pool) {
       asio::steady_timer wait(d_.io, kRetryAfterFailure);
       co_await wait.async_wait(asio::use_awaitable);
       continue;
-    }
-    if (stopping_) {
-      auto* backend = d_.backends.Find(pool.config.backend);
-      co_await RunBlocking(d_.sandbox_pool, [&] { return backend->Destroy(made->handle); });
-      co_return;
     }
     pool.waiting.push_back(std::move(*made));
     ready_.With({pool.name}).Set(static_cast<double>(pool.waiting.size()));
@@ -185,6 +188,16 @@ awaitable<void> PoolManager::Stop() {
       }
     }
     ready_.With({name}).Set(0);
+  }
+  // Sandboxes being started now are destroyed by their Refill as soon as they are up.
+  asio::steady_timer wait(d_.io);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  for (;;) {
+    int starting = 0;
+    for (const auto& [name, pool] : pools_) starting += pool.starting;
+    if (starting == 0 || std::chrono::steady_clock::now() >= deadline) break;
+    wait.expires_after(std::chrono::milliseconds(20));
+    co_await wait.async_wait(asio::use_awaitable);
   }
 }
 

@@ -164,6 +164,19 @@ TEST(OciPoolTest, ASessionTakesAWaitingSandboxAndItsAgentRunsAsThatSession) {
   EXPECT_EQ(sbx.server().Op(verb::delete_, "/v1/sessions/" + id).status, 200u);
   auto ended = sbx.WaitForEnd(id);
   EXPECT_EQ(ended.session["state"], "killed");
+  // A control plane that stops leaves no sandbox waiting: neither the one waiting now nor
+  // one it is still starting.
+  sbx.server().Kill(SIGTERM);
+  const std::string state_dir =
+      std::filesystem::path(SandboxStatePath(sbx.home(), "x")).parent_path();
+  std::vector<std::string> left;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(state_dir, ec)) {
+    if (e.path().filename().string().find("wrm_") != std::string::npos) {
+      left.push_back(e.path().filename().string());
+    }
+  }
+  EXPECT_TRUE(left.empty()) << "still there: " << left.front();
 }
 
 TEST_F(OciSessionTest, ASandboxSurvivesAKill9OfTheControlPlaneAndIsFoundAgain) {
