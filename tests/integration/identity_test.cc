@@ -10,20 +10,6 @@ namespace {
 
 using http::verb;
 
-// One request on a Unix socket, as airlock-init makes it: no credential.
-HttpResult UnixGet(const std::string& socket, const std::string& target) {
-  HttpResult r;
-  int fd = RawConnectUnix(socket);
-  if (fd < 0) return r;  // status 0: nobody listens
-  WriteAll(fd, "GET " + target + " HTTP/1.1\r\nHost: airlock\r\nConnection: close\r\n\r\n");
-  std::string raw = ReadOneResponse(fd);
-  ::close(fd);
-  if (raw.size() < 12 || !raw.starts_with("HTTP/1.1 ")) return r;
-  r.status = static_cast<unsigned>(std::stoul(raw.substr(9, 3)));
-  if (size_t head = raw.find("\r\n\r\n"); head != std::string::npos) r.body = raw.substr(head + 4);
-  return r;
-}
-
 class IdentityTest : public ::testing::Test {
  protected:
   IdentityTest() {

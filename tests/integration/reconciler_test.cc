@@ -36,6 +36,12 @@ bool WaitForSessionState(TestServer& server, const std::string& id, const std::s
 
 constexpr int64_t kHour = 3'600'000;
 
+// The token the test backend started session `id`'s (latest) sandbox with.
+std::string TokenOf(TestServer& server, const std::string& id) {
+  std::lock_guard l(server.backend().mu);
+  return server.backend().specs.at(id).token.Reveal();
+}
+
 TEST(ReconcilerTest, ASessionFailsOnceTheClockPassesItsTimeoutAndNotBefore) {
   auto clock = std::make_shared<ManualClock>();
   TestServer server({}, "", nullptr, clock);
@@ -57,11 +63,7 @@ TEST(ReconcilerTest, AnIdleSessionIsSuspendedOnlyAfterItsIdleTimeoutAndAMessageW
   auto r = server.Op(verb::post, "/v1/sessions", R"({"task":"x","limits":{"idle_timeout_s":600}})");
   ASSERT_EQ(r.status, 201u) << r.body;
   std::string id = r.json()["id"];
-  std::string token;
-  {
-    std::lock_guard l(server.backend().mu);
-    token = server.backend().specs.at(id).token.Reveal();
-  }
+  std::string token = TokenOf(server, id);
   ASSERT_EQ(server.Sb(verb::get, "/sandbox/v1/inbox", token).status, 200u);  // the task
   // The agent waits for more work: from now on it is idle.
   auto poll = std::async(std::launch::async,
@@ -96,11 +98,7 @@ TEST(ReconcilerTest, AnIdleSessionIsPausedThenHibernatedAtItsTimesAndAMessageWak
                      R"({"task":"x","limits":{"idle_timeout_s":600,"hibernate_after_s":3600}})");
   ASSERT_EQ(r.status, 201u) << r.body;
   std::string id = r.json()["id"];
-  std::string token;
-  {
-    std::lock_guard l(server.backend().mu);
-    token = server.backend().specs.at(id).token.Reveal();
-  }
+  std::string token = TokenOf(server, id);
   ASSERT_EQ(server.Sb(verb::get, "/sandbox/v1/inbox", token).status, 200u);  // the task
   auto poll = std::async(std::launch::async,
                          [&] { return server.Sb(verb::get, "/sandbox/v1/inbox?wait=60", token); });
@@ -136,11 +134,7 @@ TEST(ReconcilerTest, AnIdleSessionIsPausedThenHibernatedAtItsTimesAndAMessageWak
   auto woke = server.Op(verb::get, "/v1/sessions/" + id).json();
   EXPECT_EQ(woke["state"], "running");
   EXPECT_EQ(woke["tier"], "active");
-  std::string fresh;
-  {
-    std::lock_guard l(server.backend().mu);
-    fresh = server.backend().specs.at(id).token.Reveal();
-  }
+  std::string fresh = TokenOf(server, id);
   ASSERT_NE(fresh, token);
   auto got = server.Sb(verb::get, "/sandbox/v1/inbox", fresh);
   ASSERT_EQ(got.status, 200u) << got.body;
