@@ -391,6 +391,7 @@ class MicrovmBackend : public Backend {
         }
         AIRLOCK_ASSIGN_OR_RETURN(QmpSession qmp,
                                  QmpSession::Connect(t.file("qmp.sock"), std::chrono::minutes(5)));
+        AIRLOCK_TRY(qmp.Execute("stop"));
         AIRLOCK_TRY(SaveSnapshot(qmp, t.file("snapshot.tmp")));
         if (::rename(t.file("snapshot.tmp").c_str(), (dir + "/snapshot").c_str()) != 0) {
           return Errorf(ErrorCode::kInternal, "keep the template: {}", std::strerror(errno));
@@ -763,10 +764,9 @@ class MicrovmBackend : public Backend {
     }
   }
 
-  // Stops the guest and writes QEMU's migration stream of it (RAM and every device) to
-  // `path`, which QEMU gets as a descriptor: it can open no file itself.
+  // Writes QEMU's migration stream of its stopped guest (RAM and every device) to `path`,
+  // which QEMU gets as a descriptor: it can open no file itself.
   static Status SaveSnapshot(QmpSession& qmp, const std::string& path) {
-    AIRLOCK_TRY(qmp.Execute("stop"));
     UniqueFd out(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!out.valid()) {
       return Errorf(ErrorCode::kInternal, "create {}: {}", path, std::strerror(errno));
