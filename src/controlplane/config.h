@@ -90,7 +90,8 @@ struct MicrovmConfig {
   int64_t pids = 256;
   double cpus = 1;
   int64_t disk_mb = 256;
-  bool templates = true;  // sandboxes from template snapshots (docs/sandbox.md)
+  bool templates = true;           // sandboxes from template snapshots (docs/sandbox.md)
+  int64_t qemu_overhead_mb = 192;  // QEMU's cgroup: the guest's RAM plus this
 };
 
 // [files]: where sessions' files live and how URLs to them are bounded. See docs/operators.md.

@@ -27,6 +27,7 @@
 #include "common/json_util.h"
 #include "common/log.h"
 #include "common/time_util.h"
+#include "sandbox/cgroups.h"
 #include "sandbox/cpio.h"
 #include "sandbox/qmp.h"
 #include "sandbox/seccomp_bpf.h"
@@ -51,6 +52,10 @@ constexpr const char* kKernelArgs =
     "rdinit=/init";
 // Guest RAM below this cannot boot Debian's kernel and an initramfs.
 constexpr int64_t kMinMemoryMb = 128;
+// TCG's cache of translated code, in MiB: QEMU's default (1 GiB on 64-bit hosts) would let a
+// guest that runs much varied code grow QEMU by that much; this bounds it, and with it what
+// qemu_overhead_mb must allow.
+constexpr int kTcgCodeCacheMb = 64;
 
 // What a handle names: "airlock-vm-<sandbox id>:<work dir>". Everything of a VM lives in its
 // work dir, so the handle survives a control-plane restart.
@@ -220,6 +225,19 @@ class MicrovmBackend : public Backend {
       uid_pool_ = std::make_unique<UidPool>(o_.uid_range_start, o_.uid_range_size, [](uint32_t id) {
         return HostKnowsId(id) || UidHasProcesses(id);
       });
+      cgroups_ = DetectCgroups();
+      jail_root_ = o_.cache_dir + "/jail";
+      std::error_code ec;
+      fs::create_directories(jail_root_, ec);
+      jailed_ = !ec;
+      if (ec) {
+        log::Warn("microvm: QEMU runs without its own mount namespace",
+                  {{"directory", jail_root_}, {"error", ec.message()}});
+      }
+      if (cgroups_.v1_mounts.count("memory") == 0 && cgroups_.mode != CgroupMode::kV2) {
+        log::Warn("microvm: no memory cgroup controller: QEMU's memory is not limited",
+                  {{"cgroups", std::string(CgroupModeName(cgroups_.mode))}});
+      }
     }
   }
 
@@ -358,7 +376,7 @@ class MicrovmBackend : public Backend {
   // a VM booted without a launch, saved once its init waits for one.
   Result<std::string> Template(const Machine& m) {
     const std::string key =
-        Sha256Hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}", m.disk, m.accel, m.initrd,
+        Sha256Hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}", m.disk, AccelArg(m), m.initrd,
                               m.memory_mb, m.cpus, kernel_args_, KernelStamp(), qemu_))
             .substr(0, 16);
     // Short: QEMU's sockets live in it, and a Unix socket's path has at most 107 bytes.
@@ -400,7 +418,7 @@ class MicrovmBackend : public Backend {
         return Ok();
       }();
       ::kill(pid, SIGKILL);
-      AwaitExit(pid);
+      AwaitExit(t, pid);
       return saved;
     }();
     if (uid_pool_) uid_pool_->Release(t.id);
@@ -435,7 +453,7 @@ class MicrovmBackend : public Backend {
     if (!launched) {
       relay_.Detach(h.id);
       ::kill(pid, SIGKILL);
-      AwaitExit(pid);
+      AwaitExit(h, pid);
       return std::unexpected(launched.error());
     }
     return pid;
@@ -494,11 +512,14 @@ class MicrovmBackend : public Backend {
     return ReadSmallFile(o_.kernel_dir + "/VERSION", 256) + ":" + std::to_string(ec ? 0 : size);
   }
 
+  static std::string AccelArg(const Machine& m) {
+    return m.accel == "tcg" ? fmt::format("tcg,tb-size={}", kTcgCodeCacheMb) : m.accel;
+  }
+
   // QEMU's command line for machine `m` with the files of `h`.
   std::vector<std::string> MachineArgs(const Handle& h, const Machine& m) {
     const int64_t memory_mb = m.memory_mb;
     const int cpus = m.cpus;
-    const std::string& accel = m.accel;
     const std::string& disk = m.disk;
     std::vector<std::string> argv = {
 
@@ -508,7 +529,7 @@ class MicrovmBackend : public Backend {
         "-machine",
         "microvm,x-option-roms=off,rtc=on",
         "-accel",
-        accel,
+        AccelArg(m),
         "-m",
         std::to_string(memory_mb),
         "-smp",
@@ -582,10 +603,68 @@ class MicrovmBackend : public Backend {
          {"status", "qemu.pid", "qemu.log", "channel.sock", "qmp.sock", "launch.sock"}) {
       ::unlink(h.file(stale).c_str());
     }
+    std::optional<DaemonJail> jail;
+    if (jailed_) {
+      AIRLOCK_ASSIGN_OR_RETURN(jail, JailOf(h, argv));
+    }
     // Not -daemonize: QEMU forks for it, which its own seccomp filter (spawn=deny) forbids.
-    AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, SpawnDaemon(argv, {}, h.file("qemu.log"), incoming));
-    AIRLOCK_TRY(AwaitQemu(h, pid));
-    return pid;
+    auto pid = SpawnDaemon(argv, {}, h.file("qemu.log"), incoming, jail ? &*jail : nullptr);
+    if (!pid) {
+      if (jailed_) RemoveMemoryCgroup(cgroups_, CgroupOf(h));
+      return std::unexpected(pid.error());
+    }
+    if (auto st = AwaitQemu(h, *pid); !st) {
+      AwaitExit(h, *pid);
+      return std::unexpected(st.error());
+    }
+    return *pid;
+  }
+
+  // What confines the QEMU of `argv`, as Firecracker's jailer does its VMM (as root):
+  // - a memory cgroup of its own that allows the guest's RAM plus qemu_overhead_mb;
+  // - a mount namespace of its own whose root holds the host's /usr (QEMU, its libraries and
+  //   firmware), the few devices it opens, the files its command line names (kernel, initrd,
+  //   disk: read-only) and the VM's own directory and log (writable). No /proc, no /etc, no
+  //   other VM, nothing of the control plane: what escapes the guest into QEMU finds no more.
+  Result<DaemonJail> JailOf(const Handle& h, const std::vector<std::string>& argv) {
+    DaemonJail jail;
+    int64_t memory_mb = 0;
+    bool kvm = false;
+    for (size_t i = 0; i + 1 < argv.size(); ++i) {
+      const std::string& flag = argv[i];
+      const std::string& value = argv[i + 1];
+      if (flag == "-m") {
+        memory_mb = std::atoll(value.c_str());
+      } else if (flag == "-accel") {
+        kvm = value == "kvm";
+      } else if (flag == "-kernel" || flag == "-initrd") {
+        jail.read_only.push_back(value);
+      } else if (flag == "-drive") {
+        // "id=root,file=<path>,format=raw,...": our own line, whose paths hold no comma.
+        if (auto at = value.find("file="); at != std::string::npos) {
+          jail.read_only.push_back(value.substr(at + 5, value.find(',', at) - at - 5));
+        }
+      }
+    }
+    if (memory_mb <= 0) return Errorf(ErrorCode::kInternal, "{}: no -m in qemu's arguments", h.id);
+    auto procs = MakeMemoryCgroup(cgroups_, CgroupOf(h), (memory_mb + o_.qemu_overhead_mb) << 20);
+    if (procs) {
+      jail.cgroups.push_back(*procs);
+    } else if (procs.error().code != ErrorCode::kUnavailable) {
+      return std::unexpected(procs.error());
+    }
+    for (const char* host :
+         {"/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/dev/null", "/dev/zero", "/dev/urandom"}) {
+      if (Exists(host) || fs::is_symlink(host)) jail.read_only.push_back(host);
+    }
+    if (!argv.empty() && !argv[0].starts_with("/usr/")) jail.read_only.push_back(argv[0]);
+    if (kvm) jail.read_only.push_back("/dev/kvm");
+    // QEMU appends to the agent's log, which lives beside the VM's files, not among them; made
+    // here if missing, as a bind needs something to bind.
+    UniqueFd log(::open(LogPath(h).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+    jail.writable = {h.dir + "/vm", LogPath(h)};
+    jail.root = jail_root_;
+    return jail;
   }
 
   Status Suspend(const std::string& handle) override {
@@ -626,10 +705,10 @@ class MicrovmBackend : public Backend {
                         fmt::format("keep {}'s snapshot: {}", h.id, std::strerror(errno))});
     }
     (void)qmp.Execute("quit");
-    AwaitExit(*pid);
+    AwaitExit(h, *pid);
     if (LivePid(h)) {
       ::kill(*pid, SIGKILL);
-      AwaitExit(*pid);
+      AwaitExit(h, *pid);
     }
     // Its uid is free until it wakes: a restored QEMU may run as another.
     if (uid_pool_) uid_pool_->Release(h.id);
@@ -648,8 +727,10 @@ class MicrovmBackend : public Backend {
     relay_.Detach(h.id);
     if (auto pid = LivePid(h)) {
       ::kill(*pid, SIGKILL);
-      AwaitExit(*pid);
+      AwaitExit(h, *pid);
     }
+    // An exited QEMU's cgroup stays until here: Inspect reads its OOM kills.
+    if (jailed_) RemoveMemoryCgroup(cgroups_, CgroupOf(h));
     std::error_code ec;
     fs::remove_all(h.dir + "/vm", ec);
     fs::remove(o_.state_dir + "/" + h.id, ec);
@@ -679,7 +760,12 @@ class MicrovmBackend : public Backend {
     }
     s.state = SandboxState::kExited;
     ParseStatus(ReadSmallFile(h.file("status"), 256), s);
-    if (!s.exit_code) {
+    if (jailed_ && OomKillCount(cgroups_, CgroupOf(h)) > 0) {
+      // QEMU itself outgrew its cgroup: the guest's RAM plus qemu_overhead_mb.
+      s.exit_code = 137;
+      s.oom_killed = true;
+      s.detail = "the VM's QEMU was killed for using more than its memory limit";
+    } else if (!s.exit_code) {
       // Init never reported: the guest died (a kernel panic, QEMU killed).
       s.exit_code = 125;
       s.detail = "the VM stopped without a report from init; its console: " + ConsoleTail(h);
@@ -757,12 +843,16 @@ class MicrovmBackend : public Backend {
   // A hibernated VM: its snapshot is on disk and no QEMU runs it.
   static bool Hibernated(const Handle& h) { return Exists(h.file("snapshot")) && !LivePid(h); }
 
-  // QEMU is not our child (SpawnDaemon): wait for its /proc entry to go.
-  static void AwaitExit(pid_t pid) {
+  // QEMU is not our child (SpawnDaemon): wait for its /proc entry to go, then for its
+  // cgroup, which the kernel removes only once it holds no process.
+  void AwaitExit(const Handle& h, pid_t pid) {
     for (int i = 0; i < 2500 && Exists(fmt::format("/proc/{}", pid)); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
+    if (jailed_) RemoveMemoryCgroup(cgroups_, CgroupOf(h));
   }
+
+  static std::string CgroupOf(const Handle& h) { return "/airlock/" + h.id; }
 
   // Writes QEMU's migration stream of its stopped guest (RAM and every device) to `path`,
   // which QEMU gets as a descriptor: it can open no file itself.
@@ -823,7 +913,7 @@ class MicrovmBackend : public Backend {
       auto outcome = AwaitMigration(qmp);
       if (!outcome || *outcome != "completed") {
         ::kill(pid, SIGKILL);
-        AwaitExit(pid);
+        AwaitExit(h, pid);
         return Errorf(ErrorCode::kUnavailable, "qemu could not restore {}: {} {}", h.id,
                       outcome ? *outcome : outcome.error().message,
                       ReadSmallFile(h.file("qemu.log"), 2048));
@@ -945,6 +1035,10 @@ class MicrovmBackend : public Backend {
   std::string base_initramfs_;
   std::mutex template_mu_;
   std::unique_ptr<UidPool> uid_pool_;  // as root: one host uid per QEMU
+  // As root, each QEMU in a cgroup and a mount namespace of its own (JailOf).
+  bool jailed_ = false;
+  CgroupLayout cgroups_;
+  std::string jail_root_;  // an empty directory each QEMU mounts its own root on
   VmRelay relay_;
 };
 

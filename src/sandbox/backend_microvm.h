@@ -40,6 +40,11 @@ struct MicrovmOptions {
   // restore of it plus its launch (its arguments, the clock, fresh randomness), not a boot.
   // Off: every sandbox boots.
   bool templates = true;
+  // As root, each QEMU runs in a memory cgroup of its own whose limit is the guest's RAM plus
+  // this: QEMU itself, its device state and (under TCG) its translated code, which the
+  // backend caps at kTcgCodeCacheMb. A QEMU that outgrows it is killed, and its sandbox is
+  // reported as OOM.
+  int64_t qemu_overhead_mb = 192;
 };
 
 // Runs each sandbox as a QEMU `microvm` guest: the image's tree as a read-only erofs disk,

@@ -2,9 +2,11 @@
 
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -192,6 +194,68 @@ int64_t OomKillCount(const CgroupLayout& layout, const std::string& rel) {
   if (!layout.v2_mount.empty())
     return OomKillField(ReadSmallFile(layout.v2_mount + rel + "/memory.events"));
   return -1;
+}
+
+namespace {
+
+Status WriteControl(const std::string& path, const std::string& value) {
+  std::ofstream f(path);
+  f << value;
+  f.flush();
+  if (!f) return Errorf(ErrorCode::kInternal, "write {:?} to {}: failed", value, path);
+  return Ok();
+}
+
+// The directory of `rel` in the hierarchy that has the memory controller, if any.
+std::string MemoryCgroupDir(const CgroupLayout& layout, const std::string& rel) {
+  if (auto it = layout.v1_mounts.find("memory"); it != layout.v1_mounts.end()) {
+    return it->second + rel;
+  }
+  if (layout.mode == CgroupMode::kV2 && !layout.v2_mount.empty()) return layout.v2_mount + rel;
+  return {};
+}
+
+}  // namespace
+
+Result<std::string> MakeMemoryCgroup(const CgroupLayout& layout, const std::string& rel,
+                                     int64_t memory_bytes) {
+  const std::string dir = MemoryCgroupDir(layout, rel);
+  if (dir.empty()) {
+    return MakeError(ErrorCode::kUnavailable, "this host has no memory cgroup controller");
+  }
+  const bool v1 = layout.v1_mounts.contains("memory");
+  if (!v1) {
+    // v2: a controller works in a cgroup only when every parent enables it for its children.
+    std::string at = layout.v2_mount;
+    for (const auto& part : Split(rel, '/')) {
+      AIRLOCK_TRY(WriteControl(at + "/cgroup.subtree_control", "+memory"));
+      at += "/" + part;
+      if (at == dir) break;
+      ::mkdir(at.c_str(), 0755);
+    }
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", dir, ec.message());
+  const std::string bytes = std::to_string(memory_bytes);
+  if (v1) {
+    AIRLOCK_TRY(WriteControl(dir + "/memory.limit_in_bytes", bytes));
+    // Memory + swap, where the kernel accounts swap: no way around the limit through swap.
+    if (std::filesystem::exists(dir + "/memory.memsw.limit_in_bytes")) {
+      AIRLOCK_TRY(WriteControl(dir + "/memory.memsw.limit_in_bytes", bytes));
+    }
+  } else {
+    AIRLOCK_TRY(WriteControl(dir + "/memory.max", bytes));
+    if (std::filesystem::exists(dir + "/memory.swap.max")) {
+      AIRLOCK_TRY(WriteControl(dir + "/memory.swap.max", "0"));
+    }
+  }
+  return dir + "/cgroup.procs";
+}
+
+void RemoveMemoryCgroup(const CgroupLayout& layout, const std::string& rel) {
+  const std::string dir = MemoryCgroupDir(layout, rel);
+  if (!dir.empty()) ::rmdir(dir.c_str());
 }
 
 }  // namespace airlock::sandbox

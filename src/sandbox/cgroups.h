@@ -44,4 +44,16 @@ std::vector<std::string> V1HierarchyDirs(std::string_view proc_self_cgroup);
 // The number of OOM kills in the cgroup at `rel` (e.g. "/airlock/<id>"); -1 if unknown.
 int64_t OomKillCount(const CgroupLayout& layout, const std::string& rel);
 
+// A memory cgroup at `rel` (e.g. "/airlock/<id>") for a process a backend starts itself
+// (QEMU): its memory limit `memory_bytes`, swap included where the host accounts for swap.
+// In the v1 memory hierarchy, or on a pure v2 host in the unified one (with the memory
+// controller enabled on the way down). Returns the cgroup.procs file to join; kUnavailable
+// when the host has no memory controller to use (the caller says so and goes on).
+Result<std::string> MakeMemoryCgroup(const CgroupLayout& layout, const std::string& rel,
+                                     int64_t memory_bytes);
+
+// Removes the cgroup MakeMemoryCgroup made at `rel`, which must hold no process by then.
+// Quiet when there is none.
+void RemoveMemoryCgroup(const CgroupLayout& layout, const std::string& rel);
+
 }  // namespace airlock::sandbox

@@ -3,6 +3,7 @@
 // reason where QEMU, mkfs.erofs or the guest kernel (scripts/guest-kernel.sh) are missing.
 #include "sandbox/backend_microvm.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -15,6 +16,7 @@
 #include "common/crypto.h"
 #include "common/json_util.h"
 #include "sandbox/backend_test_support.h"
+#include "sandbox/cgroups.h"
 
 namespace airlock::sandbox {
 namespace {
@@ -324,6 +326,95 @@ TEST_F(MicrovmBackendTest, HibernatesToDiskAndWakesWithItsMemory) {
   ASSERT_TRUE(backend_->Destroy(h).has_value());
   EXPECT_FALSE(fs::exists(vm));
   EXPECT_EQ(WaitFor(h, SandboxState::kMissing).state, SandboxState::kMissing);
+}
+
+// The memory cgroup file `name` of the QEMU of handle `h` ("" when the host has no memory
+// controller).
+std::string QemuCgroupFile(const std::string& h, const std::string& v1_name,
+                           const std::string& v2_name) {
+  CgroupLayout layout = DetectCgroups();
+  std::string rel = "/airlock/" + h.substr(0, h.find(':'));
+  if (auto mem = layout.v1_mounts.find("memory"); mem != layout.v1_mounts.end()) {
+    return mem->second + rel + "/" + v1_name;
+  }
+  if (layout.mode == CgroupMode::kV2) return layout.v2_mount + rel + "/" + v2_name;
+  return {};
+}
+
+pid_t QemuPid(const std::string& h) {
+  return static_cast<pid_t>(
+      std::atol(ReadFileOr(h.substr(h.find(':') + 1) + "/vm/qemu.pid").c_str()));
+}
+
+// Firecracker's jailer for QEMU (as root): each QEMU has a root of its own, read-only, with
+// /usr, a few devices, its own VM's files and the files its command line names, and nothing
+// else: no /etc, no /proc, no other VM, no cache of other images; and it is charged to a
+// memory cgroup of the guest's RAM plus qemu_overhead_mb.
+TEST_F(MicrovmBackendTest, QemuRunsInAMountNamespaceAndACgroupOfItsOwn) {
+  if (::geteuid() != 0) GTEST_SKIP() << "QEMU is jailed only when the control plane is root";
+  std::string a = Create({"/bin/sh", "-c", "echo started; exec sleep 600"});
+  std::string b = Create({"/bin/sh", "-c", "echo started; exec sleep 600"});
+  ASSERT_TRUE(WaitForLog(a, "started")) << Log(a);
+  ASSERT_TRUE(WaitForLog(b, "started")) << Log(b);
+  pid_t pid = QemuPid(a);
+  ASSERT_GT(pid, 1);
+  const std::string root = fmt::format("/proc/{}/root", pid);
+  std::error_code ec;
+  EXPECT_NE(fs::read_symlink(fmt::format("/proc/{}/ns/mnt", pid), ec),
+            fs::read_symlink("/proc/self/ns/mnt", ec));
+  const std::string dir_a = a.substr(a.find(':') + 1), dir_b = b.substr(b.find(':') + 1);
+  EXPECT_TRUE(fs::exists(root + dir_a + "/vm/qmp.sock")) << "its own files";
+  EXPECT_TRUE(fs::exists(root + dir_a + "/sandbox.log")) << "its agent's log";
+  EXPECT_TRUE(fs::exists(root + "/usr/lib")) << "QEMU's libraries";
+  EXPECT_FALSE(fs::exists(root + dir_b)) << "another VM's files";
+  EXPECT_FALSE(fs::exists(root + "/etc/passwd"));
+  EXPECT_FALSE(fs::exists(root + "/proc/1"));
+  EXPECT_FALSE(fs::exists(root + "/root"));
+  EXPECT_FALSE(fs::exists(root + dir_ + "/cache/tpl")) << "templates";
+  EXPECT_FALSE(fs::exists(root + dir_ + "/rootfs")) << "the image's tree";
+  // Nothing can be planted in its root or its /usr, even by root.
+  for (const std::string& where : {root + "/planted", root + "/usr/planted"}) {
+    int fd = ::open(where.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    EXPECT_LT(fd, 0) << where;
+    EXPECT_EQ(errno, EROFS) << where;
+    if (fd >= 0) ::close(fd);
+  }
+  std::string limit = QemuCgroupFile(a, "memory.limit_in_bytes", "memory.max");
+  if (limit.empty()) GTEST_SKIP() << "no memory cgroup controller on this host";
+  EXPECT_NE(
+      ReadFileOr(fmt::format("/proc/{}/cgroup", pid)).find("/airlock/" + a.substr(0, a.find(':'))),
+      std::string::npos);
+  EXPECT_EQ(std::atoll(ReadFileOr(limit).c_str()), (256 + 192) << 20) << limit;
+}
+
+// A QEMU that outgrows its cgroup is killed by the host's kernel, alone, and its sandbox is
+// reported as OOM with the reason. The test lowers the limit to just above what the running
+// VM holds; the agent then fills its /tmp, which is guest RAM.
+TEST_F(MicrovmBackendTest, AQemuThatOutgrowsItsCgroupIsKilledAndReportedAsOom) {
+  if (::geteuid() != 0) GTEST_SKIP() << "QEMU is jailed only when the control plane is root";
+  std::string h = Create({"/bin/sh", "-c",
+                          "echo started; sleep 5; head -c 100000000 /dev/zero > /tmp/fill; "
+                          "echo filled; exec sleep 600"});
+  std::string other = Create({"/bin/sh", "-c", "echo started; exec sleep 600"});
+  ASSERT_TRUE(WaitForLog(h, "started")) << Log(h);
+  std::string limit = QemuCgroupFile(h, "memory.limit_in_bytes", "memory.max");
+  if (limit.empty()) GTEST_SKIP() << "no memory cgroup controller on this host";
+  std::string usage = QemuCgroupFile(h, "memory.usage_in_bytes", "memory.current");
+  {
+    std::ofstream f(limit);
+    f << std::atoll(ReadFileOr(usage).c_str()) + (8 << 20);
+  }
+  auto st = WaitFor(h, SandboxState::kExited);
+  EXPECT_EQ(Log(h).find("filled"), std::string::npos) << "the limit came too late:\n" << Log(h);
+  EXPECT_TRUE(st.oom_killed) << st.detail;
+  EXPECT_EQ(st.exit_code, 137);
+  EXPECT_NE(st.detail.find("QEMU"), std::string::npos) << st.detail;
+  // Only that VM.
+  EXPECT_EQ(backend_->Inspect(other)->state, SandboxState::kRunning);
+  const std::string cgroup_dir = fs::path(limit).parent_path();
+  EXPECT_TRUE(fs::exists(cgroup_dir)) << "kept for Inspect until the sandbox is destroyed";
+  ASSERT_TRUE(backend_->Destroy(h).has_value());
+  EXPECT_FALSE(fs::exists(cgroup_dir));
 }
 
 TEST_F(MicrovmBackendTest, RefusesImagesThatBindHostDirectories) {

@@ -2,14 +2,19 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 #include <vector>
 
 namespace airlock::sandbox {
@@ -28,8 +33,131 @@ void CloseFdsFrom(int first, int keep) {
   }
 }
 
+namespace {
+
+// One step of making a jail's root, prepared before fork so that the child only makes system
+// calls (async-signal-safe) on strings that exist already.
+struct JailStep {
+  enum Kind { kDir, kFile, kLink, kBind, kRemount } kind;
+  std::string path;         // in the new root: the jail's root + the host path
+  std::string source;       // kBind: the host path; kLink: the link's target
+  unsigned long flags = 0;  // kRemount
+};
+
+Result<std::vector<JailStep>> PlanJail(const DaemonJail& jail) {
+  std::vector<std::pair<std::string, bool>> paths;  // (host path, writable)
+  for (const auto& p : jail.read_only) paths.emplace_back(p, false);
+  for (const auto& p : jail.writable) paths.emplace_back(p, true);
+  // A parent before what is under it: a bind mounted later would hide the earlier one.
+  std::sort(paths.begin(), paths.end());
+  std::vector<JailStep> steps;
+  std::set<std::string> made;
+  for (const auto& [host, writable] : paths) {
+    if (host.size() < 2 || host[0] != '/' || host.back() == '/' ||
+        host.find("/..") != std::string::npos || host.find("//") != std::string::npos) {
+      return Errorf(ErrorCode::kInvalidArgument, "jail: {:?} is not a plain absolute path", host);
+    }
+    for (size_t slash = host.find('/', 1); slash != std::string::npos;
+         slash = host.find('/', slash + 1)) {
+      if (made.insert(host.substr(0, slash)).second) {
+        steps.push_back({JailStep::kDir, jail.root + host.substr(0, slash), {}, 0});
+      }
+    }
+    if (!made.insert(host).second) continue;
+    struct stat st {};
+    if (::lstat(host.c_str(), &st) != 0) {
+      return Errorf(ErrorCode::kNotFound, "jail: {}: {}", host, std::strerror(errno));
+    }
+    if (S_ISLNK(st.st_mode)) {
+      char target[4096];
+      ssize_t n = ::readlink(host.c_str(), target, sizeof(target) - 1);
+      if (n <= 0) return Errorf(ErrorCode::kInternal, "jail: readlink {}", host);
+      steps.push_back({JailStep::kLink, jail.root + host, std::string(target, n), 0});
+      continue;
+    }
+    const bool device = S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode);
+    steps.push_back(
+        {S_ISDIR(st.st_mode) ? JailStep::kDir : JailStep::kFile, jail.root + host, {}, 0});
+    steps.push_back({JailStep::kBind, jail.root + host, host, 0});
+    unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID;
+    if (!writable) flags |= MS_RDONLY;
+    if (!device) flags |= MS_NODEV;
+    steps.push_back({JailStep::kRemount, jail.root + host, {}, flags});
+  }
+  return steps;
+}
+
+// Writes "jail: <what> <path>: errno <n>" to `fd`, with async-signal-safe calls only; false.
+bool JailFailed(int fd, const char* what, const char* path) {
+  int err = errno;
+  char digits[16];
+  int n = 0;
+  do {
+    digits[sizeof(digits) - 1 - n++] = static_cast<char>('0' + err % 10);
+    err /= 10;
+  } while (err > 0 && n < 15);
+  [[maybe_unused]] ssize_t w = ::write(fd, "airlock: jail: ", 15);
+  w = ::write(fd, what, std::strlen(what));
+  w = ::write(fd, " ", 1);
+  w = ::write(fd, path, std::strlen(path));
+  w = ::write(fd, ": errno ", 8);
+  w = ::write(fd, digits + sizeof(digits) - n, n);
+  w = ::write(fd, "\n", 1);
+  return false;
+}
+
+// In the daemon, before exec: a mount namespace of its own whose root holds only what
+// `steps` put there. False (with the reason in `log_fd`) when a step fails.
+bool EnterJail(const std::string& root, const std::vector<JailStep>& steps, int log_fd) {
+  if (::unshare(CLONE_NEWNS) != 0) return JailFailed(log_fd, "unshare", root.c_str());
+  // Nothing done here may reach the host's mounts.
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    return JailFailed(log_fd, "make private", "/");
+  }
+  if (::mount("tmpfs", root.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "mode=0755,size=64k") != 0) {
+    return JailFailed(log_fd, "mount tmpfs on", root.c_str());
+  }
+  for (const auto& s : steps) {
+    bool ok = true;
+    switch (s.kind) {
+      case JailStep::kDir:
+        ok = ::mkdir(s.path.c_str(), 0755) == 0 || errno == EEXIST;
+        break;
+      case JailStep::kFile: {
+        int fd = ::open(s.path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        ok = fd >= 0;
+        if (ok) ::close(fd);
+        break;
+      }
+      case JailStep::kLink:
+        ok = ::symlink(s.source.c_str(), s.path.c_str()) == 0;
+        break;
+      case JailStep::kBind:
+        ok = ::mount(s.source.c_str(), s.path.c_str(), nullptr, MS_BIND, nullptr) == 0;
+        break;
+      case JailStep::kRemount:
+        ok = ::mount(nullptr, s.path.c_str(), nullptr, s.flags, nullptr) == 0;
+        break;
+    }
+    if (!ok) return JailFailed(log_fd, "make", s.path.c_str());
+  }
+  // The new root replaces the old, which is then detached: nothing else of the host remains.
+  if (::chdir(root.c_str()) != 0 || ::syscall(SYS_pivot_root, ".", ".") != 0 ||
+      ::umount2(".", MNT_DETACH) != 0 || ::chdir("/") != 0) {
+    return JailFailed(log_fd, "pivot into", root.c_str());
+  }
+  if (::mount(nullptr, "/", nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+              nullptr) != 0) {
+    return JailFailed(log_fd, "make read-only", "/");
+  }
+  return true;
+}
+
+}  // namespace
+
 Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-                          const std::string& log_path, int pass_fd) {
+                          const std::string& log_path, int pass_fd, const DaemonJail* jail) {
   if (argv.empty() || argv[0].empty() || argv[0][0] != '/') {
     return MakeError(ErrorCode::kInvalidArgument, "SpawnDaemon needs an absolute path");
   }
@@ -43,9 +171,30 @@ Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vecto
   cargv.push_back(nullptr);
   for (auto& e : envs) cenv.push_back(e.data());
   cenv.push_back(nullptr);
+  const bool jailed = jail && !jail->root.empty();
+  std::vector<JailStep> steps;
+  if (jailed) {
+    AIRLOCK_ASSIGN_OR_RETURN(steps, PlanJail(*jail));
+  }
+  std::vector<int> cgroup_fds;
+  auto close_cgroups = [&] {
+    for (int fd : cgroup_fds) ::close(fd);
+  };
+  for (size_t i = 0; jail && i < jail->cgroups.size(); ++i) {
+    int fd = ::open(jail->cgroups[i].c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      close_cgroups();
+      return Errorf(ErrorCode::kInternal, "open {}: {}", jail->cgroups[i], std::strerror(err));
+    }
+    cgroup_fds.push_back(fd);
+  }
   int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (log_fd < 0)
-    return Errorf(ErrorCode::kInternal, "open {}: {}", log_path, std::strerror(errno));
+  if (log_fd < 0) {
+    int err = errno;
+    close_cgroups();
+    return Errorf(ErrorCode::kInternal, "open {}: {}", log_path, std::strerror(err));
+  }
   int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   // The daemon's pid comes back from the middle process through this pipe.
   int pipefd[2];
@@ -53,6 +202,7 @@ Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vecto
     int err = errno;
     ::close(log_fd);
     if (null_fd >= 0) ::close(null_fd);
+    close_cgroups();
     return Errorf(ErrorCode::kInternal, "pipe: {}", std::strerror(err));
   }
   static constexpr char kExecFailed[] = "exec failed\n";
@@ -64,6 +214,22 @@ Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vecto
       [[maybe_unused]] auto n = ::write(pipefd[1], &daemon, sizeof(daemon));
       ::_exit(daemon > 0 ? 0 : 1);
     }
+    // Into its cgroups and its jail first: the descriptors used for that may be the ones the
+    // dup2s below take.
+    if (!cgroup_fds.empty()) {
+      char pid[16];
+      int n = 0;
+      for (pid_t v = ::getpid(); v > 0 && n < 15; v /= 10) {
+        pid[sizeof(pid) - 1 - n++] = static_cast<char>('0' + v % 10);
+      }
+      for (size_t i = 0; i < cgroup_fds.size(); ++i) {
+        if (::write(cgroup_fds[i], pid + sizeof(pid) - n, n) != n) {
+          (void)JailFailed(log_fd, "join the cgroup of", jail->cgroups[i].c_str());
+          ::_exit(126);
+        }
+      }
+    }
+    if (jailed && !EnterJail(jail->root, steps, log_fd)) ::_exit(126);
     ::dup2(null_fd, 0);
     ::dup2(log_fd, 1);
     ::dup2(log_fd, 2);
@@ -86,6 +252,7 @@ Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vecto
   ::close(pipefd[1]);
   ::close(log_fd);
   ::close(null_fd);
+  close_cgroups();
   if (middle < 0) {
     ::close(pipefd[0]);
     return Errorf(ErrorCode::kUnavailable, "fork: {}", std::strerror(errno));
