@@ -1,14 +1,17 @@
 #include "guest.h"
 
 #include "mux.h"
+#include "privileges.h"
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/random.h>
 #include <net/if.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -453,6 +456,7 @@ Result<VmBoot> BootVm() {
     if (auto s = Reseed(LaunchValue(vm, "entropy")); !s) return std::unexpected(s.error());
     if (!WriteAll(launch.get(), "launched\n", 9)) return FailErrno("write launched", errno);
   }
+  boot.launch = std::move(launch);
   if (auto s = MakeDir(kNewRoot, 0755); !s) return std::unexpected(s.error());
   if (auto s = MountRoot(vm); !s) return std::unexpected(s.error());
   auto cgroup = AgentCgroup(kNewRoot, VmSetting(vm, "pids", 0));
@@ -503,6 +507,12 @@ Status ServeChannel(UniqueFd channel, const std::string& socket_path) {
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
   std::thread([mux = std::move(*mux), port = std::move(port),
                listener = std::move(listener)]() mutable {
+    // Capabilities are per thread, and this one was made while init still held root's: it
+    // needs none to relay bytes.
+    if (auto s = KeepOnlyCapabilities({}); !s) {
+      Log("the channel's thread cannot drop its capabilities: " + s.error());
+      return;
+    }
     for (auto current = std::move(mux);;) {
       std::string why = current->Run();
       Log("the channel to the control plane ended (" + why + "); waiting for it to come back");
@@ -521,6 +531,57 @@ Status ServeChannel(UniqueFd channel, const std::string& socket_path) {
         return;
       }
       current = std::move(*next);
+    }
+  }).detach();
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return {};
+}
+
+Status KeepClock(UniqueFd launch) {
+  UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+  epoll_event want{};
+  want.events = EPOLLIN | EPOLLET;
+  if (!ep.valid() || ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, launch.get(), &want) != 0) {
+    return FailErrno("watch airlock.launch", errno);
+  }
+  sigset_t all, old;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);  // as the channel's thread: see ServeChannel
+  std::thread([ep = std::move(ep), port = std::move(launch)]() {
+    if (auto s = KeepOnlyCapabilities({CAP_SYS_TIME}); !s) {
+      Log("the clock's thread cannot drop its capabilities: " + s.error());
+      return;
+    }
+    std::string pending;
+    for (;;) {
+      epoll_event ev{};
+      if (::epoll_wait(ep.get(), &ev, 1, -1) < 0) {
+        if (errno == EINTR) continue;
+        Log("airlock.launch: epoll_wait: " + std::string(std::strerror(errno)));
+        return;
+      }
+      // Everything there is: a read of 0 is the host gone, EAGAIN is nothing more for now.
+      char chunk[256];
+      for (ssize_t n; (n = ::read(port.get(), chunk, sizeof(chunk))) > 0;) {
+        pending.append(chunk, static_cast<size_t>(n));
+      }
+      for (size_t eol; (eol = pending.find('\n')) != std::string::npos; pending.erase(0, eol + 1)) {
+        std::string_view line(pending.data(), eol);
+        uint64_t ms = 0;
+        if (!line.starts_with("clock ") ||
+            std::from_chars(line.data() + 6, line.data() + line.size(), ms).ec != std::errc() ||
+            ms == 0) {
+          Log("airlock.launch: ignored a message that is not a clock");
+          continue;
+        }
+        timespec now{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1000000};
+        if (::clock_settime(CLOCK_REALTIME, &now) != 0) {
+          Log("airlock.launch: set the clock: " + std::string(std::strerror(errno)));
+          continue;
+        }
+        WriteAll(port.get(), "clock set\n", 10);
+      }
+      if (pending.size() > 4096) pending.clear();  // no line of ours is that long
     }
   }).detach();
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);

@@ -39,6 +39,7 @@ struct VmBoot {
   std::vector<std::string> args;  // init's command line from /airlock/args
   UniqueFd channel;               // the airlock.channel port
   UniqueFd status;                // the airlock.status port
+  UniqueFd launch;                // the airlock.launch port (KeepClock)
   std::string cgroup;             // the agent's cgroup (for --cgroup-root)
   std::string seccomp_filter;     // /airlock/seccomp.bpf: the agent's filter (agent.h)
 };
@@ -59,5 +60,12 @@ Result<VmBoot> BootVm();
 // each connection to it becomes a stream over `channel` (see mux.h). The thread runs until
 // the VM powers off.
 Status ServeChannel(UniqueFd channel, const std::string& socket_path);
+
+// A stopped guest's clock stops with it: after a hibernation or a long pause it is behind by
+// the time it slept. The backend then writes "clock <ms since the epoch>\n" to the
+// airlock.launch port; a thread of its own, holding CAP_SYS_TIME and no other capability,
+// sets the clock and answers "clock set\n". It waits on the port edge-triggered, so an idle
+// VM with no host on that port never wakes for it.
+Status KeepClock(UniqueFd launch);
 
 }  // namespace airlock::init

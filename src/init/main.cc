@@ -458,6 +458,10 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
     Log(s.error());
     PowerOff(boot->status.get(), kInitFailed, false);
   }
+  if (auto s = KeepClock(std::move(boot->launch)); !s) {
+    Log(s.error());
+    PowerOff(boot->status.get(), kInitFailed, false);
+  }
   Init init(std::move(*opts), std::move(env));
   init.set_vm(std::move(boot->seccomp_filter));
   int code = init.Run();

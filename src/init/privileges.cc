@@ -134,12 +134,18 @@ DropStep DropAgentPrivileges(uid_t uid, gid_t gid, bool switch_ids) {
 }
 
 Status DropInitPrivileges(bool keep_sys_boot) {
+  if (keep_sys_boot) return KeepOnlyCapabilities({CAP_KILL, CAP_SYS_BOOT});
+  return KeepOnlyCapabilities({CAP_KILL});
+}
+
+Status KeepOnlyCapabilities(std::initializer_list<int> keep_caps) {
   CapSets caps;
   if (!GetCaps(&caps)) {
     return FailErrno("capget", errno);
   }
   bool has_setpcap = (caps.effective & Bit(CAP_SETPCAP)) != 0;
-  uint64_t wanted = Bit(CAP_KILL) | (keep_sys_boot ? Bit(CAP_SYS_BOOT) : 0);
+  uint64_t wanted = 0;
+  for (int cap : keep_caps) wanted |= Bit(cap);
   if (!DropBoundingSet(wanted, /*tolerate_eperm=*/!has_setpcap)) {
     return FailErrno("dropping the capability bounding set", errno);
   }

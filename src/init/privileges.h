@@ -2,6 +2,8 @@
 
 #include <sys/types.h>
 
+#include <initializer_list>
+
 #include "sys.h"
 
 namespace airlock::init {
@@ -36,5 +38,11 @@ DropStep DropAgentPrivileges(uid_t uid, gid_t gid, bool switch_ids);
 // by exiting). Without CAP_SETPCAP (rootless) the bounding set stays as it is: init then
 // holds no capability to lose.
 Status DropInitPrivileges(bool keep_sys_boot = false);
+
+// Leaves the calling thread (capabilities are per thread) only the capabilities whose numbers
+// are in `keep` (e.g. {CAP_SYS_TIME}; none when empty), in its bounding, permitted and
+// effective sets; clears its inheritable and ambient sets. Needs CAP_SETPCAP for the
+// bounding set; without it (rootless) that set stays.
+Status KeepOnlyCapabilities(std::initializer_list<int> keep);
 
 }  // namespace airlock::init
