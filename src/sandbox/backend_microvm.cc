@@ -56,6 +56,9 @@ constexpr int64_t kMinMemoryMb = 128;
 // guest that runs much varied code grow QEMU by that much; this bounds it, and with it what
 // qemu_overhead_mb must allow.
 constexpr int kTcgCodeCacheMb = 64;
+// A template no sandbox was made from for this long is removed at the next start: a new
+// kernel, init, QEMU or image version makes new ones and leaves the old behind.
+constexpr auto kTemplateMaxAge = std::chrono::days(7);
 
 // What a handle names: "airlock-vm-<sandbox id>:<work dir>". Everything of a VM lives in its
 // work dir, so the handle survives a control-plane restart.
@@ -103,6 +106,12 @@ Status WriteFile(const std::string& path, std::string_view data, mode_t mode) {
   return Ok();
 }
 
+bool IsZombie(pid_t pid) {
+  std::string stat = ReadSmallFile(fmt::format("/proc/{}/stat", pid), 1024);
+  size_t close = stat.rfind(')');
+  return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z';
+}
+
 // The pid QEMU wrote, if that process is still a QEMU of this VM (a recycled pid is not).
 std::optional<pid_t> LivePid(const Handle& h) {
   std::string text = ReadSmallFile(h.file("qemu.pid"), 64);
@@ -115,11 +124,7 @@ std::optional<pid_t> LivePid(const Handle& h) {
   if (pid <= 1) return std::nullopt;
   std::string cmdline = ReadSmallFile(fmt::format("/proc/{}/cmdline", pid), 1 << 16);
   if (cmdline.find(h.id) == std::string::npos) return std::nullopt;
-  std::string stat = ReadSmallFile(fmt::format("/proc/{}/stat", pid), 1024);
-  size_t close = stat.rfind(')');
-  if (close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z') {
-    return std::nullopt;  // a zombie is as good as gone
-  }
+  if (IsZombie(pid)) return std::nullopt;  // as good as gone
   return pid;
 }
 
@@ -239,6 +244,7 @@ class MicrovmBackend : public Backend {
                   {{"cgroups", std::string(CgroupModeName(cgroups_.mode))}});
       }
     }
+    SweepTemplates();
   }
 
   std::string_view name() const override { return "microvm"; }
@@ -382,8 +388,11 @@ class MicrovmBackend : public Backend {
     // Short: QEMU's sockets live in it, and a Unix socket's path has at most 107 bytes.
     const std::string dir = o_.cache_dir + "/tpl/" + key;
     std::lock_guard lock(template_mu_);  // one build at a time; the rest wait for it
-    if (Exists(dir + "/snapshot")) return dir;
-    Handle t{"airlock-tpl-" + key.substr(0, 12), dir};
+    if (Exists(dir + "/snapshot")) {
+      ::utimensat(AT_FDCWD, (dir + "/snapshot").c_str(), nullptr, 0);  // used: see SweepTemplates
+      return dir;
+    }
+    Handle t = TemplateHandle(dir);
     std::error_code ec;
     fs::remove_all(dir + "/vm", ec);
     fs::create_directories(dir + "/vm", ec);
@@ -428,6 +437,39 @@ class MicrovmBackend : public Backend {
     return dir;
   }
 
+  static Handle TemplateHandle(const std::string& dir) {
+    std::string key = dir.substr(dir.rfind('/') + 1);
+    return Handle{"airlock-tpl-" + key.substr(0, 12), dir};
+  }
+
+  // At start, before any build: what an earlier control plane left in the template cache.
+  // A build it did not finish (it died meanwhile) leaves a QEMU that no sweep of sandboxes
+  // finds, as it is in no state directory: it is killed and its files go. A template no
+  // sandbox was made from for kTemplateMaxAge goes too.
+  void SweepTemplates() {
+    std::error_code ec;
+    const auto now = fs::file_time_type::clock::now();
+    for (const auto& e : fs::directory_iterator(o_.cache_dir + "/tpl", ec)) {
+      const std::string dir = e.path().string();
+      Handle t = TemplateHandle(dir);
+      std::error_code ec2;
+      if (fs::exists(dir + "/vm", ec2)) {
+        if (auto pid = LivePid(t)) {
+          ::kill(*pid, SIGKILL);
+          AwaitExit(t, *pid);
+        }
+        fs::remove_all(dir + "/vm", ec2);
+      }
+      auto used = fs::last_write_time(dir + "/snapshot", ec2);
+      const bool unfinished = static_cast<bool>(ec2);
+      if (unfinished || now - used > kTemplateMaxAge) {
+        fs::remove_all(dir, ec2);
+        log::Info("microvm: removed a template", {{"template", e.path().filename().string()},
+                                                  {"why", unfinished ? "unfinished" : "unused"}});
+      }
+    }
+  }
+
   // A sandbox restored from the template in `tpl`: QEMU reads the snapshot, init gets this
   // sandbox's launch over airlock.launch and answers once it has it.
   Result<pid_t> FromTemplate(const Handle& h, const Machine& m, const std::string& tpl,
@@ -459,9 +501,8 @@ class MicrovmBackend : public Backend {
     return pid;
   }
 
-  // Writes the launch to the restored guest's airlock.launch, lets the guest run, and waits
-  // for init's "launched".
-  Status SendLaunch(const Handle& h, QmpSession& qmp, const Launch& launch) {
+  // A connection to the guest's airlock.launch port, with `message` written to it.
+  static Result<UniqueFd> WriteToLaunchPort(const Handle& h, const std::string& message) {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     const std::string path = h.file("launch.sock");
@@ -474,35 +515,63 @@ class MicrovmBackend : public Backend {
         ::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
       return Errorf(ErrorCode::kUnavailable, "connect {}: {}", path, std::strerror(errno));
     }
-    std::string body = fmt::format("time_ms {}\nentropy {}\n{}args\n{}", NowMillis(),
-                                   HexEncode(RandomBytes(64)), launch.settings, launch.args);
-    std::string message = fmt::format("launch {}\n", body.size()) + body;
     if (::send(sock.get(), message.data(), message.size(), MSG_NOSIGNAL) !=
         static_cast<ssize_t>(message.size())) {
-      return Errorf(ErrorCode::kUnavailable, "write the launch: {}", std::strerror(errno));
+      return Errorf(ErrorCode::kUnavailable, "write to {}: {}", path, std::strerror(errno));
     }
-    AIRLOCK_TRY(qmp.Execute("cont"));
+    return sock;
+  }
+
+  // Init's one-line answer on the launch port (at most 64 bytes), or why there is none.
+  static Result<std::string> AwaitAnswer(const UniqueFd& sock, std::chrono::milliseconds wait) {
     std::string answer;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    auto deadline = std::chrono::steady_clock::now() + wait;
     while (answer.find('\n') == std::string::npos && answer.size() < 64) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           deadline - std::chrono::steady_clock::now());
       pollfd p{sock.get(), POLLIN, 0};
       if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
-        return MakeError(ErrorCode::kUnavailable, "the restored guest did not take its launch");
+        return MakeError(ErrorCode::kUnavailable, "no answer from the guest's init");
       }
       char buf[64];
       ssize_t n = ::recv(sock.get(), buf, sizeof(buf), 0);
-      if (n <= 0) {
-        return MakeError(ErrorCode::kUnavailable, "the restored guest closed its launch port");
-      }
+      if (n <= 0) return MakeError(ErrorCode::kUnavailable, "the guest closed its launch port");
       answer.append(buf, static_cast<size_t>(n));
     }
-    if (answer != "launched\n") {
+    return answer;
+  }
+
+  // Writes the launch to the restored guest's airlock.launch, lets the guest run, and waits
+  // for init's "launched".
+  Status SendLaunch(const Handle& h, QmpSession& qmp, const Launch& launch) {
+    std::string body = fmt::format("time_ms {}\nentropy {}\n{}args\n{}", NowMillis(),
+                                   HexEncode(RandomBytes(64)), launch.settings, launch.args);
+    AIRLOCK_ASSIGN_OR_RETURN(UniqueFd sock,
+                             WriteToLaunchPort(h, fmt::format("launch {}\n", body.size()) + body));
+    AIRLOCK_TRY(qmp.Execute("cont"));
+    auto answer = AwaitAnswer(sock, std::chrono::seconds(60));
+    if (!answer) return Errorf(ErrorCode::kUnavailable, "launch: {}", answer.error().message);
+    if (*answer != "launched\n") {
       return Errorf(ErrorCode::kUnavailable, "the restored guest answered its launch with {:?}",
-                    answer.substr(0, 64));
+                    answer->substr(0, 64));
     }
     return Ok();
+  }
+
+  // Sets the running guest's clock to the host's (init's KeepClock), after it slept.
+  // Best effort: a guest whose init predates KeepClock (hibernated before an upgrade) keeps
+  // its clock behind, which is logged.
+  void SetGuestClock(const Handle& h) {
+    auto answer = [&]() -> Result<std::string> {
+      AIRLOCK_ASSIGN_OR_RETURN(UniqueFd sock,
+                               WriteToLaunchPort(h, fmt::format("clock {}\n", NowMillis())));
+      return AwaitAnswer(sock, std::chrono::seconds(2));
+    }();
+    if (!answer || *answer != "clock set\n") {
+      log::Warn("microvm: the woken guest's clock was not set; it is behind by the time it slept",
+                {{"sandbox", h.id},
+                 {"error", answer ? "answered " + answer->substr(0, 64) : answer.error().message}});
+    }
   }
 
   // What identifies the guest kernel: a new one makes new templates.
@@ -670,7 +739,10 @@ class MicrovmBackend : public Backend {
   Status Suspend(const std::string& handle) override {
     AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
     if (Hibernated(h)) return Ok();  // already holds less than a pause would
-    return Qmp(h, "stop");
+    AIRLOCK_TRY(Qmp(h, "stop"));
+    // When it stopped: a guest paused for long gets its clock set at the resume.
+    (void)WriteFile(h.file("paused_at"), std::to_string(NowMillis()), 0600);
+    return Ok();
   }
 
   // The guest is stopped, its devices' and memory's state written by QEMU's migration
@@ -717,8 +789,16 @@ class MicrovmBackend : public Backend {
 
   Result<std::string> Resume(const std::string& handle) override {
     AIRLOCK_ASSIGN_OR_RETURN(Handle h, Decode(handle));
-    if (Hibernated(h)) AIRLOCK_TRY(Restore(h));
+    // A guest's clock stands still while it is stopped (hibernated or paused).
+    const std::string paused_at = ReadSmallFile(h.file("paused_at"), 64);
+    ::unlink(h.file("paused_at").c_str());
+    bool slept = !paused_at.empty() && NowMillis() - std::atoll(paused_at.c_str()) > 1000;
+    if (Hibernated(h)) {
+      AIRLOCK_TRY(Restore(h));
+      slept = true;
+    }
     AIRLOCK_TRY(Qmp(h, "cont"));
+    if (slept) SetGuestClock(h);
     return handle;
   }
 
@@ -766,8 +846,8 @@ class MicrovmBackend : public Backend {
       s.oom_killed = true;
       s.detail = "the VM's QEMU was killed for using more than its memory limit";
     } else if (!s.exit_code) {
-      // Init never reported: the guest died (a kernel panic, QEMU killed).
-      s.exit_code = 125;
+      // Init never reported: the guest died (QEMU killed, a kernel panic). No exit code, as
+      // for a container whose init was killed: the agent did not give up, it was taken.
       s.detail = "the VM stopped without a report from init; its console: " + ConsoleTail(h);
     } else {
       s.detail = "stopped";
@@ -846,7 +926,7 @@ class MicrovmBackend : public Backend {
   // QEMU is not our child (SpawnDaemon): wait for its /proc entry to go, then for its
   // cgroup, which the kernel removes only once it holds no process.
   void AwaitExit(const Handle& h, pid_t pid) {
-    for (int i = 0; i < 2500 && Exists(fmt::format("/proc/{}", pid)); ++i) {
+    for (int i = 0; i < 2500 && Exists(fmt::format("/proc/{}", pid)) && !IsZombie(pid); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     if (jailed_) RemoveMemoryCgroup(cgroups_, CgroupOf(h));

@@ -4,6 +4,7 @@
 #include "sandbox/backend_microvm.h"
 
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -258,7 +259,8 @@ TEST_F(MicrovmBackendTest, PausesResumesAndDestroys) {
 
 // Scale to zero: a hibernated VM has no QEMU and holds no memory, only a snapshot on disk,
 // and a process inside it carries on where it stopped, its memory (the shell's counter)
-// intact, and reaches the control plane again over a channel that came back.
+// intact, and reaches the control plane again over a channel that came back. Its clock is
+// the host's again, not behind by the time it slept.
 TEST_F(MicrovmBackendTest, HibernatesToDiskAndWakesWithItsMemory) {
   // The first wget is in flight across the hibernation (the control plane never answers it)
   // and gives up after the wake, on a stream of the host mux that was there before; the
@@ -269,7 +271,7 @@ TEST_F(MicrovmBackendTest, HibernatesToDiskAndWakesWithItsMemory) {
                           "(wget -q -T 8 -O- $CONTROL_PLANE_URL/hold; echo hold-done) & "
                           "i=0; while :; do i=$((i+1)); "
                           "echo \"tick $i $(wget -q -O- $CONTROL_PLANE_URL/echo/c$i)\"; "
-                          "sleep 0.2; done"});
+                          "echo \"clock $i $(date +%s)\"; sleep 0.2; done"});
   ASSERT_FALSE(h.empty());
   ASSERT_TRUE(WaitForLog(h, "tick 3 c3\n")) << Log(h);
   const std::string vm = h.substr(h.find(':') + 1) + "/vm";
@@ -287,9 +289,9 @@ TEST_F(MicrovmBackendTest, HibernatesToDiskAndWakesWithItsMemory) {
   EXPECT_EQ(st->state, SandboxState::kPaused);
   EXPECT_EQ(st->detail, "hibernated");
   EXPECT_TRUE(backend_->Hibernate(h).has_value()) << "hibernate is idempotent";
-  // Nothing runs while it sleeps.
+  // Nothing runs while it sleeps (long enough for a clock left behind to show).
   std::string asleep = Log(h);
-  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  std::this_thread::sleep_for(std::chrono::seconds(4));
   EXPECT_EQ(Log(h), asleep);
   int last = 0;
   for (size_t at = 0; (at = asleep.find("tick ", at)) != std::string::npos; at += 5) {
@@ -311,6 +313,13 @@ TEST_F(MicrovmBackendTest, HibernatesToDiskAndWakesWithItsMemory) {
   ASSERT_TRUE(WaitForLog(h, fmt::format("tick {} c{}\n", later, later))) << Log(h);
   std::string log = Log(h);
   EXPECT_EQ(log.find("tick 1 "), log.rfind("tick 1 ")) << "the counter started again:\n" << log;
+  const std::string clock_line = fmt::format("clock {} ", later);
+  ASSERT_TRUE(WaitForLog(h, clock_line)) << Log(h);
+  log = Log(h);
+  const long guest_time = std::atol(log.c_str() + log.find(clock_line) + clock_line.size());
+  const long host_time = static_cast<long>(::time(nullptr));
+  EXPECT_LE(guest_time, host_time + 1);
+  EXPECT_GE(guest_time, host_time - 2) << "the guest's clock is behind by the time it slept";
   EXPECT_EQ(WaitFor(h, SandboxState::kRunning).state, SandboxState::kRunning);
   // The stale stream was written on after the wake, and the channel still works.
   ASSERT_TRUE(WaitForLog(h, "hold-done\n")) << Log(h);
@@ -415,6 +424,42 @@ TEST_F(MicrovmBackendTest, AQemuThatOutgrowsItsCgroupIsKilledAndReportedAsOom) {
   EXPECT_TRUE(fs::exists(cgroup_dir)) << "kept for Inspect until the sandbox is destroyed";
   ASSERT_TRUE(backend_->Destroy(h).has_value());
   EXPECT_FALSE(fs::exists(cgroup_dir));
+}
+
+// A control plane that died while it built a template left its QEMU running and its files;
+// one that starts removes them, and templates no sandbox was made from for a week, and keeps
+// the rest.
+TEST_F(MicrovmBackendTest, AStartRemovesUnfinishedAndUnusedTemplates) {
+  const std::string tpl = dir_ + "/cache/tpl/";
+  const std::string building = tpl + "0123456789abcdef", old = tpl + "1111111111111111",
+                    fresh = tpl + "2222222222222222";
+  fs::create_directories(building + "/vm");
+  fs::create_directories(old);
+  fs::create_directories(fresh);
+  std::ofstream(old + "/snapshot") << "old";
+  std::ofstream(fresh + "/snapshot") << "fresh";
+  fs::last_write_time(old + "/snapshot", fs::file_time_type::clock::now() - std::chrono::days(8));
+  // The builder's QEMU stands in as a shell whose command line names the template's VM, as
+  // QEMU's -name does.
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", "sleep 600; : airlock-tpl-0123456789ab", nullptr);
+    ::_exit(127);
+  }
+  ASSERT_GT(pid, 0);
+  std::ofstream(building + "/vm/qemu.pid") << pid;
+  for (int i = 0; i < 200 && ReadFileOr(fmt::format("/proc/{}/cmdline", pid)).find("airlock-tpl") ==
+                                 std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  backend_ = Make();
+  int status = 0;
+  EXPECT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the builder still runs";
+  EXPECT_FALSE(fs::exists(building));
+  EXPECT_FALSE(fs::exists(old));
+  EXPECT_TRUE(fs::exists(fresh + "/snapshot"));
 }
 
 TEST_F(MicrovmBackendTest, RefusesImagesThatBindHostDirectories) {
