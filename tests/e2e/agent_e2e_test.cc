@@ -1,6 +1,7 @@
 // The whole path, end to end: the real `airlock serve`, real `oci` sandboxes of the built-in
 // `base` image running the reference agent (airlock-agent), and the scripted model, whose
-// replies drive the agent through tool calls that really run inside the sandbox.
+// replies drive the agent through tool calls that really run inside the sandbox. The same
+// tests run against `microvm` with AIRLOCK_TEST_BACKEND=microvm (agent_e2e_test_microvm).
 //
 // The scripted model answers reply N to a conversation holding N assistant messages (see
 // docs/operators.md); each test writes its own script into the server's configuration.
@@ -10,6 +11,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -33,11 +36,53 @@ Json Reply(const std::string& text, std::vector<Json> calls) {
   return r;
 }
 
+// The first session token in the writable memory of process `pid` ("" if none): "ast_" and
+// 43 characters of base64url. Mappings larger than `max_mapping` bytes are skipped.
+std::string TokenInMemory(int pid, unsigned long max_mapping) {
+  std::istringstream maps(ReadFile(fmt::format("/proc/{}/maps", pid)));
+  int mem = ::open(fmt::format("/proc/{}/mem", pid).c_str(), O_RDONLY | O_CLOEXEC);
+  if (mem < 0) return "";
+  auto token_char = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+  };
+  std::string found;
+  for (std::string line; found.empty() && std::getline(maps, line);) {
+    // "start-end rw-p ...": the heap and the anonymous mappings, where strings live.
+    unsigned long start = 0, end = 0;
+    char perms[5] = {};
+    if (std::sscanf(line.c_str(), "%lx-%lx %4s", &start, &end, perms) != 3 || perms[0] != 'r' ||
+        perms[1] != 'w' || end - start > max_mapping) {
+      continue;
+    }
+    std::string bytes(end - start, '\0');
+    ssize_t n = ::pread(mem, bytes.data(), bytes.size(), static_cast<off_t>(start));
+    if (n <= 0) continue;
+    bytes.resize(static_cast<size_t>(n));
+    for (size_t at = bytes.find("ast_"); found.empty() && at != std::string::npos;
+         at = bytes.find("ast_", at + 1)) {
+      if (at + 47 > bytes.size()) break;
+      std::string candidate = bytes.substr(at, 47);
+      if (std::all_of(candidate.begin() + 4, candidate.end(), token_char) &&
+          (at + 47 == bytes.size() || !token_char(bytes[at + 47]))) {
+        found = candidate;
+      }
+    }
+  }
+  ::close(mem);
+  return found;
+}
+
 // The token session `id`'s running agent holds, read as root from the host ("" if it cannot
 // be found). The agent took it from its environment and wiped that, so it is looked for in
 // the agent's writable memory: the sandbox's init is the container's process as its runtime
-// reports it, and the agent is init's child.
+// reports it, and the agent is init's child. In a microvm the agent's memory is the guest's
+// RAM, which is QEMU's.
 std::string AgentToken(const std::string& home, const std::string& id) {
+  if (TestBackendName() == "microvm") {
+    std::string handle = ReadFile(SandboxStatePath(home, id));
+    std::string dir = handle.substr(handle.find(':') + 1);
+    return TokenInMemory(std::atoi(ReadFile(dir + "/vm/qemu.pid").c_str()), ~0ul);
+  }
   const char* runtime = std::getenv("AIRLOCK_TEST_OCI_RUNTIME");
   std::string state_file = home + "/state-" + id + ".json";
   if (RunCommandLine(fmt::format("{} --root {}/run/oci state airlock-{} > {}",
@@ -49,29 +94,8 @@ std::string AgentToken(const std::string& home, const std::string& id) {
   if (!state || !state->contains("pid")) return "";
   int init = (*state)["pid"].get<int>();
   std::istringstream children(ReadFile(fmt::format("/proc/{0}/task/{0}/children", init)));
-  const std::regex token("ast_[A-Za-z0-9_-]{43}");
   for (int pid; children >> pid;) {
-    std::istringstream maps(ReadFile(fmt::format("/proc/{}/maps", pid)));
-    int mem = ::open(fmt::format("/proc/{}/mem", pid).c_str(), O_RDONLY | O_CLOEXEC);
-    if (mem < 0) continue;
-    std::string found;
-    for (std::string line; found.empty() && std::getline(maps, line);) {
-      // "start-end rw-p ...": the heap and the anonymous mappings, where strings live.
-      unsigned long start = 0, end = 0;
-      char perms[5] = {};
-      if (std::sscanf(line.c_str(), "%lx-%lx %4s", &start, &end, perms) != 3 || perms[0] != 'r' ||
-          perms[1] != 'w' || end - start > (64ul << 20)) {
-        continue;
-      }
-      std::string bytes(end - start, '\0');
-      ssize_t n = ::pread(mem, bytes.data(), bytes.size(), static_cast<off_t>(start));
-      if (n <= 0) continue;
-      bytes.resize(static_cast<size_t>(n));
-      std::smatch m;
-      if (std::regex_search(bytes, m, token)) found = m.str();
-    }
-    ::close(mem);
-    if (!found.empty()) return found;
+    if (auto found = TokenInMemory(pid, 64ul << 20); !found.empty()) return found;
   }
   return "";
 }
@@ -87,7 +111,7 @@ class AgentE2eTest : public ::testing::Test {
     for (const auto& id : created_) sbx_->server().Op(verb::delete_, "/v1/sessions/" + id);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     for (const auto& id : created_) {
-      std::string state_dir = sbx_->home() + "/run/oci/airlock-" + id;
+      std::string state_dir = SandboxStatePath(sbx_->home(), id);
       while (std::filesystem::exists(state_dir) && std::chrono::steady_clock::now() < deadline) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       }
@@ -164,8 +188,9 @@ class AgentE2eTest : public ::testing::Test {
     return r.body;
   }
 
-  // SIGKILL to every process of the session's sandbox (its cgroup names the session): the
-  // sandbox dies the way a crashed host process or an OOM of init would take it.
+  // SIGKILL to every process of the session's sandbox (its cgroup names the session: the
+  // container's, or the cgroup of the VM's QEMU): the sandbox dies the way a crashed host
+  // process or an OOM of init would take it.
   int KillSandbox(const std::string& id) {
     int killed = 0;
     DIR* d = ::opendir("/proc");
@@ -174,7 +199,9 @@ class AgentE2eTest : public ::testing::Test {
       if (pid <= 1) continue;
       std::ifstream f("/proc/" + std::string(e->d_name) + "/cgroup");
       std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-      if (text.find("airlock-" + id) != std::string::npos && ::kill(pid, SIGKILL) == 0) ++killed;
+      bool ours = text.find("airlock-" + id) != std::string::npos ||
+                  text.find("airlock-vm-" + id) != std::string::npos;
+      if (ours && ::kill(pid, SIGKILL) == 0) ++killed;
     }
     if (d) ::closedir(d);
     return killed;
@@ -222,9 +249,10 @@ TEST_F(AgentE2eTest, TheAgentRunsEveryToolInItsSandboxUploadsAndFinishes) {
   auto results = ToolResults(msgs);
   ASSERT_EQ(results.size(), 5u) << msgs.dump();
   // The sandbox's own host uid (sandbox.oci.uid_range_start, 2147000000 on), named `sandbox`
-  // inside.
+  // inside; in a VM the guest's agent user, 1000 (its QEMU runs as the host uid).
+  const std::string uid = TestBackendName() == "microvm" ? "1000" : "21470[0-9]{5}";
   EXPECT_TRUE(
-      std::regex_match(results[0], std::regex("exit code 0\n21470[0-9]{5}\nmade-in-sandbox\n")))
+      std::regex_match(results[0], std::regex("exit code 0\n" + uid + "\nmade-in-sandbox\n")))
       << results[0];
   EXPECT_EQ(results[1], "wrote 18 bytes to out/report.md");
   EXPECT_EQ(results[2], "# Report\nline two\n");
@@ -488,6 +516,8 @@ Json PythonAgentCommand() {
 TEST_F(AgentE2eTest, ThePythonExampleAgentCompletesTheSameTask) {
   if (::access("/usr/bin/python3", X_OK) != 0)
     GTEST_SKIP() << "no /usr/bin/python3 on this host for the host image";
+  if (TestBackendName() == "microvm")
+    GTEST_SKIP() << "the host image binds the host's /usr, which a VM cannot share";
   StartWithScript(EveryToolScript());
   std::string id = CreateAgentSession("write a report", PythonAgentCommand(), "host");
   auto out = sbx_->WaitForEnd(id, 90);

@@ -78,7 +78,8 @@ class ServerProcess {
               "--sandbox-listen", sb.c_str(), "--config", cfg.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
-    for (int i = 0; i < 1000; ++i) {
+    // 30 s: only bounds a hang; a loaded CI host (builds beside VMs under TCG) takes >10 s.
+    for (int i = 0; i < 3000; ++i) {
       int fd = RawConnect(op_);
       if (fd >= 0) {
         ::close(fd);
