@@ -289,6 +289,17 @@ Status ParsePools(const toml::table* t, Config& c) {
         AIRLOCK_TRY(r.String("backend", &p.backend));
         AIRLOCK_TRY(r.Strings("command", &p.command));
         AIRLOCK_TRY(r.Int("size", &p.size, 1, 1024));
+        // As a session's "limits" (validation.cc): 0 is below every minimum, so "unset".
+        int64_t memory_mb = 0, pids = 0, disk_mb = 0;
+        double cpus = 0;
+        AIRLOCK_TRY(r.Int("memory_mb", &memory_mb, 16, 1 << 20));
+        AIRLOCK_TRY(r.Int("pids", &pids, 1, 1 << 22));
+        AIRLOCK_TRY(r.Int("disk_mb", &disk_mb, 1, 1 << 24));
+        AIRLOCK_TRY(r.Double("cpus", &cpus, 0.01));
+        if (memory_mb) p.memory_mb = memory_mb;
+        if (pids) p.pids = pids;
+        if (disk_mb) p.disk_mb = disk_mb;
+        if (cpus > 0) p.cpus = cpus;
         AIRLOCK_TRY(r.RejectUnknown());
         AIRLOCK_TRY(FindKind(BackendKinds(), path + ".backend", p.backend));
         c.pools[name] = std::move(p);

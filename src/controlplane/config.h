@@ -56,6 +56,10 @@ struct PoolConfig {
   // only if it asks for the same.
   std::vector<std::string> command;
   int64_t size = 1;  // how many wait at any time
+  // The resource limits its sandboxes are made with; unset: the backend's defaults. A session
+  // takes one only if it asks for exactly these (and leaves out the unset ones).
+  std::optional<int64_t> memory_mb, pids, disk_mb;
+  std::optional<double> cpus;
 };
 
 struct OperatorKeyConfig {

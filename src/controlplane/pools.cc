@@ -19,6 +19,18 @@ constexpr auto kRetryAfterFailure = std::chrono::seconds(5);
 // How long a claim is remembered: longer than a reconciler's list of live sessions is old
 // when it sweeps, and than init's held identity request.
 constexpr auto kClaimMemory = std::chrono::seconds(60);
+// The limits that shape a sandbox, as a session's "limits" names them.
+constexpr const char* kResources[] = {"memory_mb", "cpus", "pids", "disk_mb"};
+
+Json ResourceLimits(const PoolConfig& c) {
+  Json out = Json::object();
+  if (c.memory_mb) out["memory_mb"] = *c.memory_mb;
+  if (c.cpus) out["cpus"] = *c.cpus;
+  if (c.pids) out["pids"] = *c.pids;
+  if (c.disk_mb) out["disk_mb"] = *c.disk_mb;
+  return out;
+}
+
 }  // namespace
 
 PoolManager::PoolManager(Deps d)
@@ -101,6 +113,7 @@ awaitable<Result<PoolManager::Waiting>> PoolManager::StartOne(Pool& pool) {
   s.image = pool.config.image;
   s.backend = pool.config.backend;
   s.command = Json(pool.config.command);
+  s.limits = ResourceLimits(pool.config);
   sandbox::SandboxSpec spec = MakeSandboxSpec(s, backend->capabilities(), Secret(),
                                               {w.dir, work_dir, d_.channels.SandboxUrl()});
   std::error_code ec;
@@ -130,13 +143,17 @@ std::optional<PoolManager::Waiting> PoolManager::Claim(const std::string& image,
                                                        const std::string& backend,
                                                        const Json& command, const Json& limits) {
   if (stopping_) return std::nullopt;
-  for (const char* resource : {"memory_mb", "cpus", "pids", "disk_mb"}) {
-    if (limits.is_object() && limits.contains(resource)) return std::nullopt;
-  }
   const Json empty = Json::array();
+  // The resource limits asked for, as the pools hold theirs (the other limits, such as
+  // timeouts and budgets, are the session's and need no sandbox of their own).
+  Json asked = Json::object();
+  for (const char* resource : kResources) {
+    if (limits.is_object() && limits.contains(resource)) asked[resource] = limits[resource];
+  }
   for (auto& [name, pool] : pools_) {
     if (pool.config.image != image || pool.config.backend != backend || pool.waiting.empty() ||
-        Json(pool.config.command) != (command.is_array() ? command : empty)) {
+        Json(pool.config.command) != (command.is_array() ? command : empty) ||
+        ResourceLimits(pool.config) != asked) {
       continue;
     }
     Waiting w = std::move(pool.waiting.front());

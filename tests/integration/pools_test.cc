@@ -118,6 +118,37 @@ TEST(PoolsTest, ACreateThatDoesNotMatchAPoolStartsItsOwnSandbox) {
   EXPECT_FALSE(WaitForMetric(server, "airlock_pool_claims_total{pool=\"p\"} 1", 200));
 }
 
+// A pool made with resource limits makes its sandboxes with them and serves the sessions that
+// ask for exactly those; the session's other limits (a timeout, a budget) do not matter.
+TEST(PoolsTest, APoolWithLimitsServesSessionsThatAskForThem) {
+  TestServer server(
+      [](controlplane::Config& c) {
+        WithPool(c);
+        c.pools["p"].memory_mb = 64;
+        c.pools["p"].cpus = 0.5;
+      },
+      "", OverChannelBackend());
+  ASSERT_TRUE(WaitForMetric(server, "airlock_pool_ready{pool=\"p\"} 2"));
+  for (const auto& id : Waiting(server)) {
+    std::lock_guard l(server.backend().mu);
+    const auto& limits = server.backend().specs.at(id).spec.limits;
+    EXPECT_EQ(limits.memory_mb, 64);
+    EXPECT_EQ(limits.cpus, 0.5);
+    EXPECT_FALSE(limits.pids.has_value());
+  }
+  auto own = [&](const char* body) {
+    auto r = server.Op(verb::post, "/v1/sessions", body);
+    EXPECT_EQ(r.status, 201u) << r.body;
+    std::lock_guard l(server.backend().mu);
+    return server.backend().specs.count(r.json().value("id", "")) == 1;
+  };
+  EXPECT_TRUE(own(R"({"task":"x"})")) << "no limits: not the pool's";
+  EXPECT_TRUE(own(R"({"task":"x","limits":{"memory_mb":64}})")) << "only some of them";
+  EXPECT_TRUE(own(R"({"task":"x","limits":{"memory_mb":64,"cpus":0.5,"pids":9}})"));
+  EXPECT_FALSE(own(R"({"task":"x","limits":{"memory_mb":64,"cpus":0.5,"timeout_s":600}})"));
+  EXPECT_TRUE(WaitForMetric(server, "airlock_pool_claims_total{pool=\"p\"} 1"));
+}
+
 // A restart keeps the session that took a pool's sandbox (its sandbox has the pool's id, not
 // the session's) and sweeps the sandboxes left waiting; a shutdown destroys those waiting.
 TEST(PoolsTest, ARestartKeepsClaimedSandboxesAndSweepsWaitingOnes) {
