@@ -19,7 +19,6 @@
 #include <sstream>
 #include <thread>
 
-#include "init/mux.h"
 #include "net/http_server.h"
 #include "tests/security/sandbox_fixture.h"
 
@@ -175,11 +174,11 @@ class FdPeak {
 size_t SessionConnectionShare() { return net::HttpLimits{}.max_connections_per_session; }
 
 // The host descriptors one sandbox's connections to its control plane may cost the server
-// process: its share of accepted connections and, for a micro-VM, one socket to its
-// control.sock per stream its channel carries (the relay runs in the same process).
+// process: its share of accepted connections and, for a micro-VM, the relay's socket to its
+// control.sock for each stream its channel holds, of which the relay allows it as many as its
+// share (the relay runs in the same process).
 size_t HostDescriptorsPerSandbox() {
-  size_t relay = TestBackendName() == "microvm" ? init::Mux::Options{}.max_streams : 0;
-  return SessionConnectionShare() + relay;
+  return SessionConnectionShare() * (TestBackendName() == "microvm" ? 2 : 1);
 }
 
 // What the server's descriptor count moves by for reasons of its own: the store's files, the
