@@ -210,6 +210,7 @@ Result<std::unique_ptr<sandbox::Backend>> MakeMicrovm(const BackendContext& cont
   o.default_disk_mb = config.microvm.disk_mb;
   o.templates = config.microvm.templates;
   o.qemu_overhead_mb = config.microvm.qemu_overhead_mb;
+  o.channel_max_streams = config.limits.max_connections_per_session;
   o.resolve_image = ImagesOf(context);
   return sandbox::MakeMicrovmBackend(std::move(o));
 }

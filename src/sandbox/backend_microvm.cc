@@ -223,7 +223,8 @@ class MicrovmBackend : public Backend {
   MicrovmBackend(MicrovmOptions o, std::string qemu)
       : o_(std::move(o)),
         qemu_(std::move(qemu)),
-        kernel_args_(kKernelArgs + ClockArgs(o_.kernel_dir)) {
+        kernel_args_(kKernelArgs + ClockArgs(o_.kernel_dir)),
+        relay_(o_.channel_max_streams) {
     if (::geteuid() == 0) {
       // The same range as oci's, like two control planes on one host: a uid some process
       // runs as is skipped.

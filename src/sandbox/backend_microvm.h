@@ -45,6 +45,9 @@ struct MicrovmOptions {
   // backend caps at kTcgCodeCacheMb. A QEMU that outgrows it is killed, and its sandbox is
   // reported as OOM.
   int64_t qemu_overhead_mb = 192;
+  // Streams one VM's channel may hold open on the host, each with a socket to its session's
+  // control.sock: the session's share of connections (server.max_connections_per_session).
+  size_t channel_max_streams = 32;
 };
 
 // Runs each sandbox as a QEMU `microvm` guest: the image's tree as a read-only erofs disk,

@@ -35,7 +35,7 @@ Result<int> ConnectUnix(const std::string& path) {
 
 }  // namespace
 
-VmRelay::VmRelay() {
+VmRelay::VmRelay(size_t max_streams) : max_streams_(max_streams) {
   epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
   wake_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   epoll_event ev{};
@@ -61,7 +61,9 @@ VmRelay::~VmRelay() {
 Status VmRelay::Attach(const std::string& id, const std::string& vm_socket,
                        const std::string& control_socket) {
   AIRLOCK_ASSIGN_OR_RETURN(int port, ConnectUnix(vm_socket));
-  auto mux = init::Mux::Host(init::UniqueFd(port), control_socket, init::Mux::Options{});
+  init::Mux::Options options;
+  options.max_streams = max_streams_;
+  auto mux = init::Mux::Host(init::UniqueFd(port), control_socket, options);
   if (!mux) return Errorf(ErrorCode::kInternal, "channel of {}: {}", id, mux.error());
   std::lock_guard lock(mu_);
   if (auto old = muxes_.find(id); old != muxes_.end()) {

@@ -21,10 +21,15 @@ namespace airlock::sandbox {
 // thread serves all VMs.
 //
 // Security: the guest is hostile. The multiplexer bounds what one VM can make the host hold
-// (streams × window); a VM that breaks the protocol loses its channel, nobody else's.
+// (streams × window, and a socket per stream); a VM that breaks the protocol loses its
+// channel, nobody else's. The stream cap is the session's share of control-plane connections
+// (server.max_connections_per_session), not the guest's own, higher cap: the control plane
+// closes a connection past the share at once, but the relay's socket to it lives until the
+// guest closes its end, so under the guest's cap a flooding VM could make the host hold hundreds
+// of sockets that no descriptor budget counts. Past the share the guest's stream is reset.
 class VmRelay {
  public:
-  VmRelay();
+  explicit VmRelay(size_t max_streams);
   ~VmRelay();
   VmRelay(const VmRelay&) = delete;
   VmRelay& operator=(const VmRelay&) = delete;
@@ -44,6 +49,7 @@ class VmRelay {
   mutable std::mutex mu_;
   std::map<std::string, std::unique_ptr<init::Mux>> muxes_;
   std::unordered_map<init::Mux*, std::string> ids_;
+  const size_t max_streams_;
   int epoll_ = -1;
   int wake_ = -1;
   bool stopping_ = false;

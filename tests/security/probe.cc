@@ -791,6 +791,229 @@ void InotifyHold(int max) {
            .Str("max_user_instances", ReadFile("/proc/sys/fs/inotify/max_user_instances")));
 }
 
+// The control plane as the agent reaches it: CONTROL_PLANE_URL's address (init's bridge).
+sockaddr_in ControlPlaneAddress() {
+  const char* url = std::getenv("CONTROL_PLANE_URL");
+  std::string rest = url ? url : "";
+  if (rest.starts_with("http://")) rest = rest.substr(7);
+  rest = rest.substr(0, rest.find('/'));
+  size_t colon = rest.rfind(':');
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(std::atoi(rest.c_str() + colon + 1)));
+  ::inet_pton(AF_INET, rest.substr(0, colon).c_str(), &a.sin_addr);
+  return a;
+}
+
+std::string SandboxRequest(const std::string& target, bool close) {
+  const char* token = std::getenv("SESSION_TOKEN");
+  return "GET " + target + " HTTP/1.1\r\nHost: control-plane\r\nAuthorization: Bearer " +
+         (token ? token : "") + "\r\n" + (close ? "Connection: close\r\n" : "") + "\r\n";
+}
+
+// The status of a response's first line, or 0 while there is none.
+int ResponseStatus(const std::string& in) {
+  if (!in.starts_with("HTTP/1.1 ") || in.find("\r\n\r\n") == std::string::npos) return 0;
+  return std::atoi(in.c_str() + 9);
+}
+
+// One request on a connection of its own, read to its end: the status, or -errno when the
+// connection failed, or 0 when it closed without an answer.
+int ControlPlaneCall(const std::string& target) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a = ControlPlaneAddress();
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    int err = errno;
+    if (fd >= 0) ::close(fd);
+    return -err;
+  }
+  std::string req = SandboxRequest(target, true), in;
+  bool sent = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size());
+  char buf[4096];
+  for (ssize_t n; sent && (n = ::read(fd, buf, sizeof(buf))) > 0;) in.append(buf, n);
+  ::close(fd);
+  return ResponseStatus(in);
+}
+
+// Long-polls the inbox until a message comes: the test's way to move the probe on.
+int AwaitMessage() {
+  for (;;) {
+    int status = ControlPlaneCall("/sandbox/v1/inbox?wait=60");
+    if (status != 204) return status;
+  }
+}
+
+// The attacker's flood of its control plane. Takes its task, says it is ready and waits for
+// a message; then opens up to `n` connections to CONTROL_PLANE_URL at once, sends a request
+// on each and holds every one of them open, answered or not (a connection the other side
+// closed stays open on this side too, so every relay on the way keeps its half). Reports how
+// many were answered (`held`), closed unanswered (`refused`) or neither once nothing moved
+// for a few seconds (`pending`). While it holds them it keeps trying one more connection
+// after another (`pressure_*`), and waits on one held connection for the next message. Then
+// it lets go of everything, asks again until it is answered (`ctlflood_after`), and waits
+// for a last message before it ends.
+//
+// `silent`: the connections send nothing, so the control plane closes them (past the share at
+// once, the rest when the first byte does not come) while this side keeps them half open,
+// and every relay on the way with them. Reports how many connected (`connected`) and holds
+// them until the sandbox is killed: its own channel is jammed, no message could reach it.
+void CtlFlood(int n, bool silent) {
+  int task = ControlPlaneCall("/sandbox/v1/inbox");
+  Emit(Obj().Str("check", "ctlflood_ready").Int("task_status", task));
+  int go = AwaitMessage();
+
+  enum State { kPending, kServed, kRefused, kConnected };
+  struct Conn {
+    explicit Conn(int f) : fd(f) {}
+    int fd;
+    bool sent = false;
+    State state = kPending;
+    std::string in;
+  };
+  std::vector<Conn> conns;
+  const sockaddr_in addr = ControlPlaneAddress();
+  const std::string poll_request = SandboxRequest("/sandbox/v1/inbox", false);
+  int socket_err = 0, connect_err = 0, connect_failed = 0;
+  for (int i = 0; i < n; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      socket_err = errno;
+      break;
+    }
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0 &&
+        errno != EINPROGRESS) {
+      connect_err = errno;
+      ++connect_failed;
+      ::close(fd);
+      continue;
+    }
+    conns.emplace_back(fd);
+  }
+  // Moves one connection on; true when its state changed.
+  auto step = [&](Conn& c, short revents) {
+    if (!c.sent) {
+      int err = 0;
+      socklen_t len = sizeof(err);
+      ::getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err != 0 || (revents & (POLLERR | POLLHUP)) ||
+          ::send(c.fd, poll_request.data(), poll_request.size(), MSG_NOSIGNAL) < 0) {
+        c.state = kRefused;
+        return true;
+      }
+      if (silent) {
+        c.state = kConnected;
+        return true;
+      }
+      c.sent = true;
+      return false;
+    }
+    char buf[4096];
+    ssize_t got = ::read(c.fd, buf, sizeof(buf));
+    if (got > 0) c.in.append(buf, static_cast<size_t>(got));
+    if (ResponseStatus(c.in) != 0) {
+      c.state = kServed;
+    } else if (got == 0 || (got < 0 && errno != EAGAIN)) {
+      c.state = kRefused;
+    } else {
+      return false;
+    }
+    return true;
+  };
+  constexpr int kQuietMs = 5000;
+  for (;;) {
+    std::vector<pollfd> fds;
+    std::vector<Conn*> of;
+    for (auto& c : conns) {
+      if (c.state != kPending) continue;
+      fds.push_back(pollfd{c.fd, static_cast<short>(c.sent ? POLLIN : POLLOUT), 0});
+      of.push_back(&c);
+    }
+    if (fds.empty() || ::poll(fds.data(), fds.size(), kQuietMs) <= 0) break;
+    for (size_t i = 0; i < fds.size(); ++i) {
+      if (fds[i].revents) step(*of[i], fds[i].revents);
+    }
+  }
+  int held = 0, refused = 0, pending = 0, connected = 0, other_status = 0;
+  Conn* waiter = nullptr;
+  for (auto& c : conns) {
+    if (c.state == kServed) {
+      ++held;
+      if (ResponseStatus(c.in) != 204) other_status = ResponseStatus(c.in);
+      if (!waiter) waiter = &c;
+    }
+    refused += c.state == kRefused;
+    pending += c.state == kPending;
+    connected += c.state == kConnected;
+  }
+  Emit(Obj()
+           .Str("check", "ctlflood")
+           .Int("go_status", go)
+           .Int("opened", static_cast<long long>(conns.size()))
+           .Int("held", held)
+           .Int("refused", refused)
+           .Int("pending", pending)
+           .Int("connected", connected)
+           .Int("other_status", other_status)
+           .Int("connect_failed", connect_failed)
+           .Int("connect_errno", connect_err)
+           .Int("socket_errno", socket_err));
+  while (silent) ::pause();
+
+  // Holding on: one more connection at a time, while a held one waits for the next message.
+  int pressure = 0, pressure_served = 0, release = 0;
+  std::string release_request = SandboxRequest("/sandbox/v1/inbox?wait=60", false);
+  if (waiter) {
+    waiter->in.clear();
+    if (::send(waiter->fd, release_request.data(), release_request.size(), MSG_NOSIGNAL) < 0)
+      waiter = nullptr;
+  }
+  Conn attempt(-1);
+  while (waiter) {
+    if (attempt.fd < 0) {
+      attempt = Conn(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      ::connect(attempt.fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+      ++pressure;
+    }
+    pollfd fds[2] = {{waiter->fd, POLLIN, 0},
+                     {attempt.fd, static_cast<short>(attempt.sent ? POLLIN : POLLOUT), 0}};
+    if (::poll(fds, 2, -1) < 0) break;
+    if (fds[1].revents && step(attempt, fds[1].revents)) {
+      pressure_served += attempt.state == kServed;
+      ::close(attempt.fd);
+      attempt = Conn(-1);
+    }
+    if (fds[0].revents) {
+      char buf[4096];
+      ssize_t got = ::read(waiter->fd, buf, sizeof(buf));
+      if (got <= 0) break;
+      waiter->in.append(buf, static_cast<size_t>(got));
+      release = ResponseStatus(waiter->in);
+      if (release == 204) {  // the long poll ran out: poll again
+        waiter->in.clear();
+        release = 0;
+        if (::send(waiter->fd, release_request.data(), release_request.size(), MSG_NOSIGNAL) < 0)
+          break;
+      }
+      if (release != 0) break;
+    }
+  }
+  if (attempt.fd >= 0) ::close(attempt.fd);
+  for (auto& c : conns) ::close(c.fd);
+
+  // Served again: connections the flood left on the way may still take the share for a
+  // moment, so ask until answered.
+  int after = 0, attempts = 0;
+  while (attempts < 1000 && (after = ControlPlaneCall("/sandbox/v1/inbox")) <= 0) ++attempts;
+  Emit(Obj()
+           .Str("check", "ctlflood_after")
+           .Int("release_status", release)
+           .Int("pressure_attempts", pressure)
+           .Int("pressure_served", pressure_served)
+           .Int("status", after)
+           .Int("retries", attempts));
+  AwaitMessage();
+}
+
 void Listen(int port, int seconds) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int one = 1;
@@ -823,7 +1046,7 @@ int main(int argc, char** argv) {
         "write-root\n"
         "        filltmp membomb | net HOST:PORT... | unix-connect PATH|@NAME... | read PATH...\n"
         "        forkbomb MAX | listen PORT SECONDS | sleep SECONDS | aio EVENTS | sync\n"
-        "        tcpfill PAIRS | tcpecho BYTES | inotify MAX\n");
+        "        tcpfill PAIRS | tcpecho BYTES | inotify MAX | ctlflood CONNECTIONS [silent]\n");
     return 2;
   }
   // Checks are separated by "--" so each can take arguments.
@@ -880,6 +1103,8 @@ int main(int argc, char** argv) {
       TcpEcho(std::atoll(args.at(0).c_str()));
     else if (name == "inotify")
       InotifyHold(std::atoi(args.at(0).c_str()));
+    else if (name == "ctlflood")
+      CtlFlood(std::atoi(args.at(0).c_str()), args.size() > 1 && args[1] == "silent");
     else if (name == "sleep")
       ::sleep(static_cast<unsigned>(std::atoi(args.at(0).c_str())));
     else {

@@ -19,6 +19,7 @@
 #include <sstream>
 #include <thread>
 
+#include "net/http_server.h"
 #include "tests/security/sandbox_fixture.h"
 
 namespace airlock::testing {
@@ -133,6 +134,56 @@ uint32_t HostUidOfSandbox(const std::string& session, const Json& identity) {
   ADD_FAILURE() << "no QEMU of " << session << " on the host";
   return 0;
 }
+
+// The descriptors process `pid` holds open.
+size_t OpenFds(pid_t pid) {
+  size_t n = 0;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end;
+       !ec && it != end; it.increment(ec)) {
+    ++n;
+  }
+  return n;
+}
+
+// The most descriptors process `pid` held at any moment it was looked at: a thread looks
+// until Stop().
+class FdPeak {
+ public:
+  explicit FdPeak(pid_t pid)
+      : thread_([this, pid] {
+          while (!stop_) {
+            peak_ = std::max(peak_.load(), OpenFds(pid));
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          }
+        }) {}
+  ~FdPeak() { Stop(); }
+  size_t Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    return peak_;
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<size_t> peak_{0};
+  std::thread thread_;
+};
+
+// What one session may hold of the control plane at once: its share of connections.
+size_t SessionConnectionShare() { return net::HttpLimits{}.max_connections_per_session; }
+
+// The host descriptors one sandbox's connections to its control plane may cost the server
+// process: its share of accepted connections and, for a micro-VM, the relay's socket to its
+// control.sock for each stream its channel holds, of which the relay allows it as many as its
+// share (the relay runs in the same process).
+size_t HostDescriptorsPerSandbox() {
+  return SessionConnectionShare() * (TestBackendName() == "microvm" ? 2 : 1);
+}
+
+// What the server's descriptor count moves by for reasons of its own: the store's files, the
+// test's operator connections, a connection accepted past a share and not yet closed.
+constexpr size_t kFdSlack = 16;
 
 TEST_F(SandboxSecurityTest, TheAgentTalksToItsControlPlaneAndNothingElseOfItsOwn) {
   // The one way out works: the agent takes its task and finishes through CONTROL_PLANE_URL.
@@ -622,5 +673,135 @@ TEST_F(SandboxSecurityTest, EachSandboxHasItsOwnHostUidThatNoHostAccountHas) {
   sbx_->server().Op(verb::delete_, "/v1/sessions/" + a);
 }
 
+// Sends the session's agent a message: how a test moves a probe on to its next step.
+void PostMessage(SandboxServer& sbx, const std::string& id, const std::string& text) {
+  auto r = sbx.server().Op(verb::post, "/v1/sessions/" + id + "/messages",
+                           DumpJson(Json{{"content", text}}));
+  EXPECT_EQ(r.status, 202u) << r.body;
+}
+
+// An agent that takes its task and finishes with `result`: an ordinary session.
+Json AgentThatFinishes(const std::string& result) {
+  return {"/bin/sh", "-c",
+          "set -e; auth=\"Authorization: Bearer $SESSION_TOKEN\"; "
+          "wget -q -O - --header \"$auth\" \"$CONTROL_PLANE_URL/sandbox/v1/inbox\"; echo; "
+          "wget -q -O - --header \"$auth\" --header 'Content-Type: application/json' "
+          "--post-data '{\"status\":\"succeeded\",\"result\":\"" +
+              result + "\"}' \"$CONTROL_PLANE_URL/sandbox/v1/finish\""};
+}
+
+// A flood takes a micro-VM's guest a while under TCG.
+constexpr int kFloodTimeoutS = 180;
+constexpr int kFloodConnections = 2000;
+
+// One sandbox's agent opens 2000 connections to its control plane at once, holds
+// every one of them (answered or not), and keeps asking for one more. It holds its session's
+// share of the control plane's connections and not one more; meanwhile the operator API
+// answers and another session's agent is served; once it lets go it is served again.
+TEST_F(SandboxSecurityTest, AConnectionFloodHoldsOnlyItsSessionShareAndStarvesNoOtherSession) {
+  const size_t share = SessionConnectionShare();
+  std::string flooder =
+      sbx_->Create(SandboxServer::Probe({"ctlflood", std::to_string(kFloodConnections)}));
+  Json ready = sbx_->WaitForProbe(flooder, "ctlflood_ready", kFloodTimeoutS);
+  ASSERT_FALSE(ready.is_null());
+  EXPECT_EQ(ready["task_status"], 200) << ready.dump();
+  PostMessage(*sbx_, flooder, "flood");
+  Json flood = sbx_->WaitForProbe(flooder, "ctlflood", kFloodTimeoutS);
+  ASSERT_FALSE(flood.is_null());
+  EXPECT_EQ(flood["go_status"], 200) << flood.dump();
+  // Every connection was made (the probe's own limits did not stop it) ...
+  EXPECT_EQ(flood["opened"], kFloodConnections) << flood.dump();
+  // ... and the session's share, not something else, is what bounded the answered ones.
+  EXPECT_LE(flood["held"].get<size_t>(), share) << flood.dump();
+  EXPECT_GE(flood["held"].get<size_t>(), share / 2) << flood.dump();
+  EXPECT_EQ(flood["other_status"], 0) << "every answer was 204, an empty inbox: " << flood.dump();
+  EXPECT_EQ(flood["held"].get<int>() + flood["refused"].get<int>() + flood["pending"].get<int>(),
+            kFloodConnections)
+      << flood.dump();
+
+  // While it holds them, the operator API answers ...
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(sbx_->server().Op(verb::get, "/healthz").status, 200u);
+  }
+  // ... and another session's agent takes its task and finishes through its control plane.
+  auto other =
+      sbx_->WaitForEnd(sbx_->Create(AgentThatFinishes("served during a flood")), kFloodTimeoutS);
+  EXPECT_EQ(other.session["state"], "succeeded") << other.logs;
+  EXPECT_EQ(other.session.value("result", ""), "served during a flood");
+
+  // The message reaches the flooder on a connection it holds: it lets go, and is served again.
+  PostMessage(*sbx_, flooder, "release");
+  Json after = sbx_->WaitForProbe(flooder, "ctlflood_after", kFloodTimeoutS);
+  ASSERT_FALSE(after.is_null());
+  EXPECT_EQ(after["release_status"], 200) << after.dump();
+  EXPECT_GE(after["pressure_attempts"], 1) << after.dump();
+  EXPECT_EQ(after["pressure_served"], 0)
+      << "a connection past the share was answered while the share was held: " << after.dump();
+  EXPECT_EQ(after["status"], 204) << after.dump();
+  PostMessage(*sbx_, flooder, "stop");
+  auto end = sbx_->WaitForEnd(flooder, kFloodTimeoutS);
+  EXPECT_FALSE(end.Probe("done").is_null()) << end.logs;
+}
+
+// Floods from two sandboxes at once, counted in the server process's open descriptors (the
+// control plane's, and on a micro-VM its channel relay's): one sandbox asks on every
+// connection, the other sends nothing on any and keeps its ends open after the control plane
+// has closed them. Each sandbox costs at most its share of connections plus, for a micro-VM,
+// one socket per stream its channel may carry, however many connections it opens; and the
+// descriptors come back when a flood ends, while its sandbox still runs.
+TEST_F(SandboxSecurityTest, ConnectionFloodsCostTheHostBoundedDescriptorsAndGiveThemBack) {
+  const pid_t server = sbx_->server().pid();
+  const std::string n = std::to_string(kFloodConnections);
+  std::string asking = sbx_->Create(SandboxServer::Probe({"ctlflood", n}));
+  std::string silent = sbx_->Create(SandboxServer::Probe({"ctlflood", n, "silent"}));
+  for (const auto& id : {asking, silent}) {
+    ASSERT_FALSE(sbx_->WaitForProbe(id, "ctlflood_ready", kFloodTimeoutS).is_null());
+  }
+  // Both sandboxes run, each waiting on one connection: the count to come back to.
+  const size_t ready = OpenFds(server);
+  FdPeak peak(server);
+  for (const auto& id : {asking, silent}) PostMessage(*sbx_, id, "flood");
+
+  Json flood = sbx_->WaitForProbe(asking, "ctlflood", kFloodTimeoutS);
+  ASSERT_FALSE(flood.is_null());
+  EXPECT_LE(flood["held"].get<size_t>(), SessionConnectionShare()) << flood.dump();
+  Json quiet = sbx_->WaitForProbe(silent, "ctlflood", kFloodTimeoutS);
+  ASSERT_FALSE(quiet.is_null());
+  EXPECT_EQ(quiet["held"], 0) << quiet.dump();
+  EXPECT_GT(quiet["connected"], 0) << quiet.dump();
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(sbx_->server().Op(verb::get, "/healthz").status, 200u);
+  }
+
+  PostMessage(*sbx_, asking, "release");
+  Json after = sbx_->WaitForProbe(asking, "ctlflood_after", kFloodTimeoutS);
+  ASSERT_FALSE(after.is_null());
+  EXPECT_EQ(after["status"], 204) << after.dump();
+  // The asking flood is over: its sandbox gives back what it held ...
+  size_t now = OpenFds(server);
+  auto settled = [&](size_t bound) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kFloodTimeoutS);
+    while ((now = OpenFds(server)) > bound && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return now <= bound;
+  };
+  const size_t silent_cost = HostDescriptorsPerSandbox();
+  EXPECT_TRUE(settled(ready + silent_cost + kFdSlack))
+      << now << " descriptors; " << ready << " before the floods";
+  // ... and the silent one, which no message can reach through its jammed channel, gives
+  // back its share when it ends.
+  sbx_->server().Op(verb::delete_, "/v1/sessions/" + silent);
+  sbx_->WaitForEnd(silent, kFloodTimeoutS);
+  EXPECT_TRUE(settled(ready + kFdSlack))
+      << now << " descriptors; " << ready << " before the floods";
+  size_t highest = peak.Stop();
+  EXPECT_LE(highest, ready + 2 * HostDescriptorsPerSandbox() + kFdSlack)
+      << ready << " descriptors before the floods; " << flood.dump() << quiet.dump();
+  EXPECT_GE(highest + kFdSlack, ready + flood["held"].get<size_t>())
+      << "the count sees the held connections";
+  PostMessage(*sbx_, asking, "stop");
+  sbx_->WaitForEnd(asking, kFloodTimeoutS);
+}
 }  // namespace
 }  // namespace airlock::testing
