@@ -34,7 +34,9 @@ namespace airlock::init {
 // exact: after both FINs the host may still hold bytes for a slow local reader, so if the
 // guest freed its slot on seeing the host's FIN it could open stream 257 while the host still
 // held 256 and get it refused. The guest counts a stream until CLOSE (or a RESET either
-// way), so a well-behaved guest is never refused and the host never holds more than the cap.
+// way), so with the same cap on both ends a well-behaved guest is never refused and the host
+// never holds more than the cap. The host may be given a lower cap than the guest's (the
+// control plane's per-session share, vm_relay.h): it then resets the guest's streams beyond it.
 //
 // Flow control is per stream and per direction: each side grants `window` bytes at the start
 // and sends WINDOW as it writes received bytes into the local socket. A stalled local reader
