@@ -144,6 +144,113 @@ def exit_on_sigterm():
 
 
 # ------------------------------------------------------------------------------ the server harness
+def spawn_wait(argv, env=None):
+    """Runs argv (stdio on /dev/null) and waits: (seconds, exit code)."""
+    fa = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+          (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+          (os.POSIX_SPAWN_DUP2, 1, 2)]
+    t = now()
+    pid = os.posix_spawn(argv[0], argv, env if env is not None else os.environ, file_actions=fa)
+    _, status = os.waitpid(pid, 0)
+    return now() - t, os.waitstatus_to_exitcode(status)
+
+
+class BareCrun:
+    """The baseline of a sandbox start: bare `crun run` (foreground) of bundles copied from a
+    running session's own (`bundle_dir`, read at once: the session may go right after), under
+    `work`. remove_leftovers() deletes every container and cgroup it made."""
+
+    def __init__(self, work, bundle_dir):
+        self.work = work
+        self.cgroups = []
+        with open(os.path.join(bundle_dir, "config.json")) as f:
+            self.session_config = json.load(f)
+        # The files the bundle binds into the container (its /etc/passwd and /etc/group).
+        self.files = os.path.join(work, "bundle-files")
+        os.makedirs(self.files, exist_ok=True)
+        for m in self.session_config["mounts"]:
+            src = m.get("source", "")
+            if src.startswith(bundle_dir.rstrip("/") + "/") and os.path.isfile(src):
+                copy = os.path.join(self.files, os.path.basename(src))
+                shutil.copy2(src, copy)
+                m["source"] = copy
+
+    def bundle(self, name, args):
+        """A copy of the session's bundle with new process.args and a per-run cgroup path."""
+        d = os.path.join(self.work, name)
+        os.makedirs(d)
+        cfg = json.loads(json.dumps(self.session_config))
+        cfg["process"]["args"] = args
+        # The session's socket directory is gone with its session: bind an empty one of ours.
+        chan = os.path.join(d, "channel")
+        os.makedirs(chan)
+        os.chmod(chan, 0o755)
+        for m in cfg["mounts"]:
+            if m["destination"] == "/.airlock/run":
+                m["source"] = chan
+        with open(os.path.join(d, "config.json.in"), "w") as f:
+            json.dump(cfg, f)
+        return d, cfg, chan
+
+    def runs(self, bundle, cfg, n, tag, timeout=None):
+        """Times `crun --root R run --bundle D ID` n times, each with its own cgroup path:
+        (times, failures); with `timeout`, one probe run: (seconds, exit code, output)."""
+        state = os.path.join(self.work, "crun-state-" + tag)
+        os.makedirs(state, exist_ok=True)
+        crun = shutil.which("crun")
+        times, failures = [], 0
+        parent = os.path.dirname(cfg["linux"].get("cgroupsPath", "/airlock/x"))
+        for i in range(n):
+            cid = f"bench-{tag}-{os.getpid()}-{i}"
+            c = dict(cfg)
+            c["linux"] = dict(cfg["linux"], cgroupsPath=f"{parent}/{cid}")
+            self.cgroups.append(c["linux"]["cgroupsPath"])
+            with open(os.path.join(bundle, "config.json"), "w") as f:
+                json.dump(c, f)
+            if timeout is not None:  # a probe: a subprocess with a timeout, stderr kept
+                t = now()
+                try:
+                    r = subprocess.run([crun, "--root", state, "run", "--bundle", bundle, cid],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, timeout=timeout)
+                    return now() - t, r.returncode, r.stdout
+                except subprocess.TimeoutExpired:
+                    subprocess.run([crun, "--root", state, "delete", "--force", cid],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    return now() - t, None, "timeout"
+            dt, code = spawn_wait([crun, "--root", state, "run", "--bundle", bundle, cid])
+            if code != 0:
+                failures += 1
+                subprocess.run([crun, "--root", state, "delete", "--force", cid],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            else:
+                times.append(dt)
+        return times, failures
+
+    def true_runs(self, n, tag):
+        """n bare runs of the image's /bin/true, after a probe run that must succeed."""
+        bundle, cfg, _ = self.bundle("bundle-" + tag, ["/bin/true"])
+        _, code, out = self.runs(bundle, cfg, 1, tag + "-probe", timeout=30)
+        if code != 0:
+            raise RuntimeError(f"bare crun run probe: exited {code}: {out}")
+        return self.runs(bundle, cfg, n, tag)
+
+    def remove_leftovers(self):
+        states = [d for d in os.listdir(self.work) if d.startswith("crun-state-")] if os.path.isdir(self.work) else []
+        for st in states:
+            root = os.path.join(self.work, st)
+            for c in json.loads(sh("crun", "--root", root, "list", "--format", "json") or "[]") or []:
+                sh("crun", "--root", root, "delete", "--force", c["id"])
+        for cg in self.cgroups:
+            for base in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup"):
+                p = base + cg
+                if os.path.isdir(p):
+                    try:
+                        os.rmdir(p)
+                    except OSError:
+                        pass
+
+
 class ServerBench:
     """A fresh home under /tmp and `airlock serve` on free ports with it.
 

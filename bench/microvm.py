@@ -38,7 +38,9 @@ other starts, so that neither's VMs run beside the other's). In one run it measu
     the idle agent under a command line of their own so that no other part takes from them):
     --sessions sessions on each, each created once its pool is full again, timed as in 1
     (create -> hello): a claim of a waiting sandbox, whose init's held identity request is
-    answered at the claim. Printed with part 1.
+    answered at the claim; against a bare `crun run` of the image's /bin/true in a bundle copied
+    from an oci session of the same server (bench/sandbox_start.py's baseline A). Printed with
+    part 1.
 
 It prints every parameter, machine facts, tables with p50/p90/max and ratios, the load average
 at the start and the end, and the warnings and errors of the servers' logs; it asserts no
@@ -58,7 +60,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (HOST, ServerBench, exit_on_sigterm, find_airlock, loadavg,  # noqa: E402
+from benchlib import (HOST, BareCrun, ServerBench, exit_on_sigterm, find_airlock, loadavg,  # noqa: E402
                       machine_facts, meminfo, ms, now, pct, print_preamble, proc_ticks,
                       require_root_and_crun, sh)
 from sandbox_start import HELLO, Api, Sse  # noqa: E402
@@ -155,6 +157,7 @@ class Server(ServerBench):
             f.write(config)
         self.config_text = config
         self.api = None
+        self.crun = None  # bare_crun()'s
 
     def start(self):
         self.start_server(["--config", self.config_path])
@@ -498,7 +501,19 @@ class Server(ServerBench):
         while qemu_procs(self.home) and time.monotonic() < deadline:
             time.sleep(0.1)
 
+    def bare_crun(self, n):
+        """n bare `crun run`s of /bin/true in a copy of an oci session's bundle: (times, failures)."""
+        sid = self.create(["/bin/sh", "-c", SLEEP], "oci")
+        work = os.path.join(self.tmp, "bare-crun")
+        os.makedirs(work, exist_ok=True)
+        self.crun = BareCrun(work, os.path.join(self.home, "sessions", sid, "bundle"))
+        self.delete(sid)
+        self.gone(sid, "oci")
+        return self.crun.true_runs(n, "bare")
+
     def remove_leftovers(self):
+        if self.crun:
+            self.crun.remove_leftovers()
         for pid, argv in qemu_procs(self.home).items():
             self.problems.append(f"QEMU {pid} of server {self.label} survived it; killed")
             try:
@@ -715,6 +730,7 @@ def main():
         res["pool_oci"] = tmpl.from_pool("oci", a.sessions, "oci from its pool")
         res["pool_vm"] = tmpl.from_pool("microvm", a.sessions, "microvm from its pool")
         res["pool_claims"] = res["pool_vm"]["claims"]
+        res["bare_crun"] = tmpl.bare_crun(a.sessions)
         # 2
         load_mid["rounds"] = loadavg()
         res["rounds"] = tmpl.tiers_rounds(a.rounds) if a.rounds > 0 else None
@@ -757,6 +773,9 @@ def main():
     print(row("  of which POST -> 201", pv["post"]))
     print(row("oci from a warm pool: POST -> hello seen", po_["total"], ref))
     print(row("  of which POST -> 201", po_["post"]))
+    bc, bc_failed = res["bare_crun"]
+    print(row("bare crun run of the image's /bin/true", bc, ref,
+              f"{bc_failed} failed" if bc_failed else ""))
     print()
     print(f"template made (first microvm session of the templates server, includes importing base.tar, "
           f"making the erofs disk, booting the template VM and saving it, then the first restore): {ms(t['first'])}")
@@ -779,6 +798,8 @@ def main():
     print(f"  oci from pool / oci:            {pct(po_['total'], 50) / po:.2f}x")
     print(f"  microvm from pool / template:   {pct(pv['total'], 50) / pt:.2f}x")
     print(f"  microvm from pool / oci:        {pct(pv['total'], 50) / po:.1f}x")
+    if bc:
+        print(f"  oci from pool / bare crun run:  {pct(po_['total'], 50) / pct(bc, 50):.2f}x")
     print("pool claims: " + "; ".join(res["pool_claims"]))
     print()
     print(f"bare QEMU's arguments ({bare.source}; the initramfs is busybox + an /init script that echoes "

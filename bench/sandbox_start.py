@@ -35,16 +35,15 @@ import os
 import queue
 import resource
 import selectors
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (HOST, ServerBench, exit_on_sigterm, find_airlock, machine_facts,  # noqa: E402
-                      meminfo, ms, now, pct, print_preamble, proc_ticks, require_root_and_crun, sh)
+from benchlib import (HOST, BareCrun, ServerBench, exit_on_sigterm, find_airlock,  # noqa: E402
+                      machine_facts, meminfo, ms, now, pct, print_preamble, proc_ticks,
+                      require_root_and_crun, spawn_wait)
 
 HELLO = ('wget -q -O /dev/null --header "Authorization: Bearer $SESSION_TOKEN" '
          "--header 'Content-Type: application/json' "
@@ -227,7 +226,7 @@ class Bench(ServerBench):
         os.makedirs(self.work)
         self.log_path = os.path.join(self.work, "serve.log")
         self.api = None
-        self.baseline_cgroups = []
+        self.crun = None  # the baselines' BareCrun, once a session's bundle is known
 
     # ---------------------------------------------------------------- server
     def start_server(self):
@@ -275,8 +274,8 @@ class Bench(ServerBench):
         t0 = now()
         sid = self.create(["/bin/sh", "-c", "exec sleep 600"])
         cold = now() - t0
-        cfg_path = os.path.join(self.home, "sessions", sid, "bundle", "config.json")
-        self.session_config = json.load(open(cfg_path))
+        self.crun = BareCrun(self.work, os.path.join(self.home, "sessions", sid, "bundle"))
+        self.session_config = self.crun.session_config
         self.delete(sid)
         self.container_gone(sid)
         print(f"first session (cold, includes importing base.tar): POST -> 201 in {ms(cold)}")
@@ -312,92 +311,28 @@ class Bench(ServerBench):
         }
 
     # ---------------------------------------------------------------- baselines
-    def spawn_wait(self, argv, env=None):
-        fa = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-              (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-              (os.POSIX_SPAWN_DUP2, 1, 2)]
-        t = now()
-        pid = os.posix_spawn(argv[0], argv, env if env is not None else os.environ, file_actions=fa)
-        _, status = os.waitpid(pid, 0)
-        return now() - t, os.waitstatus_to_exitcode(status)
-
-    def make_bundle(self, name, args):
-        """A copy of the session's bundle with new process.args and a per-run cgroup path."""
-        d = os.path.join(self.work, name)
-        os.makedirs(d)
-        cfg = json.loads(json.dumps(self.session_config))
-        cfg["process"]["args"] = args
-        # The session's socket directory is gone with its session: bind an empty one of ours.
-        chan = os.path.join(d, "channel")
-        os.makedirs(chan)
-        os.chmod(chan, 0o755)
-        for m in cfg["mounts"]:
-            if m["destination"] == "/.airlock/run":
-                m["source"] = chan
-        with open(os.path.join(d, "config.json.in"), "w") as f:
-            json.dump(cfg, f)
-        return d, cfg, chan
-
-    def crun_runs(self, bundle, cfg, n, tag, timeout=None):
-        """Times `crun --root R run --bundle D ID` n times, each with its own cgroup path."""
-        state = os.path.join(self.work, "crun-state-" + tag)
-        os.makedirs(state, exist_ok=True)
-        crun = shutil.which("crun")
-        times, failures = [], 0
-        parent = os.path.dirname(cfg["linux"].get("cgroupsPath", "/airlock/x"))
-        for i in range(n):
-            cid = f"bench-{tag}-{os.getpid()}-{i}"
-            c = dict(cfg)
-            c["linux"] = dict(cfg["linux"], cgroupsPath=f"{parent}/{cid}")
-            self.baseline_cgroups.append(c["linux"]["cgroupsPath"])
-            with open(os.path.join(bundle, "config.json"), "w") as f:
-                json.dump(c, f)
-            if timeout is not None:  # a probe: a subprocess with a timeout, stderr kept
-                t = now()
-                try:
-                    r = subprocess.run([crun, "--root", state, "run", "--bundle", bundle, cid],
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, timeout=timeout)
-                    return now() - t, r.returncode, r.stdout
-                except subprocess.TimeoutExpired:
-                    subprocess.run([crun, "--root", state, "delete", "--force", cid],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    return now() - t, None, "timeout"
-            dt, code = self.spawn_wait([crun, "--root", state, "run", "--bundle", bundle, cid])
-            if code != 0:
-                failures += 1
-                subprocess.run([crun, "--root", state, "delete", "--force", cid],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            else:
-                times.append(dt)
-        return times, failures
-
     def baselines(self):
         n = self.a.runs
         res = {}
         # A: bare crun run, args replaced by /bin/true (busybox in the image).
-        bundle, cfg, _ = self.make_bundle("bundle-a", ["/bin/true"])
-        dt, code, out = self.crun_runs(bundle, cfg, 1, "a-probe", timeout=30)
-        if code != 0:
-            raise RuntimeError(f"baseline A probe: crun run exited {code}: {out}")
-        res["A"] = self.crun_runs(bundle, cfg, n, "a")
+        res["A"] = self.crun.true_runs(n, "a")
 
         # A2: the session's own init args, agent = /bin/true.
         init_args = self.session_config["process"]["args"]
         cut = init_args.index("--")
         args2 = init_args[:cut + 1] + ["/bin/true"]
-        bundle2, cfg2, chan = self.make_bundle("bundle-a2", args2)
-        dt, code, out = self.crun_runs(bundle2, cfg2, 1, "a2-probe", timeout=30)
+        bundle2, cfg2, chan = self.crun.bundle("bundle-a2", args2)
+        dt, code, out = self.crun.runs(bundle2, cfg2, 1, "a2-probe", timeout=30)
         res["A2_nosock"] = (dt, code, out.strip().splitlines()[-1:] if out else [])
         # A2 with a stub control socket that answers every request 202.
         stub = StubSocket(os.path.join(chan, "control.sock"))
         try:
-            dt, code, out = self.crun_runs(bundle2, cfg2, 1, "a2s-probe", timeout=30)
+            dt, code, out = self.crun.runs(bundle2, cfg2, 1, "a2s-probe", timeout=30)
             if code != 0:
                 self.notes.append(f"A2 (stub socket) probe: crun run exited {code}: {out.strip()}")
                 res["A2"] = ([], n)
             else:
-                res["A2"] = self.crun_runs(bundle2, cfg2, n, "a2")
+                res["A2"] = self.crun.runs(bundle2, cfg2, n, "a2")
             res["A2_requests"] = stub.requests
         finally:
             stub.close()
@@ -408,7 +343,7 @@ class Bench(ServerBench):
         res["B_argv"] = argv
         times, failures = [], 0
         for _ in range(n):
-            dt, code = self.spawn_wait(argv)
+            dt, code = spawn_wait(argv)
             if code == 0:
                 times.append(dt)
             else:
@@ -600,22 +535,18 @@ class Bench(ServerBench):
 
     def remove_leftovers(self):
         """The baselines' crun runs and cgroups."""
-        for st in (d for d in os.listdir(self.work) if d.startswith("crun-state-")) if os.path.isdir(self.work) else []:
-            root = os.path.join(self.work, st)
-            for c in json.loads(sh("crun", "--root", root, "list", "--format", "json") or "[]") or []:
-                sh("crun", "--root", root, "delete", "--force", c["id"])
-        for cg in self.baseline_cgroups:
-            for base in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup"):
-                p = base + cg
-                if os.path.isdir(p):
-                    try:
-                        os.rmdir(p)
-                    except OSError:
-                        pass
+        if self.crun:
+            self.crun.remove_leftovers()
+
+
+# What StubSocket gives init that asks for its identity: a session id and a token of the
+# control plane's form.
+STUB_IDENTITY = json.dumps({"session_id": "ses_benchstub", "token": "ast_" + "A" * 43}).encode()
 
 
 class StubSocket:
-    """A Unix socket that answers every HTTP request `202 Accepted` (stands in for the control plane)."""
+    """A Unix socket that answers init's identity request with STUB_IDENTITY and every other
+    HTTP request `202 Accepted` (stands in for the control plane)."""
 
     def __init__(self, path):
         self.requests = 0
@@ -653,7 +584,13 @@ class StubSocket:
                             break
                         body += d
                     self.requests += 1
-                    c.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    if head.startswith(b"GET /sandbox/v1/identity "):
+                        # Init takes its identity after the sandbox starts (identity-after-start).
+                        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                  + str(len(STUB_IDENTITY)).encode() + b"\r\nConnection: close\r\n\r\n"
+                                  + STUB_IDENTITY)
+                    else:
+                        c.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 except OSError:
                     pass
 
