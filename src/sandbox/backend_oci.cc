@@ -576,15 +576,7 @@ class OciBackend : public Backend {
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", dir, ec.message());
-    std::string file = dir + "/memory.kmem.tcp.limit_in_bytes";
-    int fd = ::open(file.c_str(), O_WRONLY | O_CLOEXEC);
-    std::string value = std::to_string(bytes);
-    bool ok =
-        fd >= 0 && ::write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
-    int err = errno;
-    if (fd >= 0) ::close(fd);
-    if (!ok) return Errorf(ErrorCode::kInternal, "write {}: {}", file, std::strerror(err));
-    return Ok();
+    return WriteCgroupFile(dir + "/memory.kmem.tcp.limit_in_bytes", std::to_string(bytes));
   }
 
   Status Simple(const std::string& handle, const char* verb) {

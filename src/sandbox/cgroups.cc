@@ -1,5 +1,6 @@
 #include "sandbox/cgroups.h"
 
+#include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -196,17 +197,17 @@ int64_t OomKillCount(const CgroupLayout& layout, const std::string& rel) {
   return -1;
 }
 
-namespace {
-
-Status WriteControl(const std::string& path, const std::string& value) {
-  std::ofstream f(path);
-  f << value;
-  f.flush();
-  if (!f) return Errorf(ErrorCode::kInternal, "write {:?} to {}: failed", value, path);
+Status WriteCgroupFile(const std::string& path, std::string_view value) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  bool ok =
+      fd >= 0 && ::write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
+  int err = errno;
+  if (fd >= 0) ::close(fd);
+  if (!ok)
+    return Errorf(ErrorCode::kInternal, "write {:?} to {}: {}", value, path, std::strerror(err));
   return Ok();
 }
 
-// The directory of `rel` in the hierarchy that has the memory controller, if any.
 std::string MemoryCgroupDir(const CgroupLayout& layout, const std::string& rel) {
   if (auto it = layout.v1_mounts.find("memory"); it != layout.v1_mounts.end()) {
     return it->second + rel;
@@ -214,8 +215,6 @@ std::string MemoryCgroupDir(const CgroupLayout& layout, const std::string& rel) 
   if (layout.mode == CgroupMode::kV2 && !layout.v2_mount.empty()) return layout.v2_mount + rel;
   return {};
 }
-
-}  // namespace
 
 Result<std::string> MakeMemoryCgroup(const CgroupLayout& layout, const std::string& rel,
                                      int64_t memory_bytes) {
@@ -228,7 +227,7 @@ Result<std::string> MakeMemoryCgroup(const CgroupLayout& layout, const std::stri
     // v2: a controller works in a cgroup only when every parent enables it for its children.
     std::string at = layout.v2_mount;
     for (const auto& part : Split(rel, '/')) {
-      AIRLOCK_TRY(WriteControl(at + "/cgroup.subtree_control", "+memory"));
+      AIRLOCK_TRY(WriteCgroupFile(at + "/cgroup.subtree_control", "+memory"));
       at += "/" + part;
       if (at == dir) break;
       ::mkdir(at.c_str(), 0755);
@@ -239,15 +238,15 @@ Result<std::string> MakeMemoryCgroup(const CgroupLayout& layout, const std::stri
   if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", dir, ec.message());
   const std::string bytes = std::to_string(memory_bytes);
   if (v1) {
-    AIRLOCK_TRY(WriteControl(dir + "/memory.limit_in_bytes", bytes));
+    AIRLOCK_TRY(WriteCgroupFile(dir + "/memory.limit_in_bytes", bytes));
     // Memory + swap, where the kernel accounts swap: no way around the limit through swap.
     if (std::filesystem::exists(dir + "/memory.memsw.limit_in_bytes")) {
-      AIRLOCK_TRY(WriteControl(dir + "/memory.memsw.limit_in_bytes", bytes));
+      AIRLOCK_TRY(WriteCgroupFile(dir + "/memory.memsw.limit_in_bytes", bytes));
     }
   } else {
-    AIRLOCK_TRY(WriteControl(dir + "/memory.max", bytes));
+    AIRLOCK_TRY(WriteCgroupFile(dir + "/memory.max", bytes));
     if (std::filesystem::exists(dir + "/memory.swap.max")) {
-      AIRLOCK_TRY(WriteControl(dir + "/memory.swap.max", "0"));
+      AIRLOCK_TRY(WriteCgroupFile(dir + "/memory.swap.max", "0"));
     }
   }
   return dir + "/cgroup.procs";

@@ -44,6 +44,14 @@ std::vector<std::string> V1HierarchyDirs(std::string_view proc_self_cgroup);
 // The number of OOM kills in the cgroup at `rel` (e.g. "/airlock/<id>"); -1 if unknown.
 int64_t OomKillCount(const CgroupLayout& layout, const std::string& rel);
 
+// Writes `value` to a cgroup control file (which must exist: the kernel makes them), in one
+// write, as the kernel expects; the error names the file and errno.
+Status WriteCgroupFile(const std::string& path, std::string_view value);
+
+// The directory of `rel` (e.g. "/airlock/<id>") in the hierarchy that has the memory
+// controller: the v1 memory hierarchy, or the unified one on a pure v2 host; "" if none.
+std::string MemoryCgroupDir(const CgroupLayout& layout, const std::string& rel);
+
 // A memory cgroup at `rel` (e.g. "/airlock/<id>") for a process a backend starts itself
 // (QEMU): its memory limit `memory_bytes`, swap included where the host accounts for swap.
 // In the v1 memory hierarchy, or on a pure v2 host in the unified one (with the memory

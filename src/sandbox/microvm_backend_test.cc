@@ -344,12 +344,9 @@ TEST_F(MicrovmBackendTest, HibernatesToDiskAndWakesWithItsMemory) {
 std::string QemuCgroupFile(const std::string& h, const std::string& v1_name,
                            const std::string& v2_name) {
   CgroupLayout layout = DetectCgroups();
-  std::string rel = "/airlock/" + h.substr(0, h.find(':'));
-  if (auto mem = layout.v1_mounts.find("memory"); mem != layout.v1_mounts.end()) {
-    return mem->second + rel + "/" + v1_name;
-  }
-  if (layout.mode == CgroupMode::kV2) return layout.v2_mount + rel + "/" + v2_name;
-  return {};
+  std::string dir = MemoryCgroupDir(layout, "/airlock/" + h.substr(0, h.find(':')));
+  if (dir.empty()) return {};
+  return dir + "/" + (layout.v1_mounts.contains("memory") ? v1_name : v2_name);
 }
 
 pid_t QemuPid(const std::string& h) {

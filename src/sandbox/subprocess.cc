@@ -87,21 +87,27 @@ Result<std::vector<JailStep>> PlanJail(const DaemonJail& jail) {
   return steps;
 }
 
+// `v` (>= 0) in decimal at the end of `buf`, without allocating (between fork and exec):
+// the digits start at the returned pointer and end at buf + sizeof(buf).
+const char* Decimal(long v, char (&buf)[24]) {
+  char* p = buf + sizeof(buf);
+  do {
+    *--p = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v > 0 && p > buf);
+  return p;
+}
+
 // Writes "jail: <what> <path>: errno <n>" to `fd`, with async-signal-safe calls only; false.
 bool JailFailed(int fd, const char* what, const char* path) {
-  int err = errno;
-  char digits[16];
-  int n = 0;
-  do {
-    digits[sizeof(digits) - 1 - n++] = static_cast<char>('0' + err % 10);
-    err /= 10;
-  } while (err > 0 && n < 15);
+  char buf[24];
+  const char* digits = Decimal(errno, buf);
   [[maybe_unused]] ssize_t w = ::write(fd, "airlock: jail: ", 15);
   w = ::write(fd, what, std::strlen(what));
   w = ::write(fd, " ", 1);
   w = ::write(fd, path, std::strlen(path));
   w = ::write(fd, ": errno ", 8);
-  w = ::write(fd, digits + sizeof(digits) - n, n);
+  w = ::write(fd, digits, buf + sizeof(buf) - digits);
   w = ::write(fd, "\n", 1);
   return false;
 }
@@ -217,13 +223,11 @@ Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vecto
     // Into its cgroups and its jail first: the descriptors used for that may be the ones the
     // dup2s below take.
     if (!cgroup_fds.empty()) {
-      char pid[16];
-      int n = 0;
-      for (pid_t v = ::getpid(); v > 0 && n < 15; v /= 10) {
-        pid[sizeof(pid) - 1 - n++] = static_cast<char>('0' + v % 10);
-      }
+      char buf[24];
+      const char* pid = Decimal(::getpid(), buf);
+      const ssize_t n = buf + sizeof(buf) - pid;
       for (size_t i = 0; i < cgroup_fds.size(); ++i) {
-        if (::write(cgroup_fds[i], pid + sizeof(pid) - n, n) != n) {
+        if (::write(cgroup_fds[i], pid, n) != n) {
           (void)JailFailed(log_fd, "join the cgroup of", jail->cgroups[i].c_str());
           ::_exit(126);
         }
