@@ -236,7 +236,10 @@ class FakeControlPlane {
   }
 
   // Answers HTTP requests: 202 for events, "pong <path>" for anything else; records each.
-  static void Http(FakeControlPlane& self, int fd) {
+  static void Http(FakeControlPlane& self, int fd) { Serve(self, fd, "202 Accepted"); }
+
+  // Http, but events get `event_status`; only an event answered 202 is recorded as one.
+  static void Serve(FakeControlPlane& self, int fd, const std::string& event_status) {
     std::string data;
     char buf[4096];
     size_t header_end;
@@ -276,9 +279,10 @@ class FakeControlPlane {
     }
     bool event = req.path == "/sandbox/v1/events";
     std::string body = event ? "" : "pong " + req.path;
-    SendAll(fd, std::string(event ? "HTTP/1.1 202 Accepted" : "HTTP/1.1 200 OK") +
+    SendAll(fd, std::string(event ? "HTTP/1.1 " + event_status : "HTTP/1.1 200 OK") +
                     "\r\nContent-Length: " + std::to_string(body.size()) +
                     "\r\nConnection: close\r\n\r\n" + body);
+    if (event && !event_status.starts_with("202")) req.path += " (refused)";
     self.Record(std::move(req));
   }
 
@@ -981,6 +985,27 @@ TEST_F(InitTest, KillsWhatTheAgentLeftBehind) {
   ASSERT_GT(b, 0);
   EXPECT_TRUE(WaitUntil([&] { return !ProcessExists(a) && !ProcessExists(b); }));
   EXPECT_EQ(ExitEvent().body, R"({"type":"agent.exited","data":{"exit_code":0}})");
+}
+
+// The control plane serves a session only its share of connections at once. A leftover of the
+// agent that holds the last of them must not keep init's exit report out: init kills what the
+// agent left before it reports.
+TEST_F(InitTest, ALeftoverHoldingTheSessionsLastConnectionDoesNotKeepTheReportOut) {
+  auto open = std::make_shared<std::atomic<int>>(0);
+  StartServer([open](FakeControlPlane& self, int fd) {
+    // A share of one connection: an event that comes while another is open is refused.
+    const bool full = open->fetch_add(1) > 0;
+    FakeControlPlane::Serve(self, fd, full ? "503 Service Unavailable" : "202 Accepted");
+    open->fetch_sub(1);
+  });
+  // The leftover connects and holds; the agent exits once the control plane has seen it.
+  Start({"/bin/bash", "-c",
+         "(exec 3<>/dev/tcp/127.0.0.1/${CONTROL_PLANE_URL##*:}; exec sleep 1000) & "
+         "while [ ! -e \"$HOME/go\" ]; do sleep 0.02; done; exit 6"});
+  ASSERT_TRUE(WaitUntil([&] { return open->load() == 1; })) << Stderr();
+  WriteFile(home_ + "/go", "");
+  EXPECT_EQ(Wait(), 6) << Stderr();
+  EXPECT_EQ(ExitEvent().body, R"({"type":"agent.exited","data":{"exit_code":6}})") << Stderr();
 }
 
 TEST_F(InitTest, RejectsBadArgumentsWith125) {

@@ -94,8 +94,10 @@ class Init {
     }
     AgentExit exit = DescribeExit();
     oom_killed_ = exit.oom_killed;
-    Report(exit);
+    // Leftovers go first: one that holds the session's last connection to the control plane
+    // would otherwise keep the report out.
     KillLeftovers();
+    Report(exit);
     relay_->Drain();
     return exit.signal != 0 ? 128 + exit.signal : exit.exit_code;
   }
