@@ -100,6 +100,23 @@ class ServerProcess {
     pid_ = 0;
   }
 
+  // Stops the server as an operator does (SIGTERM: it drains and destroys what only it knows
+  // of, such as waiting pool sandboxes); SIGKILL if it has not exited within `grace`.
+  void Stop(std::chrono::seconds grace = std::chrono::seconds(30)) {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);
+    const auto deadline = std::chrono::steady_clock::now() + grace;
+    int status;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        Kill(SIGKILL);
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    pid_ = 0;
+  }
+
   HttpResult Op(http::verb m, const std::string& target, const std::string& body = "",
                 std::map<std::string, std::string> h = {}) {
     return HttpCall(op_, m, target, key_, body, std::move(h));

@@ -8,8 +8,11 @@
 // session log, so it runs unchanged against any backend that runs images.
 #include <ifaddrs.h>
 #include <net/if.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -121,15 +124,33 @@ class SandboxServer {
         TestBackendName(), kProbeImage, runtime && *runtime ? runtime : "crun", extra_config);
     server_ = std::make_unique<ServerProcess>(home_, FreePort(), FreePort(), config);
   }
+  // Sandboxes outlive a killed server by design, so a test cleans up its own, and what it did
+  // not is found here: every session the server still knows is deleted, the server stops as an
+  // operator stops it (its waiting pool sandboxes go with it), and then no sandbox of this home
+  // may be left. One that is was leaked, by the test or by the backend: it is destroyed and the
+  // test fails. The home goes too (its images, disks and snapshots fill /tmp over a CI run),
+  // unless the test failed outside CI, where it is kept for a look.
   ~SandboxServer() {
-    // Sandboxes outlive a killed server by design; a test cleans up its own.
-    // A test may have stopped the server already: nothing to clean up then.
-    for (const auto& id : sessions_) {
-      try {
-        server_->Op(http::verb::delete_, "/v1/sessions/" + id);
-      } catch (...) {
+    if (server_->pid() != 0) {
+      DeleteEverySession();
+      // A delete answers before the sandbox is gone: a server killed meanwhile would leave it
+      // to the next start's sweep, which never comes here.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (!SessionSandboxes().empty() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
+      server_->Stop();
     }
+    if (auto left = DestroyLeftovers(); !left.empty()) {
+      std::string names;
+      for (const auto& l : left) names += "\n  " + l;
+      ADD_FAILURE() << "sandboxes outlived their sessions and the server (destroyed now):" << names;
+    }
+    if (::testing::Test::HasFailure() && std::getenv("CI") == nullptr) {
+      std::fprintf(stderr, "kept the failed test's home: %s\n", home_.c_str());
+      return;
+    }
+    RemoveHome(home_);
   }
 
   void Start() {
@@ -217,6 +238,89 @@ class SandboxServer {
   }
 
  private:
+  void DeleteEverySession() {
+    for (const auto& id : sessions_) {
+      server_->Op(http::verb::delete_, "/v1/sessions/" + id);
+    }
+    auto listed = server_->Op(http::verb::get, "/v1/sessions?limit=1000");
+    if (listed.status != 200) return;
+    for (const auto& s : listed.json().value("sessions", Json::array())) {
+      const std::string state = s.value("state", "");
+      if (state == "succeeded" || state == "failed" || state == "killed") continue;
+      server_->Op(http::verb::delete_, "/v1/sessions/" + s.value("id", ""));
+    }
+  }
+
+  // What the backends keep of sessions' sandboxes under the home (a warm pool's are not
+  // sessions': they go when the server stops).
+  std::vector<std::string> SessionSandboxes() const {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const char* dir : {"/run/oci", "/run/microvm"}) {
+      for (const auto& e : std::filesystem::directory_iterator(home_ + dir, ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.starts_with("airlock-") && name.find("wrm_") == std::string::npos) {
+          out.push_back(name);
+        }
+      }
+    }
+    return out;
+  }
+
+  // The sandboxes whose state the backends still keep under the home, destroyed: crun's
+  // containers with the runtime, and every QEMU whose command line names the home.
+  std::vector<std::string> DestroyLeftovers() {
+    std::vector<std::string> left;
+    std::error_code ec;
+    const char* runtime = std::getenv("AIRLOCK_TEST_OCI_RUNTIME");
+    const std::string oci = home_ + "/run/oci";
+    for (const auto& e : std::filesystem::directory_iterator(oci, ec)) {
+      const std::string name = e.path().filename().string();
+      if (!name.starts_with("airlock-")) continue;
+      left.push_back(name);
+      RunCommandLine(fmt::format("{} --root '{}' delete --force '{}' >/dev/null 2>&1",
+                                 runtime && *runtime ? runtime : "crun", oci, name));
+    }
+    for (const auto& e : std::filesystem::directory_iterator(home_ + "/run/microvm", ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.starts_with("airlock-vm-") && !name.ends_with(".tmp")) left.push_back(name);
+    }
+    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+      const std::string pid = e.path().filename().string();
+      if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::string cmdline = ReadFile(e.path().string() + "/cmdline");
+      std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+      if (cmdline.find(home_ + "/") == std::string::npos) continue;
+      if (std::stoi(pid) == ::getpid()) continue;
+      left.push_back("process " + pid + ": " + cmdline.substr(0, 120));
+      ::kill(std::stoi(pid), SIGKILL);
+    }
+    return left;
+  }
+
+  // Removes the home, after detaching anything still mounted under it (a removal never
+  // crosses into a mount).
+  static void RemoveHome(const std::string& home) {
+    std::vector<std::string> mounts;
+    std::istringstream info(ReadFile("/proc/self/mountinfo"));
+    std::string line;
+    while (std::getline(info, line)) {
+      std::istringstream fields(line);
+      std::string id, parent, dev, root, point;
+      fields >> id >> parent >> dev >> root >> point;
+      if (point.starts_with(home + "/")) mounts.push_back(point);
+    }
+    std::sort(mounts.rbegin(), mounts.rend());
+    for (const auto& m : mounts) {
+      if (::umount2(m.c_str(), MNT_DETACH) != 0) {
+        std::fprintf(stderr, "kept %s: %s is still mounted\n", home.c_str(), m.c_str());
+        return;
+      }
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(home, ec);
+  }
+
   std::string home_;
   std::string import_error_;
   std::unique_ptr<ServerProcess> server_;
