@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "common/blocking.h"
@@ -19,6 +20,8 @@ constexpr auto kRetryAfterFailure = std::chrono::seconds(5);
 // How long a claim is remembered: longer than a reconciler's list of live sessions is old
 // when it sweeps, and than init's held identity request.
 constexpr auto kClaimMemory = std::chrono::seconds(60);
+// How often the sandboxes waiting in a pool are inspected.
+constexpr auto kCheckInterval = std::chrono::seconds(5);
 // The limits that shape a sandbox, as a session's "limits" names them.
 constexpr const char* kResources[] = {"memory_mb", "cpus", "pids", "disk_mb"};
 
@@ -36,12 +39,16 @@ Json ResourceLimits(const PoolConfig& c) {
 PoolManager::PoolManager(Deps d)
     : d_(d),
       claims_(d.io),
+      watch_timer_(d.io),
       ready_(
           d.registry.AddGauge("airlock_pool_ready", "Sandboxes waiting in a warm pool.", {"pool"})),
       claims_total_(d.registry.AddCounter(
           "airlock_pool_claims_total", "Sessions that took a sandbox from a warm pool.", {"pool"})),
       errors_(d.registry.AddCounter("airlock_pool_errors_total",
-                                    "Sandboxes a warm pool failed to start.", {"pool"})) {
+                                    "Sandboxes a warm pool failed to start.", {"pool"})),
+      lost_(d.registry.AddCounter(
+          "airlock_pool_lost_total",
+          "Sandboxes that died while they waited in a warm pool, found and replaced.", {"pool"})) {
   for (const auto& [name, config] : d_.config.pools) {
     pools_[name] = Pool{name, config, {}, 0};
     ready_.With({name}).Set(0);
@@ -70,6 +77,55 @@ Status PoolManager::Check() const {
 
 void PoolManager::Start() {
   for (auto& [name, pool] : pools_) asio::co_spawn(d_.io, Refill(pool), asio::detached);
+  if (!pools_.empty()) {
+    watching_ = true;
+    asio::co_spawn(d_.io, Watch(), asio::detached);
+  }
+}
+
+awaitable<void> PoolManager::Watch() {
+  while (!stopping_) {
+    watch_timer_.expires_after(kCheckInterval);
+    boost::system::error_code ec;
+    co_await watch_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    for (auto& [name, pool] : pools_) {
+      if (stopping_) break;
+      co_await CheckWaiting(pool);
+    }
+  }
+  watching_ = false;
+}
+
+awaitable<void> PoolManager::CheckWaiting(Pool& pool) {
+  auto* backend = d_.backends.Find(pool.config.backend);
+  if (!backend) co_return;
+  // A copy: a claim or Stop() may take sandboxes from the pool while one is inspected.
+  const std::vector<Waiting> waiting(pool.waiting.begin(), pool.waiting.end());
+  for (const Waiting& w : waiting) {
+    auto st = co_await RunBlocking(d_.sandbox_pool,
+                                   [&backend, &w] { return backend->Inspect(w.handle); });
+    if (stopping_) co_return;
+    // A sandbox that cannot be inspected now is kept: a claim finds out, as before.
+    if (!st || st->state == sandbox::SandboxState::kRunning ||
+        st->state == sandbox::SandboxState::kStarting) {
+      continue;
+    }
+    auto it = std::find_if(pool.waiting.begin(), pool.waiting.end(),
+                           [&w](const Waiting& x) { return x.id == w.id; });
+    if (it == pool.waiting.end()) continue;  // claimed meanwhile
+    pool.waiting.erase(it);
+    made_.erase(w.id);
+    ready_.With({pool.name}).Set(static_cast<double>(pool.waiting.size()));
+    lost_.With({pool.name}).Inc();
+    log::Warn("a sandbox waiting in a warm pool died; it is replaced",
+              {{"pool", pool.name},
+               {"sandbox", w.id},
+               {"state", std::string(sandbox::SandboxStateName(st->state))},
+               {"detail", st->detail}});
+    d_.channels.CloseUnix(w.dir + "/control.sock");
+    co_await RunBlocking(d_.sandbox_pool, [&backend, &w] { return backend->Destroy(w.handle); });
+    asio::co_spawn(d_.io, Refill(pool), asio::detached);
+  }
 }
 
 awaitable<void> PoolManager::Refill(Pool& pool) {
@@ -194,6 +250,7 @@ awaitable<std::optional<std::string>> PoolManager::AwaitClaim(
 awaitable<void> PoolManager::Stop() {
   stopping_ = true;
   claims_.NotifyAll();
+  watch_timer_.cancel();
   for (auto& [name, pool] : pools_) {
     auto* backend = d_.backends.Find(pool.config.backend);
     while (!pool.waiting.empty()) {
@@ -212,7 +269,8 @@ awaitable<void> PoolManager::Stop() {
   for (;;) {
     int starting = 0;
     for (const auto& [name, pool] : pools_) starting += pool.starting;
-    if (starting == 0 || std::chrono::steady_clock::now() >= deadline) break;
+    // Watch() may be inside a backend call: it ends before this object can go.
+    if ((starting == 0 && !watching_) || std::chrono::steady_clock::now() >= deadline) break;
     wait.expires_after(std::chrono::milliseconds(20));
     co_await wait.async_wait(asio::use_awaitable);
   }

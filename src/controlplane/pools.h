@@ -31,6 +31,10 @@ namespace airlock::controlplane {
 // socket is bound to the session from then on, so that everything that finds a session's
 // socket by its id (a restart, the reconciler) finds this one.
 //
+// Every few seconds the waiting sandboxes are inspected: one that died while it waited (its
+// init crashed, the host's OOM killer took it, someone killed it) is destroyed and replaced,
+// rather than handed to the next session, which would then wait for a reconciler to find it.
+//
 // Pools belong to the replica that runs them. Sandboxes left waiting by a stopped control
 // plane are orphans at the next start and swept; Knows() keeps this process's own from the
 // sweep.
@@ -83,6 +87,9 @@ class PoolManager {
   };
   awaitable<void> Refill(Pool& pool);
   awaitable<Result<Waiting>> StartOne(Pool& pool);
+  // Inspects the waiting sandboxes every kCheckInterval until Stop().
+  awaitable<void> Watch();
+  awaitable<void> CheckWaiting(Pool& pool);
 
   Deps d_;
   std::map<std::string, Pool> pools_;
@@ -94,9 +101,12 @@ class PoolManager {
   std::map<std::string, Claimed> claimed_;  // by the waiting sandbox's id, for a minute
   Notifier claims_;
   bool stopping_ = false;
+  bool watching_ = false;
+  asio::steady_timer watch_timer_;
   metrics::Family<metrics::Gauge>& ready_;
   metrics::Family<metrics::Counter>& claims_total_;
   metrics::Family<metrics::Counter>& errors_;
+  metrics::Family<metrics::Counter>& lost_;
 };
 
 }  // namespace airlock::controlplane

@@ -179,6 +179,67 @@ TEST(OciPoolTest, ASessionTakesAWaitingSandboxAndItsAgentRunsAsThatSession) {
   EXPECT_TRUE(left.empty()) << "still there: " << left.front();
 }
 
+// A sandbox that dies while it waits in a pool (here: killed from the host) is found, destroyed
+// and replaced within a few seconds; the next session takes the replacement and its agent runs.
+TEST(OciPoolTest, AWaitingSandboxThatDiesIsReplacedAndNotHandedToASession) {
+  AIRLOCK_REQUIRE_SANDBOXES();
+  const std::string command = R"(["/bin/sh","-c","echo pooled session=$SESSION_ID; sleep 600"])";
+  SandboxServer sbx("[pools.p]\nsize = 1\ncommand = " + command + "\n");
+  sbx.Start();
+  auto metric = [&](const std::string& needle) {
+    for (int i = 0; i < 1200; ++i) {
+      if (sbx.server().Op(verb::get, "/metrics").body.find(needle) != std::string::npos)
+        return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  };
+  auto waiting = [&] {
+    std::vector<std::string> out;
+    std::error_code ec;
+    const auto dir = std::filesystem::path(SandboxStatePath(sbx.home(), "x")).parent_path();
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.find("wrm_") != std::string::npos && !name.ends_with(".tmp")) out.push_back(name);
+    }
+    return out;
+  };
+  ASSERT_TRUE(metric("airlock_pool_ready{pool=\"p\"} 1"));
+  ASSERT_EQ(waiting().size(), 1u);
+  const std::string victim = waiting().front();
+  // Killed as the host's OOM killer would: the container's processes, or the VM's QEMU.
+  if (TestBackendName() == "microvm") {
+    const std::string name = "-name " + victim + " ";
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+      std::string cmdline = ReadFile(e.path().string() + "/cmdline");
+      std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+      if (cmdline.find(name) != std::string::npos) {
+        ::kill(std::stoi(e.path().filename().string()), SIGKILL);
+      }
+    }
+  } else {
+    const char* runtime = std::getenv("AIRLOCK_TEST_OCI_RUNTIME");
+    ASSERT_EQ(
+        RunCommandLine(fmt::format("{} --root {}/run/oci kill {} KILL",
+                                   runtime && *runtime ? runtime : "crun", sbx.home(), victim)),
+        0);
+  }
+  EXPECT_TRUE(metric("airlock_pool_lost_total{pool=\"p\"} 1"));
+  EXPECT_TRUE(metric("airlock_pool_ready{pool=\"p\"} 1"));
+  ASSERT_EQ(waiting().size(), 1u);
+  EXPECT_NE(waiting().front(), victim) << "the dead sandbox is gone, a new one waits";
+  std::string id = sbx.Create(Json::parse(command));
+  ASSERT_FALSE(id.empty());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (sbx.Logs(id).find("pooled session=") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_NE(sbx.Logs(id).find("pooled session=" + id + "\n"), std::string::npos) << sbx.Logs(id);
+  EXPECT_TRUE(metric("airlock_pool_claims_total{pool=\"p\"} 1"));
+}
+
 TEST_F(OciSessionTest, ASandboxSurvivesAKill9OfTheControlPlaneAndIsFoundAgain) {
   // The agent keeps polling its inbox through the bridge; after the restart it must get
   // through again on the same socket path, with the same token.
