@@ -140,14 +140,7 @@ TEST(OciPoolTest, ASessionTakesAWaitingSandboxAndItsAgentRunsAsThatSession) {
   const std::string command = R"(["/bin/sh","-c","echo pooled session=$SESSION_ID; sleep 600"])";
   SandboxServer sbx("[pools.p]\nsize = 1\ncommand = " + command + "\n");
   sbx.Start();
-  auto metric = [&](const std::string& needle) {
-    for (int i = 0; i < 1200; ++i) {
-      if (sbx.server().Op(verb::get, "/metrics").body.find(needle) != std::string::npos)
-        return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
-  };
+  auto metric = [&](const std::string& needle) { return sbx.WaitForMetric(needle); };
   ASSERT_TRUE(metric("airlock_pool_ready{pool=\"p\"} 1"));
   std::string id = sbx.Create(Json::parse(command));
   ASSERT_FALSE(id.empty());
@@ -186,14 +179,7 @@ TEST(OciPoolTest, AWaitingSandboxThatDiesIsReplacedAndNotHandedToASession) {
   const std::string command = R"(["/bin/sh","-c","echo pooled session=$SESSION_ID; sleep 600"])";
   SandboxServer sbx("[pools.p]\nsize = 1\ncommand = " + command + "\n");
   sbx.Start();
-  auto metric = [&](const std::string& needle) {
-    for (int i = 0; i < 1200; ++i) {
-      if (sbx.server().Op(verb::get, "/metrics").body.find(needle) != std::string::npos)
-        return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
-  };
+  auto metric = [&](const std::string& needle) { return sbx.WaitForMetric(needle); };
   auto waiting = [&] {
     std::vector<std::string> out;
     std::error_code ec;
@@ -209,15 +195,7 @@ TEST(OciPoolTest, AWaitingSandboxThatDiesIsReplacedAndNotHandedToASession) {
   const std::string victim = waiting().front();
   // Killed as the host's OOM killer would: the container's processes, or the VM's QEMU.
   if (TestBackendName() == "microvm") {
-    const std::string name = "-name " + victim + " ";
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
-      std::string cmdline = ReadFile(e.path().string() + "/cmdline");
-      std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
-      if (cmdline.find(name) != std::string::npos) {
-        ::kill(std::stoi(e.path().filename().string()), SIGKILL);
-      }
-    }
+    ASSERT_EQ(KillProcessesNaming("-name " + victim + " ").size(), 1u);
   } else {
     const char* runtime = std::getenv("AIRLOCK_TEST_OCI_RUNTIME");
     ASSERT_EQ(

@@ -83,6 +83,23 @@ inline int RunCommandLine(const std::string& cmd) {
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
+// SIGKILLs every process but this one whose command line holds `needle`; returns each as
+// "process <pid>: <the start of its command line>".
+inline std::vector<std::string> KillProcessesNaming(const std::string& needle) {
+  std::vector<std::string> killed;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string pid = e.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmdline = ReadFile(e.path().string() + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (cmdline.find(needle) == std::string::npos || std::stoi(pid) == ::getpid()) continue;
+    ::kill(std::stoi(pid), SIGKILL);
+    killed.push_back("process " + pid + ": " + cmdline.substr(0, 120));
+  }
+  return killed;
+}
+
 struct SessionOutcome {
   Json session;              // GET /v1/sessions/{id} once it ended
   std::string logs;          // the sandbox's stdout/stderr
@@ -208,6 +225,16 @@ class SandboxServer {
     return o;
   }
 
+  // Waits until the metrics page holds `needle`; false if it never did within `timeout_s`.
+  bool WaitForMetric(const std::string& needle, int timeout_s = 120) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    while (server_->Op(http::verb::get, "/metrics").body.find(needle) == std::string::npos) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return true;
+  }
+
   std::string Logs(const std::string& id) {
     return server_->Op(http::verb::get, "/v1/sessions/" + id + "/logs").body;
   }
@@ -285,16 +312,7 @@ class SandboxServer {
       const std::string name = e.path().filename().string();
       if (name.starts_with("airlock-vm-") && !name.ends_with(".tmp")) left.push_back(name);
     }
-    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
-      const std::string pid = e.path().filename().string();
-      if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
-      std::string cmdline = ReadFile(e.path().string() + "/cmdline");
-      std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
-      if (cmdline.find(home_ + "/") == std::string::npos) continue;
-      if (std::stoi(pid) == ::getpid()) continue;
-      left.push_back("process " + pid + ": " + cmdline.substr(0, 120));
-      ::kill(std::stoi(pid), SIGKILL);
-    }
+    for (auto& killed : KillProcessesNaming(home_ + "/")) left.push_back(std::move(killed));
     return left;
   }
 
