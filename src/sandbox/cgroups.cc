@@ -11,6 +11,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <thread>
 
 namespace airlock::sandbox {
 namespace {
@@ -254,7 +255,12 @@ Result<std::string> MakeMemoryCgroup(const CgroupLayout& layout, const std::stri
 
 void RemoveMemoryCgroup(const CgroupLayout& layout, const std::string& rel) {
   const std::string dir = MemoryCgroupDir(layout, rel);
-  if (!dir.empty()) ::rmdir(dir.c_str());
+  if (dir.empty()) return;
+  // A process that exited keeps its cgroup busy until it is reaped, and a daemon's reaper is
+  // PID 1 (or a subreaper), which gets to it when it does: retried for up to 2 s.
+  for (int i = 0; i < 1000 && ::rmdir(dir.c_str()) != 0 && errno == EBUSY; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
 }
 
 }  // namespace airlock::sandbox

@@ -60,8 +60,8 @@ std::string MemoryCgroupDir(const CgroupLayout& layout, const std::string& rel);
 Result<std::string> MakeMemoryCgroup(const CgroupLayout& layout, const std::string& rel,
                                      int64_t memory_bytes);
 
-// Removes the cgroup MakeMemoryCgroup made at `rel`, which must hold no process by then.
-// Quiet when there is none.
+// Removes the cgroup MakeMemoryCgroup made at `rel`, whose processes must have exited by
+// then; waits up to 2 s for them to be reaped. Quiet when there is none.
 void RemoveMemoryCgroup(const CgroupLayout& layout, const std::string& rel);
 
 }  // namespace airlock::sandbox

@@ -393,6 +393,15 @@ TEST_F(MicrovmBackendTest, QemuRunsInAMountNamespaceAndACgroupOfItsOwn) {
       ReadFileOr(fmt::format("/proc/{}/cgroup", pid)).find("/airlock/" + a.substr(0, a.find(':'))),
       std::string::npos);
   EXPECT_EQ(std::atoll(ReadFileOr(limit).c_str()), (256 + 192) << 20) << limit;
+  // The template both were restored from was made by a QEMU of its own, in a cgroup of its
+  // own, gone with it.
+  int templates = 0;
+  for (const auto& e : fs::directory_iterator(dir_ + "/cache/tpl", ec)) {
+    ++templates;
+    const std::string id = "airlock-tpl-" + e.path().filename().string().substr(0, 12);
+    EXPECT_FALSE(fs::exists(MemoryCgroupDir(DetectCgroups(), "/airlock/" + id))) << id;
+  }
+  EXPECT_EQ(templates, 1);
 }
 
 // A QEMU that outgrows its cgroup is killed by the host's kernel, alone, and its sandbox is
