@@ -132,24 +132,46 @@ TEST_F(OciSessionTest, HibernationKeepsTheSessionAndAMessageWakesIt) {
   EXPECT_EQ(ended.session["state"], "killed");
 }
 
+// A server with one warm pool, "p", of one sandbox whose agent prints its session.
+class OciPoolTest : public ::testing::Test {
+ protected:
+  static constexpr const char* kCommand =
+      R"(["/bin/sh","-c","echo pooled session=$SESSION_ID; sleep 600"])";
+
+  void SetUp() override {
+    AIRLOCK_REQUIRE_SANDBOXES();
+    sbx_ = std::make_unique<SandboxServer>(
+        "[pools.p]\nsize = 1\ncommand = " + std::string(kCommand) + "\n");
+    sbx_->Start();
+  }
+  bool Metric(const std::string& needle) { return sbx_->WaitForMetric(needle); }
+
+  // Creates a session with the pool's command and waits (60 s at most) for its agent's line;
+  // the session's id.
+  std::string CreateAndAwaitTheAgent() {
+    std::string id = sbx_->Create(Json::parse(kCommand));
+    if (id.empty()) return id;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (sbx_->Logs(id).find("pooled session=") == std::string::npos &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return id;
+  }
+
+  std::unique_ptr<SandboxServer> sbx_;
+};
+
 // A warm pool on a real backend: its sandboxes start before any session and wait for an
 // identity; a session with the pool's command takes one, its agent runs as that session,
 // and the pool starts another.
-TEST(OciPoolTest, ASessionTakesAWaitingSandboxAndItsAgentRunsAsThatSession) {
-  AIRLOCK_REQUIRE_SANDBOXES();
-  const std::string command = R"(["/bin/sh","-c","echo pooled session=$SESSION_ID; sleep 600"])";
-  SandboxServer sbx("[pools.p]\nsize = 1\ncommand = " + command + "\n");
-  sbx.Start();
-  auto metric = [&](const std::string& needle) { return sbx.WaitForMetric(needle); };
+TEST_F(OciPoolTest, ASessionTakesAWaitingSandboxAndItsAgentRunsAsThatSession) {
+  SandboxServer& sbx = *sbx_;
+  auto metric = [&](const std::string& needle) { return Metric(needle); };
   ASSERT_TRUE(metric("airlock_pool_ready{pool=\"p\"} 1"));
-  std::string id = sbx.Create(Json::parse(command));
+  std::string id = CreateAndAwaitTheAgent();
   ASSERT_FALSE(id.empty());
   EXPECT_TRUE(metric("airlock_pool_claims_total{pool=\"p\"} 1"));
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (sbx.Logs(id).find("pooled session=") == std::string::npos &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
   EXPECT_NE(sbx.Logs(id).find("pooled session=" + id + "\n"), std::string::npos) << sbx.Logs(id);
   EXPECT_EQ(sbx.server().Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
   // The pool refills; the session ends as any other, its sandbox destroyed.
@@ -174,12 +196,9 @@ TEST(OciPoolTest, ASessionTakesAWaitingSandboxAndItsAgentRunsAsThatSession) {
 
 // A sandbox that dies while it waits in a pool (here: killed from the host) is found, destroyed
 // and replaced within a few seconds; the next session takes the replacement and its agent runs.
-TEST(OciPoolTest, AWaitingSandboxThatDiesIsReplacedAndNotHandedToASession) {
-  AIRLOCK_REQUIRE_SANDBOXES();
-  const std::string command = R"(["/bin/sh","-c","echo pooled session=$SESSION_ID; sleep 600"])";
-  SandboxServer sbx("[pools.p]\nsize = 1\ncommand = " + command + "\n");
-  sbx.Start();
-  auto metric = [&](const std::string& needle) { return sbx.WaitForMetric(needle); };
+TEST_F(OciPoolTest, AWaitingSandboxThatDiesIsReplacedAndNotHandedToASession) {
+  SandboxServer& sbx = *sbx_;
+  auto metric = [&](const std::string& needle) { return Metric(needle); };
   auto waiting = [&] {
     std::vector<std::string> out;
     std::error_code ec;
@@ -207,13 +226,8 @@ TEST(OciPoolTest, AWaitingSandboxThatDiesIsReplacedAndNotHandedToASession) {
   EXPECT_TRUE(metric("airlock_pool_ready{pool=\"p\"} 1"));
   ASSERT_EQ(waiting().size(), 1u);
   EXPECT_NE(waiting().front(), victim) << "the dead sandbox is gone, a new one waits";
-  std::string id = sbx.Create(Json::parse(command));
+  std::string id = CreateAndAwaitTheAgent();
   ASSERT_FALSE(id.empty());
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (sbx.Logs(id).find("pooled session=") == std::string::npos &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
   EXPECT_NE(sbx.Logs(id).find("pooled session=" + id + "\n"), std::string::npos) << sbx.Logs(id);
   EXPECT_TRUE(metric("airlock_pool_claims_total{pool=\"p\"} 1"));
 }
