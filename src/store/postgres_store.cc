@@ -162,6 +162,11 @@ ALTER TABLE sessions ADD COLUMN state_since BIGINT NOT NULL DEFAULT 0;
 UPDATE sessions SET state_since = updated_at,
   tier = CASE WHEN state = 'suspended' THEN 'paused' ELSE 'active' END;
 )sql"},
+    {4, R"sql(
+-- A client that rewrites its own history (the OpenAI and Anthropic faces): the messages it
+-- dropped leave the conversation but stay for the audit, marked with when they were replaced.
+ALTER TABLE messages ADD COLUMN superseded_at BIGINT;
+)sql"},
 };
 
 constexpr int kLatestVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -1116,10 +1121,11 @@ class PostgresStore final : public Store {
                                             bool include_pending) override {
     return Read([&](Connection& c) -> Result<std::vector<Message>> {
       AIRLOCK_TRY(RequireSession(c, session_id));
-      AIRLOCK_ASSIGN_OR_RETURN(
-          Rows rows, c.Query("SELECT id, position, body, created_at FROM messages "
-                             "WHERE session_id = $1 AND position IS NOT NULL ORDER BY position",
-                             session_id));
+      AIRLOCK_ASSIGN_OR_RETURN(Rows rows,
+                               c.Query("SELECT id, position, body, created_at FROM messages "
+                                       "WHERE session_id = $1 AND position IS NOT NULL "
+                                       "AND superseded_at IS NULL ORDER BY position",
+                                       session_id));
       AIRLOCK_ASSIGN_OR_RETURN(std::vector<Message> out, ReadMessages(rows));
       if (include_pending) {
         AIRLOCK_ASSIGN_OR_RETURN(Rows pending_rows,
@@ -1327,6 +1333,12 @@ class PostgresStore final : public Store {
         return Errorf(ErrorCode::kConflict, "session {} is {}", session_id, StateName(s.state));
       }
       AIRLOCK_TRY(RequireTokenHash(s, r.token_hash));
+      if (r.supersede_after) {
+        AIRLOCK_TRY(
+            c.Query("UPDATE messages SET superseded_at = $3 WHERE session_id = $1 "
+                    "AND position > $2 AND superseded_at IS NULL",
+                    session_id, *r.supersede_after, now));
+      }
       if (!r.messages.empty()) {
         AIRLOCK_ASSIGN_OR_RETURN(
             int64_t position,

@@ -151,6 +151,11 @@ ALTER TABLE sessions ADD COLUMN state_since INTEGER NOT NULL DEFAULT 0;
 UPDATE sessions SET state_since = updated_at,
   tier = CASE WHEN state = 'suspended' THEN 'paused' ELSE 'active' END;
 )sql"},
+    {6, R"sql(
+-- A client that rewrites its own history (the OpenAI and Anthropic faces): the messages it
+-- dropped leave the conversation but stay for the audit, marked with when they were replaced.
+ALTER TABLE messages ADD COLUMN superseded_at INTEGER;
+)sql"},
 };
 
 constexpr int kLatestVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -1041,8 +1046,8 @@ class SqliteStore final : public Store {
         }
       };
       AIRLOCK_TRY(
-          collect("SELECT id, position, body, created_at FROM messages "
-                  "WHERE session_id = ?1 AND position IS NOT NULL ORDER BY position"));
+          collect("SELECT id, position, body, created_at FROM messages WHERE session_id = ?1 "
+                  "AND position IS NOT NULL AND superseded_at IS NULL ORDER BY position"));
       if (include_pending) {
         AIRLOCK_TRY(
             collect("SELECT id, position, body, created_at FROM messages "
@@ -1184,6 +1189,13 @@ class SqliteStore final : public Store {
         return Errorf(ErrorCode::kConflict, "session {} is {}", session_id, StateName(state));
       }
       AIRLOCK_TRY(RequireTokenHash(c, session_id, r.token_hash));
+      if (r.supersede_after) {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            Stmt stmt, c.Prepare("UPDATE messages SET superseded_at = ?3 WHERE session_id = ?1 "
+                                 "AND position > ?2 AND superseded_at IS NULL"));
+        stmt.Bind(session_id, *r.supersede_after, now);
+        AIRLOCK_TRY(stmt.Run());
+      }
       if (!r.messages.empty()) {
         AIRLOCK_ASSIGN_OR_RETURN(
             int64_t position,

@@ -95,6 +95,10 @@ struct ChatRecord {
   // When set, the call is stored only if this is still the session's token hash: a reply
   // for a sandbox that was replaced meanwhile must not enter the new sandbox's conversation.
   std::string token_hash;
+  // A client that rewrote its history (summarised, truncated it): the conversation's messages
+  // after this position leave it before `messages` are appended. They stay in the store,
+  // marked superseded, for the audit; ListMessages no longer returns them. 0: all of them.
+  std::optional<int64_t> supersede_after;
 };
 
 struct UsageQuery {
@@ -286,7 +290,8 @@ class Store {
   // Appends messages (assistant replies, tool results) to the conversation, in order.
   virtual Status AppendConversation(std::string_view session_id,
                                     const std::vector<Json>& messages) = 0;
-  // The conversation in position order; with `include_pending`, pending messages follow.
+  // The conversation in position order (without messages a rewrite superseded: see
+  // ChatRecord); with `include_pending`, pending messages follow.
   virtual Result<std::vector<Message>> ListMessages(std::string_view session_id,
                                                     bool include_pending) = 0;
 

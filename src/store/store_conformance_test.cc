@@ -496,6 +496,48 @@ TEST_P(StoreConformanceTest, RecordChatAppendsMetersAndLogsInOneStep) {
   EXPECT_FALSE(store->RecordChat("ses_nope", rec).has_value());
 }
 
+// A client of the OpenAI or Anthropic face that rewrites its history (summarises, truncates):
+// what it dropped leaves the conversation, the rest keeps its positions, nothing is doubled.
+TEST_P(StoreConformanceTest, RecordChatSupersedesTheMessagesARewriteDropped) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("task")));
+  ASSERT_OK(store->TakeInbox("ses_a", ""));
+  ChatRecord rec;
+  rec.model = "fast";
+  rec.usage = Usage{1, 1, 1, 0};
+  rec.messages = {Json{{"role", "user"}, {"content", "long"}},
+                  Json{{"role", "assistant"}, {"content", "r1"}}};
+  ASSERT_OK(store->RecordChat("ses_a", rec));
+  ASSERT_OK_AND_ASSIGN(auto before, store->ListMessages("ses_a", false));
+  ASSERT_EQ(before.size(), 3u);
+
+  // Keeps the task (position of before[0]), replaces the rest with a summary.
+  rec.supersede_after = *before[0].position;
+  rec.messages = {Json{{"role", "user"}, {"content", "summary"}},
+                  Json{{"role", "assistant"}, {"content", "r2"}}};
+  ASSERT_OK(store->RecordChat("ses_a", rec));
+  ASSERT_OK_AND_ASSIGN(auto after, store->ListMessages("ses_a", true));
+  EXPECT_THAT(Contents(after), ElementsAre("task", "summary", "r2"));
+  EXPECT_EQ(after[0].id, before[0].id);
+  EXPECT_LT(*after[0].position, *after[1].position);
+  EXPECT_LT(*after[1].position, *after[2].position);
+
+  // A rewrite that keeps nothing; a pending inbox message is not part of the conversation yet
+  // and stays pending.
+  ASSERT_OK(store->AddUserMessage("ses_a", UserMessage("later")));
+  rec.supersede_after = 0;
+  rec.messages = {Json{{"role", "user"}, {"content", "fresh"}},
+                  Json{{"role", "assistant"}, {"content", "r3"}}};
+  ASSERT_OK(store->RecordChat("ses_a", rec));
+  ASSERT_OK_AND_ASSIGN(after, store->ListMessages("ses_a", true));
+  EXPECT_THAT(Contents(after), ElementsAre("fresh", "r3", "later"));
+  ASSERT_OK_AND_ASSIGN(auto taken, store->TakeInbox("ses_a", ""));
+  ASSERT_EQ(taken.size(), 1u);
+  ASSERT_OK_AND_ASSIGN(after, store->ListMessages("ses_a", false));
+  EXPECT_THAT(Contents(after), ElementsAre("fresh", "r3", "later"));
+}
+
 TEST_P(StoreConformanceTest, EventQuotaRefusesPastCountAndAppendsOneNotice) {
   auto store = Open();
   ASSERT_NE(store, nullptr);
@@ -1392,8 +1434,11 @@ TEST_P(StoreConformanceTest, ASuspendedSessionFromBeforeTiersReadsAsPausedSinceI
   }
   const std::string latest = RawQuery("SELECT MAX(version) FROM schema_migrations");
   const std::string tiers = postgres() ? "3" : "5";  // each store's idle-tier step
-  ASSERT_EQ(latest, tiers);
-  RawQuery("DELETE FROM schema_migrations WHERE version = " + tiers);
+  // The database as it was then: the steps from the tiers' on undone (the step after it adds
+  // messages.superseded_at).
+  ASSERT_EQ(latest, std::to_string(std::stoi(tiers) + 1));
+  RawQuery("DELETE FROM schema_migrations WHERE version >= " + tiers);
+  RawQuery("ALTER TABLE messages DROP COLUMN superseded_at");
   RawQuery("ALTER TABLE sessions DROP COLUMN tier");
   RawQuery("ALTER TABLE sessions DROP COLUMN state_since");
   RawQuery("UPDATE sessions SET updated_at = 5000 WHERE id = 'ses_s'");
