@@ -315,6 +315,7 @@ Status ParseModels(const toml::table* t, Config& c) {
         AIRLOCK_TRY(r.String("model", &m.model));
         AIRLOCK_TRY(r.Double("input_usd_per_mtok", &m.input_usd_per_mtok, 0));
         AIRLOCK_TRY(r.Double("output_usd_per_mtok", &m.output_usd_per_mtok, 0));
+        AIRLOCK_TRY(r.Int("max_output_tokens", &m.max_output_tokens, 0, 10'000'000));
         AIRLOCK_ASSIGN_OR_RETURN(const toml::table* params, r.Table("params"));
         AIRLOCK_TRY(r.RejectUnknown());
         if (params) {

@@ -45,7 +45,10 @@ struct ModelConfig {
   std::string model;
   double input_usd_per_mtok = 0;
   double output_usd_per_mtok = 0;
-  Json params = Json::object();
+  Json params = Json::object();  // pinned: a client of the OpenAI face cannot change these
+  // The most output tokens a client of the OpenAI face may ask for per call (its max_tokens is
+  // lowered to this, and set to it when it asks none); 0: no cap.
+  int64_t max_output_tokens = 0;
 };
 
 // [pools.NAME]: sandboxes kept started and waiting for a session (docs/operators.md).

@@ -27,10 +27,16 @@ api_key_env = "OPENAI_API_KEY"
 [models.default]
 provider = "main"
 model = "gpt-4o-mini"
+[models.capped]
+provider = "main"
+model = "gpt-4o"
+max_output_tokens = 2048
 )",
                        "/h");
   ASSERT_TRUE(c.has_value()) << c.error().message;
   EXPECT_EQ(c->models.at("default").model, "gpt-4o-mini");
+  EXPECT_EQ(c->models.at("default").max_output_tokens, 0);
+  EXPECT_EQ(c->models.at("capped").max_output_tokens, 2048);
   EXPECT_EQ(c->providers.at("main").api_key_env, "OPENAI_API_KEY");
 }
 
@@ -52,6 +58,10 @@ TEST(ConfigTest, RefusesWrongTypesAndRanges) {
   EXPECT_FALSE(ParseConfig("[server]\noperator_listen = \"nohost\"\n", "/h").has_value());
   EXPECT_FALSE(ParseConfig("[store]\nsynchronous = \"off\"\n", "/h").has_value());
   EXPECT_FALSE(ParseConfig("[models.m]\nprovider = \"missing\"\n", "/h").has_value());
+  EXPECT_FALSE(ParseConfig("[providers.p]\nkind = \"openai\"\n[models.m]\nprovider = \"p\"\n"
+                           "max_output_tokens = -1\n",
+                           "/h")
+                   .has_value());
   auto syntax = ParseConfig("[server\n", "/h", "x.toml");
   ASSERT_FALSE(syntax.has_value());
   EXPECT_NE(syntax.error().message.find("x.toml:1"), std::string::npos);

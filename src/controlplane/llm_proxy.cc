@@ -4,8 +4,10 @@
 #include <set>
 
 #include "common/blocking.h"
+#include "common/crypto.h"
 #include "common/log.h"
 #include "controlplane/event_limits.h"
+#include "controlplane/llm_faces.h"
 #include "controlplane/plug_points.h"
 #include "controlplane/views.h"
 #include "llm/wire_util.h"
@@ -315,6 +317,13 @@ struct LlmProxy::Call {
   std::optional<llm::ChatResult> result;
   std::optional<CallError> error;
   std::optional<llm::TokenUsage> charged;  // a failed call's tokens that were charged anyway
+
+  // The OpenAI face: answers in its shapes, under this completion id; and where the client's
+  // conversation met the stored one (MatchHistory).
+  bool openai_face = false;
+  bool include_usage = false;
+  std::string completion_id;
+  HistoryMatch history;
   double cost_usd = 0;
   store::Usage totals;
   double latency_s = 0;
@@ -359,7 +368,19 @@ awaitable<bool> PumpReceiver::OnChunk(const Json& chunk) {
       if (finish != nullptr && !finish->is_null()) call_.reply_complete = true;
     }
   }
-  std::string frame = SseData(chunk);
+  std::string frame;
+  if (call_.openai_face) {
+    // The client named an alias and gets it back; the usage comes metered, at the end.
+    Json c = chunk;
+    c.erase("usage");
+    if (c.contains("choices") && c["choices"].is_array() && c["choices"].empty()) co_return true;
+    c["id"] = call_.completion_id;
+    c["model"] = call_.alias;
+    if (!c.contains("created")) c["created"] = static_cast<int64_t>(std::time(nullptr));
+    frame = SseData(c);
+  } else {
+    frame = SseData(chunk);
+  }
   call_.frame_bytes += frame.size();
   call_.frames.push_back(std::move(frame));
   call_.wake->cancel();
@@ -446,15 +467,69 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
   }
   call->request.stream = body->value("stream", false);
 
-  call->alias = sess.model;
+  std::string alias = sess.model;
   if (body->contains("model") && !(*body)["model"].is_null()) {
     if (!(*body)["model"].is_string())
       co_return Response::FromError(400, "invalid_argument", "\"model\" must be a model alias");
-    call->alias = (*body)["model"];
+    alias = (*body)["model"];
   }
-  bool allowed = call->alias == sess.model;
+  if (auto refused = Resolve(*call, alias)) co_return std::move(*refused);
+  if (auto refused = co_await Admit(*call)) co_return std::move(*refused);
+
+  auto history =
+      co_await RunBlocking(pool_, [this, &sess] { return store_.ListMessages(sess.id, false); });
+  if (!history) {
+    Abandon(*call);
+    co_return Response::FromError(history.error());
+  }
+  for (auto& m : *history) call->request.messages.push_back(std::move(m.body));
+  for (const auto& m : call->new_messages) call->request.messages.push_back(m);
+  call->request.params = call->model->params;
+  co_return co_await Run(call);
+}
+
+awaitable<Response> LlmProxy::ChatCompletions(Request& req, store::Session s) {
+  auto body = ParseJsonObject(req.msg.body());
+  if (!body) co_return Response::FromError(body.error());
+  auto parsed = ParseCompletionsRequest(*body);
+  if (!parsed) co_return Response::FromError(parsed.error());
+  auto call = std::make_shared<Call>();
+  call->session = std::move(s);
+  call->openai_face = true;
+  call->include_usage = parsed->include_usage;
+  call->completion_id = "chatcmpl-" + HexEncode(RandomBytes(12));
+  call->request.tools = std::move(parsed->tools);
+  call->request.stream = parsed->stream;
+  if (auto refused = Resolve(*call, parsed->alias)) co_return std::move(*refused);
+  if (auto refused = co_await Admit(*call)) co_return std::move(*refused);
+
+  // The client sends the whole conversation: the upstream gets it as sent, and the store
+  // keeps each message once (what it does not hold yet, after what the client dropped).
+  auto stored = co_await RunBlocking(
+      pool_, [this, &id = call->session.id] { return store_.ListMessages(id, false); });
+  if (!stored) {
+    Abandon(*call);
+    co_return Response::FromError(stored.error());
+  }
+  call->history = MatchHistory(*stored, parsed->messages);
+  for (size_t i = call->history.known; i < parsed->messages.size(); ++i)
+    call->new_messages.push_back(parsed->messages[i]);
+  call->request.messages = Json::array();
+  for (Json& m : parsed->messages) call->request.messages.push_back(std::move(m));
+  call->request.params = UpstreamParams(call->provider->kind(), parsed->params, *call->model);
+  co_return co_await Run(call);
+}
+
+Response LlmProxy::Models(const store::Session& s) const {
+  return Response::FromJson(200, ModelsJson(s, config_));
+}
+
+std::optional<Response> LlmProxy::Resolve(Call& call, const std::string& alias) {
+  const store::Session& sess = call.session;
+  call.alias = alias;
+  bool allowed = call.alias == sess.model;
   if (sess.models.is_array()) {
-    for (const auto& a : sess.models) allowed = allowed || a == call->alias;
+    for (const auto& a : sess.models) allowed = allowed || a == call.alias;
   }
   if (!allowed) {
     std::string list = sess.model;
@@ -463,28 +538,33 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
         if (a.is_string() && a != sess.model) list += ", " + a.get<std::string>();
       }
     }
-    co_return Response::FromError(403, "permission_denied",
-                                  fmt::format("this session may use the model aliases: {}", list));
+    return Response::FromError(403, "permission_denied",
+                               fmt::format("this session may use the model aliases: {}", list));
   }
-  auto mit = config_.models.find(call->alias);
+  auto mit = config_.models.find(call.alias);
   if (mit == config_.models.end()) {
-    co_return Response::FromError(
+    return Response::FromError(
         503, "unavailable",
         fmt::format("the model alias \"{}\" is not configured on this control plane",
-                    call->alias.substr(0, 64)));
+                    call.alias.substr(0, 64)));
   }
-  call->model = &mit->second;
-  auto pit = providers_.find(call->model->provider);
+  call.model = &mit->second;
+  auto pit = providers_.find(call.model->provider);
   if (pit == providers_.end() || !pit->second.provider) {
-    co_return Response::FromError(503, "unavailable",
-                                  pit == providers_.end() ? "the model's provider is not configured"
-                                                          : pit->second.unavailable);
+    return Response::FromError(503, "unavailable",
+                               pit == providers_.end() ? "the model's provider is not configured"
+                                                       : pit->second.unavailable);
   }
-  call->provider = pit->second.provider.get();
+  call.provider = pit->second.provider.get();
+  call.request.model = call.model->model;
+  return std::nullopt;
+}
 
+awaitable<std::optional<Response>> LlmProxy::Admit(Call& call) {
+  const store::Session& sess = call.session;
   if (auto spent = BudgetSpent(sess)) {
     metrics_.budget_refusals.With({}).Inc();
-    Json data{{"model", call->alias}, {"outcome", "budget_exhausted"}, {"error", *spent}};
+    Json data{{"model", call.alias}, {"outcome", "budget_exhausted"}, {"error", *spent}};
     // A sandbox can repeat a refused call as often as it likes: its audit events count
     // against the session's event quota (past it the refusal is still answered, unrecorded).
     const store::EventQuota quota = EventQuotaFor(config_);
@@ -507,21 +587,17 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
     co_return Response::FromError(503, "unavailable",
                                   "the session's conversation stayed busy; try again");
   }
-  in_flight_[sess.id] = &call->cancel;
+  in_flight_[sess.id] = &call.cancel;
+  co_return std::nullopt;
+}
 
-  auto history =
-      co_await RunBlocking(pool_, [this, &sess] { return store_.ListMessages(sess.id, false); });
-  if (!history) {
-    in_flight_.erase(sess.id);
-    locks_.Release(sess.id);
-    co_return Response::FromError(history.error());
-  }
-  for (auto& m : *history) call->request.messages.push_back(std::move(m.body));
-  for (const auto& m : call->new_messages) call->request.messages.push_back(m);
-  call->request.model = call->model->model;
-  call->request.params = call->model->params;
+void LlmProxy::Abandon(Call& call) {
+  in_flight_.erase(call.session.id);
+  locks_.Release(call.session.id);
+}
+
+awaitable<Response> LlmProxy::Run(std::shared_ptr<Call> call) {
   call->started = Clock::now();
-
   if (!call->request.stream) {
     auto r = co_await call->provider->Chat(call->request, nullptr, call->cancel);
     if (r) {
@@ -533,6 +609,10 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
     if (call->error)
       co_return Response::FromError(StatusFor(call->error->outcome), CodeFor(call->error->outcome),
                                     call->error->message);
+    if (call->openai_face) {
+      co_return Response::FromJson(200,
+                                   CompletionJson(call->completion_id, call->alias, *call->result));
+    }
     Json out{{"message", call->result->message},
              {"finish_reason", call->result->finish_reason},
              {"model", call->alias},
@@ -540,7 +620,6 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
              {"session_usage", UsageView(call->totals)}};
     co_return Response::FromJson(200, out);
   }
-
   call->wake = std::make_unique<asio::steady_timer>(io_);
   call->drained = std::make_unique<asio::steady_timer>(io_);
   asio::co_spawn(io_, RunStreamed(call), asio::detached);
@@ -600,6 +679,17 @@ awaitable<void> LlmProxy::RunStreamed(std::shared_ptr<Call> call) {
         {"error", {{"code", CodeFor(call->error->outcome)}, {"message", call->error->message}}}});
   } else {
     call->final_frame = "data: [DONE]\n\n";
+    if (call->openai_face && call->include_usage) {
+      // OpenAI's stream_options.include_usage: one last chunk without choices, with what the
+      // call was metered.
+      call->final_frame = SseData(Json{{"id", call->completion_id},
+                                       {"object", "chat.completion.chunk"},
+                                       {"created", static_cast<int64_t>(std::time(nullptr))},
+                                       {"model", call->alias},
+                                       {"choices", Json::array()},
+                                       {"usage", CompletionUsageJson(call->result->usage)}}) +
+                          call->final_frame;
+    }
   }
   call->done = true;
   call->wake->cancel();
@@ -636,6 +726,12 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
             {"stream", call.request.stream},
             {"new_messages", call.new_messages.size()},
             {"latency_ms", static_cast<int64_t>(call.latency_s * 1000)}};
+  if (call.openai_face) data["face"] = "openai";
+  // The client rewrote its history: how much of the stored conversation it kept, how much
+  // it dropped (superseded, below, if the call is stored).
+  if (call.history.supersede_after) {
+    data["history"] = Json{{"kept", call.history.known}, {"superseded", call.history.superseded}};
+  }
   std::optional<Error> failed;
   if (call.result) {
     const auto& u = call.result->usage;
@@ -655,6 +751,7 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
     rec.usage = store::Usage{u.input_tokens, u.output_tokens, 1, call.cost_usd};
     rec.event_data = data;
     rec.token_hash = call.session.token_hash;
+    rec.supersede_after = call.history.supersede_after;
     auto totals =
         co_await RunBlocking(pool_, [this, &id, &rec] { return store_.RecordChat(id, rec); });
     if (totals) {

@@ -68,8 +68,11 @@ class LlmProxy {
   // answer 503 with the reason; the control plane still starts.
   void Start();
 
-  // The route, for an authenticated session.
+  // The native route, for an authenticated session.
   awaitable<Response> Chat(Request& req, store::Session s);
+  // The OpenAI face (controlplane/llm_faces.h): POST /v1/chat/completions and GET /v1/models.
+  awaitable<Response> ChatCompletions(Request& req, store::Session s);
+  Response Models(const store::Session& s) const;
 
   // The session ended: its call in flight, if any, is cancelled.
   void CancelSession(const std::string& id);
@@ -82,7 +85,13 @@ class LlmProxy {
     std::string unavailable;  // why it could not start
   };
 
-  awaitable<Response> Finish(std::shared_ptr<Call> call);
+  // The steps every call takes, whichever route it came by: the alias's model and provider
+  // (an error answer, or nullopt); the budget and the conversation (same); the upstream call
+  // and its answer in the route's shape. After Admit, Abandon gives the conversation back.
+  std::optional<Response> Resolve(Call& call, const std::string& alias);
+  awaitable<std::optional<Response>> Admit(Call& call);
+  void Abandon(Call& call);
+  awaitable<Response> Run(std::shared_ptr<Call> call);
   awaitable<void> RunStreamed(std::shared_ptr<Call> call);
   awaitable<std::optional<Error>> Record(Call& call);
   void CountOutcome(const Call& call);

@@ -115,6 +115,20 @@ void ControlPlane::RegisterSandboxRoutes() {
   r.Add(
       http::verb::post, "/sandbox/v1/llm/chat", [this](Request& q) { return LlmChat(q); },
       RouteOptions{config_.limits.max_body_bytes});
+  // The OpenAI face: a client with base_url = $CONTROL_PLANE_URL/v1 and api_key =
+  // $SESSION_TOKEN works unchanged. It re-sends the whole conversation, so its body limit is
+  // the chat route's.
+  r.Add(
+      http::verb::post, "/v1/chat/completions",
+      [this](Request& q) -> awaitable<Response> {
+        AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
+        co_return co_await llm_->ChatCompletions(q, std::move(s));
+      },
+      RouteOptions{config_.limits.max_body_bytes});
+  r.Add(http::verb::get, "/v1/models", [this](Request& q) -> awaitable<Response> {
+    AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
+    co_return llm_->Models(s);
+  });
   r.Add(http::verb::post, "/sandbox/v1/files/presign",
         [this](Request& q) { return PresignFile(q); });
   // The local store's signed URLs: the signature is the credential, no bearer token.

@@ -108,7 +108,10 @@ TEST(OpenApiDocumentTest, EveryOperationNamesItsListenerAndItsCredential) {
       }
     } else {
       ASSERT_EQ(listener, "sandbox") << where;
-      EXPECT_TRUE(key.path.starts_with("/sandbox/v1/")) << where;
+      // The OpenAI face keeps OpenAI's paths, so that its clients work unchanged.
+      EXPECT_TRUE(key.path.starts_with("/sandbox/v1/") || key.path == "/v1/chat/completions" ||
+                  key.path == "/v1/models")
+          << where;
       ASSERT_TRUE(item.contains("servers")) << where;
       EXPECT_NE(item["servers"][0]["url"].get<std::string>().find(":7401"), std::string::npos);
       // Signed file URLs carry their credential in the query, and a sandbox's own socket is
@@ -208,7 +211,8 @@ TEST_F(OpenApiTest, AnUndocumentedMethodAnswers405AllowingTheDocumentedOnes) {
   for (const auto& op : Spec().Operations()) paths.insert(op.path);
   for (const auto& path : paths) {
     const std::string concrete = Concrete(path);
-    uint16_t port = path.starts_with("/sandbox/") ? server_.sb_port() : server_.op_port();
+    const bool sandbox = ListenerOf(OperationKey{Spec().Methods(path).front(), path}) == "sandbox";
+    uint16_t port = sandbox ? server_.sb_port() : server_.op_port();
     auto r = HttpCall(port, verb::patch, concrete, server_.key());
     EXPECT_EQ(r.status, 405u) << path;
     EXPECT_EQ(r.error_code(), "method_not_allowed") << path;
@@ -313,6 +317,30 @@ TEST_F(OpenApiTest, EveryOperationAnswersAsDocumented) {
                    DumpJson(Json{{"messages", Json::array({next})}, {"stream", true}}));
   EXPECT_EQ(stream.status, 200u);
   EXPECT_NE(stream.body.find("data: [DONE]"), std::string::npos) << stream.body;
+
+  // The OpenAI face: the models, a completion, a stream, an unsupported field, another alias.
+  EXPECT_EQ(Sb(verb::get, "/v1/models", ta).status, 200u);
+  Json conversation = Json::array({Json{{"role", "user"}, {"content", "hello"}}});
+  auto completion = Sb(verb::post, "/v1/chat/completions", ta,
+                       DumpJson(Json{{"model", "default"}, {"messages", conversation}}));
+  ASSERT_EQ(completion.status, 200u) << completion.body;
+  conversation.push_back(completion.json()["choices"][0]["message"]);
+  conversation.push_back(Json{{"role", "user"}, {"content", "and then?"}});
+  auto streamed = Sb(verb::post, "/v1/chat/completions", ta,
+                     DumpJson(Json{{"model", "default"},
+                                   {"messages", conversation},
+                                   {"stream", true},
+                                   {"stream_options", {{"include_usage", true}}}}));
+  EXPECT_EQ(streamed.status, 200u);
+  EXPECT_NE(streamed.body.find("data: [DONE]"), std::string::npos) << streamed.body;
+  EXPECT_EQ(Sb(verb::post, "/v1/chat/completions", ta,
+               R"({"model":"default","messages":[{"role":"user","content":"x"}],"logprobs":true})")
+                .status,
+            400u);
+  EXPECT_EQ(Sb(verb::post, "/v1/chat/completions", ta,
+               R"({"model":"elsewhere","messages":[{"role":"user","content":"x"}]})")
+                .status,
+            403u);
 
   // Files: presign, upload and fetch through the signed URLs, then the operator's view.
   auto presign_put = Sb(verb::post, "/sandbox/v1/files/presign", ta,

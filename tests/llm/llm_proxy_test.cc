@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "tests/integration/harness.h"
@@ -74,7 +75,12 @@ class LlmProxyTest : public ::testing::Test {
       controlplane::ModelConfig claude{"an", "claude-test", 3.0, 15.0, Json{{"max_tokens", 1000}}};
       controlplane::ModelConfig scripted{"sc", "scripted", 0, 0, Json::object()};
       controlplane::ModelConfig other{"oa", "gpt-other", 1.0, 2.0, Json{{"temperature", 0.5}}};
-      c.models = {{"default", def}, {"claude", claude}, {"scripted", scripted}, {"other", other}};
+      controlplane::ModelConfig capped{"oa", "gpt-capped", 1.0, 2.0, Json::object(), 100};
+      c.models = {{"default", def},
+                  {"claude", claude},
+                  {"scripted", scripted},
+                  {"other", other},
+                  {"capped", capped}};
     });
   }
 
@@ -101,6 +107,11 @@ class LlmProxyTest : public ::testing::Test {
 
   HttpResult Chat(const std::string& token, const Json& body) {
     return server_->Sb(verb::post, "/sandbox/v1/llm/chat", token, DumpJson(body));
+  }
+
+  // The OpenAI face, as the openai clients call it.
+  HttpResult Completions(const std::string& token, const Json& body) {
+    return server_->Sb(verb::post, "/v1/chat/completions", token, DumpJson(body));
   }
 
   Json Conversation(const std::string& id) {
@@ -917,6 +928,232 @@ TEST_F(LlmProxyTest, AProviderWithoutItsKeyAnswers503AndTheServerStillStarts) {
   // The scripted model needs no key.
   auto [id2, token2] = Session(R"({"task":"t","model":"scripted"})");
   EXPECT_EQ(Chat(token2, Json{{"messages", Json::array()}}).status, 200u);
+}
+
+// ---------------------------------------------------------------- the OpenAI face
+
+TEST_F(LlmProxyTest, TheOpenAiFaceForwardsTheWholeConversationAndStoresEachMessageOnce) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"count the files","models":["other"]})");
+  Json conversation = Json::array({UserMsg("count the files")});
+  auto r1 = Completions(token, Json{{"model", "default"}, {"messages", conversation}});
+  ASSERT_EQ(r1.status, 200u) << r1.body;
+  Json c1 = r1.json();
+  EXPECT_EQ(c1["object"], "chat.completion");
+  EXPECT_EQ(c1["model"], "default");
+  EXPECT_EQ(c1["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(c1["choices"][0]["message"]["content"], "reply 1");
+  EXPECT_GT(c1["usage"]["prompt_tokens"].get<int64_t>(), 0);
+  EXPECT_EQ(c1["usage"]["total_tokens"].get<int64_t>(),
+            c1["usage"]["prompt_tokens"].get<int64_t>() +
+                c1["usage"]["completion_tokens"].get<int64_t>());
+  EXPECT_TRUE(KeyLeak(r1.body).empty());
+
+  // The client appends the reply as it got it (with the fields OpenAI's answers carry) and a
+  // new question, and sends it all again.
+  Json echoed = c1["choices"][0]["message"];
+  echoed["refusal"] = nullptr;
+  echoed["annotations"] = Json::array();
+  conversation.push_back(echoed);
+  conversation.push_back(UserMsg("and the directories?"));
+  auto r2 = Completions(token, Json{{"model", "default"}, {"messages", conversation}});
+  ASSERT_EQ(r2.status, 200u) << r2.body;
+
+  auto reqs = up_->requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(reqs[1].Header("authorization"), std::string("Bearer ") + kKey);
+  Json sent = reqs[1].Json();
+  ASSERT_EQ(sent["messages"].size(), 3u);
+  EXPECT_EQ(sent["messages"][1]["content"], "reply 1");
+  EXPECT_FALSE(sent["messages"][1].contains("refusal"));
+  EXPECT_EQ(sent["messages"][2]["content"], "and the directories?");
+
+  // Each message once, in order: the task, reply 1, the question, reply 2.
+  Json conv = Conversation(id);
+  ASSERT_EQ(conv.size(), 4u) << conv.dump();
+  EXPECT_EQ(conv[0]["content"], "count the files");
+  EXPECT_EQ(conv[1]["content"], "reply 1");
+  EXPECT_EQ(conv[2]["content"], "and the directories?");
+  EXPECT_EQ(conv[3]["content"], "reply 2");
+  auto calls = LlmCalls(id, 2);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1]["face"], "openai");
+  EXPECT_EQ(calls[0]["new_messages"], 0);
+  EXPECT_EQ(calls[1]["new_messages"], 1);
+  EXPECT_FALSE(calls[1].contains("history"));
+  Json s = server_->Op(verb::get, "/v1/sessions/" + id).json();
+  EXPECT_EQ(s["usage"]["llm_calls"], 2);
+  EXPECT_EQ(s["usage"]["input_tokens"].get<int64_t>(),
+            c1["usage"]["prompt_tokens"].get<int64_t>() +
+                r2.json()["usage"]["prompt_tokens"].get<int64_t>());
+
+  // The models this session may use.
+  auto models = server_->Sb(verb::get, "/v1/models", token);
+  ASSERT_EQ(models.status, 200u) << models.body;
+  std::set<std::string> ids;
+  const Json list = models.json();
+  for (const auto& m : list["data"]) ids.insert(m["id"].get<std::string>());
+  EXPECT_EQ(ids, (std::set<std::string>{"default", "other"}));
+}
+
+TEST_F(LlmProxyTest, AClientThatRewritesItsHistoryIsRecordedAsSuchAndNeverDoubled) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  Json conversation = Json::array({UserMsg("count the files")});
+  for (const char* q : {"first", "second"}) {
+    auto r = Completions(token, Json{{"model", "default"}, {"messages", conversation}});
+    ASSERT_EQ(r.status, 200u) << r.body;
+    conversation.push_back(r.json()["choices"][0]["message"]);
+    conversation.push_back(UserMsg(q));
+  }
+  // Summarised: the task stays, the rest becomes one message.
+  Json summarised = Json::array({UserMsg("count the files"), UserMsg("summary: 2 replies so far")});
+  auto r = Completions(token, Json{{"model", "default"}, {"messages", summarised}});
+  ASSERT_EQ(r.status, 200u) << r.body;
+  EXPECT_EQ(up_->requests().back().Json()["messages"].size(), 2u);
+  Json conv = Conversation(id);
+  ASSERT_EQ(conv.size(), 3u) << conv.dump();
+  EXPECT_EQ(conv[1]["content"], "summary: 2 replies so far");
+  auto calls = LlmCalls(id, 3);
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_EQ(calls[2]["history"], (Json{{"kept", 1}, {"superseded", 3}}));
+
+  // It carries on from the summary: recognised, nothing superseded, nothing doubled.
+  summarised.push_back(r.json()["choices"][0]["message"]);
+  summarised.push_back(UserMsg("go on"));
+  ASSERT_EQ(Completions(token, Json{{"model", "default"}, {"messages", summarised}}).status, 200u);
+  conv = Conversation(id);
+  ASSERT_EQ(conv.size(), 5u) << conv.dump();
+  EXPECT_EQ(conv[3]["content"], "go on");
+  calls = LlmCalls(id, 4);
+  ASSERT_EQ(calls.size(), 4u);
+  EXPECT_FALSE(calls[3].contains("history"));
+  EXPECT_EQ(calls[3]["new_messages"], 1);
+}
+
+TEST_F(LlmProxyTest, TheOpenAiFaceTakesTheClientsParametersUnderTheOperatorsPinsAndCaps) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"t","models":["other","capped"]})");
+  Json msgs = Json::array({UserMsg("t")});
+  auto call = [&](const std::string& model, Json extra) {
+    Json body{{"model", model}, {"messages", msgs}};
+    body.update(extra);
+    auto r = Completions(token, body);
+    EXPECT_EQ(r.status, 200u) << r.body;
+    return up_->requests().back().Json();
+  };
+  Json sent = call("default", Json{{"temperature", 0.2},
+                                   {"top_p", 0.9},
+                                   {"max_completion_tokens", 50},
+                                   {"stop", "END"},
+                                   {"seed", 7},
+                                   {"user", "someone"},
+                                   {"store", true}});
+  EXPECT_EQ(sent["temperature"], 0.2);
+  EXPECT_EQ(sent["top_p"], 0.9);
+  EXPECT_EQ(sent["max_tokens"], 50);
+  EXPECT_EQ(sent["stop"], "END");
+  EXPECT_EQ(sent["seed"], 7);
+  EXPECT_FALSE(sent.contains("user"));
+  EXPECT_FALSE(sent.contains("store"));
+  EXPECT_EQ(sent["model"], "gpt-test");
+  // The operator pinned temperature on "other"; "capped" allows 100 output tokens at most.
+  EXPECT_EQ(call("other", Json{{"temperature", 1.5}})["temperature"], 0.5);
+  EXPECT_EQ(call("capped", Json{{"max_tokens", 5000}})["max_tokens"], 100);
+  EXPECT_EQ(call("capped", Json::object())["max_tokens"], 100);
+  EXPECT_EQ(call("capped", Json{{"max_tokens", 10}})["max_tokens"], 10);
+
+  // What it may not set is refused by name, and nothing reaches the upstream.
+  const size_t before = up_->requests().size();
+  for (const Json& bad :
+       {Json{{"logit_bias", Json{{"50256", -100}}}}, Json{{"n", 2}}, Json{{"temperature", "hot"}},
+        Json{{"max_tokens", -1}}, Json{{"stop", Json::array({"a", "b", "c", "d", "e"})}}}) {
+    Json body{{"model", "default"}, {"messages", msgs}};
+    body.update(bad);
+    auto r = Completions(token, body);
+    EXPECT_EQ(r.status, 400u) << bad.dump();
+    EXPECT_NE(r.body.find(bad.begin().key()), std::string::npos) << r.body;
+  }
+  EXPECT_EQ(Completions(token, Json{{"messages", msgs}}).status, 400u);  // no model
+  EXPECT_EQ(Completions(token, Json{{"model", "default"}, {"messages", Json::array()}}).status,
+            400u);
+  EXPECT_EQ(Completions(token, Json{{"model", "claude"}, {"messages", msgs}}).status, 403u);
+  EXPECT_EQ(up_->requests().size(), before);
+}
+
+TEST_F(LlmProxyTest, AnOpenAiClientTalksToAnAnthropicModelWithToolsStreamedAndNot) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"where am I","model":"claude"})");
+  Json tools = Json::array({Json{
+      {"type", "function"},
+      {"function",
+       {{"name", "shell"},
+        {"parameters", {{"type", "object"}, {"properties", {{"cmd", {{"type", "string"}}}}}}}}}}});
+  Json conversation =
+      Json::array({Json{{"role", "developer"}, {"content", "Be brief."}}, UserMsg("where am I")});
+  up_->Enqueue(Reply::Tools({{"toolu_1", "shell", R"({"cmd":"pwd"})"}}, "Checking."));
+  auto r1 = Completions(token, Json{{"model", "claude"},
+                                    {"messages", conversation},
+                                    {"tools", tools},
+                                    {"tool_choice", "required"},
+                                    {"stop", Json::array({"###"})}});
+  ASSERT_EQ(r1.status, 200u) << r1.body;
+  Json sent = up_->requests().back().Json();
+  EXPECT_EQ(up_->requests().back().target, "/v1/messages");
+  EXPECT_EQ(sent["system"], "Be brief.");
+  EXPECT_EQ(sent["tool_choice"], (Json{{"type", "any"}}));
+  EXPECT_EQ(sent["stop_sequences"], Json::array({"###"}));
+  EXPECT_EQ(sent["max_tokens"], 1000);  // the alias's pinned max_tokens
+  Json reply = r1.json()["choices"][0]["message"];
+  EXPECT_EQ(r1.json()["choices"][0]["finish_reason"], "tool_calls");
+  ASSERT_EQ(reply["tool_calls"].size(), 1u);
+  EXPECT_EQ(reply["tool_calls"][0]["id"], "toolu_1");
+
+  // The tool's result, streamed, with the usage at the end.
+  conversation.push_back(reply);
+  conversation.push_back(
+      Json{{"role", "tool"}, {"tool_call_id", "toolu_1"}, {"content", "/home/sandbox"}});
+  up_->Enqueue(Reply::Text("You are in /home/sandbox.").WithChunks(3));
+  auto r2 = Completions(token, Json{{"model", "claude"},
+                                    {"messages", conversation},
+                                    {"tools", tools},
+                                    {"stream", true},
+                                    {"stream_options", {{"include_usage", true}}}});
+  ASSERT_EQ(r2.status, 200u) << r2.body;
+  EXPECT_TRUE(KeyLeak(r2.body).empty());
+  bool done = false;
+  auto chunks = SseChunks(r2.body, &done);
+  EXPECT_TRUE(done);
+  ASSERT_GE(chunks.size(), 3u);
+  std::string text;
+  for (size_t i = 0; i + 1 < chunks.size(); ++i) {
+    EXPECT_EQ(chunks[i]["model"], "claude");
+    EXPECT_EQ(chunks[i]["id"], chunks[0]["id"]);
+    EXPECT_FALSE(chunks[i].contains("usage"));
+    for (const auto& ch : chunks[i]["choices"]) {
+      if (ch["delta"].contains("content") && ch["delta"]["content"].is_string())
+        text += ch["delta"]["content"];
+    }
+  }
+  EXPECT_EQ(text, "You are in /home/sandbox.");
+  const Json& last = chunks.back();
+  EXPECT_TRUE(last["choices"].empty());
+  Json usage = SessionUsage(id);
+  auto calls = LlmCalls(id, 2);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(last["usage"]["prompt_tokens"], calls[1]["input_tokens"]);
+  EXPECT_EQ(last["usage"]["completion_tokens"], calls[1]["output_tokens"]);
+
+  // Stored once each: the system message and the task (the rewrite put the system prompt
+  // first), the tool call, its result, the answer.
+  Json conv = Conversation(id);
+  ASSERT_EQ(conv.size(), 5u) << conv.dump();
+  EXPECT_EQ(conv[0]["role"], "system");
+  EXPECT_EQ(conv[2]["tool_calls"][0]["id"], "toolu_1");
+  EXPECT_EQ(conv[3]["role"], "tool");
+  EXPECT_EQ(conv[4]["content"], "You are in /home/sandbox.");
+  EXPECT_EQ(calls[0]["history"], (Json{{"kept", 0}, {"superseded", 1}}));
+  EXPECT_FALSE(calls[1].contains("history"));
 }
 
 }  // namespace
