@@ -6,7 +6,8 @@
 #
 # Usage:
 #   images/make-image.sh --out FILE.tar --name NAME:TAG [--busybox]
-#                        [--add SRC:DEST[:MODE]]... [--entrypoint JSON] [--cmd JSON]
+#                        [--add SRC:DEST[:MODE]]... [--add-dir SRC:DEST]...
+#                        [--entrypoint JSON] [--cmd JSON]
 #                        [--env KEY=VALUE]... [--workdir DIR]
 #
 #   --busybox      /bin/busybox (override with $BUSYBOX; it must be statically linked) plus a
@@ -14,6 +15,8 @@
 #                  (root and sandbox 1000), /tmp (1777), /root and /home/sandbox
 #   --add          copy the file SRC to the absolute path DEST in the image, mode MODE (octal;
 #                  default 0755 if SRC is executable, else 0644); repeatable
+#   --add-dir      copy the directory SRC (its contents, symlinks kept as links) to the absolute
+#                  path DEST; directories 0755, files 0755 if executable, else 0644; repeatable
 #   --entrypoint   a JSON array of strings, e.g. '["/bin/sh"]'
 #   --cmd          a JSON array of strings
 #
@@ -35,6 +38,7 @@ entrypoint=""
 cmd=""
 workdir=""
 adds=()
+add_dirs=()
 envs=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,11 +46,12 @@ while [ $# -gt 0 ]; do
     --name) name="${2:?--name needs NAME:TAG}"; shift 2 ;;
     --busybox) busybox=true; shift ;;
     --add) adds+=("${2:?--add needs SRC:DEST[:MODE]}"); shift 2 ;;
+    --add-dir) add_dirs+=("${2:?--add-dir needs SRC:DEST}"); shift 2 ;;
     --entrypoint) entrypoint="${2:?--entrypoint needs a JSON array}"; shift 2 ;;
     --cmd) cmd="${2:?--cmd needs a JSON array}"; shift 2 ;;
     --env) envs+=("${2:?--env needs KEY=VALUE}"); shift 2 ;;
     --workdir) workdir="${2:?--workdir needs a directory}"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -127,11 +132,26 @@ for spec in "${adds[@]}"; do
   chmod "$mode" "$root$dest"
 done
 
+for spec in "${add_dirs[@]}"; do
+  IFS=: read -r src dest extra <<<"$spec"
+  [ -z "${extra:-}" ] || die "--add-dir takes SRC:DEST: $spec"
+  [ -d "$src" ] || die "--add-dir: no such directory: $src"
+  [[ "$dest" == /* && "$dest" != */ && "/$dest/" != */../* ]] ||
+    die "--add-dir: DEST must be an absolute directory path without '..': $dest"
+  mkdir -p "$root$dest"
+  cp -R "$src/." "$root$dest/"
+  # Modes that do not depend on the umask or the source's: the same bytes for the same files.
+  find "$root$dest" -type d -exec chmod 0755 {} +
+  find "$root$dest" -type f -perm /111 -exec chmod 0755 {} +
+  find "$root$dest" -type f ! -perm /111 -exec chmod 0644 {} +
+done
+
 # The layer: a deterministic tar of the tree, then gzip without name or time stamp.
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=gnu \
   -C "$root" -cf "$work/layer.tar" .
 diff_id="$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
-gzip -n -9 <"$work/layer.tar" >"$work/layer.tar.gz"
+# MAKE_IMAGE_GZIP_LEVEL: 1 for images made at test time, where speed matters more than size.
+gzip -n "-${MAKE_IMAGE_GZIP_LEVEL:-9}" <"$work/layer.tar" >"$work/layer.tar.gz"
 layer_digest="$(sha256sum "$work/layer.tar.gz" | cut -d' ' -f1)"
 layer_size="$(stat -c %s "$work/layer.tar.gz")"
 mv "$work/layer.tar.gz" "$layout/blobs/sha256/$layer_digest"

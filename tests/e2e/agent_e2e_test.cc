@@ -472,6 +472,98 @@ TEST_F(AgentE2eTest, WithAnOpenAiKeyInTheEnvironmentTheAgentUsesThatProvider) {
   EXPECT_EQ(out.logs.find(key), std::string::npos);
 }
 
+// An agent written against OpenAI's official `openai` npm client (tests/llm/
+// openai_client_agent.mjs), in an image of its own with node and the client from the npm
+// registry (tests/llm/npm_clients.sh), run unchanged: its client points at CONTROL_PLANE_URL/v1
+// with SESSION_TOKEN as the key. It makes a tool call round trip, streams an answer with usage,
+// and lists the models, against a fake upstream speaking OpenAI's wire format
+// (tests/llm/fake_upstream.h).
+TEST_F(AgentE2eTest, AnAgentOnTheOfficialOpenAiClientRunsUnchanged) {
+  if (TestBackendName() == "microvm")
+    GTEST_SKIP() << "node's JIT under TCG takes minutes to start; the face is the same on oci";
+  const std::string dir = MakeTempDir("airlock-e2e-npm");
+  const std::string tar = dir + "/openai-agent.tar";
+  const std::string build = fmt::format(
+      "{0}/tests/llm/npm_clients.sh image {1} openai-agent:test "
+      "{0}/tests/llm/openai_client_agent.mjs > {2}/build.log 2>&1",
+      AIRLOCK_SOURCE_DIR, tar, dir);
+  const int rc = std::system(build.c_str());
+  if (WIFEXITED(rc) && WEXITSTATUS(rc) == 77)
+    GTEST_SKIP() << "the npm clients cannot be installed here: " << ReadFile(dir + "/build.log");
+  ASSERT_EQ(rc, 0) << ReadFile(dir + "/build.log");
+
+  const std::string key = "sk-e2e-openai-client-only-the-control-plane-has-this";
+  fake::FakeUpstreamOptions o;
+  o.expected_key = key;
+  fake::FakeUpstream upstream(o);
+  ASSERT_TRUE(upstream.ok()) << upstream.error();
+  upstream.Enqueue(fake::Reply::Tools({{"call_1", "read_file", R"({"path":"/etc/passwd"})"}}));
+  upstream.Enqueue(
+      fake::Reply::Text("The sandbox knows two users: root and sandbox.").WithChunks(4));
+  ::setenv("OPENAI_API_KEY", key.c_str(), 1);
+  ::setenv("OPENAI_BASE_URL", (upstream.base_url() + "/v1").c_str(), 1);
+  ::unsetenv("ANTHROPIC_API_KEY");
+  sbx_ = std::make_unique<SandboxServer>();
+  auto imported = sbx_->ImportImage(tar, "openai-agent:test");
+  ASSERT_TRUE(imported.has_value()) << imported.error().message;
+  sbx_->Start();
+  ::unsetenv("OPENAI_API_KEY");
+  ::unsetenv("OPENAI_BASE_URL");
+  std::filesystem::remove_all(dir);
+
+  const std::string task = "who can log in here?";
+  std::string id = CreateAgentSession(
+      task, Json::array({"/usr/bin/node", "/opt/agent/agent.mjs", task}), "openai-agent:test");
+  auto out = sbx_->WaitForEnd(id, 90);
+  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+  EXPECT_EQ(out.session["result"], "The sandbox knows two users: root and sandbox.");
+
+  // The upstream got the whole conversation each time, with the key and the client's
+  // temperature; the tool's result was read inside the sandbox.
+  auto reqs = upstream.requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  for (const auto& r : reqs) EXPECT_EQ(r.Header("authorization"), "Bearer " + key);
+  EXPECT_EQ(reqs[0].Json()["temperature"], 0.2);
+  EXPECT_EQ(reqs[0].Json()["model"], "gpt-4o-mini");
+  Json second = reqs[1].Json()["messages"];
+  ASSERT_EQ(second.size(), 4u) << second.dump();
+  EXPECT_EQ(second[2]["tool_calls"][0]["id"], "call_1");
+  EXPECT_NE(second[3]["content"].get<std::string>().find("sandbox:x:"), std::string::npos)
+      << second[3];
+
+  // The sandbox never saw the key: not in the agent's environment, not in its output.
+  EXPECT_EQ(out.logs.find(key), std::string::npos);
+  EXPECT_NE(out.logs.find("ENV {"), std::string::npos) << out.logs;
+
+  // What the client got: the models, and a streamed usage equal to what was metered.
+  const size_t at = out.logs.find("REPORT ");
+  ASSERT_NE(at, std::string::npos) << out.logs;
+  Json report = ParseJson(out.logs.substr(at + 7, out.logs.find('\n', at) - at - 7)).value();
+  EXPECT_EQ(report["models"], Json::array({"default"}));
+  Json calls = Json::array();
+  for (const auto& e : out.events) {
+    if (e["type"] == "llm.call") calls.push_back(e["data"]);
+  }
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[0]["face"], "openai");
+  // Recognised: the first call appended the system prompt and the task, the second only the
+  // tool's result, and nothing was superseded (a rewrite would say "history").
+  EXPECT_EQ(calls[0]["new_messages"], 2);
+  EXPECT_EQ(calls[1]["new_messages"], 1);
+  EXPECT_FALSE(calls[0].contains("history") || calls[1].contains("history")) << calls.dump();
+  EXPECT_EQ(report["usage"]["prompt_tokens"], calls[1]["input_tokens"]);
+  EXPECT_EQ(report["usage"]["completion_tokens"], calls[1]["output_tokens"]);
+  EXPECT_EQ(out.session["usage"]["llm_calls"], 2);
+
+  // Stored once each: the system prompt, the task, the tool call, its result, the answer.
+  Json conv = Messages(id)["messages"];
+  ASSERT_EQ(conv.size(), 5u) << conv.dump();
+  EXPECT_EQ(conv[0]["role"], "system");
+  EXPECT_EQ(conv[1]["content"], task);
+  EXPECT_EQ(conv[3]["role"], "tool");
+  EXPECT_EQ(conv[4]["content"], "The sandbox knows two users: root and sandbox.");
+}
+
 // The Python example agent and SDK, carried into a `host`-image sandbox (the host's /usr,
 // so its python3) on the command line: argv entries are at most 8 KiB, so each file goes as
 // "PATH COUNT CHUNK...", and a bootstrap writes them under /tmp and runs the agent.

@@ -174,6 +174,15 @@ class SandboxServer {
     RemoveHome(home_);
   }
 
+  // Imports another image (an OCI tarball) as `name`, before Start.
+  Status ImportImage(const std::string& tar, const std::string& name) {
+    images::ImageStoreOptions o;
+    o.root = home_ + "/images";
+    AIRLOCK_ASSIGN_OR_RETURN(auto store, images::ImageStore::Open(o));
+    AIRLOCK_TRY(store.Import(tar, name));
+    return Ok();
+  }
+
   void Start() {
     ASSERT_EQ(import_error_, "") << "importing " << AIRLOCK_PROBE_IMAGE;
     server_->Start();
