@@ -29,6 +29,13 @@ std::string_view BearerToken(const Request& req) {
   return {};
 }
 
+// A sandbox's session token: as a bearer token, or in x-api-key as Anthropic's clients send
+// their key.
+std::string_view SandboxToken(const Request& req) {
+  std::string_view token = BearerToken(req);
+  return token.empty() ? req.Header("x-api-key") : token;
+}
+
 }  // namespace
 
 Authenticator::Authenticator(Deps d) : d_(std::move(d)), tokens_(MakeTokenCache(d_.config)) {}
@@ -177,7 +184,7 @@ Result<void> Authenticator::CheckOperator(const Request& req) const {
 }
 
 awaitable<Result<store::Session>> Authenticator::AuthenticateSandbox(const Request& req) {
-  std::string_view token = BearerToken(req);
+  std::string_view token = SandboxToken(req);
   auto refuse = [&](std::string msg) -> Result<store::Session> {
     d_.auth_failures.With({"sandbox"}).Inc();
     return MakeError(ErrorCode::kUnauthenticated, std::move(msg));
@@ -210,7 +217,7 @@ const std::string& Authenticator::TokenHash(const Request& req, std::string_view
 
 std::optional<Result<Authenticator::SandboxIdentity>> Authenticator::IdentifyCached(
     const Request& req) {
-  std::string_view token = BearerToken(req);
+  std::string_view token = SandboxToken(req);
   if (!tokens_.enabled() || !token.starts_with(kSessionTokenPrefix) || token.size() > 128)
     return std::nullopt;
   const std::string& hash = TokenHash(req, token);

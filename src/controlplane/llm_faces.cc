@@ -115,7 +115,143 @@ Json Canonical(const Json& m) {
     }
   }
   if (c.value("role", "") == "assistant" && !c.contains("content")) c["content"] = nullptr;
+  // Arguments are JSON text: the same object may come back spaced or ordered differently (an
+  // Anthropic client sends tool_use input as an object, which is dumped again).
+  if (c.contains("tool_calls") && c["tool_calls"].is_array()) {
+    for (Json& tc : c["tool_calls"]) {
+      Json* args = tc.contains("function") ? &tc["function"]["arguments"] : nullptr;
+      if (args == nullptr || !args->is_string()) continue;
+      if (auto parsed = ParseJson(args->get_ref<const std::string&>())) *args = std::move(*parsed);
+    }
+  }
   return c;
+}
+
+std::string Sse(std::string_view event, const Json& data) {
+  return fmt::format("event: {}\ndata: {}\n\n", event, DumpJson(data));
+}
+
+std::string StopReason(const std::string& finish_reason) {
+  if (finish_reason == "length") return "max_tokens";
+  if (finish_reason == "tool_calls") return "tool_use";
+  if (finish_reason == "content_filter") return "refusal";
+  return "end_turn";
+}
+
+// The text of an Anthropic content value: a string, or the text of its text blocks.
+Result<std::string> BlocksText(const Json& content, const std::string& where) {
+  if (content.is_string()) return content.get<std::string>();
+  if (!content.is_array())
+    return Errorf(ErrorCode::kInvalidArgument, "{} must be a string or an array of blocks", where);
+  std::string text;
+  for (size_t i = 0; i < content.size(); ++i) {
+    const Json& b = content[i];
+    if (!b.is_object() || b.value("type", "") != "text" || !b.contains("text") ||
+        !b["text"].is_string()) {
+      return Errorf(ErrorCode::kInvalidArgument, "{}[{}] must be a text block", where, i);
+    }
+    text += b["text"].get<std::string>();
+  }
+  return text;
+}
+
+// One Anthropic message as OpenAI messages (a user message holding tool results becomes one
+// tool message per result, then the user message with the rest).
+Status TranslateAnthropicMessage(const Json& m, const std::string& where, std::vector<Json>& out) {
+  if (!m.is_object()) return Errorf(ErrorCode::kInvalidArgument, "{} must be an object", where);
+  AIRLOCK_TRY(RejectUnknownKeys(m, {"role", "content"}, where));
+  const std::string role = m.value("role", "");
+  if (role != "user" && role != "assistant")
+    return Errorf(ErrorCode::kInvalidArgument, "{}.role must be user or assistant", where);
+  if (!m.contains("content"))
+    return Errorf(ErrorCode::kInvalidArgument, "{}.content is required", where);
+  const Json& content = m["content"];
+  if (content.is_string()) {
+    out.push_back(Json{{"role", role}, {"content", content}});
+    return Ok();
+  }
+  if (!content.is_array())
+    return Errorf(ErrorCode::kInvalidArgument, "{}.content must be a string or an array", where);
+  Json parts = Json::array();
+  Json tool_calls = Json::array();
+  std::string text;
+  for (size_t i = 0; i < content.size(); ++i) {
+    const Json& b = content[i];
+    const std::string at = fmt::format("{}.content[{}]", where, i);
+    const std::string type = b.is_object() ? b.value("type", "") : "";
+    if (type == "text") {
+      if (!b.contains("text") || !b["text"].is_string())
+        return Errorf(ErrorCode::kInvalidArgument, "{}.text must be a string", at);
+      text += b["text"].get<std::string>();
+      parts.push_back(Json{{"type", "text"}, {"text", b["text"]}});
+    } else if (type == "image" && role == "user") {
+      const Json* src = b.contains("source") ? &b["source"] : nullptr;
+      if (!src || !src->is_object() || src->value("type", "") != "base64" ||
+          !(*src).contains("media_type") || !(*src)["media_type"].is_string() ||
+          !(*src).contains("data") || !(*src)["data"].is_string()) {
+        return Errorf(
+            ErrorCode::kInvalidArgument,
+            "{}: images must be {{\"source\": {{\"type\": \"base64\", \"media_type\", "
+            "\"data\"}}}}: the control plane never lets a provider fetch a URL named by the "
+            "sandbox",
+            at);
+      }
+      parts.push_back(
+          Json{{"type", "image_url"},
+               {"image_url",
+                {{"url", fmt::format("data:{};base64,{}", (*src)["media_type"].get<std::string>(),
+                                     (*src)["data"].get<std::string>())}}}});
+    } else if (type == "tool_use" && role == "assistant") {
+      if (!b.contains("id") || !b["id"].is_string() || !b.contains("name") ||
+          !b["name"].is_string() || (b.contains("input") && !b["input"].is_object())) {
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "{} must be {{\"type\": \"tool_use\", \"id\", \"name\", \"input\": {{...}}}}",
+                      at);
+      }
+      tool_calls.push_back(
+          Json{{"id", b["id"]},
+               {"type", "function"},
+               {"function",
+                {{"name", b["name"]}, {"arguments", DumpJson(b.value("input", Json::object()))}}}});
+    } else if (type == "tool_result" && role == "user") {
+      if (!b.contains("tool_use_id") || !b["tool_use_id"].is_string())
+        return Errorf(ErrorCode::kInvalidArgument, "{}.tool_use_id must name the tool call", at);
+      std::string result;
+      if (b.contains("content") && !b["content"].is_null()) {
+        AIRLOCK_ASSIGN_OR_RETURN(result, BlocksText(b["content"], at + ".content"));
+      }
+      // OpenAI's tool messages have no error flag: the result says it.
+      if (b.value("is_error", false)) result = "Error: " + result;
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Json tool,
+          ValidateChatMessage(
+              Json{{"role", "tool"}, {"tool_call_id", b["tool_use_id"]}, {"content", result}}, at));
+      out.push_back(std::move(tool));
+    } else if (type == "thinking" || type == "redacted_thinking") {
+      continue;  // the model's own reasoning, echoed back: not part of the conversation here
+    } else {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "{}: blocks of type \"{}\" are not supported in {} messages", at,
+                    type.substr(0, 32), role);
+    }
+  }
+  if (role == "assistant") {
+    Json msg{{"role", "assistant"}, {"content", text.empty() ? Json(nullptr) : Json(text)}};
+    if (!tool_calls.empty()) msg["tool_calls"] = std::move(tool_calls);
+    if (text.empty() && tool_calls.empty() && !msg.contains("tool_calls")) msg["content"] = "";
+    AIRLOCK_ASSIGN_OR_RETURN(Json checked, ValidateChatMessage(msg, where));
+    out.push_back(std::move(checked));
+  } else if (!parts.empty()) {
+    // Text alone reads as a string, as a client that sent a string would have it.
+    bool only_text =
+        std::all_of(parts.begin(), parts.end(), [](const Json& p) { return p["type"] == "text"; });
+    AIRLOCK_ASSIGN_OR_RETURN(
+        Json checked,
+        ValidateChatMessage(Json{{"role", "user"}, {"content", only_text ? Json(text) : parts}},
+                            where));
+    out.push_back(std::move(checked));
+  }
+  return Ok();
 }
 
 }  // namespace
@@ -187,10 +323,11 @@ Json UpstreamParams(std::string_view kind, const Json& client, const ModelConfig
   Json out = Json::object();
   if (kind == "openai") {
     out = client;
+    out.erase("top_k");  // Anthropic's; OpenAI refuses it
   } else if (kind == "anthropic") {
     // Anthropic's Messages API: the same sampling names, stop sequences as a list, its own
     // tool_choice; seed, penalties and response_format have no counterpart and are dropped.
-    for (const char* same : {"temperature", "top_p", "max_tokens"}) {
+    for (const char* same : {"temperature", "top_p", "top_k", "max_tokens"}) {
       if (client.contains(same)) out[same] = client[same];
     }
     if (client.contains("stop")) {
@@ -237,6 +374,227 @@ HistoryMatch MatchHistory(const std::vector<store::Message>& stored,
     m.superseded = stored.size() - m.known;
   }
   return m;
+}
+
+Result<CompletionsRequest> ParseMessagesRequest(const Json& body) {
+  CompletionsRequest out;
+  AIRLOCK_TRY(RejectUnknownKeys(
+      body,
+      {"model", "messages", "max_tokens", "system", "tools", "tool_choice", "stream", "temperature",
+       "top_p", "top_k", "stop_sequences", "metadata", "service_tier"},
+      "messages request"));
+  if (!body.contains("model") || !body["model"].is_string()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "\"model\" must be a model alias (GET /v1/models lists this session's)");
+  }
+  out.alias = body["model"];
+  if (!body.contains("max_tokens") || !body["max_tokens"].is_number_integer() ||
+      body["max_tokens"].get<int64_t>() <= 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "\"max_tokens\" must be a positive integer");
+  }
+  out.params["max_tokens"] = body["max_tokens"];
+  if (body.contains("system") && !body["system"].is_null()) {
+    AIRLOCK_ASSIGN_OR_RETURN(std::string system, BlocksText(body["system"], "system"));
+    out.messages.push_back(Json{{"role", "system"}, {"content", std::move(system)}});
+  }
+  if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "\"messages\" must be a non-empty array: the whole conversation");
+  }
+  if (body["messages"].size() > kMaxConversation) {
+    return Errorf(ErrorCode::kInvalidArgument, "at most {} messages per call", kMaxConversation);
+  }
+  for (size_t i = 0; i < body["messages"].size(); ++i) {
+    AIRLOCK_TRY(TranslateAnthropicMessage(body["messages"][i], fmt::format("messages[{}]", i),
+                                          out.messages));
+  }
+  if (body.contains("tools") && !body["tools"].is_null()) {
+    const Json& tools = body["tools"];
+    if (!tools.is_array())
+      return MakeError(ErrorCode::kInvalidArgument, "\"tools\" must be an array");
+    Json openai = Json::array();
+    for (size_t i = 0; i < tools.size(); ++i) {
+      const Json& t = tools[i];
+      const std::string at = fmt::format("tools[{}]", i);
+      if (!t.is_object()) return Errorf(ErrorCode::kInvalidArgument, "{} must be an object", at);
+      AIRLOCK_TRY(
+          RejectUnknownKeys(t, {"name", "description", "input_schema", "type", "cache_control"},
+                            at + " (only custom tools are supported)"));
+      if (t.contains("type") && t["type"] != "custom")
+        return Errorf(ErrorCode::kInvalidArgument, "{}: only custom tools are supported", at);
+      Json fn{{"name", t.value("name", Json())}};
+      if (t.contains("description")) fn["description"] = t["description"];
+      if (t.contains("input_schema")) fn["parameters"] = t["input_schema"];
+      openai.push_back(Json{{"type", "function"}, {"function", std::move(fn)}});
+    }
+    AIRLOCK_ASSIGN_OR_RETURN(out.tools, ValidateChatTools(openai));
+  }
+  if (body.contains("tool_choice") && !body["tool_choice"].is_null()) {
+    const Json& tc = body["tool_choice"];
+    const std::string type = tc.is_object() ? tc.value("type", "") : "";
+    if (type == "auto") {
+      out.params["tool_choice"] = "auto";
+    } else if (type == "any") {
+      out.params["tool_choice"] = "required";
+    } else if (type == "none") {
+      out.params["tool_choice"] = "none";
+    } else if (type == "tool" && tc.contains("name") && tc["name"].is_string()) {
+      out.params["tool_choice"] = Json{{"type", "function"}, {"function", {{"name", tc["name"]}}}};
+    } else {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "\"tool_choice\" must be {\"type\": \"auto\" | \"any\" | \"none\"} or "
+                       "{\"type\": \"tool\", \"name\"}");
+    }
+    if (tc.value("disable_parallel_tool_use", false)) out.params["parallel_tool_calls"] = false;
+  }
+  if (body.contains("stream") && !body["stream"].is_null()) {
+    if (!body["stream"].is_boolean())
+      return MakeError(ErrorCode::kInvalidArgument, "\"stream\" must be true or false");
+    out.stream = body["stream"];
+  }
+  for (const char* number : {"temperature", "top_p"}) {
+    if (!body.contains(number) || body[number].is_null()) continue;
+    if (!body[number].is_number())
+      return Errorf(ErrorCode::kInvalidArgument, "\"{}\" must be a number", number);
+    out.params[number] = body[number];
+  }
+  if (body.contains("top_k") && !body["top_k"].is_null()) {
+    if (!body["top_k"].is_number_integer() || body["top_k"].get<int64_t>() <= 0)
+      return MakeError(ErrorCode::kInvalidArgument, "\"top_k\" must be a positive integer");
+    out.params["top_k"] = body["top_k"];
+  }
+  if (body.contains("stop_sequences") && !body["stop_sequences"].is_null()) {
+    const Json& stop = body["stop_sequences"];
+    if (!stop.is_array() || stop.size() > 4 ||
+        !std::all_of(stop.begin(), stop.end(), [](const Json& s) { return s.is_string(); })) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "\"stop_sequences\" must be up to 4 strings (OpenAI upstreams take 4)");
+    }
+    out.params["stop"] = stop;
+  }
+  return out;
+}
+
+Json AnthropicMessageJson(const std::string& id, const std::string& alias,
+                          const llm::ChatResult& r) {
+  Json content = Json::array();
+  if (r.message.contains("content") && r.message["content"].is_string() &&
+      !r.message["content"].get_ref<const std::string&>().empty()) {
+    content.push_back(Json{{"type", "text"}, {"text", r.message["content"]}});
+  }
+  if (r.message.contains("tool_calls")) {
+    for (const Json& tc : r.message["tool_calls"]) {
+      auto input = ParseJson(tc["function"].value("arguments", "{}"));
+      content.push_back(Json{{"type", "tool_use"},
+                             {"id", tc.value("id", "")},
+                             {"name", tc["function"].value("name", "")},
+                             {"input", input && input->is_object() ? *input : Json::object()}});
+    }
+  }
+  return Json{{"id", id},
+              {"type", "message"},
+              {"role", "assistant"},
+              {"model", alias},
+              {"content", std::move(content)},
+              {"stop_reason", StopReason(r.finish_reason)},
+              {"stop_sequence", nullptr},
+              {"usage",
+               {{"input_tokens", r.usage.input_tokens}, {"output_tokens", r.usage.output_tokens}}}};
+}
+
+std::string AnthropicEventWriter::Start() {
+  if (started_) return "";
+  started_ = true;
+  return Sse("message_start", Json{{"type", "message_start"},
+                                   {"message",
+                                    {{"id", id_},
+                                     {"type", "message"},
+                                     {"role", "assistant"},
+                                     {"model", alias_},
+                                     {"content", Json::array()},
+                                     {"stop_reason", nullptr},
+                                     {"stop_sequence", nullptr},
+                                     {"usage", {{"input_tokens", 0}, {"output_tokens", 0}}}}}});
+}
+
+std::string AnthropicEventWriter::CloseBlock() {
+  if (block_ < 0) return "";
+  std::string out =
+      Sse("content_block_stop", Json{{"type", "content_block_stop"}, {"index", block_}});
+  block_ = -1;
+  return out;
+}
+
+std::string AnthropicEventWriter::OnChunk(const Json& chunk) {
+  std::string out = Start();
+  const Json* choices = chunk.contains("choices") ? &chunk["choices"] : nullptr;
+  if (!choices || !choices->is_array()) return out;
+  for (const Json& choice : *choices) {
+    const Json* delta = choice.contains("delta") ? &choice["delta"] : nullptr;
+    if (!delta || !delta->is_object()) continue;
+    if (delta->contains("content") && (*delta)["content"].is_string() &&
+        !(*delta)["content"].get_ref<const std::string&>().empty()) {
+      if (block_ < 0 || !block_is_text_) {
+        out += CloseBlock();
+        block_ = blocks_++;
+        block_is_text_ = true;
+        out +=
+            Sse("content_block_start", Json{{"type", "content_block_start"},
+                                            {"index", block_},
+                                            {"content_block", {{"type", "text"}, {"text", ""}}}});
+      }
+      out += Sse("content_block_delta",
+                 Json{{"type", "content_block_delta"},
+                      {"index", block_},
+                      {"delta", {{"type", "text_delta"}, {"text", (*delta)["content"]}}}});
+    }
+    if (delta->contains("tool_calls") && (*delta)["tool_calls"].is_array()) {
+      for (const Json& tc : (*delta)["tool_calls"]) {
+        const int64_t index = tc.value("index", int64_t{0});
+        auto it = tool_blocks_.find(index);
+        if (it == tool_blocks_.end()) {
+          out += CloseBlock();
+          block_ = blocks_++;
+          block_is_text_ = false;
+          it = tool_blocks_.emplace(index, block_).first;
+          const Json* fn = tc.contains("function") ? &tc["function"] : nullptr;
+          out += Sse("content_block_start", Json{{"type", "content_block_start"},
+                                                 {"index", block_},
+                                                 {"content_block",
+                                                  {{"type", "tool_use"},
+                                                   {"id", tc.value("id", "")},
+                                                   {"name", fn ? fn->value("name", "") : ""},
+                                                   {"input", Json::object()}}}});
+        }
+        const Json* fn = tc.contains("function") ? &tc["function"] : nullptr;
+        if (fn && fn->contains("arguments") && (*fn)["arguments"].is_string() &&
+            !(*fn)["arguments"].get_ref<const std::string&>().empty() && it->second == block_) {
+          out += Sse("content_block_delta",
+                     Json{{"type", "content_block_delta"},
+                          {"index", block_},
+                          {"delta",
+                           {{"type", "input_json_delta"}, {"partial_json", (*fn)["arguments"]}}}});
+        }
+      }
+    }
+  }
+  return out;
+}
+
+std::string AnthropicEventWriter::Finish(const llm::ChatResult& r) {
+  std::string out = Start() + CloseBlock();
+  out += Sse(
+      "message_delta",
+      Json{{"type", "message_delta"},
+           {"delta", {{"stop_reason", StopReason(r.finish_reason)}, {"stop_sequence", nullptr}}},
+           {"usage",
+            {{"input_tokens", r.usage.input_tokens}, {"output_tokens", r.usage.output_tokens}}}});
+  out += Sse("message_stop", Json{{"type", "message_stop"}});
+  return out;
+}
+
+std::string AnthropicEventWriter::Error(std::string_view code, std::string_view message) {
+  return Sse("error", Json{{"type", "error"}, {"error", {{"type", code}, {"message", message}}}});
 }
 
 Json CompletionUsageJson(const llm::TokenUsage& u) {

@@ -1,11 +1,15 @@
 #pragma once
 
-// The OpenAI-compatible face of the LLM proxy (POST /v1/chat/completions and GET /v1/models on
-// the sandbox listener, docs/api.md): what differs from the native route, as pure functions of
-// their inputs. A client of the face sends the whole conversation on every call and sets its
-// own sampling parameters; the native route's client sends only its new messages and sets none.
+// The faces of the LLM proxy that speak a provider's own API on the sandbox listener, so that
+// agents written against the official clients run unchanged (docs/api.md): OpenAI's (POST
+// /v1/chat/completions, GET /v1/models) and Anthropic's (POST /v1/messages). What differs from
+// the native route, as pure functions of their inputs. A client of a face sends the whole
+// conversation on every call and sets its own sampling parameters; the native route's client
+// sends only its new messages and sets none. Internally every call is in the OpenAI shape
+// (llm/chat.h), so both faces reach both kinds of upstream.
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,14 +22,18 @@
 
 namespace airlock::controlplane {
 
+// The API a call came in by: the native route, or a face.
+enum class LlmFace { kNative, kOpenAi, kAnthropic };
+
 // A `POST /v1/chat/completions` body, checked.
 struct CompletionsRequest {
   std::string alias;           // "model": a model alias of the session
   std::vector<Json> messages;  // the whole conversation, each checked and canonical
   Json tools = Json::array();  // canonical OpenAI tool definitions
   bool stream = false;
-  bool include_usage = false;    // stream_options.include_usage
-  Json params = Json::object();  // the sampling parameters the client set (OpenAI names)
+  bool include_usage = false;  // stream_options.include_usage
+  // The sampling parameters the client set (OpenAI names; and Anthropic's top_k).
+  Json params = Json::object();
 };
 
 // Checks a body. Parameters the client may set are listed in docs/api.md; a few that only
@@ -52,6 +60,40 @@ struct HistoryMatch {
 // content read as none; the fields a client echoes back, such as `refusal`, ignored).
 HistoryMatch MatchHistory(const std::vector<store::Message>& stored,
                           const std::vector<Json>& client);
+
+// Checks an Anthropic Messages API body and translates it to the OpenAI shape: `system` first,
+// tool_result blocks as tool messages, tool_use blocks as tool_calls, base64 images as data:
+// URLs; stop_sequences, tool_choice and the sampling parameters to their OpenAI names.
+Result<CompletionsRequest> ParseMessagesRequest(const Json& body);
+
+// A non-streamed answer of the Anthropic face: a `message` object.
+Json AnthropicMessageJson(const std::string& id, const std::string& alias,
+                          const llm::ChatResult& r);
+
+// Turns the OpenAI chunks of a streamed reply into the server-sent events of Anthropic's
+// Messages API (message_start, content_block_start/delta/stop, then at the end message_delta
+// with the metered usage and message_stop).
+class AnthropicEventWriter {
+ public:
+  AnthropicEventWriter(std::string id, std::string alias)
+      : id_(std::move(id)), alias_(std::move(alias)) {}
+  // The events one OpenAI chunk makes ("" for none).
+  std::string OnChunk(const Json& chunk);
+  // The last events, once the call is recorded.
+  std::string Finish(const llm::ChatResult& r);
+  // An error event that ends the stream.
+  static std::string Error(std::string_view code, std::string_view message);
+
+ private:
+  std::string Start();
+  std::string CloseBlock();
+  std::string id_, alias_;
+  bool started_ = false;
+  int block_ = -1;  // the index of the open content block, -1 when none
+  bool block_is_text_ = false;
+  int blocks_ = 0;                      // content blocks started so far
+  std::map<int64_t, int> tool_blocks_;  // OpenAI tool-call index -> content block index
+};
 
 // A non-streamed answer: an OpenAI `chat.completion` object.
 Json CompletionJson(const std::string& id, const std::string& alias, const llm::ChatResult& r);

@@ -320,9 +320,10 @@ struct LlmProxy::Call {
 
   // The OpenAI face: answers in its shapes, under this completion id; and where the client's
   // conversation met the stored one (MatchHistory).
-  bool openai_face = false;
+  LlmFace face = LlmFace::kNative;
   bool include_usage = false;
   std::string completion_id;
+  std::unique_ptr<AnthropicEventWriter> anthropic_events;  // the Anthropic face, streamed
   HistoryMatch history;
   double cost_usd = 0;
   store::Usage totals;
@@ -369,7 +370,10 @@ awaitable<bool> PumpReceiver::OnChunk(const Json& chunk) {
     }
   }
   std::string frame;
-  if (call_.openai_face) {
+  if (call_.face == LlmFace::kAnthropic) {
+    frame = call_.anthropic_events->OnChunk(chunk);
+    if (frame.empty()) co_return true;
+  } else if (call_.face == LlmFace::kOpenAi) {
     // The client named an alias and gets it back; the usage comes metered, at the end.
     Json c = chunk;
     c.erase("usage");
@@ -493,14 +497,31 @@ awaitable<Response> LlmProxy::ChatCompletions(Request& req, store::Session s) {
   if (!body) co_return Response::FromError(body.error());
   auto parsed = ParseCompletionsRequest(*body);
   if (!parsed) co_return Response::FromError(parsed.error());
+  co_return co_await FaceCall(std::move(s), std::move(*parsed), LlmFace::kOpenAi);
+}
+
+awaitable<Response> LlmProxy::Messages(Request& req, store::Session s) {
+  auto body = ParseJsonObject(req.msg.body());
+  if (!body) co_return Response::FromError(body.error());
+  auto parsed = ParseMessagesRequest(*body);
+  if (!parsed) co_return Response::FromError(parsed.error());
+  co_return co_await FaceCall(std::move(s), std::move(*parsed), LlmFace::kAnthropic);
+}
+
+awaitable<Response> LlmProxy::FaceCall(store::Session s, CompletionsRequest parsed, LlmFace face) {
   auto call = std::make_shared<Call>();
   call->session = std::move(s);
-  call->openai_face = true;
-  call->include_usage = parsed->include_usage;
-  call->completion_id = "chatcmpl-" + HexEncode(RandomBytes(12));
-  call->request.tools = std::move(parsed->tools);
-  call->request.stream = parsed->stream;
-  if (auto refused = Resolve(*call, parsed->alias)) co_return std::move(*refused);
+  call->face = face;
+  call->include_usage = parsed.include_usage;
+  call->completion_id =
+      (call->face == LlmFace::kAnthropic ? "msg_" : "chatcmpl-") + HexEncode(RandomBytes(12));
+  if (call->face == LlmFace::kAnthropic) {
+    call->anthropic_events =
+        std::make_unique<AnthropicEventWriter>(call->completion_id, parsed.alias);
+  }
+  call->request.tools = std::move(parsed.tools);
+  call->request.stream = parsed.stream;
+  if (auto refused = Resolve(*call, parsed.alias)) co_return std::move(*refused);
   if (auto refused = co_await Admit(*call)) co_return std::move(*refused);
 
   // The client sends the whole conversation: the upstream gets it as sent, and the store
@@ -511,12 +532,12 @@ awaitable<Response> LlmProxy::ChatCompletions(Request& req, store::Session s) {
     Abandon(*call);
     co_return Response::FromError(stored.error());
   }
-  call->history = MatchHistory(*stored, parsed->messages);
-  for (size_t i = call->history.known; i < parsed->messages.size(); ++i)
-    call->new_messages.push_back(parsed->messages[i]);
+  call->history = MatchHistory(*stored, parsed.messages);
+  for (size_t i = call->history.known; i < parsed.messages.size(); ++i)
+    call->new_messages.push_back(parsed.messages[i]);
   call->request.messages = Json::array();
-  for (Json& m : parsed->messages) call->request.messages.push_back(std::move(m));
-  call->request.params = UpstreamParams(call->provider->kind(), parsed->params, *call->model);
+  for (Json& m : parsed.messages) call->request.messages.push_back(std::move(m));
+  call->request.params = UpstreamParams(call->provider->kind(), parsed.params, *call->model);
   co_return co_await Run(call);
 }
 
@@ -609,9 +630,13 @@ awaitable<Response> LlmProxy::Run(std::shared_ptr<Call> call) {
     if (call->error)
       co_return Response::FromError(StatusFor(call->error->outcome), CodeFor(call->error->outcome),
                                     call->error->message);
-    if (call->openai_face) {
+    if (call->face == LlmFace::kOpenAi) {
       co_return Response::FromJson(200,
                                    CompletionJson(call->completion_id, call->alias, *call->result));
+    }
+    if (call->face == LlmFace::kAnthropic) {
+      co_return Response::FromJson(
+          200, AnthropicMessageJson(call->completion_id, call->alias, *call->result));
     }
     Json out{{"message", call->result->message},
              {"finish_reason", call->result->finish_reason},
@@ -674,12 +699,17 @@ awaitable<void> LlmProxy::RunStreamed(std::shared_ptr<Call> call) {
     }
   }
   co_await Record(*call);
-  if (call->error) {
+  if (call->error && call->face == LlmFace::kAnthropic) {
+    call->final_frame =
+        AnthropicEventWriter::Error(CodeFor(call->error->outcome), call->error->message);
+  } else if (call->error) {
     call->final_frame = SseData(Json{
         {"error", {{"code", CodeFor(call->error->outcome)}, {"message", call->error->message}}}});
+  } else if (call->face == LlmFace::kAnthropic) {
+    call->final_frame = call->anthropic_events->Finish(*call->result);
   } else {
     call->final_frame = "data: [DONE]\n\n";
-    if (call->openai_face && call->include_usage) {
+    if (call->face == LlmFace::kOpenAi && call->include_usage) {
       // OpenAI's stream_options.include_usage: one last chunk without choices, with what the
       // call was metered.
       call->final_frame = SseData(Json{{"id", call->completion_id},
@@ -726,7 +756,8 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
             {"stream", call.request.stream},
             {"new_messages", call.new_messages.size()},
             {"latency_ms", static_cast<int64_t>(call.latency_s * 1000)}};
-  if (call.openai_face) data["face"] = "openai";
+  if (call.face == LlmFace::kOpenAi) data["face"] = "openai";
+  if (call.face == LlmFace::kAnthropic) data["face"] = "anthropic";
   // The client rewrote its history: how much of the stored conversation it kept, how much
   // it dropped (superseded, below, if the call is stored).
   if (call.history.supersede_after) {

@@ -14,6 +14,7 @@
 #include "common/metrics.h"
 #include "controlplane/config.h"
 #include "controlplane/http.h"
+#include "controlplane/llm_faces.h"
 #include "controlplane/notifier.h"
 #include "llm/provider.h"
 #include "store/store.h"
@@ -72,6 +73,8 @@ class LlmProxy {
   awaitable<Response> Chat(Request& req, store::Session s);
   // The OpenAI face (controlplane/llm_faces.h): POST /v1/chat/completions and GET /v1/models.
   awaitable<Response> ChatCompletions(Request& req, store::Session s);
+  // The Anthropic face: POST /v1/messages.
+  awaitable<Response> Messages(Request& req, store::Session s);
   Response Models(const store::Session& s) const;
 
   // The session ended: its call in flight, if any, is cancelled.
@@ -92,6 +95,8 @@ class LlmProxy {
   awaitable<std::optional<Response>> Admit(Call& call);
   void Abandon(Call& call);
   awaitable<Response> Run(std::shared_ptr<Call> call);
+  // A call of either face, from its request in the OpenAI shape.
+  awaitable<Response> FaceCall(store::Session s, CompletionsRequest parsed, LlmFace face);
   awaitable<void> RunStreamed(std::shared_ptr<Call> call);
   awaitable<std::optional<Error>> Record(Call& call);
   void CountOutcome(const Call& call);

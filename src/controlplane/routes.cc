@@ -125,6 +125,15 @@ void ControlPlane::RegisterSandboxRoutes() {
         co_return co_await llm_->ChatCompletions(q, std::move(s));
       },
       RouteOptions{config_.limits.max_body_bytes});
+  // The Anthropic face: a client with base_url = $CONTROL_PLANE_URL and api_key =
+  // $SESSION_TOKEN (sent as x-api-key) works unchanged.
+  r.Add(
+      http::verb::post, "/v1/messages",
+      [this](Request& q) -> awaitable<Response> {
+        AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
+        co_return co_await llm_->Messages(q, std::move(s));
+      },
+      RouteOptions{config_.limits.max_body_bytes});
   r.Add(http::verb::get, "/v1/models", [this](Request& q) -> awaitable<Response> {
     AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
     co_return llm_->Models(s);

@@ -110,7 +110,7 @@ TEST(OpenApiDocumentTest, EveryOperationNamesItsListenerAndItsCredential) {
       ASSERT_EQ(listener, "sandbox") << where;
       // The OpenAI face keeps OpenAI's paths, so that its clients work unchanged.
       EXPECT_TRUE(key.path.starts_with("/sandbox/v1/") || key.path == "/v1/chat/completions" ||
-                  key.path == "/v1/models")
+                  key.path == "/v1/models" || key.path == "/v1/messages")
           << where;
       ASSERT_TRUE(item.contains("servers")) << where;
       EXPECT_NE(item["servers"][0]["url"].get<std::string>().find(":7401"), std::string::npos);
@@ -341,6 +341,18 @@ TEST_F(OpenApiTest, EveryOperationAnswersAsDocumented) {
                R"({"model":"elsewhere","messages":[{"role":"user","content":"x"}]})")
                 .status,
             403u);
+  // The Anthropic face: a message, a stream, a missing max_tokens.
+  Json anthropic{{"model", "default"},
+                 {"max_tokens", 100},
+                 {"messages", Json::array({Json{{"role", "user"}, {"content", "hello"}}})}};
+  EXPECT_EQ(Sb(verb::post, "/v1/messages", ta, DumpJson(anthropic)).status, 200u);
+  anthropic["stream"] = true;
+  auto anthropic_events = Sb(verb::post, "/v1/messages", ta, DumpJson(anthropic));
+  EXPECT_EQ(anthropic_events.status, 200u);
+  EXPECT_NE(anthropic_events.body.find("event: message_stop"), std::string::npos)
+      << anthropic_events.body;
+  anthropic.erase("max_tokens");
+  EXPECT_EQ(Sb(verb::post, "/v1/messages", ta, DumpJson(anthropic)).status, 400u);
 
   // Files: presign, upload and fetch through the signed URLs, then the operator's view.
   auto presign_put = Sb(verb::post, "/sandbox/v1/files/presign", ta,

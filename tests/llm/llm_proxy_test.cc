@@ -1156,5 +1156,157 @@ TEST_F(LlmProxyTest, AnOpenAiClientTalksToAnAnthropicModelWithToolsStreamedAndNo
   EXPECT_FALSE(calls[1].contains("history"));
 }
 
+// ---------------------------------------------------------------- the Anthropic face
+
+// The events of an Anthropic SSE body: (event, data) in order.
+std::vector<std::pair<std::string, Json>> AnthropicEvents(const std::string& body) {
+  std::vector<std::pair<std::string, Json>> out;
+  size_t pos = 0;
+  while ((pos = body.find("event: ", pos)) != std::string::npos) {
+    size_t nl = body.find('\n', pos);
+    std::string event = body.substr(pos + 7, nl - pos - 7);
+    size_t data = body.find("data: ", nl);
+    size_t end = body.find("\n\n", data);
+    out.emplace_back(event, ParseJson(body.substr(data + 6, end - data - 6)).value_or(Json()));
+    pos = end;
+  }
+  return out;
+}
+
+TEST_F(LlmProxyTest, AnAnthropicClientTalksToEitherUpstreamWithToolsStreamedAndNot) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"where am I","model":"claude","models":["default"]})");
+  // As Anthropic's clients send it: the key in x-api-key, no bearer.
+  auto messages = [&](const Json& body) {
+    return server_->Sb(verb::post, "/v1/messages", "", DumpJson(body),
+                       {{"x-api-key", token}, {"anthropic-version", "2023-06-01"}});
+  };
+  Json tools = Json::array({Json{
+      {"name", "shell"},
+      {"description", "run a command"},
+      {"input_schema", {{"type", "object"}, {"properties", {{"cmd", {{"type", "string"}}}}}}}}});
+  Json conversation = Json::array({Json{{"role", "user"}, {"content", "where am I"}}});
+
+  // To the OpenAI upstream, not streamed: a tool call.
+  up_->Enqueue(Reply::Tools({{"call_9", "shell", R"({"cmd": "pwd"})"}}, "Checking."));
+  auto r1 = messages(Json{{"model", "default"},
+                          {"max_tokens", 300},
+                          {"system", "Be brief."},
+                          {"messages", conversation},
+                          {"tools", tools},
+                          {"tool_choice", {{"type", "tool"}, {"name", "shell"}}},
+                          {"stop_sequences", Json::array({"###"})}});
+  ASSERT_EQ(r1.status, 200u) << r1.body;
+  EXPECT_TRUE(KeyLeak(r1.body).empty());
+  auto sent = up_->requests().back();
+  EXPECT_EQ(sent.target, "/v1/chat/completions");
+  Json body = sent.Json();
+  EXPECT_EQ(body["messages"][0], (Json{{"role", "system"}, {"content", "Be brief."}}));
+  EXPECT_EQ(body["tools"][0]["function"]["parameters"]["properties"]["cmd"]["type"], "string");
+  EXPECT_EQ(body["tool_choice"], (Json{{"type", "function"}, {"function", {{"name", "shell"}}}}));
+  EXPECT_EQ(body["stop"], Json::array({"###"}));
+  EXPECT_EQ(body["max_tokens"], 300);
+  Json m1 = r1.json();
+  EXPECT_EQ(m1["type"], "message");
+  EXPECT_EQ(m1["model"], "default");
+  EXPECT_EQ(m1["stop_reason"], "tool_use");
+  ASSERT_EQ(m1["content"].size(), 2u) << m1.dump();
+  EXPECT_EQ(m1["content"][0], (Json{{"type", "text"}, {"text", "Checking."}}));
+  EXPECT_EQ(m1["content"][1]["type"], "tool_use");
+  EXPECT_EQ(m1["content"][1]["id"], "call_9");
+  EXPECT_EQ(m1["content"][1]["input"], (Json{{"cmd", "pwd"}}));
+  EXPECT_GT(m1["usage"]["input_tokens"].get<int64_t>(), 0);
+
+  // The client appends the reply as it got it and the tool's result; to the Anthropic
+  // upstream, streamed.
+  conversation.push_back(Json{{"role", "assistant"}, {"content", m1["content"]}});
+  conversation.push_back(Json{{"role", "user"},
+                              {"content", Json::array({Json{{"type", "tool_result"},
+                                                            {"tool_use_id", "call_9"},
+                                                            {"content", "/home/sandbox"}}})}});
+  up_->Enqueue(Reply::Text("You are in /home/sandbox.").WithChunks(3));
+  auto r2 = messages(Json{{"model", "claude"},
+                          {"max_tokens", 300},
+                          {"system", "Be brief."},
+                          {"messages", conversation},
+                          {"tools", tools},
+                          {"stream", true}});
+  ASSERT_EQ(r2.status, 200u) << r2.body;
+  EXPECT_TRUE(KeyLeak(r2.body).empty());
+  Json anth = up_->requests().back().Json();
+  EXPECT_EQ(up_->requests().back().target, "/v1/messages");
+  ASSERT_EQ(anth["messages"].size(), 3u) << anth.dump();
+  EXPECT_EQ(anth["messages"][2]["content"][0]["type"], "tool_result");
+  auto events = AnthropicEvents(r2.body);
+  ASSERT_GE(events.size(), 5u) << r2.body;
+  EXPECT_EQ(events.front().first, "message_start");
+  EXPECT_EQ(events.front().second["message"]["model"], "claude");
+  EXPECT_EQ(events.back().first, "message_stop");
+  std::string text;
+  Json usage;
+  for (const auto& [event, data] : events) {
+    if (event == "content_block_delta" && data["delta"]["type"] == "text_delta")
+      text += data["delta"]["text"].get<std::string>();
+    if (event == "message_delta") {
+      EXPECT_EQ(data["delta"]["stop_reason"], "end_turn");
+      usage = data["usage"];
+    }
+  }
+  EXPECT_EQ(text, "You are in /home/sandbox.");
+  auto calls = LlmCalls(id, 2);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1]["face"], "anthropic");
+  EXPECT_EQ(usage["input_tokens"], calls[1]["input_tokens"]);
+  EXPECT_EQ(usage["output_tokens"], calls[1]["output_tokens"]);
+
+  // Stored once each: the tool_use echoed back as blocks is recognised as the stored reply.
+  EXPECT_FALSE(calls[1].contains("history")) << calls[1].dump();
+  EXPECT_EQ(calls[1]["new_messages"], 1);
+  Json conv = Conversation(id);
+  ASSERT_EQ(conv.size(), 5u) << conv.dump();
+  EXPECT_EQ(conv[3]["role"], "tool");
+  EXPECT_EQ(conv[4]["content"], "You are in /home/sandbox.");
+}
+
+TEST_F(LlmProxyTest, TheAnthropicFaceRefusesWhatItCannotCarryAndForeignKeys) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"t","model":"claude"})");
+  auto messages = [&](const Json& body, const std::string& key) {
+    return server_->Sb(verb::post, "/v1/messages", "", DumpJson(body), {{"x-api-key", key}});
+  };
+  Json ok{{"model", "claude"},
+          {"max_tokens", 10},
+          {"messages", Json::array({Json{{"role", "user"}, {"content", "t"}}})}};
+  const size_t before = up_->requests().size();
+  EXPECT_EQ(messages(ok, "ast_not-a-real-token-at-all").status, 401u);
+  EXPECT_EQ(messages(ok, kKey).status, 401u);  // the provider's key is no key here
+  auto with = [&](const Json& message) {
+    Json b = ok;
+    b["messages"] = Json::array({message});
+    return messages(b, token);
+  };
+  auto url_image = with(Json{
+      {"role", "user"},
+      {"content",
+       Json::array({Json{{"type", "image"},
+                         {"source", {{"type", "url"}, {"url", "http://169.254.169.254/"}}}}})}});
+  EXPECT_EQ(url_image.status, 400u);
+  EXPECT_NE(url_image.body.find("never lets a provider fetch"), std::string::npos)
+      << url_image.body;
+  EXPECT_EQ(with(Json{{"role", "user"},
+                      {"content", Json::array({Json{{"type", "document"}, {"source", {}}}})}})
+                .status,
+            400u);
+  EXPECT_EQ(with(Json{{"role", "system"}, {"content", "x"}}).status, 400u);
+  Json no_max = ok;
+  no_max.erase("max_tokens");
+  EXPECT_EQ(messages(no_max, token).status, 400u);
+  Json server_tool = ok;
+  server_tool["tools"] =
+      Json::array({Json{{"type", "web_search_20250305"}, {"name", "web_search"}}});
+  EXPECT_EQ(messages(server_tool, token).status, 400u);
+  EXPECT_EQ(up_->requests().size(), before);
+}
+
 }  // namespace
 }  // namespace airlock::testing
