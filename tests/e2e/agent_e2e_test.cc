@@ -472,57 +472,120 @@ TEST_F(AgentE2eTest, WithAnOpenAiKeyInTheEnvironmentTheAgentUsesThatProvider) {
   EXPECT_EQ(out.logs.find(key), std::string::npos);
 }
 
-// An agent written against OpenAI's official `openai` npm client (tests/llm/
-// openai_client_agent.mjs), in an image of its own with node and the client from the npm
-// registry (tests/llm/npm_clients.sh), run unchanged: its client points at CONTROL_PLANE_URL/v1
-// with SESSION_TOKEN as the key. It makes a tool call round trip, streams an answer with usage,
-// and lists the models, against a fake upstream speaking OpenAI's wire format
-// (tests/llm/fake_upstream.h).
-TEST_F(AgentE2eTest, AnAgentOnTheOfficialOpenAiClientRunsUnchanged) {
-  if (TestBackendName() == "microvm")
-    GTEST_SKIP() << "node's JIT under TCG takes minutes to start; the face is the same on oci";
-  const std::string dir = MakeTempDir("airlock-e2e-npm");
-  const std::string tar = dir + "/openai-agent.tar";
-  const std::string build = fmt::format(
-      "{0}/tests/llm/npm_clients.sh image {1} openai-agent:test "
-      "{0}/tests/llm/openai_client_agent.mjs > {2}/build.log 2>&1",
-      AIRLOCK_SOURCE_DIR, tar, dir);
-  const int rc = std::system(build.c_str());
-  if (WIFEXITED(rc) && WEXITSTATUS(rc) == 77)
-    GTEST_SKIP() << "the npm clients cannot be installed here: " << ReadFile(dir + "/build.log");
-  ASSERT_EQ(rc, 0) << ReadFile(dir + "/build.log");
+// Agents written against the official npm clients (tests/llm/agents/), in an image of their own
+// with node and the clients from the npm registry (tests/llm/npm_clients.sh), run unchanged: their
+// clients point at the control plane with SESSION_TOKEN as the key. The upstream is a fake that
+// speaks OpenAI's wire format (tests/llm/fake_upstream.h). The image is built once per run.
+class NpmAgentTest : public AgentE2eTest {
+ protected:
+  static constexpr const char* kImage = "npm-agents:test";
+  static constexpr const char* kKey = "sk-e2e-npm-client-only-the-control-plane-has-this";
 
-  const std::string key = "sk-e2e-openai-client-only-the-control-plane-has-this";
-  fake::FakeUpstreamOptions o;
-  o.expected_key = key;
-  fake::FakeUpstream upstream(o);
-  ASSERT_TRUE(upstream.ok()) << upstream.error();
-  upstream.Enqueue(fake::Reply::Tools({{"call_1", "read_file", R"({"path":"/etc/passwd"})"}}));
-  upstream.Enqueue(
+  // The image's tarball, or "" with `skip` set when the clients cannot be installed here.
+  static std::string Image(std::string& skip) {
+    static std::string tar, why;
+    static bool built = false;
+    // The directory goes when the test program ends (the image is 64 MB).
+    static struct Dir {
+      std::string path;
+      ~Dir() {
+        if (!path.empty()) std::filesystem::remove_all(path);
+      }
+    } dir_holder;
+    if (!built) {
+      built = true;
+      const std::string dir = MakeTempDir("airlock-e2e-npm");
+      dir_holder.path = dir;
+      tar = dir + "/npm-agents.tar";
+      const int rc = std::system(fmt::format("{0}/tests/llm/npm_clients.sh image {1} {2} "
+                                             "{0}/tests/llm/agents > {3}/build.log 2>&1",
+                                             AIRLOCK_SOURCE_DIR, tar, kImage, dir)
+                                     .c_str());
+      if (WIFEXITED(rc) && WEXITSTATUS(rc) == 77) why = ReadFile(dir + "/build.log");
+      if (rc != 0 && why.empty()) why = "FAILED: " + ReadFile(dir + "/build.log");
+      if (rc != 0) tar.clear();
+    }
+    skip = why;
+    return tar;
+  }
+
+  void SetUp() override {
+    AgentE2eTest::SetUp();
+    if (IsSkipped()) return;
+    if (TestBackendName() == "microvm")
+      GTEST_SKIP() << "node's JIT under TCG takes minutes to start; the faces are the same on oci";
+    std::string skip;
+    tar_ = Image(skip);
+    if (skip.starts_with("FAILED: ")) FAIL() << skip;
+    if (tar_.empty()) GTEST_SKIP() << "the npm clients cannot be installed here: " << skip;
+    fake::FakeUpstreamOptions o;
+    o.expected_key = kKey;
+    upstream_ = std::make_unique<fake::FakeUpstream>(o);
+    ASSERT_TRUE(upstream_->ok()) << upstream_->error();
+  }
+
+  // Starts the server with `default` on the fake OpenAI upstream, and the image imported.
+  void StartServer() {
+    ::setenv("OPENAI_API_KEY", kKey, 1);
+    ::setenv("OPENAI_BASE_URL", (upstream_->base_url() + "/v1").c_str(), 1);
+    ::unsetenv("ANTHROPIC_API_KEY");
+    sbx_ = std::make_unique<SandboxServer>();
+    auto imported = sbx_->ImportImage(tar_, kImage);
+    if (imported) sbx_->Start();  // the server inherits the two variables
+    ::unsetenv("OPENAI_API_KEY");
+    ::unsetenv("OPENAI_BASE_URL");
+    ASSERT_TRUE(imported.has_value()) << imported.error().message;
+  }
+
+  // Runs agent `file` of the image on `task` to its end; checks that it succeeded and that no
+  // key reached it, and returns its REPORT line.
+  Json RunAgent(const std::string& file, const std::string& task, SessionOutcome& out) {
+    id_ = CreateAgentSession(task, Json::array({"/usr/bin/node", "/opt/agent/" + file, task}),
+                             kImage);
+    out = sbx_->WaitForEnd(id_, 90);
+    EXPECT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+    // The sandbox never saw the key: not in the agent's environment, not in its output.
+    EXPECT_EQ(out.logs.find(kKey), std::string::npos);
+    EXPECT_NE(out.logs.find("ENV {"), std::string::npos) << out.logs;
+    for (const auto& r : upstream_->requests())
+      EXPECT_EQ(r.Header("authorization"), std::string("Bearer ") + kKey);
+    const size_t at = out.logs.find("REPORT ");
+    if (at == std::string::npos) {
+      ADD_FAILURE() << "no REPORT line:\n" << out.logs;
+      return Json::object();
+    }
+    return ParseJson(out.logs.substr(at + 7, out.logs.find('\n', at) - at - 7))
+        .value_or(Json::object());
+  }
+
+  // The data of the session's llm.call events.
+  static std::vector<Json> LlmCalls(const SessionOutcome& out) {
+    std::vector<Json> calls;
+    for (const auto& e : out.events) {
+      if (e["type"] == "llm.call") calls.push_back(e["data"]);
+    }
+    return calls;
+  }
+
+  std::string tar_, id_;
+  std::unique_ptr<fake::FakeUpstream> upstream_;
+};
+
+// The `openai` client: a tool call round trip, a streamed answer with usage, the model list.
+TEST_F(NpmAgentTest, AnAgentOnTheOfficialOpenAiClientRunsUnchanged) {
+  upstream_->Enqueue(fake::Reply::Tools({{"call_1", "read_file", R"({"path":"/etc/passwd"})"}}));
+  upstream_->Enqueue(
       fake::Reply::Text("The sandbox knows two users: root and sandbox.").WithChunks(4));
-  ::setenv("OPENAI_API_KEY", key.c_str(), 1);
-  ::setenv("OPENAI_BASE_URL", (upstream.base_url() + "/v1").c_str(), 1);
-  ::unsetenv("ANTHROPIC_API_KEY");
-  sbx_ = std::make_unique<SandboxServer>();
-  auto imported = sbx_->ImportImage(tar, "openai-agent:test");
-  ASSERT_TRUE(imported.has_value()) << imported.error().message;
-  sbx_->Start();
-  ::unsetenv("OPENAI_API_KEY");
-  ::unsetenv("OPENAI_BASE_URL");
-  std::filesystem::remove_all(dir);
-
+  StartServer();
   const std::string task = "who can log in here?";
-  std::string id = CreateAgentSession(
-      task, Json::array({"/usr/bin/node", "/opt/agent/agent.mjs", task}), "openai-agent:test");
-  auto out = sbx_->WaitForEnd(id, 90);
-  ASSERT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
+  SessionOutcome out;
+  Json report = RunAgent("openai_client.mjs", task, out);
   EXPECT_EQ(out.session["result"], "The sandbox knows two users: root and sandbox.");
 
-  // The upstream got the whole conversation each time, with the key and the client's
-  // temperature; the tool's result was read inside the sandbox.
-  auto reqs = upstream.requests();
+  // The upstream got the whole conversation each time, and the client's temperature; the
+  // tool's result was read inside the sandbox.
+  auto reqs = upstream_->requests();
   ASSERT_EQ(reqs.size(), 2u);
-  for (const auto& r : reqs) EXPECT_EQ(r.Header("authorization"), "Bearer " + key);
   EXPECT_EQ(reqs[0].Json()["temperature"], 0.2);
   EXPECT_EQ(reqs[0].Json()["model"], "gpt-4o-mini");
   Json second = reqs[1].Json()["messages"];
@@ -531,37 +594,83 @@ TEST_F(AgentE2eTest, AnAgentOnTheOfficialOpenAiClientRunsUnchanged) {
   EXPECT_NE(second[3]["content"].get<std::string>().find("sandbox:x:"), std::string::npos)
       << second[3];
 
-  // The sandbox never saw the key: not in the agent's environment, not in its output.
-  EXPECT_EQ(out.logs.find(key), std::string::npos);
-  EXPECT_NE(out.logs.find("ENV {"), std::string::npos) << out.logs;
-
   // What the client got: the models, and a streamed usage equal to what was metered.
-  const size_t at = out.logs.find("REPORT ");
-  ASSERT_NE(at, std::string::npos) << out.logs;
-  Json report = ParseJson(out.logs.substr(at + 7, out.logs.find('\n', at) - at - 7)).value();
   EXPECT_EQ(report["models"], Json::array({"default"}));
-  Json calls = Json::array();
-  for (const auto& e : out.events) {
-    if (e["type"] == "llm.call") calls.push_back(e["data"]);
-  }
+  auto calls = LlmCalls(out);
   ASSERT_EQ(calls.size(), 2u);
   EXPECT_EQ(calls[0]["face"], "openai");
   // Recognised: the first call appended the system prompt and the task, the second only the
   // tool's result, and nothing was superseded (a rewrite would say "history").
   EXPECT_EQ(calls[0]["new_messages"], 2);
   EXPECT_EQ(calls[1]["new_messages"], 1);
-  EXPECT_FALSE(calls[0].contains("history") || calls[1].contains("history")) << calls.dump();
+  EXPECT_FALSE(calls[0].contains("history") || calls[1].contains("history"));
   EXPECT_EQ(report["usage"]["prompt_tokens"], calls[1]["input_tokens"]);
   EXPECT_EQ(report["usage"]["completion_tokens"], calls[1]["output_tokens"]);
   EXPECT_EQ(out.session["usage"]["llm_calls"], 2);
 
   // Stored once each: the system prompt, the task, the tool call, its result, the answer.
-  Json conv = Messages(id)["messages"];
+  Json conv = Messages(id_)["messages"];
   ASSERT_EQ(conv.size(), 5u) << conv.dump();
   EXPECT_EQ(conv[0]["role"], "system");
   EXPECT_EQ(conv[1]["content"], task);
   EXPECT_EQ(conv[3]["role"], "tool");
   EXPECT_EQ(conv[4]["content"], "The sandbox knows two users: root and sandbox.");
+}
+
+// `@anthropic-ai/sdk`, through the Anthropic face to the OpenAI upstream: a tool use round
+// trip, then a streamed answer read with the client's stream helper.
+TEST_F(NpmAgentTest, AnAgentOnTheOfficialAnthropicClientRunsUnchanged) {
+  upstream_->Enqueue(
+      fake::Reply::Tools({{"toolu_1", "read_file", R"({"path":"/etc/passwd"})"}}, "Reading."));
+  upstream_->Enqueue(fake::Reply::Text("Two users: root and sandbox.").WithChunks(3));
+  StartServer();
+  SessionOutcome out;
+  Json report = RunAgent("anthropic_client.mjs", "who can log in here?", out);
+  EXPECT_EQ(out.session["result"], "Two users: root and sandbox.");
+  EXPECT_EQ(report["stop"], "end_turn");
+
+  auto reqs = upstream_->requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  Json second = reqs[1].Json()["messages"];
+  ASSERT_EQ(second.size(), 4u) << second.dump();
+  EXPECT_EQ(second[0]["role"], "system");
+  EXPECT_EQ(second[2]["tool_calls"][0]["id"], "toolu_1");
+  EXPECT_EQ(second[3]["role"], "tool");
+  EXPECT_NE(second[3]["content"].get<std::string>().find("sandbox:x:"), std::string::npos);
+
+  auto calls = LlmCalls(out);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1]["face"], "anthropic");
+  EXPECT_EQ(calls[1]["new_messages"], 1);
+  EXPECT_FALSE(calls[0].contains("history") || calls[1].contains("history"));
+  EXPECT_EQ(report["usage"]["output_tokens"], calls[1]["output_tokens"]);
+  EXPECT_EQ(report["usage"]["input_tokens"], calls[1]["input_tokens"]);
+  Json conv = Messages(id_)["messages"];
+  ASSERT_EQ(conv.size(), 5u) << conv.dump();
+  EXPECT_EQ(conv[4]["content"], "Two users: root and sandbox.");
+}
+
+// `@openai/agents`: an Agent with a function tool, whose run loop (model, tool, model) goes to
+// its end through the OpenAI face.
+TEST_F(NpmAgentTest, AnOpenAiAgentsSdkAgentRunsItsLoopToTheEnd) {
+  upstream_->Enqueue(fake::Reply::Tools({{"call_7", "read_file", R"({"path":"/etc/group"})"}}));
+  upstream_->Enqueue(fake::Reply::Text("There are two groups."));
+  StartServer();
+  SessionOutcome out;
+  Json report = RunAgent("openai_agents.mjs", "how many groups are there?", out);
+  EXPECT_EQ(report["text"], "There are two groups.");
+  EXPECT_EQ(out.session["result"], "There are two groups.");
+  auto reqs = upstream_->requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(reqs[0].Json()["tools"][0]["function"]["name"], "read_file");
+  Json second = reqs[1].Json()["messages"];
+  ASSERT_GE(second.size(), 4u) << second.dump();
+  EXPECT_EQ(second.back()["role"], "tool");
+  EXPECT_NE(second.back()["content"].dump().find("sandbox:x:"), std::string::npos) << second;
+  auto calls = LlmCalls(out);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_FALSE(calls[1].contains("history")) << calls[1].dump();
+  EXPECT_EQ(out.session["usage"]["llm_calls"], 2);
 }
 
 // The Python example agent and SDK, carried into a `host`-image sandbox (the host's /usr,

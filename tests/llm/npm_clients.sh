@@ -6,15 +6,15 @@
 # Usage:
 #   npm_clients.sh install
 #       Installs them once into the cache (idempotent, safe to run concurrently).
-#   npm_clients.sh image OUT.tar NAME:TAG AGENT.mjs
+#   npm_clients.sh image OUT.tar NAME:TAG AGENTS_DIR
 #       Installs if needed, then builds an OCI image (images/make-image.sh): busybox, this
 #       host's node with the libraries it links, the clients in /opt/agent/node_modules, and
-#       AGENT.mjs as /opt/agent/agent.mjs, run by the entrypoint `node /opt/agent/agent.mjs`.
+#       the *.mjs of AGENTS_DIR in /opt/agent (a session runs one: `node /opt/agent/X.mjs`).
 # Exit status 77: it cannot be set up here (no node or npm, the registry is unreachable); the
 # reason is on stderr.
 set -euo pipefail
 
-readonly packages=("openai@7.55.0")
+readonly packages=("openai@7.55.0" "@anthropic-ai/sdk@1.10.0" "@openai/agents@0.20.0" "zod@4.6.7")
 cache="${AIRLOCK_NPM_CLIENTS_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/airlock/npm-clients}"
 readonly cache
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -47,15 +47,18 @@ install() {
 }
 
 image() {
-  local out="$1" name="$2" agent="$3"
+  local out="$1" name="$2" agents="$3"
   install
   local node
   node="$(readlink -f "$(command -v node)")"
   local args=(--out "$out" --name "$name" --busybox
     --add "$node:/usr/bin/node:0755"
-    --add "$agent:/opt/agent/agent.mjs:0644"
     --add-dir "$cache/node_modules:/opt/agent/node_modules"
-    --entrypoint '["/usr/bin/node","/opt/agent/agent.mjs"]' --workdir /home/sandbox)
+    --entrypoint '["/usr/bin/node"]' --workdir /home/sandbox)
+  local agent
+  for agent in "$agents"/*.mjs; do
+    args+=(--add "$agent:/opt/agent/$(basename "$agent"):0644")
+  done
   # The shared libraries node links, where the dynamic loader looks for them.
   local lib
   while read -r lib; do
@@ -67,8 +70,8 @@ image() {
 case "${1:-}" in
   install) install ;;
   image)
-    [ $# -eq 4 ] || { echo "usage: $0 image OUT.tar NAME:TAG AGENT.mjs" >&2; exit 2; }
+    [ $# -eq 4 ] || { echo "usage: $0 image OUT.tar NAME:TAG AGENTS_DIR" >&2; exit 2; }
     image "$2" "$3" "$4"
     ;;
-  *) echo "usage: $0 install | image OUT.tar NAME:TAG AGENT.mjs" >&2; exit 2 ;;
+  *) echo "usage: $0 install | image OUT.tar NAME:TAG AGENTS_DIR" >&2; exit 2 ;;
 esac

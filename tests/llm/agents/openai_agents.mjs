@@ -1,0 +1,57 @@
+// An agent built with the OpenAI Agents SDK (`@openai/agents`), with a function tool, run
+// unchanged inside an Airlock sandbox (tests/e2e/agent_e2e_test.cc): its default client points at
+// the control plane with the session token as the key, over Chat Completions; the SDK runs its
+// loop (model, tool, model) to the end. Tracing is off: it would export to OpenAI's servers.
+// Its task is its first argument.
+import OpenAI from "openai";
+import {
+  Agent,
+  run,
+  setDefaultOpenAIClient,
+  setOpenAIAPI,
+  setTracingDisabled,
+  tool,
+} from "@openai/agents";
+import { z } from "zod";
+import { readFileSync } from "node:fs";
+
+setDefaultOpenAIClient(
+  new OpenAI({
+    baseURL: `${process.env.CONTROL_PLANE_URL}/v1`,
+    apiKey: process.env.SESSION_TOKEN,
+    maxRetries: 0,
+  }),
+);
+setOpenAIAPI("chat_completions");
+setTracingDisabled(true);
+
+const readFile = tool({
+  name: "read_file",
+  description: "Read a file of the sandbox",
+  parameters: z.object({ path: z.string() }),
+  execute: async ({ path }) => readFileSync(path, "utf8"),
+});
+
+const agent = new Agent({
+  name: "Inspector",
+  instructions: "You are a careful agent. Use the tools.",
+  model: "default",
+  tools: [readFile],
+});
+
+console.log("ENV " + JSON.stringify(process.env));
+const result = await run(agent, process.argv[2] ?? "no task");
+console.log("REPORT " + JSON.stringify({ text: result.finalOutput }));
+
+const finished = await fetch(`${process.env.CONTROL_PLANE_URL}/sandbox/v1/finish`, {
+  method: "POST",
+  headers: {
+    Authorization: `Bearer ${process.env.SESSION_TOKEN}`,
+    "Content-Type": "application/json",
+  },
+  body: JSON.stringify({ status: "succeeded", result: String(result.finalOutput) }),
+});
+if (!finished.ok) {
+  console.error(`finish: ${finished.status} ${await finished.text()}`);
+  process.exit(1);
+}
