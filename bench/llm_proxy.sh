@@ -5,6 +5,7 @@
 #   direct:  agent -> fake upstream
 #   nginx:   agent -> nginx proxy_pass (keep-alive upstream pool) -> fake upstream
 #   airlock: agent -> POST /sandbox/v1/llm/chat -> fake upstream
+#   openai:  agent -> POST /v1/chat/completions (the OpenAI face) -> fake upstream
 # with N = 1, 64 and 512 concurrent callers (LEVELS), JSON and SSE (MODES), using
 # airlock-llm-load: one keep-alive connection per caller, calls back to back, each timed until
 # its response has been read to the end. It prints p50/p99 and the ratios to direct.
@@ -14,6 +15,10 @@
 # history grows from 1 message (the task, taken from the inbox by the agent) to CALLS+1. The
 # direct and nginx callers send the body the proxy sends upstream half way through a session:
 # the task plus CALLS/2 stored assistant replies (built from what the store holds, see below).
+# The OpenAI face's callers (sessions of their own) send that same conversation on every call,
+# as a client that re-sends its history does: the first call stores it, and each later one finds
+# it stored and the last reply after it, which it supersedes (a client that asks again), so
+# each call compares the whole history, then stores one message and supersedes one.
 #
 # Run as root (it raises the fd limit and may apt-get install nginx). Knobs (environment):
 #   BIN_DIR=DIR        built binaries (airlock, airlock-fake-llm, airlock-llm-load); default build/bin
@@ -174,8 +179,9 @@ NGINX_WORKER="$(pgrep -P "$NGINX_PID" | head -1)"
 # Slices of the token list, in order: 1 for verification, the warm-up callers, then for each
 # mode and level N callers x S sessions (S > 1 only where N x CALLS < MIN_CALLS).
 per_caller() { local c=$1; echo $(( (MIN_CALLS + c * CALLS - 1) / (c * CALLS) )); }
-TOTAL=$((1 + WARMUP_CALLERS))
-for mode in $MODES; do for c in $LEVELS; do TOTAL=$((TOTAL + c * $(per_caller "$c"))); done; done
+TOTAL=$((2 + WARMUP_CALLERS))  # the two verification sessions, the warm-up
+# Twice per level: the native route's sessions, then the OpenAI face's.
+for mode in $MODES; do for c in $LEVELS; do TOTAL=$((TOTAL + 2 * c * $(per_caller "$c"))); done; done
 echo "== creating $TOTAL sessions (process backend; each agent takes its task from the inbox," \
   "writes its token and sleeps)"
 T0=$(date +%s.%N)
@@ -271,6 +277,9 @@ for mode, extra in (("json", {"stream": False}),
     body = dict({"model": "fake-model", "messages": hist}, **extra)
     with open(f"{work}/body.{mode}", "w") as f:
         f.write(json.dumps(body, sort_keys=True, separators=(",", ":")))
+    # The OpenAI face's client names the alias; the upstream gets the same conversation.
+    with open(f"{work}/face.{mode}", "w") as f:
+        f.write(json.dumps(dict(body, model="default"), sort_keys=True, separators=(",", ":")))
 print(f"   stored reply shape: {json.dumps(reply, sort_keys=True)}")
 print(f"   baseline bodies: task + {calls // 2} replies = {len(open(f'{work}/body.json').read())} bytes (json),"
       f" {len(open(f'{work}/body.sse').read())} bytes (sse)")
@@ -279,6 +288,9 @@ verify direct-json "$UP_URL" "Authorization: Bearer $FAKE_KEY_VALUE" "$(cat "$WO
 verify direct-sse "$UP_URL" "Authorization: Bearer $FAKE_KEY_VALUE" "$(cat "$WORK/body.sse")" 'data: \[DONE\]'
 verify nginx-json "http://$NGX/v1/chat/completions" "Authorization: Bearer $FAKE_KEY_VALUE" "$(cat "$WORK/body.json")" '"choices"'
 verify nginx-sse "http://$NGX/v1/chat/completions" "Authorization: Bearer $FAKE_KEY_VALUE" "$(cat "$WORK/body.sse")" 'data: \[DONE\]'
+take_tokens 1 "$WORK/tok.verify-face"
+verify openai-json "http://$SBX/v1/chat/completions" "Authorization: Bearer $(cat "$WORK/tok.verify-face")" "$(cat "$WORK/face.json")" '"choices"'
+verify openai-sse "http://$SBX/v1/chat/completions" "Authorization: Bearer $(cat "$WORK/tok.verify-face")" "$(cat "$WORK/face.sse")" 'data: \[DONE\]'
 
 # ---------------------------------------------------------------- runs
 RESULTS="$WORK/results.txt"
@@ -295,6 +307,10 @@ run() { # target mode callers calls-per-caller [tokens-file]
       else
         args+=(--body '{"messages":[]}' --expect '"message"')
       fi ;;
+    openai)
+      args+=(--url "http://$SBX/v1/chat/completions" --tokens "$toks" --calls-per-token "$CALLS"
+        --body-file "$WORK/face.$mode")
+      [[ $mode == json ]] && args+=(--expect '"choices"') ;;
     direct|nginx)
       local url="$UP_URL"; [[ $target == nginx ]] && url="http://$NGX/v1/chat/completions"
       args+=(--url "$url" -H "Authorization: Bearer $FAKE_KEY_VALUE" --body-file "$WORK/body.$mode")
@@ -304,7 +320,7 @@ run() { # target mode callers calls-per-caller [tokens-file]
   # waiting for a CPU (schedstat), the same for the fake upstream, and the TCP connections
   # opened on the host (ActiveOpens), of which the callers' own are subtracted below.
   local pid="" p0 p1 f0 f1 o0 o1 line
-  case $target in airlock) pid=$SERVER_PID ;; nginx) pid=$NGINX_WORKER ;; esac
+  case $target in airlock|openai) pid=$SERVER_PID ;; nginx) pid=$NGINX_WORKER ;; esac
   p0="$(sched_ns "$pid")"; f0="$(sched_ns "$FAKE_PID")"; o0="$(active_opens)"
   line="$("$LOAD" -c "$c" -n "$n" --threads "$CLIENT_THREADS" --label "$target/$mode/$c" "${args[@]}" \
     2> >(sed 's/^/   /' >&2))"
@@ -349,8 +365,10 @@ for mode in $MODES; do
     n=$((s * CALLS))
     facts "$mode, $c callers, $n calls each"
     take_tokens $((c * s)) "$WORK/tok.$mode.$c"
-    for t in direct nginx airlock; do
-      run "$t" "$mode" "$c" "$n" "$WORK/tok.$mode.$c" | tee -a "$RESULTS" >/dev/null
+    take_tokens $((c * s)) "$WORK/tok.face.$mode.$c"
+    for t in direct nginx airlock openai; do
+      toks="$WORK/tok.$mode.$c"; [[ $t == openai ]] && toks="$WORK/tok.face.$mode.$c"
+      run "$t" "$mode" "$c" "$n" "$toks" | tee -a "$RESULTS" >/dev/null
     done
     echo "   airlock after: $(server_fds) fds (before the runs: $FD0), RSS $(server_rss) KiB"
   done
@@ -372,7 +390,7 @@ kill -TERM "$FAKE_PID"; wait "$FAKE_PID" || true; FAKE_PID=""
 python3 - "$WORK" <<'PY'
 import re, sys
 work = sys.argv[1]
-sent = 6  # the verification calls
+sent = 8  # the verification calls
 for path in (f"{work}/warmup.txt", f"{work}/results.txt"):
     for line in open(path):
         kv = dict(p.split("=", 1) for p in line.split())
@@ -427,4 +445,20 @@ for (mode, c) in sorted({(m, c) for (m, c, _) in rows}, key=lambda x: (x[0] != "
     print(f"| {mode} | {c} | {hd(d)} | {hd(n)} | {hd(a)} | {us(n,'proxy_cpu_ns')} / {us(a,'proxy_cpu_ns')} us "
           f"| {us(d,'upstream_cpu_ns')} / {us(n,'upstream_cpu_ns')} / {us(a,'upstream_cpu_ns')} us "
           f"| {us(n,'proxy_wait_ns')} / {us(a,'proxy_wait_ns')} us | {conns(d)} / {conns(n)} / {conns(a)} |")
+print()
+print("The OpenAI face (whole conversation re-sent every call) against the native route and nginx:")
+print()
+print("| mode | callers | openai p50 / p99 | openai/direct p50, p99 | openai-airlock p50, p99 "
+      "| openai-nginx p50, p99 | proxy CPU/call n / a / o | calls/s a / o | errors o |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for (mode, c) in sorted({(m, c) for (m, c, _) in rows}, key=lambda x: (x[0] != "json", x[1])):
+    d, n, a, o = (rows.get((mode, c, t)) for t in ("direct", "nginx", "airlock", "openai"))
+    if not (d and n and a and o): continue
+    diff = lambda x, y: f"{f(x,'p50_ms')-f(y,'p50_ms'):+.2f}, {f(x,'p99_ms')-f(y,'p99_ms'):+.2f} ms"
+    us = lambda kv, k: f"{per_call(kv, k):.0f}"
+    print(f"| {mode} | {c} | {f(o,'p50_ms'):.2f} / {f(o,'p99_ms'):.2f} ms "
+          f"| {f(o,'p50_ms')/f(d,'p50_ms'):.2f}x, {f(o,'p99_ms')/f(d,'p99_ms'):.2f}x "
+          f"| {diff(o, a)} | {diff(o, n)} "
+          f"| {us(n,'proxy_cpu_ns')} / {us(a,'proxy_cpu_ns')} / {us(o,'proxy_cpu_ns')} us "
+          f"| {f(a,'rps'):.0f} / {f(o,'rps'):.0f} | {o['errors']} |")
 PY
