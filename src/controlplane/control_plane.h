@@ -90,7 +90,6 @@ class ControlPlane : private SandboxChannels {
   awaitable<Response> SandboxEvent(Request& req);
   awaitable<Response> History(Request& req);
   awaitable<Response> Finish(Request& req);
-  awaitable<Response> LlmChat(Request& req);
   awaitable<Response> PresignFile(Request& req);
   awaitable<Response> ListFiles(Request& req);
   awaitable<Response> DownloadFile(Request& req);

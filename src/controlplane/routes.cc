@@ -112,28 +112,23 @@ void ControlPlane::RegisterSandboxRoutes() {
   r.Add(
       http::verb::post, "/sandbox/v1/finish", [this](Request& q) { return Finish(q); },
       RouteOptions{size_t{6 * 64 * 1024 + 4096}});
-  r.Add(
-      http::verb::post, "/sandbox/v1/llm/chat", [this](Request& q) { return LlmChat(q); },
-      RouteOptions{config_.limits.max_body_bytes});
-  // The OpenAI face: a client with base_url = $CONTROL_PLANE_URL/v1 and api_key =
-  // $SESSION_TOKEN works unchanged. It re-sends the whole conversation, so its body limit is
-  // the chat route's.
-  r.Add(
-      http::verb::post, "/v1/chat/completions",
-      [this](Request& q) -> awaitable<Response> {
-        AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
-        co_return co_await llm_->ChatCompletions(q, std::move(s));
-      },
-      RouteOptions{config_.limits.max_body_bytes});
-  // The Anthropic face: a client with base_url = $CONTROL_PLANE_URL and api_key =
-  // $SESSION_TOKEN (sent as x-api-key) works unchanged.
-  r.Add(
-      http::verb::post, "/v1/messages",
-      [this](Request& q) -> awaitable<Response> {
-        AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
-        co_return co_await llm_->Messages(q, std::move(s));
-      },
-      RouteOptions{config_.limits.max_body_bytes});
+  // The LLM routes, for an authenticated session: the native one, and the faces that speak
+  // the providers' own APIs, so that clients configured with base_url = $CONTROL_PLANE_URL/v1
+  // (OpenAI's) or $CONTROL_PLANE_URL (Anthropic's) and api_key = $SESSION_TOKEN work
+  // unchanged. A face's client re-sends the whole conversation: the chat route's body limit.
+  using LlmHandler = awaitable<Response> (LlmProxy::*)(Request&, store::Session);
+  for (const auto& [path, handler] :
+       {std::pair<const char*, LlmHandler>{"/sandbox/v1/llm/chat", &LlmProxy::Chat},
+        {"/v1/chat/completions", &LlmProxy::ChatCompletions},
+        {"/v1/messages", &LlmProxy::Messages}}) {
+    r.Add(
+        http::verb::post, path,
+        [this, handler](Request& q) -> awaitable<Response> {
+          AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
+          co_return co_await (llm_.get()->*handler)(q, std::move(s));
+        },
+        RouteOptions{config_.limits.max_body_bytes});
+  }
   r.Add(http::verb::get, "/v1/models", [this](Request& q) -> awaitable<Response> {
     AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
     co_return llm_->Models(s);
@@ -403,11 +398,6 @@ awaitable<Response> ControlPlane::ListFiles(Request& req) { co_return co_await f
 
 awaitable<Response> ControlPlane::DownloadFile(Request& req) {
   co_return co_await files_->OperatorDownload(req);
-}
-
-awaitable<Response> ControlPlane::LlmChat(Request& req) {
-  AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(req));
-  co_return co_await llm_->Chat(req, std::move(s));
 }
 
 awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
