@@ -12,6 +12,14 @@ namespace {
 
 constexpr size_t kMaxConversation = 10'000;
 
+// A string member of a JSON value that may hold anything (a client's body, an upstream's
+// chunk): "" when it is absent or not a string, where Json::value would throw.
+std::string Str(const Json& o, const char* key) {
+  if (!o.is_object()) return "";
+  auto it = o.find(key);
+  return it != o.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
 // Sampling parameters a client of the face may set, with the JSON type each must have.
 enum class Kind { kNumber, kInteger, kBool, kStopList, kObject, kToolChoice };
 struct Param {
@@ -58,7 +66,7 @@ Status CheckParam(const Param& p, const Json& v) {
       break;
     case Kind::kToolChoice:
       ok = (v.is_string() && (v == "auto" || v == "none" || v == "required")) ||
-           (v.is_object() && v.value("type", "") == "function" && v.contains("function") &&
+           (v.is_object() && Str(v, "type") == "function" && v.contains("function") &&
             v["function"].is_object() && v["function"].contains("name") &&
             v["function"]["name"].is_string());
       break;
@@ -84,11 +92,11 @@ Result<Json> ClientMessage(const Json& m, const std::string& where) {
   for (const char* empty : {"audio", "function_call"}) {
     if (copy.contains(empty) && copy[empty].is_null()) copy.erase(empty);
   }
-  if (copy.value("role", "") == "assistant" && copy.contains("tool_calls") &&
+  if (Str(copy, "role") == "assistant" && copy.contains("tool_calls") &&
       copy["tool_calls"].is_array() && copy["tool_calls"].empty()) {
     copy.erase("tool_calls");
   }
-  if (copy.value("role", "") == "developer") copy["role"] = "system";  // OpenAI's newer name
+  if (Str(copy, "role") == "developer") copy["role"] = "system";  // OpenAI's newer name
   return ValidateChatMessage(copy, where);
 }
 
@@ -101,20 +109,20 @@ Json Canonical(const Json& m) {
       std::string text;
       bool only_text = true;
       for (const Json& part : content) {
-        if (part.value("type", "") != "text") {
+        if (Str(part, "type") != "text") {
           only_text = false;
           break;
         }
-        text += part.value("text", "");
+        text += Str(part, "text");
       }
       if (only_text) content = text;
     }
-    if (c.value("role", "") == "assistant" && content.is_string() &&
+    if (Str(c, "role") == "assistant" && content.is_string() &&
         content.get_ref<const std::string&>().empty() && c.contains("tool_calls")) {
       content = nullptr;
     }
   }
-  if (c.value("role", "") == "assistant" && !c.contains("content")) c["content"] = nullptr;
+  if (Str(c, "role") == "assistant" && !c.contains("content")) c["content"] = nullptr;
   // Arguments are JSON text: the same object may come back spaced or ordered differently (an
   // Anthropic client sends tool_use input as an object, which is dumped again).
   if (c.contains("tool_calls") && c["tool_calls"].is_array()) {
@@ -146,7 +154,7 @@ Result<std::string> BlocksText(const Json& content, const std::string& where) {
   std::string text;
   for (size_t i = 0; i < content.size(); ++i) {
     const Json& b = content[i];
-    if (!b.is_object() || b.value("type", "") != "text" || !b.contains("text") ||
+    if (!b.is_object() || Str(b, "type") != "text" || !b.contains("text") ||
         !b["text"].is_string()) {
       return Errorf(ErrorCode::kInvalidArgument, "{}[{}] must be a text block", where, i);
     }
@@ -160,7 +168,7 @@ Result<std::string> BlocksText(const Json& content, const std::string& where) {
 Status TranslateAnthropicMessage(const Json& m, const std::string& where, std::vector<Json>& out) {
   if (!m.is_object()) return Errorf(ErrorCode::kInvalidArgument, "{} must be an object", where);
   AIRLOCK_TRY(RejectUnknownKeys(m, {"role", "content"}, where));
-  const std::string role = m.value("role", "");
+  const std::string role = Str(m, "role");
   if (role != "user" && role != "assistant")
     return Errorf(ErrorCode::kInvalidArgument, "{}.role must be user or assistant", where);
   if (!m.contains("content"))
@@ -178,7 +186,7 @@ Status TranslateAnthropicMessage(const Json& m, const std::string& where, std::v
   for (size_t i = 0; i < content.size(); ++i) {
     const Json& b = content[i];
     const std::string at = fmt::format("{}.content[{}]", where, i);
-    const std::string type = b.is_object() ? b.value("type", "") : "";
+    const std::string type = Str(b, "type");
     if (type == "text") {
       if (!b.contains("text") || !b["text"].is_string())
         return Errorf(ErrorCode::kInvalidArgument, "{}.text must be a string", at);
@@ -186,7 +194,7 @@ Status TranslateAnthropicMessage(const Json& m, const std::string& where, std::v
       parts.push_back(Json{{"type", "text"}, {"text", b["text"]}});
     } else if (type == "image" && role == "user") {
       const Json* src = b.contains("source") ? &b["source"] : nullptr;
-      if (!src || !src->is_object() || src->value("type", "") != "base64" ||
+      if (!src || !src->is_object() || Str(*src, "type") != "base64" ||
           !(*src).contains("media_type") || !(*src)["media_type"].is_string() ||
           !(*src).contains("data") || !(*src)["data"].is_string()) {
         return Errorf(
@@ -221,7 +229,7 @@ Status TranslateAnthropicMessage(const Json& m, const std::string& where, std::v
         AIRLOCK_ASSIGN_OR_RETURN(result, BlocksText(b["content"], at + ".content"));
       }
       // OpenAI's tool messages have no error flag: the result says it.
-      if (b.value("is_error", false)) result = "Error: " + result;
+      if (b.contains("is_error") && b["is_error"] == true) result = "Error: " + result;
       AIRLOCK_ASSIGN_OR_RETURN(
           Json tool,
           ValidateChatMessage(
@@ -236,9 +244,11 @@ Status TranslateAnthropicMessage(const Json& m, const std::string& where, std::v
     }
   }
   if (role == "assistant") {
-    Json msg{{"role", "assistant"}, {"content", text.empty() ? Json(nullptr) : Json(text)}};
-    if (!tool_calls.empty()) msg["tool_calls"] = std::move(tool_calls);
-    if (text.empty() && tool_calls.empty() && !msg.contains("tool_calls")) msg["content"] = "";
+    // No text: none beside tool calls (as the stored reply has it), "" without them.
+    const bool has_calls = !tool_calls.empty();
+    Json msg{{"role", "assistant"},
+             {"content", text.empty() && has_calls ? Json(nullptr) : Json(text)}};
+    if (has_calls) msg["tool_calls"] = std::move(tool_calls);
     AIRLOCK_ASSIGN_OR_RETURN(Json checked, ValidateChatMessage(msg, where));
     out.push_back(std::move(checked));
   } else if (!parts.empty()) {
@@ -431,7 +441,7 @@ Result<CompletionsRequest> ParseMessagesRequest(const Json& body) {
   }
   if (body.contains("tool_choice") && !body["tool_choice"].is_null()) {
     const Json& tc = body["tool_choice"];
-    const std::string type = tc.is_object() ? tc.value("type", "") : "";
+    const std::string type = Str(tc, "type");
     if (type == "auto") {
       out.params["tool_choice"] = "auto";
     } else if (type == "any") {
@@ -445,7 +455,8 @@ Result<CompletionsRequest> ParseMessagesRequest(const Json& body) {
                        "\"tool_choice\" must be {\"type\": \"auto\" | \"any\" | \"none\"} or "
                        "{\"type\": \"tool\", \"name\"}");
     }
-    if (tc.value("disable_parallel_tool_use", false)) out.params["parallel_tool_calls"] = false;
+    if (tc.contains("disable_parallel_tool_use") && tc["disable_parallel_tool_use"] == true)
+      out.params["parallel_tool_calls"] = false;
   }
   if (body.contains("stream") && !body["stream"].is_null()) {
     if (!body["stream"].is_boolean())
@@ -484,10 +495,10 @@ Json AnthropicMessageJson(const std::string& id, const std::string& alias,
   }
   if (r.message.contains("tool_calls")) {
     for (const Json& tc : r.message["tool_calls"]) {
-      auto input = ParseJson(tc["function"].value("arguments", "{}"));
+      auto input = ParseJson(Str(tc["function"], "arguments"));
       content.push_back(Json{{"type", "tool_use"},
-                             {"id", tc.value("id", "")},
-                             {"name", tc["function"].value("name", "")},
+                             {"id", Str(tc, "id")},
+                             {"name", Str(tc["function"], "name")},
                              {"input", input && input->is_object() ? *input : Json::object()}});
     }
   }
@@ -550,7 +561,9 @@ std::string AnthropicEventWriter::OnChunk(const Json& chunk) {
     }
     if (delta->contains("tool_calls") && (*delta)["tool_calls"].is_array()) {
       for (const Json& tc : (*delta)["tool_calls"]) {
-        const int64_t index = tc.value("index", int64_t{0});
+        const int64_t index = tc.contains("index") && tc["index"].is_number_integer()
+                                  ? tc["index"].get<int64_t>()
+                                  : 0;
         auto it = tool_blocks_.find(index);
         if (it == tool_blocks_.end()) {
           out += CloseBlock();
@@ -562,10 +575,13 @@ std::string AnthropicEventWriter::OnChunk(const Json& chunk) {
                                                  {"index", block_},
                                                  {"content_block",
                                                   {{"type", "tool_use"},
-                                                   {"id", tc.value("id", "")},
-                                                   {"name", fn ? fn->value("name", "") : ""},
+                                                   {"id", Str(tc, "id")},
+                                                   {"name", fn ? Str(*fn, "name") : ""},
                                                    {"input", Json::object()}}}});
         }
+        // Providers stream one tool call after another. A late piece of a call whose block
+        // is closed cannot be sent (Anthropic's blocks do not reopen); the stored reply, which
+        // the provider assembles, still has it whole.
         const Json* fn = tc.contains("function") ? &tc["function"] : nullptr;
         if (fn && fn->contains("arguments") && (*fn)["arguments"].is_string() &&
             !(*fn)["arguments"].get_ref<const std::string&>().empty() && it->second == block_) {

@@ -318,7 +318,7 @@ struct LlmProxy::Call {
   std::optional<CallError> error;
   std::optional<llm::TokenUsage> charged;  // a failed call's tokens that were charged anyway
 
-  // The OpenAI face: answers in its shapes, under this completion id; and where the client's
+  // The faces: which one answers (in its shapes, under this id); and where the client's
   // conversation met the stored one (MatchHistory).
   LlmFace face = LlmFace::kNative;
   bool include_usage = false;
@@ -375,6 +375,7 @@ awaitable<bool> PumpReceiver::OnChunk(const Json& chunk) {
     if (frame.empty()) co_return true;
   } else if (call_.face == LlmFace::kOpenAi) {
     // The client named an alias and gets it back; the usage comes metered, at the end.
+    if (!chunk.is_object()) co_return true;
     Json c = chunk;
     c.erase("usage");
     if (c.contains("choices") && c["choices"].is_array() && c["choices"].empty()) co_return true;

@@ -1075,6 +1075,19 @@ TEST_F(LlmProxyTest, TheOpenAiFaceTakesTheClientsParametersUnderTheOperatorsPins
     EXPECT_NE(r.body.find(bad.begin().key()), std::string::npos) << r.body;
   }
   EXPECT_EQ(Completions(token, Json{{"messages", msgs}}).status, 400u);  // no model
+  // Members of the wrong type anywhere: a clear 400, never an internal error.
+  for (const Json& bad :
+       {Json::array({Json{{"role", 5}, {"content", "x"}}}),
+        Json::array({Json{{"role", "user"}, {"content", Json::array({Json{{"type", 7}}})}}}),
+        Json::array({Json{{"role", Json::object()}}}), Json::array({"just text"})}) {
+    auto r = Completions(token, Json{{"model", "default"}, {"messages", bad}});
+    EXPECT_EQ(r.status, 400u) << bad.dump() << " -> " << r.body;
+  }
+  EXPECT_EQ(Completions(token, Json{{"model", "default"},
+                                    {"messages", msgs},
+                                    {"tool_choice", {{"type", 3}, {"function", {{"name", 1}}}}}})
+                .status,
+            400u);
   EXPECT_EQ(Completions(token, Json{{"model", "default"}, {"messages", Json::array()}}).status,
             400u);
   EXPECT_EQ(Completions(token, Json{{"model", "claude"}, {"messages", msgs}}).status, 403u);
@@ -1301,6 +1314,23 @@ TEST_F(LlmProxyTest, TheAnthropicFaceRefusesWhatItCannotCarryAndForeignKeys) {
   Json no_max = ok;
   no_max.erase("max_tokens");
   EXPECT_EQ(messages(no_max, token).status, 400u);
+  // Members of the wrong type anywhere: a clear 400, never an internal error.
+  for (const Json& message :
+       {Json{{"role", Json::object()}, {"content", "x"}},
+        Json{{"role", "user"}, {"content", Json::array({Json{{"type", 7}}})}},
+        Json{{"role", "user"},
+             {"content", Json::array({Json{{"type", "tool_result"},
+                                           {"tool_use_id", "t"},
+                                           {"is_error", "yes"},
+                                           {"content", Json::array({Json{{"type", 1}}})}}})}},
+        Json{{"role", "user"},
+             {"content", Json::array({Json{{"type", "image"}, {"source", 5}}})}}}) {
+    auto r = with(message);
+    EXPECT_EQ(r.status, 400u) << message.dump() << " -> " << r.body;
+  }
+  Json bad_choice = ok;
+  bad_choice["tool_choice"] = Json{{"type", 3}};
+  EXPECT_EQ(messages(bad_choice, token).status, 400u);
   Json server_tool = ok;
   server_tool["tools"] =
       Json::array({Json{{"type", "web_search_20250305"}, {"name", "web_search"}}});
