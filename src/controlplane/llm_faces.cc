@@ -637,8 +637,9 @@ Json ModelsJson(const store::Session& s, const Config& config) {
   std::vector<std::string> aliases{s.model};
   if (s.models.is_array()) {
     for (const Json& a : s.models) {
-      if (a.is_string() && std::find(aliases.begin(), aliases.end(), a) == aliases.end())
-        aliases.push_back(a);
+      if (!a.is_string()) continue;
+      const std::string& name = a.get_ref<const std::string&>();
+      if (std::find(aliases.begin(), aliases.end(), name) == aliases.end()) aliases.push_back(name);
     }
   }
   Json data = Json::array();
