@@ -5,6 +5,7 @@
 #include <set>
 
 #include "controlplane/llm_proxy.h"
+#include "llm/wire_util.h"
 
 namespace airlock::controlplane {
 
@@ -14,10 +15,9 @@ constexpr size_t kMaxConversation = 10'000;
 
 // A string member of a JSON value that may hold anything (a client's body, an upstream's
 // chunk): "" when it is absent or not a string, where Json::value would throw.
-std::string Str(const Json& o, const char* key) {
-  if (!o.is_object()) return "";
-  auto it = o.find(key);
-  return it != o.end() && it->is_string() ? it->get<std::string>() : "";
+std::string Str(const Json& o, std::string_view key) {
+  const std::string* s = llm::wire::StringMember(o, key);
+  return s != nullptr ? *s : "";
 }
 
 // Sampling parameters a client of the face may set, with the JSON type each must have.
@@ -216,11 +216,9 @@ Status TranslateAnthropicMessage(const Json& m, const std::string& where, std::v
                       "{} must be {{\"type\": \"tool_use\", \"id\", \"name\", \"input\": {{...}}}}",
                       at);
       }
-      tool_calls.push_back(
-          Json{{"id", b["id"]},
-               {"type", "function"},
-               {"function",
-                {{"name", b["name"]}, {"arguments", DumpJson(b.value("input", Json::object()))}}}});
+      tool_calls.push_back(llm::wire::OpenAiToolCall(b["id"].get<std::string>(),
+                                                     b["name"].get<std::string>(),
+                                                     DumpJson(b.value("input", Json::object()))));
     } else if (type == "tool_result" && role == "user") {
       if (!b.contains("tool_use_id") || !b["tool_use_id"].is_string())
         return Errorf(ErrorCode::kInvalidArgument, "{}.tool_use_id must name the tool call", at);

@@ -455,16 +455,6 @@ airlock::Result<HttpCall> Build(const ChatRequest& req, const std::string& api_k
 // ---------------------------------------------------------------------------------------------
 // Reply: Anthropic message → OpenAI assistant message.
 
-Json OpenAiToolCall(const std::string& id, const std::string& name, std::string arguments) {
-  Json call = Json::object();
-  call["id"] = id;
-  call["type"] = "function";
-  call["function"] = Json::object();
-  call["function"]["name"] = name;
-  call["function"]["arguments"] = std::move(arguments);
-  return call;
-}
-
 // Input tokens as Anthropic counts them exclude what was written to or read from the prompt
 // cache; the session pays for those too.
 struct UsageReport {

@@ -122,6 +122,18 @@ inline std::string HttpStatusText(unsigned status) {
   return fmt::format("HTTP {} {}", status, reason);
 }
 
+// An OpenAI tool call: what an assistant message's `tool_calls` holds, whichever API the call
+// came in by (`arguments` is JSON text).
+inline Json OpenAiToolCall(const std::string& id, const std::string& name, std::string arguments) {
+  Json call = Json::object();
+  call["id"] = id;
+  call["type"] = "function";
+  call["function"] = Json::object();
+  call["function"]["name"] = name;
+  call["function"]["arguments"] = std::move(arguments);
+  return call;
+}
+
 // Images reach a provider only inline, as data: URLs. A URL that the provider (or a local
 // OpenAI-compatible server) would fetch is an outbound channel out of a sandbox that has no
 // network, and a way to make the model server request internal addresses: never sent.
