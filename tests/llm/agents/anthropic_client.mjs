@@ -4,6 +4,7 @@
 // Airlock's. A tool use round trip, then a streamed answer. Its task is its first argument.
 import Anthropic from "@anthropic-ai/sdk";
 import { readFileSync } from "node:fs";
+import { finish } from "./airlock_finish.mjs";
 
 const client = new Anthropic({
   baseURL: process.env.CONTROL_PLANE_URL,
@@ -50,15 +51,4 @@ console.log(
     JSON.stringify({ first_usage: first.usage, text, usage: final.usage, stop: final.stop_reason }),
 );
 
-const finished = await fetch(`${process.env.CONTROL_PLANE_URL}/sandbox/v1/finish`, {
-  method: "POST",
-  headers: {
-    Authorization: `Bearer ${process.env.SESSION_TOKEN}`,
-    "Content-Type": "application/json",
-  },
-  body: JSON.stringify({ status: "succeeded", result: text }),
-});
-if (!finished.ok) {
-  console.error(`finish: ${finished.status} ${await finished.text()}`);
-  process.exit(1);
-}
+await finish(text);

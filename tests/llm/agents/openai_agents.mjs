@@ -14,6 +14,7 @@ import {
 } from "@openai/agents";
 import { z } from "zod";
 import { readFileSync } from "node:fs";
+import { finish } from "./airlock_finish.mjs";
 
 setDefaultOpenAIClient(
   new OpenAI({
@@ -43,15 +44,4 @@ console.log("ENV " + JSON.stringify(process.env));
 const result = await run(agent, process.argv[2] ?? "no task");
 console.log("REPORT " + JSON.stringify({ text: result.finalOutput }));
 
-const finished = await fetch(`${process.env.CONTROL_PLANE_URL}/sandbox/v1/finish`, {
-  method: "POST",
-  headers: {
-    Authorization: `Bearer ${process.env.SESSION_TOKEN}`,
-    "Content-Type": "application/json",
-  },
-  body: JSON.stringify({ status: "succeeded", result: String(result.finalOutput) }),
-});
-if (!finished.ok) {
-  console.error(`finish: ${finished.status} ${await finished.text()}`);
-  process.exit(1);
-}
+await finish(String(result.finalOutput));

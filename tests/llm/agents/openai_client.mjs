@@ -5,6 +5,7 @@
 // model list. Its task is its first argument.
 import OpenAI from "openai";
 import { readFileSync } from "node:fs";
+import { finish } from "./airlock_finish.mjs";
 
 const client = new OpenAI({
   baseURL: `${process.env.CONTROL_PLANE_URL}/v1`,
@@ -71,15 +72,4 @@ console.log(
     JSON.stringify({ first_usage: first.usage, tool_calls: call.tool_calls, text, usage, models }),
 );
 
-const finished = await fetch(`${process.env.CONTROL_PLANE_URL}/sandbox/v1/finish`, {
-  method: "POST",
-  headers: {
-    Authorization: `Bearer ${process.env.SESSION_TOKEN}`,
-    "Content-Type": "application/json",
-  },
-  body: JSON.stringify({ status: "succeeded", result: text }),
-});
-if (!finished.ok) {
-  console.error(`finish: ${finished.status} ${await finished.text()}`);
-  process.exit(1);
-}
+await finish(text);
