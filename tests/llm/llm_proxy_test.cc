@@ -1338,5 +1338,42 @@ TEST_F(LlmProxyTest, TheAnthropicFaceRefusesWhatItCannotCarryAndForeignKeys) {
   EXPECT_EQ(up_->requests().size(), before);
 }
 
+// A sandbox hammering a face: calls of its session past the first are refused at once (409)
+// and reach no upstream, a body over the limit is refused before it is read (413), and another
+// session's call goes through meanwhile.
+TEST_F(LlmProxyTest, ASandboxFloodingTheFacesStarvesNoOtherSession) {
+  SetUpBoth();
+  auto [a, ta] = Session();
+  auto [b, tb] = Session();
+  up_->Enqueue(Reply::Default().WithDelay(1500ms));
+  const Json body{{"model", "default"}, {"messages", Json::array({UserMsg("count the files")})}};
+  HttpResult held;
+  std::thread first([&, ta = ta] { held = Completions(ta, body); });
+  ASSERT_TRUE(up_->WaitForRequests(1));
+  std::vector<std::thread> flood;
+  std::vector<unsigned> statuses(16);
+  for (size_t i = 0; i < statuses.size(); ++i) {
+    flood.emplace_back([&, i, ta = ta] {
+      Json anthropic{{"model", "default"}, {"max_tokens", 10}, {"messages", body["messages"]}};
+      statuses[i] = i % 2 ? Completions(ta, body).status
+                          : server_->Sb(verb::post, "/v1/messages", ta, DumpJson(anthropic)).status;
+    });
+  }
+  for (auto& t : flood) t.join();
+  for (unsigned st : statuses) EXPECT_EQ(st, 409u);
+  const std::string huge =
+      DumpJson(Json{{"model", "default"},
+                    {"messages", Json::array({UserMsg(std::string(2 * 1024 * 1024, 'x'))})}});
+  EXPECT_EQ(server_->Sb(verb::post, "/v1/chat/completions", ta, huge).status, 413u);
+  EXPECT_EQ(server_->Sb(verb::post, "/v1/messages", ta, huge).status, 413u);
+  // The other session is served while the first call still holds its own.
+  auto other = Completions(tb, body);
+  EXPECT_EQ(other.status, 200u) << other.body;
+  first.join();
+  EXPECT_EQ(held.status, 200u) << held.body;
+  EXPECT_EQ(up_->requests().size(), 2u);  // the held call and the other session's, no more
+  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + a).json()["usage"]["llm_calls"], 1);
+}
+
 }  // namespace
 }  // namespace airlock::testing
