@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -30,10 +31,37 @@
 
 namespace airlock::testing {
 
+// The directories a test made, removed when its process exits (a run of the whole suite left
+// thousands behind in /tmp before). AIRLOCK_KEEP_TEST_DIRS=1 keeps them for a post-mortem.
+class TempDirs {
+ public:
+  static TempDirs& Get() {
+    static TempDirs dirs;
+    return dirs;
+  }
+  void Add(std::string dir) {
+    std::lock_guard l(mu_);
+    dirs_.push_back(std::move(dir));
+  }
+  ~TempDirs() {
+    const char* keep = std::getenv("AIRLOCK_KEEP_TEST_DIRS");
+    if (keep && std::string_view(keep) == "1") return;
+    for (const auto& d : dirs_) {
+      std::error_code ec;
+      std::filesystem::remove_all(d, ec);
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> dirs_;
+};
+
 inline std::string MakeTempDir(const std::string& tag = "airlock-test") {
   std::string tmpl = (std::filesystem::temp_directory_path() / (tag + "-XXXXXX")).string();
   char* p = ::mkdtemp(tmpl.data());
   if (!p) throw std::runtime_error("mkdtemp failed");
+  TempDirs::Get().Add(tmpl);
   return tmpl;
 }
 
