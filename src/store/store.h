@@ -50,6 +50,8 @@ struct Session {
   Json command = Json::array();  // [str...] or empty for the image's default
   Json limits = Json::object();
   Json metadata = Json::object();
+  // Non-secret variables the creator gave the agent ({"NAME": "value"}); checked at create.
+  Json env = Json::object();
   std::string token_hash;      // hex SHA-256 of the session token; "" once revoked
   std::string sandbox_handle;  // backend's opaque handle for reattach; "" when none
   std::optional<std::string> result;

@@ -138,6 +138,7 @@ TEST_P(StoreConformanceTest, CreatedSessionRoundTripsWithTaskMessageAndCreatedEv
   ASSERT_NE(store, nullptr);
   Session in = MakeSession("ses_a", 1234);
   in.sandbox_handle = "crun:abc";
+  in.env = Json{{"REPO", "airlock"}, {"DEBUG", "1"}};
   ASSERT_OK(store->CreateSession(in, UserMessage("do the thing")));
 
   ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_a"));
@@ -149,6 +150,7 @@ TEST_P(StoreConformanceTest, CreatedSessionRoundTripsWithTaskMessageAndCreatedEv
   EXPECT_EQ(s.command, in.command);
   EXPECT_EQ(s.limits, in.limits);
   EXPECT_EQ(s.metadata, in.metadata);
+  EXPECT_EQ(s.env, in.env);
   EXPECT_EQ(s.token_hash, in.token_hash);
   EXPECT_EQ(s.sandbox_handle, "crun:abc");
   EXPECT_FALSE(s.result.has_value());
@@ -1434,10 +1436,11 @@ TEST_P(StoreConformanceTest, ASuspendedSessionFromBeforeTiersReadsAsPausedSinceI
   }
   const std::string latest = RawQuery("SELECT MAX(version) FROM schema_migrations");
   const std::string tiers = postgres() ? "3" : "5";  // each store's idle-tier step
-  // The database as it was then: the steps from the tiers' on undone (the step after it adds
-  // messages.superseded_at).
-  ASSERT_EQ(latest, std::to_string(std::stoi(tiers) + 1));
+  // The database as it was then: the steps from the tiers' on undone (the steps after it add
+  // messages.superseded_at and sessions.env).
+  ASSERT_EQ(latest, std::to_string(std::stoi(tiers) + 2));
   RawQuery("DELETE FROM schema_migrations WHERE version >= " + tiers);
+  RawQuery("ALTER TABLE sessions DROP COLUMN env");
   RawQuery("ALTER TABLE messages DROP COLUMN superseded_at");
   RawQuery("ALTER TABLE sessions DROP COLUMN tier");
   RawQuery("ALTER TABLE sessions DROP COLUMN state_since");
