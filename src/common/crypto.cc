@@ -1,5 +1,6 @@
 #include "common/crypto.h"
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 
@@ -86,6 +87,25 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b) {
 
 Secret NewToken(std::string_view prefix, size_t bytes) {
   return Secret(std::string(prefix) + Base64UrlEncode(RandomBytes(bytes)));
+}
+
+std::optional<std::string> Base64Decode(std::string_view text) {
+  if (text.size() % 4 != 0) return std::nullopt;
+  size_t pad = 0;
+  while (pad < 2 && pad < text.size() && text[text.size() - 1 - pad] == '=') ++pad;
+  for (size_t i = 0; i + pad < text.size(); ++i) {
+    char c = text[i];
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '+' && c != '/') return std::nullopt;
+  }
+  std::string out(text.size() / 4 * 3, '\0');
+  if (!text.empty()) {
+    int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                            reinterpret_cast<const unsigned char*>(text.data()),
+                            static_cast<int>(text.size()));
+    if (n < 0) return std::nullopt;
+  }
+  out.resize(out.size() - pad);
+  return out;
 }
 
 std::string NewId(std::string_view prefix) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -16,6 +17,8 @@ std::string RandomBytes(size_t n);
 // base64url without padding, as used for tokens and ids.
 std::string Base64UrlEncode(std::string_view bytes);
 std::string HexEncode(std::string_view bytes);
+// Standard base64 (RFC 4648 section 4) with its padding, no whitespace; nullopt when malformed.
+std::optional<std::string> Base64Decode(std::string_view text);
 
 std::string Sha256(std::string_view data);                            // raw 32 bytes
 std::string Sha256Hex(std::string_view data);                         // 64 lowercase hex chars

@@ -46,5 +46,20 @@ TEST(CryptoTest, ConstantTimeEqualsComparesContentAndLength) {
   EXPECT_TRUE(ConstantTimeEquals("", ""));
 }
 
+TEST(CryptoTest, Base64DecodeTakesRfc4648VectorsAndRefusesTheMalformed) {
+  // RFC 4648 section 10.
+  EXPECT_EQ(Base64Decode(""), std::string());
+  EXPECT_EQ(Base64Decode("Zg=="), std::string("f"));
+  EXPECT_EQ(Base64Decode("Zm8="), std::string("fo"));
+  EXPECT_EQ(Base64Decode("Zm9v"), std::string("foo"));
+  EXPECT_EQ(Base64Decode("Zm9vYmFy"), std::string("foobar"));
+  EXPECT_EQ(Base64Decode("AP8A"), std::string("\0\xff\0", 3));
+  EXPECT_FALSE(Base64Decode("Zm9"));       // not a multiple of 4
+  EXPECT_FALSE(Base64Decode("Zm 9v"));     // whitespace
+  EXPECT_FALSE(Base64Decode("Zm9-"));      // base64url's alphabet
+  EXPECT_FALSE(Base64Decode("Z==="));      // three pads
+  EXPECT_FALSE(Base64Decode("Zg==Zg=="));  // padding inside
+}
+
 }  // namespace
 }  // namespace airlock

@@ -207,6 +207,12 @@ struct Config {
   std::map<std::string, PoolConfig> pools;
   FilesConfig files;
   int64_t max_task_bytes = 256 * 1024;
+  // Names a session's "env" may not use: they look like credentials, which belong in the
+  // control plane (shell-style patterns, `*` any run of characters, matched ignoring case).
+  // The api_key_env of every configured provider is refused as well.
+  std::vector<std::string> credential_env = {
+      "*_API_KEY",  "*_APIKEY", "*_TOKEN", "*_SECRET",      "*_SECRET_*",
+      "*PASSWORD*", "*_PASSWD", "AWS_*",   "*_CREDENTIALS", "*_PRIVATE_KEY"};
   int64_t max_message_bytes = 256 * 1024;
   int64_t max_event_bytes = 64 * 1024;
   EventLimitsConfig events;

@@ -40,7 +40,10 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       clock_(clock ? std::move(clock) : std::make_shared<RealClock>()),
       sessions_(std::make_unique<SessionService>(SessionService::Deps{
           config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_, *metrics_, inbox_,
-          events_, conversations_, *llm_, auth_->tokens(), *this, pools_.get()})),
+          events_, conversations_, *llm_, auth_->tokens(), *this, pools_.get(),
+          [this](const std::string& session, const std::string& name, std::string_view bytes) {
+            return files_->PutBytes(session, name, bytes);
+          }})),
       reconciler_(std::make_unique<Reconciler>(
           Reconciler::Deps{config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_,
                            *sessions_, metrics_->reconcile_passes,
@@ -60,6 +63,11 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
   // Uploads to signed file URLs are streamed to disk, never held in memory.
   sandbox_server_->StreamBodies([](http::verb m, std::string_view path) {
     return m == http::verb::put && path.starts_with("/sandbox/v1/files/");
+  });
+  // And the operator's: PUT /v1/sessions/{id}/files/{name}.
+  operator_server_->StreamBodies([](http::verb m, std::string_view path) {
+    return m == http::verb::put && path.starts_with("/v1/sessions/") &&
+           path.find("/files/") != std::string_view::npos;
   });
 }
 

@@ -93,6 +93,7 @@ class ControlPlane : private SandboxChannels {
   awaitable<Response> PresignFile(Request& req);
   awaitable<Response> ListFiles(Request& req);
   awaitable<Response> DownloadFile(Request& req);
+  awaitable<Response> UploadFile(Request& req);
   awaitable<Response> GetUsage(Request& req);
 
   // SandboxChannels, for the session service: the sandbox listener's sockets.

@@ -267,9 +267,29 @@ awaitable<Response> FileService::Upload(Request& req) {
     refusals_.With({"signature"}).Inc();
     co_return Forbidden(terms.error().message);
   }
+  co_return co_await Receive(req, terms->session, terms->name, terms->max_bytes, "sandbox");
+}
+
+awaitable<Response> FileService::OperatorUpload(Request& req) {
+  if (local_ == nullptr) {
+    co_return Response::FromError(
+        Error{ErrorCode::kUnimplemented,
+              "uploads by the operator need the local file store (files.store = \"local\"); "
+              "with s3, put the object into the bucket under the session's prefix"});
+  }
+  auto name = PercentDecode(req.params["name"], /*query=*/false);
+  if (!name)
+    co_return Response::FromError(Error{ErrorCode::kInvalidArgument, "malformed file name"});
+  AIRLOCK_CO_TRY(files::ValidateFileName(*name));
+  co_return co_await Receive(req, req.params["id"], *name, config_.files.max_file_mb << 20,
+                             "operator");
+}
+
+awaitable<Response> FileService::Receive(Request& req, std::string session, std::string name,
+                                         int64_t max_bytes, std::string_view by) {
   if (req.body == nullptr)
     co_return Response::FromError(Error{ErrorCode::kInternal, "upload body not streamed"});
-  const Terms& t = *terms;
+  const Terms t{session, name, max_bytes};
   AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(t.session));
   if (store::IsTerminal(s.state)) {
     co_return Response::FromError(
@@ -346,7 +366,7 @@ awaitable<Response> FileService::Upload(Request& req) {
   // causes: a PUT URL may be used again until it expires, and repeating it must not grow the
   // events table without bound. Past the quota the upload is refused and nothing replaces the
   // name.
-  Json data{{"name", t.name}, {"size", total}};
+  Json data{{"name", t.name}, {"size", total}, {"by", by}};
   const store::EventQuota event_quota = EventQuotaFor(config_);
   auto appended = co_await RunBlocking(pool_, [this, &t, &data, &event_quota] {
     return store_.AppendEventWithinQuota(t.session, "file.uploaded", data, event_quota);
@@ -374,6 +394,7 @@ awaitable<Response> FileService::Upload(Request& req) {
   ::close(fd);
   release();
   events_.Notify(t.session);
+  data.erase("by");
   co_return Response::FromJson(201, data);
 }
 
@@ -443,15 +464,71 @@ awaitable<Response> FileService::Fetch(Request& req) {
 awaitable<Response> FileService::List(Request& req) {
   std::string id = req.params["id"];
   AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(id));
-  AIRLOCK_CO_ASSIGN(auto list,
-                    co_await RunBlocking(pool_, [this, &id] { return blobs_->List(id); }));
+  (void)s;
+  AIRLOCK_CO_ASSIGN(Json files, co_await ListOf(id));
+  co_return Response::FromJson(200, Json{{"files", std::move(files)}});
+}
+
+awaitable<Response> FileService::SandboxWork(const store::Session& s) {
+  AIRLOCK_CO_ASSIGN(Json files, co_await ListOf(s.id));
+  co_return Response::FromJson(
+      200, Json{{"env", s.env.is_object() ? s.env : Json::object()}, {"files", std::move(files)}});
+}
+
+awaitable<Response> FileService::SandboxDownload(Request& req, const store::Session& s) {
+  req.params["id"] = s.id;
+  co_return co_await OperatorDownload(req);
+}
+
+Status FileService::PutBytes(const std::string& session, const std::string& name,
+                             std::string_view bytes) {
+  if (local_ == nullptr) {
+    return MakeError(ErrorCode::kUnimplemented,
+                     "\"files\" at create need the local file store (files.store = \"local\")");
+  }
+  AIRLOCK_TRY(files::ValidateFileName(name));
+  if (static_cast<int64_t>(bytes.size()) > (config_.files.max_file_mb << 20)) {
+    return Errorf(ErrorCode::kPayloadTooLarge, "file {} exceeds files.max_file_mb ({} MiB)", name,
+                  config_.files.max_file_mb);
+  }
+  std::string dir = local_->SessionDir(session);
+  ::mkdir(dir.c_str(), 0700);
+  std::string tmp = dir + "/.upload-" + HexEncode(RandomBytes(8));
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return Errorf(ErrorCode::kInternal, "storing {}: {}", name, std::strerror(errno));
+  for (std::string_view rest = bytes; !rest.empty();) {
+    ssize_t n = ::write(fd, rest.data(), rest.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return Errorf(ErrorCode::kInsufficientStorage, "storing {}: {}", name, std::strerror(err));
+    }
+    rest.remove_prefix(static_cast<size_t>(n));
+  }
+  const bool synced = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!synced || ::rename(tmp.c_str(), local_->PathOf(session, name).c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return Errorf(ErrorCode::kInternal, "storing {}: {}", name, std::strerror(errno));
+  }
+  bytes_.With({"in"}).Inc(static_cast<double>(bytes.size()));
+  auto appended = store_.AppendEvent(
+      session, "file.uploaded",
+      Json{{"name", name}, {"size", static_cast<int64_t>(bytes.size())}, {"by", "operator"}});
+  return appended ? Ok() : Status(std::unexpected(appended.error()));
+}
+
+awaitable<Result<Json>> FileService::ListOf(const std::string& id) {
+  auto list = co_await RunBlocking(pool_, [this, &id] { return blobs_->List(id); });
+  if (!list) co_return std::unexpected(list.error());
   Json arr = Json::array();
-  for (const auto& f : list) {
+  for (const auto& f : *list) {
     arr.push_back(
         Json{{"name", f.name}, {"size", f.size}, {"created_at", FormatTimestamp(f.created_at)}});
   }
-  (void)s;
-  co_return Response::FromJson(200, Json{{"files", arr}});
+  co_return arr;
 }
 
 awaitable<Response> FileService::OperatorDownload(Request& req) {

@@ -51,11 +51,25 @@ class FileService {
   // Operator routes (the caller has checked the operator key).
   awaitable<Response> List(Request& req);
   awaitable<Response> OperatorDownload(Request& req);
+  // PUT /v1/sessions/{id}/files/{name}: the operator puts a file into a live session (the
+  // body streamed; the local store only).
+  awaitable<Response> OperatorUpload(Request& req);
+  // "files" at create: stores `bytes` as the session's file `name` (blocking; local store).
+  Status PutBytes(const std::string& session, const std::string& name, std::string_view bytes);
+  // GET /sandbox/v1/work and /sandbox/v1/work/files/{name}: the session's variables and
+  // files, for its sandbox (airlock-init copies the files into the working directory and
+  // hands the variables to the agent when it starts it).
+  awaitable<Response> SandboxWork(const store::Session& s);
+  awaitable<Response> SandboxDownload(Request& req, const store::Session& s);
 
  private:
   struct Terms;
   Result<Terms> CheckUrl(const Request& req, std::string_view method) const;
   awaitable<Result<store::Session>> LoadSession(const std::string& id);
+  awaitable<Result<Json>> ListOf(const std::string& id);
+  // Streams the request's body into the session's file `name` (local store).
+  awaitable<Response> Receive(Request& req, std::string session, std::string name,
+                              int64_t max_bytes, std::string_view by);
 
   const Config& config_;
   store::Store& store_;

@@ -1,6 +1,11 @@
 #include "controlplane/requests.h"
 
+#include <cctype>
+#include <cstdlib>
+
+#include "common/crypto.h"
 #include "controlplane/validation.h"
+#include "files/blob_store.h"
 
 namespace airlock::controlplane {
 
@@ -20,9 +25,10 @@ Status KnownAlias(const Config& config, const std::string& alias) {
 }  // namespace
 
 Result<CreateSessionRequest> ParseCreateSession(const Json& body, const Config& config) {
-  AIRLOCK_TRY(RejectUnknownKeys(
-      body, {"task", "image", "command", "model", "models", "backend", "limits", "metadata"},
-      "session"));
+  AIRLOCK_TRY(RejectUnknownKeys(body,
+                                {"task", "image", "command", "model", "models", "backend", "limits",
+                                 "metadata", "env", "files"},
+                                "session"));
   CreateSessionRequest r;
   AIRLOCK_ASSIGN_OR_RETURN(r.task, RequiredString(body, "task"));
   if (r.task.empty()) return MakeError(ErrorCode::kInvalidArgument, "\"task\" must not be empty");
@@ -67,7 +73,150 @@ Result<CreateSessionRequest> ParseCreateSession(const Json& body, const Config& 
     }
     r.metadata = *it;
   }
+  if (auto it = body.find("env"); it != body.end() && !it->is_null()) {
+    AIRLOCK_ASSIGN_OR_RETURN(r.env, ParseSessionEnv(*it, config));
+  }
+  if (auto it = body.find("files"); it != body.end() && !it->is_null()) {
+    AIRLOCK_ASSIGN_OR_RETURN(r.files, ParseSessionFiles(*it, config));
+  }
   return r;
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> ParseSessionFiles(const Json& files,
+                                                                           const Config& config) {
+  constexpr size_t kMaxFiles = 64;
+  if (!files.is_object() || files.size() > kMaxFiles) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "\"files\" must be an object of at most 64 files {\"name\": \"text\" or "
+                     "{\"base64\": \"...\"}}");
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  int64_t total = 0;
+  for (const auto& [name, value] : files.items()) {
+    if (auto ok = files::ValidateFileName(name); !ok) {
+      return Errorf(ErrorCode::kInvalidArgument, "\"files\": {}", ok.error().message);
+    }
+    std::string bytes;
+    if (value.is_string()) {
+      bytes = value.get<std::string>();
+    } else if (value.is_object() && value.size() == 1 && value.contains("base64") &&
+               value["base64"].is_string()) {
+      auto decoded = Base64Decode(value["base64"].get_ref<const std::string&>());
+      if (!decoded) {
+        return Errorf(ErrorCode::kInvalidArgument, "\"files\": {} is not valid base64",
+                      name.substr(0, 64));
+      }
+      bytes = std::move(*decoded);
+    } else {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "\"files\": {} must be its text, or {{\"base64\": \"...\"}}",
+                    name.substr(0, 64));
+    }
+    if (static_cast<int64_t>(bytes.size()) > (config.files.max_file_mb << 20)) {
+      return Errorf(ErrorCode::kPayloadTooLarge, "\"files\": {} exceeds files.max_file_mb ({} MiB)",
+                    name.substr(0, 64), config.files.max_file_mb);
+    }
+    total += static_cast<int64_t>(bytes.size());
+    out.emplace_back(name, std::move(bytes));
+  }
+  if (total > (config.files.session_quota_mb << 20)) {
+    return Errorf(ErrorCode::kPayloadTooLarge,
+                  "\"files\" exceed the session's quota (files.session_quota_mb, {} MiB)",
+                  config.files.session_quota_mb);
+  }
+  return out;
+}
+
+bool MatchesEnvPattern(std::string_view pattern, std::string_view name) {
+  // Iterative glob with one backtrack point: linear enough for names of 128 bytes.
+  size_t p = 0, n = 0, star = std::string_view::npos, resume = 0;
+  auto same = [](char a, char b) {
+    return std::tolower(static_cast<unsigned char>(a)) ==
+           std::tolower(static_cast<unsigned char>(b));
+  };
+  while (n < name.size()) {
+    if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      resume = n;
+    } else if (p < pattern.size() && same(pattern[p], name[n])) {
+      ++p;
+      ++n;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      n = ++resume;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+Result<Json> ParseSessionEnv(const Json& env, const Config& config) {
+  constexpr size_t kMaxVars = 128, kMaxName = 128, kMaxTotal = 64 * 1024;
+  if (!env.is_object() || env.size() > kMaxVars) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "\"env\" must be an object of at most 128 variables {\"NAME\": \"value\"}");
+  }
+  size_t total = 0;
+  for (const auto& [name, value] : env.items()) {
+    const std::string shown = name.substr(0, 64);
+    bool valid = !name.empty() && name.size() <= kMaxName &&
+                 !std::isdigit(static_cast<unsigned char>(name[0]));
+    for (char c : name) {
+      valid = valid && (std::isalnum(static_cast<unsigned char>(c)) || c == '_');
+    }
+    if (!valid) {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "\"env\": \"{}\" is not a variable name (1-128 of [A-Za-z0-9_], not "
+                    "starting with a digit)",
+                    shown);
+    }
+    if (!value.is_string()) {
+      return Errorf(ErrorCode::kInvalidArgument, "\"env\": the value of {} must be a string",
+                    shown);
+    }
+    const std::string& v = value.get_ref<const std::string&>();
+    if (v.find('\0') != std::string::npos) {
+      return Errorf(ErrorCode::kInvalidArgument, "\"env\": the value of {} holds a NUL", shown);
+    }
+    total += name.size() + v.size() + 2;
+    if (name == "SESSION_ID" || name == "SESSION_TOKEN" || name == "CONTROL_PLANE_URL") {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "\"env\": {} is set by the control plane and cannot be given", name);
+    }
+    for (const auto& pattern : config.credential_env) {
+      if (MatchesEnvPattern(pattern, name)) {
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "\"env\": {} looks like a credential (sandbox.credential_env has \"{}\"); "
+                      "credentials stay in the control plane",
+                      shown, pattern);
+      }
+    }
+    for (const auto& [provider_name, provider] : config.providers) {
+      if (!provider.api_key_env.empty() && name == provider.api_key_env) {
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "\"env\": {} is the key variable of provider {}; credentials stay in the "
+                      "control plane",
+                      shown, provider_name);
+      }
+      const char* from_env =
+          provider.api_key_env.empty() ? nullptr : std::getenv(provider.api_key_env.c_str());
+      const bool is_key =
+          (!provider.api_key.empty() && ConstantTimeEquals(provider.api_key.Reveal(), v)) ||
+          (from_env != nullptr && *from_env != '\0' && ConstantTimeEquals(v, from_env));
+      if (!v.empty() && is_key) {
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "\"env\": the value of {} is a provider's key; credentials stay in the "
+                      "control plane",
+                      shown);
+      }
+    }
+  }
+  if (total > kMaxTotal) {
+    return MakeError(ErrorCode::kPayloadTooLarge, "\"env\" exceeds 64 KiB");
+  }
+  return env;
 }
 
 Result<std::string> ParsePostMessage(const Json& body, const Config& config) {

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/json_util.h"
 #include "common/result.h"
@@ -24,9 +26,24 @@ struct CreateSessionRequest {
   Json command = Json::array();  // argv, or empty for the image's default
   Json limits = Json::object();
   Json metadata = Json::object();
+  Json env = Json::object();  // {"NAME": "value"}: non-secret variables for the agent
+  // Files put into the session before its sandbox starts: {name, bytes}.
+  std::vector<std::pair<std::string, std::string>> files;
 };
 // `config` gives the defaults, the task's size limit and the model aliases that exist.
 Result<CreateSessionRequest> ParseCreateSession(const Json& body, const Config& config);
+
+// "env" of POST /v1/sessions: at most 128 variables, names of [A-Za-z_][A-Za-z0-9_]* up to
+// 128 bytes, values without NUL, 64 KiB in all. Refused by name: the three variables the
+// control plane sets, names matching `config.credential_env`, and the api_key_env of every
+// configured provider; and any value equal to a provider's key.
+Result<Json> ParseSessionEnv(const Json& env, const Config& config);
+// "files" of POST /v1/sessions: at most 64, each a valid file name whose value is its text or
+// {"base64": "..."}, each within files.max_file_mb and all within files.session_quota_mb.
+Result<std::vector<std::pair<std::string, std::string>>> ParseSessionFiles(const Json& files,
+                                                                           const Config& config);
+// Whether `name` matches the shell-style `pattern` (`*`: any run of characters), ignoring case.
+bool MatchesEnvPattern(std::string_view pattern, std::string_view name);
 
 // POST /v1/sessions/{id}/messages: the message's text.
 Result<std::string> ParsePostMessage(const Json& body, const Config& config);

@@ -77,6 +77,8 @@ void ControlPlane::RegisterOperatorRoutes() {
   r.Add(http::verb::get, "/v1/sessions/{id}/files", authed(&ControlPlane::ListFiles));
   r.Add(http::verb::get, "/v1/sessions/{id}/files/{name}", authed(&ControlPlane::DownloadFile));
   r.Add(http::verb::head, "/v1/sessions/{id}/files/{name}", authed(&ControlPlane::DownloadFile));
+  // Streamed to disk (ControlPlane's constructor), bounded by files.max_file_mb.
+  r.Add(http::verb::put, "/v1/sessions/{id}/files/{name}", authed(&ControlPlane::UploadFile));
   r.Add(http::verb::get, "/v1/usage", authed(&ControlPlane::GetUsage));
   // POST /v1/admin/gc (docs/api.md): applies the retention policy now.
   r.Add(http::verb::post, "/v1/admin/gc", [this](Request& req) -> awaitable<Response> {
@@ -135,6 +137,18 @@ void ControlPlane::RegisterSandboxRoutes() {
   });
   r.Add(http::verb::post, "/sandbox/v1/files/presign",
         [this](Request& q) { return PresignFile(q); });
+  // Work going in: the session's variables and files, which airlock-init hands the agent (in
+  // its environment, and copied into its working directory) when it starts it.
+  r.Add(http::verb::get, "/sandbox/v1/work", [this](Request& q) -> awaitable<Response> {
+    AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
+    co_return co_await files_->SandboxWork(s);
+  });
+  for (http::verb m : {http::verb::get, http::verb::head}) {
+    r.Add(m, "/sandbox/v1/work/files/{name}", [this](Request& q) -> awaitable<Response> {
+      AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
+      co_return co_await files_->SandboxDownload(q, s);
+    });
+  }
   // The local store's signed URLs: the signature is the credential, no bearer token.
   r.Add(http::verb::put, "/sandbox/v1/files/{session}/{name}",
         [this](Request& q) { return files_->Upload(q); });
@@ -398,6 +412,10 @@ awaitable<Response> ControlPlane::ListFiles(Request& req) { co_return co_await f
 
 awaitable<Response> ControlPlane::DownloadFile(Request& req) {
   co_return co_await files_->OperatorDownload(req);
+}
+
+awaitable<Response> ControlPlane::UploadFile(Request& req) {
+  co_return co_await files_->OperatorUpload(req);
 }
 
 awaitable<Response> ControlPlane::SandboxEvent(Request& req) {

@@ -55,6 +55,7 @@ awaitable<Result<store::Session>> SessionService::Create(CreateSessionRequest re
   s.command = std::move(req.command);
   s.limits = std::move(req.limits);
   s.metadata = std::move(req.metadata);
+  s.env = std::move(req.env);
   sandbox::Backend* backend = d_.backends.Find(s.backend);
   if (!backend) {
     if (auto why = d_.backends.UnavailableReason(s.backend)) {
@@ -92,6 +93,20 @@ awaitable<Result<store::Session>> SessionService::Create(CreateSessionRequest re
       d_.pool, [this, &s, &task_message] { return d_.store.CreateSession(s, task_message); });
   if (!created) co_return std::unexpected(created.error());
   d_.metrics.sessions_created.With({s.backend}).Inc();
+  // The files go in before the sandbox starts: airlock-init copies them into the working
+  // directory before it starts the agent.
+  for (const auto& [name, bytes] : req.files) {
+    auto put = co_await RunBlocking(d_.pool, [this, &s, &name, &bytes]() -> Status {
+      if (!d_.put_file) return MakeError(ErrorCode::kUnimplemented, "no file store");
+      return d_.put_file(s.id, name, bytes);
+    });
+    if (!put) {
+      co_await EndSession(s.id, SessionState::kFailed, "storing its files: " + put.error().message);
+      Error e = put.error();
+      e.message = "storing the session's files: " + e.message;
+      co_return std::unexpected(std::move(e));
+    }
+  }
 
   sandbox::SandboxSpec spec = SpecFor(s, token);
   Result<std::string> handle = MakeError(ErrorCode::kInternal, "no sandbox");

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -123,6 +124,10 @@ class SessionService : public SessionLifecycle {
     SandboxChannels& channels;
     // Warm pools a create may take a sandbox from; none when null.
     PoolManager* pools = nullptr;
+    // Stores a file of the session ("files" at create); blocking. None: "files" are refused.
+    std::function<Status(const std::string& session, const std::string& name,
+                         std::string_view bytes)>
+        put_file;
   };
   explicit SessionService(Deps d) : d_(d) {}
 

@@ -23,6 +23,7 @@ Json SessionView(const store::Session& s) {
             {"command", s.command},
             {"limits", s.limits},
             {"metadata", s.metadata},
+            {"env", s.env.is_object() ? s.env : Json::object()},
             {"created_at", FormatTimestamp(s.created_at)},
             {"updated_at", FormatTimestamp(s.updated_at)},
             {"usage", UsageView(s.usage)}};

@@ -371,5 +371,205 @@ TEST_F(SmallQuotaFilesTest, TheSessionQuotaIsEnforced) {
   EXPECT_NE(again.body.find("quota"), std::string::npos);
 }
 
+// Work going in (issue 14): the operator's variables and files, as the sandbox takes them.
+class WorkInTest : public FilesTest {
+ protected:
+  WorkInTest()
+      : FilesTest([](controlplane::Config& c) {
+          c.files.max_file_mb = 1;
+          c.files.session_quota_mb = 2;
+          controlplane::ProviderConfig p;
+          p.kind = "openai";
+          p.base_url = "http://127.0.0.1:9";
+          p.api_key_env = "UPSTREAM_ACCESS";  // matches none of the default patterns
+          c.providers["up"] = p;
+          controlplane::ProviderConfig inline_key = p;
+          inline_key.api_key_env.clear();
+          inline_key.api_key = Secret("sk-inline-7f3a");
+          c.providers["inline"] = inline_key;
+        }) {}
+
+  // Creates a session from `body` ("task" added); {status, id, token}.
+  struct Created {
+    unsigned status;
+    std::string id;
+    std::string token;
+    HttpResult answer;
+  };
+  Created Create(Json body) {
+    body["task"] = "work";
+    auto r = server_->Op(verb::post, "/v1/sessions", DumpJson(body));
+    Created c{r.status, "", "", r};
+    if (r.status == 201) {
+      c.id = r.json()["id"];
+      std::lock_guard l(server_->backend().mu);
+      c.token = server_->backend().specs.at(c.id).token.Reveal();
+    }
+    return c;
+  }
+  size_t SessionCount() { return server_->Op(verb::get, "/v1/sessions").json()["sessions"].size(); }
+  HttpResult Work(const std::string& token) {
+    return server_->Sb(verb::get, "/sandbox/v1/work", token);
+  }
+  HttpResult WorkFile(const std::string& token, const std::string& name) {
+    return server_->Sb(verb::get, "/sandbox/v1/work/files/" + name, token);
+  }
+  HttpResult OperatorPut(const std::string& id, const std::string& name, const std::string& body,
+                         const std::string& key) {
+    return HttpCall(server_->op_port(), verb::put, "/v1/sessions/" + id + "/files/" + name, key,
+                    body);
+  }
+};
+
+TEST_F(WorkInTest, VariablesGivenAtCreateAreShownAndHandedToTheSandbox) {
+  Json env = {{"REPO", "airlock"}, {"EMPTY", ""}, {"MULTI", "line 1\nline \"2\" \u00e9"}};
+  auto c = Create(Json{{"env", env}});
+  ASSERT_EQ(c.status, 201u) << c.answer.body;
+  EXPECT_EQ(c.answer.json()["env"], env);
+  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + c.id).json()["env"], env);
+  auto work = Work(c.token);
+  ASSERT_EQ(work.status, 200u) << work.body;
+  EXPECT_EQ(work.json()["env"], env);
+  EXPECT_EQ(work.json()["files"], Json::array());
+  // A session created without any has none.
+  auto plain = Create(Json::object());
+  ASSERT_EQ(plain.status, 201u);
+  EXPECT_EQ(plain.answer.json()["env"], Json::object());
+  EXPECT_EQ(Work(plain.token).json()["env"], Json::object());
+  // The work is the session's own: no token, another's, or a revoked one get nothing.
+  EXPECT_EQ(Work("").status, 401u);
+  EXPECT_EQ(Work("ast_forged").status, 401u);
+  ASSERT_EQ(
+      server_->Sb(verb::post, "/sandbox/v1/finish", c.token, R"({"status":"succeeded"})").status,
+      200u);
+  EXPECT_EQ(Work(c.token).status, 401u);
+}
+
+TEST_F(WorkInTest, CredentialsAndTheSessionsOwnVariablesCannotBeGivenAsVariables) {
+  const size_t before = SessionCount();
+  const std::vector<std::pair<Json, std::string>> refused = {
+      {Json{{"SESSION_TOKEN", "x"}}, "SESSION_TOKEN"},
+      {Json{{"CONTROL_PLANE_URL", "http://evil"}}, "CONTROL_PLANE_URL"},
+      {Json{{"SESSION_ID", "ses_x"}}, "SESSION_ID"},
+      {Json{{"OPENAI_API_KEY", "sk-x"}}, "credential"},          // *_API_KEY
+      {Json{{"github_token", "ghp_x"}}, "credential"},           // *_TOKEN, any case
+      {Json{{"AWS_SECRET_ACCESS_KEY", "x"}}, "credential"},      // AWS_*
+      {Json{{"DB_PASSWORD_FILE", "/x"}}, "credential"},          // *PASSWORD*
+      {Json{{"UPSTREAM_ACCESS", "x"}}, "provider up"},           // a provider's api_key_env
+      {Json{{"HARMLESS", "sk-inline-7f3a"}}, "provider's key"},  // a provider's key as a value
+      {Json{{"1BAD", "x"}}, "not a variable name"},
+      {Json{{"BAD-NAME", "x"}}, "not a variable name"},
+      {Json{{"", "x"}}, "not a variable name"},
+      {Json{{"A", 1}}, "must be a string"},
+      {Json{{"A", std::string("a\0b", 3)}}, "NUL"},
+      {Json::array({"A=1"}), "object"},
+  };
+  for (const auto& [env, why] : refused) {
+    auto c = Create(Json{{"env", env}});
+    EXPECT_EQ(c.status, 400u) << env.dump();
+    EXPECT_EQ(c.answer.error_code(), "invalid_argument") << env.dump();
+    EXPECT_NE(c.answer.body.find(why), std::string::npos) << env.dump() << ": " << c.answer.body;
+    // The refusal never echoes the value back.
+    EXPECT_EQ(c.answer.body.find("sk-inline-7f3a"), std::string::npos) << c.answer.body;
+  }
+  Json many = Json::object();
+  for (int i = 0; i < 129; ++i) many["V" + std::to_string(i)] = "x";
+  EXPECT_EQ(Create(Json{{"env", many}}).status, 400u);
+  Json big = Json::object();
+  for (int i = 0; i < 10; ++i) big["V" + std::to_string(i)] = std::string(8000, 'x');
+  EXPECT_EQ(Create(Json{{"env", big}}).status, 413u);
+  EXPECT_EQ(SessionCount(), before) << "a refused create leaves no session behind";
+}
+
+TEST_F(WorkInTest, FilesGivenAtCreateReachTheSandboxByteForByte) {
+  auto c = Create(Json{{"files",
+                        {{"notes.md", "# notes\nhello\n"},
+                         {"bin.dat", {{"base64", "AP8AAQ=="}}},
+                         {"d\u00e9j\u00e0 vu.txt", ""}}}});
+  ASSERT_EQ(c.status, 201u) << c.answer.body;
+  auto listed = server_->Op(verb::get, "/v1/sessions/" + c.id + "/files").json()["files"];
+  ASSERT_EQ(listed.size(), 3u) << listed.dump();
+  auto work = Work(c.token).json();
+  ASSERT_EQ(work["files"].size(), 3u) << work.dump();
+  auto notes = WorkFile(c.token, "notes.md");
+  EXPECT_EQ(notes.status, 200u);
+  EXPECT_EQ(notes.body, "# notes\nhello\n");
+  auto bin = WorkFile(c.token, "bin.dat");
+  EXPECT_EQ(bin.status, 200u);
+  EXPECT_EQ(bin.body, std::string("\0\xff\0\x01", 4));
+  auto accented = WorkFile(c.token, "d%C3%A9j%C3%A0%20vu.txt");
+  EXPECT_EQ(accented.status, 200u) << accented.body;
+  EXPECT_EQ(accented.body, "");
+  EXPECT_EQ(WorkFile(c.token, "missing.txt").status, 404u);
+  EXPECT_EQ(WorkFile(c.token, "..%2Fetc%2Fpasswd").status, 400u);
+  // Each went in as an event of the operator's.
+  auto events =
+      server_
+          ->Op(verb::get, "/v1/sessions/" + c.id + "/events", "", {{"Accept", "application/json"}})
+          .json();
+  int uploaded = 0;
+  for (const auto& e : events) {
+    if (e["type"] == "file.uploaded") {
+      EXPECT_EQ(e["data"]["by"], "operator") << e.dump();
+      ++uploaded;
+    }
+  }
+  EXPECT_EQ(uploaded, 3);
+}
+
+TEST_F(WorkInTest, BadFilesAtCreateAreRefusedAndNoSessionIsLeft) {
+  const size_t before = SessionCount();
+  for (const Json& files : {
+           Json{{"../escape", "x"}},
+           Json{{".hidden", "x"}},
+           Json{{"a/b", "x"}},
+           Json{{"bad.bin", {{"base64", "not base64!"}}}},
+           Json{{"bad.bin", {{"hex", "00"}}}},
+           Json{{"n.txt", 5}},
+           Json::array({"x"}),
+       }) {
+    auto c = Create(Json{{"files", files}});
+    EXPECT_EQ(c.status, 400u) << files.dump() << ": " << c.answer.body;
+  }
+  // Over files.max_file_mb (1 MiB here), and over the session's quota (2 MiB) in all.
+  auto big = Create(Json{{"files", {{"big", std::string((1 << 20) + 1, 'x')}}}});
+  EXPECT_EQ(big.status, 413u) << big.answer.body;
+  Json three = {{"a", std::string(900000, 'a')},
+                {"b", std::string(900000, 'b')},
+                {"c", std::string(900000, 'c')}};
+  auto over = Create(Json{{"files", three}});
+  EXPECT_EQ(over.status, 413u) << over.answer.body;
+  EXPECT_EQ(SessionCount(), before);
+}
+
+TEST_F(WorkInTest, TheOperatorPutsFilesIntoALiveSessionAndOnlyItsSandboxSeesThem) {
+  auto a = Create(Json::object());
+  auto b = Create(Json::object());
+  ASSERT_EQ(a.status, 201u);
+  ASSERT_EQ(b.status, 201u);
+  auto put = OperatorPut(a.id, "data.csv", "x,y\n1,2\n", server_->key());
+  ASSERT_EQ(put.status, 201u) << put.body;
+  EXPECT_EQ(put.json(), (Json{{"name", "data.csv"}, {"size", 8}}));
+  EXPECT_EQ(WorkFile(a.token, "data.csv").body, "x,y\n1,2\n");
+  // The same name again replaces it.
+  ASSERT_EQ(OperatorPut(a.id, "data.csv", "new", server_->key()).status, 201u);
+  EXPECT_EQ(WorkFile(a.token, "data.csv").body, "new");
+  // Another session's sandbox neither lists nor reads it.
+  EXPECT_EQ(Work(b.token).json()["files"], Json::array());
+  EXPECT_EQ(WorkFile(b.token, "data.csv").status, 404u);
+  // Refusals: no key, a session token as key, a bad name, no such session, over the size.
+  EXPECT_EQ(OperatorPut(a.id, "x.txt", "x", "").status, 401u);
+  EXPECT_EQ(OperatorPut(a.id, "x.txt", "x", a.token).status, 401u);
+  EXPECT_EQ(OperatorPut(a.id, ".hidden", "x", server_->key()).status, 400u);
+  EXPECT_EQ(OperatorPut(a.id, "a%2Fb", "x", server_->key()).status, 400u);
+  EXPECT_EQ(OperatorPut("ses_aaaaaaaaaaaaaaaaaaaaaaaa", "x.txt", "x", server_->key()).status, 404u);
+  auto huge = OperatorPut(a.id, "huge", std::string((1 << 20) + 1, 'h'), server_->key());
+  EXPECT_EQ(huge.status, 413u) << huge.body;
+  EXPECT_EQ(Work(a.token).json()["files"].size(), 1u) << "nothing partial is left";
+  // An ended session takes no more.
+  ASSERT_EQ(server_->Op(verb::delete_, "/v1/sessions/" + a.id).status, 200u);
+  EXPECT_EQ(OperatorPut(a.id, "late.txt", "x", server_->key()).status, 410u);
+}
+
 }  // namespace
 }  // namespace airlock::testing
