@@ -59,22 +59,22 @@ bool TakeChar(std::string_view& s, char c) {
 
 }  // namespace
 
-Exchange ExchangeOnce(const std::string& socket_path, const std::string& request,
-                      int64_t timeout_ms) {
+Result<UniqueFd> SendRequest(const std::string& socket_path, const std::string& request,
+                             int64_t timeout_ms) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (socket_path.size() >= sizeof(addr.sun_path)) {
-    return {Exchange::kFinal, 0, {}, "socket path too long: " + socket_path};
+    return Fail("socket path too long: " + socket_path);
   }
   std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) {
-    return {Exchange::kRetry, 0, {}, ErrnoMessage("socket", errno)};
+    return FailErrno("socket", errno);
   }
   // The timeouts also bound connect(), which waits while the server's backlog is full.
   SetTimeouts(fd.get(), timeout_ms);
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return {Exchange::kRetry, 0, {}, ErrnoMessage("connect " + socket_path, errno)};
+    return FailErrno("connect " + socket_path, errno);
   }
   for (size_t sent = 0; sent < request.size();) {
     ssize_t n = ::send(fd.get(), request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
@@ -82,14 +82,27 @@ Exchange ExchangeOnce(const std::string& socket_path, const std::string& request
       continue;
     }
     if (n <= 0) {
-      return {Exchange::kRetry, 0, {}, ErrnoMessage("send", errno)};
+      return FailErrno("send", errno);
     }
     sent += static_cast<size_t>(n);
   }
+  return fd;
+}
+
+Exchange ExchangeOnce(const std::string& socket_path, const std::string& request,
+                      int64_t timeout_ms, size_t max_body) {
+  if (socket_path.size() >= sizeof(sockaddr_un::sun_path)) {
+    return {Exchange::kFinal, 0, {}, "socket path too long: " + socket_path};
+  }
+  auto sent = SendRequest(socket_path, request, timeout_ms);
+  if (!sent) {
+    return {Exchange::kRetry, 0, {}, sent.error()};
+  }
+  UniqueFd fd = std::move(*sent);
   // The request says Connection: close, so the answer ends where the stream does.
   std::string response;
-  char buf[1024];
-  while (response.size() <= kMaxResponseBytes + 1024) {
+  char buf[4096];
+  while (response.size() <= max_body + 16 * 1024) {
     ssize_t n = ::recv(fd.get(), buf, sizeof(buf), 0);
     if (n < 0 && errno == EINTR) {
       continue;
@@ -117,7 +130,7 @@ Exchange ExchangeOnce(const std::string& socket_path, const std::string& request
   Exchange out;
   out.status = status;
   if (size_t head = response.find("\r\n\r\n"); head != std::string::npos) {
-    out.body = response.substr(head + 4, kMaxResponseBytes);
+    out.body = response.substr(head + 4, max_body);
   }
   if (status >= 200 && status < 300) {
     out.kind = Exchange::kOk;

@@ -24,7 +24,12 @@ inline constexpr size_t kMaxResponseBytes = 16 * 1024;
 // answer until the peer closes, within `timeout_ms`. Connect and I/O errors and 5xx answers
 // are kRetry (the control plane may be restarting); 2xx is kOk; anything else is kFinal.
 Exchange ExchangeOnce(const std::string& socket_path, const std::string& request,
-                      int64_t timeout_ms);
+                      int64_t timeout_ms, size_t max_body = kMaxResponseBytes);
+
+// Connects to the socket at `socket_path` and sends `request`: the connected socket, with
+// `timeout_ms` as its send and receive timeout, for the caller to read the answer from.
+Result<UniqueFd> SendRequest(const std::string& socket_path, const std::string& request,
+                             int64_t timeout_ms);
 
 // The session's identity as GET /sandbox/v1/identity answers it: {"session_id", "token"}.
 struct Identity {

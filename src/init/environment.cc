@@ -57,15 +57,16 @@ std::string AgentPath(const SessionEnv& env) {
   return env.path.empty() ? std::string(kDefaultPath) : env.path;
 }
 
-std::vector<std::string> AgentEnvironment(const SessionEnv& env, const std::string& home) {
-  return {
-      "SESSION_ID=" + env.session_id,
-      "SESSION_TOKEN=" + env.token,
-      "CONTROL_PLANE_URL=" + env.control_plane_url,
-      "PATH=" + AgentPath(env),
-      "HOME=" + home,
-      "LANG=C.UTF-8",
-  };
+std::vector<std::string> AgentEnvironment(const SessionEnv& env, const std::string& home,
+                                          const std::vector<std::string>& image_env,
+                                          const EnvVars& session_vars) {
+  return MergeEnvironment({"PATH=" + AgentPath(env), "HOME=" + home, "LANG=C.UTF-8"}, image_env,
+                          session_vars,
+                          {
+                              "SESSION_ID=" + env.session_id,
+                              "SESSION_TOKEN=" + env.token,
+                              "CONTROL_PLANE_URL=" + env.control_plane_url,
+                          });
 }
 
 }  // namespace airlock::init

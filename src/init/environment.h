@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "sys.h"
+#include "work.h"
 
 namespace airlock::init {
 
@@ -25,7 +26,9 @@ Status CheckSessionEnv(const SessionEnv& env);
 
 // The agent's whole environment, "NAME=value" strings: the three session variables, PATH,
 // HOME and LANG. Nothing else of init's environment reaches the agent.
-std::vector<std::string> AgentEnvironment(const SessionEnv& env, const std::string& home);
+std::vector<std::string> AgentEnvironment(const SessionEnv& env, const std::string& home,
+                                          const std::vector<std::string>& image_env = {},
+                                          const EnvVars& session_vars = {});
 
 // The PATH the agent gets.
 std::string AgentPath(const SessionEnv& env);

@@ -36,6 +36,7 @@
 #include "privileges.h"
 #include "reporter.h"
 #include "sys.h"
+#include "work.h"
 
 namespace airlock::init {
 namespace {
@@ -78,6 +79,7 @@ class Init {
         &Init::RaiseDescriptorLimit,  // room for many bridged connections
         &Init::StartBridge,           // 127.0.0.1:<port> is served before the agent exists
         &Init::AwaitIdentity,         // --identity channel: whom this sandbox serves
+        &Init::TakeWork,              // --work channel: the session's variables and files
         &Init::StartAgent,            // fork, drop privileges, exec
         &Init::DropOwnPrivileges,     // init keeps CAP_KILL only
         &Init::WatchEvents,           // one epoll for signals, agent output and the bridge
@@ -199,6 +201,25 @@ class Init {
     return CheckSessionEnv(env_);
   }
 
+  // The operator's work going in: the session's variables, and its files copied into the
+  // agent's working directory (written as the agent, so only where the agent could write).
+  Status TakeWork() {
+    if (!opts_.fetch_work) {
+      return {};
+    }
+    auto work = FetchWork(opts_.socket_path, env_.token);
+    if (!work) {
+      return Fail(work.error());
+    }
+    session_vars_ = std::move(work->env);
+    int copied = CopySessionFiles(opts_.socket_path, env_.token, work->files, opts_.workdir,
+                                  opts_.uid, opts_.gid);
+    if (copied > 0) {
+      Log("copied " + std::to_string(copied) + " session file(s) into " + opts_.workdir);
+    }
+    return {};
+  }
+
   Status StartAgent() {
     int out[2];
     if (::pipe2(out, O_CLOEXEC) != 0) {
@@ -208,8 +229,13 @@ class Init {
     UniqueFd write_end(out[1]);
     AgentSpec spec;
     spec.command = opts_.command;
-    spec.env = AgentEnvironment(env_, opts_.home);
+    spec.env = AgentEnvironment(env_, opts_.home, opts_.image_env, session_vars_);
     spec.path = AgentPath(env_);
+    for (const auto& e : spec.env) {
+      if (e.starts_with("PATH=")) {
+        spec.path = e.substr(5);  // the command is looked up where the agent's PATH says
+      }
+    }
     spec.workdir = opts_.workdir;
     spec.home = opts_.home;
     spec.uid = opts_.uid;
@@ -388,6 +414,7 @@ class Init {
 
   Options opts_;
   SessionEnv env_;
+  EnvVars session_vars_;
   UniqueFd signals_;
   UniqueFd epoll_;
   rlimit nofile_{};

@@ -56,6 +56,17 @@ Status SetOption(Options& opts, std::string_view flag, std::string_view value) {
     opts.log_limit = *limit;
   } else if (flag == "--cgroup-root") {
     opts.cgroup_root = value;
+  } else if (flag == "--work") {
+    if (value != "none" && value != "channel") {
+      return Fail("--work: expected none or channel, got \"" + std::string(value) + "\"");
+    }
+    opts.fetch_work = value == "channel";
+  } else if (flag == "--env") {
+    size_t eq = value.find('=');
+    if (eq == std::string_view::npos || eq == 0) {
+      return Fail("--env: expected NAME=VALUE, got \"" + std::string(value.substr(0, 64)) + "\"");
+    }
+    opts.image_env.emplace_back(value);
   } else if (flag == "--identity") {
     if (value == "env") {
       opts.identity = Options::IdentitySource::kEnvironment;
@@ -88,6 +99,11 @@ std::string Usage() {
          "  --identity SOURCE   env: the three variables come from init's environment\n"
          "                      (default); channel: init asks the control plane for them\n"
          "                      over the socket (GET /sandbox/v1/identity); needs --port\n"
+         "  --work SOURCE       none (default); channel: before starting the command, take\n"
+         "                      the session's variables and copy its files into the working\n"
+         "                      directory (GET /sandbox/v1/work)\n"
+         "  --env NAME=VALUE    a variable of the image for the command (repeatable); the\n"
+         "                      session's variables and the three above take precedence\n"
          "  --help              print this text\n"
          "\n"
          "Exit status: the command's, 128+N if it died of signal N, 125 if init failed.\n";
@@ -110,9 +126,9 @@ Result<Options> ParseOptions(int argc, char** argv) {
       return opts;
     }
     std::string_view flag = arg.substr(0, arg.find('='));
-    static constexpr std::string_view kFlags[] = {"--socket",    "--port",        "--uid",
-                                                  "--gid",       "--home",        "--workdir",
-                                                  "--log-limit", "--cgroup-root", "--identity"};
+    static constexpr std::string_view kFlags[] = {
+        "--socket",    "--port",        "--uid",      "--gid",  "--home", "--workdir",
+        "--log-limit", "--cgroup-root", "--identity", "--work", "--env"};
     if (std::find(std::begin(kFlags), std::end(kFlags), flag) == std::end(kFlags)) {
       return Fail("unknown option " + std::string(flag) + " (see --help)");
     }

@@ -14,7 +14,8 @@ namespace airlock::init {
 // The command line of airlock-init, as the `oci` backend writes it:
 //   /.airlock/init [--socket PATH] [--port N] [--uid U] [--gid G] [--home DIR]
 //                  [--log-limit BYTES] [--workdir DIR] [--cgroup-root DIR]
-//                  [--identity env|channel] -- command args...
+//                  [--identity env|channel] [--work none|channel] [--env NAME=VALUE]...
+//                  -- command args...
 struct Options {
   // Where the session's identity comes from: init's environment (SESSION_ID, SESSION_TOKEN,
   // CONTROL_PLANE_URL), or the control plane over the socket once the sandbox has started
@@ -31,6 +32,12 @@ struct Options {
   // Where the sandbox's cgroup is mounted; its OOM-kill counter tells an OOM kill from
   // another SIGKILL.
   std::string cgroup_root = "/sys/fs/cgroup";
+  // Whether init asks the control plane for the session's variables and files before it
+  // starts the agent (GET /sandbox/v1/work).
+  bool fetch_work = false;
+  // The image's environment ("NAME=value", its config's Env), given to the agent under the
+  // session's own variables.
+  std::vector<std::string> image_env;
   std::vector<std::string> command;
   bool help = false;
 };
