@@ -8,7 +8,7 @@
 #   images/make-image.sh --out FILE.tar --name NAME:TAG [--busybox]
 #                        [--add SRC:DEST[:MODE]]... [--add-dir SRC:DEST]...
 #                        [--entrypoint JSON] [--cmd JSON]
-#                        [--env KEY=VALUE]... [--workdir DIR]
+#                        [--env KEY=VALUE]... [--workdir DIR] [--user USER[:GROUP]]
 #
 #   --busybox      /bin/busybox (override with $BUSYBOX; it must be statically linked) plus a
 #                  symlink for every applet (`busybox --list-full`), /etc/passwd and /etc/group
@@ -19,6 +19,8 @@
 #                  path DEST; directories 0755, files 0755 if executable, else 0644; repeatable
 #   --entrypoint   a JSON array of strings, e.g. '["/bin/sh"]'
 #   --cmd          a JSON array of strings
+#   --env          a variable of the config's Env (PATH is set already); repeatable
+#   --workdir      the config's WorkingDir;  --user  the config's User
 #
 # Determinism: entries sorted by name, mtime 0, owner and group 0 (numeric), gzip without a
 # name or time stamp, JSON written field by field in a fixed order, `created` at the epoch.
@@ -37,6 +39,7 @@ busybox=false
 entrypoint=""
 cmd=""
 workdir=""
+user=""
 adds=()
 add_dirs=()
 envs=()
@@ -51,7 +54,8 @@ while [ $# -gt 0 ]; do
     --cmd) cmd="${2:?--cmd needs a JSON array}"; shift 2 ;;
     --env) envs+=("${2:?--env needs KEY=VALUE}"); shift 2 ;;
     --workdir) workdir="${2:?--workdir needs a directory}"; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --user) user="${2:?--user needs USER[:GROUP]}"; shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -166,6 +170,7 @@ cfg="{\"Env\":[$env_json]"
 [ -z "$entrypoint" ] || cfg+=",\"Entrypoint\":$entrypoint"
 [ -z "$cmd" ] || cfg+=",\"Cmd\":$cmd"
 [ -z "$workdir" ] || cfg+=",\"WorkingDir\":$(json_str "$workdir")"
+[ -z "$user" ] || cfg+=",\"User\":$(json_str "$user")"
 cfg+="}"
 printf '{"architecture":"%s","os":"linux","created":"1970-01-01T00:00:00Z","config":%s,"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
   "$arch" "$cfg" "$diff_id" >"$work/config.json"

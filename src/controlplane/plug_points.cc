@@ -115,6 +115,7 @@ sandbox::OciImage ToOciImage(images::ResolvedImage r) {
   o.cmd = std::move(r.cmd);
   o.env = std::move(r.env);
   o.workdir = std::move(r.workdir);
+  o.user = std::move(r.user);
   return o;
 }
 

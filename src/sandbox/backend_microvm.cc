@@ -43,6 +43,7 @@ namespace fs = std::filesystem;
 using init::UniqueFd;
 
 constexpr const char* kIdPrefix = "airlock-vm-";
+constexpr uint32_t kDefaultAgentId = 1000;  // the `sandbox` account of the base image
 // The kernel's command line. quiet: the serial console is slow under TCG. pci=off: microvm
 // has no PCI bus (virtio-mmio devices come from ACPI). tsc=reliable, no_timer_check: skip
 // clock checks that take long under emulation. reboot=t, panic=-1: a reboot or a panic ends
@@ -1084,15 +1085,27 @@ class MicrovmBackend : public Backend {
   // airlock.launch to one restored from a template.
   Launch LaunchOf(const OciImage& image, const std::vector<std::string>& command,
                   const Limits& limits) const {
+    // A VM is a kernel of its own: the image's User keeps its uid there (never 0; 1000, the
+    // `sandbox` of the base image, when it names none).
+    const ImageUser user = ResolveImageUser(image.rootfs, image.user);
+    const std::string uid = std::to_string(user.uid.value_or(kDefaultAgentId));
+    const std::string gid = std::to_string(user.gid.value_or(user.uid.value_or(kDefaultAgentId)));
     std::vector<std::string> args = {"--port",      std::to_string(o_.bridge_port),
                                      "--identity",  "channel",
-                                     "--uid",       "1000",
-                                     "--gid",       "1000",
+                                     "--uid",       uid,
+                                     "--gid",       gid,
                                      "--home",      "/home/sandbox",
                                      "--log-limit", std::to_string(o_.log_limit_bytes)};
     if (!image.workdir.empty()) {
       args.push_back("--workdir");
       args.push_back(image.workdir);
+    }
+    // The session's variables and files come over the channel once the identity has.
+    args.push_back("--work");
+    args.push_back("channel");
+    for (const auto& e : ImageEnvForAgent(image.env)) {
+      args.push_back("--env");
+      args.push_back(e);
     }
     args.push_back("--");
     args.insert(args.end(), command.begin(), command.end());
@@ -1102,9 +1115,9 @@ class MicrovmBackend : public Backend {
       out.args.push_back('\0');
     }
     // The agent's uid and gid (its home is theirs), as --uid and --gid above.
-    out.settings = fmt::format("tmp_bytes {}\npids {}\nuid 1000\ngid 1000\n",
+    out.settings = fmt::format("tmp_bytes {}\npids {}\nuid {}\ngid {}\n",
                                limits.disk_mb.value_or(o_.default_disk_mb) << 20,
-                               limits.pids.value_or(o_.default_pids));
+                               limits.pids.value_or(o_.default_pids), uid, gid);
     return out;
   }
 

@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -108,12 +110,10 @@ std::optional<IdMapping> SubordinateRange(const std::string& file, const std::st
   return std::nullopt;
 }
 
-// The image's /etc/passwd (or group) with the agent's entry put in: every line but one that
-// names "sandbox" or the agent's id, then `entry`. Empty when the image has no such regular
-// file (nothing to bind over then). Neither /etc nor the file may be a symlink: resolved here,
-// on the host, one could point at a host file.
-std::string WithAgentEntry(const std::string& rootfs, const char* name, uint32_t id,
-                           const std::string& entry) {
+// The image's /etc/`name` (passwd, group); empty when it has no such regular file of at most
+// 1 MiB. Neither /etc nor the file may be a symlink: resolved here, on the host, one could
+// point at a host file.
+std::string ReadImageEtc(const std::string& rootfs, const char* name) {
   struct stat st;
   if (::lstat((rootfs + "/etc").c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return {};
   std::string path = rootfs + "/etc/" + name;
@@ -124,22 +124,42 @@ std::string WithAgentEntry(const std::string& rootfs, const char* name, uint32_t
     content.resize(static_cast<size_t>(st.st_size));
     ssize_t n = ::read(fd, content.data(), content.size());
     content.resize(n > 0 ? static_cast<size_t>(n) : 0);
-  } else {
-    ::close(fd);
-    return {};
   }
   ::close(fd);
+  return content;
+}
+
+// Field `i` (0-based) of a passwd or group line.
+std::string EtcField(const std::string& line, int i) {
+  size_t start = 0;
+  for (int k = 0; k < i; ++k) {
+    start = line.find(':', start);
+    if (start == std::string::npos) return {};
+    ++start;
+  }
+  return line.substr(start, line.find(':', start) - start);
+}
+
+std::optional<uint32_t> Number(const std::string& s) {
+  uint32_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+// The image's /etc/passwd (or group) with the agent's entry put in: every line but one that
+// names `entry_name` or the agent's id, then `entry`. Empty when the image has no such
+// regular file (nothing to bind over then).
+std::string WithAgentEntry(const std::string& rootfs, const char* name, uint32_t id,
+                           const std::string& entry_name, const std::string& entry) {
+  std::string content = ReadImageEtc(rootfs, name);
+  if (content.empty()) return {};
   std::istringstream in(content);
   std::string out, line;
   const std::string number = std::to_string(id);
   while (std::getline(in, line)) {
     // name:x:id:...
-    size_t first = line.find(':');
-    size_t second = first == std::string::npos ? first : line.find(':', first + 1);
-    std::string line_id = second == std::string::npos
-                              ? ""
-                              : line.substr(second + 1, line.find(':', second + 1) - second - 1);
-    if (line.substr(0, first) == "sandbox" || line_id == number) continue;
+    if (EtcField(line, 0) == entry_name || EtcField(line, 2) == number) continue;
     out += line + "\n";
   }
   return out + entry + "\n";
@@ -249,6 +269,8 @@ class OciBackend : public Backend {
     // config.json nor the container's environment ever holds the token.
     p.env = {path_var};
     p.identity_over_channel = true;
+    p.fetch_work = true;
+    p.image_env = ImageEnvForAgent(image.env);
     p.workdir = image.workdir;
     p.bridge_port = o_.bridge_port;
     p.agent_uid = agent_uid;
@@ -280,12 +302,16 @@ class OciBackend : public Backend {
     if (ec) return Errorf(ErrorCode::kInternal, "create {}: {}", h.bundle(), ec.message());
     ::chmod(h.bundle().c_str(), 0700);
     if (!rootless_) {
-      // The agent's uid is no account of the image: give it the name `sandbox` inside.
+      // The agent's uid is the sandbox's own, no account of the image: inside it has the
+      // name of the image's User (its uid cannot be kept: sandboxes sharing a host uid would
+      // share its kernel quotas), else `sandbox`.
+      ImageUser user = ResolveImageUser(image.rootfs, image.user);
+      const std::string user_name = user.name.empty() ? "sandbox" : user.name;
       std::string passwd = WithAgentEntry(
-          image.rootfs, "passwd", agent_uid,
-          fmt::format("sandbox:x:{}:{}::{}:/bin/sh", agent_uid, agent_gid, kSandboxHome));
-      std::string group =
-          WithAgentEntry(image.rootfs, "group", agent_gid, fmt::format("sandbox:x:{}:", agent_gid));
+          image.rootfs, "passwd", agent_uid, user_name,
+          fmt::format("{}:x:{}:{}::{}:/bin/sh", user_name, agent_uid, agent_gid, kSandboxHome));
+      std::string group = WithAgentEntry(image.rootfs, "group", agent_gid, user_name,
+                                         fmt::format("{}:x:{}:", user_name, agent_gid));
       if (!passwd.empty()) {
         AIRLOCK_TRY(WriteFileAtomic(h.bundle() + "/passwd", passwd, 0644));
         ::chmod((h.bundle() + "/passwd").c_str(), 0644);
@@ -688,6 +714,59 @@ Result<std::vector<std::string>> AgentCommand(const SandboxSpec& spec, const Oci
                   spec.image.name);
   }
   return command;
+}
+
+ImageUser ResolveImageUser(const std::string& rootfs, const std::string& user) {
+  ImageUser out;
+  if (user.empty()) return out;
+  const size_t colon = user.find(':');
+  const std::string who = user.substr(0, colon);
+  const std::string group = colon == std::string::npos ? "" : user.substr(colon + 1);
+  std::istringstream passwd(ReadImageEtc(rootfs, "passwd"));
+  std::string line;
+  std::optional<uint32_t> uid = Number(who), gid;
+  std::string name = uid ? "" : who;
+  while (std::getline(passwd, line)) {
+    if ((uid && Number(EtcField(line, 2)) == uid) || (!uid && EtcField(line, 0) == who)) {
+      name = EtcField(line, 0);
+      uid = Number(EtcField(line, 2));
+      gid = Number(EtcField(line, 3));
+      break;
+    }
+  }
+  if (!group.empty()) {
+    gid = Number(group);
+    std::istringstream groups(ReadImageEtc(rootfs, "group"));
+    while (!gid && std::getline(groups, line)) {
+      if (EtcField(line, 0) == group) gid = Number(EtcField(line, 2));
+    }
+  }
+  // Never root: an image that asks for it gets the sandbox's own unprivileged user.
+  if (name == "root" || uid == 0u) return {};
+  const bool plain =
+      !name.empty() && name.size() <= 32 && std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+      });
+  out.name = plain ? name : "";
+  out.uid = uid;
+  out.gid = gid == 0u ? std::nullopt : gid;
+  return out;
+}
+
+std::vector<std::string> ImageEnvForAgent(const std::vector<std::string>& env) {
+  std::vector<std::string> out;
+  for (const auto& e : env) {
+    const size_t eq = e.find('=');
+    if (eq == 0 || eq == std::string::npos || e.find('\0') != std::string::npos) continue;
+    const std::string_view name = std::string_view(e).substr(0, eq);
+    // HOME is the sandbox's: the agent's own writable home, whatever the image was built with.
+    if (name == "SESSION_ID" || name == "SESSION_TOKEN" || name == "CONTROL_PLANE_URL" ||
+        name == "HOME") {
+      continue;
+    }
+    out.push_back(e);
+  }
+  return out;
 }
 
 Result<std::unique_ptr<Backend>> MakeOciBackend(OciOptions o) {

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,14 +17,30 @@ struct OciImage {
   std::vector<std::string> host_binds;  // the `host` image: host dirs bound read-only
   std::vector<std::string> entrypoint;
   std::vector<std::string> cmd;
-  std::vector<std::string> env;  // only PATH is taken from it: nothing else enters
+  std::vector<std::string> env;  // the image's Env ("NAME=value")
   std::string workdir;
+  std::string user;  // the image's User: "name", "uid", "name:group", "uid:gid" or ""
 };
 using ImageResolver = std::function<Result<OciImage>(const std::string& name)>;
 
 // What the agent runs: the spec's command, else the image's entrypoint and cmd; an error
 // naming the image when there is neither. Shared by the backends that run images.
 Result<std::vector<std::string>> AgentCommand(const SandboxSpec& spec, const OciImage& image);
+// The entries of an image's Env the agent gets: well-formed NAME=value ones without NUL, and
+// none of the three the session's identity sets (an image cannot preset them), nor HOME (the
+// agent's home is the sandbox's writable one). Shared by the
+// backends that run images.
+std::vector<std::string> ImageEnvForAgent(const std::vector<std::string>& env);
+
+// An image's User as the image's /etc/passwd and /etc/group (read without following symlinks)
+// resolve it: the account's name (when it is a plain one) and its ids where known. Root
+// (by name or uid 0) resolves to nothing: an agent never runs as uid 0.
+struct ImageUser {
+  std::string name;
+  std::optional<uint32_t> uid;
+  std::optional<uint32_t> gid;
+};
+ImageUser ResolveImageUser(const std::string& rootfs, const std::string& user);
 
 struct OciOptions {
   std::string runtime = "crun";  // crun | runc | runsc (any runtime with runc's CLI)

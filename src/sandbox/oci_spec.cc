@@ -23,6 +23,22 @@ Json Mappings(const std::vector<IdMapping>& ms) {
 
 }  // namespace
 
+bool WorkdirNeedsItsOwnMount(std::string_view workdir) {
+  if (workdir.empty() || workdir[0] != '/' || workdir == "/") return false;
+  for (std::string_view writable : {std::string_view(kSandboxHome), std::string_view("/tmp")}) {
+    if (workdir == writable || (workdir.starts_with(writable) && workdir.size() > writable.size() &&
+                                workdir[writable.size()] == '/')) {
+      return false;
+    }
+  }
+  // Nothing the sandbox's own mounts own, and no path that climbs.
+  for (std::string_view reserved : {"/proc", "/dev", "/sys", "/run", "/.airlock", "/etc"}) {
+    if (workdir == reserved || (workdir.starts_with(reserved) && workdir[reserved.size()] == '/'))
+      return false;
+  }
+  return workdir.find("/../") == std::string_view::npos && !workdir.ends_with("/..");
+}
+
 Json BuildOciConfig(const OciBundleParams& p) {
   Json args =
       Json::array({kInitInSandbox, "--port", std::to_string(p.bridge_port), "--uid",
@@ -35,6 +51,14 @@ Json BuildOciConfig(const OciBundleParams& p) {
   if (p.identity_over_channel) {
     args.push_back("--identity");
     args.push_back("channel");
+  }
+  if (p.fetch_work) {
+    args.push_back("--work");
+    args.push_back("channel");
+  }
+  for (const auto& e : p.image_env) {
+    args.push_back("--env");
+    args.push_back(e);
   }
   args.push_back("--");
   for (const auto& a : p.command) args.push_back(a);
@@ -83,6 +107,14 @@ Json BuildOciConfig(const OciBundleParams& p) {
   mounts.push_back(
       Mount(kSandboxHome, "tmpfs", "tmpfs", {"nosuid", "nodev", "mode=700", tmp_size, home_opts}));
   mounts.push_back(Mount("/run", "tmpfs", "tmpfs", {"nosuid", "nodev", "mode=755", "size=16384k"}));
+  // An image's working directory elsewhere on the read-only image: writable for the agent,
+  // starting with what the image has there (crun's tmpcopyup copies it in, as a volume over
+  // an image directory is filled), within the same size as /tmp. The session's files are
+  // copied into it.
+  if (WorkdirNeedsItsOwnMount(p.workdir)) {
+    mounts.push_back(Mount(p.workdir, "tmpfs", "tmpfs",
+                           {"nosuid", "nodev", "mode=755", tmp_size, home_opts, "tmpcopyup"}));
+  }
   for (const auto& dir : p.host_binds) {
     mounts.push_back(Mount(dir, "bind", dir, {"rbind", "ro", "nosuid", "nodev"}));
   }

@@ -35,6 +35,10 @@ struct OciBundleParams {
   // `env`.
   bool identity_over_channel = false;
   std::string workdir;  // the agent's cwd; empty = its home
+  // The image's Env for the agent (--env of init; not secret: anyone with the image has it),
+  // and whether init takes the session's variables and files over the channel (--work).
+  std::vector<std::string> image_env;
+  bool fetch_work = false;
   uint16_t bridge_port = 0;
   uint32_t agent_uid = 1000;
   uint32_t agent_gid = 1000;
@@ -82,6 +86,11 @@ inline constexpr const char* kSandboxTcpWmem = "4096 16384 1048576";
 // paths, the seccomp allowlist, no_new_privs, and for init only the capabilities it needs to
 // drop to the agent's user (it then drops them; the agent has none).
 Json BuildOciConfig(const OciBundleParams& p);
+
+// Whether the agent's working directory `workdir` needs a writable mount of its own: it is on
+// the read-only image, not in the agent's home or /tmp, and not a directory the sandbox's own
+// mounts hold (/proc, /dev, /sys, /run, /etc, /.airlock).
+bool WorkdirNeedsItsOwnMount(std::string_view workdir);
 
 // The agent uid a config.json built by BuildOciConfig names (init's --uid), or nullopt. How a
 // restarted control plane learns which uids its running sandboxes hold.

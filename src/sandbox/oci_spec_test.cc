@@ -84,6 +84,35 @@ TEST(OciSpec, WritableOnlyWhereMeantAndCapped) {
   EXPECT_TRUE(Has(s["linux"]["readonlyPaths"], "/proc/sysrq-trigger"));
 }
 
+TEST(OciSpec, AnImagesWorkingDirectoryOnTheImageBecomesWritableWithItsContent) {
+  OciBundleParams p = Params();
+  p.workdir = "/app";
+  p.fetch_work = true;
+  p.image_env = {"APP_MODE=image"};
+  Json s = BuildOciConfig(p);
+  const Json* app = FindMount(s, "/app");
+  ASSERT_NE(app, nullptr);
+  EXPECT_EQ((*app)["type"], "tmpfs");
+  EXPECT_TRUE(Has((*app)["options"], "tmpcopyup")) << "the image's files stay visible";
+  EXPECT_TRUE(Has((*app)["options"], "size=32768k"));
+  EXPECT_TRUE(Has((*app)["options"], "uid=1000,gid=1000"));
+  EXPECT_TRUE(Has((*app)["options"], "nosuid"));
+  // init is told to take the session's work, and the image's variables (before "--").
+  Json args = s["process"]["args"];
+  auto dd = std::find(args.begin(), args.end(), Json("--"));
+  std::vector<Json> init_args(args.begin(), dd);
+  EXPECT_NE(std::find(init_args.begin(), init_args.end(), Json("--work")), init_args.end());
+  EXPECT_NE(std::find(init_args.begin(), init_args.end(), Json("APP_MODE=image")), init_args.end());
+  // Places that are writable already, or that the sandbox's own mounts hold, get none.
+  for (const char* dir : {"/home/sandbox", "/home/sandbox/work", "/tmp", "/tmp/x", "/", "",
+                          "/proc/self", "/run", "/.airlock", "/etc", "/app/../etc", "relative"}) {
+    EXPECT_FALSE(WorkdirNeedsItsOwnMount(dir)) << dir;
+  }
+  for (const char* dir : {"/app", "/srv/agent", "/home/node", "/workspace", "/tmpx", "/runner"}) {
+    EXPECT_TRUE(WorkdirNeedsItsOwnMount(dir)) << dir;
+  }
+}
+
 TEST(OciSpec, EveryCgroupV1HierarchyIsReadOnly) {
   // crun's read-only bind of /sys/fs/cgroup copies the controller mounts read-write.
   auto p = Params();

@@ -445,5 +445,84 @@ TEST(OciRootlessTest, ANonRootControlPlaneRunsRootlessSandboxes) {
   EXPECT_NE(sbx.server().log().find("\"rootless\":true"), std::string::npos);
 }
 
+// Work going in (issue 14), in real sandboxes: the operator's variables and files, and the
+// image's Env, WorkingDir and User, as the agent sees them.
+class WorkInSessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    AIRLOCK_REQUIRE_SANDBOXES();
+    sbx_ = std::make_unique<SandboxServer>();
+    auto imported = sbx_->ImportImage(AIRLOCK_WORKIN_IMAGE, "airlock-workin:test");
+    ASSERT_TRUE(imported) << imported.error().message;
+    sbx_->Start();
+  }
+  // Runs `script` with sh in `image` with the session's `env` and `files`; the session's log.
+  std::string Run(const std::string& image, const std::string& script, const Json& env,
+                  const Json& files) {
+    Json body = {{"task", "work in"},
+                 {"command", {"/bin/sh", "-c", script}},
+                 {"env", env},
+                 {"files", files}};
+    if (!image.empty()) body["image"] = image;
+    auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
+    EXPECT_EQ(r.status, 201u) << r.body;
+    if (r.status != 201u) return {};
+    std::string id = r.json()["id"];
+    auto outcome = sbx_->WaitForEnd(id, 120);
+    EXPECT_EQ(outcome.session.value("state", ""), "failed") << "the script exits without finish";
+    auto del = sbx_->server().Op(verb::delete_, "/v1/sessions/" + id);
+    (void)del;
+    return outcome.logs;
+  }
+  std::unique_ptr<SandboxServer> sbx_;
+};
+
+constexpr const char* kShowWork =
+    "echo \"var APP_MODE=$APP_MODE REPO=$REPO GREETING=$GREETING HOME=$HOME\"; "
+    "echo \"cwd $(pwd)\"; echo \"user $(id -un) $(id -u)\"; "
+    "echo \"notes $(cat notes.md)\"; echo \"bin $(od -An -tx1 bin.dat | tr -d ' \\n')\"; "
+    "echo \"token ${SESSION_TOKEN:+set}\"; "
+    "echo later > written.txt && echo \"wrote $(cat written.txt)\"; "
+    "for f in * .*; do echo \"entry $f\"; done; exit 3";
+
+TEST_F(WorkInSessionTest, TheSessionsVariablesAndFilesReachTheAgentInItsHome) {
+  std::string logs =
+      Run("", kShowWork, Json{{"REPO", "airlock"}, {"APP_MODE", "session"}},
+          Json{{"notes.md", "read me first"}, {"bin.dat", {{"base64", "AP8AAQ=="}}}});
+  EXPECT_NE(logs.find("var APP_MODE=session REPO=airlock GREETING= HOME=/home/sandbox\n"),
+            std::string::npos)
+      << logs;
+  EXPECT_NE(logs.find("cwd /home/sandbox\n"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("notes read me first\n"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("bin 00ff0001\n"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("token set\n"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("wrote later\n"), std::string::npos) << logs;
+  EXPECT_EQ(logs.find("user root"), std::string::npos) << logs;
+  // Nothing half-written or of init's is left beside the files.
+  EXPECT_EQ(logs.find("entry .airlock-in"), std::string::npos) << logs;
+}
+
+TEST_F(WorkInSessionTest, TheImagesEnvWorkingDirAndUserAreHonouredButNeverRoot) {
+  if (TestBackendName() == "microvm") {
+    GTEST_SKIP() << "microvm: an image's WorkingDir on the read-only image is not made writable "
+                    "in the guest yet (oci: crun's tmpcopyup)";
+  }
+  std::string logs = Run("airlock-workin:test", kShowWork, Json{{"REPO", "airlock"}},
+                         Json{{"notes.md", "n"}, {"bin.dat", ""}});
+  // The image's variables, under the session's; HOME is the sandbox's own.
+  EXPECT_NE(logs.find("var APP_MODE=image REPO=airlock GREETING=hello from the image "
+                      "HOME=/home/sandbox\n"),
+            std::string::npos)
+      << logs;
+  // Its working directory, writable, with what the image has there and the session's files.
+  EXPECT_NE(logs.find("cwd /app\n"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("entry README.txt\n"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("notes n\n"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("wrote later\n"), std::string::npos) << logs;
+  // Its user by name; the uid is the sandbox's own, never 0.
+  EXPECT_NE(logs.find("user app "), std::string::npos) << logs;
+  EXPECT_EQ(logs.find("user app 0\n"), std::string::npos) << logs;
+}
+
 }  // namespace
 }  // namespace airlock::testing
