@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 
+#include "sandbox/backend_oci.h"
 #include "sandbox/seccomp_profile.h"
 
 namespace airlock::sandbox {
@@ -251,6 +254,47 @@ TEST(SeccompProfile, DeniesByDefaultAndLeavesOutTheDangerousCalls) {
   }
   EXPECT_EQ(socket_rules,
             (std::set<std::pair<uint64_t, int64_t>>{{1, -1}, {2, -1}, {10, -1}, {16, 0}, {16, 4}}));
+}
+
+TEST(ImageUser, ResolvesNamesAndIdsFromTheImageAndNeverRoot) {
+  char tmpl[] = "/tmp/airlock-imageuser-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string root = tmpl;
+  std::filesystem::create_directories(root + "/etc");
+  std::ofstream(root + "/etc/passwd") << "root:x:0:0:root:/root:/bin/sh\n"
+                                         "app:x:1234:1200::/home/app:/bin/sh\n"
+                                         "we!rd:x:1300:1300::/:/bin/sh\n";
+  std::ofstream(root + "/etc/group") << "root:x:0:\nstaff:x:50:\n";
+  auto app = ResolveImageUser(root, "app");
+  EXPECT_EQ(app.name, "app");
+  EXPECT_EQ(app.uid, 1234u);
+  EXPECT_EQ(app.gid, 1200u);
+  auto by_uid = ResolveImageUser(root, "1234");
+  EXPECT_EQ(by_uid.name, "app");
+  EXPECT_EQ(ResolveImageUser(root, "app:staff").gid, 50u);
+  EXPECT_EQ(ResolveImageUser(root, "1234:77").gid, 77u);
+  auto unknown = ResolveImageUser(root, "4321");
+  EXPECT_EQ(unknown.name, "");
+  EXPECT_EQ(unknown.uid, 4321u);
+  EXPECT_EQ(ResolveImageUser(root, "we!rd").name, "") << "only plain names are written out";
+  // Root in every spelling resolves to nothing.
+  for (const char* root_user : {"root", "0", "0:0", "root:root", "app:0"}) {
+    auto r = ResolveImageUser(root, root_user);
+    if (std::string(root_user) == "app:0") {
+      EXPECT_EQ(r.gid, std::nullopt) << root_user;  // gid 0 is not kept either
+    } else {
+      EXPECT_EQ(r.uid, std::nullopt) << root_user;
+      EXPECT_EQ(r.name, "") << root_user;
+    }
+  }
+  EXPECT_EQ(ResolveImageUser(root, "").uid, std::nullopt);
+  // A passwd that is a symlink is not followed (on the host it could point anywhere).
+  std::ofstream(root + "/outside") << "app:x:4444:4444::/:/bin/sh\n";
+  std::filesystem::remove(root + "/etc/passwd");
+  std::filesystem::create_symlink(root + "/outside", root + "/etc/passwd");
+  EXPECT_EQ(ResolveImageUser(root, "app").name, "app") << "a name it cannot look up stays a name";
+  EXPECT_EQ(ResolveImageUser(root, "app").uid, std::nullopt) << "the symlink was followed";
+  std::filesystem::remove_all(root);
 }
 
 }  // namespace
