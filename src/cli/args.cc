@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 
 namespace airlock::cli {
 
@@ -66,6 +67,45 @@ Result<Json> ParseMetadataArgs(const std::vector<std::string>& args) {
     meta[kv.first] = kv.second;
   }
   return meta;
+}
+
+Result<Json> ParseEnvArgs(const std::vector<std::string>& args) {
+  Json env = Json::object();
+  for (const auto& arg : args) {
+    AIRLOCK_ASSIGN_OR_RETURN(auto kv, SplitKeyValue(arg, "--env"));
+    if (env.contains(kv.first)) {
+      return Errorf(ErrorCode::kInvalidArgument, "--env {} is given more than once", kv.first);
+    }
+    env[kv.first] = kv.second;
+  }
+  return env;
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> ParseFileArgs(
+    const std::vector<std::string>& args) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& arg : args) {
+    std::string name, path;
+    // NAME=PATH when what comes before the first '=' could be a file name, else PATH.
+    size_t eq = arg.find('=');
+    if (eq != std::string::npos && eq > 0 && arg.substr(0, eq).find('/') == std::string::npos) {
+      name = arg.substr(0, eq);
+      path = arg.substr(eq + 1);
+    } else {
+      path = arg;
+      name = std::filesystem::path(arg).filename().string();
+    }
+    if (path.empty() || name.empty()) {
+      return Errorf(ErrorCode::kInvalidArgument, "--file \"{}\": expected PATH or NAME=PATH", arg);
+    }
+    for (const auto& [seen, p] : out) {
+      if (seen == name) {
+        return Errorf(ErrorCode::kInvalidArgument, "--file: two files named {}", name);
+      }
+    }
+    out.emplace_back(std::move(name), std::move(path));
+  }
+  return out;
 }
 
 SplitArgs SplitRunCommand(std::vector<std::string> argv) {

@@ -22,6 +22,12 @@ Result<Json> ParseLimitArgs(const std::vector<std::string>& args);
 
 // `--meta key=value`... into the "metadata" object (string values).
 Result<Json> ParseMetadataArgs(const std::vector<std::string>& args);
+// --env NAME=VALUE, repeatable: the session's "env" object (each name once).
+Result<Json> ParseEnvArgs(const std::vector<std::string>& args);
+// --file PATH or --file NAME=PATH, repeatable: {name in the session, local path}; the name is
+// PATH's last component unless given (each name once).
+Result<std::vector<std::pair<std::string, std::string>>> ParseFileArgs(
+    const std::vector<std::string>& args);
 
 // `airlock run TASK ... -- COMMAND ARGS...`: everything after the first "--" that follows the
 // `run` subcommand is the sandbox's command, verbatim, and must not reach the flag parser

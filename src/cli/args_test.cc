@@ -51,6 +51,26 @@ TEST(ParseMetadataArgs, KeepsValuesAsStringsAndAllowsEqualsInValue) {
   EXPECT_EQ((*meta)["empty"], "");
 }
 
+TEST(ParseEnvArgs, KeepsValuesAsTheyAreAndRefusesARepeatedName) {
+  auto env = ParseEnvArgs({"REPO=airlock", "EXPR=a=b", "EMPTY="});
+  ASSERT_TRUE(env.has_value());
+  EXPECT_EQ(*env, (Json{{"REPO", "airlock"}, {"EXPR", "a=b"}, {"EMPTY", ""}}));
+  EXPECT_FALSE(ParseEnvArgs({"A=1", "A=2"}));
+  EXPECT_FALSE(ParseEnvArgs({"=x"}));
+  EXPECT_FALSE(ParseEnvArgs({"novalue"}));
+}
+
+TEST(ParseFileArgs, NamesAFileByItsLastComponentUnlessRenamed) {
+  auto files = ParseFileArgs({"data/in.csv", "notes.md=/tmp/n.txt", "/a/b=c.txt", "x=y=z"});
+  ASSERT_TRUE(files.has_value()) << files.error().message;
+  using P = std::pair<std::string, std::string>;
+  EXPECT_EQ(*files, (std::vector<P>{P{"in.csv", "data/in.csv"}, P{"notes.md", "/tmp/n.txt"},
+                                    P{"b=c.txt", "/a/b=c.txt"}, P{"x", "y=z"}}));
+  EXPECT_FALSE(ParseFileArgs({"a/x.txt", "b/x.txt"})) << "two files named x.txt";
+  EXPECT_FALSE(ParseFileArgs({"n="}));
+  EXPECT_FALSE(ParseFileArgs({"dir/"}));
+}
+
 TEST(SplitRunCommand, TakesEverythingAfterDoubleDashVerbatim) {
   auto s = SplitRunCommand({"airlock", "run", "--json", "task", "--", "sh", "-c", "echo --", "--"});
   EXPECT_EQ(s.args, (std::vector<std::string>{"airlock", "run", "--json", "task"}));

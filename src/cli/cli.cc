@@ -23,6 +23,7 @@
 #include "cli/args.h"
 #include "cli/format.h"
 #include "cli/http_client.h"
+#include "common/crypto.h"
 #include "common/json_util.h"
 #include "common/log.h"
 #include "common/secret.h"
@@ -49,6 +50,9 @@ constexpr int kExitApi = 6;
 
 constexpr const char* kDefaultUrl = "http://127.0.0.1:7400";
 constexpr int kStreamRetries = 5;
+// What --file may carry in all: base64 makes it 4/3 as large, and the create body is held to
+// the server's server.max_body_bytes (1 MiB by default).
+constexpr size_t kMaxRunFileBytes = 700 * 1024;
 
 constexpr const char* kExitCodesFooter = R"(Exit codes:
   0  ok
@@ -367,6 +371,8 @@ struct RunFlags {
   std::string model;
   std::vector<std::string> limits;
   std::vector<std::string> meta;
+  std::vector<std::string> env;    // NAME=VALUE
+  std::vector<std::string> files;  // PATH or NAME=PATH
   bool detach = false;
   bool json = false;
   std::string download_dir;  // the session's files are downloaded here at the end
@@ -496,6 +502,59 @@ CliResult<void> FetchArtifacts(const HttpClient& client, const std::string& id,
   return {};
 }
 
+// The files of --file, read and encoded for "files" at create. They travel in the create's
+// body, so that they are in the working directory before the agent starts.
+CliResult<Json> ReadRunFiles(const std::vector<std::string>& args) {
+  auto parsed = ParseFileArgs(args);
+  if (!parsed) {
+    return Fail(kExitUsage, parsed.error().message);
+  }
+  Json files = Json::object();
+  size_t total = 0;
+  for (const auto& [name, path] : *parsed) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      return Fail(kExitUsage, fmt::format("--file {}: cannot read it", path));
+    }
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    total += bytes.size();
+    files[name] = Json{{"base64", Base64Encode(bytes)}};
+  }
+  // The create's body is held to the server's server.max_body_bytes (1 MiB by default).
+  if (total > kMaxRunFileBytes) {
+    return Fail(kExitUsage,
+                fmt::format("--file: {} bytes in all; at most {} go in with the session (more "
+                            "needs a larger server.max_body_bytes, or PUT "
+                            "/v1/sessions/ID/files/NAME once it runs)",
+                            total, kMaxRunFileBytes));
+  }
+  return files;
+}
+
+// Prints the session's log as it grows until the session ends (GET .../logs?follow=1).
+CliResult<void> ShowOutput(const ClientFlags& flags, const std::string& id) {
+  HttpClientOptions options;
+  options.stream_idle_timeout = std::chrono::milliseconds(0);  // A quiet command is not an error.
+  auto client = MakeClient(flags, options);
+  if (!client) {
+    return std::unexpected(client.error());
+  }
+  const bool terminal = ::isatty(STDOUT_FILENO) == 1;
+  InertStream inert;
+  auto res = client->StreamBody(SessionPath(id, "/logs?follow=1"), {}, [&](std::string_view piece) {
+    PrintRaw(terminal ? inert.Feed(piece) : std::string(piece));
+    return true;
+  });
+  PrintRaw(inert.Finish());
+  if (!res) {
+    return std::unexpected(FromTransport(res.error()));
+  }
+  if (!res->ok()) {
+    return std::unexpected(FromResponse(*res));
+  }
+  return {};
+}
+
 CliResult<int> CmdRun(const RunFlags& f) {
   Json body = {{"task", f.task}};
   if (!f.image.empty()) {
@@ -520,6 +579,20 @@ CliResult<int> CmdRun(const RunFlags& f) {
       return Fail(kExitUsage, meta.error().message);
     }
     body["metadata"] = *meta;
+  }
+  if (!f.env.empty()) {
+    auto env = ParseEnvArgs(f.env);
+    if (!env) {
+      return Fail(kExitUsage, env.error().message);
+    }
+    body["env"] = *env;
+  }
+  if (!f.files.empty()) {
+    auto files = ReadRunFiles(f.files);
+    if (!files) {
+      return std::unexpected(files.error());
+    }
+    body["files"] = std::move(*files);
   }
   if (f.command) {
     if (f.command->empty()) {
@@ -547,9 +620,18 @@ CliResult<int> CmdRun(const RunFlags& f) {
   if (f.detach) {
     return kExitOk;
   }
-  auto followed = FollowEvents(*client, id, 0, f.json, /*reachable=*/true);
-  if (!followed) {
-    return std::unexpected(followed.error());
+  std::string followed_state;
+  if (f.command && !f.json) {
+    // An own command: its output as it runs (the events are `airlock events ID`).
+    if (auto shown = ShowOutput(f.client, id); !shown) {
+      return std::unexpected(shown.error());
+    }
+  } else {
+    auto followed = FollowEvents(*client, id, 0, f.json, /*reachable=*/true);
+    if (!followed) {
+      return std::unexpected(followed.error());
+    }
+    followed_state = followed->final_state;
   }
   auto final_session = CallJson(*client, "GET", SessionPath(id));
   if (!final_session) {
@@ -560,7 +642,7 @@ CliResult<int> CmdRun(const RunFlags& f) {
     if (auto got = FetchArtifacts(*client, id, f.download_dir, f.show); !got)
       PrintErr(got.error().message);
   }
-  std::string state = Str(*final_session, "state", followed->final_state);
+  std::string state = Str(*final_session, "state", followed_state);
   return state == "succeeded" ? kExitOk : kExitSessionFailed;
 }
 
@@ -1188,6 +1270,18 @@ Examples:
   run_cmd->add_option("--meta", run.meta, "Metadata stored with the session, repeatable")
       ->type_name("KEY=VALUE")
       ->allow_extra_args(false);
+  run_cmd
+      ->add_option("--env", run.env,
+                   "A variable for the agent, repeatable (not for secrets: names that look like "
+                   "credentials are refused)")
+      ->type_name("NAME=VALUE")
+      ->allow_extra_args(false);
+  run_cmd
+      ->add_option("--file", run.files,
+                   "A local file put into the agent's working directory before it starts, "
+                   "repeatable (NAME=PATH to rename it)")
+      ->type_name("PATH")
+      ->allow_extra_args(false);
   run_cmd->add_flag("--detach,-d", run.detach, "Print the session id and return at once");
   run_cmd->add_flag("--json", run.json,
                     "JSON lines: the created session, each event, then the final session");
@@ -1198,8 +1292,9 @@ Examples:
   run_cmd->add_flag("--show", run.show, "With --download: print the small text files too");
   AddClientFlags(run_cmd, &run.client);
   run_cmd->footer(R"(Everything after "--" is the command run in the sandbox instead of the image's
-entrypoint (the reference agent). Prints the session id, then one line per event
-until the session ends, then its final state and result. Ctrl-C stops following;
+entrypoint (the reference agent); its output is shown as it runs. Otherwise it
+prints the session id, then one line per event until the session ends; then the
+final state and result. Ctrl-C stops following;
 the session keeps running (`airlock kill ID` stops it). Exits 0 if the session
 succeeded, 1 if it failed or was killed.
 
@@ -1208,6 +1303,7 @@ Examples:
   airlock run --limit timeout_s=600 --limit memory_mb=512 --meta ticket=42 "fix the tests"
   ID=$(airlock run --detach "long job") && airlock events "$ID" --follow
   airlock run --download out --show "write a haiku about sandboxes to haiku.txt and upload it"
+  airlock run --file data.csv --env REPORT_LANG=en "summarise data.csv into report.md"
   airlock run "hello" -- sh -c 'echo "$SESSION_ID"')");
 
   // ls

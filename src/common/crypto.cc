@@ -89,6 +89,17 @@ Secret NewToken(std::string_view prefix, size_t bytes) {
   return Secret(std::string(prefix) + Base64UrlEncode(RandomBytes(bytes)));
 }
 
+std::string Base64Encode(std::string_view bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
+  if (!bytes.empty()) {
+    int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                            reinterpret_cast<const unsigned char*>(bytes.data()),
+                            static_cast<int>(bytes.size()));
+    out.resize(static_cast<size_t>(n));
+  }
+  return out;
+}
+
 std::optional<std::string> Base64Decode(std::string_view text) {
   if (text.size() % 4 != 0) return std::nullopt;
   size_t pad = 0;

@@ -17,6 +17,8 @@ std::string RandomBytes(size_t n);
 // base64url without padding, as used for tokens and ids.
 std::string Base64UrlEncode(std::string_view bytes);
 std::string HexEncode(std::string_view bytes);
+// Standard base64 (RFC 4648 section 4) with its padding, no line breaks.
+std::string Base64Encode(std::string_view bytes);
 // Standard base64 (RFC 4648 section 4) with its padding, no whitespace; nullopt when malformed.
 std::optional<std::string> Base64Decode(std::string_view text);
 

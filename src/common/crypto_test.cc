@@ -54,6 +54,11 @@ TEST(CryptoTest, Base64DecodeTakesRfc4648VectorsAndRefusesTheMalformed) {
   EXPECT_EQ(Base64Decode("Zm9v"), std::string("foo"));
   EXPECT_EQ(Base64Decode("Zm9vYmFy"), std::string("foobar"));
   EXPECT_EQ(Base64Decode("AP8A"), std::string("\0\xff\0", 3));
+  for (std::string s : {"", "f", "fo", "foo", "foob", "fooba", "foobar"}) {
+    EXPECT_EQ(Base64Decode(Base64Encode(s)), s);
+  }
+  EXPECT_EQ(Base64Encode("foobar"), "Zm9vYmFy");
+  EXPECT_EQ(Base64Encode("fo"), "Zm8=");
   EXPECT_FALSE(Base64Decode("Zm9"));       // not a multiple of 4
   EXPECT_FALSE(Base64Decode("Zm 9v"));     // whitespace
   EXPECT_FALSE(Base64Decode("Zm9-"));      // base64url's alphabet

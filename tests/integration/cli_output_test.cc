@@ -251,5 +251,51 @@ TEST_F(CliOutputTest, AirlockRunShowsTheEventsAndTheFinalResultInert) {
   std::filesystem::remove_all(dir);
 }
 
+// `airlock run --env --file -- COMMAND`: the variables and the file go in with the session,
+// and the command's output is shown as it runs instead of the events.
+TEST_F(CliOutputTest, AirlockRunPutsEnvAndFilesInAndShowsAnOwnCommandsOutput) {
+  const std::string dir = MakeTempDir("airlock-cli-run");
+  const std::string path = dir + "/data.bin";
+  const std::string bytes("a,b\n\0\xff", 6);
+  std::ofstream(path, std::ios::binary) << bytes;
+  Json work;
+  std::thread sandbox([this, &work] {
+    std::string token;
+    for (int i = 0; i < 2000 && token.empty(); ++i) {
+      {
+        std::lock_guard l(server_.backend().mu);
+        if (!server_.backend().specs.empty())
+          token = server_.backend().specs.begin()->second.token.Reveal();
+      }
+      if (token.empty()) std::this_thread::sleep_for(5ms);
+    }
+    ASSERT_FALSE(token.empty()) << "airlock run created no session";
+    work = server_.Sb(verb::get, "/sandbox/v1/work", token).json();
+    auto file = server_.Sb(verb::get, "/sandbox/v1/work/files/renamed.bin", token);
+    EXPECT_EQ(file.status, 200u) << file.body;
+    work["bytes"] = file.body;
+    server_.Sb(verb::post, "/sandbox/v1/finish", token, R"({"status":"succeeded"})");
+  });
+  Output o = RunCli(server_, {"run", "--env", "REPO=airlock", "--env", "MODE=a=b", "--file",
+                              "renamed.bin=" + path, "do it", "--", "sh", "-c", "true"});
+  sandbox.join();
+  EXPECT_EQ(o.exit_code, 0) << o.out << o.err;
+  EXPECT_EQ(work["env"], (Json{{"REPO", "airlock"}, {"MODE", "a=b"}})) << work.dump();
+  ASSERT_EQ(work["files"].size(), 1u) << work.dump();
+  EXPECT_EQ(work["files"][0]["name"], "renamed.bin");
+  EXPECT_EQ(work["bytes"], bytes);
+  // The command's output (the test backend's log), then the final line; not the events.
+  EXPECT_NE(o.out.find("test log\n"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("succeeded"), std::string::npos) << o.out;
+  EXPECT_EQ(o.out.find("session.created"), std::string::npos) << o.out;
+  // A credential-looking name is refused by the server, with its reason.
+  Output refused = RunCli(server_, {"run", "--env", "GITHUB_TOKEN=x", "do it"});
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("looks like a credential"), std::string::npos) << refused.err;
+  Output missing = RunCli(server_, {"run", "--file", dir + "/nope", "do it"});
+  EXPECT_EQ(missing.exit_code, 2) << missing.err;
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace airlock::testing

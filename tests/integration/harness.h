@@ -149,8 +149,10 @@ class TestBackend : public sandbox::Backend {
     return st;
   }
   Result<sandbox::SandboxStatus> Reattach(const std::string& h) override { return Inspect(h); }
-  Result<std::string> Logs(const std::string&, int64_t, size_t) override {
-    return std::string("test log\n");
+  Result<std::string> Logs(const std::string&, int64_t offset, size_t max_bytes) override {
+    static constexpr std::string_view kLog = "test log\n";
+    if (offset < 0 || static_cast<size_t>(offset) >= kLog.size()) return std::string();
+    return std::string(kLog.substr(static_cast<size_t>(offset), max_bytes));
   }
   Result<std::vector<sandbox::ListedSandbox>> List() override {
     std::lock_guard l(s_->mu);
