@@ -1341,8 +1341,8 @@ class PostgresStore final : public Store {
       if (r.supersede_after) {
         AIRLOCK_TRY(
             c.Query("UPDATE messages SET superseded_at = $3 WHERE session_id = $1 "
-                    "AND position > $2 AND superseded_at IS NULL",
-                    session_id, *r.supersede_after, now));
+                    "AND position > $2 AND position <= $4 AND superseded_at IS NULL",
+                    session_id, *r.supersede_after, now, r.supersede_through.value_or(INT64_MAX)));
       }
       if (!r.messages.empty()) {
         AIRLOCK_ASSIGN_OR_RETURN(

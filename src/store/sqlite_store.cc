@@ -1198,8 +1198,8 @@ class SqliteStore final : public Store {
       if (r.supersede_after) {
         AIRLOCK_ASSIGN_OR_RETURN(
             Stmt stmt, c.Prepare("UPDATE messages SET superseded_at = ?3 WHERE session_id = ?1 "
-                                 "AND position > ?2 AND superseded_at IS NULL"));
-        stmt.Bind(session_id, *r.supersede_after, now);
+                                 "AND position > ?2 AND position <= ?4 AND superseded_at IS NULL"));
+        stmt.Bind(session_id, *r.supersede_after, now, r.supersede_through.value_or(INT64_MAX));
         AIRLOCK_TRY(stmt.Run());
       }
       if (!r.messages.empty()) {

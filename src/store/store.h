@@ -101,6 +101,9 @@ struct ChatRecord {
   // after this position leave it before `messages` are appended. They stay in the store,
   // marked superseded, for the audit; ListMessages no longer returns them. 0: all of them.
   std::optional<int64_t> supersede_after;
+  // With supersede_after: only up to this position (the last the client saw). Messages that
+  // calls of the session running at the same time stored meanwhile stay. Unset: all after.
+  std::optional<int64_t> supersede_through;
 };
 
 struct UsageQuery {

@@ -540,6 +540,34 @@ TEST_P(StoreConformanceTest, RecordChatSupersedesTheMessagesARewriteDropped) {
   EXPECT_THAT(Contents(after), ElementsAre("fresh", "r3", "later"));
 }
 
+// Two calls of one session at once: the one that rewrote the history it saw supersedes only
+// that, not what the other call stored meanwhile.
+TEST_P(StoreConformanceTest, ARewriteSupersedesOnlyUpToWhatTheClientSaw) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("task")));
+  ASSERT_OK(store->TakeInbox("ses_a", ""));
+  ChatRecord rec;
+  rec.model = "fast";
+  rec.usage = Usage{1, 1, 1, 0};
+  rec.messages = {Json{{"role", "user"}, {"content", "old"}},
+                  Json{{"role", "assistant"}, {"content", "r1"}}};
+  ASSERT_OK(store->RecordChat("ses_a", rec));
+  ASSERT_OK_AND_ASSIGN(auto seen, store->ListMessages("ses_a", false));  // call B starts here
+  // Call A, running alongside, stores its exchange first.
+  rec.messages = {Json{{"role", "user"}, {"content", "a"}},
+                  Json{{"role", "assistant"}, {"content", "ra"}}};
+  ASSERT_OK(store->RecordChat("ses_a", rec));
+  // Call B dropped "old" and "r1" from what it saw and summarised them.
+  rec.supersede_after = *seen[0].position;
+  rec.supersede_through = *seen.back().position;
+  rec.messages = {Json{{"role", "user"}, {"content", "summary"}},
+                  Json{{"role", "assistant"}, {"content", "rb"}}};
+  ASSERT_OK(store->RecordChat("ses_a", rec));
+  ASSERT_OK_AND_ASSIGN(auto after, store->ListMessages("ses_a", false));
+  EXPECT_THAT(Contents(after), ElementsAre("task", "a", "ra", "summary", "rb"));
+}
+
 TEST_P(StoreConformanceTest, EventQuotaRefusesPastCountAndAppendsOneNotice) {
   auto store = Open();
   ASSERT_NE(store, nullptr);
