@@ -161,6 +161,7 @@ Status ParseSandbox(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.Int("hibernate_after_s", &c.hibernate_after_s, 0, 30 * 86400));
   AIRLOCK_TRY(r.Int("max_task_bytes", &c.max_task_bytes, 1, 16 << 20));
   AIRLOCK_TRY(r.Strings("credential_env", &c.credential_env));
+  AIRLOCK_TRY(r.Int("max_concurrent_llm_calls", &c.max_concurrent_llm_calls, 1, 256));
   AIRLOCK_TRY(r.Int("max_message_bytes", &c.max_message_bytes, 1, 16 << 20));
   AIRLOCK_TRY(r.Int("max_event_bytes", &c.max_event_bytes, 1, 16 << 20));
   AIRLOCK_TRY(r.String("images_dir", &c.images_dir));

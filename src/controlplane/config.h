@@ -207,6 +207,9 @@ struct Config {
   std::map<std::string, PoolConfig> pools;
   FilesConfig files;
   int64_t max_task_bytes = 256 * 1024;
+  // LLM calls one session may have in flight at once (each route and face alike); past it a
+  // call is refused with 409. Budgets hold across them: each call reserves its estimate.
+  int64_t max_concurrent_llm_calls = 4;
   // Names a session's "env" may not use: they look like credentials, which belong in the
   // control plane (shell-style patterns, `*` any run of characters, matched ignoring case).
   // The api_key_env of every configured provider is refused as well.

@@ -380,6 +380,7 @@ HistoryMatch MatchHistory(const std::vector<store::Message>& stored,
   if (m.known < stored.size()) {
     m.supersede_after = m.known == 0 ? 0 : stored[m.known - 1].position.value_or(0);
     m.superseded = stored.size() - m.known;
+    m.seen_through = stored.back().position;
   }
   return m;
 }

@@ -53,6 +53,9 @@ struct HistoryMatch {
   // truncated it): the stored messages after this position leave the conversation.
   std::optional<int64_t> supersede_after;
   size_t superseded = 0;  // how many stored messages that is
+  // With supersede_after: the last stored position the client saw. Calls of the session
+  // running beside this one may store theirs after it; the rewrite does not touch those.
+  std::optional<int64_t> seen_through;
 };
 
 // Compares the client's conversation with the stored one (in position order), message by

@@ -108,20 +108,22 @@ std::string CodeFor(Outcome o) {
   }
 }
 
-// Why the session may not spend more, or nothing.
-std::optional<std::string> BudgetSpent(const store::Session& s) {
+// Why the session may not spend more, or nothing: `reserved_tokens` and `reserved_cost_usd` are
+// counted as spent already (calls in flight hold them).
+std::optional<std::string> BudgetSpent(const store::Session& s, int64_t reserved_tokens = 0,
+                                       double reserved_cost_usd = 0) {
   if (!s.limits.is_object()) return std::nullopt;
   if (auto it = s.limits.find("max_tokens"); it != s.limits.end() && it->is_number()) {
-    int64_t used = s.usage.input_tokens + s.usage.output_tokens;
+    int64_t used = s.usage.input_tokens + s.usage.output_tokens + reserved_tokens;
     if (static_cast<double>(used) >= it->get<double>()) {
       return fmt::format("the session's token budget is spent ({} of max_tokens {})", used,
                          it->dump());
     }
   }
   if (auto it = s.limits.find("max_cost_usd"); it != s.limits.end() && it->is_number()) {
-    if (s.usage.cost_usd >= it->get<double>()) {
+    if (s.usage.cost_usd + reserved_cost_usd >= it->get<double>()) {
       return fmt::format("the session's cost budget is spent (${:.6f} of max_cost_usd {})",
-                         s.usage.cost_usd, it->dump());
+                         s.usage.cost_usd + reserved_cost_usd, it->dump());
     }
   }
   return std::nullopt;
@@ -265,24 +267,32 @@ Result<Json> ValidateChatTools(const Json& tools) {
 
 ConversationLocks::Holder ConversationLocks::holder(const std::string& id) const {
   auto it = held_.find(id);
-  return it == held_.end() ? Holder::kNone : it->second;
+  return it == held_.end() ? Holder::kNone : it->second.holder;
 }
 
 awaitable<ConversationLocks::Holder> ConversationLocks::Acquire(const std::string& id, Holder as,
-                                                                Clock::time_point deadline) {
+                                                                Clock::time_point deadline,
+                                                                int max_chats) {
   for (;;) {
     Holder h = holder(id);
     if (h == Holder::kNone) break;
-    if (as == Holder::kChat && h == Holder::kChat) co_return h;
+    if (as == Holder::kChat && h == Holder::kChat) {
+      Held& held = held_[id];
+      if (held.count >= max_chats) co_return h;
+      ++held.count;
+      co_return Holder::kNone;
+    }
     uint64_t v = released_.Version(id);
     if (!co_await released_.Wait(id, v, deadline) && holder(id) != Holder::kNone)
       co_return holder(id);
   }
-  held_[id] = as;
+  held_[id] = Held{as, 1};
   co_return Holder::kNone;
 }
 
 void ConversationLocks::Release(const std::string& id) {
+  auto it = held_.find(id);
+  if (it != held_.end() && --it->second.count > 0) return;  // other calls still hold it
   held_.erase(id);
   released_.Notify(id);
   released_.Forget(id);
@@ -325,6 +335,9 @@ struct LlmProxy::Call {
   std::string completion_id;
   std::unique_ptr<AnthropicEventWriter> anthropic_events;  // the Anthropic face, streamed
   HistoryMatch history;
+  // What the call holds of the session's budget until it settles (LlmProxy::Reserve).
+  int64_t reserved_tokens = 0;
+  double reserved_cost_usd = 0;
   double cost_usd = 0;
   store::Usage totals;
   double latency_s = 0;
@@ -424,7 +437,11 @@ void LlmProxy::Start() {
 }
 
 void LlmProxy::CancelSession(const std::string& id) {
-  if (auto it = in_flight_.find(id); it != in_flight_.end()) it->second->Cancel();
+  auto it = ledgers_.find(id);
+  if (it == ledgers_.end()) return;
+  for (llm::CallCancel* c : it->second.calls) c->Cancel();
+  it->second.ended = true;  // the last call to settle takes the ledger with it
+  if (it->second.calls.empty()) ledgers_.erase(it);
 }
 
 awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
@@ -583,7 +600,13 @@ std::optional<Response> LlmProxy::Resolve(Call& call, const std::string& alias) 
 }
 
 awaitable<std::optional<Response>> LlmProxy::Admit(Call& call) {
-  const store::Session& sess = call.session;
+  store::Session& sess = call.session;
+  // A call of this session that ended on this control plane may have stored usage after the
+  // session was read for this one.
+  if (auto it = ledgers_.find(sess.id); it != ledgers_.end() && it->second.settled) {
+    const store::Usage& s = *it->second.settled;
+    if (s.llm_calls > sess.usage.llm_calls) sess.usage = s;
+  }
   if (auto spent = BudgetSpent(sess)) {
     metrics_.budget_refusals.With({}).Inc();
     Json data{{"model", call.alias}, {"outcome", "budget_exhausted"}, {"error", *spent}};
@@ -597,28 +620,112 @@ awaitable<std::optional<Response>> LlmProxy::Admit(Call& call) {
     co_return Response::FromError(402, "budget_exhausted", *spent);
   }
 
+  const int max_calls = static_cast<int>(config_.max_concurrent_llm_calls);
   auto blocked = co_await locks_.Acquire(sess.id, ConversationLocks::Holder::kChat,
-                                         Clock::now() + std::chrono::seconds(30));
+                                         Clock::now() + std::chrono::seconds(30), max_calls);
   if (blocked == ConversationLocks::Holder::kChat) {
     co_return Response::FromError(
         409, "conflict",
-        "another LLM call of this session is in progress; calls of one session are "
-        "made one at a time");
+        max_calls == 1 ? std::string("another LLM call of this session is in progress; calls of "
+                                     "one session are made one at a time")
+                       : fmt::format("this session has {} LLM calls in progress, as many as "
+                                     "sandbox.max_concurrent_llm_calls allows; try again when "
+                                     "one ends",
+                                     max_calls));
   }
   if (blocked != ConversationLocks::Holder::kNone) {
     co_return Response::FromError(503, "unavailable",
                                   "the session's conversation stayed busy; try again");
   }
-  in_flight_[sess.id] = &call.cancel;
+  // From here to the reservation nothing waits: no other call of the session is admitted in
+  // between, so the calls in flight never reserve more than the budget has left.
+  Ledger& ledger = ledgers_[sess.id];
+  if (!ledger.calls.empty()) {
+    if (auto reserved = BudgetSpent(sess, ledger.reserved_tokens, ledger.reserved_cost_usd)) {
+      locks_.Release(sess.id);
+      metrics_.budget_refusals.With({}).Inc();
+      co_return Response::FromError(
+          429, "resource_exhausted",
+          fmt::format("what is left of the session's budget is reserved by its {} LLM call(s) "
+                      "in progress; try again when they end",
+                      ledger.calls.size()));
+    }
+  }
+  ledger.calls.insert(&call.cancel);
+  Reserve(call);
   co_return std::nullopt;
 }
 
+namespace {
+
+constexpr int64_t kDefaultOutputEstimate = 4096;
+
+// The tokens a call may produce: its own cap, else the alias's, else a default.
+int64_t OutputEstimate(const llm::ChatRequest& request, const ModelConfig& model) {
+  if (request.params.is_object()) {
+    for (const char* key : {"max_tokens", "max_completion_tokens"}) {
+      if (auto it = request.params.find(key); it != request.params.end() && it->is_number_integer())
+        return std::max<int64_t>(it->get<int64_t>(), 1);
+    }
+  }
+  return model.max_output_tokens > 0 ? model.max_output_tokens : kDefaultOutputEstimate;
+}
+
+// The tokens of a call's conversation, roughly (four bytes a token): enough to hold a budget
+// against the calls beside it; the call is charged what the upstream reports.
+int64_t InputEstimate(const llm::ChatRequest& request) {
+  size_t bytes = 0;
+  for (const Json& m : request.messages) {
+    auto content = m.find("content");
+    bytes += content != m.end() && content->is_string()
+                 ? content->get_ref<const std::string&>().size()
+                 : DumpJson(m).size();
+  }
+  return static_cast<int64_t>(bytes / 4) + 1;
+}
+
+}  // namespace
+
+void LlmProxy::Reserve(Call& call) {
+  llm::TokenUsage estimate;
+  estimate.input_tokens = InputEstimate(call.request);
+  estimate.output_tokens = OutputEstimate(call.request, *call.model);
+  const int64_t tokens = estimate.input_tokens + estimate.output_tokens;
+  const double cost = CostOf(*call.model, estimate);
+  Ledger& ledger = ledgers_[call.session.id];
+  ledger.reserved_tokens += tokens - call.reserved_tokens;
+  ledger.reserved_cost_usd += cost - call.reserved_cost_usd;
+  call.reserved_tokens = tokens;
+  call.reserved_cost_usd = cost;
+}
+
+void LlmProxy::Settle(Call& call) {
+  auto it = ledgers_.find(call.session.id);
+  if (it == ledgers_.end()) return;
+  Ledger& ledger = it->second;
+  ledger.reserved_tokens -= call.reserved_tokens;
+  ledger.reserved_cost_usd -= call.reserved_cost_usd;
+  call.reserved_tokens = 0;
+  call.reserved_cost_usd = 0;
+  ledger.calls.erase(&call.cancel);
+  if (ledger.calls.empty()) {
+    ledger.reserved_tokens = 0;  // no float drift is carried over
+    ledger.reserved_cost_usd = 0;
+  }
+  if (call.totals.llm_calls > 0 &&
+      (!ledger.settled || call.totals.llm_calls > ledger.settled->llm_calls)) {
+    ledger.settled = call.totals;
+  }
+  if (ledger.calls.empty() && ledger.ended) ledgers_.erase(it);
+}
+
 void LlmProxy::Abandon(Call& call) {
-  in_flight_.erase(call.session.id);
+  Settle(call);
   locks_.Release(call.session.id);
 }
 
 awaitable<Response> LlmProxy::Run(std::shared_ptr<Call> call) {
+  Reserve(*call);  // the whole estimate, now that the request is built
   call->started = Clock::now();
   if (!call->request.stream) {
     auto r = co_await call->provider->Chat(call->request, nullptr, call->cancel);
@@ -784,6 +891,7 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
     rec.event_data = data;
     rec.token_hash = call.session.token_hash;
     rec.supersede_after = call.history.supersede_after;
+    rec.supersede_through = call.history.seen_through;
     auto totals =
         co_await RunBlocking(pool_, [this, &id, &rec] { return store_.RecordChat(id, rec); });
     if (totals) {
@@ -845,7 +953,7 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
     }
   }
   events_.Notify(id);
-  in_flight_.erase(id);
+  Settle(call);
   locks_.Release(id);
   CountOutcome(call);
   const llm::TokenUsage* metered = Metered(call);

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "common/asio.h"
@@ -28,24 +29,30 @@ Result<Json> ValidateChatMessage(const Json& m, const std::string& where);
 // Checks the OpenAI tool definitions of a call and returns them canonical.
 Result<Json> ValidateChatTools(const Json& tools);
 
-// Who holds a session's conversation: an LLM call builds on it from the moment it reads the
-// history until it stores the reply, and taking the inbox appends to it. They never overlap,
-// so the conversation a provider saw is the one the reply is stored after. Single-threaded
+// Who holds a session's conversation: LLM calls build on it from the moment they read the
+// history until they store their reply (up to `max_chats` of them at once, each appending its
+// exchange when it ends), and taking the inbox appends to it alone. Calls and the inbox never
+// overlap, so no user message slips between a call's history and its reply. Single-threaded
 // (io thread).
 class ConversationLocks {
  public:
   enum class Holder { kNone, kChat, kInbox };
   explicit ConversationLocks(asio::io_context& io) : released_(io) {}
   Holder holder(const std::string& id) const;
-  // Waits until the conversation is free and takes it: returns kNone. Otherwise returns the
-  // holder in the way: at once when an LLM call asks and another LLM call holds it (calls of
-  // one session are refused, not queued), or whoever still holds it at `deadline`.
+  // Waits until the conversation is free (or, for kChat, shared by fewer than `max_chats`
+  // calls) and takes it: returns kNone. Otherwise returns the holder in the way: at once when
+  // an LLM call asks and `max_chats` calls hold it (calls past the limit are refused, not
+  // queued), or whoever still holds it at `deadline`.
   awaitable<Holder> Acquire(const std::string& id, Holder as,
-                            std::chrono::steady_clock::time_point deadline);
+                            std::chrono::steady_clock::time_point deadline, int max_chats = 1);
   void Release(const std::string& id);
 
  private:
-  std::map<std::string, Holder> held_;
+  struct Held {
+    Holder holder = Holder::kNone;
+    int count = 0;  // kChat: the calls sharing it
+  };
+  std::map<std::string, Held> held_;
   Notifier released_;
 };
 
@@ -77,7 +84,7 @@ class LlmProxy {
   awaitable<Response> Messages(Request& req, store::Session s);
   Response Models(const store::Session& s) const;
 
-  // The session ended: its call in flight, if any, is cancelled.
+  // The session ended: its calls in flight, if any, are cancelled.
   void CancelSession(const std::string& id);
 
   struct Call;  // internal
@@ -110,7 +117,20 @@ class LlmProxy {
   ConversationLocks& locks_;
   LlmMetrics metrics_;
   std::map<std::string, ProviderSlot> providers_;
-  std::map<std::string, llm::CallCancel*> in_flight_;
+  // Per session with calls in flight on this control plane: what they have reserved of its
+  // budget, and the latest totals one of them stored (fresher than a session read before).
+  struct Ledger {
+    std::set<llm::CallCancel*> calls;
+    int64_t reserved_tokens = 0;
+    double reserved_cost_usd = 0;
+    std::optional<store::Usage> settled;
+    bool ended = false;  // the session ended (CancelSession)
+  };
+  std::map<std::string, Ledger> ledgers_;
+  // Reserves the call's estimate (provisional at Admit, then the whole of it once the request
+  // is built) and gives it back when the call settles.
+  void Reserve(Call& call);
+  void Settle(Call& call);
 };
 
 }  // namespace airlock::controlplane

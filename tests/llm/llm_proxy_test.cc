@@ -34,6 +34,7 @@ struct ProxyOptions {
   std::chrono::milliseconds first_byte_timeout{10'000};
   int max_retries = 2;
   int64_t max_idle_connections = 64;
+  int64_t max_concurrent_llm_calls = 4;  // sandbox.max_concurrent_llm_calls
 };
 
 class LlmProxyTest : public ::testing::Test {
@@ -56,6 +57,7 @@ class LlmProxyTest : public ::testing::Test {
     ]})";
     std::string base = po.base_url.empty() ? up_->base_url() : po.base_url;
     server_ = std::make_unique<TestServer>([&](controlplane::Config& c) {
+      c.max_concurrent_llm_calls = po.max_concurrent_llm_calls;
       controlplane::ProviderConfig oa;
       oa.kind = "openai";
       oa.base_url = base + "/v1";
@@ -523,8 +525,10 @@ TEST_F(LlmProxyTest, BudgetsStopTheSessionWith402) {
   EXPECT_EQ(Chat(token2, Json{{"messages", Json::array()}}).status, 402u);
 }
 
+// With sandbox.max_concurrent_llm_calls = 1, calls of one session are made one at a time.
 TEST_F(LlmProxyTest, TwoCallsOfOneSessionNeverInterleave) {
-  SetUpBoth();
+  StartUpstream();
+  StartServer({.max_concurrent_llm_calls = 1});
   auto [id, token] = Session();
   up_->Enqueue(Reply::Default().WithDelay(1500ms));
   HttpResult first;
@@ -548,6 +552,90 @@ TEST_F(LlmProxyTest, TwoCallsOfOneSessionNeverInterleave) {
   EXPECT_EQ(conv[1]["content"], "first");
   EXPECT_EQ(conv[2]["role"], "assistant");
   EXPECT_EQ(conv[3]["content"], "follow-up");
+}
+
+// Calls of one session run side by side up to sandbox.max_concurrent_llm_calls; each stores its
+// exchange once, when it ends, and the one past the limit is refused without reaching the
+// upstream.
+TEST_F(LlmProxyTest, CallsOfOneSessionRunSideBySideUpToTheLimit) {
+  StartUpstream();
+  StartServer({.max_concurrent_llm_calls = 2});
+  auto [id, token] = Session();
+  up_->Enqueue(Reply::Text("slow").WithDelay(1500ms));
+  up_->Enqueue(Reply::Text("fast").WithDelay(300ms));
+  HttpResult slow, fast;
+  std::thread a([&, token = token] {
+    slow = Chat(token, Json{{"messages", Json::array({UserMsg("first")})}});
+  });
+  ASSERT_TRUE(up_->WaitForRequests(1));
+  std::thread b([&, token = token] {
+    fast = Chat(token, Json{{"messages", Json::array({UserMsg("second")})}});
+  });
+  ASSERT_TRUE(up_->WaitForRequests(2));
+  auto third = Chat(token, Json{{"messages", Json::array({UserMsg("third")})}});
+  EXPECT_EQ(third.status, 409u) << third.body;
+  EXPECT_NE(third.body.find("max_concurrent_llm_calls"), std::string::npos) << third.body;
+  a.join();
+  b.join();
+  EXPECT_EQ(slow.status, 200u) << slow.body;
+  EXPECT_EQ(fast.status, 200u) << fast.body;
+  EXPECT_EQ(up_->requests().size(), 2u);
+  // Each exchange once, in the order the calls ended; both saw the conversation without the
+  // other's exchange.
+  Json conv = Conversation(id);
+  ASSERT_EQ(conv.size(), 5u) << conv.dump();
+  EXPECT_EQ(conv[1]["content"], "second");
+  EXPECT_EQ(conv[2]["content"], "fast");
+  EXPECT_EQ(conv[3]["content"], "first");
+  EXPECT_EQ(conv[4]["content"], "slow");
+  EXPECT_EQ(up_->requests()[1].body.find("\"first\""), std::string::npos);
+  EXPECT_EQ(server_->Op(verb::get, "/v1/sessions/" + id).json()["usage"]["llm_calls"], 2);
+}
+
+// The budget holds under concurrency: each call in flight reserves what it may spend (its
+// conversation and its max_tokens, else 4096), and a call that the reservations leave no room
+// for is refused (429) without reaching the upstream. Once the calls settle at what they
+// really cost, there is room again.
+TEST_F(LlmProxyTest, CallsInFlightReserveTheBudgetAndSettleAtWhatTheyCost) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"t","limits":{"max_tokens":5000}})");
+  up_->Enqueue(Reply::Default().WithDelay(1500ms));
+  up_->Enqueue(Reply::Default().WithDelay(1500ms));
+  HttpResult r1, r2;
+  std::thread a([&, token = token] {
+    r1 = Chat(token, Json{{"messages", Json::array({UserMsg("one")})}});
+  });
+  ASSERT_TRUE(up_->WaitForRequests(1));
+  std::thread b([&, token = token] {
+    r2 = Chat(token, Json{{"messages", Json::array({UserMsg("two")})}});
+  });
+  ASSERT_TRUE(up_->WaitForRequests(2));
+  // ~8200 tokens reserved of 5000: no room for a third, though nothing is spent yet.
+  auto refused = Chat(token, Json{{"messages", Json::array({UserMsg("three")})}});
+  EXPECT_EQ(refused.status, 429u) << refused.body;
+  EXPECT_EQ(refused.error_code(), "resource_exhausted");
+  EXPECT_NE(refused.body.find("reserved"), std::string::npos) << refused.body;
+  a.join();
+  b.join();
+  EXPECT_EQ(r1.status, 200u) << r1.body;
+  EXPECT_EQ(r2.status, 200u) << r2.body;
+  EXPECT_EQ(up_->requests().size(), 2u);
+  // Settled at the fake's usage (a few tokens each): the next call fits again.
+  auto again = Chat(token, Json{{"messages", Json::array({UserMsg("three")})}});
+  EXPECT_EQ(again.status, 200u) << again.body;
+  // A call's own max_tokens is what it reserves: two small calls fit beside each other.
+  auto [id2, token2] = Session(R"({"task":"t","limits":{"max_tokens":5000}})");
+  up_->Enqueue(Reply::Default().WithDelay(1000ms));
+  HttpResult small;
+  const Json capped{{"model", "default"},
+                    {"max_tokens", 50},
+                    {"messages", Json::array({UserMsg("t"), UserMsg("x")})}};
+  std::thread c([&, token2 = token2] { small = Completions(token2, capped); });
+  ASSERT_TRUE(up_->WaitForRequests(4));
+  auto beside = Completions(token2, capped);
+  EXPECT_EQ(beside.status, 200u) << beside.body;
+  c.join();
+  EXPECT_EQ(small.status, 200u) << small.body;
 }
 
 TEST_F(LlmProxyTest, ASessionTokenReachesOnlyItsOwnHistory) {
@@ -996,6 +1084,38 @@ TEST_F(LlmProxyTest, TheOpenAiFaceForwardsTheWholeConversationAndStoresEachMessa
   EXPECT_EQ(ids, (std::set<std::string>{"default", "other"}));
 }
 
+// Two face calls of one session at once, one rewriting the history it saw: the rewrite drops
+// only what that call saw, never the exchange the other call stored meanwhile.
+TEST_F(LlmProxyTest, ARewriteBesideAnotherCallDropsOnlyWhatItSaw) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  Json conversation = Json::array({UserMsg("count the files")});
+  auto r = Completions(token, Json{{"model", "default"}, {"messages", conversation}});
+  ASSERT_EQ(r.status, 200u) << r.body;
+  conversation.push_back(r.json()["choices"][0]["message"]);  // [task, reply 1]
+  up_->Enqueue(Reply::Text("after the summary").WithDelay(1500ms));
+  up_->Enqueue(Reply::Text("extended").WithDelay(200ms));
+  HttpResult rewrite;
+  std::thread slow([&, token = token] {
+    rewrite =
+        Completions(token, Json{{"model", "default"},
+                                {"messages", Json::array({UserMsg("summary: one reply so far")})}});
+  });
+  ASSERT_TRUE(up_->WaitForRequests(2));
+  Json extended = conversation;
+  extended.push_back(UserMsg("and the directories?"));
+  auto fast = Completions(token, Json{{"model", "default"}, {"messages", extended}});
+  EXPECT_EQ(fast.status, 200u) << fast.body;
+  slow.join();
+  EXPECT_EQ(rewrite.status, 200u) << rewrite.body;
+  Json conv = Conversation(id);
+  std::vector<std::string> contents;
+  for (const auto& m : conv) contents.push_back(m.value("content", ""));
+  EXPECT_EQ(contents, (std::vector<std::string>{"and the directories?", "extended",
+                                                "summary: one reply so far", "after the summary"}))
+      << conv.dump();
+}
+
 TEST_F(LlmProxyTest, AClientThatRewritesItsHistoryIsRecordedAsSuchAndNeverDoubled) {
   SetUpBoth();
   auto [id, token] = Session();
@@ -1338,11 +1458,12 @@ TEST_F(LlmProxyTest, TheAnthropicFaceRefusesWhatItCannotCarryAndForeignKeys) {
   EXPECT_EQ(up_->requests().size(), before);
 }
 
-// A sandbox hammering a face: calls of its session past the first are refused at once (409)
-// and reach no upstream, a body over the limit is refused before it is read (413), and another
-// session's call goes through meanwhile.
+// A sandbox hammering a face: calls of its session past the limit (here 1) are refused at once
+// (409) and reach no upstream, a body over the limit is refused before it is read (413), and
+// another session's call goes through meanwhile.
 TEST_F(LlmProxyTest, ASandboxFloodingTheFacesStarvesNoOtherSession) {
-  SetUpBoth();
+  StartUpstream();
+  StartServer({.max_concurrent_llm_calls = 1});
   auto [a, ta] = Session();
   auto [b, tb] = Session();
   up_->Enqueue(Reply::Default().WithDelay(1500ms));
