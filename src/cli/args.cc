@@ -57,28 +57,29 @@ Result<Json> ParseLimitArgs(const std::vector<std::string>& args) {
   return limits;
 }
 
-Result<Json> ParseMetadataArgs(const std::vector<std::string>& args) {
-  Json meta = Json::object();
+namespace {
+
+// KEY=VALUE arguments of `flag` as a JSON object of strings, each key once.
+Result<Json> ParseStringPairs(const std::vector<std::string>& args, std::string_view flag) {
+  Json out = Json::object();
   for (const auto& arg : args) {
-    AIRLOCK_ASSIGN_OR_RETURN(auto kv, SplitKeyValue(arg, "--meta"));
-    if (meta.contains(kv.first)) {
-      return Errorf(ErrorCode::kInvalidArgument, "--meta {} is given more than once", kv.first);
+    AIRLOCK_ASSIGN_OR_RETURN(auto kv, SplitKeyValue(arg, flag));
+    if (out.contains(kv.first)) {
+      return Errorf(ErrorCode::kInvalidArgument, "{} {} is given more than once", flag, kv.first);
     }
-    meta[kv.first] = kv.second;
+    out[kv.first] = kv.second;
   }
-  return meta;
+  return out;
+}
+
+}  // namespace
+
+Result<Json> ParseMetadataArgs(const std::vector<std::string>& args) {
+  return ParseStringPairs(args, "--meta");
 }
 
 Result<Json> ParseEnvArgs(const std::vector<std::string>& args) {
-  Json env = Json::object();
-  for (const auto& arg : args) {
-    AIRLOCK_ASSIGN_OR_RETURN(auto kv, SplitKeyValue(arg, "--env"));
-    if (env.contains(kv.first)) {
-      return Errorf(ErrorCode::kInvalidArgument, "--env {} is given more than once", kv.first);
-    }
-    env[kv.first] = kv.second;
-  }
-  return env;
+  return ParseStringPairs(args, "--env");
 }
 
 Result<std::vector<std::pair<std::string, std::string>>> ParseFileArgs(

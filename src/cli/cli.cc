@@ -531,7 +531,8 @@ CliResult<Json> ReadRunFiles(const std::vector<std::string>& args) {
   return files;
 }
 
-// Prints the session's log as it grows until the session ends (GET .../logs?follow=1).
+// Prints the session's log as it grows until the session ends (GET .../logs?follow=1): byte
+// for byte into a pipe or a file; to a terminal inert, like everything else a sandbox wrote.
 CliResult<void> ShowOutput(const ClientFlags& flags, const std::string& id) {
   HttpClientOptions options;
   options.stream_idle_timeout = std::chrono::milliseconds(0);  // A quiet command is not an error.
@@ -566,26 +567,18 @@ CliResult<int> CmdRun(const RunFlags& f) {
   if (!f.model.empty()) {
     body["model"] = f.model;
   }
-  if (!f.limits.empty()) {
-    auto limits = ParseLimitArgs(f.limits);
-    if (!limits) {
-      return Fail(kExitUsage, limits.error().message);
+  using ParseArgs = Result<Json> (*)(const std::vector<std::string>&);
+  for (const auto& [key, args, parse] :
+       {std::tuple<const char*, const std::vector<std::string>*, ParseArgs>{"limits", &f.limits,
+                                                                            &ParseLimitArgs},
+        {"metadata", &f.meta, &ParseMetadataArgs},
+        {"env", &f.env, &ParseEnvArgs}}) {
+    if (args->empty()) continue;
+    auto parsed = parse(*args);
+    if (!parsed) {
+      return Fail(kExitUsage, parsed.error().message);
     }
-    body["limits"] = *limits;
-  }
-  if (!f.meta.empty()) {
-    auto meta = ParseMetadataArgs(f.meta);
-    if (!meta) {
-      return Fail(kExitUsage, meta.error().message);
-    }
-    body["metadata"] = *meta;
-  }
-  if (!f.env.empty()) {
-    auto env = ParseEnvArgs(f.env);
-    if (!env) {
-      return Fail(kExitUsage, env.error().message);
-    }
-    body["env"] = *env;
+    body[key] = std::move(*parsed);
   }
   if (!f.files.empty()) {
     auto files = ReadRunFiles(f.files);
@@ -784,39 +777,26 @@ struct LogsFlags {
 };
 
 CliResult<int> CmdLogs(const LogsFlags& f) {
-  HttpClientOptions options;
-  options.stream_idle_timeout = std::chrono::milliseconds(0);  // A quiet sandbox is not an error.
-  auto client = MakeClient(f.client, options);
+  if (f.follow) {
+    if (auto shown = ShowOutput(f.client, f.id); !shown) {
+      return std::unexpected(shown.error());
+    }
+    return kExitOk;
+  }
+  auto client = MakeClient(f.client);
   if (!client) {
     return std::unexpected(client.error());
   }
-  // The sandbox's output goes out byte for byte into a pipe or a file; to a terminal it is
-  // shown inert, like everything else a sandbox wrote.
-  const bool terminal = ::isatty(STDOUT_FILENO) == 1;
-  if (!f.follow) {
-    auto res = client->Do("GET", SessionPath(f.id, "/logs"));
-    if (!res) {
-      return std::unexpected(FromTransport(res.error()));
-    }
-    if (!res->ok()) {
-      return std::unexpected(FromResponse(*res));
-    }
-    PrintRaw(terminal ? Inert(res->body, /*multiline=*/true) : res->body);
-    return kExitOk;
-  }
-  InertStream inert;
-  auto res =
-      client->StreamBody(SessionPath(f.id, "/logs?follow=1"), {}, [&](std::string_view piece) {
-        PrintRaw(terminal ? inert.Feed(piece) : std::string(piece));
-        return true;
-      });
-  PrintRaw(inert.Finish());
+  auto res = client->Do("GET", SessionPath(f.id, "/logs"));
   if (!res) {
     return std::unexpected(FromTransport(res.error()));
   }
   if (!res->ok()) {
     return std::unexpected(FromResponse(*res));
   }
+  // The sandbox's output goes out byte for byte into a pipe or a file; to a terminal it is
+  // shown inert, like everything else a sandbox wrote.
+  PrintRaw(::isatty(STDOUT_FILENO) == 1 ? Inert(res->body, /*multiline=*/true) : res->body);
   return kExitOk;
 }
 
