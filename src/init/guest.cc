@@ -221,6 +221,69 @@ Result<std::string> AgentCgroup(const std::string& root, uint64_t pids) {
   return std::string("/sys/fs/cgroup/sandbox");
 }
 
+std::string_view LaunchValue(std::string_view text, std::string_view key);
+
+// Copies the tree `from` into the directory `to`: directories, regular files and symlinks with
+// their modes and owners (anything else is left out), to a bounded depth.
+Status CopyTree(const std::string& from, const std::string& to, int depth = 0) {
+  if (depth > 64) return Fail("copying " + from + ": nested too deeply");
+  DIR* dir = ::opendir(from.c_str());
+  if (dir == nullptr) return FailErrno("opendir " + from, errno);
+  Status result;
+  while (dirent* e = ::readdir(dir)) {
+    const std::string_view name = e->d_name;
+    if (name == "." || name == "..") continue;
+    const std::string src = from + "/" + e->d_name, dst = to + "/" + e->d_name;
+    struct stat st {};
+    if (::lstat(src.c_str(), &st) != 0) continue;
+    if (S_ISDIR(st.st_mode)) {
+      if (auto s = MakeDir(dst, st.st_mode & 07777); !s) result = s;
+      if (auto s = CopyTree(src, dst, depth + 1); !s) result = s;
+    } else if (S_ISLNK(st.st_mode)) {
+      char target[4096];
+      ssize_t n = ::readlink(src.c_str(), target, sizeof(target) - 1);
+      if (n < 0) continue;
+      target[n] = '\0';
+      if (::symlink(target, dst.c_str()) != 0) result = FailErrno("symlink " + dst, errno);
+    } else if (S_ISREG(st.st_mode)) {
+      UniqueFd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+      UniqueFd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                          st.st_mode & 07777));
+      if (!in.valid() || !out.valid()) {
+        result = FailErrno("copy " + src, errno);
+        continue;
+      }
+      char buf[64 * 1024];
+      ssize_t n;
+      while ((n = ::read(in.get(), buf, sizeof(buf))) > 0) {
+        if (!WriteAll(out.get(), buf, static_cast<size_t>(n))) {
+          result = FailErrno("write " + dst, errno);
+          break;
+        }
+      }
+    } else {
+      continue;
+    }
+    ::lchown(dst.c_str(), st.st_uid, st.st_gid);
+    if (!S_ISLNK(st.st_mode)) ::chmod(dst.c_str(), st.st_mode & 07777);
+  }
+  ::closedir(dir);
+  return result;
+}
+
+// The image's working directory, when it lies on the read-only image: a tmpfs of the agent's
+// with the image's content copied in, as the oci backend's tmpcopyup makes it.
+Status MountWorkdir(const std::string& root, std::string_view workdir, const std::string& opts) {
+  const std::string target = root + std::string(workdir);
+  struct stat st {};
+  if (workdir.empty() || ::stat(target.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return {};
+  const std::string stage = root + "/.airlock/workdir";
+  if (auto s = MakeDir(stage, 0700); !s) return s;
+  if (auto s = Mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, opts); !s) return s;
+  if (auto s = CopyTree(target, stage); !s) Log("warning: the working directory: " + s.error());
+  return Mount(stage.c_str(), target, nullptr, MS_MOVE);
+}
+
 // The image's tree, read-only, with the container's tmpfs mounts over it.
 Status MountRoot(const std::string& vm_settings) {
   const std::string root = kNewRoot;
@@ -242,6 +305,13 @@ Status MountRoot(const std::string& vm_settings) {
   };
   for (const auto& t : kTmpfs) {
     if (auto s = Mount("tmpfs", root + t.path, "tmpfs", t.flags, t.data); !s) return s;
+  }
+  const std::string agent_ids = ",uid=" + std::to_string(VmSetting(vm_settings, "uid", 1000)) +
+                                ",gid=" + std::to_string(VmSetting(vm_settings, "gid", 1000));
+  if (auto s = MountWorkdir(root, LaunchValue(vm_settings, "workdir"),
+                            "mode=755," + tmp_size + agent_ids);
+      !s) {
+    return s;
   }
   // The channel's socket: made read-only once ServeChannel has bound it (what is under
   // /.airlock is init's, not the agent's).

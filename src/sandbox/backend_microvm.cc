@@ -29,6 +29,7 @@
 #include "common/time_util.h"
 #include "sandbox/cgroups.h"
 #include "sandbox/cpio.h"
+#include "sandbox/oci_spec.h"
 #include "sandbox/qmp.h"
 #include "sandbox/seccomp_bpf.h"
 #include "sandbox/seccomp_profile.h"
@@ -1118,6 +1119,10 @@ class MicrovmBackend : public Backend {
     out.settings = fmt::format("tmp_bytes {}\npids {}\nuid {}\ngid {}\n",
                                limits.disk_mb.value_or(o_.default_disk_mb) << 20,
                                limits.pids.value_or(o_.default_pids), uid, gid);
+    // A working directory on the read-only image gets a writable copy (the guest's init).
+    if (WorkdirNeedsItsOwnMount(image.workdir) && image.workdir.find('\n') == std::string::npos) {
+      out.settings += fmt::format("workdir {}\n", image.workdir);
+    }
     return out;
   }
 
