@@ -261,6 +261,39 @@ Result<FileService::Terms> FileService::CheckUrl(const Request& req,
   return t;
 }
 
+namespace {
+
+// Appends `bytes` to an upload's hidden file.
+Status WriteUpload(int fd, std::string_view bytes) {
+  for (std::string_view rest = bytes; !rest.empty();) {
+    ssize_t n = ::write(fd, rest.data(), rest.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return Errorf(ErrorCode::kInsufficientStorage, "cannot store the upload: {}",
+                    std::strerror(errno));
+    }
+    rest.remove_prefix(static_cast<size_t>(n));
+  }
+  return Ok();
+}
+
+// Puts a complete upload under its name: on disk first, then renamed over the name, then the
+// directory's entry on disk. Nothing partial ever shows under a name.
+Status CommitUpload(int fd, const std::string& tmp, const std::string& final_path,
+                    const std::string& dir) {
+  if (::fsync(fd) != 0) return Errorf(ErrorCode::kInternal, "fsync: {}", std::strerror(errno));
+  if (::rename(tmp.c_str(), final_path.c_str()) != 0)
+    return Errorf(ErrorCode::kInternal, "rename: {}", std::strerror(errno));
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return Ok();
+}
+
+}  // namespace
+
 awaitable<Response> FileService::Upload(Request& req) {
   auto terms = CheckUrl(req, "PUT");
   if (!terms) {
@@ -350,15 +383,8 @@ awaitable<Response> FileService::Receive(Request& req, std::string session, std:
           Error{ErrorCode::kPayloadTooLarge,
                 fmt::format("this URL accepts at most {} bytes", t.max_bytes)}));
     }
-    for (std::string_view rest = *piece; !rest.empty();) {
-      ssize_t n = ::write(fd, rest.data(), rest.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        co_return abandon(Response::FromError(
-            Error{ErrorCode::kInsufficientStorage,
-                  fmt::format("cannot store the upload: {}", std::strerror(errno))}));
-      }
-      rest.remove_prefix(static_cast<size_t>(n));
+    if (auto written = WriteUpload(fd, *piece); !written) {
+      co_return abandon(Response::FromError(written.error()));
     }
   }
   bytes_.With({"in"}).Inc(static_cast<double>(total));
@@ -378,17 +404,8 @@ awaitable<Response> FileService::Receive(Request& req, std::string session, std:
     co_return abandon(EventQuotaExceeded(*appended));
   }
   std::string final_path = local_->PathOf(t.session, t.name);
-  auto committed = co_await RunBlocking(pool_, [&fd, &tmp, &final_path, &dir]() -> Status {
-    if (::fsync(fd) != 0) return Errorf(ErrorCode::kInternal, "fsync: {}", std::strerror(errno));
-    if (::rename(tmp.c_str(), final_path.c_str()) != 0)
-      return Errorf(ErrorCode::kInternal, "rename: {}", std::strerror(errno));
-    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      ::fsync(dfd);
-      ::close(dfd);
-    }
-    return Ok();
-  });
+  auto committed = co_await RunBlocking(
+      pool_, [&fd, &tmp, &final_path, &dir] { return CommitUpload(fd, tmp, final_path, dir); });
   if (!committed)
     co_return abandon(Response::FromError(Error{ErrorCode::kInternal, committed.error().message}));
   ::close(fd);
@@ -496,22 +513,12 @@ Status FileService::PutBytes(const std::string& session, const std::string& name
   std::string tmp = dir + "/.upload-" + HexEncode(RandomBytes(8));
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return Errorf(ErrorCode::kInternal, "storing {}: {}", name, std::strerror(errno));
-  for (std::string_view rest = bytes; !rest.empty();) {
-    ssize_t n = ::write(fd, rest.data(), rest.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return Errorf(ErrorCode::kInsufficientStorage, "storing {}: {}", name, std::strerror(err));
-    }
-    rest.remove_prefix(static_cast<size_t>(n));
-  }
-  const bool synced = ::fsync(fd) == 0;
+  Status stored = WriteUpload(fd, bytes);
+  if (stored) stored = CommitUpload(fd, tmp, local_->PathOf(session, name), dir);
   ::close(fd);
-  if (!synced || ::rename(tmp.c_str(), local_->PathOf(session, name).c_str()) != 0) {
+  if (!stored) {
     ::unlink(tmp.c_str());
-    return Errorf(ErrorCode::kInternal, "storing {}: {}", name, std::strerror(errno));
+    return Errorf(stored.error().code, "storing {}: {}", name, stored.error().message);
   }
   bytes_.With({"in"}).Inc(static_cast<double>(bytes.size()));
   auto appended = store_.AppendEvent(

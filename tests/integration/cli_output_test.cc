@@ -114,6 +114,20 @@ Output RunCli(const TestServer& server, const std::vector<std::string>& args) {
 
 class CliOutputTest : public ::testing::Test {
  protected:
+  // The token of the first session the server creates (an `airlock run` in another thread),
+  // waiting up to 10 s for it; "" if none came.
+  std::string FirstSessionToken() {
+    for (int i = 0; i < 2000; ++i) {
+      {
+        std::lock_guard l(server_.backend().mu);
+        if (!server_.backend().specs.empty())
+          return server_.backend().specs.begin()->second.token.Reveal();
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+    return "";
+  }
+
   // A session whose sandbox uploaded two files with hostile names, wrote a hostile event and
   // finished with a hostile result.
   std::string HostileSession() {
@@ -209,15 +223,7 @@ TEST_F(CliOutputTest, AirlockRunShowsTheEventsAndTheFinalResultInert) {
   const std::string kArtifact = "a" + kEsc;
   // `airlock run` follows the session it creates; the sandbox side finishes it meanwhile.
   std::thread sandbox([this, &kArtifact] {
-    std::string token;
-    for (int i = 0; i < 2000 && token.empty(); ++i) {
-      {
-        std::lock_guard l(server_.backend().mu);
-        if (!server_.backend().specs.empty())
-          token = server_.backend().specs.begin()->second.token.Reveal();
-      }
-      if (token.empty()) std::this_thread::sleep_for(5ms);
-    }
+    std::string token = FirstSessionToken();
     ASSERT_FALSE(token.empty()) << "airlock run created no session";
     auto p = server_.Sb(
         verb::post, "/sandbox/v1/files/presign", token,
@@ -260,15 +266,7 @@ TEST_F(CliOutputTest, AirlockRunPutsEnvAndFilesInAndShowsAnOwnCommandsOutput) {
   std::ofstream(path, std::ios::binary) << bytes;
   Json work;
   std::thread sandbox([this, &work] {
-    std::string token;
-    for (int i = 0; i < 2000 && token.empty(); ++i) {
-      {
-        std::lock_guard l(server_.backend().mu);
-        if (!server_.backend().specs.empty())
-          token = server_.backend().specs.begin()->second.token.Reveal();
-      }
-      if (token.empty()) std::this_thread::sleep_for(5ms);
-    }
+    std::string token = FirstSessionToken();
     ASSERT_FALSE(token.empty()) << "airlock run created no session";
     work = server_.Sb(verb::get, "/sandbox/v1/work", token).json();
     auto file = server_.Sb(verb::get, "/sandbox/v1/work/files/renamed.bin", token);
