@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -56,20 +57,24 @@ struct ControlPlaneMetrics {
 
 // Marks a session as being looked after (its sandbox inspected or replaced) for as long as it
 // lives, so that the reconciler, a follow-up message and a resume do not do it twice at once.
-// io thread only; a coroutine frame holds it across its co_awaits.
+// io thread only; a coroutine frame holds it across its co_awaits. It shares the set rather
+// than referring to it: a frame still suspended when the control plane stops is destroyed with
+// the io_context, after the service that spawned it (so a check in flight at shutdown is no
+// use after free).
 class BusyMark {
  public:
-  BusyMark(std::set<std::string>& busy, std::string id)
-      : busy_(busy), id_(std::move(id)), held_(busy_.insert(id_).second) {}
+  using Set = std::shared_ptr<std::set<std::string>>;
+  BusyMark(Set busy, std::string id)
+      : busy_(std::move(busy)), id_(std::move(id)), held_(busy_->insert(id_).second) {}
   ~BusyMark() {
-    if (held_) busy_.erase(id_);
+    if (held_) busy_->erase(id_);
   }
   BusyMark(const BusyMark&) = delete;
   BusyMark& operator=(const BusyMark&) = delete;
   bool held() const { return held_; }
 
  private:
-  std::set<std::string>& busy_;
+  Set busy_;
   std::string id_;
   bool held_;
 };
@@ -216,7 +221,7 @@ class SessionService : public SessionLifecycle {
   // starts the count again), and the sessions whose sandbox is being inspected, replaced or
   // suspended for idleness right now (see BusyMark).
   std::map<std::string, int64_t> restarts_;
-  std::set<std::string> sandbox_busy_;
+  BusyMark::Set sandbox_busy_ = std::make_shared<std::set<std::string>>();
   // Idleness, for suspending idle sessions: since when each session's agent has only waited
   // on its inbox (any other sandbox request, or messages taken, clears it), and how many of
   // its inbox long-polls are parked right now.

@@ -92,8 +92,10 @@ class TestBackend : public sandbox::Backend {
     // Declare IdentityDelivery::kOverChannel: sandboxes get no token in their spec and must
     // ask for it on their socket (GET /sandbox/v1/identity), as oci's do.
     bool identity_over_channel = false;
-    std::string probe_error;   // Probe fails with this when set
-    bool probe_hangs = false;  // Probe blocks until this is cleared
+    std::string probe_error;                     // Probe fails with this when set
+    bool probe_hangs = false;                    // Probe blocks until this is cleared
+    std::chrono::milliseconds inspect_delay{0};  // Inspect takes this long
+    int inspects = 0;                            // Inspect calls begun
 
     // Waits until `handle` is in `want`. The control plane tears sandboxes down off the
     // request path, so a test that saw a session end must wait for the destroy to land.
@@ -140,6 +142,14 @@ class TestBackend : public sandbox::Backend {
   }
   Status Destroy(const std::string& h) override { return Set(h, "destroyed"); }
   Result<sandbox::SandboxStatus> Inspect(const std::string& h) override {
+    std::chrono::milliseconds delay;
+    {
+      std::lock_guard l(s_->mu);
+      delay = s_->inspect_delay;
+      ++s_->inspects;
+      s_->changed.notify_all();
+    }
+    std::this_thread::sleep_for(delay);
     std::lock_guard l(s_->mu);
     sandbox::SandboxStatus st;
     auto it = s_->state.find(h);

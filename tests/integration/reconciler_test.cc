@@ -164,5 +164,44 @@ TEST(ReconcilerTest, AReplicaIsTakenOverOnlyOnceItsHeartbeatIsOlderThanTheTtl) {
   EXPECT_EQ(b.Sb(verb::get, "/sandbox/v1/history", token).status, 401u);  // the old token died
 }
 
+// A control plane that stops while it inspects a sandbox (the reconciler's pass, or the check a
+// follow-up message makes) drops that check and nothing else: the check's coroutine, still
+// waiting for the runtime when the event loop stops, is destroyed after the services that
+// started it (under ASan this was a use after free), and the session is left running for the
+// next control plane on the same home, which adopts its sandbox.
+TEST(ReconcilerTest, AStopWhileASandboxIsInspectedLeavesTheSessionToTheNextControlPlane) {
+  std::string home = MakeTempDir();
+  auto backend = std::make_shared<TestBackend::Shared>();
+  auto server = std::make_unique<TestServer>(nullptr, home, backend);
+  auto [id, token] = server->NewSession();
+  {
+    std::lock_guard l(backend->mu);
+    backend->inspect_delay = std::chrono::milliseconds(400);
+  }
+  int before = 0;
+  {
+    std::lock_guard l(backend->mu);
+    before = backend->inspects;
+  }
+  ASSERT_EQ(
+      server->Op(verb::post, "/v1/sessions/" + id + "/messages", R"({"content":"more"})").status,
+      202u);
+  {
+    std::unique_lock l(backend->mu);
+    ASSERT_TRUE(backend->changed.wait_for(l, std::chrono::seconds(20),
+                                          [&] { return backend->inspects > before; }));
+  }
+  server.reset();  // stops while the inspection is in flight
+
+  {
+    std::lock_guard l(backend->mu);
+    backend->inspect_delay = std::chrono::milliseconds(0);
+    EXPECT_EQ(backend->state.at("test:" + id), "running");
+  }
+  TestServer next(nullptr, home, backend);
+  EXPECT_EQ(StateOf(next, id), "running");
+  EXPECT_EQ(next.Sb(verb::get, "/sandbox/v1/history", token).status, 200u);
+}
+
 }  // namespace
 }  // namespace airlock::testing
