@@ -571,5 +571,87 @@ TEST_F(WorkInTest, TheOperatorPutsFilesIntoALiveSessionAndOnlyItsSandboxSeesThem
   EXPECT_EQ(OperatorPut(a.id, "late.txt", "x", server_->key()).status, 410u);
 }
 
+// A sandbox that asks for a large file of its work and never reads the answer holds its own
+// connections and nothing of anyone else's: past its share of connections it is refused, other
+// sessions download meanwhile, and each stalled download is cut off after the write timeout
+// (a short body, then the server's close), which gives the connection back.
+class StalledWorkDownloadTest : public FilesTest {
+ protected:
+  StalledWorkDownloadTest()
+      : FilesTest([](controlplane::Config& c) {
+          c.files.max_file_mb = 32;
+          c.files.session_quota_mb = 64;
+          c.limits.write_timeout = std::chrono::seconds(3);
+          c.limits.max_connections_per_session = 3;
+        }) {}
+
+  // A connection to the sandbox listener with a small receive window, so that the server's
+  // writes stall after a few hundred KiB instead of filling megabytes of socket buffers.
+  int SmallWindowConnect() {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int small = 4096;
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(server_->sb_port());
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    return fd;
+  }
+};
+
+TEST_F(StalledWorkDownloadTest, AStalledDownloadHoldsOnlyItsSessionsShareAndIsCutOff) {
+  auto [a, ta] = server_->NewSession();
+  auto [b, tb] = server_->NewSession();
+  std::string big(24 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 13 + (i >> 16));
+  auto put = [&](const std::string& id, const std::string& name, const std::string& body) {
+    return HttpCall(server_->op_port(), verb::put, "/v1/sessions/" + id + "/files/" + name,
+                    server_->key(), body)
+        .status;
+  };
+  ASSERT_EQ(put(a, "big.bin", big), 201u);
+  ASSERT_EQ(put(b, "small.txt", "b's own"), 201u);
+
+  const std::string ask =
+      "GET /sandbox/v1/work/files/big.bin HTTP/1.1\r\nHost: x\r\n"
+      "Authorization: Bearer " +
+      ta + "\r\n\r\n";
+  std::vector<int> stalled;
+  for (int i = 0; i < 3; ++i) {
+    stalled.push_back(SmallWindowConnect());
+    ASSERT_TRUE(WriteAll(stalled.back(), ask));
+  }
+  // Each has its answer's head before the write stalls: all three are being served.
+  for (int fd : stalled) {
+    char head[16] = {};
+    ASSERT_EQ(::recv(fd, head, 12, MSG_WAITALL), 12);
+    EXPECT_EQ(std::string(head, 12), "HTTP/1.1 200");
+  }
+  // A fourth of the same session is over its share; another session is served meanwhile.
+  int fourth = SmallWindowConnect();
+  ASSERT_TRUE(WriteAll(fourth, ask));
+  EXPECT_TRUE(ReadOneResponse(fourth).starts_with("HTTP/1.1 429")) << "over its share";
+  ::close(fourth);
+  auto other = server_->Sb(verb::get, "/sandbox/v1/work/files/small.txt", tb);
+  EXPECT_EQ(other.status, 200u);
+  EXPECT_EQ(other.body, "b's own");
+
+  // The stalled downloads end with the server's close, short of the whole file. (Reading
+  // before the server gave up would let the downloads go on: wait for its side first.)
+  EXPECT_TRUE(WaitForMetric(*server_, "airlock_http_connections{listener=\"sandbox\"} 0\n", 30000));
+  for (int fd : stalled) {
+    std::string got = ReadUntilClose(fd, 30000);
+    char c;
+    EXPECT_EQ(::recv(fd, &c, 1, MSG_DONTWAIT), 0) << "the server closed it";
+    EXPECT_LT(got.size(), big.size()) << "cut off, not completed";
+    ::close(fd);
+  }
+  // Their connections were given back: the session downloads the whole file again.
+  auto whole = server_->Sb(verb::get, "/sandbox/v1/work/files/big.bin", ta);
+  EXPECT_EQ(whole.status, 200u);
+  EXPECT_TRUE(whole.body == big);
+}
+
 }  // namespace
 }  // namespace airlock::testing
