@@ -324,6 +324,19 @@ def oci():
     write("oci_image_fuzz", "oci_archive", b"\x00" + archive)
 
 
+def egress():
+    rules = b"*.github.com\npypi.org:443\n*\nexample.com.\n*.a.b:8080\n10.0.0.1:80\nbad..name"
+    addresses = b"127.0.0.1:8443\n[::1]:80\n[::ffff:10.0.0.5]:5432\n0.0.0.0:1"
+    write("egress_policy_fuzz", "allowed", rules + SEP + addresses + SEP + b"api.github.com" + SEP +
+          b"443" + SEP + b"140.82.112.5")
+    write("egress_policy_fuzz", "rebinding", rules + SEP + addresses + SEP + b"www.example.com." +
+          SEP + b"443" + SEP + b"::ffff:169.254.169.254")
+    write("egress_policy_fuzz", "literal", rules + SEP + addresses + SEP + b"[::ffff:127.0.0.1]" +
+          SEP + b"8443" + SEP + b"127.0.0.1")
+    write("egress_policy_fuzz", "numeric", rules + SEP + SEP + b"0x7f000001" + SEP + b"80" + SEP +
+          b"64:ff9b::a9fe:a9fe")
+
+
 if __name__ == "__main__":
     shutil.rmtree(ROOT, ignore_errors=True)
     sandbox_json()
@@ -335,3 +348,4 @@ if __name__ == "__main__":
     sigv4()
     layers()
     oci()
+    egress()
