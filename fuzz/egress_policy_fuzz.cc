@@ -63,7 +63,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   boost::system::error_code ec;
   auto resolved = boost::asio::ip::make_address(std::string(parts[4]), ec);
   if (ec) return 0;
-  const std::vector<boost::asio::ip::tcp::endpoint> own = {{resolved, 1}};
+  const OwnAddresses own{{}, {{resolved, 1}}};
   Decision d = Decide(policy, host, port, resolved, own);
   if (d.allowed()) {
     if (!asked.allowed()) std::abort();

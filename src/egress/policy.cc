@@ -24,10 +24,51 @@ Result<uint16_t> ParsePort(std::string_view text, std::string_view rule) {
 std::optional<asio::ip::address> ParseAddress(std::string_view text) {
   if (text.size() >= 2 && text.front() == '[' && text.back() == ']')
     text = text.substr(1, text.size() - 2);
+  // Asio reads up to a NUL and takes anything after '%' as a zone: only what the resolver
+  // would read the same way is an address.
+  if (text.empty() || text.size() > 45 || !std::all_of(text.begin(), text.end(), [](char c) {
+        return std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.';
+      }))
+    return std::nullopt;
   boost::system::error_code ec;
   auto a = asio::ip::make_address(std::string(text), ec);
   if (ec) return std::nullopt;
   return a;
+}
+
+// The IPv4 address an IPv6 one carries and reaches: mapped ::ffff:0:0/96, compatible ::/96
+// (deprecated), NAT64 64:ff9b::/96, 6to4 2002::/16.
+std::optional<asio::ip::address_v4> EmbeddedV4(const asio::ip::address_v6& a) {
+  if (a.is_unspecified() || a.is_loopback()) return std::nullopt;
+  const auto b = a.to_bytes();
+  auto zero = [&b](size_t from, size_t to) {
+    return std::all_of(b.begin() + from, b.begin() + to, [](uint8_t x) { return x == 0; });
+  };
+  auto at = [&b](size_t i) {
+    return asio::ip::address_v4(
+        asio::ip::address_v4::bytes_type{b[i], b[i + 1], b[i + 2], b[i + 3]});
+  };
+  if (zero(0, 10) && b[10] == 0xff && b[11] == 0xff) return at(12);
+  if (zero(0, 12)) return at(12);
+  if (b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && zero(4, 12)) return at(12);
+  if (b[0] == 0x20 && b[1] == 0x02) return at(2);
+  return std::nullopt;
+}
+
+// What an address reaches, for comparing it with the host's own: the IPv4 address it carries,
+// if any.
+asio::ip::address Reached(const asio::ip::address& a) {
+  if (a.is_v6()) {
+    if (auto v4 = EmbeddedV4(a.to_v6())) return *v4;
+  }
+  return a;
+}
+
+// Printable ASCII of what a client sent, for a refusal's text (an event, a log line).
+std::string Printable(std::string_view text) {
+  std::string out;
+  for (char c : text.substr(0, 256)) out += c > 0x20 && c < 0x7f ? c : '?';
+  return out;
 }
 
 // An IPv4 address written as IPv6 (::ffff:a.b.c.d) compares as the IPv4 address.
@@ -69,7 +110,8 @@ constexpr uint32_t V4(unsigned a, unsigned b, unsigned c, unsigned d) {
 }
 
 AddressClass ClassifyV4(uint32_t a) {
-  if (a == V4(169, 254, 169, 254) || a == V4(169, 254, 170, 2) || a == V4(100, 100, 100, 200))
+  if (a == V4(169, 254, 169, 254) || a == V4(169, 254, 170, 2) || a == V4(100, 100, 100, 200) ||
+      a == V4(168, 63, 129, 16))
     return AddressClass::kMetadata;
   if (InV4(a, V4(0, 0, 0, 0), 8)) return AddressClass::kUnspecified;
   if (InV4(a, V4(127, 0, 0, 0), 8)) return AddressClass::kLoopback;
@@ -86,11 +128,6 @@ AddressClass ClassifyV4(uint32_t a) {
   return AddressClass::kPublic;
 }
 
-uint32_t V4At(const asio::ip::address_v6::bytes_type& b, size_t at) {
-  return (uint32_t{b[at]} << 24) | (uint32_t{b[at + 1]} << 16) | (uint32_t{b[at + 2]} << 8) |
-         uint32_t{b[at + 3]};
-}
-
 AddressClass ClassifyV6(const asio::ip::address_v6& a) {
   if (a.is_unspecified()) return AddressClass::kUnspecified;
   if (a.is_loopback()) return AddressClass::kLoopback;
@@ -99,13 +136,9 @@ AddressClass ClassifyV6(const asio::ip::address_v6& a) {
     return std::all_of(b.begin() + from, b.begin() + to, [](uint8_t x) { return x == 0; });
   };
   // IPv6 forms that carry an IPv4 address reach that address: judge them by it.
-  if (zero(0, 10) && b[10] == 0xff && b[11] == 0xff) return ClassifyV4(V4At(b, 12));  // mapped
-  if (zero(0, 12)) return ClassifyV4(V4At(b, 12));  // compatible (deprecated)
-  if (b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b) {
-    if (zero(4, 12)) return ClassifyV4(V4At(b, 12));                  // NAT64, 64:ff9b::/96
-    if (b[4] == 0x00 && b[5] == 0x01) return AddressClass::kPrivate;  // 64:ff9b:1::/48
-  }
-  if (b[0] == 0x20 && b[1] == 0x02) return ClassifyV4(V4At(b, 2));  // 6to4, 2002::/16
+  if (auto v4 = EmbeddedV4(a)) return ClassifyV4(v4->to_uint());
+  if (b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && b[4] == 0x00 && b[5] == 0x01)
+    return AddressClass::kPrivate;  // local-use NAT64, 64:ff9b:1::/48
   static const asio::ip::address_v6 aws_metadata = asio::ip::make_address_v6("fd00:ec2::254");
   if (a == aws_metadata) return AddressClass::kMetadata;
   if ((b[0] & 0xfe) == 0xfc) return AddressClass::kPrivate;                    // fc00::/7
@@ -133,10 +166,11 @@ std::string Show(const asio::ip::address& a, uint16_t port) {
 Result<std::string> NormalizeHostName(std::string_view host) {
   if (!host.empty() && host.back() == '.') host.remove_suffix(1);
   if (host.empty() || host.size() > 253) {
-    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" is not a host name", host.substr(0, 256));
+    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" is not a host name", Printable(host));
   }
   if (ParseAddress(host)) {
-    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" is an address, not a host name", host);
+    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" is an address, not a host name",
+                  Printable(host));
   }
   std::string out;
   out.reserve(host.size());
@@ -146,12 +180,12 @@ Result<std::string> NormalizeHostName(std::string_view host) {
     if (dot == std::string_view::npos) dot = host.size();
     std::string_view label = host.substr(start, dot - start);
     if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') {
-      return Errorf(ErrorCode::kInvalidArgument, "\"{}\" is not a host name", host);
+      return Errorf(ErrorCode::kInvalidArgument, "\"{}\" is not a host name", Printable(host));
     }
     for (char ch : label) {
       const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
       if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_')) {
-        return Errorf(ErrorCode::kInvalidArgument, "\"{}\" is not a host name", host);
+        return Errorf(ErrorCode::kInvalidArgument, "\"{}\" is not a host name", Printable(host));
       }
       out += c;
     }
@@ -171,14 +205,15 @@ Result<std::string> NormalizeHostName(std::string_view host) {
       (last.size() >= 2 && last[0] == '0' && (last[1] == 'x' || last[1] == 'X') &&
        digits(last.substr(2), true)) ||
       (last.size() == 2 && last[0] == '0' && (last[1] == 'x' || last[1] == 'X'))) {
-    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" reads as an address, not a host name", host);
+    return Errorf(ErrorCode::kInvalidArgument, "\"{}\" reads as an address, not a host name",
+                  Printable(host));
   }
   return out;
 }
 
 Result<HostRule> ParseHostRule(std::string_view text) {
   HostRule r;
-  r.text = std::string(text.substr(0, 300));
+  r.text = Printable(text);
   std::string_view name = text;
   if (ParseAddress(text) || (text.starts_with('[') && text.find("]:") != std::string_view::npos)) {
     return Errorf(ErrorCode::kInvalidArgument,
@@ -218,7 +253,7 @@ Result<HostRule> ParseHostRule(std::string_view text) {
 
 Result<AddressRule> ParseAddressRule(std::string_view text) {
   AddressRule r;
-  r.text = std::string(text.substr(0, 300));
+  r.text = Printable(text);
   const size_t colon = text.rfind(':');
   const bool bracketed = text.starts_with('[');
   if (colon == std::string_view::npos || (bracketed && (colon == 0 || text[colon - 1] != ']'))) {
@@ -338,7 +373,7 @@ Decision CheckRequest(const Policy& policy, std::string_view host, uint16_t port
 }
 
 Decision Decide(const Policy& policy, std::string_view host, uint16_t port,
-                const asio::ip::address& resolved, std::span<const asio::ip::tcp::endpoint> own) {
+                const asio::ip::address& resolved, const OwnAddresses& own) {
   using V = Decision::Verdict;
   Decision asked = CheckRequest(policy, host, port);
   if (!asked.allowed()) return asked;
@@ -347,9 +382,15 @@ Decision Decide(const Policy& policy, std::string_view host, uint16_t port,
   if (policy.AllowsAddress(a, port)) return asked;
   const bool literal = ParseAddress(host).has_value();
   const std::string where = literal ? Show(a, port) : fmt::format("{} ({})", host, Show(a, port));
-  for (const auto& e : own) {
-    if (Canonical(e.address()) == a && e.port() == port) {
+  const asio::ip::address reached = Reached(a);
+  for (const auto& e : own.listeners) {
+    if (Reached(e.address()) == reached && e.port() == port) {
       return {V::kRefusedAddress, fmt::format("{} is the control plane's own listener", where)};
+    }
+  }
+  for (const auto& h : own.host) {
+    if (Reached(h) == reached) {
+      return {V::kRefusedAddress, fmt::format("{} is the gateway's own host", where)};
     }
   }
   const AddressClass c = Classify(a);

@@ -7,8 +7,10 @@
 // Security note: everything here is default deny. A name is reached only when a rule allows
 // it and it resolves to a public address; an address that is not public (loopback, private,
 // link-local, metadata, multicast, reserved, and the same addresses embedded in IPv6 forms)
-// or one of the control plane's own listeners is reached only when the operator allowed that
-// exact address and port. An IP literal is never matched by a name rule.
+// or the gateway's own host and listeners is reached only when the operator allowed that
+// exact address and port. An IP literal is never matched by a name rule, and is digits,
+// hexadecimal, ':' and '.' only (no zone index, no NUL). A refusal's text holds only
+// printable ASCII of what the client sent.
 
 #include <cstdint>
 #include <map>
@@ -46,6 +48,8 @@ struct AddressRule {
 Result<HostRule> ParseHostRule(std::string_view text);
 Result<AddressRule> ParseAddressRule(std::string_view text);
 
+// An IP literal is digits, hexadecimal, ':', '.' and brackets only: no zone index ("%eth0"),
+// which the resolver and the parser would read differently, and no NUL.
 // A name as the gateway compares it: lower case, one trailing dot dropped, letters, digits,
 // '-' and '_' in labels of 1 to 63 characters, at most 253 in all. An IP literal or anything
 // else is an error.
@@ -79,7 +83,8 @@ enum class AddressClass {
   kLoopback,     // 127.0.0.0/8, ::1
   kPrivate,      // RFC 1918, 100.64.0.0/10, fc00::/7, fec0::/10, 64:ff9b:1::/48
   kLinkLocal,    // 169.254.0.0/16, fe80::/10
-  kMetadata,     // cloud instance metadata: 169.254.169.254, 169.254.170.2, fd00:ec2::254
+  kMetadata,     // cloud metadata: 169.254.169.254, 169.254.170.2, 100.100.100.200,
+                 // 168.63.129.16 (Azure's WireServer), fd00:ec2::254
   kMulticast,    // 224.0.0.0/4, ff00::/8
   kReserved,     // 240.0.0.0/4, broadcast, documentation, benchmarking, IETF, Teredo, discard
 };
@@ -88,6 +93,14 @@ std::string_view AddressClassName(AddressClass c);
 // The class of `a`. An IPv6 address that carries an IPv4 one (mapped ::ffff:0:0/96,
 // compatible ::/96, NAT64 64:ff9b::/96, 6to4 2002::/16) has that address's class.
 AddressClass Classify(const asio::ip::address& a);
+
+// What of the gateway's own host a connection must not reach: every address of the host
+// itself (on any port: a service bound to 0.0.0.0 answers there, past any firewall rule tied
+// to an outside interface) and the control plane's listeners.
+struct OwnAddresses {
+  std::vector<asio::ip::address> host;  // from getifaddrs, public ones included
+  std::vector<asio::ip::tcp::endpoint> listeners;
+};
 
 // The gateway's answer for one connection.
 struct Decision {
@@ -98,11 +111,11 @@ struct Decision {
 };
 
 // Whether a connection asked for as `host`:`port` may go to `resolved`, the address the
-// gateway itself resolved `host` to (or `host` parsed, when it is an IP literal). `own` lists
-// the control plane's listeners with concrete addresses (an unspecified listen address
-// expanded to the host's addresses by the caller).
+// gateway itself resolved `host` to (or `host` parsed, when it is an IP literal). The gateway
+// resolves the normalized name with a trailing dot ("api.github.com."), so that the host's
+// resolver search domains never turn an allowed name into another one.
 Decision Decide(const Policy& policy, std::string_view host, uint16_t port,
-                const asio::ip::address& resolved, std::span<const asio::ip::tcp::endpoint> own);
+                const asio::ip::address& resolved, const OwnAddresses& own);
 
 // Whether the policy could allow `host`:`port` at all, before resolving it: a name rule for a
 // name, an address rule for an IP literal. The gateway asks this first, so that a denied name

@@ -179,6 +179,7 @@ TEST(EgressAddressClass, EveryAddressThatIsNotPublicIsNamedAndIPv6FormsOfIPv4Are
       {"169.254.169.254", AddressClass::kMetadata},
       {"169.254.170.2", AddressClass::kMetadata},
       {"100.100.100.200", AddressClass::kMetadata},
+      {"168.63.129.16", AddressClass::kMetadata},
       {"fd00:ec2::254", AddressClass::kMetadata},
       {"224.0.0.1", AddressClass::kMulticast},
       {"239.255.255.250", AddressClass::kMulticast},
@@ -214,8 +215,8 @@ TEST(EgressAddressClass, EveryAddressThatIsNotPublicIsNamedAndIPv6FormsOfIPv4Are
 TEST(EgressDecision, ANameGoesOnlyWhereItsPolicyAllowsAndOnlyToAPublicAddress) {
   using V = Decision::Verdict;
   Policy p = Make({"*.example.com", "site.test:8443"}, {"127.0.0.1:8443"});
-  const std::vector<asio::ip::tcp::endpoint> own = {{make_address("127.0.0.1"), 7000},
-                                                    {make_address("8.8.4.4"), 443}};
+  const OwnAddresses own{{make_address("93.184.216.99")},
+                         {{make_address("127.0.0.1"), 7000}, {make_address("8.8.4.4"), 443}}};
 
   // Asked first, before any DNS query: a name outside the policy is denied.
   EXPECT_EQ(CheckRequest(p, "www.example.com", 443).verdict, V::kAllowed);
@@ -237,10 +238,21 @@ TEST(EgressDecision, ANameGoesOnlyWhereItsPolicyAllowsAndOnlyToAPublicAddress) {
     EXPECT_NE(d.reason.find(AddressClassName(Classify(make_address(inside)))), std::string::npos)
         << d.reason;
   }
-  // The control plane's own listeners, even at a public address.
-  auto self = Decide(p, "www.example.com", 443, make_address("8.8.4.4"), own);
-  EXPECT_EQ(self.verdict, V::kRefusedAddress);
-  EXPECT_NE(self.reason.find("own listener"), std::string::npos) << self.reason;
+  // The control plane's own listeners, even at a public address and in the IPv6 forms that
+  // reach it (NAT64, 6to4); and the gateway's own host on every port, where a service bound to
+  // 0.0.0.0 would answer.
+  for (const char* self_address : {"8.8.4.4", "64:ff9b::808:404", "2002:808:404::1", "::8.8.4.4"}) {
+    auto self = Decide(p, "www.example.com", 443, make_address(self_address), own);
+    EXPECT_EQ(self.verdict, V::kRefusedAddress) << self_address;
+    EXPECT_NE(self.reason.find("own listener"), std::string::npos) << self.reason;
+  }
+  EXPECT_TRUE(Decide(p, "www.example.com", 80, make_address("8.8.4.4"), own).allowed())
+      << "only the listener's port is its own";
+  for (uint16_t port : {80, 443}) {
+    auto host = Decide(p, "www.example.com", port, make_address("93.184.216.99"), own);
+    EXPECT_EQ(host.verdict, V::kRefusedAddress) << port;
+    EXPECT_NE(host.reason.find("own host"), std::string::npos) << host.reason;
+  }
 
   // The operator's exact address is reached by an allowed name or as a literal, on its port
   // only; the same address on another port, or another loopback port, is not.
@@ -255,6 +267,19 @@ TEST(EgressDecision, ANameGoesOnlyWhereItsPolicyAllowsAndOnlyToAPublicAddress) {
   auto literal = Decide(p, "93.184.216.34", 443, make_address("93.184.216.34"), own);
   EXPECT_EQ(literal.verdict, V::kDeniedByPolicy);
   EXPECT_NE(literal.reason.find("allow_addresses"), std::string::npos) << literal.reason;
+  // What the resolver and the address parser would read differently is neither a name nor an
+  // address: a NUL, a zone index, spaces.
+  for (const std::string& odd :
+       {std::string("127.0.0.1\0.example.com", 23), std::string("127.0.0.1\0", 10),
+        std::string("[::ffff:127.0.0.1%junk]"), std::string("[fe80::1%eth0]"),
+        std::string(" 127.0.0.1"), std::string("127.0.0.1 ")}) {
+    EXPECT_EQ(CheckRequest(p, odd, 8443).verdict, V::kDeniedByPolicy) << odd;
+  }
+  EXPECT_FALSE(ParseAddressRule("[fe80::1%eth0]:80"));
+  // A refusal's text carries no line break or control byte of what the client sent.
+  auto injected = CheckRequest(p, "evil\r\nX-Injected: 1.example.com", 443);
+  EXPECT_EQ(injected.verdict, V::kDeniedByPolicy);
+  EXPECT_EQ(injected.reason.find_first_of("\r\n"), std::string::npos) << injected.reason;
   // Nothing is reached through an empty policy.
   EXPECT_FALSE(
       Decide(Policy{}, "www.example.com", 443, make_address("93.184.216.34"), own).allowed());
