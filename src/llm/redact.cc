@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 
+#include "common/crypto.h"
+
 namespace airlock::llm {
 
 namespace {
@@ -15,27 +17,13 @@ std::string LowerAll(std::string_view s) {
   return out;
 }
 
-std::string Base64(std::string_view bytes) {
-  static constexpr std::string_view kAlphabet =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t v = (static_cast<uint8_t>(bytes[i]) << 16) |
-                       (static_cast<uint8_t>(bytes[i + 1]) << 8) |
-                       static_cast<uint8_t>(bytes[i + 2]);
-    for (int shift : {18, 12, 6, 0}) out += kAlphabet[(v >> shift) & 63];
-  }
-  return out;  // only whole groups: the tail is dropped by the caller anyway
-}
-
 // The part of base64(X^offset + key) that depends on nothing but the key: the groups of three
 // bytes that lie wholly inside the key. Any base64 text holding a piece of the key, whatever
 // came before it, holds a stretch of one of these three strings.
 std::string Base64Core(std::string_view key, size_t offset) {
   if (key.size() <= offset) return "";
   std::string_view aligned = key.substr(offset);
-  return Base64(aligned.substr(0, aligned.size() / 3 * 3));
+  return Base64Encode(aligned.substr(0, aligned.size() / 3 * 3));  // whole groups: no padding
 }
 
 int HexValue(char c) {
