@@ -1,5 +1,7 @@
 #include "controlplane/requests.h"
 
+#include <fnmatch.h>
+
 #include <cctype>
 #include <cstdlib>
 
@@ -127,31 +129,6 @@ Result<std::vector<std::pair<std::string, std::string>>> ParseSessionFiles(const
   return out;
 }
 
-bool MatchesEnvPattern(std::string_view pattern, std::string_view name) {
-  // Iterative glob with one backtrack point: linear enough for names of 128 bytes.
-  size_t p = 0, n = 0, star = std::string_view::npos, resume = 0;
-  auto same = [](char a, char b) {
-    return std::tolower(static_cast<unsigned char>(a)) ==
-           std::tolower(static_cast<unsigned char>(b));
-  };
-  while (n < name.size()) {
-    if (p < pattern.size() && pattern[p] == '*') {
-      star = p++;
-      resume = n;
-    } else if (p < pattern.size() && same(pattern[p], name[n])) {
-      ++p;
-      ++n;
-    } else if (star != std::string_view::npos) {
-      p = star + 1;
-      n = ++resume;
-    } else {
-      return false;
-    }
-  }
-  while (p < pattern.size() && pattern[p] == '*') ++p;
-  return p == pattern.size();
-}
-
 Result<Json> ParseSessionEnv(const Json& env, const Config& config) {
   constexpr size_t kMaxVars = 128, kMaxName = 128, kMaxTotal = 64 * 1024;
   if (!env.is_object() || env.size() > kMaxVars) {
@@ -186,7 +163,8 @@ Result<Json> ParseSessionEnv(const Json& env, const Config& config) {
                     "\"env\": {} is set by the control plane and cannot be given", name);
     }
     for (const auto& pattern : config.credential_env) {
-      if (MatchesEnvPattern(pattern, name)) {
+      // A shell pattern, any case (the name is [A-Za-z0-9_] only: no NUL, no '/').
+      if (::fnmatch(pattern.c_str(), name.c_str(), FNM_CASEFOLD) == 0) {
         return Errorf(ErrorCode::kInvalidArgument,
                       "\"env\": {} looks like a credential (sandbox.credential_env has \"{}\"); "
                       "credentials stay in the control plane",

@@ -42,8 +42,6 @@ Result<Json> ParseSessionEnv(const Json& env, const Config& config);
 // {"base64": "..."}, each within files.max_file_mb and all within files.session_quota_mb.
 Result<std::vector<std::pair<std::string, std::string>>> ParseSessionFiles(const Json& files,
                                                                            const Config& config);
-// Whether `name` matches the shell-style `pattern` (`*`: any run of characters), ignoring case.
-bool MatchesEnvPattern(std::string_view pattern, std::string_view name);
 
 // POST /v1/sessions/{id}/messages: the message's text.
 Result<std::string> ParsePostMessage(const Json& body, const Config& config);
