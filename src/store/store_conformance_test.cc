@@ -498,19 +498,25 @@ TEST_P(StoreConformanceTest, RecordChatAppendsMetersAndLogsInOneStep) {
   EXPECT_FALSE(store->RecordChat("ses_nope", rec).has_value());
 }
 
+// Session "ses_a" with its task taken and one call's exchange stored: `user`, then "r1";
+// `rec` is that call's record, for the next call to reuse.
+void StartConversation(Store& store, const std::string& user, ChatRecord* rec) {
+  ASSERT_OK(store.CreateSession(MakeSession("ses_a"), UserMessage("task")));
+  ASSERT_OK(store.TakeInbox("ses_a", ""));
+  rec->model = "fast";
+  rec->usage = Usage{1, 1, 1, 0};
+  rec->messages = {Json{{"role", "user"}, {"content", user}},
+                   Json{{"role", "assistant"}, {"content", "r1"}}};
+  ASSERT_OK(store.RecordChat("ses_a", *rec));
+}
+
 // A client of the OpenAI or Anthropic face that rewrites its history (summarises, truncates):
 // what it dropped leaves the conversation, the rest keeps its positions, nothing is doubled.
 TEST_P(StoreConformanceTest, RecordChatSupersedesTheMessagesARewriteDropped) {
   auto store = Open();
   ASSERT_NE(store, nullptr);
-  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("task")));
-  ASSERT_OK(store->TakeInbox("ses_a", ""));
   ChatRecord rec;
-  rec.model = "fast";
-  rec.usage = Usage{1, 1, 1, 0};
-  rec.messages = {Json{{"role", "user"}, {"content", "long"}},
-                  Json{{"role", "assistant"}, {"content", "r1"}}};
-  ASSERT_OK(store->RecordChat("ses_a", rec));
+  ASSERT_NO_FATAL_FAILURE(StartConversation(*store, "long", &rec));
   ASSERT_OK_AND_ASSIGN(auto before, store->ListMessages("ses_a", false));
   ASSERT_EQ(before.size(), 3u);
 
@@ -545,14 +551,8 @@ TEST_P(StoreConformanceTest, RecordChatSupersedesTheMessagesARewriteDropped) {
 TEST_P(StoreConformanceTest, ARewriteSupersedesOnlyUpToWhatTheClientSaw) {
   auto store = Open();
   ASSERT_NE(store, nullptr);
-  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("task")));
-  ASSERT_OK(store->TakeInbox("ses_a", ""));
   ChatRecord rec;
-  rec.model = "fast";
-  rec.usage = Usage{1, 1, 1, 0};
-  rec.messages = {Json{{"role", "user"}, {"content", "old"}},
-                  Json{{"role", "assistant"}, {"content", "r1"}}};
-  ASSERT_OK(store->RecordChat("ses_a", rec));
+  ASSERT_NO_FATAL_FAILURE(StartConversation(*store, "old", &rec));
   ASSERT_OK_AND_ASSIGN(auto seen, store->ListMessages("ses_a", false));  // call B starts here
   // Call A, running alongside, stores its exchange first.
   rec.messages = {Json{{"role", "user"}, {"content", "a"}},
