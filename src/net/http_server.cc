@@ -62,6 +62,37 @@ class StreamChunkSink : public ChunkSink {
   bool failed_ = false;
 };
 
+// The connection under a Takeover: its socket, below Beast's stream and its deadlines.
+template <typename Stream>
+class SocketRawStream final : public RawStream {
+ public:
+  SocketRawStream(Stream& stream, beast::flat_buffer& buffer) : stream_(stream), buffer_(buffer) {}
+  std::string TakePending() override {
+    std::string out = beast::buffers_to_string(buffer_.data());
+    buffer_.consume(buffer_.size());
+    return out;
+  }
+  awaitable<size_t> ReadSome(asio::mutable_buffer into, beast::error_code& ec) override {
+    co_return co_await stream_.socket().async_read_some(into,
+                                                        asio::redirect_error(use_awaitable, ec));
+  }
+  awaitable<void> Write(asio::const_buffer data, beast::error_code& ec) override {
+    co_await asio::async_write(stream_.socket(), data, asio::redirect_error(use_awaitable, ec));
+  }
+  void ShutdownSend() override {
+    beast::error_code ignored;
+    stream_.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+  }
+  void Close() override {
+    beast::error_code ignored;
+    stream_.socket().close(ignored);
+  }
+
+ private:
+  Stream& stream_;
+  beast::flat_buffer& buffer_;
+};
+
 // Reads a request body piece by piece from the connection, under body_timeout per piece.
 template <typename Stream>
 class StreamBodyReader : public BodyReader {
@@ -805,7 +836,9 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
     }
     size_t body_limit = std::min(admission.max_body_bytes, limits_.max_body_bytes);
     std::string charged = !bound_session.empty() ? bound_session : admission.charge_to;
-    bool streamed_body = stream_bodies_ && stream_bodies_(req.msg.method(), req.path);
+    // A taken-over connection's body, if any, is the new owner's to relay.
+    bool streamed_body = admission.takeover != nullptr ||
+                         (stream_bodies_ && stream_bodies_(req.msg.method(), req.path));
     // A declared body over the route's limit is refused first, whoever sends it.
     if (auto cl = parser.content_length(); !streamed_body && cl && *cl > body_limit) {
       reject("body_too_large");
@@ -846,6 +879,23 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       co_await refuse(r, has_body);
       if (!*alive) co_return;
       MetricsFor(req.route, req.msg.method(), req.msg.method_string(), r.status).requests->Inc();
+      break;
+    }
+    if (admission.takeover) {
+      // The connection is the owner's from here to its end; it is never idle meanwhile, so a
+      // drain waits for it as for any request in flight.
+      SocketRawStream<Stream> raw(stream, buffer);
+      unsigned status = 500;
+      try {
+        status = co_await admission.takeover(raw);
+      } catch (const std::exception& e) {
+        log::Error("connection takeover threw",
+                   {{"request_id", req.request_id}, {"what", e.what()}});
+      }
+      if (!*alive) co_return;
+      auto m = MetricsFor(req.route, req.msg.method(), req.msg.method_string(), status);
+      m.requests->Inc();
+      m.duration->Observe(std::chrono::duration<double>(Clock::now() - started).count());
       break;
     }
     std::optional<BodyBudget> budget;

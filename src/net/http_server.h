@@ -118,6 +118,25 @@ unsigned HttpStatusFor(ErrorCode code);
 
 using Handler = std::function<awaitable<Response>(Request&)>;
 
+// A connection handed whole to its owner after a request's head (a forward proxy's CONNECT or
+// absolute-form request): raw bytes both ways, no HTTP framing and no deadline but the owner's.
+// The server still counts the connection (and its session's share) until the takeover returns,
+// then closes it.
+class RawStream {
+ public:
+  virtual ~RawStream() = default;
+  // What the client sent after the request head that the server had already read; it comes
+  // before anything ReadSome returns. Empties it.
+  virtual std::string TakePending() = 0;
+  virtual awaitable<size_t> ReadSome(asio::mutable_buffer into, beast::error_code& ec) = 0;
+  virtual awaitable<void> Write(asio::const_buffer data, beast::error_code& ec) = 0;
+  virtual void ShutdownSend() = 0;
+  // Closes the socket: reads and writes under way complete with an error.
+  virtual void Close() = 0;
+};
+// Runs the taken-over connection; returns the status it answered, for the request metrics.
+using Takeover = std::function<awaitable<unsigned>(RawStream&)>;
+
 // The server's question to its owner once a request's headers are in and before any of its
 // body is read: may it go on, how large may its body be, and whom is it charged to.
 struct Admission {
@@ -126,6 +145,9 @@ struct Admission {
   // The session the request is charged to, for the per-session connection and body caps;
   // "" for none. A per-session Unix socket's connections are charged to its session anyway.
   std::string charge_to;
+  // When set (and nothing refused), the server reads no body and writes no response: the
+  // connection is handed to this, and closed once it returns.
+  Takeover takeover;
 };
 using Gate = std::function<awaitable<Admission>(Request&)>;
 
