@@ -337,6 +337,31 @@ def egress():
           b"64:ff9b::a9fe:a9fe")
 
 
+def client_hello():
+    def u16(n):
+        return n.to_bytes(2, "big")
+
+    def ext(kind, body):
+        return u16(kind) + u16(len(body)) + body
+
+    def hello(name, split=None):
+        exts = b""
+        if name is not None:
+            entry = b"\x00" + u16(len(name)) + name
+            exts += ext(0, u16(len(entry)) + entry)
+        exts += ext(43, b"\x02\x03\x04")  # supported_versions: TLS 1.3
+        body = (b"\x03\x03" + bytes(32) + b"\x00" + u16(2) + b"\x13\x01" + b"\x01\x00" +
+                u16(len(exts)) + exts)
+        msg = b"\x01" + len(body).to_bytes(3, "big") + body
+        pieces = [msg] if split is None else [msg[:split], msg[split:]]
+        return b"".join(b"\x16\x03\x01" + u16(len(p)) + p for p in pieces)
+
+    write("client_hello_fuzz", "sni", hello(b"example.com"))
+    write("client_hello_fuzz", "no_sni", hello(None))
+    write("client_hello_fuzz", "two_records", hello(b"api.github.com", split=10))
+    write("client_hello_fuzz", "not_tls", b"SSH-2.0-OpenSSH_9.2\r\n")
+
+
 if __name__ == "__main__":
     shutil.rmtree(ROOT, ignore_errors=True)
     sandbox_json()
@@ -349,3 +374,4 @@ if __name__ == "__main__":
     layers()
     oci()
     egress()
+    client_hello()

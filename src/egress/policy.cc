@@ -163,6 +163,10 @@ std::string Show(const asio::ip::address& a, uint16_t port) {
 
 }  // namespace
 
+std::optional<asio::ip::address> ParseIpLiteral(std::string_view host) {
+  return ParseAddress(host);
+}
+
 Result<std::string> NormalizeHostName(std::string_view host) {
   if (!host.empty() && host.back() == '.') host.remove_suffix(1);
   if (host.empty() || host.size() > 253) {

@@ -55,6 +55,10 @@ Result<AddressRule> ParseAddressRule(std::string_view text);
 // else is an error.
 Result<std::string> NormalizeHostName(std::string_view host);
 
+// The IP address `host` is written as ("192.0.2.1", "::1", "[::1]"), or none for a name. Only
+// hex digits, ':' and '.' are read: no zone index, nothing after a NUL.
+std::optional<asio::ip::address> ParseIpLiteral(std::string_view host);
+
 struct Policy {
   std::vector<HostRule> hosts;
   std::vector<AddressRule> addresses;

@@ -13,6 +13,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -221,6 +222,23 @@ Result<TestPki> MakeTestPki(const std::string& dir, const std::vector<std::strin
   OPENSSL_cleanse(key_pem.data(), key_pem.size());
   AIRLOCK_TRY(written);
   return pki;
+}
+
+std::string OpenSslClientHello(const std::string& sni) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  SSL* ssl = SSL_new(ctx);
+  BIO* in = BIO_new(BIO_s_mem());
+  BIO* out = BIO_new(BIO_s_mem());
+  SSL_set_bio(ssl, in, out);  // the SSL owns both now
+  if (!sni.empty()) SSL_set_tlsext_host_name(ssl, sni.c_str());
+  SSL_set_connect_state(ssl);
+  SSL_do_handshake(ssl);  // writes the hello, then wants the server's answer
+  char* data = nullptr;
+  long n = BIO_get_mem_data(out, &data);
+  std::string hello(data, static_cast<size_t>(n));
+  SSL_free(ssl);
+  SSL_CTX_free(ctx);
+  return hello;
 }
 
 }  // namespace airlock::fake

@@ -27,4 +27,8 @@ Result<TestPki> MakeTestPki(const std::string& dir,
                             const std::vector<std::string>& dns_names = {"localhost"},
                             const std::vector<std::string>& ips = {"127.0.0.1"});
 
+// The first flight of a real TLS client (OpenSSL's): a ClientHello naming `sni` in its
+// server_name extension, or none when `sni` is empty.
+std::string OpenSslClientHello(const std::string& sni);
+
 }  // namespace airlock::fake

@@ -1,0 +1,495 @@
+#include "egress/gateway.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "common/json_util.h"
+#include "net/http_server.h"
+#include "tests/llm/test_tls.h"
+#include "tests/support/tcp_origin.h"
+
+// The gateway as the control plane runs it: the network module's HttpServer on per-session
+// Unix sockets, the gateway as its gate for proxy requests, and real origins on loopback
+// sockets (allowed by exact address, as an operator allows a private service). The clients
+// are raw sockets and OpenSSL, so that every byte on the wire is the test's.
+
+namespace airlock::egress {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::Origin;
+using testing::ReadN;
+using testing::ReadToEnd;
+using testing::SendAll;
+
+// Echoes what it reads until EOF, and counts it.
+struct Echo {
+  std::atomic<size_t> received{0};
+  void operator()(int fd) {
+    char buf[4096];
+    for (;;) {
+      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) return;
+      received += static_cast<size_t>(n);
+      SendAll(fd, std::string_view(buf, static_cast<size_t>(n)));
+    }
+  }
+};
+
+class GatewayTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("airlock-gw-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (io_thread_.joinable()) {
+      asio::post(io_, [this] { server_.reset(); });
+      io_.stop();
+      io_thread_.join();
+    }
+    gateway_.reset();
+    server_.reset();
+    fs::remove_all(dir_);
+  }
+
+  // Starts the proxy with `options`; `policies` by session ("ses_a", "ses_b").
+  void Start(std::map<std::string, Policy> policies, GatewayOptions options = {}) {
+    policies_ = std::move(policies);
+    gateway_ = std::make_unique<Gateway>(Gateway::Deps{io_, pool_, registry_,
+                                                       [this](const ConnectionReport& r) {
+                                                         std::lock_guard lock(mu_);
+                                                         reports_.push_back(r);
+                                                         cv_.notify_all();
+                                                       }},
+                                         options, OwnAddresses{{}, {}});
+    server_ = std::make_unique<net::HttpServer>(
+        io_, "sandbox", net::HttpLimits{},
+        [](net::Request&) -> awaitable<net::Response> {
+          co_return net::Response::FromError(404, "not_found", "no such route");
+        },
+        http_metrics_);
+    server_->SetGate([this](net::Request& req) -> awaitable<net::Admission> {
+      if (!Gateway::IsProxyRequest(req)) co_return net::Admission{};
+      co_return gateway_->Admit(req, req.bound_session, policies_[req.bound_session]);
+    });
+    for (const auto& [session, p] : policies_) {
+      ASSERT_TRUE(server_->ListenUnix(Socket(session), session).has_value());
+    }
+    io_thread_ = std::thread([this] {
+      auto guard = asio::make_work_guard(io_);
+      io_.run();
+    });
+  }
+
+  std::string Socket(const std::string& session) const { return (dir_ / (session + ".sock")); }
+
+  // A connection to `session`'s socket.
+  int Connect(const std::string& session = "ses_a") {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::string path = Socket(session);
+    std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0) << path;
+    return fd;
+  }
+
+  // Sends a CONNECT for `target` and reads the answer's head (and, when it is not 200, its
+  // body up to the close): {status, whole answer}.
+  std::pair<unsigned, std::string> Open(int fd, const std::string& target) {
+    SendAll(fd, "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n");
+    std::string head;
+    while (head.find("\r\n\r\n") == std::string::npos) {
+      std::string b = ReadN(fd, 1);
+      if (b.empty()) break;
+      head += b;
+    }
+    unsigned status = head.size() > 12 ? static_cast<unsigned>(std::stoi(head.substr(9, 3))) : 0;
+    if (status != 200) head += ReadToEnd(fd);
+    return {status, head};
+  }
+
+  // The next report (waits up to `wait`).
+  std::optional<ConnectionReport> NextReport(
+      std::chrono::milliseconds wait = std::chrono::seconds(5)) {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_for(lock, wait, [&] { return taken_ < reports_.size(); })) return std::nullopt;
+    return reports_[taken_++];
+  }
+
+  static Policy Allow(std::vector<std::string> hosts, std::vector<std::string> addresses) {
+    auto p = ParsePolicy(hosts, addresses);
+    EXPECT_TRUE(p.has_value()) << (p ? "" : p.error().message);
+    return p ? *p : Policy{};
+  }
+  static std::string At(uint16_t port) { return "127.0.0.1:" + std::to_string(port); }
+
+  static inline int counter_ = 0;
+  fs::path dir_;
+  asio::io_context io_;
+  asio::thread_pool pool_{2};
+  metrics::Registry registry_;
+  net::HttpMetrics http_metrics_{registry_};
+  std::map<std::string, Policy> policies_;
+  std::unique_ptr<Gateway> gateway_;
+  std::unique_ptr<net::HttpServer> server_;
+  std::thread io_thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<ConnectionReport> reports_;
+  size_t taken_ = 0;
+};
+
+TEST_F(GatewayTest, ATunnelReachesAnAllowedAddressAndReportsItsBytes) {
+  Echo echo;
+  Origin origin(std::ref(echo));
+  Start({{"ses_a", Allow({}, {At(origin.port())})}});
+  int fd = Connect();
+  auto [status, head] = Open(fd, At(origin.port()));
+  ASSERT_EQ(status, 200u) << head;
+  SendAll(fd, "ping");
+  EXPECT_EQ(ReadN(fd, 4), "ping");
+  ::close(fd);
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->session, "ses_a");
+  EXPECT_EQ(r->method, "CONNECT");
+  EXPECT_EQ(r->decision, "allowed") << r->reason;
+  EXPECT_EQ(r->address, "127.0.0.1");
+  EXPECT_EQ(r->status, 200u);
+  EXPECT_EQ(r->bytes_up, 4u);
+  EXPECT_EQ(r->bytes_down, 4u);
+  EXPECT_EQ(gateway_->open_connections(), 0u);
+}
+
+TEST_F(GatewayTest, TlsThroughATunnelIsEndToEndWithTheRealServersCertificate) {
+  auto made = fake::MakeTestPki(dir_.string());
+  ASSERT_TRUE(made.has_value()) << made.error().message;
+  const fake::TestPki& pki = *made;
+  SSL_CTX* server_ctx = SSL_CTX_new(TLS_server_method());
+  ASSERT_EQ(SSL_CTX_use_certificate_chain_file(server_ctx, pki.cert_file.c_str()), 1);
+  ASSERT_EQ(SSL_CTX_use_PrivateKey_file(server_ctx, pki.key_file.c_str(), SSL_FILETYPE_PEM), 1);
+  Origin origin([&](int fd) {
+    SSL* ssl = SSL_new(server_ctx);
+    SSL_set_fd(ssl, fd);
+    if (SSL_accept(ssl) == 1) {
+      char buf[64];
+      int n = SSL_read(ssl, buf, sizeof(buf));
+      if (n > 0) SSL_write(ssl, buf, n);
+      SSL_shutdown(ssl);
+    }
+    SSL_free(ssl);
+  });
+  const std::string host = "localhost:" + std::to_string(origin.port());
+  // The name is allowed, and so is the loopback address it resolves to (exactly).
+  Start({{"ses_a", Allow({host}, {At(origin.port())})}});
+  int fd = Connect();
+  auto [status, head] = Open(fd, host);
+  ASSERT_EQ(status, 200u) << head;
+
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  ASSERT_EQ(SSL_CTX_load_verify_locations(ctx, pki.ca_file.c_str(), nullptr), 1);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  SSL* ssl = SSL_new(ctx);
+  SSL_set_tlsext_host_name(ssl, "localhost");
+  SSL_set1_host(ssl, "localhost");
+  SSL_set_fd(ssl, fd);
+  ASSERT_EQ(SSL_connect(ssl), 1) << ERR_error_string(ERR_get_error(), nullptr);
+  ASSERT_EQ(SSL_write(ssl, "hello", 5), 5);
+  char buf[16] = {};
+  EXPECT_EQ(SSL_read(ssl, buf, sizeof(buf)), 5);
+  EXPECT_EQ(std::string(buf, 5), "hello");
+  SSL_free(ssl);
+  SSL_CTX_free(ctx);
+  ::close(fd);
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->decision, "allowed") << r->reason;
+  EXPECT_EQ(r->host, "localhost");
+  EXPECT_GT(r->bytes_up, 5u);
+  SSL_CTX_free(server_ctx);
+}
+
+TEST_F(GatewayTest, AClientHelloNamingAnotherHostIsRefusedBeforeAByteGoesUpstream) {
+  Echo echo;
+  Origin origin(std::ref(echo));
+  const std::string host = "localhost:" + std::to_string(origin.port());
+  Start({{"ses_a", Allow({host}, {At(origin.port())})}});
+  int fd = Connect();
+  auto [status, head] = Open(fd, host);
+  ASSERT_EQ(status, 200u) << head;
+  // Domain fronting: the tunnel was opened for an allowed name, the TLS asks for another.
+  std::string hello = fake::OpenSslClientHello("evil.example");
+  ASSERT_GT(hello.size(), 100u);
+  // In two pieces, as a slow client would send it: the gateway waits for the whole hello.
+  SendAll(fd, hello.substr(0, 20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  SendAll(fd, hello.substr(20));
+  EXPECT_EQ(ReadToEnd(fd), "");  // closed, nothing answered
+  ::close(fd);
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->decision, "refused");
+  EXPECT_NE(r->reason.find("evil.example"), std::string::npos) << r->reason;
+  EXPECT_EQ(r->bytes_up, 0u);
+  EXPECT_EQ(echo.received.load(), 0u);
+
+  // The same hello naming the CONNECT host passes (and reaches the echo server whole).
+  fd = Connect();
+  ASSERT_EQ(Open(fd, host).first, 200u);
+  std::string good = fake::OpenSslClientHello("localhost");
+  SendAll(fd, good);
+  EXPECT_EQ(ReadN(fd, good.size()), good);
+  ::close(fd);
+  r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->decision, "allowed") << r->reason;
+}
+
+TEST_F(GatewayTest, ANameOutsideThePolicyIsDeniedWith403) {
+  Start({{"ses_a", Allow({"pypi.org"}, {})}});
+  int fd = Connect();
+  auto [status, answer] = Open(fd, "example.com:443");
+  EXPECT_EQ(status, 403u);
+  EXPECT_NE(answer.find("\"egress_denied\""), std::string::npos) << answer;
+  EXPECT_NE(answer.find("example.com:443 is not in this session's egress policy"),
+            std::string::npos)
+      << answer;
+  ::close(fd);
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->decision, "denied");
+  EXPECT_EQ(r->host, "example.com");
+  EXPECT_EQ(r->port, 443);
+  // A port the rule does not name is outside it too.
+  fd = Connect();
+  EXPECT_EQ(Open(fd, "pypi.org:22").first, 403u);
+  ::close(fd);
+}
+
+TEST_F(GatewayTest, LoopbackMetadataAndPrivateAddressesAreRefusedWhateverTheName) {
+  Echo echo;
+  Origin origin(std::ref(echo));
+  const std::string port = std::to_string(origin.port());
+  // The name is allowed, its address is not: "localhost" stands for a name that resolves (or
+  // is rebound) to loopback.
+  Start({{"ses_a", Allow({"localhost:" + port, "*"}, {})}});
+  struct Case {
+    std::string target;
+    std::string says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"localhost:" + port, "loopback"},
+           {"127.0.0.1:" + port, "egress.allow_addresses"},
+           {"[::ffff:127.0.0.1]:" + port, "egress.allow_addresses"},
+           {"169.254.169.254:80", "egress.allow_addresses"},
+           {"[fd00:ec2::254]:80", "egress.allow_addresses"},
+           {"2130706433:443", "address"},
+           {"0x7f000001:443", "address"},
+       }) {
+    int fd = Connect();
+    auto [status, answer] = Open(fd, c.target);
+    EXPECT_EQ(status, 403u) << c.target << ": " << answer;
+    EXPECT_NE(answer.find(c.says), std::string::npos) << c.target << ": " << answer;
+    ::close(fd);
+  }
+  // Plain HTTP to the metadata service, the classic SSRF.
+  int fd = Connect();
+  SendAll(fd, "GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n");
+  std::string answer = ReadToEnd(fd);
+  EXPECT_TRUE(answer.starts_with("HTTP/1.1 403")) << answer;
+  ::close(fd);
+  EXPECT_EQ(origin.accepted(), 0);
+  EXPECT_EQ(echo.received.load(), 0u);
+}
+
+TEST_F(GatewayTest, PlainHttpGoesUpstreamInOriginFormWithoutTheProxysFields) {
+  std::mutex mu;
+  std::string seen;
+  Origin origin([&](int fd) {
+    std::string head;
+    while (head.find("\r\n\r\n") == std::string::npos) {
+      std::string b = ReadN(fd, 1);
+      if (b.empty()) break;
+      head += b;
+    }
+    std::string body = ReadN(fd, 4);
+    {
+      std::lock_guard lock(mu);
+      seen = head + body;
+    }
+    SendAll(fd, "HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+  });
+  Start({{"ses_a", Allow({}, {At(origin.port())})}});
+  int fd = Connect();
+  const std::string url = "http://" + At(origin.port()) + "/a/b?c=d";
+  SendAll(fd, "POST " + url + " HTTP/1.1\r\nHost: " + At(origin.port()) +
+                  "\r\nProxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\n"
+                  "Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Test: kept\r\n"
+                  "Content-Length: 4\r\n\r\nbody");
+  std::string answer = ReadToEnd(fd);
+  ::close(fd);
+  EXPECT_TRUE(answer.starts_with("HTTP/1.1 201 Created")) << answer;
+  EXPECT_TRUE(answer.ends_with("\r\n\r\nok")) << answer;
+  {
+    std::lock_guard lock(mu);
+    EXPECT_TRUE(seen.starts_with("POST /a/b?c=d HTTP/1.1\r\nHost: " + At(origin.port()) + "\r\n"))
+        << seen;
+    EXPECT_NE(seen.find("X-Test: kept\r\n"), std::string::npos) << seen;
+    EXPECT_NE(seen.find("Connection: close\r\n"), std::string::npos) << seen;
+    EXPECT_EQ(seen.find("Proxy-"), std::string::npos) << seen;
+    EXPECT_EQ(seen.find("X-Hop"), std::string::npos) << seen;
+    EXPECT_EQ(seen.find("keep-alive"), std::string::npos) << seen;
+    EXPECT_TRUE(seen.ends_with("\r\n\r\nbody")) << seen;
+  }
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->decision, "allowed") << r->reason;
+  EXPECT_EQ(r->method, "POST");
+  EXPECT_EQ(r->path, "/a/b");
+  EXPECT_EQ(r->status, 201u);
+  EXPECT_EQ(r->bytes_up, 4u);  // the body; the head is the gateway's
+}
+
+TEST_F(GatewayTest, OneSessionsConnectionsLeaveAnothersShareAlone) {
+  Echo echo;
+  Origin origin(std::ref(echo));
+  GatewayOptions o;
+  o.max_connections_per_session = 2;
+  Policy p = Allow({}, {At(origin.port())});
+  Start({{"ses_a", p}, {"ses_b", p}}, o);
+  int a1 = Connect(), a2 = Connect(), a3 = Connect();
+  ASSERT_EQ(Open(a1, At(origin.port())).first, 200u);
+  ASSERT_EQ(Open(a2, At(origin.port())).first, 200u);
+  auto [status, answer] = Open(a3, At(origin.port()));
+  EXPECT_EQ(status, 429u) << answer;
+  EXPECT_NE(answer.find("already has 2 egress connections open"), std::string::npos) << answer;
+  int b = Connect("ses_b");
+  ASSERT_EQ(Open(b, At(origin.port())).first, 200u);
+  SendAll(b, "b");
+  EXPECT_EQ(ReadN(b, 1), "b");
+  for (int fd : {a1, a2, a3, b}) ::close(fd);
+  // The refusal by a cap is counted, not reported; the three tunnels are.
+  for (int i = 0; i < 3; ++i) {
+    auto r = NextReport();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->decision, "allowed");
+  }
+  EXPECT_FALSE(NextReport(std::chrono::milliseconds(300)));
+}
+
+TEST_F(GatewayTest, AServerThatSpeaksFirstIsNotHeldBackByTheHelloCheck) {
+  Origin origin([](int fd) {
+    SendAll(fd, "SSH-2.0-test\r\n");
+    std::string reply = ReadN(fd, 3);
+    SendAll(fd, "got " + reply);
+  });
+  Start({{"ses_a", Allow({}, {At(origin.port())})}});
+  int fd = Connect();
+  ASSERT_EQ(Open(fd, At(origin.port())).first, 200u);
+  EXPECT_EQ(ReadN(fd, 14), "SSH-2.0-test\r\n");
+  SendAll(fd, "abc");
+  EXPECT_EQ(ReadN(fd, 7), "got abc");
+  ::close(fd);
+}
+
+TEST_F(GatewayTest, TheRequestRateIsCappedPerSessionWithRetryAfter) {
+  GatewayOptions o;
+  o.requests_per_minute = 3;
+  Start({{"ses_a", Allow({"pypi.org"}, {})}, {"ses_b", Allow({"pypi.org"}, {})}}, o);
+  for (int i = 0; i < 3; ++i) {
+    int fd = Connect();
+    EXPECT_EQ(Open(fd, "example.com:443").first, 403u);  // refused ones count too
+    ::close(fd);
+  }
+  int fd = Connect();
+  auto [status, answer] = Open(fd, "example.com:443");
+  EXPECT_EQ(status, 429u);
+  EXPECT_NE(answer.find("Retry-After: "), std::string::npos) << answer;
+  ::close(fd);
+  fd = Connect("ses_b");
+  EXPECT_EQ(Open(fd, "example.com:443").first, 403u);
+  ::close(fd);
+}
+
+TEST_F(GatewayTest, ATunnelThatMovesNothingIsClosedAfterTheIdleTimeout) {
+  Echo echo;
+  Origin origin(std::ref(echo));
+  GatewayOptions o;
+  o.idle_timeout = std::chrono::milliseconds(300);
+  Start({{"ses_a", Allow({}, {At(origin.port())})}}, o);
+  int fd = Connect();
+  ASSERT_EQ(Open(fd, At(origin.port())).first, 200u);
+  EXPECT_EQ(ReadToEnd(fd), "");  // closed by the gateway, well before ReadToEnd's 5 s
+  ::close(fd);
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->reason, "closed after the idle timeout");
+  EXPECT_EQ(gateway_->open_connections(), 0u);
+}
+
+TEST_F(GatewayTest, ClosingASessionCutsItsTunnelsAndNoOneElses) {
+  Echo echo;
+  Origin origin(std::ref(echo));
+  Policy p = Allow({}, {At(origin.port())});
+  Start({{"ses_a", p}, {"ses_b", p}});
+  int a = Connect("ses_a"), b = Connect("ses_b");
+  ASSERT_EQ(Open(a, At(origin.port())).first, 200u);
+  ASSERT_EQ(Open(b, At(origin.port())).first, 200u);
+  SendAll(a, "x");
+  EXPECT_EQ(ReadN(a, 1), "x");
+  asio::post(io_, [this] { gateway_->CloseSession("ses_a"); });
+  EXPECT_EQ(ReadToEnd(a), "");  // closed at once, not after the idle timeout
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->session, "ses_a");
+  EXPECT_EQ(r->reason, "closed: the session ended");
+  SendAll(b, "y");
+  EXPECT_EQ(ReadN(b, 1), "y");
+  ::close(a);
+  ::close(b);
+}
+
+TEST_F(GatewayTest, MalformedProxyRequestsGetAClearAnswer) {
+  Start({{"ses_a", Allow({"*"}, {})}});
+  struct Case {
+    std::string request;
+    std::string says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"CONNECT example.com HTTP/1.1\r\n\r\n", "a port is required"},
+           {"CONNECT example.com:0 HTTP/1.1\r\n\r\n", "bad port"},
+           {"CONNECT example.com:99999 HTTP/1.1\r\n\r\n", "bad port"},
+           {"CONNECT [::1 HTTP/1.1\r\n\r\n", "bad [address]"},
+           {"GET https://example.com/ HTTP/1.1\r\n\r\n", "through CONNECT"},
+           {"GET ftp://example.com/ HTTP/1.1\r\n\r\n", "http:// URL"},
+           {"GET http://user:pw@example.com/ HTTP/1.1\r\n\r\n", "user information"},
+       }) {
+    int fd = Connect();
+    SendAll(fd, c.request);
+    std::string answer = ReadToEnd(fd);
+    EXPECT_TRUE(answer.starts_with("HTTP/1.1 400")) << c.request << answer;
+    EXPECT_NE(answer.find(c.says), std::string::npos) << c.request << answer;
+    ::close(fd);
+  }
+}
+
+}  // namespace
+}  // namespace airlock::egress
