@@ -220,6 +220,46 @@ Status ParseEvents(const toml::table* t, Config& c) {
   return r.RejectUnknown();
 }
 
+// A policy's two lists, as `where`.allow and `where`.allow_addresses.
+Result<egress::Policy> ReadEgressPolicy(TableReader& r, const std::string& where) {
+  std::vector<std::string> allow, addresses;
+  AIRLOCK_TRY(r.Strings("allow", &allow));
+  AIRLOCK_TRY(r.Strings("allow_addresses", &addresses));
+  return egress::ParsePolicy(allow, addresses, where);
+}
+
+Status ParseEgress(const toml::table* t, Config& c) {
+  TableReader r(t, "egress");
+  EgressConfig& e = c.egress;
+  AIRLOCK_ASSIGN_OR_RETURN(e.allow, ReadEgressPolicy(r, "egress"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* policies, r.Table("policies"));
+  AIRLOCK_TRY(ForEachNamedTable(
+      policies, "egress.policies",
+      [&](const std::string& name, const std::string& path, TableReader& pr) -> Status {
+        AIRLOCK_ASSIGN_OR_RETURN(egress::Policy p, ReadEgressPolicy(pr, path));
+        AIRLOCK_TRY(pr.RejectUnknown());
+        if (auto narrows = egress::CheckNarrows(p, e.allow); !narrows) {
+          return Errorf(ErrorCode::kInvalidArgument, "{}: {} (egress.allow)", path,
+                        narrows.error().message);
+        }
+        e.policies[name] = std::move(p);
+        return Ok();
+      }));
+  AIRLOCK_TRY(r.String("default_policy", &e.default_policy));
+  if (!e.default_policy.empty() && !e.policies.contains(e.default_policy)) {
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "egress.default_policy = \"{}\" is not one of [egress.policies]",
+                  e.default_policy);
+  }
+  AIRLOCK_TRY(r.Int("max_connections_per_session", &e.max_connections_per_session, 1, 4096));
+  AIRLOCK_TRY(r.Int("requests_per_minute", &e.requests_per_minute, 1, 1'000'000));
+  AIRLOCK_TRY(r.Int("mb_per_minute", &e.mb_per_minute, 1, 1'000'000));
+  AIRLOCK_TRY(r.Int("connect_timeout_s", &e.connect_timeout_s, 1, 300));
+  AIRLOCK_TRY(r.Int("idle_timeout_s", &e.idle_timeout_s, 1, 86'400));
+  AIRLOCK_TRY(r.String("hosts_file", &e.hosts_file));
+  return r.RejectUnknown();
+}
+
 Status ParseRetention(const toml::table* t, Config& c) {
   TableReader r(t, "retention");
   RetentionConfig& k = c.retention;
@@ -419,6 +459,7 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* files, r.Table("files"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* events, r.Table("events"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* retention, r.Table("retention"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* egress, r.Table("egress"));
   AIRLOCK_TRY(r.RejectUnknown());
   AIRLOCK_TRY(ParseServer(server, c));
   AIRLOCK_TRY(ParseStore(store, c));
@@ -431,6 +472,7 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
   AIRLOCK_TRY(ParseFiles(files, c));
   AIRLOCK_TRY(ParseEvents(events, c));
   AIRLOCK_TRY(ParseRetention(retention, c));
+  AIRLOCK_TRY(ParseEgress(egress, c));
   if (c.node.empty()) {
     char host[256] = {};
     ::gethostname(host, sizeof(host) - 1);

@@ -13,6 +13,7 @@
 #include "common/result.h"
 #include "common/secret.h"
 #include "controlplane/http.h"
+#include "egress/policy.h"
 
 namespace airlock::controlplane {
 
@@ -144,6 +145,25 @@ struct RetentionConfig {
   int64_t batch_sessions = 100;  // sessions per pass, so a backlog never stalls the store
 };
 
+// [egress]: what sandboxes may reach through the control plane's gateway (docs/operators.md,
+// "Egress"). Default deny: a session whose policy allows nothing gets no proxy at all.
+struct EgressConfig {
+  // What may ever be reached (`allow`, `allow_addresses`); every policy narrows it.
+  egress::Policy allow;
+  // [egress.policies.NAME]: what a session created with {"egress": {"policy": NAME}} may reach.
+  std::map<std::string, egress::Policy> policies;
+  std::string default_policy;  // the policy of a session created without "egress"; "": none
+  // Per session: tunnels and plain-HTTP requests open at once, new ones per minute, and bytes
+  // per minute both ways together (a throttle: a tunnel over it waits, it is not cut).
+  int64_t max_connections_per_session = 16;
+  int64_t requests_per_minute = 600;
+  int64_t mb_per_minute = 1024;
+  int64_t connect_timeout_s = 10;  // the upstream connect, after resolving
+  int64_t idle_timeout_s = 300;    // a connection moving no bytes either way is closed
+  // Names pinned to addresses (the /etc/hosts format), looked up before DNS.
+  std::string hosts_file = "/etc/hosts";
+};
+
 // "30d", "12h", "15m", "3600s" (or "0", off) as seconds; kInvalidArgument names `what`.
 Result<int64_t> ParseDuration(std::string_view text, std::string_view what);
 
@@ -220,6 +240,7 @@ struct Config {
   int64_t max_event_bytes = 64 * 1024;
   EventLimitsConfig events;
   RetentionConfig retention;
+  EgressConfig egress;
 
   log::Level log_level = log::Level::kInfo;
   log::Format log_format = log::Format::kJson;

@@ -406,5 +406,54 @@ TEST(ConfigTest, StorePasswordComesFromTheNamedEnvironmentVariable) {
   EXPECT_TRUE(none->empty());
 }
 
+TEST(ConfigTest, EgressIsDenyByDefaultAndEachPolicyMustNarrowTheTopLevel) {
+  auto none = ParseConfig("", "/h");
+  ASSERT_TRUE(none.has_value());
+  EXPECT_TRUE(none->egress.allow.empty());
+  EXPECT_TRUE(none->egress.policies.empty());
+  EXPECT_EQ(none->egress.default_policy, "");
+
+  auto c = ParseConfig(R"(
+[egress]
+allow = ["*.github.com", "pypi.org:443"]
+allow_addresses = ["10.0.0.5:5432"]
+default_policy = "pip"
+max_connections_per_session = 4
+mb_per_minute = 10
+[egress.policies.pip]
+allow = ["pypi.org:443"]
+[egress.policies.db]
+allow_addresses = ["10.0.0.5:5432"]
+)",
+                       "/h");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->egress.allow.hosts.size(), 2u);
+  EXPECT_EQ(c->egress.policies.size(), 2u);
+  EXPECT_TRUE(c->egress.policies.at("pip").AllowsName("pypi.org", 443));
+  EXPECT_FALSE(c->egress.policies.at("pip").AllowsName("api.github.com", 443));
+  EXPECT_EQ(c->egress.default_policy, "pip");
+  EXPECT_EQ(c->egress.max_connections_per_session, 4);
+
+  struct Case {
+    std::string toml;
+    std::string says;
+  };
+  for (const Case& k : std::vector<Case>{
+           {"[egress.policies.wide]\nallow = [\"example.com\"]\n", "egress.policies.wide: "},
+           {"[egress]\nallow = [\"a.com\"]\n[egress.policies.p]\nallow = [\"*.a.com\"]\n",
+            "egress.policies.p"},
+           {"[egress]\ndefault_policy = \"nope\"\n", "is not one of [egress.policies]"},
+           {"[egress]\nallow = [\"10.0.0.1\"]\n", "egress"},
+           {"[egress]\nallow_addresses = [\"example.com:80\"]\n", "egress"},
+           {"[egress]\nmax_connections_per_session = 0\n", "out of range"},
+           {"[egress]\nallowed = []\n", "egress.allowed"},
+       }) {
+    auto bad = ParseConfig(k.toml, "/h");
+    ASSERT_FALSE(bad.has_value()) << k.toml;
+    EXPECT_NE(bad.error().message.find(k.says), std::string::npos)
+        << k.toml << " -> " << bad.error().message;
+  }
+}
+
 }  // namespace
 }  // namespace airlock::controlplane

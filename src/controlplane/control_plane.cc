@@ -59,7 +59,12 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       io_, "sandbox", config_.limits, [this](Request& r) { return sandbox_router_.Dispatch(r); },
       *http_metrics_);
   operator_server_->SetGate([this](Request& r) { return auth_->AdmitOperator(r); });
-  sandbox_server_->SetGate([this](Request& r) { return auth_->AdmitSandbox(r); });
+  sandbox_server_->SetGate([this](Request& r) {
+    // A forward proxy's request (CONNECT, an absolute URL) is the egress gateway's; the
+    // listener is the only way a sandbox reaches anything.
+    if (egress_ && egress::Gateway::IsProxyRequest(r)) return egress_->Admit(r);
+    return auth_->AdmitSandbox(r);
+  });
   // Uploads to signed file URLs are streamed to disk, never held in memory.
   sandbox_server_->StreamBodies([](http::verb m, std::string_view path) {
     return m == http::verb::put && path.starts_with("/sandbox/v1/files/");
@@ -123,6 +128,10 @@ Status ControlPlane::Start() {
   AIRLOCK_ASSIGN_OR_RETURN(
       sandbox_endpoint_,
       sandbox_server_->ListenTcp(config_.sandbox_listen.host, config_.sandbox_listen.port));
+  egress::OwnAddresses own{egress::HostAddresses(), {operator_endpoint_, sandbox_endpoint_}};
+  egress_ = std::make_unique<EgressService>(
+      EgressService::Deps{config_, io_, *store_, pool_, registry_, sandbox_events_, events_},
+      std::move(own));
   log::Info("listening",
             {{"operator", fmt::format("{}:{}", operator_endpoint_.address().to_string(),
                                       operator_endpoint_.port())},

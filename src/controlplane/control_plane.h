@@ -10,6 +10,7 @@
 #include "common/secret.h"
 #include "controlplane/authenticator.h"
 #include "controlplane/config.h"
+#include "controlplane/egress_service.h"
 #include "controlplane/event_appender.h"
 #include "controlplane/event_limits.h"
 #include "controlplane/file_service.h"
@@ -101,6 +102,9 @@ class ControlPlane : private SandboxChannels {
     return sandbox_server_->ListenUnix(path, session_id);
   }
   void CloseUnix(const std::string& path) override { sandbox_server_->CloseUnix(path); }
+  void CutSession(const std::string& session_id) override {
+    if (egress_) egress_->gateway().CloseSession(session_id);
+  }
   std::string SandboxUrl() const override;
   bool draining() const override { return sandbox_server_->draining(); }
 
@@ -134,6 +138,7 @@ class ControlPlane : private SandboxChannels {
   std::unique_ptr<Authenticator> auth_;
   // The events sandboxes post, committed in groups.
   EventAppender sandbox_events_;
+  std::unique_ptr<EgressService> egress_;  // from Start(), once the listeners are known
   // metrics_->events{source="sandbox"}, looked up at the first event rather than at each.
   metrics::Counter* sandbox_events_total_ = nullptr;
   asio::ip::tcp::endpoint operator_endpoint_;

@@ -15,6 +15,7 @@
 #include "common/url.h"
 #include "controlplane/event_limits.h"
 #include "controlplane/plug_points.h"
+#include "controlplane/requests.h"
 #include "net/handler_util.h"
 
 namespace airlock::controlplane {
@@ -488,8 +489,11 @@ awaitable<Response> FileService::List(Request& req) {
 
 awaitable<Response> FileService::SandboxWork(const store::Session& s) {
   AIRLOCK_CO_ASSIGN(Json files, co_await ListOf(s.id));
-  co_return Response::FromJson(
-      200, Json{{"env", s.env.is_object() ? s.env : Json::object()}, {"files", std::move(files)}});
+  // Whether the agent gets the proxy variables: its policy reaches something now.
+  auto egress = SessionEgressPolicy(s.egress, config_);
+  co_return Response::FromJson(200, Json{{"env", s.env.is_object() ? s.env : Json::object()},
+                                         {"files", std::move(files)},
+                                         {"egress", egress && !egress->empty()}});
 }
 
 awaitable<Response> FileService::SandboxDownload(Request& req, const store::Session& s) {

@@ -29,7 +29,7 @@ Status KnownAlias(const Config& config, const std::string& alias) {
 Result<CreateSessionRequest> ParseCreateSession(const Json& body, const Config& config) {
   AIRLOCK_TRY(RejectUnknownKeys(body,
                                 {"task", "image", "command", "model", "models", "backend", "limits",
-                                 "metadata", "env", "files"},
+                                 "metadata", "env", "files", "egress"},
                                 "session"));
   CreateSessionRequest r;
   AIRLOCK_ASSIGN_OR_RETURN(r.task, RequiredString(body, "task"));
@@ -81,7 +81,97 @@ Result<CreateSessionRequest> ParseCreateSession(const Json& body, const Config& 
   if (auto it = body.find("files"); it != body.end() && !it->is_null()) {
     AIRLOCK_ASSIGN_OR_RETURN(r.files, ParseSessionFiles(*it, config));
   }
+  auto egress = body.find("egress");
+  AIRLOCK_ASSIGN_OR_RETURN(r.egress,
+                           ParseSessionEgress(egress != body.end() ? &*egress : nullptr, config));
   return r;
+}
+
+namespace {
+
+// The strings of `j[key]` (an array of at most 256 strings), for a policy's list.
+Result<std::vector<std::string>> EgressList(const Json& j, const char* key) {
+  std::vector<std::string> out;
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return out;
+  if (!it->is_array() || it->size() > 256) {
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "\"egress.{}\" must be an array of at most 256 strings", key);
+  }
+  for (const auto& v : *it) {
+    if (!v.is_string()) {
+      return Errorf(ErrorCode::kInvalidArgument, "\"egress.{}\" holds strings", key);
+    }
+    out.push_back(v.get<std::string>());
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<Json> ParseSessionEgress(const Json* egress, const Config& config) {
+  const EgressConfig& e = config.egress;
+  if (egress == nullptr || egress->is_null()) {
+    if (e.default_policy.empty()) return Json::object();
+    return Json{{"policy", e.default_policy}};
+  }
+  constexpr std::string_view kShape =
+      "\"egress\" must be {\"policy\": NAME} or {\"allow\": [...], \"allow_addresses\": "
+      "[...]}";
+  if (!egress->is_object()) return MakeError(ErrorCode::kInvalidArgument, std::string(kShape));
+  for (const auto& [key, value] : egress->items()) {
+    if (key != "policy" && key != "allow" && key != "allow_addresses") {
+      return Errorf(ErrorCode::kInvalidArgument, "{}; {} is not one of its members", kShape,
+                    DumpJson(Json(key)));
+    }
+  }
+  if (auto it = egress->find("policy"); it != egress->end()) {
+    if (!it->is_string() || egress->size() != 1) {
+      return MakeError(ErrorCode::kInvalidArgument, std::string(kShape));
+    }
+    const std::string name = it->get<std::string>();
+    if (!e.policies.contains(name)) {
+      std::string names;
+      for (const auto& [n, p] : e.policies) names += (names.empty() ? "" : ", ") + n;
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "\"egress.policy\": no egress policy {} is configured (configured: {})",
+                    DumpJson(Json(name)), names.empty() ? "none" : names);
+    }
+    return Json{{"policy", name}};
+  }
+  AIRLOCK_ASSIGN_OR_RETURN(auto allow, EgressList(*egress, "allow"));
+  AIRLOCK_ASSIGN_OR_RETURN(auto addresses, EgressList(*egress, "allow_addresses"));
+  AIRLOCK_ASSIGN_OR_RETURN(egress::Policy p, egress::ParsePolicy(allow, addresses, "egress"));
+  if (auto narrows = egress::CheckNarrows(p, e.allow); !narrows) {
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "\"egress\" may only narrow what the operator allows: {}",
+                  narrows.error().message);
+  }
+  if (p.empty()) return Json::object();
+  return Json{{"allow", allow}, {"allow_addresses", addresses}};
+}
+
+Result<egress::Policy> SessionEgressPolicy(const Json& stored, const Config& config) {
+  const EgressConfig& e = config.egress;
+  if (!stored.is_object() || stored.empty()) return egress::Policy{};
+  if (auto it = stored.find("policy"); it != stored.end() && it->is_string()) {
+    auto p = e.policies.find(it->get<std::string>());
+    if (p == e.policies.end()) {
+      return Errorf(ErrorCode::kPermissionDenied,
+                    "the session's egress policy \"{}\" is no longer configured",
+                    it->get<std::string>());
+    }
+    return p->second;
+  }
+  AIRLOCK_ASSIGN_OR_RETURN(auto allow, EgressList(stored, "allow"));
+  AIRLOCK_ASSIGN_OR_RETURN(auto addresses, EgressList(stored, "allow_addresses"));
+  AIRLOCK_ASSIGN_OR_RETURN(egress::Policy p, egress::ParsePolicy(allow, addresses, "egress"));
+  if (auto narrows = egress::CheckNarrows(p, e.allow); !narrows) {
+    return Errorf(ErrorCode::kPermissionDenied,
+                  "the session's egress rules are no longer within the operator's: {}",
+                  narrows.error().message);
+  }
+  return p;
 }
 
 Result<std::vector<std::pair<std::string, std::string>>> ParseSessionFiles(const Json& files,

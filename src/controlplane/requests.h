@@ -27,6 +27,9 @@ struct CreateSessionRequest {
   Json limits = Json::object();
   Json metadata = Json::object();
   Json env = Json::object();  // {"NAME": "value"}: non-secret variables for the agent
+  // What the session may reach through the egress gateway, as stored: {"policy": NAME}, or
+  // {"allow": [...], "allow_addresses": [...]}, or {} (nothing).
+  Json egress = Json::object();
   // Files put into the session before its sandbox starts: {name, bytes}.
   std::vector<std::pair<std::string, std::string>> files;
 };
@@ -38,6 +41,14 @@ Result<CreateSessionRequest> ParseCreateSession(const Json& body, const Config& 
 // control plane sets, names matching `config.credential_env`, and the api_key_env of every
 // configured provider; and any value equal to a provider's key.
 Result<Json> ParseSessionEnv(const Json& env, const Config& config);
+// "egress" of POST /v1/sessions: {"policy": NAME} naming one of [egress.policies], or its own
+// {"allow": [...], "allow_addresses": [...]}, which must narrow [egress]'s (never widen it).
+// Left out (null): egress.default_policy, or nothing. Returns the form stored with the session.
+Result<Json> ParseSessionEgress(const Json* egress, const Config& config);
+// What a session whose stored "egress" is `stored` may reach under the configuration now: the
+// named policy as it is configured, or the session's own lists, still checked to narrow
+// [egress] (the operator may have narrowed it since). An empty policy reaches nothing.
+Result<egress::Policy> SessionEgressPolicy(const Json& stored, const Config& config);
 // "files" of POST /v1/sessions: at most 64, each a valid file name whose value is its text or
 // {"base64": "..."}, each within files.max_file_mb and all within files.session_quota_mb.
 Result<std::vector<std::pair<std::string, std::string>>> ParseSessionFiles(const Json& files,

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "store/store_test_util.h"
+
 namespace airlock::controlplane {
 namespace {
 
@@ -167,6 +169,84 @@ TEST(ParseSuspendTest, RefusesAnUnknownModeAndUnknownKeys) {
   auto unknown = ParseSuspend({{"tier", "paused"}});
   ASSERT_FALSE(unknown);
   EXPECT_EQ(unknown.error().code, ErrorCode::kInvalidArgument);
+}
+
+Config EgressConfigForTest() {
+  Config c = TestConfig();
+  auto top = egress::ParsePolicy(std::vector<std::string>{"*.github.com", "pypi.org"},
+                                 std::vector<std::string>{"10.0.0.5:5432"});
+  EXPECT_TRUE(top.has_value());
+  c.egress.allow = *top;
+  auto pip = egress::ParsePolicy(std::vector<std::string>{"pypi.org:443"}, {});
+  c.egress.policies["pip"] = *pip;
+  return c;
+}
+
+TEST(ParseSessionEgressTest, ANarrowerListOrANamedPolicyIsStoredAsGiven) {
+  Config c = EgressConfigForTest();
+  Json own = {{"allow", {"api.github.com:443"}}, {"allow_addresses", {"10.0.0.5:5432"}}};
+  ASSERT_OK_AND_ASSIGN(Json stored, ParseSessionEgress(&own, c));
+  EXPECT_EQ(stored, own);
+  ASSERT_OK_AND_ASSIGN(egress::Policy p, SessionEgressPolicy(stored, c));
+  EXPECT_TRUE(p.AllowsName("api.github.com", 443));
+  EXPECT_FALSE(p.AllowsName("github.com", 443));
+
+  Json named = {{"policy", "pip"}};
+  ASSERT_OK_AND_ASSIGN(stored, ParseSessionEgress(&named, c));
+  EXPECT_EQ(stored, named);
+  ASSERT_OK_AND_ASSIGN(p, SessionEgressPolicy(stored, c));
+  EXPECT_TRUE(p.AllowsName("pypi.org", 443));
+
+  // Left out: the default policy, when there is one; else nothing.
+  ASSERT_OK_AND_ASSIGN(stored, ParseSessionEgress(nullptr, c));
+  EXPECT_EQ(stored, Json::object());
+  c.egress.default_policy = "pip";
+  ASSERT_OK_AND_ASSIGN(stored, ParseSessionEgress(nullptr, c));
+  EXPECT_EQ(stored, named);
+  ASSERT_OK_AND_ASSIGN(p, SessionEgressPolicy(Json::object(), c));
+  EXPECT_TRUE(p.empty());
+}
+
+TEST(ParseSessionEgressTest, WideningAnUnknownPolicyAndBadShapesAreRefused) {
+  Config c = EgressConfigForTest();
+  struct Case {
+    Json egress;
+    std::string says;
+  };
+  for (const Case& k : std::vector<Case>{
+           {{{"allow", {"example.com"}}}, "may only narrow"},
+           {{{"allow", {"*"}}}, "may only narrow"},
+           {{{"allow", {"pypi.org:22"}}}, "may only narrow"},
+           {{{"allow_addresses", {"10.0.0.6:5432"}}}, "may only narrow"},
+           {{{"policy", "nope"}}, "no egress policy \"nope\" is configured (configured: pip)"},
+           {{{"policy", "pip"}, {"allow", {"pypi.org"}}}, "must be {\"policy\": NAME}"},
+           {{{"allw", {"pypi.org"}}}, "\"allw\" is not one of its members"},
+           {{{"allow", "pypi.org"}}, "must be an array"},
+           {{{"allow", {1}}}, "holds strings"},
+           {Json::array(), "must be {\"policy\": NAME}"},
+       }) {
+    auto r = ParseSessionEgress(&k.egress, c);
+    ASSERT_FALSE(r.has_value()) << k.egress;
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(r.error().message.find(k.says), std::string::npos)
+        << k.egress << " -> " << r.error().message;
+  }
+}
+
+TEST(ParseSessionEgressTest, AStoredPolicyThatNoLongerFitsTheConfigurationReachesNothing) {
+  Config c = EgressConfigForTest();
+  Json own = {{"allow", {"api.github.com"}}};
+  ASSERT_OK_AND_ASSIGN(Json stored, ParseSessionEgress(&own, c));
+  // The operator narrowed [egress] since the session was created.
+  c.egress.allow = *egress::ParsePolicy(std::vector<std::string>{"pypi.org"}, {});
+  auto p = SessionEgressPolicy(stored, c);
+  ASSERT_FALSE(p.has_value());
+  EXPECT_EQ(p.error().code, ErrorCode::kPermissionDenied);
+  // Or removed the named policy.
+  c.egress.policies.clear();
+  p = SessionEgressPolicy(Json{{"policy", "pip"}}, c);
+  ASSERT_FALSE(p.has_value());
+  EXPECT_NE(p.error().message.find("no longer configured"), std::string::npos);
 }
 
 }  // namespace

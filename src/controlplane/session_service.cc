@@ -56,6 +56,7 @@ awaitable<Result<store::Session>> SessionService::Create(CreateSessionRequest re
   s.limits = std::move(req.limits);
   s.metadata = std::move(req.metadata);
   s.env = std::move(req.env);
+  s.egress = std::move(req.egress);
   sandbox::Backend* backend = d_.backends.Find(s.backend);
   if (!backend) {
     if (auto why = d_.backends.UnavailableReason(s.backend)) {
@@ -423,6 +424,7 @@ Status SessionService::OpenChannel(const std::string& id) {
 
 void SessionService::CloseChannel(const std::string& id) {
   d_.channels.CloseUnix(ControlSocketDir(id) + "/control.sock");
+  d_.channels.CutSession(id);
 }
 
 awaitable<void> SessionService::CheckSandbox(store::Session s) {

@@ -87,6 +87,9 @@ class SandboxChannels {
   // Listens on the Unix socket at `path`, which serves session `session_id` only.
   virtual Status ListenUnix(const std::string& path, const std::string& session_id) = 0;
   virtual void CloseUnix(const std::string& path) = 0;
+  // The session's channel is closed for good here: what still flows through it (its egress
+  // connections) is cut.
+  virtual void CutSession(const std::string& /*session_id*/) {}
   // The URL a sandbox reaches the sandbox listener at over TCP.
   virtual std::string SandboxUrl() const = 0;
   // Whether the sandbox listener is shutting down: waits end at once.

@@ -8,9 +8,11 @@ Status ValidateEventType(std::string_view type) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "\"type\" must be 1-64 characters of a-z, 0-9, '.', '_' or '-'");
   }
-  if (type.starts_with("session.") || type.starts_with("llm.") || type.starts_with("file.")) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "event types session.*, llm.* and file.* are reserved for the control plane");
+  if (type.starts_with("session.") || type.starts_with("llm.") || type.starts_with("file.") ||
+      type.starts_with("egress.")) {
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "event types session.*, llm.*, file.* and egress.* are reserved for the control plane");
   }
   return Ok();
 }

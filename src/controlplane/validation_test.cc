@@ -12,6 +12,8 @@ TEST(ValidationTest, SandboxCannotForgeControlPlaneEvents) {
   EXPECT_FALSE(ValidateEventType("session.state").has_value());
   EXPECT_FALSE(ValidateEventType("llm.call").has_value());
   EXPECT_FALSE(ValidateEventType("file.uploaded").has_value());
+  // A sandbox cannot forge the gateway's record of where it went.
+  EXPECT_FALSE(ValidateEventType("egress.connection").has_value());
   EXPECT_FALSE(ValidateEventType("").has_value());
   EXPECT_FALSE(ValidateEventType("Upper").has_value());
   EXPECT_FALSE(ValidateEventType("line\nbreak").has_value());

@@ -24,6 +24,7 @@ Json SessionView(const store::Session& s) {
             {"limits", s.limits},
             {"metadata", s.metadata},
             {"env", s.env.is_object() ? s.env : Json::object()},
+            {"egress", s.egress.is_object() ? s.egress : Json::object()},
             {"created_at", FormatTimestamp(s.created_at)},
             {"updated_at", FormatTimestamp(s.updated_at)},
             {"usage", UsageView(s.usage)}};

@@ -59,14 +59,24 @@ std::string AgentPath(const SessionEnv& env) {
 
 std::vector<std::string> AgentEnvironment(const SessionEnv& env, const std::string& home,
                                           const std::vector<std::string>& image_env,
-                                          const EnvVars& session_vars) {
+                                          const EnvVars& session_vars, bool egress) {
+  std::vector<std::string> reserved = {
+      "SESSION_ID=" + env.session_id,
+      "SESSION_TOKEN=" + env.token,
+      "CONTROL_PLANE_URL=" + env.control_plane_url,
+  };
+  if (egress) {
+    // The gateway answers on the control plane's own port, over the same channel. Both
+    // spellings: curl reads only the lower-case http_proxy, Go and Python either.
+    for (const char* name : {"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"}) {
+      reserved.push_back(std::string(name) + "=" + env.control_plane_url);
+    }
+    for (const char* name : {"NO_PROXY", "no_proxy"}) {
+      reserved.push_back(std::string(name) + "=127.0.0.1,localhost,::1");
+    }
+  }
   return MergeEnvironment({"PATH=" + AgentPath(env), "HOME=" + home, "LANG=C.UTF-8"}, image_env,
-                          session_vars,
-                          {
-                              "SESSION_ID=" + env.session_id,
-                              "SESSION_TOKEN=" + env.token,
-                              "CONTROL_PLANE_URL=" + env.control_plane_url,
-                          });
+                          session_vars, reserved);
 }
 
 }  // namespace airlock::init

@@ -25,10 +25,12 @@ SessionEnv TakeEnvironment(char** envp);
 Status CheckSessionEnv(const SessionEnv& env);
 
 // The agent's whole environment, "NAME=value" strings: the three session variables, PATH,
-// HOME and LANG. Nothing else of init's environment reaches the agent.
+// HOME and LANG. Nothing else of init's environment reaches the agent. With `egress`, the
+// proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY and their lower-case forms) point at the
+// control plane, whose gateway is the only way out.
 std::vector<std::string> AgentEnvironment(const SessionEnv& env, const std::string& home,
                                           const std::vector<std::string>& image_env = {},
-                                          const EnvVars& session_vars = {});
+                                          const EnvVars& session_vars = {}, bool egress = false);
 
 // The PATH the agent gets.
 std::string AgentPath(const SessionEnv& env);

@@ -212,6 +212,7 @@ class Init {
       return Fail(work.error());
     }
     session_vars_ = std::move(work->env);
+    egress_ = work->egress;
     int copied = CopySessionFiles(opts_.socket_path, env_.token, work->files, opts_.workdir,
                                   opts_.uid, opts_.gid);
     if (copied > 0) {
@@ -229,7 +230,7 @@ class Init {
     UniqueFd write_end(out[1]);
     AgentSpec spec;
     spec.command = opts_.command;
-    spec.env = AgentEnvironment(env_, opts_.home, opts_.image_env, session_vars_);
+    spec.env = AgentEnvironment(env_, opts_.home, opts_.image_env, session_vars_, egress_);
     spec.path = AgentPath(env_);
     for (const auto& e : spec.env) {
       if (e.starts_with("PATH=")) {
@@ -415,6 +416,7 @@ class Init {
   Options opts_;
   SessionEnv env_;
   EnvVars session_vars_;
+  bool egress_ = false;  // the session's policy reaches something: the agent gets a proxy
   UniqueFd signals_;
   UniqueFd epoll_;
   rlimit nofile_{};

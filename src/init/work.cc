@@ -50,6 +50,16 @@ class JsonReader {
     Space();
     return s_.empty();
   }
+  // A literal (true, false, null) that ends there.
+  bool Word(std::string_view w) {
+    Space();
+    if (!s_.starts_with(w) ||
+        (s_.size() > w.size() && std::isalnum(static_cast<unsigned char>(s_[w.size()])))) {
+      return false;
+    }
+    s_.remove_prefix(w.size());
+    return true;
+  }
 
   Result<std::string> String() {
     if (!Take('"')) {
@@ -404,6 +414,29 @@ Result<EnvVars> ParseStringMap(std::string_view json, std::string_view key) {
   return out;
 }
 
+Result<bool> ParseFlag(std::string_view json, std::string_view key) {
+  JsonReader r(json);
+  bool value = false;
+  auto walked = ForEachMember(r, [&](const std::string& name) -> Status {
+    if (name != key) {
+      return r.Skip();
+    }
+    if (r.Word("true")) {
+      value = true;
+    } else if (!r.Word("false") && !r.Word("null")) {
+      return Fail("\"" + std::string(key) + "\" is not true or false");
+    }
+    return {};
+  });
+  if (!walked) {
+    return Fail(walked.error());
+  }
+  if (!r.AtEnd()) {
+    return Fail("text after the JSON object");
+  }
+  return value;
+}
+
 Result<std::vector<std::string>> ParseFileNames(std::string_view json) {
   JsonReader r(json);
   std::vector<std::string> names;
@@ -458,7 +491,11 @@ Result<SessionWork> ParseWork(std::string_view json) {
   if (!files) {
     return Fail(files.error());
   }
-  return SessionWork{std::move(*env), std::move(*files)};
+  auto egress = ParseFlag(json, "egress");
+  if (!egress) {
+    return Fail(egress.error());
+  }
+  return SessionWork{std::move(*env), std::move(*files), *egress};
 }
 
 Result<SessionWork> FetchWork(const std::string& socket_path, const std::string& token) {

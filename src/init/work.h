@@ -25,11 +25,16 @@ Result<EnvVars> ParseStringMap(std::string_view json, std::string_view key);
 // The "name" of every element of the array under "files": {"files": [{"name": ..}, ..]}.
 Result<std::vector<std::string>> ParseFileNames(std::string_view json);
 
+// The boolean under `key` of a JSON object: {"egress": true}. Left out or null: false.
+Result<bool> ParseFlag(std::string_view json, std::string_view key);
+
 struct SessionWork {
   EnvVars env;
   std::vector<std::string> files;
+  bool egress = false;  // the session's policy reaches something: the agent gets a proxy
 };
-// Parses the answer of GET /sandbox/v1/work: {"env": {..}, "files": [{"name": ..}, ..]}.
+// Parses the answer of GET /sandbox/v1/work: {"env": {..}, "files": [{"name": ..}, ..],
+// "egress": true|false}.
 Result<SessionWork> ParseWork(std::string_view json);
 
 // The session's work from the control plane (none from one that does not serve the route).

@@ -171,6 +171,10 @@ ALTER TABLE messages ADD COLUMN superseded_at BIGINT;
 -- Per-session environment variables given at create (issue 14: work going in).
 ALTER TABLE sessions ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
 )sql"},
+    {6, R"sql(
+-- What the session may reach through the egress gateway (issue 15).
+ALTER TABLE sessions ADD COLUMN egress TEXT NOT NULL DEFAULT '{}';
+)sql"},
 };
 
 constexpr int kLatestVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -456,7 +460,7 @@ using Pool = ConnectionPool<Connection>;
 constexpr std::string_view kSessionColumns =
     "id, state, image, backend, model, command, limits, metadata, token_hash, sandbox_handle, "
     "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at, models, "
-    "ended_at, purged_at, node, tier, state_since, env";
+    "ended_at, purged_at, node, tier, state_since, env, egress";
 
 std::string SessionQuery(std::string_view where_and_rest) {
   return fmt::format("SELECT {} FROM sessions {}", kSessionColumns, where_and_rest);
@@ -504,6 +508,7 @@ Result<Session> ReadSession(const Rows& rows, int row) {
   s.tier = *parsed_tier;
   s.state_since = rows.Int(row, 22);
   AIRLOCK_ASSIGN_OR_RETURN(s.env, rows.JsonColumn(row, 23));
+  AIRLOCK_ASSIGN_OR_RETURN(s.egress, rows.JsonColumn(row, 24));
   return s;
 }
 
@@ -795,14 +800,16 @@ class PostgresStore final : public Store {
       auto inserted = c.Query(
           "INSERT INTO sessions (id, state, image, backend, model, command, limits, metadata, "
           "token_hash, sandbox_handle, result, input_tokens, output_tokens, llm_calls, "
-          "cost_usd, created_at, updated_at, models, node, tier, state_since, env) VALUES "
+          "cost_usd, created_at, updated_at, models, node, tier, state_since, env, egress) "
+          "VALUES "
           "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, "
-          "$19, $20, $16, $21)",
+          "$19, $20, $16, $21, $22)",
           s.id, StateName(s.state), s.image, s.backend, s.model, DumpJson(s.command),
           DumpJson(s.limits), DumpJson(s.metadata), s.token_hash, s.sandbox_handle, s.result,
           s.usage.input_tokens, s.usage.output_tokens, s.usage.llm_calls, s.usage.cost_usd,
           created_at, updated_at, DumpJson(s.models.is_array() ? s.models : Json::array()), s.node,
-          TierName(SuspendTier::kActive), DumpJson(s.env.is_object() ? s.env : Json::object()));
+          TierName(SuspendTier::kActive), DumpJson(s.env.is_object() ? s.env : Json::object()),
+          DumpJson(s.egress.is_object() ? s.egress : Json::object()));
       if (!inserted && inserted.error().code == ErrorCode::kConflict) {
         // Either the id or the token hash is taken; neither is expected with random values.
         return Errorf(ErrorCode::kConflict, "session {} or its token already exists", s.id);

@@ -160,6 +160,10 @@ ALTER TABLE messages ADD COLUMN superseded_at INTEGER;
 -- Per-session environment variables given at create (issue 14: work going in).
 ALTER TABLE sessions ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
 )sql"},
+    {8, R"sql(
+-- What the session may reach through the egress gateway (issue 15).
+ALTER TABLE sessions ADD COLUMN egress TEXT NOT NULL DEFAULT '{}';
+)sql"},
 };
 
 constexpr int kLatestVersion = kMigrations[std::size(kMigrations) - 1].version;
@@ -386,7 +390,7 @@ using ReadPool = ConnectionPool<Connection>;
 constexpr std::string_view kSessionColumns =
     "id, state, image, backend, model, command, limits, metadata, token_hash, sandbox_handle, "
     "result, input_tokens, output_tokens, llm_calls, cost_usd, created_at, updated_at, models, "
-    "ended_at, purged_at, node, tier, state_since, env";
+    "ended_at, purged_at, node, tier, state_since, env, egress";
 
 std::string SessionQuery(std::string_view where_and_rest) {
   return fmt::format("SELECT {} FROM sessions {}", kSessionColumns, where_and_rest);
@@ -434,6 +438,7 @@ Result<Session> ReadSession(const Stmt& row) {
   s.tier = *parsed_tier;
   s.state_since = row.Int(22);
   AIRLOCK_ASSIGN_OR_RETURN(s.env, row.JsonColumn(23));
+  AIRLOCK_ASSIGN_OR_RETURN(s.egress, row.JsonColumn(24));
   return s;
 }
 
@@ -687,16 +692,17 @@ class SqliteStore final : public Store {
             c.Prepare("INSERT INTO sessions (id, state, image, backend, model, command, limits, "
                       "metadata, token_hash, sandbox_handle, result, input_tokens, output_tokens, "
                       "llm_calls, cost_usd, created_at, updated_at, models, node, tier, "
-                      "state_since, env) VALUES "
+                      "state_since, env, egress) VALUES "
                       "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, "
-                      "?17, ?18, ?19, ?20, ?16, ?21)"));
+                      "?17, ?18, ?19, ?20, ?16, ?21, ?22)"));
         stmt.Bind(s.id, StateName(s.state), s.image, s.backend, s.model, DumpJson(s.command),
                   DumpJson(s.limits), DumpJson(s.metadata), s.token_hash, s.sandbox_handle,
                   s.result, s.usage.input_tokens, s.usage.output_tokens, s.usage.llm_calls,
                   s.usage.cost_usd, created_at, updated_at,
                   DumpJson(s.models.is_array() ? s.models : Json::array()), s.node,
                   TierName(SuspendTier::kActive),
-                  DumpJson(s.env.is_object() ? s.env : Json::object()));
+                  DumpJson(s.env.is_object() ? s.env : Json::object()),
+                  DumpJson(s.egress.is_object() ? s.egress : Json::object()));
         auto done = stmt.Run();
         if (!done && done.error().code == ErrorCode::kConflict) {
           // Either the id or the token hash is taken; neither is expected with random values.

@@ -29,8 +29,14 @@ std::string RawQuery(const std::string& path, const std::string& sql) {
   return SqliteRawQuery(path, sql);
 }
 
+// Takes a database back to before schema version 8 (egress policies: sessions.egress).
+void UndoVersion8(const std::string& path) {
+  RawQuery(path, "ALTER TABLE sessions DROP COLUMN egress");
+}
+
 // Takes a database back to before schema version 7 (per-session environment: sessions.env).
 void UndoVersion7(const std::string& path) {
+  UndoVersion8(path);
   RawQuery(path, "ALTER TABLE sessions DROP COLUMN env");
 }
 
@@ -155,7 +161,7 @@ TEST_F(SqliteStoreTest, AVersion1DatabaseIsUpgradedInPlace) {
   ASSERT_NE(store, nullptr);
   ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_old"));
   EXPECT_EQ(s.models, Json::array());
-  EXPECT_EQ(RawQuery(options_.path, "SELECT MAX(version) FROM schema_migrations"), "7");
+  EXPECT_EQ(RawQuery(options_.path, "SELECT MAX(version) FROM schema_migrations"), "8");
 }
 
 TEST_F(SqliteStoreTest, AVersion2DatabaseGetsEventTotalsAndEndTimesBackfilled) {

@@ -52,6 +52,9 @@ struct Session {
   Json metadata = Json::object();
   // Non-secret variables the creator gave the agent ({"NAME": "value"}); checked at create.
   Json env = Json::object();
+  // What it may reach through the egress gateway, as POST /v1/sessions stored it:
+  // {"policy": NAME}, {"allow": [...], "allow_addresses": [...]}, or {} (nothing).
+  Json egress = Json::object();
   std::string token_hash;      // hex SHA-256 of the session token; "" once revoked
   std::string sandbox_handle;  // backend's opaque handle for reattach; "" when none
   std::optional<std::string> result;

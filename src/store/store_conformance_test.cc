@@ -139,6 +139,7 @@ TEST_P(StoreConformanceTest, CreatedSessionRoundTripsWithTaskMessageAndCreatedEv
   Session in = MakeSession("ses_a", 1234);
   in.sandbox_handle = "crun:abc";
   in.env = Json{{"REPO", "airlock"}, {"DEBUG", "1"}};
+  in.egress = Json{{"allow", {"pypi.org"}}, {"allow_addresses", Json::array()}};
   ASSERT_OK(store->CreateSession(in, UserMessage("do the thing")));
 
   ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_a"));
@@ -151,6 +152,7 @@ TEST_P(StoreConformanceTest, CreatedSessionRoundTripsWithTaskMessageAndCreatedEv
   EXPECT_EQ(s.limits, in.limits);
   EXPECT_EQ(s.metadata, in.metadata);
   EXPECT_EQ(s.env, in.env);
+  EXPECT_EQ(s.egress, in.egress);
   EXPECT_EQ(s.token_hash, in.token_hash);
   EXPECT_EQ(s.sandbox_handle, "crun:abc");
   EXPECT_FALSE(s.result.has_value());
@@ -1465,9 +1467,10 @@ TEST_P(StoreConformanceTest, ASuspendedSessionFromBeforeTiersReadsAsPausedSinceI
   const std::string latest = RawQuery("SELECT MAX(version) FROM schema_migrations");
   const std::string tiers = postgres() ? "3" : "5";  // each store's idle-tier step
   // The database as it was then: the steps from the tiers' on undone (the steps after it add
-  // messages.superseded_at and sessions.env).
-  ASSERT_EQ(latest, std::to_string(std::stoi(tiers) + 2));
+  // messages.superseded_at, sessions.env and sessions.egress).
+  ASSERT_EQ(latest, std::to_string(std::stoi(tiers) + 3));
   RawQuery("DELETE FROM schema_migrations WHERE version >= " + tiers);
+  RawQuery("ALTER TABLE sessions DROP COLUMN egress");
   RawQuery("ALTER TABLE sessions DROP COLUMN env");
   RawQuery("ALTER TABLE messages DROP COLUMN superseded_at");
   RawQuery("ALTER TABLE sessions DROP COLUMN tier");
