@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds the test image of clients that agents really use: this host's curl and Python 3 (with
+# its standard library), each with the shared libraries it loads, over busybox. The egress tests
+# run them inside sandboxes unchanged.
+#
+#   tests/security/tools-image.sh OUT.tar NAME
+set -euo pipefail
+out=$1
+name=$2
+here=$(cd "$(dirname "$0")" && pwd)
+python=$(readlink -f /usr/bin/python3)
+pylib=/usr/lib/$(basename "$python")
+
+args=(--out "$out" --name "$name" --busybox --workdir /home/sandbox)
+declare -A seen=()
+add() {  # add FILE: the file at its own path (a symlink as the file it names)
+  local f=$1
+  [[ -n ${seen[$f]:-} ]] && return
+  seen[$f]=1
+  args+=(--add "$(readlink -f "$f"):$f")
+}
+for bin in /usr/bin/curl "$python"; do
+  add "$bin"
+  # The loader and every library ldd resolves, at the paths the binary asks for.
+  while read -r lib; do
+    add "$lib"
+  done < <(ldd "$bin" | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}')
+done
+# Python's own extension modules load further libraries (ssl, zlib, ffi...).
+while read -r lib; do
+  add "$lib"
+done < <(find "$pylib/lib-dynload" -name '*.so' -exec ldd {} \; 2>/dev/null |
+  awk '/=> \//{print $3}' | sort -u)
+args+=(--add "$python:/usr/bin/python3")
+args+=(--add-dir "$pylib:$pylib")
+exec "$here/../../images/make-image.sh" "${args[@]}"
