@@ -372,6 +372,9 @@ struct RunFlags {
   std::vector<std::string> limits;
   std::vector<std::string> meta;
   std::vector<std::string> env;    // NAME=VALUE
+  std::vector<std::string> allow;  // egress name rules; with allow_addresses, the session's own
+  std::vector<std::string> allow_addresses;
+  std::string egress_policy;       // or one of the server's [egress.policies]
   std::vector<std::string> files;  // PATH or NAME=PATH
   bool detach = false;
   bool json = false;
@@ -579,6 +582,14 @@ CliResult<int> CmdRun(const RunFlags& f) {
       return Fail(kExitUsage, parsed.error().message);
     }
     body[key] = std::move(*parsed);
+  }
+  if (!f.egress_policy.empty() && (!f.allow.empty() || !f.allow_addresses.empty())) {
+    return Fail(kExitUsage, "--egress-policy names a policy; it does not go with --allow");
+  }
+  if (!f.egress_policy.empty()) {
+    body["egress"] = {{"policy", f.egress_policy}};
+  } else if (!f.allow.empty() || !f.allow_addresses.empty()) {
+    body["egress"] = {{"allow", f.allow}, {"allow_addresses", f.allow_addresses}};
   }
   if (!f.files.empty()) {
     auto files = ReadRunFiles(f.files);
@@ -1262,6 +1273,22 @@ Examples:
                    "repeatable (NAME=PATH to rename it)")
       ->type_name("PATH")
       ->allow_extra_args(false);
+  run_cmd
+      ->add_option("--allow", run.allow,
+                   "A host the sandbox may reach through the egress gateway, repeatable "
+                   "(\"pypi.org\", \"*.github.com\", \"host:PORT\"); within the server's "
+                   "[egress]")
+      ->type_name("HOST")
+      ->allow_extra_args(false);
+  run_cmd
+      ->add_option("--allow-address", run.allow_addresses,
+                   "An exact ADDRESS:PORT the sandbox may reach, repeatable")
+      ->type_name("ADDR:PORT")
+      ->allow_extra_args(false);
+  run_cmd
+      ->add_option("--egress-policy", run.egress_policy,
+                   "One of the server's [egress.policies] instead of --allow")
+      ->type_name("NAME");
   run_cmd->add_flag("--detach,-d", run.detach, "Print the session id and return at once");
   run_cmd->add_flag("--json", run.json,
                     "JSON lines: the created session, each event, then the final session");

@@ -295,5 +295,23 @@ TEST_F(CliOutputTest, AirlockRunPutsEnvAndFilesInAndShowsAnOwnCommandsOutput) {
   std::filesystem::remove_all(dir);
 }
 
+// `airlock run --allow / --allow-address / --egress-policy` become the session's "egress";
+// this server allows nothing, so each is refused by it, with its reason.
+TEST_F(CliOutputTest, AirlockRunAsksForEgressAndShowsTheServersRefusal) {
+  Output wide =
+      RunCli(server_, {"run", "--allow", "pypi.org", "--allow-address", "10.0.0.5:5432", "do it"});
+  EXPECT_NE(wide.exit_code, 0);
+  EXPECT_NE(wide.err.find("\"egress\" may only narrow what the operator allows"), std::string::npos)
+      << wide.err;
+  Output named = RunCli(server_, {"run", "--egress-policy", "web", "do it"});
+  EXPECT_NE(named.exit_code, 0);
+  EXPECT_NE(named.err.find("no egress policy \"web\" is configured (configured: none)"),
+            std::string::npos)
+      << named.err;
+  Output both = RunCli(server_, {"run", "--egress-policy", "web", "--allow", "pypi.org", "do it"});
+  EXPECT_EQ(both.exit_code, 2) << both.err;
+  EXPECT_NE(both.err.find("does not go with --allow"), std::string::npos) << both.err;
+}
+
 }  // namespace
 }  // namespace airlock::testing

@@ -16,6 +16,27 @@ from airlock.operator import OperatorClient
 
 class OperatorClientTest(ServerTestCase):
     REPLIES = ["hello"]
+    EXTRA_CONFIG = """
+[egress]
+allow = ["pypi.org:443", "*.github.com"]
+[egress.policies.pip]
+allow = ["pypi.org:443"]
+"""
+
+    def test_work_going_in_and_egress_at_create(self):
+        s, _, _ = self.server.capture_session(
+            env={"REPO": "airlock"}, files={"notes.md": "hi"}, egress={"allow": ["api.github.com"]}
+        )
+        got = self.op.get_session(s["id"])
+        self.assertEqual(got["env"], {"REPO": "airlock"})
+        self.assertEqual(got["egress"], {"allow": ["api.github.com"], "allow_addresses": []})
+        self.assertEqual([f["name"] for f in self.op.list_files(s["id"])], ["notes.md"])
+        s2, _, _ = self.server.capture_session(egress={"policy": "pip"})
+        self.assertEqual(s2["egress"], {"policy": "pip"})
+        with self.assertRaises(AirlockError) as cm:
+            self.op.create_session("x", egress={"allow": ["example.com"]})
+        self.assertEqual(cm.exception.status, 400)
+        self.assertIn("may only narrow", cm.exception.message)
 
     def test_a_bad_key_raises_auth_error(self):
         bad = OperatorClient(self.server.operator_url, key="not-the-key")

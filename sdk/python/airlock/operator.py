@@ -89,8 +89,16 @@ class OperatorClient:
         backend: Optional[str] = None,
         limits: Optional[Dict[str, Any]] = None,
         metadata: Optional[Dict[str, Any]] = None,
+        env: Optional[Dict[str, str]] = None,
+        files: Optional[Dict[str, Any]] = None,
+        egress: Optional[Dict[str, Any]] = None,
     ) -> Dict[str, Any]:
-        """Starts a session working on ``task``; returns the session object."""
+        """Starts a session working on ``task``; returns the session object.
+
+        ``env`` and ``files`` are the work going in (non-secret variables, and files for the
+        agent's working directory: text, or ``{"base64": ...}``); ``egress`` what the sandbox
+        may reach: ``{"policy": NAME}`` or ``{"allow": [...], "allow_addresses": [...]}``
+        within the operator's ``[egress]`` (docs/api.md)."""
         body: Dict[str, Any] = {"task": task}
         for name, value in (
             ("image", image),
@@ -100,6 +108,9 @@ class OperatorClient:
             ("backend", backend),
             ("limits", limits),
             ("metadata", metadata),
+            ("env", env),
+            ("files", files),
+            ("egress", egress),
         ):
             if value is not None:
                 body[name] = list(value) if name in ("command", "models") else value
