@@ -445,6 +445,42 @@ TEST_F(GatewayTest, ATunnelThatMovesNothingIsClosedAfterTheIdleTimeout) {
   EXPECT_EQ(gateway_->open_connections(), 0u);
 }
 
+TEST_F(GatewayTest, AClientThatStopsReadingHoldsOnlyItsBuffersAndIsCutOff) {
+  // The origin sends 64 MiB as fast as it may; the client reads none of it. The gateway holds a
+  // buffer a direction, not the stream: once the sockets are full nothing moves, and the idle
+  // timeout ends the tunnel. Meanwhile another session's tunnel works.
+  Origin flood([](int fd) {
+    std::string chunk(1 << 20, 'z');
+    for (int i = 0; i < 64; ++i) {
+      if (::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL) <= 0) return;
+    }
+  });
+  Echo echo;
+  Origin other(std::ref(echo));
+  GatewayOptions o;
+  o.idle_timeout = std::chrono::milliseconds(500);
+  Start({{"ses_a", Allow({}, {At(flood.port())})}, {"ses_b", Allow({}, {At(other.port())})}}, o);
+  int a = Connect("ses_a");
+  int rcvbuf = 4096;
+  ::setsockopt(a, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+  ASSERT_EQ(Open(a, At(flood.port())).first, 200u);
+  SendAll(a, "go");
+  int b = Connect("ses_b");
+  ASSERT_EQ(Open(b, At(other.port())).first, 200u);
+  SendAll(b, "still here");
+  EXPECT_EQ(ReadN(b, 10), "still here");
+  ::close(b);
+  auto first = NextReport();
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->session, "ses_b");
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->session, "ses_a");
+  EXPECT_EQ(r->reason, "closed after the idle timeout");
+  EXPECT_LT(r->bytes_down, 16u << 20) << "the gateway kept reading what its client did not";
+  ::close(a);
+}
+
 TEST_F(GatewayTest, ClosingASessionCutsItsTunnelsAndNoOneElses) {
   Echo echo;
   Origin origin(std::ref(echo));
