@@ -25,7 +25,8 @@ packages=(
 for arg in "$@"; do
   case "$arg" in
     # time: the benchmarks report the load generator's own CPU per request.
-    --with-bench) packages+=(wrk nginx time) ;;
+    # tinyproxy: bench/egress.py's baseline for the egress gateway.
+    --with-bench) packages+=(wrk nginx time tinyproxy) ;;
     # scripts/fuzz.sh: libFuzzer and the sanitizer runtimes come with clang (g++ has none).
     --with-fuzz) packages+=(clang-16 libclang-rt-16-dev) ;;
     *) echo "install-deps: unknown argument: $arg" >&2; exit 2 ;;
