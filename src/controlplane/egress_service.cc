@@ -19,7 +19,7 @@ egress::GatewayOptions GatewayOptionsFor(const EgressConfig& c) {
 
 EgressService::EgressService(Deps deps, egress::OwnAddresses own) : d_(deps) {
   gateway_ = std::make_unique<egress::Gateway>(
-      egress::Gateway::Deps{d_.io, d_.pool, d_.registry,
+      egress::Gateway::Deps{d_.io, resolver_, d_.registry,
                             [this](const egress::ConnectionReport& r) {
                               asio::co_spawn(d_.io, Record(r), asio::detached);
                             }},

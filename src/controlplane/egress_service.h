@@ -46,6 +46,8 @@ class EgressService {
   awaitable<void> Record(egress::ConnectionReport r);
 
   Deps d_;
+  // The gateway's name lookups: threads of their own (a sandbox may choose a slow DNS name).
+  asio::thread_pool resolver_{16};
   std::unique_ptr<egress::Gateway> gateway_;
 };
 

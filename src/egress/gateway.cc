@@ -73,6 +73,7 @@ struct Share {
   Share(double requests_per_minute, double bytes_per_minute)
       : requests(requests_per_minute), bytes(bytes_per_minute) {}
   size_t open = 0;
+  size_t resolving = 0;                      // name lookups in flight
   std::vector<std::weak_ptr<Relay>> relays;  // the open ones, for CloseSession
   Bucket requests;
   Bucket bytes;
@@ -561,10 +562,20 @@ awaitable<unsigned> RunJob(std::shared_ptr<Job> job, RawStream& client) {
     auto name = NormalizeHostName(host);
     if (!name)
       co_return co_await Answer(*job, client, 403, "egress_denied", "denied", name.error().message);
+    // A lookup holds a resolver thread for as long as DNS takes to answer, which the sandbox
+    // may choose (a name whose server answers slowly): one session holds only its share.
+    Share& share = st.ShareOf(rep.session);  // there while this connection is open
+    if (share.resolving >= st.options.max_lookups_per_session) {
+      co_return co_await Answer(*job, client, 429, "resource_exhausted", "limited",
+                                fmt::format("this session already has {} name lookups in flight",
+                                            st.options.max_lookups_per_session));
+    }
+    ++share.resolving;
     const std::string n = *name;
     const char* hosts_file = st.options.hosts_file.c_str();
     auto resolved =
-        co_await RunBlocking(st.d.pool, [&n, hosts_file] { return Resolve(n, hosts_file); });
+        co_await RunBlocking(st.d.resolver, [&n, hosts_file] { return Resolve(n, hosts_file); });
+    --share.resolving;
     if (!resolved) {
       co_return co_await Answer(*job, client, 502, "egress_unresolved", "failed",
                                 resolved.error().message);

@@ -22,6 +22,7 @@ struct GatewayOptions {
   // Per session: connections open at once, new ones (and plain-HTTP requests) per minute, and
   // bytes per minute both ways together. Over the byte rate a connection waits; it is not cut.
   size_t max_connections_per_session = 16;
+  size_t max_lookups_per_session = 2;  // name lookups in flight; past it, 429
   double requests_per_minute = 600;
   double bytes_per_minute = 1024.0 * 1024 * 1024;
   std::chrono::milliseconds connect_timeout{10'000};
@@ -64,7 +65,9 @@ class Gateway {
  public:
   struct Deps {
     asio::io_context& io;
-    asio::thread_pool& pool;  // name resolution (getaddrinfo blocks)
+    // Name lookups (getaddrinfo blocks, for as long as DNS takes): a pool of their own, so
+    // that slow DNS never holds the threads the store needs.
+    asio::thread_pool& resolver;
     metrics::Registry& registry;
     std::function<void(const ConnectionReport&)> report;  // each connection, once, at its end
   };

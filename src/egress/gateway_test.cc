@@ -1,11 +1,13 @@
 #include "egress/gateway.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -144,7 +146,7 @@ class GatewayTest : public ::testing::Test {
   static inline int counter_ = 0;
   fs::path dir_;
   asio::io_context io_;
-  asio::thread_pool pool_{2};
+  asio::thread_pool pool_{4};  // the resolver: the slow-lookup test blocks three
   metrics::Registry registry_;
   net::HttpMetrics http_metrics_{registry_};
   std::map<std::string, Policy> policies_;
@@ -479,6 +481,37 @@ TEST_F(GatewayTest, AClientThatStopsReadingHoldsOnlyItsBuffersAndIsCutOff) {
   EXPECT_EQ(r->reason, "closed after the idle timeout");
   EXPECT_LT(r->bytes_down, 16u << 20) << "the gateway kept reading what its client did not";
   ::close(a);
+}
+
+TEST_F(GatewayTest, SlowNameLookupsHoldOnlyTheirSessionsShareOfTheResolver) {
+  // The hosts file is a FIFO: reading it blocks until the test opens it for writing, as a lookup
+  // blocks on a DNS server that answers slowly (one the sandbox may choose).
+  const std::string fifo = dir_ / "hosts";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  GatewayOptions o;
+  o.hosts_file = fifo;
+  o.max_lookups_per_session = 2;
+  const std::string host = "slow.invalid:443";
+  Start({{"ses_a", Allow({host}, {})}, {"ses_b", Allow({host}, {})}}, o);
+  const std::string connect = "CONNECT " + host + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n";
+  int a1 = Connect(), a2 = Connect();
+  SendAll(a1, connect);
+  SendAll(a2, connect);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // both lookups under way
+  int a3 = Connect();
+  auto [status, answer] = Open(a3, host);
+  EXPECT_EQ(status, 429u) << answer;
+  EXPECT_NE(answer.find("already has 2 name lookups in flight"), std::string::npos) << answer;
+  // Another session's lookup is not refused: it waits like the others.
+  int b = Connect("ses_b");
+  SendAll(b, connect);
+  pollfd p{b, POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 300), 0) << "ses_b was answered while its lookup could not have ended";
+  // The slow server answers (nothing): the lookups end, each with its own answer.
+  int w = ::open(fifo.c_str(), O_WRONLY);
+  ASSERT_GE(w, 0);
+  ::close(w);
+  for (int fd : {a1, a2, a3, b}) ::close(fd);
 }
 
 TEST_F(GatewayTest, ClosingASessionCutsItsTunnelsAndNoOneElses) {
