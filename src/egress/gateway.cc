@@ -708,6 +708,19 @@ net::Admission Gateway::Admit(const net::Request& req, const std::string& sessio
     return a;
   };
   std::string_view target = req.msg.target();
+  rep.host = Printable(target);
+  // The request rate first: every request counts, malformed and refused ones too, so that
+  // refusals (each an event in the store) come no faster than requests may.
+  Share& share = state_->ShareOf(session);
+  int64_t now = NowMs();
+  if (!share.requests.TakeOne(now)) {
+    int64_t wait_s = share.requests.MsUntilOne(now) / 1000 + 1;
+    refuse(429, "resource_exhausted", "limited",
+           fmt::format("this session made {} egress requests in the last minute",
+                       state_->options.requests_per_minute));
+    a.refuse->headers.emplace_back("Retry-After", std::to_string(wait_s));
+    return a;
+  }
   std::string origin_target, authority;
   if (req.msg.method() == http::verb::connect) {
     job->tunnel = true;
@@ -743,18 +756,6 @@ net::Admission Gateway::Admit(const net::Request& req, const std::string& sessio
     job->upstream_head = UpstreamHead(req, origin_target, authority);
   }
   rep.host = Printable(rep.host);
-  // The request rate first: every request counts, refused ones too, so that refusals (each an
-  // event in the store) come no faster than requests may.
-  Share& share = state_->ShareOf(session);
-  int64_t now = NowMs();
-  if (!share.requests.TakeOne(now)) {
-    int64_t wait_s = share.requests.MsUntilOne(now) / 1000 + 1;
-    refuse(429, "resource_exhausted", "limited",
-           fmt::format("this session made {} egress requests in the last minute",
-                       state_->options.requests_per_minute));
-    a.refuse->headers.emplace_back("Retry-After", std::to_string(wait_s));
-    return a;
-  }
   Decision asked = CheckRequest(job->policy, rep.host, rep.port);
   if (!asked.allowed()) return refuse(403, "egress_denied", "denied", asked.reason);
   if (share.open >= state_->options.max_connections_per_session) {

@@ -416,11 +416,15 @@ TEST_F(GatewayTest, TheRequestRateIsCappedPerSessionWithRetryAfter) {
   GatewayOptions o;
   o.requests_per_minute = 3;
   Start({{"ses_a", Allow({"pypi.org"}, {})}, {"ses_b", Allow({"pypi.org"}, {})}}, o);
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 2; ++i) {
     int fd = Connect();
     EXPECT_EQ(Open(fd, "example.com:443").first, 403u);  // refused ones count too
     ::close(fd);
   }
+  int malformed = Connect();  // and malformed ones
+  SendAll(malformed, "CONNECT example.com HTTP/1.1\r\n\r\n");
+  EXPECT_TRUE(ReadToEnd(malformed).starts_with("HTTP/1.1 400"));
+  ::close(malformed);
   int fd = Connect();
   auto [status, answer] = Open(fd, "example.com:443");
   EXPECT_EQ(status, 429u);
