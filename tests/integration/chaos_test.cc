@@ -160,8 +160,11 @@ class ChaosTest : public ::testing::Test {
       replicas_.push_back(std::make_unique<ServerProcess>(home, op, sb, config));
       replicas_.back()->Start();
       ASSERT_FALSE(HasFatalFailure());
-      op_servers += fmt::format("  server r{} 127.0.0.1:{} check\n", i, op);
-      sb_servers += fmt::format("  server r{} 127.0.0.1:{} check port {}\n", i, sb, op);
+      // The ports it listens on: Start moves to fresh ones if another test took these.
+      const uint16_t op_port = replicas_.back()->operator_port();
+      const uint16_t sb_port = replicas_.back()->sandbox_port();
+      op_servers += fmt::format("  server r{} 127.0.0.1:{} check\n", i, op_port);
+      sb_servers += fmt::format("  server r{} 127.0.0.1:{} check port {}\n", i, sb_port, op_port);
     }
     // Round robin over the replicas, each health-checked on /readyz (the sandbox listener has
     // no /readyz: its servers are checked on their operator port). A connection refused by a

@@ -7,10 +7,12 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <cstring>
 #include <fstream>
 #include <optional>
 #include <random>
 #include <sstream>
+#include <string_view>
 
 #include "tests/integration/harness.h"
 
@@ -60,36 +62,45 @@ class ServerProcess {
     run_as_gid_ = gid;
   }
 
+  // Starts the server and waits until it listens on both ports (its "listening" log line,
+  // written once both are bound). A port from FreePort may be taken by another test before
+  // the server binds it; the server then exits saying so, and it is started again on fresh
+  // ports. A server that exits for any other reason fails the test with its log.
   void Start() {
-    std::string log = home_ + "/server.log";
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-      ::dup2(fd, 2);
-      ::dup2(fd, 1);
-      if (run_as_uid_ && (::setgroups(0, nullptr) != 0 ||
-                          ::setresgid(*run_as_gid_, *run_as_gid_, *run_as_gid_) != 0 ||
-                          ::setresuid(*run_as_uid_, *run_as_uid_, *run_as_uid_) != 0)) {
-        ::_exit(126);
+    const std::string log = home_ + "/server.log";
+    for (int attempt = 0;; ++attempt) {
+      const std::string before = ReadFile(log);
+      const auto listened = [&] {
+        return Count(ReadFile(log), kListening) > Count(before, kListening);
+      };
+      Spawn(log);
+      // 30 s: only bounds a hang; a loaded CI host (builds beside VMs under TCG) takes >10 s.
+      int status = 0;
+      bool exited = false;
+      for (int i = 0; i < 3000 && !listened(); ++i) {
+        if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+          exited = true;
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
-      std::string op = "127.0.0.1:" + std::to_string(op_), sb = "127.0.0.1:" + std::to_string(sb_);
-      std::string cfg = home_ + "/airlock.toml";
-      ::execl(AIRLOCK_BIN, AIRLOCK_BIN, "serve", "--home", home_.c_str(), "--listen", op.c_str(),
-              "--sandbox-listen", sb.c_str(), "--config", cfg.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    // 30 s: only bounds a hang; a loaded CI host (builds beside VMs under TCG) takes >10 s.
-    for (int i = 0; i < 3000; ++i) {
-      int fd = RawConnect(op_);
-      if (fd >= 0) {
-        ::close(fd);
+      if (!exited && listened()) {
         std::ifstream f(home_ + "/operator.key");
         std::getline(f, key_);
         return;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (!exited) Kill(SIGKILL);
+      pid_ = 0;
+      const std::string said = ReadFile(log).substr(before.size());
+      if (exited && said.find("already in use") != std::string::npos && attempt < 5) {
+        op_ = FreePort();
+        sb_ = FreePort();
+        continue;
+      }
+      FAIL() << "server did not start (" << (exited ? DescribeStatus(status) : "no answer in 30 s")
+             << "); log:\n"
+             << said;
     }
-    FAIL() << "server did not start; log:\n" << ReadFile(log);
   }
 
   void Kill(int sig) {
@@ -101,9 +112,19 @@ class ServerProcess {
   }
 
   // Stops the server as an operator does (SIGTERM: it drains and destroys what only it knows
-  // of, such as waiting pool sandboxes); SIGKILL if it has not exited within `grace`.
+  // of, such as waiting pool sandboxes); SIGKILL if it has not exited within `grace`. A
+  // server that had already exited by itself (a crash, a sanitizer's report) fails the test
+  // with the end of its log.
   void Stop(std::chrono::seconds grace = std::chrono::seconds(30)) {
     if (pid_ <= 0) return;
+    if (int status = 0; ::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = 0;
+      const std::string log = ReadFile(home_ + "/server.log");
+      ADD_FAILURE() << "the server had exited by itself (" << DescribeStatus(status)
+                    << "); the end of its log:\n"
+                    << log.substr(log.size() > 8000 ? log.size() - 8000 : 0);
+      return;
+    }
     ::kill(pid_, SIGTERM);
     const auto deadline = std::chrono::steady_clock::now() + grace;
     int status;
@@ -133,6 +154,41 @@ class ServerProcess {
   std::string log() const { return ReadFile(home_ + "/server.log"); }
 
  private:
+  static constexpr std::string_view kListening = "\"msg\":\"listening\"";
+
+  static size_t Count(std::string_view text, std::string_view needle) {
+    size_t n = 0;
+    for (auto at = text.find(needle); at != std::string_view::npos;
+         at = text.find(needle, at + needle.size())) {
+      ++n;
+    }
+    return n;
+  }
+
+  static std::string DescribeStatus(int status) {
+    if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) return std::string("signal ") + ::strsignal(WTERMSIG(status));
+    return "status " + std::to_string(status);
+  }
+
+  void Spawn(const std::string& log) {
+    pid_ = ::fork();
+    if (pid_ != 0) return;
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    ::dup2(fd, 2);
+    ::dup2(fd, 1);
+    if (run_as_uid_ && (::setgroups(0, nullptr) != 0 ||
+                        ::setresgid(*run_as_gid_, *run_as_gid_, *run_as_gid_) != 0 ||
+                        ::setresuid(*run_as_uid_, *run_as_uid_, *run_as_uid_) != 0)) {
+      ::_exit(126);
+    }
+    std::string op = "127.0.0.1:" + std::to_string(op_), sb = "127.0.0.1:" + std::to_string(sb_);
+    std::string cfg = home_ + "/airlock.toml";
+    ::execl(AIRLOCK_BIN, AIRLOCK_BIN, "serve", "--home", home_.c_str(), "--listen", op.c_str(),
+            "--sandbox-listen", sb.c_str(), "--config", cfg.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+
   std::string home_;
   uint16_t op_, sb_;
   pid_t pid_ = 0;
