@@ -9,10 +9,17 @@
 #include <fstream>
 #include <sstream>
 
+#include <openssl/crypto.h>
+#include <openssl/ssl.h>
+
+#include <boost/asio/ssl.hpp>
+
 #include "common/blocking.h"
 #include "common/json_util.h"
 #include "common/log.h"
+#include "egress/authority.h"
 #include "egress/client_hello.h"
+#include "net/tls.h"
 
 namespace airlock::egress {
 
@@ -192,20 +199,24 @@ bool HopByHop(std::string_view name) {
   return false;
 }
 
-// A plain-HTTP request's head as it goes upstream: origin-form target, the URL's authority as
-// Host, the hop-by-hop fields dropped, and Connection: close (one request per connection).
-std::string UpstreamHead(const net::Request& req, std::string_view origin_target,
-                         std::string_view authority) {
+// What a field's value becomes upstream, given its name and value as the client sent them.
+using FieldRewrite = std::function<std::string(std::string_view name, std::string_view value)>;
+
+// A request's head as it goes upstream: origin-form target, `authority` as Host, the
+// hop-by-hop fields dropped, each other field's value through `rewrite` when there is one, and
+// Connection: close (one request per connection).
+std::string UpstreamHead(const http::request_header<>& msg, std::string_view origin_target,
+                         std::string_view authority, const FieldRewrite& rewrite = nullptr) {
   std::string head;
   head.reserve(1024);
-  head += req.msg.method_string();
+  head += msg.method_string();
   head += ' ';
   head += origin_target;
   head += " HTTP/1.1\r\nHost: ";
   head += authority;
   head += "\r\n";
   std::vector<std::string> named;  // the fields the client's Connection field names
-  for (const auto& f : req.msg) {
+  for (const auto& f : msg) {
     if (!beast::iequals(f.name_string(), "connection")) continue;
     std::string_view v = f.value();
     while (!v.empty()) {
@@ -217,7 +228,7 @@ std::string UpstreamHead(const net::Request& req, std::string_view origin_target
       v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
     }
   }
-  for (const auto& f : req.msg) {
+  for (const auto& f : msg) {
     std::string_view name = f.name_string();
     if (HopByHop(name)) continue;
     if (std::any_of(named.begin(), named.end(),
@@ -225,11 +236,29 @@ std::string UpstreamHead(const net::Request& req, std::string_view origin_target
       continue;
     head += name;
     head += ": ";
-    head += f.value();
+    if (rewrite) {
+      head += rewrite(name, f.value());
+    } else {
+      head += f.value();
+    }
     head += "\r\n";
   }
   head += "Connection: close\r\n\r\n";
   return head;
+}
+
+// The names of the secrets whose placeholder `text` holds.
+std::vector<std::string> PlaceholdersIn(std::string_view text, const std::vector<Secret>* secrets) {
+  std::vector<std::string> names;
+  if (secrets == nullptr) return names;
+  for (const auto& s : *secrets) {
+    if (text.find(s.placeholder) != std::string_view::npos) names.push_back(s.name);
+  }
+  return names;
+}
+
+void AddName(std::vector<std::string>& names, const std::string& name) {
+  if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
 }
 
 // A whole HTTP/1.1 answer written to a client before its connection closes.
@@ -309,7 +338,9 @@ struct Job {
   std::shared_ptr<Gateway::State> st;
   ConnectionReport report;
   Policy policy;
+  Secrets secrets;
   bool tunnel = true;
+  bool intercept = false;     // a tunnel to a secret's host: the gateway speaks TLS both ways
   std::string upstream_head;  // plain HTTP: the request head as it goes upstream
   Clock::time_point started = Clock::now();
 };
@@ -547,6 +578,235 @@ awaitable<unsigned> Answer(Job& job, RawStream& client, unsigned status, std::st
   co_return Finish(job, std::move(decision), std::move(message), status);
 }
 
+// A taken-over connection as the next layer of asio's TLS stream: the bytes already read (the
+// ClientHello the gateway checked) first, then the connection's.
+class ClientTransport {
+ public:
+  using executor_type = asio::any_io_executor;
+  using lowest_layer_type = ClientTransport;
+
+  ClientTransport(RawStream& stream, executor_type ex, std::string first)
+      : stream_(&stream), ex_(std::move(ex)), first_(std::move(first)) {}
+  executor_type get_executor() { return ex_; }
+  lowest_layer_type& lowest_layer() { return *this; }
+  const lowest_layer_type& lowest_layer() const { return *this; }
+
+  template <class MutableBuffers, class Token>
+  auto async_read_some(const MutableBuffers& buffers, Token&& token) {
+    return asio::async_initiate<Token, void(beast::error_code, size_t)>(
+        [this](auto handler, asio::mutable_buffer into) {
+          if (!first_.empty()) {
+            size_t n = asio::buffer_copy(into, asio::buffer(first_));
+            first_.erase(0, n);
+            asio::post(ex_, [h = std::move(handler), n]() mutable { h(beast::error_code{}, n); });
+            return;
+          }
+          asio::co_spawn(
+              ex_,
+              [s = stream_, into]() -> awaitable<std::pair<beast::error_code, size_t>> {
+                beast::error_code ec;
+                size_t n = co_await s->ReadSome(into, ec);
+                co_return std::pair{ec, n};
+              },
+              [h = std::move(handler)](std::exception_ptr,
+                                       std::pair<beast::error_code, size_t> r) mutable {
+                h(r.first, r.second);
+              });
+        },
+        token, First<asio::mutable_buffer>(buffers));
+  }
+
+  template <class ConstBuffers, class Token>
+  auto async_write_some(const ConstBuffers& buffers, Token&& token) {
+    return asio::async_initiate<Token, void(beast::error_code, size_t)>(
+        [this](auto handler, asio::const_buffer data) {
+          asio::co_spawn(
+              ex_,
+              [s = stream_, data]() -> awaitable<std::pair<beast::error_code, size_t>> {
+                beast::error_code ec;
+                co_await s->Write(data, ec);
+                co_return std::pair{ec, ec ? size_t{0} : data.size()};
+              },
+              [h = std::move(handler)](std::exception_ptr,
+                                       std::pair<beast::error_code, size_t> r) mutable {
+                h(r.first, r.second);
+              });
+        },
+        token, First<asio::const_buffer>(buffers));
+  }
+
+ private:
+  // The first non-empty buffer of a sequence (asio's TLS stream passes one at a time).
+  template <class Buffer, class Buffers>
+  static Buffer First(const Buffers& buffers) {
+    for (auto it = asio::buffer_sequence_begin(buffers); it != asio::buffer_sequence_end(buffers);
+         ++it) {
+      Buffer b(*it);
+      if (b.size() > 0) return b;
+    }
+    return Buffer();
+  }
+
+  RawStream* stream_;
+  executor_type ex_;
+  std::string first_;
+};
+
+// Relays one direction of an opened tunnel, as plain text between two TLS streams.
+template <class From, class To>
+awaitable<void> PumpOpened(Job& job, Relay& r, From& from, To& to, bool upward) {
+  std::vector<char> buf(16 * 1024);
+  for (;;) {
+    beast::error_code ec;
+    size_t n =
+        co_await from.async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
+    if (ec) co_return;
+    r.Touch(job.st->options.idle_timeout);
+    if (!upward) NoteStatus(r, std::string_view(buf.data(), n));
+    co_await Throttle(job, r, n);
+    co_await asio::async_write(to, asio::buffer(buf.data(), n),
+                               asio::redirect_error(use_awaitable, ec));
+    if (ec) co_return;
+    (upward ? r.up : r.down) += n;
+    r.Touch(job.st->options.idle_timeout);
+  }
+}
+
+// A tunnel to a secret's host (docs/operators.md, "Credentials at the boundary"): the gateway
+// answers the sandbox's TLS with a leaf of the deployment's CA, opens verified TLS to the real
+// host, and sends the first request on with the session's secrets in their headers (each only
+// where its host and header match; a placeholder anywhere else goes on as it is, and is
+// reported). The request goes with Connection: close; the rest of both streams is relayed.
+awaitable<unsigned> Intercept(std::shared_ptr<Job> job, std::shared_ptr<Relay> r) {
+  auto& st = *job->st;
+  ConnectionReport& rep = job->report;
+  rep.intercepted = true;
+  r->plain_http = true;  // the answer's status is visible: note it
+  const std::string host = NormalizeHostName(rep.host).value_or(rep.host);  // checked at Admit
+  auto end = [&](std::string decision, std::string reason) {
+    r->finished = true;
+    r->timer.cancel();
+    r->CloseBoth();
+    rep.bytes_up = r->up;
+    rep.bytes_down = r->down;
+    if (r->upstream_status != 0) rep.status = r->upstream_status;
+    return Finish(*job, std::move(decision), std::move(reason), rep.status);
+  };
+
+  // The ClientHello, its server name held to the CONNECT host as in any tunnel; and it must be
+  // one: a secret's host is spoken to over TLS only.
+  std::vector<char> buf(16 * 1024);
+  std::string first = r->client.TakePending();
+  bool client_done = false;
+  if (first.empty()) {
+    beast::error_code ec;
+    size_t n = co_await r->client.ReadSome(asio::buffer(buf), ec);
+    if (ec) client_done = true;
+    first.assign(buf.data(), n);
+  }
+  if (!client_done) r->refusal = co_await CheckFirstBytes(*job, *r, first, buf, client_done);
+  if (client_done) co_return end("allowed", "the client went away before its TLS hello");
+  if (r->refusal.empty() && ScanClientHello(first).kind != ClientHelloScan::Kind::kHello) {
+    r->refusal = fmt::format("the tunnel to {} carries a secret and must begin with TLS", host);
+  }
+  if (!r->refusal.empty()) co_return end("refused", r->refusal);
+
+  auto leaf = st.options.authority->ServerContext(host);
+  if (!leaf) co_return end("failed", leaf.error().message);
+  asio::ssl::stream<ClientTransport> down(
+      ClientTransport(r->client, st.d.io.get_executor(), std::move(first)), **leaf);
+  beast::error_code ec;
+  co_await down.async_handshake(asio::ssl::stream_base::server,
+                                asio::redirect_error(use_awaitable, ec));
+  if (ec) {
+    co_return end("failed", fmt::format("the sandbox's TLS handshake failed (does it trust the "
+                                        "deployment's CA?): {}",
+                                        ec.message()));
+  }
+  r->Touch(st.options.idle_timeout);
+
+  asio::ssl::stream<beast::tcp_stream&> up(r->upstream, *st.options.upstream_tls);
+  static constexpr unsigned char kHttp11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+  if (auto ok = net::PrepareTlsClient(up.native_handle(), host); !ok) {
+    co_return end("failed", ok.error().message);
+  }
+  SSL_set_alpn_protos(up.native_handle(), kHttp11, sizeof(kHttp11));
+  co_await up.async_handshake(asio::ssl::stream_base::client,
+                              asio::redirect_error(use_awaitable, ec));
+  if (ec) {
+    std::string why = fmt::format(
+        "TLS to {} failed: {}", host,
+        net::DescribeHandshakeError(up.native_handle(), "the handshake failed: " + ec.message()));
+    std::string answer = ErrorAnswer(502, "egress_unreachable", why);
+    co_await asio::async_write(down, asio::buffer(answer), asio::redirect_error(use_awaitable, ec));
+    rep.status = 502;
+    co_return end("failed", why);
+  }
+  r->Touch(st.options.idle_timeout);
+
+  // The request's head, then its secrets put in.
+  beast::flat_buffer in;
+  http::request_parser<http::empty_body> parser;
+  parser.header_limit(64 * 1024);
+  co_await http::async_read_header(down, in, parser, asio::redirect_error(use_awaitable, ec));
+  if (ec) co_return end("allowed", "no request in the tunnel: " + ec.message());
+  const auto& msg = parser.get();
+  std::string_view target = msg.target();
+  rep.path = Printable(target.substr(0, target.find('?')));
+  if (!target.starts_with("/")) {
+    std::string answer = ErrorAnswer(400, "bad_request", "a request in a tunnel names a path");
+    co_await asio::async_write(down, asio::buffer(answer), asio::redirect_error(use_awaitable, ec));
+    rep.status = 400;
+    co_return end("denied", "a request in the tunnel without an origin-form target");
+  }
+  for (const auto& name : PlaceholdersIn(target, job->secrets.get())) {
+    AddName(rep.placeholders_refused, name);
+  }
+  const std::string authority = rep.port == 443 ? host : fmt::format("{}:{}", host, rep.port);
+  std::string head =
+      UpstreamHead(msg, target, authority, [&](std::string_view name, std::string_view value) {
+        std::string out(value);
+        for (const auto& s : *job->secrets) {
+          if (out.find(s.placeholder) == std::string::npos) continue;
+          if (!beast::iequals(name, s.header) || !s.hosts.AllowsName(host, rep.port)) {
+            AddName(rep.placeholders_refused, s.name);
+            continue;
+          }
+          for (size_t at = out.find(s.placeholder); at != std::string::npos;
+               at = out.find(s.placeholder, at + s.value.size())) {
+            out.replace(at, s.placeholder.size(), s.value);
+          }
+          AddName(rep.secrets_added, s.name);
+        }
+        return out;
+      });
+  const size_t body_start = in.size();
+  head.append(static_cast<const char*>(in.data().data()), body_start);
+  co_await Throttle(*job, *r, head.size());
+  co_await asio::async_write(up, asio::buffer(head), asio::redirect_error(use_awaitable, ec));
+  OPENSSL_cleanse(head.data(), head.size());
+  if (ec) co_return end("failed", fmt::format("writing to {} failed: {}", host, ec.message()));
+  r->up += body_start;
+
+  // The rest: the request's body (and anything after it) up, the answer down.
+  asio::co_spawn(
+      st.d.io,
+      [job, r, &down, &up]() -> awaitable<void> {
+        co_await PumpOpened(*job, *r, down, up, true);
+        r->up_done = true;
+        r->done_signal.cancel();
+      },
+      asio::detached);
+  co_await PumpOpened(*job, *r, up, down, false);
+  r->CloseBoth();
+  if (!r->up_done) {
+    co_await r->done_signal.async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+  co_return end("allowed", r->cut         ? "closed: the session ended"
+                           : r->timed_out ? "closed after the idle timeout"
+                                          : "");
+}
+
 awaitable<unsigned> RunJob(std::shared_ptr<Job> job, RawStream& client) {
   auto& st = *job->st;
   auto& io = st.d.io;
@@ -639,6 +899,7 @@ awaitable<unsigned> RunJob(std::shared_ptr<Job> job, RawStream& client) {
   }
   relay->Touch(st.options.idle_timeout);
   asio::co_spawn(io, Watchdog(relay), asio::detached);
+  if (job->intercept) co_return co_await Intercept(job, relay);
   // Upstream to client from the start (a server may speak first: SSH, SMTP); client to
   // upstream once its first bytes have passed the ClientHello check.
   asio::co_spawn(io, PumpUp(job, relay), asio::detached);
@@ -690,10 +951,12 @@ size_t Gateway::open_connections(const std::string& session) const {
   return it == state_->shares.end() ? 0 : it->second.open;
 }
 
-net::Admission Gateway::Admit(const net::Request& req, const std::string& session, Policy policy) {
+net::Admission Gateway::Admit(const net::Request& req, const std::string& session, Policy policy,
+                              Secrets secrets) {
   auto job = std::make_shared<Job>();
   job->st = state_;
   job->policy = std::move(policy);
+  job->secrets = std::move(secrets);
   ConnectionReport& rep = job->report;
   rep.session = session;
   rep.method = Printable(req.msg.method_string());
@@ -753,11 +1016,23 @@ net::Admission Gateway::Admit(const net::Request& req, const std::string& sessio
                     fmt::format("bad URL host ({})", ok.error().message));
     }
     rep.path = Printable(origin_target.substr(0, origin_target.find('?')));
-    job->upstream_head = UpstreamHead(req, origin_target, authority);
+    job->upstream_head = UpstreamHead(req.msg, origin_target, authority);
+    // Plain HTTP never carries a secret: a placeholder in it is reported, not replaced.
+    rep.placeholders_refused = PlaceholdersIn(job->upstream_head, job->secrets.get());
   }
   rep.host = Printable(rep.host);
   Decision asked = CheckRequest(job->policy, rep.host, rep.port);
   if (!asked.allowed()) return refuse(403, "egress_denied", "denied", asked.reason);
+  if (job->tunnel && job->secrets) {
+    auto name = NormalizeHostName(rep.host);
+    for (const auto& secret : *job->secrets) {
+      if (name && secret.hosts.AllowsName(*name, rep.port)) job->intercept = true;
+    }
+    if (job->intercept && !(state_->options.authority && state_->options.upstream_tls)) {
+      return refuse(503, "unavailable", "failed",
+                    "this gateway has no CA to add a secret with (egress.ca_cert_file)");
+    }
+  }
   if (share.open >= state_->options.max_connections_per_session) {
     return refuse(429, "resource_exhausted", "limited",
                   fmt::format("this session already has {} egress connections open",

@@ -16,7 +16,26 @@
 #include "egress/policy.h"
 #include "net/http_server.h"
 
+namespace boost::asio::ssl {
+class context;
+}  // namespace boost::asio::ssl
+
 namespace airlock::egress {
+
+class Authority;
+
+// A credential the gateway adds at the boundary (docs/operators.md, "Credentials at the
+// boundary"): a request inside a TLS tunnel to one of `hosts` whose `header` carries
+// `placeholder` goes upstream with `value` in its place. The sandbox only ever holds the
+// placeholder.
+struct Secret {
+  std::string name;
+  std::string value;        // never in a log, an event, an error or a report
+  std::string placeholder;  // what the sandbox holds instead
+  std::string header;       // the request header it is replaced in (e.g. "Authorization")
+  Policy hosts;             // the names (and ports) it may go to: name rules only
+};
+using Secrets = std::shared_ptr<const std::vector<Secret>>;
 
 struct GatewayOptions {
   // Per session: connections open at once, new ones (and plain-HTTP requests) per minute, and
@@ -31,6 +50,10 @@ struct GatewayOptions {
   std::string hosts_file = "/etc/hosts";
   // No byte either way for this long (a tunnel's ClientHello wait included): closed.
   std::chrono::milliseconds idle_timeout{300'000};
+  // For tunnels to a secret's hosts: the CA whose leaves the gateway presents to the sandbox,
+  // and the client context that verifies the real host. Both set, or no interception.
+  std::shared_ptr<Authority> authority;
+  std::shared_ptr<asio::ssl::context> upstream_tls;
 };
 
 // What one proxied connection did: the session's "egress.connection" event, and a log line.
@@ -51,6 +74,13 @@ struct ConnectionReport {
   uint64_t bytes_up = 0;    // client to upstream
   uint64_t bytes_down = 0;  // upstream to client
   int64_t duration_ms = 0;
+  // A tunnel to a secret's host, opened by the gateway: its request's path and method are
+  // visible, and which secrets went in (by name).
+  bool intercepted = false;
+  std::vector<std::string> secrets_added;
+  // Placeholders the client sent where they do not belong (another host, another header, the
+  // URL, plain HTTP): not replaced, named here.
+  std::vector<std::string> placeholders_refused;
 };
 
 // The gateway's connections and per-session caps. All calls on the io_context's thread.
@@ -81,7 +111,10 @@ class Gateway {
 
   // Decides on a proxy request of `session` under `policy`: a refusal (400, 403, 429) at
   // once, or a takeover that resolves, checks the address, connects and relays.
-  net::Admission Admit(const net::Request& req, const std::string& session, Policy policy);
+  // `secrets` are the session's: a tunnel to one of their hosts is opened by the gateway
+  // (TLS with a leaf of options.authority) and its request gets the secret in its header.
+  net::Admission Admit(const net::Request& req, const std::string& session, Policy policy,
+                       Secrets secrets = nullptr);
 
   // Closes every open connection of `session` (it ended, or its sandbox moved away): each
   // ends as if its peer had gone, and is reported with the reason.

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <csignal>
 #include <filesystem>
 #include <functional>
 #include <mutex>
@@ -21,7 +22,10 @@
 #include <gtest/gtest.h>
 
 #include "common/json_util.h"
+#include "egress/authority.h"
 #include "net/http_server.h"
+#include "net/tls.h"
+#include "tests/llm/fake_upstream.h"
 #include "tests/llm/test_tls.h"
 #include "tests/support/tcp_origin.h"
 
@@ -71,9 +75,11 @@ class GatewayTest : public ::testing::Test {
     fs::remove_all(dir_);
   }
 
-  // Starts the proxy with `options`; `policies` by session ("ses_a", "ses_b").
-  void Start(std::map<std::string, Policy> policies, GatewayOptions options = {}) {
+  // Starts the proxy with `options`; `policies` and `secrets` by session ("ses_a", "ses_b").
+  void Start(std::map<std::string, Policy> policies, GatewayOptions options = {},
+             std::map<std::string, Secrets> secrets = {}) {
     policies_ = std::move(policies);
+    secrets_ = std::move(secrets);
     gateway_ = std::make_unique<Gateway>(Gateway::Deps{io_, pool_, registry_,
                                                        [this](const ConnectionReport& r) {
                                                          std::lock_guard lock(mu_);
@@ -89,7 +95,8 @@ class GatewayTest : public ::testing::Test {
         http_metrics_);
     server_->SetGate([this](net::Request& req) -> awaitable<net::Admission> {
       if (!Gateway::IsProxyRequest(req)) co_return net::Admission{};
-      co_return gateway_->Admit(req, req.bound_session, policies_[req.bound_session]);
+      co_return gateway_->Admit(req, req.bound_session, policies_[req.bound_session],
+                                secrets_[req.bound_session]);
     });
     for (const auto& [session, p] : policies_) {
       ASSERT_TRUE(server_->ListenUnix(Socket(session), session).has_value());
@@ -150,6 +157,7 @@ class GatewayTest : public ::testing::Test {
   metrics::Registry registry_;
   net::HttpMetrics http_metrics_{registry_};
   std::map<std::string, Policy> policies_;
+  std::map<std::string, Secrets> secrets_;
   std::unique_ptr<Gateway> gateway_;
   std::unique_ptr<net::HttpServer> server_;
   std::thread io_thread_;
@@ -562,6 +570,249 @@ TEST_F(GatewayTest, MalformedProxyRequestsGetAClearAnswer) {
     EXPECT_NE(answer.find(c.says), std::string::npos) << c.request << answer;
     ::close(fd);
   }
+}
+
+// ---------------------------------------------------------------- credentials at the boundary
+
+// A real HTTPS origin (the fake OpenAI API, which answers only with its key) on loopback with a
+// certificate for "localhost" from a test CA, and the gateway holding that key as a secret for
+// localhost:PORT: what a sandbox's TLS client sees and what the origin receives.
+class InterceptTest : public GatewayTest {
+ protected:
+  static constexpr const char* kValue = "sk-the-real-key-0123456789";
+  static constexpr const char* kPlaceholder = "airlock-secret-openai";
+
+  void SetUp() override {
+    std::signal(SIGPIPE, SIG_IGN);  // a TLS write to a tunnel the gateway closed: an error
+    GatewayTest::SetUp();
+    auto pki = fake::MakeTestPki(dir_.string());
+    ASSERT_TRUE(pki.has_value()) << pki.error().message;
+    pki_ = *pki;
+    fake::FakeUpstreamOptions o;
+    o.cert_file = pki_.cert_file;
+    o.key_file = pki_.key_file;
+    o.expected_key = kValue;
+    auto up = fake::FakeUpstream::Start(o);
+    ASSERT_TRUE(up.has_value()) << up.error().message;
+    origin_ = std::move(*up);
+    host_ = "localhost:" + std::to_string(origin_->port());
+    auto ca = Authority::Load({"", "", (dir_ / "egress-ca").string()});
+    ASSERT_TRUE(ca.has_value()) << ca.error().message;
+    authority_ = *ca;
+    ca_file_ = (dir_ / "egress-ca" / "ca.pem").string();
+  }
+  void TearDown() override {
+    origin_.reset();
+    GatewayTest::TearDown();
+  }
+
+  // The gateway with the key as secret "openai" of ses_a, for `secret_hosts`; ses_b has the
+  // same policy and no secret. The upstream is verified against `upstream_ca` (the test CA).
+  void StartWithSecret(std::vector<std::string> secret_hosts, bool trust_upstream = true) {
+    GatewayOptions o;
+    o.authority = authority_;
+    auto tls = net::MakeTlsClientContext(trust_upstream ? pki_.ca_file : "");
+    ASSERT_TRUE(tls.has_value());
+    o.upstream_tls = *tls;
+    Secret secret{"openai", kValue, kPlaceholder, "Authorization", Allow(secret_hosts, {})};
+    Policy reach = Allow({host_}, {At(origin_->port())});
+    Start({{"ses_a", reach}, {"ses_b", reach}}, o,
+          {{"ses_a", std::make_shared<std::vector<Secret>>(std::vector<Secret>{secret})}});
+  }
+
+  // Opens a tunnel to the origin from `session`, speaks TLS in it trusting only `ca_file`, sends
+  // `request` and reads the answer to the end. The answer is "" with `handshake` set to the
+  // error when the handshake fails.
+  std::string Exchange(const std::string& session, const std::string& ca_file,
+                       const std::string& request, std::string* handshake = nullptr) {
+    int fd = Connect(session);
+    auto [status, head] = Open(fd, host_);
+    EXPECT_EQ(status, 200u) << head;
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    EXPECT_EQ(SSL_CTX_load_verify_locations(ctx, ca_file.c_str(), nullptr), 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+    SSL* ssl = SSL_new(ctx);
+    SSL_set_tlsext_host_name(ssl, "localhost");
+    SSL_set1_host(ssl, "localhost");
+    SSL_set_fd(ssl, fd);
+    std::string answer;
+    if (SSL_connect(ssl) != 1) {
+      if (handshake) *handshake = ERR_error_string(ERR_get_error(), nullptr);
+    } else {
+      EXPECT_EQ(SSL_write(ssl, request.data(), static_cast<int>(request.size())),
+                static_cast<int>(request.size()));
+      char buf[4096];
+      for (int n; (n = SSL_read(ssl, buf, sizeof(buf))) > 0;) answer.append(buf, n);
+    }
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    ::close(fd);
+    return answer;
+  }
+
+  static std::string ChatRequest(const std::string& authorization, const std::string& extra = "") {
+    const std::string body = R"({"model":"m","messages":[{"role":"user","content":"hi"}]})";
+    return "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: " +
+           authorization + "\r\n" + extra +
+           "Connection: close\r\nContent-Type: application/json\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + body;
+  }
+
+  fake::TestPki pki_;
+  std::unique_ptr<fake::FakeUpstream> origin_;
+  std::string host_;
+  std::shared_ptr<Authority> authority_;
+  std::string ca_file_;
+};
+
+TEST_F(InterceptTest, TheSecretGoesInItsHeaderToItsHostAndNowhereElse) {
+  StartWithSecret({host_});
+  std::string answer = Exchange("ses_a", ca_file_,
+                                ChatRequest(std::string("Bearer ") + kPlaceholder,
+                                            std::string("X-Elsewhere: ") + kPlaceholder + "\r\n"));
+  EXPECT_TRUE(answer.starts_with("HTTP/1.1 200")) << answer;
+  EXPECT_EQ(answer.find(kValue), std::string::npos) << "the answer must not carry the key";
+  ASSERT_EQ(origin_->request_count(), 1u);
+  auto seen = origin_->requests()[0];
+  EXPECT_EQ(seen.Header("authorization"), std::string("Bearer ") + kValue);
+  EXPECT_EQ(seen.Header("x-elsewhere"), kPlaceholder) << "only the configured header gets it";
+  EXPECT_EQ(seen.Header("connection"), "close");
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->decision, "allowed") << r->reason;
+  EXPECT_TRUE(r->intercepted);
+  EXPECT_EQ(r->path, "/v1/chat/completions");
+  EXPECT_EQ(r->status, 200u);
+  EXPECT_EQ(r->secrets_added, std::vector<std::string>{"openai"});
+  EXPECT_EQ(r->placeholders_refused, std::vector<std::string>{"openai"});
+  EXPECT_GT(r->bytes_up, 0u);
+  EXPECT_GT(r->bytes_down, 0u);
+  EXPECT_EQ(gateway_->open_connections(), 0u);
+}
+
+TEST_F(InterceptTest, ASessionWithoutTheSecretGetsTheRealServerEndToEnd) {
+  StartWithSecret({host_});
+  // ses_b holds no secret: its tunnel is not opened, so only the origin's own CA verifies, and
+  // its placeholder reaches the origin as sent (refused there for the wrong key).
+  std::string answer =
+      Exchange("ses_b", pki_.ca_file, ChatRequest(std::string("Bearer ") + kPlaceholder));
+  EXPECT_TRUE(answer.starts_with("HTTP/1.1 401")) << answer;
+  ASSERT_EQ(origin_->request_count(), 1u);
+  EXPECT_EQ(origin_->requests()[0].Header("authorization"), std::string("Bearer ") + kPlaceholder);
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(r->intercepted);
+  EXPECT_TRUE(r->secrets_added.empty());
+}
+
+TEST_F(InterceptTest, AHostTheSecretDoesNotBelongToIsTunnelledUntouched) {
+  // The secret belongs to another name: this tunnel is the origin's, end to end, and a client
+  // trusting only the gateway's CA cannot be fooled into sending the placeholder to it.
+  StartWithSecret({"api.example.com"});
+  std::string handshake;
+  std::string answer = Exchange("ses_a", ca_file_, ChatRequest("Bearer x"), &handshake);
+  EXPECT_EQ(answer, "");
+  EXPECT_NE(handshake, "") << "the origin's certificate is not the gateway's";
+  answer = Exchange("ses_a", pki_.ca_file, ChatRequest(std::string("Bearer ") + kPlaceholder));
+  EXPECT_TRUE(answer.starts_with("HTTP/1.1 401")) << answer;
+  EXPECT_EQ(origin_->requests().back().Header("authorization"),
+            std::string("Bearer ") + kPlaceholder);
+}
+
+TEST_F(InterceptTest, AnUpstreamThatFailsVerificationNeverReceivesTheSecret) {
+  StartWithSecret({host_}, /*trust_upstream=*/false);
+  std::string answer =
+      Exchange("ses_a", ca_file_, ChatRequest(std::string("Bearer ") + kPlaceholder));
+  EXPECT_TRUE(answer.starts_with("HTTP/1.1 502")) << answer;
+  EXPECT_NE(answer.find("certificate verification failed"), std::string::npos) << answer;
+  EXPECT_EQ(origin_->request_count(), 0u);
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->decision, "failed");
+  EXPECT_TRUE(r->secrets_added.empty());
+}
+
+TEST_F(InterceptTest, ATunnelToASecretsHostMustSpeakTls) {
+  StartWithSecret({host_});
+  int fd = Connect();
+  auto [status, head] = Open(fd, host_);
+  ASSERT_EQ(status, 200u) << head;
+  SendAll(fd, ChatRequest(std::string("Bearer ") + kPlaceholder));
+  EXPECT_EQ(ReadToEnd(fd), "");
+  ::close(fd);
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->decision, "refused");
+  EXPECT_NE(r->reason.find("must begin with TLS"), std::string::npos) << r->reason;
+  EXPECT_EQ(origin_->request_count(), 0u);
+}
+
+TEST_F(InterceptTest, APlaceholderInPlainHttpIsReportedAndNotReplaced) {
+  std::mutex mu;
+  std::string seen;
+  Origin plain([&](int fd) {
+    std::string head;
+    while (head.find("\r\n\r\n") == std::string::npos) {
+      std::string b = ReadN(fd, 1);
+      if (b.empty()) break;
+      head += b;
+    }
+    {
+      std::lock_guard lock(mu);
+      seen = head;
+    }
+    SendAll(fd, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+  });
+  GatewayOptions o;
+  o.authority = authority_;
+  o.upstream_tls = *net::MakeTlsClientContext(pki_.ca_file);
+  Secret secret{"openai", kValue, kPlaceholder, "Authorization", Allow({host_}, {})};
+  Start({{"ses_a", Allow({}, {At(plain.port())})}}, o,
+        {{"ses_a", std::make_shared<std::vector<Secret>>(std::vector<Secret>{secret})}});
+  int fd = Connect();
+  SendAll(fd, "GET http://" + At(plain.port()) + "/x HTTP/1.1\r\nHost: " + At(plain.port()) +
+                  "\r\nAuthorization: Bearer " + kPlaceholder + "\r\n\r\n");
+  std::string answer = ReadToEnd(fd);
+  ::close(fd);
+  EXPECT_TRUE(answer.starts_with("HTTP/1.1 204")) << answer;
+  {
+    std::lock_guard lock(mu);
+    EXPECT_NE(seen.find(std::string("Authorization: Bearer ") + kPlaceholder), std::string::npos)
+        << seen;
+    EXPECT_EQ(seen.find(kValue), std::string::npos) << seen;
+  }
+  auto r = NextReport();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->placeholders_refused, std::vector<std::string>{"openai"});
+}
+
+TEST(AuthorityTest, MakesItsCaOnceKeepsTheKeyPrivateAndChecksAnOperatorsPair) {
+  const fs::path dir = fs::temp_directory_path() / ("airlock-ca-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  auto first = Authority::Load({"", "", dir.string()});
+  ASSERT_TRUE(first.has_value()) << first.error().message;
+  auto again = Authority::Load({"", "", dir.string()});
+  ASSERT_TRUE(again.has_value()) << again.error().message;
+  EXPECT_EQ((*first)->certificate_pem(), (*again)->certificate_pem()) << "made once, then kept";
+  EXPECT_EQ((*first)->certificate_pem().find("PRIVATE"), std::string::npos);
+  struct stat st {};
+  ASSERT_EQ(::stat((dir / "ca.key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  // An operator's pair: the files must hold a certificate and its own key.
+  auto pki = fake::MakeTestPki(dir.string());
+  ASSERT_TRUE(pki.has_value());
+  auto mismatched = Authority::Load({(dir / "ca.pem").string(), pki->key_file, ""});
+  ASSERT_FALSE(mismatched.has_value());
+  EXPECT_NE(mismatched.error().message.find("is not the key of"), std::string::npos)
+      << mismatched.error().message;
+  auto not_pem = Authority::Load({pki->key_file, pki->key_file, ""});
+  ASSERT_FALSE(not_pem.has_value());
+  EXPECT_NE(not_pem.error().message.find("holds no PEM certificate"), std::string::npos);
+  EXPECT_EQ(not_pem.error().message.find("PRIVATE"), std::string::npos);
+  auto alone = Authority::Load({pki->ca_file, "", ""});
+  EXPECT_FALSE(alone.has_value());
+  fs::remove_all(dir);
 }
 
 }  // namespace
