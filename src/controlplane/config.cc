@@ -6,6 +6,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <set>
@@ -257,7 +259,75 @@ Status ParseEgress(const toml::table* t, Config& c) {
   AIRLOCK_TRY(r.Int("connect_timeout_s", &e.connect_timeout_s, 1, 300));
   AIRLOCK_TRY(r.Int("idle_timeout_s", &e.idle_timeout_s, 1, 86'400));
   AIRLOCK_TRY(r.String("hosts_file", &e.hosts_file));
+  AIRLOCK_TRY(r.String("ca_cert_file", &e.ca_cert_file));
+  AIRLOCK_TRY(r.String("ca_key_file", &e.ca_key_file));
+  AIRLOCK_TRY(r.String("upstream_ca_file", &e.upstream_ca_file));
+  if (e.ca_cert_file.empty() != e.ca_key_file.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "egress.ca_cert_file and egress.ca_key_file go together");
+  }
   return r.RejectUnknown();
+}
+
+bool IsEnvName(std::string_view name) {
+  if (name.empty() || std::isdigit(static_cast<unsigned char>(name.front()))) return false;
+  return std::all_of(name.begin(), name.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_';
+  });
+}
+
+bool IsHeaderName(std::string_view name) {
+  constexpr std::string_view kTokenPunctuation = "!#$%&'*+-.^_`|~";
+  return !name.empty() && std::all_of(name.begin(), name.end(), [&](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) ||
+           kTokenPunctuation.find(ch) != std::string_view::npos;
+  });
+}
+
+Status ParseSecrets(const toml::table* t, Config& c) {
+  return ForEachNamedTable(
+      t, "secrets",
+      [&](const std::string& name, const std::string& path, TableReader& r) -> Status {
+        SecretConfig s;
+        std::vector<std::string> hosts;
+        AIRLOCK_TRY(r.String("env", &s.env));
+        AIRLOCK_TRY(r.Strings("hosts", &hosts));
+        AIRLOCK_TRY(r.String("header", &s.header));
+        AIRLOCK_TRY(r.String("sandbox_env", &s.sandbox_env));
+        AIRLOCK_TRY(r.RejectUnknown());
+        if (!IsEnvName(name)) {
+          return Errorf(ErrorCode::kInvalidArgument,
+                        "{}: a secret's name takes letters, digits and _", path);
+        }
+        if (!IsEnvName(s.env)) {
+          return Errorf(ErrorCode::kInvalidArgument, "{}.env must name an environment variable",
+                        path);
+        }
+        if (hosts.empty()) {
+          return Errorf(ErrorCode::kInvalidArgument,
+                        "{}.hosts must name where the secret may go (e.g. [\"api.github.com\"])",
+                        path);
+        }
+        AIRLOCK_ASSIGN_OR_RETURN(s.hosts, egress::ParsePolicy(hosts, {}, path + ".hosts"));
+        for (const auto& rule : s.hosts.hosts) {
+          if (rule.name.empty()) {
+            return Errorf(ErrorCode::kInvalidArgument,
+                          "{}.hosts: \"{}\" would send the secret to every host; name them", path,
+                          rule.text);
+          }
+        }
+        if (!IsHeaderName(s.header)) {
+          return Errorf(ErrorCode::kInvalidArgument, "{}.header is not a header name", path);
+        }
+        if (s.sandbox_env.empty()) s.sandbox_env = s.env;
+        if (!IsEnvName(s.sandbox_env)) {
+          return Errorf(ErrorCode::kInvalidArgument,
+                        "{}.sandbox_env must name an environment variable", path);
+        }
+        s.placeholder = "airlock-secret-" + name;
+        c.secrets[name] = std::move(s);
+        return Ok();
+      });
 }
 
 Status ParseRetention(const toml::table* t, Config& c) {
@@ -460,6 +530,7 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* events, r.Table("events"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* retention, r.Table("retention"));
   AIRLOCK_ASSIGN_OR_RETURN(const toml::table* egress, r.Table("egress"));
+  AIRLOCK_ASSIGN_OR_RETURN(const toml::table* secrets, r.Table("secrets"));
   AIRLOCK_TRY(r.RejectUnknown());
   AIRLOCK_TRY(ParseServer(server, c));
   AIRLOCK_TRY(ParseStore(store, c));
@@ -473,6 +544,7 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
   AIRLOCK_TRY(ParseEvents(events, c));
   AIRLOCK_TRY(ParseRetention(retention, c));
   AIRLOCK_TRY(ParseEgress(egress, c));
+  AIRLOCK_TRY(ParseSecrets(secrets, c));
   if (c.node.empty()) {
     char host[256] = {};
     ::gethostname(host, sizeof(host) - 1);
@@ -482,6 +554,30 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
   if (c.files.signing_keys.empty()) c.files.signing_keys = home + "/file-signing.keys";
   if (c.images_dir.empty()) c.images_dir = home + "/images";
   return c;
+}
+
+Result<egress::Secrets> ReadSecrets(const Config& c,
+                                    const std::function<const char*(const char*)>& getenv) {
+  auto out = std::make_shared<std::vector<egress::Secret>>();
+  for (const auto& [name, s] : c.secrets) {
+    const char* v = getenv(s.env.c_str());
+    if (v == nullptr || *v == '\0') {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "secrets.{}.env names {}, which is {} in the environment", name, s.env,
+                    v == nullptr ? "not set" : "empty");
+    }
+    std::string_view value(v);
+    if (std::any_of(value.begin(), value.end(), [](char ch) {
+          return (static_cast<unsigned char>(ch) < 0x20 && ch != '\t') || ch == 0x7f;
+        })) {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "secrets.{}.env names {}, whose value holds a control character a header "
+                    "may not carry",
+                    name, s.env);
+    }
+    out->push_back(egress::Secret{name, std::string(value), s.placeholder, s.header, s.hosts});
+  }
+  return egress::Secrets(std::move(out));
 }
 
 Result<Secret> ReadStorePassword(const Config& c,

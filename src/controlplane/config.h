@@ -13,6 +13,7 @@
 #include "common/result.h"
 #include "common/secret.h"
 #include "controlplane/http.h"
+#include "egress/gateway.h"
 #include "egress/policy.h"
 
 namespace airlock::controlplane {
@@ -162,6 +163,24 @@ struct EgressConfig {
   int64_t idle_timeout_s = 300;    // a connection moving no bytes either way is closed
   // Names pinned to addresses (the /etc/hosts format), looked up before DNS.
   std::string hosts_file = "/etc/hosts";
+  // The CA whose certificates the gateway presents for a secret's hosts: the operator's files
+  // (every replica of a deployment must use the same), or, when unset, egress-ca/ in the home,
+  // made on first start.
+  std::string ca_cert_file;
+  std::string ca_key_file;
+  // More CA certificates to verify a secret's real host with, besides the system's.
+  std::string upstream_ca_file;
+};
+
+// [secrets.NAME]: a credential the egress gateway adds at the boundary (docs/operators.md,
+// "Credentials at the boundary"). A session given it ({"egress": {"secrets": [NAME]}}) holds
+// only the placeholder, in its variable `sandbox_env`.
+struct SecretConfig {
+  std::string env;                       // the control plane's variable that holds the value
+  egress::Policy hosts;                  // where it may go (name rules, as in egress.allow)
+  std::string header = "Authorization";  // the request header the placeholder is replaced in
+  std::string sandbox_env;               // the agent's variable for the placeholder (default: env)
+  std::string placeholder;               // "airlock-secret-NAME"
 };
 
 // "30d", "12h", "15m", "3600s" (or "0", off) as seconds; kInvalidArgument names `what`.
@@ -241,6 +260,7 @@ struct Config {
   EventLimitsConfig events;
   RetentionConfig retention;
   EgressConfig egress;
+  std::map<std::string, SecretConfig> secrets;
 
   log::Level log_level = log::Level::kInfo;
   log::Format log_format = log::Format::kJson;
@@ -267,6 +287,12 @@ Result<Config> ParseConfig(std::string_view toml_text, const std::string& home,
 // tests.
 std::string ApplyDefaultModel(Config& config,
                               const std::function<const char*(const char*)>& getenv);
+
+// The secrets' values, read at start from the variables [secrets.NAME] env names, as the
+// gateway takes them. kInvalidArgument naming the secret and the variable (never a value) when
+// one is unset, empty, or holds a character a header may not.
+Result<egress::Secrets> ReadSecrets(const Config& c,
+                                    const std::function<const char*(const char*)>& getenv);
 
 // The PostgreSQL store's password, read at start from the variable store.password_env names
 // (an empty Secret when it names none). kInvalidArgument when that variable is unset or empty.

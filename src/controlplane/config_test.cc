@@ -455,5 +455,79 @@ allow_addresses = ["10.0.0.5:5432"]
   }
 }
 
+TEST(ConfigTest, SecretsNameTheirVariableHostsAndHeaderAndAreReadAtStart) {
+  auto c = ParseConfig(R"(
+[egress]
+allow = ["api.github.com"]
+ca_cert_file = "/etc/airlock/ca.pem"
+ca_key_file = "/etc/airlock/ca.key"
+[secrets.github]
+env = "GITHUB_TOKEN"
+hosts = ["api.github.com", "*.githubusercontent.com"]
+[secrets.pypi]
+env = "AIRLOCK_PYPI"
+hosts = ["upload.pypi.org"]
+header = "X-Api-Key"
+sandbox_env = "PYPI_TOKEN"
+)",
+                       "/h");
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  ASSERT_EQ(c->secrets.size(), 2u);
+  const SecretConfig& gh = c->secrets.at("github");
+  EXPECT_EQ(gh.header, "Authorization");
+  EXPECT_EQ(gh.sandbox_env, "GITHUB_TOKEN");
+  EXPECT_EQ(gh.placeholder, "airlock-secret-github");
+  EXPECT_TRUE(gh.hosts.AllowsName("raw.githubusercontent.com", 443));
+  EXPECT_FALSE(gh.hosts.AllowsName("github.com", 443));
+  EXPECT_EQ(c->secrets.at("pypi").sandbox_env, "PYPI_TOKEN");
+  EXPECT_EQ(c->egress.ca_cert_file, "/etc/airlock/ca.pem");
+
+  std::map<std::string, std::string> vars = {{"GITHUB_TOKEN", "ghp_value"}};
+  auto env = [&vars](const char* n) -> const char* {
+    auto it = vars.find(n);
+    return it == vars.end() ? nullptr : it->second.c_str();
+  };
+  auto unset = ReadSecrets(*c, env);
+  ASSERT_FALSE(unset.has_value());
+  EXPECT_EQ(unset.error().message,
+            "secrets.pypi.env names AIRLOCK_PYPI, which is not set in the environment");
+  vars["AIRLOCK_PYPI"] = "line\r\nX-Injected: 1";
+  auto injected = ReadSecrets(*c, env);
+  ASSERT_FALSE(injected.has_value());
+  EXPECT_NE(injected.error().message.find("control character"), std::string::npos);
+  EXPECT_EQ(injected.error().message.find("X-Injected"), std::string::npos) << "no value said";
+  vars["AIRLOCK_PYPI"] = "pypi-value";
+  auto read = ReadSecrets(*c, env);
+  ASSERT_TRUE(read.has_value()) << read.error().message;
+  ASSERT_EQ((*read)->size(), 2u);
+  EXPECT_EQ((**read)[0].name, "github");
+  EXPECT_EQ((**read)[0].value, "ghp_value");
+  EXPECT_EQ((**read)[1].header, "X-Api-Key");
+
+  struct Case {
+    std::string toml;
+    std::string says;
+  };
+  for (const Case& k : std::vector<Case>{
+           {"[secrets.gh]\nhosts = [\"a.com\"]\n", "secrets.gh.env must name"},
+           {"[secrets.gh]\nenv = \"X\"\n", "secrets.gh.hosts must name where"},
+           {"[secrets.gh]\nenv = \"X\"\nhosts = [\"*\"]\n", "would send the secret to every"},
+           {"[secrets.gh]\nenv = \"X\"\nhosts = [\"10.0.0.1\"]\n", "secrets.gh.hosts"},
+           {"[secrets.gh]\nenv = \"X\"\nhosts = [\"a.com\"]\nheader = \"Bad Header\"\n",
+            "is not a header name"},
+           {"[secrets.gh]\nenv = \"X\"\nhosts = [\"a.com\"]\nsandbox_env = \"A=B\"\n",
+            "sandbox_env must name"},
+           {"[secrets.gh]\nenv = \"X\"\nhosts = [\"a.com\"]\nvalue = \"inline\"\n",
+            "secrets.gh.value"},
+           {"[secrets.\"g-h\"]\nenv = \"X\"\nhosts = [\"a.com\"]\n", "letters, digits and _"},
+           {"[egress]\nca_cert_file = \"/x\"\n", "go together"},
+       }) {
+    auto bad = ParseConfig(k.toml, "/h");
+    ASSERT_FALSE(bad.has_value()) << k.toml;
+    EXPECT_NE(bad.error().message.find(k.says), std::string::npos)
+        << k.toml << " -> " << bad.error().message;
+  }
+}
+
 }  // namespace
 }  // namespace airlock::controlplane

@@ -119,6 +119,9 @@ Status ControlPlane::Start() {
   }
 
   AIRLOCK_TRY(pools_->Check());
+  // Before listening: a secret whose variable is unset, or a CA that cannot be read, stops the
+  // start with the reason.
+  AIRLOCK_ASSIGN_OR_RETURN(auto boundary, EgressService::LoadBoundary(config_));
   llm_->Start();
   AIRLOCK_TRY(files_->Start());
   retention_ = std::make_unique<Retention>(config_, *store_, files_->blob_store());
@@ -131,7 +134,7 @@ Status ControlPlane::Start() {
   egress::OwnAddresses own{egress::HostAddresses(), {operator_endpoint_, sandbox_endpoint_}};
   egress_ = std::make_unique<EgressService>(
       EgressService::Deps{config_, io_, *store_, pool_, registry_, sandbox_events_, events_},
-      std::move(own));
+      std::move(own), std::move(boundary));
   log::Info("listening",
             {{"operator", fmt::format("{}:{}", operator_endpoint_.address().to_string(),
                                       operator_endpoint_.port())},

@@ -3,6 +3,11 @@
 #include "common/blocking.h"
 #include "common/log.h"
 #include "controlplane/requests.h"
+#include "egress/authority.h"
+#include "net/tls.h"
+
+#include <algorithm>
+#include <cstdlib>
 
 namespace airlock::controlplane {
 
@@ -17,13 +22,60 @@ egress::GatewayOptions GatewayOptionsFor(const EgressConfig& c) {
   return o;
 }
 
-EgressService::EgressService(Deps deps, egress::OwnAddresses own) : d_(deps) {
+Result<EgressService::Boundary> EgressService::LoadBoundary(const Config& config) {
+  Boundary b;
+  AIRLOCK_ASSIGN_OR_RETURN(b.secrets,
+                           ReadSecrets(config, [](const char* n) { return std::getenv(n); }));
+  if (b.secrets->empty()) return b;
+  const EgressConfig& e = config.egress;
+  AIRLOCK_ASSIGN_OR_RETURN(b.authority, egress::Authority::Load({e.ca_cert_file, e.ca_key_file,
+                                                                 config.home + "/egress-ca"}));
+  auto tls = net::MakeTlsClientContext(e.upstream_ca_file);
+  if (!tls) {
+    return Errorf(tls.error().code, "egress.upstream_ca_file: {}", tls.error().message);
+  }
+  b.upstream_tls = std::move(*tls);
+  return b;
+}
+
+EgressService::EgressService(Deps deps, egress::OwnAddresses own, Boundary boundary)
+    : d_(deps), boundary_(std::move(boundary)) {
+  egress::GatewayOptions options = GatewayOptionsFor(d_.config.egress);
+  options.authority = boundary_.authority;
+  options.upstream_tls = boundary_.upstream_tls;
   gateway_ = std::make_unique<egress::Gateway>(
       egress::Gateway::Deps{d_.io, resolver_, d_.registry,
                             [this](const egress::ConnectionReport& r) {
                               asio::co_spawn(d_.io, Record(r), asio::detached);
                             }},
-      GatewayOptionsFor(d_.config.egress), std::move(own));
+      std::move(options), std::move(own));
+}
+
+egress::Secrets EgressService::SecretsOf(const Json& stored_egress) const {
+  const auto names = SessionSecretNames(stored_egress);
+  if (names.empty() || !boundary_.secrets) return nullptr;
+  auto out = std::make_shared<std::vector<egress::Secret>>();
+  for (const auto& s : *boundary_.secrets) {
+    if (std::find(names.begin(), names.end(), s.name) != names.end()) out->push_back(s);
+  }
+  return out;
+}
+
+Json EgressService::SandboxWork(const store::Session& s) const {
+  auto policy = SessionEgressPolicy(s.egress, d_.config);
+  Json work = {{"egress", policy && !policy->empty()}};
+  Json env = Json::object();
+  for (const auto& name : SessionSecretNames(s.egress)) {
+    // A secret removed from the configuration since: the agent gets no placeholder for it.
+    if (auto it = d_.config.secrets.find(name); it != d_.config.secrets.end()) {
+      env[it->second.sandbox_env] = it->second.placeholder;
+    }
+  }
+  if (!env.empty() && boundary_.authority) {
+    work["env"] = std::move(env);
+    work["ca"] = boundary_.authority->certificate_pem();
+  }
+  return work;
 }
 
 awaitable<Admission> EgressService::Admit(Request& req) {
@@ -48,7 +100,7 @@ awaitable<Admission> EgressService::Admit(Request& req) {
     a.refuse = Response::FromError(403, "egress_denied", policy.error().message);
     co_return a;
   }
-  co_return gateway_->Admit(req, id, std::move(*policy));
+  co_return gateway_->Admit(req, id, std::move(*policy), SecretsOf(s->egress));
 }
 
 awaitable<void> EgressService::Record(egress::ConnectionReport r) {
@@ -63,6 +115,17 @@ awaitable<void> EgressService::Record(egress::ConnectionReport r) {
   if (!r.path.empty()) data["path"] = r.path;
   if (!r.address.empty()) data["address"] = r.address;
   if (!r.reason.empty()) data["reason"] = r.reason;
+  if (r.intercepted) {
+    data["intercepted"] = true;
+    data["secrets_added"] = r.secrets_added;
+  }
+  if (!r.placeholders_refused.empty()) {
+    // A placeholder where it does not belong: the agent tried (or was led) to send a secret
+    // elsewhere. Not replaced; said loudly.
+    data["placeholders_refused"] = r.placeholders_refused;
+    log::Warn("egress: a secret's placeholder was sent where it does not belong",
+              {{"session", r.session}, {"host", r.host}, {"secrets", r.placeholders_refused}});
+  }
   Json line = data;
   line["session"] = r.session;
   log::Info("egress", line);

@@ -33,19 +33,40 @@ class EgressService {
     EventAppender& events;  // sandbox-caused events, within the session's quota
     Notifier& notifier;
   };
+  // What adds secrets at the boundary: every configured secret with its value (ReadSecrets),
+  // the deployment's CA, and the client context that verifies a secret's real host. The CA
+  // and context are null when no secret is configured.
+  struct Boundary {
+    egress::Secrets secrets;
+    std::shared_ptr<egress::Authority> authority;
+    std::shared_ptr<asio::ssl::context> upstream_tls;
+  };
+  // Reads the secrets' values and loads (or makes) the CA: what Start() needs before it
+  // listens. Errors name the secret, the variable or the file, never a value.
+  static Result<Boundary> LoadBoundary(const Config& config);
+
   // `own` are the control plane's listeners and this host's addresses, which the gateway never
   // connects to unless the operator allowed exactly one.
-  EgressService(Deps deps, egress::OwnAddresses own);
+  EgressService(Deps deps, egress::OwnAddresses own, Boundary boundary);
 
   // The sandbox listener's gate for a proxy request (egress::Gateway::IsProxyRequest).
   awaitable<Admission> Admit(Request& req);
 
   egress::Gateway& gateway() { return *gateway_; }
 
+  // The egress part of GET /sandbox/v1/work for session `s`: {"egress": whether its policy
+  // reaches anything now, "env": the placeholders of its secrets by variable, and "ca": the
+  // CA certificate (PEM) when it has a secret}.
+  Json SandboxWork(const store::Session& s) const;
+
  private:
   awaitable<void> Record(egress::ConnectionReport r);
 
+  // The session's secrets, as the gateway takes them (null when it has none).
+  egress::Secrets SecretsOf(const Json& stored_egress) const;
+
   Deps d_;
+  Boundary boundary_;
   // The gateway's name lookups: threads of their own (a sandbox may choose a slow DNS name).
   asio::thread_pool resolver_{16};
   std::unique_ptr<egress::Gateway> gateway_;

@@ -487,13 +487,16 @@ awaitable<Response> FileService::List(Request& req) {
   co_return Response::FromJson(200, Json{{"files", std::move(files)}});
 }
 
-awaitable<Response> FileService::SandboxWork(const store::Session& s) {
+awaitable<Response> FileService::SandboxWork(const store::Session& s, Json egress) {
   AIRLOCK_CO_ASSIGN(Json files, co_await ListOf(s.id));
-  // Whether the agent gets the proxy variables: its policy reaches something now.
-  auto egress = SessionEgressPolicy(s.egress, config_);
-  co_return Response::FromJson(200, Json{{"env", s.env.is_object() ? s.env : Json::object()},
-                                         {"files", std::move(files)},
-                                         {"egress", egress && !egress->empty()}});
+  Json env = s.env.is_object() ? s.env : Json::object();
+  if (auto it = egress.find("env"); it != egress.end()) {
+    env.update(*it);  // create refused a session variable of a placeholder's name
+    egress.erase(it);
+  }
+  Json work = {{"env", std::move(env)}, {"files", std::move(files)}};
+  work.update(egress);
+  co_return Response::FromJson(200, work);
 }
 
 awaitable<Response> FileService::SandboxDownload(Request& req, const store::Session& s) {

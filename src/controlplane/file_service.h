@@ -59,7 +59,9 @@ class FileService {
   // GET /sandbox/v1/work and /sandbox/v1/work/files/{name}: the session's variables and
   // files, for its sandbox (airlock-init copies the files into the working directory and
   // hands the variables to the agent when it starts it).
-  awaitable<Response> SandboxWork(const store::Session& s);
+  // `egress` is EgressService::SandboxWork's part: the proxy flag, the secrets' placeholders
+  // (merged into the variables) and the CA.
+  awaitable<Response> SandboxWork(const store::Session& s, Json egress);
   awaitable<Response> SandboxDownload(Request& req, const store::Session& s);
 
  private:

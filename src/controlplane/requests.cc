@@ -2,6 +2,7 @@
 
 #include <fnmatch.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 
@@ -84,6 +85,15 @@ Result<CreateSessionRequest> ParseCreateSession(const Json& body, const Config& 
   auto egress = body.find("egress");
   AIRLOCK_ASSIGN_OR_RETURN(r.egress,
                            ParseSessionEgress(egress != body.end() ? &*egress : nullptr, config));
+  // A secret's placeholder is the agent's variable: the session's own may not take its name.
+  for (const auto& name : SessionSecretNames(r.egress)) {
+    const std::string& var = config.secrets.at(name).sandbox_env;
+    if (r.env.is_object() && r.env.contains(var)) {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "\"env\": {} holds the placeholder of secret {} (secrets.{}.sandbox_env)", var,
+                    name, name);
+    }
+  }
   return r;
 }
 
@@ -117,16 +127,32 @@ Result<Json> ParseSessionEgress(const Json* egress, const Config& config) {
   }
   constexpr std::string_view kShape =
       "\"egress\" must be {\"policy\": NAME} or {\"allow\": [...], \"allow_addresses\": "
-      "[...]}";
+      "[...]}, each with \"secrets\": [...] if need be";
   if (!egress->is_object()) return MakeError(ErrorCode::kInvalidArgument, std::string(kShape));
   for (const auto& [key, value] : egress->items()) {
-    if (key != "policy" && key != "allow" && key != "allow_addresses") {
+    if (key != "policy" && key != "allow" && key != "allow_addresses" && key != "secrets") {
       return Errorf(ErrorCode::kInvalidArgument, "{}; {} is not one of its members", kShape,
                     DumpJson(Json(key)));
     }
   }
+  AIRLOCK_ASSIGN_OR_RETURN(auto secrets, EgressList(*egress, "secrets"));
+  std::sort(secrets.begin(), secrets.end());
+  secrets.erase(std::unique(secrets.begin(), secrets.end()), secrets.end());
+  for (const auto& name : secrets) {
+    if (!config.secrets.contains(name)) {
+      std::string names;
+      for (const auto& [n, s] : config.secrets) names += (names.empty() ? "" : ", ") + n;
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "\"egress.secrets\": no secret {} is configured (configured: {})",
+                    DumpJson(Json(name)), names.empty() ? "none" : names);
+    }
+  }
+  auto with_secrets = [&secrets](Json stored) {
+    if (!secrets.empty()) stored["secrets"] = secrets;
+    return stored;
+  };
   if (auto it = egress->find("policy"); it != egress->end()) {
-    if (!it->is_string() || egress->size() != 1) {
+    if (!it->is_string() || egress->size() != (secrets.empty() ? 1u : 2u)) {
       return MakeError(ErrorCode::kInvalidArgument, std::string(kShape));
     }
     const std::string name = it->get<std::string>();
@@ -137,7 +163,7 @@ Result<Json> ParseSessionEgress(const Json* egress, const Config& config) {
                     "\"egress.policy\": no egress policy {} is configured (configured: {})",
                     DumpJson(Json(name)), names.empty() ? "none" : names);
     }
-    return Json{{"policy", name}};
+    return with_secrets(Json{{"policy", name}});
   }
   AIRLOCK_ASSIGN_OR_RETURN(auto allow, EgressList(*egress, "allow"));
   AIRLOCK_ASSIGN_OR_RETURN(auto addresses, EgressList(*egress, "allow_addresses"));
@@ -147,8 +173,19 @@ Result<Json> ParseSessionEgress(const Json* egress, const Config& config) {
                   "\"egress\" may only narrow what the operator allows: {}",
                   narrows.error().message);
   }
-  if (p.empty()) return Json::object();
-  return Json{{"allow", allow}, {"allow_addresses", addresses}};
+  if (p.empty()) return with_secrets(Json::object());
+  return with_secrets(Json{{"allow", allow}, {"allow_addresses", addresses}});
+}
+
+std::vector<std::string> SessionSecretNames(const Json& stored) {
+  std::vector<std::string> names;
+  if (!stored.is_object()) return names;
+  auto it = stored.find("secrets");
+  if (it == stored.end() || !it->is_array()) return names;
+  for (const auto& v : *it) {
+    if (v.is_string()) names.push_back(v.get<std::string>());
+  }
+  return names;
 }
 
 Result<egress::Policy> SessionEgressPolicy(const Json& stored, const Config& config) {

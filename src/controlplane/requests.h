@@ -49,6 +49,9 @@ Result<Json> ParseSessionEgress(const Json* egress, const Config& config);
 // named policy as it is configured, or the session's own lists, still checked to narrow
 // [egress] (the operator may have narrowed it since). An empty policy reaches nothing.
 Result<egress::Policy> SessionEgressPolicy(const Json& stored, const Config& config);
+// The names of the secrets a session's stored "egress" gives it ("secrets", each one of
+// [secrets.NAME] when the session was created).
+std::vector<std::string> SessionSecretNames(const Json& stored);
 // "files" of POST /v1/sessions: at most 64, each a valid file name whose value is its text or
 // {"base64": "..."}, each within files.max_file_mb and all within files.session_quota_mb.
 Result<std::vector<std::pair<std::string, std::string>>> ParseSessionFiles(const Json& files,

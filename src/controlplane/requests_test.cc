@@ -233,6 +233,36 @@ TEST(ParseSessionEgressTest, WideningAnUnknownPolicyAndBadShapesAreRefused) {
   }
 }
 
+TEST(ParseSessionEgressTest, ASessionNamesItsSecretsBesideEitherForm) {
+  Config c = EgressConfigForTest();
+  c.secrets["github"].sandbox_env = "GH_KEY";
+  c.secrets["pypi"].sandbox_env = "PYPI_KEY";
+  Json named = {{"policy", "pip"}, {"secrets", {"pypi", "github", "pypi"}}};
+  ASSERT_OK_AND_ASSIGN(Json stored, ParseSessionEgress(&named, c));
+  EXPECT_EQ(stored, (Json{{"policy", "pip"}, {"secrets", {"github", "pypi"}}}));
+  EXPECT_EQ(SessionSecretNames(stored), (std::vector<std::string>{"github", "pypi"}));
+  ASSERT_OK_AND_ASSIGN(egress::Policy p, SessionEgressPolicy(stored, c));
+  EXPECT_TRUE(p.AllowsName("pypi.org", 443));
+  Json own = {{"allow", {"api.github.com"}}, {"secrets", {"github"}}};
+  ASSERT_OK_AND_ASSIGN(stored, ParseSessionEgress(&own, c));
+  EXPECT_EQ(stored["secrets"], Json::array({"github"}));
+  EXPECT_TRUE(SessionSecretNames(Json::object()).empty());
+
+  Json unknown = {{"policy", "pip"}, {"secrets", {"aws"}}};
+  auto r = ParseSessionEgress(&unknown, c);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().message.find("no secret \"aws\" is configured (configured: github, pypi)"),
+            std::string::npos)
+      << r.error().message;
+  // The agent's variable of a secret is the placeholder's; the session's "env" may not take it.
+  Json body = {{"task", "t"}, {"egress", named}, {"env", {{"GH_KEY", "mine"}}}};
+  auto create = ParseCreateSession(body, c);
+  ASSERT_FALSE(create.has_value());
+  EXPECT_NE(create.error().message.find("GH_KEY holds the placeholder of secret github"),
+            std::string::npos)
+      << create.error().message;
+}
+
 TEST(ParseSessionEgressTest, AStoredPolicyThatNoLongerFitsTheConfigurationReachesNothing) {
   Config c = EgressConfigForTest();
   Json own = {{"allow", {"api.github.com"}}};

@@ -141,7 +141,7 @@ void ControlPlane::RegisterSandboxRoutes() {
   // its environment, and copied into its working directory) when it starts it.
   r.Add(http::verb::get, "/sandbox/v1/work", [this](Request& q) -> awaitable<Response> {
     AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
-    co_return co_await files_->SandboxWork(s);
+    co_return co_await files_->SandboxWork(s, egress_->SandboxWork(s));
   });
   for (http::verb m : {http::verb::get, http::verb::head}) {
     r.Add(m, "/sandbox/v1/work/files/{name}", [this](Request& q) -> awaitable<Response> {

@@ -59,7 +59,8 @@ std::string AgentPath(const SessionEnv& env) {
 
 std::vector<std::string> AgentEnvironment(const SessionEnv& env, const std::string& home,
                                           const std::vector<std::string>& image_env,
-                                          const EnvVars& session_vars, bool egress) {
+                                          const EnvVars& session_vars, bool egress,
+                                          const std::string& ca_bundle) {
   std::vector<std::string> reserved = {
       "SESSION_ID=" + env.session_id,
       "SESSION_TOKEN=" + env.token,
@@ -73,6 +74,12 @@ std::vector<std::string> AgentEnvironment(const SessionEnv& env, const std::stri
     }
     for (const char* name : {"NO_PROXY", "no_proxy"}) {
       reserved.push_back(std::string(name) + "=127.0.0.1,localhost,::1");
+    }
+  }
+  if (!ca_bundle.empty()) {
+    for (const char* name :
+         {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"}) {
+      reserved.push_back(std::string(name) + "=" + ca_bundle);
     }
   }
   return MergeEnvironment({"PATH=" + AgentPath(env), "HOME=" + home, "LANG=C.UTF-8"}, image_env,

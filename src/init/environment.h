@@ -27,10 +27,12 @@ Status CheckSessionEnv(const SessionEnv& env);
 // The agent's whole environment, "NAME=value" strings: the three session variables, PATH,
 // HOME and LANG. Nothing else of init's environment reaches the agent. With `egress`, the
 // proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY and their lower-case forms) point at the
-// control plane, whose gateway is the only way out.
+// control plane, whose gateway is the only way out. With `ca_bundle`, the usual trust-store
+// variables (SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, NODE_EXTRA_CA_CERTS) name it.
 std::vector<std::string> AgentEnvironment(const SessionEnv& env, const std::string& home,
                                           const std::vector<std::string>& image_env = {},
-                                          const EnvVars& session_vars = {}, bool egress = false);
+                                          const EnvVars& session_vars = {}, bool egress = false,
+                                          const std::string& ca_bundle = "");
 
 // The PATH the agent gets.
 std::string AgentPath(const SessionEnv& env);

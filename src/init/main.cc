@@ -213,6 +213,17 @@ class Init {
     }
     session_vars_ = std::move(work->env);
     egress_ = work->egress;
+    if (!work->ca.empty()) {
+      // The agent's own TLS clients trust the gateway's CA for the hosts its secrets go to;
+      // without the bundle they would refuse those hosts, so a failure here is said, and the
+      // agent still starts.
+      auto bundle = WriteCaBundle(work->ca, "/run/airlock");
+      if (bundle) {
+        ca_bundle_ = std::move(*bundle);
+      } else {
+        Log("cannot write the egress CA bundle: " + bundle.error());
+      }
+    }
     int copied = CopySessionFiles(opts_.socket_path, env_.token, work->files, opts_.workdir,
                                   opts_.uid, opts_.gid);
     if (copied > 0) {
@@ -230,7 +241,8 @@ class Init {
     UniqueFd write_end(out[1]);
     AgentSpec spec;
     spec.command = opts_.command;
-    spec.env = AgentEnvironment(env_, opts_.home, opts_.image_env, session_vars_, egress_);
+    spec.env =
+        AgentEnvironment(env_, opts_.home, opts_.image_env, session_vars_, egress_, ca_bundle_);
     spec.path = AgentPath(env_);
     for (const auto& e : spec.env) {
       if (e.starts_with("PATH=")) {
@@ -416,7 +428,8 @@ class Init {
   Options opts_;
   SessionEnv env_;
   EnvVars session_vars_;
-  bool egress_ = false;  // the session's policy reaches something: the agent gets a proxy
+  bool egress_ = false;    // the session's policy reaches something: the agent gets a proxy
+  std::string ca_bundle_;  // the trust store with the egress CA, when the session has a secret
   UniqueFd signals_;
   UniqueFd epoll_;
   rlimit nofile_{};

@@ -437,6 +437,32 @@ Result<bool> ParseFlag(std::string_view json, std::string_view key) {
   return value;
 }
 
+Result<std::string> ParseString(std::string_view json, std::string_view key) {
+  JsonReader r(json);
+  std::string value;
+  auto walked = ForEachMember(r, [&](const std::string& name) -> Status {
+    if (name != key) {
+      return r.Skip();
+    }
+    if (r.Word("null")) {
+      return {};
+    }
+    auto s = r.String();
+    if (!s) {
+      return Fail("\"" + std::string(key) + "\" is not a string");
+    }
+    value = std::move(*s);
+    return {};
+  });
+  if (!walked) {
+    return Fail(walked.error());
+  }
+  if (!r.AtEnd()) {
+    return Fail("text after the JSON object");
+  }
+  return value;
+}
+
 Result<std::vector<std::string>> ParseFileNames(std::string_view json) {
   JsonReader r(json);
   std::vector<std::string> names;
@@ -495,7 +521,44 @@ Result<SessionWork> ParseWork(std::string_view json) {
   if (!egress) {
     return Fail(egress.error());
   }
-  return SessionWork{std::move(*env), std::move(*files), *egress};
+  auto ca = ParseString(json, "ca");
+  if (!ca) {
+    return Fail(ca.error());
+  }
+  return SessionWork{std::move(*env), std::move(*files), *egress, std::move(*ca)};
+}
+
+Result<std::string> WriteCaBundle(const std::string& ca_pem, const std::string& dir) {
+  std::string bundle;
+  // Debian and Alpine, Fedora and RHEL, then what some minimal images carry.
+  for (const char* path : {"/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+                           "/etc/ssl/cert.pem"}) {
+    UniqueFd in(::open(path, O_RDONLY | O_CLOEXEC));
+    if (!in.valid()) {
+      continue;
+    }
+    char buf[16384];
+    for (ssize_t n; (n = ::read(in.get(), buf, sizeof(buf))) > 0;) {
+      bundle.append(buf, static_cast<size_t>(n));
+    }
+    break;
+  }
+  if (!bundle.empty() && bundle.back() != '\n') {
+    bundle += '\n';
+  }
+  bundle += ca_pem;
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return FailErrno("mkdir " + dir, errno);
+  }
+  std::string path = dir + "/ca-bundle.pem";
+  UniqueFd out(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
+  if (!out.valid()) {
+    return FailErrno("open " + path, errno);
+  }
+  if (!WriteAll(out.get(), bundle.data(), bundle.size())) {
+    return FailErrno("write " + path, errno);
+  }
+  return path;
 }
 
 Result<SessionWork> FetchWork(const std::string& socket_path, const std::string& token) {

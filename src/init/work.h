@@ -28,13 +28,17 @@ Result<std::vector<std::string>> ParseFileNames(std::string_view json);
 // The boolean under `key` of a JSON object: {"egress": true}. Left out or null: false.
 Result<bool> ParseFlag(std::string_view json, std::string_view key);
 
+// The string under `key` of a JSON object: {"ca": "-----BEGIN..."}. Left out or null: "".
+Result<std::string> ParseString(std::string_view json, std::string_view key);
+
 struct SessionWork {
   EnvVars env;
   std::vector<std::string> files;
   bool egress = false;  // the session's policy reaches something: the agent gets a proxy
+  std::string ca;       // the deployment's egress CA (PEM), when the session has a secret
 };
 // Parses the answer of GET /sandbox/v1/work: {"env": {..}, "files": [{"name": ..}, ..],
-// "egress": true|false}.
+// "egress": true|false, "ca": PEM}.
 Result<SessionWork> ParseWork(std::string_view json);
 
 // The session's work from the control plane (none from one that does not serve the route).
@@ -48,6 +52,11 @@ Result<SessionWork> FetchWork(const std::string& socket_path, const std::string&
 int CopySessionFiles(const std::string& socket_path, const std::string& token,
                      const std::vector<std::string>& files, const std::string& dir, uid_t uid,
                      gid_t gid);
+
+// Writes the image's trust store (the first of the usual bundle paths that exists) followed by
+// `ca_pem` to `dir`/ca-bundle.pem, readable by all and writable only by init, and returns its
+// path: what the agent's TLS clients trust when the egress gateway adds its secrets.
+Result<std::string> WriteCaBundle(const std::string& ca_pem, const std::string& dir);
 
 // The agent's environment: `reserved` (the three variables of the session) first, which
 // nothing overrides; then `defaults` (PATH, HOME, LANG), the image's `NAME=value` entries over

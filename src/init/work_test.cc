@@ -2,6 +2,10 @@
 // plane answers, read strictly, and the environment the agent gets.
 #include "work.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 namespace airlock::init {
@@ -67,6 +71,47 @@ TEST(WorkTest, ReadsTheWorkAnswerWhole) {
   EXPECT_EQ(work->env[0].second, "airlock");
   EXPECT_EQ(work->files, std::vector<std::string>{"a.txt"});
   EXPECT_FALSE(ParseWork(R"({"env": {"A": 1}, "files": []})"));
+}
+
+TEST(WorkTest, ReadsTheEgressCaWhenTheSessionHasASecret) {
+  auto work = ParseWork(
+      R"({"env": {"GH": "airlock-secret-gh"}, "files": [], "egress": true,
+          "ca": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"})");
+  ASSERT_TRUE(work) << work.error();
+  EXPECT_TRUE(work->egress);
+  EXPECT_EQ(work->ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+  auto none = ParseWork(R"({"env": {}, "files": [], "ca": null})");
+  ASSERT_TRUE(none) << none.error();
+  EXPECT_EQ(none->ca, "");
+  EXPECT_FALSE(ParseWork(R"({"env": {}, "files": [], "ca": 1})"));
+}
+
+TEST(WorkTest, TheCaBundleIsTheImagesTrustStoreAndTheCaReadableNotWritableByOthers) {
+  char tmpl[] = "/tmp/airlock-work-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = std::string(tmpl) + "/run";
+  const std::string ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+  auto path = WriteCaBundle(ca, dir);
+  ASSERT_TRUE(path) << path.error();
+  EXPECT_EQ(*path, dir + "/ca-bundle.pem");
+  struct stat st {};
+  ASSERT_EQ(::stat(path->c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0644u);
+  std::string text;
+  {
+    char buf[4096];
+    int fd = ::open(path->c_str(), O_RDONLY | O_CLOEXEC);
+    for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;)
+      text.append(buf, static_cast<size_t>(n));
+    ::close(fd);
+  }
+  EXPECT_TRUE(text.ends_with(ca)) << "the CA comes last, after the image's own";
+  if (::access("/etc/ssl/certs/ca-certificates.crt", R_OK) == 0) {
+    EXPECT_GT(text.size(), ca.size() * 10) << "the host's trust store comes first";
+  }
+  ::unlink(path->c_str());
+  ::rmdir(dir.c_str());
+  ::rmdir(tmpl);
 }
 
 TEST(WorkTest, TheSessionsVariablesGoOverTheImagesAndTheThreeOverAll) {

@@ -21,6 +21,9 @@ using http::verb;
 
 constexpr const char* kToolsImage = "airlock-tools:test";
 constexpr const char* kInternet = "127.0.0.2";
+// The origin's credential: in the control plane's environment only (a secret of the config).
+constexpr const char* kSecretEnv = "AIRLOCK_TEST_ORIGIN_KEY";
+constexpr const char* kSecretValue = "tok-real-7d3f9a1c5e8b2046";
 
 // Reads one request head from `in`; "" when none came.
 std::string ReadHead(const std::function<int(char*, int)>& in) {
@@ -83,10 +86,14 @@ class EgressTest : public ::testing::Test {
     // the names on their ports.
     hosts_file_ = pki_dir_ + "/hosts";
     std::ofstream(hosts_file_) << "127.0.0.2 origin.test\n127.0.0.1 rebound.test\n";
+    // A secret for the HTTPS origin: its real host is verified against the test CA.
+    ::setenv(kSecretEnv, kSecretValue, 1);
     sbx_ = std::make_unique<SandboxServer>(
         "[egress]\nallow = [\"origin.test:" + http + "\", \"origin.test:" + https +
         "\", \"rebound.test:" + loopback_port_ + "\"]\nallow_addresses = [\"127.0.0.2:" + http +
-        "\", \"127.0.0.2:" + https + "\"]\nhosts_file = \"" + hosts_file_ + "\"\n");
+        "\", \"127.0.0.2:" + https + "\"]\nhosts_file = \"" + hosts_file_ +
+        "\"\nupstream_ca_file = \"" + pki_.ca_file + "\"\n[secrets.origin]\nenv = \"" + kSecretEnv +
+        "\"\nhosts = [\"origin.test:" + https + "\"]\nsandbox_env = \"ORIGIN_KEY\"\n");
     auto imported = sbx_->ImportImage(AIRLOCK_TOOLS_IMAGE, kToolsImage);
     ASSERT_TRUE(imported) << imported.error().message;
     sbx_->Start();
@@ -102,6 +109,11 @@ class EgressTest : public ::testing::Test {
   void Note(const std::string& head) {
     std::lock_guard lock(mu_);
     seen_.push_back(head.substr(0, head.find("\r\n")));
+    heads_.push_back(head);
+  }
+  std::vector<std::string> Heads() {
+    std::lock_guard lock(mu_);
+    return heads_;
   }
   std::vector<std::string> Seen() {
     std::lock_guard lock(mu_);
@@ -140,6 +152,7 @@ class EgressTest : public ::testing::Test {
   SSL_CTX* tls_ = nullptr;
   std::mutex mu_;
   std::vector<std::string> seen_;
+  std::vector<std::string> heads_;  // whole request heads, as the origins received them
   std::unique_ptr<Origin> http_, https_, unallowed_;
   std::string loopback_port_;
   std::string hosts_file_;
@@ -308,6 +321,112 @@ TEST_F(EgressTest, ASessionCannotWidenTheOperatorsPolicy) {
   EXPECT_EQ(r.status, 400u) << r.body;
   EXPECT_NE(r.body.find("no egress policy \\\"nope\\\" is configured"), std::string::npos)
       << r.body;
+}
+
+// Credentials at the boundary: the session holds the placeholder of secret "origin"; curl and
+// Python send it in the usual header and trust the usual variables, and the origin receives the
+// real value, which never enters the sandbox. Sent anywhere else it is not replaced, and each
+// connection says what the gateway did.
+TEST_F(EgressTest, ASecretReachesOnlyItsHostAndNeverTheSandbox) {
+  const std::string http = "origin.test:" + std::to_string(http_->port());
+  const std::string https = "origin.test:" + std::to_string(https_->port());
+  const std::string script =
+      "echo \"placeholder=$ORIGIN_KEY\"; "
+      "echo \"trust=$SSL_CERT_FILE $CURL_CA_BUNDLE $REQUESTS_CA_BUNDLE $NODE_EXTRA_CA_CERTS\"; "
+      "echo \"private=$(grep -c PRIVATE $SSL_CERT_FILE)\"; "
+      // curl and Python, each with nothing but the variables init set.
+      "curl -sS -H \"Authorization: Bearer $ORIGIN_KEY\" https://" +
+      https +
+      "/curl; echo \" curl=$?\"; "
+      "python3 -c 'import os, sys, urllib.request as u; "
+      "r = u.Request(sys.argv[1], headers={\"Authorization\": \"Bearer \" + "
+      "os.environ[\"ORIGIN_KEY\"]}); print(u.urlopen(r).read().decode())' https://" +
+      https +
+      "/python; echo \" python=$?\"; "
+      // The placeholder to a host it does not belong to (plain HTTP): sent as it is.
+      "curl -sS -H \"Authorization: Bearer $ORIGIN_KEY\" http://" +
+      http +
+      "/elsewhere; echo \" elsewhere=$?\"; "
+      // Nothing of the sandbox holds the value: not its environment, not its files.
+      "echo \"found=$(cat /proc/self/environ /run/airlock/* 2>/dev/null | grep -c " +
+      kSecretValue +
+      ")\"; "
+      "exit 0";
+  auto o = Run(script, Json{{"allow", {https, http}},
+                            {"allow_addresses",
+                             {"127.0.0.2:" + std::to_string(https_->port()),
+                              "127.0.0.2:" + std::to_string(http_->port())}},
+                            {"secrets", {"origin"}}});
+  const std::string& logs = o.logs;
+  EXPECT_NE(logs.find("placeholder=airlock-secret-origin"), std::string::npos) << logs;
+  const std::string bundle = "/run/airlock/ca-bundle.pem";
+  EXPECT_NE(logs.find("trust=" + bundle + " " + bundle + " " + bundle + " " + bundle),
+            std::string::npos)
+      << logs;
+  EXPECT_NE(logs.find("private=0"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("origin saw GET /curl HTTP/1.1 curl=0"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("origin saw GET /python HTTP/1.1\n python=0"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("origin saw GET /elsewhere HTTP/1.1 elsewhere=0"), std::string::npos) << logs;
+  EXPECT_NE(logs.find("found=0"), std::string::npos) << logs;
+  EXPECT_EQ(logs.find(kSecretValue), std::string::npos) << logs;
+
+  // The origin got the value over TLS, and the placeholder where it does not belong.
+  int with_value = 0, with_placeholder = 0;
+  for (const auto& head : Heads()) {
+    if (head.find(std::string("Authorization: Bearer ") + kSecretValue + "\r\n") !=
+        std::string::npos) {
+      ++with_value;
+      EXPECT_TRUE(head.starts_with("GET /curl ") || head.starts_with("GET /python ")) << head;
+    }
+    if (head.find("Authorization: Bearer airlock-secret-origin\r\n") != std::string::npos) {
+      ++with_placeholder;
+      EXPECT_TRUE(head.starts_with("GET /elsewhere ")) << head;
+    }
+  }
+  EXPECT_EQ(with_value, 2);
+  EXPECT_EQ(with_placeholder, 1);
+
+  auto events = EgressEvents(o);
+  ASSERT_EQ(events.size(), 3u) << o.events.dump();
+  int intercepted = 0, refused = 0;
+  for (const auto& e : events) {
+    if (e.value("intercepted", false)) {
+      ++intercepted;
+      EXPECT_EQ(e["secrets_added"], Json::array({"origin"})) << e.dump();
+      EXPECT_EQ(e.value("status", 0), 200) << e.dump();
+    }
+    if (e.contains("placeholders_refused")) {
+      ++refused;
+      EXPECT_EQ(e.value("path", ""), "/elsewhere") << e.dump();
+      EXPECT_EQ(e["placeholders_refused"], Json::array({"origin"})) << e.dump();
+    }
+  }
+  EXPECT_EQ(intercepted, 2) << o.events.dump();
+  EXPECT_EQ(refused, 1) << o.events.dump();
+  // Neither the events nor the server's log hold the value or the CA's key.
+  EXPECT_EQ(o.events.dump().find(kSecretValue), std::string::npos);
+  const std::string server_log = sbx_->server().log();
+  EXPECT_EQ(server_log.find(kSecretValue), std::string::npos);
+  EXPECT_EQ(server_log.find("PRIVATE KEY"), std::string::npos);
+  EXPECT_NE(server_log.find("placeholder was sent where it does not belong"), std::string::npos);
+}
+
+TEST_F(EgressTest, ASessionCannotNameASecretTheOperatorDidNotConfigure) {
+  Json body = {{"task", "x"},
+               {"image", kToolsImage},
+               {"command", {"/bin/true"}},
+               {"egress", {{"allow_addresses", Json::array()}, {"secrets", {"github"}}}}};
+  auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
+  EXPECT_EQ(r.status, 400u) << r.body;
+  EXPECT_NE(r.body.find("no secret \\\"github\\\" is configured (configured: origin)"),
+            std::string::npos)
+      << r.body;
+  // Nor take a placeholder's variable for its own.
+  body["egress"] = {{"secrets", {"origin"}}};
+  body["env"] = {{"ORIGIN_KEY", "mine"}};
+  r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
+  EXPECT_EQ(r.status, 400u) << r.body;
+  EXPECT_NE(r.body.find("holds the placeholder of secret origin"), std::string::npos) << r.body;
 }
 
 }  // namespace
