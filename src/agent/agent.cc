@@ -70,7 +70,8 @@ std::string BaseName(const std::string& path) {
 
 class Agent {
  public:
-  Agent(SandboxClient& client, const AgentOptions& options) : c_(client), o_(options) {}
+  Agent(SandboxClient& client, const AgentOptions& options)
+      : c_(client), o_(options), browser_(options.browser) {}
 
   int Run() {
     if (auto h = c_.LoadHistory(); !h) return Stop(h.error(), "loading the history");
@@ -109,7 +110,10 @@ class Agent {
     bool need_input =
         c_.history().empty() || (Role(c_.history().back()) == "assistant" && c_.pending() == 0);
     bool announced_wait = false;
-    const Json tools = ToolSchemas(o_.limits);
+    Json tools = ToolSchemas(o_.limits);
+    if (browser_.available()) {
+      for (auto& t : BrowserToolSchemas()) tools.push_back(std::move(t));
+    }
     for (;;) {
       if (need_input) {
         auto got = c_.Inbox(o_.inbox_wait_s);
@@ -241,9 +245,52 @@ class Agent {
       return {true, "uploaded " + artifact + " (" + std::to_string(*size) + " bytes)",
               "uploaded " + artifact + " (" + std::to_string(*size) + " bytes)"};
     }
+    if (name.starts_with("browser_") && browser_.available()) {
+      return Browse(name, args, str);
+    }
     return {false,
-            "error: unknown tool \"" + Clip(name, 64) +
-                "\"; the tools are shell, read_file, write_file, upload, finish",
+            "error: unknown tool \"" + Clip(name, 64) + "\"; the tools are shell, read_file, " +
+                "write_file, upload, finish" +
+                (browser_.available() ? ", browser_open, browser_text, browser_click, "
+                                        "browser_type, browser_screenshot"
+                                      : ""),
+            "unknown tool " + Clip(name, 64)};
+  }
+
+  template <class Str>
+  ToolOutcome Browse(const std::string& name, const Json& args, const Str& str) {
+    if (name == "browser_open") {
+      Log("browser: open " + Clip(str("url"), 200));
+      return browser_.Open(str("url"));
+    }
+    if (name == "browser_text") return browser_.Text();
+    if (name == "browser_click") return browser_.Click(str("selector"), str("text"));
+    if (name == "browser_type") {
+      bool submit = false;
+      if (auto s = args.find("submit"); s != args.end() && s->is_boolean()) submit = s->get<bool>();
+      return browser_.Type(str("selector"), str("text"), submit);
+    }
+    if (name == "browser_screenshot") {
+      std::string artifact = str("name");
+      if (artifact.empty()) artifact = "screenshot.png";
+      if (artifact.find('/') != std::string::npos) {
+        return {false, "error: \"name\" is an artifact's name, without a /",
+                "browser_screenshot: bad name"};
+      }
+      ToolOutcome shot = browser_.Screenshot(artifact);
+      if (!shot.ok) return shot;
+      auto size = c_.Upload(artifact, artifact);
+      if (!size) {
+        return {false,
+                "error: the screenshot was taken but not uploaded: " + size.error().ToString(),
+                "upload " + artifact + " failed"};
+      }
+      Log("uploaded " + artifact);
+      return {true,
+              "uploaded the screenshot as " + artifact + " (" + std::to_string(*size) + " bytes)",
+              "screenshot uploaded as " + artifact + " (" + std::to_string(*size) + " bytes)"};
+    }
+    return {false, "error: unknown browser tool \"" + Clip(name, 64) + "\"",
             "unknown tool " + Clip(name, 64)};
   }
 
@@ -328,6 +375,7 @@ class Agent {
 
   SandboxClient& c_;
   const AgentOptions& o_;
+  Browser browser_;
   int step_ = 0;
   bool has_system_prompt_ = false;
 };

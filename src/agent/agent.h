@@ -12,6 +12,7 @@
 
 #include <string>
 
+#include "browser.h"
 #include "sandbox_client.h"
 #include "tools.h"
 
@@ -23,6 +24,7 @@ struct AgentOptions {
   std::string model;      // a model alias the session may use; empty = the session's
   bool system_prompt = true;  // send the built-in system prompt with the first call
   ToolLimits limits;
+  BrowserOptions browser;  // its executable "" (the default): no browser tools
 };
 
 // Runs the loop until the session is finished; returns the process exit status: 0 when the

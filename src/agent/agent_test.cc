@@ -537,5 +537,97 @@ TEST(Agent, InterruptedToolCallsGetAnAnswer) {
   EXPECT_TRUE(InterruptedToolResults(h).empty());
 }
 
+// The browser tools against a real Chromium (Debian's, which scripts/install-deps.sh installs)
+// and a site on loopback: what the model reads, a click that navigates, typing and submitting a
+// form, a PNG. The same code drives Chromium inside the `browser` image.
+TEST(Browser, OpensReadsClicksTypesAndTakesAScreenshot) {
+  const std::string exe = FindChromium();
+  if (exe.empty()) GTEST_SKIP() << "no Chromium on this host (scripts/install-deps.sh installs it)";
+  auto page = [](const std::string& title, const std::string& body) {
+    std::string html = "<!doctype html><html><head><title>" + title + "</title></head><body>" +
+                       body + "</body></html>";
+    return "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: " +
+           std::to_string(html.size()) + "\r\nConnection: close\r\n\r\n" + html;
+  };
+  TinyServer site([&](const SeenRequest& r) {
+    if (r.target == "/") {
+      return page("Shop", "<h1>Welcome to the shop</h1><a href=\"/search\">Search page</a>");
+    }
+    if (r.target == "/search") {
+      return page("Search",
+                  "<p>Search the catalogue</p><form action=\"/result\">"
+                  "<input id=\"q\" name=\"q\" placeholder=\"what\"></form>");
+    }
+    if (r.target.starts_with("/result?q=")) {
+      return page("Result", "<p>Results for: " + r.target.substr(10) + "</p>");
+    }
+    return std::string("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  });
+  BrowserOptions o;
+  o.executable = exe;
+  Browser browser(o);
+  ASSERT_TRUE(browser.available());
+
+  ToolOutcome opened = browser.Open(site.url() + "/");
+  ASSERT_TRUE(opened.ok) << opened.text;
+  EXPECT_NE(opened.text.find("Title: Shop"), std::string::npos) << opened.text;
+  EXPECT_NE(opened.text.find("Welcome to the shop"), std::string::npos) << opened.text;
+  EXPECT_NE(opened.text.find("[1] Search page -> " + site.url() + "/search"), std::string::npos)
+      << opened.text;
+
+  ToolOutcome clicked = browser.Click("", "search page");
+  ASSERT_TRUE(clicked.ok) << clicked.text;
+  EXPECT_NE(clicked.text.find("Search the catalogue"), std::string::npos) << clicked.text;
+  EXPECT_NE(clicked.text.find("input#q[name=q] (what)"), std::string::npos) << clicked.text;
+
+  ToolOutcome typed = browser.Type("#q", "blue kettle", true);
+  ASSERT_TRUE(typed.ok) << typed.text;
+  EXPECT_NE(typed.text.find("Results for: blue+kettle"), std::string::npos) << typed.text;
+
+  char dir[] = "/tmp/airlock-shot-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string png = std::string(dir) + "/shot.png";
+  ToolOutcome shot = browser.Screenshot(png);
+  ASSERT_TRUE(shot.ok) << shot.text;
+  std::ifstream f(png, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_TRUE(bytes.starts_with("\x89PNG\r\n\x1a\n")) << bytes.size();
+  EXPECT_GT(bytes.size(), 1000u);
+  std::filesystem::remove_all(dir);
+
+  // What the model may get wrong is an answer, not a crash.
+  EXPECT_FALSE(browser.Click("#nope", "").ok);
+  EXPECT_NE(browser.Click("#nope", "").text.find("no element matches #nope"), std::string::npos);
+  EXPECT_NE(browser.Click("[[[", "").text.find("the page's script failed"), std::string::npos);
+  EXPECT_FALSE(browser.Click("", "").ok);
+  EXPECT_FALSE(browser.Open("file:///etc/passwd").ok);
+  int closed = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(closed, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(closed, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(closed);  // nothing listens there now
+  ToolOutcome refused = browser.Open("http://127.0.0.1:" + std::to_string(ntohs(a.sin_port)) + "/");
+  EXPECT_FALSE(refused.ok);
+  EXPECT_NE(refused.text.find("ERR_CONNECTION_REFUSED"), std::string::npos) << refused.text;
+  // And the browser still works after them.
+  EXPECT_TRUE(browser.Open(site.url() + "/").ok);
+}
+
+TEST(Browser, ANonexistentChromiumIsAClearAnswerAndNoBrowserMeansNoTools) {
+  BrowserOptions o;
+  o.executable = "/nonexistent/chromium";
+  Browser browser(o);
+  ToolOutcome out = browser.Open("http://127.0.0.1:1/");
+  EXPECT_FALSE(out.ok);
+  EXPECT_NE(out.text.find("the browser did not start"), std::string::npos) << out.text;
+  EXPECT_FALSE(Browser(BrowserOptions{}).available());
+  EXPECT_EQ(DecodeBase64("aGVsbG8=").value_or(""), "hello");
+  EXPECT_EQ(DecodeBase64("aGVsbG8").value_or(""), "hello");
+  EXPECT_FALSE(DecodeBase64("a*b").has_value());
+}
+
 }  // namespace
 }  // namespace airlock::agent

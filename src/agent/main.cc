@@ -2,7 +2,9 @@
 // See agent.h for what it does and docs/agents.md for how to write your own.
 
 #include <signal.h>
+
 #include <unistd.h>
+#include <cstdlib>
 
 #include <charconv>
 #include <cstdio>
@@ -20,8 +22,9 @@ constexpr const char* kUsage = R"(Usage: airlock-agent [OPTIONS]
 The reference agent of Airlock. Run inside a sandbox, it takes its task from the control
 plane (SESSION_ID, SESSION_TOKEN and CONTROL_PLANE_URL, which it reads once and removes from
 its environment), asks the session's model what to do, runs the tools the model calls -
-shell, read_file, write_file, upload, finish - and reports every step as an event. After a
-restart it reloads the conversation and carries on.
+shell, read_file, write_file, upload, finish, and where a Chromium is found (the `browser`
+image) browser_open, browser_text, browser_click, browser_type, browser_screenshot - and
+reports every step as an event. After a restart it reloads the conversation and carries on.
 
 Options:
   --max-steps N       give up (finish: failed) after N model calls in one run (default 100)
@@ -30,6 +33,7 @@ Options:
   --output-cap BYTES  shell output kept for the model (default 16384)
   --inbox-wait S      one long-poll of the inbox, in seconds (default 30)
   --no-system-prompt  do not send the built-in system prompt (tools, sandbox, how to finish)
+  --no-browser        do not offer the browser tools even where a Chromium is found
   -h, --help          this text
 )";
 
@@ -45,6 +49,7 @@ bool ParseInt(std::string_view s, int min, int max, int* out) {
 
 int main(int argc, char** argv) {
   airlock::agent::AgentOptions options;
+  bool no_browser = false;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
     auto value = [&](const char* flag) -> const char* {
@@ -62,6 +67,8 @@ int main(int argc, char** argv) {
       options.max_steps = n;
     } else if (a == "--no-system-prompt") {
       options.system_prompt = false;
+    } else if (a == "--no-browser") {
+      no_browser = true;
     } else if (a == "--model") {
       options.model = value("--model");
     } else if (a == "--shell-timeout" && ParseInt(value("--shell-timeout"), 1, 86400, &n)) {
@@ -78,6 +85,16 @@ int main(int argc, char** argv) {
     }
   }
   ::signal(SIGPIPE, SIG_IGN);
+  if (!no_browser) {
+    options.browser.executable = airlock::agent::FindChromium();
+    // The browser reaches the web as every client in the sandbox does: through the session's
+    // egress gateway, when its policy allows anything.
+    for (const char* var : {"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"}) {
+      if (const char* v = std::getenv(var); v && *v && options.browser.proxy.empty()) {
+        options.browser.proxy = v;
+      }
+    }
+  }
   auto client = airlock::agent::SandboxClient::FromEnvironment();
   if (!client) {
     std::fprintf(stderr, "airlock-agent: %s\n", client.error().c_str());

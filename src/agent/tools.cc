@@ -29,6 +29,8 @@ std::string FirstLine(const std::string& s, size_t max) {
   return line;
 }
 
+}  // namespace
+
 Json Function(const char* name, const char* description, Json properties, Json required) {
   return Json{{"type", "function"},
               {"function",
@@ -39,8 +41,6 @@ Json Function(const char* name, const char* description, Json properties, Json r
                   {"properties", std::move(properties)},
                   {"required", std::move(required)}}}}}};
 }
-
-}  // namespace
 
 Json ToolSchemas(const ToolLimits& limits) {
   const std::string shell =

@@ -28,6 +28,9 @@ struct ToolOutcome {
   std::string summary;  // one line for the event stream
 };
 
+// One OpenAI function schema: {"type": "function", "function": {name, description, parameters}}.
+Json Function(const char* name, const char* description, Json properties, Json required);
+
 // The OpenAI function schemas of shell, read_file, write_file, upload and finish; the
 // descriptions state `limits` (the model plans around timeouts and output caps).
 Json ToolSchemas(const ToolLimits& limits);
