@@ -374,8 +374,9 @@ struct RunFlags {
   std::vector<std::string> env;    // NAME=VALUE
   std::vector<std::string> allow;  // egress name rules; with allow_addresses, the session's own
   std::vector<std::string> allow_addresses;
-  std::string egress_policy;       // or one of the server's [egress.policies]
-  std::vector<std::string> files;  // PATH or NAME=PATH
+  std::string egress_policy;         // or one of the server's [egress.policies]
+  std::vector<std::string> secrets;  // of the server's [secrets.NAME], added at the boundary
+  std::vector<std::string> files;    // PATH or NAME=PATH
   bool detach = false;
   bool json = false;
   std::string download_dir;  // the session's files are downloaded here at the end
@@ -590,6 +591,10 @@ CliResult<int> CmdRun(const RunFlags& f) {
     body["egress"] = {{"policy", f.egress_policy}};
   } else if (!f.allow.empty() || !f.allow_addresses.empty()) {
     body["egress"] = {{"allow", f.allow}, {"allow_addresses", f.allow_addresses}};
+  }
+  if (!f.secrets.empty()) {
+    if (!body.contains("egress")) body["egress"] = Json::object();
+    body["egress"]["secrets"] = f.secrets;
   }
   if (!f.files.empty()) {
     auto files = ReadRunFiles(f.files);
@@ -1289,6 +1294,12 @@ Examples:
       ->add_option("--egress-policy", run.egress_policy,
                    "One of the server's [egress.policies] instead of --allow")
       ->type_name("NAME");
+  run_cmd
+      ->add_option("--secret", run.secrets,
+                   "One of the server's [secrets.NAME], repeatable: the agent gets its "
+                   "placeholder, and the gateway adds the value for the secret's hosts")
+      ->type_name("NAME")
+      ->allow_extra_args(false);
   run_cmd->add_flag("--detach,-d", run.detach, "Print the session id and return at once");
   run_cmd->add_flag("--json", run.json,
                     "JSON lines: the created session, each event, then the final session");

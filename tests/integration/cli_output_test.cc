@@ -311,6 +311,11 @@ TEST_F(CliOutputTest, AirlockRunAsksForEgressAndShowsTheServersRefusal) {
   Output both = RunCli(server_, {"run", "--egress-policy", "web", "--allow", "pypi.org", "do it"});
   EXPECT_EQ(both.exit_code, 2) << both.err;
   EXPECT_NE(both.err.find("does not go with --allow"), std::string::npos) << both.err;
+  Output secret = RunCli(server_, {"run", "--secret", "github", "do it"});
+  EXPECT_NE(secret.exit_code, 0);
+  EXPECT_NE(secret.err.find("no secret \"github\" is configured (configured: none)"),
+            std::string::npos)
+      << secret.err;
 }
 
 }  // namespace

@@ -98,7 +98,8 @@ class OperatorClient:
         ``env`` and ``files`` are the work going in (non-secret variables, and files for the
         agent's working directory: text, or ``{"base64": ...}``); ``egress`` what the sandbox
         may reach: ``{"policy": NAME}`` or ``{"allow": [...], "allow_addresses": [...]}``
-        within the operator's ``[egress]`` (docs/api.md)."""
+        within the operator's ``[egress]``, either with ``"secrets": [NAME, ...]`` of the
+        operator's ``[secrets.NAME]``, which the gateway adds for their hosts (docs/api.md)."""
         body: Dict[str, Any] = {"task": task}
         for name, value in (
             ("image", image),
