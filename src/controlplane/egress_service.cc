@@ -28,6 +28,12 @@ Result<EgressService::Boundary> EgressService::LoadBoundary(const Config& config
                            ReadSecrets(config, [](const char* n) { return std::getenv(n); }));
   if (b.secrets->empty()) return b;
   const EgressConfig& e = config.egress;
+  if (config.store_kind == "postgres" && e.ca_cert_file.empty()) {
+    log::Warn(
+        "each replica makes its own egress CA in its home: give them all the same "
+        "egress.ca_cert_file and egress.ca_key_file",
+        {{"ca", config.home + "/egress-ca/ca.pem"}});
+  }
   AIRLOCK_ASSIGN_OR_RETURN(b.authority, egress::Authority::Load({e.ca_cert_file, e.ca_key_file,
                                                                  config.home + "/egress-ca"}));
   auto tls = net::MakeTlsClientContext(e.upstream_ca_file);
