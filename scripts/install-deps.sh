@@ -21,6 +21,9 @@ packages=(
   # The microvm backend: QEMU, mkfs.erofs for the images' disks, lz4 to unpack Debian's guest
   # kernel (scripts/guest-kernel.sh, run below).
   qemu-system-x86 erofs-utils lz4
+  # The built-in browser image (images/browser-image.sh) and the agent's browser tools' tests:
+  # Debian's Chromium and the fonts pages are drawn with.
+  chromium fonts-liberation fonts-dejavu-core
 )
 for arg in "$@"; do
   case "$arg" in

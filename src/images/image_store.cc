@@ -30,11 +30,30 @@ namespace {
 constexpr uint64_t kMaxRefsBytes = 64 << 20;
 constexpr uint64_t kMaxMetaBytes = 16 << 20;
 constexpr const char* kHostName = "host";
-constexpr const char* kBaseName = "base:latest";
 constexpr const char* kDefaultPath =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-constexpr const char* kBuiltinBaseMarker = "builtin-base.stamp";
+// The built-in images: made by the build (images/), found in the built-in directory, and
+// imported from there on first use.
+struct Builtin {
+  const char* name;  // as NormalizeImageName writes it
+  const char* short_name;
+  const char* tar;     // in the built-in directory
+  const char* marker;  // in the store: the stamp of the tar last imported
+  const char* target;  // the build target that makes it
+};
+constexpr Builtin kBuiltins[] = {
+    {"base:latest", "base", "base.tar", "builtin-base.stamp", "the base_image target"},
+    {"browser:latest", "browser", "browser.tar", "builtin-browser.stamp",
+     "the browser_image target, which needs Debian's chromium"},
+};
+
+const Builtin* FindBuiltin(std::string_view normalized) {
+  for (const auto& b : kBuiltins) {
+    if (normalized == b.name) return &b;
+  }
+  return nullptr;
+}
 
 // "size:mtime" of the built-in base.tar, "" when there is none.
 std::string BuiltinStamp(const std::string& tar) {
@@ -511,10 +530,11 @@ Result<ImageInfo> ImageStore::Import(const std::string& path,
   if (name) {
     AIRLOCK_ASSIGN_OR_RETURN(wanted, NormalizeImageName(*name));
   }
-  if (wanted == kBaseName &&
-      (options_.builtin_dir.empty() || path != options_.builtin_dir + "/base.tar")) {
-    // Someone's own base: the built-in one must not replace it when the build changes.
-    ::unlink((options_.root + "/" + kBuiltinBaseMarker).c_str());
+  if (const Builtin* b = wanted ? FindBuiltin(*wanted) : nullptr;
+      b && (options_.builtin_dir.empty() || path != options_.builtin_dir + "/" + b->tar)) {
+    // Someone's own base (or browser): the built-in one must not replace it when the build
+    // changes.
+    ::unlink((options_.root + "/" + b->marker).c_str());
   }
   AIRLOCK_ASSIGN_OR_RETURN(TempDir work, NewWorkDir(options_.root));
   AIRLOCK_ASSIGN_OR_RETURN(ImageLayout layout, OpenLayout(path, work, options_));
@@ -582,21 +602,23 @@ Result<ResolvedImage> ImageStore::Resolve(std::string_view name) {
   AIRLOCK_ASSIGN_OR_RETURN(std::string normalized, NormalizeImageName(name));
   AIRLOCK_ASSIGN_OR_RETURN(Refs refs, ReadRefs(options_.root));
   auto it = refs.find(normalized);
-  if (normalized == kBaseName) {
-    // The built-in base is imported from the build's base.tar on first use, and again when
-    // that file changed (a rebuilt reference agent), unless someone imported their own base.
-    std::string tar = options_.builtin_dir.empty() ? "" : options_.builtin_dir + "/base.tar";
+  if (const Builtin* b = FindBuiltin(normalized)) {
+    // A built-in image is imported from the build's tar on first use, and again when that
+    // file changed (a rebuilt reference agent), unless someone imported their own.
+    std::string tar = options_.builtin_dir.empty() ? "" : options_.builtin_dir + "/" + b->tar;
     std::string stamp = BuiltinStamp(tar);
-    std::string marker = options_.root + "/" + kBuiltinBaseMarker;
+    std::string marker = options_.root + "/" + b->marker;
     std::string seen = ReadFileBounded(marker, 256).value_or("");
     if (it == refs.end() && stamp.empty()) {
       return Errorf(ErrorCode::kNotFound,
-                    "the built-in image base is not available ({}); build it (the base_image "
-                    "target) or import an image as base",
-                    tar.empty() ? "no built-in image directory configured" : tar + " is missing");
+                    "the built-in image {} is not available ({}); build it ({}) or import an "
+                    "image as {}",
+                    b->short_name,
+                    tar.empty() ? "no built-in image directory configured" : tar + " is missing",
+                    b->target, b->short_name);
     }
     if (!stamp.empty() && (it == refs.end() || (!seen.empty() && seen != stamp))) {
-      AIRLOCK_TRY(Import(tar, std::string(kBaseName)));
+      AIRLOCK_TRY(Import(tar, std::string(b->name)));
       AIRLOCK_TRY(WriteFileAtomic(marker, stamp, 0644));
       AIRLOCK_ASSIGN_OR_RETURN(refs, ReadRefs(options_.root));
       it = refs.find(normalized);

@@ -32,8 +32,9 @@ struct ImportProgress {
 std::vector<std::string> DefaultMountPoints();
 
 struct ImageStoreOptions {
-  std::string root;         // the store's directory, normally <home>/images
-  std::string builtin_dir;  // holds base.tar, imported on first use as "base"; "" for none
+  std::string root;  // the store's directory, normally <home>/images
+  // Holds base.tar (and browser.tar), imported on first use as "base" ("browser"); "" for none.
+  std::string builtin_dir;
   // Directories the sandbox runtime mounts over, created in every image (and in `host`).
   std::vector<std::string> mount_points = DefaultMountPoints();
   // Bounds against a hostile archive: per image, all layers together.
@@ -87,7 +88,8 @@ struct ResolvedImage {
 // nothing behind.
 //
 // Thread-safe, and safe with other processes using the same root: changes take the lock;
-// reads need none. Images resolve by name; "host" and "base" are built in (see Resolve).
+// reads need none. Images resolve by name; "host", "base" and "browser" are built in (see
+// Resolve).
 //
 // Security: an imported archive is hostile input. Digests are verified, sizes are bounded,
 // and unpacking refuses path escapes (see layer_unpacker.h for what is refused and what is
@@ -116,7 +118,8 @@ class ImageStore {
   // What a backend needs to run `name`:
   //   "host"  a skeleton root (created on first use) plus `host_binds`, the host's system
   //           directories, to be bound read-only;
-  //   "base"  imported from <builtin_dir>/base.tar the first time it is asked for;
+  //   "base"  imported from <builtin_dir>/base.tar the first time it is asked for, and
+  //           "browser" from browser.tar (Chromium and the agent's browser tools);
   //   else    an imported image (kNotFound if there is none of that name).
   Result<ResolvedImage> Resolve(std::string_view name);
 
