@@ -63,7 +63,9 @@ constexpr const char* kPageText = R"JS((() => {
   const fields = [...document.querySelectorAll('input:not([type=hidden]), textarea, select')].slice(0, 50)
       .map(e => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''}${e.name ? '[name=' + e.name + ']' : ''}` +
                 (e.placeholder ? ` (${e.placeholder})` : ''));
-  return `Title: ${document.title}\nURL: ${location.href}\n\n` +
+  const nav = performance.getEntriesByType('navigation')[0];
+  const status = nav && nav.responseStatus ? `Status: ${nav.responseStatus}\n` : '';
+  return `Title: ${document.title}\nURL: ${location.href}\n${status}\n` +
          `${document.body ? document.body.innerText : ''}\n\n` +
          `Links:\n${links.join('\n') || '(none)'}\n\nInput fields:\n${fields.join('\n') || '(none)'}`;
 })())JS";
@@ -378,6 +380,17 @@ ToolOutcome Browser::Open(const std::string& url) {
   }
   ToolOutcome t = Text();
   t.summary = "opened " + Clip(url, 120);
+  // An error status is the answer of the server (or of the egress gateway, which refuses with
+  // 403 and says why): the page's text is kept, the call is marked as failed.
+  auto status = Evaluate(
+      "(() => { const n = performance.getEntriesByType('navigation')[0]; "
+      "return n && n.responseStatus ? n.responseStatus : 0; })()");
+  if (t.ok && status && status->is_number_integer() && status->get<int>() >= 400) {
+    t.ok = false;
+    t.text =
+        "error: " + url + " answered HTTP " + std::to_string(status->get<int>()) + "\n\n" + t.text;
+    t.summary = "browser_open " + Clip(url, 100) + ": HTTP " + std::to_string(status->get<int>());
+  }
   return t;
 }
 
