@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "common/time_util.h"
 #include "controlplane/control_plane.h"
+#include "controlplane/demo_site.h"
 #include "controlplane/openapi.h"
 #include "controlplane/readiness.h"
 #include "controlplane/requests.h"
@@ -139,6 +140,10 @@ void ControlPlane::RegisterSandboxRoutes() {
         [this](Request& q) { return PresignFile(q); });
   // Work going in: the session's variables and files, which airlock-init hands the agent (in
   // its environment, and copied into its working directory) when it starts it.
+  // The demo site, for the scripted demo model's browsing script (demo_site.h).
+  r.Add(http::verb::get, "/sandbox/v1/demo/{page}", [](Request& q) -> awaitable<Response> {
+    co_return DemoSitePage(q.params["page"], q.query);
+  });
   r.Add(http::verb::get, "/sandbox/v1/work", [this](Request& q) -> awaitable<Response> {
     AIRLOCK_CO_ASSIGN(auto s, co_await auth_->AuthenticateSandbox(q));
     co_return co_await files_->SandboxWork(s, egress_->SandboxWork(s));

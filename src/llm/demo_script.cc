@@ -67,7 +67,32 @@ const Json& BuiltinDemoScript() {
                        {"result",
                         "Wrote report.md (what the sandbox looks like from inside: user, kernel, "
                         "capabilities, network, environment) and uploaded it."}})),
-       })}};
+       })},
+      // An agent with a browser (the `browser` image) browses instead: the demo site the
+      // control plane serves to sandboxes (demo_site.h), over the default bridge port.
+      {"alternatives",
+       Json::array({Json{
+           {"when_tool", "browser_open"},
+           {"replies",
+            Json::array({
+                Reply(
+                    "(scripted demo: no LLM is configured, so these steps are canned.) I open "
+                    "the demo site the control plane serves to sandboxes.",
+                    Call("browser_open", {{"url", "http://127.0.0.1:7401/sandbox/v1/demo/index"}})),
+                Reply("There is a link to a search page; I follow it.",
+                      Call("browser_click", {{"text", "Search the catalogue"}})),
+                Reply("I type a query into the search field and submit it.",
+                      Call("browser_type",
+                           {{"selector", "#q"}, {"text", "sandbox"}, {"submit", true}})),
+                Reply("I take a screenshot of the results for the user.",
+                      Call("browser_screenshot", {{"name", "results.png"}})),
+                Reply("Done.", Call("finish",
+                                    {{"status", "succeeded"},
+                                     {"result",
+                                      "Opened the demo site, followed its link to the search page, "
+                                      "searched for \"sandbox\" and uploaded a screenshot of the "
+                                      "results (results.png)."}})),
+            })}}})}};
   return script;
 }
 

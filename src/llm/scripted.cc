@@ -70,26 +70,51 @@ std::vector<std::string> Pieces(const std::string& text) {
   return out;
 }
 
+// A script's replies, and the tool whose offer selects them ("" for the main ones).
+struct Replies {
+  std::string when_tool;
+  std::vector<Json> replies;
+};
+
+bool OffersTool(const Json& tools, const std::string& name) {
+  if (!tools.is_array()) return false;
+  for (const auto& t : tools) {
+    if (t.is_object() && t.contains("function") && t["function"].is_object() &&
+        t["function"].value("name", "") == name) {
+      return true;
+    }
+  }
+  return false;
+}
+
 class ScriptedProvider : public Provider {
  public:
-  ScriptedProvider(std::vector<Json> replies, std::string source)
-      : replies_(std::move(replies)), source_(std::move(source)) {}
+  ScriptedProvider(std::vector<Replies> scripts, std::string source)
+      : scripts_(std::move(scripts)), source_(std::move(source)) {}
 
   std::string_view kind() const override { return "scripted"; }
 
   awaitable<CallResult<ChatResult>> Chat(const ChatRequest& req, ChunkReceiver* receiver,
                                          CallCancel& cancel) override {
+    // The first alternative whose tool the agent offers, else the main replies.
+    const std::vector<Json>* replies = &scripts_.front().replies;
+    for (size_t i = 1; i < scripts_.size(); ++i) {
+      if (OffersTool(req.tools, scripts_[i].when_tool)) {
+        replies = &scripts_[i].replies;
+        break;
+      }
+    }
     size_t n = 0;
     for (const auto& m : req.messages)
       n += m.is_object() && m.value("role", "") == "assistant" ? 1 : 0;
     ChatResult r;
-    if (n < replies_.size()) {
-      r.message = replies_[n];
+    if (n < replies->size()) {
+      r.message = (*replies)[n];
     } else {
       r.message = Json{
           {"role", "assistant"},
           {"content", fmt::format("(scripted model: the script {} has {} replies and all are used)",
-                                  source_, replies_.size())}};
+                                  source_, replies->size())}};
     }
     r.finish_reason = r.message.contains("tool_calls") ? "tool_calls" : "stop";
     r.usage = TokenUsage{EstimateTokens(req.messages), EstimateTokens(r.message), true};
@@ -154,37 +179,62 @@ class ScriptedProvider : public Provider {
   }
 
  private:
-  std::vector<Json> replies_;
+  std::vector<Replies> scripts_;  // the main replies first
   std::string source_;
 };
+
+Result<std::vector<Json>> ReadReplies(const Json& list, const std::string& source_name) {
+  if (!list.is_array()) {
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "{}: \"replies\" must be an array of assistant messages", source_name);
+  }
+  if (list.size() > kMaxReplies) {
+    return Errorf(ErrorCode::kInvalidArgument, "{}: more than {} replies", source_name,
+                  kMaxReplies);
+  }
+  std::vector<Json> replies;
+  for (size_t i = 0; i < list.size(); ++i) {
+    AIRLOCK_ASSIGN_OR_RETURN(Json m, NormaliseReply(list[i], i, source_name));
+    replies.push_back(std::move(m));
+  }
+  return replies;
+}
 
 }  // namespace
 
 Result<std::unique_ptr<Provider>> MakeScriptedProvider(const Json& script,
                                                        std::string source_name) {
   const Json* list = &script;
+  std::vector<Replies> scripts(1);
   if (script.is_object()) {
     if (!script.contains("replies")) {
       return Errorf(ErrorCode::kInvalidArgument,
                     "{}: a script is {{\"replies\": [...]}} or an array", source_name);
     }
     list = &script["replies"];
+    if (auto alt = script.find("alternatives"); alt != script.end()) {
+      if (!alt->is_array()) {
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "{}: \"alternatives\" must be an array of {{\"when_tool\", \"replies\"}}",
+                      source_name);
+      }
+      for (const auto& a : *alt) {
+        if (!a.is_object() || !a.contains("when_tool") || !a["when_tool"].is_string() ||
+            !a.contains("replies")) {
+          return Errorf(ErrorCode::kInvalidArgument,
+                        "{}: an alternative is {{\"when_tool\": NAME, \"replies\": [...]}}",
+                        source_name);
+        }
+        const std::string tool = a["when_tool"].get<std::string>();
+        AIRLOCK_ASSIGN_OR_RETURN(auto replies,
+                                 ReadReplies(a["replies"], source_name + " (when " + tool + ")"));
+        scripts.push_back(Replies{tool, std::move(replies)});
+      }
+    }
   }
-  if (!list->is_array()) {
-    return Errorf(ErrorCode::kInvalidArgument,
-                  "{}: \"replies\" must be an array of assistant messages", source_name);
-  }
-  if (list->size() > kMaxReplies) {
-    return Errorf(ErrorCode::kInvalidArgument, "{}: more than {} replies", source_name,
-                  kMaxReplies);
-  }
-  std::vector<Json> replies;
-  for (size_t i = 0; i < list->size(); ++i) {
-    AIRLOCK_ASSIGN_OR_RETURN(Json m, NormaliseReply((*list)[i], i, source_name));
-    replies.push_back(std::move(m));
-  }
+  AIRLOCK_ASSIGN_OR_RETURN(scripts.front().replies, ReadReplies(*list, source_name));
   return std::unique_ptr<Provider>(
-      new ScriptedProvider(std::move(replies), std::move(source_name)));
+      new ScriptedProvider(std::move(scripts), std::move(source_name)));
 }
 
 Result<std::unique_ptr<Provider>> LoadScriptedProvider(const std::string& path) {

@@ -15,7 +15,10 @@ namespace airlock::llm {
 // history) is the N-th entry of the script, so a restarted agent that reloads its history
 // carries on where it stopped. Script file: {"replies": [assistant message, ...]} or a bare
 // array; each entry is an OpenAI-shaped assistant message ({"content"?, "tool_calls"?}) or a
-// string. Usage is estimated (4 bytes a token). Errors: kInvalidArgument naming the entry.
+// string. `"alternatives": [{"when_tool": NAME, "replies": [...]}]` beside "replies": the first
+// whose tool the request offers is used instead (the demo's browsing script, for an agent that
+// has a browser). Usage is estimated (4 bytes a token). Errors: kInvalidArgument naming the
+// entry.
 Result<std::unique_ptr<Provider>> MakeScriptedProvider(const Json& script, std::string source_name);
 Result<std::unique_ptr<Provider>> LoadScriptedProvider(const std::string& path);
 

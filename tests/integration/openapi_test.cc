@@ -116,10 +116,11 @@ TEST(OpenApiDocumentTest, EveryOperationNamesItsListenerAndItsCredential) {
       EXPECT_NE(item["servers"][0]["url"].get<std::string>().find(":7401"), std::string::npos);
       // Signed file URLs carry their credential in the query, and a sandbox's own socket is
       // the credential of its identity; the rest the session token.
-      Json want =
-          key.path == "/sandbox/v1/files/{session}/{name}" || key.path == "/sandbox/v1/identity"
-              ? Json::array()
-              : Json::parse(R"([{"sessionToken": []}])");
+      Json want = key.path == "/sandbox/v1/files/{session}/{name}" ||
+                          key.path == "/sandbox/v1/identity" ||
+                          key.path == "/sandbox/v1/demo/{page}"
+                      ? Json::array()
+                      : Json::parse(R"([{"sessionToken": []}])");
       EXPECT_EQ(op.value("security", Json()), want) << where;
     }
   }
@@ -296,6 +297,12 @@ TEST_F(OpenApiTest, EveryOperationAnswersAsDocumented) {
                DumpJson(Json{{"type", "agent.big"}, {"data", {{"x", std::string(70000, 'x')}}}}))
                 .status,
             413u);
+
+  // The demo site: a page, one that is not there, and over TCP without a token.
+  EXPECT_EQ(Sb(verb::get, "/sandbox/v1/demo/index", ta).status, 200u);
+  EXPECT_EQ(Sb(verb::get, "/sandbox/v1/demo/results?q=sandbox", ta).status, 200u);
+  EXPECT_EQ(Sb(verb::get, "/sandbox/v1/demo/nope", ta).status, 404u);
+  EXPECT_EQ(Sb(verb::get, "/sandbox/v1/demo/index", "").status, 401u);
 
   // The model (the scripted demo): a reply, a refused message, an alias not allowed, a stream.
   auto chat = Sb(verb::post, "/sandbox/v1/llm/chat", ta, R"({"messages":[]})");
