@@ -8,8 +8,11 @@ and only the gateway is measured). For each: the time of a fresh CONNECT tunnel 
 small file (sequential, the three ways interleaved), the same as a plain-HTTP proxy request,
 the throughput of the large file through one tunnel, and the proxy's CPU per request.
 
-Credentials added at the boundary (TLS interception) are not built yet, so there is no
-intercepted-request row.
+Then HTTPS (nginx with TLS on origin.test, a name pinned to 127.0.0.2): a fresh TLS connection
+and one GET with an Authorization header, directly, through tinyproxy's tunnel, through the
+gateway's tunnel (end to end, a session without a secret), and through the gateway with a
+secret for origin.test, which opens the tunnel (TLS to the client with a leaf of the
+deployment's CA, TLS to nginx verified, the placeholder replaced).
 
 Requires: root or not, nginx and tinyproxy (scripts/install-deps.sh --with-bench), a built
 airlock. Prints a table; BENCHMARKS.md, "Egress gateway", has a run.
@@ -23,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import ssl
 import time
 import urllib.request
 
@@ -84,6 +88,25 @@ http {{
   server {{ listen {ORIGIN}:{self.origin_port}; root {self.www}; }}
 }}
 """)
+        # HTTPS: a self-signed certificate for origin.test, which the gateway verifies nginx with.
+        self.tls_port = free_port()
+        self.tls_cert = os.path.join(self.tmp, "origin.pem")
+        self.tls_key = os.path.join(self.tmp, "origin.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", self.tls_key, "-out", self.tls_cert, "-days", "2",
+                        "-subj", "/CN=origin.test", "-addext", "subjectAltName=DNS:origin.test"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(conf) as f:
+            text = f.read()
+        text = text.replace(f"  server {{ listen {ORIGIN}:{self.origin_port}; root {self.www}; }}\n",
+                            f"  server {{ listen {ORIGIN}:{self.origin_port}; root {self.www}; }}\n"
+                            f"  server {{ listen {ORIGIN}:{self.tls_port} ssl; root {self.www};\n"
+                            f"    ssl_certificate {self.tls_cert}; ssl_certificate_key {self.tls_key}; }}\n")
+        with open(conf, "w") as f:
+            f.write(text)
+        self.hosts = os.path.join(self.tmp, "hosts")
+        with open(self.hosts, "w") as f:
+            f.write(f"{ORIGIN} origin.test\n")
         self.nginx = subprocess.Popen([a.nginx, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self.procs.append(self.nginx)
         self.tiny_port = free_port()
@@ -95,6 +118,7 @@ Timeout 600
 MaxClients 256
 Allow 127.0.0.1
 ConnectPort {self.origin_port}
+ConnectPort {self.tls_port}
 LogLevel Critical
 PidFile "{self.tmp}/tinyproxy.pid"
 """)
@@ -110,20 +134,26 @@ level = "warn"
 default_backend = "process"
 allow_unisolated_backends = true
 [egress]
-allow_addresses = ["{ORIGIN}:{self.origin_port}"]
+allow = ["origin.test:{self.tls_port}"]
+allow_addresses = ["{ORIGIN}:{self.origin_port}", "{ORIGIN}:{self.tls_port}"]
 max_connections_per_session = 64
 requests_per_minute = 1000000
 mb_per_minute = 1000000
+hosts_file = "{self.hosts}"
+upstream_ca_file = "{self.tls_cert}"
+[secrets.origin]
+env = "AIRLOCK_BENCH_SECRET"
+hosts = ["origin.test:{self.tls_port}"]
 """)
+        os.environ["AIRLOCK_BENCH_SECRET"] = "bench-secret-value"
         self.start_server(["--config", self.config_path])
-        body = json.dumps({"task": "bench", "command": ["sleep", "3600"],
-                           "egress": {"allow_addresses": [f"{ORIGIN}:{self.origin_port}"]}}).encode()
-        req = urllib.request.Request(f"http://{HOST}:{self.port}/v1/sessions", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {self.key}",
-                                              "Content-Type": "application/json"})
-        sid = json.loads(urllib.request.urlopen(req, timeout=30).read())["id"]
-        self.sessions.add(sid)
-        self.socket_path = os.path.join(self.home, "run", sid, "control.sock")
+        egress = {"allow": [f"origin.test:{self.tls_port}"],
+                  "allow_addresses": [f"{ORIGIN}:{self.origin_port}", f"{ORIGIN}:{self.tls_port}"]}
+        self.socket_path = self.session_socket(egress)
+        self.secret_socket_path = self.session_socket(dict(egress, secrets=["origin"]))
+        self.airlock_ca = os.path.join(self.home, "egress-ca", "ca.pem")
+        self.tls_direct = ssl.create_default_context(cafile=self.tls_cert)
+        self.tls_airlock = ssl.create_default_context(cafile=self.airlock_ca)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -135,11 +165,21 @@ mb_per_minute = 1000000
                 time.sleep(0.05)
         raise RuntimeError("nginx, tinyproxy or the session's socket did not come up")
 
+    def session_socket(self, egress):
+        """A session of `sleep` with `egress`; the path of its channel (its Unix socket)."""
+        body = json.dumps({"task": "bench", "command": ["sleep", "3600"], "egress": egress}).encode()
+        req = urllib.request.Request(f"http://{HOST}:{self.port}/v1/sessions", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {self.key}",
+                                              "Content-Type": "application/json"})
+        sid = json.loads(urllib.request.urlopen(req, timeout=30).read())["id"]
+        self.sessions.add(sid)
+        return os.path.join(self.home, "run", sid, "control.sock")
+
     # ---------------------------------------------------------------- clients
     def connect(self, kind):
-        if kind == "airlock":
+        if kind in ("airlock", "airlock+secret"):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(self.socket_path)
+            s.connect(self.socket_path if kind == "airlock" else self.secret_socket_path)
             return s
         s = socket.socket()
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -172,6 +212,42 @@ mb_per_minute = 1000000
         finally:
             s.close()
 
+    def tls_get(self, kind, path, buf):
+        """A fresh TLS connection to origin.test (through a tunnel but for `direct`) and one GET
+        with an Authorization header: bytes read (head and body)."""
+        if kind == "direct":
+            s = socket.socket()
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.connect((ORIGIN, self.tls_port))
+        else:
+            s = self.connect(kind)
+        try:
+            if kind != "direct":
+                # tinyproxy resolves with the system's resolver, which does not know origin.test.
+                host = ORIGIN if kind == "tinyproxy" else "origin.test"
+                target = f"{host}:{self.tls_port}"
+                s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+                head = read_head(s)
+                if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
+                    raise RuntimeError(f"{kind}: CONNECT answered {head[:60]!r}")
+            ctx = self.tls_airlock if kind == "airlock+secret" else self.tls_direct
+            t = ctx.wrap_socket(s, server_hostname="origin.test")
+            t.sendall(f"GET /{path} HTTP/1.1\r\nHost: origin.test\r\nAuthorization: Bearer "
+                      f"airlock-secret-origin\r\nConnection: close\r\n\r\n".encode())
+            n = 0
+            while True:
+                try:
+                    got = t.recv_into(buf)
+                except ssl.SSLEOFError:
+                    break
+                if got == 0:
+                    break
+                n += got
+            t.close()
+            return n
+        finally:
+            s.close()
+
     def remove_leftovers(self):
         for p in self.procs:
             if p.poll() is None:
@@ -193,6 +269,7 @@ mb_per_minute = 1000000
 
 
 KINDS = ("direct", "tinyproxy", "airlock")
+TLS_KINDS = ("direct", "tinyproxy", "airlock", "airlock+secret")
 
 
 def main():
@@ -220,21 +297,25 @@ def main():
 
     b = Bench(a)
     buf = bytearray(1 << 20)
-    lat = {(k, m): [] for k in KINDS for m in ("tunnel", "plain")}
+    lat = {(k, m): [] for k in TLS_KINDS for m in ("tunnel", "plain", "https")}
     cpu = {}
     tput = {k: [] for k in KINDS}
     hz = os.sysconf("SC_CLK_TCK")
     try:
         b.start_all()
         pids = {"tinyproxy": b.tiny.pid, "airlock": b.server.pid}
-        for mode, fn in (("tunnel", b.tunnel_get), ("plain", b.plain_get)):
+        for mode, fn, kinds in (("tunnel", b.tunnel_get, KINDS), ("plain", b.plain_get, KINDS),
+                                ("https", b.tls_get, TLS_KINDS)):
+            pids["airlock+secret"] = b.server.pid
             for _ in range(20):  # warm-up
-                for k in KINDS:
+                for k in kinds:
                     fn(k, "small", buf)
+            # airlock and airlock+secret are one process: each way's CPU is measured in a pass
+            # of its own below.
             ticks0 = {k: proc_ticks(p) for k, p in pids.items()}
-            spent = {k: 0.0 for k in KINDS}
+            spent = {k: 0.0 for k in kinds}
             for _ in range(a.requests):
-                for k in KINDS:
+                for k in kinds:
                     t = now()
                     n = fn(k, "small", buf)
                     dt = now() - t
@@ -243,7 +324,15 @@ def main():
                     lat[(k, mode)].append(dt)
                     spent[k] += dt
             for k, p in pids.items():
-                cpu[(k, mode)] = (proc_ticks(p) - ticks0[k]) / hz / a.requests
+                if k in kinds:
+                    cpu[(k, mode)] = (proc_ticks(p) - ticks0[k]) / hz / a.requests
+            if mode == "https":
+                # The gateway's two ways alone, for its CPU per request of each.
+                for k in ("airlock", "airlock+secret"):
+                    t0 = proc_ticks(b.server.pid)
+                    for _ in range(a.requests):
+                        fn(k, "small", buf)
+                    cpu[(k, mode)] = (proc_ticks(b.server.pid) - t0) / hz / a.requests
         for _ in range(a.runs):
             for k in KINDS:
                 t = now()
@@ -258,9 +347,9 @@ def main():
     print()
     print("| way | mode | p50 | p90 | p99 | added p50 | proxy CPU/request |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for mode in ("tunnel", "plain"):
+    for mode in ("tunnel", "plain", "https"):
         base = pct(lat[("direct", mode)], 50)
-        for k in KINDS:
+        for k in (TLS_KINDS if mode == "https" else KINDS):
             xs = lat[(k, mode)]
             added = "" if k == "direct" else ms(pct(xs, 50) - base)
             c = cpu.get((k, mode))
