@@ -161,13 +161,15 @@ awaitable<Response> FileService::Presign(Request& req, const store::Session& s) 
   pr.session_id = s.id;
   pr.name = name;
   pr.method = method;
-  pr.expires_at = UnixNow() + ttl;
+  const int64_t now = UnixNow();
+  pr.issued_at = now;
+  pr.expires_at = now + ttl;
   // An S3 URL cannot be revoked when the session ends; the best bound there is the session's
   // wall-clock limit. (Local URLs are checked against the session on every use instead.)
   if (blobs_->kind() == "s3" && (method == "PUT" || !f.get_urls_outlive_session)) {
     if (auto t = s.limits.find("timeout_s"); t != s.limits.end() && t->is_number()) {
       int64_t deadline = s.created_at / 1000 + static_cast<int64_t>(t->get<double>());
-      pr.expires_at = std::max(UnixNow() + 1, std::min(pr.expires_at, deadline));
+      pr.expires_at = std::max(now + 1, std::min(pr.expires_at, deadline));
     }
   }
   pr.content_type = content_type.value_or("");

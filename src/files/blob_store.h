@@ -32,6 +32,10 @@ struct PresignRequest {
   std::optional<int64_t> exact_size;  // PUT: the size the client declared, when it did
   std::string content_type;           // PUT: optional
   int64_t expires_at = 0;             // unix seconds
+  // The clock reading (unix seconds) `expires_at` was computed from; 0: the store reads its
+  // own. A store that signs a lifetime (S3's X-Amz-Expires) takes it from here, so that a
+  // second ticking between the caller and the store changes nothing.
+  int64_t issued_at = 0;
   std::string base_url;  // local store: the sandbox's CONTROL_PLANE_URL as it reached us
 };
 

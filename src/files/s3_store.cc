@@ -144,7 +144,7 @@ class S3BlobStore final : public BlobStore {
   Result<PresignedUrl> Presign(const PresignRequest& r) override {
     AIRLOCK_TRY(ValidateSessionId(r.session_id));
     AIRLOCK_TRY(ValidateFileName(r.name));
-    const int64_t now = UnixNow();
+    const int64_t now = r.issued_at > 0 ? r.issued_at : UnixNow();
     const int64_t ttl = r.expires_at - now;
     if (ttl < 1 || ttl > kMaxPresignExpirySeconds) {
       return Errorf(ErrorCode::kInvalidArgument, "a URL must expire 1 to {} seconds from now",
