@@ -20,15 +20,8 @@ chromium_dir=/usr/lib/chromium
 args=(--out "$out" --name browser:latest --busybox --workdir /home/sandbox
   --add "$agent:/usr/bin/airlock-agent:0755" --entrypoint '["/usr/bin/airlock-agent"]')
 declare -A seen=()
-add() {  # add FILE: the file at its own path (a symlink as the file it names)
-  local f=$1
-  [[ -n ${seen[$f]:-} ]] && return
-  seen[$f]=1
-  args+=(--add "$(readlink -f "$f"):$f")
-}
-libs_of() {  # the loader and every library ldd resolves for FILE
-  ldd "$1" 2>/dev/null | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}'
-}
+# shellcheck source=images/host-files.sh
+. "$here/host-files.sh"
 
 # Chromium's own directory, without what a headless browser never loads: the Vulkan
 # validation layer (23 MB, a developer's tool) and the UI's 2x resources. One locale.

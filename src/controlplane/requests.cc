@@ -16,13 +16,20 @@ namespace {
 
 constexpr size_t kMaxResultBytes = 64 * 1024;
 
+// The names of a configuration map, for an error that lists what is configured: "a, b", or
+// "none".
+template <typename Map>
+std::string ConfiguredNames(const Map& m) {
+  std::string names;
+  for (const auto& [name, value] : m) names += (names.empty() ? "" : ", ") + name;
+  return names.empty() ? "none" : names;
+}
+
 // Model aliases named in a request must exist; the default alias may be configured later.
 Status KnownAlias(const Config& config, const std::string& alias) {
   if (config.models.count(alias)) return Ok();
-  std::string known;
-  for (const auto& [k, v] : config.models) known += (known.empty() ? "" : ", ") + k;
   return Errorf(ErrorCode::kInvalidArgument, "unknown model alias \"{}\" (configured: {})",
-                alias.substr(0, 64), known.empty() ? "none" : known);
+                alias.substr(0, 64), ConfiguredNames(config.models));
 }
 
 }  // namespace
@@ -140,11 +147,9 @@ Result<Json> ParseSessionEgress(const Json* egress, const Config& config) {
   secrets.erase(std::unique(secrets.begin(), secrets.end()), secrets.end());
   for (const auto& name : secrets) {
     if (!config.secrets.contains(name)) {
-      std::string names;
-      for (const auto& [n, s] : config.secrets) names += (names.empty() ? "" : ", ") + n;
       return Errorf(ErrorCode::kInvalidArgument,
                     "\"egress.secrets\": no secret {} is configured (configured: {})",
-                    DumpJson(Json(name)), names.empty() ? "none" : names);
+                    DumpJson(Json(name)), ConfiguredNames(config.secrets));
     }
   }
   auto with_secrets = [&secrets](Json stored) {
@@ -157,11 +162,9 @@ Result<Json> ParseSessionEgress(const Json* egress, const Config& config) {
     }
     const std::string name = it->get<std::string>();
     if (!e.policies.contains(name)) {
-      std::string names;
-      for (const auto& [n, p] : e.policies) names += (names.empty() ? "" : ", ") + n;
       return Errorf(ErrorCode::kInvalidArgument,
                     "\"egress.policy\": no egress policy {} is configured (configured: {})",
-                    DumpJson(Json(name)), names.empty() ? "none" : names);
+                    DumpJson(Json(name)), ConfiguredNames(e.policies));
     }
     return with_secrets(Json{{"policy", name}});
   }

@@ -149,6 +149,22 @@ std::vector<asio::ip::address> FromHostsFile(const std::string& name, const char
   return out;
 }
 
+// The IP address of a socket address; none for another family (or none at all).
+std::optional<asio::ip::address> AddressOf(const sockaddr* sa) {
+  if (sa == nullptr) return std::nullopt;
+  if (sa->sa_family == AF_INET) {
+    asio::ip::address_v4::bytes_type b;
+    std::memcpy(b.data(), &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, 4);
+    return asio::ip::address_v4(b);
+  }
+  if (sa->sa_family == AF_INET6) {
+    asio::ip::address_v6::bytes_type b;
+    std::memcpy(b.data(), &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, 16);
+    return asio::ip::address_v6(b);
+  }
+  return std::nullopt;
+}
+
 // The addresses `name` (normalized, without a trailing dot) resolves to, in the resolver's
 // order: the host's own names (/etc/hosts) as they are, any other name asked of DNS with a
 // trailing dot, so that search domains never apply (glibc does not match /etc/hosts entries
@@ -166,21 +182,8 @@ Result<std::vector<asio::ip::address>> Resolve(const std::string& name, const ch
   }
   std::vector<asio::ip::address> out;
   for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    asio::ip::address a;
-    if (ai->ai_family == AF_INET) {
-      auto* sin = reinterpret_cast<const sockaddr_in*>(ai->ai_addr);
-      asio::ip::address_v4::bytes_type b;
-      std::memcpy(b.data(), &sin->sin_addr, 4);
-      a = asio::ip::address_v4(b);
-    } else if (ai->ai_family == AF_INET6) {
-      auto* sin6 = reinterpret_cast<const sockaddr_in6*>(ai->ai_addr);
-      asio::ip::address_v6::bytes_type b;
-      std::memcpy(b.data(), &sin6->sin6_addr, 16);
-      a = asio::ip::address_v6(b);
-    } else {
-      continue;
-    }
-    if (std::find(out.begin(), out.end(), a) == out.end()) out.push_back(a);
+    auto a = AddressOf(ai->ai_addr);
+    if (a && std::find(out.begin(), out.end(), *a) == out.end()) out.push_back(*a);
   }
   ::freeaddrinfo(res);
   if (out.empty()) return Errorf(ErrorCode::kNotFound, "cannot resolve {}: no address", name);
@@ -218,15 +221,7 @@ std::string UpstreamHead(const http::request_header<>& msg, std::string_view ori
   std::vector<std::string> named;  // the fields the client's Connection field names
   for (const auto& f : msg) {
     if (!beast::iequals(f.name_string(), "connection")) continue;
-    std::string_view v = f.value();
-    while (!v.empty()) {
-      size_t comma = v.find(',');
-      std::string_view t = v.substr(0, comma);
-      while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
-      while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
-      if (!t.empty()) named.emplace_back(t);
-      v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
-    }
+    net::ForEachListItem(f.value(), [&](std::string_view t) { named.emplace_back(t); });
   }
   for (const auto& f : msg) {
     std::string_view name = f.name_string();
@@ -1052,18 +1047,7 @@ std::vector<asio::ip::address> HostAddresses() {
   ifaddrs* list = nullptr;
   if (::getifaddrs(&list) != 0) return out;
   for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
-    if (i->ifa_addr == nullptr) continue;
-    if (i->ifa_addr->sa_family == AF_INET) {
-      auto* sin = reinterpret_cast<const sockaddr_in*>(i->ifa_addr);
-      asio::ip::address_v4::bytes_type b;
-      std::memcpy(b.data(), &sin->sin_addr, 4);
-      out.emplace_back(asio::ip::address_v4(b));
-    } else if (i->ifa_addr->sa_family == AF_INET6) {
-      auto* sin6 = reinterpret_cast<const sockaddr_in6*>(i->ifa_addr);
-      asio::ip::address_v6::bytes_type b;
-      std::memcpy(b.data(), &sin6->sin6_addr, 16);
-      out.emplace_back(asio::ip::address_v6(b));
-    }
+    if (auto a = AddressOf(i->ifa_addr)) out.push_back(*a);
   }
   ::freeifaddrs(list);
   return out;

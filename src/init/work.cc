@@ -234,6 +234,22 @@ Status ForEachMember(JsonReader& r, F&& on_member) {
   return r.Take('}') ? Status{} : Fail("expected , or }");
 }
 
+// Reads the whole object `json`, handing the value of its member `key` to `read_value` (which
+// consumes it) and skipping the others.
+template <typename F>
+Status ReadMember(std::string_view json, std::string_view key, F&& read_value) {
+  JsonReader r(json);
+  auto walked = ForEachMember(
+      r, [&](const std::string& name) -> Status { return name == key ? read_value(r) : r.Skip(); });
+  if (!walked) {
+    return Fail(walked.error());
+  }
+  if (!r.AtEnd()) {
+    return Fail("text after the JSON object");
+  }
+  return {};
+}
+
 std::string GetRequest(std::string_view path, const std::string& token) {
   std::string req = "GET ";
   req += path;
@@ -387,12 +403,8 @@ Status CopyOne(const std::string& socket_path, const std::string& token, const s
 }  // namespace
 
 Result<EnvVars> ParseStringMap(std::string_view json, std::string_view key) {
-  JsonReader r(json);
   EnvVars out;
-  auto walked = ForEachMember(r, [&](const std::string& name) -> Status {
-    if (name != key) {
-      return r.Skip();
-    }
+  auto read = ReadMember(json, key, [&](JsonReader& r) -> Status {
     if (r.Peek('n')) {
       return r.Skip();  // null: none
     }
@@ -405,22 +417,15 @@ Result<EnvVars> ParseStringMap(std::string_view json, std::string_view key) {
       return {};
     });
   });
-  if (!walked) {
-    return Fail(walked.error());
-  }
-  if (!r.AtEnd()) {
-    return Fail("text after the JSON object");
+  if (!read) {
+    return Fail(read.error());
   }
   return out;
 }
 
 Result<bool> ParseFlag(std::string_view json, std::string_view key) {
-  JsonReader r(json);
   bool value = false;
-  auto walked = ForEachMember(r, [&](const std::string& name) -> Status {
-    if (name != key) {
-      return r.Skip();
-    }
+  auto read = ReadMember(json, key, [&](JsonReader& r) -> Status {
     if (r.Word("true")) {
       value = true;
     } else if (!r.Word("false") && !r.Word("null")) {
@@ -428,22 +433,15 @@ Result<bool> ParseFlag(std::string_view json, std::string_view key) {
     }
     return {};
   });
-  if (!walked) {
-    return Fail(walked.error());
-  }
-  if (!r.AtEnd()) {
-    return Fail("text after the JSON object");
+  if (!read) {
+    return Fail(read.error());
   }
   return value;
 }
 
 Result<std::string> ParseString(std::string_view json, std::string_view key) {
-  JsonReader r(json);
   std::string value;
-  auto walked = ForEachMember(r, [&](const std::string& name) -> Status {
-    if (name != key) {
-      return r.Skip();
-    }
+  auto read = ReadMember(json, key, [&](JsonReader& r) -> Status {
     if (r.Word("null")) {
       return {};
     }
@@ -454,22 +452,15 @@ Result<std::string> ParseString(std::string_view json, std::string_view key) {
     value = std::move(*s);
     return {};
   });
-  if (!walked) {
-    return Fail(walked.error());
-  }
-  if (!r.AtEnd()) {
-    return Fail("text after the JSON object");
+  if (!read) {
+    return Fail(read.error());
   }
   return value;
 }
 
 Result<std::vector<std::string>> ParseFileNames(std::string_view json) {
-  JsonReader r(json);
   std::vector<std::string> names;
-  auto walked = ForEachMember(r, [&](const std::string& name) -> Status {
-    if (name != "files") {
-      return r.Skip();
-    }
+  auto read = ReadMember(json, "files", [&](JsonReader& r) -> Status {
     if (!r.Take('[')) {
       return Fail("\"files\" is not an array");
     }
@@ -499,11 +490,8 @@ Result<std::vector<std::string>> ParseFileNames(std::string_view json) {
     } while (r.Take(','));
     return r.Take(']') ? Status{} : Fail("expected , or ]");
   });
-  if (!walked) {
-    return Fail(walked.error());
-  }
-  if (!r.AtEnd()) {
-    return Fail("text after the JSON object");
+  if (!read) {
+    return Fail(read.error());
   }
   return names;
 }

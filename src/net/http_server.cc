@@ -186,20 +186,11 @@ std::optional<Response> TransferEncodingProblem(const http::request_parser<http:
   for (const auto& f : h) {
     if (f.name() != http::field::transfer_encoding) continue;
     present = true;
-    std::string_view v = f.value();
-    while (!v.empty()) {
-      size_t comma = v.find(',');
-      std::string_view item = v.substr(0, comma);
-      while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
-      while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
-      if (!item.empty()) {
-        std::string lower(item);
-        for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        codings.push_back(std::move(lower));
-      }
-      if (comma == std::string_view::npos) break;
-      v.remove_prefix(comma + 1);
-    }
+    ForEachListItem(f.value(), [&](std::string_view item) {
+      std::string lower(item);
+      for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      codings.push_back(std::move(lower));
+    });
   }
   if (!present) return std::nullopt;
   auto bad = [](std::string_view why) { return Response::FromError(400, "bad_request", why); };

@@ -116,6 +116,21 @@ struct Response {
 
 unsigned HttpStatusFor(ErrorCode code);
 
+// Calls `fn` with each non-empty item of a comma-separated field value (RFC 9110 section
+// 5.6.1: "gzip, chunked"), trimmed of spaces and tabs.
+template <typename F>
+void ForEachListItem(std::string_view value, F&& fn) {
+  while (!value.empty()) {
+    size_t comma = value.find(',');
+    std::string_view item = value.substr(0, comma);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    if (!item.empty()) fn(item);
+    if (comma == std::string_view::npos) break;
+    value.remove_prefix(comma + 1);
+  }
+}
+
 using Handler = std::function<awaitable<Response>(Request&)>;
 
 // A connection handed whole to its owner after a request's head (a forward proxy's CONNECT or

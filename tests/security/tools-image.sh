@@ -13,18 +13,13 @@ pylib=/usr/lib/$(basename "$python")
 
 args=(--out "$out" --name "$name" --busybox --workdir /home/sandbox)
 declare -A seen=()
-add() {  # add FILE: the file at its own path (a symlink as the file it names)
-  local f=$1
-  [[ -n ${seen[$f]:-} ]] && return
-  seen[$f]=1
-  args+=(--add "$(readlink -f "$f"):$f")
-}
+# shellcheck source=images/host-files.sh
+. "$here/../../images/host-files.sh"
 for bin in /usr/bin/curl "$python"; do
   add "$bin"
-  # The loader and every library ldd resolves, at the paths the binary asks for.
   while read -r lib; do
     add "$lib"
-  done < <(ldd "$bin" | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}')
+  done < <(libs_of "$bin")
 done
 # Python's own extension modules load further libraries (ssl, zlib, ffi...).
 while read -r lib; do
