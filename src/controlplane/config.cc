@@ -294,7 +294,13 @@ Status ParseSecrets(const toml::table* t, Config& c) {
         AIRLOCK_TRY(r.Strings("hosts", &hosts));
         AIRLOCK_TRY(r.String("header", &s.header));
         AIRLOCK_TRY(r.String("sandbox_env", &s.sandbox_env));
+        AIRLOCK_TRY(r.String("format", &s.format));
         AIRLOCK_TRY(r.RejectUnknown());
+        if (!s.format.empty() && (s.format.find("{}") == std::string::npos ||
+                                  s.format.find_first_of("\r\n") != std::string::npos)) {
+          return Errorf(ErrorCode::kInvalidArgument,
+                        "{}.format must hold {{}} where the secret goes, on one line", path);
+        }
         if (!IsEnvName(name)) {
           return Errorf(ErrorCode::kInvalidArgument,
                         "{}: a secret's name takes letters, digits and _", path);
@@ -575,7 +581,8 @@ Result<egress::Secrets> ReadSecrets(const Config& c,
                     "may not carry",
                     name, s.env);
     }
-    out->push_back(egress::Secret{name, std::string(value), s.placeholder, s.header, s.hosts});
+    out->push_back(
+        egress::Secret{name, std::string(value), s.placeholder, s.header, s.hosts, s.format});
   }
   return egress::Secrets(std::move(out));
 }

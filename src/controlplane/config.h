@@ -179,8 +179,9 @@ struct SecretConfig {
   std::string env;                       // the control plane's variable that holds the value
   egress::Policy hosts;                  // where it may go (name rules, as in egress.allow)
   std::string header = "Authorization";  // the request header the placeholder is replaced in
-  std::string sandbox_env;               // the agent's variable for the placeholder (default: env)
-  std::string placeholder;               // "airlock-secret-NAME"
+  std::string format;       // the header's value, "{}" for the secret; "": the placeholder replaced
+  std::string sandbox_env;  // the agent's variable for the placeholder (default: env)
+  std::string placeholder;  // "airlock-secret-NAME"
 };
 
 // "30d", "12h", "15m", "3600s" (or "0", off) as seconds; kInvalidArgument names `what`.

@@ -469,6 +469,7 @@ env = "AIRLOCK_PYPI"
 hosts = ["upload.pypi.org"]
 header = "X-Api-Key"
 sandbox_env = "PYPI_TOKEN"
+format = "key={}"
 )",
                        "/h");
   ASSERT_TRUE(c.has_value()) << c.error().message;
@@ -503,6 +504,8 @@ sandbox_env = "PYPI_TOKEN"
   EXPECT_EQ((**read)[0].name, "github");
   EXPECT_EQ((**read)[0].value, "ghp_value");
   EXPECT_EQ((**read)[1].header, "X-Api-Key");
+  EXPECT_EQ((**read)[1].format, "key={}");
+  EXPECT_EQ((**read)[0].format, "");
 
   struct Case {
     std::string toml;
@@ -521,6 +524,8 @@ sandbox_env = "PYPI_TOKEN"
             "secrets.gh.value"},
            {"[secrets.\"g-h\"]\nenv = \"X\"\nhosts = [\"a.com\"]\n", "letters, digits and _"},
            {"[egress]\nca_cert_file = \"/x\"\n", "go together"},
+           {"[secrets.gh]\nenv = \"X\"\nhosts = [\"a.com\"]\nformat = \"Bearer\"\n",
+            "secrets.gh.format must hold {}"},
        }) {
     auto bad = ParseConfig(k.toml, "/h");
     ASSERT_FALSE(bad.has_value()) << k.toml;

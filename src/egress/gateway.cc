@@ -767,9 +767,19 @@ awaitable<unsigned> Intercept(std::shared_ptr<Job> job, std::shared_ptr<Relay> r
             AddName(rep.placeholders_refused, s.name);
             continue;
           }
-          for (size_t at = out.find(s.placeholder); at != std::string::npos;
-               at = out.find(s.placeholder, at + s.value.size())) {
-            out.replace(at, s.placeholder.size(), s.value);
+          if (!s.format.empty()) {
+            // The operator's format is the whole value ("Bearer {}"), whatever the client
+            // wrote around the placeholder.
+            out = s.format;
+            for (size_t at = out.find("{}"); at != std::string::npos;
+                 at = out.find("{}", at + s.value.size())) {
+              out.replace(at, 2, s.value);
+            }
+          } else {
+            for (size_t at = out.find(s.placeholder); at != std::string::npos;
+                 at = out.find(s.placeholder, at + s.value.size())) {
+              out.replace(at, s.placeholder.size(), s.value);
+            }
           }
           AddName(rep.secrets_added, s.name);
         }

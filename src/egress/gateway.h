@@ -34,6 +34,9 @@ struct Secret {
   std::string placeholder;  // what the sandbox holds instead
   std::string header;       // the request header it is replaced in (e.g. "Authorization")
   Policy hosts;             // the names (and ports) it may go to: name rules only
+  // The header's whole value with "{}" for the secret ("Bearer {}", "token {}"); "" to replace
+  // the placeholder where the client put it.
+  std::string format;
 };
 using Secrets = std::shared_ptr<const std::vector<Secret>>;
 

@@ -614,7 +614,7 @@ class InterceptTest : public GatewayTest {
     auto tls = net::MakeTlsClientContext(trust_upstream ? pki_.ca_file : "");
     ASSERT_TRUE(tls.has_value());
     o.upstream_tls = *tls;
-    Secret secret{"openai", kValue, kPlaceholder, "Authorization", Allow(secret_hosts, {})};
+    Secret secret{"openai", kValue, kPlaceholder, "Authorization", Allow(secret_hosts, {}), ""};
     Policy reach = Allow({host_}, {At(origin_->port())});
     Start({{"ses_a", reach}, {"ses_b", reach}}, o,
           {{"ses_a", std::make_shared<std::vector<Secret>>(std::vector<Secret>{secret})}});
@@ -688,6 +688,21 @@ TEST_F(InterceptTest, TheSecretGoesInItsHeaderToItsHostAndNowhereElse) {
   EXPECT_GT(r->bytes_up, 0u);
   EXPECT_GT(r->bytes_down, 0u);
   EXPECT_EQ(gateway_->open_connections(), 0u);
+}
+
+TEST_F(InterceptTest, AFormatMakesTheWholeValueWhateverTheClientWroteAroundThePlaceholder) {
+  GatewayOptions o;
+  o.authority = authority_;
+  o.upstream_tls = *net::MakeTlsClientContext(pki_.ca_file);
+  Secret secret{"openai", kValue, kPlaceholder, "Authorization", Allow({host_}, {}), "Bearer {}"};
+  Policy reach = Allow({host_}, {At(origin_->port())});
+  Start({{"ses_a", reach}}, o,
+        {{"ses_a", std::make_shared<std::vector<Secret>>(std::vector<Secret>{secret})}});
+  std::string answer =
+      Exchange("ses_a", ca_file_, ChatRequest(std::string("token ") + kPlaceholder));
+  EXPECT_TRUE(answer.starts_with("HTTP/1.1 200")) << answer;
+  ASSERT_EQ(origin_->request_count(), 1u);
+  EXPECT_EQ(origin_->requests()[0].Header("authorization"), std::string("Bearer ") + kValue);
 }
 
 TEST_F(InterceptTest, ASessionWithoutTheSecretGetsTheRealServerEndToEnd) {
@@ -766,7 +781,7 @@ TEST_F(InterceptTest, APlaceholderInPlainHttpIsReportedAndNotReplaced) {
   GatewayOptions o;
   o.authority = authority_;
   o.upstream_tls = *net::MakeTlsClientContext(pki_.ca_file);
-  Secret secret{"openai", kValue, kPlaceholder, "Authorization", Allow({host_}, {})};
+  Secret secret{"openai", kValue, kPlaceholder, "Authorization", Allow({host_}, {}), ""};
   Start({{"ses_a", Allow({}, {At(plain.port())})}}, o,
         {{"ses_a", std::make_shared<std::vector<Secret>>(std::vector<Secret>{secret})}});
   int fd = Connect();
