@@ -23,7 +23,8 @@ packages=(
   qemu-system-x86 erofs-utils lz4
   # The built-in browser image (images/browser-image.sh) and the agent's browser tools' tests:
   # Debian's Chromium and the fonts pages are drawn with.
-  chromium fonts-liberation fonts-dejavu-core
+  # zlib: the browser test reads the screenshot's PNG whole.
+  chromium fonts-liberation fonts-dejavu-core zlib1g-dev
 )
 for arg in "$@"; do
   case "$arg" in

@@ -3,8 +3,11 @@
 // against the demo site the control plane serves, and by a script of the test's own against a
 // loopback "internet" reached only through the egress gateway. Chromium's own sandbox is off
 // (--no-sandbox: no user namespaces in ours); these tests check that ours still holds it.
+#include <zlib.h>
+
 #include <fstream>
 #include <mutex>
+#include <set>
 
 #include "tests/security/sandbox_fixture.h"
 #include "tests/support/tcp_origin.h"
@@ -24,6 +27,68 @@ std::vector<std::string> ToolSteps(const SessionOutcome& o) {
                   d.value("summary", ""));
   }
   return out;
+}
+
+// What a PNG holds, read strictly: every chunk's CRC checked up to IEND, the IHDR's size, and
+// how many different colours its pixels have (the image data inflated, 8-bit RGB or RGBA).
+struct PngFacts {
+  std::string problem;  // "" for a valid PNG
+  uint32_t width = 0, height = 0;
+  size_t colours = 0;
+};
+
+PngFacts ReadPng(const std::string& png) {
+  PngFacts f;
+  auto u32 = [&](size_t at) {
+    return (uint32_t(uint8_t(png[at])) << 24) | (uint32_t(uint8_t(png[at + 1])) << 16) |
+           (uint32_t(uint8_t(png[at + 2])) << 8) | uint32_t(uint8_t(png[at + 3]));
+  };
+  if (!png.starts_with("\x89PNG\r\n\x1a\n")) return {"no PNG signature"};
+  std::string idat;
+  int channels = 0;
+  bool ended = false;
+  for (size_t at = 8; !ended;) {
+    if (at + 12 > png.size()) return {"a chunk runs past the end"};
+    const uint32_t len = u32(at);
+    if (at + 12 + len > png.size()) return {"a chunk runs past the end"};
+    const std::string type = png.substr(at + 4, 4);
+    const auto* bytes = reinterpret_cast<const Bytef*>(png.data() + at + 4);
+    if (crc32(0, bytes, len + 4) != u32(at + 8 + len)) return {"bad CRC in " + type};
+    if (type == "IHDR") {
+      f.width = u32(at + 8);
+      f.height = u32(at + 12);
+      const int depth = uint8_t(png[at + 16]), colour = uint8_t(png[at + 17]);
+      if (depth != 8 || (colour != 2 && colour != 6)) return {"not 8-bit RGB(A)"};
+      channels = colour == 2 ? 3 : 4;
+    } else if (type == "IDAT") {
+      idat += png.substr(at + 8, len);
+    } else if (type == "IEND") {
+      ended = true;
+    }
+    at += 12 + len;
+  }
+  if (channels == 0) return {"no IHDR"};
+  const size_t row = 1 + size_t(f.width) * channels;
+  std::string raw(row * f.height, '\0');
+  uLongf raw_size = raw.size();
+  if (uncompress(reinterpret_cast<Bytef*>(raw.data()), &raw_size,
+                 reinterpret_cast<const Bytef*>(idat.data()), idat.size()) != Z_OK ||
+      raw_size != raw.size()) {
+    return {"the image data does not inflate to its size"};
+  }
+  // Filters aside, the first row is stored as is or against zero (None or Sub): count the
+  // colours of rows whose filter is None, which any page with text has many of.
+  std::set<uint32_t> seen;
+  for (size_t y = 0; y < f.height; ++y) {
+    const char* r = raw.data() + y * row;
+    if (r[0] != 0) continue;
+    for (size_t x = 0; x < f.width; ++x) {
+      const auto* p = reinterpret_cast<const uint8_t*>(r + 1 + x * channels);
+      seen.insert((uint32_t(p[0]) << 16) | (uint32_t(p[1]) << 8) | p[2]);
+    }
+  }
+  f.colours = seen.size();
+  return f;
 }
 
 std::string Joined(const std::vector<std::string>& lines) {
@@ -79,11 +144,15 @@ TEST_F(BrowserTest, TheDemoScriptOpensFollowsTypesAndUploadsAScreenshot) {
   EXPECT_NE(conv.body.find("Results for \\\"sandbox\\\""), std::string::npos) << conv.body;
   EXPECT_NE(conv.body.find("The Sandbox Handbook"), std::string::npos) << conv.body;
 
-  // The screenshot is a PNG artifact of the session.
+  // The screenshot is a PNG artifact of the session: valid, the browser's width, and a page
+  // with text on it (a blank or an error page would be one or two colours).
   auto png = sbx.server().Op(verb::get, "/v1/sessions/" + id + "/files/results.png");
   ASSERT_EQ(png.status, 200u) << png.body;
-  EXPECT_TRUE(png.body.starts_with("\x89PNG\r\n\x1a\n"));
-  EXPECT_GT(png.body.size(), 2000u);
+  PngFacts facts = ReadPng(png.body);
+  EXPECT_EQ(facts.problem, "");
+  EXPECT_EQ(facts.width, 1280u);
+  EXPECT_GT(facts.height, 400u);
+  EXPECT_GT(facts.colours, 20u);
 }
 
 // Chromium reaches the web through the gateway like any other client, under the session's
