@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -614,6 +615,17 @@ TEST(Browser, OpensReadsClicksTypesAndTakesAScreenshot) {
   EXPECT_NE(refused.text.find("ERR_CONNECTION_REFUSED"), std::string::npos) << refused.text;
   // And the browser still works after them.
   EXPECT_TRUE(browser.Open(site.url() + "/").ok);
+
+  // A Chromium that dies fails the call in flight; the next one starts a new browser.
+  ::signal(SIGPIPE, SIG_IGN);  // as airlock-agent runs
+  ASSERT_GT(browser.pid(), 0);
+  ::kill(browser.pid(), SIGKILL);
+  ToolOutcome lost = browser.Text();
+  EXPECT_FALSE(lost.ok);
+  EXPECT_NE(lost.text.find("the browser"), std::string::npos) << lost.text;
+  ToolOutcome again = browser.Open(site.url() + "/search");
+  EXPECT_TRUE(again.ok) << again.text;
+  EXPECT_NE(again.text.find("Search the catalogue"), std::string::npos) << again.text;
 }
 
 TEST(Browser, ANonexistentChromiumIsAClearAnswerAndNoBrowserMeansNoTools) {

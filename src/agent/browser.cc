@@ -155,10 +155,11 @@ void Browser::Stop() {
   if (pid_ > 0) {
     ::kill(-pid_, SIGKILL);  // Chromium's own processes are in its process group
     ::kill(pid_, SIGKILL);
-    int status;
+    int status;  // ECHILD when Await already waited for it
     while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
     pid_ = -1;
+    broken_ = false;
   }
   for (int* fd : {&to_browser_, &from_browser_}) {
     if (*fd >= 0) ::close(*fd);
@@ -173,9 +174,10 @@ void Browser::Stop() {
 }
 
 std::expected<void, std::string> Browser::Ensure() {
-  if (pid_ > 0 && !session_.empty()) return {};
+  if (pid_ > 0 && !broken_ && !session_.empty()) return {};
   if (!failure_.empty()) return std::unexpected(failure_);
   if (o_.executable.empty()) return std::unexpected("no browser in this image");
+  Stop();  // a browser that exited: its pipes and its profile go before a new one starts
   char tmpl[] = "/tmp/airlock-browser-XXXXXX";
   if (::mkdtemp(tmpl) == nullptr) {
     return std::unexpected(std::string("cannot make the browser's directory: ") +
@@ -306,7 +308,7 @@ std::expected<Json, std::string> Browser::Await(int64_t id, int64_t deadline_ms)
     Note(m);
   }
   if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
-    pid_ = -1;
+    broken_ = true;  // the next tool starts a new one (Ensure)
     return std::unexpected("the browser exited");
   }
   return std::unexpected("the browser did not answer in time");
@@ -319,8 +321,10 @@ std::expected<Json, std::string> Browser::Call(const std::string& method, Json p
   if (in_page) m["sessionId"] = session_;
   std::string text = m.dump(-1, ' ', false, Json::error_handler_t::replace);
   text.push_back('\0');
-  if (!WriteAll(to_browser_, text.data(), text.size()))
+  if (!WriteAll(to_browser_, text.data(), text.size())) {
+    broken_ = true;  // the next tool starts a new one (Ensure)
     return std::unexpected("the browser is gone");
+  }
   return Await(id, NowMs() + o_.load_timeout_ms);
 }
 

@@ -46,6 +46,7 @@ class Browser {
   Browser& operator=(const Browser&) = delete;
 
   bool available() const { return !o_.executable.empty(); }
+  pid_t pid() const { return pid_; }  // the running Chromium; -1 before the first tool
 
   // Each tool: a bad argument or a failure is an answer the model can act on.
   ToolOutcome Open(const std::string& url);
@@ -73,7 +74,8 @@ class Browser {
   void Stop();
 
   BrowserOptions o_;
-  pid_t pid_ = -1;
+  pid_t pid_ = -1;       // Chromium, the leader of its process group
+  bool broken_ = false;  // it exited or its pipe broke: the next tool starts a new one
   int to_browser_ = -1;
   int from_browser_ = -1;
   std::string inbuf_;
