@@ -336,20 +336,14 @@ def main():
                         fn(k, "small", buf)
                     cpu[(k, mode)] = (proc_ticks(b.server.pid) - t0) / hz / a.requests
         for _ in range(a.runs):
-            for k in KINDS:
-                t = now()
-                n = b.tunnel_get(k, "large", buf)
-                dt = now() - t
-                if n < a.large_mb << 20:
-                    raise RuntimeError(f"{k}: the large file came short ({n} bytes)")
-                tput[k].append((a.large_mb << 20) / dt / 1e6)
-            for k in TLS_KINDS:
-                t = now()
-                n = b.tls_get(k, "large", buf)
-                dt = now() - t
-                if n < a.large_mb << 20:
-                    raise RuntimeError(f"{k} https: the large file came short ({n} bytes)")
-                tls_tput[k].append((a.large_mb << 20) / dt / 1e6)
+            for fn, kinds, into in ((b.tunnel_get, KINDS, tput), (b.tls_get, TLS_KINDS, tls_tput)):
+                for k in kinds:
+                    t = now()
+                    n = fn(k, "large", buf)
+                    dt = now() - t
+                    if n < a.large_mb << 20:
+                        raise RuntimeError(f"{k} ({fn.__name__}): the large file came short ({n} bytes)")
+                    into[k].append((a.large_mb << 20) / dt / 1e6)
     finally:
         b.cleanup()
 

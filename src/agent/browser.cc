@@ -4,6 +4,7 @@
 #include <ftw.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,6 +29,19 @@ constexpr size_t kMaxTextArgument = 64 * 1024;
 bool WriteAll(int fd, const char* data, size_t size) {
   while (size > 0) {
     ssize_t n = ::write(fd, data, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Writes to the browser's end of the socket pair: a browser that is gone is an error, never a
+// SIGPIPE (the agent ignores it, a program embedding this class may not).
+bool SendAll(int fd, const char* data, size_t size) {
+  while (size > 0) {
+    ssize_t n = ::send(fd, data, size, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
     data += n;
@@ -185,9 +199,11 @@ std::expected<void, std::string> Browser::Ensure() {
   }
   user_data_dir_ = tmpl;
   const std::string log = user_data_dir_ + "/chromium.log";
+  // Chromium reads its commands from fd 3 and writes to fd 4. The commands go over a socket
+  // pair rather than a pipe, so that writing to a browser that died is EPIPE, not SIGPIPE.
   int to[2], from[2];
-  if (::pipe2(to, O_CLOEXEC) != 0)
-    return std::unexpected(std::string("pipe: ") + std::strerror(errno));
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, to) != 0)
+    return std::unexpected(std::string("socketpair: ") + std::strerror(errno));
   if (::pipe2(from, O_CLOEXEC) != 0) {
     ::close(to[0]);
     ::close(to[1]);
@@ -307,10 +323,10 @@ std::expected<Json, std::string> Browser::Await(int64_t id, int64_t deadline_ms)
     }
     Note(m);
   }
-  if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
-    broken_ = true;  // the next tool starts a new one (Ensure)
-    return std::unexpected("the browser exited");
-  }
+  // Gone or stuck: the next tool starts a new one (Ensure). Its pipe may reach end of file a
+  // moment before it can be waited for, so the mark does not wait for that.
+  broken_ = true;
+  if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return std::unexpected("the browser exited");
   return std::unexpected("the browser did not answer in time");
 }
 
@@ -321,7 +337,7 @@ std::expected<Json, std::string> Browser::Call(const std::string& method, Json p
   if (in_page) m["sessionId"] = session_;
   std::string text = m.dump(-1, ' ', false, Json::error_handler_t::replace);
   text.push_back('\0');
-  if (!WriteAll(to_browser_, text.data(), text.size())) {
+  if (!SendAll(to_browser_, text.data(), text.size())) {
     broken_ = true;  // the next tool starts a new one (Ensure)
     return std::unexpected("the browser is gone");
   }
