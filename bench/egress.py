@@ -358,20 +358,13 @@ def main():
             c = cpu.get((k, mode))
             cpu_s = "" if c is None else f"{c * 1e6:.0f} us"
             print(f"| {k} | {mode} | {ms(pct(xs, 50))} | {ms(pct(xs, 90))} | {ms(pct(xs, 99))} | {added} | {cpu_s} |")
-    print()
-    print(f"| way | {a.large_mb} MiB through one tunnel, MB/s (best of {a.runs}) | vs direct |")
-    print("|---|---:|---:|")
-    best_direct = max(tput["direct"])
-    for k in KINDS:
-        best = max(tput[k])
-        print(f"| {k} | {best:.0f} | {best / best_direct:.2f}x |")
-    print()
-    print(f"| way | {a.large_mb} MiB over one TLS connection, MB/s (best of {a.runs}) | vs direct |")
-    print("|---|---:|---:|")
-    best_direct = max(tls_tput["direct"])
-    for k in TLS_KINDS:
-        best = max(tls_tput[k])
-        print(f"| {k} | {best:.0f} | {best / best_direct:.2f}x |")
+    for what, results in (("through one tunnel", tput), ("over one TLS connection", tls_tput)):
+        print()
+        print(f"| way | {a.large_mb} MiB {what}, MB/s (best of {a.runs}) | vs direct |")
+        print("|---|---:|---:|")
+        best_direct = max(results["direct"])
+        for k, xs in results.items():
+            print(f"| {k} | {max(xs):.0f} | {max(xs) / best_direct:.2f}x |")
     b.print_footer()
     return 1 if b.problems else 0
 

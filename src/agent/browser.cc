@@ -26,17 +26,6 @@ constexpr size_t kMaxMessage = 64u << 20;  // a screenshot of a large page, base
 constexpr int kNavigationStartMs = 500;    // how long a click or submit may take to navigate
 constexpr size_t kMaxTextArgument = 64 * 1024;
 
-bool WriteAll(int fd, const char* data, size_t size) {
-  while (size > 0) {
-    ssize_t n = ::write(fd, data, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-  return true;
-}
-
 // Writes to the browser's end of the socket pair: a browser that is gone is an error, never a
 // SIGPIPE (the agent ignores it, a program embedding this class may not).
 bool SendAll(int fd, const char* data, size_t size) {
@@ -508,14 +497,11 @@ ToolOutcome Browser::Screenshot(const std::string& path) {
   auto png = DecodeBase64(shot->value("data", ""));
   if (!png || png->empty())
     return {false, "error: the browser sent no image", "browser_screenshot failed"};
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return {false, "error: cannot write " + path + ": " + std::strerror(errno),
-            "browser_screenshot failed"};
+  ToolLimits whole;
+  whole.max_write = png->size();  // the browser's image, whatever its size
+  if (ToolOutcome written = WriteFileTool(path, *png, whole); !written.ok) {
+    return {false, written.text, "browser_screenshot failed"};
   }
-  bool written = WriteAll(fd, png->data(), png->size());
-  ::close(fd);
-  if (!written) return {false, "error: cannot write " + path, "browser_screenshot failed"};
   return {true, "saved a " + std::to_string(png->size()) + "-byte PNG to " + path,
           "screenshot " + std::to_string(png->size()) + " bytes"};
 }
