@@ -1,8 +1,15 @@
 #include "common/crypto.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -68,6 +75,34 @@ std::string Sha256(std::string_view data) {
 }
 
 std::string Sha256Hex(std::string_view data) { return HexEncode(Sha256(data)); }
+
+Result<std::string> Sha256HexOfFile(const std::string& path, int64_t size) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errorf(ErrorCode::kInternal, "read {}: {}", path, std::strerror(errno));
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+    ::close(fd);
+    return MakeError(ErrorCode::kInternal, "SHA-256 is not available");
+  }
+  std::string buf(256 << 10, '\0');
+  int64_t done = 0;
+  while (done < size) {
+    ssize_t n =
+        ::pread(fd, buf.data(), static_cast<size_t>(std::min<int64_t>(buf.size(), size - done)),
+                static_cast<off_t>(done));
+    if (n <= 0) {
+      int err = n < 0 ? errno : EIO;
+      ::close(fd);
+      return Errorf(ErrorCode::kInternal, "read {}: {}", path, std::strerror(err));
+    }
+    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(n));
+    done += n;
+  }
+  ::close(fd);
+  std::string out(SHA256_DIGEST_LENGTH, '\0');
+  EVP_DigestFinal_ex(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), nullptr);
+  return HexEncode(out);
+}
 
 std::string HmacSha256(std::string_view key, std::string_view data) {
   std::string out(EVP_MAX_MD_SIZE, '\0');

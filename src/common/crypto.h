@@ -22,8 +22,11 @@ std::string Base64Encode(std::string_view bytes);
 // Standard base64 (RFC 4648 section 4) with its padding, no whitespace; nullopt when malformed.
 std::optional<std::string> Base64Decode(std::string_view text);
 
-std::string Sha256(std::string_view data);                            // raw 32 bytes
-std::string Sha256Hex(std::string_view data);                         // 64 lowercase hex chars
+std::string Sha256(std::string_view data);     // raw 32 bytes
+std::string Sha256Hex(std::string_view data);  // 64 lowercase hex chars
+// The SHA-256 (64 lowercase hex chars) of a file's first `size` bytes, read in pieces.
+// kInternal when it cannot be read or is shorter.
+Result<std::string> Sha256HexOfFile(const std::string& path, int64_t size);
 std::string HmacSha256(std::string_view key, std::string_view data);  // raw 32 bytes
 
 // Compares two strings in time independent of where they differ (length is not hidden).

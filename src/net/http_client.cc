@@ -1,9 +1,14 @@
 #include "net/http_client.h"
 
+#include <fcntl.h>
 #include <openssl/ssl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cstring>
 #include <ctime>
 #include <optional>
 #include <random>
@@ -271,14 +276,27 @@ awaitable<Result<HttpResponse>> HttpClient::Fetch(const Endpoint& ep, const Http
   req.set(http::field::user_agent, "airlock");
   for (const auto& [k, v] : request.headers) req.set(k, v);
   req.keep_alive(options_.keep_alive);
-  req.body() = request.body;
-  req.prepare_payload();
+  std::optional<FileBody> file;
+  if (request.body_file.empty()) {
+    req.body() = request.body;
+    req.prepare_payload();
+  } else {
+    struct stat st {};
+    if (::stat(request.body_file.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+      co_return Errorf(ErrorCode::kInternal, "cannot read the request's body from {}: {}",
+                       request.body_file, std::strerror(errno != 0 ? errno : EINVAL));
+    }
+    // The body is written after the head, from the file; the serializer writes the head only.
+    file = FileBody{request.body_file, static_cast<uint64_t>(st.st_size)};
+    req.content_length(file->size);
+  }
   const size_t max_response_bytes =
       request.max_response_bytes != 0 ? request.max_response_bytes : options_.max_response_bytes;
 
   for (int attempt = 0;; ++attempt) {
     bool retryable = false;
-    auto r = co_await Attempt(ep, req, max_response_bytes, sink, cancel, deadline, retryable);
+    auto r = co_await Attempt(ep, req, file ? &*file : nullptr, max_response_bytes, sink, cancel,
+                              deadline, retryable);
     if (cancel.cancelled()) co_return MakeError(ErrorCode::kUnavailable, "the call was cancelled");
     if (r) r->attempts = attempt + 1;
     if (r && !RetryableStatus(r->status)) co_return r;
@@ -316,11 +334,42 @@ awaitable<Result<HttpResponse>> HttpClient::Fetch(const Endpoint& ep, const Http
   }
 }
 
+awaitable<void> HttpClient::SendFile(Connection& c, const FileBody& file,
+                                     Clock::time_point deadline, beast::error_code& ec) {
+  const uint64_t size = file.size;
+  int fd = ::open(file.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    ec = beast::error_code(errno, beast::system_category());
+    co_return;
+  }
+  std::vector<char> buf(256 << 10);
+  uint64_t sent = 0;
+  while (sent < size) {
+    ssize_t n = ::pread(fd, buf.data(), std::min<uint64_t>(buf.size(), size - sent),
+                        static_cast<off_t>(sent));
+    if (n <= 0) {  // the file shrank, or cannot be read: the announced length cannot be kept
+      ec = beast::error_code(n < 0 ? errno : EIO, beast::system_category());
+      break;
+    }
+    // Progress, not the whole transfer, is bounded: each piece must leave within the timeout.
+    c.lowest().expires_at(Earliest(After(Clock::now(), options_.first_byte_timeout), deadline));
+    auto piece = asio::buffer(buf.data(), static_cast<size_t>(n));
+    if (c.tls) {
+      co_await asio::async_write(*c.tls, piece, asio::redirect_error(use_awaitable, ec));
+    } else {
+      co_await asio::async_write(*c.plain, piece, asio::redirect_error(use_awaitable, ec));
+    }
+    if (ec) break;
+    sent += static_cast<uint64_t>(n);
+  }
+  ::close(fd);
+}
+
 awaitable<Result<HttpResponse>> HttpClient::Attempt(const Endpoint& ep,
                                                     const http::request<http::string_body>& req,
-                                                    size_t max_response_bytes, BodySink* sink,
-                                                    CallCancel& cancel, Clock::time_point deadline,
-                                                    bool& retryable) {
+                                                    const FileBody* file, size_t max_response_bytes,
+                                                    BodySink* sink, CallCancel& cancel,
+                                                    Clock::time_point deadline, bool& retryable) {
   const std::string key = ep.Key();
   const std::string where = ep.Where();
   const bool head_only = req.method() == http::verb::head;
@@ -349,8 +398,11 @@ awaitable<Result<HttpResponse>> HttpClient::Attempt(const Endpoint& ep,
       } else {
         co_await http::async_write(*c->plain, req, asio::redirect_error(use_awaitable, ec));
       }
+      if (!ec && file != nullptr) co_await SendFile(*c, *file, deadline, ec);
       sent = !ec;
       if (!ec) {
+        c->lowest().expires_at(
+            Earliest(After(Clock::now(), options_.first_byte_timeout), deadline));
         if (c->tls) {
           co_await http::async_read_header(*c->tls, c->buffer, *head,
                                            asio::redirect_error(use_awaitable, ec));

@@ -54,6 +54,9 @@ struct HttpRequest {
   std::string target = "/";  // origin form: the path and the query
   Headers headers;           // set after Host and User-Agent, so they may replace them
   std::string body;
+  // A file whose bytes are the body instead, read from disk as they are sent (from its start
+  // again on each attempt), so that a large upload never sits in memory. `body` stays empty.
+  std::string body_file;
   // The Host header; empty: the endpoint's host, with its port unless it is the default one.
   std::string host;
   // The largest body read into memory (not the sink's); 0: the client's max_response_bytes.
@@ -159,16 +162,23 @@ class HttpClient {
   const HttpClientOptions& options() const { return options_; }
 
   struct Connection;  // internal
+  struct FileBody {   // internal: HttpRequest::body_file, measured
+    std::string path;
+    uint64_t size = 0;
+  };
 
  private:
   HttpClient(asio::io_context& io, HttpClientOptions options,
              std::shared_ptr<asio::ssl::context> tls);
   awaitable<Result<HttpResponse>> Attempt(const Endpoint& ep,
                                           const http::request<http::string_body>& req,
-                                          size_t max_response_bytes, BodySink* sink,
-                                          CallCancel& cancel,
+                                          const FileBody* file, size_t max_response_bytes,
+                                          BodySink* sink, CallCancel& cancel,
                                           std::chrono::steady_clock::time_point deadline,
                                           bool& retryable);
+  // Writes the file's first `file.size` bytes to the connection; failures come back in `ec`.
+  awaitable<void> SendFile(Connection& c, const FileBody& file,
+                           std::chrono::steady_clock::time_point deadline, beast::error_code& ec);
   awaitable<Result<std::unique_ptr<Connection>>> Connect(
       const Endpoint& ep, CallCancel& cancel, std::chrono::steady_clock::time_point deadline,
       bool& retryable);
