@@ -106,7 +106,7 @@ struct MicrovmConfig {
 // [files]: where sessions' files live and how URLs to them are bounded. See docs/operators.md.
 struct FilesConfig {
   std::string store = "local";  // local | s3
-  std::string root;             // local: default <home>/files
+  std::string root;             // default <home>/files; s3: only <root>/spool, uploads on their way
   std::string signing_keys;     // local: default <home>/file-signing.keys
   int64_t default_expiry_s = 300;
   int64_t max_expiry_s = 3600;

@@ -280,19 +280,14 @@ Status WriteUpload(int fd, std::string_view bytes) {
   return Ok();
 }
 
-// Puts a complete upload under its name: on disk first, then renamed over the name, then the
-// directory's entry on disk. Nothing partial ever shows under a name.
-Status CommitUpload(int fd, const std::string& tmp, const std::string& final_path,
-                    const std::string& dir) {
-  if (::fsync(fd) != 0) return Errorf(ErrorCode::kInternal, "fsync: {}", std::strerror(errno));
-  if (::rename(tmp.c_str(), final_path.c_str()) != 0)
-    return Errorf(ErrorCode::kInternal, "rename: {}", std::strerror(errno));
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return Ok();
+// A new hidden spool file for an upload of the session on its way to the store.
+Result<std::pair<int, std::string>> OpenSpool(files::BlobStore& blobs, const std::string& session) {
+  AIRLOCK_ASSIGN_OR_RETURN(std::string dir, blobs.SpoolDir(session));
+  std::string path = dir + "/.upload-" + HexEncode(RandomBytes(8));
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0)
+    return Errorf(ErrorCode::kInternal, "cannot store the upload: {}", std::strerror(errno));
+  return std::make_pair(fd, std::move(path));
 }
 
 }  // namespace
@@ -307,12 +302,6 @@ awaitable<Response> FileService::Upload(Request& req) {
 }
 
 awaitable<Response> FileService::OperatorUpload(Request& req) {
-  if (local_ == nullptr) {
-    co_return Response::FromError(
-        Error{ErrorCode::kUnimplemented,
-              "uploads by the operator need the local file store (files.store = \"local\"); "
-              "with s3, put the object into the bucket under the session's prefix"});
-  }
   auto name = PercentDecode(req.params["name"], /*query=*/false);
   if (!name)
     co_return Response::FromError(Error{ErrorCode::kInvalidArgument, "malformed file name"});
@@ -354,22 +343,20 @@ awaitable<Response> FileService::Receive(Request& req, std::string session, std:
   }
   reserved_[t.session] += promise;
 
-  std::string dir = local_->SessionDir(t.session);
-  ::mkdir(dir.c_str(), 0700);
-  std::string tmp = dir + "/.upload-" + HexEncode(RandomBytes(8));
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   auto release = [&] {
     if ((reserved_[t.session] -= promise) <= 0) reserved_.erase(t.session);
   };
-  if (fd < 0) {
+  Result<std::pair<int, std::string>> spool = OpenSpool(*blobs_, t.session);
+  if (!spool) {
     release();
-    co_return Response::FromError(Error{
-        ErrorCode::kInternal, fmt::format("cannot store the upload: {}", std::strerror(errno))});
+    co_return Response::FromError(spool.error());
   }
-  // Nothing partial ever shows: the bytes go to a hidden file that is renamed over the name
-  // only once complete and on disk.
+  // Nothing partial ever shows: the bytes go to a hidden spool file that the store takes only
+  // once it is complete (a rename on disk, or one PutObject).
+  int fd = spool->first;
+  const std::string tmp = spool->second;
   auto abandon = [&](Response r) {
-    ::close(fd);
+    if (fd >= 0) ::close(fd);
     ::unlink(tmp.c_str());
     release();
     return r;
@@ -406,12 +393,25 @@ awaitable<Response> FileService::Receive(Request& req, std::string session, std:
     events_.Notify(t.session);
     co_return abandon(EventQuotaExceeded(*appended));
   }
-  std::string final_path = local_->PathOf(t.session, t.name);
-  auto committed = co_await RunBlocking(
-      pool_, [&fd, &tmp, &final_path, &dir] { return CommitUpload(fd, tmp, final_path, dir); });
-  if (!committed)
-    co_return abandon(Response::FromError(Error{ErrorCode::kInternal, committed.error().message}));
   ::close(fd);
+  fd = -1;
+  auto committed = co_await RunBlocking(
+      pool_, [this, &t, &tmp, total] { return blobs_->Put(t.session, t.name, tmp, total); });
+  if (!committed) {
+    // The event above said uploaded: say it did not last, within the same quota.
+    log::Warn("an upload could not be stored",
+              {{"session", t.session}, {"name", t.name}, {"error", committed.error().message}});
+    [[maybe_unused]] auto noted = co_await RunBlocking(pool_, [this, &t, &committed, &event_quota] {
+      return store_.AppendEventWithinQuota(
+          t.session, "file.upload_failed",
+          Json{{"name", t.name}, {"error", committed.error().message}}, event_quota);
+    });
+    events_.Notify(t.session);
+    Error e = committed.error();
+    if (e.code != ErrorCode::kPayloadTooLarge && e.code != ErrorCode::kUnavailable)
+      e.code = ErrorCode::kInternal;
+    co_return abandon(Response::FromError(std::move(e)));
+  }
   release();
   events_.Notify(t.session);
   data.erase("by");
@@ -503,32 +503,41 @@ awaitable<Response> FileService::SandboxWork(const store::Session& s, Json egres
 
 awaitable<Response> FileService::SandboxDownload(Request& req, const store::Session& s) {
   req.params["id"] = s.id;
-  co_return co_await OperatorDownload(req);
+  if (local_ != nullptr) co_return co_await OperatorDownload(req);
+  // A remote store's file comes through the control plane: the sandbox reaches nothing but its
+  // channel, so a redirect to the store would lead nowhere.
+  auto name = PercentDecode(req.params["name"], /*query=*/false);
+  if (!name)
+    co_return Response::FromError(Error{ErrorCode::kInvalidArgument, "malformed file name"});
+  AIRLOCK_CO_TRY(files::ValidateFileName(*name));
+  AIRLOCK_CO_ASSIGN(std::string dir, blobs_->SpoolDir(s.id));
+  const std::string copy = dir + "/.download-" + HexEncode(RandomBytes(8));
+  auto copied = co_await RunBlocking(
+      pool_, [this, &s, &name, &copy] { return blobs_->CopyTo(s.id, *name, copy); });
+  Response r = copied ? ServeFile(req, copy, *name) : Response::FromError(copied.error());
+  ::unlink(copy.c_str());  // the answer holds the file open
+  if (r.file && req.msg.method() != http::verb::head)
+    bytes_.With({"out"}).Inc(static_cast<double>(r.file->length));
+  co_return r;
 }
 
 Status FileService::PutBytes(const std::string& session, const std::string& name,
                              std::string_view bytes) {
-  if (local_ == nullptr) {
-    return MakeError(ErrorCode::kUnimplemented,
-                     "\"files\" at create need the local file store (files.store = \"local\")");
-  }
   AIRLOCK_TRY(files::ValidateFileName(name));
   if (static_cast<int64_t>(bytes.size()) > (config_.files.max_file_mb << 20)) {
     return Errorf(ErrorCode::kPayloadTooLarge, "file {} exceeds files.max_file_mb ({} MiB)", name,
                   config_.files.max_file_mb);
   }
-  std::string dir = local_->SessionDir(session);
-  ::mkdir(dir.c_str(), 0700);
-  std::string tmp = dir + "/.upload-" + HexEncode(RandomBytes(8));
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return Errorf(ErrorCode::kInternal, "storing {}: {}", name, std::strerror(errno));
-  Status stored = WriteUpload(fd, bytes);
-  if (stored) stored = CommitUpload(fd, tmp, local_->PathOf(session, name), dir);
-  ::close(fd);
-  if (!stored) {
-    ::unlink(tmp.c_str());
-    return Errorf(stored.error().code, "storing {}: {}", name, stored.error().message);
+  Result<std::pair<int, std::string>> spool = OpenSpool(*blobs_, session);
+  if (!spool) return Errorf(spool.error().code, "storing {}: {}", name, spool.error().message);
+  Status stored = WriteUpload(spool->first, bytes);
+  ::close(spool->first);
+  if (stored) {
+    stored = blobs_->Put(session, name, spool->second, static_cast<int64_t>(bytes.size()));
+  } else {
+    ::unlink(spool->second.c_str());
   }
+  if (!stored) return Errorf(stored.error().code, "storing {}: {}", name, stored.error().message);
   bytes_.With({"in"}).Inc(static_cast<double>(bytes.size()));
   auto appended = store_.AppendEvent(
       session, "file.uploaded",

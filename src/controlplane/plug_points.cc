@@ -333,6 +333,8 @@ Result<std::unique_ptr<files::BlobStore>> OpenS3(const FilesConfig& f) {
   o.path_style = f.s3_path_style;
   o.prefix = f.s3_prefix;
   o.ca_file = f.s3_ca_file;
+  // With s3, files.root holds only uploads the control plane receives itself, on their way.
+  o.spool_dir = f.root + "/spool";
   auto env = [](const std::string& name) -> std::string {
     const char* v = name.empty() ? nullptr : std::getenv(name.c_str());
     return v ? v : "";

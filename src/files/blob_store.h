@@ -72,6 +72,21 @@ class BlobStore {
                                             int expires_seconds) = 0;
   // Bytes the session's files take, for its quota.
   virtual Result<int64_t> UsedBytes(const std::string& session_id) = 0;
+  // Stores a file the control plane received whole (an operator's upload, "files" at create):
+  // `spool` is a closed file of `size` bytes in SpoolDir(session_id). The name keeps its old
+  // bytes, if any, until the new ones are stored whole. The spool file is gone afterwards,
+  // stored or not.
+  virtual Status Put(const std::string& session_id, const std::string& name,
+                     const std::string& spool, int64_t size) = 0;
+  // Writes a file's bytes into `dest`, a new file the caller removes: for the control plane to
+  // serve them itself, as it does a sandbox's work files, which reach the sandbox over its
+  // channel only. kNotFound when there is no such file.
+  virtual Status CopyTo(const std::string& session_id, const std::string& name,
+                        const std::string& dest) = 0;
+  // The directory to write such a spool file in (made if missing); its name must start with
+  // ".upload-", so that a start after a crash sweeps what was left. The local store's is the
+  // session's own directory, so that Put is a rename.
+  virtual Result<std::string> SpoolDir(const std::string& session_id) = 0;
   // Deletes every file of the session, partial uploads included (retention of ended sessions;
   // a URL presigned earlier finds nothing afterwards). A session without files deletes nothing.
   virtual Result<DeletedFiles> DeleteSession(const std::string& session_id) = 0;

@@ -195,13 +195,73 @@ Result<int64_t> LocalBlobStore::UsedBytes(const std::string& session_id) {
   return total;
 }
 
-Result<DeletedFiles> LocalBlobStore::DeleteSession(const std::string& session_id) {
-  // The id names a directory under the root: nothing that could climb out of it.
+namespace {
+
+// The id names a directory under the root: nothing that could climb out of it.
+Status ValidateSessionDir(const std::string& session_id) {
   if (session_id.empty() || session_id.find_first_of("/\\") != std::string::npos ||
       session_id.front() == '.') {
     return Errorf(ErrorCode::kInvalidArgument, "not a session id: \"{}\"",
                   session_id.substr(0, 64));
   }
+  return Ok();
+}
+
+}  // namespace
+
+Result<std::string> LocalBlobStore::SpoolDir(const std::string& session_id) {
+  AIRLOCK_TRY(ValidateSessionDir(session_id));
+  std::string dir = SessionDir(session_id);
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return Errorf(ErrorCode::kInternal, "create {}: {}", dir, std::strerror(errno));
+  }
+  return dir;
+}
+
+// On disk first, then renamed over the name, then the directory's entry on disk: nothing
+// partial ever shows under a name.
+Status LocalBlobStore::Put(const std::string& session_id, const std::string& name,
+                           const std::string& spool, int64_t) {
+  auto fail = [&spool](std::string_view what) {
+    Error e{ErrorCode::kInternal, fmt::format("{}: {}", what, std::strerror(errno))};
+    ::unlink(spool.c_str());
+    return std::unexpected(std::move(e));
+  };
+  if (auto valid = ValidateSessionDir(session_id); !valid) {
+    ::unlink(spool.c_str());
+    return valid;
+  }
+  if (auto valid = ValidateFileName(name); !valid) {
+    ::unlink(spool.c_str());
+    return valid;
+  }
+  int fd = ::open(spool.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return fail("open");
+  const bool synced = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!synced) return fail("fsync");
+  if (::rename(spool.c_str(), PathOf(session_id, name).c_str()) != 0) return fail("rename");
+  int dfd = ::open(SessionDir(session_id).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return Ok();
+}
+
+Status LocalBlobStore::CopyTo(const std::string& session_id, const std::string& name,
+                              const std::string& dest) {
+  AIRLOCK_TRY(ValidateSessionDir(session_id));
+  AIRLOCK_ASSIGN_OR_RETURN(OperatorDownload file, Download(session_id, name, 1));
+  std::error_code ec;
+  if (!fs::copy_file(file.path, dest, ec)) {
+    return Errorf(ErrorCode::kInternal, "copy {}: {}", name, ec.message());
+  }
+  return Ok();
+}
+
+Result<DeletedFiles> LocalBlobStore::DeleteSession(const std::string& session_id) {
+  AIRLOCK_TRY(ValidateSessionDir(session_id));
   DeletedFiles out;
   const std::string dir = SessionDir(session_id);
   DIR* d = ::opendir(dir.c_str());

@@ -53,6 +53,11 @@ class LocalBlobStore : public BlobStore {
                                     int expires_seconds) override;
   Result<int64_t> UsedBytes(const std::string& session_id) override;
   Result<DeletedFiles> DeleteSession(const std::string& session_id) override;
+  Status Put(const std::string& session_id, const std::string& name, const std::string& spool,
+             int64_t size) override;
+  Result<std::string> SpoolDir(const std::string& session_id) override;
+  Status CopyTo(const std::string& session_id, const std::string& name,
+                const std::string& dest) override;
 
   const UrlSigner& signer() const { return signer_; }
   std::string SessionDir(const std::string& session_id) const;

@@ -1,14 +1,22 @@
 #include "files/s3_store.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <optional>
 #include <string_view>
 #include <vector>
 
 #include "common/asio.h"
+#include "common/crypto.h"
 #include "common/time_util.h"
 #include "net/http_client.h"
 #include "net/tls.h"
@@ -278,6 +286,87 @@ class S3BlobStore final : public BlobStore {
     return total;
   }
 
+  Result<std::string> SpoolDir(const std::string& session_id) override {
+    AIRLOCK_TRY(ValidateSessionId(session_id));
+    if (o_.spool_dir.empty()) {
+      return MakeError(ErrorCode::kUnimplemented,
+                       "this s3 store has no spool directory for the control plane's own uploads");
+    }
+    return o_.spool_dir;
+  }
+
+  // One PutObject with the spool file as its body, streamed from disk and signed with its
+  // SHA-256, so that S3 refuses it whole if a byte changed on the way. An object appears in S3
+  // only once complete, so the name never shows a partial file.
+  Status Put(const std::string& session_id, const std::string& name, const std::string& spool,
+             int64_t size) override {
+    struct Unlink {
+      const std::string& path;
+      ~Unlink() { ::unlink(path.c_str()); }
+    } unlink_spool{spool};
+    AIRLOCK_TRY(ValidateSessionId(session_id));
+    AIRLOCK_TRY(ValidateFileName(name));
+    if (size > kMaxSinglePutBytes) {
+      return Errorf(ErrorCode::kPayloadTooLarge,
+                    "the s3 store takes at most {} bytes in one upload", kMaxSinglePutBytes);
+    }
+    struct stat st {};
+    if (::stat(spool.c_str(), &st) != 0 || st.st_size != size) {
+      return Errorf(ErrorCode::kInternal, "the upload's spool file does not hold its {} bytes",
+                    size);
+    }
+    AIRLOCK_ASSIGN_OR_RETURN(std::string sha256, Sha256HexOfFile(spool, size));
+    AIRLOCK_ASSIGN_OR_RETURN(net::HttpRequest req,
+                             Signed(http::verb::put, ObjectPath(KeyOf(session_id, name)), {},
+                                    Params{{"content-length", std::to_string(size)}}, sha256));
+    req.body_file = spool;
+    auto reply = net::FetchBlocking(tls_, TransferOptions(), target_, req);
+    if (!reply) {
+      return Errorf(reply.error().code, "S3: {}", reply.error().message);
+    }
+    Reply r = ReplyOf(std::move(*reply));
+    if (r.status / 100 != 2) return FailureOf("PutObject", r);
+    return Ok();
+  }
+
+  // One GetObject, its body streamed into `dest`.
+  Status CopyTo(const std::string& session_id, const std::string& name,
+                const std::string& dest) override {
+    AIRLOCK_TRY(ValidateSessionId(session_id));
+    AIRLOCK_TRY(ValidateFileName(name));
+    AIRLOCK_ASSIGN_OR_RETURN(net::HttpRequest req,
+                             Signed(http::verb::get, ObjectPath(KeyOf(session_id, name)), {}));
+    int fd = ::open(dest.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return Errorf(ErrorCode::kInternal, "create {}: {}", dest, std::strerror(errno));
+    int write_error = 0;
+    auto reply = net::FetchBlocking(tls_, TransferOptions(), target_, req,
+                                    [fd, &write_error](std::string_view piece) {
+                                      while (!piece.empty()) {
+                                        ssize_t n = ::write(fd, piece.data(), piece.size());
+                                        if (n < 0 && errno == EINTR) continue;
+                                        if (n <= 0) {
+                                          write_error = n < 0 ? errno : EIO;
+                                          return false;
+                                        }
+                                        piece.remove_prefix(static_cast<size_t>(n));
+                                      }
+                                      return true;
+                                    });
+    ::close(fd);
+    if (write_error != 0) {
+      return Errorf(ErrorCode::kInsufficientStorage, "cannot keep the file: {}",
+                    std::strerror(write_error));
+    }
+    if (!reply) {
+      return Errorf(reply.error().code, "S3: {}", reply.error().message);
+    }
+    if (reply->status == 404) {
+      return Errorf(ErrorCode::kNotFound, "no file \"{}\" in session {}", name, session_id);
+    }
+    if (reply->status / 100 != 2) return FailureOf("GetObject", ReplyOf(std::move(*reply)));
+    return Ok();
+  }
+
   Result<DeletedFiles> DeleteSession(const std::string& session_id) override {
     AIRLOCK_ASSIGN_OR_RETURN(std::vector<FileInfo> files, List(session_id));
     DeletedFiles out;
@@ -321,12 +410,15 @@ class S3BlobStore final : public BlobStore {
            UriEncode(key, false);
   }
 
-  // Sends a request with an empty body, signed in the Authorization header.
-  Result<Reply> SignedRequest(http::verb verb, const std::string& path, const Params& query,
-                              size_t body_limit) {
+  // A request signed in the Authorization header, over `headers` besides Host (the client
+  // sends them with the same values) and the body's SHA-256.
+  Result<net::HttpRequest> Signed(http::verb verb, const std::string& path, const Params& query,
+                                  Params headers = {},
+                                  std::string_view payload_sha256 = kEmptyPayloadSha256) const {
     const std::string method(http::to_string(verb));
-    auto auth = SignHeaders(o_.creds, endpoint_, method, path, query, Params{{"host", host_}},
-                            kEmptyPayloadSha256, UnixNow());
+    headers.emplace_back("host", host_);
+    auto auth =
+        SignHeaders(o_.creds, endpoint_, method, path, query, headers, payload_sha256, UnixNow());
     if (!auth) {
       return Errorf(ErrorCode::kInternal, "cannot sign the S3 request: {}", auth.error().message);
     }
@@ -339,12 +431,28 @@ class S3BlobStore final : public BlobStore {
     req.target = std::move(target);
     req.host = host_;
     req.headers = std::move(*auth);
+    return req;
+  }
+
+  // Sends a request with an empty body, signed in the Authorization header.
+  Result<Reply> SignedRequest(http::verb verb, const std::string& path, const Params& query,
+                              size_t body_limit) {
+    AIRLOCK_ASSIGN_OR_RETURN(net::HttpRequest req, Signed(verb, path, query));
     req.max_response_bytes = std::max(body_limit, kMaxSmallReplyBytes);
     auto reply = net::FetchBlocking(tls_, http_, target_, req);
     if (!reply) {
       return Errorf(reply.error().code, "S3: {}", reply.error().message);
     }
     return ReplyOf(std::move(*reply));
+  }
+
+  // For a whole object's bytes: the timeout bounds each piece's progress, not the transfer,
+  // whose length depends on the object's size.
+  net::HttpClientOptions TransferOptions() const {
+    net::HttpClientOptions options = http_;
+    options.total_timeout = net::kNoTimeout;
+    options.sink_idle_timeout = o_.timeout;
+    return options;
   }
 
   const S3StoreOptions o_;
@@ -411,6 +519,19 @@ Result<std::unique_ptr<BlobStore>> MakeS3BlobStore(S3StoreOptions o) {
   auto tls = net::MakeTlsClientContext(o.ca_file);
   if (!tls) {
     return Errorf(tls.error().code, "s3 store: {}", tls.error().message);
+  }
+  if (!o.spool_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(o.spool_dir, ec);
+    if (ec || ::chmod(o.spool_dir.c_str(), 0700) != 0) {
+      return Errorf(ErrorCode::kInternal, "s3 store: cannot make the spool directory {}: {}",
+                    o.spool_dir, ec ? ec.message() : std::strerror(errno));
+    }
+    // What a crash left there was on its way and is of no use now.
+    for (const auto& f : std::filesystem::directory_iterator(o.spool_dir, ec)) {
+      std::error_code ignored;
+      std::filesystem::remove_all(f.path(), ignored);
+    }
   }
 
   S3Endpoint ep = std::move(*endpoint);

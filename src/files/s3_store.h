@@ -42,6 +42,10 @@ struct S3StoreOptions {
   std::string connect_to;
   // ListObjectsV2 max-keys, 1..1000.
   int list_page_size = 1000;
+  // A local directory where files the control plane receives itself (an operator's upload,
+  // "files" at create) wait, whole, before one PutObject sends them. Made at start, 0700, and
+  // emptied of what a crash left. Empty: such uploads are refused (kUnimplemented).
+  std::string spool_dir;
 };
 
 // Validates the options (endpoint, bucket, credentials, prefix, CA file) without contacting

@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +33,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -537,6 +539,150 @@ TEST_F(S3StoreTest, RefusesToPresignWhatItCannotBound) {
   PresignRequest type = Put(session, "a.txt", 5);
   type.content_type = "text/plain\r\nx-amz-acl: public-read";
   EXPECT_FALSE(store->Presign(type).has_value());
+}
+
+// ----- The control plane's own uploads and copies (Put, CopyTo) -------------------------------
+
+// A spool directory of the test's own, removed after.
+class SpoolDir {
+ public:
+  SpoolDir() {
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / "airlock-s3-spool-XXXXXX").string();
+    EXPECT_NE(::mkdtemp(tmpl.data()), nullptr);
+    path_ = tmpl;
+  }
+  ~SpoolDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+  // A spool file holding `data`, as the control plane leaves one for Put.
+  std::string Spool(const std::string& data, const std::string& name = ".upload-1") const {
+    std::string file = path_ + "/" + name;
+    std::ofstream(file, std::ios::binary) << data;
+    return file;
+  }
+  size_t Entries() const {
+    size_t n = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(path_)) ++n;
+    return n;
+  }
+
+ private:
+  std::string path_;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Round trips a file larger than one piece of the client's file body (256 KiB) through Put and
+// CopyTo, the control plane's own way in and out, and checks what a sandbox's URL then sees.
+void PutAndCopyBack(BlobStore& store, const SpoolDir& dir, const std::string& session,
+                    uint16_t port) {
+  const std::string data = Bytes((600 << 10) + 7, 9);
+  std::string spool = dir.Spool(data);
+  auto put = store.Put(session, "big file.bin", spool, static_cast<int64_t>(data.size()));
+  ASSERT_TRUE(put.has_value()) << put.error().message;
+  EXPECT_FALSE(std::filesystem::exists(spool)) << "Put takes the spool file";
+
+  auto files = store.List(session);
+  ASSERT_TRUE(files.has_value()) << files.error().message;
+  ASSERT_EQ(files->size(), 1u);
+  EXPECT_EQ((*files)[0].name, "big file.bin");
+  EXPECT_EQ((*files)[0].size, static_cast<int64_t>(data.size()));
+
+  const std::string copy = dir.path() + "/.download-1";
+  auto copied = store.CopyTo(session, "big file.bin", copy);
+  ASSERT_TRUE(copied.has_value()) << copied.error().message;
+  EXPECT_TRUE(ReadAll(copy) == data) << "CopyTo brings the same bytes back";
+  std::filesystem::remove(copy);
+
+  if (port != 0) {
+    PresignRequest get;
+    get.session_id = session;
+    get.name = "big file.bin";
+    get.method = "GET";
+    get.expires_at = Now() + 60;
+    auto url = store.Presign(get);
+    ASSERT_TRUE(url.has_value()) << url.error().message;
+    RawReply got = SendRaw(port, "GET", url->url, url->headers);
+    ASSERT_EQ(got.status, 200u) << got.body;
+    EXPECT_TRUE(got.body == data);
+  }
+}
+
+TEST_F(S3StoreTest, PutSendsASpoolFileWholeAndCopyToBringsItBack) {
+  SpoolDir dir;
+  auto store = MakeStore(Options());
+  PutAndCopyBack(*store, dir, Session(), port());
+  EXPECT_EQ(dir.Entries(), 0u);
+
+  // The same name again replaces the object.
+  std::string spool = dir.Spool("short");
+  ASSERT_TRUE(store->Put(Session(), "big file.bin", spool, 5).has_value());
+  const std::string copy = dir.path() + "/.download-2";
+  ASSERT_TRUE(store->CopyTo(Session(), "big file.bin", copy).has_value());
+  EXPECT_EQ(ReadAll(copy), "short");
+}
+
+TEST_F(S3TlsTest, PutAndCopyToGoOverTls) {
+  SpoolDir dir;
+  auto store = MakeStore(TlsOptions());
+  PutAndCopyBack(*store, dir, Session(), 0);
+}
+
+TEST_F(S3StoreTest, PutRefusesWhatItCannotSendWholeAndRemovesTheSpool) {
+  SpoolDir dir;
+  auto store = MakeStore(Options());
+  const std::string session = Session();
+  // A spool file of another size than the upload received: nothing is sent.
+  std::string spool = dir.Spool("12345");
+  auto wrong = store->Put(session, "a.bin", spool, 6);
+  ASSERT_FALSE(wrong.has_value());
+  EXPECT_EQ(wrong.error().code, ErrorCode::kInternal);
+  EXPECT_FALSE(std::filesystem::exists(spool));
+  // Names and ids a key must never carry.
+  for (const auto& [id, name] : std::vector<std::pair<std::string, std::string>>{
+           {session, "../x"}, {session, ".hidden"}, {"ses/x", "a.bin"}, {"..", "a.bin"}}) {
+    spool = dir.Spool("x");
+    auto bad = store->Put(id, name, spool, 1);
+    ASSERT_FALSE(bad.has_value()) << id << " " << name;
+    EXPECT_EQ(bad.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_FALSE(std::filesystem::exists(spool)) << id << " " << name;
+  }
+  auto files = store->List(session);
+  ASSERT_TRUE(files.has_value()) << files.error().message;
+  EXPECT_TRUE(files->empty());
+
+  auto missing = store->CopyTo(session, "nothing.bin", dir.path() + "/.download-x");
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+}
+
+TEST_F(S3StoreTest, TheSpoolDirectoryIsMadePrivateAndEmptiedOfWhatACrashLeft) {
+  SpoolDir dir;
+  const std::string spool = dir.path() + "/spool";
+  std::filesystem::create_directories(spool + "/.leftover-dir");
+  std::ofstream(spool + "/.upload-left") << "half";
+  S3StoreOptions o = Options();
+  o.spool_dir = spool;
+  auto store = MakeStore(o);
+  ASSERT_NE(store, nullptr);
+  EXPECT_TRUE(std::filesystem::is_empty(spool));
+  struct stat st {};
+  ASSERT_EQ(::stat(spool.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  auto where = store->SpoolDir(Session());
+  ASSERT_TRUE(where.has_value()) << where.error().message;
+  EXPECT_EQ(*where, spool);
+  EXPECT_FALSE(store->SpoolDir("../x").has_value());
+  // Without one, the control plane's own uploads are refused, never written elsewhere.
+  auto none = MakeStore(Options())->SpoolDir(Session());
+  ASSERT_FALSE(none.has_value());
+  EXPECT_EQ(none.error().code, ErrorCode::kUnimplemented);
 }
 
 // ----- Listing and downloads ------------------------------------------------------------------

@@ -7,6 +7,7 @@
 // Without node or npm, or with the npm registry unreachable, the tests skip with the reason;
 // AIRLOCK_REQUIRE_S3RVER=1 turns that skip into a failure.
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <string>
 
@@ -21,6 +22,7 @@ namespace {
 
 using http::verb;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 constexpr char kBucket[] = "airlock-files";
@@ -174,6 +176,137 @@ TEST_F(FilesS3Test, SandboxUploadsThroughAPresignedUrlAndTheOperatorListsAndDown
   S3Reply again = S3Call(verb::get, down.json()["url"], Headers(down.json()["headers"]));
   ASSERT_EQ(again.status, 200u) << again.body;
   EXPECT_EQ(again.body, data);
+}
+
+// The operator's upload goes through the control plane into the bucket, and the sandbox gets
+// it through its own channel (a sandbox reaches nothing else), not through a redirect to S3.
+TEST_F(FilesS3Test, TheOperatorPutsAFileIntoTheBucketAndTheSandboxGetsItThroughItsChannel) {
+  auto [id, token] = server_->NewSession();
+  const std::string data = Bytes((700 << 10) + 3);
+  auto put = server_->Op(verb::put, "/v1/sessions/" + id + "/files/input%20data.bin", data);
+  ASSERT_EQ(put.status, 201u) << put.body;
+  EXPECT_EQ(put.json(), (Json{{"name", "input data.bin"}, {"size", data.size()}}));
+
+  auto list = server_->Op(verb::get, "/v1/sessions/" + id + "/files");
+  ASSERT_EQ(list.status, 200u) << list.body;
+  ASSERT_EQ(list.json()["files"].size(), 1u) << list.body;
+  EXPECT_EQ(list.json()["files"][0]["size"], static_cast<int64_t>(data.size()));
+
+  // In the bucket itself, under the session's prefix: the operator's redirect reaches it.
+  auto op = server_->Op(verb::get, "/v1/sessions/" + id + "/files/input%20data.bin");
+  ASSERT_EQ(op.status, 302u) << op.body;
+  S3Reply direct = S3Call(verb::get, op.headers["Location"], {});
+  ASSERT_EQ(direct.status, 200u) << direct.body;
+  EXPECT_TRUE(direct.body == data);
+
+  auto work = server_->Sb(verb::get, "/sandbox/v1/work", token);
+  ASSERT_EQ(work.status, 200u) << work.body;
+  ASSERT_EQ(work.json()["files"].size(), 1u) << work.body;
+  auto got = server_->Sb(verb::get, "/sandbox/v1/work/files/input%20data.bin", token);
+  ASSERT_EQ(got.status, 200u) << got.body.substr(0, 200);
+  EXPECT_TRUE(got.body == data) << "the sandbox gets the same bytes, " << got.body.size();
+  auto part = server_->Sb(verb::get, "/sandbox/v1/work/files/input%20data.bin", token, "",
+                          {{"Range", "bytes=10-19"}});
+  ASSERT_EQ(part.status, 206u) << part.body;
+  EXPECT_EQ(part.body, data.substr(10, 10));
+  EXPECT_EQ(server_->Sb(verb::get, "/sandbox/v1/work/files/missing.bin", token).status, 404u);
+  // Another session's token reaches only its own prefix.
+  auto [other, other_token] = server_->NewSession();
+  EXPECT_EQ(server_->Sb(verb::get, "/sandbox/v1/work/files/input%20data.bin", other_token).status,
+            404u);
+
+  // Nothing stays on the control plane's disk: every spooled upload and copy is gone.
+  const std::string spool = server_->home() + "/files/spool";
+  ASSERT_TRUE(std::filesystem::is_directory(spool));
+  EXPECT_TRUE(std::filesystem::is_empty(spool));
+
+  auto events =
+      server_->Op(verb::get, "/v1/sessions/" + id + "/events", "", {{"Accept", "application/json"}})
+          .json();
+  bool recorded = false;
+  for (const auto& e : events) {
+    if (e["type"] == "file.uploaded" && e["data"]["by"] == "operator") recorded = true;
+  }
+  EXPECT_TRUE(recorded) << events.dump();
+}
+
+TEST_F(FilesS3Test, FilesGivenAtCreateGoIntoTheBucket) {
+  auto created = server_->Op(
+      verb::post, "/v1/sessions",
+      DumpJson(
+          Json{{"task", "t"},
+               {"files", {{"notes.md", "# notes\n"}, {"bin.dat", {{"base64", "AP8AAQ=="}}}}}}));
+  ASSERT_EQ(created.status, 201u) << created.body;
+  const std::string id = created.json()["id"];
+  std::string token;
+  {
+    std::lock_guard l(server_->backend().mu);
+    token = server_->backend().specs.at(id).token.Reveal();
+  }
+  auto notes = server_->Sb(verb::get, "/sandbox/v1/work/files/notes.md", token);
+  ASSERT_EQ(notes.status, 200u) << notes.body;
+  EXPECT_EQ(notes.body, "# notes\n");
+  auto bin = server_->Sb(verb::get, "/sandbox/v1/work/files/bin.dat", token);
+  ASSERT_EQ(bin.status, 200u) << bin.body;
+  EXPECT_EQ(bin.body, std::string("\0\xff\0\x01", 4));
+}
+
+TEST_F(FilesS3Test, AnOperatorUploadOverTheLimitsIsRefusedAndLeavesNothing) {
+  server_.reset();
+  const uint16_t port = emulator_->port;
+  server_ = std::make_unique<TestServer>([port](controlplane::Config& c) {
+    c.files.store = "s3";
+    c.files.s3_endpoint = "http://127.0.0.1:" + std::to_string(port);
+    c.files.s3_bucket = kBucket;
+    c.files.max_file_mb = 1;
+    c.files.session_quota_mb = 2;
+  });
+  auto [id, token] = server_->NewSession();
+  const std::string path = "/v1/sessions/" + id + "/files/";
+  auto big = server_->Op(verb::put, path + "big.bin", Bytes((1 << 20) + 1));
+  EXPECT_EQ(big.status, 413u) << big.body;
+  ASSERT_EQ(server_->Op(verb::put, path + "a.bin", Bytes(1 << 20)).status, 201u);
+  ASSERT_EQ(server_->Op(verb::put, path + "b.bin", Bytes(1 << 20)).status, 201u);
+  auto over = server_->Op(verb::put, path + "c.bin", Bytes(10));
+  EXPECT_EQ(over.status, 413u) << over.body;
+  EXPECT_EQ(over.error_code(), "quota_exceeded") << over.body;
+  EXPECT_EQ(server_->Op(verb::get, path.substr(0, path.size() - 1)).json()["files"].size(), 2u);
+  EXPECT_TRUE(std::filesystem::is_empty(server_->home() + "/files/spool"));
+}
+
+// A store that cannot be reached: the operator gets a clear error naming S3, a create with
+// files fails whole and leaves no running session.
+TEST_F(FilesS3Test, AnUnreachableStoreIsAClearErrorAndLosesNothing) {
+  server_.reset();
+  // A port bound and never listened on: every connection to it is refused, and no other test
+  // can take it meanwhile.
+  asio::io_context io;
+  asio::ip::tcp::acceptor bound(io);
+  bound.open(asio::ip::tcp::v4());
+  bound.bind({asio::ip::make_address("127.0.0.1"), 0});
+  const uint16_t dead = bound.local_endpoint().port();
+  server_ = std::make_unique<TestServer>([dead](controlplane::Config& c) {
+    c.files.store = "s3";
+    c.files.s3_endpoint = "http://127.0.0.1:" + std::to_string(dead);
+    c.files.s3_bucket = kBucket;
+  });
+  auto [id, token] = server_->NewSession();
+  auto put = server_->Op(verb::put, "/v1/sessions/" + id + "/files/a.bin", "data");
+  EXPECT_GE(put.status, 500u) << put.body;
+  EXPECT_THAT(put.body, HasSubstr("S3")) << put.body;
+  EXPECT_THAT(put.body, Not(HasSubstr(kS3rverSecret)));
+
+  auto created = server_->Op(verb::post, "/v1/sessions",
+                             DumpJson(Json{{"task", "t"}, {"files", {{"notes.md", "x"}}}}));
+  EXPECT_GE(created.status, 500u) << created.body;
+  EXPECT_THAT(created.body, HasSubstr("storing the session's files")) << created.body;
+  auto sessions = server_->Op(verb::get, "/v1/sessions").json()["sessions"];
+  for (const auto& s : sessions) {
+    if (s["id"] != id) {
+      EXPECT_EQ(s["state"], "failed") << s.dump();
+    }
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(server_->home() + "/files/spool"));
 }
 
 TEST_F(FilesS3Test, AnUploadWithoutASizeIsRefused) {
