@@ -101,10 +101,42 @@ CREATE = js({"task": "summarise the logs", "image": "base", "command": ["/usr/bi
              "limits": {"memory_mb": 512, "cpus": 1.5, "pids": 128, "timeout_s": 600, "max_tokens": 100000},
              "metadata": {"ticket": "OPS-1"}})
 MESSAGE = js({"content": "and now the second part"})
+# The faces: a whole conversation with a tool round trip, in each API's own shape.
+COMPLETIONS = js({
+    "model": "default", "temperature": 0.2, "stream": True, "stream_options": {"include_usage": True},
+    "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "where am I"},
+                 {"role": "assistant", "content": None, "refusal": None,
+                  "tool_calls": [{"id": "call_1", "type": "function",
+                                  "function": {"name": "bash", "arguments": "{\"cmd\":\"pwd\"}"}}]},
+                 {"role": "tool", "tool_call_id": "call_1", "content": "/home/sandbox"}],
+    "tools": [{"type": "function", "function": {"name": "bash", "parameters": {"type": "object"}}}]})
+MESSAGES = js({
+    "model": "default", "max_tokens": 100, "system": "Be brief.", "stream": True,
+    "messages": [{"role": "user", "content": "where am I"},
+                 {"role": "assistant", "content": [{"type": "text", "text": "Checking."},
+                                                   {"type": "tool_use", "id": "toolu_1", "name": "bash",
+                                                    "input": {"cmd": "pwd"}}]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                               "content": "/home/sandbox"}]}],
+    "tools": [{"name": "bash", "input_schema": {"type": "object"}}],
+    "tool_choice": {"type": "any", "disable_parallel_tool_use": True}})
+RESPONSES = js({
+    "model": "default", "instructions": "Be brief.", "stream": True, "store": False, "include": [],
+    "max_output_tokens": 100, "text": {"format": {"type": "json_schema", "name": "r", "schema": {}}},
+    "input": [{"role": "user", "content": [{"type": "input_text", "text": "where am I"}]},
+              {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+               "content": [{"type": "output_text", "text": "Checking.", "annotations": []}]},
+              {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "bash",
+               "arguments": "{\"cmd\":\"pwd\"}", "status": "completed"},
+              {"type": "function_call_output", "call_id": "call_1", "output": "/home/sandbox"},
+              {"type": "reasoning", "id": "rs_1", "summary": []}],
+    "tools": [{"type": "function", "name": "bash", "parameters": {"type": "object"}, "strict": True}],
+    "tool_choice": {"type": "function", "name": "bash"}})
 
 
 def sandbox_json():
-    for i, body in enumerate([EVENT, FINISH, PRESIGN, CHAT, CREATE, MESSAGE]):
+    for i, body in enumerate([EVENT, FINISH, PRESIGN, CHAT, CREATE, MESSAGE, COMPLETIONS, MESSAGES,
+                              RESPONSES]):
         write("sandbox_json_fuzz", "route%d" % i, bytes([i]) + body)
 
 

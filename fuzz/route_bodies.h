@@ -16,7 +16,18 @@
 
 namespace airlock::fuzz {
 
-enum class BodyRoute { kEvents, kFinish, kPresign, kChat, kCreateSession, kPostMessage, kCount };
+enum class BodyRoute {
+  kEvents,
+  kFinish,
+  kPresign,
+  kChat,
+  kCreateSession,
+  kPostMessage,
+  kCompletions,
+  kMessages,
+  kResponses,
+  kCount
+};
 
 // POST /sandbox/v1/events (ControlPlane::SandboxEvent).
 inline Status CheckEvent(std::string_view text) {
@@ -115,6 +126,21 @@ inline Status CheckPostMessage(std::string_view text) {
   return Ok();
 }
 
+// The faces' routes (LlmProxy::ChatCompletions, Messages, Responses): the real parsers, then
+// the translated conversation as the handler stores and forwards it.
+inline Status CheckFace(BodyRoute route, std::string_view text) {
+  AIRLOCK_ASSIGN_OR_RETURN(Json body, ParseJsonObject(text));
+  AIRLOCK_ASSIGN_OR_RETURN(
+      controlplane::CompletionsRequest parsed,
+      route == BodyRoute::kCompletions ? controlplane::ParseCompletionsRequest(body)
+      : route == BodyRoute::kMessages  ? controlplane::ParseMessagesRequest(body)
+                                       : controlplane::ParseResponsesRequest(body));
+  for (const Json& m : parsed.messages) (void)DumpJson(m);
+  (void)DumpJson(parsed.tools);
+  (void)DumpJson(parsed.params);
+  return Ok();
+}
+
 inline Status CheckBody(BodyRoute route, std::string_view text) {
   switch (route) {
     case BodyRoute::kEvents:
@@ -129,6 +155,10 @@ inline Status CheckBody(BodyRoute route, std::string_view text) {
       return CheckCreateSession(text);
     case BodyRoute::kPostMessage:
       return CheckPostMessage(text);
+    case BodyRoute::kCompletions:
+    case BodyRoute::kMessages:
+    case BodyRoute::kResponses:
+      return CheckFace(route, text);
     case BodyRoute::kCount:
       break;
   }

@@ -262,6 +262,200 @@ Status TranslateAnthropicMessage(const Json& m, const std::string& where, std::v
   return Ok();
 }
 
+// ----- The Responses API (POST /v1/responses) ------------------------------------------------
+
+// The text of a Responses content value: a string, or its parts of the given types
+// (input_text, output_text); `parts` gets the Chat Completions parts when an image is among
+// them (user messages only).
+Status ResponsesContent(const Json& content, const std::string& where, const std::string& role,
+                        std::string& text, Json& parts) {
+  if (content.is_string()) {
+    text = content.get<std::string>();
+    return Ok();
+  }
+  if (!content.is_array())
+    return Errorf(ErrorCode::kInvalidArgument, "{}.content must be a string or an array", where);
+  bool image = false;
+  Json all = Json::array();
+  for (size_t i = 0; i < content.size(); ++i) {
+    const Json& part = content[i];
+    const std::string at = fmt::format("{}.content[{}]", where, i);
+    const std::string type = Str(part, "type");
+    if (type == "input_text" || type == "output_text" || type == "text") {
+      if (!part.contains("text") || !part["text"].is_string())
+        return Errorf(ErrorCode::kInvalidArgument, "{}.text must be a string", at);
+      text += part["text"].get<std::string>();
+      all.push_back(Json{{"type", "text"}, {"text", part["text"]}});
+    } else if (type == "refusal" && role == "assistant") {
+      text += Str(part, "refusal");
+    } else if (type == "input_image" && role == "user") {
+      const std::string url = Str(part, "image_url");
+      if (!llm::wire::IsDataUrl(url)) {
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "{}.image_url must be a data: URL (data:image/png;base64,...): the control "
+                      "plane never lets a model provider fetch a URL named by the sandbox",
+                      at);
+      }
+      Json img{{"url", url}};
+      if (part.contains("detail") && part["detail"].is_string()) img["detail"] = part["detail"];
+      all.push_back(Json{{"type", "image_url"}, {"image_url", std::move(img)}});
+      image = true;
+    } else {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "{}: parts of type \"{}\" are not supported in {} messages", at,
+                    type.substr(0, 32), role);
+    }
+  }
+  if (image) parts = std::move(all);
+  return Ok();
+}
+
+// Builds the Chat Completions conversation from Responses input items, in order: consecutive
+// assistant text and function calls make one assistant message, as a chat model answers them.
+class ResponsesInput {
+ public:
+  explicit ResponsesInput(std::vector<Json>& out) : out_(out) {}
+
+  Status Add(const Json& item, const std::string& where) {
+    if (!item.is_object())
+      return Errorf(ErrorCode::kInvalidArgument, "{} must be an object", where);
+    const std::string type = item.contains("type") ? Str(item, "type") : "message";
+    if (type == "message") return AddMessage(item, where);
+    if (type == "function_call") {
+      const std::string call_id = Str(item, "call_id"), name = Str(item, "name");
+      if (call_id.empty() || name.empty() || !item.contains("arguments") ||
+          !item["arguments"].is_string()) {
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "{} must be {{\"type\": \"function_call\", \"call_id\", \"name\", "
+                      "\"arguments\": JSON text}}",
+                      where);
+      }
+      calls_.push_back(llm::wire::OpenAiToolCall(call_id, name, item["arguments"]));
+      return Ok();
+    }
+    if (type == "function_call_output") {
+      AIRLOCK_TRY(Flush(where));
+      std::string output;
+      if (item.contains("output") && item["output"].is_string()) {
+        output = item["output"].get<std::string>();
+      } else if (item.contains("output") && item["output"].is_array()) {
+        Json ignored;
+        AIRLOCK_TRY(ResponsesContent(item["output"], where + ".output", "tool", output, ignored));
+      } else {
+        return Errorf(ErrorCode::kInvalidArgument, "{}.output must be a string or text parts",
+                      where);
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(Json tool,
+                               ValidateChatMessage(Json{{"role", "tool"},
+                                                        {"tool_call_id", Str(item, "call_id")},
+                                                        {"content", std::move(output)}},
+                                                   where));
+      out_.push_back(std::move(tool));
+      return Ok();
+    }
+    if (type == "reasoning") return Ok();  // the model's own reasoning, echoed back
+    return Errorf(ErrorCode::kInvalidArgument,
+                  "{}: input items of type \"{}\" are not supported (messages, function_call "
+                  "and function_call_output are)",
+                  where, type.substr(0, 32));
+  }
+
+  // Ends the assistant message being gathered, if any.
+  Status Flush(const std::string& where) {
+    if (!assistant_ && calls_.empty()) return Ok();
+    Json msg{{"role", "assistant"},
+             {"content", text_.empty() && !calls_.empty() ? Json(nullptr) : Json(text_)}};
+    if (!calls_.empty()) msg["tool_calls"] = std::move(calls_);
+    AIRLOCK_ASSIGN_OR_RETURN(Json checked, ValidateChatMessage(msg, where));
+    out_.push_back(std::move(checked));
+    assistant_ = false;
+    text_.clear();
+    calls_ = Json::array();
+    return Ok();
+  }
+
+ private:
+  Status AddMessage(const Json& item, const std::string& where) {
+    // Besides these, a client echoes what the answer carried (`id`, `status`, `phase`): ignored.
+    std::string role = Str(item, "role");
+    if (role == "developer") role = "system";  // OpenAI's newer name
+    if (role != "user" && role != "system" && role != "assistant")
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "{}.role must be user, system, developer or assistant", where);
+    if (!item.contains("content"))
+      return Errorf(ErrorCode::kInvalidArgument, "{}.content is required", where);
+    std::string text;
+    Json parts;
+    AIRLOCK_TRY(ResponsesContent(item["content"], where, role, text, parts));
+    if (role == "assistant") {
+      // A second message after function calls starts a new assistant message.
+      if (!calls_.empty()) AIRLOCK_TRY(Flush(where));
+      assistant_ = true;
+      text_ += text;
+      return Ok();
+    }
+    AIRLOCK_TRY(Flush(where));
+    AIRLOCK_ASSIGN_OR_RETURN(
+        Json checked,
+        ValidateChatMessage(
+            Json{{"role", role}, {"content", parts.is_array() ? parts : Json(text)}}, where));
+    out_.push_back(std::move(checked));
+    return Ok();
+  }
+
+  std::vector<Json>& out_;
+  bool assistant_ = false;
+  std::string text_;
+  Json calls_ = Json::array();
+};
+
+// The id of a response's output item, the same whether it was streamed or not.
+std::string ItemId(const std::string& response_id, std::string_view prefix, int64_t index) {
+  std::string_view tail = response_id;
+  if (tail.starts_with("resp_")) tail.remove_prefix(5);
+  return fmt::format("{}{}_{}", prefix, tail, index);
+}
+
+Json ResponsesUsage(const llm::TokenUsage& u) {
+  return Json{{"input_tokens", u.input_tokens},
+              {"input_tokens_details", {{"cached_tokens", 0}}},
+              {"output_tokens", u.output_tokens},
+              {"output_tokens_details", {{"reasoning_tokens", 0}}},
+              {"total_tokens", u.input_tokens + u.output_tokens}};
+}
+
+// A `response` object; `usage` null while it is in progress.
+Json ResponseObject(const std::string& id, const std::string& alias, std::string_view status,
+                    Json output, Json usage, Json incomplete = nullptr) {
+  return Json{{"id", id},
+              {"object", "response"},
+              {"created_at", static_cast<int64_t>(std::time(nullptr))},
+              {"status", status},
+              {"error", nullptr},
+              {"incomplete_details", std::move(incomplete)},
+              {"instructions", nullptr},
+              {"max_output_tokens", nullptr},
+              {"model", alias},
+              {"output", std::move(output)},
+              {"parallel_tool_calls", true},
+              {"previous_response_id", nullptr},
+              {"reasoning", {{"effort", nullptr}, {"summary", nullptr}}},
+              {"store", false},
+              {"text", {{"format", {{"type", "text"}}}}},
+              {"tool_choice", "auto"},
+              {"tools", Json::array()},
+              {"truncation", "disabled"},
+              {"usage", std::move(usage)},
+              {"metadata", Json::object()}};
+}
+
+Json OutputText(std::string text) {
+  return Json{{"type", "output_text"},
+              {"text", std::move(text)},
+              {"annotations", Json::array()},
+              {"logprobs", Json::array()}};
+}
+
 }  // namespace
 
 Result<CompletionsRequest> ParseCompletionsRequest(const Json& body) {
@@ -630,6 +824,316 @@ Json CompletionJson(const std::string& id, const std::string& alias, const llm::
                                             {"logprobs", nullptr},
                                             {"finish_reason", r.finish_reason}}})},
               {"usage", CompletionUsageJson(r.usage)}};
+}
+
+Result<CompletionsRequest> ParseResponsesRequest(const Json& body) {
+  CompletionsRequest out;
+  AIRLOCK_TRY(RejectUnknownKeys(body,
+                                {"model",
+                                 "input",
+                                 "instructions",
+                                 "tools",
+                                 "tool_choice",
+                                 "stream",
+                                 "temperature",
+                                 "top_p",
+                                 "max_output_tokens",
+                                 "parallel_tool_calls",
+                                 "text",
+                                 "store",
+                                 "metadata",
+                                 "user",
+                                 "include",
+                                 "truncation",
+                                 "reasoning",
+                                 "service_tier",
+                                 "prompt_cache_key",
+                                 "prompt_cache_retention",
+                                 "prompt_cache_options",
+                                 "context_management",
+                                 "safety_identifier",
+                                 "top_logprobs",
+                                 "previous_response_id",
+                                 "conversation",
+                                 "background",
+                                 "prompt",
+                                 "stream_options"},
+                                "responses request (docs/api.md lists what a client may set)"));
+  if (!body.contains("model") || !body["model"].is_string()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "\"model\" must be a model alias (GET /v1/models lists this session's)");
+  }
+  out.alias = body["model"];
+  for (const char* stateful : {"previous_response_id", "conversation", "prompt"}) {
+    if (body.contains(stateful) && !body[stateful].is_null()) {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "\"{}\" names state kept by OpenAI, which is not supported: send the "
+                    "whole conversation as \"input\" (the control plane keeps it, each "
+                    "message once)",
+                    stateful);
+    }
+  }
+  if (body.contains("background") && body["background"] == true)
+    return MakeError(ErrorCode::kInvalidArgument, "\"background\" responses are not supported");
+  if (body.contains("instructions") && !body["instructions"].is_null()) {
+    if (!body["instructions"].is_string())
+      return MakeError(ErrorCode::kInvalidArgument, "\"instructions\" must be a string");
+    out.messages.push_back(Json{{"role", "system"}, {"content", body["instructions"]}});
+  }
+  if (!body.contains("input") ||
+      !(body["input"].is_string() || (body["input"].is_array() && !body["input"].empty()))) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "\"input\" must be a string or a non-empty array of items: the whole "
+                     "conversation");
+  }
+  const Json& input = body["input"];
+  if (input.is_string()) {
+    out.messages.push_back(Json{{"role", "user"}, {"content", input}});
+  } else {
+    if (input.size() > kMaxConversation)
+      return Errorf(ErrorCode::kInvalidArgument, "at most {} input items per call",
+                    kMaxConversation);
+    ResponsesInput items(out.messages);
+    for (size_t i = 0; i < input.size(); ++i)
+      AIRLOCK_TRY(items.Add(input[i], fmt::format("input[{}]", i)));
+    AIRLOCK_TRY(items.Flush("input"));
+  }
+  if (out.messages.empty() || Str(out.messages.back(), "role") == "system")
+    return MakeError(ErrorCode::kInvalidArgument, "\"input\" holds no message to answer");
+  if (body.contains("tools") && !body["tools"].is_null()) {
+    const Json& tools = body["tools"];
+    if (!tools.is_array())
+      return MakeError(ErrorCode::kInvalidArgument, "\"tools\" must be an array");
+    Json chat = Json::array();
+    for (size_t i = 0; i < tools.size(); ++i) {
+      const Json& t = tools[i];
+      const std::string at = fmt::format("tools[{}]", i);
+      if (!t.is_object() || Str(t, "type") != "function") {
+        return Errorf(ErrorCode::kInvalidArgument,
+                      "{}: only function tools are supported (the sandbox's own tools run in "
+                      "the sandbox)",
+                      at);
+      }
+      // OpenAI's tool search and programmatic calling (defer_loading, allowed_callers) and its
+      // output schemas have no counterpart upstream: accepted, not forwarded.
+      AIRLOCK_TRY(RejectUnknownKeys(t,
+                                    {"type", "name", "description", "parameters", "strict",
+                                     "defer_loading", "allowed_callers", "output_schema"},
+                                    at));
+      Json fn{{"name", t.value("name", Json())}};
+      for (const char* key : {"description", "parameters", "strict"}) {
+        if (t.contains(key) && !t[key].is_null()) fn[key] = t[key];
+      }
+      chat.push_back(Json{{"type", "function"}, {"function", std::move(fn)}});
+    }
+    AIRLOCK_ASSIGN_OR_RETURN(out.tools, ValidateChatTools(chat));
+  }
+  if (body.contains("tool_choice") && !body["tool_choice"].is_null()) {
+    const Json& tc = body["tool_choice"];
+    if (tc.is_string() && (tc == "auto" || tc == "none" || tc == "required")) {
+      out.params["tool_choice"] = tc;
+    } else if (tc.is_object() && Str(tc, "type") == "function" && !Str(tc, "name").empty()) {
+      out.params["tool_choice"] = Json{{"type", "function"}, {"function", {{"name", tc["name"]}}}};
+    } else {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "\"tool_choice\" must be \"auto\", \"none\", \"required\" or "
+                       "{\"type\": \"function\", \"name\"}");
+    }
+  }
+  if (body.contains("stream") && !body["stream"].is_null()) {
+    if (!body["stream"].is_boolean())
+      return MakeError(ErrorCode::kInvalidArgument, "\"stream\" must be true or false");
+    out.stream = body["stream"];
+  }
+  for (const Param& p : kClientParams) {
+    if (p.name != "temperature" && p.name != "top_p" && p.name != "parallel_tool_calls") continue;
+    auto it = body.find(std::string(p.name));
+    if (it == body.end() || it->is_null()) continue;
+    AIRLOCK_TRY(CheckParam(p, *it));
+    out.params[std::string(p.name)] = *it;
+  }
+  if (body.contains("max_output_tokens") && !body["max_output_tokens"].is_null()) {
+    if (!body["max_output_tokens"].is_number_integer() ||
+        body["max_output_tokens"].get<int64_t>() <= 0)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "\"max_output_tokens\" must be a positive integer");
+    out.params["max_tokens"] = body["max_output_tokens"];
+  }
+  if (body.contains("text") && !body["text"].is_null()) {
+    const Json& text = body["text"];
+    const Json* format = text.is_object() ? llm::wire::Member(text, "format") : nullptr;
+    const std::string type = format != nullptr ? Str(*format, "type") : "text";
+    if (!text.is_object() || (format != nullptr && !format->is_object())) {
+      return MakeError(ErrorCode::kInvalidArgument, "\"text\" must be {\"format\": {...}}");
+    } else if (type == "json_object") {
+      out.params["response_format"] = Json{{"type", "json_object"}};
+    } else if (type == "json_schema") {
+      Json schema{{"name", format->value("name", Json("response"))}};
+      for (const char* key : {"schema", "strict", "description"}) {
+        if (format->contains(key)) schema[key] = (*format)[key];
+      }
+      out.params["response_format"] = Json{{"type", "json_schema"}, {"json_schema", schema}};
+    } else if (type != "text") {
+      return Errorf(ErrorCode::kInvalidArgument,
+                    "\"text.format.type\" must be text, json_object or json_schema");
+    }
+  }
+  return out;
+}
+
+Json ResponseJson(const std::string& id, const std::string& alias, const llm::ChatResult& r) {
+  Json output = Json::array();
+  const std::string text = Str(r.message, "content");
+  const Json* calls = llm::wire::Member(r.message, "tool_calls");
+  const bool has_calls = calls != nullptr && calls->is_array() && !calls->empty();
+  if (!text.empty() || !has_calls) {
+    output.push_back(Json{{"type", "message"},
+                          {"id", ItemId(id, "msg_", 0)},
+                          {"status", "completed"},
+                          {"role", "assistant"},
+                          {"content", Json::array({OutputText(text)})}});
+  }
+  if (has_calls) {
+    for (const Json& tc : *calls) {
+      const Json* fn = llm::wire::Member(tc, "function");
+      output.push_back(Json{{"type", "function_call"},
+                            {"id", ItemId(id, "fc_", static_cast<int64_t>(output.size()))},
+                            {"call_id", Str(tc, "id")},
+                            {"name", fn != nullptr ? Str(*fn, "name") : ""},
+                            {"arguments", fn != nullptr ? Str(*fn, "arguments") : ""},
+                            {"status", "completed"}});
+    }
+  }
+  Json incomplete = nullptr;
+  if (r.finish_reason == "length") incomplete = Json{{"reason", "max_output_tokens"}};
+  if (r.finish_reason == "content_filter") incomplete = Json{{"reason", "content_filter"}};
+  const std::string_view status = incomplete.is_null() ? "completed" : "incomplete";
+  return ResponseObject(id, alias, status, std::move(output), ResponsesUsage(r.usage),
+                        std::move(incomplete));
+}
+
+std::string ResponsesEventWriter::Event(std::string_view type, Json data) {
+  data["type"] = type;
+  data["sequence_number"] = sequence_++;
+  return Sse(type, data);
+}
+
+std::string ResponsesEventWriter::Start() {
+  if (started_) return "";
+  started_ = true;
+  Json r = ResponseObject(id_, alias_, "in_progress", Json::array(), nullptr);
+  std::string out = Event("response.created", Json{{"response", r}});
+  return out + Event("response.in_progress", Json{{"response", std::move(r)}});
+}
+
+std::string ResponsesEventWriter::CloseItem() {
+  if (item_ < 0) return "";
+  Json& item = items_[static_cast<size_t>(item_)];
+  item["status"] = "completed";
+  const std::string item_id = item["id"];
+  std::string out;
+  if (item_is_message_) {
+    item["content"] = Json::array({OutputText(text_)});
+    out += Event("response.output_text.done", Json{{"item_id", item_id},
+                                                   {"output_index", item_},
+                                                   {"content_index", 0},
+                                                   {"text", text_},
+                                                   {"logprobs", Json::array()}});
+    out += Event("response.content_part.done", Json{{"item_id", item_id},
+                                                    {"output_index", item_},
+                                                    {"content_index", 0},
+                                                    {"part", item["content"][0]}});
+  } else {
+    out += Event("response.function_call_arguments.done", Json{{"item_id", item_id},
+                                                               {"output_index", item_},
+                                                               {"name", item["name"]},
+                                                               {"arguments", item["arguments"]}});
+  }
+  out += Event("response.output_item.done", Json{{"output_index", item_}, {"item", item}});
+  item_ = -1;
+  return out;
+}
+
+std::string ResponsesEventWriter::OnChunk(const Json& chunk) {
+  std::string out = Start();
+  const Json* choices = llm::wire::Member(chunk, "choices");
+  if (choices == nullptr || !choices->is_array()) return out;
+  for (const Json& choice : *choices) {
+    const Json* delta = llm::wire::Member(choice, "delta");
+    if (delta == nullptr || !delta->is_object()) continue;
+    const std::string piece = Str(*delta, "content");
+    if (!piece.empty()) {
+      if (item_ < 0 || !item_is_message_) {
+        out += CloseItem();
+        item_ = static_cast<int>(items_.size());
+        item_is_message_ = true;
+        text_.clear();
+        items_.push_back(Json{{"type", "message"},
+                              {"id", ItemId(id_, "msg_", item_)},
+                              {"status", "in_progress"},
+                              {"role", "assistant"},
+                              {"content", Json::array()}});
+        out += Event("response.output_item.added",
+                     Json{{"output_index", item_}, {"item", items_.back()}});
+        out += Event("response.content_part.added", Json{{"item_id", items_.back()["id"]},
+                                                         {"output_index", item_},
+                                                         {"content_index", 0},
+                                                         {"part", OutputText("")}});
+      }
+      text_ += piece;
+      out += Event("response.output_text.delta",
+                   Json{{"item_id", items_[static_cast<size_t>(item_)]["id"]},
+                        {"output_index", item_},
+                        {"content_index", 0},
+                        {"delta", piece},
+                        {"logprobs", Json::array()}});
+    }
+    const Json* calls = llm::wire::Member(*delta, "tool_calls");
+    if (calls == nullptr || !calls->is_array()) continue;
+    for (const Json& tc : *calls) {
+      const Json* index_value = llm::wire::Member(tc, "index");
+      const int64_t index = index_value != nullptr && index_value->is_number_integer()
+                                ? index_value->get<int64_t>()
+                                : 0;
+      const Json* fn = llm::wire::Member(tc, "function");
+      auto it = tool_items_.find(index);
+      if (it == tool_items_.end()) {
+        out += CloseItem();
+        item_ = static_cast<int>(items_.size());
+        item_is_message_ = false;
+        it = tool_items_.emplace(index, item_).first;
+        items_.push_back(Json{{"type", "function_call"},
+                              {"id", ItemId(id_, "fc_", item_)},
+                              {"call_id", Str(tc, "id")},
+                              {"name", fn != nullptr ? Str(*fn, "name") : ""},
+                              {"arguments", ""},
+                              {"status", "in_progress"}});
+        out += Event("response.output_item.added",
+                     Json{{"output_index", item_}, {"item", items_.back()}});
+      }
+      // As with Anthropic's blocks, a late piece of a call already closed is not sent; the
+      // response at the end holds every call whole.
+      const std::string args = fn != nullptr ? Str(*fn, "arguments") : "";
+      if (args.empty() || it->second != item_) continue;
+      Json& item = items_[static_cast<size_t>(item_)];
+      item["arguments"] = item["arguments"].get<std::string>() + args;
+      out += Event("response.function_call_arguments.delta",
+                   Json{{"item_id", item["id"]}, {"output_index", item_}, {"delta", args}});
+    }
+  }
+  return out;
+}
+
+std::string ResponsesEventWriter::Finish(const llm::ChatResult& r) {
+  std::string out = Start() + CloseItem();
+  Json response = ResponseJson(id_, alias_, r);
+  const bool complete = response["status"] == "completed";
+  return out + Event(complete ? "response.completed" : "response.incomplete",
+                     Json{{"response", std::move(response)}});
+}
+
+std::string ResponsesEventWriter::Error(std::string_view code, std::string_view message) {
+  return Event("error", Json{{"code", code}, {"message", message}, {"param", nullptr}});
 }
 
 Json ModelsJson(const store::Session& s, const Config& config) {

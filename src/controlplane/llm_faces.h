@@ -2,7 +2,8 @@
 
 // The faces of the LLM proxy that speak a provider's own API on the sandbox listener, so that
 // agents written against the official clients run unchanged (docs/api.md): OpenAI's (POST
-// /v1/chat/completions, GET /v1/models) and Anthropic's (POST /v1/messages). What differs from
+// /v1/chat/completions, POST /v1/responses, GET /v1/models) and Anthropic's (POST
+// /v1/messages). What differs from
 // the native route, as pure functions of their inputs. A client of a face sends the whole
 // conversation on every call and sets its own sampling parameters; the native route's client
 // sends only its new messages and sets none. Internally every call is in the OpenAI shape
@@ -23,7 +24,7 @@
 namespace airlock::controlplane {
 
 // The API a call came in by: the native route, or a face.
-enum class LlmFace { kNative, kOpenAi, kAnthropic };
+enum class LlmFace { kNative, kOpenAi, kResponses, kAnthropic };
 
 // A `POST /v1/chat/completions` body, checked.
 struct CompletionsRequest {
@@ -73,19 +74,27 @@ Result<CompletionsRequest> ParseMessagesRequest(const Json& body);
 Json AnthropicMessageJson(const std::string& id, const std::string& alias,
                           const llm::ChatResult& r);
 
-// Turns the OpenAI chunks of a streamed reply into the server-sent events of Anthropic's
-// Messages API (message_start, content_block_start/delta/stop, then at the end message_delta
-// with the metered usage and message_stop).
-class AnthropicEventWriter {
+// Turns the OpenAI chunks of a streamed reply into a face's own server-sent events.
+class FaceEventWriter {
+ public:
+  virtual ~FaceEventWriter() = default;
+  // The events one OpenAI chunk makes ("" for none).
+  virtual std::string OnChunk(const Json& chunk) = 0;
+  // The last events, once the call is recorded: `r` is the reply as metered.
+  virtual std::string Finish(const llm::ChatResult& r) = 0;
+  // An error event that ends the stream.
+  virtual std::string Error(std::string_view code, std::string_view message) = 0;
+};
+
+// Anthropic's Messages API: message_start, content_block_start/delta/stop, then at the end
+// message_delta with the metered usage and message_stop.
+class AnthropicEventWriter : public FaceEventWriter {
  public:
   AnthropicEventWriter(std::string id, std::string alias)
       : id_(std::move(id)), alias_(std::move(alias)) {}
-  // The events one OpenAI chunk makes ("" for none).
-  std::string OnChunk(const Json& chunk);
-  // The last events, once the call is recorded.
-  std::string Finish(const llm::ChatResult& r);
-  // An error event that ends the stream.
-  static std::string Error(std::string_view code, std::string_view message);
+  std::string OnChunk(const Json& chunk) override;
+  std::string Finish(const llm::ChatResult& r) override;
+  std::string Error(std::string_view code, std::string_view message) override;
 
  private:
   std::string Start();
@@ -96,6 +105,47 @@ class AnthropicEventWriter {
   bool block_is_text_ = false;
   int blocks_ = 0;                      // content blocks started so far
   std::map<int64_t, int> tool_blocks_;  // OpenAI tool-call index -> content block index
+};
+
+// Checks an OpenAI Responses API body (`POST /v1/responses`) and translates it to the Chat
+// Completions shape: `instructions` first, message items as messages (input_text and
+// output_text parts; input_image as a data: URL), function_call items as the assistant's
+// tool_calls, function_call_output items as tool messages, reasoning items dropped; function
+// tools, tool_choice, max_output_tokens, text.format and the sampling parameters to their Chat
+// Completions names. The control plane holds the conversation, so the client sends it whole:
+// previous_response_id and conversation are refused, as are tools other than functions.
+Result<CompletionsRequest> ParseResponsesRequest(const Json& body);
+
+// A Responses API `response` object for a reply: its output items (a message with the text,
+// then a function_call per tool call), status and usage.
+Json ResponseJson(const std::string& id, const std::string& alias, const llm::ChatResult& r);
+
+// The Responses API's streamed events: response.created and response.in_progress, then per
+// output item output_item.added, content_part.added, output_text.delta (or
+// function_call_arguments.delta), their .done events and output_item.done, and at the end
+// response.completed (or response.incomplete) carrying the whole response with the metered
+// usage. Every event has its sequence_number.
+class ResponsesEventWriter : public FaceEventWriter {
+ public:
+  ResponsesEventWriter(std::string id, std::string alias)
+      : id_(std::move(id)), alias_(std::move(alias)) {}
+  std::string OnChunk(const Json& chunk) override;
+  std::string Finish(const llm::ChatResult& r) override;
+  std::string Error(std::string_view code, std::string_view message) override;
+
+ private:
+  std::string Event(std::string_view type, Json data);
+  std::string Start();
+  std::string CloseItem();
+  std::string id_, alias_;
+  int64_t sequence_ = 0;
+  bool started_ = false;
+  // The open output item: its index in `output`, and whether it is the message.
+  int item_ = -1;
+  bool item_is_message_ = false;
+  std::string text_;                   // the open message's text so far
+  Json items_ = Json::array();         // every item started, as last sent
+  std::map<int64_t, int> tool_items_;  // OpenAI tool-call index -> output index
 };
 
 // A non-streamed answer: an OpenAI `chat.completion` object.

@@ -333,7 +333,7 @@ struct LlmProxy::Call {
   LlmFace face = LlmFace::kNative;
   bool include_usage = false;
   std::string completion_id;
-  std::unique_ptr<AnthropicEventWriter> anthropic_events;  // the Anthropic face, streamed
+  std::unique_ptr<FaceEventWriter> face_events;  // a face's own events (Anthropic, Responses)
   HistoryMatch history;
   // What the call holds of the session's budget until it settles (LlmProxy::Reserve).
   int64_t reserved_tokens = 0;
@@ -383,8 +383,8 @@ awaitable<bool> PumpReceiver::OnChunk(const Json& chunk) {
     }
   }
   std::string frame;
-  if (call_.face == LlmFace::kAnthropic) {
-    frame = call_.anthropic_events->OnChunk(chunk);
+  if (call_.face_events) {
+    frame = call_.face_events->OnChunk(chunk);
     if (frame.empty()) co_return true;
   } else if (call_.face == LlmFace::kOpenAi) {
     // The client named an alias and gets it back; the usage comes metered, at the end.
@@ -526,16 +526,27 @@ awaitable<Response> LlmProxy::Messages(Request& req, store::Session s) {
   co_return co_await FaceCall(std::move(s), std::move(*parsed), LlmFace::kAnthropic);
 }
 
+awaitable<Response> LlmProxy::Responses(Request& req, store::Session s) {
+  auto body = ParseJsonObject(req.msg.body());
+  if (!body) co_return Response::FromError(body.error());
+  auto parsed = ParseResponsesRequest(*body);
+  if (!parsed) co_return Response::FromError(parsed.error());
+  co_return co_await FaceCall(std::move(s), std::move(*parsed), LlmFace::kResponses);
+}
+
 awaitable<Response> LlmProxy::FaceCall(store::Session s, CompletionsRequest parsed, LlmFace face) {
   auto call = std::make_shared<Call>();
   call->session = std::move(s);
   call->face = face;
   call->include_usage = parsed.include_usage;
-  call->completion_id =
-      (call->face == LlmFace::kAnthropic ? "msg_" : "chatcmpl-") + HexEncode(RandomBytes(12));
-  if (call->face == LlmFace::kAnthropic) {
-    call->anthropic_events =
-        std::make_unique<AnthropicEventWriter>(call->completion_id, parsed.alias);
+  const char* prefix = face == LlmFace::kAnthropic   ? "msg_"
+                       : face == LlmFace::kResponses ? "resp_"
+                                                     : "chatcmpl-";
+  call->completion_id = prefix + HexEncode(RandomBytes(12));
+  if (face == LlmFace::kAnthropic) {
+    call->face_events = std::make_unique<AnthropicEventWriter>(call->completion_id, parsed.alias);
+  } else if (face == LlmFace::kResponses) {
+    call->face_events = std::make_unique<ResponsesEventWriter>(call->completion_id, parsed.alias);
   }
   call->request.tools = std::move(parsed.tools);
   call->request.stream = parsed.stream;
@@ -746,6 +757,10 @@ awaitable<Response> LlmProxy::Run(std::shared_ptr<Call> call) {
       co_return Response::FromJson(
           200, AnthropicMessageJson(call->completion_id, call->alias, *call->result));
     }
+    if (call->face == LlmFace::kResponses) {
+      co_return Response::FromJson(200,
+                                   ResponseJson(call->completion_id, call->alias, *call->result));
+    }
     Json out{{"message", call->result->message},
              {"finish_reason", call->result->finish_reason},
              {"model", call->alias},
@@ -807,14 +822,14 @@ awaitable<void> LlmProxy::RunStreamed(std::shared_ptr<Call> call) {
     }
   }
   co_await Record(*call);
-  if (call->error && call->face == LlmFace::kAnthropic) {
+  if (call->error && call->face_events) {
     call->final_frame =
-        AnthropicEventWriter::Error(CodeFor(call->error->outcome), call->error->message);
+        call->face_events->Error(CodeFor(call->error->outcome), call->error->message);
   } else if (call->error) {
     call->final_frame = SseData(Json{
         {"error", {{"code", CodeFor(call->error->outcome)}, {"message", call->error->message}}}});
-  } else if (call->face == LlmFace::kAnthropic) {
-    call->final_frame = call->anthropic_events->Finish(*call->result);
+  } else if (call->face_events) {
+    call->final_frame = call->face_events->Finish(*call->result);
   } else {
     call->final_frame = "data: [DONE]\n\n";
     if (call->face == LlmFace::kOpenAi && call->include_usage) {
@@ -865,6 +880,7 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
             {"new_messages", call.new_messages.size()},
             {"latency_ms", static_cast<int64_t>(call.latency_s * 1000)}};
   if (call.face == LlmFace::kOpenAi) data["face"] = "openai";
+  if (call.face == LlmFace::kResponses) data["face"] = "openai-responses";
   if (call.face == LlmFace::kAnthropic) data["face"] = "anthropic";
   // The client rewrote its history: how much of the stored conversation it kept, how much
   // it dropped (superseded, below, if the call is stored).

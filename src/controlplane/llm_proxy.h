@@ -80,6 +80,8 @@ class LlmProxy {
   awaitable<Response> Chat(Request& req, store::Session s);
   // The OpenAI face (controlplane/llm_faces.h): POST /v1/chat/completions and GET /v1/models.
   awaitable<Response> ChatCompletions(Request& req, store::Session s);
+  // The OpenAI face's Responses API: POST /v1/responses.
+  awaitable<Response> Responses(Request& req, store::Session s);
   // The Anthropic face: POST /v1/messages.
   awaitable<Response> Messages(Request& req, store::Session s);
   Response Models(const store::Session& s) const;

@@ -123,6 +123,7 @@ void ControlPlane::RegisterSandboxRoutes() {
   for (const auto& [path, handler] :
        {std::pair<const char*, LlmHandler>{"/sandbox/v1/llm/chat", &LlmProxy::Chat},
         {"/v1/chat/completions", &LlmProxy::ChatCompletions},
+        {"/v1/responses", &LlmProxy::Responses},
         {"/v1/messages", &LlmProxy::Messages}}) {
     r.Add(
         http::verb::post, path,

@@ -539,9 +539,11 @@ class NpmAgentTest : public AgentE2eTest {
 
   // Runs agent `file` of the image on `task` to its end; checks that it succeeded and that no
   // key reached it, and returns its REPORT line.
-  Json RunAgent(const std::string& file, const std::string& task, SessionOutcome& out) {
-    id_ = CreateAgentSession(task, Json::array({"/usr/bin/node", "/opt/agent/" + file, task}),
-                             kImage);
+  Json RunAgent(const std::string& file, const std::string& task, SessionOutcome& out,
+                const std::vector<std::string>& more_args = {}) {
+    Json command = Json::array({"/usr/bin/node", "/opt/agent/" + file, task});
+    for (const std::string& a : more_args) command.push_back(a);
+    id_ = CreateAgentSession(task, command, kImage);
     out = sbx_->WaitForEnd(id_, 90);
     EXPECT_EQ(out.session["state"], "succeeded") << out.session.dump() << "\n" << out.logs;
     // The sandbox never saw the key: not in the agent's environment, not in its output.
@@ -651,13 +653,14 @@ TEST_F(NpmAgentTest, AnAgentOnTheOfficialAnthropicClientRunsUnchanged) {
 }
 
 // `@openai/agents`: an Agent with a function tool, whose run loop (model, tool, model) goes to
-// its end through the OpenAI face.
+// its end through the OpenAI face, over Chat Completions (the SDK's setOpenAIAPI).
 TEST_F(NpmAgentTest, AnOpenAiAgentsSdkAgentRunsItsLoopToTheEnd) {
   upstream_->Enqueue(fake::Reply::Tools({{"call_7", "read_file", R"({"path":"/etc/group"})"}}));
   upstream_->Enqueue(fake::Reply::Text("There are two groups."));
   StartServer();
   SessionOutcome out;
-  Json report = RunAgent("openai_agents.mjs", "how many groups are there?", out);
+  Json report =
+      RunAgent("openai_agents.mjs", "how many groups are there?", out, {"chat_completions"});
   EXPECT_EQ(report["text"], "There are two groups.");
   EXPECT_EQ(out.session["result"], "There are two groups.");
   auto reqs = upstream_->requests();
@@ -671,6 +674,79 @@ TEST_F(NpmAgentTest, AnOpenAiAgentsSdkAgentRunsItsLoopToTheEnd) {
   ASSERT_EQ(calls.size(), 2u);
   EXPECT_FALSE(calls[1].contains("history")) << calls[1].dump();
   EXPECT_EQ(out.session["usage"]["llm_calls"], 2);
+}
+
+// The same agent on the SDK's defaults, with nothing set for Airlock but its client: the SDK
+// speaks the Responses API (POST /v1/responses), and its loop goes to its end.
+TEST_F(NpmAgentTest, AnOpenAiAgentsSdkAgentOnItsDefaultResponsesApiRunsItsLoopToTheEnd) {
+  upstream_->Enqueue(fake::Reply::Tools({{"call_7", "read_file", R"({"path":"/etc/group"})"}}));
+  upstream_->Enqueue(fake::Reply::Text("There are two groups."));
+  StartServer();
+  SessionOutcome out;
+  Json report = RunAgent("openai_agents.mjs", "how many groups are there?", out);
+  EXPECT_EQ(report["text"], "There are two groups.");
+  EXPECT_EQ(out.session["result"], "There are two groups.");
+  auto reqs = upstream_->requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(reqs[0].Json()["tools"][0]["function"]["name"], "read_file");
+  Json second = reqs[1].Json()["messages"];
+  ASSERT_GE(second.size(), 4u) << second.dump();
+  EXPECT_EQ(second[0]["role"], "system");  // the agent's instructions
+  EXPECT_EQ(second[2]["tool_calls"][0]["id"], "call_7");
+  EXPECT_EQ(second.back()["role"], "tool");
+  EXPECT_NE(second.back()["content"].dump().find("sandbox:x:"), std::string::npos) << second;
+  auto calls = LlmCalls(out);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[0]["face"], "openai-responses");
+  EXPECT_EQ(calls[1]["face"], "openai-responses");
+  EXPECT_EQ(calls[1]["new_messages"], 1);
+  EXPECT_FALSE(calls[1].contains("history")) << calls[1].dump();
+  EXPECT_EQ(out.session["usage"]["llm_calls"], 2);
+  Json conv = Messages(id_)["messages"];
+  EXPECT_EQ(conv.size(), second.size() + 1) << conv.dump();  // each message once, and the answer
+}
+
+// The `openai` client's Responses API: a function call round trip with the output items passed
+// back as input, then a streamed answer whose last event carries the metered usage.
+TEST_F(NpmAgentTest, AnAgentOnTheOpenAiResponsesApiRunsUnchanged) {
+  upstream_->Enqueue(
+      fake::Reply::Tools({{"call_1", "read_file", R"({"path":"/etc/passwd"})"}}, "Reading."));
+  upstream_->Enqueue(
+      fake::Reply::Text("The sandbox knows two users: root and sandbox.").WithChunks(4));
+  StartServer();
+  SessionOutcome out;
+  Json report = RunAgent("openai_responses.mjs", "who can log in here?", out);
+  EXPECT_EQ(out.session["result"], "The sandbox knows two users: root and sandbox.");
+  EXPECT_EQ(report["text"], "The sandbox knows two users: root and sandbox.");
+  EXPECT_EQ(report["final_text"], "The sandbox knows two users: root and sandbox.");
+  EXPECT_EQ(report["first_text"], "Reading.");
+  EXPECT_EQ(report["first_event"], "response.created");
+  EXPECT_EQ(report["last_event"], "response.completed");
+  ASSERT_EQ(report["first_output"].size(), 2u) << report.dump();
+  EXPECT_EQ(report["first_output"][1]["call_id"], "call_1");
+
+  auto reqs = upstream_->requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_EQ(reqs[0].Json()["temperature"], 0.2);
+  Json second = reqs[1].Json()["messages"];
+  ASSERT_EQ(second.size(), 4u) << second.dump();
+  EXPECT_EQ(second[0]["role"], "system");
+  EXPECT_EQ(second[2]["content"], "Reading.");
+  EXPECT_EQ(second[2]["tool_calls"][0]["id"], "call_1");
+  EXPECT_NE(second[3]["content"].get<std::string>().find("sandbox:x:"), std::string::npos);
+
+  auto calls = LlmCalls(out);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1]["face"], "openai-responses");
+  EXPECT_EQ(calls[0]["new_messages"], 2);
+  EXPECT_EQ(calls[1]["new_messages"], 1);
+  EXPECT_FALSE(calls[0].contains("history") || calls[1].contains("history"));
+  EXPECT_EQ(report["usage"]["input_tokens"], calls[1]["input_tokens"]);
+  EXPECT_EQ(report["usage"]["output_tokens"], calls[1]["output_tokens"]);
+  EXPECT_EQ(report["first_usage"]["input_tokens"], calls[0]["input_tokens"]);
+  Json conv = Messages(id_)["messages"];
+  ASSERT_EQ(conv.size(), 5u) << conv.dump();
+  EXPECT_EQ(conv[4]["content"], "The sandbox knows two users: root and sandbox.");
 }
 
 // The Python example agent and SDK, carried into a `host`-image sandbox (the host's /usr,

@@ -110,7 +110,8 @@ TEST(OpenApiDocumentTest, EveryOperationNamesItsListenerAndItsCredential) {
       ASSERT_EQ(listener, "sandbox") << where;
       // The OpenAI face keeps OpenAI's paths, so that its clients work unchanged.
       EXPECT_TRUE(key.path.starts_with("/sandbox/v1/") || key.path == "/v1/chat/completions" ||
-                  key.path == "/v1/models" || key.path == "/v1/messages")
+                  key.path == "/v1/models" || key.path == "/v1/messages" ||
+                  key.path == "/v1/responses")
           << where;
       ASSERT_TRUE(item.contains("servers")) << where;
       EXPECT_NE(item["servers"][0]["url"].get<std::string>().find(":7401"), std::string::npos);
@@ -360,6 +361,17 @@ TEST_F(OpenApiTest, EveryOperationAnswersAsDocumented) {
       << anthropic_events.body;
   anthropic.erase("max_tokens");
   EXPECT_EQ(Sb(verb::post, "/v1/messages", ta, DumpJson(anthropic)).status, 400u);
+  // The Responses API: a response, a stream, a stateful request refused.
+  Json responses{{"model", "default"}, {"instructions", "Be brief."}, {"input", "hello"}};
+  auto response = Sb(verb::post, "/v1/responses", ta, DumpJson(responses));
+  EXPECT_EQ(response.status, 200u) << response.body;
+  responses["stream"] = true;
+  auto response_events = Sb(verb::post, "/v1/responses", ta, DumpJson(responses));
+  EXPECT_EQ(response_events.status, 200u);
+  EXPECT_NE(response_events.body.find("event: response.completed"), std::string::npos)
+      << response_events.body;
+  responses["previous_response_id"] = "resp_1";
+  EXPECT_EQ(Sb(verb::post, "/v1/responses", ta, DumpJson(responses)).status, 400u);
 
   // Files: presign, upload and fetch through the signed URLs, then the operator's view.
   auto presign_put = Sb(verb::post, "/sandbox/v1/files/presign", ta,

@@ -1458,6 +1458,219 @@ TEST_F(LlmProxyTest, TheAnthropicFaceRefusesWhatItCannotCarryAndForeignKeys) {
   EXPECT_EQ(up_->requests().size(), before);
 }
 
+// ---------------------------------------------------------------- the Responses API
+
+// The OpenAI Responses API (POST /v1/responses), as the @openai/agents SDK calls it by
+// default: instructions, input items echoed back with their ids, function tools, a tool loop,
+// streamed and not, against an Anthropic upstream (either face reaches either kind).
+TEST_F(LlmProxyTest, TheResponsesFaceRunsAToolLoopStreamedAndNotAndStoresEachMessageOnce) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"where am I","model":"claude"})");
+  auto responses = [&](const Json& body) {
+    return server_->Sb(verb::post, "/v1/responses", token, DumpJson(body));
+  };
+  Json tools = Json::array(
+      {Json{{"type", "function"},
+            {"name", "shell"},
+            {"description", "Runs a command"},
+            {"parameters", {{"type", "object"}, {"properties", {{"cmd", {{"type", "string"}}}}}}},
+            {"strict", false}}});
+  Json input = Json::array(
+      {Json{{"role", "user"},
+            {"content", Json::array({Json{{"type", "input_text"}, {"text", "where am I"}}})}}});
+  up_->Enqueue(Reply::Tools({{"toolu_1", "shell", R"({"cmd":"pwd"})"}}, "Checking."));
+  auto r1 = responses(Json{{"model", "claude"},
+                           {"instructions", "Be brief."},
+                           {"input", input},
+                           {"tools", tools},
+                           {"tool_choice", "required"},
+                           {"max_output_tokens", 50},
+                           {"store", false},
+                           {"include", Json::array()},
+                           {"parallel_tool_calls", true}});
+  ASSERT_EQ(r1.status, 200u) << r1.body;
+  EXPECT_TRUE(KeyLeak(r1.body).empty());
+  Json sent = up_->requests().back().Json();
+  EXPECT_EQ(up_->requests().back().target, "/v1/messages");
+  EXPECT_EQ(sent["system"], "Be brief.");
+  EXPECT_EQ(sent["tool_choice"], (Json{{"type", "any"}}));
+  EXPECT_EQ(sent["max_tokens"], 1000);  // the alias pins it over the client's 50
+  ASSERT_EQ(sent["tools"].size(), 1u);
+  EXPECT_EQ(sent["tools"][0]["name"], "shell");
+  Json resp = r1.json();
+  EXPECT_EQ(resp["object"], "response");
+  EXPECT_EQ(resp["status"], "completed");
+  EXPECT_EQ(resp["model"], "claude");
+  EXPECT_TRUE(resp["id"].get<std::string>().starts_with("resp_")) << resp.dump();
+  ASSERT_EQ(resp["output"].size(), 2u) << resp.dump();
+  EXPECT_EQ(resp["output"][0]["type"], "message");
+  EXPECT_EQ(resp["output"][0]["content"][0]["type"], "output_text");
+  EXPECT_EQ(resp["output"][0]["content"][0]["text"], "Checking.");
+  EXPECT_EQ(resp["output"][1]["type"], "function_call");
+  EXPECT_EQ(resp["output"][1]["call_id"], "toolu_1");
+  EXPECT_EQ(resp["output"][1]["name"], "shell");
+  EXPECT_EQ(ParseJson(resp["output"][1]["arguments"].get<std::string>()).value_or(Json()),
+            (Json{{"cmd", "pwd"}}));
+  EXPECT_EQ(
+      resp["usage"]["total_tokens"].get<int64_t>(),
+      resp["usage"]["input_tokens"].get<int64_t>() + resp["usage"]["output_tokens"].get<int64_t>());
+
+  // The SDK sends its input again with the output items as it got them, and the tool's
+  // result; this time streamed.
+  for (const Json& item : resp["output"]) input.push_back(item);
+  input.push_back(
+      Json{{"type", "function_call_output"}, {"call_id", "toolu_1"}, {"output", "/home/sandbox"}});
+  up_->Enqueue(Reply::Text("You are in /home/sandbox.").WithChunks(3));
+  auto r2 = responses(Json{{"model", "claude"},
+                           {"instructions", "Be brief."},
+                           {"input", input},
+                           {"tools", tools},
+                           {"stream", true}});
+  ASSERT_EQ(r2.status, 200u) << r2.body;
+  EXPECT_TRUE(KeyLeak(r2.body).empty());
+  sent = up_->requests().back().Json();
+  ASSERT_EQ(sent["messages"].size(), 3u) << sent.dump();  // user, assistant + tool_use, result
+  EXPECT_EQ(sent["messages"][1]["content"][1]["type"], "tool_use");
+  EXPECT_EQ(sent["messages"][2]["content"][0]["type"], "tool_result");
+
+  auto events = AnthropicEvents(r2.body);  // the same event:/data: framing
+  ASSERT_GE(events.size(), 6u) << r2.body;
+  EXPECT_EQ(events.front().first, "response.created");
+  EXPECT_EQ(events.back().first, "response.completed");
+  std::string text;
+  int64_t expected_sequence = 0;
+  for (const auto& [event, data] : events) {
+    EXPECT_EQ(data["type"], event);
+    EXPECT_EQ(data["sequence_number"], expected_sequence++) << event;
+    if (event == "response.output_text.delta") text += data["delta"].get<std::string>();
+  }
+  EXPECT_EQ(text, "You are in /home/sandbox.");
+  const Json& done = events.back().second["response"];
+  EXPECT_EQ(done["status"], "completed");
+  EXPECT_EQ(done["output"][0]["content"][0]["text"], "You are in /home/sandbox.");
+  auto calls = LlmCalls(id, 2);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1]["face"], "openai-responses");
+  EXPECT_EQ(done["usage"]["input_tokens"], calls[1]["input_tokens"]);
+  EXPECT_EQ(done["usage"]["output_tokens"], calls[1]["output_tokens"]);
+
+  // Stored once each: the instructions and the task (the client's first call put the system
+  // prompt first), the tool call, its result, the answer.
+  Json conv = Conversation(id);
+  ASSERT_EQ(conv.size(), 5u) << conv.dump();
+  EXPECT_EQ(conv[0]["role"], "system");
+  EXPECT_EQ(conv[2]["tool_calls"][0]["id"], "toolu_1");
+  EXPECT_EQ(conv[3]["role"], "tool");
+  EXPECT_EQ(conv[4]["content"], "You are in /home/sandbox.");
+  EXPECT_FALSE(calls[1].contains("history")) << calls[1].dump();
+  EXPECT_EQ(calls[1]["new_messages"], 1);  // the tool's result: the tool call was the reply
+}
+
+// What the client sets reaches an OpenAI upstream in Chat Completions' names, under the
+// alias's cap.
+TEST_F(LlmProxyTest, TheResponsesFaceTranslatesTheClientsParameters) {
+  SetUpBoth();
+  auto [id, token] = Session(R"({"task":"t","models":["capped"]})");
+  auto call = [&](const std::string& model, const Json& extra) {
+    Json body{{"model", model}, {"input", "t"}};
+    body.update(extra);
+    auto r = server_->Sb(verb::post, "/v1/responses", token, DumpJson(body));
+    EXPECT_EQ(r.status, 200u) << r.body;
+    return up_->requests().back().Json();
+  };
+  Json sent = call("default", Json{{"max_output_tokens", 7},
+                                   {"temperature", 0.3},
+                                   {"top_p", 0.9},
+                                   {"parallel_tool_calls", false},
+                                   {"text", {{"format", {{"type", "json_object"}}}}},
+                                   {"tool_choice", "none"},
+                                   {"metadata", {{"k", "v"}}},
+                                   {"reasoning", {{"effort", "low"}}},
+                                   {"truncation", "auto"}});
+  EXPECT_EQ(sent["max_tokens"], 7);
+  EXPECT_EQ(sent["temperature"], 0.3);
+  EXPECT_EQ(sent["top_p"], 0.9);
+  EXPECT_EQ(sent["parallel_tool_calls"], false);
+  EXPECT_EQ(sent["response_format"], (Json{{"type", "json_object"}}));
+  EXPECT_EQ(sent["tool_choice"], "none");
+  for (const char* dropped : {"metadata", "reasoning", "truncation", "max_output_tokens", "text"})
+    EXPECT_FALSE(sent.contains(dropped)) << dropped << ": " << sent.dump();
+  Json schema{{"type", "object"}, {"properties", {{"n", {{"type", "integer"}}}}}};
+  sent = call("default", Json{{"text",
+                               {{"format",
+                                 {{"type", "json_schema"},
+                                  {"name", "count"},
+                                  {"schema", schema},
+                                  {"strict", true}}}}}});
+  EXPECT_EQ(sent["response_format"],
+            (Json{{"type", "json_schema"},
+                  {"json_schema", {{"name", "count"}, {"schema", schema}, {"strict", true}}}}));
+  // The alias's max_output_tokens caps the client's, and sets it when the client sets none.
+  EXPECT_EQ(call("capped", Json{{"max_output_tokens", 5000}})["max_tokens"], 100);
+  EXPECT_EQ(call("capped", Json::object())["max_tokens"], 100);
+  // A length stop is an incomplete response.
+  up_->Enqueue(Reply::Text("cut sh").WithFinish(fake::Finish::kLength));
+  auto cut = server_->Sb(verb::post, "/v1/responses", token,
+                         DumpJson(Json{{"model", "default"}, {"input", "t"}}));
+  ASSERT_EQ(cut.status, 200u) << cut.body;
+  EXPECT_EQ(cut.json()["status"], "incomplete");
+  EXPECT_EQ(cut.json()["incomplete_details"], (Json{{"reason", "max_output_tokens"}}));
+}
+
+TEST_F(LlmProxyTest, TheResponsesFaceRefusesWhatItCannotCarry) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  Json ok{{"model", "default"}, {"input", "t"}};
+  const size_t before = up_->requests().size();
+  auto with = [&](const std::string& key, const Json& value) {
+    Json b = ok;
+    b[key] = value;
+    return server_->Sb(verb::post, "/v1/responses", token, DumpJson(b));
+  };
+  auto stateful = with("previous_response_id", "resp_abc");
+  EXPECT_EQ(stateful.status, 400u);
+  EXPECT_NE(stateful.body.find("send the whole conversation"), std::string::npos) << stateful.body;
+  EXPECT_EQ(with("conversation", "conv_1").status, 400u);
+  EXPECT_EQ(with("background", true).status, 400u);
+  EXPECT_EQ(with("frobnicate", 1).status, 400u);
+  EXPECT_EQ(with("tools", Json::array({Json{{"type", "web_search"}}})).status, 400u);
+  auto url_image = with(
+      "input", Json::array({Json{
+                   {"role", "user"},
+                   {"content", Json::array({Json{{"type", "input_image"},
+                                                 {"image_url", "http://169.254.169.254/"}}})}}}));
+  EXPECT_EQ(url_image.status, 400u);
+  EXPECT_NE(url_image.body.find("never lets a model provider fetch"), std::string::npos)
+      << url_image.body;
+  // Members of the wrong type anywhere: a clear 400, never an internal error.
+  for (const Json& input : {
+           Json(nullptr),
+           Json(7),
+           Json::array(),
+           Json::array({Json{{"type", "item_reference"}, {"id", "x"}}}),
+           Json::array({Json{{"role", "tool"}, {"content", "x"}}}),
+           Json::array({Json{{"role", "user"}, {"content", Json::array({Json{{"type", 1}}})}}}),
+           Json::array({Json{{"type", "function_call"}, {"call_id", 5}}}),
+           Json::array({Json{{"type", "function_call_output"}, {"call_id", "c"}, {"output", 5}}}),
+           Json::array({Json{{"role", "system"}, {"content", "only instructions"}}}),
+       }) {
+    auto r = with("input", input);
+    EXPECT_EQ(r.status, 400u) << input.dump() << " -> " << r.body;
+  }
+  for (const auto& [key, value] : std::vector<std::pair<std::string, Json>>{
+           {"tool_choice", Json{{"type", 3}}},
+           {"max_output_tokens", -1},
+           {"temperature", "hot"},
+           {"text", Json{{"format", {{"type", "yaml"}}}}},
+           {"instructions", Json::array()},
+           {"stream", "yes"},
+       }) {
+    auto r = with(key, value);
+    EXPECT_EQ(r.status, 400u) << key << " " << value.dump() << " -> " << r.body;
+  }
+  EXPECT_EQ(up_->requests().size(), before);
+}
+
 // A sandbox hammering a face: calls of its session past the limit (here 1) are refused at once
 // (409) and reach no upstream, a body over the limit is refused before it is read (413), and
 // another session's call goes through meanwhile.

@@ -1,7 +1,8 @@
 // An agent built with the OpenAI Agents SDK (`@openai/agents`), with a function tool, run
 // unchanged inside an Airlock sandbox (tests/e2e/agent_e2e_test.cc): its default client points at
-// the control plane with the session token as the key, over Chat Completions; the SDK runs its
-// loop (model, tool, model) to the end. Tracing is off: it would export to OpenAI's servers.
+// the control plane with the session token as the key; the SDK runs its loop (model, tool,
+// model) to the end, over the SDK's default API (Responses), or over Chat Completions when the
+// second argument says "chat_completions". Tracing is off: it would export to OpenAI's servers.
 // Its task is its first argument.
 import OpenAI from "openai";
 import {
@@ -23,7 +24,7 @@ setDefaultOpenAIClient(
     maxRetries: 0,
   }),
 );
-setOpenAIAPI("chat_completions");
+if (process.argv[3] === "chat_completions") setOpenAIAPI("chat_completions");
 setTracingDisabled(true);
 
 const readFile = tool({
