@@ -172,6 +172,18 @@ class LlmProxyTest : public ::testing::Test {
     return calls;
   }
 
+  // A tool loop whose client put a system prompt before the task it was given, stored once
+  // each: the system message and the task, the tool call, its result, the answer.
+  void ExpectToolLoopStoredOnce(const std::string& id, const std::string& call_id,
+                                const std::string& answer) {
+    Json conv = Conversation(id);
+    ASSERT_EQ(conv.size(), 5u) << conv.dump();
+    EXPECT_EQ(conv[0]["role"], "system");
+    EXPECT_EQ(conv[2]["tool_calls"][0]["id"], call_id);
+    EXPECT_EQ(conv[3]["role"], "tool");
+    EXPECT_EQ(conv[4]["content"], answer);
+  }
+
   Json SessionUsage(const std::string& id) {
     return server_->Op(verb::get, "/v1/sessions/" + id).json()["usage"];
   }
@@ -1277,14 +1289,8 @@ TEST_F(LlmProxyTest, AnOpenAiClientTalksToAnAnthropicModelWithToolsStreamedAndNo
   EXPECT_EQ(last["usage"]["prompt_tokens"], calls[1]["input_tokens"]);
   EXPECT_EQ(last["usage"]["completion_tokens"], calls[1]["output_tokens"]);
 
-  // Stored once each: the system message and the task (the rewrite put the system prompt
-  // first), the tool call, its result, the answer.
-  Json conv = Conversation(id);
-  ASSERT_EQ(conv.size(), 5u) << conv.dump();
-  EXPECT_EQ(conv[0]["role"], "system");
-  EXPECT_EQ(conv[2]["tool_calls"][0]["id"], "toolu_1");
-  EXPECT_EQ(conv[3]["role"], "tool");
-  EXPECT_EQ(conv[4]["content"], "You are in /home/sandbox.");
+  // The rewrite put the system prompt first.
+  ExpectToolLoopStoredOnce(id, "toolu_1", "You are in /home/sandbox.");
   EXPECT_EQ(calls[0]["history"], (Json{{"kept", 0}, {"superseded", 1}}));
   EXPECT_FALSE(calls[1].contains("history"));
 }
@@ -1554,14 +1560,8 @@ TEST_F(LlmProxyTest, TheResponsesFaceRunsAToolLoopStreamedAndNotAndStoresEachMes
   EXPECT_EQ(done["usage"]["input_tokens"], calls[1]["input_tokens"]);
   EXPECT_EQ(done["usage"]["output_tokens"], calls[1]["output_tokens"]);
 
-  // Stored once each: the instructions and the task (the client's first call put the system
-  // prompt first), the tool call, its result, the answer.
-  Json conv = Conversation(id);
-  ASSERT_EQ(conv.size(), 5u) << conv.dump();
-  EXPECT_EQ(conv[0]["role"], "system");
-  EXPECT_EQ(conv[2]["tool_calls"][0]["id"], "toolu_1");
-  EXPECT_EQ(conv[3]["role"], "tool");
-  EXPECT_EQ(conv[4]["content"], "You are in /home/sandbox.");
+  // The client's first call put the instructions first.
+  ExpectToolLoopStoredOnce(id, "toolu_1", "You are in /home/sandbox.");
   EXPECT_FALSE(calls[1].contains("history")) << calls[1].dump();
   EXPECT_EQ(calls[1]["new_messages"], 1);  // the tool's result: the tool call was the reply
 }
