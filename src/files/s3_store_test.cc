@@ -578,11 +578,12 @@ std::string ReadAll(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
-// Round trips a file larger than one piece of the client's file body (256 KiB) through Put and
-// CopyTo, the control plane's own way in and out, and checks what a sandbox's URL then sees.
+// Round trips a file larger than one piece of the client's file body (256 KiB) and than
+// Beast's default limit of a response body (8 MiB) through Put and CopyTo, the control plane's
+// own way in and out, and checks what a sandbox's URL then sees.
 void PutAndCopyBack(BlobStore& store, const SpoolDir& dir, const std::string& session,
                     uint16_t port) {
-  const std::string data = Bytes((600 << 10) + 7, 9);
+  const std::string data = Bytes((9 << 20) + 7, 9);
   std::string spool = dir.Spool(data);
   auto put = store.Put(session, "big file.bin", spool, static_cast<int64_t>(data.size()));
   ASSERT_TRUE(put.has_value()) << put.error().message;

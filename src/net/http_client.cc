@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <limits>
 #include <optional>
 #include <random>
 
@@ -381,6 +382,10 @@ awaitable<Result<HttpResponse>> HttpClient::Attempt(const Endpoint& ep,
   for (;;) {
     head.emplace();
     head->header_limit(64 << 10);
+    // No body limit here: Beast's default (8 MiB) would refuse a larger Content-Length while
+    // it parses the header. The limit is checked below, against the body's destination. (Not
+    // boost::none: this Beast compares a length with an empty limit as if it were exceeded.)
+    head->body_limit(std::numeric_limits<std::uint64_t>::max());
     // A reply to HEAD announces a body it does not carry.
     head->skip(head_only);
     if (!c) {
@@ -461,6 +466,9 @@ awaitable<Result<HttpResponse>> HttpClient::Attempt(const Endpoint& ep,
                                        ? options_.sink_idle_timeout
                                        : options_.first_byte_timeout;
     http::response_parser<http::buffer_body> body(std::move(*head));
+    // The sink takes the body piece by piece and decides when it has had enough: Beast's own
+    // limit (8 MiB for a response) would cut off a large object on its way to a file.
+    body.body_limit(std::numeric_limits<std::uint64_t>::max());
     char buf[16 << 10];
     bool stopped = false;
     while (!body.is_done()) {
