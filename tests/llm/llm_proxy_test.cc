@@ -1617,6 +1617,29 @@ TEST_F(LlmProxyTest, TheResponsesFaceTranslatesTheClientsParameters) {
   EXPECT_EQ(cut.json()["incomplete_details"], (Json{{"reason", "max_output_tokens"}}));
 }
 
+// An upstream that breaks off mid-stream: the client's stream ends with the Responses API's
+// error event, after what it had, and nothing of the call is stored.
+TEST_F(LlmProxyTest, TheResponsesFaceEndsABrokenStreamWithAnErrorEvent) {
+  SetUpBoth();
+  auto [id, token] = Session();
+  const size_t stored = Conversation(id).size();
+  up_->Enqueue(Reply::Text("a b c d e f").WithChunks(6).CloseAfterEvents(2));
+  auto r = server_->Sb(verb::post, "/v1/responses", token,
+                       DumpJson(Json{{"model", "default"}, {"input", "t"}, {"stream", true}}));
+  ASSERT_EQ(r.status, 200u) << r.body;
+  auto events = AnthropicEvents(r.body);  // the same event:/data: framing
+  ASSERT_GE(events.size(), 3u) << r.body;
+  EXPECT_EQ(events.front().first, "response.created");
+  const auto& [last, data] = events.back();
+  EXPECT_EQ(last, "error") << r.body;
+  EXPECT_EQ(data["type"], "error");
+  EXPECT_FALSE(data["code"].get<std::string>().empty()) << data.dump();
+  EXPECT_EQ(data["sequence_number"], static_cast<int64_t>(events.size() - 1));
+  for (const auto& [event, ignored] : events) EXPECT_NE(event, "response.completed");
+  EXPECT_TRUE(KeyLeak(r.body).empty());
+  EXPECT_EQ(Conversation(id).size(), stored);
+}
+
 TEST_F(LlmProxyTest, TheResponsesFaceRefusesWhatItCannotCarry) {
   SetUpBoth();
   auto [id, token] = Session();
