@@ -283,9 +283,13 @@ awaitable<Result<HttpResponse>> HttpClient::Fetch(const Endpoint& ep, const Http
     req.prepare_payload();
   } else {
     struct stat st {};
-    if (::stat(request.body_file.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (::stat(request.body_file.c_str(), &st) != 0) {
       co_return Errorf(ErrorCode::kInternal, "cannot read the request's body from {}: {}",
-                       request.body_file, std::strerror(errno != 0 ? errno : EINVAL));
+                       request.body_file, std::strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      co_return Errorf(ErrorCode::kInternal, "the request's body {} is not a regular file",
+                       request.body_file);
     }
     // The body is written after the head, from the file; the serializer writes the head only.
     file = FileBody{request.body_file, static_cast<uint64_t>(st.st_size)};
