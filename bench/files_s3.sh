@@ -66,16 +66,7 @@ TOKFILE="$WORK/token"
 SESSION="$(airlock_session "$API" "$TOKFILE")"
 TOKEN="$(cat "$TOKFILE")"
 
-presign() {  # NAME METHOD [SIZE] -> URL
-  local body
-  if [[ $# -eq 3 ]]; then body="{\"name\":\"$1\",\"method\":\"$2\",\"size\":$3}"; else body="{\"name\":\"$1\",\"method\":\"$2\"}"; fi
-  curl -fs -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$body" \
-    "http://$SBX/sandbox/v1/files/presign" | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])'
-}
-hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status"; }
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
-now() { date +%s.%N; }
 secs() { python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$1" "$2"; }
 rate() { python3 -c "import sys; print(f'{$SIZE_MB/float(sys.argv[1]):.1f}')" "$1"; }
 row() {  # LABEL SECONDS [BASELINE_SECONDS]

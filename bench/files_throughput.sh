@@ -42,15 +42,6 @@ TOKFILE="$WORK/token"
 airlock_session "$API" "$TOKFILE" >/dev/null
 TOKEN="$(cat "$TOKFILE")"
 
-presign() {  # NAME METHOD [SIZE] -> URL
-  local body
-  if [[ $# -eq 3 ]]; then body="{\"name\":\"$1\",\"method\":\"$2\",\"size\":$3}"; else body="{\"name\":\"$1\",\"method\":\"$2\"}"; fi
-  curl -fs -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$body" \
-    "http://$SBX/sandbox/v1/files/presign" | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])'
-}
-hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status"; }
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status"; }
-now() { date +%s.%N; }
 rate() { python3 -c "import sys; print(f'{$SIZE_MB/float(sys.argv[1]):8.1f}')" "$1"; }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {print $2/1048576 " GiB"}' /proc/meminfo), disk of $WORK: $(df -h --output=source,fstype "$WORK" | tail -1)"

@@ -24,6 +24,19 @@ airlock_session() {
   python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$resp"
 }
 
+# presign NAME METHOD [SIZE]: prints a presigned URL for a file of the session whose token is
+# $TOKEN, asked of the sandbox listener $SBX (an upload declares its SIZE).
+presign() {
+  local body
+  if [[ $# -eq 3 ]]; then body="{\"name\":\"$1\",\"method\":\"$2\",\"size\":$3}"; else body="{\"name\":\"$1\",\"method\":\"$2\"}"; fi
+  curl -fs -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$body" \
+    "http://$SBX/sandbox/v1/files/presign" | python3 -c 'import json,sys; print(json.load(sys.stdin)["url"])'
+}
+# The server's peak and current resident memory in KiB ($SERVER_PID), and the time now.
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status"; }
+now() { date +%s.%N; }
+
 # nginx_conf FILE WORK WORKER_CONNECTIONS MAIN_EXTRA HTTP_BODY: writes an nginx.conf for a
 # foreground nginx whose pid, logs and temp files stay under WORK/nginx (created); MAIN_EXTRA
 # goes to the main context, HTTP_BODY (upstreams, servers) into http { }.
