@@ -280,6 +280,14 @@ Status WriteUpload(int fd, std::string_view bytes) {
   return Ok();
 }
 
+// The {name} of a file route, decoded and checked.
+Result<std::string> FileNameParam(Request& req) {
+  auto name = PercentDecode(req.params["name"], /*query=*/false);
+  if (!name) return MakeError(ErrorCode::kInvalidArgument, "malformed file name");
+  AIRLOCK_TRY(files::ValidateFileName(*name));
+  return std::move(*name);
+}
+
 // A new hidden spool file for an upload of the session on its way to the store.
 Result<std::pair<int, std::string>> OpenSpool(files::BlobStore& blobs, const std::string& session) {
   AIRLOCK_ASSIGN_OR_RETURN(std::string dir, blobs.SpoolDir(session));
@@ -302,11 +310,8 @@ awaitable<Response> FileService::Upload(Request& req) {
 }
 
 awaitable<Response> FileService::OperatorUpload(Request& req) {
-  auto name = PercentDecode(req.params["name"], /*query=*/false);
-  if (!name)
-    co_return Response::FromError(Error{ErrorCode::kInvalidArgument, "malformed file name"});
-  AIRLOCK_CO_TRY(files::ValidateFileName(*name));
-  co_return co_await Receive(req, req.params["id"], *name, config_.files.max_file_mb << 20,
+  AIRLOCK_CO_ASSIGN(auto name, FileNameParam(req));
+  co_return co_await Receive(req, req.params["id"], name, config_.files.max_file_mb << 20,
                              "operator");
 }
 
@@ -506,15 +511,12 @@ awaitable<Response> FileService::SandboxDownload(Request& req, const store::Sess
   if (local_ != nullptr) co_return co_await OperatorDownload(req);
   // A remote store's file comes through the control plane: the sandbox reaches nothing but its
   // channel, so a redirect to the store would lead nowhere.
-  auto name = PercentDecode(req.params["name"], /*query=*/false);
-  if (!name)
-    co_return Response::FromError(Error{ErrorCode::kInvalidArgument, "malformed file name"});
-  AIRLOCK_CO_TRY(files::ValidateFileName(*name));
+  AIRLOCK_CO_ASSIGN(auto name, FileNameParam(req));
   AIRLOCK_CO_ASSIGN(std::string dir, blobs_->SpoolDir(s.id));
   const std::string copy = dir + "/.download-" + HexEncode(RandomBytes(8));
   auto copied = co_await RunBlocking(
-      pool_, [this, &s, &name, &copy] { return blobs_->CopyTo(s.id, *name, copy); });
-  Response r = copied ? ServeFile(req, copy, *name) : Response::FromError(copied.error());
+      pool_, [this, &s, &name, &copy] { return blobs_->CopyTo(s.id, name, copy); });
+  Response r = copied ? ServeFile(req, copy, name) : Response::FromError(copied.error());
   ::unlink(copy.c_str());  // the answer holds the file open
   if (r.file && req.msg.method() != http::verb::head)
     bytes_.With({"out"}).Inc(static_cast<double>(r.file->length));
@@ -558,14 +560,11 @@ awaitable<Result<Json>> FileService::ListOf(const std::string& id) {
 
 awaitable<Response> FileService::OperatorDownload(Request& req) {
   std::string id = req.params["id"];
-  auto name = PercentDecode(req.params["name"], /*query=*/false);
-  if (!name)
-    co_return Response::FromError(Error{ErrorCode::kInvalidArgument, "malformed file name"});
-  AIRLOCK_CO_TRY(files::ValidateFileName(*name));
+  AIRLOCK_CO_ASSIGN(auto name, FileNameParam(req));
   AIRLOCK_CO_ASSIGN(auto s, co_await LoadSession(id));
   (void)s;
   AIRLOCK_CO_ASSIGN(auto dl, co_await RunBlocking(pool_, [this, &id, &name] {
-                      return blobs_->Download(id, *name,
+                      return blobs_->Download(id, name,
                                               static_cast<int>(config_.files.default_expiry_s));
                     }));
   if (!dl.redirect_url.empty()) {
@@ -574,7 +573,7 @@ awaitable<Response> FileService::OperatorDownload(Request& req) {
     r.headers.emplace_back("Location", dl.redirect_url);
     co_return r;
   }
-  Response r = ServeFile(req, dl.path, *name);
+  Response r = ServeFile(req, dl.path, name);
   if (r.file && req.msg.method() != http::verb::head)
     bytes_.With({"out"}).Inc(static_cast<double>(r.file->length));
   co_return r;
