@@ -262,6 +262,21 @@ Status TranslateAnthropicMessage(const Json& m, const std::string& where, std::v
   return Ok();
 }
 
+// What every face's body names alike: the model alias, and whether to stream.
+Status TakeAliasAndStream(const Json& body, CompletionsRequest& out) {
+  if (!body.contains("model") || !body["model"].is_string()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "\"model\" must be a model alias (GET /v1/models lists this session's)");
+  }
+  out.alias = body["model"];
+  if (body.contains("stream") && !body["stream"].is_null()) {
+    if (!body["stream"].is_boolean())
+      return MakeError(ErrorCode::kInvalidArgument, "\"stream\" must be true or false");
+    out.stream = body["stream"];
+  }
+  return Ok();
+}
+
 // ----- The Responses API (POST /v1/responses) ------------------------------------------------
 
 // The text of a Responses content value: a string, or its parts of the given types
@@ -289,14 +304,8 @@ Status ResponsesContent(const Json& content, const std::string& where, const std
     } else if (type == "refusal" && role == "assistant") {
       text += Str(part, "refusal");
     } else if (type == "input_image" && role == "user") {
-      const std::string url = Str(part, "image_url");
-      if (!llm::wire::IsDataUrl(url)) {
-        return Errorf(ErrorCode::kInvalidArgument,
-                      "{}.image_url must be a data: URL (data:image/png;base64,...): the control "
-                      "plane never lets a model provider fetch a URL named by the sandbox",
-                      at);
-      }
-      Json img{{"url", url}};
+      // Only a data: URL passes: ValidateChatMessage checks it, as for every face.
+      Json img{{"url", Str(part, "image_url")}};
       if (part.contains("detail") && part["detail"].is_string()) img["detail"] = part["detail"];
       all.push_back(Json{{"type", "image_url"}, {"image_url", std::move(img)}});
       image = true;
@@ -472,11 +481,7 @@ Result<CompletionsRequest> ParseCompletionsRequest(const Json& body) {
                     key.substr(0, 64));
     }
   }
-  if (!body.contains("model") || !body["model"].is_string()) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "\"model\" must be a model alias (GET /v1/models lists this session's)");
-  }
-  out.alias = body["model"];
+  AIRLOCK_TRY(TakeAliasAndStream(body, out));
   if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty()) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "\"messages\" must be a non-empty array: the whole conversation");
@@ -491,11 +496,6 @@ Result<CompletionsRequest> ParseCompletionsRequest(const Json& body) {
   }
   if (body.contains("tools") && !body["tools"].is_null()) {
     AIRLOCK_ASSIGN_OR_RETURN(out.tools, ValidateChatTools(body["tools"]));
-  }
-  if (body.contains("stream") && !body["stream"].is_null()) {
-    if (!body["stream"].is_boolean())
-      return MakeError(ErrorCode::kInvalidArgument, "\"stream\" must be true or false");
-    out.stream = body["stream"];
   }
   if (body.contains("stream_options") && !body["stream_options"].is_null()) {
     const Json& so = body["stream_options"];
@@ -586,11 +586,7 @@ Result<CompletionsRequest> ParseMessagesRequest(const Json& body) {
       {"model", "messages", "max_tokens", "system", "tools", "tool_choice", "stream", "temperature",
        "top_p", "top_k", "stop_sequences", "metadata", "service_tier"},
       "messages request"));
-  if (!body.contains("model") || !body["model"].is_string()) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "\"model\" must be a model alias (GET /v1/models lists this session's)");
-  }
-  out.alias = body["model"];
+  AIRLOCK_TRY(TakeAliasAndStream(body, out));
   if (!body.contains("max_tokens") || !body["max_tokens"].is_number_integer() ||
       body["max_tokens"].get<int64_t>() <= 0) {
     return MakeError(ErrorCode::kInvalidArgument, "\"max_tokens\" must be a positive integer");
@@ -650,11 +646,6 @@ Result<CompletionsRequest> ParseMessagesRequest(const Json& body) {
     }
     if (tc.contains("disable_parallel_tool_use") && tc["disable_parallel_tool_use"] == true)
       out.params["parallel_tool_calls"] = false;
-  }
-  if (body.contains("stream") && !body["stream"].is_null()) {
-    if (!body["stream"].is_boolean())
-      return MakeError(ErrorCode::kInvalidArgument, "\"stream\" must be true or false");
-    out.stream = body["stream"];
   }
   for (const char* number : {"temperature", "top_p"}) {
     if (!body.contains(number) || body[number].is_null()) continue;
@@ -859,11 +850,7 @@ Result<CompletionsRequest> ParseResponsesRequest(const Json& body) {
                                  "prompt",
                                  "stream_options"},
                                 "responses request (docs/api.md lists what a client may set)"));
-  if (!body.contains("model") || !body["model"].is_string()) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "\"model\" must be a model alias (GET /v1/models lists this session's)");
-  }
-  out.alias = body["model"];
+  AIRLOCK_TRY(TakeAliasAndStream(body, out));
   for (const char* stateful : {"previous_response_id", "conversation", "prompt"}) {
     if (body.contains(stateful) && !body[stateful].is_null()) {
       return Errorf(ErrorCode::kInvalidArgument,
@@ -939,11 +926,6 @@ Result<CompletionsRequest> ParseResponsesRequest(const Json& body) {
                        "\"tool_choice\" must be \"auto\", \"none\", \"required\" or "
                        "{\"type\": \"function\", \"name\"}");
     }
-  }
-  if (body.contains("stream") && !body["stream"].is_null()) {
-    if (!body["stream"].is_boolean())
-      return MakeError(ErrorCode::kInvalidArgument, "\"stream\" must be true or false");
-    out.stream = body["stream"];
   }
   for (const Param& p : kClientParams) {
     if (p.name != "temperature" && p.name != "top_p" && p.name != "parallel_tool_calls") continue;
