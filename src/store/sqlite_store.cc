@@ -17,6 +17,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -583,6 +584,7 @@ class SqliteStore final : public Store {
   // writes, and a TRUNCATE one when the WAL has grown large while readers kept it pinned.
   void StartCheckpointer(std::unique_ptr<Connection> conn) {
     checkpoint_conn_ = std::move(conn);
+    wal_path_ = std::string(sqlite3_db_filename(checkpoint_conn_->raw(), "main")) + "-wal";
     checkpointer_ = std::thread([this] { CheckpointLoop(); });
   }
 
@@ -1548,6 +1550,8 @@ class SqliteStore final : public Store {
 
   void CheckpointLoop() {
     std::unique_lock lock(checkpoint_mu_);
+    bool held = false;  // the last round held the writer so that the WAL would start over
+    int64_t held_sequence = -1;
     while (!stopping_) {
       checkpoint_cv_.wait_for(lock, std::chrono::milliseconds(kCheckpointIntervalMs));
       if (stopping_) break;
@@ -1555,18 +1559,36 @@ class SqliteStore final : public Store {
       int log_pages = 0, checkpointed = 0;
       int rc = sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr,
                                          SQLITE_CHECKPOINT_PASSIVE, &log_pages, &checkpointed);
-      // Readers can keep the start of the WAL in use, so PASSIVE may never reset it: when it
-      // is large and fully copied, restart it from the beginning (this waits for readers).
-      if (rc == SQLITE_OK && log_pages > kTruncateWalPages && checkpointed == log_pages) {
+      const bool copied = rc == SQLITE_OK && checkpointed == log_pages;
+      if (copied && held && log_pages > kTruncateWalPages &&
+          WalCheckpointSequence(wal_path_) == held_sequence) {
+        // Held last round, yet the WAL did not start over (readers kept it) and has grown
+        // this large: truncate it (this waits for them).
         sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_TRUNCATE,
                                   nullptr, nullptr);
+        held = false;
+      } else if (copied && log_pages > kRestartWalPages) {
+        // SQLite writes the WAL from its beginning again only when a write begins with every
+        // frame copied. Under steady writes that never happens (frames come in while the copy
+        // runs), so the file grew until a TRUNCATE, which held every write for 90-180 ms (in
+        // SQLite's busy sleep) and left a file that each write then had to grow again. Here
+        // the writer waits on its mutex (not in a busy sleep) while the frames added since
+        // are copied, and the next write starts the WAL over in place (bench/replicas.sh).
+        std::lock_guard writer(writer_mu_);
+        sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE,
+                                  nullptr, nullptr);
+        held = true;
+        held_sequence = WalCheckpointSequence(wal_path_);
+      } else {
+        held = false;
       }
       lock.lock();
     }
   }
 
   static constexpr int kCheckpointIntervalMs = 500;
-  static constexpr int kTruncateWalPages = 16384;  // 64 MiB of 4 KiB pages
+  static constexpr int kRestartWalPages = 16384;   // 64 MiB of 4 KiB pages
+  static constexpr int kTruncateWalPages = 65536;  // 256 MiB
 
   std::unique_ptr<Connection> writer_;
   std::mutex writer_mu_;
@@ -1577,6 +1599,7 @@ class SqliteStore final : public Store {
   bool leading_ = false;
   ReadPool readers_;
   std::unique_ptr<Connection> checkpoint_conn_;
+  std::string wal_path_;
   std::thread checkpointer_;
   std::mutex checkpoint_mu_;
   std::condition_variable checkpoint_cv_;
@@ -1636,6 +1659,13 @@ Status ConfigureWriter(Connection& c, const StoreOptions& options) {
 }
 
 }  // namespace
+
+int64_t WalCheckpointSequence(const std::string& wal_path) {
+  std::ifstream in(wal_path, std::ios::binary);
+  unsigned char h[16];
+  if (!in.read(reinterpret_cast<char*>(h), sizeof h)) return -1;
+  return (int64_t{h[12]} << 24) | (h[13] << 16) | (h[14] << 8) | h[15];
+}
 
 Result<std::unique_ptr<Store>> OpenSqliteStore(const StoreOptions& options) {
   AIRLOCK_TRY(ValidateOptions(options));

@@ -3,6 +3,7 @@
 // The SQLite implementation of Store: one database file in the control plane's home, for a
 // single replica. See sqlite_store.cc for its concurrency and durability.
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -19,5 +20,10 @@ struct StoreOptions {
 };
 
 Result<std::unique_ptr<Store>> OpenSqliteStore(const StoreOptions& options);
+
+// The checkpoint sequence in the header of the WAL file at `wal_path` (bytes 12-15,
+// big-endian), which SQLite raises each time it writes the WAL from its beginning again; -1
+// while the file has no header.
+int64_t WalCheckpointSequence(const std::string& wal_path);
 
 }  // namespace airlock::store
