@@ -1655,6 +1655,10 @@ Status ConfigureWriter(Connection& c, const StoreOptions& options) {
   // Checkpoints run on the store's own thread, not inside a commit
   // (SqliteStore::StartCheckpointer).
   AIRLOCK_TRY(c.Exec("PRAGMA wal_autocheckpoint = 0", "disabling automatic checkpoints"));
+  // The WAL starts over in place (CheckpointLoop), so a burst of writes would leave its file
+  // as large as the burst made it; SQLite cuts it back to this when it starts over.
+  AIRLOCK_TRY(c.Exec(fmt::format("PRAGMA journal_size_limit = {}", kWalSizeLimit).c_str(),
+                     "limiting the WAL's size"));
   return Ok();
 }
 

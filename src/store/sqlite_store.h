@@ -21,6 +21,9 @@ struct StoreOptions {
 
 Result<std::unique_ptr<Store>> OpenSqliteStore(const StoreOptions& options);
 
+// What the SQLite store's WAL file is cut back to when it starts over (journal_size_limit).
+inline constexpr int64_t kWalSizeLimit = int64_t{128} << 20;
+
 // The checkpoint sequence in the header of the WAL file at `wal_path` (bytes 12-15,
 // big-endian), which SQLite raises each time it writes the WAL from its beginning again; -1
 // while the file has no header.
