@@ -11,7 +11,9 @@
 # `true`, so a sandbox costs one fork and exec and its agent exits at once (the reconciler ends
 # the session within a second); what is measured is the control plane's create path.
 # Knobs: DUR (wrk duration, 10s), SESSIONS (sessions the load is spread over, 16), CREATE_DUR
-# (wrk duration of the creation runs, 5s), CREATE_CONNS (their connections, 8).
+# (wrk duration of the creation runs, 5s), CREATE_CONNS (their connections, 8), ONLY=sqlite
+# (nginx and the SQLite replica only: no PostgreSQL, HAProxy or wake-up; to compare two builds
+# quickly, e.g. `AIRLOCK=<other build>/bin/airlock ONLY=sqlite bench/replicas.sh`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,6 +24,8 @@ DUR="${DUR:-10s}"
 SESSIONS="${SESSIONS:-16}"
 CREATE_DUR="${CREATE_DUR:-5s}"
 CREATE_CONNS="${CREATE_CONNS:-8}"
+ONLY="${ONLY:-}"
+[[ -z $ONLY || $ONLY == sqlite ]] || { echo "ONLY must be empty or sqlite, not $ONLY" >&2; exit 2; }
 WORK="$(mktemp -d)"
 # Other work on the machine skews every number: the load average goes into the report.
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -45,6 +49,7 @@ for tool in wrk haproxy nginx; do
 done
 
 # ---------------------------------------------------------------- PostgreSQL
+if [[ -z $ONLY ]]; then
 mkdir -p "$WORK/pg"
 [[ $(id -u) -eq 0 ]] && chown postgres "$WORK/pg"
 as_pg "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust >/dev/null
@@ -57,6 +62,7 @@ echo "== pgbench simple-update (-N), 16 clients" >&2
 as_pg pgbench -h "$WORK/pg" -p "$PG_PORT" -U postgres -N -c 16 -j 2 -T "${DUR%s}" pgbench \
   > "$WORK/pgbench.out" 2>&1
 PG_URL="postgresql://postgres@127.0.0.1:$PG_PORT/airlock"
+fi
 
 # ---------------------------------------------------------------- control planes
 config() { # STORE_TOML -> a config on stdout
@@ -129,6 +135,7 @@ ticks() {
 }
 pg_pids() { # the private PostgreSQL's processes
   local m
+  [[ -r $WORK/pg/data/postmaster.pid ]] || return 0
   m="$(head -1 "$WORK/pg/data/postmaster.pid")"
   echo "$m" $(pgrep -P "$m")
 }
@@ -180,6 +187,7 @@ end_sessions 127.0.0.1:17610 "$WORK/tok-sqlite"
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
 # PostgreSQL: replica 1 alone, then replicas 1-3 behind HAProxy
+if [[ -z $ONLY ]]; then
 PG_STORE="[store]
 kind = \"postgres\"
 url = \"$PG_URL\"
@@ -261,21 +269,26 @@ print(f"{statistics.median(lat):.2f} {lat[int(len(lat) * 0.99) - 1]:.2f} {len(la
 PY
 
 KEY=$KEY1 end_sessions 127.0.0.1:17620 "$WORK/tok-pg"
+fi
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$WORK" "$SESSIONS" "$CREATE_CONNS" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
 import re, sys
 work, n, cc, load_before, load_after = sys.argv[1:6]
+import os
+def ran(name):
+    return os.path.exists(f"{work}/{name}.out")
 def wrk(name):
     t = open(f"{work}/{name}.out").read()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", t, re.M))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
     return rps, lat.get("50", "?"), lat.get("99", "?"), bad.group(1) if bad else "0"
-tps = float(re.search(r"tps = ([\d.]+)", open(f"{work}/pgbench.out").read()).group(1))
-rows = [("nginx static (baseline)", wrk("nginx")),
-        ("events, SQLite, 1 replica", wrk("sqlite_events")),
-        ("events, PostgreSQL, 1 replica", wrk("pg1_events")),
-        ("events, PostgreSQL, 3 replicas + HAProxy", wrk("pg3_events"))]
+pg = os.path.exists(f"{work}/pgbench.out")  # not with ONLY=sqlite
+tps = float(re.search(r"tps = ([\d.]+)", open(f"{work}/pgbench.out").read()).group(1)) if pg else 0
+names = {"nginx static (baseline)": "nginx", "events, SQLite, 1 replica": "sqlite_events",
+         "events, PostgreSQL, 1 replica": "pg1_events",
+         "events, PostgreSQL, 3 replicas + HAProxy": "pg3_events"}
+rows = [(name, wrk(key)) for name, key in names.items() if ran(key)]
 base = rows[0][1][0]
 print(f"\nPOST /sandbox/v1/events spread over {n} sessions; wrk -t2 -c64\n")
 print(f"| {'target':<42} | {'requests/s':>10} | {'p50':>8} | {'p99':>8} | {'vs nginx':>8} | {'vs pgbench':>10} |")
@@ -283,14 +296,12 @@ print(f"|{'-'*44}|{'-'*12}|{'-'*10}|{'-'*10}|{'-'*10}|{'-'*12}|")
 for name, (rps, p50, p99, bad) in rows:
     vs_pg = f"{rps / tps:.2f}x" if "PostgreSQL" in name else ""
     print(f"| {name:<42} | {rps:>10.0f} | {p50:>8} | {p99:>8} | {rps / base:>7.2f}x | {vs_pg:>10} |")
-print(f"| {'pgbench -N (simple-update), 16 clients':<42} | {tps:>10.0f} | {'':>8} | {'':>8} | {tps / base:>7.2f}x | {'1.00x':>10} |")
+if pg:
+    print(f"| {'pgbench -N (simple-update), 16 clients':<42} | {tps:>10.0f} | {'':>8} | {'':>8} | {tps / base:>7.2f}x | {'1.00x':>10} |")
 for name, (rps, p50, p99, bad) in rows:
     if bad != "0":
         print(f"note: {name}: {bad} non-2xx responses")
 # CPU per request: the machine is shared by wrk and the server, so these explain the rates.
-names = {"nginx static (baseline)": "nginx", "events, SQLite, 1 replica": "sqlite_events",
-         "events, PostgreSQL, 1 replica": "pg1_events",
-         "events, PostgreSQL, 3 replicas + HAProxy": "pg3_events"}
 print(f"\nCPU per request (microseconds; server: the control plane(s), with HAProxy for three "
       f"replicas, or nginx's worker)\n")
 print(f"| {'target':<42} | {'server':>8} | {'PostgreSQL':>10} | {'wrk':>8} |")
@@ -304,9 +315,10 @@ for name, _ in rows:
     pg_cell = f"{pg * 1e4 / count:.1f}" if "PostgreSQL" in name else ""
     print(f"| {name:<42} | {server * 1e4 / count:>8.1f} | {pg_cell:>10} | "
           f"{(user + system) * 1e6 / count:>8.1f} |")
-creates = [("sessions, SQLite, 1 replica", wrk("sqlite_create")),
-           ("sessions, PostgreSQL, 1 replica", wrk("pg1_create")),
-           ("sessions, PostgreSQL, 3 replicas + HAProxy", wrk("pg3_create"))]
+creates = [(name, wrk(key)) for name, key in
+           [("sessions, SQLite, 1 replica", "sqlite_create"),
+            ("sessions, PostgreSQL, 1 replica", "pg1_create"),
+            ("sessions, PostgreSQL, 3 replicas + HAProxy", "pg3_create")] if ran(key)]
 print(f"\nPOST /v1/sessions (backend process, command [\"true\"]); wrk -t2 -c{cc}\n")
 print(f"| {'target':<42} | {'requests/s':>10} | {'p50':>8} | {'p99':>8} | {'vs pgbench':>10} |")
 print(f"|{'-'*44}|{'-'*12}|{'-'*10}|{'-'*10}|{'-'*12}|")
@@ -316,8 +328,9 @@ for name, (rps, p50, p99, bad) in creates:
 for name, (rps, p50, p99, bad) in creates:
     if bad != "0":
         print(f"note: {name}: {bad} non-2xx responses")
-p50, p99, count = open(f"{work}/wakeup.out").read().split()
-print(f"\ncross-replica wake-up (message posted through replica 1, long-poll on replica 2), "
-      f"{count} samples: p50 {p50} ms, p99 {p99} ms")
+if ran("wakeup"):
+    p50, p99, count = open(f"{work}/wakeup.out").read().split()
+    print(f"\ncross-replica wake-up (message posted through replica 1, long-poll on replica 2), "
+          f"{count} samples: p50 {p50} ms, p99 {p99} ms")
 print(f"\nload average (1, 5, 15 min) before the run: {load_before}; after: {load_after}")
 PY
