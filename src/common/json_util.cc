@@ -1,6 +1,7 @@
 #include "common/json_util.h"
 
 #include <algorithm>
+#include <cstdint>
 
 namespace airlock {
 
@@ -74,10 +75,17 @@ Result<std::string> RequiredString(const Json& obj, std::string_view key) {
 Result<std::optional<int64_t>> OptionalInt(const Json& obj, std::string_view key) {
   auto it = obj.find(key);
   if (it == obj.end() || it->is_null()) return std::optional<int64_t>();
-  if (it->is_number_integer()) return std::optional<int64_t>(it->get<int64_t>());
+  // An unsigned value over INT64_MAX would wrap to a negative one: refused, not converted.
+  if (it->is_number_unsigned()) {
+    if (it->get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX))
+      return std::optional<int64_t>(static_cast<int64_t>(it->get<uint64_t>()));
+  } else if (it->is_number_integer()) {
+    return std::optional<int64_t>(it->get<int64_t>());
+  }
   if (it->is_number_float()) {
+    // The range first: converting a double outside int64_t's (or a NaN) is undefined.
     double d = it->get<double>();
-    if (d == static_cast<double>(static_cast<int64_t>(d)) && d > -9e18 && d < 9e18) {
+    if (d > -9e18 && d < 9e18 && d == static_cast<double>(static_cast<int64_t>(d))) {
       return std::optional<int64_t>(static_cast<int64_t>(d));
     }
   }

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdint>
+
 namespace airlock {
 namespace {
 
@@ -36,6 +39,29 @@ TEST(JsonUtilTest, FieldAccessorsNameTheField) {
   EXPECT_EQ(**OptionalInt(j, "n"), 3);
   EXPECT_FALSE(OptionalInt(j, "f").has_value());
   EXPECT_EQ(**OptionalNumber(j, "f"), 1.5);
+}
+
+// Numbers no int64_t can hold are refused, not converted: a float far out of range (its
+// conversion was undefined behaviour, found by sandbox_json_fuzz), an unsigned over INT64_MAX
+// (it wrapped to a negative size), NaN and infinities. Whole floats in range are accepted.
+TEST(JsonUtilTest, OptionalIntRefusesWhatAnInt64CannotHold) {
+  for (const char* text :
+       {R"({"n": 9777777777777777777777777777777777777777777777777773780})", R"({"n": -1e300})",
+        R"({"n": 18446744073709551615})", R"({"n": 9223372036854775808})", R"({"n": 2.5})"}) {
+    auto j = ParseJson(text);
+    ASSERT_TRUE(j.has_value()) << text;
+    auto n = OptionalInt(*j, "n");
+    ASSERT_FALSE(n.has_value()) << text << " gave " << n->value_or(0);
+    EXPECT_NE(n.error().message.find("\"n\" must be an integer"), std::string::npos);
+  }
+  Json odd = {{"nan", std::nan("")}, {"inf", INFINITY}};
+  EXPECT_FALSE(OptionalInt(odd, "nan").has_value());
+  EXPECT_FALSE(OptionalInt(odd, "inf").has_value());
+  auto max = ParseJson(R"({"a": 9223372036854775807, "b": -9223372036854775808, "c": 4.0})");
+  ASSERT_TRUE(max.has_value());
+  EXPECT_EQ(**OptionalInt(*max, "a"), INT64_MAX);
+  EXPECT_EQ(**OptionalInt(*max, "b"), INT64_MIN);
+  EXPECT_EQ(**OptionalInt(*max, "c"), 4);
 }
 
 TEST(JsonUtilTest, RejectUnknownKeysNamesThem) {
