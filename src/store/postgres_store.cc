@@ -825,6 +825,11 @@ class PostgresStore final : public Store {
       }
       Json data = {{"image", s.image}, {"backend", s.backend}, {"model", s.model}};
       AIRLOCK_TRY(InsertEvent(c, s.id, "session.created", data, now));
+      if (s.state != SessionState::kStarting) {
+        AIRLOCK_TRY(InsertEvent(
+            c, s.id, "session.state",
+            Json{{"from", StateName(SessionState::kStarting)}, {"to", StateName(s.state)}}, now));
+      }
       return Ok();
     });
   }

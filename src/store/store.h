@@ -244,7 +244,10 @@ class Store {
   virtual Result<std::vector<OperatorKey>> ListOperatorKeys() = 0;
 
   // Inserts the session, its task as the first pending user message, and a
-  // "session.created" event, in one transaction.
+  // "session.created" event, in one transaction. A session created in another state than
+  // starting (one that took a warm pool's sandbox, running at once with its token issued)
+  // also gets the "session.state" event {"from": "starting", "to": <its state>}, as if it had
+  // started.
   virtual Status CreateSession(const Session& session, const Json& task_message) = 0;
   virtual Result<Session> GetSession(std::string_view id) = 0;
   // kNotFound when no live session has this token hash (revoked tokens are not found).

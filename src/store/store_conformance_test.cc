@@ -173,6 +173,30 @@ TEST_P(StoreConformanceTest, CreatedSessionRoundTripsWithTaskMessageAndCreatedEv
             Json({{"image", "python:3.12"}, {"backend", "oci"}, {"model", "fast"}}));
 }
 
+// A session that takes a warm pool's sandbox is created running, with its token and handle:
+// its events read as a start.
+TEST_P(StoreConformanceTest, ASessionCreatedRunningHasTheStartInItsEvents) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  Session in = MakeSession("ses_w", 1234);
+  in.state = SessionState::kRunning;
+  in.sandbox_handle = "oci:warm";
+  ASSERT_OK(store->CreateSession(in, UserMessage("go")));
+  ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_w"));
+  EXPECT_EQ(s.state, SessionState::kRunning);
+  EXPECT_EQ(s.tier, SuspendTier::kActive);
+  EXPECT_EQ(s.token_hash, in.token_hash);
+  EXPECT_EQ(s.sandbox_handle, "oci:warm");
+  ASSERT_OK_AND_ASSIGN(Session by_token, store->GetSessionByTokenHash(in.token_hash));
+  EXPECT_EQ(by_token.id, "ses_w");
+  ASSERT_OK_AND_ASSIGN(auto events, store->ListEvents("ses_w", 0, 100));
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].type, "session.created");
+  EXPECT_EQ(events[1].seq, 2);
+  EXPECT_EQ(events[1].type, "session.state");
+  EXPECT_EQ(events[1].data, Json({{"from", "starting"}, {"to", "running"}}));
+}
+
 TEST_P(StoreConformanceTest, CreatingSessionWithExistingIdIsConflictAndChangesNothing) {
   auto store = Open();
   ASSERT_NE(store, nullptr);
