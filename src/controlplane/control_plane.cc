@@ -31,8 +31,14 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
       files_(std::make_unique<FileService>(config_, *store_, pool_, events_, registry_)),
       pools_(std::make_unique<PoolManager>(
           PoolManager::Deps{config_, io_, *backends_, sandbox_pool_, *this, registry_})),
-      identity_(std::make_unique<IdentityService>(*store_, pool_, config_.node, events_, registry_,
-                                                  pools_.get())),
+      identity_(std::make_unique<IdentityService>(
+          *store_, pool_, config_.node, events_, registry_, pools_.get(),
+          [this](const store::Session& s, std::optional<Json> files) -> awaitable<Result<Json>> {
+            // (Not a ?: in the co_await's arguments, which GCC 12 destroys twice.)
+            Json egress = Json::object();
+            if (egress_) egress = egress_->SandboxWork(s);
+            co_return co_await files_->Work(s, std::move(egress), std::move(files));
+          })),
       auth_(std::make_unique<Authenticator>(Authenticator::Deps{
           config_, *store_, pool_, operator_router_, sandbox_router_, metrics_->auth_failures,
           [this](const std::string& id) { sessions_->NoteWork(id); }})),

@@ -494,16 +494,30 @@ awaitable<Response> FileService::List(Request& req) {
   co_return Response::FromJson(200, Json{{"files", std::move(files)}});
 }
 
-awaitable<Response> FileService::SandboxWork(const store::Session& s, Json egress) {
-  AIRLOCK_CO_ASSIGN(Json files, co_await ListOf(s.id));
+awaitable<Result<Json>> FileService::Work(const store::Session& s, Json egress,
+                                          std::optional<Json> known_files) {
+  // (Not a co_await inside ?:, which GCC 12 miscompiles.)
+  Result<Json> files = Json::array();
+  if (known_files) {
+    files = std::move(*known_files);
+  } else {
+    files = co_await ListOf(s.id);
+  }
+  if (!files) co_return std::unexpected(files.error());
   Json env = s.env.is_object() ? s.env : Json::object();
   if (auto it = egress.find("env"); it != egress.end()) {
     env.update(*it);  // create refused a session variable of a placeholder's name
     egress.erase(it);
   }
-  Json work = {{"env", std::move(env)}, {"files", std::move(files)}};
+  Json work = {{"env", std::move(env)}, {"files", std::move(*files)}};
   work.update(egress);
-  co_return Response::FromJson(200, work);
+  co_return work;
+}
+
+awaitable<Response> FileService::SandboxWork(const store::Session& s, Json egress) {
+  auto work = co_await Work(s, std::move(egress));
+  if (!work) co_return Response::FromError(work.error());
+  co_return Response::FromJson(200, *work);
 }
 
 awaitable<Response> FileService::SandboxDownload(Request& req, const store::Session& s) {

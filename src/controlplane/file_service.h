@@ -62,6 +62,10 @@ class FileService {
   // `egress` is EgressService::SandboxWork's part: the proxy flag, the secrets' placeholders
   // (merged into the variables) and the CA.
   awaitable<Response> SandboxWork(const store::Session& s, Json egress);
+  // What SandboxWork answers, for the identity's answer (IdentityService), which carries it;
+  // with `files`, the session's list as ListOf would answer it, the store is not asked.
+  awaitable<Result<Json>> Work(const store::Session& s, Json egress,
+                               std::optional<Json> files = std::nullopt);
   awaitable<Response> SandboxDownload(Request& req, const store::Session& s);
 
  private:

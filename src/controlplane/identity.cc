@@ -9,7 +9,8 @@
 namespace airlock::controlplane {
 
 IdentityService::IdentityService(store::Store& store, asio::thread_pool& pool, std::string node,
-                                 Notifier& events, metrics::Registry& registry, PoolManager* pools)
+                                 Notifier& events, metrics::Registry& registry, PoolManager* pools,
+                                 WorkFn work)
     : store_(store),
       pool_(pool),
       node_(std::move(node)),
@@ -18,7 +19,8 @@ IdentityService::IdentityService(store::Store& store, asio::thread_pool& pool, s
           "airlock_identity_requests_total",
           "Requests of sandboxes for their identity (GET /sandbox/v1/identity), by outcome.",
           {"outcome"})),
-      pools_(pools) {}
+      pools_(pools),
+      work_(std::move(work)) {}
 
 Response IdentityService::Refuse(const char* reason, unsigned status, std::string_view code,
                                  std::string_view message) {
@@ -49,6 +51,13 @@ awaitable<Response> IdentityService::Fetch(const Request& req) {
     }
     id = *claimed;
   }
+  // A session that took a pool's sandbox was created running with its token a moment ago,
+  // on this replica: the token is handed out here, once, with no store to ask.
+  if (pools_) {
+    if (auto pending = pools_->TakeIdentity(id)) {
+      co_return co_await Deliver(pending->session, pending->token, std::move(pending->files));
+    }
+  }
   auto s = co_await RunBlocking(pool_, [this, &id] { return store_.GetSession(id); });
   if (!s) co_return Response::FromError(s.error());
   if (store::IsTerminal(s->state)) {
@@ -77,10 +86,26 @@ awaitable<Response> IdentityService::Fetch(const Request& req) {
     }
     co_return Response::FromError(issued.error());
   }
-  requests_.With({"delivered"}).Inc();
   events_.Notify(id);
-  log::Info("identity handed to the sandbox", {{"session", id}});
-  Response r = Response::FromJson(200, Json{{"session_id", id}, {"token", token.Reveal()}});
+  co_return co_await Deliver(*issued, token);
+}
+
+awaitable<Response> IdentityService::Deliver(const store::Session& s, const Secret& token,
+                                             std::optional<Json> files) {
+  Json answer = {{"session_id", s.id}, {"token", token.Reveal()}};
+  if (work_) {
+    // Without its work init asks GET /sandbox/v1/work itself: the agent still starts.
+    auto work = co_await work_(s, std::move(files));
+    if (work) {
+      answer["work"] = std::move(*work);
+    } else {
+      log::Warn("the identity goes without the session's work",
+                {{"session", s.id}, {"error", work.error().message}});
+    }
+  }
+  requests_.With({"delivered"}).Inc();
+  log::Info("identity handed to the sandbox", {{"session", s.id}});
+  Response r = Response::FromJson(200, answer);
   r.headers.emplace_back("Cache-Control", "no-store");
   co_return r;
 }

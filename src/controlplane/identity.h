@@ -1,9 +1,11 @@
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "common/asio.h"
 #include "common/metrics.h"
+#include "common/secret.h"
 #include "controlplane/http.h"
 #include "controlplane/notifier.h"
 #include "store/store.h"
@@ -26,18 +28,29 @@ namespace airlock::controlplane {
 //
 // A warm pool's sandbox (pools.h) asks before any session is its own: its request is held
 // until a session claims the sandbox, then answered with that session's identity; after a
-// few seconds without one it gets 204 No Content, and init asks again at once.
+// few seconds without one it gets 204 No Content, and init asks again at once. The claiming
+// session is created with its token, which the pool holds in memory until this request
+// takes it (PoolManager::TakeIdentity): once, and for a minute at most.
+//
+// The answer also carries the session's work (what GET /sandbox/v1/work answers) as "work",
+// when the service has a `work` function: init needs it before it starts the agent, and a
+// second request would cost the start a round trip.
 class PoolManager;
 class IdentityService {
  public:
+  // The session's work; `files` is its list of files when the caller knows it.
+  using WorkFn =
+      std::function<awaitable<Result<Json>>(const store::Session&, std::optional<Json> files)>;
   IdentityService(store::Store& store, asio::thread_pool& pool, std::string node, Notifier& events,
-                  metrics::Registry& registry, PoolManager* pools = nullptr);
+                  metrics::Registry& registry, PoolManager* pools = nullptr, WorkFn work = {});
 
   awaitable<Response> Fetch(const Request& req);
 
  private:
   Response Refuse(const char* reason, unsigned status, std::string_view code,
                   std::string_view message);
+  awaitable<Response> Deliver(const store::Session& s, const Secret& token,
+                              std::optional<Json> files = std::nullopt);
 
   store::Store& store_;
   asio::thread_pool& pool_;
@@ -45,6 +58,7 @@ class IdentityService {
   Notifier& events_;
   metrics::Family<metrics::Counter>& requests_;
   PoolManager* pools_;
+  WorkFn work_;
 };
 
 }  // namespace airlock::controlplane

@@ -222,13 +222,33 @@ std::optional<PoolManager::Waiting> PoolManager::Claim(const std::string& image,
   return std::nullopt;
 }
 
-void PoolManager::Resolve(const Waiting& w, const std::string& session_id) {
+void PoolManager::Resolve(const Waiting& w, Identity identity) {
+  const std::string session_id = identity.session.id;
   auto now = std::chrono::steady_clock::now();
   std::erase_if(claimed_, [&](const auto& c) { return now - c.second.at > kClaimMemory; });
+  std::erase_if(identities_, [&](const auto& i) { return now - i.second.at > kClaimMemory; });
   made_.erase(w.id);
   claimed_[w.id] = Claimed{session_id, now};
+  identity.at = now;
+  identities_[session_id] = std::move(identity);
   claims_.Notify(w.id);
   claims_.Forget(w.id);
+}
+
+std::optional<PoolManager::Identity> PoolManager::TakeIdentity(const std::string& session_id) {
+  auto it = identities_.find(session_id);
+  if (it == identities_.end()) return std::nullopt;
+  Identity taken = std::move(it->second);
+  identities_.erase(it);
+  return taken;
+}
+
+awaitable<void> PoolManager::Discard(const Waiting& w) {
+  made_.erase(w.id);
+  d_.channels.CloseUnix(w.dir + "/control.sock");
+  auto pool = pools_.find(w.pool);
+  auto* backend = pool == pools_.end() ? nullptr : d_.backends.Find(pool->second.config.backend);
+  if (backend) co_await RunBlocking(d_.sandbox_pool, [&] { return backend->Destroy(w.handle); });
 }
 
 bool PoolManager::Knows(const std::string& sandbox_id) const {

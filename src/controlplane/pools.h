@@ -9,10 +9,12 @@
 
 #include "common/asio.h"
 #include "common/metrics.h"
+#include "common/secret.h"
 #include "controlplane/config.h"
 #include "controlplane/notifier.h"
 #include "controlplane/session_service.h"
 #include "sandbox/backend.h"
+#include "store/store.h"
 
 namespace airlock::controlplane {
 
@@ -23,7 +25,10 @@ namespace airlock::controlplane {
 // A waiting sandbox is made like a session's, for a session that does not exist yet: its id
 // is "wrm_..." and its socket, run/<id>/control.sock, is bound to that id. Its init asks for
 // its identity there at once; the request is held (AwaitClaim) until a session claims the
-// sandbox, then answered with that session's identity and a fresh token (IdentityService).
+// sandbox, then answered with that session's identity and the token the session was created
+// with (IdentityService, TakeIdentity): the claim creates the session running, token and
+// sandbox in one transaction, so that nothing is left to write between the claim and the
+// agent's start.
 // Until then the sandbox holds no token, its agent has not started (init runs it only once it
 // has an identity), and its socket answers nothing but that one request.
 //
@@ -66,8 +71,16 @@ class PoolManager {
   // resources can take one (its sandbox was made with those). The pool refills behind it.
   std::optional<Waiting> Claim(const std::string& image, const std::string& backend,
                                const Json& command, const Json& limits);
-  // The claimed sandbox `w` now serves `session_id`: its held identity request is answered.
-  void Resolve(const Waiting& w, const std::string& session_id);
+  using Identity = ClaimedIdentity;
+  // The claimed sandbox `w` now serves `identity.session`: its held identity request is
+  // answered (TakeIdentity).
+  void Resolve(const Waiting& w, Identity identity);
+  // The claim's Identity, once: the session took a pool's sandbox and its init has not had its
+  // identity yet. nullopt otherwise (then the store decides: IssueToken).
+  std::optional<Identity> TakeIdentity(const std::string& session_id);
+  // A claimed sandbox that no session took after all (the session could not be created):
+  // destroyed, and the pool refills.
+  awaitable<void> Discard(const Waiting& w);
   // For IdentityService: the session that claimed the waiting sandbox `id`, waiting until
   // `deadline` for a claim; nullopt if none came by then.
   awaitable<std::optional<std::string>> AwaitClaim(const std::string& id,
@@ -98,7 +111,9 @@ class PoolManager {
     std::string session_id;
     std::chrono::steady_clock::time_point at;
   };
-  std::map<std::string, Claimed> claimed_;  // by the waiting sandbox's id, for a minute
+  // Tokens of sessions that claimed a sandbox, until its init takes them (for a minute).
+  std::map<std::string, Identity> identities_;  // by session id
+  std::map<std::string, Claimed> claimed_;      // by the waiting sandbox's id, for a minute
   Notifier claims_;
   bool stopping_ = false;
   bool watching_ = false;

@@ -80,19 +80,31 @@ awaitable<Result<store::Session>> SessionService::Create(CreateSessionRequest re
   }
 
   // A sandbox that takes its identity over its channel is made without a token; it gets one
-  // when it asks (IdentityService), and the session is starting until then.
+  // when it asks (IdentityService), and the session is starting until then. A warm pool's
+  // sandbox has been asking since it started: the session is created running, with that
+  // sandbox and a token, in one transaction, and the sandbox's init gets the token as soon as
+  // the session exists (TakeWaitingSandbox), with nothing more to write on the way.
   const bool in_spec =
       backend->capabilities().identity == sandbox::Capabilities::IdentityDelivery::kInSpec;
-  Secret token = in_spec ? NewToken(kSessionTokenPrefix) : Secret();
+  auto claimed = !in_spec && d_.pools ? d_.pools->Claim(s.image, s.backend, s.command, s.limits)
+                                      : std::nullopt;
+  Secret token = in_spec || claimed ? NewToken(kSessionTokenPrefix) : Secret();
   s.id = NewId("ses_");
-  s.state = SessionState::kStarting;
-  s.token_hash = in_spec ? Sha256Hex(token.Reveal()) : "";
+  s.state = claimed ? SessionState::kRunning : SessionState::kStarting;
+  s.token_hash = token.empty() ? "" : Sha256Hex(token.Reveal());
+  if (claimed) s.sandbox_handle = claimed->handle;
   s.node = d_.config.node;  // this replica runs the sandbox
   s.created_at = s.updated_at = d_.clock.NowMillis();
   Json task_message = {{"role", "user"}, {"content", std::move(req.task)}};
+  const uint64_t token_epoch = d_.tokens.epoch();  // before the write: see TokenCache::Insert
   auto created = co_await RunBlocking(
       d_.pool, [this, &s, &task_message] { return d_.store.CreateSession(s, task_message); });
-  if (!created) co_return std::unexpected(created.error());
+  if (!created) {
+    if (claimed) co_await d_.pools->Discard(*claimed);
+    co_return std::unexpected(created.error());
+  }
+  // The agent of a pool's sandbox starts at once: its first request finds its token known.
+  if (claimed) d_.tokens.Insert(token_epoch, s.token_hash, s.id, TokenCache::Clock::now());
   d_.metrics.sessions_created.With({s.backend}).Inc();
   // The files go in before the sandbox starts: airlock-init copies them into the working
   // directory before it starts the agent.
@@ -102,6 +114,7 @@ awaitable<Result<store::Session>> SessionService::Create(CreateSessionRequest re
       return d_.put_file(s.id, name, bytes);
     });
     if (!put) {
+      if (claimed) co_await d_.pools->Discard(*claimed);
       co_await EndSession(s.id, SessionState::kFailed, "storing its files: " + put.error().message);
       Error e = put.error();
       e.message = "storing the session's files: " + e.message;
@@ -109,14 +122,14 @@ awaitable<Result<store::Session>> SessionService::Create(CreateSessionRequest re
     }
   }
 
-  sandbox::SandboxSpec spec = SpecFor(s, token);
   Result<std::string> handle = MakeError(ErrorCode::kInternal, "no sandbox");
-  auto claimed = !in_spec && d_.pools ? d_.pools->Claim(s.image, s.backend, s.command, s.limits)
-                                      : std::nullopt;
   if (claimed) {
-    handle = TakeWaitingSandbox(s.id, *claimed);
+    std::optional<Json> files;
+    if (req.files.empty()) files = Json::array();
+    handle = TakeWaitingSandbox(*claimed, {s, std::move(token), std::move(files), {}});
+    if (!handle) co_await d_.pools->Discard(*claimed);
   } else {
-    handle = co_await StartSandbox(backend, spec);
+    handle = co_await StartSandbox(backend, SpecFor(s, token));
   }
   if (!handle) {
     d_.metrics.sandbox_errors.With({s.backend, "create"}).Inc();
@@ -129,9 +142,12 @@ awaitable<Result<store::Session>> SessionService::Create(CreateSessionRequest re
     co_return std::unexpected(std::move(e));
   }
   // Record the sandbox first: the session may end while it starts (the agent can finish
-  // within milliseconds, or an operator deletes it), and whoever ends it must find it.
-  (void)co_await RunBlocking(
-      d_.pool, [this, &id = s.id, &h = *handle] { return d_.store.SetSandboxHandle(id, h); });
+  // within milliseconds, or an operator deletes it), and whoever ends it must find it. A
+  // pool's sandbox is in the session's row already.
+  if (!claimed) {
+    (void)co_await RunBlocking(
+        d_.pool, [this, &id = s.id, &h = *handle] { return d_.store.SetSandboxHandle(id, h); });
+  }
   store::StateChange change{
       {SessionState::kStarting}, SessionState::kRunning, std::nullopt, false, *handle};
   auto running = co_await RunBlocking(d_.pool, [this, &id = s.id, &change, in_spec] {
@@ -483,11 +499,12 @@ sandbox::SandboxSpec SessionService::SpecFor(const store::Session& s, const Secr
       {ControlSocketDir(s.id), d_.config.home + "/sessions/" + s.id, d_.channels.SandboxUrl()});
 }
 
-// A sandbox of a warm pool becomes session `id`'s: the session's socket directory is a link
-// to the sandbox's, and its socket serves the session from now on. The sandbox's init,
-// which has been asking for its identity, gets the session's (IdentityService).
-Result<std::string> SessionService::TakeWaitingSandbox(const std::string& id,
-                                                       const WaitingSandbox& w) {
+// A sandbox of a warm pool becomes session `identity.session`'s: the session's socket
+// directory is a link to the sandbox's, and its socket serves the session from now on. The
+// sandbox's init, which has been asking for its identity, gets it (IdentityService).
+Result<std::string> SessionService::TakeWaitingSandbox(const WaitingSandbox& w,
+                                                       ClaimedIdentity identity) {
+  const std::string id = identity.session.id;
   const std::string dir = ControlSocketDir(id);
   std::error_code ec;
   fs::remove(dir, ec);
@@ -495,7 +512,7 @@ Result<std::string> SessionService::TakeWaitingSandbox(const std::string& id,
   if (ec) return Errorf(ErrorCode::kInternal, "link {} to {}: {}", dir, w.dir, ec.message());
   d_.channels.CloseUnix(w.dir + "/control.sock");
   AIRLOCK_TRY(d_.channels.ListenUnix(dir + "/control.sock", id));
-  d_.pools->Resolve(w, id);
+  d_.pools->Resolve(w, std::move(identity));
   log::Info("session took a sandbox from a warm pool",
             {{"session", id}, {"pool", w.pool}, {"sandbox", w.id}});
   return w.handle;

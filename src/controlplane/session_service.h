@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -111,6 +112,17 @@ struct WaitingSandbox {
   std::string dir;     // its socket's directory, run/<id>
 };
 
+// What the session that claimed a waiting sandbox hands that sandbox's init
+// (PoolManager::Resolve, IdentityService): the session as created, its token, and its files
+// (the list FileService::ListOf would answer) when the create knows them, which it does when
+// it stored none: no operator can add one before the create has answered.
+struct ClaimedIdentity {
+  store::Session session;
+  Secret token;
+  std::optional<Json> files;
+  std::chrono::steady_clock::time_point at;
+};
+
 class SessionService : public SessionLifecycle {
  public:
   struct Deps {
@@ -210,7 +222,7 @@ class SessionService : public SessionLifecycle {
   void AfterSessionEnded(const store::Session& s);
   sandbox::SandboxSpec SpecFor(const store::Session& s, const Secret& token) const;
   // A warm pool's sandbox made session `id`'s; the handle.
-  Result<std::string> TakeWaitingSandbox(const std::string& id, const WaitingSandbox& w);
+  Result<std::string> TakeWaitingSandbox(const WaitingSandbox& w, ClaimedIdentity identity);
   // Listens on the session's socket and asks the backend for its sandbox; the handle.
   awaitable<Result<std::string>> StartSandbox(sandbox::Backend* backend,
                                               const sandbox::SandboxSpec& spec);

@@ -167,6 +167,23 @@ Result<Identity> ParseIdentity(std::string_view json) {
     }
     *field = std::move(*value);
   }
+  if (TakeChar(s, ',')) {
+    auto name = TakeString(s);
+    if (!name || *name != "work" || !TakeChar(s, ':')) {
+      return Fail("the identity must hold exactly \"session_id\" and \"token\", then \"work\"");
+    }
+    // The rest is the work's object and the identity's closing brace.
+    SkipSpace(s);
+    while (!s.empty() && std::strchr(" \t\r\n", s.back()) != nullptr) {
+      s.remove_suffix(1);
+    }
+    if (!s.starts_with('{') || !s.ends_with('}')) {
+      return Fail("the identity's \"work\" is not a JSON object");
+    }
+    s.remove_suffix(1);
+    id.work = std::string(s);
+    return id;
+  }
   SkipSpace(s);
   if (!TakeChar(s, '}') || (SkipSpace(s), !s.empty())) {
     return Fail("the identity must hold exactly \"session_id\" and \"token\"");
@@ -182,7 +199,7 @@ Result<Identity> FetchIdentity(const std::string& socket_path) {
       "\r\n";
   int64_t backoff = 50;
   for (int attempt = 1;; ++attempt) {
-    Exchange ex = ExchangeOnce(socket_path, kRequest, 10'000);
+    Exchange ex = ExchangeOnce(socket_path, kRequest, 10'000, kMaxWorkBytes + 1024);
     if (ex.kind == Exchange::kOk && ex.status == 204) {
       // A warm pool's sandbox that no session has claimed yet: the control plane held the
       // request a while. Ask again at once, so that a claim is answered without delay.

@@ -17,8 +17,11 @@ struct Exchange {
   std::string reason;  // kRetry/kFinal: why, one line
 };
 
-// The largest response init reads: every answer it needs is a few hundred bytes.
+// The largest response init reads: every answer it needs is a few hundred bytes...
 inline constexpr size_t kMaxResponseBytes = 16 * 1024;
+// ...but the session's work: a session's variables are at most 64 KiB, which JSON may escape
+// to six times that.
+inline constexpr size_t kMaxWorkBytes = 1 << 20;
 
 // Sends `request` (a complete HTTP/1.1 request) to the socket at `socket_path` and reads the
 // answer until the peer closes, within `timeout_ms`. Connect and I/O errors and 5xx answers
@@ -31,15 +34,20 @@ Exchange ExchangeOnce(const std::string& socket_path, const std::string& request
 Result<UniqueFd> SendRequest(const std::string& socket_path, const std::string& request,
                              int64_t timeout_ms);
 
-// The session's identity as GET /sandbox/v1/identity answers it: {"session_id", "token"}.
+// The session's identity as GET /sandbox/v1/identity answers it: {"session_id", "token"},
+// and the session's work (what GET /sandbox/v1/work answers) as "work" from a control plane
+// that sends it along.
 struct Identity {
   std::string session_id;
   std::string token;
+  std::string work;  // the JSON object as sent, for ParseWork; empty when not sent
 };
 
 // Parses that answer. Strict on purpose: a JSON object whose two members are strings of
 // [A-Za-z0-9_-] (what the control plane's ids and tokens are made of), in any order, with
-// nothing that needs unescaping; anything else is refused.
+// nothing that needs unescaping, then optionally "work", an object, as the last member (keys
+// in the order the control plane writes them); anything else is refused. The work's own
+// members are ParseWork's to check.
 Result<Identity> ParseIdentity(std::string_view json);
 
 // Asks the control plane for the session's identity until it answers: while it cannot be

@@ -625,6 +625,39 @@ TEST_F(InitTest, TakesItsIdentityOverTheChannelWhenToldTo) {
   EXPECT_EQ(ExitEvent().headers["authorization"], "Bearer " + token_);
 }
 
+// The control plane sends the session's work along with the identity: init takes the
+// variables from there and asks nothing more before it starts the agent.
+TEST_F(InitTest, TakesTheWorkThatCameWithTheIdentity) {
+  StartServer(
+      IdentityServer(R"({"session_id":")" + session_id_ + R"(","token":")" + token_ +
+                     R"(","work":{"env":{"REPO":"air\"lock"},"files":[],"egress":false}})"));
+  Start({"/bin/sh", "-c", "echo \"$REPO\""},
+        {"--identity", "channel", "--work", "channel", "--port", "{port}"},
+        [] { return std::vector<std::string>{"PATH=/usr/bin:/bin"}; });
+  ASSERT_EQ(Wait(), 0) << Stderr();
+  EXPECT_EQ(Stdout(), "air\"lock\n");
+  for (const auto& r : server_->requests()) {
+    EXPECT_FALSE(r.path.starts_with("/sandbox/v1/work")) << r.path;
+  }
+}
+
+// What came as the work is checked as strictly as GET /sandbox/v1/work's answer.
+TEST_F(InitTest, MalformedWorkWithTheIdentityStopsInitBeforeTheAgentStarts) {
+  const std::string started = dir_ + "/started";
+  const std::string ids = R"({"session_id":")" + session_id_ + R"(","token":")" + token_ + R"(")";
+  for (const std::string& work :
+       {std::string(R"("work":{"env":{"A":1}}})"), std::string(R"("work":["env"]})"),
+        std::string(R"("work":{"env":{}}} trailing)"), std::string(R"("other":{}})")}) {
+    StartServer(IdentityServer(ids + "," + work));
+    Start({"/bin/sh", "-c", "touch " + started},
+          {"--identity", "channel", "--work", "channel", "--port", "{port}"},
+          [] { return std::vector<std::string>{"PATH=/usr/bin:/bin"}; });
+    EXPECT_EQ(Wait(), 125) << work << ": " << Stderr();
+    EXPECT_FALSE(std::filesystem::exists(started)) << work;
+    server_.reset();
+  }
+}
+
 TEST_F(InitTest, WaitsForItsIdentityWhileTheControlPlaneIsUnavailable) {
   StartServer(IdentityServer(
       R"({"token":")" + token_ + R"(","session_id":")" + session_id_ + R"("})", 200, 3));

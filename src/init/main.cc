@@ -197,6 +197,7 @@ class Init {
     }
     env_.session_id = std::move(identity->session_id);
     env_.token = std::move(identity->token);
+    work_json_ = std::move(identity->work);
     env_.control_plane_url = "http://127.0.0.1:" + std::to_string(opts_.port);
     return CheckSessionEnv(env_);
   }
@@ -207,9 +208,11 @@ class Init {
     if (!opts_.fetch_work) {
       return {};
     }
-    auto work = FetchWork(opts_.socket_path, env_.token);
+    // A control plane that sent the work along with the identity saved init a round trip.
+    auto work =
+        work_json_.empty() ? FetchWork(opts_.socket_path, env_.token) : ParseWork(work_json_);
     if (!work) {
-      return Fail(work.error());
+      return Fail(work_json_.empty() ? work.error() : "the session's work: " + work.error());
     }
     session_vars_ = std::move(work->env);
     egress_ = work->egress;
@@ -427,6 +430,7 @@ class Init {
 
   Options opts_;
   SessionEnv env_;
+  std::string work_json_;  // the session's work, when the identity's answer carried it
   EnvVars session_vars_;
   bool egress_ = false;    // the session's policy reaches something: the agent gets a proxy
   std::string ca_bundle_;  // the trust store with the egress CA, when the session has a secret

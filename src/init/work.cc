@@ -17,9 +17,6 @@
 namespace airlock::init {
 namespace {
 
-// The control plane's answers are a few KiB; a session's variables are at most 64 KiB, which
-// JSON may escape to six times that.
-constexpr size_t kMaxWorkJson = 1 << 20;
 constexpr int kMaxAttempts = 20;  // ~15 s of backoff while the control plane cannot be reached
 constexpr int64_t kFileTimeoutMs = 60'000;
 
@@ -266,7 +263,7 @@ Result<std::string> GetJson(const std::string& socket_path, std::string_view pat
   const std::string request = GetRequest(path, token);
   int64_t backoff = 50;
   for (int attempt = 1;; ++attempt) {
-    Exchange ex = ExchangeOnce(socket_path, request, 10'000, kMaxWorkJson);
+    Exchange ex = ExchangeOnce(socket_path, request, 10'000, kMaxWorkBytes);
     if (ex.kind == Exchange::kOk) {
       return ex.body;
     }

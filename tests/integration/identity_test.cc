@@ -45,11 +45,15 @@ TEST_F(IdentityTest, ASandboxStartsWithoutATokenAndTakesItOnceOnItsSocket) {
   auto first = Fetch(*server_, id);
   ASSERT_EQ(first.status, 200u) << first.body;
   Json identity = first.json();
-  EXPECT_EQ(identity.size(), 2u) << first.body;
+  // The id, the token, and the session's work (so that init needs no second request).
+  EXPECT_EQ(identity.size(), 3u) << first.body;
   EXPECT_EQ(identity.value("session_id", ""), id);
   std::string token = identity.value("token", "");
   EXPECT_TRUE(token.starts_with("ast_")) << first.body;
   EXPECT_EQ(State(*server_, id), "running");
+  auto work = server_->Sb(verb::get, "/sandbox/v1/work", token);
+  ASSERT_EQ(work.status, 200u) << work.body;
+  EXPECT_EQ(identity["work"], work.json()) << first.body;
   // The token is the session's: the agent takes its task with it.
   auto inbox = server_->Sb(verb::get, "/sandbox/v1/inbox", token);
   ASSERT_EQ(inbox.status, 200u) << inbox.body;

@@ -136,7 +136,7 @@ TEST_F(OciSessionTest, HibernationKeepsTheSessionAndAMessageWakesIt) {
 class OciPoolTest : public ::testing::Test {
  protected:
   static constexpr const char* kCommand =
-      R"(["/bin/sh","-c","echo pooled session=$SESSION_ID; sleep 600"])";
+      R"(["/bin/sh","-c","echo pooled session=$SESSION_ID; echo repo=$REPO; cat notes.md; echo; sleep 600"])";
 
   void SetUp() override {
     AIRLOCK_REQUIRE_SANDBOXES();
@@ -146,10 +146,19 @@ class OciPoolTest : public ::testing::Test {
   }
   bool Metric(const std::string& needle) { return sbx_->WaitForMetric(needle); }
 
-  // Creates a session with the pool's command and waits (60 s at most) for its agent's line;
-  // the session's id.
-  std::string CreateAndAwaitTheAgent() {
-    std::string id = sbx_->Create(Json::parse(kCommand));
+  // Creates a session with the pool's command (and `extra` in the create's body) and waits
+  // (60 s at most) for its agent's line; the session's id.
+  std::string CreateAndAwaitTheAgent(const Json& extra = Json::object()) {
+    std::string id;
+    if (extra.empty()) {
+      id = sbx_->Create(Json::parse(kCommand));
+    } else {
+      Json body = {{"task", "pooled work"}, {"command", Json::parse(kCommand)}};
+      body.update(extra);
+      auto r = sbx_->server().Op(verb::post, "/v1/sessions", DumpJson(body));
+      EXPECT_EQ(r.status, 201u) << r.body;
+      if (r.status == 201u) id = r.json()["id"];
+    }
     if (id.empty()) return id;
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (sbx_->Logs(id).find("pooled session=") == std::string::npos &&
@@ -192,6 +201,35 @@ TEST_F(OciPoolTest, ASessionTakesAWaitingSandboxAndItsAgentRunsAsThatSession) {
     }
   }
   EXPECT_TRUE(left.empty()) << "still there: " << left.front();
+}
+
+// A session that takes a pool's sandbox is created running with its token in one write, and
+// its init gets the identity with the session's work in one answer: the agent still sees the
+// session's variables and files, and the session's events read as any start.
+TEST_F(OciPoolTest, APooledAgentGetsTheSessionsVariablesAndFiles) {
+  SandboxServer& sbx = *sbx_;
+  ASSERT_TRUE(Metric("airlock_pool_ready{pool=\"p\"} 1"));
+  std::string id = CreateAndAwaitTheAgent(
+      {{"env", {{"REPO", "airlock"}}}, {"files", {{"notes.md", "read me first"}}}});
+  ASSERT_FALSE(id.empty());
+  EXPECT_TRUE(Metric("airlock_pool_claims_total{pool=\"p\"} 1"));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (sbx.Logs(id).find("read me first") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const std::string logs = sbx.Logs(id);
+  EXPECT_NE(logs.find("pooled session=" + id + "\nrepo=airlock\nread me first\n"),
+            std::string::npos)
+      << logs;
+  auto events = sbx.server().Op(verb::get, "/v1/sessions/" + id + "/events", "",
+                                {{"Accept", "application/json"}});
+  ASSERT_EQ(events.status, 200u) << events.body;
+  Json list = events.json();
+  ASSERT_TRUE(list.is_array() && list.size() >= 2u) << events.body;
+  EXPECT_EQ(list[0].value("type", ""), "session.created") << events.body;
+  EXPECT_EQ(list[1].value("type", ""), "session.state") << events.body;
+  EXPECT_EQ(list[1]["data"], Json({{"from", "starting"}, {"to", "running"}})) << events.body;
 }
 
 // A sandbox that dies while it waits in a pool (here: killed from the host) is found, destroyed
