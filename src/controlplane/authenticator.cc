@@ -249,8 +249,15 @@ Result<void> Authenticator::CheckSandboxClaims(const Request& req, const std::st
     return MakeError(ErrorCode::kPermissionDenied,
                      "SESSION_ID header does not match the token's session");
   }
-  // Anything but waiting on the inbox is work: the session is not idle.
-  if (req.path != "/sandbox/v1/inbox") d_.on_sandbox_work(id);
+  // Anything but init's own requests and waiting on the inbox is work: the session is not
+  // idle.
+  SandboxActivity activity = SandboxActivity::kWorking;
+  if (req.path == "/sandbox/v1/work" || req.path.starts_with("/sandbox/v1/work/")) {
+    activity = SandboxActivity::kInit;
+  } else if (req.path == "/sandbox/v1/inbox") {
+    activity = SandboxActivity::kWaiting;
+  }
+  d_.on_sandbox_request(id, activity);
   return Ok();
 }
 

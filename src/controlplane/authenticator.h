@@ -26,6 +26,11 @@ namespace airlock::controlplane {
 // Threading: io thread only; store reads go to the worker pool.
 class Authenticator {
  public:
+  enum class SandboxActivity {
+    kInit,     // init fetching the session's work (/sandbox/v1/work...): no agent yet
+    kWaiting,  // the agent waiting on its inbox: it runs, but the session may be idle
+    kWorking,  // anything else: the agent is at work, so the session is not idle
+  };
   struct Deps {
     const Config& config;
     store::Store& store;
@@ -34,9 +39,9 @@ class Authenticator {
     const Router& operator_routes;
     const Router& sandbox_routes;
     metrics::Family<metrics::Counter>& auth_failures;
-    // Called for every sandbox request that is not an inbox wait, with its session's id: the
-    // session's agent is at work, so the session is not idle.
-    std::function<void(const std::string& session_id)> on_sandbox_work;
+    // Called for every authenticated sandbox request, with its session's id and what the
+    // request says about the session's agent.
+    std::function<void(const std::string& session_id, SandboxActivity)> on_sandbox_request;
   };
   explicit Authenticator(Deps d);
 

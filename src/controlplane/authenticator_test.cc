@@ -37,7 +37,11 @@ class AuthenticatorTest : public ::testing::Test {
         auth_failures_(registry_.AddCounter("auth_failures", "Refused.", {"listener"})),
         auth_(Authenticator::Deps{config_, *store_, pool_, operator_routes_, sandbox_routes_,
                                   auth_failures_,
-                                  [this](const std::string& id) { at_work_.push_back(id); }}) {}
+                                  [this](const std::string& id, Authenticator::SandboxActivity a) {
+                                    if (a == Authenticator::SandboxActivity::kWorking) {
+                                      at_work_.push_back(id);
+                                    }
+                                  }}) {}
   ~AuthenticatorTest() override {
     pool_.join();
     std::error_code ec;

@@ -41,7 +41,10 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
           })),
       auth_(std::make_unique<Authenticator>(Authenticator::Deps{
           config_, *store_, pool_, operator_router_, sandbox_router_, metrics_->auth_failures,
-          [this](const std::string& id) { sessions_->NoteWork(id); }})),
+          [this](const std::string& id, Authenticator::SandboxActivity activity) {
+            if (activity == Authenticator::SandboxActivity::kWorking) sessions_->NoteWork(id);
+            if (activity != Authenticator::SandboxActivity::kInit) pools_->HeardFrom(id);
+          }})),
       sandbox_events_(*store_, pool_, EventQuotaFor(config_)),
       clock_(clock ? std::move(clock) : std::make_shared<RealClock>()),
       sessions_(std::make_unique<SessionService>(SessionService::Deps{

@@ -22,6 +22,11 @@ constexpr auto kRetryAfterFailure = std::chrono::seconds(5);
 constexpr auto kClaimMemory = std::chrono::seconds(60);
 // How often the sandboxes waiting in a pool are inspected.
 constexpr auto kCheckInterval = std::chrono::seconds(5);
+// The longest a refill waits for the agent of the claimed sandbox to be heard from: an agent
+// that starts with minutes of work before its first request must not leave the pool short.
+constexpr auto kRefillDeferral = std::chrono::seconds(2);
+// How long after the agent is first heard from the refill still waits.
+constexpr auto kRefillSettle = std::chrono::milliseconds(100);
 // The limits that shape a sandbox, as a session's "limits" names them.
 constexpr const char* kResources[] = {"memory_mb", "cpus", "pids", "disk_mb"};
 
@@ -39,6 +44,7 @@ Json ResourceLimits(const PoolConfig& c) {
 PoolManager::PoolManager(Deps d)
     : d_(d),
       claims_(d.io),
+      heard_(d.io),
       watch_timer_(d.io),
       ready_(
           d.registry.AddGauge("airlock_pool_ready", "Sandboxes waiting in a warm pool.", {"pool"})),
@@ -216,7 +222,8 @@ std::optional<PoolManager::Waiting> PoolManager::Claim(const std::string& image,
     pool.waiting.pop_front();
     ready_.With({name}).Set(static_cast<double>(pool.waiting.size()));
     claims_total_.With({name}).Inc();
-    asio::co_spawn(d_.io, Refill(pool), asio::detached);
+    ++pool.deferred;
+    asio::co_spawn(d_.io, RefillAfterClaim(pool, w.id, heard_.Version(w.id)), asio::detached);
     return w;
   }
   return std::nullopt;
@@ -233,6 +240,7 @@ void PoolManager::Resolve(const Waiting& w, Identity identity) {
   identities_[session_id] = std::move(identity);
   claims_.Notify(w.id);
   claims_.Forget(w.id);
+  unheard_[session_id] = w.id;
 }
 
 std::optional<PoolManager::Identity> PoolManager::TakeIdentity(const std::string& session_id) {
@@ -245,10 +253,35 @@ std::optional<PoolManager::Identity> PoolManager::TakeIdentity(const std::string
 
 awaitable<void> PoolManager::Discard(const Waiting& w) {
   made_.erase(w.id);
+  heard_.Notify(w.id);  // its refill need not wait for an agent that will never run
   d_.channels.CloseUnix(w.dir + "/control.sock");
   auto pool = pools_.find(w.pool);
   auto* backend = pool == pools_.end() ? nullptr : d_.backends.Find(pool->second.config.backend);
   if (backend) co_await RunBlocking(d_.sandbox_pool, [&] { return backend->Destroy(w.handle); });
+}
+
+void PoolManager::HeardFrom(const std::string& session_id) {
+  if (unheard_.empty()) return;
+  auto it = unheard_.find(session_id);
+  if (it == unheard_.end()) return;
+  heard_.Notify(it->second);
+  unheard_.erase(it);
+}
+
+awaitable<void> PoolManager::RefillAfterClaim(Pool& pool, std::string sandbox_id, uint64_t seen) {
+  bool heard =
+      co_await heard_.Wait(sandbox_id, seen, std::chrono::steady_clock::now() + kRefillDeferral);
+  heard_.Forget(sandbox_id);
+  // Unheard until now (the deferral ran out, or the claim failed before Resolve).
+  std::erase_if(unheard_, [&](const auto& u) { return u.second == sandbox_id; });
+  if (heard && !stopping_) {
+    // The agent's first request is answered, and what it does next begins, on a quiet host.
+    asio::steady_timer settle(d_.io, kRefillSettle);
+    boost::system::error_code ec;
+    co_await settle.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  co_await Refill(pool);
+  --pool.deferred;
 }
 
 bool PoolManager::Knows(const std::string& sandbox_id) const {
@@ -270,6 +303,7 @@ awaitable<std::optional<std::string>> PoolManager::AwaitClaim(
 awaitable<void> PoolManager::Stop() {
   stopping_ = true;
   claims_.NotifyAll();
+  heard_.NotifyAll();
   watch_timer_.cancel();
   for (auto& [name, pool] : pools_) {
     auto* backend = d_.backends.Find(pool.config.backend);
@@ -288,7 +322,7 @@ awaitable<void> PoolManager::Stop() {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
   for (;;) {
     int starting = 0;
-    for (const auto& [name, pool] : pools_) starting += pool.starting;
+    for (const auto& [name, pool] : pools_) starting += pool.starting + pool.deferred;
     // Watch() may be inside a backend call: it ends before this object can go.
     if ((starting == 0 && !watching_) || std::chrono::steady_clock::now() >= deadline) break;
     wait.expires_after(std::chrono::milliseconds(20));

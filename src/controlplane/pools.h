@@ -36,6 +36,14 @@ namespace airlock::controlplane {
 // socket is bound to the session from then on, so that everything that finds a session's
 // socket by its id (a restart, the reconciler) finds this one.
 //
+// The replacement for a claimed sandbox is started kRefillSettle (100 ms) after the claiming
+// session's agent is first heard from (any request but init's own), or kRefillDeferral (2 s)
+// after the claim if it is not. Making a sandbox keeps a host busy for tens of milliseconds
+// (crun, or a VM's restore), and the claimed sandbox's start, the one a user waits for, would
+// share the CPU with it: on two cores that doubled an oci pool start, and starting the refill
+// at the agent's first request still slowed that request's answer (BENCHMARKS.md). A pool
+// is short of one sandbox that much longer after each claim.
+//
 // Every few seconds the waiting sandboxes are inspected: one that died while it waited (its
 // init crashed, the host's OOM killer took it, someone killed it) is destroyed and replaced,
 // rather than handed to the next session, which would then wait for a reconciler to find it.
@@ -81,6 +89,9 @@ class PoolManager {
   // A claimed sandbox that no session took after all (the session could not be created):
   // destroyed, and the pool refills.
   awaitable<void> Discard(const Waiting& w);
+  // A sandbox request of session `id` other than init's own: if the session took a pool's
+  // sandbox, its agent runs, and the pool's deferred refill may start.
+  void HeardFrom(const std::string& session_id);
   // For IdentityService: the session that claimed the waiting sandbox `id`, waiting until
   // `deadline` for a claim; nullopt if none came by then.
   awaitable<std::optional<std::string>> AwaitClaim(const std::string& id,
@@ -97,8 +108,12 @@ class PoolManager {
     PoolConfig config;
     std::deque<Waiting> waiting;
     int starting = 0;
+    int deferred = 0;  // refills waiting for a claimed sandbox's agent (RefillAfterClaim)
   };
   awaitable<void> Refill(Pool& pool);
+  // Refill(pool) once the session that claimed sandbox `sandbox_id` is heard from (or after
+  // kRefillDeferral); `seen` is heard_'s version of it at the claim.
+  awaitable<void> RefillAfterClaim(Pool& pool, std::string sandbox_id, uint64_t seen);
   awaitable<Result<Waiting>> StartOne(Pool& pool);
   // Inspects the waiting sandboxes every kCheckInterval until Stop().
   awaitable<void> Watch();
@@ -115,6 +130,9 @@ class PoolManager {
   std::map<std::string, Identity> identities_;  // by session id
   std::map<std::string, Claimed> claimed_;      // by the waiting sandbox's id, for a minute
   Notifier claims_;
+  // Claimed sandboxes whose session has not been heard from yet: session id -> sandbox id.
+  std::map<std::string, std::string> unheard_;
+  Notifier heard_;  // by sandbox id
   bool stopping_ = false;
   bool watching_ = false;
   asio::steady_timer watch_timer_;
