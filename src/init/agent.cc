@@ -91,14 +91,11 @@ void RaiseOomScore() {
     ChildFail(status_fd, ChildStep::kSetsid, 0, errno);
   }
   // Init blocks the signals it handles through its signalfd and ignores SIGPIPE; the agent
-  // starts with the defaults.
+  // starts with the defaults. (Every other signal's disposition init reset when it started:
+  // ResetSignalDispositions. Handlers it installed none of, and exec resets those anyway.)
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
-  for (int sig = 1; sig < NSIG; ++sig) {
-    if (sig != SIGKILL && sig != SIGSTOP) {
-      ::sigaction(sig, &dfl, nullptr);
-    }
-  }
+  ::sigaction(SIGPIPE, &dfl, nullptr);
   sigset_t none;
   ::sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -165,6 +162,16 @@ std::string DescribeFailure(const AgentSpec& spec, const ChildReport& report) {
 }
 
 }  // namespace
+
+void ResetSignalDispositions() {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) {
+      ::sigaction(sig, &dfl, nullptr);
+    }
+  }
+}
 
 Result<SpawnedAgent> SpawnAgent(const AgentSpec& spec) {
   Prepared p;

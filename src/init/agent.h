@@ -34,6 +34,11 @@ struct SpawnedAgent {
   std::string error;
 };
 
+// Sets every signal's disposition to the default, whatever init inherited (an ignored SIGINT,
+// say), so that the agent, which inherits them, starts with defaults. Call once at start,
+// before init ignores SIGPIPE: the child then resets only that one before its exec.
+void ResetSignalDispositions();
+
 // Forks the agent: a new session whose process group is the agent's pid, stdin /dev/null,
 // stdout and stderr `output_fd`, no other descriptor, default signal handling,
 // oom_score_adj 1000 (the agent, not init, is what the OOM killer should pick), dropped

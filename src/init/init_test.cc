@@ -598,6 +598,22 @@ TEST_F(InitTest, AgentGetsExactlyTheSessionEnvironment) {
   EXPECT_EQ(lines.size(), want.size());
 }
 
+// Init resets what it inherited once, at its start, and the agent's child resets only the one
+// signal init ignores itself: an agent whose init was started ignoring signals ignores none.
+TEST_F(InitTest, TheAgentIgnoresNoSignalThoughInitWasStartedIgnoringSome) {
+  StartServer();
+  struct sigaction ignore {
+  }, old_int{}, old_hup{};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(::sigaction(SIGINT, &ignore, &old_int), 0);
+  ASSERT_EQ(::sigaction(SIGHUP, &ignore, &old_hup), 0);
+  Start({"/bin/grep", "SigIgn", "/proc/self/status"});
+  ::sigaction(SIGINT, &old_int, nullptr);
+  ::sigaction(SIGHUP, &old_hup, nullptr);
+  ASSERT_EQ(Wait(), 0) << Stderr();
+  EXPECT_EQ(Stdout(), "SigIgn:\t0000000000000000\n");
+}
+
 // --identity channel: init starts knowing nothing of the session and asks the control plane
 // over the socket; the agent then sees exactly what it would have seen otherwise.
 TEST_F(InitTest, TakesItsIdentityOverTheChannelWhenToldTo) {

@@ -143,6 +143,7 @@ class Init {
     if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) {
       return FailErrno("sigprocmask", errno);
     }
+    ResetSignalDispositions();  // what the agent inherits, reset once here, not per fork
     signals_.Reset(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
     if (!signals_.valid()) {
       return FailErrno("signalfd", errno);
