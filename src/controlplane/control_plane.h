@@ -102,6 +102,10 @@ class ControlPlane : private SandboxChannels {
     return sandbox_server_->ListenUnix(path, session_id);
   }
   void CloseUnix(const std::string& path) override { sandbox_server_->CloseUnix(path); }
+  Status MoveUnix(const std::string& from, const std::string& to,
+                  const std::string& session_id) override {
+    return sandbox_server_->MoveUnix(from, to, session_id);
+  }
   void CutSession(const std::string& session_id) override {
     if (egress_) egress_->gateway().CloseSession(session_id);
   }

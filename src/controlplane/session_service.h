@@ -88,6 +88,14 @@ class SandboxChannels {
   // Listens on the Unix socket at `path`, which serves session `session_id` only.
   virtual Status ListenUnix(const std::string& path, const std::string& session_id) = 0;
   virtual void CloseUnix(const std::string& path) = 0;
+  // The socket at `from` goes on as the one at `to` (the same file, reached through a link),
+  // serving `session_id` from now on (HttpServer::MoveUnix). By default: closed and listened
+  // on again.
+  virtual Status MoveUnix(const std::string& from, const std::string& to,
+                          const std::string& session_id) {
+    CloseUnix(from);
+    return ListenUnix(to, session_id);
+  }
   // The session's channel is closed for good here: what still flows through it (its egress
   // connections) is cut.
   virtual void CutSession(const std::string& /*session_id*/) {}
@@ -222,7 +230,8 @@ class SessionService : public SessionLifecycle {
   void AfterSessionEnded(const store::Session& s);
   sandbox::SandboxSpec SpecFor(const store::Session& s, const Secret& token) const;
   // A warm pool's sandbox made session `id`'s; the handle.
-  Result<std::string> TakeWaitingSandbox(const WaitingSandbox& w, ClaimedIdentity identity);
+  awaitable<Result<std::string>> TakeWaitingSandbox(const WaitingSandbox& w,
+                                                    ClaimedIdentity identity);
   // Listens on the session's socket and asks the backend for its sandbox; the handle.
   awaitable<Result<std::string>> StartSandbox(sandbox::Backend* backend,
                                               const sandbox::SandboxSpec& spec);

@@ -431,9 +431,9 @@ HttpServer::~HttpServer() {
     beast::error_code ec;
     a->close(ec);
   }
-  for (auto& [path, a] : unix_acceptors_) {
+  for (auto& [path, l] : unix_acceptors_) {
     beast::error_code ec;
-    a->close(ec);
+    l.acceptor->close(ec);
     ::unlink(path.c_str());
   }
 }
@@ -457,7 +457,7 @@ Result<asio::ip::tcp::endpoint> HttpServer::ListenTcp(const std::string& host, u
   auto bound = acceptor->local_endpoint();
   tcp_acceptors_.push_back(acceptor);
   asio::co_spawn(io_,
-                 Accept(acceptor, std::string(),
+                 Accept(acceptor, std::make_shared<const std::string>(),
                         [](asio::ip::tcp::socket socket) {
                           beast::error_code ignored;
                           socket.set_option(asio::ip::tcp::no_delay(true), ignored);
@@ -487,10 +487,11 @@ Status HttpServer::ListenUnix(const std::string& path, const std::string& bound_
   if (ec) return Errorf(ErrorCode::kUnavailable, "cannot listen on {}: {}", path, ec.message());
   // The sandbox's agent runs as an unprivileged user and must be able to connect.
   ::chmod(path.c_str(), mode);
-  unix_acceptors_[path] = acceptor;
+  auto bound = std::make_shared<std::string>(bound_session);
+  unix_acceptors_[path] = {acceptor, bound};
   asio::co_spawn(
       io_,
-      Accept(acceptor, bound_session,
+      Accept(acceptor, bound,
              [](asio::local::stream_protocol::socket socket) {
                return beast::basic_stream<asio::local::stream_protocol>(std::move(socket));
              }),
@@ -502,9 +503,26 @@ void HttpServer::CloseUnix(const std::string& path) {
   auto it = unix_acceptors_.find(path);
   if (it == unix_acceptors_.end()) return;
   beast::error_code ec;
-  it->second->close(ec);
+  it->second.acceptor->close(ec);
   ::unlink(path.c_str());
   unix_acceptors_.erase(it);
+}
+
+Status HttpServer::MoveUnix(const std::string& from, const std::string& to,
+                            const std::string& bound_session) {
+  auto it = unix_acceptors_.find(from);
+  if (it == unix_acceptors_.end()) {
+    return Errorf(ErrorCode::kNotFound, "nothing listens on {}", from);
+  }
+  UnixListener listener = std::move(it->second);
+  unix_acceptors_.erase(it);
+  *listener.bound_session = bound_session;
+  if (auto old = unix_acceptors_.find(to); old != unix_acceptors_.end()) {
+    beast::error_code ec;
+    old->second.acceptor->close(ec);
+  }
+  unix_acceptors_[to] = std::move(listener);
+  return Ok();
 }
 
 void HttpServer::BeginDrain() {
@@ -513,9 +531,9 @@ void HttpServer::BeginDrain() {
     beast::error_code ec;
     a->close(ec);
   }
-  for (auto& [path, a] : unix_acceptors_) {
+  for (auto& [path, l] : unix_acceptors_) {
     beast::error_code ec;
-    a->close(ec);
+    l.acceptor->close(ec);
   }
   // Copy first: closing an idle connection makes its coroutine unlink itself.
   std::vector<Connection*> idle;
@@ -526,13 +544,15 @@ void HttpServer::BeginDrain() {
 }
 
 template <typename Acceptor, typename MakeStream>
-awaitable<void> HttpServer::Accept(std::shared_ptr<Acceptor> acceptor, std::string bound_session,
+awaitable<void> HttpServer::Accept(std::shared_ptr<Acceptor> acceptor,
+                                   std::shared_ptr<const std::string> bound,
                                    MakeStream make_stream) {
   auto alive = alive_;
   for (;;) {
     beast::error_code ec;
     auto socket = co_await acceptor->async_accept(asio::redirect_error(use_awaitable, ec));
     if (!*alive || draining_) co_return;
+    const std::string bound_session = *bound;  // at the accept: MoveUnix may change it
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
       // EMFILE and friends: back off briefly instead of spinning.

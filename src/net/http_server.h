@@ -192,6 +192,11 @@ class HttpServer {
   Status ListenUnix(const std::string& path, const std::string& bound_session,
                     uint32_t mode = 0666);
   void CloseUnix(const std::string& path);
+  // The listener at `from` goes on as the one at `to` (the same socket file reached by
+  // another path, through a link the caller makes), and what it accepts from now on carries
+  // `bound_session`; connections already open keep theirs. No file is touched, so the socket
+  // is never missing. kNotFound when nothing listens at `from`.
+  Status MoveUnix(const std::string& from, const std::string& to, const std::string& bound_session);
   // Requests for which `pred(method, path)` holds get their body as a Request::body reader
   // instead of read ahead into memory (and are not held to max_body_bytes: the handler
   // enforces its own limit).
@@ -254,8 +259,8 @@ class HttpServer {
   awaitable<void> Serve(Stream stream, std::string bound_session);
   // Accepts until the acceptor closes; `make_stream` turns a socket into a Beast stream.
   template <typename Acceptor, typename MakeStream>
-  awaitable<void> Accept(std::shared_ptr<Acceptor> acceptor, std::string bound_session,
-                         MakeStream make_stream);
+  awaitable<void> Accept(std::shared_ptr<Acceptor> acceptor,
+                         std::shared_ptr<const std::string> bound_session, MakeStream make_stream);
 
   asio::io_context& io_;
   std::string name_;
@@ -271,7 +276,11 @@ class HttpServer {
   size_t released_since_trim_ = 0;
   std::chrono::steady_clock::time_point last_trim_{};
   std::vector<std::shared_ptr<asio::ip::tcp::acceptor>> tcp_acceptors_;
-  std::map<std::string, std::shared_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors_;
+  struct UnixListener {
+    std::shared_ptr<asio::local::stream_protocol::acceptor> acceptor;
+    std::shared_ptr<std::string> bound_session;  // read at each accept (MoveUnix changes it)
+  };
+  std::map<std::string, UnixListener> unix_acceptors_;
   std::list<Connection*> connections_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   metrics::Gauge* buffered_gauge_;  // metrics_.buffered_body_bytes of this listener

@@ -232,6 +232,33 @@ TEST_F(OciPoolTest, APooledAgentGetsTheSessionsVariablesAndFiles) {
   EXPECT_EQ(list[1]["data"], Json({{"from", "starting"}, {"to", "running"}})) << events.body;
 }
 
+// A claim moves the waiting sandbox's socket to the session (the same socket) and links the
+// session's socket directory to the sandbox's after the identity has gone out. The session's
+// socket answers as the session's, and a control plane killed with -9 and started again
+// listens on it again through that link.
+TEST_F(OciPoolTest, AClaimedSandboxIsFoundByItsSessionAfterTheControlPlaneIsKilled) {
+  SandboxServer& sbx = *sbx_;
+  ASSERT_TRUE(Metric("airlock_pool_ready{pool=\"p\"} 1"));
+  std::string id = CreateAndAwaitTheAgent();
+  ASSERT_FALSE(id.empty());
+  const std::string dir = sbx.home() + "/run/" + id;
+  EXPECT_TRUE(std::filesystem::is_symlink(dir)) << dir;
+  const std::string socket = dir + "/control.sock";
+  // The identity went to init; asked again on the session's socket: refused as the session's.
+  EXPECT_EQ(UnixGet(socket, "/sandbox/v1/identity").status, 409u);
+  sbx.server().Kill(SIGKILL);
+  sbx.server().Start();
+  // (A VM's channel is taken up again as the restarted server reattaches: not at once.)
+  unsigned status = 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while ((status = UnixGet(socket, "/sandbox/v1/identity").status) != 409u &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(status, 409u);
+  EXPECT_EQ(sbx.server().Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
+}
+
 // A sandbox that dies while it waits in a pool (here: killed from the host) is found, destroyed
 // and replaced within a few seconds; the next session takes the replacement and its agent runs.
 TEST_F(OciPoolTest, AWaitingSandboxThatDiesIsReplacedAndNotHandedToASession) {
