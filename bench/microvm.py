@@ -6,6 +6,7 @@ guest kernel in /var/lib/airlock/guest-kernel and /bin/busybox from busybox-stat
 
     bench/microvm.py [--sessions 10] [--rounds 10] [--idle 10] [--idle-oci 200]
                      [--settle 3] [--airlock PATH] [--kernel-dir DIR] [--raw FILE] [--keep]
+                     [--only pools]
 
 It starts two `airlock serve` (each on free ports with a fresh home under /tmp and a config
 file passed with --config): "templates", `[sandbox.microvm] templates = true` (the default),
@@ -655,6 +656,51 @@ def print_tiers(t, backend, ref_pss=None):
         print(f"  failed: {f}")
 
 
+def pools_only(a, tmpl):
+    """--only pools: part 5 with one warm-up session per pool (the microvm one makes the
+    template), then the bare crun baseline, on the templates server alone."""
+    res, load = {}, {}
+    try:
+        tmpl.start()
+        print(f"  config: {tmpl.config_text.strip()!r}")
+        load["warm-up"] = loadavg()
+        for backend in ("oci", "microvm"):
+            tmpl.from_pool(backend, 1, f"{backend} pool warm-up")
+        load["pools"] = loadavg()
+        res["pool_oci"] = tmpl.from_pool("oci", a.sessions, "oci from its pool")
+        res["pool_vm"] = tmpl.from_pool("microvm", a.sessions, "microvm from its pool")
+        load["bare crun"] = loadavg()
+        res["bare_crun"] = tmpl.bare_crun(a.sessions)
+        found = tmpl.log_findings()
+    finally:
+        tmpl.cleanup()
+    pv, po_ = res["pool_vm"], res["pool_oci"]
+    bc, bc_failed = res["bare_crun"]
+    print()
+    print(f"## 5. create -> agent's first request from a warm pool ({a.sessions} sequential sessions each, "
+          f"after one warm-up; t1 = hello seen on the SSE stream; x/ref = p50 / bare crun run's p50)")
+    print()
+    header()
+    ref = pct(bc, 50) if bc else None
+    print(row("microvm from a warm pool: POST -> hello seen", pv["total"], ref))
+    print(row("  of which POST -> 201", pv["post"]))
+    print(row("oci from a warm pool: POST -> hello seen", po_["total"], ref))
+    print(row("  of which POST -> 201", po_["post"]))
+    print(row("bare crun run of the image's /bin/true", bc, ref, f"{bc_failed} failed" if bc_failed else ""))
+    print("pool claims: " + "; ".join(pv["claims"]))
+    print()
+    print("load average when each part started: " + "; ".join(f"{k} {v}" for k, v in load.items()))
+    if not found:
+        print("server templates: no warn/error lines in its log")
+    for key, (n, line) in sorted(found.items(), key=lambda kv: -kv[1][0]):
+        print(f"server templates log: {n}x {key}\n    e.g. {line[:400]}")
+    print(f"loadavg at the end: {loadavg()}")
+    for note in tmpl.notes:
+        print("note:", note)
+    for p in tmpl.problems:
+        print("PROBLEM (templates):", p)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -671,6 +717,8 @@ def main():
     ap.add_argument("--airlock", default=None, help="airlock binary (default: $AIRLOCK, build/bin/airlock, ../build/bin/airlock)")
     ap.add_argument("--raw", metavar="FILE", help="also write every sample (seconds) as JSON to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the temp homes and logs")
+    ap.add_argument("--only", choices=["pools"],
+                    help="one part alone: pools (part 5 and its bare crun baseline, on the templates server)")
     a = ap.parse_args()
     a.airlock = find_airlock(a.airlock)
     require_root_and_crun("the oci backend, QEMU's -runas and the KVM probe need it")
@@ -698,6 +746,8 @@ def main():
     pools = "".join(f"[pools.{b}]\nimage = \"base\"\nbackend = \"{b}\"\nsize = {POOL_SIZE}\n"
                     f"command = {json.dumps(POOL_CMD)}\n" for b in ("oci", "microvm"))
     tmpl = Server(a, "templates", base_cfg + "templates = true\n" + pools)
+    if a.only == "pools":
+        return pools_only(a, tmpl)
     bare = None
     res = {}
     load_mid = {}
