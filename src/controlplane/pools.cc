@@ -223,6 +223,7 @@ std::optional<PoolManager::Waiting> PoolManager::Claim(const std::string& image,
     ready_.With({name}).Set(static_cast<double>(pool.waiting.size()));
     claims_total_.With({name}).Inc();
     ++pool.deferred;
+    deferring_.insert(w.id);
     asio::co_spawn(d_.io, RefillAfterClaim(pool, w.id, heard_.Version(w.id)), asio::detached);
     return w;
   }
@@ -240,7 +241,8 @@ void PoolManager::Resolve(const Waiting& w, Identity identity) {
   identities_[session_id] = std::move(identity);
   claims_.Notify(w.id);
   claims_.Forget(w.id);
-  unheard_[session_id] = w.id;
+  // Only while its refill still waits (a create that took long may come after it gave up).
+  if (deferring_.count(w.id)) unheard_[session_id] = w.id;
 }
 
 std::optional<PoolManager::Identity> PoolManager::TakeIdentity(const std::string& session_id) {
@@ -248,12 +250,23 @@ std::optional<PoolManager::Identity> PoolManager::TakeIdentity(const std::string
   if (it == identities_.end()) return std::nullopt;
   Identity taken = std::move(it->second);
   identities_.erase(it);
+  if (std::chrono::steady_clock::now() - taken.at > kClaimMemory) return std::nullopt;
   return taken;
+}
+
+void PoolManager::Answered(const std::string& session_id) {
+  if (auto it = identities_.find(session_id); it != identities_.end()) it->second.files.reset();
+}
+
+void PoolManager::Forget(const std::string& session_id) {
+  identities_.erase(session_id);
+  unheard_.erase(session_id);
 }
 
 awaitable<void> PoolManager::Discard(const Waiting& w) {
   made_.erase(w.id);
-  heard_.Notify(w.id);  // its refill need not wait for an agent that will never run
+  // Its refill need not wait for an agent that will never run.
+  if (deferring_.count(w.id)) heard_.Notify(w.id);
   d_.channels.CloseUnix(w.dir + "/control.sock");
   auto pool = pools_.find(w.pool);
   auto* backend = pool == pools_.end() ? nullptr : d_.backends.Find(pool->second.config.backend);
@@ -272,6 +285,7 @@ awaitable<void> PoolManager::RefillAfterClaim(Pool& pool, std::string sandbox_id
   bool heard =
       co_await heard_.Wait(sandbox_id, seen, std::chrono::steady_clock::now() + kRefillDeferral);
   heard_.Forget(sandbox_id);
+  deferring_.erase(sandbox_id);
   // Unheard until now (the deferral ran out, or the claim failed before Resolve).
   std::erase_if(unheard_, [&](const auto& u) { return u.second == sandbox_id; });
   if (heard && !stopping_) {

@@ -86,6 +86,11 @@ class PoolManager {
   // The claim's Identity, once: the session took a pool's sandbox and its init has not had its
   // identity yet. nullopt otherwise (then the store decides: IssueToken).
   std::optional<Identity> TakeIdentity(const std::string& session_id);
+  // The session's create has answered: from now on an operator may add files, so a token not
+  // taken yet goes out with the store's list of files, not the create's.
+  void Answered(const std::string& session_id);
+  // The session ended: a token not taken yet is dropped.
+  void Forget(const std::string& session_id);
   // A claimed sandbox that no session took after all (the session could not be created):
   // destroyed, and the pool refills.
   awaitable<void> Discard(const Waiting& w);
@@ -132,7 +137,8 @@ class PoolManager {
   Notifier claims_;
   // Claimed sandboxes whose session has not been heard from yet: session id -> sandbox id.
   std::map<std::string, std::string> unheard_;
-  Notifier heard_;  // by sandbox id
+  Notifier heard_;                   // by sandbox id
+  std::set<std::string> deferring_;  // sandboxes whose RefillAfterClaim waits
   bool stopping_ = false;
   bool watching_ = false;
   asio::steady_timer watch_timer_;

@@ -74,11 +74,18 @@ awaitable<void> Reconciler::ReattachAll() {
       if (!adopted) continue;
       s.node = adopted->node;
     }
+    auto* backend = d_.backends.Find(s.backend);
     if (auto st = d_.sessions.OpenChannel(s.id); !st) {
       log::Warn("reattach: cannot recreate the session socket",
                 {{"session", s.id}, {"error", st.error().message}});
+      // Its sandbox can never reach this replica (a warm pool's sandbox whose session's link
+      // the last process died before making, say): a fresh one carries the session on.
+      if (backend && !s.sandbox_handle.empty()) {
+        co_await d_.sessions.RestartSandbox(
+            s, "its socket could not be made again after a restart: " + st.error().message);
+      }
+      continue;
     }
-    auto* backend = d_.backends.Find(s.backend);
     if (!backend || s.sandbox_handle.empty()) continue;
     auto status = co_await RunBlocking(
         d_.sandbox_pool, [&backend, &h = s.sandbox_handle] { return backend->Reattach(h); });

@@ -1,6 +1,7 @@
 #include "controlplane/session_service.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 
@@ -153,6 +154,8 @@ awaitable<Result<store::Session>> SessionService::Create(CreateSessionRequest re
   auto running = co_await RunBlocking(d_.pool, [this, &id = s.id, &change, in_spec] {
     return in_spec ? d_.store.ChangeState(id, change) : d_.store.GetSession(id);
   });
+  // The create answers now: files may come from the operator from here on.
+  if (claimed) d_.pools->Answered(s.id);
   if (!running || store::IsTerminal(running->state)) {
     // Ended meanwhile: report what is stored, and make sure its sandbox goes (ending may
     // have run before the handle was recorded; destroying twice is harmless).
@@ -378,6 +381,7 @@ void SessionService::AfterSessionEnded(const store::Session& s) {
   d_.llm.CancelSession(s.id);
   d_.events.Notify(s.id);
   d_.events.Forget(s.id);
+  if (d_.pools) d_.pools->Forget(s.id);
   // The replica that runs the sandbox destroys it (its next sweep, SweepOrphans).
   if (s.sandbox_handle.empty() || !Owns(s)) return;
   auto* backend = d_.backends.Find(s.backend);
@@ -524,7 +528,12 @@ awaitable<Result<std::string>> SessionService::TakeWaitingSandbox(const WaitingS
     if (ec) return Errorf(ErrorCode::kInternal, "link {} to {}: {}", dir, w.dir, ec.message());
     return Ok();
   });
-  if (!linked) co_return std::unexpected(linked.error());
+  if (!linked) {
+    // The listener is filed under the session's path now; its file is the sandbox's.
+    d_.channels.CloseUnix(dir + "/control.sock");
+    ::unlink((w.dir + "/control.sock").c_str());
+    co_return std::unexpected(linked.error());
+  }
   co_return w.handle;
 }
 

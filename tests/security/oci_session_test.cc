@@ -259,6 +259,42 @@ TEST_F(OciPoolTest, AClaimedSandboxIsFoundByItsSessionAfterTheControlPlaneIsKill
   EXPECT_EQ(sbx.server().Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
 }
 
+// A control plane that died after a claim's create and before it linked the session's socket
+// directory (here: the link removed while it was down) finds at its restart that it cannot
+// listen on the session's socket. The sandbox could never reach it: the session gets a fresh
+// one, whose agent runs as the session.
+TEST_F(OciPoolTest, AClaimWhoseLinkWasNeverMadeGetsAFreshSandboxAtTheRestart) {
+  SandboxServer& sbx = *sbx_;
+  ASSERT_TRUE(Metric("airlock_pool_ready{pool=\"p\"} 1"));
+  std::string id = CreateAndAwaitTheAgent();
+  ASSERT_FALSE(id.empty());
+  sbx.server().Kill(SIGKILL);
+  std::filesystem::remove(sbx.home() + "/run/" + id);
+  sbx.server().Start();
+  // The session's sandbox is replaced (an event says why), and the fresh one's agent runs.
+  auto restarted = [&] {
+    auto r = sbx.server().Op(verb::get, "/v1/sessions/" + id + "/events", "",
+                             {{"Accept", "application/json"}});
+    if (r.status != 200u) return false;
+    for (const auto& e : r.json()) {
+      if (e.value("type", "") == "session.sandbox_restart") return true;
+    }
+    return false;
+  };
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+  while (!restarted() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(restarted()) << sbx.server().log();
+  while (sbx.Logs(id).find("pooled session=" + id) == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_NE(sbx.Logs(id).find("pooled session=" + id), std::string::npos) << sbx.Logs(id);
+  EXPECT_EQ(sbx.server().Op(verb::get, "/v1/sessions/" + id).json()["state"], "running");
+  EXPECT_TRUE(std::filesystem::is_directory(sbx.home() + "/run/" + id));
+}
+
 // A sandbox that dies while it waits in a pool (here: killed from the host) is found, destroyed
 // and replaced within a few seconds; the next session takes the replacement and its agent runs.
 TEST_F(OciPoolTest, AWaitingSandboxThatDiesIsReplacedAndNotHandedToASession) {
