@@ -9,10 +9,18 @@
 namespace airlock::files {
 namespace {
 
-std::string TempDir() {
-  std::string tmpl = (std::filesystem::temp_directory_path() / "airlock-keys-XXXXXX").string();
-  return ::mkdtemp(tmpl.data());
-}
+// A directory of the test's own, removed with it: it holds a signing key.
+struct TempDir {
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "airlock-keys-XXXXXX").string();
+    path = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string path;
+};
 
 TEST(UrlSigner, EveryTermIsCovered) {
   auto s = UrlSigner::ForTest({{"k1", Secret(std::string(64, 'a'))}});
@@ -30,7 +38,8 @@ TEST(UrlSigner, EveryTermIsCovered) {
 }
 
 TEST(UrlSigner, RotationKeepsOldUrlsValidUntilTheKeyIsDropped) {
-  std::string path = TempDir() + "/file-signing.keys";
+  TempDir dir;
+  std::string path = dir.path + "/file-signing.keys";
   auto first = UrlSigner::LoadOrCreate(path);
   ASSERT_TRUE(first.has_value()) << first.error().message;
   struct stat st {};
