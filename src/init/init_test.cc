@@ -531,10 +531,13 @@ class InitTest : public ::testing::Test {
 };
 
 // Plays the control plane for init's identity request: GET /sandbox/v1/identity gets
-// `status` and `body` (after `unavailable` answers of 503); anything else goes to Http.
-FakeControlPlane::Handler IdentityServer(std::string body, int status = 200, int unavailable = 0) {
+// `status` and `body` (after `unavailable` answers of 503); with `work`, GET /sandbox/v1/work
+// gets 200 and that; anything else goes to Http.
+FakeControlPlane::Handler IdentityServer(std::string body, int status = 200, int unavailable = 0,
+                                         std::string work = "") {
   auto left = std::make_shared<std::atomic<int>>(unavailable);
-  return [body = std::move(body), status, left](FakeControlPlane& self, int fd) {
+  return [body = std::move(body), status, left, work = std::move(work)](FakeControlPlane& self,
+                                                                        int fd) {
     std::string head;
     char buf[4096];
     for (;;) {
@@ -547,7 +550,8 @@ FakeControlPlane::Handler IdentityServer(std::string body, int status = 200, int
         break;
       }
     }
-    if (!head.starts_with("GET /sandbox/v1/identity ")) {
+    const bool identity = head.starts_with("GET /sandbox/v1/identity ");
+    if (!identity && (work.empty() || !head.starts_with("GET /sandbox/v1/work "))) {
       FakeControlPlane::Http(self, fd);
       return;
     }
@@ -561,15 +565,17 @@ FakeControlPlane::Handler IdentityServer(std::string body, int status = 200, int
     }
     Request req;
     req.method = "GET";
-    req.path = "/sandbox/v1/identity";
+    req.path = identity ? "/sandbox/v1/identity" : "/sandbox/v1/work";
     std::string lower = data;
     std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
     if (lower.find("\r\nauthorization:") != std::string::npos) {
       req.headers["authorization"] = "(present)";
     }
     self.Record(req);
-    int code = --*left >= 0 ? 503 : status;
-    std::string reply = code == 503 ? std::string(R"({"error":{"code":"unavailable"}})") : body;
+    int code = !identity ? 200 : --*left >= 0 ? 503 : status;
+    std::string reply = !identity     ? work
+                        : code == 503 ? std::string(R"({"error":{"code":"unavailable"}})")
+                                      : body;
     SendAll(fd, "HTTP/1.1 " + std::to_string(code) +
                     " X\r\nContent-Type: application/json\r\nContent-Length: " +
                     std::to_string(reply.size()) + "\r\nConnection: close\r\n\r\n" + reply);
@@ -657,14 +663,15 @@ TEST_F(InitTest, TakesTheWorkThatCameWithTheIdentity) {
   }
 }
 
-// What came as the work is checked as strictly as GET /sandbox/v1/work's answer.
+// What came as the work is checked as strictly as GET /sandbox/v1/work's answer, and not
+// replaced by that route's (which this control plane answers with a valid work).
 TEST_F(InitTest, MalformedWorkWithTheIdentityStopsInitBeforeTheAgentStarts) {
   const std::string started = dir_ + "/started";
   const std::string ids = R"({"session_id":")" + session_id_ + R"(","token":")" + token_ + R"(")";
   for (const std::string& work :
        {std::string(R"("work":{"env":{"A":1}}})"), std::string(R"("work":["env"]})"),
         std::string(R"("work":{"env":{}}} trailing)"), std::string(R"("other":{}})")}) {
-    StartServer(IdentityServer(ids + "," + work));
+    StartServer(IdentityServer(ids + "," + work, 200, 0, R"({"env":{},"files":[]})"));
     Start({"/bin/sh", "-c", "touch " + started},
           {"--identity", "channel", "--work", "channel", "--port", "{port}"},
           [] { return std::vector<std::string>{"PATH=/usr/bin:/bin"}; });
