@@ -12,7 +12,9 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/resource.h>
@@ -196,29 +198,32 @@ Status MinimalDev(const std::string& dev) {
                "mode=1777,size=65536k");
 }
 
+constexpr unsigned long kCgroupFlags = MS_NOSUID | MS_NOEXEC | MS_NODEV;
+
 // The agent's cgroup: cgroup2 at /sys/fs/cgroup as in a container, the agent (and init,
-// until it forks) in "sandbox", whose memory.events counts the OOM kills. Read-only once set
-// up, like the rest of /sys.
-Result<std::string> AgentCgroup(const std::string& root, uint64_t pids) {
+// until it forks) in "sandbox", whose memory.events counts the OOM kills. SealCgroup gives
+// it its limit and makes it read-only, like the rest of /sys.
+Result<std::string> AgentCgroup(const std::string& root) {
   std::string mount_point = root + "/sys/fs/cgroup";
-  constexpr unsigned long kFlags = MS_NOSUID | MS_NOEXEC | MS_NODEV;
-  if (auto s = Mount("cgroup2", mount_point, "cgroup2", kFlags); !s)
+  if (auto s = Mount("cgroup2", mount_point, "cgroup2", kCgroupFlags); !s)
     return std::unexpected(s.error());
   if (auto s = WriteSmall(mount_point + "/cgroup.subtree_control", "+memory +pids"); !s) {
     return std::unexpected(s.error());
   }
   std::string group = mount_point + "/sandbox";
   if (auto s = MakeDir(group, 0755); !s) return std::unexpected(s.error());
-  if (pids > 0) {
-    if (auto s = WriteSmall(group + "/pids.max", std::to_string(pids)); !s) {
-      return std::unexpected(s.error());
-    }
-  }
   if (auto s = WriteSmall(group + "/cgroup.procs", "0"); !s) return std::unexpected(s.error());
-  if (auto s = Mount(nullptr, mount_point, nullptr, MS_REMOUNT | MS_RDONLY | kFlags); !s) {
-    return std::unexpected(s.error());
-  }
   return std::string("/sys/fs/cgroup/sandbox");
+}
+
+// `mount_point` is where AgentCgroup mounted cgroup2 (as seen now).
+Status SealCgroup(const std::string& mount_point, uint64_t pids) {
+  if (auto s =
+          WriteSmall(mount_point + "/sandbox/pids.max", pids > 0 ? std::to_string(pids) : "max");
+      !s) {
+    return s;
+  }
+  return Mount(nullptr, mount_point, nullptr, MS_REMOUNT | MS_RDONLY | kCgroupFlags);
 }
 
 std::string_view LaunchValue(std::string_view text, std::string_view key);
@@ -273,10 +278,12 @@ Status CopyTree(const std::string& from, const std::string& to, int depth = 0) {
 
 // The image's working directory, when it lies on the read-only image: a tmpfs of the agent's
 // with the image's content copied in, as the oci backend's tmpcopyup makes it.
-Status MountWorkdir(const std::string& root, std::string_view workdir, const std::string& opts) {
+Status MountWorkdir(const std::string& root, std::string_view workdir, const std::string& opts,
+                    std::vector<std::string>& sized) {
   const std::string target = root + std::string(workdir);
   struct stat st {};
   if (workdir.empty() || ::stat(target.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return {};
+  sized.emplace_back(workdir);
   const std::string stage = root + "/.airlock/workdir";
   if (auto s = MakeDir(stage, 0700); !s) return s;
   if (auto s = Mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, opts); !s) return s;
@@ -284,8 +291,9 @@ Status MountWorkdir(const std::string& root, std::string_view workdir, const std
   return Mount(stage.c_str(), target, nullptr, MS_MOVE);
 }
 
-// The image's tree, read-only, with the container's tmpfs mounts over it.
-Status MountRoot(const std::string& vm_settings) {
+// The image's tree, read-only, with the container's tmpfs mounts over it. `sized` gets the
+// paths (in the image) of the mounts whose size is the session's tmp_bytes.
+Status MountRoot(const std::string& vm_settings, std::vector<std::string>& sized) {
   const std::string root = kNewRoot;
   uint64_t tmp_bytes = VmSetting(vm_settings, "tmp_bytes", 256ull << 20);
   std::string tmp_size = "size=" + std::to_string(tmp_bytes);
@@ -294,22 +302,25 @@ Status MountRoot(const std::string& vm_settings) {
     const char* path;
     unsigned long flags;
     std::string data;
+    bool session_sized;
   };
   const Tmpfs kTmpfs[] = {
-      {"/tmp", MS_NOSUID | MS_NODEV, "mode=1777," + tmp_size},
+      {"/tmp", MS_NOSUID | MS_NODEV, "mode=1777," + tmp_size, true},
       {"/home/sandbox", MS_NOSUID | MS_NODEV,
        "mode=700," + tmp_size + ",uid=" + std::to_string(VmSetting(vm_settings, "uid", 1000)) +
-           ",gid=" + std::to_string(VmSetting(vm_settings, "gid", 1000))},
-      {"/run", MS_NOSUID | MS_NODEV, "mode=755,size=16384k"},
-      {"/.airlock", MS_NOSUID | MS_NODEV, "mode=755,size=64k"},
+           ",gid=" + std::to_string(VmSetting(vm_settings, "gid", 1000)),
+       true},
+      {"/run", MS_NOSUID | MS_NODEV, "mode=755,size=16384k", false},
+      {"/.airlock", MS_NOSUID | MS_NODEV, "mode=755,size=64k", false},
   };
   for (const auto& t : kTmpfs) {
     if (auto s = Mount("tmpfs", root + t.path, "tmpfs", t.flags, t.data); !s) return s;
+    if (t.session_sized) sized.emplace_back(t.path);
   }
   const std::string agent_ids = ",uid=" + std::to_string(VmSetting(vm_settings, "uid", 1000)) +
                                 ",gid=" + std::to_string(VmSetting(vm_settings, "gid", 1000));
   if (auto s = MountWorkdir(root, LaunchValue(vm_settings, "workdir"),
-                            "mode=755," + tmp_size + agent_ids);
+                            "mode=755," + tmp_size + agent_ids, sized);
       !s) {
     return s;
   }
@@ -351,20 +362,19 @@ Status LoopbackUp() {
   return {};
 }
 
-// Reads the launch message the backend writes to airlock.launch once it restored this VM
-// from its template (see guest.h): "launch N\n" and N bytes of "key value" lines, then
-// "args\n" and init's command line, NUL-separated. Waits as long as it takes: a template
-// sits here, snapshotted, until a session restores it.
-Result<std::string> AwaitLaunch(int port) {
+// Reads a message of the backend's on airlock.launch (see guest.h): "<kind> N\n" and N bytes.
+// Waits as long as it takes: a template sits here, snapshotted, until a session restores it.
+Result<std::string> AwaitMessage(int port, std::string_view kind) {
   std::string buf;
   size_t want = 0;  // header and payload, once the header is in
   for (;;) {
     pollfd p{port, POLLIN, 0};
     int r = ::poll(&p, 1, 1000);
     if (r < 0 && errno != EINTR) return FailErrno("poll airlock.launch", errno);
-    // Hung up while no one holds the host end: the template, before any restore.
+    // Hung up while no one holds the host end: the template, before any restore. (Short: a
+    // restored guest waits here for the host to connect, and a saved one costs nothing.)
     if (r <= 0 || (p.revents & POLLHUP) != 0) {
-      if (r > 0) SleepMs(5);
+      if (r > 0) SleepMs(1);
       continue;
     }
     char chunk[4096];
@@ -383,9 +393,10 @@ Result<std::string> AwaitLaunch(int port) {
       }
       uint64_t size = 0;
       std::string_view header(buf.data(), nl);
-      if (!header.starts_with("launch ") ||
-          std::from_chars(header.data() + 7, header.data() + header.size(), size).ec !=
-              std::errc() ||
+      if (header.size() <= kind.size() + 1 || !header.starts_with(kind) ||
+          header[kind.size()] != ' ' ||
+          std::from_chars(header.data() + kind.size() + 1, header.data() + header.size(), size)
+                  .ec != std::errc() ||
           size > (1 << 20)) {
         return Fail("airlock.launch: bad header");
       }
@@ -479,9 +490,9 @@ Result<VmBoot> BootVm() {
   }
   // A VM booted for a session has its arguments in the initramfs; a template's come over
   // airlock.launch once a session restores it.
-  const bool from_template = ::access(kArgsFile, R_OK) != 0;
-  std::string vm;
-  if (!from_template) {
+  boot.from_template = ::access(kArgsFile, R_OK) != 0;
+  std::string& vm = boot.settings;
+  if (!boot.from_template) {
     auto args = ReadFile(kArgsFile, 256 * 1024);
     if (!args) return std::unexpected(args.error());
     boot.args = SplitArgs(*args);
@@ -508,30 +519,22 @@ Result<VmBoot> BootVm() {
   // From here on everything init and the agent write goes to the session log.
   ::dup2(log.get(), STDOUT_FILENO);
   ::dup2(log.get(), STDERR_FILENO);
-  if (from_template) {
-    // What a template saves: the kernel booted, the modules loaded, the devices found. The
-    // backend snapshots it once this line is in the status port's file.
-    if (!WriteAll(boot.status.get(), "ready\n", 6)) return FailErrno("write ready", errno);
-    auto message = AwaitLaunch(launch.get());
-    if (!message) return std::unexpected(message.error());
-    size_t args_at = message->find("args\n");
-    if (args_at == std::string::npos) return Fail("airlock.launch: no args");
-    vm = message->substr(0, args_at);
-    boot.args = SplitArgs(std::string_view(*message).substr(args_at + 5));
-    // The template's clock stopped when it was saved.
-    uint64_t ms = VmSetting(vm, "time_ms", 0);
-    timespec now{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1000000};
-    if (ms == 0 || ::clock_settime(CLOCK_REALTIME, &now) != 0)
-      return FailErrno("set the clock", errno);
-    if (auto s = Reseed(LaunchValue(vm, "entropy")); !s) return std::unexpected(s.error());
-    if (!WriteAll(launch.get(), "launched\n", 9)) return FailErrno("write launched", errno);
+  if (boot.from_template) {
+    // A template is made for one image: its settings come first, before anything is mounted.
+    auto prepared = AwaitMessage(launch.get(), "prepare");
+    if (!prepared) return std::unexpected(prepared.error());
+    vm = std::move(*prepared);
   }
   boot.launch = std::move(launch);
   if (auto s = MakeDir(kNewRoot, 0755); !s) return std::unexpected(s.error());
-  if (auto s = MountRoot(vm); !s) return std::unexpected(s.error());
-  auto cgroup = AgentCgroup(kNewRoot, VmSetting(vm, "pids", 0));
+  if (auto s = MountRoot(vm, boot.sized_mounts); !s) return std::unexpected(s.error());
+  auto cgroup = AgentCgroup(kNewRoot);
   if (!cgroup) return std::unexpected(cgroup.error());
   boot.cgroup = *cgroup;
+  // A template's limit is the default one; AwaitSession sets the session's.
+  if (auto s = SealCgroup(std::string(kNewRoot) + "/sys/fs/cgroup", VmSetting(vm, "pids", 0)); !s) {
+    return std::unexpected(s.error());
+  }
   // The initramfs's /proc, /sys and /dev go with it.
   ::umount2("/proc", MNT_DETACH);
   ::umount2("/sys", MNT_DETACH);
@@ -539,6 +542,128 @@ Result<VmBoot> BootVm() {
   if (auto s = SwitchRoot(); !s) return std::unexpected(s.error());
   if (auto s = LoopbackUp(); !s) return std::unexpected(s.error());
   return boot;
+}
+
+// The files a session's first moments read, from the "preload" lines of a template's
+// settings (an absolute path, or a command looked up as a shell would): read once here, they
+// are in the snapshot's page cache, and a restored VM does not wait for its disk to start
+// its agent. At most kPreloadBytes in all, so that no image makes its snapshots large.
+void Preload(std::string_view settings) {
+  constexpr uint64_t kPreloadBytes = 64ull << 20;
+  uint64_t total = 0;
+  for (std::string_view rest = settings; !rest.empty();) {
+    size_t nl = rest.find('\n');
+    std::string_view line = rest.substr(0, nl);
+    rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+    if (!line.starts_with("preload ")) continue;
+    std::string name(line.substr(8));
+    std::vector<std::string> candidates;
+    if (name.find('/') != std::string::npos) {
+      candidates.push_back(name);
+    } else {
+      for (const char* dir :
+           {"/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"}) {
+        candidates.push_back(std::string(dir) + "/" + name);
+      }
+    }
+    for (const auto& path : candidates) {
+      UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      struct stat st {};
+      if (!fd.valid() || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+      char buf[64 * 1024];
+      for (ssize_t n; total < kPreloadBytes && (n = ::read(fd.get(), buf, sizeof(buf))) > 0;) {
+        total += static_cast<uint64_t>(n);
+      }
+      break;
+    }
+  }
+}
+
+// Free pages keep what was in them (the initramfs's image, the kernel's init sections, what
+// the mounts read and let go), and a snapshot holds every page that is not zero. Taking all
+// the free memory once, which the kernel hands out zeroed, and giving it back leaves only
+// what is in use to save and to restore.
+void ZeroFreeMemory() {
+  uint64_t free_kib = 0;
+  if (auto info = ReadFile("/proc/meminfo", 16384)) {
+    size_t at = info->find("MemFree:");
+    if (at != std::string::npos) {
+      std::string_view rest = std::string_view(*info).substr(at + 8);
+      rest.remove_prefix(std::min(rest.find_first_not_of(' '), rest.size()));
+      std::from_chars(rest.data(), rest.data() + rest.size(), free_kib);
+    }
+  }
+  // A margin for the kernel's own allocations meanwhile: never run the guest out of memory.
+  constexpr uint64_t kMarginKib = 16 << 10;
+  if (free_kib <= kMarginKib) return;
+  const size_t bytes = (free_kib - kMarginKib) << 10;
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_NORESERVE, -1, 0);
+  if (p != MAP_FAILED) ::munmap(p, bytes);
+}
+
+Result<std::vector<std::string>> AwaitSession(VmBoot& boot) {
+  // What a template saves: the image mounted and the channel served. The backend snapshots it
+  // once this line is in the status port's file.
+  Preload(boot.settings);
+  ZeroFreeMemory();
+  if (!WriteAll(boot.status.get(), "ready\n", 6)) return FailErrno("write ready", errno);
+  auto message = AwaitMessage(boot.launch.get(), "launch");
+  if (!message) return std::unexpected(message.error());
+  // The backend attached the channel's host end before it wrote the launch.
+  WakeChannel();
+  // The settings' lines, then "args" on a line of its own.
+  size_t args_at = message->starts_with("args\n") ? 0 : message->find("\nargs\n");
+  if (args_at == std::string::npos) return Fail("airlock.launch: no args");
+  if (args_at > 0) ++args_at;
+  std::string vm = message->substr(0, args_at);
+  // The template's clock stopped when it was saved.
+  uint64_t ms = VmSetting(vm, "time_ms", 0);
+  timespec now{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1000000};
+  if (ms == 0 || ::clock_settime(CLOCK_REALTIME, &now) != 0)
+    return FailErrno("set the clock", errno);
+  if (auto s = Reseed(LaunchValue(vm, "entropy")); !s) return std::unexpected(s.error());
+  // What the template prepared is the image's, the same for all its sessions; what differs
+  // between them is their limits.
+  for (std::string_view key : {"uid", "gid", "workdir"}) {
+    if (LaunchValue(vm, key) != LaunchValue(boot.settings, key)) {
+      return Fail("airlock.launch: its " + std::string(key) + " is not the template's");
+    }
+  }
+  if (LaunchValue(vm, "tmp_bytes") != LaunchValue(boot.settings, "tmp_bytes")) {
+    const std::string size = "size=" + std::to_string(VmSetting(vm, "tmp_bytes", 256ull << 20));
+    for (const auto& path : boot.sized_mounts) {
+      if (auto s = Mount(nullptr, path, nullptr, MS_REMOUNT | MS_NOSUID | MS_NODEV, size); !s) {
+        return std::unexpected(s.error());
+      }
+    }
+  }
+  // Two remounts under TCG take tens of milliseconds: only for a limit that is not the default.
+  if (LaunchValue(vm, "pids") != LaunchValue(boot.settings, "pids")) {
+    if (auto s = Mount(nullptr, "/sys/fs/cgroup", nullptr, MS_REMOUNT | kCgroupFlags); !s) {
+      return std::unexpected(s.error());
+    }
+    if (auto s = SealCgroup("/sys/fs/cgroup", VmSetting(vm, "pids", 0)); !s) {
+      return std::unexpected(s.error());
+    }
+  }
+  boot.settings = std::move(vm);
+  if (!WriteAll(boot.launch.get(), "launched\n", 9)) return FailErrno("write launched", errno);
+  return SplitArgs(std::string_view(*message).substr(args_at + 5));
+}
+
+namespace {
+// Written to when the host is known to hold the channel's end again (a launch came), so that
+// the channel's thread stops waiting for it at once.
+int channel_wake_fd = -1;
+}  // namespace
+
+void WakeChannel() {
+  if (channel_wake_fd < 0) return;
+  uint64_t one = 1;
+  if (::write(channel_wake_fd, &one, sizeof(one)) < 0) {
+    // Full (it is read at each wait) or gone: the thread looks at the port within 50 ms anyway.
+  }
 }
 
 Status ServeChannel(UniqueFd channel, const std::string& socket_path) {
@@ -566,7 +691,9 @@ Status ServeChannel(UniqueFd channel, const std::string& socket_path) {
   // to start a new one when the host comes back.
   UniqueFd port(::dup(channel.get()));
   UniqueFd own_listener(::dup(listener.get()));
-  if (!port.valid() || !own_listener.valid()) return FailErrno("dup", errno);
+  UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!port.valid() || !own_listener.valid() || !wake.valid()) return FailErrno("dup", errno);
+  channel_wake_fd = wake.get();
   auto mux = Mux::Guest(std::move(channel), std::move(own_listener), Mux::Options{});
   if (!mux) return Fail(mux.error());
   // The thread blocks every signal: init takes SIGCHLD and the forwarded signals through a
@@ -575,8 +702,8 @@ Status ServeChannel(UniqueFd channel, const std::string& socket_path) {
   sigset_t all, old;
   ::sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
-  std::thread([mux = std::move(*mux), port = std::move(port),
-               listener = std::move(listener)]() mutable {
+  std::thread([mux = std::move(*mux), port = std::move(port), listener = std::move(listener),
+               wake = std::move(wake)]() mutable {
     // Capabilities are per thread, and this one was made while init still held root's: it
     // needs none to relay bytes.
     if (auto s = KeepOnlyCapabilities({}); !s) {
@@ -592,7 +719,11 @@ Status ServeChannel(UniqueFd channel, const std::string& socket_path) {
       for (;;) {
         pollfd p{port.get(), POLLIN, 0};
         if (::poll(&p, 1, 0) >= 0 && (p.revents & POLLHUP) == 0) break;
-        SleepMs(50);
+        pollfd w{wake.get(), POLLIN, 0};
+        if (::poll(&w, 1, 50) > 0) {
+          uint64_t n = 0;
+          if (::read(wake.get(), &n, sizeof(n)) < 0) SleepMs(50);
+        }
       }
       auto next =
           Mux::Guest(UniqueFd(::dup(port.get())), UniqueFd(::dup(listener.get())), Mux::Options{});
@@ -607,17 +738,20 @@ Status ServeChannel(UniqueFd channel, const std::string& socket_path) {
   return {};
 }
 
-Status KeepClock(UniqueFd launch) {
+Status KeepClock(UniqueFd launch, UniqueFd go) {
   UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
   epoll_event want{};
   want.events = EPOLLIN | EPOLLET;
-  if (!ep.valid() || ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, launch.get(), &want) != 0) {
+  // data.u32: 0 the port, 1 `go` (after which the port is watched).
+  want.data.u32 = go.valid() ? 1 : 0;
+  if (!ep.valid() ||
+      ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, go.valid() ? go.get() : launch.get(), &want) != 0) {
     return FailErrno("watch airlock.launch", errno);
   }
   sigset_t all, old;
   ::sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &old);  // as the channel's thread: see ServeChannel
-  std::thread([ep = std::move(ep), port = std::move(launch)]() {
+  std::thread([ep = std::move(ep), port = std::move(launch), go = std::move(go)]() {
     if (auto s = KeepOnlyCapabilities({CAP_SYS_TIME}); !s) {
       Log("the clock's thread cannot drop its capabilities: " + s.error());
       return;
@@ -629,6 +763,16 @@ Status KeepClock(UniqueFd launch) {
         if (errno == EINTR) continue;
         Log("airlock.launch: epoll_wait: " + std::string(std::strerror(errno)));
         return;
+      }
+      if (ev.data.u32 == 1) {
+        epoll_event port_ready{};
+        port_ready.events = EPOLLIN | EPOLLET;
+        if (::epoll_ctl(ep.get(), EPOLL_CTL_DEL, go.get(), nullptr) != 0 ||
+            ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, port.get(), &port_ready) != 0) {
+          Log("airlock.launch: " + std::string(std::strerror(errno)));
+          return;
+        }
+        continue;
       }
       // Everything there is: a read of 0 is the host gone, EAGAIN is nothing more for now.
       char chunk[256];

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -492,6 +493,36 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
     Log("cannot set the VM up: " + boot.error());
     PowerOff(-1, kInitFailed, false);
   }
+  // A template serves the channel where every launch's init expects it (the backend passes
+  // no --socket), before it is saved; its session's command line comes after the restore.
+  const std::string template_socket = Options{}.socket_path;
+  if (boot->from_template) {
+    if (auto s = ServeChannel(std::move(boot->channel), template_socket); !s) {
+      Log(s.error());
+      PowerOff(boot->status.get(), kInitFailed, false);
+    }
+    // The clock's thread is started here too, and watches the port once the launch is read.
+    UniqueFd clock_go(::eventfd(0, EFD_CLOEXEC));
+    if (!clock_go.valid()) {
+      Log(ErrnoMessage("eventfd", errno));
+      PowerOff(boot->status.get(), kInitFailed, false);
+    }
+    if (auto s = KeepClock(UniqueFd(::dup(boot->launch.get())), UniqueFd(::dup(clock_go.get())));
+        !s) {
+      Log(s.error());
+      PowerOff(boot->status.get(), kInitFailed, false);
+    }
+    auto launched = AwaitSession(*boot);
+    if (!launched) {
+      Log("cannot take the session's launch: " + launched.error());
+      PowerOff(boot->status.get(), kInitFailed, false);
+    }
+    boot->args = std::move(*launched);
+    const uint64_t one = 1;
+    if (::write(clock_go.get(), &one, sizeof(one)) != sizeof(one)) {
+      Log(ErrnoMessage("cannot start the clock's thread", errno));
+    }
+  }
   std::vector<std::string> args = std::move(boot->args);
   args.insert(args.begin(), {"airlock-init", "--cgroup-root", boot->cgroup});
   std::vector<char*> argv;
@@ -503,13 +534,20 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
     Log(opts ? "--help is not a way to run a VM" : opts.error());
     PowerOff(boot->status.get(), kInitFailed, false);
   }
-  if (auto s = ServeChannel(std::move(boot->channel), opts->socket_path); !s) {
+  if (boot->from_template) {
+    if (opts->socket_path != template_socket) {
+      Log("the launch's --socket is not where the template serves the channel");
+      PowerOff(boot->status.get(), kInitFailed, false);
+    }
+  } else if (auto s = ServeChannel(std::move(boot->channel), opts->socket_path); !s) {
     Log(s.error());
     PowerOff(boot->status.get(), kInitFailed, false);
   }
-  if (auto s = KeepClock(std::move(boot->launch)); !s) {
-    Log(s.error());
-    PowerOff(boot->status.get(), kInitFailed, false);
+  if (!boot->from_template) {
+    if (auto s = KeepClock(std::move(boot->launch)); !s) {
+      Log(s.error());
+      PowerOff(boot->status.get(), kInitFailed, false);
+    }
   }
   Init init(std::move(*opts), std::move(env));
   init.set_vm(std::move(boot->seccomp_filter));

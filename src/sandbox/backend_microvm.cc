@@ -329,7 +329,7 @@ class MicrovmBackend : public Backend {
     }
     std::optional<Result<pid_t>> started;
     if (o_.templates) {
-      auto tpl = Template(m);
+      auto tpl = Template(m, LaunchOf(image, command, Limits{}).settings + PreloadOf(image));
       if (!tpl) {
         // A template that cannot be made leaves the cold boot, which says more when it
         // fails the same way.
@@ -382,11 +382,13 @@ class MicrovmBackend : public Backend {
   }
 
   // The template of machine `m` (its directory in the cache), made now if there is none:
-  // a VM booted without a launch, saved once its init waits for one.
-  Result<std::string> Template(const Machine& m) {
+  // a VM booted without a launch, given the image's `settings` (what LaunchOf makes with
+  // the default limits), and saved once its init has mounted the image and waits for a
+  // launch.
+  Result<std::string> Template(const Machine& m, const std::string& settings) {
     const std::string key =
-        Sha256Hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}", m.disk, AccelArg(m), m.initrd,
-                              m.memory_mb, m.cpus, kernel_args_, KernelStamp(), qemu_))
+        Sha256Hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}", m.disk, AccelArg(m), m.initrd,
+                              m.memory_mb, m.cpus, kernel_args_, KernelStamp(), qemu_, settings))
             .substr(0, 16);
     // Short: QEMU's sockets live in it, and a Unix socket's path has at most 107 bytes.
     const std::string dir = o_.cache_dir + "/tpl/" + key;
@@ -408,17 +410,22 @@ class MicrovmBackend : public Backend {
     auto made = [&]() -> Status {
       AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, Spawn(t, MachineArgs(t, m), uid, -1));
       auto saved = [&]() -> Status {
+        AIRLOCK_ASSIGN_OR_RETURN(
+            UniqueFd prepare,
+            WriteToLaunchPort(t, fmt::format("prepare {}\n{}", settings.size(), settings)));
         // Init writes "ready" once it waits for its launch; a boot takes seconds under TCG.
         auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
         while (ReadSmallFile(t.file("status"), 64) != "ready\n") {
           if (!Exists(fmt::format("/proc/{}", pid)) ||
               std::chrono::steady_clock::now() >= deadline) {
             return Errorf(ErrorCode::kUnavailable,
-                          "the template VM did not reach its launch; its console: {}",
-                          ConsoleTail(t));
+                          "the template VM did not reach its launch; its console: {} {}",
+                          ConsoleTail(t), ReadSmallFile(LogPath(t), 2048));
           }
           std::this_thread::sleep_for(std::chrono::milliseconds(20));
         }
+        // Saved with no host on the port, as every restore finds it.
+        prepare.Reset();
         AIRLOCK_ASSIGN_OR_RETURN(QmpSession qmp,
                                  QmpSession::Connect(t.file("qmp.sock"), std::chrono::minutes(5)));
         AIRLOCK_TRY(qmp.Execute("stop"));
@@ -487,7 +494,10 @@ class MicrovmBackend : public Backend {
     auto launched = [&]() -> Status {
       AIRLOCK_ASSIGN_OR_RETURN(QmpSession qmp,
                                QmpSession::Connect(h.file("qmp.sock"), std::chrono::minutes(1)));
-      AIRLOCK_ASSIGN_OR_RETURN(std::string outcome, AwaitMigration(qmp));
+      // Not one connection to the guest's ports before the snapshot is read: the device
+      // state it loads would lose the guest's news of it, and the port would look unheld.
+      AIRLOCK_ASSIGN_OR_RETURN(std::string outcome,
+                               AwaitMigration(qmp, std::chrono::milliseconds(1)));
       if (outcome != "completed") {
         return Errorf(ErrorCode::kUnavailable, "qemu could not restore the template: {} {}",
                       outcome, ReadSmallFile(h.file("qemu.log"), 2048));
@@ -907,9 +917,14 @@ class MicrovmBackend : public Backend {
   // QEMU listens on its sockets before it starts the guest: once the monitor answers, the
   // channel's socket is there too. A QEMU that dies first says why in its log.
   Status AwaitQemu(const Handle& h, pid_t pid) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    const auto start = std::chrono::steady_clock::now();
+    auto deadline = start + std::chrono::seconds(30);
+    // Its monitor is up within tens of milliseconds (a restore or a boot goes on after it):
+    // looked for often until then, which costs a failed connect each time.
     for (auto pause = std::chrono::milliseconds(1);;
-         pause = std::min(pause * 2, std::chrono::milliseconds(50))) {
+         pause = std::chrono::steady_clock::now() - start < std::chrono::seconds(1)
+                     ? std::chrono::milliseconds(2)
+                     : std::chrono::milliseconds(50)) {
       if (QmpQuery(h, "query-status")) return Ok();
       bool alive = Exists(fmt::format("/proc/{}", pid));
       if (!alive || std::chrono::steady_clock::now() >= deadline) {
@@ -959,9 +974,10 @@ class MicrovmBackend : public Backend {
 
   // "completed", or what went wrong, once QEMU's migration has ended either way.
 
-  static Result<std::string> AwaitMigration(QmpSession& qmp) {
-    for (auto pause = std::chrono::milliseconds(1);;
-         pause = std::min(pause * 2, std::chrono::milliseconds(20))) {
+  // `most`: the longest pause between two looks (a restore on a start's path looks often).
+  static Result<std::string> AwaitMigration(
+      QmpSession& qmp, std::chrono::milliseconds most = std::chrono::milliseconds(20)) {
+    for (auto pause = std::chrono::milliseconds(1);; pause = std::min(pause * 2, most)) {
       AIRLOCK_ASSIGN_OR_RETURN(Json m, qmp.Execute("query-migrate"));
       std::string status = m.is_object() ? m.value("status", "") : "";
       if (status == "completed") return status;
@@ -993,7 +1009,7 @@ class MicrovmBackend : public Backend {
       AIRLOCK_ASSIGN_OR_RETURN(pid_t pid, Spawn(h, argv, uid, in.get()));
       AIRLOCK_ASSIGN_OR_RETURN(QmpSession qmp,
                                QmpSession::Connect(h.file("qmp.sock"), std::chrono::minutes(5)));
-      auto outcome = AwaitMigration(qmp);
+      auto outcome = AwaitMigration(qmp, std::chrono::milliseconds(1));
       if (!outcome || *outcome != "completed") {
         ::kill(pid, SIGKILL);
         AwaitExit(h, pid);
@@ -1122,6 +1138,17 @@ class MicrovmBackend : public Backend {
     // A working directory on the read-only image gets a writable copy (the guest's init).
     if (WorkdirNeedsItsOwnMount(image.workdir) && image.workdir.find('\n') == std::string::npos) {
       out.settings += fmt::format("workdir {}\n", image.workdir);
+    }
+    return out;
+  }
+
+  // What a template of `image` reads before it is saved (the guest's Preload): the shell, which
+  // most commands go through, and the image's own command.
+  static std::string PreloadOf(const OciImage& image) {
+    std::string out = "preload /bin/sh\n";
+    const auto& command = image.entrypoint.empty() ? image.cmd : image.entrypoint;
+    if (!command.empty() && !command[0].empty() && command[0].find('\n') == std::string::npos) {
+      out += fmt::format("preload {}\n", command[0]);
     }
     return out;
   }

@@ -229,6 +229,43 @@ TEST_F(MicrovmBackendTest, SandboxesFromOneTemplateHaveTheirOwnIdentityClockAndR
   EXPECT_NEAR(std::stoll("0" + field(lb, "time")), host_now, 30) << lb;
 }
 
+// A template is saved with its image mounted at the default limits (256 MiB of tmpfs, 256
+// processes); a sandbox restored from it still has its session's own, and the agent's cgroup
+// is read-only as after a boot.
+TEST_F(MicrovmBackendTest, ASandboxFromATemplateHasItsSessionsLimits) {
+  const std::vector<std::string> command = {
+      "/bin/sh", "-c",
+      "grep -E ' /(tmp|home/sandbox) ' /proc/mounts; "
+      "echo pids=$(cat /sys/fs/cgroup/sandbox/pids.max); grep ' /sys/fs/cgroup ' /proc/mounts"};
+  std::string a = Create(command);
+  ASSERT_FALSE(a.empty());
+  EXPECT_EQ(WaitFor(a, SandboxState::kExited).exit_code, 0) << Log(a);
+  Limits limits;
+  limits.disk_mb = 64;
+  limits.pids = 77;
+  std::string b = Create(command, limits);
+  ASSERT_FALSE(b.empty());
+  EXPECT_EQ(WaitFor(b, SandboxState::kExited).exit_code, 0) << Log(b);
+  // A boot writes the sandbox's own initramfs; a restore does not.
+  EXPECT_FALSE(fs::exists(dir_ + "/work-" + session_id_ + "/vm/initrd"))
+      << "the second sandbox was booted, not restored from the template";
+  std::string la = Log(a), lb = Log(b);
+  EXPECT_NE(la.find("pids=256"), std::string::npos) << la;
+  EXPECT_NE(lb.find("pids=77"), std::string::npos) << lb;
+  for (const std::string mount : {" /tmp tmpfs ", " /home/sandbox tmpfs "}) {
+    size_t at = lb.find(mount);
+    ASSERT_NE(at, std::string::npos) << mount << " in " << lb;
+    EXPECT_NE(lb.substr(at, lb.find('\n', at) - at).find("size=65536k"), std::string::npos)
+        << mount << " in " << lb;
+    at = la.find(mount);
+    ASSERT_NE(at, std::string::npos) << mount << " in " << la;
+    EXPECT_NE(la.substr(at, la.find('\n', at) - at).find("size=262144k"), std::string::npos)
+        << mount << " in " << la;
+  }
+  size_t cg = lb.find(" /sys/fs/cgroup cgroup2 ro,");
+  EXPECT_NE(cg, std::string::npos) << lb;
+}
+
 TEST_F(MicrovmBackendTest, PausesResumesAndDestroys) {
   std::string h = Create({"/bin/sh", "-c", "echo started; exec sleep 600"});
   ASSERT_FALSE(h.empty());
