@@ -6,7 +6,7 @@ guest kernel in /var/lib/airlock/guest-kernel and /bin/busybox from busybox-stat
 
     bench/microvm.py [--sessions 10] [--rounds 10] [--idle 10] [--idle-oci 200]
                      [--settle 3] [--airlock PATH] [--kernel-dir DIR] [--raw FILE] [--keep]
-                     [--only pools]
+                     [--only pools|templates]
 
 It starts two `airlock serve` (each on free ports with a fresh home under /tmp and a config
 file passed with --config): "templates", `[sandbox.microvm] templates = true` (the default),
@@ -701,6 +701,49 @@ def pools_only(a, tmpl):
         print("PROBLEM (templates):", p)
 
 
+def templates_only(a, tmpl):
+    """--only templates: part 1's start from a template snapshot, against the bare QEMU boot,
+    on the templates server alone (its pools run, as in the whole run)."""
+    res, load, bare = {}, {}, None
+    try:
+        tmpl.start()
+        print(f"  config: {tmpl.config_text.strip()!r}")
+        load["templates"] = loadavg()
+        res["tmpl"] = tmpl.sequential("microvm", a.sessions, "microvm from template")
+        res["template_files"] = tmpl.template_files()
+        bare = BareQemu(tmpl.tmp, tmpl.qemu_argv, a.kernel_dir)
+        load["bare"] = loadavg()
+        res["bare"] = bare.runs(a.sessions)
+        found = tmpl.log_findings()
+    finally:
+        if bare:
+            bare.stop()
+        tmpl.cleanup()
+    t, b = res["tmpl"], res["bare"]
+    ref = pct(b["marker"], 50)
+    print()
+    print(f"## 1. create -> agent's first request from a template ({a.sessions} sequential sessions, "
+          f"after one warm-up; t1 = hello seen on the SSE stream; x/ref = p50 / bare QEMU's p50)")
+    print()
+    header()
+    print(row("microvm from template: POST -> hello seen", t["total"], ref))
+    print(row("  of which POST -> 201", t["post"]))
+    print(row("  of which 201 -> hello seen", t["after201"]))
+    print(row("bare qemu -machine microvm: start -> marker", b["marker"], ref))
+    print()
+    print(f"template made (includes importing base.tar, making the erofs disk, booting the template "
+          f"VM and saving it, then the first restore): {ms(t['first'])}")
+    tf = res["template_files"]
+    print(f"template files: {', '.join(f'{k} {mib(v / 1024)}' for k, v in sorted(tf.items())) or 'none'}")
+    print("load average when each part started: " + "; ".join(f"{k} {v}" for k, v in load.items()))
+    if not found:
+        print("server templates: no warn/error lines in its log")
+    for key, (n, line) in sorted(found.items(), key=lambda kv: -kv[1][0]):
+        print(f"server templates log: {n}x {key}\n    e.g. {line[:400]}")
+    for p in tmpl.problems:
+        print("PROBLEM (templates):", p)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -717,8 +760,9 @@ def main():
     ap.add_argument("--airlock", default=None, help="airlock binary (default: $AIRLOCK, build/bin/airlock, ../build/bin/airlock)")
     ap.add_argument("--raw", metavar="FILE", help="also write every sample (seconds) as JSON to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the temp homes and logs")
-    ap.add_argument("--only", choices=["pools"],
-                    help="one part alone: pools (part 5 and its bare crun baseline, on the templates server)")
+    ap.add_argument("--only", choices=["pools", "templates"],
+                    help="one part alone: pools (part 5 and its bare crun baseline, on the templates server); "
+                         "templates (part 1's template start and its bare QEMU baseline)")
     a = ap.parse_args()
     a.airlock = find_airlock(a.airlock)
     require_root_and_crun("the oci backend, QEMU's -runas and the KVM probe need it")
@@ -748,6 +792,8 @@ def main():
     tmpl = Server(a, "templates", base_cfg + "templates = true\n" + pools)
     if a.only == "pools":
         return pools_only(a, tmpl)
+    if a.only == "templates":
+        return templates_only(a, tmpl)
     bare = None
     res = {}
     load_mid = {}
