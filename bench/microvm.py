@@ -701,6 +701,13 @@ def pools_only(a, tmpl):
         print("PROBLEM (templates):", p)
 
 
+def start_rows(label, x, ref):
+    """A start path's rows in part 1: POST -> hello, and the two halves of it."""
+    print(row(f"{label}: POST -> hello seen", x["total"], ref))
+    print(row("  of which POST -> 201", x["post"]))
+    print(row("  of which 201 -> hello seen", x["after201"]))
+
+
 def templates_only(a, tmpl):
     """--only templates: part 1's start from a template snapshot, against the bare QEMU boot,
     on the templates server alone (its pools run, as in the whole run)."""
@@ -726,9 +733,7 @@ def templates_only(a, tmpl):
           f"after one warm-up; t1 = hello seen on the SSE stream; x/ref = p50 / bare QEMU's p50)")
     print()
     header()
-    print(row("microvm from template: POST -> hello seen", t["total"], ref))
-    print(row("  of which POST -> 201", t["post"]))
-    print(row("  of which 201 -> hello seen", t["after201"]))
+    start_rows("microvm from template", t, ref)
     print(row("bare qemu -machine microvm: start -> marker", b["marker"], ref))
     print()
     print(f"template made (includes importing base.tar, making the erofs disk, booting the template "
@@ -854,12 +859,8 @@ def main():
           f"t1 = hello seen on the SSE stream; x/ref = p50 / bare QEMU's p50)")
     print()
     header()
-    print(row("microvm from template: POST -> hello seen", t["total"], ref))
-    print(row("  of which POST -> 201", t["post"]))
-    print(row("  of which 201 -> hello seen", t["after201"]))
-    print(row("microvm cold boot: POST -> hello seen", c["total"], ref))
-    print(row("  of which POST -> 201", c["post"]))
-    print(row("  of which 201 -> hello seen", c["after201"]))
+    start_rows("microvm from template", t, ref)
+    start_rows("microvm cold boot", c, ref)
     print(row("bare qemu -machine microvm: start -> marker", b["marker"], ref))
     print(row("  start -> QEMU exited (poweroff)", b["exit"]))
     print(row("oci (crun): POST -> hello seen", o["total"], ref))
