@@ -213,15 +213,16 @@ TEST_F(OciPoolTest, APooledAgentGetsTheSessionsVariablesAndFiles) {
       {{"env", {{"REPO", "airlock"}}}, {"files", {{"notes.md", "read me first"}}}});
   ASSERT_FALSE(id.empty());
   EXPECT_TRUE(Metric("airlock_pool_claims_total{pool=\"p\"} 1"));
+  // `cat` writes the file, then `echo` its line's end: waited for whole (under TCG the two
+  // can arrive far apart).
+  const std::string expected = "pooled session=" + id + "\nrepo=airlock\nread me first\n";
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (sbx.Logs(id).find("read me first") == std::string::npos &&
+  while (sbx.Logs(id).find(expected) == std::string::npos &&
          std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   const std::string logs = sbx.Logs(id);
-  EXPECT_NE(logs.find("pooled session=" + id + "\nrepo=airlock\nread me first\n"),
-            std::string::npos)
-      << logs;
+  EXPECT_NE(logs.find(expected), std::string::npos) << logs;
   auto events = sbx.server().Op(verb::get, "/v1/sessions/" + id + "/events", "",
                                 {{"Accept", "application/json"}});
   ASSERT_EQ(events.status, 200u) << events.body;
