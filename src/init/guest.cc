@@ -584,19 +584,24 @@ void Preload(std::string_view settings) {
 // the free memory once, which the kernel hands out zeroed, and giving it back leaves only
 // what is in use to save and to restore.
 void ZeroFreeMemory() {
-  uint64_t free_kib = 0;
-  if (auto info = ReadFile("/proc/meminfo", 16384)) {
-    size_t at = info->find("MemFree:");
-    if (at != std::string::npos) {
-      std::string_view rest = std::string_view(*info).substr(at + 8);
-      rest.remove_prefix(std::min(rest.find_first_not_of(' '), rest.size()));
-      std::from_chars(rest.data(), rest.data() + rest.size(), free_kib);
-    }
-  }
-  // A margin for the kernel's own allocations meanwhile: never run the guest out of memory.
-  constexpr uint64_t kMarginKib = 16 << 10;
-  if (free_kib <= kMarginKib) return;
-  const size_t bytes = (free_kib - kMarginKib) << 10;
+  auto info = ReadFile("/proc/meminfo", 16384);
+  if (!info) return;
+  auto kib = [&](std::string_view key) {
+    uint64_t v = 0;
+    size_t at = info->find(key);
+    if (at == std::string::npos) return v;
+    std::string_view rest = std::string_view(*info).substr(at + key.size());
+    rest.remove_prefix(std::min(rest.find_first_not_of(' '), rest.size()));
+    std::from_chars(rest.data(), rest.data() + rest.size(), v);
+    return v;
+  };
+  const uint64_t free_kib = kib("MemFree:");
+  // A margin for the kernel's own allocations meanwhile, the mapping's page tables among them
+  // (1/512 of it): reclaim would take the preloaded files, and an out-of-memory guest whose
+  // only process is init panics.
+  const uint64_t margin_kib = (16 << 10) + kib("MemTotal:") / 32;
+  if (free_kib <= margin_kib) return;
+  const size_t bytes = (free_kib - margin_kib) << 10;
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_NORESERVE, -1, 0);
   if (p != MAP_FAILED) ::munmap(p, bytes);
