@@ -1,4 +1,5 @@
 #include "files/local_store.h"
+#include "tests/support/temp_dir.h"
 
 #include <sys/stat.h>
 
@@ -8,19 +9,6 @@
 
 namespace airlock::files {
 namespace {
-
-// A directory of the test's own, removed with it: it holds a signing key.
-struct TempDir {
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "airlock-keys-XXXXXX").string();
-    path = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string path;
-};
 
 TEST(UrlSigner, EveryTermIsCovered) {
   auto s = UrlSigner::ForTest({{"k1", Secret(std::string(64, 'a'))}});
@@ -38,8 +26,9 @@ TEST(UrlSigner, EveryTermIsCovered) {
 }
 
 TEST(UrlSigner, RotationKeepsOldUrlsValidUntilTheKeyIsDropped) {
-  TempDir dir;
-  std::string path = dir.path + "/file-signing.keys";
+  // A directory of the test's own, removed with it: it holds a signing key.
+  testing::TempDir dir("airlock-keys");
+  std::string path = dir / "file-signing.keys";
   auto first = UrlSigner::LoadOrCreate(path);
   ASSERT_TRUE(first.has_value()) << first.error().message;
   struct stat st {};

@@ -4,6 +4,7 @@
 // polls a condition up to a generous deadline, only so that a bug fails instead of hanging.
 
 #include "mux.h"
+#include "tests/support/temp_dir.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -42,22 +43,6 @@ bool WaitUntil(const std::function<bool()>& done) {
   }
   return true;
 }
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "mux_test.XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 void SetTimeouts(int fd) {
   timeval tv{30, 0};
@@ -367,7 +352,7 @@ class MuxPair {
   const std::string& host_reason() const { return host_reason_; }
 
  private:
-  TempDir dir_;
+  testing::TempDir dir_{"mux_test"};
   UniqueFd host_port_;
   std::unique_ptr<Mux> guest_;
   std::unique_ptr<Mux> host_;
@@ -772,7 +757,7 @@ class HostileGuest {
   }
 
   Mux::Options options_;
-  TempDir dir_;
+  testing::TempDir dir_{"mux_test"};
   UniqueFd raw_;
   std::unique_ptr<Server> server_;
   std::unique_ptr<Mux> host_;

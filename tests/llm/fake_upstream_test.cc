@@ -1,4 +1,5 @@
 #include "tests/llm/fake_upstream.h"
+#include "tests/support/temp_dir.h"
 
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -172,25 +173,6 @@ std::unique_ptr<FakeUpstream> StartFake(FakeUpstreamOptions options = {}) {
   EXPECT_TRUE(up.has_value()) << (up ? "" : up.error().message);
   return up ? std::move(*up) : nullptr;
 }
-
-// A fresh directory for one test's PEM files, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "fake_upstream_test.XXXXXX");
-    char* made = ::mkdtemp(pattern.data());
-    EXPECT_NE(made, nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // ---- OpenAI -----------------------------------------------------------------------------------
 
@@ -788,7 +770,7 @@ std::unique_ptr<asio::ssl::context> ClientContext(const std::string& ca_file) {
 }
 
 TEST(FakeUpstreamTls, HandshakesWithATrustedCaByNameAndByAddress) {
-  TempDir dir;
+  testing::TempDir dir("fake_upstream_test");  // its PEM files
   auto pki = MakeTestPki(dir.path());
   ASSERT_TRUE(pki.has_value()) << pki.error().message;
   EXPECT_EQ(
@@ -815,8 +797,8 @@ TEST(FakeUpstreamTls, HandshakesWithATrustedCaByNameAndByAddress) {
 }
 
 TEST(FakeUpstreamTls, HandshakeFailsWhenTheClientDoesNotTrustTheCa) {
-  TempDir dir;
-  TempDir other_dir;
+  testing::TempDir dir("fake_upstream_test");  // its PEM files
+  testing::TempDir other_dir("fake_upstream_test");
   auto pki = MakeTestPki(dir.path());
   auto other = MakeTestPki(other_dir.path());
   ASSERT_TRUE(pki.has_value() && other.has_value());
@@ -836,7 +818,7 @@ TEST(FakeUpstreamTls, HandshakeFailsWhenTheClientDoesNotTrustTheCa) {
 }
 
 TEST(FakeUpstreamTls, HandshakeFailsWhenTheNameDoesNotMatch) {
-  TempDir dir;
+  testing::TempDir dir("fake_upstream_test");  // its PEM files
   auto pki = MakeTestPki(dir.path(), {"wrong.example"}, {});
   ASSERT_TRUE(pki.has_value()) << pki.error().message;
   auto up = StartFake({.cert_file = pki->cert_file, .key_file = pki->key_file});
