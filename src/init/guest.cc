@@ -437,17 +437,24 @@ Status Reseed(std::string_view hex) {
   return {};
 }
 
-// The line "key value" of `text` as text ("" when there is none).
-std::string_view LaunchValue(std::string_view text, std::string_view key) {
+// The values of the lines "key value" of `text`, in order.
+std::vector<std::string_view> LaunchValues(std::string_view text, std::string_view key) {
+  std::vector<std::string_view> out;
   while (!text.empty()) {
     size_t nl = text.find('\n');
     std::string_view line = text.substr(0, nl);
     text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
     if (line.size() > key.size() && line.starts_with(key) && line[key.size()] == ' ') {
-      return line.substr(key.size() + 1);
+      out.push_back(line.substr(key.size() + 1));
     }
   }
-  return {};
+  return out;
+}
+
+// The line "key value" of `text` as text ("" when there is none).
+std::string_view LaunchValue(std::string_view text, std::string_view key) {
+  auto all = LaunchValues(text, key);
+  return all.empty() ? std::string_view() : all.front();
 }
 
 std::vector<std::string> SplitArgs(std::string_view joined) {
@@ -551,12 +558,8 @@ Result<VmBoot> BootVm() {
 void Preload(std::string_view settings) {
   constexpr uint64_t kPreloadBytes = 64ull << 20;
   uint64_t total = 0;
-  for (std::string_view rest = settings; !rest.empty();) {
-    size_t nl = rest.find('\n');
-    std::string_view line = rest.substr(0, nl);
-    rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
-    if (!line.starts_with("preload ")) continue;
-    std::string name(line.substr(8));
+  for (std::string_view value : LaunchValues(settings, "preload")) {
+    std::string name(value);
     std::vector<std::string> candidates;
     if (name.find('/') != std::string::npos) {
       candidates.push_back(name);
