@@ -329,7 +329,7 @@ class MicrovmBackend : public Backend {
     }
     std::optional<Result<pid_t>> started;
     if (o_.templates) {
-      auto tpl = Template(m, LaunchOf(image, command, Limits{}).settings + PreloadOf(image));
+      auto tpl = Template(m, launch.image_settings + PreloadOf(image));
       if (!tpl) {
         // A template that cannot be made leaves the cold boot, which says more when it
         // fails the same way.
@@ -358,8 +358,9 @@ class MicrovmBackend : public Backend {
   };
   // What init of one sandbox gets: its command line and its settings.
   struct Launch {
-    std::string args;      // NUL-separated
-    std::string settings;  // "key value" lines
+    std::string args;            // NUL-separated
+    std::string settings;        // "key value" lines
+    std::string image_settings;  // the same with the default limits: what a template gets
   };
 
   // A cold boot: the sandbox's launch in its initramfs.
@@ -1132,13 +1133,18 @@ class MicrovmBackend : public Backend {
       out.args.push_back('\0');
     }
     // The agent's uid and gid (its home is theirs), as --uid and --gid above.
-    out.settings = fmt::format("tmp_bytes {}\npids {}\nuid {}\ngid {}\n",
-                               limits.disk_mb.value_or(o_.default_disk_mb) << 20,
-                               limits.pids.value_or(o_.default_pids), uid, gid);
-    // A working directory on the read-only image gets a writable copy (the guest's init).
-    if (WorkdirNeedsItsOwnMount(image.workdir) && image.workdir.find('\n') == std::string::npos) {
-      out.settings += fmt::format("workdir {}\n", image.workdir);
-    }
+    auto settings = [&](const Limits& l) {
+      std::string text = fmt::format("tmp_bytes {}\npids {}\nuid {}\ngid {}\n",
+                                     l.disk_mb.value_or(o_.default_disk_mb) << 20,
+                                     l.pids.value_or(o_.default_pids), uid, gid);
+      // A working directory on the read-only image gets a writable copy (the guest's init).
+      if (WorkdirNeedsItsOwnMount(image.workdir) && image.workdir.find('\n') == std::string::npos) {
+        text += fmt::format("workdir {}\n", image.workdir);
+      }
+      return text;
+    };
+    out.settings = settings(limits);
+    out.image_settings = settings(Limits{});
     return out;
   }
 
