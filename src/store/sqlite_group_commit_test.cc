@@ -171,5 +171,33 @@ TEST_F(SqliteGroupCommitTest, AWriteAfterAQuietSpellFindsTheWalWhereItWas) {
   }
 }
 
+// A write alone in its transaction has no savepoint (CommitBatch): when it fails halfway, the
+// rollback of the whole transaction must undo what it had already done, and leave the writer
+// ready for the next write.
+TEST_F(SqliteGroupCommitTest, AWriteAloneThatFailsHalfwayLeavesNothing) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("task")));
+  ASSERT_OK(store->CreateSession(MakeSession("ses_b"), UserMessage("task")));
+  // ses_b's next number is its session.created event's: its insert fails, after ses_a's.
+  SqliteRawQuery(options_.path, "UPDATE sessions SET next_event_seq = 1 WHERE id = 'ses_b'");
+  const Json data = {{"i", 1}};
+  const std::vector<EventAppend> group{{"ses_a", "tick", &data, {}}, {"ses_b", "tick", &data, {}}};
+  auto answers = store->AppendEventsWithinQuota(group, EventQuota{});
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_FALSE(answers[0].has_value());
+  EXPECT_FALSE(answers[1].has_value());
+  // Nothing of the group is there: ses_a still has only session.created, and its counter.
+  const auto raw = [&](const std::string& sql) { return SqliteRawQuery(options_.path, sql); };
+  EXPECT_EQ(raw("SELECT COUNT(*) FROM events WHERE session_id = 'ses_a'"), "1");
+  EXPECT_EQ(raw("SELECT next_event_seq FROM sessions WHERE id = 'ses_a'"), "2");
+  // The writer goes on: ses_a's next event takes number 2.
+  ASSERT_OK_AND_ASSIGN(QuotaAppend next,
+                       store->AppendEventWithinQuota("ses_a", "tick", data, EventQuota{}));
+  ASSERT_TRUE(next.event.has_value());
+  EXPECT_EQ(next.event->seq, 2);
+  EXPECT_EQ(raw("SELECT COUNT(*) FROM events WHERE session_id = 'ses_a'"), "2");
+}
+
 }  // namespace
 }  // namespace airlock::store

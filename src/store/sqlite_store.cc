@@ -1522,7 +1522,16 @@ class SqliteStore final : public Store {
       for (PendingWrite* p : batch) p->failed = e;
     };
     if (auto begun = c.Run("BEGIN IMMEDIATE"); !begun) return fail_all(begun.error());
+    // Alone in its transaction, a write needs no savepoint: its failure is the transaction's
+    // rollback. A savepoint would have SQLite keep the original of every page the write
+    // changes in a statement journal (a group of events changes a page per session in it).
+    const bool alone = batch.size() == 1;
     for (PendingWrite* p : batch) {
+      if (alone) {
+        if (p->run(c)) continue;
+        (void)c.Exec("ROLLBACK", "rollback");
+        return;
+      }
       if (auto sp = c.Run("SAVEPOINT write"); !sp) {
         (void)c.Exec("ROLLBACK", "rollback");
         return fail_all(sp.error());
