@@ -45,7 +45,8 @@ ControlPlane::ControlPlane(Config config, asio::io_context& io, std::unique_ptr<
             if (activity == Authenticator::SandboxActivity::kWorking) sessions_->NoteWork(id);
             if (activity != Authenticator::SandboxActivity::kInit) pools_->HeardFrom(id);
           }})),
-      sandbox_events_(*store_, pool_, EventQuotaFor(config_)),
+      sandbox_events_(*store_, pool_, EventQuotaFor(config_), /*max_batch=*/256,
+                      /*max_in_flight=*/2, /*one_commit_at_a_time=*/config_.store_kind == "sqlite"),
       clock_(clock ? std::move(clock) : std::make_shared<RealClock>()),
       sessions_(std::make_unique<SessionService>(SessionService::Deps{
           config_, io_, *store_, *backends_, pool_, sandbox_pool_, *clock_, *metrics_, inbox_,

@@ -1,63 +1,87 @@
 #include "controlplane/event_appender.h"
 
 #include <algorithm>
+#include <functional>
 #include <optional>
 #include <utility>
 
 namespace airlock::controlplane {
 
 struct EventAppender::Pending {
-  explicit Pending(const asio::any_io_executor& ex) : done(ex) {}
   std::string session_id;
   std::string type;
   Json data;
   std::string token_hash;
   std::optional<Result<store::QuotaAppend>> result;
-  asio::steady_timer done;  // cancelled once `result` is set
+  // The waiting request's completion, called once `result` is set. It resumes the request's
+  // coroutine there and then, so the answer is written at once, not behind every handler the
+  // io thread queued meanwhile (as a timer's cancellation would be). It owns the coroutine;
+  // the coroutine refers back to this only by address, so there is no cycle.
+  std::function<void()> resume;
 };
 
 EventAppender::EventAppender(store::Store& store, asio::thread_pool& pool, store::EventQuota quota,
-                             size_t max_batch, size_t max_in_flight)
+                             size_t max_batch, size_t max_in_flight, bool one_commit_at_a_time)
     : store_(store),
       pool_(pool),
       quota_(quota),
       max_batch_(std::max<size_t>(max_batch, 1)),
-      max_in_flight_(std::max<size_t>(max_in_flight, 1)) {}
+      max_in_flight_(std::max<size_t>(max_in_flight, 1)),
+      one_commit_at_a_time_(one_commit_at_a_time) {}
 
 awaitable<Result<store::QuotaAppend>> EventAppender::Append(std::string session_id,
                                                             std::string type, Json data,
                                                             std::string token_hash) {
   auto ex = co_await asio::this_coro::executor;
-  auto p = std::make_shared<Pending>(ex);
-  p->session_id = std::move(session_id);
-  p->type = std::move(type);
-  p->data = std::move(data);
-  p->token_hash = std::move(token_hash);
-  queue_.push_back(p);
-  if (in_flight_ < max_in_flight_) StartBatch(ex);
-  // The answer comes in a handler posted to this thread, so not before the wait has begun.
-  if (!p->result) {
-    p->done.expires_at(asio::steady_timer::time_point::max());
-    boost::system::error_code ec;
-    co_await p->done.async_wait(asio::redirect_error(use_awaitable, ec));
+  Pending* p = nullptr;
+  {
+    auto pending = std::make_shared<Pending>();
+    p = pending.get();
+    p->session_id = std::move(session_id);
+    p->type = std::move(type);
+    p->data = std::move(data);
+    p->token_hash = std::move(token_hash);
+    std::lock_guard l(queue_mu_);
+    queue_.push_back(std::move(pending));
   }
+  if (in_flight_ < max_in_flight_) StartCall(ex);
+  // The answer comes in a handler posted to this thread, so not before the wait has begun;
+  // until this coroutine has taken its answer, the batch that holds `p` keeps it alive.
+  co_await asio::async_initiate<decltype(use_awaitable), void()>(
+      [p](auto handler) {
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        p->resume = [h] { (*h)(); };
+      },
+      use_awaitable);
   co_return std::move(*p->result);
 }
 
-void EventAppender::StartBatch(const asio::any_io_executor& ex) {
-  ++in_flight_;
-  ++calls_;
+EventAppender::Batch EventAppender::TakeBatch() {
+  std::lock_guard l(queue_mu_);
   const auto n = static_cast<long>(std::min(queue_.size(), max_batch_));
-  auto batch = std::make_shared<Batch>(queue_.begin(), queue_.begin() + n);
+  Batch batch(queue_.begin(), queue_.begin() + n);
   queue_.erase(queue_.begin(), queue_.begin() + n);
+  return batch;
+}
+
+void EventAppender::StartCall(const asio::any_io_executor& ex) {
+  ++in_flight_;
   // The work guard keeps the io_context running until the answer is back, as RunBlocking's.
   auto work = asio::make_work_guard(ex);
-  asio::post(pool_, [this, ex, batch, work = std::move(work)]() mutable {
-    std::vector<store::EventAppend> appends;
-    appends.reserve(batch->size());
-    for (const auto& p : *batch)
-      appends.push_back({p->session_id, p->type, &p->data, p->token_hash});
-    auto results = store_.AppendEventsWithinQuota(appends, quota_);
+  asio::post(pool_, [this, ex, work = std::move(work)]() mutable {
+    std::unique_lock commit(commit_mu_, std::defer_lock);
+    if (one_commit_at_a_time_) commit.lock();
+    auto batch = std::make_shared<Batch>(TakeBatch());
+    std::vector<Result<store::QuotaAppend>> results;
+    if (!batch->empty()) {
+      ++calls_;
+      std::vector<store::EventAppend> appends;
+      appends.reserve(batch->size());
+      for (const auto& p : *batch)
+        appends.push_back({p->session_id, p->type, &p->data, p->token_hash});
+      results = store_.AppendEventsWithinQuota(appends, quota_);
+    }
+    if (commit.owns_lock()) commit.unlock();
     asio::post(ex, [this, ex, batch, results = std::move(results)]() mutable {
       Finish(ex, *batch, std::move(results));
     });
@@ -67,6 +91,9 @@ void EventAppender::StartBatch(const asio::any_io_executor& ex) {
 
 void EventAppender::Finish(const asio::any_io_executor& ex, const Batch& batch,
                            std::vector<Result<store::QuotaAppend>> results) {
+  --in_flight_;
+  // What queued meanwhile is sent first, so that it commits while these answers are written.
+  if (in_flight_ < max_in_flight_ && queued() > 0) StartCall(ex);
   for (size_t i = 0; i < batch.size(); ++i) {
     Pending& p = *batch[i];
     if (i < results.size()) {
@@ -74,10 +101,8 @@ void EventAppender::Finish(const asio::any_io_executor& ex, const Batch& batch,
     } else {
       p.result = MakeError(ErrorCode::kInternal, "the store answered fewer appends than asked");
     }
-    p.done.cancel();
+    if (auto resume = std::exchange(p.resume, nullptr)) resume();
   }
-  --in_flight_;
-  if (!queue_.empty()) StartBatch(ex);
 }
 
 }  // namespace airlock::controlplane

@@ -8,11 +8,19 @@
 // the store can). Each request is answered only after the commit that holds its event, so an
 // acknowledged event is as durable as before. A request that arrives when a call is free goes
 // at once: alone, an event waits for no one. Two calls may be in flight: while one commits, the
-// next is on its way (PostgreSQL runs them on two connections; SQLite's own group commit joins
-// them); more would take the pool threads that other store calls need.
-
+// next is on its way (PostgreSQL runs them on two connections); more would take the pool
+// threads that other store calls need.
+//
+// A group is made when its call reaches the pool thread, not when the call is sent, and with
+// `one_commit_at_a_time` (SQLite, whose writes are one at a time anyway) only once the call
+// before it has committed: the next group is then everything that arrived during the commit
+// before it. Made when sent, the second call's group held only the requests that happened to
+// arrive while a call was free, often one or two, and a run could settle into small groups
+// that cost the writer three times as much per event.
+#include <atomic>
 #include <cstddef>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -29,22 +37,29 @@ class EventAppender {
   // At most `max_batch` events per store call and `max_in_flight` calls at once; `quota` is
   // every append's.
   EventAppender(store::Store& store, asio::thread_pool& pool, store::EventQuota quota,
-                size_t max_batch = 256, size_t max_in_flight = 2);
+                size_t max_batch = 256, size_t max_in_flight = 2,
+                bool one_commit_at_a_time = false);
 
   // What Store::AppendEventWithinQuota(session_id, type, data, quota) answers, once committed;
   // with a `token_hash`, refused unless it is still the session's then (store::EventAppend).
   awaitable<Result<store::QuotaAppend>> Append(std::string session_id, std::string type, Json data,
                                                std::string token_hash = "");
   // Store calls made so far (each carried one group).
-  size_t calls() const { return calls_; }
+  size_t calls() const { return calls_.load(); }
+  // Requests waiting for a call to take them (io thread).
+  size_t queued() {
+    std::lock_guard l(queue_mu_);
+    return queue_.size();
+  }
 
  private:
   struct Pending;
   using Batch = std::vector<std::shared_ptr<Pending>>;
 
-  // Sends the front of the queue to the store; when it answers, wakes its requests and sends
-  // whatever queued meanwhile.
-  void StartBatch(const asio::any_io_executor& ex);
+  // Sends a call to the pool; there it takes the front of the queue to the store, and when
+  // the store answers, its requests are resumed here and whatever queued meanwhile is sent.
+  void StartCall(const asio::any_io_executor& ex);
+  Batch TakeBatch();
   void Finish(const asio::any_io_executor& ex, const Batch& batch,
               std::vector<Result<store::QuotaAppend>> results);
 
@@ -53,9 +68,12 @@ class EventAppender {
   store::EventQuota quota_;
   size_t max_batch_;
   size_t max_in_flight_;
+  std::mutex queue_mu_;  // the io thread adds, a call on the pool takes
   Batch queue_;
-  size_t in_flight_ = 0;
-  size_t calls_ = 0;
+  std::mutex commit_mu_;  // held by a call from its group's making to its commit (one at a time)
+  bool one_commit_at_a_time_;
+  size_t in_flight_ = 0;  // calls sent and not yet answered here (io thread)
+  std::atomic<size_t> calls_ = 0;
 };
 
 }  // namespace airlock::controlplane
