@@ -4,6 +4,8 @@
 // views.h, and answers every failure with the JSON error shape (Response::FromError).
 #include <algorithm>
 
+#include <fmt/compile.h>
+
 #include "common/blocking.h"
 #include "common/log.h"
 #include "common/time_util.h"
@@ -478,7 +480,7 @@ awaitable<Response> ControlPlane::SandboxEvent(Request& req) {
   // What Response::FromJson(202, {"seq": n}) writes, without building and dumping a document.
   Response accepted;
   accepted.status = 202;
-  accepted.body = fmt::format("{{\"seq\":{}}}\n", appended.event->seq);
+  accepted.body = fmt::format(FMT_COMPILE("{{\"seq\":{}}}\n"), appended.event->seq);
   co_return accepted;
 }
 

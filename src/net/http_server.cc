@@ -10,6 +10,8 @@
 #include <cctype>
 #include <limits>
 
+#include <fmt/compile.h>
+
 #include "common/crypto.h"
 #include "common/log.h"
 #include "common/url.h"
@@ -30,7 +32,8 @@ std::string RequestId(std::string_view given) {
       })) {
     return std::string(given);
   }
-  return fmt::format("{}-{:x}", kBoot, counter.fetch_add(1, std::memory_order_relaxed));
+  return fmt::format(FMT_COMPILE("{}-{:x}"), kBoot,
+                     counter.fetch_add(1, std::memory_order_relaxed));
 }
 
 // Asio opens sockets without SOCK_CLOEXEC. Every listener and connection is marked here, so
@@ -656,11 +659,16 @@ awaitable<void> HttpServer::Serve(Stream stream, std::string bound_session) {
       // Connection: close when the connection ends, then Content-Length) without building a
       // fields container (an allocation per field) and the serialiser's buffer sequences.
       head.clear();
-      fmt::format_to(std::back_inserter(head), "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n", r.status,
+      fmt::format_to(std::back_inserter(head),
+                     FMT_COMPILE("HTTP/1.1 {} {}\r\nContent-Type: {}\r\n"), r.status,
                      http::obsolete_reason(static_cast<http::status>(r.status)), r.content_type);
-      if (req) fmt::format_to(std::back_inserter(head), "X-Request-Id: {}\r\n", req->request_id);
+      if (req) {
+        fmt::format_to(std::back_inserter(head), FMT_COMPILE("X-Request-Id: {}\r\n"),
+                       req->request_id);
+      }
       if (!keep_alive) head += "Connection: close\r\n";
-      fmt::format_to(std::back_inserter(head), "Content-Length: {}\r\n\r\n", r.body.size());
+      fmt::format_to(std::back_inserter(head), FMT_COMPILE("Content-Length: {}\r\n\r\n"),
+                     r.body.size());
       std::array<asio::const_buffer, 2> bufs{asio::buffer(head), asio::buffer(r.body)};
       co_await asio::async_write(stream, bufs, asio::redirect_error(use_awaitable, ec));
       stream.expires_never();
