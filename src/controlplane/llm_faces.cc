@@ -566,15 +566,22 @@ Json UpstreamParams(std::string_view kind, const Json& client, const ModelConfig
   return out;
 }
 
-HistoryMatch MatchHistory(const std::vector<store::Message>& stored,
-                          const std::vector<Json>& client) {
+std::shared_ptr<const StoredMessage> MakeStoredMessage(int64_t position, Json body) {
+  auto m = std::make_shared<StoredMessage>();
+  m->position = position;
+  m->canonical = Canonical(body);
+  m->body = std::move(body);
+  return m;
+}
+
+HistoryMatch MatchHistory(const StoredConversation& stored, const std::vector<Json>& client) {
   HistoryMatch m;
   const size_t n = std::min(stored.size(), client.size());
-  while (m.known < n && Canonical(stored[m.known].body) == Canonical(client[m.known])) ++m.known;
+  while (m.known < n && stored[m.known]->canonical == Canonical(client[m.known])) ++m.known;
   if (m.known < stored.size()) {
-    m.supersede_after = m.known == 0 ? 0 : stored[m.known - 1].position.value_or(0);
+    m.supersede_after = m.known == 0 ? 0 : stored[m.known - 1]->position;
     m.superseded = stored.size() - m.known;
-    m.seen_through = stored.back().position;
+    m.seen_through = stored.back()->position;
   }
   return m;
 }

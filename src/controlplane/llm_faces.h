@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -59,11 +60,20 @@ struct HistoryMatch {
   std::optional<int64_t> seen_through;
 };
 
+// A message of the stored conversation as the LLM routes keep it between calls
+// (ConversationCache): its position, its body, and the form MatchHistory compares.
+struct StoredMessage {
+  int64_t position = 0;
+  Json body;
+  Json canonical;
+};
+std::shared_ptr<const StoredMessage> MakeStoredMessage(int64_t position, Json body);
+using StoredConversation = std::vector<std::shared_ptr<const StoredMessage>>;
+
 // Compares the client's conversation with the stored one (in position order), message by
 // message in a canonical form (text-only content parts read as one string; an assistant's empty
 // content read as none; the fields a client echoes back, such as `refusal`, ignored).
-HistoryMatch MatchHistory(const std::vector<store::Message>& stored,
-                          const std::vector<Json>& client);
+HistoryMatch MatchHistory(const StoredConversation& stored, const std::vector<Json>& client);
 
 // Checks an Anthropic Messages API body and translates it to the OpenAI shape: `system` first,
 // tool_result blocks as tool messages, tool_use blocks as tool_calls, base64 images as data:

@@ -310,7 +310,12 @@ LlmMetrics::LlmMetrics(metrics::Registry& r)
       seconds(r.AddHistogram("airlock_llm_call_duration_seconds", "Latency of proxied LLM calls.",
                              {"model"}, {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300})),
       budget_refusals(r.AddCounter("airlock_llm_budget_refusals_total",
-                                   "Calls refused with 402: budget spent.")) {}
+                                   "Calls refused with 402: budget spent.")),
+      conversation_reads(r.AddCounter(
+          "airlock_llm_conversation_reads_total",
+          "Conversations an LLM call built on, by where they came from: \"cached\" (this "
+          "replica's copy, still current), \"store\" (read whole).",
+          {"source"})) {}
 
 // ---------------------------------------------------------------- the call
 
@@ -407,6 +412,10 @@ awaitable<bool> PumpReceiver::OnChunk(const Json& chunk) {
   co_return !call_.receiver_gone;
 }
 
+// What the conversations held between calls may take (estimated): a few thousand sessions of
+// tens of messages, or a few with long tool outputs. Past it the least recently used go.
+constexpr size_t kConversationCacheBytes = size_t{64} << 20;
+
 LlmProxy::LlmProxy(asio::io_context& io, const Config& config, store::Store& store,
                    asio::thread_pool& pool, Notifier& events, ConversationLocks& locks,
                    metrics::Registry& registry)
@@ -416,7 +425,8 @@ LlmProxy::LlmProxy(asio::io_context& io, const Config& config, store::Store& sto
       pool_(pool),
       events_(events),
       locks_(locks),
-      metrics_(registry) {}
+      metrics_(registry),
+      conversations_(kConversationCacheBytes) {}
 
 LlmProxy::~LlmProxy() = default;
 
@@ -437,6 +447,7 @@ void LlmProxy::Start() {
 }
 
 void LlmProxy::CancelSession(const std::string& id) {
+  conversations_.Forget(id);
   auto it = ledgers_.find(id);
   if (it == ledgers_.end()) return;
   for (llm::CallCancel* c : it->second.calls) c->Cancel();
@@ -498,13 +509,12 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
   if (auto refused = Resolve(*call, alias)) co_return std::move(*refused);
   if (auto refused = co_await Admit(*call)) co_return std::move(*refused);
 
-  auto history =
-      co_await RunBlocking(pool_, [this, &sess] { return store_.ListMessages(sess.id, false); });
+  auto history = co_await ReadConversation(sess.id);
   if (!history) {
     Abandon(*call);
     co_return Response::FromError(history.error());
   }
-  for (auto& m : *history) call->request.messages.push_back(std::move(m.body));
+  for (const auto& m : (*history)->messages) call->request.messages.push_back(m->body);
   for (const auto& m : call->new_messages) call->request.messages.push_back(m);
   call->request.params = call->model->params;
   co_return co_await Run(call);
@@ -555,19 +565,30 @@ awaitable<Response> LlmProxy::FaceCall(store::Session s, CompletionsRequest pars
 
   // The client sends the whole conversation: the upstream gets it as sent, and the store
   // keeps each message once (what it does not hold yet, after what the client dropped).
-  auto stored = co_await RunBlocking(
-      pool_, [this, &id = call->session.id] { return store_.ListMessages(id, false); });
+  auto stored = co_await ReadConversation(call->session.id);
   if (!stored) {
     Abandon(*call);
     co_return Response::FromError(stored.error());
   }
-  call->history = MatchHistory(*stored, parsed.messages);
+  call->history = MatchHistory((*stored)->messages, parsed.messages);
   for (size_t i = call->history.known; i < parsed.messages.size(); ++i)
     call->new_messages.push_back(parsed.messages[i]);
   call->request.messages = Json::array();
   for (Json& m : parsed.messages) call->request.messages.push_back(std::move(m));
   call->request.params = UpstreamParams(call->provider->kind(), parsed.params, *call->model);
   co_return co_await Run(call);
+}
+
+awaitable<Result<ConversationCache::EntryPtr>> LlmProxy::ReadConversation(const std::string& id) {
+  ConversationCache::EntryPtr held = conversations_.Find(id);
+  const int64_t known = held ? held->version : 0;
+  auto read = co_await RunBlocking(
+      pool_, [this, &id, known] { return store_.ReadConversation(id, known); });
+  if (!read) co_return std::unexpected(read.error());
+  metrics_.conversation_reads.With({read->messages ? "store" : "cached"}).Inc();
+  auto entry = conversations_.Take(id, std::move(held), std::move(*read));
+  if (!entry) co_return MakeError(ErrorCode::kInternal, "the conversation's copy was lost");
+  co_return entry;
 }
 
 Response LlmProxy::Models(const store::Session& s) const {
@@ -911,7 +932,8 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
     auto totals =
         co_await RunBlocking(pool_, [this, &id, &rec] { return store_.RecordChat(id, rec); });
     if (totals) {
-      call.totals = *totals;
+      call.totals = totals->totals;
+      conversations_.Apply(id, rec, *totals);
     } else {
       // The session ended while the provider answered: the reply is not stored.
       failed = totals.error();
@@ -949,7 +971,8 @@ awaitable<std::optional<Error>> LlmProxy::Record(Call& call) {
       auto totals =
           co_await RunBlocking(pool_, [this, &id, &rec] { return store_.RecordChat(id, rec); });
       if (totals) {
-        call.totals = *totals;
+        call.totals = totals->totals;
+        conversations_.Apply(id, rec, *totals);
         recorded = true;
       } else {
         // The session has ended: its totals are final; the event and the metrics keep the tokens.

@@ -14,6 +14,7 @@
 #include "common/asio.h"
 #include "common/metrics.h"
 #include "controlplane/config.h"
+#include "controlplane/conversation_cache.h"
 #include "controlplane/http.h"
 #include "controlplane/llm_faces.h"
 #include "controlplane/notifier.h"
@@ -63,6 +64,7 @@ struct LlmMetrics {
   metrics::Family<metrics::Counter>& cost;
   metrics::Family<metrics::Histogram>& seconds;
   metrics::Family<metrics::Counter>& budget_refusals;
+  metrics::Family<metrics::Counter>& conversation_reads;
 };
 
 class LlmProxy {
@@ -108,6 +110,8 @@ class LlmProxy {
   awaitable<Response> FaceCall(store::Session s, CompletionsRequest parsed, LlmFace face);
   awaitable<void> RunStreamed(std::shared_ptr<Call> call);
   awaitable<std::optional<Error>> Record(Call& call);
+  // The session's conversation as stored: the cached copy while its version stands.
+  awaitable<Result<ConversationCache::EntryPtr>> ReadConversation(const std::string& id);
   void CountOutcome(const Call& call);
   Json UsageJson(const Call& call) const;
 
@@ -119,6 +123,7 @@ class LlmProxy {
   ConversationLocks& locks_;
   LlmMetrics metrics_;
   std::map<std::string, ProviderSlot> providers_;
+  ConversationCache conversations_;
   // Per session with calls in flight on this control plane: what they have reserved of its
   // budget, and the latest totals one of them stored (fresher than a session read before).
   struct Ledger {

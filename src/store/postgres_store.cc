@@ -593,6 +593,15 @@ Result<int64_t> ReservePositions(Connection& c, std::string_view id, int64_t cou
   return rows.Int(0, 0);
 }
 
+// The conversation in position order, without what a rewrite superseded.
+Result<std::vector<Message>> SelectConversation(Connection& c, std::string_view session_id) {
+  AIRLOCK_ASSIGN_OR_RETURN(Rows rows, c.Query("SELECT id, position, body, created_at FROM messages "
+                                              "WHERE session_id = $1 AND position IS NOT NULL "
+                                              "AND superseded_at IS NULL ORDER BY position",
+                                              session_id));
+  return ReadMessages(rows);
+}
+
 Status InsertMessages(Connection& c, std::string_view session_id, int64_t position,
                       const std::vector<Json>& bodies, int64_t now) {
   for (const Json& body : bodies) {
@@ -1138,12 +1147,7 @@ class PostgresStore final : public Store {
                                             bool include_pending) override {
     return Read([&](Connection& c) -> Result<std::vector<Message>> {
       AIRLOCK_TRY(RequireSession(c, session_id));
-      AIRLOCK_ASSIGN_OR_RETURN(Rows rows,
-                               c.Query("SELECT id, position, body, created_at FROM messages "
-                                       "WHERE session_id = $1 AND position IS NOT NULL "
-                                       "AND superseded_at IS NULL ORDER BY position",
-                                       session_id));
-      AIRLOCK_ASSIGN_OR_RETURN(std::vector<Message> out, ReadMessages(rows));
+      AIRLOCK_ASSIGN_OR_RETURN(std::vector<Message> out, SelectConversation(c, session_id));
       if (include_pending) {
         AIRLOCK_ASSIGN_OR_RETURN(Rows pending_rows,
                                  c.Query("SELECT id, position, body, created_at FROM messages "
@@ -1154,6 +1158,22 @@ class PostgresStore final : public Store {
           out.push_back(std::move(m));
         }
       }
+      return out;
+    });
+  }
+
+  Result<Conversation> ReadConversation(std::string_view session_id,
+                                        int64_t known_version) override {
+    return Read([&](Connection& c) -> Result<Conversation> {
+      Conversation out;
+      // One snapshot (kBeginRead); the version first all the same, so that the messages are
+      // never older than the version they are cached under.
+      AIRLOCK_ASSIGN_OR_RETURN(
+          Rows rows, c.Query("SELECT next_position FROM sessions WHERE id = $1", session_id));
+      if (rows.empty()) return std::unexpected(SessionNotFound(session_id));
+      out.version = rows.Int(0, 0);
+      if (out.version == known_version) return out;
+      AIRLOCK_ASSIGN_OR_RETURN(out.messages, SelectConversation(c, session_id));
       return out;
     });
   }
@@ -1341,10 +1361,11 @@ class PostgresStore final : public Store {
     });
   }
 
-  Result<Usage> RecordChat(std::string_view session_id, const ChatRecord& r) override {
+  Result<ChatRecorded> RecordChat(std::string_view session_id, const ChatRecord& r) override {
     AIRLOCK_TRY(ValidateUsage(r.usage));
     const int64_t now = NowMillis();
-    return Write([&](Connection& c) -> Result<Usage> {
+    return Write([&](Connection& c) -> Result<ChatRecorded> {
+      ChatRecorded out;
       AIRLOCK_ASSIGN_OR_RETURN(LockedSession s, LockSession(c, session_id));
       if (IsTerminal(s.state)) {
         return Errorf(ErrorCode::kConflict, "session {} is {}", session_id, StateName(s.state));
@@ -1360,25 +1381,31 @@ class PostgresStore final : public Store {
         AIRLOCK_ASSIGN_OR_RETURN(
             int64_t position,
             ReservePositions(c, session_id, static_cast<int64_t>(r.messages.size())));
+        out.first_position = position;
         AIRLOCK_TRY(InsertMessages(c, session_id, position, r.messages, now));
+      } else if (r.supersede_after) {
+        // A rewrite that appends nothing still changes the conversation: a position of its
+        // own, left unused, moves the version on.
+        AIRLOCK_TRY(ReservePositions(c, session_id, 1));
       }
       AIRLOCK_ASSIGN_OR_RETURN(
           Rows rows,
           c.Query("UPDATE sessions SET input_tokens = input_tokens + $2, "
                   "output_tokens = output_tokens + $3, llm_calls = llm_calls + 1, "
                   "cost_usd = cost_usd + $4, updated_at = $5 WHERE id = $1 "
-                  "RETURNING input_tokens, output_tokens, llm_calls, cost_usd",
+                  "RETURNING input_tokens, output_tokens, llm_calls, cost_usd, next_position",
                   session_id, r.usage.input_tokens, r.usage.output_tokens, r.usage.cost_usd, now));
       if (rows.empty()) {
         return std::unexpected(SessionNotFound(session_id));
       }
-      Usage totals{rows.Int(0, 0), rows.Int(0, 1), rows.Int(0, 2), rows.Real(0, 3)};
+      out.totals = Usage{rows.Int(0, 0), rows.Int(0, 1), rows.Int(0, 2), rows.Real(0, 3)};
+      out.version = rows.Int(0, 4);
       AIRLOCK_TRY(c.Query(
           "INSERT INTO usage (session_id, model, input_tokens, output_tokens, "
           "cost_usd, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
           session_id, r.model, r.usage.input_tokens, r.usage.output_tokens, r.usage.cost_usd, now));
       AIRLOCK_TRY(InsertEvent(c, session_id, "llm.call", r.event_data, now));
-      return totals;
+      return out;
     });
   }
 

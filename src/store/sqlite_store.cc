@@ -504,7 +504,36 @@ Status RequireSession(Connection& c, std::string_view id) {
   return Ok();
 }
 
-// Reserves `count` conversation positions of a session and returns the first.
+// The conversation in position order, then (with `include_pending`) the inbox in id order.
+Result<std::vector<Message>> SelectMessages(Connection& c, std::string_view session_id,
+                                            bool include_pending) {
+  std::vector<Message> out;
+  auto collect = [&](const char* sql) -> Status {
+    AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare(sql));
+    stmt.Bind(session_id);
+    for (;;) {
+      AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) {
+        return Ok();
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(Message m, ReadMessage(stmt));
+      out.push_back(std::move(m));
+    }
+  };
+  AIRLOCK_TRY(
+      collect("SELECT id, position, body, created_at FROM messages WHERE session_id = ?1 "
+              "AND position IS NOT NULL AND superseded_at IS NULL ORDER BY position"));
+  if (include_pending) {
+    AIRLOCK_TRY(
+        collect("SELECT id, position, body, created_at FROM messages "
+                "WHERE session_id = ?1 AND position IS NULL ORDER BY id"));
+  }
+  return out;
+}
+
+// Reserves `count` conversation positions of a session and returns the first. The session's
+// next position is its conversation's version (Store::ReadConversation): every change to the
+// conversation goes through here.
 Result<int64_t> ReservePositions(Connection& c, std::string_view id, int64_t count) {
   AIRLOCK_ASSIGN_OR_RETURN(
       Stmt stmt, c.Prepare("UPDATE sessions SET next_position = next_position + ?2 WHERE id = ?1 "
@@ -1056,26 +1085,23 @@ class SqliteStore final : public Store {
                                             bool include_pending) override {
     return Read([&](Connection& c) -> Result<std::vector<Message>> {
       AIRLOCK_TRY(RequireSession(c, session_id));
-      std::vector<Message> out;
-      auto collect = [&](const std::string& sql) -> Status {
-        AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare(sql));
-        stmt.Bind(session_id);
-        for (;;) {
-          AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
-          if (!row) {
-            return Ok();
-          }
-          AIRLOCK_ASSIGN_OR_RETURN(Message m, ReadMessage(stmt));
-          out.push_back(std::move(m));
-        }
-      };
-      AIRLOCK_TRY(
-          collect("SELECT id, position, body, created_at FROM messages WHERE session_id = ?1 "
-                  "AND position IS NOT NULL AND superseded_at IS NULL ORDER BY position"));
-      if (include_pending) {
-        AIRLOCK_TRY(
-            collect("SELECT id, position, body, created_at FROM messages "
-                    "WHERE session_id = ?1 AND position IS NULL ORDER BY id"));
+      return SelectMessages(c, session_id, include_pending);
+    });
+  }
+
+  Result<Conversation> ReadConversation(std::string_view session_id,
+                                        int64_t known_version) override {
+    return Read([&](Connection& c) -> Result<Conversation> {
+      Conversation out;
+      // The version first: messages read after it are at least as new as it says.
+      AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt,
+                               c.Prepare("SELECT next_position FROM sessions WHERE id = ?1"));
+      stmt.Bind(session_id);
+      AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) return std::unexpected(SessionNotFound(session_id));
+      out.version = stmt.Int(0);
+      if (out.version != known_version) {
+        AIRLOCK_ASSIGN_OR_RETURN(out.messages, SelectMessages(c, session_id, false));
       }
       return out;
     });
@@ -1204,10 +1230,11 @@ class SqliteStore final : public Store {
     });
   }
 
-  Result<Usage> RecordChat(std::string_view session_id, const ChatRecord& r) override {
+  Result<ChatRecorded> RecordChat(std::string_view session_id, const ChatRecord& r) override {
     AIRLOCK_TRY(ValidateUsage(r.usage));
     const int64_t now = NowMillis();
-    return Write([&](Connection& c) -> Result<Usage> {
+    return Write([&](Connection& c) -> Result<ChatRecorded> {
+      ChatRecorded out;
       AIRLOCK_ASSIGN_OR_RETURN(SessionState state, SelectState(c, session_id));
       if (IsTerminal(state)) {
         return Errorf(ErrorCode::kConflict, "session {} is {}", session_id, StateName(state));
@@ -1224,6 +1251,7 @@ class SqliteStore final : public Store {
         AIRLOCK_ASSIGN_OR_RETURN(
             int64_t position,
             ReservePositions(c, session_id, static_cast<int64_t>(r.messages.size())));
+        out.first_position = position;
         for (const Json& body : r.messages) {
           AIRLOCK_ASSIGN_OR_RETURN(
               Stmt stmt, c.Prepare("INSERT INTO messages (session_id, position, body, created_at) "
@@ -1231,18 +1259,23 @@ class SqliteStore final : public Store {
           stmt.Bind(session_id, position++, DumpJson(body), now);
           AIRLOCK_TRY(stmt.Run());
         }
+      } else if (r.supersede_after) {
+        // A rewrite that appends nothing still changes the conversation: a position of its
+        // own, left unused, moves the version on.
+        AIRLOCK_TRY(ReservePositions(c, session_id, 1));
       }
-      Usage totals;
       {
         AIRLOCK_ASSIGN_OR_RETURN(
             Stmt stmt, c.Prepare("UPDATE sessions SET input_tokens = input_tokens + ?2, "
                                  "output_tokens = output_tokens + ?3, llm_calls = llm_calls + 1, "
                                  "cost_usd = cost_usd + ?4, updated_at = ?5 WHERE id = ?1 "
-                                 "RETURNING input_tokens, output_tokens, llm_calls, cost_usd"));
+                                 "RETURNING input_tokens, output_tokens, llm_calls, cost_usd, "
+                                 "next_position"));
         stmt.Bind(session_id, r.usage.input_tokens, r.usage.output_tokens, r.usage.cost_usd, now);
         AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
         if (!row) return std::unexpected(SessionNotFound(session_id));
-        totals = Usage{stmt.Int(0), stmt.Int(1), stmt.Int(2), stmt.Real(3)};
+        out.totals = Usage{stmt.Int(0), stmt.Int(1), stmt.Int(2), stmt.Real(3)};
+        out.version = stmt.Int(4);
       }
       {
         AIRLOCK_ASSIGN_OR_RETURN(
@@ -1255,7 +1288,7 @@ class SqliteStore final : public Store {
         AIRLOCK_TRY(stmt.Run());
       }
       AIRLOCK_TRY(InsertEvent(c, session_id, "llm.call", r.event_data, now));
-      return totals;
+      return out;
     });
   }
 

@@ -109,6 +109,25 @@ struct ChatRecord {
   std::optional<int64_t> supersede_through;
 };
 
+// What RecordChat did: the session's new totals, and where the record's messages went.
+struct ChatRecorded {
+  Usage totals;
+  // The conversation position of the record's first message (0 when it had none). It is the
+  // version of the conversation (see Conversation) the record was applied to: a caller that
+  // held that version can apply the record to its copy and be current at `version`.
+  int64_t first_position = 0;
+  int64_t version = 0;  // the conversation's version once the record was applied
+};
+
+// A session's conversation as ListMessages(id, false) returns it, with its version: a number
+// that every change to the conversation (TakeInbox, AppendConversation, RecordChat) increases
+// in the same transaction, and nothing else changes. `messages` is empty when the version was
+// still the one the caller said it holds: its copy is current.
+struct Conversation {
+  int64_t version = 0;
+  std::optional<std::vector<Message>> messages;
+};
+
 struct UsageQuery {
   int64_t since = 0;          // ms since epoch, inclusive
   int64_t until = INT64_MAX;  // exclusive
@@ -305,6 +324,10 @@ class Store {
   // ChatRecord); with `include_pending`, pending messages follow.
   virtual Result<std::vector<Message>> ListMessages(std::string_view session_id,
                                                     bool include_pending) = 0;
+  // The conversation and its version; without the messages when the version is still
+  // `known_version` (a caller's cached copy; 0 holds none). kNotFound for no such session.
+  virtual Result<Conversation> ReadConversation(std::string_view session_id,
+                                                int64_t known_version) = 0;
 
   // Appends an event with the session's next seq and returns it.
   virtual Result<Event> AppendEvent(std::string_view session_id, std::string_view type,
@@ -332,8 +355,9 @@ class Store {
   virtual Status RecordUsage(std::string_view session_id, std::string_view model,
                              const Usage& usage) = 0;
   // Applies `record` in one transaction (see ChatRecord) and returns the session's new
-  // totals. kConflict if the session has ended.
-  virtual Result<Usage> RecordChat(std::string_view session_id, const ChatRecord& record) = 0;
+  // totals and the conversation's new version. kConflict if the session has ended.
+  virtual Result<ChatRecorded> RecordChat(std::string_view session_id,
+                                          const ChatRecord& record) = 0;
   // Metered calls in [since, until), in total and per model alias.
   virtual Result<UsageReport> GetUsage(const UsageQuery& q) = 0;
 

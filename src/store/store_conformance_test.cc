@@ -480,13 +480,15 @@ TEST_P(StoreConformanceTest, RecordChatAppendsMetersAndLogsInOneStep) {
   rec.model = "fast";
   rec.usage = Usage{100, 10, 1, 0.5};
   rec.event_data = Json{{"outcome", "ok"}};
-  ASSERT_OK_AND_ASSIGN(Usage totals, store->RecordChat("ses_a", rec));
+  ASSERT_OK_AND_ASSIGN(ChatRecorded recorded, store->RecordChat("ses_a", rec));
+  Usage totals = recorded.totals;
   EXPECT_EQ(totals.input_tokens, 100);
   EXPECT_EQ(totals.llm_calls, 1);
   rec.messages = {Json{{"role", "assistant"}, {"content", "again"}}};
   rec.model = "smart";
   rec.usage = Usage{50, 5, 1, 0.25};
-  ASSERT_OK_AND_ASSIGN(totals, store->RecordChat("ses_a", rec));
+  ASSERT_OK_AND_ASSIGN(recorded, store->RecordChat("ses_a", rec));
+  totals = recorded.totals;
   EXPECT_EQ(totals.input_tokens, 150);
   EXPECT_EQ(totals.llm_calls, 2);
   EXPECT_DOUBLE_EQ(totals.cost_usd, 0.75);
@@ -522,6 +524,77 @@ TEST_P(StoreConformanceTest, RecordChatAppendsMetersAndLogsInOneStep) {
   ASSERT_OK_AND_ASSIGN(s, store->GetSession("ses_a"));
   EXPECT_EQ(s.usage.llm_calls, 2);
   EXPECT_FALSE(store->RecordChat("ses_nope", rec).has_value());
+}
+
+// The LLM routes keep a session's conversation in memory while its version stands: every
+// change to the conversation must move the version, in the same transaction, and nothing
+// else may.
+TEST_P(StoreConformanceTest, AConversationsVersionMovesWithEveryChangeToIt) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_OK(store->CreateSession(MakeSession("ses_a"), UserMessage("task")));
+  ASSERT_OK_AND_ASSIGN(Conversation c0, store->ReadConversation("ses_a", 0));
+  ASSERT_TRUE(c0.messages.has_value());
+  EXPECT_TRUE(c0.messages->empty());  // the task is still in the inbox
+  EXPECT_GT(c0.version, 0);
+  ASSERT_OK_AND_ASSIGN(Conversation same, store->ReadConversation("ses_a", c0.version));
+  EXPECT_EQ(same.version, c0.version);
+  EXPECT_FALSE(same.messages.has_value());
+
+  // The inbox and the events are not the conversation.
+  ASSERT_OK(store->AddUserMessage("ses_a", UserMessage("more")));
+  ASSERT_OK(store->AppendEvent("ses_a", "note", Json::object()));
+  ASSERT_OK_AND_ASSIGN(same, store->ReadConversation("ses_a", c0.version));
+  EXPECT_FALSE(same.messages.has_value());
+
+  ASSERT_OK(store->TakeInbox("ses_a", ""));
+  ASSERT_OK_AND_ASSIGN(Conversation c1, store->ReadConversation("ses_a", c0.version));
+  EXPECT_GT(c1.version, c0.version);
+  ASSERT_TRUE(c1.messages.has_value());
+  EXPECT_THAT(Contents(*c1.messages), ElementsAre("task", "more"));
+
+  ASSERT_OK(store->AppendConversation("ses_a", {Json{{"role", "assistant"}, {"content", "a"}}}));
+  ASSERT_OK_AND_ASSIGN(Conversation c2, store->ReadConversation("ses_a", c1.version));
+  EXPECT_GT(c2.version, c1.version);
+  ASSERT_TRUE(c2.messages.has_value());
+  EXPECT_THAT(Contents(*c2.messages), ElementsAre("task", "more", "a"));
+
+  // A record says where its messages went and the version it left: a holder of c2 can apply
+  // it to its copy.
+  ChatRecord rec;
+  rec.model = "fast";
+  rec.usage = Usage{1, 1, 1, 0};
+  rec.messages = {Json{{"role", "user"}, {"content", "q"}},
+                  Json{{"role", "assistant"}, {"content", "r"}}};
+  ASSERT_OK_AND_ASSIGN(ChatRecorded recorded, store->RecordChat("ses_a", rec));
+  EXPECT_EQ(recorded.first_position, c2.version);
+  ASSERT_OK_AND_ASSIGN(Conversation c3, store->ReadConversation("ses_a", c2.version));
+  EXPECT_EQ(recorded.version, c3.version);
+  ASSERT_TRUE(c3.messages.has_value());
+  ASSERT_EQ(c3.messages->size(), 5u);
+  EXPECT_EQ((*c3.messages)[3].position, recorded.first_position);
+  EXPECT_EQ((*c3.messages)[4].position, recorded.first_position + 1);
+
+  // A call that failed but is charged stores no message: the conversation stands.
+  rec.messages.clear();
+  ASSERT_OK_AND_ASSIGN(recorded, store->RecordChat("ses_a", rec));
+  EXPECT_EQ(recorded.first_position, 0);
+  EXPECT_EQ(recorded.version, c3.version);
+  ASSERT_OK_AND_ASSIGN(same, store->ReadConversation("ses_a", c3.version));
+  EXPECT_FALSE(same.messages.has_value());
+
+  // A rewrite that drops messages and appends none still changes it.
+  rec.supersede_after = *(*c3.messages)[0].position;
+  ASSERT_OK_AND_ASSIGN(recorded, store->RecordChat("ses_a", rec));
+  ASSERT_OK_AND_ASSIGN(Conversation c4, store->ReadConversation("ses_a", c3.version));
+  EXPECT_GT(c4.version, c3.version);
+  EXPECT_EQ(recorded.version, c4.version);
+  ASSERT_TRUE(c4.messages.has_value());
+  EXPECT_THAT(Contents(*c4.messages), ElementsAre("task"));
+
+  auto missing = store->ReadConversation("ses_nope", 0);
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
 }
 
 // Session "ses_a" with its task taken and one call's exchange stored: `user`, then "r1";
