@@ -135,6 +135,15 @@ Json Canonical(const Json& m) {
   return c;
 }
 
+// Whether Canonical would change `m` (most messages: a string content, no tool calls, are
+// already in that form and need no copy to be compared).
+bool NeedsCanonical(const Json& m) {
+  auto content = m.find("content");
+  if (content == m.end()) return true;
+  if (!content->is_string() && !content->is_null()) return true;
+  return m.contains("tool_calls");
+}
+
 std::string Sse(std::string_view event, const Json& data) {
   return fmt::format("event: {}\ndata: {}\n\n", event, DumpJson(data));
 }
@@ -577,7 +586,10 @@ std::shared_ptr<const StoredMessage> MakeStoredMessage(int64_t position, Json bo
 HistoryMatch MatchHistory(const StoredConversation& stored, const std::vector<Json>& client) {
   HistoryMatch m;
   const size_t n = std::min(stored.size(), client.size());
-  while (m.known < n && stored[m.known]->canonical == Canonical(client[m.known])) ++m.known;
+  auto same = [](const Json& canonical, const Json& c) {
+    return NeedsCanonical(c) ? canonical == Canonical(c) : canonical == c;
+  };
+  while (m.known < n && same(stored[m.known]->canonical, client[m.known])) ++m.known;
   if (m.known < stored.size()) {
     m.supersede_after = m.known == 0 ? 0 : stored[m.known - 1]->position;
     m.superseded = stored.size() - m.known;
