@@ -2,11 +2,8 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
-#include <filesystem>
-
-#include "store/sqlite_store.h"
+#include "store/store_test_util.h"
 
 namespace airlock::controlplane {
 namespace {
@@ -22,15 +19,7 @@ Json Text(const std::string& role, const std::string& text) {
 class ConversationCacheTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl =
-        (std::filesystem::temp_directory_path() / "airlock-conversations-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-    store::StoreOptions o;
-    o.path = dir_ + "/airlock.db";
-    auto opened = store::OpenSqliteStore(o);
-    ASSERT_TRUE(opened.has_value()) << opened.error().message;
-    store_ = std::move(*opened);
+    ASSERT_NE(store_, nullptr);
     store::Session s;
     s.id = "ses_a";
     s.image = "base";
@@ -39,11 +28,6 @@ class ConversationCacheTest : public ::testing::Test {
     ASSERT_TRUE(store_->CreateSession(s, Text("user", "task")));
     ASSERT_TRUE(store_->TakeInbox("ses_a", ""));
   }
-  void TearDown() override {
-    store_.reset();
-    std::filesystem::remove_all(dir_);
-  }
-
   // LlmProxy::ReadConversation, without the pool.
   ConversationCache::EntryPtr Read(ConversationCache& cache, bool* from_store = nullptr) {
     ConversationCache::EntryPtr held = cache.Find("ses_a");
@@ -83,8 +67,8 @@ class ConversationCacheTest : public ::testing::Test {
     return out;
   }
 
-  std::string dir_;
-  std::unique_ptr<store::Store> store_;
+  store::TempSqliteStore temp_{"conversations"};
+  store::Store* store_ = temp_.get();
 };
 
 TEST_F(ConversationCacheTest, ACopyServesWhileTheVersionStandsAndAnyChangeIsReadWhole) {

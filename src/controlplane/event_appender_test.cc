@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <map>
 
-#include "store/sqlite_store.h"
+#include "store/store_test_util.h"
 
 namespace airlock::controlplane {
 namespace {
@@ -15,15 +15,7 @@ namespace {
 class EventAppenderTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl =
-        (std::filesystem::temp_directory_path() / "airlock-appender-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-    store::StoreOptions o;
-    o.path = dir_ + "/airlock.db";
-    auto opened = store::OpenSqliteStore(o);
-    ASSERT_TRUE(opened.has_value()) << opened.error().message;
-    store_ = std::move(*opened);
+    ASSERT_NE(temp_.get(), nullptr);
     for (const char* id : {"ses_a", "ses_b", "ses_c"}) {
       store::Session s;
       s.id = id;
@@ -34,13 +26,8 @@ class EventAppenderTest : public ::testing::Test {
       ASSERT_TRUE(store_->CreateSession(s, Json{{"role", "user"}, {"content", "t"}}));
     }
   }
-  void TearDown() override {
-    store_.reset();
-    std::filesystem::remove_all(dir_);
-  }
-
-  std::string dir_;
-  std::unique_ptr<store::Store> store_;
+  store::TempSqliteStore temp_{"appender"};
+  store::Store* store_ = temp_.get();
 };
 
 using Answer = std::optional<Result<store::QuotaAppend>>;

@@ -1,17 +1,23 @@
 #pragma once
 
-// What the store tests share: assertions on Result, sample sessions and messages, and a raw
-// look at a SQLite file apart from the Store.
+// What the store tests share: assertions on Result, a SQLite store in a temporary directory,
+// sample sessions and messages, and a raw look at a SQLite file apart from the Store.
 
 #include <sqlite3.h>
+#include <stdlib.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "store/sqlite_store.h"
 #include "store/store.h"
 
 #define ASSERT_OK(expr)                                                \
@@ -28,6 +34,42 @@
   lhs = std::move(*tmp)
 
 namespace airlock::store {
+
+// A SQLite store in a directory of its own under the temporary directory, removed with it.
+class TempSqliteStore {
+ public:
+  // `name` makes the directory's name: airlock-<name>-XXXXXX.
+  explicit TempSqliteStore(const std::string& name) {
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / ("airlock-" + name + "-XXXXXX")).string();
+    if (::mkdtemp(tmpl.data()) == nullptr) {
+      ADD_FAILURE() << "mkdtemp: " << std::strerror(errno);
+      return;
+    }
+    dir_ = tmpl;
+    StoreOptions o;
+    o.path = dir_ + "/airlock.db";
+    auto opened = OpenSqliteStore(o);
+    if (!opened) {
+      ADD_FAILURE() << opened.error().message;
+      return;
+    }
+    store_ = std::move(*opened);
+  }
+  ~TempSqliteStore() {
+    store_.reset();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  TempSqliteStore(const TempSqliteStore&) = delete;
+  TempSqliteStore& operator=(const TempSqliteStore&) = delete;
+
+  Store* get() const { return store_.get(); }  // null when it could not be opened
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_;
+  std::unique_ptr<Store> store_;
+};
 
 // Runs one SQL statement on a separate raw connection and returns the first column of the first
 // row as text ("" when there is no row). Lets tests look at the file independently of the Store.
