@@ -69,14 +69,15 @@ void ConversationCache::Apply(const std::string& session_id, const store::ChatRe
   }
   auto entry = std::make_shared<Entry>();
   entry->version = done.version;
+  entry->bytes = held.bytes;
   entry->messages.reserve(held.messages.size() + record.messages.size());
   for (const auto& m : held.messages) {
     if (record.supersede_after && m->position > *record.supersede_after &&
         m->position <= record.supersede_through.value_or(INT64_MAX)) {
-      continue;  // the rewrite dropped it
+      entry->bytes -= MessageBytes(*m);  // the rewrite dropped it
+      continue;
     }
     entry->messages.push_back(m);
-    entry->bytes += MessageBytes(*m);
   }
   int64_t position = done.first_position;
   for (const Json& body : record.messages) {

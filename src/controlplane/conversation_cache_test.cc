@@ -120,6 +120,8 @@ TEST_F(ConversationCacheTest, ThisReplicasOwnRecordIsAppliedToTheCopy) {
   EXPECT_FALSE(from_store);
   EXPECT_THAT(Texts(rewritten), ElementsAre("task", "q1", "r1 again"));
   ExpectCurrent(rewritten);
+  ConversationCache fresh(1 << 20);
+  EXPECT_EQ(rewritten->bytes, Read(fresh)->bytes);  // what it counts is what it holds
 
   // A failed call that is charged changes no message: the copy stands.
   Record(&cache, store::ChatRecord{});
