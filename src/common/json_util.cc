@@ -59,6 +59,18 @@ std::string DumpJson(const Json& j) {
   return j.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
+std::string DumpJsonWithMember(const Json& obj, std::string_view key, const Json& value) {
+  std::string out = "{";
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    if (out.size() > 1) out += ',';
+    out += DumpJson(it.key());
+    out += ':';
+    out += DumpJson(it.key() == key ? value : it.value());
+  }
+  out += '}';
+  return out;
+}
+
 Result<std::optional<std::string>> OptionalString(const Json& obj, std::string_view key) {
   auto it = obj.find(key);
   if (it == obj.end() || it->is_null()) return std::optional<std::string>();

@@ -22,6 +22,9 @@ Result<Json> ParseJsonObject(std::string_view text, int max_depth = 64);
 
 // Dumps without throwing on invalid UTF-8 (replaces it).
 std::string DumpJson(const Json& j);
+// DumpJson(obj) as if its member `key` (which it must have) were `value`: a large value is
+// written from where it is instead of copied into the object first.
+std::string DumpJsonWithMember(const Json& obj, std::string_view key, const Json& value);
 
 // Field accessors that report a clear error naming the field.
 Result<std::optional<std::string>> OptionalString(const Json& obj, std::string_view key);

@@ -77,5 +77,16 @@ TEST(JsonUtilTest, DumpReplacesInvalidUtf8InsteadOfThrowing) {
   EXPECT_NO_THROW(DumpJson(j));
 }
 
+TEST(JsonUtilTest, DumpWithMemberWritesWhatDumpWouldOfTheObjectHoldingIt) {
+  Json value = Json::array({Json{{"role", "user"}, {"content", "caf\u00e9 \"q\"\n"}},
+                            Json{{"role", "assistant"}, {"content", std::string("\xff bad")}}});
+  Json obj{{"a", 1}, {"messages", nullptr}, {"model", "m"}, {"z", Json{{"k", "v"}}}};
+  Json whole = obj;
+  whole["messages"] = value;
+  EXPECT_EQ(DumpJsonWithMember(obj, "messages", value), DumpJson(whole));
+  EXPECT_EQ(DumpJsonWithMember(Json{{"messages", 0}}, "messages", value),
+            DumpJson(Json{{"messages", value}}));
+}
+
 }  // namespace
 }  // namespace airlock

@@ -590,7 +590,7 @@ class OpenAiFormat final : public WireFormat {
     body.erase("tools");
     body.erase("stream_options");
     body["model"] = req.model;
-    body["messages"] = req.messages;
+    body["messages"] = nullptr;  // written from req.messages, the body's bulk, without a copy
     if (req.tools.is_array() && !req.tools.empty()) {
       body["tools"] = req.tools;
     }
@@ -607,7 +607,7 @@ class OpenAiFormat final : public WireFormat {
     }
     call.headers.emplace_back("Content-Type", "application/json");
     call.headers.emplace_back("Accept", req.stream ? "text/event-stream" : "application/json");
-    call.body = DumpJson(body);
+    call.body = DumpJsonWithMember(body, "messages", req.messages);
     return call;
   }
 };
