@@ -85,9 +85,8 @@ Status CheckParam(const Param& p, const Json& v) {
 
 // A message as a client may send it back: the fields OpenAI's answers carry and clients echo
 // (`refusal`, `annotations`, an empty `audio` or `function_call`) dropped, then checked.
-Result<Json> ClientMessage(const Json& m, const std::string& where) {
-  if (!m.is_object()) return Errorf(ErrorCode::kInvalidArgument, "{} must be an object", where);
-  Json copy = m;
+Result<Json> ClientMessage(Json copy, const std::string& where) {
+  if (!copy.is_object()) return Errorf(ErrorCode::kInvalidArgument, "{} must be an object", where);
   for (const char* echoed : {"refusal", "annotations"}) copy.erase(echoed);
   for (const char* empty : {"audio", "function_call"}) {
     if (copy.contains(empty) && copy[empty].is_null()) copy.erase(empty);
@@ -476,7 +475,7 @@ Json OutputText(std::string text) {
 
 }  // namespace
 
-Result<CompletionsRequest> ParseCompletionsRequest(const Json& body) {
+Result<CompletionsRequest> ParseCompletionsRequest(Json body) {
   CompletionsRequest out;
   std::set<std::string_view> known = {"model",  "messages",       "tools",
                                       "stream", "stream_options", "n"};
@@ -495,12 +494,13 @@ Result<CompletionsRequest> ParseCompletionsRequest(const Json& body) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "\"messages\" must be a non-empty array: the whole conversation");
   }
-  const Json& msgs = body["messages"];
+  Json& msgs = body["messages"];
   if (msgs.size() > kMaxConversation) {
     return Errorf(ErrorCode::kInvalidArgument, "at most {} messages per call", kMaxConversation);
   }
-  for (size_t i = 0; i < msgs.size(); ++i) {
-    AIRLOCK_ASSIGN_OR_RETURN(Json m, ClientMessage(msgs[i], fmt::format("messages[{}]", i)));
+  for (size_t i = 0; i < msgs.size(); ++i) {  // each taken out of the body, not copied
+    AIRLOCK_ASSIGN_OR_RETURN(Json m,
+                             ClientMessage(std::move(msgs[i]), fmt::format("messages[{}]", i)));
     out.messages.push_back(std::move(m));
   }
   if (body.contains("tools") && !body["tools"].is_null()) {

@@ -41,7 +41,7 @@ struct CompletionsRequest {
 // Checks a body. Parameters the client may set are listed in docs/api.md; a few that only
 // steer OpenAI's own services (user, store, metadata, service_tier) are accepted and dropped;
 // any other field is refused with its name, so a client learns at once what is not supported.
-Result<CompletionsRequest> ParseCompletionsRequest(const Json& body);
+Result<CompletionsRequest> ParseCompletionsRequest(Json body);
 
 // The parameters of an upstream call: the client's, translated to the upstream's vocabulary
 // (`kind` "openai" or "anthropic"; the scripted model takes none), then the operator's pinned

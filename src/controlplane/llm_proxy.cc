@@ -523,7 +523,7 @@ awaitable<Response> LlmProxy::Chat(Request& req, store::Session s) {
 awaitable<Response> LlmProxy::ChatCompletions(Request& req, store::Session s) {
   auto body = ParseJsonObject(req.msg.body());
   if (!body) co_return Response::FromError(body.error());
-  auto parsed = ParseCompletionsRequest(*body);
+  auto parsed = ParseCompletionsRequest(std::move(*body));
   if (!parsed) co_return Response::FromError(parsed.error());
   co_return co_await FaceCall(std::move(s), std::move(*parsed), LlmFace::kOpenAi);
 }
