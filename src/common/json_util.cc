@@ -60,6 +60,11 @@ std::string DumpJson(const Json& j) {
 }
 
 std::string DumpJsonWithMember(const Json& obj, std::string_view key, const Json& value) {
+  if (!obj.is_object() || !obj.contains(key)) {
+    Json whole = obj.is_object() ? obj : Json::object();
+    whole[std::string(key)] = value;
+    return DumpJson(whole);
+  }
   std::string out = "{";
   for (auto it = obj.begin(); it != obj.end(); ++it) {
     if (out.size() > 1) out += ',';

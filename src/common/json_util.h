@@ -22,8 +22,9 @@ Result<Json> ParseJsonObject(std::string_view text, int max_depth = 64);
 
 // Dumps without throwing on invalid UTF-8 (replaces it).
 std::string DumpJson(const Json& j);
-// DumpJson(obj) as if its member `key` (which it must have) were `value`: a large value is
-// written from where it is instead of copied into the object first.
+// DumpJson(obj) as if its member `key` were `value`: a large value is written from where it is
+// instead of copied into the object first. `obj` must be an object that has `key` (checked:
+// otherwise the object with `value` set is dumped the ordinary way).
 std::string DumpJsonWithMember(const Json& obj, std::string_view key, const Json& value);
 
 // Field accessors that report a clear error naming the field.

@@ -86,6 +86,9 @@ TEST(JsonUtilTest, DumpWithMemberWritesWhatDumpWouldOfTheObjectHoldingIt) {
   EXPECT_EQ(DumpJsonWithMember(obj, "messages", value), DumpJson(whole));
   EXPECT_EQ(DumpJsonWithMember(Json{{"messages", 0}}, "messages", value),
             DumpJson(Json{{"messages", value}}));
+  // Without the member to stand in for, it is set and dumped the ordinary way.
+  EXPECT_EQ(DumpJsonWithMember(Json{{"model", "m"}}, "messages", value),
+            DumpJson(Json{{"model", "m"}, {"messages", value}}));
 }
 
 }  // namespace

@@ -40,7 +40,9 @@ class ConversationCache {
   // while the store's version was still its own, else a new entry of what the store holds.
   EntryPtr Take(const std::string& session_id, EntryPtr asked_with, store::Conversation read);
   // A call of this replica stored `messages` (after superseding what `record` says) and the
-  // store answered `done`. When the entry held is the version the record was applied to, it
+  // store answered `done`. The copy holds the record's bodies as they are in memory; the store
+  // holds their DumpJson, which is the same value for any body parsed from JSON text (as every
+  // message of a call is). When the entry held is the version the record was applied to, it
   // becomes the record's outcome; otherwise it is dropped (another writer came between).
   void Apply(const std::string& session_id, const store::ChatRecord& record,
              const store::ChatRecorded& done);

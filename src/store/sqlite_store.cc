@@ -1407,6 +1407,10 @@ class SqliteStore final : public Store {
           purge("DELETE FROM messages WHERE id IN (SELECT id FROM messages "
                 "WHERE session_id = ?1 ORDER BY id LIMIT ?2) RETURNING length(CAST(body AS BLOB))",
                 max_rows - step.deleted.events, &step.deleted.messages));
+      if (step.deleted.messages > 0) {
+        // Deleting messages changes the conversation: its version moves (ReservePositions).
+        AIRLOCK_TRY(ReservePositions(c, session_id, 1));
+      }
       if (step.deleted.events + step.deleted.messages < max_rows) {
         // Nothing is left: the row stays as the session's record, without its contents.
         AIRLOCK_ASSIGN_OR_RETURN(

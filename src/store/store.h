@@ -120,9 +120,10 @@ struct ChatRecorded {
 };
 
 // A session's conversation as ListMessages(id, false) returns it, with its version: a number
-// that every change to the conversation (TakeInbox, AppendConversation, RecordChat) increases
-// in the same transaction, and nothing else changes. `messages` is empty when the version was
-// still the one the caller said it holds: its copy is current.
+// that every change to the conversation (TakeInbox, AppendConversation, RecordChat, and a
+// purge's deletion) increases in the same transaction, and nothing else changes. `messages`
+// is absent (nullopt) when the version was still the one the caller said it holds: its copy is
+// current.
 struct Conversation {
   int64_t version = 0;
   std::optional<std::vector<Message>> messages;

@@ -966,6 +966,9 @@ TEST_P(StoreConformanceTest, PurgeDeletesContentsInBoundedStepsAndKeepsTheSessio
   ASSERT_OK_AND_ASSIGN(SessionFootprint before, store->Footprint("ses_a"));
   EXPECT_EQ(before.events, 27);  // created, 25 ticks, state
   EXPECT_EQ(before.messages, 3);
+  ASSERT_OK_AND_ASSIGN(Conversation held, store->ReadConversation("ses_a", 0));
+  ASSERT_TRUE(held.messages.has_value());
+  EXPECT_EQ(held.messages->size(), 2u);
   SessionFootprint total;
   int steps = 0;
   for (bool done = false; !done; ++steps) {
@@ -985,6 +988,10 @@ TEST_P(StoreConformanceTest, PurgeDeletesContentsInBoundedStepsAndKeepsTheSessio
   EXPECT_TRUE(events.empty());
   ASSERT_OK_AND_ASSIGN(auto msgs, store->ListMessages("ses_a", true));
   EXPECT_TRUE(msgs.empty());
+  // Deleting the conversation changes it: a copy held from before is not current.
+  ASSERT_OK_AND_ASSIGN(Conversation purged, store->ReadConversation("ses_a", held.version));
+  ASSERT_TRUE(purged.messages.has_value());
+  EXPECT_TRUE(purged.messages->empty());
   ASSERT_OK_AND_ASSIGN(Session s, store->GetSession("ses_a"));
   EXPECT_TRUE(s.purged_at.has_value());
   EXPECT_EQ(s.state, SessionState::kSucceeded);
