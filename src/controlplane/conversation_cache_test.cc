@@ -14,6 +14,13 @@ Json Text(const std::string& role, const std::string& text) {
   return Json{{"role", role}, {"content", text}};
 }
 
+// A call's record: the client's question and the model's reply.
+store::ChatRecord Exchange(const std::string& question, const std::string& reply) {
+  store::ChatRecord rec;
+  rec.messages = {Text("user", question), Text("assistant", reply)};
+  return rec;
+}
+
 // The cache against a real store, as LlmProxy uses it: each call reads with the version it
 // holds, and applies its own record.
 class ConversationCacheTest : public ::testing::Test {
@@ -102,8 +109,7 @@ TEST_F(ConversationCacheTest, ACopyServesWhileTheVersionStandsAndAnyChangeIsRead
 TEST_F(ConversationCacheTest, ThisReplicasOwnRecordIsAppliedToTheCopy) {
   ConversationCache cache(1 << 20);
   Read(cache);
-  store::ChatRecord rec;
-  rec.messages = {Text("user", "q1"), Text("assistant", "r1")};
+  store::ChatRecord rec = Exchange("q1", "r1");
   Record(&cache, rec);
   bool from_store = true;
   auto after = Read(cache, &from_store);
@@ -134,9 +140,7 @@ TEST_F(ConversationCacheTest, ARecordAfterAnUnseenChangeDropsTheCopy) {
   Read(cache);
   // Another replica appends between this replica's read and its record.
   ASSERT_TRUE(store_->AppendConversation("ses_a", {Text("assistant", "elsewhere")}));
-  store::ChatRecord rec;
-  rec.messages = {Text("user", "q"), Text("assistant", "r")};
-  Record(&cache, rec);
+  Record(&cache, Exchange("q", "r"));
   EXPECT_EQ(cache.Find("ses_a"), nullptr);
   bool from_store = false;
   auto next = Read(cache, &from_store);
@@ -152,12 +156,8 @@ TEST_F(ConversationCacheTest, TwoCallsAtOnceEachApplyTheirRecord) {
   auto seen_by_a = Read(cache);
   auto seen_by_b = Read(cache);
   ASSERT_EQ(seen_by_a, seen_by_b);
-  store::ChatRecord a;
-  a.messages = {Text("user", "qa"), Text("assistant", "ra")};
-  Record(&cache, a);
-  store::ChatRecord b;
-  b.messages = {Text("user", "qb"), Text("assistant", "rb")};
-  Record(&cache, b);
+  Record(&cache, Exchange("qa", "ra"));
+  Record(&cache, Exchange("qb", "rb"));
   bool from_store = true;
   auto after = Read(cache, &from_store);
   EXPECT_FALSE(from_store);
@@ -173,9 +173,7 @@ TEST_F(ConversationCacheTest, AnOlderReadDoesNotReplaceANewerCopy) {
   auto older = store_->ReadConversation("ses_a", 0);
   ASSERT_TRUE(older.has_value());
   Read(cache);
-  store::ChatRecord rec;
-  rec.messages = {Text("user", "q"), Text("assistant", "r")};
-  Record(&cache, rec);
+  Record(&cache, Exchange("q", "r"));
   auto newer = cache.Find("ses_a");
   auto taken = cache.Take("ses_a", nullptr, std::move(*older));
   EXPECT_THAT(Texts(taken), ElementsAre("task"));  // what that read saw, for its own call
