@@ -303,6 +303,7 @@ class Connection {
   Connection& operator=(const Connection&) = delete;
 
   sqlite3* raw() { return db_; }
+  int busy_timeout_ms() const { return busy_timeout_ms_; }
 
   // Returns the cached prepared statement for `sql`, preparing it on first use.
   Result<Stmt> Prepare(const std::string& sql) {
@@ -1701,10 +1702,29 @@ Status ValidateOptions(const StoreOptions& options) {
   return Ok();
 }
 
+// Switching a file to WAL takes its exclusive lock. When several processes open one new file
+// at once (replicas started together), SQLite answers all but one "busy" at once instead of
+// calling the busy handler, since each holds the shared lock the others wait on; the losers let
+// go and try again until the busy timeout is spent.
 Status EnableWal(Connection& c) {
-  AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("PRAGMA journal_mode = WAL"));
-  AIRLOCK_ASSIGN_OR_RETURN(bool row, stmt.Step());
-  const std::string mode = row ? stmt.Text(0) : "";
+  constexpr auto kWalRetryMax = std::chrono::milliseconds(50);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(c.busy_timeout_ms());
+  std::string mode;
+  for (auto pause = std::chrono::milliseconds(1);; pause = std::min(pause * 2, kWalRetryMax)) {
+    AIRLOCK_ASSIGN_OR_RETURN(Stmt stmt, c.Prepare("PRAGMA journal_mode = WAL"));
+    Result<bool> row = stmt.Step();
+    if (row.has_value()) {
+      mode = *row ? stmt.Text(0) : "";
+      break;
+    }
+    if (row.error().code != ErrorCode::kUnavailable ||
+        std::chrono::steady_clock::now() + pause > deadline) {
+      return std::unexpected(std::move(row.error()));
+    }
+    stmt.Reset();  // lets go of the shared lock before waiting
+    std::this_thread::sleep_for(pause);
+  }
   if (mode != "wal") {
     return Errorf(ErrorCode::kInternal, "could not switch the database to WAL (journal mode '{}')",
                   mode);

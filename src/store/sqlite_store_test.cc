@@ -5,13 +5,16 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -238,6 +241,33 @@ TEST_F(SqliteStoreTest, HeldWriteLockBeyondBusyTimeoutIsUnavailable) {
 
   ASSERT_OK_AND_ASSIGN(Event e, store->AppendEvent("ses_a", "tick", Json::object()));
   EXPECT_EQ(e.seq, 2);
+}
+
+// Replicas started together open one new file at once. Switching it to WAL needs the file's
+// exclusive lock, and SQLite answers the losers of that race "busy" at once, without waiting the
+// busy timeout; each opener must retry rather than fail (a CI run lost a replica to it).
+TEST_F(SqliteStoreTest, StoresOpeningOneNewFileTogetherAllOpen) {
+  for (int round = 0; round < 20; ++round) {
+    options_.path = dir_ + "/together" + std::to_string(round) + ".db";
+    std::vector<std::thread> openers;
+    std::atomic<int> opened = 0;
+    std::string failure;
+    std::mutex failure_mu;
+    for (int i = 0; i < 6; ++i) {
+      openers.emplace_back([&] {
+        auto store = OpenSqliteStore(options_);
+        if (store.has_value()) {
+          ++opened;
+          return;
+        }
+        std::lock_guard lock(failure_mu);
+        failure = store.error().message;
+      });
+    }
+    for (auto& t : openers) t.join();
+    ASSERT_EQ(opened, 6) << "round " << round << ": " << failure;
+    EXPECT_EQ(RawQuery(options_.path, "PRAGMA journal_mode"), "wal");
+  }
 }
 
 }  // namespace
