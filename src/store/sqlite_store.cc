@@ -1645,6 +1645,11 @@ class SqliteStore final : public Store {
         // SQLite's busy sleep) and left a file that each write then had to grow again. Here
         // the writer waits on its mutex (not in a busy sleep) while the frames added since
         // are copied, and the next write starts the WAL over in place (bench/replicas.sh).
+        // The copies before it are made unheld until few frames come in during one, so the
+        // writer waits for a small copy only: a copy ends with an fsync of the database and
+        // of the WAL, and held right after the first copy it had that copy's tens of MiB to
+        // flush (writes waited 20-50 ms at p99; 13-20 ms with these).
+        CatchUpBeforeHolding(log_pages);
         std::lock_guard writer(writer_mu_);
         sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE,
                                   nullptr, nullptr);
@@ -1657,7 +1662,23 @@ class SqliteStore final : public Store {
     }
   }
 
+  // Copies the WAL without holding the writer until one copy finds fewer than
+  // kHeldCopyFrames new frames (at most kCatchUpCopies copies). `log_pages` is what the last
+  // copy found in the WAL.
+  void CatchUpBeforeHolding(int log_pages) {
+    for (int i = 0; i < kCatchUpCopies; ++i) {
+      int now_pages = 0, checkpointed = 0;
+      const int rc = sqlite3_wal_checkpoint_v2(
+          checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &now_pages, &checkpointed);
+      if (rc != SQLITE_OK || checkpointed != now_pages || now_pages - log_pages < kHeldCopyFrames)
+        return;
+      log_pages = now_pages;
+    }
+  }
+
   static constexpr int kCheckpointIntervalMs = 500;
+  static constexpr int kCatchUpCopies = 4;
+  static constexpr int kHeldCopyFrames = 512;
   static constexpr int kCheckpointPages = 1000;    // SQLite's default wal_autocheckpoint
   static constexpr int kRestartWalPages = 16384;   // 64 MiB of 4 KiB pages
   static constexpr int kTruncateWalPages = 65536;  // 256 MiB
