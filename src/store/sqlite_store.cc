@@ -1646,9 +1646,9 @@ class SqliteStore final : public Store {
         // the writer waits on its mutex (not in a busy sleep) while the frames added since
         // are copied, and the next write starts the WAL over in place (bench/replicas.sh).
         // The copies before it are made unheld until few frames come in during one, so the
-        // writer waits for a small copy only: a copy ends with an fsync of the database and
-        // of the WAL, and held right after the first copy it had that copy's tens of MiB to
-        // flush (writes waited 20-50 ms at p99; 13-20 ms with these).
+        // writer waits for a small copy only: held right after the first copy, it had to sync
+        // and copy the 4-16 MiB written during that one, and held writes for 22-48 ms (the
+        // p99 of the events route; BENCHMARKS.md, issue 12's sixth pass).
         CatchUpBeforeHolding(log_pages);
         std::lock_guard writer(writer_mu_);
         sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE,
@@ -1739,12 +1739,14 @@ Status EnableWal(Connection& c) {
       mode = *row ? stmt.Text(0) : "";
       break;
     }
-    if (row.error().code != ErrorCode::kUnavailable ||
-        std::chrono::steady_clock::now() + pause > deadline) {
+    // Only "busy" is retried: a full disk or a broken file answers the same the next time.
+    const auto now = std::chrono::steady_clock::now();
+    if ((sqlite3_extended_errcode(c.raw()) & 0xff) != SQLITE_BUSY || now >= deadline) {
       return std::unexpected(std::move(row.error()));
     }
     stmt.Reset();  // lets go of the shared lock before waiting
-    std::this_thread::sleep_for(pause);
+    std::this_thread::sleep_for(
+        std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
   }
   if (mode != "wal") {
     return Errorf(ErrorCode::kInternal, "could not switch the database to WAL (journal mode '{}')",

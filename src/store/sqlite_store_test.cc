@@ -243,6 +243,34 @@ TEST_F(SqliteStoreTest, HeldWriteLockBeyondBusyTimeoutIsUnavailable) {
   EXPECT_EQ(e.seq, 2);
 }
 
+// The same race made certain: another process holds the write lock of a file in rollback
+// mode while the store opens it. The switch to WAL waits for the lock to go, within the busy
+// timeout, and fails as "busy" once the timeout is spent.
+TEST_F(SqliteStoreTest, SwitchingToWalWaitsForAnotherWriterWithinTheBusyTimeout) {
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(options_.path.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "CREATE TABLE elsewhere (x)", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+
+  options_.busy_timeout_ms = 100;
+  auto refused = OpenSqliteStore(options_);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code, ErrorCode::kUnavailable);
+  EXPECT_THAT(refused.error().message, HasSubstr("journal_mode"));
+
+  options_.busy_timeout_ms = 5000;
+  std::thread release([other] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);
+  });
+  auto store = OpenSqliteStore(options_);
+  release.join();
+  sqlite3_close(other);
+  ASSERT_TRUE(store.has_value()) << store.error().message;
+  EXPECT_EQ(RawQuery(options_.path, "PRAGMA journal_mode"), "wal");
+}
+
 // Replicas started together open one new file at once. Switching it to WAL needs the file's
 // exclusive lock, and SQLite answers the losers of that race "busy" at once, without waiting the
 // busy timeout; each opener must retry rather than fail (a CI run lost a replica to it).
