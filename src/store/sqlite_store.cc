@@ -1676,7 +1676,11 @@ class SqliteStore final : public Store {
     }
   }
 
-  static constexpr int kCheckpointIntervalMs = 500;
+  // Each copy begins with an fdatasync of what the WAL took since the last one, and the
+  // writer's own writes to the WAL wait while it runs. Every half second, under steady writes
+  // that was ~60 MiB and a commit waited up to 16 ms behind it (perf trace); every 100 ms the
+  // events route's p99 fell from 17-23 ms to 5-8 ms (BENCHMARKS.md, issue 12's sixth pass).
+  static constexpr int kCheckpointIntervalMs = 100;
   static constexpr int kCatchUpCopies = 4;
   static constexpr int kHeldCopyFrames = 512;
   static constexpr int kCheckpointPages = 1000;    // SQLite's default wal_autocheckpoint
