@@ -1605,9 +1605,12 @@ class SqliteStore final : public Store {
     return InTransaction(*lease, std::forward<F>(body), /*write=*/false);
   }
 
-  // The writer's WAL hook: after each commit, how many frames the WAL holds.
+  // The writer's WAL hook: after each commit, how many frames the WAL holds, and one more
+  // commit.
   static int AfterCommit(void* self, sqlite3*, const char*, int frames) {
-    static_cast<SqliteStore*>(self)->wal_frames_.store(frames, std::memory_order_relaxed);
+    auto* store = static_cast<SqliteStore*>(self);
+    store->wal_frames_.store(frames, std::memory_order_relaxed);
+    store->commits_.fetch_add(1, std::memory_order_relaxed);
     return SQLITE_OK;
   }
 
@@ -1615,13 +1618,18 @@ class SqliteStore final : public Store {
     std::unique_lock lock(checkpoint_mu_);
     bool held = false;  // the last round held the writer so that the WAL would start over
     int64_t held_sequence = -1;
+    // commits_ when a round last found the whole WAL copied: until the next commit there is
+    // nothing to do, and an idle store's rounds end here.
+    int64_t copied_through = -1;
     while (!stopping_) {
       checkpoint_cv_.wait_for(lock, std::chrono::milliseconds(kCheckpointIntervalMs));
       if (stopping_) break;
+      const int64_t commits = commits_.load(std::memory_order_relaxed);
+      if (commits == copied_through) continue;
       // A small WAL is left as it is, as SQLite's own automatic checkpoint would. Once all of
       // it is copied, the next write starts the WAL over, and SQLite then syncs the WAL's
-      // new header: a write after every quiet half second paid for an fdatasync (0.4 ms on
-      // this project's virtual disk, milliseconds on others).
+      // new header: a write after every quiet spell paid for an fdatasync (0.4 ms on this
+      // project's virtual disk, milliseconds on others).
       if (wal_frames_.load(std::memory_order_relaxed) < kCheckpointPages) {
         held = false;
         continue;
@@ -1631,6 +1639,7 @@ class SqliteStore final : public Store {
       int rc = sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr,
                                          SQLITE_CHECKPOINT_PASSIVE, &log_pages, &checkpointed);
       const bool copied = rc == SQLITE_OK && checkpointed == log_pages;
+      if (copied) copied_through = commits;
       if (copied && held && log_pages > kTruncateWalPages &&
           WalCheckpointSequence(wal_path_) == held_sequence) {
         // Held last round, yet the WAL did not start over (readers kept it) and has grown
@@ -1651,8 +1660,12 @@ class SqliteStore final : public Store {
         // p99 of the events route; BENCHMARKS.md, issue 12's sixth pass).
         CatchUpBeforeHolding(log_pages);
         std::lock_guard writer(writer_mu_);
-        sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE,
-                                  nullptr, nullptr);
+        int held_pages = 0, held_copied = 0;
+        if (sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE,
+                                      &held_pages, &held_copied) == SQLITE_OK &&
+            held_copied == held_pages) {
+          copied_through = commits_.load(std::memory_order_relaxed);  // none while held
+        }
         held = true;
         held_sequence = WalCheckpointSequence(wal_path_);
       } else {
@@ -1679,7 +1692,7 @@ class SqliteStore final : public Store {
   // Each copy begins with an fdatasync of what the WAL took since the last one, and the
   // writer's own writes to the WAL wait while it runs. Every half second, under steady writes
   // that was ~60 MiB and a commit waited up to 16 ms behind it (perf trace); every 100 ms the
-  // events route's p99 fell from 17-23 ms to 5-8 ms (BENCHMARKS.md, issue 12's sixth pass).
+  // events route's p99 fell from 17-31 ms to 6.4-10 ms (BENCHMARKS.md, issue 12's sixth pass).
   static constexpr int kCheckpointIntervalMs = 100;
   static constexpr int kCatchUpCopies = 4;
   static constexpr int kHeldCopyFrames = 512;
@@ -1700,6 +1713,7 @@ class SqliteStore final : public Store {
   // Frames in the WAL after the last commit (AfterCommit). Until the first, the WAL may hold
   // what an earlier process left: the first round looks.
   std::atomic<int> wal_frames_{kCheckpointPages};
+  std::atomic<int64_t> commits_{0};  // commits that wrote to the WAL (AfterCommit)
   std::thread checkpointer_;
   std::mutex checkpoint_mu_;
   std::condition_variable checkpoint_cv_;
