@@ -1616,7 +1616,7 @@ class SqliteStore final : public Store {
 
   void CheckpointLoop() {
     std::unique_lock lock(checkpoint_mu_);
-    bool held = false;  // the last round held the writer so that the WAL would start over
+    bool held = false;  // the last round that ran held the writer so the WAL would start over
     int64_t held_sequence = -1;
     // commits_ when a round last found the whole WAL copied: until the next commit there is
     // nothing to do, and an idle store's rounds end here.
@@ -1635,10 +1635,8 @@ class SqliteStore final : public Store {
         continue;
       }
       lock.unlock();
-      int log_pages = 0, checkpointed = 0;
-      int rc = sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr,
-                                         SQLITE_CHECKPOINT_PASSIVE, &log_pages, &checkpointed);
-      const bool copied = rc == SQLITE_OK && checkpointed == log_pages;
+      const std::optional<int> copied = CopyWholeWal();
+      const int log_pages = copied.value_or(0);
       if (copied) copied_through = commits;
       if (copied && held && log_pages > kTruncateWalPages &&
           WalCheckpointSequence(wal_path_) == held_sequence) {
@@ -1660,12 +1658,7 @@ class SqliteStore final : public Store {
         // p99 of the events route; BENCHMARKS.md, issue 12's sixth pass).
         CatchUpBeforeHolding(log_pages);
         std::lock_guard writer(writer_mu_);
-        int held_pages = 0, held_copied = 0;
-        if (sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE,
-                                      &held_pages, &held_copied) == SQLITE_OK &&
-            held_copied == held_pages) {
-          copied_through = commits_.load(std::memory_order_relaxed);  // none while held
-        }
+        if (CopyWholeWal()) copied_through = commits_.load(std::memory_order_relaxed);
         held = true;
         held_sequence = WalCheckpointSequence(wal_path_);
       } else {
@@ -1675,17 +1668,24 @@ class SqliteStore final : public Store {
     }
   }
 
+  // A passive copy of the WAL into the database. Returns the frames the WAL held when all of
+  // them were copied; nothing when the copy failed or readers kept some back.
+  std::optional<int> CopyWholeWal() {
+    int log_pages = 0, checkpointed = 0;
+    const int rc = sqlite3_wal_checkpoint_v2(checkpoint_conn_->raw(), nullptr,
+                                             SQLITE_CHECKPOINT_PASSIVE, &log_pages, &checkpointed);
+    if (rc != SQLITE_OK || checkpointed != log_pages) return std::nullopt;
+    return log_pages;
+  }
+
   // Copies the WAL without holding the writer until one copy finds fewer than
   // kHeldCopyFrames new frames (at most kCatchUpCopies copies). `log_pages` is what the last
   // copy found in the WAL.
   void CatchUpBeforeHolding(int log_pages) {
     for (int i = 0; i < kCatchUpCopies; ++i) {
-      int now_pages = 0, checkpointed = 0;
-      const int rc = sqlite3_wal_checkpoint_v2(
-          checkpoint_conn_->raw(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &now_pages, &checkpointed);
-      if (rc != SQLITE_OK || checkpointed != now_pages || now_pages - log_pages < kHeldCopyFrames)
-        return;
-      log_pages = now_pages;
+      const std::optional<int> now_pages = CopyWholeWal();
+      if (!now_pages || *now_pages - log_pages < kHeldCopyFrames) return;
+      log_pages = *now_pages;
     }
   }
 
