@@ -13,7 +13,8 @@
 # Knobs: DUR (wrk duration, 10s), SESSIONS (sessions the load is spread over, 16), CREATE_DUR
 # (wrk duration of the creation runs, 5s), CREATE_CONNS (their connections, 8), ONLY=sqlite
 # (nginx and the SQLite replica only: no PostgreSQL, HAProxy or wake-up; to compare two builds
-# quickly, e.g. `AIRLOCK=<other build>/bin/airlock ONLY=sqlite bench/replicas.sh`).
+# quickly, e.g. `AIRLOCK=<other build>/bin/airlock ONLY=sqlite bench/replicas.sh`), EXTRA_TOML
+# (more configuration for every replica, e.g. $'[server]\nworker_threads = 1').
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -77,6 +78,7 @@ max_per_session = 0
 max_mb_per_session = 0
 [log]
 level = "warn"
+${EXTRA_TOML:-}
 $1
 TOML
 }

@@ -23,11 +23,15 @@ struct EventAppender::Pending {
 EventAppender::EventAppender(store::Store& store, asio::thread_pool& pool, store::EventQuota quota,
                              size_t max_batch, size_t max_in_flight, bool one_commit_at_a_time)
     : store_(store),
-      pool_(pool),
+      own_thread_(one_commit_at_a_time ? std::make_unique<asio::thread_pool>(1) : nullptr),
+      pool_(own_thread_ ? *own_thread_ : pool),
       quota_(quota),
       max_batch_(std::max<size_t>(max_batch, 1)),
-      max_in_flight_(std::max<size_t>(max_in_flight, 1)),
-      one_commit_at_a_time_(one_commit_at_a_time) {}
+      max_in_flight_(std::max<size_t>(max_in_flight, 1)) {}
+
+EventAppender::~EventAppender() {
+  if (own_thread_) own_thread_->join();
+}
 
 awaitable<Result<store::QuotaAppend>> EventAppender::Append(std::string session_id,
                                                             std::string type, Json data,
@@ -69,8 +73,6 @@ void EventAppender::StartCall(const asio::any_io_executor& ex) {
   // The work guard keeps the io_context running until the answer is back, as RunBlocking's.
   auto work = asio::make_work_guard(ex);
   asio::post(pool_, [this, ex, work = std::move(work)]() mutable {
-    std::unique_lock commit(commit_mu_, std::defer_lock);
-    if (one_commit_at_a_time_) commit.lock();
     auto batch = std::make_shared<Batch>(TakeBatch());
     std::vector<Result<store::QuotaAppend>> results;
     if (!batch->empty()) {
@@ -81,7 +83,6 @@ void EventAppender::StartCall(const asio::any_io_executor& ex) {
         appends.push_back({p->session_id, p->type, &p->data, p->token_hash});
       results = store_.AppendEventsWithinQuota(appends, quota_);
     }
-    if (commit.owns_lock()) commit.unlock();
     asio::post(ex, [this, ex, batch, results = std::move(results)]() mutable {
       Finish(ex, *batch, std::move(results));
     });

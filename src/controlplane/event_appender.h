@@ -11,12 +11,18 @@
 // next is on its way (PostgreSQL runs them on two connections); more would take the pool
 // threads that other store calls need.
 //
-// A group is made when its call reaches the pool thread, not when the call is sent, and with
+// A group is made when its call reaches its thread, not when the call is sent, and with
 // `one_commit_at_a_time` (SQLite, whose writes are one at a time anyway) only once the call
 // before it has committed: the next group is then everything that arrived during the commit
 // before it. Made when sent, the second call's group held only the requests that happened to
 // arrive while a call was free, often one or two, and a run could settle into small groups
 // that cost the control plane 1.4 times the CPU per event (BENCHMARKS.md, issue 12).
+//
+// With `one_commit_at_a_time` the calls run on a thread of the appender's own, one after
+// another, instead of on the shared pool: the commits never wait behind the pool's other
+// work, and one thread that stays warm took 6-7% less of the control plane's CPU per event,
+// and gave a tenth more events per second, than calls handed round four pool threads, each
+// woken in turn (BENCHMARKS.md, issue 12, "Seventh pass").
 
 #include <atomic>
 #include <cstddef>
@@ -32,7 +38,8 @@
 
 namespace airlock::controlplane {
 
-// io thread only (Append is called and resumes there); the store runs on `pool`.
+// io thread only (Append is called and resumes there); the store runs on `pool`, or with
+// `one_commit_at_a_time` on the appender's own thread.
 class EventAppender {
  public:
   // At most `max_batch` events per store call and `max_in_flight` calls at once; `quota` is
@@ -40,6 +47,10 @@ class EventAppender {
   EventAppender(store::Store& store, asio::thread_pool& pool, store::EventQuota quota,
                 size_t max_batch = 256, size_t max_in_flight = 2,
                 bool one_commit_at_a_time = false);
+  // Waits for the calls in flight (on its own thread, if it has one).
+  ~EventAppender();
+  EventAppender(const EventAppender&) = delete;
+  EventAppender& operator=(const EventAppender&) = delete;
 
   // What Store::AppendEventWithinQuota(session_id, type, data, quota) answers, once committed;
   // with a `token_hash`, refused unless it is still the session's then (store::EventAppend).
@@ -57,7 +68,7 @@ class EventAppender {
   struct Pending;
   using Batch = std::vector<std::shared_ptr<Pending>>;
 
-  // Sends a call to the pool; there it takes the front of the queue to the store, and when
+  // Sends a call to its thread; there it takes the front of the queue to the store, and when
   // the store answers, its requests are resumed here and whatever queued meanwhile is sent.
   void StartCall(const asio::any_io_executor& ex);
   Batch TakeBatch();
@@ -65,14 +76,14 @@ class EventAppender {
               std::vector<Result<store::QuotaAppend>> results);
 
   store::Store& store_;
-  asio::thread_pool& pool_;
+  // With one_commit_at_a_time, the thread the calls run on, one after another; `pool_` is it.
+  std::unique_ptr<asio::thread_pool> own_thread_;
+  asio::thread_pool& pool_;  // where the calls run
   store::EventQuota quota_;
   size_t max_batch_;
   size_t max_in_flight_;
-  std::mutex queue_mu_;  // the io thread adds, a call on the pool takes
+  std::mutex queue_mu_;  // the io thread adds, a call takes
   Batch queue_;
-  std::mutex commit_mu_;  // held by a call from its group's making to its commit (one at a time)
-  bool one_commit_at_a_time_;
   size_t in_flight_ = 0;  // calls sent and not yet answered here (io thread)
   std::atomic<size_t> calls_ = 0;
 };
