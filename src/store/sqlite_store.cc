@@ -36,6 +36,7 @@
 #include "store/connection_pool.h"
 #include "store/event_group.h"
 #include "store/sqlite_store.h"
+#include "store/sqlite_wal_vfs.h"
 
 namespace airlock::store {
 namespace {
@@ -279,8 +280,9 @@ class Connection {
     const int flags =
         (read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
         SQLITE_OPEN_NOMUTEX;
+    AIRLOCK_ASSIGN_OR_RETURN(const char* vfs, WalBatchingVfs());
     sqlite3* db = nullptr;
-    const int rc = sqlite3_open_v2(path.c_str(), &db, flags, nullptr);
+    const int rc = sqlite3_open_v2(path.c_str(), &db, flags, vfs);
     if (rc != SQLITE_OK) {
       Error e = SqliteError(db, rc, fmt::format("opening {}", path), busy_timeout_ms);
       sqlite3_close_v2(db);
