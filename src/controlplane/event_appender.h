@@ -20,7 +20,7 @@
 //
 // With `one_commit_at_a_time` the calls run on a thread of the appender's own, one after
 // another, instead of on the shared pool: the commits never wait behind the pool's other
-// work, and one thread that stays warm took 6-7% less of the control plane's CPU per event,
+// work, and one thread that stays warm took 4-7% less of the control plane's CPU per event,
 // and gave a tenth more events per second, than calls handed round four pool threads, each
 // woken in turn (BENCHMARKS.md, issue 12, "Seventh pass").
 
