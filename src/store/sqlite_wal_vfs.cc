@@ -2,14 +2,13 @@
 
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <map>
-#include <memory>
-#include <mutex>
 #include <string>
 
 #include "common/log.h"
@@ -26,44 +25,38 @@ constexpr sqlite3_int64 kReserveAhead = sqlite3_int64{1} << 20;
 
 sqlite3_vfs* g_base = nullptr;  // "unix", or whatever the default VFS was
 
-// What every connection's handle on one WAL file shares: how far its blocks are known to be
-// allocated. A truncation through any handle lowers it.
-struct WalShared {
-  std::mutex mu;
-  sqlite3_int64 reserved = 0;
-};
-
-std::mutex g_shared_mu;
-std::map<std::string, std::weak_ptr<WalShared>> g_shared;
-
-std::shared_ptr<WalShared> SharedFor(const std::string& path) {
-  std::lock_guard l(g_shared_mu);
-  auto& weak = g_shared[path];
-  auto shared = weak.lock();
-  if (!shared) {
-    shared = std::make_shared<WalShared>();
-    weak = shared;
-  }
-  // Forget the files no handle holds any more.
-  for (auto it = g_shared.begin(); it != g_shared.end();)
-    it = it->second.expired() ? g_shared.erase(it) : std::next(it);
-  return shared;
-}
-
 struct File {
   sqlite3_file base;  // first: SQLite sees this
   sqlite3_file* real = nullptr;
-  // A WAL file: what is gathered, from `at`; a database file: its connection's WAL.
+  // A database file: opened read-only, and its connection's WAL.
+  bool read_only = false;
+  File* wal_file = nullptr;
+  // A WAL file: its database's file, and what is gathered, from `at`.
   bool wal = false;
   File* db = nullptr;
-  File* wal_file = nullptr;
   std::string path;
-  int fd = -1;  // the WAL's own descriptor, for fallocate
+  int fd = -1;  // the WAL's own descriptor, for the gathered writes and fallocate
   bool gather = false;
   std::string gathered;
   sqlite3_int64 at = 0;
-  std::shared_ptr<WalShared> shared;
+  // [reserved_from, reserved_to) has its blocks allocated by this write transaction. Another
+  // connection, of this process or another, may truncate the WAL between two of them (under
+  // the write lock), so what an earlier one reserved is not trusted.
+  sqlite3_int64 reserved_from = 0, reserved_to = 0;
+  bool new_transaction = true;
+  // Set when gathered frames could not be written, until the write lock is let go: SQLite
+  // does not stop at every error a flush may meet (the size it asks for after a commit's
+  // frames is only logged on error), so the barrier refuses to publish after one.
+  int failed = SQLITE_OK;
 };
+
+// ext2/3/4, XFS, tmpfs: a write into blocks fallocate allocated needs no more space.
+bool ReservesInPlace(decltype(statfs::f_type) type) {
+  return type == 0xEF53 || type == 0x58465342 || type == 0x01021994;
+}
+
+// Write locks: WAL_WRITE_LOCK is the wal-index's lock 0 (wal.c).
+bool CoversWriteLock(int offset, int n) { return offset <= 0 && offset + n > 0; }
 
 File* Self(sqlite3_file* f) { return reinterpret_cast<File*>(f); }
 const sqlite3_io_methods* Real(File* f) { return f->real->pMethods; }
@@ -88,20 +81,31 @@ int Flush(File* f) {
     at += n;
   }
   f->gathered.clear();
+  if (rc != SQLITE_OK) f->failed = rc;
   return rc;
 }
 
-// Makes sure the blocks up to `end` are allocated, so that writing them later cannot fail for
-// want of space.
-int Reserve(File* f, sqlite3_int64 end) {
-  std::lock_guard l(f->shared->mu);
-  if (end <= f->shared->reserved) return SQLITE_OK;
-  sqlite3_int64 from = f->shared->reserved;
+int Fallocate(int fd, sqlite3_int64 from, sqlite3_int64 to) {
+  int r;
+  do r = ::fallocate(fd, FALLOC_FL_KEEP_SIZE, from, to - from);
+  while (r != 0 && errno == EINTR);
+  return r;
+}
+
+// Makes sure the blocks of [off, end) are allocated, so that writing them later cannot fail
+// for want of space.
+int Reserve(File* f, sqlite3_int64 off, sqlite3_int64 end) {
+  if (f->new_transaction || off < f->reserved_from) {
+    f->reserved_from = f->reserved_to = off;
+    f->new_transaction = false;
+  }
+  if (end <= f->reserved_to) return SQLITE_OK;
+  sqlite3_int64 from = f->reserved_to;
   sqlite3_int64 to = end + kReserveAhead;
-  int failed = ::fallocate(f->fd, FALLOC_FL_KEEP_SIZE, from, to - from);
+  int failed = Fallocate(f->fd, from, to);
   if (failed != 0 && (errno == ENOSPC || errno == EDQUOT)) {
     to = end;  // on a nearly full disk, what this write needs and no more
-    failed = ::fallocate(f->fd, FALLOC_FL_KEEP_SIZE, from, to - from);
+    failed = Fallocate(f->fd, from, to);
   }
   if (failed != 0) {
     if (errno == EOPNOTSUPP || errno == ENOSYS) {
@@ -110,7 +114,7 @@ int Reserve(File* f, sqlite3_int64 end) {
     }
     return errno == ENOSPC || errno == EDQUOT ? SQLITE_FULL : SQLITE_IOERR_WRITE;
   }
-  f->shared->reserved = to;
+  f->reserved_to = to;
   return SQLITE_OK;
 }
 
@@ -118,7 +122,9 @@ int Reserve(File* f, sqlite3_int64 end) {
 // report a failure (see the header).
 void FlushOrDie(File* db) {
   if (!db->wal_file) return;
-  if (int rc = Flush(db->wal_file); rc != SQLITE_OK) {
+  int rc = Flush(db->wal_file);
+  if (rc == SQLITE_OK) rc = db->wal_file->failed;
+  if (rc != SQLITE_OK) {
     log::Error(
         "sqlite: writing a commit's WAL frames failed after their space was reserved; "
         "stopping before the commit is published",
@@ -156,7 +162,7 @@ int Write(sqlite3_file* pf, const void* buf, int amt, sqlite3_int64 off) {
     if (int rc = Flush(f); rc != SQLITE_OK) return rc;
     f->at = off;
   }
-  if (int rc = Reserve(f, off + amt); rc != SQLITE_OK) return rc;
+  if (int rc = Reserve(f, off, off + amt); rc != SQLITE_OK) return rc;
   if (!f->gather) return Real(f)->xWrite(f->real, buf, amt, off);  // Reserve gave up gathering
   f->gathered.append(static_cast<const char*>(buf), static_cast<size_t>(amt));
   return SQLITE_OK;
@@ -165,11 +171,10 @@ int Write(sqlite3_file* pf, const void* buf, int amt, sqlite3_int64 off) {
 int Truncate(sqlite3_file* pf, sqlite3_int64 size) {
   File* f = Self(pf);
   if (int rc = Flush(f); rc != SQLITE_OK) return rc;
-  if (f->shared) {
-    std::lock_guard l(f->shared->mu);
-    f->shared->reserved = std::min(f->shared->reserved, size);
-  }
-  return Real(f)->xTruncate(f->real, size);
+  int rc = Real(f)->xTruncate(f->real, size);
+  f->reserved_to = std::min(f->reserved_to, size);
+  f->reserved_from = std::min(f->reserved_from, f->reserved_to);
+  return rc;
 }
 
 int Sync(sqlite3_file* pf, int flags) {
@@ -178,10 +183,15 @@ int Sync(sqlite3_file* pf, int flags) {
   return Real(f)->xSync(f->real, flags);
 }
 
+// The size the file will have once what is gathered is written: asked for after a commit's
+// frames (to keep the WAL within its size limit), where an error would only be logged.
 int FileSize(sqlite3_file* pf, sqlite3_int64* size) {
   File* f = Self(pf);
-  if (int rc = Flush(f); rc != SQLITE_OK) return rc;
-  return Real(f)->xFileSize(f->real, size);
+  int rc = Real(f)->xFileSize(f->real, size);
+  if (rc == SQLITE_OK && !f->gathered.empty()) {
+    *size = std::max(*size, f->at + static_cast<sqlite3_int64>(f->gathered.size()));
+  }
+  return rc;
 }
 
 int Lock(sqlite3_file* pf, int level) {
@@ -229,11 +239,25 @@ int ShmMap(sqlite3_file* pf, int page, int size, int extend, void volatile** out
 
 int ShmLock(sqlite3_file* pf, int offset, int n, int flags) {
   File* f = Self(pf);
-  // A write lock let go, or any other change: nothing stays gathered outside a transaction.
-  if (f->wal_file) {
-    if (int rc = Flush(f->wal_file); rc != SQLITE_OK) return rc;
+  File* w = f->wal_file;
+  if (flags & SQLITE_SHM_UNLOCK) {
+    // Nothing stays gathered once a lock is let go; an unlock is made whatever the flush
+    // answers (SQLite does not look at an unlock's answer). With the write lock, the
+    // transaction is over, and so is what failed in it.
+    if (w) Flush(w);
+    int rc = Real(f)->xShmLock(f->real, offset, n, flags);
+    if (w && CoversWriteLock(offset, n)) w->failed = SQLITE_OK;
+    return rc;
   }
-  return Real(f)->xShmLock(f->real, offset, n, flags);
+  if (w) {
+    if (int rc = Flush(w); rc != SQLITE_OK) return rc;
+  }
+  int rc = Real(f)->xShmLock(f->real, offset, n, flags);
+  if (rc == SQLITE_OK && w && (flags & SQLITE_SHM_EXCLUSIVE) && CoversWriteLock(offset, n)) {
+    w->new_transaction = true;
+    w->failed = SQLITE_OK;
+  }
+  return rc;
 }
 
 void ShmBarrier(sqlite3_file* pf) {
@@ -296,8 +320,8 @@ int Open(sqlite3_vfs*, sqlite3_filename name, sqlite3_file* pf, int flags, int* 
     return rc;
   }
   pf->pMethods = &kMethods;
-  // Only a connection that may write gathers (a read-only one never writes the WAL).
-  if ((flags & SQLITE_OPEN_WAL) && (flags & SQLITE_OPEN_READWRITE) && name) {
+  if (flags & SQLITE_OPEN_MAIN_DB) f->read_only = (flags & SQLITE_OPEN_READONLY) != 0;
+  if ((flags & SQLITE_OPEN_WAL) && name) {
     f->wal = true;
     f->path = name;
     // The database file this WAL belongs to is this VFS's too: link the two, so that its
@@ -306,25 +330,25 @@ int Open(sqlite3_vfs*, sqlite3_filename name, sqlite3_file* pf, int flags, int* 
       f->db = Self(db);
       f->db->wal_file = f;
     }
-    f->fd = ::open(name, O_RDWR | O_CLOEXEC);
-    if (f->fd >= 0 && f->db) {
-      f->shared = SharedFor(f->path);
-      f->gather = true;
+    // SQLite opens the WAL read-write for every connection; only those that may write gather,
+    // and only on file systems where a block fallocate reserved is written without asking for
+    // another (not copy-on-write ones such as btrfs or ZFS, nor NFS): elsewhere frames are
+    // written one by one, as SQLite alone writes them.
+    if (f->db && !f->db->read_only) {
+      f->fd = ::open(name, O_RDWR | O_CLOEXEC);
+      struct statfs fs {};
+      if (f->fd >= 0 && ::fstatfs(f->fd, &fs) == 0 && ReservesInPlace(fs.f_type)) {
+        f->gather = true;
+      } else if (f->fd >= 0) {
+        ::close(f->fd);
+        f->fd = -1;
+      }
     }
   }
   return SQLITE_OK;
 }
 
 int Delete(sqlite3_vfs*, const char* name, int sync_dir) {
-  {
-    std::lock_guard l(g_shared_mu);
-    if (auto it = g_shared.find(name); it != g_shared.end()) {
-      if (auto shared = it->second.lock()) {
-        std::lock_guard s(shared->mu);
-        shared->reserved = 0;
-      }
-    }
-  }
   return g_base->xDelete(g_base, name, sync_dir);
 }
 

@@ -11,16 +11,26 @@
 // new wal-index header, which it does in two copies with a memory barrier between them (a
 // reader accepts the header only when both agree): the barrier is called on the database's
 // file, which flushes its connection's WAL there, so no reader can see a frame that is not in
-// the file yet. Anything else done with the WAL file (a read, a sync, a size, a truncation, a
-// write elsewhere, a lock, closing it) writes what is gathered first, so SQLite sees the file
-// as it wrote it.
+// the file yet. Anything else done with the WAL file (a read, a sync, a truncation, a write
+// elsewhere, closing it) and any change of the connection's WAL locks writes what is gathered
+// first, so SQLite finds the file as it wrote it; its size is answered as it will be.
 //
 // A write that cannot be made at the barrier cannot be reported there (the call returns
 // nothing), and the header is published right after it: so space for the gathered frames is
-// reserved (fallocate) when they are gathered, and a full disk fails that write at once, as
-// without this VFS. Should the flush still fail (an I/O error), the process stops rather than
-// publish frames the file does not hold; on the next open, SQLite's recovery drops the frames
-// whose checksums do not match, which are the unacknowledged commit's.
+// reserved (fallocate, keeping the file's size) as they are gathered, and a full disk fails
+// that write at once, as without this VFS. The reservation is made anew in each write
+// transaction: between two, another connection (another replica's process, on a shared file)
+// may have truncated the WAL and given its blocks back. Gathering is done only on file systems
+// where a reserved block is written without asking for more space (ext2/3/4, XFS, tmpfs; not
+// copy-on-write ones or NFS, where frames are written one by one as SQLite alone writes them).
+// Should a flush still fail (an I/O error, the file size limit), or should one have failed
+// earlier in the transaction at a point where SQLite carries on, the barrier stops the process
+// rather than publish frames the file does not hold; on the next open, SQLite's recovery drops
+// the frames whose checksums do not match, which are the unacknowledged commit's.
+//
+// The store never uses exclusive locking mode, where SQLite keeps the wal-index in its own
+// memory and calls no barrier: gathered frames would then be written only at the next lock
+// change.
 
 #include "common/result.h"
 

@@ -5,11 +5,13 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
@@ -255,6 +257,114 @@ TEST_F(WalVfsTest, AFullDiskFailsTheCommitAndKeepsTheRest) {
   ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status)
                                  << " (an abort is the VFS failing to write frames it gathered)";
   EXPECT_EQ(WEXITSTATUS(status), 0) << "see the exit codes in the test";
+}
+
+// What another process's checkpoint does to the WAL between two commits (truncate it, which
+// gives its blocks back) does not leave this connection trusting space reserved before: on a
+// disk filled meanwhile, the next commit fails cleanly instead of stopping the process at its
+// publication. The other process is a connection through SQLite's own VFS, which this one
+// does not see. In a child with an 8 MiB tmpfs of its own; root only.
+TEST_F(WalVfsTest, SpaceReservedBeforeAnotherConnectionTruncatedTheWalIsNotTrusted) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs needs root";
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (::unshare(CLONE_NEWNS) != 0) ::_exit(10);
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) ::_exit(11);
+    if (::mount("tmpfs", dir_.c_str(), "tmpfs", 0, "size=8m") != 0) ::_exit(12);
+    const std::string path = dir_ + "/f.db";
+    Db writer(path);
+    if (!writer.ok()) ::_exit(13);
+    if (writer.Exec("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (k INTEGER PRIMARY KEY, "
+                    "v TEXT)") != SQLITE_OK)
+      ::_exit(14);
+    for (int i = 1; i <= 200; ++i) {  // ~0.8 MiB of WAL, and space reserved beyond it
+      if (writer.Exec("INSERT INTO t VALUES (" + std::to_string(i) + ", printf('%.3000c', 'g'))") !=
+          SQLITE_OK)
+        ::_exit(15);
+    }
+    {
+      sqlite3* other = nullptr;
+      if (sqlite3_open_v2(path.c_str(), &other, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK)
+        ::_exit(16);
+      int rc = sqlite3_exec(other, "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr);
+      sqlite3_close_v2(other);
+      if (rc != SQLITE_OK) ::_exit(17);
+    }
+    // Fill the disk but for one block: the new WAL header, which SQLite syncs before any
+    // frame, fits; the commit's frames do not.
+    {
+      const std::string filler_path = dir_ + "/filler";
+      FILE* filler = std::fopen(filler_path.c_str(), "w");
+      if (!filler) ::_exit(18);
+      std::string block(4096, 'x');
+      while (std::fwrite(block.data(), 1, block.size(), filler) == block.size() &&
+             std::fflush(filler) == 0) {
+      }
+      std::fclose(filler);
+      auto size = std::filesystem::file_size(filler_path);
+      if (size < 4096 || ::truncate(filler_path.c_str(), static_cast<off_t>(size - 4096)) != 0)
+        ::_exit(21);
+    }
+    int rc = writer.Exec("INSERT INTO t VALUES (1000, printf('%.3000c', 'h'))");
+    if ((rc & 0xff) != SQLITE_FULL) ::_exit(19);
+    if (writer.One("SELECT count(*) FROM t") != "200") ::_exit(20);
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status)
+                                 << " (an abort is the VFS failing to write frames it gathered)";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "see the exit codes in the test";
+}
+
+// A gathered write that fails when published (here the file size limit, which fallocate does
+// not check) stops the process before the commit is visible: nothing acknowledged is lost,
+// the failed commit is not there, and the database opens whole.
+TEST_F(WalVfsTest, AFrameWriteFailingAtPublicationStopsTheProcessAndLosesNothingAcknowledged) {
+  const std::string path = dir_ + "/g.db";
+  {
+    Db setup(path);
+    ASSERT_TRUE(setup.ok()) << setup.error();
+    ASSERT_EQ(setup.Exec("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)"), SQLITE_OK);
+  }
+  const auto wal_size = std::filesystem::exists(path + "-wal")
+                            ? std::filesystem::file_size(path + "-wal")
+                            : std::uintmax_t{0};
+  int acks[2];
+  ASSERT_EQ(::pipe(acks), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(acks[0]);
+    Db db(path);
+    if (!db.ok() || db.Exec("PRAGMA wal_autocheckpoint = 0") != SQLITE_OK) ::_exit(3);
+    // Writes past 256 KiB beyond the WAL's size now fail with EFBIG.
+    ::signal(SIGXFSZ, SIG_IGN);
+    rlimit limit{static_cast<rlim_t>(wal_size + (256 << 10)),
+                 static_cast<rlim_t>(wal_size + (256 << 10))};
+    if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) ::_exit(4);
+    for (int i = 1; i < 10000; ++i) {
+      if (db.Exec("INSERT INTO t VALUES (" + std::to_string(i) + ", printf('%.3000c', 'i'))") !=
+          SQLITE_OK)
+        ::_exit(5);
+      if (::write(acks[1], &i, sizeof i) != sizeof i) ::_exit(6);
+    }
+    ::_exit(7);
+  }
+  ::close(acks[1]);
+  int last = 0;
+  for (int got; ::read(acks[0], &got, sizeof got) == sizeof got;) last = got;
+  ::close(acks[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT)
+      << "the writer was expected to stop itself; status " << status;
+  ASSERT_GT(last, 10);
+  Db after(path);
+  ASSERT_TRUE(after.ok()) << after.error();
+  EXPECT_EQ(after.One("PRAGMA integrity_check"), "ok");
+  EXPECT_EQ(after.One("SELECT count(*) FROM t"), std::to_string(last));
 }
 
 }  // namespace
