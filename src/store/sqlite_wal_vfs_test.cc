@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -73,9 +74,15 @@ class WalVfsTest : public ::testing::Test {
     std::string tmpl = (std::filesystem::temp_directory_path() / "airlock-walvfs-XXXXXX").string();
     ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
     dir_ = tmpl;
+    // Whether the VFS gathers frames here (ext2/3/4, XFS, tmpfs); elsewhere it writes them one
+    // by one, and the tests below check plain SQLite (the tmpfs ones gather wherever they run).
+    struct statfs fs {};
+    gathers_ = ::statfs(dir_.c_str(), &fs) == 0 &&
+               (fs.f_type == 0xEF53 || fs.f_type == 0x58465342 || fs.f_type == 0x01021994);
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string dir_;
+  bool gathers_ = false;
 };
 
 // Each commit is seen by another connection as soon as it returns, the WAL's pages included:
@@ -322,6 +329,9 @@ TEST_F(WalVfsTest, SpaceReservedBeforeAnotherConnectionTruncatedTheWalIsNotTrust
 // not check) stops the process before the commit is visible: nothing acknowledged is lost,
 // the failed commit is not there, and the database opens whole.
 TEST_F(WalVfsTest, AFrameWriteFailingAtPublicationStopsTheProcessAndLosesNothingAcknowledged) {
+  if (!gathers_)
+    GTEST_SKIP() << "the temporary directory's file system is one the VFS does not "
+                    "gather on (frames are written one by one, and fail cleanly)";
   const std::string path = dir_ + "/g.db";
   {
     Db setup(path);
