@@ -197,8 +197,16 @@ class AgentE2eTest : public ::testing::Test {
     while (dirent* e = d ? ::readdir(d) : nullptr) {
       int pid = std::atoi(e->d_name);
       if (pid <= 1) continue;
-      std::ifstream f("/proc/" + std::string(e->d_name) + "/cgroup");
-      std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      // A process may end between the listing and the read, which then fails with ESRCH (an
+      // exception through an ifstream): such a process is simply not one to kill.
+      std::string text;
+      int fd =
+          ::open(("/proc/" + std::string(e->d_name) + "/cgroup").c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;
+      char buf[4096];
+      for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+        text.append(buf, static_cast<size_t>(n));
+      ::close(fd);
       bool ours = text.find("airlock-" + id) != std::string::npos ||
                   text.find("airlock-vm-" + id) != std::string::npos;
       if (ours && ::kill(pid, SIGKILL) == 0) ++killed;
