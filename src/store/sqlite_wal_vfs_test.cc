@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -81,6 +82,25 @@ class WalVfsTest : public ::testing::Test {
                (fs.f_type == 0xEF53 || fs.f_type == 0x58465342 || fs.f_type == 0x01021994);
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
+  // Runs `body` in a child with a mount namespace of its own and a tmpfs of `size` over dir_,
+  // and expects it to return 0: 10-12 mean the set-up failed, other codes are the body's.
+  void ExpectZeroOnSmallTmpfs(const char* size, const std::function<int()>& body) {
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      if (::unshare(CLONE_NEWNS) != 0) ::_exit(10);
+      if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) ::_exit(11);
+      const std::string options = std::string("size=") + size;
+      if (::mount("tmpfs", dir_.c_str(), "tmpfs", 0, options.c_str()) != 0) ::_exit(12);
+      ::_exit(body());
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status)
+                                   << " (an abort is the VFS failing to write frames it gathered)";
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "see the exit codes in the test";
+  }
+
   std::string dir_;
   bool gathers_ = false;
 };
@@ -227,43 +247,33 @@ TEST_F(WalVfsTest, AKilledWriterLosesNoCommittedTransaction) {
 // its own, on a 1 MiB tmpfs; root only.
 TEST_F(WalVfsTest, AFullDiskFailsTheCommitAndKeepsTheRest) {
   if (::geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs needs root";
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    // Exit codes: 0 as expected; 10+ a step that failed.
-    if (::unshare(CLONE_NEWNS) != 0) ::_exit(10);
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) ::_exit(11);
-    if (::mount("tmpfs", dir_.c_str(), "tmpfs", 0, "size=1m") != 0) ::_exit(12);
+  ExpectZeroOnSmallTmpfs("1m", [&] {
+    // Exit codes: 0 as expected; 13 and up, a step that failed.
     const std::string path = dir_ + "/d.db";
     int committed = 0;
     int rc = SQLITE_OK;
     {
       Db db(path);
-      if (!db.ok()) ::_exit(13);
-      if (db.Exec("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)") != SQLITE_OK) ::_exit(14);
+      if (!db.ok()) return 13;
+      if (db.Exec("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)") != SQLITE_OK) return 14;
       for (int i = 1; i < 10000; ++i) {
         rc = db.Exec("BEGIN; INSERT INTO t VALUES (" + std::to_string(i) +
                      ", printf('%.3000c', 'f')); COMMIT");
         if (rc != SQLITE_OK) break;
         committed = i;
       }
-      if ((rc & 0xff) != SQLITE_FULL) ::_exit(15);
-      if (committed < 10) ::_exit(16);
+      if ((rc & 0xff) != SQLITE_FULL) return 15;
+      if (committed < 10) return 16;
       db.Exec("ROLLBACK");
       // The connection still reads everything committed.
-      if (db.One("SELECT count(*) FROM t") != std::to_string(committed)) ::_exit(17);
+      if (db.One("SELECT count(*) FROM t") != std::to_string(committed)) return 17;
     }
     Db again(path);
-    if (!again.ok()) ::_exit(18);
-    if (again.One("SELECT count(*) FROM t") != std::to_string(committed)) ::_exit(19);
-    if (again.One("PRAGMA quick_check") != "ok") ::_exit(20);
-    ::_exit(0);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status)
-                                 << " (an abort is the VFS failing to write frames it gathered)";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "see the exit codes in the test";
+    if (!again.ok()) return 18;
+    if (again.One("SELECT count(*) FROM t") != std::to_string(committed)) return 19;
+    if (again.One("PRAGMA quick_check") != "ok") return 20;
+    return 0;
+  });
 }
 
 // What another process's checkpoint does to the WAL between two commits (truncate it, which
@@ -273,37 +283,32 @@ TEST_F(WalVfsTest, AFullDiskFailsTheCommitAndKeepsTheRest) {
 // does not see. In a child with an 8 MiB tmpfs of its own; root only.
 TEST_F(WalVfsTest, SpaceReservedBeforeAnotherConnectionTruncatedTheWalIsNotTrusted) {
   if (::geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs needs root";
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    if (::unshare(CLONE_NEWNS) != 0) ::_exit(10);
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) ::_exit(11);
-    if (::mount("tmpfs", dir_.c_str(), "tmpfs", 0, "size=8m") != 0) ::_exit(12);
+  ExpectZeroOnSmallTmpfs("8m", [&] {
     const std::string path = dir_ + "/f.db";
     Db writer(path);
-    if (!writer.ok()) ::_exit(13);
+    if (!writer.ok()) return 13;
     if (writer.Exec("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (k INTEGER PRIMARY KEY, "
                     "v TEXT)") != SQLITE_OK)
-      ::_exit(14);
+      return 14;
     for (int i = 1; i <= 200; ++i) {  // ~0.8 MiB of WAL, and space reserved beyond it
       if (writer.Exec("INSERT INTO t VALUES (" + std::to_string(i) + ", printf('%.3000c', 'g'))") !=
           SQLITE_OK)
-        ::_exit(15);
+        return 15;
     }
     {
       sqlite3* other = nullptr;
       if (sqlite3_open_v2(path.c_str(), &other, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK)
-        ::_exit(16);
+        return 16;
       int rc = sqlite3_exec(other, "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr);
       sqlite3_close_v2(other);
-      if (rc != SQLITE_OK) ::_exit(17);
+      if (rc != SQLITE_OK) return 17;
     }
     // Fill the disk but for one block: the new WAL header, which SQLite syncs before any
     // frame, fits; the commit's frames do not.
     {
       const std::string filler_path = dir_ + "/filler";
       FILE* filler = std::fopen(filler_path.c_str(), "w");
-      if (!filler) ::_exit(18);
+      if (!filler) return 18;
       std::string block(4096, 'x');
       while (std::fwrite(block.data(), 1, block.size(), filler) == block.size() &&
              std::fflush(filler) == 0) {
@@ -311,18 +316,13 @@ TEST_F(WalVfsTest, SpaceReservedBeforeAnotherConnectionTruncatedTheWalIsNotTrust
       std::fclose(filler);
       auto size = std::filesystem::file_size(filler_path);
       if (size < 4096 || ::truncate(filler_path.c_str(), static_cast<off_t>(size - 4096)) != 0)
-        ::_exit(21);
+        return 21;
     }
     int rc = writer.Exec("INSERT INTO t VALUES (1000, printf('%.3000c', 'h'))");
-    if ((rc & 0xff) != SQLITE_FULL) ::_exit(19);
-    if (writer.One("SELECT count(*) FROM t") != "200") ::_exit(20);
-    ::_exit(0);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status)
-                                 << " (an abort is the VFS failing to write frames it gathered)";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "see the exit codes in the test";
+    if ((rc & 0xff) != SQLITE_FULL) return 19;
+    if (writer.One("SELECT count(*) FROM t") != "200") return 20;
+    return 0;
+  });
 }
 
 // A gathered write that fails when published (here the file size limit, which fallocate does
