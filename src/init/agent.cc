@@ -1,16 +1,21 @@
 #include "agent.h"
 
 #include <fcntl.h>
-#include <linux/close_range.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "privileges.h"
 
@@ -24,6 +29,7 @@ enum class ChildStep : int {
   kDrop,
   kSeccomp,
   kExec,
+  kLaunch,
 };
 
 struct ChildReport {
@@ -32,14 +38,25 @@ struct ChildReport {
   int err;
 };
 
-// Everything the child touches is built before fork: between fork and exec only
-// async-signal-safe calls run, and nothing allocates.
-struct Prepared {
-  std::vector<char*> argv;
-  std::vector<char*> envp;
-  std::vector<std::string> candidates;  // where command[0] may be
-  std::vector<const char*> candidate_ptrs;
-  std::vector<const char*> dirs;  // workdir, home, "/"
+// What precedes a launch on the socket: then `bytes` bytes of argc + envc + candc strings,
+// each ending in NUL (the command line, the environment, where the command may be).
+struct LaunchHeader {
+  uint32_t bytes;
+  uint32_t argc;
+  uint32_t envc;
+  uint32_t candc;
+};
+
+// Where the child receives its launch: mapped before the fork (nothing is touched until a
+// launch comes, so a template's snapshot does not hold it), unmapped in the parent after.
+struct LaunchArea {
+  static constexpr size_t kPointers = PreparedAgent::kMaxLaunchStrings + 2;
+  static constexpr size_t kSize = PreparedAgent::kMaxLaunchBytes + kPointers * sizeof(char*);
+  void* base = MAP_FAILED;
+  char* blob() const { return static_cast<char*>(base); }
+  char** pointers() const {
+    return reinterpret_cast<char**>(static_cast<char*>(base) + PreparedAgent::kMaxLaunchBytes);
+  }
 };
 
 std::vector<std::string> ExecCandidates(const std::string& name, const std::string& path) {
@@ -82,7 +99,79 @@ void RaiseOomScore() {
   [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, kWarning, sizeof(kWarning) - 1);
 }
 
-[[noreturn]] void RunChild(const AgentSpec& spec, Prepared& p, int status_fd, int null_fd) {
+// Every descriptor from 3 up but `a` and `b` (a < b) is closed: the child holds nothing of
+// init's while it waits, which may be minutes in a warm pool. Where close_range is missing
+// (before 5.9), everything else is close-on-exec anyway.
+void CloseAllBut(unsigned a, unsigned b) {
+  unsigned from = 3;
+  for (unsigned keep : {a, b}) {
+    if (keep > from) {
+      ::syscall(SYS_close_range, from, keep - 1, 0U);
+    }
+    from = keep + 1;
+  }
+  ::syscall(SYS_close_range, from, ~0U, 0U);
+}
+
+// Reads exactly `size` bytes; false at EOF or on an error.
+bool ReadFully(int fd, char* out, size_t size) {
+  while (size > 0) {
+    ssize_t n = ::read(fd, out, size);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      return false;
+    }
+    out += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// The launch into `area`: its strings' pointers as argv (argc, then NULL), envp (envc, then
+// NULL) and the candidates (candc). Returns the candidates' count, 0 when what came is not
+// a launch. Exits quietly at EOF before anything came: init let the child go.
+uint32_t ReceiveLaunch(int fd, const LaunchArea& area) {
+  LaunchHeader h{};
+  ssize_t first;
+  do {
+    first = ::read(fd, &h, sizeof(h));
+  } while (first < 0 && errno == EINTR);
+  if (first == 0) {
+    ::_exit(127);
+  }
+  if (first < 0 || (static_cast<size_t>(first) < sizeof(h) &&
+                    !ReadFully(fd, reinterpret_cast<char*>(&h) + first, sizeof(h) - first))) {
+    return 0;
+  }
+  const uint64_t strings = uint64_t{h.argc} + h.envc + h.candc;
+  if (h.bytes > PreparedAgent::kMaxLaunchBytes || strings > PreparedAgent::kMaxLaunchStrings ||
+      h.argc == 0 || h.candc == 0 || !ReadFully(fd, area.blob(), h.bytes)) {
+    return 0;
+  }
+  char** ptr = area.pointers();
+  char* at = area.blob();
+  char* const end = at + h.bytes;
+  for (uint32_t part = 0; part < 3; ++part) {
+    const uint32_t count = part == 0 ? h.argc : part == 1 ? h.envc : h.candc;
+    for (uint32_t i = 0; i < count; ++i) {
+      char* nul = static_cast<char*>(::memchr(at, '\0', static_cast<size_t>(end - at)));
+      if (nul == nullptr) {
+        return 0;
+      }
+      *ptr++ = at;
+      at = nul + 1;
+    }
+    if (part < 2) {
+      *ptr++ = nullptr;
+    }
+  }
+  return at == end ? h.candc : 0;
+}
+
+[[noreturn]] void RunChild(const AgentBase& base, const char* const* dirs, int status_fd,
+                           int launch_fd, int null_fd, const LaunchArea& area) {
   // Init made itself non-dumpable, which leaves its /proc files to root: the agent-to-be
   // must own its own again (to raise its oom_score_adj as a non-root init's child). It holds
   // nothing the agent will not, and exec would make it dumpable anyway.
@@ -99,40 +188,50 @@ void RaiseOomScore() {
   sigset_t none;
   ::sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
-  if (::dup2(null_fd, STDIN_FILENO) < 0 || ::dup2(spec.output_fd, STDOUT_FILENO) < 0 ||
-      ::dup2(spec.output_fd, STDERR_FILENO) < 0) {
+  if (::dup2(null_fd, STDIN_FILENO) < 0 || ::dup2(base.output_fd, STDOUT_FILENO) < 0 ||
+      ::dup2(base.output_fd, STDERR_FILENO) < 0) {
     ChildFail(status_fd, ChildStep::kStdio, 0, errno);
   }
-  // Init's own descriptors are close-on-exec already; this also covers any that init
-  // inherited from whatever started it (kernels before 5.11 lack CLOSE_RANGE_CLOEXEC and
-  // rely on the former alone). The status pipe stays open until the exec.
-  ::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
-  ::setrlimit(RLIMIT_NOFILE, &spec.nofile);
+  // The status pipe stays open until the exec (close-on-exec), the launch socket as well.
+  CloseAllBut(static_cast<unsigned>(std::min(status_fd, launch_fd)),
+              static_cast<unsigned>(std::max(status_fd, launch_fd)));
+  ::setrlimit(RLIMIT_NOFILE, &base.nofile);
   RaiseOomScore();
-  DropStep drop = DropAgentPrivileges(spec.uid, spec.gid, spec.switch_ids);
+  DropStep drop = DropAgentPrivileges(base.uid, base.gid, base.switch_ids);
   if (drop != DropStep::kNone) {
     ChildFail(status_fd, ChildStep::kDrop, static_cast<int>(drop), errno);
   }
   // As the agent's user: a directory it cannot enter falls back to the next one.
-  for (const char* dir : p.dirs) {
-    if (::chdir(dir) == 0) {
+  for (const char* const* dir = dirs; *dir != nullptr; ++dir) {
+    if (::chdir(*dir) == 0) {
       break;
     }
   }
-  // Last, with no_new_privs already set: from here on only what the filter allows, and
-  // execve is allowed.
-  if (!spec.seccomp_filter.empty()) {
+  // With no_new_privs already set: from here on only what the filter allows, and read and
+  // execve are allowed.
+  if (!base.seccomp_filter.empty()) {
     sock_fprog prog{};
-    prog.len = static_cast<unsigned short>(spec.seccomp_filter.size() / sizeof(sock_filter));
-    prog.filter = reinterpret_cast<sock_filter*>(const_cast<char*>(spec.seccomp_filter.data()));
+    prog.len = static_cast<unsigned short>(base.seccomp_filter.size() / sizeof(sock_filter));
+    prog.filter = reinterpret_cast<sock_filter*>(const_cast<char*>(base.seccomp_filter.data()));
     if (::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
       ChildFail(status_fd, ChildStep::kSeccomp, 0, errno);
     }
   }
+  const uint32_t candc = ReceiveLaunch(launch_fd, area);
+  if (candc == 0) {
+    ChildFail(status_fd, ChildStep::kLaunch, 0, EPROTO);
+  }
+  char** argv = area.pointers();
+  char** envp = argv;
+  while (*envp != nullptr) ++envp;
+  ++envp;
+  char** candidates = envp;
+  while (*candidates != nullptr) ++candidates;
+  ++candidates;
   // Like execvp: remember EACCES over "not found", so the error names the real problem.
   int err = ENOENT;
-  for (const char* candidate : p.candidate_ptrs) {
-    ::execve(candidate, p.argv.data(), p.envp.data());
+  for (uint32_t i = 0; i < candc; ++i) {
+    ::execve(candidates[i], argv, envp);
     if (errno == EACCES || err == ENOENT || err == ENOTDIR) {
       err = errno == ENOTDIR ? ENOENT : errno;
     }
@@ -140,7 +239,7 @@ void RaiseOomScore() {
   ChildFail(status_fd, ChildStep::kExec, 0, err);
 }
 
-std::string DescribeFailure(const AgentSpec& spec, const ChildReport& report) {
+std::string DescribeFailure(const std::string& command, const ChildReport& report) {
   switch (report.step) {
     case ChildStep::kSetsid:
       return ErrnoMessage("setsid", report.err);
@@ -156,9 +255,17 @@ std::string DescribeFailure(const AgentSpec& spec, const ChildReport& report) {
     case ChildStep::kSeccomp:
       return ErrnoMessage("installing the seccomp filter", report.err);
     case ChildStep::kExec:
-      return ErrnoMessage("exec " + spec.command[0], report.err);
+      return ErrnoMessage("exec " + command, report.err);
+    case ChildStep::kLaunch:
+      return "the agent's process got no usable command line";
   }
   return "the agent failed to start";
+}
+
+// Appends `s` and its NUL to `blob`.
+void AppendString(std::string& blob, const std::string& s) {
+  blob.append(s);
+  blob.push_back('\0');
 }
 
 }  // namespace
@@ -173,24 +280,18 @@ void ResetSignalDispositions() {
   }
 }
 
-Result<SpawnedAgent> SpawnAgent(const AgentSpec& spec) {
-  Prepared p;
-  std::vector<std::string> argv = spec.command;
-  std::vector<std::string> env = spec.env;
-  for (auto& a : argv) {
-    p.argv.push_back(a.data());
-  }
-  p.argv.push_back(nullptr);
-  for (auto& e : env) {
-    p.envp.push_back(e.data());
-  }
-  p.envp.push_back(nullptr);
-  p.candidates = ExecCandidates(spec.command[0], spec.path);
-  for (const auto& c : p.candidates) {
-    p.candidate_ptrs.push_back(c.c_str());
-  }
-  p.dirs = {spec.workdir.c_str(), spec.home.c_str(), "/"};
+bool AgentBase::SameAs(const AgentBase& other) const {
+  return workdir == other.workdir && home == other.home && uid == other.uid && gid == other.gid &&
+         switch_ids == other.switch_ids && nofile.rlim_cur == other.nofile.rlim_cur &&
+         nofile.rlim_max == other.nofile.rlim_max && seccomp_filter == other.seccomp_filter;
+}
 
+Result<PreparedAgent> PreparedAgent::Prepare(const AgentBase& base) {
+  PreparedAgent agent;
+  agent.base_ = base;
+  // The child's own copies, made before the fork.
+  const AgentBase& b = agent.base_;
+  const char* dirs[] = {b.workdir.c_str(), b.home.c_str(), "/", nullptr};
   UniqueFd null_fd(::open("/dev/null", O_RDWR | O_CLOEXEC));
   if (!null_fd.valid()) {
     return FailErrno("open /dev/null", errno);
@@ -201,26 +302,139 @@ Result<SpawnedAgent> SpawnAgent(const AgentSpec& spec) {
   }
   UniqueFd status_read(status[0]);
   UniqueFd status_write(status[1]);
-
+  int launch[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, launch) != 0) {
+    return FailErrno("socketpair", errno);
+  }
+  UniqueFd launch_send(launch[0]);
+  UniqueFd launch_receive(launch[1]);
+  LaunchArea area;
+  area.base = ::mmap(nullptr, LaunchArea::kSize, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (area.base == MAP_FAILED) {
+    return FailErrno("mmap", errno);
+  }
   pid_t pid = ::fork();
-  if (pid < 0) {
-    return FailErrno("fork", errno);
-  }
   if (pid == 0) {
-    RunChild(spec, p, status_write.get(), null_fd.get());
+    RunChild(b, dirs, status_write.get(), launch_receive.get(), null_fd.get(), area);
   }
-  status_write.Reset();
+  const int fork_errno = errno;
+  ::munmap(area.base, LaunchArea::kSize);
+  if (pid < 0) {
+    return FailErrno("fork", fork_errno);
+  }
+  agent.pid_ = pid;
+  agent.launch_ = std::move(launch_send);
+  agent.status_ = std::move(status_read);
+  return agent;
+}
+
+PreparedAgent::PreparedAgent(PreparedAgent&& other) noexcept
+    : base_(std::move(other.base_)),
+      pid_(std::exchange(other.pid_, -1)),
+      launch_(std::move(other.launch_)),
+      status_(std::move(other.status_)) {}
+
+PreparedAgent& PreparedAgent::operator=(PreparedAgent&& other) noexcept {
+  if (this != &other) {
+    Discard();
+    base_ = std::move(other.base_);
+    pid_ = std::exchange(other.pid_, -1);
+    launch_ = std::move(other.launch_);
+    status_ = std::move(other.status_);
+  }
+  return *this;
+}
+
+PreparedAgent::~PreparedAgent() { Discard(); }
+
+bool PreparedAgent::Alive() const {
+  if (pid_ <= 0) {
+    return false;
+  }
+  siginfo_t info{};
+  // WNOWAIT: an exited child stays to be reaped (by Discard, or init's reaping).
+  return ::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+         info.si_pid == 0;
+}
+
+void PreparedAgent::Discard() {
+  if (pid_ <= 0) {
+    return;
+  }
+  ::kill(pid_, SIGKILL);
+  while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  pid_ = -1;
+  launch_.Reset();
+  status_.Reset();
+}
+
+Result<SpawnedAgent> PreparedAgent::Exec(const AgentLaunch& launch) {
+  if (pid_ <= 0) {
+    return Fail("the agent's process is gone");
+  }
+  if (launch.command.empty()) {
+    Discard();
+    return Fail("no command");
+  }
+  const std::vector<std::string> candidates = ExecCandidates(launch.command[0], launch.path);
+  std::string blob;
+  for (const auto* part : {&launch.command, &launch.env, &candidates}) {
+    for (const auto& s : *part) {
+      AppendString(blob, s);
+    }
+  }
+  const size_t strings = launch.command.size() + launch.env.size() + candidates.size();
+  if (blob.size() > kMaxLaunchBytes || strings > kMaxLaunchStrings) {
+    Discard();
+    return Fail("the agent's command line and environment are " + std::to_string(blob.size()) +
+                " bytes in " + std::to_string(strings) + " strings; at most " +
+                std::to_string(kMaxLaunchBytes) + " bytes and " +
+                std::to_string(kMaxLaunchStrings) + " strings");
+  }
+  LaunchHeader h{static_cast<uint32_t>(blob.size()), static_cast<uint32_t>(launch.command.size()),
+                 static_cast<uint32_t>(launch.env.size()),
+                 static_cast<uint32_t>(candidates.size())};
+  blob.insert(0, reinterpret_cast<const char*>(&h), sizeof(h));
+  // A child that failed a step already has its report in the pipe and has exited: the send
+  // then fails with EPIPE, and the report below says why.
+  for (size_t sent = 0; sent < blob.size();) {
+    ssize_t n = ::send(launch_.get(), blob.data() + sent, blob.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      if (errno == EPIPE || errno == ECONNRESET) {
+        break;
+      }
+      const int err = errno;
+      Discard();
+      return FailErrno("sending the agent its command line", err);
+    }
+    sent += static_cast<size_t>(n);
+  }
+  launch_.Reset();
   // EOF without a report: the exec succeeded and closed the pipe.
   ChildReport report{};
   ssize_t n;
   do {
-    n = ::read(status_read.get(), &report, sizeof(report));
+    n = ::read(status_.get(), &report, sizeof(report));
   } while (n < 0 && errno == EINTR);
-  SpawnedAgent agent{pid, {}};
+  status_.Reset();
+  SpawnedAgent agent{std::exchange(pid_, -1), {}};
   if (n == static_cast<ssize_t>(sizeof(report))) {
-    agent.error = DescribeFailure(spec, report);
+    agent.error = DescribeFailure(launch.command[0], report);
   }
   return agent;
+}
+
+Result<SpawnedAgent> SpawnAgent(const AgentSpec& spec) {
+  auto prepared = PreparedAgent::Prepare(spec);
+  if (!prepared) {
+    return std::unexpected(prepared.error());
+  }
+  return prepared->Exec(spec);
 }
 
 }  // namespace airlock::init

@@ -610,11 +610,26 @@ void ZeroFreeMemory() {
   if (p != MAP_FAILED) ::munmap(p, bytes);
 }
 
-Result<std::vector<std::string>> AwaitSession(VmBoot& boot) {
-  // What a template saves: the image mounted and the channel served. The backend snapshots it
-  // once this line is in the status port's file.
+void SettleTemplate(const VmBoot& boot) {
   Preload(boot.settings);
   ZeroFreeMemory();
+}
+
+std::vector<std::string> TemplateInitArgs(const VmBoot& boot) {
+  std::string_view hex = LaunchValue(boot.settings, "init_args");
+  std::string joined;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    int hi = HexValue(hex[i]), lo = HexValue(hex[i + 1]);
+    if (hi < 0 || lo < 0) return {};
+    joined.push_back(static_cast<char>(hi * 16 + lo));
+  }
+  if (hex.size() % 2 != 0) return {};
+  return SplitArgs(joined);
+}
+
+Result<std::vector<std::string>> AwaitSession(VmBoot& boot) {
+  // What a template saves: the image mounted, the channel served, the agent's process
+  // waiting. The backend snapshots it once this line is in the status port's file.
   if (!WriteAll(boot.status.get(), "ready\n", 6)) return FailErrno("write ready", errno);
   auto message = AwaitMessage(boot.launch.get(), "launch");
   if (!message) return std::unexpected(message.error());

@@ -24,16 +24,21 @@ namespace airlock::init {
 // A template is booted without /airlock/args, for one image: init loads the modules, finds
 // the devices, and reads the image's settings from airlock.launch ("prepare N\n", then N
 // bytes of "key value" lines: the agent's uid, gid and working directory, default limits,
-// and "preload" lines naming files a start reads). It mounts the image as below, serves the
-// channel, reads the preload files into its page cache and hands its free memory back zeroed
-// (AwaitSession), writes "ready" to airlock.status and waits on airlock.launch, where the
-// backend snapshots it.
+// "preload" lines naming files a start reads, and "init_args": init's options without the
+// command). It mounts the image as below, serves the channel, reads the preload files into
+// its page cache and hands its free memory back zeroed (SettleTemplate), forks the agent's
+// process with those options (agent.h, PreparedAgent: privileges dropped, seccomp filter
+// installed, waiting for its command line), writes "ready" to airlock.status and waits on
+// airlock.launch, where the backend snapshots it.
 // Each VM restored from that snapshot gets its own launch message there ("launch N\n", then
 // N bytes: the settings, including the host's time and 64 fresh random bytes, then "args\n"
 // and the command line), sets the clock, reseeds the kernel's random generator, takes the
 // session's limits (tmpfs sizes, pids), answers "launched" and goes on as a VM booted with
-// its arguments would. A launch whose uid, gid or working directory is not the template's
-// is refused: init powers off, and the backend boots the session instead.
+// its arguments would, except that its agent's process is already there: the launch's
+// command line and environment go to it, and it execs. (A launch whose options would make
+// another process, or a process that died while it waited, gets a new one forked.) A launch
+// whose uid, gid or working directory is not the template's is refused: init powers off,
+// and the backend boots the session instead.
 // Nothing else: no network device, so no route anywhere.
 //
 // BootVm() turns that into what crun gives init in a container: the image's tree as a
@@ -61,8 +66,18 @@ bool IsVmBoot();
 // already logged to the console; the caller powers the VM off.
 Result<VmBoot> BootVm();
 
-// A template, once its channel is served: "ready", then the session's launch, as above.
-// Returns init's command line.
+// A template, once its channel is served: reads the files a start reads into its page cache
+// (its settings' "preload" lines) and hands its free memory back zeroed, so that a snapshot
+// holds only what is in use.
+void SettleTemplate(const VmBoot& boot);
+
+// The options (without the command) that init of a template's sessions will have, from the
+// "init_args" line of its settings (NUL-separated, hex-encoded): what a template forks its
+// agent's process with before it is saved. Empty when there is none or it is not hex.
+std::vector<std::string> TemplateInitArgs(const VmBoot& boot);
+
+// A template, once settled: "ready", then the session's launch, as above. Returns init's
+// command line.
 Result<std::vector<std::string>> AwaitSession(VmBoot& boot);
 
 // Writes how the agent ended to the status port ("exit N", "signal N" or "signal N oom",

@@ -694,6 +694,36 @@ TEST_F(InitTest, WaitsForItsIdentityWhileTheControlPlaneIsUnavailable) {
   EXPECT_EQ(asked, 4u);
 }
 
+// The agent's process is forked before the identity comes, and waits for it. Killed while it
+// waited (the OOM killer picks it first), it is replaced: the agent still starts, once.
+TEST_F(InitTest, AnAgentProcessKilledWhileItWaitedIsForkedAnew) {
+  auto release = std::make_shared<std::atomic<bool>>(false);
+  auto identity =
+      IdentityServer(R"({"session_id":")" + session_id_ + R"(","token":")" + token_ + R"("})");
+  StartServer([release, identity](FakeControlPlane& self, int fd) {
+    for (int i = 0; i < 10000 && !release->load(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    identity(self, fd);
+  });
+  Start({"/bin/sh", "-c", "echo \"$SESSION_ID\""}, {"--identity", "channel", "--port", "{port}"},
+        [] { return std::vector<std::string>{"PATH=/usr/bin:/bin"}; });
+  auto waiting = ChildrenOf(pid_);
+  ASSERT_EQ(waiting.size(), 1u) << Stderr();
+  ASSERT_EQ(::kill(waiting[0], SIGKILL), 0);
+  // Dead before init hears of its session (init reaps nothing while it waits).
+  ASSERT_TRUE(WaitUntil([&] {
+    return ReadFile("/proc/" + std::to_string(waiting[0]) + "/stat").find(") Z ") !=
+           std::string::npos;
+  }));
+  release->store(true);
+  ASSERT_EQ(Wait(), 0) << Stderr();
+  EXPECT_EQ(Stdout(), session_id_ + "\n");
+  EXPECT_NE(Stderr().find("the agent's waiting process is gone; forking anew"), std::string::npos)
+      << Stderr();
+  EXPECT_EQ(ExitEvent().headers["authorization"], "Bearer " + token_);
+}
+
 TEST_F(InitTest, ARefusedOrMalformedIdentityStopsInitBeforeTheAgentStarts) {
   const std::string started = dir_ + "/started";
   struct Case {

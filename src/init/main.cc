@@ -57,6 +57,44 @@ bool InUserNamespace() {
   return !(inside == 0 && outside == 0 && count == 4294967295UL);
 }
 
+// What the agent of `opts` is forked with.
+AgentBase AgentBaseOf(const Options& opts, const rlimit& nofile, const std::string& seccomp) {
+  AgentBase base;
+  base.workdir = opts.workdir;
+  base.home = opts.home;
+  base.uid = opts.uid;
+  base.gid = opts.gid;
+  // Switch only to a different identity. In a rootless sandbox with one mapped id the
+  // agent stays the namespace's root (without capabilities), and setgroups is denied there.
+  base.switch_ids = ::geteuid() == 0 && (opts.uid != 0 || opts.gid != 0 || !InUserNamespace());
+  base.nofile = nofile;
+  base.seccomp_filter = seccomp;
+  return base;
+}
+
+// A prepared agent and the read end of the pipe that is its stdout and stderr.
+struct ReadyAgent {
+  PreparedAgent agent;
+  UniqueFd output;
+};
+
+Result<ReadyAgent> ForkAgent(AgentBase base) {
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) {
+    return FailErrno("pipe", errno);
+  }
+  UniqueFd read_end(out[0]);
+  // Only the agent may hold the write end, so that EOF means the agent's side is done: init
+  // closes its own when this returns.
+  UniqueFd write_end(out[1]);
+  base.output_fd = write_end.get();
+  auto agent = PreparedAgent::Prepare(base);
+  if (!agent) {
+    return std::unexpected(agent.error());
+  }
+  return ReadyAgent{std::move(*agent), std::move(read_end)};
+}
+
 // The exit status of init when it cannot do its job, as container runtimes use it.
 constexpr int kInitFailed = 125;
 // How long the agent's leftover processes get to die after the agent itself has exited.
@@ -79,9 +117,10 @@ class Init {
         &Init::RecordOomKills,        // the cgroup's OOM-kill counter before the agent runs
         &Init::RaiseDescriptorLimit,  // room for many bridged connections
         &Init::StartBridge,           // 127.0.0.1:<port> is served before the agent exists
+        &Init::PrepareAgent,          // fork, drop privileges, wait (a template's is forked)
         &Init::AwaitIdentity,         // --identity channel: whom this sandbox serves
         &Init::TakeWork,              // --work channel: the session's variables and files
-        &Init::StartAgent,            // fork, drop privileges, exec
+        &Init::StartAgent,            // the prepared agent's exec
         &Init::DropOwnPrivileges,     // init keeps CAP_KILL only
         &Init::WatchEvents,           // one epoll for signals, agent output and the bridge
     };
@@ -113,10 +152,14 @@ class Init {
     in_vm_ = true;
     seccomp_filter_ = std::move(seccomp_filter);
   }
+  // The agent a template prepared before it was saved: used when it was made as this
+  // launch's would be, let go otherwise.
+  void set_prepared(ReadyAgent ready) { ready_ = std::move(ready); }
 
  private:
   int Abort(const std::string& reason) {
     Log(reason);
+    ready_.reset();
     if (agent_pid_ > 0 && !agent_status_) {
       ::kill(-agent_pid_, SIGKILL);
     }
@@ -237,34 +280,48 @@ class Init {
     return {};
   }
 
-  Status StartAgent() {
-    int out[2];
-    if (::pipe2(out, O_CLOEXEC) != 0) {
-      return FailErrno("pipe", errno);
+  // Forks the agent's process, which drops its privileges and waits for its command line:
+  // while init waits for its identity, or before a template is saved.
+  Status PrepareAgent() {
+    AgentBase base = AgentBaseOf(opts_, nofile_, seccomp_filter_);
+    if (ready_ && ready_->agent.base().SameAs(base)) {
+      return {};
     }
-    UniqueFd read_end(out[0]);
-    UniqueFd write_end(out[1]);
-    AgentSpec spec;
-    spec.command = opts_.command;
-    spec.env =
+    if (ready_) {
+      Log("the template's agent process was made for another user or directory; forking anew");
+    }
+    ready_.reset();
+    auto ready = ForkAgent(std::move(base));
+    if (!ready) {
+      return Fail("starting the agent: " + ready.error());
+    }
+    ready_ = std::move(*ready);
+    return {};
+  }
+
+  Status StartAgent() {
+    AgentLaunch launch;
+    launch.command = opts_.command;
+    launch.env =
         AgentEnvironment(env_, opts_.home, opts_.image_env, session_vars_, egress_, ca_bundle_);
-    spec.path = AgentPath(env_);
-    for (const auto& e : spec.env) {
+    launch.path = AgentPath(env_);
+    for (const auto& e : launch.env) {
       if (e.starts_with("PATH=")) {
-        spec.path = e.substr(5);  // the command is looked up where the agent's PATH says
+        launch.path = e.substr(5);  // the command is looked up where the agent's PATH says
       }
     }
-    spec.workdir = opts_.workdir;
-    spec.home = opts_.home;
-    spec.uid = opts_.uid;
-    spec.gid = opts_.gid;
-    // Switch only to a different identity. In a rootless sandbox with one mapped id the
-    // agent stays the namespace's root (without capabilities), and setgroups is denied there.
-    spec.switch_ids = ::geteuid() == 0 && (opts_.uid != 0 || opts_.gid != 0 || !InUserNamespace());
-    spec.output_fd = write_end.get();
-    spec.nofile = nofile_;
-    spec.seccomp_filter = seccomp_filter_;
-    auto agent = SpawnAgent(spec);
+    // A process that waited long (a warm pool's) may have been killed meanwhile: the OOM
+    // killer picks it first.
+    if (!ready_->agent.Alive()) {
+      Log("the agent's waiting process is gone; forking anew");
+      ready_.reset();
+      if (auto s = PrepareAgent(); !s) {
+        return s;
+      }
+    }
+    ReadyAgent ready = std::move(*ready_);
+    ready_.reset();
+    auto agent = ready.agent.Exec(launch);
     if (!agent) {
       return Fail("starting the agent: " + agent.error());
     }
@@ -273,11 +330,9 @@ class Init {
     if (!start_error_.empty()) {
       Log("cannot start the agent: " + start_error_);
     }
-    // Only the agent may hold the write end, so that EOF means the agent's side is done.
-    write_end.Reset();
-    int flags = ::fcntl(read_end.get(), F_GETFL);
-    ::fcntl(read_end.get(), F_SETFL, flags | O_NONBLOCK);
-    relay_.emplace(std::move(read_end), STDOUT_FILENO, opts_.log_limit);
+    int flags = ::fcntl(ready.output.get(), F_GETFL);
+    ::fcntl(ready.output.get(), F_SETFL, flags | O_NONBLOCK);
+    relay_.emplace(std::move(ready.output), STDOUT_FILENO, opts_.log_limit);
     return {};
   }
 
@@ -442,6 +497,7 @@ class Init {
   std::optional<uint64_t> oom_kills_at_start_;
   std::unique_ptr<Bridge> bridge_;
   std::optional<LogRelay> relay_;
+  std::optional<ReadyAgent> ready_;  // until its exec
   pid_t agent_pid_ = -1;
   std::string start_error_;
   std::optional<int> agent_status_;
@@ -484,6 +540,33 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
   return opts;
 }
 
+// A template's agent process, forked before the template is saved with the options its
+// sessions' init will have: a session restored from it pays only the exec (under TCG the
+// fork and the steps before the exec are tens of milliseconds). None when the backend sent
+// no options or they do not parse; each session then forks its own, as Init does anyway
+// when a launch's options differ from these.
+std::optional<ReadyAgent> TemplateAgent(const VmBoot& boot) {
+  std::vector<std::string> args = TemplateInitArgs(boot);
+  if (args.empty()) return std::nullopt;
+  args.insert(args.begin(), {"airlock-init", "--cgroup-root", boot.cgroup});
+  args.insert(args.end(), {"--", "/bin/true"});  // the command comes with each launch
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  auto opts = Configure(static_cast<int>(args.size()), argv.data(), SessionEnv{});
+  rlimit nofile{};
+  if (!opts || opts->help || ::getrlimit(RLIMIT_NOFILE, &nofile) != 0) {
+    Log("the template's init_args are unusable; its sessions fork their agents themselves");
+    return std::nullopt;
+  }
+  auto ready = ForkAgent(AgentBaseOf(*opts, nofile, boot.seccomp_filter));
+  if (!ready) {
+    Log("cannot prepare the template's agent: " + ready.error());
+    return std::nullopt;
+  }
+  return std::move(*ready);
+}
+
 // PID 1 of a micro-VM: set the VM up as a container would be (guest.h), serve the channel,
 // run as in a container, report how the agent ended and power off. PID 1 must never exit:
 // the kernel would panic, and the backend would learn nothing.
@@ -496,6 +579,7 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
   // A template serves the channel where every launch's init expects it (the backend passes
   // no --socket), before it is saved; its session's command line comes after the restore.
   const std::string template_socket = Options{}.socket_path;
+  std::optional<ReadyAgent> ready;
   if (boot->from_template) {
     if (auto s = ServeChannel(std::move(boot->channel), template_socket); !s) {
       Log(s.error());
@@ -512,6 +596,10 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
       Log(s.error());
       PowerOff(boot->status.get(), kInitFailed, false);
     }
+    SettleTemplate(*boot);
+    // After the settling, which takes nearly all free memory for a moment: the waiting
+    // process is the OOM killer's first choice.
+    ready = TemplateAgent(*boot);
     auto launched = AwaitSession(*boot);
     if (!launched) {
       Log("cannot take the session's launch: " + launched.error());
@@ -551,6 +639,7 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
   }
   Init init(std::move(*opts), std::move(env));
   init.set_vm(std::move(boot->seccomp_filter));
+  if (ready) init.set_prepared(std::move(*ready));
   int code = init.Run();
   PowerOff(boot->status.get(), code, init.oom_killed());
 }

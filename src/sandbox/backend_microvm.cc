@@ -1125,9 +1125,16 @@ class MicrovmBackend : public Backend {
       args.push_back("--env");
       args.push_back(e);
     }
+    Launch out;
+    // What init's options are without the command: a template forks its agent's process
+    // with them before it is saved (guest.h), NUL-separated and hex-encoded.
+    std::string init_args;
+    for (const auto& a : args) {
+      init_args += a;
+      init_args.push_back('\0');
+    }
     args.push_back("--");
     args.insert(args.end(), command.begin(), command.end());
-    Launch out;
     for (const auto& a : args) {
       out.args += a;
       out.args.push_back('\0');
@@ -1144,7 +1151,9 @@ class MicrovmBackend : public Backend {
       return text;
     };
     out.settings = settings(limits);
-    out.image_settings = settings(Limits{});
+    // A template's also: what forks its agent before it is saved (a start restored from it
+    // then pays only the exec). Sessions of one image differ only in their command.
+    out.image_settings = settings(Limits{}) + fmt::format("init_args {}\n", HexEncode(init_args));
     return out;
   }
 
