@@ -1,5 +1,6 @@
 #include "agent.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -99,18 +100,53 @@ void RaiseOomScore() {
   [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, kWarning, sizeof(kWarning) - 1);
 }
 
+// Where close_range is missing (Linux before 5.9): every descriptor listed in /proc/self/fd
+// from 3 up but `a` and `b`, read with getdents64 into the stack (nothing allocates here).
+void CloseListedBut(unsigned a, unsigned b) {
+  int dir = ::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) {
+    return;  // close-on-exec still closes them at the exec
+  }
+  // Closing while listing may skip entries: list again until a pass closes nothing.
+  for (bool closed = true; closed;) {
+    closed = false;
+    ::lseek(dir, 0, SEEK_SET);
+    alignas(8) char buf[4096];
+    for (long n; (n = ::syscall(SYS_getdents64, dir, buf, sizeof(buf))) > 0;) {
+      for (long at = 0; at < n;) {
+        auto* d = reinterpret_cast<struct dirent64*>(buf + at);
+        at += d->d_reclen;
+        unsigned fd = 0;
+        const char* c = d->d_name;
+        for (; *c >= '0' && *c <= '9'; ++c) fd = fd * 10 + static_cast<unsigned>(*c - '0');
+        if (*c != '\0' || c == d->d_name || fd < 3 || fd == a || fd == b ||
+            fd == static_cast<unsigned>(dir)) {
+          continue;
+        }
+        closed |= ::close(static_cast<int>(fd)) == 0;
+      }
+    }
+  }
+  ::close(dir);
+}
+
 // Every descriptor from 3 up but `a` and `b` (a < b) is closed: the child holds nothing of
-// init's while it waits, which may be minutes in a warm pool. Where close_range is missing
-// (before 5.9), everything else is close-on-exec anyway.
+// init's while it waits, which may be minutes in a warm pool.
 void CloseAllBut(unsigned a, unsigned b) {
   unsigned from = 3;
   for (unsigned keep : {a, b}) {
-    if (keep > from) {
-      ::syscall(SYS_close_range, from, keep - 1, 0U);
+    if (keep < from) {
+      continue;
+    }
+    if (keep > from && ::syscall(SYS_close_range, from, keep - 1, 0U) != 0 && errno == ENOSYS) {
+      CloseListedBut(a, b);
+      return;
     }
     from = keep + 1;
   }
-  ::syscall(SYS_close_range, from, ~0U, 0U);
+  if (::syscall(SYS_close_range, from, ~0U, 0U) != 0 && errno == ENOSYS) {
+    CloseListedBut(a, b);
+  }
 }
 
 // Reads exactly `size` bytes; false at EOF or on an error.
@@ -220,6 +256,11 @@ uint32_t ReceiveLaunch(int fd, const LaunchArea& area) {
   const uint32_t candc = ReceiveLaunch(launch_fd, area);
   if (candc == 0) {
     ChildFail(status_fd, ChildStep::kLaunch, 0, EPROTO);
+  }
+  // Init waits for this before it waits for the exec: without it, the child died first.
+  const char ack = 'L';
+  if (::write(launch_fd, &ack, 1) != 1) {
+    ChildFail(status_fd, ChildStep::kLaunch, 0, errno);
   }
   char** argv = area.pointers();
   char** envp = argv;
@@ -348,16 +389,6 @@ PreparedAgent& PreparedAgent::operator=(PreparedAgent&& other) noexcept {
 
 PreparedAgent::~PreparedAgent() { Discard(); }
 
-bool PreparedAgent::Alive() const {
-  if (pid_ <= 0) {
-    return false;
-  }
-  siginfo_t info{};
-  // WNOWAIT: an exited child stays to be reaped (by Discard, or init's reaping).
-  return ::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-         info.si_pid == 0;
-}
-
 void PreparedAgent::Discard() {
   if (pid_ <= 0) {
     return;
@@ -387,18 +418,21 @@ Result<SpawnedAgent> PreparedAgent::Exec(const AgentLaunch& launch) {
   }
   const size_t strings = launch.command.size() + launch.env.size() + candidates.size();
   if (blob.size() > kMaxLaunchBytes || strings > kMaxLaunchStrings) {
-    Discard();
-    return Fail("the agent's command line and environment are " + std::to_string(blob.size()) +
-                " bytes in " + std::to_string(strings) + " strings; at most " +
-                std::to_string(kMaxLaunchBytes) + " bytes and " +
-                std::to_string(kMaxLaunchStrings) + " strings");
+    // As an exec that the kernel refused for its size: the child, told nothing, exits 127.
+    launch_.Reset();
+    status_.Reset();
+    return SpawnedAgent{std::exchange(pid_, -1),
+                        "the agent's command line and environment are " +
+                            std::to_string(blob.size()) + " bytes in " + std::to_string(strings) +
+                            " strings; at most " + std::to_string(kMaxLaunchBytes) + " bytes and " +
+                            std::to_string(kMaxLaunchStrings) + " strings"};
   }
   LaunchHeader h{static_cast<uint32_t>(blob.size()), static_cast<uint32_t>(launch.command.size()),
                  static_cast<uint32_t>(launch.env.size()),
                  static_cast<uint32_t>(candidates.size())};
   blob.insert(0, reinterpret_cast<const char*>(&h), sizeof(h));
-  // A child that failed a step already has its report in the pipe and has exited: the send
-  // then fails with EPIPE, and the report below says why.
+  // A child that is gone (a failed step, or killed while it waited) makes the send fail with
+  // EPIPE; what it left in the status pipe says which.
   for (size_t sent = 0; sent < blob.size();) {
     ssize_t n = ::send(launch_.get(), blob.data() + sent, blob.size() - sent, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) {
@@ -414,19 +448,30 @@ Result<SpawnedAgent> PreparedAgent::Exec(const AgentLaunch& launch) {
     }
     sent += static_cast<size_t>(n);
   }
+  char ack = 0;
+  ssize_t acked;
+  do {
+    acked = ::read(launch_.get(), &ack, 1);
+  } while (acked < 0 && errno == EINTR);
   launch_.Reset();
-  // EOF without a report: the exec succeeded and closed the pipe.
+  // Then EOF without a report: the exec succeeded and closed the pipe.
   ChildReport report{};
   ssize_t n;
   do {
     n = ::read(status_.get(), &report, sizeof(report));
   } while (n < 0 && errno == EINTR);
   status_.Reset();
-  SpawnedAgent agent{std::exchange(pid_, -1), {}};
   if (n == static_cast<ssize_t>(sizeof(report))) {
-    agent.error = DescribeFailure(launch.command[0], report);
+    return SpawnedAgent{std::exchange(pid_, -1), DescribeFailure(launch.command[0], report)};
   }
-  return agent;
+  if (acked != 1) {
+    // Neither the launch nor a report of its own: it died waiting.
+    while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+    return SpawnedAgent{-1, {}, true};
+  }
+  return SpawnedAgent{std::exchange(pid_, -1), {}};
 }
 
 Result<SpawnedAgent> SpawnAgent(const AgentSpec& spec) {

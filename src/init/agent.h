@@ -44,6 +44,9 @@ struct SpawnedAgent {
   // Empty when the command is running. Otherwise why it could not start (the child has then
   // exited with status 127 and still has to be reaped).
   std::string error;
+  // A prepared process that died before it had its launch (killed while it waited): nothing
+  // ran, it is reaped already (pid -1), and a new one may be prepared.
+  bool lost = false;
 };
 
 // Sets every signal's disposition to the default, whatever init inherited (an ignored SIGINT,
@@ -76,14 +79,14 @@ class PreparedAgent {
   ~PreparedAgent();
 
   pid_t pid() const { return pid_; }
-  // Whether the child still waits (it has not exited or been killed).
-  bool Alive() const;
   const AgentBase& base() const { return base_; }
 
   // Sends the command line and environment, and returns once the exec has happened or
-  // failed (then the child has exited with status 127 and still has to be reaped). Fails,
-  // killing and reaping the child, when `launch` is larger than the child can take
-  // (kMaxLaunchBytes, kMaxLaunchStrings) or cannot be sent.
+  // failed (then the child has exited with status 127 and still has to be reaped, as it has
+  // when `launch` is larger than it can take: kMaxLaunchBytes, kMaxLaunchStrings), or once it
+  // is known that the child died before it had them (`lost`). The child acknowledges what it
+  // received, so a child killed while it waited is never taken for a started agent. Fails
+  // (the child killed and reaped) only when the launch cannot be sent.
   Result<SpawnedAgent> Exec(const AgentLaunch& launch);
 
   // What one launch may hold: about what Linux's execve takes with the default 8 MiB stack.

@@ -617,13 +617,13 @@ void SettleTemplate(const VmBoot& boot) {
 
 std::vector<std::string> TemplateInitArgs(const VmBoot& boot) {
   std::string_view hex = LaunchValue(boot.settings, "init_args");
+  if (hex.size() % 2 != 0) return {};
   std::string joined;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+  for (size_t i = 0; i < hex.size(); i += 2) {
     int hi = HexValue(hex[i]), lo = HexValue(hex[i + 1]);
     if (hi < 0 || lo < 0) return {};
     joined.push_back(static_cast<char>(hi * 16 + lo));
   }
-  if (hex.size() % 2 != 0) return {};
   return SplitArgs(joined);
 }
 

@@ -694,34 +694,65 @@ TEST_F(InitTest, WaitsForItsIdentityWhileTheControlPlaneIsUnavailable) {
   EXPECT_EQ(asked, 4u);
 }
 
-// The agent's process is forked before the identity comes, and waits for it. Killed while it
-// waited (the OOM killer picks it first), it is replaced: the agent still starts, once.
-TEST_F(InitTest, AnAgentProcessKilledWhileItWaitedIsForkedAnew) {
-  auto release = std::make_shared<std::atomic<bool>>(false);
-  auto identity =
-      IdentityServer(R"({"session_id":")" + session_id_ + R"(","token":")" + token_ + R"("})");
-  StartServer([release, identity](FakeControlPlane& self, int fd) {
-    for (int i = 0; i < 10000 && !release->load(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    identity(self, fd);
-  });
-  Start({"/bin/sh", "-c", "echo \"$SESSION_ID\""}, {"--identity", "channel", "--port", "{port}"},
-        [] { return std::vector<std::string>{"PATH=/usr/bin:/bin"}; });
-  auto waiting = ChildrenOf(pid_);
-  ASSERT_EQ(waiting.size(), 1u) << Stderr();
-  ASSERT_EQ(::kill(waiting[0], SIGKILL), 0);
-  // Dead before init hears of its session (init reaps nothing while it waits).
-  ASSERT_TRUE(WaitUntil([&] {
-    return ReadFile("/proc/" + std::to_string(waiting[0]) + "/stat").find(") Z ") !=
-           std::string::npos;
-  }));
-  release->store(true);
+// The agent's process is forked before the identity comes, and waits for it: these start
+// init with its identity request held, and kill the waiting process as the OOM killer would
+// (it picks it first).
+class WaitingAgentTest : public InitTest {
+ protected:
+  // Returns once the waiting process is dead and the identity on its way; `as_it_dies` runs
+  // just before the kill.
+  void KillTheWaitingAgentProcess(const std::vector<std::string>& command,
+                                  std::vector<std::string> options,
+                                  const std::function<void()>& as_it_dies = nullptr) {
+    auto release = std::make_shared<std::atomic<bool>>(false);
+    auto identity =
+        IdentityServer(R"({"session_id":")" + session_id_ + R"(","token":")" + token_ + R"("})");
+    StartServer([release, identity](FakeControlPlane& self, int fd) {
+      for (int i = 0; i < 10000 && !release->load(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      identity(self, fd);
+    });
+    options.insert(options.end(), {"--identity", "channel", "--port", "{port}"});
+    Start(command, options, [] { return std::vector<std::string>{"PATH=/usr/bin:/bin"}; });
+    auto waiting = ChildrenOf(pid_);
+    ASSERT_EQ(waiting.size(), 1u) << Stderr();
+    if (as_it_dies) as_it_dies();
+    ASSERT_EQ(::kill(waiting[0], SIGKILL), 0);
+    // Dead before init hears of its session (init reaps nothing while it waits).
+    ASSERT_TRUE(WaitUntil([&] {
+      return ReadFile("/proc/" + std::to_string(waiting[0]) + "/stat").find(") Z ") !=
+             std::string::npos;
+    }));
+    release->store(true);
+  }
+};
+
+// Killed while it waited, it is replaced: the agent still starts, once.
+TEST_F(WaitingAgentTest, AnAgentProcessKilledWhileItWaitedIsForkedAnew) {
+  KillTheWaitingAgentProcess({"/bin/sh", "-c", "echo \"$SESSION_ID\""}, {});
+  if (HasFatalFailure()) return;
   ASSERT_EQ(Wait(), 0) << Stderr();
   EXPECT_EQ(Stdout(), session_id_ + "\n");
   EXPECT_NE(Stderr().find("the agent's waiting process is gone; forking anew"), std::string::npos)
       << Stderr();
   EXPECT_EQ(ExitEvent().headers["authorization"], "Bearer " + token_);
+}
+
+// The OOM kill of the process that waited is not the agent's: an agent killed later by
+// something else is not reported as out of memory.
+TEST_F(WaitingAgentTest, AnOomKillOfTheWaitingProcessIsNotCountedAgainstTheAgent) {
+  std::string cgroup = dir_ + "/cgroup";
+  ::mkdir(cgroup.c_str(), 0755);
+  WriteFile(cgroup + "/memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n");
+  KillTheWaitingAgentProcess({"/bin/sh", "-c", "kill -KILL $$"}, {"--cgroup-root", cgroup}, [&] {
+    WriteFile(cgroup + "/memory.events", "low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n");
+  });
+  if (HasFatalFailure()) return;
+  EXPECT_EQ(Wait(), 128 + SIGKILL) << Stderr();
+  EXPECT_EQ(
+      ExitEvent().body,
+      R"({"type":"agent.exited","data":{"signal":9,"signal_name":"SIGKILL","oom_killed":false}})");
 }
 
 TEST_F(InitTest, ARefusedOrMalformedIdentityStopsInitBeforeTheAgentStarts) {

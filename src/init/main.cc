@@ -288,7 +288,8 @@ class Init {
       return {};
     }
     if (ready_) {
-      Log("the template's agent process was made for another user or directory; forking anew");
+      Log("the template's agent process was made with other options than this launch's; "
+          "forking anew");
     }
     ready_.reset();
     auto ready = ForkAgent(std::move(base));
@@ -310,29 +311,39 @@ class Init {
         launch.path = e.substr(5);  // the command is looked up where the agent's PATH says
       }
     }
-    // A process that waited long (a warm pool's) may have been killed meanwhile: the OOM
-    // killer picks it first.
-    if (!ready_->agent.Alive()) {
-      Log("the agent's waiting process is gone; forking anew");
+    Result<SpawnedAgent> agent;
+    UniqueFd output;
+    for (int attempt = 0;; ++attempt) {
+      ReadyAgent ready = std::move(*ready_);
       ready_.reset();
+      agent = ready.agent.Exec(launch);
+      output = std::move(ready.output);
+      if (!agent || !agent->lost || attempt > 0) {
+        break;
+      }
+      // A process that waited long (a warm pool's) may have been killed meanwhile: the OOM
+      // killer picks it first.
+      Log("the agent's waiting process is gone; forking anew");
+      // An OOM kill of the one that waited is not the agent's.
+      oom_kills_at_start_ = ReadOomKills(opts_.cgroup_root);
       if (auto s = PrepareAgent(); !s) {
         return s;
       }
     }
-    ReadyAgent ready = std::move(*ready_);
-    ready_.reset();
-    auto agent = ready.agent.Exec(launch);
     if (!agent) {
       return Fail("starting the agent: " + agent.error());
+    }
+    if (agent->lost) {
+      return Fail("starting the agent: its process died twice before its exec");
     }
     agent_pid_ = agent->pid;
     start_error_ = agent->error;
     if (!start_error_.empty()) {
       Log("cannot start the agent: " + start_error_);
     }
-    int flags = ::fcntl(ready.output.get(), F_GETFL);
-    ::fcntl(ready.output.get(), F_SETFL, flags | O_NONBLOCK);
-    relay_.emplace(std::move(ready.output), STDOUT_FILENO, opts_.log_limit);
+    int flags = ::fcntl(output.get(), F_GETFL);
+    ::fcntl(output.get(), F_SETFL, flags | O_NONBLOCK);
+    relay_.emplace(std::move(output), STDOUT_FILENO, opts_.log_limit);
     return {};
   }
 
@@ -542,12 +553,12 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
 
 // A template's agent process, forked before the template is saved with the options its
 // sessions' init will have: a session restored from it pays only the exec (under TCG the
-// fork and the steps before the exec are tens of milliseconds). None when the backend sent
-// no options or they do not parse; each session then forks its own, as Init does anyway
-// when a launch's options differ from these.
-std::optional<ReadyAgent> TemplateAgent(const VmBoot& boot) {
+// fork and the steps before the exec are tens of milliseconds). An error when the backend
+// sent no options or they do not parse: each session then forks its own and logs why (as
+// Init does anyway when a launch's options differ from these).
+Result<ReadyAgent> TemplateAgent(const VmBoot& boot) {
   std::vector<std::string> args = TemplateInitArgs(boot);
-  if (args.empty()) return std::nullopt;
+  if (args.empty()) return Fail("the template's settings have no usable init_args");
   args.insert(args.begin(), {"airlock-init", "--cgroup-root", boot.cgroup});
   args.insert(args.end(), {"--", "/bin/true"});  // the command comes with each launch
   std::vector<char*> argv;
@@ -555,16 +566,11 @@ std::optional<ReadyAgent> TemplateAgent(const VmBoot& boot) {
   argv.push_back(nullptr);
   auto opts = Configure(static_cast<int>(args.size()), argv.data(), SessionEnv{});
   rlimit nofile{};
-  if (!opts || opts->help || ::getrlimit(RLIMIT_NOFILE, &nofile) != 0) {
-    Log("the template's init_args are unusable; its sessions fork their agents themselves");
-    return std::nullopt;
+  if (!opts || opts->help) {
+    return Fail("the template's init_args: " + (opts ? "--help" : opts.error()));
   }
-  auto ready = ForkAgent(AgentBaseOf(*opts, nofile, boot.seccomp_filter));
-  if (!ready) {
-    Log("cannot prepare the template's agent: " + ready.error());
-    return std::nullopt;
-  }
-  return std::move(*ready);
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) != 0) return FailErrno("getrlimit", errno);
+  return ForkAgent(AgentBaseOf(*opts, nofile, boot.seccomp_filter));
 }
 
 // PID 1 of a micro-VM: set the VM up as a container would be (guest.h), serve the channel,
@@ -579,7 +585,7 @@ std::optional<ReadyAgent> TemplateAgent(const VmBoot& boot) {
   // A template serves the channel where every launch's init expects it (the backend passes
   // no --socket), before it is saved; its session's command line comes after the restore.
   const std::string template_socket = Options{}.socket_path;
-  std::optional<ReadyAgent> ready;
+  Result<ReadyAgent> ready = Fail("booted for its session");
   if (boot->from_template) {
     if (auto s = ServeChannel(std::move(boot->channel), template_socket); !s) {
       Log(s.error());
@@ -639,7 +645,12 @@ std::optional<ReadyAgent> TemplateAgent(const VmBoot& boot) {
   }
   Init init(std::move(*opts), std::move(env));
   init.set_vm(std::move(boot->seccomp_filter));
-  if (ready) init.set_prepared(std::move(*ready));
+  if (ready) {
+    init.set_prepared(std::move(*ready));
+  } else if (boot->from_template) {
+    // In the session's log: the start is slower for it.
+    Log("no agent process was waiting in the template (" + ready.error() + "); forking one");
+  }
   int code = init.Run();
   PowerOff(boot->status.get(), code, init.oom_killed());
 }

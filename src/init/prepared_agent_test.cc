@@ -55,11 +55,17 @@ std::string LinkOf(int fd) {
   return n > 0 ? std::string(target, static_cast<size_t>(n)) : "";
 }
 
-// The child blocks in read() once it is ready; "S" (sleeping) is how that shows.
+// The child blocks in read() (syscall 0) once it is ready for its launch.
 void AwaitSleeping(pid_t pid) {
-  for (int i = 0; i < 500 && !StatusField(pid, "State").starts_with("S"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const std::string syscall = "/proc/" + std::to_string(pid) + "/syscall";
+  bool waiting = false;
+  for (int i = 0; i < 2500 && !waiting; ++i) {
+    std::ifstream in(syscall);
+    std::string nr;
+    waiting = (in >> nr) && nr == "0" && StatusField(pid, "State").starts_with("S");
+    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
+  ASSERT_TRUE(waiting) << "the child did not come to wait for its launch";
 }
 
 class PreparedAgentTest : public ::testing::Test {
@@ -113,7 +119,6 @@ TEST_F(PreparedAgentTest, WaitsAsTheAgentAndExecsWhatItIsSent) {
   ASSERT_TRUE(prepared) << prepared.error();
   const pid_t pid = prepared->pid();
   AwaitSleeping(pid);
-  EXPECT_TRUE(prepared->Alive());
   EXPECT_EQ(::getsid(pid), pid);
   EXPECT_EQ(StatusField(pid, "NoNewPrivs"), "1");
   EXPECT_EQ(StatusField(pid, "CapEff"), "0000000000000000");
@@ -134,7 +139,7 @@ TEST_F(PreparedAgentTest, WaitsAsTheAgentAndExecsWhatItIsSent) {
   ASSERT_TRUE(agent) << agent.error();
   EXPECT_EQ(agent->pid, pid);
   EXPECT_EQ(agent->error, "");
-  EXPECT_FALSE(prepared->Alive());  // the process is the caller's to reap now
+  EXPECT_FALSE(agent->lost);
   EXPECT_EQ(Output(), "hello there 1 one arg\n" + dir_ + "\n");
   int status = Reap(pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
@@ -177,18 +182,20 @@ TEST_F(PreparedAgentTest, OneNeverLaunchedIsKilledAndReaped) {
   EXPECT_EQ(errno, ECHILD);
 }
 
-// Killed while it waited (the OOM killer picks it first): Alive says so, and the caller
-// makes another.
-TEST_F(PreparedAgentTest, AliveTellsAProcessKilledWhileItWaited) {
+// Killed while it waited (the OOM killer picks it first): the exec says it is lost, reaped,
+// and never taken for an agent that started.
+TEST_F(PreparedAgentTest, OneKilledWhileItWaitedIsLostNotStarted) {
   auto prepared = PreparedAgent::Prepare(base_);
   ASSERT_TRUE(prepared) << prepared.error();
-  AwaitSleeping(prepared->pid());
-  ASSERT_EQ(::kill(prepared->pid(), SIGKILL), 0);
-  bool alive = true;
-  for (int i = 0; i < 500 && (alive = prepared->Alive()); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  EXPECT_FALSE(alive);
+  const pid_t pid = prepared->pid();
+  AwaitSleeping(pid);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  auto agent = prepared->Exec(AgentLaunch{{"/bin/true"}, {}, "/bin"});
+  ASSERT_TRUE(agent) << agent.error();
+  EXPECT_TRUE(agent->lost);
+  EXPECT_EQ(agent->pid, -1);
+  EXPECT_EQ(::waitpid(pid, nullptr, WNOHANG), -1);  // reaped already
+  EXPECT_EQ(errno, ECHILD);
 }
 
 // A step that fails before the wait is reported when the launch comes, by name.
@@ -216,47 +223,77 @@ TEST_F(PreparedAgentTest, ACommandThatIsNowhereIsReportedAsNotFound) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 127) << status;
 }
 
-// More than the child has room for is refused whole before anything is sent, and the child
-// is gone; so is a launch without a command.
-TEST_F(PreparedAgentTest, ALaunchLargerThanTheChildTakesIsRefusedAndTheChildGone) {
+// More than the child has room for is refused whole before anything is sent: the child,
+// told nothing, exits 127, as after an exec the kernel refused for its size.
+TEST_F(PreparedAgentTest, ALaunchLargerThanTheChildTakesIsAStartError) {
   for (bool too_many_strings : {false, true}) {
     auto prepared = PreparedAgent::Prepare(base_);
     ASSERT_TRUE(prepared) << prepared.error();
     const pid_t pid = prepared->pid();
     AgentLaunch launch{{"/bin/true"}, {}, "/bin"};
     if (too_many_strings) {
-      launch.env.assign(PreparedAgent::kMaxLaunchStrings, "A=1");
+      launch.env.assign(PreparedAgent::kMaxLaunchStrings - 1, "A=1");  // + command, candidate
     } else {
-      launch.env.push_back("BIG=" + std::string(PreparedAgent::kMaxLaunchBytes, 'x'));
+      launch.env.push_back(std::string(PreparedAgent::kMaxLaunchBytes - 19, 'x'));
     }
     auto agent = prepared->Exec(launch);
-    ASSERT_FALSE(agent);
-    EXPECT_NE(agent.error().find("at most"), std::string::npos) << agent.error();
-    EXPECT_EQ(::kill(pid, 0), -1);
-    EXPECT_FALSE(prepared->Alive());
+    ASSERT_TRUE(agent) << agent.error();
+    EXPECT_EQ(agent->pid, pid);
+    EXPECT_NE(agent->error.find("at most"), std::string::npos) << agent->error;
+    int status = Reap(pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 127) << status;
   }
-  auto prepared = PreparedAgent::Prepare(base_);
-  ASSERT_TRUE(prepared) << prepared.error();
-  EXPECT_FALSE(prepared->Exec(AgentLaunch{}));
-  EXPECT_FALSE(prepared->Alive());
-}
-
-// Right at the limits, it still runs: each string arrives whole.
-TEST_F(PreparedAgentTest, ALaunchAtTheLimitArrivesWhole) {
   auto prepared = PreparedAgent::Prepare(base_);
   ASSERT_TRUE(prepared) << prepared.error();
   const pid_t pid = prepared->pid();
-  // Linux takes at most 128 KiB in one string (MAX_ARG_STRLEN) and a quarter of the stack
-  // limit in all: many strings of 100 KiB, under both.
-  AgentLaunch launch{{"sh", "-c", "echo ${#V1} ${#V9}"}, {}, "/bin:/usr/bin"};
-  for (int i = 0; i < 10; ++i) {
-    launch.env.push_back("V" + std::to_string(i) + "=" + std::string(100 << 10, 'a' + i));
+  EXPECT_FALSE(prepared->Exec(AgentLaunch{}));
+  EXPECT_EQ(::kill(pid, 0), -1);  // killed and reaped
+}
+
+// Right at the limits the child takes it all, and each string arrives whole; what the
+// kernel refuses (one string over 128 KiB) is the exec's error.
+TEST_F(PreparedAgentTest, ALaunchAtTheLimitsArrivesWhole) {
+  {
+    auto prepared = PreparedAgent::Prepare(base_);
+    ASSERT_TRUE(prepared) << prepared.error();
+    const pid_t pid = prepared->pid();
+    // Linux takes at most 128 KiB in one string (MAX_ARG_STRLEN) and a quarter of the stack
+    // limit in all: many strings of 100 KiB, under both.
+    AgentLaunch launch{{"sh", "-c", "echo ${#V1} ${#V9}"}, {}, "/bin:/usr/bin"};
+    for (int i = 0; i < 10; ++i) {
+      launch.env.push_back("V" + std::to_string(i) + "=" + std::string(100 << 10, 'a' + i));
+    }
+    auto agent = prepared->Exec(launch);
+    ASSERT_TRUE(agent) << agent.error();
+    EXPECT_EQ(agent->error, "");
+    EXPECT_EQ(Output(), std::to_string(100 << 10) + " " + std::to_string(100 << 10) + "\n");
+    Reap(pid);
   }
-  auto agent = prepared->Exec(launch);
-  ASSERT_TRUE(agent) << agent.error();
-  EXPECT_EQ(agent->error, "");
-  EXPECT_EQ(Output(), std::to_string(100 << 10) + " " + std::to_string(100 << 10) + "\n");
-  Reap(pid);
+  {
+    // Exactly kMaxLaunchStrings: the command, its one candidate and the environment.
+    auto prepared = PreparedAgent::Prepare(base_);
+    ASSERT_TRUE(prepared) << prepared.error();
+    const pid_t pid = prepared->pid();
+    AgentLaunch launch{{"/bin/true"}, {}, "/bin"};
+    launch.env.assign(PreparedAgent::kMaxLaunchStrings - 2, "A=1");
+    auto agent = prepared->Exec(launch);
+    ASSERT_TRUE(agent) << agent.error();
+    EXPECT_EQ(agent->error, "");
+    int status = Reap(pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  }
+  {
+    // Exactly kMaxLaunchBytes: received whole, refused by the kernel.
+    auto prepared = PreparedAgent::Prepare(base_);
+    ASSERT_TRUE(prepared) << prepared.error();
+    const pid_t pid = prepared->pid();
+    AgentLaunch launch{{"/bin/true"}, {}, "/bin"};
+    launch.env.push_back(std::string(PreparedAgent::kMaxLaunchBytes - 21, 'x'));
+    auto agent = prepared->Exec(launch);
+    ASSERT_TRUE(agent) << agent.error();
+    EXPECT_EQ(agent->error, "exec /bin/true: Argument list too long");
+    Reap(pid);
+  }
 }
 
 TEST(AgentBaseTest, SameAsComparesAllButTheOutputDescriptor) {

@@ -224,6 +224,11 @@ TEST_F(MicrovmBackendTest, SandboxesFromOneTemplateHaveTheirOwnIdentityClockAndR
   ASSERT_EQ(field(la, "rand").size(), 32u) << la;
   ASSERT_EQ(field(lb, "rand").size(), 32u) << lb;
   EXPECT_NE(field(la, "rand"), field(lb, "rand"));
+  // Each agent is the process the template had waiting (forked before it was saved, with
+  // the options the backend sent): no launch needed a new one.
+  for (const std::string& log : {la, lb}) {
+    EXPECT_EQ(log.find("forking"), std::string::npos) << log;
+  }
   // Within a few seconds of the host's clock (a boot takes seconds under TCG; the test's
   // own pauses are 3 s).
   EXPECT_NEAR(std::stoll("0" + field(lb, "time")), host_now, 30) << lb;
