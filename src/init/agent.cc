@@ -474,12 +474,4 @@ Result<SpawnedAgent> PreparedAgent::Exec(const AgentLaunch& launch) {
   return SpawnedAgent{std::exchange(pid_, -1), {}};
 }
 
-Result<SpawnedAgent> SpawnAgent(const AgentSpec& spec) {
-  auto prepared = PreparedAgent::Prepare(spec);
-  if (!prepared) {
-    return std::unexpected(prepared.error());
-  }
-  return prepared->Exec(spec);
-}
-
 }  // namespace airlock::init

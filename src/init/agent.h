@@ -37,8 +37,6 @@ struct AgentLaunch {
   std::string path;                  // the agent's PATH
 };
 
-struct AgentSpec : AgentBase, AgentLaunch {};
-
 struct SpawnedAgent {
   pid_t pid = -1;
   // Empty when the command is running. Otherwise why it could not start (the child has then
@@ -102,8 +100,5 @@ class PreparedAgent {
   UniqueFd launch_;  // init's end of the socket the child reads its launch from
   UniqueFd status_;  // the child's reports; EOF once it has exec'd
 };
-
-// Prepare, then Exec at once.
-Result<SpawnedAgent> SpawnAgent(const AgentSpec& spec);
 
 }  // namespace airlock::init
