@@ -84,7 +84,7 @@ class PreparedAgent {
   // when `launch` is larger than it can take: kMaxLaunchBytes, kMaxLaunchStrings), or once it
   // is known that the child died before it had them (`lost`). The child acknowledges what it
   // received, so a child killed while it waited is never taken for a started agent. Fails
-  // (the child killed and reaped) only when the launch cannot be sent.
+  // (the child killed and reaped) only when the launch has no command or cannot be sent.
   Result<SpawnedAgent> Exec(const AgentLaunch& launch);
 
   // What one launch may hold: about what Linux's execve takes with the default 8 MiB stack.
