@@ -465,10 +465,9 @@ Result<SpawnedAgent> PreparedAgent::Exec(const AgentLaunch& launch) {
     return SpawnedAgent{std::exchange(pid_, -1), DescribeFailure(launch.command[0], report)};
   }
   if (acked != 1) {
-    // Neither the launch nor a report of its own: it died waiting.
-    while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
+    // Neither the launch nor a report of its own: it died waiting. (Reaped; the kill finds
+    // it gone.)
+    Discard();
     return SpawnedAgent{-1, {}, true};
   }
   return SpawnedAgent{std::exchange(pid_, -1), {}};

@@ -30,6 +30,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <optional>
 #include <string_view>
 #include <thread>
 
@@ -413,6 +414,19 @@ int HexValue(char c) {
   return -1;
 }
 
+// The bytes of lowercase `hex` (as the backend's HexEncode writes it); nullopt when it is not.
+std::optional<std::string> HexDecode(std::string_view hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  std::string out;
+  out.reserve(hex.size() / 2);
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    int hi = HexValue(hex[i]), lo = HexValue(hex[i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out.push_back(static_cast<char>(hi * 16 + lo));
+  }
+  return out;
+}
+
 // Every VM restored from one template starts with the template's kernel random state: the
 // host's fresh bytes are mixed in, credited, and the kernel's generator reseeded from them
 // before anything of the session runs, so no two sandboxes share a random number.
@@ -423,11 +437,9 @@ Status Reseed(std::string_view hex) {
     unsigned char buf[64];
   } pool{};
   if (hex.size() != 2 * sizeof(pool.buf)) return Fail("airlock.launch: no entropy");
-  for (size_t i = 0; i < sizeof(pool.buf); ++i) {
-    int hi = HexValue(hex[2 * i]), lo = HexValue(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) return Fail("airlock.launch: bad entropy");
-    pool.buf[i] = static_cast<unsigned char>(hi * 16 + lo);
-  }
+  auto bytes = HexDecode(hex);
+  if (!bytes) return Fail("airlock.launch: bad entropy");
+  std::memcpy(pool.buf, bytes->data(), sizeof(pool.buf));
   pool.entropy_count = 8 * sizeof(pool.buf);
   pool.buf_size = sizeof(pool.buf);
   UniqueFd random(::open("/dev/urandom", O_RDWR | O_CLOEXEC));
@@ -616,15 +628,8 @@ void SettleTemplate(const VmBoot& boot) {
 }
 
 std::vector<std::string> TemplateInitArgs(const VmBoot& boot) {
-  std::string_view hex = LaunchValue(boot.settings, "init_args");
-  if (hex.size() % 2 != 0) return {};
-  std::string joined;
-  for (size_t i = 0; i < hex.size(); i += 2) {
-    int hi = HexValue(hex[i]), lo = HexValue(hex[i + 1]);
-    if (hi < 0 || lo < 0) return {};
-    joined.push_back(static_cast<char>(hi * 16 + lo));
-  }
-  return SplitArgs(joined);
+  auto joined = HexDecode(LaunchValue(boot.settings, "init_args"));
+  return joined ? SplitArgs(*joined) : std::vector<std::string>{};
 }
 
 Result<std::vector<std::string>> AwaitSession(VmBoot& boot) {

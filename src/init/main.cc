@@ -551,6 +551,17 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
   return opts;
 }
 
+// Init's options in a VM: `args` as the backend sent them (its initramfs, or a template's
+// launch), after the program's name and the agent's cgroup that BootVm made.
+Result<Options> ConfigureVm(std::vector<std::string> args, const VmBoot& boot,
+                            const SessionEnv& env) {
+  args.insert(args.begin(), {"airlock-init", "--cgroup-root", boot.cgroup});
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  return Configure(static_cast<int>(args.size()), argv.data(), env);
+}
+
 // A template's agent process, forked before the template is saved with the options its
 // sessions' init will have: a session restored from it pays only the exec (under TCG the
 // fork and the steps before the exec are tens of milliseconds). An error when the backend
@@ -559,12 +570,8 @@ Result<Options> Configure(int argc, char** argv, const SessionEnv& env) {
 Result<ReadyAgent> TemplateAgent(const VmBoot& boot) {
   std::vector<std::string> args = TemplateInitArgs(boot);
   if (args.empty()) return Fail("the template's settings have no usable init_args");
-  args.insert(args.begin(), {"airlock-init", "--cgroup-root", boot.cgroup});
   args.insert(args.end(), {"--", "/bin/true"});  // the command comes with each launch
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  auto opts = Configure(static_cast<int>(args.size()), argv.data(), SessionEnv{});
+  auto opts = ConfigureVm(std::move(args), boot, SessionEnv{});
   rlimit nofile{};
   if (!opts || opts->help) {
     return Fail("the template's init_args: " + (opts ? "--help" : opts.error()));
@@ -617,13 +624,8 @@ Result<ReadyAgent> TemplateAgent(const VmBoot& boot) {
       Log(ErrnoMessage("cannot start the clock's thread", errno));
     }
   }
-  std::vector<std::string> args = std::move(boot->args);
-  args.insert(args.begin(), {"airlock-init", "--cgroup-root", boot->cgroup});
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
   SessionEnv env = TakeEnvironment(envp);
-  auto opts = Configure(static_cast<int>(args.size()), argv.data(), env);
+  auto opts = ConfigureVm(std::move(boot->args), *boot, env);
   if (!opts || opts->help) {
     Log(opts ? "--help is not a way to run a VM" : opts.error());
     PowerOff(boot->status.get(), kInitFailed, false);
