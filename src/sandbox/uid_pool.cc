@@ -186,6 +186,18 @@ void UidPool::Release(const std::string& owner) {
   by_owner_.erase(it);
 }
 
+Status UidPool::Transfer(const std::string& from, const std::string& to) {
+  std::lock_guard lock(mu_);
+  auto it = by_owner_.find(from);
+  if (it == by_owner_.end()) return Errorf(ErrorCode::kNotFound, "uid pool: {} holds no uid", from);
+  if (by_owner_.contains(to)) {
+    return Errorf(ErrorCode::kInternal, "uid pool: {} already holds a uid", to);
+  }
+  by_owner_.emplace(to, it->second);
+  by_owner_.erase(it);
+  return Ok();
+}
+
 std::optional<uint32_t> UidPool::Held(const std::string& owner) const {
   std::lock_guard lock(mu_);
   auto it = by_owner_.find(owner);

@@ -66,6 +66,10 @@ class UidPool {
   void Adopt(const std::string& owner, uint32_t uid);
   // Gives back what `owner` holds, if anything.
   void Release(const std::string& owner);
+  // What `from` holds now belongs to `to` (a process started ahead for whoever comes next,
+  // then claimed), with no moment at which anyone else could be given it. Fails when `from`
+  // holds nothing or `to` already holds a uid.
+  Status Transfer(const std::string& from, const std::string& to);
   std::optional<uint32_t> Held(const std::string& owner) const;
   size_t InUse() const;
 

@@ -51,6 +51,27 @@ TEST(UidPool, AdoptedUidsAreNotGivenAgain) {
   EXPECT_EQ(*pool.Acquire("third"), 100u);
 }
 
+TEST(UidPool, ATransferredUidStaysHeldByItsNewOwner) {
+  // A QEMU started ahead holds a uid under a name of its own; the sandbox that claims it takes
+  // the uid over, and only its release frees it.
+  UidPool pool(100, 2, nullptr);
+  uint32_t spare = *pool.Acquire("spare");
+  ASSERT_TRUE(pool.Transfer("spare", "sandbox").has_value());
+  EXPECT_FALSE(pool.Held("spare").has_value());
+  EXPECT_EQ(pool.Held("sandbox"), spare);
+  EXPECT_EQ(pool.InUse(), 1u);
+  pool.Release("spare");  // nothing: it holds none now
+  EXPECT_EQ(pool.Held("sandbox"), spare);
+  EXPECT_FALSE(pool.Transfer("spare", "later").has_value()) << "nothing to transfer";
+  EXPECT_FALSE(pool.Held("later").has_value());
+  uint32_t other = *pool.Acquire("other");
+  EXPECT_NE(other, spare);
+  EXPECT_FALSE(pool.Transfer("other", "sandbox").has_value()) << "one uid per owner";
+  EXPECT_EQ(pool.Held("other"), other);
+  pool.Release("sandbox");
+  EXPECT_EQ(*pool.Acquire("third"), spare);
+}
+
 TEST(UidRange, RefusesARangeHoldingAHostAccountGroupOrSubordinateRange) {
   HostIds host;
   host.users = {{0, "root"}, {1000, "cloudsdk"}, {65534, "nobody"}};
