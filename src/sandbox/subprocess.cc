@@ -234,6 +234,13 @@ Result<pid_t> SpawnDaemon(const std::vector<std::string>& argv, const std::vecto
       }
     }
     if (jailed && !EnterJail(jail->root, steps, log_fd)) ::_exit(126);
+    if (jail && jail->idle_cpu) {
+      sched_param param{};
+      if (::sched_setscheduler(0, SCHED_IDLE, &param) != 0) {
+        (void)JailFailed(log_fd, "take the idle scheduling policy", "");
+        ::_exit(126);
+      }
+    }
     ::dup2(null_fd, 0);
     ::dup2(log_fd, 1);
     ::dup2(log_fd, 2);

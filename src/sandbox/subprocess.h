@@ -50,6 +50,10 @@ struct DaemonJail {
   std::string root;
   std::vector<std::string> read_only;  // files, directories or device nodes; nosuid
   std::vector<std::string> writable;   // files or directories; nosuid, nodev
+  // Runs as SCHED_IDLE (it gets only CPU nothing else wants), as do the threads it makes: a
+  // process started ahead of need (a spare QEMU). Only root can give it the normal policy
+  // back. Set in the daemon itself, before it execs, not in the caller's thread.
+  bool idle_cpu = false;
 };
 
 // Starts argv[0] (an absolute path) as a daemon: in a session of its own, re-parented away
