@@ -6,7 +6,7 @@ guest kernel in /var/lib/airlock/guest-kernel and /bin/busybox from busybox-stat
 
     bench/microvm.py [--sessions 10] [--rounds 10] [--idle 10] [--idle-oci 200]
                      [--settle 3] [--airlock PATH] [--kernel-dir DIR] [--raw FILE] [--keep]
-                     [--only pools|templates]
+                     [--only pools|templates] [--spare-qemus N]
 
 It starts two `airlock serve` (each on free ports with a fresh home under /tmp and a config
 file passed with --config): "templates", `[sandbox.microvm] templates = true` (the default),
@@ -79,7 +79,9 @@ POOL_SIZE = 2
 
 # ------------------------------------------------------------------------------ processes
 def qemu_procs(needle):
-    """{pid: cmdline argv} of the qemu-system processes whose command line contains `needle`."""
+    """{pid: cmdline argv} of the qemu-system processes whose command line or cgroup contains
+    `needle`. (A VM started by a spare QEMU, [sandbox.microvm] spare_qemus, has the spare's
+    name in its command line; the backend moved it to its session's cgroup.)"""
     out = {}
     for p in os.listdir("/proc"):
         if not p.isdigit():
@@ -91,7 +93,11 @@ def qemu_procs(needle):
         if not argv or b"qemu-system" not in argv[0]:
             continue
         argv = [x.decode(errors="replace") for x in argv if x]
-        if needle in " ".join(argv):
+        try:
+            cgroup = open(f"/proc/{p}/cgroup").read()
+        except OSError:
+            cgroup = ""
+        if needle in " ".join(argv) or needle in cgroup:
             out[int(p)] = argv
     return out
 
@@ -761,6 +767,9 @@ def main():
     ap.add_argument("--settle", type=float, default=3.0, help="seconds to wait before each memory reading (default 3)")
     ap.add_argument("--cpu-window", type=float, default=3.0, help="seconds over which idle CPU is measured (default 3)")
     ap.add_argument("--memory-mb", type=int, default=256, help="[sandbox.microvm] memory_mb (default 256)")
+    ap.add_argument("--spare-qemus", type=int, default=None,
+                    help="[sandbox.microvm] spare_qemus (default: the server's, 1); 0 for a start "
+                         "from a template that spawns its own QEMU")
     ap.add_argument("--kernel-dir", default="/var/lib/airlock/guest-kernel", help="the guest kernel (default %(default)s)")
     ap.add_argument("--airlock", default=None, help="airlock binary (default: $AIRLOCK, build/bin/airlock, ../build/bin/airlock)")
     ap.add_argument("--raw", metavar="FILE", help="also write every sample (seconds) as JSON to FILE")
@@ -791,6 +800,8 @@ def main():
     print("parameters: " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in sorted(vars(a).items())))
 
     base_cfg = f"[sandbox.microvm]\nmemory_mb = {a.memory_mb}\nkernel_dir = \"{a.kernel_dir}\"\n"
+    if a.spare_qemus is not None:
+        base_cfg += f"spare_qemus = {a.spare_qemus}\n"
     cold = Server(a, "cold", base_cfg + "templates = false\n")
     pools = "".join(f"[pools.{b}]\nimage = \"base\"\nbackend = \"{b}\"\nsize = {POOL_SIZE}\n"
                     f"command = {json.dumps(POOL_CMD)}\n" for b in ("oci", "microvm"))

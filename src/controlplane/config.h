@@ -101,6 +101,7 @@ struct MicrovmConfig {
   int64_t disk_mb = 256;
   bool templates = true;           // sandboxes from template snapshots (docs/sandbox.md)
   int64_t qemu_overhead_mb = 192;  // QEMU's cgroup: the guest's RAM plus this
+  int64_t spare_qemus = 1;         // QEMUs started ahead per template in use (MicrovmOptions)
 };
 
 // [files]: where sessions' files live and how URLs to them are bounded. See docs/operators.md.

@@ -184,6 +184,7 @@ Status ParseMicrovm(TableReader& t, Config& c) {
   AIRLOCK_TRY(t.Int("disk_mb", &k.disk_mb, 1, 1 << 24));
   AIRLOCK_TRY(t.Bool("templates", &k.templates));
   AIRLOCK_TRY(t.Int("qemu_overhead_mb", &k.qemu_overhead_mb, 64, 1 << 20));
+  AIRLOCK_TRY(t.Int("spare_qemus", &k.spare_qemus, 0, 16));
   AIRLOCK_TRY(t.RejectUnknown());
   if (k.accel != "auto" && k.accel != "kvm" && k.accel != "tcg") {
     return MakeError(ErrorCode::kInvalidArgument, "sandbox.microvm.accel must be auto, kvm or tcg");
@@ -211,6 +212,7 @@ Result<std::unique_ptr<sandbox::Backend>> MakeMicrovm(const BackendContext& cont
   o.default_disk_mb = config.microvm.disk_mb;
   o.templates = config.microvm.templates;
   o.qemu_overhead_mb = config.microvm.qemu_overhead_mb;
+  o.spare_qemus = config.microvm.spare_qemus;
   o.channel_max_streams = config.limits.max_connections_per_session;
   o.resolve_image = ImagesOf(context);
   return sandbox::MakeMicrovmBackend(std::move(o));

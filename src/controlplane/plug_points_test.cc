@@ -81,13 +81,18 @@ TEST(PlugPointsTest, ConfigRefusesAnUnknownKindListingTheTable) {
 
 TEST(PlugPointsTest, MicrovmSettingsAreParsedByTheirKind) {
   auto c = ParseConfig(
-      "[sandbox.microvm]\ntemplates = false\nmemory_mb = 192\nqemu_overhead_mb = 300\n", "/h");
+      "[sandbox.microvm]\ntemplates = false\nmemory_mb = 192\nqemu_overhead_mb = 300\n"
+      "spare_qemus = 0\n",
+      "/h");
   ASSERT_TRUE(c.has_value()) << c.error().message;
   EXPECT_FALSE(c->microvm.templates);
   EXPECT_EQ(c->microvm.memory_mb, 192);
   EXPECT_EQ(c->microvm.qemu_overhead_mb, 300);
   EXPECT_TRUE(ParseConfig("", "/h")->microvm.templates) << "templates are the default";
   EXPECT_EQ(ParseConfig("", "/h")->microvm.qemu_overhead_mb, 192);
+  EXPECT_EQ(c->microvm.spare_qemus, 0);
+  EXPECT_EQ(ParseConfig("", "/h")->microvm.spare_qemus, 1) << "one spare QEMU per template";
+  EXPECT_FALSE(ParseConfig("[sandbox.microvm]\nspare_qemus = -1\n", "/h").has_value());
   EXPECT_FALSE(ParseConfig("[sandbox.microvm]\ntemplates = 1\n", "/h").has_value());
   // Below what QEMU itself needs: every VM would be killed at its start.
   EXPECT_FALSE(ParseConfig("[sandbox.microvm]\nqemu_overhead_mb = 16\n", "/h").has_value());

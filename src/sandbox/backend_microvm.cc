@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/socket.h>
@@ -10,9 +11,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -61,6 +64,12 @@ constexpr int kTcgCodeCacheMb = 64;
 // A template no sandbox was made from for this long is removed at the next start: a new
 // kernel, init, QEMU or image version makes new ones and leaves the old behind.
 constexpr auto kTemplateMaxAge = std::chrono::days(7);
+// A QEMU started ahead for a template (a spare) that no sandbox claimed for this long is
+// stopped: its template is not in use. The next start from it makes another.
+constexpr auto kSpareIdle = std::chrono::minutes(10);
+constexpr const char* kSparePrefix = "airlock-spare-";
+// Spawn's `incoming` for a spare: QEMU starts with no guest and waits for a migrate-incoming.
+constexpr int kIncomingDeferred = -2;
 
 // What a handle names: "airlock-vm-<sandbox id>:<work dir>". Everything of a VM lives in its
 // work dir, so the handle survives a control-plane restart.
@@ -114,7 +123,8 @@ bool IsZombie(pid_t pid) {
   return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z';
 }
 
-// The pid QEMU wrote, if that process is still a QEMU of this VM (a recycled pid is not).
+// The pid QEMU wrote, if that process is still a QEMU of this VM (a recycled pid is not): its
+// command line names the VM, or the spare it was started as (vm/qemu.name, see FromSpare).
 std::optional<pid_t> LivePid(const Handle& h) {
   std::string text = ReadSmallFile(h.file("qemu.pid"), 64);
   pid_t pid = 0;
@@ -125,7 +135,9 @@ std::optional<pid_t> LivePid(const Handle& h) {
   }
   if (pid <= 1) return std::nullopt;
   std::string cmdline = ReadSmallFile(fmt::format("/proc/{}/cmdline", pid), 1 << 16);
-  if (cmdline.find(h.id) == std::string::npos) return std::nullopt;
+  std::string name = ReadSmallFile(h.file("qemu.name"), 256);
+  if (!name.starts_with(kSparePrefix)) name = h.id;
+  if (cmdline.find(name) == std::string::npos) return std::nullopt;
   if (IsZombie(pid)) return std::nullopt;  // as good as gone
   return pid;
 }
@@ -248,6 +260,23 @@ class MicrovmBackend : public Backend {
       }
     }
     SweepTemplates();
+    SweepSpares();
+    // Spares start as SCHED_IDLE where FromSpare can give them the normal policy back.
+    spares_idle_ = jailed_;
+    if (o_.templates && o_.spare_qemus > 0) spare_thread_ = std::thread([this] { SpareLoop(); });
+  }
+
+  ~MicrovmBackend() override {
+    {
+      std::lock_guard lock(spare_mu_);
+      stopping_ = true;
+    }
+    spare_cv_.notify_all();
+    if (spare_thread_.joinable()) spare_thread_.join();
+    // Spares hold no sandbox: they go with the control plane (the sandboxes' QEMUs stay).
+    for (auto& [tpl, spares] : spares_) {
+      for (const Spare& spare : spares) DiscardSpare(spare);
+    }
   }
 
   std::string_view name() const override { return "microvm"; }
@@ -323,10 +352,14 @@ class MicrovmBackend : public Backend {
     m.cpus = std::max(1, static_cast<int>(std::ceil(spec.limits.cpus.value_or(o_.default_cpus))));
     Launch launch = LaunchOf(image, command, spec.limits);
 
+    // Its own uid, unless it takes over a spare's (FromSpare).
     std::optional<uint32_t> uid;
-    if (uid_pool_) {
-      AIRLOCK_ASSIGN_OR_RETURN(uid, uid_pool_->Acquire(h.id));
-    }
+    auto own_uid = [&]() -> Status {
+      if (uid_pool_ && !uid) {
+        AIRLOCK_ASSIGN_OR_RETURN(uid, uid_pool_->Acquire(h.id));
+      }
+      return Ok();
+    };
     std::optional<Result<pid_t>> started;
     if (o_.templates) {
       auto tpl = Template(m, launch.image_settings + PreloadOf(image));
@@ -334,13 +367,35 @@ class MicrovmBackend : public Backend {
         // A template that cannot be made leaves the cold boot, which says more when it
         // fails the same way.
         log::Warn("microvm: no template, booting instead", {{"error", tpl.error().message}});
-      } else if (started = FromTemplate(h, m, *tpl, launch, uid); !*started) {
-        log::Warn("microvm: restoring the template failed, booting instead",
-                  {{"sandbox", h.id}, {"error", (*started).error().message}});
-        started.reset();
+      } else {
+        std::optional<Spare> spare;
+        if (SpareCanServe(h)) spare = TakeSpare(*tpl);
+        if (spare) {
+          if (started = FromSpare(h, m, *tpl, launch, *spare); !*started) {
+            log::Warn("microvm: the spare QEMU could not take the sandbox, starting one",
+                      {{"sandbox", h.id}, {"error", (*started).error().message}});
+            started.reset();
+          }
+        }
+        if (!started) {
+          AIRLOCK_TRY(own_uid());
+          if (started = FromTemplate(h, m, *tpl, launch, uid); !*started) {
+            log::Warn("microvm: restoring the template failed, booting instead",
+                      {{"sandbox", h.id}, {"error", (*started).error().message}});
+            started.reset();
+          }
+        }
+        // The next sandbox of this template finds a QEMU waiting.
+        if (started) WantSpare(*tpl, m);
       }
     }
-    if (!started) started = Boot(h, m, launch, uid);
+    if (!started) {
+      if (auto st = own_uid(); !st) {
+        started = std::unexpected(st.error());
+      } else {
+        started = Boot(h, m, launch, uid);
+      }
+    }
     if (!*started) {
       if (uid_pool_) uid_pool_->Release(h.id);
       return std::unexpected((*started).error());
@@ -495,16 +550,7 @@ class MicrovmBackend : public Backend {
     auto launched = [&]() -> Status {
       AIRLOCK_ASSIGN_OR_RETURN(QmpSession qmp,
                                QmpSession::Connect(h.file("qmp.sock"), std::chrono::minutes(1)));
-      // Not one connection to the guest's ports before the snapshot is read: the device
-      // state it loads would lose the guest's news of it, and the port would look unheld.
-      AIRLOCK_ASSIGN_OR_RETURN(std::string outcome,
-                               AwaitMigration(qmp, std::chrono::milliseconds(1)));
-      if (outcome != "completed") {
-        return Errorf(ErrorCode::kUnavailable, "qemu could not restore the template: {} {}",
-                      outcome, ReadSmallFile(h.file("qemu.log"), 2048));
-      }
-      AIRLOCK_TRY(relay_.Attach(h.id, h.file("channel.sock"), ChannelDirOf(h) + "/control.sock"));
-      return SendLaunch(h, qmp, launch);
+      return RestoredLaunch(h, qmp, launch);
     }();
     if (!launched) {
       relay_.Detach(h.id);
@@ -513,6 +559,284 @@ class MicrovmBackend : public Backend {
       return std::unexpected(launched.error());
     }
     return pid;
+  }
+
+  // Once the QEMU of `h` reads a template's snapshot: waits for it to be read, relays the
+  // channel and sends the launch.
+  Status RestoredLaunch(const Handle& h, QmpSession& qmp, const Launch& launch) {
+    // Not one connection to the guest's ports before the snapshot is read: the device
+    // state it loads would lose the guest's news of it, and the port would look unheld.
+    AIRLOCK_ASSIGN_OR_RETURN(std::string outcome,
+                             AwaitMigration(qmp, std::chrono::milliseconds(1)));
+    if (outcome != "completed") {
+      return Errorf(ErrorCode::kUnavailable, "qemu could not restore the template: {} {}", outcome,
+                    ReadSmallFile(h.file("qemu.log"), 2048));
+    }
+    AIRLOCK_TRY(relay_.Attach(h.id, h.file("channel.sock"), ChannelDirOf(h) + "/control.sock"));
+    return SendLaunch(h, qmp, launch);
+  }
+
+  // ---- Spares: QEMUs started ahead, one set per template in use
+  //
+  // A QEMU's own start is 60-90 ms of a start from a template here (most of it the dynamic
+  // loader binding QEMU's ~50 libraries), before it reads a byte of the snapshot. A spare is
+  // that QEMU started ahead with the template's machine, jailed as any (its own uid, mount
+  // namespace, cgroup and seccomp filter), with no guest: `-incoming defer` holds the guest's
+  // RAM unallocated and runs nothing (~40 MiB, no CPU). The next sandbox of that template
+  // claims it (FromSpare): its files, cgroup and uid become the sandbox's, then it is given
+  // the snapshot. A spare is used once; a new one is started in the background after each
+  // start from a template, and one unclaimed for kSpareIdle is stopped.
+  struct Spare {
+    Handle h;  // id kSparePrefix + name, directory <state_dir>/spare/<name>
+    pid_t pid = 0;
+    std::chrono::steady_clock::time_point made;
+  };
+
+  // Whether a spare can become the sandbox of `h`: its files are renamed into h's directory,
+  // which must be on the state directory's file system (else the host is told once, and
+  // sandboxes start without), and h must have no log yet (a sandbox made again in its
+  // session's directory appends to the log of the ones before, which the spare's would
+  // replace).
+  bool SpareCanServe(const Handle& h) {
+    if (o_.spare_qemus <= 0) return false;
+    struct stat state {
+    }, work{}, log{};
+    if (::stat(o_.state_dir.c_str(), &state) != 0 || ::stat(h.dir.c_str(), &work) != 0) {
+      return false;
+    }
+    if (state.st_dev != work.st_dev) {
+      if (!spares_elsewhere_.exchange(true)) {
+        log::Warn(
+            "microvm: spare QEMUs cannot serve sandboxes whose directory is on another "
+            "file system than the state directory; those start without",
+            {{"state_dir", o_.state_dir}, {"work_dir", h.dir}});
+      }
+      return false;
+    }
+    return ::stat(LogPath(h).c_str(), &log) != 0 || log.st_size == 0;
+  }
+
+  std::optional<Spare> TakeSpare(const std::string& tpl) {
+    std::lock_guard lock(spare_mu_);
+    auto it = spares_.find(tpl);
+    if (it == spares_.end() || it->second.empty()) return std::nullopt;
+    // The oldest: with several, each is used before it idles out.
+    Spare spare = std::move(it->second.front());
+    it->second.erase(it->second.begin());
+    if (it->second.empty()) spares_.erase(it);
+    return spare;
+  }
+
+  void WantSpare(const std::string& tpl, const Machine& m) {
+    if (o_.spare_qemus <= 0 || !spare_thread_.joinable()) return;
+    {
+      std::lock_guard lock(spare_mu_);
+      spare_wanted_[tpl] = m;
+    }
+    spare_cv_.notify_one();
+  }
+
+  // The spare thread: makes the spares wanted, one at a time, and stops idle ones.
+  void SpareLoop() {
+    std::unique_lock lock(spare_mu_);
+    while (!stopping_) {
+      std::vector<Spare> idle;
+      const auto now = std::chrono::steady_clock::now();
+      for (auto it = spares_.begin(); it != spares_.end();) {
+        auto& list = it->second;
+        for (auto s = list.begin(); s != list.end();) {
+          if (now - s->made < kSpareIdle) {
+            ++s;
+            continue;
+          }
+          idle.push_back(std::move(*s));
+          s = list.erase(s);
+        }
+        it = list.empty() ? spares_.erase(it) : std::next(it);
+      }
+      if (!idle.empty()) {
+        lock.unlock();
+        for (const Spare& spare : idle) DiscardSpare(spare);
+        lock.lock();
+        continue;
+      }
+      auto want = spare_wanted_.begin();
+      while (want != spare_wanted_.end() && spares_.contains(want->first) &&
+             static_cast<int64_t>(spares_[want->first].size()) >= o_.spare_qemus) {
+        want = spare_wanted_.erase(want);
+      }
+      if (want == spare_wanted_.end()) {
+        spare_cv_.wait_for(lock, kSpareIdle / 4);
+        continue;
+      }
+      const std::string tpl = want->first;
+      const Machine m = want->second;
+      lock.unlock();
+      auto spare = MakeSpare(m);
+      lock.lock();
+      if (!spare) {
+        log::Warn("microvm: could not start a spare QEMU", {{"error", spare.error().message}});
+        spare_wanted_.erase(tpl);  // asked again by the next start from it
+        continue;
+      }
+      if (stopping_) {
+        lock.unlock();
+        DiscardSpare(*spare);
+        lock.lock();
+        break;
+      }
+      spares_[tpl].push_back(std::move(*spare));
+    }
+  }
+
+  Result<Spare> MakeSpare(const Machine& m) {
+    const std::string name = HexEncode(RandomBytes(6));
+    Spare spare{Handle{kSparePrefix + name, o_.state_dir + "/spare/" + name}, 0,
+                std::chrono::steady_clock::now()};
+    std::error_code ec;
+    fs::create_directories(spare.h.dir + "/vm", ec);
+    if (ec) return Errorf(ErrorCode::kInternal, "create {}/vm: {}", spare.h.dir, ec.message());
+    ::chmod((spare.h.dir + "/vm").c_str(), 0700);
+    auto pid = [&]() -> Result<pid_t> {
+      std::optional<uint32_t> uid;
+      if (uid_pool_) {
+        AIRLOCK_ASSIGN_OR_RETURN(uid, uid_pool_->Acquire(spare.h.id));
+      }
+      return Spawn(spare.h, MachineArgs(spare.h, m), uid, kIncomingDeferred);
+    }();
+    if (!pid) {
+      if (uid_pool_) uid_pool_->Release(spare.h.id);
+      fs::remove_all(spare.h.dir, ec);
+      return std::unexpected(pid.error());
+    }
+    spare.pid = *pid;
+    // What LivePid looks for in its command line, here and once a sandbox claims it.
+    if (auto st = WriteFile(spare.h.file("qemu.name"), spare.h.id, 0600); !st) {
+      DiscardSpare(spare);
+      return std::unexpected(st.error());
+    }
+    return spare;
+  }
+
+  void DiscardSpare(const Spare& spare) {
+    auto pid = LivePid(spare.h);
+    // Its files gone (removed under it): the pid it was started with, if still that QEMU.
+    if (!pid && spare.pid > 1 && !IsZombie(spare.pid) &&
+        ReadSmallFile(fmt::format("/proc/{}/cmdline", spare.pid), 1 << 16).find(spare.h.id) !=
+            std::string::npos) {
+      pid = spare.pid;
+    }
+    if (pid) {
+      ::kill(*pid, SIGKILL);
+      AwaitExit(spare.h, *pid);
+    } else if (jailed_) {
+      RemoveMemoryCgroup(cgroups_, CgroupOf(spare.h));
+    }
+    if (uid_pool_) uid_pool_->Release(spare.h.id);
+    std::error_code ec;
+    fs::remove_all(spare.h.dir, ec);
+  }
+
+  // Every thread of `pid` to SCHED_OTHER (a spare started as SCHED_IDLE, Spawn); threads it
+  // makes later inherit it, and one made during a pass is caught by the next.
+  static Status NormalPolicy(pid_t pid) {
+    for (int pass = 0; pass < 10; ++pass) {
+      bool changed = false;
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(fmt::format("/proc/{}/task", pid), ec)) {
+        const pid_t tid = std::atoi(e.path().filename().c_str());
+        if (tid <= 0 || ::sched_getscheduler(tid) == SCHED_OTHER) continue;
+        sched_param param{};
+        if (::sched_setscheduler(tid, SCHED_OTHER, &param) != 0 && errno != ESRCH) {
+          return Errorf(ErrorCode::kInternal, "give QEMU thread {} the normal policy: {}", tid,
+                        std::strerror(errno));
+        }
+        changed = true;
+      }
+      if (ec) return Errorf(ErrorCode::kInternal, "list QEMU {}'s threads: {}", pid, ec.message());
+      if (!changed) return Ok();
+    }
+    return Errorf(ErrorCode::kInternal, "QEMU {} keeps making threads", pid);
+  }
+
+  // At start: the spares an earlier control plane left (it died, or did not stop them).
+  void SweepSpares() {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(o_.state_dir + "/spare", ec)) {
+      const std::string name = e.path().filename().string();
+      DiscardSpare(Spare{Handle{kSparePrefix + name, e.path().string()}, 0, {}});
+    }
+  }
+
+  // A sandbox restored from the template in `tpl` by `spare`, a QEMU of its machine `m`
+  // started ahead: the spare's directory and log are renamed to the sandbox's (QEMU's open
+  // files and listening sockets go with them; in its mount namespace nothing moves), its
+  // process moves to the sandbox's cgroup and its uid to the sandbox, and its command line
+  // keeps the spare's name, which its vm/qemu.name (MakeSpare) records for LivePid. Then it
+  // reads the snapshot, as FromTemplate's QEMU does. A failure kills it.
+  Result<pid_t> FromSpare(const Handle& h, const Machine& m, const std::string& tpl,
+                          const Launch& launch, const Spare& spare) {
+    if (LivePid(spare.h) != spare.pid) {
+      DiscardSpare(spare);
+      return MakeError(ErrorCode::kUnavailable, "the spare QEMU has exited");
+    }
+    const std::string channel_dir = ChannelDirOf(h);
+    std::error_code ec;
+    // What Create wrote goes into the spare's directory, which then takes the place of the
+    // sandbox's (renames: nothing is written again).
+    if (::rename(h.file("channel_dir").c_str(), spare.h.file("channel_dir").c_str()) != 0 ||
+        ::rmdir((h.dir + "/vm").c_str()) != 0 ||
+        ::rename(LogPath(spare.h).c_str(), LogPath(h).c_str()) != 0 ||
+        ::rename((spare.h.dir + "/vm").c_str(), (h.dir + "/vm").c_str()) != 0) {
+      const int err = errno;
+      DiscardSpare(spare);
+      fs::remove_all(h.dir + "/vm", ec);
+      fs::create_directories(h.dir + "/vm", ec);
+      ::chmod((h.dir + "/vm").c_str(), 0700);
+      (void)WriteFile(h.file("channel_dir"), channel_dir, 0600);
+      return Errorf(ErrorCode::kUnavailable, "move the spare QEMU's files to {}: {}", h.dir,
+                    std::strerror(err));
+    }
+    // From here the spare's QEMU is the sandbox's.
+    auto launched = [&]() -> Status {
+      // A wake after a hibernation starts a QEMU of its own, with the sandbox's paths.
+      AIRLOCK_TRY(WriteFile(h.file("qemu.argv"), Json(MachineArgs(h, m)).dump(), 0600));
+      if (uid_pool_) AIRLOCK_TRY(uid_pool_->Transfer(spare.h.id, h.id));
+      if (spares_idle_) AIRLOCK_TRY(NormalPolicy(spare.pid));
+      if (jailed_) {
+        // The same limit as its own JailOf gave it. What QEMU allocated before the move stays
+        // charged to the spare's cgroup's parent (~40 MiB, fixed: QEMU's own start).
+        auto procs =
+            MakeMemoryCgroup(cgroups_, CgroupOf(h), (m.memory_mb + o_.qemu_overhead_mb) << 20);
+        if (procs) {
+          AIRLOCK_TRY(WriteCgroupFile(*procs, std::to_string(spare.pid)));
+        } else if (procs.error().code != ErrorCode::kUnavailable) {
+          return std::unexpected(procs.error());
+        }
+        RemoveMemoryCgroup(cgroups_, CgroupOf(spare.h));
+      }
+      fs::remove_all(spare.h.dir, ec);
+      UniqueFd in(::open((tpl + "/snapshot").c_str(), O_RDONLY | O_CLOEXEC));
+      if (!in.valid()) {
+        return Errorf(ErrorCode::kInternal, "open {}/snapshot: {}", tpl, std::strerror(errno));
+      }
+      AIRLOCK_ASSIGN_OR_RETURN(QmpSession qmp,
+                               QmpSession::Connect(h.file("qmp.sock"), std::chrono::minutes(1)));
+      AIRLOCK_TRY(qmp.Execute("getfd", {{"fdname", "snapshot"}}, in.get()));
+      AIRLOCK_TRY(qmp.Execute("migrate-incoming", {{"uri", "fd:snapshot"}}));
+      return RestoredLaunch(h, qmp, launch);
+    }();
+    if (!launched) {
+      relay_.Detach(h.id);
+      ::kill(spare.pid, SIGKILL);
+      AwaitExit(h, spare.pid);
+      if (jailed_) RemoveMemoryCgroup(cgroups_, CgroupOf(spare.h));
+      if (uid_pool_) uid_pool_->Release(spare.h.id);
+      fs::remove_all(spare.h.dir, ec);
+      ::unlink(h.file("qemu.name").c_str());
+      return std::unexpected(launched.error());
+    }
+    return spare.pid;
   }
 
   // A connection to the guest's airlock.launch port, with `message` written to it.
@@ -664,7 +988,8 @@ class MicrovmBackend : public Backend {
   }
 
   // Starts QEMU with `argv` as uid `uid` (when root) and waits for its monitor. `incoming`
-  // >= 0: a snapshot to restore, read from that descriptor.
+  // >= 0: a snapshot to restore, read from that descriptor; kIncomingDeferred: one that a
+  // migrate-incoming will name (a spare).
   Result<pid_t> Spawn(const Handle& h, std::vector<std::string> argv, std::optional<uint32_t> uid,
                       int incoming) {
     if (uid) {
@@ -681,17 +1006,25 @@ class MicrovmBackend : public Backend {
       // "exec:"): it inherits it.
       argv.push_back("-incoming");
       argv.push_back("fd:3");
+    } else if (incoming == kIncomingDeferred) {
+      argv.push_back("-incoming");
+      argv.push_back("defer");
     }
-    for (const char* stale :
-         {"status", "qemu.pid", "qemu.log", "channel.sock", "qmp.sock", "launch.sock"}) {
+    for (const char* stale : {"status", "qemu.pid", "qemu.log", "qemu.name", "channel.sock",
+                              "qmp.sock", "launch.sock"}) {
       ::unlink(h.file(stale).c_str());
     }
     std::optional<DaemonJail> jail;
     if (jailed_) {
       AIRLOCK_ASSIGN_OR_RETURN(jail, JailOf(h, argv));
+      // A spare starts on CPU that nothing else wants: its start (~90 ms of CPU) comes right
+      // after a sandbox took the last one, and would slow that sandbox's guest (BENCHMARKS.md,
+      // issue 13, "Seventh run"). FromSpare gives it the normal policy back (as root only).
+      jail->idle_cpu = incoming == kIncomingDeferred && spares_idle_;
     }
     // Not -daemonize: QEMU forks for it, which its own seccomp filter (spawn=deny) forbids.
-    auto pid = SpawnDaemon(argv, {}, h.file("qemu.log"), incoming, jail ? &*jail : nullptr);
+    auto pid =
+        SpawnDaemon(argv, {}, h.file("qemu.log"), std::max(incoming, -1), jail ? &*jail : nullptr);
     if (!pid) {
       if (jailed_) RemoveMemoryCgroup(cgroups_, CgroupOf(h));
       return std::unexpected(pid.error());
@@ -1181,6 +1514,16 @@ class MicrovmBackend : public Backend {
   CgroupLayout cgroups_;
   std::string jail_root_;  // an empty directory each QEMU mounts its own root on
   VmRelay relay_;
+  // Spares (FromSpare), by template directory; the templates that want more, with their
+  // machine; the thread that makes them.
+  std::mutex spare_mu_;
+  std::condition_variable spare_cv_;
+  std::map<std::string, std::vector<Spare>> spares_;
+  std::map<std::string, Machine> spare_wanted_;
+  bool stopping_ = false;
+  bool spares_idle_ = false;                    // spares start as SCHED_IDLE (Spawn)
+  std::atomic<bool> spares_elsewhere_ = false;  // warned once (SpareCanServe)
+  std::thread spare_thread_;
 };
 
 }  // namespace

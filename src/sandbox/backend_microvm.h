@@ -40,6 +40,11 @@ struct MicrovmOptions {
   // restore of it plus its launch (its arguments, the clock, fresh randomness), not a boot.
   // Off: every sandbox boots.
   bool templates = true;
+  // With templates: how many QEMUs to keep started ahead for each template in use (spares:
+  // each ~40 MiB, no guest, no CPU), so that a start from a template does not wait for
+  // QEMU's own start. Started after each start from a template, stopped after 10 minutes
+  // unclaimed and with the control plane. 0: none.
+  int64_t spare_qemus = 1;
   // As root, each QEMU runs in a memory cgroup of its own whose limit is the guest's RAM plus
   // this: QEMU itself, its device state and (under TCG) its translated code, which the
   // backend caps at kTcgCodeCacheMb. A QEMU that outgrows it is killed, and its sandbox is

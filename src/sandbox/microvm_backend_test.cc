@@ -4,12 +4,15 @@
 #include "sandbox/backend_microvm.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -52,6 +55,7 @@ class MicrovmBackendTest : public ::testing::Test {
     for (const auto& h : handles_) {
       if (backend_) (void)backend_->Destroy(h);
     }
+    backend_.reset();  // and its spare QEMUs, before their files go
     control_sockets_.clear();
     if (!dir_.empty()) fs::remove_all(dir_);
   }
@@ -61,6 +65,7 @@ class MicrovmBackendTest : public ::testing::Test {
     o.cache_dir = dir_ + "/cache";
     o.state_dir = dir_ + "/state";
     o.templates = templates_;
+    o.spare_qemus = spare_qemus_;
     o.resolve_image = [this](const std::string& name) -> Result<OciImage> {
       if (name == "host") {
         OciImage img;
@@ -125,6 +130,7 @@ class MicrovmBackendTest : public ::testing::Test {
   std::string Log(const std::string& h) { return SandboxLog(*backend_, h); }
 
   bool templates_ = true;  // the default: sandboxes from template snapshots
+  int64_t spare_qemus_ = 1;
   std::string dir_, rootfs_;
   std::string session_id_, token_;  // what the last Create's sandbox was handed
   std::unique_ptr<Backend> backend_;
@@ -526,6 +532,192 @@ TEST_F(MicrovmBackendTest, AStartRemovesUnfinishedAndUnusedTemplates) {
   EXPECT_FALSE(fs::exists(building));
   EXPECT_FALSE(fs::exists(old));
   EXPECT_TRUE(fs::exists(fresh + "/snapshot"));
+}
+
+// The spares (QEMUs started ahead, with no guest) in the state directory: name -> pid.
+std::map<std::string, pid_t> Spares(const std::string& state_dir) {
+  std::map<std::string, pid_t> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(state_dir + "/spare", ec)) {
+    // Listed once its QEMU wrote its pid.
+    auto pid =
+        static_cast<pid_t>(std::atol(ReadFileOr(e.path().string() + "/vm/qemu.pid").c_str()));
+    if (pid > 1) out[e.path().filename().string()] = pid;
+  }
+  return out;
+}
+
+std::map<std::string, pid_t> AwaitSpares(const std::string& state_dir, size_t n) {
+  for (int i = 0; i < 600 && Spares(state_dir).size() < n; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  // Wait for it to answer on its monitor too.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  return Spares(state_dir);
+}
+
+bool ProcessGone(pid_t pid) {
+  std::string stat = ReadFileOr(fmt::format("/proc/{}/stat", pid));
+  return stat.empty() || stat.substr(stat.rfind(')') + 2, 1) == "Z";
+}
+
+// After a start from a template a QEMU of its machine waits, jailed, with no guest; the next
+// sandbox of that template is that QEMU: its files, cgroup and uid become the sandbox's and it
+// runs the agent as any. It is the sandbox's from then on: found again by a control plane that
+// restarts, hibernated and woken (by a QEMU of its own), destroyed. Spares themselves go with
+// the control plane.
+TEST_F(MicrovmBackendTest, TheNextSandboxOfATemplateIsAQemuStartedAhead) {
+  std::string a = Create({"/bin/sh", "-c", "exit 0"});
+  ASSERT_FALSE(a.empty());
+  auto spares = AwaitSpares(dir_ + "/state", 1);
+  ASSERT_EQ(spares.size(), 1u) << "no spare after a start from a template";
+  const auto [name, spare_pid] = *spares.begin();
+  ASSERT_GT(spare_pid, 1);
+  const std::string spare_cmdline = ReadFileOr(fmt::format("/proc/{}/cmdline", spare_pid));
+  EXPECT_NE(spare_cmdline.find("defer"), std::string::npos) << "it waits with no guest";
+  // As root it started on idle CPU only, and a claimed one runs at the normal policy.
+  auto policies = [](pid_t pid) {
+    std::set<int> out;
+    for (const auto& e : fs::directory_iterator(fmt::format("/proc/{}/task", pid))) {
+      // -1: a thread that ended meanwhile.
+      if (int p = ::sched_getscheduler(std::atoi(e.path().filename().c_str())); p >= 0) {
+        out.insert(p);
+      }
+    }
+    return out;
+  };
+  if (::geteuid() == 0) {
+    EXPECT_EQ(policies(spare_pid), std::set<int>{SCHED_IDLE});
+  }
+
+  std::string b =
+      Create({"/bin/sh", "-c",
+              "echo \"uid=$(id -u) reply=$(wget -q -O- $CONTROL_PLANE_URL/echo/spare)\"; "
+              "exec sleep 600"});
+  ASSERT_FALSE(b.empty());
+  ASSERT_TRUE(WaitForLog(b, "reply=spare")) << Log(b);
+  EXPECT_NE(Log(b).find("uid=1000 "), std::string::npos) << Log(b);
+  EXPECT_EQ(QemuPid(b), spare_pid) << "the sandbox is not the spare's QEMU";
+  EXPECT_EQ(policies(spare_pid), std::set<int>{SCHED_OTHER});
+  EXPECT_FALSE(fs::exists(dir_ + "/state/spare/" + name)) << "a spare is used once";
+  const std::string vm = b.substr(b.find(':') + 1) + "/vm";
+  EXPECT_EQ(ReadFileOr(vm + "/qemu.argv").find(name), std::string::npos)
+      << "a wake would start QEMU with the spare's paths";
+  EXPECT_EQ(backend_->Inspect(b)->state, SandboxState::kRunning);
+  if (::geteuid() == 0) {
+    // Its own uid (not root, not the agent's), and the sandbox's cgroup, with the limit.
+    std::string status = ReadFileOr(fmt::format("/proc/{}/status", spare_pid));
+    const uint32_t uid =
+        static_cast<uint32_t>(std::atoll(status.c_str() + status.find("Uid:") + 4));
+    EXPECT_GE(uid, MicrovmOptions{}.uid_range_start);
+    std::string limit = QemuCgroupFile(b, "memory.limit_in_bytes", "memory.max");
+    if (!limit.empty()) {
+      EXPECT_NE(ReadFileOr(fmt::format("/proc/{}/cgroup", spare_pid))
+                    .find("/airlock/" + b.substr(0, b.find(':'))),
+                std::string::npos);
+      EXPECT_EQ(std::atoll(ReadFileOr(limit).c_str()), (256 + 192) << 20) << limit;
+      EXPECT_FALSE(fs::exists(MemoryCgroupDir(DetectCgroups(), "/airlock/airlock-spare-" + name)));
+    }
+  }
+  // Another spare waits for the next sandbox. One that died meanwhile is not used: the next
+  // sandbox starts a QEMU of its own, and another spare is started.
+  auto next = AwaitSpares(dir_ + "/state", 1);
+  ASSERT_EQ(next.size(), 1u);
+  ASSERT_EQ(::kill(next.begin()->second, SIGKILL), 0);
+  for (int i = 0; i < 100 && !ProcessGone(next.begin()->second); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::string own =
+      Create({"/bin/sh", "-c", "echo \"reply=$(wget -q -O- $CONTROL_PLANE_URL/echo/own)\""});
+  ASSERT_FALSE(own.empty());
+  EXPECT_EQ(WaitFor(own, SandboxState::kExited).exit_code, 0) << Log(own);
+  EXPECT_NE(Log(own).find("reply=own"), std::string::npos) << Log(own);
+  EXPECT_FALSE(fs::exists(own.substr(own.find(':') + 1) + "/vm/qemu.name"));
+  EXPECT_FALSE(fs::exists(dir_ + "/state/spare/" + next.begin()->first));
+  ASSERT_EQ(AwaitSpares(dir_ + "/state", 1).size(), 1u);
+
+  // A restarted control plane finds it running (though QEMU's command line names the spare);
+  // the old one stopped its spare as it went (AStartStopsTheSparesAnEarlierOneLeft: one that
+  // died).
+  const pid_t second_spare = AwaitSpares(dir_ + "/state", 1).begin()->second;
+  backend_ = Make();
+  ASSERT_TRUE(backend_);
+  EXPECT_TRUE(ProcessGone(second_spare)) << "a spare outlived its control plane";
+  auto reattached = backend_->Reattach(b);
+  ASSERT_TRUE(reattached.has_value()) << reattached.error().message;
+  EXPECT_EQ(reattached->state, SandboxState::kRunning) << reattached->detail;
+
+  // Hibernated, it wakes in a QEMU of its own, with its own paths.
+  ASSERT_TRUE(backend_->Hibernate(b).has_value());
+  EXPECT_TRUE(ProcessGone(spare_pid));
+  auto resumed = backend_->Resume(b);
+  ASSERT_TRUE(resumed.has_value()) << resumed.error().message;
+  const pid_t woken = QemuPid(b);
+  EXPECT_NE(woken, spare_pid);
+  EXPECT_NE(ReadFileOr(fmt::format("/proc/{}/cmdline", woken)).find(b.substr(0, b.find(':'))),
+            std::string::npos);
+  EXPECT_EQ(backend_->Inspect(b)->state, SandboxState::kRunning);
+  ASSERT_TRUE(backend_->Destroy(b).has_value());
+  EXPECT_TRUE(ProcessGone(woken));
+
+  // A backend that stops takes its spares with it.
+  std::string c = Create({"/bin/sh", "-c", "exit 0"});
+  ASSERT_FALSE(c.empty());
+  auto left = AwaitSpares(dir_ + "/state", 1);
+  ASSERT_EQ(left.size(), 1u);
+  for (const auto& h : handles_) (void)backend_->Destroy(h);
+  handles_.clear();
+  backend_.reset();
+  EXPECT_TRUE(ProcessGone(left.begin()->second));
+  EXPECT_TRUE(Spares(dir_ + "/state").empty());
+}
+
+// A control plane that died left its spares running; the next one to start stops them and
+// removes their files (the spare stands in as a shell whose command line names it, as QEMU's
+// -name does).
+TEST_F(MicrovmBackendTest, AStartStopsTheSparesAnEarlierOneLeft) {
+  const std::string spare = dir_ + "/state/spare/0123456789ab";
+  fs::create_directories(spare + "/vm");
+  int hold[2];
+  ASSERT_EQ(::pipe2(hold, O_CLOEXEC), 0);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(hold[0], 0);
+    int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
+    ::execl("/bin/sh", "sh", "-c", "read x", "airlock-spare-0123456789ab", nullptr);
+    ::_exit(127);
+  }
+  ::close(hold[0]);
+  ASSERT_GT(pid, 0);
+  std::ofstream(spare + "/vm/qemu.pid") << pid;
+  std::ofstream(spare + "/vm/qemu.name") << "airlock-spare-0123456789ab";
+  for (int i = 0;
+       i < 200 &&
+       ReadFileOr(fmt::format("/proc/{}/cmdline", pid)).find("airlock-spare") == std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  backend_ = Make();
+  int status = 0;
+  pid_t waited = ::waitpid(pid, &status, WNOHANG);
+  ::close(hold[1]);
+  if (waited == 0) waited = ::waitpid(pid, &status, 0);
+  EXPECT_EQ(waited, pid);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the spare still runs";
+  EXPECT_FALSE(fs::exists(spare));
+}
+
+// Without spares a start from a template spawns its QEMU itself.
+TEST_F(MicrovmBackendTest, SparesCanBeTurnedOff) {
+  spare_qemus_ = 0;
+  backend_ = Make();
+  std::string a = Create({"/bin/sh", "-c", "exit 0"});
+  ASSERT_FALSE(a.empty());
+  EXPECT_EQ(WaitFor(a, SandboxState::kExited).exit_code, 0) << Log(a);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_TRUE(Spares(dir_ + "/state").empty());
 }
 
 TEST_F(MicrovmBackendTest, RefusesImagesThatBindHostDirectories) {

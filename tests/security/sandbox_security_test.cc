@@ -119,20 +119,20 @@ pid_t HostPidOf(uint32_t uid, const std::string& argv0) {
 
 // The host uid a running sandbox of `session` is seen as from the host: the agent's own uid
 // in a container; in a micro-VM the uid of its QEMU (the agent's uid is the guest kernel's).
-uint32_t HostUidOfSandbox(const std::string& session, const Json& identity) {
+// (A VM's QEMU is the pid in its vm/qemu.pid: its command line names the sandbox, or the spare
+// QEMU it was started as, sandbox.microvm.spare_qemus.)
+uint32_t HostUidOfSandbox(const std::string& home, const std::string& session,
+                          const Json& identity) {
   if (TestBackendName() != "microvm") return identity["uid"];
-  std::string name = "airlock-vm-" + session;
-  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
-    std::string pid = e.path().filename();
-    if (pid.empty() || !std::isdigit(static_cast<unsigned char>(pid[0]))) continue;
-    std::string cmdline = ReadHostFile(e.path().string() + "/cmdline");
-    if (cmdline.find(name + '\0') == std::string::npos) continue;
-    std::string status = ReadHostFile(e.path().string() + "/status");
-    size_t at = status.find("\nUid:\t");
-    if (at != std::string::npos) return std::strtoul(status.c_str() + at + 6, nullptr, 10);
+  const std::string handle = ReadHostFile(SandboxStatePath(home, session));
+  const std::string pid = ReadHostFile(handle.substr(handle.find(':') + 1) + "/vm/qemu.pid");
+  std::string status = ReadHostFile("/proc/" + pid.substr(0, pid.find('\n')) + "/status");
+  size_t at = status.find("\nUid:\t");
+  if (handle.empty() || pid.empty() || at == std::string::npos) {
+    ADD_FAILURE() << "no QEMU of " << session << " on the host";
+    return 0;
   }
-  ADD_FAILURE() << "no QEMU of " << session << " on the host";
-  return 0;
+  return std::strtoul(status.c_str() + at + 6, nullptr, 10);
 }
 
 // The descriptors process `pid` holds open.
@@ -629,7 +629,8 @@ TEST_F(SandboxSecurityTest, EachSandboxHasItsOwnHostUidThatNoHostAccountHas) {
     id_c = sbx_->WaitForProbe(c, "identity");
     ASSERT_FALSE(id_c.is_null());
   }
-  uint32_t ua = HostUidOfSandbox(a, id_a), ub = HostUidOfSandbox(c, id_c);
+  uint32_t ua = HostUidOfSandbox(sbx_->home(), a, id_a),
+           ub = HostUidOfSandbox(sbx_->home(), c, id_c);
   EXPECT_NE(ua, ub);
   for (uint32_t u : {ua, ub}) {
     EXPECT_NE(u, 0u);
