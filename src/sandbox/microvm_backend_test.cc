@@ -487,6 +487,48 @@ TEST_F(MicrovmBackendTest, AQemuThatOutgrowsItsCgroupIsKilledAndReportedAsOom) {
   EXPECT_FALSE(fs::exists(cgroup_dir));
 }
 
+// A QEMU left behind by a control plane that died, standing in as a shell whose command line
+// holds `name` (as QEMU's -name does), waiting on a pipe with a builtin: one process, none left
+// behind. Its pid goes to `vm_dir`/qemu.pid.
+class LeftBehindQemu {
+ public:
+  LeftBehindQemu(const std::string& name, const std::string& vm_dir) {
+    int hold[2];
+    if (::pipe2(hold, O_CLOEXEC) != 0) return;
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(hold[0], 0);
+      int null = ::open("/dev/null", O_WRONLY);
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+      ::execl("/bin/sh", "sh", "-c", "read x", name.c_str(), nullptr);
+      ::_exit(127);
+    }
+    ::close(hold[0]);
+    release_ = hold[1];
+    std::ofstream(vm_dir + "/qemu.pid") << pid_;
+    for (int i = 0; i < 200 && ReadFileOr(fmt::format("/proc/{}/cmdline", pid_)).find(name) ==
+                                   std::string::npos;
+         ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  pid_t pid() const { return pid_; }
+  // Whether it was SIGKILLed by now; a survivor is let go (its pipe closed) so that it ends
+  // on its own.
+  bool Killed() {
+    int status = 0;
+    pid_t waited = ::waitpid(pid_, &status, WNOHANG);
+    ::close(release_);
+    if (waited == 0) waited = ::waitpid(pid_, &status, 0);
+    return waited == pid_ && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int release_ = -1;
+};
+
 // A control plane that died while it built a template left its QEMU running and its files;
 // one that starts removes them, and templates no sandbox was made from for a week, and keeps
 // the rest.
@@ -500,35 +542,10 @@ TEST_F(MicrovmBackendTest, AStartRemovesUnfinishedAndUnusedTemplates) {
   std::ofstream(old + "/snapshot") << "old";
   std::ofstream(fresh + "/snapshot") << "fresh";
   fs::last_write_time(old + "/snapshot", fs::file_time_type::clock::now() - std::chrono::days(8));
-  // The builder's QEMU stands in as a shell whose command line names the template's VM, as
-  // QEMU's -name does, waiting on a pipe with a builtin: one process, none left behind.
-  int hold[2];
-  ASSERT_EQ(::pipe2(hold, O_CLOEXEC), 0);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(hold[0], 0);
-    int null = ::open("/dev/null", O_WRONLY);
-    ::dup2(null, 1);
-    ::dup2(null, 2);
-    ::execl("/bin/sh", "sh", "-c", "read x", "airlock-tpl-0123456789ab", nullptr);
-    ::_exit(127);
-  }
-  ::close(hold[0]);
-  ASSERT_GT(pid, 0);
-  std::ofstream(building + "/vm/qemu.pid") << pid;
-  for (int i = 0; i < 200 && ReadFileOr(fmt::format("/proc/{}/cmdline", pid)).find("airlock-tpl") ==
-                                 std::string::npos;
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  LeftBehindQemu builder("airlock-tpl-0123456789ab", building + "/vm");
+  ASSERT_GT(builder.pid(), 0);
   backend_ = Make();
-  // Killed by now; a survivor is let go (its pipe closed) so that it ends on its own.
-  int status = 0;
-  pid_t waited = ::waitpid(pid, &status, WNOHANG);
-  ::close(hold[1]);
-  if (waited == 0) waited = ::waitpid(pid, &status, 0);
-  EXPECT_EQ(waited, pid);
-  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the builder still runs";
+  EXPECT_TRUE(builder.Killed()) << "the builder still runs";
   EXPECT_FALSE(fs::exists(building));
   EXPECT_FALSE(fs::exists(old));
   EXPECT_TRUE(fs::exists(fresh + "/snapshot"));
@@ -673,39 +690,15 @@ TEST_F(MicrovmBackendTest, TheNextSandboxOfATemplateIsAQemuStartedAhead) {
 }
 
 // A control plane that died left its spares running; the next one to start stops them and
-// removes their files (the spare stands in as a shell whose command line names it, as QEMU's
-// -name does).
+// removes their files.
 TEST_F(MicrovmBackendTest, AStartStopsTheSparesAnEarlierOneLeft) {
   const std::string spare = dir_ + "/state/spare/0123456789ab";
   fs::create_directories(spare + "/vm");
-  int hold[2];
-  ASSERT_EQ(::pipe2(hold, O_CLOEXEC), 0);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(hold[0], 0);
-    int null = ::open("/dev/null", O_WRONLY);
-    ::dup2(null, 1);
-    ::dup2(null, 2);
-    ::execl("/bin/sh", "sh", "-c", "read x", "airlock-spare-0123456789ab", nullptr);
-    ::_exit(127);
-  }
-  ::close(hold[0]);
-  ASSERT_GT(pid, 0);
-  std::ofstream(spare + "/vm/qemu.pid") << pid;
   std::ofstream(spare + "/vm/qemu.name") << "airlock-spare-0123456789ab";
-  for (int i = 0;
-       i < 200 &&
-       ReadFileOr(fmt::format("/proc/{}/cmdline", pid)).find("airlock-spare") == std::string::npos;
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  LeftBehindQemu qemu("airlock-spare-0123456789ab", spare + "/vm");
+  ASSERT_GT(qemu.pid(), 0);
   backend_ = Make();
-  int status = 0;
-  pid_t waited = ::waitpid(pid, &status, WNOHANG);
-  ::close(hold[1]);
-  if (waited == 0) waited = ::waitpid(pid, &status, 0);
-  EXPECT_EQ(waited, pid);
-  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the spare still runs";
+  EXPECT_TRUE(qemu.Killed()) << "the spare still runs";
   EXPECT_FALSE(fs::exists(spare));
 }
 
