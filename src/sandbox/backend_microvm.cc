@@ -599,8 +599,8 @@ class MicrovmBackend : public Backend {
   // replace).
   bool SpareCanServe(const Handle& h) {
     if (o_.spare_qemus <= 0) return false;
-    struct stat state {
-    }, work{}, log{};
+    struct stat state = {};
+    struct stat work = {};
     if (::stat(o_.state_dir.c_str(), &state) != 0 || ::stat(h.dir.c_str(), &work) != 0) {
       return false;
     }
@@ -613,7 +613,8 @@ class MicrovmBackend : public Backend {
       }
       return false;
     }
-    return ::stat(LogPath(h).c_str(), &log) != 0 || log.st_size == 0;
+    struct stat log_file = {};
+    return ::stat(LogPath(h).c_str(), &log_file) != 0 || log_file.st_size == 0;
   }
 
   std::optional<Spare> TakeSpare(const std::string& tpl) {

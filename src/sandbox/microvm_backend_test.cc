@@ -94,6 +94,7 @@ class MicrovmBackendTest : public ::testing::Test {
     spec.work_dir = dir_ + "/work-" + spec.sandbox_id;
     fs::create_directories(spec.channel.host_dir);
     fs::create_directories(spec.work_dir);
+    if (!prior_log_.empty()) std::ofstream(spec.work_dir + "/sandbox.log") << prior_log_;
     session_id_ = spec.sandbox_id;
     token_ = NewToken("ast_").Reveal();
     control_sockets_.push_back(std::make_unique<FakeControlSocket>(
@@ -131,6 +132,7 @@ class MicrovmBackendTest : public ::testing::Test {
 
   bool templates_ = true;  // the default: sandboxes from template snapshots
   int64_t spare_qemus_ = 1;
+  std::string prior_log_;  // what the next sandbox's log holds already (a sandbox made again)
   std::string dir_, rootfs_;
   std::string session_id_, token_;  // what the last Create's sandbox was handed
   std::unique_ptr<Backend> backend_;
@@ -700,6 +702,22 @@ TEST_F(MicrovmBackendTest, AStartStopsTheSparesAnEarlierOneLeft) {
   backend_ = Make();
   EXPECT_TRUE(qemu.Killed()) << "the spare still runs";
   EXPECT_FALSE(fs::exists(spare));
+}
+
+// A sandbox made again in its session's directory (a restart) appends to the log of the ones
+// before: a spare, whose own log would replace it, is kept for another.
+TEST_F(MicrovmBackendTest, ASandboxMadeAgainKeepsTheLogOfTheOnesBefore) {
+  std::string a = Create({"/bin/sh", "-c", "exit 0"});
+  ASSERT_FALSE(a.empty());
+  auto spares = AwaitSpares(dir_ + "/state", 1);
+  ASSERT_EQ(spares.size(), 1u);
+  prior_log_ = "from the sandbox before\n";
+  std::string b = Create({"/bin/sh", "-c", "echo from this one"});
+  ASSERT_FALSE(b.empty());
+  EXPECT_EQ(WaitFor(b, SandboxState::kExited).exit_code, 0) << Log(b);
+  EXPECT_NE(Log(b).find("from the sandbox before\n"), std::string::npos) << Log(b);
+  EXPECT_NE(Log(b).find("from this one"), std::string::npos) << Log(b);
+  EXPECT_EQ(Spares(dir_ + "/state"), spares) << "the spare was used";
 }
 
 // Without spares a start from a template spawns its QEMU itself.
