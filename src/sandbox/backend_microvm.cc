@@ -123,8 +123,16 @@ bool IsZombie(pid_t pid) {
   return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z';
 }
 
-// The pid QEMU wrote, if that process is still a QEMU of this VM (a recycled pid is not): its
-// command line names the VM, or the spare it was started as (vm/qemu.name, see FromSpare).
+// Whether `pid` is still a QEMU whose command line names `name` (a recycled pid is not, and a
+// zombie is as good as gone).
+bool IsLiveQemu(pid_t pid, const std::string& name) {
+  if (pid <= 1) return false;
+  std::string cmdline = ReadSmallFile(fmt::format("/proc/{}/cmdline", pid), 1 << 16);
+  return cmdline.find(name) != std::string::npos && !IsZombie(pid);
+}
+
+// The pid QEMU wrote, if that process is still a QEMU of this VM: its command line names the
+// VM, or the spare it was started as (vm/qemu.name, see FromSpare).
 std::optional<pid_t> LivePid(const Handle& h) {
   std::string text = ReadSmallFile(h.file("qemu.pid"), 64);
   pid_t pid = 0;
@@ -133,13 +141,18 @@ std::optional<pid_t> LivePid(const Handle& h) {
   } catch (...) {
     return std::nullopt;
   }
-  if (pid <= 1) return std::nullopt;
-  std::string cmdline = ReadSmallFile(fmt::format("/proc/{}/cmdline", pid), 1 << 16);
   std::string name = ReadSmallFile(h.file("qemu.name"), 256);
   if (!name.starts_with(kSparePrefix)) name = h.id;
-  if (cmdline.find(name) == std::string::npos) return std::nullopt;
-  if (IsZombie(pid)) return std::nullopt;  // as good as gone
-  return pid;
+  return IsLiveQemu(pid, name) ? std::optional<pid_t>(pid) : std::nullopt;
+}
+
+// A VM's own directory (vm/ under `dir`), private to the control plane.
+Status MakeVmDir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir + "/vm", ec);
+  if (ec) return Errorf(ErrorCode::kInternal, "create {}/vm: {}", dir, ec.message());
+  ::chmod((dir + "/vm").c_str(), 0700);
+  return Ok();
 }
 
 // The real uid of `pid` (the "Uid:" line of its status).
@@ -336,10 +349,7 @@ class MicrovmBackend : public Backend {
     }
     AIRLOCK_ASSIGN_OR_RETURN(std::vector<std::string> command, AgentCommand(spec, image));
     Handle h{kIdPrefix + spec.sandbox_id, spec.work_dir};
-    std::error_code ec;
-    fs::create_directories(h.dir + "/vm", ec);
-    if (ec) return Errorf(ErrorCode::kInternal, "create {}/vm: {}", h.dir, ec.message());
-    ::chmod((h.dir + "/vm").c_str(), 0700);
+    AIRLOCK_TRY(MakeVmDir(h.dir));
 
     AIRLOCK_ASSIGN_OR_RETURN(std::string disk, ImageDisk(image.rootfs));
     AIRLOCK_ASSIGN_OR_RETURN(std::string base, BaseInitramfs());
@@ -456,9 +466,7 @@ class MicrovmBackend : public Backend {
     Handle t = TemplateHandle(dir);
     std::error_code ec;
     fs::remove_all(dir + "/vm", ec);
-    fs::create_directories(dir + "/vm", ec);
-    if (ec) return Errorf(ErrorCode::kInternal, "create {}/vm: {}", dir, ec.message());
-    ::chmod((dir + "/vm").c_str(), 0700);
+    AIRLOCK_TRY(MakeVmDir(dir));
     std::optional<uint32_t> uid;
     if (uid_pool_) {
       AIRLOCK_ASSIGN_OR_RETURN(uid, uid_pool_->Acquire(t.id));
@@ -694,10 +702,7 @@ class MicrovmBackend : public Backend {
     const std::string name = HexEncode(RandomBytes(6));
     Spare spare{Handle{kSparePrefix + name, o_.state_dir + "/spare/" + name}, 0,
                 std::chrono::steady_clock::now()};
-    std::error_code ec;
-    fs::create_directories(spare.h.dir + "/vm", ec);
-    if (ec) return Errorf(ErrorCode::kInternal, "create {}/vm: {}", spare.h.dir, ec.message());
-    ::chmod((spare.h.dir + "/vm").c_str(), 0700);
+    AIRLOCK_TRY(MakeVmDir(spare.h.dir));
     auto pid = [&]() -> Result<pid_t> {
       std::optional<uint32_t> uid;
       if (uid_pool_) {
@@ -707,6 +712,7 @@ class MicrovmBackend : public Backend {
     }();
     if (!pid) {
       if (uid_pool_) uid_pool_->Release(spare.h.id);
+      std::error_code ec;
       fs::remove_all(spare.h.dir, ec);
       return std::unexpected(pid.error());
     }
@@ -722,11 +728,7 @@ class MicrovmBackend : public Backend {
   void DiscardSpare(const Spare& spare) {
     auto pid = LivePid(spare.h);
     // Its files gone (removed under it): the pid it was started with, if still that QEMU.
-    if (!pid && spare.pid > 1 && !IsZombie(spare.pid) &&
-        ReadSmallFile(fmt::format("/proc/{}/cmdline", spare.pid), 1 << 16).find(spare.h.id) !=
-            std::string::npos) {
-      pid = spare.pid;
-    }
+    if (!pid && IsLiveQemu(spare.pid, spare.h.id)) pid = spare.pid;
     if (pid) {
       ::kill(*pid, SIGKILL);
       AwaitExit(spare.h, *pid);
@@ -792,9 +794,7 @@ class MicrovmBackend : public Backend {
       const int err = errno;
       DiscardSpare(spare);
       fs::remove_all(h.dir + "/vm", ec);
-      fs::create_directories(h.dir + "/vm", ec);
-      ::chmod((h.dir + "/vm").c_str(), 0700);
-      (void)WriteFile(h.file("channel_dir"), channel_dir, 0600);
+      if (MakeVmDir(h.dir)) (void)WriteFile(h.file("channel_dir"), channel_dir, 0600);
       return Errorf(ErrorCode::kUnavailable, "move the spare QEMU's files to {}: {}", h.dir,
                     std::strerror(err));
     }
